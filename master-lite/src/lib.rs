@@ -1,0 +1,1 @@
+//! # master-lite — the lightweight master
