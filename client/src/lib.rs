@@ -1,0 +1,357 @@
+//! # slapos-client — the native API client
+//!
+//! A small blocking client of master-lite's native API (`/v1`, JSON), used by the node's link to
+//! its master and by the `slapos-master` CLI subcommands. Routes and bodies come from
+//! `slapos-proto`, so the client cannot spell a route the server does not serve.
+//!
+//! Blocking by design (ureq): the node calls it from `spawn_blocking`, which keeps the node's
+//! runtime single-threaded and the binary small. Every error names the method, the URL and, for an
+//! API error, the server's `kind` and message.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use slapos_proto::{
+    Bang, ComputerId, ComputerInfo, ConnectionPublish, DesiredState, ErrorBody, Health,
+    InstanceInfo, InstanceRequest, InstanceTitle, MAX_LONG_POLL_SECS, PARTITION_HEADER,
+    PartitionId, PartitionRef, PartitionReport, RegisterComputer, SoftwareInfo, SoftwareReport,
+    StateChange, SupplyRequest, routes,
+};
+
+/// Default time limit of one call (long polls get `wait` on top of it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The master could not be reached (connection refused, DNS, timeout, reset).
+    #[error("{method} {url}: master unreachable: {source}")]
+    Unreachable {
+        /// HTTP method.
+        method: &'static str,
+        /// Full URL.
+        url: String,
+        /// Transport error.
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    /// The master answered with an error status.
+    #[error("{method} {url}: {status} {kind}: {message}")]
+    Api {
+        /// HTTP method.
+        method: &'static str,
+        /// Full URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The error kind from the body (`not_found`, `conflict`, …), or `http` when the body
+        /// was not an [`ErrorBody`].
+        kind: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The answer was not the expected JSON.
+    #[error("{method} {url}: unexpected answer: {reason}")]
+    Decode {
+        /// HTTP method.
+        method: &'static str,
+        /// Full URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The base URL is not usable.
+    #[error("invalid master URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl ClientError {
+    /// True when the master could not be reached at all (the node then works from its cache).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+            || matches!(self, Self::Api { status, .. } if *status >= 500)
+    }
+
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Result of a client call.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connection to one master.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+    partition: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("partition", &self.partition)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of the master at `base_url` (`http://host:port`, no trailing path).
+    pub fn new(base_url: &str) -> Result<Self> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl {
+                url: base_url.to_owned(),
+                reason: "must start with http:// or https://",
+            });
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(DEFAULT_TIMEOUT))
+            .build()
+            .into();
+        Ok(Self {
+            base,
+            agent,
+            partition: None,
+        })
+    }
+
+    /// The same client, acting for a partition (child requests carry its identity).
+    pub fn as_partition(mut self, who: &PartitionRef) -> Self {
+        self.partition = Some(who.to_string());
+        self
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn finish<T: DeserializeOwned>(
+        method: &'static str,
+        url: String,
+        res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Option<T>> {
+        let mut resp = res.map_err(|e| ClientError::Unreachable {
+            method,
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
+        let status = resp.status().as_u16();
+        if status == 304 {
+            return Ok(None);
+        }
+        if status >= 400 {
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            let (kind, message) = match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(b) => (b.kind, b.error),
+                Err(_) => ("http".to_owned(), text.trim().to_owned()),
+            };
+            return Err(ClientError::Api {
+                method,
+                url,
+                status,
+                kind,
+                message,
+            });
+        }
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_vec()
+            .map_err(|e| ClientError::Decode {
+                method,
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode {
+                method,
+                url,
+                reason: e.to_string(),
+            })
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        let res = self.agent.get(&url).call();
+        Self::finish("GET", url.clone(), res)?.ok_or_else(|| ClientError::Decode {
+            method: "GET",
+            url,
+            reason: "304 without a conditional request".into(),
+        })
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let url = self.url(path);
+        let mut req = self.agent.post(&url);
+        if let Some(p) = &self.partition {
+            req = req.header(PARTITION_HEADER, p);
+        }
+        let res = req.send_json(body);
+        Self::finish("POST", url.clone(), res)?.ok_or_else(|| ClientError::Decode {
+            method: "POST",
+            url,
+            reason: "unexpected 304".into(),
+        })
+    }
+
+    /// `GET /v1/health`.
+    pub fn health(&self) -> Result<Health> {
+        self.get(&routes::health())
+    }
+
+    /// Register (or re-register) a computer and its partitions.
+    pub fn register(&self, reg: &RegisterComputer) -> Result<ComputerInfo> {
+        self.post(&routes::computers(), reg)
+    }
+
+    /// Every computer.
+    pub fn computers(&self) -> Result<Vec<ComputerInfo>> {
+        self.get(&routes::computers())
+    }
+
+    /// One computer.
+    pub fn computer(&self, id: &ComputerId) -> Result<ComputerInfo> {
+        self.get(&routes::computer(id))
+    }
+
+    /// Supply (or remove) a software release on a computer.
+    pub fn supply(&self, id: &ComputerId, req: &SupplyRequest) -> Result<SoftwareInfo> {
+        self.post(&routes::software(id), req)
+    }
+
+    /// Report the install state of a release.
+    pub fn report_software(&self, id: &ComputerId, rep: &SoftwareReport) -> Result<()> {
+        self.post::<_, serde_json::Value>(&routes::software_report(id), rep)
+            .map(drop)
+    }
+
+    /// The desired state of a computer. With `etag` and `wait`, a long poll: the master holds the
+    /// answer until the state differs from `etag` or `wait` runs out; `Ok(None)` means unchanged.
+    pub fn desired(
+        &self,
+        id: &ComputerId,
+        etag: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Option<DesiredState>> {
+        let url = self.url(&routes::desired(id));
+        let mut req = self.agent.get(&url);
+        if let Some(e) = etag {
+            req = req.query("etag", e);
+        }
+        if let Some(w) = wait {
+            let secs = w.as_secs().min(MAX_LONG_POLL_SECS);
+            req = req
+                .query("wait", secs.to_string())
+                .config()
+                .timeout_global(Some(DEFAULT_TIMEOUT + Duration::from_secs(secs)))
+                .build();
+        }
+        let res = req.call();
+        Self::finish("GET", url, res)
+    }
+
+    /// Report what the node did with a partition.
+    pub fn report_partition(
+        &self,
+        c: &ComputerId,
+        p: &PartitionId,
+        rep: &PartitionReport,
+    ) -> Result<()> {
+        self.post::<_, serde_json::Value>(&routes::partition_report(c, p), rep)
+            .map(drop)
+    }
+
+    /// Publish a partition's connection parameters.
+    pub fn publish_connection(
+        &self,
+        c: &ComputerId,
+        p: &PartitionId,
+        conn: &ConnectionPublish,
+    ) -> Result<()> {
+        self.post::<_, serde_json::Value>(&routes::partition_connection(c, p), conn)
+            .map(drop)
+    }
+
+    /// Bang: ask the master to reprocess the partition's tree.
+    pub fn bang(&self, c: &ComputerId, p: &PartitionId, bang: &Bang) -> Result<()> {
+        self.post::<_, serde_json::Value>(&routes::partition_bang(c, p), bang)
+            .map(drop)
+    }
+
+    /// Request an instance (as a user, or as the partition set with [`Client::as_partition`]).
+    pub fn request(&self, req: &InstanceRequest) -> Result<InstanceInfo> {
+        self.post(&routes::instances(), req)
+    }
+
+    /// Every instance.
+    pub fn instances(&self) -> Result<Vec<InstanceInfo>> {
+        self.get(&routes::instances())
+    }
+
+    /// One instance; `root` names the tree of a child instance.
+    pub fn instance(
+        &self,
+        title: &InstanceTitle,
+        root: Option<&InstanceTitle>,
+    ) -> Result<InstanceInfo> {
+        self.get(&routes::instance(title, root))
+    }
+
+    /// Change the requested state of a root instance.
+    pub fn set_state(&self, title: &InstanceTitle, change: &StateChange) -> Result<InstanceInfo> {
+        self.post(&routes::instance_state(title), change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_urls_without_scheme() {
+        let err = Client::new("localhost:8080").unwrap_err();
+        assert!(err.to_string().contains("must start with http://"), "{err}");
+        assert_eq!(
+            Client::new("http://127.0.0.1:1/").unwrap().base_url(),
+            "http://127.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn unreachable_master_is_reported_as_such() {
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let c = Client::new("http://127.0.0.1:1").unwrap();
+        let err = c.health().unwrap_err();
+        assert!(err.is_unreachable(), "{err}");
+        assert!(
+            err.to_string().contains("GET http://127.0.0.1:1/v1/health"),
+            "{err}"
+        );
+    }
+}
