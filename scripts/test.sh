@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): installs what the tests need on a fresh Debian 12
+# machine (as root), runs the lint gate, builds the workspace binaries and runs every test.
+#
+#   scripts/test.sh            # everything
+#   SKIP_DEPS=1 scripts/test.sh    # skip the installers (already installed)
+#
+# Privileged / QEMU / external-tool tests skip with a printed reason unless
+# SLAPOS_REQUIRE_PRIVILEGED=1 / SLAPOS_REQUIRE_QEMU=1 / SLAPOS_REQUIRE_TOOLS=1 is set; CI sets all three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
+
+if [ "${SKIP_DEPS:-0}" != 1 ]; then
+  if [ "$(id -u)" = 0 ] && [ ! -e /var/lib/apt/lists/lock.slapos-updated ]; then
+    step "apt-get update"
+    apt-get update -qq && touch /var/lib/apt/lists/lock.slapos-updated
+  fi
+  for f in scripts/deps/*.sh; do
+    [ -e "$f" ] || continue
+    step "deps: $f"
+    bash "$f"
+  done
+fi
+
+step "rustup components (toolchain pinned by rust-toolchain.toml)"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "lint: cargo fmt --check"
+cargo fmt --all --check
+step "lint: cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build workspace binaries (end-to-end tests run them)"
+cargo build --workspace --bins
+
+step "cargo test --workspace"
+cargo test --workspace --no-fail-fast
+
+for f in scripts/checks/*.sh; do
+  [ -e "$f" ] || continue
+  step "check: $f"
+  bash "$f"
+done
+step "all tests passed"
