@@ -1,2 +1,223 @@
-//! Helpers for the end-to-end tests in `tests/tests/`: locate the workspace binaries, start
-//! real master and node processes on loopback ports, wait for conditions through the API.
+//! Helpers for the end-to-end tests in `tests/tests/`: locate the workspace binaries, start real
+//! master and node processes on loopback (port 0), and wait for conditions through the API.
+//!
+//! Nothing here fakes a component: every test drives the real `slapos-master` and `slapos-node`
+//! binaries over real sockets. Processes are killed when their handle drops, so a failing test
+//! leaves nothing running.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use slapos_client::Client;
+
+/// The directory holding the workspace binaries of the profile the tests were built with
+/// (`target/debug`): the test executable lives in `target/debug/deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Path of a workspace binary, building the binaries once if they are missing
+/// (`cargo test -p slapos-tests` alone does not build other packages' binaries).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        BUILD.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--bins", "-p", "master-lite", "-p", "node-edge"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build of the workspace binaries failed");
+        });
+    }
+    assert!(path.exists(), "binary {} not found", path.display());
+    path
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process whose output lines are collected, killed on drop.
+pub struct Proc {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Proc {
+    /// Spawn `cmd` with stdout and stderr collected line by line.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            let echo = std::env::var_os("SLAPOS_TEST_ECHO").is_some();
+            let tag = name.to_owned();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if echo {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    lines.lock().expect("lines lock").push(line);
+                }
+            });
+        }
+        Proc {
+            child: Some(child),
+            lines,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Every line printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Wait for a line containing `needle`; returns that line.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(&format!("{} to print {needle:?}", self.name), timeout, || {
+            self.output().into_iter().find(|l| l.contains(needle))
+        })
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL at once (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Extract `http://host:port` from a line such as `listening on http://127.0.0.1:41234`.
+pub fn url_in(line: &str) -> Option<String> {
+    let start = line.find("http://")?;
+    let url: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    Some(url.trim_end_matches('/').to_owned())
+}
+
+/// A real `slapos-master serve` on a loopback port.
+pub struct Master {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The database file.
+    pub db: PathBuf,
+}
+
+impl Master {
+    /// Start on a free port (port 0) with the database at `db`.
+    pub fn start(db: &Path) -> Master {
+        Self::start_on(db, "127.0.0.1:0")
+    }
+
+    /// Start listening on `listen` (to come back on the same port after a restart).
+    pub fn start_on(db: &Path, listen: &str) -> Master {
+        let mut cmd = Command::new(bin("slapos-master"));
+        cmd.args(["serve", "--listen", listen, "--db"]).arg(db);
+        let proc = Proc::spawn("master", cmd);
+        let line = proc.wait_line("listening on http://", Duration::from_secs(30));
+        let url = url_in(&line).expect("url in the listening line");
+        Master {
+            proc,
+            url,
+            db: db.to_path_buf(),
+        }
+    }
+
+    /// `127.0.0.1:PORT` the master listens on.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    /// A client of this master.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url).expect("client")
+    }
+}
+
+/// True when the test runs as root.
+pub fn is_root() -> bool {
+    // `id -u` keeps this crate free of libc.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Gate for tests that need root: `true` to run; `false` (after printing why) to skip.
+/// Panics instead of skipping when `SLAPOS_REQUIRE_PRIVILEGED=1`.
+pub fn privileged(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let required = std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
+    assert!(
+        !required,
+        "{test}: needs root and SLAPOS_REQUIRE_PRIVILEGED=1 forbids skipping"
+    );
+    eprintln!("SKIP {test}: needs root (set SLAPOS_REQUIRE_PRIVILEGED=1 to make this a failure)");
+    false
+}
