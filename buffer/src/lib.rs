@@ -1,5 +1,65 @@
-//! # buffer — store and forward
+//! # buffer — store and forward for sensor data
 //!
-//! Leaf crate: a segment log of framed records (length, CRC32C, sequence, postcard payload) with
-//! group commit, an ack cursor, bounded disk use and recovery that never refuses to start.
-//! Filled by the buffer issue.
+//! A leaf crate: a crash-safe, bounded, append-only **segment log** per stream, the inputs that
+//! feed it (MQTT subscription, TCP lines, serial lines, OPC-UA behind the `opcua` feature), the
+//! outputs that drain it (MQTT v5 QoS 1, HTTP POST batches) and the `slapos-buffer` service.
+//! The full specification is `docs/buffer-format.md`; this is its summary.
+//!
+//! ## Design
+//!
+//! * [`codec`] (`no_std`, heapless + postcard): CRC-32C, the 36-byte frame header, the postcard
+//!   `Envelope` records. Sensor firmware can build frames with it; CI builds it for
+//!   `thumbv7em-none-eabihf` (`cargo build -p buffer --no-default-features`).
+//! * `log` (std): a single-writer core, no threads, no clock of its own (time is passed in). It
+//!   groups records into frames and frames into batches, writes a batch with one `pwrite` and
+//!   syncs according to [`SyncPolicy`]. Every file operation goes through the `Fs` seam
+//!   (`RealFs` in production, `MemFs` — which can lose unsynced data at a simulated power cut,
+//!   and inject ENOSPC/EIO — in tests).
+//! * `reader`: independent readers with their own file handles, bounded by the durable
+//!   watermark, validating each frame and resynchronising over corruption.
+//! * `service`: the writer thread, the byte-bounded ingest channel, input and output tasks, the
+//!   metrics endpoint; `slapos-buffer --config FILE` runs it.
+//!
+//! ## On disk (format version 1)
+//!
+//! `<dir>/<stream>/{LOCK, META, CURSOR, seg-<first seq, 20 digits>.log}`. A segment is a 32-byte
+//! header (`EDGEBUF1`, version, base seq, crc) followed by frames:
+//!
+//! ```text
+//! magic u16 0xB0F1 | version u8 | flags u8 | body_len u32 | crc32c u32 (all but itself)
+//! | count u32 | first_seq u64 | base_ts_ms i64 | epoch u32 | body: count × (varint len ‖ postcard Envelope)
+//! ```
+//!
+//! `CURSOR` holds two 512-byte slots `{gen, acked, epoch, crc}`; the valid slot with the higher
+//! generation wins.
+//!
+//! ## Invariants
+//!
+//! 1. Seqs strictly increase in file order and across restarts (`next = max(last valid, acked) + 1`).
+//! 2. The epoch strictly increases at every open and is fdatasync'd before the first append; a
+//!    delivery id `(node, stream, epoch, seq)` names one record content.
+//! 3. A segment is deleted only after a cursor past it is fdatasync'd; recovery tolerates the
+//!    leftovers of a crash on either side of that order.
+//! 4. Every drop (retention, disk full, `drop_newest`) is counted and written as a gap marker;
+//!    every corrupt frame found is counted.
+//!
+//! ## Guarantees (see the spec for the exact wording)
+//!
+//! Durable (covered by a completed fdatasync) records survive kill -9 and power loss; readers and
+//! input acknowledgements never go past the durable watermark; delivery is at-least-once with
+//! duplicates after kill -9 bounded by the output's in-flight window; per-stream order; disk use
+//! ≤ `max_bytes`, free space ≥ `min_free_bytes`; corruption is skipped and counted per frame; ENOSPC
+//! and EIO never panic or exit; opening never refuses because of data content.
+//!
+//! ## Limits
+//!
+//! One process and one output per stream directory (the cursor is the output's). A corrupt frame
+//! loses the records of that frame (≤ `frame_bytes`, default 8 KiB). Serial input cannot be
+//! acknowledged, so records still in the ingest channel are lost on kill -9 (≤ `channel_bytes`).
+//! The OPC-UA client acknowledges notifications itself (async-opcua), so that input can lose what
+//! was in the channel at a crash too. Power-loss safety depends on the device honouring flush.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod codec;
