@@ -1,1 +1,155 @@
 //! # master-lite — the lightweight master
+//!
+//! A SlapOS-style master for one site: computers (nodes) register their partitions, users supply
+//! software releases and request instances, nodes long-poll their desired state and report back.
+//! The API is our own versioned JSON (`/v1`, messages in `slapos-proto`, reference in
+//! `docs/api.md`); its semantics follow SlapOS (title unique within a tree, first free partition
+//! in registration order, tree destruction, revisions that change only when something changed).
+//!
+//! ## Design
+//!
+//! * [`store`]: all state in embedded SQLite (WAL, `synchronous = FULL`, numbered migrations),
+//!   one transaction per API call. Pure request semantics live there, free of HTTP.
+//! * [`db`]: one OS thread owns the store; handlers send it closures over a bounded queue, so no
+//!   SQLite call (or fsync) runs on a runtime thread.
+//! * [`hub`]: per-computer `watch` channels that wake long polls as soon as a transaction that
+//!   changes a computer's desired state commits.
+//! * [`http`]: [`app`] builds the axum router; handlers validate input into proto types and make
+//!   one store call. One error type ([`ApiError`]) maps to `{kind, error}` JSON bodies and hides
+//!   internals on 5xx.
+//! * [`Master`] / [`serve`]: open the database, start the worker and serve a listener until a
+//!   shutdown future completes (used by `slapos-master serve` and by `standalone`).
+//!
+//! ## Invariants
+//!
+//! * An acknowledged write is on disk (fsynced WAL) before the answer leaves.
+//! * A refused call (4xx) changes nothing: input is validated before the transaction, and any
+//!   error inside it rolls it back.
+//! * An identical re-request changes no revision and no etag; every change a node acts on
+//!   changes both.
+//!
+//! ## Limits
+//!
+//! * No authentication yet: anyone reaching the port may call any route, and the
+//!   `x-slapos-partition` header is trusted (mTLS identities come with a later issue).
+//! * One writer thread: throughput is bounded by one fsync per write call (see `master-bench`).
+//! * Shared ("slave") instances are not implemented.
+
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ApiError, MasterError};
+pub use http::{AppState, app, now_ms};
+pub use store::Store;
+
+/// Default listening address of `slapos-master serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8355";
+
+/// Default master URL of the client subcommands (matches [`DEFAULT_LISTEN`]).
+pub const DEFAULT_MASTER_URL: &str = "http://127.0.0.1:8355";
+
+/// A master: its database worker and the state shared by its handlers.
+#[derive(Debug)]
+pub struct Master {
+    state: AppState,
+    worker: db::Worker,
+}
+
+impl Master {
+    /// Open (or create) the database at `path` and start the worker. Blocking (file I/O).
+    pub fn open(path: &Path) -> Result<Self, MasterError> {
+        Self::with_store(Store::open(path, now_ms())?)
+    }
+
+    /// A master over an in-memory database (tests, throw-away setups).
+    pub fn open_in_memory() -> Result<Self, MasterError> {
+        Self::with_store(Store::open_in_memory(now_ms())?)
+    }
+
+    fn with_store(store: Store) -> Result<Self, MasterError> {
+        let hub = Arc::new(hub::Hub::default());
+        let (db, worker) = db::start(store, hub.clone())?;
+        Ok(Self {
+            state: AppState { db, hub },
+            worker,
+        })
+    }
+
+    /// The state handlers share (for [`app`], or to call the store directly).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The router of the native API.
+    pub fn router(&self) -> axum::Router {
+        app(self.state.clone())
+    }
+
+    /// Serve `listener` until `shutdown` completes, then end the waiting long polls, finish the
+    /// open requests and close the database.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MasterError> {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let Master { state, worker } = self;
+        let hub = state.hub.clone();
+        let router = app(state);
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                hub.shut_down();
+            })
+            .await
+            .map_err(|source| MasterError::Serve { addr, source });
+        if tokio::time::timeout(Duration::from_secs(30), worker.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database worker did not stop within 30 s");
+        }
+        served
+    }
+}
+
+/// Bind `addr` (port 0 picks a free port); read the bound address with `local_addr()`.
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, MasterError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MasterError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Open the database at `db` and serve `listener` until `shutdown` completes.
+/// The bound address is `listener.local_addr()`, known before the call.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    db: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let path = db.to_owned();
+    let master = tokio::task::spawn_blocking(move || Master::open(&path))
+        .await
+        .map_err(|e| MasterError::Worker(std::io::Error::other(e.to_string())))??;
+    master.run(listener, shutdown).await
+}
+
+/// `http://ADDR`, the URL clients use for a bound address.
+pub fn url_of(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}

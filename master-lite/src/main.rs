@@ -1,1 +1,612 @@
-fn main() {}
+//! `slapos-master`: the master server and its client subcommands.
+//!
+//! ```text
+//! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db]
+//! slapos-master [--master URL] [--json] supply URL --computer ID [--remove]
+//! slapos-master [--master URL] [--json] request TITLE URL [--type T] [--param k=v]...
+//!               [--params-json FILE|JSON] [--sla k=v]... [--state S] [--wait SECONDS]
+//! slapos-master [--master URL] [--json] list [--computers]
+//! slapos-master [--master URL] [--json] show TITLE [--root R]
+//! slapos-master [--master URL] [--json] computer ID
+//! slapos-master [--master URL] [--json] destroy TITLE
+//! ```
+//!
+//! Exit codes: 0 success, 1 error, 2 `request --wait` timed out before the connection parameters
+//! were published.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
+use slapos_client::Client;
+use slapos_proto::{
+    ComputerId, ComputerInfo, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params,
+    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "slapos-master",
+    version,
+    about = "Lightweight SlapOS master and its client"
+)]
+struct Cli {
+    /// Master URL for the client subcommands.
+    #[arg(long, global = true, default_value = DEFAULT_MASTER_URL)]
+    master: String,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the master: HTTP API over an embedded SQLite database.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// Database file (created if missing).
+        #[arg(long, default_value = "slapos-master.db")]
+        db: PathBuf,
+    },
+    /// Supply a software release to a computer (or remove it).
+    Supply {
+        /// Release URL (http(s)://, file:// or an absolute path).
+        url: String,
+        /// Computer id.
+        #[arg(long)]
+        computer: String,
+        /// Ask the node to remove the release instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Request an instance (idempotent by title) and print its connection parameters.
+    Request {
+        /// Instance title.
+        title: String,
+        /// Software release URL.
+        url: String,
+        /// Software type.
+        #[arg(long = "type", default_value = "default")]
+        software_type: String,
+        /// Parameter `key=value` (string value); repeatable; overrides --params-json.
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        /// Parameters as a JSON object, inline (starting with `{`) or in a file.
+        #[arg(long, value_name = "FILE|JSON")]
+        params_json: Option<String>,
+        /// SLA filter `computer_guid=ID` or `LABEL=VALUE`; repeatable.
+        #[arg(long = "sla", value_name = "K=V")]
+        sla: Vec<String>,
+        /// Requested state: started, stopped or destroyed.
+        #[arg(long)]
+        state: Option<InstanceState>,
+        /// Wait up to SECONDS for the connection parameters (exit code 2 if not published).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// List instances (or computers).
+    List {
+        /// List computers instead.
+        #[arg(long)]
+        computers: bool,
+    },
+    /// Show one instance.
+    Show {
+        /// Instance title.
+        title: String,
+        /// Title of the tree root, for a child instance.
+        #[arg(long)]
+        root: Option<String>,
+    },
+    /// Show one computer.
+    Computer {
+        /// Computer id.
+        id: String,
+    },
+    /// Destroy a root instance and its whole tree.
+    Destroy {
+        /// Instance title.
+        title: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let json = cli.json;
+    let client = || Client::new(&cli.master).context("--master");
+    match cli.cmd {
+        Cmd::Serve { listen, db } => serve(&listen, db).map(|()| ExitCode::SUCCESS),
+        Cmd::Supply {
+            url,
+            computer,
+            remove,
+        } => {
+            let req = SupplyRequest {
+                url: SoftwareUrl::parse(url)?,
+                state: if remove {
+                    SupplyState::Destroyed
+                } else {
+                    SupplyState::Available
+                },
+            };
+            let c = ComputerId::parse(computer)?;
+            let info = client()?.supply(&c, &req)?;
+            if json {
+                print_json(&info)?;
+            } else {
+                let verb = if remove {
+                    "removal requested"
+                } else {
+                    "supplied"
+                };
+                println!("{} on {c}: {verb}", info.url);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Request {
+            title,
+            url,
+            software_type,
+            params,
+            params_json,
+            sla,
+            state,
+            wait,
+        } => {
+            let req = InstanceRequest {
+                title: InstanceTitle::parse(title)?,
+                software_url: SoftwareUrl::parse(url)?,
+                software_type: SoftwareType::parse(software_type)?,
+                parameters: parameters(params_json.as_deref(), &params)?,
+                sla: pairs(&sla, "--sla")?.into_iter().collect(),
+                state,
+            };
+            request(&client()?, &req, wait.map(Duration::from_secs), json)
+        }
+        Cmd::List { computers } => {
+            let c = client()?;
+            if computers {
+                let list = c.computers()?;
+                if json {
+                    print_json(&list)?;
+                } else {
+                    print_computers(&list);
+                }
+            } else {
+                let list = c.instances()?;
+                if json {
+                    print_json(&list)?;
+                } else {
+                    print_instances(&list);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show { title, root } => {
+            let t = InstanceTitle::parse(title)?;
+            let r = root.map(InstanceTitle::parse).transpose()?;
+            let info = client()?.instance(&t, r.as_ref())?;
+            if json {
+                print_json(&info)?;
+            } else {
+                print_instance(&info);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Computer { id } => {
+            let info = client()?.computer(&ComputerId::parse(id)?)?;
+            if json {
+                print_json(&info)?;
+            } else {
+                print_computer(&info);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Destroy { title } => {
+            let t = InstanceTitle::parse(title)?;
+            let info = client()?.set_state(
+                &t,
+                &StateChange {
+                    state: InstanceState::Destroyed,
+                },
+            )?;
+            if json {
+                print_json(&info)?;
+            } else {
+                println!(
+                    "{}: destruction requested (tree of {} instance(s)); the node wipes and \
+                     frees the partitions",
+                    info.title,
+                    1 + info.children.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(listen: &str, db: PathBuf) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(log_level())
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let listener = master_lite::bind(listen).await?;
+        let addr = listener.local_addr().context("read the bound address")?;
+        let db_shown = db.display().to_string();
+        // Open the database before announcing the address: a test reading this line may call
+        // the API at once.
+        let master = tokio::task::spawn_blocking(move || master_lite::Master::open(&db))
+            .await
+            .context("open the database")??;
+        println!("listening on {}", master_lite::url_of(addr));
+        std::io::stdout().flush().ok();
+        tracing::info!(%addr, db = %db_shown, "master started");
+        master.run(listener, shutdown_signal()).await?;
+        tracing::info!("master stopped");
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `SLAPOS_LOG=error|warn|info|debug|trace` (default info).
+fn log_level() -> tracing::Level {
+    std::env::var("SLAPOS_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tracing::Level::INFO)
+}
+
+fn request(
+    client: &Client,
+    req: &InstanceRequest,
+    wait: Option<Duration>,
+    json: bool,
+) -> Result<ExitCode> {
+    let mut info = client.request(req)?;
+    if let Some(wait) = wait
+        && info.state != InstanceState::Destroyed
+    {
+        let deadline = Instant::now() + wait;
+        while info.connection.is_empty() {
+            if Instant::now() >= deadline {
+                if json {
+                    print_json(&info)?;
+                }
+                eprintln!(
+                    "{}: connection parameters not published within {} s (state {}, {}); \
+                     see `slapos-master show {:?}`",
+                    info.title,
+                    wait.as_secs(),
+                    info.state.as_str(),
+                    reported(&info),
+                    info.title.as_str()
+                );
+                return Ok(ExitCode::from(2));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            info = client.instance(&req.title, None)?;
+        }
+    }
+    if json {
+        print_json(&info)?;
+    } else {
+        println!(
+            "{} on {}/{}: requested {}, {}",
+            info.title,
+            info.computer,
+            info.partition,
+            info.state.as_str(),
+            reported(&info)
+        );
+        if info.connection.is_empty() {
+            println!("connection parameters: (not published yet)");
+        } else {
+            println!("connection parameters:");
+            print_params(&info.connection);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Instance parameters from `--params-json` (inline JSON or a file) overridden by `--param`.
+fn parameters(params_json: Option<&str>, params: &[String]) -> Result<Params> {
+    let mut out = match params_json {
+        None => Params::new(),
+        Some(s) => {
+            let text = if s.trim_start().starts_with('{') {
+                s.to_owned()
+            } else {
+                std::fs::read_to_string(s).with_context(|| format!("read --params-json {s}"))?
+            };
+            serde_json::from_str(&text)
+                .with_context(|| format!("--params-json {s}: not a JSON object"))?
+        }
+    };
+    for (k, v) in pairs(params, "--param")? {
+        out.insert(k, serde_json::Value::String(v));
+    }
+    Ok(out)
+}
+
+fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("{what} {item:?}: expected KEY=VALUE");
+        };
+        if k.is_empty() {
+            bail!("{what} {item:?}: empty key");
+        }
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `started (rev 12)`, `error: …`, or `not reported yet`.
+fn reported(info: &InstanceInfo) -> String {
+    match &info.reported {
+        None => "not reported yet".into(),
+        Some(r) => {
+            let failed = r.report.promises.iter().filter(|p| !p.ok).count();
+            let mut s = format!("reported {}", r.report.state.as_str());
+            if r.report.revision != info.revision {
+                s.push_str(&format!(" (older revision {})", r.report.revision));
+            }
+            if let Some(e) = &r.report.error {
+                s.push_str(&format!(", error: {e}"));
+            }
+            if failed > 0 {
+                s.push_str(&format!(", {failed} promise(s) failing"));
+            }
+            s
+        }
+    }
+}
+
+/// Print rows as aligned columns (the first row is the header).
+fn table(rows: &[Vec<String>]) {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn print_instances(list: &[InstanceInfo]) {
+    if list.is_empty() {
+        println!("no instances");
+        return;
+    }
+    let mut rows = vec![
+        [
+            "TITLE", "TREE", "STATE", "REPORTED", "PROMISES", "WHERE", "REV",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in list {
+        let (state, promises) = match &i.reported {
+            None => ("-".to_owned(), "-".to_owned()),
+            Some(r) => {
+                let ok = r.report.promises.iter().filter(|p| p.ok).count();
+                let st = if r.report.error.is_some() {
+                    format!("{} (error)", r.report.state.as_str())
+                } else {
+                    r.report.state.as_str().to_owned()
+                };
+                (st, format!("{ok}/{}", r.report.promises.len()))
+            }
+        };
+        rows.push(vec![
+            i.title.to_string(),
+            i.root_title.to_string(),
+            i.state.as_str().to_owned(),
+            state,
+            promises,
+            format!("{}/{}", i.computer, i.partition),
+            i.revision.to_string(),
+        ]);
+    }
+    table(&rows);
+}
+
+fn print_params(p: &Params) {
+    for (k, v) in p {
+        match v {
+            serde_json::Value::String(s) => println!("  {k} = {s}"),
+            other => println!("  {k} = {other}"),
+        }
+    }
+}
+
+fn print_instance(i: &InstanceInfo) {
+    let rows: Vec<(&str, String)> = vec![
+        ("title", i.title.to_string()),
+        ("tree", i.root_title.to_string()),
+        (
+            "requested by",
+            i.requester.clone().unwrap_or_else(|| "user".into()),
+        ),
+        ("software", i.software_url.to_string()),
+        ("type", i.software_type.to_string()),
+        ("state", i.state.as_str().to_owned()),
+        ("where", format!("{}/{}", i.computer, i.partition)),
+        ("revision", i.revision.to_string()),
+        ("reported", reported(i)),
+        ("bang", i.bang.clone().unwrap_or_else(|| "-".into())),
+        (
+            "children",
+            if i.children.is_empty() {
+                "-".into()
+            } else {
+                i.children
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<13} {v}");
+    }
+    println!("parameters:");
+    print_params(&i.parameters);
+    println!("connection parameters:");
+    print_params(&i.connection);
+    if let Some(r) = &i.reported
+        && !r.report.promises.is_empty()
+    {
+        println!("promises:");
+        for p in &r.report.promises {
+            let mark = if p.ok { "ok  " } else { "FAIL" };
+            println!("  {mark} {}: {}", p.name, p.message.trim());
+        }
+    }
+}
+
+fn print_computers(list: &[ComputerInfo]) {
+    if list.is_empty() {
+        println!("no computers");
+        return;
+    }
+    let mut rows = vec![
+        [
+            "COMPUTER",
+            "PARTITIONS",
+            "FREE",
+            "RELEASES",
+            "LABELS",
+            "LAST SEEN",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for c in list {
+        let free = c.partitions.iter().filter(|p| p.instance.is_none()).count();
+        let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push(vec![
+            c.id.to_string(),
+            c.partitions.len().to_string(),
+            free.to_string(),
+            c.software.len().to_string(),
+            labels.join(","),
+            ago(c.last_seen_ms),
+        ]);
+    }
+    table(&rows);
+}
+
+fn print_computer(c: &ComputerInfo) {
+    println!("computer   {}", c.id);
+    println!("last seen  {}", ago(c.last_seen_ms));
+    for (k, v) in &c.labels {
+        println!("label      {k}={v}");
+    }
+    println!("releases:");
+    let mut rows = vec![["URL", "REQUESTED", "INSTALL"].map(String::from).to_vec()];
+    for s in &c.software {
+        let install = match &s.install {
+            None => "-".to_owned(),
+            Some(r) => {
+                let st = serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                match &r.message {
+                    Some(m) => format!("{st}: {}", m.lines().last().unwrap_or("")),
+                    None => st,
+                }
+            }
+        };
+        let requested = match s.requested {
+            SupplyState::Available => "available",
+            SupplyState::Destroyed => "remove",
+        };
+        rows.push(vec![s.url.to_string(), requested.to_owned(), install]);
+    }
+    table(&rows);
+    println!("partitions:");
+    let mut rows = vec![
+        ["PARTITION", "INSTANCE", "ADDRESSES"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for p in &c.partitions {
+        rows.push(vec![
+            p.id.to_string(),
+            p.instance
+                .as_ref()
+                .map_or_else(|| "(free)".to_owned(), ToString::to_string),
+            p.addresses.join(","),
+        ]);
+    }
+    table(&rows);
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let now = master_lite::now_ms();
+            format!("{} s ago", now.saturating_sub(t) / 1000)
+        }
+    }
+}

@@ -237,6 +237,19 @@ pub struct ReportedStatus {
     pub at_ms: u64,
 }
 
+/// Answer to a [`PartitionReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// True when the partition is free after this report (a `destroyed` report was accepted,
+    /// or the partition was already free).
+    pub freed: bool,
+    /// For a `destroyed` report on an instance that still has children: the children that must
+    /// be destroyed first (they now are marked destroyed). The master bumps the instance's
+    /// revision once they are gone, and the node reports `destroyed` again.
+    #[serde(default)]
+    pub waiting_for: Vec<InstanceTitle>,
+}
+
 /// `POST /v1/computers/{c}/partitions/{p}/connection`: publish connection parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionPublish {

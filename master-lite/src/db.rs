@@ -1,0 +1,115 @@
+//! The database worker: one OS thread owns the [`Store`] and runs jobs sent from async handlers.
+//!
+//! SQLite work (and its fsyncs) therefore never blocks a runtime thread, writes are serialised
+//! without lock contention, and the queue in front of the store is bounded
+//! ([`QUEUE_DEPTH`]): when it is full, handlers wait, so back-pressure reaches the HTTP layer.
+//! After each job the worker hands the computers whose desired state changed to the [`Hub`],
+//! which wakes their long polls.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{ApiError, MasterError};
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// Jobs waiting for the store at most.
+pub const QUEUE_DEPTH: usize = 256;
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// Handle to the database worker; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The worker thread; [`Worker::close`] stops it and closes the database.
+#[derive(Debug)]
+pub struct Worker {
+    stop: Option<Db>,
+    thread: Option<JoinHandle<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+/// Start the worker thread owning `store`.
+pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
+    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+    let (done_tx, done_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("master-db".into())
+        .spawn(move || {
+            let mut store = store;
+            while let Some(job) = rx.blocking_recv() {
+                job(&mut store);
+                for (computer, etag) in store.take_touched() {
+                    hub.notify(&computer, etag);
+                }
+            }
+            drop(store); // closes the connection (checkpoints the WAL) before signalling
+            let _ = done_tx.send(());
+        })
+        .map_err(MasterError::Worker)?;
+    let db = Db { jobs: tx };
+    Ok((
+        db.clone(),
+        Worker {
+            stop: Some(db),
+            thread: Some(thread),
+            done: Some(done_rx),
+        },
+    ))
+}
+
+impl Db {
+    /// Run `f` on the store and return its result.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = tx.send(f(store));
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| ApiError::Internal("the database worker has stopped".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Internal("the database worker dropped a job".into()))?
+    }
+
+    /// The same as [`Db::call`], from a thread outside the runtime.
+    pub fn call_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = tx.send(f(store));
+        });
+        self.jobs
+            .blocking_send(job)
+            .map_err(|_| ApiError::Internal("the database worker has stopped".into()))?;
+        rx.blocking_recv()
+            .map_err(|_| ApiError::Internal("the database worker dropped a job".into()))?
+    }
+}
+
+impl Worker {
+    /// Stop the worker once every handle is dropped and queued jobs ran, then wait until the
+    /// database is closed. Handles still alive elsewhere keep it running: drop the router first.
+    pub async fn close(mut self) {
+        self.stop = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Errors: [`ApiError`] for everything an API call can answer, [`MasterError`] for starting and
+//! running the server.
+//!
+//! Every [`ApiError`] becomes one JSON [`ErrorBody`] with a stable `kind` and a status. Internal
+//! errors (database, a dead worker) are logged with their detail and answered with a generic
+//! message, so no SQL, path or library text leaks to clients.
+
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use slapos_proto::ErrorBody;
+
+/// An API call failed. The variant decides the status; the text is the message clients see.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, an invalid id, a bad query or header: 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller may not do this (e.g. a free partition requesting an instance): 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Unknown computer, partition, release or instance: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts the current state (same title with another release,
+    /// removing a release in use, reporting on a free partition): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// No free partition matches the request's SLA filter and release: 409.
+    #[error("{0}")]
+    NoAllocation(String),
+    /// The body exceeds [`slapos_proto::MAX_BODY_BYTES`]: 413.
+    #[error("request body larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A database operation failed: 500, detail logged only.
+    #[error("database error while trying to {op}: {source}")]
+    Db {
+        /// What the store was doing.
+        op: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Anything else that is the server's fault: 500, detail logged only.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) | Self::NoAllocation(_) => StatusCode::CONFLICT,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Db { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable machine-readable kind (see [`ErrorBody::kind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::NoAllocation(_) => "no_allocation",
+            Self::TooLarge { .. } => "too_large",
+            Self::Db { .. } | Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The body clients see: internal details are replaced by a generic message.
+    pub fn body(&self) -> ErrorBody {
+        let error = match self {
+            Self::Db { .. } | Self::Internal(_) => {
+                "internal error; the master's log has the details".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ErrorBody {
+            kind: self.kind().to_owned(),
+            error,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "internal error answered with 500");
+        } else {
+            tracing::debug!(error = %self, %status, "request refused");
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// Attach the operation to a SQLite error: `conn.execute(..).op("free a partition")?`.
+pub(crate) trait DbContext<T> {
+    /// Wrap the error with what the store was doing.
+    fn op(self, op: &'static str) -> Result<T, ApiError>;
+}
+
+impl<T> DbContext<T> for Result<T, rusqlite::Error> {
+    fn op(self, op: &'static str) -> Result<T, ApiError> {
+        self.map_err(|source| ApiError::Db { op, source })
+    }
+}
+
+/// Starting or running the master failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The database file could not be opened or configured.
+    #[error("failed to open the database {path}: {source}")]
+    Open {
+        /// Database path (`:memory:` for an in-memory store).
+        path: PathBuf,
+        /// SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A schema migration failed; the database is left at the previous version.
+    #[error("failed to migrate the database {path} to schema version {version}: {source}")]
+    Migrate {
+        /// Database path.
+        path: PathBuf,
+        /// The migration that failed.
+        version: u32,
+        /// SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer master.
+    #[error(
+        "the database {path} has schema version {found}, newer than this master knows ({known}); \
+         use a newer slapos-master"
+    )]
+    SchemaTooNew {
+        /// Database path.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u32,
+        /// Newest version this build knows.
+        known: u32,
+    },
+    /// The database worker thread could not be started.
+    #[error("failed to start the database worker thread: {0}")]
+    Worker(#[source] std::io::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server on {addr} failed: {source}")]
+    Serve {
+        /// Listening address.
+        addr: String,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding the listening socket failed.
+    #[error("failed to listen on {addr}: {source}")]
+    Bind {
+        /// Requested address.
+        addr: String,
+        /// I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}

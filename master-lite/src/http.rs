@@ -1,0 +1,357 @@
+//! The HTTP layer: [`app`] builds the router of the native API (`/v1`, see `docs/api.md`).
+//!
+//! Handlers are thin: they parse and validate the input (path ids, query, JSON body, the
+//! partition header) into `slapos-proto` types, hand one closure to the database worker (one
+//! transaction), and turn the result or the [`ApiError`] into a response. Nothing here touches
+//! SQLite directly. The router is testable without a socket (`tower::ServiceExt::oneshot`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use slapos_proto::{
+    Bang, ComputerId, ConnectionPublish, DesiredQuery, Health, InstanceRequest, InstanceTitle,
+    MAX_BODY_BYTES, MAX_LONG_POLL_SECS, PARTITION_HEADER, PROTOCOL_VERSION, PartitionId,
+    PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange, SupplyRequest,
+};
+
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::hub::Hub;
+
+/// What every handler shares: the database worker and the long-poll hub.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The database worker.
+    pub db: Db,
+    /// Long-poll wake-ups and last contact.
+    pub hub: Arc<Hub>,
+}
+
+/// The native API router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/computers", post(register).get(list_computers))
+        .route("/v1/computers/{c}", get(show_computer))
+        .route("/v1/computers/{c}/software", post(supply))
+        .route("/v1/computers/{c}/software/report", post(report_software))
+        .route("/v1/computers/{c}/desired", get(desired))
+        .route(
+            "/v1/computers/{c}/partitions/{p}/report",
+            post(report_partition),
+        )
+        .route(
+            "/v1/computers/{c}/partitions/{p}/connection",
+            post(publish_connection),
+        )
+        .route("/v1/computers/{c}/partitions/{p}/bang", post(bang))
+        .route("/v1/instances", post(request).get(list_instances))
+        .route("/v1/instances/{title}", get(show_instance))
+        .route("/v1/instances/{title}/state", post(set_state))
+        .fallback(no_route)
+        .method_not_allowed_fallback(bad_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+type Json<T> = axum::Json<T>;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extraction
+
+/// A JSON body, decoded with serde whatever the content type says; too large → 413, anything
+/// else wrong → 400 naming the problem.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge {
+                        limit: MAX_BODY_BYTES,
+                    }
+                } else {
+                    ApiError::BadRequest(format!("unreadable request body: {}", r.body_text()))
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn computer_id(s: &str) -> ApiResult<ComputerId> {
+    ComputerId::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn partition_id(s: &str) -> ApiResult<PartitionId> {
+    PartitionId::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn title(s: &str) -> ApiResult<InstanceTitle> {
+    InstanceTitle::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|r| ApiError::BadRequest(format!("invalid query: {}", r.body_text())))
+}
+
+/// The requesting partition named by [`PARTITION_HEADER`], if any.
+fn requester(headers: &HeaderMap) -> ApiResult<Option<PartitionRef>> {
+    let Some(v) = headers.get(PARTITION_HEADER) else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| {
+        ApiError::BadRequest(format!("header {PARTITION_HEADER} is not valid text"))
+    })?;
+    PartitionRef::parse(s.trim())
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("header {PARTITION_HEADER}: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn health() -> Json<Health> {
+    axum::Json(Health {
+        protocol: PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn bad_method(method: Method, uri: Uri) -> Response {
+    let body = slapos_proto::ErrorBody {
+        kind: "bad_request".into(),
+        error: format!("method {method} is not allowed on {}", uri.path()),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+async fn register(
+    State(st): State<AppState>,
+    Body(reg): Body<RegisterComputer>,
+) -> ApiResult<Response> {
+    let now = now_ms();
+    let id = reg.id.clone();
+    let mut info = st.db.call(move |s| s.register(&reg, now)).await?;
+    st.hub.saw(&id, now);
+    info.last_seen_ms = info.last_seen_ms.max(st.hub.last_seen(&id));
+    Ok(axum::Json(info).into_response())
+}
+
+async fn list_computers(State(st): State<AppState>) -> ApiResult<Response> {
+    let mut list = st.db.call(|s| s.computers()).await?;
+    for c in &mut list {
+        c.last_seen_ms = c.last_seen_ms.max(st.hub.last_seen(&c.id));
+    }
+    Ok(axum::Json(list).into_response())
+}
+
+async fn show_computer(State(st): State<AppState>, Path(c): Path<String>) -> ApiResult<Response> {
+    let c = computer_id(&c)?;
+    let id = c.clone();
+    let mut info = st.db.call(move |s| s.computer(&id)).await?;
+    info.last_seen_ms = info.last_seen_ms.max(st.hub.last_seen(&c));
+    Ok(axum::Json(info).into_response())
+}
+
+async fn supply(
+    State(st): State<AppState>,
+    Path(c): Path<String>,
+    Body(req): Body<SupplyRequest>,
+) -> ApiResult<Response> {
+    let c = computer_id(&c)?;
+    let info = st.db.call(move |s| s.supply(&c, &req)).await?;
+    Ok(axum::Json(info).into_response())
+}
+
+async fn report_software(
+    State(st): State<AppState>,
+    Path(c): Path<String>,
+    Body(rep): Body<SoftwareReport>,
+) -> ApiResult<Response> {
+    let c = computer_id(&c)?;
+    let now = now_ms();
+    st.db
+        .call(move |s| s.report_software(&c, &rep, now))
+        .await?;
+    Ok(empty_object())
+}
+
+/// `GET desired`: answer at once when the etag differs (or none is given); otherwise hold the
+/// answer up to `wait` seconds until the computer's desired state changes, then `304`.
+async fn desired(
+    State(st): State<AppState>,
+    Path(c): Path<String>,
+    q: Result<Query<DesiredQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let c = computer_id(&c)?;
+    let q = query(q)?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before the first read, so a change committed in between still wakes us.
+    // Past MAX_WAITING_POLLS, answer at once (the node polls again).
+    let slot = if q.etag.is_some() && !wait.is_zero() {
+        st.hub.poll_slot()
+    } else {
+        None
+    };
+    let mut rx = slot.as_ref().map(|_| st.hub.subscribe(&c));
+    let mut shutdown = st.hub.shutdown_signal();
+    loop {
+        let (id, known) = (c.clone(), q.etag.clone());
+        let read = st.db.call(move |s| s.desired(&id, known.as_deref())).await;
+        let current = match read {
+            Ok(v) => v,
+            Err(e) => {
+                drop(rx.take());
+                st.hub.forget_unused(&c);
+                return Err(e);
+            }
+        };
+        st.hub.saw(&c, now_ms());
+        if let Some(d) = current {
+            let etag = HeaderValue::from_str(&format!("\"{}\"", d.etag)).ok();
+            let mut resp = axum::Json(d).into_response();
+            if let Some(e) = etag {
+                resp.headers_mut().insert(header::ETAG, e);
+            }
+            return Ok(resp);
+        }
+        let Some(rx) = rx.as_mut() else {
+            return Ok(StatusCode::NOT_MODIFIED.into_response());
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Ok(StatusCode::NOT_MODIFIED.into_response());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(StatusCode::NOT_MODIFIED.into_response());
+            }
+            _ = shutdown.wait_for(|down| *down) => {
+                return Ok(StatusCode::NOT_MODIFIED.into_response());
+            }
+        }
+    }
+}
+
+async fn report_partition(
+    State(st): State<AppState>,
+    Path((c, p)): Path<(String, String)>,
+    Body(rep): Body<PartitionReport>,
+) -> ApiResult<Response> {
+    let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    let now = now_ms();
+    let ack = st
+        .db
+        .call(move |s| s.report_partition(&c, &p, &rep, now))
+        .await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+async fn publish_connection(
+    State(st): State<AppState>,
+    Path((c, p)): Path<(String, String)>,
+    Body(conn): Body<ConnectionPublish>,
+) -> ApiResult<Response> {
+    let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    let now = now_ms();
+    st.db
+        .call(move |s| s.publish_connection(&c, &p, &conn.parameters, now))
+        .await?;
+    Ok(empty_object())
+}
+
+async fn bang(
+    State(st): State<AppState>,
+    Path((c, p)): Path<(String, String)>,
+    Body(b): Body<Bang>,
+) -> ApiResult<Response> {
+    let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    if b.message.len() > 4096 {
+        return Err(ApiError::BadRequest(
+            "bang message must be at most 4096 bytes".into(),
+        ));
+    }
+    let now = now_ms();
+    st.db.call(move |s| s.bang(&c, &p, &b.message, now)).await?;
+    Ok(empty_object())
+}
+
+async fn request(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<InstanceRequest>,
+) -> ApiResult<Response> {
+    let from = requester(&headers)?;
+    let now = now_ms();
+    let info = st
+        .db
+        .call(move |s| s.request(&req, from.as_ref(), now))
+        .await?;
+    Ok(axum::Json(info).into_response())
+}
+
+async fn list_instances(State(st): State<AppState>) -> ApiResult<Response> {
+    let list = st.db.call(|s| s.instances()).await?;
+    Ok(axum::Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct RootQuery {
+    #[serde(default)]
+    root: Option<String>,
+}
+
+async fn show_instance(
+    State(st): State<AppState>,
+    Path(t): Path<String>,
+    q: Result<Query<RootQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let t = title(&t)?;
+    let root = query(q)?.root.as_deref().map(title).transpose()?;
+    let info = st.db.call(move |s| s.instance(&t, root.as_ref())).await?;
+    Ok(axum::Json(info).into_response())
+}
+
+async fn set_state(
+    State(st): State<AppState>,
+    Path(t): Path<String>,
+    Body(change): Body<StateChange>,
+) -> ApiResult<Response> {
+    let t = title(&t)?;
+    let info = st.db.call(move |s| s.set_state(&t, change.state)).await?;
+    Ok(axum::Json(info).into_response())
+}
+
+fn empty_object() -> Response {
+    axum::Json(serde_json::json!({})).into_response()
+}

@@ -1,0 +1,1613 @@
+//! The master's state in embedded SQLite: computers, partitions, releases, instances.
+//!
+//! # Design
+//!
+//! [`Store`] owns one [`rusqlite::Connection`] and is driven by one thread (see [`crate::db`]);
+//! every public method is **one transaction** (`BEGIN IMMEDIATE` for writes), so an API call is
+//! applied completely or not at all, and input is validated before anything is written. The
+//! schema and its numbered migrations are in [`schema`].
+//!
+//! # Durability
+//!
+//! The database runs in WAL mode with `synchronous = FULL`: a commit returns only after the WAL
+//! has been fsynced, so anything the master acknowledged survives a crash of the process **and**
+//! of the machine (power loss), which matters on an edge box. `NORMAL` would survive only a
+//! process crash. The price is one fsync per write call; `master-bench` measures it against the
+//! raw cost of a one-row commit on the same disk.
+//!
+//! # Revisions and etags
+//!
+//! One monotonic counter (`meta.seq`) is advanced at most once per transaction, and only when
+//! the transaction changes something a node acts on. That value becomes the new `revision` of
+//! every instance whose assignment changed and the new `etag` of every computer whose desired
+//! state changed. An identical re-request therefore changes nothing; a freed and re-allocated
+//! partition can never show a revision the node has already converged. The computers changed by
+//! a committed transaction are collected in [`Store::take_touched`] so the caller can wake the
+//! long polls of exactly those nodes.
+//!
+//! # Semantics (after SlapOS, see `docs/api.md`)
+//!
+//! * An instance is keyed by `(title, root)`: `root` is `''` for an instance a user requested and
+//!   the title of the tree root for one requested by a partition.
+//! * Allocation takes the first free partition, in registration order, of a computer matching
+//!   the SLA filter **and** having the release supplied.
+//! * An instance row exists exactly while it holds a partition. A node's `destroyed` report
+//!   deletes it (freeing and resetting the partition) once its children are gone; until then its
+//!   children are marked destroyed and the report answers `freed: false`.
+//! * A root's state change (request or state route) is applied to its whole tree; a destroyed
+//!   child stays destroyed when the tree is started again.
+
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use slapos_proto::{
+    Assignment, ComputerId, ComputerInfo, DesiredPartition, DesiredSoftware, DesiredState,
+    InstallState, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, LabelKey, Params,
+    PartitionId, PartitionInfo, PartitionRef, PartitionReport, RegisterComputer, ReportAck,
+    ReportedStatus, SoftwareInfo, SoftwareReport, SoftwareType, SoftwareUrl, SupplyRequest,
+    SupplyState,
+};
+
+use crate::error::{ApiError, DbContext, MasterError};
+
+/// Result of a store operation.
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+/// Longest label value accepted at registration (bytes).
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// The master's database.
+pub struct Store {
+    conn: Connection,
+    touched: Vec<(ComputerId, u64)>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the database file at `path`, configure it and migrate it.
+    pub fn open(path: &Path, now_ms: u64) -> std::result::Result<Self, MasterError> {
+        let conn = Connection::open(path).map_err(|source| MasterError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::setup(conn, path, now_ms)
+    }
+
+    /// A store in memory (tests, throw-away masters). Same code path as on disk.
+    pub fn open_in_memory(now_ms: u64) -> std::result::Result<Self, MasterError> {
+        let path = Path::new(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| MasterError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::setup(conn, path, now_ms)
+    }
+
+    fn setup(
+        mut conn: Connection,
+        path: &Path,
+        now_ms: u64,
+    ) -> std::result::Result<Self, MasterError> {
+        let cfg = |conn: &Connection| -> rusqlite::Result<()> {
+            // WAL + FULL: see the module doc (Durability).
+            let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(())
+        };
+        cfg(&conn).map_err(|source| MasterError::Open {
+            path: PathBuf::from(path),
+            source,
+        })?;
+        schema::migrate(&mut conn, path, now_ms)?;
+        Ok(Self {
+            conn,
+            touched: Vec::new(),
+        })
+    }
+
+    /// Computers whose desired state changed in the transactions committed since the last call,
+    /// with their new etag.
+    pub fn take_touched(&mut self) -> Vec<(ComputerId, u64)> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The underlying connection (diagnostics and tests).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn write(&mut self) -> Result<Tx<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .op("begin a write transaction")?;
+        Ok(Tx::new(tx, &mut self.touched))
+    }
+
+    fn read(&mut self) -> Result<Tx<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .op("begin a read transaction")?;
+        Ok(Tx::new(tx, &mut self.touched))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Computers
+
+    /// Register or re-register a computer: labels are replaced, new partitions are appended in
+    /// the given order, known ones keep their place and allocation, and known ones missing from
+    /// the list are dropped when free and kept when allocated.
+    pub fn register(&mut self, reg: &RegisterComputer, now_ms: u64) -> Result<ComputerInfo> {
+        validate_registration(reg)?;
+        let mut tx = self.write()?;
+        let c = reg.id.as_str();
+        let existed = tx
+            .query_row("SELECT 1 FROM computer WHERE id = ?1", [c], |_| Ok(()))
+            .optional()
+            .op("look up a computer")?
+            .is_some();
+        tx.execute(
+            "INSERT INTO computer (id, etag, registered_ms, last_seen_ms) VALUES (?1, 0, ?2, ?2)
+             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+            params![c, ms(now_ms)],
+        )
+        .op("insert a computer")?;
+        tx.execute("DELETE FROM label WHERE computer = ?1", [c])
+            .op("replace labels")?;
+        {
+            let mut ins = tx
+                .prepare_cached("INSERT INTO label (computer, key, value) VALUES (?1, ?2, ?3)")
+                .op("replace labels")?;
+            for (k, v) in &reg.labels {
+                ins.execute(params![c, k.as_str(), v])
+                    .op("replace labels")?;
+            }
+        }
+        // Known partitions: id -> (addresses, allocated).
+        let mut known: HashMap<String, (String, bool)> = HashMap::new();
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT p.id, p.addresses, EXISTS (SELECT 1 FROM instance i
+                         WHERE i.computer = p.computer AND i.partition = p.id)
+                     FROM partition p WHERE p.computer = ?1",
+                )
+                .op("list partitions")?;
+            let rows = st
+                .query_map([c], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+                .op("list partitions")?;
+            for row in rows {
+                let (id, v) = row.op("list partitions")?;
+                known.insert(id, v);
+            }
+        }
+        let mut changed = !existed;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO partition (computer, id, addresses) VALUES (?1, ?2, ?3)",
+                )
+                .op("insert a partition")?;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE partition SET addresses = ?3 WHERE computer = ?1 AND id = ?2",
+                )
+                .op("update a partition")?;
+            for spec in &reg.partitions {
+                let addresses = to_json(&spec.addresses)?;
+                match known.remove(spec.id.as_str()) {
+                    None => {
+                        ins.execute(params![c, spec.id.as_str(), addresses])
+                            .op("insert a partition")?;
+                        changed = true;
+                    }
+                    Some((old, _)) if old != addresses => {
+                        upd.execute(params![c, spec.id.as_str(), addresses])
+                            .op("update a partition")?;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let mut del = tx
+                .prepare_cached("DELETE FROM partition WHERE computer = ?1 AND id = ?2")
+                .op("drop a partition")?;
+            for (id, (_, allocated)) in known {
+                if allocated {
+                    tracing::warn!(
+                        computer = c,
+                        partition = id,
+                        "re-registration omits an allocated partition; it is kept until freed"
+                    );
+                } else {
+                    del.execute(params![c, id]).op("drop a partition")?;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            tx.bump_computer(c)?;
+        }
+        let info = computer_info(&tx, c)?;
+        tx.commit()?;
+        Ok(info)
+    }
+
+    /// Every computer, in id order.
+    pub fn computers(&mut self) -> Result<Vec<ComputerInfo>> {
+        let tx = self.read()?;
+        let ids: Vec<String> = {
+            let mut st = tx
+                .prepare_cached("SELECT id FROM computer ORDER BY id")
+                .op("list computers")?;
+            st.query_map([], |r| r.get(0))
+                .op("list computers")?
+                .collect::<rusqlite::Result<_>>()
+                .op("list computers")?
+        };
+        ids.iter().map(|c| computer_info(&tx, c)).collect()
+    }
+
+    /// One computer.
+    pub fn computer(&mut self, c: &ComputerId) -> Result<ComputerInfo> {
+        let tx = self.read()?;
+        require_computer(&tx, c.as_str())?;
+        computer_info(&tx, c.as_str())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Software releases
+
+    /// Supply a release to a computer, or ask for its removal. Removing a release that an
+    /// allocated instance uses is a conflict; removing one never supplied changes nothing.
+    pub fn supply(&mut self, c: &ComputerId, req: &SupplyRequest) -> Result<SoftwareInfo> {
+        let mut tx = self.write()?;
+        let cs = c.as_str();
+        let url = req.url.as_str();
+        require_computer(&tx, cs)?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT requested FROM software WHERE computer = ?1 AND url = ?2",
+                [cs, url],
+                |r| r.get(0),
+            )
+            .optional()
+            .op("look up a release")?;
+        match (req.state, current.as_deref()) {
+            (SupplyState::Available, None) => {
+                tx.execute(
+                    "INSERT INTO software (computer, url, requested) VALUES (?1, ?2, 'available')",
+                    [cs, url],
+                )
+                .op("supply a release")?;
+                tx.bump_computer(cs)?;
+            }
+            (SupplyState::Available, Some("destroyed")) => {
+                tx.execute(
+                    "UPDATE software SET requested = 'available' WHERE computer = ?1 AND url = ?2",
+                    [cs, url],
+                )
+                .op("supply a release")?;
+                tx.bump_computer(cs)?;
+            }
+            (SupplyState::Destroyed, Some("available")) => {
+                let users = titles(
+                    &tx,
+                    "SELECT title FROM instance WHERE computer = ?1 AND software_url = ?2
+                     ORDER BY id LIMIT 10",
+                    params![cs, url],
+                )?;
+                if !users.is_empty() {
+                    return Err(ApiError::Conflict(format!(
+                        "cannot remove release {url} from computer {cs}: instances still use it \
+                         ({}); destroy them first",
+                        users.join(", ")
+                    )));
+                }
+                tx.execute(
+                    "UPDATE software SET requested = 'destroyed' WHERE computer = ?1 AND url = ?2",
+                    [cs, url],
+                )
+                .op("remove a release")?;
+                tx.bump_computer(cs)?;
+            }
+            (SupplyState::Destroyed, None) => {
+                return Ok(SoftwareInfo {
+                    url: req.url.clone(),
+                    requested: SupplyState::Destroyed,
+                    install: None,
+                });
+            }
+            _ => {} // already as asked
+        }
+        let info = software_info(&tx, cs, url)?.ok_or_else(|| {
+            ApiError::Internal(format!("release {url} on {cs} vanished in its transaction"))
+        })?;
+        tx.commit()?;
+        Ok(info)
+    }
+
+    /// Record the node's install state of a release. `destroyed` for a release whose removal
+    /// was asked deletes it from the computer.
+    pub fn report_software(
+        &mut self,
+        c: &ComputerId,
+        rep: &SoftwareReport,
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut tx = self.write()?;
+        let cs = c.as_str();
+        let url = rep.url.as_str();
+        require_computer(&tx, cs)?;
+        let requested: String = tx
+            .query_row(
+                "SELECT requested FROM software WHERE computer = ?1 AND url = ?2",
+                [cs, url],
+                |r| r.get(0),
+            )
+            .optional()
+            .op("look up a release")?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("release {url} is not supplied to computer {cs}"))
+            })?;
+        if rep.state == InstallState::Destroyed && requested == "destroyed" {
+            tx.execute(
+                "DELETE FROM software WHERE computer = ?1 AND url = ?2",
+                [cs, url],
+            )
+            .op("forget a removed release")?;
+            tx.bump_computer(cs)?;
+        } else {
+            tx.execute(
+                "UPDATE software SET install_state = ?3, install_message = ?4, install_ms = ?5
+                 WHERE computer = ?1 AND url = ?2",
+                params![
+                    cs,
+                    url,
+                    install_state_str(rep.state),
+                    rep.message,
+                    ms(now_ms)
+                ],
+            )
+            .op("record an install report")?;
+        }
+        touch_seen(&tx, cs, now_ms)?;
+        tx.commit()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Desired state
+
+    /// The desired state of a computer, or `None` when its etag still equals `known`.
+    pub fn desired(&mut self, c: &ComputerId, known: Option<&str>) -> Result<Option<DesiredState>> {
+        let tx = self.read()?;
+        let cs = c.as_str();
+        let etag = require_computer(&tx, cs)?.to_string();
+        if known == Some(etag.as_str()) {
+            return Ok(None);
+        }
+        let software = {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT url, requested FROM software WHERE computer = ?1 ORDER BY rowid",
+                )
+                .op("read releases")?;
+            let rows = st
+                .query_map([cs], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .op("read releases")?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (url, state) = row.op("read releases")?;
+                out.push(DesiredSoftware {
+                    url: decode(&url)?,
+                    state: supply_state(&state)?,
+                });
+            }
+            out
+        };
+        // Children's connection parameters, keyed by the parent's partition.
+        let mut children: HashMap<String, BTreeMap<String, Params>> = HashMap::new();
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT par.partition, ch.title, ch.connection FROM instance ch
+                     JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1",
+                )
+                .op("read children")?;
+            let rows = st
+                .query_map([cs], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .op("read children")?;
+            for row in rows {
+                let (p, title, conn) = row.op("read children")?;
+                children
+                    .entry(p)
+                    .or_default()
+                    .insert(title, from_json(&conn)?);
+            }
+        }
+        let partitions = {
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "SELECT p.id, {} FROM partition p LEFT JOIN instance i
+                     ON i.computer = p.computer AND i.partition = p.id
+                     WHERE p.computer = ?1 ORDER BY p.seq",
+                    InstanceRow::COLUMNS_I
+                ))
+                .op("read partitions")?;
+            let rows = st
+                .query_map([cs], |r| {
+                    let id: String = r.get(0)?;
+                    let inst = match r.get::<_, Option<i64>>(1)? {
+                        Some(_) => Some(InstanceRow::from_row(r, 1)?),
+                        None => None,
+                    };
+                    Ok((id, inst))
+                })
+                .op("read partitions")?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, inst) = row.op("read partitions")?;
+                let instance = match inst {
+                    None => None,
+                    Some(i) => {
+                        let kids = children.remove(&i.partition).unwrap_or_default();
+                        Some(i.assignment(kids)?)
+                    }
+                };
+                out.push(DesiredPartition {
+                    id: decode(&id)?,
+                    instance,
+                });
+            }
+            out
+        };
+        Ok(Some(DesiredState {
+            computer: c.clone(),
+            etag,
+            software,
+            partitions,
+        }))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Node reports about partitions
+
+    /// Record what the node did with a partition. A `destroyed` report for an instance whose
+    /// requested state is `destroyed` frees the partition, unless the instance still has
+    /// children: they are then marked destroyed and the partition is freed on a later report,
+    /// after the last child is gone (the parent's revision is bumped at that moment so the node
+    /// reports again).
+    pub fn report_partition(
+        &mut self,
+        c: &ComputerId,
+        p: &PartitionId,
+        rep: &PartitionReport,
+        now_ms: u64,
+    ) -> Result<ReportAck> {
+        let mut tx = self.write()?;
+        let (cs, ps) = (c.as_str(), p.as_str());
+        require_partition(&tx, cs, ps)?;
+        touch_seen(&tx, cs, now_ms)?;
+        let Some(inst) = instance_on(&tx, cs, ps)? else {
+            if rep.state == InstanceState::Destroyed {
+                tx.commit()?;
+                return Ok(ReportAck {
+                    freed: true,
+                    waiting_for: Vec::new(),
+                });
+            }
+            return Err(ApiError::Conflict(format!(
+                "partition {cs}/{ps} is free: a {} report is only accepted for an allocated \
+                 partition",
+                rep.state.as_str()
+            )));
+        };
+        let status = ReportedStatus {
+            report: rep.clone(),
+            at_ms: now_ms,
+        };
+        tx.execute(
+            "UPDATE instance SET reported = ?2 WHERE id = ?1",
+            params![inst.id, to_json(&status)?],
+        )
+        .op("record a partition report")?;
+        let mut ack = ReportAck {
+            freed: false,
+            waiting_for: Vec::new(),
+        };
+        if rep.state == InstanceState::Destroyed && inst.state == InstanceState::Destroyed.as_str()
+        {
+            let kids = titles(
+                &tx,
+                "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
+                [inst.id],
+            )?;
+            if kids.is_empty() {
+                tx.execute("DELETE FROM instance WHERE id = ?1", [inst.id])
+                    .op("free a partition")?;
+                tx.bump_computer(cs)?;
+                if let Some(parent) = inst.requester {
+                    tx.bump_instance(parent)?;
+                }
+                ack.freed = true;
+            } else {
+                destroy_subtree(&mut tx, &inst)?;
+                ack.waiting_for = kids.iter().map(|t| decode(t)).collect::<Result<_>>()?;
+            }
+        }
+        tx.commit()?;
+        Ok(ack)
+    }
+
+    /// Store the connection parameters a partition publishes; when they changed, bump the
+    /// revision of the instance that requested it, so the parent re-renders with them.
+    pub fn publish_connection(
+        &mut self,
+        c: &ComputerId,
+        p: &PartitionId,
+        params: &Params,
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut tx = self.write()?;
+        let (cs, ps) = (c.as_str(), p.as_str());
+        let inst = allocated_instance(&tx, cs, ps, "publish connection parameters")?;
+        touch_seen(&tx, cs, now_ms)?;
+        if from_json::<Params>(&inst.connection)? != *params {
+            tx.execute(
+                "UPDATE instance SET connection = ?2 WHERE id = ?1",
+                params![inst.id, to_json(params)?],
+            )
+            .op("store connection parameters")?;
+            if let Some(parent) = inst.requester {
+                tx.bump_instance(parent)?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// A partition signals a problem: record the message and bump every instance of its tree.
+    /// Returns how many instances were bumped.
+    pub fn bang(
+        &mut self,
+        c: &ComputerId,
+        p: &PartitionId,
+        message: &str,
+        now_ms: u64,
+    ) -> Result<usize> {
+        let mut tx = self.write()?;
+        let (cs, ps) = (c.as_str(), p.as_str());
+        let inst = allocated_instance(&tx, cs, ps, "bang")?;
+        touch_seen(&tx, cs, now_ms)?;
+        tx.execute(
+            "UPDATE instance SET bang = ?2 WHERE id = ?1",
+            params![inst.id, message],
+        )
+        .op("record a bang")?;
+        let ids = ids(
+            &tx,
+            "SELECT id FROM instance WHERE (root = '' AND title = ?1) OR root = ?1",
+            [inst.root_title()],
+        )?;
+        for id in &ids {
+            tx.bump_instance(*id)?;
+        }
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Instances
+
+    /// Request an instance, as a user (`from = None`: a root instance) or as the instance
+    /// allocated on partition `from` (a child in that instance's tree). Idempotent by
+    /// `(title, tree)`: an identical request changes nothing.
+    pub fn request(
+        &mut self,
+        req: &InstanceRequest,
+        from: Option<&PartitionRef>,
+        now_ms: u64,
+    ) -> Result<InstanceInfo> {
+        let sla = Sla::parse(&req.sla)?;
+        let mut tx = self.write()?;
+        let requester = match from {
+            None => None,
+            Some(who) => {
+                let (cs, ps) = (who.computer.as_str(), who.partition.as_str());
+                if tx
+                    .query_row(
+                        "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
+                        [cs, ps],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .op("look up the requesting partition")?
+                    .is_none()
+                {
+                    return Err(ApiError::NotFound(format!(
+                        "requesting partition {who} is not registered"
+                    )));
+                }
+                Some(instance_on(&tx, cs, ps)?.ok_or_else(|| {
+                    ApiError::Forbidden(format!(
+                        "partition {who} holds no instance, so it cannot request instances"
+                    ))
+                })?)
+            }
+        };
+        // '' for a root instance, else the title of the requester's tree root.
+        let root = requester
+            .as_ref()
+            .map(|r| r.root_title().to_owned())
+            .unwrap_or_default();
+        let root_state: Option<InstanceState> = if root.is_empty() {
+            None
+        } else {
+            tx.query_row(
+                "SELECT state FROM instance WHERE root = '' AND title = ?1",
+                [&root],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .op("look up the tree root")?
+            .map(|s| instance_state(&s))
+            .transpose()?
+        };
+        let title = req.title.as_str();
+        let existing = tx
+            .query_row(
+                &format!(
+                    "SELECT {} FROM instance WHERE root = ?1 AND title = ?2",
+                    InstanceRow::COLUMNS
+                ),
+                [&root, title],
+                |r| InstanceRow::from_row(r, 0),
+            )
+            .optional()
+            .op("look up an instance")?;
+        let id = match existing {
+            Some(e) => update_instance(&mut tx, e, req, requester.as_ref(), root_state)?,
+            None => {
+                let mut state = req.state.unwrap_or_default();
+                if state == InstanceState::Destroyed {
+                    return Err(ApiError::NotFound(format!(
+                        "instance {title:?} does not exist{}: nothing to destroy",
+                        tree_suffix(&root)
+                    )));
+                }
+                if let Some(r) = &requester
+                    && r.state == InstanceState::Destroyed.as_str()
+                {
+                    return Err(ApiError::Conflict(format!(
+                        "instance {:?} is being destroyed and cannot request new instances",
+                        r.title
+                    )));
+                }
+                match root_state {
+                    Some(InstanceState::Destroyed) => {
+                        return Err(ApiError::Conflict(format!(
+                            "tree {root:?} is being destroyed: no new instance {title:?} in it"
+                        )));
+                    }
+                    Some(InstanceState::Stopped) => state = InstanceState::Stopped,
+                    _ => {}
+                }
+                let (computer, partition) = allocate(&tx, &req.software_url, &sla, title)?;
+                let seq = tx.seq()?;
+                tx.execute(
+                    "INSERT INTO instance (title, root, requester, software_url, software_type,
+                         parameters, state, computer, partition, revision, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        title,
+                        root,
+                        requester.as_ref().map(|r| r.id),
+                        req.software_url.as_str(),
+                        req.software_type.as_str(),
+                        to_json(&req.parameters)?,
+                        state.as_str(),
+                        computer,
+                        partition,
+                        seq,
+                        ms(now_ms)
+                    ],
+                )
+                .op("insert an instance")?;
+                let id = tx.last_insert_rowid();
+                tx.bump_instance(id)?;
+                if let Some(r) = &requester {
+                    tx.bump_instance(r.id)?; // its children map gained an entry
+                }
+                id
+            }
+        };
+        let info = instance_info_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(info)
+    }
+
+    /// Every instance, roots and children, in creation order.
+    pub fn instances(&mut self) -> Result<Vec<InstanceInfo>> {
+        let tx = self.read()?;
+        let rows = {
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "SELECT {} FROM instance ORDER BY id",
+                    InstanceRow::COLUMNS
+                ))
+                .op("list instances")?;
+            st.query_map([], |r| InstanceRow::from_row(r, 0))
+                .op("list instances")?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .op("list instances")?
+        };
+        let by_id: HashMap<i64, &InstanceRow> = rows.iter().map(|r| (r.id, r)).collect();
+        let mut kids: HashMap<i64, Vec<String>> = HashMap::new();
+        for r in &rows {
+            if let Some(p) = r.requester {
+                kids.entry(p).or_default().push(r.title.clone());
+            }
+        }
+        rows.iter()
+            .map(|r| {
+                let requester = r
+                    .requester
+                    .and_then(|p| by_id.get(&p))
+                    .map(|p| format!("{}/{}", p.computer, p.partition));
+                r.info(requester, kids.remove(&r.id).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// One instance: a root by title (`root = None`), or a child by title within `root`'s tree.
+    pub fn instance(
+        &mut self,
+        title: &InstanceTitle,
+        root: Option<&InstanceTitle>,
+    ) -> Result<InstanceInfo> {
+        let tx = self.read()?;
+        let root = root.map(InstanceTitle::as_str).unwrap_or("");
+        let id = find_instance(&tx, title.as_str(), root)?;
+        instance_info_by_id(&tx, id)
+    }
+
+    /// Change the requested state of a root instance and of its whole tree.
+    pub fn set_state(
+        &mut self,
+        title: &InstanceTitle,
+        state: InstanceState,
+    ) -> Result<InstanceInfo> {
+        let mut tx = self.write()?;
+        let id = find_instance(&tx, title.as_str(), "")?;
+        set_tree_state(&mut tx, title.as_str(), state)?;
+        let info = instance_info_by_id(&tx, id)?;
+        tx.commit()?;
+        Ok(info)
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Transactions
+
+/// A transaction that stamps revisions and etags with one counter value and reports the
+/// computers it touched once committed.
+struct Tx<'c> {
+    tx: Transaction<'c>,
+    seq: Option<i64>,
+    touched: BTreeMap<String, i64>,
+    sink: &'c mut Vec<(ComputerId, u64)>,
+}
+
+impl<'c> Deref for Tx<'c> {
+    type Target = Transaction<'c>;
+    fn deref(&self) -> &Transaction<'c> {
+        &self.tx
+    }
+}
+
+impl<'c> Tx<'c> {
+    fn new(tx: Transaction<'c>, sink: &'c mut Vec<(ComputerId, u64)>) -> Self {
+        Self {
+            tx,
+            seq: None,
+            touched: BTreeMap::new(),
+            sink,
+        }
+    }
+
+    /// The counter value of this transaction, taken on first use.
+    fn seq(&mut self) -> Result<i64> {
+        if let Some(s) = self.seq {
+            return Ok(s);
+        }
+        let s = self
+            .tx
+            .query_row(
+                "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",
+                [],
+                |r| r.get(0),
+            )
+            .op("advance the revision counter")?;
+        self.seq = Some(s);
+        Ok(s)
+    }
+
+    /// The desired state of computer `c` changed.
+    fn bump_computer(&mut self, c: &str) -> Result<()> {
+        let s = self.seq()?;
+        if self.touched.contains_key(c) {
+            return Ok(());
+        }
+        self.tx
+            .execute("UPDATE computer SET etag = ?2 WHERE id = ?1", params![c, s])
+            .op("bump a computer etag")?;
+        self.touched.insert(c.to_owned(), s);
+        Ok(())
+    }
+
+    /// The assignment of instance `id` changed: new revision, and its computer's etag.
+    fn bump_instance(&mut self, id: i64) -> Result<()> {
+        let s = self.seq()?;
+        let c: Option<String> = self
+            .tx
+            .query_row(
+                "UPDATE instance SET revision = ?2 WHERE id = ?1 RETURNING computer",
+                params![id, s],
+                |r| r.get(0),
+            )
+            .optional()
+            .op("bump an instance revision")?;
+        match c {
+            Some(c) => self.bump_computer(&c),
+            None => Ok(()),
+        }
+    }
+
+    fn commit(self) -> Result<()> {
+        self.tx.commit().op("commit")?;
+        for (c, etag) in self.touched {
+            let id = ComputerId::parse(c)
+                .map_err(|e| ApiError::Internal(format!("stored computer id is invalid: {e}")))?;
+            self.sink.push((id, etag as u64));
+        }
+        Ok(())
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Rows and conversions
+
+/// One `instance` row.
+#[derive(Debug, Clone)]
+struct InstanceRow {
+    id: i64,
+    title: String,
+    root: String,
+    requester: Option<i64>,
+    software_url: String,
+    software_type: String,
+    parameters: String,
+    state: String,
+    computer: String,
+    partition: String,
+    connection: String,
+    reported: Option<String>,
+    bang: Option<String>,
+    revision: i64,
+}
+
+impl InstanceRow {
+    const COLUMNS: &'static str = "id, title, root, requester, software_url, software_type, \
+        parameters, state, computer, partition, connection, reported, bang, revision";
+    const COLUMNS_I: &'static str = "i.id, i.title, i.root, i.requester, i.software_url, \
+        i.software_type, i.parameters, i.state, i.computer, i.partition, i.connection, \
+        i.reported, i.bang, i.revision";
+
+    fn from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(at)?,
+            title: r.get(at + 1)?,
+            root: r.get(at + 2)?,
+            requester: r.get(at + 3)?,
+            software_url: r.get(at + 4)?,
+            software_type: r.get(at + 5)?,
+            parameters: r.get(at + 6)?,
+            state: r.get(at + 7)?,
+            computer: r.get(at + 8)?,
+            partition: r.get(at + 9)?,
+            connection: r.get(at + 10)?,
+            reported: r.get(at + 11)?,
+            bang: r.get(at + 12)?,
+            revision: r.get(at + 13)?,
+        })
+    }
+
+    /// Title of the tree root (itself for a root).
+    fn root_title(&self) -> &str {
+        if self.root.is_empty() {
+            &self.title
+        } else {
+            &self.root
+        }
+    }
+
+    fn assignment(&self, children: BTreeMap<String, Params>) -> Result<Assignment> {
+        Ok(Assignment {
+            title: decode(&self.title)?,
+            root_title: decode(self.root_title())?,
+            software_url: decode(&self.software_url)?,
+            software_type: decode(&self.software_type)?,
+            parameters: from_json(&self.parameters)?,
+            state: instance_state(&self.state)?,
+            revision: self.revision as u64,
+            children,
+        })
+    }
+
+    fn info(&self, requester: Option<String>, children: Vec<String>) -> Result<InstanceInfo> {
+        Ok(InstanceInfo {
+            title: decode(&self.title)?,
+            root_title: decode(self.root_title())?,
+            requester,
+            software_url: decode(&self.software_url)?,
+            software_type: decode::<SoftwareType>(&self.software_type)?,
+            parameters: from_json(&self.parameters)?,
+            state: instance_state(&self.state)?,
+            computer: decode(&self.computer)?,
+            partition: decode(&self.partition)?,
+            connection: from_json(&self.connection)?,
+            reported: self.reported.as_deref().map(from_json).transpose()?,
+            bang: self.bang.clone(),
+            revision: self.revision as u64,
+            children: children.iter().map(|t| decode(t)).collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// Parse a validated id read back from the database; failure means a corrupted row.
+fn decode<T: FromStr<Err = slapos_proto::IdError>>(s: &str) -> Result<T> {
+    T::from_str(s).map_err(|e| ApiError::Internal(format!("stored value is invalid: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s)
+        .map_err(|e| ApiError::Internal(format!("stored JSON is invalid: {e}: {s:.80}")))
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("JSON encoding failed: {e}")))
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn instance_state(s: &str) -> Result<InstanceState> {
+    s.parse()
+        .map_err(|e| ApiError::Internal(format!("stored state is invalid: {e}")))
+}
+
+fn supply_state(s: &str) -> Result<SupplyState> {
+    match s {
+        "available" => Ok(SupplyState::Available),
+        "destroyed" => Ok(SupplyState::Destroyed),
+        other => Err(ApiError::Internal(format!(
+            "stored supply state is invalid: {other:?}"
+        ))),
+    }
+}
+
+fn install_state_str(s: InstallState) -> &'static str {
+    match s {
+        InstallState::Building => "building",
+        InstallState::Available => "available",
+        InstallState::Error => "error",
+        InstallState::Destroyed => "destroyed",
+    }
+}
+
+fn install_state(s: &str) -> Result<InstallState> {
+    Ok(match s {
+        "building" => InstallState::Building,
+        "available" => InstallState::Available,
+        "error" => InstallState::Error,
+        "destroyed" => InstallState::Destroyed,
+        other => {
+            return Err(ApiError::Internal(format!(
+                "stored install state is invalid: {other:?}"
+            )));
+        }
+    })
+}
+
+fn tree_suffix(root: &str) -> String {
+    if root.is_empty() {
+        String::new()
+    } else {
+        format!(" in tree {root:?}")
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Queries shared by several operations
+
+/// The etag of computer `c`, or 404.
+fn require_computer(tx: &Transaction<'_>, c: &str) -> Result<i64> {
+    tx.query_row("SELECT etag FROM computer WHERE id = ?1", [c], |r| r.get(0))
+        .optional()
+        .op("look up a computer")?
+        .ok_or_else(|| ApiError::NotFound(format!("computer {c} is not registered")))
+}
+
+fn require_partition(tx: &Transaction<'_>, c: &str, p: &str) -> Result<()> {
+    require_computer(tx, c)?;
+    tx.query_row(
+        "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
+        [c, p],
+        |_| Ok(()),
+    )
+    .optional()
+    .op("look up a partition")?
+    .ok_or_else(|| ApiError::NotFound(format!("partition {p} is not registered on computer {c}")))
+}
+
+fn instance_on(tx: &Transaction<'_>, c: &str, p: &str) -> Result<Option<InstanceRow>> {
+    tx.query_row(
+        &format!(
+            "SELECT {} FROM instance WHERE computer = ?1 AND partition = ?2",
+            InstanceRow::COLUMNS
+        ),
+        [c, p],
+        |r| InstanceRow::from_row(r, 0),
+    )
+    .optional()
+    .op("look up the instance of a partition")
+}
+
+/// The instance on `c/p` for a call that needs one (`what` names the call): 404 for an unknown
+/// partition, 409 for a free one.
+fn allocated_instance(tx: &Transaction<'_>, c: &str, p: &str, what: &str) -> Result<InstanceRow> {
+    require_partition(tx, c, p)?;
+    instance_on(tx, c, p)?.ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "partition {c}/{p} is free: only an allocated partition can {what}"
+        ))
+    })
+}
+
+fn find_instance(tx: &Transaction<'_>, title: &str, root: &str) -> Result<i64> {
+    tx.query_row(
+        "SELECT id FROM instance WHERE root = ?1 AND title = ?2",
+        [root, title],
+        |r| r.get(0),
+    )
+    .optional()
+    .op("look up an instance")?
+    .ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no instance {title:?}{}",
+            if root.is_empty() {
+                " (a root instance; pass root=TITLE for a child)".to_owned()
+            } else {
+                tree_suffix(root)
+            }
+        ))
+    })
+}
+
+fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {
+    let row = tx
+        .query_row(
+            &format!(
+                "SELECT {} FROM instance WHERE id = ?1",
+                InstanceRow::COLUMNS
+            ),
+            [id],
+            |r| InstanceRow::from_row(r, 0),
+        )
+        .op("read an instance")?;
+    let requester = match row.requester {
+        None => None,
+        Some(p) => tx
+            .query_row(
+                "SELECT computer || '/' || partition FROM instance WHERE id = ?1",
+                [p],
+                |r| r.get(0),
+            )
+            .optional()
+            .op("read a requester")?,
+    };
+    let kids = titles(
+        tx,
+        "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
+        [id],
+    )?;
+    row.info(requester, kids)
+}
+
+fn titles(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<String>> {
+    let mut st = tx.prepare_cached(sql).op("list titles")?;
+    st.query_map(p, |r| r.get(0))
+        .op("list titles")?
+        .collect::<rusqlite::Result<_>>()
+        .op("list titles")
+}
+
+fn ids(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<i64>> {
+    let mut st = tx.prepare_cached(sql).op("list instance ids")?;
+    st.query_map(p, |r| r.get(0))
+        .op("list instance ids")?
+        .collect::<rusqlite::Result<_>>()
+        .op("list instance ids")
+}
+
+fn touch_seen(tx: &Transaction<'_>, c: &str, now_ms: u64) -> Result<()> {
+    tx.execute(
+        "UPDATE computer SET last_seen_ms = ?2 WHERE id = ?1",
+        params![c, ms(now_ms)],
+    )
+    .op("record the node's last contact")?;
+    Ok(())
+}
+
+fn software_info(tx: &Transaction<'_>, c: &str, url: &str) -> Result<Option<SoftwareInfo>> {
+    let row: Option<(String, Option<String>, Option<String>)> = tx
+        .query_row(
+            "SELECT requested, install_state, install_message FROM software
+             WHERE computer = ?1 AND url = ?2",
+            [c, url],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .op("read a release")?;
+    row.map(|(req, st, msg)| software_from(url, &req, st.as_deref(), msg))
+        .transpose()
+}
+
+fn software_from(
+    url: &str,
+    requested: &str,
+    install: Option<&str>,
+    message: Option<String>,
+) -> Result<SoftwareInfo> {
+    let url: SoftwareUrl = decode(url)?;
+    Ok(SoftwareInfo {
+        url: url.clone(),
+        requested: supply_state(requested)?,
+        install: match install {
+            None => None,
+            Some(s) => Some(SoftwareReport {
+                url,
+                state: install_state(s)?,
+                message,
+            }),
+        },
+    })
+}
+
+fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
+    let last_seen: Option<i64> = tx
+        .query_row(
+            "SELECT last_seen_ms FROM computer WHERE id = ?1",
+            [c],
+            |r| r.get(0),
+        )
+        .op("read a computer")?;
+    let mut labels = BTreeMap::new();
+    {
+        let mut st = tx
+            .prepare_cached("SELECT key, value FROM label WHERE computer = ?1")
+            .op("read labels")?;
+        let rows = st
+            .query_map([c], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .op("read labels")?;
+        for row in rows {
+            let (k, v) = row.op("read labels")?;
+            labels.insert(decode::<LabelKey>(&k)?, v);
+        }
+    }
+    let mut partitions = Vec::new();
+    {
+        let mut st = tx
+            .prepare_cached(
+                "SELECT p.id, p.addresses, i.title FROM partition p LEFT JOIN instance i
+                 ON i.computer = p.computer AND i.partition = p.id
+                 WHERE p.computer = ?1 ORDER BY p.seq",
+            )
+            .op("read partitions")?;
+        let rows = st
+            .query_map([c], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .op("read partitions")?;
+        for row in rows {
+            let (id, addrs, title) = row.op("read partitions")?;
+            partitions.push(PartitionInfo {
+                id: decode(&id)?,
+                addresses: from_json(&addrs)?,
+                instance: title.as_deref().map(decode).transpose()?,
+            });
+        }
+    }
+    let mut software = Vec::new();
+    {
+        let mut st = tx
+            .prepare_cached(
+                "SELECT url, requested, install_state, install_message FROM software
+                 WHERE computer = ?1 ORDER BY rowid",
+            )
+            .op("read releases")?;
+        let rows = st
+            .query_map([c], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .op("read releases")?;
+        for row in rows {
+            let (url, req, st, msg) = row.op("read releases")?;
+            software.push(software_from(&url, &req, st.as_deref(), msg)?);
+        }
+    }
+    Ok(ComputerInfo {
+        id: decode(c)?,
+        labels,
+        partitions,
+        software,
+        last_seen_ms: last_seen.map(|v| v as u64),
+    })
+}
+
+// -------------------------------------------------------------------------------------------
+// Request helpers
+
+/// Apply a re-request to an existing instance; returns its id.
+fn update_instance(
+    tx: &mut Tx<'_>,
+    e: InstanceRow,
+    req: &InstanceRequest,
+    requester: Option<&InstanceRow>,
+    root_state: Option<InstanceState>,
+) -> Result<i64> {
+    if e.software_url != req.software_url.as_str() {
+        return Err(ApiError::Conflict(format!(
+            "instance {:?}{} already exists with software URL {}; destroy it or choose another \
+             title to use {}",
+            e.title,
+            tree_suffix(&e.root),
+            e.software_url,
+            req.software_url
+        )));
+    }
+    let current = instance_state(&e.state)?;
+    let mut state = req.state.unwrap_or(current);
+    // As in SlapOS: a child re-requested while its tree root is not started follows the root.
+    if let Some(rs) = root_state
+        && rs != InstanceState::Started
+    {
+        state = rs;
+    }
+    let params_changed = from_json::<Params>(&e.parameters)? != req.parameters;
+    let type_changed = e.software_type != req.software_type.as_str();
+    if params_changed || type_changed || state != current {
+        tx.execute(
+            "UPDATE instance SET software_type = ?2, parameters = ?3, state = ?4 WHERE id = ?1",
+            params![
+                e.id,
+                req.software_type.as_str(),
+                to_json(&req.parameters)?,
+                state.as_str()
+            ],
+        )
+        .op("update an instance")?;
+        tx.bump_instance(e.id)?;
+    }
+    // Re-parenting: another partition of the same tree now requests it.
+    if let Some(r) = requester
+        && e.requester != Some(r.id)
+    {
+        tx.execute(
+            "UPDATE instance SET requester = ?2 WHERE id = ?1",
+            params![e.id, r.id],
+        )
+        .op("re-parent an instance")?;
+        if let Some(old) = e.requester {
+            tx.bump_instance(old)?;
+        }
+        tx.bump_instance(r.id)?;
+    }
+    if e.root.is_empty() && state != current {
+        set_tree_state(tx, &e.title, state)?;
+    }
+    Ok(e.id)
+}
+
+/// Apply a root's state to its tree: every member gets `state`, except that members already
+/// destroyed stay destroyed unless the tree is being destroyed anyway.
+fn set_tree_state(tx: &mut Tx<'_>, root: &str, state: InstanceState) -> Result<()> {
+    let s = state.as_str();
+    let mut changed = ids(
+        tx,
+        "UPDATE instance SET state = ?2 WHERE root = '' AND title = ?1 AND state != ?2
+         RETURNING id",
+        params![root, s],
+    )?;
+    changed.extend(ids(
+        tx,
+        "UPDATE instance SET state = ?2 WHERE root = ?1 AND state != ?2
+             AND (?2 = 'destroyed' OR state != 'destroyed')
+         RETURNING id",
+        params![root, s],
+    )?);
+    for id in changed {
+        tx.bump_instance(id)?;
+    }
+    Ok(())
+}
+
+/// Mark everything below `inst` destroyed (its requester links; for a root, its whole tree).
+fn destroy_subtree(tx: &mut Tx<'_>, inst: &InstanceRow) -> Result<()> {
+    let changed = ids(
+        tx,
+        "WITH RECURSIVE sub(id) AS (
+             SELECT id FROM instance WHERE requester = ?1
+             UNION SELECT i.id FROM instance i JOIN sub ON i.requester = sub.id)
+         UPDATE instance SET state = 'destroyed'
+         WHERE state != 'destroyed'
+           AND (id IN (SELECT id FROM sub) OR (?2 = '' AND root = ?3))
+         RETURNING id",
+        params![inst.id, inst.root, inst.title],
+    )?;
+    for id in changed {
+        tx.bump_instance(id)?;
+    }
+    Ok(())
+}
+
+/// A parsed SLA filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sla {
+    /// `computer_guid`: only this computer.
+    pub computer: Option<ComputerId>,
+    /// Every other key: the computer's label of that name must equal the value.
+    pub labels: Vec<(LabelKey, String)>,
+}
+
+impl Sla {
+    /// Validate a request's SLA map: `computer_guid` must be a computer id, other keys label keys.
+    pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
+        let mut sla = Sla::default();
+        for (k, v) in map {
+            if k == "computer_guid" {
+                sla.computer = Some(
+                    ComputerId::parse(v.as_str())
+                        .map_err(|e| ApiError::BadRequest(format!("sla computer_guid: {e}")))?,
+                );
+            } else {
+                let key = LabelKey::parse(k.as_str()).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "sla key: {e} (keys are computer_guid or a label name)"
+                    ))
+                })?;
+                sla.labels.push((key, v.clone()));
+            }
+        }
+        Ok(sla)
+    }
+
+    /// `{computer_guid=A, region=eu}`, or `{} (any computer)`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.computer {
+            parts.push(format!("computer_guid={c}"));
+        }
+        for (k, v) in &self.labels {
+            parts.push(format!("{k}={v}"));
+        }
+        if parts.is_empty() {
+            "{} (any computer)".to_owned()
+        } else {
+            format!("{{{}}}", parts.join(", "))
+        }
+    }
+
+    /// SQL condition on `<alias>.computer` and its parameters (numbered from `first`).
+    fn condition(&self, alias: &str, first: usize) -> (String, Vec<String>) {
+        let mut sql = String::new();
+        let mut args = Vec::new();
+        let mut n = first;
+        if let Some(c) = &self.computer {
+            sql.push_str(&format!(" AND {alias}.computer = ?{n}"));
+            args.push(c.to_string());
+            n += 1;
+        }
+        for (k, v) in &self.labels {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM label l WHERE l.computer = {alias}.computer \
+                 AND l.key = ?{n} AND l.value = ?{})",
+                n + 1
+            ));
+            args.push(k.to_string());
+            args.push(v.clone());
+            n += 2;
+        }
+        (sql, args)
+    }
+}
+
+/// The first free partition, in registration order, of a computer that matches `sla` and has
+/// `url` supplied. On failure, a message saying which condition nothing met.
+fn allocate(
+    tx: &Transaction<'_>,
+    url: &SoftwareUrl,
+    sla: &Sla,
+    title: &str,
+) -> Result<(String, String)> {
+    let (cond, args) = sla.condition("p", 2);
+    let sql = format!(
+        "SELECT p.computer, p.id FROM partition p
+         JOIN software s ON s.computer = p.computer AND s.url = ?1 AND s.requested = 'available'
+         WHERE NOT EXISTS (SELECT 1 FROM instance i
+                           WHERE i.computer = p.computer AND i.partition = p.id){cond}
+         ORDER BY p.seq LIMIT 1"
+    );
+    let mut all: Vec<&str> = vec![url.as_str()];
+    all.extend(args.iter().map(String::as_str));
+    let found: Option<(String, String)> = tx
+        .query_row(&sql, rusqlite::params_from_iter(all), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .op("find a free partition")?;
+    if let Some(f) = found {
+        return Ok(f);
+    }
+    // Diagnose: which condition failed?
+    let (cond, args) = sla.condition("c", 1);
+    let matching: Vec<String> = {
+        let sql = format!(
+            "SELECT c.id FROM (SELECT id AS computer, id FROM computer) c WHERE 1 = 1{cond} \
+             ORDER BY c.id"
+        );
+        let mut st = tx.prepare(&sql).op("diagnose an allocation")?;
+        st.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+            .op("diagnose an allocation")?
+            .collect::<rusqlite::Result<_>>()
+            .op("diagnose an allocation")?
+    };
+    let mut with_release = Vec::new();
+    for c in &matching {
+        let supplied = tx
+            .query_row(
+                "SELECT 1 FROM software WHERE computer = ?1 AND url = ?2 AND requested = 'available'",
+                [c.as_str(), url.as_str()],
+                |_| Ok(()),
+            )
+            .optional()
+            .op("diagnose an allocation")?
+            .is_some();
+        if supplied {
+            with_release.push(c.as_str());
+        }
+    }
+    let list = |v: &[&str]| {
+        let mut s = v.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+        if v.len() > 5 {
+            s.push_str(&format!(", … ({} in all)", v.len()));
+        }
+        s
+    };
+    let why = if matching.is_empty() {
+        "no registered computer matches the SLA filter".to_owned()
+    } else if with_release.is_empty() {
+        let m: Vec<&str> = matching.iter().map(String::as_str).collect();
+        format!(
+            "the release is not supplied on any matching computer ({}); supply it first",
+            list(&m)
+        )
+    } else {
+        format!(
+            "every partition is allocated on the matching computers that have the release ({})",
+            list(&with_release)
+        )
+    };
+    Err(ApiError::NoAllocation(format!(
+        "cannot allocate instance {title:?}: no free partition for software URL {url} with SLA {}: \
+         {why}",
+        sla.describe()
+    )))
+}
+
+/// Input checks of a registration that the id types do not already do.
+fn validate_registration(reg: &RegisterComputer) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for p in &reg.partitions {
+        if !seen.insert(p.id.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "partition {} is listed twice in the registration of {}",
+                p.id, reg.id
+            )));
+        }
+        for a in &p.addresses {
+            if a.parse::<IpAddr>().is_err() {
+                return Err(ApiError::BadRequest(format!(
+                    "address {a:?} of partition {} is not an IPv4 or IPv6 literal",
+                    p.id
+                )));
+            }
+        }
+    }
+    for (k, v) in &reg.labels {
+        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(format!(
+                "label {k} must be at most {MAX_LABEL_VALUE} bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every row of every table, as text: lets tests check that a refused call changed nothing.
+#[doc(hidden)]
+pub fn dump(conn: &Connection) -> String {
+    let mut out = String::new();
+    for table in [
+        "meta",
+        "computer",
+        "label",
+        "partition",
+        "software",
+        "instance",
+    ] {
+        let Ok(mut st) = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")) else {
+            out.push_str(&format!("{table}: unreadable\n"));
+            continue;
+        };
+        let n = st.column_count();
+        let rows = st.query_map([], |r| {
+            let mut line = Vec::with_capacity(n);
+            for i in 0..n {
+                line.push(format!("{:?}", r.get_ref(i)?));
+            }
+            Ok(line.join("|"))
+        });
+        if let Ok(rows) = rows {
+            for row in rows.flatten() {
+                out.push_str(&format!("{table}: {row}\n"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

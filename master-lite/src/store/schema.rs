@@ -1,0 +1,158 @@
+//! The SQLite schema and its numbered migrations.
+//!
+//! `PRAGMA user_version` holds the number of the last migration applied. Opening a database runs
+//! every newer migration in order, each in its own transaction together with the version bump,
+//! so a crash mid-migration leaves the file at the previous version. A file with a version newer
+//! than [`MIGRATIONS`] knows is refused rather than guessed at.
+//!
+//! Migrations are append-only: never edit a released one, add the next number.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::error::MasterError;
+
+/// Migration `n` (1-based) is `MIGRATIONS[n - 1]`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    -- One global, monotonic counter. Every write transaction that changes something a node acts
+    -- on takes the next value once and stamps it on the instances (revision) and computers (etag)
+    -- it changed. Initialised to the creation time in ms, so a recreated database still hands out
+    -- numbers above those a node may have cached from an older one.
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE computer (
+        id            TEXT PRIMARY KEY,
+        etag          INTEGER NOT NULL,       -- value of meta.seq at the last change
+        registered_ms INTEGER NOT NULL,
+        last_seen_ms  INTEGER                 -- last write call from the node
+    ) WITHOUT ROWID;
+
+    CREATE TABLE label (
+        computer TEXT NOT NULL REFERENCES computer(id) ON DELETE CASCADE,
+        key      TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        PRIMARY KEY (computer, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX label_key_value ON label(key, value);
+
+    -- seq (the rowid) is the registration order: allocation takes the lowest free one.
+    CREATE TABLE partition (
+        seq       INTEGER PRIMARY KEY,
+        computer  TEXT NOT NULL REFERENCES computer(id) ON DELETE CASCADE,
+        id        TEXT NOT NULL,
+        addresses TEXT NOT NULL DEFAULT '[]', -- JSON array of IP literals
+        UNIQUE (computer, id)
+    );
+
+    -- rowid is the supply order.
+    CREATE TABLE software (
+        computer        TEXT NOT NULL REFERENCES computer(id) ON DELETE CASCADE,
+        url             TEXT NOT NULL,
+        requested       TEXT NOT NULL CHECK (requested IN ('available', 'destroyed')),
+        install_state   TEXT CHECK (install_state IN ('building', 'available', 'error', 'destroyed')),
+        install_message TEXT,
+        install_ms      INTEGER,
+        PRIMARY KEY (computer, url)
+    );
+
+    -- A row exists exactly while the instance holds a partition: freeing deletes it.
+    CREATE TABLE instance (
+        id            INTEGER PRIMARY KEY,
+        title         TEXT NOT NULL,
+        root          TEXT NOT NULL,          -- '' for a root instance, else its tree root's title
+        requester     INTEGER REFERENCES instance(id) ON DELETE SET NULL,  -- direct parent
+        software_url  TEXT NOT NULL,
+        software_type TEXT NOT NULL,
+        parameters    TEXT NOT NULL,          -- JSON object
+        state         TEXT NOT NULL CHECK (state IN ('started', 'stopped', 'destroyed')),
+        computer      TEXT NOT NULL,
+        partition     TEXT NOT NULL,
+        connection    TEXT NOT NULL DEFAULT '{}',  -- JSON object published by the node
+        reported      TEXT,                   -- JSON ReportedStatus
+        bang          TEXT,
+        revision      INTEGER NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        UNIQUE (root, title),
+        UNIQUE (computer, partition),
+        FOREIGN KEY (computer, partition) REFERENCES partition(computer, id)
+    );
+    CREATE INDEX instance_requester ON instance(requester);
+    "#,
+];
+
+/// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.
+pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), MasterError> {
+    let known = MIGRATIONS.len() as u32;
+    let open_err = |source| MasterError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let found: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if found > known {
+        return Err(MasterError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as u32 + 1;
+        let mig_err = |source| MasterError::Migrate {
+            path: path.to_owned(),
+            version,
+            source,
+        };
+        let tx = conn.transaction().map_err(mig_err)?;
+        tx.execute_batch(sql).map_err(mig_err)?;
+        if version == 1 {
+            let seed = i64::try_from(now_ms).unwrap_or(i64::MAX / 2);
+            tx.execute("INSERT INTO meta (key, value) VALUES ('seq', ?1)", [seed])
+                .map_err(mig_err)?;
+        }
+        tx.pragma_update(None, "user_version", version)
+            .map_err(mig_err)?;
+        tx.commit().map_err(mig_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_database_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, Path::new(":memory:"), 1000).unwrap();
+        let v: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        // A second run is a no-op and keeps the counter.
+        migrate(&mut conn, Path::new(":memory:"), 5000).unwrap();
+        let seq: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seq, 1000);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        let err = migrate(&mut conn, Path::new("x.db"), 0).unwrap_err();
+        assert!(
+            matches!(err, MasterError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("x.db"), "{err}");
+    }
+}

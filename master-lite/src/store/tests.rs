@@ -1,0 +1,763 @@
+//! Unit tests of the store: allocation, idempotency, revisions, trees, registration, restart.
+
+use super::*;
+use slapos_proto::{PartitionSpec, PromiseResult};
+
+const SR: &str = "/srv/sr/web.toml";
+const SR2: &str = "/srv/sr/db.toml";
+
+fn store() -> Store {
+    Store::open_in_memory(1_000).unwrap()
+}
+
+fn cid(s: &str) -> ComputerId {
+    ComputerId::parse(s).unwrap()
+}
+
+fn pid(s: &str) -> PartitionId {
+    PartitionId::parse(s).unwrap()
+}
+
+fn title(s: &str) -> InstanceTitle {
+    InstanceTitle::parse(s).unwrap()
+}
+
+fn registration(c: &str, parts: &[&str], labels: &[(&str, &str)]) -> RegisterComputer {
+    RegisterComputer {
+        id: cid(c),
+        partitions: parts
+            .iter()
+            .map(|p| PartitionSpec {
+                id: pid(p),
+                addresses: vec!["10.0.0.1".into()],
+            })
+            .collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (LabelKey::parse(*k).unwrap(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn supply(s: &mut Store, c: &str, url: &str) {
+    s.supply(
+        &cid(c),
+        &SupplyRequest {
+            url: SoftwareUrl::parse(url).unwrap(),
+            state: SupplyState::Available,
+        },
+    )
+    .unwrap();
+}
+
+fn req(t: &str, url: &str) -> InstanceRequest {
+    InstanceRequest {
+        title: title(t),
+        software_url: SoftwareUrl::parse(url).unwrap(),
+        software_type: SoftwareType::default(),
+        parameters: Params::new(),
+        sla: BTreeMap::new(),
+        state: None,
+    }
+}
+
+fn with_param(mut r: InstanceRequest, k: &str, v: &str) -> InstanceRequest {
+    r.parameters.insert(k.into(), v.into());
+    r
+}
+
+fn at(c: &str, p: &str) -> PartitionRef {
+    PartitionRef {
+        computer: cid(c),
+        partition: pid(p),
+    }
+}
+
+fn report(state: InstanceState) -> PartitionReport {
+    PartitionReport {
+        state,
+        revision: 0,
+        promises: vec![],
+        error: None,
+    }
+}
+
+fn etag(s: &mut Store, c: &str) -> String {
+    s.desired(&cid(c), None).unwrap().unwrap().etag
+}
+
+fn assignment(s: &mut Store, c: &str, p: &str) -> Option<Assignment> {
+    let d = s.desired(&cid(c), None).unwrap().unwrap();
+    d.partitions
+        .into_iter()
+        .find(|x| x.id.as_str() == p)
+        .unwrap()
+        .instance
+}
+
+/// A computer with `n` partitions `slappart0..` and the release `SR` supplied.
+fn ready(n: usize) -> Store {
+    let mut s = store();
+    let parts: Vec<String> = (0..n).map(|i| format!("slappart{i}")).collect();
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    s.register(&registration("C1", &refs, &[]), 1).unwrap();
+    supply(&mut s, "C1", SR);
+    s.take_touched();
+    s
+}
+
+#[test]
+fn allocation_takes_the_first_free_partition_in_registration_order() {
+    let mut s = store();
+    s.register(
+        &registration("C1", &["slappart2", "slappart0", "slappart1"], &[]),
+        1,
+    )
+    .unwrap();
+    supply(&mut s, "C1", SR);
+    let got: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|t| {
+            s.request(&req(t, SR), None, 2)
+                .unwrap()
+                .partition
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got, ["slappart2", "slappart0", "slappart1"]);
+    let err = s.request(&req("d", SR), None, 2).unwrap_err();
+    assert!(matches!(err, ApiError::NoAllocation(_)), "{err}");
+    assert!(
+        err.to_string().contains("every partition is allocated"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"d\""), "{err}");
+}
+
+#[test]
+fn allocation_needs_the_release_supplied_and_names_the_filter() {
+    let mut s = store();
+    s.register(&registration("C1", &["p0"], &[("region", "eu")]), 1)
+        .unwrap();
+    let mut r = req("web", SR);
+    r.sla.insert("region".into(), "eu".into());
+    let before = dump(s.connection());
+    let err = s.request(&r, None, 2).unwrap_err();
+    assert!(matches!(err, ApiError::NoAllocation(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("{region=eu}"), "{msg}");
+    assert!(
+        msg.contains("not supplied on any matching computer (C1)"),
+        "{msg}"
+    );
+    assert_eq!(
+        dump(s.connection()),
+        before,
+        "a refused request changed the DB"
+    );
+
+    r.sla.insert("region".into(), "us".into());
+    let msg = s.request(&r, None, 2).unwrap_err().to_string();
+    assert!(msg.contains("no registered computer matches"), "{msg}");
+}
+
+#[test]
+fn sla_selects_computers_by_guid_and_labels() {
+    let mut s = store();
+    s.register(&registration("A", &["p0", "p1"], &[("region", "eu")]), 1)
+        .unwrap();
+    s.register(&registration("B", &["p0", "p1"], &[("region", "us")]), 1)
+        .unwrap();
+    supply(&mut s, "A", SR);
+    supply(&mut s, "B", SR);
+    // No filter: A registered first.
+    assert_eq!(
+        s.request(&req("x", SR), None, 2).unwrap().computer.as_str(),
+        "A"
+    );
+    let mut r = req("y", SR);
+    r.sla.insert("region".into(), "us".into());
+    assert_eq!(s.request(&r, None, 2).unwrap().computer.as_str(), "B");
+    let mut r = req("z", SR);
+    r.sla.insert("computer_guid".into(), "B".into());
+    let info = s.request(&r, None, 2).unwrap();
+    assert_eq!(
+        (info.computer.as_str(), info.partition.as_str()),
+        ("B", "p1")
+    );
+    // Both filters together must both hold.
+    let mut r = req("w", SR);
+    r.sla.insert("computer_guid".into(), "A".into());
+    r.sla.insert("region".into(), "us".into());
+    assert!(matches!(
+        s.request(&r, None, 2).unwrap_err(),
+        ApiError::NoAllocation(_)
+    ));
+    // Invalid keys and guids are bad requests.
+    let mut r = req("v", SR);
+    r.sla.insert("computer_guid".into(), "../x".into());
+    assert!(matches!(
+        s.request(&r, None, 2).unwrap_err(),
+        ApiError::BadRequest(_)
+    ));
+    let mut r = req("v", SR);
+    r.sla.insert("bad key".into(), "1".into());
+    assert!(matches!(
+        s.request(&r, None, 2).unwrap_err(),
+        ApiError::BadRequest(_)
+    ));
+}
+
+#[test]
+fn identical_requests_bump_nothing_and_changes_bump_revision_and_etag() {
+    let mut s = ready(2);
+    let r = with_param(req("web", SR), "port", "8080");
+    let first = s.request(&r, None, 2).unwrap();
+    assert_eq!(s.take_touched().len(), 1);
+    let e1 = etag(&mut s, "C1");
+
+    let again = s.request(&r, None, 3).unwrap();
+    assert_eq!(again.revision, first.revision);
+    assert_eq!(again.partition, first.partition);
+    assert!(
+        s.take_touched().is_empty(),
+        "identical request touched a computer"
+    );
+    assert_eq!(etag(&mut s, "C1"), e1);
+
+    let changed = s
+        .request(&with_param(req("web", SR), "port", "9090"), None, 4)
+        .unwrap();
+    assert!(changed.revision > first.revision);
+    assert_eq!(
+        changed.partition, first.partition,
+        "re-request re-allocated"
+    );
+    let touched = s.take_touched();
+    assert_eq!(touched.len(), 1);
+    assert_eq!(touched[0].0.as_str(), "C1");
+    let e2 = etag(&mut s, "C1");
+    assert_ne!(e2, e1);
+    assert_eq!(touched[0].1.to_string(), e2);
+    let a = assignment(&mut s, "C1", first.partition.as_str()).unwrap();
+    assert_eq!(a.revision, changed.revision);
+    assert_eq!(a.parameters["port"], "9090");
+
+    // State and type changes bump too; state None keeps the state.
+    let mut r = with_param(req("web", SR), "port", "9090");
+    r.state = Some(InstanceState::Stopped);
+    let stopped = s.request(&r, None, 5).unwrap();
+    assert!(stopped.revision > changed.revision);
+    r.state = None;
+    let kept = s.request(&r, None, 6).unwrap();
+    assert_eq!(kept.state, InstanceState::Stopped);
+    assert_eq!(kept.revision, stopped.revision);
+    r.software_type = SoftwareType::parse("kvm").unwrap();
+    assert!(s.request(&r, None, 7).unwrap().revision > stopped.revision);
+}
+
+#[test]
+fn same_title_with_another_release_is_a_conflict_and_changes_nothing() {
+    let mut s = ready(2);
+    supply(&mut s, "C1", SR2);
+    s.request(&req("web", SR), None, 2).unwrap();
+    s.take_touched();
+    let before = dump(s.connection());
+    let err = s.request(&req("web", SR2), None, 3).unwrap_err();
+    assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains(SR), "{err}");
+    assert_eq!(dump(s.connection()), before);
+    assert!(s.take_touched().is_empty());
+}
+
+#[test]
+fn children_live_in_the_requesters_tree_and_connections_reach_the_parent() {
+    let mut s = ready(3);
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let root_part = at("C1", root.partition.as_str());
+    let rev0 = root.revision;
+
+    let child = s
+        .request(&with_param(req("db", SR), "size", "1"), Some(&root_part), 3)
+        .unwrap();
+    assert_eq!(child.root_title.as_str(), "root");
+    assert_eq!(child.requester.as_deref(), Some("C1/slappart0"));
+    let root = s.instance(&title("root"), None).unwrap();
+    assert_eq!(root.children, vec![title("db")]);
+    assert!(root.revision > rev0, "a new child must bump its parent");
+    // The child is scoped to the tree: not visible as a root.
+    assert!(matches!(
+        s.instance(&title("db"), None).unwrap_err(),
+        ApiError::NotFound(_)
+    ));
+    assert_eq!(
+        s.instance(&title("db"), Some(&title("root")))
+            .unwrap()
+            .partition,
+        child.partition
+    );
+    // A user may hold a root with the same title as a child elsewhere.
+    assert_ne!(
+        s.request(&req("db", SR), None, 3).unwrap().partition,
+        child.partition
+    );
+
+    // Identical child re-request: nothing moves.
+    let r1 = s.instance(&title("root"), None).unwrap().revision;
+    s.take_touched();
+    s.request(&with_param(req("db", SR), "size", "1"), Some(&root_part), 4)
+        .unwrap();
+    assert!(s.take_touched().is_empty());
+
+    // Publishing the child's connection bumps the parent, which then sees the parameters.
+    let mut conn = Params::new();
+    conn.insert("url".into(), "http://10.0.0.1:5432".into());
+    s.publish_connection(&cid("C1"), &child.partition, &conn, 5)
+        .unwrap();
+    let a = assignment(&mut s, "C1", "slappart0").unwrap();
+    assert!(a.revision > r1);
+    assert_eq!(a.children["db"]["url"], "http://10.0.0.1:5432");
+    assert_eq!(
+        s.instance(&title("db"), Some(&title("root")))
+            .unwrap()
+            .connection,
+        conn
+    );
+    // Same parameters again: no bump.
+    s.take_touched();
+    s.publish_connection(&cid("C1"), &child.partition, &conn, 6)
+        .unwrap();
+    assert!(s.take_touched().is_empty());
+    assert_eq!(
+        assignment(&mut s, "C1", "slappart0").unwrap().revision,
+        a.revision
+    );
+    // The publishing instance's own revision does not move.
+    let child_rev = s
+        .instance(&title("db"), Some(&title("root")))
+        .unwrap()
+        .revision;
+    assert_eq!(child_rev, child.revision);
+}
+
+#[test]
+fn requests_from_unknown_or_free_partitions_are_refused() {
+    let mut s = ready(2);
+    let before = dump(s.connection());
+    let err = s
+        .request(&req("x", SR), Some(&at("C1", "nope")), 2)
+        .unwrap_err();
+    assert!(matches!(err, ApiError::NotFound(_)), "{err}");
+    let err = s
+        .request(&req("x", SR), Some(&at("C1", "slappart1")), 2)
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Forbidden(_)), "{err}");
+    let mut r = req("ghost", SR);
+    r.state = Some(InstanceState::Destroyed);
+    assert!(matches!(
+        s.request(&r, None, 2).unwrap_err(),
+        ApiError::NotFound(_)
+    ));
+    assert_eq!(dump(s.connection()), before);
+}
+
+#[test]
+fn destroying_a_root_destroys_its_tree_and_frees_bottom_up() {
+    let mut s = ready(4);
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let rp = at("C1", root.partition.as_str());
+    let child = s.request(&req("child", SR), Some(&rp), 3).unwrap();
+    let cp = at("C1", child.partition.as_str());
+    let grandchild = s.request(&req("grand", SR), Some(&cp), 4).unwrap();
+    assert_eq!(grandchild.root_title.as_str(), "root");
+
+    let destroyed = s
+        .set_state(&title("root"), InstanceState::Destroyed)
+        .unwrap();
+    assert_eq!(destroyed.state, InstanceState::Destroyed);
+    for (t, r) in [("child", "root"), ("grand", "root")] {
+        let i = s.instance(&title(t), Some(&title(r))).unwrap();
+        assert_eq!(i.state, InstanceState::Destroyed, "{t}");
+    }
+    // The root cannot be freed while children hold partitions.
+    let ack = s
+        .report_partition(
+            &cid("C1"),
+            &root.partition,
+            &report(InstanceState::Destroyed),
+            5,
+        )
+        .unwrap();
+    assert!(!ack.freed);
+    assert_eq!(ack.waiting_for, vec![title("child")]);
+    let ack = s
+        .report_partition(
+            &cid("C1"),
+            &child.partition,
+            &report(InstanceState::Destroyed),
+            5,
+        )
+        .unwrap();
+    assert_eq!(ack.waiting_for, vec![title("grand")]);
+    // Bottom-up: the grandchild goes, its parent is bumped so the node reports again.
+    let child_rev = s
+        .instance(&title("child"), Some(&title("root")))
+        .unwrap()
+        .revision;
+    let ack = s
+        .report_partition(
+            &cid("C1"),
+            &grandchild.partition,
+            &report(InstanceState::Destroyed),
+            6,
+        )
+        .unwrap();
+    assert!(ack.freed);
+    assert!(
+        s.instance(&title("child"), Some(&title("root")))
+            .unwrap()
+            .revision
+            > child_rev
+    );
+    assert!(
+        s.report_partition(
+            &cid("C1"),
+            &child.partition,
+            &report(InstanceState::Destroyed),
+            7
+        )
+        .unwrap()
+        .freed
+    );
+    assert!(
+        s.report_partition(
+            &cid("C1"),
+            &root.partition,
+            &report(InstanceState::Destroyed),
+            8
+        )
+        .unwrap()
+        .freed
+    );
+    assert!(s.instances().unwrap().is_empty());
+    let c = s.computer(&cid("C1")).unwrap();
+    assert!(c.partitions.iter().all(|p| p.instance.is_none()));
+    // A destroyed report for a free partition is acknowledged (idempotent); others conflict.
+    assert!(
+        s.report_partition(
+            &cid("C1"),
+            &root.partition,
+            &report(InstanceState::Destroyed),
+            9
+        )
+        .unwrap()
+        .freed
+    );
+    assert!(matches!(
+        s.report_partition(
+            &cid("C1"),
+            &root.partition,
+            &report(InstanceState::Started),
+            9
+        )
+        .unwrap_err(),
+        ApiError::Conflict(_)
+    ));
+}
+
+#[test]
+fn a_destroyed_report_frees_only_what_was_asked_destroyed() {
+    let mut s = ready(1);
+    let web = s.request(&req("web", SR), None, 2).unwrap();
+    let mut rep = report(InstanceState::Destroyed);
+    rep.error = Some("stale".into());
+    let ack = s
+        .report_partition(&cid("C1"), &web.partition, &rep, 3)
+        .unwrap();
+    assert!(!ack.freed, "freed an instance the user still wants");
+    let info = s.instance(&title("web"), None).unwrap();
+    assert_eq!(
+        info.reported.unwrap().report.error.as_deref(),
+        Some("stale")
+    );
+}
+
+#[test]
+fn revisions_never_repeat_after_a_partition_is_reallocated() {
+    let mut s = ready(1);
+    let a = s.request(&req("a", SR), None, 2).unwrap();
+    s.set_state(&title("a"), InstanceState::Destroyed).unwrap();
+    let last = assignment(&mut s, "C1", "slappart0").unwrap().revision;
+    s.report_partition(
+        &cid("C1"),
+        &a.partition,
+        &report(InstanceState::Destroyed),
+        3,
+    )
+    .unwrap();
+    assert!(assignment(&mut s, "C1", "slappart0").is_none());
+    let b = s.request(&req("b", SR), None, 4).unwrap();
+    assert_eq!(b.partition, a.partition);
+    assert!(b.revision > last);
+}
+
+#[test]
+fn root_state_applies_to_the_tree() {
+    let mut s = ready(3);
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let rp = at("C1", root.partition.as_str());
+    s.request(&req("child", SR), Some(&rp), 3).unwrap();
+    s.set_state(&title("root"), InstanceState::Stopped).unwrap();
+    let child = s.instance(&title("child"), Some(&title("root"))).unwrap();
+    assert_eq!(child.state, InstanceState::Stopped);
+    // A child re-requested as started while the root is stopped stays stopped (SlapOS rule).
+    let mut r = req("child", SR);
+    r.state = Some(InstanceState::Started);
+    assert_eq!(
+        s.request(&r, Some(&rp), 4).unwrap().state,
+        InstanceState::Stopped
+    );
+    // Starting the root (through a request) starts the tree again.
+    let mut r = req("root", SR);
+    r.state = Some(InstanceState::Started);
+    s.request(&r, None, 5).unwrap();
+    let child = s.instance(&title("child"), Some(&title("root"))).unwrap();
+    assert_eq!(child.state, InstanceState::Started);
+}
+
+#[test]
+fn bang_bumps_every_instance_of_the_tree() {
+    let mut s = ready(3);
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let rp = at("C1", root.partition.as_str());
+    let child = s.request(&req("child", SR), Some(&rp), 3).unwrap();
+    let other = s.request(&req("other", SR), None, 3).unwrap();
+    let before: Vec<u64> = s.instances().unwrap().iter().map(|i| i.revision).collect();
+    let n = s
+        .bang(&cid("C1"), &child.partition, "disk full", 4)
+        .unwrap();
+    assert_eq!(n, 2);
+    let after = s.instances().unwrap();
+    assert!(after[0].revision > before[0]); // root
+    assert!(after[1].revision > before[1]); // child
+    assert_eq!(after[2].revision, other.revision); // another tree
+    assert_eq!(after[1].bang.as_deref(), Some("disk full"));
+    assert!(matches!(
+        s.bang(&cid("C1"), &pid("slappart9"), "x", 5).unwrap_err(),
+        ApiError::NotFound(_)
+    ));
+}
+
+#[test]
+fn re_registration_keeps_allocations_and_drops_missing_free_partitions() {
+    let mut s = ready(3); // slappart0..2
+    let web = s.request(&req("web", SR), None, 2).unwrap(); // slappart0
+    let e1 = etag(&mut s, "C1");
+    let info = s
+        .register(
+            &registration("C1", &["slappart2", "slappart3"], &[("arch", "aarch64")]),
+            3,
+        )
+        .unwrap();
+    let ids: Vec<&str> = info.partitions.iter().map(|p| p.id.as_str()).collect();
+    // slappart0 is allocated: kept, in its place; slappart1 free and missing: dropped.
+    assert_eq!(ids, ["slappart0", "slappart2", "slappart3"]);
+    assert_eq!(info.partitions[0].instance.as_ref(), Some(&web.title));
+    assert_eq!(info.labels[&LabelKey::parse("arch").unwrap()], "aarch64");
+    assert_ne!(etag(&mut s, "C1"), e1);
+    // Identical re-registration: same etag.
+    let e2 = etag(&mut s, "C1");
+    s.take_touched();
+    s.register(
+        &registration("C1", &["slappart2", "slappart3"], &[("arch", "aarch64")]),
+        4,
+    )
+    .unwrap();
+    assert_eq!(etag(&mut s, "C1"), e2);
+    assert!(s.take_touched().is_empty());
+    assert_eq!(s.computer(&cid("C1")).unwrap().last_seen_ms, Some(4));
+}
+
+#[test]
+fn bad_registrations_change_nothing() {
+    let mut s = ready(1);
+    let before = dump(s.connection());
+    let dup = registration("C1", &["p0", "p0"], &[]);
+    assert!(matches!(
+        s.register(&dup, 2).unwrap_err(),
+        ApiError::BadRequest(_)
+    ));
+    let mut bad_addr = registration("C1", &["p0"], &[]);
+    bad_addr.partitions[0].addresses = vec!["not-an-ip".into()];
+    let err = s.register(&bad_addr, 2).unwrap_err();
+    assert!(err.to_string().contains("not-an-ip"), "{err}");
+    let long = "x".repeat(MAX_LABEL_VALUE + 1);
+    let bad_label = registration("C1", &["p0"], &[("region", long.as_str())]);
+    assert!(matches!(
+        s.register(&bad_label, 2).unwrap_err(),
+        ApiError::BadRequest(_)
+    ));
+    assert_eq!(dump(s.connection()), before);
+}
+
+#[test]
+fn supply_reports_and_removal() {
+    let mut s = ready(1);
+    let c = cid("C1");
+    let url = SoftwareUrl::parse(SR).unwrap();
+    s.report_software(
+        &c,
+        &SoftwareReport {
+            url: url.clone(),
+            state: InstallState::Error,
+            message: Some("sha256 mismatch".into()),
+        },
+        5,
+    )
+    .unwrap();
+    let info = s.computer(&c).unwrap();
+    let sw = &info.software[0];
+    assert_eq!(sw.install.as_ref().unwrap().state, InstallState::Error);
+    assert_eq!(
+        sw.install.as_ref().unwrap().message.as_deref(),
+        Some("sha256 mismatch")
+    );
+    assert_eq!(info.last_seen_ms, Some(5));
+
+    // Removing a release in use is refused.
+    s.request(&req("web", SR), None, 6).unwrap();
+    let remove = SupplyRequest {
+        url: url.clone(),
+        state: SupplyState::Destroyed,
+    };
+    let err = s.supply(&c, &remove).unwrap_err();
+    assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("web"), "{err}");
+    // Once the instance is gone, removal is asked, then confirmed by the node.
+    s.set_state(&title("web"), InstanceState::Destroyed)
+        .unwrap();
+    s.report_partition(&c, &pid("slappart0"), &report(InstanceState::Destroyed), 7)
+        .unwrap();
+    let e1 = etag(&mut s, "C1");
+    assert_eq!(
+        s.supply(&c, &remove).unwrap().requested,
+        SupplyState::Destroyed
+    );
+    assert_ne!(etag(&mut s, "C1"), e1);
+    let d = s.desired(&c, None).unwrap().unwrap();
+    assert_eq!(d.software[0].state, SupplyState::Destroyed);
+    // A removed release cannot be allocated.
+    assert!(matches!(
+        s.request(&req("web2", SR), None, 8).unwrap_err(),
+        ApiError::NoAllocation(_)
+    ));
+    s.report_software(
+        &c,
+        &SoftwareReport {
+            url: url.clone(),
+            state: InstallState::Destroyed,
+            message: None,
+        },
+        9,
+    )
+    .unwrap();
+    assert!(s.desired(&c, None).unwrap().unwrap().software.is_empty());
+    // Unknown release or computer: 404.
+    let err = s
+        .report_software(
+            &c,
+            &SoftwareReport {
+                url,
+                state: InstallState::Available,
+                message: None,
+            },
+            10,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ApiError::NotFound(_)), "{err}");
+    assert!(matches!(
+        s.supply(&cid("NOPE"), &remove).unwrap_err(),
+        ApiError::NotFound(_)
+    ));
+}
+
+#[test]
+fn desired_state_lists_every_partition_and_honours_the_etag() {
+    let mut s = ready(3);
+    s.request(&with_param(req("web", SR), "port", "80"), None, 2)
+        .unwrap();
+    let d = s.desired(&cid("C1"), None).unwrap().unwrap();
+    assert_eq!(d.partitions.len(), 3);
+    assert_eq!(d.software.len(), 1);
+    let a = d.partitions[0].instance.as_ref().unwrap();
+    assert_eq!((a.title.as_str(), a.root_title.as_str()), ("web", "web"));
+    assert_eq!(a.state, InstanceState::Started);
+    assert!(d.partitions[1].instance.is_none());
+    assert!(s.desired(&cid("C1"), Some(&d.etag)).unwrap().is_none());
+    assert!(s.desired(&cid("C1"), Some("stale")).unwrap().is_some());
+    assert!(matches!(
+        s.desired(&cid("NOPE"), None).unwrap_err(),
+        ApiError::NotFound(_)
+    ));
+}
+
+#[test]
+fn reports_are_stored_with_promises() {
+    let mut s = ready(1);
+    let web = s.request(&req("web", SR), None, 2).unwrap();
+    let rep = PartitionReport {
+        state: InstanceState::Started,
+        revision: web.revision,
+        promises: vec![PromiseResult {
+            name: "port-open".into(),
+            ok: false,
+            message: "connection refused".into(),
+            at_ms: 3,
+        }],
+        error: None,
+    };
+    s.take_touched();
+    let ack = s
+        .report_partition(&cid("C1"), &web.partition, &rep, 4)
+        .unwrap();
+    assert!(!ack.freed);
+    assert!(
+        s.take_touched().is_empty(),
+        "a report must not wake the node"
+    );
+    let got = s.instance(&title("web"), None).unwrap().reported.unwrap();
+    assert_eq!(got.at_ms, 4);
+    assert_eq!(got.report.promises, rep.promises);
+    assert_eq!(got.report.revision, web.revision);
+}
+
+#[test]
+fn everything_acknowledged_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.db");
+    let (dump_before, rev) = {
+        let mut s = Store::open(&path, 1_000).unwrap();
+        s.register(&registration("C1", &["p0", "p1"], &[("region", "eu")]), 1)
+            .unwrap();
+        supply(&mut s, "C1", SR);
+        let web = s
+            .request(&with_param(req("web", SR), "port", "80"), None, 2)
+            .unwrap();
+        let mut conn = Params::new();
+        conn.insert("url".into(), "http://x".into());
+        s.publish_connection(&cid("C1"), &web.partition, &conn, 3)
+            .unwrap();
+        (dump(s.connection()), web.revision)
+        // dropped without any explicit close
+    };
+    let mut s = Store::open(&path, 999_999).unwrap();
+    assert_eq!(dump(s.connection()), dump_before);
+    let web = s.instance(&title("web"), None).unwrap();
+    assert_eq!(web.connection["url"], "http://x");
+    assert_eq!(web.revision, rev);
+    // The counter continues where it was (not re-seeded by the later clock).
+    let changed = s
+        .request(&with_param(req("web", SR), "port", "81"), None, 4)
+        .unwrap();
+    assert!(changed.revision > rev && changed.revision < 999_999);
+}
