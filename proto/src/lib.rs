@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod ids;
+pub mod slap;
 
 pub use api::*;
 pub use ids::*;
