@@ -1,4 +1,117 @@
 //! # node-edge — the edge node
 //!
-//! Stateless agent: polls the master (native protocol), installs the software releases it is
-//! told to and converges every computer partition to its desired state.
+//! The agent of a computer: it registers the computer's partitions with its master, follows the
+//! computer's desired state (long poll, polling as fallback), installs the software releases it is
+//! told to and converges every computer partition to its instance's requested state, then keeps
+//! the instances running (supervised services, periodic promises) and reports back.
+//!
+//! ## Design
+//!
+//! * **Pure cores, I/O at the edge.** Decisions are pure functions tested without processes or
+//!   sockets: [`config`] rules, [`release`] (software manifest), [`profile`] (render + instance
+//!   manifest), [`plan`] (what to install/remove, the skip rule), [`backoff`], promise
+//!   scheduling. Thin drivers do the I/O: [`install`], [`supervisor`], [`promise`], [`link`],
+//!   [`partition`], [`node`].
+//! * **One task per partition** ([`partition`]) owns its services, promises and resources and
+//!   receives its latest target through a `watch` channel, so a partition is never processed twice
+//!   at once and one failing partition never blocks another. Passes are bounded by a semaphore;
+//!   installs run as separate bounded tasks ([`node`]).
+//! * **Offline autonomy.** Every desired state received is cached on disk ([`cache`]); a node
+//!   that starts without its master converges to the cache. Reports wait in an outbox
+//!   ([`link::Outbox`]) until the master is back.
+//! * **Seams** for later issues: [`isolation::Isolation`] (a unix user per partition),
+//!   [`resources::Resources`] (the `rt` crate: cgroups, exclusive CPUs, SCHED_FIFO), and
+//!   [`link::MasterLink`]; all plugged in through [`Seams`].
+//!
+//! ## Invariants
+//!
+//! * A release directory `<software_root>/<hash>` exists only fully installed (built in a temp
+//!   dir, renamed last).
+//! * Every process the node starts leads its own process group; stopping a service reaches its
+//!   whole tree (TERM, then KILL after `stop_timeout`).
+//! * Files an instance manifest writes stay inside the partition (no `..`, no absolute paths, no
+//!   symlinked parents, nothing under `.slapos*`).
+//! * Ids that become paths are validated types from `slapos-proto`.
+//!
+//! ## Limits
+//!
+//! * Unprivileged mode only: all partitions run as the node's user (isolation comes with the
+//!   root-mode issue), on `127.0.0.1` with a block of ports each.
+//! * Service output goes through pipes, so services do not survive a node crash; the next node
+//!   kills what is left of them (pid files with start times) and starts them again.
+//! * Children an instance stops requesting are not destroyed automatically.
+//! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
+
+pub mod backoff;
+pub mod cache;
+pub mod config;
+pub mod fetch;
+pub mod install;
+pub mod isolation;
+pub mod layout;
+pub mod link;
+pub mod logfile;
+pub mod node;
+pub mod partition;
+pub mod plan;
+pub mod procs;
+pub mod profile;
+pub mod promise;
+pub mod release;
+pub mod resources;
+pub mod supervisor;
+pub mod util;
+
+pub use config::{Config, ConfigError, PortRange};
+pub use node::{Seams, run, run_with};
+
+/// A node that cannot start (or a `format` that failed).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A filesystem operation failed.
+    #[error("failed to {op} `{path}`: {source}")]
+    Io {
+        /// What was attempted.
+        op: String,
+        /// On what.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Partition isolation could not be set up.
+    #[error(transparent)]
+    Isolation(#[from] isolation::IsolationError),
+    /// The master URL is unusable.
+    #[error(transparent)]
+    Client(#[from] slapos_client::ClientError),
+}
+
+/// `slapos-node format`: create partitions (idempotent) and register with the master when it is
+/// reachable. Returns whether the registration succeeded (`false`: offline, nothing lost).
+pub fn format(config: &Config) -> Result<bool, NodeError> {
+    format_with(config, &isolation::CurrentUser, &resources::NoResources)
+}
+
+/// [`format`] with explicit seams.
+pub fn format_with(
+    config: &Config,
+    iso: &dyn isolation::Isolation,
+    res: &dyn resources::Resources,
+) -> Result<bool, NodeError> {
+    config.validate()?;
+    let parts = layout::format(config, iso)?;
+    let link = link::ClientLink::new(&config.master_url, config.computer_id.clone())?;
+    let reg = layout::registration(config, &parts, &res.labels());
+    match link::MasterLink::register(&link, &reg) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_unreachable() => {
+            tracing::warn!("partitions formatted; master unreachable, registration deferred: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,480 @@
+//! Node configuration (TOML).
+//!
+//! Every key is documented in `docs/node.md`; [`Config::from_toml`] is the only way a file becomes
+//! a [`Config`], and [`Config::validate`] the only place the rules live, so the binary, the
+//! embedded standalone node and the tests cannot disagree.
+//!
+//! Durations are seconds (integer or float: `poll_interval = 30`, `restart_backoff_min = 0.5`).
+//! Relative paths in a file are resolved against the directory holding the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use slapos_proto::{ComputerId, LabelKey, PartitionId};
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file `{path}`: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown/mistyped keys.
+    #[error("invalid config{}: {message}", origin.as_ref().map(|p| format!(" `{}`", p.display())).unwrap_or_default())]
+    Parse {
+        /// File, if any.
+        origin: Option<PathBuf>,
+        /// Parser message (names the key and line).
+        message: String,
+    },
+    /// A value broke a rule.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// The rule.
+        reason: String,
+    },
+}
+
+/// A block of TCP ports per partition, on 127.0.0.1 (unprivileged mode).
+///
+/// Partition `i` (0-based) owns `base + i*per_partition ..= base + (i+1)*per_partition - 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    /// First port of partition 0.
+    #[serde(default = "default_port_base")]
+    pub base: u16,
+    /// Ports per partition.
+    #[serde(default = "default_ports_per_partition")]
+    pub per_partition: u16,
+}
+
+fn default_port_base() -> u16 {
+    20000
+}
+fn default_ports_per_partition() -> u16 {
+    10
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self {
+            base: default_port_base(),
+            per_partition: default_ports_per_partition(),
+        }
+    }
+}
+
+impl PortRange {
+    /// The ports of partition `index`.
+    pub fn ports(&self, index: u32) -> Vec<u16> {
+        let first = u32::from(self.base) + index * u32::from(self.per_partition);
+        (first..first + u32::from(self.per_partition))
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect()
+    }
+}
+
+/// The node's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base URL of the master (`http://host:port`).
+    pub master_url: String,
+    /// This computer's reference at the master.
+    pub computer_id: ComputerId,
+    /// Number of partitions to format and offer.
+    pub partitions: u32,
+    /// Partition names are `<partition_prefix><index>`.
+    #[serde(default = "default_prefix")]
+    pub partition_prefix: String,
+    /// Where software releases are installed (`<software_root>/<url hash>`).
+    pub software_root: PathBuf,
+    /// Where partitions live (`<instance_root>/<partition>`).
+    pub instance_root: PathBuf,
+    /// Node-private state (desired-state cache); default `<instance_root>/.slapos-node`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Fallback polling period, and retry period while the master is unreachable.
+    #[serde(default = "d_poll", deserialize_with = "de_secs")]
+    pub poll_interval: Duration,
+    /// How long the master may hold a desired-state request (long poll); 0 = plain polling.
+    #[serde(default = "d_long_poll", deserialize_with = "de_secs")]
+    pub long_poll: Duration,
+    /// Labels sent at registration (used by SLA filters).
+    #[serde(default)]
+    pub labels: BTreeMap<LabelKey, String>,
+    /// Software releases installed at the same time.
+    #[serde(default = "one")]
+    pub max_installs: usize,
+    /// Partition passes (render + start + promises) run at the same time.
+    #[serde(default = "two")]
+    pub max_instance_passes: usize,
+    /// Ports per partition on 127.0.0.1.
+    #[serde(default)]
+    pub ports: PortRange,
+    /// First delay before a crashed service is restarted.
+    #[serde(default = "d_backoff_min", deserialize_with = "de_secs")]
+    pub restart_backoff_min: Duration,
+    /// Cap of the restart delay (doubles on each crash). A service that ran this long resets it.
+    #[serde(default = "d_backoff_max", deserialize_with = "de_secs")]
+    pub restart_backoff_max: Duration,
+    /// Time between TERM and KILL when a service group is stopped.
+    #[serde(default = "d_stop", deserialize_with = "de_secs")]
+    pub stop_timeout: Duration,
+    /// Default period of a promise (a manifest may set its own).
+    #[serde(default = "d_promise_interval", deserialize_with = "de_secs")]
+    pub promise_interval: Duration,
+    /// Default time limit of one promise run.
+    #[serde(default = "d_promise_timeout", deserialize_with = "de_secs")]
+    pub promise_timeout: Duration,
+    /// A service log is rotated when it exceeds this size.
+    #[serde(default = "d_log_max")]
+    pub log_max_bytes: u64,
+    /// Rotated logs kept per service (`.1` … `.N`).
+    #[serde(default = "two_u32")]
+    pub log_keep: u32,
+    /// A failed install is retried after this delay (or when the desired state changes).
+    #[serde(default = "d_install_retry", deserialize_with = "de_secs")]
+    pub install_retry: Duration,
+    /// Time limit of one artifact download.
+    #[serde(default = "d_fetch_timeout", deserialize_with = "de_secs")]
+    pub fetch_timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    "slappart".into()
+}
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn two_u32() -> u32 {
+    2
+}
+fn d_poll() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_long_poll() -> Duration {
+    Duration::from_secs(25)
+}
+fn d_backoff_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_stop() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_promise_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_promise_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn d_log_max() -> u64 {
+    1 << 20
+}
+fn d_install_retry() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_fetch_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Seconds as an integer or a float, never negative, NaN or absurd.
+pub(crate) fn de_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        I(u64),
+        F(f64),
+    }
+    match Num::deserialize(d)? {
+        Num::I(s) => Ok(Duration::from_secs(s)),
+        Num::F(f) => Duration::try_from_secs_f64(f)
+            .map_err(|_| serde::de::Error::custom(format!("{f} is not a valid number of seconds"))),
+    }
+}
+
+impl Config {
+    /// A configuration with every default, for `computer_id` talking to `master_url`.
+    pub fn new(
+        master_url: impl Into<String>,
+        computer_id: ComputerId,
+        partitions: u32,
+        software_root: impl Into<PathBuf>,
+        instance_root: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            master_url: master_url.into(),
+            computer_id,
+            partitions,
+            partition_prefix: default_prefix(),
+            software_root: software_root.into(),
+            instance_root: instance_root.into(),
+            state_dir: None,
+            poll_interval: d_poll(),
+            long_poll: d_long_poll(),
+            labels: BTreeMap::new(),
+            max_installs: one(),
+            max_instance_passes: two(),
+            ports: PortRange::default(),
+            restart_backoff_min: d_backoff_min(),
+            restart_backoff_max: d_backoff_max(),
+            stop_timeout: d_stop(),
+            promise_interval: d_promise_interval(),
+            promise_timeout: d_promise_timeout(),
+            log_max_bytes: d_log_max(),
+            log_keep: two_u32(),
+            install_retry: d_install_retry(),
+            fetch_timeout: d_fetch_timeout(),
+        }
+    }
+
+    /// The single-box layout used by `slapos-master standalone`: `<dir>/software`,
+    /// `<dir>/instance`, `<dir>/node-state`, computer `local`, shorter polling.
+    pub fn standalone(dir: &Path, master_url: impl Into<String>, partitions: u32) -> Self {
+        let computer = ComputerId::parse("local").expect("`local` is a valid computer id");
+        let mut c = Self::new(
+            master_url,
+            computer,
+            partitions,
+            dir.join("software"),
+            dir.join("instance"),
+        );
+        c.state_dir = Some(dir.join("node-state"));
+        c.poll_interval = Duration::from_secs(5);
+        c.promise_interval = Duration::from_secs(30);
+        c.install_retry = Duration::from_secs(60);
+        c
+    }
+
+    /// Parse a TOML text; `base` resolves relative paths (the file's directory).
+    pub fn from_toml(text: &str, base: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: base.map(Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+        if let Some(b) = base {
+            for p in [&mut c.software_root, &mut c.instance_root] {
+                if p.is_relative() {
+                    *p = b.join(&*p);
+                }
+            }
+            if let Some(s) = c.state_dir.as_mut().filter(|s| s.is_relative()) {
+                *s = b.join(&*s);
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, Some(&base)).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                origin: Some(path.to_path_buf()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Check every rule; the node refuses to start on the first broken one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !(self.master_url.starts_with("http://") || self.master_url.starts_with("https://")) {
+            return bad(
+                "master_url",
+                format!("{:?} must start with http:// or https://", self.master_url),
+            );
+        }
+        if self.partitions == 0 || self.partitions > 10_000 {
+            return bad(
+                "partitions",
+                format!("{} must be in 1..=10000", self.partitions),
+            );
+        }
+        if let Err(e) = PartitionId::parse(format!("{}{}", self.partition_prefix, self.partitions))
+        {
+            return bad("partition_prefix", e.to_string());
+        }
+        for (key, p) in [
+            ("software_root", &self.software_root),
+            ("instance_root", &self.instance_root),
+        ] {
+            if p.is_relative() {
+                return bad(key, format!("`{}` must be an absolute path", p.display()));
+            }
+        }
+        if self.software_root == self.instance_root {
+            return bad("software_root", "must differ from instance_root".to_owned());
+        }
+        if self.max_installs == 0 {
+            return bad("max_installs", "must be at least 1".into());
+        }
+        if self.max_instance_passes == 0 {
+            return bad("max_instance_passes", "must be at least 1".into());
+        }
+        if self.ports.per_partition == 0 {
+            return bad("ports.per_partition", "must be at least 1".into());
+        }
+        let last = u64::from(self.ports.base)
+            + u64::from(self.partitions) * u64::from(self.ports.per_partition);
+        if self.ports.base < 1024 || last > 65536 {
+            return bad(
+                "ports",
+                format!(
+                    "{} partitions × {} ports from {} do not fit in 1024..=65535",
+                    self.partitions, self.ports.per_partition, self.ports.base
+                ),
+            );
+        }
+        if self.restart_backoff_min.is_zero() || self.restart_backoff_min > self.restart_backoff_max
+        {
+            return bad(
+                "restart_backoff_min",
+                "must be > 0 and at most restart_backoff_max".into(),
+            );
+        }
+        if self.poll_interval.is_zero() {
+            return bad("poll_interval", "must be > 0".into());
+        }
+        if self.promise_interval.is_zero() || self.promise_timeout.is_zero() {
+            return bad(
+                "promise_interval",
+                "promise interval and timeout must be > 0".into(),
+            );
+        }
+        if self.log_max_bytes < 1024 {
+            return bad("log_max_bytes", "must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    /// The node's private state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.instance_root.join(".slapos-node"))
+    }
+
+    /// The partitions this node offers, in order, with their index.
+    pub fn partition_ids(&self) -> Vec<(u32, PartitionId)> {
+        (0..self.partitions)
+            .filter_map(|i| {
+                PartitionId::parse(format!("{}{i}", self.partition_prefix))
+                    .ok()
+                    .map(|p| (i, p))
+            })
+            .collect()
+    }
+
+    /// Directory of a partition.
+    pub fn partition_dir(&self, id: &PartitionId) -> PathBuf {
+        self.instance_root.join(id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+master_url = "http://127.0.0.1:8000"
+computer_id = "COMP-1"
+partitions = 3
+software_root = "soft"
+instance_root = "/srv/inst"
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolves_relative_paths() {
+        let c = Config::from_toml(MINIMAL, Some(Path::new("/etc/slapos"))).unwrap();
+        assert_eq!(c.software_root, Path::new("/etc/slapos/soft"));
+        assert_eq!(c.instance_root, Path::new("/srv/inst"));
+        assert_eq!(c.state_dir(), Path::new("/srv/inst/.slapos-node"));
+        assert_eq!(c.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.ports, PortRange::default());
+        let ids: Vec<String> = c
+            .partition_ids()
+            .into_iter()
+            .map(|(_, p)| p.to_string())
+            .collect();
+        assert_eq!(ids, ["slappart0", "slappart1", "slappart2"]);
+    }
+
+    #[test]
+    fn durations_accept_integers_and_floats() {
+        let t = format!("{MINIMAL}restart_backoff_min = 0.25\nrestart_backoff_max = 4\n");
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        assert_eq!(c.restart_backoff_min, Duration::from_millis(250));
+        assert_eq!(c.restart_backoff_max, Duration::from_secs(4));
+        let t = format!("{MINIMAL}poll_interval = -1.0\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        assert!(err.to_string().contains("poll_interval"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_key() {
+        let t = format!("{MINIMAL}pol_interval = 3\n");
+        let err = Config::from_toml(&t, None).unwrap_err();
+        assert!(err.to_string().contains("pol_interval"), "{err}");
+
+        let t = MINIMAL.replace("COMP-1", "../etc");
+        let err = Config::from_toml(&t, None).unwrap_err();
+        assert!(err.to_string().contains("computer id"), "{err}");
+
+        let t = format!("{MINIMAL}[ports]\nbase = 65000\nper_partition = 1000\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { key: "ports", .. }),
+            "{err}"
+        );
+
+        let t = format!("{MINIMAL}restart_backoff_min = 9\nrestart_backoff_max = 2\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        assert!(err.to_string().contains("restart_backoff_min"), "{err}");
+
+        // Without a base directory a relative root is an error, not a silent cwd path.
+        let err = Config::from_toml(MINIMAL, None).unwrap_err();
+        assert!(err.to_string().contains("software_root"), "{err}");
+    }
+
+    #[test]
+    fn port_blocks_do_not_overlap() {
+        let r = PortRange {
+            base: 30000,
+            per_partition: 3,
+        };
+        assert_eq!(r.ports(0), [30000, 30001, 30002]);
+        assert_eq!(r.ports(2), [30006, 30007, 30008]);
+    }
+
+    #[test]
+    fn standalone_layout_is_valid() {
+        let c = Config::standalone(Path::new("/tmp/sa"), "http://127.0.0.1:1", 4);
+        c.validate().unwrap();
+        assert_eq!(c.software_root, Path::new("/tmp/sa/software"));
+        assert_eq!(c.state_dir(), Path::new("/tmp/sa/node-state"));
+        assert_eq!(c.partition_ids().len(), 4);
+    }
+}

@@ -1,0 +1,304 @@
+//! Fetching release files: URL resolution (pure), download or copy, SHA-256 verification.
+//!
+//! Sources are `http://`, `https://` (rustls with ring and the webpki roots), `file://` URLs and
+//! absolute paths. A relative artifact URL is resolved against the manifest's URL: its directory
+//! for a path or `file://`, the last `/` of the path for `http(s)://` (query and fragment cut).
+//! `file://` takes the path as written (no percent-decoding); `file://localhost/…` is accepted.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// Largest manifest accepted (bytes).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// A fetch failure: the URL and what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Transport, HTTP status or file error.
+    #[error("failed to fetch `{url}`: {reason}")]
+    Fetch {
+        /// Source.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The content does not have the expected hash.
+    #[error("sha256 mismatch for `{url}`: expected {expected}, got {actual}")]
+    Mismatch {
+        /// Source.
+        url: String,
+        /// From the manifest.
+        expected: String,
+        /// Of what was fetched.
+        actual: String,
+    },
+    /// Writing the destination failed.
+    #[error("failed to write `{path}`: {source}")]
+    Write {
+        /// Destination.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where bytes come from, once resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A local file.
+    File(PathBuf),
+    /// An `http://` or `https://` URL.
+    Http(String),
+}
+
+fn is_absolute(u: &str) -> bool {
+    u.starts_with("http://")
+        || u.starts_with("https://")
+        || u.starts_with("file://")
+        || u.starts_with('/')
+}
+
+/// Resolve `rel` against the manifest URL `base`; an absolute `rel` is returned as is.
+pub fn resolve(base: &str, rel: &str) -> String {
+    if is_absolute(rel) {
+        return rel.to_owned();
+    }
+    let base = base.split(['?', '#']).next().unwrap_or(base);
+    match base.rfind('/') {
+        Some(i) => format!("{}{rel}", &base[..=i]),
+        None => rel.to_owned(),
+    }
+}
+
+/// Classify an absolute URL.
+pub fn source(url: &str) -> Result<Source, FetchError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(Source::Http(url.to_owned()));
+    }
+    let path = if let Some(rest) = url.strip_prefix("file://") {
+        rest.strip_prefix("localhost").unwrap_or(rest)
+    } else {
+        url
+    };
+    if path.starts_with('/') {
+        Ok(Source::File(PathBuf::from(path)))
+    } else {
+        Err(FetchError::Fetch {
+            url: url.to_owned(),
+            reason: "not an http(s):// or file:// URL or an absolute path".into(),
+        })
+    }
+}
+
+/// Fetches release files. Cheap to clone (one HTTP agent).
+#[derive(Clone)]
+pub struct Fetcher {
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fetcher")
+    }
+}
+
+impl Fetcher {
+    /// A fetcher whose downloads each take at most `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Self { agent }
+    }
+
+    fn open(&self, url: &str) -> Result<Box<dyn Read + Send>, FetchError> {
+        let err = |reason: String| FetchError::Fetch {
+            url: url.to_owned(),
+            reason,
+        };
+        match source(url)? {
+            Source::File(p) => {
+                let f = std::fs::File::open(&p).map_err(|e| err(e.to_string()))?;
+                Ok(Box::new(f))
+            }
+            Source::Http(u) => {
+                let resp = self.agent.get(&u).call().map_err(|e| err(e.to_string()))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    return Err(err(format!("HTTP {status}")));
+                }
+                Ok(Box::new(resp.into_body().into_reader()))
+            }
+        }
+    }
+
+    /// Fetch a small text (the manifest), at most [`MAX_MANIFEST_BYTES`].
+    pub fn fetch_text(&self, url: &str) -> Result<String, FetchError> {
+        let mut buf = Vec::new();
+        self.open(url)?
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| FetchError::Fetch {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        if buf.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(FetchError::Fetch {
+                url: url.to_owned(),
+                reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+            });
+        }
+        String::from_utf8(buf).map_err(|_| FetchError::Fetch {
+            url: url.to_owned(),
+            reason: "not UTF-8 text".into(),
+        })
+    }
+
+    /// Stream `url` into `dest` while hashing; on a hash mismatch `dest` is removed.
+    /// Returns the number of bytes written.
+    pub fn fetch_verified(&self, url: &str, sha256: &str, dest: &Path) -> Result<u64, FetchError> {
+        let mut reader = self.open(url)?;
+        let werr = |source| FetchError::Write {
+            path: dest.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(werr)?;
+        }
+        let mut out = std::fs::File::create(dest).map_err(werr)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(dest);
+                    return Err(FetchError::Fetch {
+                        url: url.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(werr)?;
+            total += n as u64;
+        }
+        out.sync_all().map_err(werr)?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            let _ = std::fs::remove_file(dest);
+            return Err(FetchError::Mismatch {
+                url: url.to_owned(),
+                expected: sha256.to_owned(),
+                actual,
+            });
+        }
+        Ok(total)
+    }
+}
+
+/// SHA-256 of bytes, lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_urls_resolve_against_the_manifest() {
+        assert_eq!(resolve("/srv/sr/software.toml", "a.py"), "/srv/sr/a.py");
+        assert_eq!(
+            resolve("file:///srv/sr/software.toml", "lib/a.py"),
+            "file:///srv/sr/lib/a.py"
+        );
+        assert_eq!(
+            resolve("https://h.example/sr/software.toml?ref=main", "a.py"),
+            "https://h.example/sr/a.py"
+        );
+        assert_eq!(
+            resolve("https://h.example/sr/software.toml", "http://o.example/b"),
+            "http://o.example/b"
+        );
+        assert_eq!(resolve("/srv/sr/software.toml", "/opt/x"), "/opt/x");
+    }
+
+    #[test]
+    fn sources_are_classified() {
+        assert_eq!(source("/a/b").unwrap(), Source::File("/a/b".into()));
+        assert_eq!(source("file:///a/b").unwrap(), Source::File("/a/b".into()));
+        assert_eq!(
+            source("file://localhost/a").unwrap(),
+            Source::File("/a".into())
+        );
+        assert!(matches!(source("https://x/y").unwrap(), Source::Http(_)));
+        assert!(source("ftp://x/y").is_err());
+        assert!(source("file://host/a").is_err());
+    }
+
+    #[test]
+    fn verification_keeps_good_files_and_removes_bad_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.txt");
+        std::fs::write(&src, b"hello").unwrap();
+        let f = Fetcher::new(Duration::from_secs(5));
+        let good = sha256_hex(b"hello");
+        let dest = d.path().join("out/a.txt");
+        let n = f
+            .fetch_verified(src.to_str().unwrap(), &good, &dest)
+            .unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+
+        let dest2 = d.path().join("out/b.txt");
+        let err = f
+            .fetch_verified(src.to_str().unwrap(), &"0".repeat(64), &dest2)
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&good), "{err}");
+        assert!(!dest2.exists());
+
+        let err = f
+            .fetch_verified("/nonexistent/x", &good, &dest2)
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x"), "{err}");
+    }
+
+    #[test]
+    fn http_fetch_and_status_errors() {
+        // A one-shot HTTP server on port 0 answering two requests.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            for (status, body) in [("200 OK", "payload"), ("404 Not Found", "no")] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).unwrap();
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).unwrap();
+            }
+        });
+        let f = Fetcher::new(Duration::from_secs(5));
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("http://{addr}/sr/a");
+        f.fetch_verified(&url, &sha256_hex(b"payload"), &d.path().join("a"))
+            .unwrap();
+        let err = f.fetch_text(&url).unwrap_err();
+        assert!(err.to_string().contains("404"), "{err}");
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,363 @@
+//! The node's main loop: desired state in, installs and partition targets out.
+//!
+//! ```text
+//!  poller ──desired──▶ main loop ──Target (watch)──▶ partition task × N ──▶ services, promises
+//!    ▲  (cache write)      │  ▲                               │
+//!    │                     ▼  │ install results               ▼
+//!  master ◀── flusher ◀── outbox ◀── install tasks (≤ max_installs) / reports, connection, requests
+//! ```
+//!
+//! The main loop owns the release slots ([`Slot`]) and the latest desired state (from the master
+//! or, at start, from the cache). On every change — a new desired state, an install result, or
+//! the periodic tick (`poll_interval`, which also retries failed installs when due) — it starts
+//! release installs/removals and hands each partition task its [`Target`] (only when it
+//! changed). Installs run as tasks apart from partition passes, as in SlapOS.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use slapos_proto::{DesiredState, InstallState, PartitionId, SoftwareReport, SoftwareUrl};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::NodeError;
+use crate::cache::DesiredCache;
+use crate::config::Config;
+use crate::fetch::Fetcher;
+use crate::install::{InstallError, Installer};
+use crate::isolation::{CurrentUser, Isolation};
+use crate::layout;
+use crate::link::{self, ClientLink, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
+use crate::partition::{self, PartitionHandle, Shared};
+use crate::plan::{self, Slot, SoftwareAction, Target};
+use crate::resources::{NoResources, Resources};
+
+/// The pluggable parts of a node. `Seams::default()` is the unprivileged production setup.
+#[derive(Clone)]
+pub struct Seams {
+    /// Partition isolation (default: everything runs as the node's user).
+    pub isolation: Arc<dyn Isolation>,
+    /// Partition resources (default: none; refuses RT profiles).
+    pub resources: Arc<dyn Resources>,
+    /// The master link (default: HTTP to `master_url`).
+    pub link: Option<Arc<dyn MasterLink>>,
+    /// Where `/proc` is.
+    pub proc_root: PathBuf,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Self {
+            isolation: Arc::new(CurrentUser),
+            resources: Arc::new(NoResources),
+            link: None,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+enum SwDone {
+    Installed(SoftwareUrl, Result<PathBuf, InstallError>),
+    Removed(SoftwareUrl, Result<(), String>),
+}
+
+struct Node {
+    cfg: Arc<Config>,
+    desired: Option<DesiredState>,
+    slots: BTreeMap<SoftwareUrl, Slot>,
+    partitions: BTreeMap<PartitionId, PartitionHandle>,
+    installer: Installer,
+    install_sem: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    done_tx: mpsc::Sender<SwDone>,
+    outbox: Arc<Outbox>,
+    unknown_warned: BTreeSet<PartitionId>,
+}
+
+impl Node {
+    fn report(&self, url: &SoftwareUrl, state: InstallState, message: Option<String>) {
+        self.outbox.push(Outgoing::Software(SoftwareReport {
+            url: url.clone(),
+            state,
+            message,
+        }));
+    }
+
+    fn start_install(&mut self, url: SoftwareUrl) {
+        self.slots.insert(url.clone(), Slot::Installing);
+        let installer = self.installer.clone();
+        let sem = self.install_sem.clone();
+        let tx = self.done_tx.clone();
+        let outbox = self.outbox.clone();
+        self.tasks.spawn(async move {
+            let res = match installer.installed(&url) {
+                Some(d) => Ok(d),
+                None => {
+                    let _permit = sem.acquire_owned().await;
+                    tracing::info!(software = %url, "installing");
+                    outbox.push(Outgoing::Software(SoftwareReport {
+                        url: url.clone(),
+                        state: InstallState::Building,
+                        message: None,
+                    }));
+                    installer.install(&url).await
+                }
+            };
+            let _ = tx.send(SwDone::Installed(url, res)).await;
+        });
+    }
+
+    fn start_remove(&mut self, url: SoftwareUrl) {
+        self.slots.insert(url.clone(), Slot::Installing);
+        let installer = self.installer.clone();
+        let tx = self.done_tx.clone();
+        self.tasks.spawn(async move {
+            let u = url.clone();
+            let res = link::off_thread(move || installer.remove(&u))
+                .await
+                .unwrap_or_else(|| Err(std::io::Error::other("remover thread failed")))
+                .map_err(|e| e.to_string());
+            let _ = tx.send(SwDone::Removed(url, res)).await;
+        });
+    }
+
+    fn done(&mut self, d: SwDone) {
+        match d {
+            SwDone::Installed(url, Ok(dir)) => {
+                tracing::info!(software = %url, dir = %dir.display(), "software release available");
+                self.slots.insert(url.clone(), Slot::Available(dir));
+                self.report(&url, InstallState::Available, None);
+            }
+            SwDone::Installed(url, Err(e)) => {
+                let message = e.to_string();
+                tracing::error!(software = %url, "{message}");
+                self.slots.insert(
+                    url.clone(),
+                    Slot::Failed {
+                        message: message.clone(),
+                        retry_at: Instant::now() + self.cfg.install_retry,
+                    },
+                );
+                self.report(&url, InstallState::Error, Some(message));
+            }
+            SwDone::Removed(url, Ok(())) => {
+                tracing::info!(software = %url, "software release removed");
+                self.slots.insert(url.clone(), Slot::Removed);
+                self.report(&url, InstallState::Destroyed, None);
+            }
+            SwDone::Removed(url, Err(e)) => {
+                let message = format!(
+                    "failed to remove `{}`: {e}",
+                    self.installer.dir(&url).display()
+                );
+                tracing::error!(software = %url, "{message}");
+                self.slots.insert(
+                    url.clone(),
+                    Slot::Failed {
+                        message: message.clone(),
+                        retry_at: Instant::now() + self.cfg.install_retry,
+                    },
+                );
+                self.report(&url, InstallState::Error, Some(message));
+            }
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        // A failed release that is supplied again (e.g. after a fix at the same URL) is retried
+        // on the next change of the desired state; here only when its retry time has come.
+        for action in plan::software_actions(&desired, &self.slots, Instant::now()) {
+            match action {
+                SoftwareAction::Install(u) => self.start_install(u),
+                SoftwareAction::Remove(u) => self.start_remove(u),
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for p in &desired.partitions {
+            seen.insert(p.id.clone());
+            let Some(h) = self.partitions.get(&p.id) else {
+                if self.unknown_warned.insert(p.id.clone()) {
+                    tracing::warn!(partition = %p.id, "the master knows a partition this node does not have");
+                }
+                continue;
+            };
+            let software = match &p.instance {
+                Some(a) => plan::software_ready(self.slots.get(&a.software_url)),
+                None => plan::SoftwareReady::Pending,
+            };
+            let t = Target {
+                assignment: p.instance.clone(),
+                software,
+            };
+            h.target.send_if_modified(|cur| {
+                if cur.as_ref() == Some(&t) {
+                    false
+                } else {
+                    *cur = Some(t);
+                    true
+                }
+            });
+        }
+        // Partitions the master does not list are free.
+        for (id, h) in &self.partitions {
+            if !seen.contains(id) {
+                let free = Target {
+                    assignment: None,
+                    software: plan::SoftwareReady::Pending,
+                };
+                h.target.send_if_modified(|cur| {
+                    if cur.as_ref() == Some(&free) {
+                        false
+                    } else {
+                        *cur = Some(free);
+                        true
+                    }
+                });
+            }
+        }
+    }
+
+    /// A new desired state: failed installs of releases it still needs get another try.
+    fn set_desired(&mut self, d: DesiredState) {
+        let need = plan::needed(&d);
+        for (url, slot) in self.slots.iter_mut() {
+            if let Slot::Failed { retry_at, .. } = slot
+                && need.contains(url)
+            {
+                *retry_at = Instant::now();
+            }
+        }
+        self.desired = Some(d);
+    }
+}
+
+/// Run a node until `shutdown` resolves, with the default seams.
+///
+/// Formats the partitions (idempotent), brings every partition back to the cached desired state
+/// (if any), then follows the master. Works on a current-thread runtime; the runtime needs IO and
+/// time enabled (`enable_all`). On `shutdown`, every service is stopped (TERM, then KILL after
+/// `stop_timeout`) before this returns; a node started again restarts them.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    run_with(config, Seams::default(), shutdown).await
+}
+
+/// [`run`] with explicit seams (isolation, resources, master link).
+pub async fn run_with(
+    config: Config,
+    seams: Seams,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let cfg = Arc::new(config);
+    let parts = layout::format(&cfg, &*seams.isolation)?;
+    let link: Arc<dyn MasterLink> = match seams.link.clone() {
+        Some(l) => l,
+        None => Arc::new(ClientLink::new(&cfg.master_url, cfg.computer_id.clone())?),
+    };
+    let installer = Installer::new(&cfg.software_root, Fetcher::new(cfg.fetch_timeout));
+    installer.clean_leftovers();
+    let cache = DesiredCache::new(&cfg.state_dir());
+    let cached = cache.load(&cfg.computer_id);
+    if let Some(d) = &cached {
+        tracing::info!(etag = %d.etag, "starting from the cached desired state");
+    }
+    let outbox = Arc::new(Outbox::default());
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        isolation: seams.isolation.clone(),
+        resources: seams.resources.clone(),
+        link: link.clone(),
+        outbox: outbox.clone(),
+        passes: Arc::new(Semaphore::new(cfg.max_instance_passes)),
+        proc_root: seams.proc_root.clone(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let partitions: BTreeMap<PartitionId, PartitionHandle> = parts
+        .iter()
+        .map(|l| {
+            (
+                l.id.clone(),
+                partition::spawn(shared.clone(), l.clone(), stop_rx.clone()),
+            )
+        })
+        .collect();
+
+    let registration = layout::registration(&cfg, &parts, &seams.resources.labels());
+    let (desired_tx, mut desired_rx) = mpsc::channel(4);
+    let (link_tx, _link_rx) = watch::channel(LinkState::Unknown);
+    let poller = tokio::spawn(link::poller(
+        link.clone(),
+        PollSettings {
+            registration,
+            long_poll: cfg.long_poll,
+            poll_interval: cfg.poll_interval,
+        },
+        cache,
+        cached.as_ref().map(|d| d.etag.clone()),
+        desired_tx,
+        link_tx,
+        outbox.clone(),
+    ));
+    let flusher = tokio::spawn(link::flusher(
+        link.clone(),
+        outbox.clone(),
+        cfg.poll_interval,
+    ));
+
+    let (done_tx, mut done_rx) = mpsc::channel(64);
+    let mut node = Node {
+        cfg: cfg.clone(),
+        desired: cached,
+        slots: BTreeMap::new(),
+        partitions,
+        installer,
+        install_sem: Arc::new(Semaphore::new(cfg.max_installs)),
+        tasks: JoinSet::new(),
+        done_tx,
+        outbox,
+        unknown_warned: BTreeSet::new(),
+    };
+    tracing::info!(
+        computer = %cfg.computer_id,
+        master = %cfg.master_url,
+        partitions = parts.len(),
+        "node started"
+    );
+    node.reconcile();
+    let mut tick = tokio::time::interval(cfg.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(d) = desired_rx.recv() => {
+                tracing::info!(etag = %d.etag, "new desired state");
+                node.set_desired(d);
+                node.reconcile();
+            }
+            Some(d) = done_rx.recv() => {
+                node.done(d);
+                node.reconcile();
+            }
+            Some(_) = node.tasks.join_next(), if !node.tasks.is_empty() => {}
+            _ = tick.tick() => node.reconcile(),
+        }
+    }
+
+    tracing::info!("shutting down: stopping every service");
+    poller.abort();
+    node.tasks.abort_all();
+    let _ = stop_tx.send(true);
+    for (_, h) in std::mem::take(&mut node.partitions) {
+        let _ = h.task.await;
+    }
+    flusher.abort();
+    tracing::info!("node stopped");
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! One task per partition: converges it to its target and keeps it running.
+//!
+//! The task owns the partition's services, promises and applied resources, so a partition is
+//! never processed twice at once, and a failing partition (bad template, failing service or
+//! promise, refused resources) only ever affects itself. Passes of different partitions run
+//! concurrently, at most `max_instance_passes` at a time (a semaphore).
+//!
+//! A pass, for an instance that must be `started` or `stopped`:
+//! 1. render the release's instance profile for the software type into the instance manifest
+//!    (kept in `.slapos/instance.toml`); on error the old services keep running;
+//! 2. write the manifest's files;
+//! 3. `started`: apply `[resources]`, (re)start the services whose command, environment or
+//!    resources changed, stop those gone, run every promise once;
+//!    `stopped`: stop every service, release resources;
+//! 4. publish the connection parameters, request the children (as this partition);
+//! 5. report `started`/`stopped` with the revision, promise results and any error.
+//!
+//! `destroyed`: stop everything, release resources, empty the partition directory (then write
+//! its resource record again) and report `destroyed`; the master then frees the partition. A free
+//! partition that still runs something is stopped; files left by an earlier instance are kept
+//! (with a warning), as SlapOS does.
+//!
+//! A failed pass is reported and retried with backoff (2 s doubling to 5 min). Between passes
+//! promises run on their schedule; a report is sent whenever a promise's verdict changes.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use slapos_proto::{Assignment, InstanceState, PartitionReport, PromiseResult};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::install::load_manifest;
+use crate::isolation::Isolation;
+use crate::layout::{PartitionLayout, format_partition};
+use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
+use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
+use crate::procs;
+use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
+use crate::promise::{self, Schedule};
+use crate::resources::Resources;
+use crate::supervisor::{Launch, Service, ServiceParams};
+use crate::util::{atomic_write, empty_dir};
+
+/// The rendered manifest, kept for operators.
+pub const RENDERED: &str = ".slapos/instance.toml";
+
+/// Node-wide things every partition task uses.
+pub struct Shared {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Isolation seam.
+    pub isolation: Arc<dyn Isolation>,
+    /// Resources seam.
+    pub resources: Arc<dyn Resources>,
+    /// Master link (child requests).
+    pub link: Arc<dyn MasterLink>,
+    /// Messages for the master.
+    pub outbox: Arc<Outbox>,
+    /// Bounds concurrent passes.
+    pub passes: Arc<Semaphore>,
+    /// `/proc`.
+    pub proc_root: PathBuf,
+}
+
+/// The node's handle on a partition task.
+#[derive(Debug)]
+pub struct PartitionHandle {
+    /// Latest target (`None` until the node knows one).
+    pub target: watch::Sender<Option<Target>>,
+    /// The task.
+    pub task: JoinHandle<()>,
+}
+
+/// Start the task of partition `layout`. It stops everything and returns when `stop` turns true.
+pub fn spawn(
+    sh: Arc<Shared>,
+    layout: PartitionLayout,
+    stop: watch::Receiver<bool>,
+) -> PartitionHandle {
+    let (tx, rx) = watch::channel(None);
+    let actor = Actor {
+        sh,
+        layout,
+        services: BTreeMap::new(),
+        resources: None,
+        promises: Vec::new(),
+        converged: None,
+        retry: None,
+        retry_backoff: Backoff::new(Duration::from_secs(2), Duration::from_secs(300)),
+        last_error: None,
+        reported: None,
+        waiting: false,
+    };
+    let task = tokio::spawn(actor.run(rx, stop));
+    PartitionHandle { target: tx, task }
+}
+
+struct PromiseSlot {
+    spec: PromiseSpec,
+    launch: Launch,
+    timeout: Duration,
+    schedule: Schedule,
+    last: Option<PromiseResult>,
+}
+
+/// What the last started/stopped report said, to report promise changes against it.
+#[derive(Debug, Clone, PartialEq)]
+struct Reported {
+    revision: u64,
+    state: InstanceState,
+    verdicts: Vec<(String, bool)>,
+}
+
+struct Actor {
+    sh: Arc<Shared>,
+    layout: PartitionLayout,
+    services: BTreeMap<String, (Launch, Service)>,
+    /// The `[resources]` table applied, `None` when released.
+    resources: Option<Map<String, Value>>,
+    promises: Vec<PromiseSlot>,
+    converged: Option<Converged>,
+    retry: Option<Instant>,
+    retry_backoff: Backoff,
+    last_error: Option<(u64, String)>,
+    reported: Option<Reported>,
+    /// Nothing to do until the target changes (the release is not installed yet).
+    waiting: bool,
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    fn id(&self) -> &slapos_proto::PartitionId {
+        &self.layout.id
+    }
+
+    async fn run(
+        mut self,
+        mut target: watch::Receiver<Option<Target>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let grace = self.sh.cfg.stop_timeout;
+        let killed = procs::kill_orphans(
+            &self.sh.proc_root,
+            &procs::pid_dir(&self.layout.path),
+            grace,
+        )
+        .await;
+        if !killed.is_empty() {
+            tracing::info!(partition = %self.id(), "stopped {} service(s) left by a previous node", killed.len());
+        }
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let current = target.borrow_and_update().clone();
+            let due = current.as_ref().is_some_and(|t| {
+                !self.waiting
+                    && needs_pass(t, self.converged.as_ref(), self.dirty())
+                    && self.retry.is_none_or(|r| r <= Instant::now())
+            });
+            if let Some(t) = current.filter(|_| due) {
+                let cancelled = tokio::select! {
+                    _ = self.pass(&t) => false,
+                    _ = stop.changed() => true,
+                };
+                if cancelled {
+                    break;
+                }
+                continue;
+            }
+            let next_promise = self.promises.iter().map(|p| p.schedule.due()).min();
+            tokio::select! {
+                _ = stop.changed() => break,
+                r = target.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    // A new target is worth trying at once, even after failures.
+                    self.retry = None;
+                    self.waiting = false;
+                }
+                _ = sleep_until_opt(self.retry) => self.retry = None,
+                _ = sleep_until_opt(next_promise) => {
+                    let ran = tokio::select! {
+                        _ = self.run_promises(false) => true,
+                        _ = stop.changed() => false,
+                    };
+                    if !ran {
+                        break;
+                    }
+                    self.report_promise_changes();
+                }
+            }
+        }
+        self.stop_all().await;
+        self.release();
+    }
+
+    /// Services or resources of an instance are still there.
+    fn dirty(&self) -> bool {
+        !self.services.is_empty() || self.resources.is_some()
+    }
+
+    async fn pass(&mut self, t: &Target) {
+        let _permit = self.sh.passes.clone().acquire_owned().await;
+        let Some(a) = &t.assignment else {
+            self.free().await;
+            return;
+        };
+        tracing::info!(partition = %self.id(), title = %a.title, state = a.state.as_str(), revision = a.revision, "processing");
+        let res = match a.state {
+            InstanceState::Destroyed => self.destroy(a).await,
+            InstanceState::Started | InstanceState::Stopped => {
+                if a.state == InstanceState::Stopped {
+                    self.stop_all().await;
+                    self.release();
+                }
+                match &t.software {
+                    SoftwareReady::Ready(dir) => self.converge(a, dir).await,
+                    SoftwareReady::Pending => {
+                        tracing::info!(partition = %self.id(), software = %a.software_url, "waiting for the software release");
+                        self.waiting = true;
+                        return;
+                    }
+                    SoftwareReady::Failed(m) => Err(format!(
+                        "software release `{}` is not installed: {m}",
+                        a.software_url
+                    )),
+                }
+            }
+        };
+        match res {
+            Ok(c) => {
+                tracing::info!(partition = %self.id(), state = c.state.as_str(), revision = c.revision, "converged");
+                self.converged = Some(c);
+                self.retry = None;
+                self.retry_backoff.reset();
+                self.last_error = None;
+            }
+            Err(msg) => {
+                let wait = self.retry_backoff.fail();
+                tracing::warn!(partition = %self.id(), "pass failed (retry in {wait:?}): {msg}");
+                self.retry = Some(Instant::now() + wait);
+                if self.last_error.as_ref() != Some(&(a.revision, msg.clone())) {
+                    self.last_error = Some((a.revision, msg.clone()));
+                    self.push_report(a.state, a.revision, Some(msg));
+                }
+            }
+        }
+    }
+
+    fn push_report(&mut self, state: InstanceState, revision: u64, error: Option<String>) {
+        let promises: Vec<PromiseResult> = if state == InstanceState::Started {
+            self.promises
+                .iter()
+                .filter_map(|p| p.last.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.reported = Some(Reported {
+            revision,
+            state,
+            verdicts: promises.iter().map(|p| (p.name.clone(), p.ok)).collect(),
+        });
+        self.sh.outbox.push(Outgoing::Report(
+            self.id().clone(),
+            PartitionReport {
+                state,
+                revision,
+                promises,
+                error,
+            },
+        ));
+    }
+
+    /// After periodic promise runs: report if a verdict changed.
+    fn report_promise_changes(&mut self) {
+        let Some(r) = self.reported.clone() else {
+            return;
+        };
+        if r.state != InstanceState::Started {
+            return;
+        }
+        let verdicts: Vec<(String, bool)> = self
+            .promises
+            .iter()
+            .filter_map(|p| p.last.as_ref().map(|l| (l.name.clone(), l.ok)))
+            .collect();
+        if verdicts != r.verdicts {
+            let error = self.last_error.as_ref().map(|(_, m)| m.clone());
+            self.push_report(r.state, r.revision, error);
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        self.promises.clear();
+        let services = std::mem::take(&mut self.services);
+        if services.is_empty() {
+            return;
+        }
+        let stops: Vec<_> = services
+            .into_values()
+            .map(|(_, s)| tokio::spawn(s.stop()))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+    }
+
+    fn release(&mut self) {
+        if self.resources.take().is_some()
+            && let Err(e) = self.sh.resources.release(&self.layout.id)
+        {
+            tracing::warn!(partition = %self.id(), "{e}");
+        }
+    }
+
+    async fn free(&mut self) {
+        if self.dirty() {
+            tracing::info!(partition = %self.id(), "partition is free: stopping what it ran");
+        }
+        self.stop_all().await;
+        self.release();
+        if self
+            .converged
+            .as_ref()
+            .is_some_and(|c| c.state != InstanceState::Destroyed)
+            && self.layout.path.join(RENDERED).exists()
+        {
+            tracing::warn!(partition = %self.id(), "partition freed without being destroyed: its files are kept");
+        }
+        self.converged = None;
+        self.reported = None;
+        self.last_error = None;
+    }
+
+    async fn destroy(&mut self, a: &Assignment) -> Result<Converged, String> {
+        self.stop_all().await;
+        self.release();
+        let pid_dir = procs::pid_dir(&self.layout.path);
+        procs::kill_orphans(&self.sh.proc_root, &pid_dir, self.sh.cfg.stop_timeout).await;
+        empty_dir(&self.layout.path)
+            .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
+        format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
+        self.push_report(InstanceState::Destroyed, a.revision, None);
+        Ok(Converged {
+            revision: a.revision,
+            state: InstanceState::Destroyed,
+            software_dir: None,
+        })
+    }
+
+    fn context(&self, a: &Assignment, dir: &Path) -> RenderContext {
+        let cfg = &self.sh.cfg;
+        RenderContext {
+            parameters: a.parameters.clone(),
+            partition: PartitionContext {
+                id: self.layout.id.to_string(),
+                path: self.layout.path.display().to_string(),
+                ipv4: crate::layout::LOOPBACK.to_owned(),
+                addresses: self.layout.addresses.clone(),
+                ports: self.layout.ports.clone(),
+            },
+            ports: self.layout.ports.clone(),
+            software_dir: dir.display().to_string(),
+            software_url: a.software_url.to_string(),
+            software_type: a.software_type.to_string(),
+            title: a.title.to_string(),
+            root_title: a.root_title.to_string(),
+            computer_id: cfg.computer_id.to_string(),
+            master_url: cfg.master_url.clone(),
+            state: a.state.as_str().to_owned(),
+            children: a.children.clone(),
+        }
+    }
+
+    fn base_env(&self, a: &Assignment, dir: &Path) -> BTreeMap<String, String> {
+        let p = &self.layout.path;
+        let mut env = BTreeMap::new();
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        for (k, v) in [
+            ("PATH", path),
+            ("HOME", p.display().to_string()),
+            ("TMPDIR", p.join("tmp").display().to_string()),
+            ("LANG", "C.UTF-8".into()),
+            ("PARTITION_ID", self.layout.id.to_string()),
+            ("PARTITION_DIR", p.display().to_string()),
+            ("SOFTWARE_DIR", dir.display().to_string()),
+            ("SOFTWARE_URL", a.software_url.to_string()),
+            ("INSTANCE_TITLE", a.title.to_string()),
+            ("COMPUTER_ID", self.sh.cfg.computer_id.to_string()),
+            ("MASTER_URL", self.sh.cfg.master_url.clone()),
+        ] {
+            env.insert(k.to_owned(), v);
+        }
+        env
+    }
+
+    fn write_files(&self, m: &InstanceManifest) -> Result<(), String> {
+        let root = &self.layout.path;
+        for sub in ["etc", "srv", "tmp", "var/log", ".slapos"] {
+            std::fs::create_dir_all(root.join(sub))
+                .map_err(|e| format!("failed to create `{}`: {e}", root.join(sub).display()))?;
+        }
+        for f in &m.files {
+            // Refuse to follow a symlink planted inside the partition.
+            let mut cur = root.clone();
+            for c in f.path.parent().into_iter().flat_map(Path::components) {
+                cur.push(c);
+                if cur
+                    .symlink_metadata()
+                    .is_ok_and(|md| md.file_type().is_symlink())
+                {
+                    return Err(format!(
+                        "file `{}`: `{}` is a symlink",
+                        f.path.display(),
+                        cur.display()
+                    ));
+                }
+            }
+            let full = root.join(&f.path);
+            if full
+                .symlink_metadata()
+                .is_ok_and(|md| md.file_type().is_symlink() || md.is_dir())
+            {
+                return Err(format!(
+                    "file `{}`: the path is a symlink or a directory",
+                    f.path.display()
+                ));
+            }
+            atomic_write(&full, f.content.as_bytes())
+                .and_then(|()| {
+                    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(f.mode))
+                })
+                .map_err(|e| format!("failed to write `{}`: {e}", full.display()))?;
+        }
+        Ok(())
+    }
+
+    async fn converge(&mut self, a: &Assignment, dir: &Path) -> Result<Converged, String> {
+        let release = load_manifest(dir)?;
+        let profile = release.profile(&a.software_type)?.clone();
+        let (text, m) =
+            render_file(dir, &profile, &self.context(a, dir)).map_err(|e| e.to_string())?;
+        self.write_files(&m)?;
+        let rendered = self.layout.path.join(RENDERED);
+        atomic_write(&rendered, text.as_bytes())
+            .map_err(|e| format!("failed to write `{}`: {e}", rendered.display()))?;
+        let env = self.base_env(a, dir);
+        let identity = self.sh.isolation.identity(&self.layout.id);
+        let make = |argv: &[String], extra: &BTreeMap<String, String>, cwd: Option<&str>, setup| {
+            let mut e = env.clone();
+            e.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Launch {
+                argv: argv.to_vec(),
+                env: e,
+                cwd: cwd.map_or_else(|| self.layout.path.clone(), |c| self.layout.path.join(c)),
+                identity,
+                setup,
+            }
+        };
+
+        let mut errors = Vec::new();
+        if a.state == InstanceState::Started {
+            let setup = self
+                .sh
+                .resources
+                .apply(&self.layout.id, &m.resources)
+                .map_err(|e| e.to_string())?;
+            let resources_changed = self.resources.as_ref() != Some(&m.resources);
+            self.resources = Some(m.resources.clone());
+
+            // Services: keep the unchanged, restart the changed, stop the gone.
+            let wanted: BTreeMap<String, Launch> = m
+                .services
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        make(&s.command, &s.env, s.cwd.as_deref(), setup.clone()),
+                    )
+                })
+                .collect();
+            let old = std::mem::take(&mut self.services);
+            let mut stops = Vec::new();
+            for (name, (launch, svc)) in old {
+                match wanted.get(&name) {
+                    Some(w) if *w == launch && !resources_changed => {
+                        self.services.insert(name, (launch, svc));
+                    }
+                    _ => stops.push(tokio::spawn(svc.stop())),
+                }
+            }
+            for s in stops {
+                let _ = s.await;
+            }
+            let cfg = &self.sh.cfg;
+            for (name, launch) in wanted {
+                if self.services.contains_key(&name) {
+                    continue;
+                }
+                let svc = Service::start(ServiceParams {
+                    name: name.clone(),
+                    launch: launch.clone(),
+                    log_path: self.layout.path.join("var/log").join(format!("{name}.log")),
+                    log_max_bytes: cfg.log_max_bytes,
+                    log_keep: cfg.log_keep,
+                    backoff_min: cfg.restart_backoff_min,
+                    backoff_max: cfg.restart_backoff_max,
+                    stop_timeout: cfg.stop_timeout,
+                    pid_dir: procs::pid_dir(&self.layout.path),
+                    proc_root: self.sh.proc_root.clone(),
+                });
+                self.services.insert(name, (launch, svc));
+            }
+
+            let now = Instant::now();
+            self.promises = m
+                .promises
+                .iter()
+                .map(|p| PromiseSlot {
+                    spec: p.clone(),
+                    launch: make(&p.command, &BTreeMap::new(), None, None),
+                    timeout: p.timeout.unwrap_or(cfg.promise_timeout),
+                    schedule: Schedule::new(p.period.unwrap_or(cfg.promise_interval), now),
+                    last: None,
+                })
+                .collect();
+            self.run_promises(true).await;
+        } else {
+            self.promises.clear();
+        }
+
+        self.sh.outbox.push(Outgoing::Connection(
+            self.layout.id.clone(),
+            m.connection.clone(),
+        ));
+        for r in &m.requests {
+            let link = self.sh.link.clone();
+            let (p, req) = (self.layout.id.clone(), r.clone());
+            let item = Outgoing::Request(p, req);
+            let it = item.clone();
+            match off_thread(move || link.send(&it)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) if e.is_unreachable() => self.sh.outbox.push(item),
+                Some(Err(e)) => errors.push(format!("request `{}`: {e}", r.title)),
+                None => self.sh.outbox.push(item),
+            }
+        }
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        self.push_report(a.state, a.revision, error.clone());
+        if let Some(e) = error {
+            return Err(e);
+        }
+        Ok(Converged {
+            revision: a.revision,
+            state: a.state,
+            software_dir: Some(dir.to_path_buf()),
+        })
+    }
+
+    /// Run the promises that are due (`all`: every one), concurrently.
+    async fn run_promises(&mut self, all: bool) {
+        let now = Instant::now();
+        let out_dir = self.layout.path.join(".slapos/promise");
+        let mut set = tokio::task::JoinSet::new();
+        for (i, p) in self.promises.iter().enumerate() {
+            if all || p.schedule.due() <= now {
+                let (name, launch, timeout, dir) = (
+                    p.spec.name.clone(),
+                    p.launch.clone(),
+                    p.timeout,
+                    out_dir.clone(),
+                );
+                set.spawn(async move { (i, promise::run(&name, &launch, timeout, &dir).await) });
+            }
+        }
+        while let Some(r) = set.join_next().await {
+            let Ok((i, res)) = r else { continue };
+            if let Some(p) = self.promises.get_mut(i) {
+                if !res.ok {
+                    tracing::info!(partition = %self.layout.id, promise = %res.name, "promise failed: {}", res.message);
+                }
+                p.schedule.record(res.ok, Instant::now());
+                p.last = Some(res);
+            }
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Instance profiles: render (minijinja) and parse the instance manifest (pure).
+//!
+//! A release's instance profile is a Jinja template (`[instance]` of the software manifest) that
+//! renders, from the instance's parameters and the partition's context, into an *instance
+//! manifest* (TOML) describing what the partition runs. The format is specified in
+//! `docs/software-release.md`:
+//!
+//! ```toml
+//! [[service]]                 # supervised processes
+//! name = "web"
+//! command = ["python3", "server.py", "--port", "20000"]
+//! env = { GREETING = "hi" }
+//! [[promise]]                 # health checks (exit 0 = ok)
+//! name = "web-answers"
+//! command = ["python3", "check.py", "http://127.0.0.1:20000/"]
+//! period = 30                 # seconds (default: node's promise_interval)
+//! timeout = 5                 # seconds (default: node's promise_timeout)
+//! [connection]                # published to the master
+//! url = "http://127.0.0.1:20000/"
+//! [[file]]                    # written into the partition before services start
+//! path = "srv/www/index.html"
+//! content = "<h1>hi</h1>"
+//! mode = "0644"
+//! [[request]]                 # child instances requested as this partition
+//! title = "db"
+//! software_url = "/srv/sr/db/software.toml"
+//! [resources]                 # opaque here; handed to the resource seam (rt)
+//! ```
+//!
+//! Undefined variables are errors when printed or iterated (minijinja `SemiStrict`), so a typo in
+//! a profile fails the pass with the template name and line instead of rendering an empty string.
+//! The `toml` filter encodes any value as a TOML value (`{{ parameters.title | toml }}`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use serde::{Deserialize, Serialize};
+use slapos_proto::{InstanceRequest, Params};
+
+use crate::util::{parse_mode, safe_relative};
+
+/// Rendering or validating an instance profile failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// Template error (names the template and line).
+    #[error("failed to render instance profile `{template}`: {message}")]
+    Render {
+        /// Template name.
+        template: String,
+        /// minijinja's message.
+        message: String,
+    },
+    /// The rendered text is not a valid instance manifest.
+    #[error("invalid instance manifest rendered from `{template}`: {message}")]
+    Manifest {
+        /// Template name.
+        template: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The partition's part of the render context.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionContext {
+    /// Partition id (`slappart0`).
+    pub id: String,
+    /// Absolute path of the partition directory.
+    pub path: String,
+    /// The IPv4 address services bind to (`127.0.0.1` in unprivileged mode).
+    pub ipv4: String,
+    /// Every address of the partition.
+    pub addresses: Vec<String>,
+    /// Its block of TCP ports.
+    pub ports: Vec<u16>,
+}
+
+/// Everything a profile can use. Field names are the template's variable names.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderContext {
+    /// Instance parameters.
+    pub parameters: Params,
+    /// The partition.
+    pub partition: PartitionContext,
+    /// Shortcut for `partition.ports`.
+    pub ports: Vec<u16>,
+    /// Installed release directory.
+    pub software_dir: String,
+    /// Release URL.
+    pub software_url: String,
+    /// Software type.
+    pub software_type: String,
+    /// Instance title.
+    pub title: String,
+    /// Title of the tree's root.
+    pub root_title: String,
+    /// Computer id.
+    pub computer_id: String,
+    /// Master URL.
+    pub master_url: String,
+    /// Requested state (`started` / `stopped`).
+    pub state: String,
+    /// Connection parameters of the children this instance requested, by title.
+    pub children: BTreeMap<String, Params>,
+}
+
+/// A supervised service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Name (`[A-Za-z0-9_.-]`, unique in the partition); its log is `var/log/<name>.log`.
+    pub name: String,
+    /// argv; no shell.
+    pub command: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to the partition (default: the partition).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// A promise: a command whose exit status 0 means "the instance is healthy".
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromiseSpec {
+    /// Name (`[A-Za-z0-9_.-]`, unique in the partition).
+    pub name: String,
+    /// argv; no shell.
+    pub command: Vec<String>,
+    /// Run period.
+    #[serde(default, deserialize_with = "opt_secs")]
+    pub period: Option<Duration>,
+    /// Time limit of one run.
+    #[serde(default, deserialize_with = "opt_secs")]
+    pub timeout: Option<Duration>,
+}
+
+fn opt_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    crate::config::de_secs(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: String,
+    content: String,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// A file written into the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Path relative to the partition.
+    pub path: PathBuf,
+    /// Content.
+    pub content: String,
+    /// Mode.
+    pub mode: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(default)]
+    service: Vec<ServiceSpec>,
+    #[serde(default)]
+    promise: Vec<PromiseSpec>,
+    #[serde(default)]
+    connection: Params,
+    #[serde(default)]
+    file: Vec<RawFile>,
+    #[serde(default)]
+    request: Vec<InstanceRequest>,
+    #[serde(default)]
+    resources: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A validated instance manifest.
+#[derive(Debug, Clone)]
+pub struct InstanceManifest {
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+    /// Promises.
+    pub promises: Vec<PromiseSpec>,
+    /// Connection parameters to publish.
+    pub connection: Params,
+    /// Files to write.
+    pub files: Vec<FileSpec>,
+    /// Child instances to request.
+    pub requests: Vec<InstanceRequest>,
+    /// The `[resources]` table, opaque (see `docs/software-release.md` and the rt crate).
+    pub resources: serde_json::Map<String, serde_json::Value>,
+}
+
+fn check_name(kind: &str, name: &str, seen: &mut BTreeSet<String>) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return Err(format!(
+            "{kind} name {name:?} must be 1-64 characters of A-Z a-z 0-9 _ . - (not starting with . or -)"
+        ));
+    }
+    if !seen.insert(name.to_owned()) {
+        return Err(format!("{kind} name {name:?} is used twice"));
+    }
+    Ok(())
+}
+
+fn check_command(kind: &str, name: &str, cmd: &[String]) -> Result<(), String> {
+    if cmd.first().is_none_or(String::is_empty) {
+        return Err(format!("{kind} `{name}`: command is empty"));
+    }
+    Ok(())
+}
+
+impl InstanceManifest {
+    /// Parse and validate a rendered manifest.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut seen = BTreeSet::new();
+        for s in &raw.service {
+            check_name("service", &s.name, &mut seen)?;
+            check_command("service", &s.name, &s.command)?;
+            if let Some(c) = &s.cwd {
+                safe_relative(c).map_err(|e| format!("service `{}`: cwd: {e}", s.name))?;
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for p in &raw.promise {
+            check_name("promise", &p.name, &mut seen)?;
+            check_command("promise", &p.name, &p.command)?;
+            if p.period.is_some_and(|d| d.is_zero()) || p.timeout.is_some_and(|d| d.is_zero()) {
+                return Err(format!(
+                    "promise `{}`: period and timeout must be > 0",
+                    p.name
+                ));
+            }
+        }
+        let mut files = Vec::with_capacity(raw.file.len());
+        let mut seen = BTreeSet::new();
+        for f in raw.file {
+            let path = safe_relative(&f.path).map_err(|e| format!("file: {e}"))?;
+            if !seen.insert(path.clone()) {
+                return Err(format!("file `{}` is written twice", path.display()));
+            }
+            let mode = match f.mode.as_deref() {
+                Some(m) => parse_mode(m).map_err(|e| format!("file `{}`: {e}", f.path))?,
+                None => 0o644,
+            };
+            files.push(FileSpec {
+                path,
+                content: f.content,
+                mode,
+            });
+        }
+        let mut titles = BTreeSet::new();
+        for r in &raw.request {
+            if !titles.insert(r.title.as_str().to_owned()) {
+                return Err(format!(
+                    "request title {:?} is used twice",
+                    r.title.as_str()
+                ));
+            }
+        }
+        Ok(Self {
+            services: raw.service,
+            promises: raw.promise,
+            connection: raw.connection,
+            files,
+            requests: raw.request,
+            resources: raw.resources,
+        })
+    }
+}
+
+/// Encode a JSON value as a TOML value (inline form).
+fn toml_value(v: &serde_json::Value) -> Result<String, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => return Err("null has no TOML form".into()),
+        J::Bool(b) => b.to_string(),
+        J::Number(n) => n.to_string(),
+        // A JSON string literal is a valid TOML basic string (same escapes).
+        J::String(s) => serde_json::to_string(s).map_err(|e| e.to_string())?,
+        J::Array(a) => {
+            let items: Result<Vec<_>, _> = a.iter().map(toml_value).collect();
+            format!("[{}]", items?.join(", "))
+        }
+        J::Object(o) => {
+            let mut items = Vec::with_capacity(o.len());
+            for (k, v) in o {
+                let key = serde_json::to_string(k).map_err(|e| e.to_string())?;
+                items.push(format!("{key} = {}", toml_value(v)?));
+            }
+            format!("{{ {} }}", items.join(", "))
+        }
+    })
+}
+
+fn toml_filter(v: Value) -> Result<String, minijinja::Error> {
+    let j = serde_json::to_value(&v)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    toml_value(&j).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e))
+}
+
+/// Render `source` (named `name` in errors) with `ctx`.
+pub fn render(name: &str, source: &str, ctx: &RenderContext) -> Result<String, ProfileError> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    env.add_filter("toml", toml_filter);
+    env.render_named_str(name, source, Value::from(minijinja::value::Serde(ctx)))
+        .map_err(|e| ProfileError::Render {
+            template: name.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Read the profile `path` of `software_dir`, render it and parse the result.
+pub fn render_file(
+    software_dir: &Path,
+    path: &Path,
+    ctx: &RenderContext,
+) -> Result<(String, InstanceManifest), ProfileError> {
+    let name = path.display().to_string();
+    let full = software_dir.join(path);
+    let source = std::fs::read_to_string(&full).map_err(|e| ProfileError::Render {
+        template: name.clone(),
+        message: format!("failed to read `{}`: {e}", full.display()),
+    })?;
+    let text = render(&name, &source, ctx)?;
+    let manifest = InstanceManifest::parse(&text).map_err(|message| ProfileError::Manifest {
+        template: name,
+        message,
+    })?;
+    Ok((text, manifest))
+}
+
+#[cfg(test)]
+pub(crate) fn test_context() -> RenderContext {
+    let mut parameters = Params::new();
+    parameters.insert("title".into(), "Hello \"edge\"".into());
+    parameters.insert("healthy".into(), false.into());
+    RenderContext {
+        parameters,
+        partition: PartitionContext {
+            id: "slappart0".into(),
+            path: "/srv/inst/slappart0".into(),
+            ipv4: "127.0.0.1".into(),
+            addresses: vec!["127.0.0.1".into()],
+            ports: vec![20000, 20001],
+        },
+        ports: vec![20000, 20001],
+        software_dir: "/srv/soft/abc".into(),
+        software_url: "/srv/sr/software.toml".into(),
+        software_type: "default".into(),
+        title: "web".into(),
+        root_title: "web".into(),
+        computer_id: "COMP-1".into(),
+        master_url: "http://127.0.0.1:1".into(),
+        state: "started".into(),
+        children: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = r#"
+[[service]]
+name = "web"
+command = ["python3", "{{ software_dir }}/server.py", "--port", "{{ ports[0] }}"]
+env = { TITLE = {{ parameters.title | toml }} }
+
+[[promise]]
+name = "web-answers"
+command = ["true"]
+period = 2.5
+
+[connection]
+url = "http://{{ partition.ipv4 }}:{{ ports[0] }}/"
+healthy = {{ parameters.healthy | toml }}
+
+[[file]]
+path = "srv/www/index.html"
+content = {{ ("<h1>" ~ parameters.title ~ "</h1>") | toml }}
+
+{% if children.db is defined %}
+[[request]]
+title = "db-user"
+software_url = "/srv/sr/x.toml"
+{% endif %}
+
+[resources]
+cpus = 1
+policy = "fifo"
+priority = 80
+"#;
+
+    #[test]
+    fn renders_a_full_profile() {
+        let ctx = test_context();
+        let text = render("instance.toml.in", PROFILE, &ctx).unwrap();
+        let m = InstanceManifest::parse(&text).unwrap();
+        assert_eq!(
+            m.services[0].command,
+            ["python3", "/srv/soft/abc/server.py", "--port", "20000"]
+        );
+        assert_eq!(m.services[0].env["TITLE"], "Hello \"edge\"");
+        assert_eq!(m.promises[0].period, Some(Duration::from_millis(2500)));
+        assert_eq!(m.connection["url"], "http://127.0.0.1:20000/");
+        assert_eq!(m.connection["healthy"], false);
+        assert_eq!(m.files[0].content, "<h1>Hello \"edge\"</h1>");
+        assert_eq!(m.files[0].mode, 0o644);
+        assert!(m.requests.is_empty());
+        assert_eq!(m.resources["policy"], "fifo");
+
+        let mut ctx = test_context();
+        ctx.children.insert("db".into(), Params::new());
+        let m = InstanceManifest::parse(&render("p", PROFILE, &ctx).unwrap()).unwrap();
+        assert_eq!(m.requests[0].title.as_str(), "db-user");
+        assert_eq!(m.requests[0].software_type.as_str(), "default");
+    }
+
+    #[test]
+    fn undefined_variables_fail_with_the_line() {
+        let err = render(
+            "p.toml.in",
+            "a = 1\nb = \"{{ parameters.nope }}\"\n",
+            &test_context(),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("p.toml.in:2"), "{msg}");
+        assert!(msg.contains("undefined"), "{msg}");
+    }
+
+    #[test]
+    fn toml_filter_encodes_nested_values() {
+        let v = serde_json::json!({"a b": [1, "x\n", true], "c": {"d": 1.5}});
+        let enc = toml_value(&v).unwrap();
+        let back: toml::Table = toml::from_str(&format!("v = {enc}")).unwrap();
+        let back = serde_json::to_value(&back["v"]).unwrap();
+        assert_eq!(back, v);
+        assert!(toml_value(&serde_json::Value::Null).is_err());
+    }
+
+    #[test]
+    fn invalid_manifests_are_refused() {
+        let cases = [
+            (
+                "[[service]]\nname = \"a\"\ncommand = []",
+                "command is empty",
+            ),
+            (
+                "[[service]]\nname = \"a\"\ncommand = [\"x\"]\n[[service]]\nname = \"a\"\ncommand = [\"y\"]",
+                "used twice",
+            ),
+            (
+                "[[service]]\nname = \"../a\"\ncommand = [\"x\"]",
+                "service name",
+            ),
+            (
+                "[[file]]\npath = \"../../etc/passwd\"\ncontent = \"\"",
+                "..",
+            ),
+            (
+                "[[file]]\npath = \".slapos/run/x\"\ncontent = \"\"",
+                "reserved",
+            ),
+            (
+                "[[promise]]\nname = \"p\"\ncommand = [\"x\"]\ntimeout = 0",
+                "must be > 0",
+            ),
+            (
+                "[[request]]\ntitle = \"../x\"\nsoftware_url = \"/a\"",
+                "instance title",
+            ),
+            ("[servce]\n", "unknown field"),
+        ];
+        for (text, needle) in cases {
+            let err = InstanceManifest::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+}
