@@ -1,0 +1,1368 @@
+//! The partition manager: validate a profile, apply it to the partition's cgroup(s), keep other
+//! partitions and IRQs off reserved CPUs, release and restore.
+//!
+//! Layout: one subtree `<root_name>` (default `slapos-edge`) under each used hierarchy, one group
+//! per partition below it: `/sys/fs/cgroup/<ctrl>/slapos-edge/<partition>` on v1 (hierarchies
+//! cpuset, cpu, cpuacct, memory, blkio, pids — co-mounted ones share a directory),
+//! `<cgroup2>/slapos-edge/<partition>` on v2.
+//!
+//! State (`state_dir`, JSON, written by rename): `partitions/<name>.json` holds each applied
+//! profile with its resolved CPUs and RT budget (written *before* the kernel files, so a crash
+//! mid-apply is finished by the next apply); `host.json` holds what must be restored when the
+//! last partition goes: subtree directories rt created, flags it set, original CPU lists of
+//! cgroups it shrank, original IRQ affinities, controllers it enabled in the v2 root.
+//!
+//! Invariants after every successful apply/release:
+//! - reserved = ∪ exclusive CPUs of all records; every other cpuset group under the subtree has
+//!   `base ∖ reserved` (its CPUs before rt touched it, minus reserved), IRQs `original ∖ reserved`;
+//! - v1 with RT group scheduling: subtree `cpu.rt_runtime_us` = Σ partition budgets;
+//! - no record left ⇒ nothing of rt left on the host (subtrees removed, flags and IRQs restored).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::child::ChildSetup;
+use crate::cpulist::CpuList;
+use crate::error::{Error, ProfileError, Result};
+use crate::host::{HostPaths, HostReport};
+use crate::irq::{self, IrqOriginals, IrqOutcome};
+use crate::kfs;
+use crate::profile::{ProfileSpec, RT_PERIOD_US, check_name};
+use crate::usage::{self, Usage};
+
+/// Manager settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Subtree name under each hierarchy (default `slapos-edge`).
+    pub root_name: String,
+    /// Where records are kept (must survive node restarts to restore after one).
+    pub state_dir: PathBuf,
+    /// CPUs partitions may reserve (published as the `rt_cpus` label).
+    pub rt_pool: CpuList,
+    /// Steer IRQs off reserved CPUs (default true).
+    pub steer_irqs: bool,
+    /// v1: set `cpuset.cpu_exclusive` on reserved groups and the subtree (default true). The
+    /// kernel then refuses any sibling of the subtree that overlaps it; turn off on hosts where
+    /// other software creates top-level cpusets with all CPUs.
+    pub kernel_exclusive: bool,
+    /// Hold `/dev/cpu_dma_latency` at 0 while any fifo/rr partition is applied (default true).
+    pub hold_cpu_dma_latency: bool,
+}
+
+impl ManagerConfig {
+    /// Defaults with the given state directory and RT pool.
+    pub fn new(state_dir: impl Into<PathBuf>, rt_pool: CpuList) -> Self {
+        Self {
+            root_name: "slapos-edge".into(),
+            state_dir: state_dir.into(),
+            rt_pool,
+            steer_irqs: true,
+            kernel_exclusive: true,
+            hold_cpu_dma_latency: true,
+        }
+    }
+}
+
+/// A partition's applied profile as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// The profile.
+    pub spec: ProfileSpec,
+    /// Exclusive CPUs (empty: shared pool).
+    pub cpus: CpuList,
+    /// cgroup-v1 RT budget written (None: no RT group scheduling or policy other).
+    pub rt_runtime_us: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct HostState {
+    #[serde(default)]
+    created: Vec<PathBuf>,
+    #[serde(default)]
+    subtree_exclusive_set: bool,
+    #[serde(default)]
+    v2_root_controllers_added: Vec<String>,
+    /// cpuset group (path relative to the subtree) → its CPU list before rt shrank it.
+    #[serde(default)]
+    cpuset_base: BTreeMap<String, String>,
+    #[serde(default)]
+    irq: IrqOriginals,
+}
+
+/// The validated, resolved form of a profile (what `apply` will do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Partition name.
+    pub partition: String,
+    /// The profile.
+    pub spec: ProfileSpec,
+    /// Exclusive CPUs (empty: shared pool).
+    pub cpus: CpuList,
+    /// v1 RT budget to write.
+    pub rt_runtime_us: Option<u64>,
+    /// All reserved CPUs once applied.
+    pub reserved_after: CpuList,
+}
+
+/// Result of [`Manager::apply`].
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// The plan carried out.
+    pub plan: Plan,
+    /// The partition's cgroup directories.
+    pub cgroups: Vec<PathBuf>,
+    /// True when a record or cgroup of the partition existed already (re-apply, node restart).
+    pub adopted: bool,
+    /// IRQ steering outcome.
+    pub irq: IrqOutcome,
+    /// Setup for the partition's processes (`pre_exec`).
+    pub child: ChildSetup,
+}
+
+/// Result of [`Manager::release`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Released {
+    /// Restorations that could not be done (e.g. an IRQ the kernel refuses), for the log.
+    pub warnings: Vec<String>,
+    /// IRQ restoration outcome.
+    pub irq: IrqOutcome,
+}
+
+/// Everything needed to compute a [`Plan`] without touching the host (the pure core).
+#[derive(Clone, Debug)]
+pub struct PlanContext<'a> {
+    /// The host.
+    pub host: &'a HostReport,
+    /// RT pool.
+    pub pool: &'a CpuList,
+    /// Records of the *other* partitions.
+    pub others: &'a BTreeMap<String, PartitionRecord>,
+    /// CPUs the partition holds already (record or existing cgroup), preferred for `cpus = N`.
+    pub previous_cpus: Option<CpuList>,
+    /// v1 with RT group scheduling: RT bandwidth (µs per second) left for this partition after
+    /// the host's other groups and the other partitions. None: no RT group scheduling.
+    pub rt_bandwidth_left: Option<u64>,
+    /// Non-exclusive cpuset groups that would be shrunk: relative path ("" = the shared pool of
+    /// the subtree) and their base CPUs.
+    pub shared_groups: Vec<(String, CpuList)>,
+    /// cgroup v2 supports remote partitions (`cpuset.cpus.exclusive`, Linux 6.7+).
+    pub v2_exclusive_supported: bool,
+}
+
+/// Validates `spec` for `partition` and resolves its CPUs and budget. Pure: no I/O.
+pub fn plan(
+    partition: &str,
+    spec: &ProfileSpec,
+    ctx: &PlanContext<'_>,
+) -> Result<Plan, ProfileError> {
+    check_name(partition)?;
+    spec.check()?;
+    let host = ctx.host;
+    let policy = spec.policy();
+    let v2 = host.cgroup.uses_v2();
+    if policy.is_realtime() && !host.fifo_available {
+        return Err(ProfileError::RtUnavailable {
+            policy,
+            reason: host.fifo_unavailable_reasons.join("; "),
+        });
+    }
+    let need = |ctrl: &'static str, setting: &'static str| {
+        if host.cgroup.has(ctrl) {
+            Ok(())
+        } else {
+            Err(ProfileError::ControllerUnavailable {
+                controller: ctrl,
+                setting,
+            })
+        }
+    };
+    if spec.wants_exclusive_cpus() {
+        need(
+            "cpuset",
+            if spec.cpus.is_some() {
+                "cpus"
+            } else {
+                "cpu_list"
+            },
+        )?;
+    }
+    if spec.memory_max_bytes.is_some() {
+        need("memory", "memory_max_bytes")?;
+    }
+    if spec.cpu_weight.is_some() {
+        need("cpu", "cpu_weight")?;
+    }
+    if spec.cpu_quota_us.is_some() {
+        need("cpu", "cpu_quota_us")?;
+    }
+
+    // Exclusive CPUs.
+    let mut reserved_by: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, rec) in ctx.others {
+        for c in rec.cpus.iter() {
+            reserved_by.insert(c, name);
+        }
+    }
+    let reserved_others: CpuList = reserved_by.keys().copied().collect();
+    let cpus = if let Some(list) = &spec.cpu_list {
+        for &c in list {
+            if !host.online_cpus.contains(c) {
+                return Err(ProfileError::CpuOffline {
+                    cpu: c,
+                    online: host.online_cpus.clone(),
+                });
+            }
+            if !ctx.pool.contains(c) {
+                return Err(ProfileError::CpuNotInPool {
+                    cpu: c,
+                    pool: ctx.pool.clone(),
+                });
+            }
+            if let Some(holder) = reserved_by.get(&c) {
+                return Err(ProfileError::CpuReserved {
+                    cpu: c,
+                    partition: (*holder).to_owned(),
+                });
+            }
+        }
+        list.iter().copied().collect()
+    } else if let Some(n) = spec.cpus {
+        let free = ctx
+            .pool
+            .intersection(&host.online_cpus)
+            .difference(&reserved_others);
+        match &ctx.previous_cpus {
+            Some(prev) if prev.len() == n as usize && prev.is_subset(&free) => prev.clone(),
+            _ if free.len() < n as usize => {
+                return Err(ProfileError::NotEnoughFreeCpus { requested: n, free });
+            }
+            _ => free.iter().take(n as usize).collect(),
+        }
+    } else {
+        CpuList::new()
+    };
+    // RT budget (v1) or the cpu-controller rule (v2).
+    let uses_cpu = |s: &ProfileSpec| s.cpu_weight.is_some() || s.cpu_quota_us.is_some();
+    let mut rt_runtime_us = None;
+    if v2 {
+        if spec.rt_runtime_us.is_some() {
+            return Err(ProfileError::RtRuntimeUnsupported(
+                "cgroup v2 has no per-group RT bandwidth (cpu.rt_runtime_us is v1-only)".into(),
+            ));
+        }
+        if host.rt_group_sched != Some(false) {
+            if policy.is_realtime() {
+                let reason = if uses_cpu(spec) {
+                    Some(
+                        "cpu_weight/cpu_quota_us would enable the cpu controller for it".to_owned(),
+                    )
+                } else if host.cgroup.v2_subtree_control.iter().any(|c| c == "cpu") {
+                    Some("the cgroup2 root enables cpu for every child group".to_owned())
+                } else {
+                    ctx.others.iter().find(|(_, r)| uses_cpu(&r.spec)).map(|(n, _)| {
+                        format!("partition `{n}` uses cpu_weight/cpu_quota_us, which enables cpu in the subtree")
+                    })
+                };
+                if let Some(reason) = reason {
+                    return Err(ProfileError::RtUnderCpuController { policy, reason });
+                }
+            } else if uses_cpu(spec) {
+                if let Some((n, r)) = ctx
+                    .others
+                    .iter()
+                    .find(|(_, r)| r.spec.policy().is_realtime())
+                {
+                    return Err(ProfileError::RtUnderCpuController {
+                        policy: r.spec.policy(),
+                        reason: format!(
+                            "cpu_weight/cpu_quota_us here would put partition `{n}` under the cpu controller"
+                        ),
+                    });
+                }
+            }
+        }
+    } else if let Some(left) = ctx.rt_bandwidth_left {
+        if let Some(want) = spec.effective_rt_runtime_us() {
+            if want > left {
+                return Err(ProfileError::RtBudgetExceeded {
+                    requested_us: want,
+                    available_us: left,
+                });
+            }
+            rt_runtime_us = Some(want);
+        }
+    } else if spec.rt_runtime_us.is_some() {
+        return Err(ProfileError::RtRuntimeUnsupported(
+            "the kernel has no RT group scheduling (no cpu.rt_runtime_us in the v1 cpu hierarchy)"
+                .into(),
+        ));
+    }
+
+    if !cpus.is_empty() && v2 && !ctx.v2_exclusive_supported {
+        return Err(ProfileError::V2PartitionUnsupported);
+    }
+    let reserved_after = reserved_others.union(&cpus);
+    for (rel, base) in &ctx.shared_groups {
+        if !base.is_empty()
+            && base.difference(&reserved_after).is_empty()
+            && !reserved_after.is_empty()
+        {
+            return Err(ProfileError::WouldEmptyCgroup {
+                cgroup: rel.clone(),
+                cpus: base.clone(),
+                reserved: reserved_after,
+            });
+        }
+    }
+    Ok(Plan {
+        partition: partition.to_owned(),
+        spec: spec.clone(),
+        cpus,
+        rt_runtime_us,
+        reserved_after,
+    })
+}
+
+/// One mounted v1 hierarchy rt uses.
+#[derive(Clone, Debug)]
+struct Hier {
+    /// Resolved mount directory.
+    mount: PathBuf,
+    /// Controllers of rt's interest mounted there.
+    controllers: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug)]
+enum Layout {
+    V1(Vec<Hier>),
+    V2 { mount: PathBuf },
+}
+
+const V1_USED: [&str; 6] = ["cpuset", "cpu", "cpuacct", "memory", "blkio", "pids"];
+const V2_USAGE_CONTROLLERS: [&str; 3] = ["memory", "io", "pids"];
+
+/// Applies, releases and reads partition profiles. `Sync`: operations are serialised by an
+/// internal lock, so one `Arc<Manager>` can be shared by the node's tasks.
+#[derive(Debug)]
+pub struct Manager {
+    paths: HostPaths,
+    host: HostReport,
+    cfg: ManagerConfig,
+    layout: Layout,
+    /// Serialises operations; holds the `/dev/cpu_dma_latency` descriptor while RT partitions run.
+    lock: Mutex<Option<File>>,
+}
+
+impl Manager {
+    /// A manager for the real host.
+    pub fn new(host: HostReport, cfg: ManagerConfig) -> Result<Self> {
+        Self::with_paths(HostPaths::real(), host, cfg)
+    }
+
+    /// A manager for the host below `paths` (fake trees in tests).
+    pub fn with_paths(paths: HostPaths, host: HostReport, cfg: ManagerConfig) -> Result<Self> {
+        check_name(&cfg.root_name).map_err(|source| Error::Profile {
+            partition: cfg.root_name.clone(),
+            source,
+        })?;
+        let layout = if host.cgroup.uses_v2() {
+            let mount = host.cgroup.v2_mount.as_ref().map(|m| paths.resolve(m));
+            Layout::V2 {
+                mount: mount.ok_or_else(|| Error::NoCgroups {
+                    mountinfo: paths.resolve("/proc/self/mountinfo"),
+                })?,
+            }
+        } else {
+            let mut hiers: Vec<Hier> = Vec::new();
+            for ctrl in V1_USED {
+                let Some(mp) = host.cgroup.v1.get(ctrl) else {
+                    continue;
+                };
+                let mount = paths.resolve(mp);
+                match hiers.iter_mut().find(|h| h.mount == mount) {
+                    Some(h) => h.controllers.push(ctrl),
+                    None => hiers.push(Hier {
+                        mount,
+                        controllers: vec![ctrl],
+                    }),
+                }
+            }
+            if hiers.is_empty() {
+                return Err(Error::NoCgroups {
+                    mountinfo: paths.resolve("/proc/self/mountinfo"),
+                });
+            }
+            Layout::V1(hiers)
+        };
+        Ok(Self {
+            paths,
+            host,
+            cfg,
+            layout,
+            lock: Mutex::new(None),
+        })
+    }
+
+    /// The host report the manager works with.
+    pub fn host(&self) -> &HostReport {
+        &self.host
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    // ----- paths -------------------------------------------------------------------------
+
+    fn v1_mount(&self, ctrl: &str) -> Option<&Path> {
+        match &self.layout {
+            Layout::V1(h) => h
+                .iter()
+                .find(|h| h.controllers.contains(&ctrl))
+                .map(|h| h.mount.as_path()),
+            Layout::V2 { .. } => None,
+        }
+    }
+
+    /// Subtree directory of the hierarchy holding `ctrl` (v1) or the v2 subtree.
+    fn subtree(&self, ctrl: &str) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V1(_) => self.v1_mount(ctrl).map(|m| m.join(&self.cfg.root_name)),
+            Layout::V2 { mount } => Some(mount.join(&self.cfg.root_name)),
+        }
+    }
+
+    fn group(&self, ctrl: &str, partition: &str) -> Option<PathBuf> {
+        self.subtree(ctrl).map(|s| s.join(partition))
+    }
+
+    /// All cgroup directories of a partition (one per hierarchy).
+    pub fn cgroup_dirs(&self, partition: &str) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V1(h) => h
+                .iter()
+                .map(|h| h.mount.join(&self.cfg.root_name).join(partition))
+                .collect(),
+            Layout::V2 { mount } => vec![mount.join(&self.cfg.root_name).join(partition)],
+        }
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.cfg.state_dir.join("host.json")
+    }
+
+    fn record_file(&self, partition: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("partitions")
+            .join(format!("{partition}.json"))
+    }
+
+    // ----- state -------------------------------------------------------------------------
+
+    fn load_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
+        match kfs::read_opt(path)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|source| Error::State {
+                    path: path.to_owned(),
+                    source,
+                }),
+        }
+    }
+
+    fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
+                op: "create directory",
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(value).map_err(|source| Error::State {
+            path: path.to_owned(),
+            source,
+        })?;
+        kfs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, path).map_err(|source| Error::Write {
+            path: path.to_owned(),
+            value: "(rename)".into(),
+            source,
+        })
+    }
+
+    fn load_state(&self) -> Result<HostState> {
+        Ok(Self::load_json(&self.state_file())?.unwrap_or_default())
+    }
+
+    fn save_state(&self, st: &HostState) -> Result<()> {
+        if *st == HostState::default() {
+            return match std::fs::remove_file(self.state_file()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Dir {
+                    op: "remove state file",
+                    path: self.state_file(),
+                    source: e,
+                }),
+                _ => Ok(()),
+            };
+        }
+        Self::save_json(&self.state_file(), st)
+    }
+
+    /// Records of every applied partition.
+    pub fn records(&self) -> Result<BTreeMap<String, PartitionRecord>> {
+        let dir = self.cfg.state_dir.join("partitions");
+        let mut out = BTreeMap::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => {
+                return Err(Error::Dir {
+                    op: "list directory",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(part) = name.strip_suffix(".json") {
+                if let Some(rec) = Self::load_json(&entry.path())? {
+                    out.insert(part.to_owned(), rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// CPUs of the pool not reserved by any partition.
+    pub fn free_rt_cpus(&self) -> Result<CpuList> {
+        let reserved = self
+            .records()?
+            .values()
+            .fold(CpuList::new(), |acc, r| acc.union(&r.cpus));
+        Ok(self
+            .cfg
+            .rt_pool
+            .intersection(&self.host.online_cpus)
+            .difference(&reserved))
+    }
+
+    // ----- planning ----------------------------------------------------------------------
+
+    /// Validates `spec` for `partition` against the host and the other partitions without
+    /// changing anything.
+    pub fn validate(&self, partition: &str, spec: &ProfileSpec) -> Result<Plan> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let records = self.records()?;
+        let state = self.load_state()?;
+        self.plan_with(partition, spec, &records, &state)
+    }
+
+    fn plan_with(
+        &self,
+        partition: &str,
+        spec: &ProfileSpec,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &HostState,
+    ) -> Result<Plan> {
+        let wrap = |source| Error::Profile {
+            partition: partition.to_owned(),
+            source,
+        };
+        check_name(partition).map_err(wrap)?;
+        let mut others = records.clone();
+        let own = others.remove(partition);
+        let previous_cpus = match own {
+            Some(r) if !r.cpus.is_empty() => Some(r.cpus),
+            Some(_) => None,
+            None => self.existing_cpus(partition)?,
+        };
+        let rt_bandwidth_left = self.rt_bandwidth_left(&others)?;
+        let shared_groups = self
+            .shared_groups(partition, &others, state)?
+            .into_iter()
+            .map(|(r, _, b)| (r, b))
+            .collect();
+        let ctx = PlanContext {
+            host: &self.host,
+            pool: &self.cfg.rt_pool,
+            others: &others,
+            previous_cpus,
+            rt_bandwidth_left,
+            shared_groups,
+            v2_exclusive_supported: kernel_at_least(&self.host.kernel_release, 6, 7),
+        };
+        plan(partition, spec, &ctx).map_err(wrap)
+    }
+
+    /// CPUs of an existing (adopted) cpuset group of the partition, if it is exclusive.
+    fn existing_cpus(&self, partition: &str) -> Result<Option<CpuList>> {
+        let Some(dir) = self.group("cpuset", partition) else {
+            return Ok(None);
+        };
+        let file = dir.join("cpuset.cpus");
+        match kfs::read_opt(&file)? {
+            Some(t) => Ok(CpuList::parse(&t).ok().filter(|c| !c.is_empty())),
+            None => Ok(None),
+        }
+    }
+
+    /// v1 RT bandwidth (µs per second of each CPU) left for one more partition: the root
+    /// group's, minus the host's other top-level groups, minus the other partitions' budgets.
+    fn rt_bandwidth_left(&self, others: &BTreeMap<String, PartitionRecord>) -> Result<Option<u64>> {
+        if self.host.cgroup.uses_v2() || self.host.rt_group_sched != Some(true) {
+            return Ok(None);
+        }
+        let Some(cpu_mount) = self.v1_mount("cpu") else {
+            return Ok(None);
+        };
+        let per_second = |runtime: i64, period: u64| -> u64 {
+            if runtime < 0 || period == 0 {
+                RT_PERIOD_US
+            } else {
+                (runtime as u64).saturating_mul(RT_PERIOD_US) / period
+            }
+        };
+        let total = per_second(
+            self.host.sched_rt_runtime_us.unwrap_or(950_000),
+            self.host.sched_rt_period_us.unwrap_or(RT_PERIOD_US),
+        );
+        let mut used = 0u64;
+        for name in kfs::subdirs(cpu_mount)? {
+            if name == self.cfg.root_name {
+                continue;
+            }
+            let dir = cpu_mount.join(&name);
+            let rt: Option<i64> =
+                kfs::read_opt(&dir.join("cpu.rt_runtime_us"))?.and_then(|s| s.trim().parse().ok());
+            let period: u64 = kfs::read_opt(&dir.join("cpu.rt_period_us"))?
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(RT_PERIOD_US);
+            if let Some(rt) = rt.filter(|r| *r > 0) {
+                used += per_second(rt, period);
+            }
+        }
+        used += others.values().filter_map(|r| r.rt_runtime_us).sum::<u64>();
+        Ok(Some(total.saturating_sub(used).min(RT_PERIOD_US)))
+    }
+
+    /// Non-exclusive cpuset groups under the subtree (not `partition`, not other exclusive
+    /// partitions or their descendants): (relative path, current CPUs, base CPUs). The first
+    /// entry is ("", subtree CPUs, subtree CPUs): the shared pool itself.
+    fn shared_groups(
+        &self,
+        partition: &str,
+        others: &BTreeMap<String, PartitionRecord>,
+        state: &HostState,
+    ) -> Result<Vec<(String, CpuList, CpuList)>> {
+        let Some(sub) = self.subtree("cpuset") else {
+            return Ok(Vec::new());
+        };
+        if !self.host.cgroup.has("cpuset") {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let pool = self.subtree_cpus()?;
+        out.push((String::new(), pool.clone(), pool));
+        let skip: Vec<&str> = others
+            .iter()
+            .filter(|(_, r)| !r.cpus.is_empty())
+            .map(|(n, _)| n.as_str())
+            .chain(std::iter::once(partition))
+            .collect();
+        let mut stack: Vec<String> = kfs::subdirs(&sub)?
+            .into_iter()
+            .filter(|n| !skip.contains(&n.as_str()))
+            .collect();
+        while let Some(rel) = stack.pop() {
+            let dir = sub.join(&rel);
+            let current = kfs::read_opt(&dir.join("cpuset.cpus"))?
+                .and_then(|t| CpuList::parse(&t).ok())
+                .unwrap_or_default();
+            let base = state
+                .cpuset_base
+                .get(&rel)
+                .and_then(|t| CpuList::parse(t).ok())
+                .unwrap_or_else(|| current.clone());
+            if !base.is_empty() {
+                out.push((rel.clone(), current, base));
+            }
+            for child in kfs::subdirs(&dir)? {
+                stack.push(format!("{rel}/{child}"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// CPUs the subtree distributes: v1 the subtree's `cpuset.cpus` (the parent's when it does
+    /// not exist yet), v2 the root's effective CPUs.
+    fn subtree_cpus(&self) -> Result<CpuList> {
+        let Some(sub) = self.subtree("cpuset") else {
+            return Ok(CpuList::new());
+        };
+        let candidates = match &self.layout {
+            Layout::V1(_) => vec![
+                sub.join("cpuset.cpus"),
+                sub.parent()
+                    .map(|p| p.join("cpuset.cpus"))
+                    .unwrap_or_default(),
+            ],
+            Layout::V2 { mount } => vec![mount.join("cpuset.cpus.effective")],
+        };
+        for f in candidates {
+            if let Some(t) = kfs::read_opt(&f)? {
+                let cpus = CpuList::parse(&t).map_err(|_| Error::Parse {
+                    what: "CPU list",
+                    path: f.clone(),
+                    value: t.trim().to_owned(),
+                })?;
+                if !cpus.is_empty() {
+                    return Ok(cpus);
+                }
+            }
+        }
+        Ok(self.host.online_cpus.clone())
+    }
+
+    // ----- apply -------------------------------------------------------------------------
+
+    /// Validates and applies `spec` to `partition`. Idempotent: applying the same profile again
+    /// (also after a node restart, adopting the existing cgroups) rewrites nothing that already
+    /// holds the right value; applying a changed profile updates it in place. On a validation
+    /// error nothing is changed; on a kernel error during a first apply, what was created is
+    /// removed again.
+    pub fn apply(&self, partition: &str, spec: &ProfileSpec) -> Result<Applied> {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = self.records()?;
+        let mut state = self.load_state()?;
+        let plan = self.plan_with(partition, spec, &records, &state)?;
+        let existed = records.contains_key(partition)
+            || self.cgroup_dirs(partition).iter().any(|d| d.is_dir());
+        let previous = records.get(partition).cloned();
+        let record = PartitionRecord {
+            spec: spec.clone(),
+            cpus: plan.cpus.clone(),
+            rt_runtime_us: plan.rt_runtime_us,
+        };
+        // Intent first: a crash from here on is completed (or undone) by the next apply/release.
+        Self::save_json(&self.record_file(partition), &record)?;
+        records.insert(partition.to_owned(), record);
+        let result = match &self.layout {
+            Layout::V1(_) => self.apply_v1(&plan, &records, &mut state),
+            Layout::V2 { mount } => self.apply_v2(mount, &plan, &records, &mut state),
+        }
+        .and_then(|()| self.steer(&plan.reserved_after, &mut state));
+        let irq = match result {
+            Ok(irq) => irq,
+            Err(e) => {
+                match previous {
+                    // First apply: undo what was created.
+                    None => {
+                        let _ = self.release_locked(partition, &mut records, &mut state, true);
+                    }
+                    // Update: keep the previous record; the next apply reconciles the kernel files.
+                    Some(prev) => {
+                        let _ = Self::save_json(&self.record_file(partition), &prev);
+                    }
+                }
+                let _ = self.save_state(&state);
+                return Err(e);
+            }
+        };
+        self.save_state(&state)?;
+        self.update_pm_qos(&mut guard, &records);
+        let child = self.child_setup_for(partition, &records[partition])?;
+        Ok(Applied {
+            plan,
+            cgroups: self.cgroup_dirs(partition),
+            adopted: existed,
+            irq,
+            child,
+        })
+    }
+
+    fn steer(&self, reserved: &CpuList, state: &mut HostState) -> Result<IrqOutcome> {
+        if !self.cfg.steer_irqs {
+            return Ok(IrqOutcome::default());
+        }
+        irq::steer(&self.paths, reserved, &mut state.irq)
+    }
+
+    /// Creates the subtree directory `sub` if needed, remembering that rt created it.
+    fn ensure_subtree(&self, sub: &Path, state: &mut HostState) -> Result<bool> {
+        let created = kfs::mkdir(sub)?;
+        if created && !state.created.iter().any(|p| p == sub) {
+            state.created.push(sub.to_owned());
+        }
+        Ok(created)
+    }
+
+    fn apply_v1(
+        &self,
+        plan: &Plan,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+    ) -> Result<()> {
+        let part = plan.partition.as_str();
+        let spec = &plan.spec;
+        let Layout::V1(hiers) = &self.layout else {
+            return Ok(());
+        };
+        for h in hiers {
+            let sub = h.mount.join(&self.cfg.root_name);
+            self.ensure_subtree(&sub, state)?;
+            if h.controllers.contains(&"cpuset") {
+                // A new v1 cpuset group is empty; tasks cannot join it (nor its children get
+                // CPUs) until cpus/mems are set: take the parent's.
+                for file in ["cpuset.mems", "cpuset.cpus"] {
+                    if kfs::read_opt(&sub.join(file))?.is_none_or(|v| v.trim().is_empty()) {
+                        kfs::write(&sub.join(file), kfs::read(&h.mount.join(file))?.trim())?;
+                    }
+                }
+            }
+        }
+        let exclusive_any = records.values().any(|r| !r.cpus.is_empty());
+
+        // cpuset
+        if let Some(sub) = self.subtree("cpuset") {
+            if exclusive_any && self.cfg.kernel_exclusive && !state.subtree_exclusive_set {
+                // Children can only be exclusive below an exclusive parent.
+                if kfs::read_opt(&sub.join("cpuset.cpu_exclusive"))?.is_none_or(|v| v.trim() != "1")
+                {
+                    kfs::write(&sub.join("cpuset.cpu_exclusive"), "1")?;
+                    state.subtree_exclusive_set = true;
+                }
+            }
+            let dir = sub.join(part);
+            kfs::mkdir(&dir)?;
+            kfs::write_if_changed(
+                &dir.join("cpuset.mems"),
+                kfs::read(&sub.join("cpuset.mems"))?.trim(),
+            )?;
+            if plan.cpus.is_empty() {
+                state
+                    .cpuset_base
+                    .insert(part.to_owned(), self.subtree_cpus()?.to_string());
+            } else {
+                state.cpuset_base.remove(part);
+            }
+            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
+            if plan.cpus.is_empty() {
+                if kfs::read_opt(&dir.join("cpuset.cpu_exclusive"))?
+                    .is_some_and(|v| v.trim() == "1")
+                {
+                    kfs::write(&dir.join("cpuset.cpu_exclusive"), "0")?;
+                }
+            } else {
+                kfs::write_if_changed(&dir.join("cpuset.cpus"), &plan.cpus.to_string())?;
+                if self.cfg.kernel_exclusive {
+                    kfs::write_if_changed(&dir.join("cpuset.cpu_exclusive"), "1")?;
+                }
+            }
+            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Grow)?;
+        }
+
+        // cpu: weight, quota, RT budget
+        if let Some(dir) = self.group("cpu", part) {
+            kfs::mkdir(&dir)?;
+            kfs::write_if_changed(
+                &dir.join("cpu.shares"),
+                &spec.cpu_shares().unwrap_or(1024).to_string(),
+            )?;
+            let period = spec
+                .cpu_period_us
+                .unwrap_or(crate::profile::DEFAULT_CPU_PERIOD_US);
+            kfs::write_if_changed(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+            let quota = spec.cpu_quota_us.map_or("-1".to_owned(), |q| q.to_string());
+            kfs::write_if_changed(&dir.join("cpu.cfs_quota_us"), &quota)?;
+            if self.host.rt_group_sched == Some(true) {
+                let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+                self.v1_budget(&dir, plan.rt_runtime_us.unwrap_or(0), total)?;
+            }
+        }
+        // memory
+        if let Some(dir) = self.group("memory", part) {
+            kfs::mkdir(&dir)?;
+            let limit = spec
+                .memory_max_bytes
+                .map_or("-1".to_owned(), |m| m.to_string());
+            // The kernel rounds limits to pages and prints -1 as a large number: compare loosely.
+            let cur: Option<i128> = kfs::read_opt(&dir.join("memory.limit_in_bytes"))?
+                .and_then(|s| s.trim().parse().ok());
+            let want: i128 = limit.parse().unwrap_or(-1);
+            let same = match (cur, want) {
+                (Some(c), -1) => c >= (1i128 << 62),
+                (Some(c), w) => c == w,
+                (None, _) => false,
+            };
+            if !same {
+                kfs::write(&dir.join("memory.limit_in_bytes"), &limit)?;
+            }
+        }
+        // accounting-only hierarchies
+        for ctrl in ["cpuacct", "blkio", "pids"] {
+            if let Some(dir) = self.group(ctrl, part) {
+                kfs::mkdir(&dir)?;
+            }
+        }
+        if !exclusive_any && state.subtree_exclusive_set {
+            if let Some(sub) = self.subtree("cpuset") {
+                kfs::write(&sub.join("cpuset.cpu_exclusive"), "0")?;
+            }
+            state.subtree_exclusive_set = false;
+        }
+        Ok(())
+    }
+
+    /// Writes a partition's RT budget and the subtree's total (= Σ budgets) in an order the
+    /// kernel accepts: a parent grows before its child, shrinks after it.
+    fn v1_budget(&self, dir: &Path, child: u64, total: u64) -> Result<()> {
+        let Some(sub) = dir.parent() else {
+            return Ok(());
+        };
+        let file = sub.join("cpu.rt_runtime_us");
+        let cur: u64 = kfs::read_opt(&file)?
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if total > cur {
+            kfs::write(&file, &total.to_string())?;
+        }
+        kfs::write_if_changed(&dir.join("cpu.rt_runtime_us"), &child.to_string())?;
+        if total < cur {
+            kfs::write(&file, &total.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn apply_v2(
+        &self,
+        mount: &Path,
+        plan: &Plan,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+    ) -> Result<()> {
+        let part = plan.partition.as_str();
+        let spec = &plan.spec;
+        let sub = mount.join(&self.cfg.root_name);
+        self.ensure_subtree(&sub, state)?;
+        // Controllers: cpuset when any partition reserves CPUs, cpu only when some partition
+        // sets weight/quota (RT partitions must stay outside it, see plan()), memory/io/pids for
+        // limits and usage.
+        let mut wanted: Vec<&str> = V2_USAGE_CONTROLLERS.to_vec();
+        if records.values().any(|r| !r.cpus.is_empty()) {
+            wanted.push("cpuset");
+        }
+        if records
+            .values()
+            .any(|r| r.spec.cpu_weight.is_some() || r.spec.cpu_quota_us.is_some())
+        {
+            wanted.push("cpu");
+        }
+        let root_ctl = mount.join("cgroup.subtree_control");
+        let sub_ctl = sub.join("cgroup.subtree_control");
+        let enabled_in = |f: &Path| -> Result<Vec<String>> {
+            Ok(kfs::read_opt(f)?
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|s| s.trim_start_matches('+').to_owned())
+                .collect())
+        };
+        let root_enabled = enabled_in(&root_ctl)?;
+        let sub_enabled = enabled_in(&sub_ctl)?;
+        for c in wanted.iter().filter(|c| self.host.cgroup.has(c)) {
+            if !root_enabled.iter().any(|e| e == c) {
+                kfs::write(&root_ctl, &format!("+{c}"))?;
+                if !state.v2_root_controllers_added.iter().any(|e| e == c) {
+                    state.v2_root_controllers_added.push((*c).to_owned());
+                }
+            }
+            if !sub_enabled.iter().any(|e| e == c) {
+                kfs::write(&sub_ctl, &format!("+{c}"))?;
+            }
+        }
+        let dir = sub.join(part);
+        kfs::mkdir(&dir)?;
+
+        // cpuset: remote partition root with cpuset.cpus.exclusive.
+        if self.host.cgroup.has("cpuset") {
+            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
+            let partition_file = dir.join("cpuset.cpus.partition");
+            let is_root =
+                kfs::read_opt(&partition_file)?.is_some_and(|s| s.trim().starts_with("root"));
+            if plan.cpus.is_empty() {
+                if is_root {
+                    kfs::write(&partition_file, "member")?;
+                }
+                if kfs::read_opt(&dir.join("cpuset.cpus.exclusive"))?
+                    .is_some_and(|s| !s.trim().is_empty())
+                {
+                    kfs::write(&dir.join("cpuset.cpus.exclusive"), "")?;
+                }
+                self.v2_subtree_exclusive(&sub, &plan.reserved_after)?;
+            } else {
+                let cpus = plan.cpus.to_string();
+                let sub_x = sub.join("cpuset.cpus.exclusive");
+                let cur_sub: CpuList = kfs::read_opt(&sub_x)?
+                    .and_then(|t| CpuList::parse(&t).ok())
+                    .unwrap_or_default();
+                // Grow the parent's exclusive set before the child, shrink it after.
+                kfs::write_if_changed(&sub_x, &cur_sub.union(&plan.reserved_after).to_string())?;
+                kfs::write_if_changed(&dir.join("cpuset.cpus"), &cpus)?;
+                kfs::write_if_changed(&dir.join("cpuset.cpus.exclusive"), &cpus)?;
+                if !is_root {
+                    kfs::write(&partition_file, "root")?;
+                }
+                let state_now = kfs::read(&partition_file)?;
+                if state_now.trim() != "root" {
+                    return Err(Error::PartitionInvalid {
+                        path: dir.clone(),
+                        state: state_now.trim().to_owned(),
+                    });
+                }
+                self.v2_subtree_exclusive(&sub, &plan.reserved_after)?;
+            }
+            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Grow)?;
+        }
+        if self.host.cgroup.has("memory") {
+            let max = spec
+                .memory_max_bytes
+                .map_or("max".to_owned(), |m| m.to_string());
+            kfs::write_if_changed(&dir.join("memory.max"), &max)?;
+        }
+        if wanted.contains(&"cpu") && self.host.cgroup.has("cpu") {
+            kfs::write_if_changed(
+                &dir.join("cpu.weight"),
+                &spec.cpu_weight.unwrap_or(100).to_string(),
+            )?;
+            let period = spec
+                .cpu_period_us
+                .unwrap_or(crate::profile::DEFAULT_CPU_PERIOD_US);
+            let quota = spec
+                .cpu_quota_us
+                .map_or("max".to_owned(), |q| q.to_string());
+            kfs::write_if_changed(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+        }
+        Ok(())
+    }
+
+    fn v2_subtree_exclusive(&self, sub: &Path, reserved: &CpuList) -> Result<()> {
+        let f = sub.join("cpuset.cpus.exclusive");
+        if kfs::read_opt(&f)?.is_some() || !reserved.is_empty() {
+            kfs::write_if_changed(&f, &reserved.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves every non-exclusive cpuset group under the subtree to `base ∖ reserved` (only
+    /// shrinking in `Phase::Shrink`, deepest first; only growing in `Phase::Grow`, parents first).
+    fn reconcile_shared(
+        &self,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+        reserved: &CpuList,
+        phase: Phase,
+    ) -> Result<()> {
+        let Some(sub) = self.subtree("cpuset") else {
+            return Ok(());
+        };
+        let exclusive: BTreeMap<String, PartitionRecord> = records
+            .iter()
+            .filter(|(_, r)| !r.cpus.is_empty())
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        // "" is excluded below; the skip-name is one that cannot be a directory.
+        let mut groups = self.shared_groups("/", &exclusive, state)?;
+        groups.retain(|(rel, _, _)| !rel.is_empty());
+        // Parents before children (path order); reversed for shrinking.
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        if phase == Phase::Shrink {
+            groups.reverse();
+        }
+        let managed: Vec<&String> = records
+            .iter()
+            .filter(|(_, r)| r.cpus.is_empty())
+            .map(|(n, _)| n)
+            .collect();
+        for (rel, current, base) in groups {
+            let target = base.difference(reserved);
+            let mut now = current.clone();
+            if !target.is_empty()
+                && target != current
+                && (phase == Phase::Shrink) == target.is_subset(&current)
+            {
+                kfs::write(&sub.join(&rel).join("cpuset.cpus"), &target.to_string())?;
+                now = target;
+            }
+            // Remember the base of groups that differ from it, forget restored ones; managed
+            // shared partitions keep theirs (the subtree pool) for as long as they exist.
+            if managed.contains(&&rel) {
+                continue;
+            }
+            if now == base {
+                state.cpuset_base.remove(&rel);
+            } else {
+                state.cpuset_base.insert(rel, base.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    // ----- release -----------------------------------------------------------------------
+
+    /// Releases `partition`: removes its cgroups, gives its CPUs back to the shared groups,
+    /// restores IRQs; when it was the last partition, removes the subtrees and restores every
+    /// flag rt changed. Fails with [`Error::Busy`] while the partition still has tasks.
+    pub fn release(&self, partition: &str) -> Result<Released> {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = self.records()?;
+        if !records.contains_key(partition) {
+            return Err(Error::NotApplied(partition.to_owned()));
+        }
+        let mut state = self.load_state()?;
+        let r = self.release_locked(partition, &mut records, &mut state, false);
+        self.save_state(&state)?;
+        self.update_pm_qos(&mut guard, &records);
+        r
+    }
+
+    fn release_locked(
+        &self,
+        partition: &str,
+        records: &mut BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+        force: bool,
+    ) -> Result<Released> {
+        let mut out = Released::default();
+        let dirs = self.cgroup_dirs(partition);
+        if !force {
+            for d in &dirs {
+                let file = if self.host.cgroup.uses_v2() {
+                    "cgroup.procs"
+                } else {
+                    "tasks"
+                };
+                let pids = kfs::read_pids(&d.join(file))?;
+                if !pids.is_empty() {
+                    return Err(Error::Busy {
+                        path: d.clone(),
+                        pids,
+                    });
+                }
+            }
+        }
+        records.remove(partition);
+        let reserved: CpuList = records
+            .values()
+            .fold(CpuList::new(), |acc, r| acc.union(&r.cpus));
+        // In forced mode (undoing a failed first apply) keep going past errors.
+        let mut soft = |r: Result<()>| -> Result<()> {
+            match r {
+                Err(e) if force => {
+                    out.warnings.push(e.to_string());
+                    Ok(())
+                }
+                other => other,
+            }
+        };
+        match &self.layout {
+            Layout::V1(_) => {
+                // cpu first: removing the child frees its budget, then the subtree shrinks.
+                if let Some(d) = self.group("cpu", partition) {
+                    soft(kfs::rmdir_cgroup(&d))?;
+                    if self.host.rt_group_sched == Some(true) {
+                        if let Some(sub) = self.subtree("cpu").filter(|s| s.is_dir()) {
+                            let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+                            kfs::write_if_changed(
+                                &sub.join("cpu.rt_runtime_us"),
+                                &total.to_string(),
+                            )?;
+                        }
+                    }
+                }
+                for d in &dirs {
+                    soft(kfs::rmdir_cgroup(d))?;
+                }
+                state.cpuset_base.remove(partition);
+                self.reconcile_shared(records, state, &reserved, Phase::Grow)?;
+                if state.subtree_exclusive_set && !records.values().any(|r| !r.cpus.is_empty()) {
+                    if let Some(sub) = self.subtree("cpuset") {
+                        kfs::write(&sub.join("cpuset.cpu_exclusive"), "0")?;
+                    }
+                    state.subtree_exclusive_set = false;
+                }
+            }
+            Layout::V2 { mount } => {
+                let dir = mount.join(&self.cfg.root_name).join(partition);
+                let pf = dir.join("cpuset.cpus.partition");
+                if kfs::read_opt(&pf)?.is_some_and(|s| s.trim().starts_with("root")) {
+                    kfs::write(&pf, "member")?;
+                }
+                soft(kfs::rmdir_cgroup(&dir))?;
+                state.cpuset_base.remove(partition);
+                let sub = mount.join(&self.cfg.root_name);
+                if sub.is_dir() && self.host.cgroup.has("cpuset") {
+                    self.v2_subtree_exclusive(&sub, &reserved)?;
+                    self.reconcile_shared(records, state, &reserved, Phase::Grow)?;
+                }
+            }
+        }
+        match self.steer(&reserved, state) {
+            Ok(irq) => {
+                out.warnings.extend(
+                    irq.unsteerable
+                        .iter()
+                        .map(|(n, why)| format!("IRQ {n}: {why}")),
+                );
+                out.irq = irq;
+            }
+            Err(e) => out.warnings.push(e.to_string()),
+        }
+        if let Err(e) = std::fs::remove_file(self.record_file(partition)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::Dir {
+                    op: "remove record",
+                    path: self.record_file(partition),
+                    source: e,
+                });
+            }
+        }
+        if records.is_empty() {
+            self.teardown(state, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Last partition gone: remove the subtrees rt created and the v2 controllers it enabled.
+    fn teardown(&self, state: &mut HostState, out: &mut Released) {
+        for sub in std::mem::take(&mut state.created).into_iter().rev() {
+            if let Err(e) = kfs::rmdir_cgroup(&sub) {
+                out.warnings.push(e.to_string());
+            }
+        }
+        if let Layout::V2 { mount } = &self.layout {
+            for c in std::mem::take(&mut state.v2_root_controllers_added)
+                .into_iter()
+                .rev()
+            {
+                if let Err(e) = kfs::write(&mount.join("cgroup.subtree_control"), &format!("-{c}"))
+                {
+                    out.warnings.push(e.to_string());
+                }
+            }
+        }
+        // Only bases of groups rt does not manage can remain; they were restored by the Grow pass.
+        state.cpuset_base.clear();
+    }
+
+    // ----- processes and usage -----------------------------------------------------------
+
+    /// The `pre_exec` setup for `partition`'s processes (from its record).
+    pub fn child_setup(&self, partition: &str) -> Result<ChildSetup> {
+        let records = self.records()?;
+        let rec = records
+            .get(partition)
+            .ok_or_else(|| Error::NotApplied(partition.to_owned()))?;
+        self.child_setup_for(partition, rec)
+    }
+
+    fn child_setup_for(&self, partition: &str, rec: &PartitionRecord) -> Result<ChildSetup> {
+        let policy = rec.spec.policy();
+        let prio = rec.spec.priority.unwrap_or(0);
+        let mlock = rec.spec.mlock.unwrap_or(false);
+        match &self.layout {
+            Layout::V1(hiers) => {
+                let mut first = Vec::new();
+                let mut cpuset = None;
+                for h in hiers {
+                    let d = h.mount.join(&self.cfg.root_name).join(partition);
+                    if h.controllers.contains(&"cpuset") {
+                        cpuset = Some(d);
+                    } else {
+                        first.push(d);
+                    }
+                }
+                ChildSetup::new(
+                    &first,
+                    cpuset.as_deref(),
+                    policy,
+                    prio,
+                    mlock,
+                    rec.cpus.clone(),
+                )
+            }
+            Layout::V2 { mount } => {
+                let d = mount.join(&self.cfg.root_name).join(partition);
+                ChildSetup::new(&[d], None, policy, prio, mlock, rec.cpus.clone())
+            }
+        }
+    }
+
+    /// CPU time, memory, I/O and task count of `partition`.
+    pub fn usage(&self, partition: &str) -> Result<Usage> {
+        if !self.records()?.contains_key(partition) {
+            return Err(Error::NotApplied(partition.to_owned()));
+        }
+        match &self.layout {
+            Layout::V1(_) => {
+                let tasks_dir = self
+                    .group("cpuset", partition)
+                    .or_else(|| self.group("cpu", partition))
+                    .or_else(|| self.cgroup_dirs(partition).into_iter().next())
+                    .unwrap_or_default();
+                usage::read_v1(
+                    self.group("cpuacct", partition).as_deref(),
+                    self.group("memory", partition).as_deref(),
+                    self.group("blkio", partition).as_deref(),
+                    &tasks_dir,
+                )
+            }
+            Layout::V2 { mount } => {
+                usage::read_v2(&mount.join(&self.cfg.root_name).join(partition))
+            }
+        }
+    }
+
+    /// Holds `/dev/cpu_dma_latency` at 0 while an RT partition exists; drops it otherwise.
+    fn update_pm_qos(&self, slot: &mut Option<File>, records: &BTreeMap<String, PartitionRecord>) {
+        let want = self.cfg.hold_cpu_dma_latency
+            && records.values().any(|r| r.spec.policy().is_realtime());
+        if !want {
+            *slot = None;
+        } else if slot.is_none() {
+            *slot = crate::pmqos::hold_zero(&self.paths.resolve("/dev/cpu_dma_latency")).ok();
+        }
+    }
+
+    /// True while the manager holds `/dev/cpu_dma_latency`.
+    pub fn holds_cpu_dma_latency(&self) -> bool {
+        self.lock.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Shrink,
+    Grow,
+}
+
+/// True when a release string like `6.18.44-fc` is at least `major.minor`.
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let a: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let b: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (a, b) >= (major, minor)
+}
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;
