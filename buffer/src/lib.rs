@@ -63,3 +63,18 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod codec;
+#[cfg(feature = "std")]
+pub mod fs;
+#[cfg(feature = "std")]
+pub mod log;
+#[cfg(feature = "std")]
+pub mod metrics;
+#[cfg(feature = "std")]
+pub mod reader;
+#[cfg(feature = "std")]
+pub mod segment;
+
+#[cfg(feature = "std")]
+pub use log::{FullPolicy, Log, LogConfig, LogError, Now, Shared, SyncPolicy};
+#[cfg(feature = "std")]
+pub use reader::{ReadBatch, Reader};

@@ -1,0 +1,1478 @@
+//! The segment log: the single-writer core ([`Log`]) and the state it shares with readers and
+//! the output ([`Shared`]). No threads and no clock of its own: time comes in as [`Now`].
+
+use crate::codec::{
+    FrameEncoder, GapReason, GapV1, MAX_RECORD_LEN, {self},
+};
+use crate::fs::{Fs, FsFile, FsLock, RealFs};
+use crate::metrics::{Gauges, Metrics};
+use crate::segment::{
+    self, CURSOR_LEN, CursorSlot, SEG_HEADER_LEN, Scan, Scanner, encode_seg_header,
+    parse_seg_header, parse_seg_name, seg_name,
+};
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// When segments are fdatasync'd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Group commit: each batch (closed by size or window) is written then fdatasync'd.
+    Batched,
+    /// Batches are written as they close; fdatasync every interval.
+    Interval(Duration),
+    /// Never fdatasync ("durable" = in the page cache).
+    Never,
+}
+
+/// What happens when a limit would be exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Delete the oldest whole segment (default).
+    DropOldest,
+    /// Stop accepting until acknowledgements free space.
+    Block,
+    /// Drop the incoming batch.
+    DropNewest,
+}
+
+/// Log configuration; [`LogConfig::new`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Parent directory; the log lives in `dir/stream`.
+    pub dir: PathBuf,
+    /// Stream name (`[A-Za-z0-9_.-]{1,64}`, not starting with `.`).
+    pub stream: String,
+    /// Segment target size.
+    pub segment_bytes: u64,
+    /// Frame target size.
+    pub frame_bytes: usize,
+    /// A batch closes at this size.
+    pub batch_bytes: usize,
+    /// A batch closes this long after its first record.
+    pub batch_window: Duration,
+    /// Sync policy.
+    pub sync: SyncPolicy,
+    /// Disk budget: segments + cursor + meta.
+    pub max_bytes: u64,
+    /// Drop segments whose newest record is older.
+    pub max_age: Option<Duration>,
+    /// Keep at least this much free space on the filesystem.
+    pub min_free_bytes: u64,
+    /// Full policy.
+    pub full_policy: FullPolicy,
+    /// Cursor fdatasync interval.
+    pub cursor_sync: Duration,
+    /// Node id for delivery ids (default: META's random id).
+    pub node_id: Option<String>,
+}
+
+impl LogConfig {
+    /// Defaults: 16 MiB segments, 8 KiB frames, 1 MiB / 100 ms batches, `Batched`, 256 MiB,
+    /// no age limit, 0 free-space floor, `DropOldest`, 1 s cursor sync.
+    pub fn new(dir: impl Into<PathBuf>, stream: impl Into<String>) -> Self {
+        LogConfig {
+            dir: dir.into(),
+            stream: stream.into(),
+            segment_bytes: 16 << 20,
+            frame_bytes: 8 << 10,
+            batch_bytes: 1 << 20,
+            batch_window: Duration::from_millis(100),
+            sync: SyncPolicy::Batched,
+            max_bytes: 256 << 20,
+            max_age: None,
+            min_free_bytes: 0,
+            full_policy: FullPolicy::DropOldest,
+            cursor_sync: Duration::from_secs(1),
+            node_id: None,
+        }
+    }
+
+    /// Segment size actually used: at most a quarter of `max_bytes`, at least 64 KiB.
+    pub fn effective_segment_bytes(&self) -> u64 {
+        self.segment_bytes.min(self.max_bytes / 4).max(64 << 10)
+    }
+
+    /// The stream directory.
+    pub fn stream_dir(&self) -> PathBuf {
+        self.dir.join(&self.stream)
+    }
+}
+
+/// Errors of the log. I/O errors carry the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Stream name not allowed (it becomes a directory name).
+    #[error("invalid stream name `{0}`: use 1-64 of [A-Za-z0-9_.-], not starting with `.`")]
+    BadStream(String),
+    /// Another process has the log open.
+    #[error("log `{0}` is locked by another process")]
+    Locked(PathBuf),
+    /// An I/O operation failed.
+    #[error("failed to {op} `{path}`: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A record is too large.
+    #[error("record of {len} bytes exceeds the maximum of {MAX_RECORD_LEN}")]
+    TooLarge {
+        /// Key + payload bytes.
+        len: usize,
+    },
+    /// The `block` policy (or a failing disk) stops new records.
+    #[error("log `{0}` is full or failing; not accepting records")]
+    Blocked(PathBuf),
+}
+
+fn ioe(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LogError + use<> {
+    let path = path.to_path_buf();
+    move |source| LogError::Io { op, path, source }
+}
+
+/// Monotonic and wall-clock time, passed in by the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// For windows and intervals.
+    pub mono: Instant,
+    /// Unix milliseconds, for record and segment timestamps.
+    pub wall_ms: i64,
+}
+
+impl Now {
+    /// The system clocks.
+    pub fn system() -> Self {
+        Now {
+            mono: Instant::now(),
+            wall_ms: unix_ms(),
+        }
+    }
+}
+
+/// Unix time in ms.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state.
+
+struct Cursor {
+    file: Box<dyn FsFile>,
+    slot: CursorSlot,
+    /// Index (0/1) of the slot to write next.
+    next: u64,
+    synced_acked: u64,
+    dirty: bool,
+}
+
+impl Cursor {
+    fn write(&mut self, acked: u64) -> io::Result<()> {
+        let s = CursorSlot {
+            generation: self.slot.generation + 1,
+            acked,
+            epoch: self.slot.epoch,
+        };
+        self.file.write_all_at(&s.encode(), self.next * 512)?;
+        self.slot = s;
+        self.next ^= 1;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if self.dirty {
+            self.file.sync_data()?;
+            self.dirty = false;
+            self.synced_acked = self.slot.acked;
+        }
+        Ok(())
+    }
+}
+
+/// Segment list entry visible to readers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegEntry {
+    /// First seq.
+    pub base: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// State shared by the writer, readers and the output.
+pub struct Shared {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    /// Node id of delivery ids.
+    pub node_id: String,
+    /// Stream name.
+    pub stream: String,
+    /// This incarnation's epoch.
+    pub epoch: u32,
+    durable: AtomicU64,
+    written: AtomicU64,
+    acked: AtomicU64,
+    segs: Mutex<Vec<SegEntry>>,
+    cursor: Mutex<Cursor>,
+    /// Counters.
+    pub metrics: Metrics,
+    wake: (Mutex<u64>, Condvar),
+    durable_tx: tokio::sync::watch::Sender<u64>,
+    /// Highest seq whose corruption was already counted (readers re-read after reconnects).
+    corrupt_counted: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The filesystem.
+    pub fn fs(&self) -> &Arc<dyn Fs> {
+        &self.fs
+    }
+    /// The stream directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// Highest durable seq (readers stop there).
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Relaxed)
+    }
+    /// Highest written seq.
+    pub fn written(&self) -> u64 {
+        self.written.load(Relaxed)
+    }
+    /// Highest acknowledged seq.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Relaxed)
+    }
+    /// A watch of the durable seq, for async waiters.
+    pub fn subscribe_durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable_tx.subscribe()
+    }
+    /// Snapshot of the segment list.
+    pub fn segments(&self) -> Vec<SegEntry> {
+        lock(&self.segs).clone()
+    }
+
+    fn set_durable(&self, seq: u64) {
+        let prev = self.durable.fetch_max(seq, Relaxed);
+        if seq > prev {
+            self.durable_tx.send_replace(seq);
+            self.notify();
+        }
+    }
+
+    fn notify(&self) {
+        let (m, c) = &self.wake;
+        *lock(m) += 1;
+        c.notify_all();
+    }
+
+    /// Blocks until the durable seq reaches `seq` or `timeout` passes; returns whether it did.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &self.wake;
+        let mut g = lock(m);
+        while self.durable() < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = c.wait_timeout(g, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
+    }
+
+    /// Blocks until something changes (durable or acked) or `timeout`.
+    pub fn wait_change(&self, timeout: Duration) {
+        let (m, c) = &self.wake;
+        let g = lock(m);
+        let seen = *g;
+        let _ = c.wait_timeout_while(g, timeout, |v| *v == seen);
+    }
+
+    /// Acknowledges every seq ≤ `seq`: the cursor slot is written (not synced) at once, so a
+    /// process crash keeps it; the writer fdatasyncs it periodically and before deletions.
+    pub fn ack(&self, seq: u64) {
+        let prev = self.acked.fetch_max(seq, Relaxed);
+        if seq <= prev {
+            return;
+        }
+        let mut c = lock(&self.cursor);
+        if seq > c.slot.acked && c.write(seq).is_err() {
+            self.metrics.io_errors.fetch_add(1, Relaxed);
+        }
+        drop(c);
+        self.notify();
+    }
+
+    /// Moves the cursor to at least `seq` and makes it durable.
+    fn ack_durable(&self, seq: u64) -> io::Result<()> {
+        self.acked.fetch_max(seq, Relaxed);
+        let mut c = lock(&self.cursor);
+        if seq > c.slot.acked {
+            c.write(seq)?;
+        }
+        if c.synced_acked < seq || c.dirty {
+            c.sync()?;
+        }
+        Ok(())
+    }
+
+    fn sync_cursor(&self) -> io::Result<()> {
+        lock(&self.cursor).sync()
+    }
+
+    /// Counts corruption found by a reader once per seq range.
+    pub fn count_corrupt(&self, up_to_seq: u64, records: u64, bytes: u64) {
+        let prev = self.corrupt_counted.fetch_max(up_to_seq, Relaxed);
+        if up_to_seq > prev {
+            self.metrics.corrupt_records.fetch_add(records, Relaxed);
+            self.metrics.corrupt_bytes.fetch_add(bytes, Relaxed);
+        }
+    }
+
+    /// Gauges for metrics and status.
+    pub fn gauges(&self, now_ms: i64) -> Gauges {
+        let acked = self.acked();
+        let written = self.written();
+        let segs = self.segments();
+        let mut backlog_bytes = 0;
+        for (i, s) in segs.iter().enumerate() {
+            let last = segs.get(i + 1).map(|n| n.base - 1).unwrap_or(u64::MAX);
+            if last > acked {
+                backlog_bytes += s.len;
+            }
+        }
+        let oldest = self.metrics.oldest_unacked_ms.load(Relaxed);
+        Gauges {
+            written_seq: written,
+            durable_seq: self.durable(),
+            acked_seq: acked,
+            backlog_records: written.saturating_sub(acked),
+            backlog_bytes: if written > acked { backlog_bytes } else { 0 },
+            oldest_unacked_age_s: if oldest > 0 && written > acked {
+                (now_ms - oldest).max(0) as f64 / 1000.0
+            } else {
+                0.0
+            },
+            epoch: self.epoch,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer core.
+
+struct Active {
+    base: u64,
+    file: Box<dyn FsFile>,
+    len: u64,
+    created_ms: i64,
+    max_ts: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sealed {
+    base: u64,
+    len: u64,
+    created_ms: i64,
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The new epoch.
+    pub epoch: u32,
+    /// Cursor position found.
+    pub acked: u64,
+    /// First seq this incarnation will write.
+    pub next_seq: u64,
+    /// Segments found.
+    pub segments: usize,
+    /// Torn tail bytes truncated.
+    pub truncated_bytes: u64,
+    /// Corrupt bytes skipped in the active segment.
+    pub corrupt_bytes: u64,
+    /// Records lost to that corruption (from seq gaps).
+    pub corrupt_records: u64,
+    /// Fully acknowledged leftover segments removed.
+    pub removed_acked: usize,
+    /// The cursor file was missing or had no valid slot.
+    pub cursor_reset: bool,
+    /// META was missing or invalid and was recreated.
+    pub meta_recreated: bool,
+}
+
+/// Result of a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Nothing to do.
+    Empty,
+    /// Batch written (and synced per policy).
+    Written,
+    /// Batch dropped by policy (counted, gap marker pending).
+    Dropped,
+    /// `block` policy: kept, not written.
+    Blocked,
+}
+
+/// Reserve for gap frames appended at flush time.
+const GAP_RESERVE: u64 = 512;
+
+/// The single-writer log core.
+pub struct Log {
+    sh: Arc<Shared>,
+    cfg: LogConfig,
+    seg_bytes: u64,
+    _lock: Box<dyn FsLock>,
+    dir: PathBuf,
+    active: Active,
+    sealed: VecDeque<Sealed>,
+    next_seq: u64,
+    batch: Vec<u8>,
+    frame: Option<FrameEncoder>,
+    batch_first: u64,
+    batch_records: u64,
+    batch_payload: u64,
+    batch_max_ts: i64,
+    batch_min_ts: i64,
+    batch_started: Option<Instant>,
+    pending_gaps: Vec<GapV1>,
+    written: u64,
+    unsynced_records: u64,
+    last_sync: Instant,
+    last_cursor_sync: Instant,
+    blocked: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    meta_len: u64,
+    /// Oldest ingest time per sealed/active segment is unknown; this tracks the oldest
+    /// unacknowledged record approximately: (first seq, ts) of written batches.
+    batch_ts: VecDeque<(u64, i64)>,
+    /// Written gap markers not yet acknowledged: (first lost seq, marker seq, records, bytes).
+    live_markers: VecDeque<(u64, u64, u64, u64)>,
+    /// The same for the open gap frame (committed to `live_markers` when written).
+    gap_seqs: Vec<(u64, u64, u64, u64)>,
+}
+
+fn valid_stream(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn is_space_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+fn random_hex16() -> String {
+    let mut b = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    if !ok {
+        // Fall back to time and address entropy; uniqueness, not secrecy, is needed.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = (t ^ ((&b as *const _ as usize as u128) << 64)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn meta_text(node_id: &str, stream: &str, created_ms: i64) -> String {
+    let body = format!(
+        "format=slapos-buffer/1\nnode_id={node_id}\nstream={stream}\ncreated_ms={created_ms}\n"
+    );
+    let crc = codec::crc32c(body.as_bytes());
+    format!("{body}crc32c={crc:08x}\n")
+}
+
+fn parse_meta(text: &str) -> Option<String> {
+    let (body, last) = text.trim_end_matches('\n').rsplit_once('\n')?;
+    let crc = u32::from_str_radix(last.strip_prefix("crc32c=")?, 16).ok()?;
+    let body = format!("{body}\n");
+    if codec::crc32c(body.as_bytes()) != crc || !body.starts_with("format=slapos-buffer/1\n") {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("node_id="))
+        .map(str::to_owned)
+}
+
+impl Log {
+    /// Opens (creating or recovering) the log on the real filesystem.
+    pub fn open(cfg: LogConfig) -> Result<(Log, Recovery), LogError> {
+        Self::open_with(Arc::new(RealFs), cfg, Now::system())
+    }
+
+    /// Opens the log on `fs` (recovery: `docs/buffer-format.md` §7).
+    pub fn open_with(
+        fs: Arc<dyn Fs>,
+        cfg: LogConfig,
+        now: Now,
+    ) -> Result<(Log, Recovery), LogError> {
+        if !valid_stream(&cfg.stream) {
+            return Err(LogError::BadStream(cfg.stream.clone()));
+        }
+        let dir = cfg.stream_dir();
+        fs.create_dir_all(&dir)
+            .map_err(ioe("create directory", &dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                LogError::Locked(dir.clone())
+            } else {
+                LogError::Io {
+                    op: "lock",
+                    path: lock_path.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        let mut rec = Recovery::default();
+
+        // META.
+        let meta_path = dir.join("META");
+        let existing = fs
+            .open_read(&meta_path)
+            .ok()
+            .and_then(|f| segment::read_all(&*f, 4096).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| parse_meta(&t));
+        let (meta_node, meta_len) = match existing {
+            Some(id) => {
+                let len = meta_text(&id, &cfg.stream, 0).len() as u64;
+                (id, len)
+            }
+            None => {
+                rec.meta_recreated = true;
+                let id = random_hex16();
+                let text = meta_text(&id, &cfg.stream, now.wall_ms);
+                let tmp = dir.join("META.tmp");
+                let f = fs.open(&tmp, true).map_err(ioe("create", &tmp))?;
+                f.set_len(0).map_err(ioe("truncate", &tmp))?;
+                f.write_all_at(text.as_bytes(), 0)
+                    .map_err(ioe("write", &tmp))?;
+                f.sync_data().map_err(ioe("fdatasync", &tmp))?;
+                fs.rename(&tmp, &meta_path)
+                    .map_err(ioe("rename META.tmp to", &meta_path))?;
+                fs.sync_dir(&dir).map_err(ioe("fsync directory", &dir))?;
+                (id, text.len() as u64)
+            }
+        };
+
+        // CURSOR.
+        let cursor_path = dir.join("CURSOR");
+        let cfile = fs
+            .open(&cursor_path, true)
+            .map_err(ioe("open", &cursor_path))?;
+        let cbytes = segment::read_all(&*cfile, CURSOR_LEN as usize)
+            .map_err(ioe("read", &cursor_path))?;
+        let slot = CursorSlot::pick(&cbytes);
+        rec.cursor_reset = slot.is_none();
+        let slot = slot.unwrap_or_default();
+        let next_slot = match (
+            cbytes.get(0..512).and_then(CursorSlot::decode),
+            cbytes.get(512..1024).and_then(CursorSlot::decode),
+        ) {
+            (Some(a), Some(b)) if b.generation > a.generation => 0,
+            (Some(_), _) => 1,
+            _ => 0,
+        };
+        if cbytes.len() < CURSOR_LEN as usize {
+            cfile
+                .set_len(CURSOR_LEN)
+                .map_err(ioe("extend", &cursor_path))?;
+        }
+        let acked = slot.acked;
+        rec.acked = acked;
+
+        // Segments.
+        let mut bases: Vec<u64> = fs
+            .list(&dir)
+            .map_err(ioe("list", &dir))?
+            .iter()
+            .filter_map(|n| parse_seg_name(n))
+            .collect();
+        bases.sort_unstable();
+        // Fully acknowledged leftovers (crash between cursor sync and unlink).
+        while bases.len() >= 2 && bases[1] <= acked.saturating_add(1) {
+            let p = dir.join(seg_name(bases[0]));
+            match fs.remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ioe("remove", &p)(e)),
+            }
+            rec.removed_acked += 1;
+            bases.remove(0);
+        }
+        let mut sealed = VecDeque::new();
+        for &b in bases.iter().take(bases.len().saturating_sub(1)) {
+            let p = dir.join(seg_name(b));
+            let f = fs.open_read(&p).map_err(ioe("open", &p))?;
+            let len = f.len().map_err(ioe("stat", &p))?;
+            let mut h = [0u8; SEG_HEADER_LEN as usize];
+            let n = f.read_at(&mut h, 0).map_err(ioe("read", &p))?;
+            let created_ms = parse_seg_header(&h[..n]).map(|x| x.1).unwrap_or(now.wall_ms);
+            sealed.push_back(Sealed {
+                base: b,
+                len,
+                created_ms,
+            });
+        }
+
+        let metrics = Metrics::default();
+        let mut max_epoch = slot.epoch;
+        let mut last_valid = 0u64;
+        let mut max_ts = 0i64;
+        let mut corrupt_upto = 0u64;
+        let active = match bases.last() {
+            None => None,
+            Some(&b) => {
+                let p = dir.join(seg_name(b));
+                let f = fs.open(&p, false).map_err(ioe("open", &p))?;
+                let mut h = [0u8; SEG_HEADER_LEN as usize];
+                let n = f.read_at(&mut h, 0).map_err(ioe("read", &p))?;
+                let created_ms = match parse_seg_header(&h[..n]) {
+                    Some((_, c)) => c,
+                    None => {
+                        // A torn or damaged header of the last segment: rewrite it.
+                        f.write_all_at(&encode_seg_header(b, now.wall_ms), 0)
+                            .map_err(ioe("rewrite header of", &p))?;
+                        now.wall_ms
+                    }
+                };
+                let mut sc = Scanner::new(SEG_HEADER_LEN);
+                let mut expected = b;
+                let mut skipped = false;
+                let mut good_end = SEG_HEADER_LEN;
+                loop {
+                    match sc.next(&*f).map_err(ioe("scan", &p))? {
+                        Scan::End => break,
+                        Scan::Frame { offset, header } => {
+                            if header.first_seq < expected {
+                                // Stale or duplicate frame: treat as corrupt bytes.
+                                rec.corrupt_bytes += header.frame_len() as u64;
+                                sc.advance(header.frame_len());
+                                skipped = true;
+                                continue;
+                            }
+                            if skipped {
+                                rec.corrupt_records += header.first_seq - expected;
+                                corrupt_upto = header.first_seq;
+                                skipped = false;
+                            }
+                            expected = header.last_seq() + 1;
+                            last_valid = header.last_seq();
+                            max_epoch = max_epoch.max(header.epoch);
+                            max_ts = max_ts.max(header.base_ts_ms);
+                            good_end = offset + header.frame_len() as u64;
+                            sc.advance(header.frame_len());
+                        }
+                        Scan::Skipped { from, to } => {
+                            rec.corrupt_bytes += to - from;
+                            skipped = true;
+                        }
+                        Scan::Tail { from, len } => {
+                            debug_assert_eq!(from, sc.pos);
+                            rec.truncated_bytes += len;
+                            break;
+                        }
+                    }
+                }
+                let flen = f.len().map_err(ioe("stat", &p))?;
+                if flen > good_end {
+                    // Torn tail (or stale/corrupt frames after the last good one).
+                    rec.truncated_bytes = flen - good_end;
+                    f.set_len(good_end).map_err(ioe("truncate torn tail of", &p))?;
+                    f.sync_data().map_err(ioe("fdatasync", &p))?;
+                    metrics.torn_tails.fetch_add(1, Relaxed);
+                } else if n < SEG_HEADER_LEN as usize || parse_seg_header(&h[..n]).is_none() {
+                    f.sync_data().map_err(ioe("fdatasync", &p))?;
+                }
+                Some(Active {
+                    base: b,
+                    file: f,
+                    len: good_end,
+                    created_ms,
+                    max_ts,
+                })
+            }
+        };
+        // If the cursor was lost and the active segment is empty, take the epoch from the
+        // previous segment's frames too (invariant 2).
+        if rec.cursor_reset
+            && last_valid == 0
+            && let Some(prev) = sealed.back()
+        {
+            let p = dir.join(seg_name(prev.base));
+            if let Ok(f) = fs.open_read(&p) {
+                let mut sc = Scanner::new(SEG_HEADER_LEN);
+                loop {
+                    match sc.next(&*f) {
+                        Ok(Scan::Frame { header, .. }) => {
+                            max_epoch = max_epoch.max(header.epoch);
+                            last_valid = last_valid.max(header.last_seq());
+                            sc.advance(header.frame_len());
+                        }
+                        Ok(Scan::Skipped { .. }) => {}
+                        _ => break,
+                    }
+                }
+            }
+        }
+        metrics
+            .corrupt_records
+            .fetch_add(rec.corrupt_records, Relaxed);
+        metrics.corrupt_bytes.fetch_add(rec.corrupt_bytes, Relaxed);
+
+        let epoch = max_epoch.wrapping_add(1).max(1);
+        let mut next_seq = last_valid.max(acked) + 1;
+        let active = match active {
+            Some(a) => {
+                if a.len == SEG_HEADER_LEN {
+                    next_seq = next_seq.max(a.base);
+                }
+                a
+            }
+            None => {
+                let base = next_seq;
+                let p = dir.join(seg_name(base));
+                let f = create_segment(&*fs, &dir, &p, base, now.wall_ms)?;
+                Active {
+                    base,
+                    file: f,
+                    len: SEG_HEADER_LEN,
+                    created_ms: now.wall_ms,
+                    max_ts: 0,
+                }
+            }
+        };
+
+        // New epoch, durable before the first append.
+        let mut cursor = Cursor {
+            file: cfile,
+            slot: CursorSlot {
+                generation: slot.generation,
+                acked,
+                epoch,
+            },
+            next: next_slot,
+            synced_acked: acked,
+            dirty: false,
+        };
+        cursor.write(acked).map_err(ioe("write", &cursor_path))?;
+        cursor.sync().map_err(ioe("fdatasync", &cursor_path))?;
+
+        rec.epoch = epoch;
+        rec.next_seq = next_seq;
+        rec.segments = sealed.len() + 1;
+
+        let mut segs: Vec<SegEntry> = sealed
+            .iter()
+            .map(|s| SegEntry {
+                base: s.base,
+                len: s.len,
+            })
+            .collect();
+        segs.push(SegEntry {
+            base: active.base,
+            len: active.len,
+        });
+        let written = next_seq - 1;
+        let (durable_tx, _) = tokio::sync::watch::channel(written);
+        let sh = Arc::new(Shared {
+            fs: fs.clone(),
+            dir: dir.clone(),
+            node_id: cfg.node_id.clone().unwrap_or(meta_node),
+            stream: cfg.stream.clone(),
+            epoch,
+            durable: AtomicU64::new(written),
+            written: AtomicU64::new(written),
+            acked: AtomicU64::new(acked),
+            segs: Mutex::new(segs),
+            cursor: Mutex::new(cursor),
+            metrics,
+            wake: (Mutex::new(0), Condvar::new()),
+            durable_tx,
+            corrupt_counted: AtomicU64::new(corrupt_upto),
+        });
+        let seg_bytes = cfg.effective_segment_bytes();
+        let log = Log {
+            sh,
+            seg_bytes,
+            _lock: lock,
+            dir,
+            active,
+            sealed,
+            next_seq,
+            batch: Vec::with_capacity(cfg.batch_bytes + cfg.frame_bytes + 64),
+            frame: None,
+            batch_first: 0,
+            batch_records: 0,
+            batch_payload: 0,
+            batch_max_ts: 0,
+            batch_min_ts: 0,
+            batch_started: None,
+            pending_gaps: Vec::new(),
+            written,
+            unsynced_records: 0,
+            last_sync: now.mono,
+            last_cursor_sync: now.mono,
+            blocked: false,
+            retry_at: None,
+            backoff: Duration::from_millis(10),
+            meta_len,
+            batch_ts: VecDeque::new(),
+            live_markers: VecDeque::new(),
+            gap_seqs: Vec::new(),
+            cfg,
+        };
+        log.publish_sizes();
+        Ok((log, rec))
+    }
+
+    /// The shared state (for readers, the output and metrics).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.sh
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LogConfig {
+        &self.cfg
+    }
+
+    /// Seq the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes on disk by this log's accounting.
+    pub fn disk_bytes(&self) -> u64 {
+        self.sealed.iter().map(|s| s.len).sum::<u64>()
+            + self.active.len
+            + CURSOR_LEN
+            + self.meta_len
+    }
+
+    /// Whether `append` would take a record now.
+    pub fn accepting(&self) -> bool {
+        !self.blocked && self.batch.len() < 2 * self.cfg.batch_bytes
+    }
+
+    /// Bytes in the open batch.
+    pub fn batch_len(&self) -> usize {
+        self.batch.len()
+    }
+
+    fn publish_sizes(&self) {
+        let mut segs = lock(&self.sh.segs);
+        segs.clear();
+        segs.extend(self.sealed.iter().map(|s| SegEntry {
+            base: s.base,
+            len: s.len,
+        }));
+        segs.push(SegEntry {
+            base: self.active.base,
+            len: self.active.len,
+        });
+        let m = &self.sh.metrics;
+        m.segments.store(segs.len() as u64, Relaxed);
+        drop(segs);
+        m.disk_bytes.store(self.disk_bytes(), Relaxed);
+    }
+
+    /// Adds a data record to the open batch and returns its seq; closes the batch when it is
+    /// full. `Blocked` when the `block` policy holds a batch or writes keep failing.
+    pub fn append(
+        &mut self,
+        ts_ms: i64,
+        source: u16,
+        key: &[u8],
+        payload: &[u8],
+        now: Now,
+    ) -> Result<u64, LogError> {
+        if key.len() + payload.len() > MAX_RECORD_LEN {
+            return Err(LogError::TooLarge {
+                len: key.len() + payload.len(),
+            });
+        }
+        if !self.accepting() {
+            // Give the held batch a chance first.
+            let _ = self.flush(now);
+            if !self.accepting() {
+                return Err(LogError::Blocked(self.dir.clone()));
+            }
+        }
+        if let Some(f) = &self.frame {
+            let cost = FrameEncoder::data_cost(key, payload, 0, source) + 10;
+            if f.body_len(&self.batch) + cost > self.cfg.frame_bytes {
+                self.close_frame();
+            }
+        }
+        let seq = loop {
+            if self.frame.is_none() {
+                let enc =
+                    FrameEncoder::begin(&mut self.batch, self.next_seq, ts_ms, self.sh.epoch)
+                        .map_err(|e| LogError::Io {
+                            op: "encode frame for",
+                            path: self.dir.clone(),
+                            source: segment::codec_io(e),
+                        })?;
+                self.frame = Some(enc);
+            }
+            let Some(f) = self.frame.as_mut() else {
+                continue;
+            };
+            match f.push_data(&mut self.batch, ts_ms, source, key, payload) {
+                Ok(seq) => break seq,
+                Err(codec::CodecError::BufferFull { .. }) if f.count() > 0 => self.close_frame(),
+                Err(e) => {
+                    return Err(LogError::Io {
+                        op: "encode record for",
+                        path: self.dir.clone(),
+                        source: segment::codec_io(e),
+                    });
+                }
+            }
+        };
+        if self.batch_first == 0 {
+            self.batch_first = seq;
+            self.batch_started = Some(now.mono);
+            self.batch_min_ts = ts_ms;
+            self.batch_max_ts = ts_ms;
+        }
+        self.batch_max_ts = self.batch_max_ts.max(ts_ms);
+        self.batch_min_ts = self.batch_min_ts.min(ts_ms);
+        self.next_seq = seq + 1;
+        self.batch_records += 1;
+        self.batch_payload += payload.len() as u64;
+        let m = &self.sh.metrics;
+        m.records_in.fetch_add(1, Relaxed);
+        m.bytes_in.fetch_add(payload.len() as u64, Relaxed);
+        if self.batch.len() >= self.cfg.batch_bytes {
+            let _ = self.flush(now);
+        }
+        Ok(seq)
+    }
+
+    fn close_frame(&mut self) {
+        if let Some(f) = self.frame.take() {
+            let _ = f.finish(&mut self.batch);
+        }
+    }
+
+    fn over_limit(&self, need: u64) -> Result<Option<GapReason>, LogError> {
+        if self.disk_bytes() + need > self.cfg.max_bytes {
+            return Ok(Some(GapReason::RetentionBytes));
+        }
+        if self.cfg.min_free_bytes > 0 {
+            let free = self
+                .sh
+                .fs
+                .free_bytes(&self.dir)
+                .map_err(ioe("statvfs", &self.dir))?;
+            if free < need + self.cfg.min_free_bytes {
+                return Ok(Some(GapReason::DiskFull));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the oldest sealed segment for `reason`; counts and gap-marks its unacked records.
+    fn drop_oldest(&mut self, reason: GapReason) -> Result<(), LogError> {
+        let Some(seg) = self.sealed.front().copied() else {
+            return Ok(());
+        };
+        let next_base = self
+            .sealed
+            .get(1)
+            .map(|s| s.base)
+            .unwrap_or(self.active.base);
+        let last = next_base - 1;
+        let real_acked = self.sh.acked();
+        let first_unacked = (real_acked + 1).max(seg.base);
+        // Unacknowledged gap markers inside the dropped segment vanish with it: the new marker
+        // covers their ranges too (only the new loss is counted in `records`).
+        self.live_markers.retain(|&(_, m, _, _)| m > real_acked);
+        let mut gap_first = first_unacked;
+        let (mut absorbed_records, mut absorbed_bytes) = (0, 0);
+        self.live_markers.retain(|&(first, m, r, b)| {
+            if m <= last {
+                gap_first = gap_first.min(first);
+                absorbed_records += r;
+                absorbed_bytes += b;
+                false
+            } else {
+                true
+            }
+        });
+        let cursor_path = self.dir.join("CURSOR");
+        self.sh
+            .ack_durable(last)
+            .map_err(ioe("write and fdatasync", &cursor_path))?;
+        let p = self.dir.join(seg_name(seg.base));
+        match self.sh.fs.remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ioe("remove", &p)(e)),
+        }
+        self.sealed.pop_front();
+        if last >= first_unacked {
+            let lost = last - first_unacked + 1;
+            let total = (last + 1).saturating_sub(seg.base).max(1);
+            let bytes = seg.len.saturating_sub(SEG_HEADER_LEN) * lost / total;
+            self.sh.metrics.dropped(reason, lost, bytes);
+            self.add_gap(GapV1 {
+                reason,
+                first_seq: gap_first,
+                last_seq: last,
+                records: lost + absorbed_records,
+                bytes: bytes + absorbed_bytes,
+            });
+        } else if absorbed_records > 0 {
+            self.add_gap(GapV1 {
+                reason,
+                first_seq: gap_first,
+                last_seq: last,
+                records: absorbed_records,
+                bytes: absorbed_bytes,
+            });
+        }
+        while self.batch_ts.front().is_some_and(|&(s, _)| s <= last) {
+            self.batch_ts.pop_front();
+        }
+        self.publish_sizes();
+        Ok(())
+    }
+
+    fn add_gap(&mut self, g: GapV1) {
+        // Merge with a pending gap of the same reason whose range overlaps or touches this one.
+        if let Some(p) = self.pending_gaps.iter_mut().find(|p| {
+            p.reason == g.reason && g.first_seq <= p.last_seq + 1 && p.first_seq <= g.last_seq + 1
+        }) {
+            p.first_seq = p.first_seq.min(g.first_seq);
+            p.last_seq = p.last_seq.max(g.last_seq);
+            p.records += g.records;
+            p.bytes += g.bytes;
+            return;
+        }
+        self.pending_gaps.push(g);
+    }
+
+    fn drop_batch(&mut self, reason: GapReason) {
+        self.frame = None;
+        if self.batch_first != 0 {
+            self.sh
+                .metrics
+                .dropped(reason, self.batch_records, self.batch_payload);
+            self.add_gap(GapV1 {
+                reason,
+                first_seq: self.batch_first,
+                last_seq: self.next_seq - 1,
+                records: self.batch_records,
+                bytes: self.batch_payload,
+            });
+        }
+        self.clear_batch();
+    }
+
+    fn clear_batch(&mut self) {
+        self.batch.clear();
+        self.frame = None;
+        self.batch_first = 0;
+        self.batch_records = 0;
+        self.batch_payload = 0;
+        self.batch_started = None;
+    }
+
+    /// Seals the active segment and starts a new one at `next_seq`.
+    fn roll(&mut self, now: Now, base: u64) -> Result<(), LogError> {
+        let old_path = self.dir.join(seg_name(self.active.base));
+        if self.cfg.sync != SyncPolicy::Never {
+            self.timed_sync_active().map_err(ioe("fdatasync", &old_path))?;
+        }
+        let p = self.dir.join(seg_name(base));
+        let f = create_segment(&*self.sh.fs, &self.dir, &p, base, now.wall_ms)?;
+        let old = std::mem::replace(
+            &mut self.active,
+            Active {
+                base,
+                file: f,
+                len: SEG_HEADER_LEN,
+                created_ms: now.wall_ms,
+                max_ts: 0,
+            },
+        );
+        self.sealed.push_back(Sealed {
+            base: old.base,
+            len: old.len,
+            created_ms: old.created_ms,
+        });
+        if self.cfg.sync != SyncPolicy::Never {
+            self.publish_durable(self.written);
+        }
+        self.publish_sizes();
+        Ok(())
+    }
+
+    /// First seq of the open batch, or the next seq when it holds no data record.
+    fn batch_base(&self) -> u64 {
+        if self.batch_first != 0 {
+            self.batch_first
+        } else {
+            self.next_seq
+        }
+    }
+
+    fn timed_sync_active(&mut self) -> io::Result<()> {
+        let t = Instant::now();
+        self.active.file.sync_data()?;
+        self.sh
+            .metrics
+            .fsync_done(t.elapsed().as_micros() as u64);
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn publish_durable(&mut self, seq: u64) {
+        self.sh
+            .metrics
+            .records_durable
+            .fetch_add(self.unsynced_records, Relaxed);
+        self.unsynced_records = 0;
+        self.sh.set_durable(seq);
+    }
+
+    /// Writes the open batch (if any) per the policies. I/O errors are returned after the
+    /// partial write was rolled back; the batch is kept for a retry.
+    pub fn flush(&mut self, now: Now) -> Result<Flushed, LogError> {
+        if self.retry_at.is_some_and(|t| now.mono < t) {
+            return Ok(Flushed::Blocked);
+        }
+        self.close_frame();
+        if self.batch.is_empty() && self.pending_gaps.is_empty() {
+            self.blocked = false;
+            return Ok(Flushed::Empty);
+        }
+        let mut space_retries = 0;
+        loop {
+            // Make room (limits are checked before the write).
+            let need = self.batch.len() as u64 + GAP_RESERVE;
+            if need + CURSOR_LEN + self.meta_len + SEG_HEADER_LEN > self.cfg.max_bytes {
+                self.drop_batch(GapReason::RetentionBytes);
+                return Ok(Flushed::Dropped);
+            }
+            let mut guard = 0;
+            while let Some(reason) = self.over_limit(need)? {
+                guard += 1;
+                if guard > 100_000 {
+                    break;
+                }
+                match self.cfg.full_policy {
+                    FullPolicy::Block => return Ok(self.set_blocked()),
+                    FullPolicy::DropNewest => {
+                        let _ = reason;
+                        self.drop_batch(GapReason::DropNewest);
+                        return Ok(Flushed::Dropped);
+                    }
+                    FullPolicy::DropOldest => {
+                        if !self.sealed.is_empty() {
+                            self.drop_oldest(reason)?;
+                        } else if self.active.len > SEG_HEADER_LEN {
+                            self.roll(now, self.batch_base())?;
+                        } else {
+                            self.drop_batch(reason);
+                            return Ok(Flushed::Dropped);
+                        }
+                    }
+                }
+            }
+            match self.write_batch(now) {
+                Ok(()) => {
+                    self.blocked = false;
+                    self.retry_at = None;
+                    self.backoff = Duration::from_millis(10);
+                    self.sh.metrics.degraded.store(false, Relaxed);
+                    return Ok(Flushed::Written);
+                }
+                Err((op, path, e)) if is_space_error(&e) => {
+                    self.sh.metrics.io_errors.fetch_add(1, Relaxed);
+                    self.sh.metrics.degraded.store(true, Relaxed);
+                    space_retries += 1;
+                    match self.cfg.full_policy {
+                        FullPolicy::DropOldest if !self.sealed.is_empty() && space_retries < 64 => {
+                            self.drop_oldest(GapReason::DiskFull)?;
+                        }
+                        FullPolicy::Block => {
+                            self.retry_at = Some(now.mono + Duration::from_millis(100));
+                            return Ok(self.set_blocked());
+                        }
+                        _ => {
+                            let _ = (op, path);
+                            self.drop_batch(GapReason::DiskFull);
+                            return Ok(Flushed::Dropped);
+                        }
+                    }
+                }
+                Err((op, path, source)) => {
+                    let m = &self.sh.metrics;
+                    m.io_errors.fetch_add(1, Relaxed);
+                    m.degraded.store(true, Relaxed);
+                    self.retry_at = Some(now.mono + self.backoff);
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                    self.blocked = self.batch.len() >= 2 * self.cfg.batch_bytes;
+                    return Err(LogError::Io { op, path, source });
+                }
+            }
+        }
+    }
+
+    fn set_blocked(&mut self) -> Flushed {
+        self.blocked = true;
+        self.sh.metrics.degraded.store(true, Relaxed);
+        Flushed::Blocked
+    }
+
+    /// Appends pending gap frames, rolls if needed, writes and syncs. On error everything is
+    /// rolled back (file length, batch, seqs) and the error returned.
+    fn write_batch(&mut self, now: Now) -> Result<(), (&'static str, PathBuf, io::Error)> {
+        let data_len = self.batch.len();
+        let seq_before = self.next_seq;
+        let first_in_batch = self.batch_base();
+        if !self.pending_gaps.is_empty() {
+            let mut enc =
+                FrameEncoder::begin(&mut self.batch, self.next_seq, now.wall_ms, self.sh.epoch)
+                    .map_err(|e| ("encode gap for", self.dir.clone(), segment::codec_io(e)))?;
+            self.gap_seqs.clear();
+            for g in &self.pending_gaps {
+                if let Ok(seq) = enc.push_gap(&mut self.batch, g) {
+                    self.gap_seqs.push((g.first_seq, seq, g.records, g.bytes));
+                }
+            }
+            self.next_seq = enc.next_seq();
+            let _ = enc.finish(&mut self.batch);
+        }
+        let undo = |s: &mut Self| {
+            s.batch.truncate(data_len);
+            s.next_seq = seq_before;
+        };
+        if self.active.len > SEG_HEADER_LEN
+            && self.active.len + self.batch.len() as u64 > self.seg_bytes
+            && let Err(e) = self.roll(now, first_in_batch)
+        {
+            undo(self);
+            return Err(match e {
+                LogError::Io { op, path, source } => (op, path, source),
+                other => ("roll", self.dir.clone(), io::Error::other(other.to_string())),
+            });
+        }
+        let path = self.dir.join(seg_name(self.active.base));
+        let off = self.active.len;
+        if let Err(e) = self.active.file.write_all_at(&self.batch, off) {
+            let _ = self.active.file.set_len(off);
+            undo(self);
+            return Err(("write", path, e));
+        }
+        if self.cfg.sync == SyncPolicy::Batched
+            && let Err(e) = self.timed_sync_active()
+        {
+            // fsyncgate: the page cache state is unknown; roll back and rewrite later.
+            let _ = self.active.file.set_len(off);
+            undo(self);
+            return Err(("fdatasync", path, e));
+        }
+        let last = self.next_seq - 1;
+        self.active.len += self.batch.len() as u64;
+        self.active.max_ts = self.active.max_ts.max(self.batch_max_ts);
+        self.written = last;
+        self.sh.written.store(last, Relaxed);
+        self.sh
+            .metrics
+            .bytes_written
+            .fetch_add(self.batch.len() as u64, Relaxed);
+        if self.batch_first != 0 {
+            self.batch_ts.push_back((self.batch_first, self.batch_min_ts));
+            if self.batch_ts.len() > 4096 {
+                // Thin out, keeping the front (the oldest) exact.
+                let mut i = 0;
+                self.batch_ts.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+            }
+        }
+        self.unsynced_records += self.batch_records;
+        if !self.pending_gaps.is_empty() {
+            self.live_markers.extend(self.gap_seqs.drain(..));
+            while self.live_markers.len() > 1024 {
+                self.live_markers.pop_front();
+            }
+        }
+        self.pending_gaps.clear();
+        self.clear_batch();
+        if !matches!(self.cfg.sync, SyncPolicy::Interval(_)) {
+            self.publish_durable(last);
+        }
+        self.publish_sizes();
+        Ok(())
+    }
+
+    /// Time-driven work: closes a batch whose window passed, interval syncs, cursor syncs,
+    /// deletion of acknowledged segments, age retention, retries.
+    pub fn tick(&mut self, now: Now) -> Result<(), LogError> {
+        let mut result = Ok(());
+        if self.batch_started.is_some_and(|t| now.mono >= t + self.cfg.batch_window)
+            || (!self.pending_gaps.is_empty() && self.batch.is_empty())
+            || self.blocked
+            || (self.retry_at.is_some_and(|t| now.mono >= t) && !self.batch.is_empty())
+        {
+            result = self.flush(now).map(|_| ());
+        }
+        if let SyncPolicy::Interval(t) = self.cfg.sync
+            && self.written > self.sh.durable()
+            && now.mono >= self.last_sync + t
+        {
+            let p = self.dir.join(seg_name(self.active.base));
+            match self.timed_sync_active() {
+                Ok(()) => self.publish_durable(self.written),
+                Err(e) => {
+                    self.sh.metrics.io_errors.fetch_add(1, Relaxed);
+                    result = Err(ioe("fdatasync", &p)(e));
+                }
+            }
+        }
+        // Acknowledged whole segments.
+        let acked = self.sh.acked();
+        while let Some(front) = self.sealed.front().copied() {
+            let next_base = self
+                .sealed
+                .get(1)
+                .map(|s| s.base)
+                .unwrap_or(self.active.base);
+            if acked < next_base - 1 {
+                break;
+            }
+            let cp = self.dir.join("CURSOR");
+            self.sh
+                .ack_durable(next_base - 1)
+                .map_err(ioe("fdatasync", &cp))?;
+            let p = self.dir.join(seg_name(front.base));
+            match self.sh.fs.remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ioe("remove", &p)(e)),
+            }
+            self.sealed.pop_front();
+            self.publish_sizes();
+        }
+        while self.batch_ts.front().is_some_and(|&(s, _)| s <= acked) {
+            self.batch_ts.pop_front();
+        }
+        let oldest = self.batch_ts.front().map(|x| x.1).unwrap_or(0);
+        self.sh.metrics.oldest_unacked_ms.store(oldest, Relaxed);
+        // Age retention.
+        if let Some(max_age) = self.cfg.max_age {
+            let limit = now.wall_ms - max_age.as_millis() as i64;
+            loop {
+                let newest_upper = match self.sealed.get(1) {
+                    Some(s) => s.created_ms,
+                    None if !self.sealed.is_empty() => self.active.created_ms,
+                    None => break,
+                };
+                if newest_upper >= limit {
+                    break;
+                }
+                self.drop_oldest(GapReason::RetentionAge)?;
+            }
+            if self.sealed.is_empty()
+                && self.active.len > SEG_HEADER_LEN
+                && self.active.max_ts < limit
+                && self.batch.is_empty()
+            {
+                self.roll(now, self.batch_base())?;
+                self.drop_oldest(GapReason::RetentionAge)?;
+            }
+        }
+        if now.mono >= self.last_cursor_sync + self.cfg.cursor_sync {
+            self.last_cursor_sync = now.mono;
+            let cp = self.dir.join("CURSOR");
+            if let Err(e) = self.sh.sync_cursor() {
+                self.sh.metrics.io_errors.fetch_add(1, Relaxed);
+                result = Err(ioe("fdatasync", &cp)(e));
+            }
+        }
+        result
+    }
+
+    /// When `tick` next has work to do.
+    pub fn next_deadline(&self, now: Now) -> Instant {
+        let mut d = now.mono + Duration::from_secs(1);
+        if let Some(t) = self.batch_started {
+            d = d.min(t + self.cfg.batch_window);
+        }
+        if let SyncPolicy::Interval(t) = self.cfg.sync
+            && self.written > self.sh.durable()
+        {
+            d = d.min(self.last_sync + t);
+        }
+        if let Some(t) = self.retry_at {
+            d = d.min(t);
+        }
+        if self.blocked {
+            d = d.min(now.mono + Duration::from_millis(100));
+        }
+        d.min(self.last_cursor_sync + self.cfg.cursor_sync)
+    }
+
+    /// Flushes, syncs the active segment and the cursor (clean shutdown).
+    pub fn close(mut self, now: Now) -> Result<(), LogError> {
+        let r = self.flush(now);
+        let p = self.dir.join(seg_name(self.active.base));
+        if self.cfg.sync != SyncPolicy::Never {
+            self.timed_sync_active().map_err(ioe("fdatasync", &p))?;
+            self.publish_durable(self.written);
+        }
+        let cp = self.dir.join("CURSOR");
+        self.sh.sync_cursor().map_err(ioe("fdatasync", &cp))?;
+        r.map(|_| ())
+    }
+}
+
+fn create_segment(
+    fs: &dyn Fs,
+    dir: &Path,
+    p: &Path,
+    base: u64,
+    now_ms: i64,
+) -> Result<Box<dyn FsFile>, LogError> {
+    let f = fs.open(p, true).map_err(ioe("create segment", p))?;
+    let r = f
+        .set_len(0)
+        .and_then(|_| f.write_all_at(&encode_seg_header(base, now_ms), 0))
+        .and_then(|_| f.sync_data())
+        .and_then(|_| fs.sync_dir(dir));
+    if let Err(e) = r {
+        let _ = fs.remove_file(p);
+        return Err(ioe("create segment", p)(e));
+    }
+    Ok(f)
+}

@@ -1,0 +1,156 @@
+//! Counters and gauges of one log, and their Prometheus text rendering.
+
+use crate::codec::GapReason;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds (µs) of the fsync latency histogram buckets.
+pub const FSYNC_BUCKETS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+/// All counters of a log; shared by the writer, readers, inputs and outputs.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// Records accepted by the writer (assigned a seq).
+    pub records_in: AtomicU64,
+    /// Payload bytes accepted.
+    pub bytes_in: AtomicU64,
+    /// Records covered by a completed sync (or written, under `never`).
+    pub records_durable: AtomicU64,
+    /// Records acknowledged by the upstream.
+    pub records_delivered: AtomicU64,
+    /// Records sent again after a reconnect or restart (may be duplicates upstream).
+    pub records_resent: AtomicU64,
+    /// Records rejected permanently by the upstream.
+    pub records_rejected: AtomicU64,
+    /// Input lines/messages that could not be accepted (bad JSON, too large).
+    pub input_invalid: AtomicU64,
+    /// Dropped records per [`GapReason`] index.
+    pub dropped_records: [AtomicU64; 6],
+    /// Dropped bytes per [`GapReason`] index.
+    pub dropped_bytes: [AtomicU64; 6],
+    /// Records lost to corruption (found at recovery or by a reader).
+    pub corrupt_records: AtomicU64,
+    /// Corrupt bytes skipped.
+    pub corrupt_bytes: AtomicU64,
+    /// Torn tails truncated at recovery.
+    pub torn_tails: AtomicU64,
+    /// Bytes written to segment files.
+    pub bytes_written: AtomicU64,
+    /// Completed fdatasync calls of segments.
+    pub fsyncs: AtomicU64,
+    /// fdatasync latency histogram (cumulative counts per bucket of [`FSYNC_BUCKETS_US`]).
+    pub fsync_hist: [AtomicU64; 10],
+    /// Sum of fdatasync latencies, µs.
+    pub fsync_us_sum: AtomicU64,
+    /// Failed writes/syncs/cursor writes.
+    pub io_errors: AtomicU64,
+    /// Output connection or request failures.
+    pub output_errors: AtomicU64,
+    /// True while the log cannot write (disk full, I/O errors, blocked by policy).
+    pub degraded: AtomicBool,
+    /// Number of segment files.
+    pub segments: AtomicU64,
+    /// Bytes of all segment files + cursor + meta.
+    pub disk_bytes: AtomicU64,
+    /// Ingest time (unix ms) of the oldest record not yet acknowledged, 0 if none.
+    pub oldest_unacked_ms: AtomicI64,
+}
+
+impl Metrics {
+    /// Counts a drop.
+    pub fn dropped(&self, reason: GapReason, records: u64, bytes: u64) {
+        let i = reason as usize;
+        self.dropped_records[i].fetch_add(records, Relaxed);
+        self.dropped_bytes[i].fetch_add(bytes, Relaxed);
+    }
+
+    /// Records one fdatasync latency.
+    pub fn fsync_done(&self, us: u64) {
+        self.fsyncs.fetch_add(1, Relaxed);
+        self.fsync_us_sum.fetch_add(us, Relaxed);
+        for (i, &b) in FSYNC_BUCKETS_US.iter().enumerate() {
+            if us <= b {
+                self.fsync_hist[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Total dropped records over all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_records.iter().map(|a| a.load(Relaxed)).sum()
+    }
+}
+
+/// Point-in-time values that are not plain counters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Gauges {
+    /// Highest seq written.
+    pub written_seq: u64,
+    /// Highest durable seq.
+    pub durable_seq: u64,
+    /// Highest acknowledged seq.
+    pub acked_seq: u64,
+    /// Records not yet acknowledged.
+    pub backlog_records: u64,
+    /// Segment bytes not yet acknowledged (whole segments, approximate to one segment).
+    pub backlog_bytes: u64,
+    /// Age of the oldest unacknowledged record, seconds.
+    pub oldest_unacked_age_s: f64,
+    /// Current epoch.
+    pub epoch: u32,
+}
+
+/// Renders the Prometheus text exposition (version 0.0.4).
+pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
+    let mut o = String::with_capacity(4096);
+    let l = format!("stream=\"{}\"", stream.replace(['"', '\\', '\n'], "_"));
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP buffer_{name} {help}\n# TYPE buffer_{name} counter");
+        let _ = writeln!(o, "buffer_{name}{{{l}}} {v}");
+    };
+    counter("records_in_total", "Records accepted.", m.records_in.load(Relaxed));
+    counter("bytes_in_total", "Payload bytes accepted.", m.bytes_in.load(Relaxed));
+    counter("records_durable_total", "Records made durable.", m.records_durable.load(Relaxed));
+    counter("records_delivered_total", "Records acknowledged upstream.", m.records_delivered.load(Relaxed));
+    counter("records_resent_total", "Records sent again after a reconnect or restart.", m.records_resent.load(Relaxed));
+    counter("records_rejected_total", "Records rejected permanently upstream.", m.records_rejected.load(Relaxed));
+    counter("input_invalid_total", "Input messages refused (malformed, too large).", m.input_invalid.load(Relaxed));
+    counter("corrupt_records_total", "Records lost to corruption.", m.corrupt_records.load(Relaxed));
+    counter("corrupt_bytes_total", "Corrupt bytes skipped.", m.corrupt_bytes.load(Relaxed));
+    counter("torn_tails_total", "Torn tails truncated at recovery.", m.torn_tails.load(Relaxed));
+    counter("bytes_written_total", "Bytes written to segment files.", m.bytes_written.load(Relaxed));
+    counter("io_errors_total", "Failed writes, syncs and cursor writes.", m.io_errors.load(Relaxed));
+    counter("output_errors_total", "Output connection or request failures.", m.output_errors.load(Relaxed));
+    let _ = writeln!(o, "# HELP buffer_dropped_records_total Records dropped, by reason.\n# TYPE buffer_dropped_records_total counter");
+    for r in GapReason::ALL {
+        let _ = writeln!(o, "buffer_dropped_records_total{{{l},reason=\"{}\"}} {}", r.label(), m.dropped_records[r as usize].load(Relaxed));
+    }
+    let _ = writeln!(o, "# HELP buffer_dropped_bytes_total Payload bytes dropped, by reason.\n# TYPE buffer_dropped_bytes_total counter");
+    for r in GapReason::ALL {
+        let _ = writeln!(o, "buffer_dropped_bytes_total{{{l},reason=\"{}\"}} {}", r.label(), m.dropped_bytes[r as usize].load(Relaxed));
+    }
+    let _ = writeln!(o, "# HELP buffer_fsync_seconds fdatasync latency of segments.\n# TYPE buffer_fsync_seconds histogram");
+    for (i, b) in FSYNC_BUCKETS_US.iter().enumerate() {
+        let _ = writeln!(o, "buffer_fsync_seconds_bucket{{{l},le=\"{}\"}} {}", *b as f64 / 1e6, m.fsync_hist[i].load(Relaxed));
+    }
+    let n = m.fsyncs.load(Relaxed);
+    let _ = writeln!(o, "buffer_fsync_seconds_bucket{{{l},le=\"+Inf\"}} {n}");
+    let _ = writeln!(o, "buffer_fsync_seconds_sum{{{l}}} {}", m.fsync_us_sum.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(o, "buffer_fsync_seconds_count{{{l}}} {n}");
+    let mut gauge = |name: &str, help: &str, v: String| {
+        let _ = writeln!(o, "# HELP buffer_{name} {help}\n# TYPE buffer_{name} gauge");
+        let _ = writeln!(o, "buffer_{name}{{{l}}} {v}");
+    };
+    gauge("backlog_records", "Records not yet acknowledged upstream.", g.backlog_records.to_string());
+    gauge("backlog_bytes", "Segment bytes not yet acknowledged.", g.backlog_bytes.to_string());
+    gauge("oldest_unacked_age_seconds", "Age of the oldest unacknowledged record.", format!("{:.3}", g.oldest_unacked_age_s));
+    gauge("segments", "Segment files.", m.segments.load(Relaxed).to_string());
+    gauge("disk_bytes", "Bytes on disk (segments, cursor, meta).", m.disk_bytes.load(Relaxed).to_string());
+    gauge("degraded", "1 while the log cannot write.", u8::from(m.degraded.load(Relaxed)).to_string());
+    gauge("durable_seq", "Highest durable seq.", g.durable_seq.to_string());
+    gauge("acked_seq", "Highest acknowledged seq.", g.acked_seq.to_string());
+    gauge("epoch", "Writer epoch.", g.epoch.to_string());
+    o
+}

@@ -1,0 +1,460 @@
+//! Segment log: round trips, recovery from torn and corrupt data, retention, full disks and
+//! failing I/O, on the in-memory filesystem (and once on the real one).
+
+mod common;
+
+use buffer::codec::GapReason;
+use buffer::fs::{CutMode, MemFs, RealFs};
+use buffer::log::Flushed;
+use buffer::reader::RecKind;
+use buffer::segment::seg_name;
+use buffer::{FullPolicy, Log, LogConfig, Reader, SyncPolicy};
+use common::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+fn data(got: &[Got]) -> Vec<&Got> {
+    got.iter().filter(|g| g.kind == RecKind::Data).collect()
+}
+
+#[test]
+fn append_read_ack_reopen_roundtrip() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    let (mut log, rec) = open(&fs, &cfg, at(o, 0));
+    assert_eq!((rec.epoch, rec.next_seq, rec.acked), (1, 1, 0));
+    for i in 1..=1000u64 {
+        assert_eq!(log.append(i as i64, 3, b"k", &payload(1, i, 100), at(o, 1)).unwrap(), i);
+    }
+    // Not yet durable: readers see nothing until the batch is synced.
+    let mut r = Reader::new(log.shared().clone());
+    let before = drain(&mut r);
+    assert!(before.len() < 1000);
+    log.flush(at(o, 2)).unwrap();
+    let mut got = before;
+    got.extend(drain(&mut r));
+    assert_eq!(got.len(), 1000);
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.seq, i as u64 + 1);
+        assert_eq!(g.epoch, 1);
+        assert_eq!(g.payload, payload(1, g.seq, 100));
+    }
+    assert!(log.shared().segments().len() > 1, "64 KiB segments must have rolled");
+    log.shared().ack(700);
+    log.tick(at(o, 5000)).unwrap();
+    let segs_after_ack = log.shared().segments();
+    assert!(segs_after_ack[0].base > 1, "acked segments deleted");
+    drop((log, r));
+    let (log, rec) = open(&fs, &cfg, at(o, 6000));
+    assert_eq!((rec.epoch, rec.acked, rec.next_seq), (2, 700, 1001));
+    let mut r = Reader::new(log.shared().clone());
+    let got = drain(&mut r);
+    assert_eq!(got.first().map(|g| g.seq), Some(701));
+    assert_eq!(got.len(), 300);
+}
+
+#[test]
+fn second_open_is_refused_while_locked() {
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    let (_log, _) = open(&fs, &cfg, at(Instant::now(), 0));
+    let err = Log::open_with(Arc::new(fs.clone()), cfg, at(Instant::now(), 0)).err();
+    assert!(matches!(err, Some(buffer::LogError::Locked(_))), "{err:?}");
+}
+
+#[test]
+fn bad_stream_names_are_refused() {
+    for bad in ["", ".hidden", "a/b", "x y", &"a".repeat(65)] {
+        let cfg = LogConfig::new("/buf", bad);
+        let err = Log::open_with(Arc::new(MemFs::new()), cfg, at(Instant::now(), 0)).err();
+        assert!(matches!(err, Some(buffer::LogError::BadStream(_))), "{bad:?}");
+    }
+}
+
+/// Writes `n` records in batches of 7, returns the fs, the active segment path and its
+/// frame boundaries.
+fn written_log(n: u64) -> (MemFs, std::path::PathBuf, Vec<u8>) {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let mut cfg = small_cfg();
+    cfg.segment_bytes = 1 << 20;
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    for i in 1..=n {
+        log.append(0, 0, b"", &payload(1, i, 40), at(o, 0)).unwrap();
+        if i % 7 == 0 {
+            log.flush(at(o, 0)).unwrap();
+        }
+    }
+    log.flush(at(o, 0)).unwrap();
+    let p = Path::new("/buf/s").join(seg_name(1));
+    let bytes = fs.read_file(&p).unwrap();
+    (fs, p, bytes)
+}
+
+/// Every valid prefix survives a reopen, nothing invented, seqs continue after it.
+fn check_recovers_prefix(fs: &MemFs, expect_at_least: u64, n: u64) {
+    let cfg = {
+        let mut c = small_cfg();
+        c.segment_bytes = 1 << 20;
+        c
+    };
+    let (mut log, rec) = open(fs, &cfg, at(Instant::now(), 0));
+    let mut r = Reader::new(log.shared().clone());
+    let got = drain(&mut r);
+    let d = data(&got);
+    assert!(d.len() as u64 >= expect_at_least, "{} < {expect_at_least}", d.len());
+    for (i, g) in d.iter().enumerate() {
+        assert_eq!(g.seq, i as u64 + 1, "contiguous prefix");
+        assert_eq!(g.payload, payload(1, g.seq, 40));
+    }
+    assert!(d.len() as u64 <= n);
+    assert_eq!(rec.next_seq, d.len() as u64 + 1);
+    // The log is writable after recovery.
+    let s = log.append(0, 0, b"", b"after", at(Instant::now(), 0)).unwrap();
+    log.flush(at(Instant::now(), 0)).unwrap();
+    assert_eq!(s, rec.next_seq);
+    let after = drain(&mut r);
+    assert_eq!(after.last().map(|g| g.payload.clone()), Some(b"after".to_vec()));
+}
+
+#[test]
+fn truncation_at_every_byte_of_the_last_frames() {
+    let (fs, p, bytes) = written_log(60);
+    // Frame boundaries: scan with the codec.
+    let mut ends = vec![];
+    let mut off = 32usize;
+    while off < bytes.len() {
+        let v = buffer::codec::FrameView::parse(&bytes[off..]).unwrap();
+        off += v.header.frame_len();
+        ends.push((off, v.header.last_seq()));
+    }
+    let cut_from = ends[ends.len() - 4].0;
+    for cut in cut_from..=bytes.len() {
+        let fs2 = MemFs::new();
+        fs2.write_file(&Path::new("/buf/s").join("META"), &fs.read_file(Path::new("/buf/s/META")).unwrap());
+        fs2.write_file(&p, &bytes[..cut]);
+        let complete = ends.iter().filter(|(e, _)| *e <= cut).map(|x| x.1).max().unwrap_or(0);
+        check_recovers_prefix(&fs2, complete, 60);
+    }
+}
+
+#[test]
+fn zero_filled_tails_and_garbage_tails_are_truncated() {
+    let (_fs, p, bytes) = written_log(30);
+    for tail in [1usize, 35, 36, 37, 4096, 70_000] {
+        for fill in [0u8, 0xF1] {
+            let fs2 = MemFs::new();
+            let mut b = bytes.clone();
+            b.extend(std::iter::repeat_n(fill, tail));
+            fs2.write_file(&p, &b);
+            let cfg = {
+                let mut c = small_cfg();
+                c.segment_bytes = 1 << 20;
+                c
+            };
+            let (_log, rec) = open(&fs2, &cfg, at(Instant::now(), 0));
+            assert_eq!(rec.truncated_bytes, tail as u64, "tail {tail} fill {fill:#x}");
+            assert_eq!(fs2.read_file(&p).unwrap().len(), bytes.len());
+            drop(_log);
+            check_recovers_prefix(&fs2, 30, 30);
+        }
+    }
+}
+
+#[test]
+fn flipped_bits_and_bad_lengths_skip_one_frame_and_count_it() {
+    let (_fs, p, bytes) = written_log(60);
+    let mut frames = vec![];
+    let mut off = 32usize;
+    while off < bytes.len() {
+        let v = buffer::codec::FrameView::parse(&bytes[off..]).unwrap();
+        frames.push((off, v.header));
+        off += v.header.frame_len();
+    }
+    let (foff, fh) = frames[2];
+    let cfg = {
+        let mut c = small_cfg();
+        c.segment_bytes = 1 << 20;
+        c
+    };
+    // A bit flip inside the body, in the header, and a corrupt length field.
+    let mutations: Vec<Box<dyn Fn(&mut Vec<u8>)>> = vec![
+        Box::new(move |b: &mut Vec<u8>| b[foff + 40] ^= 0x10),
+        Box::new(move |b: &mut Vec<u8>| b[foff + 17] ^= 0x01),
+        Box::new(move |b: &mut Vec<u8>| b[foff + 4..foff + 8].copy_from_slice(&0xFFFF_u32.to_le_bytes())),
+        Box::new(move |b: &mut Vec<u8>| b[foff + 4..foff + 8].copy_from_slice(&3u32.to_le_bytes())),
+    ];
+    for m in mutations {
+        let fs2 = MemFs::new();
+        let mut b = bytes.clone();
+        m(&mut b);
+        fs2.write_file(&p, &b);
+        let (log, rec) = open(&fs2, &cfg, at(Instant::now(), 0));
+        assert_eq!(rec.corrupt_records, u64::from(fh.count), "{rec:?}");
+        assert_eq!(rec.truncated_bytes, 0);
+        let mut r = Reader::new(log.shared().clone());
+        let got = drain(&mut r);
+        let seqs: Vec<u64> = got.iter().map(|g| g.seq).collect();
+        let lost: Vec<u64> = (fh.first_seq..=fh.last_seq()).collect();
+        assert_eq!(seqs.len(), 60 - lost.len());
+        assert!(lost.iter().all(|s| !seqs.contains(s)));
+        assert!(got.iter().all(|g| g.payload == payload(1, g.seq, 40)));
+        assert_eq!(log.shared().metrics.corrupt_records.load(Relaxed), u64::from(fh.count));
+    }
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    for i in 1..=2000u64 {
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, 0)).unwrap();
+    }
+    log.flush(at(o, 0)).unwrap();
+    let segs = log.shared().segments();
+    assert!(segs.len() >= 3);
+    drop(log);
+    let p = Path::new("/buf/s").join(seg_name(segs[0].base));
+    let mut b = fs.read_file(&p).unwrap();
+    b[5000] ^= 0xff;
+    fs.write_file(&p, &b);
+    let (log, _) = open(&fs, &cfg, at(o, 0));
+    for _ in 0..2 {
+        let mut r = Reader::new(log.shared().clone());
+        let got = drain(&mut r);
+        let lost = 2000 - got.len() as u64;
+        assert!(lost > 0 && lost < 20, "lost {lost}");
+        assert_eq!(got.last().unwrap().seq, 2000);
+        assert_eq!(log.shared().metrics.corrupt_records.load(Relaxed), lost);
+    }
+}
+
+#[test]
+fn epoch_advances_even_when_the_cursor_is_lost() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    for expect in 1..=3 {
+        let (mut log, rec) = open(&fs, &cfg, at(o, 0));
+        assert_eq!(rec.epoch, expect);
+        log.append(0, 0, b"", b"x", at(o, 0)).unwrap();
+        log.flush(at(o, 0)).unwrap();
+    }
+    fs.write_file(Path::new("/buf/s/CURSOR"), &[0u8; 1024]);
+    let (_log, rec) = open(&fs, &cfg, at(o, 0));
+    assert!(rec.cursor_reset);
+    assert_eq!(rec.epoch, 4, "epoch from the frames");
+    assert_eq!(rec.next_seq, 4);
+}
+
+#[test]
+fn power_cut_loses_only_undurable_and_seq_reuse_is_detectable_by_epoch() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let mut cfg = small_cfg();
+    cfg.sync = SyncPolicy::Interval(std::time::Duration::from_secs(10));
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    for i in 1..=10 {
+        log.append(0, 0, b"", &payload(1, i, 10), at(o, 0)).unwrap();
+    }
+    log.flush(at(o, 0)).unwrap();
+    log.tick(at(o, 20_000)).unwrap(); // interval sync: 1..=10 durable
+    for i in 11..=20 {
+        log.append(0, 0, b"", &payload(1, i, 10), at(o, 20_000)).unwrap();
+    }
+    log.flush(at(o, 20_000)).unwrap(); // written, not synced
+    assert_eq!(log.shared().durable(), 10);
+    drop(log);
+    fs.power_cut(CutMode::DropUnsynced);
+    let (mut log, rec) = open(&fs, &cfg, at(o, 0));
+    assert_eq!((rec.epoch, rec.next_seq), (2, 11));
+    log.append(0, 0, b"", b"new", at(o, 0)).unwrap();
+    log.close(at(o, 0)).unwrap();
+    let (log, _) = open(&fs, &cfg, at(o, 0));
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    let eleven: Vec<_> = got.iter().filter(|g| g.seq == 11).collect();
+    assert_eq!(eleven.len(), 1);
+    assert_eq!((eleven[0].epoch, eleven[0].payload.as_slice()), (2, &b"new"[..]));
+}
+
+#[test]
+fn drop_oldest_keeps_disk_under_max_bytes_and_writes_gap_markers() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let mut cfg = small_cfg();
+    cfg.max_bytes = 512 << 10;
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    let n = 3 * (512 << 10) / 100;
+    for i in 1..=n as u64 {
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, i)).unwrap();
+        assert!(fs.used_bytes() <= cfg.max_bytes, "disk {} > limit", fs.used_bytes());
+    }
+    log.flush(at(o, 0)).unwrap();
+    assert!(fs.used_bytes() <= cfg.max_bytes);
+    let m = &log.shared().metrics;
+    let dropped = m.dropped_records[GapReason::RetentionBytes as usize].load(Relaxed);
+    assert!(dropped > 0);
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    // Oldest dropped: what remains is a suffix plus gap markers covering every missing seq.
+    let gaps: Vec<_> = got
+        .iter()
+        .filter_map(|g| match g.kind {
+            RecKind::Gap(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert!(!gaps.is_empty());
+    let present: std::collections::HashSet<u64> = got.iter().map(|g| g.seq).collect();
+    let max = got.iter().map(|g| g.seq).max().unwrap();
+    for s in 1..=max {
+        if !present.contains(&s) {
+            assert!(
+                gaps.iter().any(|g| g.first_seq <= s && s <= g.last_seq),
+                "seq {s} missing without a gap marker"
+            );
+        }
+    }
+    let gap_total: u64 = gaps.iter().map(|g| g.records).sum();
+    assert_eq!(gap_total, dropped);
+}
+
+#[test]
+fn drop_newest_and_block_policies() {
+    let o = Instant::now();
+    for policy in [FullPolicy::DropNewest, FullPolicy::Block] {
+        let fs = MemFs::new();
+        let mut cfg = small_cfg();
+        cfg.max_bytes = 300 << 10;
+        cfg.full_policy = policy;
+        let (mut log, _) = open(&fs, &cfg, at(o, 0));
+        let mut accepted = 0u64;
+        let mut blocked = 0;
+        for i in 1..=10_000u64 {
+            match log.append(0, 0, b"", &payload(1, i, 100), at(o, 0)) {
+                Ok(_) => accepted += 1,
+                Err(buffer::LogError::Blocked(_)) => blocked += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let _ = log.flush(at(o, 0));
+        assert!(fs.used_bytes() <= cfg.max_bytes);
+        let m = &log.shared().metrics;
+        match policy {
+            FullPolicy::DropNewest => {
+                assert_eq!(blocked, 0);
+                let d = m.dropped_records[GapReason::DropNewest as usize].load(Relaxed);
+                assert!(d > 0, "{m:?} used {}", fs.used_bytes());
+                let got = drain(&mut Reader::new(log.shared().clone()));
+                // The oldest records are all still there.
+                assert_eq!(got[0].seq, 1);
+                assert_eq!(data(&got).len() as u64 + d, accepted);
+            }
+            _ => {
+                assert!(blocked > 0);
+                assert_eq!(m.dropped_total(), 0);
+                // Acks free space; the held batch then goes through.
+                let mut r = Reader::new(log.shared().clone());
+                let got = drain(&mut r);
+                log.shared().ack(got.last().unwrap().seq);
+                log.tick(at(o, 10_000)).unwrap();
+                assert_eq!(log.flush(at(o, 10_001)).unwrap(), Flushed::Written);
+                let more = drain(&mut r);
+                assert!(!more.is_empty());
+                assert_eq!(got.len() + more.len(), accepted as usize);
+            }
+        }
+    }
+}
+
+#[test]
+fn enospc_never_panics_and_applies_the_policy() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    fs.set_capacity(Some(fs.used_bytes() + (400 << 10)));
+    for i in 1..=20_000u64 {
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, 0)).unwrap();
+    }
+    log.flush(at(o, 0)).unwrap();
+    let sh = log.shared().clone();
+    let m = &sh.metrics;
+    assert!(m.dropped_records[GapReason::DiskFull as usize].load(Relaxed) > 0);
+    assert!(m.io_errors.load(Relaxed) > 0);
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    assert_eq!(got.last().map(|g| g.kind == RecKind::Data || matches!(g.kind, RecKind::Gap(_))), Some(true));
+    assert!(got.iter().any(|g| matches!(g.kind, RecKind::Gap(x) if x.reason == GapReason::DiskFull)));
+    // Still writable and readable after space returns.
+    fs.set_capacity(None);
+    let s = log.append(0, 0, b"", b"later", at(o, 0)).unwrap();
+    log.flush(at(o, 0)).unwrap();
+    assert_eq!(log.shared().durable(), s.max(log.shared().durable()));
+    assert!(!m.degraded.load(Relaxed));
+}
+
+#[test]
+fn failed_fdatasync_is_rolled_back_and_retried() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    log.append(0, 0, b"", b"a", at(o, 0)).unwrap();
+    fs.fail_next_syncs(1);
+    assert!(log.flush(at(o, 0)).is_err());
+    assert_eq!(log.shared().durable(), 0);
+    assert!(log.shared().metrics.degraded.load(Relaxed));
+    log.tick(at(o, 1000)).unwrap();
+    assert_eq!(log.shared().durable(), 1);
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    assert_eq!(got.len(), 1);
+    fs.fail_next_writes(1);
+    log.append(0, 0, b"", b"b", at(o, 1000)).unwrap();
+    assert!(log.flush(at(o, 1000)).is_err());
+    log.tick(at(o, 3000)).unwrap();
+    assert_eq!(log.shared().durable(), 2);
+}
+
+#[test]
+fn age_retention_drops_expired_segments() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let mut cfg = small_cfg();
+    cfg.max_age = Some(std::time::Duration::from_secs(60));
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    for i in 1..=2000u64 {
+        log.append(i as i64, 0, b"", &payload(1, i, 100), at(o, 0)).unwrap();
+    }
+    log.flush(at(o, 0)).unwrap();
+    for i in 2001..=2100u64 {
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, 120_000)).unwrap();
+    }
+    log.flush(at(o, 120_000)).unwrap();
+    log.tick(at(o, 120_001)).unwrap();
+    let m = &log.shared().metrics;
+    assert!(m.dropped_records[GapReason::RetentionAge as usize].load(Relaxed) >= 1000);
+}
+
+#[test]
+fn real_filesystem_roundtrip_and_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig::new(dir.path(), "s");
+    let (mut log, _) = Log::open(cfg.clone()).unwrap();
+    for i in 1..=1000u64 {
+        log.append(0, 0, b"", &payload(1, i, 50), buffer::Now::system()).unwrap();
+    }
+    log.close(buffer::Now::system()).unwrap();
+    let p = dir.path().join("s").join(seg_name(1));
+    let len = std::fs::metadata(&p).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(len - 3).unwrap();
+    let (log, rec) = Log::open(cfg).unwrap();
+    assert!(rec.truncated_bytes > 0);
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    assert!(!got.is_empty() && got.len() < 1000);
+    let _ = RealFs;
+}
