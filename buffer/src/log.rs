@@ -705,7 +705,9 @@ impl Log {
                     f.set_len(good_end).map_err(ioe("truncate torn tail of", &p))?;
                     f.sync_data().map_err(ioe("fdatasync", &p))?;
                     metrics.torn_tails.fetch_add(1, Relaxed);
-                } else if n < SEG_HEADER_LEN as usize || parse_seg_header(&h[..n]).is_none() {
+                } else {
+                    // What a previous incarnation left in the page cache becomes durable
+                    // before any reader may forward it.
                     f.sync_data().map_err(ioe("fdatasync", &p))?;
                 }
                 Some(Active {
