@@ -27,9 +27,35 @@ pub fn signal_group(pgid: i32, sig: Signal) -> std::io::Result<()> {
     }
 }
 
-/// True while any process of group `pgid` exists.
-pub fn group_alive(pgid: i32) -> bool {
-    pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
+/// True while a live (not zombie) process of group `pgid` exists.
+///
+/// `kill(-pgid, 0)` alone is not enough: a killed grandchild re-parented to an init that does
+/// not reap (some containers) stays a zombie in the group forever. So, when the group exists,
+/// `<proc_root>/*/stat` is scanned for a member that is not a zombie.
+pub fn group_alive(proc_root: &Path, pgid: i32) -> bool {
+    if pgid <= 1 || killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return true;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        // Fields 3 (state), 4 (ppid), 5 (pgrp).
+        let mut f = rest.split_whitespace();
+        let state = f.next().unwrap_or("Z");
+        let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != "Z" && state != "X"
+    })
 }
 
 /// Start time (clock ticks since boot) of `pid`, read from `<proc_root>/<pid>/stat`.
@@ -97,7 +123,7 @@ pub async fn kill_orphans(proc_root: &Path, dir: &Path, grace: Duration) -> Vec<
             tracing::warn!(pid = rec.pid, file = %p.display(), "killing a service group left by a previous node");
             let _ = signal_group(rec.pid, Signal::SIGTERM);
             let deadline = tokio::time::Instant::now() + grace;
-            while group_alive(rec.pid) && tokio::time::Instant::now() < deadline {
+            while group_alive(proc_root, rec.pid) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let _ = signal_group(rec.pid, Signal::SIGKILL);
@@ -157,7 +183,7 @@ mod tests {
     fn refuses_to_signal_init_or_everyone() {
         assert!(signal_group(1, Signal::SIGTERM).is_err());
         assert!(signal_group(0, Signal::SIGTERM).is_err());
-        assert!(!group_alive(0));
+        assert!(!group_alive(Path::new("/proc"), 0));
     }
 
     #[tokio::test]

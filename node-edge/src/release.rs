@@ -251,7 +251,7 @@ env = {{ A = "b" }}
     fn bad_entries_are_named() {
         let cases = [
             (
-                format!("[[artifact]]\nurl = \"a\"\nsha256 = \"abc\""),
+                "[[artifact]]\nurl = \"a\"\nsha256 = \"abc\"".to_owned(),
                 "sha256",
             ),
             (

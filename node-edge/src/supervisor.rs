@@ -16,7 +16,7 @@
 //! node's variables (`PARTITION_ID`, `PARTITION_DIR`, `SOFTWARE_DIR`, …) and the manifest's `env`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -200,10 +200,10 @@ fn note(log: &Mutex<Option<RotatingLog>>, line: &str) {
     }
 }
 
-/// Wait until no process of `pgid` is left, at most until `deadline`.
-async fn wait_group_gone(pgid: i32, deadline: Instant) -> bool {
+/// Wait until no live process of `pgid` is left, at most until `deadline`.
+async fn wait_group_gone(proc_root: &Path, pgid: i32, deadline: Instant) -> bool {
     loop {
-        if !procs::group_alive(pgid) {
+        if !procs::group_alive(proc_root, pgid) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -280,10 +280,12 @@ async fn supervise(
                         let _ = procs::signal_group(pgid, Signal::SIGTERM);
                         let deadline = Instant::now() + p.stop_timeout;
                         let exited = tokio::time::timeout_at(deadline, child.wait()).await;
-                        let clean = exited.is_ok() && wait_group_gone(pgid, deadline).await;
+                        let clean = exited.is_ok() && wait_group_gone(&p.proc_root, pgid, deadline).await;
                         if !clean {
                             let _ = procs::signal_group(pgid, Signal::SIGKILL);
                             let _ = child.wait().await;
+                            let grace = Instant::now() + Duration::from_secs(2);
+                            wait_group_gone(&p.proc_root, pgid, grace).await;
                         }
                         procs::remove_pid_file(&p.pid_dir, &p.name);
                         let how = if clean { "stopped (TERM)" } else { "killed (KILL after stop timeout)" };
