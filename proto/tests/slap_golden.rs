@@ -20,7 +20,11 @@ const FILES: [&str; 2] = ["http-exchanges.txt", "node-http-exchanges.txt"];
 fn reencode(label: &str, body: &str) -> (Value, String) {
     let value = loads(body).unwrap_or_else(|e| panic!("{label}: {e}"));
     let wire = dumps(&value).unwrap_or_else(|e| panic!("{label}: {e}"));
-    assert_eq!(lxml_pretty(&wire), body, "{label}: re-encoded body differs from the capture");
+    assert_eq!(
+        lxml_pretty(&wire),
+        body,
+        "{label}: re-encoded body differs from the capture"
+    );
     let again = loads(&wire).unwrap_or_else(|e| panic!("{label}: wire form: {e}"));
     assert_eq!(again, value, "{label}");
     assert_eq!(dumps(&again).unwrap(), wire, "{label}");
@@ -60,7 +64,9 @@ fn json_strings<'a>(v: &'a serde_json::Value, f: &mut dyn FnMut(&'a str)) {
 fn value_strings<'a>(v: &'a Value, f: &mut dyn FnMut(&'a str)) {
     match v {
         Value::String(s) => f(s),
-        Value::List(a) | Value::Tuple(a) | Value::Set(a) => a.iter().for_each(|x| value_strings(x, f)),
+        Value::List(a) | Value::Tuple(a) | Value::Set(a) => {
+            a.iter().for_each(|x| value_strings(x, f))
+        }
         Value::Dict(d) => d.iter().for_each(|(k, x)| {
             value_strings(k, f);
             value_strings(x, f);
@@ -75,7 +81,11 @@ fn value_strings<'a>(v: &'a Value, f: &mut dyn FnMut(&'a str)) {
 
 fn check_instance_xml(label: &str, xml: &str) -> ParamDict {
     let params = xml2dict(xml).unwrap_or_else(|e| panic!("{label}: {e}"));
-    assert_eq!(dict2xml_params(&params).unwrap(), xml, "{label}: instance XML differs");
+    assert_eq!(
+        dict2xml_params(&params).unwrap(),
+        xml,
+        "{label}: instance XML differs"
+    );
     params
 }
 
@@ -124,7 +134,9 @@ fn json_in_xml_parameter_reads_back_as_json() {
         .and_then(|e| e.response.as_deref())
         .unwrap();
     let json: serde_json::Value = serde_json::from_str(view).unwrap();
-    let text = json["_embedded"]["_view"]["my_text_content"]["default"].as_str().unwrap();
+    let text = json["_embedded"]["_view"]["my_text_content"]["default"]
+        .as_str()
+        .unwrap();
     let params = xml2dict(text).unwrap();
     assert_eq!(
         instance_xml::json_in_xml(&params),
@@ -132,7 +144,10 @@ fn json_in_xml_parameter_reads_back_as_json() {
     );
     // What `slapos request --parameters-file` sent for it.
     let sent = instance_xml::to_json_in_xml(&serde_json::json!({"foo": "bar", "n": 3}));
-    let request = ex.iter().find(|e| e.route() == "requestComputerPartition").unwrap();
+    let request = ex
+        .iter()
+        .find(|e| e.route() == "requestComputerPartition")
+        .unwrap();
     assert_eq!(
         lxml_pretty(&dumps(&sent).unwrap()),
         request.field("partition_parameter_xml").unwrap()
@@ -150,7 +165,11 @@ fn form_of(ex: &Exchange) -> Vec<(String, String)> {
 fn rendered(form: Vec<(&'static str, String)>) -> Vec<(String, String)> {
     form.into_iter()
         .map(|(k, v)| {
-            let v = if v.starts_with("<marshal>") { lxml_pretty(&v) } else { v };
+            let v = if v.starts_with("<marshal>") {
+                lxml_pretty(&v)
+            } else {
+                v
+            };
             (k.to_owned(), v)
         })
         .collect()
@@ -160,14 +179,25 @@ fn rendered(form: Vec<(&'static str, String)>) -> Vec<(String, String)> {
 fn request_forms_parse_and_rewrite_like_the_client() {
     let mut n = 0;
     for file in FILES {
-        for ex in exchanges(file).iter().filter(|e| e.route() == "requestComputerPartition") {
+        for ex in exchanges(file)
+            .iter()
+            .filter(|e| e.route() == "requestComputerPartition")
+        {
             let form = RequestForm::from_form(&form_of(ex)).unwrap();
-            assert_eq!(rendered(form.to_form().unwrap()), ex.form, "{file} {}", ex.path);
+            assert_eq!(
+                rendered(form.to_form().unwrap()),
+                ex.form,
+                "{file} {}",
+                ex.path
+            );
             // The X-SlapPartition header and the requester fields name the same partition.
             match (&ex.authorization, &form.requester) {
                 (Some(h), Some(r)) => {
                     let auth = SlapPartitionAuth::parse(h).unwrap();
-                    assert_eq!((auth.computer_id.as_str(), auth.partition_id.as_deref()), (r.computer_id.as_str(), Some(r.partition_id.as_str())));
+                    assert_eq!(
+                        (auth.computer_id.as_str(), auth.partition_id.as_deref()),
+                        (r.computer_id.as_str(), Some(r.partition_id.as_str()))
+                    );
                 }
                 (None, None) => {}
                 other => panic!("requester mismatch {other:?}"),
@@ -184,7 +214,10 @@ fn request_forms_parse_and_rewrite_like_the_client() {
     assert_eq!(form.software_release, "/srv/demo/sr/software.cfg");
     assert_eq!(form.partition_reference, "myinstance");
     assert_eq!(form.software_type, "default");
-    assert_eq!((form.state, form.shared, form.filter.len()), (None, false, 0));
+    assert_eq!(
+        (form.state, form.shared, form.filter.len()),
+        (None, false, 0)
+    );
     assert_eq!(
         form.parameters_instance_xml().unwrap(),
         "<?xml version='1.0' encoding='utf-8'?>\n<instance>\n  <parameter id=\"_\">{\n  \"foo\": \"bar\",\n  \"n\": 3\n}</parameter>\n</instance>\n"
@@ -225,9 +258,13 @@ fn other_captured_forms_parse() {
                 "buildingSoftwareRelease" | "availableSoftwareRelease" => {
                     SoftwareReleaseForm::from_form(&form).unwrap();
                 }
-                "startedComputerPartition" | "stoppedComputerPartition" | "destroyedComputerPartition" | "softwareInstanceBang" => {
+                "startedComputerPartition"
+                | "stoppedComputerPartition"
+                | "destroyedComputerPartition"
+                | "softwareInstanceBang" => {
                     let p = PartitionRef::from_form(&form).unwrap();
-                    let auth = SlapPartitionAuth::parse(ex.authorization.as_deref().unwrap()).unwrap();
+                    let auth =
+                        SlapPartitionAuth::parse(ex.authorization.as_deref().unwrap()).unwrap();
                     assert_eq!(auth.partition_id.as_deref(), Some(p.partition_id.as_str()));
                 }
                 "registerComputerPartition" => {
@@ -243,7 +280,10 @@ fn other_captured_forms_parse() {
                         })
                         .collect();
                     let p = PartitionRef::from_register_query(&query).unwrap();
-                    assert_eq!((p.computer_id.as_str(), p.partition_id.as_str()), ("local_computer", "slappart0"));
+                    assert_eq!(
+                        (p.computer_id.as_str(), p.partition_id.as_str()),
+                        ("local_computer", "slappart0")
+                    );
                 }
                 _ => {}
             }
@@ -280,14 +320,49 @@ fn request_responses_are_rebuilt_byte_identically() {
     // Per requestComputerPartition exchange, in capture order: the partition given, its
     // timestamp and whether the instance had published its connection parameters by then.
     let table: [(&str, &str, &str, bool); 8] = [
-        ("http-exchanges.txt", "slappart0", "1795312642.4379225", false),
-        ("http-exchanges.txt", "slappart0", "1795312642.4379225", true),
+        (
+            "http-exchanges.txt",
+            "slappart0",
+            "1795312642.4379225",
+            false,
+        ),
+        (
+            "http-exchanges.txt",
+            "slappart0",
+            "1795312642.4379225",
+            true,
+        ),
         ("http-exchanges.txt", "slappart0", "", false), // shared instance on slappart0
-        ("http-exchanges.txt", "slappart1", "1795312646.7770555", false),
-        ("http-exchanges.txt", "slappart0", "1795312647.4878142", true),
-        ("http-exchanges.txt", "slappart0", "1795312648.5608864", true),
-        ("node-http-exchanges.txt", "slappart0", "1795312672.8965757", false),
-        ("node-http-exchanges.txt", "slappart0", "1795312677.553124", false),
+        (
+            "http-exchanges.txt",
+            "slappart1",
+            "1795312646.7770555",
+            false,
+        ),
+        (
+            "http-exchanges.txt",
+            "slappart0",
+            "1795312647.4878142",
+            true,
+        ),
+        (
+            "http-exchanges.txt",
+            "slappart0",
+            "1795312648.5608864",
+            true,
+        ),
+        (
+            "node-http-exchanges.txt",
+            "slappart0",
+            "1795312672.8965757",
+            false,
+        ),
+        (
+            "node-http-exchanges.txt",
+            "slappart0",
+            "1795312677.553124",
+            false,
+        ),
     ];
     let requests: Vec<(String, Exchange)> = FILES
         .iter()
@@ -304,7 +379,11 @@ fn request_responses_are_rebuilt_byte_identically() {
         let form = RequestForm::from_form(&form_of(ex)).unwrap();
         let computer = form.filter_str("computer_guid").unwrap_or("local_computer");
         let n = partition.as_bytes()[partition.len() - 1] - b'0';
-        let connection = if has_published { published() } else { ParamDict::new() };
+        let connection = if has_published {
+            published()
+        } else {
+            ParamDict::new()
+        };
         let doc = if form.shared {
             SoftwareInstanceDoc::for_shared(&RequestedShared {
                 computer_id: computer.to_owned(),
@@ -325,18 +404,36 @@ fn request_responses_are_rebuilt_byte_identically() {
                 timestamp: timestamp.to_owned(),
                 connection_xml: has_published.then(|| dict2xml_params(&connection).unwrap()),
                 connection,
-                requested_state: form.state.map_or("started", RequestedState::as_str).to_owned(),
+                requested_state: form
+                    .state
+                    .map_or("started", RequestedState::as_str)
+                    .to_owned(),
                 ip_list: ips(computer, n),
             })
         };
         let wire = doc.encode().unwrap();
-        assert_eq!(&lxml_pretty(&wire), ex.response.as_ref().unwrap(), "{file} {}", ex.path);
+        assert_eq!(
+            &lxml_pretty(&wire),
+            ex.response.as_ref().unwrap(),
+            "{file} {}",
+            ex.path
+        );
         // And the node-side reader gets the same document back.
-        assert_eq!(SoftwareInstanceDoc::from_value(&loads(&wire).unwrap()).unwrap(), doc);
+        assert_eq!(
+            SoftwareInstanceDoc::from_value(&loads(&wire).unwrap()).unwrap(),
+            doc
+        );
     }
 }
 
-fn demo_busy(computer: &str, url: &str, title: &str, instance: ParamDict, timestamp: &str, state: &str) -> BusyPartition {
+fn demo_busy(
+    computer: &str,
+    url: &str,
+    title: &str,
+    instance: ParamDict,
+    timestamp: &str,
+    state: &str,
+) -> BusyPartition {
     BusyPartition {
         requested_state: state.to_owned(),
         parameters: PartitionParameters {
@@ -357,18 +454,48 @@ fn demo_busy(computer: &str, url: &str, title: &str, instance: ParamDict, timest
 #[test]
 fn register_partition_responses_are_rebuilt_byte_identically() {
     let ex = exchanges("http-exchanges.txt");
-    let request = RequestForm::from_form(&form_of(ex.iter().find(|e| e.route() == "requestComputerPartition").unwrap())).unwrap();
-    let slave = RequestForm::from_form(&form_of(ex.iter().find(|e| e.field("shared_xml").is_some_and(|s| s.contains("<bool>1"))).unwrap())).unwrap();
-    let registers: Vec<&Exchange> = ex.iter().filter(|e| e.route() == "registerComputerPartition").collect();
+    let request = RequestForm::from_form(&form_of(
+        ex.iter()
+            .find(|e| e.route() == "requestComputerPartition")
+            .unwrap(),
+    ))
+    .unwrap();
+    let slave = RequestForm::from_form(&form_of(
+        ex.iter()
+            .find(|e| e.field("shared_xml").is_some_and(|s| s.contains("<bool>1")))
+            .unwrap(),
+    ))
+    .unwrap();
+    let registers: Vec<&Exchange> = ex
+        .iter()
+        .filter(|e| e.route() == "registerComputerPartition")
+        .collect();
     assert_eq!(registers.len(), 2);
 
     let url = "/srv/demo/sr/software.cfg";
-    let first = demo_busy("local_computer", url, "myinstance", stored(&request), "1795312642.4379225", "started");
+    let first = demo_busy(
+        "local_computer",
+        url,
+        "myinstance",
+        stored(&request),
+        "1795312642.4379225",
+        "started",
+    );
     let doc = ComputerPartitionDoc::busy("local_computer", "slappart0", &first);
-    assert_eq!(&lxml_pretty(&doc.encode().unwrap()), registers[0].response.as_ref().unwrap());
+    assert_eq!(
+        &lxml_pretty(&doc.encode().unwrap()),
+        registers[0].response.as_ref().unwrap()
+    );
 
     // After publication and the shared instance request: connection and slave list filled.
-    let mut second = demo_busy("local_computer", url, "myinstance", stored(&request), "1795312644.3239717", "started");
+    let mut second = demo_busy(
+        "local_computer",
+        url,
+        "myinstance",
+        stored(&request),
+        "1795312644.3239717",
+        "started",
+    );
     second.connection = published();
     second.parameters.slave_instance_list = vec![slave_instance_entry(
         &format!("_{}", slave.partition_reference),
@@ -378,7 +505,10 @@ fn register_partition_responses_are_rebuilt_byte_identically() {
     let doc = ComputerPartitionDoc::busy("local_computer", "slappart0", &second);
     let wire = doc.encode().unwrap();
     assert_eq!(&lxml_pretty(&wire), registers[1].response.as_ref().unwrap());
-    assert_eq!(ComputerPartitionDoc::from_value(&loads(&wire).unwrap(), "p").unwrap(), doc);
+    assert_eq!(
+        ComputerPartitionDoc::from_value(&loads(&wire).unwrap(), "p").unwrap(),
+        doc
+    );
 }
 
 #[test]
@@ -404,17 +534,29 @@ fn full_computer_information_is_rebuilt_up_to_the_capture_cut() {
             computer_id: "NODE".to_owned(),
             software_release_list: vec![SoftwareReleaseDoc::supplied(url, "NODE", "available")],
             partition_list: vec![
-                ComputerPartitionDoc::busy("NODE", "slappart0", &demo_busy("NODE", url, "inst", instance.clone(), timestamp, state)),
+                ComputerPartitionDoc::busy(
+                    "NODE",
+                    "slappart0",
+                    &demo_busy("NODE", url, "inst", instance.clone(), timestamp, state),
+                ),
                 ComputerPartitionDoc::free("NODE", "slappart1"),
             ],
             extra: BTreeMap::new(),
         };
         let wire = computer.encode().unwrap();
-        let prefix = body.strip_suffix(TRUNCATED).expect("the capture cut this body");
+        let prefix = body
+            .strip_suffix(TRUNCATED)
+            .expect("the capture cut this body");
         let pretty = lxml_pretty(&wire);
-        assert!(pretty.starts_with(prefix), "getFullComputerInformation differs before the cut:\n{pretty}");
+        assert!(
+            pretty.starts_with(prefix),
+            "getFullComputerInformation differs before the cut:\n{pretty}"
+        );
         assert!(prefix.len() > 3000, "the comparison covers the partitions");
-        assert_eq!(ComputerDoc::from_value(&loads(&wire).unwrap()).unwrap(), computer);
+        assert_eq!(
+            ComputerDoc::from_value(&loads(&wire).unwrap()).unwrap(),
+            computer
+        );
     }
 }
 
@@ -435,23 +577,41 @@ fn node_format_json() -> serde_json::Value {
 #[test]
 fn format_payload_is_rebuilt_up_to_the_capture_cut() {
     let protocol: serde_json::Value = serde_json::from_str(&fixture("slapos.json")).unwrap();
-    for (file, json) in [("http-exchanges.txt", protocol), ("node-http-exchanges.txt", node_format_json())] {
+    for (file, json) in [
+        ("http-exchanges.txt", protocol),
+        ("node-http-exchanges.txt", node_format_json()),
+    ] {
         let ex = exchanges(file);
-        let load = ex.iter().find(|e| e.route() == "loadComputerConfigurationFromXML").unwrap();
+        let load = ex
+            .iter()
+            .find(|e| e.route() == "loadComputerConfigurationFromXML")
+            .unwrap();
         let captured = load.field("xml").unwrap();
-        let prefix = captured.strip_suffix(TRUNCATED).expect("the capture cut this body");
+        let prefix = captured
+            .strip_suffix(TRUNCATED)
+            .expect("the capture cut this body");
         let value = Value::from_json(&json);
         let pretty = lxml_pretty(&dumps(&value).unwrap());
-        assert!(pretty.starts_with(prefix), "{file}: format payload differs before the cut:\n{pretty}");
+        assert!(
+            pretty.starts_with(prefix),
+            "{file}: format payload differs before the cut:\n{pretty}"
+        );
         assert!(prefix.len() > 2000);
 
         let config = ComputerConfiguration::from_value(value).unwrap();
-        let computer = if file.starts_with("node") { "NODE" } else { "local_computer" };
+        let computer = if file.starts_with("node") {
+            "NODE"
+        } else {
+            "local_computer"
+        };
         assert_eq!(config.reference, computer);
         assert_eq!(config.address.as_deref(), Some("fd00::2"));
         assert_eq!(config.netmask.as_deref(), Some("ffff:ffff:ffff:ffff::"));
         let p1 = &config.partitions[1];
-        assert_eq!((p1.reference.as_str(), p1.network_interface()), ("slappart1", "slaptap1"));
+        assert_eq!(
+            (p1.reference.as_str(), p1.network_interface()),
+            ("slappart1", "slaptap1")
+        );
         assert_eq!(p1.addresses[0].netmask, "255.255.255.255");
         assert!(config.raw.get("os_type").is_some());
     }

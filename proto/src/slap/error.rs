@@ -104,7 +104,9 @@ pub enum MarshalError {
         type_name: &'static str,
     },
     /// `<reference id=…/>` naming no earlier container.
-    #[error("xml_marshaller: <reference id={id:?}/> names no earlier list, dictionary, set or object")]
+    #[error(
+        "xml_marshaller: <reference id={id:?}/> names no earlier list, dictionary, set or object"
+    )]
     UnknownReference {
         /// The id.
         id: String,

@@ -37,7 +37,9 @@ impl FormFields for BTreeMap<String, String> {
 
 impl FormFields for [(String, String)] {
     fn field(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -54,7 +56,10 @@ impl FormFields for [(&str, &str)] {
 }
 
 /// A required field.
-pub fn required<'f, F: FormFields + ?Sized>(form: &'f F, field: &'static str) -> Result<&'f str, FormError> {
+pub fn required<'f, F: FormFields + ?Sized>(
+    form: &'f F,
+    field: &'static str,
+) -> Result<&'f str, FormError> {
     form.field(field).ok_or(FormError::MissingField { field })
 }
 
@@ -69,7 +74,11 @@ pub fn optional_reference<F: FormFields + ?Sized>(form: &F, field: &'static str)
 
 /// A field holding xml_marshaller XML, decoded; `default` is used when the field is absent
 /// (`None`: the field is required).
-pub fn marshal_field<F: FormFields + ?Sized>(form: &F, field: &'static str, default: Option<&str>) -> Result<Value, FormError> {
+pub fn marshal_field<F: FormFields + ?Sized>(
+    form: &F,
+    field: &'static str,
+    default: Option<&str>,
+) -> Result<Value, FormError> {
     let xml = match (form.field(field), default) {
         (Some(xml), _) => xml,
         (None, Some(d)) => d,
@@ -78,13 +87,21 @@ pub fn marshal_field<F: FormFields + ?Sized>(form: &F, field: &'static str, defa
     loads(xml).map_err(|source| FormError::BadMarshal { field, source })
 }
 
-fn dict_field<F: FormFields + ?Sized>(form: &F, field: &'static str, default: Option<&str>) -> Result<BTreeMap<String, Value>, FormError> {
+fn dict_field<F: FormFields + ?Sized>(
+    form: &F,
+    field: &'static str,
+    default: Option<&str>,
+) -> Result<BTreeMap<String, Value>, FormError> {
     let v = marshal_field(form, field, default)?;
     str_keyed(&v, field).map_err(|source| FormError::BadShape { field, source })
 }
 
 fn map_to_value(map: &BTreeMap<String, Value>) -> Value {
-    Value::Dict(map.iter().map(|(k, v)| (Value::str(k), v.clone())).collect())
+    Value::Dict(
+        map.iter()
+            .map(|(k, v)| (Value::str(k), v.clone()))
+            .collect(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,11 +234,15 @@ impl RequestForm {
     pub fn from_form<F: FormFields + ?Sized>(form: &F) -> Result<Self, FormError> {
         let state = match marshal_field(form, "state", None)? {
             Value::None => None,
-            Value::String(s) => Some(RequestedState::parse(&s).ok_or_else(|| FormError::BadValue {
-                field: "state",
-                value: truncate(&s),
-                expected: "one of started, stopped, destroyed",
-            })?),
+            Value::String(s) => {
+                Some(
+                    RequestedState::parse(&s).ok_or_else(|| FormError::BadValue {
+                        field: "state",
+                        value: truncate(&s),
+                        expected: "one of started, stopped, destroyed",
+                    })?,
+                )
+            }
             other => {
                 return Err(FormError::BadShape {
                     field: "state",
@@ -229,7 +250,10 @@ impl RequestForm {
                 });
             }
         };
-        let requester = match (form.field("computer_id"), form.field("computer_partition_id")) {
+        let requester = match (
+            form.field("computer_id"),
+            form.field("computer_partition_id"),
+        ) {
             (Some(c), Some(p)) => Some(PartitionRef {
                 computer_id: c.to_owned(),
                 partition_id: p.to_owned(),
@@ -323,7 +347,12 @@ impl ConnectionForm {
             ("computer_id", self.partition.computer_id.clone()),
             ("computer_partition_id", self.partition.partition_id.clone()),
             ("connection_xml", dumps(&map_to_value(&self.connection))?),
-            ("slave_reference", self.slave_reference.clone().unwrap_or_else(|| "None".to_owned())),
+            (
+                "slave_reference",
+                self.slave_reference
+                    .clone()
+                    .unwrap_or_else(|| "None".to_owned()),
+            ),
         ])
     }
 }
@@ -395,7 +424,9 @@ impl SoftwareReleaseForm {
 
 /// `POST /updateComputerPartitionRelatedInstanceList`: `instance_reference_xml` is a
 /// marshalled list of instance references.
-pub fn related_instance_list<F: FormFields + ?Sized>(form: &F) -> Result<(PartitionRef, Vec<String>), FormError> {
+pub fn related_instance_list<F: FormFields + ?Sized>(
+    form: &F,
+) -> Result<(PartitionRef, Vec<String>), FormError> {
     let partition = PartitionRef::from_form(form)?;
     let field = "instance_reference_xml";
     let value = marshal_field(form, field, None)?;
@@ -407,10 +438,12 @@ pub fn related_instance_list<F: FormFields + ?Sized>(form: &F) -> Result<(Partit
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_str().map(str::to_owned).ok_or_else(|| FormError::BadShape {
-                field,
-                source: ShapeError::new(format!("{field}[{i}]"), "a str", v),
-            })
+            v.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| FormError::BadShape {
+                    field,
+                    source: ShapeError::new(format!("{field}[{i}]"), "a str", v),
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok((partition, list))
@@ -500,13 +533,19 @@ impl ComputerConfiguration {
             return Err(ShapeError::new("computer", "a dict", &raw));
         }
         let mut partitions = Vec::new();
-        for (i, p) in list(raw.get("partition_list"), "partition_list")?.iter().enumerate() {
+        for (i, p) in list(raw.get("partition_list"), "partition_list")?
+            .iter()
+            .enumerate()
+        {
             let path = format!("partition_list[{i}]");
             if p.as_dict().is_none() {
                 return Err(ShapeError::new(path, "a dict", p));
             }
             let mut addresses = Vec::new();
-            for (j, a) in list(p.get("address_list"), &format!("{path}.address_list"))?.iter().enumerate() {
+            for (j, a) in list(p.get("address_list"), &format!("{path}.address_list"))?
+                .iter()
+                .enumerate()
+            {
                 let apath = format!("{path}.address_list[{j}]");
                 if a.as_dict().is_none() {
                     return Err(ShapeError::new(apath, "a dict", a));
@@ -518,7 +557,9 @@ impl ComputerConfiguration {
             }
             let tap_name = match p.get("tap") {
                 None | Some(Value::None) => None,
-                Some(tap @ Value::Dict(_)) => opt_str(tap.get("name"), &format!("{path}.tap.name"))?,
+                Some(tap @ Value::Dict(_)) => {
+                    opt_str(tap.get("name"), &format!("{path}.tap.name"))?
+                }
                 Some(other) => return Err(ShapeError::new(format!("{path}.tap"), "a dict", other)),
             };
             partitions.push(PartitionConfiguration {
@@ -547,12 +588,24 @@ mod tests {
             computer_id: "c".into(),
             partition_id: Some("p".into()),
         });
-        assert_eq!(SlapPartitionAuth::parse("X-SlapPartition computer_id=c, computer_partition_id=p"), want);
-        assert_eq!(SlapPartitionAuth::parse("x-slappartition computer_id=c,computer_partition_id=p"), want);
-        assert_eq!(SlapPartitionAuth::parse(&SlapPartitionAuth::header_value("c", "p")), want);
+        assert_eq!(
+            SlapPartitionAuth::parse("X-SlapPartition computer_id=c, computer_partition_id=p"),
+            want
+        );
+        assert_eq!(
+            SlapPartitionAuth::parse("x-slappartition computer_id=c,computer_partition_id=p"),
+            want
+        );
+        assert_eq!(
+            SlapPartitionAuth::parse(&SlapPartitionAuth::header_value("c", "p")),
+            want
+        );
         assert_eq!(SlapPartitionAuth::parse("Basic abc"), None);
         assert_eq!(SlapPartitionAuth::parse("X-SlapPartition"), None);
-        assert_eq!(SlapPartitionAuth::parse("X-SlapPartition computer_partition_id=p"), None);
+        assert_eq!(
+            SlapPartitionAuth::parse("X-SlapPartition computer_partition_id=p"),
+            None
+        );
     }
 
     #[test]
@@ -562,7 +615,10 @@ mod tests {
             ("software_type", "default"),
             ("partition_reference", "x"),
         ];
-        assert_eq!(RequestForm::from_form(form.as_slice()), Err(FormError::MissingField { field: "state" }));
+        assert_eq!(
+            RequestForm::from_form(form.as_slice()),
+            Err(FormError::MissingField { field: "state" })
+        );
         let mut with_state = form.clone();
         with_state.push(("state", "<marshal><string>running</string></marshal>"));
         assert!(matches!(
@@ -571,10 +627,16 @@ mod tests {
         ));
         let mut bad_params = form.clone();
         bad_params.push(("state", "<marshal><none/></marshal>"));
-        bad_params.push(("partition_parameter_xml", "<marshal><list id=\"i2\"/></marshal>"));
+        bad_params.push((
+            "partition_parameter_xml",
+            "<marshal><list id=\"i2\"/></marshal>",
+        ));
         assert!(matches!(
             RequestForm::from_form(bad_params.as_slice()),
-            Err(FormError::BadShape { field: "partition_parameter_xml", .. })
+            Err(FormError::BadShape {
+                field: "partition_parameter_xml",
+                ..
+            })
         ));
         let mut ok = form;
         ok.push(("state", "<marshal><none/></marshal>"));

@@ -35,7 +35,9 @@ pub const XML_DECLARATION: &str = "<?xml version='1.0' encoding='utf-8'?>";
 /// element.
 pub type ParamDict = BTreeMap<String, Option<String>>;
 
-fn write_instance<'a>(entries: impl Iterator<Item = (&'a str, Cow<'a, str>)>) -> Result<String, EncodeError> {
+fn write_instance<'a>(
+    entries: impl Iterator<Item = (&'a str, Cow<'a, str>)>,
+) -> Result<String, EncodeError> {
     let mut out = String::with_capacity(128);
     out.push_str(XML_DECLARATION);
     out.push('\n');
@@ -51,18 +53,28 @@ fn write_instance<'a>(entries: impl Iterator<Item = (&'a str, Cow<'a, str>)>) ->
         push_text_utf8(&mut out, &text, "parameter value")?;
         out.push_str("</parameter>\n");
     }
-    out.push_str(if any { "</instance>\n" } else { "<instance/>\n" });
+    out.push_str(if any {
+        "</instance>\n"
+    } else {
+        "<instance/>\n"
+    });
     Ok(out)
 }
 
 /// `dict2xml` of a dictionary whose values are already the stored texts (Python `str` values).
 /// Keys are sorted; a repeated key keeps its last value.
-pub fn dict2xml<K: AsRef<str>, V: AsRef<str>>(entries: impl IntoIterator<Item = (K, V)>) -> Result<String, EncodeError> {
+pub fn dict2xml<K: AsRef<str>, V: AsRef<str>>(
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> Result<String, EncodeError> {
     let sorted: BTreeMap<String, String> = entries
         .into_iter()
         .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
         .collect();
-    write_instance(sorted.iter().map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str()))))
+    write_instance(
+        sorted
+            .iter()
+            .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str()))),
+    )
 }
 
 /// The exact inverse of [`xml2dict`]: `None` is written as an empty element (which is what an
@@ -99,7 +111,9 @@ pub fn dict2xml_value(dict: &Value) -> Result<String, EncodeError> {
 
 /// `dict2xml` of a dictionary decoded from JSON (the JSON API): values through Python `str()`
 /// of what `json.loads` returns.
-pub fn dict2xml_json(map: &serde_json::Map<String, serde_json::Value>) -> Result<String, EncodeError> {
+pub fn dict2xml_json(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, EncodeError> {
     let sorted: BTreeMap<&str, String> = map
         .iter()
         .map(|(k, v)| (k.as_str(), pyrepr::py_str_json(v)))
@@ -133,6 +147,12 @@ pub fn xml2dict(xml: &str) -> Result<ParamDict, InstanceXmlError> {
     if !reader.root_seen {
         return Err(InstanceXmlError::NoRoot);
     }
+    if reader.depth > 0 {
+        return Err(InstanceXmlError::Xml {
+            position: events.position(),
+            message: "unexpected end of document: unclosed elements".to_owned(),
+        });
+    }
     Ok(reader.dict)
 }
 
@@ -150,7 +170,12 @@ struct ParamReader {
 }
 
 impl ParamReader {
-    fn start(&mut self, s: &quick_xml::events::BytesStart<'_>, empty: bool, events: &XmlEvents<'_>) -> Result<(), InstanceXmlError> {
+    fn start(
+        &mut self,
+        s: &quick_xml::events::BytesStart<'_>,
+        empty: bool,
+        events: &XmlEvents<'_>,
+    ) -> Result<(), InstanceXmlError> {
         if self.depth == 0 {
             if self.root_seen {
                 return Err(InstanceXmlError::Xml {
@@ -163,7 +188,9 @@ impl ParamReader {
             self.index += 1;
             let id = attribute(s, "id", events.position())
                 .map_err(|e| match e {
-                    ReadError::Syntax { position, message } => InstanceXmlError::Xml { position, message },
+                    ReadError::Syntax { position, message } => {
+                        InstanceXmlError::Xml { position, message }
+                    }
                     ReadError::Doctype => InstanceXmlError::Doctype,
                 })?
                 .ok_or(InstanceXmlError::MissingId { index: self.index })?;
@@ -188,10 +215,10 @@ impl ParamReader {
 
     fn end(&mut self) -> Result<(), InstanceXmlError> {
         self.depth = self.depth.saturating_sub(1);
-        if self.depth == 1 {
-            if let Some((id, text, _)) = self.current.take() {
-                store(&mut self.dict, id, text)?;
-            }
+        if self.depth == 1
+            && let Some((id, text, _)) = self.current.take()
+        {
+            store(&mut self.dict, id, text)?;
         }
         Ok(())
     }
@@ -351,12 +378,18 @@ mod tests {
         assert_eq!(back["c"].as_deref(), Some("None"));
         assert_eq!(back["h"].as_deref(), Some("<&>\"'é\r\n\t"));
         assert_eq!(back["i&<>\"\t\n\r"].as_deref(), Some("x"));
-        assert_eq!(dict2xml_params(&back).unwrap().replace(">None<", "><"), want.replace(">None<", "><"));
+        assert_eq!(
+            dict2xml_params(&back).unwrap().replace(">None<", "><"),
+            want.replace(">None<", "><")
+        );
     }
 
     #[test]
     fn empty_and_duplicates() {
-        assert_eq!(dict2xml(Vec::<(&str, &str)>::new()).unwrap(), "<?xml version='1.0' encoding='utf-8'?>\n<instance/>\n");
+        assert_eq!(
+            dict2xml(Vec::<(&str, &str)>::new()).unwrap(),
+            "<?xml version='1.0' encoding='utf-8'?>\n<instance/>\n"
+        );
         assert!(xml2dict("").unwrap().is_empty());
         assert!(xml2dict("<instance/>").unwrap().is_empty());
         let d = xml2dict("<instance><parameter id=\"a\">1</parameter><parameter id=\"a\">2</parameter></instance>").unwrap();
@@ -370,7 +403,8 @@ mod tests {
             Err(InstanceXmlError::MissingId { index: 1 })
         );
         // `.text` stops at the first child node.
-        let d = xml2dict("<instance><parameter id=\"a\">x<b>y</b>z</parameter></instance>").unwrap();
+        let d =
+            xml2dict("<instance><parameter id=\"a\">x<b>y</b>z</parameter></instance>").unwrap();
         assert_eq!(d["a"].as_deref(), Some("x"));
     }
 
@@ -378,10 +412,15 @@ mod tests {
     fn json_in_xml_key() {
         let params = serde_json::json!({"foo": "bar", "n": 3});
         let v = to_json_in_xml(&params);
-        assert_eq!(v.get("_").and_then(Value::as_str), Some("{\n  \"foo\": \"bar\",\n  \"n\": 3\n}"));
+        assert_eq!(
+            v.get("_").and_then(Value::as_str),
+            Some("{\n  \"foo\": \"bar\",\n  \"n\": 3\n}")
+        );
         let stored = xml2dict(&dict2xml_value(&v).unwrap()).unwrap();
         assert_eq!(json_in_xml(&stored), Some(params));
-        assert_eq!(python_json_dumps_indent2(&serde_json::json!({"a": [], "b": [1.5, "é"], "c": {}})),
-            "{\n  \"a\": [],\n  \"b\": [\n    1.5,\n    \"\\u00e9\"\n  ],\n  \"c\": {}\n}");
+        assert_eq!(
+            python_json_dumps_indent2(&serde_json::json!({"a": [], "b": [1.5, "é"], "c": {}})),
+            "{\n  \"a\": [],\n  \"b\": [\n    1.5,\n    \"\\u00e9\"\n  ],\n  \"c\": {}\n}"
+        );
     }
 }

@@ -13,7 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use super::error::{EncodeError, MarshalError, truncate};
-use super::value::{KeyId, Object, PyIntText, PyLong, SLAP_MODULE, SlapClass, Value, key_id, sorted_entries};
+use super::value::{
+    KeyId, Object, PyIntText, PyLong, SLAP_MODULE, SlapClass, Value, key_id, sorted_entries,
+};
 use super::xmltext::{Ev, ReadError, XmlEvents, attribute, local_name, push_marshal_string};
 
 /// Deepest container nesting [`loads`] accepts. Python's own `dumps` cannot write more than
@@ -73,7 +75,11 @@ impl Encoder {
         if with_id {
             self.open(tag, items.is_empty());
         } else {
-            let _ = write!(self.out, "<{tag}{}", if items.is_empty() { "/>" } else { ">" });
+            let _ = write!(
+                self.out,
+                "<{tag}{}",
+                if items.is_empty() { "/>" } else { ">" }
+            );
         }
         if items.is_empty() {
             return Ok(());
@@ -103,7 +109,11 @@ impl Encoder {
                 let _ = write!(self.out, "<int>{i}</int>");
             }
             Value::Long(l) => {
-                let tag = if l.is_marshalled_as_long() { "long" } else { "int" };
+                let tag = if l.is_marshalled_as_long() {
+                    "long"
+                } else {
+                    "int"
+                };
                 let _ = write!(self.out, "<{tag}>{l}</{tag}>");
             }
             Value::Float(f) => {
@@ -339,7 +349,11 @@ impl Decoder<'_> {
                 });
             }
             "complex" | "code" => return Err(MarshalError::Unsupported { name }),
-            _ => return Err(MarshalError::UnknownElement { name: truncate(&name) }),
+            _ => {
+                return Err(MarshalError::UnknownElement {
+                    name: truncate(&name),
+                });
+            }
         };
         let id = match kind {
             Kind::List | Kind::Dict | Kind::Set | Kind::Object(_) => attr("id")?,
@@ -449,15 +463,21 @@ fn scalar(kind: Scalar, text: &str) -> Result<Value, MarshalError> {
     Ok(match kind {
         Scalar::String => Value::String(unescape(text)),
         Scalar::None => Value::None,
-        Scalar::Int => PyLong::parse_python(text).ok_or_else(|| bad("int", "integer"))?.into(),
-        Scalar::Long => PyLong::parse_python(text).ok_or_else(|| bad("long", "integer"))?.into(),
+        Scalar::Int => PyLong::parse_python(text)
+            .ok_or_else(|| bad("int", "integer"))?
+            .into(),
+        Scalar::Long => PyLong::parse_python(text)
+            .ok_or_else(|| bad("long", "integer"))?
+            .into(),
         Scalar::Bool => match PyLong::parse_python(text) {
             // bool(int(text))
             Some(PyIntText::Small(i)) => Value::Bool(i != 0),
             Some(PyIntText::Big(_)) => Value::Bool(true),
             None => return Err(bad("bool", "integer")),
         },
-        Scalar::Float => Value::Float(parse_python_float(text).ok_or_else(|| bad("float", "float"))?),
+        Scalar::Float => {
+            Value::Float(parse_python_float(text).ok_or_else(|| bad("float", "float"))?)
+        }
     })
 }
 
@@ -466,7 +486,9 @@ fn unescape(text: &str) -> String {
     if !text.contains('&') {
         return text.to_owned();
     }
-    text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 /// Python `float(text)` for ASCII text: white space, signs, `inf`/`infinity`/`nan` in any
@@ -506,7 +528,10 @@ pub(crate) fn parse_python_float(text: &str) -> Option<f64> {
         "nan" => return Some(f64::NAN),
         _ => {}
     }
-    if !word.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-')) {
+    if !word
+        .bytes()
+        .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'))
+    {
         return None;
     }
     t.parse::<f64>().ok()
@@ -515,7 +540,7 @@ pub(crate) fn parse_python_float(text: &str) -> Option<f64> {
 /// Builds dictionary entries from alternating keys and values, merging duplicate keys like a
 /// Python dict (first position, last value) and refusing unhashable keys.
 fn dict_entries(items: Vec<Value>) -> Result<Vec<(Value, Value)>, MarshalError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(MarshalError::OddDictionary { count: items.len() });
     }
     let mut entries: Vec<(Value, Value)> = Vec::with_capacity(items.len() / 2);
@@ -565,7 +590,10 @@ fn object(class: SlapClass, items: Vec<Value>) -> Result<Object, MarshalError> {
         )));
     };
     let Value::Tuple(initargs) = initargs else {
-        return Err(shape(format!("initargs must be a tuple, found {}", initargs.type_name())));
+        return Err(shape(format!(
+            "initargs must be a tuple, found {}",
+            initargs.type_name()
+        )));
     };
     if !class.initargs_range().contains(&initargs.len()) {
         return Err(shape(format!(
@@ -575,12 +603,18 @@ fn object(class: SlapClass, items: Vec<Value>) -> Result<Object, MarshalError> {
         )));
     }
     let Value::Dict(entries) = state else {
-        return Err(shape(format!("attributes must be a dictionary, found {}", state.type_name())));
+        return Err(shape(format!(
+            "attributes must be a dictionary, found {}",
+            state.type_name()
+        )));
     };
     let mut object = Object::new(class, initargs);
     for (k, v) in entries {
         let Value::String(name) = k else {
-            return Err(shape(format!("attribute name {} is not a str", k.py_repr())));
+            return Err(shape(format!(
+                "attribute name {} is not a str",
+                k.py_repr()
+            )));
         };
         object.state.insert(name, v);
     }
@@ -639,9 +673,15 @@ mod tests {
             Value::List(vec![x.clone(), x.clone(), Value::dict([("a", x)])])
         );
         let cyclic = "<marshal><list id=\"i2\"><reference id=\"i2\"/></list></marshal>";
-        assert_eq!(loads(cyclic), Err(MarshalError::CyclicReference { id: "i2".into() }));
+        assert_eq!(
+            loads(cyclic),
+            Err(MarshalError::CyclicReference { id: "i2".into() })
+        );
         let unknown = "<marshal><list id=\"i2\"><reference id=\"i9\"/></list></marshal>";
-        assert_eq!(loads(unknown), Err(MarshalError::UnknownReference { id: "i9".into() }));
+        assert_eq!(
+            loads(unknown),
+            Err(MarshalError::UnknownReference { id: "i9".into() })
+        );
     }
 
     #[test]
@@ -649,7 +689,12 @@ mod tests {
         // Each level holds two references to the previous one: 2^40 values once expanded.
         let mut xml = String::from("<marshal><list id=\"i1\"><list id=\"i2\"><int>1</int></list>");
         for i in 3..43 {
-            let _ = write!(xml, "<list id=\"i{i}\"><reference id=\"i{}\"/><reference id=\"i{}\"/></list>", i - 1, i - 1);
+            let _ = write!(
+                xml,
+                "<list id=\"i{i}\"><reference id=\"i{}\"/><reference id=\"i{}\"/></list>",
+                i - 1,
+                i - 1
+            );
         }
         xml.push_str("</list></marshal>");
         assert!(matches!(loads(&xml), Err(MarshalError::TooLarge { .. })));
@@ -658,14 +703,26 @@ mod tests {
     #[test]
     fn lenient_where_python_is() {
         // Single-escaped strings still decode; ids are optional; white space is ignored.
-        assert_eq!(loads("<marshal><string>&lt;a&gt;</string></marshal>").unwrap(), Value::str("<a>"));
+        assert_eq!(
+            loads("<marshal><string>&lt;a&gt;</string></marshal>").unwrap(),
+            Value::str("<a>")
+        );
         assert_eq!(
             loads("<marshal>\n <list>\n  <int> 7 </int>\n </list>\n</marshal>\n").unwrap(),
             Value::List(vec![Value::Int(7)])
         );
-        assert_eq!(loads("<marshal><bool>2</bool></marshal>").unwrap(), Value::Bool(true));
-        assert_eq!(loads("<marshal><unicode>u</unicode></marshal>").unwrap(), Value::str("u"));
-        assert_eq!(loads("<?xml version='1.0'?><marshal><none>x</none></marshal>").unwrap(), Value::None);
+        assert_eq!(
+            loads("<marshal><bool>2</bool></marshal>").unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            loads("<marshal><unicode>u</unicode></marshal>").unwrap(),
+            Value::str("u")
+        );
+        assert_eq!(
+            loads("<?xml version='1.0'?><marshal><none>x</none></marshal>").unwrap(),
+            Value::None
+        );
         assert_eq!(
             loads("<marshal><dictionary><string>k</string><int>1</int><string>k</string><int>2</int></dictionary></marshal>")
                 .unwrap(),

@@ -42,7 +42,9 @@ pub use forms::{
     ComputerConfiguration, ConnectionForm, FormFields, PartitionRef, RequestForm, RequestedState,
     SlapPartitionAuth, SoftwareReleaseForm, SupplyForm, SupplyState,
 };
-pub use instance_xml::{ParamDict, dict2xml, dict2xml_json, dict2xml_params, dict2xml_value, xml2dict};
+pub use instance_xml::{
+    ParamDict, dict2xml, dict2xml_json, dict2xml_params, dict2xml_value, xml2dict,
+};
 pub use marshal::{DecodeLimits, dumps, loads, loads_with_limits};
 pub use objects::{
     BusyPartition, ComputerDoc, ComputerPartitionDoc, PartitionParameters, RequestedPartition,

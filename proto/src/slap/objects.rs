@@ -107,7 +107,15 @@ impl SoftwareReleaseDoc {
             url,
             computer_guid,
             requested_state,
-            extra: extra_attrs(o, &["_software_release", "_computer_guid", "_requested_state", "_software_instance_list"]),
+            extra: extra_attrs(
+                o,
+                &[
+                    "_software_release",
+                    "_computer_guid",
+                    "_requested_state",
+                    "_software_instance_list",
+                ],
+            ),
         })
     }
 }
@@ -160,8 +168,14 @@ impl PartitionParameters {
         set("root_instance_title", Value::str(&self.root_instance_title));
         set("slap_computer_id", Value::str(computer_id));
         set("slap_computer_partition_id", Value::str(partition_id));
-        set("slap_software_release_url", Value::str(&self.software_release_url));
-        set("slave_instance_list", Value::List(self.slave_instance_list.clone()));
+        set(
+            "slap_software_release_url",
+            Value::str(&self.software_release_url),
+        );
+        set(
+            "slave_instance_list",
+            Value::List(self.slave_instance_list.clone()),
+        );
         if let Some(ts) = &self.timestamp {
             set("timestamp", Value::str(ts));
         }
@@ -173,7 +187,11 @@ impl PartitionParameters {
 /// One entry of a host's `slave_instance_list`: `slave_title`, `slave_reference` and
 /// `slap_software_type`, then the shared instance's own parameters (with their marshalled
 /// types; a parameter of the same name overrides, as in `db.requestSlave`).
-pub fn slave_instance_entry(slave_reference: &str, software_type: &str, parameters: &BTreeMap<String, Value>) -> Value {
+pub fn slave_instance_entry(
+    slave_reference: &str,
+    software_type: &str,
+    parameters: &BTreeMap<String, Value>,
+) -> Value {
     let mut d: BTreeMap<String, Value> = BTreeMap::new();
     d.insert("slave_title".into(), Value::str(slave_reference));
     d.insert("slap_software_type".into(), Value::str(software_type));
@@ -257,14 +275,20 @@ impl ComputerPartitionDoc {
     pub fn to_object(&self) -> Object {
         let mut o = Object::new(
             SlapClass::ComputerPartition,
-            vec![Value::str(&self.computer_id), Value::str(&self.partition_id), Value::None],
+            vec![
+                Value::str(&self.computer_id),
+                Value::str(&self.partition_id),
+                Value::None,
+            ],
         )
         .with("_computer_id", &self.computer_id)
         .with("_partition_id", &self.partition_id)
         .with("_request_dict", Value::None)
         .with(
             "_software_release_document",
-            self.software_release.as_ref().map(SoftwareReleaseDoc::to_object),
+            self.software_release
+                .as_ref()
+                .map(SoftwareReleaseDoc::to_object),
         );
         if let Some(g) = &self.instance_guid {
             o = o.with("_instance_guid", g);
@@ -303,11 +327,20 @@ impl ComputerPartitionDoc {
             None | Some(Value::None) => None,
             Some(Value::Int(i)) => Some(*i),
             Some(Value::Bool(b)) => Some(i64::from(*b)),
-            Some(other) => return Err(ShapeError::new(format!("{path}._need_modification"), "an int", other)),
+            Some(other) => {
+                return Err(ShapeError::new(
+                    format!("{path}._need_modification"),
+                    "an int",
+                    other,
+                ));
+            }
         };
         let software_release = match o.get("_software_release_document") {
             None | Some(Value::None) => None,
-            Some(sr) => Some(SoftwareReleaseDoc::from_value(sr, &format!("{path}._software_release_document"))?),
+            Some(sr) => Some(SoftwareReleaseDoc::from_value(
+                sr,
+                &format!("{path}._software_release_document"),
+            )?),
         };
         Ok(ComputerPartitionDoc {
             instance_guid: str_attr(o, "_instance_guid", path)?,
@@ -413,18 +446,32 @@ impl ComputerDoc {
         let software_release_list = list("_software_release_list")?
             .iter()
             .enumerate()
-            .map(|(i, v)| SoftwareReleaseDoc::from_value(v, &format!("{path}._software_release_list[{i}]")))
+            .map(|(i, v)| {
+                SoftwareReleaseDoc::from_value(v, &format!("{path}._software_release_list[{i}]"))
+            })
             .collect::<Result<_, _>>()?;
         let partition_list = list("_computer_partition_list")?
             .iter()
             .enumerate()
-            .map(|(i, v)| ComputerPartitionDoc::from_value(v, &format!("{path}._computer_partition_list[{i}]")))
+            .map(|(i, v)| {
+                ComputerPartitionDoc::from_value(
+                    v,
+                    &format!("{path}._computer_partition_list[{i}]"),
+                )
+            })
             .collect::<Result<_, _>>()?;
         Ok(ComputerDoc {
             computer_id,
             software_release_list,
             partition_list,
-            extra: extra_attrs(o, &["_computer_id", "_software_release_list", "_computer_partition_list"]),
+            extra: extra_attrs(
+                o,
+                &[
+                    "_computer_id",
+                    "_software_release_list",
+                    "_computer_partition_list",
+                ],
+            ),
         })
     }
 }
@@ -487,12 +534,24 @@ pub struct SoftwareInstanceDoc {
 }
 
 impl SoftwareInstanceDoc {
-    fn common(computer_id: &str, partition_id: &str, url: &str, software_type: &str, ip_list: &[(String, String)]) -> Self {
+    fn common(
+        computer_id: &str,
+        partition_id: &str,
+        url: &str,
+        software_type: &str,
+        ip_list: &[(String, String)],
+    ) -> Self {
         let mut a = BTreeMap::new();
         a.insert("slap_computer_id".into(), Value::str(computer_id));
-        a.insert("slap_computer_partition_id".into(), Value::str(partition_id));
+        a.insert(
+            "slap_computer_partition_id".into(),
+            Value::str(partition_id),
+        );
         a.insert("slap_software_release_url".into(), Value::str(url));
-        a.insert("slap_server_url".into(), Value::str(SLAP_SERVER_URL_PLACEHOLDER));
+        a.insert(
+            "slap_server_url".into(),
+            Value::str(SLAP_SERVER_URL_PLACEHOLDER),
+        );
         a.insert("slap_software_type".into(), Value::str(software_type));
         a.insert("ip_list".into(), ip_list_value(ip_list));
         SoftwareInstanceDoc { attributes: a }
@@ -500,23 +559,43 @@ impl SoftwareInstanceDoc {
 
     /// The response for a non-shared instance.
     pub fn for_partition(r: &RequestedPartition) -> Self {
-        let mut doc = Self::common(&r.computer_id, &r.partition_id, &r.software_release_url, &r.software_type, &r.ip_list);
+        let mut doc = Self::common(
+            &r.computer_id,
+            &r.partition_id,
+            &r.software_release_url,
+            &r.software_type,
+            &r.ip_list,
+        );
         let mut params = r.parameters.clone();
         params.insert("timestamp".into(), Some(r.timestamp.clone()));
         let a = &mut doc.attributes;
         a.insert("_connection_dict".into(), params_value(&r.connection));
         a.insert("_parameter_dict".into(), params_value(&params));
-        a.insert("connection_xml".into(), Value::from(r.connection_xml.clone()));
-        a.insert("_instance_guid".into(), Value::str(format!("{}-{}", r.computer_id, r.partition_id)));
+        a.insert(
+            "connection_xml".into(),
+            Value::from(r.connection_xml.clone()),
+        );
+        a.insert(
+            "_instance_guid".into(),
+            Value::str(format!("{}-{}", r.computer_id, r.partition_id)),
+        );
         a.insert("_requested_state".into(), Value::str(&r.requested_state));
         doc
     }
 
     /// The response for a shared instance.
     pub fn for_shared(r: &RequestedShared) -> Self {
-        let mut doc = Self::common(&r.computer_id, &r.host_partition_id, &r.software_release_url, &r.software_type, &r.ip_list);
-        doc.attributes.insert("_connection_dict".into(), params_value(&r.connection));
-        doc.attributes.insert("_parameter_dict".into(), params_value(&r.parameters));
+        let mut doc = Self::common(
+            &r.computer_id,
+            &r.host_partition_id,
+            &r.software_release_url,
+            &r.software_type,
+            &r.ip_list,
+        );
+        doc.attributes
+            .insert("_connection_dict".into(), params_value(&r.connection));
+        doc.attributes
+            .insert("_parameter_dict".into(), params_value(&r.parameters));
         doc
     }
 
@@ -567,7 +646,10 @@ fn object_of<'v>(v: &'v Value, class: SlapClass, path: &str) -> Result<&'v Objec
 }
 
 fn initarg_str(o: &Object, index: usize) -> Option<String> {
-    o.initargs.get(index).and_then(Value::as_str).map(str::to_owned)
+    o.initargs
+        .get(index)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 fn str_attr(o: &Object, name: &str, path: &str) -> Result<Option<String>, ShapeError> {
@@ -578,7 +660,11 @@ fn str_attr(o: &Object, name: &str, path: &str) -> Result<Option<String>, ShapeE
     }
 }
 
-fn dict_attr(o: &Object, name: &str, path: &str) -> Result<Option<BTreeMap<String, Value>>, ShapeError> {
+fn dict_attr(
+    o: &Object,
+    name: &str,
+    path: &str,
+) -> Result<Option<BTreeMap<String, Value>>, ShapeError> {
     match o.get(name) {
         None | Some(Value::None) => Ok(None),
         Some(v) => str_keyed(v, &format!("{path}.{name}")).map(Some),
@@ -617,7 +703,9 @@ mod tests {
     fn free_partition_matches_slapproxy() {
         // The free partition of the captured node-flow getFullComputerInformation.
         let want = "<object id=\"i2\" module=\"slapos.slap.slap\" class=\"ComputerPartition\"><tuple><string>NODE</string><string>slappart1</string><none/></tuple><dictionary id=\"i3\"><string>_computer_id</string><string>NODE</string><string>_instance_guid</string><string>NODE-slappart1</string><string>_need_modification</string><int>0</int><string>_partition_id</string><string>slappart1</string><string>_request_dict</string><none/><string>_requested_state</string><string>destroyed</string><string>_software_release_document</string><none/></dictionary></object>";
-        let xml = ComputerPartitionDoc::free("NODE", "slappart1").encode().unwrap();
+        let xml = ComputerPartitionDoc::free("NODE", "slappart1")
+            .encode()
+            .unwrap();
         assert_eq!(xml, format!("<marshal>{want}</marshal>"));
         let back = ComputerPartitionDoc::from_value(&loads(&xml).unwrap(), "p").unwrap();
         assert_eq!(back, ComputerPartitionDoc::free("NODE", "slappart1"));
@@ -630,7 +718,8 @@ mod tests {
         assert_eq!(err.expected, "ComputerPartition");
         assert_eq!(err.found, "SoftwareRelease");
         let mut bad = ComputerPartitionDoc::free("c", "p").to_object();
-        bad.state.insert("_parameter_dict".into(), Value::List(vec![]));
+        bad.state
+            .insert("_parameter_dict".into(), Value::List(vec![]));
         let err = ComputerPartitionDoc::from_value(&Value::Object(bad), "p").unwrap_err();
         assert_eq!(err.path, "p._parameter_dict");
     }

@@ -201,8 +201,8 @@ fn is_printable(c: char) -> bool {
         (0x13430, 0x1343f),
         (0x1bca0, 0x1bca3),
         (0x1d173, 0x1d17a),
-        (0x40000, 0xdffff), // unassigned planes 4-13
-        (0xe0000, 0xe00ff), // tags and unassigned
+        (0x40000, 0xdffff),  // unassigned planes 4-13
+        (0xe0000, 0xe00ff),  // tags and unassigned
         (0xe01f0, 0x10ffff), // unassigned, private use planes 15-16
     ];
     if n & 0xfffe == 0xfffe {
@@ -232,7 +232,11 @@ pub fn float_repr(f: f64) -> String {
         if decpt <= 0 {
             format!("0.{}{}", "0".repeat((-decpt) as usize), digits)
         } else if decpt < n {
-            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
+            format!(
+                "{}.{}",
+                &digits[..decpt as usize],
+                &digits[decpt as usize..]
+            )
         } else {
             format!("{}{}.0", digits, "0".repeat((decpt - n) as usize))
         }
@@ -284,15 +288,29 @@ mod tests {
         assert_eq!(str_repr("a"), "'a'");
         assert_eq!(str_repr("it's"), "\"it's\"");
         assert_eq!(str_repr("'\""), "'\\'\"'");
-        assert_eq!(str_repr("a\\b\n\t\r\x01\x7f"), "'a\\\\b\\n\\t\\r\\x01\\x7f'");
+        assert_eq!(
+            str_repr("a\\b\n\t\r\x01\x7f"),
+            "'a\\\\b\\n\\t\\r\\x01\\x7f'"
+        );
         assert_eq!(str_repr("é☃😀"), "'é☃😀'");
-        assert_eq!(str_repr("\u{a0}\u{ad}\u{2028}\u{e000}\u{10ffff}"), "'\\xa0\\xad\\u2028\\ue000\\U0010ffff'");
+        assert_eq!(
+            str_repr("\u{a0}\u{ad}\u{2028}\u{e000}\u{10ffff}"),
+            "'\\xa0\\xad\\u2028\\ue000\\U0010ffff'"
+        );
     }
 
     #[test]
     fn containers_like_python() {
         let v = Value::dict([
-            ("k", Value::List(vec![Value::str("a"), Value::Int(1), Value::Bool(true), Value::None])),
+            (
+                "k",
+                Value::List(vec![
+                    Value::str("a"),
+                    Value::Int(1),
+                    Value::Bool(true),
+                    Value::None,
+                ]),
+            ),
             ("t", Value::Tuple(vec![Value::Float(0.5)])),
         ]);
         assert_eq!(py_str(&v), "{'k': ['a', 1, True, None], 't': (0.5,)}");
@@ -300,6 +318,9 @@ mod tests {
         assert_eq!(py_str(&Value::Tuple(vec![])), "()");
         assert_eq!(py_str(&Value::str("plain")), "plain");
         let j: serde_json::Value = serde_json::json!({"a": [1, 2.0, "x", null, false], "b": {}});
-        assert_eq!(py_str_json(&j), "{'a': [1, 2.0, 'x', None, False], 'b': {}}");
+        assert_eq!(
+            py_str_json(&j),
+            "{'a': [1, 2.0, 'x', None, False], 'b': {}}"
+        );
     }
 }

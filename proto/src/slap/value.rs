@@ -270,7 +270,9 @@ impl Value {
     }
 
     /// A dictionary with string keys, from any `(key, value)` iterator.
-    pub fn dict<K: Into<String>, V: Into<Value>>(entries: impl IntoIterator<Item = (K, V)>) -> Value {
+    pub fn dict<K: Into<String>, V: Into<Value>>(
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Value {
         Value::Dict(
             entries
                 .into_iter()
@@ -646,7 +648,9 @@ pub(crate) fn sorted_entries(entries: &[(Value, Value)]) -> Vec<&(Value, Value)>
         refs.sort_by(|(a, _), (b, _)| a.as_str().cmp(&b.as_str()));
         return refs;
     }
-    merge_sort(refs, &|x: &&(Value, Value), y: &&(Value, Value)| key_cmp(&x.0, &y.0))
+    merge_sort(refs, &|x: &&(Value, Value), y: &&(Value, Value)| {
+        key_cmp(&x.0, &y.0)
+    })
 }
 
 fn merge_sort<T: Copy>(v: Vec<T>, cmp: &dyn Fn(&T, &T) -> Ordering) -> Vec<T> {
@@ -757,7 +761,10 @@ mod tests {
             (Value::Int(1), Value::str("x")),
             (Value::str("a"), Value::Int(2)),
             (Value::None, Value::Int(3)),
-            (Value::Tuple(vec![Value::Int(1), Value::Int(2)]), Value::Int(4)),
+            (
+                Value::Tuple(vec![Value::Int(1), Value::Int(2)]),
+                Value::Int(4),
+            ),
         ];
         let keys: Vec<String> = sorted_entries(&entries)
             .iter()

@@ -44,7 +44,11 @@ pub(crate) fn push_marshal_string(out: &mut String, s: &str) -> Result<(), Encod
 }
 
 /// Element text as libxml2 writes it with `encoding='utf-8'` (instance XML).
-pub(crate) fn push_text_utf8(out: &mut String, s: &str, what: &'static str) -> Result<(), EncodeError> {
+pub(crate) fn push_text_utf8(
+    out: &mut String,
+    s: &str,
+    what: &'static str,
+) -> Result<(), EncodeError> {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -59,7 +63,11 @@ pub(crate) fn push_text_utf8(out: &mut String, s: &str, what: &'static str) -> R
 }
 
 /// A double-quoted attribute value as libxml2 writes it with `encoding='utf-8'`.
-pub(crate) fn push_attr_utf8(out: &mut String, s: &str, what: &'static str) -> Result<(), EncodeError> {
+pub(crate) fn push_attr_utf8(
+    out: &mut String,
+    s: &str,
+    what: &'static str,
+) -> Result<(), EncodeError> {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -194,7 +202,11 @@ impl<'a> XmlEvents<'a> {
 }
 
 /// The value of the attribute whose local name is `name`, unescaped and normalised.
-pub(crate) fn attribute(start: &BytesStart<'_>, name: &str, position: u64) -> Result<Option<String>, ReadError> {
+pub(crate) fn attribute(
+    start: &BytesStart<'_>,
+    name: &str,
+    position: u64,
+) -> Result<Option<String>, ReadError> {
     for attr in start.attributes() {
         let attr = attr.map_err(|e| ReadError::Syntax {
             position,

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub mod strategies;
+
 /// Marker the capture tool put at the end of a body it cut.
 pub const TRUNCATED: &str = "...[truncated]";
 
@@ -103,7 +105,11 @@ pub fn exchanges(file: &str) -> Vec<Exchange> {
             finish(&mut ex, current.take());
             if let Some(rest) = line.strip_prefix("  form[") {
                 let (name, value) = rest.split_once("] = ").expect("form line");
-                current = Some((Target::Form(name.to_owned()), "      ", vec![value.to_owned()]));
+                current = Some((
+                    Target::Form(name.to_owned()),
+                    "      ",
+                    vec![value.to_owned()],
+                ));
             } else if let Some(value) = line.strip_prefix("  RESPONSE: ") {
                 current = Some((Target::Response, "    ", vec![value.to_owned()]));
             } else if let Some(value) = line.strip_prefix("  body: ") {
@@ -188,13 +194,16 @@ pub fn marshal_bodies(file: &str) -> Vec<(String, String)> {
     for (n, ex) in exchanges(file).iter().enumerate() {
         for (name, value) in &ex.form {
             if value.starts_with("<marshal>") {
-                out.push((format!("{file} #{n} {} form[{name}]", ex.route()), value.clone()));
+                out.push((
+                    format!("{file} #{n} {} form[{name}]", ex.route()),
+                    value.clone(),
+                ));
             }
         }
-        if let Some(r) = &ex.response {
-            if r.starts_with("<marshal>") {
-                out.push((format!("{file} #{n} {} response", ex.route()), r.clone()));
-            }
+        if let Some(r) = &ex.response
+            && r.starts_with("<marshal>")
+        {
+            out.push((format!("{file} #{n} {} response", ex.route()), r.clone()));
         }
     }
     out
