@@ -19,6 +19,7 @@
 //!   `plmn_list_5g`/`gnb_id` with NR cells; ≤ 6 LTE PLMNs, ≤ 12 NR PLMNs.
 
 use crate::bands::lte::{self, Duplex, LteBandwidth};
+use crate::bands::mhz;
 use crate::bands::nr::{self, NrDuplex};
 use crate::params::{self, CellParams, EnbParams, Key, RuParams};
 use crate::plan::*;
@@ -938,6 +939,22 @@ impl Validator {
                 }
             }
         }
+        // Carriers of this base station that partly overlap (same centre is frequency reuse).
+        let carriers: Vec<(&str, u64, u64)> = lte
+            .iter()
+            .map(|c| (c.name.as_str(), u64::from(c.dl_freq_khz), u64::from(c.bandwidth.khz())))
+            .chain(nr.iter().map(|c| (c.name.as_str(), c.dl_freq_khz, u64::from(c.bandwidth_mhz) * 1000)))
+            .collect();
+        for (i, a) in carriers.iter().enumerate() {
+            for b in &carriers[i + 1..] {
+                if a.1 != b.1 && a.1.abs_diff(b.1) < (a.2 + b.2) / 2 {
+                    self.note(&format!("{}.bandwidth", Key::Name(b.0.to_string()).path("cell_list")), format!(
+                        "the downlink channel of cell {:?} ({} MHz wide at {} MHz) overlaps that of cell {:?} ({} MHz wide at {} MHz)",
+                        b.0, mhz(b.2), mhz(b.1), a.0, mhz(a.2), mhz(a.1)
+                    ));
+                }
+            }
+        }
         let mut nr_ids: BTreeMap<u64, &str> = BTreeMap::new();
         let mut nr_freq: BTreeMap<(u32, u16), &str> = BTreeMap::new();
         for c in nr {
@@ -1003,10 +1020,6 @@ fn channel_inside(center_khz: u64, bw_khz: u64, lo: u64, hi: u64) -> bool {
     center_khz >= lo + bw_khz / 2 && center_khz + bw_khz / 2 <= hi
 }
 
-fn mhz(khz: u64) -> String {
-    let s = format!("{}.{:03}", khz / 1000, khz % 1000);
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
 
 /// Splits a PLMN into MCC and MNC.
 pub fn split_plmn(s: &str) -> Result<(String, String), String> {
@@ -1066,10 +1079,4 @@ mod tests {
         assert_eq!(parse_lte_tdd_config("[Configuration x]"), None);
     }
 
-    #[test]
-    fn mhz_formatting() {
-        assert_eq!(mhz(2_110_000), "2110");
-        assert_eq!(mhz(1_844_900), "1844.9");
-        assert_eq!(mhz(3_489_420), "3489.42");
-    }
 }

@@ -310,6 +310,19 @@ fn nr_raster_band_and_ssb() {
 }
 
 #[test]
+fn partly_overlapping_carriers_are_noted() {
+    let mut b = lte_cell(2, json!(3300), json!(20), "fdd");
+    b["pci"] = json!(40);
+    let v = ok(&request(json!({"a": lte_cell(1, json!(3350), json!(20), "fdd"), "b": b})));
+    assert!(v.notes.iter().any(|n| n.path == "cell_list.b.bandwidth" && n.message.contains("overlaps")), "{:?}", v.notes);
+    // Same centre, different PCI: frequency reuse, no note.
+    let mut c = lte_cell(2, json!(3350), json!(20), "fdd");
+    c["pci"] = json!(40);
+    let v = ok(&request(json!({"a": lte_cell(1, json!(3350), json!(20), "fdd"), "c": c})));
+    assert!(v.notes.is_empty(), "{:?}", v.notes);
+}
+
+#[test]
 fn nr_uplink_pairing() {
     // n1: duplex distance 190 MHz; n20 (uplink above downlink): −41 MHz.
     let v = ok(&request(json!({"c": nr_cell(1, 428_000, 1, 20, "fdd")})));
