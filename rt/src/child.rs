@@ -19,7 +19,8 @@
 //! Order in the child, each step one system call on data prepared in the parent:
 //! 1. `setrlimit(RLIMIT_RTPRIO, prio)` and `setrlimit(RLIMIT_MEMLOCK, ∞)` (kept across `execve`
 //!    and `setuid`, so an unprivileged program may later change its threads' RT priority or
-//!    `mlockall` itself);
+//!    `mlockall` itself). Raising a hard limit needs CAP_SYS_RESOURCE: without it the limits
+//!    are left as they are, unless credentials are dropped (then the spawn fails with EPERM);
 //! 2. write `0` (= the writer) to `cgroup.procs` of every hierarchy but cpuset (v1) or of the one
 //!    v2 group — the cpu group carries the RT budget, so this precedes step 3;
 //! 3. `sched_setscheduler(0, FIFO|RR, prio)`;
@@ -150,11 +151,12 @@ impl ChildSetup {
     /// Runs the setup in the current process. Meant for `pre_exec`: async-signal-safe, no
     /// allocation, each step one system call; the first failure returns its errno.
     pub fn run(&self) -> io::Result<()> {
+        let dropping = self.credentials.is_some();
         if self.policy.is_realtime() {
-            set_rlimit_raw(false, u64::from(self.priority))?;
+            raise_rlimit(false, u64::from(self.priority), dropping)?;
         }
         if self.mlock {
-            set_rlimit_raw(true, libc::RLIM_INFINITY as u64)?;
+            raise_rlimit(true, libc::RLIM_INFINITY, dropping)?;
         }
         for f in &self.procs_first {
             join_raw(f)?;
@@ -182,11 +184,11 @@ impl ChildSetup {
     pub fn apply_to_current_process(&self) -> Result<()> {
         let sys = |op: String| move |source| Error::Sys { op, source };
         if self.policy.is_realtime() {
-            set_rlimit_raw(false, u64::from(self.priority))
+            raise_rlimit(false, u64::from(self.priority), false)
                 .map_err(sys(format!("raise RLIMIT_RTPRIO to {}", self.priority)))?;
         }
         if self.mlock {
-            set_rlimit_raw(true, libc::RLIM_INFINITY as u64)
+            raise_rlimit(true, libc::RLIM_INFINITY, false)
                 .map_err(sys("raise RLIMIT_MEMLOCK to unlimited".into()))?;
         }
         for f in &self.procs_first {
@@ -226,14 +228,19 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 /// Raises RLIMIT_MEMLOCK (`memlock`) or RLIMIT_RTPRIO so the soft limit is at least `value`
-/// (the hard limit grows only when needed, never shrinks). Async-signal-safe: getrlimit and
-/// setrlimit, no allocation.
-fn set_rlimit_raw(memlock: bool, value: u64) -> io::Result<()> {
+/// (the hard limit grows only when needed, never shrinks). Raising a hard limit needs
+/// CAP_SYS_RESOURCE; without it (EPERM) the limits stay as they are unless `strict` — a process
+/// that keeps root's CAP_SYS_NICE/CAP_IPC_LOCK does not need them, one that drops to a partition
+/// user does. Async-signal-safe: getrlimit and setrlimit, no allocation.
+fn raise_rlimit(memlock: bool, value: u64, strict: bool) -> io::Result<()> {
     let (soft, hard) = crate::sys::get_rlimit(memlock)?;
     if soft >= value {
         return Ok(());
     }
-    crate::sys::set_rlimit(memlock, value, hard.max(value))
+    match crate::sys::set_rlimit(memlock, value, hard.max(value)) {
+        Err(e) if !strict && e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        other => other,
+    }
 }
 
 /// Writes "0" (the calling process) to a `cgroup.procs` file. Async-signal-safe: open, write,

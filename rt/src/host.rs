@@ -354,16 +354,16 @@ fn detect_rt_group_sched(
     cg: &CgroupInfo,
     release: &str,
 ) -> Result<Option<bool>> {
-    if cg.mode != CgroupMode::V2 {
-        if let Some(cpu) = cg.v1.get("cpu") {
-            return Ok(Some(paths.resolve(cpu).join("cpu.rt_runtime_us").exists()));
-        }
+    if cg.mode != CgroupMode::V2
+        && let Some(cpu) = cg.v1.get("cpu")
+    {
+        return Ok(Some(paths.resolve(cpu).join("cpu.rt_runtime_us").exists()));
     }
     // Kernels with RT group scheduling on cgroup2 expose the budget files in the root (6.16+).
-    if let Some(mp) = &cg.v2_mount {
-        if paths.resolve(mp).join("cpu.rt_runtime_us").exists() {
-            return Ok(Some(true));
-        }
+    if let Some(mp) = &cg.v2_mount
+        && paths.resolve(mp).join("cpu.rt_runtime_us").exists()
+    {
+        return Ok(Some(true));
     }
     let config = kfs::read_opt(&paths.resolve(format!("/boot/config-{release}")))?;
     Ok(config.and_then(|c| {

@@ -141,12 +141,12 @@ fn steer_default_mask(
     } else {
         target.to_mask(groups)
     };
-    if CpuList::parse_mask(&current).ok() != CpuList::parse_mask(&target_text).ok() {
-        if let Err(e) = kfs::write(&file, &target_text) {
-            out.unsteerable
-                .push((u32::MAX, format!("default_smp_affinity: {e}")));
-            return Ok(());
-        }
+    if CpuList::parse_mask(&current).ok() != CpuList::parse_mask(&target_text).ok()
+        && let Err(e) = kfs::write(&file, &target_text)
+    {
+        out.unsteerable
+            .push((u32::MAX, format!("default_smp_affinity: {e}")));
+        return Ok(());
     }
     originals.default_mask = if reserved.is_empty() || target_text == original {
         None

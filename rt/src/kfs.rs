@@ -45,6 +45,31 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
     f.write_all(value.as_bytes()).map_err(err)
 }
 
+/// How long [`write_settling`] keeps retrying.
+pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Writes like [`write`], retrying on EINVAL/EBUSY until [`SETTLE`] has passed. For writes that
+/// follow an `rmdir` of a sibling or child cgroup: the kernel takes the removed group offline
+/// asynchronously, and until then its RT budget still counts against the parent and its
+/// exclusive CPUs still block the siblings (measured: an immediate `cpu.rt_runtime_us` write to
+/// the parent fails with EINVAL, the same write succeeds a few ms later).
+pub(crate) fn write_settling(path: &Path, value: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        match write(path, value) {
+            Err(Error::Write { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EBUSY)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Writes only when the current content differs (idempotent re-apply leaves kernel files alone).
 pub(crate) fn write_if_changed(path: &Path, value: &str) -> Result<bool> {
     if read_opt(path)?.is_some_and(|cur| cur.trim() == value.trim()) {
@@ -148,10 +173,10 @@ pub(crate) fn subdirs(path: &Path) -> Result<Vec<String>> {
             path: path.to_owned(),
             source,
         })?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Some(name) = entry.file_name().to_str() {
-                out.push(name.to_owned());
-            }
+        if entry.file_type().is_ok_and(|t| t.is_dir())
+            && let Some(name) = entry.file_name().to_str()
+        {
+            out.push(name.to_owned());
         }
     }
     out.sort();

@@ -270,19 +270,18 @@ pub fn plan(
                 if let Some(reason) = reason {
                     return Err(ProfileError::RtUnderCpuController { policy, reason });
                 }
-            } else if uses_cpu(spec) {
-                if let Some((n, r)) = ctx
+            } else if uses_cpu(spec)
+                && let Some((n, r)) = ctx
                     .others
                     .iter()
                     .find(|(_, r)| r.spec.policy().is_realtime())
-                {
-                    return Err(ProfileError::RtUnderCpuController {
-                        policy: r.spec.policy(),
-                        reason: format!(
-                            "cpu_weight/cpu_quota_us here would put partition `{n}` under the cpu controller"
-                        ),
-                    });
-                }
+            {
+                return Err(ProfileError::RtUnderCpuController {
+                    policy: r.spec.policy(),
+                    reason: format!(
+                        "cpu_weight/cpu_quota_us here would put partition `{n}` under the cpu controller"
+                    ),
+                });
             }
         }
     } else if let Some(left) = ctx.rt_bandwidth_left {
@@ -533,10 +532,10 @@ impl Manager {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(part) = name.strip_suffix(".json") {
-                if let Some(rec) = Self::load_json(&entry.path())? {
-                    out.insert(part.to_owned(), rec);
-                }
+            if let Some(part) = name.strip_suffix(".json")
+                && let Some(rec) = Self::load_json(&entry.path())?
+            {
+                out.insert(part.to_owned(), rec);
             }
         }
         Ok(out)
@@ -1055,8 +1054,10 @@ impl Manager {
 
     fn v2_subtree_exclusive(&self, sub: &Path, reserved: &CpuList) -> Result<()> {
         let f = sub.join("cpuset.cpus.exclusive");
-        if kfs::read_opt(&f)?.is_some() || !reserved.is_empty() {
-            kfs::write_if_changed(&f, &reserved.to_string())?;
+        if (kfs::read_opt(&f)?.is_some() || !reserved.is_empty())
+            && kfs::read_opt(&f)?.is_none_or(|v| v.trim() != reserved.to_string())
+        {
+            kfs::write_settling(&f, &reserved.to_string())?;
         }
         Ok(())
     }
@@ -1098,7 +1099,12 @@ impl Manager {
                 && target != current
                 && (phase == Phase::Shrink) == target.is_subset(&current)
             {
-                kfs::write(&sub.join(&rel).join("cpuset.cpus"), &target.to_string())?;
+                // Growing may follow the rmdir of an exclusive sibling still going offline.
+                let file = sub.join(&rel).join("cpuset.cpus");
+                match phase {
+                    Phase::Shrink => kfs::write(&file, &target.to_string())?,
+                    Phase::Grow => kfs::write_settling(&file, &target.to_string())?,
+                }
                 now = target;
             }
             // Remember the base of groups that differ from it, forget restored ones; managed
@@ -1177,13 +1183,13 @@ impl Manager {
                 // cpu first: removing the child frees its budget, then the subtree shrinks.
                 if let Some(d) = self.group("cpu", partition) {
                     soft(kfs::rmdir_cgroup(&d))?;
-                    if self.host.rt_group_sched == Some(true) {
-                        if let Some(sub) = self.subtree("cpu").filter(|s| s.is_dir()) {
-                            let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
-                            kfs::write_if_changed(
-                                &sub.join("cpu.rt_runtime_us"),
-                                &total.to_string(),
-                            )?;
+                    if self.host.rt_group_sched == Some(true)
+                        && let Some(sub) = self.subtree("cpu").filter(|s| s.is_dir())
+                    {
+                        let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+                        let file = sub.join("cpu.rt_runtime_us");
+                        if kfs::read_opt(&file)?.is_none_or(|v| v.trim() != total.to_string()) {
+                            soft(kfs::write_settling(&file, &total.to_string()))?;
                         }
                     }
                 }
@@ -1194,7 +1200,7 @@ impl Manager {
                 self.reconcile_shared(records, state, &reserved, Phase::Grow)?;
                 if state.subtree_exclusive_set && !records.values().any(|r| !r.cpus.is_empty()) {
                     if let Some(sub) = self.subtree("cpuset") {
-                        kfs::write(&sub.join("cpuset.cpu_exclusive"), "0")?;
+                        soft(kfs::write_settling(&sub.join("cpuset.cpu_exclusive"), "0"))?;
                     }
                     state.subtree_exclusive_set = false;
                 }
@@ -1225,14 +1231,14 @@ impl Manager {
             }
             Err(e) => out.warnings.push(e.to_string()),
         }
-        if let Err(e) = std::fs::remove_file(self.record_file(partition)) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(Error::Dir {
-                    op: "remove record",
-                    path: self.record_file(partition),
-                    source: e,
-                });
-            }
+        if let Err(e) = std::fs::remove_file(self.record_file(partition))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::Dir {
+                op: "remove record",
+                path: self.record_file(partition),
+                source: e,
+            });
         }
         if records.is_empty() {
             self.teardown(state, &mut out);

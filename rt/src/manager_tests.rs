@@ -187,7 +187,7 @@ fn v1_apply_adopt_release_restores_everything() {
     // Last partition: subtrees removed; the foreign group keeps the subtree dir (not removable
     // in the fake as it holds a foreign dir) but its CPUs are back.
     f.mgr.release("web").unwrap();
-    assert!(!f.exists(&format!("{CPU}")));
+    assert!(!f.exists(CPU));
     assert!(!f.exists("sys/fs/cgroup/memory/slapos-edge"));
     assert_eq!(f.read(&format!("{CS}/foreign/cpuset.cpus")), "0-3");
     assert!(!f.exists("state/host.json"));
@@ -283,7 +283,8 @@ fn v1_refusals_happen_before_any_change() {
         "0\n",
     );
     let snap = f.snapshot();
-    let cases: Vec<(ProfileSpec, fn(&ProfileError) -> bool)> = vec![
+    type Check = fn(&ProfileError) -> bool;
+    let cases: Vec<(ProfileSpec, Check)> = vec![
         (
             fifo_on(&[3], 50),
             |e| matches!(e, ProfileError::CpuReserved { cpu: 3, partition } if partition == "enb"),

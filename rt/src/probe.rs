@@ -295,21 +295,21 @@ impl Thresholds {
     /// Violations, as messages; empty when the promise holds.
     pub fn check(&self, r: &ProbeReport) -> Vec<String> {
         let mut v = Vec::new();
-        if let Some(max) = self.max_p99_us {
-            if r.latency.p99_us > max {
-                v.push(format!(
-                    "p99 wake-up latency {} µs exceeds {} µs",
-                    r.latency.p99_us, max
-                ));
-            }
+        if let Some(max) = self.max_p99_us
+            && r.latency.p99_us > max
+        {
+            v.push(format!(
+                "p99 wake-up latency {} µs exceeds {} µs",
+                r.latency.p99_us, max
+            ));
         }
-        if let Some(max) = self.max_miss_ratio {
-            if r.deadline.miss_ratio > max {
-                v.push(format!(
-                    "deadline miss ratio {:.2e} ({} of {} periods) exceeds {:.2e}",
-                    r.deadline.miss_ratio, r.deadline.misses, r.deadline.periods, max
-                ));
-            }
+        if let Some(max) = self.max_miss_ratio
+            && r.deadline.miss_ratio > max
+        {
+            v.push(format!(
+                "deadline miss ratio {:.2e} ({} of {} periods) exceeds {:.2e}",
+                r.deadline.miss_ratio, r.deadline.misses, r.deadline.periods, max
+            ));
         }
         v
     }

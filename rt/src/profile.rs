@@ -172,10 +172,10 @@ impl ProfileSpec {
             }
             _ => {}
         }
-        if let Some(w) = self.cpu_weight {
-            if !(1..=10_000).contains(&w) {
-                return Err(ProfileError::CpuWeightOutOfRange(w));
-            }
+        if let Some(w) = self.cpu_weight
+            && !(1..=10_000).contains(&w)
+        {
+            return Err(ProfileError::CpuWeightOutOfRange(w));
         }
         if let Some(p) = self.cpu_period_us {
             if self.cpu_quota_us.is_none() {
@@ -185,15 +185,15 @@ impl ProfileSpec {
                 return Err(ProfileError::CpuPeriodOutOfRange(p));
             }
         }
-        if let Some(q) = self.cpu_quota_us {
-            if q < 1_000 {
-                return Err(ProfileError::CpuQuotaOutOfRange(q));
-            }
+        if let Some(q) = self.cpu_quota_us
+            && q < 1_000
+        {
+            return Err(ProfileError::CpuQuotaOutOfRange(q));
         }
-        if let Some(m) = self.memory_max_bytes {
-            if m < 1 << 20 {
-                return Err(ProfileError::MemoryTooSmall(m));
-            }
+        if let Some(m) = self.memory_max_bytes
+            && m < 1 << 20
+        {
+            return Err(ProfileError::MemoryTooSmall(m));
         }
         if let Some(r) = self.rt_runtime_us {
             if !policy.is_realtime() {

@@ -93,9 +93,7 @@ mod imp {
         } else {
             Resource::RLIMIT_RTPRIO
         };
-        getrlimit(res)
-            .map(|(s, h)| (s as u64, h as u64))
-            .map_err(nix_err)
+        getrlimit(res).map_err(nix_err)
     }
 
     /// Sets RLIMIT_RTPRIO (memlock = false) or RLIMIT_MEMLOCK (memlock = true).
