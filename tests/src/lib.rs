@@ -5,6 +5,8 @@
 //! binaries over real sockets. Processes are killed when their handle drops, so a failing test
 //! leaves nothing running.
 
+pub mod boards;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
