@@ -64,15 +64,25 @@
 
 pub mod codec;
 #[cfg(feature = "std")]
+pub mod config;
+#[cfg(feature = "std")]
 pub mod fs;
+#[cfg(feature = "std")]
+pub mod input;
 #[cfg(feature = "std")]
 pub mod log;
 #[cfg(feature = "std")]
 pub mod metrics;
 #[cfg(feature = "std")]
+pub mod output;
+#[cfg(feature = "std")]
 pub mod reader;
 #[cfg(feature = "std")]
 pub mod segment;
+#[cfg(feature = "std")]
+pub mod server;
+#[cfg(feature = "std")]
+pub mod service;
 
 #[cfg(feature = "std")]
 pub use log::{FullPolicy, Log, LogConfig, LogError, Now, Shared, SyncPolicy};

@@ -1,1 +1,271 @@
-fn main() {}
+//! `slapos-buffer --config FILE` — the store-and-forward service of a partition.
+//! `slapos-buffer status --config FILE` — prints the running instance's status (or, if it does
+//! not answer, the on-disk state).
+//!
+//! On start it prints one line `READY {json}` on stdout with the bound addresses (ports given as
+//! 0 in the config are chosen by the kernel), the epoch and the node id. SIGTERM/SIGINT stop it
+//! cleanly: inputs stop, the open batch is written and synced, the cursor synced.
+//! Exit codes: 0 clean stop, 1 startup error (config, lock held, directory not writable).
+
+use anyhow::{Context, Result};
+use buffer::config::{Config, InputCfg, OutputCfg, line_format};
+use buffer::input::{self, MqttIn, SerialIn, TcpIn};
+use buffer::output::{self, HttpOut, MqttOut};
+use buffer::service::Writer;
+use buffer::{Log, server};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn usage() -> ! {
+    eprintln!("usage: slapos-buffer [status] --config FILE");
+    std::process::exit(2)
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut config: Option<PathBuf> = None;
+    let mut status = false;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => config = args.next().map(PathBuf::from),
+            "status" => status = true,
+            "--help" | "-h" => usage(),
+            _ => usage(),
+        }
+    }
+    let Some(path) = config else { usage() };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(match std::env::var("SLAPOS_BUFFER_LOG").as_deref() {
+            Ok("debug") => tracing::Level::DEBUG,
+            Ok("warn") => tracing::Level::WARN,
+            _ => tracing::Level::INFO,
+        })
+        .init();
+    let cfg = Config::load(&path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?;
+    if status {
+        return rt.block_on(print_status(&cfg));
+    }
+    let handle = rt.handle().clone();
+    rt.block_on(run(cfg, handle))
+}
+
+async fn print_status(cfg: &Config) -> Result<()> {
+    if let Some(addr) = &cfg.metrics.listen
+        && let Ok((200, body)) = server::http_get(addr, "/status").await
+    {
+        let v: serde_json::Value = serde_json::from_str(&body).context("status is not JSON")?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    // Not running (or no fixed metrics port): inspect the directory.
+    let lc = cfg.log_config()?;
+    let dir = lc.stream_dir();
+    let cursor = std::fs::read(dir.join("CURSOR")).unwrap_or_default();
+    let slot = buffer::segment::CursorSlot::pick(&cursor).unwrap_or_default();
+    let mut segs = 0;
+    let mut bytes = 0;
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            if let Some(n) = e.file_name().to_str()
+                && buffer::segment::parse_seg_name(n).is_some()
+            {
+                segs += 1;
+                bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "running": false,
+            "dir": dir,
+            "epoch": slot.epoch,
+            "acked_seq": slot.acked,
+            "segments": segs,
+            "segment_bytes": bytes,
+        }))?
+    );
+    Ok(())
+}
+
+async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
+    let lc = cfg.log_config()?;
+    let (log, rec) = Log::open(lc.clone())
+        .with_context(|| format!("failed to open the buffer in `{}`", lc.stream_dir().display()))?;
+    tracing::info!(
+        epoch = rec.epoch,
+        acked = rec.acked,
+        next_seq = rec.next_seq,
+        truncated = rec.truncated_bytes,
+        corrupt_records = rec.corrupt_records,
+        "buffer opened"
+    );
+    let sh = log.shared().clone();
+    let (ingest, writer) = Writer::spawn(log, cfg.channel_bytes(), Some(handle));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut threads = Vec::new();
+
+    let mut ready = serde_json::json!({
+        "node_id": sh.node_id, "stream": sh.stream, "epoch": sh.epoch, "inputs": [],
+    });
+    if let Some(listen) = &cfg.metrics.listen {
+        let l = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("failed to bind the metrics endpoint `{listen}`"))?;
+        ready["metrics"] = l.local_addr()?.to_string().into();
+        tasks.push(tokio::spawn(server::serve(l, sh.clone(), stop_rx.clone())));
+    }
+    for (i, inp) in cfg.inputs.iter().enumerate() {
+        let source = i as u16;
+        let mut desc = serde_json::json!({ "index": i });
+        match inp.clone() {
+            InputCfg::Tcp { listen, format, ack, max_line } => {
+                let l = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("failed to bind tcp input `{listen}`"))?;
+                desc["type"] = "tcp".into();
+                desc["listen"] = l.local_addr()?.to_string().into();
+                let c = TcpIn {
+                    format: line_format(format.as_deref())?,
+                    ack,
+                    source,
+                    max_line: max_line.unwrap_or(64 << 10),
+                };
+                tasks.push(tokio::spawn(input::run_tcp(
+                    ingest.clone(),
+                    sh.clone(),
+                    l,
+                    c,
+                    stop_rx.clone(),
+                )));
+            }
+            InputCfg::Mqtt { host, port, client_id, topics, username, password, keep_alive_s } => {
+                desc["type"] = "mqtt".into();
+                let c = MqttIn {
+                    host,
+                    port,
+                    client_id: client_id
+                        .unwrap_or_else(|| format!("slapos-buffer-{}-in{i}", sh.stream)),
+                    topics,
+                    source,
+                    keep_alive: Duration::from_secs(keep_alive_s.unwrap_or(30)),
+                    username,
+                    password,
+                };
+                tasks.push(tokio::spawn(input::run_mqtt(ingest.clone(), c, stop_rx.clone())));
+            }
+            InputCfg::Serial { path, baud, format, max_line } => {
+                desc["type"] = "serial".into();
+                let c = SerialIn {
+                    path,
+                    baud: baud.unwrap_or(115_200),
+                    format: line_format(format.as_deref())?,
+                    source,
+                    max_line: max_line.unwrap_or(64 << 10),
+                };
+                let (ing, sh2, stop) = (ingest.clone(), sh.clone(), stop_rx.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("serial-{i}"))
+                        .spawn(move || input::run_serial(ing, sh2, c, stop))
+                        .context("failed to spawn the serial input thread")?,
+                );
+            }
+            InputCfg::Opcua { endpoint, nodes, interval_ms } => {
+                desc["type"] = "opcua".into();
+                #[cfg(feature = "opcua")]
+                {
+                    let c = buffer::opcua::OpcuaIn {
+                        endpoint,
+                        nodes,
+                        interval: Duration::from_millis(interval_ms.unwrap_or(1000)),
+                        source,
+                    };
+                    tasks.push(tokio::spawn(buffer::opcua::run(
+                        ingest.clone(),
+                        sh.clone(),
+                        c,
+                        stop_rx.clone(),
+                    )));
+                }
+                #[cfg(not(feature = "opcua"))]
+                {
+                    let _ = (endpoint, nodes, interval_ms);
+                    anyhow::bail!("an opcua input needs slapos-buffer built with the `opcua` feature");
+                }
+            }
+        }
+        if let Some(a) = ready["inputs"].as_array_mut() {
+            a.push(desc);
+        }
+    }
+    match cfg.output.clone() {
+        Some(OutputCfg::Mqtt {
+            host, port, client_id, topic, window, keep_alive_s, username, password,
+            backoff_base_ms, backoff_max_ms,
+        }) => {
+            let c = MqttOut {
+                host,
+                port,
+                client_id: client_id.unwrap_or_else(|| format!("slapos-buffer-{}-{}", sh.node_id, sh.stream)),
+                topic: topic.unwrap_or_else(|| "buffer/{stream}".into()),
+                window: window.unwrap_or(64),
+                keep_alive: Duration::from_secs(keep_alive_s.unwrap_or(30)),
+                username,
+                password,
+                backoff: (
+                    Duration::from_millis(backoff_base_ms.unwrap_or(1000)),
+                    Duration::from_millis(backoff_max_ms.unwrap_or(120_000)),
+                ),
+            };
+            tasks.push(tokio::spawn(output::run_mqtt(sh.clone(), c, stop_rx.clone())));
+        }
+        Some(OutputCfg::Http { url, batch_records, batch_bytes, timeout_ms, backoff_base_ms, backoff_max_ms }) => {
+            let c = HttpOut {
+                url,
+                batch_records: batch_records.unwrap_or(1000),
+                batch_bytes: batch_bytes.unwrap_or(1 << 20),
+                timeout: Duration::from_millis(timeout_ms.unwrap_or(30_000)),
+                backoff: (
+                    Duration::from_millis(backoff_base_ms.unwrap_or(1000)),
+                    Duration::from_millis(backoff_max_ms.unwrap_or(120_000)),
+                ),
+            };
+            tasks.push(tokio::spawn(output::run_http(sh.clone(), c, stop_rx.clone())));
+        }
+        None => {}
+    }
+    println!("READY {ready}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    drop(ingest);
+    let r = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+        writer.join()
+    })
+    .await
+    .context("writer thread")?;
+    r.context("failed to close the buffer")?;
+    Ok(())
+}

@@ -74,3 +74,5 @@ pub fn drain(r: &mut Reader) -> Vec<Got> {
     }
     out
 }
+
+pub mod peers;

@@ -1,0 +1,559 @@
+//! Outputs: MQTT v5 QoS 1 publish and HTTP POST batches, with jittered exponential backoff and
+//! no retry limit.
+//!
+//! Both resume at `acked + 1` after any failure, so records are first sent in seq order and a
+//! reconnect resends at most the in-flight window. The cursor advances only over the contiguous
+//! prefix acknowledged by the upstream (PUBACK / HTTP 2xx). Delivery ids
+//! `node/stream/epoch/seq` travel as the MQTT v5 user property `delivery-id` and, for HTTP, in
+//! each JSON line plus the batch's `Idempotency-Key` header.
+
+use crate::codec::GapV1;
+use crate::fs::SplitMix;
+use crate::log::Shared;
+use crate::reader::{ReadBatch, Reader, RecKind, RecMeta};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Full-jitter exponential backoff: the n-th wait is uniform in `[0, min(cap, base·2ⁿ)]`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: SplitMix,
+}
+
+impl Backoff {
+    /// A backoff from `base` up to `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        let seed = crate::log::unix_ms() as u64 ^ u64::from(std::process::id()) << 32;
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+            rng: SplitMix(seed),
+        }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = exp.as_millis() as u64;
+        Duration::from_millis(self.rng.below(ms + 1))
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The delivery id of a record.
+pub fn delivery_id(sh: &Shared, m: &RecMeta) -> String {
+    format!("{}/{}/{}/{}", sh.node_id, sh.stream, m.epoch, m.seq)
+}
+
+fn gap_json(g: &GapV1) -> String {
+    format!(
+        "{{\"reason\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"records\":{},\"bytes\":{}}}",
+        g.reason.label(),
+        g.first_seq,
+        g.last_seq,
+        g.records,
+        g.bytes
+    )
+}
+
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = crate::service::stopped(stop) => true,
+    }
+}
+
+/// Reads the next batch (blocking file I/O on a page-cache-friendly sequential pattern).
+fn read_more(r: &mut Reader, b: &mut ReadBatch, max: usize, sh: &Shared) -> usize {
+    match r.read(b, max, 1 << 20) {
+        Ok(n) => n,
+        Err(e) => {
+            sh.metrics.io_errors.fetch_add(1, Relaxed);
+            tracing::warn!("buffer: read failed: {e}");
+            0
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT.
+
+/// MQTT output settings.
+#[derive(Debug, Clone)]
+pub struct MqttOut {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+    /// Topic; `{key}` is replaced by the record's key (source topic), `{stream}` by the stream.
+    pub topic: String,
+    /// Records in flight (unacknowledged) at most.
+    pub window: u16,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Credentials.
+    pub username: Option<String>,
+    /// Credentials.
+    pub password: Option<String>,
+    /// Backoff base and cap.
+    pub backoff: (Duration, Duration),
+}
+
+struct Flight {
+    seq: u64,
+    pkid: Option<u16>,
+    acked: bool,
+}
+
+fn topic_for(tpl: &str, sh: &Shared, key: &[u8]) -> String {
+    let key = String::from_utf8_lossy(key);
+    tpl.replace("{stream}", &sh.stream).replace("{key}", &key)
+}
+
+/// Runs the MQTT output until `stop` becomes true.
+pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(cfg.backoff.0, cfg.backoff.1);
+    let mut reader = Reader::new(sh.clone());
+    let mut durable = sh.subscribe_durable();
+    let mut highest_sent = sh.acked();
+    let window = usize::from(cfg.window.max(1));
+    let mut batch = ReadBatch::default();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+        opts.set_keep_alive(cfg.keep_alive)
+            .set_clean_start(true)
+            .set_outgoing_inflight_upper_limit(cfg.window.max(1).saturating_add(1));
+        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        let (client, mut el) = AsyncClient::new(opts, window * 2 + 16);
+        // Resume right after the acknowledged prefix.
+        reader.seek(sh.acked() + 1);
+        batch.clear();
+        let mut flights: VecDeque<Flight> = VecDeque::new();
+        let mut connected = false;
+        let failed = loop {
+            // Feed the window.
+            if connected && flights.len() < window {
+                if batch.is_empty() {
+                    batch.clear();
+                    read_more(&mut reader, &mut batch, window - flights.len(), &sh);
+                }
+                let mut used = 0;
+                for m in batch.recs.iter().take(window - flights.len()) {
+                    let (topic, payload) = match m.kind {
+                        RecKind::Gap(g) => (
+                            topic_for(&cfg.topic, &sh, b"_gap"),
+                            gap_json(&g).into_bytes(),
+                        ),
+                        _ => (
+                            topic_for(&cfg.topic, &sh, batch.key(m)),
+                            batch.payload(m).to_vec(),
+                        ),
+                    };
+                    let props = PublishProperties {
+                        user_properties: vec![
+                            ("delivery-id".into(), delivery_id(&sh, m)),
+                            ("ts-ms".into(), m.ts_ms.to_string()),
+                            (
+                                "kind".into(),
+                                match m.kind {
+                                    RecKind::Data => "data",
+                                    RecKind::Gap(_) => "gap",
+                                    RecKind::Unknown => "unknown",
+                                }
+                                .into(),
+                            ),
+                        ],
+                        ..Default::default()
+                    };
+                    if client
+                        .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    if m.seq <= highest_sent {
+                        sh.metrics.records_resent.fetch_add(1, Relaxed);
+                    }
+                    highest_sent = highest_sent.max(m.seq);
+                    flights.push_back(Flight {
+                        seq: m.seq,
+                        pkid: None,
+                        acked: false,
+                    });
+                    used += 1;
+                }
+                batch.consume_front(used);
+            }
+            let want_more = connected && flights.len() < window && batch.is_empty();
+            tokio::select! {
+                _ = crate::service::stopped(&mut stop) => {
+                    let _ = client.try_disconnect();
+                    return;
+                }
+                _ = durable.changed(), if want_more => {}
+                ev = el.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        backoff.reset();
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                        if let Some(f) = flights.iter_mut().find(|f| f.pkid.is_none()) {
+                            f.pkid = Some(pkid);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        let transient = matches!(
+                            ack.reason,
+                            PubAckReason::UnspecifiedError
+                                | PubAckReason::ImplementationSpecificError
+                                | PubAckReason::QuotaExceeded
+                                | PubAckReason::PacketIdentifierInUse
+                        );
+                        if transient {
+                            sh.metrics.output_errors.fetch_add(1, Relaxed);
+                            break true;
+                        }
+                        let rejected = !matches!(
+                            ack.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        );
+                        if let Some(f) = flights.iter_mut().find(|f| f.pkid == Some(ack.pkid) && !f.acked) {
+                            f.acked = true;
+                            if rejected {
+                                sh.metrics.records_rejected.fetch_add(1, Relaxed);
+                            } else {
+                                sh.metrics.records_delivered.fetch_add(1, Relaxed);
+                            }
+                        }
+                        let mut last = None;
+                        while flights.front().is_some_and(|f| f.acked) {
+                            last = flights.pop_front().map(|f| f.seq);
+                        }
+                        if let Some(s) = last {
+                            sh.ack(s);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        sh.metrics.output_errors.fetch_add(1, Relaxed);
+                        tracing::debug!("buffer: mqtt output: {e}");
+                        break true;
+                    }
+                },
+            }
+        };
+        if failed {
+            drop(el);
+            if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP.
+
+/// HTTP output settings.
+#[derive(Debug, Clone)]
+pub struct HttpOut {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Records per POST at most.
+    pub batch_records: usize,
+    /// Key + payload bytes per POST at most.
+    pub batch_bytes: usize,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Backoff base and cap.
+    pub backoff: (Duration, Duration),
+}
+
+/// A parsed `http://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `host:port`.
+    pub authority: String,
+    /// Host for the `Host` header.
+    pub host: String,
+    /// Path with query.
+    pub path: String,
+}
+
+/// Parses `http://host[:port][/path]`.
+pub fn parse_http_url(url: &str) -> Option<HttpUrl> {
+    let rest = url.strip_prefix("http://")?;
+    let (auth, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if auth.is_empty() {
+        return None;
+    }
+    let authority = if auth.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        auth.to_string()
+    } else {
+        format!("{auth}:80")
+    };
+    Some(HttpUrl {
+        authority,
+        host: auth.to_string(),
+        path: path.to_string(),
+    })
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    let mut o = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                o.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                o.push('=');
+            }
+        }
+    }
+    o
+}
+
+/// One NDJSON line per record.
+pub fn json_line(sh: &Shared, b: &ReadBatch, m: &RecMeta, out: &mut Vec<u8>) {
+    let id = delivery_id(sh, m);
+    let kind = match m.kind {
+        RecKind::Data => "data",
+        RecKind::Gap(_) => "gap",
+        RecKind::Unknown => "unknown",
+    };
+    let mut v = serde_json::json!({
+        "id": id,
+        "node": sh.node_id,
+        "stream": sh.stream,
+        "epoch": m.epoch,
+        "seq": m.seq,
+        "ts_ms": m.ts_ms,
+        "source": m.source,
+        "kind": kind,
+    });
+    let key = b.key(m);
+    if !key.is_empty() {
+        v["key"] = String::from_utf8_lossy(key).into();
+    }
+    match m.kind {
+        RecKind::Gap(g) => {
+            v["gap"] = serde_json::json!({
+                "reason": g.reason.label(), "first_seq": g.first_seq, "last_seq": g.last_seq,
+                "records": g.records, "bytes": g.bytes,
+            });
+        }
+        _ => match std::str::from_utf8(b.payload(m)) {
+            Ok(s) => v["payload"] = s.into(),
+            Err(_) => v["payload_b64"] = base64(b.payload(m)).into(),
+        },
+    }
+    if serde_json::to_writer(&mut *out, &v).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// A minimal HTTP/1.1 POST (`Connection: close`); returns the status code.
+pub async fn http_post(
+    url: &HttpUrl,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<u16> {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(&url.authority).await?;
+        let mut req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            url.path,
+            url.host,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut resp = Vec::with_capacity(256);
+        let mut buf = [0u8; 1024];
+        while !resp.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            resp.extend_from_slice(&buf[..n]);
+            if resp.len() > 64 << 10 {
+                break;
+            }
+        }
+        let line = resp.split(|&b| b == b'\n').next().unwrap_or_default();
+        let status = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| std::io::Error::other("malformed HTTP status line"))?;
+        Ok(status)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
+}
+
+/// Runs the HTTP output until `stop` becomes true.
+pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<bool>) {
+    let Some(url) = parse_http_url(&cfg.url) else {
+        tracing::error!("buffer: invalid output url `{}`", cfg.url);
+        return;
+    };
+    let mut backoff = Backoff::new(cfg.backoff.0, cfg.backoff.1);
+    let mut reader = Reader::new(sh.clone());
+    let mut durable = sh.subscribe_durable();
+    let mut batch = ReadBatch::default();
+    let mut body = Vec::new();
+    let mut highest_sent = sh.acked();
+    loop {
+        batch.clear();
+        reader.seek(sh.acked() + 1);
+        let n = match reader.read(&mut batch, cfg.batch_records, cfg.batch_bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                sh.metrics.io_errors.fetch_add(1, Relaxed);
+                tracing::warn!("buffer: read failed: {e}");
+                0
+            }
+        };
+        if n == 0 {
+            tokio::select! {
+                _ = crate::service::stopped(&mut stop) => return,
+                _ = durable.changed() => continue,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        }
+        body.clear();
+        for m in &batch.recs {
+            json_line(&sh, &batch, m, &mut body);
+        }
+        let (first, last) = (batch.recs[0], batch.recs[batch.len() - 1]);
+        let key = format!(
+            "{}/{}/{}:{}-{}:{}",
+            sh.node_id, sh.stream, first.epoch, first.seq, last.epoch, last.seq
+        );
+        if first.seq <= highest_sent {
+            sh.metrics
+                .records_resent
+                .fetch_add(highest_sent.min(last.seq) - first.seq + 1, Relaxed);
+        }
+        highest_sent = highest_sent.max(last.seq);
+        loop {
+            let headers = [
+                ("Content-Type", "application/x-ndjson"),
+                ("Idempotency-Key", key.as_str()),
+            ];
+            let r = http_post(&url, &headers, &body, cfg.timeout).await;
+            match r {
+                Ok(s) if (200..300).contains(&s) || s == 409 => {
+                    sh.metrics.records_delivered.fetch_add(n as u64, Relaxed);
+                    sh.ack(last.seq);
+                    backoff.reset();
+                    break;
+                }
+                Ok(s) if (400..500).contains(&s) && s != 408 && s != 429 => {
+                    // Permanent rejection: counted, never blocks the stream.
+                    sh.metrics.records_rejected.fetch_add(n as u64, Relaxed);
+                    tracing::warn!("buffer: upstream rejected batch {key} with HTTP {s}");
+                    sh.ack(last.seq);
+                    break;
+                }
+                other => {
+                    sh.metrics.output_errors.fetch_add(1, Relaxed);
+                    tracing::debug!("buffer: http output: {other:?}");
+                    if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn urls_parse() {
+        let u = parse_http_url("http://127.0.0.1:8080/in?x=1").unwrap();
+        assert_eq!((u.authority.as_str(), u.path.as_str()), ("127.0.0.1:8080", "/in?x=1"));
+        let u = parse_http_url("http://example").unwrap();
+        assert_eq!((u.authority.as_str(), u.path.as_str()), ("example:80", "/"));
+        assert!(parse_http_url("https://x/").is_none());
+        assert!(parse_http_url("http:///x").is_none());
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut max_seen = Duration::ZERO;
+        for n in 0..50 {
+            let d = b.next_delay();
+            let bound = Duration::from_millis(100 << n.min(20)).min(Duration::from_secs(2));
+            assert!(d <= bound, "{d:?} > {bound:?}");
+            max_seen = max_seen.max(d);
+        }
+        assert!(max_seen > Duration::from_millis(200), "jitter never grew: {max_seen:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,466 @@
+//! Real peers for the integration tests: the `slapos-buffer` binary, mosquitto, an HTTP sink,
+//! a TCP line producer with acknowledgements. Everything on loopback, ports chosen by the kernel.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Whether an external tool is there; skips (false) or, with `SLAPOS_REQUIRE_TOOLS=1`, fails.
+pub fn require_tool(name: &str) -> bool {
+    let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(name).exists());
+    if !found {
+        if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("required tool `{name}` is missing (scripts/deps/buffer.sh installs it)");
+        }
+        eprintln!("SKIP: `{name}` not installed (scripts/deps/buffer.sh installs it)");
+    }
+    found
+}
+
+/// Whether we are root; skips (false) or, with `SLAPOS_REQUIRE_PRIVILEGED=1`, fails.
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("{what} needs root");
+        }
+        eprintln!("SKIP: {what} needs root");
+    }
+    root
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+// ---------------------------------------------------------------------------------------------
+// mosquitto.
+
+/// A mosquitto broker child process, killed on drop.
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    extra: String,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free loopback port; `extra` is appended to its config.
+    pub fn start(dir: &Path, extra: &str) -> Mosquitto {
+        Self::start_on(dir, free_port(), extra)
+    }
+
+    /// Starts on `port`.
+    pub fn start_on(dir: &Path, port: u16, extra: &str) -> Mosquitto {
+        std::fs::create_dir_all(dir).expect("broker dir");
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+            extra: extra.to_string(),
+        };
+        m.restart();
+        m
+    }
+
+    /// (Re)starts the broker with its config.
+    pub fn restart(&mut self) {
+        self.stop();
+        let conf = self.dir.join("mosquitto.conf");
+        let mut text = format!("listener {} 127.0.0.1\n", self.port);
+        if !self.extra.contains("allow_anonymous") {
+            text.push_str("allow_anonymous true\n");
+        }
+        text.push_str("persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n");
+        text.push_str(&self.extra);
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), "mosquitto to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// Sends SIGHUP (reloads password files).
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
+        }
+    }
+
+    /// Kills the broker.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The slapos-buffer binary.
+
+/// A running `slapos-buffer`, killed on drop.
+pub struct BufferProc {
+    pub child: Child,
+    pub ready: serde_json::Value,
+}
+
+impl BufferProc {
+    /// Writes `config` to `dir/buffer.toml` and starts the binary; waits for `READY`.
+    pub fn start(dir: &Path, config: &str) -> BufferProc {
+        Self::start_with(dir, config, None)
+    }
+
+    /// Same, optionally prefixed by a wrapper command (e.g. `ip netns exec NS`).
+    pub fn start_with(dir: &Path, config: &str, wrapper: Option<&[&str]>) -> BufferProc {
+        let conf = dir.join("buffer.toml");
+        std::fs::write(&conf, config).expect("write config");
+        let bin = env!("CARGO_BIN_EXE_slapos-buffer");
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .arg("--config")
+            .arg(&conf)
+            .env("SLAPOS_BUFFER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn slapos-buffer");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(j) = line.strip_prefix("READY ") {
+                    let _ = tx.send(j.trim().to_string());
+                }
+                line.clear();
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(j) => serde_json::from_str(&j).expect("READY json"),
+            Err(_) => {
+                let _ = child.kill();
+                let st = child.wait();
+                panic!("slapos-buffer did not become ready ({st:?})");
+            }
+        };
+        BufferProc { child, ready }
+    }
+
+    /// Address of input `i`.
+    pub fn input_addr(&self, i: usize) -> String {
+        self.ready["inputs"][i]["listen"]
+            .as_str()
+            .expect("input address")
+            .to_string()
+    }
+
+    /// Metrics address.
+    pub fn metrics_addr(&self) -> String {
+        self.ready["metrics"].as_str().expect("metrics address").to_string()
+    }
+
+    /// GET on the metrics endpoint.
+    pub fn get(&self, path: &str) -> String {
+        http_get(&self.metrics_addr(), path)
+    }
+
+    /// The status document.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status")).expect("status json")
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// VmRSS in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+}
+
+impl Drop for BufferProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Blocking `GET`, body only.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect metrics");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut r = String::new();
+    s.read_to_string(&mut r).expect("read");
+    r.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()
+}
+
+/// A Prometheus sample value (first line starting with `name{` or `name `).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP sink.
+
+/// One delivered record.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    pub id: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub kind: String,
+    pub payload: String,
+    pub gap: Option<(u64, u64)>,
+}
+
+/// An HTTP server recording NDJSON batches; answers 503 while `fail` is set.
+pub struct HttpSink {
+    pub addr: String,
+    pub got: Arc<Mutex<Vec<Delivered>>>,
+    pub keys: Arc<Mutex<Vec<String>>>,
+    pub fail: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HttpSink {
+    pub fn start() -> HttpSink {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let addr = l.local_addr().expect("addr").to_string();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let fail = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, k, f, st) = (got.clone(), keys.clone(), fail.clone(), stop.clone());
+        thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(SeqCst) {
+                    return;
+                }
+                let Ok(mut s) = s else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut len = 0usize;
+                let mut key = String::new();
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("idempotency-key:") {
+                        key = line["idempotency-key:".len()..].trim().to_string();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if r.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                if f.load(SeqCst) {
+                    let _ = s.write_all(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    continue;
+                }
+                {
+                    let mut g = g.lock().expect("sink lock");
+                    for l in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        let v: serde_json::Value = serde_json::from_slice(l).expect("ndjson line");
+                        g.push(Delivered {
+                            id: v["id"].as_str().unwrap_or_default().to_string(),
+                            epoch: v["epoch"].as_u64().unwrap_or(0),
+                            seq: v["seq"].as_u64().unwrap_or(0),
+                            kind: v["kind"].as_str().unwrap_or_default().to_string(),
+                            payload: v["payload"].as_str().unwrap_or_default().to_string(),
+                            gap: v.get("gap").map(|g| {
+                                (g["first_seq"].as_u64().unwrap_or(0), g["last_seq"].as_u64().unwrap_or(0))
+                            }),
+                        });
+                    }
+                    k.lock().expect("keys").push(key);
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        HttpSink { addr, got, keys, fail, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/ingest", self.addr)
+    }
+
+    pub fn snapshot(&self) -> Vec<Delivered> {
+        self.got.lock().expect("sink lock").clone()
+    }
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+/// Checks a delivery log: each id always carries the same payload; returns the first-arrival
+/// order of ids (deduplicated) and the number of duplicates.
+pub fn dedup(got: &[Delivered]) -> (Vec<Delivered>, usize) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut firsts = Vec::new();
+    let mut dups = 0;
+    for d in got {
+        match seen.get(&d.id) {
+            Some(p) => {
+                assert_eq!(p, &d.payload, "delivery id {} carried two payloads", d.id);
+                dups += 1;
+            }
+            None => {
+                seen.insert(d.id.clone(), d.payload.clone());
+                firsts.push(d.clone());
+            }
+        }
+    }
+    (firsts, dups)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP producer with acknowledgements.
+
+/// Sends numbered JSON lines to a TCP input and tracks `ok <n>` acknowledgements.
+pub struct Producer {
+    /// Lines acknowledged as durable (by their number).
+    pub acked: Arc<AtomicU64>,
+}
+
+/// The JSON line number `n`.
+pub fn line(n: u64) -> String {
+    format!("{{\"sensor\":\"s1\",\"n\":{n},\"v\":{}.5,\"pad\":\"{}\"}}", n % 97, "x".repeat(40))
+}
+
+impl Producer {
+    /// Sends lines `from..to` over one connection; the acked counter is set to
+    /// `from - 1 + <n>` for every `ok <n>` received. Returns when all were acked or the
+    /// connection broke (the caller resends from `acked + 1`).
+    pub fn run(addr: &str, from: u64, to: u64, acked: &AtomicU64, stop_after: Option<Duration>) {
+        let Ok(s) = TcpStream::connect(addr) else { return };
+        let _ = s.set_nodelay(true);
+        let mut w = s.try_clone().expect("clone");
+        let r = BufReader::new(s);
+        let base = from - 1;
+        let started = Instant::now();
+        let writer = thread::spawn(move || {
+            let mut buf = String::new();
+            for n in from..to {
+                buf.push_str(&line(n));
+                buf.push('\n');
+                if buf.len() > 8192 || n + 1 == to {
+                    if w.write_all(buf.as_bytes()).is_err() {
+                        return;
+                    }
+                    buf.clear();
+                }
+                if stop_after.is_some_and(|d| started.elapsed() > d) {
+                    let _ = w.write_all(buf.as_bytes());
+                    return;
+                }
+            }
+        });
+        for l in r.lines() {
+            let Ok(l) = l else { break };
+            if let Some(v) = l.strip_prefix("ok ") {
+                if let Ok(n) = v.trim().parse::<u64>() {
+                    acked.fetch_max(base + n, SeqCst);
+                    if base + n >= to - 1 {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = writer.join();
+    }
+}

@@ -1,0 +1,238 @@
+//! The `slapos-buffer` binary with real peers: TCP producers with acknowledgements, an HTTP
+//! sink, kill -9 loops, retention under a long outage, disk full on a small tmpfs.
+
+mod common;
+
+use common::peers::*;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+fn config(dir: &std::path::Path, extra_storage: &str, output: &str) -> String {
+    format!(
+        r#"
+node_id = "gw-test"
+[storage]
+dir = "{dir}"
+stream = "sensors"
+{extra_storage}
+[metrics]
+listen = "127.0.0.1:0"
+[[inputs]]
+type = "tcp"
+listen = "127.0.0.1:0"
+format = "json"
+ack = true
+{output}
+"#,
+        dir = dir.join("data").display()
+    )
+}
+
+fn http_output(url: &str, batch: usize) -> String {
+    format!(
+        "[output]\ntype = \"http\"\nurl = \"{url}\"\nbatch_records = {batch}\nbackoff_base_ms = 20\nbackoff_max_ms = 200\n"
+    )
+}
+
+fn payload_n(p: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
+}
+
+#[test]
+fn tcp_lines_to_http_with_acks_metrics_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = HttpSink::start();
+    let mut b = BufferProc::start(dir.path(), &config(dir.path(), "", &http_output(&sink.url(), 100)));
+    let acked = AtomicU64::new(0);
+    Producer::run(&b.input_addr(0), 1, 1001, &acked, None);
+    assert_eq!(acked.load(SeqCst), 1000);
+    let got = wait_for(Duration::from_secs(30), "1000 records at the sink", || {
+        let g = sink.snapshot();
+        (g.len() >= 1000).then_some(g)
+    });
+    let (firsts, dups) = dedup(&got);
+    assert_eq!(dups, 0);
+    for (i, d) in firsts.iter().enumerate() {
+        assert_eq!(d.seq, i as u64 + 1, "in order");
+        assert_eq!(payload_n(&d.payload), Some(i as u64 + 1));
+        assert_eq!(d.id, format!("gw-test/sensors/{}/{}", d.epoch, d.seq));
+    }
+    assert!(sink.keys.lock().unwrap().iter().all(|k| k.starts_with("gw-test/sensors/")));
+    // A malformed line is refused and reported, the stream goes on.
+    let mut s = std::net::TcpStream::connect(b.input_addr(0)).unwrap();
+    use std::io::{BufRead, Write};
+    s.write_all(b"{not json\n{\"n\":1001}\n").unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    assert_eq!(l, "bad 1\n");
+    l.clear();
+    r.read_line(&mut l).unwrap();
+    assert_eq!(l, "ok 2\n");
+    let m = wait_for(Duration::from_secs(10), "delivered metric", || {
+        let m = b.get("/metrics");
+        (metric(&m, "buffer_records_delivered_total{").unwrap_or(0.0) >= 1001.0).then_some(m)
+    });
+    assert_eq!(metric(&m, "buffer_records_in_total{"), Some(1001.0));
+    assert_eq!(metric(&m, "buffer_input_invalid_total{"), Some(1.0));
+    assert_eq!(metric(&m, "buffer_backlog_records{"), Some(0.0));
+    assert!(m.contains("buffer_fsync_seconds_bucket{stream=\"sensors\",le=\"+Inf\"}"));
+    let st = b.status();
+    assert_eq!(st["node_id"], "gw-test");
+    assert_eq!(st["records_delivered"], 1001);
+    assert_eq!(b.get("/health"), "ok\n");
+    assert!(b.terminate(), "clean exit on SIGTERM");
+}
+
+#[test]
+fn kill9_loop_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = HttpSink::start();
+    let batch = 50usize;
+    let cfg = config(
+        dir.path(),
+        "batch_window_ms = 5\nsegment_bytes = 262144",
+        &http_output(&sink.url(), batch),
+    );
+    let acked = AtomicU64::new(0);
+    let mut rng = buffer::fs::SplitMix(0x5EED ^ std::process::id() as u64);
+    let kills = 100;
+    let mut next = 1u64;
+    for _ in 0..kills {
+        let mut b = BufferProc::start(dir.path(), &cfg);
+        let addr = b.input_addr(0);
+        let from = acked.load(SeqCst) + 1;
+        let to = from + 400;
+        let delay = Duration::from_millis(5 + rng.below(60));
+        std::thread::scope(|s| {
+            s.spawn(|| Producer::run(&addr, from, to, &acked, None));
+            std::thread::sleep(delay);
+            b.kill9();
+        });
+        next = next.max(to);
+    }
+    // Final run: everything acknowledged (and the rest) is delivered.
+    let b = BufferProc::start(dir.path(), &cfg);
+    let from = acked.load(SeqCst) + 1;
+    Producer::run(&b.input_addr(0), from, from + 100, &acked, None);
+    let total_acked = acked.load(SeqCst);
+    assert!(total_acked > 1000, "producer made little progress: {total_acked}");
+    let got = wait_for(Duration::from_secs(60), "backlog drained", || {
+        let st = b.status();
+        (st["gauges"]["backlog_records"] == 0).then(|| sink.snapshot())
+    });
+    let (firsts, dups) = dedup(&got);
+    // No acknowledged line is lost.
+    let ns: HashSet<u64> = firsts.iter().filter_map(|d| payload_n(&d.payload)).collect();
+    for n in 1..=total_acked {
+        assert!(ns.contains(&n), "acknowledged line {n} lost");
+    }
+    // Seqs are contiguous (no gap: nothing was dropped) and first sent in order.
+    for (i, d) in firsts.iter().enumerate() {
+        assert_eq!(d.seq, i as u64 + 1, "gap or reorder at {i}: {d:?}");
+    }
+    // Duplicates are bounded by the in-flight window (one batch) per kill.
+    assert!(dups <= kills * batch, "{dups} duplicates > {kills} × {batch}");
+    let m = b.get("/metrics");
+    assert_eq!(metric(&m, "buffer_corrupt_records_total{"), Some(0.0));
+    eprintln!(
+        "kill9 loop: {kills} kills, {total_acked} lines acked, {} delivered, {dups} duplicates",
+        got.len()
+    );
+}
+
+#[test]
+fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = HttpSink::start();
+    sink.fail.store(true, SeqCst);
+    let max = 2u64 << 20;
+    let cfg = config(
+        dir.path(),
+        &format!("max_bytes = {max}\nsegment_bytes = 131072\nbatch_window_ms = 10"),
+        &http_output(&sink.url(), 500),
+    );
+    let mut b = BufferProc::start(dir.path(), &cfg);
+    let stream_dir = dir.path().join("data").join("sensors");
+    let disk = || -> u64 {
+        std::fs::read_dir(&stream_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    let acked = AtomicU64::new(0);
+    // ~100 B per line: one budget's worth, then two more.
+    let per_budget = max / 100;
+    Producer::run(&b.input_addr(0), 1, per_budget + 1, &acked, None);
+    let rss_1 = b.rss_kib();
+    Producer::run(&b.input_addr(0), per_budget + 1, 3 * per_budget + 1, &acked, None);
+    let rss_3 = b.rss_kib();
+    assert_eq!(acked.load(SeqCst), 3 * per_budget);
+    assert!(disk() <= max, "disk {} > max_bytes {max}", disk());
+    assert!(rss_3 <= rss_1 + 1024, "RSS grew from {rss_1} KiB to {rss_3} KiB");
+    let st = b.status();
+    assert!(st["dropped"]["retention_bytes"].as_u64().unwrap() > 0);
+    // Link back: what is left arrives, oldest-first drops are explained by gap markers.
+    sink.fail.store(false, SeqCst);
+    let got = wait_for(Duration::from_secs(60), "backlog drained", || {
+        (b.status()["gauges"]["backlog_records"] == 0).then(|| sink.snapshot())
+    });
+    let (firsts, _) = dedup(&got);
+    let gaps: Vec<(u64, u64)> = firsts.iter().filter_map(|d| d.gap).collect();
+    assert!(!gaps.is_empty(), "no gap marker delivered");
+    let seqs: HashSet<u64> = firsts.iter().map(|d| d.seq).collect();
+    let max_seq = *seqs.iter().max().unwrap();
+    for s in 1..=max_seq {
+        assert!(
+            seqs.contains(&s) || gaps.iter().any(|&(a, z)| a <= s && s <= z),
+            "seq {s} neither delivered nor in a gap marker"
+        );
+    }
+    // The newest records survived.
+    let ns: HashSet<u64> = firsts.iter().filter_map(|d| payload_n(&d.payload)).collect();
+    assert!(ns.contains(&(3 * per_budget)));
+    assert!(b.terminate());
+}
+
+#[test]
+fn disk_full_on_a_small_tmpfs_never_stops_the_service() {
+    if !require_root("mounting a tmpfs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "slapos-edge-test-buffer"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let cfg = config(
+        &mnt,
+        "max_bytes = 67108864\nsegment_bytes = 262144\nbatch_window_ms = 10",
+        "",
+    );
+    let mut b = BufferProc::start(dir.path(), &cfg.replace(&format!("{}", mnt.join("data").display()), &format!("{}", mnt.join("data").display())));
+    let acked = AtomicU64::new(0);
+    // 6 MB of lines into a 3 MB filesystem.
+    Producer::run(&b.input_addr(0), 1, 60_001, &acked, None);
+    assert_eq!(acked.load(SeqCst), 60_000, "the input kept acknowledging");
+    let st = b.status();
+    assert!(st["dropped"]["disk_full"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["io_errors"].as_u64().unwrap() > 0);
+    // Still alive and writing.
+    Producer::run(&b.input_addr(0), 60_001, 60_101, &acked, None);
+    assert_eq!(acked.load(SeqCst), 60_100);
+    assert!(b.child.try_wait().unwrap().is_none(), "process exited");
+    assert!(b.terminate());
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Test dependencies of the `buffer` crate: mosquitto (local and upstream MQTT brokers started
+# by the tests on free loopback ports) and socat (serial pty pairs). Idempotent.
+set -euo pipefail
+need=()
+for pkg in mosquitto socat; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        need+=("$pkg")
+    fi
+done
+if ((${#need[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends "${need[@]}" || {
+        apt-get update
+        apt-get install -y --no-install-recommends "${need[@]}"
+    }
+fi
+# The Debian package enables a system broker on port 1883; the tests start their own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+    systemctl stop mosquitto || true
+fi
+echo "buffer deps: mosquitto and socat present"
