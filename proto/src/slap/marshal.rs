@@ -14,7 +14,8 @@ use std::fmt::Write;
 
 use super::error::{EncodeError, MarshalError, truncate};
 use super::value::{
-    KeyId, Object, PyIntText, PyLong, SLAP_MODULE, SlapClass, Value, key_id, sorted_entries,
+    KeyId, Object, PyIntText, PyLong, SLAP_MODULE, SlapClass, Value, check_hashable, key_id, py_eq,
+    sorted_entries,
 };
 use super::xmltext::{Ev, ReadError, XmlEvents, attribute, local_name, push_marshal_string};
 
@@ -276,14 +277,14 @@ struct Decoder<'a> {
 
 impl Decoder<'_> {
     fn start(&mut self, s: &quick_xml::events::BytesStart<'_>) -> Result<(), MarshalError> {
-        let name = local_name(s).to_owned();
+        let name = local_name(s);
         let position = self.events.position();
         let attr = |key: &str| attribute(s, key, position).map_err(read_error);
         let Some(parent) = self.frames.last() else {
             if self.result.is_some() {
                 return Err(MarshalError::UnexpectedElement {
                     parent: "document (after </marshal>)".to_owned(),
-                    child: name,
+                    child: name.to_owned(),
                 });
             }
             if name != "marshal" {
@@ -297,10 +298,10 @@ impl Decoder<'_> {
         if matches!(parent.kind, Kind::Scalar(_) | Kind::Reference(_)) {
             return Err(MarshalError::UnexpectedElement {
                 parent: parent.name.to_owned(),
-                child: name,
+                child: name.to_owned(),
             });
         }
-        let (kind, tag): (Kind, &'static str) = match name.as_str() {
+        let (kind, tag): (Kind, &'static str) = match name {
             "string" | "unicode" => (Kind::Scalar(Scalar::String), "string"),
             "int" => (Kind::Scalar(Scalar::Int), "int"),
             "long" => (Kind::Scalar(Scalar::Long), "long"),
@@ -345,18 +346,27 @@ impl Decoder<'_> {
             "marshal" => {
                 return Err(MarshalError::UnexpectedElement {
                     parent: parent.name.to_owned(),
-                    child: name,
+                    child: name.to_owned(),
                 });
             }
-            "complex" | "code" => return Err(MarshalError::Unsupported { name }),
+            "complex" | "code" => {
+                return Err(MarshalError::Unsupported {
+                    name: name.to_owned(),
+                });
+            }
             _ => {
                 return Err(MarshalError::UnknownElement {
-                    name: truncate(&name),
+                    name: truncate(name),
                 });
             }
         };
         let id = match kind {
-            Kind::List | Kind::Dict | Kind::Set | Kind::Object(_) => attr("id")?,
+            // Ids only matter when a reference names them.
+            Kind::List | Kind::Dict | Kind::Set | Kind::Object(_)
+                if !self.referenced.is_empty() =>
+            {
+                attr("id")?
+            }
             _ => None,
         };
         let id = id.filter(|id| self.referenced.contains(id));
@@ -429,7 +439,7 @@ impl Decoder<'_> {
                 }
                 return Ok(());
             }
-            Kind::Scalar(s) => scalar(s, &frame.text)?,
+            Kind::Scalar(s) => scalar(s, frame.text)?,
             Kind::Reference(v) => v.unwrap_or(Value::None),
             Kind::List => Value::List(frame.items),
             Kind::Tuple => Value::Tuple(frame.items),
@@ -454,15 +464,18 @@ impl Decoder<'_> {
 }
 
 /// The value of a scalar element from its text.
-fn scalar(kind: Scalar, text: &str) -> Result<Value, MarshalError> {
+fn scalar(kind: Scalar, text: String) -> Result<Value, MarshalError> {
+    let text = match kind {
+        Scalar::String => return Ok(Value::String(unescape(text))),
+        Scalar::None => return Ok(Value::None),
+        _ => text.as_str(),
+    };
     let bad = |element: &'static str, expected: &'static str| MarshalError::BadScalar {
         element,
         text: truncate(text),
         expected,
     };
     Ok(match kind {
-        Scalar::String => Value::String(unescape(text)),
-        Scalar::None => Value::None,
         Scalar::Int => PyLong::parse_python(text)
             .ok_or_else(|| bad("int", "integer"))?
             .into(),
@@ -478,13 +491,14 @@ fn scalar(kind: Scalar, text: &str) -> Result<Value, MarshalError> {
         Scalar::Float => {
             Value::Float(parse_python_float(text).ok_or_else(|| bad("float", "float"))?)
         }
+        Scalar::String | Scalar::None => Value::None,
     })
 }
 
 /// `xml.sax.saxutils.unescape`: three sequential replacements, `&amp;` last.
-fn unescape(text: &str) -> String {
+fn unescape(text: String) -> String {
     if !text.contains('&') {
-        return text.to_owned();
+        return text;
     }
     text.replace("&lt;", "<")
         .replace("&gt;", ">")
@@ -543,37 +557,57 @@ fn dict_entries(items: Vec<Value>) -> Result<Vec<(Value, Value)>, MarshalError> 
     if !items.len().is_multiple_of(2) {
         return Err(MarshalError::OddDictionary { count: items.len() });
     }
-    let mut entries: Vec<(Value, Value)> = Vec::with_capacity(items.len() / 2);
-    let mut seen: HashMap<KeyId, usize> = HashMap::new();
     let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match key_id(&k).map_err(|type_name| MarshalError::UnhashableKey { type_name })? {
-            Some(id) => {
-                if let Some(&index) = seen.get(&id) {
-                    entries[index].1 = v;
-                } else {
-                    seen.insert(id, entries.len());
-                    entries.push((k, v));
-                }
-            }
-            None => entries.push((k, v)),
-        }
-    }
-    Ok(entries)
+    let pairs = std::iter::from_fn(move || Some((it.next()?, it.next()?)));
+    merge_keys(pairs, |old, new| *old = new)
 }
 
 /// Set elements: hashable, duplicates dropped (first kept).
 fn dedup_set(items: Vec<Value>) -> Result<Vec<Value>, MarshalError> {
-    let mut seen: HashSet<KeyId> = HashSet::new();
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        match key_id(&item).map_err(|type_name| MarshalError::UnhashableKey { type_name })? {
-            Some(id) => {
-                if seen.insert(id) {
-                    out.push(item);
+    let merged = merge_keys(items.into_iter().map(|v| (v, ())), |_, _| {})?;
+    Ok(merged.into_iter().map(|(v, ())| v).collect())
+}
+
+/// Keys merged with Python's equality (`1 == 1.0 == True`, NaN never equal): `on_duplicate`
+/// folds a repeated key's payload into the first one. Small collections compare pairwise
+/// without allocating; larger ones use a hash of [`KeyId`]s.
+fn merge_keys<T>(
+    pairs: impl Iterator<Item = (Value, T)>,
+    on_duplicate: impl Fn(&mut T, T),
+) -> Result<Vec<(Value, T)>, MarshalError> {
+    const LINEAR: usize = 16;
+    let unhashable = |type_name| MarshalError::UnhashableKey { type_name };
+    let mut out: Vec<(Value, T)> = Vec::new();
+    let mut seen: Option<HashMap<KeyId, usize>> = None;
+    for (k, payload) in pairs {
+        if out.len() == LINEAR && seen.is_none() {
+            let mut map = HashMap::new();
+            for (i, (key, _)) in out.iter().enumerate() {
+                if let Some(id) = key_id(key).map_err(unhashable)? {
+                    map.entry(id).or_insert(i);
                 }
             }
-            None => out.push(item),
+            seen = Some(map);
+        }
+        let existing = match seen.as_mut() {
+            None => {
+                check_hashable(&k).map_err(unhashable)?;
+                out.iter().position(|(key, _)| py_eq(key, &k))
+            }
+            Some(map) => match key_id(&k).map_err(unhashable)? {
+                Some(id) => match map.get(&id) {
+                    Some(&i) => Some(i),
+                    None => {
+                        map.insert(id, out.len());
+                        None
+                    }
+                },
+                None => None,
+            },
+        };
+        match existing {
+            Some(i) => on_duplicate(&mut out[i].1, payload),
+            None => out.push((k, payload)),
         }
     }
     Ok(out)

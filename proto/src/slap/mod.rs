@@ -27,6 +27,53 @@
 //!
 //! Limits: see `docs/slap-codec.md` — references are expanded into copies, set order is kept
 //! as given, non-ASCII `repr()` follows a fixed table rather than Python's Unicode database.
+//!
+//! ## Use from the master's classic routes
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use slapos_proto::slap::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // POST /requestComputerPartition (form fields as decoded by the HTTP layer).
+//! let form: Vec<(String, String)> = [
+//!     ("software_release", "https://sr/software.cfg"), ("partition_reference", "myinstance"),
+//!     ("software_type", "default"), ("state", "<marshal><none/></marshal>"),
+//!     ("partition_parameter_xml", "<marshal><dictionary id=\"i2\"><string>n</string><int>3</int></dictionary></marshal>"),
+//! ].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+//! let req = RequestForm::from_form(&form)?;            // typed; errors name the field (→ 400)
+//! let auth = SlapPartitionAuth::parse("X-SlapPartition computer_id=COMP, computer_partition_id=slappart9");
+//! let stored = req.parameters_instance_xml()?;         // what slapproxy stores: dict2xml(kw)
+//! let body = SoftwareInstanceDoc::for_partition(&RequestedPartition {
+//!     computer_id: "COMP".into(), partition_id: "slappart0".into(),
+//!     software_release_url: req.software_release.clone(), software_type: req.software_type.clone(),
+//!     parameters: xml2dict(&stored)?, timestamp: "1795312642.4379225".into(),
+//!     connection: ParamDict::new(), connection_xml: None,
+//!     requested_state: req.state.map_or("started", RequestedState::as_str).into(),
+//!     ip_list: vec![("slaptap0".into(), "10.0.0.10".into())],
+//! }).encode()?;
+//! assert!(body.contains("<string>n</string><string>3</string>") && auth.is_some());
+//!
+//! // GET /getFullComputerInformation?computer_id=COMP
+//! let busy = BusyPartition {
+//!     requested_state: "started".into(),
+//!     parameters: PartitionParameters {
+//!         instance: xml2dict(&stored)?, ip_list: vec![("slaptap0".into(), "10.0.0.10".into())],
+//!         software_type: "default".into(), instance_title: "myinstance".into(),
+//!         root_instance_title: "myinstance".into(), software_release_url: req.software_release.clone(),
+//!         timestamp: Some("1795312642.4379225".into()), ..Default::default()
+//!     },
+//!     connection: ParamDict::new(),
+//! };
+//! let body = ComputerDoc {
+//!     computer_id: "COMP".into(),
+//!     software_release_list: vec![SoftwareReleaseDoc::supplied(&req.software_release, "COMP", "available")],
+//!     partition_list: vec![ComputerPartitionDoc::busy("COMP", "slappart0", &busy),
+//!                          ComputerPartitionDoc::free("COMP", "slappart1")],
+//!     extra: BTreeMap::new(),
+//! }.encode()?;
+//! assert_eq!(ComputerDoc::from_value(&loads(&body)?)?.partition_list.len(), 2);
+//! # Ok(()) }
+//! ```
 
 pub mod error;
 pub mod forms;

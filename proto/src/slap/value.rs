@@ -690,6 +690,21 @@ pub(crate) enum KeyId {
     Tuple(Vec<KeyId>),
 }
 
+/// `Err` with the type name when Python cannot hash the value (list, dict, set, object, or a
+/// tuple holding one).
+pub(crate) fn check_hashable(v: &Value) -> Result<(), &'static str> {
+    match v {
+        Value::None
+        | Value::String(_)
+        | Value::Bool(_)
+        | Value::Int(_)
+        | Value::Long(_)
+        | Value::Float(_) => Ok(()),
+        Value::Tuple(items) => items.iter().try_for_each(check_hashable),
+        other => Err(other.type_name()),
+    }
+}
+
 /// The [`KeyId`] of a key, `Err` with the type name when Python could not hash it, `Ok(None)`
 /// for a NaN (Python keeps separately decoded NaN keys apart).
 pub(crate) fn key_id(v: &Value) -> Result<Option<KeyId>, &'static str> {
