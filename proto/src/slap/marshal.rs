@@ -770,6 +770,39 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_keys_merge_like_a_python_dict_at_any_size() {
+        for n in [3usize, 16, 40] {
+            let mut xml = String::from("<marshal><dictionary>");
+            for i in 0..n {
+                let _ = write!(xml, "<int>{i}</int><string>v{i}</string>");
+            }
+            // 1.0 == 1 and True == 1: same key; last value wins, first position stays.
+            xml.push_str(
+                "<float>1.0</float><string>float</string><bool>1</bool><string>bool</string>",
+            );
+            let _ = write!(xml, "<int>{}</int><string>last</string>", n - 1);
+            xml.push_str(
+                "<float>nan</float><none/><float>nan</float><none/></dictionary></marshal>",
+            );
+            let Value::Dict(entries) = loads(&xml).unwrap() else {
+                panic!("not a dict")
+            };
+            assert_eq!(entries.len(), n + 2, "n={n}");
+            assert_eq!(entries[1], (Value::Int(1), Value::str("bool")));
+            assert_eq!(
+                entries[n - 1],
+                (Value::Int(n as i64 - 1), Value::str("last"))
+            );
+        }
+        let set =
+            loads("<marshal><set><int>1</int><float>1.0</float><string>1</string></set></marshal>");
+        assert_eq!(
+            set.unwrap(),
+            Value::Set(vec![Value::Int(1), Value::str("1")])
+        );
+    }
+
+    #[test]
     fn python_float_spellings() {
         assert_eq!(parse_python_float(" 1_000.5 "), Some(1000.5));
         assert_eq!(parse_python_float("-Infinity"), Some(f64::NEG_INFINITY));

@@ -96,12 +96,8 @@ impl SoftwareReleaseDoc {
     /// Reads a `SoftwareRelease` object (attributes win over initargs, as in Python).
     pub fn from_value(v: &Value, path: &str) -> Result<Self, ShapeError> {
         let o = object_of(v, SlapClass::SoftwareRelease, path)?;
-        let url = str_attr(o, "_software_release", path)?
-            .or_else(|| initarg_str(o, 0))
-            .ok_or_else(|| ShapeError::missing(format!("{path}._software_release"), "a str"))?;
-        let computer_guid = str_attr(o, "_computer_guid", path)?
-            .or_else(|| initarg_str(o, 1))
-            .ok_or_else(|| ShapeError::missing(format!("{path}._computer_guid"), "a str"))?;
+        let url = id_attr(o, "_software_release", 0, path)?;
+        let computer_guid = id_attr(o, "_computer_guid", 1, path)?;
         let requested_state = str_attr(o, "_requested_state", path)?;
         Ok(SoftwareReleaseDoc {
             url,
@@ -317,12 +313,8 @@ impl ComputerPartitionDoc {
     /// Reads a `ComputerPartition` object.
     pub fn from_value(v: &Value, path: &str) -> Result<Self, ShapeError> {
         let o = object_of(v, SlapClass::ComputerPartition, path)?;
-        let computer_id = str_attr(o, "_computer_id", path)?
-            .or_else(|| initarg_str(o, 0))
-            .ok_or_else(|| ShapeError::missing(format!("{path}._computer_id"), "a str"))?;
-        let partition_id = str_attr(o, "_partition_id", path)?
-            .or_else(|| initarg_str(o, 1))
-            .ok_or_else(|| ShapeError::missing(format!("{path}._partition_id"), "a str"))?;
+        let computer_id = id_attr(o, "_computer_id", 0, path)?;
+        let partition_id = id_attr(o, "_partition_id", 1, path)?;
         let need_modification = match o.get("_need_modification") {
             None | Some(Value::None) => None,
             Some(Value::Int(i)) => Some(*i),
@@ -433,9 +425,7 @@ impl ComputerDoc {
     pub fn from_value(v: &Value) -> Result<Self, ShapeError> {
         let path = "Computer";
         let o = object_of(v, SlapClass::Computer, path)?;
-        let computer_id = str_attr(o, "_computer_id", path)?
-            .or_else(|| initarg_str(o, 0))
-            .ok_or_else(|| ShapeError::missing(format!("{path}._computer_id"), "a str"))?;
+        let computer_id = id_attr(o, "_computer_id", 0, path)?;
         let list = |name: &str| -> Result<Vec<Value>, ShapeError> {
             match o.get(name) {
                 None | Some(Value::None) => Ok(Vec::new()),
@@ -645,11 +635,17 @@ fn object_of<'v>(v: &'v Value, class: SlapClass, path: &str) -> Result<&'v Objec
     }
 }
 
-fn initarg_str(o: &Object, index: usize) -> Option<String> {
-    o.initargs
-        .get(index)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+/// A required identifier: the attribute, else the initarg it was constructed from (Python sets
+/// the attribute in `__init__` and `setattr` may override it).
+fn id_attr(o: &Object, name: &str, initarg: usize, path: &str) -> Result<String, ShapeError> {
+    str_attr(o, name, path)?
+        .or_else(|| {
+            o.initargs
+                .get(initarg)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ShapeError::missing(format!("{path}.{name}"), "a str"))
 }
 
 fn str_attr(o: &Object, name: &str, path: &str) -> Result<Option<String>, ShapeError> {

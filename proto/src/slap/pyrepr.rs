@@ -50,22 +50,35 @@ fn write_repr(out: &mut String, v: &Value) {
         Value::Tuple(items) => write_seq(out, "(", ")", items, write_repr),
         Value::Set(items) if items.is_empty() => out.push_str("set()"),
         Value::Set(items) => write_seq(out, "{", "}", items, write_repr),
-        Value::Dict(entries) => {
-            out.push('{');
-            for (i, (k, v)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_repr(out, k);
-                out.push_str(": ");
-                write_repr(out, v);
-            }
-            out.push('}');
-        }
+        Value::Dict(entries) => write_map(
+            out,
+            entries.iter().map(|(k, v)| (k, v)),
+            write_repr,
+            write_repr,
+        ),
         Value::Object(o) => {
             let _ = write!(out, "<{} object>", o.class);
         }
     }
+}
+
+/// `{k: v, …}` in the given order (a Python dict's insertion order).
+fn write_map<'a, K: 'a, V: 'a>(
+    out: &mut String,
+    entries: impl Iterator<Item = (&'a K, &'a V)>,
+    key: fn(&mut String, &K),
+    value: fn(&mut String, &V),
+) {
+    out.push('{');
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        key(out, k);
+        out.push_str(": ");
+        value(out, v);
+    }
+    out.push('}');
 }
 
 fn write_seq<T>(out: &mut String, open: &str, close: &str, items: &[T], f: fn(&mut String, &T)) {
@@ -111,18 +124,12 @@ fn write_json_repr(out: &mut String, v: &serde_json::Value) {
         }
         J::String(s) => write_str_repr(out, s),
         J::Array(items) => write_seq(out, "[", "]", items, write_json_repr),
-        J::Object(map) => {
-            out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_str_repr(out, k);
-                out.push_str(": ");
-                write_json_repr(out, v);
-            }
-            out.push('}');
-        }
+        J::Object(map) => write_map(
+            out,
+            map.iter(),
+            |out, k: &String| write_str_repr(out, k),
+            write_json_repr,
+        ),
     }
 }
 

@@ -49,17 +49,7 @@ pub(crate) fn push_text_utf8(
     s: &str,
     what: &'static str,
 ) -> Result<(), EncodeError> {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\r' => out.push_str("&#13;"),
-            c if !is_xml_char(c) => return Err(invalid(what, s, c)),
-            c => out.push(c),
-        }
-    }
-    Ok(())
+    push_utf8(out, s, what, false)
 }
 
 /// A double-quoted attribute value as libxml2 writes it with `encoding='utf-8'`.
@@ -68,15 +58,25 @@ pub(crate) fn push_attr_utf8(
     s: &str,
     what: &'static str,
 ) -> Result<(), EncodeError> {
+    push_utf8(out, s, what, true)
+}
+
+/// libxml2's UTF-8 escaping: `& < >` and `\r` always; `"`, tab and newline in attributes.
+fn push_utf8(
+    out: &mut String,
+    s: &str,
+    what: &'static str,
+    attribute: bool,
+) -> Result<(), EncodeError> {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
             '\r' => out.push_str("&#13;"),
+            '"' if attribute => out.push_str("&quot;"),
+            '\t' if attribute => out.push_str("&#9;"),
+            '\n' if attribute => out.push_str("&#10;"),
             c if !is_xml_char(c) => return Err(invalid(what, s, c)),
             c => out.push(c),
         }
