@@ -8,13 +8,20 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="$REPO/.venv/slapos"
 SLAPOS_CORE_VERSION="1.26.1"
 
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+apt_install() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends python3-venv
-fi
+    apt-get install -y --no-install-recommends "$@"
+}
+
+command -v python3 >/dev/null 2>&1 || apt_install python3
 
 if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+    # Debian's python3 needs python3-venv (ensurepip) for `-m venv`.
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+    fi
 fi
 
 if "$VENV/bin/python" - "$SLAPOS_CORE_VERSION" <<'PY' >/dev/null 2>&1
