@@ -15,8 +15,14 @@ pub fn parse(s: &str) -> Result<Vec<u32>, String> {
             Some((a, b)) => (a, b),
             None => (part, part),
         };
-        let a: u32 = a.trim().parse().map_err(|_| format!("bad CPU number {a:?} in {s:?}"))?;
-        let b: u32 = b.trim().parse().map_err(|_| format!("bad CPU number {b:?} in {s:?}"))?;
+        let a: u32 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad CPU number {a:?} in {s:?}"))?;
+        let b: u32 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad CPU number {b:?} in {s:?}"))?;
         if a > b {
             return Err(format!("descending range {part:?} in {s:?}"));
         }

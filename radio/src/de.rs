@@ -40,7 +40,9 @@ pub fn parse_int(s: &str) -> Option<i128> {
 pub fn parse_float_with_unit(s: &str, unit: Option<&str>) -> Option<f64> {
     let t = s.trim();
     let end = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E'))
+        .find(|c: char| {
+            !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E')
+        })
         .unwrap_or(t.len());
     let (num, rest) = t.split_at(end);
     let rest = rest.trim();
@@ -68,11 +70,13 @@ impl<'de, T: IntTarget> Visitor<'de> for IntVisitor<T> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        T::try_from(i128::from(v)).map_err(|_| E::custom(format!("{v} is out of range {}", range_of::<T>())))
+        T::try_from(i128::from(v))
+            .map_err(|_| E::custom(format!("{v} is out of range {}", range_of::<T>())))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        T::try_from(i128::from(v)).map_err(|_| E::custom(format!("{v} is out of range {}", range_of::<T>())))
+        T::try_from(i128::from(v))
+            .map_err(|_| E::custom(format!("{v} is out of range {}", range_of::<T>())))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
@@ -164,7 +168,10 @@ impl<'de> Visitor<'de> for FloatVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self.unit {
-            Some(u) => write!(f, "a number or a numeric string (optionally followed by {u:?})"),
+            Some(u) => write!(
+                f,
+                "a number or a numeric string (optionally followed by {u:?})"
+            ),
             None => f.write_str("a number or a numeric string"),
         }
     }
@@ -223,7 +230,9 @@ impl<'de> Visitor<'de> for BoolVisitor {
         match v.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Ok(true),
             "false" | "0" | "no" | "" => Ok(false),
-            _ => Err(E::custom(format!("expected a boolean, got the string {v:?}"))),
+            _ => Err(E::custom(format!(
+                "expected a boolean, got the string {v:?}"
+            ))),
         }
     }
 }

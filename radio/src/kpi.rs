@@ -50,23 +50,63 @@ pub fn window(records: &[StatsRecord], n: usize) -> &[StatsRecord] {
 /// active cell.
 pub fn check_cell_up(window: &[StatsRecord], now: Option<f64>, max_age_s: Option<f64>) -> Outcome {
     const C: &str = "cell-up";
-    let Some(last) = window.last() else { return empty(C) };
+    let Some(last) = window.last() else {
+        return empty(C);
+    };
     if let (Some(now), Some(max_age)) = (now, max_age_s) {
         match last.utc {
             Some(t) if now - t > max_age => {
-                return outcome(C, false, format!("cell down: the last statistics are {:.0} s old (limit {max_age:.0} s); the stack stopped reporting", now - t));
+                return outcome(
+                    C,
+                    false,
+                    format!(
+                        "cell down: the last statistics are {:.0} s old (limit {max_age:.0} s); the stack stopped reporting",
+                        now - t
+                    ),
+                );
             }
-            None => return outcome(C, false, "cell state unknown: the last record has no time".into()),
+            None => {
+                return outcome(
+                    C,
+                    false,
+                    "cell state unknown: the last record has no time".into(),
+                );
+            }
             _ => {}
         }
     }
-    let active: Vec<&String> = last.data.cells.iter().filter(|(_, c)| c.txrx_active != Some(false)).map(|(id, _)| id).collect();
+    let active: Vec<&String> = last
+        .data
+        .cells
+        .iter()
+        .filter(|(_, c)| c.txrx_active != Some(false))
+        .map(|(id, _)| id)
+        .collect();
     if last.data.cells.is_empty() {
-        outcome(C, false, "cell down: the last statistics list no cell".into())
+        outcome(
+            C,
+            false,
+            "cell down: the last statistics list no cell".into(),
+        )
     } else if active.is_empty() {
-        outcome(C, false, format!("cell down: radio inactive on every cell ({})", join(last.data.cells.keys())))
+        outcome(
+            C,
+            false,
+            format!(
+                "cell down: radio inactive on every cell ({})",
+                join(last.data.cells.keys())
+            ),
+        )
     } else {
-        outcome(C, true, format!("cell up: {} active cell(s) ({})", active.len(), join(active.into_iter())))
+        outcome(
+            C,
+            true,
+            format!(
+                "cell up: {} active cell(s) ({})",
+                active.len(),
+                join(active.into_iter())
+            ),
+        )
     }
 }
 
@@ -76,24 +116,50 @@ pub fn check_latency(window: &[StatsRecord], max_us: f64) -> Outcome {
     if window.is_empty() {
         return empty(C);
     }
-    let worst = window.iter().filter_map(|r| r.data.tti.as_ref().map(|t| t.processing_us.max)).reduce(f64::max);
+    let worst = window
+        .iter()
+        .filter_map(|r| r.data.tti.as_ref().map(|t| t.processing_us.max))
+        .reduce(f64::max);
     match worst {
-        None => outcome(C, false, "no TTI processing data (tti.processing_us) in the window".into()),
-        Some(w) if w > max_us => outcome(C, false, format!(
-            "baseband processing latency max {w:.0} µs exceeds {max_us:.0} µs over the last {} record(s)", window.len()
-        )),
-        Some(w) => outcome(C, true, format!("baseband processing latency max {w:.0} µs ≤ {max_us:.0} µs")),
+        None => outcome(
+            C,
+            false,
+            "no TTI processing data (tti.processing_us) in the window".into(),
+        ),
+        Some(w) if w > max_us => outcome(
+            C,
+            false,
+            format!(
+                "baseband processing latency max {w:.0} µs exceeds {max_us:.0} µs over the last {} record(s)",
+                window.len()
+            ),
+        ),
+        Some(w) => outcome(
+            C,
+            true,
+            format!("baseband processing latency max {w:.0} µs ≤ {max_us:.0} µs"),
+        ),
     }
 }
 
 /// TX-ahead margin: min of `rf.rxtx_delay_min` ≥ `min_ms` and max of `rf.rxtx_delay_max` ≤ `max_ms`.
-pub fn check_rxtx_delay(window: &[StatsRecord], min_ms: Option<f64>, max_ms: Option<f64>) -> Outcome {
+pub fn check_rxtx_delay(
+    window: &[StatsRecord],
+    min_ms: Option<f64>,
+    max_ms: Option<f64>,
+) -> Outcome {
     const C: &str = "rxtx-delay";
     if window.is_empty() {
         return empty(C);
     }
-    let lo = window.iter().filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_min).reduce(f64::min);
-    let hi = window.iter().filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_max).reduce(f64::max);
+    let lo = window
+        .iter()
+        .filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_min)
+        .reduce(f64::min);
+    let hi = window
+        .iter()
+        .filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_max)
+        .reduce(f64::max);
     let mut problems = Vec::new();
     if let Some(min) = min_ms {
         match lo {
@@ -107,7 +173,9 @@ pub fn check_rxtx_delay(window: &[StatsRecord], min_ms: Option<f64>, max_ms: Opt
     if let Some(max) = max_ms {
         match hi {
             None => problems.push("no rf.rxtx_delay_max in the window".to_string()),
-            Some(v) if v > max => problems.push(format!("maximum TX/RX margin {v:.3} ms exceeds {max} ms")),
+            Some(v) if v > max => {
+                problems.push(format!("maximum TX/RX margin {v:.3} ms exceeds {max} ms"))
+            }
             _ => {}
         }
     }
@@ -145,20 +213,37 @@ pub fn check_rx_saturation(window: &[StatsRecord], max_rx_sample_db: f64) -> Out
         return empty(C);
     }
     let peaks = rx_max_per_antenna(window);
-    let list = peaks.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
+    let list = peaks
+        .iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if peaks.is_empty() {
         outcome(C, false, "no RX samples data available".into())
     } else if peaks.iter().any(|&p| p >= max_rx_sample_db) {
-        outcome(C, false, format!("RX max dBFS: {list} (RX antennas saturated at ≥ {max_rx_sample_db} dBFS, please lower rx_gain)"))
+        outcome(
+            C,
+            false,
+            format!(
+                "RX max dBFS: {list} (RX antennas saturated at ≥ {max_rx_sample_db} dBFS, please lower rx_gain)"
+            ),
+        )
     } else {
-        outcome(C, true, format!("RX max dBFS: {list} (no saturation below {max_rx_sample_db} dBFS)"))
+        outcome(
+            C,
+            true,
+            format!("RX max dBFS: {list} (no saturation below {max_rx_sample_db} dBFS)"),
+        )
     }
 }
 
 /// Missed TTIs and TTIs counted over the window.
 pub fn tti_totals(window: &[StatsRecord]) -> Option<(u64, u64)> {
     let ttis: Vec<_> = window.iter().filter_map(|r| r.data.tti.as_ref()).collect();
-    (!ttis.is_empty()).then(|| ttis.iter().fold((0, 0), |(m, c), t| (m + t.missed, c + t.count)))
+    (!ttis.is_empty()).then(|| {
+        ttis.iter()
+            .fold((0, 0), |(m, c), t| (m + t.missed, c + t.count))
+    })
 }
 
 /// TTI misses: Σ missed / Σ count ≤ `max_ratio`.
@@ -168,14 +253,30 @@ pub fn check_tti_misses(window: &[StatsRecord], max_ratio: f64) -> Outcome {
         return empty(C);
     }
     match tti_totals(window) {
-        None => outcome(C, false, "no TTI counters (tti.count/tti.missed) in the window".into()),
+        None => outcome(
+            C,
+            false,
+            "no TTI counters (tti.count/tti.missed) in the window".into(),
+        ),
         Some((_, 0)) => outcome(C, false, "no TTI ran in the window".into()),
         Some((missed, count)) => {
             let ratio = missed as f64 / count as f64;
             if ratio > max_ratio {
-                outcome(C, false, format!("{missed} of {count} TTIs missed their deadline (ratio {ratio:.2e} > {max_ratio:.2e})"))
+                outcome(
+                    C,
+                    false,
+                    format!(
+                        "{missed} of {count} TTIs missed their deadline (ratio {ratio:.2e} > {max_ratio:.2e})"
+                    ),
+                )
             } else {
-                outcome(C, true, format!("{missed} of {count} TTIs missed (ratio {ratio:.2e} ≤ {max_ratio:.2e})"))
+                outcome(
+                    C,
+                    true,
+                    format!(
+                        "{missed} of {count} TTIs missed (ratio {ratio:.2e} ≤ {max_ratio:.2e})"
+                    ),
+                )
             }
         }
     }
@@ -215,7 +316,11 @@ pub fn evaluate(records: &[StatsRecord], cfg: &PromiseConfig) -> Vec<Outcome> {
         out.push(check_latency(w, max));
     }
     if cfg.min_rxtx_delay_ms.is_some() || cfg.max_rxtx_delay_ms.is_some() {
-        out.push(check_rxtx_delay(w, cfg.min_rxtx_delay_ms, cfg.max_rxtx_delay_ms));
+        out.push(check_rxtx_delay(
+            w,
+            cfg.min_rxtx_delay_ms,
+            cfg.max_rxtx_delay_ms,
+        ));
     }
     if let Some(db) = cfg.max_rx_sample_db {
         out.push(check_rx_saturation(w, db));
@@ -228,7 +333,12 @@ pub fn evaluate(records: &[StatsRecord], cfg: &PromiseConfig) -> Vec<Outcome> {
 
 /// KPIs of the window, as a flat JSON object (connection-parameter friendly: no nesting,
 /// `kpi-` prefixed names). Absent data is omitted rather than reported as zero.
-pub fn kpis(records: &[StatsRecord], n: usize, now: Option<f64>, max_age_s: Option<f64>) -> Map<String, Value> {
+pub fn kpis(
+    records: &[StatsRecord],
+    n: usize,
+    now: Option<f64>,
+    max_age_s: Option<f64>,
+) -> Map<String, Value> {
     let w = window(records, n);
     let mut m = Map::new();
     let mut put = |k: &str, v: Value| {
@@ -246,14 +356,34 @@ pub fn kpis(records: &[StatsRecord], n: usize, now: Option<f64>, max_age_s: Opti
     }
     let cells = &last.data.cells;
     put("cells", cells.len().into());
-    put("connected-ues", num(cells.values().map(|c| c.ue_count_avg).sum()));
-    put("connected-ues-max", num(cells.values().map(|c| c.ue_count_max).sum()));
-    put("dl-bitrate-bps", num(cells.values().map(|c| c.dl_bitrate).sum()));
-    put("ul-bitrate-bps", num(cells.values().map(|c| c.ul_bitrate).sum()));
-    if let Some(v) = w.iter().filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_min).reduce(f64::min) {
+    put(
+        "connected-ues",
+        num(cells.values().map(|c| c.ue_count_avg).sum()),
+    );
+    put(
+        "connected-ues-max",
+        num(cells.values().map(|c| c.ue_count_max).sum()),
+    );
+    put(
+        "dl-bitrate-bps",
+        num(cells.values().map(|c| c.dl_bitrate).sum()),
+    );
+    put(
+        "ul-bitrate-bps",
+        num(cells.values().map(|c| c.ul_bitrate).sum()),
+    );
+    if let Some(v) = w
+        .iter()
+        .filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_min)
+        .reduce(f64::min)
+    {
         put("rxtx-delay-min-ms", num(v));
     }
-    if let Some(v) = w.iter().filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_max).reduce(f64::max) {
+    if let Some(v) = w
+        .iter()
+        .filter_map(|r| r.data.rf.as_ref()?.rxtx_delay_max)
+        .reduce(f64::max)
+    {
         put("rxtx-delay-max-ms", num(v));
     }
     let ttis: Vec<_> = w.iter().filter_map(|r| r.data.tti.as_ref()).collect();
@@ -283,7 +413,15 @@ pub fn kpis(records: &[StatsRecord], n: usize, now: Option<f64>, max_age_s: Opti
     let peaks = rx_max_per_antenna(w);
     if let Some(p) = peaks.iter().copied().reduce(f64::max) {
         put("rx-max-dbfs", num(p));
-        put("rx-saturated-samples", w.iter().filter_map(|r| r.data.samples.as_ref()).flat_map(|s| &s.rx).map(|a| a.sat).sum::<u64>().into());
+        put(
+            "rx-saturated-samples",
+            w.iter()
+                .filter_map(|r| r.data.samples.as_ref())
+                .flat_map(|s| &s.rx)
+                .map(|a| a.sat)
+                .sum::<u64>()
+                .into(),
+        );
     }
     m
 }
@@ -291,7 +429,9 @@ pub fn kpis(records: &[StatsRecord], n: usize, now: Option<f64>, max_age_s: Opti
 /// A number rounded to 6 significant digits (no float noise in connection parameters).
 fn num(v: f64) -> Value {
     let rounded: f64 = format!("{v:.5e}").parse().unwrap_or(v);
-    serde_json::Number::from_f64(rounded).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(rounded)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn join<'a>(it: impl Iterator<Item = &'a String>) -> String {
@@ -321,14 +461,39 @@ mod tests {
             utc: Some(utc),
             data: StatsData {
                 utc: Some(utc),
-                cells: [("1".to_string(), CellStats { dl_bitrate: 1e6, ue_count_avg: 2.0, ue_count_max: 3.0, ..Default::default() })].into(),
-                rf: Some(RfStats { rxtx_delay_min: Some(min), rxtx_delay_max: Some(max), rxtx_delay_avg: None }),
-                samples: Some(Samples { rx: rx.iter().map(|&m| SampleStats { max: m, ..Default::default() }).collect(), tx: vec![] }),
+                cells: [(
+                    "1".to_string(),
+                    CellStats {
+                        dl_bitrate: 1e6,
+                        ue_count_avg: 2.0,
+                        ue_count_max: 3.0,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                rf: Some(RfStats {
+                    rxtx_delay_min: Some(min),
+                    rxtx_delay_max: Some(max),
+                    rxtx_delay_avg: None,
+                }),
+                samples: Some(Samples {
+                    rx: rx
+                        .iter()
+                        .map(|&m| SampleStats {
+                            max: m,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    tx: vec![],
+                }),
                 tti: Some(TtiStats {
                     period_us: 1000,
                     count: 1000,
                     missed,
-                    processing_us: Percentiles { max: proc_max, ..Default::default() },
+                    processing_us: Percentiles {
+                        max: proc_max,
+                        ..Default::default()
+                    },
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -338,9 +503,16 @@ mod tests {
 
     #[test]
     fn latency_uses_the_largest_max() {
-        let w = vec![rec(1.0, 2.0, 2.5, 300.0, 0, &[-20.0]), rec(2.0, 2.0, 2.5, 950.0, 0, &[-20.0]), rec(3.0, 2.0, 2.5, 200.0, 0, &[-20.0])];
+        let w = vec![
+            rec(1.0, 2.0, 2.5, 300.0, 0, &[-20.0]),
+            rec(2.0, 2.0, 2.5, 950.0, 0, &[-20.0]),
+            rec(3.0, 2.0, 2.5, 200.0, 0, &[-20.0]),
+        ];
         let o = check_latency(&w, 900.0);
-        assert!(!o.ok && o.message.contains("950 µs exceeds 900 µs"), "{o:?}");
+        assert!(
+            !o.ok && o.message.contains("950 µs exceeds 900 µs"),
+            "{o:?}"
+        );
         assert!(check_latency(&w, 1000.0).ok);
         assert!(!check_latency(&[], 1000.0).ok);
     }
@@ -349,11 +521,22 @@ mod tests {
     /// maximum margin is too large but whose minimum is fine passes there; here it fails.
     #[test]
     fn rxtx_bounds_read_their_own_fields() {
-        let w = vec![rec(1.0, 1.5, 4.5, 0.0, 0, &[]), rec(2.0, 1.8, 3.0, 0.0, 0, &[])];
+        let w = vec![
+            rec(1.0, 1.5, 4.5, 0.0, 0, &[]),
+            rec(2.0, 1.8, 3.0, 0.0, 0, &[]),
+        ];
         let o = check_rxtx_delay(&w, Some(1.0), Some(4.0));
-        assert!(!o.ok && o.message.contains("maximum TX/RX margin 4.500 ms exceeds 4 ms"), "{o:?}");
+        assert!(
+            !o.ok
+                && o.message
+                    .contains("maximum TX/RX margin 4.500 ms exceeds 4 ms"),
+            "{o:?}"
+        );
         let o = check_rxtx_delay(&w, Some(1.6), None);
-        assert!(!o.ok && o.message.contains("1.500 ms is below 1.6 ms"), "{o:?}");
+        assert!(
+            !o.ok && o.message.contains("1.500 ms is below 1.6 ms"),
+            "{o:?}"
+        );
         assert!(check_rxtx_delay(&w, Some(1.0), Some(5.0)).ok);
         let mut no_max = w.clone();
         for r in &mut no_max {
@@ -365,22 +548,37 @@ mod tests {
 
     #[test]
     fn rx_saturation_per_antenna_over_the_window() {
-        let w = vec![rec(1.0, 2.0, 2.0, 0.0, 0, &[-30.0, -5.0]), rec(2.0, 2.0, 2.0, 0.0, 0, &[-10.0, -0.2])];
+        let w = vec![
+            rec(1.0, 2.0, 2.0, 0.0, 0, &[-30.0, -5.0]),
+            rec(2.0, 2.0, 2.0, 0.0, 0, &[-10.0, -0.2]),
+        ];
         assert_eq!(rx_max_per_antenna(&w), vec![-10.0, -0.2]);
         assert!(check_rx_saturation(&w, 0.0).ok);
         let o = check_rx_saturation(&w, -1.0);
-        assert!(!o.ok && o.message.contains("please lower rx_gain") && o.message.contains("-10.00, -0.20"), "{o:?}");
+        assert!(
+            !o.ok
+                && o.message.contains("please lower rx_gain")
+                && o.message.contains("-10.00, -0.20"),
+            "{o:?}"
+        );
         assert!(!check_rx_saturation(&[rec(1.0, 2.0, 2.0, 0.0, 0, &[])], 0.0).ok);
     }
 
     #[test]
     fn tti_miss_ratio_sums_the_window() {
-        let w = vec![rec(1.0, 2.0, 2.0, 0.0, 1, &[]), rec(2.0, 2.0, 2.0, 0.0, 0, &[]), rec(3.0, 2.0, 2.0, 0.0, 2, &[])];
+        let w = vec![
+            rec(1.0, 2.0, 2.0, 0.0, 1, &[]),
+            rec(2.0, 2.0, 2.0, 0.0, 0, &[]),
+            rec(3.0, 2.0, 2.0, 0.0, 2, &[]),
+        ];
         assert_eq!(tti_totals(&w), Some((3, 3000)));
         assert!(check_tti_misses(&w, 1e-3).ok);
         let o = check_tti_misses(&w, 1e-4);
         assert!(!o.ok && o.message.contains("3 of 3000"), "{o:?}");
-        assert!(check_tti_misses(window(&w, 1), 2e-3).ok, "only the last record: 2/1000");
+        assert!(
+            check_tti_misses(window(&w, 1), 2e-3).ok,
+            "only the last record: 2/1000"
+        );
         assert!(!check_tti_misses(window(&w, 1), 1e-3).ok);
     }
 
@@ -400,14 +598,26 @@ mod tests {
     #[test]
     fn evaluate_runs_only_configured_checks() {
         let w = vec![rec(1.0, 2.0, 2.5, 500.0, 0, &[-3.0])];
-        let cfg = PromiseConfig { window: 5, cell_up: true, max_latency_us: Some(900.0), max_miss_ratio: Some(0.0), ..Default::default() };
+        let cfg = PromiseConfig {
+            window: 5,
+            cell_up: true,
+            max_latency_us: Some(900.0),
+            max_miss_ratio: Some(0.0),
+            ..Default::default()
+        };
         let o = evaluate(&w, &cfg);
-        assert_eq!(o.iter().map(|o| (o.check, o.ok)).collect::<Vec<_>>(), vec![("cell-up", true), ("latency", true), ("tti-misses", true)]);
+        assert_eq!(
+            o.iter().map(|o| (o.check, o.ok)).collect::<Vec<_>>(),
+            vec![("cell-up", true), ("latency", true), ("tti-misses", true)]
+        );
     }
 
     #[test]
     fn kpis_are_flat_and_skip_missing_data() {
-        let w = vec![rec(10.0, 2.0, 2.5, 500.0, 1, &[-3.0, -8.0]), rec(11.0, 1.0, 2.0, 700.0, 0, &[-4.0])];
+        let w = vec![
+            rec(10.0, 2.0, 2.5, 500.0, 1, &[-3.0, -8.0]),
+            rec(11.0, 1.0, 2.0, 700.0, 0, &[-4.0]),
+        ];
         let k = kpis(&w, 5, Some(12.0), Some(30.0));
         assert_eq!(k["kpi-cell-up"], true);
         assert_eq!(k["kpi-connected-ues"], 2.0);

@@ -58,7 +58,9 @@ impl Key {
 }
 
 fn is_plain_key(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A list given as a JSON array or as an object keyed by name; order is preserved.
@@ -89,7 +91,10 @@ impl<T> NamedList<T> {
 
     /// The element whose key (or index) is `name`.
     pub fn get(&self, name: &str) -> Option<&T> {
-        self.0.iter().find(|(k, _)| k.name() == name).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| k.name() == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -390,10 +395,15 @@ fn opt_band<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let t = s.trim();
-            let t = t.strip_prefix('n').or_else(|| t.strip_prefix('N')).unwrap_or(t);
-            t.parse()
-                .map(Some)
-                .map_err(|_| serde::de::Error::custom(format!("expected a band number such as 78 or \"n78\", got {s:?}")))
+            let t = t
+                .strip_prefix('n')
+                .or_else(|| t.strip_prefix('N'))
+                .unwrap_or(t);
+            t.parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "expected a band number such as 78 or \"n78\", got {s:?}"
+                ))
+            })
         }
         Some(v) => serde_json::from_value::<u16>(v.clone())
             .map(Some)
@@ -437,7 +447,8 @@ const JSON_IN_STRING: &[&str] = &[
 
 /// Reads the parameter document of a request; see the module documentation for the shapes.
 pub fn parse(json: &str) -> Result<EnbParams, ParamsError> {
-    let value: Value = serde_json::from_str(json).map_err(|e| ParamsError::Syntax(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(json).map_err(|e| ParamsError::Syntax(e.to_string()))?;
     from_value(value)
 }
 
@@ -458,7 +469,9 @@ pub fn normalise(value: Value) -> Result<Value, ParamsError> {
     };
     if let Some(inner) = obj.get("_") {
         let inner = match inner {
-            Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| ParamsError::Wrapper(e.to_string()))?,
+            Value::String(s) => {
+                serde_json::from_str::<Value>(s).map_err(|e| ParamsError::Wrapper(e.to_string()))?
+            }
             Value::Object(_) => inner.clone(),
             other => return Err(ParamsError::Wrapper(format!("got {}", json_kind(other)))),
         };
@@ -543,22 +556,69 @@ pub fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
 
 /// simpleran parameters this release accepts and ignores (no warning for them).
 pub const IGNORED_NODE_KEYS: &[&str] = &[
-    "user-authorized-key", "mbmsgw_addr", "nssai", "gtp_payload_mtu", "handover_a1_rsrp", "handover_a1_hysteresis",
-    "handover_a1_time_to_trigger", "handover_a2_rsrp", "handover_a2_hysteresis", "handover_a2_time_to_trigger",
-    "eutra_nr_handover", "nr_nr_handover", "nr_eutra_handover", "handover_meas_gap_config", "log_phy_debug",
-    "gps_sync", "use_ipv4", "enb_drb_stats_enabled", "xlog_enabled", "xlog_forwarding_enabled",
-    "wendelin_telecom_software_release_url", "xlog_fluentbit_forward_host", "xlog_fluentbit_forward_port",
-    "xlog_fluentbit_forward_shared_key", "check_core_network", "amarisoft_version", "websocket_url_ipv6",
-    "ncell_list", "x2_peers", "xn_peers", "testing", "lte_mock", "inactivity_timer", "lock",
+    "user-authorized-key",
+    "mbmsgw_addr",
+    "nssai",
+    "gtp_payload_mtu",
+    "handover_a1_rsrp",
+    "handover_a1_hysteresis",
+    "handover_a1_time_to_trigger",
+    "handover_a2_rsrp",
+    "handover_a2_hysteresis",
+    "handover_a2_time_to_trigger",
+    "eutra_nr_handover",
+    "nr_nr_handover",
+    "nr_eutra_handover",
+    "handover_meas_gap_config",
+    "log_phy_debug",
+    "gps_sync",
+    "use_ipv4",
+    "enb_drb_stats_enabled",
+    "xlog_enabled",
+    "xlog_forwarding_enabled",
+    "wendelin_telecom_software_release_url",
+    "xlog_fluentbit_forward_host",
+    "xlog_fluentbit_forward_port",
+    "xlog_fluentbit_forward_shared_key",
+    "check_core_network",
+    "amarisoft_version",
+    "websocket_url_ipv6",
+    "ncell_list",
+    "x2_peers",
+    "xn_peers",
+    "testing",
+    "lte_mock",
+    "inactivity_timer",
+    "lock",
 ];
 
 /// simpleran cell parameters accepted and ignored.
 pub const IGNORED_CELL_KEYS: &[&str] = &[
-    "enable_ul_su_mimo", "ignore_gbr_congestion", "phr_link_adaptation", "rrc_configuration", "prach_config_index",
-    "prach_freq_offset", "p_max", "prach_power_ramping_step", "prach_preamble_trans_max",
-    "prach_preamble_received_target_power", "pucch_p0_nominal", "pusch_p0_nominal", "q_rx_lev_min", "q_qual_min",
-    "q_rx_lev_min_offset", "cell_reselection_priority", "s_intra_search", "q_hyst", "tti_bundling", "uss",
-    "trs_presence", "redcap_ue", "tx_power_offset", "bandwidth_ul", "sr_period",
+    "enable_ul_su_mimo",
+    "ignore_gbr_congestion",
+    "phr_link_adaptation",
+    "rrc_configuration",
+    "prach_config_index",
+    "prach_freq_offset",
+    "p_max",
+    "prach_power_ramping_step",
+    "prach_preamble_trans_max",
+    "prach_preamble_received_target_power",
+    "pucch_p0_nominal",
+    "pusch_p0_nominal",
+    "q_rx_lev_min",
+    "q_qual_min",
+    "q_rx_lev_min_offset",
+    "cell_reselection_priority",
+    "s_intra_search",
+    "q_hyst",
+    "tti_bundling",
+    "uss",
+    "trs_presence",
+    "redcap_ue",
+    "tx_power_offset",
+    "bandwidth_ul",
+    "sr_period",
 ];
 
 /// simpleran radio-unit parameters accepted and ignored.
@@ -566,27 +626,48 @@ pub const IGNORED_RU_KEYS: &[&str] = &["cpri_link", "mac_addr", "nb_threads_ul",
 
 /// Keys of `value` (an object) that are neither fields of `T` nor in `ignored`, as paths under
 /// `at` (top level when empty).
-pub fn unknown_keys<'de, T: Deserialize<'de>>(value: &Value, at: &str, ignored: &[&str]) -> Vec<String> {
+pub fn unknown_keys<'de, T: Deserialize<'de>>(
+    value: &Value,
+    at: &str,
+    ignored: &[&str],
+) -> Vec<String> {
     let fields = struct_fields::<T>();
-    let Value::Object(o) = value else { return Vec::new() };
+    let Value::Object(o) = value else {
+        return Vec::new();
+    };
     o.keys()
-        .filter(|k| !fields.contains(&k.as_str()) && !ignored.contains(&k.as_str()) && k.as_str() != "_")
-        .map(|k| if at.is_empty() { k.clone() } else { format!("{at}.{k}") })
+        .filter(|k| {
+            !fields.contains(&k.as_str()) && !ignored.contains(&k.as_str()) && k.as_str() != "_"
+        })
+        .map(|k| {
+            if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            }
+        })
         .collect()
 }
 
 /// Unknown keys of a whole (normalised) document: node, cells, inline and listed radio units.
 pub fn unknown_keys_in_document(doc: &Value) -> Vec<String> {
     let mut out = unknown_keys::<EnbParams>(doc, "", IGNORED_NODE_KEYS);
-    let lists: [(&str, fn(&Value, &str) -> Vec<String>); 2] = [
+    type KeyCheck = fn(&Value, &str) -> Vec<String>;
+    let lists: [(&str, KeyCheck); 2] = [
         ("cell_list", |v, at| {
             let mut u = unknown_keys::<CellParams>(v, at, IGNORED_CELL_KEYS);
             if let Some(ru) = v.get("ru") {
-                u.extend(unknown_keys::<RuParams>(ru, &format!("{at}.ru"), IGNORED_RU_KEYS));
+                u.extend(unknown_keys::<RuParams>(
+                    ru,
+                    &format!("{at}.ru"),
+                    IGNORED_RU_KEYS,
+                ));
             }
             u
         }),
-        ("ru_list", |v, at| unknown_keys::<RuParams>(v, at, IGNORED_RU_KEYS)),
+        ("ru_list", |v, at| {
+            unknown_keys::<RuParams>(v, at, IGNORED_RU_KEYS)
+        }),
     ];
     for (name, check) in lists {
         match doc.get(name) {
@@ -644,7 +725,9 @@ mod tests {
     #[test]
     fn type_errors_name_the_path() {
         let e = parse(r#"{"cell_list": {"cell1": {"dl_earfcn": "three"}}}"#).unwrap_err();
-        let ParamsError::Type { path, message } = &e else { panic!("{e:?}") };
+        let ParamsError::Type { path, message } = &e else {
+            panic!("{e:?}")
+        };
         assert_eq!(path, "cell_list.cell1.dl_earfcn");
         assert!(message.contains("\"three\""), "{message}");
         let e = parse(r#"{"mme_list": [{"mme_addr": "1.1.1.1"}, {"mme_addr": 5}]}"#).unwrap_err();
@@ -652,15 +735,28 @@ mod tests {
         let e = parse(r#"{"plmn_list": [{"plmn": 1010}]}"#).unwrap_err();
         assert!(e.to_string().contains("leading zeros"), "{e}");
         let e = parse(r#"{"cell_list": {"c": {"ru": {"sdr_dev_list": ["x"]}}}}"#).unwrap_err();
-        assert!(e.to_string().starts_with("`cell_list.c.ru.sdr_dev_list[0]`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("`cell_list.c.ru.sdr_dev_list[0]`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_top_level_shapes() {
-        assert!(matches!(parse("[1]"), Err(ParamsError::NotObject("an array"))));
+        assert!(matches!(
+            parse("[1]"),
+            Err(ParamsError::NotObject("an array"))
+        ));
         assert!(matches!(parse("{"), Err(ParamsError::Syntax(_))));
-        assert!(matches!(parse(r#"{"_": "not json"}"#), Err(ParamsError::Wrapper(_))));
-        assert!(matches!(parse(r#"{"_": "[1,2]"}"#), Err(ParamsError::Wrapper(_))));
+        assert!(matches!(
+            parse(r#"{"_": "not json"}"#),
+            Err(ParamsError::Wrapper(_))
+        ));
+        assert!(matches!(
+            parse(r#"{"_": "[1,2]"}"#),
+            Err(ParamsError::Wrapper(_))
+        ));
     }
 
     #[test]
@@ -690,7 +786,15 @@ mod tests {
         .unwrap();
         let mut u = unknown_keys_in_document(&doc);
         u.sort();
-        assert_eq!(u, vec!["cell_list.cell1.dl_earcfn", "cell_list.cell1.ru.tx_gian", "enb_idd", "ru_list[0].bogus"]);
+        assert_eq!(
+            u,
+            vec![
+                "cell_list.cell1.dl_earcfn",
+                "cell_list.cell1.ru.tx_gian",
+                "enb_idd",
+                "ru_list[0].bogus"
+            ]
+        );
         assert!(struct_fields::<CellParams>().contains(&"dl_earfcn"));
     }
 }

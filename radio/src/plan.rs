@@ -98,7 +98,11 @@ pub struct Handover {
 impl Default for Handover {
     fn default() -> Self {
         // simpleran's defaults for eutra_eutra_handover.
-        Handover { a3_offset_db: 6, hysteresis: 0, time_to_trigger_ms: 480 }
+        Handover {
+            a3_offset_db: 6,
+            hysteresis: 0,
+            time_to_trigger_ms: 480,
+        }
     }
 }
 
@@ -241,7 +245,10 @@ impl Plan {
     /// Shortest TTI/slot among the cells, in microseconds (1000 for LTE).
     pub fn tti_us(&self) -> u32 {
         let lte = (!self.lte_cells.is_empty()).then_some(1000);
-        lte.into_iter().chain(self.nr_cells.iter().map(NrCell::slot_us)).min().unwrap_or(1000)
+        lte.into_iter()
+            .chain(self.nr_cells.iter().map(NrCell::slot_us))
+            .min()
+            .unwrap_or(1000)
     }
 
     /// Number of cells.

@@ -93,7 +93,13 @@ impl RtProfile {
             kv("cpus", v.to_string());
         }
         if let Some(v) = &self.cpu_list {
-            kv("cpu_list", format!("[{}]", v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")));
+            kv(
+                "cpu_list",
+                format!(
+                    "[{}]",
+                    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            );
         }
         if let Some(v) = self.memory_max_bytes {
             kv("memory_max_bytes", v.to_string());
@@ -166,7 +172,11 @@ pub fn phy_cpus(plan: &Plan) -> u32 {
         .nr_cells
         .iter()
         .map(|c| {
-            let per = if nr::band(c.band).is_some_and(|b| b.is_fr2()) { 100 } else { 40 };
+            let per = if nr::band(c.band).is_some_and(|b| b.is_fr2()) {
+                100
+            } else {
+                40
+            };
             u32::from(c.bandwidth_mhz).div_ceil(per) + u32::from(c.ru.n_antenna_dl >= 4)
         })
         .sum();
@@ -263,7 +273,13 @@ impl fmt::Display for Problem {
 /// Compares the profile with the host; errors first.
 pub fn check_host(profile: &RtProfile, facts: &HostFacts) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut push = |severity, code, message: String| out.push(Problem { severity, code, message });
+    let mut push = |severity, code, message: String| {
+        out.push(Problem {
+            severity,
+            code,
+            message,
+        })
+    };
     let wants_rt = matches!(profile.policy, Some(Policy::Fifo | Policy::Rr));
     let need = profile.cpus.unwrap_or(0) as usize + profile.cpu_list.as_ref().map_or(0, Vec::len);
 
@@ -306,23 +322,48 @@ pub fn check_host(profile: &RtProfile, facts: &HostFacts) -> Vec<Problem> {
     }
     if let Some(obs) = &facts.observed {
         candidate = obs.cpus.clone();
-        let wanted = profile.policy.map(|p| p.to_string()).unwrap_or_else(|| "other".into());
+        let wanted = profile
+            .policy
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "other".into());
         if wants_rt && obs.policy != wanted {
-            push(Severity::Error, "policy", format!(
-                "the workload runs SCHED_{} but the profile asks for SCHED_{} priority {}{}",
-                obs.policy.to_uppercase(), wanted.to_uppercase(), profile.priority.unwrap_or(0),
-                obs.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
-            ));
+            push(
+                Severity::Error,
+                "policy",
+                format!(
+                    "the workload runs SCHED_{} but the profile asks for SCHED_{} priority {}{}",
+                    obs.policy.to_uppercase(),
+                    wanted.to_uppercase(),
+                    profile.priority.unwrap_or(0),
+                    obs.note
+                        .as_deref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ),
+            );
         } else if wants_rt && Some(obs.priority) != profile.priority {
-            push(Severity::Warning, "priority", format!(
-                "the workload runs at priority {} instead of {}", obs.priority, profile.priority.unwrap_or(0)
-            ));
+            push(
+                Severity::Warning,
+                "priority",
+                format!(
+                    "the workload runs at priority {} instead of {}",
+                    obs.priority,
+                    profile.priority.unwrap_or(0)
+                ),
+            );
         }
         if profile.mlock == Some(true) && !obs.mlocked {
-            push(Severity::Error, "mlock", format!(
-                "the workload's memory is not locked (mlockall failed or was not applied){}",
-                obs.note.as_deref().map(|n| format!(": {n}")).unwrap_or_default()
-            ));
+            push(
+                Severity::Error,
+                "mlock",
+                format!(
+                    "the workload's memory is not locked (mlockall failed or was not applied){}",
+                    obs.note
+                        .as_deref()
+                        .map(|n| format!(": {n}"))
+                        .unwrap_or_default()
+                ),
+            );
         }
     }
 
@@ -343,34 +384,59 @@ pub fn check_host(profile: &RtProfile, facts: &HostFacts) -> Vec<Problem> {
     } else {
         let slow: Vec<String> = candidate
             .iter()
-            .filter_map(|c| facts.governors.get(c).filter(|g| g.as_str() != "performance").map(|g| format!("CPU {c}: {g}")))
+            .filter_map(|c| {
+                facts
+                    .governors
+                    .get(c)
+                    .filter(|g| g.as_str() != "performance")
+                    .map(|g| format!("CPU {c}: {g}"))
+            })
             .collect();
         if !slow.is_empty() {
-            push(Severity::Error, "governor", format!(
-                "scaling_governor is not `performance` on the RT CPUs ({}); set it (cpupower frequency-set -g performance) or frequency scaling adds wake-up latency",
-                slow.join(", ")
-            ));
+            push(
+                Severity::Error,
+                "governor",
+                format!(
+                    "scaling_governor is not `performance` on the RT CPUs ({}); set it (cpupower frequency-set -g performance) or frequency scaling adds wake-up latency",
+                    slow.join(", ")
+                ),
+            );
         }
     }
     if facts.preempt_rt == Some(false) {
         push(Severity::Warning, "not-preempt-rt",
             "the kernel is not PREEMPT_RT: expect wake-up latency tails of hundreds of µs under load".into());
     }
-    let not_isolated: Vec<u32> = candidate.iter().copied().filter(|c| !facts.isolcpus.contains(c) && !facts.nohz_full.contains(c)).collect();
+    let not_isolated: Vec<u32> = candidate
+        .iter()
+        .copied()
+        .filter(|c| !facts.isolcpus.contains(c) && !facts.nohz_full.contains(c))
+        .collect();
     if !candidate.is_empty() && !not_isolated.is_empty() {
-        push(Severity::Warning, "not-isolated", format!(
-            "CPU(s) {} are not in isolcpus= or nohz_full=: kernel threads and timer ticks still run there",
-            cpulist::format(&not_isolated)
-        ));
+        push(
+            Severity::Warning,
+            "not-isolated",
+            format!(
+                "CPU(s) {} are not in isolcpus= or nohz_full=: kernel threads and timer ticks still run there",
+                cpulist::format(&not_isolated)
+            ),
+        );
     }
-    if let (Some(avail), Some(need)) = (facts.mem_available_bytes, profile.memory_max_bytes) {
-        if facts.observed.is_none() && avail < need {
-            push(Severity::Warning, "memory", format!(
-                "MemAvailable is {} MiB, the profile locks up to {} MiB", avail / MIB, need / MIB
-            ));
-        }
+    if let (Some(avail), Some(need)) = (facts.mem_available_bytes, profile.memory_max_bytes)
+        && facts.observed.is_none()
+        && avail < need
+    {
+        push(
+            Severity::Warning,
+            "memory",
+            format!(
+                "MemAvailable is {} MiB, the profile locks up to {} MiB",
+                avail / MIB,
+                need / MIB
+            ),
+        );
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|p| std::cmp::Reverse(p.severity));
     out
 }
 
@@ -421,7 +487,12 @@ mod tests {
         let p = check_host(&fifo(2), &h);
         assert_eq!(codes(&p), vec!["rt-pool-too-small"]);
         assert_eq!(p[0].severity, Severity::Error);
-        assert!(p[0].message.contains("needs 2 exclusive CPU(s)") && p[0].message.contains("rt_cpus=2-3 has 1 free (3 reserved"), "{}", p[0]);
+        assert!(
+            p[0].message.contains("needs 2 exclusive CPU(s)")
+                && p[0].message.contains("rt_cpus=2-3 has 1 free (3 reserved"),
+            "{}",
+            p[0]
+        );
     }
 
     #[test]
@@ -435,7 +506,10 @@ mod tests {
         assert!(p[1].message.contains("CPU 3: powersave"), "{}", p[1]);
         h.sched_rt_runtime_us = Some(-1);
         h.governors.clear();
-        assert_eq!(codes(&check_host(&fifo(1), &h)), vec!["rt-throttling-off", "governor-unknown", "not-preempt-rt"]);
+        assert_eq!(
+            codes(&check_host(&fifo(1), &h)),
+            vec!["rt-throttling-off", "governor-unknown", "not-preempt-rt"]
+        );
     }
 
     #[test]
@@ -449,9 +523,23 @@ mod tests {
             note: Some("sched_setscheduler: Operation not permitted".into()),
         });
         let p = check_host(&fifo(1), &h);
-        assert_eq!(codes(&p), vec!["not-pinned", "policy", "mlock", "not-isolated"]);
-        assert!(p[1].message.contains("SCHED_OTHER") && p[1].message.contains("Operation not permitted"), "{}", p[1]);
-        h.observed = Some(Observed { policy: "fifo".into(), priority: 80, cpus: vec![2], mlocked: true, note: None });
+        assert_eq!(
+            codes(&p),
+            vec!["not-pinned", "policy", "mlock", "not-isolated"]
+        );
+        assert!(
+            p[1].message.contains("SCHED_OTHER")
+                && p[1].message.contains("Operation not permitted"),
+            "{}",
+            p[1]
+        );
+        h.observed = Some(Observed {
+            policy: "fifo".into(),
+            priority: 80,
+            cpus: vec![2],
+            mlocked: true,
+            note: None,
+        });
         assert!(check_host(&fifo(1), &h).is_empty());
     }
 
@@ -459,14 +547,32 @@ mod tests {
     fn toml_and_json_use_the_contract_names() {
         let p = fifo(2);
         let json = serde_json::to_value(&p).unwrap();
-        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort_unstable();
-        assert_eq!(keys, vec!["cpus", "memory_max_bytes", "mlock", "policy", "priority", "rt_runtime_us"]);
+        assert_eq!(
+            keys,
+            vec![
+                "cpus",
+                "memory_max_bytes",
+                "mlock",
+                "policy",
+                "priority",
+                "rt_runtime_us"
+            ]
+        );
         assert_eq!(json["policy"], "fifo");
         let t = p.to_toml();
         assert!(t.starts_with("[resources]\ncpus = 2\n"), "{t}");
         assert!(t.contains("policy = \"fifo\"\n"), "{t}");
-        let list = RtProfile { cpu_list: Some(vec![2, 3]), ..RtProfile::default() };
+        let list = RtProfile {
+            cpu_list: Some(vec![2, 3]),
+            ..RtProfile::default()
+        };
         assert_eq!(list.to_toml(), "[resources]\ncpu_list = [2, 3]\n");
         assert!(serde_json::from_str::<RtProfile>(r#"{"cpus": 1, "bogus": 2}"#).is_err());
     }

@@ -89,7 +89,10 @@ pub struct RenderError {
 }
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> RenderError {
-    RenderError { path: path.into(), message: message.into() }
+    RenderError {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 fn cell_path(name: &str, field: &str) -> String {
@@ -104,22 +107,32 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     })?;
     for c in &plan.lte_cells {
         if c.duplex != Duplex::Fdd {
-            return Err(err(cell_path(&c.name, "rf_mode"), format!(
-                "srsENB runs LTE FDD only; band {} is TDD", c.band
-            )));
+            return Err(err(
+                cell_path(&c.name, "rf_mode"),
+                format!("srsENB runs LTE FDD only; band {} is TDD", c.band),
+            ));
         }
         if c.bandwidth != first.bandwidth {
-            return Err(err(cell_path(&c.name, "bandwidth"), format!(
-                "{} differs from {} of cell {:?}; srsENB has one n_prb for all cells",
-                c.bandwidth, first.bandwidth, first.name
-            )));
+            return Err(err(
+                cell_path(&c.name, "bandwidth"),
+                format!(
+                    "{} differs from {} of cell {:?}; srsENB has one n_prb for all cells",
+                    c.bandwidth, first.bandwidth, first.name
+                ),
+            ));
         }
     }
     let enb_id = plan.enb_id.ok_or_else(|| err("enb_id", "required"))?;
     if enb_id > 0xF_FFFF {
-        return Err(err("enb_id", format!("{enb_id:#x} exceeds the 20-bit macro eNB id srsENB uses")));
+        return Err(err(
+            "enb_id",
+            format!("{enb_id:#x} exceeds the 20-bit macro eNB id srsENB uses"),
+        ));
     }
-    let plmn = plan.plmn_list.first().ok_or_else(|| err("plmn_list", "required"))?;
+    let plmn = plan
+        .plmn_list
+        .first()
+        .ok_or_else(|| err("plmn_list", "required"))?;
     if plan.plmn_list.len() > 1 {
         notes.push(format!(
             "plmn_list: srsENB broadcasts one PLMN; {} is used, {} other(s) dropped",
@@ -127,21 +140,43 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
             plan.plmn_list.len() - 1
         ));
     }
-    let mme = plan.mme_list.first().ok_or_else(|| err("mme_list", "required"))?;
+    let mme = plan
+        .mme_list
+        .first()
+        .ok_or_else(|| err("mme_list", "required"))?;
     if let Some(port) = mme.addr.port.filter(|&p| p != 36412) {
-        return Err(err("mme_list[0].mme_addr", format!("port {port}: srsENB connects to the MME on port 36412 only")));
+        return Err(err(
+            "mme_list[0].mme_addr",
+            format!("port {port}: srsENB connects to the MME on port 36412 only"),
+        ));
     }
     if plan.mme_list.len() > 1 {
-        notes.push(format!("mme_list: srsENB connects to one MME; {} is used", mme.addr.ip));
+        notes.push(format!(
+            "mme_list: srsENB connects to one MME; {} is used",
+            mme.addr.ip
+        ));
     }
     if let Some(p) = plan.gtp_addr.port.filter(|&p| p != 2152) {
-        notes.push(format!("gtp_addr: port {p} ignored, srsENB binds GTP-U on 2152"));
+        notes.push(format!(
+            "gtp_addr: port {p} ignored, srsENB binds GTP-U on 2152"
+        ));
     }
-    let s1c_bind = mme.bind_addr.as_ref().map(|b| b.ip).unwrap_or(plan.gtp_addr.ip);
+    let s1c_bind = mme
+        .bind_addr
+        .as_ref()
+        .map(|b| b.ip)
+        .unwrap_or(plan.gtp_addr.ip);
 
     let ru = &first.ru;
-    let all_cells_rus = plan.lte_cells.iter().map(|c| &c.ru).chain(plan.nr_cells.iter().map(|c| &c.ru));
-    if all_cells_rus.clone().any(|r| r.tx_gain_db != ru.tx_gain_db || r.rx_gain_db != ru.rx_gain_db) {
+    let all_cells_rus = plan
+        .lte_cells
+        .iter()
+        .map(|c| &c.ru)
+        .chain(plan.nr_cells.iter().map(|c| &c.ru));
+    if all_cells_rus
+        .clone()
+        .any(|r| r.tx_gain_db != ru.tx_gain_db || r.rx_gain_db != ru.rx_gain_db)
+    {
         notes.push(format!(
             "ru: srsENB has one tx_gain/rx_gain; those of radio unit {:?} are used for all cells",
             ru.name
@@ -158,9 +193,15 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     };
     let max_ant = all_cells_rus.map(|r| r.n_antenna_dl).max().unwrap_or(1);
     if max_ant > 2 {
-        notes.push(format!("n_antenna_dl = {max_ant}: srsENB supports at most 2 ports, 2 are used"));
+        notes.push(format!(
+            "n_antenna_dl = {max_ant}: srsENB supports at most 2 ports, 2 are used"
+        ));
     }
-    if plan.lte_cells.iter().any(|c| c.inactivity_timer_ms != first.inactivity_timer_ms) {
+    if plan
+        .lte_cells
+        .iter()
+        .any(|c| c.inactivity_timer_ms != first.inactivity_timer_ms)
+    {
         notes.push("inactivity_timer: srsENB has one timer; the first cell's is used".into());
     }
 
@@ -168,15 +209,19 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     for c in &plan.nr_cells {
         let lte_mhz = first.bandwidth.khz() / 1000;
         if c.scs_khz != 15 {
-            return Err(err(cell_path(&c.name, "subcarrier_spacing"), format!(
-                "{} kHz: srsENB's EN-DC NR cells use 15 kHz", c.scs_khz
-            )));
+            return Err(err(
+                cell_path(&c.name, "subcarrier_spacing"),
+                format!("{} kHz: srsENB's EN-DC NR cells use 15 kHz", c.scs_khz),
+            ));
         }
         if !matches!(lte_mhz, 5 | 10 | 20) || u32::from(c.bandwidth_mhz) != lte_mhz {
-            return Err(err(cell_path(&c.name, "bandwidth"), format!(
-                "{} MHz: srsENB sizes NR cells from the LTE n_prb, so the NR bandwidth must equal the LTE one and be 5, 10 or 20 MHz (LTE is {})",
-                c.bandwidth_mhz, first.bandwidth
-            )));
+            return Err(err(
+                cell_path(&c.name, "bandwidth"),
+                format!(
+                    "{} MHz: srsENB sizes NR cells from the LTE n_prb, so the NR bandwidth must equal the LTE one and be 5, 10 or 20 MHz (LTE is {})",
+                    c.bandwidth_mhz, first.bandwidth
+                ),
+            ));
         }
     }
     let tac_5g = plan.plmn_list_5g.first().and_then(|p| p.tac);
@@ -184,8 +229,14 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     let nof_ports = if max_ant >= 2 { 2 } else { 1 };
     let mut e = String::new();
     let w = &mut e;
-    let _ = writeln!(w, "# srsENB configuration generated by slapos-radio from simpleran-style parameters.");
-    let _ = writeln!(w, "# Format: srsRAN 4G release 23.x. Regenerate instead of editing.");
+    let _ = writeln!(
+        w,
+        "# srsENB configuration generated by slapos-radio from simpleran-style parameters."
+    );
+    let _ = writeln!(
+        w,
+        "# Format: srsRAN 4G release 23.x. Regenerate instead of editing."
+    );
     let _ = writeln!(w);
     let _ = writeln!(w, "[enb]");
     let _ = writeln!(w, "enb_id = {enb_id:#x}");
@@ -219,19 +270,34 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     let _ = writeln!(w, "file_max_size = -1");
     let _ = writeln!(w);
     let _ = writeln!(w, "[expert]");
-    let _ = writeln!(w, "metrics_period_secs = {}", num(plan.monitoring.stats_period_s));
+    let _ = writeln!(
+        w,
+        "metrics_period_secs = {}",
+        num(plan.monitoring.stats_period_s)
+    );
     let _ = writeln!(w, "metrics_csv_enable = true");
     let _ = writeln!(w, "metrics_csv_filename = {}", opts.metrics_csv);
     let _ = writeln!(w, "rrc_inactivity_timer = {}", first.inactivity_timer_ms);
-    let _ = writeln!(w, "eea_pref_list = {}", algo_list("EEA", &first.cipher_algo_pref));
-    let _ = writeln!(w, "eia_pref_list = {}", algo_list("EIA", &first.integ_algo_pref));
+    let _ = writeln!(
+        w,
+        "eea_pref_list = {}",
+        algo_list("EEA", &first.cipher_algo_pref)
+    );
+    let _ = writeln!(
+        w,
+        "eia_pref_list = {}",
+        algo_list("EIA", &first.integ_algo_pref)
+    );
     if let Some(n) = opts.nof_phy_threads {
         let _ = writeln!(w, "nof_phy_threads = {}", n.clamp(1, 4));
     }
 
     let mut r = String::new();
     let w = &mut r;
-    let _ = writeln!(w, "// srsENB radio resources generated by slapos-radio. Format: srsRAN 4G release 23.x.");
+    let _ = writeln!(
+        w,
+        "// srsENB radio resources generated by slapos-radio. Format: srsRAN 4G release 23.x."
+    );
     let _ = writeln!(w);
     w.push_str(RR_DEDICATED);
     let _ = writeln!(w);
@@ -239,7 +305,15 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     let _ = writeln!(w, "(");
     for (i, c) in plan.lte_cells.iter().enumerate() {
         lte_cell(w, plan, enb_id, i, c);
-        let _ = writeln!(w, "{}", if i + 1 < plan.lte_cells.len() { "  }," } else { "  }" });
+        let _ = writeln!(
+            w,
+            "{}",
+            if i + 1 < plan.lte_cells.len() {
+                "  },"
+            } else {
+                "  }"
+            }
+        );
     }
     let _ = writeln!(w, ");");
     let _ = writeln!(w);
@@ -248,8 +322,15 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
     for (i, c) in plan.nr_cells.iter().enumerate() {
         let tac = tac_5g.unwrap_or(u32::from(first.tac));
         let _ = writeln!(w, "  {{");
-        let _ = writeln!(w, "    // {:?}: band n{}, {} MHz DL / {} MHz UL, SSB ARFCN {} (not configurable in srsENB)",
-            c.name, c.band, mhz(c.dl_freq_khz), mhz(c.ul_freq_khz), c.ssb_nr_arfcn);
+        let _ = writeln!(
+            w,
+            "    // {:?}: band n{}, {} MHz DL / {} MHz UL, SSB ARFCN {} (not configurable in srsENB)",
+            c.name,
+            c.band,
+            mhz(c.dl_freq_khz),
+            mhz(c.ul_freq_khz),
+            c.ssb_nr_arfcn
+        );
         let _ = writeln!(w, "    rf_port = {};", plan.lte_cells.len() + i);
         let _ = writeln!(w, "    cell_id = {:#04x};", c.cell_id);
         let _ = writeln!(w, "    tac = {tac:#06x};");
@@ -258,19 +339,38 @@ pub fn render(plan: &Plan, opts: &SrsranOptions) -> Result<Rendered, RenderError
         let _ = writeln!(w, "    dl_arfcn = {};", c.dl_nr_arfcn);
         let _ = writeln!(w, "    ul_arfcn = {};", c.ul_nr_arfcn);
         let _ = writeln!(w, "    band = {};", c.band);
-        let _ = writeln!(w, "{}", if i + 1 < plan.nr_cells.len() { "  }," } else { "  }" });
+        let _ = writeln!(
+            w,
+            "{}",
+            if i + 1 < plan.nr_cells.len() {
+                "  },"
+            } else {
+                "  }"
+            }
+        );
     }
     let _ = writeln!(w, ");");
     if plan.nr_cells.iter().any(|c| c.tdd_ul_dl_config.is_some()) {
         notes.push("nr tdd_ul_dl_config: srsENB derives the NR TDD pattern itself; the requested one is not rendered".into());
     }
-    Ok(Rendered { enb_conf: e, rr_conf: r, notes })
+    Ok(Rendered {
+        enb_conf: e,
+        rr_conf: r,
+        notes,
+    })
 }
 
 fn lte_cell(w: &mut String, plan: &Plan, enb_id: u32, i: usize, c: &LteCell) {
     let _ = writeln!(w, "  {{");
-    let _ = writeln!(w, "    // {:?}: band {}, {} MHz DL / {} MHz UL, {}",
-        c.name, c.band, mhz(c.dl_freq_khz.into()), mhz(c.ul_freq_khz.into()), c.bandwidth);
+    let _ = writeln!(
+        w,
+        "    // {:?}: band {}, {} MHz DL / {} MHz UL, {}",
+        c.name,
+        c.band,
+        mhz(c.dl_freq_khz.into()),
+        mhz(c.ul_freq_khz.into()),
+        c.bandwidth
+    );
     let _ = writeln!(w, "    rf_port = {i};");
     let _ = writeln!(w, "    cell_id = {:#04x};", c.cell_id);
     let _ = writeln!(w, "    tac = {:#06x};", c.tac);
@@ -278,7 +378,11 @@ fn lte_cell(w: &mut String, plan: &Plan, enb_id: u32, i: usize, c: &LteCell) {
     let _ = writeln!(w, "    root_seq_idx = {};", c.root_sequence_index);
     let _ = writeln!(w, "    dl_earfcn = {};", c.dl_earfcn);
     let _ = writeln!(w, "    ul_earfcn = {};", c.ul_earfcn);
-    let neighbours: Vec<&LteCell> = plan.lte_cells.iter().filter(|o| o.cell_id != c.cell_id).collect();
+    let neighbours: Vec<&LteCell> = plan
+        .lte_cells
+        .iter()
+        .filter(|o| o.cell_id != c.cell_id)
+        .collect();
     let _ = writeln!(w, "    ho_active = {};", !neighbours.is_empty());
     let _ = writeln!(w, "    scell_list = ();");
     if neighbours.is_empty() {
@@ -288,10 +392,22 @@ fn lte_cell(w: &mut String, plan: &Plan, enb_id: u32, i: usize, c: &LteCell) {
     let _ = writeln!(w, "    (");
     for (j, o) in neighbours.iter().enumerate() {
         let _ = writeln!(w, "      {{");
-        let _ = writeln!(w, "        eci = {:#x};", (enb_id << 8) | u32::from(o.cell_id));
+        let _ = writeln!(
+            w,
+            "        eci = {:#x};",
+            (enb_id << 8) | u32::from(o.cell_id)
+        );
         let _ = writeln!(w, "        dl_earfcn = {};", o.dl_earfcn);
         let _ = writeln!(w, "        pci = {};", o.pci);
-        let _ = writeln!(w, "{}", if j + 1 < neighbours.len() { "      }," } else { "      }" });
+        let _ = writeln!(
+            w,
+            "{}",
+            if j + 1 < neighbours.len() {
+                "      },"
+            } else {
+                "      }"
+            }
+        );
     }
     let _ = writeln!(w, "    );");
     let h = &plan.handover;
@@ -363,7 +479,11 @@ phy_cnfg =
 "#;
 
 fn algo_list(prefix: &str, algos: &[u8]) -> String {
-    algos.iter().map(|a| format!("{prefix}{a}")).collect::<Vec<_>>().join(", ")
+    algos
+        .iter()
+        .map(|a| format!("{prefix}{a}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn num(v: f64) -> String {
@@ -373,4 +493,3 @@ fn num(v: f64) -> String {
         format!("{v}")
     }
 }
-

@@ -259,7 +259,10 @@ pub fn parse_line(line: &[u8]) -> Result<StatsRecord, LineError> {
         if e.classify() == serde_json::error::Category::Eof {
             LineError::Truncated(e.column())
         } else {
-            LineError::Syntax { column: e.column(), message: strip_position(&e.to_string()) }
+            LineError::Syntax {
+                column: e.column(),
+                message: strip_position(&e.to_string()),
+            }
         }
     })?;
     let Value::Object(mut obj) = value else {
@@ -269,24 +272,42 @@ pub fn parse_line(line: &[u8]) -> Result<StatsRecord, LineError> {
         Some(d) => {
             let time = match obj.get("time") {
                 None | Some(Value::Null) => None,
-                Some(Value::String(t)) => Some(
-                    parse_time(t).ok_or_else(|| LineError::Field { path: "time".into(), message: format!("{t:?} is not a date-time") })?,
-                ),
-                Some(other) => return Err(LineError::Field { path: "time".into(), message: format!("expected a string, got {other}") }),
+                Some(Value::String(t)) => Some(parse_time(t).ok_or_else(|| LineError::Field {
+                    path: "time".into(),
+                    message: format!("{t:?} is not a date-time"),
+                })?),
+                Some(other) => {
+                    return Err(LineError::Field {
+                        path: "time".into(),
+                        message: format!("expected a string, got {other}"),
+                    });
+                }
             };
             (d, "data.", time)
         }
-        None if obj.get("message").and_then(Value::as_str) == Some("stats") => (Value::Object(obj), "", None),
-        None => return Err(LineError::NotStats("neither a `data` object nor a `\"message\": \"stats\"` response".into())),
+        None if obj.get("message").and_then(Value::as_str) == Some("stats") => {
+            (Value::Object(obj), "", None)
+        }
+        None => {
+            return Err(LineError::NotStats(
+                "neither a `data` object nor a `\"message\": \"stats\"` response".into(),
+            ));
+        }
     };
     if !data.is_object() {
-        return Err(LineError::Field { path: format!("{}", at.trim_end_matches('.')), message: "expected an object".into() });
+        return Err(LineError::Field {
+            path: at.trim_end_matches('.').to_string(),
+            message: "expected an object".into(),
+        });
     }
     let data: StatsData = serde_path_to_error::deserialize(data).map_err(|e| LineError::Field {
         path: format!("{at}{}", e.path()),
         message: e.inner().to_string(),
     })?;
-    Ok(StatsRecord { utc: data.utc.or(time), data })
+    Ok(StatsRecord {
+        utc: data.utc.or(time),
+        data,
+    })
 }
 
 fn strip_position(s: &str) -> String {
@@ -323,12 +344,20 @@ pub fn parse_log(bytes: &[u8]) -> ParsedLog {
 pub fn parse_time(s: &str) -> Option<f64> {
     let s = s.trim();
     let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b' ' || b[10] == b'T')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let t = s.get(r)?;
-        t.bytes().all(|c| c.is_ascii_digit()).then(|| t.parse().ok())?
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -385,7 +414,12 @@ pub fn format_time(utc: f64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02},{ms:03}", sod / 3600, sod % 3600 / 60, sod % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02},{ms:03}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 /// One log line for `data` (the writer side, used by the stand-in workload).
@@ -411,9 +445,15 @@ mod tests {
         let r = parse_line(AMARISOFT.as_bytes()).unwrap();
         assert_eq!(r.utc, Some(1_709_634_030.5));
         let c = &r.data.cells["1"];
-        assert_eq!((c.dl_bitrate, c.ul_bitrate, c.ue_count_avg), (1_200_000.5, 64_000.0, 2.5));
+        assert_eq!(
+            (c.dl_bitrate, c.ul_bitrate, c.ue_count_avg),
+            (1_200_000.5, 64_000.0, 2.5)
+        );
         let rf = r.data.rf.as_ref().unwrap();
-        assert_eq!((rf.rxtx_delay_min, rf.rxtx_delay_max), (Some(1.8), Some(3.1)));
+        assert_eq!(
+            (rf.rxtx_delay_min, rf.rxtx_delay_max),
+            (Some(1.8), Some(3.1))
+        );
         let rx = &r.data.samples.as_ref().unwrap().rx;
         assert_eq!(rx.len(), 2);
         assert_eq!(rx[1].sat, 12);
@@ -422,7 +462,8 @@ mod tests {
 
     #[test]
     fn time_field_is_used_when_utc_is_absent() {
-        let r = parse_line(br#"{"time": "2024-03-05 10:20:30,500", "data": {"cells": {}}}"#).unwrap();
+        let r =
+            parse_line(br#"{"time": "2024-03-05 10:20:30,500", "data": {"cells": {}}}"#).unwrap();
         assert_eq!(r.utc, Some(1_709_634_030.5));
         let bare = parse_line(br#"{"message": "stats", "utc": 12.5}"#).unwrap();
         assert_eq!(bare.utc, Some(12.5));
@@ -431,20 +472,48 @@ mod tests {
     #[test]
     fn typed_errors() {
         assert_eq!(parse_line(b"   "), Err(LineError::Empty));
-        assert!(matches!(parse_line(&AMARISOFT.as_bytes()[..120]), Err(LineError::Truncated(_))));
-        assert!(matches!(parse_line(b"{\"data\": }"), Err(LineError::Syntax { .. })));
-        assert!(matches!(parse_line(b"\xff\xfe{}"), Err(LineError::NotUtf8(0))));
+        assert!(matches!(
+            parse_line(&AMARISOFT.as_bytes()[..120]),
+            Err(LineError::Truncated(_))
+        ));
+        assert!(matches!(
+            parse_line(b"{\"data\": }"),
+            Err(LineError::Syntax { .. })
+        ));
+        assert!(matches!(
+            parse_line(b"\xff\xfe{}"),
+            Err(LineError::NotUtf8(0))
+        ));
         assert!(matches!(parse_line(b"[1, 2]"), Err(LineError::NotStats(_))));
-        assert!(matches!(parse_line(br#"{"message": "ready"}"#), Err(LineError::NotStats(_))));
+        assert!(matches!(
+            parse_line(br#"{"message": "ready"}"#),
+            Err(LineError::NotStats(_))
+        ));
         let e = parse_line(br#"{"data": {"rf": {"rxtx_delay_min": "fast"}}}"#).unwrap_err();
-        assert!(matches!(&e, LineError::Field { path, .. } if path == "data.rf.rxtx_delay_min"), "{e:?}");
-        assert!(e.to_string().starts_with("`data.rf.rxtx_delay_min`: invalid type: string \"fast\""), "{e}");
+        assert!(
+            matches!(&e, LineError::Field { path, .. } if path == "data.rf.rxtx_delay_min"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("`data.rf.rxtx_delay_min`: invalid type: string \"fast\""),
+            "{e}"
+        );
         let e = parse_line(br#"{"time": "yesterday", "data": {}}"#).unwrap_err();
-        assert!(matches!(e, LineError::Field { ref path, .. } if path == "time"), "{e}");
+        assert!(
+            matches!(e, LineError::Field { ref path, .. } if path == "time"),
+            "{e}"
+        );
         let e = parse_line(br#"{"data": {"samples": {"rx": [{"rms": 1}]}}}"#).unwrap_err();
-        assert!(e.to_string().contains("data.samples.rx[0]") && e.to_string().contains("max"), "{e}");
+        assert!(
+            e.to_string().contains("data.samples.rx[0]") && e.to_string().contains("max"),
+            "{e}"
+        );
         let long = vec![b' '; MAX_LINE_BYTES + 1];
-        assert_eq!(parse_line(&long), Err(LineError::TooLong(MAX_LINE_BYTES + 1)));
+        assert_eq!(
+            parse_line(&long),
+            Err(LineError::TooLong(MAX_LINE_BYTES + 1))
+        );
     }
 
     #[test]
@@ -463,9 +532,18 @@ mod tests {
     fn times_round_trip() {
         assert_eq!(parse_time("1970-01-01 00:00:00,000"), Some(0.0));
         assert_eq!(parse_time("2000-02-29T12:00:00Z"), Some(951_825_600.0));
-        assert_eq!(parse_time("2024-03-05T11:20:30+01:00"), Some(1_709_634_030.0));
+        assert_eq!(
+            parse_time("2024-03-05T11:20:30+01:00"),
+            Some(1_709_634_030.0)
+        );
         assert_eq!(parse_time("2024-03-05 10:20:30.25"), Some(1_709_634_030.25));
-        for bad in ["2024-13-01 00:00:00", "2024-03-05", "2024-03-05 10:20:30,", "2024-03-05 10:20:30 UTC", "abcd-ef-gh ij:kl:mn"] {
+        for bad in [
+            "2024-13-01 00:00:00",
+            "2024-03-05",
+            "2024-03-05 10:20:30,",
+            "2024-03-05 10:20:30 UTC",
+            "abcd-ef-gh ij:kl:mn",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
         for t in [0.0, 951_825_600.0, 1_709_634_030.5, 4_102_444_799.999] {
@@ -479,13 +557,42 @@ mod tests {
             message: Some("stats".into()),
             utc: Some(1_709_634_030.25),
             duration: Some(1.0),
-            cells: [("1".to_string(), CellStats { dl_bitrate: 5.0, pci: Some(1), ..CellStats::default() })].into(),
-            rf: Some(RfStats { rxtx_delay_min: Some(2.5), rxtx_delay_max: Some(2.9), rxtx_delay_avg: Some(2.7) }),
-            samples: Some(Samples { rx: vec![SampleStats { max: -20.0, rms: -40.0, sat: 0, count: 7 }], tx: vec![] }),
-            tti: Some(TtiStats { period_us: 1000, count: 1000, missed: 2, cpus: "2-3".into(), ..TtiStats::default() }),
+            cells: [(
+                "1".to_string(),
+                CellStats {
+                    dl_bitrate: 5.0,
+                    pci: Some(1),
+                    ..CellStats::default()
+                },
+            )]
+            .into(),
+            rf: Some(RfStats {
+                rxtx_delay_min: Some(2.5),
+                rxtx_delay_max: Some(2.9),
+                rxtx_delay_avg: Some(2.7),
+            }),
+            samples: Some(Samples {
+                rx: vec![SampleStats {
+                    max: -20.0,
+                    rms: -40.0,
+                    sat: 0,
+                    count: 7,
+                }],
+                tx: vec![],
+            }),
+            tti: Some(TtiStats {
+                period_us: 1000,
+                count: 1000,
+                missed: 2,
+                cpus: "2-3".into(),
+                ..TtiStats::default()
+            }),
         };
         let line = format_line(&data);
-        assert!(line.contains("\"time\":\"2024-03-05 10:20:30,250\""), "{line}");
+        assert!(
+            line.contains("\"time\":\"2024-03-05 10:20:30,250\""),
+            "{line}"
+        );
         let r = parse_line(line.as_bytes()).unwrap();
         assert_eq!(r.data, data);
         assert_eq!(r.data.tti.unwrap().cpu_list(), vec![2, 3]);

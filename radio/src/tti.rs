@@ -43,7 +43,14 @@ struct Hist {
 
 impl Hist {
     fn new() -> Self {
-        Hist { buckets: vec![0; HIST_MAX_US + 1], overflow_max_ns: 0, sum_ns: 0, min_ns: u64::MAX, max_ns: 0, n: 0 }
+        Hist {
+            buckets: vec![0; HIST_MAX_US + 1],
+            overflow_max_ns: 0,
+            sum_ns: 0,
+            min_ns: u64::MAX,
+            max_ns: 0,
+            n: 0,
+        }
     }
 
     fn add(&mut self, ns: u64) {
@@ -69,7 +76,11 @@ impl Hist {
         for (i, &c) in self.buckets.iter().enumerate() {
             seen += u64::from(c);
             if seen >= rank {
-                return if i == HIST_MAX_US { self.overflow_max_ns as f64 / 1000.0 } else { (i + 1) as f64 };
+                return if i == HIST_MAX_US {
+                    self.overflow_max_ns as f64 / 1000.0
+                } else {
+                    (i + 1) as f64
+                };
             }
         }
         self.max_ns as f64 / 1000.0
@@ -108,7 +119,15 @@ pub struct SchedState {
 impl Window {
     /// A window for period `period_ns`.
     pub fn new(period_ns: u64) -> Self {
-        Window { period_ns: period_ns.max(1), count: 0, missed: 0, late: 0, skipped: 0, wake: Hist::new(), proc_: Hist::new() }
+        Window {
+            period_ns: period_ns.max(1),
+            count: 0,
+            missed: 0,
+            late: 0,
+            skipped: 0,
+            wake: Hist::new(),
+            proc_: Hist::new(),
+        }
     }
 
     /// Records one TTI. Returns how many whole periods the loop must skip (0 normally).
@@ -187,41 +206,57 @@ pub fn simulated_rx_peak_dbfs(rx_gain_db: f64) -> f64 {
 }
 
 /// A statistics record for `plan` from a finished window.
-pub fn record(plan: &Plan, utc: f64, duration_s: f64, tti: TtiStats, rf: RfStats, load: Load) -> StatsData {
+pub fn record(
+    plan: &Plan,
+    utc: f64,
+    duration_s: f64,
+    tti: TtiStats,
+    rf: RfStats,
+    load: Load,
+) -> StatsData {
     let mut cells = std::collections::BTreeMap::new();
     let mut rx = Vec::new();
     let samples_per_window = |rate: u32| (f64::from(rate) * duration_s) as u64;
     for c in &plan.lte_cells {
-        cells.insert(c.cell_id.to_string(), CellStats {
-            dl_bitrate: load.dl_bitrate,
-            ul_bitrate: load.ul_bitrate,
-            ue_count_min: load.ues,
-            ue_count_max: load.ues,
-            ue_count_avg: load.ues,
-            rat: Some("lte".into()),
-            band: Some(c.band),
-            dl_arfcn: Some(c.dl_earfcn),
-            pci: Some(c.pci),
-            txrx_active: Some(c.ru.txrx_active),
-        });
+        cells.insert(
+            c.cell_id.to_string(),
+            CellStats {
+                dl_bitrate: load.dl_bitrate,
+                ul_bitrate: load.ul_bitrate,
+                ue_count_min: load.ues,
+                ue_count_max: load.ues,
+                ue_count_avg: load.ues,
+                rat: Some("lte".into()),
+                band: Some(c.band),
+                dl_arfcn: Some(c.dl_earfcn),
+                pci: Some(c.pci),
+                txrx_active: Some(c.ru.txrx_active),
+            },
+        );
         let peak = simulated_rx_peak_dbfs(c.ru.rx_gain_db);
         for _ in 0..c.ru.n_antenna_ul {
-            rx.push(rx_antenna(peak, samples_per_window(c.bandwidth.sample_rate())));
+            rx.push(rx_antenna(
+                peak,
+                samples_per_window(c.bandwidth.sample_rate()),
+            ));
         }
     }
     for c in &plan.nr_cells {
-        cells.insert(format!("nr{}", c.cell_id), CellStats {
-            dl_bitrate: load.dl_bitrate,
-            ul_bitrate: load.ul_bitrate,
-            ue_count_min: load.ues,
-            ue_count_max: load.ues,
-            ue_count_avg: load.ues,
-            rat: Some("nr".into()),
-            band: Some(c.band),
-            dl_arfcn: Some(c.dl_nr_arfcn),
-            pci: Some(c.pci),
-            txrx_active: Some(c.ru.txrx_active),
-        });
+        cells.insert(
+            format!("nr{}", c.cell_id),
+            CellStats {
+                dl_bitrate: load.dl_bitrate,
+                ul_bitrate: load.ul_bitrate,
+                ue_count_min: load.ues,
+                ue_count_max: load.ues,
+                ue_count_avg: load.ues,
+                rat: Some("nr".into()),
+                band: Some(c.band),
+                dl_arfcn: Some(c.dl_nr_arfcn),
+                pci: Some(c.pci),
+                txrx_active: Some(c.ru.txrx_active),
+            },
+        );
         let peak = simulated_rx_peak_dbfs(c.ru.rx_gain_db);
         for _ in 0..c.ru.n_antenna_ul {
             rx.push(rx_antenna(peak, samples_per_window(c.sample_rate())));
@@ -239,7 +274,12 @@ pub fn record(plan: &Plan, utc: f64, duration_s: f64, tti: TtiStats, rf: RfStats
 }
 
 fn rx_antenna(peak: f64, count: u64) -> SampleStats {
-    SampleStats { max: peak, rms: peak - 20.0, sat: if peak >= 0.0 { count / 1000 } else { 0 }, count }
+    SampleStats {
+        max: peak,
+        rms: peak - 20.0,
+        sat: if peak >= 0.0 { count / 1000 } else { 0 },
+        count,
+    }
 }
 
 #[cfg(test)]
@@ -266,7 +306,11 @@ mod tests {
         let mut w = Window::new(1_000_000);
         for i in 0..1000u64 {
             // 999 fast wake-ups of i % 10 µs, one slow of 25 ms (beyond the histogram).
-            let wake = if i == 500 { 25_000_000 } else { (i % 10) * 1000 };
+            let wake = if i == 500 {
+                25_000_000
+            } else {
+                (i % 10) * 1000
+            };
             w.record(wake, wake + 100_000);
         }
         let (t, _) = w.finish(&SchedState::default(), 0);

@@ -95,7 +95,10 @@ pub fn validate_json(json: &str) -> Result<Validated, RequestError> {
     let p = params::from_value(doc)?;
     let mut v = Validator::default();
     for path in unknown {
-        v.note(&path, "unknown parameter, ignored (not a simpleran name this release reads)");
+        v.note(
+            &path,
+            "unknown parameter, ignored (not a simpleran name this release reads)",
+        );
     }
     v.run(&p).map_err(RequestError::Invalid)
 }
@@ -113,11 +116,17 @@ struct Validator {
 
 impl Validator {
     fn err(&mut self, path: &str, msg: impl Into<String>) {
-        self.errors.push(Issue { path: path.to_string(), message: msg.into() });
+        self.errors.push(Issue {
+            path: path.to_string(),
+            message: msg.into(),
+        });
     }
 
     fn note(&mut self, path: &str, msg: impl Into<String>) {
-        self.notes.push(Issue { path: path.to_string(), message: msg.into() });
+        self.notes.push(Issue {
+            path: path.to_string(),
+            message: msg.into(),
+        });
     }
 
     fn required<T: Copy>(&mut self, path: &str, v: Option<T>, what: &str) -> Option<T> {
@@ -130,7 +139,10 @@ impl Validator {
     fn run(mut self, p: &EnbParams) -> Result<Validated, Invalid> {
         let gnb_id_bits = p.gnb_id_bits.unwrap_or(28);
         if !(22..=32).contains(&gnb_id_bits) {
-            self.err("gnb_id_bits", format!("{gnb_id_bits} is outside 22..=32 (TS 38.413 gNB-ID length)"));
+            self.err(
+                "gnb_id_bits",
+                format!("{gnb_id_bits} is outside 22..=32 (TS 38.413 gNB-ID length)"),
+            );
         }
 
         let mut lte_cells = Vec::new();
@@ -161,25 +173,42 @@ impl Validator {
                         nr_cells.push(c);
                     }
                 }
-                Some(other) => self.err(&format!("{path}.cell_type"), format!("{other:?} is not \"lte\" or \"nr\"")),
+                Some(other) => self.err(
+                    &format!("{path}.cell_type"),
+                    format!("{other:?} is not \"lte\" or \"nr\""),
+                ),
                 None => self.err(&format!("{path}.cell_type"), "required: \"lte\" or \"nr\""),
             }
         }
         self.check_uniqueness(&lte_cells, &nr_cells);
 
-        let has_lte = p.cell_list.iter().any(|(_, c)| c.cell_type.as_deref() == Some("lte"));
-        let has_nr = p.cell_list.iter().any(|(_, c)| c.cell_type.as_deref() == Some("nr"));
+        let has_lte = p
+            .cell_list
+            .iter()
+            .any(|(_, c)| c.cell_type.as_deref() == Some("lte"));
+        let has_nr = p
+            .cell_list
+            .iter()
+            .any(|(_, c)| c.cell_type.as_deref() == Some("nr"));
 
         if let Some(id) = p.enb_id {
             if id > 0x0FFF_FFFF {
-                self.err("enb_id", format!("{id:#x} exceeds 28 bits (20-bit macro or 28-bit home eNB ID, TS 36.413)"));
+                self.err(
+                    "enb_id",
+                    format!(
+                        "{id:#x} exceeds 28 bits (20-bit macro or 28-bit home eNB ID, TS 36.413)"
+                    ),
+                );
             }
         } else if has_lte {
             self.err("enb_id", "required when there are LTE cells");
         }
         match p.gnb_id {
             Some(id) if (22..=32).contains(&gnb_id_bits) && id >> gnb_id_bits != 0 => {
-                self.err("gnb_id", format!("{id:#x} does not fit in gnb_id_bits = {gnb_id_bits}"));
+                self.err(
+                    "gnb_id",
+                    format!("{id:#x} does not fit in gnb_id_bits = {gnb_id_bits}"),
+                );
             }
             None if has_nr => self.err("gnb_id", "required when there are NR cells"),
             _ => {}
@@ -192,13 +221,31 @@ impl Validator {
                 None
             }
         };
-        let mme_list = self.core_list(&p.mme_list, "mme_list", "mme_addr", |m| (&m.mme_addr, &m.s1ap_bind_addr), "s1ap_bind_addr");
-        let amf_list = self.core_list(&p.amf_list, "amf_list", "amf_addr", |a| (&a.amf_addr, &a.ngap_bind_addr), "ngap_bind_addr");
+        let mme_list = self.core_list(
+            &p.mme_list,
+            "mme_list",
+            "mme_addr",
+            |m| (&m.mme_addr, &m.s1ap_bind_addr),
+            "s1ap_bind_addr",
+        );
+        let amf_list = self.core_list(
+            &p.amf_list,
+            "amf_list",
+            "amf_addr",
+            |a| (&a.amf_addr, &a.ngap_bind_addr),
+            "ngap_bind_addr",
+        );
         if has_lte && mme_list.is_empty() && p.mme_list.is_empty() {
-            self.err("mme_list", "at least one MME is required when there are LTE cells");
+            self.err(
+                "mme_list",
+                "at least one MME is required when there are LTE cells",
+            );
         }
         if has_nr && amf_list.is_empty() && p.amf_list.is_empty() {
-            self.err("amf_list", "at least one AMF is required when there are NR cells");
+            self.err(
+                "amf_list",
+                "at least one AMF is required when there are NR cells",
+            );
         }
 
         let plmn_list = self.plmns(p, has_lte);
@@ -208,7 +255,10 @@ impl Validator {
 
         let period = p.enb_stats_fetch_period.unwrap_or(60.0);
         if !(period.is_finite() && period > 0.0 && period <= 86_400.0) {
-            self.err("enb_stats_fetch_period", format!("{period} s is not in (0, 86400]"));
+            self.err(
+                "enb_stats_fetch_period",
+                format!("{period} s is not in (0, 86400]"),
+            );
         }
         let monitoring = Monitoring {
             stats_period_s: period,
@@ -217,10 +267,16 @@ impl Validator {
         };
 
         if !self.errors.is_empty() {
-            return Err(Invalid { errors: self.errors, notes: self.notes });
+            return Err(Invalid {
+                errors: self.errors,
+                notes: self.notes,
+            });
         }
         let Some(gtp_addr) = gtp_addr else {
-            return Err(Invalid { errors: self.errors, notes: self.notes });
+            return Err(Invalid {
+                errors: self.errors,
+                notes: self.notes,
+            });
         };
         let plan = Plan {
             enb_id: p.enb_id.filter(|_| has_lte),
@@ -236,7 +292,10 @@ impl Validator {
             nr_cells,
             monitoring,
         };
-        Ok(Validated { plan, notes: self.notes })
+        Ok(Validated {
+            plan,
+            notes: self.notes,
+        })
     }
 
     fn core_list<T>(
@@ -253,7 +312,10 @@ impl Validator {
             let (addr, bind) = get(item);
             let addr = match addr.as_deref() {
                 None => {
-                    self.err(&format!("{path}.{addr_field}"), "required: IP address with optional port");
+                    self.err(
+                        &format!("{path}.{addr_field}"),
+                        "required: IP address with optional port",
+                    );
                     continue;
                 }
                 Some(a) => match parse_addr(a) {
@@ -279,10 +341,19 @@ impl Validator {
 
     fn plmns(&mut self, p: &EnbParams, has_lte: bool) -> Vec<Plmn> {
         if has_lte && p.plmn_list.is_empty() {
-            self.err("plmn_list", "at least one PLMN is required when there are LTE cells");
+            self.err(
+                "plmn_list",
+                "at least one PLMN is required when there are LTE cells",
+            );
         }
         if p.plmn_list.len() > 6 {
-            self.err("plmn_list", format!("{} PLMNs, at most 6 are broadcast in SIB1", p.plmn_list.len()));
+            self.err(
+                "plmn_list",
+                format!(
+                    "{} PLMNs, at most 6 are broadcast in SIB1",
+                    p.plmn_list.len()
+                ),
+            );
         }
         let mut out = Vec::new();
         for (key, item) in p.plmn_list.iter() {
@@ -305,21 +376,33 @@ impl Validator {
 
     fn plmns_5g(&mut self, p: &EnbParams, has_nr: bool) -> Vec<Plmn> {
         if has_nr && p.plmn_list_5g.is_empty() {
-            self.err("plmn_list_5g", "at least one PLMN is required when there are NR cells");
+            self.err(
+                "plmn_list_5g",
+                "at least one PLMN is required when there are NR cells",
+            );
         }
         if p.plmn_list_5g.len() > 12 {
-            self.err("plmn_list_5g", format!("{} PLMNs, at most 12 are allowed", p.plmn_list_5g.len()));
+            self.err(
+                "plmn_list_5g",
+                format!("{} PLMNs, at most 12 are allowed", p.plmn_list_5g.len()),
+            );
         }
         let mut out = Vec::new();
         for (key, item) in p.plmn_list_5g.iter() {
             let base = key.path("plmn_list_5g");
             let tac = match item.tac {
                 None => {
-                    self.err(&format!("{base}.tac"), "required: 24-bit NR tracking area code");
+                    self.err(
+                        &format!("{base}.tac"),
+                        "required: 24-bit NR tracking area code",
+                    );
                     None
                 }
                 Some(t) if !(1..=0xFF_FFFF).contains(&t) || t == 0xFF_FFFE => {
-                    self.err(&format!("{base}.tac"), format!("{t:#x} is outside 0x000001..=0xffffff (0xfffffe is reserved)"));
+                    self.err(
+                        &format!("{base}.tac"),
+                        format!("{t:#x} is outside 0x000001..=0xffffff (0xfffffe is reserved)"),
+                    );
                     None
                 }
                 Some(t) => Some(t),
@@ -342,7 +425,9 @@ impl Validator {
 
     fn handover(&mut self, p: &EnbParams) -> Handover {
         let mut h = Handover::default();
-        let Some(ho) = &p.eutra_eutra_handover else { return h };
+        let Some(ho) = &p.eutra_eutra_handover else {
+            return h;
+        };
         if let Some(ev) = &ho.event {
             match (ev.a3_rsrp, ev.a4_rsrp.or(ev.a5_threshold1_rsrp)) {
                 (Some(a3), _) => h.a3_offset_db = a3,
@@ -355,44 +440,73 @@ impl Validator {
         }
         if let Some(hy) = ho.hysteresis {
             if hy > 30 {
-                self.err("eutra_eutra_handover.hysteresis", format!("{hy} is outside 0..=30 (0.5 dB steps)"));
+                self.err(
+                    "eutra_eutra_handover.hysteresis",
+                    format!("{hy} is outside 0..=30 (0.5 dB steps)"),
+                );
             }
             h.hysteresis = hy;
         }
         if let Some(t) = ho.time_to_trigger {
             if !TIME_TO_TRIGGER_MS.contains(&t) {
-                self.err("eutra_eutra_handover.time_to_trigger", format!("{t} ms is not one of {TIME_TO_TRIGGER_MS:?} (TS 36.331 TimeToTrigger)"));
+                self.err(
+                    "eutra_eutra_handover.time_to_trigger",
+                    format!(
+                        "{t} ms is not one of {TIME_TO_TRIGGER_MS:?} (TS 36.331 TimeToTrigger)"
+                    ),
+                );
             }
             h.time_to_trigger_ms = t;
         }
         h
     }
 
-    fn resolve_ru(&mut self, p: &EnbParams, key: &Key, cell: &CellParams, path: &str) -> Option<RadioUnit> {
+    fn resolve_ru(
+        &mut self,
+        p: &EnbParams,
+        key: &Key,
+        cell: &CellParams,
+        path: &str,
+    ) -> Option<RadioUnit> {
         let ru_path = format!("{path}.ru");
         let Some(ru) = &cell.ru else {
-            self.err(&ru_path, "required: an inline SDR radio unit or {\"ru_type\": \"ru_ref\", \"ru_ref\": …}");
+            self.err(
+                &ru_path,
+                "required: an inline SDR radio unit or {\"ru_type\": \"ru_ref\", \"ru_ref\": …}",
+            );
             return None;
         };
         match ru.ru_type.as_deref().map(str::trim) {
             Some("ru_ref") => {
                 let Some(r) = ru.ru_ref.as_deref() else {
-                    self.err(&format!("{ru_path}.ru_ref"), "required with ru_type \"ru_ref\"");
+                    self.err(
+                        &format!("{ru_path}.ru_ref"),
+                        "required with ru_type \"ru_ref\"",
+                    );
                     return None;
                 };
                 let Some((rkey, target)) = p.ru_list.iter().find(|(k, _)| k.name() == r) else {
-                    self.err(&format!("{ru_path}.ru_ref"), format!("no radio unit {r:?} in ru_list"));
+                    self.err(
+                        &format!("{ru_path}.ru_ref"),
+                        format!("no radio unit {r:?} in ru_list"),
+                    );
                     return None;
                 };
                 self.ru(target, &rkey.path("ru_list"), &rkey.name())
             }
             Some("ruincell_ref") => {
                 let Some(r) = ru.ruincell_ref.as_deref() else {
-                    self.err(&format!("{ru_path}.ruincell_ref"), "required with ru_type \"ruincell_ref\"");
+                    self.err(
+                        &format!("{ru_path}.ruincell_ref"),
+                        "required with ru_type \"ruincell_ref\"",
+                    );
                     return None;
                 };
                 let Some((okey, other)) = p.cell_list.iter().find(|(k, _)| k.name() == r) else {
-                    self.err(&format!("{ru_path}.ruincell_ref"), format!("no cell {r:?} in cell_list"));
+                    self.err(
+                        &format!("{ru_path}.ruincell_ref"),
+                        format!("no cell {r:?} in cell_list"),
+                    );
                     return None;
                 };
                 match &other.ru {
@@ -425,27 +539,47 @@ impl Validator {
         match ru.ru_link_type.as_deref() {
             None | Some("sdr") => {}
             Some(other) => {
-                self.err(&format!("{path}.ru_link_type"), format!("{other:?}: only \"sdr\" links are supported"));
+                self.err(
+                    &format!("{path}.ru_link_type"),
+                    format!("{other:?}: only \"sdr\" links are supported"),
+                );
                 ok = false;
             }
         }
         let n_dl = ru.n_antenna_dl.unwrap_or(1);
         let n_ul = ru.n_antenna_ul.unwrap_or(1);
         if ![1, 2, 4, 8].contains(&n_dl) {
-            self.err(&format!("{path}.n_antenna_dl"), format!("{n_dl} is not 1, 2, 4 or 8"));
+            self.err(
+                &format!("{path}.n_antenna_dl"),
+                format!("{n_dl} is not 1, 2, 4 or 8"),
+            );
             ok = false;
         }
         if ![1, 2, 4].contains(&n_ul) {
-            self.err(&format!("{path}.n_antenna_ul"), format!("{n_ul} is not 1, 2 or 4"));
+            self.err(
+                &format!("{path}.n_antenna_ul"),
+                format!("{n_ul} is not 1, 2 or 4"),
+            );
             ok = false;
         }
-        let tx = self.required(&format!("{path}.tx_gain"), ru.tx_gain, "TX gain in dB (ru/common.json)");
-        let rx = self.required(&format!("{path}.rx_gain"), ru.rx_gain, "RX gain in dB (ru/common.json)");
+        let tx = self.required(
+            &format!("{path}.tx_gain"),
+            ru.tx_gain,
+            "TX gain in dB (ru/common.json)",
+        );
+        let rx = self.required(
+            &format!("{path}.rx_gain"),
+            ru.rx_gain,
+            "RX gain in dB (ru/common.json)",
+        );
         let active = match ru.txrx_active.as_deref().map(str::trim) {
             None | Some("INACTIVE") => false,
             Some("ACTIVE") => true,
             Some(other) => {
-                self.err(&format!("{path}.txrx_active"), format!("{other:?} is not \"ACTIVE\" or \"INACTIVE\""));
+                self.err(
+                    &format!("{path}.txrx_active"),
+                    format!("{other:?} is not \"ACTIVE\" or \"INACTIVE\""),
+                );
                 ok = false;
                 false
             }
@@ -454,7 +588,10 @@ impl Validator {
         seen.sort_unstable();
         seen.dedup();
         if seen.len() != ru.sdr_dev_list.len() {
-            self.err(&format!("{path}.sdr_dev_list"), "duplicate /dev/sdr numbers");
+            self.err(
+                &format!("{path}.sdr_dev_list"),
+                "duplicate /dev/sdr numbers",
+            );
             ok = false;
         }
         let (tx, rx) = (tx?, rx?);
@@ -474,7 +611,10 @@ impl Validator {
             Some("fdd") => Some(false),
             Some("tdd") => Some(true),
             Some(other) => {
-                self.err(&format!("{path}.rf_mode"), format!("{other:?} is not \"fdd\" or \"tdd\""));
+                self.err(
+                    &format!("{path}.rf_mode"),
+                    format!("{other:?} is not \"fdd\" or \"tdd\""),
+                );
                 None
             }
             None => {
@@ -488,7 +628,10 @@ impl Validator {
         let rsi = cell.root_sequence_index.unwrap_or(root_default);
         let mut ok = true;
         if rsi > 837 {
-            self.err(&format!("{path}.root_sequence_index"), format!("{rsi} is outside 0..=837 (TS 36.211 / 38.211)"));
+            self.err(
+                &format!("{path}.root_sequence_index"),
+                format!("{rsi} is outside 0..=837 (TS 36.211 / 38.211)"),
+            );
             ok = false;
         }
         let timer = cell.inactivity_timer.unwrap_or(10_000);
@@ -499,21 +642,44 @@ impl Validator {
         ok.then_some((rsi as u16, timer))
     }
 
-    fn lte_cell(&mut self, key: &Key, cell: &CellParams, path: &str, ru: Option<RadioUnit>) -> Option<LteCell> {
+    fn lte_cell(
+        &mut self,
+        key: &Key,
+        cell: &CellParams,
+        path: &str,
+        ru: Option<RadioUnit>,
+    ) -> Option<LteCell> {
         let tdd = self.rf_mode(cell, path);
         let pci = self.required(&format!("{path}.pci"), cell.pci, "physical cell id 0..=503");
         if let Some(pci) = pci.filter(|&p| p > 503) {
-            self.err(&format!("{path}.pci"), format!("{pci} is outside the LTE range 0..=503 (TS 36.211 §6.11)"));
+            self.err(
+                &format!("{path}.pci"),
+                format!("{pci} is outside the LTE range 0..=503 (TS 36.211 §6.11)"),
+            );
         }
         let cell_id = self.required(&format!("{path}.cell_id"), cell.cell_id, "8-bit cell id");
         if let Some(id) = cell_id.filter(|&i| i > 255) {
-            self.err(&format!("{path}.cell_id"), format!("{id:#x} exceeds 8 bits (LTE cell id within the eNB)"));
+            self.err(
+                &format!("{path}.cell_id"),
+                format!("{id:#x} exceeds 8 bits (LTE cell id within the eNB)"),
+            );
         }
-        let tac = self.required(&format!("{path}.tac"), cell.tac, "16-bit tracking area code");
+        let tac = self.required(
+            &format!("{path}.tac"),
+            cell.tac,
+            "16-bit tracking area code",
+        );
         if let Some(t) = tac.filter(|&t| t > 0xFFFF) {
-            self.err(&format!("{path}.tac"), format!("{t:#x} exceeds 16 bits (LTE TAC, TS 23.003)"));
+            self.err(
+                &format!("{path}.tac"),
+                format!("{t:#x} exceeds 16 bits (LTE TAC, TS 23.003)"),
+            );
         }
-        let bw = self.required(&format!("{path}.bandwidth"), cell.bandwidth, "1.4, 3, 5, 10, 15 or 20 MHz");
+        let bw = self.required(
+            &format!("{path}.bandwidth"),
+            cell.bandwidth,
+            "1.4, 3, 5, 10, 15 or 20 MHz",
+        );
         let bw = bw.and_then(|b| {
             let r = LteBandwidth::from_mhz(b);
             if r.is_none() {
@@ -522,7 +688,11 @@ impl Validator {
             r
         });
         let common = self.common(cell, path, 204);
-        let dl = self.required(&format!("{path}.dl_earfcn"), cell.dl_earfcn, "downlink EARFCN");
+        let dl = self.required(
+            &format!("{path}.dl_earfcn"),
+            cell.dl_earfcn,
+            "downlink EARFCN",
+        );
         let band = dl.and_then(|n| {
             let b = lte::band_of_dl_earfcn(n);
             if b.is_none() {
@@ -553,7 +723,8 @@ impl Validator {
             }
             if let Some(bw) = bw {
                 if !b.allows(bw) {
-                    let allowed: Vec<String> = b.bandwidths.iter().map(|w| w.mhz().to_string()).collect();
+                    let allowed: Vec<String> =
+                        b.bandwidths.iter().map(|w| w.mhz().to_string()).collect();
                     self.err(&format!("{path}.bandwidth"), format!(
                         "{bw} is not allowed in band {} (allowed: {} MHz; TS 36.101 table 5.6.1-1)",
                         b.band,
@@ -562,15 +733,15 @@ impl Validator {
                     ok = false;
                 }
                 let (lo, hi) = b.dl_edges_khz();
-                if let Some(f) = b.dl_khz(n) {
-                    if !channel_inside(f.into(), bw.khz().into(), lo.into(), hi.into()) {
-                        let half = bw.khz() / 200;
-                        self.err(&dl_path, format!(
+                if let Some(f) = b.dl_khz(n)
+                    && !channel_inside(f.into(), bw.khz().into(), lo.into(), hi.into())
+                {
+                    let half = bw.khz() / 200;
+                    self.err(&dl_path, format!(
                             "a {bw} channel at EARFCN {n} ({} MHz) leaves band {} downlink {}–{} MHz; with {bw} the EARFCN must be in {}..={}",
                             mhz(f.into()), b.band, mhz(lo.into()), mhz(hi.into()), b.dl_n_offs + half, b.dl_n_max + 1 - half
                         ));
-                        ok = false;
-                    }
+                    ok = false;
                 }
             }
             ul_earfcn = match (cell.ul_earfcn, b.duplex) {
@@ -586,12 +757,20 @@ impl Validator {
                     u
                 }
                 (Some(u), Duplex::Tdd) if u != n => {
-                    self.err(&format!("{path}.ul_earfcn"), format!("{u} differs from dl_earfcn {n}; band {} is TDD and uses one EARFCN", b.band));
+                    self.err(
+                        &format!("{path}.ul_earfcn"),
+                        format!(
+                            "{u} differs from dl_earfcn {n}; band {} is TDD and uses one EARFCN",
+                            b.band
+                        ),
+                    );
                     None
                 }
                 (Some(u), _) => {
                     if !b.has_ul_earfcn(u) {
-                        let range = b.ul.map(|r| format!("{}..={}", r.n_offs, r.n_max)).unwrap_or_default();
+                        let range =
+                            b.ul.map(|r| format!("{}..={}", r.n_offs, r.n_max))
+                                .unwrap_or_default();
                         self.err(&format!("{path}.ul_earfcn"), format!(
                             "EARFCN {u} is not an uplink channel of band {} ({range}; TS 36.101 table 5.7.3-1)",
                             b.band
@@ -602,16 +781,16 @@ impl Validator {
                     }
                 }
             };
-            if let (Some(u), Some(bw), Some((lo, hi))) = (ul_earfcn, bw, b.ul_edges_khz()) {
-                if let Some(f) = b.ul_khz(u) {
-                    if b.duplex == Duplex::Fdd && !channel_inside(f.into(), bw.khz().into(), lo.into(), hi.into()) {
-                        self.err(&format!("{path}.ul_earfcn"), format!(
+            if let (Some(u), Some(bw), Some((lo, hi))) = (ul_earfcn, bw, b.ul_edges_khz())
+                && let Some(f) = b.ul_khz(u)
+                && b.duplex == Duplex::Fdd
+                && !channel_inside(f.into(), bw.khz().into(), lo.into(), hi.into())
+            {
+                self.err(&format!("{path}.ul_earfcn"), format!(
                             "a {bw} uplink channel at EARFCN {u} ({} MHz) leaves band {} uplink {}–{} MHz",
                             mhz(f.into()), b.band, mhz(lo.into()), mhz(hi.into())
                         ));
-                        ok = false;
-                    }
-                }
+                ok = false;
             }
         }
         let tdd_config = match (tdd, cell.tdd_ul_dl_config.as_deref()) {
@@ -626,13 +805,26 @@ impl Validator {
                 c
             }
             (Some(false), Some(_)) => {
-                self.note(&format!("{path}.tdd_ul_dl_config"), "ignored: the cell is FDD");
+                self.note(
+                    &format!("{path}.tdd_ul_dl_config"),
+                    "ignored: the cell is FDD",
+                );
                 None
             }
             _ => None,
         };
-        let cipher = self.algos(cell.cipher_algo_pref.as_deref(), &format!("{path}.cipher_algo_pref"), &["EEA"], vec![2, 1]);
-        let integ = self.algos(cell.integ_algo_pref.as_deref(), &format!("{path}.integ_algo_pref"), &["EIA", "EEA"], vec![2, 1]);
+        let cipher = self.algos(
+            cell.cipher_algo_pref.as_deref(),
+            &format!("{path}.cipher_algo_pref"),
+            &["EEA"],
+            vec![2, 1],
+        );
+        let integ = self.algos(
+            cell.integ_algo_pref.as_deref(),
+            &format!("{path}.integ_algo_pref"),
+            &["EIA", "EEA"],
+            vec![2, 1],
+        );
 
         let band = band?;
         let (dl, ul, bw, ru, (rsi, timer)) = (dl?, ul_earfcn?, bw?, ru?, common?);
@@ -662,8 +854,16 @@ impl Validator {
         })
     }
 
-    fn algos(&mut self, given: Option<&[String]>, path: &str, prefixes: &[&str], default: Vec<u8>) -> Option<Vec<u8>> {
-        let Some(list) = given else { return Some(default) };
+    fn algos(
+        &mut self,
+        given: Option<&[String]>,
+        path: &str,
+        prefixes: &[&str],
+        default: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let Some(list) = given else {
+            return Some(default);
+        };
         let mut out = Vec::new();
         for (i, s) in list.iter().enumerate() {
             let t = s.trim();
@@ -676,7 +876,10 @@ impl Validator {
             match n {
                 Some(d) => out.push(d as u8),
                 None => {
-                    self.err(&format!("{path}[{i}]"), format!("{s:?} is not one of {}0..{}3", prefixes[0], prefixes[0]));
+                    self.err(
+                        &format!("{path}[{i}]"),
+                        format!("{s:?} is not one of {}0..{}3", prefixes[0], prefixes[0]),
+                    );
                     return None;
                 }
             }
@@ -684,15 +887,30 @@ impl Validator {
         Some(out)
     }
 
-    fn nr_cell(&mut self, key: &Key, cell: &CellParams, path: &str, ru: Option<RadioUnit>, gnb_id_bits: u8) -> Option<NrCell> {
+    fn nr_cell(
+        &mut self,
+        key: &Key,
+        cell: &CellParams,
+        path: &str,
+        ru: Option<RadioUnit>,
+        gnb_id_bits: u8,
+    ) -> Option<NrCell> {
         let tdd = self.rf_mode(cell, path);
-        let pci = self.required(&format!("{path}.pci"), cell.pci, "physical cell id 0..=1007");
+        let pci = self.required(
+            &format!("{path}.pci"),
+            cell.pci,
+            "physical cell id 0..=1007",
+        );
         if let Some(p) = pci.filter(|&p| p > 1007) {
-            self.err(&format!("{path}.pci"), format!("{p} is outside the NR range 0..=1007 (TS 38.211 §7.4.2.1)"));
+            self.err(
+                &format!("{path}.pci"),
+                format!("{p} is outside the NR range 0..=1007 (TS 38.211 §7.4.2.1)"),
+            );
         }
         let cell_id = self.required(&format!("{path}.cell_id"), cell.cell_id, "NR cell id");
         let id_bits = 36u32.saturating_sub(gnb_id_bits.into());
-        if let Some(id) = cell_id.filter(|&i| (22..=32).contains(&gnb_id_bits) && i >> id_bits != 0) {
+        if let Some(id) = cell_id.filter(|&i| (22..=32).contains(&gnb_id_bits) && i >> id_bits != 0)
+        {
             self.err(&format!("{path}.cell_id"), format!(
                 "{id:#x} exceeds {id_bits} bits (36-bit NR cell identity minus gnb_id_bits = {gnb_id_bits})"
             ));
@@ -702,15 +920,29 @@ impl Validator {
         let band = band_n.and_then(|b| {
             let r = nr::band(b);
             if r.is_none() {
-                self.err(&format!("{path}.nr_band"), format!("n{b} is not an NR operating band (TS 38.104 tables 5.2-1/5.2-2)"));
+                self.err(
+                    &format!("{path}.nr_band"),
+                    format!("n{b} is not an NR operating band (TS 38.104 tables 5.2-1/5.2-2)"),
+                );
             }
             r
         });
-        let dl = self.required(&format!("{path}.dl_nr_arfcn"), cell.dl_nr_arfcn, "downlink NR-ARFCN");
-        let bw_f = self.required(&format!("{path}.bandwidth"), cell.bandwidth, "channel bandwidth in MHz");
+        let dl = self.required(
+            &format!("{path}.dl_nr_arfcn"),
+            cell.dl_nr_arfcn,
+            "downlink NR-ARFCN",
+        );
+        let bw_f = self.required(
+            &format!("{path}.bandwidth"),
+            cell.bandwidth,
+            "channel bandwidth in MHz",
+        );
         let bw = bw_f.and_then(|b| {
             if b.fract() != 0.0 || !(1.0..=400.0).contains(&b) {
-                self.err(&format!("{path}.bandwidth"), format!("{b} MHz is not an NR channel bandwidth (whole MHz, 5..=400)"));
+                self.err(
+                    &format!("{path}.bandwidth"),
+                    format!("{b} MHz is not an NR channel bandwidth (whole MHz, 5..=400)"),
+                );
                 None
             } else {
                 Some(b as u16)
@@ -721,12 +953,24 @@ impl Validator {
         let tdd = tdd?;
         match (band.duplex, tdd) {
             (NrDuplex::Sdl | NrDuplex::Sul, _) => {
-                self.err(&format!("{path}.nr_band"), format!("n{} is {}: it cannot carry a standalone cell", band.band, band.duplex));
+                self.err(
+                    &format!("{path}.nr_band"),
+                    format!(
+                        "n{} is {}: it cannot carry a standalone cell",
+                        band.band, band.duplex
+                    ),
+                );
                 return None;
             }
             (NrDuplex::Fdd, true) | (NrDuplex::Tdd, false) => {
                 let mode = if tdd { "tdd" } else { "fdd" };
-                self.err(&format!("{path}.rf_mode"), format!("is {mode:?} but band n{} is {} (TS 38.104 table 5.2-1)", band.band, band.duplex));
+                self.err(
+                    &format!("{path}.rf_mode"),
+                    format!(
+                        "is {mode:?} but band n{} is {} (TS 38.104 table 5.2-1)",
+                        band.band, band.duplex
+                    ),
+                );
                 ok = false;
             }
             _ => {}
@@ -735,12 +979,25 @@ impl Validator {
         let dl = dl?;
         let dl_path = format!("{path}.dl_nr_arfcn");
         let Some(dl_khz) = nr::nr_arfcn_to_khz(dl) else {
-            self.err(&dl_path, format!("{dl} exceeds the largest NR-ARFCN {} (TS 38.104 §5.4.2.1)", nr::MAX_NR_ARFCN));
+            self.err(
+                &dl_path,
+                format!(
+                    "{dl} exceeds the largest NR-ARFCN {} (TS 38.104 §5.4.2.1)",
+                    nr::MAX_NR_ARFCN
+                ),
+            );
             return None;
         };
         if !dlr.on_raster(dl) {
-            let others: Vec<String> = nr::bands_with_dl_arfcn(dl).iter().map(|b| format!("n{b}")).collect();
-            let where_ = if others.is_empty() { "no NR band".to_string() } else { others.join(", ") };
+            let others: Vec<String> = nr::bands_with_dl_arfcn(dl)
+                .iter()
+                .map(|b| format!("n{b}"))
+                .collect();
+            let where_ = if others.is_empty() {
+                "no NR band".to_string()
+            } else {
+                others.join(", ")
+            };
             self.err(&dl_path, format!(
                 "NR-ARFCN {dl} ({} MHz) is not on the downlink channel raster of band n{} ({}..={} step {}, {}–{} MHz; TS 38.104 table 5.4.2.3-1); it is a raster point of {where_}",
                 mhz(dl_khz), band.band, dlr.first, dlr.last, dlr.step, mhz(dlr.low_khz), mhz(dlr.high_khz)
@@ -756,17 +1013,26 @@ impl Validator {
             ok = false;
         }
         if !channel_inside(dl_khz, u64::from(bw) * 1000, dlr.low_khz, dlr.high_khz) {
-            self.err(&dl_path, format!(
-                "a {bw} MHz channel centred at {} MHz leaves band n{} downlink {}–{} MHz",
-                mhz(dl_khz), band.band, mhz(dlr.low_khz), mhz(dlr.high_khz)
-            ));
+            self.err(
+                &dl_path,
+                format!(
+                    "a {bw} MHz channel centred at {} MHz leaves band n{} downlink {}–{} MHz",
+                    mhz(dl_khz),
+                    band.band,
+                    mhz(dlr.low_khz),
+                    mhz(dlr.high_khz)
+                ),
+            );
             ok = false;
         }
         let scs = match cell.subcarrier_spacing {
             None => nr::default_scs_khz(band),
             Some(s) if [15.0, 30.0, 60.0, 120.0].contains(&s) => s as u16,
             Some(s) => {
-                self.err(&format!("{path}.subcarrier_spacing"), format!("{s} kHz is not 15, 30, 60 or 120"));
+                self.err(
+                    &format!("{path}.subcarrier_spacing"),
+                    format!("{s} kHz is not 15, 30, 60 or 120"),
+                );
                 return None;
             }
         };
@@ -787,34 +1053,52 @@ impl Validator {
                 // Fixed duplex distance between the lower band edges (TS 38.101-1 table 5.4.4-1
                 // default TX-RX separation).
                 let f = i128::from(dl_khz) - (i128::from(dlr.low_khz) - i128::from(ulr.low_khz));
-                let u = u64::try_from(f).ok().and_then(nr::khz_to_nr_arfcn).filter(|&u| ulr.on_raster(u));
+                let u = u64::try_from(f)
+                    .ok()
+                    .and_then(nr::khz_to_nr_arfcn)
+                    .filter(|&u| ulr.on_raster(u));
                 if u.is_none() {
                     self.err(&ul_path, format!("band n{} has no uplink paired with {dl} at the band's duplex distance; set ul_nr_arfcn explicitly", band.band));
                 }
                 u
             }
             (Some(u), NrDuplex::Tdd) if u != dl => {
-                self.err(&ul_path, format!("{u} differs from dl_nr_arfcn {dl}; band n{} is TDD", band.band));
+                self.err(
+                    &ul_path,
+                    format!(
+                        "{u} differs from dl_nr_arfcn {dl}; band n{} is TDD",
+                        band.band
+                    ),
+                );
                 None
             }
             (Some(u), _) if !ulr.on_raster(u) => {
-                self.err(&ul_path, format!(
-                    "{u} is not on the uplink channel raster of band n{} ({}..={} step {})",
-                    band.band, ulr.first, ulr.last, ulr.step
-                ));
+                self.err(
+                    &ul_path,
+                    format!(
+                        "{u} is not on the uplink channel raster of band n{} ({}..={} step {})",
+                        band.band, ulr.first, ulr.last, ulr.step
+                    ),
+                );
                 None
             }
             (Some(u), _) => Some(u),
         };
         let ul_khz = ul.and_then(nr::nr_arfcn_to_khz);
-        if let (Some(f), NrDuplex::Fdd) = (ul_khz, band.duplex) {
-            if !channel_inside(f, u64::from(bw) * 1000, ulr.low_khz, ulr.high_khz) {
-                self.err(&ul_path, format!(
+        if let (Some(f), NrDuplex::Fdd) = (ul_khz, band.duplex)
+            && !channel_inside(f, u64::from(bw) * 1000, ulr.low_khz, ulr.high_khz)
+        {
+            self.err(
+                &ul_path,
+                format!(
                     "a {bw} MHz uplink channel at {} MHz leaves band n{} uplink {}–{} MHz",
-                    mhz(f), band.band, mhz(ulr.low_khz), mhz(ulr.high_khz)
-                ));
-                ok = false;
-            }
+                    mhz(f),
+                    band.band,
+                    mhz(ulr.low_khz),
+                    mhz(ulr.high_khz)
+                ),
+            );
+            ok = false;
         }
         // SS block.
         let ssb_scs = nr::ssb_scs_for(band, scs)?;
@@ -830,7 +1114,10 @@ impl Validator {
             Some(s) => {
                 let f = nr::nr_arfcn_to_khz(s);
                 let fits = f.is_some_and(|f| {
-                    band.ssb_scs_khz.iter().any(|&scs| nr::ssb_fits(dl_khz, bw, f, scs)) && dlr.contains_khz(f)
+                    band.ssb_scs_khz
+                        .iter()
+                        .any(|&scs| nr::ssb_fits(dl_khz, bw, f, scs))
+                        && dlr.contains_khz(f)
                 });
                 if !fits {
                     self.err(&ssb_path, format!(
@@ -851,7 +1138,13 @@ impl Validator {
                 b.push_str(&"0".repeat(l_max.last().copied().unwrap_or(4) - 1));
                 Some(b)
             }
-            Some(b) if b.chars().all(|c| c == '0' || c == '1') && l_max.contains(&b.len()) && b.contains('1') => Some(b.to_string()),
+            Some(b)
+                if b.chars().all(|c| c == '0' || c == '1')
+                    && l_max.contains(&b.len())
+                    && b.contains('1') =>
+            {
+                Some(b.to_string())
+            }
             Some(b) => {
                 self.err(&format!("{path}.ssb_pos_bitmap"), format!(
                     "{b:?} must be {} bits of 0/1 with at least one 1 for an SSB at this frequency (TS 38.213 §4.1)",
@@ -862,19 +1155,32 @@ impl Validator {
         };
         let tdd_cfg = match (tdd, cell.tdd_ul_dl_config.as_deref()) {
             (true, None) => Some(NR_TDD_CONFIGS[0].to_string()),
-            (true, Some(s)) => match NR_TDD_CONFIGS.iter().find(|c| c.split_whitespace().next() == s.split_whitespace().next()) {
+            (true, Some(s)) => match NR_TDD_CONFIGS
+                .iter()
+                .find(|c| c.split_whitespace().next() == s.split_whitespace().next())
+            {
                 Some(c) => Some(c.to_string()),
                 None => {
-                    self.err(&format!("{path}.tdd_ul_dl_config"), format!(
-                        "{s:?} is not one of simpleran's NR TDD patterns ({})",
-                        NR_TDD_CONFIGS.iter().filter_map(|c| c.split_whitespace().next()).collect::<Vec<_>>().join(", ")
-                    ));
+                    self.err(
+                        &format!("{path}.tdd_ul_dl_config"),
+                        format!(
+                            "{s:?} is not one of simpleran's NR TDD patterns ({})",
+                            NR_TDD_CONFIGS
+                                .iter()
+                                .filter_map(|c| c.split_whitespace().next())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
                     ok = false;
                     None
                 }
             },
             (false, Some(_)) => {
-                self.note(&format!("{path}.tdd_ul_dl_config"), "ignored: the cell is FDD");
+                self.note(
+                    &format!("{path}.tdd_ul_dl_config"),
+                    "ignored: the cell is FDD",
+                );
                 None
             }
             (false, None) => None,
@@ -924,9 +1230,13 @@ impl Validator {
                 ));
             }
             if let Some(other) = by_freq.insert((c.dl_earfcn, c.pci), &c.name) {
-                self.err(&format!("{}.pci", Key::Name(c.name.clone()).path("cell_list")), format!(
-                    "{} is also the PCI of cell {other:?} on the same EARFCN {}", c.pci, c.dl_earfcn
-                ));
+                self.err(
+                    &format!("{}.pci", Key::Name(c.name.clone()).path("cell_list")),
+                    format!(
+                        "{} is also the PCI of cell {other:?} on the same EARFCN {}",
+                        c.pci, c.dl_earfcn
+                    ),
+                );
             }
         }
         for (i, a) in lte.iter().enumerate() {
@@ -942,8 +1252,20 @@ impl Validator {
         // Carriers of this base station that partly overlap (same centre is frequency reuse).
         let carriers: Vec<(&str, u64, u64)> = lte
             .iter()
-            .map(|c| (c.name.as_str(), u64::from(c.dl_freq_khz), u64::from(c.bandwidth.khz())))
-            .chain(nr.iter().map(|c| (c.name.as_str(), c.dl_freq_khz, u64::from(c.bandwidth_mhz) * 1000)))
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    u64::from(c.dl_freq_khz),
+                    u64::from(c.bandwidth.khz()),
+                )
+            })
+            .chain(nr.iter().map(|c| {
+                (
+                    c.name.as_str(),
+                    c.dl_freq_khz,
+                    u64::from(c.bandwidth_mhz) * 1000,
+                )
+            }))
             .collect();
         for (i, a) in carriers.iter().enumerate() {
             for b in &carriers[i + 1..] {
@@ -965,21 +1287,37 @@ impl Validator {
                 ));
             }
             if let Some(other) = nr_freq.insert((c.ssb_nr_arfcn, c.pci), &c.name) {
-                self.err(&format!("{}.pci", Key::Name(c.name.clone()).path("cell_list")), format!(
-                    "{} is also the PCI of cell {other:?} on the same SSB frequency", c.pci
-                ));
+                self.err(
+                    &format!("{}.pci", Key::Name(c.name.clone()).path("cell_list")),
+                    format!(
+                        "{} is also the PCI of cell {other:?} on the same SSB frequency",
+                        c.pci
+                    ),
+                );
             }
         }
-        for c in lte.iter().map(|c| (&c.name, c.ru.txrx_active)).chain(nr.iter().map(|c| (&c.name, c.ru.txrx_active))) {
+        for c in lte
+            .iter()
+            .map(|c| (&c.name, c.ru.txrx_active))
+            .chain(nr.iter().map(|c| (&c.name, c.ru.txrx_active)))
+        {
             if !c.1 {
-                self.note(&format!("{}.ru.txrx_active", Key::Name(c.0.clone()).path("cell_list")), "INACTIVE (the default): the radio unit does not transmit");
+                self.note(
+                    &format!(
+                        "{}.ru.txrx_active",
+                        Key::Name(c.0.clone()).path("cell_list")
+                    ),
+                    "INACTIVE (the default): the radio unit does not transmit",
+                );
             }
         }
     }
 }
 
 /// `TimeToTrigger` values of TS 36.331, ms.
-pub const TIME_TO_TRIGGER_MS: [u16; 16] = [0, 40, 64, 80, 100, 128, 160, 256, 320, 480, 512, 640, 1024, 1280, 2560, 5120];
+pub const TIME_TO_TRIGGER_MS: [u16; 16] = [
+    0, 40, 64, 80, 100, 128, 160, 256, 320, 480, 512, 640, 1024, 1280, 2560, 5120,
+];
 
 /// simpleran's NR TDD patterns (`cell/nr/input-schema.json`); the first is the default.
 pub const NR_TDD_CONFIGS: [&str; 7] = [
@@ -1020,12 +1358,13 @@ fn channel_inside(center_khz: u64, bw_khz: u64, lo: u64, hi: u64) -> bool {
     center_khz >= lo + bw_khz / 2 && center_khz + bw_khz / 2 <= hi
 }
 
-
 /// Splits a PLMN into MCC and MNC.
 pub fn split_plmn(s: &str) -> Result<(String, String), String> {
     let t = s.trim();
     if !(t.len() == 5 || t.len() == 6) || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{s:?} is not a PLMN: 3-digit MCC + 2- or 3-digit MNC (TS 23.003 §2.2)"));
+        return Err(format!(
+            "{s:?} is not a PLMN: 3-digit MCC + 2- or 3-digit MNC (TS 23.003 §2.2)"
+        ));
     }
     Ok((t[..3].to_string(), t[3..].to_string()))
 }
@@ -1040,14 +1379,19 @@ pub fn parse_addr(s: &str) -> Result<CoreAddr, String> {
         if sa.port() == 0 {
             return Err(format!("{s:?}: port 0 is not a peer port"));
         }
-        return Ok(CoreAddr { ip: sa.ip(), port: Some(sa.port()) });
+        return Ok(CoreAddr {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        });
     }
-    if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        if let Ok(ip) = inner.parse::<IpAddr>() {
-            return Ok(CoreAddr { ip, port: None });
-        }
+    if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']'))
+        && let Ok(ip) = inner.parse::<IpAddr>()
+    {
+        return Ok(CoreAddr { ip, port: None });
     }
-    Err(format!("{s:?} is not an IP address with an optional port (1.2.3.4, 1.2.3.4:36412, [2001:db8::1]:36412)"))
+    Err(format!(
+        "{s:?} is not an IP address with an optional port (1.2.3.4, 1.2.3.4:36412, [2001:db8::1]:36412)"
+    ))
 }
 
 #[cfg(test)]
@@ -1058,7 +1402,10 @@ mod tests {
     fn addresses() {
         assert_eq!(parse_addr("1.2.3.4").unwrap().to_string(), "1.2.3.4");
         assert_eq!(parse_addr("4.3.2.1:77").unwrap().port, Some(77));
-        assert_eq!(parse_addr("[abcd:5::1]:78").unwrap().to_string(), "[abcd:5::1]:78");
+        assert_eq!(
+            parse_addr("[abcd:5::1]:78").unwrap().to_string(),
+            "[abcd:5::1]:78"
+        );
         assert_eq!(parse_addr("dcba:5::1").unwrap().port, None);
         assert_eq!(parse_addr("[dcba:5::1]").unwrap().port, None);
         assert!(parse_addr("mme.example").is_err());
@@ -1073,10 +1420,12 @@ mod tests {
         assert!(split_plmn("0010").is_err());
         assert!(split_plmn("0010a").is_err());
         assert!(split_plmn("0010123").is_err());
-        assert_eq!(parse_lte_tdd_config("[Configuration 5] DSUDDDDDDD (10ms, 8DL/1UL), …"), Some(5));
+        assert_eq!(
+            parse_lte_tdd_config("[Configuration 5] DSUDDDDDDD (10ms, 8DL/1UL), …"),
+            Some(5)
+        );
         assert_eq!(parse_lte_tdd_config("1"), Some(1));
         assert_eq!(parse_lte_tdd_config("7"), None);
         assert_eq!(parse_lte_tdd_config("[Configuration x]"), None);
     }
-
 }

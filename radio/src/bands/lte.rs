@@ -158,9 +158,7 @@ const fn fdd(
     dl_low_khz: u32,
     dl_n_offs: u32,
     dl_n_max: u32,
-    ul_low_khz: u32,
-    ul_n_offs: u32,
-    ul_n_max: u32,
+    (ul_low_khz, ul_n_offs, ul_n_max): (u32, u32, u32),
     bandwidths: &'static [LteBandwidth],
 ) -> EutraBand {
     EutraBand {
@@ -169,17 +167,49 @@ const fn fdd(
         dl_low_khz,
         dl_n_offs,
         dl_n_max,
-        ul: Some(UlRange { low_khz: ul_low_khz, n_offs: ul_n_offs, n_max: ul_n_max }),
+        ul: Some(UlRange {
+            low_khz: ul_low_khz,
+            n_offs: ul_n_offs,
+            n_max: ul_n_max,
+        }),
         bandwidths,
     }
 }
 
-const fn tdd(band: u16, low_khz: u32, n_offs: u32, n_max: u32, bandwidths: &'static [LteBandwidth]) -> EutraBand {
-    EutraBand { band, duplex: Duplex::Tdd, dl_low_khz: low_khz, dl_n_offs: n_offs, dl_n_max: n_max, ul: None, bandwidths }
+const fn tdd(
+    band: u16,
+    low_khz: u32,
+    n_offs: u32,
+    n_max: u32,
+    bandwidths: &'static [LteBandwidth],
+) -> EutraBand {
+    EutraBand {
+        band,
+        duplex: Duplex::Tdd,
+        dl_low_khz: low_khz,
+        dl_n_offs: n_offs,
+        dl_n_max: n_max,
+        ul: None,
+        bandwidths,
+    }
 }
 
-const fn sdl(band: u16, low_khz: u32, n_offs: u32, n_max: u32, bandwidths: &'static [LteBandwidth]) -> EutraBand {
-    EutraBand { band, duplex: Duplex::Sdl, dl_low_khz: low_khz, dl_n_offs: n_offs, dl_n_max: n_max, ul: None, bandwidths }
+const fn sdl(
+    band: u16,
+    low_khz: u32,
+    n_offs: u32,
+    n_max: u32,
+    bandwidths: &'static [LteBandwidth],
+) -> EutraBand {
+    EutraBand {
+        band,
+        duplex: Duplex::Sdl,
+        dl_low_khz: low_khz,
+        dl_n_offs: n_offs,
+        dl_n_max: n_max,
+        ul: None,
+        bandwidths,
+    }
 }
 
 const ALL6: &[LteBandwidth] = &[Mhz1_4, Mhz3, Mhz5, Mhz10, Mhz15, Mhz20];
@@ -194,79 +224,82 @@ const TO5: &[LteBandwidth] = &[Mhz1_4, Mhz3, Mhz5];
 /// TS 36.101 table 5.7.3-1, ordered by downlink channel number.
 #[rustfmt::skip]
 pub static EUTRA_BANDS: &[EutraBand] = &[
-    //   band  F_DL_low   N_Offs-DL  N_DL max   F_UL_low   N_Offs-UL  N_UL max
-    fdd(1,  2_110_000,     0,   599, 1_920_000, 18000, 18599, FROM5),
-    fdd(2,  1_930_000,   600,  1199, 1_850_000, 18600, 19199, ALL6),
-    fdd(3,  1_805_000,  1200,  1949, 1_710_000, 19200, 19949, ALL6),
-    fdd(4,  2_110_000,  1950,  2399, 1_710_000, 19950, 20399, ALL6),
-    fdd(5,    869_000,  2400,  2649,   824_000, 20400, 20649, TO10),
-    fdd(6,    875_000,  2650,  2749,   830_000, 20650, 20749, B5_10),
-    fdd(7,  2_620_000,  2750,  3449, 2_500_000, 20750, 21449, FROM5),
-    fdd(8,    925_000,  3450,  3799,   880_000, 21450, 21799, TO10),
-    fdd(9,  1_844_900,  3800,  4149, 1_749_900, 21800, 22149, FROM5),
-    fdd(10, 2_110_000,  4150,  4749, 1_710_000, 22150, 22749, FROM5),
-    fdd(11, 1_475_900,  4750,  4949, 1_427_900, 22750, 22949, B5_10),
-    fdd(12,   729_000,  5010,  5179,   699_000, 23010, 23179, TO10),
-    fdd(13,   746_000,  5180,  5279,   777_000, 23180, 23279, B5_10),
-    fdd(14,   758_000,  5280,  5379,   788_000, 23280, 23379, B5_10),
-    fdd(17,   734_000,  5730,  5849,   704_000, 23730, 23849, B5_10),
-    fdd(18,   860_000,  5850,  5999,   815_000, 23850, 23999, B5_15),
-    fdd(19,   875_000,  6000,  6149,   830_000, 24000, 24149, B5_15),
-    fdd(20,   791_000,  6150,  6449,   832_000, 24150, 24449, FROM5),
-    fdd(21, 1_495_900,  6450,  6599, 1_447_900, 24450, 24599, B5_15),
-    fdd(22, 3_510_000,  6600,  7399, 3_410_000, 24600, 25399, FROM5),
-    fdd(23, 2_180_000,  7500,  7699, 2_000_000, 25500, 25699, ALL6),
-    fdd(24, 1_525_000,  7700,  8039, 1_626_500, 25700, 26039, B5_10),
-    fdd(25, 1_930_000,  8040,  8689, 1_850_000, 26040, 26689, ALL6),
-    fdd(26,   859_000,  8690,  9039,   814_000, 26690, 27039, TO15),
-    fdd(27,   852_000,  9040,  9209,   807_000, 27040, 27209, TO10),
-    fdd(28,   758_000,  9210,  9659,   703_000, 27210, 27659, B3_20),
+    //  band F_DL_low kHz N_Offs-DL N_DL max (F_UL_low kHz, N_Offs-UL, N_UL max)  bandwidths
+    fdd(1,  2_110_000,     0,   599, (1_920_000,  18000, 18599), FROM5),
+    fdd(2,  1_930_000,   600,  1199, (1_850_000,  18600, 19199), ALL6),
+    fdd(3,  1_805_000,  1200,  1949, (1_710_000,  19200, 19949), ALL6),
+    fdd(4,  2_110_000,  1950,  2399, (1_710_000,  19950, 20399), ALL6),
+    fdd(5,    869_000,  2400,  2649, (  824_000,  20400, 20649), TO10),
+    fdd(6,    875_000,  2650,  2749, (  830_000,  20650, 20749), B5_10),
+    fdd(7,  2_620_000,  2750,  3449, (2_500_000,  20750, 21449), FROM5),
+    fdd(8,    925_000,  3450,  3799, (  880_000,  21450, 21799), TO10),
+    fdd(9,  1_844_900,  3800,  4149, (1_749_900,  21800, 22149), FROM5),
+    fdd(10, 2_110_000,  4150,  4749, (1_710_000,  22150, 22749), FROM5),
+    fdd(11, 1_475_900,  4750,  4949, (1_427_900,  22750, 22949), B5_10),
+    fdd(12,   729_000,  5010,  5179, (  699_000,  23010, 23179), TO10),
+    fdd(13,   746_000,  5180,  5279, (  777_000,  23180, 23279), B5_10),
+    fdd(14,   758_000,  5280,  5379, (  788_000,  23280, 23379), B5_10),
+    fdd(17,   734_000,  5730,  5849, (  704_000,  23730, 23849), B5_10),
+    fdd(18,   860_000,  5850,  5999, (  815_000,  23850, 23999), B5_15),
+    fdd(19,   875_000,  6000,  6149, (  830_000,  24000, 24149), B5_15),
+    fdd(20,   791_000,  6150,  6449, (  832_000,  24150, 24449), FROM5),
+    fdd(21, 1_495_900,  6450,  6599, (1_447_900,  24450, 24599), B5_15),
+    fdd(22, 3_510_000,  6600,  7399, (3_410_000,  24600, 25399), FROM5),
+    fdd(23, 2_180_000,  7500,  7699, (2_000_000,  25500, 25699), ALL6),
+    fdd(24, 1_525_000,  7700,  8039, (1_626_500,  25700, 26039), B5_10),
+    fdd(25, 1_930_000,  8040,  8689, (1_850_000,  26040, 26689), ALL6),
+    fdd(26,   859_000,  8690,  9039, (  814_000,  26690, 27039), TO15),
+    fdd(27,   852_000,  9040,  9209, (  807_000,  27040, 27209), TO10),
+    fdd(28,   758_000,  9210,  9659, (  703_000,  27210, 27659), B3_20),
     sdl(29,   717_000,  9660,  9769, &[Mhz3, Mhz5, Mhz10]),
-    fdd(30, 2_350_000,  9770,  9869, 2_305_000, 27660, 27759, B5_10),
-    fdd(31,   462_500,  9870,  9919,   452_500, 27760, 27809, TO5),
+    fdd(30, 2_350_000,  9770,  9869, (2_305_000,  27660, 27759), B5_10),
+    fdd(31,   462_500,  9870,  9919, (  452_500,  27760, 27809), TO5),
     sdl(32, 1_452_000,  9920, 10359, FROM5),
-    tdd(33, 1_900_000, 36000, 36199, FROM5),
-    tdd(34, 2_010_000, 36200, 36349, B5_15),
-    tdd(35, 1_850_000, 36350, 36949, ALL6),
-    tdd(36, 1_930_000, 36950, 37549, ALL6),
-    tdd(37, 1_910_000, 37550, 37749, FROM5),
-    tdd(38, 2_570_000, 37750, 38249, FROM5),
-    tdd(39, 1_880_000, 38250, 38649, FROM5),
-    tdd(40, 2_300_000, 38650, 39649, FROM5),
-    tdd(41, 2_496_000, 39650, 41589, FROM5),
-    tdd(42, 3_400_000, 41590, 43589, FROM5),
-    tdd(43, 3_600_000, 43590, 45589, FROM5),
+    tdd(33, 1_900_000, 36000, 36199,                             FROM5),
+    tdd(34, 2_010_000, 36200, 36349,                             B5_15),
+    tdd(35, 1_850_000, 36350, 36949,                             ALL6),
+    tdd(36, 1_930_000, 36950, 37549,                             ALL6),
+    tdd(37, 1_910_000, 37550, 37749,                             FROM5),
+    tdd(38, 2_570_000, 37750, 38249,                             FROM5),
+    tdd(39, 1_880_000, 38250, 38649,                             FROM5),
+    tdd(40, 2_300_000, 38650, 39649,                             FROM5),
+    tdd(41, 2_496_000, 39650, 41589,                             FROM5),
+    tdd(42, 3_400_000, 41590, 43589,                             FROM5),
+    tdd(43, 3_600_000, 43590, 45589,                             FROM5),
     tdd(44,   703_000, 45590, 46589, B3_20),
-    tdd(45, 1_447_000, 46590, 46789, FROM5),
-    tdd(46, 5_150_000, 46790, 54539, &[Mhz10, Mhz20]),
-    tdd(47, 5_855_000, 54540, 55239, &[Mhz10, Mhz20]),
-    tdd(48, 3_550_000, 55240, 56739, FROM5),
-    tdd(49, 3_550_000, 56740, 58239, &[Mhz10, Mhz20]),
-    tdd(50, 1_432_000, 58240, 59089, B3_20),
-    tdd(51, 1_427_000, 59090, 59139, &[Mhz3, Mhz5]),
-    tdd(52, 3_300_000, 59140, 60139, FROM5),
-    tdd(53, 2_483_500, 60140, 60254, TO10),
-    fdd(65, 2_110_000, 65536, 66435, 1_920_000, 131_072, 131_971, ALL6),
-    fdd(66, 2_110_000, 66436, 67335, 1_710_000, 131_972, 132_671, ALL6),
+    tdd(45, 1_447_000, 46590, 46789,                             FROM5),
+    tdd(46, 5_150_000, 46790, 54539,                             &[Mhz10, Mhz20]),
+    tdd(47, 5_855_000, 54540, 55239,                             &[Mhz10, Mhz20]),
+    tdd(48, 3_550_000, 55240, 56739,                             FROM5),
+    tdd(49, 3_550_000, 56740, 58239,                             &[Mhz10, Mhz20]),
+    tdd(50, 1_432_000, 58240, 59089,                             B3_20),
+    tdd(51, 1_427_000, 59090, 59139,                             &[Mhz3, Mhz5]),
+    tdd(52, 3_300_000, 59140, 60139,                             FROM5),
+    tdd(53, 2_483_500, 60140, 60254,                             TO10),
+    fdd(65, 2_110_000, 65536, 66435, (1_920_000, 131_072, 131_971), ALL6),
+    fdd(66, 2_110_000, 66436, 67335, (1_710_000, 131_972, 132_671), ALL6),
     sdl(67,   738_000, 67336, 67535, FROM5),
-    fdd(68,   753_000, 67536, 67835,   698_000, 132_672, 132_971, B5_15),
-    sdl(69, 2_570_000, 67836, 68335, FROM5),
-    fdd(70, 1_995_000, 68336, 68585, 1_695_000, 132_972, 133_121, FROM5),
-    fdd(71,   617_000, 68586, 68935,   663_000, 133_122, 133_471, FROM5),
-    fdd(72,   461_000, 68936, 68985,   451_000, 133_472, 133_521, TO5),
-    fdd(73,   460_000, 68986, 69035,   450_000, 133_522, 133_571, TO5),
-    fdd(74, 1_475_000, 69036, 69465, 1_427_000, 133_572, 134_001, ALL6),
-    sdl(75, 1_432_000, 69466, 70315, FROM5),
-    sdl(76, 1_427_000, 70316, 70365, &[Mhz5]),
-    fdd(85,   728_000, 70366, 70545,   698_000, 134_002, 134_181, B5_10),
-    fdd(87,   420_000, 70546, 70595,   410_000, 134_182, 134_231, TO5),
-    fdd(88,   422_000, 70596, 70645,   412_000, 134_232, 134_281, TO5),
+    fdd(68,   753_000, 67536, 67835, (  698_000, 132_672, 132_971), B5_15),
+    sdl(69, 2_570_000, 67836, 68335,                             FROM5),
+    fdd(70, 1_995_000, 68336, 68585, (1_695_000, 132_972, 133_121), FROM5),
+    fdd(71,   617_000, 68586, 68935, (  663_000, 133_122, 133_471), FROM5),
+    fdd(72,   461_000, 68936, 68985, (  451_000, 133_472, 133_521), TO5),
+    fdd(73,   460_000, 68986, 69035, (  450_000, 133_522, 133_571), TO5),
+    fdd(74, 1_475_000, 69036, 69465, (1_427_000, 133_572, 134_001), ALL6),
+    sdl(75, 1_432_000, 69466, 70315,                             FROM5),
+    sdl(76, 1_427_000, 70316, 70365,                             &[Mhz5]),
+    fdd(85,   728_000, 70366, 70545, (  698_000, 134_002, 134_181), B5_10),
+    fdd(87,   420_000, 70546, 70595, (  410_000, 134_182, 134_231), TO5),
+    fdd(88,   422_000, 70596, 70645, (  412_000, 134_232, 134_281), TO5),
 ];
 
 impl EutraBand {
     /// Downlink band edges `[low, high]` in kHz.
     pub fn dl_edges_khz(&self) -> (u32, u32) {
-        (self.dl_low_khz, self.dl_low_khz + 100 * (self.dl_n_max - self.dl_n_offs + 1))
+        (
+            self.dl_low_khz,
+            self.dl_low_khz + 100 * (self.dl_n_max - self.dl_n_offs + 1),
+        )
     }
 
     /// Uplink band edges in kHz (TDD: the downlink edges; SDL: none).
@@ -294,7 +327,8 @@ impl EutraBand {
 
     /// Downlink carrier frequency of channel `n` in kHz, if `n` belongs to this band.
     pub fn dl_khz(&self, n: u32) -> Option<u32> {
-        self.has_dl_earfcn(n).then(|| self.dl_low_khz + 100 * (n - self.dl_n_offs))
+        self.has_dl_earfcn(n)
+            .then(|| self.dl_low_khz + 100 * (n - self.dl_n_offs))
     }
 
     /// Uplink carrier frequency of channel `n` in kHz, if `n` belongs to this band.
@@ -362,7 +396,12 @@ mod tests {
     #[test]
     fn table_is_sorted_disjoint_and_consistent() {
         for w in EUTRA_BANDS.windows(2) {
-            assert!(w[0].dl_n_max < w[1].dl_n_offs, "bands {} and {} overlap", w[0].band, w[1].band);
+            assert!(
+                w[0].dl_n_max < w[1].dl_n_offs,
+                "bands {} and {} overlap",
+                w[0].band,
+                w[1].band
+            );
         }
         for b in EUTRA_BANDS {
             assert!(b.dl_n_offs <= b.dl_n_max, "band {}", b.band);
@@ -375,17 +414,26 @@ mod tests {
             }
         }
         // Uplink channel numbers of FDD bands do not overlap either.
-        let mut ul: Vec<_> = EUTRA_BANDS.iter().filter_map(|b| b.ul.map(|u| (u.n_offs, u.n_max, b.band))).collect();
+        let mut ul: Vec<_> = EUTRA_BANDS
+            .iter()
+            .filter_map(|b| b.ul.map(|u| (u.n_offs, u.n_max, b.band)))
+            .collect();
         ul.sort();
         for w in ul.windows(2) {
-            assert!(w[0].1 < w[1].0, "uplink of bands {} and {} overlap", w[0].2, w[1].2);
+            assert!(
+                w[0].1 < w[1].0,
+                "uplink of bands {} and {} overlap",
+                w[0].2,
+                w[1].2
+            );
         }
     }
 
     /// Band edges from TS 36.101 table 5.5-1 (MHz), independent of the channel-number table.
     #[test]
     fn band_edges_match_table_5_5_1() {
-        let edges: &[(u16, (f64, f64), Option<(f64, f64)>)] = &[
+        type Edges = (u16, (f64, f64), Option<(f64, f64)>);
+        let edges: &[Edges] = &[
             (1, (2110.0, 2170.0), Some((1920.0, 1980.0))),
             (2, (1930.0, 1990.0), Some((1850.0, 1910.0))),
             (3, (1805.0, 1880.0), Some((1710.0, 1785.0))),
@@ -424,7 +472,8 @@ mod tests {
     /// Published EARFCN ↔ frequency pairs (36.101 worked values and common deployments).
     #[test]
     fn earfcn_to_frequency_published_values() {
-        let cases: &[(u32, u16, f64, Option<(u32, f64)>)] = &[
+        type Case = (u32, u16, f64, Option<(u32, f64)>);
+        let cases: &[Case] = &[
             // dl_earfcn, band, F_DL MHz, (ul_earfcn, F_UL MHz)
             (0, 1, 2110.0, Some((18000, 1920.0))),
             (100, 1, 2120.0, Some((18100, 1930.0))), // simpleran test_enb: RU1.CELL
@@ -464,11 +513,17 @@ mod tests {
             let b = band_of_dl_earfcn(dl).unwrap_or_else(|| panic!("no band for {dl}"));
             assert_eq!(b.band, bandn, "band of {dl}");
             let mhz = |k: u32| k as f64 / 1000.0;
-            assert!((mhz(b.dl_khz(dl).unwrap()) - fdl).abs() < 1e-9, "F_DL of {dl}");
+            assert!(
+                (mhz(b.dl_khz(dl).unwrap()) - fdl).abs() < 1e-9,
+                "F_DL of {dl}"
+            );
             match ul {
                 Some((n_ul, ful)) => {
                     assert_eq!(b.default_ul_earfcn(dl), Some(n_ul), "UL of {dl}");
-                    assert!((mhz(b.ul_khz(n_ul).unwrap()) - ful).abs() < 1e-9, "F_UL of {n_ul}");
+                    assert!(
+                        (mhz(b.ul_khz(n_ul).unwrap()) - ful).abs() < 1e-9,
+                        "F_UL of {n_ul}"
+                    );
                 }
                 None => assert_eq!(b.default_ul_earfcn(dl), None),
             }

@@ -64,7 +64,7 @@ pub struct NrRange {
 impl NrRange {
     /// Whether `n` is a channel-raster point of this range.
     pub fn on_raster(&self, n: u32) -> bool {
-        (self.first..=self.last).contains(&n) && (n - self.first) % self.step == 0
+        (self.first..=self.last).contains(&n) && (n - self.first).is_multiple_of(self.step)
     }
 
     /// Whether `khz` lies inside the band edges.
@@ -110,23 +110,63 @@ const MHZ: u64 = 1000 * KHZ;
 
 const fn r(low_mhz10: u64, high_mhz10: u64, first: u32, step: u32, last: u32) -> NrRange {
     // Edges are given in units of 100 kHz so that 1626.5 MHz or 874.4 MHz stay integers.
-    NrRange { low_khz: low_mhz10 * 100, high_khz: high_mhz10 * 100, first, step, last }
+    NrRange {
+        low_khz: low_mhz10 * 100,
+        high_khz: high_mhz10 * 100,
+        first,
+        step,
+        last,
+    }
 }
 
-const fn fdd(band: u16, ul: NrRange, dl: NrRange, ssb: &'static [u16], bw: &'static [u16]) -> NrBand {
-    NrBand { band, duplex: NrDuplex::Fdd, ul: Some(ul), dl: Some(dl), ssb_scs_khz: ssb, bandwidths_mhz: bw }
+const fn fdd(
+    band: u16,
+    ul: NrRange,
+    dl: NrRange,
+    ssb: &'static [u16],
+    bw: &'static [u16],
+) -> NrBand {
+    NrBand {
+        band,
+        duplex: NrDuplex::Fdd,
+        ul: Some(ul),
+        dl: Some(dl),
+        ssb_scs_khz: ssb,
+        bandwidths_mhz: bw,
+    }
 }
 
 const fn tdd(band: u16, both: NrRange, ssb: &'static [u16], bw: &'static [u16]) -> NrBand {
-    NrBand { band, duplex: NrDuplex::Tdd, ul: None, dl: Some(both), ssb_scs_khz: ssb, bandwidths_mhz: bw }
+    NrBand {
+        band,
+        duplex: NrDuplex::Tdd,
+        ul: None,
+        dl: Some(both),
+        ssb_scs_khz: ssb,
+        bandwidths_mhz: bw,
+    }
 }
 
 const fn sdl(band: u16, dl: NrRange, ssb: &'static [u16], bw: &'static [u16]) -> NrBand {
-    NrBand { band, duplex: NrDuplex::Sdl, ul: None, dl: Some(dl), ssb_scs_khz: ssb, bandwidths_mhz: bw }
+    NrBand {
+        band,
+        duplex: NrDuplex::Sdl,
+        ul: None,
+        dl: Some(dl),
+        ssb_scs_khz: ssb,
+        bandwidths_mhz: bw,
+    }
 }
 
 const fn sul(band: u16, ul: NrRange, bw: &'static [u16]) -> NrBand {
-    NrBand { band, duplex: NrDuplex::Sul, ul: Some(ul), dl: None, ssb_scs_khz: &[], bandwidths_mhz: bw }
+    NrBand {
+        band,
+        duplex: NrDuplex::Sul,
+        ul: Some(ul),
+        dl: None,
+        ssb_scs_khz: &[],
+        bandwidths_mhz: bw,
+    }
 }
 
 const S15: &[u16] = &[15];
@@ -224,7 +264,11 @@ pub fn band(n: u16) -> Option<&'static NrBand> {
 
 /// Bands whose downlink channel raster contains `n` (NR ranges overlap, so several may).
 pub fn bands_with_dl_arfcn(n: u32) -> Vec<u16> {
-    NR_BANDS.iter().filter(|b| b.dl.is_some_and(|d| d.on_raster(n))).map(|b| b.band).collect()
+    NR_BANDS
+        .iter()
+        .filter(|b| b.dl.is_some_and(|d| d.on_raster(n)))
+        .map(|b| b.band)
+        .collect()
 }
 
 /// Largest valid NR-ARFCN.
@@ -244,13 +288,13 @@ pub fn nr_arfcn_to_khz(n: u32) -> Option<u64> {
 /// The NR-ARFCN whose `F_REF` is exactly `khz`, if any.
 pub fn khz_to_nr_arfcn(khz: u64) -> Option<u32> {
     let n = if khz < 3_000 * MHZ {
-        (khz % 5 == 0).then(|| khz / 5)?
+        khz.is_multiple_of(5).then_some(khz / 5)?
     } else if khz < 24_250_080 {
         let off = khz - 3_000 * MHZ;
-        (off % 15 == 0).then(|| 600_000 + off / 15)?
+        off.is_multiple_of(15).then(|| 600_000 + off / 15)?
     } else {
         let off = khz - 24_250_080;
-        (off % 60 == 0).then(|| 2_016_667 + off / 60)?
+        off.is_multiple_of(60).then(|| 2_016_667 + off / 60)?
     };
     u32::try_from(n).ok().filter(|&n| n <= MAX_NR_ARFCN)
 }
@@ -295,10 +339,10 @@ pub fn khz_to_gscn(khz: u64) -> Option<u32> {
         }
     } else if khz < 24_250_080 {
         let off = khz - 3_000 * MHZ;
-        (off % 1440 == 0).then(|| 7499 + off / 1440)?
+        off.is_multiple_of(1440).then(|| 7499 + off / 1440)?
     } else {
         let off = khz - 24_250_080;
-        (off % 17_280 == 0).then(|| 22256 + off / 17_280)?
+        off.is_multiple_of(17_280).then(|| 22256 + off / 17_280)?
     };
     let g = u32::try_from(g).ok()?;
     (gscn_to_khz(g) == Some(khz)).then_some(g)
@@ -308,14 +352,50 @@ pub fn khz_to_gscn(khz: u64) -> Option<u32> {
 /// (TS 38.101-1 table 5.3.2-1, TS 38.101-2 table 5.3.2-1); `None` if the pair is not defined.
 pub fn n_rb(scs_khz: u16, bw_mhz: u16, fr2: bool) -> Option<u16> {
     let table: &[(u16, u16)] = match (fr2, scs_khz) {
-        (false, 15) => &[(5, 25), (10, 52), (15, 79), (20, 106), (25, 133), (30, 160), (35, 188), (40, 216), (45, 242), (50, 270)],
+        (false, 15) => &[
+            (5, 25),
+            (10, 52),
+            (15, 79),
+            (20, 106),
+            (25, 133),
+            (30, 160),
+            (35, 188),
+            (40, 216),
+            (45, 242),
+            (50, 270),
+        ],
         (false, 30) => &[
-            (5, 11), (10, 24), (15, 38), (20, 51), (25, 65), (30, 78), (35, 92), (40, 106), (45, 119), (50, 133),
-            (60, 162), (70, 189), (80, 217), (90, 245), (100, 273),
+            (5, 11),
+            (10, 24),
+            (15, 38),
+            (20, 51),
+            (25, 65),
+            (30, 78),
+            (35, 92),
+            (40, 106),
+            (45, 119),
+            (50, 133),
+            (60, 162),
+            (70, 189),
+            (80, 217),
+            (90, 245),
+            (100, 273),
         ],
         (false, 60) => &[
-            (10, 11), (15, 18), (20, 24), (25, 31), (30, 38), (35, 44), (40, 51), (45, 58), (50, 65), (60, 79),
-            (70, 93), (80, 107), (90, 121), (100, 135),
+            (10, 11),
+            (15, 18),
+            (20, 24),
+            (25, 31),
+            (30, 38),
+            (35, 44),
+            (40, 51),
+            (45, 58),
+            (50, 65),
+            (60, 79),
+            (70, 93),
+            (80, 107),
+            (90, 121),
+            (100, 135),
         ],
         (true, 60) => &[(50, 66), (100, 132), (200, 264)],
         (true, 120) => &[(50, 32), (100, 66), (200, 132), (400, 264)],
@@ -363,13 +443,20 @@ pub fn ssb_fits(center_khz: u64, bw_mhz: u16, ssb_khz: u64, ssb_scs_khz: u16) ->
     let hi = (center_khz + half_bw).saturating_sub(half_ssb);
     khz_to_gscn(ssb_khz).is_some()
         && (lo..=hi).contains(&ssb_khz)
-        && center_khz.abs_diff(ssb_khz) % u64::from(ssb_scs_khz) == 0
+        && center_khz
+            .abs_diff(ssb_khz)
+            .is_multiple_of(u64::from(ssb_scs_khz))
 }
 
 /// The SS block position simpleran picks when `ssb_nr_arfcn` is not given: the sync raster
 /// point nearest the carrier centre (ties: the lower) that satisfies [`ssb_fits`] and lies in
 /// the band's downlink range. Returns the SSB's NR-ARFCN.
-pub fn default_ssb_arfcn(band: &NrBand, dl_arfcn: u32, bw_mhz: u16, ssb_scs_khz: u16) -> Option<u32> {
+pub fn default_ssb_arfcn(
+    band: &NrBand,
+    dl_arfcn: u32,
+    bw_mhz: u16,
+    ssb_scs_khz: u16,
+) -> Option<u32> {
     let dl = band.dl?;
     let center = nr_arfcn_to_khz(dl_arfcn)?;
     let half = u64::from(bw_mhz) * MHZ / 2;
@@ -430,7 +517,9 @@ mod tests {
         assert_eq!(nr_arfcn_to_khz(428_000), Some(2_140_000)); // n1
         assert_eq!(nr_arfcn_to_khz(368_500), Some(1_842_500)); // n3, srsRAN default
         assert_eq!(nr_arfcn_to_khz(2_079_167), Some(28_000_080)); // FR2, n257/n261
-        for n in [0, 1, 599_999, 600_000, 600_001, 2_016_666, 2_016_667, 3_279_165, 632_628] {
+        for n in [
+            0, 1, 599_999, 600_000, 600_001, 2_016_666, 2_016_667, 3_279_165, 632_628,
+        ] {
             assert_eq!(khz_to_nr_arfcn(nr_arfcn_to_khz(n).unwrap()), Some(n), "{n}");
         }
         assert_eq!(khz_to_nr_arfcn(3_000_010), None);
@@ -465,7 +554,11 @@ mod tests {
                 assert!(range.first <= range.last, "n{}", b.band);
                 let f0 = nr_arfcn_to_khz(range.first).unwrap();
                 let f1 = nr_arfcn_to_khz(range.last).unwrap();
-                assert!(range.contains_khz(f0) && range.contains_khz(f1), "n{}: {f0}..{f1}", b.band);
+                assert!(
+                    range.contains_khz(f0) && range.contains_khz(f1),
+                    "n{}: {f0}..{f1}",
+                    b.band
+                );
                 // The raster reaches within one step of each edge.
                 let step_khz = nr_arfcn_to_khz(range.first + range.step).unwrap() - f0;
                 // FR2 starts at 24250.08 MHz, 80 kHz above n258's edge.
@@ -485,8 +578,14 @@ mod tests {
         assert_eq!(bands_with_dl_arfcn(632_628), vec![77, 78]);
         assert_eq!(bands_with_dl_arfcn(428_000), vec![1, 65, 66]);
         assert_eq!(bands_with_dl_arfcn(300_300), vec![50, 74, 75, 92, 94]);
-        assert!(bands_with_dl_arfcn(428_010).is_empty(), "not on the 100 kHz raster");
-        assert!(bands_with_dl_arfcn(499_201).is_empty(), "n41 raster step is 3");
+        assert!(
+            bands_with_dl_arfcn(428_010).is_empty(),
+            "not on the 100 kHz raster"
+        );
+        assert!(
+            bands_with_dl_arfcn(499_201).is_empty(),
+            "n41 raster step is 3"
+        );
         assert_eq!(bands_with_dl_arfcn(499_203), vec![41, 90]);
     }
 

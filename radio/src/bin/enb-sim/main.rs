@@ -19,13 +19,17 @@ use radio::tti::{Load, SchedState, Window, record};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Parser, Debug)]
-#[command(name = "enb-sim", version, about = "Stand-in eNB/gNB: a TTI deadline loop writing simpleran-style statistics")]
+#[command(
+    name = "enb-sim",
+    version,
+    about = "Stand-in eNB/gNB: a TTI deadline loop writing simpleran-style statistics"
+)]
 struct Args {
     /// Parameters (simpleran JSON, as for `slapos-radio validate`) or the `radio.json` plan
     /// written by `slapos-radio render`.
@@ -75,13 +79,17 @@ struct Args {
 }
 
 fn load_plan(path: &Path) -> anyhow::Result<Plan> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
     if let Ok(plan) = serde_json::from_str::<Plan>(&text) {
         return Ok(plan);
     }
     match radio::validate::validate_json(&text) {
         Ok(v) => Ok(v.plan),
-        Err(e) => bail!("{} is neither a radio.json plan nor valid parameters: {e}", path.display()),
+        Err(e) => bail!(
+            "{} is neither a radio.json plan nor valid parameters: {e}",
+            path.display()
+        ),
     }
 }
 
@@ -96,7 +104,11 @@ fn main() -> anyhow::Result<()> {
     if !(period_s.is_finite() && period_s > 0.0) {
         bail!("--period {period_s} must be a positive number of seconds");
     }
-    let load = Load { ues: args.ues, dl_bitrate: args.dl_bitrate, ul_bitrate: args.ul_bitrate };
+    let load = Load {
+        ues: args.ues,
+        dl_bitrate: args.dl_bitrate,
+        ul_bitrate: args.ul_bitrate,
+    };
     let stop = os::stop_flag().context("failed to install signal handlers")?;
 
     // Writer thread first, so it does not inherit a FIFO policy set below.
@@ -106,16 +118,18 @@ fn main() -> anyhow::Result<()> {
         Some(p) => Box::new(RotatingFile::open(p.clone(), args.stats_max_bytes)?),
         None => Box::new(std::io::stdout()),
     };
-    let writer = std::thread::Builder::new().name("stats-writer".into()).spawn(move || -> std::io::Result<()> {
-        // The loop's policy may have been inherited from exec: the writer must not compete.
-        let _ = os::set_scheduler(libc::SCHED_OTHER, 0);
-        for data in rx {
-            out.write_all(format_line(&data).as_bytes())?;
-            out.write_all(b"\n")?;
-            out.flush()?;
-        }
-        Ok(())
-    })?;
+    let writer = std::thread::Builder::new()
+        .name("stats-writer".into())
+        .spawn(move || -> std::io::Result<()> {
+            // The loop's policy may have been inherited from exec: the writer must not compete.
+            let _ = os::set_scheduler(libc::SCHED_OTHER, 0);
+            for data in rx {
+                out.write_all(format_line(&data).as_bytes())?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+            Ok(())
+        })?;
 
     // Scheduling setup, reporting (not hiding) what could not be applied.
     let mut notes = Vec::new();
@@ -125,18 +139,21 @@ fn main() -> anyhow::Result<()> {
             notes.push(format!("sched_setaffinity({list}): {e}"));
         }
     }
-    if !args.no_mlock {
-        if let Err(e) = os::mlockall() {
-            notes.push(format!("mlockall: {e}"));
-        }
+    if !args.no_mlock
+        && let Err(e) = os::mlockall()
+    {
+        notes.push(format!("mlockall: {e}"));
     }
-    if let Some(prio) = args.fifo {
-        if let Err(e) = os::set_scheduler(libc::SCHED_FIFO, i32::from(prio)) {
-            notes.push(format!("sched_setscheduler(SCHED_FIFO, {prio}): {e}"));
-        }
+    if let Some(prio) = args.fifo
+        && let Err(e) = os::set_scheduler(libc::SCHED_FIFO, i32::from(prio))
+    {
+        notes.push(format!("sched_setscheduler(SCHED_FIFO, {prio}): {e}"));
     }
 
-    let iq_bytes = args.iq_bytes.unwrap_or_else(|| iq_bytes_per_tti(&plan, tti_us)).clamp(4096, 64 << 20);
+    let iq_bytes = args
+        .iq_bytes
+        .unwrap_or_else(|| iq_bytes_per_tti(&plan, tti_us))
+        .clamp(4096, 64 << 20);
     let mut work = Work::new(iq_bytes);
     let units = work.calibrate(u64::from(args.work_us) * 1000);
 
@@ -157,12 +174,20 @@ fn main() -> anyhow::Result<()> {
         sched.priority,
         sched.cpus,
         sched.mlocked,
-        sched.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+        sched
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
     );
 
-    let result = run_loop(&args, &plan, &sched, tti_us, period_s, load, &mut work, units, stop, &tx, &dropped);
+    let result = run_loop(
+        &args, &plan, &sched, tti_us, period_s, load, &mut work, units, stop, &tx, &dropped,
+    );
     drop(tx);
-    let written = writer.join().map_err(|_| anyhow::anyhow!("statistics writer panicked"))?;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("statistics writer panicked"))?;
     result?;
     written.context("failed to write statistics")?;
     Ok(())
@@ -191,7 +216,14 @@ fn run_loop(
     let mut next = start + period_ns;
     let emit = |window: &mut Window, window_start: &mut u64, now: u64| {
         let (tti, rf) = window.finish(sched, dropped.load(Ordering::Relaxed));
-        let data = record(plan, utc_now(), (now - *window_start) as f64 / 1e9, tti, rf, load);
+        let data = record(
+            plan,
+            utc_now(),
+            (now - *window_start) as f64 / 1e9,
+            tti,
+            rf,
+            load,
+        );
         if let Err(TrySendError::Full(_)) = tx.try_send(data) {
             dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -222,7 +254,10 @@ fn run_loop(
 }
 
 fn utc_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// One TTI of 16-bit complex samples (4 bytes each) of the widest cell.
@@ -250,8 +285,14 @@ impl Work {
     fn new(bytes: usize) -> Self {
         let words = (bytes / 8).max(CHUNK_WORDS);
         // Touch every page now so the loop does not fault.
-        let buf = (0..words as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-        Work { buf, pos: 0, acc: 1 }
+        let buf = (0..words as u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        Work {
+            buf,
+            pos: 0,
+            acc: 1,
+        }
     }
 
     fn run(&mut self, units: u64) {
@@ -305,7 +346,12 @@ impl RotatingFile {
             .open(&path)
             .with_context(|| format!("failed to open statistics file {}", path.display()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(RotatingFile { path, file, size, max })
+        Ok(RotatingFile {
+            path,
+            file,
+            size,
+            max,
+        })
     }
 }
 
@@ -315,7 +361,10 @@ impl Write for RotatingFile {
             let mut rotated = self.path.clone().into_os_string();
             rotated.push("1");
             std::fs::rename(&self.path, &rotated)?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = 0;
         }
         let n = self.file.write(buf)?;

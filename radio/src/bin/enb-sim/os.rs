@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Monotonic time, ns.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0);
@@ -23,7 +26,14 @@ pub fn sleep_until_ns(t_ns: u64, stop: &AtomicBool) -> io::Result<()> {
     };
     loop {
         // SAFETY: `ts` is a valid timespec; the remainder pointer may be null with TIMER_ABSTIME.
-        let rc = unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
         match rc {
             0 => return Ok(()),
             libc::EINTR if !stop.load(Ordering::Relaxed) => continue,
@@ -37,15 +47,25 @@ pub fn sleep_until_ns(t_ns: u64, stop: &AtomicBool) -> io::Result<()> {
 pub fn mlockall() -> io::Result<()> {
     // SAFETY: plain syscall with constant flags.
     let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Sets the calling thread's policy (`SCHED_FIFO`/`SCHED_OTHER`) and priority.
 pub fn set_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: priority };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
     let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The calling thread's policy name and priority.
@@ -55,7 +75,11 @@ pub fn scheduler() -> (String, u8) {
     let mut param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, writable sched_param.
     let rc = unsafe { libc::sched_getparam(0, &mut param) };
-    let prio = if rc == 0 { param.sched_priority.clamp(0, 99) as u8 } else { 0 };
+    let prio = if rc == 0 {
+        param.sched_priority.clamp(0, 99) as u8
+    } else {
+        0
+    };
     let name = match policy {
         libc::SCHED_FIFO => "fifo",
         libc::SCHED_RR => "rr",
@@ -73,14 +97,21 @@ pub fn set_affinity(cpus: &[u32]) -> io::Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
         if c as usize >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {c} beyond CPU_SETSIZE")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {c} beyond CPU_SETSIZE"),
+            ));
         }
         // SAFETY: `c` is below CPU_SETSIZE (checked above), so the bit is inside `set`.
         unsafe { libc::CPU_SET(c as usize, &mut set) };
     }
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the given size.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// CPUs of the calling thread's affinity mask.
@@ -88,7 +119,8 @@ pub fn affinity() -> io::Result<Vec<u32>> {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 is the calling thread; `set` is writable and of the given size.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

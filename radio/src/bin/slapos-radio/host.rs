@@ -8,20 +8,35 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 fn read(root: &Path, rel: &str) -> Option<String> {
-    std::fs::read_to_string(root.join(rel)).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(root.join(rel))
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// The value of `key=` on a kernel command line (last occurrence wins, as in the kernel).
 fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_whitespace().filter_map(|w| w.strip_prefix(key)?.strip_prefix('=')).last()
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .next_back()
 }
 
 /// Gathers the facts under `root`.
-pub fn gather(root: &Path, rt_pool: Option<Vec<u32>>, reserved_cpus: Vec<u32>, observed: Option<Observed>) -> HostFacts {
-    let online_cpus = read(root, "sys/devices/system/cpu/online").and_then(|s| cpulist::parse(&s).ok()).unwrap_or_default();
+pub fn gather(
+    root: &Path,
+    rt_pool: Option<Vec<u32>>,
+    reserved_cpus: Vec<u32>,
+    observed: Option<Observed>,
+) -> HostFacts {
+    let online_cpus = read(root, "sys/devices/system/cpu/online")
+        .and_then(|s| cpulist::parse(&s).ok())
+        .unwrap_or_default();
     let mut governors = BTreeMap::new();
     for &cpu in &online_cpus {
-        if let Some(g) = read(root, &format!("sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor")) {
+        if let Some(g) = read(
+            root,
+            &format!("sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"),
+        ) {
             governors.insert(cpu, g);
         }
     }
@@ -30,7 +45,11 @@ pub fn gather(root: &Path, rt_pool: Option<Vec<u32>>, reserved_cpus: Vec<u32>, o
         None => read(root, "proc/sys/kernel/version").map(|v| v.contains("PREEMPT_RT")),
     };
     let cmdline = read(root, "proc/cmdline").unwrap_or_default();
-    let list = |key| cmdline_param(&cmdline, key).and_then(|v| cpulist::parse(v).ok()).unwrap_or_default();
+    let list = |key| {
+        cmdline_param(&cmdline, key)
+            .and_then(|v| cpulist::parse(v).ok())
+            .unwrap_or_default()
+    };
     let mem_available_bytes = read(root, "proc/meminfo").and_then(|m| {
         m.lines()
             .find_map(|l| l.strip_prefix("MemAvailable:"))
@@ -41,7 +60,8 @@ pub fn gather(root: &Path, rt_pool: Option<Vec<u32>>, reserved_cpus: Vec<u32>, o
         online_cpus,
         rt_pool,
         reserved_cpus,
-        sched_rt_runtime_us: read(root, "proc/sys/kernel/sched_rt_runtime_us").and_then(|v| v.parse().ok()),
+        sched_rt_runtime_us: read(root, "proc/sys/kernel/sched_rt_runtime_us")
+            .and_then(|v| v.parse().ok()),
         governors,
         preempt_rt,
         isolcpus: list("isolcpus"),
@@ -66,12 +86,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         write(r, "sys/devices/system/cpu/online", "0-3\n");
-        write(r, "sys/devices/system/cpu/cpu2/cpufreq/scaling_governor", "powersave\n");
-        write(r, "sys/devices/system/cpu/cpu3/cpufreq/scaling_governor", "performance\n");
+        write(
+            r,
+            "sys/devices/system/cpu/cpu2/cpufreq/scaling_governor",
+            "powersave\n",
+        );
+        write(
+            r,
+            "sys/devices/system/cpu/cpu3/cpufreq/scaling_governor",
+            "performance\n",
+        );
         write(r, "sys/kernel/realtime", "1\n");
         write(r, "proc/sys/kernel/sched_rt_runtime_us", "950000\n");
-        write(r, "proc/cmdline", "BOOT_IMAGE=/vmlinuz isolcpus=managed_irq,domain,2-3 nohz_full=3 quiet\n");
-        write(r, "proc/meminfo", "MemTotal: 100 kB\nMemAvailable:    2048 kB\n");
+        write(
+            r,
+            "proc/cmdline",
+            "BOOT_IMAGE=/vmlinuz isolcpus=managed_irq,domain,2-3 nohz_full=3 quiet\n",
+        );
+        write(
+            r,
+            "proc/meminfo",
+            "MemTotal: 100 kB\nMemAvailable:    2048 kB\n",
+        );
         let f = gather(r, Some(vec![2, 3]), vec![3], None);
         assert_eq!(f.online_cpus, vec![0, 1, 2, 3]);
         assert_eq!(f.governors.get(&2).map(String::as_str), Some("powersave"));
@@ -89,13 +125,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = gather(dir.path(), None, vec![], None);
         assert!(f.online_cpus.is_empty() && f.governors.is_empty());
-        assert_eq!((f.preempt_rt, f.sched_rt_runtime_us, f.mem_available_bytes), (None, None, None));
+        assert_eq!(
+            (f.preempt_rt, f.sched_rt_runtime_us, f.mem_available_bytes),
+            (None, None, None)
+        );
     }
 
     #[test]
     fn real_host_is_readable() {
         let f = gather(Path::new("/"), None, vec![], None);
-        assert!(!f.online_cpus.is_empty(), "/sys/devices/system/cpu/online unreadable");
+        assert!(
+            !f.online_cpus.is_empty(),
+            "/sys/devices/system/cpu/online unreadable"
+        );
         assert!(f.sched_rt_runtime_us.is_some());
         assert!(f.mem_available_bytes.is_some_and(|m| m > 0));
     }

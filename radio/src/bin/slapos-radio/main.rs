@@ -24,7 +24,11 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Parser)]
-#[command(name = "slapos-radio", version, about = "simpleran-compatible eNB/gNB parameters: validate, render, RT profile, promises, KPIs")]
+#[command(
+    name = "slapos-radio",
+    version,
+    about = "simpleran-compatible eNB/gNB parameters: validate, render, RT profile, promises, KPIs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -155,7 +159,12 @@ struct RtArgs {
 
 impl RtArgs {
     fn options(&self) -> RtOptions {
-        RtOptions { priority: self.priority, rt_runtime_us: self.rt_runtime_us, cpus: self.cpus, ..RtOptions::default() }
+        RtOptions {
+            priority: self.priority,
+            rt_runtime_us: self.rt_runtime_us,
+            cpus: self.cpus,
+            ..RtOptions::default()
+        }
     }
 }
 
@@ -179,10 +188,13 @@ fn main() -> ExitCode {
 fn read_params(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("failed to read parameters from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("failed to read parameters from standard input")?;
         return Ok(s);
     }
-    std::fs::read_to_string(path).with_context(|| format!("failed to read parameters {}", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read parameters {}", path.display()))
 }
 
 /// Validates, printing notes to stderr; an invalid request prints each error and returns None.
@@ -214,16 +226,33 @@ fn validated(path: &Path) -> anyhow::Result<Option<validate::Validated>> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Validate { params, plan } => {
-            let Some(v) = validated(&params)? else { return Ok(ExitCode::from(1)) };
+            let Some(v) = validated(&params)? else {
+                return Ok(ExitCode::from(1));
+            };
             if plan {
                 println!("{}", serde_json::to_string_pretty(&v.plan)?);
             } else {
-                println!("valid: {} LTE cell(s), {} NR cell(s)", v.plan.lte_cells.len(), v.plan.nr_cells.len());
+                println!(
+                    "valid: {} LTE cell(s), {} NR cell(s)",
+                    v.plan.lte_cells.len(),
+                    v.plan.nr_cells.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Render { out, params, device_name, device_args, log_file, metrics_csv, sib_config, rb_config } => {
-            let Some(v) = validated(&params)? else { return Ok(ExitCode::from(1)) };
+        Cmd::Render {
+            out,
+            params,
+            device_name,
+            device_args,
+            log_file,
+            metrics_csv,
+            sib_config,
+            rb_config,
+        } => {
+            let Some(v) = validated(&params)? else {
+                return Ok(ExitCode::from(1));
+            };
             let profile = rtprofile::derive(&v.plan, &RtOptions::default());
             let opts = SrsranOptions {
                 device_name,
@@ -242,7 +271,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
-            std::fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("failed to create {}", out.display()))?;
             for (name, text) in [
                 ("enb.conf", r.enb_conf),
                 ("rr.conf", r.rr_conf),
@@ -257,7 +287,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Resources { params, format, rt } => {
-            let Some(v) = validated(&params)? else { return Ok(ExitCode::from(1)) };
+            let Some(v) = validated(&params)? else {
+                return Ok(ExitCode::from(1));
+            };
             let p = rtprofile::derive(&v.plan, &rt.options());
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&p)?),
@@ -295,7 +327,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cell_up: !no_cell_up,
                 max_latency_us,
                 max_miss_ratio,
-                min_rxtx_delay_ms: min_rxtx_delay_ms.or(mon.map(|m| m.min_rxtx_delay_ms).filter(|&v| v > 0.0)),
+                min_rxtx_delay_ms: min_rxtx_delay_ms
+                    .or(mon.map(|m| m.min_rxtx_delay_ms).filter(|&v| v > 0.0)),
                 max_rxtx_delay_ms,
                 max_rx_sample_db: max_rx_sample_db.or(mon.map(|m| m.max_rx_sample_db)),
             };
@@ -303,32 +336,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             report_bad_lines(&log);
             let mut failed = false;
             for o in kpi::evaluate(&log.records, &cfg) {
-                println!("{} {}: {}", if o.ok { "OK  " } else { "FAIL" }, o.check, o.message);
+                println!(
+                    "{} {}: {}",
+                    if o.ok { "OK  " } else { "FAIL" },
+                    o.check,
+                    o.message
+                );
                 failed |= !o.ok;
             }
             if host {
-                let Some(plan) = &plan else { bail!("--host needs --params") };
+                let Some(plan) = &plan else {
+                    bail!("--host needs --params")
+                };
                 let profile = rtprofile::derive(plan, &rt.options());
-                let pool = rt_cpus.as_deref().map(radio::cpulist::parse).transpose().map_err(anyhow::Error::msg)?;
-                let reserved = reserved_cpus.as_deref().map(radio::cpulist::parse).transpose().map_err(anyhow::Error::msg)?;
-                let observed = kpi::window(&log.records, 1).last().and_then(|r| r.data.tti.as_ref()).map(|t| Observed {
-                    policy: t.policy.clone(),
-                    priority: t.priority,
-                    cpus: t.cpu_list(),
-                    mlocked: t.mlocked,
-                    note: t.note.clone(),
-                });
+                let pool = rt_cpus
+                    .as_deref()
+                    .map(radio::cpulist::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let reserved = reserved_cpus
+                    .as_deref()
+                    .map(radio::cpulist::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                let observed = kpi::window(&log.records, 1)
+                    .last()
+                    .and_then(|r| r.data.tti.as_ref())
+                    .map(|t| Observed {
+                        policy: t.policy.clone(),
+                        priority: t.priority,
+                        cpus: t.cpu_list(),
+                        mlocked: t.mlocked,
+                        note: t.note.clone(),
+                    });
                 let facts = host::gather(&root, pool, reserved.unwrap_or_default(), observed);
                 let problems = rtprofile::check_host(&profile, &facts);
                 if problems.is_empty() {
-                    println!("OK   host: ready for {} CPU(s) SCHED_FIFO {}", profile.cpus.unwrap_or(0), profile.priority.unwrap_or(0));
+                    println!(
+                        "OK   host: ready for {} CPU(s) SCHED_FIFO {}",
+                        profile.cpus.unwrap_or(0),
+                        profile.priority.unwrap_or(0)
+                    );
                 }
                 for p in problems {
-                    println!("{} host: {p}", if p.severity == Severity::Error { "FAIL" } else { "WARN" });
+                    println!(
+                        "{} host: {p}",
+                        if p.severity == Severity::Error {
+                            "FAIL"
+                        } else {
+                            "WARN"
+                        }
+                    );
                     failed |= p.severity == Severity::Error;
                 }
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Kpi { stats, strings } => {
             let log = read_stats(&stats.stats, stats.window)?;
@@ -353,7 +419,10 @@ fn report_bad_lines(log: &ParsedLog) {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Bytes read from the end of a statistics file (enough for hundreds of records).
@@ -368,7 +437,10 @@ fn read_tail(path: &Path) -> std::io::Result<Vec<u8>> {
     f.read_to_end(&mut buf)?;
     if start > 0 {
         // Drop the partial first line.
-        let cut = buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |i| i + 1);
+        let cut = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |i| i + 1);
         buf.drain(..cut);
     }
     Ok(buf)
@@ -379,7 +451,9 @@ fn read_stats(path: &Path, window: usize) -> anyhow::Result<ParsedLog> {
     let current = match read_tail(path) {
         Ok(b) => stats::parse_log(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => ParsedLog::default(),
-        Err(e) => return Err(e).with_context(|| format!("failed to read statistics {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("failed to read statistics {}", path.display()));
+        }
     };
     if current.records.len() >= window {
         return Ok(current);
@@ -400,6 +474,7 @@ fn read_stats(path: &Path, window: usize) -> anyhow::Result<ParsedLog> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("failed to write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("failed to rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("failed to rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
