@@ -73,7 +73,12 @@ pub struct MqttIn {
 }
 
 /// Runs the MQTT input until `stop`.
-pub async fn run_mqtt(ingest: Ingest, cfg: MqttIn, mut stop: watch::Receiver<bool>) {
+pub async fn run_mqtt(
+    ingest: Ingest,
+    sh: Arc<Shared>,
+    cfg: MqttIn,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
@@ -113,6 +118,9 @@ pub async fn run_mqtt(ingest: Ingest, cfg: MqttIn, mut stop: watch::Receiver<boo
                                 break;
                             }
                         }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        sh.metrics.input_subscriptions.fetch_add(1, Relaxed);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let rec = RecordIn {

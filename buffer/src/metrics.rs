@@ -48,6 +48,8 @@ pub struct Metrics {
     pub io_errors: AtomicU64,
     /// Output connection or request failures.
     pub output_errors: AtomicU64,
+    /// MQTT input subscriptions acknowledged by the broker (SUBACKs).
+    pub input_subscriptions: AtomicU64,
     /// True while the log cannot write (disk full, I/O errors, blocked by policy).
     pub degraded: AtomicBool,
     /// Number of segment files.

@@ -36,6 +36,7 @@ pub fn status_json(sh: &Shared) -> serde_json::Value {
         "fsyncs": m.fsyncs.load(Relaxed),
         "io_errors": m.io_errors.load(Relaxed),
         "output_errors": m.output_errors.load(Relaxed),
+        "input_subscriptions": m.input_subscriptions.load(Relaxed),
         "gauges": g,
     })
 }

@@ -15,8 +15,4 @@ if ((${#need[@]})); then
         apt-get install -y --no-install-recommends "${need[@]}"
     }
 fi
-# The Debian package enables a system broker on port 1883; the tests start their own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
-    systemctl stop mosquitto || true
-fi
 echo "buffer deps: mosquitto and socat present"

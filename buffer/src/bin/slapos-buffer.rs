@@ -159,7 +159,12 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     username,
                     password,
                 };
-                tasks.push(tokio::spawn(input::run_mqtt(ingest.clone(), c, stop_rx.clone())));
+                tasks.push(tokio::spawn(input::run_mqtt(
+                    ingest.clone(),
+                    sh.clone(),
+                    c,
+                    stop_rx.clone(),
+                )));
             }
             InputCfg::Serial { path, baud, format, max_line } => {
                 desc["type"] = "serial".into();

@@ -99,6 +99,11 @@ impl Mosquitto {
             text.push_str("allow_anonymous true\n");
         }
         text.push_str("persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            // Keep root so the broker can read files in the test's private temp dir.
+            text.push_str("user root\n");
+        }
         text.push_str(&self.extra);
         std::fs::write(&conf, text).expect("write mosquitto.conf");
         let child = Command::new("mosquitto")
@@ -174,7 +179,10 @@ impl BufferProc {
         let mut child = cmd
             .arg("--config")
             .arg(&conf)
-            .env("SLAPOS_BUFFER_LOG", "warn")
+            .env(
+                "SLAPOS_BUFFER_LOG",
+                std::env::var("SLAPOS_BUFFER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -463,4 +471,147 @@ impl Producer {
         }
         let _ = writer.join();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT clients (rumqttc v5) for sensors and the upstream subscriber.
+
+/// A message seen by the subscriber.
+#[derive(Clone, Debug)]
+pub struct MqttMsg {
+    pub topic: String,
+    pub payload: String,
+    pub id: String,
+    pub kind: String,
+}
+
+/// An upstream subscriber on its own thread and runtime; reconnects and resubscribes forever.
+pub struct Subscriber {
+    pub got: Arc<Mutex<Vec<MqttMsg>>>,
+    /// SUBACKs received (one per (re)subscription).
+    pub subacks: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    join: Option<thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, topic: &str, creds: Option<(&str, &str)>) -> Subscriber {
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::mqttbytes::v5::Packet;
+        use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let subacks = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, sa, st) = (got.clone(), subacks.clone(), stop.clone());
+        let topic = topic.to_string();
+        let creds = creds.map(|(u, p)| (u.to_string(), p.to_string()));
+        let join = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut o = MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
+                o.set_keep_alive(Duration::from_secs(5));
+                if let Some((u, p)) = creds {
+                    o.set_credentials(u, p);
+                }
+                let (c, mut el) = AsyncClient::new(o, 100);
+                while !st.load(SeqCst) {
+                    match tokio::time::timeout(Duration::from_millis(200), el.poll()).await {
+                        Err(_) => {}
+                        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                            let _ = c.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                        }
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            sa.fetch_add(1, SeqCst);
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            let prop = |k: &str| {
+                                p.properties
+                                    .as_ref()
+                                    .and_then(|pp| pp.user_properties.iter().find(|x| x.0 == k))
+                                    .map(|x| x.1.clone())
+                                    .unwrap_or_default()
+                            };
+                            g.lock().unwrap().push(MqttMsg {
+                                topic: String::from_utf8_lossy(&p.topic).into(),
+                                payload: String::from_utf8_lossy(&p.payload).into(),
+                                id: prop("delivery-id"),
+                                kind: prop("kind"),
+                            });
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            });
+        });
+        Subscriber { got, subacks, stop, join: Some(join) }
+    }
+
+    pub fn snapshot(&self) -> Vec<MqttMsg> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// As [`Delivered`] records, for [`dedup`].
+    pub fn delivered(&self) -> Vec<Delivered> {
+        self.snapshot()
+            .into_iter()
+            .map(|m| {
+                let mut it = m.id.rsplit('/');
+                let seq = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let epoch = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                Delivered { id: m.id, epoch, seq, kind: m.kind, payload: m.payload, gap: None }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Publishes `payloads` at QoS 1 to `topic` and returns once every PUBACK arrived.
+pub fn mqtt_publish_all(port: u16, topic: &str, payloads: Vec<String>) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let mut o = MqttOptions::new(format!("test-pub-{}", std::process::id()), "127.0.0.1", port);
+        o.set_outgoing_inflight_upper_limit(100);
+        let (c, mut el) = AsyncClient::new(o, 200);
+        let n = payloads.len();
+        let topic = topic.to_string();
+        let feeder = tokio::spawn(async move {
+            for p in payloads {
+                c.publish(topic.clone(), QoS::AtLeastOnce, false, p).await.unwrap();
+            }
+            c
+        });
+        let mut acks = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while acks < n {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acks += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("sensor publish failed: {e}"),
+                Err(_) => panic!("sensor publish timed out after {acks}/{n} acks"),
+            }
+        }
+        let _ = feeder.await;
+    });
+}
+
+/// Creates or extends a mosquitto password file.
+pub fn mosquitto_passwd(file: &Path, user: &str, pass: &str) {
+    let mut c = Command::new("mosquitto_passwd");
+    if !file.exists() {
+        c.arg("-c");
+    }
+    let st = c.arg("-b").arg(file).arg(user).arg(pass).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("mosquitto_passwd");
+    assert!(st.success(), "mosquitto_passwd failed");
 }
