@@ -248,6 +248,30 @@ fn hostile_nesting_is_bounded_without_stack_overflow() {
             limit: marshal::MAX_DEPTH
         })
     );
+    // One container over the limit is refused; a scalar leaf is not a level.
+    let nest = |open: &str, close: &str, n: usize, inner: &str| {
+        format!(
+            "<marshal>{}{inner}{}</marshal>",
+            open.repeat(n),
+            close.repeat(n)
+        )
+    };
+    let over = nest("<list>", "</list>", marshal::MAX_DEPTH + 1, "");
+    assert_eq!(
+        loads(&over),
+        Err(MarshalError::TooDeep {
+            limit: marshal::MAX_DEPTH
+        })
+    );
+    assert!(
+        loads(&nest(
+            "<list>",
+            "</list>",
+            marshal::MAX_DEPTH,
+            "<int>1</int>"
+        ))
+        .is_ok()
+    );
     // At the limit it decodes and re-encodes.
     let ok = format!(
         "<marshal>{}{}</marshal>",

@@ -373,9 +373,10 @@ impl Decoder<'_> {
         if let Some(id) = &id {
             self.registry.insert(id.clone(), None);
         }
+        let container = !matches!(kind, Kind::Scalar(_) | Kind::Reference(_));
         self.push(kind, tag, id);
-        // The marshal root does not count as a level.
-        if self.frames.len() > self.limits.max_depth + 1 {
+        // Containers count; the marshal root and a scalar leaf do not.
+        if container && self.frames.len() > self.limits.max_depth + 1 {
             return Err(MarshalError::TooDeep {
                 limit: self.limits.max_depth,
             });
