@@ -288,7 +288,12 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Relative paths in the file are relative to the file, wherever the node is started.
+        let abs = std::path::absolute(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = abs.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_toml(&text, Some(&base)).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 origin: Some(path.to_path_buf()),
@@ -457,6 +462,16 @@ instance_root = "/srv/inst"
         // Without a base directory a relative root is an error, not a silent cwd path.
         let err = Config::from_toml(MINIMAL, None).unwrap_err();
         assert!(err.to_string().contains("software_root"), "{err}");
+    }
+
+    #[test]
+    fn relative_config_file_paths_resolve_against_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("node.toml"), MINIMAL).unwrap();
+        let c = Config::from_file(&d.path().join("node.toml")).unwrap();
+        assert_eq!(c.software_root, d.path().join("soft"));
+        let err = Config::from_file(&d.path().join("missing.toml")).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!    (kept in `.slapos/instance.toml`); on error the old services keep running;
 //! 2. write the manifest's files;
 //! 3. `started`: apply `[resources]`, (re)start the services whose command, environment or
-//!    resources changed, stop those gone, run every promise once;
+//!    resources changed, stop those gone, run every promise once (when services were
+//!    (re)started, failing promises get up to [`SETTLE`] to pass, re-checked at 0.2 s, 0.4 s …);
 //!    `stopped`: stop every service, release resources;
 //! 4. publish the connection parameters, request the children (as this partition);
 //! 5. report `started`/`stopped` with the revision, promise results and any error.
@@ -51,6 +52,17 @@ use crate::util::{atomic_write, empty_dir};
 
 /// The rendered manifest, kept for operators.
 pub const RENDERED: &str = ".slapos/instance.toml";
+
+/// How long failing promises are re-checked in a pass that (re)started services.
+pub const SETTLE: Duration = Duration::from_secs(3);
+
+/// Which promises to run.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    All,
+    Due,
+    Failing,
+}
 
 /// Node-wide things every partition task uses.
 pub struct Shared {
@@ -196,7 +208,7 @@ impl Actor {
                 _ = sleep_until_opt(self.retry) => self.retry = None,
                 _ = sleep_until_opt(next_promise) => {
                     let ran = tokio::select! {
-                        _ = self.run_promises(false) => true,
+                        _ = self.run_promises(Which::Due) => true,
                         _ = stop.changed() => false,
                     };
                     if !ran {
@@ -510,10 +522,12 @@ impl Actor {
                 let _ = s.await;
             }
             let cfg = &self.sh.cfg;
+            let mut started_any = false;
             for (name, launch) in wanted {
                 if self.services.contains_key(&name) {
                     continue;
                 }
+                started_any = true;
                 let svc = Service::start(ServiceParams {
                     name: name.clone(),
                     launch: launch.clone(),
@@ -541,7 +555,10 @@ impl Actor {
                     last: None,
                 })
                 .collect();
-            self.run_promises(true).await;
+            self.run_promises(Which::All).await;
+            if started_any {
+                self.settle_promises().await;
+            }
         } else {
             self.promises.clear();
         }
@@ -574,13 +591,38 @@ impl Actor {
         })
     }
 
-    /// Run the promises that are due (`all`: every one), concurrently.
-    async fn run_promises(&mut self, all: bool) {
+    /// Services were just (re)started: give failing promises up to [`SETTLE`] to pass (re-run
+    /// after 0.2 s, 0.4 s, 0.8 s, 1.6 s), so the pass's report does not show a service that is
+    /// merely still starting as broken.
+    async fn settle_promises(&mut self) {
+        let deadline = Instant::now() + SETTLE;
+        let mut wait = Duration::from_millis(200);
+        while self
+            .promises
+            .iter()
+            .any(|p| p.last.as_ref().is_some_and(|l| !l.ok))
+        {
+            if Instant::now() + wait > deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            self.run_promises(Which::Failing).await;
+            wait *= 2;
+        }
+    }
+
+    /// Run the selected promises, concurrently.
+    async fn run_promises(&mut self, which: Which) {
         let now = Instant::now();
         let out_dir = self.layout.path.join(".slapos/promise");
         let mut set = tokio::task::JoinSet::new();
         for (i, p) in self.promises.iter().enumerate() {
-            if all || p.schedule.due() <= now {
+            let run = match which {
+                Which::All => true,
+                Which::Due => p.schedule.due() <= now,
+                Which::Failing => p.last.as_ref().is_some_and(|l| !l.ok),
+            };
+            if run {
                 let (name, launch, timeout, dir) = (
                     p.spec.name.clone(),
                     p.launch.clone(),

@@ -164,8 +164,18 @@ async fn hello_web_lifecycle() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, [".slapos-resource"], "partition not wiped");
-    // The master frees it: nothing more happens, and the other partition was never touched.
-    m.update(|d| d.partitions[0].instance = None);
+    // The master frees it and the release is removed; the other partition was never touched.
+    m.update(|d| {
+        d.partitions[0].instance = None;
+        d.software[0].state = slapos_proto::SupplyState::Destroyed;
+    });
+    until(30, "release removed", || {
+        m.last_software(&sr)
+            .filter(|r| r.state == InstallState::Destroyed)
+    })
+    .await;
+    let hash = slapos_proto::SoftwareUrl::parse(sr.clone()).unwrap().hash();
+    assert!(!d.path().join("soft").join(hash).exists());
     assert!(m.last_report("slappart1").is_none());
     node.shutdown().await;
 }
