@@ -13,7 +13,7 @@
 //! * **TX/RX margin** (`rxtx_delay`, ms): 3·T − processing, floored at 0 — the time left before
 //!   the samples of this TTI are due on air, like Amarisoft's `rxtx_delay`.
 
-use crate::plan::Plan;
+use crate::plan::{Plan, RadioUnit};
 use crate::stats::{CellStats, Percentiles, RfStats, SampleStats, Samples, StatsData, TtiStats};
 
 /// Histogram resolution: 1 µs buckets up to this bound, one overflow bucket above.
@@ -216,51 +216,53 @@ pub fn record(
 ) -> StatsData {
     let mut cells = std::collections::BTreeMap::new();
     let mut rx = Vec::new();
-    let samples_per_window = |rate: u32| (f64::from(rate) * duration_s) as u64;
-    for c in &plan.lte_cells {
+    let mut add = |id: String,
+                   rat: &str,
+                   band: u16,
+                   arfcn: u32,
+                   pci: u16,
+                   ru: &RadioUnit,
+                   sample_rate: u32| {
         cells.insert(
-            c.cell_id.to_string(),
+            id,
             CellStats {
                 dl_bitrate: load.dl_bitrate,
                 ul_bitrate: load.ul_bitrate,
                 ue_count_min: load.ues,
                 ue_count_max: load.ues,
                 ue_count_avg: load.ues,
-                rat: Some("lte".into()),
-                band: Some(c.band),
-                dl_arfcn: Some(c.dl_earfcn),
-                pci: Some(c.pci),
-                txrx_active: Some(c.ru.txrx_active),
+                rat: Some(rat.into()),
+                band: Some(band),
+                dl_arfcn: Some(arfcn),
+                pci: Some(pci),
+                txrx_active: Some(ru.txrx_active),
             },
         );
-        let peak = simulated_rx_peak_dbfs(c.ru.rx_gain_db);
-        for _ in 0..c.ru.n_antenna_ul {
-            rx.push(rx_antenna(
-                peak,
-                samples_per_window(c.bandwidth.sample_rate()),
-            ));
-        }
+        let peak = simulated_rx_peak_dbfs(ru.rx_gain_db);
+        let count = (f64::from(sample_rate) * duration_s) as u64;
+        rx.extend((0..ru.n_antenna_ul).map(|_| rx_antenna(peak, count)));
+    };
+    for c in &plan.lte_cells {
+        add(
+            c.cell_id.to_string(),
+            "lte",
+            c.band,
+            c.dl_earfcn,
+            c.pci,
+            &c.ru,
+            c.bandwidth.sample_rate(),
+        );
     }
     for c in &plan.nr_cells {
-        cells.insert(
+        add(
             format!("nr{}", c.cell_id),
-            CellStats {
-                dl_bitrate: load.dl_bitrate,
-                ul_bitrate: load.ul_bitrate,
-                ue_count_min: load.ues,
-                ue_count_max: load.ues,
-                ue_count_avg: load.ues,
-                rat: Some("nr".into()),
-                band: Some(c.band),
-                dl_arfcn: Some(c.dl_nr_arfcn),
-                pci: Some(c.pci),
-                txrx_active: Some(c.ru.txrx_active),
-            },
+            "nr",
+            c.band,
+            c.dl_nr_arfcn,
+            c.pci,
+            &c.ru,
+            c.sample_rate(),
         );
-        let peak = simulated_rx_peak_dbfs(c.ru.rx_gain_db);
-        for _ in 0..c.ru.n_antenna_ul {
-            rx.push(rx_antenna(peak, samples_per_window(c.sample_rate())));
-        }
     }
     StatsData {
         message: Some("stats".into()),

@@ -116,18 +116,14 @@ fn resources_in_both_formats() {
     assert_eq!(o.status.code(), Some(2), "priority 0 is a usage error");
 }
 
-/// Runs the stand-in for about `secs` and returns the statistics file.
-fn simulate(dir: &Path, extra: &[&str], secs: &str) -> PathBuf {
+/// Runs the stand-in on `config` for about `secs` and returns the statistics file.
+fn simulate_with(dir: &Path, config: &Path, extra: &[&str], secs: &str) -> PathBuf {
     let stats = dir.join("enb.stats.log");
     let mut args = vec![
         "--config",
-        golden("lte-b7-20mhz.params.json")
-            .to_str()
-            .unwrap()
-            .to_owned()
-            .leak(),
+        p(config),
         "--stats",
-        p(&stats).to_owned().leak(),
+        p(&stats),
         "--period",
         "0.25",
         "--duration",
@@ -138,6 +134,28 @@ fn simulate(dir: &Path, extra: &[&str], secs: &str) -> PathBuf {
     let o = run(SIM, &args);
     assert!(o.status.success(), "enb-sim failed: {:?}", text(&o));
     stats
+}
+
+/// Runs the stand-in on the band-7 golden request.
+fn simulate(dir: &Path, extra: &[&str], secs: &str) -> PathBuf {
+    simulate_with(dir, &golden("lte-b7-20mhz.params.json"), extra, secs)
+}
+
+/// Runs `slapos-radio promise ARGS`, expects exit 1 and a failed `check` whose line has `words`.
+fn promise_fails(args: &[&str], check: &str, words: &[&str]) -> String {
+    let mut all = vec!["promise"];
+    all.extend_from_slice(args);
+    let o = run(CLI, &all);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("FAIL {check}")))
+        .unwrap_or_else(|| panic!("no failed {check} in {out}"));
+    for w in words {
+        assert!(line.contains(w), "{line:?} lacks {w:?}");
+    }
+    out
 }
 
 #[test]
@@ -191,15 +209,10 @@ fn missed_ttis_fail_the_promise() {
     let dir = tempfile::tempdir().unwrap();
     // 3 ms of work in a 1 ms TTI: every TTI misses its deadline.
     let stats = simulate(dir.path(), &["--work-us", "3000"], "0.8");
-    let o = run(
-        CLI,
-        &["promise", "--stats", p(&stats), "--max-miss-ratio", "0.5"],
-    );
-    let (out, _) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(
-        out.contains("FAIL tti-misses") && out.contains("missed their deadline"),
-        "{out}"
+    promise_fails(
+        &["--stats", p(&stats), "--max-miss-ratio", "0.5"],
+        "tti-misses",
+        &["missed their deadline"],
     );
 }
 
@@ -214,31 +227,11 @@ fn rx_saturation_fails_with_high_rx_gain() {
     doc["_"] = serde_json::Value::String(inner.to_string());
     let params = dir.path().join("p.json");
     std::fs::write(&params, doc.to_string()).unwrap();
-    let stats = dir.path().join("s.log");
-    let o = run(
-        SIM,
-        &[
-            "--config",
-            p(&params),
-            "--stats",
-            p(&stats),
-            "--period",
-            "0.2",
-            "--duration",
-            "0.5",
-            "--no-mlock",
-        ],
-    );
-    assert!(o.status.success());
-    let o = run(
-        CLI,
-        &["promise", "--stats", p(&stats), "--params", p(&params)],
-    );
-    let (out, _) = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(
-        out.contains("FAIL rx-saturation") && out.contains("please lower rx_gain"),
-        "{out}"
+    let stats = simulate_with(dir.path(), &params, &[], "0.5");
+    promise_fails(
+        &["--stats", p(&stats), "--params", p(&params)],
+        "rx-saturation",
+        &["please lower rx_gain"],
     );
 }
 

@@ -51,24 +51,8 @@ enum Cmd {
         out: PathBuf,
         /// Parameters file.
         params: PathBuf,
-        /// `[rf] device_name`.
-        #[arg(long, default_value = "auto")]
-        device_name: String,
-        /// `[rf] device_args`.
-        #[arg(long, default_value = "auto")]
-        device_args: String,
-        /// `[log] filename`.
-        #[arg(long, default_value = "enb.log")]
-        log_file: String,
-        /// `[expert] metrics_csv_filename`.
-        #[arg(long, default_value = "enb_metrics.csv")]
-        metrics_csv: String,
-        /// `[enb_files] sib_config` (srsRAN's stock file).
-        #[arg(long, default_value = "sib.conf")]
-        sib_config: String,
-        /// `[enb_files] rb_config` (srsRAN's stock file).
-        #[arg(long, default_value = "rb.conf")]
-        rb_config: String,
+        #[command(flatten)]
+        srsran: SrsranArgs,
     },
     /// Print the RT resource profile the request needs.
     Resources {
@@ -129,6 +113,52 @@ enum Cmd {
         #[arg(long)]
         strings: bool,
     },
+}
+
+/// srsENB choices that are not request parameters.
+#[derive(clap::Args)]
+struct SrsranArgs {
+    /// `[rf] device_name`.
+    #[arg(long, default_value = "auto")]
+    device_name: String,
+    /// `[rf] device_args`.
+    #[arg(long, default_value = "auto")]
+    device_args: String,
+    /// `[log] filename`.
+    #[arg(long, default_value = "enb.log")]
+    log_file: String,
+    /// `[expert] metrics_csv_filename`.
+    #[arg(long, default_value = "enb_metrics.csv")]
+    metrics_csv: String,
+    /// `[enb_files] sib_config` (srsRAN's stock file).
+    #[arg(long, default_value = "sib.conf")]
+    sib_config: String,
+    /// `[enb_files] rb_config` (srsRAN's stock file).
+    #[arg(long, default_value = "rb.conf")]
+    rb_config: String,
+}
+
+impl SrsranArgs {
+    fn options(self, nof_phy_threads: Option<u8>) -> SrsranOptions {
+        let SrsranArgs {
+            device_name,
+            device_args,
+            log_file,
+            metrics_csv,
+            sib_config,
+            rb_config,
+        } = self;
+        SrsranOptions {
+            device_name,
+            device_args,
+            log_file,
+            metrics_csv,
+            sib_config,
+            rb_config,
+            nof_phy_threads,
+            ..SrsranOptions::default()
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -243,27 +273,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Render {
             out,
             params,
-            device_name,
-            device_args,
-            log_file,
-            metrics_csv,
-            sib_config,
-            rb_config,
+            srsran,
         } => {
             let Some(v) = validated(&params)? else {
                 return Ok(ExitCode::from(1));
             };
             let profile = rtprofile::derive(&v.plan, &RtOptions::default());
-            let opts = SrsranOptions {
-                device_name,
-                device_args,
-                log_file,
-                metrics_csv,
-                sib_config,
-                rb_config,
-                nof_phy_threads: profile.cpus.map(|c| c.clamp(1, 4) as u8),
-                ..SrsranOptions::default()
-            };
+            let opts = srsran.options(profile.cpus.map(|c| c.clamp(1, 4) as u8));
             let r = match srsran::render(&v.plan, &opts) {
                 Ok(r) => r,
                 Err(e) => {
