@@ -82,7 +82,8 @@ pub async fn run_mqtt(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        opts.set_keep_alive(cfg.keep_alive)
+        // rumqttc refuses keep-alives under 5 s (it panics).
+        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(7 * 24 * 3600))
             .set_manual_acks(true);

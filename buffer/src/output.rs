@@ -144,7 +144,8 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
             return;
         }
         let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        opts.set_keep_alive(cfg.keep_alive)
+        // rumqttc refuses keep-alives under 5 s (it panics).
+        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
             .set_clean_start(true)
             .set_outgoing_inflight_upper_limit(cfg.window.max(1).saturating_add(1));
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
