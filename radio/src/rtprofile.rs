@@ -39,7 +39,7 @@ pub struct RtProfile {
     pub memory_max_bytes: Option<u64>,
     /// CPU weight 1..=10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_weight: Option<u32>,
+    pub cpu_weight: Option<u64>,
     /// CPU quota per period, µs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_quota_us: Option<u64>,
@@ -57,7 +57,7 @@ pub struct RtProfile {
     pub mlock: Option<bool>,
     /// cgroup v1 `cpu.rt_runtime_us` of the partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rt_runtime_us: Option<i64>,
+    pub rt_runtime_us: Option<u64>,
 }
 
 /// Scheduling policy.
@@ -135,7 +135,7 @@ pub struct RtOptions {
     /// FIFO priority of the stack.
     pub priority: u8,
     /// `rt_runtime_us` budget per second.
-    pub rt_runtime_us: i64,
+    pub rt_runtime_us: u64,
     /// Fixed memory, bytes.
     pub memory_base_bytes: u64,
     /// Memory per LTE cell, bytes.
@@ -367,14 +367,22 @@ pub fn check_host(profile: &RtProfile, facts: &HostFacts) -> Vec<Problem> {
         }
     }
 
+    let budget = profile.rt_runtime_us.unwrap_or(950_000);
     match facts.sched_rt_runtime_us {
-        Some(-1) if wants_rt => push(Severity::Warning, "rt-throttling-off", 
-            "kernel.sched_rt_runtime_us = -1: RT throttling is off, a runaway FIFO thread can starve its core forever (950000 keeps 5% for the kernel)".into()),
-        Some(v) if wants_rt && v >= 0 && v < profile.rt_runtime_us.unwrap_or(950_000) => push(Severity::Error, "rt-runtime", format!(
-            "kernel.sched_rt_runtime_us = {v} is below the partition's rt_runtime_us {}: FIFO threads would be throttled",
-            profile.rt_runtime_us.unwrap_or(950_000)
-        )),
-        None if wants_rt => push(Severity::Warning, "rt-runtime-unknown", "kernel.sched_rt_runtime_us could not be read".into()),
+        _ if !wants_rt => {}
+        Some(-1) => push(
+            Severity::Warning,
+            "rt-throttling-off",
+            "kernel.sched_rt_runtime_us = -1: RT throttling is off, a runaway FIFO thread can starve its core \
+             forever (950000 keeps 5% for the kernel)"
+                .into(),
+        ),
+        Some(v) if u64::try_from(v).is_ok_and(|v| v < budget) => push(
+            Severity::Error,
+            "rt-runtime",
+            format!("kernel.sched_rt_runtime_us = {v} is below the partition's rt_runtime_us {budget}: FIFO threads would be throttled"),
+        ),
+        None => push(Severity::Warning, "rt-runtime-unknown", "kernel.sched_rt_runtime_us could not be read".into()),
         _ => {}
     }
 

@@ -184,7 +184,7 @@ struct RtArgs {
     cpus: Option<u32>,
     /// RT runtime budget per second, µs.
     #[arg(long, default_value_t = 950_000)]
-    rt_runtime_us: i64,
+    rt_runtime_us: u64,
 }
 
 impl RtArgs {
