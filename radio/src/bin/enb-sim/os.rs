@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Monotonic time, ns.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    // SAFETY: an all-zero timespec is valid (32-bit musl adds padding fields).
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0);
@@ -20,10 +18,10 @@ pub fn now_ns() -> u64 {
 /// Sleeps until monotonic time `t_ns` (absolute, like cyclictest), resuming after signals
 /// unless `stop` is set.
 pub fn sleep_until_ns(t_ns: u64, stop: &AtomicBool) -> io::Result<()> {
-    let ts = libc::timespec {
-        tv_sec: (t_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (t_ns % 1_000_000_000) as libc::c_long,
-    };
+    // SAFETY: an all-zero timespec is valid (musl adds padding fields).
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    ts.tv_sec = (t_ns / 1_000_000_000) as _;
+    ts.tv_nsec = (t_ns % 1_000_000_000) as _;
     loop {
         // SAFETY: `ts` is a valid timespec; the remainder pointer may be null with TIMER_ABSTIME.
         let rc = unsafe {
@@ -56,9 +54,9 @@ pub fn mlockall() -> io::Result<()> {
 
 /// Sets the calling thread's policy (`SCHED_FIFO`/`SCHED_OTHER`) and priority.
 pub fn set_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
+    // SAFETY: an all-zero sched_param is valid (musl has extra SCHED_SPORADIC fields).
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = priority;
     // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
     let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
@@ -72,7 +70,8 @@ pub fn set_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
 pub fn scheduler() -> (String, u8) {
     // SAFETY: pid 0 is the calling thread.
     let policy = unsafe { libc::sched_getscheduler(0) };
-    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: an all-zero sched_param is valid.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: `param` is a valid, writable sched_param.
     let rc = unsafe { libc::sched_getparam(0, &mut param) };
     let prio = if rc == 0 {
