@@ -39,7 +39,9 @@ impl Histogram {
     }
 
     /// Builds one from bucket counts (e.g. cyclictest's JSON histogram) plus overflows, whose
-    /// values are only known to exceed `max_us` (`max_ns` is then the reported max).
+    /// values are only known to exceed `max_us` (`max_ns` is then the reported max). Sums use
+    /// bucket floors and the range limit for overflows, so the mean is a lower bound (< 1 µs off
+    /// without overflows).
     pub fn from_buckets(
         max_us: u32,
         counts: impl IntoIterator<Item = (u32, u64)>,
@@ -62,6 +64,8 @@ impl Histogram {
         }
         h.overflow += overflow;
         h.count += overflow;
+        // Overflowed values are only known to exceed the range: count them at its limit.
+        h.sum_ns += u128::from(max_us) * 1000 * u128::from(overflow);
         h.max_ns = h.max_ns.max(max_ns);
         h
     }
@@ -77,6 +81,38 @@ impl Histogram {
         self.sum_ns += u128::from(ns);
         self.min_ns = self.min_ns.min(ns);
         self.max_ns = self.max_ns.max(ns);
+    }
+
+    /// Non-empty buckets as (µs, count), in increasing order.
+    pub fn buckets(&self) -> Vec<(u32, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(us, n)| (us as u32, *n))
+            .collect()
+    }
+
+    /// Samples beyond the range.
+    pub fn overflow(&self) -> u64 {
+        self.overflow
+    }
+
+    /// Exact maximum (ns).
+    pub fn max_ns(&self) -> u64 {
+        self.max_ns
+    }
+
+    /// Adds another histogram's samples (same range), e.g. slices of an interleaved benchmark.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.overflow += other.overflow;
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        self.min_ns = self.min_ns.min(other.min_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
     }
 
     /// Number of samples.
@@ -428,6 +464,25 @@ mod tests {
         assert_eq!(s.min_us, 1);
         assert_eq!(h.count_above_us(98), 3);
         assert_eq!(Histogram::new(10).stats().p99_us, 0);
+    }
+
+    #[test]
+    fn histogram_merge_and_bucket_round_trip() {
+        let mut a = Histogram::new(100);
+        let mut b = Histogram::new(100);
+        a.record(5_000);
+        a.record(7_900);
+        b.record(7_100);
+        b.record(300_000);
+        a.merge(&b);
+        assert_eq!(a.count(), 4);
+        assert_eq!(a.buckets(), vec![(5, 1), (7, 2)]);
+        assert_eq!(a.overflow(), 1);
+        assert_eq!(a.max_ns(), 300_000);
+        let c = Histogram::from_buckets(100, a.buckets(), a.overflow(), a.max_ns());
+        assert_eq!(c.quantile_us(0.5), 7);
+        assert_eq!(c.stats().max_us, 300);
+        assert_eq!(c.count(), 4);
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! `rt-bench`: the issue-4 comparison, in one run, with `stress-ng` load.
 //!
 //! ```text
-//! rt-bench [--duration-s 20] [--interval-us 1000] [--work-us 200] [--priority 80] [--rt-cpu N]
-//!          [--warmup-s 2] [--probe PATH] [--json FILE]
+//! rt-bench [--duration-s 20] [--rounds 4] [--interval-us 1000] [--work-us 200] [--priority 80]
+//!          [--rt-cpu N] [--warmup-s 1] [--probe PATH] [--json FILE]
 //! ```
+//!
+//! Each configuration runs `--duration-s` in total, split into `--rounds` interleaved slices
+//! (a, b, c, d, a, c, b, d, …) whose histograms are merged: on a shared VM the co-tenants' load
+//! and the hypervisor steal drift over minutes, and back-to-back 20 s runs compared one moment's
+//! noise with another's (measured: the same probe gave p99 25–157 µs in consecutive 5 s runs).
 //!
 //! - (a) `rt-probe`, unpinned SCHED_OTHER, `stress-ng --cpu <ncpu>` unpinned;
 //! - (b) `rt-probe` in a partition applied by `rt::Manager` (exclusive `--rt-cpu`, FIFO, mlock,
@@ -15,7 +20,7 @@
 //!   with `taskset` — the floor (the anchor of `edge-rt-anchors.md` §6, "iso").
 //!
 //! Every run holds `/dev/cpu_dma_latency` at 0 (cyclictest's default, the probe's default).
-//! Prints p50/p99/p99.9/max, samples later than one interval, the probe's TTI deadline misses
+//! Prints p50/p99/p99.9/max, wake-ups later than 1 ms, the probe's TTI deadline misses
 //! (work `--work-us` per period), the hypervisor steal on the measured CPU during each run, and
 //! the ratios (b)/(d) and (b)/(c) at p99. Needs root, `stress-ng`, `cyclictest`, `taskset`.
 //! Exit code 0 when everything ran (whatever the figures), 1 on a setup failure.
@@ -30,8 +35,11 @@ use rt::probe::Histogram;
 use rt::{CpuList, HostReport, Manager, ManagerConfig, Policy, ProfileSpec};
 use serde::Serialize;
 
+const HIST_MAX_US: u32 = 20_000;
+
 struct Opts {
     duration_s: f64,
+    rounds: u32,
     interval_us: u64,
     work_us: u64,
     priority: u32,
@@ -41,14 +49,24 @@ struct Opts {
     json: Option<PathBuf>,
 }
 
+impl Opts {
+    /// Loops of one slice.
+    fn slice_loops(&self) -> u64 {
+        ((self.duration_s * 1e6) / self.interval_us as f64 / f64::from(self.rounds))
+            .round()
+            .max(1.0) as u64
+    }
+}
+
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
         duration_s: 20.0,
+        rounds: 4,
         interval_us: 1000,
         work_us: 200,
         priority: 80,
         rt_cpu: None,
-        warmup_s: 2.0,
+        warmup_s: 1.0,
         probe: std::env::current_exe()
             .map_err(|e| format!("cannot locate myself: {e}"))?
             .with_file_name("rt-probe"),
@@ -56,13 +74,14 @@ fn parse() -> Result<Opts, String> {
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
+    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+        v.parse().map_err(|_| format!("{flag}: bad value `{v}`"))
+    }
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-            v.parse().map_err(|_| format!("{flag}: bad value `{v}`"))
-        }
         match flag.as_str() {
             "--duration-s" => o.duration_s = num(flag, v)?,
+            "--rounds" => o.rounds = num(flag, v)?,
             "--interval-us" => o.interval_us = num(flag, v)?,
             "--work-us" => o.work_us = num(flag, v)?,
             "--priority" => o.priority = num(flag, v)?,
@@ -73,13 +92,59 @@ fn parse() -> Result<Opts, String> {
             _ => return Err(format!("unknown argument `{flag}`")),
         }
     }
-    if o.duration_s <= 0.0 || o.interval_us == 0 || !(1..=99).contains(&o.priority) {
-        return Err("need --duration-s > 0, --interval-us > 0, --priority 1..99".into());
+    if o.duration_s <= 0.0 || o.rounds == 0 || o.interval_us == 0 || !(1..=99).contains(&o.priority)
+    {
+        return Err(
+            "need --duration-s > 0, --rounds > 0, --interval-us > 0, --priority 1..99".into(),
+        );
     }
     Ok(o)
 }
 
-/// One measured run.
+/// One configuration, accumulated over its slices.
+struct Acc {
+    run: &'static str,
+    what: String,
+    hist: Histogram,
+    /// rt-probe only: TTI periods and misses.
+    tti: Option<(u64, u64)>,
+    steal_jiffies: u64,
+}
+
+impl Acc {
+    fn new(run: &'static str, what: String) -> Self {
+        Self {
+            run,
+            what,
+            hist: Histogram::new(HIST_MAX_US),
+            tti: None,
+            steal_jiffies: 0,
+        }
+    }
+
+    fn row(&self) -> Row {
+        let s = self.hist.stats();
+        Row {
+            run: self.run,
+            what: self.what.clone(),
+            samples: s.samples,
+            p50_us: s.p50_us,
+            p99_us: s.p99_us,
+            p999_us: s.p999_us,
+            max_us: s.max_us,
+            avg_us: s.avg_us,
+            late_over_1ms: s.over_1ms,
+            tti_periods: self.tti.map(|t| t.0),
+            tti_misses: self.tti.map(|t| t.1),
+            tti_miss_ratio: self
+                .tti
+                .map(|(p, m)| if p == 0 { 0.0 } else { m as f64 / p as f64 }),
+            steal_jiffies: self.steal_jiffies,
+        }
+    }
+}
+
+/// One configuration's result (µs; bucket resolution 1 µs).
 #[derive(Debug, Serialize)]
 struct Row {
     run: &'static str,
@@ -92,11 +157,11 @@ struct Row {
     avg_us: f64,
     /// Wake-ups later than 1 ms (a lost 1 ms TTI, whatever the work).
     late_over_1ms: u64,
-    /// rt-probe only: TTI deadline misses (wake-up + work past the period end) and periods.
-    tti_misses: Option<u64>,
+    /// rt-probe only: TTI periods and deadline misses (wake-up + work past the period end).
     tti_periods: Option<u64>,
+    tti_misses: Option<u64>,
     tti_miss_ratio: Option<f64>,
-    /// Steal jiffies of the measured CPU (all CPUs when unpinned) during the run.
+    /// Hypervisor steal jiffies of the measured CPU (all CPUs when unpinned) during the slices.
     steal_jiffies: u64,
 }
 
@@ -113,8 +178,7 @@ fn steal() -> BTreeMap<u32, u64> {
 }
 
 fn steal_delta(before: &BTreeMap<u32, u64>, cpu: Option<u32>) -> u64 {
-    let after = steal();
-    after
+    steal()
         .iter()
         .filter(|(c, _)| cpu.is_none_or(|x| x == **c))
         .map(|(c, v)| v.saturating_sub(*before.get(c).unwrap_or(&0)))
@@ -153,21 +217,11 @@ impl Drop for Load {
     }
 }
 
-fn stress(ncpu: usize, seconds: f64) -> Command {
+fn stress(ncpu: usize) -> Command {
     let mut c = Command::new("stress-ng");
-    c.args([
-        "--cpu",
-        &ncpu.to_string(),
-        "--timeout",
-        &format!("{}s", seconds.ceil() as u64 + 30),
-    ]);
+    // The timeout only bounds a leaked load; the bench stops it.
+    c.args(["--cpu", &ncpu.to_string(), "--timeout", "600s"]);
     c
-}
-
-fn loops(o: &Opts) -> u64 {
-    ((o.duration_s * 1e6) / o.interval_us as f64)
-        .round()
-        .max(1.0) as u64
 }
 
 fn probe_cmd(o: &Opts) -> Command {
@@ -176,9 +230,10 @@ fn probe_cmd(o: &Opts) -> Command {
         "--interval-us",
         &o.interval_us.to_string(),
         "--loops",
-        &loops(o).to_string(),
+        &o.slice_loops().to_string(),
         "--work-us",
         &o.work_us.to_string(),
+        "--histogram",
     ]);
     c
 }
@@ -190,10 +245,10 @@ fn cyclictest_cmd(o: &Opts, cpu: u32, json: &Path) -> Command {
         "-q",
         "-t1",
         &format!("-i{}", o.interval_us),
-        &format!("-l{}", loops(o)),
+        &format!("-l{}", o.slice_loops()),
         &format!("-p{}", o.priority),
         &format!("-a{cpu}"),
-        "-h20000",
+        &format!("-h{HIST_MAX_US}"),
         &format!("--json={}", json.display()),
     ]);
     c
@@ -207,60 +262,62 @@ fn with_setup(mut cmd: Command, setup: &rt::ChildSetup) -> Command {
     cmd
 }
 
-fn run_probe(
-    run: &'static str,
-    what: String,
-    mut cmd: Command,
-    cpu: Option<u32>,
-) -> Result<Row, String> {
+/// Runs one rt-probe slice and adds it to `acc`.
+fn probe_slice(acc: &mut Acc, mut cmd: Command, cpu: Option<u32>) -> Result<(), String> {
+    let run = acc.run;
     let before = steal();
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("{run}: cannot run rt-probe: {e}"))?;
-    let steal_jiffies = steal_delta(&before, cpu);
+    acc.steal_jiffies += steal_delta(&before, cpu);
     if !out.status.success() {
         return Err(format!("{run}: rt-probe failed with {}", out.status));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{run}: rt-probe output is not JSON: {e}"))?;
-    let l = &v["latency"];
+    let h = &v["histogram"];
+    let buckets: Vec<(u32, u64)> = h["buckets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p[0].as_u64()? as u32, p[1].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let slice = Histogram::from_buckets(
+        HIST_MAX_US,
+        buckets,
+        h["overflow"].as_u64().unwrap_or(0),
+        h["max_ns"].as_u64().unwrap_or(0),
+    );
+    acc.hist.merge(&slice);
     let d = &v["deadline"];
-    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
-    Ok(Row {
-        run,
-        what: format!(
-            "{what} [sched {} {}, affinity {}]",
-            v["sched"]["policy"], v["sched"]["priority"], v["sched"]["affinity"]
-        ),
-        samples: n(&l["samples"]),
-        p50_us: n(&l["p50_us"]),
-        p99_us: n(&l["p99_us"]),
-        p999_us: n(&l["p999_us"]),
-        max_us: n(&l["max_us"]),
-        avg_us: l["avg_us"].as_f64().unwrap_or(0.0),
-        late_over_1ms: n(&l["over_1ms"]),
-        tti_misses: d["misses"].as_u64(),
-        tti_periods: d["periods"].as_u64(),
-        tti_miss_ratio: d["miss_ratio"].as_f64(),
-        steal_jiffies,
-    })
+    let (p, m) = acc.tti.unwrap_or((0, 0));
+    acc.tti = Some((
+        p + d["periods"].as_u64().unwrap_or(0),
+        m + d["misses"].as_u64().unwrap_or(0),
+    ));
+    let sched = &v["sched"];
+    if !acc.what.contains("[sched") {
+        acc.what = format!(
+            "{} [sched {} {}, affinity {}]",
+            acc.what, sched["policy"], sched["priority"], sched["affinity"]
+        );
+    }
+    Ok(())
 }
 
-fn run_cyclictest(
-    run: &'static str,
-    what: String,
-    mut cmd: Command,
-    json: &Path,
-    cpu: u32,
-) -> Result<Row, String> {
+/// Runs one cyclictest slice and adds its histogram to `acc`.
+fn cyclictest_slice(acc: &mut Acc, mut cmd: Command, json: &Path, cpu: u32) -> Result<(), String> {
+    let run = acc.run;
     let before = steal();
     let status = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .status()
         .map_err(|e| format!("{run}: cannot run cyclictest: {e}"))?;
-    let steal_jiffies = steal_delta(&before, Some(cpu));
+    acc.steal_jiffies += steal_delta(&before, Some(cpu));
     if !status.success() {
         return Err(format!("{run}: cyclictest failed with {status}"));
     }
@@ -280,28 +337,13 @@ fn run_cyclictest(
         })
         .unwrap_or_default();
     let in_hist: u64 = buckets.iter().map(|(_, n)| n).sum();
-    let h = Histogram::from_buckets(
-        20_000,
+    acc.hist.merge(&Histogram::from_buckets(
+        HIST_MAX_US,
         buckets,
         cycles.saturating_sub(in_hist),
         max_us * 1000,
-    );
-    let s = h.stats();
-    Ok(Row {
-        run,
-        what,
-        samples: s.samples,
-        p50_us: s.p50_us,
-        p99_us: s.p99_us,
-        p999_us: s.p999_us,
-        max_us: s.max_us,
-        avg_us: t["avg"].as_f64().unwrap_or(s.avg_us),
-        late_over_1ms: h.count_above_us(1000),
-        tti_misses: None,
-        tti_periods: None,
-        tti_miss_ratio: None,
-        steal_jiffies,
-    })
+    ));
+    Ok(())
 }
 
 fn which(tool: &str) -> bool {
@@ -313,7 +355,125 @@ fn which(tool: &str) -> bool {
 }
 
 fn warmup(o: &Opts) {
+    // Benchmark method, not synchronisation: let the load reach steady state.
     std::thread::sleep(Duration::from_secs_f64(o.warmup_s));
+}
+
+struct Bench<'a> {
+    o: &'a Opts,
+    mgr: Manager,
+    rt_cpu: u32,
+    others: CpuList,
+    ncpu: usize,
+    work: PathBuf,
+    a: Acc,
+    b: Acc,
+    c: Acc,
+    d: Acc,
+}
+
+impl Bench<'_> {
+    fn slice_a(&mut self) -> Result<(), String> {
+        let _load = Load::start(stress(self.ncpu))?;
+        warmup(self.o);
+        let mut cmd = probe_cmd(self.o);
+        cmd.args(["--policy", "other"]);
+        probe_slice(&mut self.a, cmd, None)
+    }
+
+    /// (b) and (c) in the same partition; `c_first` alternates their order between rounds.
+    fn slice_bc(&mut self, c_first: bool) -> Result<(), String> {
+        let r = self.partition_slices(c_first);
+        for name in self
+            .mgr
+            .records()
+            .map(|r| r.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if let Err(e) = self.mgr.release(&name) {
+                eprintln!("rt-bench: release {name}: {e}");
+            }
+        }
+        r
+    }
+
+    fn partition_slices(&mut self, c_first: bool) -> Result<(), String> {
+        let (o, rt_cpu) = (self.o, self.rt_cpu);
+        let load_part = self
+            .mgr
+            .apply("load", &ProfileSpec::default())
+            .map_err(|e| e.to_string())?;
+        let load = Load::start(with_setup(stress(self.ncpu), &load_part.child))?;
+        let spec = ProfileSpec {
+            cpu_list: Some(vec![rt_cpu]),
+            policy: Some(Policy::Fifo),
+            priority: Some(o.priority),
+            mlock: Some(true),
+            ..Default::default()
+        };
+        let rt_part = self.mgr.apply("rt", &spec).map_err(|e| e.to_string())?;
+        if self.b.hist.count() == 0 && self.c.hist.count() == 0 {
+            let load_cpus = std::fs::read_to_string(format!("/proc/{}/status", load.0.id()))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Cpus_allowed_list:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "rt-bench: partition rt on CPU {rt_cpu} (budget {:?} µs/s, IRQs steered: {:?}); load partition moved to CPUs {load_cpus}",
+                rt_part.plan.rt_runtime_us, rt_part.irq.changed
+            );
+        }
+        warmup(o);
+        for step in if c_first { ["c", "b"] } else { ["b", "c"] } {
+            if step == "b" {
+                let mut cmd = probe_cmd(o);
+                cmd.args([
+                    "--cpu",
+                    &rt_cpu.to_string(),
+                    "--policy",
+                    "fifo",
+                    "--priority",
+                    &o.priority.to_string(),
+                    "--mlock",
+                ]);
+                probe_slice(&mut self.b, with_setup(cmd, &rt_part.child), Some(rt_cpu))?;
+            } else {
+                let json = self.work.join("c.json");
+                cyclictest_slice(
+                    &mut self.c,
+                    with_setup(cyclictest_cmd(o, rt_cpu, &json), &rt_part.child),
+                    &json,
+                    rt_cpu,
+                )?;
+            }
+        }
+        drop(load);
+        // The load's workers must have left its cgroup before release.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.mgr.usage("load").is_ok_and(|u| u.tasks > 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn slice_d(&mut self) -> Result<(), String> {
+        let mut load = Command::new("taskset");
+        load.args(["-c", &self.others.to_string()])
+            .arg("stress-ng")
+            .args(stress(self.ncpu).get_args());
+        let _load = Load::start(load)?;
+        warmup(self.o);
+        let json = self.work.join("d.json");
+        cyclictest_slice(
+            &mut self.d,
+            cyclictest_cmd(self.o, self.rt_cpu, &json),
+            &json,
+            self.rt_cpu,
+        )
+    }
 }
 
 fn bench(o: &Opts) -> Result<Vec<Row>, String> {
@@ -347,8 +507,10 @@ fn bench(o: &Opts) -> Result<Vec<Row>, String> {
     let work = std::env::temp_dir().join(format!("rt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     eprintln!(
-        "rt-bench: {} s per run, interval {} µs, work {} µs, FIFO {}, RT CPU {rt_cpu}, load stress-ng --cpu {ncpu}; kernel {} ({}), cgroups {:?}",
+        "rt-bench: {} s per configuration in {} interleaved slices, interval {} µs, work {} µs, FIFO {}, RT CPU {rt_cpu}, \
+         load stress-ng --cpu {ncpu}; kernel {} ({}), cgroups {:?}",
         o.duration_s,
+        o.rounds,
         o.interval_us,
         o.work_us,
         o.priority,
@@ -356,138 +518,53 @@ fn bench(o: &Opts) -> Result<Vec<Row>, String> {
         host.preempt_model,
         host.cgroup.mode
     );
-    let mut rows = Vec::new();
-
-    // (a) unpinned SCHED_OTHER under unpinned load.
-    {
-        let _load = Load::start(stress(ncpu, o.duration_s))?;
-        warmup(o);
-        let mut cmd = probe_cmd(o);
-        cmd.args(["--policy", "other"]);
-        rows.push(run_probe(
+    let mut cfg = ManagerConfig::new(
+        work.join("state"),
+        [rt_cpu].into_iter().collect::<CpuList>(),
+    );
+    cfg.root_name = format!("slapos-edge-bench-{}", std::process::id());
+    let mgr = Manager::new(host.clone(), cfg).map_err(|e| e.to_string())?;
+    let mut b = Bench {
+        o,
+        mgr,
+        rt_cpu,
+        others: others.clone(),
+        ncpu,
+        work: work.clone(),
+        a: Acc::new(
             "a",
             "rt-probe SCHED_OTHER unpinned, load on all CPUs".into(),
-            cmd,
-            None,
-        )?);
-    }
-
-    // (b) + (c): node-managed partitions.
-    {
-        let mut cfg = ManagerConfig::new(
-            work.join("state"),
-            [rt_cpu].into_iter().collect::<CpuList>(),
-        );
-        cfg.root_name = format!("slapos-edge-bench-{}", std::process::id());
-        let mgr = Manager::new(host.clone(), cfg).map_err(|e| e.to_string())?;
-        let result = managed_runs(o, &mgr, rt_cpu, ncpu, &work);
-        for name in mgr
-            .records()
-            .map(|r| r.into_keys().collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            if let Err(e) = mgr.release(&name) {
-                eprintln!("rt-bench: release {name}: {e}");
-            }
-        }
-        rows.extend(result?);
-    }
-
-    // (d) bare cyclictest on the idle RT CPU, load pinned to the others.
-    {
-        let mut load = Command::new("taskset");
-        load.args(["-c", &others.to_string()])
-            .arg("stress-ng")
-            .args(stress(ncpu, o.duration_s).get_args());
-        let _load = Load::start(load)?;
-        warmup(o);
-        let json = work.join("d.json");
-        let cmd = cyclictest_cmd(o, rt_cpu, &json);
-        rows.push(run_cyclictest(
+        ),
+        b: Acc::new(
+            "b",
+            format!(
+                "rt-probe in partition (exclusive CPU {rt_cpu}, FIFO {}), load partition",
+                o.priority
+            ),
+        ),
+        c: Acc::new(
+            "c",
+            format!(
+                "cyclictest in the same partition (FIFO {}, -a{rt_cpu})",
+                o.priority
+            ),
+        ),
+        d: Acc::new(
             "d",
             format!(
                 "bare cyclictest FIFO {} -a{rt_cpu}, load taskset -c {others}",
                 o.priority
             ),
-            cmd,
-            &json,
-            rt_cpu,
-        )?);
+        ),
+    };
+    for round in 0..o.rounds {
+        eprintln!("rt-bench: round {}/{}", round + 1, o.rounds);
+        b.slice_a()?;
+        b.slice_bc(round % 2 == 1)?;
+        b.slice_d()?;
     }
     let _ = std::fs::remove_dir_all(&work);
-    Ok(rows)
-}
-
-fn managed_runs(
-    o: &Opts,
-    mgr: &Manager,
-    rt_cpu: u32,
-    ncpu: usize,
-    work: &Path,
-) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    let load_part = mgr
-        .apply("load", &ProfileSpec::default())
-        .map_err(|e| e.to_string())?;
-    let load = Load::start(with_setup(
-        stress(ncpu, o.duration_s * 2.0),
-        &load_part.child,
-    ))?;
-    let spec = ProfileSpec {
-        cpu_list: Some(vec![rt_cpu]),
-        policy: Some(Policy::Fifo),
-        priority: Some(o.priority),
-        mlock: Some(true),
-        ..Default::default()
-    };
-    let rt_part = mgr.apply("rt", &spec).map_err(|e| e.to_string())?;
-    let load_cpus = std::fs::read_to_string(format!("/proc/{}/status", load.0.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Cpus_allowed_list:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    eprintln!(
-        "rt-bench: partition rt on CPU {rt_cpu} (budget {:?} µs/s, IRQs steered: {:?}); load partition moved to CPUs {load_cpus}",
-        rt_part.plan.rt_runtime_us, rt_part.irq.changed
-    );
-    warmup(o);
-    let mut cmd = probe_cmd(o);
-    cmd.args([
-        "--cpu",
-        &rt_cpu.to_string(),
-        "--policy",
-        "fifo",
-        "--priority",
-        &o.priority.to_string(),
-        "--mlock",
-    ]);
-    rows.push(run_probe(
-        "b",
-        format!("rt-probe in partition (exclusive CPU {rt_cpu}, FIFO {}), load partition on CPUs {load_cpus}", o.priority),
-        with_setup(cmd, &rt_part.child),
-        Some(rt_cpu),
-    )?);
-    let json = work.join("c.json");
-    rows.push(run_cyclictest(
-        "c",
-        format!(
-            "cyclictest in the same partition (FIFO {}, -a{rt_cpu})",
-            o.priority
-        ),
-        with_setup(cyclictest_cmd(o, rt_cpu, &json), &rt_part.child),
-        &json,
-        rt_cpu,
-    )?);
-    drop(load);
-    // The load's workers must have left its cgroup before release.
-    let usage_deadline = Instant::now() + Duration::from_secs(10);
-    while mgr.usage("load").is_ok_and(|u| u.tasks > 0) && Instant::now() < usage_deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(rows)
+    Ok(vec![b.a.row(), b.b.row(), b.c.row(), b.d.row()])
 }
 
 fn main() -> ExitCode {
@@ -506,7 +583,7 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "\n{:<4} {:>7} {:>6} {:>6} {:>7} {:>7} {:>7} {:>9} {:>16} {:>6}  what",
+        "\n{:<4} {:>7} {:>6} {:>6} {:>7} {:>7} {:>7} {:>6} {:>16} {:>6}  what",
         "run", "samples", "p50", "p99", "p99.9", "max", "avg", ">1ms", "TTI misses", "steal"
     );
     for r in &rows {
@@ -515,7 +592,7 @@ fn main() -> ExitCode {
             _ => "-".into(),
         };
         println!(
-            "({})  {:>7} {:>6} {:>6} {:>7} {:>7} {:>7.1} {:>9} {:>16} {:>6}  {}",
+            "({})  {:>7} {:>6} {:>6} {:>7} {:>7} {:>7.1} {:>6} {:>16} {:>6}  {}",
             r.run,
             r.samples,
             r.p50_us,
@@ -546,7 +623,7 @@ fn main() -> ExitCode {
             "\np99 (b)/(d) = {bd:.2} (goal ≤ 1.2)   p99 (b)/(c) = {bc:.2} (agreement)   (b) TTI miss ratio = {miss:.2e} (goal ≤ 1e-4)"
         );
         println!(
-            "(all values µs; `steal` = hypervisor steal jiffies on the measured CPU during the run; units are 10 ms)"
+            "(values µs; `>1ms` wake-ups later than 1 ms; `steal` hypervisor steal jiffies (10 ms) on the measured CPU)"
         );
         summary.insert("p99_ratio_b_over_d".into(), bd.into());
         summary.insert("p99_ratio_b_over_c".into(), bc.into());

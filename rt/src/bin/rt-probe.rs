@@ -4,12 +4,14 @@
 //! ```text
 //! rt-probe [--interval-us 1000] [--duration-s 10 | --loops N] [--work-us 0] [--budget-us INTERVAL]
 //!          [--cpu LIST] [--policy other|fifo|rr] [--priority 1..99] [--mlock] [--no-dma-latency]
-//!          [--hist-max-us 20000] [--max-p99-us N] [--max-miss-ratio F]
+//!          [--hist-max-us 20000] [--histogram] [--max-p99-us N] [--max-miss-ratio F]
 //! ```
 //!
 //! The measuring thread pins itself to `--cpu`, takes the policy (`--priority` alone means
 //! fifo), locks memory with `--mlock` and holds `/dev/cpu_dma_latency` at 0 unless
 //! `--no-dma-latency` (as cyclictest does by default), then runs the loop of `rt::probe`.
+//! `--histogram` adds the non-empty 1 µs buckets (`[[µs, count], …]`) and the overflow count
+//! to the JSON, so runs can be merged (rt-bench does).
 //!
 //! Exit codes: 0 = measured and every threshold held; 1 = a threshold was exceeded (the JSON is
 //! still printed, the violations go to stderr); 2 = bad arguments or the requested setup
@@ -30,11 +32,12 @@ struct Args {
     priority: u32,
     mlock: bool,
     dma_latency: bool,
+    histogram: bool,
     thresholds: Thresholds,
 }
 
 const USAGE: &str = "usage: rt-probe [--interval-us N] [--duration-s S | --loops N] [--work-us N] [--budget-us N] \
-[--cpu LIST] [--policy other|fifo|rr] [--priority N] [--mlock] [--no-dma-latency] [--hist-max-us N] \
+[--cpu LIST] [--policy other|fifo|rr] [--priority N] [--mlock] [--no-dma-latency] [--hist-max-us N] [--histogram] \
 [--max-p99-us N] [--max-miss-ratio F]";
 
 fn parse_args(argv: &[String]) -> Result<Args, String> {
@@ -46,6 +49,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         priority: 0,
         mlock: false,
         dma_latency: true,
+        histogram: false,
         thresholds: Thresholds::default(),
     };
     let mut policy: Option<Policy> = None;
@@ -77,6 +81,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--priority" => a.priority = num(flag, value()?)?,
             "--mlock" => a.mlock = true,
             "--no-dma-latency" => a.dma_latency = false,
+            "--histogram" => a.histogram = true,
             "--max-p99-us" => a.thresholds.max_p99_us = Some(num(flag, value()?)?),
             "--max-miss-ratio" => a.thresholds.max_miss_ratio = Some(num(flag, value()?)?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
@@ -120,6 +125,13 @@ struct Sched {
 }
 
 #[derive(Serialize)]
+struct HistogramOut {
+    buckets: Vec<(u32, u64)>,
+    overflow: u64,
+    max_ns: u64,
+}
+
+#[derive(Serialize)]
 struct Promise {
     ok: bool,
     violations: Vec<String>,
@@ -132,6 +144,8 @@ struct Output {
     #[serde(flatten)]
     report: probe::ProbeReport,
     sched: Sched,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    histogram: Option<HistogramOut>,
     promise: Promise,
 }
 
@@ -177,7 +191,7 @@ fn main() -> ExitCode {
         }
     };
     let mut env = RealEnv::calibrated(args.cfg.work_us);
-    let (_, report) = probe::run(&args.cfg, &mut env);
+    let (hist, report) = probe::run(&args.cfg, &mut env);
     let (policy, priority) = rt::sys::get_scheduler(0).unwrap_or((None, 0));
     let violations = args.thresholds.check(&report);
     let out = Output {
@@ -194,6 +208,11 @@ fn main() -> ExitCode {
             cpu_dma_latency_held: dma.is_some(),
             work_iterations: env.iterations(),
         },
+        histogram: args.histogram.then(|| HistogramOut {
+            buckets: hist.buckets(),
+            overflow: hist.overflow(),
+            max_ns: hist.max_ns(),
+        }),
         promise: Promise {
             ok: violations.is_empty(),
             violations: violations.clone(),
