@@ -15,7 +15,7 @@
 //! were published.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -233,10 +233,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&info)?;
             } else {
                 println!(
-                    "{}: destruction requested (tree of {} instance(s)); the node wipes and \
-                     frees the partitions",
-                    info.title,
-                    1 + info.children.len()
+                    "{}: destruction of the instance and its tree requested; the node wipes \
+                     and frees the partitions",
+                    info.title
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -247,6 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn serve(listen: &str, db: PathBuf) -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(log_level())
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -461,7 +461,6 @@ fn print_instances(list: &[InstanceInfo]) {
             state,
             promises,
             format!("{}/{}", i.computer, i.partition),
-            i.revision.to_string(),
         ]);
     }
     table(&rows);

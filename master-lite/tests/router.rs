@@ -1,0 +1,605 @@
+//! The router in-process (no socket): every route, every class of bad input, long polls.
+//!
+//! Each test runs a master over a temporary on-disk database; a second, read-only connection
+//! dumps every table so refused calls can be shown to change nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use master_lite::Master;
+use serde_json::{Value, json};
+use slapos_proto::{MAX_BODY_BYTES, PARTITION_HEADER};
+use tower::ServiceExt;
+
+const SR: &str = "/srv/sr/web.toml";
+
+struct Env {
+    master: Master,
+    router: Router,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("master.db");
+        let master = Master::open(&db).unwrap();
+        let router = master.router();
+        Env {
+            master,
+            router,
+            db,
+            _dir: dir,
+        }
+    }
+
+    /// Every row of every table, read through a separate connection.
+    fn dump(&self) -> String {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        master_lite::store::dump(&conn)
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value, header::HeaderMap) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("non-JSON body ({e}): {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        (status, body, headers)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let (s, b, _) = self.send(req).await;
+        (s, b)
+    }
+
+    async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.post_raw(uri, body.to_string().into_bytes(), None)
+            .await
+    }
+
+    async fn post_as(&self, who: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+        self.post_raw(uri, body.to_string().into_bytes(), Some(who))
+            .await
+    }
+
+    async fn post_raw(&self, uri: &str, body: Vec<u8>, who: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+        if let Some(w) = who {
+            req = req.header(PARTITION_HEADER, w);
+        }
+        let (s, b, _) = self.send(req.body(Body::from(body)).unwrap()).await;
+        (s, b)
+    }
+
+    /// Register `C1` with `n` partitions and supply `SR` to it.
+    async fn ready(&self, n: usize) {
+        let parts: Vec<Value> = (0..n)
+            .map(|i| json!({"id": format!("slappart{i}"), "addresses": ["10.0.0.2"]}))
+            .collect();
+        let (s, b) = self
+            .post(
+                "/v1/computers",
+                json!({"id": "C1", "partitions": parts, "labels": {"region": "eu"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = self
+            .post("/v1/computers/C1/software", json!({"url": SR}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+
+    async fn desired_etag(&self) -> String {
+        let (s, b) = self.get("/v1/computers/C1/desired").await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["etag"].as_str().unwrap().to_owned()
+    }
+}
+
+fn assert_error(got: (StatusCode, Value), status: StatusCode, kind: &str, needle: &str) {
+    let (s, b) = got;
+    assert_eq!(s, status, "{b}");
+    assert_eq!(b["kind"], kind, "{b}");
+    let msg = b["error"].as_str().unwrap_or_default();
+    assert!(msg.contains(needle), "error {msg:?} lacks {needle:?}");
+}
+
+#[tokio::test]
+async fn health_answers_the_protocol_version() {
+    let env = Env::new();
+    let (s, b) = env.get("/v1/health").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["protocol"], slapos_proto::PROTOCOL_VERSION);
+}
+
+#[tokio::test]
+async fn computers_register_list_show_supply_and_report() {
+    let env = Env::new();
+    env.ready(2).await;
+    let (s, list) = env.get("/v1/computers").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["labels"]["region"], "eu");
+    assert!(list[0]["last_seen_ms"].as_u64().is_some());
+
+    let (s, b) = env
+        .post(
+            "/v1/computers/C1/software/report",
+            json!({"url": SR, "state": "error", "message": "build failed: tail"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, c) = env.get("/v1/computers/C1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(c["partitions"][1]["id"], "slappart1");
+    assert_eq!(c["partitions"][1]["addresses"][0], "10.0.0.2");
+    assert_eq!(c["software"][0]["requested"], "available");
+    assert_eq!(c["software"][0]["install"]["state"], "error");
+    assert_eq!(c["software"][0]["install"]["message"], "build failed: tail");
+}
+
+#[tokio::test]
+async fn instance_lifecycle_through_every_route() {
+    let env = Env::new();
+    env.ready(3).await;
+    let e0 = env.desired_etag().await;
+
+    // Request a root instance.
+    let (s, web) = env
+        .post(
+            "/v1/instances",
+            json!({"title": "web", "software_url": SR, "parameters": {"port": "8080"},
+                   "sla": {"region": "eu"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{web}");
+    assert_eq!(web["partition"], "slappart0");
+    assert_eq!(web["state"], "started");
+    let e1 = env.desired_etag().await;
+    assert_ne!(e0, e1);
+
+    // Identical request: same revision, same etag.
+    let (_, again) = env
+        .post(
+            "/v1/instances",
+            json!({"title": "web", "software_url": SR, "parameters": {"port": "8080"}}),
+        )
+        .await;
+    assert_eq!(again["revision"], web["revision"]);
+    assert_eq!(env.desired_etag().await, e1);
+
+    // The node sees it in its desired state, with an ETag header.
+    let req = Request::get("/v1/computers/C1/desired")
+        .body(Body::empty())
+        .unwrap();
+    let (s, d, h) = env.send(req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::ETAG], format!("\"{e1}\"").as_str());
+    assert_eq!(d["partitions"][0]["instance"]["parameters"]["port"], "8080");
+    assert!(d["partitions"][1]["instance"].is_null());
+    // Conditional read without wait: 304 at once.
+    let (s, b) = env
+        .get(&format!("/v1/computers/C1/desired?etag={e1}"))
+        .await;
+    assert_eq!((s, b), (StatusCode::NOT_MODIFIED, Value::Null));
+
+    // The instance requests a child with its own identity.
+    let (s, child) = env
+        .post_as(
+            "C1/slappart0",
+            "/v1/instances",
+            json!({"title": "db", "software_url": SR}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{child}");
+    assert_eq!(child["root_title"], "web");
+    assert_eq!(child["requester"], "C1/slappart0");
+    let (s, b) = env.get("/v1/instances/db?root=web").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["partition"], "slappart1");
+
+    // The child publishes; the parent is bumped and sees the parameters.
+    let (_, parent_before) = env.get("/v1/instances/web").await;
+    let (s, b) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart1/connection",
+            json!({"parameters": {"url": "postgres://10.0.0.2"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, parent) = env.get("/v1/instances/web").await;
+    assert!(parent["revision"].as_u64() > parent_before["revision"].as_u64());
+    assert_eq!(parent["children"], json!(["db"]));
+    let (_, d) = env.get("/v1/computers/C1/desired").await;
+    assert_eq!(
+        d["partitions"][0]["instance"]["children"]["db"]["url"],
+        "postgres://10.0.0.2"
+    );
+
+    // Reports and bang are visible per instance.
+    let rev = parent["revision"].as_u64().unwrap();
+    let (s, ack) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart0/report",
+            json!({"state": "started", "revision": rev,
+                   "promises": [{"name": "http", "ok": true, "message": "200", "at_ms": 1}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(ack["freed"], false);
+    let (s, b) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart1/bang",
+            json!({"message": "restart me"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, list) = env.get("/v1/instances").await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["reported"]["state"], "started");
+    assert_eq!(list[0]["reported"]["promises"][0]["name"], "http");
+    assert_eq!(list[1]["bang"], "restart me");
+    assert!(
+        list[0]["revision"].as_u64().unwrap() > rev,
+        "bang bumps the tree"
+    );
+
+    // Destroy the root: the tree is destroyed and freed bottom-up by the node's reports.
+    let (s, b) = env
+        .post("/v1/instances/web/state", json!({"state": "destroyed"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, b) = env.get("/v1/instances/db?root=web").await;
+    assert_eq!(b["state"], "destroyed");
+    let destroyed = json!({"state": "destroyed", "revision": 0});
+    let (_, ack) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart0/report",
+            destroyed.clone(),
+        )
+        .await;
+    assert_eq!(ack, json!({"freed": false, "waiting_for": ["db"]}));
+    let (_, ack) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart1/report",
+            destroyed.clone(),
+        )
+        .await;
+    assert_eq!(ack["freed"], true);
+    let (_, ack) = env
+        .post("/v1/computers/C1/partitions/slappart0/report", destroyed)
+        .await;
+    assert_eq!(ack["freed"], true);
+    let (_, list) = env.get("/v1/instances").await;
+    assert_eq!(list, json!([]));
+    assert_error(
+        env.get("/v1/instances/web").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "\"web\"",
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_4xx_and_changes_nothing() {
+    let env = Env::new();
+    env.ready(1).await;
+    let (s, b) = env
+        .post("/v1/instances", json!({"title": "web", "software_url": SR}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let before = env.dump();
+
+    // Malformed JSON.
+    let got = env
+        .post_raw("/v1/computers", b"{\"id\": \"C2\", ".to_vec(), None)
+        .await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "invalid JSON body",
+    );
+    let got = env
+        .post_raw("/v1/instances", b"not json".to_vec(), None)
+        .await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "invalid JSON body",
+    );
+    // Wrong types and missing fields.
+    let got = env
+        .post("/v1/instances", json!({"title": "x", "software_url": 3}))
+        .await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "invalid JSON body",
+    );
+    // Path-like ids, in bodies, paths, queries and the partition header.
+    let got = env
+        .post(
+            "/v1/instances",
+            json!({"title": "../x", "software_url": SR}),
+        )
+        .await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "instance title",
+    );
+    let got = env
+        .post(
+            "/v1/computers",
+            json!({"id": "C2", "partitions": [{"id": "../p"}]}),
+        )
+        .await;
+    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "partition id");
+    let got = env
+        .post("/v1/computers/..%2Fetc/software", json!({"url": SR}))
+        .await;
+    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "computer id");
+    let got = env
+        .post(
+            "/v1/computers/C1/partitions/%2E%2E/report",
+            json!({"state": "started", "revision": 1}),
+        )
+        .await;
+    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "partition id");
+    let got = env.get("/v1/instances/%2E%2E%2Fx").await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "instance title",
+    );
+    let got = env.get("/v1/instances/web?root=..").await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "instance title",
+    );
+    let got = env
+        .post_as(
+            "C1/../slappart0",
+            "/v1/instances",
+            json!({"title": "x", "software_url": SR}),
+        )
+        .await;
+    assert_error(
+        got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        PARTITION_HEADER,
+    );
+    let got = env
+        .post(
+            "/v1/computers",
+            json!({"id": "C1", "partitions": [{"id": "p", "addresses": ["../x"]}]}),
+        )
+        .await;
+    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "IPv4 or IPv6");
+    let got = env.get("/v1/computers/C1/desired?wait=soon").await;
+    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "invalid query");
+    // Unknown computer, partition, instance, release, route.
+    let got = env
+        .post("/v1/computers/NOPE/software", json!({"url": SR}))
+        .await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "NOPE");
+    let got = env.get("/v1/computers/NOPE/desired?etag=1&wait=5").await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "NOPE");
+    assert_eq!(
+        env.master.state().hub.channels(),
+        0,
+        "unknown computer left a channel"
+    );
+    let got = env
+        .post(
+            "/v1/computers/C1/partitions/slappart9/connection",
+            json!({"parameters": {}}),
+        )
+        .await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "slappart9");
+    let got = env.get("/v1/instances/ghost").await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "ghost");
+    let got = env
+        .post("/v1/instances/ghost/state", json!({"state": "stopped"}))
+        .await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "ghost");
+    let got = env
+        .post(
+            "/v1/computers/C1/software/report",
+            json!({"url": "/srv/other.toml", "state": "available"}),
+        )
+        .await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "/srv/other.toml");
+    let got = env.get("/v1/nothing/here").await;
+    assert_error(got, StatusCode::NOT_FOUND, "not_found", "/v1/nothing/here");
+    let req = Request::delete("/v1/instances")
+        .body(Body::empty())
+        .unwrap();
+    let (s, b, _) = env.send(req).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
+    // Conflicts: same title with another release; no free partition.
+    let got = env
+        .post(
+            "/v1/instances",
+            json!({"title": "web", "software_url": "/srv/sr/other.toml"}),
+        )
+        .await;
+    assert_error(got, StatusCode::CONFLICT, "conflict", SR);
+    let got = env
+        .post(
+            "/v1/instances",
+            json!({"title": "more", "software_url": SR, "sla": {"region": "eu"}}),
+        )
+        .await;
+    assert_error(got, StatusCode::CONFLICT, "no_allocation", "{region=eu}");
+    // Oversize body.
+    let mut big =
+        b"{\"title\": \"x\", \"software_url\": \"/a\", \"parameters\": {\"p\": \"".to_vec();
+    big.resize(MAX_BODY_BYTES + 10, b'a');
+    big.extend_from_slice(b"\"}}");
+    let got = env.post_raw("/v1/instances", big, None).await;
+    assert_error(
+        got,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "larger than",
+    );
+
+    assert_eq!(env.dump(), before, "a refused call changed the database");
+}
+
+#[tokio::test]
+async fn internal_errors_hide_their_details() {
+    let env = Env::new();
+    env.ready(1).await;
+    env.post("/v1/instances", json!({"title": "web", "software_url": SR}))
+        .await;
+    // Corrupt a stored JSON column behind the master's back.
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    conn.execute(
+        "UPDATE instance SET parameters = 'secret-garbage{' WHERE title = 'web'",
+        [],
+    )
+    .unwrap();
+    let (s, b) = env.get("/v1/instances/web").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(b["kind"], "internal");
+    assert!(!b.to_string().contains("secret"), "{b}");
+}
+
+#[tokio::test]
+async fn a_change_wakes_a_waiting_long_poll() {
+    let env = Env::new();
+    env.ready(1).await;
+    let e1 = env.desired_etag().await;
+    let router = env.router.clone();
+    let uri = format!("/v1/computers/C1/desired?etag={e1}&wait=30");
+    let poll = tokio::spawn(async move {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let resp = router.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes)
+    });
+    // Wait until the poll is parked on the computer's channel, then change something.
+    let hub = env.master.state().hub;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hub.channels() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "poll never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (s, b) = env
+        .post("/v1/instances", json!({"title": "web", "software_url": SR}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Safety net only: the poll would otherwise answer 304 after its 30 s.
+    let (status, bytes) = tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .expect("poll not answered")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let d: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_ne!(d["etag"], e1.as_str());
+    assert_eq!(d["partitions"][0]["instance"]["title"], "web");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_long_poll_ends_with_304_after_its_wait() {
+    let env = Env::new();
+    env.ready(1).await;
+    let e1 = env.desired_etag().await;
+    let started = tokio::time::Instant::now();
+    let (s, b) = env
+        .get(&format!("/v1/computers/C1/desired?etag={e1}&wait=45"))
+        .await;
+    assert_eq!((s, b), (StatusCode::NOT_MODIFIED, Value::Null));
+    // The (paused, auto-advanced) clock shows the poll was held for its wait.
+    assert!(started.elapsed() >= Duration::from_secs(45));
+    // A wait above the cap is clamped to MAX_LONG_POLL_SECS.
+    let started = tokio::time::Instant::now();
+    let (s, _) = env
+        .get(&format!("/v1/computers/C1/desired?etag={e1}&wait=100000"))
+        .await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    let held = started.elapsed();
+    assert!(held >= Duration::from_secs(slapos_proto::MAX_LONG_POLL_SECS));
+    assert!(held < Duration::from_secs(slapos_proto::MAX_LONG_POLL_SECS + 1));
+}
+
+#[tokio::test]
+async fn shutdown_ends_waiting_polls_and_closes_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let listener = master_lite::bind("127.0.0.1:0").await.unwrap();
+    let url = master_lite::url_of(listener.local_addr().unwrap());
+    let master = Master::open(&db).unwrap();
+    let hub = master.state().hub;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(master.run(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let poll = tokio::task::spawn_blocking(move || {
+        let c = slapos_client::Client::new(&url).unwrap();
+        let id = slapos_proto::ComputerId::parse("C1").unwrap();
+        c.register(&slapos_proto::RegisterComputer {
+            id: id.clone(),
+            partitions: vec![],
+            labels: Default::default(),
+        })
+        .unwrap();
+        let etag = c.desired(&id, None, None).unwrap().unwrap().etag;
+        c.desired(&id, Some(&etag), Some(Duration::from_secs(60)))
+    });
+    // Once the poll is parked, stop the server: the poll must be answered (304), not cut.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hub.channels() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "poll never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop_tx.send(()).unwrap();
+    let served = tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    let answer = poll.await.unwrap();
+    assert!(matches!(answer, Ok(None)), "{answer:?}");
+    // The database was closed cleanly: it reopens with the registration.
+    let m = Master::open(&db).unwrap();
+    let list = m.state().db.call(|s| s.computers()).await.unwrap();
+    assert_eq!(list.len(), 1);
+}
