@@ -151,72 +151,91 @@ impl ChildSetup {
     /// Runs the setup in the current process. Meant for `pre_exec`: async-signal-safe, no
     /// allocation, each step one system call; the first failure returns its errno.
     pub fn run(&self) -> io::Result<()> {
-        let dropping = self.credentials.is_some();
-        if self.policy.is_realtime() {
-            raise_rlimit(false, u64::from(self.priority), dropping)?;
-        }
-        if self.mlock {
-            raise_rlimit(true, libc::RLIM_INFINITY, dropping)?;
-        }
-        for f in &self.procs_first {
-            join_raw(f)?;
-        }
-        if self.policy.is_realtime() {
-            crate::sys::set_scheduler(0, self.policy, self.priority)?;
-        }
-        if let Some(f) = &self.procs_cpuset {
-            join_raw(f)?;
-        }
-        if let Some(c) = &self.credentials {
-            // SAFETY: `groups` is a live Vec of gid_t; setgroups reads `len` entries from it.
-            check(unsafe { libc::setgroups(c.groups.len() as _, c.groups.as_ptr()) })?;
-            // SAFETY: plain value argument.
-            check(unsafe { libc::setgid(c.gid) })?;
-            // SAFETY: plain value argument.
-            check(unsafe { libc::setuid(c.uid) })?;
-        }
-        Ok(())
+        self.steps(false).map_err(|(_, e)| e)
     }
 
     /// The same steps for the calling process outside `fork` (a partition agent moving itself,
     /// the probe), plus `mlockall(MCL_CURRENT|MCL_FUTURE)` when `mlock` is set. Errors name the
     /// step.
     pub fn apply_to_current_process(&self) -> Result<()> {
-        let sys = |op: String| move |source| Error::Sys { op, source };
-        if self.policy.is_realtime() {
-            raise_rlimit(false, u64::from(self.priority), false)
-                .map_err(sys(format!("raise RLIMIT_RTPRIO to {}", self.priority)))?;
+        self.steps(true)
+            .map_err(|(step, source)| step.error(self, source))
+    }
+
+    /// The steps in order; a failure names its step without allocating.
+    fn steps(&self, in_process: bool) -> Result<(), (Step<'_>, io::Error)> {
+        let strict = self.credentials.is_some();
+        let rt = self.policy.is_realtime();
+        if rt {
+            raise_rlimit(false, u64::from(self.priority), strict)
+                .map_err(|e| (Step::RtprioLimit, e))?;
         }
         if self.mlock {
-            raise_rlimit(true, libc::RLIM_INFINITY, false)
-                .map_err(sys("raise RLIMIT_MEMLOCK to unlimited".into()))?;
+            raise_rlimit(true, libc::RLIM_INFINITY, strict).map_err(|e| (Step::MemlockLimit, e))?;
         }
         for f in &self.procs_first {
-            join_raw(f).map_err(|source| Error::Write {
-                path: PathBuf::from(std::ffi::OsStr::from_bytes(f.as_bytes())),
-                value: "0".into(),
-                source,
-            })?;
+            join_raw(f).map_err(|e| (Step::Join(f), e))?;
         }
-        if self.policy.is_realtime() {
-            crate::sys::set_scheduler(0, self.policy, self.priority).map_err(sys(format!(
-                "sched_setscheduler(0, {}, {})",
-                self.policy, self.priority
-            )))?;
+        if rt {
+            crate::sys::set_scheduler(0, self.policy, self.priority)
+                .map_err(|e| (Step::Scheduler, e))?;
         }
         if let Some(f) = &self.procs_cpuset {
-            join_raw(f).map_err(|source| Error::Write {
-                path: PathBuf::from(std::ffi::OsStr::from_bytes(f.as_bytes())),
-                value: "0".into(),
-                source,
-            })?;
+            join_raw(f).map_err(|e| (Step::Join(f), e))?;
         }
-        if self.mlock {
-            crate::sys::lock_all_memory()
-                .map_err(sys("mlockall(MCL_CURRENT|MCL_FUTURE)".into()))?;
+        if let Some(c) = &self.credentials {
+            switch_credentials(c).map_err(|e| (Step::Credentials, e))?;
+        }
+        if in_process && self.mlock {
+            crate::sys::lock_all_memory().map_err(|e| (Step::Mlock, e))?;
         }
         Ok(())
     }
+}
+
+/// A setup step, to name a failure.
+#[derive(Clone, Copy, Debug)]
+enum Step<'a> {
+    RtprioLimit,
+    MemlockLimit,
+    Join(&'a CString),
+    Scheduler,
+    Credentials,
+    Mlock,
+}
+
+impl Step<'_> {
+    fn error(self, s: &ChildSetup, source: io::Error) -> Error {
+        let op = match self {
+            Step::RtprioLimit => format!("raise RLIMIT_RTPRIO to {}", s.priority),
+            Step::MemlockLimit => "raise RLIMIT_MEMLOCK to unlimited".into(),
+            Step::Join(f) => {
+                let path = PathBuf::from(std::ffi::OsStr::from_bytes(f.as_bytes()));
+                return Error::Write {
+                    path,
+                    value: "0".into(),
+                    source,
+                };
+            }
+            Step::Scheduler => format!("sched_setscheduler(0, {}, {})", s.policy, s.priority),
+            Step::Credentials => match &s.credentials {
+                Some(c) => format!("switch to uid {} gid {}", c.uid, c.gid),
+                None => "switch credentials".into(),
+            },
+            Step::Mlock => "mlockall(MCL_CURRENT|MCL_FUTURE)".into(),
+        };
+        Error::Sys { op, source }
+    }
+}
+
+/// setgroups, setgid, setuid — in that order (after setuid the others would be refused).
+fn switch_credentials(c: &Credentials) -> io::Result<()> {
+    // SAFETY: `groups` is a live Vec of gid_t; setgroups reads `len` entries from it.
+    check(unsafe { libc::setgroups(c.groups.len() as _, c.groups.as_ptr()) })?;
+    // SAFETY: plain value argument.
+    check(unsafe { libc::setgid(c.gid) })?;
+    // SAFETY: plain value argument.
+    check(unsafe { libc::setuid(c.uid) })
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {

@@ -416,117 +416,96 @@ pub(crate) mod tests {
     /// A fake host like the reference VM: 4 CPUs, hybrid cgroups (v1 cpu+cpuacct co-mounted,
     /// cpuset, memory, blkio, pids; cgroup2 with only hugetlb), RT group scheduling, root.
     pub(crate) fn fake_v1_host(root: &Path) {
-        put(root, "proc/sys/kernel/osrelease", "6.18.44-fc\n");
-        put(
-            root,
-            "proc/sys/kernel/version",
-            "#1 SMP PREEMPT_DYNAMIC @0\n",
-        );
-        put(
-            root,
-            "sys/kernel/debug/sched/preempt",
-            "(none) voluntary full lazy\n",
-        );
-        put(root, "sys/devices/system/cpu/online", "0-3\n");
-        put(root, "sys/devices/system/cpu/isolated", "\n");
-        put(
-            root,
-            "proc/cmdline",
-            "console=ttyS0 quiet nohz_full=3 -- isolcpus=9\n",
-        );
-        put(
-            root,
-            "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
-            "performance\n",
-        );
-        put(root, "proc/sys/kernel/sched_rt_runtime_us", "950000\n");
-        put(root, "proc/sys/kernel/sched_rt_period_us", "1000000\n");
-        put(
-            root,
-            "proc/self/mountinfo",
-            "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+        let mountinfo = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
              32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
              34 31 0:31 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n\
              35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
              36 31 0:33 / /sys/fs/cgroup/blkio rw - cgroup cgroup rw,blkio\n\
              37 31 0:34 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n\
              40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n\
-             41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
-        );
-        put(
-            root,
-            "sys/fs/cgroup/unified/cgroup.controllers",
-            "hugetlb\n",
-        );
-        put(root, "sys/fs/cgroup/unified/cgroup.subtree_control", "\n");
-        put(
-            root,
-            "sys/fs/cgroup/cpu,cpuacct/cpu.rt_runtime_us",
-            "950000\n",
-        );
-        put(
-            root,
-            "sys/fs/cgroup/cpu,cpuacct/cpu.rt_period_us",
-            "1000000\n",
-        );
-        put(root, "sys/fs/cgroup/cpuset/cpuset.cpus", "0-3\n");
-        put(root, "sys/fs/cgroup/cpuset/cpuset.mems", "0\n");
-        put(
-            root,
-            "sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "9223372036854771712\n",
-        );
-        put(root, "sys/fs/cgroup/pids/tasks", "1\n");
-        put(root, "sys/fs/cgroup/blkio/tasks", "1\n");
-        put(
-            root,
-            "proc/self/status",
-            "Name:\trt\nUid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff\n",
-        );
-        for irq in [24, 25, 40] {
-            put(root, &format!("proc/irq/{irq}/smp_affinity_list"), "0-3\n");
+             41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        let files = [
+            ("proc/sys/kernel/osrelease", "6.18.44-fc"),
+            ("proc/sys/kernel/version", "#1 SMP PREEMPT_DYNAMIC @0"),
+            (
+                "sys/kernel/debug/sched/preempt",
+                "(none) voluntary full lazy",
+            ),
+            ("sys/devices/system/cpu/online", "0-3"),
+            ("sys/devices/system/cpu/isolated", ""),
+            (
+                "proc/cmdline",
+                "console=ttyS0 quiet nohz_full=3 -- isolcpus=9",
+            ),
+            (
+                "sys/devices/system/cpu/cpu0/cpufreq/scaling_governor",
+                "performance",
+            ),
+            ("proc/sys/kernel/sched_rt_runtime_us", "950000"),
+            ("proc/sys/kernel/sched_rt_period_us", "1000000"),
+            ("sys/fs/cgroup/unified/cgroup.controllers", "hugetlb"),
+            ("sys/fs/cgroup/unified/cgroup.subtree_control", ""),
+            ("sys/fs/cgroup/cpu,cpuacct/cpu.rt_runtime_us", "950000"),
+            ("sys/fs/cgroup/cpu,cpuacct/cpu.rt_period_us", "1000000"),
+            ("sys/fs/cgroup/cpuset/cpuset.cpus", "0-3"),
+            ("sys/fs/cgroup/cpuset/cpuset.mems", "0"),
+            (
+                "sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "9223372036854771712",
+            ),
+            ("sys/fs/cgroup/pids/tasks", "1"),
+            ("sys/fs/cgroup/blkio/tasks", "1"),
+            (
+                "proc/self/status",
+                "Name:\trt\nUid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff",
+            ),
+            ("proc/irq/24/smp_affinity_list", "0-3"),
+            ("proc/irq/25/smp_affinity_list", "0-3"),
+            ("proc/irq/40/smp_affinity_list", "0-3"),
+            ("proc/irq/default_smp_affinity", "f"),
+        ];
+        put(root, "proc/self/mountinfo", mountinfo);
+        for (rel, content) in files {
+            put(root, rel, &format!("{content}\n"));
         }
-        put(root, "proc/irq/default_smp_affinity", "f\n");
     }
 
     /// A fake pure cgroup-v2 host (4 CPUs, cpuset partitions with cpuset.cpus.exclusive).
     pub(crate) fn fake_v2_host(root: &Path, rt_group_sched: bool) {
-        put(root, "proc/sys/kernel/osrelease", "6.12.0\n");
-        put(root, "proc/sys/kernel/version", "#1 SMP PREEMPT_RT\n");
-        put(root, "sys/devices/system/cpu/online", "0-3\n");
-        put(root, "sys/devices/system/cpu/isolated", "2-3\n");
-        put(root, "proc/cmdline", "isolcpus=2-3\n");
-        put(root, "proc/sys/kernel/sched_rt_runtime_us", "950000\n");
-        put(root, "proc/sys/kernel/sched_rt_period_us", "1000000\n");
-        put(
-            root,
-            "proc/self/mountinfo",
-            "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
-        );
-        put(
-            root,
-            "sys/fs/cgroup/cgroup.controllers",
-            "cpuset cpu io memory hugetlb pids\n",
-        );
-        put(
-            root,
-            "sys/fs/cgroup/cgroup.subtree_control",
-            "memory pids\n",
-        );
-        put(root, "sys/fs/cgroup/cpuset.cpus.effective", "0-3\n");
-        put(root, "sys/fs/cgroup/cpuset.mems.effective", "0\n");
-        let cfg = if rt_group_sched {
-            "CONFIG_RT_GROUP_SCHED=y\n"
+        let config = if rt_group_sched {
+            "CONFIG_RT_GROUP_SCHED=y"
         } else {
-            "# CONFIG_RT_GROUP_SCHED is not set\n"
+            "# CONFIG_RT_GROUP_SCHED is not set"
         };
-        put(root, "boot/config-6.12.0", cfg);
-        put(
-            root,
-            "proc/self/status",
-            "Uid:\t1000\t0\t0\t0\nCapEff:\t0000000000800000\n",
-        );
-        put(root, "proc/irq/24/smp_affinity_list", "0-3\n");
+        let files = [
+            ("proc/sys/kernel/osrelease", "6.12.0"),
+            ("proc/sys/kernel/version", "#1 SMP PREEMPT_RT"),
+            ("sys/devices/system/cpu/online", "0-3"),
+            ("sys/devices/system/cpu/isolated", "2-3"),
+            ("proc/cmdline", "isolcpus=2-3"),
+            ("proc/sys/kernel/sched_rt_runtime_us", "950000"),
+            ("proc/sys/kernel/sched_rt_period_us", "1000000"),
+            (
+                "proc/self/mountinfo",
+                "30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate",
+            ),
+            (
+                "sys/fs/cgroup/cgroup.controllers",
+                "cpuset cpu io memory hugetlb pids",
+            ),
+            ("sys/fs/cgroup/cgroup.subtree_control", "memory pids"),
+            ("sys/fs/cgroup/cpuset.cpus.effective", "0-3"),
+            ("sys/fs/cgroup/cpuset.mems.effective", "0"),
+            ("boot/config-6.12.0", config),
+            (
+                "proc/self/status",
+                "Uid:\t1000\t0\t0\t0\nCapEff:\t0000000000800000",
+            ),
+            ("proc/irq/24/smp_affinity_list", "0-3"),
+        ];
+        for (rel, content) in files {
+            put(root, rel, &format!("{content}\n"));
+        }
     }
 
     #[test]
