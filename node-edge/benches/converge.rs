@@ -1,0 +1,173 @@
+//! Node benchmark (prints figures; `harness = false`):
+//!
+//! 1. time for N partitions (default 100) to converge: one desired-state change assigns a
+//!    trivial instance (one `sleep` service, one `true` promise) to every partition of an
+//!    in-process node; measured until the fake master holds a `started` report with its promise
+//!    ok for every partition; for `max_instance_passes` 2 (default) and 8;
+//! 2. idle RSS of the `slapos-node run` binary next to this bench's executable's profile
+//!    (`target/release/slapos-node`, build it first) registered with the fake master, 3
+//!    partitions, after 5 s.
+//!
+//! ```sh
+//! cargo build --release -p node-edge --bin slapos-node
+//! cargo bench -p node-edge --bench converge            # N=100
+//! NODE_BENCH_PARTITIONS=20 cargo bench -p node-edge --bench converge
+//! ```
+//!
+//! No anchor figure: SlapOS's own node (slapgrid + buildout) is not installed here.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{FakeMaster, assignment};
+use node_edge::Config;
+use node_edge::fetch::sha256_hex;
+use slapos_proto::{ComputerId, InstanceState};
+
+const PROFILE: &str = r#"[[service]]
+name = "idle"
+command = ["sleep", "3600"]
+[[promise]]
+name = "ok"
+command = ["true"]
+[connection]
+partition = {{ partition.id | toml }}
+"#;
+
+fn release(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("instance.toml.in"), PROFILE).unwrap();
+    std::fs::write(
+        dir.join("software.toml"),
+        format!(
+            "[[artifact]]\nurl = \"instance.toml.in\"\nsha256 = \"{}\"\n[instance]\ndefault = \"instance.toml.in\"\n",
+            sha256_hex(PROFILE.as_bytes())
+        ),
+    )
+    .unwrap();
+    dir.join("software.toml").display().to_string()
+}
+
+fn converge(n: u32, passes: usize) -> (Duration, Duration) {
+    let d = tempfile::tempdir().unwrap();
+    let sr = release(&d.path().join("sr"));
+    let m = FakeMaster::start("BENCH", n);
+    let mut cfg = Config::new(
+        m.url.clone(),
+        ComputerId::parse("BENCH").unwrap(),
+        n,
+        d.path().join("soft"),
+        d.path().join("inst"),
+    );
+    cfg.state_dir = Some(d.path().join("state"));
+    cfg.max_instance_passes = passes;
+    cfg.poll_interval = Duration::from_secs(1);
+    cfg.ports.per_partition = 1;
+    cfg.ports.base = common::free_block(n as u16);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(node_edge::run(cfg, async move {
+            let _ = rx.await;
+        }));
+        common::until(30, "registration", || {
+            m.with(|s| s.registrations.first().map(drop))
+        })
+        .await;
+        let t0 = Instant::now();
+        m.update(|dstate| {
+            dstate.software.push(slapos_proto::DesiredSoftware {
+                url: slapos_proto::SoftwareUrl::parse(sr.clone()).unwrap(),
+                state: slapos_proto::SupplyState::Available,
+            });
+            for (i, p) in dstate.partitions.iter_mut().enumerate() {
+                p.instance = Some(assignment(&format!("inst{i}"), &sr, serde_json::json!({})));
+            }
+        });
+        let first = common::until(120, "first partition", || {
+            m.with(|s| (!s.reports.is_empty()).then(|| t0.elapsed()))
+        })
+        .await;
+        let all = common::until(600, "every partition started", || {
+            let done = (0..n).all(|i| {
+                m.last_report(&format!("slappart{i}")).is_some_and(|r| {
+                    r.state == InstanceState::Started && r.promises.iter().all(|p| p.ok)
+                })
+            });
+            done.then(|| t0.elapsed())
+        })
+        .await;
+        let _ = stop.send(());
+        node.await.unwrap().unwrap();
+        (first, all)
+    })
+}
+
+fn idle_rss() -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    // target/release/deps/converge-… → target/release/slapos-node
+    let bin = exe.parent()?.parent()?.join("slapos-node");
+    if !bin.exists() {
+        println!("idle RSS: skipped, {} not built", bin.display());
+        return None;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let m = FakeMaster::start("IDLE", 3);
+    let cfg = d.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "master_url = \"{}\"\ncomputer_id = \"IDLE\"\npartitions = 3\nsoftware_root = \"soft\"\ninstance_root = \"inst\"\n[ports]\nbase = {}\nper_partition = 1\n",
+            m.url,
+            common::free_block(3)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok());
+    let registered = m.with(|s| !s.registrations.is_empty());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    if !registered {
+        println!("idle RSS: the node did not register");
+    }
+    kib
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let n: u32 = std::env::var("NODE_BENCH_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    for passes in [2, 8] {
+        let (first, all) = converge(n, passes);
+        println!(
+            "converge: {n} partitions, max_instance_passes={passes}: first report {:.0} ms, all started+promise ok {:.0} ms",
+            first.as_secs_f64() * 1e3,
+            all.as_secs_f64() * 1e3
+        );
+    }
+    if let Some(kib) = idle_rss() {
+        println!("idle RSS of slapos-node run (3 partitions, registered, long-polling): {kib} KiB");
+    }
+    println!("anchor: none (SlapOS slapgrid/buildout is not installed on this machine)");
+}
