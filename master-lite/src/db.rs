@@ -63,6 +63,27 @@ pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
     ))
 }
 
+/// Wrap `f` as a job whose result arrives on the returned receiver.
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T, ApiError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |store| {
+        let _ = tx.send(f(store));
+    });
+    (job, rx)
+}
+
+fn stopped<E>(_: E) -> ApiError {
+    ApiError::Internal("the database worker has stopped".into())
+}
+
+fn dropped<E>(_: E) -> ApiError {
+    ApiError::Internal("the database worker dropped a job".into())
+}
+
 impl Db {
     /// Run `f` on the store and return its result.
     pub async fn call<T, F>(&self, f: F) -> Result<T, ApiError>
@@ -70,33 +91,21 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
-            let _ = tx.send(f(store));
-        });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| ApiError::Internal("the database worker has stopped".into()))?;
-        rx.await
-            .map_err(|_| ApiError::Internal("the database worker dropped a job".into()))?
+        let (job, rx) = job(f);
+        self.jobs.send(job).await.map_err(stopped)?;
+        rx.await.map_err(dropped)?
     }
 
-    /// The same as [`Db::call`], from a thread outside the runtime.
+    /// The same as [`Db::call`], from a thread outside the runtime (e.g. a standalone node
+    /// thread); must not be called from an async context.
     pub fn call_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |store| {
-            let _ = tx.send(f(store));
-        });
-        self.jobs
-            .blocking_send(job)
-            .map_err(|_| ApiError::Internal("the database worker has stopped".into()))?;
-        rx.blocking_recv()
-            .map_err(|_| ApiError::Internal("the database worker dropped a job".into()))?
+        let (job, rx) = job(f);
+        self.jobs.blocking_send(job).map_err(stopped)?;
+        rx.blocking_recv().map_err(dropped)?
     }
 }
 

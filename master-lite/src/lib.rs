@@ -149,6 +149,14 @@ pub async fn serve(
     master.run(listener, shutdown).await
 }
 
+/// What `slapos-master serve` prints first on stdout, followed by the URL.
+pub const LISTENING: &str = "listening on ";
+
+/// The URL in a `listening on http://ADDR` line.
+pub fn listening_url(line: &str) -> Option<&str> {
+    line.trim().strip_prefix(LISTENING)
+}
+
 /// `http://ADDR`, the URL clients use for a bound address.
 pub fn url_of(addr: SocketAddr) -> String {
     format!("http://{addr}")

@@ -262,7 +262,7 @@ fn serve(listen: &str, db: PathBuf) -> Result<()> {
         let master = tokio::task::spawn_blocking(move || master_lite::Master::open(&db))
             .await
             .context("open the database")??;
-        println!("listening on {}", master_lite::url_of(addr));
+        println!("{}{}", master_lite::LISTENING, master_lite::url_of(addr));
         std::io::stdout().flush().ok();
         tracing::info!(%addr, db = %db_shown, "master started");
         master.run(listener, shutdown_signal()).await?;

@@ -35,9 +35,7 @@ impl Server {
         // EOF if the server died, which the assertion then reports).
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
+        let url = master_lite::listening_url(&line)
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
         Server {

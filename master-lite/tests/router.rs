@@ -298,8 +298,44 @@ async fn instance_lifecycle_through_every_route() {
     );
 }
 
+/// One refused call: method, path, body, optional partition header, and the expected answer.
+struct Bad {
+    method: &'static str,
+    uri: &'static str,
+    body: Vec<u8>,
+    who: Option<&'static str>,
+    status: StatusCode,
+    kind: &'static str,
+    needle: &'static str,
+}
+
+fn bad(
+    method: &'static str,
+    uri: &'static str,
+    body: Value,
+    status: StatusCode,
+    kind: &'static str,
+    needle: &'static str,
+) -> Bad {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    Bad {
+        method,
+        uri,
+        body,
+        who: None,
+        status,
+        kind,
+        needle,
+    }
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_with_4xx_and_changes_nothing() {
+    use StatusCode as S;
     let env = Env::new();
     env.ready(1).await;
     let (s, b) = env
@@ -308,169 +344,278 @@ async fn bad_input_is_refused_with_4xx_and_changes_nothing() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let before = env.dump();
 
-    // Malformed JSON.
-    let got = env
-        .post_raw("/v1/computers", b"{\"id\": \"C2\", ".to_vec(), None)
-        .await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "invalid JSON body",
-    );
-    let got = env
-        .post_raw("/v1/instances", b"not json".to_vec(), None)
-        .await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "invalid JSON body",
-    );
-    // Wrong types and missing fields.
-    let got = env
-        .post("/v1/instances", json!({"title": "x", "software_url": 3}))
-        .await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "invalid JSON body",
-    );
-    // Path-like ids, in bodies, paths, queries and the partition header.
-    let got = env
-        .post(
+    let (br, nf, cf) = ("bad_request", "not_found", "conflict");
+    let mut oversize = br#"{"title": "x", "software_url": "/a", "parameters": {"p": ""#.to_vec();
+    oversize.resize(MAX_BODY_BYTES + 10, b'a');
+    oversize.extend_from_slice(br#""}}"#);
+    let started = json!({"state": "started", "revision": 1});
+    let cases = vec![
+        // Malformed JSON, wrong types, missing fields.
+        Bad {
+            body: b"{\"id\": \"C2\", ".to_vec(),
+            ..bad(
+                "POST",
+                "/v1/computers",
+                Value::Null,
+                S::BAD_REQUEST,
+                br,
+                "invalid JSON body",
+            )
+        },
+        Bad {
+            body: b"not json".to_vec(),
+            ..bad(
+                "POST",
+                "/v1/instances",
+                Value::Null,
+                S::BAD_REQUEST,
+                br,
+                "invalid JSON body",
+            )
+        },
+        bad(
+            "POST",
+            "/v1/instances",
+            json!({"title": "x", "software_url": 3}),
+            S::BAD_REQUEST,
+            br,
+            "invalid JSON body",
+        ),
+        bad(
+            "POST",
+            "/v1/instances/web/state",
+            json!({"state": "paused"}),
+            S::BAD_REQUEST,
+            br,
+            "invalid JSON body",
+        ),
+        // Path-like ids in bodies, paths, queries and the partition header.
+        bad(
+            "POST",
             "/v1/instances",
             json!({"title": "../x", "software_url": SR}),
-        )
-        .await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "instance title",
-    );
-    let got = env
-        .post(
+            S::BAD_REQUEST,
+            br,
+            "instance title",
+        ),
+        bad(
+            "POST",
             "/v1/computers",
             json!({"id": "C2", "partitions": [{"id": "../p"}]}),
-        )
-        .await;
-    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "partition id");
-    let got = env
-        .post("/v1/computers/..%2Fetc/software", json!({"url": SR}))
-        .await;
-    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "computer id");
-    let got = env
-        .post(
+            S::BAD_REQUEST,
+            br,
+            "partition id",
+        ),
+        bad(
+            "POST",
+            "/v1/computers/..%2Fetc/software",
+            json!({"url": SR}),
+            S::BAD_REQUEST,
+            br,
+            "computer id",
+        ),
+        bad(
+            "POST",
             "/v1/computers/C1/partitions/%2E%2E/report",
-            json!({"state": "started", "revision": 1}),
-        )
-        .await;
-    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "partition id");
-    let got = env.get("/v1/instances/%2E%2E%2Fx").await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "instance title",
-    );
-    let got = env.get("/v1/instances/web?root=..").await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        "instance title",
-    );
-    let got = env
-        .post_as(
-            "C1/../slappart0",
-            "/v1/instances",
-            json!({"title": "x", "software_url": SR}),
-        )
-        .await;
-    assert_error(
-        got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        PARTITION_HEADER,
-    );
-    let got = env
-        .post(
+            started.clone(),
+            S::BAD_REQUEST,
+            br,
+            "partition id",
+        ),
+        bad(
+            "GET",
+            "/v1/instances/%2E%2E%2Fx",
+            Value::Null,
+            S::BAD_REQUEST,
+            br,
+            "instance title",
+        ),
+        bad(
+            "GET",
+            "/v1/instances/web?root=..",
+            Value::Null,
+            S::BAD_REQUEST,
+            br,
+            "instance title",
+        ),
+        Bad {
+            who: Some("C1/../slappart0"),
+            ..bad(
+                "POST",
+                "/v1/instances",
+                json!({"title": "x", "software_url": SR}),
+                S::BAD_REQUEST,
+                br,
+                PARTITION_HEADER,
+            )
+        },
+        bad(
+            "POST",
             "/v1/computers",
             json!({"id": "C1", "partitions": [{"id": "p", "addresses": ["../x"]}]}),
-        )
-        .await;
-    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "IPv4 or IPv6");
-    let got = env.get("/v1/computers/C1/desired?wait=soon").await;
-    assert_error(got, StatusCode::BAD_REQUEST, "bad_request", "invalid query");
-    // Unknown computer, partition, instance, release, route.
-    let got = env
-        .post("/v1/computers/NOPE/software", json!({"url": SR}))
-        .await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "NOPE");
-    let got = env.get("/v1/computers/NOPE/desired?etag=1&wait=5").await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "NOPE");
+            S::BAD_REQUEST,
+            br,
+            "IPv4 or IPv6",
+        ),
+        bad(
+            "POST",
+            "/v1/instances",
+            json!({"title": "x", "software_url": SR, "sla": {"computer_guid": "../x"}}),
+            S::BAD_REQUEST,
+            br,
+            "computer_guid",
+        ),
+        bad(
+            "GET",
+            "/v1/computers/C1/desired?wait=soon",
+            Value::Null,
+            S::BAD_REQUEST,
+            br,
+            "invalid query",
+        ),
+        // Unknown computer, partition, instance, release, route; requests from nowhere.
+        bad(
+            "POST",
+            "/v1/computers/NOPE/software",
+            json!({"url": SR}),
+            S::NOT_FOUND,
+            nf,
+            "NOPE",
+        ),
+        bad(
+            "GET",
+            "/v1/computers/NOPE/desired?etag=1&wait=5",
+            Value::Null,
+            S::NOT_FOUND,
+            nf,
+            "NOPE",
+        ),
+        bad(
+            "POST",
+            "/v1/computers/C1/partitions/slappart9/connection",
+            json!({"parameters": {}}),
+            S::NOT_FOUND,
+            nf,
+            "slappart9",
+        ),
+        bad(
+            "GET",
+            "/v1/instances/ghost",
+            Value::Null,
+            S::NOT_FOUND,
+            nf,
+            "ghost",
+        ),
+        bad(
+            "POST",
+            "/v1/instances/ghost/state",
+            json!({"state": "stopped"}),
+            S::NOT_FOUND,
+            nf,
+            "ghost",
+        ),
+        bad(
+            "POST",
+            "/v1/instances",
+            json!({"title": "ghost", "software_url": SR, "state": "destroyed"}),
+            S::NOT_FOUND,
+            nf,
+            "nothing to destroy",
+        ),
+        bad(
+            "POST",
+            "/v1/computers/C1/software/report",
+            json!({"url": "/srv/other.toml", "state": "available"}),
+            S::NOT_FOUND,
+            nf,
+            "/srv/other.toml",
+        ),
+        Bad {
+            who: Some("C1/slappart7"),
+            ..bad(
+                "POST",
+                "/v1/instances",
+                json!({"title": "x", "software_url": SR}),
+                S::NOT_FOUND,
+                nf,
+                "C1/slappart7",
+            )
+        },
+        bad(
+            "GET",
+            "/v1/nothing/here",
+            Value::Null,
+            S::NOT_FOUND,
+            nf,
+            "/v1/nothing/here",
+        ),
+        bad(
+            "DELETE",
+            "/v1/instances",
+            Value::Null,
+            S::METHOD_NOT_ALLOWED,
+            br,
+            "DELETE",
+        ),
+        // Conflicts: same title with another release; no free partition; removing a used release.
+        bad(
+            "POST",
+            "/v1/instances",
+            json!({"title": "web", "software_url": "/srv/sr/other.toml"}),
+            S::CONFLICT,
+            cf,
+            SR,
+        ),
+        bad(
+            "POST",
+            "/v1/instances",
+            json!({"title": "more", "software_url": SR, "sla": {"region": "eu"}}),
+            S::CONFLICT,
+            "no_allocation",
+            "{region=eu}",
+        ),
+        bad(
+            "POST",
+            "/v1/computers/C1/software",
+            json!({"url": SR, "state": "destroyed"}),
+            S::CONFLICT,
+            cf,
+            "web",
+        ),
+        // Oversize body.
+        Bad {
+            body: oversize,
+            ..bad(
+                "POST",
+                "/v1/instances",
+                Value::Null,
+                S::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "larger than",
+            )
+        },
+    ];
+    for case in cases {
+        let mut req = Request::builder().method(case.method).uri(case.uri);
+        if let Some(w) = case.who {
+            req = req.header(PARTITION_HEADER, w);
+        }
+        let (status, body, _) = env.send(req.body(Body::from(case.body)).unwrap()).await;
+        let what = format!("{} {}", case.method, case.uri);
+        assert_eq!(status, case.status, "{what}: {body}");
+        assert_eq!(body["kind"], case.kind, "{what}: {body}");
+        let msg = body["error"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(case.needle),
+            "{what}: error {msg:?} lacks {:?}",
+            case.needle
+        );
+    }
     assert_eq!(
         env.master.state().hub.channels(),
         0,
         "unknown computer left a channel"
     );
-    let got = env
-        .post(
-            "/v1/computers/C1/partitions/slappart9/connection",
-            json!({"parameters": {}}),
-        )
-        .await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "slappart9");
-    let got = env.get("/v1/instances/ghost").await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "ghost");
-    let got = env
-        .post("/v1/instances/ghost/state", json!({"state": "stopped"}))
-        .await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "ghost");
-    let got = env
-        .post(
-            "/v1/computers/C1/software/report",
-            json!({"url": "/srv/other.toml", "state": "available"}),
-        )
-        .await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "/srv/other.toml");
-    let got = env.get("/v1/nothing/here").await;
-    assert_error(got, StatusCode::NOT_FOUND, "not_found", "/v1/nothing/here");
-    let req = Request::delete("/v1/instances")
-        .body(Body::empty())
-        .unwrap();
-    let (s, b, _) = env.send(req).await;
-    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
-    // Conflicts: same title with another release; no free partition.
-    let got = env
-        .post(
-            "/v1/instances",
-            json!({"title": "web", "software_url": "/srv/sr/other.toml"}),
-        )
-        .await;
-    assert_error(got, StatusCode::CONFLICT, "conflict", SR);
-    let got = env
-        .post(
-            "/v1/instances",
-            json!({"title": "more", "software_url": SR, "sla": {"region": "eu"}}),
-        )
-        .await;
-    assert_error(got, StatusCode::CONFLICT, "no_allocation", "{region=eu}");
-    // Oversize body.
-    let mut big =
-        b"{\"title\": \"x\", \"software_url\": \"/a\", \"parameters\": {\"p\": \"".to_vec();
-    big.resize(MAX_BODY_BYTES + 10, b'a');
-    big.extend_from_slice(b"\"}}");
-    let got = env.post_raw("/v1/instances", big, None).await;
-    assert_error(
-        got,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
-        "larger than",
-    );
-
     assert_eq!(env.dump(), before, "a refused call changed the database");
 }
 

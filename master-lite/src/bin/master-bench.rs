@@ -150,9 +150,7 @@ fn start(server: &Path, db: &Path) -> Result<(Server, String)> {
     let server = Server(child);
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
+    let url = master_lite::listening_url(&line)
         .with_context(|| format!("unexpected server output {line:?}"))?
         .to_owned();
     Ok((server, url))

@@ -287,17 +287,10 @@ impl Store {
             .optional()
             .op("look up a release")?;
         match (req.state, current.as_deref()) {
-            (SupplyState::Available, None) => {
+            (SupplyState::Available, None | Some("destroyed")) => {
                 tx.execute(
-                    "INSERT INTO software (computer, url, requested) VALUES (?1, ?2, 'available')",
-                    [cs, url],
-                )
-                .op("supply a release")?;
-                tx.bump_computer(cs)?;
-            }
-            (SupplyState::Available, Some("destroyed")) => {
-                tx.execute(
-                    "UPDATE software SET requested = 'available' WHERE computer = ?1 AND url = ?2",
+                    "INSERT INTO software (computer, url, requested) VALUES (?1, ?2, 'available')
+                     ON CONFLICT (computer, url) DO UPDATE SET requested = 'available'",
                     [cs, url],
                 )
                 .op("supply a release")?;

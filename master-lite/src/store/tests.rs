@@ -82,6 +82,11 @@ fn report(state: InstanceState) -> PartitionReport {
     }
 }
 
+/// The node reports partition `p` of C1 in `state`.
+fn node_reports(s: &mut Store, p: &PartitionId, state: InstanceState) -> Result<ReportAck> {
+    s.report_partition(&cid("C1"), p, &report(state), 100)
+}
+
 fn etag(s: &mut Store, c: &str) -> String {
     s.desired(&cid(c), None).unwrap().unwrap().etag
 }
@@ -380,38 +385,17 @@ fn destroying_a_root_destroys_its_tree_and_frees_bottom_up() {
         assert_eq!(i.state, InstanceState::Destroyed, "{t}");
     }
     // The root cannot be freed while children hold partitions.
-    let ack = s
-        .report_partition(
-            &cid("C1"),
-            &root.partition,
-            &report(InstanceState::Destroyed),
-            5,
-        )
-        .unwrap();
+    let ack = node_reports(&mut s, &root.partition, InstanceState::Destroyed).unwrap();
     assert!(!ack.freed);
     assert_eq!(ack.waiting_for, vec![title("child")]);
-    let ack = s
-        .report_partition(
-            &cid("C1"),
-            &child.partition,
-            &report(InstanceState::Destroyed),
-            5,
-        )
-        .unwrap();
+    let ack = node_reports(&mut s, &child.partition, InstanceState::Destroyed).unwrap();
     assert_eq!(ack.waiting_for, vec![title("grand")]);
     // Bottom-up: the grandchild goes, its parent is bumped so the node reports again.
     let child_rev = s
         .instance(&title("child"), Some(&title("root")))
         .unwrap()
         .revision;
-    let ack = s
-        .report_partition(
-            &cid("C1"),
-            &grandchild.partition,
-            &report(InstanceState::Destroyed),
-            6,
-        )
-        .unwrap();
+    let ack = node_reports(&mut s, &grandchild.partition, InstanceState::Destroyed).unwrap();
     assert!(ack.freed);
     assert!(
         s.instance(&title("child"), Some(&title("root")))
@@ -420,47 +404,26 @@ fn destroying_a_root_destroys_its_tree_and_frees_bottom_up() {
             > child_rev
     );
     assert!(
-        s.report_partition(
-            &cid("C1"),
-            &child.partition,
-            &report(InstanceState::Destroyed),
-            7
-        )
-        .unwrap()
-        .freed
+        node_reports(&mut s, &child.partition, InstanceState::Destroyed)
+            .unwrap()
+            .freed
     );
     assert!(
-        s.report_partition(
-            &cid("C1"),
-            &root.partition,
-            &report(InstanceState::Destroyed),
-            8
-        )
-        .unwrap()
-        .freed
+        node_reports(&mut s, &root.partition, InstanceState::Destroyed)
+            .unwrap()
+            .freed
     );
     assert!(s.instances().unwrap().is_empty());
     let c = s.computer(&cid("C1")).unwrap();
     assert!(c.partitions.iter().all(|p| p.instance.is_none()));
     // A destroyed report for a free partition is acknowledged (idempotent); others conflict.
     assert!(
-        s.report_partition(
-            &cid("C1"),
-            &root.partition,
-            &report(InstanceState::Destroyed),
-            9
-        )
-        .unwrap()
-        .freed
+        node_reports(&mut s, &root.partition, InstanceState::Destroyed)
+            .unwrap()
+            .freed
     );
     assert!(matches!(
-        s.report_partition(
-            &cid("C1"),
-            &root.partition,
-            &report(InstanceState::Started),
-            9
-        )
-        .unwrap_err(),
+        node_reports(&mut s, &root.partition, InstanceState::Started).unwrap_err(),
         ApiError::Conflict(_)
     ));
 }
@@ -488,13 +451,7 @@ fn revisions_never_repeat_after_a_partition_is_reallocated() {
     let a = s.request(&req("a", SR), None, 2).unwrap();
     s.set_state(&title("a"), InstanceState::Destroyed).unwrap();
     let last = assignment(&mut s, "C1", "slappart0").unwrap().revision;
-    s.report_partition(
-        &cid("C1"),
-        &a.partition,
-        &report(InstanceState::Destroyed),
-        3,
-    )
-    .unwrap();
+    node_reports(&mut s, &a.partition, InstanceState::Destroyed).unwrap();
     assert!(assignment(&mut s, "C1", "slappart0").is_none());
     let b = s.request(&req("b", SR), None, 4).unwrap();
     assert_eq!(b.partition, a.partition);
