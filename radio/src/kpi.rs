@@ -426,9 +426,14 @@ pub fn kpis(
     m
 }
 
-/// A number rounded to 6 significant digits (no float noise in connection parameters).
+/// A number without float noise: 3 decimals from 1 up (timestamps keep their ms), 6
+/// significant digits below (ratios such as 2.41e-3).
 fn num(v: f64) -> Value {
-    let rounded: f64 = format!("{v:.5e}").parse().unwrap_or(v);
+    let rounded = if v.abs() >= 1.0 {
+        (v * 1000.0).round() / 1000.0
+    } else {
+        format!("{v:.5e}").parse().unwrap_or(v)
+    };
     serde_json::Number::from_f64(rounded)
         .map(Value::Number)
         .unwrap_or(Value::Null)
@@ -628,6 +633,15 @@ mod tests {
         assert_eq!(k["kpi-tti-miss-ratio"], 0.0005);
         assert_eq!(k["kpi-rx-max-dbfs"], -3.0);
         assert_eq!(k["kpi-age-s"], 1.0);
+        assert_eq!(
+            kpis(
+                &[rec(1_795_322_709.948, 2.0, 2.5, 1.0, 0, &[])],
+                1,
+                None,
+                None
+            )["kpi-last-utc"],
+            1_795_322_709.948
+        );
         assert!(k.values().all(|v| !v.is_object() && !v.is_array()));
         let e = kpis(&[], 5, None, None);
         assert_eq!(e["kpi-cell-up"], false);

@@ -19,6 +19,7 @@
 use crate::bands::nr;
 use crate::cpulist;
 use crate::plan::Plan;
+use crate::stats::TtiStats;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -200,7 +201,7 @@ pub fn derive(plan: &Plan, opts: &RtOptions) -> RtProfile {
 }
 
 /// Facts about the host and the running workload. `None` means "could not be read".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostFacts {
     /// Online CPUs (`/sys/devices/system/cpu/online`).
     pub online_cpus: Vec<u32>,
@@ -225,7 +226,7 @@ pub struct HostFacts {
 }
 
 /// Scheduling state the workload observed for itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
     /// `fifo`, `rr` or `other`.
     pub policy: String,
@@ -237,6 +238,24 @@ pub struct Observed {
     pub mlocked: bool,
     /// Why it could not get what it asked for, if it said.
     pub note: Option<String>,
+    /// Share of one CPU its RT loop is busy (work time / period), if known.
+    pub busy_fraction: Option<f64>,
+}
+
+impl From<&TtiStats> for Observed {
+    /// What a stand-in's statistics say about its scheduling. The busy share is the average
+    /// work time (processing − wake-up latency) over the period.
+    fn from(t: &TtiStats) -> Self {
+        Observed {
+            policy: t.policy.clone(),
+            priority: t.priority,
+            cpus: t.cpu_list(),
+            mlocked: t.mlocked,
+            note: t.note.clone(),
+            busy_fraction: (t.period_us > 0 && t.count > 0)
+                .then(|| (t.processing_us.avg - t.wakeup_us.avg).max(0.0) / f64::from(t.period_us)),
+        }
+    }
 }
 
 /// How serious a [`Problem`] is.
@@ -349,6 +368,19 @@ pub fn check_host(profile: &RtProfile, facts: &HostFacts) -> Vec<Problem> {
                     "the workload runs at priority {} instead of {}",
                     obs.priority,
                     profile.priority.unwrap_or(0)
+                ),
+            );
+        }
+        let budget = profile.rt_runtime_us.unwrap_or(950_000) as f64 / 1e6;
+        if let Some(busy) = obs.busy_fraction.filter(|&b| wants_rt && b > 0.9 * budget) {
+            push(
+                Severity::Error,
+                "rt-budget",
+                format!(
+                    "the RT loop keeps a CPU {:.0}% busy but the partition's RT budget is {:.0}% (rt_runtime_us {}): it will be throttled; raise rt_runtime_us or lower the work",
+                    busy * 100.0,
+                    budget * 100.0,
+                    profile.rt_runtime_us.unwrap_or(950_000)
                 ),
             );
         }
@@ -529,6 +561,7 @@ mod tests {
             cpus: vec![0, 1, 2, 3],
             mlocked: false,
             note: Some("sched_setscheduler: Operation not permitted".into()),
+            busy_fraction: Some(0.2),
         });
         let p = check_host(&fifo(1), &h);
         assert_eq!(
@@ -547,8 +580,35 @@ mod tests {
             cpus: vec![2],
             mlocked: true,
             note: None,
+            busy_fraction: Some(0.2),
         });
         assert!(check_host(&fifo(1), &h).is_empty());
+        // 20% busy with a 20% budget: throttled.
+        let mut small = fifo(1);
+        small.rt_runtime_us = Some(200_000);
+        assert_eq!(codes(&check_host(&small, &h)), vec!["rt-budget"]);
+    }
+
+    #[test]
+    fn observed_from_statistics() {
+        let t = TtiStats {
+            period_us: 1000,
+            count: 10,
+            cpus: "1".into(),
+            policy: "fifo".into(),
+            priority: 80,
+            wakeup_us: crate::stats::Percentiles {
+                avg: 15.0,
+                ..Default::default()
+            },
+            processing_us: crate::stats::Percentiles {
+                avg: 225.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let o = Observed::from(&t);
+        assert_eq!((o.cpus, o.busy_fraction), (vec![1], Some(0.21)));
     }
 
     #[test]

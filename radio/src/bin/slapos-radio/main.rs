@@ -378,13 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let observed = kpi::window(&log.records, 1)
                     .last()
                     .and_then(|r| r.data.tti.as_ref())
-                    .map(|t| Observed {
-                        policy: t.policy.clone(),
-                        priority: t.priority,
-                        cpus: t.cpu_list(),
-                        mlocked: t.mlocked,
-                        note: t.note.clone(),
-                    });
+                    .map(Observed::from);
                 let facts = host::gather(&root, pool, reserved.unwrap_or_default(), observed);
                 let problems = rtprofile::check_host(&profile, &facts);
                 if problems.is_empty() {
