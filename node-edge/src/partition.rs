@@ -494,6 +494,7 @@ impl Actor {
                 .resources
                 .apply(&self.layout.id, &m.resources)
                 .map_err(|e| e.to_string())?;
+            let hook = setup.hook.clone();
             let resources_changed = self.resources.as_ref() != Some(&m.resources);
             self.resources = Some(m.resources.clone());
 
@@ -502,9 +503,11 @@ impl Actor {
                 .services
                 .iter()
                 .map(|s| {
+                    let mut env = setup.env.clone();
+                    env.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
                     (
                         s.name.clone(),
-                        make(&s.command, &s.env, s.cwd.as_deref(), setup.clone()),
+                        make(&s.command, &env, s.cwd.as_deref(), hook.clone()),
                     )
                 })
                 .collect();

@@ -6,7 +6,9 @@
 //! 1. at node start, [`Resources::labels`] adds computer labels (e.g. `rt_cpus`);
 //! 2. before a partition's services start, [`Resources::apply`] validates and applies the profile
 //!    (idempotent: after a node restart it adopts what it set up before) and returns a
-//!    [`ChildSetup`] hook, run in every service process between fork and exec;
+//!    [`ProcessSetup`]: a [`ChildSetup`] hook run in every service process between fork and exec
+//!    (before the switch to the partition's uid/gid, so it may still use the node's privileges),
+//!    and environment variables for the services (e.g. `SLAPOS_RT_CPUS`);
 //! 3. when the partition stops, is destroyed or the node shuts down, [`Resources::release`].
 //!
 //! The default, [`NoResources`], enforces nothing, so it **refuses** what a partition cannot do
@@ -20,10 +22,28 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use slapos_proto::PartitionId;
 
-/// Runs in the child between fork and exec (`pre_exec`). It must only make async-signal-safe
-/// calls (no allocation, no locks): join a cgroup by writing a pre-opened fd, `sched_setscheduler`,
-/// `mlockall`, `setrlimit`.
+/// Runs in the child between fork and exec (`pre_exec`), before the partition's uid/gid are
+/// taken. It must only make async-signal-safe calls (no allocation, no locks): join a cgroup by
+/// writing a prepared path, `sched_setscheduler`, `mlockall`, `setrlimit`.
 pub type ChildSetup = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+/// What an applied profile gives the partition's service processes.
+#[derive(Clone, Default)]
+pub struct ProcessSetup {
+    /// Hook run in each service process before exec.
+    pub hook: Option<ChildSetup>,
+    /// Extra environment of each service (changing it restarts the services).
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ProcessSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessSetup")
+            .field("hook", &self.hook.is_some())
+            .field("env", &self.env)
+            .finish()
+    }
+}
 
 /// A resource profile could not be applied or released.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +67,7 @@ pub trait Resources: Send + Sync + 'static {
         &self,
         partition: &PartitionId,
         spec: &Map<String, Value>,
-    ) -> Result<Option<ChildSetup>, ResourceError>;
+    ) -> Result<ProcessSetup, ResourceError>;
 
     /// Undo [`Resources::apply`]. Idempotent; releasing a partition never applied is a no-op.
     fn release(&self, partition: &PartitionId) -> Result<(), ResourceError>;
@@ -65,7 +85,7 @@ impl Resources for NoResources {
         &self,
         partition: &PartitionId,
         spec: &Map<String, Value>,
-    ) -> Result<Option<ChildSetup>, ResourceError> {
+    ) -> Result<ProcessSetup, ResourceError> {
         let refuse = |what: String| ResourceError {
             partition: partition.to_string(),
             reason: format!(
@@ -93,7 +113,7 @@ impl Resources for NoResources {
                 "resources {ignored:?} are not enforced: no resource manager on this node"
             );
         }
-        Ok(None)
+        Ok(ProcessSetup::default())
     }
 
     fn release(&self, _: &PartitionId) -> Result<(), ResourceError> {
@@ -125,16 +145,15 @@ mod tests {
                 "{msg}"
             );
         }
-        assert!(NoResources.apply(&p, &spec("{}")).unwrap().is_none());
-        assert!(
-            NoResources
-                .apply(
-                    &p,
-                    &spec(r#"{"memory_max_bytes":1048576,"policy":"other","mlock":false}"#)
-                )
-                .unwrap()
-                .is_none()
-        );
+        let none = NoResources.apply(&p, &spec("{}")).unwrap();
+        assert!(none.hook.is_none() && none.env.is_empty());
+        let limits = NoResources
+            .apply(
+                &p,
+                &spec(r#"{"memory_max_bytes":1048576,"policy":"other","mlock":false}"#),
+            )
+            .unwrap();
+        assert!(limits.hook.is_none());
         NoResources.release(&p).unwrap();
     }
 }

@@ -78,19 +78,48 @@ impl Launch {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(id) = self.identity {
-            cmd.uid(id.uid).gid(id.gid);
-        }
-        if let Some(setup) = self.setup.clone() {
-            // SAFETY: `pre_exec` runs the hook in the forked child before exec; the
-            // `ChildSetup` contract (see `resources`) requires it to make only
-            // async-signal-safe calls, which is what makes calling it there sound.
-            unsafe {
-                cmd.pre_exec(move || setup());
+        match (self.setup.clone(), self.identity) {
+            (None, None) => {}
+            (None, Some(id)) => {
+                cmd.uid(id.uid).gid(id.gid);
+            }
+            // std switches uid/gid *before* pre_exec hooks run; the resource hook may need the
+            // node's privileges (joining cgroups, SCHED_FIFO), so the switch is done by hand
+            // after it.
+            (Some(setup), identity) => {
+                // SAFETY: the closure runs in the forked child before exec. The `ChildSetup`
+                // contract (see `resources`) requires the hook to be async-signal-safe, and
+                // `drop_to` only makes the async-signal-safe calls setgroups/setgid/setuid.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        setup()?;
+                        match identity {
+                            Some(id) => drop_to(id),
+                            None => Ok(()),
+                        }
+                    });
+                }
             }
         }
         cmd
     }
+}
+
+/// Take `id`'s gid and uid, with no supplementary groups (async-signal-safe).
+fn drop_to(id: Identity) -> std::io::Result<()> {
+    // SAFETY: setgroups with a zero count never reads the (null) list.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: plain syscall with an integer argument.
+    if unsafe { libc::setgid(id.gid) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: plain syscall with an integer argument.
+    if unsafe { libc::setuid(id.uid) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Timing and log settings of a service.

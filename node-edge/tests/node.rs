@@ -384,3 +384,94 @@ async fn failures_stay_in_their_partition() {
     assert_eq!(r.state, InstanceState::Started);
     node.shutdown().await;
 }
+
+/// A fake resource manager: records calls, adds a label and an environment variable.
+#[derive(Default)]
+struct FakeResources {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl node_edge::resources::Resources for FakeResources {
+    fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        [("rt_cpus".to_owned(), "1".to_owned())].into()
+    }
+
+    fn apply(
+        &self,
+        partition: &slapos_proto::PartitionId,
+        spec: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<node_edge::resources::ProcessSetup, node_edge::resources::ResourceError> {
+        self.calls.lock().unwrap().push(format!(
+            "apply {partition} {}",
+            serde_json::Value::Object(spec.clone())
+        ));
+        Ok(node_edge::resources::ProcessSetup {
+            hook: Some(std::sync::Arc::new(|| Ok(()))),
+            env: [("SLAPOS_RT_CPUS".to_owned(), "1".to_owned())].into(),
+        })
+    }
+
+    fn release(
+        &self,
+        partition: &slapos_proto::PartitionId,
+    ) -> Result<(), node_edge::resources::ResourceError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release {partition}"));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_plugged_resource_manager_gets_the_profile() {
+    let d = tempfile::tempdir().unwrap();
+    let m = FakeMaster::start(COMPUTER, 1);
+    let cfg = config(&m, d.path(), 1);
+    let rt = std::sync::Arc::new(FakeResources::default());
+    let seams = node_edge::Seams {
+        resources: rt.clone(),
+        ..node_edge::Seams::default()
+    };
+    let (stop, rx) = oneshot::channel::<()>();
+    let node = tokio::spawn(node_edge::run_with(cfg.clone(), seams, async move {
+        let _ = rx.await;
+    }));
+    let reg = until(10, "registration", || {
+        m.with(|s| s.registrations.first().cloned())
+    })
+    .await;
+    assert_eq!(
+        reg.labels[&slapos_proto::LabelKey::parse("rt_cpus").unwrap()],
+        "1"
+    );
+
+    let sr = release(
+        &d.path().join("releases"),
+        "rt",
+        "[[service]]\nname = \"s\"\ncommand = [\"sh\", \"-c\", \"echo $SLAPOS_RT_CPUS > rt.txt; exec sleep 60\"]\n[resources]\ncpus = 1\npolicy = \"fifo\"\npriority = 80\n",
+    );
+    m.assign(0, assignment("rt", &sr, json!({})));
+    report_with(&m, "slappart0", 30, "started", |r| {
+        r.state == InstanceState::Started
+    })
+    .await;
+    let rt_txt = cfg.instance_root.join("slappart0/rt.txt");
+    let cpus = until(10, "service env", || std::fs::read_to_string(&rt_txt).ok()).await;
+    assert_eq!(cpus.trim(), "1");
+    m.change(0, |a| a.state = InstanceState::Stopped);
+    report_with(&m, "slappart0", 30, "stopped", |r| {
+        r.state == InstanceState::Stopped
+    })
+    .await;
+    let calls = rt.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            r#"apply slappart0 {"cpus":1,"policy":"fifo","priority":80}"#,
+            "release slappart0"
+        ]
+    );
+    let _ = stop.send(());
+    node.await.unwrap().unwrap();
+}

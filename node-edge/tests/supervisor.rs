@@ -157,3 +157,45 @@ async fn stop_sends_term_to_the_group_and_kills_what_ignores_it() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("killed (KILL after stop timeout)"), "{log}");
 }
+
+/// Root only: the resource hook runs with the node's privileges, then the process takes the
+/// partition's uid/gid (std would switch first and the hook would lose its privileges).
+#[tokio::test]
+async fn resource_hook_runs_before_the_identity_switch() {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("needs root (SLAPOS_REQUIRE_PRIVILEGED=1)");
+        }
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut p = params(
+        d.path(),
+        "dropped",
+        "{ id -u; id -g; cut -d' ' -f19 /proc/self/stat; } > out.tmp; mv out.tmp out; exec sleep 30",
+    );
+    p.launch.identity = Some(node_edge::isolation::Identity {
+        uid: 65534,
+        gid: 65534,
+    });
+    // Lowering the nice value needs privileges: it fails if run after the switch.
+    p.launch.setup = Some(std::sync::Arc::new(|| {
+        // SAFETY: one async-signal-safe syscall with integer arguments.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -3) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }));
+    let svc = Service::start(p);
+    let out = d.path().join("out");
+    let text = common::until(10, "service output", || std::fs::read_to_string(&out).ok()).await;
+    svc.stop().await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines, ["65534", "65534", "-3"], "{text}");
+}
