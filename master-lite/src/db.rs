@@ -43,7 +43,12 @@ pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
         .spawn(move || {
             let mut store = store;
             while let Some(job) = rx.blocking_recv() {
-                job(&mut store);
+                // A panicking job rolls its transaction back (the Transaction drops) and its
+                // caller gets an internal error; the worker keeps serving the others.
+                let run = std::panic::AssertUnwindSafe(|| job(&mut store));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("a database job panicked; its transaction was rolled back");
+                }
                 for (computer, etag) in store.take_touched() {
                     hub.notify(&computer, etag);
                 }

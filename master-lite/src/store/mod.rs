@@ -166,9 +166,9 @@ impl Store {
             params![c, ms(now_ms)],
         )
         .op("insert a computer")?;
-        tx.execute("DELETE FROM label WHERE computer = ?1", [c])
-            .op("replace labels")?;
-        {
+        if labels(&tx, c)? != reg.labels {
+            tx.execute("DELETE FROM label WHERE computer = ?1", [c])
+                .op("replace labels")?;
             let mut ins = tx
                 .prepare_cached("INSERT INTO label (computer, key, value) VALUES (?1, ?2, ?3)")
                 .op("replace labels")?;
@@ -1198,6 +1198,23 @@ fn software_from(
     })
 }
 
+fn labels(tx: &Transaction<'_>, c: &str) -> Result<BTreeMap<LabelKey, String>> {
+    let mut st = tx
+        .prepare_cached("SELECT key, value FROM label WHERE computer = ?1")
+        .op("read labels")?;
+    let rows = st
+        .query_map([c], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .op("read labels")?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (k, v) = row.op("read labels")?;
+        out.insert(decode::<LabelKey>(&k)?, v);
+    }
+    Ok(out)
+}
+
 fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
     let last_seen: Option<i64> = tx
         .query_row(
@@ -1206,21 +1223,7 @@ fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
             |r| r.get(0),
         )
         .op("read a computer")?;
-    let mut labels = BTreeMap::new();
-    {
-        let mut st = tx
-            .prepare_cached("SELECT key, value FROM label WHERE computer = ?1")
-            .op("read labels")?;
-        let rows = st
-            .query_map([c], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .op("read labels")?;
-        for row in rows {
-            let (k, v) = row.op("read labels")?;
-            labels.insert(decode::<LabelKey>(&k)?, v);
-        }
-    }
+    let labels = labels(tx, c)?;
     let mut partitions = Vec::new();
     {
         let mut st = tx
@@ -1301,6 +1304,18 @@ fn update_instance(
             req.software_url
         )));
     }
+    // Re-parenting must not make the instance its own ancestor: a cycle could never be freed.
+    if let Some(r) = requester
+        && e.requester != Some(r.id)
+        && (r.id == e.id || is_ancestor(tx, e.id, r.id)?)
+    {
+        return Err(ApiError::Conflict(format!(
+            "instance {:?} cannot request {:?}{}: it is that instance or one of its descendants",
+            r.title,
+            e.title,
+            tree_suffix(&e.root)
+        )));
+    }
     let current = instance_state(&e.state)?;
     let mut state = req.state.unwrap_or(current);
     // As in SlapOS: a child re-requested while its tree root is not started follows the root.
@@ -1342,6 +1357,19 @@ fn update_instance(
         set_tree_state(tx, &e.title, state)?;
     }
     Ok(e.id)
+}
+
+/// Whether `ancestor` is on the requester chain above instance `id`.
+fn is_ancestor(tx: &Transaction<'_>, ancestor: i64, id: i64) -> Result<bool> {
+    tx.query_row(
+        "WITH RECURSIVE up(id) AS (
+             SELECT requester FROM instance WHERE id = ?1
+             UNION SELECT i.requester FROM instance i JOIN up ON i.id = up.id)
+         SELECT EXISTS (SELECT 1 FROM up WHERE id = ?2)",
+        params![id, ancestor],
+        |r| r.get(0),
+    )
+    .op("check the requester chain")
 }
 
 /// Apply a root's state to its tree: every member gets `state`, except that members already

@@ -718,3 +718,49 @@ fn everything_acknowledged_survives_a_reopen() {
         .unwrap();
     assert!(changed.revision > rev && changed.revision < 999_999);
 }
+
+#[test]
+fn re_parenting_moves_a_child_but_never_makes_a_cycle() {
+    let mut s = ready(4);
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let rp = at("C1", root.partition.as_str());
+    let c1 = s.request(&req("c1", SR), Some(&rp), 3).unwrap();
+    let p1 = at("C1", c1.partition.as_str());
+    let c2 = s.request(&req("c2", SR), Some(&p1), 4).unwrap();
+    let p2 = at("C1", c2.partition.as_str());
+    s.take_touched();
+    let before = dump(s.connection());
+    // c2 asking for c1 (its own parent) or c1 asking for itself would form a cycle.
+    for (who, t) in [(&p2, "c1"), (&p1, "c1")] {
+        let err = s.request(&req(t, SR), Some(who), 5).unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("descendants"), "{err}");
+    }
+    assert_eq!(dump(s.connection()), before);
+    assert!(s.take_touched().is_empty());
+    // The root taking c2 over is fine: both parents are bumped, the children lists follow.
+    let r_rev = s.instance(&title("root"), None).unwrap().revision;
+    let c1_rev = s
+        .instance(&title("c1"), Some(&title("root")))
+        .unwrap()
+        .revision;
+    let moved = s.request(&req("c2", SR), Some(&rp), 6).unwrap();
+    assert_eq!(moved.requester.as_deref(), Some("C1/slappart0"));
+    assert_eq!(moved.partition, c2.partition, "re-parenting re-allocated");
+    let root = s.instance(&title("root"), None).unwrap();
+    let c1 = s.instance(&title("c1"), Some(&title("root"))).unwrap();
+    assert!(root.revision > r_rev && c1.revision > c1_rev);
+    assert_eq!(root.children, vec![title("c1"), title("c2")]);
+    assert!(c1.children.is_empty());
+}
+
+#[test]
+fn a_panicking_job_does_not_kill_the_worker() {
+    let hub = std::sync::Arc::new(crate::hub::Hub::default());
+    let (db, _worker) = crate::db::start(store(), hub).unwrap();
+    let err = db
+        .call_blocking(|_s: &mut Store| -> Result<()> { panic!("boom") })
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Internal(_)), "{err}");
+    assert!(db.call_blocking(|s| s.computers()).unwrap().is_empty());
+}
