@@ -19,12 +19,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{FakeMaster, assignment};
 use node_edge::Config;
-use node_edge::fetch::sha256_hex;
 use slapos_proto::{ComputerId, InstanceState};
 
 const PROFILE: &str = r#"[[service]]
@@ -37,23 +35,9 @@ command = ["true"]
 partition = {{ partition.id | toml }}
 "#;
 
-fn release(dir: &Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("instance.toml.in"), PROFILE).unwrap();
-    std::fs::write(
-        dir.join("software.toml"),
-        format!(
-            "[[artifact]]\nurl = \"instance.toml.in\"\nsha256 = \"{}\"\n[instance]\ndefault = \"instance.toml.in\"\n",
-            sha256_hex(PROFILE.as_bytes())
-        ),
-    )
-    .unwrap();
-    dir.join("software.toml").display().to_string()
-}
-
 fn converge(n: u32, passes: usize) -> (Duration, Duration) {
     let d = tempfile::tempdir().unwrap();
-    let sr = release(&d.path().join("sr"));
+    let sr = common::write_release(&d.path().join("sr"), PROFILE);
     let m = FakeMaster::start("BENCH", n);
     let mut cfg = Config::new(
         m.url.clone(),

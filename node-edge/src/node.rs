@@ -131,18 +131,7 @@ impl Node {
                 self.slots.insert(url.clone(), Slot::Available(dir));
                 self.report(&url, InstallState::Available, None);
             }
-            SwDone::Installed(url, Err(e)) => {
-                let message = e.to_string();
-                tracing::error!(software = %url, "{message}");
-                self.slots.insert(
-                    url.clone(),
-                    Slot::Failed {
-                        message: message.clone(),
-                        retry_at: Instant::now() + self.cfg.install_retry,
-                    },
-                );
-                self.report(&url, InstallState::Error, Some(message));
-            }
+            SwDone::Installed(url, Err(e)) => self.failed(url, e.to_string()),
             SwDone::Removed(url, Ok(())) => {
                 tracing::info!(software = %url, "software release removed");
                 self.slots.insert(url.clone(), Slot::Removed);
@@ -153,17 +142,22 @@ impl Node {
                     "failed to remove `{}`: {e}",
                     self.installer.dir(&url).display()
                 );
-                tracing::error!(software = %url, "{message}");
-                self.slots.insert(
-                    url.clone(),
-                    Slot::Failed {
-                        message: message.clone(),
-                        retry_at: Instant::now() + self.cfg.install_retry,
-                    },
-                );
-                self.report(&url, InstallState::Error, Some(message));
+                self.failed(url, message);
             }
         }
+    }
+
+    /// An install or removal failed: report it and retry after `install_retry`.
+    fn failed(&mut self, url: SoftwareUrl, message: String) {
+        tracing::error!(software = %url, "{message}");
+        self.slots.insert(
+            url.clone(),
+            Slot::Failed {
+                message: message.clone(),
+                retry_at: Instant::now() + self.cfg.install_retry,
+            },
+        );
+        self.report(&url, InstallState::Error, Some(message));
     }
 
     fn reconcile(&mut self) {

@@ -224,20 +224,9 @@ async fn node_restart_while_master_is_down_brings_services_back_from_the_cache()
     node.shutdown().await;
 }
 
-/// A release in `dir` with one profile (and a `sleep` service unless the profile says otherwise).
+/// A release named `name` under `dir` with `profile`.
 fn release(dir: &Path, name: &str, profile: &str) -> String {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("instance.toml.in"), profile).unwrap();
-    std::fs::write(
-        d.join("software.toml"),
-        format!(
-            "[[artifact]]\nurl = \"instance.toml.in\"\nsha256 = \"{}\"\n[instance]\ndefault = \"instance.toml.in\"\n",
-            sha256_hex(profile.as_bytes())
-        ),
-    )
-    .unwrap();
-    d.join("software.toml").display().to_string()
+    common::write_release(&dir.join(name), profile)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> PathBuf {

@@ -151,6 +151,14 @@ fn respond(s: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
     )
 }
 
+fn respond_down(s: &mut TcpStream) -> std::io::Result<()> {
+    respond(
+        s,
+        "503 Service Unavailable",
+        r#"{"kind":"internal","error":"down"}"#,
+    )
+}
+
 fn handle(mut s: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()> {
     let mut r = BufReader::new(s.try_clone()?);
     let mut line = String::new();
@@ -189,11 +197,7 @@ fn handle(mut s: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()>
     let mut g = m.lock().unwrap();
     if g.down {
         drop(g);
-        return respond(
-            &mut s,
-            "503 Service Unavailable",
-            r#"{"kind":"internal","error":"down"}"#,
-        );
+        return respond_down(&mut s);
     }
     match (method.as_str(), seg.as_slice()) {
         ("GET", ["v1", "health"]) => {
@@ -234,11 +238,7 @@ fn handle(mut s: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()>
             }
             if g.down {
                 drop(g);
-                return respond(
-                    &mut s,
-                    "503 Service Unavailable",
-                    r#"{"kind":"internal","error":"down"}"#,
-                );
+                return respond_down(&mut s);
             }
             let d = g.desired.clone().unwrap();
             drop(g);
@@ -371,6 +371,21 @@ pub fn http_get(url: &str) -> Option<String> {
     head.starts_with("HTTP/1.0 200")
         .then(|| body.to_owned())
         .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
+}
+
+/// Write a release with one artifact, its profile, into `dir`; returns the manifest path.
+pub fn write_release(dir: &Path, profile: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("instance.toml.in"), profile).unwrap();
+    std::fs::write(
+        dir.join("software.toml"),
+        format!(
+            "[[artifact]]\nurl = \"instance.toml.in\"\nsha256 = \"{}\"\n[instance]\ndefault = \"instance.toml.in\"\n",
+            node_edge::fetch::sha256_hex(profile.as_bytes())
+        ),
+    )
+    .unwrap();
+    dir.join("software.toml").display().to_string()
 }
 
 /// The repository's `examples/<name>/software.toml`.
