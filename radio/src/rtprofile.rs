@@ -2,7 +2,7 @@
 //!
 //! [`RtProfile`] has exactly the field names of the partition `[resources]` table (the `rt`
 //! crate owns the authoritative type, `rt::ProfileSpec`; this crate is a leaf and mirrors it).
-//! [`derive`] computes it from a [`Plan`]; [`check_host`] compares it with [`HostFacts`] (plain
+//! [`derive()`] computes it from a [`Plan`]; [`check_host`] compares it with [`HostFacts`] (plain
 //! data gathered by a binary from `/proc`, `/sys` and the workload's own statistics) and returns
 //! problems with messages an operator can act on. Errors fail the promise; warnings are shown.
 //!
@@ -130,7 +130,7 @@ impl RtProfile {
     }
 }
 
-/// Knobs of [`derive`]; the defaults are the documented sizing rules.
+/// Knobs of [`derive()`]; the defaults are the documented sizing rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtOptions {
     /// FIFO priority of the stack.
