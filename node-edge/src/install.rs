@@ -288,8 +288,10 @@ pub fn load_manifest(dir: &Path) -> Result<SoftwareManifest, String> {
     SoftwareManifest::parse(&text).map_err(|e| format!("`{}`: {e}", p.display()))
 }
 
+/// Run a blocking fetch on a detached thread (see [`crate::link::off_thread`]): a shutdown never
+/// waits for a download in flight.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
+    crate::link::off_thread(f)
         .await
-        .map_err(|e| format!("background task failed: {e}"))
+        .ok_or_else(|| "background fetch thread failed".to_owned())
 }

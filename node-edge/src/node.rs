@@ -231,6 +231,37 @@ impl Node {
     }
 }
 
+/// Name of the lock file in the state directory.
+pub const LOCK_FILE: &str = "node.lock";
+
+/// Hold an exclusive `flock` on `<state_dir>/node.lock` for the node's lifetime: two nodes on the
+/// same directories would fight over every process and file.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, NodeError> {
+    let path = dir.join(LOCK_FILE);
+    std::fs::create_dir_all(dir).map_err(|source| NodeError::Io {
+        op: "create directory".into(),
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| NodeError::Io {
+            op: "open".into(),
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        NodeError::Io {
+            op: "lock (is another node running on these directories?)".into(),
+            path,
+            source: std::io::Error::from(e),
+        }
+    })
+}
+
 /// Run a node until `shutdown` resolves, with the default seams.
 ///
 /// Formats the partitions (idempotent), brings every partition back to the cached desired state
@@ -249,6 +280,7 @@ pub async fn run_with(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let cfg = Arc::new(config);
+    let _lock = lock_state_dir(&cfg.state_dir())?;
     let parts = layout::format(&cfg, &*seams.isolation)?;
     let link: Arc<dyn MasterLink> = match seams.link.clone() {
         Some(l) => l,

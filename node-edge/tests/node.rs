@@ -197,6 +197,10 @@ async fn node_restart_while_master_is_down_brings_services_back_from_the_cache()
     .await;
     until(10, "heartbeat", || heartbeat.exists().then_some(())).await;
 
+    // A second node on the same directories is refused.
+    let err = node_edge::run(cfg.clone(), async {}).await.unwrap_err();
+    assert!(err.to_string().contains("another node"), "{err}");
+
     // Clean shutdown stops the service (its TERM trap removes the heartbeat).
     node.shutdown().await;
     assert!(
