@@ -91,7 +91,8 @@ async fn hello_web_lifecycle() {
     assert_eq!(reg.partitions.len(), 2);
 
     let sr = common::example("hello-web");
-    m.assign(0, assignment("web", &sr, json!({"title": "Edge One"})));
+    // Quotes and markup in a parameter: the page escapes them, the manifest stays valid TOML.
+    m.assign(0, assignment("web", &sr, json!({"title": "Edge \"One\" <b>"})));
     until(60, "hello-web available", || {
         m.last_software(&sr)
             .filter(|r| r.state == InstallState::Available)
@@ -115,7 +116,11 @@ async fn hello_web_lifecycle() {
     .await;
     assert_eq!(r.promises[0].name, "web-answers");
     let page = get(url.clone()).await.unwrap();
-    assert!(page.contains("<h1>Edge One</h1>"), "{page}");
+    assert!(page.contains("<h1>Edge &quot;One&quot; &lt;b&gt;</h1>"), "{page}");
+    assert_eq!(
+        m.with(|s| s.connections["slappart0"]["title"].clone()),
+        "Edge \"One\" <b>"
+    );
 
     // Parameter change: the page is re-rendered; the service command is unchanged, so it keeps
     // running (one start in its log).
