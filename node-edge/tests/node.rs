@@ -270,7 +270,8 @@ async fn failures_stay_in_their_partition() {
     m.assign(0, assignment("bad-hash", &bad, json!({})));
     // 1: the good flaky release, unhealthy on request.
     let flaky_sr = common::example("flaky");
-    m.assign(1, assignment("flaky", &flaky_sr, json!({"healthy": false})));
+    // A string, as `slapos-master request --param healthy=false` sends it.
+    m.assign(1, assignment("flaky", &flaky_sr, json!({"healthy": "false"})));
     // 2: a profile with a typo.
     let typo = release(
         &srs,
