@@ -73,6 +73,8 @@ pub mod input;
 pub mod log;
 #[cfg(feature = "std")]
 pub mod metrics;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 #[cfg(feature = "std")]
 pub mod output;
 #[cfg(feature = "std")]

@@ -192,6 +192,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                         nodes,
                         interval: Duration::from_millis(interval_ms.unwrap_or(1000)),
                         source,
+                        pki_dir: lc.stream_dir().join("opcua-pki"),
                     };
                     tasks.push(tokio::spawn(buffer::opcua::run(
                         ingest.clone(),
