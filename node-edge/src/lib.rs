@@ -32,6 +32,7 @@
 //! * Files an instance manifest writes stay inside the partition (no `..`, no absolute paths, no
 //!   symlinked parents, nothing under `.slapos*`).
 //! * Ids that become paths are validated types from `slapos-proto`.
+//! * One node per state directory (`<state_dir>/node.lock`, an exclusive `flock`).
 //!
 //! ## Limits
 //!
@@ -96,7 +97,7 @@ pub fn format(config: &Config) -> Result<bool, NodeError> {
     format_with(config, &isolation::CurrentUser, &resources::NoResources)
 }
 
-/// [`format`] with explicit seams.
+/// [`format()`] with explicit seams.
 pub fn format_with(
     config: &Config,
     iso: &dyn isolation::Isolation,
