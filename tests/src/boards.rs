@@ -17,6 +17,7 @@ pub mod cpio;
 pub mod init_conf;
 pub mod kmod;
 pub mod qemu;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# CI check for cross builds (docs/cross.md):
+#  1. cross/build.sh: minsize artefacts of the node-side binaries for x86_64-musl, aarch64-musl and
+#     armv7-gnueabihf, with the size report (target/cross-report.txt) and the NEEDED check. The
+#     board test (cargo test, tests/tests/boards.rs) already built aarch64/armv7 with the same
+#     command, so those are cargo no-ops here: each target is built once per CI run.
+#  2. cross/test-emulated.sh: unit tests of the node-side crates under qemu-user, aarch64 + armv7.
+# SLAPOS_CROSS_CHECK_TESTS=0 skips step 2.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+t0=$(date +%s)
+cross/build.sh
+echo "cross check: builds done in $(( $(date +%s) - t0 ))s"
+if [ "${SLAPOS_CROSS_CHECK_TESTS:-1}" = 1 ]; then
+    t1=$(date +%s)
+    cross/test-emulated.sh
+    echo "cross check: emulated unit tests done in $(( $(date +%s) - t1 ))s"
+fi
+echo "cross check: ok in $(( $(date +%s) - t0 ))s"
