@@ -138,7 +138,9 @@ pub enum CodecError {
     #[error("unsupported frame version {found}")]
     BadVersion { found: u8 },
     /// `body_len`, `count` or `first_seq` out of bounds.
-    #[error("frame header out of bounds: body_len {body_len}, count {count}, first_seq {first_seq}")]
+    #[error(
+        "frame header out of bounds: body_len {body_len}, count {count}, first_seq {first_seq}"
+    )]
     BadHeader {
         body_len: u32,
         count: u32,
@@ -333,10 +335,11 @@ pub trait FrameBuf {
 
 impl<const N: usize> FrameBuf for heapless::Vec<u8, N> {
     fn extend(&mut self, data: &[u8]) -> Result<(), CodecError> {
-        self.extend_from_slice(data).map_err(|_| CodecError::BufferFull {
-            need: data.len(),
-            free: N - heapless::Vec::len(self),
-        })
+        self.extend_from_slice(data)
+            .map_err(|_| CodecError::BufferFull {
+                need: data.len(),
+                free: N - heapless::Vec::len(self),
+            })
     }
     fn len(&self) -> usize {
         self.as_slice().len()
@@ -581,12 +584,8 @@ impl FrameEncoder {
         gap: &GapV1,
     ) -> Result<u64, CodecError> {
         let mut tmp = [0u8; 64];
-        let enc = postcard::to_slice(&Envelope::Gap(*gap), &mut tmp).map_err(|_| {
-            CodecError::BufferFull {
-                need: 64,
-                free: 64,
-            }
-        })?;
+        let enc = postcard::to_slice(&Envelope::Gap(*gap), &mut tmp)
+            .map_err(|_| CodecError::BufferFull { need: 64, free: 64 })?;
         let n = enc.len();
         let mark = buf.len();
         let r = put_varint(buf, n as u64).and_then(|_| buf.extend(&tmp[..n]));
@@ -748,7 +747,10 @@ impl<'a> Iterator for RecordIter<'a> {
             self.index = self.header.count;
             return bad("length varint");
         };
-        let Some(end) = used.checked_add(n as usize).filter(|&e| e <= self.rest.len()) else {
+        let Some(end) = used
+            .checked_add(n as usize)
+            .filter(|&e| e <= self.rest.len())
+        else {
             self.index = self.header.count;
             return bad("length beyond body");
         };
@@ -814,7 +816,8 @@ mod tests {
         ] {
             let mut v: heapless::Vec<u8, 512> = heapless::Vec::new();
             let mut e = FrameEncoder::begin(&mut v, 1, 1000, 1).unwrap();
-            e.push_data(&mut v, 1000i64.wrapping_add(ts), src, key, payload).unwrap();
+            e.push_data(&mut v, 1000i64.wrapping_add(ts), src, key, payload)
+                .unwrap();
             let body = &v[FRAME_HEADER_LEN..];
             let (n, used) = get_varint(body).unwrap();
             let env = Envelope::Data(DataV1 {
@@ -839,7 +842,8 @@ mod tests {
         let mut f = HeaplessFrame::<1024>::new(42, 5_000, 7).unwrap();
         assert_eq!(f.push(5_010, 3, b"t/a", b"hello").unwrap(), 42);
         assert_eq!(f.push(4_990, 4, b"", b"world").unwrap(), 43);
-        let bytes: heapless::Vec<u8, 1024> = heapless::Vec::from_slice(f.finish().unwrap()).unwrap();
+        let bytes: heapless::Vec<u8, 1024> =
+            heapless::Vec::from_slice(f.finish().unwrap()).unwrap();
         let v = FrameView::parse(&bytes).unwrap();
         assert_eq!(v.header.first_seq, 42);
         assert_eq!(v.header.epoch, 7);
@@ -869,7 +873,10 @@ mod tests {
             for bit in 0..8 {
                 let mut c = bytes.clone();
                 c[i] ^= 1 << bit;
-                assert!(FrameView::parse(&c).is_err(), "flip at {i}:{bit} undetected");
+                assert!(
+                    FrameView::parse(&c).is_err(),
+                    "flip at {i}:{bit} undetected"
+                );
             }
         }
         for cut in 0..bytes.len() {

@@ -203,7 +203,9 @@ pub fn line_format(s: Option<&str>) -> Result<LineFormat, ConfigError> {
     match s.unwrap_or("raw") {
         "raw" => Ok(LineFormat::Raw),
         "json" => Ok(LineFormat::Json),
-        o => Err(ConfigError::Invalid(format!("line format `{o}`: use raw or json"))),
+        o => Err(ConfigError::Invalid(format!(
+            "line format `{o}`: use raw or json"
+        ))),
     }
 }
 
@@ -228,7 +230,9 @@ impl Config {
         if let Some(OutputCfg::Http { url, .. }) = &c.output
             && crate::output::parse_http_url(url).is_none()
         {
-            return Err(ConfigError::Invalid(format!("output url `{url}`: use http://host:port/path")));
+            return Err(ConfigError::Invalid(format!(
+                "output url `{url}`: use http://host:port/path"
+            )));
         }
         Ok(c)
     }
@@ -263,11 +267,17 @@ impl Config {
             "batched" | "always" => SyncPolicy::Batched,
             "interval" => SyncPolicy::Interval(ms(s.sync_interval_ms.unwrap_or(1000))),
             "never" => SyncPolicy::Never,
-            o => return Err(ConfigError::Invalid(format!("sync `{o}`: use batched, interval or never"))),
+            o => {
+                return Err(ConfigError::Invalid(format!(
+                    "sync `{o}`: use batched, interval or never"
+                )));
+            }
         };
         if let Some(v) = s.max_bytes {
             if v < 1 << 20 {
-                return Err(ConfigError::Invalid(format!("max_bytes {v}: at least 1 MiB")));
+                return Err(ConfigError::Invalid(format!(
+                    "max_bytes {v}: at least 1 MiB"
+                )));
             }
             c.max_bytes = v;
         }
@@ -348,8 +358,14 @@ mod tests {
             ("[storage]\ndir='/x'\nsync='sometimes'", "sometimes"),
             ("[storage]\ndir='/x'\nfull_policy='panic'", "panic"),
             ("[storage]\ndir='/x'\nmax_bytes=10", "max_bytes 10"),
-            ("[storage]\ndir='/x'\n[[inputs]]\ntype='tcp'\nlisten='x'\nformat='xml'", "xml"),
-            ("[storage]\ndir='/x'\n[output]\ntype='http'\nurl='ftp://x'", "ftp://x"),
+            (
+                "[storage]\ndir='/x'\n[[inputs]]\ntype='tcp'\nlisten='x'\nformat='xml'",
+                "xml",
+            ),
+            (
+                "[storage]\ndir='/x'\n[output]\ntype='http'\nurl='ftp://x'",
+                "ftp://x",
+            ),
             ("[storage]\ndir='/x'\nbogus=1", "bogus"),
         ] {
             let e = Config::parse(bad).unwrap_err().to_string();

@@ -19,6 +19,10 @@ pub trait FsFile: Send + Sync {
     fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
     /// Current length.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Truncates or extends.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// `fdatasync`.
@@ -181,10 +185,7 @@ struct MemState {
 
 impl MemState {
     fn used(&self) -> u64 {
-        self.names
-            .values()
-            .map(|f| lock(f).data.len() as u64)
-            .sum()
+        self.names.values().map(|f| lock(f).data.len() as u64).sum()
     }
 }
 
@@ -314,7 +315,10 @@ impl Drop for MemLock {
 }
 
 fn not_found(p: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", p.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", p.display()),
+    )
 }
 
 impl MemFs {

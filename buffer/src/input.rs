@@ -270,7 +270,9 @@ async fn tcp_conn(
         }
         if cfg.ack {
             let (tx, rx) = oneshot::channel();
-            if ingest.send(recs, Some(tx)).await.is_err() || ack_tx.send((count, bad, rx)).await.is_err() {
+            if ingest.send(recs, Some(tx)).await.is_err()
+                || ack_tx.send((count, bad, rx)).await.is_err()
+            {
                 break;
             }
         } else if ingest.send(recs, None).await.is_err() {

@@ -584,8 +584,8 @@ impl Log {
         let cfile = fs
             .open(&cursor_path, true)
             .map_err(ioe("open", &cursor_path))?;
-        let cbytes = segment::read_all(&*cfile, CURSOR_LEN as usize)
-            .map_err(ioe("read", &cursor_path))?;
+        let cbytes =
+            segment::read_all(&*cfile, CURSOR_LEN as usize).map_err(ioe("read", &cursor_path))?;
         let slot = CursorSlot::pick(&cbytes);
         rec.cursor_reset = slot.is_none();
         let slot = slot.unwrap_or_default();
@@ -631,7 +631,9 @@ impl Log {
             let len = f.len().map_err(ioe("stat", &p))?;
             let mut h = [0u8; SEG_HEADER_LEN as usize];
             let n = f.read_at(&mut h, 0).map_err(ioe("read", &p))?;
-            let created_ms = parse_seg_header(&h[..n]).map(|x| x.1).unwrap_or(now.wall_ms);
+            let created_ms = parse_seg_header(&h[..n])
+                .map(|x| x.1)
+                .unwrap_or(now.wall_ms);
             sealed.push_back(Sealed {
                 base: b,
                 len,
@@ -702,7 +704,8 @@ impl Log {
                 if flen > good_end {
                     // Torn tail (or stale/corrupt frames after the last good one).
                     rec.truncated_bytes = flen - good_end;
-                    f.set_len(good_end).map_err(ioe("truncate torn tail of", &p))?;
+                    f.set_len(good_end)
+                        .map_err(ioe("truncate torn tail of", &p))?;
                     f.sync_data().map_err(ioe("fdatasync", &p))?;
                     metrics.torn_tails.fetch_add(1, Relaxed);
                 } else {
@@ -932,13 +935,12 @@ impl Log {
         }
         let seq = loop {
             if self.frame.is_none() {
-                let enc =
-                    FrameEncoder::begin(&mut self.batch, self.next_seq, ts_ms, self.sh.epoch)
-                        .map_err(|e| LogError::Io {
-                            op: "encode frame for",
-                            path: self.dir.clone(),
-                            source: segment::codec_io(e),
-                        })?;
+                let enc = FrameEncoder::begin(&mut self.batch, self.next_seq, ts_ms, self.sh.epoch)
+                    .map_err(|e| LogError::Io {
+                        op: "encode frame for",
+                        path: self.dir.clone(),
+                        source: segment::codec_io(e),
+                    })?;
                 self.frame = Some(enc);
             }
             let Some(f) = self.frame.as_mut() else {
@@ -1110,7 +1112,8 @@ impl Log {
     fn roll(&mut self, now: Now, base: u64) -> Result<(), LogError> {
         let old_path = self.dir.join(seg_name(self.active.base));
         if self.cfg.sync != SyncPolicy::Never {
-            self.timed_sync_active().map_err(ioe("fdatasync", &old_path))?;
+            self.timed_sync_active()
+                .map_err(ioe("fdatasync", &old_path))?;
         }
         let p = self.dir.join(seg_name(base));
         let f = create_segment(&*self.sh.fs, &self.dir, &p, base, now.wall_ms)?;
@@ -1148,9 +1151,7 @@ impl Log {
     fn timed_sync_active(&mut self) -> io::Result<()> {
         let t = Instant::now();
         self.active.file.sync_data()?;
-        self.sh
-            .metrics
-            .fsync_done(t.elapsed().as_micros() as u64);
+        self.sh.metrics.fsync_done(t.elapsed().as_micros() as u64);
         self.last_sync = Instant::now();
         Ok(())
     }
@@ -1284,7 +1285,11 @@ impl Log {
             undo(self);
             return Err(match e {
                 LogError::Io { op, path, source } => (op, path, source),
-                other => ("roll", self.dir.clone(), io::Error::other(other.to_string())),
+                other => (
+                    "roll",
+                    self.dir.clone(),
+                    io::Error::other(other.to_string()),
+                ),
             });
         }
         let path = self.dir.join(seg_name(self.active.base));
@@ -1312,7 +1317,8 @@ impl Log {
             .bytes_written
             .fetch_add(self.batch.len() as u64, Relaxed);
         if self.batch_first != 0 {
-            self.batch_ts.push_back((self.batch_first, self.batch_min_ts));
+            self.batch_ts
+                .push_back((self.batch_first, self.batch_min_ts));
             if self.batch_ts.len() > 4096 {
                 // Thin out, keeping the front (the oldest) exact.
                 let mut i = 0;
@@ -1342,7 +1348,9 @@ impl Log {
     /// deletion of acknowledged segments, age retention, retries.
     pub fn tick(&mut self, now: Now) -> Result<(), LogError> {
         let mut result = Ok(());
-        if self.batch_started.is_some_and(|t| now.mono >= t + self.cfg.batch_window)
+        if self
+            .batch_started
+            .is_some_and(|t| now.mono >= t + self.cfg.batch_window)
             || (!self.pending_gaps.is_empty() && self.batch.is_empty())
             || self.blocked
             || (self.retry_at.is_some_and(|t| now.mono >= t) && !self.batch.is_empty())

@@ -109,50 +109,165 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
     let mut o = String::with_capacity(4096);
     let l = format!("stream=\"{}\"", stream.replace(['"', '\\', '\n'], "_"));
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(o, "# HELP buffer_{name} {help}\n# TYPE buffer_{name} counter");
+        let _ = writeln!(
+            o,
+            "# HELP buffer_{name} {help}\n# TYPE buffer_{name} counter"
+        );
         let _ = writeln!(o, "buffer_{name}{{{l}}} {v}");
     };
-    counter("records_in_total", "Records accepted.", m.records_in.load(Relaxed));
-    counter("bytes_in_total", "Payload bytes accepted.", m.bytes_in.load(Relaxed));
-    counter("records_durable_total", "Records made durable.", m.records_durable.load(Relaxed));
-    counter("records_delivered_total", "Records acknowledged upstream.", m.records_delivered.load(Relaxed));
-    counter("records_resent_total", "Records sent again after a reconnect or restart.", m.records_resent.load(Relaxed));
-    counter("records_rejected_total", "Records rejected permanently upstream.", m.records_rejected.load(Relaxed));
-    counter("input_invalid_total", "Input messages refused (malformed, too large).", m.input_invalid.load(Relaxed));
-    counter("corrupt_records_total", "Records lost to corruption.", m.corrupt_records.load(Relaxed));
-    counter("corrupt_bytes_total", "Corrupt bytes skipped.", m.corrupt_bytes.load(Relaxed));
-    counter("torn_tails_total", "Torn tails truncated at recovery.", m.torn_tails.load(Relaxed));
-    counter("bytes_written_total", "Bytes written to segment files.", m.bytes_written.load(Relaxed));
-    counter("io_errors_total", "Failed writes, syncs and cursor writes.", m.io_errors.load(Relaxed));
-    counter("output_errors_total", "Output connection or request failures.", m.output_errors.load(Relaxed));
-    let _ = writeln!(o, "# HELP buffer_dropped_records_total Records dropped, by reason.\n# TYPE buffer_dropped_records_total counter");
+    counter(
+        "records_in_total",
+        "Records accepted.",
+        m.records_in.load(Relaxed),
+    );
+    counter(
+        "bytes_in_total",
+        "Payload bytes accepted.",
+        m.bytes_in.load(Relaxed),
+    );
+    counter(
+        "records_durable_total",
+        "Records made durable.",
+        m.records_durable.load(Relaxed),
+    );
+    counter(
+        "records_delivered_total",
+        "Records acknowledged upstream.",
+        m.records_delivered.load(Relaxed),
+    );
+    counter(
+        "records_resent_total",
+        "Records sent again after a reconnect or restart.",
+        m.records_resent.load(Relaxed),
+    );
+    counter(
+        "records_rejected_total",
+        "Records rejected permanently upstream.",
+        m.records_rejected.load(Relaxed),
+    );
+    counter(
+        "input_invalid_total",
+        "Input messages refused (malformed, too large).",
+        m.input_invalid.load(Relaxed),
+    );
+    counter(
+        "corrupt_records_total",
+        "Records lost to corruption.",
+        m.corrupt_records.load(Relaxed),
+    );
+    counter(
+        "corrupt_bytes_total",
+        "Corrupt bytes skipped.",
+        m.corrupt_bytes.load(Relaxed),
+    );
+    counter(
+        "torn_tails_total",
+        "Torn tails truncated at recovery.",
+        m.torn_tails.load(Relaxed),
+    );
+    counter(
+        "bytes_written_total",
+        "Bytes written to segment files.",
+        m.bytes_written.load(Relaxed),
+    );
+    counter(
+        "io_errors_total",
+        "Failed writes, syncs and cursor writes.",
+        m.io_errors.load(Relaxed),
+    );
+    counter(
+        "output_errors_total",
+        "Output connection or request failures.",
+        m.output_errors.load(Relaxed),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP buffer_dropped_records_total Records dropped, by reason.\n# TYPE buffer_dropped_records_total counter"
+    );
     for r in GapReason::ALL {
-        let _ = writeln!(o, "buffer_dropped_records_total{{{l},reason=\"{}\"}} {}", r.label(), m.dropped_records[r as usize].load(Relaxed));
+        let _ = writeln!(
+            o,
+            "buffer_dropped_records_total{{{l},reason=\"{}\"}} {}",
+            r.label(),
+            m.dropped_records[r as usize].load(Relaxed)
+        );
     }
-    let _ = writeln!(o, "# HELP buffer_dropped_bytes_total Payload bytes dropped, by reason.\n# TYPE buffer_dropped_bytes_total counter");
+    let _ = writeln!(
+        o,
+        "# HELP buffer_dropped_bytes_total Payload bytes dropped, by reason.\n# TYPE buffer_dropped_bytes_total counter"
+    );
     for r in GapReason::ALL {
-        let _ = writeln!(o, "buffer_dropped_bytes_total{{{l},reason=\"{}\"}} {}", r.label(), m.dropped_bytes[r as usize].load(Relaxed));
+        let _ = writeln!(
+            o,
+            "buffer_dropped_bytes_total{{{l},reason=\"{}\"}} {}",
+            r.label(),
+            m.dropped_bytes[r as usize].load(Relaxed)
+        );
     }
-    let _ = writeln!(o, "# HELP buffer_fsync_seconds fdatasync latency of segments.\n# TYPE buffer_fsync_seconds histogram");
+    let _ = writeln!(
+        o,
+        "# HELP buffer_fsync_seconds fdatasync latency of segments.\n# TYPE buffer_fsync_seconds histogram"
+    );
     for (i, b) in FSYNC_BUCKETS_US.iter().enumerate() {
-        let _ = writeln!(o, "buffer_fsync_seconds_bucket{{{l},le=\"{}\"}} {}", *b as f64 / 1e6, m.fsync_hist[i].load(Relaxed));
+        let _ = writeln!(
+            o,
+            "buffer_fsync_seconds_bucket{{{l},le=\"{}\"}} {}",
+            *b as f64 / 1e6,
+            m.fsync_hist[i].load(Relaxed)
+        );
     }
     let n = m.fsyncs.load(Relaxed);
     let _ = writeln!(o, "buffer_fsync_seconds_bucket{{{l},le=\"+Inf\"}} {n}");
-    let _ = writeln!(o, "buffer_fsync_seconds_sum{{{l}}} {}", m.fsync_us_sum.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "buffer_fsync_seconds_sum{{{l}}} {}",
+        m.fsync_us_sum.load(Relaxed) as f64 / 1e6
+    );
     let _ = writeln!(o, "buffer_fsync_seconds_count{{{l}}} {n}");
     let mut gauge = |name: &str, help: &str, v: String| {
         let _ = writeln!(o, "# HELP buffer_{name} {help}\n# TYPE buffer_{name} gauge");
         let _ = writeln!(o, "buffer_{name}{{{l}}} {v}");
     };
-    gauge("backlog_records", "Records not yet acknowledged upstream.", g.backlog_records.to_string());
-    gauge("backlog_bytes", "Segment bytes not yet acknowledged.", g.backlog_bytes.to_string());
-    gauge("oldest_unacked_age_seconds", "Age of the oldest unacknowledged record.", format!("{:.3}", g.oldest_unacked_age_s));
-    gauge("segments", "Segment files.", m.segments.load(Relaxed).to_string());
-    gauge("disk_bytes", "Bytes on disk (segments, cursor, meta).", m.disk_bytes.load(Relaxed).to_string());
-    gauge("degraded", "1 while the log cannot write.", u8::from(m.degraded.load(Relaxed)).to_string());
-    gauge("durable_seq", "Highest durable seq.", g.durable_seq.to_string());
-    gauge("acked_seq", "Highest acknowledged seq.", g.acked_seq.to_string());
+    gauge(
+        "backlog_records",
+        "Records not yet acknowledged upstream.",
+        g.backlog_records.to_string(),
+    );
+    gauge(
+        "backlog_bytes",
+        "Segment bytes not yet acknowledged.",
+        g.backlog_bytes.to_string(),
+    );
+    gauge(
+        "oldest_unacked_age_seconds",
+        "Age of the oldest unacknowledged record.",
+        format!("{:.3}", g.oldest_unacked_age_s),
+    );
+    gauge(
+        "segments",
+        "Segment files.",
+        m.segments.load(Relaxed).to_string(),
+    );
+    gauge(
+        "disk_bytes",
+        "Bytes on disk (segments, cursor, meta).",
+        m.disk_bytes.load(Relaxed).to_string(),
+    );
+    gauge(
+        "degraded",
+        "1 while the log cannot write.",
+        u8::from(m.degraded.load(Relaxed)).to_string(),
+    );
+    gauge(
+        "durable_seq",
+        "Highest durable seq.",
+        g.durable_seq.to_string(),
+    );
+    gauge(
+        "acked_seq",
+        "Highest acknowledged seq.",
+        g.acked_seq.to_string(),
+    );
     gauge("epoch", "Writer epoch.", g.epoch.to_string());
     o
 }

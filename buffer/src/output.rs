@@ -317,7 +317,10 @@ pub fn parse_http_url(url: &str) -> Option<HttpUrl> {
     if auth.is_empty() {
         return None;
     }
-    let authority = if auth.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let authority = if auth
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         auth.to_string()
     } else {
         format!("{auth}:80")
@@ -536,7 +539,10 @@ mod tests {
     #[test]
     fn urls_parse() {
         let u = parse_http_url("http://127.0.0.1:8080/in?x=1").unwrap();
-        assert_eq!((u.authority.as_str(), u.path.as_str()), ("127.0.0.1:8080", "/in?x=1"));
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("127.0.0.1:8080", "/in?x=1")
+        );
         let u = parse_http_url("http://example").unwrap();
         assert_eq!((u.authority.as_str(), u.path.as_str()), ("example:80", "/"));
         assert!(parse_http_url("https://x/").is_none());
@@ -553,7 +559,10 @@ mod tests {
             assert!(d <= bound, "{d:?} > {bound:?}");
             max_seen = max_seen.max(d);
         }
-        assert!(max_seen > Duration::from_millis(200), "jitter never grew: {max_seen:?}");
+        assert!(
+            max_seen > Duration::from_millis(200),
+            "jitter never grew: {max_seen:?}"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

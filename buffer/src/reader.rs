@@ -6,9 +6,9 @@
 //! without skipped bytes are the writer's counted drops (gap markers explain them).
 
 use crate::codec::{GapV1, Record};
+use crate::fs::FsFile;
 use crate::log::Shared;
 use crate::segment::{SEG_HEADER_LEN, Scan, Scanner, seg_name};
-use crate::fs::FsFile;
 use std::io;
 use std::sync::Arc;
 
@@ -238,7 +238,7 @@ impl Reader {
                     if self.skipped {
                         self.count_skip(first);
                     }
-                    let c = self.cur.as_mut().expect("current segment");
+                    let Some(c) = self.cur.as_mut() else { break };
                     let view = c.sc.view(header);
                     let mut bad = false;
                     for r in view.records() {

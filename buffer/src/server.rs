@@ -16,7 +16,12 @@ pub fn status_json(sh: &Shared) -> serde_json::Value {
     let g = sh.gauges(unix_ms());
     let dropped: serde_json::Map<String, serde_json::Value> = crate::codec::GapReason::ALL
         .iter()
-        .map(|r| (r.label().to_string(), m.dropped_records[*r as usize].load(Relaxed).into()))
+        .map(|r| {
+            (
+                r.label().to_string(),
+                m.dropped_records[*r as usize].load(Relaxed).into(),
+            )
+        })
         .collect();
     serde_json::json!({
         "node_id": sh.node_id,
@@ -76,8 +81,9 @@ pub async fn serve(listener: TcpListener, sh: Arc<Shared>, mut stop: watch::Rece
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
             }
-            let line = String::from_utf8_lossy(req.split(|&b| b == b'\n').next().unwrap_or_default())
-                .to_string();
+            let line =
+                String::from_utf8_lossy(req.split(|&b| b == b'\n').next().unwrap_or_default())
+                    .to_string();
             let mut parts = line.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (code, ctype, body) = if method == "GET" {
@@ -104,8 +110,10 @@ pub async fn serve(listener: TcpListener, sh: Arc<Shared>, mut stop: watch::Rece
 /// `GET http://addr/path`, returning the body (for `slapos-buffer status` and tests).
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await?;
     let text = String::from_utf8_lossy(&resp).to_string();
@@ -114,6 +122,9 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }

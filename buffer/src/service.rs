@@ -132,7 +132,7 @@ impl Writer {
         log: Log,
         channel_bytes: usize,
         rt: Option<tokio::runtime::Handle>,
-    ) -> (Ingest, Writer) {
+    ) -> std::io::Result<(Ingest, Writer)> {
         let (tx, rx) = mpsc::channel();
         let channel_bytes = channel_bytes.clamp(64 << 10, Semaphore::MAX_PERMITS);
         let budget = Arc::new(Semaphore::new(channel_bytes));
@@ -140,9 +140,8 @@ impl Writer {
         let b2 = budget.clone();
         let join = std::thread::Builder::new()
             .name("buffer-writer".into())
-            .spawn(move || writer_loop(log, rx, b2))
-            .unwrap_or_else(|e| panic!("cannot spawn the writer thread: {e}"));
-        (
+            .spawn(move || writer_loop(log, rx, b2))?;
+        Ok((
             Ingest {
                 tx,
                 budget,
@@ -150,7 +149,7 @@ impl Writer {
                 rt,
             },
             Writer { join, shared },
-        )
+        ))
     }
 
     /// The log's shared state.

@@ -25,7 +25,9 @@ impl Socat {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn socat");
-        wait_for(Duration::from_secs(10), "socat ptys", || (a.exists() && b.exists()).then_some(()));
+        wait_for(Duration::from_secs(10), "socat ptys", || {
+            (a.exists() && b.exists()).then_some(())
+        });
         Socat { child, a, b }
     }
 }
@@ -72,9 +74,18 @@ fn serial_lines_from_a_pty_pair_arrive_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let pty = Socat::start(dir.path());
     let sink = HttpSink::start();
-    let out = format!("[output]\ntype = \"http\"\nurl = \"{}\"\nbackoff_base_ms = 20\n", sink.url());
-    let b = BufferProc::start(dir.path(), &serial_cfg(dir.path(), &pty.a, "127.0.0.1:0", &out));
-    let mut tty = std::fs::OpenOptions::new().write(true).open(&pty.b).unwrap();
+    let out = format!(
+        "[output]\ntype = \"http\"\nurl = \"{}\"\nbackoff_base_ms = 20\n",
+        sink.url()
+    );
+    let b = BufferProc::start(
+        dir.path(),
+        &serial_cfg(dir.path(), &pty.a, "127.0.0.1:0", &out),
+    );
+    let mut tty = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pty.b)
+        .unwrap();
     // Wait for the reader: the first line may be written before the device is opened.
     wait_for(Duration::from_secs(10), "serial input reading", || {
         tty.write_all(b"{\"n\":0}\n").unwrap();
@@ -90,7 +101,11 @@ fn serial_lines_from_a_pty_pair_arrive_in_order() {
     }
     tty.write_all(text.as_bytes()).unwrap();
     let got = wait_for(Duration::from_secs(30), "500 serial lines", || {
-        let ns: Vec<u64> = sink.snapshot().iter().filter_map(|d| n_of(&d.payload)).collect();
+        let ns: Vec<u64> = sink
+            .snapshot()
+            .iter()
+            .filter_map(|d| n_of(&d.payload))
+            .collect();
         (ns.iter().filter(|&&n| n > 0).count() >= 500).then_some(ns)
     });
     let ordered: Vec<u64> = got.into_iter().filter(|&n| n > 0).collect();
@@ -112,7 +127,11 @@ impl Drop for Netns {
 
 #[test]
 fn uplink_cut_with_a_network_namespace_loses_nothing() {
-    if !require_root("a network namespace") || !require_tool("socat") || !require_tool("mosquitto") || !require_tool("ip") {
+    if !require_root("a network namespace")
+        || !require_tool("socat")
+        || !require_tool("mosquitto")
+        || !require_tool("ip")
+    {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -124,12 +143,26 @@ fn uplink_cut_with_a_network_namespace_loses_nothing() {
     ip(&["link", "set", &vn, "netns", &ns.0]);
     ip(&["addr", "add", "169.254.213.1/30", "dev", &vh]);
     ip(&["link", "set", &vh, "up"]);
-    ip(&["netns", "exec", &ns.0, "ip", "addr", "add", "169.254.213.2/30", "dev", &vn]);
+    ip(&[
+        "netns",
+        "exec",
+        &ns.0,
+        "ip",
+        "addr",
+        "add",
+        "169.254.213.2/30",
+        "dev",
+        &vn,
+    ]);
     ip(&["netns", "exec", &ns.0, "ip", "link", "set", &vn, "up"]);
     ip(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]);
     // Upstream broker in the host namespace, reachable over the veth and on loopback.
     let port = free_port();
-    let up = Mosquitto::start_on(&dir.path().join("up"), port, &format!("listener {port} 169.254.213.1\n"));
+    let up = Mosquitto::start_on(
+        &dir.path().join("up"),
+        port,
+        &format!("listener {port} 169.254.213.1\n"),
+    );
     let sub = Subscriber::start(up.port, "up/#", None);
     wait_for(Duration::from_secs(10), "subscription", || {
         (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
@@ -140,7 +173,10 @@ fn uplink_cut_with_a_network_namespace_loses_nothing() {
     );
     let cfg = serial_cfg(dir.path(), &pty.a, "169.254.213.2:0", &out);
     let b = BufferProc::start_with(dir.path(), &cfg, Some(&["ip", "netns", "exec", &ns.0]));
-    let mut tty = std::fs::OpenOptions::new().write(true).open(&pty.b).unwrap();
+    let mut tty = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pty.b)
+        .unwrap();
     let mut n = 0u64;
     let mut send = |tty: &mut std::fs::File, k: u64| {
         let mut t = String::new();
@@ -167,7 +203,11 @@ fn uplink_cut_with_a_network_namespace_loses_nothing() {
     ip(&["link", "set", &vh, "up"]);
     let last = send(&mut tty, 200);
     wait_for(Duration::from_secs(60), "every line upstream", || {
-        let ns: HashSet<u64> = sub.snapshot().iter().filter_map(|m| n_of(&m.payload)).collect();
+        let ns: HashSet<u64> = sub
+            .snapshot()
+            .iter()
+            .filter_map(|m| n_of(&m.payload))
+            .collect();
         (1..=last).all(|i| ns.contains(&i)).then_some(())
     });
     let (firsts, dups) = dedup(&sub.delivered());

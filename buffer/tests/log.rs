@@ -27,7 +27,11 @@ fn append_read_ack_reopen_roundtrip() {
     let (mut log, rec) = open(&fs, &cfg, at(o, 0));
     assert_eq!((rec.epoch, rec.next_seq, rec.acked), (1, 1, 0));
     for i in 1..=1000u64 {
-        assert_eq!(log.append(i as i64, 3, b"k", &payload(1, i, 100), at(o, 1)).unwrap(), i);
+        assert_eq!(
+            log.append(i as i64, 3, b"k", &payload(1, i, 100), at(o, 1))
+                .unwrap(),
+            i
+        );
     }
     // Not yet durable: readers see nothing until the batch is synced.
     let mut r = Reader::new(log.shared().clone());
@@ -42,7 +46,10 @@ fn append_read_ack_reopen_roundtrip() {
         assert_eq!(g.epoch, 1);
         assert_eq!(g.payload, payload(1, g.seq, 100));
     }
-    assert!(log.shared().segments().len() > 1, "64 KiB segments must have rolled");
+    assert!(
+        log.shared().segments().len() > 1,
+        "64 KiB segments must have rolled"
+    );
     log.shared().ack(700);
     log.tick(at(o, 5000)).unwrap();
     let segs_after_ack = log.shared().segments();
@@ -70,7 +77,10 @@ fn bad_stream_names_are_refused() {
     for bad in ["", ".hidden", "a/b", "x y", &"a".repeat(65)] {
         let cfg = LogConfig::new("/buf", bad);
         let err = Log::open_with(Arc::new(MemFs::new()), cfg, at(Instant::now(), 0)).err();
-        assert!(matches!(err, Some(buffer::LogError::BadStream(_))), "{bad:?}");
+        assert!(
+            matches!(err, Some(buffer::LogError::BadStream(_))),
+            "{bad:?}"
+        );
     }
 }
 
@@ -105,7 +115,11 @@ fn check_recovers_prefix(fs: &MemFs, expect_at_least: u64, n: u64) {
     let mut r = Reader::new(log.shared().clone());
     let got = drain(&mut r);
     let d = data(&got);
-    assert!(d.len() as u64 >= expect_at_least, "{} < {expect_at_least}", d.len());
+    assert!(
+        d.len() as u64 >= expect_at_least,
+        "{} < {expect_at_least}",
+        d.len()
+    );
     for (i, g) in d.iter().enumerate() {
         assert_eq!(g.seq, i as u64 + 1, "contiguous prefix");
         assert_eq!(g.payload, payload(1, g.seq, 40));
@@ -113,11 +127,16 @@ fn check_recovers_prefix(fs: &MemFs, expect_at_least: u64, n: u64) {
     assert!(d.len() as u64 <= n);
     assert_eq!(rec.next_seq, d.len() as u64 + 1);
     // The log is writable after recovery.
-    let s = log.append(0, 0, b"", b"after", at(Instant::now(), 0)).unwrap();
+    let s = log
+        .append(0, 0, b"", b"after", at(Instant::now(), 0))
+        .unwrap();
     log.flush(at(Instant::now(), 0)).unwrap();
     assert_eq!(s, rec.next_seq);
     let after = drain(&mut r);
-    assert_eq!(after.last().map(|g| g.payload.clone()), Some(b"after".to_vec()));
+    assert_eq!(
+        after.last().map(|g| g.payload.clone()),
+        Some(b"after".to_vec())
+    );
 }
 
 #[test]
@@ -134,9 +153,17 @@ fn truncation_at_every_byte_of_the_last_frames() {
     let cut_from = ends[ends.len() - 4].0;
     for cut in cut_from..=bytes.len() {
         let fs2 = MemFs::new();
-        fs2.write_file(&Path::new("/buf/s").join("META"), &fs.read_file(Path::new("/buf/s/META")).unwrap());
+        fs2.write_file(
+            &Path::new("/buf/s").join("META"),
+            &fs.read_file(Path::new("/buf/s/META")).unwrap(),
+        );
         fs2.write_file(&p, &bytes[..cut]);
-        let complete = ends.iter().filter(|(e, _)| *e <= cut).map(|x| x.1).max().unwrap_or(0);
+        let complete = ends
+            .iter()
+            .filter(|(e, _)| *e <= cut)
+            .map(|x| x.1)
+            .max()
+            .unwrap_or(0);
         check_recovers_prefix(&fs2, complete, 60);
     }
 }
@@ -156,7 +183,10 @@ fn zero_filled_tails_and_garbage_tails_are_truncated() {
                 c
             };
             let (_log, rec) = open(&fs2, &cfg, at(Instant::now(), 0));
-            assert_eq!(rec.truncated_bytes, tail as u64, "tail {tail} fill {fill:#x}");
+            assert_eq!(
+                rec.truncated_bytes, tail as u64,
+                "tail {tail} fill {fill:#x}"
+            );
             assert_eq!(fs2.read_file(&p).unwrap().len(), bytes.len());
             drop(_log);
             check_recovers_prefix(&fs2, 30, 30);
@@ -181,10 +211,13 @@ fn flipped_bits_and_bad_lengths_skip_one_frame_and_count_it() {
         c
     };
     // A bit flip inside the body, in the header, and a corrupt length field.
-    let mutations: Vec<Box<dyn Fn(&mut Vec<u8>)>> = vec![
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+    let mutations: Vec<Mutation> = vec![
         Box::new(move |b: &mut Vec<u8>| b[foff + 40] ^= 0x10),
         Box::new(move |b: &mut Vec<u8>| b[foff + 17] ^= 0x01),
-        Box::new(move |b: &mut Vec<u8>| b[foff + 4..foff + 8].copy_from_slice(&0xFFFF_u32.to_le_bytes())),
+        Box::new(move |b: &mut Vec<u8>| {
+            b[foff + 4..foff + 8].copy_from_slice(&0xFFFF_u32.to_le_bytes())
+        }),
         Box::new(move |b: &mut Vec<u8>| b[foff + 4..foff + 8].copy_from_slice(&3u32.to_le_bytes())),
     ];
     for m in mutations {
@@ -202,7 +235,10 @@ fn flipped_bits_and_bad_lengths_skip_one_frame_and_count_it() {
         assert_eq!(seqs.len(), 60 - lost.len());
         assert!(lost.iter().all(|s| !seqs.contains(s)));
         assert!(got.iter().all(|g| g.payload == payload(1, g.seq, 40)));
-        assert_eq!(log.shared().metrics.corrupt_records.load(Relaxed), u64::from(fh.count));
+        assert_eq!(
+            log.shared().metrics.corrupt_records.load(Relaxed),
+            u64::from(fh.count)
+        );
     }
 }
 
@@ -213,7 +249,8 @@ fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
     let cfg = small_cfg();
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
     for i in 1..=2000u64 {
-        log.append(0, 0, b"", &payload(1, i, 100), at(o, 0)).unwrap();
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, 0))
+            .unwrap();
     }
     log.flush(at(o, 0)).unwrap();
     let segs = log.shared().segments();
@@ -265,7 +302,8 @@ fn power_cut_loses_only_undurable_and_seq_reuse_is_detectable_by_epoch() {
     log.flush(at(o, 0)).unwrap();
     log.tick(at(o, 20_000)).unwrap(); // interval sync: 1..=10 durable
     for i in 11..=20 {
-        log.append(0, 0, b"", &payload(1, i, 10), at(o, 20_000)).unwrap();
+        log.append(0, 0, b"", &payload(1, i, 10), at(o, 20_000))
+            .unwrap();
     }
     log.flush(at(o, 20_000)).unwrap(); // written, not synced
     assert_eq!(log.shared().durable(), 10);
@@ -279,7 +317,10 @@ fn power_cut_loses_only_undurable_and_seq_reuse_is_detectable_by_epoch() {
     let got = drain(&mut Reader::new(log.shared().clone()));
     let eleven: Vec<_> = got.iter().filter(|g| g.seq == 11).collect();
     assert_eq!(eleven.len(), 1);
-    assert_eq!((eleven[0].epoch, eleven[0].payload.as_slice()), (2, &b"new"[..]));
+    assert_eq!(
+        (eleven[0].epoch, eleven[0].payload.as_slice()),
+        (2, &b"new"[..])
+    );
 }
 
 #[test]
@@ -291,8 +332,13 @@ fn drop_oldest_keeps_disk_under_max_bytes_and_writes_gap_markers() {
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
     let n = 3 * (512 << 10) / 100;
     for i in 1..=n as u64 {
-        log.append(0, 0, b"", &payload(1, i, 100), at(o, i)).unwrap();
-        assert!(fs.used_bytes() <= cfg.max_bytes, "disk {} > limit", fs.used_bytes());
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, i))
+            .unwrap();
+        assert!(
+            fs.used_bytes() <= cfg.max_bytes,
+            "disk {} > limit",
+            fs.used_bytes()
+        );
     }
     log.flush(at(o, 0)).unwrap();
     assert!(fs.used_bytes() <= cfg.max_bytes);
@@ -379,7 +425,8 @@ fn enospc_never_panics_and_applies_the_policy() {
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
     fs.set_capacity(Some(fs.used_bytes() + (400 << 10)));
     for i in 1..=20_000u64 {
-        log.append(0, 0, b"", &payload(1, i, 100), at(o, 0)).unwrap();
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, 0))
+            .unwrap();
     }
     log.flush(at(o, 0)).unwrap();
     let sh = log.shared().clone();
@@ -387,8 +434,15 @@ fn enospc_never_panics_and_applies_the_policy() {
     assert!(m.dropped_records[GapReason::DiskFull as usize].load(Relaxed) > 0);
     assert!(m.io_errors.load(Relaxed) > 0);
     let got = drain(&mut Reader::new(log.shared().clone()));
-    assert_eq!(got.last().map(|g| g.kind == RecKind::Data || matches!(g.kind, RecKind::Gap(_))), Some(true));
-    assert!(got.iter().any(|g| matches!(g.kind, RecKind::Gap(x) if x.reason == GapReason::DiskFull)));
+    assert_eq!(
+        got.last()
+            .map(|g| g.kind == RecKind::Data || matches!(g.kind, RecKind::Gap(_))),
+        Some(true)
+    );
+    assert!(
+        got.iter()
+            .any(|g| matches!(g.kind, RecKind::Gap(x) if x.reason == GapReason::DiskFull))
+    );
     // Still writable and readable after space returns.
     fs.set_capacity(None);
     let s = log.append(0, 0, b"", b"later", at(o, 0)).unwrap();
@@ -427,11 +481,13 @@ fn age_retention_drops_expired_segments() {
     cfg.max_age = Some(std::time::Duration::from_secs(60));
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
     for i in 1..=2000u64 {
-        log.append(i as i64, 0, b"", &payload(1, i, 100), at(o, 0)).unwrap();
+        log.append(i as i64, 0, b"", &payload(1, i, 100), at(o, 0))
+            .unwrap();
     }
     log.flush(at(o, 0)).unwrap();
     for i in 2001..=2100u64 {
-        log.append(0, 0, b"", &payload(1, i, 100), at(o, 120_000)).unwrap();
+        log.append(0, 0, b"", &payload(1, i, 100), at(o, 120_000))
+            .unwrap();
     }
     log.flush(at(o, 120_000)).unwrap();
     log.tick(at(o, 120_001)).unwrap();
@@ -445,7 +501,8 @@ fn real_filesystem_roundtrip_and_torn_tail() {
     let cfg = LogConfig::new(dir.path(), "s");
     let (mut log, _) = Log::open(cfg.clone()).unwrap();
     for i in 1..=1000u64 {
-        log.append(0, 0, b"", &payload(1, i, 50), buffer::Now::system()).unwrap();
+        log.append(0, 0, b"", &payload(1, i, 50), buffer::Now::system())
+            .unwrap();
     }
     log.close(buffer::Now::system()).unwrap();
     let p = dir.path().join("s").join(seg_name(1));

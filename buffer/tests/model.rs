@@ -108,11 +108,24 @@ impl World {
 
     fn reopen(&mut self, killed: bool) {
         let (log, rec) = open(&self.fs, &self.cfg, self.now());
-        assert!(rec.epoch > self.epoch, "epoch {} after {}", rec.epoch, self.epoch);
+        assert!(
+            rec.epoch > self.epoch,
+            "epoch {} after {}",
+            rec.epoch,
+            self.epoch
+        );
         self.epoch = rec.epoch;
-        assert!(rec.acked <= self.acked, "cursor {} beyond acked {}", rec.acked, self.acked);
+        assert!(
+            rec.acked <= self.acked,
+            "cursor {} beyond acked {}",
+            rec.acked,
+            self.acked
+        );
         if killed {
-            assert_eq!(rec.acked, self.acked, "a process kill keeps the cursor slot");
+            assert_eq!(
+                rec.acked, self.acked,
+                "a process kill keeps the cursor slot"
+            );
         }
         self.acked = rec.acked;
         let mut reader = Reader::new(log.shared().clone());
@@ -123,7 +136,13 @@ impl World {
             prev = g.seq;
             if g.kind == RecKind::Data {
                 let len = self.appended.get(&(g.epoch, g.seq));
-                assert_eq!(len, Some(&g.payload.len()), "phantom record {}/{}", g.epoch, g.seq);
+                assert_eq!(
+                    len,
+                    Some(&g.payload.len()),
+                    "phantom record {}/{}",
+                    g.epoch,
+                    g.seq
+                );
                 assert_eq!(g.payload, payload(g.epoch, g.seq, g.payload.len()));
             }
         }
@@ -183,13 +202,17 @@ impl World {
                     self.last_read = m.seq;
                     assert!(m.seq <= self.log.as_ref().expect("open").shared().durable());
                     if m.kind == RecKind::Data {
-                        assert_eq!(self.appended.get(&(m.epoch, m.seq)), Some(&b.payload(m).len()));
+                        assert_eq!(
+                            self.appended.get(&(m.epoch, m.seq)),
+                            Some(&b.payload(m).len())
+                        );
                         assert_eq!(b.payload(m), payload(m.epoch, m.seq, b.payload(m).len()));
                     }
                 }
             }
             Op::Ack { frac } => {
-                let target = self.acked + (self.last_read.saturating_sub(self.acked)) * u64::from(frac) / 100;
+                let target = self.acked
+                    + (self.last_read.saturating_sub(self.acked)) * u64::from(frac) / 100;
                 if target > self.acked {
                     self.log.as_ref().expect("open").shared().ack(target);
                     self.acked = target;

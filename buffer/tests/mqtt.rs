@@ -47,7 +47,9 @@ fn wait_subscribed(b: &BufferProc) {
 }
 
 fn msgs(from: u64, to: u64) -> Vec<String> {
-    (from..=to).map(|n| format!("{{\"n\":{n},\"t\":21.5}}")).collect()
+    (from..=to)
+        .map(|n| format!("{{\"n\":{n},\"t\":21.5}}"))
+        .collect()
 }
 
 fn n_of(p: &str) -> Option<u64> {
@@ -63,7 +65,12 @@ fn check(sub: &Subscriber, n: u64, max_dups: usize) {
         assert!(ns.contains(&i), "message {i} missing upstream");
     }
     for w in firsts.windows(2) {
-        assert!(w[0].seq < w[1].seq || w[0].epoch != w[1].epoch, "order: {:?} then {:?}", w[0].id, w[1].id);
+        assert!(
+            w[0].seq < w[1].seq || w[0].epoch != w[1].epoch,
+            "order: {:?} then {:?}",
+            w[0].id,
+            w[1].id
+        );
     }
     assert!(dups <= max_dups, "{dups} duplicates > {max_dups}");
     assert!(got.iter().all(|d| d.id.starts_with("gw-mqtt/sensors/")));
@@ -82,15 +89,24 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
     let mut up = Mosquitto::start(&dir.path().join("up"), &auth);
     let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
-    wait_for(Duration::from_secs(10), "subscription", || (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(()));
+    wait_for(Duration::from_secs(10), "subscription", || {
+        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    });
     let b = BufferProc::start(
         dir.path(),
-        &cfg(dir.path(), local.port, up.port, "username = \"buf\"\npassword = \"b3cret\""),
+        &cfg(
+            dir.path(),
+            local.port,
+            up.port,
+            "username = \"buf\"\npassword = \"b3cret\"",
+        ),
     );
     wait_subscribed(&b);
     // Phase 1: link up.
     mqtt_publish_all(local.port, "sensors/t1", msgs(1, 300));
-    wait_for(Duration::from_secs(30), "300 upstream", || (dedup(&sub.delivered()).0.len() >= 300).then_some(()));
+    wait_for(Duration::from_secs(30), "300 upstream", || {
+        (dedup(&sub.delivered()).0.len() >= 300).then_some(())
+    });
     // Phase 2: upstream broker down while sensors keep publishing.
     up.stop();
     mqtt_publish_all(local.port, "sensors/t1", msgs(301, 600));
@@ -109,12 +125,22 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     mosquitto_passwd(&pw, "buf", "b3cret");
     up.reload();
     mqtt_publish_all(local.port, "sensors/t1", msgs(601, 900));
-    wait_for(Duration::from_secs(60), "900 upstream", || (dedup(&sub.delivered()).0.len() >= 900).then_some(()));
+    wait_for(Duration::from_secs(60), "900 upstream", || {
+        (dedup(&sub.delivered()).0.len() >= 900).then_some(())
+    });
     check(&sub, 900, 3 * 20);
-    let st = b.status();
-    assert_eq!(st["records_delivered"].as_u64(), Some(900), "{st}");
+    // PUBACKs of the last messages may still be on their way to the buffer.
+    let st = wait_for(Duration::from_secs(20), "900 acknowledged", || {
+        let st = b.status();
+        (st["records_delivered"].as_u64() == Some(900)).then_some(st)
+    });
+    assert_eq!(st["gauges"]["backlog_records"].as_u64(), Some(0), "{st}");
     assert!(st["output_errors"].as_u64().unwrap() > 0);
-    assert!(sub.snapshot().iter().all(|m| m.topic == "up/sensors/t1" && m.kind == "data"));
+    assert!(
+        sub.snapshot()
+            .iter()
+            .all(|m| m.topic == "up/sensors/t1" && m.kind == "data")
+    );
 }
 
 #[test]
@@ -126,7 +152,9 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     let local = Mosquitto::start(&dir.path().join("local"), "");
     let up = Mosquitto::start(&dir.path().join("up"), "");
     let sub = Subscriber::start(up.port, "up/#", None);
-    wait_for(Duration::from_secs(10), "subscription", || (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(()));
+    wait_for(Duration::from_secs(10), "subscription", || {
+        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    });
     let config = cfg(dir.path(), local.port, up.port, "");
     let total = 3000u64;
     let mut kills = 0;
@@ -139,12 +167,12 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     // Sensors publish in the background while the buffer is killed and restarted.
     let lp = local.port;
     let publisher = std::thread::spawn(move || {
-        for k in 0..10 {
-            mqtt_publish_all(lp, "sensors/t1", msgs(k * 300 + 1, k * 300 + 300));
+        for k in 0..30 {
+            mqtt_publish_all(lp, "sensors/t1", msgs(k * 100 + 1, k * 100 + 100));
         }
     });
     let mut rng = buffer::fs::SplitMix(0xC0FFEE ^ u64::from(std::process::id()));
-    while !publisher.is_finished() || kills < 5 {
+    while !publisher.is_finished() || kills < 20 {
         let mut b = BufferProc::start(dir.path(), &config);
         std::thread::sleep(Duration::from_millis(20 + rng.below(150)));
         b.kill9();
@@ -156,11 +184,19 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     publisher.join().unwrap();
     let b = BufferProc::start(dir.path(), &config);
     wait_for(Duration::from_secs(60), "all messages upstream", || {
-        let ns: HashSet<u64> = sub.snapshot().iter().filter_map(|m| n_of(&m.payload)).collect();
+        let ns: HashSet<u64> = sub
+            .snapshot()
+            .iter()
+            .filter_map(|m| n_of(&m.payload))
+            .collect();
         (ns.len() as u64 >= total).then_some(())
     });
     // Delivery ids are consistent and duplicates bounded by the window per kill.
     let (_, dups) = dedup(&sub.delivered());
-    assert!(dups <= kills * 20, "{dups} duplicate ids after {kills} kills");
+    assert!(
+        dups <= kills * 20,
+        "{dups} duplicate ids after {kills} kills"
+    );
+    eprintln!("mqtt kill loop: {kills} kills, {total} messages, {dups} duplicate ids");
     drop(b);
 }

@@ -19,7 +19,10 @@ fn start_server(pki: std::path::PathBuf) -> (u16, u16, tokio::sync::mpsc::Sender
     let (tx, mut rx) = tokio::sync::mpsc::channel::<f64>(16);
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = listener.local_addr().unwrap().port();
@@ -33,12 +36,18 @@ fn start_server(pki: std::path::PathBuf) -> (u16, u16, tokio::sync::mpsc::Sender
                 .discovery_urls(vec![format!("opc.tcp://127.0.0.1:{port}/")])
                 .trust_client_certs(true)
                 .with_node_manager(simple_node_manager(
-                    NamespaceMetadata { namespace_uri: "urn:buffer-test".into(), ..Default::default() },
+                    NamespaceMetadata {
+                        namespace_uri: "urn:buffer-test".into(),
+                        ..Default::default()
+                    },
                     "simple",
                 ))
                 .build()
                 .unwrap();
-            let nm = handle.node_managers().get_of_type::<SimpleNodeManager>().unwrap();
+            let nm = handle
+                .node_managers()
+                .get_of_type::<SimpleNodeManager>()
+                .unwrap();
             let ns = handle.get_namespace_index("urn:buffer-test").unwrap();
             let id = NodeId::new(ns, "temperature");
             {
@@ -54,7 +63,8 @@ fn start_server(pki: std::path::PathBuf) -> (u16, u16, tokio::sync::mpsc::Sender
             let subs = handle.subscriptions().clone();
             loop {
                 let Some(v) = rx.recv().await else { return };
-                nm.set_value(&subs, &id, None, DataValue::new_now(v)).unwrap();
+                nm.set_value(&subs, &id, None, DataValue::new_now(v))
+                    .unwrap();
                 tokio::task::yield_now().await;
             }
         });
@@ -98,10 +108,15 @@ backoff_base_ms = 20
         let v = 20.0 + f64::from(k) / 4.0;
         values.blocking_send(v).unwrap();
         wait_for(Duration::from_secs(20), "the data change upstream", || {
-            sink.snapshot().iter().any(|d| {
-                serde_json::from_str::<serde_json::Value>(&d.payload)
-                    .is_ok_and(|p| p["value"].as_f64() == Some(v) && p["node"] == format!("ns={ns};s=temperature"))
-            }).then_some(())
+            sink.snapshot()
+                .iter()
+                .any(|d| {
+                    serde_json::from_str::<serde_json::Value>(&d.payload).is_ok_and(|p| {
+                        p["value"].as_f64() == Some(v)
+                            && p["node"] == format!("ns={ns};s=temperature")
+                    })
+                })
+                .then_some(())
         });
     }
     let (firsts, dups) = dedup(&sink.snapshot());

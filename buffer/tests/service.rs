@@ -43,7 +43,10 @@ fn payload_n(p: &str) -> Option<u64> {
 fn tcp_lines_to_http_with_acks_metrics_and_status() {
     let dir = tempfile::tempdir().unwrap();
     let sink = HttpSink::start();
-    let mut b = BufferProc::start(dir.path(), &config(dir.path(), "", &http_output(&sink.url(), 100)));
+    let mut b = BufferProc::start(
+        dir.path(),
+        &config(dir.path(), "", &http_output(&sink.url(), 100)),
+    );
     let acked = AtomicU64::new(0);
     Producer::run(&b.input_addr(0), 1, 1001, &acked, None);
     assert_eq!(acked.load(SeqCst), 1000);
@@ -58,7 +61,13 @@ fn tcp_lines_to_http_with_acks_metrics_and_status() {
         assert_eq!(payload_n(&d.payload), Some(i as u64 + 1));
         assert_eq!(d.id, format!("gw-test/sensors/{}/{}", d.epoch, d.seq));
     }
-    assert!(sink.keys.lock().unwrap().iter().all(|k| k.starts_with("gw-test/sensors/")));
+    assert!(
+        sink.keys
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|k| k.starts_with("gw-test/sensors/"))
+    );
     // A malformed line is refused and reported, the stream goes on.
     let mut s = std::net::TcpStream::connect(b.input_addr(0)).unwrap();
     use std::io::{BufRead, Write};
@@ -117,14 +126,20 @@ fn kill9_loop_loses_no_acknowledged_record() {
     let from = acked.load(SeqCst) + 1;
     Producer::run(&b.input_addr(0), from, from + 100, &acked, None);
     let total_acked = acked.load(SeqCst);
-    assert!(total_acked > 1000, "producer made little progress: {total_acked}");
+    assert!(
+        total_acked > 1000,
+        "producer made little progress: {total_acked}"
+    );
     let got = wait_for(Duration::from_secs(60), "backlog drained", || {
         let st = b.status();
         (st["gauges"]["backlog_records"] == 0).then(|| sink.snapshot())
     });
     let (firsts, dups) = dedup(&got);
     // No acknowledged line is lost.
-    let ns: HashSet<u64> = firsts.iter().filter_map(|d| payload_n(&d.payload)).collect();
+    let ns: HashSet<u64> = firsts
+        .iter()
+        .filter_map(|d| payload_n(&d.payload))
+        .collect();
     for n in 1..=total_acked {
         assert!(ns.contains(&n), "acknowledged line {n} lost");
     }
@@ -133,7 +148,10 @@ fn kill9_loop_loses_no_acknowledged_record() {
         assert_eq!(d.seq, i as u64 + 1, "gap or reorder at {i}: {d:?}");
     }
     // Duplicates are bounded by the in-flight window (one batch) per kill.
-    assert!(dups <= kills * batch, "{dups} duplicates > {kills} × {batch}");
+    assert!(
+        dups <= kills * batch,
+        "{dups} duplicates > {kills} × {batch}"
+    );
     let m = b.get("/metrics");
     assert_eq!(metric(&m, "buffer_corrupt_records_total{"), Some(0.0));
     eprintln!(
@@ -167,11 +185,20 @@ fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
     let per_budget = max / 100;
     Producer::run(&b.input_addr(0), 1, per_budget + 1, &acked, None);
     let rss_1 = b.rss_kib();
-    Producer::run(&b.input_addr(0), per_budget + 1, 3 * per_budget + 1, &acked, None);
+    Producer::run(
+        &b.input_addr(0),
+        per_budget + 1,
+        3 * per_budget + 1,
+        &acked,
+        None,
+    );
     let rss_3 = b.rss_kib();
     assert_eq!(acked.load(SeqCst), 3 * per_budget);
     assert!(disk() <= max, "disk {} > max_bytes {max}", disk());
-    assert!(rss_3 <= rss_1 + 1024, "RSS grew from {rss_1} KiB to {rss_3} KiB");
+    assert!(
+        rss_3 <= rss_1 + 1024,
+        "RSS grew from {rss_1} KiB to {rss_3} KiB"
+    );
     let st = b.status();
     assert!(st["dropped"]["retention_bytes"].as_u64().unwrap() > 0);
     // Link back: what is left arrives, oldest-first drops are explained by gap markers.
@@ -191,7 +218,10 @@ fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
         );
     }
     // The newest records survived.
-    let ns: HashSet<u64> = firsts.iter().filter_map(|d| payload_n(&d.payload)).collect();
+    let ns: HashSet<u64> = firsts
+        .iter()
+        .filter_map(|d| payload_n(&d.payload))
+        .collect();
     assert!(ns.contains(&(3 * per_budget)));
     assert!(b.terminate());
 }
@@ -222,7 +252,7 @@ fn disk_full_on_a_small_tmpfs_never_stops_the_service() {
         "max_bytes = 67108864\nsegment_bytes = 262144\nbatch_window_ms = 10",
         "",
     );
-    let mut b = BufferProc::start(dir.path(), &cfg.replace(&format!("{}", mnt.join("data").display()), &format!("{}", mnt.join("data").display())));
+    let mut b = BufferProc::start(dir.path(), &cfg);
     let acked = AtomicU64::new(0);
     // 6 MB of lines into a 3 MB filesystem.
     Producer::run(&b.input_addr(0), 1, 60_001, &acked, None);

@@ -139,15 +139,23 @@ fn ingest_core(dir: &Path, n: u64) -> Result<(f64, f64, f64, Option<f64>, u64)> 
         (Some(a), Some(b)) => Some((b - a) as f64 / (n * 100) as f64),
         _ => None,
     };
-    Ok((n as f64 / elapsed, oldest_wait, written / (n * 100) as f64, dev, fsyncs))
+    Ok((
+        n as f64 / elapsed,
+        oldest_wait,
+        written / (n * 100) as f64,
+        dev,
+        fsyncs,
+    ))
 }
 
 /// Durable ingest through the writer thread and the byte-bounded channel, producers sending
 /// batches of 1000 records; waits until the last is durable.
 fn ingest_service(dir: &Path, n: u64) -> Result<f64> {
     let (log, _) = Log::open(cfg(dir, "service"))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (ingest, writer) = Writer::spawn(log, 4 << 20, Some(rt.handle().clone()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (ingest, writer) = Writer::spawn(log, 4 << 20, Some(rt.handle().clone()))?;
     let sh = writer.shared().clone();
     let t = Instant::now();
     rt.block_on(async {
@@ -156,7 +164,12 @@ fn ingest_service(dir: &Path, n: u64) -> Result<f64> {
         while sent < n {
             let k = (n - sent).min(1000);
             let recs = (0..k)
-                .map(|_| RecordIn { ts_ms: ts, source: 0, key: Vec::new(), payload: vec![b'y'; 100] })
+                .map(|_| RecordIn {
+                    ts_ms: ts,
+                    source: 0,
+                    key: Vec::new(),
+                    payload: vec![b'y'; 100],
+                })
                 .collect();
             ingest.send(recs, None).await.context("send")?;
             sent += k;
@@ -232,7 +245,9 @@ fn replay(dir: &Path, n: u64) -> Result<(f64, f64)> {
 }
 
 fn have(tool: &str) -> bool {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists())
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).exists())
 }
 
 struct Broker(std::process::Child, u16);
@@ -244,15 +259,28 @@ impl Drop for Broker {
 }
 
 fn start_broker(dir: &Path) -> Result<Broker> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let conf = dir.join("mosq.conf");
     // SAFETY: geteuid has no preconditions.
-    let user = if unsafe { libc::geteuid() } == 0 { "user root\n" } else { "" };
+    let user = if unsafe { libc::geteuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{user}"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{user}"
+        ),
     )?;
-    let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     let b = Broker(child, port);
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -269,7 +297,9 @@ fn count_sub(port: u16, n: u64, ready: std::sync::mpsc::Sender<()>) -> Result<In
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let mut o = MqttOptions::new("bench-sub", "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30));
@@ -310,8 +340,11 @@ fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
     let port = broker.1;
     let (rtx, rrx) = std::sync::mpsc::channel();
     let sub = std::thread::spawn(move || count_sub(port, n, rtx));
-    rrx.recv_timeout(Duration::from_secs(10)).context("subscriber ready")?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rrx.recv_timeout(Duration::from_secs(10))
+        .context("subscriber ready")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let out = buffer::output::MqttOut {
         host: "127.0.0.1".into(),
@@ -334,7 +367,9 @@ fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
         let _ = stop_tx.send(true);
         let _ = task.await;
     });
-    let last = sub.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+    let last = sub
+        .join()
+        .map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
     let rate = n as f64 / last.duration_since(t).as_secs_f64().max(1e-9);
     drop(log);
     Ok(rate)
@@ -356,19 +391,32 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
             broker.1
         ),
     )?;
-    let mut child = Command::new(&bin).arg("--config").arg(&conf).env("SLAPOS_BUFFER_LOG", "warn").stdout(Stdio::piped()).spawn()?;
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(&conf)
+        .env("SLAPOS_BUFFER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
     let ready: serde_json::Value = serde_json::from_str(line.trim_start_matches("READY ").trim())?;
-    let addr = ready["inputs"][0]["listen"].as_str().context("input addr")?.to_string();
-    let metrics = ready["metrics"].as_str().context("metrics addr")?.to_string();
+    let addr = ready["inputs"][0]["listen"]
+        .as_str()
+        .context("input addr")?
+        .to_string();
+    let metrics = ready["metrics"]
+        .as_str()
+        .context("metrics addr")?
+        .to_string();
     let pid = child.id();
     let idle_rss = proc_kib(pid, "VmRSS:");
     let t = Instant::now();
     let mut s = std::net::TcpStream::connect(&addr)?;
     let mut buf = Vec::with_capacity(1 << 20);
     for i in 0..n {
-        buf.extend_from_slice(format!("{{\"n\":{i:>12},\"pad\":\"{}\"}}\n", "p".repeat(69)).as_bytes());
+        buf.extend_from_slice(
+            format!("{{\"n\":{i:>12},\"pad\":\"{}\"}}\n", "p".repeat(69)).as_bytes(),
+        );
         if buf.len() > 1 << 19 {
             s.write_all(&buf)?;
             buf.clear();
@@ -398,16 +446,26 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
 fn http_get(addr: &str, path: &str) -> Result<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
     let mut r = String::new();
     s.read_to_string(&mut r)?;
-    Ok(r.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    Ok(r.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default())
 }
 
 fn proc_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -418,7 +476,10 @@ fn main() -> Result<()> {
         let n: u64 = args.get(3).context("n")?.parse()?;
         return child_fill(&dir, n);
     }
-    let base = args.get(1).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let base = args
+        .get(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
     let dir = base.join(format!("buffer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     struct Cleanup(PathBuf);
@@ -428,46 +489,108 @@ fn main() -> Result<()> {
         }
     }
     let _cleanup = Cleanup(dir.clone());
-    let n: u64 = std::env::var("BUFFER_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
-    println!("buffer-bench on {} (records per ingest run: {n})", dir.display());
+    let n: u64 = std::env::var("BUFFER_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    println!(
+        "buffer-bench on {} (records per ingest run: {n})",
+        dir.display()
+    );
     println!("--- anchors (this machine, this run)");
     let (rate, p50, p99) = raw_fdatasync(&dir)?;
-    report("raw 4 KiB write+fdatasync", format!("{rate:.0}/s p50 {:.2} ms p99 {:.2} ms", p50 * 1e3, p99 * 1e3));
+    report(
+        "raw 4 KiB write+fdatasync",
+        format!(
+            "{rate:.0}/s p50 {:.2} ms p99 {:.2} ms",
+            p50 * 1e3,
+            p99 * 1e3
+        ),
+    );
     let bw = raw_seq_write(&dir, 512)?;
-    report("raw sequential write, 1 MiB blocks + fdatasync", format!("{bw:.0} MiB/s"));
-    println!("--- buffer (goals: >= 1M rec/s durable, window <= 100 ms, WA <= 1.2, replay >= 1M rec/s, RSS <= 8 MB)");
+    report(
+        "raw sequential write, 1 MiB blocks + fdatasync",
+        format!("{bw:.0} MiB/s"),
+    );
+    println!(
+        "--- buffer (goals: >= 1M rec/s durable, window <= 100 ms, WA <= 1.2, replay >= 1M rec/s, RSS <= 8 MB)"
+    );
     let (r, wait, wa, dev, fsyncs) = ingest_core(&dir, n)?;
-    report("durable ingest, 100 B records, log core", format!("{r:.0} rec/s ({:.0} MB/s payload)", r * 100.0 / 1e6));
-    report("  oldest record's wait for its fdatasync", format!("{wait:.1} ms (window 100 ms, batch 1 MiB)"));
+    report(
+        "durable ingest, 100 B records, log core",
+        format!("{r:.0} rec/s ({:.0} MB/s payload)", r * 100.0 / 1e6),
+    );
+    report(
+        "  oldest record's wait for its fdatasync",
+        format!("{wait:.1} ms (window 100 ms, batch 1 MiB)"),
+    );
     report("  fdatasyncs", format!("{fsyncs}"));
-    report("  write amplification, file bytes / payload", format!("{wa:.3}"));
+    report(
+        "  write amplification, file bytes / payload",
+        format!("{wa:.3}"),
+    );
     match dev {
-        Some(d) => report("  write amplification, device bytes / payload", format!("{d:.3} (whole-device counter)")),
-        None => report("  write amplification, device", "n/a (no block device stat)".into()),
+        Some(d) => report(
+            "  write amplification, device bytes / payload",
+            format!("{d:.3} (whole-device counter)"),
+        ),
+        None => report(
+            "  write amplification, device",
+            "n/a (no block device stat)".into(),
+        ),
     }
     report(
         "  vs raw sequential bandwidth",
-        format!("{:.0}% of {bw:.0} MiB/s", r * 100.0 * wa / (bw * 1048576.0) * 100.0),
+        format!(
+            "{:.0}% of {bw:.0} MiB/s",
+            r * 100.0 * wa / (bw * 1048576.0) * 100.0
+        ),
     );
     let rs = ingest_service(&dir, n.min(2_000_000))?;
-    report("durable ingest via channel + writer thread", format!("{rs:.0} rec/s"));
+    report(
+        "durable ingest via channel + writer thread",
+        format!("{rs:.0} rec/s"),
+    );
     let (rr, rec) = replay(&dir, 1_000_000)?;
-    report("replay of 1M-record backlog after kill -9", format!("{rr:.0} rec/s (recovery {:.1} ms)", rec * 1e3));
+    report(
+        "replay of 1M-record backlog after kill -9",
+        format!("{rr:.0} rec/s (recovery {:.1} ms)", rec * 1e3),
+    );
     if have("mosquitto") {
         for w in [64u16, 1000] {
             let e = mqtt_e2e(&dir, 100_000, w)?;
-            report(&format!("end-to-end to mosquitto QoS 1, window {w}"), format!("{e:.0} msg/s"));
+            report(
+                &format!("end-to-end to mosquitto QoS 1, window {w}"),
+                format!("{e:.0} msg/s"),
+            );
         }
         match service_rss(&dir, 1_000_000) {
             Ok((idle, peak, rate)) => {
-                report("slapos-buffer RSS idle", format!("{:.1} MB", idle as f64 / 1024.0));
-                report("slapos-buffer peak RSS, 1M records TCP -> mosquitto", format!("{:.1} MB ({rate:.0} rec/s end to end)", peak as f64 / 1024.0));
+                report(
+                    "slapos-buffer RSS idle",
+                    format!("{:.1} MB", idle as f64 / 1024.0),
+                );
+                report(
+                    "slapos-buffer peak RSS, 1M records TCP -> mosquitto",
+                    format!(
+                        "{:.1} MB ({rate:.0} rec/s end to end)",
+                        peak as f64 / 1024.0
+                    ),
+                );
             }
             Err(e) => report("slapos-buffer peak RSS", format!("not measured: {e}")),
         }
     } else {
-        println!("mosquitto not installed: end-to-end and service RSS skipped (scripts/deps/buffer.sh)");
+        println!(
+            "mosquitto not installed: end-to-end and service RSS skipped (scripts/deps/buffer.sh)"
+        );
     }
-    report("bench process peak RSS", format!("{:.1} MB", proc_kib(std::process::id(), "VmHWM:") as f64 / 1024.0));
+    report(
+        "bench process peak RSS",
+        format!(
+            "{:.1} MB",
+            proc_kib(std::process::id(), "VmHWM:") as f64 / 1024.0
+        ),
+    );
     Ok(())
 }

@@ -96,8 +96,12 @@ async fn print_status(cfg: &Config) -> Result<()> {
 
 async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
     let lc = cfg.log_config()?;
-    let (log, rec) = Log::open(lc.clone())
-        .with_context(|| format!("failed to open the buffer in `{}`", lc.stream_dir().display()))?;
+    let (log, rec) = Log::open(lc.clone()).with_context(|| {
+        format!(
+            "failed to open the buffer in `{}`",
+            lc.stream_dir().display()
+        )
+    })?;
     tracing::info!(
         epoch = rec.epoch,
         acked = rec.acked,
@@ -107,7 +111,8 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
         "buffer opened"
     );
     let sh = log.shared().clone();
-    let (ingest, writer) = Writer::spawn(log, cfg.channel_bytes(), Some(handle));
+    let (ingest, writer) = Writer::spawn(log, cfg.channel_bytes(), Some(handle))
+        .context("failed to spawn the writer thread")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut threads = Vec::new();
@@ -126,7 +131,12 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
         let source = i as u16;
         let mut desc = serde_json::json!({ "index": i });
         match inp.clone() {
-            InputCfg::Tcp { listen, format, ack, max_line } => {
+            InputCfg::Tcp {
+                listen,
+                format,
+                ack,
+                max_line,
+            } => {
                 let l = tokio::net::TcpListener::bind(&listen)
                     .await
                     .with_context(|| format!("failed to bind tcp input `{listen}`"))?;
@@ -146,7 +156,15 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     stop_rx.clone(),
                 )));
             }
-            InputCfg::Mqtt { host, port, client_id, topics, username, password, keep_alive_s } => {
+            InputCfg::Mqtt {
+                host,
+                port,
+                client_id,
+                topics,
+                username,
+                password,
+                keep_alive_s,
+            } => {
                 desc["type"] = "mqtt".into();
                 let c = MqttIn {
                     host,
@@ -166,7 +184,12 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     stop_rx.clone(),
                 )));
             }
-            InputCfg::Serial { path, baud, format, max_line } => {
+            InputCfg::Serial {
+                path,
+                baud,
+                format,
+                max_line,
+            } => {
                 desc["type"] = "serial".into();
                 let c = SerialIn {
                     path,
@@ -183,7 +206,11 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                         .context("failed to spawn the serial input thread")?,
                 );
             }
-            InputCfg::Opcua { endpoint, nodes, interval_ms } => {
+            InputCfg::Opcua {
+                endpoint,
+                nodes,
+                interval_ms,
+            } => {
                 desc["type"] = "opcua".into();
                 #[cfg(feature = "opcua")]
                 {
@@ -204,7 +231,9 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 #[cfg(not(feature = "opcua"))]
                 {
                     let _ = (endpoint, nodes, interval_ms);
-                    anyhow::bail!("an opcua input needs slapos-buffer built with the `opcua` feature");
+                    anyhow::bail!(
+                        "an opcua input needs slapos-buffer built with the `opcua` feature"
+                    );
                 }
             }
         }
@@ -214,13 +243,22 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
     }
     match cfg.output.clone() {
         Some(OutputCfg::Mqtt {
-            host, port, client_id, topic, window, keep_alive_s, username, password,
-            backoff_base_ms, backoff_max_ms,
+            host,
+            port,
+            client_id,
+            topic,
+            window,
+            keep_alive_s,
+            username,
+            password,
+            backoff_base_ms,
+            backoff_max_ms,
         }) => {
             let c = MqttOut {
                 host,
                 port,
-                client_id: client_id.unwrap_or_else(|| format!("slapos-buffer-{}-{}", sh.node_id, sh.stream)),
+                client_id: client_id
+                    .unwrap_or_else(|| format!("slapos-buffer-{}-{}", sh.node_id, sh.stream)),
                 topic: topic.unwrap_or_else(|| "buffer/{stream}".into()),
                 window: window.unwrap_or(64),
                 keep_alive: Duration::from_secs(keep_alive_s.unwrap_or(30)),
@@ -231,9 +269,20 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     Duration::from_millis(backoff_max_ms.unwrap_or(120_000)),
                 ),
             };
-            tasks.push(tokio::spawn(output::run_mqtt(sh.clone(), c, stop_rx.clone())));
+            tasks.push(tokio::spawn(output::run_mqtt(
+                sh.clone(),
+                c,
+                stop_rx.clone(),
+            )));
         }
-        Some(OutputCfg::Http { url, batch_records, batch_bytes, timeout_ms, backoff_base_ms, backoff_max_ms }) => {
+        Some(OutputCfg::Http {
+            url,
+            batch_records,
+            batch_bytes,
+            timeout_ms,
+            backoff_base_ms,
+            backoff_max_ms,
+        }) => {
             let c = HttpOut {
                 url,
                 batch_records: batch_records.unwrap_or(1000),
@@ -244,7 +293,11 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     Duration::from_millis(backoff_max_ms.unwrap_or(120_000)),
                 ),
             };
-            tasks.push(tokio::spawn(output::run_http(sh.clone(), c, stop_rx.clone())));
+            tasks.push(tokio::spawn(output::run_http(
+                sh.clone(),
+                c,
+                stop_rx.clone(),
+            )));
         }
         None => {}
     }

@@ -220,7 +220,10 @@ impl BufferProc {
 
     /// Metrics address.
     pub fn metrics_addr(&self) -> String {
-        self.ready["metrics"].as_str().expect("metrics address").to_string()
+        self.ready["metrics"]
+            .as_str()
+            .expect("metrics address")
+            .to_string()
     }
 
     /// GET on the metrics endpoint.
@@ -275,10 +278,16 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 /// Blocking `GET`, body only.
 pub fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect metrics");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut r = String::new();
     s.read_to_string(&mut r).expect("read");
-    r.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()
+    r.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
 }
 
 /// A Prometheus sample value (first line starting with `name{` or `name `).
@@ -367,16 +376,27 @@ impl HttpSink {
                             kind: v["kind"].as_str().unwrap_or_default().to_string(),
                             payload: v["payload"].as_str().unwrap_or_default().to_string(),
                             gap: v.get("gap").map(|g| {
-                                (g["first_seq"].as_u64().unwrap_or(0), g["last_seq"].as_u64().unwrap_or(0))
+                                (
+                                    g["first_seq"].as_u64().unwrap_or(0),
+                                    g["last_seq"].as_u64().unwrap_or(0),
+                                )
                             }),
                         });
                     }
                     k.lock().expect("keys").push(key);
                 }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
             }
         });
-        HttpSink { addr, got, keys, fail, stop }
+        HttpSink {
+            addr,
+            got,
+            keys,
+            fail,
+            stop,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -427,7 +447,11 @@ pub struct Producer {
 
 /// The JSON line number `n`.
 pub fn line(n: u64) -> String {
-    format!("{{\"sensor\":\"s1\",\"n\":{n},\"v\":{}.5,\"pad\":\"{}\"}}", n % 97, "x".repeat(40))
+    format!(
+        "{{\"sensor\":\"s1\",\"n\":{n},\"v\":{}.5,\"pad\":\"{}\"}}",
+        n % 97,
+        "x".repeat(40)
+    )
 }
 
 impl Producer {
@@ -435,7 +459,9 @@ impl Producer {
     /// `from - 1 + <n>` for every `ok <n>` received. Returns when all were acked or the
     /// connection broke (the caller resends from `acked + 1`).
     pub fn run(addr: &str, from: u64, to: u64, acked: &AtomicU64, stop_after: Option<Duration>) {
-        let Ok(s) = TcpStream::connect(addr) else { return };
+        let Ok(s) = TcpStream::connect(addr) else {
+            return;
+        };
         let _ = s.set_nodelay(true);
         let mut w = s.try_clone().expect("clone");
         let r = BufReader::new(s);
@@ -460,12 +486,12 @@ impl Producer {
         });
         for l in r.lines() {
             let Ok(l) = l else { break };
-            if let Some(v) = l.strip_prefix("ok ") {
-                if let Ok(n) = v.trim().parse::<u64>() {
-                    acked.fetch_max(base + n, SeqCst);
-                    if base + n >= to - 1 {
-                        break;
-                    }
+            if let Some(v) = l.strip_prefix("ok ")
+                && let Ok(n) = v.trim().parse::<u64>()
+            {
+                acked.fetch_max(base + n, SeqCst);
+                if base + n >= to - 1 {
+                    break;
                 }
             }
         }
@@ -506,7 +532,10 @@ impl Subscriber {
         let topic = topic.to_string();
         let creds = creds.map(|(u, p)| (u.to_string(), p.to_string()));
         let join = thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let mut o = MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
                 o.set_keep_alive(Duration::from_secs(5));
@@ -544,7 +573,12 @@ impl Subscriber {
                 }
             });
         });
-        Subscriber { got, subacks, stop, join: Some(join) }
+        Subscriber {
+            got,
+            subacks,
+            stop,
+            join: Some(join),
+        }
     }
 
     pub fn snapshot(&self) -> Vec<MqttMsg> {
@@ -559,7 +593,14 @@ impl Subscriber {
                 let mut it = m.id.rsplit('/');
                 let seq = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
                 let epoch = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                Delivered { id: m.id, epoch, seq, kind: m.kind, payload: m.payload, gap: None }
+                Delivered {
+                    id: m.id,
+                    epoch,
+                    seq,
+                    kind: m.kind,
+                    payload: m.payload,
+                    gap: None,
+                }
             })
             .collect()
     }
@@ -579,16 +620,25 @@ pub fn mqtt_publish_all(port: u16, topic: &str, payloads: Vec<String>) {
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let mut o = MqttOptions::new(format!("test-pub-{}", std::process::id()), "127.0.0.1", port);
+        let mut o = MqttOptions::new(
+            format!("test-pub-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
         o.set_outgoing_inflight_upper_limit(100);
         let (c, mut el) = AsyncClient::new(o, 200);
         let n = payloads.len();
         let topic = topic.to_string();
         let feeder = tokio::spawn(async move {
             for p in payloads {
-                c.publish(topic.clone(), QoS::AtLeastOnce, false, p).await.unwrap();
+                c.publish(topic.clone(), QoS::AtLeastOnce, false, p)
+                    .await
+                    .unwrap();
             }
             c
         });
@@ -612,6 +662,14 @@ pub fn mosquitto_passwd(file: &Path, user: &str, pass: &str) {
     if !file.exists() {
         c.arg("-c");
     }
-    let st = c.arg("-b").arg(file).arg(user).arg(pass).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("mosquitto_passwd");
+    let st = c
+        .arg("-b")
+        .arg(file)
+        .arg(user)
+        .arg(pass)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mosquitto_passwd");
     assert!(st.success(), "mosquitto_passwd failed");
 }
