@@ -35,7 +35,10 @@ pub fn bin(name: &str) -> PathBuf {
                 .args(["build", "--bins", "-p", "master-lite", "-p", "node-edge"])
                 .status()
                 .expect("run cargo build");
-            assert!(status.success(), "cargo build of the workspace binaries failed");
+            assert!(
+                status.success(),
+                "cargo build of the workspace binaries failed"
+            );
         });
     }
     assert!(path.exists(), "binary {} not found", path.display());
@@ -68,13 +71,17 @@ impl Proc {
     /// Spawn `cmd` with stdout and stderr collected line by line.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -105,9 +112,11 @@ impl Proc {
 
     /// Wait for a line containing `needle`; returns that line.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> String {
-        wait_for(&format!("{} to print {needle:?}", self.name), timeout, || {
-            self.output().into_iter().find(|l| l.contains(needle))
-        })
+        wait_for(
+            &format!("{} to print {needle:?}", self.name),
+            timeout,
+            || self.output().into_iter().find(|l| l.contains(needle)),
+        )
     }
 
     /// Process id.
@@ -222,4 +231,98 @@ pub fn privileged(test: &str) -> bool {
     );
     eprintln!("SKIP {test}: needs root (set SLAPOS_REQUIRE_PRIVILEGED=1 to make this a failure)");
     false
+}
+
+/// A block of `count` consecutive loopback ports that are free now, distinct for every call in
+/// this process (tests run in parallel threads and each node needs its own partition ports).
+pub fn free_port_block(count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = 20_000 + (std::process::id() % 200) as u16 * 150;
+    loop {
+        let offset = NEXT.fetch_add(count, Ordering::SeqCst);
+        let base = seed.wrapping_add(offset) % 40_000 + 20_000;
+        let all_free =
+            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+}
+
+/// A real `slapos-node run` process.
+pub struct Node {
+    /// The process (`None` while stopped).
+    pub proc: Option<Proc>,
+    /// Its config file.
+    pub config: PathBuf,
+    /// `instance_root`: partition directories are `instance_root/slappartN`.
+    pub instance_root: PathBuf,
+    /// The computer id it registers as.
+    pub computer: String,
+}
+
+impl Node {
+    /// Write a config under `dir` for `partitions` partitions and start the node.
+    pub fn start(dir: &Path, master_url: &str, computer: &str, partitions: u16) -> Node {
+        std::fs::create_dir_all(dir).expect("node dir");
+        let ports = free_port_block(partitions * 10);
+        let config = dir.join("node.toml");
+        let text = format!(
+            "master_url = \"{master_url}\"\ncomputer_id = \"{computer}\"\npartitions = {partitions}\n\
+             software_root = \"software\"\ninstance_root = \"instance\"\npoll_interval = 2\n\
+             long_poll = 20\nrestart_backoff_min = 0.2\nrestart_backoff_max = 2\nstop_timeout = 5\n\
+             promise_interval = 2\ninstall_retry = 2\nmax_instance_passes = 4\n\
+             [ports]\nbase = {ports}\nper_partition = 10\n"
+        );
+        std::fs::write(&config, text).expect("write node config");
+        let mut node = Node {
+            proc: None,
+            config,
+            instance_root: dir.join("instance"),
+            computer: computer.to_owned(),
+        };
+        node.restart();
+        node
+    }
+
+    /// (Re)start the process with the same config.
+    pub fn restart(&mut self) {
+        let mut cmd = Command::new(bin("slapos-node"));
+        cmd.args(["run", "--config"]).arg(&self.config);
+        self.proc = Some(Proc::spawn(&format!("node {}", self.computer), cmd));
+    }
+
+    /// Stop with SIGTERM (services are stopped by the node).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    /// Path of a partition directory.
+    pub fn partition_dir(&self, partition: &str) -> PathBuf {
+        self.instance_root.join(partition)
+    }
+}
+
+/// The repository root (examples live in `examples/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// GET `url` and return the body, `None` when it does not answer 200.
+pub fn http_get(url: &str) -> Option<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    resp.body_mut().read_to_string().ok()
 }
