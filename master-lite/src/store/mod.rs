@@ -178,23 +178,17 @@ impl Store {
             }
         }
         // Known partitions: id -> (addresses, allocated).
-        let mut known: HashMap<String, (String, bool)> = HashMap::new();
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT p.id, p.addresses, EXISTS (SELECT 1 FROM instance i
-                         WHERE i.computer = p.computer AND i.partition = p.id)
-                     FROM partition p WHERE p.computer = ?1",
-                )
-                .op("list partitions")?;
-            let rows = st
-                .query_map([c], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
-                .op("list partitions")?;
-            for row in rows {
-                let (id, v) = row.op("list partitions")?;
-                known.insert(id, v);
-            }
-        }
+        let mut known: HashMap<String, (String, bool)> = rows(
+            &tx,
+            "list partitions",
+            "SELECT p.id, p.addresses, EXISTS (SELECT 1 FROM instance i
+                 WHERE i.computer = p.computer AND i.partition = p.id)
+             FROM partition p WHERE p.computer = ?1",
+            [c],
+            |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))),
+        )?
+        .into_iter()
+        .collect();
         let mut changed = !existed;
         {
             let mut ins = tx
@@ -249,15 +243,13 @@ impl Store {
     /// Every computer, in id order.
     pub fn computers(&mut self) -> Result<Vec<ComputerInfo>> {
         let tx = self.read()?;
-        let ids: Vec<String> = {
-            let mut st = tx
-                .prepare_cached("SELECT id FROM computer ORDER BY id")
-                .op("list computers")?;
-            st.query_map([], |r| r.get(0))
-                .op("list computers")?
-                .collect::<rusqlite::Result<_>>()
-                .op("list computers")?
-        };
+        let ids: Vec<String> = rows(
+            &tx,
+            "list computers",
+            "SELECT id FROM computer ORDER BY id",
+            [],
+            |r| r.get(0),
+        )?;
         ids.iter().map(|c| computer_info(&tx, c)).collect()
     }
 
@@ -392,89 +384,73 @@ impl Store {
         if known == Some(etag.as_str()) {
             return Ok(None);
         }
-        let software = {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT url, requested FROM software WHERE computer = ?1 ORDER BY rowid",
-                )
-                .op("read releases")?;
-            let rows = st
-                .query_map([cs], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .op("read releases")?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (url, state) = row.op("read releases")?;
-                out.push(DesiredSoftware {
-                    url: decode(&url)?,
-                    state: supply_state(&state)?,
-                });
-            }
-            out
-        };
+        let software = rows(
+            &tx,
+            "read releases",
+            "SELECT url, requested FROM software WHERE computer = ?1 ORDER BY rowid",
+            [cs],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?
+        .into_iter()
+        .map(|(url, state)| {
+            Ok(DesiredSoftware {
+                url: decode(&url)?,
+                state: supply_state(&state)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         // Children's connection parameters, keyed by the parent's partition.
         let mut children: HashMap<String, BTreeMap<String, Params>> = HashMap::new();
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT par.partition, ch.title, ch.connection FROM instance ch
-                     JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1",
-                )
-                .op("read children")?;
-            let rows = st
-                .query_map([cs], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .op("read children")?;
-            for row in rows {
-                let (p, title, conn) = row.op("read children")?;
-                children
-                    .entry(p)
-                    .or_default()
-                    .insert(title, from_json(&conn)?);
-            }
-        }
-        let partitions = {
-            let mut st = tx
-                .prepare_cached(&format!(
-                    "SELECT p.id, {} FROM partition p LEFT JOIN instance i
-                     ON i.computer = p.computer AND i.partition = p.id
-                     WHERE p.computer = ?1 ORDER BY p.seq",
-                    InstanceRow::COLUMNS_I
+        for (p, title, conn) in rows(
+            &tx,
+            "read children",
+            "SELECT par.partition, ch.title, ch.connection FROM instance ch
+             JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1",
+            [cs],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
                 ))
-                .op("read partitions")?;
-            let rows = st
-                .query_map([cs], |r| {
-                    let id: String = r.get(0)?;
-                    let inst = match r.get::<_, Option<i64>>(1)? {
-                        Some(_) => Some(InstanceRow::from_row(r, 1)?),
-                        None => None,
-                    };
-                    Ok((id, inst))
-                })
-                .op("read partitions")?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, inst) = row.op("read partitions")?;
-                let instance = match inst {
+            },
+        )? {
+            children
+                .entry(p)
+                .or_default()
+                .insert(title, from_json(&conn)?);
+        }
+        let mut partitions = Vec::new();
+        for (id, inst) in rows(
+            &tx,
+            "read partitions",
+            &format!(
+                "SELECT p.id, {} FROM partition p LEFT JOIN instance i
+                 ON i.computer = p.computer AND i.partition = p.id
+                 WHERE p.computer = ?1 ORDER BY p.seq",
+                InstanceRow::COLUMNS_I
+            ),
+            [cs],
+            |r| {
+                let inst = match r.get::<_, Option<i64>>(1)? {
+                    Some(_) => Some(InstanceRow::from_row(r, 1)?),
                     None => None,
-                    Some(i) => {
-                        let kids = children.remove(&i.partition).unwrap_or_default();
-                        Some(i.assignment(kids)?)
-                    }
                 };
-                out.push(DesiredPartition {
-                    id: decode(&id)?,
-                    instance,
-                });
-            }
-            out
-        };
+                Ok((r.get::<_, String>(0)?, inst))
+            },
+        )? {
+            let instance = match inst {
+                None => None,
+                Some(i) => {
+                    let kids = children.remove(&i.partition).unwrap_or_default();
+                    Some(i.assignment(kids)?)
+                }
+            };
+            partitions.push(DesiredPartition {
+                id: decode(&id)?,
+                instance,
+            });
+        }
         Ok(Some(DesiredState {
             computer: c.clone(),
             etag,
@@ -742,18 +718,13 @@ impl Store {
     /// Every instance, roots and children, in creation order.
     pub fn instances(&mut self) -> Result<Vec<InstanceInfo>> {
         let tx = self.read()?;
-        let rows = {
-            let mut st = tx
-                .prepare_cached(&format!(
-                    "SELECT {} FROM instance ORDER BY id",
-                    InstanceRow::COLUMNS
-                ))
-                .op("list instances")?;
-            st.query_map([], |r| InstanceRow::from_row(r, 0))
-                .op("list instances")?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .op("list instances")?
-        };
+        let rows = rows(
+            &tx,
+            "list instances",
+            &format!("SELECT {} FROM instance ORDER BY id", InstanceRow::COLUMNS),
+            [],
+            |r| InstanceRow::from_row(r, 0),
+        )?;
         let by_id: HashMap<i64, &InstanceRow> = rows.iter().map(|r| (r.id, r)).collect();
         let mut kids: HashMap<i64, Vec<String>> = HashMap::new();
         for r in &rows {
@@ -1138,20 +1109,27 @@ fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {
     row.info(requester, kids)
 }
 
-fn titles(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<String>> {
-    let mut st = tx.prepare_cached(sql).op("list titles")?;
-    st.query_map(p, |r| r.get(0))
-        .op("list titles")?
+/// Run `sql` and map every row with `f`; `op` names the operation in errors.
+fn rows<T>(
+    tx: &Transaction<'_>,
+    op: &'static str,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut st = tx.prepare_cached(sql).op(op)?;
+    st.query_map(p, f)
+        .op(op)?
         .collect::<rusqlite::Result<_>>()
-        .op("list titles")
+        .op(op)
+}
+
+fn titles(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<String>> {
+    rows(tx, "list titles", sql, p, |r| r.get(0))
 }
 
 fn ids(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<i64>> {
-    let mut st = tx.prepare_cached(sql).op("list instance ids")?;
-    st.query_map(p, |r| r.get(0))
-        .op("list instance ids")?
-        .collect::<rusqlite::Result<_>>()
-        .op("list instance ids")
+    rows(tx, "list instance ids", sql, p, |r| r.get(0))
 }
 
 fn touch_seen(tx: &Transaction<'_>, c: &str, now_ms: u64) -> Result<()> {
@@ -1199,20 +1177,16 @@ fn software_from(
 }
 
 fn labels(tx: &Transaction<'_>, c: &str) -> Result<BTreeMap<LabelKey, String>> {
-    let mut st = tx
-        .prepare_cached("SELECT key, value FROM label WHERE computer = ?1")
-        .op("read labels")?;
-    let rows = st
-        .query_map([c], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
-        .op("read labels")?;
-    let mut out = BTreeMap::new();
-    for row in rows {
-        let (k, v) = row.op("read labels")?;
-        out.insert(decode::<LabelKey>(&k)?, v);
-    }
-    Ok(out)
+    rows(
+        tx,
+        "read labels",
+        "SELECT key, value FROM label WHERE computer = ?1",
+        [c],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    )?
+    .into_iter()
+    .map(|(k, v)| Ok((decode::<LabelKey>(&k)?, v)))
+    .collect()
 }
 
 fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
@@ -1224,56 +1198,48 @@ fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
         )
         .op("read a computer")?;
     let labels = labels(tx, c)?;
-    let mut partitions = Vec::new();
-    {
-        let mut st = tx
-            .prepare_cached(
-                "SELECT p.id, p.addresses, i.title FROM partition p LEFT JOIN instance i
-                 ON i.computer = p.computer AND i.partition = p.id
-                 WHERE p.computer = ?1 ORDER BY p.seq",
-            )
-            .op("read partitions")?;
-        let rows = st
-            .query_map([c], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
-            })
-            .op("read partitions")?;
-        for row in rows {
-            let (id, addrs, title) = row.op("read partitions")?;
-            partitions.push(PartitionInfo {
-                id: decode(&id)?,
-                addresses: from_json(&addrs)?,
-                instance: title.as_deref().map(decode).transpose()?,
-            });
-        }
-    }
-    let mut software = Vec::new();
-    {
-        let mut st = tx
-            .prepare_cached(
-                "SELECT url, requested, install_state, install_message FROM software
-                 WHERE computer = ?1 ORDER BY rowid",
-            )
-            .op("read releases")?;
-        let rows = st
-            .query_map([c], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })
-            .op("read releases")?;
-        for row in rows {
-            let (url, req, st, msg) = row.op("read releases")?;
-            software.push(software_from(&url, &req, st.as_deref(), msg)?);
-        }
-    }
+    let partitions = rows(
+        tx,
+        "read partitions",
+        "SELECT p.id, p.addresses, i.title FROM partition p LEFT JOIN instance i
+         ON i.computer = p.computer AND i.partition = p.id
+         WHERE p.computer = ?1 ORDER BY p.seq",
+        [c],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        },
+    )?
+    .into_iter()
+    .map(|(id, addrs, title)| {
+        Ok(PartitionInfo {
+            id: decode(&id)?,
+            addresses: from_json(&addrs)?,
+            instance: title.as_deref().map(decode).transpose()?,
+        })
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let software = rows(
+        tx,
+        "read releases",
+        "SELECT url, requested, install_state, install_message FROM software
+         WHERE computer = ?1 ORDER BY rowid",
+        [c],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        },
+    )?
+    .into_iter()
+    .map(|(url, req, st, msg)| software_from(&url, &req, st.as_deref(), msg))
+    .collect::<Result<Vec<_>>>()?;
     Ok(ComputerInfo {
         id: decode(c)?,
         labels,
@@ -1514,17 +1480,16 @@ fn allocate(
     }
     // Diagnose: which condition failed?
     let (cond, args) = sla.condition("c", 1);
-    let matching: Vec<String> = {
-        let sql = format!(
+    let matching: Vec<String> = rows(
+        tx,
+        "diagnose an allocation",
+        &format!(
             "SELECT c.id FROM (SELECT id AS computer, id FROM computer) c WHERE 1 = 1{cond} \
              ORDER BY c.id"
-        );
-        let mut st = tx.prepare(&sql).op("diagnose an allocation")?;
-        st.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
-            .op("diagnose an allocation")?
-            .collect::<rusqlite::Result<_>>()
-            .op("diagnose an allocation")?
-    };
+        ),
+        rusqlite::params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
     let mut with_release = Vec::new();
     for c in &matching {
         let supplied = tx
