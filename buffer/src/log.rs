@@ -615,12 +615,7 @@ impl Log {
         bases.sort_unstable();
         // Fully acknowledged leftovers (crash between cursor sync and unlink).
         while bases.len() >= 2 && bases[1] <= acked.saturating_add(1) {
-            let p = dir.join(seg_name(bases[0]));
-            match fs.remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ioe("remove", &p)(e)),
-            }
+            remove_segment(&*fs, &dir, bases[0])?;
             rec.removed_acked += 1;
             bases.remove(0);
         }
@@ -758,18 +753,7 @@ impl Log {
                 }
                 a
             }
-            None => {
-                let base = next_seq;
-                let p = dir.join(seg_name(base));
-                let f = create_segment(&*fs, &dir, &p, base, now.wall_ms)?;
-                Active {
-                    base,
-                    file: f,
-                    len: SEG_HEADER_LEN,
-                    created_ms: now.wall_ms,
-                    max_ts: 0,
-                }
-            }
+            None => create_segment(&*fs, &dir, next_seq, now.wall_ms)?,
         };
 
         // New epoch, durable before the first append.
@@ -1029,17 +1013,7 @@ impl Log {
                 true
             }
         });
-        let cursor_path = self.dir.join("CURSOR");
-        self.sh
-            .ack_durable(last)
-            .map_err(ioe("write and fdatasync", &cursor_path))?;
-        let p = self.dir.join(seg_name(seg.base));
-        match self.sh.fs.remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ioe("remove", &p)(e)),
-        }
-        self.sealed.pop_front();
+        self.delete_oldest(last)?;
         if last >= first_unacked {
             let lost = last - first_unacked + 1;
             let total = (last + 1).saturating_sub(seg.base).max(1);
@@ -1065,6 +1039,21 @@ impl Log {
             self.batch_ts.pop_front();
         }
         self.publish_sizes();
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segment (whose last seq is `last`) in the safe order: cursor
+    /// past it and fdatasync'd, then unlink (invariant 3).
+    fn delete_oldest(&mut self, last: u64) -> Result<(), LogError> {
+        let Some(seg) = self.sealed.front().copied() else {
+            return Ok(());
+        };
+        let cursor_path = self.dir.join("CURSOR");
+        self.sh
+            .ack_durable(last)
+            .map_err(ioe("write and fdatasync", &cursor_path))?;
+        remove_segment(&*self.sh.fs, &self.dir, seg.base)?;
+        self.sealed.pop_front();
         Ok(())
     }
 
@@ -1115,18 +1104,8 @@ impl Log {
             self.timed_sync_active()
                 .map_err(ioe("fdatasync", &old_path))?;
         }
-        let p = self.dir.join(seg_name(base));
-        let f = create_segment(&*self.sh.fs, &self.dir, &p, base, now.wall_ms)?;
-        let old = std::mem::replace(
-            &mut self.active,
-            Active {
-                base,
-                file: f,
-                len: SEG_HEADER_LEN,
-                created_ms: now.wall_ms,
-                max_ts: 0,
-            },
-        );
+        let new = create_segment(&*self.sh.fs, &self.dir, base, now.wall_ms)?;
+        let old = std::mem::replace(&mut self.active, new);
         self.sealed.push_back(Sealed {
             base: old.base,
             len: old.len,
@@ -1372,7 +1351,7 @@ impl Log {
         }
         // Acknowledged whole segments.
         let acked = self.sh.acked();
-        while let Some(front) = self.sealed.front().copied() {
+        while !self.sealed.is_empty() {
             let next_base = self
                 .sealed
                 .get(1)
@@ -1381,17 +1360,7 @@ impl Log {
             if acked < next_base - 1 {
                 break;
             }
-            let cp = self.dir.join("CURSOR");
-            self.sh
-                .ack_durable(next_base - 1)
-                .map_err(ioe("fdatasync", &cp))?;
-            let p = self.dir.join(seg_name(front.base));
-            match self.sh.fs.remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ioe("remove", &p)(e)),
-            }
-            self.sealed.pop_front();
+            self.delete_oldest(next_base - 1)?;
             self.publish_sizes();
         }
         while self.batch_ts.front().is_some_and(|&(s, _)| s <= acked) {
@@ -1467,22 +1436,35 @@ impl Log {
     }
 }
 
-fn create_segment(
-    fs: &dyn Fs,
-    dir: &Path,
-    p: &Path,
-    base: u64,
-    now_ms: i64,
-) -> Result<Box<dyn FsFile>, LogError> {
-    let f = fs.open(p, true).map_err(ioe("create segment", p))?;
+/// Unlinks a segment; a segment already gone is fine.
+fn remove_segment(fs: &dyn Fs, dir: &Path, base: u64) -> Result<(), LogError> {
+    let p = dir.join(seg_name(base));
+    match fs.remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ioe("remove", &p)(e)),
+    }
+}
+
+/// Creates a segment whose first seq is `base`: header written and fdatasync'd, directory
+/// fsync'd (so the new file survives a power cut).
+fn create_segment(fs: &dyn Fs, dir: &Path, base: u64, now_ms: i64) -> Result<Active, LogError> {
+    let p = dir.join(seg_name(base));
+    let f = fs.open(&p, true).map_err(ioe("create segment", &p))?;
     let r = f
         .set_len(0)
         .and_then(|_| f.write_all_at(&encode_seg_header(base, now_ms), 0))
         .and_then(|_| f.sync_data())
         .and_then(|_| fs.sync_dir(dir));
     if let Err(e) = r {
-        let _ = fs.remove_file(p);
-        return Err(ioe("create segment", p)(e));
+        let _ = fs.remove_file(&p);
+        return Err(ioe("create segment", &p)(e));
     }
-    Ok(f)
+    Ok(Active {
+        base,
+        file: f,
+        len: SEG_HEADER_LEN,
+        created_ms: now_ms,
+        max_ts: 0,
+    })
 }

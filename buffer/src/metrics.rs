@@ -180,29 +180,26 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
         "Output connection or request failures.",
         m.output_errors.load(Relaxed),
     );
-    let _ = writeln!(
-        o,
-        "# HELP buffer_dropped_records_total Records dropped, by reason.\n# TYPE buffer_dropped_records_total counter"
-    );
-    for r in GapReason::ALL {
+    for (name, help, values) in [
+        (
+            "dropped_records_total",
+            "Records dropped, by reason.",
+            &m.dropped_records,
+        ),
+        (
+            "dropped_bytes_total",
+            "Payload bytes dropped, by reason.",
+            &m.dropped_bytes,
+        ),
+    ] {
         let _ = writeln!(
             o,
-            "buffer_dropped_records_total{{{l},reason=\"{}\"}} {}",
-            r.label(),
-            m.dropped_records[r as usize].load(Relaxed)
+            "# HELP buffer_{name} {help}\n# TYPE buffer_{name} counter"
         );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP buffer_dropped_bytes_total Payload bytes dropped, by reason.\n# TYPE buffer_dropped_bytes_total counter"
-    );
-    for r in GapReason::ALL {
-        let _ = writeln!(
-            o,
-            "buffer_dropped_bytes_total{{{l},reason=\"{}\"}} {}",
-            r.label(),
-            m.dropped_bytes[r as usize].load(Relaxed)
-        );
+        for r in GapReason::ALL {
+            let v = values[r as usize].load(Relaxed);
+            let _ = writeln!(o, "buffer_{name}{{{l},reason=\"{}\"}} {v}", r.label());
+        }
     }
     let _ = writeln!(
         o,
@@ -270,4 +267,50 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
     );
     gauge("epoch", "Writer epoch.", g.epoch.to_string());
     o
+}
+
+/// A `/proc/<pid>/status` field (`VmRSS:`, `VmHWM:`) in KiB, 0 if unreadable; `proc_root` is
+/// `/proc` outside tests.
+pub fn proc_status_kib(proc_root: &std::path::Path, pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_status_fields_from_a_fake_tree_and_the_real_one() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("42")).unwrap();
+        std::fs::write(
+            d.path().join("42/status"),
+            "Name:\tx\nVmHWM:\t  7168 kB\nVmRSS:\t 3800 kB\n",
+        )
+        .unwrap();
+        assert_eq!(proc_status_kib(d.path(), 42, "VmHWM:"), 7168);
+        assert_eq!(proc_status_kib(d.path(), 42, "VmRSS:"), 3800);
+        assert_eq!(proc_status_kib(d.path(), 43, "VmRSS:"), 0);
+        assert!(proc_status_kib(std::path::Path::new("/proc"), std::process::id(), "VmRSS:") > 0);
+    }
+
+    #[test]
+    fn prometheus_text_has_every_family() {
+        let m = Metrics::default();
+        m.dropped(GapReason::DiskFull, 3, 300);
+        m.fsync_done(700);
+        let t = render(&m, &Gauges::default(), "s");
+        assert!(t.contains("buffer_dropped_records_total{stream=\"s\",reason=\"disk_full\"} 3"));
+        assert!(t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"0.001\"} 1"));
+        assert!(t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"0.0005\"} 0"));
+        assert!(t.contains("buffer_fsync_seconds_count{stream=\"s\"} 1"));
+    }
 }

@@ -128,3 +128,18 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
         .unwrap_or_default();
     Ok((code, body))
 }
+
+/// Blocking `GET http://addr/path` returning the body (tools and tests without a runtime).
+pub fn http_get_blocking(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut r = String::new();
+    s.read_to_string(&mut r)?;
+    Ok(r.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default())
+}

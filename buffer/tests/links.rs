@@ -164,9 +164,7 @@ fn uplink_cut_with_a_network_namespace_loses_nothing() {
         &format!("listener {port} 169.254.213.1\n"),
     );
     let sub = Subscriber::start(up.port, "up/#", None);
-    wait_for(Duration::from_secs(10), "subscription", || {
-        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
-    });
+    sub.wait_subscribed();
     let pty = Socat::start(dir.path());
     let out = format!(
         "[output]\ntype = \"mqtt\"\nhost = \"169.254.213.1\"\nport = {port}\ntopic = \"up/serial\"\nwindow = 16\nkeep_alive_s = 5\nbackoff_base_ms = 50\nbackoff_max_ms = 500\n"

@@ -15,6 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+/// (offset, header) of every frame of a segment file's bytes.
+fn frames(bytes: &[u8]) -> Vec<(usize, buffer::codec::FrameHeader)> {
+    let mut v = vec![];
+    let mut off = 32usize;
+    while off < bytes.len() {
+        let f = buffer::codec::FrameView::parse(&bytes[off..]).unwrap();
+        v.push((off, f.header));
+        off += f.header.frame_len();
+    }
+    v
+}
+
 fn data(got: &[Got]) -> Vec<&Got> {
     got.iter().filter(|g| g.kind == RecKind::Data).collect()
 }
@@ -84,13 +96,19 @@ fn bad_stream_names_are_refused() {
     }
 }
 
+/// Small frames and batches, one 1 MiB segment.
+fn big_segment_cfg() -> LogConfig {
+    let mut c = small_cfg();
+    c.segment_bytes = 1 << 20;
+    c
+}
+
 /// Writes `n` records in batches of 7, returns the fs, the active segment path and its
 /// frame boundaries.
 fn written_log(n: u64) -> (MemFs, std::path::PathBuf, Vec<u8>) {
     let o = Instant::now();
     let fs = MemFs::new();
-    let mut cfg = small_cfg();
-    cfg.segment_bytes = 1 << 20;
+    let cfg = big_segment_cfg();
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
     for i in 1..=n {
         log.append(0, 0, b"", &payload(1, i, 40), at(o, 0)).unwrap();
@@ -106,11 +124,7 @@ fn written_log(n: u64) -> (MemFs, std::path::PathBuf, Vec<u8>) {
 
 /// Every valid prefix survives a reopen, nothing invented, seqs continue after it.
 fn check_recovers_prefix(fs: &MemFs, expect_at_least: u64, n: u64) {
-    let cfg = {
-        let mut c = small_cfg();
-        c.segment_bytes = 1 << 20;
-        c
-    };
+    let cfg = big_segment_cfg();
     let (mut log, rec) = open(fs, &cfg, at(Instant::now(), 0));
     let mut r = Reader::new(log.shared().clone());
     let got = drain(&mut r);
@@ -143,13 +157,10 @@ fn check_recovers_prefix(fs: &MemFs, expect_at_least: u64, n: u64) {
 fn truncation_at_every_byte_of_the_last_frames() {
     let (fs, p, bytes) = written_log(60);
     // Frame boundaries: scan with the codec.
-    let mut ends = vec![];
-    let mut off = 32usize;
-    while off < bytes.len() {
-        let v = buffer::codec::FrameView::parse(&bytes[off..]).unwrap();
-        off += v.header.frame_len();
-        ends.push((off, v.header.last_seq()));
-    }
+    let ends: Vec<(usize, u64)> = frames(&bytes)
+        .iter()
+        .map(|(o, h)| (o + h.frame_len(), h.last_seq()))
+        .collect();
     let cut_from = ends[ends.len() - 4].0;
     for cut in cut_from..=bytes.len() {
         let fs2 = MemFs::new();
@@ -177,11 +188,7 @@ fn zero_filled_tails_and_garbage_tails_are_truncated() {
             let mut b = bytes.clone();
             b.extend(std::iter::repeat_n(fill, tail));
             fs2.write_file(&p, &b);
-            let cfg = {
-                let mut c = small_cfg();
-                c.segment_bytes = 1 << 20;
-                c
-            };
+            let cfg = big_segment_cfg();
             let (_log, rec) = open(&fs2, &cfg, at(Instant::now(), 0));
             assert_eq!(
                 rec.truncated_bytes, tail as u64,
@@ -197,19 +204,8 @@ fn zero_filled_tails_and_garbage_tails_are_truncated() {
 #[test]
 fn flipped_bits_and_bad_lengths_skip_one_frame_and_count_it() {
     let (_fs, p, bytes) = written_log(60);
-    let mut frames = vec![];
-    let mut off = 32usize;
-    while off < bytes.len() {
-        let v = buffer::codec::FrameView::parse(&bytes[off..]).unwrap();
-        frames.push((off, v.header));
-        off += v.header.frame_len();
-    }
-    let (foff, fh) = frames[2];
-    let cfg = {
-        let mut c = small_cfg();
-        c.segment_bytes = 1 << 20;
-        c
-    };
+    let (foff, fh) = frames(&bytes)[2];
+    let cfg = big_segment_cfg();
     // A bit flip inside the body, in the header, and a corrupt length field.
     type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
     let mutations: Vec<Mutation> = vec![

@@ -89,9 +89,7 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
     let mut up = Mosquitto::start(&dir.path().join("up"), &auth);
     let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
-    wait_for(Duration::from_secs(10), "subscription", || {
-        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
-    });
+    sub.wait_subscribed();
     let b = BufferProc::start(
         dir.path(),
         &cfg(
@@ -152,9 +150,7 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     let local = Mosquitto::start(&dir.path().join("local"), "");
     let up = Mosquitto::start(&dir.path().join("up"), "");
     let sub = Subscriber::start(up.port, "up/#", None);
-    wait_for(Duration::from_secs(10), "subscription", || {
-        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
-    });
+    sub.wait_subscribed();
     let config = cfg(dir.path(), local.port, up.port, "");
     let total = 3000u64;
     let mut kills = 0;

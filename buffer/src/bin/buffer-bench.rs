@@ -425,7 +425,7 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
     s.write_all(&buf)?;
     drop(s);
     loop {
-        let m = http_get(&metrics, "/status")?;
+        let m = buffer::server::http_get_blocking(&metrics, "/status")?;
         let v: serde_json::Value = serde_json::from_str(&m)?;
         if v["records_delivered"].as_u64().unwrap_or(0) >= n {
             break;
@@ -443,30 +443,8 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
     Ok((idle_rss, peak, rate))
 }
 
-fn http_get(addr: &str, path: &str) -> Result<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut r = String::new();
-    s.read_to_string(&mut r)?;
-    Ok(r.split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default())
-}
-
 fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    buffer::metrics::proc_status_kib(Path::new("/proc"), pid, field)
 }
 
 fn main() -> Result<()> {

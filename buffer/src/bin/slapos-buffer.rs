@@ -94,6 +94,14 @@ async fn print_status(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Output backoff: base 1 s, cap 2 min unless configured.
+fn backoff(base_ms: Option<u64>, max_ms: Option<u64>) -> (Duration, Duration) {
+    (
+        Duration::from_millis(base_ms.unwrap_or(1000)),
+        Duration::from_millis(max_ms.unwrap_or(120_000)),
+    )
+}
+
 async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
     let lc = cfg.log_config()?;
     let (log, rec) = Log::open(lc.clone()).with_context(|| {
@@ -264,10 +272,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 keep_alive: Duration::from_secs(keep_alive_s.unwrap_or(30)),
                 username,
                 password,
-                backoff: (
-                    Duration::from_millis(backoff_base_ms.unwrap_or(1000)),
-                    Duration::from_millis(backoff_max_ms.unwrap_or(120_000)),
-                ),
+                backoff: backoff(backoff_base_ms, backoff_max_ms),
             };
             tasks.push(tokio::spawn(output::run_mqtt(
                 sh.clone(),
@@ -288,10 +293,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 batch_records: batch_records.unwrap_or(1000),
                 batch_bytes: batch_bytes.unwrap_or(1 << 20),
                 timeout: Duration::from_millis(timeout_ms.unwrap_or(30_000)),
-                backoff: (
-                    Duration::from_millis(backoff_base_ms.unwrap_or(1000)),
-                    Duration::from_millis(backoff_max_ms.unwrap_or(120_000)),
-                ),
+                backoff: backoff(backoff_base_ms, backoff_max_ms),
             };
             tasks.push(tokio::spawn(output::run_http(
                 sh.clone(),

@@ -264,30 +264,12 @@ impl Drop for BufferProc {
 
 /// A `/proc/<pid>/status` field in KiB.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    buffer::metrics::proc_status_kib(Path::new("/proc"), pid, field)
 }
 
 /// Blocking `GET`, body only.
 pub fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect metrics");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut r = String::new();
-    s.read_to_string(&mut r).expect("read");
-    r.split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default()
+    buffer::server::http_get_blocking(addr, path).expect("GET on the metrics endpoint")
 }
 
 /// A Prometheus sample value (first line starting with `name{` or `name `).
@@ -579,6 +561,13 @@ impl Subscriber {
             stop,
             join: Some(join),
         }
+    }
+
+    /// Waits until at least one subscription was acknowledged.
+    pub fn wait_subscribed(&self) {
+        wait_for(Duration::from_secs(10), "subscription", || {
+            (self.subacks.load(SeqCst) > 0).then_some(())
+        });
     }
 
     pub fn snapshot(&self) -> Vec<MqttMsg> {
