@@ -8,7 +8,7 @@
 //! `<target dir>/boards-cache`; the test runs the script itself when the cache is empty).
 //!
 //! What a board run does (one board at a time, so the figures are not skewed by a parallel boot):
-//! 1. `cross/build.sh --no-report <target>`: the minsize node binaries and `edge-init` (a no-op when
+//! 1. `cross/build.sh --no-report --bins slapos-node <target>`: the minsize node and `edge-init` (a no-op when
 //!    `cross/build.sh` already built them; the artefacts are shared with scripts/checks/cross.sh);
 //! 2. starts `slapos-master serve` on 127.0.0.1, port 0 (the guest reaches it as 10.0.2.2);
 //! 3. packs an initramfs: `edge-init` as `/init`, the node, its config, the virtio modules (order

@@ -96,7 +96,8 @@ fn has_std(target: &str) -> bool {
 }
 
 /// Check QEMU, the rustup target, the cross linker and the kernel (fetching it when the cache is
-/// empty), then build the artefacts with `cross/build.sh --no-report <target>` (a cargo no-op when
+/// empty), then build the node and edge-init with `cross/build.sh --no-report --bins slapos-node
+/// <target>` (the same cargo commands as the full cross/build.sh, so a no-op when
 /// they are up to date). `Err` is a reason to skip; a failing build panics (that is a bug).
 pub fn prepare(board: &Board, target_dir: &Path) -> Result<Prepared, String> {
     let q = board.bootable().ok_or("board is not bootable under QEMU")?;
@@ -140,7 +141,7 @@ pub fn prepare(board: &Board, target_dir: &Path) -> Result<Prepared, String> {
         }
     }
     let status = Command::new(super::repo_root().join("cross/build.sh"))
-        .args(["--no-report", &board.target])
+        .args(["--no-report", "--bins", "slapos-node", &board.target])
         .env("CARGO_TARGET_DIR", target_dir)
         .env("SLAPOS_CROSS_NO_INSTALL", "1")
         .status()
