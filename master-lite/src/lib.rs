@@ -39,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod standalone;
 pub mod store;
 
 use std::future::Future;

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db]
+//! slapos-master standalone [--dir slapos-standalone] [--listen 127.0.0.1:8355] [--partitions 4]
+//!               [--example hello-web]
 //! slapos-master [--master URL] [--json] supply URL --computer ID [--remove]
 //! slapos-master [--master URL] [--json] request TITLE URL [--type T] [--param k=v]...
 //!               [--params-json FILE|JSON] [--sla k=v]... [--state S] [--wait SECONDS]
@@ -56,6 +58,22 @@ enum Cmd {
         /// Database file (created if missing).
         #[arg(long, default_value = "slapos-master.db")]
         db: PathBuf,
+    },
+    /// Run the master and a local node in one process (the single-box default).
+    Standalone {
+        /// Directory for the database and the node's software, instances and cache.
+        #[arg(long, default_value = "slapos-standalone")]
+        dir: PathBuf,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: String,
+        /// Partitions of the local node.
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Supply and request an example release once up (a name under examples/, or the path
+        /// of a software.toml), and print its URL.
+        #[arg(long)]
+        example: Option<String>,
     },
     /// Supply a software release to a computer (or remove it).
     Supply {
@@ -135,6 +153,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let client = || Client::new(&cli.master).context("--master");
     match cli.cmd {
         Cmd::Serve { listen, db } => serve(&listen, db).map(|()| ExitCode::SUCCESS),
+        Cmd::Standalone {
+            dir,
+            listen,
+            partitions,
+            example,
+        } => standalone(master_lite::standalone::StandaloneOptions {
+            dir,
+            listen,
+            partitions,
+            example,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Cmd::Supply {
             url,
             computer,
@@ -243,16 +273,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn serve(listen: &str, db: PathBuf) -> Result<()> {
+fn init_runtime() -> Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(log_level())
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("start the async runtime")?;
+        .context("start the async runtime")
+}
+
+fn standalone(opts: master_lite::standalone::StandaloneOptions) -> Result<()> {
+    let rt = init_runtime()?;
+    rt.block_on(master_lite::standalone::run(opts, shutdown_signal()))?;
+    Ok(())
+}
+
+fn serve(listen: &str, db: PathBuf) -> Result<()> {
+    let rt = init_runtime()?;
     rt.block_on(async move {
         let listener = master_lite::bind(listen).await?;
         let addr = listener.local_addr().context("read the bound address")?;

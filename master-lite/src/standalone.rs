@@ -112,11 +112,13 @@ pub async fn run(
     let example = opts.example.as_deref().map(resolve_example).transpose()?;
 
     let listener = crate::bind(&opts.listen).await?;
-    let addr = listener.local_addr().map_err(|source| StandaloneError::Io {
-        op: "read the address of",
-        path: PathBuf::from(&opts.listen),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StandaloneError::Io {
+            op: "read the address of",
+            path: PathBuf::from(&opts.listen),
+            source,
+        })?;
     let url = url_of(addr);
     let db = dir.join("master.db");
     let master = tokio::task::spawn_blocking(move || Master::open(&db))
@@ -201,13 +203,13 @@ fn try_deploy_example(
             state: None,
         })
         .map_err(|e| e.to_string())?;
-    println!("requested {title:?} ({release}); waiting for its connection parameters…");
+    println!("requested \"{title}\" ({release}); waiting for its connection parameters…");
     let _ = std::io::stdout().flush();
     loop {
         let info = client.instance(&title, None).map_err(|e| e.to_string())?;
         if !info.connection.is_empty() {
             let shown = serde_json::to_string(&info.connection).unwrap_or_default();
-            println!("connection parameters of {title:?}: {shown}");
+            println!("connection parameters of \"{title}\": {shown}");
             if let Some(u) = info.connection.get("url").and_then(|v| v.as_str()) {
                 println!("open {u}");
             }
@@ -244,10 +246,17 @@ mod tests {
     #[test]
     fn examples_resolve_by_name_and_path() {
         let by_name = resolve_example("hello-web").expect("hello-web");
-        assert!(by_name.as_str().ends_with("examples/hello-web/software.toml"));
+        assert!(
+            by_name
+                .as_str()
+                .ends_with("examples/hello-web/software.toml")
+        );
         let by_path = resolve_example(by_name.as_str()).expect("path");
         assert_eq!(by_path, by_name);
-        assert_eq!(example_title(&by_name).expect("title").as_str(), "hello-web");
+        assert_eq!(
+            example_title(&by_name).expect("title").as_str(),
+            "hello-web"
+        );
         let err = resolve_example("no-such-example").unwrap_err();
         assert!(err.to_string().contains("hello-web, flaky"), "{err}");
     }

@@ -60,7 +60,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A child process whose output lines are collected, killed on drop.
+/// A child process whose output lines are collected, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Proc {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
@@ -152,8 +152,9 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first: a node or standalone box killed with SIGKILL would orphan its services.
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
@@ -238,10 +239,10 @@ pub fn privileged(test: &str) -> bool {
 pub fn free_port_block(count: u16) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = 20_000 + (std::process::id() % 200) as u16 * 150;
+    let seed = 21_000 + (std::process::id() % 200) as u16 * 150;
     loop {
         let offset = NEXT.fetch_add(count, Ordering::SeqCst);
-        let base = seed.wrapping_add(offset) % 40_000 + 20_000;
+        let base = seed.wrapping_add(offset) % 39_000 + 21_000;
         let all_free =
             (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {

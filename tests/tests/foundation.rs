@@ -379,3 +379,31 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(unknown.expect_err("unknown instance").status(), Some(404));
     assert_eq!(snapshot(), before, "a refused call changed the database");
 }
+
+/// `slapos-master standalone --example hello-web`: one process, master and node; the printed URL
+/// serves the example's page, and a restart brings it back from the database and cache.
+#[test]
+fn standalone_serves_the_example() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("box");
+    let start = || {
+        let mut cmd = std::process::Command::new(slapos_tests::bin("slapos-master"));
+        cmd.args(["standalone", "--listen", "127.0.0.1:0", "--partitions", "2"])
+            .args(["--example", "hello-web", "--dir"])
+            .arg(&dir);
+        slapos_tests::Proc::spawn("standalone", cmd)
+    };
+    let mut sa = start();
+    let line = sa.wait_line("open http://", LONG);
+    let url = slapos_tests::url_in(&line).expect("url");
+    let page = wait_for("example page", LONG, || http_get(&url));
+    assert!(page.contains("Hello from the edge"), "{page}");
+    sa.stop();
+    assert!(http_get(&url).is_none(), "service survived the box");
+    assert!(dir.join("master.db").is_file());
+
+    let again = start();
+    let line = again.wait_line("open http://", LONG);
+    assert_eq!(slapos_tests::url_in(&line).as_deref(), Some(url.as_str()));
+    wait_for("example page after restart", LONG, || http_get(&url));
+}
