@@ -92,7 +92,10 @@ async fn hello_web_lifecycle() {
 
     let sr = common::example("hello-web");
     // Quotes and markup in a parameter: the page escapes them, the manifest stays valid TOML.
-    m.assign(0, assignment("web", &sr, json!({"title": "Edge \"One\" <b>"})));
+    m.assign(
+        0,
+        assignment("web", &sr, json!({"title": "Edge \"One\" <b>"})),
+    );
     until(60, "hello-web available", || {
         m.last_software(&sr)
             .filter(|r| r.state == InstallState::Available)
@@ -116,7 +119,10 @@ async fn hello_web_lifecycle() {
     .await;
     assert_eq!(r.promises[0].name, "web-answers");
     let page = get(url.clone()).await.unwrap();
-    assert!(page.contains("<h1>Edge &quot;One&quot; &lt;b&gt;</h1>"), "{page}");
+    assert!(
+        page.contains("<h1>Edge &quot;One&quot; &lt;b&gt;</h1>"),
+        "{page}"
+    );
     assert_eq!(
         m.with(|s| s.connections["slappart0"]["title"].clone()),
         "Edge \"One\" <b>"
@@ -271,7 +277,10 @@ async fn failures_stay_in_their_partition() {
     // 1: the good flaky release, unhealthy on request.
     let flaky_sr = common::example("flaky");
     // A string, as `slapos-master request --param healthy=false` sends it.
-    m.assign(1, assignment("flaky", &flaky_sr, json!({"healthy": "false"})));
+    m.assign(
+        1,
+        assignment("flaky", &flaky_sr, json!({"healthy": "false"})),
+    );
     // 2: a profile with a typo.
     let typo = release(
         &srs,
