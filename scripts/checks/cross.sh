@@ -8,12 +8,15 @@
 # SLAPOS_CROSS_CHECK_TESTS=0 skips step 2.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-t0=$(date +%s)
-cross/build.sh
+# Both steps always run (a failed build still leaves the other results to read); the check fails
+# if either did.
+t0=$(date +%s) status=0
+cross/build.sh || { status=1; echo "cross check: cross/build.sh FAILED" >&2; }
 echo "cross check: builds done in $(( $(date +%s) - t0 ))s"
 if [ "${SLAPOS_CROSS_CHECK_TESTS:-1}" = 1 ]; then
     t1=$(date +%s)
-    cross/test-emulated.sh
+    cross/test-emulated.sh || { status=1; echo "cross check: cross/test-emulated.sh FAILED" >&2; }
     echo "cross check: emulated unit tests done in $(( $(date +%s) - t1 ))s"
 fi
-echo "cross check: ok in $(( $(date +%s) - t0 ))s"
+echo "cross check: $([ $status = 0 ] && echo ok || echo FAILED) in $(( $(date +%s) - t0 ))s"
+exit $status
