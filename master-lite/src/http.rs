@@ -33,6 +33,8 @@ pub struct AppState {
     pub db: Db,
     /// Long-poll wake-ups and last contact.
     pub hub: Arc<Hub>,
+    /// Configuration of the classic SLAP routes (`slapos-master serve --cfg`).
+    pub slap: Arc<crate::slap::SlapConfig>,
 }
 
 /// The native API router.
@@ -56,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/instances", post(request).get(list_instances))
         .route("/v1/instances/{title}", get(show_instance))
         .route("/v1/instances/{title}/state", post(set_state))
+        .merge(crate::slap::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

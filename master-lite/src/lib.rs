@@ -39,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod slap;
 pub mod standalone;
 pub mod store;
 
@@ -80,9 +81,18 @@ impl Master {
         let hub = Arc::new(hub::Hub::default());
         let (db, worker) = db::start(store, hub.clone())?;
         Ok(Self {
-            state: AppState { db, hub },
+            state: AppState {
+                db,
+                hub,
+                slap: Arc::default(),
+            },
             worker,
         })
+    }
+
+    /// Configure the classic SLAP routes (default computer, software products).
+    pub fn set_slap_config(&mut self, cfg: slap::SlapConfig) {
+        self.state.slap = Arc::new(cfg);
     }
 
     /// The state handlers share (for [`app`], or to call the store directly).

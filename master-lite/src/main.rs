@@ -1,7 +1,7 @@
 //! `slapos-master`: the master server and its client subcommands.
 //!
 //! ```text
-//! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db]
+//! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db] [--cfg slapos-proxy.cfg]
 //! slapos-master standalone [--dir slapos-standalone] [--listen 127.0.0.1:8355] [--partitions 4]
 //!               [--example hello-web]
 //! slapos-master [--master URL] [--json] supply URL --computer ID [--remove]
@@ -52,12 +52,18 @@ struct Cli {
 enum Cmd {
     /// Run the master: HTTP API over an embedded SQLite database.
     Serve {
-        /// Address to listen on (port 0 picks a free port).
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        listen: String,
-        /// Database file (created if missing).
-        #[arg(long, default_value = "slapos-master.db")]
-        db: PathBuf,
+        /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8355, or the
+        /// host and port of --cfg].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Database file, created if missing [default: slapos-master.db, or the database_uri
+        /// of --cfg].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// slapproxy's configuration file (`[slapos] computer_id`, `[slapproxy] host, port,
+        /// database_uri, software_product_list`); --listen and --db win over it.
+        #[arg(long)]
+        cfg: Option<PathBuf>,
     },
     /// Run the master and a local node in one process (the single-box default).
     Standalone {
@@ -152,7 +158,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
     let client = || Client::new(&cli.master).context("--master");
     match cli.cmd {
-        Cmd::Serve { listen, db } => serve(&listen, db).map(|()| ExitCode::SUCCESS),
+        Cmd::Serve { listen, db, cfg } => {
+            let proxy = cfg
+                .map(|path| master_lite::slap::ProxyConfig::load(&path))
+                .transpose()?;
+            let listen = listen
+                .or_else(|| proxy.as_ref().map(|p| p.listen()))
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+            let db = db
+                .or_else(|| proxy.as_ref().map(|p| p.database.clone()))
+                .unwrap_or_else(|| PathBuf::from("slapos-master.db"));
+            let slap = proxy.map(|p| p.slap).unwrap_or_default();
+            serve(&listen, db, slap).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Standalone {
             dir,
             listen,
@@ -291,7 +309,7 @@ fn standalone(opts: master_lite::standalone::StandaloneOptions) -> Result<()> {
     Ok(())
 }
 
-fn serve(listen: &str, db: PathBuf) -> Result<()> {
+fn serve(listen: &str, db: PathBuf, slap: master_lite::slap::SlapConfig) -> Result<()> {
     let rt = init_runtime()?;
     rt.block_on(async move {
         let listener = master_lite::bind(listen).await?;
@@ -299,9 +317,10 @@ fn serve(listen: &str, db: PathBuf) -> Result<()> {
         let db_shown = db.display().to_string();
         // Open the database before announcing the address: a test reading this line may call
         // the API at once.
-        let master = tokio::task::spawn_blocking(move || master_lite::Master::open(&db))
+        let mut master = tokio::task::spawn_blocking(move || master_lite::Master::open(&db))
             .await
             .context("open the database")??;
+        master.set_slap_config(slap);
         println!("{}{}", master_lite::LISTENING, master_lite::url_of(addr));
         std::io::stdout().flush().ok();
         tracing::info!(%addr, db = %db_shown, "master started");

@@ -38,6 +38,9 @@
 //!   child stays destroyed when the tree is started again.
 
 pub mod schema;
+mod slap;
+
+pub use slap::{SlapComputer, SlapInstance, SlapPartition};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -597,6 +600,17 @@ impl Store {
         from: Option<&PartitionRef>,
         now_ms: u64,
     ) -> Result<InstanceInfo> {
+        self.request_with(req, from, now_ms, RequestRules::NATIVE)
+    }
+
+    /// [`Store::request`] under explicit [`RequestRules`] (the SLAP routes relax two of them).
+    pub fn request_with(
+        &mut self,
+        req: &InstanceRequest,
+        from: Option<&PartitionRef>,
+        now_ms: u64,
+        rules: RequestRules,
+    ) -> Result<InstanceInfo> {
         let sla = Sla::parse(&req.sla)?;
         let mut tx = self.write()?;
         let requester = match from {
@@ -655,7 +669,7 @@ impl Store {
             .optional()
             .op("look up an instance")?;
         let id = match existing {
-            Some(e) => update_instance(&mut tx, e, req, requester.as_ref(), root_state)?,
+            Some(e) => update_instance(&mut tx, e, req, requester.as_ref(), root_state, rules)?,
             None => {
                 let mut state = req.state.unwrap_or_default();
                 if state == InstanceState::Destroyed {
@@ -681,7 +695,8 @@ impl Store {
                     Some(InstanceState::Stopped) => state = InstanceState::Stopped,
                     _ => {}
                 }
-                let (computer, partition) = allocate(&tx, &req.software_url, &sla, title)?;
+                let (computer, partition) =
+                    allocate(&tx, &req.software_url, &sla, title, rules.require_supply)?;
                 let seq = tx.seq()?;
                 tx.execute(
                     "INSERT INTO instance (title, root, requester, software_url, software_type,
@@ -1259,8 +1274,10 @@ fn update_instance(
     req: &InstanceRequest,
     requester: Option<&InstanceRow>,
     root_state: Option<InstanceState>,
+    rules: RequestRules,
 ) -> Result<i64> {
-    if e.software_url != req.software_url.as_str() {
+    let url_changed = e.software_url != req.software_url.as_str();
+    if url_changed && !rules.allow_url_change {
         return Err(ApiError::Conflict(format!(
             "instance {:?}{} already exists with software URL {}; destroy it or choose another \
              title to use {}",
@@ -1292,14 +1309,16 @@ fn update_instance(
     }
     let params_changed = from_json::<Params>(&e.parameters)? != req.parameters;
     let type_changed = e.software_type != req.software_type.as_str();
-    if params_changed || type_changed || state != current {
+    if params_changed || type_changed || url_changed || state != current {
         tx.execute(
-            "UPDATE instance SET software_type = ?2, parameters = ?3, state = ?4 WHERE id = ?1",
+            "UPDATE instance SET software_type = ?2, parameters = ?3, state = ?4,
+                 software_url = ?5 WHERE id = ?1",
             params![
                 e.id,
                 req.software_type.as_str(),
                 to_json(&req.parameters)?,
-                state.as_str()
+                state.as_str(),
+                req.software_url.as_str()
             ],
         )
         .op("update an instance")?;
@@ -1380,6 +1399,30 @@ fn destroy_subtree(tx: &mut Tx<'_>, inst: &InstanceRow) -> Result<()> {
     Ok(())
 }
 
+/// Rules of a request that differ between the native API and slapproxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRules {
+    /// Allocate only on computers that have the release supplied (native); slapproxy does not
+    /// check.
+    pub require_supply: bool,
+    /// A re-request with another software URL updates the instance (slapproxy) instead of
+    /// being a conflict (native).
+    pub allow_url_change: bool,
+}
+
+impl RequestRules {
+    /// The native API's rules.
+    pub const NATIVE: Self = Self {
+        require_supply: true,
+        allow_url_change: false,
+    };
+    /// slapproxy's rules (the classic SLAP routes).
+    pub const SLAPPROXY: Self = Self {
+        require_supply: false,
+        allow_url_change: true,
+    };
+}
+
 /// A parsed SLA filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sla {
@@ -1458,12 +1501,18 @@ fn allocate(
     url: &SoftwareUrl,
     sla: &Sla,
     title: &str,
+    require_supply: bool,
 ) -> Result<(String, String)> {
     let (cond, args) = sla.condition("p", 2);
+    // ?1 is always bound; without the supply rule it is only compared with itself.
+    let supply = if require_supply {
+        "JOIN software s ON s.computer = p.computer AND s.url = ?1 AND s.requested = 'available'"
+    } else {
+        ""
+    };
     let sql = format!(
-        "SELECT p.computer, p.id FROM partition p
-         JOIN software s ON s.computer = p.computer AND s.url = ?1 AND s.requested = 'available'
-         WHERE NOT EXISTS (SELECT 1 FROM instance i
+        "SELECT p.computer, p.id FROM partition p {supply}
+         WHERE ?1 = ?1 AND NOT EXISTS (SELECT 1 FROM instance i
                            WHERE i.computer = p.computer AND i.partition = p.id){cond}
          ORDER BY p.seq LIMIT 1"
     );
@@ -1514,16 +1563,22 @@ fn allocate(
     };
     let why = if matching.is_empty() {
         "no registered computer matches the SLA filter".to_owned()
-    } else if with_release.is_empty() {
+    } else if with_release.is_empty() && require_supply {
         let m: Vec<&str> = matching.iter().map(String::as_str).collect();
         format!(
             "the release is not supplied on any matching computer ({}); supply it first",
             list(&m)
         )
-    } else {
+    } else if require_supply {
         format!(
             "every partition is allocated on the matching computers that have the release ({})",
             list(&with_release)
+        )
+    } else {
+        let m: Vec<&str> = matching.iter().map(String::as_str).collect();
+        format!(
+            "every partition is allocated on the matching computers ({})",
+            list(&m)
         )
     };
     Err(ApiError::NoAllocation(format!(
@@ -1573,6 +1628,8 @@ pub fn dump(conn: &Connection) -> String {
         "partition",
         "software",
         "instance",
+        "slap_computer",
+        "slap_address",
     ] {
         let Ok(mut st) = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")) else {
             out.push_str(&format!("{table}: unreadable\n"));

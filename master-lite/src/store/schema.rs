@@ -84,6 +84,26 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX instance_requester ON instance(requester);
     "#,
+    // 2: what the classic SLAP format payload carries beyond the native registration: the
+    // computer's address and each partition's interface/address/netmask triples (`ip_list`).
+    r#"
+    CREATE TABLE slap_computer (
+        id      TEXT PRIMARY KEY REFERENCES computer(id) ON DELETE CASCADE,
+        address TEXT,
+        netmask TEXT
+    ) WITHOUT ROWID;
+
+    CREATE TABLE slap_address (
+        computer  TEXT NOT NULL,
+        partition TEXT NOT NULL,
+        seq       INTEGER NOT NULL,          -- order in the format payload
+        interface TEXT NOT NULL,
+        address   TEXT NOT NULL,
+        netmask   TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (computer, partition, seq),
+        FOREIGN KEY (computer, partition) REFERENCES partition(computer, id) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.

@@ -1,0 +1,554 @@
+//! The classic SLAP routes (slapos.core 1.26.1's `slap` library, `slapos request/supply`,
+//! slapgrid), served next to the native API over the **same store**: an instance requested
+//! here is the same row the native API shows, and the other way round.
+//!
+//! Design: each handler parses the form or query with the codec of `slapos_proto::slap`, makes
+//! one closure call to the database worker and encodes the answer with xml_marshaller. Status
+//! codes follow slapproxy (`proxy/slap_tool.py`): a missing form field is 400, an undecodable
+//! marshal payload or an unknown computer/partition on a read is 500 (slapproxy's unhandled
+//! exception), allocation failure is 404, and the "action" routes answer 200 with slapproxy's
+//! texts (`done`, `OK`, `Ignored`, …), including its 200-with-error-text cases. See
+//! `docs/slap.md` for the mapping of the two models and the known differences.
+//!
+//! Invariant: a refused call changes nothing (validation happens before the store call, and
+//! store calls are transactions).
+//!
+//! Limits: shared ("slave") instances are refused with 404 (not implemented); no request
+//! forwarding to other masters (hence never 408); started/stopped/error reports are accepted and
+//! ignored, as slapproxy does.
+
+pub mod config;
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value as Json;
+use slapos_proto::slap::{
+    self as wire, BusyPartition, ComputerConfiguration, ComputerDoc, ComputerPartitionDoc,
+    ConnectionForm, FormError, FormFields, ParamDict, PartitionParameters, RequestForm,
+    RequestedPartition, SlapPartitionAuth, SoftwareInstanceDoc, SoftwareReleaseDoc,
+    SoftwareReleaseForm, SupplyForm, Value,
+};
+use slapos_proto::{
+    ComputerId, InstallState, InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId,
+    SoftwareReport, SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
+};
+
+pub use config::{ProxyConfig, SlapConfig};
+
+use crate::error::ApiError;
+use crate::http::{AppState, now_ms};
+use crate::store::{SlapInstance, SlapPartition};
+
+/// The SLAP routes, to merge into the native router.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/getFullComputerInformation", get(full_computer))
+        .route("/getComputerInformation", get(full_computer))
+        .route("/registerComputerPartition", get(register_partition))
+        .route("/getComputerPartitionCertificate", get(certificate))
+        .route("/getComputerPartitionStatus", get(partition_status))
+        .route("/getSoftwareReleaseListFromSoftwareProduct", get(product))
+        .route("/loadComputerConfigurationFromXML", post(format))
+        .route("/requestComputerPartition", post(request))
+        .route("/supplySupply", post(supply))
+        .route("/buildingSoftwareRelease", post(building))
+        .route("/availableSoftwareRelease", post(available))
+        .route("/softwareReleaseError", post(release_error))
+        .route("/destroyedSoftwareRelease", post(destroyed_release))
+        .route("/startedComputerPartition", post(ignored))
+        .route("/stoppedComputerPartition", post(ignored))
+        .route("/softwareInstanceError", post(ignored))
+        .route("/useComputer", post(ignored))
+        .route("/destroyedComputerPartition", post(destroyed_partition))
+        .route("/setComputerPartitionConnectionXml", post(connection))
+        .route("/softwareInstanceBang", post(bang))
+        .route("/softwareInstanceRename", post(rename))
+        .route("/computerBang", post(computer_bang))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Answers and errors
+
+/// A refused SLAP call: a status and a plain-text body (slapproxy answers text, not JSON).
+#[derive(Debug)]
+pub struct SlapError(StatusCode, String);
+
+impl IntoResponse for SlapError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::warn!(status = %self.0, error = %self.1, "SLAP call failed");
+        }
+        (self.0, self.1).into_response()
+    }
+}
+
+impl From<ApiError> for SlapError {
+    fn from(e: ApiError) -> Self {
+        let status = match &e {
+            // slapproxy: AllocationFailure → abort(404).
+            ApiError::NoAllocation(_) => StatusCode::NOT_FOUND,
+            other => other.status(),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "internal error in a SLAP call");
+            return SlapError(status, "Internal server error".into());
+        }
+        SlapError(status, e.to_string())
+    }
+}
+
+/// slapproxy: `request.form['x']` missing → 400 (Flask's BadRequestKeyError); anything the
+/// unmarshaller or its callers raise → 500.
+impl From<FormError> for SlapError {
+    fn from(e: FormError) -> Self {
+        match e {
+            FormError::MissingField { .. } => SlapError(StatusCode::BAD_REQUEST, e.to_string()),
+            other => SlapError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+type SlapResult = Result<Response, SlapError>;
+
+fn bad_request(e: impl std::fmt::Display) -> SlapError {
+    SlapError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+fn server_error(e: impl std::fmt::Display) -> SlapError {
+    SlapError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// A 200 answer with slapproxy's content type.
+fn text(body: impl Into<String>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn marshal(v: &Value) -> SlapResult {
+    wire::dumps(v).map(text).map_err(server_error)
+}
+
+type Fields = Vec<(String, String)>;
+
+fn form(body: &Bytes) -> Fields {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn query(q: &Option<String>) -> Fields {
+    form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions between the two models
+
+/// Our revision (milliseconds of the global counter) as slapproxy's `str(time.time())`.
+pub fn timestamp(revision: i64) -> String {
+    wire::pyrepr::float_repr(revision as f64 / 1000.0)
+}
+
+/// Stored JSON parameters as `xml2dict` would give them back: strings, `None` for empty.
+pub fn param_dict(p: &Params) -> ParamDict {
+    p.iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Json::Null => None,
+                Json::String(s) if s.is_empty() => None,
+                Json::String(s) => Some(s.clone()),
+                other => Some(wire::pyrepr::py_str_json(other)),
+            };
+            (k.clone(), s)
+        })
+        .collect()
+}
+
+/// Instance XML (what slapproxy stores) to our JSON parameters.
+fn json_params(xml: &str) -> Result<Params, SlapError> {
+    let dict = wire::xml2dict(xml).map_err(server_error)?;
+    Ok(dict
+        .into_iter()
+        .map(|(k, v)| (k, v.map_or(Json::Null, Json::String)))
+        .collect())
+}
+
+fn busy_doc(c: &str, p: &SlapPartition, i: &SlapInstance) -> ComputerPartitionDoc {
+    let busy = BusyPartition {
+        requested_state: i.state.clone(),
+        parameters: PartitionParameters {
+            instance: param_dict(&i.parameters),
+            ip_list: p.ip_list.clone(),
+            software_type: i.software_type.clone(),
+            instance_title: i.title.clone(),
+            root_instance_title: if i.root.is_empty() {
+                i.title.clone()
+            } else {
+                i.root.clone()
+            },
+            software_release_url: i.software_url.clone(),
+            timestamp: Some(timestamp(i.revision)),
+            ..Default::default()
+        },
+        connection: param_dict(&i.connection),
+    };
+    ComputerPartitionDoc::busy(c, &p.id, &busy)
+}
+
+fn partition_doc(c: &str, p: &SlapPartition) -> ComputerPartitionDoc {
+    match &p.instance {
+        Some(i) => busy_doc(c, p, i),
+        None => ComputerPartitionDoc::free(c, &p.id),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node-side reads
+
+async fn full_computer(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResult {
+    let q = query(&q);
+    let c = wire::forms::required(&q, "computer_id")?.to_owned();
+    let id = c.clone();
+    let found = st.db.call(move |s| s.slap_computer(&id)).await?;
+    let doc = match found {
+        Some(comp) => ComputerDoc {
+            computer_id: c.clone(),
+            software_release_list: comp
+                .software
+                .iter()
+                .map(|(url, state)| SoftwareReleaseDoc::supplied(url, &c, state))
+                .collect(),
+            partition_list: comp
+                .partitions
+                .iter()
+                .map(|p| partition_doc(&c, p))
+                .collect(),
+            extra: BTreeMap::new(),
+        },
+        // slapproxy: the configured computer answers empty even before it is formatted.
+        None if st.slap.computer_id.as_deref() == Some(c.as_str()) => ComputerDoc::empty(&c),
+        None => {
+            return Err(server_error(format!(
+                "NotFoundError: {c} is not registered."
+            )));
+        }
+    };
+    doc.encode().map(text).map_err(server_error)
+}
+
+async fn register_partition(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResult {
+    let q = query(&q);
+    let r = wire::PartitionRef::from_register_query(&q)?;
+    let (c, p) = (r.computer_id.clone(), r.partition_id.clone());
+    let found = st.db.call(move |s| s.slap_partition(&c, &p)).await?;
+    let Some(part) = found else {
+        return Err(server_error(format!(
+            "UnauthorizedError: partition {} of computer {} is not registered",
+            r.partition_id, r.computer_id
+        )));
+    };
+    partition_doc(&r.computer_id, &part)
+        .encode()
+        .map(text)
+        .map_err(server_error)
+}
+
+async fn certificate() -> SlapResult {
+    marshal(&Value::dict([("certificate", ""), ("key", "")]))
+}
+
+async fn partition_status() -> SlapResult {
+    marshal(&Value::str("Not implemented."))
+}
+
+async fn computer_bang() -> SlapResult {
+    marshal(&Value::str(""))
+}
+
+async fn product(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResult {
+    let q = query(&q);
+    match (
+        q.field("software_product_reference"),
+        q.field("software_release_url"),
+    ) {
+        (Some(name), None) => {
+            let list: Vec<Value> = st
+                .slap
+                .software_products
+                .get(name)
+                .map(Value::str)
+                .into_iter()
+                .collect();
+            marshal(&Value::List(list))
+        }
+        (None, Some(_)) => Err(server_error(
+            "NotImplementedError: software_release_url parameter is not supported yet.",
+        )),
+        _ => Err(server_error(
+            "AssertionError: give exactly one of software_product_reference and \
+             software_release_url",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Computer and software
+
+async fn format(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let cfg = ComputerConfiguration::from_form(&form(&body))?;
+    let now = now_ms();
+    st.db.call(move |s| s.slap_format(&cfg, now)).await?;
+    Ok(text("done"))
+}
+
+async fn supply(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let f = SupplyForm::from_form(&form(&body))?;
+    let c = ComputerId::parse(f.computer_id.as_str()).map_err(bad_request)?;
+    let req = SupplyRequest {
+        url: SoftwareUrl::parse(f.url.as_str()).map_err(bad_request)?,
+        state: match f.state {
+            wire::SupplyState::Available => SupplyState::Available,
+            wire::SupplyState::Destroyed => SupplyState::Destroyed,
+        },
+    };
+    let now = now_ms();
+    st.db.call(move |s| s.slap_supply(&c, &req, now)).await?;
+    let state = match f.state {
+        wire::SupplyState::Available => "available",
+        wire::SupplyState::Destroyed => "destroyed",
+    };
+    Ok(text(format!(
+        "Supplied {} to be {state}",
+        wire::pyrepr::str_repr(&f.url)
+    )))
+}
+
+/// Record a node's software report; unknown computers or releases are ignored (slapproxy
+/// ignores these reports altogether).
+async fn software_report(st: &AppState, body: &Bytes, state: InstallState) -> Option<()> {
+    let f = SoftwareReleaseForm::from_form(&form(body)).ok()?;
+    let c = ComputerId::parse(f.computer_id.as_str()).ok()?;
+    let rep = SoftwareReport {
+        url: SoftwareUrl::parse(f.url.as_str()).ok()?,
+        state,
+        message: f.error_log,
+    };
+    let now = now_ms();
+    st.db
+        .call(move |s| s.report_software(&c, &rep, now))
+        .await
+        .ok()
+}
+
+async fn building(State(st): State<AppState>, body: Bytes) -> Response {
+    software_report(&st, &body, InstallState::Building).await;
+    text("Ignored")
+}
+
+async fn available(State(st): State<AppState>, body: Bytes) -> Response {
+    software_report(&st, &body, InstallState::Available).await;
+    text("Ignored")
+}
+
+async fn release_error(State(st): State<AppState>, body: Bytes) -> Response {
+    software_report(&st, &body, InstallState::Error).await;
+    text("Ignored")
+}
+
+async fn destroyed_release(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let f = form(&body);
+    wire::forms::required(&f, "computer_id")?;
+    wire::forms::required(&f, "url")?;
+    software_report(&st, &body, InstallState::Destroyed).await;
+    Ok(text("OK"))
+}
+
+async fn ignored() -> Response {
+    text("Ignored")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances
+
+/// The requesting partition: the X-SlapPartition header, else the form's `computer_id` +
+/// `computer_partition_id` (slapproxy's order).
+fn requester(
+    headers: &HeaderMap,
+    req: &RequestForm,
+) -> Result<Option<slapos_proto::PartitionRef>, SlapError> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(SlapPartitionAuth::parse)
+        .and_then(|a| a.partition_id.map(|p| (a.computer_id, p)));
+    let who = from_header.or_else(|| {
+        req.requester
+            .as_ref()
+            .map(|r| (r.computer_id.clone(), r.partition_id.clone()))
+    });
+    who.map(|(c, p)| {
+        Ok(slapos_proto::PartitionRef {
+            computer: ComputerId::parse(c).map_err(bad_request)?,
+            partition: PartitionId::parse(p).map_err(bad_request)?,
+        })
+    })
+    .transpose()
+}
+
+async fn request(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> SlapResult {
+    let f = RequestForm::from_form(&form(&body))?;
+    let from = requester(&headers, &f)?;
+    if f.shared {
+        return Err(SlapError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "No partition corresponding to slave request: {:?} (shared instances are not \
+                 implemented by master-lite yet)",
+                f.partition_reference
+            ),
+        ));
+    }
+    let mut sla = BTreeMap::new();
+    match f.filter_str("computer_guid") {
+        Some(c) => {
+            sla.insert("computer_guid".to_owned(), c.to_owned());
+        }
+        None => {
+            if let Some(c) = &st.slap.computer_id {
+                sla.insert("computer_guid".to_owned(), c.clone());
+            }
+        }
+    }
+    let req = InstanceRequest {
+        title: InstanceTitle::parse(f.partition_reference.as_str()).map_err(bad_request)?,
+        software_url: SoftwareUrl::parse(f.software_release.as_str()).map_err(bad_request)?,
+        software_type: if f.software_type.is_empty() {
+            SoftwareType::default()
+        } else {
+            SoftwareType::parse(f.software_type.as_str()).map_err(bad_request)?
+        },
+        parameters: json_params(&f.parameters_instance_xml().map_err(server_error)?)?,
+        sla,
+        state: f.state.map(|s| match s {
+            wire::RequestedState::Started => InstanceState::Started,
+            wire::RequestedState::Stopped => InstanceState::Stopped,
+            wire::RequestedState::Destroyed => InstanceState::Destroyed,
+        }),
+    };
+    let now = now_ms();
+    let (info, ip_list) = st
+        .db
+        .call(move |s| {
+            if let Some(who) = &from
+                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
+                    .is_none()
+            {
+                // slapproxy: an unknown partition in the header is a 400.
+                return Err(ApiError::BadRequest(format!(
+                    "requesting partition {who} is not registered"
+                )));
+            }
+            s.slap_request(&req, from.as_ref(), now)
+        })
+        .await?;
+    let connection = param_dict(&info.connection);
+    let connection_xml = if connection.is_empty() {
+        None
+    } else {
+        Some(wire::dict2xml_params(&connection).map_err(server_error)?)
+    };
+    SoftwareInstanceDoc::for_partition(&RequestedPartition {
+        computer_id: info.computer.to_string(),
+        partition_id: info.partition.to_string(),
+        software_release_url: info.software_url.to_string(),
+        software_type: info.software_type.to_string(),
+        parameters: param_dict(&info.parameters),
+        timestamp: timestamp(info.revision as i64),
+        connection,
+        connection_xml,
+        requested_state: info.state.as_str().to_owned(),
+        ip_list,
+    })
+    .encode()
+    .map(text)
+    .map_err(server_error)
+}
+
+async fn connection(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let f = ConnectionForm::from_form(&form(&body))?;
+    let params = json_params(&f.connection_instance_xml().map_err(server_error)?)?;
+    if f.slave_reference.is_some() {
+        // No shared instances yet: slapproxy's UPDATE of an unknown slave changes nothing.
+        return Ok(text("done"));
+    }
+    let (Ok(c), Ok(p)) = (
+        ComputerId::parse(f.partition.computer_id.as_str()),
+        PartitionId::parse(f.partition.partition_id.as_str()),
+    ) else {
+        return Ok(text("done"));
+    };
+    let now = now_ms();
+    match st
+        .db
+        .call(move |s| s.publish_connection(&c, &p, &params, now))
+        .await
+    {
+        // slapproxy updates no row for an unknown or free partition and still answers `done`.
+        Ok(()) | Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(text("done")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn bang(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let f = form(&body);
+    let r = wire::PartitionRef::from_form(&f)?;
+    let message = f.field("message").unwrap_or("").to_owned();
+    let (Ok(c), Ok(p)) = (
+        ComputerId::parse(r.computer_id.as_str()),
+        PartitionId::parse(r.partition_id.as_str()),
+    ) else {
+        return Ok(text("OK"));
+    };
+    let now = now_ms();
+    match st.db.call(move |s| s.bang(&c, &p, &message, now)).await {
+        // slapproxy bangs the tree of an unknown partition (none) and answers OK.
+        Ok(_) | Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(text("OK")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn destroyed_partition(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let r = wire::PartitionRef::from_form(&form(&body))?;
+    let now = now_ms();
+    let answer = st
+        .db
+        .call(move |s| s.slap_destroyed(&r.computer_id, &r.partition_id, now))
+        .await?;
+    Ok(text(answer))
+}
+
+async fn rename(State(st): State<AppState>, body: Bytes) -> SlapResult {
+    let f = form(&body);
+    let new = wire::forms::required(&f, "new_name")?;
+    let r = wire::PartitionRef::from_form(&f)?;
+    let new = InstanceTitle::parse(new).map_err(bad_request)?;
+    let (c, p) = (r.computer_id.clone(), r.partition_id.clone());
+    let renamed = st.db.call(move |s| s.slap_rename(&c, &p, &new)).await?;
+    Ok(text(if renamed {
+        "done".to_owned()
+    } else {
+        format!(
+            "Unknown partition ({}, {})",
+            wire::pyrepr::str_repr(&r.partition_id),
+            wire::pyrepr::str_repr(&r.computer_id)
+        )
+    }))
+}

@@ -1,0 +1,380 @@
+//! Store operations of the classic SLAP routes (`crate::slap`), over the same tables as the
+//! native API: one model, two protocols.
+//!
+//! The mapping (see `docs/slap.md`): slapproxy's `(partition_reference, requested_by)` is our
+//! `(title, root)`; its `timestamp` is our `revision` read as milliseconds; parameters and
+//! connection parameters are stored as JSON objects (the strings slapproxy's `xml2dict` would
+//! give back). What the format payload carries beyond a native registration (interface names,
+//! netmasks, the computer's address) lives in the `slap_*` tables of migration 2.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, params};
+use slapos_proto::slap::ComputerConfiguration;
+use slapos_proto::{
+    ComputerId, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId,
+    PartitionRef, PartitionReport, PartitionSpec, RegisterComputer, SoftwareInfo, SupplyRequest,
+};
+
+use super::{InstanceRow, RequestRules, Result, Store, Tx, instance_on, labels, ms, rows, titles};
+use crate::error::{ApiError, DbContext};
+
+/// An instance as the SLAP routes show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlapInstance {
+    /// Title (slapproxy's `partition_reference`).
+    pub title: String,
+    /// `''` for a root, else the title of the tree root (slapproxy's `requested_by`).
+    pub root: String,
+    /// Software release URL.
+    pub software_url: String,
+    /// Software type.
+    pub software_type: String,
+    /// Instance parameters.
+    pub parameters: Params,
+    /// Requested state.
+    pub state: String,
+    /// Published connection parameters.
+    pub connection: Params,
+    /// Revision (slapproxy's timestamp, in ms).
+    pub revision: i64,
+}
+
+/// A partition as the SLAP routes show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlapPartition {
+    /// Partition id.
+    pub id: String,
+    /// `(interface, address)` pairs: from the last SLAP format, else the native addresses with
+    /// the partition id as interface (what slapproxy does without a tap name).
+    pub ip_list: Vec<(String, String)>,
+    /// The instance holding it, if any.
+    pub instance: Option<SlapInstance>,
+}
+
+/// A computer as `getFullComputerInformation` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlapComputer {
+    /// `(url, requested state)` of each supplied release, in supply order.
+    pub software: Vec<(String, String)>,
+    /// Partitions in registration order.
+    pub partitions: Vec<SlapPartition>,
+}
+
+impl From<InstanceRow> for SlapInstance {
+    fn from(r: InstanceRow) -> Self {
+        let json = |s: &str| serde_json::from_str::<Params>(s).unwrap_or_default();
+        Self {
+            parameters: json(&r.parameters),
+            connection: json(&r.connection),
+            title: r.title,
+            root: r.root,
+            software_url: r.software_url,
+            software_type: r.software_type,
+            state: r.state,
+            revision: r.revision,
+        }
+    }
+}
+
+fn bad<E: std::fmt::Display>(e: E) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}
+
+impl Store {
+    /// `loadComputerConfigurationFromXML`: register the computer and its partitions (native
+    /// rules: existing allocations are kept, labels are kept), then record the interface,
+    /// address and netmask triples. Two transactions on the single store thread.
+    pub fn slap_format(&mut self, cfg: &ComputerConfiguration, now_ms: u64) -> Result<()> {
+        let id = ComputerId::parse(cfg.reference.as_str()).map_err(bad)?;
+        let partitions = cfg
+            .partitions
+            .iter()
+            .map(|p| {
+                Ok(PartitionSpec {
+                    id: PartitionId::parse(p.reference.as_str()).map_err(bad)?,
+                    addresses: p.addresses.iter().map(|a| a.addr.clone()).collect(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kept_labels = {
+            let tx = self.read()?;
+            labels(&tx, id.as_str())?
+        };
+        self.register(
+            &RegisterComputer {
+                id: id.clone(),
+                partitions,
+                labels: kept_labels,
+            },
+            now_ms,
+        )?;
+        let tx = self.write()?;
+        let c = id.as_str();
+        tx.execute(
+            "INSERT INTO slap_computer (id, address, netmask) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET address = excluded.address, netmask = excluded.netmask",
+            params![c, cfg.address, cfg.netmask],
+        )
+        .op("record the computer's address")?;
+        tx.execute("DELETE FROM slap_address WHERE computer = ?1", [c])
+            .op("replace partition addresses")?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO slap_address (computer, partition, seq, interface, address, netmask)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .op("record partition addresses")?;
+            for p in &cfg.partitions {
+                for (i, a) in p.addresses.iter().enumerate() {
+                    ins.execute(params![
+                        c,
+                        p.reference,
+                        i as i64,
+                        p.network_interface(),
+                        a.addr,
+                        a.netmask
+                    ])
+                    .op("record partition addresses")?;
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    /// `getFullComputerInformation`: `None` when the computer is not registered.
+    pub fn slap_computer(&mut self, c: &str) -> Result<Option<SlapComputer>> {
+        let tx = self.read()?;
+        let known = tx
+            .query_row("SELECT 1 FROM computer WHERE id = ?1", [c], |_| Ok(()))
+            .optional()
+            .op("look up a computer")?
+            .is_some();
+        if !known {
+            return Ok(None);
+        }
+        let software = rows(
+            &tx,
+            "read releases",
+            "SELECT url, requested FROM software WHERE computer = ?1 ORDER BY rowid",
+            [c],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let partitions = slap_partitions(&tx, c, None)?;
+        Ok(Some(SlapComputer {
+            software,
+            partitions,
+        }))
+    }
+
+    /// `registerComputerPartition`: `None` when the partition is not registered.
+    pub fn slap_partition(&mut self, c: &str, p: &str) -> Result<Option<SlapPartition>> {
+        let tx = self.read()?;
+        Ok(slap_partitions(&tx, c, Some(p))?.pop())
+    }
+
+    /// `requestComputerPartition` (non-shared) under slapproxy's rules; also returns the
+    /// allocated partition's `ip_list`.
+    pub fn slap_request(
+        &mut self,
+        req: &InstanceRequest,
+        from: Option<&PartitionRef>,
+        now_ms: u64,
+    ) -> Result<(InstanceInfo, Vec<(String, String)>)> {
+        let info = self.request_with(req, from, now_ms, RequestRules::SLAPPROXY)?;
+        let tx = self.read()?;
+        let ip = slap_partitions(&tx, info.computer.as_str(), Some(info.partition.as_str()))?
+            .pop()
+            .map(|p| p.ip_list)
+            .unwrap_or_default();
+        Ok((info, ip))
+    }
+
+    /// `supplySupply`: like slapproxy, a supply to an unknown computer creates it (without
+    /// partitions) instead of failing.
+    pub fn slap_supply(
+        &mut self,
+        c: &ComputerId,
+        req: &SupplyRequest,
+        now_ms: u64,
+    ) -> Result<SoftwareInfo> {
+        let tx = self.write()?;
+        tx.execute(
+            "INSERT INTO computer (id, etag, registered_ms) VALUES (?1, 0, ?2)
+             ON CONFLICT (id) DO NOTHING",
+            params![c.as_str(), ms(now_ms)],
+        )
+        .op("create a supplied computer")?;
+        tx.commit()?;
+        self.supply(c, req)
+    }
+
+    /// `softwareInstanceRename`: rename the instance on `c/p` (a root's children follow, as
+    /// their `root` is its title). `Ok(false)` when the partition holds no instance.
+    pub fn slap_rename(&mut self, c: &str, p: &str, new: &InstanceTitle) -> Result<bool> {
+        let mut tx = self.write()?;
+        let Some(inst) = instance_on(&tx, c, p)? else {
+            return Ok(false);
+        };
+        let new = new.as_str();
+        if new == inst.title {
+            return Ok(true);
+        }
+        let taken = tx
+            .query_row(
+                "SELECT 1 FROM instance WHERE root = ?1 AND title = ?2",
+                [inst.root.as_str(), new],
+                |_| Ok(()),
+            )
+            .optional()
+            .op("look up an instance")?
+            .is_some();
+        if taken {
+            return Err(ApiError::Conflict(format!(
+                "cannot rename {:?} to {new:?}: that title is taken in its tree",
+                inst.title
+            )));
+        }
+        tx.execute(
+            "UPDATE instance SET title = ?2 WHERE id = ?1",
+            params![inst.id, new],
+        )
+        .op("rename an instance")?;
+        let mut bumped = vec![inst.id];
+        if inst.root.is_empty() {
+            bumped.extend(super::ids(
+                &tx,
+                "UPDATE instance SET root = ?2 WHERE root = ?1 RETURNING id",
+                params![inst.title, new],
+            )?);
+        }
+        bump_all(&mut tx, &bumped)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// `destroyedComputerPartition`: the node destroyed the partition. Answers slapproxy's
+    /// texts (all with HTTP 200): `OK`, the child list that keeps the partition, or why nothing
+    /// was freed.
+    pub fn slap_destroyed(&mut self, c: &str, p: &str, now_ms: u64) -> Result<String> {
+        let unknown = || format!("Unknown partition ('{p}', '{c}')");
+        let (Ok(cid), Ok(pid)) = (ComputerId::parse(c), PartitionId::parse(p)) else {
+            return Ok(unknown());
+        };
+        let inst = {
+            let tx = self.read()?;
+            let known = tx
+                .query_row(
+                    "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
+                    [c, p],
+                    |_| Ok(()),
+                )
+                .optional()
+                .op("look up a partition")?
+                .is_some();
+            if !known {
+                return Ok(unknown());
+            }
+            instance_on(&tx, c, p)?
+        };
+        let Some(inst) = inst else {
+            return Ok("OK".into());
+        };
+        let report = PartitionReport {
+            state: InstanceState::Destroyed,
+            revision: inst.revision as u64,
+            promises: Vec::new(),
+            error: None,
+        };
+        let ack = self.report_partition(&cid, &pid, &report, now_ms)?;
+        Ok(if ack.freed {
+            "OK".into()
+        } else if !ack.waiting_for.is_empty() {
+            let kids: Vec<String> = ack.waiting_for.iter().map(|t| t.to_string()).collect();
+            format!(
+                "Not destroying yet because this partition has child partitions: {}",
+                kids.join(", ")
+            )
+        } else {
+            format!(
+                "Not destroying: instance {:?} is requested {}, not destroyed",
+                inst.title, inst.state
+            )
+        })
+    }
+
+    /// Titles of the direct children of the instance on `c/p` (diagnostics of the SLAP tests).
+    pub fn slap_children(&mut self, c: &str, p: &str) -> Result<Vec<String>> {
+        let tx = self.read()?;
+        match instance_on(&tx, c, p)? {
+            None => Ok(Vec::new()),
+            Some(i) => titles(
+                &tx,
+                "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
+                [i.id],
+            ),
+        }
+    }
+}
+
+fn bump_all(tx: &mut Tx<'_>, ids: &[i64]) -> Result<()> {
+    for id in ids {
+        tx.bump_instance(*id)?;
+    }
+    Ok(())
+}
+
+/// Partitions of computer `c` (only `p` when given) with their instance and `ip_list`.
+fn slap_partitions(
+    tx: &rusqlite::Transaction<'_>,
+    c: &str,
+    only: Option<&str>,
+) -> Result<Vec<SlapPartition>> {
+    let mut addresses: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (p, iface, addr) in rows(
+        tx,
+        "read partition addresses",
+        "SELECT partition, interface, address FROM slap_address
+         WHERE computer = ?1 AND (?2 IS NULL OR partition = ?2) ORDER BY partition, seq",
+        params![c, only],
+        |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)),
+    )? {
+        addresses.entry(p).or_default().push((iface, addr));
+    }
+    let found = rows(
+        tx,
+        "read partitions",
+        &format!(
+            "SELECT p.id, p.addresses, {} FROM partition p LEFT JOIN instance i
+             ON i.computer = p.computer AND i.partition = p.id
+             WHERE p.computer = ?1 AND (?2 IS NULL OR p.id = ?2) ORDER BY p.seq",
+            InstanceRow::COLUMNS_I
+        ),
+        params![c, only],
+        |r| {
+            let inst = match r.get::<_, Option<i64>>(2)? {
+                Some(_) => Some(InstanceRow::from_row(r, 2)?),
+                None => None,
+            };
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, inst))
+        },
+    )?;
+    Ok(found
+        .into_iter()
+        .map(|(id, native, inst)| {
+            let ip_list = addresses.remove(&id).unwrap_or_else(|| {
+                serde_json::from_str::<Vec<String>>(&native)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| (id.clone(), a))
+                    .collect()
+            });
+            SlapPartition {
+                id,
+                ip_list,
+                instance: inst.map(SlapInstance::from),
+            }
+        })
+        .collect())
+}
