@@ -17,6 +17,9 @@
 //! * [`http`]: [`app`] builds the axum router; handlers validate input into proto types and make
 //!   one store call. One error type ([`ApiError`]) maps to `{kind, error}` JSON bodies and hides
 //!   internals on 5xx.
+//! * [`slap`]: the classic SLAP routes of slapos.core 1.26.1 (`slapos request/supply`, the
+//!   `slap` library, slapgrid) over the same store; `slapos-master serve --cfg` reads
+//!   slapproxy's configuration file (`docs/slap.md`).
 //! * [`Master`] / [`serve`]: open the database, start the worker and serve a listener until a
 //!   shutdown future completes (used by `slapos-master serve` and by `standalone`).
 //!
@@ -33,7 +36,8 @@
 //! * No authentication yet: anyone reaching the port may call any route, and the
 //!   `x-slapos-partition` header is trusted (mTLS identities come with a later issue).
 //! * One writer thread: throughput is bounded by one fsync per write call (see `master-bench`).
-//! * Shared ("slave") instances are not implemented.
+//! * Shared ("slave") instances are not implemented (native or SLAP), nor SLAP's JSON-RPC API
+//!   and `/hateoas`.
 
 pub mod db;
 pub mod error;
