@@ -149,6 +149,57 @@ pub struct Config {
     /// Time limit of one artifact download.
     #[serde(default = "d_fetch_timeout", deserialize_with = "de_secs")]
     pub fetch_timeout: Duration,
+    /// Real-time partitions (the `rt` crate): `true`, `false` or `"auto"` (default: on when the
+    /// node runs as root and a cgroup hierarchy is usable).
+    #[serde(default)]
+    pub rt: RtMode,
+    /// CPUs partitions may reserve (`"1-3"`); default: rt's pool (isolated CPUs, else all but
+    /// the first). Published as the `rt_cpus` label.
+    #[serde(default)]
+    pub rt_cpus: Option<String>,
+    /// Name of the cgroup subtree holding the partitions' groups.
+    #[serde(default = "d_rt_root_name")]
+    pub rt_root_name: String,
+    /// Directory of the node's companion programs (`rt-probe`, `enb-sim`, `slapos-radio`):
+    /// `{{ tools_dir }}` in profiles, first in services' and promises' `PATH`. Default: the
+    /// directory of the running executable.
+    #[serde(default)]
+    pub tools_dir: Option<PathBuf>,
+}
+
+/// Whether the node manages real-time partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RtMode {
+    /// On when root and a cgroup hierarchy is usable; otherwise off (refusing RT profiles).
+    #[default]
+    Auto,
+    /// On; the node refuses to start when rt cannot work.
+    On,
+    /// Off: RT profiles are refused.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for RtMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::B(true) => Ok(Self::On),
+            Raw::B(false) => Ok(Self::Off),
+            Raw::S(s) if s == "auto" => Ok(Self::Auto),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "rt = {s:?}: expected true, false or \"auto\""
+            ))),
+        }
+    }
+}
+
+fn d_rt_root_name() -> String {
+    "slapos-edge".into()
 }
 
 fn default_prefix() -> String {
@@ -241,6 +292,10 @@ impl Config {
             log_keep: two_u32(),
             install_retry: d_install_retry(),
             fetch_timeout: d_fetch_timeout(),
+            rt: RtMode::Auto,
+            rt_cpus: None,
+            rt_root_name: d_rt_root_name(),
+            tools_dir: None,
         }
     }
 
@@ -274,7 +329,11 @@ impl Config {
                     *p = b.join(&*p);
                 }
             }
-            if let Some(s) = c.state_dir.as_mut().filter(|s| s.is_relative()) {
+            for s in [c.state_dir.as_mut(), c.tools_dir.as_mut()]
+                .into_iter()
+                .flatten()
+                .filter(|s| s.is_relative())
+            {
                 *s = b.join(&*s);
             }
         }
@@ -372,7 +431,30 @@ impl Config {
         if self.log_max_bytes < 1024 {
             return bad("log_max_bytes", "must be at least 1024".into());
         }
+        let name_ok = !self.rt_root_name.is_empty()
+            && self.rt_root_name.len() <= 64
+            && !matches!(self.rt_root_name.as_str(), "." | "..")
+            && self
+                .rt_root_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !name_ok {
+            return bad(
+                "rt_root_name",
+                format!("{:?} must be 1-64 of A-Z a-z 0-9 . _ -", self.rt_root_name),
+            );
+        }
         Ok(())
+    }
+
+    /// Where the node's companion programs are: `tools_dir`, else the running executable's
+    /// directory (`None` when neither is known).
+    pub fn tools_dir(&self) -> Option<PathBuf> {
+        self.tools_dir.clone().or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf))
+        })
     }
 
     /// The node's private state directory.

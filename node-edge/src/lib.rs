@@ -60,10 +60,11 @@ pub mod profile;
 pub mod promise;
 pub mod release;
 pub mod resources;
+pub mod rt_resources;
 pub mod supervisor;
 pub mod util;
 
-pub use config::{Config, ConfigError, PortRange};
+pub use config::{Config, ConfigError, PortRange, RtMode};
 pub use node::{Seams, run, run_with};
 
 /// A node that cannot start (or a `format` that failed).
@@ -89,12 +90,18 @@ pub enum NodeError {
     /// The master URL is unusable.
     #[error(transparent)]
     Client(#[from] slapos_client::ClientError),
+    /// Real-time partitions were asked for (`rt = true`) and cannot work.
+    #[error(transparent)]
+    Rt(#[from] rt_resources::RtSetupError),
 }
 
 /// `slapos-node format`: create partitions (idempotent) and register with the master when it is
 /// reachable. Returns whether the registration succeeded (`false`: offline, nothing lost).
 pub fn format(config: &Config) -> Result<bool, NodeError> {
-    format_with(config, &isolation::CurrentUser, &resources::NoResources)
+    match rt_resources::build(config)? {
+        Some(rt) => format_with(config, &isolation::CurrentUser, &rt),
+        None => format_with(config, &isolation::CurrentUser, &resources::NoResources),
+    }
 }
 
 /// [`format()`] with explicit seams.

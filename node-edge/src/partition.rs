@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use slapos_proto::{Assignment, InstanceState, PartitionReport, PromiseResult};
+use slapos_proto::{Assignment, InstanceState, Params, PartitionReport, PromiseResult};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -98,11 +98,14 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> PartitionHandle {
     let (tx, rx) = watch::channel(None);
+    // A profile left applied by a node that crashed: the first pass re-applies or releases.
+    let held = sh.resources.held(&layout.id).then(Map::new);
     let actor = Actor {
         sh,
         layout,
         services: BTreeMap::new(),
-        resources: None,
+        resources: held,
+        live: None,
         promises: Vec::new(),
         converged: None,
         retry: None,
@@ -137,6 +140,9 @@ struct Actor {
     services: BTreeMap<String, (Launch, Service)>,
     /// The `[resources]` table applied, `None` when released.
     resources: Option<Map<String, Value>>,
+    /// Live connection parameters: `connection_file`, the rendered `[connection]` and what was
+    /// last published.
+    live: Option<(PathBuf, Params, Params)>,
     promises: Vec<PromiseSlot>,
     converged: Option<Converged>,
     retry: Option<Instant>,
@@ -214,6 +220,7 @@ impl Actor {
                     if !ran {
                         break;
                     }
+                    self.after_promises();
                     self.report_promise_changes();
                 }
             }
@@ -319,7 +326,29 @@ impl Actor {
         }
     }
 
+    /// After a promise round: publish changed live connection parameters, record usage.
+    fn after_promises(&mut self) {
+        if let Some((file, base, last)) = &mut self.live {
+            let merged = merge_live(base, &self.layout.path.join(&*file));
+            if merged != *last {
+                *last = merged.clone();
+                self.sh
+                    .outbox
+                    .push(Outgoing::Connection(self.layout.id.clone(), merged));
+            }
+        }
+        if self.resources.is_some()
+            && let Some(u) = self.sh.resources.usage(&self.layout.id)
+        {
+            let path = self.layout.path.join(".slapos/usage.json");
+            if let Err(e) = atomic_write(&path, u.to_string().as_bytes()) {
+                tracing::debug!(partition = %self.id(), "failed to write `{}`: {e}", path.display());
+            }
+        }
+    }
+
     async fn stop_all(&mut self) {
+        self.live = None;
         self.promises.clear();
         let services = std::mem::take(&mut self.services);
         if services.is_empty() {
@@ -397,6 +426,10 @@ impl Actor {
             computer_id: cfg.computer_id.to_string(),
             master_url: cfg.master_url.clone(),
             state: a.state.as_str().to_owned(),
+            tools_dir: cfg
+                .tools_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
             children: a.children.clone(),
         }
     }
@@ -404,7 +437,11 @@ impl Actor {
     fn base_env(&self, a: &Assignment, dir: &Path) -> BTreeMap<String, String> {
         let p = &self.layout.path;
         let mut env = BTreeMap::new();
-        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let mut path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        if let Some(tools) = self.sh.cfg.tools_dir() {
+            path = format!("{}:{path}", tools.display());
+        }
         for (k, v) in [
             ("PATH", path),
             ("HOME", p.display().to_string()),
@@ -489,14 +526,24 @@ impl Actor {
 
         let mut errors = Vec::new();
         if a.state == InstanceState::Started {
+            let prep_dir = self.layout.path.join(".slapos/prepare");
+            for p in &m.prepare {
+                let launch = make(&p.command, &BTreeMap::new(), None, None);
+                let timeout = p.timeout.unwrap_or(self.sh.cfg.promise_timeout);
+                let r = promise::run(&p.name, &launch, timeout, &prep_dir).await;
+                if !r.ok {
+                    return Err(format!("prepare `{}`: {}", p.name, r.message));
+                }
+            }
+            let table = effective_resources(&self.layout.path, &m)?;
             let setup = self
                 .sh
                 .resources
-                .apply(&self.layout.id, &m.resources)
+                .apply(&self.layout.id, &table)
                 .map_err(|e| e.to_string())?;
             let hook = setup.hook.clone();
-            let resources_changed = self.resources.as_ref() != Some(&m.resources);
-            self.resources = Some(m.resources.clone());
+            let resources_changed = self.resources.as_ref() != Some(&table);
+            self.resources = Some(table);
 
             // Services: keep the unchanged, restart the changed, stop the gone.
             let wanted: BTreeMap<String, Launch> = m
@@ -566,10 +613,20 @@ impl Actor {
             self.promises.clear();
         }
 
-        self.sh.outbox.push(Outgoing::Connection(
-            self.layout.id.clone(),
-            m.connection.clone(),
-        ));
+        let connection = match &m.connection_file {
+            Some(f) if a.state == InstanceState::Started => {
+                let merged = merge_live(&m.connection, &self.layout.path.join(f));
+                self.live = Some((f.clone(), m.connection.clone(), merged.clone()));
+                merged
+            }
+            _ => {
+                self.live = None;
+                m.connection.clone()
+            }
+        };
+        self.sh
+            .outbox
+            .push(Outgoing::Connection(self.layout.id.clone(), connection));
         for r in &m.requests {
             let link = self.sh.link.clone();
             let (p, req) = (self.layout.id.clone(), r.clone());
@@ -645,5 +702,79 @@ impl Actor {
                 p.last = Some(res);
             }
         }
+    }
+}
+
+/// `[connection]` with the keys of the JSON object in `file` merged over it (the file is ignored
+/// while missing or not a JSON object: a writer may not have produced it yet).
+fn merge_live(base: &Params, file: &Path) -> Params {
+    let mut out = base.clone();
+    match std::fs::read(file).map(|b| serde_json::from_slice::<Value>(&b)) {
+        Ok(Ok(Value::Object(live))) => out.extend(live),
+        Ok(_) => tracing::debug!("`{}` is not a JSON object", file.display()),
+        Err(_) => {}
+    }
+    out
+}
+
+/// The `[resources]` of a manifest: the `resources_file`'s table (if any) with the inline keys
+/// over it.
+fn effective_resources(root: &Path, m: &InstanceManifest) -> Result<Map<String, Value>, String> {
+    let Some(f) = &m.resources_file else {
+        return Ok(m.resources.clone());
+    };
+    let path = root.join(f);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("resources_file: failed to read `{}`: {e}", path.display()))?;
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        resources: Map<String, Value>,
+    }
+    let mut table = toml::from_str::<File>(&text)
+        .map_err(|e| format!("resources_file `{}`: {e}", path.display()))?
+        .resources;
+    table.extend(m.resources.clone());
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_connection_and_resources_file() {
+        let d = tempfile::tempdir().unwrap();
+        let base: Params = serde_json::from_str(r#"{"a":"1","b":"2"}"#).unwrap();
+        let f = d.path().join("c.json");
+        assert_eq!(merge_live(&base, &f), base, "missing file: base only");
+        std::fs::write(&f, "[1]").unwrap();
+        assert_eq!(merge_live(&base, &f), base, "not an object: ignored");
+        std::fs::write(&f, r#"{"b":"3","p99":42}"#).unwrap();
+        let m = merge_live(&base, &f);
+        assert_eq!((m["a"].as_str(), m["b"].as_str()), (Some("1"), Some("3")));
+        assert_eq!(m["p99"], 42);
+
+        let text = "resources_file = \"etc/r.toml\"\n[resources]\npriority = 70\n";
+        let man = InstanceManifest::parse(text).unwrap();
+        let e = effective_resources(d.path(), &man).unwrap_err();
+        assert!(e.contains("etc/r.toml"), "{e}");
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/r.toml"),
+            "[resources]\ncpus = 2\npolicy = \"fifo\"\npriority = 80\n",
+        )
+        .unwrap();
+        let t = effective_resources(d.path(), &man).unwrap();
+        assert_eq!(
+            (t["cpus"].as_i64(), t["priority"].as_i64()),
+            (Some(2), Some(70))
+        );
+        assert!(
+            InstanceManifest::parse(
+                "[[prepare]]\nname = \"v\"\ncommand = [\"true\"]\nperiod = 3\n"
+            )
+            .is_err()
+        );
     }
 }

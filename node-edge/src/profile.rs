@@ -102,6 +102,8 @@ pub struct RenderContext {
     pub master_url: String,
     /// Requested state (`started` / `stopped`).
     pub state: String,
+    /// Directory of the node's companion programs (`rt-probe`, `enb-sim`, `slapos-radio`).
+    pub tools_dir: String,
     /// Connection parameters of the children this instance requested, by title.
     pub children: BTreeMap<String, Params>,
 }
@@ -177,6 +179,12 @@ struct RawManifest {
     request: Vec<InstanceRequest>,
     #[serde(default)]
     resources: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    prepare: Vec<PromiseSpec>,
+    #[serde(default)]
+    resources_file: Option<String>,
+    #[serde(default)]
+    connection_file: Option<String>,
 }
 
 /// A validated instance manifest.
@@ -194,6 +202,15 @@ pub struct InstanceManifest {
     pub requests: Vec<InstanceRequest>,
     /// The `[resources]` table, opaque (see `docs/software-release.md` and the rt crate).
     pub resources: serde_json::Map<String, serde_json::Value>,
+    /// Commands run on each `started` pass after the files are written and before resources
+    /// are applied; one failing fails the pass with its output (request-time validation).
+    pub prepare: Vec<PromiseSpec>,
+    /// A TOML file (relative to the partition, written by a prepare command) whose
+    /// `[resources]` table is the base of the profile; the inline table's keys override it.
+    pub resources_file: Option<PathBuf>,
+    /// A JSON object file (relative to the partition) merged over `[connection]` after every
+    /// promise round and published when it changed (live figures written by a service/promise).
+    pub connection_file: Option<PathBuf>,
 }
 
 fn check_name(kind: &str, name: &str, seen: &mut BTreeSet<String>) -> Result<(), String> {
@@ -244,6 +261,24 @@ impl InstanceManifest {
                 ));
             }
         }
+        let mut seen = BTreeSet::new();
+        for p in &raw.prepare {
+            check_name("prepare", &p.name, &mut seen)?;
+            check_command("prepare", &p.name, &p.command)?;
+            if p.period.is_some() || p.timeout.is_some_and(|d| d.is_zero()) {
+                return Err(format!(
+                    "prepare `{}`: no period; timeout must be > 0",
+                    p.name
+                ));
+            }
+        }
+        let rel = |key: &str, v: &Option<String>| -> Result<Option<PathBuf>, String> {
+            v.as_deref()
+                .map(|p| safe_relative(p).map_err(|e| format!("{key}: {e}")))
+                .transpose()
+        };
+        let resources_file = rel("resources_file", &raw.resources_file)?;
+        let connection_file = rel("connection_file", &raw.connection_file)?;
         let mut files = Vec::with_capacity(raw.file.len());
         let mut seen = BTreeSet::new();
         for f in raw.file {
@@ -277,6 +312,9 @@ impl InstanceManifest {
             files,
             requests: raw.request,
             resources: raw.resources,
+            prepare: raw.prepare,
+            resources_file,
+            connection_file,
         })
     }
 }
@@ -366,6 +404,7 @@ pub(crate) fn test_context() -> RenderContext {
         computer_id: "COMP-1".into(),
         master_url: "http://127.0.0.1:1".into(),
         state: "started".into(),
+        tools_dir: "/opt/slapos/bin".into(),
         children: BTreeMap::new(),
     }
 }

@@ -9,12 +9,15 @@
 //!    [`ProcessSetup`]: a [`ChildSetup`] hook run in every service process between fork and exec
 //!    (before the switch to the partition's uid/gid, so it may still use the node's privileges),
 //!    and environment variables for the services (e.g. `SLAPOS_RT_CPUS`);
-//! 3. when the partition stops, is destroyed or the node shuts down, [`Resources::release`].
+//! 3. when the partition stops, is destroyed or the node shuts down, [`Resources::release`];
+//! 4. [`Resources::held`] at node start (a profile left by a crashed node: the partition's first
+//!    pass re-applies or releases it) and [`Resources::usage`] after promise runs (written to
+//!    `<partition>/.slapos/usage.json`).
 //!
 //! The default, [`NoResources`], enforces nothing, so it **refuses** what a partition cannot do
 //! without enforcement (exclusive CPUs, a real-time policy, `mlock`, an RT budget) with a clear
-//! error, and logs a warning for plain limits it does not enforce. The `rt` crate plugs a real
-//! implementation in through [`crate::Seams`].
+//! error, and logs a warning for plain limits it does not enforce. [`crate::rt_resources`] is the
+//! real implementation over the `rt` crate, chosen by [`crate::run`] from the `rt` config key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,6 +74,17 @@ pub trait Resources: Send + Sync + 'static {
 
     /// Undo [`Resources::apply`]. Idempotent; releasing a partition never applied is a no-op.
     fn release(&self, partition: &PartitionId) -> Result<(), ResourceError>;
+
+    /// Something is applied for `partition` (e.g. left by a node that crashed): its first pass
+    /// must re-apply or release it.
+    fn held(&self, _partition: &PartitionId) -> bool {
+        false
+    }
+
+    /// Usage of the partition's resources (CPU time, memory, I/O, tasks), when accounted.
+    fn usage(&self, _partition: &PartitionId) -> Option<Value> {
+        None
+    }
 }
 
 /// Fields that cannot be honoured without a real implementation.

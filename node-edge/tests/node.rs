@@ -26,6 +26,8 @@ fn config(master: &FakeMaster, dir: &Path, partitions: u32) -> Config {
         dir.join("inst"),
     );
     c.state_dir = Some(dir.join("state"));
+    // These tests exercise the refusing default, also when run as root.
+    c.rt = node_edge::RtMode::Off;
     c.poll_interval = Duration::from_secs(1);
     c.long_poll = Duration::from_secs(5);
     c.restart_backoff_min = Duration::from_millis(100);
