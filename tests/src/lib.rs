@@ -31,10 +31,21 @@ pub fn bin(name: &str) -> PathBuf {
     if !path.exists() {
         BUILD.call_once(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--bins", "-p", "master-lite", "-p", "node-edge"])
-                .status()
-                .expect("run cargo build");
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--bins",
+                "-p",
+                "master-lite",
+                "-p",
+                "node-edge",
+                "-p",
+                "buffer",
+            ]);
+            if bin_dir().ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
             assert!(
                 status.success(),
                 "cargo build of the workspace binaries failed"
