@@ -9,6 +9,7 @@
 # cannot run under qemu-user without binfmt_misc (the child is an aarch64/arm ELF: ENOEXEC), and
 # proptest-heavy suites run ~10x slower. `cross/test-emulated.sh -- --tests` (or any cargo test
 # arguments after `--`) replaces the default selection; doctests: `-- --doc`.
+# One cargo invocation per package (a crate that fails to build does not hide the others).
 # Sets SLAPOS_EMULATED=1 (and SLAPOS_EMULATED_TARGET=<triple>): a test that needs something
 # qemu-user does not emulate (termios2 ioctls, netlink/cgroup/namespace behaviour of the host
 # kernel seen through a foreign ABI, executing another target binary without binfmt_misc) must
@@ -30,18 +31,25 @@ done
 packages=(${SLAPOS_EMULATED_PACKAGES:-slapos-proto slapos-client rt radio buffer node-edge})
 cross_ensure run "${targets[@]}"
 
-pkg_args=()
-for p in "${packages[@]}"; do pkg_args+=(-p "$p"); done
+# One cargo invocation per package: a crate that does not build for a target does not hide the
+# results of the others. Summary at the end; exit 1 if any failed.
 export SLAPOS_EMULATED=1
+summary=()
 status=0
 for t in "${targets[@]}"; do
-    t0=$(date +%s.%N)
-    cross_log "testing ${packages[*]} on $t under qemu-user"
-    if ! SLAPOS_EMULATED_TARGET=$t "${CROSS_CARGO[@]}" test --target "$t" --no-fail-fast \
-        "${pkg_args[@]}" "${extra[@]}"; then
-        cross_log "$t: FAILED"
-        status=1
-    fi
-    cross_log "$t: $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')s"
+    for p in "${packages[@]}"; do
+        t0=$(date +%s.%N)
+        cross_log "$t: cargo test -p $p ${extra[*]} (qemu-user)"
+        if SLAPOS_EMULATED_TARGET=$t "${CROSS_CARGO[@]}" test --target "$t" --no-fail-fast -p "$p" "${extra[@]}"; then
+            result=ok
+        else
+            result=FAILED
+            status=1
+        fi
+        summary+=("$(printf '%-31s %-14s %-7s %6.1fs' "$t" "$p" "$result" \
+            "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')")")
+    done
 done
+echo "emulated unit tests (${extra[*]}), build + run time per package:"
+printf '%s\n' "${summary[@]}"
 exit $status
