@@ -295,6 +295,17 @@ fn rt_probe_runs_fifo_on_its_reserved_cpu_and_publishes_latency() {
     let usage = s.node.partition_dir(&part).join(".slapos/usage.json");
     wait_for("usage.json", LONG, || usage.exists().then_some(()));
 
+    // Node crash (SIGKILL) and restart: the profile is adopted, the probe runs FIFO again.
+    let mut s = s;
+    if let Some(p) = s.node.proc.as_mut() {
+        p.kill();
+    }
+    s.node.restart();
+    let pid2 = wait_for("probe.py back in the partition cgroup", LONG, || {
+        pid_in(&cpuset, "probe.py").filter(|p| *p != pid)
+    });
+    assert_eq!(sched_of(pid2).0, 1, "SCHED_FIFO after the node restart");
+
     // Promise: the figures above hold; an impossible threshold (p99 ≤ 1 µs) fails it.
     wait_for("latency promise ok", LONG, || {
         let r = show(&c, "probe").reported?;
