@@ -16,11 +16,16 @@ use std::time::{Duration, Instant};
 pub use slapos_client::Client;
 
 /// The directory holding the workspace binaries of the profile the tests were built with
-/// (`target/debug`): the test executable lives in `target/debug/deps/`.
+/// (`target/debug` or `target/release`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("deps dir");
-    deps.parent().expect("profile dir").to_path_buf()
+    let dir = exe.parent().expect("executable dir");
+    // Test executables live in `target/<profile>/deps/`, bench binaries in `target/<profile>/`.
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, building the binaries once if they are missing
