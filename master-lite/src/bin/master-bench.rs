@@ -20,6 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+mod bench_util;
+use bench_util::{fs_type, loadavg, proc_status};
 use slapos_client::Client;
 use slapos_proto::{
     ComputerId, InstanceRequest, InstanceTitle, PartitionId, PartitionSpec, RegisterComputer,
@@ -211,39 +214,6 @@ fn ready(c: &Client, id: &str, partitions: usize) -> Result<()> {
         },
     )?;
     Ok(())
-}
-
-fn proc_status(pid: u32, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(|v| v.trim_start_matches(':').trim().to_owned())
-}
-
-/// Filesystem type of the mount holding `dir` (longest mount point prefix in /proc/self/mounts).
-fn fs_type(dir: &Path) -> String {
-    let Ok(dir) = dir.canonicalize() else {
-        return "?".into();
-    };
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (dev, mnt, ty) = (f.next()?, f.next()?, f.next()?);
-            dir.starts_with(mnt)
-                .then(|| (mnt.len(), format!("{ty} on {dev} ({mnt})")))
-        })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, s)| s)
-        .unwrap_or_else(|| "?".into())
-}
-
-/// The 1/5/15-minute load averages: other work on the machine skews fsync and CPU figures.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn main() -> Result<()> {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -70,7 +70,13 @@ pub fn routes() -> Router<AppState> {
         .route("/softwareInstanceBang", post(bang))
         .route("/softwareInstanceRename", post(rename))
         .route("/computerBang", post(computer_bang))
+        // slapproxy (Werkzeug) has no body limit; a format payload of 1000 partitions is
+        // ≈2.5 MB form-encoded, above axum's 2 MB default.
+        .layer(DefaultBodyLimit::max(SLAP_BODY_LIMIT))
 }
+
+/// Largest SLAP request body accepted (a format payload of ≈20 000 partitions).
+pub const SLAP_BODY_LIMIT: usize = 64 << 20;
 
 // ---------------------------------------------------------------------------------------------
 // Answers and errors
