@@ -244,17 +244,18 @@ impl Board {
         self.target.ends_with("-gnu") || self.target.ends_with("-gnueabihf")
     }
 
-    /// Labels the node registers with: the board's, plus `cpu_count`, `rt_cpus` (`2,3`) and
-    /// `target`.
+    /// Labels the node is configured with: the board's, plus `target`. (The node adds `arch`,
+    /// `cpu_count` and, from its `rt_cpus` setting, `rt_cpus` itself.)
     pub fn node_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.node.labels.clone();
-        labels.insert("cpu_count".into(), self.cpus.to_string());
-        let rt: Vec<String> = self.partitions.rt_cpus.iter().map(u32::to_string).collect();
-        if !rt.is_empty() {
-            labels.insert("rt_cpus".into(), rt.join(","));
-        }
         labels.insert("target".into(), self.target.clone());
         labels
+    }
+
+    /// The RT CPUs as a kernel CPU list (`2,3`), the node's `rt_cpus` setting; `None` if none.
+    pub fn rt_cpu_list(&self) -> Option<String> {
+        let rt: Vec<String> = self.partitions.rt_cpus.iter().map(u32::to_string).collect();
+        (!rt.is_empty()).then(|| rt.join(","))
     }
 
     /// `qemu` if QEMU boots this board.
@@ -402,9 +403,10 @@ labels = { board = "b1" }
         assert!(b.bootable().is_some());
         let l = b.node_labels();
         assert_eq!(l["board"], "b1");
-        assert_eq!(l["cpu_count"], "4");
-        assert_eq!(l["rt_cpus"], "2,3");
         assert_eq!(l["target"], "aarch64-unknown-linux-musl");
+        assert_eq!(b.rt_cpu_list().as_deref(), Some("2,3"));
+        let none = parse(&GOOD.replace("rt_cpus = [2, 3]", "rt_cpus = []")).unwrap();
+        assert_eq!(none.rt_cpu_list(), None);
     }
 
     #[test]

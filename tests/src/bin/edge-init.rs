@@ -1,6 +1,7 @@
 //! `edge-init`: the PID 1 of the QEMU board test's initramfs, and two tiny static services.
 //!
-//! As PID 1 it mounts `/proc`, `/sys`, `/dev`, `/tmp`, reads `/etc/edge-init.conf`
+//! As PID 1 it mounts `/proc`, `/sys`, `/dev`, `/tmp`, `/run`, cgroup2 on `/sys/fs/cgroup`, reads
+//! `/etc/edge-init.conf`
 //! (format: `slapos_tests::boards::init_conf`), sets the wall clock, loads kernel modules with
 //! `finit_module`, brings up `lo` and the configured interfaces (address + netmask ioctls; the
 //! guest reaches the host at 10.0.2.2 on the same /24, so no route is needed), starts the service
@@ -86,6 +87,8 @@ fn boot() -> Result<(), String> {
         ("devtmpfs", "/dev", "devtmpfs"),
         ("tmpfs", "/tmp", "tmpfs"),
         ("tmpfs", "/run", "tmpfs"),
+        // The node's rt support (cgroups for RT partitions) needs a hierarchy.
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2"),
     ] {
         mount(src, dir, fstype)?;
     }

@@ -221,6 +221,10 @@ pub fn node_config(board: &Board, master_port: u16) -> String {
     for (k, v) in board.node_labels() {
         labels.push_str(&format!("{k} = {}\n", toml_str(&v)));
     }
+    let rt_cpus = board
+        .rt_cpu_list()
+        .map(|l| format!("rt_cpus = {}\n", toml_str(&l)))
+        .unwrap_or_default();
     format!(
         r#"master_url = "http://10.0.2.2:{master_port}"
 computer_id = {id}
@@ -228,7 +232,7 @@ partitions = {count}
 software_root = "/srv/slapos/software"
 instance_root = "/srv/slapos/instance"
 poll_interval = 1
-
+{rt_cpus}
 [labels]
 {labels}"#,
         id = toml_str(&board.name),
@@ -395,7 +399,7 @@ pub fn baseline(board: &Board, prep: &Prepared, scratch: &Path, echo: bool) -> T
 }
 
 /// The full run against `master` (on 127.0.0.1; the guest reaches it as 10.0.2.2): the node
-/// registers with the board's labels and partitions, the release is supplied, an instance is
+/// registers with the board's labels, RT CPUs and partitions, the release is supplied, an instance is
 /// requested on this computer and reported started (revision current, promise ok, connection
 /// parameter published), then the board powers off cleanly.
 pub fn converge(
@@ -431,6 +435,14 @@ pub fn converge(
     };
     assert_eq!(label("board").as_ref(), Some(&board.name));
     assert_eq!(label("target").as_ref(), Some(&board.target));
+    // edge-init mounts cgroup2 and runs the node as root, so the node's rt support is on and
+    // publishes the board's RT CPUs.
+    assert_eq!(
+        label("rt_cpus"),
+        board.rt_cpu_list(),
+        "labels: {:?}",
+        computer.labels
+    );
     assert_eq!(computer.partitions.len(), board.partitions.count as usize);
 
     let url = SoftwareUrl::parse(format!("file://{RELEASE_DIR}/software.toml")).expect("url");
