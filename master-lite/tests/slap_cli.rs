@@ -88,16 +88,20 @@ fn out(o: &Output) -> String {
 
 /// Run `slapos ARGS --cfg client.cfg`; asserts success and returns its whole output.
 fn slapos(venv: &Path, dir: &Path, args: &[&str]) -> String {
-    let o = Command::new(venv.join("slapos"))
+    let o = slapos_output(venv, dir, args);
+    assert!(o.status.success(), "slapos {args:?}: {}", out(&o));
+    // The CLI logs its results (`State is : …`, the parameters) on stderr.
+    out(&o)
+}
+
+fn slapos_output(venv: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(venv.join("slapos"))
         .args(args)
         .arg("--cfg")
         .arg(dir.join("client.cfg"))
         .current_dir(dir)
         .output()
-        .unwrap();
-    assert!(o.status.success(), "slapos {args:?}: {}", out(&o));
-    // The CLI logs its results (`State is : …`, the parameters) on stderr.
-    out(&o)
+        .unwrap()
 }
 
 /// Run a python snippet with the slap library; `URL` is the master URL. Prints go to stdout.
@@ -132,6 +136,93 @@ computer.updateConfiguration(slapos.util.dumps({
         'external_storage_list': [],
     } for i in range(3)]}))
 "#;
+
+/// `slapos service list/info` and `slapos computer list/info` through `/hateoas` (slapproxy's
+/// `TestCliInformation`): a root instance with parameters and published connection parameters,
+/// a child that must not be listed, the formatted computer, unknown names, quoted names → 400.
+#[test]
+fn hateoas_service_and_computer_commands_with_the_real_cli() {
+    let Some(venv) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, "COMP");
+    let url = server.url.clone();
+    std::fs::write(
+        d.join("client.cfg"),
+        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
+    )
+    .unwrap();
+    py(&venv, &url, FORMAT);
+    let empty = slapos(&venv, d, &["service", "list"]);
+    assert!(!empty.contains("myinstance"), "{empty}");
+    slapos(&venv, d, &["supply", SR, "COMP"]);
+    slapos(
+        &venv,
+        d,
+        &["request", "myinstance", SR, "--parameters", "foo=bar"],
+    );
+    py(
+        &venv,
+        &url,
+        "cp = slap.registerComputerPartition('COMP', 'slappart0')\n\
+         cp.setConnectionDict({'url': 'http://[fd00::10]:8080/'})\n\
+         cp.request('/srv/slap-test/software.cfg', 'default', 'kid')\n",
+    );
+
+    let list = slapos(&venv, d, &["service", "list"]);
+    assert!(
+        list.contains(&format!("\"myinstance\": \"{SR}\"")),
+        "{list}"
+    );
+    assert!(
+        !list.contains("kid"),
+        "a child is not an instance tree: {list}"
+    );
+
+    let info = slapos(&venv, d, &["service", "info", "myinstance"]);
+    for want in [
+        format!("\"software-url\": \"{SR}\""),
+        "\"software-type\": \"default\"".to_owned(),
+        "\"shared\": false".to_owned(),
+        "\"requested-state\": \"started\"".to_owned(),
+        "\"foo\": \"bar\"".to_owned(),
+        "\"url\": \"http://[fd00::10]:8080/\"".to_owned(),
+    ] {
+        assert!(info.contains(&want), "missing {want} in {info}");
+    }
+    let stopped = slapos(
+        &venv,
+        d,
+        &["request", "myinstance", SR, "--state", "stopped"],
+    );
+    assert!(stopped.contains("stopped"), "{stopped}");
+    let info = slapos(&venv, d, &["service", "info", "myinstance"]);
+    assert!(info.contains("\"requested-state\": \"stopped\""), "{info}");
+
+    let missing = slapos_output(&venv, d, &["service", "info", "nope"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", out(&missing));
+    assert!(
+        out(&missing).contains("Instance nope does not exist"),
+        "{}",
+        out(&missing)
+    );
+
+    let computers = slapos(&venv, d, &["computer", "list"]);
+    assert!(computers.contains("COMP COMP"), "{computers}");
+    let computer = slapos(&venv, d, &["computer", "info", "COMP"]);
+    assert!(computer.contains("Computer Reference: COMP"), "{computer}");
+
+    // slapproxy: a name with a double quote is not a valid query → 400.
+    for args in [["service", "info", "a\"b"], ["computer", "info", "a\"b"]] {
+        let o = slapos_output(&venv, d, &args);
+        assert!(!o.status.success(), "{args:?}: {}", out(&o));
+        assert!(
+            out(&o).contains("400 Client Error"),
+            "{args:?}: {}",
+            out(&o)
+        );
+    }
+}
 
 #[test]
 fn slapos_cli_and_slap_library_against_master_lite() {

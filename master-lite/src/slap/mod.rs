@@ -18,6 +18,7 @@
 //! ignored, as slapproxy does.
 
 pub mod config;
+pub mod hateoas;
 
 use std::collections::BTreeMap;
 
@@ -70,6 +71,7 @@ pub fn routes() -> Router<AppState> {
         .route("/softwareInstanceBang", post(bang))
         .route("/softwareInstanceRename", post(rename))
         .route("/computerBang", post(computer_bang))
+        .merge(hateoas::routes())
         // slapproxy (Werkzeug) has no body limit; a format payload of 1000 partitions is
         // ≈2.5 MB form-encoded, above axum's 2 MB default.
         .layer(DefaultBodyLimit::max(SLAP_BODY_LIMIT))

@@ -40,7 +40,7 @@
 pub mod schema;
 mod slap;
 
-pub use slap::{SlapComputer, SlapInstance, SlapPartition};
+pub use slap::{SlapComputer, SlapComputerRow, SlapInstance, SlapPartition};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

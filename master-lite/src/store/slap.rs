@@ -61,6 +61,17 @@ pub struct SlapComputer {
     pub partitions: Vec<SlapPartition>,
 }
 
+/// A computer as slapproxy's `computer` table has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlapComputerRow {
+    /// Reference.
+    pub id: String,
+    /// `address` of the format payload.
+    pub address: Option<String>,
+    /// `netmask` of the format payload.
+    pub netmask: Option<String>,
+}
+
 impl From<InstanceRow> for SlapInstance {
     fn from(r: InstanceRow) -> Self {
         let json = |s: &str| serde_json::from_str::<Params>(s).unwrap_or_default();
@@ -166,6 +177,27 @@ impl Store {
             software,
             partitions,
         }))
+    }
+
+    /// Computers with the address and netmask of their format payload (when it came through
+    /// SLAP), in id order; `reference` narrows to one.
+    pub fn slap_computer_list(&mut self, reference: Option<&str>) -> Result<Vec<SlapComputerRow>> {
+        let tx = self.read()?;
+        rows(
+            &tx,
+            "list computers",
+            "SELECT c.id, s.address, s.netmask FROM computer c \
+             LEFT JOIN slap_computer s ON s.id = c.id \
+             WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
+            [reference],
+            |r| {
+                Ok(SlapComputerRow {
+                    id: r.get(0)?,
+                    address: r.get(1)?,
+                    netmask: r.get(2)?,
+                })
+            },
+        )
     }
 
     /// `registerComputerPartition`: `None` when the partition is not registered.

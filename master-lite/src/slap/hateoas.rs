@@ -1,0 +1,245 @@
+//! The minimal `/hateoas` of slapproxy (`proxy/hateoas.py`) that `slapos service list/info` and
+//! `slapos computer list/info` use: the root document with the `raw_search` and `traverse`
+//! templates, four exact search queries, traversal by 302, and one ERP5-like view per instance
+//! tree root and per computer. Everything else answers 400 (`Unhandled query/mode`) or 404.
+//!
+//! Roots are instances with no requester (slapproxy: `requested_by = ''`); shared instances do
+//! not exist in master-lite yet, so `/hateoas/shared/<t>` is always 404.
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde_json::{Value as Json, json};
+use slapos_proto::InstanceInfo;
+use slapos_proto::slap as wire;
+
+use super::{SlapError, param_dict, query, timestamp};
+use crate::http::AppState;
+
+pub(crate) const SERVICE_LIST: &str =
+    "portal_type:\"Instance Tree\" AND validation_state:validated";
+const COMPUTER_LIST: &str = "portal_type:\"Compute Node\" AND validation_state:validated";
+
+/// The `/hateoas` routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/hateoas",
+            get(|| async { Redirect::permanent("/hateoas/") }),
+        )
+        .route("/hateoas/", get(hateoas))
+        .route("/hateoas/partitions/{title}", get(partition_view))
+        .route("/hateoas/computers/{reference}", get(computer_view))
+        .route(
+            "/hateoas/shared/{reference}",
+            get(|| async { StatusCode::NOT_FOUND }),
+        )
+}
+
+fn json_ok(v: Json) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// `request.host_url`: scheme (X-Forwarded-Proto honoured) and Host header.
+pub(crate) fn host_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("http");
+    format!("{scheme}://{host}/")
+}
+
+/// slapproxy's `is_valid` (regex `"((\.|[^\"])*)"`, where `\.` is any character): the whole
+/// name is one double-quoted string without inner `"`. Returns the name without its quotes.
+fn quoted(name: &str) -> Option<&str> {
+    let inner = name.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('"')).then_some(inner)
+}
+
+async fn hateoas(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, SlapError> {
+    let q = query(&q);
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match get("mode") {
+        None => {
+            let base = host_url(&headers);
+            Ok(json_ok(json!({"_links": {
+                "raw_search": {"href": format!(
+                    "{base}hateoas/?mode=search&query={{query}}&select_list={{select_list}}")},
+                "traverse": {"href": format!(
+                    "{base}hateoas/?mode=traverse&relative_url={{relative_url}}&view={{view}}")},
+            }})))
+        }
+        Some("traverse") => {
+            let to = get("relative_url")
+                .ok_or_else(|| SlapError(StatusCode::BAD_REQUEST, "relative_url missing".into()))?;
+            Ok(Redirect::to(to).into_response())
+        }
+        Some("search") => {
+            let query = get("query")
+                .ok_or_else(|| SlapError(StatusCode::BAD_REQUEST, "query missing".into()))?;
+            let unhandled =
+                || SlapError(StatusCode::BAD_REQUEST, format!("Unhandled query: {query}"));
+            let contents = if query == SERVICE_LIST {
+                service_rows(&st, None).await?
+            } else if let Some(t) = query.strip_prefix(&format!("{SERVICE_LIST} AND title:=")) {
+                service_rows(&st, Some(quoted(t).ok_or_else(unhandled)?.to_owned())).await?
+            } else if query == COMPUTER_LIST {
+                computer_rows(&st, None).await?
+            } else if let Some(r) = query.strip_prefix(&format!("{COMPUTER_LIST} AND reference:="))
+            {
+                computer_rows(&st, Some(quoted(r).ok_or_else(unhandled)?.to_owned())).await?
+            } else {
+                return Err(unhandled());
+            };
+            Ok(json_ok(json!({"_embedded": {"contents": contents}})))
+        }
+        Some(other) => Err(SlapError(
+            StatusCode::BAD_REQUEST,
+            format!("Unhandled mode: {other}"),
+        )),
+    }
+}
+
+/// Root instances (no requester), optionally one title.
+pub(crate) async fn roots(
+    st: &AppState,
+    title: Option<String>,
+) -> Result<Vec<InstanceInfo>, SlapError> {
+    let all = st.db.call(|s| s.instances()).await?;
+    Ok(all
+        .into_iter()
+        .filter(|i| i.requester.is_none() && i.root_title == i.title)
+        .filter(|i| title.as_deref().is_none_or(|t| i.title.as_str() == t))
+        .collect())
+}
+
+/// `dict2xml` of parameters as stored; `None` for an empty connection (slapproxy's NULL).
+pub(crate) fn instance_xml(p: &slapos_proto::Params) -> Result<String, SlapError> {
+    wire::dict2xml_params(&param_dict(p)).map_err(super::server_error)
+}
+
+fn connection_xml(i: &InstanceInfo) -> Result<Json, SlapError> {
+    Ok(if i.connection.is_empty() {
+        Json::Null
+    } else {
+        Json::String(instance_xml(&i.connection)?)
+    })
+}
+
+async fn service_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json>, SlapError> {
+    roots(st, title)
+        .await?
+        .iter()
+        .map(|i| {
+            Ok(json!({
+                "title": i.title.as_str(),
+                "url_string": i.software_url.as_str(),
+                "relative_url": format!("/hateoas/partitions/{}", i.title),
+                "reference": i.partition.as_str(),
+                "partition_reference": i.title.as_str(),
+                "computer_reference": i.computer.as_str(),
+                "software_release": i.software_url.as_str(),
+                "software_type": i.software_type.as_str(),
+                "requested_state": i.state.as_str(),
+                "slap_state": "busy",
+                "requested_by": "",
+                "requester_id": "user",
+                "xml": instance_xml(&i.parameters)?,
+                "connection_xml": connection_xml(i)?,
+                "timestamp": timestamp(i.revision as i64),
+            }))
+        })
+        .collect()
+}
+
+async fn computer_rows(st: &AppState, reference: Option<String>) -> Result<Vec<Json>, SlapError> {
+    let list = st
+        .db
+        .call(move |s| s.slap_computer_list(reference.as_deref()))
+        .await?;
+    Ok(list
+        .into_iter()
+        .map(|c| {
+            json!({
+                "reference": c.id, "title": c.id, "address": c.address, "netmask": c.netmask,
+                "relative_url": format!("/hateoas/computers/{}", c.id),
+            })
+        })
+        .collect())
+}
+
+fn field(ty: &str, key: &str, default: Json) -> Json {
+    json!({"type": ty, "key": key, "default": default})
+}
+
+async fn partition_view(
+    State(st): State<AppState>,
+    Path(title): Path<String>,
+) -> Result<Response, SlapError> {
+    let Some(i) = roots(&st, Some(title)).await?.pop() else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    Ok(json_ok(json!({
+        "_embedded": {"_view": {
+            "form_id": field("StringField", "form_id", json!("InstanceTree_viewAsHateoas")),
+            "my_reference": field("StringField", "field_my_reference", json!(i.title.as_str())),
+            "my_slap_state": field("StringField", "field_my_slap_state", json!(i.state.as_str())),
+            "my_text_content": field("StringField", "field_my_text_content",
+                json!(instance_xml(&i.parameters)?)),
+            "my_connection_parameter_list": field("StringField",
+                "field_my_connection_parameter_list", connection_xml(&i)?),
+            "my_url_string": field("StringField", "field_my_url_string",
+                json!(i.software_url.as_str())),
+            "my_source_reference": field("StringField", "field_my_source_reference",
+                json!(i.software_type.as_str())),
+            "my_root_slave": field("IntegerField", "field_my_root_slave", json!(0)),
+        }},
+        "_links": {"type": {"name": "Instance Tree"}},
+    })))
+}
+
+async fn computer_view(
+    State(st): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, SlapError> {
+    let list = st
+        .db
+        .call(move |s| s.slap_computer_list(Some(&reference)))
+        .await?;
+    let Some(id) = list.into_iter().next().map(|c| c.id) else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    Ok(json_ok(json!({
+        "_embedded": {"_view": {
+            "form_id": field("StringField", "computer", json!(id)),
+            "my_reference": field("StringField", "reference", json!(id)),
+            "my_title": field("StringField", "reference", json!(id)),
+        }},
+        "_links": {"type": {"name": "Computer"}},
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted;
+
+    #[test]
+    fn quoted_names_follow_slapproxy_regex() {
+        assert_eq!(quoted("\"abc\""), Some("abc"));
+        assert_eq!(quoted("\"a\\\"b\""), None);
+        assert_eq!(quoted("\""), None);
+        assert_eq!(quoted("\"a\"b\""), None);
+        assert_eq!(quoted("abc"), None);
+        assert_eq!(quoted("\"abc"), None);
+    }
+}
