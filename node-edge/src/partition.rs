@@ -184,6 +184,13 @@ impl Actor {
             if *stop.borrow() {
                 break;
             }
+            // A target that changed while a pass ran (e.g. the release became available while
+            // this partition was reporting that it waits for it) is new work: marking it seen
+            // below without clearing `waiting` would lose the wake-up.
+            if target.has_changed().unwrap_or(false) {
+                self.retry = None;
+                self.waiting = false;
+            }
             let current = target.borrow_and_update().clone();
             let due = current.as_ref().is_some_and(|t| {
                 !self.waiting
