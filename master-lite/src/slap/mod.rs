@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod hateoas;
+pub mod rpc;
 
 use std::collections::BTreeMap;
 
@@ -72,6 +73,7 @@ pub fn routes() -> Router<AppState> {
         .route("/softwareInstanceRename", post(rename))
         .route("/computerBang", post(computer_bang))
         .merge(hateoas::routes())
+        .merge(rpc::routes())
         // slapproxy (Werkzeug) has no body limit; a format payload of 1000 partitions is
         // ≈2.5 MB form-encoded, above axum's 2 MB default.
         .layer(DefaultBodyLimit::max(SLAP_BODY_LIMIT))
@@ -386,18 +388,22 @@ async fn ignored() -> Response {
 // ---------------------------------------------------------------------------------------------
 // Instances
 
+/// `(computer, partition)` of an X-SlapPartition authorization header naming a partition.
+fn requester_header(headers: &HeaderMap) -> Option<(String, String)> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(SlapPartitionAuth::parse)
+        .and_then(|a| a.partition_id.map(|p| (a.computer_id, p)))
+}
+
 /// The requesting partition: the X-SlapPartition header, else the form's `computer_id` +
 /// `computer_partition_id` (slapproxy's order).
 fn requester(
     headers: &HeaderMap,
     req: &RequestForm,
 ) -> Result<Option<slapos_proto::PartitionRef>, SlapError> {
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(SlapPartitionAuth::parse)
-        .and_then(|a| a.partition_id.map(|p| (a.computer_id, p)));
-    let who = from_header.or_else(|| {
+    let who = requester_header(headers).or_else(|| {
         req.requester
             .as_ref()
             .map(|r| (r.computer_id.clone(), r.partition_id.clone()))

@@ -1,0 +1,816 @@
+//! slapproxy's JSON-RPC API (`proxy/json_rpc.py`, OpenAPI `json_rpc.json` "slapos master api
+//! 0.0.3"): `POST /slapos.<verb>.v0.<object>` with a JSON body, over the same store as the
+//! classic and native APIs.
+//!
+//! Rules as slapproxy: `POST` only (405), an `Accept` that excludes `application/json` is 406,
+//! the body is checked against the endpoint's request schema (required keys, no other keys,
+//! types and enums; failure 400), errors are JSON `{"status", "type", "title"}`. Instances are
+//! named by the synthetic guid `<title>___<root title or ''>___<0|1>`.
+//!
+//! Limits: shared instances do not exist yet (a shared request is 403, shared guids are 403 or
+//! `Ignored` as slapproxy does for the calls that ignore them); the format's addresses take the
+//! first address's `network-interface` as the partition's interface; no forwarding (never 523).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use serde_json::{Map, Value as Json, json};
+use slapos_proto::slap::ComputerConfiguration;
+use slapos_proto::slap::forms::{AddressConfiguration, PartitionConfiguration};
+use slapos_proto::{
+    ComputerId, InstanceRequest, InstanceState, InstanceTitle, PartitionId, PartitionRef,
+    SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
+};
+
+use super::hateoas::{host_url, roots};
+use super::{SlapError, param_dict, requester_header};
+use crate::error::ApiError;
+use crate::http::{AppState, now_ms};
+use crate::store::{SlapPartition, Store};
+
+/// The `/slapos.*` routes, one per endpoint of the schema table.
+pub fn routes() -> Router<AppState> {
+    SCHEMAS.iter().fold(Router::new(), |r, schema| {
+        let name = schema.0;
+        r.route(
+            &format!("/{name}"),
+            any(move |st, method, headers, body| endpoint(st, name, method, headers, body)),
+        )
+    })
+}
+
+/// A JSON-RPC error: status and title.
+#[derive(Debug)]
+pub struct RpcError(StatusCode, String);
+
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "status": self.0.as_u16(),
+            "type": self.0.canonical_reason().unwrap_or("Unknown Error"),
+            "title": self.1,
+        });
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<SlapError> for RpcError {
+    fn from(e: SlapError) -> Self {
+        RpcError(e.0, e.1)
+    }
+}
+
+impl From<ApiError> for RpcError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::NoAllocation(_) => RpcError(StatusCode::FORBIDDEN, e.to_string()),
+            other => SlapError::from(other).into(),
+        }
+    }
+}
+
+fn forbidden(title: impl Into<String>) -> RpcError {
+    RpcError(StatusCode::FORBIDDEN, title.into())
+}
+
+fn bad(title: impl Into<String>) -> RpcError {
+    RpcError(StatusCode::BAD_REQUEST, title.into())
+}
+
+type RpcResult = Result<Response, RpcError>;
+
+fn ok(v: Json) -> RpcResult {
+    Ok(([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response())
+}
+
+fn success(title: impl Into<String>) -> RpcResult {
+    ok(json!({"type": "success", "title": title.into()}))
+}
+
+/// A property of a request schema.
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Enum(&'static [&'static str]),
+    Object,
+    Array,
+    Bool,
+}
+
+/// (path, required, optional): the request schemas of `json_rpc.json`, all
+/// `additionalProperties: false`.
+type Schema = (
+    &'static str,
+    &'static [(&'static str, Ty)],
+    &'static [(&'static str, Ty)],
+);
+
+const STATES: &[&str] = &["started", "stopped", "destroyed"];
+const SCHEMAS: &[Schema] = &[
+    (
+        "slapos.put.v0.software_installation_reported_state",
+        &[
+            ("software_release_uri", Ty::Str),
+            ("computer_guid", Ty::Str),
+            (
+                "reported_state",
+                Ty::Enum(&["available", "destroyed", "building"]),
+            ),
+        ],
+        &[],
+    ),
+    ("slapos.allDocs.v0.instance_tree_list", &[], &[]),
+    (
+        "slapos.get.v0.software_instance_certificate",
+        &[("instance_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.put.v0.software_instance_title",
+        &[("instance_guid", Ty::Str), ("title", Ty::Str)],
+        &[],
+    ),
+    ("slapos.get.v0.instance_tree", &[("title", Ty::Str)], &[]),
+    (
+        "slapos.put.v0.software_installation_error",
+        &[
+            ("software_release_uri", Ty::Str),
+            ("computer_guid", Ty::Str),
+            ("message", Ty::Str),
+        ],
+        &[],
+    ),
+    ("slapos.get.v0.hateoas_url", &[], &[]),
+    (
+        "slapos.put.v0.software_instance_connection_parameter",
+        &[
+            ("instance_guid", Ty::Str),
+            ("connection_parameter_dict", Ty::Object),
+        ],
+        &[],
+    ),
+    (
+        "slapos.get.v0.compute_node_status",
+        &[("computer_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.allDocs.v0.compute_node_instance_list",
+        &[("computer_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.get.v0.compute_partition",
+        &[
+            ("computer_guid", Ty::Str),
+            ("compute_partition_id", Ty::Str),
+        ],
+        &[],
+    ),
+    (
+        "slapos.allDocs.v0.compute_node_software_installation_list",
+        &[("computer_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.put.v0.software_instance_error",
+        &[("instance_guid", Ty::Str), ("message", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.post.v0.software_instance",
+        &[
+            ("title", Ty::Str),
+            ("software_release_uri", Ty::Str),
+            ("software_type", Ty::Str),
+        ],
+        &[
+            ("parameters", Ty::Object),
+            ("state", Ty::Enum(STATES)),
+            ("sla_parameters", Ty::Object),
+            ("shared", Ty::Bool),
+        ],
+    ),
+    (
+        "slapos.post.v0.compute_node_certificate",
+        &[("computer_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.allDocs.v0.instance_node_instance_list",
+        &[("instance_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.get.v0.software_instance",
+        &[("instance_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.post.v0.compute_node_usage",
+        &[("computer_guid", Ty::Str), ("tioxml", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.put.v0.software_instance_bang",
+        &[("instance_guid", Ty::Str), ("message", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.put.v0.compute_node_format",
+        &[
+            ("compute_partition_list", Ty::Array),
+            ("computer_guid", Ty::Str),
+        ],
+        &[],
+    ),
+    (
+        "slapos.put.v0.software_instance_reported_state",
+        &[
+            ("instance_guid", Ty::Str),
+            ("reported_state", Ty::Enum(STATES)),
+        ],
+        &[],
+    ),
+    (
+        "slapos.remove.v0.compute_node_certificate",
+        &[("computer_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.put.v0.compute_node_bang",
+        &[("message", Ty::Str), ("computer_guid", Ty::Str)],
+        &[],
+    ),
+    (
+        "slapos.post.v0.software_installation",
+        &[
+            ("software_release_uri", Ty::Str),
+            ("computer_guid", Ty::Str),
+        ],
+        &[("state", Ty::Enum(&["available", "destroyed"]))],
+    ),
+    ("slapos.allDocs.WIP.compute_node_list", &[], &[]),
+];
+
+/// jsonschema's messages for the first violation.
+fn validate(body: &Json, schema: &Schema) -> Result<(), RpcError> {
+    let Some(obj) = body.as_object() else {
+        return Err(bad(format!("{body} is not of type 'object'")));
+    };
+    for (k, _) in schema.1 {
+        if !obj.contains_key(*k) {
+            return Err(bad(format!("'{k}' is a required property")));
+        }
+    }
+    let known = schema.1.iter().chain(schema.2);
+    for (k, v) in obj {
+        let Some((_, ty)) = known.clone().find(|(n, _)| n == k) else {
+            return Err(bad(format!(
+                "Additional properties are not allowed ('{k}' was unexpected)"
+            )));
+        };
+        let fits = match ty {
+            Ty::Str => v.is_string(),
+            Ty::Enum(allowed) => v.as_str().is_some_and(|s| allowed.contains(&s)),
+            Ty::Object => v.is_object(),
+            Ty::Array => v.is_array(),
+            Ty::Bool => v.is_boolean(),
+        };
+        if !fits {
+            return Err(bad(format!("{v} is not valid for '{k}'")));
+        }
+    }
+    Ok(())
+}
+
+/// Werkzeug's `best_match(['application/json'])` is `None` for an Accept header that names
+/// neither `application/json` nor a wildcard covering it.
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()) else {
+        return true;
+    };
+    if accept.trim().is_empty() {
+        return true;
+    }
+    accept.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let mime = parts.next().unwrap_or("").trim();
+        let q_zero = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        !q_zero && matches!(mime, "application/json" | "application/*" | "*/*" | "*")
+    })
+}
+
+async fn endpoint(
+    State(st): State<AppState>,
+    name: &'static str,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> RpcResult {
+    let Some(schema) = SCHEMAS.iter().find(|s| s.0 == name) else {
+        return Err(RpcError(
+            StatusCode::NOT_FOUND,
+            "The requested URL was not found on the server.".into(),
+        ));
+    };
+    if method != Method::POST {
+        return Err(RpcError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The method is not allowed for the requested URL.".into(),
+        ));
+    }
+    if !accepts_json(&headers) {
+        return Err(RpcError(
+            StatusCode::NOT_ACCEPTABLE,
+            "The resource identified by the request is only capable of generating response \
+             entities which have content characteristics not acceptable according to the accept \
+             headers sent in the request."
+                .into(),
+        ));
+    }
+    let body: Json = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("Failed to decode JSON object: {e}")))?;
+    validate(&body, schema)?;
+    let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+    let now = now_ms();
+    match name {
+        "slapos.remove.v0.compute_node_certificate"
+        | "slapos.post.v0.compute_node_usage"
+        | "slapos.put.v0.compute_node_bang"
+        | "slapos.put.v0.software_instance_error"
+        | "slapos.put.v0.software_installation_error" => success("Ignored"),
+        "slapos.post.v0.compute_node_certificate"
+        | "slapos.get.v0.software_instance_certificate" => {
+            ok(json!({"key": "", "certificate": ""}))
+        }
+        "slapos.get.v0.compute_node_status" => ok(json!({"text": "Unknown (not implemented)"})),
+        "slapos.get.v0.hateoas_url" => {
+            ok(json!({"hateoas_url": format!("{}hateoas/", host_url(&headers))}))
+        }
+        "slapos.post.v0.software_installation" => {
+            let state = body
+                .get("state")
+                .and_then(Json::as_str)
+                .unwrap_or("available");
+            let (c, url) = (s("computer_guid"), s("software_release_uri"));
+            let c = ComputerId::parse(c.as_str()).map_err(|e| bad(e.to_string()))?;
+            let req = SupplyRequest {
+                url: SoftwareUrl::parse(url.as_str()).map_err(|e| bad(e.to_string()))?,
+                state: if state == "destroyed" {
+                    SupplyState::Destroyed
+                } else {
+                    SupplyState::Available
+                },
+            };
+            st.db.call(move |s| s.slap_supply(&c, &req, now)).await?;
+            success(format!("Supplied {url} to be {state}"))
+        }
+        "slapos.allDocs.v0.compute_node_software_installation_list" => {
+            let c = s("computer_guid");
+            let id = c.clone();
+            let Some(comp) = st.db.call(move |s| s.slap_computer(&id)).await? else {
+                return Err(forbidden(format!("{c} is not registered.")));
+            };
+            let list: Vec<Json> = comp
+                .software
+                .iter()
+                .map(|(url, state)| json!({"software_release_uri": url, "state": state}))
+                .collect();
+            ok(json!({"result_list": list}))
+        }
+        "slapos.put.v0.software_installation_reported_state" => {
+            if s("reported_state") != "destroyed" {
+                return success("Ignored");
+            }
+            let (c, url) = (s("computer_guid"), s("software_release_uri"));
+            let (Ok(c), Ok(url)) = (ComputerId::parse(c), SoftwareUrl::parse(url)) else {
+                return success("Destroyed");
+            };
+            let rep = slapos_proto::SoftwareReport {
+                url,
+                state: slapos_proto::InstallState::Destroyed,
+                message: None,
+            };
+            // slapproxy deletes the row if any; an unknown one changes nothing.
+            let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;
+            success("Destroyed")
+        }
+        "slapos.allDocs.v0.compute_node_instance_list" => {
+            let c = s("computer_guid");
+            let id = c.clone();
+            let Some(comp) = st.db.call(move |s| s.slap_computer(&id)).await? else {
+                return Err(forbidden(format!("{c} is not registered.")));
+            };
+            let list: Vec<Json> = comp
+                .partitions
+                .iter()
+                .filter_map(|p| {
+                    let i = p.instance.as_ref()?;
+                    Some(json!({
+                        "title": i.title, "instance_guid": guid(&i.title, &i.root, false),
+                        "state": i.state, "compute_partition_id": p.id,
+                        "software_release_uri": i.software_url,
+                    }))
+                })
+                .collect();
+            ok(json!({"result_list": list}))
+        }
+        "slapos.allDocs.v0.instance_node_instance_list" => {
+            let g = s("instance_guid");
+            let (title, root, shared) = parse_guid(&g)?;
+            if shared || locate(&st, title, root).await?.is_none() {
+                return Err(forbidden(format!("No software instance {g} found.")));
+            }
+            ok(json!({"result_list": []}))
+        }
+        "slapos.get.v0.software_instance" => {
+            let g = s("instance_guid");
+            let (title, root, shared) = parse_guid(&g)?;
+            if shared {
+                return Err(forbidden(format!("No shared instance {g} found.")));
+            }
+            match locate(&st, title, root).await? {
+                Some((c, p)) => ok(instance_json(&c, &p)),
+                None => Err(forbidden(format!("No software instance {g} found."))),
+            }
+        }
+        "slapos.get.v0.compute_partition" => {
+            let (c, p) = (s("computer_guid"), s("compute_partition_id"));
+            let (cc, pp) = (c.clone(), p.clone());
+            match st.db.call(move |s| s.slap_partition(&cc, &pp)).await? {
+                Some(part) if part.instance.is_some() => ok(instance_json(&c, &part)),
+                _ => Err(forbidden(format!("No instance on partition {p} found."))),
+            }
+        }
+        "slapos.get.v0.instance_tree" => {
+            let t = s("title");
+            let mut found = roots(&st, Some(t.clone())).await?;
+            let (Some(i), true) = (found.pop(), found.is_empty()) else {
+                return Err(forbidden(format!("No instance tree {t} found.")));
+            };
+            match locate(&st, i.title.to_string(), String::new()).await? {
+                Some((c, p)) => ok(instance_json(&c, &p)),
+                None => Err(forbidden(format!("No instance tree {t} found."))),
+            }
+        }
+        "slapos.allDocs.v0.instance_tree_list" => {
+            let list: Vec<Json> = roots(&st, None)
+                .await?
+                .iter()
+                .map(|i| json!({"title": i.title}))
+                .collect();
+            ok(json!({"result_list": list}))
+        }
+        "slapos.allDocs.WIP.compute_node_list" => {
+            let list = st.db.call(|s| s.slap_computer_list(None)).await?;
+            let list: Vec<Json> = list
+                .iter()
+                .map(|c| json!({"computer_guid": c.id}))
+                .collect();
+            ok(json!({"result_list": list}))
+        }
+        "slapos.put.v0.compute_node_format" => format(&st, &body, now).await,
+        "slapos.post.v0.software_instance" => request(&st, &headers, &body, now).await,
+        _ => instance_call(&st, name, &body, now).await,
+    }
+}
+
+/// `'%s___%s___%i' % (title, requested_by, is_shared)`.
+fn guid(title: &str, root: &str, shared: bool) -> String {
+    format!("{title}___{root}___{}", i32::from(shared))
+}
+
+/// `extractInstanceGuid`: split on `___` at most twice; anything else is 403.
+fn parse_guid(g: &str) -> Result<(String, String, bool), RpcError> {
+    let mut it = g.splitn(3, "___");
+    let (Some(t), Some(r), Some(s)) = (it.next(), it.next(), it.next()) else {
+        return Err(forbidden(format!("instance_guid {g} not handled.")));
+    };
+    let shared = s
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| forbidden(format!("instance_guid {g} not handled.")))?;
+    Ok((t.to_owned(), r.to_owned(), shared != 0))
+}
+
+/// Instance `(title, root)` → its computer and partition (with the instance), if allocated.
+async fn locate(
+    st: &AppState,
+    title: String,
+    root: String,
+) -> Result<Option<(String, SlapPartition)>, RpcError> {
+    Ok(st.db.call(move |s| locate_in(s, &title, &root)).await?)
+}
+
+fn locate_in(
+    s: &mut Store,
+    title: &str,
+    root: &str,
+) -> Result<Option<(String, SlapPartition)>, ApiError> {
+    let (Ok(t), Ok(r)) = (
+        InstanceTitle::parse(title),
+        (!root.is_empty())
+            .then(|| InstanceTitle::parse(root))
+            .transpose(),
+    ) else {
+        return Ok(None);
+    };
+    let info = match s.instance(&t, r.as_ref()) {
+        Ok(i) => i,
+        Err(ApiError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (c, p) = (info.computer.to_string(), info.partition.to_string());
+    Ok(s.slap_partition(&c, &p)?.map(|part| (c, part)))
+}
+
+/// The "Instance information" object of a busy partition.
+fn instance_json(c: &str, p: &SlapPartition) -> Json {
+    let Some(i) = &p.instance else {
+        return Json::Null;
+    };
+    let dict = |params| {
+        param_dict(params)
+            .into_iter()
+            .map(|(k, v)| (k, v.map_or(Json::Null, Json::String)))
+            .collect::<Map<_, _>>()
+    };
+    json!({
+        "title": i.title,
+        "instance_guid": guid(&i.title, &i.root, false),
+        "software_release_uri": i.software_url,
+        "software_type": i.software_type,
+        "state": i.state,
+        "connection_parameters": dict(&i.connection),
+        "parameters": dict(&i.parameters),
+        "shared": false,
+        "root_instance_title": if i.root.is_empty() { &i.title } else { &i.root },
+        "ip_list": p.ip_list.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+        "full_ip_list": [],
+        "sla_parameters": {},
+        "computer_guid": c,
+        "compute_partition_id": p.id,
+        "processing_timestamp": i.revision / 1000,
+        "access_status_message": "",
+    })
+}
+
+async fn format(st: &AppState, body: &Json, now: u64) -> RpcResult {
+    let empty = Vec::new();
+    let list = body
+        .get("compute_partition_list")
+        .and_then(Json::as_array)
+        .unwrap_or(&empty);
+    let mut partitions = Vec::new();
+    for p in list {
+        let id = p
+            .get("partition_id")
+            .and_then(Json::as_str)
+            .ok_or_else(|| bad("'partition_id' is a required property"))?;
+        let ips = p.get("ip_list").and_then(Json::as_array).unwrap_or(&empty);
+        let mut addresses = Vec::new();
+        let mut tap_name = None;
+        for ip in ips {
+            let field = |k| ip.get(k).and_then(Json::as_str);
+            let addr =
+                field("ip-address").ok_or_else(|| bad("'ip-address' is a required property"))?;
+            if tap_name.is_none() {
+                tap_name = field("network-interface").map(str::to_owned);
+            }
+            addresses.push(AddressConfiguration {
+                addr: addr.to_owned(),
+                netmask: field("netmask").unwrap_or("").to_owned(),
+            });
+        }
+        partitions.push(PartitionConfiguration {
+            reference: id.to_owned(),
+            addresses,
+            tap_name,
+        });
+    }
+    let cfg = ComputerConfiguration {
+        reference: body
+            .get("computer_guid")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        address: None,
+        netmask: None,
+        partitions,
+        raw: slapos_proto::slap::Value::None,
+    };
+    st.db.call(move |s| s.slap_format(&cfg, now)).await?;
+    success("Formatted")
+}
+
+async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> RpcResult {
+    let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+    let title = s("title");
+    if body.get("shared").and_then(Json::as_bool) == Some(true) {
+        return Err(forbidden(format!(
+            "No partition corresponding to slave request: {title} (shared instances are not \
+             implemented by master-lite yet)"
+        )));
+    }
+    let from = requester_header(headers)
+        .map(|(c, p)| -> Result<PartitionRef, RpcError> {
+            let unknown = || {
+                bad(format!(
+                    "No partition matching the authorization header: ({c} / {p})"
+                ))
+            };
+            Ok(PartitionRef {
+                computer: ComputerId::parse(c.as_str()).map_err(|_| unknown())?,
+                partition: PartitionId::parse(p.as_str()).map_err(|_| unknown())?,
+            })
+        })
+        .transpose()?;
+    let mut sla: std::collections::BTreeMap<String, String> = body
+        .get("sla_parameters")
+        .and_then(Json::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !sla.contains_key("computer_guid")
+        && let Some(c) = &st.slap.computer_id
+    {
+        sla.insert("computer_guid".into(), c.clone());
+    }
+    let params = body
+        .get("parameters")
+        .and_then(Json::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    // dict2xml: Python str() of every value.
+                    let v = match v {
+                        Json::String(s) => Json::String(s.clone()),
+                        Json::Null => Json::Null,
+                        other => Json::String(slapos_proto::slap::pyrepr::py_str_json(other)),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let software_type = s("software_type");
+    let req = InstanceRequest {
+        title: InstanceTitle::parse(title.as_str()).map_err(|e| bad(e.to_string()))?,
+        software_url: SoftwareUrl::parse(s("software_release_uri").as_str())
+            .map_err(|e| bad(e.to_string()))?,
+        software_type: if software_type.is_empty() {
+            SoftwareType::default()
+        } else {
+            SoftwareType::parse(software_type.as_str()).map_err(|e| bad(e.to_string()))?
+        },
+        parameters: params,
+        sla,
+        state: Some(match body.get("state").and_then(Json::as_str) {
+            Some("stopped") => InstanceState::Stopped,
+            Some("destroyed") => InstanceState::Destroyed,
+            _ => InstanceState::Started,
+        }),
+    };
+    let located = st
+        .db
+        .call(move |s| {
+            if let Some(who) = &from
+                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
+                    .is_none()
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "No partition matching the authorization header: ({} / {})",
+                    who.computer, who.partition
+                )));
+            }
+            let (info, _) = s.slap_request(&req, from.as_ref(), now)?;
+            let (c, p) = (info.computer.to_string(), info.partition.to_string());
+            Ok(s.slap_partition(&c, &p)?.map(|part| (c, part)))
+        })
+        .await
+        .map_err(|e| match e {
+            ApiError::BadRequest(m) => bad(m),
+            ApiError::NoAllocation(_) => {
+                forbidden(format!("No free computer partition found for: {title}"))
+            }
+            other => other.into(),
+        })?;
+    match located {
+        Some((c, p)) => ok(instance_json(&c, &p)),
+        None => Err(RpcError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal server error".into(),
+        )),
+    }
+}
+
+/// The instance calls that take an `instance_guid`: connection parameters, reported state,
+/// bang, title.
+async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcResult {
+    let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+    let g = s("instance_guid");
+    if name == "slapos.put.v0.software_instance_reported_state"
+        && s("reported_state") != "destroyed"
+    {
+        return success("Ignored");
+    }
+    let (title, root, shared) = parse_guid(&g)?;
+    if shared {
+        return match name {
+            "slapos.put.v0.software_instance_reported_state" => success("Ignored"),
+            // slapproxy updates the (here nonexistent) slave row and answers Updated.
+            "slapos.put.v0.software_instance_connection_parameter" => success("Updated"),
+            _ => Err(forbidden("NotImplemented")),
+        };
+    }
+    let located = locate(st, title, root).await?;
+    let ids = located.as_ref().and_then(|(c, p)| {
+        Some((
+            ComputerId::parse(c.as_str()).ok()?,
+            PartitionId::parse(p.id.as_str()).ok()?,
+        ))
+    });
+    match name {
+        "slapos.put.v0.software_instance_connection_parameter" => {
+            let Some((c, p)) = ids else {
+                // slapproxy's UPDATE matches no row and still answers Updated.
+                return success("Updated");
+            };
+            let params = body
+                .get("connection_parameter_dict")
+                .and_then(Json::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            let v = match v {
+                                Json::String(s) if s.is_empty() => Json::Null,
+                                Json::String(s) => Json::String(s.clone()),
+                                Json::Null => Json::String("None".into()),
+                                other => {
+                                    Json::String(slapos_proto::slap::pyrepr::py_str_json(other))
+                                }
+                            };
+                            (k.clone(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            st.db
+                .call(move |s| s.publish_connection(&c, &p, &params, now))
+                .await?;
+            success("Updated")
+        }
+        "slapos.put.v0.software_instance_reported_state" => {
+            let Some((c, p)) = ids else {
+                return Err(forbidden(format!("No software instance {g} found.")));
+            };
+            let answer = st
+                .db
+                .call(move |s| s.slap_destroyed(c.as_str(), p.as_str(), now))
+                .await?;
+            if answer == "OK" {
+                success("Destroyed")
+            } else {
+                Err(forbidden(answer))
+            }
+        }
+        "slapos.put.v0.software_instance_bang" => {
+            if let Some((c, p)) = ids {
+                let message = s("message");
+                st.db.call(move |s| s.bang(&c, &p, &message, now)).await?;
+            }
+            success("Bang handled")
+        }
+        "slapos.put.v0.software_instance_title" => {
+            if let Some((c, p)) = ids {
+                let new =
+                    InstanceTitle::parse(s("title").as_str()).map_err(|e| bad(e.to_string()))?;
+                st.db
+                    .call(move |s| s.slap_rename(c.as_str(), p.as_str(), &new))
+                    .await?;
+            }
+            success("Renamed")
+        }
+        _ => Err(RpcError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("/{name} is not part of the open api definition"),
+        )),
+    }
+}
