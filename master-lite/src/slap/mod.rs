@@ -13,6 +13,9 @@
 //! Invariant: a refused call changes nothing (validation happens before the store call, and
 //! store calls are transactions).
 //!
+//! Submodules: [`hateoas`] (the `/hateoas` subset of `slapos service/computer …`) and [`rpc`]
+//! (slapproxy's JSON-RPC API), over the same store.
+//!
 //! Limits: shared ("slave") instances are refused with 404 (not implemented); no request
 //! forwarding to other masters (hence never 408); started/stopped/error reports are accepted and
 //! ignored, as slapproxy does.
