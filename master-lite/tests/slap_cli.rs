@@ -224,6 +224,108 @@ fn hateoas_service_and_computer_commands_with_the_real_cli() {
     }
 }
 
+/// Shared ("slave") instances: `slapos request --slave` lands in the host's
+/// `slave_instance_list` (types kept), the host publishes for it, the CLI prints it; the host
+/// is bumped on change only; destroy removes it; no host → 404 (`NotFoundError`).
+#[test]
+fn shared_instances_with_the_real_cli() {
+    let Some(venv) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, "COMP");
+    let url = server.url.clone();
+    std::fs::write(
+        d.join("client.cfg"),
+        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
+    )
+    .unwrap();
+    py(&venv, &url, FORMAT);
+    slapos(&venv, d, &["supply", SR, "COMP"]);
+
+    // No host yet.
+    let o = slapos_output(&venv, d, &["request", "--slave", "myslave", SR]);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("NotFoundError"), "{}", out(&o));
+
+    slapos(&venv, d, &["request", "host", SR]);
+    let host_ts = "print(slap.registerComputerPartition('COMP', 'slappart0').getInstanceParameterDict()['timestamp'])";
+    let t0 = py(&venv, &url, host_ts);
+    let first = slapos(
+        &venv,
+        d,
+        &["request", "--slave", "myslave", SR, "--parameters", "a=1"],
+    );
+    assert!(first.contains("State is : started"), "{first}");
+    assert!(
+        first.contains("INFO {}"),
+        "no connection parameters yet: {first}"
+    );
+    let t1 = py(&venv, &url, host_ts);
+    assert_ne!(t0, t1, "a new shared instance bumps its host");
+
+    // Types kept in the host's list (a child request with an int parameter).
+    let host = py(
+        &venv,
+        &url,
+        r#"
+cp = slap.registerComputerPartition('COMP', 'slappart0')
+cp.request('/srv/slap-test/software.cfg', 'default', 'kidslave', shared=True,
+           partition_parameter_kw={'n': 3})
+cp = slap.registerComputerPartition('COMP', 'slappart0')
+lst = cp.getInstanceParameterDict()['slave_instance_list']
+print('SLAVES', sorted((e['slave_reference'], e.get('a'), e.get('n'), e['slap_software_type']) for e in lst))
+cp.setConnectionDict({'url': 'https://shared/'}, slave_reference='_myslave')
+"#,
+    );
+    assert!(
+        host.contains(
+            "SLAVES [('_myslave', '1', None, 'default'), ('host_kidslave', None, 3, 'default')]"
+        ),
+        "{host}"
+    );
+    // The request's answer carries what the host published. (`slapos request --slave` itself
+    // prints the *host's* parameters: its `getState()` re-fetches the host partition, as
+    // against slapproxy.)
+    let again = py(
+        &venv,
+        &url,
+        "r = slap.registerOpenOrder().request('/srv/slap-test/software.cfg', 'myslave', \
+         shared=True, partition_parameter_kw={'a': '1'})\n\
+         print('CONN', r.getConnectionParameterDict(), r.getId())",
+    );
+    assert!(
+        again.contains("CONN {'url': 'https://shared/'} slappart0"),
+        "{again}"
+    );
+    let t2 = py(&venv, &url, host_ts);
+    let t3 = py(&venv, &url, host_ts);
+    assert_eq!(t2, t3);
+    slapos(
+        &venv,
+        d,
+        &["request", "--slave", "myslave", SR, "--parameters", "a=1"],
+    );
+    assert_eq!(
+        py(&venv, &url, host_ts),
+        t3,
+        "an identical shared request changes nothing"
+    );
+
+    slapos(
+        &venv,
+        d,
+        &["request", "--slave", "myslave", SR, "--state", "destroyed"],
+    );
+    let left = py(
+        &venv,
+        &url,
+        "lst = slap.registerComputerPartition('COMP', 'slappart0').getInstanceParameterDict()['slave_instance_list']\n\
+         print('LEFT', [e['slave_reference'] for e in lst])",
+    );
+    assert!(left.contains("LEFT ['host_kidslave']"), "{left}");
+    assert_ne!(py(&venv, &url, host_ts), t3, "removal bumps the host");
+}
+
 #[test]
 fn slapos_cli_and_slap_library_against_master_lite() {
     let Some(venv) = venv() else { return };

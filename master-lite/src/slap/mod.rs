@@ -36,8 +36,8 @@ use serde_json::Value as Json;
 use slapos_proto::slap::{
     self as wire, BusyPartition, ComputerConfiguration, ComputerDoc, ComputerPartitionDoc,
     ConnectionForm, FormError, FormFields, ParamDict, PartitionParameters, RequestForm,
-    RequestedPartition, SlapPartitionAuth, SoftwareInstanceDoc, SoftwareReleaseDoc,
-    SoftwareReleaseForm, SupplyForm, Value,
+    RequestedPartition, RequestedShared, SlapPartitionAuth, SoftwareInstanceDoc,
+    SoftwareReleaseDoc, SoftwareReleaseForm, SupplyForm, Value,
 };
 use slapos_proto::{
     ComputerId, InstallState, InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId,
@@ -48,7 +48,7 @@ pub use config::{ProxyConfig, SlapConfig};
 
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
-use crate::store::{SlapInstance, SlapPartition};
+use crate::store::{SharedEntry, SharedRequest, SlapInstance, SlapPartition};
 
 /// The SLAP routes, to merge into the native router.
 pub fn routes() -> Router<AppState> {
@@ -209,11 +209,21 @@ fn busy_doc(c: &str, p: &SlapPartition, i: &SlapInstance) -> ComputerPartitionDo
             },
             software_release_url: i.software_url.clone(),
             timestamp: Some(timestamp(i.revision)),
+            slave_instance_list: i.shared.iter().map(shared_entry).collect(),
             ..Default::default()
         },
         connection: param_dict(&i.connection),
     };
     ComputerPartitionDoc::busy(c, &p.id, &busy)
+}
+
+/// One `slave_instance_list` entry; the stored parameters are a marshalled dictionary.
+fn shared_entry(e: &SharedEntry) -> Value {
+    let params = wire::loads(&e.parameters)
+        .ok()
+        .and_then(|v| wire::objects::str_keyed(&v, "parameters").ok())
+        .unwrap_or_default();
+    wire::slave_instance_entry(&e.reference, &e.software_type, &params)
 }
 
 fn partition_doc(c: &str, p: &SlapPartition) -> ComputerPartitionDoc {
@@ -424,14 +434,7 @@ async fn request(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let f = RequestForm::from_form(&form(&body))?;
     let from = requester(&headers, &f)?;
     if f.shared {
-        return Err(SlapError(
-            StatusCode::NOT_FOUND,
-            format!(
-                "No partition corresponding to slave request: {:?} (shared instances are not \
-                 implemented by master-lite yet)",
-                f.partition_reference
-            ),
-        ));
+        return request_shared(&st, &f, from).await;
     }
     let mut sla = BTreeMap::new();
     match f.filter_str("computer_guid") {
@@ -499,11 +502,86 @@ async fn request(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
     .map_err(server_error)
 }
 
+/// `requestComputerPartition` with `shared_xml` true (`db.requestSlave`).
+async fn request_shared(
+    st: &AppState,
+    f: &RequestForm,
+    from: Option<slapos_proto::PartitionRef>,
+) -> SlapResult {
+    let computer = f
+        .filter_str("computer_guid")
+        .map(str::to_owned)
+        .or_else(|| st.slap.computer_id.clone())
+        .unwrap_or_default();
+    let prefix = format!("{computer}-");
+    let req = SharedRequest {
+        title: f.partition_reference.clone(),
+        software_url: f.software_release.clone(),
+        software_type: f.software_type.clone(),
+        host_partition: f
+            .filter_str("instance_guid")
+            .map(|g| g.strip_prefix(&prefix).unwrap_or(g).to_owned()),
+        parameters: wire::dumps(&Value::Dict(
+            f.parameters
+                .iter()
+                .map(|(k, v)| (Value::str(k), v.clone()))
+                .collect(),
+        ))
+        .map_err(server_error)?,
+        destroyed: f.state == Some(wire::RequestedState::Destroyed),
+        computer,
+    };
+    let parameters = wire::xml2dict(&f.parameters_instance_xml().map_err(server_error)?)
+        .map_err(server_error)?;
+    let now = now_ms();
+    let placed = st
+        .db
+        .call(move |s| {
+            if let Some(who) = &from
+                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
+                    .is_none()
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "requesting partition {who} is not registered"
+                )));
+            }
+            s.slap_request_shared(&req, from.as_ref(), now)
+        })
+        .await?;
+    let Some(at) = placed else {
+        return Err(SlapError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "No partition corresponding to slave request: {}",
+                wire::pyrepr::str_repr(&f.partition_reference)
+            ),
+        ));
+    };
+    SoftwareInstanceDoc::for_shared(&RequestedShared {
+        computer_id: at.computer,
+        host_partition_id: at.partition,
+        software_release_url: at.software_url,
+        software_type: at.software_type,
+        parameters,
+        connection: param_dict(&at.connection),
+        ip_list: at.ip_list,
+    })
+    .encode()
+    .map(text)
+    .map_err(server_error)
+}
+
 async fn connection(State(st): State<AppState>, body: Bytes) -> SlapResult {
     let f = ConnectionForm::from_form(&form(&body))?;
     let params = json_params(&f.connection_instance_xml().map_err(server_error)?)?;
-    if f.slave_reference.is_some() {
-        // No shared instances yet: slapproxy's UPDATE of an unknown slave changes nothing.
+    if let Some(reference) = f.slave_reference.clone() {
+        let (c, p) = (
+            f.partition.computer_id.clone(),
+            f.partition.partition_id.clone(),
+        );
+        st.db
+            .call(move |s| s.slap_publish_shared(&c, &p, &reference, &params))
+            .await?;
         return Ok(text("done"));
     }
     let (Ok(c), Ok(p)) = (

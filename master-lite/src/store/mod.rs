@@ -40,7 +40,10 @@
 pub mod schema;
 mod slap;
 
-pub use slap::{SlapComputer, SlapComputerRow, SlapInstance, SlapPartition};
+pub use slap::{
+    SharedEntry, SharedPlacement, SharedRequest, SlapComputer, SlapComputerRow, SlapInstance,
+    SlapPartition,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -104,6 +104,24 @@ pub const MIGRATIONS: &[&str] = &[
         FOREIGN KEY (computer, partition) REFERENCES partition(computer, id) ON DELETE CASCADE
     ) WITHOUT ROWID;
     "#,
+    // 3: shared ("slave") instances of the SLAP API. A shared instance is no partition of its
+    // own: it lives in the `slave_instance_list` of its host instance. Keyed like slapproxy's
+    // `slave.reference` = `<root>_<title>` (scope: the requester's tree). Parameters keep their
+    // xml_marshaller types (stored as the marshalled dictionary), connection parameters are the
+    // host's published strings (JSON object). Freed with its host.
+    r#"
+    CREATE TABLE slap_shared (
+        root          TEXT NOT NULL,          -- requester tree's root title, '' from a user
+        title         TEXT NOT NULL,
+        host          INTEGER NOT NULL REFERENCES instance(id) ON DELETE CASCADE,
+        requester     INTEGER REFERENCES instance(id) ON DELETE SET NULL,
+        software_type TEXT NOT NULL,
+        parameters    TEXT NOT NULL,          -- xml_marshaller dictionary
+        connection    TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (root, title)
+    );
+    CREATE INDEX slap_shared_host ON slap_shared(host);
+    "#,
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.

@@ -16,7 +16,10 @@ use slapos_proto::{
     PartitionRef, PartitionReport, PartitionSpec, RegisterComputer, SoftwareInfo, SupplyRequest,
 };
 
-use super::{InstanceRow, RequestRules, Result, Store, Tx, instance_on, labels, ms, rows, titles};
+use super::{
+    InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels, ms,
+    rows, titles, to_json, touch_seen,
+};
 use crate::error::{ApiError, DbContext};
 
 /// An instance as the SLAP routes show it.
@@ -38,6 +41,55 @@ pub struct SlapInstance {
     pub connection: Params,
     /// Revision (slapproxy's timestamp, in ms).
     pub revision: i64,
+    /// Shared instances it hosts, in request order.
+    pub shared: Vec<SharedEntry>,
+}
+
+/// One shared instance in its host's `slave_instance_list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedEntry {
+    /// `slave_reference`: `<root>_<title>`.
+    pub reference: String,
+    /// `slap_software_type`.
+    pub software_type: String,
+    /// The requested parameters as an xml_marshaller dictionary (types kept).
+    pub parameters: String,
+}
+
+/// A shared-instance request (`requestComputerPartition` with `shared_xml` true).
+#[derive(Debug, Clone)]
+pub struct SharedRequest {
+    /// `partition_reference`.
+    pub title: String,
+    /// `software_release`: the host must run it.
+    pub software_url: String,
+    /// `software_type`: when not empty, the host must have it.
+    pub software_type: String,
+    /// `filter_kw['computer_guid']` (default: the configured computer).
+    pub computer: String,
+    /// `filter_kw['instance_guid']` with `<computer>-` stripped: the host partition.
+    pub host_partition: Option<String>,
+    /// `partition_parameter_xml` as sent (xml_marshaller dictionary).
+    pub parameters: String,
+    /// `state == 'destroyed'`: remove it from its host.
+    pub destroyed: bool,
+}
+
+/// Where a shared instance lives after a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedPlacement {
+    /// Host computer.
+    pub computer: String,
+    /// Host partition.
+    pub partition: String,
+    /// The host's software release and type.
+    pub software_url: String,
+    /// The host's software type.
+    pub software_type: String,
+    /// Connection parameters the host published for it.
+    pub connection: Params,
+    /// The host partition's `ip_list`.
+    pub ip_list: Vec<(String, String)>,
 }
 
 /// A partition as the SLAP routes show it.
@@ -84,6 +136,7 @@ impl From<InstanceRow> for SlapInstance {
             software_type: r.software_type,
             state: r.state,
             revision: r.revision,
+            shared: Vec::new(),
         }
     }
 }
@@ -198,6 +251,183 @@ impl Store {
                 })
             },
         )
+    }
+
+    /// A shared-instance request under slapproxy's rules (`db.requestSlave`): the host is the
+    /// first partition (registration order) of the computer running the same release (and type,
+    /// and partition when asked); adding, changing or removing the entry bumps the host.
+    /// `Ok(None)` when no partition can host it.
+    pub fn slap_request_shared(
+        &mut self,
+        req: &SharedRequest,
+        from: Option<&PartitionRef>,
+        now_ms: u64,
+    ) -> Result<Option<SharedPlacement>> {
+        let mut tx = self.write()?;
+        let (root, requester) = match from {
+            Some(who) => {
+                let inst = allocated_instance(
+                    &tx,
+                    who.computer.as_str(),
+                    who.partition.as_str(),
+                    "request a shared instance",
+                )?;
+                let root = if inst.root.is_empty() {
+                    inst.title.clone()
+                } else {
+                    inst.root.clone()
+                };
+                touch_seen(&tx, who.computer.as_str(), now_ms)?;
+                (root, Some(inst.id))
+            }
+            None => (String::new(), None),
+        };
+        let host = tx
+            .query_row(
+                "SELECT i.id, i.partition, i.software_url, i.software_type FROM instance i
+                 JOIN partition p ON p.computer = i.computer AND p.id = i.partition
+                 WHERE i.computer = ?1 AND i.software_url = ?2 AND (?3 = '' OR i.software_type = ?3)
+                   AND (?4 IS NULL OR i.partition = ?4)
+                 ORDER BY p.seq LIMIT 1",
+                params![
+                    req.computer,
+                    req.software_url,
+                    req.software_type,
+                    req.host_partition
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .op("find a host for a shared instance")?;
+        let Some((host, partition, software_url, software_type)) = host else {
+            return Ok(None);
+        };
+        let existing = tx
+            .query_row(
+                "SELECT host, software_type, parameters, connection FROM slap_shared
+                 WHERE root = ?1 AND title = ?2",
+                params![root, req.title],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .op("look up a shared instance")?;
+        let mut connection = Params::new();
+        match (&existing, req.destroyed) {
+            (Some((old_host, ..)), true) => {
+                tx.execute(
+                    "DELETE FROM slap_shared WHERE root = ?1 AND title = ?2",
+                    params![root, req.title],
+                )
+                .op("remove a shared instance")?;
+                tx.bump_instance(*old_host)?;
+            }
+            (None, true) => {}
+            (Some((old_host, old_type, old_params, old_conn)), false) => {
+                connection = serde_json::from_str(old_conn).unwrap_or_default();
+                let changed = *old_host != host
+                    || *old_type != req.software_type
+                    || *old_params != req.parameters;
+                tx.execute(
+                    "UPDATE slap_shared SET host = ?3, software_type = ?4, parameters = ?5,
+                     requester = ?6 WHERE root = ?1 AND title = ?2",
+                    params![
+                        root,
+                        req.title,
+                        host,
+                        req.software_type,
+                        req.parameters,
+                        requester
+                    ],
+                )
+                .op("update a shared instance")?;
+                if changed {
+                    tx.bump_instance(host)?;
+                    if *old_host != host {
+                        tx.bump_instance(*old_host)?;
+                    }
+                }
+            }
+            (None, false) => {
+                tx.execute(
+                    "INSERT INTO slap_shared (root, title, host, requester, software_type, parameters)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![root, req.title, host, requester, req.software_type, req.parameters],
+                )
+                .op("add a shared instance")?;
+                tx.bump_instance(host)?;
+            }
+        }
+        let ip_list = slap_partitions(&tx, &req.computer, Some(&partition))?
+            .pop()
+            .map(|p| p.ip_list)
+            .unwrap_or_default();
+        tx.commit()?;
+        Ok(Some(SharedPlacement {
+            computer: req.computer.clone(),
+            partition,
+            software_url,
+            software_type,
+            connection,
+            ip_list,
+        }))
+    }
+
+    /// `setComputerPartitionConnectionXml` with a `slave_reference`: store what the host
+    /// publishes for one of its shared instances; a change bumps the shared instance's requester.
+    /// Unknown references change nothing (slapproxy's UPDATE matches no row).
+    pub fn slap_publish_shared(
+        &mut self,
+        c: &str,
+        p: &str,
+        reference: &str,
+        params: &Params,
+    ) -> Result<()> {
+        let mut tx = self.write()?;
+        let found = tx
+            .query_row(
+                "SELECT s.rowid, s.connection, s.requester FROM slap_shared s
+                 JOIN instance i ON i.id = s.host
+                 WHERE i.computer = ?1 AND i.partition = ?2 AND s.root || '_' || s.title = ?3",
+                params![c, p, reference],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .op("look up a shared instance")?;
+        let Some((rowid, old, requester)) = found else {
+            return Ok(());
+        };
+        if serde_json::from_str::<Params>(&old).unwrap_or_default() != *params {
+            let json = to_json(params)?;
+            tx.execute(
+                "UPDATE slap_shared SET connection = ?2 WHERE rowid = ?1",
+                params![rowid, json],
+            )
+            .op("store shared connection parameters")?;
+            if let Some(r) = requester {
+                tx.bump_instance(r)?;
+            }
+        }
+        tx.commit()
     }
 
     /// `registerComputerPartition`: `None` when the partition is not registered.
@@ -392,6 +622,27 @@ fn slap_partitions(
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, inst))
         },
     )?;
+    let mut shared: HashMap<i64, Vec<SharedEntry>> = HashMap::new();
+    for (host, e) in rows(
+        tx,
+        "read shared instances",
+        "SELECT s.host, s.root, s.title, s.software_type, s.parameters
+         FROM slap_shared s JOIN instance i ON i.id = s.host
+         WHERE i.computer = ?1 AND (?2 IS NULL OR i.partition = ?2) ORDER BY s.rowid",
+        params![c, only],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                SharedEntry {
+                    reference: format!("{}_{}", r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                    software_type: r.get(3)?,
+                    parameters: r.get(4)?,
+                },
+            ))
+        },
+    )? {
+        shared.entry(host).or_default().push(e);
+    }
     Ok(found
         .into_iter()
         .map(|(id, native, inst)| {
@@ -405,7 +656,13 @@ fn slap_partitions(
             SlapPartition {
                 id,
                 ip_list,
-                instance: inst.map(SlapInstance::from),
+                instance: inst.map(|row| {
+                    let hosted = shared.remove(&row.id).unwrap_or_default();
+                    SlapInstance {
+                        shared: hosted,
+                        ..SlapInstance::from(row)
+                    }
+                }),
             }
         })
         .collect())
