@@ -311,6 +311,20 @@ cp.setConnectionDict({'url': 'https://shared/'}, slave_reference='_myslave')
         "an identical shared request changes nothing"
     );
 
+    // /hateoas shows the root shared instance (not the child's) with its own view.
+    let list = slapos(&venv, d, &["service", "list"]);
+    assert!(list.contains(&format!("\"myslave\": \"{SR}\"")), "{list}");
+    assert!(!list.contains("kidslave"), "{list}");
+    let info = slapos(&venv, d, &["service", "info", "myslave"]);
+    for want in [
+        "\"shared\": true",
+        "\"requested-state\": \"unused\"",
+        "\"a\": \"1\"",
+        "\"url\": \"https://shared/\"",
+    ] {
+        assert!(info.contains(want), "missing {want} in {info}");
+    }
+
     slapos(
         &venv,
         d,

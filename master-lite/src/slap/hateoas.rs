@@ -3,8 +3,8 @@
 //! templates, four exact search queries, traversal by 302, and one ERP5-like view per instance
 //! tree root and per computer. Everything else answers 400 (`Unhandled query/mode`) or 404.
 //!
-//! Roots are instances with no requester (slapproxy: `requested_by = ''`); shared instances do
-//! not exist in master-lite yet, so `/hateoas/shared/<t>` is always 404.
+//! Roots are instances with no requester (slapproxy: `requested_by = ''`) and shared instances
+//! requested by a user (slapproxy's `_<title>` slaves), viewed at `/hateoas/shared/<title>`.
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -17,6 +17,7 @@ use slapos_proto::slap as wire;
 
 use super::{SlapError, param_dict, query, timestamp};
 use crate::http::AppState;
+use crate::store::SharedRow;
 
 pub(crate) const SERVICE_LIST: &str =
     "portal_type:\"Instance Tree\" AND validation_state:validated";
@@ -32,10 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/hateoas/", get(hateoas))
         .route("/hateoas/partitions/{title}", get(partition_view))
         .route("/hateoas/computers/{reference}", get(computer_view))
-        .route(
-            "/hateoas/shared/{reference}",
-            get(|| async { StatusCode::NOT_FOUND }),
-        )
+        .route("/hateoas/shared/{reference}", get(shared_view))
 }
 
 fn json_ok(v: Json) -> Response {
@@ -136,7 +134,33 @@ fn connection_xml(i: &InstanceInfo) -> Result<Json, SlapError> {
     })
 }
 
+/// Root shared instances (requested by a user), optionally one title.
+pub(crate) async fn root_shared(
+    st: &AppState,
+    title: Option<String>,
+) -> Result<Vec<SharedRow>, SlapError> {
+    Ok(st
+        .db
+        .call(move |s| s.slap_shared_list(Some(""), title.as_deref(), None))
+        .await?)
+}
+
 async fn service_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json>, SlapError> {
+    let mut found = partition_rows(st, title.clone()).await?;
+    // slapproxy: all root partitions then all root shared; one title: the partition, else
+    // the shared instance.
+    if title.is_none() || found.is_empty() {
+        found.extend(root_shared(st, title).await?.iter().map(|r| {
+            json!({
+                "title": r.title, "url_string": r.software_url,
+                "relative_url": format!("/hateoas/shared/{}", r.title),
+            })
+        }));
+    }
+    Ok(found)
+}
+
+async fn partition_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json>, SlapError> {
     roots(st, title)
         .await?
         .iter()
@@ -203,6 +227,42 @@ async fn partition_view(
             "my_source_reference": field("StringField", "field_my_source_reference",
                 json!(i.software_type.as_str())),
             "my_root_slave": field("IntegerField", "field_my_root_slave", json!(0)),
+        }},
+        "_links": {"type": {"name": "Instance Tree"}},
+    })))
+}
+
+/// Parameters of a shared instance (its stored marshal dictionary) as instance XML.
+pub(crate) fn shared_params_xml(r: &SharedRow) -> Result<String, SlapError> {
+    let v = wire::loads(&r.parameters).map_err(super::server_error)?;
+    wire::dict2xml_value(&v).map_err(super::server_error)
+}
+
+async fn shared_view(
+    State(st): State<AppState>,
+    Path(title): Path<String>,
+) -> Result<Response, SlapError> {
+    let Some(r) = root_shared(&st, Some(title)).await?.pop() else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let connection = if r.connection.is_empty() {
+        Json::Null
+    } else {
+        Json::String(instance_xml(&r.connection)?)
+    };
+    Ok(json_ok(json!({
+        "_embedded": {"_view": {
+            "form_id": field("StringField", "form_id", json!("InstanceTree_viewAsHateoas")),
+            "my_reference": field("StringField", "field_my_reference", json!(r.title)),
+            "my_slap_state": field("StringField", "field_my_slap_state", json!("unused")),
+            "my_text_content": field("StringField", "field_my_text_content",
+                json!(shared_params_xml(&r)?)),
+            "my_connection_parameter_list": field("StringField",
+                "field_my_connection_parameter_list", connection),
+            "my_url_string": field("StringField", "field_my_url_string", json!(r.software_url)),
+            "my_source_reference": field("StringField", "field_my_source_reference",
+                json!(r.software_type)),
+            "my_root_slave": field("IntegerField", "field_my_root_slave", json!(1)),
         }},
         "_links": {"type": {"name": "Instance Tree"}},
     })))

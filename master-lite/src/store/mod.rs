@@ -41,8 +41,8 @@ pub mod schema;
 mod slap;
 
 pub use slap::{
-    SharedEntry, SharedPlacement, SharedRequest, SlapComputer, SlapComputerRow, SlapInstance,
-    SlapPartition,
+    SharedEntry, SharedPlacement, SharedRequest, SharedRow, SlapComputer, SlapComputerRow,
+    SlapInstance, SlapPartition,
 };
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

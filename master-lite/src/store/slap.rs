@@ -56,6 +56,31 @@ pub struct SharedEntry {
     pub parameters: String,
 }
 
+/// A shared instance with its host, as read back for `/hateoas` and JSON-RPC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedRow {
+    /// Root title of the requester's tree (`''` from a user).
+    pub root: String,
+    /// Title.
+    pub title: String,
+    /// Host computer.
+    pub computer: String,
+    /// Host partition.
+    pub partition: String,
+    /// Host's software release.
+    pub software_url: String,
+    /// Host's software type.
+    pub host_software_type: String,
+    /// The entry's `slap_software_type`.
+    pub software_type: String,
+    /// xml_marshaller dictionary of the requested parameters.
+    pub parameters: String,
+    /// What the host published for it.
+    pub connection: Params,
+    /// Host instance revision.
+    pub host_revision: i64,
+}
+
 /// A shared-instance request (`requestComputerPartition` with `shared_xml` true).
 #[derive(Debug, Clone)]
 pub struct SharedRequest {
@@ -384,6 +409,43 @@ impl Store {
             connection,
             ip_list,
         }))
+    }
+
+    /// Shared instances in request order, narrowed by root tree and/or title, or by host
+    /// `(computer, partition)`.
+    pub fn slap_shared_list(
+        &mut self,
+        root: Option<&str>,
+        title: Option<&str>,
+        host: Option<(&str, &str)>,
+    ) -> Result<Vec<SharedRow>> {
+        let tx = self.read()?;
+        let (hc, hp) = host.unzip();
+        rows(
+            &tx,
+            "list shared instances",
+            "SELECT s.root, s.title, i.computer, i.partition, i.software_url, i.software_type,
+                    s.software_type, s.parameters, s.connection, i.revision
+             FROM slap_shared s JOIN instance i ON i.id = s.host
+             WHERE (?1 IS NULL OR s.root = ?1) AND (?2 IS NULL OR s.title = ?2)
+               AND (?3 IS NULL OR (i.computer = ?3 AND i.partition = ?4))
+             ORDER BY s.rowid",
+            params![root, title, hc, hp],
+            |r| {
+                Ok(SharedRow {
+                    root: r.get(0)?,
+                    title: r.get(1)?,
+                    computer: r.get(2)?,
+                    partition: r.get(3)?,
+                    software_url: r.get(4)?,
+                    host_software_type: r.get(5)?,
+                    software_type: r.get(6)?,
+                    parameters: r.get(7)?,
+                    connection: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                    host_revision: r.get(9)?,
+                })
+            },
+        )
     }
 
     /// `setComputerPartitionConnectionXml` with a `slave_reference`: store what the host
