@@ -439,9 +439,14 @@ async fn software_instance_allocation_get_and_lists() {
             .1,
         json!({"result_list": [{"computer_guid": "computer"}]})
     );
-    // Shared instances are not implemented: refused, nothing allocated.
+    // A shared request with no matching host (other release) is refused.
     assert_eq!(
-        m.request("s", json!({"shared": true})).await.0,
+        m.request(
+            "s",
+            json!({"shared": true, "software_release_uri": "http://other/"})
+        )
+        .await
+        .0,
         StatusCode::FORBIDDEN
     );
 }
@@ -615,4 +620,146 @@ async fn reported_state_destroyed_frees_the_partition() {
     assert_eq!(r.0, StatusCode::FORBIDDEN);
     // The partition is free again.
     assert_eq!(m.request("Next", json!({})).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shared_instances() {
+    let m = Rpc::new();
+    m.format(1).await;
+    let (_, host) = m
+        .request("MyFirstInstance", json!({"parameters": {"bar": "foo"}}))
+        .await;
+    let auth = format!(
+        "X-SlapPartition computer_id={}, computer_partition_id={}",
+        host["computer_guid"].as_str().unwrap(),
+        host["compute_partition_id"].as_str().unwrap()
+    );
+    let (s, got) = m
+        .post_with(
+            "/slapos.post.v0.software_instance",
+            json!({"title": "MySecondInstance", "software_release_uri": "http://sr//",
+                   "software_type": "foobar", "parameters": {"bar": "foo"}, "shared": true}),
+            &[("authorization", auth.as_str())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(
+        got,
+        json!({"title": "MySecondInstance",
+               "instance_guid": "MySecondInstance___MyFirstInstance___1",
+               "software_release_uri": "http://sr//", "software_type": "foobar",
+               "state": "started", "connection_parameters": {}, "parameters": {"bar": "foo"},
+               "shared": true, "root_instance_title": "MyFirstInstance",
+               "ip_list": [["tap0", "1.2.3.4"], ["tap0", "4.3.2.1"]], "full_ip_list": [],
+               "sla_parameters": {}, "computer_guid": "computer",
+               "compute_partition_id": "slappart0", "processing_timestamp": 0,
+               "access_status_message": ""})
+    );
+    // A root shared instance with a typed parameter, then the host's list.
+    let (s, _) = m
+        .request(
+            "MySharedInstance",
+            json!({"shared": true, "parameters": {"n": 3}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let list = m
+        .post(
+            "/slapos.allDocs.v0.instance_node_instance_list",
+            json!({"instance_guid": "MyFirstInstance______0"}),
+        )
+        .await;
+    assert_eq!(
+        list,
+        (
+            StatusCode::OK,
+            json!({"result_list": [
+                {"title": "MySecondInstance",
+                 "instance_guid": "MySecondInstance___MyFirstInstance___1",
+                 "software_type": "foobar", "state": "started", "parameters": {"bar": "foo"},
+                 "compute_partition_id": "slappart0"},
+                {"title": "MySharedInstance", "instance_guid": "MySharedInstance______1",
+                 "software_type": "foobar", "state": "started", "parameters": {"n": 3},
+                 "compute_partition_id": "slappart0"}]})
+        )
+    );
+    // The host publishes for the shared instance; get shows it; the requester is bumped.
+    let before = m
+        .post(
+            "/slapos.get.v0.software_instance",
+            json!({"instance_guid": "MyFirstInstance______0"}),
+        )
+        .await
+        .1["processing_timestamp"]
+        .clone();
+    let r = m
+        .post(
+            "/slapos.put.v0.software_instance_connection_parameter",
+            json!({"instance_guid": "MySecondInstance___MyFirstInstance___1",
+                   "connection_parameter_dict": {"url": "https://s/"}}),
+        )
+        .await;
+    assert_eq!(r, (StatusCode::OK, success("Updated")));
+    let (s, shared) = m
+        .post(
+            "/slapos.get.v0.software_instance",
+            json!({"instance_guid": "MySecondInstance___MyFirstInstance___1"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        shared["connection_parameters"],
+        json!({"url": "https://s/"})
+    );
+    assert_eq!(shared["shared"], json!(true));
+    let after = m
+        .post(
+            "/slapos.get.v0.software_instance",
+            json!({"instance_guid": "MyFirstInstance______0"}),
+        )
+        .await
+        .1["processing_timestamp"]
+        .clone();
+    assert!(after.as_i64() >= before.as_i64());
+    assert_eq!(
+        m.post(
+            "/slapos.get.v0.software_instance",
+            json!({"instance_guid": "nope______1"})
+        )
+        .await,
+        (
+            StatusCode::FORBIDDEN,
+            error(403, "Forbidden", "No shared instance nope______1 found.")
+        )
+    );
+    // Instance trees: the root partition and the root shared instance.
+    assert_eq!(
+        m.post("/slapos.allDocs.v0.instance_tree_list", json!({}))
+            .await
+            .1,
+        json!({"result_list": [{"title": "MyFirstInstance"}, {"title": "MySharedInstance"}]})
+    );
+    let (s, tree) = m
+        .post(
+            "/slapos.get.v0.instance_tree",
+            json!({"title": "MySharedInstance"}),
+        )
+        .await;
+    assert_eq!((s, &tree["parameters"]), (StatusCode::OK, &json!({"n": 3})));
+    // Destroyed: removed from the host.
+    let (s, _) = m
+        .request(
+            "MySharedInstance",
+            json!({"shared": true, "state": "destroyed"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let list = m
+        .post(
+            "/slapos.allDocs.v0.instance_node_instance_list",
+            json!({"instance_guid": "MyFirstInstance______0"}),
+        )
+        .await
+        .1;
+    assert_eq!(list["result_list"].as_array().unwrap().len(), 1, "{list}");
 }

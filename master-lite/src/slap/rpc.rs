@@ -18,18 +18,18 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::{Map, Value as Json, json};
-use slapos_proto::slap::ComputerConfiguration;
 use slapos_proto::slap::forms::{AddressConfiguration, PartitionConfiguration};
+use slapos_proto::slap::{self as wire, ComputerConfiguration, Value};
 use slapos_proto::{
     ComputerId, InstanceRequest, InstanceState, InstanceTitle, PartitionId, PartitionRef,
     SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
 };
 
-use super::hateoas::{host_url, roots};
+use super::hateoas::{host_url, root_shared, roots};
 use super::{SlapError, param_dict, requester_header};
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
-use crate::store::{SlapPartition, Store};
+use crate::store::{SharedRequest, SharedRow, SlapPartition, Store};
 
 /// The `/slapos.*` routes, one per endpoint of the schema table.
 pub fn routes() -> Router<AppState> {
@@ -432,16 +432,38 @@ async fn endpoint(
         "slapos.allDocs.v0.instance_node_instance_list" => {
             let g = s("instance_guid");
             let (title, root, shared) = parse_guid(&g)?;
-            if shared || locate(&st, title, root).await?.is_none() {
+            let host = if shared {
+                None
+            } else {
+                locate(&st, title, root).await?
+            };
+            let Some((c, p)) = host else {
                 return Err(forbidden(format!("No software instance {g} found.")));
-            }
-            ok(json!({"result_list": []}))
+            };
+            let list = st
+                .db
+                .call(move |s| s.slap_shared_list(None, None, Some((&c, &p.id))))
+                .await?;
+            let list: Vec<Json> = list
+                .iter()
+                .map(|r| {
+                    json!({
+                        "title": r.title, "instance_guid": guid(&r.title, &r.root, true),
+                        "software_type": r.software_type, "state": "started",
+                        "parameters": shared_params(r), "compute_partition_id": r.partition,
+                    })
+                })
+                .collect();
+            ok(json!({"result_list": list}))
         }
         "slapos.get.v0.software_instance" => {
             let g = s("instance_guid");
             let (title, root, shared) = parse_guid(&g)?;
             if shared {
-                return Err(forbidden(format!("No shared instance {g} found.")));
+                return match shared_row(&st, title, root).await? {
+                    Some(r) => ok(shared_json(&r)),
+                    None => Err(forbidden(format!("No shared instance {g} found."))),
+                };
             }
             match locate(&st, title, root).await? {
                 Some((c, p)) => ok(instance_json(&c, &p)),
@@ -459,6 +481,12 @@ async fn endpoint(
         "slapos.get.v0.instance_tree" => {
             let t = s("title");
             let mut found = roots(&st, Some(t.clone())).await?;
+            let mut shared = root_shared(&st, Some(t.clone())).await?;
+            if found.is_empty()
+                && let (Some(r), true) = (shared.pop(), shared.is_empty())
+            {
+                return ok(shared_json(&r));
+            }
             let (Some(i), true) = (found.pop(), found.is_empty()) else {
                 return Err(forbidden(format!("No instance tree {t} found.")));
             };
@@ -468,11 +496,17 @@ async fn endpoint(
             }
         }
         "slapos.allDocs.v0.instance_tree_list" => {
-            let list: Vec<Json> = roots(&st, None)
+            let mut list: Vec<Json> = roots(&st, None)
                 .await?
                 .iter()
                 .map(|i| json!({"title": i.title}))
                 .collect();
+            list.extend(
+                root_shared(&st, None)
+                    .await?
+                    .iter()
+                    .map(|r| json!({"title": r.title})),
+            );
             ok(json!({"result_list": list}))
         }
         "slapos.allDocs.WIP.compute_node_list" => {
@@ -620,12 +654,6 @@ async fn format(st: &AppState, body: &Json, now: u64) -> RpcResult {
 async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let title = s("title");
-    if body.get("shared").and_then(Json::as_bool) == Some(true) {
-        return Err(forbidden(format!(
-            "No partition corresponding to slave request: {title} (shared instances are not \
-             implemented by master-lite yet)"
-        )));
-    }
     let from = requester_header(headers)
         .map(|(c, p)| -> Result<PartitionRef, RpcError> {
             let unknown = || {
@@ -652,6 +680,9 @@ async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> R
         && let Some(c) = &st.slap.computer_id
     {
         sla.insert("computer_guid".into(), c.clone());
+    }
+    if body.get("shared").and_then(Json::as_bool) == Some(true) {
+        return request_shared(st, body, from, sla, now).await;
     }
     let params = body
         .get("parameters")
@@ -721,6 +752,199 @@ async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> R
     }
 }
 
+/// `dict2xml(connection_parameter_dict)` read back: strings, `None` for empty.
+fn connection_params(body: &Json) -> slapos_proto::Params {
+    body.get("connection_parameter_dict")
+        .and_then(Json::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Json::String(s) if s.is_empty() => Json::Null,
+                        Json::String(s) => Json::String(s.clone()),
+                        Json::Null => Json::String("None".into()),
+                        other => Json::String(slapos_proto::slap::pyrepr::py_str_json(other)),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// JSON → xml_marshaller value (what the Python client would have marshalled).
+fn to_value(v: &Json) -> Value {
+    match v {
+        Json::Null => Value::None,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0))),
+        Json::String(s) => Value::str(s),
+        Json::Array(a) => Value::List(a.iter().map(to_value).collect()),
+        Json::Object(m) => Value::Dict(
+            m.iter()
+                .map(|(k, v)| (Value::str(k), to_value(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// xml_marshaller value → JSON (shared-instance parameters keep their types).
+fn to_json(v: &Value) -> Json {
+    match v {
+        Value::None => Json::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(f) => json!(f),
+        Value::String(s) => json!(s),
+        Value::List(a) | Value::Tuple(a) | Value::Set(a) => a.iter().map(to_json).collect(),
+        Value::Dict(d) => Json::Object(
+            d.iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().map_or_else(|| format!("{k:?}"), str::to_owned),
+                        to_json(v),
+                    )
+                })
+                .collect(),
+        ),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+/// A shared instance's stored parameters (marshal dictionary) as JSON.
+fn shared_params(r: &SharedRow) -> Json {
+    wire::loads(&r.parameters).map_or(json!({}), |v| to_json(&v))
+}
+
+/// The "Instance information" object of a shared instance (`send_json_rpc_sql_shared`).
+fn shared_json(r: &SharedRow) -> Json {
+    json!({
+        "title": r.title,
+        "instance_guid": guid(&r.title, &r.root, true),
+        "software_release_uri": r.software_url,
+        "software_type": r.host_software_type,
+        "state": "started",
+        "connection_parameters": strings(&r.connection),
+        "parameters": shared_params(r),
+        "shared": true,
+        "root_instance_title": if r.root.is_empty() { &r.title } else { &r.root },
+        "ip_list": [],
+        "full_ip_list": [],
+        "sla_parameters": {},
+        "computer_guid": r.computer,
+        "compute_partition_id": r.partition,
+        "processing_timestamp": r.host_revision / 1000,
+        "access_status_message": "",
+    })
+}
+
+fn strings(p: &slapos_proto::Params) -> Map<String, Json> {
+    param_dict(p)
+        .into_iter()
+        .map(|(k, v)| (k, v.map_or(Json::Null, Json::String)))
+        .collect()
+}
+
+/// One shared instance by guid parts.
+async fn shared_row(
+    st: &AppState,
+    title: String,
+    root: String,
+) -> Result<Option<SharedRow>, RpcError> {
+    Ok(st
+        .db
+        .call(move |s| s.slap_shared_list(Some(&root), Some(&title), None))
+        .await?
+        .pop())
+}
+
+async fn request_shared(
+    st: &AppState,
+    body: &Json,
+    from: Option<PartitionRef>,
+    sla: std::collections::BTreeMap<String, String>,
+    now: u64,
+) -> RpcResult {
+    let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+    let title = s("title");
+    let computer = sla.get("computer_guid").cloned().unwrap_or_default();
+    let prefix = format!("{computer}-");
+    let params = body.get("parameters").cloned().unwrap_or_else(|| json!({}));
+    let req = SharedRequest {
+        title: title.clone(),
+        software_url: s("software_release_uri"),
+        software_type: s("software_type"),
+        host_partition: sla
+            .get("instance_guid")
+            .map(|g| g.strip_prefix(&prefix).unwrap_or(g).to_owned()),
+        parameters: wire::dumps(&to_value(&params)).map_err(|e| bad(e.to_string()))?,
+        destroyed: s("state") == "destroyed",
+        computer,
+    };
+    let placed = st
+        .db
+        .call(move |s| {
+            if let Some(who) = &from
+                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
+                    .is_none()
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "No partition matching the authorization header: ({} / {})",
+                    who.computer, who.partition
+                )));
+            }
+            s.slap_request_shared(&req, from.as_ref(), now)
+        })
+        .await
+        .map_err(|e| match e {
+            ApiError::BadRequest(m) => bad(m),
+            other => other.into(),
+        })?;
+    let Some(at) = placed else {
+        return Err(forbidden(format!(
+            "No partition corresponding to slave request: {title}"
+        )));
+    };
+    // `send_json_rpc_slap_instance` for a shared one: xml2dict strings, timestamp 0.
+    let strings_of = |v: &Json| -> Map<String, Json> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| {
+                        let s = match v {
+                            Json::String(s) if s.is_empty() => Json::Null,
+                            Json::String(s) => Json::String(s.clone()),
+                            other => Json::String(slapos_proto::slap::pyrepr::py_str_json(other)),
+                        };
+                        (k.clone(), s)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ok(json!({
+        "title": title,
+        "instance_guid": guid(&title, &at.root, true),
+        "software_release_uri": at.software_url,
+        "software_type": at.software_type,
+        "state": "started",
+        "connection_parameters": strings(&at.connection),
+        "parameters": strings_of(&params),
+        "shared": true,
+        "root_instance_title": if at.root.is_empty() { &title } else { &at.root },
+        "ip_list": at.ip_list.iter().map(|(a, b)| json!([a, b])).collect::<Vec<_>>(),
+        "full_ip_list": [],
+        "sla_parameters": {},
+        "computer_guid": at.computer,
+        "compute_partition_id": at.partition,
+        "processing_timestamp": 0,
+        "access_status_message": "",
+    }))
+}
+
 /// The instance calls that take an `instance_guid`: connection parameters, reported state,
 /// bang, title.
 async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcResult {
@@ -735,8 +959,19 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
     if shared {
         return match name {
             "slapos.put.v0.software_instance_reported_state" => success("Ignored"),
-            // slapproxy updates the (here nonexistent) slave row and answers Updated.
-            "slapos.put.v0.software_instance_connection_parameter" => success("Updated"),
+            "slapos.put.v0.software_instance_connection_parameter" => {
+                if let Some(r) = shared_row(st, title, root).await? {
+                    let params = connection_params(body);
+                    let reference = format!("{}_{}", r.root, r.title);
+                    st.db
+                        .call(move |s| {
+                            s.slap_publish_shared(&r.computer, &r.partition, &reference, &params)
+                        })
+                        .await?;
+                }
+                // slapproxy: an unknown shared reference updates no row, still Updated.
+                success("Updated")
+            }
             _ => Err(forbidden("NotImplemented")),
         };
     }
@@ -753,25 +988,7 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
                 // slapproxy's UPDATE matches no row and still answers Updated.
                 return success("Updated");
             };
-            let params = body
-                .get("connection_parameter_dict")
-                .and_then(Json::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| {
-                            let v = match v {
-                                Json::String(s) if s.is_empty() => Json::Null,
-                                Json::String(s) => Json::String(s.clone()),
-                                Json::Null => Json::String("None".into()),
-                                other => {
-                                    Json::String(slapos_proto::slap::pyrepr::py_str_json(other))
-                                }
-                            };
-                            (k.clone(), v)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let params = connection_params(body);
             st.db
                 .call(move |s| s.publish_connection(&c, &p, &params, now))
                 .await?;

@@ -103,6 +103,8 @@ pub struct SharedRequest {
 /// Where a shared instance lives after a request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SharedPlacement {
+    /// Root title of the requester's tree (`''` from a user).
+    pub root: String,
     /// Host computer.
     pub computer: String,
     /// Host partition.
@@ -402,6 +404,7 @@ impl Store {
             .unwrap_or_default();
         tx.commit()?;
         Ok(Some(SharedPlacement {
+            root,
             computer: req.computer.clone(),
             partition,
             software_url,
