@@ -16,9 +16,11 @@
 //! Submodules: [`hateoas`] (the `/hateoas` subset of `slapos service/computer …`) and [`rpc`]
 //! (slapproxy's JSON-RPC API), over the same store.
 //!
-//! Limits: shared ("slave") instances are refused with 404 (not implemented); no request
-//! forwarding to other masters (hence never 408); started/stopped/error reports are accepted and
-//! ignored, as slapproxy does.
+//! Shared ("slave") instances follow `db.requestSlave`: stored in `slap_shared` (migration 3),
+//! listed in the host's `slave_instance_list` with their marshalled types.
+//!
+//! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
+//! reports are accepted and ignored, as slapproxy does.
 
 pub mod config;
 pub mod hateoas;

@@ -7,9 +7,9 @@
 //! types and enums; failure 400), errors are JSON `{"status", "type", "title"}`. Instances are
 //! named by the synthetic guid `<title>___<root title or ''>___<0|1>`.
 //!
-//! Limits: shared instances do not exist yet (a shared request is 403, shared guids are 403 or
-//! `Ignored` as slapproxy does for the calls that ignore them); the format's addresses take the
-//! first address's `network-interface` as the partition's interface; no forwarding (never 523).
+//! Limits: bang and rename of a shared guid are 403 `NotImplemented` (as slapproxy); the
+//! format's addresses take the first address's `network-interface` as the partition's
+//! interface; no forwarding (never 523).
 
 use axum::Router;
 use axum::body::Bytes;
