@@ -16,7 +16,10 @@
 //!   requesting the rest, at `--big`;
 //! * each server's peak RSS (`VmHWM` of `/proc/<pid>/status`) at the end.
 //!
-//! It prints both columns and slapproxy/master-lite ratios. Reference: slapos-protocol.md §6.
+//! `--rounds` (default 3) alternates the servers, each round on fresh databases, and pools the
+//! samples: the disk's fsync latency drifts with the machine's load, and alternation keeps the
+//! drift out of the ratios. It prints both columns and slapproxy/master-lite ratios.
+//! Reference: slapos-protocol.md §6.
 //!
 //! ```text
 //! scripts/deps/slapos-venv.sh
@@ -44,6 +47,7 @@ struct Args {
     requests: usize,
     big: usize,
     gets: usize,
+    rounds: usize,
     venv: PathBuf,
     server: PathBuf,
 }
@@ -56,6 +60,7 @@ fn args() -> Result<Args> {
         requests: 100,
         big: 1000,
         gets: 20,
+        rounds: 3,
         venv: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/slapos/bin"),
         server: exe.with_file_name("slapos-master"),
     };
@@ -68,12 +73,13 @@ fn args() -> Result<Args> {
             "--requests" => a.requests = val()?.parse()?,
             "--big" => a.big = val()?.parse()?,
             "--gets" => a.gets = val()?.parse()?,
+            "--rounds" => a.rounds = val()?.parse::<usize>()?.max(1),
             "--venv" => a.venv = PathBuf::from(val()?),
             "--server" => a.server = PathBuf::from(val()?),
             "-h" | "--help" => {
                 println!(
                     "slap-bench [--dir DIR] [--partitions 100] [--requests 100] [--big 1000] \
-                     [--gets 20] [--venv .venv/slapos/bin] [--server target/release/slapos-master]"
+                     [--gets 20] [--rounds 3] [--venv .venv/slapos/bin] [--server target/release/slapos-master]"
                 );
                 std::process::exit(0);
             }
@@ -184,9 +190,27 @@ fn start_master_lite(bin: &Path, dir: &Path) -> Result<Server> {
 /// Per-phase call times (seconds) and sizes, as the driver prints them.
 type Phases = BTreeMap<String, serde_json::Value>;
 
+#[derive(Default)]
 struct Run {
     phases: Phases,
     peak_rss_kb: Option<u64>,
+}
+
+impl Run {
+    /// Append another round's samples; keep the highest peak RSS.
+    fn pool(&mut self, other: Run) {
+        for (k, v) in other.phases {
+            match (self.phases.get_mut(&k), v) {
+                (Some(serde_json::Value::Array(mine)), serde_json::Value::Array(more)) => {
+                    mine.extend(more)
+                }
+                (_, v) => {
+                    self.phases.insert(k, v);
+                }
+            }
+        }
+        self.peak_rss_kb = self.peak_rss_kb.max(other.peak_rss_kb);
+    }
 }
 
 fn drive(a: &Args, server: &Server) -> Result<Run> {
@@ -298,20 +322,39 @@ fn run(a: &Args, work: &Path) -> Result<()> {
         a.venv.display()
     );
 
-    let proxy = start_slapproxy(&a.venv, &pdir)?;
-    println!("slapproxy   {} (pid {})", proxy.url, proxy.child.id());
-    let p = drive(a, &proxy)?;
-    drop(proxy);
-
-    let lite = start_master_lite(&a.server, &ldir)?;
-    println!("master-lite {} (pid {})", lite.url, lite.child.id());
-    let l = drive(a, &lite)?;
-    drop(lite);
-    println!("load average after: {}", loadavg());
+    // Rounds alternate the two servers (A B A B …), each on a fresh database, so a change in
+    // the machine's disk or CPU load during the run affects both columns alike; every sample
+    // of every round is pooled per phase.
+    let (mut p, mut l) = (Run::default(), Run::default());
+    for round in 1..=a.rounds {
+        let (pd, ld) = (pdir.join(round.to_string()), ldir.join(round.to_string()));
+        std::fs::create_dir_all(&pd)?;
+        std::fs::create_dir_all(&ld)?;
+        let proxy = start_slapproxy(&a.venv, &pd)?;
+        println!(
+            "round {round}: slapproxy   {} (pid {})",
+            proxy.url,
+            proxy.child.id()
+        );
+        p.pool(drive(a, &proxy)?);
+        drop(proxy);
+        let lite = start_master_lite(&a.server, &ld)?;
+        println!(
+            "round {round}: master-lite {} (pid {})",
+            lite.url,
+            lite.child.id()
+        );
+        l.pool(drive(a, &lite)?);
+        drop(lite);
+        println!("load average: {}", loadavg());
+    }
 
     println!(
         "\n{:<44} {:>12} {:>12} {:>9}",
-        "metric (client-side time per call)", "slapproxy", "master-lite", "ratio"
+        format!("metric ({} rounds pooled, per call)", a.rounds),
+        "slapproxy",
+        "master-lite",
+        "ratio"
     );
     let med = |r: &Run, k: &str| pct(&times(r, k), 50.0);
     let p95 = |r: &Run, k: &str| pct(&times(r, k), 95.0);
@@ -323,7 +366,7 @@ fn run(a: &Args, work: &Path) -> Result<()> {
         ms,
     );
     let reg = row(
-        &format!("register {n} partitions, cold"),
+        &format!("register {n} partitions, cold, median"),
         med(&p, "register_cold"),
         med(&l, "register_cold"),
         ms,
