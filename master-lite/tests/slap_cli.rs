@@ -70,6 +70,21 @@ impl Server {
     }
 }
 
+impl Server {
+    /// [`Server::start`] for computer `COMP`, plus the CLI's `client.cfg` in `dir`
+    /// (`master_url`, and `master_rest_url` for `slapos service/computer …`).
+    fn with_client_cfg(dir: &Path) -> Server {
+        let server = Server::start(dir, "COMP");
+        let url = &server.url;
+        std::fs::write(
+            dir.join("client.cfg"),
+            format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
+        )
+        .unwrap();
+        server
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -145,13 +160,8 @@ fn hateoas_service_and_computer_commands_with_the_real_cli() {
     let Some(venv) = venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::start(d, "COMP");
+    let server = Server::with_client_cfg(d);
     let url = server.url.clone();
-    std::fs::write(
-        d.join("client.cfg"),
-        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
-    )
-    .unwrap();
     py(&venv, &url, FORMAT);
     let empty = slapos(&venv, d, &["service", "list"]);
     assert!(!empty.contains("myinstance"), "{empty}");
@@ -232,13 +242,8 @@ fn shared_instances_with_the_real_cli() {
     let Some(venv) = venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::start(d, "COMP");
+    let server = Server::with_client_cfg(d);
     let url = server.url.clone();
-    std::fs::write(
-        d.join("client.cfg"),
-        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
-    )
-    .unwrap();
     py(&venv, &url, FORMAT);
     slapos(&venv, d, &["supply", SR, "COMP"]);
 

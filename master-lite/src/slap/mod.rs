@@ -403,6 +403,24 @@ async fn ignored() -> Response {
 // ---------------------------------------------------------------------------------------------
 // Instances
 
+/// slapproxy (`getRequesterFromAuthorization`): a requester that is not a registered partition
+/// is a 400.
+fn check_requester(
+    s: &mut crate::store::Store,
+    from: Option<&slapos_proto::PartitionRef>,
+) -> Result<(), ApiError> {
+    if let Some(who) = from
+        && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
+            .is_none()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "No partition matching the authorization header: ({} / {})",
+            who.computer, who.partition
+        )));
+    }
+    Ok(())
+}
+
 /// `(computer, partition)` of an X-SlapPartition authorization header naming a partition.
 fn requester_header(headers: &HeaderMap) -> Option<(String, String)> {
     headers
@@ -469,15 +487,7 @@ async fn request(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let (info, ip_list) = st
         .db
         .call(move |s| {
-            if let Some(who) = &from
-                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
-                    .is_none()
-            {
-                // slapproxy: an unknown partition in the header is a 400.
-                return Err(ApiError::BadRequest(format!(
-                    "requesting partition {who} is not registered"
-                )));
-            }
+            check_requester(s, from.as_ref())?;
             s.slap_request(&req, from.as_ref(), now)
         })
         .await?;
@@ -539,14 +549,7 @@ async fn request_shared(
     let placed = st
         .db
         .call(move |s| {
-            if let Some(who) = &from
-                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
-                    .is_none()
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "requesting partition {who} is not registered"
-                )));
-            }
+            check_requester(s, from.as_ref())?;
             s.slap_request_shared(&req, from.as_ref(), now)
         })
         .await?;

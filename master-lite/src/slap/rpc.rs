@@ -26,7 +26,7 @@ use slapos_proto::{
 };
 
 use super::hateoas::{host_url, root_shared, roots};
-use super::{SlapError, param_dict, requester_header};
+use super::{SlapError, check_requester, param_dict, requester_header};
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
 use crate::store::{SharedRequest, SharedRow, SlapPartition, Store};
@@ -722,15 +722,7 @@ async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> R
     let located = st
         .db
         .call(move |s| {
-            if let Some(who) = &from
-                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
-                    .is_none()
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "No partition matching the authorization header: ({} / {})",
-                    who.computer, who.partition
-                )));
-            }
+            check_requester(s, from.as_ref())?;
             let (info, _) = s.slap_request(&req, from.as_ref(), now)?;
             let (c, p) = (info.computer.to_string(), info.partition.to_string());
             Ok(s.slap_partition(&c, &p)?.map(|part| (c, part)))
@@ -887,15 +879,7 @@ async fn request_shared(
     let placed = st
         .db
         .call(move |s| {
-            if let Some(who) = &from
-                && s.slap_partition(who.computer.as_str(), who.partition.as_str())?
-                    .is_none()
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "No partition matching the authorization header: ({} / {})",
-                    who.computer, who.partition
-                )));
-            }
+            check_requester(s, from.as_ref())?;
             s.slap_request_shared(&req, from.as_ref(), now)
         })
         .await
