@@ -140,12 +140,30 @@ pub fn prepare(board: &Board, target_dir: &Path) -> Result<Prepared, String> {
             ));
         }
     }
-    let status = Command::new(super::repo_root().join("cross/build.sh"))
+    let mut build = Command::new(super::repo_root().join("cross/build.sh"));
+    build
         .args(["--no-report", "--bins", "slapos-node", &board.target])
         .env("CARGO_TARGET_DIR", target_dir)
-        .env("SLAPOS_CROSS_NO_INSTALL", "1")
-        .status()
-        .expect("run cross/build.sh");
+        .env("SLAPOS_CROSS_NO_INSTALL", "1");
+    // cargo runs tests with CARGO_PKG_*, CARGO_MANIFEST_DIR, … set; build scripts that declare
+    // `rerun-if-env-changed` on them (ring does) would make this build differ from a top-level
+    // cross/build.sh and rebuild everything above ring. Run it with the caller's environment.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let set_by_cargo_test = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k.as_ref());
+        if set_by_cargo_test {
+            build.env_remove(&key);
+        }
+    }
+    let status = build.status().expect("run cross/build.sh");
     assert!(status.success(), "cross/build.sh {} failed", board.target);
     Ok(Prepared {
         kernel_dir,
