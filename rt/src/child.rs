@@ -171,7 +171,7 @@ impl ChildSetup {
                 .map_err(|e| (Step::RtprioLimit, e))?;
         }
         if self.mlock {
-            raise_rlimit(true, libc::RLIM_INFINITY, strict).map_err(|e| (Step::MemlockLimit, e))?;
+            raise_rlimit(true, rlim_infinity(), strict).map_err(|e| (Step::MemlockLimit, e))?;
         }
         for f in &self.procs_first {
             join_raw(f).map_err(|e| (Step::Join(f), e))?;
@@ -244,6 +244,12 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// RLIM_INFINITY widened to u64 (rlim_t is u32 on 32-bit glibc).
+#[allow(clippy::useless_conversion)]
+fn rlim_infinity() -> u64 {
+    u64::from(libc::RLIM_INFINITY)
 }
 
 /// Raises RLIMIT_MEMLOCK (`memlock`) or RLIMIT_RTPRIO so the soft limit is at least `value`

@@ -23,6 +23,14 @@ mod imp {
         io::Error::from_raw_os_error(e as i32)
     }
 
+    /// A sched_param with `prio`; musl's has extra (SCHED_SPORADIC) fields, so no struct literal.
+    fn sched_param(prio: libc::c_int) -> libc::sched_param {
+        // SAFETY: sched_param is plain old data; all-zero is a valid value on every libc.
+        let mut p: libc::sched_param = unsafe { std::mem::zeroed() };
+        p.sched_priority = prio;
+        p
+    }
+
     /// `sched_setscheduler(pid, policy, prio)`; pid 0 is the calling thread.
     pub fn set_scheduler(pid: i32, policy: Policy, priority: u32) -> io::Result<()> {
         let prio = if policy.is_realtime() {
@@ -30,12 +38,18 @@ mod imp {
         } else {
             0
         };
-        let param = libc::sched_param {
-            sched_priority: prio,
+        let param = sched_param(prio);
+        // SAFETY: raw sched_setscheduler(2): pid and policy by value, `param` a valid, initialised
+        // sched_param living across the call that the kernel only reads. The raw syscall, not the
+        // libc wrapper: musl's wrapper returns ENOSYS by design (static aarch64 builds).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                pid,
+                policy.as_libc(),
+                &param as *const libc::sched_param,
+            )
         };
-        // SAFETY: `param` is a valid, initialised sched_param living across the call; the kernel
-        // only reads it.
-        let rc = unsafe { libc::sched_setscheduler(pid, policy.as_libc(), &param) };
         if rc == 0 {
             Ok(())
         } else {
@@ -46,19 +60,26 @@ mod imp {
     /// Policy and RT priority of `pid` (0 = calling thread). Unknown policies (SCHED_IDLE,
     /// SCHED_BATCH, SCHED_DEADLINE) read as `None`.
     pub fn get_scheduler(pid: i32) -> io::Result<(Option<Policy>, u32)> {
-        // SAFETY: sched_getscheduler takes a pid by value and touches no memory of ours.
-        let policy = unsafe { libc::sched_getscheduler(pid) };
+        // SAFETY: raw sched_getscheduler(2) takes a pid by value and touches no memory of ours
+        // (raw syscall: musl's wrapper returns ENOSYS).
+        let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, pid) };
         if policy < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is valid writable storage for one sched_param.
-        let rc = unsafe { libc::sched_getparam(pid, &mut param) };
+        let mut param = sched_param(0);
+        // SAFETY: raw sched_getparam(2); `param` is valid writable storage for one sched_param.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_getparam,
+                pid,
+                &mut param as *mut libc::sched_param,
+            )
+        };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok((
-            Policy::from_libc(policy),
+            Policy::from_libc(policy as libc::c_int),
             param.sched_priority.max(0) as u32,
         ))
     }
@@ -87,13 +108,17 @@ mod imp {
     }
 
     /// Soft and hard RLIMIT_RTPRIO / RLIMIT_MEMLOCK of the calling process.
+    // rlim_t is u32 on 32-bit glibc (armv7) and u64 elsewhere.
+    #[allow(clippy::useless_conversion)]
     pub fn get_rlimit(memlock: bool) -> io::Result<(u64, u64)> {
         let res = if memlock {
             Resource::RLIMIT_MEMLOCK
         } else {
             Resource::RLIMIT_RTPRIO
         };
-        getrlimit(res).map_err(nix_err)
+        getrlimit(res)
+            .map(|(soft, hard)| (u64::from(soft), u64::from(hard)))
+            .map_err(nix_err)
     }
 
     /// Sets RLIMIT_RTPRIO (memlock = false) or RLIMIT_MEMLOCK (memlock = true).
@@ -103,7 +128,12 @@ mod imp {
         } else {
             Resource::RLIMIT_RTPRIO
         };
-        setrlimit(res, soft as libc::rlim_t, hard as libc::rlim_t).map_err(nix_err)
+        setrlimit(res, to_rlim(soft), to_rlim(hard)).map_err(nix_err)
+    }
+
+    /// `v` as rlim_t, saturating to RLIM_INFINITY where rlim_t is 32-bit.
+    fn to_rlim(v: u64) -> libc::rlim_t {
+        libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY)
     }
 
     /// CLOCK_MONOTONIC in nanoseconds.

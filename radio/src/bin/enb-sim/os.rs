@@ -57,8 +57,16 @@ pub fn set_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
     // SAFETY: an all-zero sched_param is valid (musl has extra SCHED_SPORADIC fields).
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
     param.sched_priority = priority;
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    // SAFETY: raw sched_setscheduler(2) (musl's wrapper returns ENOSYS by design): pid 0 is the
+    // calling thread; `param` is a valid sched_param the kernel only reads.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            policy,
+            &param as *const libc::sched_param,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -68,12 +76,18 @@ pub fn set_scheduler(policy: libc::c_int, priority: i32) -> io::Result<()> {
 
 /// The calling thread's policy name and priority.
 pub fn scheduler() -> (String, u8) {
-    // SAFETY: pid 0 is the calling thread.
-    let policy = unsafe { libc::sched_getscheduler(0) };
+    // SAFETY: raw sched_getscheduler(2) (musl's wrapper returns ENOSYS); pid 0 is the caller.
+    let policy = unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) } as libc::c_int;
     // SAFETY: an all-zero sched_param is valid.
     let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: `param` is a valid, writable sched_param.
-    let rc = unsafe { libc::sched_getparam(0, &mut param) };
+    // SAFETY: raw sched_getparam(2); `param` is a valid, writable sched_param.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getparam,
+            0,
+            &mut param as *mut libc::sched_param,
+        )
+    };
     let prio = if rc == 0 {
         param.sched_priority.clamp(0, 99) as u8
     } else {
