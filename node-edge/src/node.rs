@@ -83,6 +83,7 @@ impl Node {
             url: url.clone(),
             state,
             message,
+            parameter_model: None,
         }));
     }
 
@@ -102,6 +103,7 @@ impl Node {
                         url: url.clone(),
                         state: InstallState::Building,
                         message: None,
+                        parameter_model: None,
                     }));
                     installer.install(&url).await
                 }
@@ -128,8 +130,22 @@ impl Node {
         match d {
             SwDone::Installed(url, Ok(dir)) => {
                 tracing::info!(software = %url, dir = %dir.display(), "software release available");
+                // The manifest was parsed at install time; a read failure here only loses the
+                // request-time check (the profile still validates on the node).
+                let parameter_model = match crate::install::load_manifest(&dir) {
+                    Ok(m) => m.parameter_model,
+                    Err(e) => {
+                        tracing::warn!(software = %url, "parameter model unknown: {e}");
+                        None
+                    }
+                };
                 self.slots.insert(url.clone(), Slot::Available(dir));
-                self.report(&url, InstallState::Available, None);
+                self.outbox.push(Outgoing::Software(SoftwareReport {
+                    url: url.clone(),
+                    state: InstallState::Available,
+                    message: None,
+                    parameter_model,
+                }));
             }
             SwDone::Installed(url, Err(e)) => self.failed(url, e.to_string()),
             SwDone::Removed(url, Ok(())) => {

@@ -5,6 +5,7 @@
 //! ```toml
 //! [release]
 //! name = "hello-web"
+//! parameter_model = "radio-enb"  # optional: the master checks requests against this model
 //!
 //! [[artifact]]
 //! url = "server.py"          # relative to the manifest's URL, or absolute
@@ -53,6 +54,8 @@ struct RawRelease {
     name: Option<String>,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    parameter_model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +86,9 @@ pub struct SoftwareManifest {
     pub name: Option<String>,
     /// Informative description.
     pub description: Option<String>,
+    /// Name of a parameter model the master knows (`radio-enb`): reported with the install
+    /// state so requests of this release are checked at request time.
+    pub parameter_model: Option<String>,
     /// Files to fetch and verify.
     pub artifacts: Vec<Artifact>,
     /// Commands run once, in order, in the build directory.
@@ -186,6 +192,20 @@ impl SoftwareManifest {
         Ok(Self {
             name: raw.release.name,
             description: raw.release.description,
+            parameter_model: match raw.release.parameter_model {
+                Some(m)
+                    if m.is_empty()
+                        || !m
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+                {
+                    return Err(ManifestError(format!(
+                        "[release] parameter_model {m:?}: use lowercase letters, digits and '-' \
+                         (e.g. \"radio-enb\")"
+                    )));
+                }
+                m => m,
+            },
             artifacts,
             build,
             instance,

@@ -156,6 +156,11 @@ pub struct SoftwareReport {
     /// For `error`: what failed and the tail of the build log.
     #[serde(default)]
     pub message: Option<String>,
+    /// For `available`: the parameter model the release declares (`[release] parameter_model`
+    /// of its manifest, e.g. `radio-enb`). The master checks requests of the release against
+    /// it, so bad parameters are refused at request time, not found later on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_model: Option<String>,
 }
 
 /// A release on a computer: what was asked and what the node reported.

@@ -165,6 +165,17 @@ fn rt_label(c: &Client, computer: &str) -> String {
 }
 
 fn request(c: &Client, title: &str, url: &SoftwareUrl, params: Value, rt_cpus: &str) {
+    try_request(c, title, url, params, rt_cpus).expect("request");
+}
+
+/// Supplies `url` to RT-NODE and requests `title`; the master's answer to the request.
+fn try_request(
+    c: &Client,
+    title: &str,
+    url: &SoftwareUrl,
+    params: Value,
+    rt_cpus: &str,
+) -> Result<InstanceInfo, slapos_client::ClientError> {
     c.supply(
         &ComputerId::parse("RT-NODE").expect("computer id"),
         &SupplyRequest {
@@ -183,7 +194,6 @@ fn request(c: &Client, title: &str, url: &SoftwareUrl, params: Value, rt_cpus: &
         sla: BTreeMap::from([("rt_cpus".to_owned(), rt_cpus.to_owned())]),
         state: None,
     })
-    .expect("request");
 }
 
 fn show(c: &Client, title: &str) -> InstanceInfo {
@@ -365,7 +375,9 @@ fn enb_runs_rt_pinned_reports_kpis_and_refuses_a_bad_cell() {
     let pool = rt_label(&c, "RT-NODE");
     let url = release("enb");
 
-    // An EARFCN outside any band: refused naming the field, nothing started.
+    // An EARFCN outside any band, requested before the node installed the release (so before
+    // the master knows its parameter model): the node's validate step refuses it naming the
+    // field, nothing started.
     request(&c, "bad-enb", &url, simpleran(99999), &pool);
     let err = wait_for("bad cell refused", LONG, || {
         show(&c, "bad-enb").reported?.report.error
@@ -384,6 +396,19 @@ fn enb_runs_rt_pinned_reports_kpis_and_refuses_a_bad_cell() {
     assert_eq!(conn["kpi-priority"], "80");
     assert_eq!(conn["kpi-mlocked"], "true");
     assert!(num(&conn, "kpi-tti-count") > 0.0);
+
+    // The release is installed and declared its `radio-enb` parameter model: a bad cell is now
+    // refused at request time, by the master, naming the field, and nothing is allocated.
+    let err = try_request(&c, "bad-enb-2", &url, simpleran(99999), &pool)
+        .expect_err("an EARFCN outside its band must be refused at request time");
+    let msg = err.to_string();
+    assert!(msg.contains("cell_list.cell1.dl_earfcn"), "{msg}");
+    assert!(msg.contains("radio-enb"), "{msg}");
+    assert!(
+        c.instance(&InstanceTitle::parse("bad-enb-2").expect("title"), None)
+            .is_err(),
+        "a refused request allocated an instance"
+    );
     assert!(
         conn["enb-conf"]
             .as_str()

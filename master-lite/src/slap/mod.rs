@@ -365,6 +365,7 @@ async fn software_report(st: &AppState, body: &Bytes, state: InstallState) -> Op
         url: SoftwareUrl::parse(f.url.as_str()).ok()?,
         state,
         message: f.error_log,
+        parameter_model: None,
     };
     let now = now_ms();
     st.db

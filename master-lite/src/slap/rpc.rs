@@ -404,6 +404,7 @@ async fn endpoint(
                 url,
                 state: slapos_proto::InstallState::Destroyed,
                 message: None,
+                parameter_model: None,
             };
             // slapproxy deletes the row if any; an unknown one changes nothing.
             let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;

@@ -37,6 +37,7 @@
 //! * A root's state change (request or state route) is applied to its whole tree; a destroyed
 //!   child stays destroyed when the tree is started again.
 
+pub mod models;
 pub mod schema;
 mod slap;
 
@@ -363,14 +364,16 @@ impl Store {
             tx.bump_computer(cs)?;
         } else {
             tx.execute(
-                "UPDATE software SET install_state = ?3, install_message = ?4, install_ms = ?5
+                "UPDATE software SET install_state = ?3, install_message = ?4, install_ms = ?5,
+                     parameter_model = CASE WHEN ?3 = 'available' THEN ?6 ELSE parameter_model END
                  WHERE computer = ?1 AND url = ?2",
                 params![
                     cs,
                     url,
                     install_state_str(rep.state),
                     rep.message,
-                    ms(now_ms)
+                    ms(now_ms),
+                    rep.parameter_model,
                 ],
             )
             .op("record an install report")?;
@@ -616,6 +619,21 @@ impl Store {
     ) -> Result<InstanceInfo> {
         let sla = Sla::parse(&req.sla)?;
         let mut tx = self.write()?;
+        if req.state != Some(InstanceState::Destroyed) {
+            let url = req.software_url.as_str();
+            let model: Option<String> = tx
+                .query_row(
+                    "SELECT parameter_model FROM software
+                     WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1",
+                    [url],
+                    |r| r.get(0),
+                )
+                .optional()
+                .op("look up the release's parameter model")?;
+            if let Some(m) = model {
+                models::check(&m, url, &req.parameters)?;
+            }
+        }
         let requester = match from {
             None => None,
             Some(who) => {
@@ -1160,16 +1178,16 @@ fn touch_seen(tx: &Transaction<'_>, c: &str, now_ms: u64) -> Result<()> {
 }
 
 fn software_info(tx: &Transaction<'_>, c: &str, url: &str) -> Result<Option<SoftwareInfo>> {
-    let row: Option<(String, Option<String>, Option<String>)> = tx
+    let row: Option<(String, Option<String>, Option<String>, Option<String>)> = tx
         .query_row(
-            "SELECT requested, install_state, install_message FROM software
+            "SELECT requested, install_state, install_message, parameter_model FROM software
              WHERE computer = ?1 AND url = ?2",
             [c, url],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
         .op("read a release")?;
-    row.map(|(req, st, msg)| software_from(url, &req, st.as_deref(), msg))
+    row.map(|(req, st, msg, model)| software_from(url, &req, st.as_deref(), msg, model))
         .transpose()
 }
 
@@ -1178,6 +1196,7 @@ fn software_from(
     requested: &str,
     install: Option<&str>,
     message: Option<String>,
+    parameter_model: Option<String>,
 ) -> Result<SoftwareInfo> {
     let url: SoftwareUrl = decode(url)?;
     Ok(SoftwareInfo {
@@ -1189,6 +1208,7 @@ fn software_from(
                 url,
                 state: install_state(s)?,
                 message,
+                parameter_model,
             }),
         },
     })
@@ -1243,7 +1263,7 @@ fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
     let software = rows(
         tx,
         "read releases",
-        "SELECT url, requested, install_state, install_message FROM software
+        "SELECT url, requested, install_state, install_message, parameter_model FROM software
          WHERE computer = ?1 ORDER BY rowid",
         [c],
         |r| {
@@ -1252,11 +1272,12 @@ fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
                 r.get::<_, String>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         },
     )?
     .into_iter()
-    .map(|(url, req, st, msg)| software_from(&url, &req, st.as_deref(), msg))
+    .map(|(url, req, st, msg, model)| software_from(&url, &req, st.as_deref(), msg, model))
     .collect::<Result<Vec<_>>>()?;
     Ok(ComputerInfo {
         id: decode(c)?,

@@ -122,6 +122,11 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX slap_shared_host ON slap_shared(host);
     "#,
+    // 4: the parameter model a release declares (reported by the node with `available`), so
+    // requests of the release are checked at request time (store::models).
+    r#"
+    ALTER TABLE software ADD COLUMN parameter_model TEXT;
+    "#,
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.

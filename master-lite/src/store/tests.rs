@@ -558,6 +558,64 @@ fn bad_registrations_change_nothing() {
 }
 
 #[test]
+fn a_release_parameter_model_refuses_bad_requests_before_allocation() {
+    let mut s = ready(2);
+    let c = cid("C1");
+    let url = SoftwareUrl::parse(SR).unwrap();
+    let cell = |earfcn: u32| {
+        let mut r = req("enb", SR);
+        r.parameters = serde_json::from_str(&format!(
+            r#"{{"enb_id": "0x1A2D0", "plmn_list": {{"p1": {{"plmn": "00101"}}}},
+                "mme_list": {{"m1": {{"mme_addr": "127.0.1.100"}}}},
+                "cell_list": {{"cell1": {{"cell_type": "lte", "rf_mode": "fdd",
+                "dl_earfcn": {earfcn}, "bandwidth": "20 MHz", "pci": 1, "tac": "0x0001",
+                "cell_id": "0x01", "ru": {{"ru_type": "sdr", "ru_link_type": "sdr",
+                "sdr_dev_list": [0], "n_antenna_dl": 2, "n_antenna_ul": 2, "tx_gain": 80,
+                "rx_gain": 40}}}}}}}}"#
+        ))
+        .unwrap();
+        r
+    };
+    // Before the node reports the model, nothing is checked (the node checks later).
+    s.request(&cell(99999), None, 1).unwrap();
+    s.set_state(&title("enb"), InstanceState::Destroyed).unwrap();
+    s.report_partition(&c, &pid("slappart0"), &report(InstanceState::Destroyed), 2)
+        .unwrap();
+    let available = SoftwareReport {
+        url: url.clone(),
+        state: InstallState::Available,
+        message: None,
+        parameter_model: Some("radio-enb".into()),
+    };
+    s.report_software(&c, &available, 3).unwrap();
+    let sw = &s.computer(&c).unwrap().software[0];
+    let model = sw.install.as_ref().and_then(|i| i.parameter_model.as_deref());
+    assert_eq!(model, Some("radio-enb"));
+
+    let err = s.request(&cell(99999), None, 4).unwrap_err();
+    assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+    assert!(err.to_string().contains("cell_list.cell1.dl_earfcn"), "{err}");
+    assert!(s.instance(&title("enb2"), None).is_err());
+    // Nothing was changed or allocated by the refused request.
+    let before = etag(&mut s, "C1");
+    let mut r = cell(99999);
+    r.title = title("enb2");
+    assert!(s.request(&r, None, 5).is_err());
+    assert_eq!(etag(&mut s, "C1"), before);
+    // A valid cell goes through; a later report without a model (building) keeps it.
+    let mut r = cell(3350);
+    r.title = title("enb2");
+    s.request(&r, None, 6).unwrap();
+    let building = SoftwareReport {
+        state: InstallState::Building,
+        parameter_model: None,
+        ..available
+    };
+    s.report_software(&c, &building, 7).unwrap();
+    assert!(s.request(&cell(99999), None, 8).is_err());
+}
+
+#[test]
 fn supply_reports_and_removal() {
     let mut s = ready(1);
     let c = cid("C1");
@@ -568,6 +626,7 @@ fn supply_reports_and_removal() {
             url: url.clone(),
             state: InstallState::Error,
             message: Some("sha256 mismatch".into()),
+            parameter_model: None,
         },
         5,
     )
@@ -614,6 +673,7 @@ fn supply_reports_and_removal() {
             url: url.clone(),
             state: InstallState::Destroyed,
             message: None,
+            parameter_model: None,
         },
         9,
     )
@@ -627,6 +687,7 @@ fn supply_reports_and_removal() {
                 url,
                 state: InstallState::Available,
                 message: None,
+                parameter_model: None,
             },
             10,
         )
