@@ -165,6 +165,45 @@ pub struct Config {
     /// directory of the running executable.
     #[serde(default)]
     pub tools_dir: Option<PathBuf>,
+    /// How the node talks to its master: `"native"` (default, the `/v1` API of master-lite) or
+    /// `"slap"` (the classic SLAP protocol of slapos.core, e.g. `slapos proxy start`;
+    /// `master_url` is then the slapproxy URL).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The protocol the node speaks to its master (`protocol` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// The native API (`/v1`, JSON, long poll).
+    #[default]
+    Native,
+    /// The classic SLAP protocol (xml_marshaller forms, polling), as slapproxy serves it.
+    Slap,
+}
+
+impl Protocol {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Slap => "slap",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)
+            .map_err(|e| serde::de::Error::custom(format!("protocol: {e}")))?;
+        match s.as_str() {
+            "native" => Ok(Self::Native),
+            "slap" => Ok(Self::Slap),
+            other => Err(serde::de::Error::custom(format!(
+                "protocol = {other:?}: expected \"native\" or \"slap\""
+            ))),
+        }
+    }
 }
 
 /// Whether the node manages real-time partitions.
@@ -296,6 +335,7 @@ impl Config {
             rt_cpus: None,
             rt_root_name: d_rt_root_name(),
             tools_dir: None,
+            protocol: Protocol::Native,
         }
     }
 
@@ -564,6 +604,26 @@ instance_root = "/srv/inst"
         };
         assert_eq!(r.ports(0), [30000, 30001, 30002]);
         assert_eq!(r.ports(2), [30006, 30007, 30008]);
+    }
+
+    #[test]
+    fn protocol_defaults_to_native_and_is_validated() {
+        let c = Config::from_toml(MINIMAL, Some(Path::new("/x"))).unwrap();
+        assert_eq!(c.protocol, Protocol::Native);
+        let t = format!("{MINIMAL}protocol = \"slap\"\n");
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        assert_eq!(c.protocol, Protocol::Slap);
+        assert_eq!(c.protocol.as_str(), "slap");
+        let t = format!("{MINIMAL}protocol = \"SLAP\"\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("protocol") && msg.contains("\"native\" or \"slap\""),
+            "{msg}"
+        );
+        let t = format!("{MINIMAL}protocol = 1\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        assert!(err.to_string().contains("protocol"), "{err}");
     }
 
     #[test]

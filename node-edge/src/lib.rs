@@ -61,11 +61,14 @@ pub mod promise;
 pub mod release;
 pub mod resources;
 pub mod rt_resources;
+pub mod slap_link;
 pub mod supervisor;
 pub mod util;
 
-pub use config::{Config, ConfigError, PortRange, RtMode};
-pub use node::{Seams, run, run_with};
+pub use config::{Config, ConfigError, PortRange, Protocol, RtMode};
+pub use node::{Seams, run_with};
+
+use std::sync::Arc;
 
 /// A node that cannot start (or a `format` that failed).
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +115,9 @@ pub fn format_with(
 ) -> Result<bool, NodeError> {
     config.validate()?;
     let parts = layout::format(config, iso)?;
-    let link = link::ClientLink::new(&config.master_url, config.computer_id.clone())?;
+    let link = master_link(config)?;
     let reg = layout::registration(config, &parts, &res.labels());
-    match link::MasterLink::register(&link, &reg) {
+    match link.register(&reg) {
         Ok(()) => Ok(true),
         Err(e) if e.is_unreachable() => {
             tracing::warn!("partitions formatted; master unreachable, registration deferred: {e}");
@@ -122,4 +125,36 @@ pub fn format_with(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
+/// [`slap_link::SlapLink`] (`slap`).
+pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
+    let computer = config.computer_id.clone();
+    Ok(match config.protocol {
+        Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
+        Protocol::Slap => Arc::new(slap_link::SlapLink::new(&config.master_url, computer)?),
+    })
+}
+
+/// Run a node until `shutdown` resolves, with the default seams but resources from the `rt`
+/// config key ([`rt_resources::from_config`]) and the master link from the `protocol` key
+/// ([`master_link`]). See [`node::run`] for the behaviour; [`run_with`] with an explicit
+/// `Seams::link` overrides the protocol.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let link = match config.protocol {
+        // The native link is what `run_with` builds by default.
+        Protocol::Native => None,
+        Protocol::Slap => Some(master_link(&config)?),
+    };
+    let seams = Seams {
+        resources: rt_resources::from_config(&config)?,
+        link,
+        ..Seams::default()
+    };
+    run_with(config, seams, shutdown).await
 }

@@ -1,0 +1,975 @@
+//! The classic SLAP protocol (slapos.core 1.26.1, as `slapos proxy start` serves it) behind
+//! [`MasterLink`], selected with `protocol = "slap"` (`docs/node.md`, "SLAP protocol").
+//!
+//! * `register` → `POST /loadComputerConfigurationFromXML` (`computer_id`, `xml`: the marshalled
+//!   computer dictionary `slapos node format` sends: `reference`, `address`, `netmask`,
+//!   `partition_list` with `reference`, `address_list`, `tap`).
+//! * `desired` → `GET /getFullComputerInformation?computer_id=…`, decoded into a
+//!   [`DesiredState`]. slapproxy has no long poll: with a `wait`, the link polls every
+//!   [`POLL_STEP`] until the state differs from `etag` or `wait` has passed. The etag is a hash of
+//!   the decoded state, and each partition's `revision` a hash of its assignment, so any change
+//!   the node must apply changes the revision (the node only compares revisions for
+//!   inequality).
+//! * `send` → the slapgrid report routes (`buildingSoftwareRelease`, `availableSoftwareRelease`,
+//!   `softwareReleaseError`, `destroyedSoftwareRelease`, `startedComputerPartition`,
+//!   `stoppedComputerPartition`, `destroyedComputerPartition`, `softwareInstanceError`,
+//!   `setComputerPartitionConnectionXml`). Promise results have no SLAP route and are dropped.
+//!   Child requests are refused (the children's connection parameters cannot come back into the
+//!   desired state over this link yet).
+//!
+//! Encoding and decoding are pure functions ([`computer_xml`], [`desired_from_xml`],
+//! [`call_for`]) over the `slapos_proto::slap` codec; only [`SlapLink`] does I/O (ureq).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use slapos_client::ClientError;
+use slapos_proto::slap::{
+    ComputerDoc, ComputerPartitionDoc, ConnectionForm, PartitionRef as SlapPartitionRef,
+    SlapPartitionAuth, Value, dumps, loads,
+};
+use slapos_proto::{
+    Assignment, ComputerId, DesiredPartition, DesiredSoftware, DesiredState, InstallState,
+    InstanceState, InstanceTitle, Params, PartitionId, RegisterComputer, SoftwareType, SoftwareUrl,
+    SupplyState, routes,
+};
+
+use crate::link::{MasterLink, Outgoing};
+
+/// Period of the desired-state polling while a `wait` is held (slapproxy has no long poll).
+pub const POLL_STEP: Duration = Duration::from_secs(1);
+
+/// Time limit of one SLAP call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keys slapproxy (and the real master) add to `_parameter_dict` besides the requested
+/// parameters; they are not instance parameters.
+const CONTEXT_KEYS: &[&str] = &[
+    "ip_list",
+    "full_address_list",
+    "full_ip_list",
+    "slap_software_type",
+    "instance_title",
+    "root_instance_title",
+    "root_instance_short_title",
+    "slap_computer_id",
+    "slap_computer_partition_id",
+    "slap_software_release_url",
+    "slave_instance_list",
+    "timestamp",
+];
+
+/// One HTTP call the link makes for an [`Outgoing`] message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `POST /<route>` with a form; `partition`: sent with the partition's
+    /// `X-SlapPartition` authorization, like slapgrid.
+    Post {
+        /// Route, without the leading `/`.
+        route: &'static str,
+        /// Form fields, in order.
+        form: Vec<(&'static str, String)>,
+        /// The partition the call is about.
+        partition: Option<PartitionId>,
+    },
+    /// Nothing to send over SLAP (the reason is logged at debug level).
+    Drop(&'static str),
+}
+
+/// The node's link to a SLAP master (slapproxy).
+#[derive(Clone)]
+pub struct SlapLink {
+    base: String,
+    agent: ureq::Agent,
+    computer: ComputerId,
+}
+
+impl std::fmt::Debug for SlapLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlapLink")
+            .field("base", &self.base)
+            .field("computer", &self.computer)
+            .finish()
+    }
+}
+
+impl SlapLink {
+    /// A link for `computer` to the SLAP master at `url` (`http://host:port`).
+    pub fn new(url: &str, computer: ComputerId) -> Result<Self, ClientError> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::BadUrl {
+                url: url.to_owned(),
+                reason: "must start with http:// or https://",
+            });
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(CALL_TIMEOUT))
+            .build()
+            .into();
+        Ok(Self {
+            base,
+            agent,
+            computer,
+        })
+    }
+
+    fn url(&self, route: &str) -> String {
+        format!("{}/{route}", self.base)
+    }
+
+    /// Reads the answer of a call: the body of a 2xx, else an [`ClientError::Api`] with the
+    /// status and the start of the body.
+    fn finish(
+        method: &'static str,
+        url: String,
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<String, ClientError> {
+        let mut resp = res.map_err(|e| ClientError::Unreachable {
+            method,
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string();
+        if !(200..300).contains(&status) {
+            let text = body.unwrap_or_default();
+            return Err(ClientError::Api {
+                method,
+                url,
+                status,
+                kind: "http".into(),
+                message: short(&text),
+            });
+        }
+        body.map_err(|e| ClientError::Decode {
+            method,
+            url,
+            reason: format!("failed to read the body: {e}"),
+        })
+    }
+
+    fn post(
+        &self,
+        route: &str,
+        form: &[(&'static str, String)],
+        partition: Option<&PartitionId>,
+    ) -> Result<String, ClientError> {
+        let url = self.url(route);
+        let mut req = self.agent.post(&url);
+        if let Some(p) = partition {
+            req = req.header(
+                "Authorization",
+                SlapPartitionAuth::header_value(self.computer.as_str(), p.as_str()),
+            );
+        }
+        let res = req.send_form(form.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::finish("POST", url, res)
+    }
+
+    /// One `getFullComputerInformation`, decoded.
+    pub fn fetch(&self) -> Result<DesiredState, ClientError> {
+        let url = self.url(&format!(
+            "getFullComputerInformation?computer_id={}",
+            routes::encode(self.computer.as_str())
+        ));
+        let res = self.agent.get(&url).call();
+        let body = Self::finish("GET", url.clone(), res)?;
+        desired_from_xml(&body, &self.computer).map_err(|reason| ClientError::Decode {
+            method: "GET",
+            url,
+            reason,
+        })
+    }
+}
+
+impl MasterLink for SlapLink {
+    fn register(&self, reg: &RegisterComputer) -> Result<(), ClientError> {
+        let route = "loadComputerConfigurationFromXML";
+        let xml = computer_xml(reg).map_err(|reason| ClientError::Decode {
+            method: "POST",
+            url: self.url(route),
+            reason,
+        })?;
+        self.post(
+            route,
+            &[("computer_id", reg.id.to_string()), ("xml", xml)],
+            None,
+        )
+        .map(drop)
+    }
+
+    fn desired(
+        &self,
+        etag: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<Option<DesiredState>, ClientError> {
+        let started = Instant::now();
+        loop {
+            let d = self.fetch()?;
+            if etag != Some(d.etag.as_str()) {
+                return Ok(Some(d));
+            }
+            match wait {
+                Some(w) if started.elapsed() + POLL_STEP <= w => std::thread::sleep(POLL_STEP),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    fn send(&self, item: &Outgoing) -> Result<(), ClientError> {
+        match call_for(&self.computer, item) {
+            Ok(Call::Drop(why)) => {
+                tracing::debug!("not sent over SLAP: {why}");
+                Ok(())
+            }
+            Ok(Call::Post {
+                route,
+                form,
+                partition,
+            }) => {
+                let body = self.post(route, &form, partition.as_ref())?;
+                // slapproxy answers 200 with the reason when it keeps a destroyed partition
+                // (children still there): retried by the outbox until it frees it.
+                if route == "destroyedComputerPartition" && body.trim() != "OK" {
+                    return Err(ClientError::Api {
+                        method: "POST",
+                        url: self.url(route),
+                        status: 503,
+                        kind: "not_freed".into(),
+                        message: format!("partition not freed yet: {}", short(&body)),
+                    });
+                }
+                Ok(())
+            }
+            Err(message) => Err(ClientError::Api {
+                method: "POST",
+                url: self.url("requestComputerPartition"),
+                // No call was made: not a server answer, and not worth a retry.
+                status: 0,
+                kind: "unsupported".into(),
+                message,
+            }),
+        }
+    }
+}
+
+fn short(text: &str) -> String {
+    let t = text.trim();
+    match t.char_indices().nth(500) {
+        Some((i, _)) => format!("{}…", &t[..i]),
+        None => t.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+fn netmask_of(addr: &str) -> &'static str {
+    if addr.contains(':') {
+        "ffff:ffff:ffff:ffff::"
+    } else {
+        "255.255.255.255"
+    }
+}
+
+/// The marshalled computer dictionary of `loadComputerConfigurationFromXML` (`xml` field), the
+/// shape `slapos node format` sends, with the keys slapproxy reads. A partition's interface
+/// (`tap.name`) is its reference.
+pub fn computer_xml(reg: &RegisterComputer) -> Result<String, String> {
+    let first = reg
+        .partitions
+        .iter()
+        .flat_map(|p| p.addresses.first())
+        .next();
+    let partitions: Vec<Value> = reg
+        .partitions
+        .iter()
+        .map(|p| {
+            let addresses: Vec<Value> = p
+                .addresses
+                .iter()
+                .map(|a| {
+                    Value::dict([
+                        ("addr", Value::str(a)),
+                        ("netmask", Value::str(netmask_of(a))),
+                    ])
+                })
+                .collect();
+            Value::dict([
+                ("address_list", Value::List(addresses)),
+                ("external_storage_list", Value::List(vec![])),
+                ("reference", Value::str(p.id.as_str())),
+                ("tap", Value::dict([("name", Value::str(p.id.as_str()))])),
+                ("tun", Value::None),
+            ])
+        })
+        .collect();
+    let dict = Value::dict([
+        ("address", first.map_or(Value::None, Value::str)),
+        (
+            "netmask",
+            first.map_or(Value::None, |a| Value::str(netmask_of(a))),
+        ),
+        ("partition_list", Value::List(partitions)),
+        ("reference", Value::str(reg.id.as_str())),
+    ]);
+    dumps(&dict).map_err(|e| format!("failed to encode the computer: {e}"))
+}
+
+/// A JSON value as a SLAP parameter value: strings as they are, anything else as its JSON text.
+fn json_to_slap(v: &Json) -> Value {
+    match v {
+        Json::String(s) => Value::str(s),
+        other => Value::str(other.to_string()),
+    }
+}
+
+/// The HTTP call for an outgoing message; `Err` for a message SLAP cannot carry.
+pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> {
+    let c = computer.to_string();
+    let partition_form = |p: &PartitionId| {
+        vec![
+            ("computer_id", c.clone()),
+            ("computer_partition_id", p.to_string()),
+        ]
+    };
+    Ok(match item {
+        Outgoing::Software(r) => {
+            let route = match r.state {
+                InstallState::Building => "buildingSoftwareRelease",
+                InstallState::Available => "availableSoftwareRelease",
+                InstallState::Error => "softwareReleaseError",
+                InstallState::Destroyed => "destroyedSoftwareRelease",
+            };
+            let mut form = vec![("url", r.url.to_string()), ("computer_id", c.clone())];
+            if r.state == InstallState::Error {
+                form.push(("error_log", r.message.clone().unwrap_or_default()));
+            }
+            Call::Post {
+                route,
+                form,
+                partition: None,
+            }
+        }
+        Outgoing::Report(p, r) => {
+            let mut form = partition_form(p);
+            let route = if let Some(e) = &r.error {
+                form.push(("error_log", e.clone()));
+                "softwareInstanceError"
+            } else {
+                match r.state {
+                    InstanceState::Started => "startedComputerPartition",
+                    InstanceState::Stopped => "stoppedComputerPartition",
+                    InstanceState::Destroyed => "destroyedComputerPartition",
+                }
+            };
+            Call::Post {
+                route,
+                form,
+                partition: Some(p.clone()),
+            }
+        }
+        Outgoing::Connection(p, params) => {
+            let f = ConnectionForm {
+                partition: SlapPartitionRef {
+                    computer_id: c.clone(),
+                    partition_id: p.to_string(),
+                },
+                connection: params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json_to_slap(v)))
+                    .collect(),
+                slave_reference: None,
+            };
+            Call::Post {
+                route: "setComputerPartitionConnectionXml",
+                form: f
+                    .to_form()
+                    .map_err(|e| format!("failed to encode connection parameters: {e}"))?,
+                partition: Some(p.clone()),
+            }
+        }
+        Outgoing::Request(_, r) => {
+            return Err(format!(
+                "child request `{}` not sent: child requests are not supported over SLAP yet \
+                 (protocol = \"slap\"); use protocol = \"native\"",
+                r.title
+            ));
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// A marshalled value as JSON (strings stay strings; `None` is `null`).
+fn slap_to_json(v: &Value) -> Json {
+    match v {
+        Value::None => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Value::String(s) => Json::String(s.clone()),
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
+            Json::Array(items.iter().map(slap_to_json).collect())
+        }
+        Value::Dict(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| {
+                    let key = k.as_str().map_or_else(|| k.py_str(), str::to_owned);
+                    (key, slap_to_json(v))
+                })
+                .collect(),
+        ),
+        other => Json::String(other.py_str()),
+    }
+}
+
+/// The instance parameters of a `_parameter_dict`: the `_` key (json-in-xml) decoded when it is
+/// the only parameter and holds a JSON object, else every parameter (strings, `None` → null).
+pub fn instance_parameters(dict: &BTreeMap<String, Value>) -> Params {
+    let own: BTreeMap<&String, &Value> = dict
+        .iter()
+        .filter(|(k, _)| !CONTEXT_KEYS.contains(&k.as_str()))
+        .collect();
+    if own.len() == 1
+        && let Some(Value::String(text)) = own.get(&"_".to_owned())
+        && let Ok(Json::Object(map)) = serde_json::from_str::<Json>(text)
+    {
+        return map;
+    }
+    own.into_iter()
+        .map(|(k, v)| (k.clone(), slap_to_json(v)))
+        .collect()
+}
+
+fn hash_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The revision of an assignment: 53 bits of the hash of everything the node applies.
+fn revision_of(a: &Assignment) -> u64 {
+    let mut a = a.clone();
+    a.revision = 0;
+    let bytes = serde_json::to_vec(&a).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) & ((1 << 53) - 1)
+}
+
+fn partition_assignment(p: &ComputerPartitionDoc) -> Result<Option<Assignment>, String> {
+    let Some(sr) = &p.software_release else {
+        return Ok(None);
+    };
+    let at = |what: &str| format!("partition {}: {what}", p.partition_id);
+    let params = p.parameters.clone().unwrap_or_default();
+    let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_owned);
+    let title = text("instance_title").ok_or_else(|| at("no instance_title"))?;
+    let title = InstanceTitle::parse(title).map_err(|e| at(&e.to_string()))?;
+    let root_title = match text("root_instance_title") {
+        Some(t) => InstanceTitle::parse(t).map_err(|e| at(&e.to_string()))?,
+        None => title.clone(),
+    };
+    let software_url = SoftwareUrl::parse(&sr.url).map_err(|e| at(&e.to_string()))?;
+    let software_type = match text("slap_software_type").filter(|t| !t.is_empty()) {
+        Some(t) => SoftwareType::parse(t).map_err(|e| at(&e.to_string()))?,
+        None => SoftwareType::default(),
+    };
+    let state = p
+        .requested_state
+        .as_deref()
+        .unwrap_or("started")
+        .parse::<InstanceState>()
+        .map_err(|e| at(&e))?;
+    let mut a = Assignment {
+        title,
+        root_title,
+        software_url,
+        software_type,
+        parameters: instance_parameters(&params),
+        state,
+        revision: 0,
+        children: BTreeMap::new(),
+    };
+    a.revision = revision_of(&a);
+    Ok(Some(a))
+}
+
+/// A decoded `getFullComputerInformation` document as the node's desired state.
+pub fn desired_from_doc(doc: &ComputerDoc, computer: &ComputerId) -> Result<DesiredState, String> {
+    if doc.computer_id != computer.as_str() {
+        return Err(format!(
+            "the master answered for computer {:?}, not {computer}",
+            doc.computer_id
+        ));
+    }
+    let mut software = Vec::new();
+    for s in &doc.software_release_list {
+        let url = SoftwareUrl::parse(&s.url).map_err(|e| format!("software release: {e}"))?;
+        let state = match s.requested_state.as_deref() {
+            None | Some("available") => SupplyState::Available,
+            Some("destroyed") => SupplyState::Destroyed,
+            Some(other) => {
+                return Err(format!(
+                    "software release {url}: requested state {other:?} is neither available nor destroyed"
+                ));
+            }
+        };
+        software.push(DesiredSoftware { url, state });
+    }
+    let mut partitions = Vec::new();
+    for p in &doc.partition_list {
+        let id = PartitionId::parse(&p.partition_id).map_err(|e| e.to_string())?;
+        partitions.push(DesiredPartition {
+            id,
+            instance: partition_assignment(p)?,
+        });
+    }
+    let etag = hash_hex(&serde_json::to_vec(&(&software, &partitions)).map_err(|e| e.to_string())?)
+        [..32]
+        .to_owned();
+    Ok(DesiredState {
+        computer: computer.clone(),
+        etag,
+        software,
+        partitions,
+    })
+}
+
+/// A `getFullComputerInformation` body as the node's desired state.
+pub fn desired_from_xml(body: &str, computer: &ComputerId) -> Result<DesiredState, String> {
+    let value = loads(body).map_err(|e| format!("not xml_marshaller: {e}"))?;
+    let doc = ComputerDoc::from_value(&value).map_err(|e| format!("not a Computer: {e}"))?;
+    desired_from_doc(&doc, computer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slapos_proto::slap::{ComputerConfiguration, FormFields, SoftwareReleaseForm};
+    use slapos_proto::{PartitionReport, PartitionSpec, SoftwareReport};
+
+    /// The captures of `../shared/reference/slap-wire/` (the copy kept with the codec's tests).
+    const NODE_CAPTURE: &str =
+        include_str!("../../proto/tests/fixtures/slap-wire/node-http-exchanges.txt");
+    const CLIENT_CAPTURE: &str =
+        include_str!("../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
+
+    /// One captured exchange: header line, `Authorization`, form fields, response body.
+    struct Captured {
+        header: String,
+        authorization: Option<String>,
+        form: Vec<(String, String)>,
+        response: String,
+    }
+
+    fn captured(text: &str, header_prefix: &str) -> Vec<Captured> {
+        let mut out = Vec::new();
+        for block in text.split(&"=".repeat(100)) {
+            let mut lines = block.lines().skip_while(|l| l.is_empty());
+            let Some(header) = lines.next() else { continue };
+            if !header.starts_with(header_prefix) {
+                continue;
+            }
+            let mut ex = Captured {
+                header: header.to_owned(),
+                authorization: None,
+                form: Vec::new(),
+                response: String::new(),
+            };
+            // (is the response, continuation indent)
+            let mut cur: Option<(bool, usize)> = None;
+            for line in lines {
+                if let Some(rest) = line.strip_prefix("  form[") {
+                    let (k, v) = rest.split_once("] = ").unwrap();
+                    ex.form.push((k.to_owned(), v.to_owned()));
+                    cur = Some((false, 6));
+                } else if let Some(v) = line.strip_prefix("  RESPONSE: ") {
+                    ex.response = v.to_owned();
+                    cur = Some((true, 4));
+                } else if let Some(v) = line.strip_prefix("  Authorization: ") {
+                    ex.authorization = Some(v.to_owned());
+                    cur = None;
+                } else if let Some((resp, indent)) = cur
+                    && line.len() >= indent
+                    && line[..indent].trim().is_empty()
+                {
+                    let target = if resp {
+                        &mut ex.response
+                    } else {
+                        &mut ex.form.last_mut().unwrap().1
+                    };
+                    target.push('\n');
+                    target.push_str(&line[indent..]);
+                }
+            }
+            out.push(ex);
+        }
+        out
+    }
+
+    /// The captured `getFullComputerInformation` bodies. The capture tool cut each one inside
+    /// `_software_release_list`; the cut is completed with the release the capture supplied.
+    fn full_computer_bodies() -> Vec<String> {
+        captured(NODE_CAPTURE, "GET /getFullComputerInformation")
+            .into_iter()
+            .map(|ex| {
+                let cut = ex
+                    .response
+                    .find("...[truncated]")
+                    .expect("the capture is cut");
+                format!(
+                    "{}ftware_release_list</string><list id=\"i99\"><object id=\"i100\" \
+                     module=\"slapos.slap.slap\" class=\"SoftwareRelease\"><tuple>\
+                     <string>/srv/demonode/sr/software.cfg</string><string>NODE</string></tuple>\
+                     <dictionary id=\"i101\"><string>_computer_guid</string><string>NODE</string>\
+                     <string>_requested_state</string><string>available</string>\
+                     <string>_software_instance_list</string><list id=\"i102\"/>\
+                     <string>_software_release</string><string>/srv/demonode/sr/software.cfg\
+                     </string></dictionary></object></list></dictionary></object></marshal>",
+                    &ex.response[..cut]
+                )
+            })
+            .collect()
+    }
+
+    fn node() -> ComputerId {
+        ComputerId::parse("NODE").unwrap()
+    }
+
+    fn pid(s: &str) -> PartitionId {
+        PartitionId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn captured_full_computer_information_decodes_into_the_desired_state() {
+        let bodies = full_computer_bodies();
+        assert_eq!(bodies.len(), 5);
+        let states: Vec<DesiredState> = bodies
+            .iter()
+            .map(|b| desired_from_xml(b, &node()).unwrap())
+            .collect();
+        let d = &states[0];
+        assert_eq!(d.computer, node());
+        assert_eq!(
+            d.software,
+            [DesiredSoftware {
+                url: SoftwareUrl::parse("/srv/demonode/sr/software.cfg").unwrap(),
+                state: SupplyState::Available,
+            }]
+        );
+        assert_eq!(d.partitions.len(), 2);
+        assert_eq!(d.partitions[0].id, pid("slappart0"));
+        let a = d.partitions[0]
+            .instance
+            .as_ref()
+            .expect("slappart0 is busy");
+        assert_eq!(a.title.as_str(), "inst");
+        assert_eq!(a.root_title.as_str(), "inst");
+        assert_eq!(a.software_url.as_str(), "/srv/demonode/sr/software.cfg");
+        assert_eq!(a.software_type.as_str(), "default");
+        assert_eq!(a.state, InstanceState::Started);
+        // Only the requested parameter: ip_list, timestamp, … are context, not parameters.
+        assert_eq!(
+            Json::Object(a.parameters.clone()),
+            serde_json::json!({"foo": "x"})
+        );
+        assert!(a.children.is_empty());
+        assert_eq!(d.partitions[1].id, pid("slappart1"));
+        assert_eq!(d.partitions[1].instance, None, "slappart1 is free");
+
+        // Same document, same etag and revision; the destroy request changes both.
+        assert_eq!(states[1], states[0]);
+        let destroyed = states[3].partitions[0].instance.as_ref().unwrap();
+        assert_eq!(destroyed.state, InstanceState::Destroyed);
+        assert_ne!(destroyed.revision, a.revision);
+        assert_ne!(states[3].etag, states[0].etag);
+        // Decoding is deterministic (the cached etag survives a restart).
+        assert_eq!(desired_from_xml(&bodies[3], &node()).unwrap(), states[3]);
+    }
+
+    #[test]
+    fn revision_follows_every_change_the_node_applies() {
+        let body = &full_computer_bodies()[0];
+        let base = desired_from_xml(body, &node()).unwrap();
+        let rev = |b: &str| {
+            desired_from_xml(b, &node()).unwrap().partitions[0]
+                .instance
+                .as_ref()
+                .unwrap()
+                .revision
+        };
+        let r0 = base.partitions[0].instance.as_ref().unwrap().revision;
+        assert!(r0 < 1 << 53);
+        let changed = [
+            body.replacen("<string>x</string>", "<string>y</string>", 1),
+            body.replacen("<string>default</string>", "<string>other</string>", 1),
+            body.replacen("<string>inst</string>", "<string>inst2</string>", 1),
+            body.replacen("<string>started</string>", "<string>stopped</string>", 1),
+            body.replace("/srv/demonode/sr/software.cfg", "/srv/other/software.cfg"),
+        ];
+        for (i, b) in changed.iter().enumerate() {
+            assert!(b != body, "change {i} applies");
+            assert_ne!(rev(b), r0, "change {i}");
+        }
+        // The timestamp alone is not something the node applies.
+        let ts = body.replacen("1795312672.8965757", "1795312999.5", 1);
+        assert_eq!(rev(&ts), r0);
+    }
+
+    #[test]
+    fn json_in_xml_parameters_and_bad_documents() {
+        let mut d = BTreeMap::new();
+        d.insert(
+            "_".to_owned(),
+            Value::str("{\n  \"title\": \"Hi\",\n  \"n\": 3\n}"),
+        );
+        d.insert("ip_list".to_owned(), Value::List(vec![]));
+        d.insert("timestamp".to_owned(), Value::str("1"));
+        let p = instance_parameters(&d);
+        assert_eq!(Json::Object(p), serde_json::json!({"title": "Hi", "n": 3}));
+        // `_` that is not a JSON object, or next to other parameters, stays a string.
+        d.insert("_".to_owned(), Value::str("[1]"));
+        d.insert("x".to_owned(), Value::None);
+        let p = instance_parameters(&d);
+        assert_eq!(Json::Object(p), serde_json::json!({"_": "[1]", "x": null}));
+
+        let body = &full_computer_bodies()[0];
+        let other = ComputerId::parse("OTHER").unwrap();
+        assert!(
+            desired_from_xml(body, &other)
+                .unwrap_err()
+                .contains("OTHER")
+        );
+        let bad_title = body.replace("<string>inst</string>", "<string>a/b</string>");
+        let err = desired_from_xml(&bad_title, &node()).unwrap_err();
+        assert!(
+            err.contains("slappart0") && err.contains("instance title"),
+            "{err}"
+        );
+        let err = desired_from_xml("<html>404</html>", &node()).unwrap_err();
+        assert!(err.contains("xml_marshaller"), "{err}");
+    }
+
+    #[test]
+    fn register_xml_is_what_slapproxy_reads() {
+        let reg = RegisterComputer {
+            id: node(),
+            partitions: (0..2)
+                .map(|i| PartitionSpec {
+                    id: pid(&format!("slappart{i}")),
+                    addresses: vec!["127.0.0.1".into()],
+                })
+                .collect(),
+            labels: BTreeMap::new(),
+        };
+        let xml = computer_xml(&reg).unwrap();
+        // Read back with the codec slapproxy's twin (master-lite) uses for this route.
+        let form = vec![
+            ("computer_id".to_owned(), "NODE".to_owned()),
+            ("xml".to_owned(), xml),
+        ];
+        let c = ComputerConfiguration::from_form(&form).unwrap();
+        assert_eq!(c.reference, "NODE");
+        assert_eq!(c.address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(c.netmask.as_deref(), Some("255.255.255.255"));
+        assert_eq!(c.partitions.len(), 2);
+        assert_eq!(c.partitions[1].reference, "slappart1");
+        assert_eq!(c.partitions[1].network_interface(), "slappart1");
+        assert_eq!(c.partitions[1].addresses[0].addr, "127.0.0.1");
+        // The keys `slapos node format` sends for these (see the captured format payload).
+        let captured = &captured(NODE_CAPTURE, "POST /loadComputerConfigurationFromXML")[0];
+        let raw = &captured.form.iter().find(|(k, _)| k == "xml").unwrap().1;
+        for key in [
+            "address",
+            "netmask",
+            "partition_list",
+            "reference",
+            "address_list",
+            "tap",
+            "tun",
+        ] {
+            assert!(
+                raw.contains(&format!("<string>{key}</string>")),
+                "{key} in the capture"
+            );
+            assert!(
+                form[1].1.contains(&format!("<string>{key}</string>")),
+                "{key} sent"
+            );
+        }
+    }
+
+    /// The route, form fields and authorization of a call, as the capture shows them.
+    fn as_captured(call: &Call) -> (String, Vec<(String, String)>, Option<String>) {
+        let Call::Post {
+            route,
+            form,
+            partition,
+        } = call
+        else {
+            panic!("{call:?}")
+        };
+        (
+            format!("POST /{route}"),
+            form.iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            partition
+                .as_ref()
+                .map(|p| SlapPartitionAuth::header_value("NODE", p.as_str())),
+        )
+    }
+
+    #[test]
+    fn reports_are_the_captured_slapgrid_forms() {
+        let url = SoftwareUrl::parse("/srv/demonode/sr/software.cfg").unwrap();
+        let sw = |state, message: Option<&str>| {
+            Outgoing::Software(SoftwareReport {
+                url: url.clone(),
+                state,
+                message: message.map(str::to_owned),
+                parameter_model: None,
+            })
+        };
+        let part = |state, error: Option<&str>| {
+            Outgoing::Report(
+                pid("slappart0"),
+                PartitionReport {
+                    state,
+                    revision: 7,
+                    promises: vec![],
+                    error: error.map(str::to_owned),
+                },
+            )
+        };
+        // Routes the node capture holds: compare header, form and authorization.
+        for (item, header) in [
+            (
+                sw(InstallState::Building, None),
+                "POST /buildingSoftwareRelease",
+            ),
+            (
+                sw(InstallState::Available, None),
+                "POST /availableSoftwareRelease",
+            ),
+            (
+                part(InstanceState::Started, None),
+                "POST /startedComputerPartition",
+            ),
+            (
+                part(InstanceState::Stopped, None),
+                "POST /stoppedComputerPartition",
+            ),
+            (
+                part(InstanceState::Destroyed, None),
+                "POST /destroyedComputerPartition",
+            ),
+        ] {
+            let ex = &captured(NODE_CAPTURE, header)[0];
+            let (h, form, auth) = as_captured(&call_for(&node(), &item).unwrap());
+            assert!(ex.header.starts_with(&h), "{h}");
+            assert_eq!(form, ex.form, "{h}");
+            assert_eq!(auth, ex.authorization, "{h}");
+        }
+        // Routes the capture does not hold: read back with master-lite's form parser.
+        let (h, form, _) =
+            as_captured(&call_for(&node(), &sw(InstallState::Error, Some("boom"))).unwrap());
+        assert_eq!(h, "POST /softwareReleaseError");
+        let f = SoftwareReleaseForm::from_form(&form).unwrap();
+        assert_eq!(
+            (f.url.as_str(), f.error_log.as_deref()),
+            (url.as_str(), Some("boom"))
+        );
+        let (h, form, _) =
+            as_captured(&call_for(&node(), &sw(InstallState::Destroyed, None)).unwrap());
+        assert_eq!(h, "POST /destroyedSoftwareRelease");
+        assert_eq!(form.field("url"), Some(url.as_str()));
+        let (h, form, auth) = as_captured(
+            &call_for(&node(), &part(InstanceState::Started, Some("bad template"))).unwrap(),
+        );
+        assert_eq!(h, "POST /softwareInstanceError");
+        assert_eq!(form.field("error_log"), Some("bad template"));
+        assert_eq!(form.field("computer_partition_id"), Some("slappart0"));
+        assert!(auth.is_some());
+    }
+
+    #[test]
+    fn connection_parameters_are_the_captured_form() {
+        let ex = &captured(CLIENT_CAPTURE, "POST /setComputerPartitionConnectionXml")[0];
+        let mut params = Params::new();
+        params.insert("password".into(), Json::from("secret"));
+        params.insert("url".into(), Json::from("http://[fd00::10]:8080/"));
+        let computer = ComputerId::parse("local_computer").unwrap();
+        let call = call_for(&computer, &Outgoing::Connection(pid("slappart0"), params)).unwrap();
+        let Call::Post {
+            route,
+            form,
+            partition,
+        } = call
+        else {
+            panic!()
+        };
+        assert_eq!(
+            format!("POST /{route}"),
+            ex.header.split(" -> ").next().unwrap()
+        );
+        assert_eq!(partition, Some(pid("slappart0")));
+        let names: Vec<&str> = form.iter().map(|(k, _)| *k).collect();
+        let captured_names: Vec<&str> = ex.form.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, captured_names);
+        for ((k, ours), (_, theirs)) in form.iter().zip(&ex.form) {
+            if *k == "connection_xml" {
+                assert_eq!(loads(ours).unwrap(), loads(theirs).unwrap());
+            } else {
+                assert_eq!(ours, theirs, "{k}");
+            }
+        }
+        // Non-string values travel as their JSON text.
+        let mut p = Params::new();
+        p.insert("n".into(), Json::from(3));
+        p.insert("ok".into(), Json::from(true));
+        let Call::Post { form, .. } =
+            call_for(&computer, &Outgoing::Connection(pid("p"), p)).unwrap()
+        else {
+            panic!()
+        };
+        let xml = &form.iter().find(|(k, _)| *k == "connection_xml").unwrap().1;
+        let sent = loads(xml).unwrap();
+        assert_eq!(
+            sent,
+            Value::dict([("n", Value::str("3")), ("ok", Value::str("true"))])
+        );
+    }
+
+    #[test]
+    fn child_requests_are_refused_with_a_clear_message() {
+        let req: slapos_proto::InstanceRequest = serde_json::from_value(serde_json::json!({
+            "title": "child", "software_url": "/sr.toml"
+        }))
+        .unwrap();
+        let err = call_for(&node(), &Outgoing::Request(pid("slappart0"), req)).unwrap_err();
+        assert!(err.contains("not supported over SLAP"), "{err}");
+        let link = SlapLink::new("http://127.0.0.1:9", node()).unwrap();
+        let req: slapos_proto::InstanceRequest = serde_json::from_value(serde_json::json!({
+            "title": "child", "software_url": "/sr.toml"
+        }))
+        .unwrap();
+        let e = link
+            .send(&Outgoing::Request(pid("slappart0"), req))
+            .unwrap_err();
+        assert!(!e.is_unreachable(), "not retried: {e}");
+        assert!(e.to_string().contains("requestComputerPartition"), "{e}");
+        assert!(SlapLink::new("ftp://x", node()).is_err());
+    }
+}
