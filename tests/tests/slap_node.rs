@@ -1,0 +1,267 @@
+//! node-edge against a real slapproxy: `slapos proxy start` (slapos.core 1.26.1 from
+//! `.venv/slapos`, see `scripts/deps/slapos-venv.sh`) on loopback, `slapos-node run` with
+//! `protocol = "slap"`, and the real `slapos` CLI: supply hello-web, request it until the CLI
+//! prints the connection parameters the node published, stop it, destroy it (slapproxy frees
+//! the partition only on the node's `destroyedComputerPartition`), remove the release.
+//!
+//! Without the venv (or python3, which hello-web needs) the test prints a reason and passes,
+//! unless `SLAPOS_REQUIRE_TOOLS=1`.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use slapos_proto::slap::{ComputerDoc, loads};
+use slapos_tests::{Node, Proc, bin, free_port_block, http_get, repo_root, wait_for};
+
+const COMPUTER: &str = "COMP";
+
+fn skip_or_fail(why: String) -> Option<PathBuf> {
+    if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("SLAPOS_REQUIRE_TOOLS=1 but {why}");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// The venv's `bin` directory, `None` (after printing why) when the test must be skipped.
+fn tools() -> Option<PathBuf> {
+    let v = repo_root().join(".venv/slapos/bin");
+    if !v.join("slapos").exists() {
+        return skip_or_fail(format!(
+            "{} missing: run scripts/deps/slapos-venv.sh",
+            v.join("slapos").display()
+        ));
+    }
+    let python = Command::new("python3").arg("--version").output();
+    if !python.is_ok_and(|o| o.status.success()) {
+        return skip_or_fail("python3 (needed by hello-web) missing".into());
+    }
+    Some(v)
+}
+
+/// `slapos proxy start --cfg F` on a port that was free a moment ago (slapproxy cannot take 0),
+/// with its database in `dir`; stopped when the handle drops.
+fn start_slapproxy(venv: &Path, dir: &Path) -> (Proc, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let cfg = dir.join("slapos-proxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\ncomputer_id = {COMPUTER}\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n\
+             database_uri = {}\n",
+            dir.join("proxy.db").display()
+        ),
+    )
+    .expect("write slapos-proxy.cfg");
+    let mut cmd = Command::new(venv.join("slapos"));
+    cmd.args(["proxy", "start", "--cfg"])
+        .arg(&cfg)
+        .current_dir(dir);
+    let proc = Proc::spawn("slapproxy", cmd);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for("slapproxy to listen", Duration::from_secs(60), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(drop)
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        dir.join("client.cfg"),
+        format!("[slapos]\nmaster_url = {url}\n"),
+    )
+    .expect("write client.cfg");
+    (proc, url)
+}
+
+fn out(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `slapos ARGS --cfg client.cfg` (the CLI logs its results on stderr).
+fn slapos(venv: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(venv.join("slapos"))
+        .args(args)
+        .arg("--cfg")
+        .arg(dir.join("client.cfg"))
+        .current_dir(dir)
+        .output()
+        .expect("run slapos")
+}
+
+/// slapproxy's view of the computer (`getFullComputerInformation`, decoded).
+fn computer(url: &str) -> ComputerDoc {
+    let body = http_get(&format!(
+        "{url}/getFullComputerInformation?computer_id={COMPUTER}"
+    ))
+    .expect("getFullComputerInformation answers");
+    ComputerDoc::from_value(&loads(&body).expect("xml_marshaller")).expect("a Computer")
+}
+
+/// The value of `'key': '…'` in the CLI's printed connection dictionary.
+fn printed(output: &str, key: &str) -> Option<String> {
+    let start = output.find(&format!("'{key}': '"))? + key.len() + 5;
+    let end = output[start..].find('\'')?;
+    Some(output[start..start + end].to_owned())
+}
+
+#[test]
+fn node_edge_converges_what_the_real_slapos_cli_requests_from_slapproxy() {
+    let Some(venv) = tools() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let (_proxy, url) = start_slapproxy(&venv, dir);
+
+    // The node, configured like `Node::start` does plus `protocol = "slap"`.
+    let node_dir = dir.join("node");
+    std::fs::create_dir_all(&node_dir).expect("node dir");
+    let ports = free_port_block(20);
+    let config = node_dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "protocol = \"slap\"\nmaster_url = \"{url}\"\ncomputer_id = \"{COMPUTER}\"\n\
+             partitions = 2\nsoftware_root = \"software\"\ninstance_root = \"instance\"\n\
+             poll_interval = 2\nlong_poll = 20\nrestart_backoff_min = 0.2\n\
+             restart_backoff_max = 2\nstop_timeout = 5\npromise_interval = 2\n\
+             install_retry = 2\n[ports]\nbase = {ports}\nper_partition = 10\n"
+        ),
+    )
+    .expect("write node config");
+    let _ = bin("slapos-node");
+    let mut node = Node {
+        proc: None,
+        config,
+        instance_root: node_dir.join("instance"),
+        computer: COMPUTER.to_owned(),
+    };
+    node.restart();
+    let proc = node.proc.as_ref().expect("node running");
+    proc.wait_line("registered", Duration::from_secs(30));
+    // Registration is slapos node format's call: slapproxy now lists both partitions, free.
+    let c = computer(&url);
+    let ids: Vec<&str> = c
+        .partition_list
+        .iter()
+        .map(|p| p.partition_id.as_str())
+        .collect();
+    assert_eq!(ids, ["slappart0", "slappart1"]);
+    assert!(
+        c.partition_list
+            .iter()
+            .all(|p| p.software_release.is_none())
+    );
+
+    let sr = repo_root().join("examples/hello-web/software.toml");
+    let sr = sr.to_str().expect("utf-8 path");
+    let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
+    assert!(o.status.success(), "supply: {}", out(&o));
+
+    // Request until the CLI prints what the node published.
+    let request = |extra: &[&str]| {
+        let mut args = vec![
+            "request",
+            "web",
+            sr,
+            "--node",
+            "computer_guid=COMP",
+            "--parameters",
+            "title=Hello SLAP",
+        ];
+        args.extend_from_slice(extra);
+        slapos(&venv, dir, &args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (web, text) = loop {
+        let o = request(&[]);
+        let text = out(&o);
+        if o.status.success()
+            && let Some(web) = printed(&text, "url")
+        {
+            break (web, text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection parameters after 180 s; last CLI output:\n{text}\nnode output:\n{}",
+            node.proc
+                .as_ref()
+                .map(|p| p.output().join("\n"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(
+        printed(&text, "title").as_deref(),
+        Some("Hello SLAP"),
+        "{text}"
+    );
+    assert!(
+        web.starts_with(&format!("http://127.0.0.1:{ports}/")),
+        "{web}"
+    );
+    let page = wait_for("the page", Duration::from_secs(30), || http_get(&web));
+    assert!(page.contains("Hello SLAP"), "{page}");
+    let c = computer(&url);
+    let busy = c
+        .partition_list
+        .iter()
+        .find(|p| p.software_release.is_some())
+        .expect("a partition runs `web`");
+    assert_eq!(busy.partition_id, "slappart0");
+    assert_eq!(busy.requested_state.as_deref(), Some("started"));
+    let part = node.partition_dir("slappart0");
+    assert!(part.join(".slapos/instance.toml").exists());
+
+    // Stop: the service goes away, the rendered partition stays.
+    let o = request(&["--state", "stopped"]);
+    assert!(o.status.success(), "stop: {}", out(&o));
+    wait_for("the service to stop", Duration::from_secs(60), || {
+        http_get(&web).is_none().then_some(())
+    });
+    assert!(part.join(".slapos/instance.toml").exists());
+
+    // Destroy: slapproxy frees the partition when the node reports it destroyed.
+    let o = request(&["--state", "destroyed"]);
+    assert!(o.status.success(), "destroy: {}", out(&o));
+    wait_for(
+        "slapproxy to free slappart0 (destroyedComputerPartition)",
+        Duration::from_secs(60),
+        || {
+            computer(&url)
+                .partition_list
+                .iter()
+                .all(|p| p.software_release.is_none())
+                .then_some(())
+        },
+    );
+    assert!(
+        !part.join(".slapos/instance.toml").exists(),
+        "the partition was wiped"
+    );
+    assert!(http_get(&web).is_none());
+
+    // Remove the release: the node uninstalls it and slapproxy drops it on
+    // destroyedSoftwareRelease.
+    let o = slapos(&venv, dir, &["remove", sr, COMPUTER]);
+    assert!(o.status.success(), "remove: {}", out(&o));
+    wait_for(
+        "slapproxy to drop the release (destroyedSoftwareRelease)",
+        Duration::from_secs(60),
+        || {
+            computer(&url)
+                .software_release_list
+                .is_empty()
+                .then_some(())
+        },
+    );
+    node.stop();
+}
