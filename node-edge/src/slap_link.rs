@@ -236,15 +236,17 @@ impl MasterLink for SlapLink {
                 partition,
             }) => {
                 let body = self.post(route, &form, partition.as_ref())?;
-                // slapproxy answers 200 with the reason when it keeps a destroyed partition
-                // (children still there): retried by the outbox until it frees it.
+                // slapproxy answers 200 with the reason when it does not free a destroyed
+                // partition: children still there (retried by the outbox until it frees it,
+                // hence a 5xx), or an unknown partition (dropped with a warning).
                 if route == "destroyedComputerPartition" && body.trim() != "OK" {
+                    let retry = body.trim_start().starts_with("Not destroying yet");
                     return Err(ClientError::Api {
                         method: "POST",
                         url: self.url(route),
-                        status: 503,
+                        status: if retry { 503 } else { 409 },
                         kind: "not_freed".into(),
-                        message: format!("partition not freed yet: {}", short(&body)),
+                        message: format!("slapproxy did not free the partition: {}", short(&body)),
                     });
                 }
                 Ok(())
