@@ -107,21 +107,28 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The base URL (trailing `/` cut, `http(s)://` required) and an agent that hands every status
+/// back to the caller, with a global `timeout`: shared by [`Client`] and the node's SLAP link.
+pub fn http_agent(base_url: &str, timeout: Duration) -> Result<(String, ureq::Agent)> {
+    let base = base_url.trim_end_matches('/').to_owned();
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(ClientError::BadUrl {
+            url: base_url.to_owned(),
+            reason: "must start with http:// or https://",
+        });
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    Ok((base, agent))
+}
+
 impl Client {
     /// A client of the master at `base_url` (`http://host:port`, no trailing path).
     pub fn new(base_url: &str) -> Result<Self> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::BadUrl {
-                url: base_url.to_owned(),
-                reason: "must start with http:// or https://",
-            });
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(DEFAULT_TIMEOUT))
-            .build()
-            .into();
+        let (base, agent) = http_agent(base_url, DEFAULT_TIMEOUT)?;
         Ok(Self {
             base,
             agent,

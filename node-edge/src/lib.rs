@@ -146,14 +146,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     config.validate()?;
-    let link = match config.protocol {
-        // The native link is what `run_with` builds by default.
-        Protocol::Native => None,
-        Protocol::Slap => Some(master_link(&config)?),
-    };
     let seams = Seams {
         resources: rt_resources::from_config(&config)?,
-        link,
         ..Seams::default()
     };
     run_with(config, seams, shutdown).await

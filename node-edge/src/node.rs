@@ -30,7 +30,7 @@ use crate::fetch::Fetcher;
 use crate::install::{InstallError, Installer};
 use crate::isolation::{CurrentUser, Isolation};
 use crate::layout;
-use crate::link::{self, ClientLink, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
+use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::partition::{self, PartitionHandle, Shared};
 use crate::plan::{self, Slot, SoftwareAction, Target};
 use crate::resources::{NoResources, Resources};
@@ -306,7 +306,8 @@ pub async fn run_with(
     let parts = layout::format(&cfg, &*seams.isolation)?;
     let link: Arc<dyn MasterLink> = match seams.link.clone() {
         Some(l) => l,
-        None => Arc::new(ClientLink::new(&cfg.master_url, cfg.computer_id.clone())?),
+        // The `protocol` key decides (native by default).
+        None => crate::master_link(&cfg)?,
     };
     let installer = Installer::new(&cfg.software_root, Fetcher::new(cfg.fetch_timeout));
     installer.clean_leftovers();

@@ -98,18 +98,7 @@ impl std::fmt::Debug for SlapLink {
 impl SlapLink {
     /// A link for `computer` to the SLAP master at `url` (`http://host:port`).
     pub fn new(url: &str, computer: ComputerId) -> Result<Self, ClientError> {
-        let base = url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::BadUrl {
-                url: url.to_owned(),
-                reason: "must start with http:// or https://",
-            });
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(CALL_TIMEOUT))
-            .build()
-            .into();
+        let (base, agent) = slapos_client::http_agent(url, CALL_TIMEOUT)?;
         Ok(Self {
             base,
             agent,

@@ -23,13 +23,11 @@ pub fn check(model: &str, url: &str, params: &Params) -> Result<(), ApiError> {
     match model {
         "radio-enb" => {
             let doc = serde_json::Value::Object(params.clone()).to_string();
-            radio::validate::validate_json(&doc)
-                .map(drop)
-                .map_err(|e| {
-                    ApiError::BadRequest(format!(
-                        "parameters refused by the `{model}` model of release {url}: {e}"
-                    ))
-                })
+            radio::validate::validate_json(&doc).map(drop).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "parameters refused by the `{model}` model of release {url}: {e}"
+                ))
+            })
         }
         other => {
             tracing::warn!(
@@ -75,7 +73,10 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
         assert!(msg.contains("cell_list.cell1.dl_earfcn"), "{msg}");
-        assert!(msg.contains("radio-enb") && msg.contains("http://sr/enb"), "{msg}");
+        assert!(
+            msg.contains("radio-enb") && msg.contains("http://sr/enb"),
+            "{msg}"
+        );
     }
 
     #[test]

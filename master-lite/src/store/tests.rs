@@ -578,7 +578,8 @@ fn a_release_parameter_model_refuses_bad_requests_before_allocation() {
     };
     // Before the node reports the model, nothing is checked (the node checks later).
     s.request(&cell(99999), None, 1).unwrap();
-    s.set_state(&title("enb"), InstanceState::Destroyed).unwrap();
+    s.set_state(&title("enb"), InstanceState::Destroyed)
+        .unwrap();
     s.report_partition(&c, &pid("slappart0"), &report(InstanceState::Destroyed), 2)
         .unwrap();
     let available = SoftwareReport {
@@ -589,12 +590,18 @@ fn a_release_parameter_model_refuses_bad_requests_before_allocation() {
     };
     s.report_software(&c, &available, 3).unwrap();
     let sw = &s.computer(&c).unwrap().software[0];
-    let model = sw.install.as_ref().and_then(|i| i.parameter_model.as_deref());
+    let model = sw
+        .install
+        .as_ref()
+        .and_then(|i| i.parameter_model.as_deref());
     assert_eq!(model, Some("radio-enb"));
 
     let err = s.request(&cell(99999), None, 4).unwrap_err();
     assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
-    assert!(err.to_string().contains("cell_list.cell1.dl_earfcn"), "{err}");
+    assert!(
+        err.to_string().contains("cell_list.cell1.dl_earfcn"),
+        "{err}"
+    );
     assert!(s.instance(&title("enb2"), None).is_err());
     // Nothing was changed or allocated by the refused request.
     let before = etag(&mut s, "C1");
