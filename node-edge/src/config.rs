@@ -170,6 +170,45 @@ pub struct Config {
     /// `master_url` is then the slapproxy URL).
     #[serde(default)]
     pub protocol: Protocol,
+    /// Partition isolation: `"users"` (a unix user per partition, root only), `"none"` (every
+    /// partition runs as the node's user) or `"auto"` (default: users when root, see
+    /// `docs/node.md`).
+    #[serde(default)]
+    pub isolation: IsolationMode,
+    /// Partition users are `<user_prefix><index>` (`slapuser0` …).
+    #[serde(default = "d_user_prefix")]
+    pub user_prefix: String,
+}
+
+/// Who partitions run as (`isolation` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IsolationMode {
+    /// `users` on a root node whose roots partition users can reach, else `none` (warned).
+    #[default]
+    Auto,
+    /// A unix user per partition; refused when the node is not root.
+    Users,
+    /// Every partition runs as the node's user.
+    None,
+}
+
+impl<'de> Deserialize<'de> for IsolationMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)
+            .map_err(|e| serde::de::Error::custom(format!("isolation: {e}")))?;
+        match s.as_str() {
+            "auto" => Ok(Self::Auto),
+            "users" => Ok(Self::Users),
+            "none" => Ok(Self::None),
+            other => Err(serde::de::Error::custom(format!(
+                "isolation = {other:?}: expected \"auto\", \"users\" or \"none\""
+            ))),
+        }
+    }
+}
+
+fn d_user_prefix() -> String {
+    "slapuser".into()
 }
 
 /// The protocol the node speaks to its master (`protocol` key).
@@ -336,6 +375,8 @@ impl Config {
             rt_root_name: d_rt_root_name(),
             tools_dir: None,
             protocol: Protocol::Native,
+            isolation: IsolationMode::Auto,
+            user_prefix: d_user_prefix(),
         }
     }
 
@@ -484,6 +525,27 @@ impl Config {
                 format!("{:?} must be 1-64 of A-Z a-z 0-9 . _ -", self.rt_root_name),
             );
         }
+        // A portable user name (useradd's default NAME_REGEX) of at most 32 bytes.
+        let users_ok = self.user_prefix.len() + self.partitions.to_string().len() <= 32
+            && self
+                .user_prefix
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && self
+                .user_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        if !users_ok {
+            return bad(
+                "user_prefix",
+                format!(
+                    "{:?} must start with a-z or _, hold only a-z 0-9 _ -, and leave room for \
+                     the partition index within 32 bytes",
+                    self.user_prefix
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -624,6 +686,30 @@ instance_root = "/srv/inst"
         let t = format!("{MINIMAL}protocol = 1\n");
         let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
         assert!(err.to_string().contains("protocol"), "{err}");
+    }
+
+    #[test]
+    fn isolation_and_user_prefix() {
+        let c = Config::from_toml(MINIMAL, Some(Path::new("/x"))).unwrap();
+        assert_eq!(c.isolation, IsolationMode::Auto);
+        assert_eq!(c.user_prefix, "slapuser");
+        let t = format!("{MINIMAL}isolation = \"users\"\nuser_prefix = \"edge_u\"\n");
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        assert_eq!(
+            (c.isolation, c.user_prefix.as_str()),
+            (IsolationMode::Users, "edge_u")
+        );
+        let t = format!("{MINIMAL}isolation = \"none\"\n");
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        assert_eq!(c.isolation, IsolationMode::None);
+        let t = format!("{MINIMAL}isolation = \"root\"\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        assert!(err.to_string().contains("isolation"), "{err}");
+        for bad in ["Slap", "9u", "a/b", "", &"u".repeat(32)] {
+            let t = format!("{MINIMAL}user_prefix = {bad:?}\n");
+            let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+            assert!(err.to_string().contains("user_prefix"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! .failed-<hash>.log           the build log of the last failed install
 //! ```
 //!
+//! Releases belong to the node's user and are read-only to everyone else (write bits of group
+//! and others are cleared before the rename): partition users may read and run them only.
+//!
 //! Invariant: `<hash>/` exists only complete. The install runs in `.build-<hash>/` and is renamed
 //! into place as the last step, so a crash, a bad hash or a failing build step never leaves a
 //! half-installed release visible. Build steps see `SOFTWARE_DIR` (the final path, for anything
@@ -267,6 +270,9 @@ impl Installer {
                 ));
             }
         }
+        // Partitions (other users in root mode) may read and run a release, never change it.
+        read_only_for_others(build)
+            .map_err(|e| format!("failed to make `{}` read-only: {e}", build.display()))?;
         let done = Completed {
             url: url.to_string(),
             manifest_sha256: fetch::sha256_hex(text.as_bytes()),
@@ -278,6 +284,26 @@ impl Installer {
         note(&mut log, "installed".into());
         Ok(())
     }
+}
+
+/// Clear the group and other write bits of `dir` and everything under it (symlinks are not
+/// followed), so the release is read-only to every user but the node's. Only write bits are
+/// removed: what the build made unreadable stays so.
+fn read_only_for_others(dir: &Path) -> std::io::Result<()> {
+    let md = std::fs::symlink_metadata(dir)?;
+    if md.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o022))?;
+    }
+    if md.is_dir() {
+        for e in std::fs::read_dir(dir)? {
+            read_only_for_others(&e?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Load the manifest of an installed release.

@@ -1,8 +1,9 @@
 //! Partition layout and `format` (idempotent).
 //!
 //! ```text
-//! <instance_root>/                 0755
-//!   <partition>/                   0750, one per partition (`slappart0` …)
+//! <instance_root>/                 0755, owned by the node
+//!   <partition>/                   0750, one per partition (`slappart0` …), owned by the
+//!                                  partition's user in root mode (`isolation`)
 //!     .slapos-resource             JSON resource record (id, index, path, addresses, ports, user)
 //!     .slapos/                     node-owned: rendered manifest, pid files, promise output
 //!     etc/ srv/ tmp/ var/log/      created at each pass; files from the manifest go anywhere
@@ -23,7 +24,7 @@ use slapos_proto::{LabelKey, PartitionId, PartitionSpec, RegisterComputer};
 
 use crate::NodeError;
 use crate::config::Config;
-use crate::isolation::Isolation;
+use crate::isolation::{Isolation, as_fs_identity};
 use crate::util::atomic_write;
 
 /// Name of the resource record in a partition.
@@ -88,7 +89,7 @@ fn mkdir_mode(path: &Path, mode: u32) -> Result<(), NodeError> {
 /// Create (or fix) one partition directory and write its resource record.
 pub fn format_partition(p: &PartitionLayout, iso: &dyn Isolation) -> Result<(), NodeError> {
     mkdir_mode(&p.path, 0o750)?;
-    let user = iso.format_partition(&p.id, &p.path)?;
+    let user = iso.format_partition(&p.id, p.index, &p.path)?;
     let rec = ResourceRecord {
         layout: p.clone(),
         user,
@@ -96,7 +97,9 @@ pub fn format_partition(p: &PartitionLayout, iso: &dyn Isolation) -> Result<(), 
     let path = p.path.join(RESOURCE_RECORD);
     let body = serde_json::to_vec_pretty(&rec)
         .map_err(|e| io_err("encode", &path, std::io::Error::other(e)))?;
-    atomic_write(&path, &body).map_err(|e| io_err("write", &path, e))
+    // Written as the partition: the directory is its own (a planted symlink cannot redirect it).
+    as_fs_identity(iso.identity(&p.id), || atomic_write(&path, &body))
+        .map_err(|e| io_err("write", &path, e))
 }
 
 /// Create the roots, every partition and its record. Idempotent.

@@ -36,8 +36,9 @@
 //!
 //! ## Limits
 //!
-//! * Unprivileged mode only: all partitions run as the node's user (isolation comes with the
-//!   root-mode issue), on `127.0.0.1` with a block of ports each.
+//! * A root node runs each partition as its own unix user ([`isolation::UnixUsers`],
+//!   `isolation` key); an unprivileged node runs every partition as itself, on `127.0.0.1`
+//!   with a block of ports each.
 //! * Service output goes through pipes, so services do not survive a node crash; the next node
 //!   kills what is left of them (pid files with start times) and starts them again.
 //! * Children an instance stops requesting are not destroyed automatically.
@@ -65,7 +66,7 @@ pub mod slap_link;
 pub mod supervisor;
 pub mod util;
 
-pub use config::{Config, ConfigError, PortRange, Protocol, RtMode};
+pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode};
 pub use node::{Seams, run_with};
 
 use std::sync::Arc;
@@ -101,9 +102,11 @@ pub enum NodeError {
 /// `slapos-node format`: create partitions (idempotent) and register with the master when it is
 /// reachable. Returns whether the registration succeeded (`false`: offline, nothing lost).
 pub fn format(config: &Config) -> Result<bool, NodeError> {
+    config.validate()?;
+    let iso = isolation::from_config(config)?;
     match rt_resources::build(config)? {
-        Some(rt) => format_with(config, &isolation::CurrentUser, &rt),
-        None => format_with(config, &isolation::CurrentUser, &resources::NoResources),
+        Some(rt) => format_with(config, &*iso, &rt),
+        None => format_with(config, &*iso, &resources::NoResources),
     }
 }
 
@@ -138,8 +141,8 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
 }
 
 /// Run a node until `shutdown` resolves, with the default seams but resources from the `rt`
-/// config key ([`rt_resources::from_config`]) and the master link from the `protocol` key
-/// ([`master_link`]). See [`node::run`] for the behaviour; [`run_with`] with an explicit
+/// config key ([`rt_resources::from_config`]), isolation from the `isolation` key
+/// ([`isolation::from_config`]) and the master link from the `protocol` key ([`master_link`]). See [`node::run`] for the behaviour; [`run_with`] with an explicit
 /// `Seams::link` overrides the protocol.
 pub async fn run(
     config: Config,
@@ -148,6 +151,7 @@ pub async fn run(
     config.validate()?;
     let seams = Seams {
         resources: rt_resources::from_config(&config)?,
+        isolation: isolation::from_config(&config)?,
         ..Seams::default()
     };
     run_with(config, seams, shutdown).await

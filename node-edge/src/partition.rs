@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::install::load_manifest;
-use crate::isolation::Isolation;
+use crate::isolation::{Identity, Isolation, as_fs_identity};
 use crate::layout::{PartitionLayout, format_partition};
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
@@ -165,6 +165,11 @@ impl Actor {
         &self.layout.id
     }
 
+    /// The identity the partition's processes run as (`None`: the node's).
+    fn identity(&self) -> Option<Identity> {
+        self.sh.isolation.identity(&self.layout.id)
+    }
+
     async fn run(
         mut self,
         mut target: watch::Receiver<Option<Target>>,
@@ -175,6 +180,7 @@ impl Actor {
             &self.sh.proc_root,
             &procs::pid_dir(&self.layout.path),
             grace,
+            self.identity().map(|i| i.uid),
         )
         .await;
         if !killed.is_empty() {
@@ -348,7 +354,9 @@ impl Actor {
             && let Some(u) = self.sh.resources.usage(&self.layout.id)
         {
             let path = self.layout.path.join(".slapos/usage.json");
-            if let Err(e) = atomic_write(&path, u.to_string().as_bytes()) {
+            let body = u.to_string();
+            let id = self.identity();
+            if let Err(e) = as_fs_identity(id, || atomic_write(&path, body.as_bytes())) {
                 tracing::debug!(partition = %self.id(), "failed to write `{}`: {e}", path.display());
             }
         }
@@ -401,7 +409,14 @@ impl Actor {
         self.stop_all().await;
         self.release();
         let pid_dir = procs::pid_dir(&self.layout.path);
-        procs::kill_orphans(&self.sh.proc_root, &pid_dir, self.sh.cfg.stop_timeout).await;
+        let owner = self.identity().map(|i| i.uid);
+        procs::kill_orphans(
+            &self.sh.proc_root,
+            &pid_dir,
+            self.sh.cfg.stop_timeout,
+            owner,
+        )
+        .await;
         empty_dir(&self.layout.path)
             .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
         format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
@@ -467,7 +482,14 @@ impl Actor {
         env
     }
 
+    /// Write the manifest's files and the standard directories, with the partition's
+    /// filesystem identity (they belong to the partition, and a symlink it planted cannot
+    /// redirect the writes).
     fn write_files(&self, m: &InstanceManifest) -> Result<(), String> {
+        as_fs_identity(self.identity(), || self.write_files_as_partition(m))
+    }
+
+    fn write_files_as_partition(&self, m: &InstanceManifest) -> Result<(), String> {
         let root = &self.layout.path;
         for sub in ["etc", "srv", "tmp", "var/log", ".slapos"] {
             std::fs::create_dir_all(root.join(sub))
@@ -509,16 +531,22 @@ impl Actor {
     }
 
     async fn converge(&mut self, a: &Assignment, dir: &Path) -> Result<Converged, String> {
+        let identity = self.identity();
+        if identity.is_none() && self.sh.isolation.requires_identity() {
+            return Err(format!(
+                "partition {} has no user: refusing to run its processes as the node's user",
+                self.layout.id
+            ));
+        }
         let release = load_manifest(dir)?;
         let profile = release.profile(&a.software_type)?.clone();
         let (text, m) =
             render_file(dir, &profile, &self.context(a, dir)).map_err(|e| e.to_string())?;
         self.write_files(&m)?;
         let rendered = self.layout.path.join(RENDERED);
-        atomic_write(&rendered, text.as_bytes())
+        as_fs_identity(identity, || atomic_write(&rendered, text.as_bytes()))
             .map_err(|e| format!("failed to write `{}`: {e}", rendered.display()))?;
         let env = self.base_env(a, dir);
-        let identity = self.sh.isolation.identity(&self.layout.id);
         let make = |argv: &[String], extra: &BTreeMap<String, String>, cwd: Option<&str>, setup| {
             let mut e = env.clone();
             e.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -104,9 +104,30 @@ pub fn remove_pid_file(dir: &Path, service: &str) {
     let _ = std::fs::remove_file(dir.join(format!("{service}.pid")));
 }
 
+/// Real uid of `pid` (the `Uid:` line of `<proc_root>/<pid>/status`).
+pub fn process_uid(proc_root: &Path, pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Kill every group recorded in `dir` that still runs (TERM, then KILL after `grace`), and
 /// remove the pid files. Returns the pids that were found running.
-pub async fn kill_orphans(proc_root: &Path, dir: &Path, grace: Duration) -> Vec<i32> {
+///
+/// With `owner`, a recorded leader is killed only when it runs as that uid: the pid files of
+/// an isolated partition live in a directory its user can write, so a forged record must not
+/// make the node kill anything but the partition's own processes.
+pub async fn kill_orphans(
+    proc_root: &Path,
+    dir: &Path,
+    grace: Duration,
+    owner: Option<u32>,
+) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -119,7 +140,15 @@ pub async fn kill_orphans(proc_root: &Path, dir: &Path, grace: Duration) -> Vec<
         let rec = std::fs::read(&p)
             .ok()
             .and_then(|b| serde_json::from_slice::<PidRecord>(&b).ok());
-        if let Some(rec) = rec.filter(|r| r.is_running(proc_root)) {
+        let rec = rec.filter(|r| r.is_running(proc_root));
+        if let (Some(r), Some(uid)) = (rec, owner)
+            && process_uid(proc_root, r.pid) != Some(uid)
+        {
+            tracing::warn!(pid = r.pid, file = %p.display(), "ignoring a pid record of a process that is not the partition's");
+            let _ = std::fs::remove_file(&p);
+            continue;
+        }
+        if let Some(rec) = rec {
             tracing::warn!(pid = rec.pid, file = %p.display(), "killing a service group left by a previous node");
             let _ = signal_group(rec.pid, Signal::SIGTERM);
             let deadline = tokio::time::Instant::now() + grace;
@@ -207,7 +236,24 @@ mod tests {
             },
         )
         .unwrap();
-        let killed = kill_orphans(Path::new("/proc"), d.path(), Duration::from_secs(5)).await;
+        // A record of a process that is not the owner's is left alone.
+        let me = process_uid(Path::new("/proc"), pid).unwrap();
+        let killed = kill_orphans(
+            Path::new("/proc"),
+            d.path(),
+            Duration::from_secs(1),
+            Some(me.wrapping_add(1)),
+        )
+        .await;
+        assert!(killed.is_empty());
+        write_pid_file(d.path(), "svc", &rec).unwrap();
+        let killed = kill_orphans(
+            Path::new("/proc"),
+            d.path(),
+            Duration::from_secs(5),
+            Some(me),
+        )
+        .await;
         assert_eq!(killed, [pid]);
         let status = reaper.join().unwrap();
         assert!(!status.success());

@@ -18,6 +18,7 @@ use slapos_proto::PromiseResult;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::isolation::as_fs_identity;
 use crate::procs;
 use crate::supervisor::Launch;
 use crate::util::{file_tail, now_ms};
@@ -38,9 +39,12 @@ pub async fn run(name: &str, launch: &Launch, timeout: Duration, out_dir: &Path)
         at_ms,
     };
     let out_path = out_dir.join(format!("{name}.out"));
-    let files = std::fs::create_dir_all(out_dir)
-        .and_then(|()| std::fs::File::create(&out_path))
-        .and_then(|f| Ok((f.try_clone()?, f)));
+    // The output lives in the partition: created with the partition's filesystem identity.
+    let files = as_fs_identity(launch.identity, || {
+        std::fs::create_dir_all(out_dir)
+            .and_then(|()| std::fs::File::create(&out_path))
+            .and_then(|f| Ok((f.try_clone()?, f)))
+    });
     let (out, err) = match files {
         Ok(f) => f,
         Err(e) => {

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::isolation::Identity;
+use crate::isolation::{Identity, as_fs_identity};
 use crate::logfile::RotatingLog;
 use crate::procs::{self, PidRecord};
 use crate::resources::ChildSetup;
@@ -203,6 +203,7 @@ impl Service {
 fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     mut r: R,
     log: Arc<Mutex<Option<RotatingLog>>>,
+    id: Option<Identity>,
 ) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
@@ -213,7 +214,8 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
                     if let Ok(mut g) = log.lock()
                         && let Some(l) = g.as_mut()
                     {
-                        let _ = l.write(&buf[..n]);
+                        // Rotation creates and renames files in the partition: as the partition.
+                        let _ = as_fs_identity(id, || l.write(&buf[..n]));
                     }
                 }
             }
@@ -221,11 +223,11 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     });
 }
 
-fn note(log: &Mutex<Option<RotatingLog>>, line: &str) {
+fn note(log: &Mutex<Option<RotatingLog>>, id: Option<Identity>, line: &str) {
     if let Ok(mut g) = log.lock()
         && let Some(l) = g.as_mut()
     {
-        l.note(line);
+        as_fs_identity(id, || l.note(line));
     }
 }
 
@@ -247,7 +249,13 @@ async fn supervise(
     mut stop: oneshot::Receiver<()>,
     status: watch::Sender<ServiceStatus>,
 ) {
-    let log = match RotatingLog::open(&p.log_path, p.log_max_bytes, p.log_keep) {
+    // The log lives in the partition: it is opened (and rotated) with the partition's
+    // filesystem identity, so a symlink planted there cannot redirect the node's writes.
+    let id = p.launch.identity;
+    let opened = as_fs_identity(id, || {
+        RotatingLog::open(&p.log_path, p.log_max_bytes, p.log_keep)
+    });
+    let log = match opened {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(service = %p.name, "failed to open log `{}`: {e}", p.log_path.display());
@@ -262,7 +270,7 @@ async fn supervise(
         match cmd.spawn() {
             Err(e) => {
                 let msg = format!("failed to start {:?}: {e}", p.launch.argv[0]);
-                note(&log, &msg);
+                note(&log, id, &msg);
                 tracing::warn!(service = %p.name, "{msg}");
                 status.send_modify(|s| s.last_exit = Some(msg));
             }
@@ -270,17 +278,22 @@ async fn supervise(
                 let pid = child.id().unwrap_or(0);
                 let pgid = i32::try_from(pid).unwrap_or(0);
                 if let Some(rec) = PidRecord::capture(&p.proc_root, pgid)
-                    && let Err(e) = procs::write_pid_file(&p.pid_dir, &p.name, &rec)
+                    && let Err(e) =
+                        as_fs_identity(id, || procs::write_pid_file(&p.pid_dir, &p.name, &rec))
                 {
                     tracing::warn!(service = %p.name, "failed to write pid file: {e}");
                 }
                 if let Some(o) = child.stdout.take() {
-                    pump(o, log.clone());
+                    pump(o, log.clone(), id);
                 }
                 if let Some(e) = child.stderr.take() {
-                    pump(e, log.clone());
+                    pump(e, log.clone(), id);
                 }
-                note(&log, &format!("started {:?} (pid {pid})", p.launch.argv));
+                note(
+                    &log,
+                    id,
+                    &format!("started {:?} (pid {pid})", p.launch.argv),
+                );
                 tracing::debug!(service = %p.name, pid, "started");
                 status.send_modify(|s| {
                     s.pid = Some(pid);
@@ -290,12 +303,12 @@ async fn supervise(
                 tokio::select! {
                     res = child.wait() => {
                         let _ = procs::signal_group(pgid, Signal::SIGKILL);
-                        procs::remove_pid_file(&p.pid_dir, &p.name);
+                        as_fs_identity(id, || procs::remove_pid_file(&p.pid_dir, &p.name));
                         let msg = match res {
                             Ok(st) => format!("exited: {st}"),
                             Err(e) => format!("wait failed: {e}"),
                         };
-                        note(&log, &msg);
+                        note(&log, id, &msg);
                         tracing::info!(service = %p.name, pid, "{msg}");
                         status.send_modify(|s| {
                             s.pid = None;
@@ -316,9 +329,9 @@ async fn supervise(
                             let grace = Instant::now() + Duration::from_secs(2);
                             wait_group_gone(&p.proc_root, pgid, grace).await;
                         }
-                        procs::remove_pid_file(&p.pid_dir, &p.name);
+                        as_fs_identity(id, || procs::remove_pid_file(&p.pid_dir, &p.name));
                         let how = if clean { "stopped (TERM)" } else { "killed (KILL after stop timeout)" };
-                        note(&log, how);
+                        note(&log, id, how);
                         tracing::info!(service = %p.name, pid, "{how}");
                         status.send_modify(|s| {
                             s.pid = None;
@@ -330,7 +343,7 @@ async fn supervise(
             }
         }
         let delay = backoff.fail();
-        note(&log, &format!("restarting in {delay:?}"));
+        note(&log, id, &format!("restarting in {delay:?}"));
         status.send_modify(|s| {
             if s.delays.len() >= 32 {
                 s.delays.remove(0);
