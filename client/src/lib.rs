@@ -4,14 +4,18 @@
 //! its master and by the `slapos-master` CLI subcommands. Routes and bodies come from
 //! `slapos-proto`, so the client cannot spell a route the server does not serve.
 //!
+//! Over mTLS ([`Client::with_identity`]) the master's CA is the only trusted root and the
+//! client presents its certificate (rustls with the ring provider, no platform roots); a new
+//! node gets its certificate with [`Client::enroll`] and a one-time token.
+//!
 //! Blocking by design (ureq): the node calls it from `spawn_blocking`, which keeps the node's
 //! runtime single-threaded and the binary small. Every error names the method, the URL and, for an
 //! API error, the server's `kind` and message.
 
 use std::time::Duration;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use slapos_proto::{
     Bang, ComputerId, ComputerInfo, ConnectionPublish, DesiredState, ErrorBody, Health,
     InstanceInfo, InstanceRequest, InstanceTitle, MAX_LONG_POLL_SECS, PARTITION_HEADER,
@@ -59,6 +63,12 @@ pub enum ClientError {
         /// Full URL.
         url: String,
         /// What was wrong.
+        reason: String,
+    },
+    /// A certificate or key given for TLS is not usable.
+    #[error("TLS setup: {reason}")]
+    Tls {
+        /// What is wrong.
         reason: String,
     },
     /// The base URL is not usable.
@@ -125,7 +135,146 @@ pub fn http_agent(base_url: &str, timeout: Duration) -> Result<(String, ureq::Ag
     Ok((base, agent))
 }
 
+/// `POST /v1/enroll`: redeem a one-time enrollment token (no client certificate needed).
+pub const ENROLL_ROUTE: &str = "/v1/enroll";
+
+/// `GET` route of a partition's certificate and key (for its computer's node).
+pub fn partition_certificate_route(c: &ComputerId, p: &PartitionId) -> String {
+    format!("/v1/computers/{c}/partitions/{p}/certificate")
+}
+
+/// Body of `POST /v1/enroll`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The token `slapos-master token create` printed.
+    pub token: String,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest").finish_non_exhaustive()
+    }
+}
+
+/// A certificate the master issued, with its private key and the CA to trust: the answer of
+/// enrollment and of a partition's certificate route.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The identity in the certificate (`computer:C1`, `partition:C1/slappart0`, …).
+    pub identity: String,
+    /// Serial number, lower-case hex (what `slapos-master cert revoke` takes).
+    pub serial: String,
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key, PKCS#8 PEM: store it readable by its user only.
+    pub key_pem: String,
+    /// The master CA certificate, PEM.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS settings for ureq: `ca_pem` as the only root, the client certificate if given, ring.
+fn tls_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let bad = |what: &str, e: &dyn std::fmt::Display| ClientError::Tls {
+        reason: format!("{what}: {e}"),
+    };
+    let certs = |pem: &str, what: &str| -> Result<Vec<Certificate<'static>>> {
+        let mut out = Vec::new();
+        for item in ureq::tls::parse_pem(pem.as_bytes()) {
+            if let PemItem::Certificate(c) = item.map_err(|e| bad(what, &e))? {
+                out.push(c);
+            }
+        }
+        if out.is_empty() {
+            return Err(bad(what, &"no PEM certificate"));
+        }
+        Ok(out)
+    };
+    let roots = certs(ca_pem, "the CA certificate")?;
+    let mut b = TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ));
+    if let Some((cert_pem, key_pem)) = identity {
+        let chain = certs(cert_pem, "the client certificate")?;
+        let key = PrivateKey::from_pem(key_pem.as_bytes()).map_err(|e| bad("the key", &e))?;
+        b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(b.build())
+}
+
+/// [`http_agent`] over TLS (`https://` required): see [`tls_config`].
+fn tls_agent(
+    base_url: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<(String, ureq::Agent)> {
+    let base = base_url.trim_end_matches('/').to_owned();
+    if !base.starts_with("https://") {
+        return Err(ClientError::BadUrl {
+            url: base_url.to_owned(),
+            reason: "a client with a CA must use https://",
+        });
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEFAULT_TIMEOUT))
+        .tls_config(tls_config(ca_pem, identity)?)
+        .build()
+        .into();
+    Ok((base, agent))
+}
+
 impl Client {
+    /// A client of the master at `base_url` (`https://host:port`) over mTLS: `ca_pem` is the
+    /// master CA (the only trusted root), `cert_pem`/`key_pem` the client's identity.
+    pub fn with_identity(
+        base_url: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self> {
+        let (base, agent) = tls_agent(base_url, ca_pem, Some((cert_pem, key_pem)))?;
+        Ok(Self {
+            base,
+            agent,
+            partition: None,
+        })
+    }
+
+    /// Enroll a computer: redeem the one-time `token` over TLS without a client certificate
+    /// (the master is authenticated by `ca_pem`) and get its key, certificate and CA.
+    pub fn enroll(base_url: &str, ca_pem: &str, token: &str) -> Result<Credentials> {
+        let (base, agent) = tls_agent(base_url, ca_pem, None)?;
+        let anon = Self {
+            base,
+            agent,
+            partition: None,
+        };
+        anon.post(
+            ENROLL_ROUTE,
+            &EnrollRequest {
+                token: token.to_owned(),
+            },
+        )
+    }
+
+    /// The certificate and key of partition `c/p` (for the node of computer `c`), issued when
+    /// first asked; the node places them in the partition.
+    pub fn partition_certificate(&self, c: &ComputerId, p: &PartitionId) -> Result<Credentials> {
+        self.get(&partition_certificate_route(c, p))
+    }
+
     /// A client of the master at `base_url` (`http://host:port`, no trailing path).
     pub fn new(base_url: &str) -> Result<Self> {
         let (base, agent) = http_agent(base_url, DEFAULT_TIMEOUT)?;

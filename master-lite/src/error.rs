@@ -163,6 +163,22 @@ pub enum MasterError {
         #[source]
         source: std::io::Error,
     },
+    /// The certificate authority could not be created or loaded, or a certificate issued.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// The TLS configuration could not be built.
+    #[error("failed to configure TLS: {0}")]
+    Tls(String),
+    /// Plain HTTP on an address other hosts can reach, without `--allow-plain-http`.
+    #[error(
+        "refusing to serve plain HTTP on {addr}, which is not a loopback address: anyone \
+         reaching it would act as the operator. Serve with --tls-dir DIR (mTLS), listen on \
+         127.0.0.1, or pass --allow-plain-http to trust that network"
+    )]
+    PlainHttpRefused {
+        /// The bound address.
+        addr: String,
+    },
     /// Binding the listening socket failed.
     #[error("failed to listen on {addr}: {source}")]
     Bind {

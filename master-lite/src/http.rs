@@ -4,14 +4,24 @@
 //! partition header) into `slapos-proto` types, hand one closure to the database worker (one
 //! transaction), and turn the result or the [`ApiError`] into a response. Nothing here touches
 //! SQLite directly. The router is testable without a socket (`tower::ServiceExt::oneshot`).
+//!
+//! Identity: the `identify` middleware attaches an [`Identity`] to every request (the
+//! client certificate's over mTLS, after checking its serial is recorded and not revoked;
+//! [`Identity::Local`] without TLS) and logs every 403 with the identity, method and path.
+//! Every handler asks [`auth::allow`] before acting; lists are filtered with [`auth::allowed`].
+//! Over TLS, a connection without a client certificate reaches `POST /v1/enroll` only, and the
+//! classic SLAP routes need an admin identity.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -22,9 +32,15 @@ use slapos_proto::{
     PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange, SupplyRequest,
 };
 
+use slapos_client::{Credentials, ENROLL_ROUTE, EnrollRequest};
+
+use crate::auth::{self, Action, Identity, InstanceFacts};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::pki::Ca;
+use crate::store::{CertificateRow, RequestRules};
+use crate::tls::Peer;
 
 /// What every handler shares: the database worker and the long-poll hub.
 #[derive(Clone, Debug)]
@@ -35,6 +51,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Configuration of the classic SLAP routes (`slapos-master serve --cfg`).
     pub slap: Arc<crate::slap::SlapConfig>,
+    /// The certificate authority, when the master serves mTLS (enrollment, partition
+    /// certificates).
+    pub ca: Option<Arc<Ca>>,
 }
 
 /// The native API router.
@@ -55,6 +74,11 @@ pub fn app(state: AppState) -> Router {
             post(publish_connection),
         )
         .route("/v1/computers/{c}/partitions/{p}/bang", post(bang))
+        .route(
+            "/v1/computers/{c}/partitions/{p}/certificate",
+            get(partition_certificate),
+        )
+        .route(ENROLL_ROUTE, post(enroll))
         .route("/v1/instances", post(request).get(list_instances))
         .route("/v1/instances/{title}", get(show_instance))
         .route("/v1/instances/{title}/state", post(set_state))
@@ -62,7 +86,77 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), identify))
         .with_state(state)
+}
+
+/// Attach the caller's [`Identity`] (see the module doc), refuse what no identity may reach,
+/// and log every 403.
+async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|ConnectInfo(p)| p.clone());
+    let (who, checked) = match peer {
+        None => (Identity::Local, Ok(())),
+        Some(peer) => match peer.cert {
+            None => (Identity::Anonymous, Ok(())),
+            Some(Err(reason)) => (
+                Identity::Anonymous,
+                Err(ApiError::Forbidden(format!(
+                    "the client certificate carries no identity: {reason}"
+                ))),
+            ),
+            Some(Ok((id, serial))) => {
+                let checked = certificate_valid(&st, &id, serial).await;
+                (id, checked)
+            }
+        },
+    };
+    let checked = checked.and_then(|()| {
+        if !path.starts_with("/v1/") {
+            auth::allow(&who, Action::Slap)
+        } else if who == Identity::Anonymous && path != ENROLL_ROUTE {
+            Err(ApiError::Forbidden(
+                "a connection without a client certificate may only enroll".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    let resp = match checked {
+        Ok(()) => {
+            req.extensions_mut().insert(who.clone());
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    };
+    if resp.status() == StatusCode::FORBIDDEN {
+        tracing::warn!(identity = %who, %method, %path, "access denied");
+    }
+    resp
+}
+
+/// The certificate with `serial` was issued by this master to `id` and is not revoked.
+async fn certificate_valid(st: &AppState, id: &Identity, serial: String) -> ApiResult<()> {
+    let shown = serial.clone();
+    let row = st.db.call(move |s| s.certificate(&serial)).await?;
+    match row {
+        None => Err(ApiError::Forbidden(format!(
+            "certificate {shown} is not known to this master"
+        ))),
+        Some(r) if r.revoked_ms.is_some() => Err(ApiError::Forbidden(format!(
+            "certificate {shown} ({}) is revoked",
+            r.identity
+        ))),
+        Some(r) if r.identity != id.to_string() => Err(ApiError::Forbidden(format!(
+            "certificate {shown} was issued to {}, not {id}",
+            r.identity
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -158,8 +252,10 @@ async fn bad_method(method: Method, uri: Uri) -> Response {
 
 async fn register(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(reg): Body<RegisterComputer>,
 ) -> ApiResult<Response> {
+    auth::allow(&who, Action::Register(&reg.id))?;
     let now = now_ms();
     let id = reg.id.clone();
     let mut info = st.db.call(move |s| s.register(&reg, now)).await?;
@@ -168,16 +264,25 @@ async fn register(
     Ok(axum::Json(info).into_response())
 }
 
-async fn list_computers(State(st): State<AppState>) -> ApiResult<Response> {
+async fn list_computers(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+) -> ApiResult<Response> {
     let mut list = st.db.call(|s| s.computers()).await?;
+    list.retain(|c| auth::allowed(&who, &Action::ReadComputer(&c.id)));
     for c in &mut list {
         c.last_seen_ms = c.last_seen_ms.max(st.hub.last_seen(&c.id));
     }
     Ok(axum::Json(list).into_response())
 }
 
-async fn show_computer(State(st): State<AppState>, Path(c): Path<String>) -> ApiResult<Response> {
+async fn show_computer(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(c): Path<String>,
+) -> ApiResult<Response> {
     let c = computer_id(&c)?;
+    auth::allow(&who, Action::ReadComputer(&c))?;
     let id = c.clone();
     let mut info = st.db.call(move |s| s.computer(&id)).await?;
     info.last_seen_ms = info.last_seen_ms.max(st.hub.last_seen(&c));
@@ -186,20 +291,24 @@ async fn show_computer(State(st): State<AppState>, Path(c): Path<String>) -> Api
 
 async fn supply(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(c): Path<String>,
     Body(req): Body<SupplyRequest>,
 ) -> ApiResult<Response> {
     let c = computer_id(&c)?;
+    auth::allow(&who, Action::Supply(&c))?;
     let info = st.db.call(move |s| s.supply(&c, &req)).await?;
     Ok(axum::Json(info).into_response())
 }
 
 async fn report_software(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(c): Path<String>,
     Body(rep): Body<SoftwareReport>,
 ) -> ApiResult<Response> {
     let c = computer_id(&c)?;
+    auth::allow(&who, Action::Node(&c))?;
     let now = now_ms();
     st.db
         .call(move |s| s.report_software(&c, &rep, now))
@@ -211,10 +320,12 @@ async fn report_software(
 /// answer up to `wait` seconds until the computer's desired state changes, then `304`.
 async fn desired(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(c): Path<String>,
     q: Result<Query<DesiredQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let c = computer_id(&c)?;
+    auth::allow(&who, Action::Node(&c))?;
     let q = query(q)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
@@ -268,10 +379,12 @@ async fn desired(
 
 async fn report_partition(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path((c, p)): Path<(String, String)>,
     Body(rep): Body<PartitionReport>,
 ) -> ApiResult<Response> {
     let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    auth::allow(&who, Action::Partition(&c, &p))?;
     let now = now_ms();
     let ack = st
         .db
@@ -282,10 +395,12 @@ async fn report_partition(
 
 async fn publish_connection(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path((c, p)): Path<(String, String)>,
     Body(conn): Body<ConnectionPublish>,
 ) -> ApiResult<Response> {
     let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    auth::allow(&who, Action::Partition(&c, &p))?;
     let now = now_ms();
     st.db
         .call(move |s| s.publish_connection(&c, &p, &conn.parameters, now))
@@ -295,10 +410,12 @@ async fn publish_connection(
 
 async fn bang(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path((c, p)): Path<(String, String)>,
     Body(b): Body<Bang>,
 ) -> ApiResult<Response> {
     let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    auth::allow(&who, Action::Partition(&c, &p))?;
     if b.message.len() > 4096 {
         return Err(ApiError::BadRequest(
             "bang message must be at most 4096 bytes".into(),
@@ -311,20 +428,59 @@ async fn bang(
 
 async fn request(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     headers: HeaderMap,
     Body(req): Body<InstanceRequest>,
 ) -> ApiResult<Response> {
     let from = requester(&headers)?;
     let now = now_ms();
-    let info = st
-        .db
-        .call(move |s| s.request(&req, from.as_ref(), now))
-        .await?;
+    let info = match from {
+        Some(from) => {
+            auth::allow(&who, Action::RequestChild(&from))?;
+            st.db
+                .call(move |s| s.request(&req, Some(&from), now))
+                .await?
+        }
+        // The owner check and the request run one after the other on the database thread, so
+        // nothing can create the title in between.
+        None => {
+            st.db
+                .call(move |s| {
+                    let existing = s.root_owner(&req.title)?;
+                    auth::allow(
+                        &who,
+                        Action::RequestRoot {
+                            existing: existing.as_ref().map(Option::as_deref),
+                        },
+                    )?;
+                    let owner = who.owner();
+                    s.request_as(&req, None, owner.as_deref(), now, RequestRules::NATIVE)
+                })
+                .await?
+        }
+    };
     Ok(axum::Json(info).into_response())
 }
 
-async fn list_instances(State(st): State<AppState>) -> ApiResult<Response> {
-    let list = st.db.call(|s| s.instances()).await?;
+fn facts<'a>(info: &'a slapos_proto::InstanceInfo, owner: Option<&'a str>) -> InstanceFacts<'a> {
+    InstanceFacts {
+        computer: info.computer.as_str(),
+        partition: info.partition.as_str(),
+        requester: info.requester.as_deref(),
+        owner,
+    }
+}
+
+async fn list_instances(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+) -> ApiResult<Response> {
+    let list = st.db.call(|s| s.instances_owned()).await?;
+    let list: Vec<_> = list
+        .into_iter()
+        .filter(|(i, o)| auth::allowed(&who, &Action::ReadInstance(facts(i, o.as_deref()))))
+        .map(|(i, _)| i)
+        .collect();
     Ok(axum::Json(list).into_response())
 }
 
@@ -336,23 +492,134 @@ struct RootQuery {
 
 async fn show_instance(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(t): Path<String>,
     q: Result<Query<RootQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let t = title(&t)?;
     let root = query(q)?.root.as_deref().map(title).transpose()?;
-    let info = st.db.call(move |s| s.instance(&t, root.as_ref())).await?;
+    let (info, owner) = st
+        .db
+        .call(move |s| s.instance_owned(&t, root.as_ref()))
+        .await?;
+    auth::allow(&who, Action::ReadInstance(facts(&info, owner.as_deref())))?;
     Ok(axum::Json(info).into_response())
 }
 
 async fn set_state(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(t): Path<String>,
     Body(change): Body<StateChange>,
 ) -> ApiResult<Response> {
     let t = title(&t)?;
-    let info = st.db.call(move |s| s.set_state(&t, change.state)).await?;
+    let info = st
+        .db
+        .call(move |s| {
+            if let Some(owner) = s.root_owner(&t)? {
+                auth::allow(
+                    &who,
+                    Action::ChangeTree {
+                        owner: owner.as_deref(),
+                    },
+                )?;
+            }
+            s.set_state(&t, change.state)
+        })
+        .await?;
     Ok(axum::Json(info).into_response())
+}
+
+/// The CA, or a 404 when the master does not serve TLS.
+fn ca(st: &AppState) -> ApiResult<Arc<Ca>> {
+    st.ca.clone().ok_or_else(|| {
+        ApiError::NotFound(
+            "this master has no certificate authority (start it with --tls-dir)".into(),
+        )
+    })
+}
+
+/// Issue a client certificate for `id` (CPU work, off the runtime threads).
+async fn issue(ca: Arc<Ca>, id: Identity) -> ApiResult<(crate::pki::Issued, CertificateRow)> {
+    let issued = tokio::task::spawn_blocking(move || ca.issue_client(&id))
+        .await
+        .map_err(|e| ApiError::Internal(format!("certificate issuing task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let row = CertificateRow {
+        serial: issued.serial.clone(),
+        identity: issued.identity.to_string(),
+        kind: issued.identity.kind().to_owned(),
+        issued_ms: now_ms(),
+        expires_ms: issued.expires_ms,
+        revoked_ms: None,
+    };
+    Ok((issued, row))
+}
+
+fn credentials(ca: &Ca, issued: crate::pki::Issued) -> Credentials {
+    Credentials {
+        identity: issued.identity.to_string(),
+        serial: issued.serial,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        ca_pem: ca.cert_pem().to_owned(),
+    }
+}
+
+/// `POST /v1/enroll`: a one-time token for a computer → its key, certificate and the CA.
+async fn enroll(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(req): Body<EnrollRequest>,
+) -> ApiResult<Response> {
+    auth::allow(&who, Action::Enroll)?;
+    let ca = ca(&st)?;
+    if req.token.is_empty() || req.token.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "the enrollment token must be 1 to 256 bytes".into(),
+        ));
+    }
+    let hash = token_hash(&req.token);
+    let now = now_ms();
+    let h = hash.clone();
+    let enrolled = st.db.call(move |s| s.check_token(&h, now)).await?;
+    let (issued, row) = issue(ca.clone(), Identity::Computer(enrolled.computer)).await?;
+    st.db
+        .call(move |s| s.redeem_token(&hash, &row, now))
+        .await?;
+    tracing::info!(identity = %issued.identity, serial = %issued.serial, "computer enrolled");
+    Ok(axum::Json(credentials(&ca, issued)).into_response())
+}
+
+/// SHA-256 of an enrollment token, hex: what the database keeps.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// `GET …/partitions/{p}/certificate`: a new certificate and key for the partition's
+/// instance, for its computer's node to place in the partition.
+async fn partition_certificate(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path((c, p)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let (c, p) = (computer_id(&c)?, partition_id(&p)?);
+    auth::allow(&who, Action::PartitionCertificate(&c, &p))?;
+    let ca = ca(&st)?;
+    let (cc, pp) = (c.clone(), p.clone());
+    if !st.db.call(move |s| s.partition_allocated(&cc, &pp)).await? {
+        return Err(ApiError::Conflict(format!(
+            "partition {c}/{p} is free: only an allocated partition gets a certificate"
+        )));
+    }
+    let id = Identity::Partition(slapos_proto::PartitionRef {
+        computer: c,
+        partition: p,
+    });
+    let (issued, row) = issue(ca.clone(), id).await?;
+    st.db.call(move |s| s.record_certificate(&row)).await?;
+    Ok(axum::Json(credentials(&ca, issued)).into_response())
 }
 
 fn empty_object() -> Response {

@@ -22,6 +22,9 @@
 //!   slapproxy's configuration file (`docs/slap.md`).
 //! * [`Master`] / [`serve`]: open the database, start the worker and serve a listener until a
 //!   shutdown future completes (used by `slapos-master serve` and by `standalone`).
+//! * Identity (issue 8, `docs/identity.md`): [`pki`] is the master's CA (rcgen), [`tls`] serves
+//!   the API over mTLS ([`Master::run_tls`]), [`auth`] holds the one authorization decision
+//!   every handler asks. Plain HTTP ([`Master::run`]) serves the local operator.
 //!
 //! ## Invariants
 //!
@@ -33,19 +36,24 @@
 //!
 //! ## Limits
 //!
-//! * No authentication yet: anyone reaching the port may call any route, and the
-//!   `x-slapos-partition` header is trusted (mTLS identities come with a later issue).
+//! * Plain HTTP has no authentication: every caller is the local operator, so `serve` refuses
+//!   it on a non-loopback address unless `--allow-plain-http` is given. Over mTLS the SLAP
+//!   routes are for admin certificates only (slapos.core client certificates are not mapped
+//!   to identities yet).
 //! * One writer thread: throughput is bounded by one fsync per write call (see `master-bench`).
 //! * Shared ("slave") instances are not implemented (native or SLAP), nor SLAP's JSON-RPC API
 //!   and `/hateoas`.
 
+pub mod auth;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod pki;
 pub mod slap;
 pub mod standalone;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,6 +97,7 @@ impl Master {
                 db,
                 hub,
                 slap: Arc::default(),
+                ca: None,
             },
             worker,
         })
@@ -97,6 +106,12 @@ impl Master {
     /// Configure the classic SLAP routes (default computer, software products).
     pub fn set_slap_config(&mut self, cfg: slap::SlapConfig) {
         self.state.slap = Arc::new(cfg);
+    }
+
+    /// Give the master its certificate authority: enables enrollment and partition
+    /// certificates (needed by [`Master::run_tls`]).
+    pub fn set_ca(&mut self, ca: Arc<pki::Ca>) {
+        self.state.ca = Some(ca);
     }
 
     /// The state handlers share (for [`app`], or to call the store directly).
@@ -138,6 +153,63 @@ impl Master {
         }
         served
     }
+}
+
+impl Master {
+    /// Serve `listener` over mTLS with `config` (see [`tls::server_config`]) until `shutdown`
+    /// completes; every request carries the identity of its client certificate.
+    pub async fn run_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MasterError> {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let listener =
+            tls::TlsListener::new(listener, config).map_err(|source| MasterError::Serve {
+                addr: addr.clone(),
+                source,
+            })?;
+        let Master { state, worker } = self;
+        let hub = state.hub.clone();
+        let router = app(state);
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<tls::Peer>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            hub.shut_down();
+        })
+        .await
+        .map_err(|source| MasterError::Serve { addr, source });
+        if tokio::time::timeout(Duration::from_secs(30), worker.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database worker did not stop within 30 s");
+        }
+        served
+    }
+}
+
+/// Refuse plain HTTP on `addr` unless it is a loopback address or `allow` is set.
+pub fn check_plain_http(addr: SocketAddr, allow: bool) -> Result<(), MasterError> {
+    if addr.ip().is_loopback() || allow {
+        Ok(())
+    } else {
+        Err(MasterError::PlainHttpRefused {
+            addr: addr.to_string(),
+        })
+    }
+}
+
+/// `https://ADDR`, the URL clients use for a bound TLS address.
+pub fn tls_url_of(addr: SocketAddr) -> String {
+    format!("https://{addr}")
 }
 
 /// Bind `addr` (port 0 picks a free port); read the bound address with `local_addr()`.

@@ -37,9 +37,12 @@
 //! * A root's state change (request or state route) is applied to its whole tree; a destroyed
 //!   child stays destroyed when the tree is started again.
 
+mod identity;
 pub mod models;
 pub mod schema;
 mod slap;
+
+pub use identity::{CertificateRow, Enrolled};
 
 pub use slap::{
     SharedEntry, SharedPlacement, SharedRequest, SharedRow, SlapComputer, SlapComputerRow,
@@ -617,6 +620,21 @@ impl Store {
         now_ms: u64,
         rules: RequestRules,
     ) -> Result<InstanceInfo> {
+        self.request_as(req, from, None, now_ms, rules)
+    }
+
+    /// [`Store::request_with`], recording `owner` (e.g. `user:alice`) on a new root instance.
+    /// The caller has checked with [`crate::auth::allow`] that its identity may request this
+    /// title (see [`Store::root_owner`]); the single database thread keeps that check and this
+    /// write in order.
+    pub fn request_as(
+        &mut self,
+        req: &InstanceRequest,
+        from: Option<&PartitionRef>,
+        owner: Option<&str>,
+        now_ms: u64,
+        rules: RequestRules,
+    ) -> Result<InstanceInfo> {
         let sla = Sla::parse(&req.sla)?;
         let mut tx = self.write()?;
         if req.state != Some(InstanceState::Destroyed) {
@@ -721,8 +739,8 @@ impl Store {
                 let seq = tx.seq()?;
                 tx.execute(
                     "INSERT INTO instance (title, root, requester, software_url, software_type,
-                         parameters, state, computer, partition, revision, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         parameters, state, computer, partition, revision, created_ms, owner)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     params![
                         title,
                         root,
@@ -734,7 +752,8 @@ impl Store {
                         computer,
                         partition,
                         seq,
-                        ms(now_ms)
+                        ms(now_ms),
+                        if root.is_empty() { owner } else { None }
                     ],
                 )
                 .op("insert an instance")?;
@@ -1177,8 +1196,11 @@ fn touch_seen(tx: &Transaction<'_>, c: &str, now_ms: u64) -> Result<()> {
     Ok(())
 }
 
+/// `requested, install_state, install_message, parameter_model` of a `software` row.
+type SoftwareColumns = (String, Option<String>, Option<String>, Option<String>);
+
 fn software_info(tx: &Transaction<'_>, c: &str, url: &str) -> Result<Option<SoftwareInfo>> {
-    let row: Option<(String, Option<String>, Option<String>, Option<String>)> = tx
+    let row: Option<SoftwareColumns> = tx
         .query_row(
             "SELECT requested, install_state, install_message, parameter_model FROM software
              WHERE computer = ?1 AND url = ?2",
@@ -1654,6 +1676,9 @@ pub fn dump(conn: &Connection) -> String {
         "instance",
         "slap_computer",
         "slap_address",
+        "slap_shared",
+        "certificate",
+        "enroll_token",
     ] {
         let Ok(mut st) = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")) else {
             out.push_str(&format!("{table}: unreadable\n"));

@@ -127,6 +127,39 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE software ADD COLUMN parameter_model TEXT;
     "#,
+    // 5: identities (issue 8). The owner of a root instance (the identity that requested it,
+    // `user:alice`; NULL for the local operator, SLAP clients and children); the certificates
+    // the master CA issued (a request is served only for a recorded, unrevoked serial); one-time
+    // enrollment tokens of computers (only their SHA-256 is kept). Freeing a partition revokes
+    // the certificates issued to it, whatever route freed it.
+    r#"
+    ALTER TABLE instance ADD COLUMN owner TEXT;
+
+    CREATE TABLE certificate (
+        serial     TEXT PRIMARY KEY,          -- lower-case hex of the DER serial
+        identity   TEXT NOT NULL,             -- subject common name: 'computer:C1', ...
+        kind       TEXT NOT NULL CHECK (kind IN ('computer', 'partition', 'user', 'admin')),
+        issued_ms  INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX certificate_identity ON certificate(identity);
+
+    CREATE TABLE enroll_token (
+        hash       TEXT PRIMARY KEY,          -- hex SHA-256 of the token
+        computer   TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms    INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE TRIGGER instance_freed_revokes AFTER DELETE ON instance
+    BEGIN
+        UPDATE certificate SET revoked_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+        WHERE identity = 'partition:' || OLD.computer || '/' || OLD.partition
+          AND revoked_ms IS NULL;
+    END;
+    "#,
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.
