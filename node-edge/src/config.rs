@@ -178,6 +178,9 @@ pub struct Config {
     /// Partition users are `<user_prefix><index>` (`slapuser0` …).
     #[serde(default = "d_user_prefix")]
     pub user_prefix: String,
+    /// Partition addresses on an interface (`[network]`, root mode); none by default.
+    #[serde(default)]
+    pub network: Option<crate::net::NetworkConfig>,
 }
 
 /// Who partitions run as (`isolation` key).
@@ -377,6 +380,7 @@ impl Config {
             protocol: Protocol::Native,
             isolation: IsolationMode::Auto,
             user_prefix: d_user_prefix(),
+            network: None,
         }
     }
 
@@ -524,6 +528,13 @@ impl Config {
                 "rt_root_name",
                 format!("{:?} must be 1-64 of A-Z a-z 0-9 . _ -", self.rt_root_name),
             );
+        }
+        if let Some(n) = &self.network {
+            n.validate(self.partitions)
+                .map_err(|e| ConfigError::Invalid {
+                    key: "network",
+                    reason: e.to_string(),
+                })?;
         }
         // A portable user name (useradd's default NAME_REGEX) of at most 32 bytes.
         let users_ok = self.user_prefix.len() + self.partitions.to_string().len() <= 32
@@ -710,6 +721,21 @@ instance_root = "/srv/inst"
             let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
             assert!(err.to_string().contains("user_prefix"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn network_table() {
+        let c = Config::from_toml(MINIMAL, Some(Path::new("/x"))).unwrap();
+        assert_eq!(c.network, None);
+        let t =
+            format!("{MINIMAL}[network]\ninterface = \"eth0\"\nipv6_prefix = \"fd00:5a:1::/64\"\n");
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        let n = c.network.unwrap();
+        assert_eq!(n.ipv6(2).unwrap().to_string(), "fd00:5a:1::102");
+        let t =
+            format!("{MINIMAL}[network]\ninterface = \"eth0\"\nipv4_prefix = \"10.1.2.0/30\"\n");
+        let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
+        assert!(err.to_string().contains("ipv4_prefix"), "{err}");
     }
 
     #[test]

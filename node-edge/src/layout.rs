@@ -59,12 +59,24 @@ pub struct ResourceRecord {
 }
 
 /// The layout of every partition of `cfg`.
+///
+/// Addresses: with `[network]`, the partition's IPv6 then IPv4 address ([`crate::net`]);
+/// otherwise `127.0.0.1`.
 pub fn layouts(cfg: &Config) -> Vec<PartitionLayout> {
     cfg.partition_ids()
         .into_iter()
         .map(|(index, id)| PartitionLayout {
             path: cfg.partition_dir(&id),
-            addresses: vec![LOOPBACK.to_owned()],
+            addresses: match &cfg.network {
+                Some(n) => [
+                    n.ipv6(index).map(|a| a.to_string()),
+                    n.ipv4(index).map(|a| a.to_string()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+                None => vec![LOOPBACK.to_owned()],
+            },
             ports: cfg.ports.ports(index),
             id,
             index,
@@ -111,6 +123,18 @@ pub fn format(cfg: &Config, iso: &dyn Isolation) -> Result<Vec<PartitionLayout>,
     for p in &all {
         format_partition(p, iso)?;
     }
+    // Addresses (and TAPs) of the partitions; those of removed partitions go away.
+    let owner = |i: u32| {
+        all.iter()
+            .find(|p| p.index == i)
+            .and_then(|p| iso.identity(&p.id))
+    };
+    crate::net::apply(
+        cfg.network.as_ref(),
+        cfg.partitions,
+        &cfg.state_dir(),
+        &owner,
+    )?;
     Ok(all)
 }
 

@@ -53,6 +53,7 @@ pub mod isolation;
 pub mod layout;
 pub mod link;
 pub mod logfile;
+pub mod net;
 pub mod node;
 pub mod partition;
 pub mod plan;
@@ -94,6 +95,9 @@ pub enum NodeError {
     /// The master URL is unusable.
     #[error(transparent)]
     Client(#[from] slapos_client::ClientError),
+    /// Partition addresses could not be set up.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
     /// Real-time partitions were asked for (`rt = true`) and cannot work.
     #[error(transparent)]
     Rt(#[from] rt_resources::RtSetupError),

@@ -435,7 +435,17 @@ impl Actor {
             partition: PartitionContext {
                 id: self.layout.id.to_string(),
                 path: self.layout.path.display().to_string(),
-                ipv4: crate::layout::LOOPBACK.to_owned(),
+                ipv4: cfg
+                    .network
+                    .as_ref()
+                    .and_then(|n| n.ipv4(self.layout.index))
+                    .map_or_else(|| crate::layout::LOOPBACK.to_owned(), |a| a.to_string()),
+                ipv6: cfg
+                    .network
+                    .as_ref()
+                    .and_then(|n| n.ipv6(self.layout.index))
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
                 addresses: self.layout.addresses.clone(),
                 ports: self.layout.ports.clone(),
             },

@@ -69,8 +69,11 @@ pub struct PartitionContext {
     pub id: String,
     /// Absolute path of the partition directory.
     pub path: String,
-    /// The IPv4 address services bind to (`127.0.0.1` in unprivileged mode).
+    /// The IPv4 address services bind to (`127.0.0.1` in unprivileged mode, the partition's
+    /// address with `[network] ipv4_prefix`).
     pub ipv4: String,
+    /// The partition's IPv6 address (`[network] ipv6_prefix`), `""` without one.
+    pub ipv6: String,
     /// Every address of the partition.
     pub addresses: Vec<String>,
     /// Its block of TCP ports.
@@ -392,6 +395,7 @@ pub(crate) fn test_context() -> RenderContext {
             id: "slappart0".into(),
             path: "/srv/inst/slappart0".into(),
             ipv4: "127.0.0.1".into(),
+            ipv6: String::new(),
             addresses: vec!["127.0.0.1".into()],
             ports: vec![20000, 20001],
         },

@@ -1,0 +1,548 @@
+//! Partition addresses (root mode): an IPv6 and/or a private IPv4 address per partition on a
+//! configured interface, and optionally a TAP interface owned by the partition's user.
+//!
+//! ## Scheme (`[network]`, see `docs/node.md`)
+//!
+//! * `ipv6_prefix = "fd00:5a:1::/64"`: partition `N` gets `<prefix> + 0x100 + N` as a `/128`
+//!   (`fd00:5a:1::100`, `::101`, …), added with `IFA_F_NODAD` so a service can bind it at once.
+//! * `ipv4_prefix = "10.0.44.0/24"`: partition `N` gets `<prefix> + 10 + N` as a `/32`.
+//! * Host addresses (`/128`, `/32`) add no route: the interface's own address and route make
+//!   the link reachable, and the kernel answers neighbour solicitations for every address of
+//!   the interface.
+//! * `tap = true`: a persistent TAP `<tap_prefix>N` per partition, owned by the partition's
+//!   uid/gid (`TUNSETOWNER`/`TUNSETGROUP`), brought up.
+//!
+//! Every address and TAP the node added is recorded in `<state_dir>/network.json`; at each
+//! format those no longer wanted (fewer `partitions`, another prefix or interface, no
+//! `[network]`) are removed, so format is idempotent and removing a partition removes its
+//! addresses.
+//!
+//! ## Kernel interface
+//!
+//! Plain rtnetlink messages over a `NETLINK_ROUTE` socket (RTM_NEWADDR, RTM_DELADDR,
+//! RTM_NEWLINK for "up", RTM_DELLINK for a TAP), each acknowledged; TAPs come from the
+//! `TUNSETIFF` + `TUNSETPERSIST` ioctls on `/dev/net/tun`, as the kernel refuses tun creation
+//! over rtnetlink. The `rtnetlink` crate does the same with an async stack and ~0.5–1.5 MB of
+//! code; the node's 3 MB budget does not have room for it (see docs/node.md).
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::isolation::Identity;
+
+/// `[network]` of the node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Interface the addresses are added to.
+    pub interface: String,
+    /// IPv6 prefix of partition addresses (`fd00:5a:1::/64`).
+    #[serde(default)]
+    pub ipv6_prefix: Option<String>,
+    /// IPv4 prefix of partition addresses (`10.0.44.0/24`).
+    #[serde(default)]
+    pub ipv4_prefix: Option<String>,
+    /// One TAP interface per partition, owned by the partition's user.
+    #[serde(default)]
+    pub tap: bool,
+    /// TAP names are `<tap_prefix><index>`.
+    #[serde(default = "d_tap_prefix")]
+    pub tap_prefix: String,
+}
+
+fn d_tap_prefix() -> String {
+    "slaptap".into()
+}
+
+/// A network operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// `[network]` is inconsistent.
+    #[error("[network] `{key}`: {reason}")]
+    Config {
+        /// Key.
+        key: &'static str,
+        /// Rule.
+        reason: String,
+    },
+    /// A kernel call failed.
+    #[error("failed to {op} `{object}`: {source}")]
+    Os {
+        /// Operation.
+        op: &'static str,
+        /// Address, interface or file.
+        object: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn os(op: &'static str, object: impl std::fmt::Display, source: io::Error) -> NetError {
+    NetError::Os {
+        op,
+        object: object.to_string(),
+        source,
+    }
+}
+
+fn parse_prefix<T: std::str::FromStr>(
+    key: &'static str,
+    s: &str,
+    max: u8,
+) -> Result<(T, u8), NetError> {
+    let bad = |reason: String| NetError::Config { key, reason };
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| bad(format!("{s:?} must be address/length")))?;
+    let addr = a
+        .parse::<T>()
+        .map_err(|_| bad(format!("{a:?} is not an address")))?;
+    let len = l
+        .parse::<u8>()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| bad(format!("{l:?} is not a prefix length ≤ {max}")))?;
+    Ok((addr, len))
+}
+
+/// First host offsets of the scheme.
+const V6_OFFSET: u128 = 0x100;
+const V4_OFFSET: u32 = 10;
+
+impl NetworkConfig {
+    /// Check the keys against `partitions` (every address must fit in its prefix).
+    pub fn validate(&self, partitions: u32) -> Result<(), NetError> {
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
+            return Err(NetError::Config {
+                key: "interface",
+                reason: format!("{:?} is not an interface name", self.interface),
+            });
+        }
+        if let Some(p) = &self.ipv6_prefix {
+            let (_, len) = parse_prefix::<Ipv6Addr>("ipv6_prefix", p, 128)?;
+            let room = 128 - u32::from(len);
+            if room < 128 && u128::from(partitions) + V6_OFFSET >= 1u128 << room {
+                return Err(NetError::Config {
+                    key: "ipv6_prefix",
+                    reason: format!("{p} has no room for {partitions} partitions from ::100"),
+                });
+            }
+        }
+        if let Some(p) = &self.ipv4_prefix {
+            let (_, len) = parse_prefix::<Ipv4Addr>("ipv4_prefix", p, 32)?;
+            let room = 32 - u32::from(len);
+            if u64::from(partitions) + u64::from(V4_OFFSET) >= 1u64 << room {
+                return Err(NetError::Config {
+                    key: "ipv4_prefix",
+                    reason: format!("{p} has no room for {partitions} partitions from .10"),
+                });
+            }
+        }
+        let name_len = self.tap_prefix.len() + partitions.to_string().len();
+        if self.tap
+            && (self.tap_prefix.is_empty() || name_len > 15 || self.tap_prefix.contains('/'))
+        {
+            return Err(NetError::Config {
+                key: "tap_prefix",
+                reason: format!(
+                    "{:?} + index must be an interface name of at most 15 bytes",
+                    self.tap_prefix
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The IPv6 address of partition `index` (pure; `None` without `ipv6_prefix`).
+    pub fn ipv6(&self, index: u32) -> Option<Ipv6Addr> {
+        let (base, len) = parse_prefix::<Ipv6Addr>("", self.ipv6_prefix.as_deref()?, 128).ok()?;
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        Some(Ipv6Addr::from(
+            (u128::from(base) & mask) + V6_OFFSET + u128::from(index),
+        ))
+    }
+
+    /// The IPv4 address of partition `index` (pure; `None` without `ipv4_prefix`).
+    pub fn ipv4(&self, index: u32) -> Option<Ipv4Addr> {
+        let (base, len) = parse_prefix::<Ipv4Addr>("", self.ipv4_prefix.as_deref()?, 32).ok()?;
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        Some(Ipv4Addr::from(
+            (u32::from(base) & mask)
+                .wrapping_add(V4_OFFSET)
+                .wrapping_add(index),
+        ))
+    }
+
+    /// The TAP of partition `index` (`None` without `tap`).
+    pub fn tap_name(&self, index: u32) -> Option<String> {
+        self.tap.then(|| format!("{}{index}", self.tap_prefix))
+    }
+}
+
+/// What the node added, recorded in `<state_dir>/network.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// `(interface, address)` pairs, host addresses.
+    pub addresses: BTreeSet<(String, IpAddr)>,
+    /// TAP interfaces.
+    pub taps: BTreeSet<String>,
+}
+
+/// Name of the record in the state directory.
+pub const RECORD: &str = "network.json";
+
+/// The addresses and TAPs `cfg` wants for partitions `0..partitions`.
+pub fn wanted(cfg: Option<&NetworkConfig>, partitions: u32) -> Applied {
+    let mut a = Applied::default();
+    let Some(n) = cfg else { return a };
+    for i in 0..partitions {
+        for ip in [n.ipv6(i).map(IpAddr::V6), n.ipv4(i).map(IpAddr::V4)]
+            .into_iter()
+            .flatten()
+        {
+            a.addresses.insert((n.interface.clone(), ip));
+        }
+        if let Some(t) = n.tap_name(i) {
+            a.taps.insert(t);
+        }
+    }
+    a
+}
+
+/// Converge the host to `cfg` for `partitions` partitions: remove what the record holds and is
+/// no longer wanted, add what is wanted (idempotent), record the result. `owner(i)` is the
+/// identity owning partition `i`'s TAP.
+pub fn apply(
+    cfg: Option<&NetworkConfig>,
+    partitions: u32,
+    state_dir: &Path,
+    owner: &dyn Fn(u32) -> Option<Identity>,
+) -> Result<Applied, NetError> {
+    let record = state_dir.join(RECORD);
+    let old: Applied = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let want = wanted(cfg, partitions);
+    if old == Applied::default() && want == Applied::default() {
+        return Ok(want);
+    }
+    let nl = Netlink::open()?;
+    let mut now = old.clone();
+    for (ifname, ip) in old.addresses.difference(&want.addresses) {
+        // A vanished interface took its addresses with it.
+        if let Some(idx) = ifindex(ifname) {
+            nl.address(false, idx, *ip)
+                .map_err(|e| os("remove address", format!("{ip} on {ifname}"), e))?;
+        }
+        now.addresses.remove(&(ifname.clone(), *ip));
+        tracing::info!(interface = %ifname, address = %ip, "partition address removed");
+    }
+    for tap in old.taps.difference(&want.taps) {
+        if let Some(idx) = ifindex(tap) {
+            nl.del_link(idx).map_err(|e| os("remove tap", tap, e))?;
+        }
+        now.taps.remove(tap);
+        tracing::info!(tap = %tap, "partition tap removed");
+    }
+    save(&record, &now)?;
+    if let Some(n) = cfg {
+        let idx = ifindex(&n.interface).ok_or_else(|| {
+            os(
+                "find interface",
+                &n.interface,
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })?;
+        for (_, ip) in &want.addresses {
+            nl.address(true, idx, *ip)
+                .map_err(|e| os("add address", format!("{ip} on {}", n.interface), e))?;
+            now.addresses.insert((n.interface.clone(), *ip));
+        }
+        for i in 0..partitions {
+            if let Some(tap) = n.tap_name(i) {
+                create_tap(&tap, owner(i)).map_err(|e| os("create tap", &tap, e))?;
+                now.taps.insert(tap.clone());
+                let idx = ifindex(&tap).ok_or_else(|| {
+                    os("find tap", &tap, io::Error::from(io::ErrorKind::NotFound))
+                })?;
+                nl.link_up(idx).map_err(|e| os("bring up", &tap, e))?;
+            }
+        }
+        save(&record, &now)?;
+    }
+    Ok(now)
+}
+
+fn save(record: &Path, a: &Applied) -> Result<(), NetError> {
+    let body = serde_json::to_vec_pretty(a)
+        .map_err(|e| os("encode", record.display(), io::Error::other(e)))?;
+    crate::util::atomic_write(record, &body).map_err(|e| os("write", record.display(), e))
+}
+
+/// Index of interface `name`, `None` when it does not exist.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// A `NETLINK_ROUTE` socket sending one request at a time and waiting for its acknowledgement.
+struct Netlink {
+    fd: OwnedFd,
+}
+
+const NLMSG_HDR: usize = 16;
+
+fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(data);
+    buf.resize(buf.len().next_multiple_of(4), 0);
+}
+
+impl Netlink {
+    fn open() -> Result<Self, NetError> {
+        // SAFETY: plain syscall; the returned descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(os("open", "netlink socket", io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Send one request (`ty`, `flags`, body) and wait for its acknowledgement.
+    fn request(&self, ty: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+        let len = NLMSG_HDR + body.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&ty.to_ne_bytes());
+        msg.extend_from_slice(
+            &(flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes(),
+        );
+        msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it
+        msg.extend_from_slice(body);
+        // SAFETY: an all-zero sockaddr_nl is valid; family set below (pid 0 = the kernel).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `msg` and `sa` are valid for the lengths passed.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 8192];
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            let mut off = 0;
+            while off + NLMSG_HDR <= n {
+                let field = |at: usize| -> [u8; 4] {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(&buf[at..at + 4]);
+                    b
+                };
+                let mlen = u32::from_ne_bytes(field(off)) as usize;
+                let mty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                if mlen < NLMSG_HDR || off + mlen > n {
+                    return Err(io::Error::other("truncated netlink answer"));
+                }
+                if mty == libc::NLMSG_ERROR as u16 && mlen >= NLMSG_HDR + 4 {
+                    let code = i32::from_ne_bytes(field(off + NLMSG_HDR));
+                    return if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-code))
+                    };
+                }
+                off += mlen.next_multiple_of(4);
+            }
+        }
+    }
+
+    /// Add (`add`) or remove a host address (`/128`, `/32`) on interface `index`. Idempotent:
+    /// an address already there (add) or already gone (remove) is fine.
+    fn address(&self, add: bool, index: u32, ip: IpAddr) -> io::Result<()> {
+        let (family, plen, bytes): (u8, u8, Vec<u8>) = match ip {
+            IpAddr::V4(a) => (libc::AF_INET as u8, 32, a.octets().to_vec()),
+            IpAddr::V6(a) => (libc::AF_INET6 as u8, 128, a.octets().to_vec()),
+        };
+        // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+        let mut body = vec![family, plen, 0, 0];
+        body.extend_from_slice(&index.to_ne_bytes());
+        push_attr(&mut body, libc::IFA_LOCAL, &bytes);
+        push_attr(&mut body, libc::IFA_ADDRESS, &bytes);
+        if add {
+            // No duplicate address detection: the address is usable (bindable) at once.
+            push_attr(&mut body, libc::IFA_FLAGS, &libc::IFA_F_NODAD.to_ne_bytes());
+            let flags = (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
+            self.request(libc::RTM_NEWADDR, flags, &body)
+        } else {
+            match self.request(libc::RTM_DELADDR, 0, &body) {
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
+                r => r,
+            }
+        }
+    }
+
+    /// struct ifinfomsg: family, pad, type, index, flags, change.
+    fn ifinfo(index: u32, flags: u32, change: u32) -> Vec<u8> {
+        let mut b = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+        b.extend_from_slice(&index.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&change.to_ne_bytes());
+        b
+    }
+
+    fn link_up(&self, index: u32) -> io::Result<()> {
+        let up = libc::IFF_UP as u32;
+        self.request(libc::RTM_NEWLINK, 0, &Self::ifinfo(index, up, up))
+    }
+
+    fn del_link(&self, index: u32) -> io::Result<()> {
+        match self.request(libc::RTM_DELLINK, 0, &Self::ifinfo(index, 0, 0)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
+
+/// Create (or re-own) the persistent TAP `name`, owned by `owner` when given.
+fn create_tap(name: &str, owner: Option<Identity>) -> io::Result<()> {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(PathBuf::from("/dev/net/tun"))?;
+    // struct ifreq: 16-byte name, then the flags (short) of the union; 40 bytes in all.
+    let mut ifr = [0u8; 40];
+    let n = name.as_bytes();
+    if n.len() > 15 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    ifr[..n.len()].copy_from_slice(n);
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    let fd = tun.as_raw_fd();
+    let ioctl = |req: libc::c_ulong, arg: libc::c_ulong| -> io::Result<()> {
+        // SAFETY: the TUNSET* requests below take an integer argument.
+        if unsafe { libc::ioctl(fd, req as _, arg) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq; `ifr` is 40 bytes, its size.
+    if unsafe { libc::ioctl(fd, TUNSETIFF as _, ifr.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(id) = owner {
+        ioctl(TUNSETOWNER, libc::c_ulong::from(id.uid))?;
+        ioctl(TUNSETGROUP, libc::c_ulong::from(id.gid))?;
+    }
+    ioctl(TUNSETPERSIST, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(v6: Option<&str>, v4: Option<&str>) -> NetworkConfig {
+        NetworkConfig {
+            interface: "eth0".into(),
+            ipv6_prefix: v6.map(str::to_owned),
+            ipv4_prefix: v4.map(str::to_owned),
+            tap: false,
+            tap_prefix: d_tap_prefix(),
+        }
+    }
+
+    #[test]
+    fn addresses_follow_the_scheme() {
+        let n = net(Some("fd00:5a:1::/64"), Some("10.0.44.0/24"));
+        n.validate(10).unwrap();
+        assert_eq!(n.ipv6(0).unwrap().to_string(), "fd00:5a:1::100");
+        assert_eq!(n.ipv6(3).unwrap().to_string(), "fd00:5a:1::103");
+        assert_eq!(n.ipv4(0).unwrap().to_string(), "10.0.44.10");
+        assert_eq!(n.ipv4(5).unwrap().to_string(), "10.0.44.15");
+        // Host bits of the prefix are ignored.
+        let n = net(Some("fd00:5a:1::7/64"), Some("10.0.44.99/24"));
+        assert_eq!(n.ipv6(1).unwrap().to_string(), "fd00:5a:1::101");
+        assert_eq!(n.ipv4(1).unwrap().to_string(), "10.0.44.11");
+        let w = wanted(Some(&n), 2);
+        assert_eq!(w.addresses.len(), 4);
+        assert!(wanted(None, 2).addresses.is_empty());
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused_with_the_key() {
+        for (n, key) in [
+            (net(Some("fd00::"), None), "ipv6_prefix"),
+            (net(Some("fd00::/129"), None), "ipv6_prefix"),
+            (net(Some("fd00::/120"), None), "ipv6_prefix"),
+            (net(None, Some("10.0.0.0/28")), "ipv4_prefix"),
+            (net(None, Some("10.0.0/24")), "ipv4_prefix"),
+        ] {
+            let e = n.validate(300).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let mut n = net(None, None);
+        n.tap = true;
+        n.tap_prefix = "a-very-long-tap".into();
+        assert!(
+            n.validate(2)
+                .unwrap_err()
+                .to_string()
+                .contains("tap_prefix")
+        );
+        n.interface = "x/y".into();
+        assert!(n.validate(2).unwrap_err().to_string().contains("interface"));
+    }
+
+    #[test]
+    fn nothing_to_do_touches_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let a = apply(None, 3, d.path(), &|_| None).unwrap();
+        assert_eq!(a, Applied::default());
+        assert!(!d.path().join(RECORD).exists());
+    }
+}
