@@ -252,16 +252,21 @@ impl Client {
         })
     }
 
-    /// Enroll a computer: redeem the one-time `token` over TLS without a client certificate
-    /// (the master is authenticated by `ca_pem`) and get its key, certificate and CA.
-    pub fn enroll(base_url: &str, ca_pem: &str, token: &str) -> Result<Credentials> {
+    /// A TLS client without a client certificate (the master is authenticated by `ca_pem`):
+    /// the master lets it enroll and nothing else.
+    pub fn with_ca(base_url: &str, ca_pem: &str) -> Result<Self> {
         let (base, agent) = tls_agent(base_url, ca_pem, None)?;
-        let anon = Self {
+        Ok(Self {
             base,
             agent,
             partition: None,
-        };
-        anon.post(
+        })
+    }
+
+    /// Enroll a computer: redeem the one-time `token` over TLS without a client certificate
+    /// (the master is authenticated by `ca_pem`) and get its key, certificate and CA.
+    pub fn enroll(base_url: &str, ca_pem: &str, token: &str) -> Result<Credentials> {
+        Self::with_ca(base_url, ca_pem)?.post(
             ENROLL_ROUTE,
             &EnrollRequest {
                 token: token.to_owned(),

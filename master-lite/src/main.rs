@@ -2,6 +2,11 @@
 //!
 //! ```text
 //! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db] [--cfg slapos-proxy.cfg]
+//!               [--tls-dir DIR [--tls-name NAME]...] [--allow-plain-http]
+//! slapos-master token create --computer ID [--ttl SECONDS] [--db FILE]
+//! slapos-master user create NAME [--admin] --out DIR --tls-dir DIR [--db FILE]
+//! slapos-master cert revoke (SERIAL | --identity ID) [--db FILE]
+//! slapos-master cert list [--db FILE]
 //! slapos-master standalone [--dir slapos-standalone] [--listen 127.0.0.1:8355] [--partitions 4]
 //!               [--example hello-web]
 //! slapos-master [--master URL] [--json] supply URL --computer ID [--remove]
@@ -12,6 +17,10 @@
 //! slapos-master [--master URL] [--json] computer ID
 //! slapos-master [--master URL] [--json] destroy TITLE
 //! ```
+//!
+//! Client subcommands speak mTLS with `--ca FILE --cert FILE --key FILE` (and an `https://`
+//! `--master`). `token`, `user` and `cert` work on the master's database (and CA) files
+//! directly: they are the operator's tools on the master's host, usable while it runs.
 //!
 //! Exit codes: 0 success, 1 error, 2 `request --wait` timed out before the connection parameters
 //! were published.
@@ -44,6 +53,15 @@ struct Cli {
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The master's CA certificate (PEM): talk mTLS to an https:// --master.
+    #[arg(long, global = true, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM), with --ca.
+    #[arg(long, global = true, requires = "ca")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM), with --ca.
+    #[arg(long, global = true, requires = "ca")]
+    key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -64,6 +82,31 @@ enum Cmd {
         /// database_uri, software_product_list`); --listen and --db win over it.
         #[arg(long)]
         cfg: Option<PathBuf>,
+        /// Serve mTLS with the CA kept in DIR (created the first time: ca.key 0600, ca.pem).
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
+        /// Extra DNS name or IP of the server certificate (localhost, 127.0.0.1, ::1 and the
+        /// listening IP are always in); repeatable.
+        #[arg(long = "tls-name", value_name = "NAME", requires = "tls_dir")]
+        tls_names: Vec<String>,
+        /// Serve plain HTTP on a non-loopback address (every caller is then the operator).
+        #[arg(long)]
+        allow_plain_http: bool,
+    },
+    /// One-time enrollment tokens of computers.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// User and admin certificates.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Issued certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
     },
     /// Run the master and a local node in one process (the single-box default).
     Standalone {
@@ -143,6 +186,65 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a one-time token that enrolls a computer (`POST /v1/enroll`); prints it.
+    Create {
+        /// The computer id the token enrolls.
+        #[arg(long)]
+        computer: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The master's database.
+        #[arg(long, default_value = "slapos-master.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Issue a user (or admin) certificate: writes NAME.key (0600), NAME.pem and ca.pem to DIR.
+    Create {
+        /// User name ([A-Za-z0-9_.-]{1,64}).
+        name: String,
+        /// An admin identity (all routes) instead of a user.
+        #[arg(long)]
+        admin: bool,
+        /// Directory for the files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The master's TLS directory (its CA).
+        #[arg(long, value_name = "DIR")]
+        tls_dir: PathBuf,
+        /// The master's database.
+        #[arg(long, default_value = "slapos-master.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Revoke a certificate by serial, or every certificate of an identity.
+    Revoke {
+        /// Serial (hex, as `cert list` shows it).
+        #[arg(required_unless_present = "identity", conflicts_with = "identity")]
+        serial: Option<String>,
+        /// Identity (`computer:C1`, `user:alice`, …).
+        #[arg(long)]
+        identity: Option<String>,
+        /// The master's database.
+        #[arg(long, default_value = "slapos-master.db")]
+        db: PathBuf,
+    },
+    /// List issued certificates.
+    List {
+        /// The master's database.
+        #[arg(long, default_value = "slapos-master.db")]
+        db: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -156,9 +258,136 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
-    let client = || Client::new(&cli.master).context("--master");
+    let client = || -> Result<Client> {
+        match (&cli.ca, &cli.cert, &cli.key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
+                };
+                Client::with_identity(&cli.master, &read(ca)?, &read(cert)?, &read(key)?)
+                    .context("--master with --ca/--cert/--key")
+            }
+            _ => Client::new(&cli.master).context("--master"),
+        }
+    };
     match cli.cmd {
-        Cmd::Serve { listen, db, cfg } => {
+        Cmd::Token {
+            cmd: TokenCmd::Create { computer, ttl, db },
+        } => {
+            let c = ComputerId::parse(computer)?;
+            let token = hex::encode(master_lite::pki::random_bytes(32)?);
+            let now = master_lite::now_ms();
+            let mut store = master_lite::Store::open(&db, now)?;
+            let expires = now.saturating_add(ttl.saturating_mul(1000));
+            store.create_token(&master_lite::http::token_hash(&token), &c, now, expires)?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::User {
+            cmd:
+                UserCmd::Create {
+                    name,
+                    admin,
+                    out,
+                    tls_dir,
+                    db,
+                },
+        } => {
+            let n: master_lite::auth::Name = name.parse()?;
+            let id = if admin {
+                master_lite::auth::Identity::Admin(n)
+            } else {
+                master_lite::auth::Identity::User(n)
+            };
+            let ca = master_lite::pki::Ca::open(&tls_dir)?;
+            let issued = ca.issue_client(&id)?;
+            let now = master_lite::now_ms();
+            let mut store = master_lite::Store::open(&db, now)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+            let write = master_lite::pki::write_new;
+            write(
+                &out.join(format!("{name}.key")),
+                issued.key_pem.as_bytes(),
+                0o600,
+            )?;
+            write(
+                &out.join(format!("{name}.pem")),
+                issued.cert_pem.as_bytes(),
+                0o644,
+            )?;
+            let ca_path = out.join("ca.pem");
+            if !ca_path.exists() {
+                write(&ca_path, ca.cert_pem().as_bytes(), 0o644)?;
+            }
+            store.record_certificate(&master_lite::store::CertificateRow {
+                serial: issued.serial.clone(),
+                identity: id.to_string(),
+                kind: id.kind().to_owned(),
+                issued_ms: now,
+                expires_ms: issued.expires_ms,
+                revoked_ms: None,
+            })?;
+            println!("{id} serial {} in {}", issued.serial, out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert {
+            cmd:
+                CertCmd::Revoke {
+                    serial,
+                    identity,
+                    db,
+                },
+        } => {
+            let now = master_lite::now_ms();
+            let mut store = master_lite::Store::open(&db, now)?;
+            match (serial, identity) {
+                (Some(serial), _) => {
+                    let row = store.revoke_serial(&serial.to_ascii_lowercase(), now)?;
+                    println!("revoked {} ({})", row.serial, row.identity);
+                }
+                (None, Some(identity)) => {
+                    let id = master_lite::auth::Identity::parse_cn(&identity)?;
+                    let serials = store.revoke_identity(&id.to_string(), now)?;
+                    if serials.is_empty() {
+                        bail!("{id} has no unrevoked certificate");
+                    }
+                    for s in serials {
+                        println!("revoked {s} ({id})");
+                    }
+                }
+                (None, None) => bail!("give a SERIAL or --identity"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cert {
+            cmd: CertCmd::List { db },
+        } => {
+            let mut store = master_lite::Store::open(&db, master_lite::now_ms())?;
+            let list = store.certificates()?;
+            let mut rows = vec![
+                ["SERIAL", "IDENTITY", "ISSUED", "REVOKED"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for c in list {
+                rows.push(vec![
+                    c.serial,
+                    c.identity,
+                    ago(Some(c.issued_ms)),
+                    c.revoked_ms.map_or_else(|| "-".into(), |t| ago(Some(t))),
+                ]);
+            }
+            table(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Serve {
+            listen,
+            db,
+            cfg,
+            tls_dir,
+            tls_names,
+            allow_plain_http,
+        } => {
             let proxy = cfg
                 .map(|path| master_lite::slap::ProxyConfig::load(&path))
                 .transpose()?;
@@ -169,7 +398,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .or_else(|| proxy.as_ref().map(|p| p.database.clone()))
                 .unwrap_or_else(|| PathBuf::from("slapos-master.db"));
             let slap = proxy.map(|p| p.slap).unwrap_or_default();
-            serve(&listen, db, slap).map(|()| ExitCode::SUCCESS)
+            let tls = tls_dir.map(|dir| (dir, tls_names));
+            serve(&listen, db, slap, tls, allow_plain_http).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Standalone {
             dir,
@@ -309,22 +539,57 @@ fn standalone(opts: master_lite::standalone::StandaloneOptions) -> Result<()> {
     Ok(())
 }
 
-fn serve(listen: &str, db: PathBuf, slap: master_lite::slap::SlapConfig) -> Result<()> {
+fn serve(
+    listen: &str,
+    db: PathBuf,
+    slap: master_lite::slap::SlapConfig,
+    tls: Option<(PathBuf, Vec<String>)>,
+    allow_plain_http: bool,
+) -> Result<()> {
     let rt = init_runtime()?;
     rt.block_on(async move {
         let listener = master_lite::bind(listen).await?;
         let addr = listener.local_addr().context("read the bound address")?;
         let db_shown = db.display().to_string();
+        let tls = match tls {
+            None => {
+                master_lite::check_plain_http(addr, allow_plain_http)?;
+                None
+            }
+            Some((dir, extra)) => {
+                let ca = master_lite::pki::Ca::open(&dir)?;
+                let mut names: Vec<String> =
+                    ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+                if !addr.ip().is_unspecified() {
+                    names.push(addr.ip().to_string());
+                }
+                names.extend(extra);
+                names.sort();
+                names.dedup();
+                let config = master_lite::tls::server_config(&ca, &names)?;
+                Some((std::sync::Arc::new(ca), config))
+            }
+        };
         // Open the database before announcing the address: a test reading this line may call
         // the API at once.
         let mut master = tokio::task::spawn_blocking(move || master_lite::Master::open(&db))
             .await
             .context("open the database")??;
         master.set_slap_config(slap);
-        println!("{}{}", master_lite::LISTENING, master_lite::url_of(addr));
+        let url = match &tls {
+            None => master_lite::url_of(addr),
+            Some(_) => master_lite::tls_url_of(addr),
+        };
+        println!("{}{url}", master_lite::LISTENING);
         std::io::stdout().flush().ok();
-        tracing::info!(%addr, db = %db_shown, "master started");
-        master.run(listener, shutdown_signal()).await?;
+        tracing::info!(%addr, db = %db_shown, tls = tls.is_some(), "master started");
+        match tls {
+            None => master.run(listener, shutdown_signal()).await?,
+            Some((ca, config)) => {
+                master.set_ca(ca);
+                master.run_tls(listener, config, shutdown_signal()).await?
+            }
+        }
         tracing::info!("master stopped");
         Ok(())
     })
