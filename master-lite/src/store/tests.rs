@@ -832,3 +832,94 @@ fn a_panicking_job_does_not_kill_the_worker() {
     assert!(matches!(err, ApiError::Internal(_)), "{err}");
     assert!(db.call_blocking(|s| s.computers()).unwrap().is_empty());
 }
+
+fn cert(serial: &str, identity: &str) -> CertificateRow {
+    CertificateRow {
+        serial: serial.into(),
+        identity: identity.into(),
+        kind: identity.split(':').next().unwrap().into(),
+        issued_ms: 1,
+        expires_ms: 10_000,
+        revoked_ms: None,
+    }
+}
+
+#[test]
+fn owners_tokens_and_certificates() {
+    let mut s = ready(2);
+    // The owner is recorded on new roots only, and a re-request keeps it.
+    let web = s
+        .request_as(
+            &req("web", SR),
+            None,
+            Some("user:alice"),
+            2,
+            RequestRules::NATIVE,
+        )
+        .unwrap();
+    assert_eq!(
+        s.root_owner(&title("web")).unwrap(),
+        Some(Some("user:alice".into()))
+    );
+    s.request_as(
+        &req("web", SR),
+        None,
+        Some("user:bob"),
+        3,
+        RequestRules::NATIVE,
+    )
+    .unwrap();
+    assert_eq!(
+        s.root_owner(&title("web")).unwrap(),
+        Some(Some("user:alice".into()))
+    );
+    assert_eq!(s.root_owner(&title("nope")).unwrap(), None);
+    let (_, owner) = s.instance_owned(&title("web"), None).unwrap();
+    assert_eq!(owner.as_deref(), Some("user:alice"));
+
+    // Tokens: once, before expiry.
+    s.create_token("h1", &cid("C1"), 1, 100).unwrap();
+    s.create_token("h2", &cid("C1"), 1, 100).unwrap();
+    assert!(matches!(
+        s.check_token("h1", 100).unwrap_err(),
+        ApiError::Forbidden(_)
+    ));
+    s.redeem_token("h1", &cert("aa", "computer:C1"), 50)
+        .unwrap();
+    assert!(matches!(
+        s.redeem_token("h1", &cert("bb", "computer:C1"), 51)
+            .unwrap_err(),
+        ApiError::Forbidden(_)
+    ));
+    assert!(
+        s.certificate("bb").unwrap().is_none(),
+        "a refused redeem recorded a certificate"
+    );
+    assert!(matches!(
+        s.redeem_token("h2", &cert("cc", "computer:C2"), 51)
+            .unwrap_err(),
+        ApiError::Internal(_)
+    ));
+
+    // Revocation by serial and by identity; freeing a partition revokes its certificates.
+    let part = format!("partition:C1/{}", web.partition);
+    s.record_certificate(&cert("p1", &part)).unwrap();
+    s.record_certificate(&cert("p2", &part)).unwrap();
+    assert_eq!(s.revoke_serial("p1", 60).unwrap().revoked_ms, Some(60));
+    assert!(matches!(
+        s.revoke_serial("zz", 60).unwrap_err(),
+        ApiError::NotFound(_)
+    ));
+    s.set_state(&title("web"), InstanceState::Destroyed)
+        .unwrap();
+    let ack = node_reports(&mut s, &web.partition, InstanceState::Destroyed).unwrap();
+    assert!(ack.freed);
+    assert_eq!(s.certificate("p1").unwrap().unwrap().revoked_ms, Some(60));
+    assert!(s.certificate("p2").unwrap().unwrap().revoked_ms.is_some());
+    assert!(s.certificate("aa").unwrap().unwrap().revoked_ms.is_none());
+    assert_eq!(
+        s.revoke_identity("computer:C1", 70).unwrap(),
+        vec!["aa".to_owned()]
+    );
+    assert!(s.revoke_identity("computer:C1", 71).unwrap().is_empty());
+}
