@@ -26,11 +26,13 @@
 //! code; the node's 3 MB budget does not have room for it (see docs/node.md).
 
 use std::collections::BTreeSet;
+#[cfg(feature = "net")]
 use std::ffi::CString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+#[cfg(feature = "net")]
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +86,7 @@ pub enum NetError {
     },
 }
 
+#[cfg(feature = "net")]
 fn os(op: &'static str, object: impl std::fmt::Display, source: io::Error) -> NetError {
     NetError::Os {
         op,
@@ -238,6 +241,27 @@ pub fn apply(
     if old == Applied::default() && want == Applied::default() {
         return Ok(want);
     }
+    #[cfg(not(feature = "net"))]
+    {
+        let _ = (owner, record);
+        Err(NetError::Config {
+            key: "interface",
+            reason: "this slapos-node was built without the `net` feature".into(),
+        })
+    }
+    #[cfg(feature = "net")]
+    apply_kernel(cfg, &old, &want, partitions, &record, owner)
+}
+
+#[cfg(feature = "net")]
+fn apply_kernel(
+    cfg: Option<&NetworkConfig>,
+    old: &Applied,
+    want: &Applied,
+    partitions: u32,
+    record: &Path,
+    owner: &dyn Fn(u32) -> Option<Identity>,
+) -> Result<Applied, NetError> {
     let nl = Netlink::open()?;
     let mut now = old.clone();
     for (ifname, ip) in old.addresses.difference(&want.addresses) {
@@ -256,7 +280,7 @@ pub fn apply(
         now.taps.remove(tap);
         tracing::info!(tap = %tap, "partition tap removed");
     }
-    save(&record, &now)?;
+    save(record, &now)?;
     if let Some(n) = cfg {
         let idx = ifindex(&n.interface).ok_or_else(|| {
             os(
@@ -280,17 +304,19 @@ pub fn apply(
                 nl.link_up(idx).map_err(|e| os("bring up", &tap, e))?;
             }
         }
-        save(&record, &now)?;
+        save(record, &now)?;
     }
     Ok(now)
 }
 
+#[cfg(feature = "net")]
 fn save(record: &Path, a: &Applied) -> Result<(), NetError> {
     let body = serde_json::to_vec_pretty(a)
         .map_err(|e| os("encode", record.display(), io::Error::other(e)))?;
     crate::util::atomic_write(record, &body).map_err(|e| os("write", record.display(), e))
 }
 
+#[cfg(feature = "net")]
 /// Index of interface `name`, `None` when it does not exist.
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
@@ -299,13 +325,16 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+#[cfg(feature = "net")]
 /// A `NETLINK_ROUTE` socket sending one request at a time and waiting for its acknowledgement.
 struct Netlink {
     fd: OwnedFd,
 }
 
+#[cfg(feature = "net")]
 const NLMSG_HDR: usize = 16;
 
+#[cfg(feature = "net")]
 fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
     let len = 4 + data.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -314,6 +343,7 @@ fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
     buf.resize(buf.len().next_multiple_of(4), 0);
 }
 
+#[cfg(feature = "net")]
 impl Netlink {
     fn open() -> Result<Self, NetError> {
         // SAFETY: plain syscall; the returned descriptor is owned below.
@@ -443,17 +473,22 @@ impl Netlink {
     }
 }
 
+#[cfg(feature = "net")]
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+#[cfg(feature = "net")]
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+#[cfg(feature = "net")]
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+#[cfg(feature = "net")]
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 
+#[cfg(feature = "net")]
 /// Create (or re-own) the persistent TAP `name`, owned by `owner` when given.
 fn create_tap(name: &str, owner: Option<Identity>) -> io::Result<()> {
     let tun = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(PathBuf::from("/dev/net/tun"))?;
+        .open("/dev/net/tun")?;
     // struct ifreq: 16-byte name, then the flags (short) of the union; 40 bytes in all.
     let mut ifr = [0u8; 40];
     let n = name.as_bytes();
