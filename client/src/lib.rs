@@ -181,8 +181,10 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// TLS settings for ureq: `ca_pem` as the only root, the client certificate if given, ring.
-fn tls_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ureq::tls::TlsConfig> {
+/// TLS settings for ureq: the certificates of `ca_pem` as the only roots, the client certificate
+/// if given, ring. Also what the node uses for `https://` release downloads (the system CA
+/// bundle as `ca_pem`), so no root store is compiled in.
+pub fn tls_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ureq::tls::TlsConfig> {
     use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
     let bad = |what: &str, e: &dyn std::fmt::Display| ClientError::Tls {
         reason: format!("{what}: {e}"),

@@ -149,6 +149,10 @@ pub struct Config {
     /// Time limit of one artifact download.
     #[serde(default = "d_fetch_timeout", deserialize_with = "de_secs")]
     pub fetch_timeout: Duration,
+    /// PEM bundle of the CAs trusted for `https://` release downloads (read when the first
+    /// https download starts). Default: the system bundle, `/etc/ssl/certs/ca-certificates.crt`.
+    #[serde(default = "d_ca_bundle")]
+    pub ca_bundle: PathBuf,
     /// Real-time partitions (the `rt` crate): `true`, `false` or `"auto"` (default: on when the
     /// node runs as root and a cgroup hierarchy is usable).
     #[serde(default)]
@@ -322,6 +326,10 @@ fn d_log_max() -> u64 {
 fn d_install_retry() -> Duration {
     Duration::from_secs(300)
 }
+fn d_ca_bundle() -> PathBuf {
+    PathBuf::from("/etc/ssl/certs/ca-certificates.crt")
+}
+
 fn d_fetch_timeout() -> Duration {
     Duration::from_secs(600)
 }
@@ -373,6 +381,7 @@ impl Config {
             log_keep: two_u32(),
             install_retry: d_install_retry(),
             fetch_timeout: d_fetch_timeout(),
+            ca_bundle: d_ca_bundle(),
             rt: RtMode::Auto,
             rt_cpus: None,
             rt_root_name: d_rt_root_name(),
@@ -414,10 +423,14 @@ impl Config {
                     *p = b.join(&*p);
                 }
             }
-            for s in [c.state_dir.as_mut(), c.tools_dir.as_mut()]
-                .into_iter()
-                .flatten()
-                .filter(|s| s.is_relative())
+            for s in [
+                c.state_dir.as_mut(),
+                c.tools_dir.as_mut(),
+                Some(&mut c.ca_bundle),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|s| s.is_relative())
             {
                 *s = b.join(&*s);
             }

@@ -1,12 +1,14 @@
 //! Fetching release files: URL resolution (pure), download or copy, SHA-256 verification.
 //!
-//! Sources are `http://`, `https://` (rustls with ring and the webpki roots), `file://` URLs and
+//! Sources are `http://`, `https://` (rustls with ring; the trusted roots are the node's
+//! `ca_bundle`, the system CA bundle by default, read at the first https download), `file://` URLs and
 //! absolute paths. A relative artifact URL is resolved against the manifest's URL: its directory
 //! for a path or `file://`, the last `/` of the path for `http(s)://` (query and fragment cut).
 //! `file://` takes the path as written (no percent-decoding); `file://localhost/…` is accepted.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -94,10 +96,14 @@ pub fn source(url: &str) -> Result<Source, FetchError> {
     }
 }
 
-/// Fetches release files. Cheap to clone (one HTTP agent).
+/// Fetches release files. Cheap to clone (the agents are shared).
 #[derive(Clone)]
 pub struct Fetcher {
     agent: ureq::Agent,
+    timeout: Duration,
+    ca_bundle: Arc<PathBuf>,
+    /// The https agent, built from `ca_bundle` at the first https download (or its error).
+    tls: Arc<OnceLock<Result<ureq::Agent, String>>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -107,15 +113,50 @@ impl std::fmt::Debug for Fetcher {
 }
 
 impl Fetcher {
-    /// A fetcher whose downloads each take at most `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    /// A fetcher whose downloads each take at most `timeout`; `https://` sources are verified
+    /// against the PEM bundle `ca_bundle`.
+    pub fn new(timeout: Duration, ca_bundle: &Path) -> Self {
+        Self {
+            agent: Self::agent(timeout, None),
+            timeout,
+            ca_bundle: Arc::new(ca_bundle.to_path_buf()),
+            tls: Arc::default(),
+        }
+    }
+
+    fn agent(timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
+        let mut b = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        Self { agent }
+            .timeout_connect(Some(Duration::from_secs(30)));
+        if let Some(t) = tls {
+            b = b.tls_config(t);
+        }
+        b.build().into()
+    }
+
+    /// The agent for `url`: the plain one, or the https one (built once from the CA bundle).
+    fn agent_for(&self, url: &str) -> Result<&ureq::Agent, String> {
+        if !url.starts_with("https://") {
+            return Ok(&self.agent);
+        }
+        self.tls
+            .get_or_init(|| {
+                let path = &*self.ca_bundle;
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "cannot read the CA bundle `{}` for https downloads ({e}): install \
+                         ca-certificates or set `ca_bundle` in the node config",
+                        path.display()
+                    )
+                })?;
+                let tls = slapos_client::tls_config(&pem, None).map_err(|e| {
+                    format!("CA bundle `{}` for https downloads: {e}", path.display())
+                })?;
+                Ok(Self::agent(self.timeout, Some(tls)))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn open(&self, url: &str) -> Result<Box<dyn Read + Send>, FetchError> {
@@ -129,7 +170,12 @@ impl Fetcher {
                 Ok(Box::new(f))
             }
             Source::Http(u) => {
-                let resp = self.agent.get(&u).call().map_err(|e| err(e.to_string()))?;
+                let resp = self
+                    .agent_for(&u)
+                    .map_err(&err)?
+                    .get(&u)
+                    .call()
+                    .map_err(|e| err(e.to_string()))?;
                 let status = resp.status();
                 if !status.is_success() {
                     return Err(err(format!("HTTP {status}")));
@@ -248,11 +294,36 @@ mod tests {
     }
 
     #[test]
+    fn https_roots_come_from_the_ca_bundle() {
+        let d = tempfile::tempdir().unwrap();
+        // A missing bundle: https fails with what to do; http and files are unaffected.
+        let f = Fetcher::new(Duration::from_secs(5), &d.path().join("none.pem"));
+        let e = f.agent_for("https://example.invalid/x").unwrap_err();
+        assert!(e.contains("none.pem") && e.contains("ca_bundle"), "{e}");
+        assert!(f.agent_for("http://example.invalid/x").is_ok());
+        // A file without certificates is refused, naming it.
+        let junk = d.path().join("junk.pem");
+        std::fs::write(&junk, "not pem").unwrap();
+        let e = Fetcher::new(Duration::from_secs(5), &junk)
+            .agent_for("https://example.invalid/x")
+            .unwrap_err();
+        assert!(e.contains("junk.pem"), "{e}");
+        // The system bundle (Debian's ca-certificates) builds a TLS agent, no network needed.
+        let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        if system.exists() {
+            let f = Fetcher::new(Duration::from_secs(5), system);
+            f.agent_for("https://example.invalid/x").unwrap();
+        } else {
+            eprintln!("no system CA bundle: its part of the test skipped");
+        }
+    }
+
+    #[test]
     fn verification_keeps_good_files_and_removes_bad_ones() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src.txt");
         std::fs::write(&src, b"hello").unwrap();
-        let f = Fetcher::new(Duration::from_secs(5));
+        let f = Fetcher::new(Duration::from_secs(5), Path::new("/nonexistent/ca.pem"));
         let good = sha256_hex(b"hello");
         let dest = d.path().join("out/a.txt");
         let n = f
@@ -292,7 +363,7 @@ mod tests {
                 s.write_all(resp.as_bytes()).unwrap();
             }
         });
-        let f = Fetcher::new(Duration::from_secs(5));
+        let f = Fetcher::new(Duration::from_secs(5), Path::new("/nonexistent/ca.pem"));
         let d = tempfile::tempdir().unwrap();
         let url = format!("http://{addr}/sr/a");
         f.fetch_verified(&url, &sha256_hex(b"payload"), &d.path().join("a"))

@@ -309,7 +309,10 @@ pub async fn run_with(
         // The `protocol` key decides (native by default).
         None => crate::master_link(&cfg)?,
     };
-    let installer = Installer::new(&cfg.software_root, Fetcher::new(cfg.fetch_timeout));
+    let installer = Installer::new(
+        &cfg.software_root,
+        Fetcher::new(cfg.fetch_timeout, &cfg.ca_bundle),
+    );
     installer.clean_leftovers();
     let cache = DesiredCache::new(&cfg.state_dir());
     let cached = cache.load(&cfg.computer_id);

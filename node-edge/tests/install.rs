@@ -14,7 +14,13 @@ use node_edge::install::{COMPLETED, Installer, load_manifest};
 use slapos_proto::{SoftwareType, SoftwareUrl};
 
 fn installer(root: &Path) -> Installer {
-    Installer::new(root, Fetcher::new(Duration::from_secs(30)))
+    Installer::new(
+        root,
+        Fetcher::new(
+            Duration::from_secs(30),
+            std::path::Path::new("/nonexistent/ca.pem"),
+        ),
+    )
 }
 
 /// Names in `root`, sorted.
