@@ -22,10 +22,16 @@
 //! | user U | request root instances (new titles, or the ones U owns), read and change the state of the trees U owns |
 //! | anonymous | enroll |
 //!
-//! Supplying releases, listing every computer and the classic SLAP routes are for local and
-//! admin identities. Lists are filtered with the same rules. Every refusal is an
-//! [`ApiError::Forbidden`] naming the identity and the action; the HTTP layer logs each 403 with
-//! the identity, method and path.
+//! Supplying releases and listing every computer are for local and admin identities. Lists are
+//! filtered with the same rules. Every refusal is an [`ApiError::Forbidden`] naming the identity
+//! and the action; the HTTP layer logs each 403 with the identity, method and path.
+//!
+//! The SLAP routes (classic, `/hateoas`, JSON-RPC; `crate::slap`) map each call onto the same
+//! actions: the slapgrid calls of computer X onto [`Action::Node`] / [`Action::Register`],
+//! partition calls onto [`Action::Partition`] / [`Action::ReadPartition`], requests onto
+//! [`Action::RequestRoot`] / [`Action::RequestChild`], supply onto [`Action::Supply`], the
+//! software product catalog onto [`Action::Catalog`]; what has no owner to check (root shared
+//! instances) is [`Action::AdminOnly`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -181,8 +187,11 @@ pub enum Action<'a> {
     Enroll,
     /// `GET /v1/health`.
     Health,
-    /// Any classic SLAP route.
-    Slap,
+    /// Read the software product catalog (`getSoftwareReleaseListFromSoftwareProduct`) or the
+    /// service root documents: every certified identity.
+    Catalog,
+    /// Something only the local operator and admins may do (named for the refusal message).
+    AdminOnly(&'static str),
     /// Register (or re-register) a computer.
     Register(&'a ComputerId),
     /// Read a computer (show, or an entry of the list).
@@ -193,6 +202,9 @@ pub enum Action<'a> {
     Node(&'a ComputerId),
     /// Report, publish connection parameters or bang on a partition.
     Partition(&'a ComputerId, &'a PartitionId),
+    /// Read what the master holds for a partition (SLAP `registerComputerPartition`, status,
+    /// its shared instances).
+    ReadPartition(&'a ComputerId, &'a PartitionId),
     /// Fetch a partition's certificate and key.
     PartitionCertificate(&'a ComputerId, &'a PartitionId),
     /// Request a root instance; `existing` is `Some(owner)` when the title exists already.
@@ -216,12 +228,14 @@ impl fmt::Display for Action<'_> {
         match self {
             Self::Enroll => f.write_str("enroll"),
             Self::Health => f.write_str("read the health"),
-            Self::Slap => f.write_str("use the classic SLAP API"),
+            Self::Catalog => f.write_str("read the software catalog"),
+            Self::AdminOnly(what) => f.write_str(what),
             Self::Register(c) => write!(f, "register computer {c}"),
             Self::ReadComputer(c) => write!(f, "read computer {c}"),
             Self::Supply(c) => write!(f, "supply releases on computer {c}"),
             Self::Node(c) => write!(f, "act as the node of computer {c}"),
             Self::Partition(c, p) => write!(f, "act on partition {c}/{p}"),
+            Self::ReadPartition(c, p) => write!(f, "read partition {c}/{p}"),
             Self::PartitionCertificate(c, p) => {
                 write!(f, "fetch the certificate of partition {c}/{p}")
             }
@@ -247,9 +261,12 @@ pub fn allowed(who: &Identity, what: &Action<'_>) -> bool {
     match (who, what) {
         (_, A::Enroll) => true,
         (I::Anonymous, _) => false,
-        (_, A::Health) => true,
+        (_, A::Health | A::Catalog) => true,
         (I::Computer(x), A::Register(c) | A::ReadComputer(c) | A::Node(c)) => x == *c,
-        (I::Computer(x), A::Partition(c, _) | A::PartitionCertificate(c, _)) => x == *c,
+        (
+            I::Computer(x),
+            A::Partition(c, _) | A::ReadPartition(c, _) | A::PartitionCertificate(c, _),
+        ) => x == *c,
         (I::Computer(x), A::RequestChild(p)) => p.computer == *x,
         (I::Computer(x), A::ReadInstance(i)) => {
             i.computer == x.as_str()
@@ -257,7 +274,9 @@ pub fn allowed(who: &Identity, what: &Action<'_>) -> bool {
                     .and_then(|r| r.split_once('/'))
                     .is_some_and(|(c, _)| c == x.as_str())
         }
-        (I::Partition(me), A::Partition(c, p)) => me.computer == **c && me.partition == **p,
+        (I::Partition(me), A::Partition(c, p) | A::ReadPartition(c, p)) => {
+            me.computer == **c && me.partition == **p
+        }
         (I::Partition(me), A::RequestChild(p)) => me == *p,
         (I::Partition(me), A::ReadInstance(i)) => {
             let mine = me.to_string();
@@ -358,8 +377,16 @@ mod tests {
         assert!(!allowed(&alice, &Action::ChangeTree { owner: None }));
         assert!(!allowed(&anon, &Action::Health));
         assert!(allowed(&anon, &Action::Enroll));
-        assert!(allowed(&Identity::Local, &Action::Slap));
-        assert!(!allowed(&comp, &Action::Slap));
+        let shared = Action::AdminOnly("request root shared instances");
+        assert!(allowed(&Identity::Local, &shared));
+        assert!(!allowed(&comp, &shared));
+        assert!(!allowed(&alice, &shared));
+        assert!(allowed(&alice, &Action::Catalog));
+        assert!(!allowed(&anon, &Action::Catalog));
+        assert!(allowed(&part, &Action::ReadPartition(&c1, &p)));
+        assert!(allowed(&comp, &Action::ReadPartition(&c1, &p)));
+        assert!(!allowed(&comp, &Action::ReadPartition(&c2, &p)));
+        assert!(!allowed(&alice, &Action::ReadPartition(&c1, &p)));
         let facts = InstanceFacts {
             computer: "C2",
             partition: "p3",

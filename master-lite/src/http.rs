@@ -9,8 +9,8 @@
 //! client certificate's over mTLS, after checking its serial is recorded and not revoked;
 //! [`Identity::Local`] without TLS) and logs every 403 with the identity, method and path.
 //! Every handler asks [`auth::allow`] before acting; lists are filtered with [`auth::allowed`].
-//! Over TLS, a connection without a client certificate reaches `POST /v1/enroll` only, and the
-//! classic SLAP routes need an admin identity.
+//! Over TLS, a connection without a client certificate reaches `POST /v1/enroll` only; the SLAP
+//! routes (`crate::slap`) authorize each call with the same [`auth::allow`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -116,9 +116,7 @@ async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> R
         },
     };
     let checked = checked.and_then(|()| {
-        if !path.starts_with("/v1/") {
-            auth::allow(&who, Action::Slap)
-        } else if who == Identity::Anonymous && path != ENROLL_ROUTE {
+        if who == Identity::Anonymous && path != ENROLL_ROUTE {
             Err(ApiError::Forbidden(
                 "a connection without a client certificate may only enroll".into(),
             ))
@@ -540,7 +538,10 @@ fn ca(st: &AppState) -> ApiResult<Arc<Ca>> {
 }
 
 /// Issue a client certificate for `id` (CPU work, off the runtime threads).
-async fn issue(ca: Arc<Ca>, id: Identity) -> ApiResult<(crate::pki::Issued, CertificateRow)> {
+pub(crate) async fn issue(
+    ca: Arc<Ca>,
+    id: Identity,
+) -> ApiResult<(crate::pki::Issued, CertificateRow)> {
     let issued = tokio::task::spawn_blocking(move || ca.issue_client(&id))
         .await
         .map_err(|e| ApiError::Internal(format!("certificate issuing task failed: {e}")))?

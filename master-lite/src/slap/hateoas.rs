@@ -5,9 +5,13 @@
 //!
 //! Roots are instances with no requester (slapproxy: `requested_by = ''`) and shared instances
 //! requested by a user (slapproxy's `_<title>` slaves), viewed at `/hateoas/shared/<title>`.
+//!
+//! Authorization: lists are filtered with [`auth::allowed`] (a user sees the trees it owns, a
+//! computer the roots on it, admins everything; root shared instances, which record no owner,
+//! are for admins); a view of something the caller may not read is a 403.
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -16,6 +20,7 @@ use slapos_proto::InstanceInfo;
 use slapos_proto::slap as wire;
 
 use super::{SlapError, param_dict, query, timestamp};
+use crate::auth::{self, Action, Identity, InstanceFacts};
 use crate::http::AppState;
 use crate::store::SharedRow;
 
@@ -62,9 +67,11 @@ fn quoted(name: &str) -> Option<&str> {
 
 async fn hateoas(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, SlapError> {
+    super::allow(&who, Action::Catalog)?;
     let q = query(&q);
     let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     match get("mode") {
@@ -88,14 +95,14 @@ async fn hateoas(
             let unhandled =
                 || SlapError(StatusCode::BAD_REQUEST, format!("Unhandled query: {query}"));
             let contents = if query == SERVICE_LIST {
-                service_rows(&st, None).await?
+                service_rows(&st, &who, None).await?
             } else if let Some(t) = query.strip_prefix(&format!("{SERVICE_LIST} AND title:=")) {
-                service_rows(&st, Some(quoted(t).ok_or_else(unhandled)?.to_owned())).await?
+                service_rows(&st, &who, Some(quoted(t).ok_or_else(unhandled)?.to_owned())).await?
             } else if query == COMPUTER_LIST {
-                computer_rows(&st, None).await?
+                computer_rows(&st, &who, None).await?
             } else if let Some(r) = query.strip_prefix(&format!("{COMPUTER_LIST} AND reference:="))
             {
-                computer_rows(&st, Some(quoted(r).ok_or_else(unhandled)?.to_owned())).await?
+                computer_rows(&st, &who, Some(quoted(r).ok_or_else(unhandled)?.to_owned())).await?
             } else {
                 return Err(unhandled());
             };
@@ -108,16 +115,59 @@ async fn hateoas(
     }
 }
 
-/// Root instances (no requester), optionally one title.
-pub(crate) async fn roots(
+/// A root instance with the owner of its tree.
+pub(crate) type OwnedRoot = (InstanceInfo, Option<String>);
+
+/// Whether `who` may read instance `i` of a tree owned by `owner`.
+pub(crate) fn readable(who: &Identity, i: &InstanceInfo, owner: Option<&str>) -> bool {
+    auth::allowed(
+        who,
+        &Action::ReadInstance(InstanceFacts {
+            computer: i.computer.as_str(),
+            partition: i.partition.as_str(),
+            requester: i.requester.as_deref(),
+            owner,
+        }),
+    )
+}
+
+/// [`readable`], or a 403 naming the instance.
+pub(crate) fn check_readable(who: &Identity, (i, owner): &OwnedRoot) -> Result<(), SlapError> {
+    super::allow(
+        who,
+        Action::ReadInstance(InstanceFacts {
+            computer: i.computer.as_str(),
+            partition: i.partition.as_str(),
+            requester: i.requester.as_deref(),
+            owner: owner.as_deref(),
+        }),
+    )
+}
+
+/// Root instances (no requester) with their owners, optionally one title; unfiltered.
+pub(crate) async fn all_roots(
     st: &AppState,
     title: Option<String>,
-) -> Result<Vec<InstanceInfo>, SlapError> {
-    let all = st.db.call(|s| s.instances()).await?;
+) -> Result<Vec<OwnedRoot>, SlapError> {
+    let all = st.db.call(|s| s.instances_owned()).await?;
     Ok(all
         .into_iter()
-        .filter(|i| i.requester.is_none() && i.root_title == i.title)
-        .filter(|i| title.as_deref().is_none_or(|t| i.title.as_str() == t))
+        .filter(|(i, _)| i.requester.is_none() && i.root_title == i.title)
+        .filter(|(i, _)| title.as_deref().is_none_or(|t| i.title.as_str() == t))
+        .collect())
+}
+
+/// The root instances `who` may read, optionally one title.
+pub(crate) async fn roots(
+    st: &AppState,
+    who: &Identity,
+    title: Option<String>,
+) -> Result<Vec<InstanceInfo>, SlapError> {
+    Ok(all_roots(st, title)
+        .await?
+        .into_iter()
+        .filter(|(i, o)| readable(who, i, o.as_deref()))
+        .map(|(i, _)| i)
         .collect())
 }
 
@@ -134,23 +184,32 @@ fn connection_xml(i: &InstanceInfo) -> Result<Json, SlapError> {
     })
 }
 
-/// Root shared instances (requested by a user), optionally one title.
+/// Root shared instances (requested by a user), optionally one title: they record no owner,
+/// so only local and admin identities see them.
 pub(crate) async fn root_shared(
     st: &AppState,
+    who: &Identity,
     title: Option<String>,
 ) -> Result<Vec<SharedRow>, SlapError> {
+    if !who.is_admin() {
+        return Ok(Vec::new());
+    }
     Ok(st
         .db
         .call(move |s| s.slap_shared_list(Some(""), title.as_deref(), None))
         .await?)
 }
 
-async fn service_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json>, SlapError> {
-    let mut found = partition_rows(st, title.clone()).await?;
+async fn service_rows(
+    st: &AppState,
+    who: &Identity,
+    title: Option<String>,
+) -> Result<Vec<Json>, SlapError> {
+    let mut found = partition_rows(st, who, title.clone()).await?;
     // slapproxy: all root partitions then all root shared; one title: the partition, else
     // the shared instance.
     if title.is_none() || found.is_empty() {
-        found.extend(root_shared(st, title).await?.iter().map(|r| {
+        found.extend(root_shared(st, who, title).await?.iter().map(|r| {
             json!({
                 "title": r.title, "url_string": r.software_url,
                 "relative_url": format!("/hateoas/shared/{}", r.title),
@@ -160,8 +219,12 @@ async fn service_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json>,
     Ok(found)
 }
 
-async fn partition_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json>, SlapError> {
-    roots(st, title)
+async fn partition_rows(
+    st: &AppState,
+    who: &Identity,
+    title: Option<String>,
+) -> Result<Vec<Json>, SlapError> {
+    roots(st, who, title)
         .await?
         .iter()
         .map(|i| {
@@ -186,13 +249,25 @@ async fn partition_rows(st: &AppState, title: Option<String>) -> Result<Vec<Json
         .collect()
 }
 
-async fn computer_rows(st: &AppState, reference: Option<String>) -> Result<Vec<Json>, SlapError> {
+/// Whether `who` may read computer `c` (an id that does not parse: admins only).
+pub(crate) fn computer_readable(who: &Identity, c: &str) -> bool {
+    who.is_admin()
+        || slapos_proto::ComputerId::parse(c)
+            .is_ok_and(|c| auth::allowed(who, &Action::ReadComputer(&c)))
+}
+
+async fn computer_rows(
+    st: &AppState,
+    who: &Identity,
+    reference: Option<String>,
+) -> Result<Vec<Json>, SlapError> {
     let list = st
         .db
         .call(move |s| s.slap_computer_list(reference.as_deref()))
         .await?;
     Ok(list
         .into_iter()
+        .filter(|c| computer_readable(who, &c.id))
         .map(|c| {
             json!({
                 "reference": c.id, "title": c.id, "address": c.address, "netmask": c.netmask,
@@ -208,11 +283,14 @@ fn field(ty: &str, key: &str, default: Json) -> Json {
 
 async fn partition_view(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(title): Path<String>,
 ) -> Result<Response, SlapError> {
-    let Some(i) = roots(&st, Some(title)).await?.pop() else {
+    let Some(root) = all_roots(&st, Some(title)).await?.pop() else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
+    check_readable(&who, &root)?;
+    let i = root.0;
     Ok(json_ok(json!({
         "_embedded": {"_view": {
             "form_id": field("StringField", "form_id", json!("InstanceTree_viewAsHateoas")),
@@ -240,9 +318,11 @@ pub(crate) fn shared_params_xml(r: &SharedRow) -> Result<String, SlapError> {
 
 async fn shared_view(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(title): Path<String>,
 ) -> Result<Response, SlapError> {
-    let Some(r) = root_shared(&st, Some(title)).await?.pop() else {
+    super::allow(&who, Action::AdminOnly("read root shared instances"))?;
+    let Some(r) = root_shared(&st, &who, Some(title)).await?.pop() else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
     let connection = if r.connection.is_empty() {
@@ -270,8 +350,15 @@ async fn shared_view(
 
 async fn computer_view(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(reference): Path<String>,
 ) -> Result<Response, SlapError> {
+    if !computer_readable(&who, &reference) {
+        return Err(super::refused(
+            &who,
+            &format!("read computer {reference:?}"),
+        ));
+    }
     let list = st
         .db
         .call(move |s| s.slap_computer_list(Some(&reference)))

@@ -19,6 +19,15 @@
 //! Shared ("slave") instances follow `db.requestSlave`: stored in `slap_shared` (migration 3),
 //! listed in the host's `slave_instance_list` with their marshalled types.
 //!
+//! Authorization: every handler asks [`auth::allow`] with the caller's [`Identity`] (attached by
+//! `http::identify`) before acting, with the actions of the native routes: a computer's
+//! slapgrid calls need its own `computer_id`, partition calls a partition of the caller
+//! (computer) or the caller itself (partition), a request names its requester (X-SlapPartition
+//! header and form fields, each checked) or is a root request (users: new titles or their own
+//! roots, owner recorded), supply is admin-only. Over plain HTTP the caller is
+//! [`Identity::Local`] and everything stays as in slapproxy. A refusal is a 403 (the `slap`
+//! library's `AuthenticationError`), changes nothing, and is logged by `http::identify`.
+//!
 //! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
 //! reports are accepted and ignored, as slapproxy does.
 
@@ -30,7 +39,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,9 +57,10 @@ use slapos_proto::{
 
 pub use config::{ProxyConfig, SlapConfig};
 
+use crate::auth::{self, Action, Identity};
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
-use crate::store::{SharedEntry, SharedRequest, SlapInstance, SlapPartition};
+use crate::store::{RequestRules, SharedEntry, SharedRequest, SlapInstance, SlapPartition};
 
 /// The SLAP routes, to merge into the native router.
 pub fn routes() -> Router<AppState> {
@@ -71,7 +81,7 @@ pub fn routes() -> Router<AppState> {
         .route("/startedComputerPartition", post(ignored))
         .route("/stoppedComputerPartition", post(ignored))
         .route("/softwareInstanceError", post(ignored))
-        .route("/useComputer", post(ignored))
+        .route("/useComputer", post(use_computer))
         .route("/destroyedComputerPartition", post(destroyed_partition))
         .route("/setComputerPartitionConnectionXml", post(connection))
         .route("/softwareInstanceBang", post(bang))
@@ -165,6 +175,80 @@ fn query(q: &Option<String>) -> Fields {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Authorization
+
+/// [`auth::allow`] as a SLAP answer (403, text).
+pub(crate) fn allow(who: &Identity, what: Action<'_>) -> Result<(), SlapError> {
+    auth::allow(who, what).map_err(SlapError::from)
+}
+
+/// A 403 for ids that name nothing the caller could be allowed on.
+pub(crate) fn refused(who: &Identity, what: &str) -> SlapError {
+    SlapError::from(ApiError::Forbidden(format!("{who} may not {what}")))
+}
+
+/// `act` on computer `c` (as sent by the client). Local and admin identities pass without
+/// parsing (slapproxy's leniency kept); an id that does not parse is refused to the others.
+pub(crate) fn check_computer(
+    who: &Identity,
+    c: &str,
+    act: for<'a> fn(&'a ComputerId) -> Action<'a>,
+) -> Result<(), SlapError> {
+    if who.is_admin() {
+        return Ok(());
+    }
+    let c = ComputerId::parse(c).map_err(|_| refused(who, &format!("act on computer {c:?}")))?;
+    allow(who, act(&c))
+}
+
+/// `act` on partition `c/p`, as [`check_computer`].
+pub(crate) fn check_partition(
+    who: &Identity,
+    c: &str,
+    p: &str,
+    act: for<'a> fn(&'a ComputerId, &'a PartitionId) -> Action<'a>,
+) -> Result<(), SlapError> {
+    if who.is_admin() {
+        return Ok(());
+    }
+    let (Ok(cc), Ok(pp)) = (ComputerId::parse(c), PartitionId::parse(p)) else {
+        return Err(refused(who, &format!("act on partition {c:?}/{p:?}")));
+    };
+    allow(who, act(&cc, &pp))
+}
+
+/// A request made as partition `c/p` (X-SlapPartition header or form fields): the caller must
+/// be that partition or its computer.
+pub(crate) fn check_requester_identity(who: &Identity, c: &str, p: &str) -> Result<(), SlapError> {
+    if who.is_admin() {
+        return Ok(());
+    }
+    let r = slapos_proto::PartitionRef::parse(&format!("{c}/{p}"))
+        .map_err(|_| refused(who, &format!("request instances as partition {c:?}/{p:?}")))?;
+    allow(who, Action::RequestChild(&r))
+}
+
+/// Request (or re-request) a root instance as `who`: the owner rule of the native API, then
+/// the request with `who`'s owner recorded (one call on the database thread, so nothing can
+/// take the title in between).
+pub(crate) fn request_root(
+    s: &mut crate::store::Store,
+    who: &Identity,
+    req: &InstanceRequest,
+    now: u64,
+) -> Result<slapos_proto::InstanceInfo, ApiError> {
+    let existing = s.root_owner(&req.title)?;
+    auth::allow(
+        who,
+        Action::RequestRoot {
+            existing: existing.as_ref().map(Option::as_deref),
+        },
+    )?;
+    let owner = who.owner();
+    s.request_as(req, None, owner.as_deref(), now, RequestRules::SLAPPROXY)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Conversions between the two models
 
 /// Our revision (milliseconds of the global counter) as slapproxy's `str(time.time())`.
@@ -238,9 +322,14 @@ fn partition_doc(c: &str, p: &SlapPartition) -> ComputerPartitionDoc {
 // ---------------------------------------------------------------------------------------------
 // Node-side reads
 
-async fn full_computer(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResult {
+async fn full_computer(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    RawQuery(q): RawQuery,
+) -> SlapResult {
     let q = query(&q);
     let c = wire::forms::required(&q, "computer_id")?.to_owned();
+    check_computer(&who, &c, |c| Action::Node(c))?;
     let id = c.clone();
     let found = st.db.call(move |s| s.slap_computer(&id)).await?;
     let doc = match found {
@@ -269,9 +358,16 @@ async fn full_computer(State(st): State<AppState>, RawQuery(q): RawQuery) -> Sla
     doc.encode().map(text).map_err(server_error)
 }
 
-async fn register_partition(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResult {
+async fn register_partition(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    RawQuery(q): RawQuery,
+) -> SlapResult {
     let q = query(&q);
     let r = wire::PartitionRef::from_register_query(&q)?;
+    check_partition(&who, &r.computer_id, &r.partition_id, |c, p| {
+        Action::ReadPartition(c, p)
+    })?;
     let (c, p) = (r.computer_id.clone(), r.partition_id.clone());
     let found = st.db.call(move |s| s.slap_partition(&c, &p)).await?;
     let Some(part) = found else {
@@ -286,19 +382,85 @@ async fn register_partition(State(st): State<AppState>, RawQuery(q): RawQuery) -
         .map_err(server_error)
 }
 
-async fn certificate() -> SlapResult {
-    marshal(&Value::dict([("certificate", ""), ("key", "")]))
+/// `getComputerPartitionCertificate`: over TLS, a new certificate of the partition's identity
+/// from the master CA (recorded, revoked when the partition is freed), for the computer's node
+/// to place in the partition; without a CA, or for a free partition, slapproxy's empty one.
+async fn certificate(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    RawQuery(q): RawQuery,
+) -> SlapResult {
+    let q = query(&q);
+    let empty = || marshal(&Value::dict([("certificate", ""), ("key", "")]));
+    let (c, p) = match (q.field("computer_id"), q.field("computer_partition_id")) {
+        (Some(c), Some(p)) => (c.to_owned(), p.to_owned()),
+        _ if who.is_admin() => return empty(),
+        (c, p) => {
+            return Err(refused(
+                &who,
+                &format!(
+                    "fetch the certificate of partition {:?}/{:?}",
+                    c.unwrap_or(""),
+                    p.unwrap_or("")
+                ),
+            ));
+        }
+    };
+    check_partition(&who, &c, &p, |c, p| Action::PartitionCertificate(c, p))?;
+    let (Some(ca), Ok(c), Ok(p)) = (st.ca.clone(), ComputerId::parse(&c), PartitionId::parse(&p))
+    else {
+        return empty();
+    };
+    let (cc, pp) = (c.clone(), p.clone());
+    let allocated = st
+        .db
+        .call(move |s| match s.partition_allocated(&cc, &pp) {
+            Err(ApiError::NotFound(_)) => Ok(false),
+            other => other,
+        })
+        .await?;
+    if !allocated {
+        return empty();
+    }
+    let id = Identity::Partition(slapos_proto::PartitionRef {
+        computer: c,
+        partition: p,
+    });
+    let (issued, row) = crate::http::issue(ca, id).await?;
+    st.db.call(move |s| s.record_certificate(&row)).await?;
+    marshal(&Value::dict([
+        ("certificate", issued.cert_pem.as_str()),
+        ("key", issued.key_pem.as_str()),
+    ]))
 }
 
-async fn partition_status() -> SlapResult {
+async fn partition_status(
+    Extension(who): Extension<Identity>,
+    RawQuery(q): RawQuery,
+) -> SlapResult {
+    if !who.is_admin() {
+        let q = query(&q);
+        let c = q.field("computer_id").unwrap_or("");
+        let p = q.field("computer_partition_id").unwrap_or("");
+        check_partition(&who, c, p, |c, p| Action::ReadPartition(c, p))?;
+    }
     marshal(&Value::str("Not implemented."))
 }
 
-async fn computer_bang() -> SlapResult {
+async fn computer_bang(Extension(who): Extension<Identity>, body: Bytes) -> SlapResult {
+    let f = form(&body);
+    check_computer(&who, f.field("computer_id").unwrap_or(""), |c| {
+        Action::Node(c)
+    })?;
     marshal(&Value::str(""))
 }
 
-async fn product(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResult {
+async fn product(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    RawQuery(q): RawQuery,
+) -> SlapResult {
+    allow(&who, Action::Catalog)?;
     let q = query(&q);
     match (
         q.field("software_product_reference"),
@@ -327,15 +489,25 @@ async fn product(State(st): State<AppState>, RawQuery(q): RawQuery) -> SlapResul
 // ---------------------------------------------------------------------------------------------
 // Computer and software
 
-async fn format(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn format(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let cfg = ComputerConfiguration::from_form(&form(&body))?;
+    check_computer(&who, &cfg.reference, |c| Action::Register(c))?;
     let now = now_ms();
     st.db.call(move |s| s.slap_format(&cfg, now)).await?;
     Ok(text("done"))
 }
 
-async fn supply(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn supply(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let f = SupplyForm::from_form(&form(&body))?;
+    check_computer(&who, &f.computer_id, |c| Action::Supply(c))?;
     let c = ComputerId::parse(f.computer_id.as_str()).map_err(bad_request)?;
     let req = SupplyRequest {
         url: SoftwareUrl::parse(f.url.as_str()).map_err(bad_request)?,
@@ -374,31 +546,77 @@ async fn software_report(st: &AppState, body: &Bytes, state: InstallState) -> Op
         .ok()
 }
 
-async fn building(State(st): State<AppState>, body: Bytes) -> Response {
+/// A node's call about its computer named by the form's `computer_id`.
+fn check_node_form(who: &Identity, body: &Bytes) -> Result<(), SlapError> {
+    check_computer(who, form(body).field("computer_id").unwrap_or(""), |c| {
+        Action::Node(c)
+    })
+}
+
+/// A call about the partition named by the form's `computer_id` + `computer_partition_id`.
+fn check_partition_form(who: &Identity, body: &Bytes) -> Result<(), SlapError> {
+    let f = form(body);
+    check_partition(
+        who,
+        f.field("computer_id").unwrap_or(""),
+        f.field("computer_partition_id").unwrap_or(""),
+        |c, p| Action::Partition(c, p),
+    )
+}
+
+async fn building(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
+    check_node_form(&who, &body)?;
     software_report(&st, &body, InstallState::Building).await;
-    text("Ignored")
+    Ok(text("Ignored"))
 }
 
-async fn available(State(st): State<AppState>, body: Bytes) -> Response {
+async fn available(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
+    check_node_form(&who, &body)?;
     software_report(&st, &body, InstallState::Available).await;
-    text("Ignored")
+    Ok(text("Ignored"))
 }
 
-async fn release_error(State(st): State<AppState>, body: Bytes) -> Response {
+async fn release_error(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
+    check_node_form(&who, &body)?;
     software_report(&st, &body, InstallState::Error).await;
-    text("Ignored")
+    Ok(text("Ignored"))
 }
 
-async fn destroyed_release(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn destroyed_release(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let f = form(&body);
     wire::forms::required(&f, "computer_id")?;
     wire::forms::required(&f, "url")?;
+    check_node_form(&who, &body)?;
     software_report(&st, &body, InstallState::Destroyed).await;
     Ok(text("OK"))
 }
 
-async fn ignored() -> Response {
-    text("Ignored")
+/// `started/stoppedComputerPartition`, `softwareInstanceError`: accepted and ignored (as
+/// slapproxy), from the partition or its computer.
+async fn ignored(Extension(who): Extension<Identity>, body: Bytes) -> SlapResult {
+    check_partition_form(&who, &body)?;
+    Ok(text("Ignored"))
+}
+
+async fn use_computer(Extension(who): Extension<Identity>, body: Bytes) -> SlapResult {
+    check_node_form(&who, &body)?;
+    Ok(text("Ignored"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,10 +669,25 @@ fn requester(
     .transpose()
 }
 
-async fn request(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> SlapResult {
+async fn request(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> SlapResult {
     let f = RequestForm::from_form(&form(&body))?;
+    // Every requester named (header and form) must be the caller or one of its partitions.
+    if let Some((c, p)) = requester_header(&headers) {
+        check_requester_identity(&who, &c, &p)?;
+    }
+    if let Some(r) = &f.requester {
+        check_requester_identity(&who, &r.computer_id, &r.partition_id)?;
+    }
     let from = requester(&headers, &f)?;
     if f.shared {
+        if from.is_none() {
+            allow(&who, Action::AdminOnly("request root shared instances"))?;
+        }
         return request_shared(&st, &f, from).await;
     }
     let mut sla = BTreeMap::new();
@@ -489,7 +722,15 @@ async fn request(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
         .db
         .call(move |s| {
             check_requester(s, from.as_ref())?;
-            s.slap_request(&req, from.as_ref(), now)
+            match &from {
+                Some(_) => s.slap_request(&req, from.as_ref(), now),
+                None => {
+                    let info = request_root(s, &who, &req, now)?;
+                    let (c, p) = (info.computer.to_string(), info.partition.to_string());
+                    let ip = s.slap_partition(&c, &p)?.map(|p| p.ip_list);
+                    Ok((info, ip.unwrap_or_default()))
+                }
+            }
         })
         .await?;
     let connection = param_dict(&info.connection);
@@ -577,8 +818,18 @@ async fn request_shared(
     .map_err(server_error)
 }
 
-async fn connection(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn connection(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let f = ConnectionForm::from_form(&form(&body))?;
+    check_partition(
+        &who,
+        &f.partition.computer_id,
+        &f.partition.partition_id,
+        |c, p| Action::Partition(c, p),
+    )?;
     let params = json_params(&f.connection_instance_xml().map_err(server_error)?)?;
     if let Some(reference) = f.slave_reference.clone() {
         let (c, p) = (
@@ -608,9 +859,16 @@ async fn connection(State(st): State<AppState>, body: Bytes) -> SlapResult {
     }
 }
 
-async fn bang(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn bang(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let f = form(&body);
     let r = wire::PartitionRef::from_form(&f)?;
+    check_partition(&who, &r.computer_id, &r.partition_id, |c, p| {
+        Action::Partition(c, p)
+    })?;
     let message = f.field("message").unwrap_or("").to_owned();
     let (Ok(c), Ok(p)) = (
         ComputerId::parse(r.computer_id.as_str()),
@@ -626,8 +884,15 @@ async fn bang(State(st): State<AppState>, body: Bytes) -> SlapResult {
     }
 }
 
-async fn destroyed_partition(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn destroyed_partition(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let r = wire::PartitionRef::from_form(&form(&body))?;
+    check_partition(&who, &r.computer_id, &r.partition_id, |c, p| {
+        Action::Partition(c, p)
+    })?;
     let now = now_ms();
     let answer = st
         .db
@@ -636,10 +901,17 @@ async fn destroyed_partition(State(st): State<AppState>, body: Bytes) -> SlapRes
     Ok(text(answer))
 }
 
-async fn rename(State(st): State<AppState>, body: Bytes) -> SlapResult {
+async fn rename(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     let f = form(&body);
     let new = wire::forms::required(&f, "new_name")?;
     let r = wire::PartitionRef::from_form(&f)?;
+    check_partition(&who, &r.computer_id, &r.partition_id, |c, p| {
+        Action::Partition(c, p)
+    })?;
     let new = InstanceTitle::parse(new).map_err(bad_request)?;
     let (c, p) = (r.computer_id.clone(), r.partition_id.clone());
     let renamed = st.db.call(move |s| s.slap_rename(&c, &p, &new)).await?;

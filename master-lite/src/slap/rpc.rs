@@ -7,13 +7,19 @@
 //! types and enums; failure 400), errors are JSON `{"status", "type", "title"}`. Instances are
 //! named by the synthetic guid `<title>___<root title or ''>___<0|1>`.
 //!
+//! Authorization ([`authorize`], before any work): the same actions as the classic routes —
+//! `computer_guid` calls of the node need that computer's identity, `instance_guid` calls the
+//! instance's partition or its computer, supply is admin-only, a request follows the requester
+//! rules (X-SlapPartition must name the caller or one of its partitions; roots: users' own
+//! titles, owner recorded), lists are filtered. A refusal is a 403 JSON error.
+//!
 //! Limits: bang and rename of a shared guid are 403 `NotImplemented` (as slapproxy); the
 //! format's addresses take the first address's `network-interface` as the partition's
 //! interface; no forwarding (never 523).
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -25,8 +31,12 @@ use slapos_proto::{
     SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
 };
 
-use super::hateoas::{host_url, root_shared, roots};
-use super::{SlapError, check_requester, param_dict, requester_header};
+use super::hateoas::{all_roots, check_readable, computer_readable, host_url, root_shared, roots};
+use super::{
+    SlapError, check_computer, check_partition, check_requester, check_requester_identity,
+    param_dict, request_root, requester_header,
+};
+use crate::auth::{Action, Identity, InstanceFacts};
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
 use crate::store::{SharedRequest, SharedRow, SlapPartition, Store};
@@ -37,7 +47,9 @@ pub fn routes() -> Router<AppState> {
         let name = schema.0;
         r.route(
             &format!("/{name}"),
-            any(move |st, method, headers, body| endpoint(st, name, method, headers, body)),
+            any(move |st, who, method, headers, body| {
+                endpoint(st, who, name, method, headers, body)
+            }),
         )
     })
 }
@@ -316,6 +328,7 @@ fn accepts_json(headers: &HeaderMap) -> bool {
 
 async fn endpoint(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     name: &'static str,
     method: Method,
     headers: HeaderMap,
@@ -345,6 +358,9 @@ async fn endpoint(
     let body: Json = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("Failed to decode JSON object: {e}")))?;
     validate(&body, schema)?;
+    if !who.is_admin() {
+        authorize(&st, &who, name, &body).await?;
+    }
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let now = now_ms();
     match name {
@@ -481,8 +497,8 @@ async fn endpoint(
         }
         "slapos.get.v0.instance_tree" => {
             let t = s("title");
-            let mut found = roots(&st, Some(t.clone())).await?;
-            let mut shared = root_shared(&st, Some(t.clone())).await?;
+            let mut found = roots(&st, &who, Some(t.clone())).await?;
+            let mut shared = root_shared(&st, &who, Some(t.clone())).await?;
             if found.is_empty()
                 && let (Some(r), true) = (shared.pop(), shared.is_empty())
             {
@@ -497,13 +513,13 @@ async fn endpoint(
             }
         }
         "slapos.allDocs.v0.instance_tree_list" => {
-            let mut list: Vec<Json> = roots(&st, None)
+            let mut list: Vec<Json> = roots(&st, &who, None)
                 .await?
                 .iter()
                 .map(|i| json!({"title": i.title}))
                 .collect();
             list.extend(
-                root_shared(&st, None)
+                root_shared(&st, &who, None)
                     .await?
                     .iter()
                     .map(|r| json!({"title": r.title})),
@@ -514,13 +530,134 @@ async fn endpoint(
             let list = st.db.call(|s| s.slap_computer_list(None)).await?;
             let list: Vec<Json> = list
                 .iter()
+                .filter(|c| computer_readable(&who, &c.id))
                 .map(|c| json!({"computer_guid": c.id}))
                 .collect();
             ok(json!({"result_list": list}))
         }
         "slapos.put.v0.compute_node_format" => format(&st, &body, now).await,
-        "slapos.post.v0.software_instance" => request(&st, &headers, &body, now).await,
+        "slapos.post.v0.software_instance" => request(&st, who, &headers, &body, now).await,
         _ => instance_call(&st, name, &body, now).await,
+    }
+}
+
+/// The JSON-RPC calls by `computer_guid` and the action each one is.
+fn computer_action(name: &str) -> Option<for<'a> fn(&'a ComputerId) -> Action<'a>> {
+    Some(match name {
+        "slapos.put.v0.software_installation_reported_state"
+        | "slapos.put.v0.software_installation_error"
+        | "slapos.allDocs.v0.compute_node_instance_list"
+        | "slapos.allDocs.v0.compute_node_software_installation_list"
+        | "slapos.post.v0.compute_node_certificate"
+        | "slapos.remove.v0.compute_node_certificate"
+        | "slapos.post.v0.compute_node_usage"
+        | "slapos.put.v0.compute_node_bang" => |c| Action::Node(c),
+        "slapos.get.v0.compute_node_status" => |c| Action::ReadComputer(c),
+        "slapos.put.v0.compute_node_format" => |c| Action::Register(c),
+        "slapos.post.v0.software_installation" => |c| Action::Supply(c),
+        _ => return None,
+    })
+}
+
+/// Where the instance named by a guid lives: its (host) computer and partition, and the facts
+/// to decide a read on (`None` for a shared instance: no owner is recorded for it).
+type Placed = (
+    String,
+    String,
+    Option<(slapos_proto::InstanceInfo, Option<String>)>,
+);
+
+async fn place(st: &AppState, g: &str) -> Result<Option<Placed>, RpcError> {
+    let (title, root, shared) = parse_guid(g)?;
+    if shared {
+        return Ok(shared_row(st, title, root)
+            .await?
+            .map(|r| (r.computer, r.partition, None)));
+    }
+    let found = st
+        .db
+        .call(move |s| {
+            let (Ok(t), Ok(r)) = (
+                InstanceTitle::parse(title.as_str()),
+                (!root.is_empty())
+                    .then(|| InstanceTitle::parse(root.as_str()))
+                    .transpose(),
+            ) else {
+                return Ok(None);
+            };
+            match s.instance_owned(&t, r.as_ref()) {
+                Ok(v) => Ok(Some(v)),
+                Err(ApiError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+    Ok(found.map(|(i, o)| {
+        (
+            i.computer.to_string(),
+            i.partition.to_string(),
+            Some((i, o)),
+        )
+    }))
+}
+
+/// Whether a non-admin `who` may make this call (see the module doc); lists and requests are
+/// decided in their handlers.
+async fn authorize(st: &AppState, who: &Identity, name: &str, body: &Json) -> Result<(), RpcError> {
+    let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("");
+    if let Some(act) = computer_action(name) {
+        return Ok(check_computer(who, s("computer_guid"), act)?);
+    }
+    match name {
+        "slapos.get.v0.compute_partition" => Ok(check_partition(
+            who,
+            s("computer_guid"),
+            s("compute_partition_id"),
+            |c, p| Action::ReadPartition(c, p),
+        )?),
+        "slapos.get.v0.instance_tree" => {
+            // A root the caller may not read is refused; an unknown title is the handler's 403.
+            match all_roots(st, Some(s("title").to_owned())).await?.pop() {
+                Some(root) => Ok(check_readable(who, &root)?),
+                None => Ok(()),
+            }
+        }
+        "slapos.get.v0.software_instance"
+        | "slapos.allDocs.v0.instance_node_instance_list"
+        | "slapos.get.v0.software_instance_certificate"
+        | "slapos.put.v0.software_instance_title"
+        | "slapos.put.v0.software_instance_connection_parameter"
+        | "slapos.put.v0.software_instance_error"
+        | "slapos.put.v0.software_instance_bang"
+        | "slapos.put.v0.software_instance_reported_state" => {
+            let g = s("instance_guid");
+            let Some((c, p, facts)) = place(st, g).await? else {
+                return Err(forbidden(format!("{who} may not act on instance {g}")));
+            };
+            match (name, facts) {
+                ("slapos.get.v0.software_instance", Some(root)) => {
+                    let (i, o) = &root;
+                    let facts = InstanceFacts {
+                        computer: i.computer.as_str(),
+                        partition: i.partition.as_str(),
+                        requester: i.requester.as_deref(),
+                        owner: o.as_deref(),
+                    };
+                    Ok(super::allow(who, Action::ReadInstance(facts))?)
+                }
+                (
+                    "slapos.get.v0.software_instance"
+                    | "slapos.allDocs.v0.instance_node_instance_list",
+                    _,
+                ) => Ok(check_partition(who, &c, &p, |c, p| {
+                    Action::ReadPartition(c, p)
+                })?),
+                _ => Ok(check_partition(who, &c, &p, |c, p| {
+                    Action::Partition(c, p)
+                })?),
+            }
+        }
+        _ => Ok(()),
     }
 }
 
@@ -652,9 +789,18 @@ async fn format(st: &AppState, body: &Json, now: u64) -> RpcResult {
     success("Formatted")
 }
 
-async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> RpcResult {
+async fn request(
+    st: &AppState,
+    who: Identity,
+    headers: &HeaderMap,
+    body: &Json,
+    now: u64,
+) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let title = s("title");
+    if let Some((c, p)) = requester_header(headers) {
+        check_requester_identity(&who, &c, &p)?;
+    }
     let from = requester_header(headers)
         .map(|(c, p)| -> Result<PartitionRef, RpcError> {
             let unknown = || {
@@ -683,6 +829,9 @@ async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> R
         sla.insert("computer_guid".into(), c.clone());
     }
     if body.get("shared").and_then(Json::as_bool) == Some(true) {
+        if from.is_none() {
+            super::allow(&who, Action::AdminOnly("request root shared instances"))?;
+        }
         return request_shared(st, body, from, sla, now).await;
     }
     let params = body
@@ -724,13 +873,17 @@ async fn request(st: &AppState, headers: &HeaderMap, body: &Json, now: u64) -> R
         .db
         .call(move |s| {
             check_requester(s, from.as_ref())?;
-            let (info, _) = s.slap_request(&req, from.as_ref(), now)?;
+            let info = match &from {
+                Some(_) => s.slap_request(&req, from.as_ref(), now)?.0,
+                None => request_root(s, &who, &req, now)?,
+            };
             let (c, p) = (info.computer.to_string(), info.partition.to_string());
             Ok(s.slap_partition(&c, &p)?.map(|part| (c, part)))
         })
         .await
         .map_err(|e| match e {
             ApiError::BadRequest(m) => bad(m),
+            ApiError::Forbidden(m) => forbidden(m),
             ApiError::NoAllocation(_) => {
                 forbidden(format!("No free computer partition found for: {title}"))
             }
