@@ -26,7 +26,8 @@
 //! header and form fields, each checked) or is a root request (users: new titles or their own
 //! roots, owner recorded), supply is admin-only. Over plain HTTP the caller is
 //! [`Identity::Local`] and everything stays as in slapproxy. A refusal is a 403 (the `slap`
-//! library's `AuthenticationError`), changes nothing, and is logged by `http::identify`.
+//! library raises it as `requests.HTTPError`), changes nothing, and is logged by
+//! `http::identify`.
 //!
 //! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
 //! reports are accepted and ignored, as slapproxy does.
