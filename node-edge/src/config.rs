@@ -185,6 +185,19 @@ pub struct Config {
     /// Partition addresses on an interface (`[network]`, root mode); none by default.
     #[serde(default)]
     pub network: Option<crate::net::NetworkConfig>,
+    /// PEM file of the master's CA (the only root trusted for an `https://` native master;
+    /// `slapos-node enroll` authenticates the master with it). Default
+    /// `<state_dir>/master-ca.pem`, where `enroll` stores the CA the master sent.
+    #[serde(default)]
+    pub master_ca: Option<PathBuf>,
+    /// The computer's certificate (PEM), written by `slapos-node enroll`. Default
+    /// `<state_dir>/computer.crt`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The computer's private key (PEM, mode 0600), written by `slapos-node enroll`. Default
+    /// `<state_dir>/computer.key`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// Who partitions run as (`isolation` key).
@@ -390,6 +403,9 @@ impl Config {
             isolation: IsolationMode::Auto,
             user_prefix: d_user_prefix(),
             network: None,
+            master_ca: None,
+            cert: None,
+            key: None,
         }
     }
 
@@ -427,6 +443,9 @@ impl Config {
                 c.state_dir.as_mut(),
                 c.tools_dir.as_mut(),
                 Some(&mut c.ca_bundle),
+                c.master_ca.as_mut(),
+                c.cert.as_mut(),
+                c.key.as_mut(),
             ]
             .into_iter()
             .flatten()
@@ -590,6 +609,33 @@ impl Config {
             .unwrap_or_else(|| self.instance_root.join(".slapos-node"))
     }
 
+    /// True when the node authenticates to its master with a client certificate: an
+    /// `https://` master spoken to with the native protocol.
+    pub fn uses_identity(&self) -> bool {
+        self.protocol == Protocol::Native && self.master_url.starts_with("https://")
+    }
+
+    /// The master CA file (`master_ca`, default `<state_dir>/master-ca.pem`).
+    pub fn master_ca_path(&self) -> PathBuf {
+        self.master_ca
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("master-ca.pem"))
+    }
+
+    /// The computer's certificate file (`cert`, default `<state_dir>/computer.crt`).
+    pub fn cert_path(&self) -> PathBuf {
+        self.cert
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("computer.crt"))
+    }
+
+    /// The computer's key file (`key`, default `<state_dir>/computer.key`).
+    pub fn key_path(&self) -> PathBuf {
+        self.key
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("computer.key"))
+    }
+
     /// The partitions this node offers, in order, with their index.
     pub fn partition_ids(&self) -> Vec<(u32, PartitionId)> {
         (0..self.partitions)
@@ -749,6 +795,30 @@ instance_root = "/srv/inst"
             format!("{MINIMAL}[network]\ninterface = \"eth0\"\nipv4_prefix = \"10.1.2.0/30\"\n");
         let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
         assert!(err.to_string().contains("ipv4_prefix"), "{err}");
+    }
+
+    #[test]
+    fn identity_files_default_to_the_state_dir() {
+        let c = Config::from_toml(MINIMAL, Some(Path::new("/x"))).unwrap();
+        assert!(!c.uses_identity(), "http:// needs no identity");
+        assert_eq!(
+            (c.master_ca_path(), c.cert_path(), c.key_path()),
+            (
+                PathBuf::from("/srv/inst/.slapos-node/master-ca.pem"),
+                PathBuf::from("/srv/inst/.slapos-node/computer.crt"),
+                PathBuf::from("/srv/inst/.slapos-node/computer.key")
+            )
+        );
+        let t = MINIMAL.replace("http://", "https://")
+            + "master_ca = \"ca.pem\"\ncert = \"/etc/n.crt\"\nkey = \"n.key\"\n";
+        let c = Config::from_toml(&t, Some(Path::new("/etc/slapos"))).unwrap();
+        assert!(c.uses_identity());
+        assert_eq!(c.master_ca_path(), Path::new("/etc/slapos/ca.pem"));
+        assert_eq!(c.cert_path(), Path::new("/etc/n.crt"));
+        assert_eq!(c.key_path(), Path::new("/etc/slapos/n.key"));
+        let t = MINIMAL.replace("http://", "https://") + "protocol = \"slap\"\n";
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        assert!(!c.uses_identity(), "SLAP keeps its own https handling");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub mod backoff;
 pub mod cache;
 pub mod config;
 pub mod fetch;
+pub mod identity;
 pub mod install;
 pub mod isolation;
 pub mod layout;
@@ -95,6 +96,9 @@ pub enum NodeError {
     /// The master URL is unusable.
     #[error(transparent)]
     Client(#[from] slapos_client::ClientError),
+    /// The node has no usable identity for its `https://` master (not enrolled, no CA).
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
     /// Partition addresses could not be set up.
     #[error(transparent)]
     Net(#[from] net::NetError),
@@ -121,8 +125,9 @@ pub fn format_with(
     res: &dyn resources::Resources,
 ) -> Result<bool, NodeError> {
     config.validate()?;
-    let parts = layout::format(config, iso)?;
+    // Before touching anything: an https master without an identity is a clear error.
     let link = master_link(config)?;
+    let parts = layout::format(config, iso)?;
     let reg = layout::registration(config, &parts, &res.labels());
     match link.register(&reg) {
         Ok(()) => Ok(true),
@@ -134,11 +139,20 @@ pub fn format_with(
     }
 }
 
-/// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
+/// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`; over
+/// mTLS with the enrolled identity when `master_url` is `https://`, see [`identity`]) or
 /// [`slap_link::SlapLink`] (`slap`).
 pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
     let computer = config.computer_id.clone();
     Ok(match config.protocol {
+        Protocol::Native if config.uses_identity() => {
+            let id = identity::load(config)?;
+            Arc::new(link::ClientLink::with_identity(
+                &config.master_url,
+                computer,
+                &id,
+            )?)
+        }
         Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
         Protocol::Slap => Arc::new(slap_link::SlapLink::new(&config.master_url, computer)?),
     })
@@ -154,6 +168,8 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let seams = Seams {
+        // Built first: an https master without an identity stops the node before it formats.
+        link: Some(master_link(&config)?),
         resources: rt_resources::from_config(&config)?,
         isolation: isolation::from_config(&config)?,
         ..Seams::default()

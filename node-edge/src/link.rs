@@ -1,7 +1,9 @@
 //! The link to the master: a small trait over the blocking client, the outbox of messages the
 //! node owes the master, and the two tasks that drive them (poller and flusher).
 //!
-//! * [`MasterLink`] is the seam: [`ClientLink`] is the real side (slapos-client over HTTP).
+//! * [`MasterLink`] is the seam: [`ClientLink`] is the real side (slapos-client over HTTP, or
+//!   over mTLS with the computer's certificate, [`ClientLink::with_identity`], which also fetches
+//!   partition certificates).
 //!   Every call runs on its own short-lived OS thread ([`off_thread`]), not on tokio's blocking
 //!   pool, so a long poll in flight never delays a runtime shutdown.
 //! * [`Outbox`]: reports, connection parameters and child requests waiting to be sent. Latest
@@ -19,7 +21,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slapos_client::{Client, ClientError};
+use slapos_client::{Client, ClientError, Credentials};
 use slapos_proto::{
     ComputerId, ConnectionPublish, DesiredState, InstanceRequest, PROTOCOL_VERSION, Params,
     PartitionId, PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, SoftwareUrl,
@@ -73,21 +75,45 @@ pub trait MasterLink: Send + Sync + 'static {
     ) -> Result<Option<DesiredState>, ClientError>;
     /// Deliver one outgoing message.
     fn send(&self, item: &Outgoing) -> Result<(), ClientError>;
+    /// True when the master issues partition certificates over this link (native mTLS).
+    fn partition_certificates(&self) -> bool {
+        false
+    }
+    /// A new certificate and key for partition `p` (`Ok(None)` when the link has no
+    /// identity: see [`MasterLink::partition_certificates`]).
+    fn partition_certificate(&self, _p: &PartitionId) -> Result<Option<Credentials>, ClientError> {
+        Ok(None)
+    }
 }
 
-/// The real link: slapos-client over HTTP.
+/// The real link: slapos-client over HTTP, or over mTLS with the computer's certificate.
 #[derive(Debug, Clone)]
 pub struct ClientLink {
     client: Client,
     computer: ComputerId,
+    tls: bool,
 }
 
 impl ClientLink {
-    /// A link for `computer` to the master at `url`.
+    /// A link for `computer` to the master at `url` (plain HTTP, or TLS without identity).
     pub fn new(url: &str, computer: ComputerId) -> Result<Self, ClientError> {
         Ok(Self {
             client: Client::new(url)?,
             computer,
+            tls: false,
+        })
+    }
+
+    /// A link over mTLS (`https://` `url`) with the computer's identity.
+    pub fn with_identity(
+        url: &str,
+        computer: ComputerId,
+        id: &crate::identity::NodeIdentity,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            client: Client::with_identity(url, &id.ca_pem, &id.cert_pem, &id.key_pem)?,
+            computer,
+            tls: true,
         })
     }
 }
@@ -138,6 +164,19 @@ impl MasterLink for ClientLink {
                 self.client.clone().as_partition(&who).request(r).map(drop)
             }
         }
+    }
+
+    fn partition_certificates(&self) -> bool {
+        self.tls
+    }
+
+    fn partition_certificate(&self, p: &PartitionId) -> Result<Option<Credentials>, ClientError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        self.client
+            .partition_certificate(&self.computer, p)
+            .map(Some)
     }
 }
 

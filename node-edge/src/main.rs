@@ -3,6 +3,7 @@
 //! ```text
 //! slapos-node run --config node.toml      # follow the master, converge partitions
 //! slapos-node format --config node.toml   # create partitions, register (exit 2: master offline)
+//! slapos-node enroll --config node.toml --token T [--ca ca.pem]   # get the computer's identity
 //! ```
 //!
 //! Logs go to stderr (`SLAPOS_LOG=debug|info|warn|error`, default `info`). SIGTERM and SIGINT
@@ -17,13 +18,18 @@ const USAGE: &str = "\
 SlapOS edge node
 
 Usage: slapos-node <COMMAND> --config <FILE>
+       slapos-node enroll --config <FILE> --token <TOKEN> [--ca <FILE>]
 
 Commands:
   run     Run the node until SIGTERM/SIGINT
   format  Create the partitions (idempotent) and register them with the master
+  enroll  Redeem a one-time token (slapos-master token create) for this computer's
+          certificate; stores key, certificate and master CA (https:// master_url)
 
 Options:
   -c, --config <FILE>  Config file (TOML)
+      --token <TOKEN>  Enrollment token (enroll)
+      --ca <FILE>      The master's CA certificate (enroll; default: master_ca)
   -h, --help           Print help
   -V, --version        Print version
 ";
@@ -32,43 +38,70 @@ Options:
 enum Cmd {
     Run(PathBuf),
     Format(PathBuf),
+    Enroll {
+        config: PathBuf,
+        token: String,
+        ca: Option<PathBuf>,
+    },
     Help,
     Version,
 }
 
-/// Parses the command line. A hand-written parser rather than clap: two subcommands with one
-/// option do not pay for clap's ~130 KB in the static node binary (docs/cross.md, size goal).
+/// Parses the command line. A hand-written parser rather than clap: three subcommands with
+/// three options do not pay for clap's ~130 KB in the static node binary (docs/cross.md, size
+/// goal).
 fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, String> {
     let mut sub = None;
-    let mut config = None;
+    let (mut config, mut token, mut ca) = (None, None, None);
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let a = a
             .into_string()
             .map_err(|a| format!("argument {a:?} is not valid UTF-8"))?;
-        match a.as_str() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        let slot = match name {
             "-h" | "--help" | "help" => return Ok(Cmd::Help),
             "-V" | "--version" => return Ok(Cmd::Version),
-            "-c" | "--config" => {
-                let v = args
-                    .next()
-                    .ok_or_else(|| format!("{a} needs a value: {a} <FILE>"))?;
-                config = Some(PathBuf::from(v));
+            "-c" | "--config" => &mut config,
+            "--token" => &mut token,
+            "--ca" => &mut ca,
+            "run" | "format" | "enroll" if sub.is_none() && inline.is_none() => {
+                sub = Some(a);
+                continue;
             }
-            _ if a.starts_with("--config=") => {
-                config = Some(PathBuf::from(&a["--config=".len()..]))
-            }
-            "run" | "format" if sub.is_none() => sub = Some(a),
             _ => return Err(format!("unexpected argument '{a}'")),
+        };
+        let v = match inline {
+            Some(v) => v,
+            None => args
+                .next()
+                .ok_or_else(|| format!("{name} needs a value"))?
+                .into_string()
+                .map_err(|v| format!("{name} {v:?}: not valid UTF-8"))?,
+        };
+        if v.is_empty() {
+            return Err(format!("{name} needs a value"));
         }
+        *slot = Some(v);
     }
-    let sub = sub.ok_or("a command is required: run or format")?;
-    let config = config.ok_or_else(|| format!("'{sub}' needs --config <FILE>"))?;
-    Ok(if sub == "run" {
-        Cmd::Run(config)
-    } else {
-        Cmd::Format(config)
-    })
+    let sub = sub.ok_or("a command is required: run, format or enroll")?;
+    let config = PathBuf::from(config.ok_or_else(|| format!("'{sub}' needs --config <FILE>"))?);
+    match sub.as_str() {
+        "enroll" => Ok(Cmd::Enroll {
+            config,
+            token: token
+                .ok_or("'enroll' needs --token <TOKEN> (from slapos-master token create)")?,
+            ca: ca.map(PathBuf::from),
+        }),
+        _ if token.is_some() || ca.is_some() => Err(format!(
+            "--token and --ca are options of 'enroll', not of '{sub}'"
+        )),
+        "run" => Ok(Cmd::Run(config)),
+        _ => Ok(Cmd::Format(config)),
+    }
 }
 
 fn init_logs() {
@@ -122,6 +155,32 @@ fn main() -> anyhow::Result<ExitCode> {
             println!("slapos-node {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Enroll { config, token, ca } => {
+            let cfg = node_edge::Config::from_file(&config)?;
+            match node_edge::identity::enroll(&cfg, &token, ca.as_deref()) {
+                Ok(e) => {
+                    println!(
+                        "enrolled as {} (certificate serial {}){}\n  key:         {} (0600)\n  \
+                         certificate: {}\n  master CA:   {}",
+                        e.identity,
+                        e.serial,
+                        if e.replaced {
+                            "; the previous identity was replaced (revoke it on the master)"
+                        } else {
+                            ""
+                        },
+                        e.key.display(),
+                        e.cert.display(),
+                        e.ca.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Cmd::Format(config) => {
             let cfg = node_edge::Config::from_file(&config)?;
             let online = node_edge::format(&cfg)?;
@@ -172,7 +231,7 @@ mod tests {
         assert_eq!(p(&["run", "--config=n.toml"]), Ok(Cmd::Run(c)));
         assert_eq!(p(&["--help"]), Ok(Cmd::Help));
         assert_eq!(p(&["run", "-V"]), Ok(Cmd::Version));
-        assert!(p(&[]).unwrap_err().contains("run or format"));
+        assert!(p(&[]).unwrap_err().contains("run, format or enroll"));
         assert!(p(&["run"]).unwrap_err().contains("--config"));
         assert!(
             p(&["run", "--config"])
@@ -181,5 +240,39 @@ mod tests {
         );
         assert!(p(&["run", "run", "-c", "x"]).unwrap_err().contains("'run'"));
         assert!(p(&["start", "-c", "x"]).unwrap_err().contains("'start'"));
+        let enroll = |ca: Option<&str>| Cmd::Enroll {
+            config: PathBuf::from("n.toml"),
+            token: "T0k".into(),
+            ca: ca.map(PathBuf::from),
+        };
+        assert_eq!(
+            p(&["enroll", "-c", "n.toml", "--token", "T0k"]),
+            Ok(enroll(None))
+        );
+        assert_eq!(
+            p(&["--token=T0k", "enroll", "--config=n.toml", "--ca", "ca.pem"]),
+            Ok(enroll(Some("ca.pem")))
+        );
+        assert!(
+            p(&["enroll", "-c", "n.toml"])
+                .unwrap_err()
+                .contains("--token")
+        );
+        assert!(
+            p(&["enroll", "--token"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            p(&["enroll", "--token="])
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            p(&["run", "-c", "n.toml", "--token", "x"])
+                .unwrap_err()
+                .contains("of 'enroll'")
+        );
+        assert!(p(&["--run=x"]).unwrap_err().contains("'--run=x'"));
     }
 }

@@ -21,6 +21,14 @@
 //! partition that still runs something is stopped; files left by an earlier instance are kept
 //! (with a warning), as SlapOS does.
 //!
+//! Over native mTLS ([`MasterLink::partition_certificates`]), a pass of an allocated partition
+//! first makes sure the partition holds the certificate of `partition:<computer>/<partition>`
+//! for its current allocation (root title, title, release): fetched once, written into
+//! `.slapos/` with the partition's filesystem identity ([`crate::identity`]), kept across passes
+//! and node restarts, fetched again when the allocation changes. A master that cannot be reached
+//! does not hold the pass back (the fetch is retried every `poll_interval`); a refusal fails the
+//! pass. The files go with the wipe of a destroy, and are removed when the partition is freed.
+//!
 //! A failed pass is reported and retried with backoff (2 s doubling to 5 min). Between passes
 //! promises run on their schedule; a report is sent whenever a promise's verdict changes.
 
@@ -38,6 +46,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::identity;
 use crate::install::load_manifest;
 use crate::isolation::{Identity, Isolation, as_fs_identity};
 use crate::layout::{PartitionLayout, format_partition};
@@ -113,6 +122,7 @@ pub fn spawn(
         last_error: None,
         reported: None,
         waiting: false,
+        cert_retry: None,
     };
     let task = tokio::spawn(actor.run(rx, stop));
     PartitionHandle { target: tx, task }
@@ -151,6 +161,13 @@ struct Actor {
     reported: Option<Reported>,
     /// Nothing to do until the target changes (the release is not installed yet).
     waiting: bool,
+    /// A certificate fetch to retry (the master was unreachable), for that assignment.
+    cert_retry: Option<(Instant, Assignment)>,
+}
+
+/// What a partition certificate belongs to: the instance's root title, title and release.
+fn allocation(a: &Assignment) -> String {
+    format!("{}\n{}\n{}", a.root_title, a.title, a.software_url)
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
@@ -214,6 +231,7 @@ impl Actor {
                 continue;
             }
             let next_promise = self.promises.iter().map(|p| p.schedule.due()).min();
+            let cert_retry = self.cert_retry.as_ref().map(|(t, _)| *t);
             tokio::select! {
                 _ = stop.changed() => break,
                 r = target.changed() => {
@@ -225,6 +243,19 @@ impl Actor {
                     self.waiting = false;
                 }
                 _ = sleep_until_opt(self.retry) => self.retry = None,
+                _ = sleep_until_opt(cert_retry) => {
+                    if let Some((_, a)) = self.cert_retry.take() {
+                        let done = tokio::select! {
+                            r = self.ensure_certificate(&a) => Some(r),
+                            _ = stop.changed() => None,
+                        };
+                        match done {
+                            None => break,
+                            Some(Err(e)) => tracing::warn!(partition = %self.id(), "{e}"),
+                            Some(Ok(())) => {}
+                        }
+                    }
+                }
                 _ = sleep_until_opt(next_promise) => {
                     let ran = tokio::select! {
                         _ = self.run_promises(Which::Due) => true,
@@ -403,6 +434,60 @@ impl Actor {
         self.converged = None;
         self.reported = None;
         self.last_error = None;
+        self.cert_retry = None;
+        if self.sh.link.partition_certificates() {
+            // The master revoked them when it freed the partition.
+            let dir = self.layout.path.clone();
+            if let Err(e) = as_fs_identity(self.identity(), || identity::remove_partition(&dir)) {
+                tracing::warn!(partition = %self.id(), "failed to remove the partition certificate: {e}");
+            }
+        }
+    }
+
+    /// Make sure the partition holds its certificate for allocation `a` (see the module doc).
+    async fn ensure_certificate(&mut self, a: &Assignment) -> Result<(), String> {
+        if !self.sh.link.partition_certificates() {
+            return Ok(());
+        }
+        let key = allocation(a);
+        let dir = self.layout.path.clone();
+        let id = self.identity();
+        let on_disk = as_fs_identity(id, || identity::placed(&dir));
+        if on_disk.is_some_and(|r| r.allocation == key) {
+            self.cert_retry = None;
+            return Ok(());
+        }
+        let link = self.sh.link.clone();
+        let p = self.layout.id.clone();
+        match off_thread(move || link.partition_certificate(&p)).await {
+            Some(Ok(Some(c))) => {
+                let want = format!("partition:{}/{}", self.sh.cfg.computer_id, self.layout.id);
+                if c.identity != want {
+                    return Err(format!(
+                        "partition certificate: the master issued `{}`, expected `{want}`",
+                        c.identity
+                    ));
+                }
+                as_fs_identity(id, || identity::place_partition(&dir, &c, &key)).map_err(|e| {
+                    format!(
+                        "failed to write the partition certificate into `{}`: {e}",
+                        dir.join(".slapos").display()
+                    )
+                })?;
+                tracing::info!(partition = %self.id(), serial = %c.serial, "partition certificate in place");
+                self.cert_retry = None;
+                Ok(())
+            }
+            Some(Ok(None)) => Ok(()),
+            Some(Err(e)) if e.is_unreachable() => {
+                let wait = self.sh.cfg.poll_interval;
+                tracing::warn!(partition = %self.id(), "partition certificate not fetched, retry in {wait:?}: {e}");
+                self.cert_retry = Some((Instant::now() + wait, a.clone()));
+                Ok(())
+            }
+            Some(Err(e)) => Err(format!("partition certificate: {e}")),
+            None => Err("partition certificate: the link thread failed".into()),
+        }
     }
 
     async fn destroy(&mut self, a: &Assignment) -> Result<Converged, String> {
@@ -417,6 +502,8 @@ impl Actor {
             owner,
         )
         .await;
+        // The wipe takes the partition certificate with it.
+        self.cert_retry = None;
         empty_dir(&self.layout.path)
             .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
         format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
@@ -430,6 +517,13 @@ impl Actor {
 
     fn context(&self, a: &Assignment, dir: &Path) -> RenderContext {
         let cfg = &self.sh.cfg;
+        let tls_file = |f: &str| {
+            if self.sh.link.partition_certificates() {
+                self.layout.path.join(f).display().to_string()
+            } else {
+                String::new()
+            }
+        };
         RenderContext {
             parameters: a.parameters.clone(),
             partition: PartitionContext {
@@ -448,6 +542,9 @@ impl Actor {
                     .unwrap_or_default(),
                 addresses: self.layout.addresses.clone(),
                 ports: self.layout.ports.clone(),
+                cert: tls_file(identity::PARTITION_CERT),
+                key: tls_file(identity::PARTITION_KEY),
+                ca: tls_file(identity::PARTITION_CA),
             },
             ports: self.layout.ports.clone(),
             software_dir: dir.display().to_string(),
@@ -548,6 +645,7 @@ impl Actor {
                 self.layout.id
             ));
         }
+        self.ensure_certificate(a).await?;
         let release = load_manifest(dir)?;
         let profile = release.profile(&a.software_type)?.clone();
         let (text, m) =

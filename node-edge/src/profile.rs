@@ -78,6 +78,13 @@ pub struct PartitionContext {
     pub addresses: Vec<String>,
     /// Its block of TCP ports.
     pub ports: Vec<u16>,
+    /// Absolute path of the partition's certificate (`partition:<computer>/<partition>`, PEM)
+    /// when the node talks mTLS to its master, else `""`.
+    pub cert: String,
+    /// Absolute path of that certificate's private key (mode 0600), else `""`.
+    pub key: String,
+    /// Absolute path of the master's CA certificate, else `""`.
+    pub ca: String,
 }
 
 /// Everything a profile can use. Field names are the template's variable names.
@@ -398,6 +405,9 @@ pub(crate) fn test_context() -> RenderContext {
             ipv6: String::new(),
             addresses: vec!["127.0.0.1".into()],
             ports: vec![20000, 20001],
+            cert: "/srv/inst/slappart0/.slapos/partition.crt".into(),
+            key: "/srv/inst/slappart0/.slapos/partition.key".into(),
+            ca: "/srv/inst/slappart0/.slapos/master-ca.pem".into(),
         },
         ports: vec![20000, 20001],
         software_dir: "/srv/soft/abc".into(),
@@ -447,6 +457,18 @@ cpus = 1
 policy = "fifo"
 priority = 80
 "#;
+
+    #[test]
+    fn partition_certificate_paths_are_in_the_context() {
+        let t =
+            "[connection]\ntls = \"{{ partition.cert }} {{ partition.key }} {{ partition.ca }}\"\n";
+        let m = InstanceManifest::parse(&render("p", t, &test_context()).unwrap()).unwrap();
+        assert_eq!(
+            m.connection["tls"],
+            "/srv/inst/slappart0/.slapos/partition.crt /srv/inst/slappart0/.slapos/partition.key \
+             /srv/inst/slappart0/.slapos/master-ca.pem"
+        );
+    }
 
     #[test]
     fn renders_a_full_profile() {

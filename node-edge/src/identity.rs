@@ -1,0 +1,443 @@
+//! The node's identity at its master (issue 8, node side), and the partitions' certificates.
+//!
+//! * **Enrollment** ([`enroll`], `slapos-node enroll --config F --token T`): the one-time token
+//!   from `slapos-master token create` is redeemed over TLS without a client certificate, the
+//!   master being authenticated by its CA (`master_ca`, or `--ca`); the answer's key, certificate
+//!   and CA are written atomically to `key` (mode 0600), `cert` and `<state_dir>/master-ca.pem`
+//!   (defaults: `<state_dir>/computer.key|crt`).
+//! * **Use** ([`load`]): an `https://` master spoken to natively (`Config::uses_identity`) is
+//!   reached over mTLS with that identity; without it `run` and `format` refuse to start with
+//!   [`IdentityError::NotEnrolled`], which names the command to run.
+//! * **Partition certificates** ([`place_partition`]): the certificate of `partition:<c>/<p>`
+//!   the node fetches once per allocation is written into the partition's `.slapos/` directory
+//!   ([`PARTITION_CERT`], [`PARTITION_KEY`] 0600, [`PARTITION_CA`]) with a record of the
+//!   allocation it belongs to ([`PARTITION_RECORD`]), so a restarted node does not ask again.
+//!   The caller writes them with the partition's filesystem identity: they belong to it.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use slapos_client::{ClientError, Credentials};
+
+use crate::config::Config;
+
+/// A partition's certificate (PEM, 0644), relative to the partition directory.
+pub const PARTITION_CERT: &str = ".slapos/partition.crt";
+/// A partition's private key (PKCS#8 PEM, 0600).
+pub const PARTITION_KEY: &str = ".slapos/partition.key";
+/// The master's CA (PEM, 0644), for a partition that talks to the master itself.
+pub const PARTITION_CA: &str = ".slapos/master-ca.pem";
+/// Which allocation the partition's certificate was fetched for (JSON).
+pub const PARTITION_RECORD: &str = ".slapos/partition-cert.json";
+
+/// The node has no usable identity, or enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// `run`/`format` against an `https://` master before `enroll`.
+    #[error(
+        "no computer identity for the https master: `{path}` does not exist; enroll this node \
+         first with `slapos-node enroll --config <FILE> --token <TOKEN>` (token from \
+         `slapos-master token create --computer {computer}`)"
+    )]
+    NotEnrolled {
+        /// The missing certificate or key file.
+        path: PathBuf,
+        /// This node's computer id.
+        computer: String,
+    },
+    /// The master CA file is missing.
+    #[error(
+        "master CA `{path}` does not exist: set `master_ca` (or pass --ca) to the master's \
+         ca.pem (in its --tls-dir), copied to this node out of band"
+    )]
+    NoCa {
+        /// The file looked for.
+        path: PathBuf,
+    },
+    /// A file could not be read.
+    #[error("failed to read {what} `{path}`: {source}")]
+    Read {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could not be written.
+    #[error("failed to write `{path}`: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `enroll` with a config that does not talk native mTLS.
+    #[error(
+        "enroll needs `master_url` = https://… and protocol = \"native\" (got {url:?}, protocol \
+         {protocol:?})"
+    )]
+    NotTls {
+        /// `master_url`.
+        url: String,
+        /// `protocol`.
+        protocol: &'static str,
+    },
+    /// The master refused the token.
+    #[error(
+        "enrollment refused by the master: the token is already used, expired or unknown \
+         ({source}); ask for a new one: `slapos-master token create --computer {computer}`"
+    )]
+    TokenRefused {
+        /// This node's computer id.
+        computer: String,
+        /// The master's answer.
+        #[source]
+        source: ClientError,
+    },
+    /// The master issued a certificate for another computer (the token was not for this node).
+    #[error(
+        "the token enrolls `{got}`, but this node is computer `{want}`: nothing was written \
+         (the token is spent; revoke the certificate {serial} on the master)"
+    )]
+    WrongComputer {
+        /// Identity in the certificate.
+        got: String,
+        /// Expected identity.
+        want: String,
+        /// The certificate's serial.
+        serial: String,
+    },
+    /// Any other failure of the enrollment call.
+    #[error("enrollment failed: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// The PEM texts of the node's mTLS identity.
+#[derive(Clone)]
+pub struct NodeIdentity {
+    /// The master CA.
+    pub ca_pem: String,
+    /// The computer's certificate.
+    pub cert_pem: String,
+    /// The computer's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity").finish_non_exhaustive()
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The CA, certificate and key the config points at. A missing certificate or key is
+/// [`IdentityError::NotEnrolled`]; a missing CA [`IdentityError::NoCa`].
+pub fn load(cfg: &Config) -> Result<NodeIdentity, IdentityError> {
+    for path in [cfg.cert_path(), cfg.key_path()] {
+        if !path.exists() {
+            return Err(IdentityError::NotEnrolled {
+                path,
+                computer: cfg.computer_id.to_string(),
+            });
+        }
+    }
+    let ca = cfg.master_ca_path();
+    if !ca.exists() {
+        return Err(IdentityError::NoCa { path: ca });
+    }
+    Ok(NodeIdentity {
+        ca_pem: read("the master CA", &ca)?,
+        cert_pem: read("the computer certificate", &cfg.cert_path())?,
+        key_pem: read("the computer key", &cfg.key_path())?,
+    })
+}
+
+/// What [`enroll`] wrote.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// `computer:<id>`.
+    pub identity: String,
+    /// Certificate serial (what `slapos-master cert revoke` takes).
+    pub serial: String,
+    /// Key file (0600).
+    pub key: PathBuf,
+    /// Certificate file.
+    pub cert: PathBuf,
+    /// Master CA file.
+    pub ca: PathBuf,
+    /// An identity was there before and has been replaced.
+    pub replaced: bool,
+}
+
+/// `slapos-node enroll`: redeem `token` at the config's master, authenticated by the CA file
+/// `ca` (default: `master_ca`), and store the identity (see the module doc).
+pub fn enroll(cfg: &Config, token: &str, ca: Option<&Path>) -> Result<Enrolled, IdentityError> {
+    if !cfg.uses_identity() {
+        return Err(IdentityError::NotTls {
+            url: cfg.master_url.clone(),
+            protocol: cfg.protocol.as_str(),
+        });
+    }
+    let ca_path = ca.map_or_else(|| cfg.master_ca_path(), Path::to_path_buf);
+    if !ca_path.exists() {
+        return Err(IdentityError::NoCa { path: ca_path });
+    }
+    let ca_pem = read("the master CA", &ca_path)?;
+    let creds = match slapos_client::Client::enroll(&cfg.master_url, &ca_pem, token) {
+        Ok(c) => c,
+        Err(e) if e.status() == Some(403) => {
+            return Err(IdentityError::TokenRefused {
+                computer: cfg.computer_id.to_string(),
+                source: e,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let want = format!("computer:{}", cfg.computer_id);
+    if creds.identity != want {
+        return Err(IdentityError::WrongComputer {
+            got: creds.identity,
+            want,
+            serial: creds.serial,
+        });
+    }
+    let (key, cert) = (cfg.key_path(), cfg.cert_path());
+    let replaced = key.exists() || cert.exists();
+    let state = cfg.state_dir();
+    if !state.exists() {
+        std::fs::create_dir_all(&state)
+            .and_then(|()| std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|source| IdentityError::Write {
+                path: state.clone(),
+                source,
+            })?;
+    }
+    // The key first: a certificate on disk always has its key.
+    let ca_out = state.join("master-ca.pem");
+    for (path, body, mode) in [
+        (&key, &creds.key_pem, 0o600),
+        (&cert, &creds.cert_pem, 0o644),
+        (&ca_out, &creds.ca_pem, 0o644),
+    ] {
+        write_mode(path, body.as_bytes(), mode).map_err(|source| IdentityError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(Enrolled {
+        identity: creds.identity,
+        serial: creds.serial,
+        key,
+        cert,
+        ca: cfg.master_ca.clone().unwrap_or(ca_out),
+        replaced,
+    })
+}
+
+/// Write `data` to `path` atomically with `mode`: a temporary file created with that mode in
+/// the same directory (a key is never readable by others, not even briefly), fsync, rename,
+/// fsync of the directory.
+pub fn write_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let res = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have cleared bits of `mode`: set it exactly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// The allocation a partition certificate belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// `partition:<computer>/<partition>`.
+    pub identity: String,
+    /// Certificate serial.
+    pub serial: String,
+    /// The allocation: root title, title and release of the instance.
+    pub allocation: String,
+}
+
+/// The record of the certificate placed in partition `dir`, when its files are all there.
+pub fn placed(dir: &Path) -> Option<PartitionRecord> {
+    let complete = [PARTITION_CERT, PARTITION_KEY, PARTITION_CA]
+        .iter()
+        .all(|f| dir.join(f).symlink_metadata().is_ok_and(|m| m.is_file()));
+    if !complete {
+        return None;
+    }
+    let body = std::fs::read(dir.join(PARTITION_RECORD)).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Write `creds` into partition `dir` for `allocation` (call it with the partition's
+/// filesystem identity). The record is written last: a crash in between means a new fetch.
+pub fn place_partition(dir: &Path, creds: &Credentials, allocation: &str) -> std::io::Result<()> {
+    let slapos = dir.join(".slapos");
+    std::fs::create_dir_all(&slapos)?;
+    if slapos.symlink_metadata()?.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!(
+            "`{}` is a symlink",
+            slapos.display()
+        )));
+    }
+    let _ = std::fs::remove_file(dir.join(PARTITION_RECORD));
+    write_mode(&dir.join(PARTITION_KEY), creds.key_pem.as_bytes(), 0o600)?;
+    write_mode(&dir.join(PARTITION_CERT), creds.cert_pem.as_bytes(), 0o644)?;
+    write_mode(&dir.join(PARTITION_CA), creds.ca_pem.as_bytes(), 0o644)?;
+    let record = PartitionRecord {
+        identity: creds.identity.clone(),
+        serial: creds.serial.clone(),
+        allocation: allocation.to_owned(),
+    };
+    let body = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+    write_mode(&dir.join(PARTITION_RECORD), &body, 0o644)
+}
+
+/// Remove the partition certificate files of `dir` (missing files are fine).
+pub fn remove_partition(dir: &Path) -> std::io::Result<()> {
+    for f in [
+        PARTITION_RECORD,
+        PARTITION_KEY,
+        PARTITION_CERT,
+        PARTITION_CA,
+    ] {
+        match std::fs::remove_file(dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn creds() -> Credentials {
+        Credentials {
+            identity: "partition:C1/slappart0".into(),
+            serial: "ab12".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+            ca_pem: "CA".into(),
+        }
+    }
+
+    #[test]
+    fn files_get_their_modes_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/k.pem");
+        write_mode(&p, b"one", 0o600).unwrap();
+        write_mode(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o600);
+        write_mode(&p, b"three", 0o644).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(d.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["k.pem"]);
+    }
+
+    #[test]
+    fn partition_files_placed_recorded_and_removed() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(placed(d.path()), None);
+        place_partition(d.path(), &creds(), "web\nweb\n/sr.toml").unwrap();
+        let r = placed(d.path()).unwrap();
+        assert_eq!(
+            (
+                r.identity.as_str(),
+                r.serial.as_str(),
+                r.allocation.as_str()
+            ),
+            ("partition:C1/slappart0", "ab12", "web\nweb\n/sr.toml")
+        );
+        let mode = |f: &str| std::fs::metadata(d.path().join(f)).unwrap().mode() & 0o7777;
+        assert_eq!(
+            (
+                mode(PARTITION_KEY),
+                mode(PARTITION_CERT),
+                mode(PARTITION_CA)
+            ),
+            (0o600, 0o644, 0o644)
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(PARTITION_KEY)).unwrap(),
+            "KEY"
+        );
+        // A missing file means no usable certificate (fetched again).
+        std::fs::remove_file(d.path().join(PARTITION_CA)).unwrap();
+        assert_eq!(placed(d.path()), None);
+        remove_partition(d.path()).unwrap();
+        remove_partition(d.path()).unwrap();
+        assert!(!d.path().join(PARTITION_KEY).exists());
+    }
+
+    #[test]
+    fn missing_identity_says_to_enroll() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = Config::new(
+            "https://127.0.0.1:1",
+            slapos_proto::ComputerId::parse("C1").unwrap(),
+            1,
+            d.path().join("soft"),
+            d.path().join("inst"),
+        );
+        let e = load(&cfg).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("slapos-node enroll") && msg.contains("computer.crt"),
+            "{msg}"
+        );
+        std::fs::create_dir_all(cfg.state_dir()).unwrap();
+        std::fs::write(cfg.cert_path(), "c").unwrap();
+        std::fs::write(cfg.key_path(), "k").unwrap();
+        let e = load(&cfg).unwrap_err();
+        assert!(matches!(e, IdentityError::NoCa { .. }), "{e}");
+        std::fs::write(cfg.master_ca_path(), "ca").unwrap();
+        let id = load(&cfg).unwrap();
+        assert_eq!((id.ca_pem.as_str(), id.key_pem.as_str()), ("ca", "k"));
+        // enroll refuses a config that does not speak native mTLS, before any call.
+        cfg.master_url = "http://127.0.0.1:1".into();
+        let e = enroll(&cfg, "t", None).unwrap_err();
+        assert!(matches!(e, IdentityError::NotTls { .. }), "{e}");
+        cfg.master_url = "https://127.0.0.1:1".into();
+        let e = enroll(&cfg, "t", Some(&d.path().join("nope.pem"))).unwrap_err();
+        assert!(e.to_string().contains("nope.pem"), "{e}");
+    }
+}
