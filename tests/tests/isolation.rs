@@ -231,6 +231,33 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
         !as_user(&ua, &["cat", &s(&master_dir.join("master.db"))]),
         "A read the master's database"
     );
+    // Nor the master's CA key, even in a directory anyone may traverse: the key file is 0600.
+    let tls = tmp.path().join("tls");
+    std::fs::create_dir(&tls).expect("tls dir");
+    std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = Command::new(slapos_tests::bin("slapos-master"))
+        .args(["user", "create", "ops", "--admin", "--out"])
+        .arg(tmp.path().join("ops"))
+        .arg("--tls-dir")
+        .arg(&tls)
+        .arg("--db")
+        .arg(tmp.path().join("ca-owner.db"))
+        .output()
+        .expect("slapos-master user create");
+    assert!(out.status.success(), "user create: {out:?}");
+    assert!(
+        tls.join("ca.key").is_file(),
+        "no CA key in {}",
+        tls.display()
+    );
+    assert!(
+        !as_user(&ua, &["cat", &s(&tls.join("ca.key"))]),
+        "A read the master's CA key"
+    );
+    assert!(
+        as_user(&ua, &["cat", &s(&tls.join("ca.pem"))]),
+        "the CA certificate is public, A should read it (the test would prove nothing)"
+    );
     assert!(
         !as_user(&ua, &["ls", &s(&node_dir.join("state"))]),
         "A listed the node's state directory"
