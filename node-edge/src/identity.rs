@@ -18,7 +18,6 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use slapos_client::{ClientError, Credentials};
 
 use crate::config::Config;
@@ -29,8 +28,8 @@ pub const PARTITION_CERT: &str = ".slapos/partition.crt";
 pub const PARTITION_KEY: &str = ".slapos/partition.key";
 /// The master's CA (PEM, 0644), for a partition that talks to the master itself.
 pub const PARTITION_CA: &str = ".slapos/master-ca.pem";
-/// Which allocation the partition's certificate was fetched for (JSON).
-pub const PARTITION_RECORD: &str = ".slapos/partition-cert.json";
+/// Which allocation the partition's certificate was fetched for (text, [`PartitionRecord`]).
+pub const PARTITION_RECORD: &str = ".slapos/partition-cert";
 
 /// The node has no usable identity, or enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -277,8 +276,9 @@ pub fn write_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     res
 }
 
-/// The allocation a partition certificate belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The allocation a partition certificate belongs to. Stored as text (no serde derive: size
+/// budget): the identity, the serial, then the allocation, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionRecord {
     /// `partition:<computer>/<partition>`.
     pub identity: String,
@@ -296,8 +296,13 @@ pub fn placed(dir: &Path) -> Option<PartitionRecord> {
     if !complete {
         return None;
     }
-    let body = std::fs::read(dir.join(PARTITION_RECORD)).ok()?;
-    serde_json::from_slice(&body).ok()
+    let body = std::fs::read_to_string(dir.join(PARTITION_RECORD)).ok()?;
+    let mut it = body.splitn(3, '\n');
+    Some(PartitionRecord {
+        identity: it.next()?.to_owned(),
+        serial: it.next()?.to_owned(),
+        allocation: it.next()?.to_owned(),
+    })
 }
 
 /// Write `creds` into partition `dir` for `allocation` (call it with the partition's
@@ -315,13 +320,8 @@ pub fn place_partition(dir: &Path, creds: &Credentials, allocation: &str) -> std
     write_mode(&dir.join(PARTITION_KEY), creds.key_pem.as_bytes(), 0o600)?;
     write_mode(&dir.join(PARTITION_CERT), creds.cert_pem.as_bytes(), 0o644)?;
     write_mode(&dir.join(PARTITION_CA), creds.ca_pem.as_bytes(), 0o644)?;
-    let record = PartitionRecord {
-        identity: creds.identity.clone(),
-        serial: creds.serial.clone(),
-        allocation: allocation.to_owned(),
-    };
-    let body = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-    write_mode(&dir.join(PARTITION_RECORD), &body, 0o644)
+    let body = format!("{}\n{}\n{allocation}", creds.identity, creds.serial);
+    write_mode(&dir.join(PARTITION_RECORD), body.as_bytes(), 0o644)
 }
 
 /// Remove the partition certificate files of `dir` (missing files are fine).

@@ -449,12 +449,13 @@ impl Actor {
         if !self.sh.link.partition_certificates() {
             return Ok(());
         }
+        // A retry pending for an earlier allocation is superseded by this one.
+        self.cert_retry = None;
         let key = allocation(a);
         let dir = self.layout.path.clone();
         let id = self.identity();
         let on_disk = as_fs_identity(id, || identity::placed(&dir));
         if on_disk.is_some_and(|r| r.allocation == key) {
-            self.cert_retry = None;
             return Ok(());
         }
         let link = self.sh.link.clone();
@@ -475,7 +476,6 @@ impl Actor {
                     )
                 })?;
                 tracing::info!(partition = %self.id(), serial = %c.serial, "partition certificate in place");
-                self.cert_retry = None;
                 Ok(())
             }
             Some(Ok(None)) => Ok(()),

@@ -320,11 +320,11 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
         .expect("openssl");
     let subject = String::from_utf8_lossy(&subject.stdout).into_owned();
     assert!(subject.contains(&identity), "{subject}");
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(pdir.join(".slapos/partition-cert.json")).expect("record"),
-    )
-    .expect("record json");
-    let serial = record["serial"].as_str().expect("serial").to_owned();
+    // The record: identity, serial, allocation (one per line).
+    let record = std::fs::read_to_string(pdir.join(".slapos/partition-cert")).expect("record");
+    let mut lines = record.lines();
+    assert_eq!(lines.next(), Some(identity.as_str()), "{record}");
+    let serial = lines.next().expect("serial").to_owned();
     let list = ok("cert list", master(&["cert", "list", "--db", s(&db)]));
     assert!(
         list.lines()
