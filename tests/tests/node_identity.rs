@@ -10,7 +10,7 @@
 //! * the partition holds `.slapos/partition.crt|key` (owned by the partition user as root,
 //!   mode 0644/0600), CN `partition:<computer>/<partition>` (`openssl x509 -subject`), recorded
 //!   by the master (`cert list`); that certificate reads its own instance from the master; a
-//!   parameter change keeps it (one certificate per allocation);
+//!   parameter change and a node restart keep it (one certificate per allocation);
 //! * another computer's certificate cannot read this computer's desired state (403);
 //! * destroying the instance wipes the certificate with the partition.
 //!
@@ -358,6 +358,16 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
         (i.connection.get("title")?.as_str()? == "mTLS edge 2").then_some(())
     });
     assert_eq!(std::fs::read(&crt).expect("crt"), crt_before);
+    // A restarted node converges the partition again and keeps its certificate too.
+    node_proc.stop();
+    let mut cmd = Command::new(bin("slapos-node"));
+    cmd.args(["run", "--config"]).arg(&config);
+    node_proc = Proc::spawn("node (restarted)", cmd);
+    node_proc.wait_line("converged partition=", LONG);
+    assert_eq!(std::fs::read(&crt).expect("crt"), crt_before);
+    wait_for("page after the restart", LONG, || {
+        http_get(&conn).filter(|p| p.contains("mTLS edge 2"))
+    });
 
     // Another computer's certificate may not read this computer's desired state.
     let token_b = ok(
