@@ -1,29 +1,42 @@
 //! `slap-bench`: master-lite against the real slapproxy, both driven through the classic SLAP
-//! protocol by the **same client** (the real `slapos.slap` library, `slap-bench.py`), in one run,
-//! on the same machine, each with its database on disk in a fresh temp dir.
+//! protocol by the **same client**, in one run, on the same machine, each with its database on
+//! disk in a fresh temp dir.
+//!
+//! Two clients (`--client python|rust|both`, default `both`):
+//!
+//! * `python`: the real `slapos.slap` library (`slap-bench.py`, run with the venv's python): what
+//!   slapos node/request really cost end to end, but its own per-call cost (≈1.2 ms: a new TCP
+//!   connection per call, `requests`) caps any measurable ratio;
+//! * `rust`: a near-zero-cost client in this process: one keep-alive ureq agent, form bodies and
+//!   xml_marshaller payloads built and answers decoded with `slapos_proto::slap`, the same calls
+//!   with the same fields as the Python driver (`OpenOrder.request`'s seven form fields,
+//!   `Computer.updateConfiguration`'s `xml`, `Supply.supply`'s `url`/`computer_id`/`state`).
 //!
 //! For each server (`slapos proxy start --cfg F` from `.venv/slapos`, and `slapos-master serve
-//! --cfg F`, the binary next to this one) the driver times every call:
+//! --cfg F`, the binary next to this one) the client times every call:
 //!
 //! * the client floor: a constant answer (`getComputerPartitionStatus`), no store access;
-//! * registering a computer with `--partitions` partitions (`Computer.updateConfiguration`, the
-//!   payload `slapos node format` sends: 2 addresses, a tap and a user per partition), cold then
-//!   3 warm re-registrations;
-//! * `--requests` sequential new requests (`OpenOrder.request`, 2 parameters, `computer_guid`),
-//!   each allocating a partition; then 20 identical re-requests;
-//! * `getFullComputerInformation` (raw HTTP through the library's connection helper) with every
-//!   partition busy, at `--partitions` and, after re-formatting with `--big` partitions and
-//!   requesting the rest, at `--big`;
+//! * registering a computer with `--partitions` partitions (`loadComputerConfigurationFromXML`,
+//!   the payload `slapos node format` sends: 2 addresses, a tap and a user per partition), cold
+//!   then 3 warm re-registrations;
+//! * supplying the release to the computer, then `--requests` sequential new requests
+//!   (`requestComputerPartition`, 2 parameters, `computer_guid`), each allocating a partition
+//!   (200 with a marshalled `SoftwareInstance` checked, never a 404/408); then 20 identical
+//!   re-requests;
+//! * `getFullComputerInformation` (raw HTTP) with every partition busy, at `--partitions`, once
+//!   more including the client's decoding (busy partitions counted), and, after re-formatting
+//!   with `--big` partitions and requesting the rest, at `--big`;
 //! * each server's peak RSS (`VmHWM` of `/proc/<pid>/status`) at the end.
 //!
-//! `--rounds` (default 3) alternates the servers, each round on fresh databases, and pools the
-//! samples: the disk's fsync latency drifts with the machine's load, and alternation keeps the
-//! drift out of the ratios. It prints both columns and slapproxy/master-lite ratios.
+//! `--rounds` (default 3) alternates the servers (and the clients), each run on fresh databases,
+//! and pools the samples per client: the disk's fsync latency drifts with the machine's load,
+//! and alternation keeps the drift out of the ratios. It prints both columns and
+//! slapproxy/master-lite ratios per client, and which goals are met.
 //! Reference: slapos-protocol.md §6.
 //!
 //! ```text
 //! scripts/deps/slapos-venv.sh
-//! cargo build --release -p master-lite --bins && target/release/slap-bench [--dir DIR]
+//! cargo build --release -p master-lite --bins && target/release/slap-bench [--client rust] [--dir DIR]
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,12 +47,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use slapos_proto::slap::{ComputerDoc, RequestForm, SoftwareInstanceDoc, Value, dumps, loads};
 
 mod bench_util;
 use bench_util::{fs_type, loadavg, proc_status};
 
 const DRIVER: &str = include_str!("slap-bench.py");
 const COMPUTER: &str = "BENCH";
+/// The software release both drivers supply and request.
+const SR: &str = "/srv/slap-bench/software.cfg";
+
+/// Which client drives the servers.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Client {
+    /// The real `slapos.slap` library (`slap-bench.py`).
+    Python,
+    /// ureq keep-alive agent + `slapos_proto::slap`, in this process.
+    Rust,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Python => "python",
+            Client::Rust => "rust",
+        }
+    }
+}
 
 struct Args {
     dir: PathBuf,
@@ -50,6 +84,7 @@ struct Args {
     rounds: usize,
     venv: PathBuf,
     server: PathBuf,
+    clients: Vec<Client>,
 }
 
 fn args() -> Result<Args> {
@@ -63,6 +98,7 @@ fn args() -> Result<Args> {
         rounds: 3,
         venv: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/slapos/bin"),
         server: exe.with_file_name("slapos-master"),
+        clients: vec![Client::Python, Client::Rust],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,10 +112,19 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = val()?.parse::<usize>()?.max(1),
             "--venv" => a.venv = PathBuf::from(val()?),
             "--server" => a.server = PathBuf::from(val()?),
+            "--client" => {
+                a.clients = match val()?.as_str() {
+                    "python" => vec![Client::Python],
+                    "rust" => vec![Client::Rust],
+                    "both" => vec![Client::Python, Client::Rust],
+                    other => bail!("--client {other}: expected python, rust or both"),
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "slap-bench [--dir DIR] [--partitions 100] [--requests 100] [--big 1000] \
-                     [--gets 20] [--rounds 3] [--venv .venv/slapos/bin] [--server target/release/slapos-master]"
+                     [--gets 20] [--rounds 3] [--client python|rust|both (default both)] \
+                     [--venv .venv/slapos/bin] [--server target/release/slapos-master]"
                 );
                 std::process::exit(0);
             }
@@ -213,7 +258,22 @@ impl Run {
     }
 }
 
-fn drive(a: &Args, server: &Server) -> Result<Run> {
+/// Drives `server` with `client`, then reads the server's peak RSS.
+fn drive(a: &Args, client: Client, server: &Server) -> Result<Run> {
+    let phases = match client {
+        Client::Python => drive_python(a, server)?,
+        Client::Rust => drive_rust(a, server)?,
+    };
+    let peak_rss_kb = proc_status(server.child.id(), "VmHWM")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok());
+    Ok(Run {
+        phases,
+        peak_rss_kb,
+    })
+}
+
+/// The real `slapos.slap` library: `slap-bench.py` with the venv's python prints the phases.
+fn drive_python(a: &Args, server: &Server) -> Result<Phases> {
     let driver = std::env::temp_dir().join(format!("slap-bench-{}.py", std::process::id()));
     std::fs::write(&driver, DRIVER)?;
     let out = Command::new(a.venv.join("python"))
@@ -228,7 +288,7 @@ fn drive(a: &Args, server: &Server) -> Result<Run> {
     if !out.status.success() {
         bail!("driver against {} failed ({})", server.url, out.status);
     }
-    let phases: Phases = serde_json::from_slice(&out.stdout).with_context(|| {
+    serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "driver output {:?}",
             String::from_utf8_lossy(&out.stdout)
@@ -236,13 +296,219 @@ fn drive(a: &Args, server: &Server) -> Result<Run> {
                 .take(300)
                 .collect::<String>()
         )
-    })?;
-    let peak_rss_kb = proc_status(server.child.id(), "VmHWM")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok());
-    Ok(Run {
-        phases,
-        peak_rss_kb,
     })
+}
+
+/// What `slapos node format` sends (`slap-bench.py`'s `payload`): 2 addresses, a tap and a user
+/// per partition, marshalled as `slapos.util.dumps` does.
+fn format_payload(n: usize) -> Result<String> {
+    let partitions = (0..n)
+        .map(|i| {
+            Value::dict([
+                ("reference", Value::str(format!("slappart{i}"))),
+                ("path", Value::str(format!("/srv/slapgrid/slappart{i}"))),
+                (
+                    "address_list",
+                    Value::List(vec![
+                        Value::dict([
+                            (
+                                "addr",
+                                format!("10.{}.{}.{}", i / 65536, i / 256 % 256, i % 256),
+                            ),
+                            ("netmask", "255.255.255.255".into()),
+                        ]),
+                        Value::dict([
+                            ("addr", format!("fd00::{:x}", i + 1)),
+                            ("netmask", "ffff:ffff:ffff:ffff::".into()),
+                        ]),
+                    ]),
+                ),
+                ("tap", Value::dict([("name", format!("slaptap{i}"))])),
+                ("user", Value::dict([("name", format!("slapuser{i}"))])),
+                ("external_storage_list", Value::List(Vec::new())),
+            ])
+        })
+        .collect();
+    let computer = Value::dict([
+        ("reference", Value::str(COMPUTER)),
+        ("address", Value::str("10.0.0.1")),
+        ("netmask", Value::str("255.255.255.0")),
+        ("instance_root", Value::str("/srv/slapgrid")),
+        ("software_root", Value::str("/opt/slapgrid")),
+        ("partition_list", Value::List(partitions)),
+    ]);
+    Ok(dumps(&computer)?)
+}
+
+/// `OpenOrder.request(SR, 'inst<i>', partition_parameter_kw={'p': 'v<i>', 'n': str(i)},
+/// filter_kw={'computer_guid': COMPUTER})`: the seven form fields the Python client posts.
+fn request_form(i: usize) -> Result<Vec<(&'static str, String)>> {
+    let form = RequestForm {
+        software_release: SR.into(),
+        software_type: "default".into(),
+        partition_reference: format!("inst{i}"),
+        parameters: BTreeMap::from([
+            ("p".into(), Value::str(format!("v{i}"))),
+            ("n".into(), Value::str(i.to_string())),
+        ]),
+        filter: BTreeMap::from([("computer_guid".into(), Value::str(COMPUTER))]),
+        state: None,
+        shared: false,
+        requester: None,
+    };
+    Ok(form.to_form()?)
+}
+
+/// Samples per phase (seconds per call) and sizes, in the Python driver's JSON shape.
+#[derive(Default)]
+struct Samples {
+    times: BTreeMap<String, Vec<f64>>,
+    sizes: BTreeMap<String, usize>,
+}
+
+impl Samples {
+    fn timed<T>(&mut self, key: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let v = f()?;
+        let dt = t.elapsed().as_secs_f64();
+        self.times.entry(key.to_owned()).or_default().push(dt);
+        Ok(v)
+    }
+
+    fn into_phases(self) -> Phases {
+        let mut p: Phases = self
+            .times
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::from(v)))
+            .collect();
+        p.extend(
+            self.sizes
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::from(v))),
+        );
+        p
+    }
+}
+
+/// The first characters of an answer, for error messages.
+fn short(body: &str) -> String {
+    body.chars().take(200).collect()
+}
+
+/// The Rust client: the Python driver's calls, in the same order, over one keep-alive agent
+/// (`slapos_client::http_agent`: ureq, every status handed back). Every answer must be a 200;
+/// requests must decode to a `SoftwareInstance` with a partition (slapproxy answers 404 with no
+/// free partition and 408 for a not-ready resource: both fail the run).
+fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
+    let (base, agent) = slapos_client::http_agent(&server.url, Duration::from_secs(600))?;
+    let get = |route: &str, query: &[(&str, &str)]| -> Result<String> {
+        let mut req = agent.get(format!("{base}/{route}"));
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        let mut resp = req.call().with_context(|| format!("GET {route}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .with_context(|| format!("GET {route}: read the answer"))?;
+        if status != 200 {
+            bail!("GET {route}: {status} {}", short(&body));
+        }
+        Ok(body)
+    };
+    let post = |route: &str, form: &[(&str, String)]| -> Result<String> {
+        let mut resp = agent
+            .post(format!("{base}/{route}"))
+            .send_form(form.iter().map(|(k, v)| (*k, v.as_str())))
+            .with_context(|| format!("POST {route}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .with_context(|| format!("POST {route}: read the answer"))?;
+        if status != 200 {
+            bail!("POST {route}: {status} {}", short(&body));
+        }
+        Ok(body)
+    };
+    let register = |xml: &str| post("loadComputerConfigurationFromXML", &[("xml", xml.into())]);
+    let request = |i: usize| -> Result<()> {
+        let body = post("requestComputerPartition", &request_form(i)?)?;
+        let doc = SoftwareInstanceDoc::from_value(&loads(&body)?)
+            .with_context(|| format!("request inst{i}: {}", short(&body)))?;
+        if doc.str_attr("slap_computer_partition_id").is_none() {
+            bail!("request inst{i}: no partition in {}", short(&body));
+        }
+        Ok(())
+    };
+    let full_info = || get("getFullComputerInformation", &[("computer_id", COMPUTER)]);
+    let floor = || {
+        get(
+            "getComputerPartitionStatus",
+            &[
+                ("computer_id", COMPUTER),
+                ("computer_partition_id", "slappart0"),
+            ],
+        )
+    };
+
+    let mut s = Samples::default();
+    for _ in 0..20 {
+        s.timed("floor", floor)?;
+    }
+    let body = format_payload(a.partitions)?;
+    s.timed("register_cold", || register(&body))?;
+    for _ in 0..3 {
+        s.timed("register_warm", || register(&body))?;
+    }
+    let supply = [
+        ("url", SR.to_owned()),
+        ("computer_id", COMPUTER.to_owned()),
+        ("state", "available".to_owned()),
+    ];
+    s.timed("supply", || post("supplySupply", &supply))?;
+    for i in 0..a.requests {
+        s.timed("request_new", || request(i))?;
+    }
+    for i in 0..a.requests.min(20) {
+        s.timed("request_same", || request(i))?;
+    }
+    let mut size = 0;
+    for _ in 0..a.gets {
+        size = s
+            .timed(&format!("full_info_{}", a.partitions), full_info)?
+            .len();
+    }
+    s.sizes
+        .insert(format!("full_info_{}_bytes", a.partitions), size);
+    let busy = s.timed("full_info_client", || {
+        let doc = ComputerDoc::from_value(&loads(&full_info()?)?)?;
+        Ok(doc
+            .partition_list
+            .iter()
+            .filter(|p| p.requested_state.as_deref() != Some("destroyed"))
+            .count())
+    })?;
+    if busy != a.requests {
+        bail!("{busy} busy partitions, expected {}", a.requests);
+    }
+    if a.big > a.partitions {
+        let body = format_payload(a.big)?;
+        s.timed(&format!("register_{}", a.big), || register(&body))?;
+        for i in a.requests..a.big {
+            s.timed("request_new_big", || request(i))?;
+        }
+        for _ in 0..(a.gets / 5).max(3) {
+            size = s.timed(&format!("full_info_{}", a.big), full_info)?.len();
+        }
+        s.sizes.insert(format!("full_info_{}_bytes", a.big), size);
+    }
+    Ok(s.into_phases())
 }
 
 fn times(r: &Run, key: &str) -> Vec<f64> {
@@ -317,38 +583,60 @@ fn run(a: &Args, work: &Path) -> Result<()> {
         fs_type(work),
         loadavg()
     );
-    println!(
-        "client: slapos.slap from {} (one new TCP connection per call, as the real client)",
-        a.venv.display()
-    );
-
-    // Rounds alternate the two servers (A B A B …), each on a fresh database, so a change in
-    // the machine's disk or CPU load during the run affects both columns alike; every sample
-    // of every round is pooled per phase.
-    let (mut p, mut l) = (Run::default(), Run::default());
-    for round in 1..=a.rounds {
-        let (pd, ld) = (pdir.join(round.to_string()), ldir.join(round.to_string()));
-        std::fs::create_dir_all(&pd)?;
-        std::fs::create_dir_all(&ld)?;
-        let proxy = start_slapproxy(&a.venv, &pd)?;
-        println!(
-            "round {round}: slapproxy   {} (pid {})",
-            proxy.url,
-            proxy.child.id()
-        );
-        p.pool(drive(a, &proxy)?);
-        drop(proxy);
-        let lite = start_master_lite(&a.server, &ld)?;
-        println!(
-            "round {round}: master-lite {} (pid {})",
-            lite.url,
-            lite.child.id()
-        );
-        l.pool(drive(a, &lite)?);
-        drop(lite);
-        println!("load average: {}", loadavg());
+    for c in &a.clients {
+        match c {
+            Client::Python => println!(
+                "client python: slapos.slap from {} (one new TCP connection per call, as the \
+                 real client)",
+                a.venv.display()
+            ),
+            Client::Rust => println!(
+                "client rust: ureq keep-alive agent + slapos_proto::slap codec, in process"
+            ),
+        }
     }
 
+    // Rounds alternate the two servers (A B A B …), and within a round the clients, each run
+    // on a fresh database, so a change in the machine's disk or CPU load during the run
+    // affects both columns alike; every sample of every round is pooled per client and phase.
+    let mut runs: BTreeMap<Client, (Run, Run)> = BTreeMap::new();
+    for round in 1..=a.rounds {
+        for &client in &a.clients {
+            let tag = format!("{round}-{}", client.name());
+            let (pd, ld) = (pdir.join(&tag), ldir.join(&tag));
+            std::fs::create_dir_all(&pd)?;
+            std::fs::create_dir_all(&ld)?;
+            let (p, l) = runs.entry(client).or_default();
+            let proxy = start_slapproxy(&a.venv, &pd)?;
+            println!(
+                "round {round}, client {}: slapproxy   {} (pid {})",
+                client.name(),
+                proxy.url,
+                proxy.child.id()
+            );
+            p.pool(drive(a, client, &proxy)?);
+            drop(proxy);
+            let lite = start_master_lite(&a.server, &ld)?;
+            println!(
+                "round {round}, client {}: master-lite {} (pid {})",
+                client.name(),
+                lite.url,
+                lite.child.id()
+            );
+            l.pool(drive(a, client, &lite)?);
+            drop(lite);
+            println!("load average: {}", loadavg());
+        }
+    }
+    for (client, (p, l)) in runs {
+        report(a, client, p, l);
+    }
+    Ok(())
+}
+
+/// Both columns, the ratios and the goals, for one client.
+fn report(a: &Args, client: Client, p: Run, l: Run) {
+    println!("\nclient {}:", client.name());
     println!(
         "\n{:<44} {:>12} {:>12} {:>9}",
         format!("metric ({} rounds pooled, per call)", a.rounds),
@@ -454,5 +742,4 @@ fn run(a: &Args, work: &Path) -> Result<()> {
     verdict("registration (cold)", reg, 100.0);
     verdict("registration (warm)", reg_warm, 100.0);
     verdict("memory (peak RSS, slapproxy / master-lite)", rss, 3.0);
-    Ok(())
 }
