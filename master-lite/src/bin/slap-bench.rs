@@ -47,7 +47,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use slapos_proto::slap::{ComputerDoc, RequestForm, SoftwareInstanceDoc, Value, dumps, loads};
+use slapos_proto::slap::{
+    ComputerConfiguration, ComputerDoc, RequestForm, SoftwareInstanceDoc, Value, dumps, loads,
+};
 
 mod bench_util;
 use bench_util::{fs_type, loadavg, proc_status};
@@ -556,13 +558,62 @@ fn row(what: &str, proxy: Option<f64>, lite: Option<f64>, fmt: fn(f64) -> String
 }
 
 fn verdict(what: &str, ratio: Option<f64>, goal: f64) {
-    let got = ratio.map_or_else(|| "?".into(), |r| format!("{r:.1}x"));
+    let got = ratio.map_or_else(|| "?".into(), |r| format!("{r:.2}x"));
     let met = if ratio.is_some_and(|r| r >= goal) {
         "met"
     } else {
         "NOT met"
     };
     println!("goal {what}: >= {goal}x, measured {got}: {met}");
+}
+
+/// Median cost of a one-row autocommit INSERT on a fresh database in `dir`, `synchronous =
+/// FULL`, with the given journal mode, 1 ms apart (calls leave the disk idle in between too):
+/// `WAL` is master-lite's setting (one fsync of the WAL per commit), `DELETE` the default of
+/// slapproxy's `sqlite3` connections (journal and database fsynced, journal unlinked).
+fn commit_cost(dir: &Path, journal: &str, n: usize) -> Result<f64> {
+    let path = dir.join(format!("anchor-{journal}.db"));
+    let conn = rusqlite::Connection::open(&path)?;
+    let _: String = conn.query_row(&format!("PRAGMA journal_mode = {journal}"), [], |r| {
+        r.get(0)
+    })?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")?;
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        std::thread::sleep(Duration::from_millis(1));
+        let t = Instant::now();
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")])?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    drop(conn);
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(pct(&v, 50.0).unwrap_or(0.0))
+}
+
+/// The disk's cost of one durable commit, both ways (medians, seconds).
+#[derive(Clone, Copy)]
+struct Anchor {
+    wal: f64,
+    delete: f64,
+}
+
+fn anchor(dir: &Path, when: &str) -> Result<Anchor> {
+    let a = Anchor {
+        wal: commit_cost(dir, "WAL", 50)?,
+        delete: commit_cost(dir, "DELETE", 50)?,
+    };
+    println!(
+        "disk anchor {when}: one-row commit, synchronous FULL, median of 50: WAL (master-lite) \
+         {}, rollback journal (slapproxy's sqlite3 default) {}; load average {}",
+        ms(a.wal),
+        ms(a.delete),
+        loadavg()
+    );
+    Ok(a)
 }
 
 fn main() -> Result<()> {
@@ -599,6 +650,24 @@ fn run(a: &Args, work: &Path) -> Result<()> {
     // Rounds alternate the two servers (A B A B …), and within a round the clients, each run
     // on a fresh database, so a change in the machine's disk or CPU load during the run
     // affects both columns alike; every sample of every round is pooled per client and phase.
+    // What decoding a registration costs with the codec master-lite uses (CPU only): the
+    // part of master-lite's registration time that is not SQL, HTTP or the commit.
+    let payload = format_payload(a.partitions)?;
+    let mut decode = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        ComputerConfiguration::from_value(loads(&payload)?)?;
+        decode.push(t.elapsed().as_secs_f64());
+    }
+    decode.sort_by(f64::total_cmp);
+    println!(
+        "codec: decoding the {}-partition format payload ({} kB) with slapos_proto::slap, median \
+         of 20: {}",
+        a.partitions,
+        payload.len() / 1000,
+        pct(&decode, 50.0).map_or_else(|| "-".into(), ms)
+    );
+    let before = anchor(work, "before")?;
     let mut runs: BTreeMap<Client, (Run, Run)> = BTreeMap::new();
     for round in 1..=a.rounds {
         for &client in &a.clients {
@@ -628,14 +697,20 @@ fn run(a: &Args, work: &Path) -> Result<()> {
             println!("load average: {}", loadavg());
         }
     }
+    let after = anchor(work, "after")?;
+    let wal = before.wal.max(after.wal);
     for (client, (p, l)) in runs {
-        report(a, client, p, l);
+        report(a, client, p, l, wal);
     }
     Ok(())
 }
 
 /// Both columns, the ratios and the goals, for one client.
-fn report(a: &Args, client: Client, p: Run, l: Run) {
+///
+/// `wal`: the WAL commit anchor; a new request on master-lite pays at least one such commit, so
+/// slapproxy's median divided by it is the request ratio a master-lite with no CPU or HTTP cost
+/// (and the same durability) could show.
+fn report(a: &Args, client: Client, p: Run, l: Run, wal: f64) {
     println!("\nclient {}:", client.name());
     println!(
         "\n{:<44} {:>12} {:>12} {:>9}",
@@ -742,4 +817,12 @@ fn report(a: &Args, client: Client, p: Run, l: Run) {
     verdict("registration (cold)", reg, 100.0);
     verdict("registration (warm)", reg_warm, 100.0);
     verdict("memory (peak RSS, slapproxy / master-lite)", rss, 3.0);
+    if let Some(proxy) = med(&p, "request_new") {
+        println!(
+            "ceiling for requests with one durable commit each (slapproxy median / WAL commit \
+             anchor {}): {:.1}x",
+            ms(wal),
+            proxy / wal
+        );
+    }
 }
