@@ -53,6 +53,7 @@ pub mod install;
 pub mod isolation;
 pub mod layout;
 pub mod link;
+pub mod log;
 pub mod logfile;
 pub mod net;
 pub mod node;

@@ -105,17 +105,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
 }
 
 fn init_logs() {
-    let level = match std::env::var("SLAPOS_LOG").as_deref() {
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+    node_edge::log::init(node_edge::log::level_from_env());
 }
 
 async fn signalled() {
