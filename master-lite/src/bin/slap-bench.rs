@@ -56,6 +56,8 @@ use bench_util::{fs_type, loadavg, proc_status};
 
 const DRIVER: &str = include_str!("slap-bench.py");
 const COMPUTER: &str = "BENCH";
+/// Pause between a server's start and the first timed call.
+const SETTLE: Duration = Duration::from_millis(500);
 /// The software release both drivers supply and request.
 const SR: &str = "/srv/slap-bench/software.cfg";
 
@@ -262,6 +264,10 @@ impl Run {
 
 /// Drives `server` with `client`, then reads the server's peak RSS.
 fn drive(a: &Args, client: Client, server: &Server) -> Result<Run> {
+    // Let the server settle after it starts listening (slapproxy's first calls right after
+    // start take ~3 ms instead of ~1): the Python driver's interpreter start gave it this time,
+    // the in-process client would not.
+    std::thread::sleep(SETTLE);
     let phases = match client {
         Client::Python => drive_python(a, server)?,
         Client::Rust => drive_rust(a, server)?,
