@@ -168,6 +168,7 @@ fn registration(c: &str) -> RegisterComputer {
             .map(|p| PartitionSpec {
                 id: pid(p),
                 addresses: vec![],
+                interface: None,
             })
             .collect(),
         labels: BTreeMap::new(),

@@ -107,6 +107,7 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
             .map(|i| PartitionSpec {
                 id: PartitionId::parse(format!("slappart{i}")).unwrap(),
                 addresses: vec![],
+                interface: None,
             })
             .collect(),
         labels: [("region".parse().unwrap(), "eu".to_owned())].into(),

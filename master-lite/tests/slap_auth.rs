@@ -316,6 +316,7 @@ fn registration(c: &str) -> RegisterComputer {
             .map(|p| PartitionSpec {
                 id: PartitionId::parse(*p).unwrap(),
                 addresses: vec![],
+                interface: None,
             })
             .collect(),
         labels: BTreeMap::new(),

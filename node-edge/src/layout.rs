@@ -168,6 +168,10 @@ pub fn registration(
             .map(|p| PartitionSpec {
                 id: p.id.clone(),
                 addresses: p.addresses.clone(),
+                interface: cfg
+                    .network
+                    .as_ref()
+                    .map(|n| n.tap_name(p.index).unwrap_or_else(|| n.interface.clone())),
             })
             .collect(),
         labels,
@@ -219,5 +223,25 @@ mod tests {
         assert_eq!(get("rt_cpus"), "1-3");
         assert!(get("cpu_count").parse::<usize>().unwrap() >= 1);
         assert_eq!(reg.partitions[0].addresses, [LOOPBACK]);
+        assert_eq!(reg.partitions[0].interface, None);
+    }
+
+    #[test]
+    fn registration_names_the_interface_of_partition_addresses() {
+        let text = "master_url = \"http://127.0.0.1:1\"\ncomputer_id = \"C\"\npartitions = 2\n\
+                    software_root = \"sw\"\ninstance_root = \"inst\"\n[network]\n\
+                    interface = \"eth0\"\nipv6_prefix = \"fd00:5a:1::/64\"\n";
+        let mut cfg = Config::from_toml(text, Some(Path::new("/x"))).unwrap();
+        let reg = registration(&cfg, &layouts(&cfg), &BTreeMap::new());
+        assert_eq!(reg.partitions[1].addresses, ["fd00:5a:1::101"]);
+        assert_eq!(reg.partitions[1].interface.as_deref(), Some("eth0"));
+        // With TAPs, the partition's own TAP (SlapOS's `slaptapN` in `ip_list`).
+        if let Some(n) = cfg.network.as_mut() {
+            n.tap = true;
+        }
+        let reg = registration(&cfg, &layouts(&cfg), &BTreeMap::new());
+        let tap = cfg.network.as_ref().and_then(|n| n.tap_name(1));
+        assert!(tap.is_some());
+        assert_eq!(reg.partitions[1].interface, tap);
     }
 }

@@ -273,7 +273,8 @@ fn netmask_of(addr: &str) -> &'static str {
 
 /// The marshalled computer dictionary of `loadComputerConfigurationFromXML` (`xml` field), the
 /// shape `slapos node format` sends, with the keys slapproxy reads. A partition's interface
-/// (`tap.name`) is its reference.
+/// (`tap.name`, what slapproxy puts first in `ip_list`) is its TAP or network interface when
+/// `[network]` is configured, else its reference.
 pub fn computer_xml(reg: &RegisterComputer) -> Result<String, String> {
     let first = reg
         .partitions
@@ -298,7 +299,13 @@ pub fn computer_xml(reg: &RegisterComputer) -> Result<String, String> {
                 ("address_list", Value::List(addresses)),
                 ("external_storage_list", Value::List(vec![])),
                 ("reference", Value::str(p.id.as_str())),
-                ("tap", Value::dict([("name", Value::str(p.id.as_str()))])),
+                (
+                    "tap",
+                    Value::dict([(
+                        "name",
+                        Value::str(p.interface.as_deref().unwrap_or(p.id.as_str())),
+                    )]),
+                ),
                 ("tun", Value::None),
             ])
         })
@@ -760,6 +767,7 @@ mod tests {
                 .map(|i| PartitionSpec {
                     id: pid(&format!("slappart{i}")),
                     addresses: vec!["127.0.0.1".into()],
+                    interface: None,
                 })
                 .collect(),
             labels: BTreeMap::new(),

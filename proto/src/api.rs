@@ -94,6 +94,10 @@ pub struct PartitionSpec {
     /// Addresses reserved for the partition (IPv4/IPv6 literals), may be empty.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The interface those addresses sit on (the partition's TAP, else the node's network
+    /// interface): the first element of SlapOS's `ip_list` pairs. `None`: the partition id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// `POST /v1/computers`: a node registers (or re-registers) itself and its partitions.

@@ -177,6 +177,7 @@ fn computer(id: &str, partitions: usize) -> Result<RegisterComputer> {
                         i / 256 % 256,
                         i % 256
                     )],
+                    interface: None,
                 })
             })
             .collect::<Result<_>>()?,

@@ -187,15 +187,16 @@ impl Store {
                     .op("replace labels")?;
             }
         }
-        // Known partitions: id -> (addresses, allocated).
-        let mut known: HashMap<String, (String, bool)> = rows(
+        // Known partitions: id -> ((addresses, interface), allocated).
+        type Known = ((String, Option<String>), bool);
+        let mut known: HashMap<String, Known> = rows(
             &tx,
             "list partitions",
-            "SELECT p.id, p.addresses, EXISTS (SELECT 1 FROM instance i
+            "SELECT p.id, p.addresses, p.interface, EXISTS (SELECT 1 FROM instance i
                  WHERE i.computer = p.computer AND i.partition = p.id)
              FROM partition p WHERE p.computer = ?1",
             [c],
-            |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))),
+            |r| Ok((r.get(0)?, ((r.get(1)?, r.get(2)?), r.get(3)?))),
         )?
         .into_iter()
         .collect();
@@ -203,24 +204,29 @@ impl Store {
         {
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT INTO partition (computer, id, addresses) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO partition (computer, id, addresses, interface)
+                     VALUES (?1, ?2, ?3, ?4)",
                 )
                 .op("insert a partition")?;
             let mut upd = tx
                 .prepare_cached(
-                    "UPDATE partition SET addresses = ?3 WHERE computer = ?1 AND id = ?2",
+                    "UPDATE partition SET addresses = ?3, interface = ?4
+                     WHERE computer = ?1 AND id = ?2",
                 )
                 .op("update a partition")?;
             for spec in &reg.partitions {
                 let addresses = to_json(&spec.addresses)?;
+                let iface = spec.interface.as_deref();
                 match known.remove(spec.id.as_str()) {
                     None => {
-                        ins.execute(params![c, spec.id.as_str(), addresses])
+                        ins.execute(params![c, spec.id.as_str(), addresses, iface])
                             .op("insert a partition")?;
                         changed = true;
                     }
-                    Some((old, _)) if old != addresses => {
-                        upd.execute(params![c, spec.id.as_str(), addresses])
+                    Some(((old, old_iface), _))
+                        if old != addresses || old_iface.as_deref() != iface =>
+                    {
+                        upd.execute(params![c, spec.id.as_str(), addresses, iface])
                             .op("update a partition")?;
                     }
                     Some(_) => {}

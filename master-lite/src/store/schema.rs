@@ -160,6 +160,12 @@ pub const MIGRATIONS: &[&str] = &[
           AND revoked_ms IS NULL;
     END;
     "#,
+    // 6: the interface a natively registered partition's addresses sit on (its TAP, else the
+    // node's network interface), the first element of SlapOS's `ip_list` pairs; NULL: the
+    // partition reference, as before.
+    r#"
+    ALTER TABLE partition ADD COLUMN interface TEXT;
+    "#,
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.

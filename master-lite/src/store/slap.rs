@@ -185,6 +185,7 @@ impl Store {
                 Ok(PartitionSpec {
                     id: PartitionId::parse(p.reference.as_str()).map_err(bad)?,
                     addresses: p.addresses.iter().map(|a| a.addr.clone()).collect(),
+                    interface: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -673,18 +674,23 @@ fn slap_partitions(
         tx,
         "read partitions",
         &format!(
-            "SELECT p.id, p.addresses, {} FROM partition p LEFT JOIN instance i
+            "SELECT p.id, p.addresses, p.interface, {} FROM partition p LEFT JOIN instance i
              ON i.computer = p.computer AND i.partition = p.id
              WHERE p.computer = ?1 AND (?2 IS NULL OR p.id = ?2) ORDER BY p.seq",
             InstanceRow::COLUMNS_I
         ),
         params![c, only],
         |r| {
-            let inst = match r.get::<_, Option<i64>>(2)? {
-                Some(_) => Some(InstanceRow::from_row(r, 2)?),
+            let inst = match r.get::<_, Option<i64>>(3)? {
+                Some(_) => Some(InstanceRow::from_row(r, 3)?),
                 None => None,
             };
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, inst))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                inst,
+            ))
         },
     )?;
     let mut shared: HashMap<i64, Vec<SharedEntry>> = HashMap::new();
@@ -710,12 +716,13 @@ fn slap_partitions(
     }
     Ok(found
         .into_iter()
-        .map(|(id, native, inst)| {
+        .map(|(id, native, iface, inst)| {
             let ip_list = addresses.remove(&id).unwrap_or_else(|| {
+                let iface = iface.unwrap_or_else(|| id.clone());
                 serde_json::from_str::<Vec<String>>(&native)
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|a| (id.clone(), a))
+                    .map(|a| (iface.clone(), a))
                     .collect()
             });
             SlapPartition {

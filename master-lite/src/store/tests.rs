@@ -30,6 +30,7 @@ fn registration(c: &str, parts: &[&str], labels: &[(&str, &str)]) -> RegisterCom
             .map(|p| PartitionSpec {
                 id: pid(p),
                 addresses: vec!["10.0.0.1".into()],
+                interface: None,
             })
             .collect(),
         labels: labels
@@ -922,4 +923,29 @@ fn owners_tokens_and_certificates() {
         vec!["aa".to_owned()]
     );
     assert!(s.revoke_identity("computer:C1", 71).unwrap().is_empty());
+}
+
+#[test]
+fn a_partition_interface_is_the_first_element_of_its_ip_list() {
+    let mut s = Store::open_in_memory(0).unwrap();
+    let mut reg = registration("C1", &["slappart0", "slappart1"], &[]);
+    reg.partitions[0].interface = Some("slaptap0".into());
+    s.register(&reg, 1).unwrap();
+    let ip = |s: &mut Store, p: &str| s.slap_partition("C1", p).unwrap().unwrap().ip_list;
+    assert_eq!(
+        ip(&mut s, "slappart0"),
+        [("slaptap0".into(), "10.0.0.1".into())]
+    );
+    // Without an interface: the partition reference, as before.
+    assert_eq!(
+        ip(&mut s, "slappart1"),
+        [("slappart1".into(), "10.0.0.1".into())]
+    );
+    // A re-registration with another interface (same addresses) updates it.
+    reg.partitions[0].interface = Some("eth1".into());
+    s.register(&reg, 2).unwrap();
+    assert_eq!(
+        ip(&mut s, "slappart0"),
+        [("eth1".into(), "10.0.0.1".into())]
+    );
 }
