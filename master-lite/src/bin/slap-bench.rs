@@ -28,6 +28,12 @@
 //!   with `--big` partitions and requesting the rest, at `--big`;
 //! * each server's peak RSS (`VmHWM` of `/proc/<pid>/status`) at the end.
 //!
+//! Context printed with the figures: the disk's cost of one durable one-row SQLite commit
+//! (WAL, master-lite's setting, and the rollback journal of slapproxy's `sqlite3` connections;
+//! sampled before, between and after the runs, pooled), the CPU cost of decoding the format
+//! payload with the codec, and the request ratio a master-lite paying nothing but one WAL commit
+//! per request would reach.
+//!
 //! `--rounds` (default 3) alternates the servers (and the clients), each run on fresh databases,
 //! and pools the samples per client: the disk's fsync latency drifts with the machine's load,
 //! and alternation keeps the drift out of the ratios. It prints both columns and
@@ -577,7 +583,7 @@ fn verdict(what: &str, ratio: Option<f64>, goal: f64) {
 /// FULL`, with the given journal mode, 1 ms apart (calls leave the disk idle in between too):
 /// `WAL` is master-lite's setting (one fsync of the WAL per commit), `DELETE` the default of
 /// slapproxy's `sqlite3` connections (journal and database fsynced, journal unlinked).
-fn commit_cost(dir: &Path, journal: &str, n: usize) -> Result<f64> {
+fn commit_cost(dir: &Path, journal: &str, n: usize) -> Result<Vec<f64>> {
     let path = dir.join(format!("anchor-{journal}.db"));
     let conn = rusqlite::Connection::open(&path)?;
     let _: String = conn.query_row(&format!("PRAGMA journal_mode = {journal}"), [], |r| {
@@ -596,30 +602,45 @@ fn commit_cost(dir: &Path, journal: &str, n: usize) -> Result<f64> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    v.sort_by(f64::total_cmp);
-    Ok(pct(&v, 50.0).unwrap_or(0.0))
+    Ok(v)
 }
 
-/// The disk's cost of one durable commit, both ways (medians, seconds).
-#[derive(Clone, Copy)]
+/// The disk's cost of one durable commit, both ways (seconds), sampled before, between and
+/// after the runs: the disk of a shared VM switches between regimes within minutes.
+#[derive(Default)]
 struct Anchor {
-    wal: f64,
-    delete: f64,
+    wal: Vec<f64>,
+    delete: Vec<f64>,
 }
 
-fn anchor(dir: &Path, when: &str) -> Result<Anchor> {
-    let a = Anchor {
-        wal: commit_cost(dir, "WAL", 50)?,
-        delete: commit_cost(dir, "DELETE", 50)?,
-    };
-    println!(
-        "disk anchor {when}: one-row commit, synchronous FULL, median of 50: WAL (master-lite) \
-         {}, rollback journal (slapproxy's sqlite3 default) {}; load average {}",
-        ms(a.wal),
-        ms(a.delete),
-        loadavg()
-    );
-    Ok(a)
+impl Anchor {
+    /// Takes `n` samples of each kind, prints their medians, pools them.
+    fn sample(&mut self, dir: &Path, when: &str, n: usize) -> Result<()> {
+        let med = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            pct(&v, 50.0).unwrap_or(0.0)
+        };
+        let (wal, delete) = (commit_cost(dir, "WAL", n)?, commit_cost(dir, "DELETE", n)?);
+        println!(
+            "disk anchor {when}: one-row commit, synchronous FULL, median of {n}: WAL \
+             (master-lite) {}, rollback journal (slapproxy's sqlite3 default) {}",
+            ms(med(wal.clone())),
+            ms(med(delete.clone()))
+        );
+        self.wal.extend(wal);
+        self.delete.extend(delete);
+        Ok(())
+    }
+
+    /// Pooled medians (WAL, rollback journal).
+    fn medians(&self) -> (f64, f64) {
+        let med = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            pct(&v, 50.0).unwrap_or(0.0)
+        };
+        (med(&self.wal), med(&self.delete))
+    }
 }
 
 fn main() -> Result<()> {
@@ -673,7 +694,8 @@ fn run(a: &Args, work: &Path) -> Result<()> {
         payload.len() / 1000,
         pct(&decode, 50.0).map_or_else(|| "-".into(), ms)
     );
-    let before = anchor(work, "before")?;
+    let mut disk = Anchor::default();
+    disk.sample(work, "before", 50)?;
     let mut runs: BTreeMap<Client, (Run, Run)> = BTreeMap::new();
     for round in 1..=a.rounds {
         for &client in &a.clients {
@@ -682,6 +704,7 @@ fn run(a: &Args, work: &Path) -> Result<()> {
             std::fs::create_dir_all(&pd)?;
             std::fs::create_dir_all(&ld)?;
             let (p, l) = runs.entry(client).or_default();
+            disk.sample(work, "between", 20)?;
             let proxy = start_slapproxy(&a.venv, &pd)?;
             println!(
                 "round {round}, client {}: slapproxy   {} (pid {})",
@@ -691,6 +714,7 @@ fn run(a: &Args, work: &Path) -> Result<()> {
             );
             p.pool(drive(a, client, &proxy)?);
             drop(proxy);
+            disk.sample(work, "between", 20)?;
             let lite = start_master_lite(&a.server, &ld)?;
             println!(
                 "round {round}, client {}: master-lite {} (pid {})",
@@ -703,8 +727,13 @@ fn run(a: &Args, work: &Path) -> Result<()> {
             println!("load average: {}", loadavg());
         }
     }
-    let after = anchor(work, "after")?;
-    let wal = before.wal.max(after.wal);
+    disk.sample(work, "after", 50)?;
+    let (wal, delete) = disk.medians();
+    println!(
+        "\ndisk anchor, all samples pooled: WAL (master-lite) {}, rollback journal (slapproxy) {}",
+        ms(wal),
+        ms(delete)
+    );
     for (client, (p, l)) in runs {
         report(a, client, p, l, wal);
     }
@@ -713,7 +742,7 @@ fn run(a: &Args, work: &Path) -> Result<()> {
 
 /// Both columns, the ratios and the goals, for one client.
 ///
-/// `wal`: the WAL commit anchor; a new request on master-lite pays at least one such commit, so
+/// `wal`: the pooled WAL commit anchor; a new request on master-lite pays at least one such commit, so
 /// slapproxy's median divided by it is the request ratio a master-lite with no CPU or HTTP cost
 /// (and the same durability) could show.
 fn report(a: &Args, client: Client, p: Run, l: Run, wal: f64) {
