@@ -123,6 +123,10 @@ enum Cmd {
         /// of a software.toml), and print its URL.
         #[arg(long)]
         example: Option<String>,
+        /// Who the local node's partitions run as: auto (a unix user each when run as root),
+        /// users, or none (the node's own user).
+        #[arg(long, default_value = "auto")]
+        isolation: node_edge::IsolationMode,
     },
     /// Supply a software release to a computer (or remove it).
     Supply {
@@ -406,11 +410,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             partitions,
             example,
+            isolation,
         } => standalone(master_lite::standalone::StandaloneOptions {
             dir,
             listen,
             partitions,
             example,
+            isolation,
         })
         .map(|()| ExitCode::SUCCESS),
         Cmd::Supply {

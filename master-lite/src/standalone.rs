@@ -35,6 +35,9 @@ pub struct StandaloneOptions {
     /// An example release to supply and request once up: a name under `examples/` or a path to
     /// a release manifest.
     pub example: Option<String>,
+    /// Who the local node's partitions run as (`isolation` key of the node, default `auto`:
+    /// a unix user per partition when run as root).
+    pub isolation: node_edge::IsolationMode,
 }
 
 /// A standalone box that failed.
@@ -133,7 +136,8 @@ pub async fn run(
     println!("{LISTENING}{url}");
     let _ = std::io::stdout().flush();
 
-    let config = node_edge::Config::standalone(&dir, url.clone(), opts.partitions);
+    let mut config = node_edge::Config::standalone(&dir, url.clone(), opts.partitions);
+    config.isolation = opts.isolation;
     let computer = config.computer_id.clone();
     let node_task = tokio::spawn(node_edge::run(config, stopped(stop_rx.clone())));
 

@@ -47,6 +47,7 @@ fn converge(n: u32, passes: usize) -> (Duration, Duration) {
         d.path().join("inst"),
     );
     cfg.state_dir = Some(d.path().join("state"));
+    cfg.isolation = node_edge::IsolationMode::None;
     cfg.max_instance_passes = passes;
     cfg.poll_interval = Duration::from_secs(1);
     cfg.ports.per_partition = 1;

@@ -212,18 +212,26 @@ pub enum IsolationMode {
     None,
 }
 
+impl std::str::FromStr for IsolationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "users" => Ok(Self::Users),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "isolation = {other:?}: expected \"auto\", \"users\" or \"none\""
+            )),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for IsolationMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)
             .map_err(|e| serde::de::Error::custom(format!("isolation: {e}")))?;
-        match s.as_str() {
-            "auto" => Ok(Self::Auto),
-            "users" => Ok(Self::Users),
-            "none" => Ok(Self::None),
-            other => Err(serde::de::Error::custom(format!(
-                "isolation = {other:?}: expected \"auto\", \"users\" or \"none\""
-            ))),
-        }
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -111,14 +111,21 @@ pub struct UnixUsers {
 /// Where `useradd` is looked for (`/usr/sbin` is not always in a service's `PATH`).
 const USERADD: [&str; 2] = ["/usr/sbin/useradd", "/sbin/useradd"];
 
+/// `useradd`: one of [`USERADD`], else the first in `PATH`; `None` when there is none (a
+/// minimal board image).
+fn find_useradd() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    USERADD
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path).map(|d| d.join("useradd")))
+        .find(|p| p.is_file())
+}
+
 impl UnixUsers {
     /// Users named `<prefix><index>`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        let useradd = USERADD
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("useradd"));
+        let useradd = find_useradd().unwrap_or_else(|| PathBuf::from("useradd"));
         Self {
             prefix: prefix.into(),
             useradd,
@@ -218,8 +225,8 @@ impl Isolation for UnixUsers {
 /// * `users`: [`UnixUsers`]; refused when the node is not root, or when `instance_root` or
 ///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
 /// * `none`: [`CurrentUser`] (a root node then runs partitions as root: warned);
-/// * `auto`: `users` on a root node whose roots partition users can reach; otherwise `none`, with
-///   a warning naming the unreachable directory on a root node.
+/// * `auto`: `users` on a root node whose roots partition users can reach and that has
+///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
 pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
     let root = nix::unistd::geteuid().is_root();
     let unreachable = [&cfg.instance_root, &cfg.software_root]
@@ -240,8 +247,19 @@ pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
                     d.display()
                 ),
             }),
+            None if find_useradd().is_none() => Err(ConfigError::Invalid {
+                key: "isolation",
+                reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
+            }),
             None => Ok(users()),
         },
+        IsolationMode::Auto if root && find_useradd().is_none() => {
+            tracing::warn!(
+                "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
+                 image): partitions run as root; install passwd or set isolation = \"none\""
+            );
+            Ok(Arc::new(CurrentUser))
+        }
         IsolationMode::Auto if root => match unreachable {
             Some(d) => {
                 tracing::warn!(

@@ -28,6 +28,9 @@ fn config(master: &FakeMaster, dir: &Path, partitions: u32) -> Config {
     c.state_dir = Some(dir.join("state"));
     // These tests exercise the refusing default, also when run as root.
     c.rt = node_edge::RtMode::Off;
+    // Partition users are tested by tests/tests/isolation.rs (which removes its users); here a
+    // root run must not create `slapuserN` accounts on the machine.
+    c.isolation = node_edge::IsolationMode::None;
     c.poll_interval = Duration::from_secs(1);
     c.long_poll = Duration::from_secs(5);
     c.restart_backoff_min = Duration::from_millis(100);

@@ -290,7 +290,7 @@ impl Node {
              software_root = \"software\"\ninstance_root = \"instance\"\npoll_interval = 2\n\
              long_poll = 20\nrestart_backoff_min = 0.2\nrestart_backoff_max = 2\nstop_timeout = 5\n\
              promise_interval = 2\ninstall_retry = 2\nmax_instance_passes = 4\n\
-             [ports]\nbase = {ports}\nper_partition = 10\n"
+             isolation = \"none\"\n[ports]\nbase = {ports}\nper_partition = 10\n"
         );
         std::fs::write(&config, text).expect("write node config");
         let mut node = Node {

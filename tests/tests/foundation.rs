@@ -389,6 +389,7 @@ fn standalone_serves_the_example() {
     let start = || {
         let mut cmd = std::process::Command::new(slapos_tests::bin("slapos-master"));
         cmd.args(["standalone", "--listen", "127.0.0.1:0", "--partitions", "2"])
+            .args(["--isolation", "none"])
             .args(["--example", "hello-web", "--dir"])
             .arg(&dir);
         slapos_tests::Proc::spawn("standalone", cmd)

@@ -133,7 +133,7 @@ fn node_edge_converges_what_the_real_slapos_cli_requests_from_slapproxy() {
              partitions = 2\nsoftware_root = \"software\"\ninstance_root = \"instance\"\n\
              poll_interval = 2\nlong_poll = 20\nrestart_backoff_min = 0.2\n\
              restart_backoff_max = 2\nstop_timeout = 5\npromise_interval = 2\n\
-             install_retry = 2\n[ports]\nbase = {ports}\nper_partition = 10\n"
+             install_retry = 2\nisolation = \"none\"\n[ports]\nbase = {ports}\nper_partition = 10\n"
         ),
     )
     .expect("write node config");

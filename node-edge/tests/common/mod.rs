@@ -338,14 +338,20 @@ pub async fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -
 }
 
 /// A base port with `n` consecutive ports free on 127.0.0.1 right now.
+///
+/// Searched below the kernel's ephemeral range (32768+ on Linux), where the local ends of the
+/// tests' own outgoing connections land and can fill any consecutive block; the start depends on
+/// the pid so parallel test binaries spread out.
 pub fn free_block(n: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(n).is_none() || base < 1024 {
-            continue;
-        }
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const HIGH: u32 = 32_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = HIGH - LOW - u32::from(n);
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..span / u32::from(n.max(1)) {
+        let step = NEXT.fetch_add(u32::from(n), Ordering::SeqCst);
+        let base = (LOW + seed.wrapping_add(step) % span) as u16;
         let held: Vec<_> = (base..base + n)
             .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
@@ -353,7 +359,7 @@ pub fn free_block(n: u16) -> u16 {
             return base;
         }
     }
-    panic!("no block of {n} free ports found");
+    panic!("no block of {n} free ports found in {LOW}..{HIGH}");
 }
 
 /// Blocking HTTP GET of `http://host:port/path`: the body of a 200 answer, else `None`.

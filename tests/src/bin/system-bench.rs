@@ -118,6 +118,7 @@ fn main() {
         let mut cmd = Command::new(slapos_tests::bin("slapos-master"));
         cmd.args(["standalone", "--listen", "127.0.0.1:0", "--partitions"])
             .arg((requests + 2).to_string())
+            .args(["--isolation", "none"])
             .arg("--dir")
             .arg(&dir);
         let sa = Proc::spawn("standalone", cmd);
