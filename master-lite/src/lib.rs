@@ -131,27 +131,40 @@ impl Master {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MasterError> {
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let addr = addr_of(&listener);
         let Master { state, worker } = self;
         let hub = state.hub.clone();
         let router = app(state);
         let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                hub.shut_down();
-            })
+            .with_graceful_shutdown(shut_down(shutdown, hub))
             .await
             .map_err(|source| MasterError::Serve { addr, source });
-        if tokio::time::timeout(Duration::from_secs(30), worker.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the database worker did not stop within 30 s");
-        }
+        close(worker).await;
         served
+    }
+}
+
+/// The listening address for messages (`?` if the socket cannot tell).
+fn addr_of(listener: &tokio::net::TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Waits for `shutdown`, then ends the held long polls (graceful shutdown of both servers).
+async fn shut_down(shutdown: impl Future<Output = ()>, hub: Arc<hub::Hub>) {
+    shutdown.await;
+    hub.shut_down();
+}
+
+/// Closes the database worker once the server has drained (bounded wait).
+async fn close(worker: db::Worker) {
+    if tokio::time::timeout(Duration::from_secs(30), worker.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the database worker did not stop within 30 s");
     }
 }
 
@@ -164,10 +177,7 @@ impl Master {
         config: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MasterError> {
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let addr = addr_of(&listener);
         let listener =
             tls::TlsListener::new(listener, config).map_err(|source| MasterError::Serve {
                 addr: addr.clone(),
@@ -180,18 +190,10 @@ impl Master {
             listener,
             router.into_make_service_with_connect_info::<tls::Peer>(),
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            hub.shut_down();
-        })
+        .with_graceful_shutdown(shut_down(shutdown, hub))
         .await
         .map_err(|source| MasterError::Serve { addr, source });
-        if tokio::time::timeout(Duration::from_secs(30), worker.close())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the database worker did not stop within 30 s");
-        }
+        close(worker).await;
         served
     }
 }

@@ -14,8 +14,7 @@
 //!   allocation it belongs to ([`PARTITION_RECORD`]), so a restarted node does not ask again.
 //!   The caller writes them with the partition's filesystem identity: they belong to it.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use slapos_client::{ClientError, Credentials};
@@ -249,31 +248,7 @@ pub fn enroll(cfg: &Config, token: &str, ca: Option<&Path>) -> Result<Enrolled, 
 /// the same directory (a key is never readable by others, not even briefly), fsync, rename,
 /// fsync of the directory.
 pub fn write_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let res = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have cleared bits of `mode`: set it exactly.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    crate::util::atomic_write_mode(path, data, Some(mode))
 }
 
 /// The allocation a partition certificate belongs to. Stored as text (no serde derive: size

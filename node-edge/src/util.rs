@@ -53,6 +53,13 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// Write `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// fsync of the directory. A reader sees the old or the new content, never a mix.
 pub fn atomic_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    atomic_write_mode(path, data, None)
+}
+
+/// [`atomic_write`], the file created with exactly `mode` when given (a key is never readable by
+/// others, not even briefly), else with the default mode and the umask.
+pub fn atomic_write_mode(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -61,7 +68,20 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = match mode {
+            Some(m) => {
+                let _ = std::fs::remove_file(&tmp);
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(m)
+                    .open(&tmp)?;
+                // The umask may have cleared bits of `mode`: set it exactly.
+                f.set_permissions(std::fs::Permissions::from_mode(m))?;
+                f
+            }
+            None => std::fs::File::create(&tmp)?,
+        };
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
