@@ -4,175 +4,30 @@
 //! client certificate, with a foreign CA and with a revoked certificate, and the CA surviving a
 //! restart. Identities: an admin, two users, two computers, a partition of each computer.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
+use common::{
+    Answer, Env, Server, assert_matrix, available, cid, ok, pid, pref, registration, run, s, title,
+};
 use serde_json::json;
 use slapos_client::{Client, ClientError, Credentials};
 use slapos_proto::{
-    Bang, ComputerId, ConnectionPublish, InstallState, InstanceRequest, InstanceState,
-    InstanceTitle, Params, PartitionId, PartitionRef, PartitionReport, PartitionSpec,
-    RegisterComputer, SoftwareReport, SoftwareType, SoftwareUrl, StateChange, SupplyRequest,
-    SupplyState,
+    Bang, ConnectionPublish, InstallState, InstanceRequest, InstanceState, Params, PartitionReport,
+    SoftwareReport, SoftwareType, SoftwareUrl, StateChange,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_slapos-master");
 const SR: &str = "/srv/sr/web.toml";
+const PARTITIONS: &[&str] = &["p0", "p1"];
 
-/// A running `slapos-master serve --tls-dir`, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(db: &Path, tls: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .arg("--tls-dir")
-            .arg(tls)
-            .env("SLAPOS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn slapos-master serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = master_lite::listening_url(&line)
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        assert!(url.starts_with("https://"), "{url}");
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run slapos-master")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("master.db")
-    }
-    fn tls(&self) -> PathBuf {
-        self.dir.path().join("tls")
-    }
-    fn s(p: &Path) -> &str {
-        p.to_str().unwrap()
-    }
-    fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.tls().join("ca.pem")).unwrap()
-    }
-    fn token(&self, computer: &str, ttl: &str) -> String {
-        let (db, _) = (self.db(), ());
-        ok(run(&[
-            "token",
-            "create",
-            "--computer",
-            computer,
-            "--ttl",
-            ttl,
-            "--db",
-            Self::s(&db),
-        ]))
-        .trim()
-        .to_owned()
-    }
-    /// `user create` → a client with that identity.
-    fn user(&self, url: &str, name: &str, admin: bool) -> Client {
-        let out = self.dir.path().join("users");
-        let (db, tls) = (self.db(), self.tls());
-        let mut args = vec![
-            "user",
-            "create",
-            name,
-            "--out",
-            Self::s(&out),
-            "--tls-dir",
-            Self::s(&tls),
-            "--db",
-            Self::s(&db),
-        ];
-        if admin {
-            args.push("--admin");
-        }
-        ok(run(&args));
-        let read = |f: String| std::fs::read_to_string(out.join(f)).unwrap();
-        Client::with_identity(
-            url,
-            &read("ca.pem".into()),
-            &read(format!("{name}.pem")),
-            &read(format!("{name}.key")),
-        )
-        .unwrap()
-    }
-    fn dump(&self) -> String {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.db(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        master_lite::store::dump(&conn)
-    }
+/// `user create` → a client with that identity, trusting the `ca.pem` written next to it.
+fn user(env: &Env, url: &str, name: &str, admin: bool) -> Client {
+    let cred = env.user(name, admin);
+    let ca = std::fs::read_to_string(env.users().join("ca.pem")).unwrap();
+    cred.client(url, &ca)
 }
 
 fn client_of(url: &str, c: &Credentials) -> Client {
     Client::with_identity(url, &c.ca_pem, &c.cert_pem, &c.key_pem).unwrap()
-}
-
-fn cid(s: &str) -> ComputerId {
-    ComputerId::parse(s).unwrap()
-}
-fn pid(s: &str) -> PartitionId {
-    PartitionId::parse(s).unwrap()
-}
-fn title(s: &str) -> InstanceTitle {
-    InstanceTitle::parse(s).unwrap()
-}
-fn pref(s: &str) -> PartitionRef {
-    PartitionRef::parse(s).unwrap()
-}
-
-fn registration(c: &str) -> RegisterComputer {
-    RegisterComputer {
-        id: cid(c),
-        partitions: ["p0", "p1"]
-            .iter()
-            .map(|p| PartitionSpec {
-                id: pid(p),
-                addresses: vec![],
-                interface: None,
-            })
-            .collect(),
-        labels: BTreeMap::new(),
-    }
 }
 
 fn request(t: &str, on: Option<&str>) -> InstanceRequest {
@@ -200,24 +55,16 @@ fn op<T>(f: impl Fn(&Client) -> Result<T, ClientError> + 'static) -> Op {
 
 #[test]
 fn authorization_matrix_and_tls_rejections() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let env = Env::new();
     // Users first: `user create` creates the CA the server then loads.
     let placeholder = "https://127.0.0.1:1";
-    drop(env.user(placeholder, "ops", true));
-    let server = Server::start(&env.db(), &env.tls());
+    drop(user(&env, placeholder, "ops", true));
+    let server = Server::start_tls(&env.db(), &env.tls(), "warn");
     let url = server.url.clone();
     let ca = env.ca_pem();
-    let admin = Client::with_identity(
-        &url,
-        &ca,
-        &std::fs::read_to_string(env.dir.path().join("users/ops.pem")).unwrap(),
-        &std::fs::read_to_string(env.dir.path().join("users/ops.key")).unwrap(),
-    )
-    .unwrap();
-    let alice = env.user(&url, "alice", false);
-    let bob = env.user(&url, "bob", false);
+    let admin = env.user_cred("ops").client(&url, &ca);
+    let alice = user(&env, &url, "alice", false);
+    let bob = user(&env, &url, "bob", false);
 
     // Enrollment: one-time, unexpired tokens only; nothing else without a client certificate.
     let t1 = env.token("C1", "600");
@@ -236,7 +83,10 @@ fn authorization_matrix_and_tls_rejections() {
     let anon = Client::with_ca(&url, &ca).unwrap();
     let before = env.dump();
     assert_eq!(status(&anon.health()), Some(403));
-    assert_eq!(status(&anon.register(&registration("C3"))), Some(403));
+    assert_eq!(
+        status(&anon.register(&registration("C3", PARTITIONS))),
+        Some(403)
+    );
     assert_eq!(status(&anon.instances()), Some(403));
     assert_eq!(before, env.dump());
     let (c1, c2) = (client_of(&url, &c1), client_of(&url, &c2));
@@ -244,18 +94,10 @@ fn authorization_matrix_and_tls_rejections() {
     // The legitimate set-up: each computer registers itself, the admin supplies, each user
     // requests a tree on one computer, each node fetches its partition's certificate, and the
     // partition of alice's root requests a child.
-    c1.register(&registration("C1")).unwrap();
-    c2.register(&registration("C2")).unwrap();
+    c1.register(&registration("C1", PARTITIONS)).unwrap();
+    c2.register(&registration("C2", PARTITIONS)).unwrap();
     for c in ["C1", "C2"] {
-        admin
-            .supply(
-                &cid(c),
-                &SupplyRequest {
-                    url: SoftwareUrl::parse(SR).unwrap(),
-                    state: SupplyState::Available,
-                },
-            )
-            .unwrap();
+        admin.supply(&cid(c), &available(SR)).unwrap();
     }
     let a = alice.request(&request("a-root", Some("C1"))).unwrap();
     let b = bob.request(&request("b-root", Some("C2"))).unwrap();
@@ -293,7 +135,7 @@ fn authorization_matrix_and_tls_rejections() {
         ),
         (
             "register C1",
-            op(|c: &Client| c.register(&registration("C1"))),
+            op(|c: &Client| c.register(&registration("C1", PARTITIONS))),
             &["admin", "c1"],
         ),
         (
@@ -303,15 +145,7 @@ fn authorization_matrix_and_tls_rejections() {
         ),
         (
             "supply on C1",
-            op(|c: &Client| {
-                c.supply(
-                    &cid("C1"),
-                    &SupplyRequest {
-                        url: SoftwareUrl::parse(SR).unwrap(),
-                        state: SupplyState::Available,
-                    },
-                )
-            }),
+            op(|c: &Client| c.supply(&cid("C1"), &available(SR))),
             &["admin"],
         ),
         (
@@ -420,27 +254,23 @@ fn authorization_matrix_and_tls_rejections() {
             &["admin", "alice"],
         ),
     ];
-    let mut failures = Vec::new();
-    for (name, f, allowed) in &matrix {
-        for (who, c) in &ids {
-            let before = env.dump();
+    assert_matrix(
+        &matrix,
+        &ids,
+        |(name, _, allowed)| (name, allowed),
+        |(_, f, _), c| {
             let r = f(c);
-            if allowed.contains(who) {
-                if let Err(e) = r {
-                    failures.push(format!("{who} {name}: refused: {e}"));
-                }
-            } else {
-                match status(&r) {
-                    Some(403) => {}
-                    _ => failures.push(format!("{who} {name}: expected 403, got {r:?}")),
-                }
-                if env.dump() != before {
-                    failures.push(format!("{who} {name}: a refused call changed the database"));
-                }
+            Answer {
+                succeeded: r.is_ok(),
+                status: status(&r),
+                detail: match &r {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "Ok(())".to_owned(),
+                },
             }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        },
+        || env.dump(),
+    );
 
     // Lists are filtered to what each identity may see.
     let titles = |c: &Client| -> Vec<String> {
@@ -495,7 +325,7 @@ fn authorization_matrix_and_tls_rejections() {
         r.is_err() && status(&r).is_none(),
         "foreign CA accepted: {r:?}"
     );
-    let eve = env.user(&url, "eve", false);
+    let eve = user(&env, &url, "eve", false);
     eve.health().unwrap();
     ok(run(&[
         "cert",
@@ -503,24 +333,18 @@ fn authorization_matrix_and_tls_rejections() {
         "--identity",
         "user:eve",
         "--db",
-        Env::s(&env.db()),
+        s(&env.db()),
     ]));
     assert_eq!(status(&eve.health()), Some(403));
     assert_eq!(status(&eve.request(&request("e", Some("C1")))), Some(403));
 
     // The CA persists: after a restart, the same ca.pem and every certificate still works.
     drop(server);
-    let server = Server::start(&env.db(), &env.tls());
+    let server = Server::start_tls(&env.db(), &env.tls(), "warn");
     assert_eq!(env.ca_pem(), ca);
-    let alice = env.user(&server.url, "alice2", false);
+    let alice = user(&env, &server.url, "alice2", false);
     alice.health().unwrap();
-    let c1 = Client::with_identity(
-        &server.url,
-        &ca,
-        &std::fs::read_to_string(env.dir.path().join("users/bob.pem")).unwrap(),
-        &std::fs::read_to_string(env.dir.path().join("users/bob.key")).unwrap(),
-    )
-    .unwrap();
+    let c1 = env.user_cred("bob").client(&server.url, &ca);
     assert_eq!(
         c1.instance(&title("b-root"), None).unwrap().title.as_str(),
         "b-root"
@@ -531,11 +355,7 @@ fn authorization_matrix_and_tls_rejections() {
 fn plain_http_is_refused_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "0.0.0.0:0", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
+    let out = run(&["serve", "--listen", "0.0.0.0:0", "--db", s(&db)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to serve plain HTTP"), "{err}");

@@ -1,99 +1,12 @@
 //! The real `slapos-master` binary: `serve` on port 0, the client subcommands against it, and a
 //! crash (SIGKILL) + restart on the same database that must lose nothing acknowledged.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-use slapos_client::Client;
-use slapos_proto::{
-    ComputerId, ConnectionPublish, InstanceInfo, InstanceState, InstanceTitle, PartitionId,
-    PartitionSpec, RegisterComputer, SupplyRequest, SupplyState,
-};
+use common::{Server, available, cid, registration, run, text, title};
+use slapos_proto::{ConnectionPublish, InstanceInfo, InstanceState, RegisterComputer, SupplyState};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slapos-master");
 const SR: &str = "/srv/sr/web.toml";
-
-/// A running `slapos-master serve`, killed on drop.
-struct Server {
-    child: Option<Child>,
-    url: String,
-}
-
-impl Server {
-    fn start(db: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .env("SLAPOS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn slapos-master serve");
-        let stdout = child.stdout.take().unwrap();
-        // The first line announces the address; read_line returns when it is printed (or at
-        // EOF if the server died, which the assertion then reports).
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = master_lite::listening_url(&line)
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server {
-            child: Some(child),
-            url,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.url).unwrap()
-    }
-
-    /// Run a client subcommand against this server.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--master")
-            .arg(&self.url)
-            .args(args)
-            .output()
-            .expect("run slapos-master client")
-    }
-
-    /// SIGKILL: a crash, nothing flushed by the program.
-    fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let pid = libc::pid_t::try_from(c.id()).unwrap();
-        // SAFETY: kill(2) with the pid of our own child, which has not been waited for yet (so
-        // the pid cannot have been reused); no memory is involved.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-        c.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn cid() -> ComputerId {
-    ComputerId::parse("C1").unwrap()
-}
 
 #[test]
 fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
@@ -102,15 +15,8 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
     let mut server = Server::start(&db);
     let c = server.client();
     c.register(&RegisterComputer {
-        id: cid(),
-        partitions: (0..3)
-            .map(|i| PartitionSpec {
-                id: PartitionId::parse(format!("slappart{i}")).unwrap(),
-                addresses: vec![],
-                interface: None,
-            })
-            .collect(),
         labels: [("region".parse().unwrap(), "eu".to_owned())].into(),
+        ..registration("C1", &["slappart0", "slappart1", "slappart2"])
     })
     .unwrap();
 
@@ -151,7 +57,7 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
     assert!(text(&out.stderr).contains("not published within 1 s"));
     // Publish as the node would, then --wait prints the parameters.
     c.publish_connection(
-        &cid(),
+        &cid("C1"),
         &web.partition,
         &ConnectionPublish {
             parameters: [("url".to_owned(), "http://10.0.0.1:8080/".into())]
@@ -205,7 +111,7 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
 
     // Crash: every acknowledged write must be there after a restart on the same file.
     let before_instances = c.instances().unwrap();
-    let before_computer = c.computer(&cid()).unwrap();
+    let before_computer = c.computer(&cid("C1")).unwrap();
     server.crash();
     let mut server = Server::start(&db);
     let c = server.client();
@@ -214,7 +120,7 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
         serde_json::to_value(&after).unwrap(),
         serde_json::to_value(&before_instances).unwrap()
     );
-    let comp = c.computer(&cid()).unwrap();
+    let comp = c.computer(&cid("C1")).unwrap();
     assert_eq!(comp.partitions.len(), before_computer.partitions.len());
     assert_eq!(comp.software.len(), 1);
     assert_eq!(comp.software[0].requested, SupplyState::Available);
@@ -226,34 +132,25 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
     let status = server.stop();
     assert!(status.success(), "SIGTERM exit: {status:?}");
     let server = Server::start(&db);
-    let web = server
-        .client()
-        .instance(&InstanceTitle::parse("web").unwrap(), None)
-        .unwrap();
+    let web = server.client().instance(&title("web"), None).unwrap();
     assert_eq!(web.state, InstanceState::Destroyed);
     // A supply acknowledged just before a crash survives too.
     let c = server.client();
-    c.supply(
-        &cid(),
-        &SupplyRequest {
-            url: "/srv/sr/other.toml".parse().unwrap(),
-            state: SupplyState::Available,
-        },
-    )
-    .unwrap();
+    c.supply(&cid("C1"), &available("/srv/sr/other.toml"))
+        .unwrap();
     let mut server = server;
     server.crash();
     let server = Server::start(&db);
-    assert_eq!(server.client().computer(&cid()).unwrap().software.len(), 2);
+    assert_eq!(
+        server.client().computer(&cid("C1")).unwrap().software.len(),
+        2
+    );
 }
 
 #[test]
 fn client_commands_report_an_unreachable_master() {
     // Port 1 on loopback: nothing listens, the connection is refused at once.
-    let out = Command::new(BIN)
-        .args(["--master", "http://127.0.0.1:1", "list"])
-        .output()
-        .unwrap();
+    let out = run(&["--master", "http://127.0.0.1:1", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("unreachable"),

@@ -3,16 +3,18 @@
 //! Each test runs a master over a temporary on-disk database; a second, read-only connection
 //! dumps every table so refused calls can be shown to change nothing.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use common::respond;
 use master_lite::Master;
 use serde_json::{Value, json};
 use slapos_proto::{MAX_BODY_BYTES, PARTITION_HEADER};
-use tower::ServiceExt;
 
 const SR: &str = "/srv/sr/web.toml";
 
@@ -39,21 +41,11 @@ impl Env {
 
     /// Every row of every table, read through a separate connection.
     fn dump(&self) -> String {
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        master_lite::store::dump(&conn)
+        common::dump(&self.db)
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value, header::HeaderMap) {
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let (status, headers, bytes) = respond(self.router.clone(), req).await;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
@@ -647,11 +639,7 @@ async fn a_change_wakes_a_waiting_long_poll() {
     let uri = format!("/v1/computers/C1/desired?etag={e1}&wait=30");
     let poll = tokio::spawn(async move {
         let req = Request::get(uri).body(Body::empty()).unwrap();
-        let resp = router.oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let (status, _, bytes) = respond(router, req).await;
         (status, bytes)
     });
     // Wait until the poll is parked on the computer's channel, then change something.

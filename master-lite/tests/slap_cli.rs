@@ -5,91 +5,43 @@
 //!
 //! Without the venv the CLI tests print a reason and pass, unless `SLAPOS_REQUIRE_TOOLS=1`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{Server, respond, slap_master, slap_python};
 use slapos_client::Client;
-use tower::ServiceExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_slapos-master");
 const SR: &str = "/srv/slap-test/software.cfg";
 
 fn venv() -> Option<PathBuf> {
-    let v = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/slapos/bin");
-    if v.join("slapos").exists() && v.join("python").exists() {
-        return Some(v);
-    }
-    let why = format!(
-        "{} missing: run scripts/deps/slapos-venv.sh",
-        v.join("slapos").display()
-    );
-    if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("SLAPOS_REQUIRE_TOOLS=1 but {why}");
-    }
-    eprintln!("skipped: {why}");
-    None
+    common::venv(&["slapos", "python"], "the test")
 }
 
-/// `slapos-master serve --cfg F`, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &Path, computer: &str) -> Server {
-        let cfg = dir.join("slapos-proxy.cfg");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[slapos]\ncomputer_id = {computer}\n\n[slapproxy]\nhost = 127.0.0.1\nport = 0\n\
-                 database_uri = {}\nsoftware_product_list =\n  demo {SR}\n",
-                dir.join("proxy.db").display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--cfg"])
-            .arg(&cfg)
-            .env("SLAPOS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn slapos-master serve --cfg");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = master_lite::listening_url(&line)
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, url }
-    }
-}
-
-impl Server {
-    /// [`Server::start`] for computer `COMP`, plus the CLI's `client.cfg` in `dir`
-    /// (`master_url`, and `master_rest_url` for `slapos service/computer …`).
-    fn with_client_cfg(dir: &Path) -> Server {
-        let server = Server::start(dir, "COMP");
-        let url = &server.url;
-        std::fs::write(
-            dir.join("client.cfg"),
-            format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
-        )
-        .unwrap();
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `slapos-master serve --cfg slapos-proxy.cfg` for computer `COMP`, plus the CLI's
+/// `client.cfg` in `dir` (`master_url`, and `master_rest_url` for `slapos service/computer …`).
+fn serve(dir: &Path) -> Server {
+    let cfg = dir.join("slapos-proxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\ncomputer_id = COMP\n\n[slapproxy]\nhost = 127.0.0.1\nport = 0\n\
+             database_uri = {}\nsoftware_product_list =\n  demo {SR}\n",
+            dir.join("proxy.db").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::spawn([Path::new("--cfg"), &cfg], "warn");
+    let url = &server.url;
+    std::fs::write(
+        dir.join("client.cfg"),
+        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
+    )
+    .unwrap();
+    server
 }
 
 fn out(o: &Output) -> String {
@@ -121,14 +73,7 @@ fn slapos_output(venv: &Path, dir: &Path, args: &[&str]) -> Output {
 
 /// Run a python snippet with the slap library; `URL` is the master URL. Prints go to stdout.
 fn py(venv: &Path, url: &str, script: &str) -> String {
-    let prelude = "import sys, slapos.slap, slapos.util\nURL = sys.argv[1]\n\
-                   slap = slapos.slap.slap()\nslap.initializeConnection(URL)\n";
-    let o = Command::new(venv.join("python"))
-        .arg("-c")
-        .arg(format!("{prelude}{script}"))
-        .arg(url)
-        .output()
-        .unwrap();
+    let o = slap_python(venv, url, None, script);
     assert!(
         o.status.success(),
         "python snippet failed: {}\n{script}",
@@ -160,7 +105,7 @@ fn hateoas_service_and_computer_commands_with_the_real_cli() {
     let Some(venv) = venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::with_client_cfg(d);
+    let server = serve(d);
     let url = server.url.clone();
     py(&venv, &url, FORMAT);
     let empty = slapos(&venv, d, &["service", "list"]);
@@ -242,7 +187,7 @@ fn shared_instances_with_the_real_cli() {
     let Some(venv) = venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::with_client_cfg(d);
+    let server = serve(d);
     let url = server.url.clone();
     py(&venv, &url, FORMAT);
     slapos(&venv, d, &["supply", SR, "COMP"]);
@@ -350,13 +295,8 @@ fn slapos_cli_and_slap_library_against_master_lite() {
     let Some(venv) = venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let server = Server::start(d, "COMP");
+    let server = serve(d);
     let url = server.url.clone();
-    std::fs::write(
-        d.join("client.cfg"),
-        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
-    )
-    .unwrap();
 
     // Before format, the configured computer answers an empty Computer (slapproxy's rule).
     let empty = py(
@@ -558,12 +498,7 @@ print('STATES', sorted((p.getId(), p.getState()) for p in computer.getComputerPa
     assert!(native.instances().unwrap().is_empty());
 
     // Remove the release: the node sees it destroyed and reports it gone.
-    let o = Command::new(venv.join("slapos"))
-        .args(["remove", SR, "COMP", "--cfg"])
-        .arg(d.join("client.cfg"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", out(&o));
+    slapos(&venv, d, &["remove", SR, "COMP"]);
     let gone = py(
         &venv,
         &url,
@@ -589,20 +524,13 @@ struct InProcess {
 
 impl InProcess {
     fn new() -> Self {
-        let mut master = master_lite::Master::open_in_memory().unwrap();
-        master.set_slap_config(master_lite::slap::SlapConfig {
-            computer_id: Some("COMP".into()),
-            ..Default::default()
-        });
-        InProcess { master }
+        InProcess {
+            master: slap_master("COMP"),
+        }
     }
 
     async fn call(&self, req: Request<Body>) -> (StatusCode, String) {
-        let resp = self.master.router().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-            .await
-            .unwrap();
+        let (status, _, body) = respond(self.master.router(), req).await;
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 

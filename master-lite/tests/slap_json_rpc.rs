@@ -2,10 +2,12 @@
 //! `slapos/tests/test_slapproxy_json_rpc.py` (status codes, JSON bodies and errors), plus the
 //! common rules (405, 406, schema 400) and one model with the classic and native APIs.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{respond, slap_master};
 use serde_json::{Value as Json, json};
-use tower::ServiceExt;
 
 struct Rpc {
     master: master_lite::Master,
@@ -13,24 +15,16 @@ struct Rpc {
 
 impl Rpc {
     fn new() -> Self {
-        let mut master = master_lite::Master::open_in_memory().unwrap();
-        master.set_slap_config(master_lite::slap::SlapConfig {
-            computer_id: Some("computer".into()),
-            ..Default::default()
-        });
-        Rpc { master }
+        Rpc {
+            master: slap_master("computer"),
+        }
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Json) {
-        let resp = self.master.router().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let ct = resp
-            .headers()
+        let (status, headers, body) = respond(self.master.router(), req).await;
+        let ct = headers
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned());
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-            .await
-            .unwrap();
         assert_eq!(ct.as_deref(), Some("application/json"), "{status}");
         (status, serde_json::from_slice(&body).unwrap())
     }
@@ -518,20 +512,14 @@ async fn requests_from_a_partition_and_connection_parameters() {
     assert!(root_after.as_i64() >= root_before.as_i64());
 
     // One model: the classic view of the child's partition carries what JSON-RPC stored.
-    let resp = m
-        .master
-        .router()
-        .oneshot(
-            Request::get("/registerComputerPartition?computer_reference=computer&computer_partition_reference=slappart1")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let xml = axum::body::to_bytes(resp.into_body(), 1 << 24)
-        .await
-        .unwrap();
+    let (status, _, xml) = respond(
+        m.master.router(),
+        Request::get("/registerComputerPartition?computer_reference=computer&computer_partition_reference=slappart1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let xml = String::from_utf8_lossy(&xml);
     assert!(xml.contains("http://x") && xml.contains("MyChild"), "{xml}");
 
