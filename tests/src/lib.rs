@@ -6,6 +6,9 @@
 //! leaves nothing running.
 
 pub mod boards;
+pub mod netns;
+pub mod tls;
+pub mod users;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use slapos_client::Client;
+use slapos_proto::{
+    ComputerId, InstanceRequest, InstanceTitle, Params, SoftwareType, SoftwareUrl, SupplyRequest,
+    SupplyState,
+};
 
 /// The directory holding the workspace binaries of the profile the tests were built with
 /// (`target/debug` or `target/release`).
@@ -174,9 +181,10 @@ impl Drop for Proc {
     }
 }
 
-/// Extract `http://host:port` from a line such as `listening on http://127.0.0.1:41234`.
+/// Extract `http://host:port` (or `https://…`) from a line such as
+/// `listening on http://127.0.0.1:41234`.
 pub fn url_in(line: &str) -> Option<String> {
-    let start = line.find("http://")?;
+    let start = line.find("http://").or_else(|| line.find("https://"))?;
     let url: String = line[start..]
         .chars()
         .take_while(|c| !c.is_whitespace())
@@ -277,36 +285,124 @@ pub struct Node {
     pub instance_root: PathBuf,
     /// The computer id it registers as.
     pub computer: String,
+    /// First port of its `[ports]` block (10 per partition).
+    pub ports: u16,
+}
+
+/// The node settings every end-to-end node shares: fast polls, backoffs and promise checks,
+/// `isolation = "none"`; in this order, before `[ports]`.
+const NODE_DEFAULTS: &[(&str, &str)] = &[
+    ("software_root", "\"software\""),
+    ("instance_root", "\"instance\""),
+    ("poll_interval", "2"),
+    ("long_poll", "20"),
+    ("restart_backoff_min", "0.2"),
+    ("restart_backoff_max", "2"),
+    ("stop_timeout", "5"),
+    ("promise_interval", "2"),
+    ("install_retry", "2"),
+    ("max_instance_passes", "4"),
+    ("isolation", "\"none\""),
+];
+
+/// The text of a node config: `master_url`, `computer_id`, `partitions`, the shared settings
+/// and `[ports] base = ports, per_partition = 10`, with `extra` merged in.
+///
+/// `extra` is TOML. A top-level `key = value` line replaces the line of the same key
+/// (`isolation = "users"`, `poll_interval = 1`), any other top-level line is added; tables
+/// (`[network]` …) go after `[ports]`.
+pub fn node_config(
+    master_url: &str,
+    computer: &str,
+    partitions: u16,
+    ports: u16,
+    extra: &str,
+) -> String {
+    let mut lines: Vec<(String, String)> = [
+        ("master_url", format!("\"{master_url}\"")),
+        ("computer_id", format!("\"{computer}\"")),
+        ("partitions", partitions.to_string()),
+    ]
+    .into_iter()
+    .chain(NODE_DEFAULTS.iter().map(|&(k, v)| (k, v.to_owned())))
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut tables = String::new();
+    for line in extra.lines() {
+        if !tables.is_empty() || line.trim_start().starts_with('[') {
+            tables.push_str(line);
+            tables.push('\n');
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            assert!(line.trim().is_empty(), "extra node config line {line:?}");
+            continue;
+        };
+        let (key, value) = (key.trim().to_owned(), value.trim().to_owned());
+        match lines.iter_mut().find(|(k, _)| *k == key) {
+            Some(kv) => kv.1 = value,
+            None => lines.push((key, value)),
+        }
+    }
+    let mut text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    text.push_str(&format!(
+        "[ports]\nbase = {ports}\nper_partition = 10\n{tables}"
+    ));
+    text
 }
 
 impl Node {
     /// Write a config under `dir` for `partitions` partitions and start the node.
     pub fn start(dir: &Path, master_url: &str, computer: &str, partitions: u16) -> Node {
-        std::fs::create_dir_all(dir).expect("node dir");
-        let ports = free_port_block(partitions * 10);
-        let config = dir.join("node.toml");
-        let text = format!(
-            "master_url = \"{master_url}\"\ncomputer_id = \"{computer}\"\npartitions = {partitions}\n\
-             software_root = \"software\"\ninstance_root = \"instance\"\npoll_interval = 2\n\
-             long_poll = 20\nrestart_backoff_min = 0.2\nrestart_backoff_max = 2\nstop_timeout = 5\n\
-             promise_interval = 2\ninstall_retry = 2\nmax_instance_passes = 4\n\
-             isolation = \"none\"\n[ports]\nbase = {ports}\nper_partition = 10\n"
-        );
-        std::fs::write(&config, text).expect("write node config");
-        let mut node = Node {
-            proc: None,
-            config,
-            instance_root: dir.join("instance"),
-            computer: computer.to_owned(),
-        };
+        Self::start_with(dir, master_url, computer, partitions, "")
+    }
+
+    /// [`Node::start`] with `extra` config (merged as [`node_config`] says).
+    pub fn start_with(
+        dir: &Path,
+        master_url: &str,
+        computer: &str,
+        partitions: u16,
+        extra: &str,
+    ) -> Node {
+        let mut node = Self::configure(dir, master_url, computer, partitions, extra);
         node.restart();
         node
     }
 
+    /// Write the config (`dir/node.toml`, [`node_config`] on a free block of ports) without
+    /// starting the node (to enroll it first, or to run it elsewhere).
+    pub fn configure(
+        dir: &Path,
+        master_url: &str,
+        computer: &str,
+        partitions: u16,
+        extra: &str,
+    ) -> Node {
+        std::fs::create_dir_all(dir).expect("node dir");
+        let ports = free_port_block(partitions * 10);
+        let config = dir.join("node.toml");
+        let text = node_config(master_url, computer, partitions, ports, extra);
+        std::fs::write(&config, text).expect("write node config");
+        Node {
+            proc: None,
+            config,
+            instance_root: dir.join("instance"),
+            computer: computer.to_owned(),
+            ports,
+        }
+    }
+
+    /// `slapos-node ARGS --config CONFIG`, to run or spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("slapos-node"));
+        cmd.args(args).arg("--config").arg(&self.config);
+        cmd
+    }
+
     /// (Re)start the process with the same config.
     pub fn restart(&mut self) {
-        let mut cmd = Command::new(bin("slapos-node"));
-        cmd.args(["run", "--config"]).arg(&self.config);
+        let cmd = self.command(&["run"]);
         self.proc = Some(Proc::spawn(&format!("node {}", self.computer), cmd));
     }
 
@@ -342,4 +438,50 @@ pub fn http_get(url: &str) -> Option<String> {
         return None;
     }
     resp.body_mut().read_to_string().ok()
+}
+
+/// `examples/<name>/software.toml` as a release URL.
+pub fn example_release(name: &str) -> SoftwareUrl {
+    let path = repo_root()
+        .join("examples")
+        .join(name)
+        .join("software.toml");
+    SoftwareUrl::parse(path.to_string_lossy().into_owned()).expect("release url")
+}
+
+/// A JSON object as instance parameters (anything else: none).
+pub fn params(v: serde_json::Value) -> Params {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Supply `url` to `computer` (state available); panics when the master refuses.
+pub fn supply(c: &Client, computer: &str, url: &SoftwareUrl) {
+    c.supply(
+        &ComputerId::parse(computer).expect("computer id"),
+        &SupplyRequest {
+            url: url.clone(),
+            state: SupplyState::Available,
+        },
+    )
+    .expect("supply");
+}
+
+/// A request of `url` titled `title`: default software type, no SLA, state left as it is (set
+/// other fields with `InstanceRequest { sla, ..instance_request(…) }`).
+pub fn instance_request(title: &str, url: &SoftwareUrl, parameters: Params) -> InstanceRequest {
+    InstanceRequest {
+        title: InstanceTitle::parse(title).expect("title"),
+        software_url: url.clone(),
+        software_type: SoftwareType::default(),
+        parameters,
+        sla: Default::default(),
+        state: None,
+    }
+}
+
+/// The connection parameter `key` instance `title` published, `None` until then (or when the
+/// master does not answer).
+pub fn connection(c: &Client, title: &str, key: &str) -> Option<String> {
+    let i = c.instance(&InstanceTitle::parse(title).ok()?, None).ok()?;
+    Some(i.connection.get(key)?.as_str()?.to_owned())
 }

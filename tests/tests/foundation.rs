@@ -1,45 +1,26 @@
 //! End-to-end tests of the foundation: a real `slapos-master serve` and real `slapos-node run`
 //! processes on loopback, driven through the native API exactly as a user would.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use slapos_proto::{
-    ComputerId, InstallState, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params,
-    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState,
+    ComputerId, InstallState, InstanceInfo, InstanceState, InstanceTitle, SoftwareUrl, StateChange,
 };
-use slapos_tests::{Client, Master, Node, http_get, repo_root, wait_for};
+use slapos_tests::{
+    Client, Master, Node, example_release, http_get, instance_request, params, repo_root, supply,
+    wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
 fn hello_web() -> SoftwareUrl {
-    let path = repo_root().join("examples/hello-web/software.toml");
-    SoftwareUrl::parse(path.to_string_lossy().into_owned()).expect("release url")
+    example_release("hello-web")
 }
 
-fn supply(c: &Client, computer: &str, url: &SoftwareUrl) {
-    c.supply(
-        &ComputerId::parse(computer).expect("computer id"),
-        &SupplyRequest {
-            url: url.clone(),
-            state: SupplyState::Available,
-        },
-    )
-    .expect("supply");
-}
-
-fn request(c: &Client, title: &str, url: &SoftwareUrl, params: Value) -> InstanceInfo {
-    let parameters: Params = params.as_object().cloned().unwrap_or_default();
-    c.request(&InstanceRequest {
-        title: InstanceTitle::parse(title).expect("title"),
-        software_url: url.clone(),
-        software_type: SoftwareType::default(),
-        parameters,
-        sla: BTreeMap::new(),
-        state: None,
-    })
-    .expect("request")
+fn request(c: &Client, title: &str, url: &SoftwareUrl, p: Value) -> InstanceInfo {
+    c.request(&instance_request(title, url, params(p)))
+        .expect("request")
 }
 
 fn show(c: &Client, title: &str) -> InstanceInfo {

@@ -10,115 +10,38 @@
 //! Run: `cargo build -p node-edge -p master-lite --bins && cargo test -p slapos-tests --test
 //! isolation` (as root; skipped otherwise unless `SLAPOS_REQUIRE_PRIVILEGED=1`).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use slapos_proto::{
-    ComputerId, InstanceInfo, InstanceRequest, InstanceTitle, Params, SoftwareType, SoftwareUrl,
-    SupplyRequest, SupplyState,
-};
+use slapos_proto::{ComputerId, InstanceInfo, SoftwareUrl};
+use slapos_tests::tls::{master_cli, stdout_ok};
+use slapos_tests::users::{TestUsers, as_user, uid_of, uid_of_process};
 use slapos_tests::{
-    Client, Master, Node, free_port_block, http_get, privileged, repo_root, wait_for,
+    Client, Master, Node, connection, example_release, http_get, instance_request, params,
+    privileged, supply, wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(90);
 const PREFIX: &str = "slapedgetst";
-const PARTITIONS: u32 = 2;
-
-/// Deletes the test's partition users (and their groups) when dropped.
-struct Users;
-
-impl Users {
-    fn clean() {
-        for i in 0..PARTITIONS {
-            let name = format!("{PREFIX}{i}");
-            if uid_of(&name).is_some() {
-                let st = Command::new("userdel").arg(&name).status();
-                if !matches!(st, Ok(s) if s.success()) {
-                    eprintln!("warning: userdel {name} failed: {st:?}");
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Users {
-    fn drop(&mut self) {
-        Self::clean();
-    }
-}
-
-fn uid_of(user: &str) -> Option<u32> {
-    let out = Command::new("id").args(["-u", user]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-/// Run `argv` as `user` (runuser, no shell of the user involved); true when it succeeded.
-fn as_user(user: &str, argv: &[&str]) -> bool {
-    Command::new("runuser")
-        .args(["-u", user, "--"])
-        .args(argv)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn uid_of_process(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
+const PARTITIONS: u16 = 2;
 
 fn request(c: &Client, title: &str, url: &SoftwareUrl) -> InstanceInfo {
-    let parameters: Params = json!({"title": title})
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    c.request(&InstanceRequest {
-        title: InstanceTitle::parse(title).expect("title"),
-        software_url: url.clone(),
-        software_type: SoftwareType::default(),
-        parameters,
-        sla: BTreeMap::new(),
-        state: None,
-    })
+    c.request(&instance_request(
+        title,
+        url,
+        params(json!({"title": title})),
+    ))
     .expect("request")
 }
 
 /// The node's config (as `Node::start` writes it) plus the isolation keys.
 fn start_node(dir: &Path, master_url: &str, computer: &str) -> Node {
-    std::fs::create_dir_all(dir).expect("node dir");
-    let ports = free_port_block(PARTITIONS as u16 * 10);
-    let config = dir.join("node.toml");
-    let text = format!(
-        "master_url = \"{master_url}\"\ncomputer_id = \"{computer}\"\npartitions = {PARTITIONS}\n\
-         software_root = \"software\"\ninstance_root = \"instance\"\nstate_dir = \"state\"\n\
-         poll_interval = 2\nlong_poll = 20\nrestart_backoff_min = 0.2\nrestart_backoff_max = 2\n\
-         stop_timeout = 5\npromise_interval = 2\ninstall_retry = 2\nmax_instance_passes = 4\n\
-         rt = false\nisolation = \"users\"\nuser_prefix = \"{PREFIX}\"\n\
-         [ports]\nbase = {ports}\nper_partition = 10\n"
+    let extra = format!(
+        "state_dir = \"state\"\nrt = false\nisolation = \"users\"\nuser_prefix = \"{PREFIX}\"\n"
     );
-    std::fs::write(&config, text).expect("write node config");
-    let mut node = Node {
-        proc: None,
-        config,
-        instance_root: dir.join("instance"),
-        computer: computer.to_owned(),
-    };
-    node.restart();
-    node
+    Node::start_with(dir, master_url, computer, PARTITIONS, &extra)
 }
 
 #[test]
@@ -126,8 +49,9 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
     if !privileged("partitions_run_as_their_own_users_and_cannot_read_each_other") {
         return;
     }
-    Users::clean();
-    let _users = Users; // dropped last: after the node has stopped every service
+    // Deletes users left by a crashed run; dropped last: after the node has stopped every
+    // service.
+    let _users = TestUsers::claim(PREFIX);
 
     let tmp = tempfile::tempdir().expect("tempdir");
     // Partition users must reach the roots (a tempdir is 0700).
@@ -140,24 +64,11 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
     let node_dir = tmp.path().join("node");
     let mut node = start_node(&node_dir, &master.url, "COMP-ISO");
     let c = master.client();
-    let url = SoftwareUrl::parse(
-        repo_root()
-            .join("examples/hello-web/software.toml")
-            .to_string_lossy()
-            .into_owned(),
-    )
-    .expect("url");
+    let url = example_release("hello-web");
 
     let computer = ComputerId::parse("COMP-ISO").expect("id");
     wait_for("node registered", LONG, || c.computer(&computer).ok());
-    c.supply(
-        &computer,
-        &SupplyRequest {
-            url: url.clone(),
-            state: SupplyState::Available,
-        },
-    )
-    .expect("supply");
+    supply(&c, computer.as_str(), &url);
     let a = request(&c, "iso-a", &url);
     let b = request(&c, "iso-b", &url);
     let (pa, pb) = (
@@ -174,8 +85,7 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
     // Both services answer (they run, as their users, from the read-only release).
     for title in ["iso-a", "iso-b"] {
         let service = wait_for(&format!("{title}: url"), LONG, || {
-            let i = c.instance(&InstanceTitle::parse(title).ok()?, None).ok()?;
-            Some(i.connection.get("url")?.as_str()?.to_owned())
+            connection(&c, title, "url")
         });
         let page = wait_for(&format!("{title}: page"), LONG, || http_get(&service));
         assert!(page.contains(title), "{page}");
@@ -235,16 +145,21 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
     let tls = tmp.path().join("tls");
     std::fs::create_dir(&tls).expect("tls dir");
     std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = Command::new(slapos_tests::bin("slapos-master"))
-        .args(["user", "create", "ops", "--admin", "--out"])
-        .arg(tmp.path().join("ops"))
-        .arg("--tls-dir")
-        .arg(&tls)
-        .arg("--db")
-        .arg(tmp.path().join("ca-owner.db"))
-        .output()
-        .expect("slapos-master user create");
-    assert!(out.status.success(), "user create: {out:?}");
+    stdout_ok(
+        "user create",
+        master_cli(&[
+            "user",
+            "create",
+            "ops",
+            "--admin",
+            "--out",
+            &s(&tmp.path().join("ops")),
+            "--tls-dir",
+            &s(&tls),
+            "--db",
+            &s(&tmp.path().join("ca-owner.db")),
+        ]),
+    );
     assert!(
         tls.join("ca.key").is_file(),
         "no CA key in {}",

@@ -26,137 +26,38 @@
 //! multihost` (needs `ip` and python3).
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use slapos_proto::{
-    ComputerId, InstanceRequest, InstanceTitle, Params, SoftwareType, SoftwareUrl, SupplyRequest,
-    SupplyState,
+use slapos_proto::{ComputerId, InstanceRequest, Params, SoftwareUrl};
+use slapos_tests::netns::{Netns, in_ns, ip, spawn_in, veth};
+use slapos_tests::tls::{TlsMaster, stdout_ok};
+use slapos_tests::{
+    Client, Node, Proc, connection, example_release, http_get, instance_request, privileged,
+    supply, wait_for,
 };
-use slapos_tests::{Client, Proc, bin, http_get, privileged, repo_root, wait_for};
 
 const LONG: Duration = Duration::from_secs(150);
 const NS_M: &str = "slapedge-m";
 const NS_A: &str = "slapedge-a";
 const NS_B: &str = "slapedge-b";
 
-/// Deletes the namespaces (and with them the veth pairs) when dropped.
-struct Cleanup;
-
-impl Cleanup {
-    fn run() {
-        for ns in [NS_M, NS_A, NS_B] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        Self::run();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn netns_file(ns: &str) -> std::fs::File {
-    std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns")
-}
-
-/// Enter network namespace `ns` on this thread (processes it spawns inherit it).
-fn enter(ns: &str) {
-    let f = netns_file(ns);
-    // SAFETY: one syscall on a valid descriptor; it changes this thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-/// Make the process `cmd` spawns join network namespace `ns` (between fork and exec).
-fn spawn_in(cmd: &mut Command, ns: &str) {
-    let f = netns_file(ns);
-    // SAFETY: the hook runs in the forked child before exec and only makes the setns syscall
-    // (async-signal-safe, no allocation) on a descriptor the closure keeps open.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Run `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &'static str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let t = std::thread::spawn(move || {
-        enter(ns);
-        f()
-    });
-    match t.join() {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn master_cmd(args: &[&str]) -> Output {
-    Command::new(bin("slapos-master"))
-        .args(args)
-        .output()
-        .expect("run slapos-master")
-}
-
 fn release() -> SoftwareUrl {
-    let url = repo_root().join("examples/hello-web/software.toml");
-    SoftwareUrl::parse(url.to_string_lossy().into_owned()).expect("url")
+    example_release("hello-web")
 }
 
 fn request(c: &Client, title: &str, computer: &str, heading: &str) {
     let mut parameters = Params::new();
     parameters.insert("title".into(), heading.into());
     c.request(&InstanceRequest {
-        title: InstanceTitle::parse(title).expect("title"),
-        software_url: release(),
-        software_type: SoftwareType::default(),
-        parameters,
         sla: BTreeMap::from([("computer_guid".to_owned(), computer.to_owned())]),
-        state: None,
+        ..instance_request(title, &release(), parameters)
     })
     .expect("request");
 }
 
-/// The instance's published connection parameter `key`.
-fn connection(c: &Client, title: &str, key: &str) -> Option<String> {
-    let i = c.instance(&InstanceTitle::parse(title).ok()?, None).ok()?;
-    Some(i.connection.get(key)?.as_str()?.to_owned())
-}
-
 /// The page at `url` as seen from namespace `ns`.
-fn page_in(ns: &'static str, url: &str) -> Option<String> {
+fn page_in(ns: &str, url: &str) -> Option<String> {
     let url = url.to_owned();
     in_ns(ns, move || http_get(&url))
 }
@@ -187,12 +88,7 @@ fn two_nodes_in_namespaces_survive_a_cut_link() {
     if !privileged("two_nodes_in_namespaces_survive_a_cut_link") {
         return;
     }
-    Cleanup::run();
-    let _cleanup = Cleanup;
-    for ns in [NS_M, NS_A, NS_B] {
-        ip(&["netns", "add", ns]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
+    let _netns = Netns::create(&[NS_M, NS_A, NS_B]);
     for (m_dev, peer, ns, m_addr, addr) in [
         (
             "slapedge-ma",
@@ -209,120 +105,53 @@ fn two_nodes_in_namespaces_survive_a_cut_link() {
             "10.77.2.2/24",
         ),
     ] {
-        ip(&[
-            "-n", NS_M, "link", "add", m_dev, "type", "veth", "peer", "name", peer, "netns", ns,
-        ]);
+        veth((NS_M, m_dev), (ns, peer));
         ip(&["-n", NS_M, "addr", "add", m_addr, "dev", m_dev]);
         ip(&["-n", ns, "addr", "add", addr, "dev", peer]);
-        ip(&["-n", NS_M, "link", "set", m_dev, "up"]);
-        ip(&["-n", ns, "link", "set", peer, "up"]);
     }
-    let body = std::thread::spawn(|| {
-        enter(NS_M);
-        scenario();
-    });
-    if let Err(e) = body.join() {
-        std::panic::resume_unwind(e);
-    }
+    in_ns(NS_M, scenario);
 }
 
 fn scenario() {
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let dir = tmp.path();
-    let (db, tls, creds) = (dir.join("master.db"), dir.join("tls"), dir.join("creds"));
-    ok(
-        "user create",
-        master_cmd(&[
-            "user",
-            "create",
-            "ops",
-            "--admin",
-            "--out",
-            s(&creds),
-            "--tls-dir",
-            s(&tls),
-            "--db",
-            s(&db),
-        ]),
-    );
     // The master serves mTLS on every address of its namespace; its certificate names the
     // two veth addresses the nodes use.
-    let mut cmd = Command::new(bin("slapos-master"));
-    cmd.args([
-        "serve",
-        "--listen",
+    let master = TlsMaster::start(
+        dir,
         "0.0.0.0:0",
-        "--db",
-        s(&db),
-        "--tls-dir",
-        s(&tls),
-    ])
-    .args(["--tls-name", A.master_ip, "--tls-name", B.master_ip]);
-    let _master = Proc::spawn("master", cmd);
-    let line = _master.wait_line("listening on https://", Duration::from_secs(30));
-    let port = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().trim_end_matches('/').parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
-    let ca_file = tls.join("ca.pem");
-    let ca = std::fs::read_to_string(&ca_file).expect("ca.pem");
-    let read = |f: &str| std::fs::read_to_string(creds.join(f)).expect("credential file");
-    let admin = Client::with_identity(
-        &format!("https://127.0.0.1:{port}"),
-        &ca,
-        &read("ops.pem"),
-        &read("ops.key"),
-    )
-    .expect("admin client");
+        &[("ops", true)],
+        &[A.master_ip, B.master_ip],
+    );
+    let admin = master.client("ops");
 
     // Each node: token, enrollment over its link, then run — all inside its namespace.
     let mut nodes = Vec::new();
     for site in [&A, &B] {
-        let ndir = dir.join(site.computer);
-        std::fs::create_dir_all(&ndir).expect("node dir");
-        let config = ndir.join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "master_url = \"https://{}:{port}\"\ncomputer_id = \"{}\"\npartitions = 1\n\
-                 software_root = \"software\"\ninstance_root = \"instance\"\n\
-                 state_dir = \"state\"\nmaster_ca = \"{}\"\npoll_interval = 1\nlong_poll = 5\n\
-                 restart_backoff_min = 0.2\nrestart_backoff_max = 2\nstop_timeout = 5\n\
-                 promise_interval = 2\ninstall_retry = 2\nrt = false\nisolation = \"none\"\n\
-                 [ports]\nbase = 20000\nper_partition = 10\n",
-                site.master_ip,
-                site.computer,
-                ca_file.display()
-            ),
-        )
-        .expect("node config");
-        let token = ok(
-            "token create",
-            master_cmd(&[
-                "token",
-                "create",
-                "--computer",
-                site.computer,
-                "--db",
-                s(&db),
-            ]),
-        )
-        .trim()
-        .to_owned();
-        let mut enroll = Command::new(bin("slapos-node"));
-        enroll
-            .args(["enroll", "--token", &token, "--config"])
-            .arg(&config);
+        let extra = format!(
+            "state_dir = \"state\"\nmaster_ca = \"{}\"\npoll_interval = 1\nlong_poll = 5\n\
+             rt = false\n",
+            master.ca_file().display()
+        );
+        let master_url = format!("https://{}:{}", site.master_ip, master.port);
+        let node = Node::configure(
+            &dir.join(site.computer),
+            &master_url,
+            site.computer,
+            1,
+            &extra,
+        );
+        let token = master.token(site.computer, &[]);
+        let mut enroll = node.command(&["enroll", "--token", &token]);
         spawn_in(&mut enroll, site.ns);
-        let out = ok("enroll", enroll.output().expect("run enroll"));
+        let out = enroll.output().expect("run enroll");
+        let out = stdout_ok("enroll", out);
         assert!(
             out.contains(&format!("computer:{}", site.computer)),
             "{out}"
         );
-        let mut run = Command::new(bin("slapos-node"));
-        run.args(["run", "--config"]).arg(&config);
+        let mut run = node.command(&["run"]);
         spawn_in(&mut run, site.ns);
         nodes.push(Proc::spawn(&format!("node {}", site.computer), run));
     }
@@ -332,15 +161,7 @@ fn scenario() {
         wait_for(&format!("{} registered", site.computer), LONG, || {
             admin.computer(&c).ok()
         });
-        admin
-            .supply(
-                &c,
-                &SupplyRequest {
-                    url: release(),
-                    state: SupplyState::Available,
-                },
-            )
-            .expect("supply");
+        supply(&admin, c.as_str(), &release());
         request(
             &admin,
             site.title,

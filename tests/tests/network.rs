@@ -18,72 +18,23 @@
 //! network` (needs `ip` and `curl`: `scripts/deps/node-edge.sh`).
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use slapos_proto::{
-    ComputerId, InstanceRequest, InstanceTitle, SoftwareType, SoftwareUrl, SupplyRequest,
-    SupplyState,
+use slapos_proto::{ComputerId, SoftwareUrl};
+use slapos_tests::netns::{Netns, in_ns, ip, ip_out, veth};
+use slapos_tests::users::TestUsers;
+use slapos_tests::{
+    Master, Node, connection, instance_request, node_config, privileged, supply, wait_for,
 };
-use slapos_tests::{Master, Node, bin, free_port_block, privileged, wait_for};
 
 const LONG: Duration = Duration::from_secs(90);
 const N1: &str = "slapedge-n1";
 const N2: &str = "slapedge-n2";
 const USERS: &str = "slapedgenet";
-
-/// Deletes the namespaces (and so the veth pair and TAPs) and the test's users when dropped.
-struct Cleanup;
-
-impl Cleanup {
-    fn run() {
-        for ns in [N1, N2] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        for i in 0..2 {
-            let name = format!("{USERS}{i}");
-            let exists = Command::new("id")
-                .arg(&name)
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if exists {
-                let _ = Command::new("userdel").arg(&name).status();
-            }
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        Self::run();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_out(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Enter network namespace `ns` on this thread (processes it spawns inherit it).
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-    // SAFETY: one syscall on a valid descriptor; it changes this thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
 
 /// A release whose service serves one page on the partition's IPv6 address.
 fn write_release(dir: &Path) -> SoftwareUrl {
@@ -109,14 +60,10 @@ url = "http://[{{ partition.ipv6 }}]:{{ ports[0] }}/"
     SoftwareUrl::parse(dir.join("software.toml").to_string_lossy().into_owned()).expect("url")
 }
 
-fn node_config(dir: &Path, master_url: &str, partitions: u32, ports: u16) -> String {
+/// What the node adds to the shared config: users, its state dir, the network section.
+fn extra_config(dir: &Path) -> String {
     format!(
-        "master_url = \"{master_url}\"\ncomputer_id = \"COMP-NET\"\npartitions = {partitions}\n\
-         software_root = \"software\"\ninstance_root = \"instance\"\nstate_dir = \"{}\"\n\
-         poll_interval = 2\nlong_poll = 20\nrestart_backoff_min = 0.2\nrestart_backoff_max = 2\n\
-         stop_timeout = 5\npromise_interval = 2\ninstall_retry = 2\nrt = false\n\
-         isolation = \"users\"\nuser_prefix = \"{USERS}\"\n\
-         [ports]\nbase = {ports}\nper_partition = 10\n\
+        "state_dir = \"{}\"\nrt = false\nisolation = \"users\"\nuser_prefix = \"{USERS}\"\n\
          [network]\ninterface = \"slapedge-v1\"\nipv6_prefix = \"fd00:5a:9::/64\"\n\
          ipv4_prefix = \"10.0.44.0/24\"\ntap = true\ntap_prefix = \"slapedget\"\n",
         dir.join("state").display()
@@ -128,24 +75,10 @@ fn partition_addresses_appear_serve_and_disappear_in_a_namespace() {
     if !privileged("partition_addresses_appear_serve_and_disappear_in_a_namespace") {
         return;
     }
-    Cleanup::run();
-    let _cleanup = Cleanup;
-    ip(&["netns", "add", N1]);
-    ip(&["netns", "add", N2]);
-    ip(&[
-        "-n",
-        N1,
-        "link",
-        "add",
-        "slapedge-v1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "slapedge-v2",
-        "netns",
-        N2,
-    ]);
+    // Dropped in reverse order: the namespaces (with the veth pair and TAPs), then the users.
+    let _users = TestUsers::claim(USERS);
+    let _netns = Netns::create(&[N1, N2]);
+    veth((N1, "slapedge-v1"), (N2, "slapedge-v2"));
     ip(&[
         "-n",
         N1,
@@ -166,23 +99,9 @@ fn partition_addresses_appear_serve_and_disappear_in_a_namespace() {
         "slapedge-v2",
         "nodad",
     ]);
-    for (ns, dev) in [
-        (N1, "slapedge-v1"),
-        (N2, "slapedge-v2"),
-        (N1, "lo"),
-        (N2, "lo"),
-    ] {
-        ip(&["-n", ns, "link", "set", dev, "up"]);
-    }
 
     // The body runs on a thread inside n1: master, node and client all live there.
-    let body = std::thread::spawn(|| {
-        enter(N1);
-        run_in_n1();
-    });
-    if let Err(e) = body.join() {
-        std::panic::resume_unwind(e);
-    }
+    in_ns(N1, run_in_n1);
 }
 
 fn run_in_n1() {
@@ -191,17 +110,8 @@ fn run_in_n1() {
     let master = Master::start(&tmp.path().join("master.db"));
     let url = write_release(&tmp.path().join("release"));
     let node_dir = tmp.path().join("node");
-    std::fs::create_dir_all(&node_dir).expect("node dir");
-    let ports = free_port_block(20);
-    let config = node_dir.join("node.toml");
-    std::fs::write(&config, node_config(&node_dir, &master.url, 2, ports)).expect("config");
-    let mut node = Node {
-        proc: None,
-        config: config.clone(),
-        instance_root: node_dir.join("instance"),
-        computer: "COMP-NET".into(),
-    };
-    node.restart();
+    let extra = extra_config(&node_dir);
+    let mut node = Node::start_with(&node_dir, &master.url, "COMP-NET", 2, &extra);
 
     let c = master.client();
     let computer = ComputerId::parse("COMP-NET").expect("id");
@@ -237,29 +147,10 @@ fn run_in_n1() {
         assert!(l.contains("UP"), "{tap} not up: {l}");
     }
 
-    c.supply(
-        &computer,
-        &SupplyRequest {
-            url: url.clone(),
-            state: SupplyState::Available,
-        },
-    )
-    .expect("supply");
-    c.request(&InstanceRequest {
-        title: InstanceTitle::parse("net-web").expect("title"),
-        software_url: url,
-        software_type: SoftwareType::default(),
-        parameters: Default::default(),
-        sla: BTreeMap::new(),
-        state: None,
-    })
-    .expect("request");
-    let service = wait_for("connection url", LONG, || {
-        let i = c
-            .instance(&InstanceTitle::parse("net-web").ok()?, None)
-            .ok()?;
-        Some(i.connection.get("url")?.as_str()?.to_owned())
-    });
+    supply(&c, computer.as_str(), &url);
+    c.request(&instance_request("net-web", &url, Default::default()))
+        .expect("request");
+    let service = wait_for("connection url", LONG, || connection(&c, "net-web", "url"));
     assert!(service.starts_with("http://[fd00:5a:9::10"), "{service}");
     // Reached from the other namespace, over the veth pair.
     let page = wait_for("page from n2", LONG, || {
@@ -283,12 +174,9 @@ fn run_in_n1() {
 
     // Fewer partitions: format removes partition 1's addresses and TAP, keeps partition 0's.
     node.stop();
-    std::fs::write(&config, node_config(&node_dir, &master.url, 1, ports)).expect("config");
-    let st = Command::new(bin("slapos-node"))
-        .args(["format", "--config"])
-        .arg(&config)
-        .status()
-        .expect("format");
+    let config = node_config(&master.url, "COMP-NET", 1, node.ports, &extra);
+    std::fs::write(&node.config, config).expect("config");
+    let st = node.command(&["format"]).status().expect("format");
     assert!(st.success(), "format: {st}");
     let shown = ip_out(&["-n", N1, "addr", "show", "dev", "slapedge-v1"]);
     assert!(
@@ -305,11 +193,7 @@ fn run_in_n1() {
         "{links}"
     );
     // Formatting again changes nothing (idempotent).
-    let st = Command::new(bin("slapos-node"))
-        .args(["format", "--config"])
-        .arg(&config)
-        .status()
-        .expect("format");
+    let st = node.command(&["format"]).status().expect("format");
     assert!(st.success(), "second format: {st}");
     assert_eq!(
         ip_out(&["-n", N1, "addr", "show", "dev", "slapedge-v1"])

@@ -23,91 +23,32 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use slapos_client::ClientError;
 use slapos_proto::{
-    ComputerId, InstanceRequest, InstanceState, InstanceTitle, Params, SoftwareType, SoftwareUrl,
-    StateChange, SupplyRequest, SupplyState,
+    ComputerId, InstanceRequest, InstanceState, InstanceTitle, Params, StateChange,
 };
-use slapos_tests::{Client, Proc, bin, free_port_block, http_get, is_root, repo_root, wait_for};
+use slapos_tests::tls::{TlsMaster, path_str as s, stdout_ok};
+use slapos_tests::users::{TestUsers, uid_of};
+use slapos_tests::{
+    Client, Node, example_release, http_get, instance_request, is_root, supply, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(120);
 const USERS: &str = "slapedgeid";
 const COMPUTER: &str = "COMP-ID-A";
-
-/// Deletes the test's partition users when dropped (root only).
-struct Users;
-
-impl Users {
-    fn clean() {
-        for i in 0..2 {
-            let name = format!("{USERS}{i}");
-            if uid_of(&name).is_some() {
-                let _ = Command::new("userdel").arg(&name).status();
-            }
-        }
-    }
-}
-
-impl Drop for Users {
-    fn drop(&mut self) {
-        Self::clean();
-    }
-}
-
-fn uid_of(user: &str) -> Option<u32> {
-    let out = Command::new("id").args(["-u", user]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
-fn master(args: &[&str]) -> Output {
-    Command::new(bin("slapos-master"))
-        .args(args)
-        .output()
-        .expect("run slapos-master")
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn https_url(line: &str) -> Option<String> {
-    let start = line.find("https://")?;
-    let url: String = line[start..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
-    Some(url.trim_end_matches('/').to_owned())
-}
 
 fn title(t: &str) -> InstanceTitle {
     InstanceTitle::parse(t).expect("title")
 }
 
 fn hello_request(params: Params, state: Option<InstanceState>) -> InstanceRequest {
-    let url = repo_root().join("examples/hello-web/software.toml");
     InstanceRequest {
-        title: title("id-web"),
-        software_url: SoftwareUrl::parse(url.to_string_lossy().into_owned()).expect("url"),
-        software_type: SoftwareType::default(),
-        parameters: params,
         sla: BTreeMap::from([("computer_guid".to_owned(), COMPUTER.to_owned())]),
         state,
+        ..instance_request("id-web", &example_release("hello-web"), params)
     }
 }
 
@@ -124,83 +65,35 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     if !root {
         eprintln!("note: not root: partitions run with isolation = \"none\"");
     }
-    Users::clean();
-    let _users = Users;
+    let _users = TestUsers::claim(USERS);
     let tmp = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let dir = tmp.path();
-    let (db, tls, creds) = (dir.join("master.db"), dir.join("tls"), dir.join("creds"));
 
     // The operator: an admin and a user certificate (the first creates the CA), then serve.
-    for (name, admin) in [("ops", true), ("alice", false)] {
-        let mut args = vec![
-            "user",
-            "create",
-            name,
-            "--out",
-            s(&creds),
-            "--tls-dir",
-            s(&tls),
-            "--db",
-            s(&db),
-        ];
-        if admin {
-            args.push("--admin");
-        }
-        ok("user create", master(&args));
-    }
-    let mut cmd = Command::new(bin("slapos-master"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        s(&db),
-        "--tls-dir",
-        s(&tls),
-    ]);
-    let server = Proc::spawn("master", cmd);
-    let line = server.wait_line("listening on https://", Duration::from_secs(30));
-    let url = https_url(&line).expect("https url");
-    let ca_file = tls.join("ca.pem");
-    let ca = std::fs::read_to_string(&ca_file).expect("ca.pem");
-    let read = |f: &str| std::fs::read_to_string(creds.join(f)).expect("credential file");
-    let admin =
-        Client::with_identity(&url, &ca, &read("ops.pem"), &read("ops.key")).expect("admin");
-    let alice =
-        Client::with_identity(&url, &ca, &read("alice.pem"), &read("alice.key")).expect("alice");
+    let server = TlsMaster::start(dir, "127.0.0.1:0", &[("ops", true), ("alice", false)], &[]);
+    let url = server.url.clone();
+    let (ca_file, ca) = (server.ca_file(), server.ca());
+    let admin = server.client("ops");
+    let alice = server.client("alice");
 
     // A node configured for the https master, without master_ca (enroll's --ca fills the
     // default <state_dir>/master-ca.pem).
     let node_dir = dir.join("node");
-    std::fs::create_dir_all(&node_dir).expect("node dir");
     let state = node_dir.join("state");
-    let ports = free_port_block(20);
-    let config = node_dir.join("node.toml");
     let isolation = if root {
         format!("isolation = \"users\"\nuser_prefix = \"{USERS}\"\n")
     } else {
         "isolation = \"none\"\n".to_owned()
     };
-    std::fs::write(
-        &config,
-        format!(
-            "master_url = \"{url}\"\ncomputer_id = \"{COMPUTER}\"\npartitions = 2\n\
-             software_root = \"software\"\ninstance_root = \"instance\"\nstate_dir = \"state\"\n\
-             poll_interval = 2\nlong_poll = 20\nrestart_backoff_min = 0.2\n\
-             restart_backoff_max = 2\nstop_timeout = 5\npromise_interval = 2\ninstall_retry = 2\n\
-             rt = false\n{isolation}[ports]\nbase = {ports}\nper_partition = 10\n"
-        ),
-    )
-    .expect("config");
-    let node = |args: &[&str]| {
-        Command::new(bin("slapos-node"))
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .expect("run slapos-node")
-    };
+    let mut edge = Node::configure(
+        &node_dir,
+        &url,
+        COMPUTER,
+        2,
+        &format!("state_dir = \"state\"\nrt = false\n{isolation}"),
+    );
+    let node = |args: &[&str]| edge.command(args).output().expect("run slapos-node");
 
     // Not enrolled: run and format refuse, naming the command to run, and create nothing.
     for cmd in ["run", "format"] {
@@ -215,22 +108,8 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     );
 
     // Enrollment.
-    let token = ok(
-        "token create",
-        master(&[
-            "token",
-            "create",
-            "--computer",
-            COMPUTER,
-            "--ttl",
-            "600",
-            "--db",
-            s(&db),
-        ]),
-    )
-    .trim()
-    .to_owned();
-    let out = ok(
+    let token = server.token(COMPUTER, &["--ttl", "600"]);
+    let out = stdout_ok(
         "enroll",
         node(&["enroll", "--token", &token, "--ca", s(&ca_file)]),
     );
@@ -257,23 +136,13 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     assert_eq!(std::fs::read(&key_file).expect("key"), key_before);
 
     // The node over mTLS.
-    let mut cmd = Command::new(bin("slapos-node"));
-    cmd.args(["run", "--config"]).arg(&config);
-    let mut node_proc = Proc::spawn("node", cmd);
+    edge.restart();
     let computer = ComputerId::parse(COMPUTER).expect("id");
     wait_for("node registered over mTLS", LONG, || {
         admin.computer(&computer).ok()
     });
     let release = hello_request(Params::new(), None).software_url;
-    admin
-        .supply(
-            &computer,
-            &SupplyRequest {
-                url: release,
-                state: SupplyState::Available,
-            },
-        )
-        .expect("supply");
+    supply(&admin, COMPUTER, &release);
     let mut params = Params::new();
     params.insert("title".into(), "mTLS edge".into());
     alice
@@ -325,7 +194,7 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     let mut lines = record.lines();
     assert_eq!(lines.next(), Some(identity.as_str()), "{record}");
     let serial = lines.next().expect("serial").to_owned();
-    let list = ok("cert list", master(&["cert", "list", "--db", s(&db)]));
+    let list = server.cli("cert list", &["cert", "list"]);
     assert!(
         list.lines()
             .any(|l| l.contains(&serial) && l.contains(&identity)),
@@ -359,23 +228,17 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     });
     assert_eq!(std::fs::read(&crt).expect("crt"), crt_before);
     // A restarted node converges the partition again and keeps its certificate too.
-    node_proc.stop();
-    let mut cmd = Command::new(bin("slapos-node"));
-    cmd.args(["run", "--config"]).arg(&config);
-    node_proc = Proc::spawn("node (restarted)", cmd);
-    node_proc.wait_line("converged partition=", LONG);
+    edge.stop();
+    edge.restart();
+    let restarted = edge.proc.as_ref().expect("node restarted");
+    restarted.wait_line("converged partition=", LONG);
     assert_eq!(std::fs::read(&crt).expect("crt"), crt_before);
     wait_for("page after the restart", LONG, || {
         http_get(&conn).filter(|p| p.contains("mTLS edge 2"))
     });
 
     // Another computer's certificate may not read this computer's desired state.
-    let token_b = ok(
-        "token create B",
-        master(&["token", "create", "--computer", "COMP-ID-B", "--db", s(&db)]),
-    )
-    .trim()
-    .to_owned();
+    let token_b = server.token("COMP-ID-B", &[]);
     let b = Client::enroll(&url, &ca, &token_b).expect("enroll B");
     assert_eq!(b.identity, "computer:COMP-ID-B");
     let b = Client::with_identity(&url, &ca, &b.cert_pem, &b.key_pem).expect("client B");
@@ -412,12 +275,12 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
         !crt.exists() && !key.exists(),
         "certificate left after destroy"
     );
-    let list = ok("cert list", master(&["cert", "list", "--db", s(&db)]));
+    let list = server.cli("cert list", &["cert", "list"]);
     let row = list
         .lines()
         .find(|l| l.contains(&serial))
         .unwrap_or_else(|| panic!("{serial} gone from\n{list}"));
     assert!(!row.trim_end().ends_with('-'), "not revoked: {row}");
-    node_proc.stop();
+    edge.stop();
     drop(server);
 }

@@ -21,9 +21,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use slapos_proto::{
     ComputerId, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, LabelKey, Params,
-    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState,
+    SoftwareUrl, StateChange,
 };
-use slapos_tests::{Client, Master, Node, bin, bin_dir, privileged, repo_root, wait_for};
+use slapos_tests::{
+    Client, Master, Node, bin_dir, example_release, instance_request, params, privileged, supply,
+    wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(90);
 static RT: Mutex<()> = Mutex::new(());
@@ -115,31 +118,8 @@ fn setup(name: &str) -> Setup {
     );
     let cgroups = Cgroups { root: root.clone() };
     let master = Master::start(&dir.path().join("master.db"));
-    let node_dir = dir.path().join("node");
-    std::fs::create_dir_all(&node_dir).expect("node dir");
-    let ports = slapos_tests::free_port_block(20);
-    let config = node_dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "master_url = \"{}\"\ncomputer_id = \"{name}\"\npartitions = 2\n\
-             software_root = \"software\"\ninstance_root = \"instance\"\npoll_interval = 2\n\
-             long_poll = 20\nrestart_backoff_min = 0.2\nrestart_backoff_max = 2\nstop_timeout = 5\n\
-             promise_interval = 2\ninstall_retry = 2\nrt = true\nrt_root_name = \"{root}\"\n\
-             isolation = \"none\"\n\
-             [ports]\nbase = {ports}\nper_partition = 10\n",
-            master.url
-        ),
-    )
-    .expect("node config");
-    let mut node = Node {
-        proc: None,
-        config,
-        instance_root: node_dir.join("instance"),
-        computer: name.to_owned(),
-    };
-    let _ = bin("slapos-node");
-    node.restart();
+    let extra = format!("rt = true\nrt_root_name = \"{root}\"\n");
+    let node = Node::start_with(&dir.path().join("node"), &master.url, name, 2, &extra);
     Setup {
         node,
         master,
@@ -149,11 +129,7 @@ fn setup(name: &str) -> Setup {
 }
 
 fn release(name: &str) -> SoftwareUrl {
-    let path = repo_root()
-        .join("examples")
-        .join(name)
-        .join("software.toml");
-    SoftwareUrl::parse(path.to_string_lossy().into_owned()).expect("release url")
+    example_release(name)
 }
 
 fn rt_label(c: &Client, computer: &str) -> String {
@@ -174,26 +150,14 @@ fn try_request(
     c: &Client,
     title: &str,
     url: &SoftwareUrl,
-    params: Value,
+    p: Value,
     rt_cpus: &str,
 ) -> Result<InstanceInfo, slapos_client::ClientError> {
-    c.supply(
-        &ComputerId::parse("RT-NODE").expect("computer id"),
-        &SupplyRequest {
-            url: url.clone(),
-            state: SupplyState::Available,
-        },
-    )
-    .expect("supply");
-    let parameters: Params = params.as_object().cloned().unwrap_or_default();
+    supply(c, "RT-NODE", url);
     c.request(&InstanceRequest {
-        title: InstanceTitle::parse(title).expect("title"),
-        software_url: url.clone(),
-        software_type: SoftwareType::default(),
-        parameters,
         // Placed by the node's RT capability label.
         sla: BTreeMap::from([("rt_cpus".to_owned(), rt_cpus.to_owned())]),
-        state: None,
+        ..instance_request(title, url, params(p))
     })
 }
 

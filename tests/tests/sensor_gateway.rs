@@ -2,7 +2,6 @@
 //! partition's TCP input while the upstream collector is down (it answers 503); when it comes
 //! back, every record arrives once per delivery id, in order, none missing.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use slapos_proto::{
-    ComputerId, InstanceRequest, InstanceTitle, SoftwareType, SoftwareUrl, SupplyRequest,
-    SupplyState,
+use slapos_proto::ComputerId;
+use slapos_tests::{
+    Master, Node, connection, example_release, instance_request, params, supply, wait_for,
 };
-use slapos_tests::{Master, Node, repo_root, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -101,38 +99,16 @@ fn sensor_data_survives_an_uplink_outage() {
     let c = master.client();
     let id = ComputerId::parse("GW-1").expect("id");
     wait_for("node registered", LONG, || c.computer(&id).ok());
-    let url = SoftwareUrl::parse(
-        repo_root()
-            .join("examples/sensor-gateway/software.toml")
-            .to_string_lossy()
-            .into_owned(),
-    )
-    .expect("url");
-    c.supply(
-        &id,
-        &SupplyRequest {
-            url: url.clone(),
-            state: SupplyState::Available,
-        },
-    )
-    .expect("supply");
+    let url = example_release("sensor-gateway");
+    supply(&c, id.as_str(), &url);
 
     let collector = Collector::start();
     collector.down.store(true, Ordering::SeqCst);
-    let params = json!({"upstream_http_url": collector.url, "stream": "plant"});
-    c.request(&InstanceRequest {
-        title: InstanceTitle::parse("gw").expect("title"),
-        software_url: url,
-        software_type: SoftwareType::default(),
-        parameters: params.as_object().cloned().unwrap_or_default(),
-        sla: BTreeMap::new(),
-        state: None,
-    })
-    .expect("request");
-    let title = InstanceTitle::parse("gw").expect("title");
+    let params = params(json!({"upstream_http_url": collector.url, "stream": "plant"}));
+    c.request(&instance_request("gw", &url, params))
+        .expect("request");
     let input = wait_for("tcp-input published", LONG, || {
-        let i = c.instance(&title, None).ok()?;
-        i.connection.get("tcp-input")?.as_str().map(str::to_owned)
+        connection(&c, "gw", "tcp-input")
     });
 
     // Sensors write while the uplink is down; the buffer acknowledges what is durable.

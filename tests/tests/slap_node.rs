@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use slapos_proto::slap::{ComputerDoc, loads};
-use slapos_tests::{Node, Proc, bin, free_port_block, http_get, repo_root, wait_for};
+use slapos_tests::{Node, Proc, http_get, repo_root, wait_for};
 
 const COMPUTER: &str = "COMP";
 
@@ -122,29 +122,14 @@ fn node_edge_converges_what_the_real_slapos_cli_requests_from_slapproxy() {
     let (_proxy, url) = start_slapproxy(&venv, dir);
 
     // The node, configured like `Node::start` does plus `protocol = "slap"`.
-    let node_dir = dir.join("node");
-    std::fs::create_dir_all(&node_dir).expect("node dir");
-    let ports = free_port_block(20);
-    let config = node_dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "protocol = \"slap\"\nmaster_url = \"{url}\"\ncomputer_id = \"{COMPUTER}\"\n\
-             partitions = 2\nsoftware_root = \"software\"\ninstance_root = \"instance\"\n\
-             poll_interval = 2\nlong_poll = 20\nrestart_backoff_min = 0.2\n\
-             restart_backoff_max = 2\nstop_timeout = 5\npromise_interval = 2\n\
-             install_retry = 2\nisolation = \"none\"\n[ports]\nbase = {ports}\nper_partition = 10\n"
-        ),
-    )
-    .expect("write node config");
-    let _ = bin("slapos-node");
-    let mut node = Node {
-        proc: None,
-        config,
-        instance_root: node_dir.join("instance"),
-        computer: COMPUTER.to_owned(),
-    };
-    node.restart();
+    let mut node = Node::start_with(
+        &dir.join("node"),
+        &url,
+        COMPUTER,
+        2,
+        "protocol = \"slap\"\n",
+    );
+    let ports = node.ports;
     let proc = node.proc.as_ref().expect("node running");
     proc.wait_line("registered", Duration::from_secs(30));
     // Registration is slapos node format's call: slapproxy now lists both partitions, free.
