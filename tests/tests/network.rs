@@ -141,10 +141,13 @@ fn run_in_n1() {
     ] {
         assert!(shown.contains(a), "{a} missing:\n{shown}");
     }
-    for tap in ["slapedget0", "slapedget1"] {
+    for (i, tap) in ["slapedget0", "slapedget1"].into_iter().enumerate() {
         let l = ip_out(&["-n", N1, "-d", "link", "show", tap]);
         assert!(l.contains("tun type tap"), "{tap}: {l}");
         assert!(l.contains("UP"), "{tap} not up: {l}");
+        // Owned by the partition's user (TUNSETOWNER): `ip -d` prints `user <name>`.
+        let owner = format!("user {USERS}{i} ");
+        assert!(l.contains(&owner), "{tap} not owned by {USERS}{i}: {l}");
     }
 
     supply(&c, computer.as_str(), &url);
