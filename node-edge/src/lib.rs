@@ -159,10 +159,15 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
     })
 }
 
-/// Run a node until `shutdown` resolves, with the default seams but resources from the `rt`
-/// config key ([`rt_resources::from_config`]), isolation from the `isolation` key
-/// ([`isolation::from_config`]) and the master link from the `protocol` key ([`master_link`]). See [`node::run`] for the behaviour; [`run_with`] with an explicit
-/// `Seams::link` overrides the protocol.
+/// Run a node until `shutdown` resolves, with resources from the `rt` config key
+/// ([`rt_resources::from_config`]), isolation from the `isolation` key
+/// ([`isolation::from_config`]) and the master link from the `protocol` key ([`master_link`]);
+/// [`run_with`] takes explicit seams instead.
+///
+/// Formats the partitions (idempotent), brings every partition back to the cached desired state
+/// (if any), then follows the master. Works on a current-thread runtime; the runtime needs IO and
+/// time enabled (`enable_all`). On `shutdown`, every service is stopped (TERM, then KILL after
+/// `stop_timeout`) before this returns; a node started again restarts them.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,

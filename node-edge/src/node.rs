@@ -278,23 +278,7 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
     })
 }
 
-/// Run a node until `shutdown` resolves, with the default seams but resources from the `rt`
-/// config key ([`crate::rt_resources::from_config`]).
-///
-/// Formats the partitions (idempotent), brings every partition back to the cached desired state
-/// (if any), then follows the master. Works on a current-thread runtime; the runtime needs IO and
-/// time enabled (`enable_all`). On `shutdown`, every service is stopped (TERM, then KILL after
-/// `stop_timeout`) before this returns; a node started again restarts them.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
-    config.validate()?;
-    let seams = Seams {
-        resources: crate::rt_resources::from_config(&config)?,
-        ..Seams::default()
-    };
-    run_with(config, seams, shutdown).await
-}
-
-/// [`run`] with explicit seams (isolation, resources, master link).
+/// [`crate::run`] with explicit seams (isolation, resources, master link).
 pub async fn run_with(
     config: Config,
     seams: Seams,
