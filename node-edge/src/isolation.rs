@@ -125,7 +125,14 @@ fn find_useradd() -> Option<PathBuf> {
 impl UnixUsers {
     /// Users named `<prefix><index>`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        let useradd = find_useradd().unwrap_or_else(|| PathBuf::from("useradd"));
+        Self::with_useradd(
+            prefix,
+            find_useradd().unwrap_or_else(|| PathBuf::from("useradd")),
+        )
+    }
+
+    /// Users named `<prefix><index>`, created with the `useradd` at `useradd`.
+    fn with_useradd(prefix: impl Into<String>, useradd: PathBuf) -> Self {
         Self {
             prefix: prefix.into(),
             useradd,
@@ -232,7 +239,13 @@ pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
     let unreachable = [&cfg.instance_root, &cfg.software_root]
         .into_iter()
         .find_map(|d| reachable_by_others(d).err());
-    let users = || -> Arc<dyn Isolation> { Arc::new(UnixUsers::new(cfg.user_prefix.clone())) };
+    // Looked up only where users are possible (a root node that may isolate).
+    let useradd = (root && cfg.isolation != IsolationMode::None)
+        .then(find_useradd)
+        .flatten();
+    let users = |tool: PathBuf| -> Arc<dyn Isolation> {
+        Arc::new(UnixUsers::with_useradd(cfg.user_prefix.clone(), tool))
+    };
     match cfg.isolation {
         IsolationMode::Users if !root => Err(ConfigError::Invalid {
             key: "isolation",
@@ -247,21 +260,23 @@ pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
                     d.display()
                 ),
             }),
-            None if find_useradd().is_none() => Err(ConfigError::Invalid {
-                key: "isolation",
-                reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
-            }),
-            None => Ok(users()),
+            None => match useradd {
+                Some(tool) => Ok(users(tool)),
+                None => Err(ConfigError::Invalid {
+                    key: "isolation",
+                    reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
+                }),
+            },
         },
-        IsolationMode::Auto if root && find_useradd().is_none() => {
-            tracing::warn!(
-                "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
-                 image): partitions run as root; install passwd or set isolation = \"none\""
-            );
-            Ok(Arc::new(CurrentUser))
-        }
-        IsolationMode::Auto if root => match unreachable {
-            Some(d) => {
+        IsolationMode::Auto if root => match (useradd, unreachable) {
+            (None, _) => {
+                tracing::warn!(
+                    "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
+                     image): partitions run as root; install passwd or set isolation = \"none\""
+                );
+                Ok(Arc::new(CurrentUser))
+            }
+            (Some(_), Some(d)) => {
                 tracing::warn!(
                     "isolation = \"auto\": partition users could not reach `{}` (not o+x): \
                      partitions run as root; set isolation = \"users\" to make this an error",
@@ -269,7 +284,7 @@ pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
                 );
                 Ok(Arc::new(CurrentUser))
             }
-            None => Ok(users()),
+            (Some(tool), None) => Ok(users(tool)),
         },
         IsolationMode::None if root => {
             tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
