@@ -415,40 +415,37 @@ fn short(body: &str) -> String {
 /// free partition and 408 for a not-ready resource: both fail the run).
 fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
     let (base, agent) = slapos_client::http_agent(&server.url, Duration::from_secs(600))?;
+    // The body of a 200 answer, else an error with the status and the start of the body.
+    let answer = |what: String, resp: ureq::http::Response<ureq::Body>| -> Result<String> {
+        let mut resp = resp;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .with_context(|| format!("{what}: read the answer"))?;
+        if status != 200 {
+            bail!("{what}: {status} {}", short(&body));
+        }
+        Ok(body)
+    };
     let get = |route: &str, query: &[(&str, &str)]| -> Result<String> {
         let mut req = agent.get(format!("{base}/{route}"));
         for (k, v) in query {
             req = req.query(k, v);
         }
-        let mut resp = req.call().with_context(|| format!("GET {route}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .with_context(|| format!("GET {route}: read the answer"))?;
-        if status != 200 {
-            bail!("GET {route}: {status} {}", short(&body));
-        }
-        Ok(body)
+        let what = format!("GET {route}");
+        let resp = req.call().with_context(|| what.clone())?;
+        answer(what, resp)
     };
     let post = |route: &str, form: &[(&str, String)]| -> Result<String> {
-        let mut resp = agent
+        let what = format!("POST {route}");
+        let resp = agent
             .post(format!("{base}/{route}"))
             .send_form(form.iter().map(|(k, v)| (*k, v.as_str())))
-            .with_context(|| format!("POST {route}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .with_context(|| format!("POST {route}: read the answer"))?;
-        if status != 200 {
-            bail!("POST {route}: {status} {}", short(&body));
-        }
-        Ok(body)
+            .with_context(|| what.clone())?;
+        answer(what, resp)
     };
     let register = |xml: &str| post("loadComputerConfigurationFromXML", &[("xml", xml.into())]);
     let request = |i: usize| -> Result<()> {
