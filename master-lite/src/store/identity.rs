@@ -4,7 +4,7 @@
 use rusqlite::{OptionalExtension, params};
 use slapos_proto::{ComputerId, InstanceInfo, InstanceTitle};
 
-use super::{Result, Store, decode, find_instance, instance_info_by_id, ms};
+use super::{Cached, Result, Store, decode, find_instance, instance_info_by_id, ms};
 use crate::error::{ApiError, DbContext};
 
 /// One row of the `certificate` table.
@@ -55,7 +55,7 @@ impl Store {
     /// The certificate with this serial, if the CA issued it.
     pub fn certificate(&mut self, serial: &str) -> Result<Option<CertificateRow>> {
         let tx = self.read()?;
-        tx.query_row(
+        tx.q_row(
             &format!("SELECT {CERT_COLUMNS} FROM certificate WHERE serial = ?1"),
             [serial],
             cert_row,
@@ -81,7 +81,7 @@ impl Store {
     pub fn revoke_serial(&mut self, serial: &str, now_ms: u64) -> Result<CertificateRow> {
         let tx = self.write()?;
         let n = tx
-            .execute(
+            .exec(
                 "UPDATE certificate SET revoked_ms = coalesce(revoked_ms, ?2) WHERE serial = ?1",
                 params![serial, ms(now_ms)],
             )
@@ -92,7 +92,7 @@ impl Store {
             )));
         }
         let row = tx
-            .query_row(
+            .q_row(
                 &format!("SELECT {CERT_COLUMNS} FROM certificate WHERE serial = ?1"),
                 [serial],
                 cert_row,
@@ -111,7 +111,7 @@ impl Store {
              ORDER BY issued_ms",
             [identity],
         )?;
-        tx.execute(
+        tx.exec(
             "UPDATE certificate SET revoked_ms = ?2 WHERE identity = ?1 AND revoked_ms IS NULL",
             params![identity, ms(now_ms)],
         )
@@ -129,7 +129,7 @@ impl Store {
         expires_ms: u64,
     ) -> Result<()> {
         let tx = self.write()?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO enroll_token (hash, computer, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, ?4)",
             params![hash, c.as_str(), ms(now_ms), ms(expires_ms)],
@@ -161,7 +161,7 @@ impl Store {
                 cert.identity, enrolled.computer
             )));
         }
-        tx.execute(
+        tx.exec(
             "UPDATE enroll_token SET used_ms = ?2 WHERE hash = ?1",
             params![hash, ms(now_ms)],
         )
@@ -175,7 +175,7 @@ impl Store {
     /// exists without an owner.
     pub fn root_owner(&mut self, title: &InstanceTitle) -> Result<Option<Option<String>>> {
         let tx = self.read()?;
-        tx.query_row(
+        tx.q_row(
             "SELECT owner FROM instance WHERE root = '' AND title = ?1",
             [title.as_str()],
             |r| r.get(0),
@@ -234,7 +234,7 @@ impl Store {
 
 fn tree_owner(tx: &rusqlite::Transaction<'_>, root: &str) -> Result<Option<String>> {
     Ok(tx
-        .query_row(
+        .q_row(
             "SELECT owner FROM instance WHERE root = '' AND title = ?1",
             [root],
             |r| r.get::<_, Option<String>>(0),
@@ -246,7 +246,7 @@ fn tree_owner(tx: &rusqlite::Transaction<'_>, root: &str) -> Result<Option<Strin
 
 fn token(tx: &rusqlite::Transaction<'_>, hash: &str, now_ms: u64) -> Result<Enrolled> {
     let row: Option<(String, i64, Option<i64>)> = tx
-        .query_row(
+        .q_row(
             "SELECT computer, expires_ms, used_ms FROM enroll_token WHERE hash = ?1",
             [hash],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -272,7 +272,7 @@ fn token(tx: &rusqlite::Transaction<'_>, hash: &str, now_ms: u64) -> Result<Enro
 }
 
 fn insert_certificate(tx: &rusqlite::Transaction<'_>, row: &CertificateRow) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO certificate (serial, identity, kind, issued_ms, expires_ms, revoked_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![

@@ -115,6 +115,7 @@ impl Store {
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             Ok(())
         };
         cfg(&conn).map_err(|source| MasterError::Open {
@@ -162,96 +163,9 @@ impl Store {
     /// the given order, known ones keep their place and allocation, and known ones missing from
     /// the list are dropped when free and kept when allocated.
     pub fn register(&mut self, reg: &RegisterComputer, now_ms: u64) -> Result<ComputerInfo> {
-        validate_registration(reg)?;
         let mut tx = self.write()?;
-        let c = reg.id.as_str();
-        let existed = tx
-            .query_row("SELECT 1 FROM computer WHERE id = ?1", [c], |_| Ok(()))
-            .optional()
-            .op("look up a computer")?
-            .is_some();
-        tx.execute(
-            "INSERT INTO computer (id, etag, registered_ms, last_seen_ms) VALUES (?1, 0, ?2, ?2)
-             ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-            params![c, ms(now_ms)],
-        )
-        .op("insert a computer")?;
-        if labels(&tx, c)? != reg.labels {
-            tx.execute("DELETE FROM label WHERE computer = ?1", [c])
-                .op("replace labels")?;
-            let mut ins = tx
-                .prepare_cached("INSERT INTO label (computer, key, value) VALUES (?1, ?2, ?3)")
-                .op("replace labels")?;
-            for (k, v) in &reg.labels {
-                ins.execute(params![c, k.as_str(), v])
-                    .op("replace labels")?;
-            }
-        }
-        // Known partitions: id -> ((addresses, interface), allocated).
-        type Known = ((String, Option<String>), bool);
-        let mut known: HashMap<String, Known> = rows(
-            &tx,
-            "list partitions",
-            "SELECT p.id, p.addresses, p.interface, EXISTS (SELECT 1 FROM instance i
-                 WHERE i.computer = p.computer AND i.partition = p.id)
-             FROM partition p WHERE p.computer = ?1",
-            [c],
-            |r| Ok((r.get(0)?, ((r.get(1)?, r.get(2)?), r.get(3)?))),
-        )?
-        .into_iter()
-        .collect();
-        let mut changed = !existed;
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT INTO partition (computer, id, addresses, interface)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .op("insert a partition")?;
-            let mut upd = tx
-                .prepare_cached(
-                    "UPDATE partition SET addresses = ?3, interface = ?4
-                     WHERE computer = ?1 AND id = ?2",
-                )
-                .op("update a partition")?;
-            for spec in &reg.partitions {
-                let addresses = to_json(&spec.addresses)?;
-                let iface = spec.interface.as_deref();
-                match known.remove(spec.id.as_str()) {
-                    None => {
-                        ins.execute(params![c, spec.id.as_str(), addresses, iface])
-                            .op("insert a partition")?;
-                        changed = true;
-                    }
-                    Some(((old, old_iface), _))
-                        if old != addresses || old_iface.as_deref() != iface =>
-                    {
-                        upd.execute(params![c, spec.id.as_str(), addresses, iface])
-                            .op("update a partition")?;
-                    }
-                    Some(_) => {}
-                }
-            }
-            let mut del = tx
-                .prepare_cached("DELETE FROM partition WHERE computer = ?1 AND id = ?2")
-                .op("drop a partition")?;
-            for (id, (_, allocated)) in known {
-                if allocated {
-                    tracing::warn!(
-                        computer = c,
-                        partition = id,
-                        "re-registration omits an allocated partition; it is kept until freed"
-                    );
-                } else {
-                    del.execute(params![c, id]).op("drop a partition")?;
-                    changed = true;
-                }
-            }
-        }
-        if changed {
-            tx.bump_computer(c)?;
-        }
-        let info = computer_info(&tx, c)?;
+        register_in(&mut tx, reg, now_ms)?;
+        let info = computer_info(&tx, reg.id.as_str())?;
         tx.commit()?;
         Ok(info)
     }
@@ -287,7 +201,7 @@ impl Store {
         let url = req.url.as_str();
         require_computer(&tx, cs)?;
         let current: Option<String> = tx
-            .query_row(
+            .q_row(
                 "SELECT requested FROM software WHERE computer = ?1 AND url = ?2",
                 [cs, url],
                 |r| r.get(0),
@@ -296,7 +210,7 @@ impl Store {
             .op("look up a release")?;
         match (req.state, current.as_deref()) {
             (SupplyState::Available, None | Some("destroyed")) => {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO software (computer, url, requested) VALUES (?1, ?2, 'available')
                      ON CONFLICT (computer, url) DO UPDATE SET requested = 'available'",
                     [cs, url],
@@ -318,7 +232,7 @@ impl Store {
                         users.join(", ")
                     )));
                 }
-                tx.execute(
+                tx.exec(
                     "UPDATE software SET requested = 'destroyed' WHERE computer = ?1 AND url = ?2",
                     [cs, url],
                 )
@@ -354,7 +268,7 @@ impl Store {
         let url = rep.url.as_str();
         require_computer(&tx, cs)?;
         let requested: String = tx
-            .query_row(
+            .q_row(
                 "SELECT requested FROM software WHERE computer = ?1 AND url = ?2",
                 [cs, url],
                 |r| r.get(0),
@@ -365,14 +279,14 @@ impl Store {
                 ApiError::NotFound(format!("release {url} is not supplied to computer {cs}"))
             })?;
         if rep.state == InstallState::Destroyed && requested == "destroyed" {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM software WHERE computer = ?1 AND url = ?2",
                 [cs, url],
             )
             .op("forget a removed release")?;
             tx.bump_computer(cs)?;
         } else {
-            tx.execute(
+            tx.exec(
                 "UPDATE software SET install_state = ?3, install_message = ?4, install_ms = ?5,
                      parameter_model = CASE WHEN ?3 = 'available' THEN ?6 ELSE parameter_model END
                  WHERE computer = ?1 AND url = ?2",
@@ -514,7 +428,7 @@ impl Store {
             report: rep.clone(),
             at_ms: now_ms,
         };
-        tx.execute(
+        tx.exec(
             "UPDATE instance SET reported = ?2 WHERE id = ?1",
             params![inst.id, to_json(&status)?],
         )
@@ -531,7 +445,7 @@ impl Store {
                 [inst.id],
             )?;
             if kids.is_empty() {
-                tx.execute("DELETE FROM instance WHERE id = ?1", [inst.id])
+                tx.exec("DELETE FROM instance WHERE id = ?1", [inst.id])
                     .op("free a partition")?;
                 tx.bump_computer(cs)?;
                 if let Some(parent) = inst.requester {
@@ -561,7 +475,7 @@ impl Store {
         let inst = allocated_instance(&tx, cs, ps, "publish connection parameters")?;
         touch_seen(&tx, cs, now_ms)?;
         if from_json::<Params>(&inst.connection)? != *params {
-            tx.execute(
+            tx.exec(
                 "UPDATE instance SET connection = ?2 WHERE id = ?1",
                 params![inst.id, to_json(params)?],
             )
@@ -586,7 +500,7 @@ impl Store {
         let (cs, ps) = (c.as_str(), p.as_str());
         let inst = allocated_instance(&tx, cs, ps, "bang")?;
         touch_seen(&tx, cs, now_ms)?;
-        tx.execute(
+        tx.exec(
             "UPDATE instance SET bang = ?2 WHERE id = ?1",
             params![inst.id, message],
         )
@@ -646,7 +560,7 @@ impl Store {
         if req.state != Some(InstanceState::Destroyed) {
             let url = req.software_url.as_str();
             let model: Option<String> = tx
-                .query_row(
+                .q_row(
                     "SELECT parameter_model FROM software
                      WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1",
                     [url],
@@ -663,7 +577,7 @@ impl Store {
             Some(who) => {
                 let (cs, ps) = (who.computer.as_str(), who.partition.as_str());
                 if tx
-                    .query_row(
+                    .q_row(
                         "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
                         [cs, ps],
                         |_| Ok(()),
@@ -691,7 +605,7 @@ impl Store {
         let root_state: Option<InstanceState> = if root.is_empty() {
             None
         } else {
-            tx.query_row(
+            tx.q_row(
                 "SELECT state FROM instance WHERE root = '' AND title = ?1",
                 [&root],
                 |r| r.get::<_, String>(0),
@@ -703,7 +617,7 @@ impl Store {
         };
         let title = req.title.as_str();
         let existing = tx
-            .query_row(
+            .q_row(
                 &format!(
                     "SELECT {} FROM instance WHERE root = ?1 AND title = ?2",
                     InstanceRow::COLUMNS
@@ -743,7 +657,7 @@ impl Store {
                 let (computer, partition) =
                     allocate(&tx, &req.software_url, &sla, title, rules.require_supply)?;
                 let seq = tx.seq()?;
-                tx.execute(
+                tx.exec(
                     "INSERT INTO instance (title, root, requester, software_url, software_type,
                          parameters, state, computer, partition, revision, created_ms, owner)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -867,7 +781,7 @@ impl<'c> Tx<'c> {
         }
         let s = self
             .tx
-            .query_row(
+            .q_row(
                 "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",
                 [],
                 |r| r.get(0),
@@ -884,7 +798,7 @@ impl<'c> Tx<'c> {
             return Ok(());
         }
         self.tx
-            .execute("UPDATE computer SET etag = ?2 WHERE id = ?1", params![c, s])
+            .exec("UPDATE computer SET etag = ?2 WHERE id = ?1", params![c, s])
             .op("bump a computer etag")?;
         self.touched.insert(c.to_owned(), s);
         Ok(())
@@ -895,7 +809,7 @@ impl<'c> Tx<'c> {
         let s = self.seq()?;
         let c: Option<String> = self
             .tx
-            .query_row(
+            .q_row(
                 "UPDATE instance SET revision = ?2 WHERE id = ?1 RETURNING computer",
                 params![id, s],
                 |r| r.get(0),
@@ -1078,7 +992,7 @@ fn tree_suffix(root: &str) -> String {
 
 /// The etag of computer `c`, or 404.
 fn require_computer(tx: &Transaction<'_>, c: &str) -> Result<i64> {
-    tx.query_row("SELECT etag FROM computer WHERE id = ?1", [c], |r| r.get(0))
+    tx.q_row("SELECT etag FROM computer WHERE id = ?1", [c], |r| r.get(0))
         .optional()
         .op("look up a computer")?
         .ok_or_else(|| ApiError::NotFound(format!("computer {c} is not registered")))
@@ -1086,7 +1000,7 @@ fn require_computer(tx: &Transaction<'_>, c: &str) -> Result<i64> {
 
 fn require_partition(tx: &Transaction<'_>, c: &str, p: &str) -> Result<()> {
     require_computer(tx, c)?;
-    tx.query_row(
+    tx.q_row(
         "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
         [c, p],
         |_| Ok(()),
@@ -1097,7 +1011,7 @@ fn require_partition(tx: &Transaction<'_>, c: &str, p: &str) -> Result<()> {
 }
 
 fn instance_on(tx: &Transaction<'_>, c: &str, p: &str) -> Result<Option<InstanceRow>> {
-    tx.query_row(
+    tx.q_row(
         &format!(
             "SELECT {} FROM instance WHERE computer = ?1 AND partition = ?2",
             InstanceRow::COLUMNS
@@ -1121,7 +1035,7 @@ fn allocated_instance(tx: &Transaction<'_>, c: &str, p: &str, what: &str) -> Res
 }
 
 fn find_instance(tx: &Transaction<'_>, title: &str, root: &str) -> Result<i64> {
-    tx.query_row(
+    tx.q_row(
         "SELECT id FROM instance WHERE root = ?1 AND title = ?2",
         [root, title],
         |r| r.get(0),
@@ -1142,7 +1056,7 @@ fn find_instance(tx: &Transaction<'_>, title: &str, root: &str) -> Result<i64> {
 
 fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {
     let row = tx
-        .query_row(
+        .q_row(
             &format!(
                 "SELECT {} FROM instance WHERE id = ?1",
                 InstanceRow::COLUMNS
@@ -1154,7 +1068,7 @@ fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {
     let requester = match row.requester {
         None => None,
         Some(p) => tx
-            .query_row(
+            .q_row(
                 "SELECT computer || '/' || partition FROM instance WHERE id = ?1",
                 [p],
                 |r| r.get(0),
@@ -1171,6 +1085,131 @@ fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {
 }
 
 /// Run `sql` and map every row with `f`; `op` names the operation in errors.
+/// [`Store::register`] inside the caller's write transaction (the SLAP format adds its address
+/// rows to the same transaction).
+fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<()> {
+    validate_registration(reg)?;
+    let c = reg.id.as_str();
+    let existed = tx
+        .q_row("SELECT 1 FROM computer WHERE id = ?1", [c], |_| Ok(()))
+        .optional()
+        .op("look up a computer")?
+        .is_some();
+    tx.exec(
+        "INSERT INTO computer (id, etag, registered_ms, last_seen_ms) VALUES (?1, 0, ?2, ?2)
+         ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+        params![c, ms(now_ms)],
+    )
+    .op("insert a computer")?;
+    if labels(&tx, c)? != reg.labels {
+        tx.exec("DELETE FROM label WHERE computer = ?1", [c])
+            .op("replace labels")?;
+        let mut ins = tx
+            .prepare_cached("INSERT INTO label (computer, key, value) VALUES (?1, ?2, ?3)")
+            .op("replace labels")?;
+        for (k, v) in &reg.labels {
+            ins.execute(params![c, k.as_str(), v])
+                .op("replace labels")?;
+        }
+    }
+    // Known partitions: id -> ((addresses, interface), allocated).
+    type Known = ((String, Option<String>), bool);
+    let mut known: HashMap<String, Known> = rows(
+        &tx,
+        "list partitions",
+        "SELECT p.id, p.addresses, p.interface, EXISTS (SELECT 1 FROM instance i
+             WHERE i.computer = p.computer AND i.partition = p.id)
+         FROM partition p WHERE p.computer = ?1",
+        [c],
+        |r| Ok((r.get(0)?, ((r.get(1)?, r.get(2)?), r.get(3)?))),
+    )?
+    .into_iter()
+    .collect();
+    let mut changed = !existed;
+    {
+        let mut ins = tx
+            .prepare_cached(
+                "INSERT INTO partition (computer, id, addresses, interface)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .op("insert a partition")?;
+        let mut upd = tx
+            .prepare_cached(
+                "UPDATE partition SET addresses = ?3, interface = ?4
+                 WHERE computer = ?1 AND id = ?2",
+            )
+            .op("update a partition")?;
+        for spec in &reg.partitions {
+            let addresses = to_json(&spec.addresses)?;
+            let iface = spec.interface.as_deref();
+            match known.remove(spec.id.as_str()) {
+                None => {
+                    ins.execute(params![c, spec.id.as_str(), addresses, iface])
+                        .op("insert a partition")?;
+                    changed = true;
+                }
+                Some(((old, old_iface), _))
+                    if old != addresses || old_iface.as_deref() != iface =>
+                {
+                    upd.execute(params![c, spec.id.as_str(), addresses, iface])
+                        .op("update a partition")?;
+                }
+                Some(_) => {}
+            }
+        }
+        let mut del = tx
+            .prepare_cached("DELETE FROM partition WHERE computer = ?1 AND id = ?2")
+            .op("drop a partition")?;
+        for (id, (_, allocated)) in known {
+            if allocated {
+                tracing::warn!(
+                    computer = c,
+                    partition = id,
+                    "re-registration omits an allocated partition; it is kept until freed"
+                );
+            } else {
+                del.execute(params![c, id]).op("drop a partition")?;
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        tx.bump_computer(c)?;
+    }
+    Ok(())
+}
+
+/// Prepared statements kept per connection: every distinct statement the store runs fits.
+const STATEMENT_CACHE: usize = 256;
+
+/// Statements through the connection's prepared-statement cache. A request runs about a dozen
+/// statements; compiling each one anew cost more than running it (slap-bench, `request new`
+/// job time 0.76 → see docs/slap.md), so every store statement goes through here.
+pub(super) trait Cached {
+    fn q_row<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T>;
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn q_row<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+
+    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+}
+
 fn rows<T>(
     tx: &Transaction<'_>,
     op: &'static str,
@@ -1194,7 +1233,7 @@ fn ids(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<
 }
 
 fn touch_seen(tx: &Transaction<'_>, c: &str, now_ms: u64) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "UPDATE computer SET last_seen_ms = ?2 WHERE id = ?1",
         params![c, ms(now_ms)],
     )
@@ -1207,7 +1246,7 @@ type SoftwareColumns = (String, Option<String>, Option<String>, Option<String>);
 
 fn software_info(tx: &Transaction<'_>, c: &str, url: &str) -> Result<Option<SoftwareInfo>> {
     let row: Option<SoftwareColumns> = tx
-        .query_row(
+        .q_row(
             "SELECT requested, install_state, install_message, parameter_model FROM software
              WHERE computer = ?1 AND url = ?2",
             [c, url],
@@ -1257,7 +1296,7 @@ fn labels(tx: &Transaction<'_>, c: &str) -> Result<BTreeMap<LabelKey, String>> {
 
 fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
     let last_seen: Option<i64> = tx
-        .query_row(
+        .q_row(
             "SELECT last_seen_ms FROM computer WHERE id = ?1",
             [c],
             |r| r.get(0),
@@ -1362,7 +1401,7 @@ fn update_instance(
     let params_changed = from_json::<Params>(&e.parameters)? != req.parameters;
     let type_changed = e.software_type != req.software_type.as_str();
     if params_changed || type_changed || url_changed || state != current {
-        tx.execute(
+        tx.exec(
             "UPDATE instance SET software_type = ?2, parameters = ?3, state = ?4,
                  software_url = ?5 WHERE id = ?1",
             params![
@@ -1380,7 +1419,7 @@ fn update_instance(
     if let Some(r) = requester
         && e.requester != Some(r.id)
     {
-        tx.execute(
+        tx.exec(
             "UPDATE instance SET requester = ?2 WHERE id = ?1",
             params![e.id, r.id],
         )
@@ -1398,7 +1437,7 @@ fn update_instance(
 
 /// Whether `ancestor` is on the requester chain above instance `id`.
 fn is_ancestor(tx: &Transaction<'_>, ancestor: i64, id: i64) -> Result<bool> {
-    tx.query_row(
+    tx.q_row(
         "WITH RECURSIVE up(id) AS (
              SELECT requester FROM instance WHERE id = ?1
              UNION SELECT i.requester FROM instance i JOIN up ON i.id = up.id)
@@ -1571,7 +1610,7 @@ fn allocate(
     let mut all: Vec<&str> = vec![url.as_str()];
     all.extend(args.iter().map(String::as_str));
     let found: Option<(String, String)> = tx
-        .query_row(&sql, rusqlite::params_from_iter(all), |r| {
+        .q_row(&sql, rusqlite::params_from_iter(all), |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()
@@ -1594,7 +1633,7 @@ fn allocate(
     let mut with_release = Vec::new();
     for c in &matching {
         let supplied = tx
-            .query_row(
+            .q_row(
                 "SELECT 1 FROM software WHERE computer = ?1 AND url = ?2 AND requested = 'available'",
                 [c.as_str(), url.as_str()],
                 |_| Ok(()),

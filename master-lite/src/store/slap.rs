@@ -17,8 +17,8 @@ use slapos_proto::{
 };
 
 use super::{
-    InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels, ms,
-    rows, titles, to_json, touch_seen,
+    Cached, InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels,
+    ms, register_in, rows, titles, to_json, touch_seen,
 };
 use crate::error::{ApiError, DbContext};
 
@@ -175,7 +175,7 @@ fn bad<E: std::fmt::Display>(e: E) -> ApiError {
 impl Store {
     /// `loadComputerConfigurationFromXML`: register the computer and its partitions (native
     /// rules: existing allocations are kept, labels are kept), then record the interface,
-    /// address and netmask triples. Two transactions on the single store thread.
+    /// address and netmask triples, in one transaction.
     pub fn slap_format(&mut self, cfg: &ComputerConfiguration, now_ms: u64) -> Result<()> {
         let id = ComputerId::parse(cfg.reference.as_str()).map_err(bad)?;
         let partitions = cfg
@@ -189,11 +189,11 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let kept_labels = {
-            let tx = self.read()?;
-            labels(&tx, id.as_str())?
-        };
-        self.register(
+        let mut tx = self.write()?;
+        let c = id.as_str();
+        let kept_labels = labels(&tx, c)?;
+        register_in(
+            &mut tx,
             &RegisterComputer {
                 id: id.clone(),
                 partitions,
@@ -201,15 +201,13 @@ impl Store {
             },
             now_ms,
         )?;
-        let tx = self.write()?;
-        let c = id.as_str();
-        tx.execute(
+        tx.exec(
             "INSERT INTO slap_computer (id, address, netmask) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET address = excluded.address, netmask = excluded.netmask",
             params![c, cfg.address, cfg.netmask],
         )
         .op("record the computer's address")?;
-        tx.execute("DELETE FROM slap_address WHERE computer = ?1", [c])
+        tx.exec("DELETE FROM slap_address WHERE computer = ?1", [c])
             .op("replace partition addresses")?;
         {
             let mut ins = tx
@@ -239,7 +237,7 @@ impl Store {
     pub fn slap_computer(&mut self, c: &str) -> Result<Option<SlapComputer>> {
         let tx = self.read()?;
         let known = tx
-            .query_row("SELECT 1 FROM computer WHERE id = ?1", [c], |_| Ok(()))
+            .q_row("SELECT 1 FROM computer WHERE id = ?1", [c], |_| Ok(()))
             .optional()
             .op("look up a computer")?
             .is_some();
@@ -311,7 +309,7 @@ impl Store {
             None => (String::new(), None),
         };
         let host = tx
-            .query_row(
+            .q_row(
                 "SELECT i.id, i.partition, i.software_url, i.software_type FROM instance i
                  JOIN partition p ON p.computer = i.computer AND p.id = i.partition
                  WHERE i.computer = ?1 AND i.software_url = ?2 AND (?3 = '' OR i.software_type = ?3)
@@ -338,7 +336,7 @@ impl Store {
             return Ok(None);
         };
         let existing = tx
-            .query_row(
+            .q_row(
                 "SELECT host, software_type, parameters, connection FROM slap_shared
                  WHERE root = ?1 AND title = ?2",
                 params![root, req.title],
@@ -356,7 +354,7 @@ impl Store {
         let mut connection = Params::new();
         match (&existing, req.destroyed) {
             (Some((old_host, ..)), true) => {
-                tx.execute(
+                tx.exec(
                     "DELETE FROM slap_shared WHERE root = ?1 AND title = ?2",
                     params![root, req.title],
                 )
@@ -369,7 +367,7 @@ impl Store {
                 let changed = *old_host != host
                     || *old_type != req.software_type
                     || *old_params != req.parameters;
-                tx.execute(
+                tx.exec(
                     "UPDATE slap_shared SET host = ?3, software_type = ?4, parameters = ?5,
                      requester = ?6 WHERE root = ?1 AND title = ?2",
                     params![
@@ -390,7 +388,7 @@ impl Store {
                 }
             }
             (None, false) => {
-                tx.execute(
+                tx.exec(
                     "INSERT INTO slap_shared (root, title, host, requester, software_type, parameters)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![root, req.title, host, requester, req.software_type, req.parameters],
@@ -464,7 +462,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write()?;
         let found = tx
-            .query_row(
+            .q_row(
                 "SELECT s.rowid, s.connection, s.requester FROM slap_shared s
                  JOIN instance i ON i.id = s.host
                  WHERE i.computer = ?1 AND i.partition = ?2 AND s.root || '_' || s.title = ?3",
@@ -484,7 +482,7 @@ impl Store {
         };
         if serde_json::from_str::<Params>(&old).unwrap_or_default() != *params {
             let json = to_json(params)?;
-            tx.execute(
+            tx.exec(
                 "UPDATE slap_shared SET connection = ?2 WHERE rowid = ?1",
                 params![rowid, json],
             )
@@ -528,7 +526,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<SoftwareInfo> {
         let tx = self.write()?;
-        tx.execute(
+        tx.exec(
             "INSERT INTO computer (id, etag, registered_ms) VALUES (?1, 0, ?2)
              ON CONFLICT (id) DO NOTHING",
             params![c.as_str(), ms(now_ms)],
@@ -550,7 +548,7 @@ impl Store {
             return Ok(true);
         }
         let taken = tx
-            .query_row(
+            .q_row(
                 "SELECT 1 FROM instance WHERE root = ?1 AND title = ?2",
                 [inst.root.as_str(), new],
                 |_| Ok(()),
@@ -564,7 +562,7 @@ impl Store {
                 inst.title
             )));
         }
-        tx.execute(
+        tx.exec(
             "UPDATE instance SET title = ?2 WHERE id = ?1",
             params![inst.id, new],
         )
@@ -593,7 +591,7 @@ impl Store {
         let inst = {
             let tx = self.read()?;
             let known = tx
-                .query_row(
+                .q_row(
                     "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
                     [c, p],
                     |_| Ok(()),

@@ -169,8 +169,9 @@ pub fn loads(xml: &str) -> Result<Value, MarshalError> {
 
 /// [`loads`] with explicit bounds.
 pub fn loads_with_limits(xml: &str, limits: DecodeLimits) -> Result<Value, MarshalError> {
-    // Only containers that a <reference> names are kept for copying; most documents have none.
-    let referenced = if xml.contains("reference") {
+    // Only containers that a <reference> names are kept for copying; most documents have none
+    // (a `reference` dictionary key, as in every format payload, does not count).
+    let referenced = if xml.contains("<reference") || xml.contains(":reference") {
         referenced_ids(xml)
     } else {
         HashSet::new()
