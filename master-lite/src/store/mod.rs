@@ -1101,7 +1101,7 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
         params![c, ms(now_ms)],
     )
     .op("insert a computer")?;
-    if labels(&tx, c)? != reg.labels {
+    if labels(tx, c)? != reg.labels {
         tx.exec("DELETE FROM label WHERE computer = ?1", [c])
             .op("replace labels")?;
         let mut ins = tx
@@ -1115,7 +1115,7 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
     // Known partitions: id -> ((addresses, interface), allocated).
     type Known = ((String, Option<String>), bool);
     let mut known: HashMap<String, Known> = rows(
-        &tx,
+        tx,
         "list partitions",
         "SELECT p.id, p.addresses, p.interface, EXISTS (SELECT 1 FROM instance i
              WHERE i.computer = p.computer AND i.partition = p.id)
