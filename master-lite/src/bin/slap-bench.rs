@@ -741,7 +741,9 @@ fn run(a: &Args, work: &Path) -> Result<()> {
 ///
 /// `wal`: the pooled WAL commit anchor; a new request on master-lite pays at least one such commit, so
 /// slapproxy's median divided by it is the request ratio a master-lite with no CPU or HTTP cost
-/// (and the same durability) could show.
+/// (and the same durability) could show; adding the client floor (master-lite's constant-answer
+/// round trip through the same client) gives the ratio a server doing nothing but that commit
+/// could show.
 fn report(a: &Args, client: Client, p: Run, l: Run, wal: f64) {
     println!("\nclient {}:", client.name());
     println!(
@@ -856,5 +858,16 @@ fn report(a: &Args, client: Client, p: Run, l: Run, wal: f64) {
             ms(wal),
             proxy / wal
         );
+        if let Some(floor) = med(&l, "floor") {
+            // The same client's round trip to master-lite answering a constant: no request can
+            // cost less, whatever the server does.
+            println!(
+                "ceiling for requests with no server work at all (slapproxy median / master-lite \
+                 client floor {}): {:.1}x; with the floor and one durable commit: {:.1}x",
+                ms(floor),
+                proxy / floor,
+                proxy / (floor + wal)
+            );
+        }
     }
 }
