@@ -168,6 +168,16 @@ impl From<InstanceRow> for SlapInstance {
     }
 }
 
+/// One `slap_address` row of a computer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct AddressRow {
+    partition: String,
+    seq: i64,
+    interface: String,
+    address: String,
+    netmask: String,
+}
+
 fn bad<E: std::fmt::Display>(e: E) -> ApiError {
     ApiError::BadRequest(e.to_string())
 }
@@ -203,31 +213,64 @@ impl Store {
         )?;
         tx.exec(
             "INSERT INTO slap_computer (id, address, netmask) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET address = excluded.address, netmask = excluded.netmask",
+             ON CONFLICT (id) DO UPDATE SET address = excluded.address, netmask = excluded.netmask
+             WHERE address IS NOT excluded.address OR netmask IS NOT excluded.netmask",
             params![c, cfg.address, cfg.netmask],
         )
         .op("record the computer's address")?;
-        tx.exec("DELETE FROM slap_address WHERE computer = ?1", [c])
-            .op("replace partition addresses")?;
-        {
+        // Rewritten only when they changed: a node formats again periodically with the same
+        // payload, and an unchanged format then writes (and syncs) only the computer's row.
+        let wanted: Vec<AddressRow> = cfg
+            .partitions
+            .iter()
+            .flat_map(|p| {
+                p.addresses.iter().enumerate().map(|(i, a)| AddressRow {
+                    partition: p.reference.clone(),
+                    seq: i as i64,
+                    interface: p.network_interface().to_owned(),
+                    address: a.addr.clone(),
+                    netmask: a.netmask.clone(),
+                })
+            })
+            .collect();
+        let mut stored = rows(
+            &tx,
+            "read partition addresses",
+            "SELECT partition, seq, interface, address, netmask FROM slap_address
+             WHERE computer = ?1",
+            [c],
+            |r| {
+                Ok(AddressRow {
+                    partition: r.get(0)?,
+                    seq: r.get(1)?,
+                    interface: r.get(2)?,
+                    address: r.get(3)?,
+                    netmask: r.get(4)?,
+                })
+            },
+        )?;
+        let mut sorted = wanted.clone();
+        sorted.sort();
+        stored.sort();
+        if stored != sorted {
+            tx.exec("DELETE FROM slap_address WHERE computer = ?1", [c])
+                .op("replace partition addresses")?;
             let mut ins = tx
                 .prepare_cached(
                     "INSERT INTO slap_address (computer, partition, seq, interface, address, netmask)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .op("record partition addresses")?;
-            for p in &cfg.partitions {
-                for (i, a) in p.addresses.iter().enumerate() {
-                    ins.execute(params![
-                        c,
-                        p.reference,
-                        i as i64,
-                        p.network_interface(),
-                        a.addr,
-                        a.netmask
-                    ])
-                    .op("record partition addresses")?;
-                }
+            for a in &wanted {
+                ins.execute(params![
+                    c,
+                    a.partition,
+                    a.seq,
+                    a.interface,
+                    a.address,
+                    a.netmask
+                ])
+                .op("record partition addresses")?;
             }
         }
         tx.commit()

@@ -949,3 +949,51 @@ fn a_partition_interface_is_the_first_element_of_its_ip_list() {
         [("eth1".into(), "10.0.0.1".into())]
     );
 }
+
+#[test]
+fn slap_format_rewrites_addresses_only_when_they_change() {
+    use slapos_proto::slap::ComputerConfiguration;
+    use slapos_proto::slap::forms::{AddressConfiguration, PartitionConfiguration};
+    let cfg = |prefix: &str| ComputerConfiguration {
+        reference: "COMP".into(),
+        address: Some("10.0.0.1".into()),
+        netmask: Some("255.255.255.0".into()),
+        partitions: (0..3)
+            .map(|i| PartitionConfiguration {
+                reference: format!("slappart{i}"),
+                addresses: vec![
+                    AddressConfiguration {
+                        addr: format!("{prefix}{i}"),
+                        netmask: "ffff:ffff:ffff:ffff::".into(),
+                    },
+                    AddressConfiguration {
+                        addr: format!("10.0.1.{i}"),
+                        netmask: "255.255.255.0".into(),
+                    },
+                ],
+                tap_name: Some(format!("slaptap{i}")),
+            })
+            .collect(),
+        raw: slapos_proto::slap::Value::None,
+    };
+    let ips = |s: &mut Store| {
+        s.slap_partition("COMP", "slappart1")
+            .unwrap()
+            .unwrap()
+            .ip_list
+    };
+    let mut s = store();
+    s.slap_format(&cfg("fd00::"), 1).unwrap();
+    let pair = |a: &str| ("slaptap1".to_owned(), a.to_owned());
+    assert_eq!(ips(&mut s), vec![pair("fd00::1"), pair("10.0.1.1")]);
+
+    // The same payload again: only the computer's last-seen time is written.
+    let before = s.connection().total_changes();
+    s.slap_format(&cfg("fd00::"), 2).unwrap();
+    assert_eq!(s.connection().total_changes() - before, 1);
+    assert_eq!(ips(&mut s), vec![pair("fd00::1"), pair("10.0.1.1")]);
+
+    // A changed address replaces the rows, in payload order.
+    s.slap_format(&cfg("fd01::"), 3).unwrap();
+    assert_eq!(ips(&mut s), vec![pair("fd01::1"), pair("10.0.1.1")]);
+}
