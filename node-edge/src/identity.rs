@@ -36,7 +36,7 @@ pub enum IdentityError {
     /// `run`/`format` against an `https://` master before `enroll`.
     #[error(
         "no computer identity for the https master: `{path}` does not exist; enroll this node \
-         first with `slapos-node enroll --config <FILE> --token <TOKEN>` (token from \
+         first with `slapos-node enroll --config <FILE> --token-file <FILE>` (token from \
          `slapos-master token create --computer {computer}`)"
     )]
     NotEnrolled {

@@ -3,7 +3,7 @@
 //! ```text
 //! slapos-node run --config node.toml      # follow the master, converge partitions
 //! slapos-node format --config node.toml   # create partitions, register (exit 2: master offline)
-//! slapos-node enroll --config node.toml --token T [--ca ca.pem]   # get the computer's identity
+//! slapos-node enroll --config node.toml --token-file F [--ca ca.pem]   # get the computer's identity
 //! ```
 //!
 //! Logs go to stderr (`SLAPOS_LOG=debug|info|warn|error`, default `info`). SIGTERM and SIGINT
@@ -18,7 +18,7 @@ const USAGE: &str = "\
 SlapOS edge node
 
 Usage: slapos-node <COMMAND> --config <FILE>
-       slapos-node enroll --config <FILE> --token <TOKEN> [--ca <FILE>]
+       slapos-node enroll --config <FILE> (--token-file <FILE> | --token <TOKEN>) [--ca <FILE>]
 
 Commands:
   run     Run the node until SIGTERM/SIGINT
@@ -28,7 +28,10 @@ Commands:
 
 Options:
   -c, --config <FILE>  Config file (TOML)
-      --token <TOKEN>  Enrollment token (enroll)
+      --token-file <FILE>
+                       Read the enrollment token from FILE, `-` for stdin (enroll)
+      --token <TOKEN>  Enrollment token on the command line (enroll; other users see
+                       it in `ps`: prefer --token-file)
       --ca <FILE>      The master's CA certificate (enroll; default: master_ca)
   -h, --help           Print help
   -V, --version        Print version
@@ -40,11 +43,45 @@ enum Cmd {
     Format(PathBuf),
     Enroll {
         config: PathBuf,
-        token: String,
+        token: Token,
         ca: Option<PathBuf>,
     },
     Help,
     Version,
+}
+
+/// Where `enroll` takes its one-time token from.
+#[derive(Debug, PartialEq)]
+enum Token {
+    Inline(String),
+    /// A file, or standard input for `-`: the token stays out of the process list.
+    File(PathBuf),
+}
+
+impl Token {
+    /// The token, surrounding white space (a file's final newline) removed.
+    fn read(&self) -> anyhow::Result<String> {
+        let (text, from) = match self {
+            Token::Inline(t) => return Ok(t.trim().to_owned()),
+            Token::File(p) if p.as_os_str() == "-" => {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                    .context("read the enrollment token from standard input")?;
+                (t, "standard input".to_owned())
+            }
+            Token::File(p) => (
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("read the enrollment token from {}", p.display()))?,
+                p.display().to_string(),
+            ),
+        };
+        let t = text.trim();
+        anyhow::ensure!(
+            !t.is_empty(),
+            "no enrollment token in {from}: put the token `slapos-master token create` printed there"
+        );
+        Ok(t.to_owned())
+    }
 }
 
 /// Parses the command line. A hand-written parser rather than clap: three subcommands with
@@ -52,7 +89,7 @@ enum Cmd {
 /// goal).
 fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, String> {
     let mut sub = None;
-    let (mut config, mut token, mut ca) = (None, None, None);
+    let (mut config, mut token, mut token_file, mut ca) = (None, None, None, None);
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let a = a
@@ -67,6 +104,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
             "-V" | "--version" => return Ok(Cmd::Version),
             "-c" | "--config" => &mut config,
             "--token" => &mut token,
+            "--token-file" => &mut token_file,
             "--ca" => &mut ca,
             "run" | "format" | "enroll" if sub.is_none() && inline.is_none() => {
                 sub = Some(a);
@@ -92,12 +130,22 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
     match sub.as_str() {
         "enroll" => Ok(Cmd::Enroll {
             config,
-            token: token
-                .ok_or("'enroll' needs --token <TOKEN> (from slapos-master token create)")?,
+            token: match (token, token_file) {
+                (Some(t), None) => Token::Inline(t),
+                (None, Some(f)) => Token::File(PathBuf::from(f)),
+                (Some(_), Some(_)) => return Err("give --token or --token-file, not both".into()),
+                (None, None) => {
+                    return Err(
+                        "'enroll' needs --token-file <FILE> or --token <TOKEN> (from \
+                                slapos-master token create)"
+                            .into(),
+                    );
+                }
+            },
             ca: ca.map(PathBuf::from),
         }),
-        _ if token.is_some() || ca.is_some() => Err(format!(
-            "--token and --ca are options of 'enroll', not of '{sub}'"
+        _ if token.is_some() || token_file.is_some() || ca.is_some() => Err(format!(
+            "--token, --token-file and --ca are options of 'enroll', not of '{sub}'"
         )),
         "run" => Ok(Cmd::Run(config)),
         _ => Ok(Cmd::Format(config)),
@@ -147,6 +195,7 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Cmd::Enroll { config, token, ca } => {
             let cfg = node_edge::Config::from_file(&config)?;
+            let token = token.read()?;
             match node_edge::identity::enroll(&cfg, &token, ca.as_deref()) {
                 Ok(e) => {
                     println!(
@@ -232,7 +281,7 @@ mod tests {
         assert!(p(&["start", "-c", "x"]).unwrap_err().contains("'start'"));
         let enroll = |ca: Option<&str>| Cmd::Enroll {
             config: PathBuf::from("n.toml"),
-            token: "T0k".into(),
+            token: Token::Inline("T0k".into()),
             ca: ca.map(PathBuf::from),
         };
         assert_eq!(
@@ -264,5 +313,49 @@ mod tests {
                 .contains("of 'enroll'")
         );
         assert!(p(&["--run=x"]).unwrap_err().contains("'--run=x'"));
+        assert_eq!(
+            p(&["enroll", "-c", "n.toml", "--token-file", "-"]),
+            Ok(Cmd::Enroll {
+                config: PathBuf::from("n.toml"),
+                token: Token::File(PathBuf::from("-")),
+                ca: None,
+            })
+        );
+        assert!(
+            p(&[
+                "enroll",
+                "-c",
+                "n.toml",
+                "--token",
+                "a",
+                "--token-file",
+                "f"
+            ])
+            .unwrap_err()
+            .contains("not both")
+        );
+        assert!(
+            p(&["format", "-c", "n.toml", "--token-file", "f"])
+                .unwrap_err()
+                .contains("of 'enroll'")
+        );
+    }
+
+    #[test]
+    fn token_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  T0k3n\n").unwrap();
+        assert_eq!(Token::File(f.clone()).read().unwrap(), "T0k3n");
+        assert_eq!(Token::Inline("T0k3n".into()).read().unwrap(), "T0k3n");
+        std::fs::write(&f, "\n").unwrap();
+        let e = Token::File(f.clone()).read().unwrap_err().to_string();
+        assert!(
+            e.contains("no enrollment token in") && e.contains("token"),
+            "{e}"
+        );
+        let missing = dir.path().join("absent");
+        let e = format!("{:#}", Token::File(missing).read().unwrap_err());
+        assert!(e.contains("absent"), "{e}");
     }
 }

@@ -107,11 +107,19 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
         "formatted before refusing"
     );
 
-    // Enrollment.
+    // Enrollment, the token read from a file (it stays out of `ps`).
     let token = server.token(COMPUTER, &["--ttl", "600"]);
+    let token_file = node_dir.join("enroll-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("write the token file");
     let out = stdout_ok(
         "enroll",
-        node(&["enroll", "--token", &token, "--ca", s(&ca_file)]),
+        node(&[
+            "enroll",
+            "--token-file",
+            s(&token_file),
+            "--ca",
+            s(&ca_file),
+        ]),
     );
     assert!(
         out.contains(&format!("enrolled as computer:{COMPUTER}")),
