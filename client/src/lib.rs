@@ -215,8 +215,10 @@ pub fn tls_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ureq::
     Ok(b.build())
 }
 
-/// [`http_agent`] over TLS (`https://` required): see [`tls_config`].
-fn tls_agent(
+/// [`http_agent`] over TLS (`https://` required, calls limited to [`DEFAULT_TIMEOUT`]): the
+/// master CA as the only root and the client certificate `identity` (cert, key PEM) if given;
+/// see [`tls_config`]. Also the node's SLAP link to an https master.
+pub fn tls_agent(
     base_url: &str,
     ca_pem: &str,
     identity: Option<(&str, &str)>,

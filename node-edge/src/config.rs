@@ -618,9 +618,9 @@ impl Config {
     }
 
     /// True when the node authenticates to its master with a client certificate: an
-    /// `https://` master spoken to with the native protocol.
+    /// `https://` master, with either protocol.
     pub fn uses_identity(&self) -> bool {
-        self.protocol == Protocol::Native && self.master_url.starts_with("https://")
+        self.master_url.starts_with("https://")
     }
 
     /// The master CA file (`master_ca`, default `<state_dir>/master-ca.pem`).
@@ -826,7 +826,10 @@ instance_root = "/srv/inst"
         assert_eq!(c.key_path(), Path::new("/etc/slapos/n.key"));
         let t = MINIMAL.replace("http://", "https://") + "protocol = \"slap\"\n";
         let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
-        assert!(!c.uses_identity(), "SLAP keeps its own https handling");
+        assert!(
+            c.uses_identity(),
+            "the SLAP link presents the certificate too"
+        );
     }
 
     #[test]

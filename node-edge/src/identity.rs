@@ -5,7 +5,7 @@
 //!   master being authenticated by its CA (`master_ca`, or `--ca`); the answer's key, certificate
 //!   and CA are written atomically to `key` (mode 0600), `cert` and `<state_dir>/master-ca.pem`
 //!   (defaults: `<state_dir>/computer.key|crt`).
-//! * **Use** ([`load`]): an `https://` master spoken to natively (`Config::uses_identity`) is
+//! * **Use** ([`load`]): an `https://` master (`Config::uses_identity`), native or SLAP, is
 //!   reached over mTLS with that identity; without it `run` and `format` refuse to start with
 //!   [`IdentityError::NotEnrolled`], which names the command to run.
 //! * **Partition certificates** ([`place_partition`]): the certificate of `partition:<c>/<p>`
@@ -74,16 +74,11 @@ pub enum IdentityError {
         #[source]
         source: std::io::Error,
     },
-    /// `enroll` with a config that does not talk native mTLS.
-    #[error(
-        "enroll needs `master_url` = https://… and protocol = \"native\" (got {url:?}, protocol \
-         {protocol:?})"
-    )]
+    /// `enroll` with a config whose master is not `https://`.
+    #[error("enroll needs `master_url` = https://… (got {url:?}): identities are for mTLS masters")]
     NotTls {
         /// `master_url`.
         url: String,
-        /// `protocol`.
-        protocol: &'static str,
     },
     /// The master refused the token.
     #[error(
@@ -185,7 +180,6 @@ pub fn enroll(cfg: &Config, token: &str, ca: Option<&Path>) -> Result<Enrolled, 
     if !cfg.uses_identity() {
         return Err(IdentityError::NotTls {
             url: cfg.master_url.clone(),
-            protocol: cfg.protocol.as_str(),
         });
     }
     let ca_path = ca.map_or_else(|| cfg.master_ca_path(), Path::to_path_buf);
@@ -407,7 +401,7 @@ mod tests {
         std::fs::write(cfg.master_ca_path(), "ca").unwrap();
         let id = load(&cfg).unwrap();
         assert_eq!((id.ca_pem.as_str(), id.key_pem.as_str()), ("ca", "k"));
-        // enroll refuses a config that does not speak native mTLS, before any call.
+        // enroll refuses a plain-http master, before any call.
         cfg.master_url = "http://127.0.0.1:1".into();
         let e = enroll(&cfg, "t", None).unwrap_err();
         assert!(matches!(e, IdentityError::NotTls { .. }), "{e}");

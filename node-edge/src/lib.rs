@@ -140,9 +140,9 @@ pub fn format_with(
     }
 }
 
-/// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`; over
-/// mTLS with the enrolled identity when `master_url` is `https://`, see [`identity`]) or
-/// [`slap_link::SlapLink`] (`slap`).
+/// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
+/// [`slap_link::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
+/// `master_url` is `https://` (see [`identity`]).
 pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
     let computer = config.computer_id.clone();
     Ok(match config.protocol {
@@ -155,6 +155,14 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
             )?)
         }
         Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
+        Protocol::Slap if config.uses_identity() => {
+            let id = identity::load(config)?;
+            Arc::new(slap_link::SlapLink::with_identity(
+                &config.master_url,
+                computer,
+                &id,
+            )?)
+        }
         Protocol::Slap => Arc::new(slap_link::SlapLink::new(&config.master_url, computer)?),
     })
 }

@@ -106,6 +106,23 @@ impl SlapLink {
         })
     }
 
+    /// The same over mTLS (`https://host:port`): the master CA as the only root, the enrolled
+    /// computer certificate as the client identity (what a SlapOS master or master-lite's
+    /// `serve --tls-dir` expects of a node).
+    pub fn with_identity(
+        url: &str,
+        computer: ComputerId,
+        id: &crate::identity::NodeIdentity,
+    ) -> Result<Self, ClientError> {
+        let (base, agent) =
+            slapos_client::tls_agent(url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem)))?;
+        Ok(Self {
+            base,
+            agent,
+            computer,
+        })
+    }
+
     fn url(&self, route: &str) -> String {
         format!("{}/{route}", self.base)
     }

@@ -12,7 +12,10 @@
 //!   by the master (`cert list`); that certificate reads its own instance from the master; a
 //!   parameter change and a node restart keep it (one certificate per allocation);
 //! * another computer's certificate cannot read this computer's desired state (403);
-//! * destroying the instance wipes the certificate with the partition.
+//! * destroying the instance wipes the certificate with the partition;
+//! * a node with `protocol = "slap"` (the classic SLAP routes a SlapOS master serves) refuses to
+//!   start before enrollment, enrolls with the token on standard input, then registers and
+//!   converges an instance over mTLS with its computer certificate.
 //!
 //! As root the partitions run as users `slapedgeid0/1` (deleted at the end, also on failure);
 //! otherwise with `isolation = "none"`.
@@ -291,4 +294,66 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     assert!(!row.trim_end().ends_with('-'), "not revoked: {row}");
     edge.stop();
     drop(server);
+}
+
+#[test]
+fn slap_protocol_node_runs_over_mtls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let server = TlsMaster::start(dir, "127.0.0.1:0", &[("ops", true)], &[]);
+    let admin = server.client("ops");
+    const SLAP_COMPUTER: &str = "COMP-ID-SLAP";
+    let node_dir = dir.join("node");
+    let mut edge = Node::configure(
+        &node_dir,
+        &server.url,
+        SLAP_COMPUTER,
+        1,
+        "protocol = \"slap\"\nstate_dir = \"state\"\nrt = false\nisolation = \"none\"\n",
+    );
+
+    // Before enrollment the SLAP link refuses to start too, naming the command.
+    let out = edge.command(&["run"]).output().expect("run slapos-node");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without identity: {err}");
+    assert!(err.contains("slapos-node enroll"), "{err}");
+
+    // The token on standard input (`--token-file -`).
+    let token = server.token(SLAP_COMPUTER, &[]);
+    let mut enroll = edge.command(&["enroll", "--token-file", "-", "--ca", s(&server.ca_file())]);
+    enroll
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = enroll.spawn().expect("spawn enroll");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{token}").expect("write the token");
+    }
+    let out = stdout_ok("enroll", child.wait_with_output().expect("enroll"));
+    assert!(
+        out.contains(&format!("enrolled as computer:{SLAP_COMPUTER}")),
+        "{out}"
+    );
+
+    // Format, desired state and reports: the SLAP routes, over mTLS as computer:COMP-ID-SLAP.
+    edge.restart();
+    let computer = ComputerId::parse(SLAP_COMPUTER).expect("id");
+    wait_for("SLAP node registered over mTLS", LONG, || {
+        admin.computer(&computer).ok()
+    });
+    let mut req = hello_request(Params::new(), None);
+    req.sla = BTreeMap::from([("computer_guid".to_owned(), SLAP_COMPUTER.to_owned())]);
+    req.parameters
+        .insert("title".into(), "SLAP over mTLS".into());
+    supply(&admin, SLAP_COMPUTER, &req.software_url);
+    admin.request(&req).expect("request");
+    let conn = wait_for("connection parameters over SLAP", LONG, || {
+        let i = admin.instance(&title("id-web"), None).ok()?;
+        i.connection.get("url")?.as_str().map(str::to_owned)
+    });
+    let page = wait_for("page", LONG, || http_get(&conn));
+    assert!(page.contains("SLAP over mTLS"), "{page}");
+    edge.stop();
 }
