@@ -178,22 +178,53 @@ struct Body<T>(T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::TooLarge {
-                        limit: MAX_BODY_BYTES,
-                    }
-                } else {
-                    ApiError::BadRequest(format!("unreadable request body: {}", r.body_text()))
-                }
-            })?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_capped(req.into_body(), MAX_BODY_BYTES).await?;
         serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
+}
+
+/// How much of an over-limit body is still read (and discarded) before the 413 goes out, and
+/// for how long: a client that sends its whole body before reading (curl, ureq, the `slap`
+/// library) then gets the 413 and its JSON error instead of a broken pipe. A body announced
+/// larger than this is refused at once.
+const DRAIN_BYTES: usize = 16 * MAX_BODY_BYTES;
+const DRAIN_FOR: Duration = Duration::from_secs(5);
+
+/// The request body, at most `limit` bytes; over the limit → [`ApiError::TooLarge`] after
+/// draining the rest (bounded by [`DRAIN_BYTES`] and [`DRAIN_FOR`]).
+async fn read_capped(mut body: axum::body::Body, limit: usize) -> ApiResult<Vec<u8>> {
+    use http_body_util::BodyExt;
+
+    let too_large = ApiError::TooLarge { limit };
+    let announced = http_body::Body::size_hint(&body).lower();
+    if announced > DRAIN_BYTES as u64 {
+        return Err(too_large);
+    }
+    let unreadable = |e: axum::Error| ApiError::BadRequest(format!("unreadable request body: {e}"));
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(unreadable)?.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            let mut seen = buf.len() + data.len();
+            let drain = async {
+                while seen <= DRAIN_BYTES {
+                    match body.frame().await {
+                        Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+            return Err(too_large);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf)
 }
 
 fn computer_id(s: &str) -> ApiResult<ComputerId> {

@@ -307,7 +307,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             .post(format!("{}{path}", master.url))
             .header("content-type", "application/json")
             .send(body)
-            .expect("post");
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         let status = r.status().as_u16();
         (status, r.body_mut().read_to_string().unwrap_or_default())
     };
@@ -359,6 +359,47 @@ fn bad_input_is_refused_and_changes_nothing() {
     let unknown = c.instance(&InstanceTitle::parse("missing").expect("title"), None);
     assert_eq!(unknown.expect_err("unknown instance").status(), Some(404));
     assert_eq!(snapshot(), before, "a refused call changed the database");
+}
+
+/// A client that sends an over-limit body in pieces with pauses between them (as a slow
+/// uplink does) still reads the 413 and its JSON error: the server drains the rest of the
+/// body before answering instead of closing on a half-sent request (a broken pipe).
+#[test]
+fn oversized_body_from_a_slow_sender_gets_its_413() {
+    use std::io::{Read, Write};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(&tmp.path().join("master.db"));
+    let addr = master.url.trim_start_matches("http://");
+    let body = format!(
+        "{{\"title\":\"big\",\"software_url\":\"/x\",\"parameters\":{{\"p\":\"{}\"}}}}",
+        "x".repeat(3 << 20)
+    );
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(LONG)).expect("timeout");
+    write!(
+        s,
+        "POST /v1/instances HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("headers");
+    for (i, piece) in body.as_bytes().chunks(256 << 10).enumerate() {
+        s.write_all(piece)
+            .unwrap_or_else(|e| panic!("piece {i}: the server closed early: {e}"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let err: Value = serde_json::from_str(json).unwrap_or_else(|_| panic!("{answer}"));
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than")),
+        "{answer}"
+    );
 }
 
 /// `slapos-master standalone --example hello-web`: one process, master and node; the printed URL
