@@ -17,9 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State,
-};
+use axum::extract::{ConnectInfo, Extension, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -85,7 +83,6 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::slap::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), identify))
         .with_state(state)
 }
@@ -179,7 +176,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let bytes = read_capped(req.into_body(), MAX_BODY_BYTES).await?;
+        let bytes = read_capped(req.into_body()).await?;
         serde_json::from_slice(&bytes)
             .map(Body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
@@ -193,11 +190,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 const DRAIN_BYTES: usize = 16 * MAX_BODY_BYTES;
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 
-/// The request body, at most `limit` bytes; over the limit → [`ApiError::TooLarge`] after
-/// draining the rest (bounded by [`DRAIN_BYTES`] and [`DRAIN_FOR`]).
-async fn read_capped(mut body: axum::body::Body, limit: usize) -> ApiResult<Vec<u8>> {
+/// The request body, at most [`MAX_BODY_BYTES`]; over the limit → [`ApiError::TooLarge`]
+/// after draining the rest (bounded by [`DRAIN_BYTES`] and [`DRAIN_FOR`]). The native routes
+/// read bodies only through [`Body`], so this is their whole body limit (the SLAP routes set
+/// their own with `DefaultBodyLimit`).
+async fn read_capped(mut body: axum::body::Body) -> ApiResult<Vec<u8>> {
     use http_body_util::BodyExt;
 
+    let limit = MAX_BODY_BYTES;
     let too_large = ApiError::TooLarge { limit };
     let announced = http_body::Body::size_hint(&body).lower();
     if announced > DRAIN_BYTES as u64 {

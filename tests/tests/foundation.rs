@@ -274,6 +274,11 @@ fn broken_releases_do_not_poison_others() {
     assert!(show(&c, "bad-hash").connection.is_empty());
 }
 
+/// An instance request whose one parameter holds `len` bytes (over the 1 MiB body limit).
+fn oversized_request(len: usize) -> String {
+    json!({"title": "big", "software_url": "/x", "parameters": {"p": "x".repeat(len)}}).to_string()
+}
+
 /// Bad input to the real server gets a clear 4xx and changes nothing.
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
@@ -338,14 +343,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             json!({"id": "../etc", "partitions": []}).to_string(),
             400,
         ),
-        (
-            "/v1/instances",
-            format!(
-                "{{\"title\":\"big\",\"software_url\":\"/x\",\"parameters\":{{\"p\":\"{}\"}}}}",
-                "x".repeat(2 << 20)
-            ),
-            413,
-        ),
+        ("/v1/instances", oversized_request(2 << 20), 413),
     ];
     for (path, body, want) in cases {
         let (status, text) = post(path, &body);
@@ -371,10 +369,7 @@ fn oversized_body_from_a_slow_sender_gets_its_413() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let master = Master::start(&tmp.path().join("master.db"));
     let addr = master.url.trim_start_matches("http://");
-    let body = format!(
-        "{{\"title\":\"big\",\"software_url\":\"/x\",\"parameters\":{{\"p\":\"{}\"}}}}",
-        "x".repeat(3 << 20)
-    );
+    let body = oversized_request(3 << 20);
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(LONG)).expect("timeout");
     write!(
