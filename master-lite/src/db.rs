@@ -18,6 +18,9 @@ use crate::store::Store;
 /// Jobs waiting for the store at most.
 pub const QUEUE_DEPTH: usize = 256;
 
+/// How often the worker runs [`Store::maintain`] between jobs (and once when idle that long).
+pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
 
 /// Handle to the database worker; cheap to clone.
@@ -42,6 +45,7 @@ pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
         .name("master-db".into())
         .spawn(move || {
             let mut store = store;
+            let mut maintained = std::time::Instant::now();
             while let Some(job) = rx.blocking_recv() {
                 // A panicking job rolls its transaction back (the Transaction drops) and its
                 // caller gets an internal error; the worker keeps serving the others.
@@ -51,6 +55,10 @@ pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
                 }
                 for (computer, etag) in store.take_touched() {
                     hub.notify(&computer, etag);
+                }
+                if maintained.elapsed() >= MAINTAIN_EVERY {
+                    store.maintain();
+                    maintained = std::time::Instant::now();
                 }
             }
             drop(store); // closes the connection (checkpoints the WAL) before signalling

@@ -45,6 +45,16 @@ pub enum ApiError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The master's filesystem is full (its space reserve is used up too): 507. Nothing was
+    /// written; reads keep working.
+    #[error(
+        "the master's disk is full: nothing was written (while trying to {op}); free space on \
+         the filesystem of its database"
+    )]
+    DiskFull {
+        /// What the store was doing.
+        op: &'static str,
+    },
     /// Anything else that is the server's fault: 500, detail logged only.
     #[error("{0}")]
     Internal(String),
@@ -59,6 +69,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::NoAllocation(_) => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::Db { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +83,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::NoAllocation(_) => "no_allocation",
             Self::TooLarge { .. } => "too_large",
+            Self::DiskFull { .. } => "disk_full",
             Self::Db { .. } | Self::Internal(_) => "internal",
         }
     }
@@ -79,6 +91,7 @@ impl ApiError {
     /// The body clients see: internal details are replaced by a generic message.
     pub fn body(&self) -> ErrorBody {
         let error = match self {
+            Self::DiskFull { .. } => self.to_string(),
             Self::Db { .. } | Self::Internal(_) => {
                 "internal error; the master's log has the details".to_owned()
             }
@@ -94,7 +107,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if let Self::DiskFull { .. } = self {
+            tracing::error!(error = %self, "write refused: disk full");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "internal error answered with 500");
         } else {
             tracing::debug!(error = %self, %status, "request refused");
@@ -111,7 +126,13 @@ pub(crate) trait DbContext<T> {
 
 impl<T> DbContext<T> for Result<T, rusqlite::Error> {
     fn op(self, op: &'static str) -> Result<T, ApiError> {
-        self.map_err(|source| ApiError::Db { op, source })
+        self.map_err(|source| {
+            if crate::store::disk::is_disk_full(&source) {
+                ApiError::DiskFull { op }
+            } else {
+                ApiError::Db { op, source }
+            }
+        })
     }
 }
 
@@ -126,6 +147,34 @@ pub enum MasterError {
         /// SQLite error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The database's filesystem is full at start (a migration or the journal needs room).
+    #[error(
+        "cannot open the database {path}: its filesystem is full; free some space there and \
+         start again"
+    )]
+    DiskFull {
+        /// Database path.
+        path: PathBuf,
+    },
+    /// A database file or directory other users could read or change.
+    #[error("refusing to use {path}: {reason}")]
+    InsecureFile {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong and the command that fixes it.
+        reason: String,
+    },
+    /// A filesystem operation on the database's files failed.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A schema migration failed; the database is left at the previous version.
     #[error("failed to migrate the database {path} to schema version {version}: {source}")]

@@ -84,6 +84,12 @@ impl Master {
         Self::with_store(Store::open(path, now_ms())?)
     }
 
+    /// [`Master::open`], tightening loose database file modes instead of refusing them (for a
+    /// directory the master owns, e.g. `standalone`'s; see [`store::disk`]).
+    pub fn open_fixing_modes(path: &Path) -> Result<Self, MasterError> {
+        Self::with_store(Store::open_with(path, now_ms(), true)?)
+    }
+
     /// A master over an in-memory database (tests, throw-away setups).
     pub fn open_in_memory() -> Result<Self, MasterError> {
         Self::with_store(Store::open_in_memory(now_ms())?)

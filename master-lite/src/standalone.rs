@@ -1,8 +1,10 @@
 //! `slapos-master standalone`: the master with its embedded database **and** a local node in one
 //! process — the single-box "factory-in-a-box" default.
 //!
-//! Layout under `--dir`: `master.db` (the master's SQLite database) and the node's standalone
-//! layout (`software/`, `instance/`, `node-state/`, see `node_edge::Config::standalone`). Both
+//! Layout under `--dir`: `master/master.db` (the master's SQLite database, in a 0700 directory
+//! of its own: partition users reach `--dir` but never the database; a `master.db` left at the
+//! top by an older version is moved there) and the node's standalone layout (`software/`,
+//! `instance/`, `node-state/`, see `node_edge::Config::standalone`). Both
 //! halves are the production code paths: the node talks to the master over loopback HTTP exactly
 //! as a remote node would, so a standalone box can later be split into a master and nodes
 //! without changing anything but addresses.
@@ -123,8 +125,8 @@ pub async fn run(
             source,
         })?;
     let url = url_of(addr);
-    let db = dir.join("master.db");
-    let master = tokio::task::spawn_blocking(move || Master::open(&db))
+    let db = database_path(&dir)?;
+    let master = tokio::task::spawn_blocking(move || Master::open_fixing_modes(&db))
         .await
         .map_err(|e| MasterError::Worker(std::io::Error::other(e.to_string())))??;
 
@@ -158,6 +160,37 @@ pub async fn run(
     node?;
     master?;
     Ok(())
+}
+
+/// `<dir>/master/master.db`, its directory created 0700 (made 0700 if it exists); a database
+/// an older version kept at `<dir>/master.db` is moved there first, with its `-wal`/`-shm`.
+fn database_path(dir: &Path) -> Result<PathBuf, StandaloneError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| StandaloneError::Io { op, path, source }
+    };
+    let home = dir.join("master");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&home)
+        .map_err(io("create", &home))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("chmod 700", &home))?;
+    let db = home.join("master.db");
+    let old = dir.join("master.db");
+    if old.is_file() && !db.exists() {
+        for suffix in ["-wal", "-shm", ""] {
+            let from = PathBuf::from(format!("{}{suffix}", old.display()));
+            if from.exists() {
+                let to = PathBuf::from(format!("{}{suffix}", db.display()));
+                std::fs::rename(&from, &to).map_err(io("move", &from))?;
+            }
+        }
+        tracing::info!(from = %old.display(), to = %db.display(), "moved the database into its private directory");
+    }
+    Ok(db)
 }
 
 /// Supply and request an example on the local computer, then print where to open it.

@@ -6,6 +6,7 @@
 //! leaves nothing running.
 
 pub mod boards;
+pub mod loopfs;
 pub mod netns;
 pub mod tls;
 pub mod users;

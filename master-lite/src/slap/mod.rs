@@ -121,6 +121,10 @@ impl From<ApiError> for SlapError {
             ApiError::NoAllocation(_) => StatusCode::NOT_FOUND,
             other => other.status(),
         };
+        if let ApiError::DiskFull { .. } = e {
+            tracing::error!(error = %e, "SLAP call refused: disk full");
+            return SlapError(status, e.to_string());
+        }
         if status.is_server_error() {
             tracing::error!(error = %e, "internal error in a SLAP call");
             return SlapError(status, "Internal server error".into());

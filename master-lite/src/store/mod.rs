@@ -37,6 +37,7 @@
 //! * A root's state change (request or state route) is applied to its whole tree; a destroyed
 //!   child stays destroyed when the tree is started again.
 
+pub mod disk;
 mod identity;
 pub mod models;
 pub mod schema;
@@ -76,6 +77,7 @@ pub const MAX_LABEL_VALUE: usize = 256;
 pub struct Store {
     conn: Connection,
     touched: Vec<(ComputerId, u64)>,
+    reserve: disk::Reserve,
 }
 
 impl std::fmt::Debug for Store {
@@ -84,49 +86,85 @@ impl std::fmt::Debug for Store {
     }
 }
 
-impl Store {
-    /// Open (or create) the database file at `path`, configure it and migrate it.
-    pub fn open(path: &Path, now_ms: u64) -> std::result::Result<Self, MasterError> {
-        let conn = Connection::open(path).map_err(|source| MasterError::Open {
+/// A failed open: a full filesystem gets its own message.
+fn open_error(path: &Path, source: rusqlite::Error) -> MasterError {
+    if disk::is_disk_full(&source) {
+        MasterError::DiskFull {
+            path: path.to_owned(),
+        }
+    } else {
+        MasterError::Open {
             path: path.to_owned(),
             source,
-        })?;
-        Self::setup(conn, path, now_ms)
+        }
+    }
+}
+
+impl Store {
+    /// Open (or create) the database file at `path`, configure it and migrate it. Files the
+    /// group or others may read are refused ([`disk::prepare_files`]).
+    pub fn open(path: &Path, now_ms: u64) -> std::result::Result<Self, MasterError> {
+        Self::open_with(path, now_ms, false)
+    }
+
+    /// [`Store::open`]; with `fix_modes`, loose file modes are tightened to 0600 instead of
+    /// refused (for a directory the caller owns, such as `standalone`'s).
+    pub fn open_with(
+        path: &Path,
+        now_ms: u64,
+        fix_modes: bool,
+    ) -> std::result::Result<Self, MasterError> {
+        disk::prepare_files(path, fix_modes)?;
+        let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
+        Self::setup(conn, path, now_ms, Some(path.to_owned()))
     }
 
     /// A store in memory (tests, throw-away masters). Same code path as on disk.
     pub fn open_in_memory(now_ms: u64) -> std::result::Result<Self, MasterError> {
         let path = Path::new(":memory:");
-        let conn = Connection::open_in_memory().map_err(|source| MasterError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::setup(conn, path, now_ms)
+        let conn = Connection::open_in_memory().map_err(|source| open_error(path, source))?;
+        Self::setup(conn, path, now_ms, None)
     }
 
     fn setup(
         mut conn: Connection,
         path: &Path,
         now_ms: u64,
+        file: Option<PathBuf>,
     ) -> std::result::Result<Self, MasterError> {
         let cfg = |conn: &Connection| -> rusqlite::Result<()> {
             // WAL + FULL: see the module doc (Durability).
             let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
+            // No statement needs a temporary file (the reserve covers the database's own).
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             Ok(())
         };
-        cfg(&conn).map_err(|source| MasterError::Open {
-            path: PathBuf::from(path),
-            source,
-        })?;
+        cfg(&conn).map_err(|source| open_error(path, source))?;
         schema::migrate(&mut conn, path, now_ms)?;
-        Ok(Self {
+        let mut store = Self {
             conn,
             touched: Vec::new(),
-        })
+            reserve: disk::Reserve::new(file, disk::RESERVE_BYTES),
+        };
+        store.maintain();
+        Ok(store)
+    }
+
+    /// Housekeeping between calls (the database thread runs it now and then): refill the space
+    /// reserve ([`disk`]) while the filesystem has room. Failures are logged, never fatal.
+    pub fn maintain(&mut self) {
+        match self.reserve.top_up(&self.conn) {
+            Ok(held) if held < disk::RESERVE_BYTES / 2 => tracing::debug!(
+                held,
+                "database space reserve below half (its filesystem is short of space)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("failed to refill the database space reserve: {e}"),
+        }
     }
 
     /// Computers whose desired state changed in the transactions committed since the last call,

@@ -166,6 +166,15 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE partition ADD COLUMN interface TEXT;
     "#,
+    // 7: hardening (issues 19, 21). `space_reserve` is the scratch table through which the store
+    // keeps free pages for writes on a full disk (store::disk; always empty between calls).
+    // `local_uid`: the unix user a partition's processes run as, recorded only when its node
+    // registered over a loopback connection (same host), so that a plain-HTTP caller on that
+    // host with this uid acts as that partition and nothing more (docs/identity.md).
+    r#"
+    CREATE TABLE space_reserve (filler BLOB);
+    ALTER TABLE partition ADD COLUMN local_uid INTEGER;
+    "#,
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.
@@ -174,6 +183,14 @@ pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), Ma
     let open_err = |source| MasterError::Open {
         path: path.to_owned(),
         source,
+    };
+    let full = |e: MasterError| match e {
+        MasterError::Migrate { source, .. } if super::disk::is_disk_full(&source) => {
+            MasterError::DiskFull {
+                path: path.to_owned(),
+            }
+        }
+        other => other,
     };
     let found: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -192,8 +209,8 @@ pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), Ma
             version,
             source,
         };
-        let tx = conn.transaction().map_err(mig_err)?;
-        tx.execute_batch(sql).map_err(mig_err)?;
+        let tx = conn.transaction().map_err(mig_err).map_err(full)?;
+        tx.execute_batch(sql).map_err(mig_err).map_err(full)?;
         if version == 1 {
             let seed = i64::try_from(now_ms).unwrap_or(i64::MAX / 2);
             tx.execute("INSERT INTO meta (key, value) VALUES ('seq', ?1)", [seed])
@@ -201,7 +218,7 @@ pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), Ma
         }
         tx.pragma_update(None, "user_version", version)
             .map_err(mig_err)?;
-        tx.commit().map_err(mig_err)?;
+        tx.commit().map_err(mig_err).map_err(full)?;
     }
     Ok(())
 }
