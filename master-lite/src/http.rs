@@ -445,11 +445,6 @@ async fn bang(
 ) -> ApiResult<Response> {
     let (c, p) = (computer_id(&c)?, partition_id(&p)?);
     auth::allow(&who, Action::Partition(&c, &p))?;
-    if b.message.len() > 4096 {
-        return Err(ApiError::BadRequest(
-            "bang message must be at most 4096 bytes".into(),
-        ));
-    }
     let now = now_ms();
     st.db.call(move |s| s.bang(&c, &p, &b.message, now)).await?;
     Ok(empty_object())

@@ -35,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
 use slapos_client::Client;
+use slapos_proto::text::terminal_safe;
 use slapos_proto::{
     ComputerId, ComputerInfo, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params,
     SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState,
@@ -255,7 +256,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", terminal_safe(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }
@@ -671,7 +672,7 @@ fn request(
                 if json {
                     print_json(&info)?;
                 }
-                eprintln!(
+                let msg = format!(
                     "{}: connection parameters not published within {} s (state {}, {}); \
                      see `slapos-master show {:?}`",
                     info.title,
@@ -680,6 +681,7 @@ fn request(
                     reported(&info),
                     info.title.as_str()
                 );
+                eprintln!("{}", terminal_safe(&msg));
                 return Ok(ExitCode::from(2));
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -689,18 +691,18 @@ fn request(
     if json {
         print_json(&info)?;
     } else {
-        println!(
+        say(&format!(
             "{} on {}/{}: requested {}, {}",
             info.title,
             info.computer,
             info.partition,
             info.state.as_str(),
             reported(&info)
-        );
+        ));
         if info.connection.is_empty() {
-            println!("connection parameters: (not published yet)");
+            say("connection parameters: (not published yet)");
         } else {
-            println!("connection parameters:");
+            say("connection parameters:");
             print_params(&info.connection);
         }
     }
@@ -746,6 +748,12 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Print one line for a human: control characters in stored values (ESC, CR, …) are shown as
+/// escapes, never acted on by the terminal ([`slapos_proto::text::terminal_safe`]).
+fn say(line: &str) {
+    println!("{}", terminal_safe(line));
+}
+
 /// `started (rev 12)`, `error: …`, or `not reported yet`.
 fn reported(info: &InstanceInfo) -> String {
     match &info.reported {
@@ -769,6 +777,10 @@ fn reported(info: &InstanceInfo) -> String {
 
 /// Print rows as aligned columns (the first row is the header).
 fn table(rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| terminal_safe(c).into_owned()).collect())
+        .collect();
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n)
         .map(|i| {
@@ -778,19 +790,19 @@ fn table(rows: &[Vec<String>]) {
                 .unwrap_or(0)
         })
         .collect();
-    for r in rows {
+    for r in &rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        say(line.join("  ").trim_end());
     }
 }
 
 fn print_instances(list: &[InstanceInfo]) {
     if list.is_empty() {
-        println!("no instances");
+        say("no instances");
         return;
     }
     let mut rows = vec![
@@ -828,8 +840,8 @@ fn print_instances(list: &[InstanceInfo]) {
 fn print_params(p: &Params) {
     for (k, v) in p {
         match v {
-            serde_json::Value::String(s) => println!("  {k} = {s}"),
-            other => println!("  {k} = {other}"),
+            serde_json::Value::String(s) => say(&format!("  {k} = {s}")),
+            other => say(&format!("  {k} = {other}")),
         }
     }
 }
@@ -863,26 +875,26 @@ fn print_instance(i: &InstanceInfo) {
         ),
     ];
     for (k, v) in rows {
-        println!("{k:<13} {v}");
+        say(&format!("{k:<13} {v}"));
     }
-    println!("parameters:");
+    say("parameters:");
     print_params(&i.parameters);
-    println!("connection parameters:");
+    say("connection parameters:");
     print_params(&i.connection);
     if let Some(r) = &i.reported
         && !r.report.promises.is_empty()
     {
-        println!("promises:");
+        say("promises:");
         for p in &r.report.promises {
             let mark = if p.ok { "ok  " } else { "FAIL" };
-            println!("  {mark} {}: {}", p.name, p.message.trim());
+            say(&format!("  {mark} {}: {}", p.name, p.message.trim()));
         }
     }
 }
 
 fn print_computers(list: &[ComputerInfo]) {
     if list.is_empty() {
-        println!("no computers");
+        say("no computers");
         return;
     }
     let mut rows = vec![
@@ -913,12 +925,12 @@ fn print_computers(list: &[ComputerInfo]) {
 }
 
 fn print_computer(c: &ComputerInfo) {
-    println!("computer   {}", c.id);
-    println!("last seen  {}", ago(c.last_seen_ms));
+    say(&format!("computer   {}", c.id));
+    say(&format!("last seen  {}", ago(c.last_seen_ms)));
     for (k, v) in &c.labels {
-        println!("label      {k}={v}");
+        say(&format!("label      {k}={v}"));
     }
-    println!("releases:");
+    say("releases:");
     let mut rows = vec![["URL", "REQUESTED", "INSTALL"].map(String::from).to_vec()];
     for s in &c.software {
         let install = match &s.install {
@@ -941,7 +953,7 @@ fn print_computer(c: &ComputerInfo) {
         rows.push(vec![s.url.to_string(), requested.to_owned(), install]);
     }
     table(&rows);
-    println!("partitions:");
+    say("partitions:");
     let mut rows = vec![
         ["PARTITION", "INSTANCE", "ADDRESSES"]
             .map(String::from)

@@ -158,3 +158,69 @@ fn client_commands_report_an_unreachable_master() {
         text(&out.stderr)
     );
 }
+
+/// What a requester or a partition stored (CR, LF, C1 controls, bidirectional overrides) is
+/// shown as escapes by `show` and `list`, never acted on by the operator's terminal (issue 21,
+/// item 7); what XML cannot carry (ESC) is refused before it is stored.
+#[test]
+fn stored_values_cannot_drive_the_operators_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("master.db"));
+    let c = server.client();
+    c.register(&registration("C1", &["slappart0"])).unwrap();
+    let out = server.cli(&["supply", SR, "--computer", "C1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hostile = "ok\rFAKE LINE\n\u{9b}2J\u{202e}txet\u{7f}";
+    c.register(&registration("C1", &["slappart0", "slappart1"]))
+        .unwrap();
+    // A title may hold any printable text, a bidirectional override included.
+    let out = server.cli(&["request", "t\u{202e}x", SR]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = server.cli(&["request", "term", SR, "--param", &format!("p={hostile}")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let term = c.instance(&title("term"), None).unwrap();
+    c.publish_connection(
+        &cid("C1"),
+        &term.partition,
+        &ConnectionPublish {
+            parameters: serde_json::from_value(serde_json::json!({ "url": hostile })).unwrap(),
+        },
+    )
+    .unwrap();
+    for args in [
+        &["show", "term"][..],
+        &["list"][..],
+        &["computer", "C1"][..],
+    ] {
+        let out = server.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let shown = text(&out.stdout);
+        for raw in ['\r', '\u{9b}', '\u{202e}', '\u{7f}', '\u{1b}'] {
+            assert!(
+                !shown.contains(raw),
+                "{args:?} printed {raw:?} raw: {shown:?}"
+            );
+        }
+        if args[0] == "show" {
+            let escaped = r"ok\rFAKE LINE\n\u{9b}2J\u{202e}txet\u{7f}";
+            assert_eq!(
+                shown.matches(escaped).count(),
+                2,
+                "parameter and connection: {shown}"
+            );
+        }
+    }
+    // ESC cannot even be stored.
+    let out = server.cli(&["request", "esc", SR, "--param", "p=\u{1b}[31m"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("U+001B"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains('\u{1b}'),
+        "the error itself is escaped"
+    );
+    server.stop();
+}

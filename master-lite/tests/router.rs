@@ -736,3 +736,110 @@ async fn shutdown_ends_waiting_polls_and_closes_the_database() {
     let list = m.state().db.call(|s| s.computers()).await.unwrap();
     assert_eq!(list.len(), 1);
 }
+
+/// Text the SLAP wire (XML 1.0) cannot carry is refused at the door on every native write,
+/// reports are kept with it replaced, and a value stored before the check existed cannot make
+/// a SLAP read of its computer fail (issue 19, item 5).
+#[tokio::test]
+async fn control_characters_are_refused_at_the_door_and_never_break_slap_reads() {
+    let env = Env::new();
+    env.ready(2).await;
+    let (s, b) = env
+        .post("/v1/instances", json!({"title": "ok", "software_url": SR}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let before = env.dump();
+    for (what, uri, body) in [
+        (
+            "NUL in a parameter",
+            "/v1/instances",
+            json!({"title": "nul", "software_url": SR, "parameters": {"a": "x\u{0}y"}}),
+        ),
+        (
+            "U+0001 deep in a parameter",
+            "/v1/instances",
+            json!({"title": "soh", "software_url": SR, "parameters": {"a": {"b": ["\u{1}"]}}}),
+        ),
+        (
+            "U+FFFF in a parameter key",
+            "/v1/instances",
+            json!({"title": "key", "software_url": SR, "parameters": {"\u{ffff}": "v"}}),
+        ),
+        (
+            "U+0001 in a connection parameter",
+            "/v1/computers/C1/partitions/slappart0/connection",
+            json!({"parameters": {"url": "http://x/\u{1}"}}),
+        ),
+        (
+            "NUL in a bang",
+            "/v1/computers/C1/partitions/slappart0/bang",
+            json!({"message": "a\u{0}b"}),
+        ),
+        (
+            "NUL in an interface",
+            "/v1/computers",
+            json!({"id": "C1", "partitions": [{"id": "slappart0", "interface": "eth\u{0}"}]}),
+        ),
+        (
+            "a 10k-character interface",
+            "/v1/computers",
+            json!({"id": "C1", "partitions": [{"id": "slappart0", "interface": "e".repeat(10_000)}]}),
+        ),
+    ] {
+        let (s, b) = env.post(uri, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {b}");
+        assert_eq!(
+            env.dump(),
+            before,
+            "{what}: a refused call changed something"
+        );
+    }
+    let (s, b) = env
+        .post(
+            "/v1/computers/C1/software/report",
+            json!({"url": SR, "state": "error", "message": format!("bad\u{0}{}", "x".repeat(100_000))}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart0/report",
+            json!({"state": "started", "revision": 1,
+                   "promises": [{"name": "p\u{1}", "ok": false, "message": "out\u{0}put", "at_ms": 1}],
+                   "error": "e\u{b}rr"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, c) = env.get("/v1/computers/C1").await;
+    let msg = c["software"][0]["install"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("bad\u{fffd}") && msg.len() <= 4096 + 3,
+        "{}",
+        msg.len()
+    );
+    let (_, i) = env.get("/v1/instances/ok").await;
+    assert_eq!(i["reported"]["promises"][0]["message"], "out\u{fffd}put");
+    assert_eq!(i["reported"]["error"], "e\u{fffd}rr");
+
+    // A value stored before the door was guarded (written behind the API's back).
+    let conn = rusqlite::Connection::open(&env.db).unwrap();
+    conn.execute(
+        "UPDATE instance SET parameters = ?1, connection = ?1 WHERE title = 'ok'",
+        [r#"{"a": "x\u0000y", "k\u0001": "v"}"#],
+    )
+    .unwrap();
+    drop(conn);
+    for uri in [
+        "/getFullComputerInformation?computer_id=C1",
+        "/registerComputerPartition?computer_reference=C1&computer_partition_reference=slappart0",
+    ] {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let (s, _, body) = respond(env.router.clone(), req).await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(s, StatusCode::OK, "{uri}: {text}");
+        assert!(
+            text.contains("x\u{fffd}y") || text.contains("x&#65533;y"),
+            "{uri}: {text}"
+        );
+    }
+}

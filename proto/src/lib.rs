@@ -14,6 +14,7 @@
 pub mod api;
 pub mod ids;
 pub mod slap;
+pub mod text;
 
 pub use api::*;
 pub use ids::*;

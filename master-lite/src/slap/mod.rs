@@ -163,8 +163,19 @@ fn text(body: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// The answer as xml_marshaller text. Stored data that XML cannot carry (kept from before the
+/// API refused it) is cleaned rather than failing the whole read.
 fn marshal(v: &Value) -> SlapResult {
-    wire::dumps(v).map(text).map_err(server_error)
+    match wire::dumps(v) {
+        Ok(t) => Ok(text(t)),
+        Err(wire::EncodeError::InvalidChar { .. }) => {
+            tracing::warn!("stored text XML cannot carry was replaced by U+FFFD in a SLAP answer");
+            wire::dumps(&xml_safe_value(v))
+                .map(text)
+                .map_err(server_error)
+        }
+        Err(e) => Err(server_error(e)),
+    }
 }
 
 type Fields = Vec<(String, String)>;
@@ -262,18 +273,48 @@ pub fn timestamp(revision: i64) -> String {
 }
 
 /// Stored JSON parameters as `xml2dict` would give them back: strings, `None` for empty.
+///
+/// Texts XML cannot carry (stored before the API refused them) are replaced by U+FFFD, so a
+/// stored value can never make a SLAP read fail.
 pub fn param_dict(p: &Params) -> ParamDict {
+    let safe = |s: &str| slapos_proto::text::xml_safe(s, usize::MAX).into_owned();
     p.iter()
         .map(|(k, v)| {
             let s = match v {
                 Json::Null => None,
                 Json::String(s) if s.is_empty() => None,
-                Json::String(s) => Some(s.clone()),
-                other => Some(wire::pyrepr::py_str_json(other)),
+                Json::String(s) => Some(safe(s)),
+                other => Some(safe(&wire::pyrepr::py_str_json(other))),
             };
-            (k.clone(), s)
+            (safe(k), s)
         })
         .collect()
+}
+
+/// `v` with every string XML cannot carry cleaned ([`slapos_proto::text::xml_safe`]).
+fn xml_safe_value(v: &Value) -> Value {
+    let safe = |s: &str| slapos_proto::text::xml_safe(s, usize::MAX).into_owned();
+    let all = |l: &[Value]| l.iter().map(xml_safe_value).collect();
+    match v {
+        Value::String(s) => Value::String(safe(s)),
+        Value::List(l) => Value::List(all(l)),
+        Value::Tuple(l) => Value::Tuple(all(l)),
+        Value::Set(l) => Value::Set(all(l)),
+        Value::Dict(d) => Value::Dict(
+            d.iter()
+                .map(|(k, v)| (xml_safe_value(k), xml_safe_value(v)))
+                .collect(),
+        ),
+        Value::Object(o) => {
+            let mut o = o.clone();
+            o.initargs = all(&o.initargs);
+            for v in o.state.values_mut() {
+                *v = xml_safe_value(v);
+            }
+            Value::Object(o)
+        }
+        other => other.clone(),
+    }
 }
 
 /// Instance XML (what slapproxy stores) to our JSON parameters.

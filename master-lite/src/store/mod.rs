@@ -73,6 +73,56 @@ pub type Result<T> = std::result::Result<T, ApiError>;
 /// Longest label value accepted at registration (bytes).
 pub const MAX_LABEL_VALUE: usize = 256;
 
+/// Longest error text kept from a node's report (install error with its log tail, a
+/// partition's error), bytes; longer ones are cut.
+pub const MAX_REPORT_ERROR: usize = 4096;
+
+/// Longest promise message kept from a report (bytes).
+pub const MAX_PROMISE_MESSAGE: usize = 1024;
+
+/// Most promise results kept from one report.
+pub const MAX_PROMISES: usize = 256;
+
+/// Longest interface name accepted at registration (bytes).
+pub const MAX_INTERFACE: usize = 64;
+
+/// The first `max` bytes of `s` (at a character boundary), for error messages.
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    slapos_proto::text::xml_safe(s, max).into_owned()
+}
+
+/// Longest bang message (bytes).
+pub const MAX_BANG: usize = 4096;
+
+/// What callers send must be storable and readable on every wire ([`slapos_proto::text`]).
+fn storable(r: std::result::Result<(), slapos_proto::text::TextError>) -> Result<()> {
+    r.map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// A node's report as stored: texts the SLAP wire cannot carry replaced, lengths capped.
+fn clean_report(rep: &PartitionReport) -> PartitionReport {
+    use slapos_proto::text::xml_safe;
+    PartitionReport {
+        state: rep.state,
+        revision: rep.revision,
+        promises: rep
+            .promises
+            .iter()
+            .take(MAX_PROMISES)
+            .map(|p| slapos_proto::PromiseResult {
+                name: xml_safe(&p.name, 128).into_owned(),
+                ok: p.ok,
+                message: xml_safe(&p.message, MAX_PROMISE_MESSAGE).into_owned(),
+                at_ms: p.at_ms,
+            })
+            .collect(),
+        error: rep
+            .error
+            .as_deref()
+            .map(|e| xml_safe(e, MAX_REPORT_ERROR).into_owned()),
+    }
+}
+
 /// The master's database.
 pub struct Store {
     conn: Connection,
@@ -332,7 +382,9 @@ impl Store {
                     cs,
                     url,
                     install_state_str(rep.state),
-                    rep.message,
+                    rep.message
+                        .as_deref()
+                        .map(|m| slapos_proto::text::xml_safe(m, MAX_REPORT_ERROR)),
                     ms(now_ms),
                     rep.parameter_model,
                 ],
@@ -463,7 +515,7 @@ impl Store {
             )));
         };
         let status = ReportedStatus {
-            report: rep.clone(),
+            report: clean_report(rep),
             at_ms: now_ms,
         };
         tx.exec(
@@ -508,6 +560,10 @@ impl Store {
         params: &Params,
         now_ms: u64,
     ) -> Result<()> {
+        storable(slapos_proto::text::check_params(
+            "connection parameters",
+            params,
+        ))?;
         let mut tx = self.write()?;
         let (cs, ps) = (c.as_str(), p.as_str());
         let inst = allocated_instance(&tx, cs, ps, "publish connection parameters")?;
@@ -534,6 +590,12 @@ impl Store {
         message: &str,
         now_ms: u64,
     ) -> Result<usize> {
+        if message.len() > MAX_BANG {
+            return Err(ApiError::BadRequest(format!(
+                "bang message must be at most {MAX_BANG} bytes"
+            )));
+        }
+        storable(slapos_proto::text::check_text("the bang message", message))?;
         let mut tx = self.write()?;
         let (cs, ps) = (c.as_str(), p.as_str());
         let inst = allocated_instance(&tx, cs, ps, "bang")?;
@@ -594,6 +656,10 @@ impl Store {
         rules: RequestRules,
     ) -> Result<InstanceInfo> {
         let sla = Sla::parse(&req.sla)?;
+        storable(slapos_proto::text::check_params(
+            "instance parameters",
+            &req.parameters,
+        ))?;
         let mut tx = self.write()?;
         if req.state != Some(InstanceState::Destroyed) {
             let url = req.software_url.as_str();
@@ -1734,6 +1800,18 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
                     p.id
                 )));
             }
+        }
+        if let Some(i) = &p.interface
+            && (i.is_empty()
+                || i.len() > MAX_INTERFACE
+                || !i.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "interface {:?} of partition {} must be 1 to {MAX_INTERFACE} printable ASCII \
+                 characters without spaces or '/'",
+                slapos_proto::text::terminal_safe(&crate::store::cut(i, 80)),
+                p.id
+            )));
         }
     }
     for (k, v) in &reg.labels {
