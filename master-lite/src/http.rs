@@ -359,9 +359,9 @@ async fn desired(
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before the first read, so a change committed in between still wakes us.
-    // Past MAX_WAITING_POLLS, answer at once (the node polls again).
+    // Past the hub's bounds, answer at once (the node polls again).
     let slot = if q.etag.is_some() && !wait.is_zero() {
-        st.hub.poll_slot()
+        st.hub.poll_slot(&c, &who)
     } else {
         None
     };

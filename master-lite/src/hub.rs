@@ -6,8 +6,12 @@
 //! the first waiting poll and dropped when a change finds nobody waiting, so their number stays
 //! bounded by the number of known computers with a connected node.
 //!
-//! The number of polls held at once is bounded ([`MAX_WAITING_POLLS`]); past it, a poll is
-//! answered at once, and the node simply polls again.
+//! The number of polls held at once is bounded three ways, so that no caller can starve the
+//! others: per computer ([`MAX_POLLS_PER_COMPUTER`]: its node holds one, a few more cover a
+//! restart's overlap), per caller identity ([`MAX_POLLS_PER_IDENTITY`]: an admin or the local
+//! operator may watch many computers, not hold thousands of polls) and in all
+//! ([`MAX_WAITING_POLLS`]: memory). Past a bound, a poll is answered at once, and the node
+//! simply polls again.
 //!
 //! `last_seen` of a desired-state read is kept here, in memory, rather than written to the
 //! database: a read must not cost an fsync. Write calls of the node record it durably.
@@ -15,11 +19,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::auth::Identity;
+
 use slapos_proto::ComputerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Long polls held at once, at most.
-pub const MAX_WAITING_POLLS: usize = 4096;
+pub const MAX_WAITING_POLLS: usize = 16_384;
+
+/// Long polls held at once on one computer's desired state.
+pub const MAX_POLLS_PER_COMPUTER: usize = 8;
+
+/// Long polls held at once by one caller identity (over all computers it may read).
+pub const MAX_POLLS_PER_IDENTITY: usize = 64;
 
 /// Shared between the database worker and the handlers.
 #[derive(Debug)]
@@ -28,6 +40,41 @@ pub struct Hub {
     seen: Mutex<HashMap<ComputerId, u64>>,
     shutdown: watch::Sender<bool>,
     polls: Arc<Semaphore>,
+    held: Arc<Mutex<Held>>,
+}
+
+/// Polls held per computer and per identity.
+#[derive(Debug, Default)]
+struct Held {
+    computers: HashMap<ComputerId, usize>,
+    identities: HashMap<String, usize>,
+}
+
+/// One held long poll; its place is given back when dropped.
+#[derive(Debug)]
+pub struct PollSlot {
+    _global: OwnedSemaphorePermit,
+    held: Arc<Mutex<Held>>,
+    computer: ComputerId,
+    identity: String,
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        let mut h = lock(&self.held);
+        release(&mut h.computers, &self.computer);
+        release(&mut h.identities, &self.identity);
+    }
+}
+
+/// Count one holder of `k` out; the entry goes with its last holder.
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
+    if let Some(n) = map.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(k);
+        }
+    }
 }
 
 impl Default for Hub {
@@ -37,6 +84,7 @@ impl Default for Hub {
             seen: Mutex::default(),
             shutdown: watch::Sender::new(false),
             polls: Arc::new(Semaphore::new(MAX_WAITING_POLLS)),
+            held: Arc::default(),
         }
     }
 }
@@ -75,9 +123,31 @@ impl Hub {
         lock(&self.computers).len()
     }
 
-    /// A slot for one waiting poll, or `None` when [`MAX_WAITING_POLLS`] are held.
-    pub fn poll_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.polls.clone().try_acquire_owned().ok()
+    /// A slot for one poll of `c`'s desired state held by `who`, or `None` when `c`, `who` or
+    /// the master already hold their most (see the module doc). A computer's own node polls as
+    /// that computer, so the identity bound applies to the other callers only.
+    pub fn poll_slot(&self, c: &ComputerId, who: &Identity) -> Option<PollSlot> {
+        let identity = match who {
+            Identity::Computer(_) => String::new(),
+            other => other.to_string(),
+        };
+        let mut h = lock(&self.held);
+        let on_computer = h.computers.get(c).copied().unwrap_or(0);
+        let by_identity = h.identities.get(&identity).copied().unwrap_or(0);
+        if on_computer >= MAX_POLLS_PER_COMPUTER
+            || (!identity.is_empty() && by_identity >= MAX_POLLS_PER_IDENTITY)
+        {
+            return None;
+        }
+        let global = self.polls.clone().try_acquire_owned().ok()?;
+        *h.computers.entry(c.clone()).or_default() += 1;
+        *h.identities.entry(identity.clone()).or_default() += 1;
+        Some(PollSlot {
+            _global: global,
+            held: self.held.clone(),
+            computer: c.clone(),
+            identity,
+        })
     }
 
     /// Record a read of `c`'s desired state at `now_ms`.
@@ -131,13 +201,41 @@ mod tests {
     }
 
     #[test]
-    fn poll_slots_are_bounded() {
+    fn poll_slots_are_bounded_per_computer_identity_and_in_all() {
         let hub = Hub::default();
-        let held: Vec<_> = (0..MAX_WAITING_POLLS)
-            .map(|_| hub.poll_slot().unwrap())
+        let c = |i: usize| ComputerId::parse(&format!("COMP-{i}")).unwrap();
+        let node = |i: usize| Identity::Computer(c(i));
+        // A computer holding its most does not starve another one.
+        let own: Vec<_> = (0..MAX_POLLS_PER_COMPUTER)
+            .map(|_| hub.poll_slot(&c(0), &node(0)).unwrap())
             .collect();
-        assert!(hub.poll_slot().is_none());
-        drop(held);
-        assert!(hub.poll_slot().is_some());
+        assert!(hub.poll_slot(&c(0), &node(0)).is_none());
+        assert!(hub.poll_slot(&c(0), &Identity::Local).is_none());
+        assert!(hub.poll_slot(&c(1), &node(1)).is_some());
+        drop(own);
+        assert!(hub.poll_slot(&c(0), &node(0)).is_some());
+        // One identity watching many computers is bounded too.
+        let admin = Identity::Local;
+        let watched: Vec<_> = (0..MAX_POLLS_PER_IDENTITY)
+            .map(|i| hub.poll_slot(&c(100 + i), &admin).unwrap())
+            .collect();
+        assert!(hub.poll_slot(&c(99), &admin).is_none());
+        assert!(hub.poll_slot(&c(99), &node(99)).is_some());
+        drop(watched);
+        assert_eq!(
+            lock(&hub.held).identities.len(),
+            0,
+            "entries go with their holders"
+        );
+        // And all polls together.
+        let all: Vec<_> = (0..MAX_WAITING_POLLS)
+            .map(|i| hub.poll_slot(&c(i), &node(i)).unwrap())
+            .collect();
+        assert!(
+            hub.poll_slot(&c(MAX_WAITING_POLLS), &node(MAX_WAITING_POLLS))
+                .is_none()
+        );
+        drop(all);
+        assert!(hub.poll_slot(&c(0), &node(0)).is_some());
     }
 }
