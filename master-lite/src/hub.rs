@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn poll_slots_are_bounded_per_computer_identity_and_in_all() {
         let hub = Hub::default();
-        let c = |i: usize| ComputerId::parse(&format!("COMP-{i}")).unwrap();
+        let c = |i: usize| ComputerId::parse(format!("COMP-{i}")).unwrap();
         let node = |i: usize| Identity::Computer(c(i));
         // A computer holding its most does not starve another one.
         let own: Vec<_> = (0..MAX_POLLS_PER_COMPUTER)
