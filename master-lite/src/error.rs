@@ -36,6 +36,12 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request body did not arrive in time: 408.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    /// The master is saturated (e.g. too many large bodies at once): 503, retry.
+    #[error("{0}")]
+    Busy(String),
     /// A database operation failed: 500, detail logged only.
     #[error("database error while trying to {op}: {source}")]
     Db {
@@ -70,6 +76,8 @@ impl ApiError {
             Self::Conflict(_) | Self::NoAllocation(_) => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Db { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +92,8 @@ impl ApiError {
             Self::NoAllocation(_) => "no_allocation",
             Self::TooLarge { .. } => "too_large",
             Self::DiskFull { .. } => "disk_full",
+            Self::BodyTimeout(_) => "timeout",
+            Self::Busy(_) => "busy",
             Self::Db { .. } | Self::Internal(_) => "internal",
         }
     }
@@ -91,7 +101,7 @@ impl ApiError {
     /// The body clients see: internal details are replaced by a generic message.
     pub fn body(&self) -> ErrorBody {
         let error = match self {
-            Self::DiskFull { .. } => self.to_string(),
+            Self::DiskFull { .. } | Self::Busy(_) => self.to_string(),
             Self::Db { .. } | Self::Internal(_) => {
                 "internal error; the master's log has the details".to_owned()
             }
@@ -107,8 +117,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::DiskFull { .. } = self {
-            tracing::error!(error = %self, "write refused: disk full");
+        if let Self::DiskFull { .. } | Self::Busy(_) = self {
+            tracing::warn!(error = %self, %status, "request refused: resources exhausted");
         } else if status.is_server_error() {
             tracing::error!(error = %self, "internal error answered with 500");
         } else {

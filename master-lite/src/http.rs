@@ -12,6 +12,7 @@
 //! Over TLS, a connection without a client certificate reaches `POST /v1/enroll` only; the SLAP
 //! routes (`crate::slap`) authorize each call with the same [`auth::allow`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,9 +37,10 @@ use crate::auth::{self, Action, Identity, InstanceFacts};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::local::{LocalTrust, describe_uid};
 use crate::pki::Ca;
+use crate::server::{Peer, Transport};
 use crate::store::{CertificateRow, RequestRules};
-use crate::tls::Peer;
 
 /// What every handler shares: the database worker and the long-poll hub.
 #[derive(Clone, Debug)]
@@ -52,7 +54,16 @@ pub struct AppState {
     /// The certificate authority, when the master serves mTLS (enrollment, partition
     /// certificates).
     pub ca: Option<Arc<Ca>>,
+    /// Who local plain-HTTP callers are.
+    pub local: LocalTrust,
+    /// Bytes of request bodies being received at once, over all requests.
+    pub bodies: BodyBudget,
 }
+
+/// The connection a request came on is from this host (plain HTTP with a known client uid, or
+/// an in-process call): set by `identify`, read by `register` (local uids of partitions).
+#[derive(Clone, Copy, Debug)]
+pub struct FromThisHost(pub bool);
 
 /// The native API router.
 pub fn app(state: AppState) -> Router {
@@ -83,6 +94,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::slap::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
+        .layer(middleware::from_fn_with_state(state.clone(), body_gate))
         .layer(middleware::from_fn_with_state(state.clone(), identify))
         .with_state(state)
 }
@@ -96,9 +108,17 @@ async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .map(|ConnectInfo(p)| p.clone());
+    let here = peer.as_ref().is_none_or(|p| p.local_uid().is_some());
+    let plain = !peer
+        .as_ref()
+        .is_some_and(|p| matches!(p.transport, Transport::Tls { .. }));
     let (who, checked) = match peer {
+        // An in-process call of the router (standalone's own calls, tests).
         None => (Identity::Local, Ok(())),
-        Some(peer) => match peer.cert {
+        Some(Peer {
+            transport: Transport::Tls { cert },
+            ..
+        }) => match cert {
             None => (Identity::Anonymous, Ok(())),
             Some(Err(reason)) => (
                 Identity::Anonymous,
@@ -111,19 +131,46 @@ async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> R
                 (id, checked)
             }
         },
-    };
-    let checked = checked.and_then(|()| {
-        if who == Identity::Anonymous && path != ENROLL_ROUTE {
-            Err(ApiError::Forbidden(
-                "a connection without a client certificate may only enroll".into(),
-            ))
-        } else {
-            Ok(())
+        Some(Peer {
+            transport: Transport::Plain {
+                local_uid: Some(uid),
+            },
+            ..
+        }) => local_identity(&st, uid).await,
+        Some(Peer {
+            transport: Transport::Plain { local_uid: None },
+            addr,
+        }) => {
+            if addr.ip().to_canonical().is_loopback() {
+                // On this host, yet its owner could not be looked up: never trusted.
+                (
+                    Identity::Anonymous,
+                    Err(ApiError::Forbidden(
+                        "the owner of this loopback connection could not be determined".into(),
+                    )),
+                )
+            } else {
+                // Another host over plain HTTP: only reachable with --allow-plain-http, by
+                // which the operator trusts that network.
+                (Identity::Local, Ok(()))
+            }
         }
-    });
+    };
+    let checked = match &who {
+        // Health is public on the plain listener, whoever asks.
+        Identity::Anonymous if plain && path == "/v1/health" => Ok(()),
+        Identity::Anonymous if plain => checked.and(Err(ApiError::Forbidden(
+            "an unidentified local caller may only read /v1/health".into(),
+        ))),
+        Identity::Anonymous if path != ENROLL_ROUTE => checked.and(Err(ApiError::Forbidden(
+            "a connection without a client certificate may only enroll".into(),
+        ))),
+        _ => checked,
+    };
     let resp = match checked {
         Ok(()) => {
             req.extensions_mut().insert(who.clone());
+            req.extensions_mut().insert(FromThisHost(here));
             next.run(req).await
         }
         Err(e) => e.into_response(),
@@ -132,6 +179,36 @@ async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> R
         tracing::warn!(identity = %who, %method, %path, "access denied");
     }
     resp
+}
+
+/// The identity of a plain-HTTP caller on this host running as `uid`: the operator, the
+/// partition its node registered with that uid, or nobody (with the reason).
+async fn local_identity(st: &AppState, uid: u32) -> (Identity, ApiResult<()>) {
+    if st.local.is_operator(uid) {
+        return (Identity::Local, Ok(()));
+    }
+    match st.db.call(move |s| s.partition_of_local_uid(uid)).await {
+        Ok(Some(p)) => (Identity::Partition(p), Ok(())),
+        Ok(None) => {
+            let operators: Vec<String> = st
+                .local
+                .operators()
+                .iter()
+                .map(|u| describe_uid(*u))
+                .collect();
+            (
+                Identity::Anonymous,
+                Err(ApiError::Forbidden(format!(
+                    "local user {} is neither this master's operator (uid {}) nor the user of a \
+                     partition: run the command as the operator, or use a certificate over \
+                     TLS (docs/identity.md)",
+                    describe_uid(uid),
+                    operators.join(", ")
+                ))),
+            )
+        }
+        Err(e) => (Identity::Anonymous, Err(e)),
+    }
 }
 
 /// The certificate with `serial` was issued by this master to `id` and is not revoked.
@@ -203,7 +280,14 @@ async fn read_capped(mut body: axum::body::Body) -> ApiResult<Vec<u8>> {
     if announced > DRAIN_BYTES as u64 {
         return Err(too_large);
     }
-    let unreadable = |e: axum::Error| ApiError::BadRequest(format!("unreadable request body: {e}"));
+    let unreadable = |e: axum::Error| {
+        if let Some(t) = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<BodyTimeout>())
+        {
+            ApiError::BodyTimeout(t.0)
+        } else {
+            ApiError::BadRequest(format!("unreadable request body: {e}"))
+        }
+    };
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(unreadable)?.into_data() else {
@@ -225,6 +309,118 @@ async fn read_capped(mut body: axum::body::Body) -> ApiResult<Vec<u8>> {
         buf.extend_from_slice(&data);
     }
     Ok(buf)
+}
+
+/// Bytes of request bodies the master receives at once, over all requests ([`body_gate`]).
+pub const BODY_BUDGET: usize = 128 << 20;
+
+/// The shared budget of body bytes in flight, counted in KiB.
+#[derive(Clone, Debug)]
+pub struct BodyBudget(Arc<tokio::sync::Semaphore>);
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self::new(BODY_BUDGET)
+    }
+}
+
+impl BodyBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(bytes.div_ceil(1024))))
+    }
+
+    /// KiB left (tests).
+    pub fn available_kib(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+/// Every body has at least this long to arrive, plus [`BODY_MIN_RATE`] for its size.
+pub const BODY_BASE_TIME: Duration = Duration::from_secs(10);
+/// Slowest body upload accepted (bytes per second): an edge uplink, not a trickle.
+pub const BODY_MIN_RATE: u64 = 64 << 10;
+
+/// Before a handler reads a body: reserve its size (announced, else the route's limit) in the
+/// shared [`BodyBudget`] (none left: 503, retry), and give it a deadline
+/// ([`BODY_BASE_TIME`] + size / [`BODY_MIN_RATE`]; missed: the read fails with 408). So parallel
+/// large bodies cannot exhaust memory and a client trickling a body cannot hold its request
+/// forever. The reservation is held until the handler answered.
+async fn body_gate(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let native = req.uri().path().starts_with("/v1/");
+    let limit = if native {
+        MAX_BODY_BYTES
+    } else {
+        crate::slap::SLAP_BODY_LIMIT
+    };
+    let hint = http_body::Body::size_hint(req.body());
+    if hint.upper() == Some(0) {
+        return next.run(req).await;
+    }
+    let need = usize::try_from(hint.lower())
+        .unwrap_or(usize::MAX)
+        .max(hint.upper().map_or(limit, |_| 0))
+        .min(limit)
+        .max(1);
+    let kib = u32::try_from(need.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Ok(permit) = st.bodies.0.clone().try_acquire_many_owned(kib) else {
+        let msg = "the master is receiving too many large requests at once; retry in a moment";
+        tracing::warn!(path = %req.uri().path(), need, "request body refused: body budget exhausted");
+        let mut resp = if native {
+            ApiError::Busy(msg.into()).into_response()
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
+        };
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    let deadline = BODY_BASE_TIME + Duration::from_secs(need as u64 / BODY_MIN_RATE);
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(TimedBody {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep(deadline)),
+        deadline,
+    });
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    drop(permit);
+    resp
+}
+
+/// A request body that fails with [`BodyTimeout`] once its deadline passed.
+struct TimedBody {
+    inner: axum::body::Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    deadline: Duration,
+}
+
+/// A request body did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+impl http_body::Body for TimedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            let err = axum::Error::new(BodyTimeout(self.deadline));
+            return std::task::Poll::Ready(Some(Err(err)));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn computer_id(s: &str) -> ApiResult<ComputerId> {
@@ -282,12 +478,16 @@ async fn bad_method(method: Method, uri: Uri) -> Response {
 async fn register(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
+    Extension(FromThisHost(here)): Extension<FromThisHost>,
     Body(reg): Body<RegisterComputer>,
 ) -> ApiResult<Response> {
     auth::allow(&who, Action::Register(&reg.id))?;
     let now = now_ms();
     let id = reg.id.clone();
-    let mut info = st.db.call(move |s| s.register(&reg, now)).await?;
+    let mut info = st
+        .db
+        .call(move |s| s.register_with(&reg, now, here))
+        .await?;
     st.hub.saw(&id, now);
     info.last_seen_ms = info.last_seen_ms.max(st.hub.last_seen(&id));
     Ok(axum::Json(info).into_response())

@@ -49,7 +49,9 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod local;
 pub mod pki;
+pub mod server;
 pub mod slap;
 pub mod standalone;
 pub mod store;
@@ -76,6 +78,7 @@ pub const DEFAULT_MASTER_URL: &str = "http://127.0.0.1:8355";
 pub struct Master {
     state: AppState,
     worker: db::Worker,
+    limits: server::Limits,
 }
 
 impl Master {
@@ -104,8 +107,11 @@ impl Master {
                 hub,
                 slap: Arc::default(),
                 ca: None,
+                local: local::LocalTrust::default(),
+                bodies: http::BodyBudget::default(),
             },
             worker,
+            limits: server::Limits::default(),
         })
     }
 
@@ -120,6 +126,18 @@ impl Master {
         self.state.ca = Some(ca);
     }
 
+    /// Connection limits of [`Master::run`] and [`Master::run_tls`] (default:
+    /// [`server::Limits::default`]; `serve` derives them from the open-file limit).
+    pub fn set_limits(&mut self, limits: server::Limits) {
+        self.limits = limits;
+    }
+
+    /// Who local plain-HTTP callers are (default: root and the master's own user are the
+    /// operator; see [`local`]).
+    pub fn set_local_trust(&mut self, trust: local::LocalTrust) {
+        self.state.local = trust;
+    }
+
     /// The state handlers share (for [`app`], or to call the store directly).
     pub fn state(&self) -> AppState {
         self.state.clone()
@@ -130,19 +148,32 @@ impl Master {
         app(self.state.clone())
     }
 
-    /// Serve `listener` until `shutdown` completes, then end the waiting long polls, finish the
-    /// open requests and close the database.
+    /// Serve `listener` (plain HTTP) until `shutdown` completes, then end the waiting long
+    /// polls, finish the open requests and close the database.
     pub async fn run(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MasterError> {
+        let security = server::Security::Plain(self.state.local.clone());
+        self.serve(listener, security, shutdown).await
+    }
+
+    async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        security: server::Security,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MasterError> {
         let addr = addr_of(&listener);
-        let Master { state, worker } = self;
+        let Master {
+            state,
+            worker,
+            limits,
+        } = self;
         let hub = state.hub.clone();
         let router = app(state);
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shut_down(shutdown, hub))
+        let served = server::serve(listener, router, security, limits, shut_down(shutdown, hub))
             .await
             .map_err(|source| MasterError::Serve { addr, source });
         close(worker).await;
@@ -183,24 +214,9 @@ impl Master {
         config: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MasterError> {
-        let addr = addr_of(&listener);
-        let listener =
-            tls::TlsListener::new(listener, config).map_err(|source| MasterError::Serve {
-                addr: addr.clone(),
-                source,
-            })?;
-        let Master { state, worker } = self;
-        let hub = state.hub.clone();
-        let router = app(state);
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<tls::Peer>(),
-        )
-        .with_graceful_shutdown(shut_down(shutdown, hub))
-        .await
-        .map_err(|source| MasterError::Serve { addr, source });
-        close(worker).await;
-        served
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.serve(listener, server::Security::Tls(acceptor), shutdown)
+            .await
     }
 }
 
@@ -220,14 +236,36 @@ pub fn tls_url_of(addr: SocketAddr) -> String {
     format!("https://{addr}")
 }
 
+/// Connections the kernel queues for `accept` (the system's `somaxconn` caps it): a burst of
+/// connections (a fleet reconnecting, or a flood) must not overflow the queue and make a
+/// client wait for a SYN retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Bind `addr` (port 0 picks a free port); read the bound address with `local_addr()`.
 pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, MasterError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| MasterError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })
+    let err = |source| MasterError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await.map_err(err)? {
+        let socket = match a {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(err)?;
+        let bound = socket
+            .set_reuseaddr(true)
+            .and_then(|()| socket.bind(a))
+            .and_then(|()| socket.listen(LISTEN_BACKLOG));
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    })))
 }
 
 /// Open the database at `db` and serve `listener` until `shutdown` completes.

@@ -93,6 +93,10 @@ enum Cmd {
         /// Serve plain HTTP on a non-loopback address (every caller is then the operator).
         #[arg(long)]
         allow_plain_http: bool,
+        /// A local user (name or uid) who acts as the operator over plain HTTP on this host,
+        /// besides root and the master's own user; repeatable.
+        #[arg(long = "local-operator", value_name = "USER", value_parser = master_lite::local::parse_user)]
+        local_operators: Vec<u32>,
     },
     /// One-time enrollment tokens of computers.
     Token {
@@ -128,6 +132,10 @@ enum Cmd {
         /// users, or none (the node's own user).
         #[arg(long, default_value = "auto")]
         isolation: node_edge::IsolationMode,
+        /// A local user (name or uid) who acts as the operator over plain HTTP on this host,
+        /// besides root and the master's own user; repeatable.
+        #[arg(long = "local-operator", value_name = "USER", value_parser = master_lite::local::parse_user)]
+        local_operators: Vec<u32>,
     },
     /// Supply a software release to a computer (or remove it).
     Supply {
@@ -421,6 +429,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tls_dir,
             tls_names,
             allow_plain_http,
+            local_operators,
         } => {
             let proxy = cfg
                 .map(|path| master_lite::slap::ProxyConfig::load(&path))
@@ -433,7 +442,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| PathBuf::from("slapos-master.db"));
             let slap = proxy.map(|p| p.slap).unwrap_or_default();
             let tls = tls_dir.map(|dir| (dir, tls_names));
-            serve(&listen, db, slap, tls, allow_plain_http).map(|()| ExitCode::SUCCESS)
+            serve(&listen, db, slap, tls, allow_plain_http, local_operators)
+                .map(|()| ExitCode::SUCCESS)
         }
         Cmd::Standalone {
             dir,
@@ -441,12 +451,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             partitions,
             example,
             isolation,
+            local_operators,
         } => standalone(master_lite::standalone::StandaloneOptions {
             dir,
             listen,
             partitions,
             example,
             isolation,
+            local_operators,
         })
         .map(|()| ExitCode::SUCCESS),
         Cmd::Supply {
@@ -581,8 +593,10 @@ fn serve(
     slap: master_lite::slap::SlapConfig,
     tls: Option<(PathBuf, Vec<String>)>,
     allow_plain_http: bool,
+    local_operators: Vec<u32>,
 ) -> Result<()> {
     let rt = init_runtime()?;
+    let nofile = master_lite::server::raise_nofile();
     rt.block_on(async move {
         let listener = master_lite::bind(listen).await?;
         let addr = listener.local_addr().context("read the bound address")?;
@@ -612,6 +626,8 @@ fn serve(
             .await
             .context("open the database")??;
         master.set_slap_config(slap);
+        master.set_limits(master_lite::server::Limits::for_nofile(nofile));
+        master.set_local_trust(master_lite::local::LocalTrust::new(local_operators));
         let url = match &tls {
             None => master_lite::url_of(addr),
             Some(_) => master_lite::tls_url_of(addr),

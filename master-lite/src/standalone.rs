@@ -40,6 +40,9 @@ pub struct StandaloneOptions {
     /// Who the local node's partitions run as (`isolation` key of the node, default `auto`:
     /// a unix user per partition when run as root).
     pub isolation: node_edge::IsolationMode,
+    /// Local users acting as the operator over plain HTTP besides root and the box's own user
+    /// (`crate::local`).
+    pub local_operators: Vec<u32>,
 }
 
 /// A standalone box that failed.
@@ -126,9 +129,12 @@ pub async fn run(
         })?;
     let url = url_of(addr);
     let db = database_path(&dir)?;
-    let master = tokio::task::spawn_blocking(move || Master::open_fixing_modes(&db))
+    let nofile = crate::server::raise_nofile();
+    let mut master = tokio::task::spawn_blocking(move || Master::open_fixing_modes(&db))
         .await
         .map_err(|e| MasterError::Worker(std::io::Error::other(e.to_string())))??;
+    master.set_limits(crate::server::Limits::for_nofile(nofile));
+    master.set_local_trust(crate::local::LocalTrust::new(opts.local_operators.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

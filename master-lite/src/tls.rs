@@ -8,48 +8,21 @@
 //! checks its serial against the database on every request and applies the rules of
 //! [`crate::auth`].
 //!
-//! [`TlsListener`] runs the TCP accept loop on its own task and performs the handshakes
-//! concurrently (bounded by [`MAX_HANDSHAKES`], each within [`HANDSHAKE_TIMEOUT`]), so one slow
-//! or silent client never delays the others.
+//! Connections are accepted by [`crate::server`], which runs each handshake in the connection's
+//! own task within its timeout, so one slow or silent client never delays the others.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::auth::Identity;
 use crate::error::MasterError;
 use crate::pki::{self, Ca};
-
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-pub const MAX_HANDSHAKES: usize = 128;
-/// Time a client has to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The client of one TLS connection.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// `None` without a client certificate; else the identity and serial of the verified
-    /// certificate, or why its subject is no identity.
-    pub cert: Option<Result<(Identity, String), String>>,
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
+use crate::server::{Peer, Transport};
 
 /// The ring crypto provider every TLS configuration of the master uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -86,87 +59,15 @@ pub fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<rustls::ServerConf
 }
 
 /// The [`Peer`] of an established connection.
-fn peer_of(addr: SocketAddr, tls: &TlsStream<TcpStream>) -> Peer {
+pub(crate) fn peer_of(addr: SocketAddr, tls: &TlsStream<TcpStream>) -> Peer {
     let cert = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|der| pki::parse_client_cert(der));
-    Peer { addr, cert }
-}
-
-/// A listener that yields established TLS connections (see the module doc).
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
-    local: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Accept TLS connections on `tcp` with `config`.
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
-        let acceptor = TlsAcceptor::from(config);
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let task = tokio::spawn(async move {
-            loop {
-                let (stream, addr) = tokio::select! {
-                    accepted = tcp.accept() => match accepted {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    _ = tx.closed() => return,
-                };
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let peer = peer_of(addr, &tls);
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::info!(%addr, "TLS handshake refused: {e}"),
-                        Err(_) => tracing::info!(%addr, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { rx, local, task })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(v) => v,
-            // The accept task ended (runtime shutting down): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(Peer {
-            addr: self.local,
-            cert: None,
-        })
+    Peer {
+        addr,
+        transport: Transport::Tls { cert },
     }
 }

@@ -138,12 +138,13 @@ pub fn format(cfg: &Config, iso: &dyn Isolation) -> Result<Vec<PartitionLayout>,
     Ok(all)
 }
 
-/// The registration message: partitions and labels (config labels win over `extra`, which wins
-/// over the detected `arch` and `cpu_count`).
+/// The registration message: partitions (with the uid each runs as under `iso`) and labels
+/// (config labels win over `extra`, which wins over the detected `arch` and `cpu_count`).
 pub fn registration(
     cfg: &Config,
     parts: &[PartitionLayout],
     extra: &BTreeMap<String, String>,
+    iso: &dyn Isolation,
 ) -> RegisterComputer {
     let mut labels = BTreeMap::new();
     let mut put = |k: &str, v: String| {
@@ -172,6 +173,7 @@ pub fn registration(
                     .network
                     .as_ref()
                     .map(|n| n.tap_name(p.index).unwrap_or_else(|| n.interface.clone())),
+                uid: iso.identity(&p.id).map(|i| i.uid),
             })
             .collect(),
         labels,
@@ -216,7 +218,7 @@ mod tests {
             .insert(LabelKey::parse("arch").unwrap(), "custom".into());
         let mut extra = BTreeMap::new();
         extra.insert("rt_cpus".to_owned(), "1-3".to_owned());
-        let reg = registration(&cfg, &layouts(&cfg), &extra);
+        let reg = registration(&cfg, &layouts(&cfg), &extra, &CurrentUser);
         let get = |k: &str| reg.labels[&LabelKey::parse(k).unwrap()].clone();
         assert_eq!(get("region"), "lab");
         assert_eq!(get("arch"), "custom");
@@ -224,6 +226,10 @@ mod tests {
         assert!(get("cpu_count").parse::<usize>().unwrap() >= 1);
         assert_eq!(reg.partitions[0].addresses, [LOOPBACK]);
         assert_eq!(reg.partitions[0].interface, None);
+        assert_eq!(
+            reg.partitions[0].uid, None,
+            "not isolated: no uid of its own"
+        );
     }
 
     #[test]
@@ -232,14 +238,14 @@ mod tests {
                     software_root = \"sw\"\ninstance_root = \"inst\"\n[network]\n\
                     interface = \"eth0\"\nipv6_prefix = \"fd00:5a:1::/64\"\n";
         let mut cfg = Config::from_toml(text, Some(Path::new("/x"))).unwrap();
-        let reg = registration(&cfg, &layouts(&cfg), &BTreeMap::new());
+        let reg = registration(&cfg, &layouts(&cfg), &BTreeMap::new(), &CurrentUser);
         assert_eq!(reg.partitions[1].addresses, ["fd00:5a:1::101"]);
         assert_eq!(reg.partitions[1].interface.as_deref(), Some("eth0"));
         // With TAPs, the partition's own TAP (SlapOS's `slaptapN` in `ip_list`).
         if let Some(n) = cfg.network.as_mut() {
             n.tap = true;
         }
-        let reg = registration(&cfg, &layouts(&cfg), &BTreeMap::new());
+        let reg = registration(&cfg, &layouts(&cfg), &BTreeMap::new(), &CurrentUser);
         let tap = cfg.network.as_ref().and_then(|n| n.tap_name(1));
         assert!(tap.is_some());
         assert_eq!(reg.partitions[1].interface, tap);

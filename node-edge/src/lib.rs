@@ -129,7 +129,7 @@ pub fn format_with(
     // Before touching anything: an https master without an identity is a clear error.
     let link = master_link(config)?;
     let parts = layout::format(config, iso)?;
-    let reg = layout::registration(config, &parts, &res.labels());
+    let reg = layout::registration(config, &parts, &res.labels(), iso);
     match link.register(&reg) {
         Ok(()) => Ok(true),
         Err(e) if e.is_unreachable() => {

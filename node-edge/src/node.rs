@@ -324,7 +324,8 @@ pub async fn run_with(
         })
         .collect();
 
-    let registration = layout::registration(&cfg, &parts, &seams.resources.labels());
+    let registration =
+        layout::registration(&cfg, &parts, &seams.resources.labels(), &*seams.isolation);
     let (desired_tx, mut desired_rx) = mpsc::channel(4);
     let (link_tx, _link_rx) = watch::channel(LinkState::Unknown);
     let poller = tokio::spawn(link::poller(

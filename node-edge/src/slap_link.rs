@@ -785,6 +785,7 @@ mod tests {
                     id: pid(&format!("slappart{i}")),
                     addresses: vec!["127.0.0.1".into()],
                     interface: None,
+                    uid: None,
                 })
                 .collect(),
             labels: BTreeMap::new(),

@@ -98,6 +98,12 @@ pub struct PartitionSpec {
     /// interface): the first element of SlapOS's `ip_list` pairs. `None`: the partition id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The unix user the partition's processes run as, on a node that isolates partitions.
+    /// The master records it only from a node registering over a connection from its own host,
+    /// and then takes a plain-HTTP caller on that host running as this uid for the partition
+    /// (`docs/identity.md`, local trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
 }
 
 /// `POST /v1/computers`: a node registers (or re-registers) itself and its partitions.

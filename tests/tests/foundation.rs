@@ -418,7 +418,13 @@ fn standalone_serves_the_example() {
     assert!(page.contains("Hello from the edge"), "{page}");
     sa.stop();
     assert!(http_get(&url).is_none(), "service survived the box");
-    assert!(dir.join("master.db").is_file());
+    // The database is private: 0600 in a 0700 directory partition users cannot enter.
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).expect("stat").permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&dir.join("master/master.db")), 0o600);
+    assert_eq!(mode(&dir.join("master")), 0o700);
 
     let again = start();
     let line = again.wait_line("open http://", LONG);

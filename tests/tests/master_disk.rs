@@ -28,6 +28,7 @@ fn registration(id: &str) -> RegisterComputer {
                 id: PartitionId::parse(format!("slappart{i}")).expect("partition id"),
                 addresses: vec![],
                 interface: None,
+                uid: None,
             })
             .collect(),
         labels: Default::default(),

@@ -178,6 +178,7 @@ fn computer(id: &str, partitions: usize) -> Result<RegisterComputer> {
                         i % 256
                     )],
                     interface: None,
+                    uid: None,
                 })
             })
             .collect::<Result<_>>()?,

@@ -180,6 +180,26 @@ fn marshal(v: &Value) -> SlapResult {
 
 type Fields = Vec<(String, String)>;
 
+/// Bodies at least this large are decoded off the runtime's workers ([`decode`]).
+const BIG_BODY: usize = 256 << 10;
+
+/// Decode a request body of `len` bytes with `f`. Large ones are decoded one at a time, with
+/// `block_in_place` on a multi-thread runtime: a 60 MiB format payload costs seconds of CPU,
+/// which must not stall the other requests of the worker thread it landed on.
+pub(crate) async fn decode<T>(len: usize, f: impl FnOnce() -> T) -> T {
+    static HEAVY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    if len < BIG_BODY {
+        return f();
+    }
+    let _one = HEAVY.acquire().await;
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn form(body: &Bytes) -> Fields {
     form_urlencoded::parse(body).into_owned().collect()
 }
@@ -540,7 +560,16 @@ async fn format(
     Extension(who): Extension<Identity>,
     body: Bytes,
 ) -> SlapResult {
-    let cfg = ComputerConfiguration::from_form(&form(&body))?;
+    let cfg = decode(body.len(), || {
+        let fields = form(&body);
+        // Authorized on the plain form field before the marshalled payload is decoded; the
+        // payload's own reference is checked again below.
+        check_computer(&who, fields.field("computer_id").unwrap_or(""), |c| {
+            Action::Register(c)
+        })?;
+        ComputerConfiguration::from_form(&fields).map_err(SlapError::from)
+    })
+    .await?;
     check_computer(&who, &cfg.reference, |c| Action::Register(c))?;
     let now = now_ms();
     st.db.call(move |s| s.slap_format(&cfg, now)).await?;
@@ -552,7 +581,7 @@ async fn supply(
     Extension(who): Extension<Identity>,
     body: Bytes,
 ) -> SlapResult {
-    let f = SupplyForm::from_form(&form(&body))?;
+    let f = decode(body.len(), || SupplyForm::from_form(&form(&body))).await?;
     check_computer(&who, &f.computer_id, |c| Action::Supply(c))?;
     let c = ComputerId::parse(f.computer_id.as_str()).map_err(bad_request)?;
     let req = SupplyRequest {
@@ -721,11 +750,22 @@ async fn request(
     headers: HeaderMap,
     body: Bytes,
 ) -> SlapResult {
-    let f = RequestForm::from_form(&form(&body))?;
-    // Every requester named (header and form) must be the caller or one of its partitions.
+    // Every requester named (header and form) must be the caller or one of its partitions:
+    // checked before the marshalled parameters are decoded, and again on the decoded form.
     if let Some((c, p)) = requester_header(&headers) {
         check_requester_identity(&who, &c, &p)?;
     }
+    let f = decode(body.len(), || {
+        let fields = form(&body);
+        if let (Some(c), Some(p)) = (
+            fields.field("computer_id"),
+            fields.field("computer_partition_id"),
+        ) {
+            check_requester_identity(&who, c, p)?;
+        }
+        RequestForm::from_form(&fields).map_err(SlapError::from)
+    })
+    .await?;
     if let Some(r) = &f.requester {
         check_requester_identity(&who, &r.computer_id, &r.partition_id)?;
     }
@@ -869,7 +909,12 @@ async fn connection(
     Extension(who): Extension<Identity>,
     body: Bytes,
 ) -> SlapResult {
-    let f = ConnectionForm::from_form(&form(&body))?;
+    // The partition is checked on the plain form fields before the payload is decoded.
+    let f = decode(body.len(), || {
+        check_partition_form(&who, &body)?;
+        ConnectionForm::from_form(&form(&body)).map_err(SlapError::from)
+    })
+    .await?;
     check_partition(
         &who,
         &f.partition.computer_id,

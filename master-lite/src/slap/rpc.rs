@@ -355,7 +355,8 @@ async fn endpoint(
                 .into(),
         ));
     }
-    let body: Json = serde_json::from_slice(&body)
+    let body: Json = super::decode(body.len(), || serde_json::from_slice(&body))
+        .await
         .map_err(|e| bad(format!("Failed to decode JSON object: {e}")))?;
     validate(&body, schema)?;
     if !who.is_admin() {

@@ -2,7 +2,7 @@
 //! enrollment tokens, and the owners of root instances.
 
 use rusqlite::{OptionalExtension, params};
-use slapos_proto::{ComputerId, InstanceInfo, InstanceTitle};
+use slapos_proto::{ComputerId, InstanceInfo, InstanceTitle, PartitionRef};
 
 use super::{Cached, Result, Store, decode, find_instance, instance_info_by_id, ms};
 use crate::error::{ApiError, DbContext};
@@ -218,6 +218,26 @@ impl Store {
                 (i, o)
             })
             .collect())
+    }
+
+    /// The partition whose processes run as local `uid` (recorded by [`Store::register_with`]
+    /// from a node on this host), if any.
+    pub fn partition_of_local_uid(&mut self, uid: u32) -> Result<Option<PartitionRef>> {
+        let tx = self.read()?;
+        let found: Option<(String, String)> = tx
+            .q_row(
+                "SELECT computer, id FROM partition WHERE local_uid = ?1",
+                [uid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .op("look up the partition of a local user")?;
+        found
+            .map(|(c, p)| {
+                PartitionRef::parse(&format!("{c}/{p}"))
+                    .map_err(|e| ApiError::Internal(format!("stored partition {c}/{p}: {e}")))
+            })
+            .transpose()
     }
 
     /// Whether partition `c/p` holds an instance (404 when the partition is unknown).

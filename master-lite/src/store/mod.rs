@@ -251,8 +251,24 @@ impl Store {
     /// the given order, known ones keep their place and allocation, and known ones missing from
     /// the list are dropped when free and kept when allocated.
     pub fn register(&mut self, reg: &RegisterComputer, now_ms: u64) -> Result<ComputerInfo> {
+        self.register_with(reg, now_ms, false)
+    }
+
+    /// [`Store::register`]; `from_this_host`: the registration came over a connection from
+    /// this host, so the partitions' unix users ([`PartitionSpec::uid`]) are recorded (a uid
+    /// belongs to one partition: the latest registration naming it wins). Otherwise they are
+    /// cleared: a uid means something only on the master's own host.
+    ///
+    /// [`PartitionSpec::uid`]: slapos_proto::PartitionSpec::uid
+    pub fn register_with(
+        &mut self,
+        reg: &RegisterComputer,
+        now_ms: u64,
+        from_this_host: bool,
+    ) -> Result<ComputerInfo> {
         let mut tx = self.write()?;
         register_in(&mut tx, reg, now_ms)?;
+        record_local_uids(&tx, reg, from_this_host)?;
         let info = computer_info(&tx, reg.id.as_str())?;
         tx.commit()?;
         Ok(info)
@@ -1191,6 +1207,29 @@ fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {
 /// Run `sql` and map every row with `f`; `op` names the operation in errors.
 /// [`Store::register`] inside the caller's write transaction (the SLAP format adds its address
 /// rows to the same transaction).
+/// Record (or clear) the local uids of `reg`'s partitions (see [`Store::register_with`]).
+fn record_local_uids(tx: &Tx<'_>, reg: &RegisterComputer, from_this_host: bool) -> Result<()> {
+    let c = reg.id.as_str();
+    for spec in &reg.partitions {
+        let uid = spec.uid.filter(|_| from_this_host);
+        if let Some(u) = uid {
+            tx.exec(
+                "UPDATE partition SET local_uid = NULL
+                 WHERE local_uid = ?1 AND NOT (computer = ?2 AND id = ?3)",
+                params![u, c, spec.id.as_str()],
+            )
+            .op("record a partition's local user")?;
+        }
+        tx.exec(
+            "UPDATE partition SET local_uid = ?3 WHERE computer = ?1 AND id = ?2
+               AND local_uid IS NOT ?3",
+            params![c, spec.id.as_str(), uid],
+        )
+        .op("record a partition's local user")?;
+    }
+    Ok(())
+}
+
 fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<()> {
     validate_registration(reg)?;
     let c = reg.id.as_str();

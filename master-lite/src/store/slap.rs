@@ -196,6 +196,7 @@ impl Store {
                     id: PartitionId::parse(p.reference.as_str()).map_err(bad)?,
                     addresses: p.addresses.iter().map(|a| a.addr.clone()).collect(),
                     interface: None,
+                    uid: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -31,6 +31,7 @@ fn registration(c: &str, parts: &[&str], labels: &[(&str, &str)]) -> RegisterCom
                 id: pid(p),
                 addresses: vec!["10.0.0.1".into()],
                 interface: None,
+                uid: None,
             })
             .collect(),
         labels: labels

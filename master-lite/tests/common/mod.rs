@@ -35,7 +35,24 @@ pub struct Server {
 impl Server {
     /// `slapos-master serve ARGS` with `SLAPOS_LOG=log`, once it has announced its address.
     pub fn spawn<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>, log: &str) -> Server {
-        let mut child = Command::new(BIN)
+        Server::spawn_under(&[], args, log)
+    }
+
+    /// [`Server::spawn`] run through `wrapper` (e.g. `prlimit --nofile=1024:1024 --`).
+    pub fn spawn_under<S: AsRef<OsStr>>(
+        wrapper: &[&str],
+        args: impl IntoIterator<Item = S>,
+        log: &str,
+    ) -> Server {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(BIN),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+        };
+        let mut child = cmd
             .arg("serve")
             .args(args)
             .env("SLAPOS_LOG", log)
@@ -70,6 +87,22 @@ impl Server {
         let server = Server::spawn(args, log);
         assert!(server.url.starts_with("https://"), "{}", server.url);
         server
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Its resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// A native client without a client certificate.
@@ -116,7 +149,7 @@ impl Drop for Server {
     }
 }
 
-fn listen(db: &Path) -> Vec<OsString> {
+pub fn listen(db: &Path) -> Vec<OsString> {
     vec![
         "--listen".into(),
         "127.0.0.1:0".into(),
@@ -380,6 +413,7 @@ pub fn registration(c: &str, partitions: &[&str]) -> RegisterComputer {
                 id: pid(p),
                 addresses: vec![],
                 interface: None,
+                uid: None,
             })
             .collect(),
         labels: Default::default(),
