@@ -416,7 +416,7 @@ impl Conn {
                     }
                 };
                 slot.live.handshaking.store(false, Ordering::Relaxed);
-                let peer = crate::tls::peer_of(addr, &tls);
+                let peer = peer_of(addr, &tls);
                 if matches!(&peer.transport, Transport::Tls { cert: Some(Ok(_)) }) {
                     self.registry.exempt(slot.id);
                 }
@@ -474,6 +474,20 @@ impl Conn {
             }
         }
         drop(slot);
+    }
+}
+
+/// The [`Peer`] of an established TLS connection: the identity of its verified certificate.
+fn peer_of(addr: SocketAddr, tls: &tokio_rustls::server::TlsStream<TcpStream>) -> Peer {
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| crate::pki::parse_client_cert(der));
+    Peer {
+        addr,
+        transport: Transport::Tls { cert },
     }
 }
 

@@ -3,7 +3,8 @@
 //! [`server_config`] builds a rustls server configuration whose client verifier is rooted at
 //! the master CA only. A client certificate is *optional* at the handshake (so a new node can
 //! enroll), but a certificate that does not chain to the CA fails the handshake. The identity of
-//! a verified certificate is parsed (x509-parser) once per connection into the [`Peer`] that
+//! a verified certificate is parsed (x509-parser) once per connection into the
+//! [`crate::server::Peer`] that
 //! axum attaches to every request of that connection (`ConnectInfo<Peer>`); the HTTP layer then
 //! checks its serial against the database on every request and applies the rules of
 //! [`crate::auth`].
@@ -11,18 +12,13 @@
 //! Connections are accepted by [`crate::server`], which runs each handshake in the connection's
 //! own task within its timeout, so one slow or silent client never delays the others.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::error::MasterError;
+use crate::pki::Ca;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-
-use crate::error::MasterError;
-use crate::pki::{self, Ca};
-use crate::server::{Peer, Transport};
 
 /// The ring crypto provider every TLS configuration of the master uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -56,18 +52,4 @@ pub fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<rustls::ServerConf
         .map_err(|e| tls("use the server certificate", &e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The [`Peer`] of an established connection.
-pub(crate) fn peer_of(addr: SocketAddr, tls: &TlsStream<TcpStream>) -> Peer {
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|der| pki::parse_client_cert(der));
-    Peer {
-        addr,
-        transport: Transport::Tls { cert },
-    }
 }
