@@ -311,7 +311,7 @@ async fn read_capped(mut body: axum::body::Body) -> ApiResult<Vec<u8>> {
     Ok(buf)
 }
 
-/// Bytes of request bodies the master receives at once, over all requests ([`body_gate`]).
+/// Bytes of request bodies the master receives at once, over all requests (see `body_gate`).
 pub const BODY_BUDGET: usize = 128 << 20;
 
 /// The shared budget of body bytes in flight, counted in KiB.
