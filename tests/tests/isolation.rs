@@ -108,6 +108,29 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
         assert_eq!(uid_of_process(pid), Some(uid), "service of {p}");
     }
 
+    // The node registered each partition with its user: over the master's plain loopback
+    // listener, A's user acts as partition A and nothing more (issue 19, local trust).
+    let cli = slapos_tests::bin("slapos-master");
+    let cli = cli.to_string_lossy().into_owned();
+    let as_a = |args: &[&str]| {
+        let mut argv = vec![cli.as_str(), "--master", master.url.as_str()];
+        argv.extend_from_slice(args);
+        as_user(&ua, &argv)
+    };
+    assert!(as_a(&["show", "iso-a"]), "A cannot read its own instance");
+    assert!(!as_a(&["show", "iso-b"]), "A read B's instance");
+    assert!(
+        !as_a(&["supply", "/srv/sr/evil.toml", "--computer", "COMP-ISO"]),
+        "A supplied a release"
+    );
+    assert!(
+        !as_user(
+            "nobody",
+            &[cli.as_str(), "--master", master.url.as_str(), "list"]
+        ),
+        "a local user with no partition listed instances"
+    );
+
     // Directories: owned by the partition's user, 0750.
     let dir_a = node.partition_dir(&pa);
     let dir_b = node.partition_dir(&pb);
