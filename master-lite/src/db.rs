@@ -77,14 +77,15 @@ pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
 }
 
 /// Wrap `f` as a job whose result arrives on the returned receiver.
-fn job<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T, ApiError>>)
+fn job<T, E, F>(f: F) -> (Job, oneshot::Receiver<Result<T, ApiError>>)
 where
     T: Send + 'static,
-    F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+    E: Into<ApiError>,
+    F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move |store| {
-        let _ = tx.send(f(store));
+        let _ = tx.send(f(store).map_err(Into::into));
     });
     (job, rx)
 }
@@ -98,11 +99,13 @@ fn dropped<E>(_: E) -> ApiError {
 }
 
 impl Db {
-    /// Run `f` on the store and return its result.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// Run `f` on the store and return its result (a store error, or an API error of a
+    /// check made in the same job, e.g. an authorization that must see the same state).
+    pub async fn call<T, E, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+        E: Into<ApiError>,
+        F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
         self.jobs.send(job).await.map_err(stopped)?;
@@ -111,10 +114,11 @@ impl Db {
 
     /// The same as [`Db::call`], from a thread outside the runtime (e.g. a standalone node
     /// thread); must not be called from an async context.
-    pub fn call_blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    pub fn call_blocking<T, E, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Store) -> Result<T, ApiError> + Send + 'static,
+        E: Into<ApiError>,
+        F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
         self.jobs.blocking_send(job).map_err(stopped)?;

@@ -5,11 +5,11 @@
 //! errors (database, a dead worker) are logged with their detail and answered with a generic
 //! message, so no SQL, path or library text leaks to clients.
 
-use std::path::PathBuf;
-
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use slapos_proto::ErrorBody;
+
+use crate::store::StoreError;
 
 /// An API call failed. The variant decides the status; the text is the message clients see.
 #[derive(Debug, thiserror::Error)]
@@ -128,88 +128,27 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Attach the operation to a SQLite error: `conn.execute(..).op("free a partition")?`.
-pub(crate) trait DbContext<T> {
-    /// Wrap the error with what the store was doing.
-    fn op(self, op: &'static str) -> Result<T, ApiError>;
-}
-
-impl<T> DbContext<T> for Result<T, rusqlite::Error> {
-    fn op(self, op: &'static str) -> Result<T, ApiError> {
-        self.map_err(|source| {
-            if crate::store::disk::is_disk_full(&source) {
-                ApiError::DiskFull { op }
-            } else {
-                ApiError::Db { op, source }
-            }
-        })
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => Self::BadRequest(m),
+            StoreError::Forbidden(m) => Self::Forbidden(m),
+            StoreError::NotFound(m) => Self::NotFound(m),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::NoAllocation(m) => Self::NoAllocation(m),
+            StoreError::DiskFull { op } => Self::DiskFull { op },
+            StoreError::Db { op, source } => Self::Db { op, source },
+            StoreError::Internal(m) => Self::Internal(m),
+        }
     }
 }
 
 /// Starting or running the master failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
-    /// The database file could not be opened or configured.
-    #[error("failed to open the database {path}: {source}")]
-    Open {
-        /// Database path (`:memory:` for an in-memory store).
-        path: PathBuf,
-        /// SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The database's filesystem is full at start (a migration or the journal needs room).
-    #[error(
-        "cannot open the database {path}: its filesystem is full; free some space there and \
-         start again"
-    )]
-    DiskFull {
-        /// Database path.
-        path: PathBuf,
-    },
-    /// A database file or directory other users could read or change.
-    #[error("refusing to use {path}: {reason}")]
-    InsecureFile {
-        /// The file or directory.
-        path: PathBuf,
-        /// What is wrong and the command that fixes it.
-        reason: String,
-    },
-    /// A filesystem operation on the database's files failed.
-    #[error("failed to {op} {path}: {source}")]
-    Io {
-        /// What was attempted.
-        op: &'static str,
-        /// On what.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A schema migration failed; the database is left at the previous version.
-    #[error("failed to migrate the database {path} to schema version {version}: {source}")]
-    Migrate {
-        /// Database path.
-        path: PathBuf,
-        /// The migration that failed.
-        version: u32,
-        /// SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The database was written by a newer master.
-    #[error(
-        "the database {path} has schema version {found}, newer than this master knows ({known}); \
-         use a newer slapos-master"
-    )]
-    SchemaTooNew {
-        /// Database path.
-        path: PathBuf,
-        /// Version found in the file.
-        found: u32,
-        /// Newest version this build knows.
-        known: u32,
-    },
+    /// The database could not be opened, checked or migrated.
+    #[error(transparent)]
+    Store(#[from] crate::store::OpenError),
     /// The database worker thread could not be started.
     #[error("failed to start the database worker thread: {0}")]
     Worker(#[source] std::io::Error),

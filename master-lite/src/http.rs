@@ -669,7 +669,7 @@ async fn request(
         // nothing can create the title in between.
         None => {
             st.db
-                .call(move |s| {
+                .call(move |s| -> ApiResult<_> {
                     let existing = s.root_owner(&req.title)?;
                     auth::allow(
                         &who,
@@ -678,7 +678,7 @@ async fn request(
                         },
                     )?;
                     let owner = who.owner();
-                    s.request_as(&req, None, owner.as_deref(), now, RequestRules::NATIVE)
+                    Ok(s.request_as(&req, None, owner.as_deref(), now, RequestRules::NATIVE)?)
                 })
                 .await?
         }
@@ -739,7 +739,7 @@ async fn set_state(
     let t = title(&t)?;
     let info = st
         .db
-        .call(move |s| {
+        .call(move |s| -> ApiResult<_> {
             if let Some(owner) = s.root_owner(&t)? {
                 auth::allow(
                     &who,
@@ -748,7 +748,7 @@ async fn set_state(
                     },
                 )?;
             }
-            s.set_state(&t, change.state)
+            Ok(s.set_state(&t, change.state)?)
         })
         .await?;
     Ok(axum::Json(info).into_response())

@@ -65,7 +65,7 @@ use std::time::Duration;
 
 pub use error::{ApiError, MasterError};
 pub use http::{AppState, app, now_ms};
-pub use store::Store;
+pub use store::{OpenError, Store, StoreError};
 
 /// Default listening address of `slapos-master serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8355";

@@ -61,7 +61,9 @@ pub use config::{ProxyConfig, SlapConfig};
 use crate::auth::{self, Action, Identity};
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
-use crate::store::{RequestRules, SharedEntry, SharedRequest, SlapInstance, SlapPartition};
+use crate::store::{
+    RequestRules, SharedEntry, SharedRequest, SlapInstance, SlapPartition, StoreError,
+};
 
 /// The SLAP routes, to merge into the native router.
 pub fn routes() -> Router<AppState> {
@@ -281,7 +283,7 @@ pub(crate) fn request_root(
         },
     )?;
     let owner = who.owner();
-    s.request_as(req, None, owner.as_deref(), now, RequestRules::SLAPPROXY)
+    Ok(s.request_as(req, None, owner.as_deref(), now, RequestRules::SLAPPROXY)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -481,7 +483,7 @@ async fn certificate(
     let allocated = st
         .db
         .call(move |s| match s.partition_allocated(&cc, &pp) {
-            Err(ApiError::NotFound(_)) => Ok(false),
+            Err(StoreError::NotFound(_)) => Ok(false),
             other => other,
         })
         .await?;
@@ -806,10 +808,10 @@ async fn request(
     let now = now_ms();
     let (info, ip_list) = st
         .db
-        .call(move |s| {
+        .call(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
             match &from {
-                Some(_) => s.slap_request(&req, from.as_ref(), now),
+                Some(_) => Ok(s.slap_request(&req, from.as_ref(), now)?),
                 None => {
                     let info = request_root(s, &who, &req, now)?;
                     let (c, p) = (info.computer.to_string(), info.partition.to_string());
@@ -876,9 +878,9 @@ async fn request_shared(
     let now = now_ms();
     let placed = st
         .db
-        .call(move |s| {
+        .call(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
-            s.slap_request_shared(&req, from.as_ref(), now)
+            Ok(s.slap_request_shared(&req, from.as_ref(), now)?)
         })
         .await?;
     let Some(at) = placed else {

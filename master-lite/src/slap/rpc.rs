@@ -39,7 +39,7 @@ use super::{
 use crate::auth::{Action, Identity, InstanceFacts};
 use crate::error::ApiError;
 use crate::http::{AppState, now_ms};
-use crate::store::{SharedRequest, SharedRow, SlapPartition, Store};
+use crate::store::{SharedRequest, SharedRow, SlapPartition, Store, StoreError};
 
 /// The `/slapos.*` routes, one per endpoint of the schema table.
 pub fn routes() -> Router<AppState> {
@@ -588,7 +588,7 @@ async fn place(st: &AppState, g: &str) -> Result<Option<Placed>, RpcError> {
             };
             match s.instance_owned(&t, r.as_ref()) {
                 Ok(v) => Ok(Some(v)),
-                Err(ApiError::NotFound(_)) => Ok(None),
+                Err(StoreError::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
             }
         })
@@ -704,8 +704,8 @@ fn locate_in(
     };
     let info = match s.instance(&t, r.as_ref()) {
         Ok(i) => i,
-        Err(ApiError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let (c, p) = (info.computer.to_string(), info.partition.to_string());
     Ok(s.slap_partition(&c, &p)?.map(|part| (c, part)))
@@ -872,7 +872,7 @@ async fn request(
     };
     let located = st
         .db
-        .call(move |s| {
+        .call(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
             let info = match &from {
                 Some(_) => s.slap_request(&req, from.as_ref(), now)?.0,
@@ -1033,9 +1033,9 @@ async fn request_shared(
     };
     let placed = st
         .db
-        .call(move |s| {
+        .call(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
-            s.slap_request_shared(&req, from.as_ref(), now)
+            Ok(s.slap_request_shared(&req, from.as_ref(), now)?)
         })
         .await
         .map_err(|e| match e {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode};
 
-use crate::error::MasterError;
+use super::error::OpenError;
 
 /// Space kept in the database's own files for writes on a full filesystem (free pages; the
 /// `-wal` file holds about as much again).
@@ -54,12 +54,12 @@ fn companions(db: &Path) -> [PathBuf; 3] {
 /// Make the database's files private before SQLite opens them (see the module doc): create the
 /// directory 0700 and the file 0600 when missing; refuse (or, with `fix`, tighten to 0600) an
 /// existing file the group or others may read; refuse a directory others may write.
-pub fn prepare_files(db: &Path, fix: bool) -> Result<(), MasterError> {
-    let insecure = |path: &Path, reason: String| MasterError::InsecureFile {
+pub fn prepare_files(db: &Path, fix: bool) -> Result<(), OpenError> {
+    let insecure = |path: &Path, reason: String| OpenError::InsecureFile {
         path: path.to_owned(),
         reason,
     };
-    let io = |op: &'static str, path: &Path, source: std::io::Error| MasterError::Io {
+    let io = |op: &'static str, path: &Path, source: std::io::Error| OpenError::Io {
         op,
         path: path.to_owned(),
         source,

@@ -4,8 +4,8 @@
 use rusqlite::{OptionalExtension, params};
 use slapos_proto::{ComputerId, InstanceInfo, InstanceTitle, PartitionRef};
 
+use super::error::{DbContext, StoreError};
 use super::{Cached, Result, Store, decode, find_instance, instance_info_by_id, ms};
-use crate::error::{ApiError, DbContext};
 
 /// One row of the `certificate` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl Store {
             )
             .op("revoke a certificate")?;
         if n == 0 {
-            return Err(ApiError::NotFound(format!(
+            return Err(StoreError::NotFound(format!(
                 "no certificate with serial {serial}"
             )));
         }
@@ -156,7 +156,7 @@ impl Store {
         let tx = self.write()?;
         let enrolled = token(&tx, hash, now_ms)?;
         if cert.identity != format!("computer:{}", enrolled.computer) {
-            return Err(ApiError::Internal(format!(
+            return Err(StoreError::Internal(format!(
                 "certificate {} is not for computer {}",
                 cert.identity, enrolled.computer
             )));
@@ -235,7 +235,7 @@ impl Store {
         found
             .map(|(c, p)| {
                 PartitionRef::parse(&format!("{c}/{p}"))
-                    .map_err(|e| ApiError::Internal(format!("stored partition {c}/{p}: {e}")))
+                    .map_err(|e| StoreError::Internal(format!("stored partition {c}/{p}: {e}")))
             })
             .transpose()
     }
@@ -274,15 +274,15 @@ fn token(tx: &rusqlite::Transaction<'_>, hash: &str, now_ms: u64) -> Result<Enro
         .optional()
         .op("look up an enrollment token")?;
     let Some((computer, expires, used)) = row else {
-        return Err(ApiError::Forbidden("unknown enrollment token".into()));
+        return Err(StoreError::Forbidden("unknown enrollment token".into()));
     };
     if used.is_some() {
-        return Err(ApiError::Forbidden(format!(
+        return Err(StoreError::Forbidden(format!(
             "this enrollment token (computer {computer}) was already used"
         )));
     }
     if expires <= ms(now_ms) {
-        return Err(ApiError::Forbidden(format!(
+        return Err(StoreError::Forbidden(format!(
             "this enrollment token (computer {computer}) has expired"
         )));
     }

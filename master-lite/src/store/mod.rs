@@ -38,6 +38,7 @@
 //!   child stays destroyed when the tree is started again.
 
 pub mod disk;
+pub mod error;
 mod identity;
 pub mod models;
 pub mod schema;
@@ -65,10 +66,11 @@ use slapos_proto::{
     SupplyState,
 };
 
-use crate::error::{ApiError, DbContext, MasterError};
+use error::DbContext;
+pub use error::{OpenError, StoreError};
 
 /// Result of a store operation.
-pub type Result<T> = std::result::Result<T, ApiError>;
+pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Longest label value accepted at registration (bytes).
 pub const MAX_LABEL_VALUE: usize = 256;
@@ -96,7 +98,7 @@ pub const MAX_BANG: usize = 4096;
 
 /// What callers send must be storable and readable on every wire ([`slapos_proto::text`]).
 fn storable(r: std::result::Result<(), slapos_proto::text::TextError>) -> Result<()> {
-    r.map_err(|e| ApiError::BadRequest(e.to_string()))
+    r.map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// A node's report as stored: texts the SLAP wire cannot carry replaced, lengths capped.
@@ -137,13 +139,13 @@ impl std::fmt::Debug for Store {
 }
 
 /// A failed open: a full filesystem gets its own message.
-fn open_error(path: &Path, source: rusqlite::Error) -> MasterError {
+fn open_error(path: &Path, source: rusqlite::Error) -> OpenError {
     if disk::is_disk_full(&source) {
-        MasterError::DiskFull {
+        OpenError::DiskFull {
             path: path.to_owned(),
         }
     } else {
-        MasterError::Open {
+        OpenError::Open {
             path: path.to_owned(),
             source,
         }
@@ -153,7 +155,7 @@ fn open_error(path: &Path, source: rusqlite::Error) -> MasterError {
 impl Store {
     /// Open (or create) the database file at `path`, configure it and migrate it. Files the
     /// group or others may read are refused ([`disk::prepare_files`]).
-    pub fn open(path: &Path, now_ms: u64) -> std::result::Result<Self, MasterError> {
+    pub fn open(path: &Path, now_ms: u64) -> std::result::Result<Self, OpenError> {
         Self::open_with(path, now_ms, false)
     }
 
@@ -163,14 +165,14 @@ impl Store {
         path: &Path,
         now_ms: u64,
         fix_modes: bool,
-    ) -> std::result::Result<Self, MasterError> {
+    ) -> std::result::Result<Self, OpenError> {
         disk::prepare_files(path, fix_modes)?;
         let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
         Self::setup(conn, path, now_ms, Some(path.to_owned()))
     }
 
     /// A store in memory (tests, throw-away masters). Same code path as on disk.
-    pub fn open_in_memory(now_ms: u64) -> std::result::Result<Self, MasterError> {
+    pub fn open_in_memory(now_ms: u64) -> std::result::Result<Self, OpenError> {
         let path = Path::new(":memory:");
         let conn = Connection::open_in_memory().map_err(|source| open_error(path, source))?;
         Self::setup(conn, path, now_ms, None)
@@ -181,7 +183,7 @@ impl Store {
         path: &Path,
         now_ms: u64,
         file: Option<PathBuf>,
-    ) -> std::result::Result<Self, MasterError> {
+    ) -> std::result::Result<Self, OpenError> {
         let cfg = |conn: &Connection| -> rusqlite::Result<()> {
             // WAL + FULL: see the module doc (Durability).
             let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -330,7 +332,7 @@ impl Store {
                     params![cs, url],
                 )?;
                 if !users.is_empty() {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(StoreError::Conflict(format!(
                         "cannot remove release {url} from computer {cs}: instances still use it \
                          ({}); destroy them first",
                         users.join(", ")
@@ -353,7 +355,7 @@ impl Store {
             _ => {} // already as asked
         }
         let info = software_info(&tx, cs, url)?.ok_or_else(|| {
-            ApiError::Internal(format!("release {url} on {cs} vanished in its transaction"))
+            StoreError::Internal(format!("release {url} on {cs} vanished in its transaction"))
         })?;
         tx.commit()?;
         Ok(info)
@@ -380,7 +382,7 @@ impl Store {
             .optional()
             .op("look up a release")?
             .ok_or_else(|| {
-                ApiError::NotFound(format!("release {url} is not supplied to computer {cs}"))
+                StoreError::NotFound(format!("release {url} is not supplied to computer {cs}"))
             })?;
         if rep.state == InstallState::Destroyed && requested == "destroyed" {
             tx.exec(
@@ -524,7 +526,7 @@ impl Store {
                     waiting_for: Vec::new(),
                 });
             }
-            return Err(ApiError::Conflict(format!(
+            return Err(StoreError::Conflict(format!(
                 "partition {cs}/{ps} is free: a {} report is only accepted for an allocated \
                  partition",
                 rep.state.as_str()
@@ -607,7 +609,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<usize> {
         if message.len() > MAX_BANG {
-            return Err(ApiError::BadRequest(format!(
+            return Err(StoreError::Invalid(format!(
                 "bang message must be at most {MAX_BANG} bytes"
             )));
         }
@@ -706,12 +708,12 @@ impl Store {
                     .op("look up the requesting partition")?
                     .is_none()
                 {
-                    return Err(ApiError::NotFound(format!(
+                    return Err(StoreError::NotFound(format!(
                         "requesting partition {who} is not registered"
                     )));
                 }
                 Some(instance_on(&tx, cs, ps)?.ok_or_else(|| {
-                    ApiError::Forbidden(format!(
+                    StoreError::Forbidden(format!(
                         "partition {who} holds no instance, so it cannot request instances"
                     ))
                 })?)
@@ -752,7 +754,7 @@ impl Store {
             None => {
                 let mut state = req.state.unwrap_or_default();
                 if state == InstanceState::Destroyed {
-                    return Err(ApiError::NotFound(format!(
+                    return Err(StoreError::NotFound(format!(
                         "instance {title:?} does not exist{}: nothing to destroy",
                         tree_suffix(&root)
                     )));
@@ -760,14 +762,14 @@ impl Store {
                 if let Some(r) = &requester
                     && r.state == InstanceState::Destroyed.as_str()
                 {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(StoreError::Conflict(format!(
                         "instance {:?} is being destroyed and cannot request new instances",
                         r.title
                     )));
                 }
                 match root_state {
                     Some(InstanceState::Destroyed) => {
-                        return Err(ApiError::Conflict(format!(
+                        return Err(StoreError::Conflict(format!(
                             "tree {root:?} is being destroyed: no new instance {title:?} in it"
                         )));
                     }
@@ -946,7 +948,7 @@ impl<'c> Tx<'c> {
         self.tx.commit().op("commit")?;
         for (c, etag) in self.touched {
             let id = ComputerId::parse(c)
-                .map_err(|e| ApiError::Internal(format!("stored computer id is invalid: {e}")))?;
+                .map_err(|e| StoreError::Internal(format!("stored computer id is invalid: {e}")))?;
             self.sink.push((id, etag as u64));
         }
         Ok(())
@@ -1045,16 +1047,16 @@ impl InstanceRow {
 
 /// Parse a validated id read back from the database; failure means a corrupted row.
 fn decode<T: FromStr<Err = slapos_proto::IdError>>(s: &str) -> Result<T> {
-    T::from_str(s).map_err(|e| ApiError::Internal(format!("stored value is invalid: {e}")))
+    T::from_str(s).map_err(|e| StoreError::Internal(format!("stored value is invalid: {e}")))
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s)
-        .map_err(|e| ApiError::Internal(format!("stored JSON is invalid: {e}: {s:.80}")))
+        .map_err(|e| StoreError::Internal(format!("stored JSON is invalid: {e}: {s:.80}")))
 }
 
 fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| ApiError::Internal(format!("JSON encoding failed: {e}")))
+    serde_json::to_string(v).map_err(|e| StoreError::Internal(format!("JSON encoding failed: {e}")))
 }
 
 fn ms(v: u64) -> i64 {
@@ -1063,14 +1065,14 @@ fn ms(v: u64) -> i64 {
 
 fn instance_state(s: &str) -> Result<InstanceState> {
     s.parse()
-        .map_err(|e| ApiError::Internal(format!("stored state is invalid: {e}")))
+        .map_err(|e| StoreError::Internal(format!("stored state is invalid: {e}")))
 }
 
 fn supply_state(s: &str) -> Result<SupplyState> {
     match s {
         "available" => Ok(SupplyState::Available),
         "destroyed" => Ok(SupplyState::Destroyed),
-        other => Err(ApiError::Internal(format!(
+        other => Err(StoreError::Internal(format!(
             "stored supply state is invalid: {other:?}"
         ))),
     }
@@ -1092,7 +1094,7 @@ fn install_state(s: &str) -> Result<InstallState> {
         "error" => InstallState::Error,
         "destroyed" => InstallState::Destroyed,
         other => {
-            return Err(ApiError::Internal(format!(
+            return Err(StoreError::Internal(format!(
                 "stored install state is invalid: {other:?}"
             )));
         }
@@ -1115,7 +1117,7 @@ fn require_computer(tx: &Transaction<'_>, c: &str) -> Result<i64> {
     tx.q_row("SELECT etag FROM computer WHERE id = ?1", [c], |r| r.get(0))
         .optional()
         .op("look up a computer")?
-        .ok_or_else(|| ApiError::NotFound(format!("computer {c} is not registered")))
+        .ok_or_else(|| StoreError::NotFound(format!("computer {c} is not registered")))
 }
 
 fn require_partition(tx: &Transaction<'_>, c: &str, p: &str) -> Result<()> {
@@ -1127,7 +1129,7 @@ fn require_partition(tx: &Transaction<'_>, c: &str, p: &str) -> Result<()> {
     )
     .optional()
     .op("look up a partition")?
-    .ok_or_else(|| ApiError::NotFound(format!("partition {p} is not registered on computer {c}")))
+    .ok_or_else(|| StoreError::NotFound(format!("partition {p} is not registered on computer {c}")))
 }
 
 fn instance_on(tx: &Transaction<'_>, c: &str, p: &str) -> Result<Option<InstanceRow>> {
@@ -1148,7 +1150,7 @@ fn instance_on(tx: &Transaction<'_>, c: &str, p: &str) -> Result<Option<Instance
 fn allocated_instance(tx: &Transaction<'_>, c: &str, p: &str, what: &str) -> Result<InstanceRow> {
     require_partition(tx, c, p)?;
     instance_on(tx, c, p)?.ok_or_else(|| {
-        ApiError::Conflict(format!(
+        StoreError::Conflict(format!(
             "partition {c}/{p} is free: only an allocated partition can {what}"
         ))
     })
@@ -1163,7 +1165,7 @@ fn find_instance(tx: &Transaction<'_>, title: &str, root: &str) -> Result<i64> {
     .optional()
     .op("look up an instance")?
     .ok_or_else(|| {
-        ApiError::NotFound(format!(
+        StoreError::NotFound(format!(
             "no instance {title:?}{}",
             if root.is_empty() {
                 " (a root instance; pass root=TITLE for a child)".to_owned()
@@ -1512,7 +1514,7 @@ fn update_instance(
 ) -> Result<i64> {
     let url_changed = e.software_url != req.software_url.as_str();
     if url_changed && !rules.allow_url_change {
-        return Err(ApiError::Conflict(format!(
+        return Err(StoreError::Conflict(format!(
             "instance {:?}{} already exists with software URL {}; destroy it or choose another \
              title to use {}",
             e.title,
@@ -1526,7 +1528,7 @@ fn update_instance(
         && e.requester != Some(r.id)
         && (r.id == e.id || is_ancestor(tx, e.id, r.id)?)
     {
-        return Err(ApiError::Conflict(format!(
+        return Err(StoreError::Conflict(format!(
             "instance {:?} cannot request {:?}{}: it is that instance or one of its descendants",
             r.title,
             e.title,
@@ -1674,11 +1676,11 @@ impl Sla {
             if k == "computer_guid" {
                 sla.computer = Some(
                     ComputerId::parse(v.as_str())
-                        .map_err(|e| ApiError::BadRequest(format!("sla computer_guid: {e}")))?,
+                        .map_err(|e| StoreError::Invalid(format!("sla computer_guid: {e}")))?,
                 );
             } else {
                 let key = LabelKey::parse(k.as_str()).map_err(|e| {
-                    ApiError::BadRequest(format!(
+                    StoreError::Invalid(format!(
                         "sla key: {e} (keys are computer_guid or a label name)"
                     ))
                 })?;
@@ -1815,7 +1817,7 @@ fn allocate(
             list(&m)
         )
     };
-    Err(ApiError::NoAllocation(format!(
+    Err(StoreError::NoAllocation(format!(
         "cannot allocate instance {title:?}: no free partition for software URL {url} with SLA {}: \
          {why}",
         sla.describe()
@@ -1827,14 +1829,14 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
     let mut seen = BTreeSet::new();
     for p in &reg.partitions {
         if !seen.insert(p.id.as_str()) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(StoreError::Invalid(format!(
                 "partition {} is listed twice in the registration of {}",
                 p.id, reg.id
             )));
         }
         for a in &p.addresses {
             if a.parse::<IpAddr>().is_err() {
-                return Err(ApiError::BadRequest(format!(
+                return Err(StoreError::Invalid(format!(
                     "address {a:?} of partition {} is not an IPv4 or IPv6 literal",
                     p.id
                 )));
@@ -1845,7 +1847,7 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
                 || i.len() > MAX_INTERFACE
                 || !i.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
         {
-            return Err(ApiError::BadRequest(format!(
+            return Err(StoreError::Invalid(format!(
                 "interface {:?} of partition {} must be 1 to {MAX_INTERFACE} printable ASCII \
                  characters without spaces or '/'",
                 slapos_proto::text::terminal_safe(&crate::store::cut(i, 80)),
@@ -1855,7 +1857,7 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
     }
     for (k, v) in &reg.labels {
         if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(StoreError::Invalid(format!(
                 "label {k} must be at most {MAX_LABEL_VALUE} bytes without control characters"
             )));
         }

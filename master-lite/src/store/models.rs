@@ -13,18 +13,18 @@
 
 use slapos_proto::Params;
 
-use crate::error::ApiError;
+use super::error::StoreError;
 
 /// The models this master knows.
 pub const KNOWN: &[&str] = &["radio-enb"];
 
 /// Checks `params` of a request of `url` against `model`.
-pub fn check(model: &str, url: &str, params: &Params) -> Result<(), ApiError> {
+pub fn check(model: &str, url: &str, params: &Params) -> Result<(), StoreError> {
     match model {
         "radio-enb" => {
             let doc = serde_json::Value::Object(params.clone()).to_string();
             radio::validate::validate_json(&doc).map(drop).map_err(|e| {
-                ApiError::BadRequest(format!(
+                StoreError::Invalid(format!(
                     "parameters refused by the `{model}` model of release {url}: {e}"
                 ))
             })
@@ -71,7 +71,7 @@ mod tests {
         bad["cell_list"]["cell1"]["dl_earfcn"] = 99999.into();
         let e = check("radio-enb", "http://sr/enb", &params(bad)).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+        assert!(matches!(e, StoreError::Invalid(_)), "{e:?}");
         assert!(msg.contains("cell_list.cell1.dl_earfcn"), "{msg}");
         assert!(
             msg.contains("radio-enb") && msg.contains("http://sr/enb"),

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::error::MasterError;
+use super::error::OpenError;
 
 /// Migration `n` (1-based) is `MIGRATIONS[n - 1]`.
 pub const MIGRATIONS: &[&str] = &[
@@ -178,15 +178,15 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// Bring `conn` to the newest schema. `now_ms` seeds the revision counter of a new database.
-pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), MasterError> {
+pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), OpenError> {
     let known = MIGRATIONS.len() as u32;
-    let open_err = |source| MasterError::Open {
+    let open_err = |source| OpenError::Open {
         path: path.to_owned(),
         source,
     };
-    let full = |e: MasterError| match e {
-        MasterError::Migrate { source, .. } if super::disk::is_disk_full(&source) => {
-            MasterError::DiskFull {
+    let full = |e: OpenError| match e {
+        OpenError::Migrate { source, .. } if super::disk::is_disk_full(&source) => {
+            OpenError::DiskFull {
                 path: path.to_owned(),
             }
         }
@@ -196,7 +196,7 @@ pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), Ma
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(open_err)?;
     if found > known {
-        return Err(MasterError::SchemaTooNew {
+        return Err(OpenError::SchemaTooNew {
             path: path.to_owned(),
             found,
             known,
@@ -204,7 +204,7 @@ pub fn migrate(conn: &mut Connection, path: &Path, now_ms: u64) -> Result<(), Ma
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = i as u32 + 1;
-        let mig_err = |source| MasterError::Migrate {
+        let mig_err = |source| OpenError::Migrate {
             path: path.to_owned(),
             version,
             source,
@@ -249,7 +249,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         let err = migrate(&mut conn, Path::new("x.db"), 0).unwrap_err();
         assert!(
-            matches!(err, MasterError::SchemaTooNew { found: 99, .. }),
+            matches!(err, OpenError::SchemaTooNew { found: 99, .. }),
             "{err}"
         );
         assert!(err.to_string().contains("x.db"), "{err}");

@@ -16,11 +16,11 @@ use slapos_proto::{
     PartitionRef, PartitionReport, PartitionSpec, RegisterComputer, SoftwareInfo, SupplyRequest,
 };
 
+use super::error::{DbContext, StoreError};
 use super::{
     Cached, InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels,
     ms, register_in, rows, titles, to_json, touch_seen,
 };
-use crate::error::{ApiError, DbContext};
 
 /// An instance as the SLAP routes show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,8 +178,8 @@ struct AddressRow {
     netmask: String,
 }
 
-fn bad<E: std::fmt::Display>(e: E) -> ApiError {
-    ApiError::BadRequest(e.to_string())
+fn bad<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Invalid(e.to_string())
 }
 
 impl Store {
@@ -601,7 +601,7 @@ impl Store {
             .op("look up an instance")?
             .is_some();
         if taken {
-            return Err(ApiError::Conflict(format!(
+            return Err(StoreError::Conflict(format!(
                 "cannot rename {:?} to {new:?}: that title is taken in its tree",
                 inst.title
             )));

@@ -133,7 +133,7 @@ fn allocation_takes_the_first_free_partition_in_registration_order() {
         .collect();
     assert_eq!(got, ["slappart2", "slappart0", "slappart1"]);
     let err = s.request(&req("d", SR), None, 2).unwrap_err();
-    assert!(matches!(err, ApiError::NoAllocation(_)), "{err}");
+    assert!(matches!(err, StoreError::NoAllocation(_)), "{err}");
     assert!(
         err.to_string().contains("every partition is allocated"),
         "{err}"
@@ -150,7 +150,7 @@ fn allocation_needs_the_release_supplied_and_names_the_filter() {
     r.sla.insert("region".into(), "eu".into());
     let before = dump(s.connection());
     let err = s.request(&r, None, 2).unwrap_err();
-    assert!(matches!(err, ApiError::NoAllocation(_)), "{err}");
+    assert!(matches!(err, StoreError::NoAllocation(_)), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("{region=eu}"), "{msg}");
     assert!(
@@ -198,20 +198,20 @@ fn sla_selects_computers_by_guid_and_labels() {
     r.sla.insert("region".into(), "us".into());
     assert!(matches!(
         s.request(&r, None, 2).unwrap_err(),
-        ApiError::NoAllocation(_)
+        StoreError::NoAllocation(_)
     ));
     // Invalid keys and guids are bad requests.
     let mut r = req("v", SR);
     r.sla.insert("computer_guid".into(), "../x".into());
     assert!(matches!(
         s.request(&r, None, 2).unwrap_err(),
-        ApiError::BadRequest(_)
+        StoreError::Invalid(_)
     ));
     let mut r = req("v", SR);
     r.sla.insert("bad key".into(), "1".into());
     assert!(matches!(
         s.request(&r, None, 2).unwrap_err(),
-        ApiError::BadRequest(_)
+        StoreError::Invalid(_)
     ));
 }
 
@@ -271,7 +271,7 @@ fn same_title_with_another_release_is_a_conflict_and_changes_nothing() {
     s.take_touched();
     let before = dump(s.connection());
     let err = s.request(&req("web", SR2), None, 3).unwrap_err();
-    assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert!(err.to_string().contains(SR), "{err}");
     assert_eq!(dump(s.connection()), before);
     assert!(s.take_touched().is_empty());
@@ -295,7 +295,7 @@ fn children_live_in_the_requesters_tree_and_connections_reach_the_parent() {
     // The child is scoped to the tree: not visible as a root.
     assert!(matches!(
         s.instance(&title("db"), None).unwrap_err(),
-        ApiError::NotFound(_)
+        StoreError::NotFound(_)
     ));
     assert_eq!(
         s.instance(&title("db"), Some(&title("root")))
@@ -354,16 +354,16 @@ fn requests_from_unknown_or_free_partitions_are_refused() {
     let err = s
         .request(&req("x", SR), Some(&at("C1", "nope")), 2)
         .unwrap_err();
-    assert!(matches!(err, ApiError::NotFound(_)), "{err}");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     let err = s
         .request(&req("x", SR), Some(&at("C1", "slappart1")), 2)
         .unwrap_err();
-    assert!(matches!(err, ApiError::Forbidden(_)), "{err}");
+    assert!(matches!(err, StoreError::Forbidden(_)), "{err}");
     let mut r = req("ghost", SR);
     r.state = Some(InstanceState::Destroyed);
     assert!(matches!(
         s.request(&r, None, 2).unwrap_err(),
-        ApiError::NotFound(_)
+        StoreError::NotFound(_)
     ));
     assert_eq!(dump(s.connection()), before);
 }
@@ -426,7 +426,7 @@ fn destroying_a_root_destroys_its_tree_and_frees_bottom_up() {
     );
     assert!(matches!(
         node_reports(&mut s, &root.partition, InstanceState::Started).unwrap_err(),
-        ApiError::Conflict(_)
+        StoreError::Conflict(_)
     ));
 }
 
@@ -503,7 +503,7 @@ fn bang_bumps_every_instance_of_the_tree() {
     assert_eq!(after[1].bang.as_deref(), Some("disk full"));
     assert!(matches!(
         s.bang(&cid("C1"), &pid("slappart9"), "x", 5).unwrap_err(),
-        ApiError::NotFound(_)
+        StoreError::NotFound(_)
     ));
 }
 
@@ -544,7 +544,7 @@ fn bad_registrations_change_nothing() {
     let dup = registration("C1", &["p0", "p0"], &[]);
     assert!(matches!(
         s.register(&dup, 2).unwrap_err(),
-        ApiError::BadRequest(_)
+        StoreError::Invalid(_)
     ));
     let mut bad_addr = registration("C1", &["p0"], &[]);
     bad_addr.partitions[0].addresses = vec!["not-an-ip".into()];
@@ -554,7 +554,7 @@ fn bad_registrations_change_nothing() {
     let bad_label = registration("C1", &["p0"], &[("region", long.as_str())]);
     assert!(matches!(
         s.register(&bad_label, 2).unwrap_err(),
-        ApiError::BadRequest(_)
+        StoreError::Invalid(_)
     ));
     assert_eq!(dump(s.connection()), before);
 }
@@ -599,7 +599,7 @@ fn a_release_parameter_model_refuses_bad_requests_before_allocation() {
     assert_eq!(model, Some("radio-enb"));
 
     let err = s.request(&cell(99999), None, 4).unwrap_err();
-    assert!(matches!(err, ApiError::BadRequest(_)), "{err}");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
     assert!(
         err.to_string().contains("cell_list.cell1.dl_earfcn"),
         "{err}"
@@ -656,7 +656,7 @@ fn supply_reports_and_removal() {
         state: SupplyState::Destroyed,
     };
     let err = s.supply(&c, &remove).unwrap_err();
-    assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert!(err.to_string().contains("web"), "{err}");
     // Once the instance is gone, removal is asked, then confirmed by the node.
     s.set_state(&title("web"), InstanceState::Destroyed)
@@ -674,7 +674,7 @@ fn supply_reports_and_removal() {
     // A removed release cannot be allocated.
     assert!(matches!(
         s.request(&req("web2", SR), None, 8).unwrap_err(),
-        ApiError::NoAllocation(_)
+        StoreError::NoAllocation(_)
     ));
     s.report_software(
         &c,
@@ -701,10 +701,10 @@ fn supply_reports_and_removal() {
             10,
         )
         .unwrap_err();
-    assert!(matches!(err, ApiError::NotFound(_)), "{err}");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
     assert!(matches!(
         s.supply(&cid("NOPE"), &remove).unwrap_err(),
-        ApiError::NotFound(_)
+        StoreError::NotFound(_)
     ));
 }
 
@@ -724,7 +724,7 @@ fn desired_state_lists_every_partition_and_honours_the_etag() {
     assert!(s.desired(&cid("C1"), Some("stale")).unwrap().is_some());
     assert!(matches!(
         s.desired(&cid("NOPE"), None).unwrap_err(),
-        ApiError::NotFound(_)
+        StoreError::NotFound(_)
     ));
 }
 
@@ -803,7 +803,7 @@ fn re_parenting_moves_a_child_but_never_makes_a_cycle() {
     // c2 asking for c1 (its own parent) or c1 asking for itself would form a cycle.
     for (who, t) in [(&p2, "c1"), (&p1, "c1")] {
         let err = s.request(&req(t, SR), Some(who), 5).unwrap_err();
-        assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert!(err.to_string().contains("descendants"), "{err}");
     }
     assert_eq!(dump(s.connection()), before);
@@ -831,7 +831,7 @@ fn a_panicking_job_does_not_kill_the_worker() {
     let err = db
         .call_blocking(|_s: &mut Store| -> Result<()> { panic!("boom") })
         .unwrap_err();
-    assert!(matches!(err, ApiError::Internal(_)), "{err}");
+    assert!(matches!(err, crate::ApiError::Internal(_)), "{err}");
     assert!(db.call_blocking(|s| s.computers()).unwrap().is_empty());
 }
 
@@ -884,14 +884,14 @@ fn owners_tokens_and_certificates() {
     s.create_token("h2", &cid("C1"), 1, 100).unwrap();
     assert!(matches!(
         s.check_token("h1", 100).unwrap_err(),
-        ApiError::Forbidden(_)
+        StoreError::Forbidden(_)
     ));
     s.redeem_token("h1", &cert("aa", "computer:C1"), 50)
         .unwrap();
     assert!(matches!(
         s.redeem_token("h1", &cert("bb", "computer:C1"), 51)
             .unwrap_err(),
-        ApiError::Forbidden(_)
+        StoreError::Forbidden(_)
     ));
     assert!(
         s.certificate("bb").unwrap().is_none(),
@@ -900,7 +900,7 @@ fn owners_tokens_and_certificates() {
     assert!(matches!(
         s.redeem_token("h2", &cert("cc", "computer:C2"), 51)
             .unwrap_err(),
-        ApiError::Internal(_)
+        StoreError::Internal(_)
     ));
 
     // Revocation by serial and by identity; freeing a partition revokes its certificates.
@@ -910,7 +910,7 @@ fn owners_tokens_and_certificates() {
     assert_eq!(s.revoke_serial("p1", 60).unwrap().revoked_ms, Some(60));
     assert!(matches!(
         s.revoke_serial("zz", 60).unwrap_err(),
-        ApiError::NotFound(_)
+        StoreError::NotFound(_)
     ));
     s.set_state(&title("web"), InstanceState::Destroyed)
         .unwrap();
