@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use slapos_proto::{
     Bang, ComputerId, ComputerInfo, ConnectionPublish, DesiredState, ErrorBody, Health,
     InstanceInfo, InstanceRequest, InstanceTitle, MAX_LONG_POLL_SECS, PARTITION_HEADER,
@@ -135,51 +135,9 @@ pub fn http_agent(base_url: &str, timeout: Duration) -> Result<(String, ureq::Ag
     Ok((base, agent))
 }
 
-/// `POST /v1/enroll`: redeem a one-time enrollment token (no client certificate needed).
-pub const ENROLL_ROUTE: &str = "/v1/enroll";
-
-/// `GET` route of a partition's certificate and key (for its computer's node).
-pub fn partition_certificate_route(c: &ComputerId, p: &PartitionId) -> String {
-    format!("/v1/computers/{c}/partitions/{p}/certificate")
-}
-
-/// Body of `POST /v1/enroll`.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct EnrollRequest {
-    /// The token `slapos-master token create` printed.
-    pub token: String,
-}
-
-impl std::fmt::Debug for EnrollRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrollRequest").finish_non_exhaustive()
-    }
-}
-
-/// A certificate the master issued, with its private key and the CA to trust: the answer of
-/// enrollment and of a partition's certificate route.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct Credentials {
-    /// The identity in the certificate (`computer:C1`, `partition:C1/slappart0`, …).
-    pub identity: String,
-    /// Serial number, lower-case hex (what `slapos-master cert revoke` takes).
-    pub serial: String,
-    /// Certificate, PEM.
-    pub cert_pem: String,
-    /// Private key, PKCS#8 PEM: store it readable by its user only.
-    pub key_pem: String,
-    /// The master CA certificate, PEM.
-    pub ca_pem: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("identity", &self.identity)
-            .field("serial", &self.serial)
-            .finish_non_exhaustive()
-    }
-}
+pub use slapos_proto::identity::{
+    Credentials, ENROLL_ROUTE, EnrollRequest, partition_certificate_route,
+};
 
 /// TLS settings for ureq: the certificates of `ca_pem` as the only roots, the client certificate
 /// if given, ring. Also what the node uses for `https://` release downloads (the system CA

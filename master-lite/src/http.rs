@@ -31,7 +31,7 @@ use slapos_proto::{
     PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange, SupplyRequest,
 };
 
-use slapos_client::{Credentials, ENROLL_ROUTE, EnrollRequest};
+use slapos_proto::identity::{Credentials, ENROLL_ROUTE, EnrollRequest};
 
 use crate::auth::{self, Action, Identity, InstanceFacts};
 use crate::db::Db;

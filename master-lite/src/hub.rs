@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::auth::Identity;
+use slapos_proto::identity::Identity;
 
 use slapos_proto::ComputerId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};

@@ -36,7 +36,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
-use crate::auth::Identity;
+use slapos_proto::identity::Identity;
 
 /// Validity of the CA certificate, in days.
 pub const CA_VALIDITY_DAYS: i64 = 20 * 365;

@@ -40,8 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
-use crate::auth::Identity;
 use crate::local::{self, LocalTrust};
+use slapos_proto::identity::Identity;
 
 /// Descriptors kept free of connections (database, WAL, logs, netlink lookups, the listener).
 pub const FD_RESERVE: usize = 128;

@@ -12,6 +12,7 @@
 //! * a change that breaks compatibility bumps [`PROTOCOL_VERSION`].
 
 pub mod api;
+pub mod identity;
 pub mod ids;
 pub mod slap;
 pub mod text;
