@@ -1,26 +1,21 @@
-//! The HTTP layer: [`app`] builds the router of the native API (`/v1`, see `docs/api.md`).
+//! The native API (`/v1`, see `docs/api.md`): its routes and handlers.
 //!
 //! Handlers are thin: they parse and validate the input (path ids, query, JSON body, the
 //! partition header) into `slapos-proto` types, hand one closure to the database worker (one
 //! transaction), and turn the result or the [`ApiError`] into a response. Nothing here touches
 //! SQLite directly. The router is testable without a socket (`tower::ServiceExt::oneshot`).
 //!
-//! Identity: the `identify` middleware attaches an [`Identity`] to every request (the
-//! client certificate's over mTLS, after checking its serial is recorded and not revoked;
-//! [`Identity::Local`] without TLS) and logs every 403 with the identity, method and path.
-//! Every handler asks [`auth::allow`] before acting; lists are filtered with [`auth::allowed`].
-//! Over TLS, a connection without a client certificate reaches `POST /v1/enroll` only; the SLAP
+//! Every handler asks [`auth::allow`] with the caller's [`Identity`] (attached by
+//! [`crate::middleware`]) before acting; lists are filtered with [`auth::allowed`]. The SLAP
 //! routes (`crate::slap`) authorize each call with the same [`auth::allow`].
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Extension, FromRequest, Path, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -31,42 +26,17 @@ use slapos_proto::{
     PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange, SupplyRequest,
 };
 
-use slapos_proto::identity::{Credentials, ENROLL_ROUTE, EnrollRequest};
+use slapos_proto::identity::{ENROLL_ROUTE, EnrollRequest};
 
 use crate::auth::{self, Action, Identity, InstanceFacts};
-use crate::db::Db;
 use crate::error::ApiError;
-use crate::hub::Hub;
-use crate::local::{LocalTrust, describe_uid};
+use crate::middleware::BodyTimeout;
 use crate::pki::Ca;
-use crate::server::{Peer, Transport};
-use crate::store::{CertificateRow, RequestRules};
+use crate::state::{AppState, FromThisHost, now_ms};
+use crate::store::RequestRules;
 
-/// What every handler shares: the database worker and the long-poll hub.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    /// The database worker.
-    pub db: Db,
-    /// Long-poll wake-ups and last contact.
-    pub hub: Arc<Hub>,
-    /// Configuration of the classic SLAP routes (`slapos-master serve --cfg`).
-    pub slap: Arc<crate::slap::SlapConfig>,
-    /// The certificate authority, when the master serves mTLS (enrollment, partition
-    /// certificates).
-    pub ca: Option<Arc<Ca>>,
-    /// Who local plain-HTTP callers are.
-    pub local: LocalTrust,
-    /// Bytes of request bodies being received at once, over all requests.
-    pub bodies: BodyBudget,
-}
-
-/// The connection a request came on is from this host (plain HTTP with a known client uid, or
-/// an in-process call): set by `identify`, read by `register` (local uids of partitions).
-#[derive(Clone, Copy, Debug)]
-pub struct FromThisHost(pub bool);
-
-/// The native API router.
-pub fn app(state: AppState) -> Router {
+/// The routes of the native API (`/v1`); [`crate::app`] adds the SLAP routes and the layers.
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/computers", post(register).get(list_computers))
@@ -91,156 +61,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/instances", post(request).get(list_instances))
         .route("/v1/instances/{title}", get(show_instance))
         .route("/v1/instances/{title}/state", post(set_state))
-        .merge(crate::slap::routes())
-        .fallback(no_route)
-        .method_not_allowed_fallback(bad_method)
-        .layer(middleware::from_fn_with_state(state.clone(), body_gate))
-        .layer(middleware::from_fn_with_state(state.clone(), identify))
-        .with_state(state)
-}
-
-/// Attach the caller's [`Identity`] (see the module doc), refuse what no identity may reach,
-/// and log every 403.
-async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<Peer>>()
-        .map(|ConnectInfo(p)| p.clone());
-    let here = peer.as_ref().is_none_or(|p| p.local_uid().is_some());
-    let plain = !peer
-        .as_ref()
-        .is_some_and(|p| matches!(p.transport, Transport::Tls { .. }));
-    let (who, checked) = match peer {
-        // An in-process call of the router (standalone's own calls, tests).
-        None => (Identity::Local, Ok(())),
-        Some(Peer {
-            transport: Transport::Tls { cert },
-            ..
-        }) => match cert {
-            None => (Identity::Anonymous, Ok(())),
-            Some(Err(reason)) => (
-                Identity::Anonymous,
-                Err(ApiError::Forbidden(format!(
-                    "the client certificate carries no identity: {reason}"
-                ))),
-            ),
-            Some(Ok((id, serial))) => {
-                let checked = certificate_valid(&st, &id, serial).await;
-                (id, checked)
-            }
-        },
-        Some(Peer {
-            transport: Transport::Plain {
-                local_uid: Some(uid),
-            },
-            ..
-        }) => local_identity(&st, uid).await,
-        Some(Peer {
-            transport: Transport::Plain { local_uid: None },
-            addr,
-        }) => {
-            if addr.ip().to_canonical().is_loopback() {
-                // On this host, yet its owner could not be looked up: never trusted.
-                (
-                    Identity::Anonymous,
-                    Err(ApiError::Forbidden(
-                        "the owner of this loopback connection could not be determined".into(),
-                    )),
-                )
-            } else {
-                // Another host over plain HTTP: only reachable with --allow-plain-http, by
-                // which the operator trusts that network.
-                (Identity::Local, Ok(()))
-            }
-        }
-    };
-    let checked = match &who {
-        // Health is public on the plain listener, whoever asks.
-        Identity::Anonymous if plain && path == "/v1/health" => Ok(()),
-        Identity::Anonymous if plain => checked.and(Err(ApiError::Forbidden(
-            "an unidentified local caller may only read /v1/health".into(),
-        ))),
-        Identity::Anonymous if path != ENROLL_ROUTE => checked.and(Err(ApiError::Forbidden(
-            "a connection without a client certificate may only enroll".into(),
-        ))),
-        _ => checked,
-    };
-    let resp = match checked {
-        Ok(()) => {
-            req.extensions_mut().insert(who.clone());
-            req.extensions_mut().insert(FromThisHost(here));
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    };
-    if resp.status() == StatusCode::FORBIDDEN {
-        tracing::warn!(identity = %who, %method, %path, "access denied");
-    }
-    resp
-}
-
-/// The identity of a plain-HTTP caller on this host running as `uid`: the operator, the
-/// partition its node registered with that uid, or nobody (with the reason).
-async fn local_identity(st: &AppState, uid: u32) -> (Identity, ApiResult<()>) {
-    if st.local.is_operator(uid) {
-        return (Identity::Local, Ok(()));
-    }
-    match st.db.call(move |s| s.partition_of_local_uid(uid)).await {
-        Ok(Some(p)) => (Identity::Partition(p), Ok(())),
-        Ok(None) => {
-            let operators: Vec<String> = st
-                .local
-                .operators()
-                .iter()
-                .map(|u| describe_uid(*u))
-                .collect();
-            (
-                Identity::Anonymous,
-                Err(ApiError::Forbidden(format!(
-                    "local user {} is neither this master's operator (uid {}) nor the user of a \
-                     partition: run the command as the operator, or use a certificate over \
-                     TLS (docs/identity.md)",
-                    describe_uid(uid),
-                    operators.join(", ")
-                ))),
-            )
-        }
-        Err(e) => (Identity::Anonymous, Err(e)),
-    }
-}
-
-/// The certificate with `serial` was issued by this master to `id` and is not revoked.
-async fn certificate_valid(st: &AppState, id: &Identity, serial: String) -> ApiResult<()> {
-    let shown = serial.clone();
-    let row = st.db.call(move |s| s.certificate(&serial)).await?;
-    match row {
-        None => Err(ApiError::Forbidden(format!(
-            "certificate {shown} is not known to this master"
-        ))),
-        Some(r) if r.revoked_ms.is_some() => Err(ApiError::Forbidden(format!(
-            "certificate {shown} ({}) is revoked",
-            r.identity
-        ))),
-        Some(r) if r.identity != id.to_string() => Err(ApiError::Forbidden(format!(
-            "certificate {shown} was issued to {}, not {id}",
-            r.identity
-        ))),
-        Some(_) => Ok(()),
-    }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 type Json<T> = axum::Json<T>;
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Extraction
@@ -311,118 +135,6 @@ async fn read_capped(mut body: axum::body::Body) -> ApiResult<Vec<u8>> {
     Ok(buf)
 }
 
-/// Bytes of request bodies the master receives at once, over all requests (see `body_gate`).
-pub const BODY_BUDGET: usize = 128 << 20;
-
-/// The shared budget of body bytes in flight, counted in KiB.
-#[derive(Clone, Debug)]
-pub struct BodyBudget(Arc<tokio::sync::Semaphore>);
-
-impl Default for BodyBudget {
-    fn default() -> Self {
-        Self::new(BODY_BUDGET)
-    }
-}
-
-impl BodyBudget {
-    /// A budget of `bytes`.
-    pub fn new(bytes: usize) -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(bytes.div_ceil(1024))))
-    }
-
-    /// KiB left (tests).
-    pub fn available_kib(&self) -> usize {
-        self.0.available_permits()
-    }
-}
-
-/// Every body has at least this long to arrive, plus [`BODY_MIN_RATE`] for its size.
-pub const BODY_BASE_TIME: Duration = Duration::from_secs(10);
-/// Slowest body upload accepted (bytes per second): an edge uplink, not a trickle.
-pub const BODY_MIN_RATE: u64 = 64 << 10;
-
-/// Before a handler reads a body: reserve its size (announced, else the route's limit) in the
-/// shared [`BodyBudget`] (none left: 503, retry), and give it a deadline
-/// ([`BODY_BASE_TIME`] + size / [`BODY_MIN_RATE`]; missed: the read fails with 408). So parallel
-/// large bodies cannot exhaust memory and a client trickling a body cannot hold its request
-/// forever. The reservation is held until the handler answered.
-async fn body_gate(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let native = req.uri().path().starts_with("/v1/");
-    let limit = if native {
-        MAX_BODY_BYTES
-    } else {
-        crate::slap::SLAP_BODY_LIMIT
-    };
-    let hint = http_body::Body::size_hint(req.body());
-    if hint.upper() == Some(0) {
-        return next.run(req).await;
-    }
-    let need = usize::try_from(hint.lower())
-        .unwrap_or(usize::MAX)
-        .max(hint.upper().map_or(limit, |_| 0))
-        .min(limit)
-        .max(1);
-    let kib = u32::try_from(need.div_ceil(1024)).unwrap_or(u32::MAX);
-    let Ok(permit) = st.bodies.0.clone().try_acquire_many_owned(kib) else {
-        let msg = "the master is receiving too many large requests at once; retry in a moment";
-        tracing::warn!(path = %req.uri().path(), need, "request body refused: body budget exhausted");
-        let mut resp = if native {
-            ApiError::Busy(msg.into()).into_response()
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
-        };
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
-    };
-    let deadline = BODY_BASE_TIME + Duration::from_secs(need as u64 / BODY_MIN_RATE);
-    let (parts, body) = req.into_parts();
-    let body = axum::body::Body::new(TimedBody {
-        inner: body,
-        sleep: Box::pin(tokio::time::sleep(deadline)),
-        deadline,
-    });
-    let resp = next.run(Request::from_parts(parts, body)).await;
-    drop(permit);
-    resp
-}
-
-/// A request body that fails with [`BodyTimeout`] once its deadline passed.
-struct TimedBody {
-    inner: axum::body::Body,
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    deadline: Duration,
-}
-
-/// A request body did not arrive in time.
-#[derive(Debug, thiserror::Error)]
-#[error("request body not received within {0:?}")]
-pub struct BodyTimeout(pub Duration);
-
-impl http_body::Body for TimedBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        if self.sleep.as_mut().poll(cx).is_ready() {
-            let err = axum::Error::new(BodyTimeout(self.deadline));
-            return std::task::Poll::Ready(Some(Err(err)));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 fn computer_id(s: &str) -> ApiResult<ComputerId> {
     ComputerId::parse(s).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
@@ -463,11 +175,11 @@ async fn health() -> Json<Health> {
     })
 }
 
-async fn no_route(method: Method, uri: Uri) -> ApiError {
+pub(crate) async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
-async fn bad_method(method: Method, uri: Uri) -> Response {
+pub(crate) async fn bad_method(method: Method, uri: Uri) -> Response {
     let body = slapos_proto::ErrorBody {
         kind: "bad_request".into(),
         error: format!("method {method} is not allowed on {}", uri.path()),
@@ -763,36 +475,6 @@ fn ca(st: &AppState) -> ApiResult<Arc<Ca>> {
     })
 }
 
-/// Issue a client certificate for `id` (CPU work, off the runtime threads).
-pub(crate) async fn issue(
-    ca: Arc<Ca>,
-    id: Identity,
-) -> ApiResult<(crate::pki::Issued, CertificateRow)> {
-    let issued = tokio::task::spawn_blocking(move || ca.issue_client(&id))
-        .await
-        .map_err(|e| ApiError::Internal(format!("certificate issuing task failed: {e}")))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let row = CertificateRow {
-        serial: issued.serial.clone(),
-        identity: issued.identity.to_string(),
-        kind: issued.identity.kind().to_owned(),
-        issued_ms: now_ms(),
-        expires_ms: issued.expires_ms,
-        revoked_ms: None,
-    };
-    Ok((issued, row))
-}
-
-fn credentials(ca: &Ca, issued: crate::pki::Issued) -> Credentials {
-    Credentials {
-        identity: issued.identity.to_string(),
-        serial: issued.serial,
-        cert_pem: issued.cert_pem,
-        key_pem: issued.key_pem,
-        ca_pem: ca.cert_pem().to_owned(),
-    }
-}
-
 /// `POST /v1/enroll`: a one-time token for a computer → its key, certificate and the CA.
 async fn enroll(
     State(st): State<AppState>,
@@ -806,22 +488,17 @@ async fn enroll(
             "the enrollment token must be 1 to 256 bytes".into(),
         ));
     }
-    let hash = token_hash(&req.token);
+    let hash = crate::certs::token_hash(&req.token);
     let now = now_ms();
     let h = hash.clone();
     let enrolled = st.db.call(move |s| s.check_token(&h, now)).await?;
-    let (issued, row) = issue(ca.clone(), Identity::Computer(enrolled.computer)).await?;
+    let (issued, row) =
+        crate::certs::issue(ca.clone(), Identity::Computer(enrolled.computer)).await?;
     st.db
         .call(move |s| s.redeem_token(&hash, &row, now))
         .await?;
     tracing::info!(identity = %issued.identity, serial = %issued.serial, "computer enrolled");
-    Ok(axum::Json(credentials(&ca, issued)).into_response())
-}
-
-/// SHA-256 of an enrollment token, hex: what the database keeps.
-pub fn token_hash(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    Ok(axum::Json(crate::certs::credentials(&ca, issued)).into_response())
 }
 
 /// `GET …/partitions/{p}/certificate`: a new certificate and key for the partition's
@@ -844,9 +521,9 @@ async fn partition_certificate(
         computer: c,
         partition: p,
     });
-    let (issued, row) = issue(ca.clone(), id).await?;
+    let (issued, row) = crate::certs::issue(ca.clone(), id).await?;
     st.db.call(move |s| s.record_certificate(&row)).await?;
-    Ok(axum::Json(credentials(&ca, issued)).into_response())
+    Ok(axum::Json(crate::certs::credentials(&ca, issued)).into_response())
 }
 
 fn empty_object() -> Response {

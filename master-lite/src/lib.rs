@@ -44,16 +44,21 @@
 //! * Shared ("slave") instances are not implemented (native or SLAP), nor SLAP's JSON-RPC API
 //!   and `/hateoas`.
 
+pub mod app;
 pub mod auth;
+pub mod certs;
 pub mod db;
 pub mod error;
 pub mod http;
 pub mod hub;
 pub mod local;
+pub mod middleware;
 pub mod pki;
+pub mod proxy_config;
 pub mod server;
 pub mod slap;
 pub mod standalone;
+pub mod state;
 pub mod store;
 pub mod tls;
 
@@ -63,8 +68,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use app::app;
 pub use error::{ApiError, MasterError};
-pub use http::{AppState, app, now_ms};
+pub use state::{AppState, now_ms};
 pub use store::{OpenError, Store, StoreError};
 
 /// Default listening address of `slapos-master serve`.
@@ -108,7 +114,7 @@ impl Master {
                 slap: Arc::default(),
                 ca: None,
                 local: local::LocalTrust::default(),
-                bodies: http::BodyBudget::default(),
+                bodies: state::BodyBudget::default(),
             },
             worker,
             limits: server::Limits::default(),

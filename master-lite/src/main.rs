@@ -321,7 +321,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let now = master_lite::now_ms();
             let mut store = master_lite::Store::open(&db, now)?;
             let expires = now.saturating_add(ttl.saturating_mul(1000));
-            store.create_token(&master_lite::http::token_hash(&token), &c, now, expires)?;
+            store.create_token(&master_lite::certs::token_hash(&token), &c, now, expires)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }

@@ -21,7 +21,7 @@ use slapos_proto::slap as wire;
 
 use super::{SlapError, param_dict, query, timestamp};
 use crate::auth::{self, Action, Identity, InstanceFacts};
-use crate::http::AppState;
+use crate::state::AppState;
 use crate::store::SharedRow;
 
 pub(crate) const SERVICE_LIST: &str =

@@ -32,7 +32,6 @@
 //! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
 //! reports are accepted and ignored, as slapproxy does.
 
-pub mod config;
 pub mod hateoas;
 pub mod rpc;
 
@@ -56,11 +55,11 @@ use slapos_proto::{
     SoftwareReport, SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
 };
 
-pub use config::{ProxyConfig, SlapConfig};
+pub use crate::proxy_config::{ProxyConfig, SlapConfig};
 
 use crate::auth::{self, Action, Identity};
 use crate::error::ApiError;
-use crate::http::{AppState, now_ms};
+use crate::state::{AppState, now_ms};
 use crate::store::{
     RequestRules, SharedEntry, SharedRequest, SlapInstance, SlapPartition, StoreError,
 };
@@ -494,7 +493,7 @@ async fn certificate(
         computer: c,
         partition: p,
     });
-    let (issued, row) = crate::http::issue(ca, id).await?;
+    let (issued, row) = crate::certs::issue(ca, id).await?;
     st.db.call(move |s| s.record_certificate(&row)).await?;
     marshal(&Value::dict([
         ("certificate", issued.cert_pem.as_str()),

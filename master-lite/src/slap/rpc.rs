@@ -38,7 +38,7 @@ use super::{
 };
 use crate::auth::{Action, Identity, InstanceFacts};
 use crate::error::ApiError;
-use crate::http::{AppState, now_ms};
+use crate::state::{AppState, now_ms};
 use crate::store::{SharedRequest, SharedRow, SlapPartition, Store, StoreError};
 
 /// The `/slapos.*` routes, one per endpoint of the schema table.

