@@ -7,7 +7,8 @@
 //! types and enums; failure 400), errors are JSON `{"status", "type", "title"}`. Instances are
 //! named by the synthetic guid `<title>___<root title or ''>___<0|1>`.
 //!
-//! Authorization ([`authorize`], before any work): the same actions as the classic routes —
+//! Authorization (`authorize`, before any work, by the rule of each `Endpoint`: one exhaustive
+//! match): the same actions as the classic routes —
 //! `computer_guid` calls of the node need that computer's identity, `instance_guid` calls the
 //! instance's partition or its computer, supply is admin-only, a request follows the requester
 //! rules (X-SlapPartition must name the caller or one of its partitions; roots: users' own
@@ -43,13 +44,10 @@ use crate::store::{SharedRequest, SharedRow, SlapPartition, Store, StoreError};
 
 /// The `/slapos.*` routes, one per endpoint of the schema table.
 pub fn routes() -> Router<AppState> {
-    SCHEMAS.iter().fold(Router::new(), |r, schema| {
-        let name = schema.0;
+    Endpoint::ALL.iter().fold(Router::new(), |r, &ep| {
         r.route(
-            &format!("/{name}"),
-            any(move |st, who, method, headers, body| {
-                endpoint(st, who, name, method, headers, body)
-            }),
+            &format!("/{}", ep.path()),
+            any(move |st, who, method, headers, body| endpoint(st, who, ep, method, headers, body)),
         )
     })
 }
@@ -117,173 +115,241 @@ enum Ty {
     Bool,
 }
 
-/// (path, required, optional): the request schemas of `json_rpc.json`, all
-/// `additionalProperties: false`.
-type Schema = (
-    &'static str,
-    &'static [(&'static str, Ty)],
-    &'static [(&'static str, Ty)],
-);
+/// Required and optional properties of a request schema (`json_rpc.json`, all
+/// `additionalProperties: false`).
+type Props = &'static [(&'static str, Ty)];
 
 const STATES: &[&str] = &["started", "stopped", "destroyed"];
-const SCHEMAS: &[Schema] = &[
-    (
-        "slapos.put.v0.software_installation_reported_state",
-        &[
-            ("software_release_uri", Ty::Str),
-            ("computer_guid", Ty::Str),
-            (
-                "reported_state",
-                Ty::Enum(&["available", "destroyed", "building"]),
+
+/// Every endpoint of slapproxy's `json_rpc.json`. Each one is routed ([`Endpoint::ALL`]), has
+/// its schema ([`Endpoint::schema`]), its authorization rule ([`Endpoint::rule`], one
+/// exhaustive match: a new endpoint cannot compile until it is decided) and its handler
+/// (`endpoint`, exhaustive too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    /// `/slapos.put.v0.software_installation_reported_state`.
+    SoftwareInstallationReportedState,
+    /// `/slapos.allDocs.v0.instance_tree_list`.
+    InstanceTreeList,
+    /// `/slapos.get.v0.software_instance_certificate`.
+    SoftwareInstanceCertificate,
+    /// `/slapos.put.v0.software_instance_title`.
+    SoftwareInstanceTitle,
+    /// `/slapos.get.v0.instance_tree`.
+    InstanceTree,
+    /// `/slapos.put.v0.software_installation_error`.
+    SoftwareInstallationError,
+    /// `/slapos.get.v0.hateoas_url`.
+    HateoasUrl,
+    /// `/slapos.put.v0.software_instance_connection_parameter`.
+    SoftwareInstanceConnectionParameter,
+    /// `/slapos.get.v0.compute_node_status`.
+    ComputeNodeStatus,
+    /// `/slapos.allDocs.v0.compute_node_instance_list`.
+    ComputeNodeInstanceList,
+    /// `/slapos.get.v0.compute_partition`.
+    ComputePartition,
+    /// `/slapos.allDocs.v0.compute_node_software_installation_list`.
+    ComputeNodeSoftwareInstallationList,
+    /// `/slapos.put.v0.software_instance_error`.
+    SoftwareInstanceError,
+    /// `/slapos.post.v0.software_instance`.
+    SoftwareInstanceRequest,
+    /// `/slapos.post.v0.compute_node_certificate`.
+    ComputeNodeCertificate,
+    /// `/slapos.allDocs.v0.instance_node_instance_list`.
+    InstanceNodeInstanceList,
+    /// `/slapos.get.v0.software_instance`.
+    SoftwareInstance,
+    /// `/slapos.post.v0.compute_node_usage`.
+    ComputeNodeUsage,
+    /// `/slapos.put.v0.software_instance_bang`.
+    SoftwareInstanceBang,
+    /// `/slapos.put.v0.compute_node_format`.
+    ComputeNodeFormat,
+    /// `/slapos.put.v0.software_instance_reported_state`.
+    SoftwareInstanceReportedState,
+    /// `/slapos.remove.v0.compute_node_certificate`.
+    ComputeNodeCertificateRemove,
+    /// `/slapos.put.v0.compute_node_bang`.
+    ComputeNodeBang,
+    /// `/slapos.post.v0.software_installation`.
+    SoftwareInstallation,
+    /// `/slapos.allDocs.WIP.compute_node_list`.
+    ComputeNodeList,
+}
+
+use Endpoint as E;
+
+impl Endpoint {
+    /// Every endpoint, in the order of the schema file.
+    const ALL: [Endpoint; 25] = [
+        E::SoftwareInstallationReportedState,
+        E::InstanceTreeList,
+        E::SoftwareInstanceCertificate,
+        E::SoftwareInstanceTitle,
+        E::InstanceTree,
+        E::SoftwareInstallationError,
+        E::HateoasUrl,
+        E::SoftwareInstanceConnectionParameter,
+        E::ComputeNodeStatus,
+        E::ComputeNodeInstanceList,
+        E::ComputePartition,
+        E::ComputeNodeSoftwareInstallationList,
+        E::SoftwareInstanceError,
+        E::SoftwareInstanceRequest,
+        E::ComputeNodeCertificate,
+        E::InstanceNodeInstanceList,
+        E::SoftwareInstance,
+        E::ComputeNodeUsage,
+        E::SoftwareInstanceBang,
+        E::ComputeNodeFormat,
+        E::SoftwareInstanceReportedState,
+        E::ComputeNodeCertificateRemove,
+        E::ComputeNodeBang,
+        E::SoftwareInstallation,
+        E::ComputeNodeList,
+    ];
+
+    /// Its path, without the leading `/`.
+    fn path(self) -> &'static str {
+        match self {
+            E::SoftwareInstallationReportedState => {
+                "slapos.put.v0.software_installation_reported_state"
+            }
+            E::InstanceTreeList => "slapos.allDocs.v0.instance_tree_list",
+            E::SoftwareInstanceCertificate => "slapos.get.v0.software_instance_certificate",
+            E::SoftwareInstanceTitle => "slapos.put.v0.software_instance_title",
+            E::InstanceTree => "slapos.get.v0.instance_tree",
+            E::SoftwareInstallationError => "slapos.put.v0.software_installation_error",
+            E::HateoasUrl => "slapos.get.v0.hateoas_url",
+            E::SoftwareInstanceConnectionParameter => {
+                "slapos.put.v0.software_instance_connection_parameter"
+            }
+            E::ComputeNodeStatus => "slapos.get.v0.compute_node_status",
+            E::ComputeNodeInstanceList => "slapos.allDocs.v0.compute_node_instance_list",
+            E::ComputePartition => "slapos.get.v0.compute_partition",
+            E::ComputeNodeSoftwareInstallationList => {
+                "slapos.allDocs.v0.compute_node_software_installation_list"
+            }
+            E::SoftwareInstanceError => "slapos.put.v0.software_instance_error",
+            E::SoftwareInstanceRequest => "slapos.post.v0.software_instance",
+            E::ComputeNodeCertificate => "slapos.post.v0.compute_node_certificate",
+            E::InstanceNodeInstanceList => "slapos.allDocs.v0.instance_node_instance_list",
+            E::SoftwareInstance => "slapos.get.v0.software_instance",
+            E::ComputeNodeUsage => "slapos.post.v0.compute_node_usage",
+            E::SoftwareInstanceBang => "slapos.put.v0.software_instance_bang",
+            E::ComputeNodeFormat => "slapos.put.v0.compute_node_format",
+            E::SoftwareInstanceReportedState => "slapos.put.v0.software_instance_reported_state",
+            E::ComputeNodeCertificateRemove => "slapos.remove.v0.compute_node_certificate",
+            E::ComputeNodeBang => "slapos.put.v0.compute_node_bang",
+            E::SoftwareInstallation => "slapos.post.v0.software_installation",
+            E::ComputeNodeList => "slapos.allDocs.WIP.compute_node_list",
+        }
+    }
+
+    /// Its request schema: required, then optional properties.
+    fn schema(self) -> (Props, Props) {
+        match self {
+            E::SoftwareInstallationReportedState => (
+                &[
+                    ("software_release_uri", Ty::Str),
+                    ("computer_guid", Ty::Str),
+                    (
+                        "reported_state",
+                        Ty::Enum(&["available", "destroyed", "building"]),
+                    ),
+                ],
+                &[],
             ),
-        ],
-        &[],
-    ),
-    ("slapos.allDocs.v0.instance_tree_list", &[], &[]),
-    (
-        "slapos.get.v0.software_instance_certificate",
-        &[("instance_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.put.v0.software_instance_title",
-        &[("instance_guid", Ty::Str), ("title", Ty::Str)],
-        &[],
-    ),
-    ("slapos.get.v0.instance_tree", &[("title", Ty::Str)], &[]),
-    (
-        "slapos.put.v0.software_installation_error",
-        &[
-            ("software_release_uri", Ty::Str),
-            ("computer_guid", Ty::Str),
-            ("message", Ty::Str),
-        ],
-        &[],
-    ),
-    ("slapos.get.v0.hateoas_url", &[], &[]),
-    (
-        "slapos.put.v0.software_instance_connection_parameter",
-        &[
-            ("instance_guid", Ty::Str),
-            ("connection_parameter_dict", Ty::Object),
-        ],
-        &[],
-    ),
-    (
-        "slapos.get.v0.compute_node_status",
-        &[("computer_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.allDocs.v0.compute_node_instance_list",
-        &[("computer_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.get.v0.compute_partition",
-        &[
-            ("computer_guid", Ty::Str),
-            ("compute_partition_id", Ty::Str),
-        ],
-        &[],
-    ),
-    (
-        "slapos.allDocs.v0.compute_node_software_installation_list",
-        &[("computer_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.put.v0.software_instance_error",
-        &[("instance_guid", Ty::Str), ("message", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.post.v0.software_instance",
-        &[
-            ("title", Ty::Str),
-            ("software_release_uri", Ty::Str),
-            ("software_type", Ty::Str),
-        ],
-        &[
-            ("parameters", Ty::Object),
-            ("state", Ty::Enum(STATES)),
-            ("sla_parameters", Ty::Object),
-            ("shared", Ty::Bool),
-        ],
-    ),
-    (
-        "slapos.post.v0.compute_node_certificate",
-        &[("computer_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.allDocs.v0.instance_node_instance_list",
-        &[("instance_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.get.v0.software_instance",
-        &[("instance_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.post.v0.compute_node_usage",
-        &[("computer_guid", Ty::Str), ("tioxml", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.put.v0.software_instance_bang",
-        &[("instance_guid", Ty::Str), ("message", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.put.v0.compute_node_format",
-        &[
-            ("compute_partition_list", Ty::Array),
-            ("computer_guid", Ty::Str),
-        ],
-        &[],
-    ),
-    (
-        "slapos.put.v0.software_instance_reported_state",
-        &[
-            ("instance_guid", Ty::Str),
-            ("reported_state", Ty::Enum(STATES)),
-        ],
-        &[],
-    ),
-    (
-        "slapos.remove.v0.compute_node_certificate",
-        &[("computer_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.put.v0.compute_node_bang",
-        &[("message", Ty::Str), ("computer_guid", Ty::Str)],
-        &[],
-    ),
-    (
-        "slapos.post.v0.software_installation",
-        &[
-            ("software_release_uri", Ty::Str),
-            ("computer_guid", Ty::Str),
-        ],
-        &[("state", Ty::Enum(&["available", "destroyed"]))],
-    ),
-    ("slapos.allDocs.WIP.compute_node_list", &[], &[]),
-];
+            E::InstanceTreeList => (&[], &[]),
+            E::SoftwareInstanceCertificate => (&[("instance_guid", Ty::Str)], &[]),
+            E::SoftwareInstanceTitle => (&[("instance_guid", Ty::Str), ("title", Ty::Str)], &[]),
+            E::InstanceTree => (&[("title", Ty::Str)], &[]),
+            E::SoftwareInstallationError => (
+                &[
+                    ("software_release_uri", Ty::Str),
+                    ("computer_guid", Ty::Str),
+                    ("message", Ty::Str),
+                ],
+                &[],
+            ),
+            E::HateoasUrl => (&[], &[]),
+            E::SoftwareInstanceConnectionParameter => (
+                &[
+                    ("instance_guid", Ty::Str),
+                    ("connection_parameter_dict", Ty::Object),
+                ],
+                &[],
+            ),
+            E::ComputeNodeStatus => (&[("computer_guid", Ty::Str)], &[]),
+            E::ComputeNodeInstanceList => (&[("computer_guid", Ty::Str)], &[]),
+            E::ComputePartition => (
+                &[
+                    ("computer_guid", Ty::Str),
+                    ("compute_partition_id", Ty::Str),
+                ],
+                &[],
+            ),
+            E::ComputeNodeSoftwareInstallationList => (&[("computer_guid", Ty::Str)], &[]),
+            E::SoftwareInstanceError => (&[("instance_guid", Ty::Str), ("message", Ty::Str)], &[]),
+            E::SoftwareInstanceRequest => (
+                &[
+                    ("title", Ty::Str),
+                    ("software_release_uri", Ty::Str),
+                    ("software_type", Ty::Str),
+                ],
+                &[
+                    ("parameters", Ty::Object),
+                    ("state", Ty::Enum(STATES)),
+                    ("sla_parameters", Ty::Object),
+                    ("shared", Ty::Bool),
+                ],
+            ),
+            E::ComputeNodeCertificate => (&[("computer_guid", Ty::Str)], &[]),
+            E::InstanceNodeInstanceList => (&[("instance_guid", Ty::Str)], &[]),
+            E::SoftwareInstance => (&[("instance_guid", Ty::Str)], &[]),
+            E::ComputeNodeUsage => (&[("computer_guid", Ty::Str), ("tioxml", Ty::Str)], &[]),
+            E::SoftwareInstanceBang => (&[("instance_guid", Ty::Str), ("message", Ty::Str)], &[]),
+            E::ComputeNodeFormat => (
+                &[
+                    ("compute_partition_list", Ty::Array),
+                    ("computer_guid", Ty::Str),
+                ],
+                &[],
+            ),
+            E::SoftwareInstanceReportedState => (
+                &[
+                    ("instance_guid", Ty::Str),
+                    ("reported_state", Ty::Enum(STATES)),
+                ],
+                &[],
+            ),
+            E::ComputeNodeCertificateRemove => (&[("computer_guid", Ty::Str)], &[]),
+            E::ComputeNodeBang => (&[("message", Ty::Str), ("computer_guid", Ty::Str)], &[]),
+            E::SoftwareInstallation => (
+                &[
+                    ("software_release_uri", Ty::Str),
+                    ("computer_guid", Ty::Str),
+                ],
+                &[("state", Ty::Enum(&["available", "destroyed"]))],
+            ),
+            E::ComputeNodeList => (&[], &[]),
+        }
+    }
+}
 
 /// jsonschema's messages for the first violation.
-fn validate(body: &Json, schema: &Schema) -> Result<(), RpcError> {
+fn validate(body: &Json, (required, optional): (Props, Props)) -> Result<(), RpcError> {
     let Some(obj) = body.as_object() else {
         return Err(bad(format!("{body} is not of type 'object'")));
     };
-    for (k, _) in schema.1 {
+    for (k, _) in required {
         if !obj.contains_key(*k) {
             return Err(bad(format!("'{k}' is a required property")));
         }
     }
-    let known = schema.1.iter().chain(schema.2);
+    let known = required.iter().chain(optional);
     for (k, v) in obj {
         let Some((_, ty)) = known.clone().find(|(n, _)| n == k) else {
             return Err(bad(format!(
@@ -329,17 +395,11 @@ fn accepts_json(headers: &HeaderMap) -> bool {
 async fn endpoint(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
-    name: &'static str,
+    ep: Endpoint,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> RpcResult {
-    let Some(schema) = SCHEMAS.iter().find(|s| s.0 == name) else {
-        return Err(RpcError(
-            StatusCode::NOT_FOUND,
-            "The requested URL was not found on the server.".into(),
-        ));
-    };
     if method != Method::POST {
         return Err(RpcError(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -358,27 +418,24 @@ async fn endpoint(
     let body: Json = super::decode(body.len(), || serde_json::from_slice(&body))
         .await
         .map_err(|e| bad(format!("Failed to decode JSON object: {e}")))?;
-    validate(&body, schema)?;
+    validate(&body, ep.schema())?;
     if !who.is_admin() {
-        authorize(&st, &who, name, &body).await?;
+        authorize(&st, &who, ep, &body).await?;
     }
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let now = now_ms();
-    match name {
-        "slapos.remove.v0.compute_node_certificate"
-        | "slapos.post.v0.compute_node_usage"
-        | "slapos.put.v0.compute_node_bang"
-        | "slapos.put.v0.software_instance_error"
-        | "slapos.put.v0.software_installation_error" => success("Ignored"),
-        "slapos.post.v0.compute_node_certificate"
-        | "slapos.get.v0.software_instance_certificate" => {
+    match ep {
+        E::ComputeNodeCertificateRemove
+        | E::ComputeNodeUsage
+        | E::ComputeNodeBang
+        | E::SoftwareInstanceError
+        | E::SoftwareInstallationError => success("Ignored"),
+        E::ComputeNodeCertificate | E::SoftwareInstanceCertificate => {
             ok(json!({"key": "", "certificate": ""}))
         }
-        "slapos.get.v0.compute_node_status" => ok(json!({"text": "Unknown (not implemented)"})),
-        "slapos.get.v0.hateoas_url" => {
-            ok(json!({"hateoas_url": format!("{}hateoas/", host_url(&headers))}))
-        }
-        "slapos.post.v0.software_installation" => {
+        E::ComputeNodeStatus => ok(json!({"text": "Unknown (not implemented)"})),
+        E::HateoasUrl => ok(json!({"hateoas_url": format!("{}hateoas/", host_url(&headers))})),
+        E::SoftwareInstallation => {
             let state = body
                 .get("state")
                 .and_then(Json::as_str)
@@ -396,7 +453,7 @@ async fn endpoint(
             st.db.call(move |s| s.slap_supply(&c, &req, now)).await?;
             success(format!("Supplied {url} to be {state}"))
         }
-        "slapos.allDocs.v0.compute_node_software_installation_list" => {
+        E::ComputeNodeSoftwareInstallationList => {
             let c = s("computer_guid");
             let id = c.clone();
             let Some(comp) = st.db.call(move |s| s.slap_computer(&id)).await? else {
@@ -409,7 +466,7 @@ async fn endpoint(
                 .collect();
             ok(json!({"result_list": list}))
         }
-        "slapos.put.v0.software_installation_reported_state" => {
+        E::SoftwareInstallationReportedState => {
             if s("reported_state") != "destroyed" {
                 return success("Ignored");
             }
@@ -427,7 +484,7 @@ async fn endpoint(
             let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;
             success("Destroyed")
         }
-        "slapos.allDocs.v0.compute_node_instance_list" => {
+        E::ComputeNodeInstanceList => {
             let c = s("computer_guid");
             let id = c.clone();
             let Some(comp) = st.db.call(move |s| s.slap_computer(&id)).await? else {
@@ -447,7 +504,7 @@ async fn endpoint(
                 .collect();
             ok(json!({"result_list": list}))
         }
-        "slapos.allDocs.v0.instance_node_instance_list" => {
+        E::InstanceNodeInstanceList => {
             let g = s("instance_guid");
             let (title, root, shared) = parse_guid(&g)?;
             let host = if shared {
@@ -474,7 +531,7 @@ async fn endpoint(
                 .collect();
             ok(json!({"result_list": list}))
         }
-        "slapos.get.v0.software_instance" => {
+        E::SoftwareInstance => {
             let g = s("instance_guid");
             let (title, root, shared) = parse_guid(&g)?;
             if shared {
@@ -488,7 +545,7 @@ async fn endpoint(
                 None => Err(forbidden(format!("No software instance {g} found."))),
             }
         }
-        "slapos.get.v0.compute_partition" => {
+        E::ComputePartition => {
             let (c, p) = (s("computer_guid"), s("compute_partition_id"));
             let (cc, pp) = (c.clone(), p.clone());
             match st.db.call(move |s| s.slap_partition(&cc, &pp)).await? {
@@ -496,7 +553,7 @@ async fn endpoint(
                 _ => Err(forbidden(format!("No instance on partition {p} found."))),
             }
         }
-        "slapos.get.v0.instance_tree" => {
+        E::InstanceTree => {
             let t = s("title");
             let mut found = roots(&st, &who, Some(t.clone())).await?;
             let mut shared = root_shared(&st, &who, Some(t.clone())).await?;
@@ -513,7 +570,7 @@ async fn endpoint(
                 None => Err(forbidden(format!("No instance tree {t} found."))),
             }
         }
-        "slapos.allDocs.v0.instance_tree_list" => {
+        E::InstanceTreeList => {
             let mut list: Vec<Json> = roots(&st, &who, None)
                 .await?
                 .iter()
@@ -527,7 +584,7 @@ async fn endpoint(
             );
             ok(json!({"result_list": list}))
         }
-        "slapos.allDocs.WIP.compute_node_list" => {
+        E::ComputeNodeList => {
             let list = st.db.call(|s| s.slap_computer_list(None)).await?;
             let list: Vec<Json> = list
                 .iter()
@@ -536,28 +593,69 @@ async fn endpoint(
                 .collect();
             ok(json!({"result_list": list}))
         }
-        "slapos.put.v0.compute_node_format" => format(&st, &body, now).await,
-        "slapos.post.v0.software_instance" => request(&st, who, &headers, &body, now).await,
-        _ => instance_call(&st, name, &body, now).await,
+        E::ComputeNodeFormat => format(&st, &body, now).await,
+        E::SoftwareInstanceRequest => request(&st, who, &headers, &body, now).await,
+        E::SoftwareInstanceConnectionParameter => {
+            instance_call(&st, InstanceCall::ConnectionParameter, &body, now).await
+        }
+        E::SoftwareInstanceReportedState => {
+            instance_call(&st, InstanceCall::ReportedState, &body, now).await
+        }
+        E::SoftwareInstanceBang => instance_call(&st, InstanceCall::Bang, &body, now).await,
+        E::SoftwareInstanceTitle => instance_call(&st, InstanceCall::Title, &body, now).await,
     }
 }
 
-/// The JSON-RPC calls by `computer_guid` and the action each one is.
-fn computer_action(name: &str) -> Option<for<'a> fn(&'a ComputerId) -> Action<'a>> {
-    Some(match name {
-        "slapos.put.v0.software_installation_reported_state"
-        | "slapos.put.v0.software_installation_error"
-        | "slapos.allDocs.v0.compute_node_instance_list"
-        | "slapos.allDocs.v0.compute_node_software_installation_list"
-        | "slapos.post.v0.compute_node_certificate"
-        | "slapos.remove.v0.compute_node_certificate"
-        | "slapos.post.v0.compute_node_usage"
-        | "slapos.put.v0.compute_node_bang" => |c| Action::Node(c),
-        "slapos.get.v0.compute_node_status" => |c| Action::ReadComputer(c),
-        "slapos.put.v0.compute_node_format" => |c| Action::Register(c),
-        "slapos.post.v0.software_installation" => |c| Action::Supply(c),
-        _ => return None,
-    })
+/// What a non-admin caller needs for an endpoint.
+enum Rule {
+    /// The identity of `computer_guid`'s node (or of that computer), as this action.
+    Computer(for<'a> fn(&'a ComputerId) -> Action<'a>),
+    /// To read partition `computer_guid` / `compute_partition_id`.
+    ReadPartition,
+    /// To read the root named `title` (an unknown title is the handler's 403).
+    ReadTree,
+    /// To read the instance `instance_guid` (its tree's owner, its partition or computer).
+    ReadInstance,
+    /// To read the partition of `instance_guid` (its shared instances).
+    ReadInstancePartition,
+    /// To act as the partition of `instance_guid`.
+    ActOnInstance,
+    /// Decided by the handler: lists filtered by identity, requests by the requester rules,
+    /// answers that are the same for everyone.
+    InHandler,
+}
+
+impl Endpoint {
+    /// Its authorization rule for a caller that is not an admin (see the module doc).
+    fn rule(self) -> Rule {
+        match self {
+            E::SoftwareInstallationReportedState
+            | E::SoftwareInstallationError
+            | E::ComputeNodeInstanceList
+            | E::ComputeNodeSoftwareInstallationList
+            | E::ComputeNodeCertificate
+            | E::ComputeNodeCertificateRemove
+            | E::ComputeNodeUsage
+            | E::ComputeNodeBang => Rule::Computer(|c| Action::Node(c)),
+            E::ComputeNodeStatus => Rule::Computer(|c| Action::ReadComputer(c)),
+            E::ComputeNodeFormat => Rule::Computer(|c| Action::Register(c)),
+            E::SoftwareInstallation => Rule::Computer(|c| Action::Supply(c)),
+            E::ComputePartition => Rule::ReadPartition,
+            E::InstanceTree => Rule::ReadTree,
+            E::SoftwareInstance => Rule::ReadInstance,
+            E::InstanceNodeInstanceList => Rule::ReadInstancePartition,
+            E::SoftwareInstanceCertificate
+            | E::SoftwareInstanceTitle
+            | E::SoftwareInstanceConnectionParameter
+            | E::SoftwareInstanceError
+            | E::SoftwareInstanceBang
+            | E::SoftwareInstanceReportedState => Rule::ActOnInstance,
+            E::InstanceTreeList
+            | E::ComputeNodeList
+            | E::SoftwareInstanceRequest
+            | E::HateoasUrl => Rule::InHandler,
+        }
+    }
 }
 
 /// Where the instance named by a guid lives: its (host) computer and partition, and the facts
@@ -602,63 +700,63 @@ async fn place(st: &AppState, g: &str) -> Result<Option<Placed>, RpcError> {
     }))
 }
 
-/// Whether a non-admin `who` may make this call (see the module doc); lists and requests are
-/// decided in their handlers.
-async fn authorize(st: &AppState, who: &Identity, name: &str, body: &Json) -> Result<(), RpcError> {
+/// Whether a non-admin `who` may make this call ([`Endpoint::rule`]).
+async fn authorize(
+    st: &AppState,
+    who: &Identity,
+    ep: Endpoint,
+    body: &Json,
+) -> Result<(), RpcError> {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("");
-    if let Some(act) = computer_action(name) {
-        return Ok(check_computer(who, s("computer_guid"), act)?);
-    }
-    match name {
-        "slapos.get.v0.compute_partition" => Ok(check_partition(
+    let instance = |what| async move {
+        let g = s("instance_guid");
+        match place(st, g).await? {
+            Some(placed) => Ok(placed),
+            None => Err(forbidden(format!("{who} may not {what} instance {g}"))),
+        }
+    };
+    match ep.rule() {
+        Rule::InHandler => Ok(()),
+        Rule::Computer(act) => Ok(check_computer(who, s("computer_guid"), act)?),
+        Rule::ReadPartition => Ok(check_partition(
             who,
             s("computer_guid"),
             s("compute_partition_id"),
             |c, p| Action::ReadPartition(c, p),
         )?),
-        "slapos.get.v0.instance_tree" => {
+        Rule::ReadTree => {
             // A root the caller may not read is refused; an unknown title is the handler's 403.
             match all_roots(st, Some(s("title").to_owned())).await?.pop() {
                 Some(root) => Ok(check_readable(who, &root)?),
                 None => Ok(()),
             }
         }
-        "slapos.get.v0.software_instance"
-        | "slapos.allDocs.v0.instance_node_instance_list"
-        | "slapos.get.v0.software_instance_certificate"
-        | "slapos.put.v0.software_instance_title"
-        | "slapos.put.v0.software_instance_connection_parameter"
-        | "slapos.put.v0.software_instance_error"
-        | "slapos.put.v0.software_instance_bang"
-        | "slapos.put.v0.software_instance_reported_state" => {
-            let g = s("instance_guid");
-            let Some((c, p, facts)) = place(st, g).await? else {
-                return Err(forbidden(format!("{who} may not act on instance {g}")));
-            };
-            match (name, facts) {
-                ("slapos.get.v0.software_instance", Some(root)) => {
-                    let (i, o) = &root;
-                    let facts = InstanceFacts {
-                        computer: i.computer.as_str(),
-                        partition: i.partition.as_str(),
-                        requester: i.requester.as_deref(),
-                        owner: o.as_deref(),
-                    };
-                    Ok(super::allow(who, Action::ReadInstance(facts))?)
-                }
-                (
-                    "slapos.get.v0.software_instance"
-                    | "slapos.allDocs.v0.instance_node_instance_list",
-                    _,
-                ) => Ok(check_partition(who, &c, &p, |c, p| {
-                    Action::ReadPartition(c, p)
-                })?),
-                _ => Ok(check_partition(who, &c, &p, |c, p| {
-                    Action::Partition(c, p)
-                })?),
+        Rule::ReadInstance => match instance("read").await? {
+            (_, _, Some((i, o))) => {
+                let facts = InstanceFacts {
+                    computer: i.computer.as_str(),
+                    partition: i.partition.as_str(),
+                    requester: i.requester.as_deref(),
+                    owner: o.as_deref(),
+                };
+                Ok(super::allow(who, Action::ReadInstance(facts))?)
             }
+            (c, p, None) => Ok(check_partition(who, &c, &p, |c, p| {
+                Action::ReadPartition(c, p)
+            })?),
+        },
+        Rule::ReadInstancePartition => {
+            let (c, p, _) = instance("read").await?;
+            Ok(check_partition(who, &c, &p, |c, p| {
+                Action::ReadPartition(c, p)
+            })?)
         }
-        _ => Ok(()),
+        Rule::ActOnInstance => {
+            let (c, p, _) = instance("act on").await?;
+            Ok(check_partition(who, &c, &p, |c, p| {
+                Action::Partition(c, p)
+            })?)
+        }
     }
 }
 
@@ -1084,21 +1182,27 @@ async fn request_shared(
     }))
 }
 
-/// The instance calls that take an `instance_guid`: connection parameters, reported state,
-/// bang, title.
-async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcResult {
+/// The instance calls that take an `instance_guid` and change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InstanceCall {
+    ConnectionParameter,
+    ReportedState,
+    Bang,
+    Title,
+}
+
+/// Connection parameters, reported state, bang, title of an instance.
+async fn instance_call(st: &AppState, call: InstanceCall, body: &Json, now: u64) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let g = s("instance_guid");
-    if name == "slapos.put.v0.software_instance_reported_state"
-        && s("reported_state") != "destroyed"
-    {
+    if call == InstanceCall::ReportedState && s("reported_state") != "destroyed" {
         return success("Ignored");
     }
     let (title, root, shared) = parse_guid(&g)?;
     if shared {
-        return match name {
-            "slapos.put.v0.software_instance_reported_state" => success("Ignored"),
-            "slapos.put.v0.software_instance_connection_parameter" => {
+        return match call {
+            InstanceCall::ReportedState => success("Ignored"),
+            InstanceCall::ConnectionParameter => {
                 if let Some(r) = shared_row(st, title, root).await? {
                     let params = connection_params(body);
                     let reference = format!("{}_{}", r.root, r.title);
@@ -1111,7 +1215,7 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
                 // slapproxy: an unknown shared reference updates no row, still Updated.
                 success("Updated")
             }
-            _ => Err(forbidden("NotImplemented")),
+            InstanceCall::Bang | InstanceCall::Title => Err(forbidden("NotImplemented")),
         };
     }
     let located = locate(st, title, root).await?;
@@ -1121,8 +1225,8 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
             PartitionId::parse(p.id.as_str()).ok()?,
         ))
     });
-    match name {
-        "slapos.put.v0.software_instance_connection_parameter" => {
+    match call {
+        InstanceCall::ConnectionParameter => {
             let Some((c, p)) = ids else {
                 // slapproxy's UPDATE matches no row and still answers Updated.
                 return success("Updated");
@@ -1133,7 +1237,7 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
                 .await?;
             success("Updated")
         }
-        "slapos.put.v0.software_instance_reported_state" => {
+        InstanceCall::ReportedState => {
             let Some((c, p)) = ids else {
                 return Err(forbidden(format!("No software instance {g} found.")));
             };
@@ -1147,14 +1251,14 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
                 Err(forbidden(answer))
             }
         }
-        "slapos.put.v0.software_instance_bang" => {
+        InstanceCall::Bang => {
             if let Some((c, p)) = ids {
                 let message = s("message");
                 st.db.call(move |s| s.bang(&c, &p, &message, now)).await?;
             }
             success("Bang handled")
         }
-        "slapos.put.v0.software_instance_title" => {
+        InstanceCall::Title => {
             if let Some((c, p)) = ids {
                 let new =
                     InstanceTitle::parse(s("title").as_str()).map_err(|e| bad(e.to_string()))?;
@@ -1164,9 +1268,5 @@ async fn instance_call(st: &AppState, name: &str, body: &Json, now: u64) -> RpcR
             }
             success("Renamed")
         }
-        _ => Err(RpcError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("/{name} is not part of the open api definition"),
-        )),
     }
 }
