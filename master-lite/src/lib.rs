@@ -44,6 +44,7 @@
 //! * Shared ("slave") instances are not implemented (native or SLAP), nor SLAP's JSON-RPC API
 //!   and `/hateoas`.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod certs;

@@ -316,12 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Token {
             cmd: TokenCmd::Create { computer, ttl, db },
         } => {
-            let c = ComputerId::parse(computer)?;
-            let token = hex::encode(master_lite::pki::random_bytes(32)?);
-            let now = master_lite::now_ms();
-            let mut store = master_lite::Store::open(&db, now)?;
-            let expires = now.saturating_add(ttl.saturating_mul(1000));
-            store.create_token(&master_lite::certs::token_hash(&token), &c, now, expires)?;
+            let token = master_lite::admin::create_token(&db, &ComputerId::parse(computer)?, ttl)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
@@ -335,41 +330,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     db,
                 },
         } => {
-            let n: master_lite::auth::Name = name.parse()?;
-            let id = if admin {
-                master_lite::auth::Identity::Admin(n)
-            } else {
-                master_lite::auth::Identity::User(n)
-            };
-            let ca = master_lite::pki::Ca::open(&tls_dir)?;
-            let issued = ca.issue_client(&id)?;
-            let now = master_lite::now_ms();
-            let mut store = master_lite::Store::open(&db, now)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-            let write = master_lite::pki::write_new;
-            write(
-                &out.join(format!("{name}.key")),
-                issued.key_pem.as_bytes(),
-                0o600,
-            )?;
-            write(
-                &out.join(format!("{name}.pem")),
-                issued.cert_pem.as_bytes(),
-                0o644,
-            )?;
-            let ca_path = out.join("ca.pem");
-            if !ca_path.exists() {
-                write(&ca_path, ca.cert_pem().as_bytes(), 0o644)?;
-            }
-            store.record_certificate(&master_lite::store::CertificateRow {
-                serial: issued.serial.clone(),
-                identity: id.to_string(),
-                kind: id.kind().to_owned(),
-                issued_ms: now,
-                expires_ms: issued.expires_ms,
-                revoked_ms: None,
-            })?;
-            println!("{id} serial {} in {}", issued.serial, out.display());
+            let made = master_lite::admin::create_user(&db, &tls_dir, &name, admin, &out)?;
+            println!(
+                "{} serial {} in {}",
+                made.identity,
+                made.serial,
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert {
@@ -380,19 +347,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     db,
                 },
         } => {
-            let now = master_lite::now_ms();
-            let mut store = master_lite::Store::open(&db, now)?;
             match (serial, identity) {
                 (Some(serial), _) => {
-                    let row = store.revoke_serial(&serial.to_ascii_lowercase(), now)?;
+                    let row = master_lite::admin::revoke_serial(&db, &serial)?;
                     println!("revoked {} ({})", row.serial, row.identity);
                 }
                 (None, Some(identity)) => {
-                    let id = master_lite::auth::Identity::parse_cn(&identity)?;
-                    let serials = store.revoke_identity(&id.to_string(), now)?;
-                    if serials.is_empty() {
-                        bail!("{id} has no unrevoked certificate");
-                    }
+                    let (id, serials) = master_lite::admin::revoke_identity(&db, &identity)?;
                     for s in serials {
                         println!("revoked {s} ({id})");
                     }
@@ -404,8 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Cert {
             cmd: CertCmd::List { db },
         } => {
-            let mut store = master_lite::Store::open(&db, master_lite::now_ms())?;
-            let list = store.certificates()?;
+            let list = master_lite::admin::certificates(&db)?;
             let mut rows = vec![
                 ["SERIAL", "IDENTITY", "ISSUED", "REVOKED"]
                     .map(String::from)
