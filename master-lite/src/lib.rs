@@ -14,17 +14,20 @@
 //!   SQLite call (or fsync) runs on a runtime thread.
 //! * [`hub`]: per-computer `watch` channels that wake long polls as soon as a transaction that
 //!   changes a computer's desired state commits.
-//! * [`http`]: [`app`] builds the axum router; handlers validate input into proto types and make
-//!   one store call. One error type ([`ApiError`]) maps to `{kind, error}` JSON bodies and hides
-//!   internals on 5xx.
+//! * [`http`]: the native routes; handlers validate input into proto types and make one store
+//!   call. One error type ([`ApiError`]) maps to `{kind, error}` JSON bodies and hides internals
+//!   on 5xx; the store has its own ([`StoreError`]).
 //! * [`slap`]: the classic SLAP routes of slapos.core 1.26.1 (`slapos request/supply`, the
 //!   `slap` library, slapgrid) over the same store; `slapos-master serve --cfg` reads
 //!   slapproxy's configuration file (`docs/slap.md`).
 //! * [`Master`] / [`serve`]: open the database, start the worker and serve a listener until a
 //!   shutdown future completes (used by `slapos-master serve` and by `standalone`).
-//! * Identity (issue 8, `docs/identity.md`): [`pki`] is the master's CA (rcgen), [`tls`] serves
-//!   the API over mTLS ([`Master::run_tls`]), [`auth`] holds the one authorization decision
-//!   every handler asks. Plain HTTP ([`Master::run`]) serves the local operator.
+//! * Identity (issue 8, `docs/identity.md`): [`pki`] is the master's CA (rcgen), [`tls`] its
+//!   mTLS configuration ([`Master::run_tls`]), [`auth`] the one authorization decision every
+//!   handler asks, [`middleware`] attaches the caller's identity; [`local`] names local
+//!   plain-HTTP callers ([`Master::run`]).
+//! * [`server`]: the accept loop of both listeners and the limits that keep slow, idle or
+//!   numerous clients from taking the master down; [`app`] composes every route.
 //!
 //! ## Invariants
 //!
@@ -36,13 +39,12 @@
 //!
 //! ## Limits
 //!
-//! * Plain HTTP has no authentication: every caller is the local operator, so `serve` refuses
-//!   it on a non-loopback address unless `--allow-plain-http` is given. Over mTLS the SLAP
-//!   routes are for admin certificates only (slapos.core client certificates are not mapped
-//!   to identities yet).
+//! * Plain HTTP is for this host: a caller is the operator, a partition or nobody according to
+//!   the uid owning its socket ([`local`]); `serve` refuses plain HTTP on a non-loopback address
+//!   unless `--allow-plain-http`, by which every caller of that network is the operator.
 //! * One writer thread: throughput is bounded by one fsync per write call (see `master-bench`).
-//! * Shared ("slave") instances are not implemented (native or SLAP), nor SLAP's JSON-RPC API
-//!   and `/hateoas`.
+//! * One process over one SQLite file: no replicas yet (the fleet master is issue 13).
+//! * No request forwarding to other masters (slapproxy's multimaster), no usage accounting.
 
 pub mod admin;
 pub mod app;
