@@ -27,7 +27,7 @@
 //!   handler asks, [`middleware`] attaches the caller's identity; [`local`] names local
 //!   plain-HTTP callers ([`Master::run`]).
 //! * [`server`]: the accept loop of both listeners and the limits that keep slow, idle or
-//!   numerous clients from taking the master down; [`app`] composes every route.
+//!   numerous clients from taking the master down; [`mod@app`] composes every route.
 //!
 //! ## Invariants
 //!
@@ -147,7 +147,7 @@ impl Master {
         self.state.local = trust;
     }
 
-    /// The state handlers share (for [`app`], or to call the store directly).
+    /// The state handlers share (for [`fn@app`], or to call the store directly).
     pub fn state(&self) -> AppState {
         self.state.clone()
     }
