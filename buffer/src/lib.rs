@@ -66,7 +66,11 @@ pub mod codec;
 #[cfg(feature = "std")]
 pub mod config;
 #[cfg(feature = "std")]
+pub mod dedupe;
+#[cfg(feature = "std")]
 pub mod fs;
+#[cfg(feature = "std")]
+pub mod gaps;
 #[cfg(feature = "std")]
 pub mod input;
 #[cfg(feature = "std")]
@@ -87,6 +91,6 @@ pub mod server;
 pub mod service;
 
 #[cfg(feature = "std")]
-pub use log::{FullPolicy, Log, LogConfig, LogError, Now, Shared, SyncPolicy};
+pub use log::{Appended, FullPolicy, Log, LogConfig, LogError, Now, Shared, SyncPolicy};
 #[cfg(feature = "std")]
 pub use reader::{ReadBatch, Reader};

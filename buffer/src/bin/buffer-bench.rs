@@ -186,6 +186,7 @@ fn ingest_service(dir: &Path, n: u64) -> Result<f64> {
                     source: 0,
                     key: Vec::new(),
                     payload: vec![b'y'; 100],
+                    origin: None,
                 })
                 .collect();
             ingest.send(recs, None).await.context("send")?;

@@ -143,6 +143,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 listen,
                 format,
                 ack,
+                idempotent,
                 max_line,
             } => {
                 let l = tokio::net::TcpListener::bind(&listen)
@@ -153,6 +154,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 let c = TcpIn {
                     format: line_format(format.as_deref())?,
                     ack,
+                    idempotent,
                     source,
                     max_line: max_line.unwrap_or(64 << 10),
                 };

@@ -75,4 +75,17 @@ pub fn drain(r: &mut Reader) -> Vec<Got> {
     out
 }
 
+/// Delivers the log's waiting gap markers as an output does (fixed, then acknowledged):
+/// `(serial, gap)`.
+pub fn take_gaps(sh: &buffer::Shared) -> Vec<(u32, buffer::codec::GapV1)> {
+    let mut out = Vec::new();
+    for (serial, _) in sh.gaps() {
+        if let Some(g) = sh.gap_out(serial).expect("gap_out") {
+            out.push((serial, g));
+            sh.ack_gap(serial);
+        }
+    }
+    out
+}
+
 pub mod peers;
