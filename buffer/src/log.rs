@@ -554,9 +554,8 @@ pub enum Appended {
     Resend(u64),
 }
 
-/// Resend recognition is rebuilt at open from the newest bytes of the log (at least this
-/// much: the active segment's, and the end of the previous segment's when the active holds
-/// less).
+/// Resend recognition is rebuilt at open from the newest this many bytes of the log (the
+/// last segment, and the ends of the ones before while it holds less).
 pub const DEDUPE_REBUILD_BYTES: u64 = 4 << 20;
 
 /// Result of a flush.
@@ -781,11 +780,18 @@ impl Log {
             let p = dir.join(seg_name(b));
             let f = fs.open(&p, false).map_err(ioe("open", &p))?;
             let flen = f.len().map_err(ioe("stat", &p))?;
-            if flen < DEDUPE_REBUILD_BYTES
-                && let Some(prev) = sealed.back()
-            {
-                let from = prev.len.saturating_sub(DEDUPE_REBUILD_BYTES - flen);
-                rebuild_dedupe(&*fs, &dir, prev.base, from, &mut dedupe);
+            // Resend recognition: the newest DEDUPE_REBUILD_BYTES of the log, oldest first.
+            let mut need = DEDUPE_REBUILD_BYTES.saturating_sub(flen);
+            let mut window = Vec::new();
+            for prev in sealed.iter().rev() {
+                if need == 0 {
+                    break;
+                }
+                window.push((prev.base, prev.len.saturating_sub(need)));
+                need = need.saturating_sub(prev.len);
+            }
+            for &(base, from) in window.iter().rev() {
+                rebuild_dedupe(&*fs, &dir, base, from, &mut dedupe);
             }
             let sc = scan_active(
                 &*f,
