@@ -40,6 +40,8 @@ pub struct Gap {
 pub struct GapBook {
     gaps: Vec<Gap>,
     next_serial: u32,
+    /// Highest seq any gap ever named (acknowledged ones included).
+    seq_floor: u64,
     dropped_records: [u64; 6],
     dropped_bytes: [u64; 6],
     /// Times two gaps were widened into one because the slot was full (not persisted).
@@ -70,12 +72,14 @@ impl GapBook {
     pub fn from_parts(
         gaps: Vec<Gap>,
         next_serial: u32,
+        seq_floor: u64,
         dropped_records: [u64; 6],
         dropped_bytes: [u64; 6],
     ) -> Self {
         GapBook {
             gaps,
             next_serial,
+            seq_floor,
             dropped_records,
             dropped_bytes,
             widened: 0,
@@ -108,9 +112,13 @@ impl GapBook {
         (self.dropped_records[i], self.dropped_bytes[i])
     }
 
-    /// Highest seq a waiting gap names (0 if none): a new incarnation must not reuse it.
+    /// Highest seq a gap ever named (0 if none): a new incarnation must not reuse it (a
+    /// dropped batch's seqs are in no segment).
     pub fn max_seq(&self) -> u64 {
-        self.gaps.iter().map(|g| g.gap.last_seq).max().unwrap_or(0)
+        self.gaps
+            .iter()
+            .map(|g| g.gap.last_seq)
+            .fold(self.seq_floor, u64::max)
     }
 
     /// A new drop: counted and added. `false` when the ledger cannot take it (every waiting
@@ -131,6 +139,7 @@ impl GapBook {
     }
 
     fn add(&mut self, gap: GapV1, fixed: bool) -> bool {
+        self.seq_floor = self.seq_floor.max(gap.last_seq);
         let mut g = gap;
         let mut serial = None;
         if !fixed {
@@ -282,7 +291,8 @@ mod tests {
         assert_eq!(b.gaps()[1].gap.first_seq, 201);
         assert!(b.ack(0));
         assert!(!b.ack(0));
-        assert_eq!(b.max_seq(), 400);
+        assert!(b.ack(1));
+        assert_eq!(b.max_seq(), 400, "remembered after the acknowledgement");
     }
 
     #[test]

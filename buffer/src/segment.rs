@@ -64,6 +64,7 @@ const CURSOR_MAGIC_V1: &[u8; 8] = b"EBCURSR1";
 const CURSOR_MAGIC_V2: &[u8; 8] = b"EBCURSR2";
 const GAPS_OFF: usize = 136;
 const GAP_LEN: usize = 40;
+const SEQ_FLOOR_OFF: usize = 496;
 const SLOT_CRC_OFF: usize = 508;
 
 /// One cursor slot's content.
@@ -118,6 +119,7 @@ impl CursorSlot {
             e[24..32].copy_from_slice(&g.gap.records.to_le_bytes());
             e[32..40].copy_from_slice(&g.gap.bytes.to_le_bytes());
         }
+        s[SEQ_FLOOR_OFF..SEQ_FLOOR_OFF + 8].copy_from_slice(&b.max_seq().to_le_bytes());
         let c = codec::crc32c(&s[..SLOT_CRC_OFF]);
         s[SLOT_CRC_OFF..].copy_from_slice(&c.to_le_bytes());
         s
@@ -166,7 +168,13 @@ impl CursorSlot {
                 fixed: e[5] & 1 != 0,
             });
         }
-        let book = GapBook::from_parts(gaps, le_u32(s, 32), records, bytes);
+        let book = GapBook::from_parts(
+            gaps,
+            le_u32(s, 32),
+            le_u64(s, SEQ_FLOOR_OFF),
+            records,
+            bytes,
+        );
         Some(base(2, book))
     }
 

@@ -274,3 +274,35 @@ fn a_version_1_cursor_still_opens() {
     let (_log, rec) = open(&fs, &cfg, at(o, 0));
     assert_eq!((rec.acked, rec.epoch), (1200, 7));
 }
+
+#[test]
+fn the_seqs_of_a_dropped_batch_are_never_reused() {
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let mut cfg = small_cfg();
+    cfg.max_bytes = 300 << 10;
+    cfg.full_policy = buffer::FullPolicy::DropNewest;
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    // Fill until a flush drops its batch: the newest seqs are in no segment.
+    let mut n = 0u64;
+    loop {
+        for _ in 0..100 {
+            n += 1;
+            log.append(0, 0, b"", &payload(1, n, 100), at(o, 0))
+                .unwrap();
+        }
+        if log.flush(at(o, 0)).unwrap() == buffer::log::Flushed::Dropped {
+            break;
+        }
+    }
+    // Everything delivered and acknowledged, gaps included: the ledger is empty again.
+    let gaps = take_gaps(log.shared());
+    let last_dropped = gaps.iter().map(|g| g.1.last_seq).max().unwrap();
+    assert_eq!(last_dropped, n, "the newest batch was dropped");
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    log.shared().ack(got.last().unwrap().seq);
+    log.close(at(o, 0)).unwrap();
+    let (_log, rec) = open(&fs, &cfg, at(o, 0));
+    assert_eq!(rec.pending_gaps, 0);
+    assert_eq!(rec.next_seq, n + 1, "{rec:?}");
+}
