@@ -1,7 +1,8 @@
 //! Record and frame codec (`no_std`, no alloc): CRC-32C, frame headers, postcard envelopes.
 //!
 //! A frame is a 36-byte header followed by `count` records, each `varint(len) ‖
-//! postcard(Envelope)` (layout in `docs/buffer-format.md` §5). Encoding writes into any
+//! postcard(Envelope)` (layout in `docs/buffer-format.md` §5): data records (variant 0, or 2
+//! with the producer's [`OriginV1`]) and the gap markers format 1 wrote (variant 1). Encoding writes into any
 //! [`FrameBuf`] — a `heapless::Vec<u8, N>` on a microcontroller ([`HeaplessFrame`]), a `Vec<u8>`
 //! on the gateway — and never panics on a full buffer: the failed record is rolled back and
 //! [`CodecError::BufferFull`] returned. Decoding borrows from the input ([`FrameView`]).

@@ -467,6 +467,7 @@ impl Shared {
                 0.0
             },
             epoch: self.epoch,
+            gaps_waiting: self.gaps_waiting() as u64,
         }
     }
 }

@@ -107,6 +107,8 @@ pub struct Gauges {
     pub oldest_unacked_age_s: f64,
     /// Current epoch.
     pub epoch: u32,
+    /// Gap markers waiting for the upstream's acknowledgement.
+    pub gaps_waiting: u64,
 }
 
 /// Renders the Prometheus text exposition (version 0.0.4).
@@ -281,6 +283,11 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
         g.acked_seq.to_string(),
     );
     gauge("epoch", "Writer epoch.", g.epoch.to_string());
+    gauge(
+        "gaps_waiting",
+        "Gap markers not yet acknowledged upstream.",
+        g.gaps_waiting.to_string(),
+    );
     o
 }
 

@@ -35,7 +35,6 @@ pub fn status_json(sh: &Shared) -> serde_json::Value {
         "records_rejected": m.records_rejected.load(Relaxed),
         "input_invalid": m.input_invalid.load(Relaxed),
         "dropped": dropped,
-        "gaps_waiting": sh.gaps_waiting(),
         "input_resends": m.input_resends.load(Relaxed),
         "corrupt_records": m.corrupt_records.load(Relaxed),
         "corrupt_headers": m.corrupt_headers.load(Relaxed),

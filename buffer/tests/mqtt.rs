@@ -364,7 +364,7 @@ password = "b3cret"
         "backlog and gaps delivered",
         || {
             let st = b.status();
-            let gaps_waiting = st["gaps_waiting"].as_u64().unwrap_or(0);
+            let gaps_waiting = st["gauges"]["gaps_waiting"].as_u64().unwrap_or(0);
             (st["gauges"]["backlog_records"] == 0 && gaps_waiting == 0).then_some(st)
         },
     );
