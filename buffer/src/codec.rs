@@ -803,6 +803,24 @@ impl<'a> FrameView<'a> {
         })
     }
 
+    /// Whether a record of the frame is envelope variant `variant` (without decoding any).
+    pub fn has_variant(&self, variant: u8) -> bool {
+        let mut rest = self.body;
+        for _ in 0..self.header.count {
+            let Some((n, used)) = get_varint(rest) else {
+                return false;
+            };
+            let Some(env) = rest.get(used..used.saturating_add(n as usize)) else {
+                return false;
+            };
+            if env.first() == Some(&variant) {
+                return true;
+            }
+            rest = &rest[used + env.len()..];
+        }
+        false
+    }
+
     /// The records with their seqs.
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter {
@@ -952,6 +970,8 @@ mod tests {
                     Record::Data { origin: o, .. } => assert_eq!(o, origin),
                     other => panic!("{other:?}"),
                 }
+                assert_eq!(f.has_variant(2), origin.is_some());
+                assert_eq!(f.has_variant(0), origin.is_none());
             }
         }
     }

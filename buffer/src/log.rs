@@ -1726,6 +1726,9 @@ fn create_segment(fs: &dyn Fs, dir: &Path, base: u64, now_ms: i64) -> Result<Act
     })
 }
 
+/// Envelope variant of data records with an origin (the only ones resend recognition needs).
+const ORIGIN_VARIANT: u8 = 2;
+
 /// What recovery found in the active (last) segment.
 struct ActiveScan {
     header: Option<(u64, i64)>,
@@ -1778,7 +1781,7 @@ fn scan_active(
                     out.corrupt_upto = h.first_seq;
                     skipped = false;
                 }
-                if offset >= dedupe_from {
+                if offset >= dedupe_from && sc.view(h).has_variant(ORIGIN_VARIANT) {
                     for (seq, r) in sc.view(h).records().flatten() {
                         if let Record::Data {
                             source,
@@ -1822,7 +1825,9 @@ fn rebuild_dedupe(fs: &dyn Fs, dir: &Path, base: u64, from: u64, dedupe: &mut De
     while let Ok(scan) = sc.next(&*f) {
         match scan {
             Scan::Frame { header, .. } => {
-                for (seq, r) in sc.view(header).records().flatten() {
+                let view = sc.view(header);
+                let records = view.has_variant(ORIGIN_VARIANT).then(|| view.records());
+                for (seq, r) in records.into_iter().flatten().flatten() {
                     if let Record::Data {
                         source,
                         key,
