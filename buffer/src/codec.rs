@@ -272,19 +272,13 @@ pub enum OriginV1 {
     Packet(u16),
 }
 
-/// A data record with its producer's identity (envelope variant 2): [`DataV1`] plus `origin`.
+/// A data record with its producer's identity (envelope variant 2). postcard writes it as
+/// [`DataV1`]'s fields followed by `origin`.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 pub struct DataV2<'a> {
-    /// Ingest time relative to the frame's `base_ts_ms`.
-    pub ts_delta_ms: i64,
-    /// Input index in the configuration.
-    pub source: u16,
-    /// MQTT topic or producer name.
+    /// The record.
     #[serde(borrow)]
-    pub key: Bytes<'a>,
-    /// Raw source bytes.
-    #[serde(borrow)]
-    pub payload: Bytes<'a>,
+    pub data: DataV1<'a>,
     /// The producer's identity of the record.
     pub origin: OriginV1,
 }
@@ -838,6 +832,18 @@ pub struct RecordIter<'a> {
     header: FrameHeader,
 }
 
+impl<'a> RecordIter<'a> {
+    fn data(&self, d: DataV1<'a>, origin: Option<OriginV1>) -> Record<'a> {
+        Record::Data {
+            ts_ms: self.header.base_ts_ms.wrapping_add(d.ts_delta_ms),
+            source: d.source,
+            key: d.key.0,
+            payload: d.payload.0,
+            origin,
+        }
+    }
+}
+
 impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<(u64, Record<'a>), CodecError>;
 
@@ -863,20 +869,8 @@ impl<'a> Iterator for RecordIter<'a> {
         self.rest = &self.rest[end..];
         let seq = self.header.first_seq + u64::from(index);
         let rec = match postcard::from_bytes::<Envelope<'a>>(env) {
-            Ok(Envelope::Data(d)) => Record::Data {
-                ts_ms: self.header.base_ts_ms.wrapping_add(d.ts_delta_ms),
-                source: d.source,
-                key: d.key.0,
-                payload: d.payload.0,
-                origin: None,
-            },
-            Ok(Envelope::DataV2(d)) => Record::Data {
-                ts_ms: self.header.base_ts_ms.wrapping_add(d.ts_delta_ms),
-                source: d.source,
-                key: d.key.0,
-                payload: d.payload.0,
-                origin: Some(d.origin),
-            },
+            Ok(Envelope::Data(d)) => self.data(d, None),
+            Ok(Envelope::DataV2(d)) => self.data(d.data, Some(d.origin)),
             Ok(Envelope::Gap(g)) => Record::Gap(g),
             Err(_) if env.first().is_some_and(|&t| t > 2) => Record::Unknown(env),
             Err(_) => return bad("envelope"),
@@ -941,20 +935,15 @@ mod tests {
                 let body = &v[FRAME_HEADER_LEN..];
                 let (n, used) = get_varint(body).unwrap();
                 let (key, payload) = (Bytes(key), Bytes(payload));
+                let data = DataV1 {
+                    ts_delta_ms: ts,
+                    source: src,
+                    key,
+                    payload,
+                };
                 let env = match origin {
-                    None => Envelope::Data(DataV1 {
-                        ts_delta_ms: ts,
-                        source: src,
-                        key,
-                        payload,
-                    }),
-                    Some(origin) => Envelope::DataV2(DataV2 {
-                        ts_delta_ms: ts,
-                        source: src,
-                        key,
-                        payload,
-                        origin,
-                    }),
+                    None => Envelope::Data(data),
+                    Some(origin) => Envelope::DataV2(DataV2 { data, origin }),
                 };
                 let mut tmp = [0u8; 512];
                 let pc = postcard::to_slice(&env, &mut tmp).unwrap();

@@ -1729,6 +1729,26 @@ fn create_segment(fs: &dyn Fs, dir: &Path, base: u64, now_ms: i64) -> Result<Act
 /// Envelope variant of data records with an origin (the only ones resend recognition needs).
 const ORIGIN_VARIANT: u8 = 2;
 
+/// Feeds the identified records of a frame to resend recognition (a frame without any is not
+/// decoded).
+fn remember_origins(view: &codec::FrameView<'_>, dedupe: &mut Dedupe) {
+    if !view.has_variant(ORIGIN_VARIANT) {
+        return;
+    }
+    for (seq, r) in view.records().flatten() {
+        if let Record::Data {
+            source,
+            key,
+            payload,
+            origin: Some(o),
+            ..
+        } = r
+        {
+            dedupe.stored(source, key, payload, o, seq);
+        }
+    }
+}
+
 /// What recovery found in the active (last) segment.
 struct ActiveScan {
     header: Option<(u64, i64)>,
@@ -1781,19 +1801,8 @@ fn scan_active(
                     out.corrupt_upto = h.first_seq;
                     skipped = false;
                 }
-                if offset >= dedupe_from && sc.view(h).has_variant(ORIGIN_VARIANT) {
-                    for (seq, r) in sc.view(h).records().flatten() {
-                        if let Record::Data {
-                            source,
-                            key,
-                            payload,
-                            origin: Some(o),
-                            ..
-                        } = r
-                        {
-                            dedupe.stored(source, key, payload, o, seq);
-                        }
-                    }
+                if offset >= dedupe_from {
+                    remember_origins(&sc.view(h), dedupe);
                 }
                 expected = h.last_seq() + 1;
                 out.last_valid = h.last_seq();
@@ -1825,20 +1834,7 @@ fn rebuild_dedupe(fs: &dyn Fs, dir: &Path, base: u64, from: u64, dedupe: &mut De
     while let Ok(scan) = sc.next(&*f) {
         match scan {
             Scan::Frame { header, .. } => {
-                let view = sc.view(header);
-                let records = view.has_variant(ORIGIN_VARIANT).then(|| view.records());
-                for (seq, r) in records.into_iter().flatten().flatten() {
-                    if let Record::Data {
-                        source,
-                        key,
-                        payload,
-                        origin: Some(o),
-                        ..
-                    } = r
-                    {
-                        dedupe.stored(source, key, payload, o, seq);
-                    }
-                }
+                remember_origins(&sc.view(header), dedupe);
                 sc.advance(header.frame_len());
             }
             Scan::Skipped { .. } => {}

@@ -238,9 +238,9 @@ fn flipped_bits_and_bad_lengths_skip_one_frame_and_count_it() {
     }
 }
 
-#[test]
-fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
-    let o = Instant::now();
+/// 2000 records of 100 B (`payload(1, seq, 100)`), durable, in at least 3 segments; the log
+/// closed by a kill.
+fn two_thousand_records(o: Instant) -> (MemFs, LogConfig, Vec<buffer::log::SegEntry>) {
     let fs = MemFs::new();
     let cfg = small_cfg();
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
@@ -251,7 +251,13 @@ fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
     log.flush(at(o, 0)).unwrap();
     let segs = log.shared().segments();
     assert!(segs.len() >= 3);
-    drop(log);
+    (fs, cfg, segs)
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
+    let o = Instant::now();
+    let (fs, cfg, segs) = two_thousand_records(o);
     let p = Path::new("/buf/s").join(seg_name(segs[0].base));
     let mut b = fs.read_file(&p).unwrap();
     b[5000] ^= 0xff;
@@ -539,17 +545,7 @@ fn a_damaged_or_cut_segment_header_is_counted_and_its_frames_kept() {
                 "{} segment, {how:?}",
                 if sealed { "sealed" } else { "last" }
             );
-            let fs = MemFs::new();
-            let cfg = small_cfg();
-            let (mut log, _) = open(&fs, &cfg, at(o, 0));
-            for i in 1..=2000u64 {
-                log.append(0, 0, b"", &payload(1, i, 100), at(o, 0))
-                    .unwrap();
-            }
-            log.flush(at(o, 0)).unwrap();
-            let segs = log.shared().segments();
-            assert!(segs.len() >= 3);
-            drop(log);
+            let (fs, cfg, segs) = two_thousand_records(o);
             let i = if sealed { 1 } else { segs.len() - 1 };
             let p = Path::new("/buf/s").join(seg_name(segs[i].base));
             let held = segs.get(i + 1).map_or(2001, |s| s.base) - segs[i].base;
@@ -590,6 +586,18 @@ fn resends_are_recognised_across_a_restart() {
     let cfg = small_cfg();
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
     let line = |n: u64| payload(1, n, 80);
+    // Message `p` of the MQTT input (source 1) with packet id `id`, flagged DUP or not.
+    let mqtt = |log: &mut Log, id: u16, dup: bool, p: &str, t: u64| {
+        log.append_with(
+            0,
+            1,
+            b"s/t",
+            p.as_bytes(),
+            Some(Origin::packet(id, dup)),
+            at(o, t),
+        )
+        .unwrap()
+    };
     // A numbered producer's lines 1..=3000 (several segments), and MQTT packets 1..=50.
     for n in 1..=3000u64 {
         let a = log
@@ -598,17 +606,7 @@ fn resends_are_recognised_across_a_restart() {
         assert_eq!(a, Appended::Stored(n));
     }
     for id in 1..=50u16 {
-        let p = format!("t={id}");
-        let a = log
-            .append_with(
-                0,
-                1,
-                b"s/t",
-                p.as_bytes(),
-                Some(Origin::packet(id, false)),
-                at(o, 0),
-            )
-            .unwrap();
+        let a = mqtt(&mut log, id, false, &format!("t={id}"), 0);
         assert!(matches!(a, Appended::Stored(_)));
     }
     log.flush(at(o, 0)).unwrap();
@@ -650,16 +648,7 @@ fn resends_are_recognised_across_a_restart() {
     }
     // A new message reusing an id, and a DUP one with other content, are stored.
     for (dup, p) in [(false, "t=1"), (true, "t=other")] {
-        let a = log
-            .append_with(
-                0,
-                1,
-                b"s/t",
-                p.as_bytes(),
-                Some(Origin::packet(1, dup)),
-                at(o, 1),
-            )
-            .unwrap();
+        let a = mqtt(&mut log, 1, dup, p, 1);
         assert!(matches!(a, Appended::Stored(_)), "{dup} {p}");
     }
     assert_eq!(log.shared().metrics.input_resends.load(Relaxed), 101 + 50);

@@ -54,8 +54,53 @@ fn msgs(from: u64, to: u64) -> Vec<String> {
         .collect()
 }
 
-fn n_of(p: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
+/// An upstream broker that admits a subscriber `sub` and the buffer as `buf` (password file),
+/// with a subscriber to `up/#` on it.
+struct Upstream {
+    pw: std::path::PathBuf,
+    up: Mosquitto,
+    sub: Subscriber,
+}
+
+impl Upstream {
+    fn start(dir: &std::path::Path) -> Upstream {
+        let pw = dir.join("upstream.passwd");
+        mosquitto_passwd(&pw, "sub", "s3cret");
+        mosquitto_passwd(&pw, "buf", "b3cret");
+        let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
+        let up = Mosquitto::start(&dir.join("up"), &auth);
+        let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
+        sub.wait_subscribed();
+        Upstream { pw, up, sub }
+    }
+
+    /// Restarts the stopped broker; the buffer is let in only once the subscriber is
+    /// subscribed again (nothing it sends can pass unseen).
+    fn back(&mut self) {
+        std::fs::remove_file(&self.pw).unwrap();
+        mosquitto_passwd(&self.pw, "sub", "s3cret");
+        let before = self.sub.subacks.load(Ordering::SeqCst);
+        self.up.restart();
+        wait_for(Duration::from_secs(20), "resubscription", || {
+            (self.sub.subacks.load(Ordering::SeqCst) > before).then_some(())
+        });
+        mosquitto_passwd(&self.pw, "buf", "b3cret");
+        self.up.reload();
+    }
+}
+
+/// A test directory, a local broker, an upstream one and a subscriber to `up/#` on it (`None`
+/// when mosquitto is not installed: the test is skipped).
+fn brokers() -> Option<(tempfile::TempDir, Mosquitto, Mosquitto, Subscriber)> {
+    if !require_tool("mosquitto") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let local = Mosquitto::start(&dir.path().join("local"), "");
+    let up = Mosquitto::start(&dir.path().join("up"), "");
+    let sub = Subscriber::start(up.port, "up/#", None);
+    sub.wait_subscribed();
+    Some((dir, local, up, sub))
 }
 
 /// Checks: every message 1..=n arrived, ids carry one payload each, first arrivals in seq order.
@@ -85,19 +130,13 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     }
     let dir = tempfile::tempdir().unwrap();
     let local = Mosquitto::start(&dir.path().join("local"), "");
-    let pw = dir.path().join("upstream.passwd");
-    mosquitto_passwd(&pw, "sub", "s3cret");
-    mosquitto_passwd(&pw, "buf", "b3cret");
-    let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
-    let mut up = Mosquitto::start(&dir.path().join("up"), &auth);
-    let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
-    sub.wait_subscribed();
+    let mut upstream = Upstream::start(dir.path());
     let b = BufferProc::start(
         dir.path(),
         &cfg(
             dir.path(),
             local.port,
-            up.port,
+            upstream.up.port,
             "username = \"buf\"\npassword = \"b3cret\"",
         ),
     );
@@ -105,30 +144,23 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     // Phase 1: link up.
     mqtt_publish_all(local.port, "sensors/t1", msgs(1, 300));
     wait_for(Duration::from_secs(30), "300 upstream", || {
-        (dedup(&sub.delivered()).0.len() >= 300).then_some(())
+        (dedup(&upstream.sub.delivered()).0.len() >= 300).then_some(())
     });
     // Phase 2: upstream broker down while sensors keep publishing.
-    up.stop();
+    upstream.up.stop();
     mqtt_publish_all(local.port, "sensors/t1", msgs(301, 600));
     wait_for(Duration::from_secs(30), "600 durable", || {
         (b.status()["records_durable"].as_u64().unwrap_or(0) >= 600).then_some(())
     });
     assert!(b.status()["gauges"]["backlog_records"].as_u64().unwrap() >= 300);
     // Phase 3: upstream back, but the buffer is refused until the subscriber is in again.
-    std::fs::remove_file(&pw).unwrap();
-    mosquitto_passwd(&pw, "sub", "s3cret");
-    let before = sub.subacks.load(std::sync::atomic::Ordering::SeqCst);
-    up.restart();
-    wait_for(Duration::from_secs(20), "resubscription", || {
-        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > before).then_some(())
-    });
-    mosquitto_passwd(&pw, "buf", "b3cret");
-    up.reload();
+    upstream.back();
+    let sub = &upstream.sub;
     mqtt_publish_all(local.port, "sensors/t1", msgs(601, 900));
     wait_for(Duration::from_secs(60), "900 upstream", || {
         (dedup(&sub.delivered()).0.len() >= 900).then_some(())
     });
-    check(&sub, 900, 3 * 20);
+    check(sub, 900, 3 * 20);
     // PUBACKs of the last messages may still be on their way to the buffer.
     let st = wait_for(Duration::from_secs(20), "900 acknowledged", || {
         let st = b.status();
@@ -145,14 +177,9 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
 
 #[test]
 fn kill9_of_the_buffer_loses_no_sensor_message() {
-    if !require_tool("mosquitto") {
+    let Some((dir, local, up, sub)) = brokers() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let local = Mosquitto::start(&dir.path().join("local"), "");
-    let up = Mosquitto::start(&dir.path().join("up"), "");
-    let sub = Subscriber::start(up.port, "up/#", None);
-    sub.wait_subscribed();
+    };
     let config = cfg(dir.path(), local.port, up.port, "");
     let total = 3000u64;
     let mut kills = 0;
@@ -182,12 +209,7 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     publisher.join().unwrap();
     let b = BufferProc::start(dir.path(), &config);
     wait_for(Duration::from_secs(60), "all messages upstream", || {
-        let ns: HashSet<u64> = sub
-            .snapshot()
-            .iter()
-            .filter_map(|m| n_of(&m.payload))
-            .collect();
-        (ns.len() as u64 >= total).then_some(())
+        (sub.numbers().len() as u64 >= total).then_some(())
     });
     // Delivery ids are consistent and duplicates bounded by the window per kill.
     let (_, dups) = dedup(&sub.delivered());
@@ -199,41 +221,11 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     drop(b);
 }
 
-/// Each message number arrived under exactly one delivery id (duplicates share it).
-fn check_one_id_per_message(sub: &Subscriber, total: u64) {
-    let got = sub.delivered();
-    let (_, dups) = dedup(&got);
-    let mut ids: std::collections::HashMap<u64, HashSet<String>> = Default::default();
-    for d in &got {
-        if let Some(n) = n_of(&d.payload) {
-            ids.entry(n).or_default().insert(d.id.clone());
-        }
-    }
-    for n in 1..=total {
-        let i = ids.get(&n).map_or(0, HashSet::len);
-        assert_eq!(
-            i,
-            1,
-            "message {n} arrived under {i} delivery ids: {:?}",
-            ids.get(&n)
-        );
-    }
-    eprintln!(
-        "{total} messages, {} deliveries, {dups} duplicates",
-        got.len()
-    );
-}
-
 #[test]
 fn qos1_redeliveries_after_a_kill_keep_their_delivery_ids() {
-    if !require_tool("mosquitto") {
+    let Some((dir, local, up, sub)) = brokers() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let local = Mosquitto::start(&dir.path().join("local"), "");
-    let up = Mosquitto::start(&dir.path().join("up"), "");
-    let sub = Subscriber::start(up.port, "up/#", None);
-    sub.wait_subscribed();
+    };
     // The buffer reaches its local broker through a proxy that can keep its PUBACKs back.
     let proxy = HoldProxy::start(local.port);
     let config = cfg(dir.path(), proxy.port, up.port, "");
@@ -252,12 +244,7 @@ fn qos1_redeliveries_after_a_kill_keep_their_delivery_ids() {
                 (b.status()["records_durable"].as_u64().unwrap_or(0) >= 200).then_some(())
             });
             wait_for(Duration::from_secs(20), "the messages upstream", || {
-                let ns: HashSet<u64> = sub
-                    .snapshot()
-                    .iter()
-                    .filter_map(|m| n_of(&m.payload))
-                    .collect();
-                (ns.len() as u64 >= sent).then_some(())
+                (sub.numbers().len() as u64 >= sent).then_some(())
             });
         } else {
             // Anywhere around the fdatasyncs.
@@ -269,17 +256,12 @@ fn qos1_redeliveries_after_a_kill_keep_their_delivery_ids() {
         wait_subscribed(&b);
     }
     wait_for(Duration::from_secs(60), "every message upstream", || {
-        let ns: HashSet<u64> = sub
-            .snapshot()
-            .iter()
-            .filter_map(|m| n_of(&m.payload))
-            .collect();
-        (ns.len() as u64 >= sent).then_some(())
+        (sub.numbers().len() as u64 >= sent).then_some(())
     });
     wait_for(Duration::from_secs(20), "the backlog drained", || {
         (b.status()["gauges"]["backlog_records"] == 0).then_some(())
     });
-    check_one_id_per_message(&sub, sent);
+    check_one_id_per_number(&sub.delivered(), sent);
     assert!(b.status()["input_resends"].as_u64().unwrap() > 0);
 }
 
@@ -289,13 +271,7 @@ fn restart_campaign_every_drop_is_explained_upstream_and_counted() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("upstream.passwd");
-    mosquitto_passwd(&pw, "sub", "s3cret");
-    mosquitto_passwd(&pw, "buf", "b3cret");
-    let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
-    let mut up = Mosquitto::start(&dir.path().join("up"), &auth);
-    let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
-    sub.wait_subscribed();
+    let mut upstream = Upstream::start(dir.path());
     let config = format!(
         r#"
 node_id = "gw-camp"
@@ -326,11 +302,11 @@ username = "buf"
 password = "b3cret"
 "#,
         dir.path().join("data").display(),
-        up.port
+        upstream.up.port
     );
     // The upstream broker is down for the whole campaign: the 1 MiB budget overflows many
     // times while the buffer is killed again and again.
-    up.stop();
+    upstream.up.stop();
     let acked = AtomicU64::new(0);
     let mut rng = buffer::fs::SplitMix(0xCA4 ^ u64::from(std::process::id()));
     for _ in 0..8 {
@@ -350,15 +326,7 @@ password = "b3cret"
     // About 100 B a line: the 1 MiB budget overflowed several times.
     assert!(acked.load(Ordering::SeqCst) > 40_000);
     // The upstream comes back (the buffer is let in once the subscriber is there again).
-    std::fs::remove_file(&pw).unwrap();
-    mosquitto_passwd(&pw, "sub", "s3cret");
-    let before = sub.subacks.load(Ordering::SeqCst);
-    up.restart();
-    wait_for(Duration::from_secs(20), "resubscription", || {
-        (sub.subacks.load(Ordering::SeqCst) > before).then_some(())
-    });
-    mosquitto_passwd(&pw, "buf", "b3cret");
-    up.reload();
+    upstream.back();
     let st = wait_for(
         Duration::from_secs(60),
         "backlog and gaps delivered",
@@ -370,7 +338,7 @@ password = "b3cret"
     );
     // Every seq the upstream did not get is inside a gap marker it got, and the markers add up
     // to the drop counters, which count every drop since the log was created.
-    let got = sub.delivered();
+    let got = upstream.sub.delivered();
     let (firsts, _) = dedup(&got);
     let data: std::collections::BTreeSet<u64> = firsts
         .iter()

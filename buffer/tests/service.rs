@@ -35,10 +35,6 @@ fn http_output(url: &str, batch: usize) -> String {
     )
 }
 
-fn payload_n(p: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
-}
-
 #[test]
 fn tcp_lines_to_http_with_acks_metrics_and_status() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +54,7 @@ fn tcp_lines_to_http_with_acks_metrics_and_status() {
     assert_eq!(dups, 0);
     for (i, d) in firsts.iter().enumerate() {
         assert_eq!(d.seq, i as u64 + 1, "in order");
-        assert_eq!(payload_n(&d.payload), Some(i as u64 + 1));
+        assert_eq!(n_of(&d.payload), Some(i as u64 + 1));
         assert_eq!(d.id, format!("gw-test/sensors/{}/{}", d.epoch, d.seq));
     }
     assert!(
@@ -136,10 +132,7 @@ fn kill9_loop_loses_no_acknowledged_record() {
     });
     let (firsts, dups) = dedup(&got);
     // No acknowledged line is lost.
-    let ns: HashSet<u64> = firsts
-        .iter()
-        .filter_map(|d| payload_n(&d.payload))
-        .collect();
+    let ns: HashSet<u64> = firsts.iter().filter_map(|d| n_of(&d.payload)).collect();
     for n in 1..=total_acked {
         assert!(ns.contains(&n), "acknowledged line {n} lost");
     }
@@ -225,10 +218,7 @@ fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
         );
     }
     // The newest records survived.
-    let ns: HashSet<u64> = firsts
-        .iter()
-        .filter_map(|d| payload_n(&d.payload))
-        .collect();
+    let ns: HashSet<u64> = firsts.iter().filter_map(|d| n_of(&d.payload)).collect();
     assert!(ns.contains(&(5 * per_budget)));
     assert!(b.terminate());
 }
@@ -272,35 +262,6 @@ fn disk_full_on_a_small_tmpfs_never_stops_the_service() {
     assert_eq!(acked.load(SeqCst), 60_100);
     assert!(b.child.try_wait().unwrap().is_none(), "process exited");
     assert!(b.terminate());
-}
-
-/// Each line number arrived under exactly one delivery id (duplicates share it), all of
-/// `1..=total` are there, and the first arrivals have contiguous seqs.
-fn check_one_id_per_line(got: &[Delivered], total: u64) {
-    let (firsts, dups) = dedup(got);
-    let mut ids: std::collections::HashMap<u64, HashSet<String>> = Default::default();
-    for d in got {
-        if let Some(n) = payload_n(&d.payload) {
-            ids.entry(n).or_default().insert(d.id.clone());
-        }
-    }
-    for n in 1..=total {
-        let i = ids.get(&n).map_or(0, HashSet::len);
-        assert_eq!(
-            i,
-            1,
-            "line {n} arrived under {i} delivery ids: {:?}",
-            ids.get(&n)
-        );
-    }
-    for (i, d) in firsts.iter().enumerate() {
-        assert_eq!(
-            d.seq,
-            i as u64 + 1,
-            "a line stored twice or lost at {i}: {d:?}"
-        );
-    }
-    eprintln!("{total} lines, {} deliveries, {dups} duplicates", got.len());
 }
 
 #[test]
@@ -379,7 +340,7 @@ fn producer_resends_over_tcp_keep_their_delivery_ids() {
         (st["gauges"]["backlog_records"] == 0 && sink.snapshot().len() as u64 >= total)
             .then(|| sink.snapshot())
     });
-    check_one_id_per_line(&got, total);
+    check_one_id_per_number(&got, total);
     assert!(got.iter().all(|d| d.id.starts_with("gw-test/sensors/")));
     assert_eq!(b.status()["input_resends"].as_u64(), Some(100));
 }

@@ -393,6 +393,39 @@ impl Drop for HttpSink {
     }
 }
 
+/// The `n` of a JSON payload `{"n": …}` (the tests' producers number their lines).
+pub fn n_of(p: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
+}
+
+/// Each number `1..=total` arrived under exactly one delivery id (duplicates share it), and the
+/// first arrivals have contiguous seqs (nothing stored twice, nothing lost).
+pub fn check_one_id_per_number(got: &[Delivered], total: u64) {
+    let (firsts, dups) = dedup(got);
+    let mut ids: HashMap<u64, std::collections::HashSet<&str>> = HashMap::new();
+    for d in got {
+        if let Some(n) = n_of(&d.payload) {
+            ids.entry(n).or_default().insert(&d.id);
+        }
+    }
+    for n in 1..=total {
+        let i = ids.get(&n).map_or(0, |s| s.len());
+        assert_eq!(
+            i,
+            1,
+            "number {n} arrived under {i} delivery ids: {:?}",
+            ids.get(&n)
+        );
+    }
+    for (i, d) in firsts.iter().enumerate() {
+        assert_eq!(d.seq, i as u64 + 1, "stored twice or lost at {i}: {d:?}");
+    }
+    eprintln!(
+        "{total} numbered, {} deliveries, {dups} duplicates",
+        got.len()
+    );
+}
+
 /// A gap marker's JSON as (first seq, last seq, records).
 pub fn gap_seen(g: &serde_json::Value) -> super::GapSeen {
     (
@@ -651,6 +684,16 @@ impl Subscriber {
 
     pub fn snapshot(&self) -> Vec<MqttMsg> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// The distinct numbers (`n_of`) of the payloads received.
+    pub fn numbers(&self) -> std::collections::HashSet<u64> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| n_of(&m.payload))
+            .collect()
     }
 
     /// As [`Delivered`] records, for [`dedup`].
