@@ -342,19 +342,20 @@ impl Shared {
         lock(&self.cursor).sync()
     }
 
-    /// Applies `f` to a copy of the gap ledger and makes it the cursor slot's (with the
-    /// cursor moved to at least `acked`), fdatasync'd if `sync`; on success the copy replaces
-    /// the ledger and the metrics' drop counters follow it. `Ok(false)`: `f` refused (the
-    /// ledger cannot take the drop), nothing changed.
+    /// Applies `f` to a copy of the gap ledger (with the acknowledged seq as of now) and makes
+    /// it the cursor slot's (with the cursor moved to at least `acked`), fdatasync'd if `sync`;
+    /// on success the copy replaces the ledger and the metrics' drop counters follow it.
+    /// `Ok(false)`: `f` refused (the ledger cannot take the drop), nothing changed.
     fn update_book(
         &self,
         acked: u64,
         sync: bool,
-        f: impl FnOnce(&mut GapBook) -> bool,
+        f: impl FnOnce(&mut GapBook, u64) -> bool,
     ) -> io::Result<bool> {
         let mut c = lock(&self.cursor);
         let mut book = c.slot.book.clone();
-        if !f(&mut book) {
+        // What is acknowledged by now (a record still in flight counts as dropped).
+        if !f(&mut book, self.acked().max(c.slot.acked)) {
             return Ok(false);
         }
         let old = std::mem::replace(&mut c.slot.book, book);
@@ -507,12 +508,31 @@ struct Run {
     data_bytes: u64,
 }
 
+impl Run {
+    /// The part of the run after `acked` (records and bytes in proportion).
+    fn after(&self, acked: u64) -> Option<Run> {
+        if self.last <= acked {
+            return None;
+        }
+        let first = self.first.max(acked + 1);
+        let gone = first - self.first;
+        let data_records = self.data_records.saturating_sub(gone);
+        Some(Run {
+            first,
+            last: self.last,
+            data_records,
+            data_bytes: (u128::from(self.data_bytes) * u128::from(data_records)
+                / u128::from(self.data_records.max(1))) as u64,
+        })
+    }
+}
+
 /// What the oldest segment held beyond the acknowledged prefix when it was dropped.
 #[derive(Clone, Debug, Default)]
 struct Dropped {
     runs: Vec<Run>,
-    /// Format 1 gap markers among them, to be repeated.
-    repeats: Vec<GapV1>,
+    /// Format 1 gap markers among them (their seq, what they say), to be repeated.
+    repeats: Vec<(u64, GapV1)>,
 }
 
 /// What recovery found.
@@ -1205,8 +1225,9 @@ impl Log {
         let cursor_path = self.dir.join("CURSOR");
         let recorded = self
             .sh
-            .update_book(last, true, |book| {
-                dropped.runs.iter().all(|r| {
+            .update_book(last, true, |book, acked| {
+                // Records acknowledged meanwhile are delivered, not dropped.
+                dropped.runs.iter().filter_map(|r| r.after(acked)).all(|r| {
                     book.drop_new(GapV1 {
                         reason,
                         first_seq: r.first,
@@ -1214,7 +1235,11 @@ impl Log {
                         records: r.data_records,
                         bytes: r.data_bytes,
                     })
-                }) && dropped.repeats.iter().all(|g| book.repeat(*g))
+                }) && dropped
+                    .repeats
+                    .iter()
+                    .filter(|(seq, _)| *seq > acked)
+                    .all(|(_, g)| book.repeat(*g))
             })
             .map_err(ioe("write and fdatasync", &cursor_path))?;
         if !recorded {
@@ -1285,7 +1310,7 @@ impl Log {
                             };
                             run.last = seq;
                             match r {
-                                Record::Gap(g) => d.repeats.push(g),
+                                Record::Gap(g) => d.repeats.push((seq, g)),
                                 Record::Data { payload, .. } | Record::Unknown(payload) => {
                                     run.data_records += 1;
                                     run.data_bytes += payload.len() as u64;
@@ -1344,7 +1369,7 @@ impl Log {
                 records: self.batch_records,
                 bytes: self.batch_payload,
             };
-            match self.sh.update_book(0, true, |book| book.drop_new(gap)) {
+            match self.sh.update_book(0, true, |book, _| book.drop_new(gap)) {
                 Ok(true) => {}
                 Ok(false) => return false,
                 Err(_) => {
