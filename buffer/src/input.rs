@@ -433,3 +433,30 @@ pub fn run_serial(ingest: Ingest, sh: Arc<Shared>, cfg: SerialIn, stop: watch::R
         std::thread::sleep(backoff.next_delay());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_lines_parse_and_others_do_not() {
+        assert_eq!(
+            parse_hello(b"hello sensor-7.a_b 42"),
+            Some((b"sensor-7.a_b".to_vec(), 42))
+        );
+        for bad in [
+            &b"hello p 0"[..],
+            b"hello p",
+            b"hello p 1 2",
+            b"hello p x",
+            b"hello  1",
+            b"hello a/b 1",
+            b"Hello p 1",
+            b"{\"hello\":1}",
+        ] {
+            assert_eq!(parse_hello(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!("hello {} 1", "p".repeat(65));
+        assert_eq!(parse_hello(long.as_bytes()), None);
+    }
+}

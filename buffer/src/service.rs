@@ -249,9 +249,8 @@ fn feed(
             r.origin,
             Now::system(),
         ) {
-            Ok(Appended::Stored(seq)) => last = last.max(seq),
-            // The acknowledgement waits for the original to be durable.
-            Ok(Appended::Resend(seq)) => last = last.max(seq),
+            // A resend's acknowledgement waits for its original to be durable.
+            Ok(Appended::Stored(seq) | Appended::Resend(seq)) => last = last.max(seq),
             Err(LogError::Blocked(_)) => return Some((msg, idx, last, rejected)),
             Err(_) => {
                 rejected += 1;
