@@ -1,7 +1,8 @@
 //! Record and frame codec (`no_std`, no alloc): CRC-32C, frame headers, postcard envelopes.
 //!
 //! A frame is a 36-byte header followed by `count` records, each `varint(len) ‖
-//! postcard(Envelope)` (layout in `docs/buffer-format.md` §5). Encoding writes into any
+//! postcard(Envelope)` (layout in `docs/buffer-format.md` §5): data records (variant 0, or 2
+//! with the producer's [`OriginV1`]) and the gap markers format 1 wrote (variant 1). Encoding writes into any
 //! [`FrameBuf`] — a `heapless::Vec<u8, N>` on a microcontroller ([`HeaplessFrame`]), a `Vec<u8>`
 //! on the gateway — and never panics on a full buffer: the failed record is rolled back and
 //! [`CodecError::BufferFull`] returned. Decoding borrows from the input ([`FrameView`]).
@@ -221,6 +222,19 @@ impl GapReason {
         }
     }
 
+    /// The reason at `index` of [`GapReason::ALL`] (its declaration order).
+    pub const fn from_index(index: u8) -> Option<Self> {
+        match index {
+            0 => Some(GapReason::RetentionBytes),
+            1 => Some(GapReason::RetentionAge),
+            2 => Some(GapReason::DiskFull),
+            3 => Some(GapReason::DropNewest),
+            4 => Some(GapReason::Corrupt),
+            5 => Some(GapReason::Rejected),
+            _ => None,
+        }
+    }
+
     /// All reasons, for metrics.
     pub const ALL: [GapReason; 6] = [
         GapReason::RetentionBytes,
@@ -247,6 +261,28 @@ pub struct GapV1 {
     pub bytes: u64,
 }
 
+/// The identity a producer gave a record, so that a resend of the same record is recognised
+/// and not stored twice (`docs/buffer-format.md` §5 and §11).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OriginV1 {
+    /// Record number `n` of the producer named by the record's `key` (a TCP connection that
+    /// began with `hello`); a producer numbers its records one by one, across connections.
+    Numbered(u64),
+    /// The packet identifier of the MQTT QoS 1 PUBLISH the record arrived in.
+    Packet(u16),
+}
+
+/// A data record with its producer's identity (envelope variant 2). postcard writes it as
+/// [`DataV1`]'s fields followed by `origin`.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub struct DataV2<'a> {
+    /// The record.
+    #[serde(borrow)]
+    pub data: DataV1<'a>,
+    /// The producer's identity of the record.
+    pub origin: OriginV1,
+}
+
 /// One record; the postcard variant index is the schema version.
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Envelope<'a> {
@@ -255,6 +291,9 @@ pub enum Envelope<'a> {
     Data(DataV1<'a>),
     /// Variant 1.
     Gap(GapV1),
+    /// Variant 2.
+    #[serde(borrow)]
+    DataV2(DataV2<'a>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,14 +341,27 @@ const fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-/// Exact postcard length of a data envelope (variant index 0 is one byte).
-fn data_envelope_len(d: &DataV1<'_>) -> usize {
+/// `(variant, value)` of an origin as postcard writes it (both varints).
+const fn origin_parts(o: OriginV1) -> (u64, u64) {
+    match o {
+        OriginV1::Numbered(n) => (0, n),
+        OriginV1::Packet(p) => (1, p as u64),
+    }
+}
+
+/// Exact postcard length of a data envelope (variant index 0 or 2 is one byte).
+fn data_envelope_len(d: &DataV1<'_>, origin: Option<OriginV1>) -> usize {
+    let origin_len = origin.map_or(0, |o| {
+        let (v, x) = origin_parts(o);
+        varint_len(v) + varint_len(x)
+    });
     1 + varint_len(zigzag(d.ts_delta_ms))
         + varint_len(u64::from(d.source))
         + varint_len(d.key.0.len() as u64)
         + d.key.0.len()
         + varint_len(d.payload.0.len() as u64)
         + d.payload.0.len()
+        + origin_len
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,17 +573,25 @@ impl FrameEncoder {
     }
 
     /// Bytes a data record would add to the body.
-    pub fn data_cost(key: &[u8], payload: &[u8], ts_delta_ms: i64, source: u16) -> usize {
-        let n = data_envelope_len(&DataV1 {
+    pub fn data_cost(
+        key: &[u8],
+        payload: &[u8],
+        ts_delta_ms: i64,
+        source: u16,
+        origin: Option<OriginV1>,
+    ) -> usize {
+        let d = DataV1 {
             ts_delta_ms,
             source,
             key: Bytes(key),
             payload: Bytes(payload),
-        });
+        };
+        let n = data_envelope_len(&d, origin);
         varint_len(n as u64) + n
     }
 
-    /// Appends a data record; returns its seq. On error the buffer is unchanged.
+    /// Appends a data record (envelope variant 0); returns its seq. On error the buffer is
+    /// unchanged.
     pub fn push_data<B: FrameBuf + ?Sized>(
         &mut self,
         buf: &mut B,
@@ -539,6 +599,20 @@ impl FrameEncoder {
         source: u16,
         key: &[u8],
         payload: &[u8],
+    ) -> Result<u64, CodecError> {
+        self.push_data_with(buf, ts_ms, source, key, payload, None)
+    }
+
+    /// Appends a data record, with its producer's identity when there is one (envelope
+    /// variant 2, else 0); returns its seq. On error the buffer is unchanged.
+    pub fn push_data_with<B: FrameBuf + ?Sized>(
+        &mut self,
+        buf: &mut B,
+        ts_ms: i64,
+        source: u16,
+        key: &[u8],
+        payload: &[u8],
+        origin: Option<OriginV1>,
     ) -> Result<u64, CodecError> {
         if key.len() + payload.len() > MAX_RECORD_LEN {
             return Err(CodecError::RecordTooLarge {
@@ -551,7 +625,7 @@ impl FrameEncoder {
             key: Bytes(key),
             payload: Bytes(payload),
         };
-        let n = data_envelope_len(&d);
+        let n = data_envelope_len(&d, origin);
         let mark = buf.len();
         if self.body_len(buf) + varint_len(n as u64) + n > MAX_BODY_LEN as usize {
             return Err(CodecError::BufferFull {
@@ -561,13 +635,19 @@ impl FrameEncoder {
         }
         let r = (|| {
             put_varint(buf, n as u64)?;
-            buf.extend(&[0])?; // variant 0
+            buf.extend(&[if origin.is_some() { 2 } else { 0 }])?; // variant 0 or 2
             put_varint(buf, zigzag(d.ts_delta_ms))?;
             put_varint(buf, u64::from(source))?;
             put_varint(buf, key.len() as u64)?;
             buf.extend(key)?;
             put_varint(buf, payload.len() as u64)?;
-            buf.extend(payload)
+            buf.extend(payload)?;
+            if let Some(o) = origin {
+                let (v, x) = origin_parts(o);
+                put_varint(buf, v)?;
+                put_varint(buf, x)?;
+            }
+            Ok(())
         })();
         if let Err(e) = r {
             buf.truncate(mark);
@@ -679,12 +759,13 @@ pub struct FrameView<'a> {
 /// A decoded record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    /// A data record with its absolute ingest time.
+    /// A data record with its absolute ingest time (envelope variant 0, or 2 with `origin`).
     Data {
         ts_ms: i64,
         source: u16,
         key: &'a [u8],
         payload: &'a [u8],
+        origin: Option<OriginV1>,
     },
     /// A gap marker.
     Gap(GapV1),
@@ -716,6 +797,24 @@ impl<'a> FrameView<'a> {
         })
     }
 
+    /// Whether a record of the frame is envelope variant `variant` (without decoding any).
+    pub fn has_variant(&self, variant: u8) -> bool {
+        let mut rest = self.body;
+        for _ in 0..self.header.count {
+            let Some((n, used)) = get_varint(rest) else {
+                return false;
+            };
+            let Some(env) = rest.get(used..used.saturating_add(n as usize)) else {
+                return false;
+            };
+            if env.first() == Some(&variant) {
+                return true;
+            }
+            rest = &rest[used + env.len()..];
+        }
+        false
+    }
+
     /// The records with their seqs.
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter {
@@ -731,6 +830,18 @@ pub struct RecordIter<'a> {
     rest: &'a [u8],
     index: u32,
     header: FrameHeader,
+}
+
+impl<'a> RecordIter<'a> {
+    fn data(&self, d: DataV1<'a>, origin: Option<OriginV1>) -> Record<'a> {
+        Record::Data {
+            ts_ms: self.header.base_ts_ms.wrapping_add(d.ts_delta_ms),
+            source: d.source,
+            key: d.key.0,
+            payload: d.payload.0,
+            origin,
+        }
+    }
 }
 
 impl<'a> Iterator for RecordIter<'a> {
@@ -758,14 +869,10 @@ impl<'a> Iterator for RecordIter<'a> {
         self.rest = &self.rest[end..];
         let seq = self.header.first_seq + u64::from(index);
         let rec = match postcard::from_bytes::<Envelope<'a>>(env) {
-            Ok(Envelope::Data(d)) => Record::Data {
-                ts_ms: self.header.base_ts_ms.wrapping_add(d.ts_delta_ms),
-                source: d.source,
-                key: d.key.0,
-                payload: d.payload.0,
-            },
+            Ok(Envelope::Data(d)) => self.data(d, None),
+            Ok(Envelope::DataV2(d)) => self.data(d.data, Some(d.origin)),
             Ok(Envelope::Gap(g)) => Record::Gap(g),
-            Err(_) if env.first().is_some_and(|&t| t > 1) => Record::Unknown(env),
+            Err(_) if env.first().is_some_and(|&t| t > 2) => Record::Unknown(env),
             Err(_) => return bad("envelope"),
         };
         Some(Ok((seq, rec)))
@@ -809,31 +916,52 @@ mod tests {
 
     #[test]
     fn hand_encoding_matches_postcard() {
+        let origins = [
+            None,
+            Some(OriginV1::Numbered(1)),
+            Some(OriginV1::Numbered(u64::MAX)),
+            Some(OriginV1::Packet(65_535)),
+        ];
         for (ts, src, key, payload) in [
             (0i64, 0u16, &b""[..], &b"x"[..]),
             (-5, 300, b"sensors/t1", &[7u8; 200][..]),
             (i64::MAX, u16::MAX, b"k", &[0u8; 0][..]),
         ] {
-            let mut v: heapless::Vec<u8, 512> = heapless::Vec::new();
-            let mut e = FrameEncoder::begin(&mut v, 1, 1000, 1).unwrap();
-            e.push_data(&mut v, 1000i64.wrapping_add(ts), src, key, payload)
-                .unwrap();
-            let body = &v[FRAME_HEADER_LEN..];
-            let (n, used) = get_varint(body).unwrap();
-            let env = Envelope::Data(DataV1 {
-                ts_delta_ms: ts,
-                source: src,
-                key: Bytes(key),
-                payload: Bytes(payload),
-            });
-            let mut tmp = [0u8; 512];
-            let pc = postcard::to_slice(&env, &mut tmp).unwrap();
-            assert_eq!(&body[used..used + n as usize], &pc[..]);
-            assert_eq!(
-                FrameEncoder::data_cost(key, payload, ts, src),
-                body.len(),
-                "cost formula"
-            );
+            for origin in origins {
+                let mut v: heapless::Vec<u8, 512> = heapless::Vec::new();
+                let mut e = FrameEncoder::begin(&mut v, 1, 1000, 1).unwrap();
+                e.push_data_with(&mut v, 1000i64.wrapping_add(ts), src, key, payload, origin)
+                    .unwrap();
+                let body = &v[FRAME_HEADER_LEN..];
+                let (n, used) = get_varint(body).unwrap();
+                let (key, payload) = (Bytes(key), Bytes(payload));
+                let data = DataV1 {
+                    ts_delta_ms: ts,
+                    source: src,
+                    key,
+                    payload,
+                };
+                let env = match origin {
+                    None => Envelope::Data(data),
+                    Some(origin) => Envelope::DataV2(DataV2 { data, origin }),
+                };
+                let mut tmp = [0u8; 512];
+                let pc = postcard::to_slice(&env, &mut tmp).unwrap();
+                assert_eq!(&body[used..used + n as usize], &pc[..], "{origin:?}");
+                assert_eq!(
+                    FrameEncoder::data_cost(key.0, payload.0, ts, src, origin),
+                    body.len(),
+                    "cost formula"
+                );
+                e.finish(&mut v).unwrap();
+                let f = FrameView::parse(&v).unwrap();
+                match f.records().next().unwrap().unwrap().1 {
+                    Record::Data { origin: o, .. } => assert_eq!(o, origin),
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(f.has_variant(2), origin.is_some());
+                assert_eq!(f.has_variant(0), origin.is_none());
+            }
         }
     }
 
@@ -856,7 +984,8 @@ mod tests {
                     ts_ms: 5_010,
                     source: 3,
                     key: b"t/a",
-                    payload: b"hello"
+                    payload: b"hello",
+                    origin: None,
                 }
             )
         );
@@ -866,7 +995,8 @@ mod tests {
                 ts_ms: 4_990,
                 source: 4,
                 key: b"",
-                payload: b"world"
+                payload: b"world",
+                origin: None,
             }
         );
         for i in 0..bytes.len() {

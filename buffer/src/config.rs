@@ -129,6 +129,10 @@ pub enum InputCfg {
         /// Write `ok <n>` acknowledgements.
         #[serde(default)]
         ack: bool,
+        /// Accept `hello <producer> <next>` as a connection's first line: its lines are
+        /// numbered and resends of stored lines are not stored again.
+        #[serde(default)]
+        idempotent: bool,
         /// Longest line.
         max_line: Option<usize>,
     },
@@ -336,6 +340,7 @@ mod tests {
             listen = "127.0.0.1:0"
             format = "json"
             ack = true
+            idempotent = true
             [[inputs]]
             type = "serial"
             path = "/dev/ttyUSB0"
@@ -350,6 +355,13 @@ mod tests {
         assert_eq!(l.full_policy, FullPolicy::Block);
         assert_eq!(l.node_id.as_deref(), Some("gw-1"));
         assert_eq!(c.inputs.len(), 3);
+        assert!(matches!(
+            c.inputs[1],
+            InputCfg::Tcp {
+                idempotent: true,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -177,6 +177,8 @@ struct MemState {
     fail_syncs: u32,
     /// The next N writes fail with EIO.
     fail_writes: u32,
+    /// The next N writes to files whose name starts with the prefix fail with EIO.
+    fail_writes_to: Option<(String, u32)>,
     /// Counters: (syncs, writes, bytes written).
     syncs: u64,
     writes: u64,
@@ -219,6 +221,7 @@ struct MemHandle {
     st: Arc<Mutex<MemState>>,
     file: Arc<Mutex<MemFile>>,
     writable: bool,
+    name: String,
 }
 
 fn enospc() -> io::Error {
@@ -246,6 +249,13 @@ impl FsFile for MemHandle {
         let mut st = lock(&self.st);
         if st.fail_writes > 0 {
             st.fail_writes -= 1;
+            return Err(eio());
+        }
+        if let Some((prefix, n)) = &mut st.fail_writes_to
+            && *n > 0
+            && self.name.starts_with(prefix.as_str())
+        {
+            *n -= 1;
             return Err(eio());
         }
         let used = st.used();
@@ -314,6 +324,12 @@ impl Drop for MemLock {
     }
 }
 
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn not_found(p: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -340,6 +356,12 @@ impl MemFs {
     /// Makes the next `n` writes fail with EIO.
     pub fn fail_next_writes(&self, n: u32) {
         lock(&self.st).fail_writes = n;
+    }
+
+    /// Makes the next `n` writes to files whose name starts with `prefix` fail with EIO (e.g.
+    /// `seg-`: a crash between a cursor update and the next segment write).
+    pub fn fail_next_writes_to(&self, prefix: &str, n: u32) {
+        lock(&self.st).fail_writes_to = Some((prefix.to_string(), n));
     }
 
     /// (sync_data calls, write calls, bytes written) so far.
@@ -472,6 +494,7 @@ impl Fs for MemFs {
             st: self.st.clone(),
             file,
             writable: true,
+            name: file_name(p),
         }))
     }
     fn open_read(&self, p: &Path) -> io::Result<Box<dyn FsFile>> {
@@ -481,6 +504,7 @@ impl Fs for MemFs {
             st: self.st.clone(),
             file,
             writable: false,
+            name: file_name(p),
         }))
     }
     fn remove_file(&self, p: &Path) -> io::Result<()> {

@@ -5,7 +5,13 @@
 //! broker redelivers unacknowledged messages after a crash); the TCP input with `ack = true`
 //! writes `ok <n>` once its first `n` lines are durable (or refused, reported before as
 //! `bad <line>`). Serial lines cannot be acknowledged: a crash loses what was in the channel.
+//!
+//! Resends are recognised (`crate::dedupe`) so that a record is stored once: the MQTT input
+//! passes each QoS 1 message's packet id and DUP flag; a TCP connection to an input with
+//! `idempotent = true` may begin with `hello <producer> <next>`, after which its lines are
+//! numbered `next`, `next + 1`, … for that producer.
 
+use crate::dedupe::{Origin, PACKET_WINDOW};
 use crate::log::{Shared, unix_ms};
 use crate::output::Backoff;
 use crate::service::{Ingest, Outcome, RecordIn};
@@ -86,7 +92,9 @@ pub async fn run_mqtt(
         opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
             .set_clean_start(false)
             .set_session_expiry_interval(Some(7 * 24 * 3600))
-            .set_manual_acks(true);
+            .set_manual_acks(true)
+            // Every message the broker may redeliver is within the resend window.
+            .set_receive_maximum(Some(PACKET_WINDOW as u16));
         if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
             opts.set_credentials(u.clone(), p.clone());
         }
@@ -129,6 +137,8 @@ pub async fn run_mqtt(
                             source: cfg.source,
                             key: p.topic.to_vec(),
                             payload: p.payload.to_vec(),
+                            origin: (p.qos != QoS::AtMostOnce)
+                                .then(|| Origin::packet(p.pkid, p.dup)),
                         };
                         if p.qos == QoS::AtMostOnce {
                             if ingest.send(vec![rec], None).await.is_err() {
@@ -172,10 +182,27 @@ pub struct TcpIn {
     pub format: LineFormat,
     /// Write `ok <n>` acknowledgements.
     pub ack: bool,
+    /// Accept a first line `hello <producer> <next>` that numbers the connection's lines.
+    pub idempotent: bool,
     /// Source index.
     pub source: u16,
     /// Longest accepted line.
     pub max_line: usize,
+}
+
+/// Parses `hello <producer> <next>`: a producer name (`[A-Za-z0-9_.-]{1,64}`) and the number
+/// (≥ 1) of the line that follows.
+pub fn parse_hello(line: &[u8]) -> Option<(Vec<u8>, u64)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut it = text.split(' ');
+    let (hello, name, next) = (it.next()?, it.next()?, it.next()?);
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    let next: u64 = next.parse().ok()?;
+    (hello == "hello" && name_ok && next >= 1 && it.next().is_none())
+        .then(|| (name.as_bytes().to_vec(), next))
 }
 
 /// Serves TCP line connections on `listener` until `stop`.
@@ -232,6 +259,9 @@ async fn tcp_conn(
     });
     let mut line = Vec::with_capacity(256);
     let mut count = 0u64;
+    // (producer, number of line 1) after a `hello`.
+    let mut producer: Option<(Vec<u8>, u64)> = None;
+    let mut first = cfg.idempotent;
     'conn: loop {
         let mut recs = Vec::new();
         let mut bad = Vec::new();
@@ -248,17 +278,31 @@ async fn tcp_conn(
             if n == 0 {
                 break;
             }
+            if std::mem::take(&mut first)
+                && let Some(h) = parse_hello(trim_eol(&line))
+            {
+                producer = Some(h);
+                continue;
+            }
             count += 1;
             let l = trim_eol(&line);
             if line.len() > cfg.max_line || !line_ok(cfg.format, l) {
                 sh.metrics.input_invalid.fetch_add(1, Relaxed);
                 bad.push(count);
             } else if !l.is_empty() || cfg.format == LineFormat::Raw {
+                let (key, origin) = match &producer {
+                    Some((name, next)) => (
+                        name.clone(),
+                        Some(Origin::numbered(next.saturating_add(count - 1))),
+                    ),
+                    None => (Vec::new(), None),
+                };
                 recs.push(RecordIn {
                     ts_ms: unix_ms(),
                     source: cfg.source,
-                    key: Vec::new(),
+                    key,
                     payload: l.to_vec(),
+                    origin,
                 });
             }
             if recs.len() >= 512 || !rd.buffer().contains(&b'\n') {
@@ -371,6 +415,7 @@ pub fn run_serial(ingest: Ingest, sh: Arc<Shared>, cfg: SerialIn, stop: watch::R
                             source: cfg.source,
                             key: Vec::new(),
                             payload: l.to_vec(),
+                            origin: None,
                         });
                     }
                     line.clear();
@@ -386,5 +431,32 @@ pub fn run_serial(ingest: Ingest, sh: Arc<Shared>, cfg: SerialIn, stop: watch::R
             }
         }
         std::thread::sleep(backoff.next_delay());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_lines_parse_and_others_do_not() {
+        assert_eq!(
+            parse_hello(b"hello sensor-7.a_b 42"),
+            Some((b"sensor-7.a_b".to_vec(), 42))
+        );
+        for bad in [
+            &b"hello p 0"[..],
+            b"hello p",
+            b"hello p 1 2",
+            b"hello p x",
+            b"hello  1",
+            b"hello a/b 1",
+            b"Hello p 1",
+            b"{\"hello\":1}",
+        ] {
+            assert_eq!(parse_hello(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!("hello {} 1", "p".repeat(65));
+        assert_eq!(parse_hello(long.as_bytes()), None);
     }
 }

@@ -2,17 +2,20 @@
 //! the output ([`Shared`]). No threads and no clock of its own: time comes in as [`Now`].
 
 use crate::codec::{
-    FrameEncoder, GapReason, GapV1, MAX_RECORD_LEN, {self},
+    FrameEncoder, GapReason, GapV1, MAX_RECORD_LEN, Record, {self},
 };
+use crate::dedupe::{Dedupe, Origin};
 use crate::fs::{Fs, FsFile, FsLock, RealFs};
+use crate::gaps::{GapBook, runs_outside};
 use crate::metrics::{Gauges, Metrics};
 use crate::segment::{
-    self, CURSOR_LEN, CursorSlot, SEG_HEADER_LEN, Scan, Scanner, encode_seg_header,
-    parse_seg_header, parse_seg_name, seg_name,
+    self, CURSOR_LEN, CursorSlot, SEG_HEADER_LEN, Scan, Scanner, encode_seg_header, parse_seg_name,
+    seg_name,
 };
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -178,14 +181,15 @@ struct Cursor {
 }
 
 impl Cursor {
+    /// Writes the next slot: `acked` and the current ledger (no sync).
     fn write(&mut self, acked: u64) -> io::Result<()> {
-        let s = CursorSlot {
-            generation: self.slot.generation + 1,
-            acked,
-            epoch: self.slot.epoch,
-        };
-        self.file.write_all_at(&s.encode(), self.next * 512)?;
-        self.slot = s;
+        let prev = (self.slot.generation, self.slot.acked);
+        self.slot.generation += 1;
+        self.slot.acked = acked;
+        if let Err(e) = self.file.write_all_at(&self.slot.encode(), self.next * 512) {
+            (self.slot.generation, self.slot.acked) = prev;
+            return Err(e);
+        }
         self.next ^= 1;
         self.dirty = true;
         Ok(())
@@ -231,6 +235,8 @@ pub struct Shared {
     durable_tx: tokio::sync::watch::Sender<u64>,
     /// Highest seq whose corruption was already counted (readers re-read after reconnects).
     corrupt_counted: AtomicU64,
+    /// Gaps waiting for the upstream (a copy of the ledger's count, for cheap polling).
+    gaps_waiting: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -321,7 +327,6 @@ impl Shared {
 
     /// Moves the cursor to at least `seq` and makes it durable.
     fn ack_durable(&self, seq: u64) -> io::Result<()> {
-        self.acked.fetch_max(seq, Relaxed);
         let mut c = lock(&self.cursor);
         if seq > c.slot.acked {
             c.write(seq)?;
@@ -329,11 +334,104 @@ impl Shared {
         if c.synced_acked < seq || c.dirty {
             c.sync()?;
         }
+        self.acked.fetch_max(seq, Relaxed);
         Ok(())
     }
 
     fn sync_cursor(&self) -> io::Result<()> {
         lock(&self.cursor).sync()
+    }
+
+    /// Applies `f` to a copy of the gap ledger (with the acknowledged seq as of now) and makes
+    /// it the cursor slot's (with the cursor moved to at least `acked`), fdatasync'd if `sync`;
+    /// on success the copy replaces the ledger and the metrics' drop counters follow it.
+    /// `Ok(false)`: `f` refused (the ledger cannot take the drop), nothing changed.
+    fn update_book(
+        &self,
+        acked: u64,
+        sync: bool,
+        f: impl FnOnce(&mut GapBook, u64) -> bool,
+    ) -> io::Result<bool> {
+        let mut c = lock(&self.cursor);
+        let mut book = c.slot.book.clone();
+        // What is acknowledged by now (a record still in flight counts as dropped).
+        if !f(&mut book, self.acked().max(c.slot.acked)) {
+            return Ok(false);
+        }
+        let old = std::mem::replace(&mut c.slot.book, book);
+        let acked = acked.max(c.slot.acked);
+        let r = c
+            .write(acked)
+            .and_then(|_| if sync { c.sync() } else { Ok(()) });
+        if let Err(e) = r {
+            c.slot.book = old;
+            return Err(e);
+        }
+        self.acked.fetch_max(acked, Relaxed);
+        self.publish_book(&c.slot.book);
+        drop(c);
+        // Outputs waiting for news learn there is a gap to send.
+        self.durable_tx.send_modify(|_| {});
+        self.notify();
+        Ok(true)
+    }
+
+    fn publish_book(&self, book: &GapBook) {
+        let m = &self.metrics;
+        let (records, bytes) = (book.dropped_records(), book.dropped_bytes());
+        for i in 0..6 {
+            m.dropped_records[i].store(records[i], Relaxed);
+            m.dropped_bytes[i].store(bytes[i], Relaxed);
+        }
+        self.gaps_waiting.store(book.gaps().len(), Relaxed);
+    }
+
+    /// Gaps waiting for the upstream's acknowledgement.
+    pub fn gaps_waiting(&self) -> usize {
+        self.gaps_waiting.load(Relaxed)
+    }
+
+    /// The waiting gaps, oldest first: `(serial, gap)`; the delivery id of a gap is
+    /// `node/stream/gap/<serial>`.
+    pub fn gaps(&self) -> Vec<(u32, GapV1)> {
+        lock(&self.cursor)
+            .slot
+            .book
+            .gaps()
+            .iter()
+            .map(|g| (g.serial, g.gap))
+            .collect()
+    }
+
+    /// An output is about to send gap `serial`: from now on its content never changes, and
+    /// the cursor slot saying so is fdatasync'd first. The gap to send, or `None` when the
+    /// upstream already acknowledged it.
+    pub fn gap_out(&self, serial: u32) -> io::Result<Option<GapV1>> {
+        let mut c = lock(&self.cursor);
+        let Some((gap, changed)) = c.slot.book.fix(serial) else {
+            return Ok(None);
+        };
+        if changed {
+            let acked = c.slot.acked;
+            c.write(acked)?;
+            c.sync()?;
+        }
+        Ok(Some(gap))
+    }
+
+    /// The upstream acknowledged gap `serial`: it leaves the ledger (the slot is written, not
+    /// synced: after a power cut the gap is at worst sent again, under the same id).
+    pub fn ack_gap(&self, serial: u32) {
+        let mut c = lock(&self.cursor);
+        if c.slot.book.ack(serial) {
+            let acked = c.slot.acked;
+            if c.write(acked).is_err() {
+                self.metrics.io_errors.fetch_add(1, Relaxed);
+            }
+            self.gaps_waiting.store(c.slot.book.gaps().len(), Relaxed);
+        }
+        drop(c);
+        self.notify();
     }
 
     /// Counts corruption found by a reader once per seq range.
@@ -370,6 +468,7 @@ impl Shared {
                 0.0
             },
             epoch: self.epoch,
+            gaps_waiting: self.gaps_waiting() as u64,
         }
     }
 }
@@ -383,13 +482,57 @@ struct Active {
     len: u64,
     created_ms: i64,
     max_ts: i64,
+    /// Data records and their payload bytes written by this incarnation.
+    data_records: u64,
+    payload_bytes: u64,
+    /// Seq ranges of batches dropped before they were written (no record has these seqs).
+    holes: Vec<(u64, u64)>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Sealed {
     base: u64,
     len: u64,
     created_ms: i64,
+    data_records: u64,
+    payload_bytes: u64,
+    holes: Vec<(u64, u64)>,
+}
+
+/// Consecutive seqs a dropped segment held beyond the acknowledged prefix.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    first: u64,
+    last: u64,
+    data_records: u64,
+    data_bytes: u64,
+}
+
+impl Run {
+    /// The part of the run after `acked` (records and bytes in proportion).
+    fn after(&self, acked: u64) -> Option<Run> {
+        if self.last <= acked {
+            return None;
+        }
+        let first = self.first.max(acked + 1);
+        let gone = first - self.first;
+        let data_records = self.data_records.saturating_sub(gone);
+        Some(Run {
+            first,
+            last: self.last,
+            data_records,
+            data_bytes: (u128::from(self.data_bytes) * u128::from(data_records)
+                / u128::from(self.data_records.max(1))) as u64,
+        })
+    }
+}
+
+/// What the oldest segment held beyond the acknowledged prefix when it was dropped.
+#[derive(Clone, Debug, Default)]
+struct Dropped {
+    runs: Vec<Run>,
+    /// Format 1 gap markers among them (their seq, what they say), to be repeated.
+    repeats: Vec<(u64, GapV1)>,
 }
 
 /// What recovery found.
@@ -415,7 +558,26 @@ pub struct Recovery {
     pub cursor_reset: bool,
     /// META was missing or invalid and was recreated.
     pub meta_recreated: bool,
+    /// Segments whose header was damaged or cut (their frames are still read).
+    pub damaged_headers: usize,
+    /// Gaps found in the cursor's ledger, waiting for the upstream's acknowledgement.
+    pub pending_gaps: usize,
+    /// (numbered producers, MQTT records) remembered for resend recognition.
+    pub dedupe: (usize, usize),
 }
+
+/// What [`Log::append_with`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this seq.
+    Stored(u64),
+    /// A resend of the record stored under this seq: not stored again.
+    Resend(u64),
+}
+
+/// Resend recognition is rebuilt at open from the newest this many bytes of the log (the
+/// last segment, and the ends of the ones before while it holds less).
+pub const DEDUPE_REBUILD_BYTES: u64 = 4 << 20;
 
 /// Result of a flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,9 +591,6 @@ pub enum Flushed {
     /// `block` policy: kept, not written.
     Blocked,
 }
-
-/// Reserve for gap frames appended at flush time.
-const GAP_RESERVE: u64 = 512;
 
 /// The single-writer log core.
 pub struct Log {
@@ -451,7 +610,10 @@ pub struct Log {
     batch_max_ts: i64,
     batch_min_ts: i64,
     batch_started: Option<Instant>,
-    pending_gaps: Vec<GapV1>,
+    /// Segments with a base at or below this were written by an earlier incarnation: what
+    /// they hold is read from the file when they are dropped.
+    unknown_upto: u64,
+    dedupe: Dedupe,
     written: u64,
     unsynced_records: u64,
     last_sync: Instant,
@@ -463,10 +625,6 @@ pub struct Log {
     /// Oldest ingest time per sealed/active segment is unknown; this tracks the oldest
     /// unacknowledged record approximately: (first seq, ts) of written batches.
     batch_ts: VecDeque<(u64, i64)>,
-    /// Written gap markers not yet acknowledged: (first lost seq, marker seq, records, bytes).
-    live_markers: VecDeque<(u64, u64, u64, u64)>,
-    /// The same for the open gap frame (committed to `live_markers` when written).
-    gap_seqs: Vec<(u64, u64, u64, u64)>,
 }
 
 fn valid_stream(s: &str) -> bool {
@@ -579,24 +737,17 @@ impl Log {
             }
         };
 
-        // CURSOR.
+        // CURSOR: acked, epoch and the drop ledger.
         let cursor_path = dir.join("CURSOR");
         let cfile = fs
             .open(&cursor_path, true)
             .map_err(ioe("open", &cursor_path))?;
         let cbytes =
             segment::read_all(&*cfile, CURSOR_LEN as usize).map_err(ioe("read", &cursor_path))?;
-        let slot = CursorSlot::pick(&cbytes);
-        rec.cursor_reset = slot.is_none();
-        let slot = slot.unwrap_or_default();
-        let next_slot = match (
-            cbytes.get(0..512).and_then(CursorSlot::decode),
-            cbytes.get(512..1024).and_then(CursorSlot::decode),
-        ) {
-            (Some(a), Some(b)) if b.generation > a.generation => 0,
-            (Some(_), _) => 1,
-            _ => 0,
-        };
+        let picked = CursorSlot::pick(&cbytes);
+        rec.cursor_reset = picked.is_none();
+        let slot = picked.unwrap_or_default();
+        let next_slot = CursorSlot::next_index(&cbytes);
         if cbytes.len() < CURSOR_LEN as usize {
             cfile
                 .set_len(CURSOR_LEN)
@@ -624,99 +775,101 @@ impl Log {
             let p = dir.join(seg_name(b));
             let f = fs.open_read(&p).map_err(ioe("open", &p))?;
             let len = f.len().map_err(ioe("stat", &p))?;
-            let mut h = [0u8; SEG_HEADER_LEN as usize];
-            let n = f.read_at(&mut h, 0).map_err(ioe("read", &p))?;
-            let created_ms = parse_seg_header(&h[..n])
-                .map(|x| x.1)
-                .unwrap_or(now.wall_ms);
+            let header = segment::read_seg_header(&*f).map_err(ioe("read", &p))?;
+            if header.is_none() {
+                tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
+                rec.damaged_headers += 1;
+            }
             sealed.push_back(Sealed {
                 base: b,
                 len,
-                created_ms,
+                created_ms: header.map_or(now.wall_ms, |h| h.1),
+                data_records: 0,
+                payload_bytes: 0,
+                holes: Vec::new(),
             });
         }
 
         let metrics = Metrics::default();
+        let mut dedupe = Dedupe::default();
         let mut max_epoch = slot.epoch;
         let mut last_valid = 0u64;
-        let mut max_ts = 0i64;
         let mut corrupt_upto = 0u64;
-        let active = match bases.last() {
-            None => None,
-            Some(&b) => {
-                let p = dir.join(seg_name(b));
-                let f = fs.open(&p, false).map_err(ioe("open", &p))?;
-                let mut h = [0u8; SEG_HEADER_LEN as usize];
-                let n = f.read_at(&mut h, 0).map_err(ioe("read", &p))?;
-                let created_ms = match parse_seg_header(&h[..n]) {
-                    Some((_, c)) => c,
-                    None => {
-                        // A torn or damaged header of the last segment: rewrite it.
-                        f.write_all_at(&encode_seg_header(b, now.wall_ms), 0)
-                            .map_err(ioe("rewrite header of", &p))?;
-                        now.wall_ms
-                    }
-                };
-                let mut sc = Scanner::new(SEG_HEADER_LEN);
-                let mut expected = b;
-                let mut skipped = false;
-                let mut good_end = SEG_HEADER_LEN;
-                loop {
-                    match sc.next(&*f).map_err(ioe("scan", &p))? {
-                        Scan::End => break,
-                        Scan::Frame { offset, header } => {
-                            if header.first_seq < expected {
-                                // Stale or duplicate frame: treat as corrupt bytes.
-                                rec.corrupt_bytes += header.frame_len() as u64;
-                                sc.advance(header.frame_len());
-                                skipped = true;
-                                continue;
-                            }
-                            if skipped {
-                                rec.corrupt_records += header.first_seq - expected;
-                                corrupt_upto = header.first_seq;
-                                skipped = false;
-                            }
-                            expected = header.last_seq() + 1;
-                            last_valid = header.last_seq();
-                            max_epoch = max_epoch.max(header.epoch);
-                            max_ts = max_ts.max(header.base_ts_ms);
-                            good_end = offset + header.frame_len() as u64;
-                            sc.advance(header.frame_len());
-                        }
-                        Scan::Skipped { from, to } => {
-                            rec.corrupt_bytes += to - from;
-                            skipped = true;
-                        }
-                        Scan::Tail { from, len } => {
-                            debug_assert_eq!(from, sc.pos);
-                            rec.truncated_bytes += len;
-                            break;
-                        }
-                    }
+        let mut active = None;
+        let mut recreate = None;
+        if let Some(&b) = bases.last() {
+            let p = dir.join(seg_name(b));
+            let f = fs.open(&p, false).map_err(ioe("open", &p))?;
+            let flen = f.len().map_err(ioe("stat", &p))?;
+            // Resend recognition: the newest DEDUPE_REBUILD_BYTES of the log, oldest first.
+            let mut need = DEDUPE_REBUILD_BYTES.saturating_sub(flen);
+            let mut window = Vec::new();
+            for prev in sealed.iter().rev() {
+                if need == 0 {
+                    break;
                 }
-                let flen = f.len().map_err(ioe("stat", &p))?;
-                if flen > good_end {
-                    // Torn tail (or stale/corrupt frames after the last good one).
-                    rec.truncated_bytes = flen - good_end;
-                    f.set_len(good_end)
-                        .map_err(ioe("truncate torn tail of", &p))?;
-                    f.sync_data().map_err(ioe("fdatasync", &p))?;
-                    metrics.torn_tails.fetch_add(1, Relaxed);
-                } else {
-                    // What a previous incarnation left in the page cache becomes durable
-                    // before any reader may forward it.
-                    f.sync_data().map_err(ioe("fdatasync", &p))?;
-                }
-                Some(Active {
-                    base: b,
-                    file: f,
-                    len: good_end,
-                    created_ms,
-                    max_ts,
-                })
+                window.push((prev.base, prev.len.saturating_sub(need)));
+                need = need.saturating_sub(prev.len);
             }
-        };
+            for &(base, from) in window.iter().rev() {
+                rebuild_dedupe(&*fs, &dir, base, from, &mut dedupe);
+            }
+            let sc = scan_active(
+                &*f,
+                b,
+                flen.saturating_sub(DEDUPE_REBUILD_BYTES),
+                &mut dedupe,
+            )
+            .map_err(ioe("scan", &p))?;
+            rec.corrupt_bytes = sc.corrupt_bytes;
+            rec.corrupt_records = sc.corrupt_records;
+            corrupt_upto = sc.corrupt_upto;
+            last_valid = sc.last_valid;
+            max_epoch = max_epoch.max(sc.max_epoch);
+            if flen > sc.good_end {
+                // Torn tail (or stale/corrupt frames after the last good one).
+                rec.truncated_bytes = flen - sc.good_end;
+                f.set_len(sc.good_end)
+                    .map_err(ioe("truncate torn tail of", &p))?;
+                f.sync_data().map_err(ioe("fdatasync", &p))?;
+                metrics.torn_tails.fetch_add(1, Relaxed);
+            } else {
+                // What a previous incarnation left in the page cache becomes durable
+                // before any reader may forward it.
+                f.sync_data().map_err(ioe("fdatasync", &p))?;
+            }
+            match sc.header {
+                Some((_, created_ms)) => {
+                    active = Some(Active {
+                        base: b,
+                        file: f,
+                        len: sc.good_end,
+                        created_ms,
+                        max_ts: sc.max_ts,
+                        data_records: 0,
+                        payload_bytes: 0,
+                        holes: Vec::new(),
+                    })
+                }
+                None => {
+                    tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
+                    rec.damaged_headers += 1;
+                    if sc.last_valid > 0 {
+                        // Its frames stay readable where they are; appends go to a new segment.
+                        sealed.push_back(Sealed {
+                            base: b,
+                            len: sc.good_end,
+                            created_ms: now.wall_ms,
+                            data_records: 0,
+                            payload_bytes: 0,
+                            holes: Vec::new(),
+                        });
+                    } else {
+                        recreate = Some(b);
+                    }
+                }
+            }
+        }
         // If the cursor was lost and the active segment is empty, take the epoch from the
         // previous segment's frames too (invariant 2).
         if rec.cursor_reset
@@ -725,7 +878,10 @@ impl Log {
         {
             let p = dir.join(seg_name(prev.base));
             if let Ok(f) = fs.open_read(&p) {
-                let mut sc = Scanner::new(SEG_HEADER_LEN);
+                let start = segment::read_seg_header(&*f)
+                    .map(segment::frames_start)
+                    .unwrap_or(0);
+                let mut sc = Scanner::new(start);
                 loop {
                     match sc.next(&*f) {
                         Ok(Scan::Frame { header, .. }) => {
@@ -743,9 +899,13 @@ impl Log {
             .corrupt_records
             .fetch_add(rec.corrupt_records, Relaxed);
         metrics.corrupt_bytes.fetch_add(rec.corrupt_bytes, Relaxed);
+        metrics
+            .corrupt_headers
+            .fetch_add(rec.damaged_headers as u64, Relaxed);
 
         let epoch = max_epoch.wrapping_add(1).max(1);
-        let mut next_seq = last_valid.max(acked) + 1;
+        // Seqs of dropped batches are never reused (their gaps may still be waiting).
+        let mut next_seq = last_valid.max(acked).max(slot.book.max_seq()) + 1;
         let active = match active {
             Some(a) => {
                 if a.len == SEG_HEADER_LEN {
@@ -753,16 +913,27 @@ impl Log {
                 }
                 a
             }
-            None => create_segment(&*fs, &dir, next_seq, now.wall_ms)?,
+            None => {
+                let base = match recreate {
+                    Some(b) => {
+                        next_seq = next_seq.max(b);
+                        b
+                    }
+                    None => next_seq,
+                };
+                create_segment(&*fs, &dir, base, now.wall_ms)?
+            }
         };
+        rec.pending_gaps = slot.book.gaps().len();
 
-        // New epoch, durable before the first append.
+        // New epoch (and the ledger, now in a version 2 slot), durable before the first
+        // append.
         let mut cursor = Cursor {
             file: cfile,
             slot: CursorSlot {
-                generation: slot.generation,
-                acked,
                 epoch,
+                version: 2,
+                ..slot
             },
             next: next_slot,
             synced_acked: acked,
@@ -774,6 +945,7 @@ impl Log {
         rec.epoch = epoch;
         rec.next_seq = next_seq;
         rec.segments = sealed.len() + 1;
+        rec.dedupe = dedupe.sizes();
 
         let mut segs: Vec<SegEntry> = sealed
             .iter()
@@ -803,7 +975,9 @@ impl Log {
             wake: (Mutex::new(0), Condvar::new()),
             durable_tx,
             corrupt_counted: AtomicU64::new(corrupt_upto),
+            gaps_waiting: AtomicUsize::new(0),
         });
+        sh.publish_book(&self::lock(&sh.cursor).slot.book);
         let seg_bytes = cfg.effective_segment_bytes();
         let log = Log {
             sh,
@@ -821,7 +995,8 @@ impl Log {
             batch_max_ts: 0,
             batch_min_ts: 0,
             batch_started: None,
-            pending_gaps: Vec::new(),
+            unknown_upto: next_seq - 1,
+            dedupe,
             written,
             unsynced_records: 0,
             last_sync: now.mono,
@@ -831,8 +1006,6 @@ impl Log {
             backoff: Duration::from_millis(10),
             meta_len,
             batch_ts: VecDeque::new(),
-            live_markers: VecDeque::new(),
-            gap_seqs: Vec::new(),
             cfg,
         };
         log.publish_sizes();
@@ -899,6 +1072,30 @@ impl Log {
         payload: &[u8],
         now: Now,
     ) -> Result<u64, LogError> {
+        match self.append_with(ts_ms, source, key, payload, None, now)? {
+            Appended::Stored(seq) | Appended::Resend(seq) => Ok(seq),
+        }
+    }
+
+    /// [`Log::append`] for a record its producer identified (`origin`): a resend of a record
+    /// the log holds is not stored again ([`Appended::Resend`] with the original's seq, whose
+    /// durability the producer's acknowledgement then waits for; `crate::dedupe`).
+    pub fn append_with(
+        &mut self,
+        ts_ms: i64,
+        source: u16,
+        key: &[u8],
+        payload: &[u8],
+        origin: Option<Origin>,
+        now: Now,
+    ) -> Result<Appended, LogError> {
+        if let Some(o) = &origin
+            && let Some(seq) = self.dedupe.original(source, key, payload, o)
+        {
+            self.sh.metrics.input_resends.fetch_add(1, Relaxed);
+            return Ok(Appended::Resend(seq));
+        }
+        let id = origin.map(|o| o.id);
         if key.len() + payload.len() > MAX_RECORD_LEN {
             return Err(LogError::TooLarge {
                 len: key.len() + payload.len(),
@@ -912,7 +1109,7 @@ impl Log {
             }
         }
         if let Some(f) = &self.frame {
-            let cost = FrameEncoder::data_cost(key, payload, 0, source) + 10;
+            let cost = FrameEncoder::data_cost(key, payload, 0, source, id) + 10;
             if f.body_len(&self.batch) + cost > self.cfg.frame_bytes {
                 self.close_frame();
             }
@@ -930,7 +1127,7 @@ impl Log {
             let Some(f) = self.frame.as_mut() else {
                 continue;
             };
-            match f.push_data(&mut self.batch, ts_ms, source, key, payload) {
+            match f.push_data_with(&mut self.batch, ts_ms, source, key, payload, id) {
                 Ok(seq) => break seq,
                 Err(codec::CodecError::BufferFull { .. }) if f.count() > 0 => self.close_frame(),
                 Err(e) => {
@@ -956,10 +1153,13 @@ impl Log {
         let m = &self.sh.metrics;
         m.records_in.fetch_add(1, Relaxed);
         m.bytes_in.fetch_add(payload.len() as u64, Relaxed);
+        if let Some(id) = id {
+            self.dedupe.stored(source, key, payload, id, seq);
+        }
         if self.batch.len() >= self.cfg.batch_bytes {
             let _ = self.flush(now);
         }
-        Ok(seq)
+        Ok(Appended::Stored(seq))
     }
 
     fn close_frame(&mut self) {
@@ -986,9 +1186,9 @@ impl Log {
     }
 
     /// Deletes the oldest sealed segment for `reason`; counts and gap-marks its unacked records.
-    fn drop_oldest(&mut self, reason: GapReason) -> Result<(), LogError> {
-        let Some(seg) = self.sealed.front().copied() else {
-            return Ok(());
+    fn drop_oldest(&mut self, reason: GapReason) -> Result<bool, LogError> {
+        let Some(seg) = self.sealed.front().cloned() else {
+            return Ok(false);
         };
         let next_base = self
             .sealed
@@ -996,96 +1196,196 @@ impl Log {
             .map(|s| s.base)
             .unwrap_or(self.active.base);
         let last = next_base - 1;
-        let real_acked = self.sh.acked();
-        let first_unacked = (real_acked + 1).max(seg.base);
-        // Unacknowledged gap markers inside the dropped segment vanish with it: the new marker
-        // covers their ranges too (only the new loss is counted in `records`).
-        self.live_markers.retain(|&(_, m, _, _)| m > real_acked);
-        let mut gap_first = first_unacked;
-        let (mut absorbed_records, mut absorbed_bytes) = (0, 0);
-        self.live_markers.retain(|&(first, m, r, b)| {
-            if m <= last {
-                gap_first = gap_first.min(first);
-                absorbed_records += r;
-                absorbed_bytes += b;
-                false
-            } else {
-                true
+        let first = (self.sh.acked() + 1).max(seg.base);
+        // What the segment holds beyond the acknowledged prefix: known for a segment this
+        // incarnation wrote, read from the file for an older one.
+        let dropped = if last < first {
+            Dropped::default()
+        } else if seg.base <= self.unknown_upto {
+            self.read_dropped(seg.base, first, last)?
+        } else {
+            let total = seg.data_records.max(1);
+            Dropped {
+                runs: runs_outside(first, last, &seg.holes)
+                    .into_iter()
+                    .map(|(a, b)| Run {
+                        first: a,
+                        last: b,
+                        data_records: b - a + 1,
+                        // Payload bytes in proportion (a segment's records are alike in size).
+                        data_bytes: (u128::from(seg.payload_bytes) * u128::from(b - a + 1)
+                            / u128::from(total)) as u64,
+                    })
+                    .collect(),
+                repeats: Vec::new(),
             }
-        });
-        self.delete_oldest(last)?;
-        if last >= first_unacked {
-            let lost = last - first_unacked + 1;
-            let total = (last + 1).saturating_sub(seg.base).max(1);
-            let bytes = seg.len.saturating_sub(SEG_HEADER_LEN) * lost / total;
-            self.sh.metrics.dropped(reason, lost, bytes);
-            self.add_gap(GapV1 {
-                reason,
-                first_seq: gap_first,
-                last_seq: last,
-                records: lost + absorbed_records,
-                bytes: bytes + absorbed_bytes,
-            });
-        } else if absorbed_records > 0 {
-            self.add_gap(GapV1 {
-                reason,
-                first_seq: gap_first,
-                last_seq: last,
-                records: absorbed_records,
-                bytes: absorbed_bytes,
-            });
+        };
+        // The drop is in the cursor slot, with the cursor past the segment, fdatasync'd,
+        // before the segment is deleted (invariant 5).
+        let cursor_path = self.dir.join("CURSOR");
+        let recorded = self
+            .sh
+            .update_book(last, true, |book, acked| {
+                // Records acknowledged meanwhile are delivered, not dropped.
+                dropped.runs.iter().filter_map(|r| r.after(acked)).all(|r| {
+                    book.drop_new(GapV1 {
+                        reason,
+                        first_seq: r.first,
+                        last_seq: r.last,
+                        records: r.data_records,
+                        bytes: r.data_bytes,
+                    })
+                }) && dropped
+                    .repeats
+                    .iter()
+                    .filter(|(seq, _)| *seq > acked)
+                    .all(|(_, g)| book.repeat(*g))
+            })
+            .map_err(ioe("write and fdatasync", &cursor_path))?;
+        if !recorded {
+            // Every waiting gap is out with the upstream: nothing more can be accounted for
+            // until it acknowledges them.
+            return Ok(false);
         }
+        remove_segment(&*self.sh.fs, &self.dir, seg.base)?;
+        self.sealed.pop_front();
         while self.batch_ts.front().is_some_and(|&(s, _)| s <= last) {
             self.batch_ts.pop_front();
         }
         self.publish_sizes();
-        Ok(())
+        Ok(true)
+    }
+
+    /// What segment `base`, written by an earlier incarnation, holds in `first..=last`, read
+    /// from the file: its runs of records, and the format 1 gap markers among them (to be
+    /// repeated). Corruption found on the way is counted.
+    fn read_dropped(&self, base: u64, first: u64, last: u64) -> Result<Dropped, LogError> {
+        let p = self.dir.join(seg_name(base));
+        let f = match self.sh.fs.open_read(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Gone already: its range is all there is to tell.
+                return Ok(Dropped {
+                    runs: vec![Run {
+                        first,
+                        last,
+                        data_records: last - first + 1,
+                        data_bytes: 0,
+                    }],
+                    repeats: Vec::new(),
+                });
+            }
+            Err(e) => return Err(ioe("open", &p)(e)),
+        };
+        let start = segment::read_seg_header(&*f)
+            .map(segment::frames_start)
+            .map_err(ioe("read", &p))?;
+        let mut d = Dropped::default();
+        let mut sc = Scanner::new(start);
+        let (mut expected, mut skipped, mut skipped_bytes) = (base, start == 0, 0);
+        loop {
+            match sc.next(&*f).map_err(ioe("scan", &p))? {
+                Scan::Frame { header: h, .. } => {
+                    if skipped {
+                        let lost = h.first_seq.saturating_sub(expected.max(first));
+                        self.sh
+                            .count_corrupt(h.first_seq.saturating_sub(1), lost, skipped_bytes);
+                        (skipped, skipped_bytes) = (false, 0);
+                    }
+                    if h.last_seq() >= first {
+                        for (seq, r) in sc.view(h).records().flatten() {
+                            if seq < first || seq > last {
+                                continue;
+                            }
+                            if d.runs.last().is_none_or(|r| r.last + 1 != seq) {
+                                d.runs.push(Run {
+                                    first: seq,
+                                    last: seq,
+                                    data_records: 0,
+                                    data_bytes: 0,
+                                });
+                            }
+                            let Some(run) = d.runs.last_mut() else {
+                                continue;
+                            };
+                            run.last = seq;
+                            match r {
+                                Record::Gap(g) => d.repeats.push((seq, g)),
+                                Record::Data { payload, .. } | Record::Unknown(payload) => {
+                                    run.data_records += 1;
+                                    run.data_bytes += payload.len() as u64;
+                                }
+                            }
+                        }
+                    }
+                    expected = expected.max(h.last_seq() + 1);
+                    sc.advance(h.frame_len());
+                }
+                Scan::Skipped { from, to } => {
+                    skipped = true;
+                    skipped_bytes += to - from;
+                }
+                Scan::Tail { len, .. } => {
+                    skipped = true;
+                    skipped_bytes += len;
+                    break;
+                }
+                Scan::End => break,
+            }
+        }
+        if skipped && expected <= last {
+            self.sh
+                .count_corrupt(last, last + 1 - expected.max(first), skipped_bytes);
+        }
+        Ok(d)
     }
 
     /// Deletes the oldest sealed segment (whose last seq is `last`) in the safe order: cursor
-    /// past it and fdatasync'd, then unlink (invariant 3).
+    /// past it and fdatasync'd, then unlink (invariant 5).
     fn delete_oldest(&mut self, last: u64) -> Result<(), LogError> {
-        let Some(seg) = self.sealed.front().copied() else {
+        let Some(base) = self.sealed.front().map(|s| s.base) else {
             return Ok(());
         };
         let cursor_path = self.dir.join("CURSOR");
         self.sh
             .ack_durable(last)
             .map_err(ioe("write and fdatasync", &cursor_path))?;
-        remove_segment(&*self.sh.fs, &self.dir, seg.base)?;
+        remove_segment(&*self.sh.fs, &self.dir, base)?;
         self.sealed.pop_front();
         Ok(())
     }
 
-    fn add_gap(&mut self, g: GapV1) {
-        // Merge with a pending gap of the same reason whose range overlaps or touches this one.
-        if let Some(p) = self.pending_gaps.iter_mut().find(|p| {
-            p.reason == g.reason && g.first_seq <= p.last_seq + 1 && p.first_seq <= g.last_seq + 1
-        }) {
-            p.first_seq = p.first_seq.min(g.first_seq);
-            p.last_seq = p.last_seq.max(g.last_seq);
-            p.records += g.records;
-            p.bytes += g.bytes;
-            return;
-        }
-        self.pending_gaps.push(g);
-    }
-
-    fn drop_batch(&mut self, reason: GapReason) {
+    /// Drops the open batch for `reason`: its seqs become a gap in the cursor slot
+    /// (fdatasync'd), then count as written, so that producers waiting for them learn their
+    /// fate. `false` when the ledger cannot take the gap (the batch is kept).
+    fn drop_batch(&mut self, reason: GapReason) -> bool {
         self.frame = None;
         if self.batch_first != 0 {
-            self.sh
-                .metrics
-                .dropped(reason, self.batch_records, self.batch_payload);
-            self.add_gap(GapV1 {
+            let (first, last) = (self.batch_first, self.next_seq - 1);
+            let gap = GapV1 {
                 reason,
-                first_seq: self.batch_first,
-                last_seq: self.next_seq - 1,
+                first_seq: first,
+                last_seq: last,
                 records: self.batch_records,
                 bytes: self.batch_payload,
-            });
+            };
+            match self.sh.update_book(0, true, |book, _| book.drop_new(gap)) {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(_) => {
+                    self.sh.metrics.io_errors.fetch_add(1, Relaxed);
+                    return false;
+                }
+            }
+            self.active.holes.push((first, last));
+            self.written = last;
+            self.sh.written.store(last, Relaxed);
+            if !matches!(self.cfg.sync, SyncPolicy::Interval(_)) {
+                self.publish_durable(last);
+            }
         }
         self.clear_batch();
+        true
     }
 
     fn clear_batch(&mut self) {
@@ -1110,6 +1410,9 @@ impl Log {
             base: old.base,
             len: old.len,
             created_ms: old.created_ms,
+            data_records: old.data_records,
+            payload_bytes: old.payload_bytes,
+            holes: old.holes,
         });
         if self.cfg.sync != SyncPolicy::Never {
             self.publish_durable(self.written);
@@ -1151,17 +1454,16 @@ impl Log {
             return Ok(Flushed::Blocked);
         }
         self.close_frame();
-        if self.batch.is_empty() && self.pending_gaps.is_empty() {
+        if self.batch.is_empty() {
             self.blocked = false;
             return Ok(Flushed::Empty);
         }
         let mut space_retries = 0;
         loop {
             // Make room (limits are checked before the write).
-            let need = self.batch.len() as u64 + GAP_RESERVE;
+            let need = self.batch.len() as u64;
             if need + CURSOR_LEN + self.meta_len + SEG_HEADER_LEN > self.cfg.max_bytes {
-                self.drop_batch(GapReason::RetentionBytes);
-                return Ok(Flushed::Dropped);
+                return Ok(self.drop_or_block(GapReason::RetentionBytes));
             }
             let mut guard = 0;
             while let Some(reason) = self.over_limit(need)? {
@@ -1171,19 +1473,16 @@ impl Log {
                 }
                 match self.cfg.full_policy {
                     FullPolicy::Block => return Ok(self.set_blocked()),
-                    FullPolicy::DropNewest => {
-                        let _ = reason;
-                        self.drop_batch(GapReason::DropNewest);
-                        return Ok(Flushed::Dropped);
-                    }
+                    FullPolicy::DropNewest => return Ok(self.drop_or_block(GapReason::DropNewest)),
                     FullPolicy::DropOldest => {
                         if !self.sealed.is_empty() {
-                            self.drop_oldest(reason)?;
+                            if !self.drop_oldest(reason)? {
+                                return Ok(self.set_blocked());
+                            }
                         } else if self.active.len > SEG_HEADER_LEN {
                             self.roll(now, self.batch_base())?;
                         } else {
-                            self.drop_batch(reason);
-                            return Ok(Flushed::Dropped);
+                            return Ok(self.drop_or_block(reason));
                         }
                     }
                 }
@@ -1202,7 +1501,9 @@ impl Log {
                     space_retries += 1;
                     match self.cfg.full_policy {
                         FullPolicy::DropOldest if !self.sealed.is_empty() && space_retries < 64 => {
-                            self.drop_oldest(GapReason::DiskFull)?;
+                            if !self.drop_oldest(GapReason::DiskFull)? {
+                                return Ok(self.set_blocked());
+                            }
                         }
                         FullPolicy::Block => {
                             self.retry_at = Some(now.mono + Duration::from_millis(100));
@@ -1210,8 +1511,7 @@ impl Log {
                         }
                         _ => {
                             let _ = (op, path);
-                            self.drop_batch(GapReason::DiskFull);
-                            return Ok(Flushed::Dropped);
+                            return Ok(self.drop_or_block(GapReason::DiskFull));
                         }
                     }
                 }
@@ -1228,40 +1528,28 @@ impl Log {
         }
     }
 
+    fn drop_or_block(&mut self, reason: GapReason) -> Flushed {
+        if self.drop_batch(reason) {
+            Flushed::Dropped
+        } else {
+            self.set_blocked()
+        }
+    }
+
     fn set_blocked(&mut self) -> Flushed {
         self.blocked = true;
         self.sh.metrics.degraded.store(true, Relaxed);
         Flushed::Blocked
     }
 
-    /// Appends pending gap frames, rolls if needed, writes and syncs. On error everything is
-    /// rolled back (file length, batch, seqs) and the error returned.
+    /// Rolls if needed, writes and syncs the batch. On error the file is rolled back to its
+    /// length before, the batch kept, and the error returned.
     fn write_batch(&mut self, now: Now) -> Result<(), (&'static str, PathBuf, io::Error)> {
-        let data_len = self.batch.len();
-        let seq_before = self.next_seq;
         let first_in_batch = self.batch_base();
-        if !self.pending_gaps.is_empty() {
-            let mut enc =
-                FrameEncoder::begin(&mut self.batch, self.next_seq, now.wall_ms, self.sh.epoch)
-                    .map_err(|e| ("encode gap for", self.dir.clone(), segment::codec_io(e)))?;
-            self.gap_seqs.clear();
-            for g in &self.pending_gaps {
-                if let Ok(seq) = enc.push_gap(&mut self.batch, g) {
-                    self.gap_seqs.push((g.first_seq, seq, g.records, g.bytes));
-                }
-            }
-            self.next_seq = enc.next_seq();
-            let _ = enc.finish(&mut self.batch);
-        }
-        let undo = |s: &mut Self| {
-            s.batch.truncate(data_len);
-            s.next_seq = seq_before;
-        };
         if self.active.len > SEG_HEADER_LEN
             && self.active.len + self.batch.len() as u64 > self.seg_bytes
             && let Err(e) = self.roll(now, first_in_batch)
         {
-            undo(self);
             return Err(match e {
                 LogError::Io { op, path, source } => (op, path, source),
                 other => (
@@ -1275,7 +1563,6 @@ impl Log {
         let off = self.active.len;
         if let Err(e) = self.active.file.write_all_at(&self.batch, off) {
             let _ = self.active.file.set_len(off);
-            undo(self);
             return Err(("write", path, e));
         }
         if self.cfg.sync == SyncPolicy::Batched
@@ -1283,7 +1570,6 @@ impl Log {
         {
             // fsyncgate: the page cache state is unknown; roll back and rewrite later.
             let _ = self.active.file.set_len(off);
-            undo(self);
             return Err(("fdatasync", path, e));
         }
         let last = self.next_seq - 1;
@@ -1308,13 +1594,8 @@ impl Log {
             }
         }
         self.unsynced_records += self.batch_records;
-        if !self.pending_gaps.is_empty() {
-            self.live_markers.extend(self.gap_seqs.drain(..));
-            while self.live_markers.len() > 1024 {
-                self.live_markers.pop_front();
-            }
-        }
-        self.pending_gaps.clear();
+        self.active.data_records += self.batch_records;
+        self.active.payload_bytes += self.batch_payload;
         self.clear_batch();
         if !matches!(self.cfg.sync, SyncPolicy::Interval(_)) {
             self.publish_durable(last);
@@ -1330,7 +1611,6 @@ impl Log {
         if self
             .batch_started
             .is_some_and(|t| now.mono >= t + self.cfg.batch_window)
-            || (!self.pending_gaps.is_empty() && self.batch.is_empty())
             || self.blocked
             || (self.retry_at.is_some_and(|t| now.mono >= t) && !self.batch.is_empty())
         {
@@ -1377,10 +1657,9 @@ impl Log {
                     None if !self.sealed.is_empty() => self.active.created_ms,
                     None => break,
                 };
-                if newest_upper >= limit {
+                if newest_upper >= limit || !self.drop_oldest(GapReason::RetentionAge)? {
                     break;
                 }
-                self.drop_oldest(GapReason::RetentionAge)?;
             }
             if self.sealed.is_empty()
                 && self.active.len > SEG_HEADER_LEN
@@ -1388,7 +1667,7 @@ impl Log {
                 && self.batch.is_empty()
             {
                 self.roll(now, self.batch_base())?;
-                self.drop_oldest(GapReason::RetentionAge)?;
+                let _ = self.drop_oldest(GapReason::RetentionAge)?;
             }
         }
         if now.mono >= self.last_cursor_sync + self.cfg.cursor_sync {
@@ -1466,5 +1745,125 @@ fn create_segment(fs: &dyn Fs, dir: &Path, base: u64, now_ms: i64) -> Result<Act
         len: SEG_HEADER_LEN,
         created_ms: now_ms,
         max_ts: 0,
+        data_records: 0,
+        payload_bytes: 0,
+        holes: Vec::new(),
     })
+}
+
+/// Envelope variant of data records with an origin (the only ones resend recognition needs).
+const ORIGIN_VARIANT: u8 = 2;
+
+/// Feeds the identified records of a frame to resend recognition (a frame without any is not
+/// decoded).
+fn remember_origins(view: &codec::FrameView<'_>, dedupe: &mut Dedupe) {
+    if !view.has_variant(ORIGIN_VARIANT) {
+        return;
+    }
+    for (seq, r) in view.records().flatten() {
+        if let Record::Data {
+            source,
+            key,
+            payload,
+            origin: Some(o),
+            ..
+        } = r
+        {
+            dedupe.stored(source, key, payload, o, seq);
+        }
+    }
+}
+
+/// What recovery found in the active (last) segment.
+struct ActiveScan {
+    header: Option<(u64, i64)>,
+    good_end: u64,
+    last_valid: u64,
+    max_epoch: u32,
+    max_ts: i64,
+    corrupt_bytes: u64,
+    corrupt_records: u64,
+    corrupt_upto: u64,
+}
+
+/// Scans the last segment from its first frame (from offset 0 when its header is damaged):
+/// accepts frames in seq order, resynchronises over corruption, and feeds its records from
+/// byte `dedupe_from` on to resend recognition.
+fn scan_active(
+    f: &dyn FsFile,
+    base: u64,
+    dedupe_from: u64,
+    dedupe: &mut Dedupe,
+) -> io::Result<ActiveScan> {
+    let header = segment::read_seg_header(f)?;
+    let start = segment::frames_start(header);
+    let mut out = ActiveScan {
+        header,
+        good_end: start,
+        last_valid: 0,
+        max_epoch: 0,
+        max_ts: 0,
+        corrupt_bytes: 0,
+        corrupt_records: 0,
+        corrupt_upto: 0,
+    };
+    let mut sc = Scanner::new(start);
+    let mut expected = base;
+    let mut skipped = false;
+    loop {
+        match sc.next(f)? {
+            Scan::End | Scan::Tail { .. } => break,
+            Scan::Frame { offset, header: h } => {
+                if h.first_seq < expected {
+                    // Stale or duplicate frame: treat as corrupt bytes.
+                    out.corrupt_bytes += h.frame_len() as u64;
+                    sc.advance(h.frame_len());
+                    skipped = true;
+                    continue;
+                }
+                if skipped {
+                    out.corrupt_records += h.first_seq - expected;
+                    out.corrupt_upto = h.first_seq;
+                    skipped = false;
+                }
+                if offset >= dedupe_from {
+                    remember_origins(&sc.view(h), dedupe);
+                }
+                expected = h.last_seq() + 1;
+                out.last_valid = h.last_seq();
+                out.max_epoch = out.max_epoch.max(h.epoch);
+                out.max_ts = out.max_ts.max(h.base_ts_ms);
+                out.good_end = offset + h.frame_len() as u64;
+                sc.advance(h.frame_len());
+            }
+            Scan::Skipped { from, to } => {
+                out.corrupt_bytes += to - from;
+                skipped = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Feeds the records of segment `base` from byte `from` on to resend recognition. Best effort:
+/// an unreadable segment only narrows what is recognised.
+fn rebuild_dedupe(fs: &dyn Fs, dir: &Path, base: u64, from: u64, dedupe: &mut Dedupe) {
+    let p = dir.join(seg_name(base));
+    let Ok(f) = fs.open_read(&p) else {
+        return;
+    };
+    let start = segment::read_seg_header(&*f)
+        .map(segment::frames_start)
+        .unwrap_or(0);
+    let mut sc = Scanner::new(start.max(from));
+    while let Ok(scan) = sc.next(&*f) {
+        match scan {
+            Scan::Frame { header, .. } => {
+                remember_origins(&sc.view(header), dedupe);
+                sc.advance(header.frame_len());
+            }
+            Scan::Skipped { .. } => {}
+            Scan::Tail { .. } | Scan::End => break,
+        }
+    }
 }

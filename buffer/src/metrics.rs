@@ -26,9 +26,10 @@ pub struct Metrics {
     pub records_rejected: AtomicU64,
     /// Input lines/messages that could not be accepted (bad JSON, too large).
     pub input_invalid: AtomicU64,
-    /// Dropped records per [`GapReason`] index.
+    /// Dropped records per [`GapReason`] index, since the log was created (kept in the
+    /// cursor slot across restarts).
     pub dropped_records: [AtomicU64; 6],
-    /// Dropped bytes per [`GapReason`] index.
+    /// Dropped bytes per [`GapReason`] index, since the log was created.
     pub dropped_bytes: [AtomicU64; 6],
     /// Records lost to corruption (found at recovery or by a reader).
     pub corrupt_records: AtomicU64,
@@ -36,6 +37,10 @@ pub struct Metrics {
     pub corrupt_bytes: AtomicU64,
     /// Torn tails truncated at recovery.
     pub torn_tails: AtomicU64,
+    /// Segments found at open with a damaged or cut header (their frames are still read).
+    pub corrupt_headers: AtomicU64,
+    /// Input records recognised as resends of stored records, not stored again.
+    pub input_resends: AtomicU64,
     /// Bytes written to segment files.
     pub bytes_written: AtomicU64,
     /// Completed fdatasync calls of segments.
@@ -102,6 +107,8 @@ pub struct Gauges {
     pub oldest_unacked_age_s: f64,
     /// Current epoch.
     pub epoch: u32,
+    /// Gap markers waiting for the upstream's acknowledgement.
+    pub gaps_waiting: u64,
 }
 
 /// Renders the Prometheus text exposition (version 0.0.4).
@@ -164,6 +171,16 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
         "torn_tails_total",
         "Torn tails truncated at recovery.",
         m.torn_tails.load(Relaxed),
+    );
+    counter(
+        "corrupt_headers_total",
+        "Segments found with a damaged or cut header.",
+        m.corrupt_headers.load(Relaxed),
+    );
+    counter(
+        "input_resends_total",
+        "Input records recognised as resends and not stored again.",
+        m.input_resends.load(Relaxed),
     );
     counter(
         "bytes_written_total",
@@ -266,6 +283,11 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
         g.acked_seq.to_string(),
     );
     gauge("epoch", "Writer epoch.", g.epoch.to_string());
+    gauge(
+        "gaps_waiting",
+        "Gap markers not yet acknowledged upstream.",
+        g.gaps_waiting.to_string(),
+    );
     o
 }
 

@@ -73,6 +73,7 @@ fn record(source: u16, dv: &DataValue, item: &MonitoredItem) -> RecordIn {
         source,
         key: node.into_bytes(),
         payload: payload.to_string().into_bytes(),
+        origin: None,
     }
 }
 

@@ -6,6 +6,10 @@
 //! prefix acknowledged by the upstream (PUBACK / HTTP 2xx). Delivery ids
 //! `node/stream/epoch/seq` travel as the MQTT v5 user property `delivery-id` and, for HTTP, in
 //! each JSON line plus the batch's `Idempotency-Key` header.
+//!
+//! Gap markers come from the log's gap ledger, not from the records: an output sends the
+//! waiting gaps before its next records (delivery id `node/stream/gap/<serial>`, fixed before
+//! it is sent) and reports each acknowledged one back, which removes it from the ledger.
 
 use crate::codec::GapV1;
 use crate::fs::SplitMix;
@@ -64,15 +68,48 @@ pub fn delivery_id(sh: &Shared, m: &RecMeta) -> String {
     format!("{}/{}/{}/{}", sh.node_id, sh.stream, m.epoch, m.seq)
 }
 
+/// The delivery id of gap `serial` of the ledger.
+pub fn gap_id(sh: &Shared, serial: u32) -> String {
+    format!("{}/{}/gap/{serial}", sh.node_id, sh.stream)
+}
+
+/// The waiting gaps of the ledger not in `skip`, each fixed before it is returned (so that
+/// what is sent under its id never changes): `(serial, gap)`.
+fn gaps_to_send(sh: &Shared, skip: &[u32], max: usize) -> Vec<(u32, GapV1)> {
+    if sh.gaps_waiting() == 0 || max == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (serial, _) in sh.gaps() {
+        if out.len() >= max {
+            break;
+        }
+        if skip.contains(&serial) {
+            continue;
+        }
+        match sh.gap_out(serial) {
+            Ok(Some(g)) => out.push((serial, g)),
+            Ok(None) => {}
+            Err(e) => {
+                sh.metrics.io_errors.fetch_add(1, Relaxed);
+                tracing::warn!("buffer: cannot record gap {serial} as sent: {e}");
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// A gap marker's JSON: `{"reason", "first_seq", "last_seq", "records", "bytes"}`.
+pub fn gap_value(g: &GapV1) -> serde_json::Value {
+    serde_json::json!({
+        "reason": g.reason.label(), "first_seq": g.first_seq, "last_seq": g.last_seq,
+        "records": g.records, "bytes": g.bytes,
+    })
+}
+
 fn gap_json(g: &GapV1) -> String {
-    format!(
-        "{{\"reason\":\"{}\",\"first_seq\":{},\"last_seq\":{},\"records\":{},\"bytes\":{}}}",
-        g.reason.label(),
-        g.first_seq,
-        g.last_seq,
-        g.records,
-        g.bytes
-    )
+    gap_value(g).to_string()
 }
 
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
@@ -121,9 +158,22 @@ pub struct MqttOut {
 }
 
 struct Flight {
+    /// The record's seq, or the gap's serial.
     seq: u64,
+    gap: bool,
     pkid: Option<u16>,
     acked: bool,
+}
+
+fn mqtt_props(id: String, ts_ms: i64, kind: &str) -> PublishProperties {
+    PublishProperties {
+        user_properties: vec![
+            ("delivery-id".into(), id),
+            ("ts-ms".into(), ts_ms.to_string()),
+            ("kind".into(), kind.into()),
+        ],
+        ..Default::default()
+    }
 }
 
 fn topic_for(tpl: &str, sh: &Shared, key: &[u8]) -> String {
@@ -156,9 +206,35 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
         reader.seek(sh.acked() + 1);
         batch.clear();
         let mut flights: VecDeque<Flight> = VecDeque::new();
+        let mut gaps_sent: Vec<u32> = Vec::new();
         let mut connected = false;
         let failed = loop {
-            // Feed the window.
+            // Feed the window: waiting gaps first, then records.
+            if connected && flights.len() < window {
+                for (serial, g) in gaps_to_send(&sh, &gaps_sent, window - flights.len()) {
+                    let topic = topic_for(&cfg.topic, &sh, b"_gap");
+                    let props = mqtt_props(gap_id(&sh, serial), crate::log::unix_ms(), "gap");
+                    if client
+                        .try_publish_with_properties(
+                            topic,
+                            QoS::AtLeastOnce,
+                            false,
+                            gap_json(&g),
+                            props,
+                        )
+                        .is_err()
+                    {
+                        break;
+                    }
+                    gaps_sent.push(serial);
+                    flights.push_back(Flight {
+                        seq: u64::from(serial),
+                        gap: true,
+                        pkid: None,
+                        acked: false,
+                    });
+                }
+            }
             if connected && flights.len() < window {
                 if batch.is_empty() {
                     batch.clear();
@@ -176,22 +252,12 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
                             batch.payload(m).to_vec(),
                         ),
                     };
-                    let props = PublishProperties {
-                        user_properties: vec![
-                            ("delivery-id".into(), delivery_id(&sh, m)),
-                            ("ts-ms".into(), m.ts_ms.to_string()),
-                            (
-                                "kind".into(),
-                                match m.kind {
-                                    RecKind::Data => "data",
-                                    RecKind::Gap(_) => "gap",
-                                    RecKind::Unknown => "unknown",
-                                }
-                                .into(),
-                            ),
-                        ],
-                        ..Default::default()
+                    let kind = match m.kind {
+                        RecKind::Data => "data",
+                        RecKind::Gap(_) => "gap",
+                        RecKind::Unknown => "unknown",
                     };
+                    let props = mqtt_props(delivery_id(&sh, m), m.ts_ms, kind);
                     if client
                         .try_publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
                         .is_err()
@@ -204,6 +270,7 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
                     highest_sent = highest_sent.max(m.seq);
                     flights.push_back(Flight {
                         seq: m.seq,
+                        gap: false,
                         pkid: None,
                         acked: false,
                     });
@@ -246,15 +313,20 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
                         );
                         if let Some(f) = flights.iter_mut().find(|f| f.pkid == Some(ack.pkid) && !f.acked) {
                             f.acked = true;
-                            if rejected {
+                            if f.gap {
+                                sh.ack_gap(f.seq as u32);
+                            } else if rejected {
                                 sh.metrics.records_rejected.fetch_add(1, Relaxed);
                             } else {
                                 sh.metrics.records_delivered.fetch_add(1, Relaxed);
                             }
                         }
                         let mut last = None;
-                        while flights.front().is_some_and(|f| f.acked) {
-                            last = flights.pop_front().map(|f| f.seq);
+                        while let Some(f) = flights.front().filter(|f| f.acked) {
+                            if !f.gap {
+                                last = Some(f.seq);
+                            }
+                            flights.pop_front();
                         }
                         if let Some(s) = last {
                             sh.ack(s);
@@ -375,17 +447,26 @@ pub fn json_line(sh: &Shared, b: &ReadBatch, m: &RecMeta, out: &mut Vec<u8>) {
         v["key"] = String::from_utf8_lossy(key).into();
     }
     match m.kind {
-        RecKind::Gap(g) => {
-            v["gap"] = serde_json::json!({
-                "reason": g.reason.label(), "first_seq": g.first_seq, "last_seq": g.last_seq,
-                "records": g.records, "bytes": g.bytes,
-            });
-        }
+        RecKind::Gap(g) => v["gap"] = gap_value(&g),
         _ => match std::str::from_utf8(b.payload(m)) {
             Ok(s) => v["payload"] = s.into(),
             Err(_) => v["payload_b64"] = base64(b.payload(m)).into(),
         },
     }
+    if serde_json::to_writer(&mut *out, &v).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// The NDJSON line of gap `serial` of the ledger (no seq: its id is `node/stream/gap/<serial>`).
+pub fn gap_line(sh: &Shared, serial: u32, g: &GapV1, out: &mut Vec<u8>) {
+    let v = serde_json::json!({
+        "id": gap_id(sh, serial),
+        "node": sh.node_id,
+        "stream": sh.stream,
+        "kind": "gap",
+        "gap": gap_value(g),
+    });
     if serde_json::to_writer(&mut *out, &v).is_ok() {
         out.push(b'\n');
     }
@@ -460,7 +541,8 @@ pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<b
                 0
             }
         };
-        if n == 0 {
+        let gaps = gaps_to_send(&sh, &[], usize::MAX);
+        if n == 0 && gaps.is_empty() {
             tokio::select! {
                 _ = crate::service::stopped(&mut stop) => return,
                 _ = durable.changed() => continue,
@@ -468,20 +550,47 @@ pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<b
             }
         }
         body.clear();
+        for (serial, g) in &gaps {
+            gap_line(&sh, *serial, g, &mut body);
+        }
         for m in &batch.recs {
             json_line(&sh, &batch, m, &mut body);
         }
-        let (first, last) = (batch.recs[0], batch.recs[batch.len() - 1]);
-        let key = format!(
-            "{}/{}/{}:{}-{}:{}",
-            sh.node_id, sh.stream, first.epoch, first.seq, last.epoch, last.seq
-        );
-        if first.seq <= highest_sent {
-            sh.metrics
-                .records_resent
-                .fetch_add(highest_sent.min(last.seq) - first.seq + 1, Relaxed);
+        let mut key = format!("{}/{}/", sh.node_id, sh.stream);
+        let last = batch.recs.last().copied();
+        if let (Some(first), Some(last)) = (batch.recs.first(), last) {
+            key.push_str(&format!(
+                "{}:{}-{}:{}",
+                first.epoch, first.seq, last.epoch, last.seq
+            ));
+            if first.seq <= highest_sent {
+                sh.metrics
+                    .records_resent
+                    .fetch_add(highest_sent.min(last.seq) - first.seq + 1, Relaxed);
+            }
+            highest_sent = highest_sent.max(last.seq);
         }
-        highest_sent = highest_sent.max(last.seq);
+        if !gaps.is_empty() {
+            let serials: Vec<String> = gaps.iter().map(|g| g.0.to_string()).collect();
+            if last.is_some() {
+                key.push('+');
+            }
+            key.push_str(&format!("gap:{}", serials.join(",")));
+        }
+        let done = |delivered: bool| {
+            if let Some(last) = last {
+                let c = if delivered {
+                    &sh.metrics.records_delivered
+                } else {
+                    &sh.metrics.records_rejected
+                };
+                c.fetch_add(n as u64, Relaxed);
+                sh.ack(last.seq);
+            }
+            for (serial, _) in &gaps {
+                sh.ack_gap(*serial);
+            }
+        };
         loop {
             let headers = [
                 ("Content-Type", "application/x-ndjson"),
@@ -490,16 +599,14 @@ pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<b
             let r = http_post(&url, &headers, &body, cfg.timeout).await;
             match r {
                 Ok(s) if (200..300).contains(&s) || s == 409 => {
-                    sh.metrics.records_delivered.fetch_add(n as u64, Relaxed);
-                    sh.ack(last.seq);
+                    done(true);
                     backoff.reset();
                     break;
                 }
                 Ok(s) if (400..500).contains(&s) && s != 408 && s != 429 => {
                     // Permanent rejection: counted, never blocks the stream.
-                    sh.metrics.records_rejected.fetch_add(n as u64, Relaxed);
                     tracing::warn!("buffer: upstream rejected batch {key} with HTTP {s}");
-                    sh.ack(last.seq);
+                    done(false);
                     break;
                 }
                 other => {

@@ -8,7 +8,7 @@
 use crate::codec::{GapV1, Record};
 use crate::fs::FsFile;
 use crate::log::Shared;
-use crate::segment::{SEG_HEADER_LEN, Scan, Scanner, seg_name};
+use crate::segment::{self, Scan, Scanner, seg_name};
 use std::io;
 use std::sync::Arc;
 
@@ -89,6 +89,7 @@ impl ReadBatch {
                 source,
                 key,
                 payload,
+                ..
             } => (ts_ms, source, key, payload, RecKind::Data),
             Record::Gap(g) => (0, 0, &[][..], &[][..], RecKind::Gap(g)),
             Record::Unknown(b) => (0, 0, &[][..], b, RecKind::Unknown),
@@ -202,10 +203,16 @@ impl Reader {
                     let path = self.sh.dir().join(seg_name(seg.base));
                     match self.sh.fs().open_read(&path) {
                         Ok(file) => {
+                            // A damaged or cut header: frames are looked for from offset 0,
+                            // and the seqs the segment no longer holds count as corrupt.
+                            let header = segment::read_seg_header(&*file)?;
+                            if header.is_none() {
+                                self.skipped = true;
+                            }
                             self.cur = Some(Cur {
                                 base: seg.base,
                                 file,
-                                sc: Scanner::new(SEG_HEADER_LEN),
+                                sc: Scanner::new(segment::frames_start(header)),
                                 next_base: segs.get(idx).map(|s| s.base),
                             });
                         }

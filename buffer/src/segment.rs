@@ -1,8 +1,11 @@
 //! Segment files: naming, the 32-byte header, the cursor slots and a chunked frame scanner
 //! shared by recovery and readers.
 
-use crate::codec::{self, CodecError, FRAME_HEADER_LEN, FrameHeader, FrameView, MAX_BODY_LEN};
+use crate::codec::{
+    self, CodecError, FRAME_HEADER_LEN, FrameHeader, FrameView, GapReason, GapV1, MAX_BODY_LEN,
+};
 use crate::fs::FsFile;
+use crate::gaps::{Gap, GapBook, MAX_GAPS};
 use std::io;
 
 /// Segment header length.
@@ -57,10 +60,15 @@ pub fn parse_seg_header(h: &[u8]) -> Option<(u64, i64)> {
 
 /// Cursor file length: two 512-byte slots.
 pub const CURSOR_LEN: u64 = 1024;
-const CURSOR_MAGIC: &[u8; 8] = b"EBCURSR1";
+const CURSOR_MAGIC_V1: &[u8; 8] = b"EBCURSR1";
+const CURSOR_MAGIC_V2: &[u8; 8] = b"EBCURSR2";
+const GAPS_OFF: usize = 136;
+const GAP_LEN: usize = 40;
+const SEQ_FLOOR_OFF: usize = 496;
+const SLOT_CRC_OFF: usize = 508;
 
 /// One cursor slot's content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CursorSlot {
     /// Generation.
     pub generation: u64,
@@ -68,42 +76,109 @@ pub struct CursorSlot {
     pub acked: u64,
     /// Writer epoch.
     pub epoch: u32,
+    /// The gap ledger (empty in a version 1 slot).
+    pub book: GapBook,
+    /// Slot format version it was read from (1 or 2; 0 for a slot never written).
+    pub version: u8,
+}
+
+fn le_u64(s: &[u8], o: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&s[o..o + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn le_u32(s: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([s[o], s[o + 1], s[o + 2], s[o + 3]])
 }
 
 impl CursorSlot {
-    /// Encodes to 512 bytes.
+    /// Encodes to 512 bytes (format version 2). A book holds at most [`MAX_GAPS`] gaps.
     pub fn encode(&self) -> [u8; 512] {
         let mut s = [0u8; 512];
-        s[0..8].copy_from_slice(CURSOR_MAGIC);
+        s[0..8].copy_from_slice(CURSOR_MAGIC_V2);
         s[8..16].copy_from_slice(&self.generation.to_le_bytes());
         s[16..24].copy_from_slice(&self.acked.to_le_bytes());
         s[24..28].copy_from_slice(&self.epoch.to_le_bytes());
-        let c = codec::crc32c(&s[0..28]);
-        s[28..32].copy_from_slice(&c.to_le_bytes());
+        let b = &self.book;
+        let n = b.gaps().len().min(MAX_GAPS);
+        s[28] = n as u8;
+        s[32..36].copy_from_slice(&b.next_serial().to_le_bytes());
+        let (records, bytes) = (b.dropped_records(), b.dropped_bytes());
+        for i in 0..6 {
+            s[40 + 8 * i..48 + 8 * i].copy_from_slice(&records[i].to_le_bytes());
+            s[88 + 8 * i..96 + 8 * i].copy_from_slice(&bytes[i].to_le_bytes());
+        }
+        for (i, g) in b.gaps().iter().take(n).enumerate() {
+            let e = &mut s[GAPS_OFF + GAP_LEN * i..GAPS_OFF + GAP_LEN * (i + 1)];
+            e[0..4].copy_from_slice(&g.serial.to_le_bytes());
+            e[4] = g.gap.reason as u8;
+            e[5] = u8::from(g.fixed);
+            e[8..16].copy_from_slice(&g.gap.first_seq.to_le_bytes());
+            e[16..24].copy_from_slice(&g.gap.last_seq.to_le_bytes());
+            e[24..32].copy_from_slice(&g.gap.records.to_le_bytes());
+            e[32..40].copy_from_slice(&g.gap.bytes.to_le_bytes());
+        }
+        s[SEQ_FLOOR_OFF..SEQ_FLOOR_OFF + 8].copy_from_slice(&b.max_seq().to_le_bytes());
+        let c = codec::crc32c(&s[..SLOT_CRC_OFF]);
+        s[SLOT_CRC_OFF..].copy_from_slice(&c.to_le_bytes());
         s
     }
 
-    /// Decodes one slot.
+    /// Decodes one slot, version 1 or 2; `None` when it is not a valid slot.
     pub fn decode(s: &[u8]) -> Option<Self> {
-        if s.len() < 32 || &s[0..8] != CURSOR_MAGIC {
+        if s.len() < 32 {
             return None;
         }
-        if codec::crc32c(&s[0..28]) != u32::from_le_bytes([s[28], s[29], s[30], s[31]]) {
-            return None;
-        }
-        let u64_at = |o: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&s[o..o + 8]);
-            u64::from_le_bytes(b)
+        let base = |version, book| CursorSlot {
+            generation: le_u64(s, 8),
+            acked: le_u64(s, 16),
+            epoch: le_u32(s, 24),
+            book,
+            version,
         };
-        Some(CursorSlot {
-            generation: u64_at(8),
-            acked: u64_at(16),
-            epoch: u32::from_le_bytes([s[24], s[25], s[26], s[27]]),
-        })
+        if &s[0..8] == CURSOR_MAGIC_V1 {
+            let crc = le_u32(s, 28);
+            return (codec::crc32c(&s[0..28]) == crc).then(|| base(1, GapBook::default()));
+        }
+        if s.len() < 512 || &s[0..8] != CURSOR_MAGIC_V2 {
+            return None;
+        }
+        let n = usize::from(s[28]);
+        if codec::crc32c(&s[..SLOT_CRC_OFF]) != le_u32(s, SLOT_CRC_OFF) || n > MAX_GAPS {
+            return None;
+        }
+        let (mut records, mut bytes) = ([0u64; 6], [0u64; 6]);
+        for i in 0..6 {
+            records[i] = le_u64(s, 40 + 8 * i);
+            bytes[i] = le_u64(s, 88 + 8 * i);
+        }
+        let mut gaps = Vec::with_capacity(n);
+        for i in 0..n {
+            let e = &s[GAPS_OFF + GAP_LEN * i..GAPS_OFF + GAP_LEN * (i + 1)];
+            gaps.push(Gap {
+                serial: le_u32(e, 0),
+                gap: GapV1 {
+                    reason: GapReason::from_index(e[4])?,
+                    first_seq: le_u64(e, 8),
+                    last_seq: le_u64(e, 16),
+                    records: le_u64(e, 24),
+                    bytes: le_u64(e, 32),
+                },
+                fixed: e[5] & 1 != 0,
+            });
+        }
+        let book = GapBook::from_parts(
+            gaps,
+            le_u32(s, 32),
+            le_u64(s, SEQ_FLOOR_OFF),
+            records,
+            bytes,
+        );
+        Some(base(2, book))
     }
 
-    /// The winning slot of a cursor file's bytes (highest valid generation).
+    /// The winning slot of a cursor file's bytes (highest valid generation, either version).
     pub fn pick(file: &[u8]) -> Option<Self> {
         let a = file.get(0..512).and_then(Self::decode);
         let b = file.get(512..1024).and_then(Self::decode);
@@ -112,6 +187,42 @@ impl CursorSlot {
             (a, b) => a.or(b),
         }
     }
+
+    /// Index (0 = A, 1 = B) of the slot the next write goes to: the one not holding the
+    /// winner.
+    pub fn next_index(file: &[u8]) -> u64 {
+        let a = file.get(0..512).and_then(Self::decode);
+        let b = file.get(512..1024).and_then(Self::decode);
+        match (a, b) {
+            (Some(a), Some(b)) if b.generation > a.generation => 0,
+            (Some(_), _) => 1,
+            _ => 0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment headers.
+
+/// Reads and checks a segment file's header: `(base_seq, created_ms)`, or `None` when it is
+/// damaged or cut.
+pub fn read_seg_header(file: &dyn FsFile) -> io::Result<Option<(u64, i64)>> {
+    let mut h = [0u8; SEG_HEADER_LEN as usize];
+    let mut got = 0;
+    while got < h.len() {
+        let n = file.read_at(&mut h[got..], got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(parse_seg_header(&h[..got]))
+}
+
+/// Where scanning for frames starts: after a valid header, else at offset 0 (a damaged or cut
+/// header: the frames are found by resynchronisation wherever they start).
+pub fn frames_start(header: Option<(u64, i64)>) -> u64 {
+    if header.is_some() { SEG_HEADER_LEN } else { 0 }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,27 +464,82 @@ mod tests {
         assert_eq!(parse_seg_header(&bad), None);
     }
 
+    /// A version 1 slot as the first format wrote it.
+    fn v1_slot(generation: u64, acked: u64, epoch: u32) -> [u8; 512] {
+        let mut s = [0u8; 512];
+        s[0..8].copy_from_slice(b"EBCURSR1");
+        s[8..16].copy_from_slice(&generation.to_le_bytes());
+        s[16..24].copy_from_slice(&acked.to_le_bytes());
+        s[24..28].copy_from_slice(&epoch.to_le_bytes());
+        let c = codec::crc32c(&s[0..28]);
+        s[28..32].copy_from_slice(&c.to_le_bytes());
+        s
+    }
+
     #[test]
     fn cursor_pick_prefers_valid_higher_generation() {
         let a = CursorSlot {
             generation: 5,
             acked: 10,
             epoch: 2,
+            book: GapBook::default(),
+            version: 2,
         };
+        let mut book = GapBook::default();
+        for i in 0..MAX_GAPS as u64 {
+            let gap = GapV1 {
+                reason: GapReason::ALL[i as usize % 6],
+                first_seq: 100 * i + 1,
+                last_seq: 100 * i + 9,
+                records: 9,
+                bytes: u64::MAX - i,
+            };
+            assert!(book.drop_new(gap));
+            if i % 2 == 0 {
+                book.fix(i as u32);
+            }
+        }
         let b = CursorSlot {
             generation: 6,
             acked: 12,
             epoch: 2,
+            book,
+            version: 2,
         };
         let mut f = [0u8; 1024];
         f[..512].copy_from_slice(&a.encode());
         f[512..].copy_from_slice(&b.encode());
-        assert_eq!(CursorSlot::pick(&f), Some(b));
-        f[600] ^= 0xff; // damage is outside the checked bytes: still valid
-        assert_eq!(CursorSlot::pick(&f), Some(b));
+        assert_eq!(CursorSlot::pick(&f), Some(b.clone()));
+        assert_eq!(CursorSlot::next_index(&f), 0);
+        f[1000] ^= 0xff; // torn ledger of B: A wins
+        assert_eq!(CursorSlot::pick(&f), Some(a.clone()));
+        assert_eq!(CursorSlot::next_index(&f), 1);
+        f[1000] ^= 0xff;
         f[520] ^= 0xff; // torn generation field
         assert_eq!(CursorSlot::pick(&f), Some(a));
         assert_eq!(CursorSlot::pick(&[0u8; 1024]), None);
         assert_eq!(CursorSlot::pick(&f[..100]), None);
+    }
+
+    #[test]
+    fn version_1_slots_are_read_and_mix_with_version_2() {
+        let mut f = [0u8; 1024];
+        f[..512].copy_from_slice(&v1_slot(3, 40, 7));
+        let got = CursorSlot::pick(&f).unwrap();
+        assert_eq!(
+            (got.generation, got.acked, got.epoch, got.version),
+            (3, 40, 7, 1)
+        );
+        assert_eq!(got.book, GapBook::default());
+        // The first version 2 write goes to the other slot; the older v1 slot stays valid.
+        assert_eq!(CursorSlot::next_index(&f), 1);
+        let mut next = got.clone();
+        next.generation += 1;
+        next.acked = 41;
+        f[512..].copy_from_slice(&next.encode());
+        let got = CursorSlot::pick(&f).unwrap();
+        assert_eq!((got.acked, got.version), (41, 2));
+        f[600] ^= 1; // a torn v2 write falls back to the v1 state
+        assert_eq!(CursorSlot::pick(&f).map(|s| s.acked), Some(40));
     }
 }

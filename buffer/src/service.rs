@@ -7,7 +7,8 @@
 //! `block` policy holds. A producer that passes a completion sender learns when its records are
 //! durable — inputs acknowledge their sources only then.
 
-use crate::log::{Log, LogError, Now, Shared};
+use crate::dedupe::Origin;
+use crate::log::{Appended, Log, LogError, Now, Shared};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,6 +28,9 @@ pub struct RecordIn {
     pub key: Vec<u8>,
     /// Raw bytes.
     pub payload: Vec<u8>,
+    /// The producer's identity of the record, when it gave one (a resend is then recognised
+    /// and not stored again).
+    pub origin: Option<Origin>,
 }
 
 /// What became of a batch handed to the writer.
@@ -237,8 +241,16 @@ fn feed(
     let sh = log.shared().clone();
     while idx < msg.recs.len() {
         let r = &msg.recs[idx];
-        match log.append(r.ts_ms, r.source, &r.key, &r.payload, Now::system()) {
-            Ok(seq) => last = seq,
+        match log.append_with(
+            r.ts_ms,
+            r.source,
+            &r.key,
+            &r.payload,
+            r.origin,
+            Now::system(),
+        ) {
+            // A resend's acknowledgement waits for its original to be durable.
+            Ok(Appended::Stored(seq) | Appended::Resend(seq)) => last = last.max(seq),
             Err(LogError::Blocked(_)) => return Some((msg, idx, last, rejected)),
             Err(_) => {
                 rejected += 1;

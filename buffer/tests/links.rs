@@ -62,10 +62,6 @@ max_line = 200
     )
 }
 
-fn n_of(p: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
-}
-
 #[test]
 fn serial_lines_from_a_pty_pair_arrive_in_order() {
     if !require_tool("socat") {

@@ -238,9 +238,9 @@ fn flipped_bits_and_bad_lengths_skip_one_frame_and_count_it() {
     }
 }
 
-#[test]
-fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
-    let o = Instant::now();
+/// 2000 records of 100 B (`payload(1, seq, 100)`), durable, in at least 3 segments; the log
+/// closed by a kill.
+fn two_thousand_records(o: Instant) -> (MemFs, LogConfig, Vec<buffer::log::SegEntry>) {
     let fs = MemFs::new();
     let cfg = small_cfg();
     let (mut log, _) = open(&fs, &cfg, at(o, 0));
@@ -251,7 +251,13 @@ fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
     log.flush(at(o, 0)).unwrap();
     let segs = log.shared().segments();
     assert!(segs.len() >= 3);
-    drop(log);
+    (fs, cfg, segs)
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_is_skipped_by_the_reader_and_counted_once() {
+    let o = Instant::now();
+    let (fs, cfg, segs) = two_thousand_records(o);
     let p = Path::new("/buf/s").join(seg_name(segs[0].base));
     let mut b = fs.read_file(&p).unwrap();
     b[5000] ^= 0xff;
@@ -342,14 +348,8 @@ fn drop_oldest_keeps_disk_under_max_bytes_and_writes_gap_markers() {
     let dropped = m.dropped_records[GapReason::RetentionBytes as usize].load(Relaxed);
     assert!(dropped > 0);
     let got = drain(&mut Reader::new(log.shared().clone()));
-    // Oldest dropped: what remains is a suffix plus gap markers covering every missing seq.
-    let gaps: Vec<_> = got
-        .iter()
-        .filter_map(|g| match g.kind {
-            RecKind::Gap(x) => Some(x),
-            _ => None,
-        })
-        .collect();
+    // Oldest dropped: what remains is a suffix; gap markers cover every missing seq.
+    let gaps: Vec<_> = take_gaps(log.shared()).into_iter().map(|g| g.1).collect();
     assert!(!gaps.is_empty());
     let present: std::collections::HashSet<u64> = got.iter().map(|g| g.seq).collect();
     let max = got.iter().map(|g| g.seq).max().unwrap();
@@ -430,14 +430,11 @@ fn enospc_never_panics_and_applies_the_policy() {
     assert!(m.dropped_records[GapReason::DiskFull as usize].load(Relaxed) > 0);
     assert!(m.io_errors.load(Relaxed) > 0);
     let got = drain(&mut Reader::new(log.shared().clone()));
-    assert_eq!(
-        got.last()
-            .map(|g| g.kind == RecKind::Data || matches!(g.kind, RecKind::Gap(_))),
-        Some(true)
-    );
+    assert_eq!(got.last().map(|g| g.kind), Some(RecKind::Data));
     assert!(
-        got.iter()
-            .any(|g| matches!(g.kind, RecKind::Gap(x) if x.reason == GapReason::DiskFull))
+        take_gaps(&sh)
+            .iter()
+            .any(|(_, g)| g.reason == GapReason::DiskFull)
     );
     // Still writable and readable after space returns.
     fs.set_capacity(None);
@@ -510,4 +507,154 @@ fn real_filesystem_roundtrip_and_torn_tail() {
     let got = drain(&mut Reader::new(log.shared().clone()));
     assert!(!got.is_empty() && got.len() < 1000);
     let _ = RealFs;
+}
+
+/// How a disk can damage a segment's 32-byte header.
+#[derive(Clone, Copy, Debug)]
+enum HeaderDamage {
+    /// Zeroed in place (a lost sector).
+    Zeroed,
+    /// The first 16 bytes cut out: every frame moves 16 bytes toward the start.
+    Cut16,
+    /// The file cut to 20 bytes: the header is cut and every frame is gone.
+    Truncated20,
+}
+
+fn damage(b: &[u8], how: HeaderDamage) -> Vec<u8> {
+    match how {
+        HeaderDamage::Zeroed => {
+            let mut c = b.to_vec();
+            c[..32].fill(0);
+            c
+        }
+        HeaderDamage::Cut16 => b[16..].to_vec(),
+        HeaderDamage::Truncated20 => b[..20].to_vec(),
+    }
+}
+
+#[test]
+fn a_damaged_or_cut_segment_header_is_counted_and_its_frames_kept() {
+    let o = Instant::now();
+    for sealed in [true, false] {
+        for how in [
+            HeaderDamage::Zeroed,
+            HeaderDamage::Cut16,
+            HeaderDamage::Truncated20,
+        ] {
+            let what = format!(
+                "{} segment, {how:?}",
+                if sealed { "sealed" } else { "last" }
+            );
+            let (fs, cfg, segs) = two_thousand_records(o);
+            let i = if sealed { 1 } else { segs.len() - 1 };
+            let p = Path::new("/buf/s").join(seg_name(segs[i].base));
+            let held = segs.get(i + 1).map_or(2001, |s| s.base) - segs[i].base;
+            fs.write_file(&p, &damage(&fs.read_file(&p).unwrap(), how));
+            let (mut log, rec) = open(&fs, &cfg, at(o, 0));
+            assert_eq!(rec.damaged_headers, 1, "{what}: {rec:?}");
+            let m = &log.shared().metrics;
+            assert_eq!(m.corrupt_headers.load(Relaxed), 1, "{what}");
+            let got = drain(&mut Reader::new(log.shared().clone()));
+            assert!(got.iter().all(|g| g.payload == payload(1, g.seq, 100)));
+            let lost = 2000 - got.len() as u64;
+            let corrupt = m.corrupt_records.load(Relaxed);
+            match how {
+                // Every frame is still there and is found.
+                HeaderDamage::Zeroed | HeaderDamage::Cut16 => {
+                    assert_eq!((lost, corrupt), (0, 0), "{what}");
+                }
+                // All its records are gone: counted (a last segment's are not known).
+                HeaderDamage::Truncated20 => {
+                    assert_eq!(lost, held, "{what}");
+                    assert_eq!(corrupt, if sealed { held } else { 0 }, "{what}");
+                }
+            }
+            // Still writable, and new records come after every seq seen.
+            let s = log.append(0, 0, b"", b"after", at(o, 1)).unwrap();
+            log.flush(at(o, 1)).unwrap();
+            assert!(s > got.last().map_or(0, |g| g.seq), "{what}");
+        }
+    }
+}
+
+#[test]
+fn resends_are_recognised_across_a_restart() {
+    use buffer::Appended;
+    use buffer::dedupe::Origin;
+    let o = Instant::now();
+    let fs = MemFs::new();
+    let cfg = small_cfg();
+    let (mut log, _) = open(&fs, &cfg, at(o, 0));
+    let line = |n: u64| payload(1, n, 80);
+    // Message `p` of the MQTT input (source 1) with packet id `id`, flagged DUP or not.
+    let mqtt = |log: &mut Log, id: u16, dup: bool, p: &str, t: u64| {
+        log.append_with(
+            0,
+            1,
+            b"s/t",
+            p.as_bytes(),
+            Some(Origin::packet(id, dup)),
+            at(o, t),
+        )
+        .unwrap()
+    };
+    // A numbered producer's lines 1..=3000 (several segments), and MQTT packets 1..=50.
+    for n in 1..=3000u64 {
+        let a = log
+            .append_with(0, 0, b"p1", &line(n), Some(Origin::numbered(n)), at(o, 0))
+            .unwrap();
+        assert_eq!(a, Appended::Stored(n));
+    }
+    for id in 1..=50u16 {
+        let a = mqtt(&mut log, id, false, &format!("t={id}"), 0);
+        assert!(matches!(a, Appended::Stored(_)));
+    }
+    log.flush(at(o, 0)).unwrap();
+    assert!(log.shared().segments().len() > 3);
+    drop(log); // kill -9: the producer saw no `ok`, the broker no PUBACK
+    let (mut log, rec) = open(&fs, &cfg, at(o, 1));
+    assert_eq!(rec.dedupe, (1, 50), "{rec:?}");
+    let next = rec.next_seq;
+    // The producer resends from line 2900: up to 3000 they are resends of stored lines.
+    let mut stored = Vec::new();
+    for n in 2900..=3100u64 {
+        match log
+            .append_with(0, 0, b"p1", &line(n), Some(Origin::numbered(n)), at(o, 1))
+            .unwrap()
+        {
+            Appended::Resend(seq) => assert!(n <= 3000 && seq <= 3000, "line {n}"),
+            Appended::Stored(seq) => stored.push((n, seq)),
+        }
+    }
+    assert_eq!(stored.first(), Some(&(3001, next)), "nothing stored twice");
+    assert_eq!(stored.len(), 100);
+    // The broker redelivers (DUP) the same messages: recognised by packet id and content.
+    for id in 1..=50u16 {
+        let p = format!("t={id}");
+        let a = log
+            .append_with(
+                0,
+                1,
+                b"s/t",
+                p.as_bytes(),
+                Some(Origin::packet(id, true)),
+                at(o, 1),
+            )
+            .unwrap();
+        assert!(
+            matches!(a, Appended::Resend(s) if s > 3000 && s < next),
+            "{a:?}"
+        );
+    }
+    // A new message reusing an id, and a DUP one with other content, are stored.
+    for (dup, p) in [(false, "t=1"), (true, "t=other")] {
+        let a = mqtt(&mut log, 1, dup, p, 1);
+        assert!(matches!(a, Appended::Stored(_)), "{dup} {p}");
+    }
+    assert_eq!(log.shared().metrics.input_resends.load(Relaxed), 101 + 50);
+    log.flush(at(o, 1)).unwrap();
+    // Every line is in the log once.
+    let got = drain(&mut Reader::new(log.shared().clone()));
+    let lines: Vec<_> = got.iter().filter(|g| g.payload.len() == 80).collect();
+    assert_eq!(lines.len(), 3100);
 }

@@ -4,7 +4,9 @@
 mod common;
 
 use common::peers::*;
+use common::{GapSeen, check_explained};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 fn cfg(dir: &std::path::Path, local: u16, upstream: u16, extra_out: &str) -> String {
@@ -52,8 +54,53 @@ fn msgs(from: u64, to: u64) -> Vec<String> {
         .collect()
 }
 
-fn n_of(p: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
+/// An upstream broker that admits a subscriber `sub` and the buffer as `buf` (password file),
+/// with a subscriber to `up/#` on it.
+struct Upstream {
+    pw: std::path::PathBuf,
+    up: Mosquitto,
+    sub: Subscriber,
+}
+
+impl Upstream {
+    fn start(dir: &std::path::Path) -> Upstream {
+        let pw = dir.join("upstream.passwd");
+        mosquitto_passwd(&pw, "sub", "s3cret");
+        mosquitto_passwd(&pw, "buf", "b3cret");
+        let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
+        let up = Mosquitto::start(&dir.join("up"), &auth);
+        let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
+        sub.wait_subscribed();
+        Upstream { pw, up, sub }
+    }
+
+    /// Restarts the stopped broker; the buffer is let in only once the subscriber is
+    /// subscribed again (nothing it sends can pass unseen).
+    fn back(&mut self) {
+        std::fs::remove_file(&self.pw).unwrap();
+        mosquitto_passwd(&self.pw, "sub", "s3cret");
+        let before = self.sub.subacks.load(Ordering::SeqCst);
+        self.up.restart();
+        wait_for(Duration::from_secs(20), "resubscription", || {
+            (self.sub.subacks.load(Ordering::SeqCst) > before).then_some(())
+        });
+        mosquitto_passwd(&self.pw, "buf", "b3cret");
+        self.up.reload();
+    }
+}
+
+/// A test directory, a local broker, an upstream one and a subscriber to `up/#` on it (`None`
+/// when mosquitto is not installed: the test is skipped).
+fn brokers() -> Option<(tempfile::TempDir, Mosquitto, Mosquitto, Subscriber)> {
+    if !require_tool("mosquitto") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let local = Mosquitto::start(&dir.path().join("local"), "");
+    let up = Mosquitto::start(&dir.path().join("up"), "");
+    let sub = Subscriber::start(up.port, "up/#", None);
+    sub.wait_subscribed();
+    Some((dir, local, up, sub))
 }
 
 /// Checks: every message 1..=n arrived, ids carry one payload each, first arrivals in seq order.
@@ -83,19 +130,13 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     }
     let dir = tempfile::tempdir().unwrap();
     let local = Mosquitto::start(&dir.path().join("local"), "");
-    let pw = dir.path().join("upstream.passwd");
-    mosquitto_passwd(&pw, "sub", "s3cret");
-    mosquitto_passwd(&pw, "buf", "b3cret");
-    let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
-    let mut up = Mosquitto::start(&dir.path().join("up"), &auth);
-    let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
-    sub.wait_subscribed();
+    let mut upstream = Upstream::start(dir.path());
     let b = BufferProc::start(
         dir.path(),
         &cfg(
             dir.path(),
             local.port,
-            up.port,
+            upstream.up.port,
             "username = \"buf\"\npassword = \"b3cret\"",
         ),
     );
@@ -103,30 +144,23 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
     // Phase 1: link up.
     mqtt_publish_all(local.port, "sensors/t1", msgs(1, 300));
     wait_for(Duration::from_secs(30), "300 upstream", || {
-        (dedup(&sub.delivered()).0.len() >= 300).then_some(())
+        (dedup(&upstream.sub.delivered()).0.len() >= 300).then_some(())
     });
     // Phase 2: upstream broker down while sensors keep publishing.
-    up.stop();
+    upstream.up.stop();
     mqtt_publish_all(local.port, "sensors/t1", msgs(301, 600));
     wait_for(Duration::from_secs(30), "600 durable", || {
         (b.status()["records_durable"].as_u64().unwrap_or(0) >= 600).then_some(())
     });
     assert!(b.status()["gauges"]["backlog_records"].as_u64().unwrap() >= 300);
     // Phase 3: upstream back, but the buffer is refused until the subscriber is in again.
-    std::fs::remove_file(&pw).unwrap();
-    mosquitto_passwd(&pw, "sub", "s3cret");
-    let before = sub.subacks.load(std::sync::atomic::Ordering::SeqCst);
-    up.restart();
-    wait_for(Duration::from_secs(20), "resubscription", || {
-        (sub.subacks.load(std::sync::atomic::Ordering::SeqCst) > before).then_some(())
-    });
-    mosquitto_passwd(&pw, "buf", "b3cret");
-    up.reload();
+    upstream.back();
+    let sub = &upstream.sub;
     mqtt_publish_all(local.port, "sensors/t1", msgs(601, 900));
     wait_for(Duration::from_secs(60), "900 upstream", || {
         (dedup(&sub.delivered()).0.len() >= 900).then_some(())
     });
-    check(&sub, 900, 3 * 20);
+    check(sub, 900, 3 * 20);
     // PUBACKs of the last messages may still be on their way to the buffer.
     let st = wait_for(Duration::from_secs(20), "900 acknowledged", || {
         let st = b.status();
@@ -143,14 +177,9 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
 
 #[test]
 fn kill9_of_the_buffer_loses_no_sensor_message() {
-    if !require_tool("mosquitto") {
+    let Some((dir, local, up, sub)) = brokers() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let local = Mosquitto::start(&dir.path().join("local"), "");
-    let up = Mosquitto::start(&dir.path().join("up"), "");
-    let sub = Subscriber::start(up.port, "up/#", None);
-    sub.wait_subscribed();
+    };
     let config = cfg(dir.path(), local.port, up.port, "");
     let total = 3000u64;
     let mut kills = 0;
@@ -180,12 +209,7 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     publisher.join().unwrap();
     let b = BufferProc::start(dir.path(), &config);
     wait_for(Duration::from_secs(60), "all messages upstream", || {
-        let ns: HashSet<u64> = sub
-            .snapshot()
-            .iter()
-            .filter_map(|m| n_of(&m.payload))
-            .collect();
-        (ns.len() as u64 >= total).then_some(())
+        (sub.numbers().len() as u64 >= total).then_some(())
     });
     // Delivery ids are consistent and duplicates bounded by the window per kill.
     let (_, dups) = dedup(&sub.delivered());
@@ -195,4 +219,153 @@ fn kill9_of_the_buffer_loses_no_sensor_message() {
     );
     eprintln!("mqtt kill loop: {kills} kills, {total} messages, {dups} duplicate ids");
     drop(b);
+}
+
+#[test]
+fn qos1_redeliveries_after_a_kill_keep_their_delivery_ids() {
+    let Some((dir, local, up, sub)) = brokers() else {
+        return;
+    };
+    // The buffer reaches its local broker through a proxy that can keep its PUBACKs back.
+    let proxy = HoldProxy::start(local.port);
+    let config = cfg(dir.path(), proxy.port, up.port, "");
+    let mut rng = buffer::fs::SplitMix(0xBEEF ^ u64::from(std::process::id()));
+    let (mut sent, rounds) = (0u64, 8u64);
+    let mut b = BufferProc::start(dir.path(), &config);
+    wait_subscribed(&b);
+    for round in 0..rounds {
+        // The messages are stored (fdatasync'd) and forwarded; their PUBACKs never reach the
+        // broker before the kill, so it redelivers them all (DUP) to the next incarnation.
+        proxy.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        mqtt_publish_all(local.port, "sensors/t1", msgs(sent + 1, sent + 200));
+        sent += 200;
+        if round % 2 == 0 {
+            wait_for(Duration::from_secs(20), "the messages durable", || {
+                (b.status()["records_durable"].as_u64().unwrap_or(0) >= 200).then_some(())
+            });
+            wait_for(Duration::from_secs(20), "the messages upstream", || {
+                (sub.numbers().len() as u64 >= sent).then_some(())
+            });
+        } else {
+            // Anywhere around the fdatasyncs.
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
+        }
+        b.kill9();
+        proxy.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        b = BufferProc::start(dir.path(), &config);
+        wait_subscribed(&b);
+    }
+    wait_for(Duration::from_secs(60), "every message upstream", || {
+        (sub.numbers().len() as u64 >= sent).then_some(())
+    });
+    wait_for(Duration::from_secs(20), "the backlog drained", || {
+        (b.status()["gauges"]["backlog_records"] == 0).then_some(())
+    });
+    check_one_id_per_number(&sub.delivered(), sent);
+    assert!(b.status()["input_resends"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn restart_campaign_every_drop_is_explained_upstream_and_counted() {
+    if !require_tool("mosquitto") || !require_tool("mosquitto_passwd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut upstream = Upstream::start(dir.path());
+    let config = format!(
+        r#"
+node_id = "gw-camp"
+[storage]
+dir = "{}"
+stream = "sensors"
+batch_window_ms = 5
+segment_bytes = 65536
+max_bytes = 1048576
+full_policy = "drop_oldest"
+[metrics]
+listen = "127.0.0.1:0"
+[[inputs]]
+type = "tcp"
+listen = "127.0.0.1:0"
+format = "json"
+ack = true
+[output]
+type = "mqtt"
+host = "127.0.0.1"
+port = {}
+topic = "up/{{key}}"
+window = 20
+keep_alive_s = 5
+backoff_base_ms = 50
+backoff_max_ms = 400
+username = "buf"
+password = "b3cret"
+"#,
+        dir.path().join("data").display(),
+        upstream.up.port
+    );
+    // The upstream broker is down for the whole campaign: the 1 MiB budget overflows many
+    // times while the buffer is killed again and again.
+    upstream.up.stop();
+    let acked = AtomicU64::new(0);
+    let mut rng = buffer::fs::SplitMix(0xCA4 ^ u64::from(std::process::id()));
+    for _ in 0..8 {
+        let mut b = BufferProc::start(dir.path(), &config);
+        let addr = b.input_addr(0);
+        let from = acked.load(Ordering::SeqCst) + 1;
+        let delay = Duration::from_millis(100 + rng.below(300));
+        std::thread::scope(|s| {
+            s.spawn(|| Producer::run(&addr, from, from + 8000, &acked, None));
+            std::thread::sleep(delay);
+            b.kill9();
+        });
+    }
+    let b = BufferProc::start(dir.path(), &config);
+    let from = acked.load(Ordering::SeqCst) + 1;
+    Producer::run(&b.input_addr(0), from, from + 5000, &acked, None);
+    // About 100 B a line: the 1 MiB budget overflowed several times.
+    assert!(acked.load(Ordering::SeqCst) > 40_000);
+    // The upstream comes back (the buffer is let in once the subscriber is there again).
+    upstream.back();
+    let st = wait_for(
+        Duration::from_secs(60),
+        "backlog and gaps delivered",
+        || {
+            let st = b.status();
+            let gaps_waiting = st["gauges"]["gaps_waiting"].as_u64().unwrap_or(0);
+            (st["gauges"]["backlog_records"] == 0 && gaps_waiting == 0).then_some(st)
+        },
+    );
+    // Every seq the upstream did not get is inside a gap marker it got, and the markers add up
+    // to the drop counters, which count every drop since the log was created.
+    let got = upstream.sub.delivered();
+    let (firsts, _) = dedup(&got);
+    let data: std::collections::BTreeSet<u64> = firsts
+        .iter()
+        .filter(|d| d.gap.is_none())
+        .map(|d| d.seq)
+        .collect();
+    let gaps: Vec<GapSeen> = firsts.iter().filter_map(|d| d.gap).collect();
+    let ranges = check_explained(&data, &gaps, GapReasons::total(&st));
+    assert_eq!(ranges.first().map(|g| g.0), Some(1));
+    assert!(GapReasons::total(&st) > 20_000);
+    eprintln!(
+        "restart campaign: {} lines acked, {} delivered, {} dropped in {} gap markers",
+        acked.load(Ordering::SeqCst),
+        data.len(),
+        GapReasons::total(&st),
+        ranges.len()
+    );
+}
+
+/// Sums of the `dropped` object of the status.
+struct GapReasons;
+
+impl GapReasons {
+    fn total(status: &serde_json::Value) -> u64 {
+        status["dropped"]
+            .as_object()
+            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0)
+    }
 }

@@ -35,10 +35,6 @@ fn http_output(url: &str, batch: usize) -> String {
     )
 }
 
-fn payload_n(p: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
-}
-
 #[test]
 fn tcp_lines_to_http_with_acks_metrics_and_status() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +54,7 @@ fn tcp_lines_to_http_with_acks_metrics_and_status() {
     assert_eq!(dups, 0);
     for (i, d) in firsts.iter().enumerate() {
         assert_eq!(d.seq, i as u64 + 1, "in order");
-        assert_eq!(payload_n(&d.payload), Some(i as u64 + 1));
+        assert_eq!(n_of(&d.payload), Some(i as u64 + 1));
         assert_eq!(d.id, format!("gw-test/sensors/{}/{}", d.epoch, d.seq));
     }
     assert!(
@@ -136,10 +132,7 @@ fn kill9_loop_loses_no_acknowledged_record() {
     });
     let (firsts, dups) = dedup(&got);
     // No acknowledged line is lost.
-    let ns: HashSet<u64> = firsts
-        .iter()
-        .filter_map(|d| payload_n(&d.payload))
-        .collect();
+    let ns: HashSet<u64> = firsts.iter().filter_map(|d| n_of(&d.payload)).collect();
     for n in 1..=total_acked {
         assert!(ns.contains(&n), "acknowledged line {n} lost");
     }
@@ -211,7 +204,10 @@ fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
         (b.status()["gauges"]["backlog_records"] == 0).then(|| sink.snapshot())
     });
     let (firsts, _) = dedup(&got);
-    let gaps: Vec<(u64, u64)> = firsts.iter().filter_map(|d| d.gap).collect();
+    let gaps: Vec<(u64, u64)> = firsts
+        .iter()
+        .filter_map(|d| d.gap.map(|g| (g.0, g.1)))
+        .collect();
     assert!(!gaps.is_empty(), "no gap marker delivered");
     let seqs: HashSet<u64> = firsts.iter().map(|d| d.seq).collect();
     let max_seq = *seqs.iter().max().unwrap();
@@ -222,10 +218,7 @@ fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
         );
     }
     // The newest records survived.
-    let ns: HashSet<u64> = firsts
-        .iter()
-        .filter_map(|d| payload_n(&d.payload))
-        .collect();
+    let ns: HashSet<u64> = firsts.iter().filter_map(|d| n_of(&d.payload)).collect();
     assert!(ns.contains(&(5 * per_budget)));
     assert!(b.terminate());
 }
@@ -269,4 +262,85 @@ fn disk_full_on_a_small_tmpfs_never_stops_the_service() {
     assert_eq!(acked.load(SeqCst), 60_100);
     assert!(b.child.try_wait().unwrap().is_none(), "process exited");
     assert!(b.terminate());
+}
+
+#[test]
+fn producer_resends_over_tcp_keep_their_delivery_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = HttpSink::start();
+    let cfg = config(
+        dir.path(),
+        "batch_window_ms = 5\nsegment_bytes = 262144",
+        &http_output(&sink.url(), 50),
+    )
+    .replace("ack = true", "ack = true\nidempotent = true");
+    let total = 3000u64;
+    // A kill after the lines' fdatasync and before the producer read their `ok`: it resends
+    // all of them.
+    {
+        let mut b = BufferProc::start(dir.path(), &cfg);
+        let mut s = std::net::TcpStream::connect(b.input_addr(0)).unwrap();
+        let mut text = String::from("hello sensor-7 1\n");
+        for n in 1..=500 {
+            text.push_str(&line(n));
+            text.push('\n');
+        }
+        use std::io::Write;
+        s.write_all(text.as_bytes()).unwrap();
+        wait_for(Duration::from_secs(20), "500 lines durable", || {
+            (b.status()["records_durable"].as_u64() == Some(500)).then_some(())
+        });
+        b.kill9();
+    }
+    // Kills at random moments, around the fdatasyncs: the producer resends what it did not
+    // see acknowledged.
+    let acked = AtomicU64::new(0);
+    let mut rng = buffer::fs::SplitMix(0xD00D ^ u64::from(std::process::id()));
+    for _ in 0..30 {
+        let mut b = BufferProc::start(dir.path(), &cfg);
+        let addr = b.input_addr(0);
+        let from = acked.load(SeqCst) + 1;
+        let to = (from + 600).min(total + 1);
+        let delay = Duration::from_millis(5 + rng.below(60));
+        std::thread::scope(|s| {
+            s.spawn(|| Producer::run_as(&addr, Some("sensor-7"), from, to, &acked, None));
+            std::thread::sleep(delay);
+            b.kill9();
+        });
+    }
+    let b = BufferProc::start(dir.path(), &cfg);
+    while acked.load(SeqCst) < total {
+        let from = acked.load(SeqCst) + 1;
+        Producer::run_as(
+            &b.input_addr(0),
+            Some("sensor-7"),
+            from,
+            total + 1,
+            &acked,
+            None,
+        );
+    }
+    // A producer that lost its own state and starts again further back is recognised too.
+    let again = AtomicU64::new(0);
+    Producer::run_as(
+        &b.input_addr(0),
+        Some("sensor-7"),
+        total - 99,
+        total + 1,
+        &again,
+        None,
+    );
+    assert_eq!(
+        again.load(SeqCst),
+        total,
+        "the resent lines are acknowledged"
+    );
+    let got = wait_for(Duration::from_secs(60), "backlog drained", || {
+        let st = b.status();
+        (st["gauges"]["backlog_records"] == 0 && sink.snapshot().len() as u64 >= total)
+            .then(|| sink.snapshot())
+    });
+    check_one_id_per_number(&got, total);
+    assert!(got.iter().all(|d| d.id.starts_with("gw-test/sensors/")));
+    assert_eq!(b.status()["input_resends"].as_u64(), Some(100));
 }

@@ -4,7 +4,10 @@
 //! 1. the machine's anchors: raw fdatasync rate (4 KiB write + fdatasync) and sequential write
 //!    bandwidth (1 MiB writes, one final fdatasync);
 //! 2. durable ingest of 100-byte records through the log core and through the service channel
-//!    (records/s, logical and device write amplification, fsyncs);
+//!    (records/s, logical and device write amplification, fsyncs), and through the log core
+//!    with the disk budget full, so that every segment roll drops the oldest segment (each drop
+//!    recorded in an fdatasync'd cursor slot before the unlink), beside the figure without
+//!    drops of the same run;
 //! 3. replay of a 1 M-record backlog after kill -9 of the writing process (recovery time and
 //!    read rate);
 //! 4. end-to-end rate to a local mosquitto at QoS 1 (if mosquitto is installed);
@@ -186,6 +189,7 @@ fn ingest_service(dir: &Path, n: u64) -> Result<f64> {
                     source: 0,
                     key: Vec::new(),
                     payload: vec![b'y'; 100],
+                    origin: None,
                 })
                 .collect();
             ingest.send(recs, None).await.context("send")?;
@@ -198,6 +202,30 @@ fn ingest_service(dir: &Path, n: u64) -> Result<f64> {
     drop(ingest);
     writer.join()?;
     Ok(rate)
+}
+
+/// Durable ingest through the log core with a full disk budget (64 MiB, 16 MiB segments) and
+/// nothing delivered: every segment roll drops the oldest segment. Returns (records/s, records
+/// dropped, gaps waiting at the end).
+fn ingest_dropping(dir: &Path, n: u64) -> Result<(f64, u64, usize)> {
+    let mut c = cfg(dir, "drops");
+    c.max_bytes = 64 << 20;
+    c.segment_bytes = 16 << 20;
+    let (mut log, _) = Log::open(c)?;
+    let payload = [b'd'; 100];
+    let t = Instant::now();
+    let mut now = Now::system();
+    for i in 0..n {
+        if i % 1024 == 0 {
+            now = Now::system();
+        }
+        log.append(now.wall_ms, 0, b"", &payload, now)?;
+    }
+    log.flush(Now::system())?;
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let sh = log.shared().clone();
+    log.close(Now::system())?;
+    Ok((rate, sh.metrics.dropped_total(), sh.gaps_waiting()))
 }
 
 /// Child mode: write `n` durable records to `dir`/replay, print DONE, wait to be killed.
@@ -546,6 +574,14 @@ fn main() -> Result<()> {
         format!(
             "{:.0}% of {bw:.0} MiB/s",
             r * 100.0 * wa / (bw * 1048576.0) * 100.0
+        ),
+    );
+    let (rd, dropped, gaps) = ingest_dropping(&dir, n)?;
+    report(
+        "durable ingest, log core, drop_oldest at 64 MiB",
+        format!(
+            "{rd:.0} rec/s ({:+.1}% vs without drops; {dropped} dropped, {gaps} gap waiting)",
+            (rd / r - 1.0) * 100.0
         ),
     );
     let rs = ingest_service(&dir, n.min(2_000_000))?;

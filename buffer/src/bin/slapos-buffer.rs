@@ -80,6 +80,13 @@ async fn print_status(cfg: &Config) -> Result<()> {
             }
         }
     }
+    let dropped: serde_json::Map<String, serde_json::Value> = buffer::codec::GapReason::ALL
+        .iter()
+        .map(|r| {
+            let n = slot.book.dropped(*r).0;
+            (r.label().to_string(), n.into())
+        })
+        .collect();
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -87,6 +94,8 @@ async fn print_status(cfg: &Config) -> Result<()> {
             "dir": dir,
             "epoch": slot.epoch,
             "acked_seq": slot.acked,
+            "dropped": dropped,
+            "gaps_waiting": slot.book.gaps().len(),
             "segments": segs,
             "segment_bytes": bytes,
         }))?
@@ -116,6 +125,8 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
         next_seq = rec.next_seq,
         truncated = rec.truncated_bytes,
         corrupt_records = rec.corrupt_records,
+        damaged_headers = rec.damaged_headers,
+        gaps_waiting = rec.pending_gaps,
         "buffer opened"
     );
     let sh = log.shared().clone();
@@ -143,6 +154,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 listen,
                 format,
                 ack,
+                idempotent,
                 max_line,
             } => {
                 let l = tokio::net::TcpListener::bind(&listen)
@@ -153,6 +165,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 let c = TcpIn {
                     format: line_format(format.as_deref())?,
                     ack,
+                    idempotent,
                     source,
                     max_line: max_line.unwrap_or(64 << 10),
                 };

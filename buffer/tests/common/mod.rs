@@ -75,4 +75,65 @@ pub fn drain(r: &mut Reader) -> Vec<Got> {
     out
 }
 
+/// Delivers the log's waiting gap markers as an output does (fixed, then acknowledged):
+/// `(serial, gap)`.
+pub fn take_gaps(sh: &buffer::Shared) -> Vec<(u32, buffer::codec::GapV1)> {
+    let mut out = Vec::new();
+    for (serial, _) in sh.gaps() {
+        if let Some(g) = sh.gap_out(serial).expect("gap_out") {
+            out.push((serial, g));
+            sh.ack_gap(serial);
+        }
+    }
+    out
+}
+
+/// A gap marker as the upstream sees it: (first seq, last seq, records).
+pub type GapSeen = (u64, u64, u64);
+
+/// The upstream's view checked: the distinct gap ranges are disjoint, each names at most its
+/// width in records, every seq up to the highest one seen is delivered or inside a range, and
+/// the ranges' records add up to `dropped`. Returns the ranges, ascending.
+pub fn check_explained(
+    data: &std::collections::BTreeSet<u64>,
+    gaps: &[GapSeen],
+    dropped: u64,
+) -> Vec<GapSeen> {
+    let mut ranges = gaps.to_vec();
+    ranges.sort_unstable();
+    ranges.dedup();
+    for w in ranges.windows(2) {
+        assert!(
+            w[0].1 < w[1].0,
+            "overlapping gap ranges {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    for g in &ranges {
+        assert!(
+            g.2 <= g.1 - g.0 + 1,
+            "gap {g:?} names more records than seqs"
+        );
+    }
+    let max = data
+        .iter()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        .max(ranges.last().map_or(0, |g| g.1));
+    for s in 1..=max {
+        assert!(
+            data.contains(&s) || ranges.iter().any(|g| g.0 <= s && s <= g.1),
+            "seq {s} neither delivered nor inside a delivered gap marker"
+        );
+    }
+    let sum: u64 = ranges.iter().map(|g| g.2).sum();
+    assert_eq!(
+        sum, dropped,
+        "records of the delivered gaps vs the drop counters"
+    );
+    ranges
+}
+
 pub mod peers;

@@ -291,7 +291,8 @@ pub struct Delivered {
     pub seq: u64,
     pub kind: String,
     pub payload: String,
-    pub gap: Option<(u64, u64)>,
+    /// A gap marker's (first seq, last seq, records).
+    pub gap: Option<super::GapSeen>,
 }
 
 /// An HTTP server recording NDJSON batches; answers 503 while `fail` is set.
@@ -357,12 +358,7 @@ impl HttpSink {
                             seq: v["seq"].as_u64().unwrap_or(0),
                             kind: v["kind"].as_str().unwrap_or_default().to_string(),
                             payload: v["payload"].as_str().unwrap_or_default().to_string(),
-                            gap: v.get("gap").map(|g| {
-                                (
-                                    g["first_seq"].as_u64().unwrap_or(0),
-                                    g["last_seq"].as_u64().unwrap_or(0),
-                                )
-                            }),
+                            gap: v.get("gap").map(gap_seen),
                         });
                     }
                     k.lock().expect("keys").push(key);
@@ -395,6 +391,48 @@ impl Drop for HttpSink {
         self.stop.store(true, SeqCst);
         let _ = TcpStream::connect(&self.addr);
     }
+}
+
+/// The `n` of a JSON payload `{"n": …}` (the tests' producers number their lines).
+pub fn n_of(p: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(p).ok()?["n"].as_u64()
+}
+
+/// Each number `1..=total` arrived under exactly one delivery id (duplicates share it), and the
+/// first arrivals have contiguous seqs (nothing stored twice, nothing lost).
+pub fn check_one_id_per_number(got: &[Delivered], total: u64) {
+    let (firsts, dups) = dedup(got);
+    let mut ids: HashMap<u64, std::collections::HashSet<&str>> = HashMap::new();
+    for d in got {
+        if let Some(n) = n_of(&d.payload) {
+            ids.entry(n).or_default().insert(&d.id);
+        }
+    }
+    for n in 1..=total {
+        let i = ids.get(&n).map_or(0, |s| s.len());
+        assert_eq!(
+            i,
+            1,
+            "number {n} arrived under {i} delivery ids: {:?}",
+            ids.get(&n)
+        );
+    }
+    for (i, d) in firsts.iter().enumerate() {
+        assert_eq!(d.seq, i as u64 + 1, "stored twice or lost at {i}: {d:?}");
+    }
+    eprintln!(
+        "{total} numbered, {} deliveries, {dups} duplicates",
+        got.len()
+    );
+}
+
+/// A gap marker's JSON as (first seq, last seq, records).
+pub fn gap_seen(g: &serde_json::Value) -> super::GapSeen {
+    (
+        g["first_seq"].as_u64().unwrap_or(0),
+        g["last_seq"].as_u64().unwrap_or(0),
+        g["records"].as_u64().unwrap_or(0),
+    )
 }
 
 /// Checks a delivery log: each id always carries the same payload; returns the first-arrival
@@ -441,6 +479,19 @@ impl Producer {
     /// `from - 1 + <n>` for every `ok <n>` received. Returns when all were acked or the
     /// connection broke (the caller resends from `acked + 1`).
     pub fn run(addr: &str, from: u64, to: u64, acked: &AtomicU64, stop_after: Option<Duration>) {
+        Self::run_as(addr, None, from, to, acked, stop_after)
+    }
+
+    /// [`Producer::run`] by producer `name`: the connection starts with `hello <name> <from>`
+    /// (line `n` is the producer's record number `n`).
+    pub fn run_as(
+        addr: &str,
+        name: Option<&str>,
+        from: u64,
+        to: u64,
+        acked: &AtomicU64,
+        stop_after: Option<Duration>,
+    ) {
         let Ok(s) = TcpStream::connect(addr) else {
             return;
         };
@@ -449,8 +500,9 @@ impl Producer {
         let r = BufReader::new(s);
         let base = from - 1;
         let started = Instant::now();
+        let hello = name.map(|n| format!("hello {n} {from}\n"));
         let writer = thread::spawn(move || {
-            let mut buf = String::new();
+            let mut buf = hello.unwrap_or_default();
             for n in from..to {
                 buf.push_str(&line(n));
                 buf.push('\n');
@@ -478,6 +530,66 @@ impl Producer {
             }
         }
         let _ = writer.join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A TCP proxy that can hold one direction (acknowledgements lost in transit at a crash).
+
+/// Forwards loopback TCP connections to `127.0.0.1:target`. While `hold` is set, what the
+/// client sends is kept back; when the client goes away, what was kept back is dropped (as
+/// when a process dies before its packets left the machine).
+pub struct HoldProxy {
+    pub port: u16,
+    pub hold: Arc<AtomicBool>,
+}
+
+impl HoldProxy {
+    pub fn start(target: u16) -> HoldProxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = l.local_addr().expect("proxy addr").port();
+        let hold = Arc::new(AtomicBool::new(false));
+        let h = hold.clone();
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(client) = c else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut c_rd, mut s_wr) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut s_rd, mut c_wr) = (server, client);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_rd, &mut c_wr);
+                    let _ = c_wr.shutdown(std::net::Shutdown::Both);
+                });
+                let h = h.clone();
+                thread::spawn(move || {
+                    let mut held = Vec::new();
+                    let mut buf = [0u8; 16 << 10];
+                    loop {
+                        let n = match c_rd.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if h.load(SeqCst) {
+                            held.extend_from_slice(&buf[..n]);
+                            continue;
+                        }
+                        if !held.is_empty() && s_wr.write_all(&std::mem::take(&mut held)).is_err() {
+                            break;
+                        }
+                        if s_wr.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_wr.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        HoldProxy { port, hold }
     }
 }
 
@@ -574,21 +686,36 @@ impl Subscriber {
         self.got.lock().unwrap().clone()
     }
 
+    /// The distinct numbers (`n_of`) of the payloads received.
+    pub fn numbers(&self) -> std::collections::HashSet<u64> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| n_of(&m.payload))
+            .collect()
+    }
+
     /// As [`Delivered`] records, for [`dedup`].
     pub fn delivered(&self) -> Vec<Delivered> {
         self.snapshot()
             .into_iter()
             .map(|m| {
+                // node/stream/epoch/seq, or node/stream/gap/serial with a JSON body.
                 let mut it = m.id.rsplit('/');
                 let seq = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
                 let epoch = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let gap = (m.kind == "gap")
+                    .then(|| serde_json::from_str::<serde_json::Value>(&m.payload).ok())
+                    .flatten()
+                    .map(|v| gap_seen(&v));
                 Delivered {
                     id: m.id,
                     epoch,
-                    seq,
+                    seq: if gap.is_some() { 0 } else { seq },
                     kind: m.kind,
                     payload: m.payload,
-                    gap: None,
+                    gap,
                 }
             })
             .collect()
