@@ -199,9 +199,11 @@ pub fn loads_with_limits(xml: &str, limits: DecodeLimits) -> Result<Value, Marsh
         frames: Vec::new(),
         registry: HashMap::new(),
         referenced,
-        count: 0,
-        bytes: 0,
-        limits,
+        budget: Budget {
+            limits,
+            values: 0,
+            bytes: 0,
+        },
         result: None,
     };
     loop {
@@ -302,11 +304,35 @@ struct Decoder<'a> {
     /// id → `None` while the container is open, its value once closed.
     registry: HashMap<String, Option<Registered>>,
     referenced: HashSet<String>,
-    count: usize,
-    /// Expanded bytes so far, copies included ([`DecodeLimits::max_bytes`]).
-    bytes: usize,
-    limits: DecodeLimits,
+    budget: Budget,
     result: Option<Value>,
+}
+
+/// Values and expanded bytes built so far, copies included, against the limits.
+struct Budget {
+    limits: DecodeLimits,
+    values: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    /// Counts `values` more values and `bytes` more expanded bytes; the error names the limit
+    /// passed.
+    fn spend(&mut self, values: usize, bytes: usize) -> Result<(), MarshalError> {
+        self.values = self.values.saturating_add(values);
+        if self.values > self.limits.max_values {
+            return Err(MarshalError::TooLarge {
+                limit: self.limits.max_values,
+            });
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limits.max_bytes {
+            return Err(MarshalError::TooManyBytes {
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Decoder<'_> {
@@ -368,19 +394,16 @@ impl Decoder<'_> {
                     element: "reference",
                     attribute: "id",
                 })?;
-                let (nodes, bytes) = match self.registry.get(&id) {
-                    Some(Some(r)) => (r.nodes, r.bytes),
+                let copy = match self.registry.get(&id) {
+                    Some(Some(r)) => {
+                        // The copy counts with its full size, before it is made: this bounds
+                        // reference "bombs" in values and in memory. Its last value is
+                        // counted at the end tag, like every other.
+                        self.budget.spend(r.nodes.saturating_sub(1), r.bytes)?;
+                        r.clone()
+                    }
                     Some(None) => return Err(MarshalError::CyclicReference { id: truncate(&id) }),
                     None => return Err(MarshalError::UnknownReference { id: truncate(&id) }),
-                };
-                // The copy counts with its full size, before it is made: this bounds
-                // reference "bombs" in values and in memory. The last value is counted at
-                // the end tag, like every other.
-                self.count_values(nodes.saturating_sub(1))?;
-                self.count_bytes(bytes)?;
-                let copy = match self.registry.get(&id) {
-                    Some(Some(r)) => r.clone(),
-                    _ => return Err(MarshalError::UnknownReference { id: truncate(&id) }),
                 };
                 (Kind::Reference(Box::new(copy)), "reference")
             }
@@ -417,9 +440,9 @@ impl Decoder<'_> {
         let container = !matches!(kind, Kind::Scalar(_) | Kind::Reference(_));
         self.push(kind, tag, id);
         // Containers count; the marshal root and a scalar leaf do not.
-        if container && self.frames.len() > self.limits.max_depth + 1 {
+        if container && self.frames.len() > self.budget.limits.max_depth + 1 {
             return Err(MarshalError::TooDeep {
-                limit: self.limits.max_depth,
+                limit: self.budget.limits.max_depth,
             });
         }
         Ok(())
@@ -435,26 +458,6 @@ impl Decoder<'_> {
             bytes: 0,
             text: String::new(),
         });
-    }
-
-    fn count_bytes(&mut self, n: usize) -> Result<(), MarshalError> {
-        self.bytes = self.bytes.saturating_add(n);
-        if self.bytes > self.limits.max_bytes {
-            return Err(MarshalError::TooManyBytes {
-                limit: self.limits.max_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    fn count_values(&mut self, n: usize) -> Result<(), MarshalError> {
-        self.count = self.count.saturating_add(n);
-        if self.count > self.limits.max_values {
-            return Err(MarshalError::TooLarge {
-                limit: self.limits.max_values,
-            });
-        }
-        Ok(())
     }
 
     fn text(&mut self, t: &str) -> Result<(), MarshalError> {
@@ -521,11 +524,10 @@ impl Decoder<'_> {
             Kind::Dict => container(Value::Dict(dict_entries(frame.items)?)),
             Kind::Object(class) => container(Value::Object(object(class, frame.items)?)),
         };
-        self.count_values(1)?;
-        self.count_bytes(adds)?;
+        self.budget.spend(1, adds)?;
         if let Some(id) = frame.id {
             // The copy kept for the references is memory too.
-            self.count_bytes(bytes)?;
+            self.budget.spend(0, bytes)?;
             let kept = Registered {
                 value: value.clone(),
                 nodes,
