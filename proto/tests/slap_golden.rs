@@ -27,6 +27,17 @@ fn reencode(label: &str, body: &str) -> (Value, String) {
     );
     let again = loads(&wire).unwrap_or_else(|e| panic!("{label}: wire form: {e}"));
     assert_eq!(again, value, "{label}");
+    // Without references a document expands to at most its length plus a cell per value
+    // (docs/slap-codec.md): the default byte bound cannot refuse a body the master accepts.
+    let tight = DecodeLimits {
+        max_bytes: wire.len() + marshal::VALUE_BYTES * value.node_count(),
+        ..DecodeLimits::default()
+    };
+    assert_eq!(
+        loads_with_limits(&wire, tight).as_ref(),
+        Ok(&value),
+        "{label}: over the no-reference size bound"
+    );
     assert_eq!(dumps(&again).unwrap(), wire, "{label}");
     (value, wire)
 }

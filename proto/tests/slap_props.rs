@@ -21,7 +21,14 @@ proptest! {
         let xml = dumps(&v).unwrap();
         let back = loads(&xml).unwrap();
         prop_assert_eq!(&back, &v.canonical());
-        prop_assert_eq!(dumps(&back).unwrap(), xml);
+        prop_assert_eq!(&dumps(&back).unwrap(), &xml);
+        // What the encoder writes (no references) expands to at most its length plus a cell
+        // per value: the byte bound of docs/slap-codec.md.
+        let tight = DecodeLimits {
+            max_bytes: xml.len() + marshal::VALUE_BYTES * back.node_count(),
+            ..DecodeLimits::default()
+        };
+        prop_assert_eq!(loads_with_limits(&xml, tight), Ok(back));
     }
 
     #[test]
@@ -291,6 +298,7 @@ fn hostile_nesting_is_bounded_without_stack_overflow() {
     let limits = DecodeLimits {
         max_depth: 8,
         max_values: 10,
+        ..DecodeLimits::default()
     };
     assert!(matches!(
         loads_with_limits("<marshal><list>".to_owned().add_items(11).as_str(), limits),

@@ -26,6 +26,9 @@ for line in sys.stdin:
     try:
         if op == "remarshal":
             out = dumps(loads(arg.encode("utf-8"))).decode("ascii")
+        elif op == "share":
+            v = loads(arg.encode("utf-8"))
+            out = dumps([v, v, {"k": v}, (v,)]).decode("ascii")
         elif op == "dict2xml":
             out = dict2xml(loads(arg.encode("utf-8")))
         elif op == "xml2dict":
@@ -204,6 +207,57 @@ fn python_reencodes_rust_output_byte_identically() {
         }
         assert_eq!(&theirs, ours, "python re-encoded differently: {v:?}");
         assert_eq!(loads(&theirs).unwrap(), v.canonical());
+    }
+}
+
+#[test]
+fn references_python_writes_decode_to_copies() {
+    // xml_marshaller writes a <reference> when the same container object appears twice:
+    // Python marshals [v, v, {"k": v}, (v,)] for the representative values, the captured
+    // bodies and random ones; Rust must decode each reference to a copy of v (issue #19: the
+    // byte bound refuses none of them), and Python must read Rust's re-encoding back.
+    let Some(py) = venv_python() else { return };
+    let mut values = representative();
+    for file in ["http-exchanges.txt", "node-http-exchanges.txt"] {
+        for (_, body) in marshal_bodies(file) {
+            if !body.ends_with(TRUNCATED) {
+                values.push(loads(&body).unwrap());
+            }
+        }
+    }
+    values.extend(samples(
+        arb_value(Kinds {
+            sets: false,
+            int_keys: true,
+            objects: true,
+        }),
+        200,
+        3,
+    ));
+    let batch: Vec<(&str, String)> = values
+        .iter()
+        .map(|v| ("share", dumps(v).unwrap()))
+        .collect();
+    let mut with_references = 0;
+    let mut back = Vec::new();
+    for (v, reply) in values.iter().zip(python(&py, &batch)) {
+        let theirs = reply.unwrap_or_else(|e| panic!("python refused {v:?}: {e}"));
+        with_references += usize::from(theirs.contains("<reference "));
+        let w = v.canonical();
+        let expected = Value::List(vec![
+            w.clone(),
+            w.clone(),
+            Value::dict([("k", w.clone())]),
+            Value::Tuple(vec![w]),
+        ]);
+        let got = loads(&theirs).unwrap_or_else(|e| panic!("{theirs}: {e}"));
+        assert_eq!(got, expected, "{theirs}");
+        back.push(("remarshal", dumps(&got).unwrap()));
+    }
+    // Every container value (most of them) is shared, hence referenced.
+    assert!(with_references > values.len() / 2, "{with_references}");
+    for ((_, ours), reply) in back.iter().zip(python(&py, &back)) {
+        assert_eq!(&reply.unwrap_or_else(|e| panic!("{ours}: {e}")), ours);
     }
 }
 

@@ -129,6 +129,16 @@ pub enum MarshalError {
         /// The limit.
         limit: usize,
     },
+    /// The decoded value would take more than the limit in expanded bytes (strings, keys and
+    /// numbers' text plus a cell per value, counting the copies references expand to; see
+    /// `DecodeLimits::max_bytes`).
+    #[error(
+        "xml_marshaller: the decoded value exceeds max_bytes = {limit} bytes (references expanded)"
+    )]
+    TooManyBytes {
+        /// The limit (`DecodeLimits::max_bytes`).
+        limit: usize,
+    },
 }
 
 /// Why a value could not be written (xml_marshaller or instance XML). lxml refuses the same

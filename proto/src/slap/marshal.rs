@@ -26,6 +26,17 @@ pub const MAX_DEPTH: usize = 512;
 /// Most values [`loads`] builds from one document, references expanded.
 pub const MAX_VALUES: usize = 1 << 20;
 
+/// Largest expanded size (see [`DecodeLimits::max_bytes`]) [`loads`] builds from one document:
+/// 128 MiB, twice the largest SLAP body master-lite accepts (`SLAP_BODY_LIMIT`, 64 MiB). A
+/// document without references expands to at most its own length plus [`VALUE_BYTES`] per
+/// value (≤ 32 MiB under [`MAX_VALUES`]), so nothing the master accepts is refused unless
+/// references multiply it.
+pub const MAX_EXPANDED_BYTES: usize = 128 << 20;
+
+/// What one decoded value costs in [`DecodeLimits::max_bytes`] besides its text: the size of a
+/// [`Value`] cell on 64-bit targets.
+pub const VALUE_BYTES: usize = 32;
+
 /// Bounds applied by [`loads_with_limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
@@ -33,6 +44,12 @@ pub struct DecodeLimits {
     pub max_depth: usize,
     /// Most values (references count with their full expanded size).
     pub max_values: usize,
+    /// Most expanded bytes: every value built counts [`VALUE_BYTES`] plus the UTF-8 bytes of
+    /// its text (strings, dictionary keys, attribute names, the digits of a `<long>`); a
+    /// `<reference>` counts the full size of the copy it expands to, and a container that a
+    /// reference names counts once more for the copy kept to expand it. This bounds the memory
+    /// of the result, whatever the references do ([`MarshalError::TooManyBytes`]).
+    pub max_bytes: usize,
 }
 
 impl Default for DecodeLimits {
@@ -40,6 +57,7 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_depth: MAX_DEPTH,
             max_values: MAX_VALUES,
+            max_bytes: MAX_EXPANDED_BYTES,
         }
     }
 }
@@ -181,8 +199,11 @@ pub fn loads_with_limits(xml: &str, limits: DecodeLimits) -> Result<Value, Marsh
         frames: Vec::new(),
         registry: HashMap::new(),
         referenced,
-        count: 0,
-        limits,
+        budget: Budget {
+            limits,
+            values: 0,
+            bytes: 0,
+        },
         result: None,
     };
     loop {
@@ -252,8 +273,8 @@ enum Kind {
     Set,
     Object(SlapClass),
     Scalar(Scalar),
-    /// A `<reference>` element: its value is known at the start tag.
-    Reference(Option<Value>),
+    /// A `<reference>` element: its value (a copy) is known, and counted, at the start tag.
+    Reference(Box<Registered>),
 }
 
 struct Frame {
@@ -262,18 +283,56 @@ struct Frame {
     /// Registration id when a reference names this container.
     id: Option<String>,
     items: Vec<Value>,
+    /// Values in `items`, nested ones included.
+    nodes: usize,
+    /// Expanded bytes of `items` ([`DecodeLimits::max_bytes`]).
+    bytes: usize,
     text: String,
+}
+
+/// A closed container that a reference names, with its size.
+#[derive(Clone)]
+struct Registered {
+    value: Value,
+    nodes: usize,
+    bytes: usize,
 }
 
 struct Decoder<'a> {
     events: XmlEvents<'a>,
     frames: Vec<Frame>,
     /// id → `None` while the container is open, its value once closed.
-    registry: HashMap<String, Option<Value>>,
+    registry: HashMap<String, Option<Registered>>,
     referenced: HashSet<String>,
-    count: usize,
-    limits: DecodeLimits,
+    budget: Budget,
     result: Option<Value>,
+}
+
+/// Values and expanded bytes built so far, copies included, against the limits.
+struct Budget {
+    limits: DecodeLimits,
+    values: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    /// Counts `values` more values and `bytes` more expanded bytes; the error names the limit
+    /// passed.
+    fn spend(&mut self, values: usize, bytes: usize) -> Result<(), MarshalError> {
+        self.values = self.values.saturating_add(values);
+        if self.values > self.limits.max_values {
+            return Err(MarshalError::TooLarge {
+                limit: self.limits.max_values,
+            });
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limits.max_bytes {
+            return Err(MarshalError::TooManyBytes {
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Decoder<'_> {
@@ -335,14 +394,18 @@ impl Decoder<'_> {
                     element: "reference",
                     attribute: "id",
                 })?;
-                let value = match self.registry.get(&id) {
-                    Some(Some(v)) => v.clone(),
+                let copy = match self.registry.get(&id) {
+                    Some(Some(r)) => {
+                        // The copy counts with its full size, before it is made: this bounds
+                        // reference "bombs" in values and in memory. Its last value is
+                        // counted at the end tag, like every other.
+                        self.budget.spend(r.nodes.saturating_sub(1), r.bytes)?;
+                        r.clone()
+                    }
                     Some(None) => return Err(MarshalError::CyclicReference { id: truncate(&id) }),
                     None => return Err(MarshalError::UnknownReference { id: truncate(&id) }),
                 };
-                // The copy counts with its full size: this bounds reference "bombs".
-                self.count_values(value.node_count().saturating_sub(1))?;
-                (Kind::Reference(Some(value)), "reference")
+                (Kind::Reference(Box::new(copy)), "reference")
             }
             "marshal" => {
                 return Err(MarshalError::UnexpectedElement {
@@ -377,9 +440,9 @@ impl Decoder<'_> {
         let container = !matches!(kind, Kind::Scalar(_) | Kind::Reference(_));
         self.push(kind, tag, id);
         // Containers count; the marshal root and a scalar leaf do not.
-        if container && self.frames.len() > self.limits.max_depth + 1 {
+        if container && self.frames.len() > self.budget.limits.max_depth + 1 {
             return Err(MarshalError::TooDeep {
-                limit: self.limits.max_depth,
+                limit: self.budget.limits.max_depth,
             });
         }
         Ok(())
@@ -391,18 +454,10 @@ impl Decoder<'_> {
             name,
             id,
             items: Vec::new(),
+            nodes: 0,
+            bytes: 0,
             text: String::new(),
         });
-    }
-
-    fn count_values(&mut self, n: usize) -> Result<(), MarshalError> {
-        self.count = self.count.saturating_add(n);
-        if self.count > self.limits.max_values {
-            return Err(MarshalError::TooLarge {
-                limit: self.limits.max_values,
-            });
-        }
-        Ok(())
     }
 
     fn text(&mut self, t: &str) -> Result<(), MarshalError> {
@@ -431,7 +486,15 @@ impl Decoder<'_> {
                 message: "end tag without start tag".to_owned(),
             });
         };
-        let value = match frame.kind {
+        // (value, its nodes, its expanded bytes, the bytes it adds now): a container adds its
+        // own cell (its items were counted as they closed), a reference nothing (its copy was
+        // counted at the start tag).
+        let (nodes, bytes) = (frame.nodes, frame.bytes);
+        let container = |v: Value| {
+            let bytes = bytes.saturating_add(VALUE_BYTES);
+            (v, nodes.saturating_add(1), bytes, VALUE_BYTES)
+        };
+        let (value, nodes, bytes, adds) = match frame.kind {
             Kind::Marshal => {
                 let count = frame.items.len();
                 let mut items = frame.items;
@@ -441,20 +504,43 @@ impl Decoder<'_> {
                 }
                 return Ok(());
             }
-            Kind::Scalar(s) => scalar(s, frame.text)?,
-            Kind::Reference(v) => v.unwrap_or(Value::None),
-            Kind::List => Value::List(frame.items),
-            Kind::Tuple => Value::Tuple(frame.items),
-            Kind::Set => Value::Set(dedup_set(frame.items)?),
-            Kind::Dict => Value::Dict(dict_entries(frame.items)?),
-            Kind::Object(class) => Value::Object(object(class, frame.items)?),
+            Kind::Scalar(s) => {
+                // The element's text bounds the string's (unescaping only shortens it) and a
+                // number's digits.
+                let bytes = VALUE_BYTES.saturating_add(frame.text.len());
+                (scalar(s, frame.text)?, 1, bytes, bytes)
+            }
+            Kind::Reference(r) => {
+                let Registered {
+                    value,
+                    nodes,
+                    bytes,
+                } = *r;
+                (value, nodes, bytes, 0)
+            }
+            Kind::List => container(Value::List(frame.items)),
+            Kind::Tuple => container(Value::Tuple(frame.items)),
+            Kind::Set => container(Value::Set(dedup_set(frame.items)?)),
+            Kind::Dict => container(Value::Dict(dict_entries(frame.items)?)),
+            Kind::Object(class) => container(Value::Object(object(class, frame.items)?)),
         };
-        self.count_values(1)?;
+        self.budget.spend(1, adds)?;
         if let Some(id) = frame.id {
-            self.registry.insert(id, Some(value.clone()));
+            // The copy kept for the references is memory too.
+            self.budget.spend(0, bytes)?;
+            let kept = Registered {
+                value: value.clone(),
+                nodes,
+                bytes,
+            };
+            self.registry.insert(id, Some(kept));
         }
         match self.frames.last_mut() {
-            Some(parent) => parent.items.push(value),
+            Some(parent) => {
+                parent.items.push(value);
+                parent.nodes = parent.nodes.saturating_add(nodes);
+                parent.bytes = parent.bytes.saturating_add(bytes);
+            }
             None => {
                 return Err(MarshalError::NotMarshal {
                     found: format!("<{}>", frame.name),
@@ -734,6 +820,86 @@ mod tests {
         }
         xml.push_str("</list></marshal>");
         assert!(matches!(loads(&xml), Err(MarshalError::TooLarge { .. })));
+    }
+
+    /// `<marshal><list><list id="i3"><string>{1 MiB}</string></list>` and `n` references to it.
+    fn string_bomb(n: usize) -> String {
+        let mut xml = String::from("<marshal><list id=\"i2\"><list id=\"i3\"><string>");
+        xml.push_str(&"a".repeat(1 << 20));
+        xml.push_str("</string></list>");
+        xml.push_str(&"<reference id=\"i3\"/>".repeat(n));
+        xml.push_str("</list></marshal>");
+        xml
+    }
+
+    #[test]
+    fn a_reference_bomb_of_large_strings_is_refused_by_size_quickly() {
+        // Issue #19: 1,000 references to a 1 MiB string, a 1 MB document, expanded to 1 GB
+        // (5,000 aborted the master). The value count stays tiny (~1,000): only the byte bound
+        // stops it, at 128 MiB, before the copies it would exceed.
+        let xml = string_bomb(1000);
+        assert!(xml.len() < 1_100_000);
+        let t = std::time::Instant::now();
+        assert_eq!(
+            loads(&xml),
+            Err(MarshalError::TooManyBytes {
+                limit: MAX_EXPANDED_BYTES
+            })
+        );
+        // ≈0.1 s in release; generous for a debug build on a loaded machine.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+        // The same shape within the limit decodes to the copies.
+        let Value::List(items) = loads(&string_bomb(3)).unwrap() else {
+            panic!("not a list")
+        };
+        assert_eq!(items.len(), 4);
+        assert!(items.iter().all(|v| v == &items[0]));
+    }
+
+    #[test]
+    fn the_byte_bound_is_exact_and_named() {
+        // i3 = [["xy"]]: the string 32 + 2, two lists 2 × 32 → 98 bytes.
+        let xml = "<marshal><list id=\"i2\"><list id=\"i3\"><list id=\"i4\"><string>xy</string></list></list><reference id=\"i3\"/></list></marshal>";
+        // i3 as written (98), the copy kept for its reference (98), the reference's copy (98)
+        // and the outer list (32): 326. i2 and i4 are named by no reference: nothing kept.
+        let limits = |max_bytes| DecodeLimits {
+            max_bytes,
+            ..DecodeLimits::default()
+        };
+        assert!(loads_with_limits(xml, limits(326)).is_ok());
+        let err = loads_with_limits(xml, limits(325)).unwrap_err();
+        assert_eq!(err, MarshalError::TooManyBytes { limit: 325 });
+        assert!(err.to_string().contains("max_bytes = 325"), "{err}");
+    }
+
+    #[test]
+    fn copies_kept_for_nested_referenced_containers_count() {
+        // 200 nested lists, each named by a reference placed after the document's error: no
+        // reference is ever expanded, but every closed list was kept (a copy of all it holds),
+        // 200 copies of 1 MiB. Refused by size before the references are reached.
+        let depth = 200;
+        let mut xml = String::from("<marshal><list>");
+        for i in 0..depth {
+            xml.push_str(&format!("<list id=\"n{i}\">"));
+        }
+        xml.push_str("<string>");
+        xml.push_str(&"a".repeat(1 << 20));
+        xml.push_str("</string>");
+        xml.push_str(&"</list>".repeat(depth));
+        for i in 0..depth {
+            xml.push_str(&format!("<reference id=\"n{i}\"/>"));
+        }
+        xml.push_str("</list></marshal>");
+        assert_eq!(
+            loads(&xml),
+            Err(MarshalError::TooManyBytes {
+                limit: MAX_EXPANDED_BYTES
+            })
+        );
     }
 
     #[test]

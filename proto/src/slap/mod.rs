@@ -25,7 +25,8 @@
 //!   library reads what [`dumps`] writes as the same value (cross-check test);
 //! * no input makes the decoder panic; errors are typed and name the element or field.
 //!
-//! Limits: see `docs/slap-codec.md` — references are expanded into copies, set order is kept
+//! Limits: see `docs/slap-codec.md` — references are expanded into copies (bounded in expanded
+//! bytes, [`marshal::DecodeLimits::max_bytes`]), set order is kept
 //! as given, non-ASCII `repr()` follows a fixed table rather than Python's Unicode database.
 //!
 //! ## Use from the master's classic routes
