@@ -351,3 +351,71 @@ fn one_client_holding_polls_starves_no_other_node() {
     probe("while A's polls are held", || plain_probe(&server.url));
     drop(polls);
 }
+
+/// `POST /loadComputerConfigurationFromXML` whose `xml` field is an xml_marshaller reference
+/// bomb: a 1 MiB string referenced `refs` times (about 1 MB sent, gigabytes once expanded).
+fn reference_bomb_post(addr: &str, refs: usize) -> String {
+    use slapos_proto::slap::{Value, dumps};
+    let big = Value::List(vec![Value::str("a".repeat(1 << 20))]);
+    let one = dumps(&Value::List(vec![big])).unwrap();
+    let cut = one.len() - "</list></marshal>".len();
+    let xml = format!(
+        "{}{}</list></marshal>",
+        &one[..cut],
+        "<reference id=\"i3\"/>".repeat(refs)
+    );
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("computer_id", "C1")
+        .append_pair("xml", &xml)
+        .finish();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let head = format!(
+        "POST /loadComputerConfigurationFromXML HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or("(no answer)").to_owned()
+}
+
+#[test]
+fn reference_bombs_cost_neither_memory_nor_the_others_time() {
+    let _serial = one_at_a_time();
+    let env = Env::new();
+    let server = Server::start(&env.db());
+    server
+        .client()
+        .register(&registration("C1", &["slappart0"]))
+        .unwrap();
+    probe("warm-up", || plain_probe(&server.url));
+    let base = server.rss_kib();
+    let addr = addr_of(&server.url);
+    // Four bombs at once, 5,000 references each (5 GB expanded before the bound).
+    let bombs: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || reference_bomb_post(&addr, 5000))
+        })
+        .collect();
+    let mut peak = 0;
+    while !bombs.iter().all(|b| b.is_finished()) {
+        probe("during 4 reference bombs", || plain_probe(&server.url));
+        peak = peak.max(server.rss_kib());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answers: Vec<String> = bombs.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!("4 reference bombs: {answers:?}; RSS {base} KiB before, peak {peak} KiB");
+    assert!(
+        answers.iter().all(|a| a.starts_with("HTTP/1.1 5")),
+        "each bomb is refused (slapproxy answers an undecodable payload with 500): {answers:?}"
+    );
+    // One decode at a time, bounded at 128 MiB of expanded values, plus the bodies.
+    assert!(
+        peak < base + 320 * 1024,
+        "peak RSS {peak} KiB (base {base})"
+    );
+}
