@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::install::{InstallError, Installer};
 use crate::isolation::{CurrentUser, Isolation};
+use crate::jail::Jails;
 use crate::layout;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::partition::{self, PartitionHandle, Shared};
@@ -46,6 +47,8 @@ pub struct Seams {
     pub link: Option<Arc<dyn MasterLink>>,
     /// Where `/proc` is.
     pub proc_root: PathBuf,
+    /// Where the cgroup hierarchies are mounted (partition jails, [`crate::jail`]).
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for Seams {
@@ -55,8 +58,39 @@ impl Default for Seams {
             resources: Arc::new(NoResources),
             link: None,
             proc_root: PathBuf::from("/proc"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
+}
+
+/// The jails of a node ([`crate::jail`]): on a root node with a cgroup hierarchy (warned
+/// otherwise); jails of partitions it no longer has and of interrupted builds are removed.
+fn jails(cfg: &Config, seams: &Seams, parts: &[layout::PartitionLayout]) -> Option<Arc<Jails>> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let key = crate::jail::node_key(&cfg.state_dir());
+    let Some(j) = Jails::detect(
+        &seams.cgroup_root,
+        &key,
+        cfg.max_processes,
+        &seams.proc_root,
+    ) else {
+        tracing::warn!(
+            "no cgroup hierarchy under `{}` (pids+freezer or unified): partition processes are \
+             not jailed, a process that leaves its group outlives its service until the uid sweep",
+            seams.cgroup_root.display()
+        );
+        return None;
+    };
+    if !j.limits_pids() {
+        tracing::warn!(
+            "no pids controller for the partition jails: `max_processes` is enforced by RLIMIT_NPROC only"
+        );
+    }
+    let names: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+    j.remove_others(&names);
+    Some(Arc::new(j))
 }
 
 enum SwDone {
@@ -288,6 +322,7 @@ pub async fn run_with(
     let cfg = Arc::new(config);
     let _lock = lock_state_dir(&cfg.state_dir())?;
     let parts = layout::format(&cfg, &*seams.isolation)?;
+    let jails = jails(&cfg, &seams, &parts);
     let link: Arc<dyn MasterLink> = match seams.link.clone() {
         Some(l) => l,
         // The `protocol` key decides (native by default).
@@ -312,6 +347,7 @@ pub async fn run_with(
         outbox: outbox.clone(),
         passes: Arc::new(Semaphore::new(cfg.max_instance_passes)),
         proc_root: seams.proc_root.clone(),
+        jails: jails.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let partitions: BTreeMap<PartitionId, PartitionHandle> = parts
@@ -394,6 +430,9 @@ pub async fn run_with(
         let _ = h.task.await;
     }
     flusher.abort();
+    if let Some(j) = &jails {
+        j.remove_others(&[]);
+    }
     tracing::info!("node stopped");
     Ok(())
 }

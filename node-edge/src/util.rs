@@ -105,6 +105,29 @@ pub fn tail(text: &str, max: usize) -> String {
     format!("…{}", &text[start..])
 }
 
+/// Largest error message the node reports to its master (an install error with its log tail,
+/// a pass error): a release or a partition cannot make the master store megabytes.
+pub const MAX_REPORTED_ERROR: usize = 4096;
+
+/// `msg` cut to at most [`MAX_REPORTED_ERROR`] bytes: its head and its tail (where a log's
+/// last lines are) around a `…[N bytes cut]…` marker, at character boundaries.
+pub fn cap_message(msg: &str) -> String {
+    if msg.len() <= MAX_REPORTED_ERROR {
+        return msg.to_owned();
+    }
+    let marker = format!("\n…[{} bytes cut]…\n", msg.len());
+    let room = MAX_REPORTED_ERROR.saturating_sub(marker.len());
+    let mut head = room / 2;
+    while !msg.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = msg.len() - (room - head);
+    while !msg.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}{marker}{}", &msg[..head], &msg[tail..])
+}
+
 /// The last `max` bytes of a file, lossily decoded (empty when unreadable).
 pub fn file_tail(path: &Path, max: usize) -> String {
     use std::io::{Read, Seek, SeekFrom};
@@ -184,6 +207,17 @@ mod tests {
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("rwx").is_err());
         assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn reported_messages_are_capped_head_and_tail() {
+        assert_eq!(cap_message("short"), "short");
+        let long = format!("reason: boom\n{}\nlast line é", "é".repeat(400_000));
+        let c = cap_message(&long);
+        assert!(c.len() <= MAX_REPORTED_ERROR, "{}", c.len());
+        assert!(c.starts_with("reason: boom"), "{c}");
+        assert!(c.ends_with("last line é"), "{c}");
+        assert!(c.contains("bytes cut"), "{c}");
     }
 
     #[test]
