@@ -413,7 +413,7 @@ fn toml_filter(v: Value) -> Result<Value, minijinja::Error> {
     Ok(Value::from_object(TomlEncoded(text)))
 }
 
-/// HTML escaping (`e`, `escape`): `& < > " '` as entities. The result is a plain string: in
+/// HTML escaping (`e`, `escape`): `& < > " ' /` as entities, as minijinja's. The result is a plain string: in
 /// the manifest it is TOML-escaped like any other (minijinja's own `escape` marks it safe).
 fn html_filter(v: Value) -> String {
     let s = v.to_string();
@@ -423,8 +423,9 @@ fn html_filter(v: Value) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            '/' => out.push_str("&#x2f;"),
             c => out.push(c),
         }
     }
@@ -910,7 +911,7 @@ priority = 80
         assert!(render("p", "v = \"{{ parameters.h | safe }}\"\n", &ctx).is_err());
         let text = render("p", "[connection]\nv = \"{{ parameters.h | e }}\"\n", &ctx).unwrap();
         let m = InstanceManifest::parse(&text).unwrap();
-        assert_eq!(m.connection["v"], "&lt;b&gt;&#34;x&#34;&lt;/b&gt;");
+        assert_eq!(m.connection["v"], "&lt;b&gt;&quot;x&quot;&lt;&#x2f;b&gt;");
         // The toml filter twice encodes the encoded text as a string.
         let text = render("p", "[connection]\nv = {{ [1] | toml | toml }}\n", &ctx).unwrap();
         assert_eq!(
