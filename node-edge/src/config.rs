@@ -630,6 +630,19 @@ impl Config {
                 ),
             );
         }
+        if self
+            .software_user
+            .strip_prefix(self.user_prefix.as_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return bad(
+                "software_user",
+                format!(
+                    "{:?} is a partition user name (user_prefix)",
+                    self.software_user
+                ),
+            );
+        }
         if !(16..=4_194_304).contains(&self.max_processes) {
             return bad(
                 "max_processes",
@@ -863,6 +876,7 @@ instance_root = "/srv/inst"
         for (bad, key) in [
             ("software_user = \"Root\"", "software_user"),
             ("software_user = \"\"", "software_user"),
+            ("software_user = \"slapuser3\"", "software_user"),
             ("max_processes = 3", "max_processes"),
             ("disk_quota_mb = 0", "disk_quota_mb"),
         ] {

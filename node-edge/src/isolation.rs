@@ -74,6 +74,16 @@ pub trait Isolation: Send + Sync + 'static {
     fn requires_identity(&self) -> bool {
         false
     }
+
+    /// Prepare the user build steps run as (`name`, home `software_root`) and return its
+    /// identity; `None`: builds run as the node.
+    fn software_identity(
+        &self,
+        _name: &str,
+        _software_root: &Path,
+    ) -> Result<Option<Identity>, IsolationError> {
+        Ok(None)
+    }
 }
 
 /// Unprivileged mode: every partition runs as the node's user.
@@ -224,6 +234,20 @@ impl Isolation for UnixUsers {
 
     fn requires_identity(&self) -> bool {
         true
+    }
+
+    /// The software user, created like partition users (`slapsoft` by default).
+    fn software_identity(
+        &self,
+        name: &str,
+        software_root: &Path,
+    ) -> Result<Option<Identity>, IsolationError> {
+        self.ensure_user(name, software_root)
+            .map(Some)
+            .map_err(|reason| IsolationError {
+                partition: format!("(software user {name})"),
+                reason,
+            })
     }
 }
 

@@ -199,6 +199,7 @@ impl Node {
 
     /// An install or removal failed: report it and retry after `install_retry`.
     fn failed(&mut self, url: SoftwareUrl, message: String) {
+        let message = crate::util::cap_message(&message);
         tracing::error!(software = %url, "{message}");
         self.slots.insert(
             url.clone(),
@@ -328,10 +329,16 @@ pub async fn run_with(
         // The `protocol` key decides (native by default).
         None => crate::master_link(&cfg)?,
     };
+    // Builds run as the software user (isolated nodes), in their own jails.
+    let builder = seams
+        .isolation
+        .software_identity(&cfg.software_user, &cfg.software_root)?;
     let installer = Installer::new(
         &cfg.software_root,
         Fetcher::new(cfg.fetch_timeout, &cfg.ca_bundle),
-    );
+    )
+    .with_builder(builder)
+    .with_jails(jails.clone());
     installer.clean_leftovers();
     let cache = DesiredCache::new(&cfg.state_dir());
     let cached = cache.load(&cfg.computer_id);

@@ -388,13 +388,14 @@ impl PartitionFs {
         })
     }
 
-    /// Open `rel` for appending, created (0644) when missing: a regular file of the owner.
+    /// Open `rel` for appending (and reading back through the fd), created (0644) when missing:
+    /// a regular file of the owner.
     pub fn open_append(&self, rel: impl AsRef<Path>) -> Result<File, FsError> {
         let rel = rel.as_ref();
         self.as_owner(|| {
             let root = self.open_root()?;
             let (dir, name) = self.parent(&root, rel, true)?;
-            let flags = OFlag::O_WRONLY
+            let flags = OFlag::O_RDWR
                 | OFlag::O_APPEND
                 | OFlag::O_CREAT
                 | OFlag::O_NOFOLLOW
@@ -744,6 +745,10 @@ mod tests {
         assert!(fs.open_append("hard").is_err());
         // A 0600 root file is not even opened: the permission check is the partition's.
         std::fs::set_permissions(&root_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(fs.read("root-owned", 100).is_err());
+        let e = fs.read("root-owned", 100).unwrap_err();
+        assert!(
+            matches!(&e, FsError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+            "{e}"
+        );
     }
 }

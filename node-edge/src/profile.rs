@@ -662,11 +662,16 @@ pub fn render_file(
     ctx: &RenderContext,
 ) -> Result<(String, InstanceManifest), ProfileError> {
     let name = path.display().to_string();
-    let full = software_dir.join(path);
-    let source = std::fs::read_to_string(&full).map_err(|e| ProfileError::Render {
-        template: name.clone(),
-        message: format!("failed to read `{}`: {e}", full.display()),
-    })?;
+    // A regular file of the release, never a link a build step planted.
+    let fs = crate::partition_fs::PartitionFs::new(software_dir, None);
+    let source = fs
+        .read(path, crate::install::MAX_PROFILE_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()))
+        .map_err(|message| ProfileError::Render {
+            template: name.clone(),
+            message,
+        })?;
     let text = render(&name, &source, ctx)?;
     let manifest = InstanceManifest::parse(&text).map_err(|message| ProfileError::Manifest {
         template: name,

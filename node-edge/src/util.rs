@@ -128,27 +128,6 @@ pub fn cap_message(msg: &str) -> String {
     format!("{}{marker}{}", &msg[..head], &msg[tail..])
 }
 
-/// The last `max` bytes of a file, lossily decoded (empty when unreadable).
-pub fn file_tail(path: &Path, max: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(max as u64);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(max as u64).read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    if start > 0 {
-        format!("…{text}")
-    } else {
-        text
-    }
-}
-
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -238,7 +217,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["f.json"]);
-        assert_eq!(file_tail(&p, 2), "…wo");
     }
 
     #[test]
