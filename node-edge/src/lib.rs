@@ -64,6 +64,7 @@ pub mod plan;
 pub mod procs;
 pub mod profile;
 pub mod promise;
+pub mod quota;
 pub mod release;
 pub mod resources;
 pub mod rt_resources;

@@ -34,6 +34,7 @@ use crate::layout;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::partition::{self, PartitionHandle, Shared};
 use crate::plan::{self, Slot, SoftwareAction, Target};
+use crate::quota::Quotas;
 use crate::resources::{NoResources, Resources};
 
 /// The pluggable parts of a node. `Seams::default()` is the unprivileged production setup.
@@ -282,6 +283,26 @@ impl Node {
     }
 }
 
+/// The partitions' disk budgets (`disk_quota_mb`), put in place (project quotas, where the
+/// filesystem has them); `None` (logged) without the key.
+fn quotas(cfg: &Config, parts: &[layout::PartitionLayout]) -> Option<Arc<Quotas>> {
+    let Some(mb) = cfg.disk_quota_mb else {
+        tracing::info!(
+            "disk_quota_mb is not set: partitions share the filesystem of `{}` without a budget",
+            cfg.instance_root.display()
+        );
+        return None;
+    };
+    let key = crate::jail::node_key(&cfg.state_dir());
+    let q = Quotas::detect(&cfg.instance_root, mb, &key);
+    for p in parts {
+        if let Err(e) = q.apply(&p.path, p.index) {
+            tracing::warn!(partition = %p.id, "disk budget: {e}");
+        }
+    }
+    Some(Arc::new(q))
+}
+
 /// Name of the lock file in the state directory.
 pub const LOCK_FILE: &str = "node.lock";
 
@@ -355,6 +376,7 @@ pub async fn run_with(
         passes: Arc::new(Semaphore::new(cfg.max_instance_passes)),
         proc_root: seams.proc_root.clone(),
         jails: jails.clone(),
+        quotas: quotas(&cfg, &parts),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let partitions: BTreeMap<PartitionId, PartitionHandle> = parts

@@ -56,6 +56,7 @@ use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
 use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
 use crate::promise::{self, Schedule};
+use crate::quota::Quotas;
 use crate::resources::Resources;
 use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::{cap_message, empty_dir};
@@ -101,6 +102,8 @@ pub struct Shared {
     pub proc_root: PathBuf,
     /// The partitions' jail cgroups (`None`: no usable cgroup hierarchy, or not root).
     pub jails: Option<Arc<Jails>>,
+    /// The partitions' disk budget (`None`: `disk_quota_mb` unset).
+    pub quotas: Option<Arc<Quotas>>,
 }
 
 /// The node's handle on a partition task.
@@ -137,6 +140,7 @@ pub fn spawn(
         cert_retry: None,
         allocation: None,
         unclean: false,
+        disk: None,
     };
     let task = tokio::spawn(actor.run(rx, stop));
     PartitionHandle { target: tx, task }
@@ -182,6 +186,8 @@ struct Actor {
     allocation: Option<String>,
     /// Emptying the partition failed (a process survived): passes retry it.
     unclean: bool,
+    /// The built-in disk budget promise ([`crate::quota`]): its schedule and last result.
+    disk: Option<(Schedule, Option<PromiseResult>)>,
 }
 
 /// What a partition certificate belongs to: the instance's root title, title and release.
@@ -291,7 +297,13 @@ impl Actor {
                 }
                 continue;
             }
-            let next_promise = self.promises.iter().map(|p| p.schedule.due()).min();
+            let disk_due = self.disk.as_ref().map(|d| d.0.due());
+            let next_promise = self
+                .promises
+                .iter()
+                .map(|p| p.schedule.due())
+                .chain(disk_due)
+                .min();
             let cert_retry = self.cert_retry.as_ref().map(|(t, _)| *t);
             tokio::select! {
                 _ = stop.changed() => break,
@@ -413,10 +425,7 @@ impl Actor {
     fn push_report(&mut self, state: InstanceState, revision: u64, error: Option<String>) {
         let error = error.map(|e| cap_message(&e));
         let promises: Vec<PromiseResult> = if state == InstanceState::Started {
-            self.promises
-                .iter()
-                .filter_map(|p| p.last.clone())
-                .collect()
+            self.results().cloned().collect()
         } else {
             Vec::new()
         };
@@ -437,6 +446,15 @@ impl Actor {
     }
 
     /// After periodic promise runs: report if a verdict changed.
+    /// The last result of every promise, the built-in disk budget promise last.
+    fn results(&self) -> impl Iterator<Item = &PromiseResult> {
+        let disk = self.disk.as_ref().and_then(|d| d.1.as_ref());
+        self.promises
+            .iter()
+            .filter_map(|p| p.last.as_ref())
+            .chain(disk)
+    }
+
     fn report_promise_changes(&mut self) {
         let Some(r) = self.reported.clone() else {
             return;
@@ -444,11 +462,8 @@ impl Actor {
         if r.state != InstanceState::Started {
             return;
         }
-        let verdicts: Vec<(String, bool)> = self
-            .promises
-            .iter()
-            .filter_map(|p| p.last.as_ref().map(|l| (l.name.clone(), l.ok)))
-            .collect();
+        let verdicts: Vec<(String, bool)> =
+            self.results().map(|l| (l.name.clone(), l.ok)).collect();
         if verdicts != r.verdicts {
             let error = self.last_error.as_ref().map(|(_, m)| m.clone());
             self.push_report(r.state, r.revision, error);
@@ -479,6 +494,7 @@ impl Actor {
     async fn stop_all(&mut self) {
         self.live = None;
         self.promises.clear();
+        self.disk = None;
         let services = std::mem::take(&mut self.services);
         if services.is_empty() {
             return;
@@ -582,6 +598,9 @@ impl Actor {
         empty_dir(&self.layout.path)
             .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
         format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
+        if let Some(q) = &self.sh.quotas {
+            q.apply(&self.layout.path, self.layout.index)?;
+        }
         self.push_report(InstanceState::Destroyed, a.revision, None);
         Ok(Converged {
             revision: a.revision,
@@ -793,12 +812,18 @@ impl Actor {
                     last: None,
                 })
                 .collect();
+            self.disk = self
+                .sh
+                .quotas
+                .as_ref()
+                .map(|_| (Schedule::new(cfg.promise_interval, now), None));
             self.run_promises(Which::All).await;
             if started_any {
                 self.settle_promises().await;
             }
         } else {
             self.promises.clear();
+            self.disk = None;
         }
 
         let connection = match &m.connection_file {
@@ -879,6 +904,29 @@ impl Actor {
                 });
             }
         }
+        let disk = match (&self.sh.quotas, &self.disk) {
+            (Some(q), Some((schedule, last))) => {
+                let run = match which {
+                    Which::All => true,
+                    Which::Due => schedule.due() <= now,
+                    Which::Failing => last.as_ref().is_some_and(|l| !l.ok),
+                };
+                run.then(|| (q.clone(), self.layout.path.clone(), self.layout.index))
+            }
+            _ => None,
+        };
+        let disk = disk.map(|(q, dir, index)| {
+            tokio::task::spawn_blocking(move || {
+                let at_ms = crate::util::now_ms();
+                let (ok, message) = q.check(&dir, index);
+                PromiseResult {
+                    name: crate::quota::PROMISE.to_owned(),
+                    ok,
+                    message,
+                    at_ms,
+                }
+            })
+        });
         while let Some(r) = set.join_next().await {
             let Ok((i, res)) = r else { continue };
             if let Some(p) = self.promises.get_mut(i) {
@@ -888,6 +936,16 @@ impl Actor {
                 p.schedule.record(res.ok, Instant::now());
                 p.last = Some(res);
             }
+        }
+        if let Some(task) = disk
+            && let Ok(res) = task.await
+            && let Some((schedule, last)) = &mut self.disk
+        {
+            if !res.ok {
+                tracing::warn!(partition = %self.layout.id, promise = %res.name, "{}", res.message);
+            }
+            schedule.record(res.ok, Instant::now());
+            *last = Some(res);
         }
     }
 }
