@@ -178,11 +178,13 @@ impl Jails {
     /// The jails of the node keyed `key` under the cgroup root `root` (`/sys/fs/cgroup`):
     /// cgroup v2 when `root` is a unified mount; else v1 when the `pids` and `freezer`
     /// hierarchies are mounted; else the unified mount of a hybrid host (`root/unified`);
-    /// `None` when there is none of them.
+    /// `None` when there is none of them. On v2, `pids` is used when the root already
+    /// delegates it to its children (its `cgroup.subtree_control`, which the node never
+    /// writes).
     pub fn detect(root: &Path, key: &str, max_processes: u64, proc_root: &Path) -> Option<Self> {
         let sub = Path::new(JAIL_ROOT).join(key);
         let v2 = |mount: &Path| {
-            let pids = std::fs::read_to_string(mount.join("cgroup.controllers"))
+            let pids = std::fs::read_to_string(mount.join("cgroup.subtree_control"))
                 .is_ok_and(|c| c.split_whitespace().any(|x| x == "pids"));
             Hierarchy::V2 {
                 dir: mount.join(&sub),
@@ -507,6 +509,14 @@ mod tests {
         );
         let v2 = tempfile::tempdir().unwrap();
         std::fs::write(v2.path().join("cgroup.controllers"), "cpu io pids\n").unwrap();
+        // Available but not delegated by the root: no pids limit.
+        std::fs::write(v2.path().join("cgroup.subtree_control"), "cpu\n").unwrap();
+        assert!(
+            !Jails::detect(v2.path(), "k1", 64, proc)
+                .unwrap()
+                .limits_pids()
+        );
+        std::fs::write(v2.path().join("cgroup.subtree_control"), "cpu pids\n").unwrap();
         let j = Jails::detect(v2.path(), "k1", 64, proc).unwrap();
         assert!(j.limits_pids());
         assert_eq!(j.dirs("p0"), [v2.path().join("slapos-edge-jail/k1/p0")]);
@@ -540,6 +550,7 @@ mod tests {
 
         let v2 = tempfile::tempdir().unwrap();
         std::fs::write(v2.path().join("cgroup.controllers"), "pids\n").unwrap();
+        std::fs::write(v2.path().join("cgroup.subtree_control"), "pids\n").unwrap();
         // A fake tree has no kernel to create the control files: make them.
         for d in ["slapos-edge-jail", "slapos-edge-jail/k"] {
             std::fs::create_dir_all(v2.path().join(d)).unwrap();

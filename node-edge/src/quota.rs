@@ -155,7 +155,7 @@ pub fn walk(dir: &Path, projid: Option<u32>) -> Result<Usage, String> {
     let fd = open_dir(dir).map_err(|e| format!("`{}`: {e}", dir.display()))?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("`{}`: {e}", dir.display()))?;
     let mut w = Walk {
-        dev: st.st_dev,
+        dev: u64::from(st.st_dev),
         seen: BTreeSet::new(),
         usage: Usage::default(),
         projid,
@@ -215,13 +215,15 @@ impl Walk {
             else {
                 continue;
             };
-            if st.st_dev != self.dev {
+            if u64::from(st.st_dev) != self.dev {
                 continue;
             }
             let ty = st.st_mode & SFlag::S_IFMT.bits();
             if st.st_nlink > 1
                 && ty != SFlag::S_IFDIR.bits()
-                && !self.seen.insert((st.st_dev, st.st_ino))
+                && !self
+                    .seen
+                    .insert((u64::from(st.st_dev), u64::from(st.st_ino)))
             {
                 continue;
             }

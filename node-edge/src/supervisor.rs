@@ -108,12 +108,10 @@ impl Launch {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        let (jail, setup, nproc, identity) = (
-            self.jail.clone(),
-            self.setup.clone(),
-            self.nproc,
-            self.identity,
-        );
+        let (jail, setup, identity) = (self.jail.clone(), self.setup.clone(), self.identity);
+        let nproc = self
+            .nproc
+            .map(|n| libc::rlim_t::try_from(n).unwrap_or(libc::rlim_t::MAX));
         // Captured before the fork: the child compares it with its parent after the prctl.
         let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec and only makes
