@@ -214,7 +214,7 @@ fn an_mtls_node_keeps_its_computer_key() {
         let mut r = instance_request(
             title,
             &release,
-            params(json!({"attack": attack, "targets": targets})),
+            params(json!({"attack": attack, "targets": targets, "promise_target": targets})),
         );
         r.sla = BTreeMap::from([("computer_guid".to_owned(), computer.to_owned())]);
         alice.request(&r).expect("request")
@@ -273,6 +273,16 @@ fn an_mtls_node_keeps_its_computer_key() {
     holds_for("the computer key published", Duration::from_secs(6), || {
         !text(&published("steal")).contains("PRIVATE KEY")
     });
+    // Its promise swapped its output for a symlink to the key: its own output comes back (the
+    // control), the key does not.
+    let probe = wait_for("A's promise result", LONG, || {
+        let i = alice.instance(&InstanceTitle::parse("steal").ok()?, None).ok()?;
+        let p = i.reported?.report.promises.into_iter().find(|p| p.name == "probe")?;
+        std::fs::read_link(pa.join(".slapos/promise/probe.out")).ok().filter(|l| l == &key)?;
+        Some(p)
+    });
+    assert!(probe.message.contains("promise-output-of"), "{probe:?}");
+    assert!(!probe.message.contains("PRIVATE KEY"), "{probe:?}");
     node.stop();
     drop(users);
 }
