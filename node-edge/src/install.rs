@@ -32,11 +32,9 @@
 //! A failed install reports its reason and the last 2 KiB of the build log, read through the
 //! node's own fd of the log; the whole message is capped at 4 KiB.
 //!
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -50,7 +48,7 @@ use slapos_proto::SoftwareUrl;
 use crate::fetch::{self, Fetcher};
 use crate::isolation::Identity;
 use crate::jail::Jails;
-use crate::partition_fs::{PartitionFs, tail_of};
+use crate::partition_fs::{PartitionFs, names_in, tail_of};
 use crate::procs::GroupGuard;
 use crate::release::SoftwareManifest;
 use crate::supervisor::Launch;
@@ -438,18 +436,7 @@ fn seal_dir(
     }
     nix::unistd::fchown(&dir, Some(owner.0), Some(owner.1)).map_err(at)?;
     nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(st.st_mode & 0o755)).map_err(at)?;
-    let listing = dir
-        .try_clone()
-        .map_err(|e| format!("`{}`: {e}", path.display()))?;
-    let mut names = Vec::new();
-    for e in nix::dir::Dir::from_fd(listing).map_err(at)?.iter() {
-        let e = e.map_err(at)?;
-        let n = OsStr::from_bytes(e.file_name().to_bytes());
-        if n != "." && n != ".." {
-            names.push(n.to_os_string());
-        }
-    }
-    for name in names {
+    for name in names_in(&dir, usize::MAX).map_err(at)? {
         let p = path.join(&name);
         let at = |e: nix::errno::Errno| format!("`{}`: {e}", p.display());
         let st = nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)

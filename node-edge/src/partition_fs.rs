@@ -189,6 +189,27 @@ pub fn open_beneath(dir: &OwnedFd, rel: &Path, flags: OFlag, mode: Mode) -> nix:
     nix::fcntl::openat(cur.as_ref().unwrap_or(dir), *last, flags, mode)
 }
 
+/// The names in the open directory `dir` (at most `max`; `.` and `..` left out), listed
+/// through a duplicate of the fd (the caller keeps `dir` for `openat`).
+pub fn names_in(dir: &OwnedFd, max: usize) -> nix::Result<Vec<OsString>> {
+    let listing = dir
+        .try_clone()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let mut d = nix::dir::Dir::from_fd(listing)?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e?;
+        let n = OsStr::from_bytes(e.file_name().to_bytes());
+        if n != "." && n != ".." {
+            out.push(n.to_os_string());
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Read at most `max` bytes from the end of `file` (from its start when shorter), lossily
 /// decoded, with a `…` marker when cut. Reads through the fd, never the path.
 pub fn tail_of(file: &File, max: u64) -> String {
@@ -558,19 +579,7 @@ impl PartitionFs {
                 Err(e) if e.is_not_found() => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             };
-            let mut d = nix::dir::Dir::from_fd(fd).map_err(|e| self.io("list", rel, e))?;
-            let mut out = Vec::new();
-            for e in d.iter() {
-                let e = e.map_err(|e| self.io("list", rel, e))?;
-                let n = OsStr::from_bytes(e.file_name().to_bytes());
-                if n != "." && n != ".." {
-                    out.push(n.to_os_string());
-                }
-                if out.len() >= max {
-                    break;
-                }
-            }
-            Ok(out)
+            names_in(&fd, max).map_err(|e| self.io("list", rel, e))
         })
     }
 }

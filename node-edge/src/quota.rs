@@ -19,9 +19,7 @@
 //! on tempdirs; the enforced path as root on a loop-mounted ext4 image).
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
@@ -196,18 +194,7 @@ impl Walk {
             ));
         }
         let at = |e: nix::errno::Errno| format!("`{}`: {e}", path.display());
-        let listing = fd
-            .try_clone()
-            .map_err(|e| format!("`{}`: {e}", path.display()))?;
-        let mut names = Vec::new();
-        for e in nix::dir::Dir::from_fd(listing).map_err(at)?.iter() {
-            let e = e.map_err(at)?;
-            let n = OsStr::from_bytes(e.file_name().to_bytes());
-            if n != "." && n != ".." {
-                names.push(n.to_os_string());
-            }
-        }
-        for name in names {
+        for name in crate::partition_fs::names_in(&fd, usize::MAX).map_err(at)? {
             let p = path.join(&name);
             // Gone meanwhile (the partition is running): not counted.
             let Ok(st) =

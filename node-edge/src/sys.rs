@@ -161,24 +161,22 @@ fn qcmd(cmd: libc::c_int) -> libc::c_int {
     (cmd << 8) | PRJQUOTA
 }
 
-/// Set the block hard and soft limits of project `projid` on the filesystem holding `fd` to
-/// `bytes` (rounded up to KiB; 0 removes the limit). `ENOSYS`: a kernel before 5.14;
-/// `ESRCH`/`ENOTSUP`: project quotas are not enabled on that filesystem.
-pub fn set_project_limit(fd: impl AsFd, projid: u32, bytes: u64) -> io::Result<()> {
-    // SAFETY: dqblk is plain integers; all-zero is a valid value.
-    let mut q: libc::dqblk = unsafe { std::mem::zeroed() };
-    let kib = bytes.div_ceil(1024);
-    q.dqb_bhardlimit = kib;
-    q.dqb_bsoftlimit = kib;
-    q.dqb_valid = libc::QIF_BLIMITS;
-    // SAFETY: quotactl_fd(fd, cmd, id, addr) with a valid fd and a valid dqblk for Q_SETQUOTA.
+/// `quotactl_fd(fd, QCMD(cmd, PRJQUOTA), projid, q)`.
+fn project_quotactl(
+    fd: impl AsFd,
+    cmd: libc::c_int,
+    projid: u32,
+    q: &mut libc::dqblk,
+) -> io::Result<()> {
+    // SAFETY: quotactl_fd(fd, cmd, id, addr) with a valid fd and a valid, writable dqblk (the
+    // layout both Q_SETQUOTA and Q_GETQUOTA take).
     let r = unsafe {
         libc::syscall(
             libc::SYS_quotactl_fd,
             fd.as_fd().as_raw_fd(),
-            qcmd(libc::Q_SETQUOTA),
+            qcmd(cmd),
             projid,
-            &mut q as *mut libc::dqblk,
+            q as *mut libc::dqblk,
         )
     };
     if r < 0 {
@@ -187,24 +185,29 @@ pub fn set_project_limit(fd: impl AsFd, projid: u32, bytes: u64) -> io::Result<(
     Ok(())
 }
 
+/// An all-zero `dqblk`.
+fn dqblk() -> libc::dqblk {
+    // SAFETY: dqblk is plain integers; all-zero is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Set the block hard and soft limits of project `projid` on the filesystem holding `fd` to
+/// `bytes` (rounded up to KiB; 0 removes the limit). `ENOSYS`: a kernel before 5.14;
+/// `ESRCH`/`ENOTSUP`: project quotas are not enabled on that filesystem.
+pub fn set_project_limit(fd: impl AsFd, projid: u32, bytes: u64) -> io::Result<()> {
+    let mut q = dqblk();
+    let kib = bytes.div_ceil(1024);
+    q.dqb_bhardlimit = kib;
+    q.dqb_bsoftlimit = kib;
+    q.dqb_valid = libc::QIF_BLIMITS;
+    project_quotactl(fd, libc::Q_SETQUOTA, projid, &mut q)
+}
+
 /// Space used by project `projid` on the filesystem holding `fd` (bytes), as the kernel counts
 /// it.
 pub fn project_usage(fd: impl AsFd, projid: u32) -> io::Result<u64> {
-    // SAFETY: dqblk is plain integers; all-zero is a valid value.
-    let mut q: libc::dqblk = unsafe { std::mem::zeroed() };
-    // SAFETY: quotactl_fd(fd, cmd, id, addr) with a valid fd and a writable dqblk.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_quotactl_fd,
-            fd.as_fd().as_raw_fd(),
-            qcmd(libc::Q_GETQUOTA),
-            projid,
-            &mut q as *mut libc::dqblk,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut q = dqblk();
+    project_quotactl(fd, libc::Q_GETQUOTA, projid, &mut q)?;
     Ok(q.dqb_curspace)
 }
 

@@ -276,9 +276,18 @@ fn an_mtls_node_keeps_its_computer_key() {
     // Its promise swapped its output for a symlink to the key: its own output comes back (the
     // control), the key does not.
     let probe = wait_for("A's promise result", LONG, || {
-        let i = alice.instance(&InstanceTitle::parse("steal").ok()?, None).ok()?;
-        let p = i.reported?.report.promises.into_iter().find(|p| p.name == "probe")?;
-        std::fs::read_link(pa.join(".slapos/promise/probe.out")).ok().filter(|l| l == &key)?;
+        let i = alice
+            .instance(&InstanceTitle::parse("steal").ok()?, None)
+            .ok()?;
+        let p = i
+            .reported?
+            .report
+            .promises
+            .into_iter()
+            .find(|p| p.name == "probe")?;
+        std::fs::read_link(pa.join(".slapos/promise/probe.out"))
+            .ok()
+            .filter(|l| l == &key)?;
         Some(p)
     });
     assert!(probe.message.contains("promise-output-of"), "{probe:?}");
@@ -555,6 +564,12 @@ fn releases_cannot_smuggle_privileges_or_secrets() {
     assert_ne!(soft, 0);
     assert_eq!(std::fs::metadata(dir.join("made")).expect("made").uid(), 0);
 
+    // The install error of a release whose one artifact is `url` (with a wrong hash).
+    let refused = |name: &str, url: String| {
+        let r = release(&root.join(name), &[(url, zero.clone(), "0644")], &[]);
+        supply(&t.client, &t.computer, &r);
+        t.install_error(&r)
+    };
     // A FIFO as a file:// artifact fails at once, and the install slot is free afterwards.
     let fifo = root.join("fifo");
     assert!(
@@ -565,44 +580,20 @@ fn releases_cannot_smuggle_privileges_or_secrets() {
             .success()
     );
     std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let r = release(
-        &root.join("fifo-rel"),
-        &[(format!("file://{}", fifo.display()), zero.clone(), "0644")],
-        &[],
-    );
-    supply(&t.client, &t.computer, &r);
-    let msg = t.install_error(&r);
+    let msg = refused("fifo-rel", format!("file://{}", fifo.display()));
     assert!(msg.contains("not a regular file"), "{msg}");
     let after = release(&root.join("after"), &[], &[]);
     supply(&t.client, &t.computer, &after);
     t.installed(&after);
     // A device.
-    let r = release(
-        &root.join("dev-rel"),
-        &[("file:///dev/zero".into(), zero.clone(), "0644")],
-        &[],
-    );
-    supply(&t.client, &t.computer, &r);
-    let msg = t.install_error(&r);
+    let msg = refused("dev-rel", "file:///dev/zero".into());
     assert!(msg.contains("not a regular file"), "{msg}");
     // A root-only source: refused as the software user, no hash disclosed…
-    let r = release(
-        &root.join("shadow-rel"),
-        &[("file:///etc/shadow".into(), zero.clone(), "0644")],
-        &[],
-    );
-    supply(&t.client, &t.computer, &r);
-    let msg = t.install_error(&r);
+    let msg = refused("shadow-rel", "file:///etc/shadow".into());
     assert!(msg.contains("ermission denied"), "{msg}");
     assert!(!msg.contains("got "), "{msg}");
     // …while a world-readable one with a wrong hash does report the mismatch (control).
-    let r = release(
-        &root.join("hostname-rel"),
-        &[("file:///etc/hostname".into(), zero.clone(), "0644")],
-        &[],
-    );
-    supply(&t.client, &t.computer, &r);
-    let msg = t.install_error(&r);
+    let msg = refused("hostname-rel", "file:///etc/hostname".into());
     assert!(
         msg.contains("sha256 mismatch") && msg.contains("got "),
         "{msg}"
