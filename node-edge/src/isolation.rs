@@ -14,10 +14,11 @@
 //!   and no supplementary group ([`crate::supervisor::Launch`]); a root node refuses to start a
 //!   partition's process when it has no identity ([`Isolation::requires_identity`]).
 //!
-//! Files the node itself writes inside a partition (rendered files, service logs, promise
-//! output) are written with the partition's filesystem identity ([`as_fs_identity`],
-//! `setfsuid`/`setfsgid` on the calling thread), so a symlink planted by the partition cannot
-//! make the root node write outside what the partition may write.
+//! Files the node itself reads or writes inside a partition go through
+//! [`crate::partition_fs::PartitionFs`], which runs with the partition's filesystem identity
+//! ([`as_fs_identity`], `setfsuid`/`setfsgid` on the calling thread) and never follows a link,
+//! so nothing the partition plants can make the root node read or write outside what the
+//! partition may. Build steps run as the software user ([`Isolation::software_identity`]).
 //!
 //! Users are **kept** when a partition is removed (shrinking `partitions`), as SlapOS keeps
 //! them: a later format reuses them. An existing user of the right name is reused as is, unless
