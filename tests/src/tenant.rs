@@ -202,3 +202,41 @@ pub fn service_pid(dir: &Path, service: &str) -> Option<u32> {
     .ok()?;
     rec["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
 }
+
+/// Kills a process when dropped (a survivor a failing test would otherwise leave running).
+pub struct KillOnDrop(pub Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if alive(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Remove the (empty) jail cgroups a node whose state directory is `state_dir` left when it
+/// was killed with SIGKILL (a clean stop removes them itself): `slapos-edge-jail/<key>/*` in
+/// the v1 `pids` and `freezer` hierarchies and in a unified one.
+pub fn remove_jails(state_dir: &Path) {
+    let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let key = &crate::sha256_hex(abs.as_os_str().as_encoded_bytes())[..12];
+    for h in ["pids", "freezer", "unified", ""] {
+        let node = Path::new("/sys/fs/cgroup")
+            .join(h)
+            .join("slapos-edge-jail")
+            .join(key);
+        if let Ok(entries) = std::fs::read_dir(&node) {
+            for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&node);
+        if let Some(top) = node.parent() {
+            let _ = std::fs::remove_dir(top);
+        }
+    }
+}

@@ -28,13 +28,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use slapos_proto::{ComputerId, InstanceState, InstanceTitle, SoftwareUrl, StateChange};
-use slapos_tests::tenant::{LONG, Tenancy, alive, processes_of, service_pid};
+use slapos_tests::tenant::{
+    KillOnDrop, LONG, Tenancy, alive, processes_of, remove_jails, service_pid,
+};
 use slapos_tests::tls::{TlsMaster, path_str as s};
 use slapos_tests::users::TestUsers;
 use slapos_tests::{
     Node, Proc, bin, example_release, http_get, instance_request, params, privileged, supply,
     url_in, wait_for,
 };
+
+/// Runs its closure when dropped.
+struct Defer<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
 
 /// Watch `f` for `d`: it must hold at every look (the attack keeps trying meanwhile).
 fn holds_for(what: &str, d: Duration, mut f: impl FnMut() -> bool) {
@@ -377,6 +390,8 @@ fn nothing_of_a_partition_outlives_it_or_the_node() {
     };
     t.attack("survivor", "survive", "");
     let first = survivors(&t);
+    // Survivors a failing run (a guard removed by hand) would leave are killed at the end.
+    let mut seen = KillOnDrop(first.clone());
     // Control: two survivors, alive, the partition's.
     assert_eq!(first.len(), 2, "{first:?}");
     for p in &first {
@@ -414,7 +429,9 @@ fn nothing_of_a_partition_outlives_it_or_the_node() {
         let s = survivors(&t);
         (s != first && s.iter().all(|p| alive(*p))).then_some(s)
     });
+    seen.0.extend(&second);
     let leader = wait_for("service pid", LONG, || service_pid(&dir, "attacker"));
+    seen.0.push(leader);
     std::thread::sleep(Duration::from_secs(12));
     assert!(alive(leader), "the service did not survive an idle node");
     t.node.proc.as_mut().expect("node").kill();
@@ -435,6 +452,7 @@ fn nothing_of_a_partition_outlives_it_or_the_node() {
         let s = survivors(&t);
         (s != second && s.iter().all(|p| alive(*p))).then_some(s)
     });
+    seen.0.extend(&third);
     t.client
         .set_state(
             &title,
@@ -466,6 +484,8 @@ fn the_standalone_box_takes_its_services_along() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
+    // Dropped last: the jails a SIGKILLed box leaves are removed once its processes are gone.
+    let _jails = Defer(Some(|| remove_jails(&tmp.path().join("node-state"))));
     let mut cmd = Command::new(bin("slapos-master"));
     cmd.args(["standalone", "--listen", "127.0.0.1:0", "--partitions", "1"])
         .args(["--isolation", "none", "--example", "hello-web", "--dir"])
@@ -475,6 +495,8 @@ fn the_standalone_box_takes_its_services_along() {
     let page = url_in(&line).expect("url");
     let dir = tmp.path().join("instance/slappart0");
     let web = wait_for("web pid", LONG, || service_pid(&dir, "web"));
+    // Whatever happens, nothing of this box outlives the test (a guard removed by hand).
+    let _cleanup = KillOnDrop(vec![web]);
     // Idle for a while (the master's runtime may retire threads), then SIGKILL the box.
     std::thread::sleep(Duration::from_secs(12));
     assert!(
