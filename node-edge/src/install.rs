@@ -330,9 +330,8 @@ impl Installer {
             // Nothing of a step outlives it, whatever it did with sessions and groups.
             if let Some(j) = self.jails.clone() {
                 let name = jail_name.clone();
-                tokio::task::spawn_blocking(move || j.remove(&name))
-                    .await
-                    .map_err(|e| format!("build step `{}`: {e}", step.name))?
+                blocking(move || j.remove(&name))
+                    .await?
                     .map_err(|e| format!("build step `{}`: {e}", step.name))?;
             }
             let status = status?;

@@ -233,11 +233,13 @@ impl Actor {
             (None, Some(id)) => jail::sweep_uid(&proc_root, id),
             (None, None) => Ok(()),
         };
-        let res = match tokio::task::spawn_blocking(task).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("partition {}: {e}", self.layout.id)),
-            Err(e) => Err(format!(
-                "partition {}: kill task failed: {e}",
+        // On a plain thread (it waits for the kernel): tokio's blocking pool would cost the
+        // static node ~10 KB.
+        let res = match off_thread(task).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!("partition {}: {e}", self.layout.id)),
+            None => Err(format!(
+                "partition {}: the kill thread failed",
                 self.layout.id
             )),
         };
@@ -916,7 +918,7 @@ impl Actor {
             _ => None,
         };
         let disk = disk.map(|(q, dir, index)| {
-            tokio::task::spawn_blocking(move || {
+            off_thread(move || {
                 let at_ms = crate::util::now_ms();
                 let (ok, message) = q.check(&dir, index);
                 PromiseResult {
@@ -938,7 +940,7 @@ impl Actor {
             }
         }
         if let Some(task) = disk
-            && let Ok(res) = task.await
+            && let Some(res) = task.await
             && let Some((schedule, last)) = &mut self.disk
         {
             if !res.ok {

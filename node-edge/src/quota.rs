@@ -18,7 +18,6 @@
 //! Kernel paths are parameters: the walk and the accounting run on any directory (unit tests
 //! on tempdirs; the enforced path as root on a loop-mounted ext4 image).
 
-use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -154,7 +153,7 @@ pub fn walk(dir: &Path, projid: Option<u32>) -> Result<Usage, String> {
     let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("`{}`: {e}", dir.display()))?;
     let mut w = Walk {
         dev: u64::from(st.st_dev),
-        seen: BTreeSet::new(),
+        seen: Vec::new(),
         usage: Usage::default(),
         projid,
     };
@@ -166,7 +165,8 @@ pub fn walk(dir: &Path, projid: Option<u32>) -> Result<Usage, String> {
 
 struct Walk {
     dev: u64,
-    seen: BTreeSet<(u64, u64)>,
+    /// Hard-linked inodes counted, sorted.
+    seen: Vec<(u64, u64)>,
     usage: Usage,
     projid: Option<u32>,
 }
@@ -206,13 +206,12 @@ impl Walk {
                 continue;
             }
             let ty = st.st_mode & SFlag::S_IFMT.bits();
-            if st.st_nlink > 1
-                && ty != SFlag::S_IFDIR.bits()
-                && !self
-                    .seen
-                    .insert((u64::from(st.st_dev), u64::from(st.st_ino)))
-            {
-                continue;
+            if st.st_nlink > 1 && ty != SFlag::S_IFDIR.bits() {
+                let id = (u64::from(st.st_dev), u64::from(st.st_ino));
+                match self.seen.binary_search(&id) {
+                    Ok(_) => continue,
+                    Err(i) => self.seen.insert(i, id),
+                }
             }
             self.usage.bytes += st.st_blocks as u64 * 512;
             if ty == SFlag::S_IFDIR.bits() {
