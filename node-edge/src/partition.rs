@@ -486,10 +486,9 @@ impl Actor {
         }
         if self.resources.is_some()
             && let Some(u) = self.sh.resources.usage(&self.layout.id)
+            && let Err(e) = fs.write_atomic(".slapos/usage.json", u.to_string().as_bytes(), None)
         {
-            if let Err(e) = fs.write_atomic(".slapos/usage.json", u.to_string().as_bytes(), None) {
-                tracing::debug!(partition = %self.id(), "{e}");
-            }
+            tracing::debug!(partition = %self.id(), "{e}");
         }
     }
 

@@ -146,13 +146,18 @@ impl Quotas {
     }
 }
 
+/// `st_dev` and `st_ino` are `u64` on 64-bit targets but not on all 32-bit ones.
+fn wide(x: impl Into<u64>) -> u64 {
+    x.into()
+}
+
 /// Allocated bytes under `dir` (no link followed, one filesystem, hard links once); with
 /// `projid`, every directory and regular file not in that project is put back in it.
 pub fn walk(dir: &Path, projid: Option<u32>) -> Result<Usage, String> {
     let fd = open_dir(dir).map_err(|e| format!("`{}`: {e}", dir.display()))?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("`{}`: {e}", dir.display()))?;
     let mut w = Walk {
-        dev: u64::from(st.st_dev),
+        dev: wide(st.st_dev),
         seen: Vec::new(),
         usage: Usage::default(),
         projid,
@@ -202,12 +207,12 @@ impl Walk {
             else {
                 continue;
             };
-            if u64::from(st.st_dev) != self.dev {
+            if wide(st.st_dev) != self.dev {
                 continue;
             }
             let ty = st.st_mode & SFlag::S_IFMT.bits();
             if st.st_nlink > 1 && ty != SFlag::S_IFDIR.bits() {
-                let id = (u64::from(st.st_dev), u64::from(st.st_ino));
+                let id = (wide(st.st_dev), wide(st.st_ino));
                 match self.seen.binary_search(&id) {
                     Ok(_) => continue,
                     Err(i) => self.seen.insert(i, id),
