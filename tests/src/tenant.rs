@@ -215,6 +215,11 @@ impl Drop for KillOnDrop {
                     .status();
             }
         }
+        // Gone before the caller removes their cgroups.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.0.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
