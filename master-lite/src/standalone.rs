@@ -147,7 +147,31 @@ pub async fn run(
     let mut config = node_edge::Config::standalone(&dir, url.clone(), opts.partitions);
     config.isolation = opts.isolation;
     let computer = config.computer_id.clone();
-    let node_task = tokio::spawn(node_edge::run(config, stopped(stop_rx.clone())));
+    // The node runs on a thread of its own with a current-thread runtime, as `slapos-node run`
+    // does: every partition process is forked by that one thread, which lives as long as the
+    // node. A process's parent-death signal (PR_SET_PDEATHSIG) fires when the *thread* that
+    // forked it exits, so services must not be forked by runtime workers that may come and go.
+    let node_stop = stopped(stop_rx.clone());
+    let node_dir = dir.clone();
+    let node_thread = std::thread::Builder::new()
+        .name("slapos-node".into())
+        .spawn(move || -> Result<(), StandaloneError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| StandaloneError::Io {
+                    op: "start the runtime of the node in",
+                    path: node_dir,
+                    source,
+                })?;
+            rt.block_on(node_edge::run(config, node_stop))?;
+            Ok(())
+        })
+        .map_err(|source| StandaloneError::Io {
+            op: "start the node thread in",
+            path: dir.clone(),
+            source,
+        })?;
 
     if let Some(release) = example {
         let url = url.clone();
@@ -157,9 +181,10 @@ pub async fn run(
     shutdown.await;
     tracing::info!("stopping the node, then the master");
     let _ = stop_tx.send(true);
-    let node = node_task
+    let node = tokio::task::spawn_blocking(move || node_thread.join())
         .await
-        .map_err(|e| StandaloneError::Example(format!("node task: {e}")))?;
+        .map_err(|e| StandaloneError::Example(format!("node thread: {e}")))?
+        .map_err(|_| StandaloneError::Example("node thread panicked".into()))?;
     let master = master_task
         .await
         .map_err(|e| StandaloneError::Example(format!("master task: {e}")))?;

@@ -182,6 +182,19 @@ pub struct Config {
     /// Partition users are `<user_prefix><index>` (`slapuser0` …).
     #[serde(default = "d_user_prefix")]
     pub user_prefix: String,
+    /// The user build steps run as with `isolation = "users"` (created like partition users;
+    /// default `slapsoft`). Without isolation builds run as the node's user.
+    #[serde(default = "d_software_user")]
+    pub software_user: String,
+    /// Tasks (processes and threads) a partition may have at once: its jail's `pids.max`, and
+    /// `RLIMIT_NPROC` of an isolated partition's processes.
+    #[serde(default = "d_max_processes")]
+    pub max_processes: u64,
+    /// Disk budget of each partition in MiB (none by default: partitions share the
+    /// filesystem). Enforced with project quotas where `instance_root` supports them, else
+    /// measured (`docs/node.md`).
+    #[serde(default)]
+    pub disk_quota_mb: Option<u64>,
     /// Partition addresses on an interface (`[network]`, root mode); none by default.
     #[serde(default)]
     pub network: Option<crate::net::NetworkConfig>,
@@ -237,6 +250,14 @@ impl<'de> Deserialize<'de> for IsolationMode {
 
 fn d_user_prefix() -> String {
     "slapuser".into()
+}
+
+fn d_software_user() -> String {
+    "slapsoft".into()
+}
+
+fn d_max_processes() -> u64 {
+    1024
 }
 
 /// The protocol the node speaks to its master (`protocol` key).
@@ -410,6 +431,9 @@ impl Config {
             protocol: Protocol::Native,
             isolation: IsolationMode::Auto,
             user_prefix: d_user_prefix(),
+            software_user: d_software_user(),
+            max_processes: d_max_processes(),
+            disk_quota_mb: None,
             network: None,
             master_ca: None,
             cert: None,
@@ -587,6 +611,50 @@ impl Config {
                 .user_prefix
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        let soft_ok = (1..=32).contains(&self.software_user.len())
+            && self
+                .software_user
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && self
+                .software_user
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        if !soft_ok {
+            return bad(
+                "software_user",
+                format!(
+                    "{:?} must be 1-32 bytes, start with a-z or _ and hold only a-z 0-9 _ -",
+                    self.software_user
+                ),
+            );
+        }
+        if self
+            .software_user
+            .strip_prefix(self.user_prefix.as_str())
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return bad(
+                "software_user",
+                format!(
+                    "{:?} is a partition user name (user_prefix)",
+                    self.software_user
+                ),
+            );
+        }
+        if !(16..=4_194_304).contains(&self.max_processes) {
+            return bad(
+                "max_processes",
+                format!("{} must be in 16..=4194304", self.max_processes),
+            );
+        }
+        if self.disk_quota_mb == Some(0) {
+            return bad(
+                "disk_quota_mb",
+                "must be at least 1 (omit it for no budget)".into(),
+            );
+        }
         if !users_ok {
             return bad(
                 "user_prefix",
@@ -787,6 +855,34 @@ instance_root = "/srv/inst"
             let t = format!("{MINIMAL}user_prefix = {bad:?}\n");
             let err = Config::from_toml(&t, Some(Path::new("/x"))).unwrap_err();
             assert!(err.to_string().contains("user_prefix"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn software_user_processes_and_disk_budget() {
+        let c = Config::from_toml(MINIMAL, Some(Path::new("/x"))).unwrap();
+        assert_eq!(
+            (c.software_user.as_str(), c.max_processes, c.disk_quota_mb),
+            ("slapsoft", 1024, None)
+        );
+        let t = format!(
+            "{MINIMAL}software_user = \"edge_soft\"\nmax_processes = 64\ndisk_quota_mb = 100\n"
+        );
+        let c = Config::from_toml(&t, Some(Path::new("/x"))).unwrap();
+        assert_eq!(
+            (c.software_user.as_str(), c.max_processes, c.disk_quota_mb),
+            ("edge_soft", 64, Some(100))
+        );
+        for (bad, key) in [
+            ("software_user = \"Root\"", "software_user"),
+            ("software_user = \"\"", "software_user"),
+            ("software_user = \"slapuser3\"", "software_user"),
+            ("max_processes = 3", "max_processes"),
+            ("disk_quota_mb = 0", "disk_quota_mb"),
+        ] {
+            let err =
+                Config::from_toml(&format!("{MINIMAL}{bad}\n"), Some(Path::new("/x"))).unwrap_err();
+            assert!(err.to_string().contains(key), "{bad}: {err}");
         }
     }
 

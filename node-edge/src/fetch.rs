@@ -5,6 +5,13 @@
 //! absolute paths. A relative artifact URL is resolved against the manifest's URL: its directory
 //! for a path or `file://`, the last `/` of the path for `http(s)://` (query and fragment cut).
 //! `file://` takes the path as written (no percent-decoding); `file://localhost/…` is accepted.
+//!
+//! Local files are opened with the filesystem identity of the user builds run as (the software
+//! user, [`Fetcher::reading_as`]): the node installs only what that unprivileged user may read,
+//! so `file:///etc/shadow` fails with "permission denied" instead of installing (or hashing)
+//! root's secret. They are opened `O_NONBLOCK` and must be regular files: a FIFO, a device or a
+//! socket is refused at once instead of blocking the install slot. `fetch_timeout` bounds a file
+//! copy as it bounds a download.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+use crate::isolation::{Identity, as_fs_identity};
 
 /// Largest manifest accepted (bytes).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -104,6 +113,8 @@ pub struct Fetcher {
     ca_bundle: Arc<PathBuf>,
     /// The https agent, built from `ca_bundle` at the first https download (or its error).
     tls: Arc<OnceLock<Result<ureq::Agent, String>>>,
+    /// Local files are opened with this filesystem identity (`None`: the node's).
+    reader: Option<Identity>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -121,7 +132,19 @@ impl Fetcher {
             timeout,
             ca_bundle: Arc::new(ca_bundle.to_path_buf()),
             tls: Arc::default(),
+            reader: None,
         }
+    }
+
+    /// The same fetcher, opening local files as `reader` (the software user).
+    pub fn reading_as(mut self, reader: Option<Identity>) -> Self {
+        self.reader = reader;
+        self
+    }
+
+    /// The time limit of one fetch.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn agent(timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
@@ -165,10 +188,7 @@ impl Fetcher {
             reason,
         };
         match source(url)? {
-            Source::File(p) => {
-                let f = std::fs::File::open(&p).map_err(|e| err(e.to_string()))?;
-                Ok(Box::new(f))
-            }
+            Source::File(p) => Ok(Box::new(open_local(&p, self.reader).map_err(err)?)),
             Source::Http(u) => {
                 let resp = self
                     .agent_for(&u)
@@ -210,7 +230,6 @@ impl Fetcher {
     /// Stream `url` into `dest` while hashing; on a hash mismatch `dest` is removed.
     /// Returns the number of bytes written.
     pub fn fetch_verified(&self, url: &str, sha256: &str, dest: &Path) -> Result<u64, FetchError> {
-        let mut reader = self.open(url)?;
         let werr = |source| FetchError::Write {
             path: dest.to_path_buf(),
             source,
@@ -219,16 +238,43 @@ impl Fetcher {
             std::fs::create_dir_all(parent).map_err(werr)?;
         }
         let mut out = std::fs::File::create(dest).map_err(werr)?;
+        let res = self.fetch_verified_into(url, sha256, &mut out, dest);
+        if res.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        res
+    }
+
+    /// Stream `url` into the open file `out` (named `dest` in errors) while hashing, within the
+    /// fetch time limit; the caller removes the file on error. Returns the bytes written.
+    pub fn fetch_verified_into(
+        &self,
+        url: &str,
+        sha256: &str,
+        out: &mut std::fs::File,
+        dest: &Path,
+    ) -> Result<u64, FetchError> {
+        let started = std::time::Instant::now();
+        let mut reader = self.open(url)?;
+        let werr = |source| FetchError::Write {
+            path: dest.to_path_buf(),
+            source,
+        };
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
+            if started.elapsed() > self.timeout {
+                return Err(FetchError::Fetch {
+                    url: url.to_owned(),
+                    reason: format!("took longer than fetch_timeout ({:?})", self.timeout),
+                });
+            }
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    let _ = std::fs::remove_file(dest);
                     return Err(FetchError::Fetch {
                         url: url.to_owned(),
                         reason: e.to_string(),
@@ -242,7 +288,6 @@ impl Fetcher {
         out.sync_all().map_err(werr)?;
         let actual = hex::encode(hasher.finalize());
         if actual != sha256 {
-            let _ = std::fs::remove_file(dest);
             return Err(FetchError::Mismatch {
                 url: url.to_owned(),
                 expected: sha256.to_owned(),
@@ -251,6 +296,27 @@ impl Fetcher {
         }
         Ok(total)
     }
+}
+
+/// Open the local file `path` for reading as `reader` (its filesystem identity: the kernel
+/// checks that user's permissions), without blocking: anything but a regular file is refused.
+fn open_local(path: &Path, reader: Option<Identity>) -> Result<std::fs::File, String> {
+    use nix::fcntl::{FcntlArg, OFlag};
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = as_fs_identity(reader, || {
+        nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
+    })
+    .map_err(|e| std::io::Error::from(e).to_string())?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| e.to_string())?;
+    if !crate::partition_fs::is_regular(&st) {
+        return Err(
+            "not a regular file (a FIFO, a device, a socket or a directory): refused".into(),
+        );
+    }
+    let fl = nix::fcntl::fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+    let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&fd, FcntlArg::F_SETFL(fl)).map_err(|e| e.to_string())?;
+    Ok(std::fs::File::from(fd))
 }
 
 /// SHA-256 of bytes, lowercase hex.
@@ -344,6 +410,38 @@ mod tests {
             .fetch_verified("/nonexistent/x", &good, &dest2)
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x"), "{err}");
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_at_once_and_files_are_read_as_the_reader() {
+        let d = tempfile::tempdir().unwrap();
+        let f = Fetcher::new(Duration::from_secs(5), Path::new("/nonexistent/ca.pem"));
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let dest = d.path().join("out");
+        for src in [fifo.to_str().unwrap(), "/dev/zero", "file:///dev/null"] {
+            let e = f.fetch_verified(src, &"0".repeat(64), &dest).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{src}: {e}");
+            assert!(!dest.exists());
+        }
+        if nix::unistd::geteuid().is_root() {
+            // A root-only file read as an unprivileged reader: refused, no hash disclosed.
+            let secret = d.path().join("secret");
+            std::fs::write(&secret, "s3cret").unwrap();
+            std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            let nobody = Identity {
+                uid: 65534,
+                gid: 65534,
+            };
+            let e = f
+                .clone()
+                .reading_as(Some(nobody))
+                .fetch_verified(secret.to_str().unwrap(), &"0".repeat(64), &dest)
+                .unwrap_err();
+            assert!(e.to_string().contains("ermission denied"), "{e}");
+            assert!(!e.to_string().contains(&sha256_hex(b"s3cret")), "{e}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use slapos_client::{ClientError, Credentials};
 
 use crate::config::Config;
+use crate::partition_fs::{FsError, PartitionFs};
 
 /// A partition's certificate (PEM, 0644), relative to the partition directory.
 pub const PARTITION_CERT: &str = ".slapos/partition.crt";
@@ -257,15 +258,17 @@ pub struct PartitionRecord {
     pub allocation: String,
 }
 
-/// The record of the certificate placed in partition `dir`, when its files are all there.
-pub fn placed(dir: &Path) -> Option<PartitionRecord> {
+/// The record of the certificate placed in the partition `fs`, when its files are all there
+/// (read through [`PartitionFs`]: regular files of the partition, no link followed).
+pub fn placed(fs: &PartitionFs) -> Option<PartitionRecord> {
     let complete = [PARTITION_CERT, PARTITION_KEY, PARTITION_CA]
         .iter()
-        .all(|f| dir.join(f).symlink_metadata().is_ok_and(|m| m.is_file()));
+        .all(|f| fs.open(f).is_ok());
     if !complete {
         return None;
     }
-    let body = std::fs::read_to_string(dir.join(PARTITION_RECORD)).ok()?;
+    let body = fs.read(PARTITION_RECORD, 64 * 1024).ok()?;
+    let body = String::from_utf8(body).ok()?;
     let mut it = body.splitn(3, '\n');
     Some(PartitionRecord {
         identity: it.next()?.to_owned(),
@@ -274,38 +277,30 @@ pub fn placed(dir: &Path) -> Option<PartitionRecord> {
     })
 }
 
-/// Write `creds` into partition `dir` for `allocation` (call it with the partition's
-/// filesystem identity). The record is written last: a crash in between means a new fetch.
-pub fn place_partition(dir: &Path, creds: &Credentials, allocation: &str) -> std::io::Result<()> {
-    let slapos = dir.join(".slapos");
-    std::fs::create_dir_all(&slapos)?;
-    if slapos.symlink_metadata()?.file_type().is_symlink() {
-        return Err(std::io::Error::other(format!(
-            "`{}` is a symlink",
-            slapos.display()
-        )));
-    }
-    let _ = std::fs::remove_file(dir.join(PARTITION_RECORD));
-    write_mode(&dir.join(PARTITION_KEY), creds.key_pem.as_bytes(), 0o600)?;
-    write_mode(&dir.join(PARTITION_CERT), creds.cert_pem.as_bytes(), 0o644)?;
-    write_mode(&dir.join(PARTITION_CA), creds.ca_pem.as_bytes(), 0o644)?;
+/// Write `creds` into the partition `fs` for `allocation` (as the partition, through
+/// [`PartitionFs`]). The record is written last: a crash in between means a new fetch.
+pub fn place_partition(
+    fs: &PartitionFs,
+    creds: &Credentials,
+    allocation: &str,
+) -> Result<(), FsError> {
+    fs.remove_file(PARTITION_RECORD)?;
+    fs.write_atomic(PARTITION_KEY, creds.key_pem.as_bytes(), Some(0o600))?;
+    fs.write_atomic(PARTITION_CERT, creds.cert_pem.as_bytes(), Some(0o644))?;
+    fs.write_atomic(PARTITION_CA, creds.ca_pem.as_bytes(), Some(0o644))?;
     let body = format!("{}\n{}\n{allocation}", creds.identity, creds.serial);
-    write_mode(&dir.join(PARTITION_RECORD), body.as_bytes(), 0o644)
+    fs.write_atomic(PARTITION_RECORD, body.as_bytes(), Some(0o644))
 }
 
-/// Remove the partition certificate files of `dir` (missing files are fine).
-pub fn remove_partition(dir: &Path) -> std::io::Result<()> {
+/// Remove the partition certificate files of `fs` (missing files are fine).
+pub fn remove_partition(fs: &PartitionFs) -> Result<(), FsError> {
     for f in [
         PARTITION_RECORD,
         PARTITION_KEY,
         PARTITION_CERT,
         PARTITION_CA,
     ] {
-        match std::fs::remove_file(dir.join(f)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        fs.remove_file(f)?;
     }
     Ok(())
 }
@@ -345,9 +340,10 @@ mod tests {
     #[test]
     fn partition_files_placed_recorded_and_removed() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(placed(d.path()), None);
-        place_partition(d.path(), &creds(), "web\nweb\n/sr.toml").unwrap();
-        let r = placed(d.path()).unwrap();
+        let fs = PartitionFs::new(d.path(), None);
+        assert_eq!(placed(&fs), None);
+        place_partition(&fs, &creds(), "web\nweb\n/sr.toml").unwrap();
+        let r = placed(&fs).unwrap();
         assert_eq!(
             (
                 r.identity.as_str(),
@@ -371,9 +367,18 @@ mod tests {
         );
         // A missing file means no usable certificate (fetched again).
         std::fs::remove_file(d.path().join(PARTITION_CA)).unwrap();
-        assert_eq!(placed(d.path()), None);
-        remove_partition(d.path()).unwrap();
-        remove_partition(d.path()).unwrap();
+        assert_eq!(placed(&fs), None);
+        // A record replaced by a link is not read.
+        place_partition(&fs, &creds(), "x").unwrap();
+        std::fs::remove_file(d.path().join(PARTITION_RECORD)).unwrap();
+        std::os::unix::fs::symlink(
+            d.path().join(PARTITION_KEY),
+            d.path().join(PARTITION_RECORD),
+        )
+        .unwrap();
+        assert_eq!(placed(&fs), None);
+        remove_partition(&fs).unwrap();
+        remove_partition(&fs).unwrap();
         assert!(!d.path().join(PARTITION_KEY).exists());
     }
 

@@ -12,27 +12,47 @@
 //! .failed-<hash>.log           the build log of the last failed install
 //! ```
 //!
-//! Releases belong to the node's user and are read-only to everyone else (write bits of group
-//! and others are cleared before the rename): partition users may read and run them only.
+//! Builds run as the **software user** ([`Installer::with_builder`]; `software_user`, `slapsoft`
+//! by default on a node isolating partitions, as SlapOS builds as `slapsoft`): the build
+//! directory is that user's, artifacts are fetched into it with its filesystem identity (local
+//! `file://` sources are opened as that user: only what it may read can be installed), build
+//! steps run as that user (never root), with `no_new_privs`, in their own jail cgroup killed when
+//! the step ends ([`crate::jail`]). After the build an fd-based walk ([`seal`]: `openat` with
+//! `O_NOFOLLOW` from directory fds, `fchown`/`fchmod` on the opened fds, never a path) hands the
+//! tree to the node's user, clears group/other write and the setuid, setgid and sticky bits, and
+//! fails the install on an entry owned by anyone but the builder, or that is neither a regular
+//! file, a directory nor a symlink (a FIFO, a device, a socket). Partition users may then read
+//! and run a release, never change it. Artifact modes are masked to `0o777`.
 //!
-//! Invariant: `<hash>/` exists only complete. The install runs in `.build-<hash>/` and is renamed
-//! into place as the last step, so a crash, a bad hash or a failing build step never leaves a
-//! half-installed release visible. Build steps see `SOFTWARE_DIR` (the final path, for anything
-//! that bakes in absolute paths), `BUILD_DIR` (the current directory) and `SOFTWARE_URL`.
-
-use std::fs::OpenOptions;
+//! Instance profiles must be regular files of the release (not links) and pass the profile lint
+//! ([`crate::profile::lint`]) at install: a release with an unfiltered `{{ … }}` does not install.
+//! Files of an installed release the node reads (manifest copy, profiles) are read through
+//! [`PartitionFs`] (no link followed).
+//!
+//! A failed install reports its reason and the last 2 KiB of the build log, read through the
+//! node's own fd of the log; the whole message is capped at 4 KiB.
+//!
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 use slapos_proto::SoftwareUrl;
 
 use crate::fetch::{self, Fetcher};
+use crate::isolation::Identity;
+use crate::jail::Jails;
+use crate::partition_fs::{PartitionFs, names_in, tail_of};
 use crate::procs::GroupGuard;
 use crate::release::SoftwareManifest;
-use crate::util::{atomic_write, file_tail, now_ms};
+use crate::supervisor::Launch;
+use crate::util::{atomic_write, now_ms};
 
 /// Name of the completion marker.
 pub const COMPLETED: &str = ".slapos-completed";
@@ -42,6 +62,12 @@ pub const MANIFEST: &str = ".slapos-software.toml";
 pub const BUILD_LOG: &str = ".slapos-build.log";
 /// Bytes of build log carried in an error report.
 pub const LOG_TAIL_BYTES: usize = 2048;
+/// Bytes of the reason carried in an error report (with the tail: ≤ 4 KiB in all).
+pub const REASON_BYTES: usize = 1536;
+/// Bytes of build log kept in `.failed-<hash>.log`.
+const FAILED_LOG_BYTES: u64 = 1 << 20;
+/// Largest instance profile read.
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
 
 /// An install that failed: what failed and the tail of its log.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,15 +97,34 @@ pub struct Completed {
 pub struct Installer {
     root: PathBuf,
     fetcher: Fetcher,
+    /// Builds run as this user (`None`: as the node).
+    builder: Option<Identity>,
+    /// Build steps' jails.
+    jails: Option<Arc<Jails>>,
 }
 
 impl Installer {
-    /// An installer for `root` using `fetcher`.
+    /// An installer for `root` using `fetcher`; builds run as the node.
     pub fn new(root: impl Into<PathBuf>, fetcher: Fetcher) -> Self {
         Self {
             root: root.into(),
             fetcher,
+            builder: None,
+            jails: None,
         }
+    }
+
+    /// Builds run as `builder` (the software user), local sources are read as it.
+    pub fn with_builder(mut self, builder: Option<Identity>) -> Self {
+        self.fetcher = self.fetcher.reading_as(builder);
+        self.builder = builder;
+        self
+    }
+
+    /// Build steps join a jail of `jails` (killed when the step ends).
+    pub fn with_jails(mut self, jails: Option<Arc<Jails>>) -> Self {
+        self.jails = jails;
+        self
     }
 
     /// Final directory of a release.
@@ -124,27 +169,39 @@ impl Installer {
     /// Install `url` (no-op when already installed). Returns the release directory.
     ///
     /// Cancel-safe: dropping the future kills a running build step's group; the build
-    /// directory is then removed by [`Installer::clean_leftovers`] at the next start.
+    /// directory (and the step's jail) is then removed at the next start
+    /// ([`Installer::clean_leftovers`], `Jails::remove_others`).
     pub async fn install(&self, url: &SoftwareUrl) -> Result<PathBuf, InstallError> {
         if let Some(d) = self.installed(url) {
             return Ok(d);
         }
         let hash = url.hash();
         let build = self.root.join(format!(".build-{hash}"));
-        let fail = |reason: String, log: &Path| InstallError {
+        let fail = |reason: String, log_tail: String| InstallError {
             url: url.to_string(),
-            reason,
-            log_tail: file_tail(log, LOG_TAIL_BYTES),
+            reason: crate::util::tail(&reason, REASON_BYTES),
+            log_tail,
         };
-        let log_path = build.join(BUILD_LOG);
-        let _ = std::fs::remove_dir_all(&build);
-        if let Err(e) = std::fs::create_dir_all(&build) {
+        if let Err(e) = std::fs::remove_dir_all(&build)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
             return Err(fail(
-                format!("failed to create `{}`: {e}", build.display()),
-                &log_path,
+                format!("failed to remove `{}`: {e}", build.display()),
+                String::new(),
             ));
         }
-        let res = self.install_into(url, &build, &log_path).await;
+        if let Err(e) = make_build_dir(&build, self.builder) {
+            return Err(fail(e, String::new()));
+        }
+        let bfs = PartitionFs::new(&build, self.builder);
+        let log = match bfs.open_append(BUILD_LOG) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&build);
+                return Err(fail(e.to_string(), String::new()));
+            }
+        };
+        let res = self.install_into(url, &build, &bfs, &log).await;
         match res {
             Ok(()) => {
                 let final_dir = self.dir(url);
@@ -156,17 +213,22 @@ impl Installer {
                             build.display(),
                             final_dir.display()
                         ),
-                        &log_path,
+                        tail_of(&log, LOG_TAIL_BYTES as u64),
                     )
                 })?;
                 let _ = std::fs::remove_file(self.root.join(format!(".failed-{hash}.log")));
                 Ok(final_dir)
             }
             Err(reason) => {
-                let err = fail(reason, &log_path);
-                let _ = std::fs::copy(&log_path, self.root.join(format!(".failed-{hash}.log")));
+                // Read through the node's own fd: the builder may have replaced the path.
+                let tail = tail_of(&log, LOG_TAIL_BYTES as u64);
+                let kept = tail_of(&log, FAILED_LOG_BYTES);
+                let _ = atomic_write(
+                    &self.root.join(format!(".failed-{hash}.log")),
+                    kept.as_bytes(),
+                );
                 let _ = std::fs::remove_dir_all(&build);
-                Err(err)
+                Err(fail(reason, tail))
             }
         }
     }
@@ -175,75 +237,84 @@ impl Installer {
         &self,
         url: &SoftwareUrl,
         build: &Path,
-        log_path: &Path,
+        bfs: &PartitionFs,
+        log: &File,
     ) -> Result<(), String> {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .map_err(|e| format!("failed to open `{}`: {e}", log_path.display()))?;
-        let note = |log: &mut std::fs::File, line: String| {
+        let note = |line: String| {
             tracing::info!(software = %url, "{line}");
-            let _ = writeln!(log, "[node] {line}");
+            let _ = writeln!(&*log, "[node] {line}");
         };
 
-        note(&mut log, format!("fetching manifest {url}"));
+        note(format!("fetching manifest {url}"));
         let fetcher = self.fetcher.clone();
         let u = url.to_string();
         let text = blocking(move || fetcher.fetch_text(&u))
             .await?
             .map_err(|e| e.to_string())?;
         let manifest = SoftwareManifest::parse(&text).map_err(|e| e.to_string())?;
-        atomic_write(&build.join(MANIFEST), text.as_bytes())
+        bfs.write_atomic(MANIFEST, text.as_bytes(), None)
             .map_err(|e| format!("failed to write the manifest copy: {e}"))?;
 
         for a in &manifest.artifacts {
             let src = fetch::resolve(url.as_str(), &a.url);
-            let dest = build.join(&a.path);
-            note(
-                &mut log,
-                format!("fetching artifact {src} -> {}", a.path.display()),
-            );
+            note(format!("fetching artifact {src} -> {}", a.path.display()));
+            let mut out = bfs.create_fresh(&a.path).map_err(|e| e.to_string())?;
             let fetcher = self.fetcher.clone();
-            let (s, sha, d) = (src.clone(), a.sha256.clone(), dest.clone());
-            let n = blocking(move || fetcher.fetch_verified(&s, &sha, &d))
-                .await?
-                .map_err(|e| e.to_string())?;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(a.mode))
-                .map_err(|e| format!("failed to chmod `{}`: {e}", dest.display()))?;
-            note(
-                &mut log,
-                format!(
-                    "artifact {} ok ({n} bytes, sha256 verified)",
-                    a.path.display()
-                ),
-            );
+            let (s, sha, dest) = (src.clone(), a.sha256.clone(), bfs.path(&a.path));
+            let fetched = blocking(move || {
+                fetcher
+                    .fetch_verified_into(&s, &sha, &mut out, &dest)
+                    .map(|n| (n, out))
+            })
+            .await?;
+            let (n, out) = match fetched {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = bfs.remove_file(&a.path);
+                    return Err(e.to_string());
+                }
+            };
+            // No setuid, setgid or sticky bit from a manifest.
+            nix::sys::stat::fchmod(&out, Mode::from_bits_truncate(a.mode & 0o777))
+                .map_err(|e| format!("failed to chmod `{}`: {e}", bfs.path(&a.path).display()))?;
+            note(format!(
+                "artifact {} ok ({n} bytes, sha256 verified)",
+                a.path.display()
+            ));
         }
 
         let final_dir = self.dir(url);
+        let jail_name = format!(".build-{}", url.hash());
         for step in &manifest.build {
-            note(
-                &mut log,
-                format!("build step `{}`: {:?}", step.name, step.command),
-            );
-            let out = log
-                .try_clone()
-                .map_err(|e| format!("failed to reopen the build log: {e}"))?;
-            let err = log
-                .try_clone()
-                .map_err(|e| format!("failed to reopen the build log: {e}"))?;
-            let mut cmd = tokio::process::Command::new(&step.command[0]);
-            cmd.args(&step.command[1..])
-                .current_dir(build)
-                .env("SOFTWARE_DIR", &final_dir)
-                .env("BUILD_DIR", build)
-                .env("SOFTWARE_URL", url.as_str())
-                .envs(&step.env)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .process_group(0)
-                .kill_on_drop(true);
+            note(format!("build step `{}`: {:?}", step.name, step.command));
+            let dup = || {
+                log.try_clone()
+                    .map_err(|e| format!("failed to reopen the build log: {e}"))
+            };
+            let (out, err) = (dup()?, dup()?);
+            let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+            for (k, v) in [
+                ("SOFTWARE_DIR", final_dir.display().to_string()),
+                ("BUILD_DIR", build.display().to_string()),
+                ("SOFTWARE_URL", url.to_string()),
+                ("HOME", build.display().to_string()),
+            ] {
+                env.insert(k.to_owned(), v);
+            }
+            env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let jail = self
+                .jails
+                .as_ref()
+                .map(|j| j.prepare(&jail_name))
+                .transpose()
+                .map_err(|e| format!("build step `{}`: {e}", step.name))?;
+            let launch = Launch {
+                identity: self.builder,
+                jail,
+                ..Launch::new(step.command.clone(), env, build.to_path_buf())
+            };
+            let mut cmd = launch.command();
+            cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
             let mut child = cmd.spawn().map_err(|e| {
                 format!(
                     "build step `{}`: failed to start `{}`: {e}",
@@ -254,64 +325,181 @@ impl Installer {
             let status = child
                 .wait()
                 .await
-                .map_err(|e| format!("build step `{}`: wait failed: {e}", step.name))?;
+                .map_err(|e| format!("build step `{}`: wait failed: {e}", step.name));
             drop(guard); // also reaps whatever the step left running in its group
+            // Nothing of a step outlives it, whatever it did with sessions and groups.
+            if let Some(j) = self.jails.clone() {
+                let name = jail_name.clone();
+                blocking(move || j.remove(&name))
+                    .await?
+                    .map_err(|e| format!("build step `{}`: {e}", step.name))?;
+            }
+            let status = status?;
             if !status.success() {
                 return Err(format!("build step `{}` failed: {status}", step.name));
             }
-            note(&mut log, format!("build step `{}` done", step.name));
+            note(format!("build step `{}` done", step.name));
         }
 
         for (ty, p) in &manifest.instance {
-            if !build.join(p).is_file() {
-                return Err(format!(
-                    "instance profile `{}` of software type `{ty}` is missing after the build",
+            let source = bfs.read(p, MAX_PROFILE_BYTES).map_err(|e| {
+                format!(
+                    "instance profile `{}` of software type `{ty}` is missing after the build: {e}",
                     p.display()
-                ));
-            }
+                )
+            })?;
+            let source = String::from_utf8(source)
+                .map_err(|_| format!("instance profile `{}` is not UTF-8", p.display()))?;
+            crate::profile::lint(&p.display().to_string(), &source).map_err(|e| e.to_string())?;
         }
         // Partitions (other users in root mode) may read and run a release, never change it.
-        read_only_for_others(build)
-            .map_err(|e| format!("failed to make `{}` read-only: {e}", build.display()))?;
+        let builder = self
+            .builder
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |b| b.uid);
+        seal(build, builder).map_err(|e| format!("the build left {e}"))?;
         let done = Completed {
             url: url.to_string(),
             manifest_sha256: fetch::sha256_hex(text.as_bytes()),
             at_ms: now_ms(),
         };
         let body = serde_json::to_vec_pretty(&done).map_err(|e| e.to_string())?;
+        // The tree is the node's now: nothing can be planted under it any more.
         atomic_write(&build.join(COMPLETED), &body)
             .map_err(|e| format!("failed to write the completion marker: {e}"))?;
-        note(&mut log, "installed".into());
+        note("installed".into());
         Ok(())
     }
 }
 
-/// Clear the group and other write bits of `dir` and everything under it (symlinks are not
-/// followed), so the release is read-only to every user but the node's. Only write bits are
-/// removed: what the build made unreadable stays so.
-fn read_only_for_others(dir: &Path) -> std::io::Result<()> {
-    let md = std::fs::symlink_metadata(dir)?;
-    if md.file_type().is_symlink() {
-        return Ok(());
+/// Create the build directory (0755), owned by `builder` when given.
+fn make_build_dir(build: &Path, builder: Option<Identity>) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("failed to create `{}`: {e}", build.display());
+    std::fs::create_dir_all(build).map_err(|e| err(&e))?;
+    if let Some(b) = builder {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::open(build, flags, Mode::empty()).map_err(|e| err(&e))?;
+        nix::unistd::fchown(&fd, Some(Uid::from_raw(b.uid)), Some(Gid::from_raw(b.gid)))
+            .map_err(|e| err(&e))?;
     }
-    let mode = md.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o022))?;
+    Ok(())
+}
+
+/// Deepest directory nesting [`seal`] walks.
+const SEAL_DEPTH: usize = 256;
+
+/// Hand the build tree `build` to the node's user: every directory, regular file and symlink
+/// must belong to `builder` (anything else, or another kind of file, is refused with its path);
+/// each is `fchown`ed to the node's uid/gid and its mode masked with `0o755` (no group/other
+/// write, no setuid/setgid/sticky). Race-free: a directory is locked (chowned, chmodded) before
+/// its entries are listed; entries are opened with `O_NOFOLLOW` from the directory's fd and
+/// changed through their own fd (symlinks with `fchownat(AT_SYMLINK_NOFOLLOW)`).
+pub fn seal(build: &Path, builder: u32) -> Result<(), String> {
+    let owner = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(build, flags, Mode::empty())
+        .map_err(|e| format!("`{}`: {e}", build.display()))?;
+    seal_dir(fd, build, builder, owner, 0)
+}
+
+fn kind(mode: u32) -> &'static str {
+    match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFCHR => "a character device",
+        SFlag::S_IFBLK => "a block device",
+        SFlag::S_IFSOCK => "a socket",
+        _ => "an unknown kind of file",
     }
-    if md.is_dir() {
-        for e in std::fs::read_dir(dir)? {
-            read_only_for_others(&e?.path())?;
+}
+
+fn seal_dir(
+    dir: OwnedFd,
+    path: &Path,
+    builder: u32,
+    owner: (Uid, Gid),
+    depth: usize,
+) -> Result<(), String> {
+    let at = |e: nix::errno::Errno| format!("`{}`: {e}", path.display());
+    if depth > SEAL_DEPTH {
+        return Err(format!(
+            "`{}`: nested deeper than {SEAL_DEPTH} directories",
+            path.display()
+        ));
+    }
+    let st = nix::sys::stat::fstat(&dir).map_err(at)?;
+    if st.st_uid != builder {
+        return Err(format!(
+            "`{}` owned by uid {}, not by the build user (uid {builder}): refused",
+            path.display(),
+            st.st_uid
+        ));
+    }
+    nix::unistd::fchown(&dir, Some(owner.0), Some(owner.1)).map_err(at)?;
+    nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(st.st_mode & 0o755)).map_err(at)?;
+    for name in names_in(&dir, usize::MAX).map_err(at)? {
+        let p = path.join(&name);
+        let at = |e: nix::errno::Errno| format!("`{}`: {e}", p.display());
+        let st = nix::sys::stat::fstatat(&dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(at)?;
+        if st.st_uid != builder {
+            return Err(format!(
+                "`{}` owned by uid {}, not by the build user (uid {builder}): refused",
+                p.display(),
+                st.st_uid
+            ));
+        }
+        let ty = st.st_mode & SFlag::S_IFMT.bits();
+        if ty == SFlag::S_IFLNK.bits() {
+            nix::unistd::fchownat(
+                &dir,
+                name.as_os_str(),
+                Some(owner.0),
+                Some(owner.1),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(at)?;
+        } else if ty == SFlag::S_IFDIR.bits() {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let sub =
+                nix::fcntl::openat(&dir, name.as_os_str(), flags, Mode::empty()).map_err(at)?;
+            seal_dir(sub, &p, builder, owner, depth + 1)?;
+        } else if ty == SFlag::S_IFREG.bits() {
+            let flags = OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_CLOEXEC;
+            let f = nix::fcntl::openat(&dir, name.as_os_str(), flags, Mode::empty()).map_err(at)?;
+            let fst = nix::sys::stat::fstat(&f).map_err(at)?;
+            if fst.st_ino != st.st_ino || fst.st_uid != builder {
+                return Err(format!(
+                    "`{}` changed while it was sealed: refused",
+                    p.display()
+                ));
+            }
+            nix::unistd::fchown(&f, Some(owner.0), Some(owner.1)).map_err(at)?;
+            nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(fst.st_mode & 0o755))
+                .map_err(at)?;
+        } else {
+            return Err(format!(
+                "`{}`, {}: a release holds regular files, directories and symlinks only",
+                p.display(),
+                kind(st.st_mode)
+            ));
         }
     }
     Ok(())
 }
 
-/// Load the manifest of an installed release.
+/// Load the manifest of an installed release (read through [`PartitionFs`]: a regular file of
+/// the release, no link followed).
 pub fn load_manifest(dir: &Path) -> Result<SoftwareManifest, String> {
-    let p = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&p)
-        .map_err(|e| format!("failed to read `{}`: {e}", p.display()))?;
-    SoftwareManifest::parse(&text).map_err(|e| format!("`{}`: {e}", p.display()))
+    let fs = PartitionFs::new(dir, None);
+    let bytes = fs
+        .read(MANIFEST, fetch::MAX_MANIFEST_BYTES)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("`{}`: not UTF-8", fs.path(MANIFEST).display()))?;
+    SoftwareManifest::parse(&text).map_err(|e| format!("`{}`: {e}", fs.path(MANIFEST).display()))
 }
 
 /// Run a blocking fetch on a detached thread (see [`crate::link::off_thread`]): a shutdown never

@@ -14,10 +14,11 @@
 //!   and no supplementary group ([`crate::supervisor::Launch`]); a root node refuses to start a
 //!   partition's process when it has no identity ([`Isolation::requires_identity`]).
 //!
-//! Files the node itself writes inside a partition (rendered files, service logs, promise
-//! output) are written with the partition's filesystem identity ([`as_fs_identity`],
-//! `setfsuid`/`setfsgid` on the calling thread), so a symlink planted by the partition cannot
-//! make the root node write outside what the partition may write.
+//! Files the node itself reads or writes inside a partition go through
+//! [`crate::partition_fs::PartitionFs`], which runs with the partition's filesystem identity
+//! ([`as_fs_identity`], `setfsuid`/`setfsgid` on the calling thread) and never follows a link,
+//! so nothing the partition plants can make the root node read or write outside what the
+//! partition may. Build steps run as the software user ([`Isolation::software_identity`]).
 //!
 //! Users are **kept** when a partition is removed (shrinking `partitions`), as SlapOS keeps
 //! them: a later format reuses them. An existing user of the right name is reused as is, unless
@@ -73,6 +74,16 @@ pub trait Isolation: Send + Sync + 'static {
     /// for which [`Isolation::identity`] is `None` is then refused (not started as root).
     fn requires_identity(&self) -> bool {
         false
+    }
+
+    /// Prepare the user build steps run as (`name`, home `software_root`) and return its
+    /// identity; `None`: builds run as the node.
+    fn software_identity(
+        &self,
+        _name: &str,
+        _software_root: &Path,
+    ) -> Result<Option<Identity>, IsolationError> {
+        Ok(None)
     }
 }
 
@@ -224,6 +235,20 @@ impl Isolation for UnixUsers {
 
     fn requires_identity(&self) -> bool {
         true
+    }
+
+    /// The software user, created like partition users (`slapsoft` by default).
+    fn software_identity(
+        &self,
+        name: &str,
+        software_root: &Path,
+    ) -> Result<Option<Identity>, IsolationError> {
+        self.ensure_user(name, software_root)
+            .map(Some)
+            .map_err(|reason| IsolationError {
+                partition: format!("(software user {name})"),
+                reason,
+            })
     }
 }
 

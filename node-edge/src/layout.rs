@@ -24,8 +24,8 @@ use slapos_proto::{LabelKey, PartitionId, PartitionSpec, RegisterComputer};
 
 use crate::NodeError;
 use crate::config::Config;
-use crate::isolation::{Isolation, as_fs_identity};
-use crate::util::atomic_write;
+use crate::isolation::Isolation;
+use crate::partition_fs::PartitionFs;
 
 /// Name of the resource record in a partition.
 pub const RESOURCE_RECORD: &str = ".slapos-resource";
@@ -109,9 +109,11 @@ pub fn format_partition(p: &PartitionLayout, iso: &dyn Isolation) -> Result<(), 
     let path = p.path.join(RESOURCE_RECORD);
     let body = serde_json::to_vec_pretty(&rec)
         .map_err(|e| io_err("encode", &path, std::io::Error::other(e)))?;
-    // Written as the partition: the directory is its own (a planted symlink cannot redirect it).
-    as_fs_identity(iso.identity(&p.id), || atomic_write(&path, &body))
-        .map_err(|e| io_err("write", &path, e))
+    // Written as the partition: the directory is its own (a planted link is replaced, never
+    // followed).
+    PartitionFs::new(&p.path, iso.identity(&p.id))
+        .write_atomic(RESOURCE_RECORD, &body, None)
+        .map_err(|e| io_err("write", &path, std::io::Error::other(e.to_string())))
 }
 
 /// Create the roots, every partition and its record. Idempotent.

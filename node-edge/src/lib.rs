@@ -21,14 +21,27 @@
 //!   ([`link::Outbox`]) until the master is back.
 //! * **Seams** for later issues: [`isolation::Isolation`] (a unix user per partition),
 //!   [`resources::Resources`] (the `rt` crate: cgroups, exclusive CPUs, SCHED_FIFO), and
-//!   [`link::MasterLink`]; all plugged in through [`Seams`].
+//!   [`link::MasterLink`]; all plugged in through [`Seams`] (with the kernel paths `/proc` and
+//!   `/sys/fs/cgroup`).
+//! * **The tenant is hostile** (issue 21). [`partition_fs`] owns the node touching a
+//!   partition's files (its fsuid, no link followed, regular files of the partition only,
+//!   capped reads); [`jail`] owns process lifetime (a cgroup per partition, a uid sweep,
+//!   `pids.max`); [`quota`] the disk budget; profiles are escaped by construction and linted
+//!   ([`profile`]); builds run as the software user and are sealed ([`install`]); raw system
+//!   calls live in [`sys`].
 //!
 //! ## Invariants
 //!
 //! * A release directory `<software_root>/<hash>` exists only fully installed (built in a temp
 //!   dir, renamed last).
 //! * Every process the node starts leads its own process group; stopping a service reaches its
-//!   whole tree (TERM, then KILL after `stop_timeout`).
+//!   whole group (TERM, then KILL after `stop_timeout`). On a root node every partition process
+//!   and build step is in a jail cgroup it cannot leave; nothing of a partition runs while it
+//!   is stopped, freed, destroyed or re-allocated, nor before the node started it.
+//! * Every partition process runs with `no_new_privs` and dies with the node's forking thread
+//!   (`PR_SET_PDEATHSIG`); an isolated one never runs as root.
+//! * The node never follows a link inside a partition, never blocks on a file a partition
+//!   planted, and reads only the partition's own regular files there.
 //! * Files an instance manifest writes stay inside the partition (no `..`, no absolute paths, no
 //!   symlinked parents, nothing under `.slapos*`).
 //! * Ids that become paths are validated types from `slapos-proto`.
@@ -39,8 +52,11 @@
 //! * A root node runs each partition as its own unix user ([`isolation::UnixUsers`],
 //!   `isolation` key); an unprivileged node runs every partition as itself, on `127.0.0.1`
 //!   with a block of ports each.
-//! * Service output goes through pipes, so services do not survive a node crash; the next node
-//!   kills what is left of them (pid files with start times) and starts them again.
+//! * Services die with a crashed node (parent-death signal); their descendants (a shell's
+//!   children) live until the next node starts, which empties every jail (and kills recorded
+//!   groups: pid files with start times) before starting the services again.
+//! * Project quotas need a filesystem with them on (ext4 `project,quota` + `prjquota`, XFS);
+//!   elsewhere the disk budget is measured and reported, not enforced.
 //! * Children an instance stops requesting are not destroyed automatically.
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
@@ -51,6 +67,7 @@ pub mod fetch;
 pub mod identity;
 pub mod install;
 pub mod isolation;
+pub mod jail;
 pub mod layout;
 pub mod link;
 pub mod log;
@@ -58,15 +75,18 @@ pub mod logfile;
 pub mod net;
 pub mod node;
 pub mod partition;
+pub mod partition_fs;
 pub mod plan;
 pub mod procs;
 pub mod profile;
 pub mod promise;
+pub mod quota;
 pub mod release;
 pub mod resources;
 pub mod rt_resources;
 pub mod slap_link;
 pub mod supervisor;
+pub mod sys;
 pub mod util;
 
 pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode};

@@ -5,26 +5,26 @@
 //! opened. At most `keep` rotated files exist (`keep = 0`: the log is truncated instead). A
 //! single write larger than `max_bytes` still goes in whole (a line is never split).
 //! Writes are plain blocking `write(2)` calls of small chunks (pipe reads of ≤ 8 KiB).
+//!
+//! The log lives in a partition the node does not trust: it is opened, rotated and re-opened
+//! through [`PartitionFs`] (the partition's filesystem identity, no link followed, a regular
+//! file of the partition only), and written through the open fd.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::partition_fs::{FsError, PartitionFs};
 
 /// An append-only log with size rotation.
 #[derive(Debug)]
 pub struct RotatingLog {
-    path: PathBuf,
+    fs: PartitionFs,
+    rel: PathBuf,
     max_bytes: u64,
     keep: u32,
     file: File,
     size: u64,
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    OpenOptions::new().create(true).append(true).open(path)
 }
 
 fn numbered(path: &Path, n: u32) -> PathBuf {
@@ -33,14 +33,24 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+fn io(e: FsError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
 impl RotatingLog {
-    /// Open (append to) `path`.
-    pub fn open(path: impl Into<PathBuf>, max_bytes: u64, keep: u32) -> std::io::Result<Self> {
-        let path = path.into();
-        let file = open_append(&path)?;
-        let size = file.metadata()?.len();
+    /// Open (append to) `rel` in `fs`.
+    pub fn open(
+        fs: PartitionFs,
+        rel: impl Into<PathBuf>,
+        max_bytes: u64,
+        keep: u32,
+    ) -> Result<Self, FsError> {
+        let rel = rel.into();
+        let file = fs.open_append(&rel)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
-            path,
+            fs,
+            rel,
             max_bytes,
             keep,
             file,
@@ -49,8 +59,8 @@ impl RotatingLog {
     }
 
     /// The live file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.fs.path(&self.rel)
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
@@ -60,13 +70,17 @@ impl RotatingLog {
             return Ok(());
         }
         for n in (1..self.keep).rev() {
-            let from = numbered(&self.path, n);
-            if from.exists() {
-                std::fs::rename(&from, numbered(&self.path, n + 1))?;
+            let from = numbered(&self.rel, n);
+            if self.fs.exists(&from) {
+                self.fs
+                    .rename(&from, numbered(&self.rel, n + 1))
+                    .map_err(io)?;
             }
         }
-        std::fs::rename(&self.path, numbered(&self.path, 1))?;
-        self.file = open_append(&self.path)?;
+        self.fs
+            .rename(&self.rel, numbered(&self.rel, 1))
+            .map_err(io)?;
+        self.file = self.fs.open_append(&self.rel).map_err(io)?;
         self.size = 0;
         Ok(())
     }
@@ -91,11 +105,15 @@ impl RotatingLog {
 mod tests {
     use super::*;
 
+    fn fs(d: &tempfile::TempDir) -> PartitionFs {
+        PartitionFs::new(d.path(), None)
+    }
+
     #[test]
     fn rotates_and_keeps_at_most_n_files() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("log/svc.log");
-        let mut log = RotatingLog::open(&p, 10, 2).unwrap();
+        let mut log = RotatingLog::open(fs(&d), "log/svc.log", 10, 2).unwrap();
         for i in 0..7 {
             log.write(format!("line{i}\n").as_bytes()).unwrap();
         }
@@ -110,11 +128,11 @@ mod tests {
     fn reopening_continues_the_size_count() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("svc.log");
-        RotatingLog::open(&p, 8, 1)
+        RotatingLog::open(fs(&d), "svc.log", 8, 1)
             .unwrap()
             .write(b"12345")
             .unwrap();
-        let mut log = RotatingLog::open(&p, 8, 1).unwrap();
+        let mut log = RotatingLog::open(fs(&d), "svc.log", 8, 1).unwrap();
         log.write(b"6789").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "6789");
         assert_eq!(std::fs::read_to_string(numbered(&p, 1)).unwrap(), "12345");
@@ -124,10 +142,29 @@ mod tests {
     fn keep_zero_truncates() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("svc.log");
-        let mut log = RotatingLog::open(&p, 4, 0).unwrap();
+        let mut log = RotatingLog::open(fs(&d), "svc.log", 4, 0).unwrap();
         log.write(b"abc").unwrap();
         log.write(b"def").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "def");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_planted_link_or_fifo_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("svc.log")).unwrap();
+        assert!(RotatingLog::open(fs(&d), "svc.log", 4, 1).is_err());
+        std::fs::remove_file(d.path().join("svc.log")).unwrap();
+        // A link planted where the rotation will re-open the log: the rename moves the link,
+        // and the fresh log is a new file.
+        let mut log = RotatingLog::open(fs(&d), "svc.log", 4, 1).unwrap();
+        log.write(b"abc").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("svc.log.1")).unwrap();
+        log.write(b"defg").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(d.path().join("svc.log")).unwrap(), b"defg");
     }
 }

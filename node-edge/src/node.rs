@@ -29,10 +29,12 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::install::{InstallError, Installer};
 use crate::isolation::{CurrentUser, Isolation};
+use crate::jail::Jails;
 use crate::layout;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::partition::{self, PartitionHandle, Shared};
 use crate::plan::{self, Slot, SoftwareAction, Target};
+use crate::quota::Quotas;
 use crate::resources::{NoResources, Resources};
 
 /// The pluggable parts of a node. `Seams::default()` is the unprivileged production setup.
@@ -46,6 +48,8 @@ pub struct Seams {
     pub link: Option<Arc<dyn MasterLink>>,
     /// Where `/proc` is.
     pub proc_root: PathBuf,
+    /// Where the cgroup hierarchies are mounted (partition jails, [`crate::jail`]).
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for Seams {
@@ -55,8 +59,39 @@ impl Default for Seams {
             resources: Arc::new(NoResources),
             link: None,
             proc_root: PathBuf::from("/proc"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
+}
+
+/// The jails of a node ([`crate::jail`]): on a root node with a cgroup hierarchy (warned
+/// otherwise); jails of partitions it no longer has and of interrupted builds are removed.
+fn jails(cfg: &Config, seams: &Seams, parts: &[layout::PartitionLayout]) -> Option<Arc<Jails>> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let key = crate::jail::node_key(&cfg.state_dir());
+    let Some(j) = Jails::detect(
+        &seams.cgroup_root,
+        &key,
+        cfg.max_processes,
+        &seams.proc_root,
+    ) else {
+        tracing::warn!(
+            "no cgroup hierarchy under `{}` (pids+freezer or unified): partition processes are \
+             not jailed, a process that leaves its group outlives its service until the uid sweep",
+            seams.cgroup_root.display()
+        );
+        return None;
+    };
+    if !j.limits_pids() {
+        tracing::warn!(
+            "no pids controller for the partition jails: `max_processes` is enforced by RLIMIT_NPROC only"
+        );
+    }
+    let names: Vec<&str> = parts.iter().map(|p| p.id.as_str()).collect();
+    j.remove_others(&names);
+    Some(Arc::new(j))
 }
 
 enum SwDone {
@@ -165,6 +200,7 @@ impl Node {
 
     /// An install or removal failed: report it and retry after `install_retry`.
     fn failed(&mut self, url: SoftwareUrl, message: String) {
+        let message = crate::util::cap_message(&message);
         tracing::error!(software = %url, "{message}");
         self.slots.insert(
             url.clone(),
@@ -247,6 +283,26 @@ impl Node {
     }
 }
 
+/// The partitions' disk budgets (`disk_quota_mb`), put in place (project quotas, where the
+/// filesystem has them); `None` (logged) without the key.
+fn quotas(cfg: &Config, parts: &[layout::PartitionLayout]) -> Option<Arc<Quotas>> {
+    let Some(mb) = cfg.disk_quota_mb else {
+        tracing::info!(
+            "disk_quota_mb is not set: partitions share the filesystem of `{}` without a budget",
+            cfg.instance_root.display()
+        );
+        return None;
+    };
+    let key = crate::jail::node_key(&cfg.state_dir());
+    let q = Quotas::detect(&cfg.instance_root, mb, &key);
+    for p in parts {
+        if let Err(e) = q.apply(&p.path, p.index) {
+            tracing::warn!(partition = %p.id, "disk budget: {e}");
+        }
+    }
+    Some(Arc::new(q))
+}
+
 /// Name of the lock file in the state directory.
 pub const LOCK_FILE: &str = "node.lock";
 
@@ -288,15 +344,22 @@ pub async fn run_with(
     let cfg = Arc::new(config);
     let _lock = lock_state_dir(&cfg.state_dir())?;
     let parts = layout::format(&cfg, &*seams.isolation)?;
+    let jails = jails(&cfg, &seams, &parts);
     let link: Arc<dyn MasterLink> = match seams.link.clone() {
         Some(l) => l,
         // The `protocol` key decides (native by default).
         None => crate::master_link(&cfg)?,
     };
+    // Builds run as the software user (isolated nodes), in their own jails.
+    let builder = seams
+        .isolation
+        .software_identity(&cfg.software_user, &cfg.software_root)?;
     let installer = Installer::new(
         &cfg.software_root,
         Fetcher::new(cfg.fetch_timeout, &cfg.ca_bundle),
-    );
+    )
+    .with_builder(builder)
+    .with_jails(jails.clone());
     installer.clean_leftovers();
     let cache = DesiredCache::new(&cfg.state_dir());
     let cached = cache.load(&cfg.computer_id);
@@ -312,6 +375,8 @@ pub async fn run_with(
         outbox: outbox.clone(),
         passes: Arc::new(Semaphore::new(cfg.max_instance_passes)),
         proc_root: seams.proc_root.clone(),
+        jails: jails.clone(),
+        quotas: quotas(&cfg, &parts),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let partitions: BTreeMap<PartitionId, PartitionHandle> = parts
@@ -395,6 +460,9 @@ pub async fn run_with(
         let _ = h.task.await;
     }
     flusher.abort();
+    if let Some(j) = &jails {
+        j.remove_others(&[]);
+    }
     tracing::info!("node stopped");
     Ok(())
 }

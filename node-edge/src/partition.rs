@@ -33,7 +33,6 @@
 //! promises run on their schedule; a report is sent whenever a promise's verdict changes.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,19 +47,31 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::identity;
 use crate::install::load_manifest;
-use crate::isolation::{Identity, Isolation, as_fs_identity};
+use crate::isolation::{Identity, Isolation};
+use crate::jail::{self, JailJoin, Jails};
 use crate::layout::{PartitionLayout, format_partition};
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
+use crate::partition_fs::PartitionFs;
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
 use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
 use crate::promise::{self, Schedule};
+use crate::quota::Quotas;
 use crate::resources::Resources;
 use crate::supervisor::{Launch, Service, ServiceParams};
-use crate::util::{atomic_write, empty_dir};
+use crate::util::{cap_message, empty_dir};
 
 /// The rendered manifest, kept for operators.
 pub const RENDERED: &str = ".slapos/instance.toml";
+
+/// Where promise outputs go, relative to the partition.
+const PROMISE_DIR: &str = ".slapos/promise";
+/// Where prepare step outputs go.
+const PREPARE_DIR: &str = ".slapos/prepare";
+/// Largest `connection_file` read.
+const CONNECTION_FILE_MAX: u64 = 256 * 1024;
+/// Largest `resources_file` read.
+const RESOURCES_FILE_MAX: u64 = 64 * 1024;
 
 /// How long failing promises are re-checked in a pass that (re)started services.
 pub const SETTLE: Duration = Duration::from_secs(3);
@@ -89,6 +100,10 @@ pub struct Shared {
     pub passes: Arc<Semaphore>,
     /// `/proc`.
     pub proc_root: PathBuf,
+    /// The partitions' jail cgroups (`None`: no usable cgroup hierarchy, or not root).
+    pub jails: Option<Arc<Jails>>,
+    /// The partitions' disk budget (`None`: `disk_quota_mb` unset).
+    pub quotas: Option<Arc<Quotas>>,
 }
 
 /// The node's handle on a partition task.
@@ -123,6 +138,9 @@ pub fn spawn(
         reported: None,
         waiting: false,
         cert_retry: None,
+        allocation: None,
+        unclean: false,
+        disk: None,
     };
     let task = tokio::spawn(actor.run(rx, stop));
     PartitionHandle { target: tx, task }
@@ -163,6 +181,13 @@ struct Actor {
     waiting: bool,
     /// A certificate fetch to retry (the master was unreachable), for that assignment.
     cert_retry: Option<(Instant, Assignment)>,
+    /// The allocation ([`allocation`]) last converged: a different one is a re-allocation,
+    /// which starts from an empty partition (nothing of the previous tenant runs).
+    allocation: Option<String>,
+    /// Emptying the partition failed (a process survived): passes retry it.
+    unclean: bool,
+    /// The built-in disk budget promise ([`crate::quota`]): its schedule and last result.
+    disk: Option<(Schedule, Option<PromiseResult>)>,
 }
 
 /// What a partition certificate belongs to: the instance's root title, title and release.
@@ -187,21 +212,65 @@ impl Actor {
         self.sh.isolation.identity(&self.layout.id)
     }
 
+    /// The partition's files, as the partition ([`PartitionFs`]).
+    fn fs(&self) -> PartitionFs {
+        PartitionFs::new(&self.layout.path, self.identity())
+    }
+
+    /// Kill everything the partition runs (its jail; all processes of its user when isolated)
+    /// and verify that nothing is left ([`Jails::empty`]).
+    /// A failure leaves the partition `unclean`: it is retried by the next passes.
+    async fn empty(&mut self) -> Result<(), String> {
+        let jails = self.sh.jails.clone();
+        let name = self.layout.id.to_string();
+        let owner = self.identity();
+        let proc_root = self.sh.proc_root.clone();
+        if jails.is_none() && owner.is_none() {
+            return Ok(());
+        }
+        let task = move || match (&jails, owner) {
+            (Some(j), owner) => j.empty(&name, owner),
+            (None, Some(id)) => jail::sweep_uid(&proc_root, id),
+            (None, None) => Ok(()),
+        };
+        // On a plain thread (it waits for the kernel): tokio's blocking pool would cost the
+        // static node ~10 KB.
+        let res = match off_thread(task).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!("partition {}: {e}", self.layout.id)),
+            None => Err(format!(
+                "partition {}: the kill thread failed",
+                self.layout.id
+            )),
+        };
+        self.unclean = res.is_err();
+        res
+    }
+
+    /// The jail the partition's processes join (created when missing).
+    fn jail(&self) -> Result<Option<JailJoin>, String> {
+        self.sh
+            .jails
+            .as_ref()
+            .map(|j| j.prepare(self.layout.id.as_str()))
+            .transpose()
+            .map_err(|e| format!("partition {}: {e}", self.layout.id))
+    }
+
     async fn run(
         mut self,
         mut target: watch::Receiver<Option<Target>>,
         mut stop: watch::Receiver<bool>,
     ) {
         let grace = self.sh.cfg.stop_timeout;
-        let killed = procs::kill_orphans(
-            &self.sh.proc_root,
-            &procs::pid_dir(&self.layout.path),
-            grace,
-            self.identity().map(|i| i.uid),
-        )
-        .await;
+        let killed = procs::kill_orphans(&self.sh.proc_root, &self.fs(), grace).await;
         if !killed.is_empty() {
             tracing::info!(partition = %self.id(), "stopped {} service(s) left by a previous node", killed.len());
+        }
+        // Nothing of a partition runs before this node starts it: whatever a previous node
+        // left (descendants of its services, survivors of a crash) goes now.
+        if let Err(e) = self.empty().await {
+            tracing::warn!(partition = %self.id(), "{e}");
         }
         loop {
             if *stop.borrow() {
@@ -230,7 +299,13 @@ impl Actor {
                 }
                 continue;
             }
-            let next_promise = self.promises.iter().map(|p| p.schedule.due()).min();
+            let disk_due = self.disk.as_ref().map(|d| d.0.due());
+            let next_promise = self
+                .promises
+                .iter()
+                .map(|p| p.schedule.due())
+                .chain(disk_due)
+                .min();
             let cert_retry = self.cert_retry.as_ref().map(|(t, _)| *t);
             tokio::select! {
                 _ = stop.changed() => break,
@@ -271,35 +346,57 @@ impl Actor {
         }
         self.stop_all().await;
         self.release();
+        if let Err(e) = self.empty().await {
+            tracing::warn!(partition = %self.id(), "at shutdown: {e}");
+        }
+        if let Some(j) = &self.sh.jails
+            && let Err(e) = j.remove(self.layout.id.as_str())
+        {
+            tracing::warn!(partition = %self.id(), "at shutdown: {e}");
+        }
     }
 
     /// Services or resources of an instance are still there.
     fn dirty(&self) -> bool {
-        !self.services.is_empty() || self.resources.is_some()
+        !self.services.is_empty() || self.resources.is_some() || self.unclean
     }
 
     async fn pass(&mut self, t: &Target) {
         let _permit = self.sh.passes.clone().acquire_owned().await;
         let Some(a) = &t.assignment else {
-            self.free().await;
+            if let Err(e) = self.free().await {
+                let wait = self.retry_backoff.fail();
+                tracing::warn!(partition = %self.id(), "freeing failed (retry in {wait:?}): {e}");
+                self.retry = Some(Instant::now() + wait);
+            }
             return;
         };
         tracing::info!(partition = %self.id(), title = %a.title, state = a.state.as_str(), revision = a.revision, "processing");
         let res = match a.state {
             InstanceState::Destroyed => self.destroy(a).await,
             InstanceState::Started | InstanceState::Stopped => {
-                if a.state == InstanceState::Stopped {
+                // Stopped: nothing runs (SlapOS). Another allocation: nothing of the previous
+                // tenant may run next to the new one.
+                let moved = self.allocation.as_deref() != Some(allocation(a).as_str());
+                let stopped = a.state == InstanceState::Stopped;
+                if stopped || moved {
                     self.stop_all().await;
                     self.release();
                 }
-                match &t.software {
-                    SoftwareReady::Ready(dir) => self.converge(a, dir).await,
-                    SoftwareReady::Pending => {
+                let emptied = if stopped || moved {
+                    self.empty().await
+                } else {
+                    Ok(())
+                };
+                match (&t.software, emptied) {
+                    (_, Err(e)) => Err(e),
+                    (SoftwareReady::Ready(dir), Ok(())) => self.converge(a, dir).await,
+                    (SoftwareReady::Pending, Ok(())) => {
                         tracing::info!(partition = %self.id(), software = %a.software_url, "waiting for the software release");
                         self.waiting = true;
                         return;
                     }
-                    SoftwareReady::Failed(m) => Err(format!(
+                    (SoftwareReady::Failed(m), Ok(())) => Err(format!(
                         "software release `{}` is not installed: {m}",
                         a.software_url
                     )),
@@ -309,6 +406,7 @@ impl Actor {
         match res {
             Ok(c) => {
                 tracing::info!(partition = %self.id(), state = c.state.as_str(), revision = c.revision, "converged");
+                self.allocation = (c.state != InstanceState::Destroyed).then(|| allocation(a));
                 self.converged = Some(c);
                 self.retry = None;
                 self.retry_backoff.reset();
@@ -327,11 +425,9 @@ impl Actor {
     }
 
     fn push_report(&mut self, state: InstanceState, revision: u64, error: Option<String>) {
+        let error = error.map(|e| cap_message(&e));
         let promises: Vec<PromiseResult> = if state == InstanceState::Started {
-            self.promises
-                .iter()
-                .filter_map(|p| p.last.clone())
-                .collect()
+            self.results().cloned().collect()
         } else {
             Vec::new()
         };
@@ -352,6 +448,15 @@ impl Actor {
     }
 
     /// After periodic promise runs: report if a verdict changed.
+    /// The last result of every promise, the built-in disk budget promise last.
+    fn results(&self) -> impl Iterator<Item = &PromiseResult> {
+        let disk = self.disk.as_ref().and_then(|d| d.1.as_ref());
+        self.promises
+            .iter()
+            .filter_map(|p| p.last.as_ref())
+            .chain(disk)
+    }
+
     fn report_promise_changes(&mut self) {
         let Some(r) = self.reported.clone() else {
             return;
@@ -359,11 +464,8 @@ impl Actor {
         if r.state != InstanceState::Started {
             return;
         }
-        let verdicts: Vec<(String, bool)> = self
-            .promises
-            .iter()
-            .filter_map(|p| p.last.as_ref().map(|l| (l.name.clone(), l.ok)))
-            .collect();
+        let verdicts: Vec<(String, bool)> =
+            self.results().map(|l| (l.name.clone(), l.ok)).collect();
         if verdicts != r.verdicts {
             let error = self.last_error.as_ref().map(|(_, m)| m.clone());
             self.push_report(r.state, r.revision, error);
@@ -372,8 +474,9 @@ impl Actor {
 
     /// After a promise round: publish changed live connection parameters, record usage.
     fn after_promises(&mut self) {
+        let fs = self.fs();
         if let Some((file, base, last)) = &mut self.live {
-            let merged = merge_live(base, &self.layout.path.join(&*file));
+            let merged = merge_live(base, &fs, file);
             if merged != *last {
                 *last = merged.clone();
                 self.sh
@@ -383,19 +486,16 @@ impl Actor {
         }
         if self.resources.is_some()
             && let Some(u) = self.sh.resources.usage(&self.layout.id)
+            && let Err(e) = fs.write_atomic(".slapos/usage.json", u.to_string().as_bytes(), None)
         {
-            let path = self.layout.path.join(".slapos/usage.json");
-            let body = u.to_string();
-            let id = self.identity();
-            if let Err(e) = as_fs_identity(id, || atomic_write(&path, body.as_bytes())) {
-                tracing::debug!(partition = %self.id(), "failed to write `{}`: {e}", path.display());
-            }
+            tracing::debug!(partition = %self.id(), "{e}");
         }
     }
 
     async fn stop_all(&mut self) {
         self.live = None;
         self.promises.clear();
+        self.disk = None;
         let services = std::mem::take(&mut self.services);
         if services.is_empty() {
             return;
@@ -417,17 +517,20 @@ impl Actor {
         }
     }
 
-    async fn free(&mut self) {
+    async fn free(&mut self) -> Result<(), String> {
         if self.dirty() {
             tracing::info!(partition = %self.id(), "partition is free: stopping what it ran");
         }
         self.stop_all().await;
         self.release();
+        // A free partition runs nothing (what its tenant left behind included).
+        self.empty().await?;
+        self.allocation = None;
         if self
             .converged
             .as_ref()
             .is_some_and(|c| c.state != InstanceState::Destroyed)
-            && self.layout.path.join(RENDERED).exists()
+            && self.fs().exists(RENDERED)
         {
             tracing::warn!(partition = %self.id(), "partition freed without being destroyed: its files are kept");
         }
@@ -437,11 +540,11 @@ impl Actor {
         self.cert_retry = None;
         if self.sh.link.partition_certificates() {
             // The master revoked them when it freed the partition.
-            let dir = self.layout.path.clone();
-            if let Err(e) = as_fs_identity(self.identity(), || identity::remove_partition(&dir)) {
+            if let Err(e) = identity::remove_partition(&self.fs()) {
                 tracing::warn!(partition = %self.id(), "failed to remove the partition certificate: {e}");
             }
         }
+        Ok(())
     }
 
     /// Make sure the partition holds its certificate for allocation `a` (see the module doc).
@@ -452,9 +555,8 @@ impl Actor {
         // A retry pending for an earlier allocation is superseded by this one.
         self.cert_retry = None;
         let key = allocation(a);
-        let dir = self.layout.path.clone();
-        let id = self.identity();
-        let on_disk = as_fs_identity(id, || identity::placed(&dir));
+        let fs = self.fs();
+        let on_disk = identity::placed(&fs);
         if on_disk.is_some_and(|r| r.allocation == key) {
             return Ok(());
         }
@@ -469,12 +571,8 @@ impl Actor {
                         c.identity
                     ));
                 }
-                as_fs_identity(id, || identity::place_partition(&dir, &c, &key)).map_err(|e| {
-                    format!(
-                        "failed to write the partition certificate into `{}`: {e}",
-                        dir.join(".slapos").display()
-                    )
-                })?;
+                identity::place_partition(&fs, &c, &key)
+                    .map_err(|e| format!("failed to write the partition certificate: {e}"))?;
                 tracing::info!(partition = %self.id(), serial = %c.serial, "partition certificate in place");
                 Ok(())
             }
@@ -493,20 +591,17 @@ impl Actor {
     async fn destroy(&mut self, a: &Assignment) -> Result<Converged, String> {
         self.stop_all().await;
         self.release();
-        let pid_dir = procs::pid_dir(&self.layout.path);
-        let owner = self.identity().map(|i| i.uid);
-        procs::kill_orphans(
-            &self.sh.proc_root,
-            &pid_dir,
-            self.sh.cfg.stop_timeout,
-            owner,
-        )
-        .await;
+        procs::kill_orphans(&self.sh.proc_root, &self.fs(), self.sh.cfg.stop_timeout).await;
+        // Nothing the tenant started survives into the wipe, nor into the next allocation.
+        self.empty().await?;
         // The wipe takes the partition certificate with it.
         self.cert_retry = None;
         empty_dir(&self.layout.path)
             .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
         format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
+        if let Some(q) = &self.sh.quotas {
+            q.apply(&self.layout.path, self.layout.index)?;
+        }
         self.push_report(InstanceState::Destroyed, a.revision, None);
         Ok(Converged {
             revision: a.revision,
@@ -589,50 +684,16 @@ impl Actor {
         env
     }
 
-    /// Write the manifest's files and the standard directories, with the partition's
-    /// filesystem identity (they belong to the partition, and a symlink it planted cannot
-    /// redirect the writes).
+    /// Write the manifest's files and the standard directories through [`PartitionFs`]: as the
+    /// partition (the files belong to it), never through a link it planted.
     fn write_files(&self, m: &InstanceManifest) -> Result<(), String> {
-        as_fs_identity(self.identity(), || self.write_files_as_partition(m))
-    }
-
-    fn write_files_as_partition(&self, m: &InstanceManifest) -> Result<(), String> {
-        let root = &self.layout.path;
+        let fs = self.fs();
         for sub in ["etc", "srv", "tmp", "var/log", ".slapos"] {
-            std::fs::create_dir_all(root.join(sub))
-                .map_err(|e| format!("failed to create `{}`: {e}", root.join(sub).display()))?;
+            fs.create_dir_all(sub).map_err(|e| e.to_string())?;
         }
         for f in &m.files {
-            // Refuse to follow a symlink planted inside the partition.
-            let mut cur = root.clone();
-            for c in f.path.parent().into_iter().flat_map(Path::components) {
-                cur.push(c);
-                if cur
-                    .symlink_metadata()
-                    .is_ok_and(|md| md.file_type().is_symlink())
-                {
-                    return Err(format!(
-                        "file `{}`: `{}` is a symlink",
-                        f.path.display(),
-                        cur.display()
-                    ));
-                }
-            }
-            let full = root.join(&f.path);
-            if full
-                .symlink_metadata()
-                .is_ok_and(|md| md.file_type().is_symlink() || md.is_dir())
-            {
-                return Err(format!(
-                    "file `{}`: the path is a symlink or a directory",
-                    f.path.display()
-                ));
-            }
-            atomic_write(&full, f.content.as_bytes())
-                .and_then(|()| {
-                    std::fs::set_permissions(&full, std::fs::Permissions::from_mode(f.mode))
-                })
-                .map_err(|e| format!("failed to write `{}`: {e}", full.display()))?;
+            fs.write_atomic(&f.path, f.content.as_bytes(), Some(f.mode))
+                .map_err(|e| format!("file `{}`: {e}", f.path.display()))?;
         }
         Ok(())
     }
@@ -651,10 +712,13 @@ impl Actor {
         let (text, m) =
             render_file(dir, &profile, &self.context(a, dir)).map_err(|e| e.to_string())?;
         self.write_files(&m)?;
-        let rendered = self.layout.path.join(RENDERED);
-        as_fs_identity(identity, || atomic_write(&rendered, text.as_bytes()))
-            .map_err(|e| format!("failed to write `{}`: {e}", rendered.display()))?;
+        let fs = self.fs();
+        fs.write_atomic(RENDERED, text.as_bytes(), None)
+            .map_err(|e| e.to_string())?;
+        let jail = self.jail()?;
         let env = self.base_env(a, dir);
+        // Isolated partitions also get RLIMIT_NPROC (per uid); the jail's pids.max holds all.
+        let nproc = identity.map(|_| self.sh.cfg.max_processes);
         let make = |argv: &[String], extra: &BTreeMap<String, String>, cwd: Option<&str>, setup| {
             let mut e = env.clone();
             e.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -664,21 +728,22 @@ impl Actor {
                 cwd: cwd.map_or_else(|| self.layout.path.clone(), |c| self.layout.path.join(c)),
                 identity,
                 setup,
+                jail: jail.clone(),
+                nproc,
             }
         };
 
         let mut errors = Vec::new();
         if a.state == InstanceState::Started {
-            let prep_dir = self.layout.path.join(".slapos/prepare");
             for p in &m.prepare {
                 let launch = make(&p.command, &BTreeMap::new(), None, None);
                 let timeout = p.timeout.unwrap_or(self.sh.cfg.promise_timeout);
-                let r = promise::run(&p.name, &launch, timeout, &prep_dir).await;
+                let r = promise::run(&p.name, &launch, timeout, &fs, Path::new(PREPARE_DIR)).await;
                 if !r.ok {
                     return Err(format!("prepare `{}`: {}", p.name, r.message));
                 }
             }
-            let table = effective_resources(&self.layout.path, &m)?;
+            let table = effective_resources(&fs, &m)?;
             let setup = self
                 .sh
                 .resources
@@ -724,13 +789,13 @@ impl Actor {
                 let svc = Service::start(ServiceParams {
                     name: name.clone(),
                     launch: launch.clone(),
-                    log_path: self.layout.path.join("var/log").join(format!("{name}.log")),
+                    fs: fs.clone(),
+                    log: Path::new("var/log").join(format!("{name}.log")),
                     log_max_bytes: cfg.log_max_bytes,
                     log_keep: cfg.log_keep,
                     backoff_min: cfg.restart_backoff_min,
                     backoff_max: cfg.restart_backoff_max,
                     stop_timeout: cfg.stop_timeout,
-                    pid_dir: procs::pid_dir(&self.layout.path),
                     proc_root: self.sh.proc_root.clone(),
                 });
                 self.services.insert(name, (launch, svc));
@@ -748,17 +813,23 @@ impl Actor {
                     last: None,
                 })
                 .collect();
+            self.disk = self
+                .sh
+                .quotas
+                .as_ref()
+                .map(|_| (Schedule::new(cfg.promise_interval, now), None));
             self.run_promises(Which::All).await;
             if started_any {
                 self.settle_promises().await;
             }
         } else {
             self.promises.clear();
+            self.disk = None;
         }
 
         let connection = match &m.connection_file {
             Some(f) if a.state == InstanceState::Started => {
-                let merged = merge_live(&m.connection, &self.layout.path.join(f));
+                let merged = merge_live(&m.connection, &fs, f);
                 self.live = Some((f.clone(), m.connection.clone(), merged.clone()));
                 merged
             }
@@ -817,7 +888,7 @@ impl Actor {
     /// Run the selected promises, concurrently.
     async fn run_promises(&mut self, which: Which) {
         let now = Instant::now();
-        let out_dir = self.layout.path.join(".slapos/promise");
+        let fs = self.fs();
         let mut set = tokio::task::JoinSet::new();
         for (i, p) in self.promises.iter().enumerate() {
             let run = match which {
@@ -826,15 +897,37 @@ impl Actor {
                 Which::Failing => p.last.as_ref().is_some_and(|l| !l.ok),
             };
             if run {
-                let (name, launch, timeout, dir) = (
-                    p.spec.name.clone(),
-                    p.launch.clone(),
-                    p.timeout,
-                    out_dir.clone(),
-                );
-                set.spawn(async move { (i, promise::run(&name, &launch, timeout, &dir).await) });
+                let (name, launch, timeout, fs) =
+                    (p.spec.name.clone(), p.launch.clone(), p.timeout, fs.clone());
+                set.spawn(async move {
+                    let dir = Path::new(PROMISE_DIR);
+                    (i, promise::run(&name, &launch, timeout, &fs, dir).await)
+                });
             }
         }
+        let disk = match (&self.sh.quotas, &self.disk) {
+            (Some(q), Some((schedule, last))) => {
+                let run = match which {
+                    Which::All => true,
+                    Which::Due => schedule.due() <= now,
+                    Which::Failing => last.as_ref().is_some_and(|l| !l.ok),
+                };
+                run.then(|| (q.clone(), self.layout.path.clone(), self.layout.index))
+            }
+            _ => None,
+        };
+        let disk = disk.map(|(q, dir, index)| {
+            off_thread(move || {
+                let at_ms = crate::util::now_ms();
+                let (ok, message) = q.check(&dir, index);
+                PromiseResult {
+                    name: crate::quota::PROMISE.to_owned(),
+                    ok,
+                    message,
+                    at_ms,
+                }
+            })
+        });
         while let Some(r) = set.join_next().await {
             let Ok((i, res)) = r else { continue };
             if let Some(p) = self.promises.get_mut(i) {
@@ -845,30 +938,51 @@ impl Actor {
                 p.last = Some(res);
             }
         }
+        if let Some(task) = disk
+            && let Some(res) = task.await
+            && let Some((schedule, last)) = &mut self.disk
+        {
+            if !res.ok {
+                tracing::warn!(partition = %self.layout.id, promise = %res.name, "{}", res.message);
+            }
+            schedule.record(res.ok, Instant::now());
+            *last = Some(res);
+        }
     }
 }
 
-/// `[connection]` with the keys of the JSON object in `file` merged over it (the file is ignored
-/// while missing or not a JSON object: a writer may not have produced it yet).
-fn merge_live(base: &Params, file: &Path) -> Params {
+/// `[connection]` with the keys of the JSON object in `file` (relative to the partition, read
+/// through [`PartitionFs`], at most 256 KiB) merged over it. The file is ignored while missing
+/// or not a JSON object (a writer may not have produced it yet); a link, a FIFO, a file of
+/// another user or an oversized one is ignored with a warning.
+fn merge_live(base: &Params, fs: &PartitionFs, file: &Path) -> Params {
     let mut out = base.clone();
-    match std::fs::read(file).map(|b| serde_json::from_slice::<Value>(&b)) {
-        Ok(Ok(Value::Object(live))) => out.extend(live),
-        Ok(_) => tracing::debug!("`{}` is not a JSON object", file.display()),
-        Err(_) => {}
+    match fs.read(file, CONNECTION_FILE_MAX) {
+        Ok(b) => match serde_json::from_slice::<Value>(&b) {
+            Ok(Value::Object(live)) => out.extend(live),
+            _ => tracing::debug!("`{}` is not a JSON object", fs.path(file).display()),
+        },
+        Err(e) if e.is_not_found() => {}
+        Err(e) => tracing::warn!("connection_file: {e}"),
     }
     out
 }
 
-/// The `[resources]` of a manifest: the `resources_file`'s table (if any) with the inline keys
-/// over it.
-fn effective_resources(root: &Path, m: &InstanceManifest) -> Result<Map<String, Value>, String> {
+/// The `[resources]` of a manifest: the `resources_file`'s table (if any, read through
+/// [`PartitionFs`], at most 64 KiB) with the inline keys over it.
+fn effective_resources(
+    fs: &PartitionFs,
+    m: &InstanceManifest,
+) -> Result<Map<String, Value>, String> {
     let Some(f) = &m.resources_file else {
         return Ok(m.resources.clone());
     };
-    let path = root.join(f);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("resources_file: failed to read `{}`: {e}", path.display()))?;
+    let path = fs.path(f);
+    let bytes = fs
+        .read(f, RESOURCES_FILE_MAX)
+        .map_err(|e| format!("resources_file: {e}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("resources_file `{}`: not UTF-8", path.display()))?;
     #[derive(serde::Deserialize)]
     struct File {
         #[serde(default)]
@@ -888,19 +1002,21 @@ mod tests {
     #[test]
     fn live_connection_and_resources_file() {
         let d = tempfile::tempdir().unwrap();
+        let fs = PartitionFs::new(d.path(), None);
         let base: Params = serde_json::from_str(r#"{"a":"1","b":"2"}"#).unwrap();
-        let f = d.path().join("c.json");
-        assert_eq!(merge_live(&base, &f), base, "missing file: base only");
+        let rel = Path::new("c.json");
+        let f = d.path().join(rel);
+        assert_eq!(merge_live(&base, &fs, rel), base, "missing file: base only");
         std::fs::write(&f, "[1]").unwrap();
-        assert_eq!(merge_live(&base, &f), base, "not an object: ignored");
+        assert_eq!(merge_live(&base, &fs, rel), base, "not an object: ignored");
         std::fs::write(&f, r#"{"b":"3","p99":42}"#).unwrap();
-        let m = merge_live(&base, &f);
+        let m = merge_live(&base, &fs, rel);
         assert_eq!((m["a"].as_str(), m["b"].as_str()), (Some("1"), Some("3")));
         assert_eq!(m["p99"], 42);
 
         let text = "resources_file = \"etc/r.toml\"\n[resources]\npriority = 70\n";
         let man = InstanceManifest::parse(text).unwrap();
-        let e = effective_resources(d.path(), &man).unwrap_err();
+        let e = effective_resources(&fs, &man).unwrap_err();
         assert!(e.contains("etc/r.toml"), "{e}");
         std::fs::create_dir_all(d.path().join("etc")).unwrap();
         std::fs::write(
@@ -908,7 +1024,7 @@ mod tests {
             "[resources]\ncpus = 2\npolicy = \"fifo\"\npriority = 80\n",
         )
         .unwrap();
-        let t = effective_resources(d.path(), &man).unwrap();
+        let t = effective_resources(&fs, &man).unwrap();
         assert_eq!(
             (t["cpus"].as_i64(), t["priority"].as_i64()),
             (Some(2), Some(70))
@@ -919,5 +1035,15 @@ mod tests {
             )
             .is_err()
         );
+        // A connection file or a resources file replaced by a link to a secret is not read.
+        let secret = d.path().join("secret.json");
+        std::fs::write(&secret, r#"{"stolen":"yes"}"#).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        assert_eq!(merge_live(&base, &fs, rel), base, "a link is not followed");
+        std::fs::remove_file(d.path().join("etc/r.toml")).unwrap();
+        std::os::unix::fs::symlink(&secret, d.path().join("etc/r.toml")).unwrap();
+        let e = effective_resources(&fs, &man).unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
     }
 }

@@ -13,6 +13,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::partition_fs::{FsError, PartitionFs};
+
 /// Send `sig` to process group `pgid`. A group that no longer exists is not an error.
 pub fn signal_group(pgid: i32, sig: Signal) -> std::io::Result<()> {
     if pgid <= 1 {
@@ -88,20 +90,33 @@ impl PidRecord {
     }
 }
 
-/// Directory of a partition's pid files.
-pub fn pid_dir(partition_dir: &Path) -> PathBuf {
-    partition_dir.join(".slapos").join("run")
+/// Directory of a partition's pid files, relative to the partition.
+pub const PID_DIR: &str = ".slapos/run";
+
+/// Largest pid file read (a record is ~40 bytes).
+const PID_FILE_MAX: u64 = 4096;
+
+/// At most this many pid files are looked at in a partition.
+const PID_FILES_MAX: usize = 1024;
+
+fn pid_file(service: &str) -> PathBuf {
+    Path::new(PID_DIR).join(format!("{service}.pid"))
 }
 
-/// Write the pid file of a service (best effort: a failure is logged by the caller).
-pub fn write_pid_file(dir: &Path, service: &str, rec: &PidRecord) -> std::io::Result<()> {
-    let body = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-    crate::util::atomic_write(&dir.join(format!("{service}.pid")), &body)
+/// Write the pid file of a service into the partition `fs` (best effort: a failure is logged
+/// by the caller).
+pub fn write_pid_file(fs: &PartitionFs, service: &str, rec: &PidRecord) -> Result<(), FsError> {
+    let body = serde_json::to_vec(rec).map_err(|e| FsError::Io {
+        op: "encode",
+        path: fs.path(pid_file(service)),
+        source: std::io::Error::other(e),
+    })?;
+    fs.write_atomic(pid_file(service), &body, None)
 }
 
 /// Remove the pid file of a service.
-pub fn remove_pid_file(dir: &Path, service: &str) {
-    let _ = std::fs::remove_file(dir.join(format!("{service}.pid")));
+pub fn remove_pid_file(fs: &PartitionFs, service: &str) {
+    let _ = fs.remove_file(pid_file(service));
 }
 
 /// Real uid of `pid` (the `Uid:` line of `<proc_root>/<pid>/status`).
@@ -116,40 +131,36 @@ pub fn process_uid(proc_root: &Path, pid: i32) -> Option<u32> {
         .ok()
 }
 
-/// Kill every group recorded in `dir` that still runs (TERM, then KILL after `grace`), and
-/// remove the pid files. Returns the pids that were found running.
+/// Kill every group recorded in the partition `fs` that still runs (TERM, then KILL after
+/// `grace`), and remove the pid files. Returns the pids that were found running.
 ///
-/// With `owner`, a recorded leader is killed only when it runs as that uid: the pid files of
-/// an isolated partition live in a directory its user can write, so a forged record must not
-/// make the node kill anything but the partition's own processes.
-pub async fn kill_orphans(
-    proc_root: &Path,
-    dir: &Path,
-    grace: Duration,
-    owner: Option<u32>,
-) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
+/// The records are read through [`PartitionFs`] (no link followed, a regular file of the
+/// partition, at most 4 KiB). For an isolated partition a recorded leader is killed only when
+/// it runs as the partition's uid: the pid files live in a directory its user can write, so a
+/// forged record must not make the node kill anything but the partition's own processes.
+pub async fn kill_orphans(proc_root: &Path, fs: &PartitionFs, grace: Duration) -> Vec<i32> {
+    let owner = fs.owner().map(|i| i.uid);
+    let names = fs.list(PID_DIR, PID_FILES_MAX).unwrap_or_default();
     let mut killed = Vec::new();
-    for e in entries.flatten() {
-        let p = e.path();
+    for name in names {
+        let p = Path::new(PID_DIR).join(&name);
         if p.extension().is_none_or(|x| x != "pid") {
             continue;
         }
-        let rec = std::fs::read(&p)
+        let rec = fs
+            .read(&p, PID_FILE_MAX)
             .ok()
             .and_then(|b| serde_json::from_slice::<PidRecord>(&b).ok());
         let rec = rec.filter(|r| r.is_running(proc_root));
         if let (Some(r), Some(uid)) = (rec, owner)
             && process_uid(proc_root, r.pid) != Some(uid)
         {
-            tracing::warn!(pid = r.pid, file = %p.display(), "ignoring a pid record of a process that is not the partition's");
-            let _ = std::fs::remove_file(&p);
+            tracing::warn!(pid = r.pid, file = %fs.path(&p).display(), "ignoring a pid record of a process that is not the partition's");
+            let _ = fs.remove_file(&p);
             continue;
         }
         if let Some(rec) = rec {
-            tracing::warn!(pid = rec.pid, file = %p.display(), "killing a service group left by a previous node");
+            tracing::warn!(pid = rec.pid, file = %fs.path(&p).display(), "killing a service group left by a previous node");
             let _ = signal_group(rec.pid, Signal::SIGTERM);
             let deadline = tokio::time::Instant::now() + grace;
             while group_alive(proc_root, rec.pid) && tokio::time::Instant::now() < deadline {
@@ -158,7 +169,7 @@ pub async fn kill_orphans(
             let _ = signal_group(rec.pid, Signal::SIGKILL);
             killed.push(rec.pid);
         }
-        let _ = std::fs::remove_file(&p);
+        let _ = fs.remove_file(&p);
     }
     killed
 }
@@ -218,6 +229,7 @@ mod tests {
     #[tokio::test]
     async fn orphans_are_killed_only_when_the_record_matches() {
         let d = tempfile::tempdir().unwrap();
+        let fs = PartitionFs::new(d.path(), None);
         let mut child = std::process::Command::new("sleep");
         std::os::unix::process::CommandExt::process_group(&mut child, 0);
         let mut child = child.arg("30").spawn().unwrap();
@@ -225,10 +237,10 @@ mod tests {
         // Reap it as soon as it dies, as init would for a real orphan.
         let reaper = std::thread::spawn(move || child.wait().unwrap());
         let rec = PidRecord::capture(Path::new("/proc"), pid).unwrap();
-        write_pid_file(d.path(), "svc", &rec).unwrap();
+        write_pid_file(&fs, "svc", &rec).unwrap();
         // A record whose start time does not match is a recycled pid: left alone.
         write_pid_file(
-            d.path(),
+            &fs,
             "other",
             &PidRecord {
                 pid,
@@ -238,25 +250,20 @@ mod tests {
         .unwrap();
         // A record of a process that is not the owner's is left alone.
         let me = process_uid(Path::new("/proc"), pid).unwrap();
-        let killed = kill_orphans(
-            Path::new("/proc"),
-            d.path(),
-            Duration::from_secs(1),
-            Some(me.wrapping_add(1)),
-        )
-        .await;
+        let id = |uid: u32| crate::isolation::Identity { uid, gid: 0 };
+        let other = PartitionFs::new(d.path(), Some(id(me.wrapping_add(1))));
+        // Seen as another partition's files (another owner), the records are refused: nothing
+        // is killed.
+        let killed = kill_orphans(Path::new("/proc"), &other, Duration::from_secs(1)).await;
         assert!(killed.is_empty());
-        write_pid_file(d.path(), "svc", &rec).unwrap();
-        let killed = kill_orphans(
-            Path::new("/proc"),
-            d.path(),
-            Duration::from_secs(5),
-            Some(me),
-        )
-        .await;
+        write_pid_file(&fs, "svc", &rec).unwrap();
+        let killed = kill_orphans(Path::new("/proc"), &fs, Duration::from_secs(5)).await;
         assert_eq!(killed, [pid]);
         let status = reaper.join().unwrap();
         assert!(!status.success());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.path().join(PID_DIR)).unwrap().count(),
+            0
+        );
     }
 }

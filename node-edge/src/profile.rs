@@ -52,6 +52,16 @@ pub enum ProfileError {
         /// minijinja's message.
         message: String,
     },
+    /// The template prints a value where it could change the manifest's structure.
+    #[error("instance profile `{template}` line {line}: {message}")]
+    Lint {
+        /// Template name.
+        template: String,
+        /// 1-based line of the offending `{{`.
+        line: usize,
+        /// What is wrong and how to write it.
+        message: String,
+    },
     /// The rendered text is not a valid instance manifest.
     #[error("invalid instance manifest rendered from `{template}`: {message}")]
     Manifest {
@@ -329,6 +339,32 @@ impl InstanceManifest {
     }
 }
 
+/// Append `s` to `out` as the inside of a TOML basic string: `"` and `\` escaped, every control
+/// character and each of `'` `[` `]` `{` `}` `=` `,` `#` written `\uXXXX`. The result can close
+/// neither a `"…"` nor a `"""…"""` string, and, printed outside quotes, is one bare token that
+/// cannot open a table, an array, a key or a comment.
+pub fn toml_escape(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\'' | '[' | ']' | '{' | '}' | '=' | ',' | '#' => {
+                out.push_str(&format!("\\u{:04X}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    toml_escape(&mut out, s);
+    out.push('"');
+    out
+}
+
 /// Encode a JSON value as a TOML value (inline form).
 fn toml_value(v: &serde_json::Value) -> Result<String, String> {
     use serde_json::Value as J;
@@ -336,8 +372,7 @@ fn toml_value(v: &serde_json::Value) -> Result<String, String> {
         J::Null => return Err("null has no TOML form".into()),
         J::Bool(b) => b.to_string(),
         J::Number(n) => n.to_string(),
-        // A JSON string literal is a valid TOML basic string (same escapes).
-        J::String(s) => serde_json::to_string(s).map_err(|e| e.to_string())?,
+        J::String(s) => toml_string(s),
         J::Array(a) => {
             let items: Result<Vec<_>, _> = a.iter().map(toml_value).collect();
             format!("[{}]", items?.join(", "))
@@ -345,25 +380,274 @@ fn toml_value(v: &serde_json::Value) -> Result<String, String> {
         J::Object(o) => {
             let mut items = Vec::with_capacity(o.len());
             for (k, v) in o {
-                let key = serde_json::to_string(k).map_err(|e| e.to_string())?;
-                items.push(format!("{key} = {}", toml_value(v)?));
+                items.push(format!("{} = {}", toml_string(k), toml_value(v)?));
             }
             format!("{{ {} }}", items.join(", "))
         }
     })
 }
 
-fn toml_filter(v: Value) -> Result<String, minijinja::Error> {
-    let j = serde_json::to_value(&v)
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-    toml_value(&j).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e))
+/// What the `toml` filter returns: an encoded TOML value, the only kind of value the
+/// formatter prints as it is.
+#[derive(Debug)]
+struct TomlEncoded(String);
+
+impl minijinja::value::Object for TomlEncoded {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn render(self: &std::sync::Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// Render `source` (named `name` in errors) with `ctx`.
+fn toml_filter(v: Value) -> Result<Value, minijinja::Error> {
+    let j = match v.downcast_object_ref::<TomlEncoded>() {
+        // Encoding twice makes a string of the encoded text.
+        Some(t) => serde_json::Value::String(t.0.clone()),
+        None => serde_json::to_value(&v)
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?,
+    };
+    let text = toml_value(&j).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e))?;
+    Ok(Value::from_object(TomlEncoded(text)))
+}
+
+/// HTML escaping (`e`, `escape`): `& < > " ' /` as entities, as minijinja's. The result is a plain string: in
+/// the manifest it is TOML-escaped like any other (minijinja's own `escape` marks it safe).
+fn html_filter(v: Value) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            '/' => out.push_str("&#x2f;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How every `{{ … }}` is printed: a `toml` filter result as it is; a number or a boolean as
+/// itself (`true`/`false`); anything else (strings, lists, maps, none, minijinja's "safe" strings included) as
+/// its text [`toml_escape`]d. So no parameter, whatever it holds and whichever filters it went
+/// through, can add a key, a table or an array element to the manifest.
+fn toml_formatter(
+    out: &mut minijinja::Output,
+    _: &mut minijinja::State,
+    v: &Value,
+) -> Result<(), minijinja::Error> {
+    use minijinja::value::ValueKind;
+    let text = if let Some(t) = v.downcast_object_ref::<TomlEncoded>() {
+        t.0.clone()
+    } else {
+        match v.kind() {
+            ValueKind::Number => v.to_string(),
+            // minijinja prints `True`/`False`; TOML wants lowercase.
+            ValueKind::Bool => v.is_true().to_string(),
+            ValueKind::Undefined => String::new(),
+            _ => {
+                let mut e = String::new();
+                match v.as_str() {
+                    Some(s) => toml_escape(&mut e, s),
+                    None => toml_escape(&mut e, &v.to_string()),
+                }
+                e
+            }
+        }
+    };
+    out.write_str(&text).map_err(minijinja::Error::from)
+}
+
+/// Where a `{{ … }}` sits in the TOML text around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Bare,
+    Basic,
+    MultiBasic,
+    Literal,
+    MultiLiteral,
+    Comment,
+}
+
+/// The end of the tag opened at `start` (the index after its closer), skipping the string
+/// literals of the expression; `None` when it is not closed.
+fn tag_end(src: &[u8], start: usize, close: &[u8]) -> Option<usize> {
+    let mut i = start + 2;
+    let mut quote = None;
+    while i < src.len() {
+        let c = src[i];
+        match quote {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'"' || c == b'\'' => quote = Some(c),
+            None if src[i..].starts_with(close) => return Some(i + close.len()),
+            None => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Why the expression printed outside quotes does not end with the `toml` filter, if it
+/// does not: the text after its last top-level `|` must be `toml`, and a top-level `if` must be
+/// parenthesised (`x if c else y | toml` filters `y` only).
+fn toml_filtered(expr: &str) -> Result<(), &'static str> {
+    let b = expr.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let (mut depth, mut quote, mut last_pipe) = (0i32, None, None);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                b'"' | b'\'' => quote = Some(c),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                b'|' if depth == 0 => last_pipe = Some(i),
+                b'i' if depth == 0
+                    && b[i..].starts_with(b"if")
+                    && (i == 0 || !word(b[i - 1]))
+                    && b.get(i + 2).is_none_or(|n| !word(*n)) =>
+                {
+                    return Err(
+                        "a conditional must be parenthesised: `{{ (a if c else b) | toml }}`",
+                    );
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    match last_pipe {
+        Some(p) if expr[p + 1..].trim() == "toml" => Ok(()),
+        _ => {
+            Err("a value outside a quoted string must end with the `toml` filter: `{{ x | toml }}`")
+        }
+    }
+}
+
+/// Refuse the template constructs that would print a value where it can change the
+/// manifest's structure (checked at install and before every render; see
+/// `docs/software-release.md`):
+///
+/// * outside a TOML string, every `{{ … }}` must end with the `toml` filter;
+/// * inside a basic string (`"…"`, `"""…"""`), a `{{ … }}` must not end with it (its quotes
+///   would close the string);
+/// * `{{ … }}` inside a literal string (`'…'` or its multi-line form) is refused: use a basic
+///   string;
+/// * `{% … %}` and `{# … #}` are skipped, `{% raw %}` content is text; in a `#` comment
+///   anything goes.
+pub fn lint(name: &str, source: &str) -> Result<(), ProfileError> {
+    let src = source.as_bytes();
+    let err = |at: usize, message: String| ProfileError::Lint {
+        template: name.to_owned(),
+        line: source[..at].bytes().filter(|b| *b == b'\n').count() + 1,
+        message,
+    };
+    let (mut ctx, mut i, mut raw) = (Ctx::Bare, 0usize, false);
+    while i < src.len() {
+        let rest = &src[i..];
+        if rest.starts_with(b"{%") {
+            let end = tag_end(src, i, b"%}").ok_or_else(|| err(i, "unclosed `{%`".into()))?;
+            let inner = source[i + 2..end - 2]
+                .trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+            match (raw, inner.split_whitespace().next().unwrap_or("")) {
+                (false, "raw") => raw = true,
+                (true, "endraw") => raw = false,
+                _ => {}
+            }
+            i = end;
+            continue;
+        }
+        if !raw && rest.starts_with(b"{#") {
+            let end = source[i..]
+                .find("#}")
+                .ok_or_else(|| err(i, "unclosed `{#`".into()))?;
+            i += end + 2;
+            continue;
+        }
+        if !raw && rest.starts_with(b"{{") {
+            let end = tag_end(src, i, b"}}").ok_or_else(|| err(i, "unclosed `{{`".into()))?;
+            let expr = source[i + 2..end - 2]
+                .trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+            let problem = match ctx {
+                Ctx::Bare => toml_filtered(expr).err().map(str::to_owned),
+                Ctx::Basic | Ctx::MultiBasic => toml_filtered(expr).is_ok().then(|| {
+                    "the `toml` filter inside a quoted string makes a quoted value that closes \
+                     the string: drop the quotes or the filter"
+                        .to_owned()
+                }),
+                Ctx::Literal | Ctx::MultiLiteral => Some(
+                    "`{{ … }}` inside a literal string ('…') is not escaped: use a basic \
+                     string (\"…\")"
+                        .to_owned(),
+                ),
+                Ctx::Comment => None,
+            };
+            if let Some(p) = problem {
+                return Err(err(i, format!("`{{{{ {expr} }}}}`: {p}")));
+            }
+            i = end;
+            continue;
+        }
+        let quotes = |q: u8| rest.iter().take_while(|c| **c == q).count();
+        let mut step = 1;
+        ctx = match (ctx, src[i]) {
+            (Ctx::Bare, b'"') if quotes(b'"') >= 3 => {
+                step = 3;
+                Ctx::MultiBasic
+            }
+            (Ctx::Bare, b'"') => Ctx::Basic,
+            (Ctx::Bare, b'\'') if quotes(b'\'') >= 3 => {
+                step = 3;
+                Ctx::MultiLiteral
+            }
+            (Ctx::Bare, b'\'') => Ctx::Literal,
+            (Ctx::Bare, b'#') => Ctx::Comment,
+            (Ctx::Basic | Ctx::MultiBasic, b'\\') => {
+                step = 2;
+                ctx
+            }
+            (Ctx::Basic, b'"') | (Ctx::Literal, b'\'') | (Ctx::Comment, b'\n') => Ctx::Bare,
+            // A basic or literal string cannot span lines: the text is invalid TOML anyway.
+            (Ctx::Basic | Ctx::Literal, b'\n') => Ctx::Bare,
+            (Ctx::MultiBasic, b'"') if quotes(b'"') >= 3 => {
+                step = quotes(b'"').min(5);
+                Ctx::Bare
+            }
+            (Ctx::MultiLiteral, b'\'') if quotes(b'\'') >= 3 => {
+                step = quotes(b'\'').min(5);
+                Ctx::Bare
+            }
+            (ctx, _) => ctx,
+        };
+        i += step;
+    }
+    Ok(())
+}
+
+/// Render `source` (named `name` in errors) with `ctx`, after [`lint`]. Every printed value
+/// goes through the TOML formatter (`toml_formatter`), so a parameter cannot inject into the
+/// manifest even where the lint would let a construct through.
 pub fn render(name: &str, source: &str, ctx: &RenderContext) -> Result<String, ProfileError> {
+    lint(name, source)?;
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    env.set_formatter(toml_formatter);
     env.add_filter("toml", toml_filter);
+    env.add_filter("e", html_filter);
+    env.add_filter("escape", html_filter);
+    // `safe` would only mislead: the formatter escapes every string anyway.
+    env.remove_filter("safe");
     env.render_named_str(name, source, Value::from(minijinja::value::Serde(ctx)))
         .map_err(|e| ProfileError::Render {
             template: name.to_owned(),
@@ -378,11 +662,16 @@ pub fn render_file(
     ctx: &RenderContext,
 ) -> Result<(String, InstanceManifest), ProfileError> {
     let name = path.display().to_string();
-    let full = software_dir.join(path);
-    let source = std::fs::read_to_string(&full).map_err(|e| ProfileError::Render {
-        template: name.clone(),
-        message: format!("failed to read `{}`: {e}", full.display()),
-    })?;
+    // A regular file of the release, never a link a build step planted.
+    let fs = crate::partition_fs::PartitionFs::new(software_dir, None);
+    let source = fs
+        .read(path, crate::install::MAX_PROFILE_BYTES)
+        .map_err(|e| e.to_string())
+        .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()))
+        .map_err(|message| ProfileError::Render {
+            template: name.clone(),
+            message,
+        })?;
     let text = render(&name, &source, ctx)?;
     let manifest = InstanceManifest::parse(&text).map_err(|message| ProfileError::Manifest {
         template: name,
@@ -519,6 +808,124 @@ priority = 80
     }
 
     #[test]
+    fn lint_refuses_unfiltered_and_misplaced_values_with_the_line() {
+        let bad = [
+            (
+                "period = {{ parameters.p }}\n",
+                1,
+                "must end with the `toml` filter",
+            ),
+            (
+                "a = 1\nperiod = {{ parameters.p | int }}\n",
+                2,
+                "`toml` filter",
+            ),
+            (
+                "x = {{ parameters.p | toml ~ \"a\" }}\n",
+                1,
+                "`toml` filter",
+            ),
+            ("x = {{ a if c else b | toml }}\n", 1, "parenthesised"),
+            (
+                "x = \"{{ parameters.p | toml }}\"\n",
+                1,
+                "closes the string",
+            ),
+            (
+                "x = \"\"\"\n{{ parameters.p | toml }}\"\"\"\n",
+                2,
+                "closes the string",
+            ),
+            ("x = '{{ parameters.p }}'\n", 1, "literal string"),
+            ("x = '''\n\n{{ p }}'''\n", 3, "literal string"),
+            ("x = \"a\\\"{{ p }}\" {{ p }}\n", 1, "`toml` filter"),
+            ("{{ p ", 1, "unclosed"),
+        ];
+        for (src, line, needle) in bad {
+            match lint("p.toml.in", src) {
+                Err(ProfileError::Lint {
+                    template,
+                    line: l,
+                    message,
+                }) => {
+                    assert_eq!(
+                        (template.as_str(), l),
+                        ("p.toml.in", line),
+                        "{src:?}: {message}"
+                    );
+                    assert!(message.contains(needle), "{src:?}: {message}");
+                }
+                other => panic!("{src:?}: {other:?}"),
+            }
+        }
+        let good = [
+            "period = {{ parameters.p | default(10) | float | toml }}\n",
+            "x = {{ (a if c else b) | toml }}\n",
+            "x = \"{{ parameters.p }}\" # {{ parameters.p }}\n",
+            "x = \"\"\"\n{{ p }} \" '' {{ q }}\n\"\"\"\ny = {{ p | toml }}\n",
+            "{% set s = \"}} {{ x\" %}{# {{ x }} #}\nx = \"{{ s }}\"\n",
+            "{% raw %}x = \"{{ not a tag }}\"{% endraw %}\n",
+            "{%- if a %}x = {{ a | toml }}{% endif -%}\n",
+            "x = 'lit'\ny = \"{{ p }}\"\n",
+        ];
+        for src in good {
+            lint("p", src).unwrap_or_else(|e| panic!("{src:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn printed_values_cannot_leave_their_string_or_add_structure() {
+        let mut ctx = test_context();
+        let hostile = "10\n[[service]]\nname = \"evil\"\ncommand = [\"touch\", \"/tmp/pwned\"]\n\
+                       ' ] } = , # \\ \"\"\" \u{0} \u{1b}[31m \u{7f} \u{85}";
+        ctx.parameters.insert("p".into(), hostile.into());
+        // Inside basic strings: exactly the value comes back.
+        for src in [
+            "[connection]\nv = \"{{ parameters.p }}\"\n",
+            "[connection]\nv = \"\"\"{{ parameters.p }}\"\"\"\n",
+            "[connection]\nv = {{ parameters.p | toml }}\n",
+        ] {
+            let text = render("p", src, &ctx).unwrap();
+            let m = InstanceManifest::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(m.connection["v"], hostile, "{src}");
+            assert!(m.services.is_empty());
+        }
+        // Outside quotes, without the lint (the formatter alone): one bare token, a parse
+        // error, never a service.
+        let mut env = Environment::new();
+        env.set_formatter(toml_formatter);
+        let text = env
+            .render_str("period = {{ p }}\n", minijinja::context! { p => hostile })
+            .unwrap();
+        assert!(!text.contains("[[") && text.lines().count() == 1, "{text}");
+        assert!(InstanceManifest::parse(&text).is_err(), "{text}");
+        // Numbers and booleans print as themselves; a list or a map as escaped text.
+        let text = env
+            .render_str(
+                "a = {{ n }}\nb = {{ t }}\nc = \"{{ l }}\"\n",
+                minijinja::context! { n => 2.5, t => true, l => vec!["x\"", "]"] },
+            )
+            .unwrap();
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(v["a"].as_float(), Some(2.5));
+        assert_eq!(v["b"].as_bool(), Some(true));
+        assert_eq!(v["c"].as_str(), Some(r#"['x"', ']']"#));
+        // "safe" is gone; `e` is HTML escaping whose result is TOML-escaped like any string.
+        let mut ctx = test_context();
+        ctx.parameters.insert("h".into(), "<b>\"x\"</b>".into());
+        assert!(render("p", "v = \"{{ parameters.h | safe }}\"\n", &ctx).is_err());
+        let text = render("p", "[connection]\nv = \"{{ parameters.h | e }}\"\n", &ctx).unwrap();
+        let m = InstanceManifest::parse(&text).unwrap();
+        assert_eq!(m.connection["v"], "&lt;b&gt;&quot;x&quot;&lt;&#x2f;b&gt;");
+        // The toml filter twice encodes the encoded text as a string.
+        let text = render("p", "[connection]\nv = {{ [1] | toml | toml }}\n", &ctx).unwrap();
+        assert_eq!(
+            InstanceManifest::parse(&text).unwrap().connection["v"],
+            "[1]"
+        );
+    }
+
+    #[test]
     fn invalid_manifests_are_refused() {
         let cases = [
             (
@@ -555,5 +962,191 @@ priority = 80
             let err = InstanceManifest::parse(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+}
+
+/// Every example's instance profile, requested with hostile parameter values: rendering either
+/// fails cleanly or produces a manifest with exactly the structure of a benign request (same
+/// services, promises, prepare steps, files, requests, keys and argv lengths), and the values
+/// that are published as they are come back exactly.
+#[cfg(test)]
+mod hostile_examples {
+    use super::*;
+
+    fn context(parameters: Params) -> RenderContext {
+        RenderContext {
+            parameters,
+            ..test_context()
+        }
+    }
+
+    /// What a manifest runs and publishes, to compare with the benign one.
+    fn shape(m: &InstanceManifest) -> String {
+        let argv = |name: &str, cmd: &[String]| format!("{name}:{}", cmd.len());
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(
+            m.services
+                .iter()
+                .map(|s| format!("service {}", argv(&s.name, &s.command))),
+        );
+        parts.extend(
+            m.services
+                .iter()
+                .map(|s| format!("env {:?}", s.env.keys().collect::<Vec<_>>())),
+        );
+        parts.extend(
+            m.promises
+                .iter()
+                .map(|p| format!("promise {}", argv(&p.name, &p.command))),
+        );
+        parts.extend(
+            m.prepare
+                .iter()
+                .map(|p| format!("prepare {}", argv(&p.name, &p.command))),
+        );
+        parts.extend(
+            m.files
+                .iter()
+                .map(|f| format!("file {} {:o}", f.path.display(), f.mode)),
+        );
+        parts.extend(
+            m.requests
+                .iter()
+                .map(|r| format!("request {}", r.title.as_str())),
+        );
+        parts.push(format!(
+            "connection {:?}",
+            m.connection.keys().collect::<Vec<_>>()
+        ));
+        parts.push(format!(
+            "resources {:?}",
+            m.resources.keys().collect::<Vec<_>>()
+        ));
+        parts.push(format!("{:?} {:?}", m.connection_file, m.resources_file));
+        parts.join("\n")
+    }
+
+    const MARK: &str = "PWNED";
+
+    fn hostile_values() -> Vec<serde_json::Value> {
+        let s = |v: String| serde_json::Value::String(v);
+        vec![
+            s(format!(
+                "10\n[[service]]\nname = \"{MARK}\"\ncommand = [\"touch\", \"/tmp/{MARK}\"]\n"
+            )),
+            // The whole attack: the keys that follow the value land in a promise of its own.
+            s(format!(
+                "10\n[[service]]\nname = \"{MARK}\"\ncommand = [\"touch\", \"/tmp/{MARK}\"]\n\
+                 [[promise]]\nname = \"{MARK}-2\"\ncommand = [\"true\"]\n"
+            )),
+            s(format!(
+                "x\"]\n[[service]]\nname = \"{MARK}\"\ncommand = [\"touch\"]\n\
+                 [[promise]]\nname = \"{MARK}-2\"\ncommand = [\"x"
+            )),
+            s(format!(
+                "\" ]\n[[promise]]\nname = \"{MARK}\"\ncommand = [\"true\"]\n"
+            )),
+            s(format!("'{MARK}''' ''' \"\"\"\n[[service]]")),
+            s(format!("]]}} {MARK} = 1, x = [ # comment")),
+            s(format!("{MARK}\u{0}nul\u{1b}[31m\u{7f}\r\n")),
+            s(format!("{}{MARK}", "a".repeat(100_000))),
+            s(format!("\\\" , \"{MARK}\" ]")),
+            serde_json::json!({ "k": format!("{MARK}\n[[service]]"), "[x]": [1, "]"] }),
+            serde_json::json!([format!("\"{MARK}\"], [\"x"), 1]),
+            serde_json::json!(1e300),
+            serde_json::json!(true),
+        ]
+    }
+
+    /// The parameter names a profile reads (`parameters.x`, and `p.x` after `set p = parameters`).
+    fn parameter_names(source: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for prefix in ["parameters.", "p."] {
+            let mut rest = source;
+            while let Some(i) = rest.find(prefix) {
+                let before = rest[..i].chars().last();
+                rest = &rest[i + prefix.len()..];
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+                    continue;
+                }
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_example_survives_hostile_parameters() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for e in std::fs::read_dir(&examples).unwrap() {
+            let profile = e.unwrap().path().join("instance.toml.in");
+            let Ok(source) = std::fs::read_to_string(&profile) else {
+                continue;
+            };
+            let name = profile.display().to_string();
+            lint(&name, &source).unwrap_or_else(|e| panic!("{e}"));
+            let shape_with = |params: Params| {
+                let text = render(&name, &source, &context(params)).ok()?;
+                Some(shape(&InstanceManifest::parse(&text).ok()?))
+            };
+            let names = parameter_names(&source);
+            assert!(!names.is_empty(), "{name}: no parameter found");
+            for param in &names {
+                // A benign value of the parameter (an optional one may add its key).
+                let benign = [serde_json::json!("1"), serde_json::json!(1)]
+                    .into_iter()
+                    .find_map(|v| shape_with(Params::from_iter([(param.clone(), v)])))
+                    .unwrap_or_else(|| {
+                        shape_with(Params::new()).expect("renders without parameters")
+                    });
+                for value in hostile_values() {
+                    let mut params = Params::new();
+                    params.insert(param.clone(), value.clone());
+                    let Ok(text) = render(&name, &source, &context(params)) else {
+                        continue; // a clean failure: nothing runs
+                    };
+                    let Ok(m) = InstanceManifest::parse(&text) else {
+                        continue;
+                    };
+                    assert_eq!(
+                        shape(&m),
+                        benign,
+                        "{name}: parameter {param} = {value:.80} changed the manifest:\n{text:.2000}"
+                    );
+                    let names = m.services.iter().map(|s| &s.name);
+                    let names = names.chain(m.promises.iter().map(|p| &p.name));
+                    assert!(
+                        !names.into_iter().any(|n| n.contains(MARK)),
+                        "{name}: injected"
+                    );
+                    checked += 1;
+                }
+            }
+            // The values published as they are come back exactly.
+            if name.contains("hello-web") {
+                for value in hostile_values().into_iter().filter(|v| v.is_string()) {
+                    let mut params = Params::new();
+                    params.insert("title".into(), value.clone());
+                    let text = render(&name, &source, &context(params)).unwrap();
+                    let m = InstanceManifest::parse(&text).unwrap();
+                    assert_eq!(m.connection["title"], value);
+                    assert!(
+                        !m.files[0].content.contains(MARK)
+                            || m.files[0].content.starts_with("<!doctype")
+                    );
+                }
+            }
+        }
+        assert!(
+            checked > 100,
+            "only {checked} hostile renders produced a manifest"
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! [`PromiseResult`]; schedule periodic runs (pure).
 //!
 //! A promise holds when its command exits 0 within its timeout. Its combined stdout/stderr goes
-//! to `.slapos/promise/<name>.out` (replaced at each run) and the last bytes become the result's
-//! message. On timeout the whole process group is killed.
+//! to `.slapos/promise/<name>.out` (a fresh file at each run, created through
+//! [`PartitionFs`]) and the last bytes become the result's message, read back through the
+//! node's own fd of that file: whatever the promise does to the path (a symlink to
+//! `/etc/shadow`, a FIFO) the node only ever reads what the promise wrote. On timeout the whole
+//! process group is killed.
 //!
 //! Scheduling ([`Schedule`]): a passing promise runs again after its period; a failing one is
 //! re-checked sooner, after 1 s, 2 s, 4 s … capped at its period, so a service that takes a
@@ -18,10 +21,10 @@ use slapos_proto::PromiseResult;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::isolation::as_fs_identity;
+use crate::partition_fs::{PartitionFs, tail_of};
 use crate::procs;
 use crate::supervisor::Launch;
-use crate::util::{file_tail, now_ms};
+use crate::util::now_ms;
 
 /// Bytes of output kept in a result's message.
 pub const MESSAGE_BYTES: usize = 1024;
@@ -29,8 +32,15 @@ pub const MESSAGE_BYTES: usize = 1024;
 /// First re-check delay of a failing promise.
 pub const FAIL_RECHECK_MIN: Duration = Duration::from_secs(1);
 
-/// Run `launch` as promise `name`, writing its output under `out_dir`.
-pub async fn run(name: &str, launch: &Launch, timeout: Duration, out_dir: &Path) -> PromiseResult {
+/// Run `launch` as promise `name`, writing its output into `out_dir` (relative to the
+/// partition `fs`).
+pub async fn run(
+    name: &str,
+    launch: &Launch,
+    timeout: Duration,
+    fs: &PartitionFs,
+    out_dir: &Path,
+) -> PromiseResult {
     let at_ms = now_ms();
     let result = |ok: bool, message: String| PromiseResult {
         name: name.to_owned(),
@@ -38,21 +48,18 @@ pub async fn run(name: &str, launch: &Launch, timeout: Duration, out_dir: &Path)
         message,
         at_ms,
     };
-    let out_path = out_dir.join(format!("{name}.out"));
-    // The output lives in the partition: created with the partition's filesystem identity.
-    let files = as_fs_identity(launch.identity, || {
-        std::fs::create_dir_all(out_dir)
-            .and_then(|()| std::fs::File::create(&out_path))
-            .and_then(|f| Ok((f.try_clone()?, f)))
-    });
-    let (out, err) = match files {
+    let out_rel = out_dir.join(format!("{name}.out"));
+    // The output lives in the partition: a fresh file, created as the partition.
+    let files = fs
+        .create_fresh(&out_rel)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            let dup = |f: &std::fs::File| f.try_clone().map_err(|e| e.to_string());
+            Ok((dup(&f)?, dup(&f)?, f))
+        });
+    let (out, err, mine) = match files {
         Ok(f) => f,
-        Err(e) => {
-            return result(
-                false,
-                format!("failed to create `{}`: {e}", out_path.display()),
-            );
-        }
+        Err(e) => return result(false, e),
     };
     let mut cmd = launch.command();
     cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
@@ -64,7 +71,7 @@ pub async fn run(name: &str, launch: &Launch, timeout: Duration, out_dir: &Path)
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     // Nothing of a promise outlives its run.
     let _ = procs::signal_group(pgid, Signal::SIGKILL);
-    let output = file_tail(&out_path, MESSAGE_BYTES).trim().to_owned();
+    let output = tail_of(&mine, MESSAGE_BYTES as u64).trim().to_owned();
     match waited {
         Err(_) => {
             let _ = child.wait().await;
@@ -139,24 +146,24 @@ mod tests {
     fn launch(script: &str, cwd: &Path) -> Launch {
         let mut env = BTreeMap::new();
         env.insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
-        Launch {
-            argv: vec!["sh".into(), "-c".into(), script.into()],
+        Launch::new(
+            vec!["sh".into(), "-c".into(), script.into()],
             env,
-            cwd: cwd.to_path_buf(),
-            identity: None,
-            setup: None,
-        }
+            cwd.to_path_buf(),
+        )
     }
 
     #[tokio::test]
     async fn pass_fail_and_timeout() {
         let d = tempfile::tempdir().unwrap();
-        let out = d.path().join("out");
+        let fs = PartitionFs::new(d.path(), None);
+        let out = Path::new("out");
         let r = run(
             "p",
             &launch("echo all good", d.path()),
             Duration::from_secs(10),
-            &out,
+            &fs,
+            out,
         )
         .await;
         assert!(r.ok, "{r:?}");
@@ -166,7 +173,8 @@ mod tests {
             "p",
             &launch("echo broken >&2; exit 3", d.path()),
             Duration::from_secs(10),
-            &out,
+            &fs,
+            out,
         )
         .await;
         assert!(!r.ok);
@@ -179,7 +187,8 @@ mod tests {
             "slow",
             &launch("echo started; sleep 30", d.path()),
             Duration::from_millis(200),
-            &out,
+            &fs,
+            out,
         )
         .await;
         assert!(!r.ok);
@@ -188,7 +197,7 @@ mod tests {
 
         let mut l = launch("", d.path());
         l.argv = vec!["/nonexistent/check".into()];
-        let r = run("p", &l, Duration::from_secs(1), &out).await;
+        let r = run("p", &l, Duration::from_secs(1), &fs, out).await;
         if std::env::var_os("SLAPOS_EMULATED").is_some() {
             // qemu-user reports a failed execve as the child's exit 127, not as a spawn error.
             eprintln!("SLAPOS_EMULATED: spawn error reported as exit status under qemu-user");
@@ -196,6 +205,48 @@ mod tests {
         } else {
             assert!(!r.ok && r.message.contains("failed to start"), "{r:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_message_is_what_the_promise_wrote_not_what_it_links_to() {
+        let d = tempfile::tempdir().unwrap();
+        let fs = PartitionFs::new(d.path(), None);
+        let secret = d.path().join("secret");
+        std::fs::write(&secret, "root:$6$hash").unwrap();
+        // The promise prints, then swaps its output file for a symlink to the secret.
+        let script = format!(
+            "echo mine; rm -f out/p.out; ln -s {} out/p.out; exit 1",
+            secret.display()
+        );
+        let r = run(
+            "p",
+            &launch(&script, d.path()),
+            Duration::from_secs(10),
+            &fs,
+            Path::new("out"),
+        )
+        .await;
+        assert!(!r.ok);
+        assert!(
+            r.message.contains("mine") && !r.message.contains("hash"),
+            "{r:?}"
+        );
+        // A FIFO planted as the output does not block the node: it is replaced.
+        std::fs::remove_file(d.path().join("out/p.out")).unwrap();
+        nix::unistd::mkfifo(
+            &d.path().join("out/p.out"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let r = run(
+            "p",
+            &launch("echo fresh", d.path()),
+            Duration::from_secs(10),
+            &fs,
+            Path::new("out"),
+        )
+        .await;
+        assert_eq!((r.ok, r.message.as_str()), (true, "fresh"));
     }
 
     #[test]

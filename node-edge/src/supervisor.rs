@@ -28,12 +28,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::isolation::{Identity, as_fs_identity};
+use crate::isolation::Identity;
+use crate::jail::JailJoin;
 use crate::logfile::RotatingLog;
+use crate::partition_fs::PartitionFs;
 use crate::procs::{self, PidRecord};
 use crate::resources::ChildSetup;
 
-/// How to start one process of a partition (service or promise).
+/// How to start one process of a partition (service, promise, prepare step) or a build step.
 #[derive(Clone)]
 pub struct Launch {
     /// argv.
@@ -46,6 +48,10 @@ pub struct Launch {
     pub identity: Option<Identity>,
     /// Hook run between fork and exec (resources).
     pub setup: Option<ChildSetup>,
+    /// The jail cgroup joined between fork and exec ([`crate::jail`]).
+    pub jail: Option<JailJoin>,
+    /// `RLIMIT_NPROC` of the process (isolated partitions: `max_processes`).
+    pub nproc: Option<u64>,
 }
 
 impl std::fmt::Debug for Launch {
@@ -55,20 +61,44 @@ impl std::fmt::Debug for Launch {
             .field("cwd", &self.cwd)
             .field("identity", &self.identity)
             .field("setup", &self.setup.is_some())
+            .field("jail", &self.jail)
+            .field("nproc", &self.nproc)
             .finish()
     }
 }
 
 impl PartialEq for Launch {
-    /// Same command, environment, directory and identity (the setup hook is compared by the
-    /// caller through the resource table it came from).
+    /// Same command, environment, directory, identity and limits (the setup hook is compared
+    /// by the caller through the resource table it came from).
     fn eq(&self, o: &Self) -> bool {
-        self.argv == o.argv && self.env == o.env && self.cwd == o.cwd && self.identity == o.identity
+        self.argv == o.argv
+            && self.env == o.env
+            && self.cwd == o.cwd
+            && self.identity == o.identity
+            && self.jail == o.jail
+            && self.nproc == o.nproc
     }
 }
 
 impl Launch {
-    /// A `tokio` command in its own process group, stdin closed.
+    /// `argv` run in `cwd` with exactly `env`, as the node, with no hook.
+    pub fn new(argv: Vec<String>, env: BTreeMap<String, String>, cwd: PathBuf) -> Self {
+        Self {
+            argv,
+            env,
+            cwd,
+            identity: None,
+            setup: None,
+            jail: None,
+            nproc: None,
+        }
+    }
+
+    /// A `tokio` command in its own process group, stdin closed. Between fork and exec, in
+    /// this order: join the jail, run the resource hook (both need the node's privileges), set
+    /// `RLIMIT_NPROC`, take the partition's gid/uid with no supplementary group, then
+    /// [`crate::sys::harden`] (`no_new_privs`, death signal with the node, parent check).
+    /// std's `Command::uid` is not used: it switches before `pre_exec` hooks run.
     pub fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
@@ -78,48 +108,36 @@ impl Launch {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        match (self.setup.clone(), self.identity) {
-            (None, None) => {}
-            (None, Some(id)) => {
-                cmd.uid(id.uid).gid(id.gid);
-            }
-            // std switches uid/gid *before* pre_exec hooks run; the resource hook may need the
-            // node's privileges (joining cgroups, SCHED_FIFO), so the switch is done by hand
-            // after it.
-            (Some(setup), identity) => {
-                // SAFETY: the closure runs in the forked child before exec. The `ChildSetup`
-                // contract (see `resources`) requires the hook to be async-signal-safe, and
-                // `drop_to` only makes the async-signal-safe calls setgroups/setgid/setuid.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        setup()?;
-                        match identity {
-                            Some(id) => drop_to(id),
-                            None => Ok(()),
-                        }
-                    });
+        let (jail, setup, identity) = (self.jail.clone(), self.setup.clone(), self.identity);
+        let nproc = self
+            .nproc
+            .map(|n| libc::rlim_t::try_from(n).unwrap_or(libc::rlim_t::MAX));
+        // Captured before the fork: the child compares it with its parent after the prctl.
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls: the jail join writes prepared paths, the `ChildSetup`
+        // contract (see `resources`) requires the hook to be async-signal-safe, setrlimit,
+        // setgroups/setgid/setuid, prctl and getppid are single system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(j) = &jail {
+                    j.join()?;
                 }
-            }
+                if let Some(s) = &setup {
+                    s()?;
+                }
+                if let Some(n) = nproc {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
+                        .map_err(std::io::Error::from)?;
+                }
+                if let Some(id) = identity {
+                    crate::sys::drop_to(id)?;
+                }
+                crate::sys::harden(parent)
+            });
         }
         cmd
     }
-}
-
-/// Take `id`'s gid and uid, with no supplementary groups (async-signal-safe).
-fn drop_to(id: Identity) -> std::io::Result<()> {
-    // SAFETY: setgroups with a zero count never reads the (null) list.
-    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: plain syscall with an integer argument.
-    if unsafe { libc::setgid(id.gid) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: plain syscall with an integer argument.
-    if unsafe { libc::setuid(id.uid) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Timing and log settings of a service.
@@ -129,8 +147,10 @@ pub struct ServiceParams {
     pub name: String,
     /// What to run.
     pub launch: Launch,
-    /// Log file.
-    pub log_path: PathBuf,
+    /// The partition's files (the log and the pid file are written there, as the partition).
+    pub fs: PartitionFs,
+    /// Log file, relative to the partition (`var/log/<name>.log`).
+    pub log: PathBuf,
     /// Rotation size.
     pub log_max_bytes: u64,
     /// Rotated files kept.
@@ -141,8 +161,6 @@ pub struct ServiceParams {
     pub backoff_max: Duration,
     /// TERM → KILL delay.
     pub stop_timeout: Duration,
-    /// Where the pid file goes.
-    pub pid_dir: PathBuf,
     /// `/proc`.
     pub proc_root: PathBuf,
 }
@@ -203,7 +221,6 @@ impl Service {
 fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     mut r: R,
     log: Arc<Mutex<Option<RotatingLog>>>,
-    id: Option<Identity>,
 ) {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
@@ -214,8 +231,7 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
                     if let Ok(mut g) = log.lock()
                         && let Some(l) = g.as_mut()
                     {
-                        // Rotation creates and renames files in the partition: as the partition.
-                        let _ = as_fs_identity(id, || l.write(&buf[..n]));
+                        let _ = l.write(&buf[..n]);
                     }
                 }
             }
@@ -223,11 +239,11 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     });
 }
 
-fn note(log: &Mutex<Option<RotatingLog>>, id: Option<Identity>, line: &str) {
+fn note(log: &Mutex<Option<RotatingLog>>, line: &str) {
     if let Ok(mut g) = log.lock()
         && let Some(l) = g.as_mut()
     {
-        as_fs_identity(id, || l.note(line));
+        l.note(line);
     }
 }
 
@@ -249,16 +265,12 @@ async fn supervise(
     mut stop: oneshot::Receiver<()>,
     status: watch::Sender<ServiceStatus>,
 ) {
-    // The log lives in the partition: it is opened (and rotated) with the partition's
-    // filesystem identity, so a symlink planted there cannot redirect the node's writes.
-    let id = p.launch.identity;
-    let opened = as_fs_identity(id, || {
-        RotatingLog::open(&p.log_path, p.log_max_bytes, p.log_keep)
-    });
-    let log = match opened {
+    // The log lives in the partition: it is opened (and rotated) through `PartitionFs`, so a
+    // link or FIFO planted there cannot redirect or block the node's writes.
+    let log = match RotatingLog::open(p.fs.clone(), &p.log, p.log_max_bytes, p.log_keep) {
         Ok(l) => Some(l),
         Err(e) => {
-            tracing::warn!(service = %p.name, "failed to open log `{}`: {e}", p.log_path.display());
+            tracing::warn!(service = %p.name, "failed to open the log: {e}");
             None
         }
     };
@@ -270,7 +282,7 @@ async fn supervise(
         match cmd.spawn() {
             Err(e) => {
                 let msg = format!("failed to start {:?}: {e}", p.launch.argv[0]);
-                note(&log, id, &msg);
+                note(&log, &msg);
                 tracing::warn!(service = %p.name, "{msg}");
                 status.send_modify(|s| s.last_exit = Some(msg));
             }
@@ -278,22 +290,17 @@ async fn supervise(
                 let pid = child.id().unwrap_or(0);
                 let pgid = i32::try_from(pid).unwrap_or(0);
                 if let Some(rec) = PidRecord::capture(&p.proc_root, pgid)
-                    && let Err(e) =
-                        as_fs_identity(id, || procs::write_pid_file(&p.pid_dir, &p.name, &rec))
+                    && let Err(e) = procs::write_pid_file(&p.fs, &p.name, &rec)
                 {
                     tracing::warn!(service = %p.name, "failed to write pid file: {e}");
                 }
                 if let Some(o) = child.stdout.take() {
-                    pump(o, log.clone(), id);
+                    pump(o, log.clone());
                 }
                 if let Some(e) = child.stderr.take() {
-                    pump(e, log.clone(), id);
+                    pump(e, log.clone());
                 }
-                note(
-                    &log,
-                    id,
-                    &format!("started {:?} (pid {pid})", p.launch.argv),
-                );
+                note(&log, &format!("started {:?} (pid {pid})", p.launch.argv));
                 tracing::debug!(service = %p.name, pid, "started");
                 status.send_modify(|s| {
                     s.pid = Some(pid);
@@ -303,12 +310,12 @@ async fn supervise(
                 tokio::select! {
                     res = child.wait() => {
                         let _ = procs::signal_group(pgid, Signal::SIGKILL);
-                        as_fs_identity(id, || procs::remove_pid_file(&p.pid_dir, &p.name));
+                        procs::remove_pid_file(&p.fs, &p.name);
                         let msg = match res {
                             Ok(st) => format!("exited: {st}"),
                             Err(e) => format!("wait failed: {e}"),
                         };
-                        note(&log, id, &msg);
+                        note(&log, &msg);
                         tracing::info!(service = %p.name, pid, "{msg}");
                         status.send_modify(|s| {
                             s.pid = None;
@@ -329,9 +336,9 @@ async fn supervise(
                             let grace = Instant::now() + Duration::from_secs(2);
                             wait_group_gone(&p.proc_root, pgid, grace).await;
                         }
-                        as_fs_identity(id, || procs::remove_pid_file(&p.pid_dir, &p.name));
+                        procs::remove_pid_file(&p.fs, &p.name);
                         let how = if clean { "stopped (TERM)" } else { "killed (KILL after stop timeout)" };
-                        note(&log, id, how);
+                        note(&log, how);
                         tracing::info!(service = %p.name, pid, "{how}");
                         status.send_modify(|s| {
                             s.pid = None;
@@ -343,7 +350,7 @@ async fn supervise(
             }
         }
         let delay = backoff.fail();
-        note(&log, id, &format!("restarting in {delay:?}"));
+        note(&log, &format!("restarting in {delay:?}"));
         status.send_modify(|s| {
             if s.delays.len() >= 32 {
                 s.delays.remove(0);

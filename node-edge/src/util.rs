@@ -105,25 +105,27 @@ pub fn tail(text: &str, max: usize) -> String {
     format!("…{}", &text[start..])
 }
 
-/// The last `max` bytes of a file, lossily decoded (empty when unreadable).
-pub fn file_tail(path: &Path, max: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(max as u64);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
+/// Largest error message the node reports to its master (an install error with its log tail,
+/// a pass error): a release or a partition cannot make the master store megabytes.
+pub const MAX_REPORTED_ERROR: usize = 4096;
+
+/// `msg` cut to at most [`MAX_REPORTED_ERROR`] bytes: its head and its tail (where a log's
+/// last lines are) around a `…[N bytes cut]…` marker, at character boundaries.
+pub fn cap_message(msg: &str) -> String {
+    if msg.len() <= MAX_REPORTED_ERROR {
+        return msg.to_owned();
     }
-    let mut buf = Vec::new();
-    let _ = f.take(max as u64).read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    if start > 0 {
-        format!("…{text}")
-    } else {
-        text
+    let marker = format!("\n…[{} bytes cut]…\n", msg.len());
+    let room = MAX_REPORTED_ERROR.saturating_sub(marker.len());
+    let mut head = room / 2;
+    while !msg.is_char_boundary(head) {
+        head -= 1;
     }
+    let mut tail = msg.len() - (room - head);
+    while !msg.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}{marker}{}", &msg[..head], &msg[tail..])
 }
 
 /// Unix milliseconds now.
@@ -187,6 +189,17 @@ mod tests {
     }
 
     #[test]
+    fn reported_messages_are_capped_head_and_tail() {
+        assert_eq!(cap_message("short"), "short");
+        let long = format!("reason: boom\n{}\nlast line é", "é".repeat(400_000));
+        let c = cap_message(&long);
+        assert!(c.len() <= MAX_REPORTED_ERROR, "{}", c.len());
+        assert!(c.starts_with("reason: boom"), "{c}");
+        assert!(c.ends_with("last line é"), "{c}");
+        assert!(c.contains("bytes cut"), "{c}");
+    }
+
+    #[test]
     fn tail_cuts_at_char_boundaries() {
         assert_eq!(tail("abc", 5), "abc");
         assert_eq!(tail("héllo", 4), "…llo");
@@ -204,7 +217,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["f.json"]);
-        assert_eq!(file_tail(&p, 2), "…wo");
     }
 
     #[test]

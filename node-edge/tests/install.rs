@@ -261,3 +261,138 @@ async fn leftover_build_dirs_are_cleaned() {
     installer(root.path()).clean_leftovers();
     assert!(entries(root.path()).is_empty());
 }
+
+/// A release in `dir`: `files` as artifacts (name, content, mode), `steps` as `sh -c` build
+/// steps, `profile` as its default instance profile.
+fn release_with(
+    dir: &Path,
+    files: &[(&str, &str, &str)],
+    steps: &[&str],
+    profile: &str,
+) -> SoftwareUrl {
+    let mut m = String::new();
+    for (name, content, mode) in
+        files
+            .iter()
+            .copied()
+            .chain([("instance.toml.in", profile, "0644")])
+    {
+        std::fs::write(dir.join(name), content).unwrap();
+        m.push_str(&format!(
+            "[[artifact]]\nurl = \"{name}\"\nsha256 = \"{}\"\nmode = \"{mode}\"\n",
+            sha256_hex(content.as_bytes())
+        ));
+    }
+    for (i, s) in steps.iter().enumerate() {
+        m.push_str(&format!(
+            "[[build]]\nname = \"s{i}\"\ncommand = [\"sh\", \"-c\", {s:?}]\n"
+        ));
+    }
+    m.push_str("[instance]\ndefault = \"instance.toml.in\"\n");
+    std::fs::write(dir.join("software.toml"), m).unwrap();
+    SoftwareUrl::parse(dir.join("software.toml").display().to_string()).unwrap()
+}
+
+#[tokio::test]
+async fn releases_are_sealed_without_setuid_or_shared_write_bits() {
+    let src = tempfile::tempdir().unwrap();
+    let url = release_with(
+        src.path(),
+        &[("suid", "#!/bin/sh\n", "4755"), ("plain", "x", "0666")],
+        &["echo x > made && chmod 6775 made && mkdir -p d && chmod 1777 d"],
+        "",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let dir = installer(root.path()).install(&url).await.unwrap();
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755);
+    assert_eq!(mode("plain"), 0o644);
+    assert_eq!(mode("made"), 0o755);
+    assert_eq!(mode("d"), 0o755);
+    assert_eq!(mode("."), 0o755);
+}
+
+#[tokio::test]
+async fn special_files_unfiltered_profiles_and_huge_errors_fail_the_install() {
+    let root = tempfile::tempdir().unwrap();
+    let inst = installer(root.path());
+    // A FIFO left by a build step.
+    let src = tempfile::tempdir().unwrap();
+    let url = release_with(src.path(), &[], &["mkfifo pipe"], "");
+    let err = inst.install(&url).await.unwrap_err();
+    assert!(
+        err.reason.contains("pipe") && err.reason.contains("a FIFO"),
+        "{err}"
+    );
+    // A profile printing a parameter unfiltered: refused with its name and line.
+    let src = tempfile::tempdir().unwrap();
+    let url = release_with(src.path(), &[], &[], "a = 1\nperiod = {{ parameters.p }}\n");
+    let err = inst.install(&url).await.unwrap_err();
+    assert!(
+        err.reason.contains("instance.toml.in") && err.reason.contains("line 2"),
+        "{err}"
+    );
+    // An 800 KB error: the report is at most 4 KiB, with the log's end.
+    let src = tempfile::tempdir().unwrap();
+    let url = release_with(
+        src.path(),
+        &[],
+        &["head -c 800000 /dev/zero | tr '\\0' e; echo; echo the-end; exit 3"],
+        "",
+    );
+    let err = inst.install(&url).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.len() <= 4096, "{}", msg.len());
+    assert!(msg.contains("the-end"), "{msg}");
+    // Only failure logs are left.
+    assert!(
+        entries(root.path())
+            .iter()
+            .all(|e| e.starts_with(".failed-"))
+    );
+}
+
+#[tokio::test]
+async fn builds_run_as_the_builder_and_read_only_what_it_may() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: builder test skipped");
+        return;
+    }
+    let nobody = node_edge::isolation::Identity {
+        uid: 65534,
+        gid: 65534,
+    };
+    let src = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let url = release_with(src.path(), &[], &["id -u > uid; id -g > gid"], "");
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inst = installer(root.path()).with_builder(Some(nobody));
+    let dir = inst.install(&url).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("uid")).unwrap().trim(),
+        "65534"
+    );
+    // Handed over to the node.
+    use std::os::unix::fs::MetadataExt;
+    for p in [".", "uid", ".slapos-build.log", "instance.toml.in"] {
+        assert_eq!(std::fs::metadata(dir.join(p)).unwrap().uid(), 0, "{p}");
+    }
+    // A root-only source: refused as the builder, and its hash is not disclosed.
+    let secret = src.path().join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let src2 = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(src2.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = format!(
+        "[[artifact]]\nurl = \"file://{}\"\nsha256 = \"{}\"\n[instance]\ndefault = \"secret\"\n",
+        secret.display(),
+        "0".repeat(64)
+    );
+    std::fs::write(src2.path().join("software.toml"), m).unwrap();
+    let url = SoftwareUrl::parse(src2.path().join("software.toml").display().to_string()).unwrap();
+    let err = inst.install(&url).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("ermission denied"), "{msg}");
+    assert!(!msg.contains(&sha256_hex(b"s3cret")), "{msg}");
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use node_edge::partition_fs::PartitionFs;
 use node_edge::procs;
 use node_edge::supervisor::{Launch, Service, ServiceParams};
 
@@ -14,20 +15,18 @@ fn params(dir: &Path, name: &str, script: &str) -> ServiceParams {
     env.insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
     ServiceParams {
         name: name.into(),
-        launch: Launch {
-            argv: vec!["sh".into(), "-c".into(), script.into()],
+        launch: Launch::new(
+            vec!["sh".into(), "-c".into(), script.into()],
             env,
-            cwd: dir.to_path_buf(),
-            identity: None,
-            setup: None,
-        },
-        log_path: dir.join("var/log").join(format!("{name}.log")),
+            dir.to_path_buf(),
+        ),
+        fs: PartitionFs::new(dir, None),
+        log: Path::new("var/log").join(format!("{name}.log")),
         log_max_bytes: 1 << 20,
         log_keep: 2,
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
         stop_timeout: Duration::from_secs(5),
-        pid_dir: dir.join(".slapos/run"),
         proc_root: "/proc".into(),
     }
 }

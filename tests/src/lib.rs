@@ -8,6 +8,7 @@
 pub mod boards;
 pub mod loopfs;
 pub mod netns;
+pub mod tenant;
 pub mod tls;
 pub mod users;
 
@@ -448,6 +449,12 @@ pub fn example_release(name: &str) -> SoftwareUrl {
         .join(name)
         .join("software.toml");
     SoftwareUrl::parse(path.to_string_lossy().into_owned()).expect("release url")
+}
+
+/// SHA-256 of `data`, lowercase hex (release manifests).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// A JSON object as instance parameters (anything else: none).

@@ -1,7 +1,8 @@
 //! Unix users of the tests that run partitions with `isolation = "users"` (root only).
 //!
-//! The node creates a user `<user_prefix><index>` per partition; each such test uses its own
-//! prefix and holds a [`TestUsers`] guard, which deletes every `<prefix><digits>` user when it
+//! The node creates a user `<user_prefix><index>` per partition and its software user; each
+//! such test uses its own prefix (and `software_user = "<prefix>soft"`) and holds a
+//! [`TestUsers`] guard, which deletes every `<prefix><digits>` user and `<prefix>soft` when it
 //! is claimed (leftovers of a crashed run) and again when dropped (also on failure).
 
 use std::process::Command;
@@ -26,7 +27,12 @@ impl TestUsers {
         users
     }
 
-    /// The existing users `<prefix><digits>` (from `getent passwd`).
+    /// The software user of the test's nodes (`software_user` in their config).
+    pub fn software_user(&self) -> String {
+        format!("{}soft", self.prefix)
+    }
+
+    /// The existing users `<prefix><digits>` and `<prefix>soft` (from `getent passwd`).
     pub fn existing(&self) -> Vec<String> {
         let out = Command::new("getent").arg("passwd").output();
         let text = out
@@ -35,8 +41,9 @@ impl TestUsers {
         text.lines()
             .filter_map(|l| l.split(':').next())
             .filter(|name| {
-                name.strip_prefix(self.prefix.as_str())
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                name.strip_prefix(self.prefix.as_str()).is_some_and(|n| {
+                    n == "soft" || (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
             })
             .map(str::to_owned)
             .collect()

@@ -39,7 +39,7 @@ fn request(c: &Client, title: &str, url: &SoftwareUrl) -> InstanceInfo {
 /// The node's config (as `Node::start` writes it) plus the isolation keys.
 fn start_node(dir: &Path, master_url: &str, computer: &str) -> Node {
     let extra = format!(
-        "state_dir = \"state\"\nrt = false\nisolation = \"users\"\nuser_prefix = \"{PREFIX}\"\n"
+        "state_dir = \"state\"\nrt = false\nisolation = \"users\"\nuser_prefix = \"{PREFIX}\"\nsoftware_user = \"{PREFIX}soft\"\n"
     );
     Node::start_with(dir, master_url, computer, PARTITIONS, &extra)
 }

@@ -63,7 +63,7 @@ url = "http://[{{ partition.ipv6 }}]:{{ ports[0] }}/"
 /// What the node adds to the shared config: users, its state dir, the network section.
 fn extra_config(dir: &Path) -> String {
     format!(
-        "state_dir = \"{}\"\nrt = false\nisolation = \"users\"\nuser_prefix = \"{USERS}\"\n\
+        "state_dir = \"{}\"\nrt = false\nisolation = \"users\"\nuser_prefix = \"{USERS}\"\nsoftware_user = \"{USERS}soft\"\n\
          [network]\ninterface = \"slapedge-v1\"\nipv6_prefix = \"fd00:5a:9::/64\"\n\
          ipv4_prefix = \"10.0.44.0/24\"\ntap = true\ntap_prefix = \"slapedget\"\n",
         dir.join("state").display()

@@ -85,7 +85,9 @@ fn node_enrolls_runs_over_mtls_and_places_partition_certificates() {
     let node_dir = dir.join("node");
     let state = node_dir.join("state");
     let isolation = if root {
-        format!("isolation = \"users\"\nuser_prefix = \"{USERS}\"\n")
+        format!(
+            "isolation = \"users\"\nuser_prefix = \"{USERS}\"\nsoftware_user = \"{USERS}soft\"\n"
+        )
     } else {
         "isolation = \"none\"\n".to_owned()
     };
