@@ -1370,5 +1370,4 @@ fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
 }
 
 #[cfg(test)]
-#[path = "manager_tests.rs"]
 mod tests;
