@@ -2,6 +2,7 @@
 //! checked file by file, plus every refusal path (nothing may change on a refused profile).
 
 use super::*;
+use crate::error::ProfileError;
 use crate::host::tests::{fake_v1_host, fake_v2_host, put};
 use crate::profile::Policy;
 use std::fs;
