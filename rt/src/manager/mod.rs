@@ -23,20 +23,23 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::child::ChildSetup;
 use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::host::{HostPaths, HostReport};
-use crate::irq::{self, IrqOriginals, IrqOutcome};
+use crate::irq::{self, IrqOutcome};
 use crate::kfs;
 use crate::profile::{ProfileSpec, RT_PERIOD_US, check_name};
 use crate::usage::{self, Usage};
 
 mod planning;
+mod state;
 
 pub use planning::{Plan, PlanContext, plan};
+pub use state::PartitionRecord;
+use state::{HostState, save_json};
 
 /// Manager settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,32 +72,6 @@ impl ManagerConfig {
             hold_cpu_dma_latency: true,
         }
     }
-}
-
-/// A partition's applied profile as persisted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionRecord {
-    /// The profile.
-    pub spec: ProfileSpec,
-    /// Exclusive CPUs (empty: shared pool).
-    pub cpus: CpuList,
-    /// cgroup-v1 RT budget written (None: no RT group scheduling or policy other).
-    pub rt_runtime_us: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct HostState {
-    #[serde(default)]
-    created: Vec<PathBuf>,
-    #[serde(default)]
-    subtree_exclusive_set: bool,
-    #[serde(default)]
-    v2_root_controllers_added: Vec<String>,
-    /// cpuset group (path relative to the subtree) → its CPU list before rt shrank it.
-    #[serde(default)]
-    cpuset_base: BTreeMap<String, String>,
-    #[serde(default)]
-    irq: IrqOriginals,
 }
 
 /// Result of [`Manager::apply`].
@@ -244,96 +221,6 @@ impl Manager {
                 .collect(),
             Layout::V2 { mount } => vec![mount.join(&self.cfg.root_name).join(partition)],
         }
-    }
-
-    fn state_file(&self) -> PathBuf {
-        self.cfg.state_dir.join("host.json")
-    }
-
-    fn record_file(&self, partition: &str) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join("partitions")
-            .join(format!("{partition}.json"))
-    }
-
-    // ----- state -------------------------------------------------------------------------
-
-    fn load_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
-        match kfs::read_opt(path)? {
-            None => Ok(None),
-            Some(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|source| Error::State {
-                    path: path.to_owned(),
-                    source,
-                }),
-        }
-    }
-
-    fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
-                op: "create directory",
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(value).map_err(|source| Error::State {
-            path: path.to_owned(),
-            source,
-        })?;
-        kfs::write(&tmp, &text)?;
-        std::fs::rename(&tmp, path).map_err(|source| Error::Write {
-            path: path.to_owned(),
-            value: "(rename)".into(),
-            source,
-        })
-    }
-
-    fn load_state(&self) -> Result<HostState> {
-        Ok(Self::load_json(&self.state_file())?.unwrap_or_default())
-    }
-
-    fn save_state(&self, st: &HostState) -> Result<()> {
-        if *st == HostState::default() {
-            return match std::fs::remove_file(self.state_file()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Dir {
-                    op: "remove state file",
-                    path: self.state_file(),
-                    source: e,
-                }),
-                _ => Ok(()),
-            };
-        }
-        Self::save_json(&self.state_file(), st)
-    }
-
-    /// Records of every applied partition.
-    pub fn records(&self) -> Result<BTreeMap<String, PartitionRecord>> {
-        let dir = self.cfg.state_dir.join("partitions");
-        let mut out = BTreeMap::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => {
-                return Err(Error::Dir {
-                    op: "list directory",
-                    path: dir,
-                    source,
-                });
-            }
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(part) = name.strip_suffix(".json")
-                && let Some(rec) = Self::load_json(&entry.path())?
-            {
-                out.insert(part.to_owned(), rec);
-            }
-        }
-        Ok(out)
     }
 
     /// CPUs of the pool not reserved by any partition.
@@ -547,7 +434,7 @@ impl Manager {
             rt_runtime_us: plan.rt_runtime_us,
         };
         // Intent first: a crash from here on is completed (or undone) by the next apply/release.
-        Self::save_json(&self.record_file(partition), &record)?;
+        save_json(&self.record_file(partition), &record)?;
         records.insert(partition.to_owned(), record);
         let result = match &self.layout {
             Layout::V1(_) => self.apply_v1(&plan, &records, &mut state),
@@ -564,7 +451,7 @@ impl Manager {
                     }
                     // Update: keep the previous record; the next apply reconciles the kernel files.
                     Some(prev) => {
-                        let _ = Self::save_json(&self.record_file(partition), &prev);
+                        let _ = save_json(&self.record_file(partition), &prev);
                     }
                 }
                 let _ = self.save_state(&state);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::PartitionRecord;
+use super::state::PartitionRecord;
 use crate::cpulist::CpuList;
 use crate::error::ProfileError;
 use crate::host::HostReport;
