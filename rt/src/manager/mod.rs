@@ -34,9 +34,11 @@ use crate::kfs;
 use crate::profile::{ProfileSpec, RT_PERIOD_US, check_name};
 use crate::usage::{self, Usage};
 
+mod layout;
 mod planning;
 mod state;
 
+use layout::Layout;
 pub use planning::{Plan, PlanContext, plan};
 pub use state::PartitionRecord;
 use state::{HostState, save_json};
@@ -98,22 +100,6 @@ pub struct Released {
     pub irq: IrqOutcome,
 }
 
-/// One mounted v1 hierarchy rt uses.
-#[derive(Clone, Debug)]
-struct Hier {
-    /// Resolved mount directory.
-    mount: PathBuf,
-    /// Controllers of rt's interest mounted there.
-    controllers: Vec<&'static str>,
-}
-
-#[derive(Clone, Debug)]
-enum Layout {
-    V1(Vec<Hier>),
-    V2 { mount: PathBuf },
-}
-
-const V1_USED: [&str; 6] = ["cpuset", "cpu", "cpuacct", "memory", "blkio", "pids"];
 const V2_USAGE_CONTROLLERS: [&str; 3] = ["memory", "io", "pids"];
 
 /// Applies, releases and reads partition profiles. `Sync`: operations are serialised by an
@@ -140,35 +126,7 @@ impl Manager {
             partition: cfg.root_name.clone(),
             source,
         })?;
-        let layout = if host.cgroup.uses_v2() {
-            let mount = host.cgroup.v2_mount.as_ref().map(|m| paths.resolve(m));
-            Layout::V2 {
-                mount: mount.ok_or_else(|| Error::NoCgroups {
-                    mountinfo: paths.resolve("/proc/self/mountinfo"),
-                })?,
-            }
-        } else {
-            let mut hiers: Vec<Hier> = Vec::new();
-            for ctrl in V1_USED {
-                let Some(mp) = host.cgroup.v1.get(ctrl) else {
-                    continue;
-                };
-                let mount = paths.resolve(mp);
-                match hiers.iter_mut().find(|h| h.mount == mount) {
-                    Some(h) => h.controllers.push(ctrl),
-                    None => hiers.push(Hier {
-                        mount,
-                        controllers: vec![ctrl],
-                    }),
-                }
-            }
-            if hiers.is_empty() {
-                return Err(Error::NoCgroups {
-                    mountinfo: paths.resolve("/proc/self/mountinfo"),
-                });
-            }
-            Layout::V1(hiers)
-        };
+        let layout = Layout::detect(&paths, &host)?;
         Ok(Self {
             paths,
             host,
@@ -186,41 +144,6 @@ impl Manager {
     /// The configuration.
     pub fn config(&self) -> &ManagerConfig {
         &self.cfg
-    }
-
-    // ----- paths -------------------------------------------------------------------------
-
-    fn v1_mount(&self, ctrl: &str) -> Option<&Path> {
-        match &self.layout {
-            Layout::V1(h) => h
-                .iter()
-                .find(|h| h.controllers.contains(&ctrl))
-                .map(|h| h.mount.as_path()),
-            Layout::V2 { .. } => None,
-        }
-    }
-
-    /// Subtree directory of the hierarchy holding `ctrl` (v1) or the v2 subtree.
-    fn subtree(&self, ctrl: &str) -> Option<PathBuf> {
-        match &self.layout {
-            Layout::V1(_) => self.v1_mount(ctrl).map(|m| m.join(&self.cfg.root_name)),
-            Layout::V2 { mount } => Some(mount.join(&self.cfg.root_name)),
-        }
-    }
-
-    fn group(&self, ctrl: &str, partition: &str) -> Option<PathBuf> {
-        self.subtree(ctrl).map(|s| s.join(partition))
-    }
-
-    /// All cgroup directories of a partition (one per hierarchy).
-    pub fn cgroup_dirs(&self, partition: &str) -> Vec<PathBuf> {
-        match &self.layout {
-            Layout::V1(h) => h
-                .iter()
-                .map(|h| h.mount.join(&self.cfg.root_name).join(partition))
-                .collect(),
-            Layout::V2 { mount } => vec![mount.join(&self.cfg.root_name).join(partition)],
-        }
     }
 
     /// CPUs of the pool not reserved by any partition.
@@ -475,15 +398,6 @@ impl Manager {
             return Ok(IrqOutcome::default());
         }
         irq::steer(&self.paths, reserved, &mut state.irq)
-    }
-
-    /// Creates the subtree directory `sub` if needed, remembering that rt created it.
-    fn ensure_subtree(&self, sub: &Path, state: &mut HostState) -> Result<bool> {
-        let created = kfs::mkdir(sub)?;
-        if created && !state.created.iter().any(|p| p == sub) {
-            state.created.push(sub.to_owned());
-        }
-        Ok(created)
     }
 
     fn apply_v1(
