@@ -36,10 +36,12 @@ use crate::usage::{self, Usage};
 
 mod layout;
 mod planning;
+mod shared;
 mod state;
 
 use layout::Layout;
 pub use planning::{Plan, PlanContext, plan};
+use shared::Phase;
 pub use state::PartitionRecord;
 use state::{HostState, save_json};
 
@@ -256,84 +258,6 @@ impl Manager {
         }
         used += others.values().filter_map(|r| r.rt_runtime_us).sum::<u64>();
         Ok(Some(total.saturating_sub(used).min(RT_PERIOD_US)))
-    }
-
-    /// Non-exclusive cpuset groups under the subtree (not `partition`, not other exclusive
-    /// partitions or their descendants): (relative path, current CPUs, base CPUs). The first
-    /// entry is ("", subtree CPUs, subtree CPUs): the shared pool itself.
-    fn shared_groups(
-        &self,
-        partition: &str,
-        others: &BTreeMap<String, PartitionRecord>,
-        state: &HostState,
-    ) -> Result<Vec<(String, CpuList, CpuList)>> {
-        let Some(sub) = self.subtree("cpuset") else {
-            return Ok(Vec::new());
-        };
-        if !self.host.cgroup.has("cpuset") {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        let pool = self.subtree_cpus()?;
-        out.push((String::new(), pool.clone(), pool));
-        let skip: Vec<&str> = others
-            .iter()
-            .filter(|(_, r)| !r.cpus.is_empty())
-            .map(|(n, _)| n.as_str())
-            .chain(std::iter::once(partition))
-            .collect();
-        let mut stack: Vec<String> = kfs::subdirs(&sub)?
-            .into_iter()
-            .filter(|n| !skip.contains(&n.as_str()))
-            .collect();
-        while let Some(rel) = stack.pop() {
-            let dir = sub.join(&rel);
-            let current = kfs::read_opt(&dir.join("cpuset.cpus"))?
-                .and_then(|t| CpuList::parse(&t).ok())
-                .unwrap_or_default();
-            let base = state
-                .cpuset_base
-                .get(&rel)
-                .and_then(|t| CpuList::parse(t).ok())
-                .unwrap_or_else(|| current.clone());
-            if !base.is_empty() {
-                out.push((rel.clone(), current, base));
-            }
-            for child in kfs::subdirs(&dir)? {
-                stack.push(format!("{rel}/{child}"));
-            }
-        }
-        Ok(out)
-    }
-
-    /// CPUs the subtree distributes: v1 the subtree's `cpuset.cpus` (the parent's when it does
-    /// not exist yet), v2 the root's effective CPUs.
-    fn subtree_cpus(&self) -> Result<CpuList> {
-        let Some(sub) = self.subtree("cpuset") else {
-            return Ok(CpuList::new());
-        };
-        let candidates = match &self.layout {
-            Layout::V1(_) => vec![
-                sub.join("cpuset.cpus"),
-                sub.parent()
-                    .map(|p| p.join("cpuset.cpus"))
-                    .unwrap_or_default(),
-            ],
-            Layout::V2 { mount } => vec![mount.join("cpuset.cpus.effective")],
-        };
-        for f in candidates {
-            if let Some(t) = kfs::read_opt(&f)? {
-                let cpus = CpuList::parse(&t).map_err(|_| Error::Parse {
-                    what: "CPU list",
-                    path: f.clone(),
-                    value: t.trim().to_owned(),
-                })?;
-                if !cpus.is_empty() {
-                    return Ok(cpus);
-                }
-            }
-        }
-        Ok(self.host.online_cpus.clone())
     }
 
     // ----- apply -------------------------------------------------------------------------
@@ -658,65 +582,6 @@ impl Manager {
         Ok(())
     }
 
-    /// Moves every non-exclusive cpuset group under the subtree to `base ∖ reserved` (only
-    /// shrinking in `Phase::Shrink`, deepest first; only growing in `Phase::Grow`, parents first).
-    fn reconcile_shared(
-        &self,
-        records: &BTreeMap<String, PartitionRecord>,
-        state: &mut HostState,
-        reserved: &CpuList,
-        phase: Phase,
-    ) -> Result<()> {
-        let Some(sub) = self.subtree("cpuset") else {
-            return Ok(());
-        };
-        let exclusive: BTreeMap<String, PartitionRecord> = records
-            .iter()
-            .filter(|(_, r)| !r.cpus.is_empty())
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect();
-        // "" is excluded below; the skip-name is one that cannot be a directory.
-        let mut groups = self.shared_groups("/", &exclusive, state)?;
-        groups.retain(|(rel, _, _)| !rel.is_empty());
-        // Parents before children (path order); reversed for shrinking.
-        groups.sort_by(|a, b| a.0.cmp(&b.0));
-        if phase == Phase::Shrink {
-            groups.reverse();
-        }
-        let managed: Vec<&String> = records
-            .iter()
-            .filter(|(_, r)| r.cpus.is_empty())
-            .map(|(n, _)| n)
-            .collect();
-        for (rel, current, base) in groups {
-            let target = base.difference(reserved);
-            let mut now = current.clone();
-            if !target.is_empty()
-                && target != current
-                && (phase == Phase::Shrink) == target.is_subset(&current)
-            {
-                // Growing may follow the rmdir of an exclusive sibling still going offline.
-                let file = sub.join(&rel).join("cpuset.cpus");
-                match phase {
-                    Phase::Shrink => kfs::write(&file, &target.to_string())?,
-                    Phase::Grow => kfs::write_settling(&file, &target.to_string())?,
-                }
-                now = target;
-            }
-            // Remember the base of groups that differ from it, forget restored ones; managed
-            // shared partitions keep theirs (the subtree pool) for as long as they exist.
-            if managed.contains(&&rel) {
-                continue;
-            }
-            if now == base {
-                state.cpuset_base.remove(&rel);
-            } else {
-                state.cpuset_base.insert(rel, base.to_string());
-            }
-        }
-        Ok(())
-    }
-
     // ----- release -----------------------------------------------------------------------
 
     /// Releases `partition`: removes its cgroups, gives its CPUs back to the shared groups,
@@ -947,12 +812,6 @@ impl Manager {
     pub fn holds_cpu_dma_latency(&self) -> bool {
         self.lock.lock().map(|g| g.is_some()).unwrap_or(false)
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Shrink,
-    Grow,
 }
 
 /// True when a release string like `6.18.44-fc` is at least `major.minor`.
