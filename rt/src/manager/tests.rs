@@ -1,6 +1,7 @@
 //! Manager tests on fake v1 (hybrid) and v2 trees: full apply → adopt → update → release cycles,
 //! checked file by file, plus every refusal path (nothing may change on a refused profile).
 
+use super::context::kernel_at_least;
 use super::*;
 use crate::error::ProfileError;
 use crate::host::tests::{fake_v1_host, fake_v2_host, put};
