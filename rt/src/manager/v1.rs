@@ -1,0 +1,154 @@
+//! cgroup v1: a partition's groups in each hierarchy (cpuset, cpu, cpuacct, memory, blkio, pids),
+//! exclusive cpusets under an exclusive subtree, and the RT budgets of RT group scheduling.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::Manager;
+use super::layout::Layout;
+use super::planning::Plan;
+use super::shared::Phase;
+use super::state::{HostState, PartitionRecord};
+use crate::error::Result;
+use crate::kfs;
+
+impl Manager {
+    /// Applies a plan on cgroup v1: subtrees, cpuset (exclusive CPUs, shared groups shrunk and
+    /// grown around them), cpu (shares, quota, RT budget), memory, accounting-only groups.
+    pub(super) fn apply_v1(
+        &self,
+        plan: &Plan,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+    ) -> Result<()> {
+        let part = plan.partition.as_str();
+        let spec = &plan.spec;
+        let Layout::V1(hiers) = &self.layout else {
+            return Ok(());
+        };
+        for h in hiers {
+            let sub = h.mount.join(&self.cfg.root_name);
+            self.ensure_subtree(&sub, state)?;
+            if h.controllers.contains(&"cpuset") {
+                // A new v1 cpuset group is empty; tasks cannot join it (nor its children get
+                // CPUs) until cpus/mems are set: take the parent's.
+                for file in ["cpuset.mems", "cpuset.cpus"] {
+                    if kfs::read_opt(&sub.join(file))?.is_none_or(|v| v.trim().is_empty()) {
+                        kfs::write(&sub.join(file), kfs::read(&h.mount.join(file))?.trim())?;
+                    }
+                }
+            }
+        }
+        let exclusive_any = records.values().any(|r| !r.cpus.is_empty());
+
+        // cpuset
+        if let Some(sub) = self.subtree("cpuset") {
+            if exclusive_any && self.cfg.kernel_exclusive && !state.subtree_exclusive_set {
+                // Children can only be exclusive below an exclusive parent.
+                if kfs::read_opt(&sub.join("cpuset.cpu_exclusive"))?.is_none_or(|v| v.trim() != "1")
+                {
+                    kfs::write(&sub.join("cpuset.cpu_exclusive"), "1")?;
+                    state.subtree_exclusive_set = true;
+                }
+            }
+            let dir = sub.join(part);
+            kfs::mkdir(&dir)?;
+            kfs::write_if_changed(
+                &dir.join("cpuset.mems"),
+                kfs::read(&sub.join("cpuset.mems"))?.trim(),
+            )?;
+            if plan.cpus.is_empty() {
+                state
+                    .cpuset_base
+                    .insert(part.to_owned(), self.subtree_cpus()?.to_string());
+            } else {
+                state.cpuset_base.remove(part);
+            }
+            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
+            if plan.cpus.is_empty() {
+                if kfs::read_opt(&dir.join("cpuset.cpu_exclusive"))?
+                    .is_some_and(|v| v.trim() == "1")
+                {
+                    kfs::write(&dir.join("cpuset.cpu_exclusive"), "0")?;
+                }
+            } else {
+                kfs::write_if_changed(&dir.join("cpuset.cpus"), &plan.cpus.to_string())?;
+                if self.cfg.kernel_exclusive {
+                    kfs::write_if_changed(&dir.join("cpuset.cpu_exclusive"), "1")?;
+                }
+            }
+            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Grow)?;
+        }
+
+        // cpu: weight, quota, RT budget
+        if let Some(dir) = self.group("cpu", part) {
+            kfs::mkdir(&dir)?;
+            kfs::write_if_changed(
+                &dir.join("cpu.shares"),
+                &spec.cpu_shares().unwrap_or(1024).to_string(),
+            )?;
+            let period = spec
+                .cpu_period_us
+                .unwrap_or(crate::profile::DEFAULT_CPU_PERIOD_US);
+            kfs::write_if_changed(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+            let quota = spec.cpu_quota_us.map_or("-1".to_owned(), |q| q.to_string());
+            kfs::write_if_changed(&dir.join("cpu.cfs_quota_us"), &quota)?;
+            if self.host.rt_group_sched == Some(true) {
+                let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+                self.v1_budget(&dir, plan.rt_runtime_us.unwrap_or(0), total)?;
+            }
+        }
+        // memory
+        if let Some(dir) = self.group("memory", part) {
+            kfs::mkdir(&dir)?;
+            let limit = spec
+                .memory_max_bytes
+                .map_or("-1".to_owned(), |m| m.to_string());
+            // The kernel rounds limits to pages and prints -1 as a large number: compare loosely.
+            let cur: Option<i128> = kfs::read_opt(&dir.join("memory.limit_in_bytes"))?
+                .and_then(|s| s.trim().parse().ok());
+            let want: i128 = limit.parse().unwrap_or(-1);
+            let same = match (cur, want) {
+                (Some(c), -1) => c >= (1i128 << 62),
+                (Some(c), w) => c == w,
+                (None, _) => false,
+            };
+            if !same {
+                kfs::write(&dir.join("memory.limit_in_bytes"), &limit)?;
+            }
+        }
+        // accounting-only hierarchies
+        for ctrl in ["cpuacct", "blkio", "pids"] {
+            if let Some(dir) = self.group(ctrl, part) {
+                kfs::mkdir(&dir)?;
+            }
+        }
+        if !exclusive_any && state.subtree_exclusive_set {
+            if let Some(sub) = self.subtree("cpuset") {
+                kfs::write(&sub.join("cpuset.cpu_exclusive"), "0")?;
+            }
+            state.subtree_exclusive_set = false;
+        }
+        Ok(())
+    }
+
+    /// Writes a partition's RT budget and the subtree's total (= Σ budgets) in an order the
+    /// kernel accepts: a parent grows before its child, shrinks after it.
+    pub(super) fn v1_budget(&self, dir: &Path, child: u64, total: u64) -> Result<()> {
+        let Some(sub) = dir.parent() else {
+            return Ok(());
+        };
+        let file = sub.join("cpu.rt_runtime_us");
+        let cur: u64 = kfs::read_opt(&file)?
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if total > cur {
+            kfs::write(&file, &total.to_string())?;
+        }
+        kfs::write_if_changed(&dir.join("cpu.rt_runtime_us"), &child.to_string())?;
+        if total < cur {
+            kfs::write(&file, &total.to_string())?;
+        }
+        Ok(())
+    }
+}
