@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -40,6 +40,7 @@ mod planning;
 mod shared;
 mod state;
 mod v1;
+mod v2;
 
 use layout::Layout;
 pub use planning::{Plan, PlanContext, plan};
@@ -103,8 +104,6 @@ pub struct Released {
     /// IRQ restoration outcome.
     pub irq: IrqOutcome,
 }
-
-const V2_USAGE_CONTROLLERS: [&str; 3] = ["memory", "io", "pids"];
 
 /// Applies, releases and reads partition profiles. `Sync`: operations are serialised by an
 /// internal lock, so one `Arc<Manager>` can be shared by the node's tasks.
@@ -236,127 +235,6 @@ impl Manager {
             return Ok(IrqOutcome::default());
         }
         irq::steer(&self.paths, reserved, &mut state.irq)
-    }
-
-    fn apply_v2(
-        &self,
-        mount: &Path,
-        plan: &Plan,
-        records: &BTreeMap<String, PartitionRecord>,
-        state: &mut HostState,
-    ) -> Result<()> {
-        let part = plan.partition.as_str();
-        let spec = &plan.spec;
-        let sub = mount.join(&self.cfg.root_name);
-        self.ensure_subtree(&sub, state)?;
-        // Controllers: cpuset when any partition reserves CPUs, cpu only when some partition
-        // sets weight/quota (RT partitions must stay outside it, see plan()), memory/io/pids for
-        // limits and usage.
-        let mut wanted: Vec<&str> = V2_USAGE_CONTROLLERS.to_vec();
-        if records.values().any(|r| !r.cpus.is_empty()) {
-            wanted.push("cpuset");
-        }
-        if records
-            .values()
-            .any(|r| r.spec.cpu_weight.is_some() || r.spec.cpu_quota_us.is_some())
-        {
-            wanted.push("cpu");
-        }
-        let root_ctl = mount.join("cgroup.subtree_control");
-        let sub_ctl = sub.join("cgroup.subtree_control");
-        let enabled_in = |f: &Path| -> Result<Vec<String>> {
-            Ok(kfs::read_opt(f)?
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(|s| s.trim_start_matches('+').to_owned())
-                .collect())
-        };
-        let root_enabled = enabled_in(&root_ctl)?;
-        let sub_enabled = enabled_in(&sub_ctl)?;
-        for c in wanted.iter().filter(|c| self.host.cgroup.has(c)) {
-            if !root_enabled.iter().any(|e| e == c) {
-                kfs::write(&root_ctl, &format!("+{c}"))?;
-                if !state.v2_root_controllers_added.iter().any(|e| e == c) {
-                    state.v2_root_controllers_added.push((*c).to_owned());
-                }
-            }
-            if !sub_enabled.iter().any(|e| e == c) {
-                kfs::write(&sub_ctl, &format!("+{c}"))?;
-            }
-        }
-        let dir = sub.join(part);
-        kfs::mkdir(&dir)?;
-
-        // cpuset: remote partition root with cpuset.cpus.exclusive.
-        if self.host.cgroup.has("cpuset") {
-            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
-            let partition_file = dir.join("cpuset.cpus.partition");
-            let is_root =
-                kfs::read_opt(&partition_file)?.is_some_and(|s| s.trim().starts_with("root"));
-            if plan.cpus.is_empty() {
-                if is_root {
-                    kfs::write(&partition_file, "member")?;
-                }
-                if kfs::read_opt(&dir.join("cpuset.cpus.exclusive"))?
-                    .is_some_and(|s| !s.trim().is_empty())
-                {
-                    kfs::write(&dir.join("cpuset.cpus.exclusive"), "")?;
-                }
-                self.v2_subtree_exclusive(&sub, &plan.reserved_after)?;
-            } else {
-                let cpus = plan.cpus.to_string();
-                let sub_x = sub.join("cpuset.cpus.exclusive");
-                let cur_sub: CpuList = kfs::read_opt(&sub_x)?
-                    .and_then(|t| CpuList::parse(&t).ok())
-                    .unwrap_or_default();
-                // Grow the parent's exclusive set before the child, shrink it after.
-                kfs::write_if_changed(&sub_x, &cur_sub.union(&plan.reserved_after).to_string())?;
-                kfs::write_if_changed(&dir.join("cpuset.cpus"), &cpus)?;
-                kfs::write_if_changed(&dir.join("cpuset.cpus.exclusive"), &cpus)?;
-                if !is_root {
-                    kfs::write(&partition_file, "root")?;
-                }
-                let state_now = kfs::read(&partition_file)?;
-                if state_now.trim() != "root" {
-                    return Err(Error::PartitionInvalid {
-                        path: dir.clone(),
-                        state: state_now.trim().to_owned(),
-                    });
-                }
-                self.v2_subtree_exclusive(&sub, &plan.reserved_after)?;
-            }
-            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Grow)?;
-        }
-        if self.host.cgroup.has("memory") {
-            let max = spec
-                .memory_max_bytes
-                .map_or("max".to_owned(), |m| m.to_string());
-            kfs::write_if_changed(&dir.join("memory.max"), &max)?;
-        }
-        if wanted.contains(&"cpu") && self.host.cgroup.has("cpu") {
-            kfs::write_if_changed(
-                &dir.join("cpu.weight"),
-                &spec.cpu_weight.unwrap_or(100).to_string(),
-            )?;
-            let period = spec
-                .cpu_period_us
-                .unwrap_or(crate::profile::DEFAULT_CPU_PERIOD_US);
-            let quota = spec
-                .cpu_quota_us
-                .map_or("max".to_owned(), |q| q.to_string());
-            kfs::write_if_changed(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
-        }
-        Ok(())
-    }
-
-    fn v2_subtree_exclusive(&self, sub: &Path, reserved: &CpuList) -> Result<()> {
-        let f = sub.join("cpuset.cpus.exclusive");
-        if (kfs::read_opt(&f)?.is_some() || !reserved.is_empty())
-            && kfs::read_opt(&f)?.is_none_or(|v| v.trim() != reserved.to_string())
-        {
-            kfs::write_settling(&f, &reserved.to_string())?;
-        }
-        Ok(())
     }
 
     // ----- release -----------------------------------------------------------------------
