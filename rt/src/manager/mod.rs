@@ -44,7 +44,6 @@ mod v2;
 
 use layout::Layout;
 pub use planning::{Plan, PlanContext, plan};
-use shared::Phase;
 pub use state::PartitionRecord;
 use state::{HostState, save_json};
 
@@ -255,6 +254,8 @@ impl Manager {
         r
     }
 
+    /// Releases `partition` with the lock held; `force` (undoing a failed first apply) skips the
+    /// busy check and keeps going past kernel errors, returning them as warnings.
     fn release_locked(
         &self,
         partition: &str,
@@ -265,20 +266,7 @@ impl Manager {
         let mut out = Released::default();
         let dirs = self.cgroup_dirs(partition);
         if !force {
-            for d in &dirs {
-                let file = if self.host.cgroup.uses_v2() {
-                    "cgroup.procs"
-                } else {
-                    "tasks"
-                };
-                let pids = kfs::read_pids(&d.join(file))?;
-                if !pids.is_empty() {
-                    return Err(Error::Busy {
-                        path: d.clone(),
-                        pids,
-                    });
-                }
-            }
+            self.check_idle(&dirs)?;
         }
         records.remove(partition);
         let reserved: CpuList = records
@@ -296,47 +284,42 @@ impl Manager {
         };
         match &self.layout {
             Layout::V1(_) => {
-                // cpu first: removing the child frees its budget, then the subtree shrinks.
-                if let Some(d) = self.group("cpu", partition) {
-                    soft(kfs::rmdir_cgroup(&d))?;
-                    if self.host.rt_group_sched == Some(true)
-                        && let Some(sub) = self.subtree("cpu").filter(|s| s.is_dir())
-                    {
-                        let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
-                        let file = sub.join("cpu.rt_runtime_us");
-                        if kfs::read_opt(&file)?.is_none_or(|v| v.trim() != total.to_string()) {
-                            soft(kfs::write_settling(&file, &total.to_string()))?;
-                        }
-                    }
-                }
-                for d in &dirs {
-                    soft(kfs::rmdir_cgroup(d))?;
-                }
-                state.cpuset_base.remove(partition);
-                self.reconcile_shared(records, state, &reserved, Phase::Grow)?;
-                if state.subtree_exclusive_set && !records.values().any(|r| !r.cpus.is_empty()) {
-                    if let Some(sub) = self.subtree("cpuset") {
-                        soft(kfs::write_settling(&sub.join("cpuset.cpu_exclusive"), "0"))?;
-                    }
-                    state.subtree_exclusive_set = false;
-                }
+                self.release_v1(partition, &dirs, records, state, &reserved, &mut soft)?
             }
             Layout::V2 { mount } => {
-                let dir = mount.join(&self.cfg.root_name).join(partition);
-                let pf = dir.join("cpuset.cpus.partition");
-                if kfs::read_opt(&pf)?.is_some_and(|s| s.trim().starts_with("root")) {
-                    kfs::write(&pf, "member")?;
-                }
-                soft(kfs::rmdir_cgroup(&dir))?;
-                state.cpuset_base.remove(partition);
-                let sub = mount.join(&self.cfg.root_name);
-                if sub.is_dir() && self.host.cgroup.has("cpuset") {
-                    self.v2_subtree_exclusive(&sub, &reserved)?;
-                    self.reconcile_shared(records, state, &reserved, Phase::Grow)?;
-                }
+                self.release_v2(mount, partition, records, state, &reserved, &mut soft)?
             }
         }
-        match self.steer(&reserved, state) {
+        self.restore_irqs(&reserved, state, &mut out);
+        self.remove_record(partition)?;
+        if records.is_empty() {
+            self.teardown(state, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Fails with [`Error::Busy`] when a group of the partition still has tasks.
+    fn check_idle(&self, dirs: &[PathBuf]) -> Result<()> {
+        for d in dirs {
+            let file = if self.host.cgroup.uses_v2() {
+                "cgroup.procs"
+            } else {
+                "tasks"
+            };
+            let pids = kfs::read_pids(&d.join(file))?;
+            if !pids.is_empty() {
+                return Err(Error::Busy {
+                    path: d.clone(),
+                    pids,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Steers IRQs for what stays reserved; what cannot be restored becomes a warning.
+    fn restore_irqs(&self, reserved: &CpuList, state: &mut HostState, out: &mut Released) {
+        match self.steer(reserved, state) {
             Ok(irq) => {
                 out.warnings.extend(
                     irq.unsteerable
@@ -347,19 +330,6 @@ impl Manager {
             }
             Err(e) => out.warnings.push(e.to_string()),
         }
-        if let Err(e) = std::fs::remove_file(self.record_file(partition))
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::Dir {
-                op: "remove record",
-                path: self.record_file(partition),
-                source: e,
-            });
-        }
-        if records.is_empty() {
-            self.teardown(state, &mut out);
-        }
-        Ok(out)
     }
 
     /// Last partition gone: remove the subtrees rt created and the v2 controllers it enabled.

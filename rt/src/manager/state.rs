@@ -106,6 +106,20 @@ impl Manager {
         save_json(&self.state_file(), st)
     }
 
+    /// Removes the record of `partition` (absent already is fine).
+    pub(super) fn remove_record(&self, partition: &str) -> Result<()> {
+        if let Err(e) = std::fs::remove_file(self.record_file(partition))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::Dir {
+                op: "remove record",
+                path: self.record_file(partition),
+                source: e,
+            });
+        }
+        Ok(())
+    }
+
     /// Records of every applied partition.
     pub fn records(&self) -> Result<BTreeMap<String, PartitionRecord>> {
         let dir = self.cfg.state_dir.join("partitions");

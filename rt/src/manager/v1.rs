@@ -2,13 +2,14 @@
 //! exclusive cpusets under an exclusive subtree, and the RT budgets of RT group scheduling.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Manager;
 use super::layout::Layout;
 use super::planning::Plan;
 use super::shared::Phase;
 use super::state::{HostState, PartitionRecord};
+use crate::cpulist::CpuList;
 use crate::error::Result;
 use crate::kfs;
 
@@ -148,6 +149,45 @@ impl Manager {
         kfs::write_if_changed(&dir.join("cpu.rt_runtime_us"), &child.to_string())?;
         if total < cur {
             kfs::write(&file, &total.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a partition's v1 groups, gives its CPUs back to the shared groups and drops the
+    /// subtree's exclusive flag with the last exclusive partition. `soft` decides which kernel
+    /// errors stop the release.
+    pub(super) fn release_v1(
+        &self,
+        partition: &str,
+        dirs: &[PathBuf],
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+        reserved: &CpuList,
+        soft: &mut impl FnMut(Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        // cpu first: removing the child frees its budget, then the subtree shrinks.
+        if let Some(d) = self.group("cpu", partition) {
+            soft(kfs::rmdir_cgroup(&d))?;
+            if self.host.rt_group_sched == Some(true)
+                && let Some(sub) = self.subtree("cpu").filter(|s| s.is_dir())
+            {
+                let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+                let file = sub.join("cpu.rt_runtime_us");
+                if kfs::read_opt(&file)?.is_none_or(|v| v.trim() != total.to_string()) {
+                    soft(kfs::write_settling(&file, &total.to_string()))?;
+                }
+            }
+        }
+        for d in dirs {
+            soft(kfs::rmdir_cgroup(d))?;
+        }
+        state.cpuset_base.remove(partition);
+        self.reconcile_shared(records, state, reserved, Phase::Grow)?;
+        if state.subtree_exclusive_set && !records.values().any(|r| !r.cpus.is_empty()) {
+            if let Some(sub) = self.subtree("cpuset") {
+                soft(kfs::write_settling(&sub.join("cpuset.cpu_exclusive"), "0"))?;
+            }
+            state.subtree_exclusive_set = false;
         }
         Ok(())
     }

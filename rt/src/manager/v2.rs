@@ -137,4 +137,31 @@ impl Manager {
         }
         Ok(())
     }
+
+    /// Removes a partition's v2 group (a partition root becomes a member first) and gives its
+    /// CPUs back to the subtree's shared groups. `soft` decides which kernel errors stop the
+    /// release.
+    pub(super) fn release_v2(
+        &self,
+        mount: &Path,
+        partition: &str,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+        reserved: &CpuList,
+        soft: &mut impl FnMut(Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        let dir = mount.join(&self.cfg.root_name).join(partition);
+        let pf = dir.join("cpuset.cpus.partition");
+        if kfs::read_opt(&pf)?.is_some_and(|s| s.trim().starts_with("root")) {
+            kfs::write(&pf, "member")?;
+        }
+        soft(kfs::rmdir_cgroup(&dir))?;
+        state.cpuset_base.remove(partition);
+        let sub = mount.join(&self.cfg.root_name);
+        if sub.is_dir() && self.host.cgroup.has("cpuset") {
+            self.v2_subtree_exclusive(&sub, reserved)?;
+            self.reconcile_shared(records, state, reserved, Phase::Grow)?;
+        }
+        Ok(())
+    }
 }
