@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Manager;
-use super::layout::Layout;
+use super::layout::{Hier, Layout};
 use super::planning::Plan;
 use super::shared::Phase;
 use super::state::{HostState, PartitionRecord};
 use crate::cpulist::CpuList;
 use crate::error::Result;
 use crate::kfs;
+use crate::profile::ProfileSpec;
 
 impl Manager {
     /// Applies a plan on cgroup v1: subtrees, cpuset (exclusive CPUs, shared groups shrunk and
@@ -23,10 +24,37 @@ impl Manager {
         state: &mut HostState,
     ) -> Result<()> {
         let part = plan.partition.as_str();
-        let spec = &plan.spec;
         let Layout::V1(hiers) = &self.layout else {
             return Ok(());
         };
+        self.v1_subtrees(hiers, state)?;
+        let exclusive_any = records.values().any(|r| !r.cpus.is_empty());
+        if let Some(sub) = self.subtree("cpuset") {
+            self.v1_cpuset(&sub, plan, records, state, exclusive_any)?;
+        }
+        if let Some(dir) = self.group("cpu", part) {
+            self.v1_cpu(&dir, plan, records)?;
+        }
+        if let Some(dir) = self.group("memory", part) {
+            v1_memory(&dir, &plan.spec)?;
+        }
+        // accounting-only hierarchies
+        for ctrl in ["cpuacct", "blkio", "pids"] {
+            if let Some(dir) = self.group(ctrl, part) {
+                kfs::mkdir(&dir)?;
+            }
+        }
+        if !exclusive_any && state.subtree_exclusive_set {
+            if let Some(sub) = self.subtree("cpuset") {
+                kfs::write(&sub.join("cpuset.cpu_exclusive"), "0")?;
+            }
+            state.subtree_exclusive_set = false;
+        }
+        Ok(())
+    }
+
+    /// Creates the subtree in every hierarchy; a cpuset subtree gets its parent's mems and cpus.
+    fn v1_subtrees(&self, hiers: &[Hier], state: &mut HostState) -> Result<()> {
         for h in hiers {
             let sub = h.mount.join(&self.cfg.root_name);
             self.ensure_subtree(&sub, state)?;
@@ -40,95 +68,77 @@ impl Manager {
                 }
             }
         }
-        let exclusive_any = records.values().any(|r| !r.cpus.is_empty());
+        Ok(())
+    }
 
-        // cpuset
-        if let Some(sub) = self.subtree("cpuset") {
-            if exclusive_any && self.cfg.kernel_exclusive && !state.subtree_exclusive_set {
-                // Children can only be exclusive below an exclusive parent.
-                if kfs::read_opt(&sub.join("cpuset.cpu_exclusive"))?.is_none_or(|v| v.trim() != "1")
-                {
-                    kfs::write(&sub.join("cpuset.cpu_exclusive"), "1")?;
-                    state.subtree_exclusive_set = true;
-                }
+    /// The partition's cpuset group below the subtree `sub`: the subtree made exclusive when a
+    /// partition reserves CPUs, the partition's CPUs (or the shared pool) written between the
+    /// shrink and the grow pass over the shared groups.
+    fn v1_cpuset(
+        &self,
+        sub: &Path,
+        plan: &Plan,
+        records: &BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+        exclusive_any: bool,
+    ) -> Result<()> {
+        let part = plan.partition.as_str();
+        if exclusive_any && self.cfg.kernel_exclusive && !state.subtree_exclusive_set {
+            // Children can only be exclusive below an exclusive parent.
+            if kfs::read_opt(&sub.join("cpuset.cpu_exclusive"))?.is_none_or(|v| v.trim() != "1") {
+                kfs::write(&sub.join("cpuset.cpu_exclusive"), "1")?;
+                state.subtree_exclusive_set = true;
             }
-            let dir = sub.join(part);
-            kfs::mkdir(&dir)?;
-            kfs::write_if_changed(
-                &dir.join("cpuset.mems"),
-                kfs::read(&sub.join("cpuset.mems"))?.trim(),
-            )?;
-            if plan.cpus.is_empty() {
-                state
-                    .cpuset_base
-                    .insert(part.to_owned(), self.subtree_cpus()?.to_string());
-            } else {
-                state.cpuset_base.remove(part);
-            }
-            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
-            if plan.cpus.is_empty() {
-                if kfs::read_opt(&dir.join("cpuset.cpu_exclusive"))?
-                    .is_some_and(|v| v.trim() == "1")
-                {
-                    kfs::write(&dir.join("cpuset.cpu_exclusive"), "0")?;
-                }
-            } else {
-                kfs::write_if_changed(&dir.join("cpuset.cpus"), &plan.cpus.to_string())?;
-                if self.cfg.kernel_exclusive {
-                    kfs::write_if_changed(&dir.join("cpuset.cpu_exclusive"), "1")?;
-                }
-            }
-            self.reconcile_shared(records, state, &plan.reserved_after, Phase::Grow)?;
         }
+        let dir = sub.join(part);
+        kfs::mkdir(&dir)?;
+        kfs::write_if_changed(
+            &dir.join("cpuset.mems"),
+            kfs::read(&sub.join("cpuset.mems"))?.trim(),
+        )?;
+        if plan.cpus.is_empty() {
+            state
+                .cpuset_base
+                .insert(part.to_owned(), self.subtree_cpus()?.to_string());
+        } else {
+            state.cpuset_base.remove(part);
+        }
+        self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
+        if plan.cpus.is_empty() {
+            if kfs::read_opt(&dir.join("cpuset.cpu_exclusive"))?.is_some_and(|v| v.trim() == "1") {
+                kfs::write(&dir.join("cpuset.cpu_exclusive"), "0")?;
+            }
+        } else {
+            kfs::write_if_changed(&dir.join("cpuset.cpus"), &plan.cpus.to_string())?;
+            if self.cfg.kernel_exclusive {
+                kfs::write_if_changed(&dir.join("cpuset.cpu_exclusive"), "1")?;
+            }
+        }
+        self.reconcile_shared(records, state, &plan.reserved_after, Phase::Grow)
+    }
 
-        // cpu: weight, quota, RT budget
-        if let Some(dir) = self.group("cpu", part) {
-            kfs::mkdir(&dir)?;
-            kfs::write_if_changed(
-                &dir.join("cpu.shares"),
-                &spec.cpu_shares().unwrap_or(1024).to_string(),
-            )?;
-            let period = spec
-                .cpu_period_us
-                .unwrap_or(crate::profile::DEFAULT_CPU_PERIOD_US);
-            kfs::write_if_changed(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
-            let quota = spec.cpu_quota_us.map_or("-1".to_owned(), |q| q.to_string());
-            kfs::write_if_changed(&dir.join("cpu.cfs_quota_us"), &quota)?;
-            if self.host.rt_group_sched == Some(true) {
-                let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
-                self.v1_budget(&dir, plan.rt_runtime_us.unwrap_or(0), total)?;
-            }
-        }
-        // memory
-        if let Some(dir) = self.group("memory", part) {
-            kfs::mkdir(&dir)?;
-            let limit = spec
-                .memory_max_bytes
-                .map_or("-1".to_owned(), |m| m.to_string());
-            // The kernel rounds limits to pages and prints -1 as a large number: compare loosely.
-            let cur: Option<i128> = kfs::read_opt(&dir.join("memory.limit_in_bytes"))?
-                .and_then(|s| s.trim().parse().ok());
-            let want: i128 = limit.parse().unwrap_or(-1);
-            let same = match (cur, want) {
-                (Some(c), -1) => c >= (1i128 << 62),
-                (Some(c), w) => c == w,
-                (None, _) => false,
-            };
-            if !same {
-                kfs::write(&dir.join("memory.limit_in_bytes"), &limit)?;
-            }
-        }
-        // accounting-only hierarchies
-        for ctrl in ["cpuacct", "blkio", "pids"] {
-            if let Some(dir) = self.group(ctrl, part) {
-                kfs::mkdir(&dir)?;
-            }
-        }
-        if !exclusive_any && state.subtree_exclusive_set {
-            if let Some(sub) = self.subtree("cpuset") {
-                kfs::write(&sub.join("cpuset.cpu_exclusive"), "0")?;
-            }
-            state.subtree_exclusive_set = false;
+    /// The partition's cpu group `dir`: weight, quota, RT budget.
+    fn v1_cpu(
+        &self,
+        dir: &Path,
+        plan: &Plan,
+        records: &BTreeMap<String, PartitionRecord>,
+    ) -> Result<()> {
+        let spec = &plan.spec;
+        kfs::mkdir(dir)?;
+        kfs::write_if_changed(
+            &dir.join("cpu.shares"),
+            &spec.cpu_shares().unwrap_or(1024).to_string(),
+        )?;
+        let period = spec
+            .cpu_period_us
+            .unwrap_or(crate::profile::DEFAULT_CPU_PERIOD_US);
+        kfs::write_if_changed(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+        let quota = spec.cpu_quota_us.map_or("-1".to_owned(), |q| q.to_string());
+        kfs::write_if_changed(&dir.join("cpu.cfs_quota_us"), &quota)?;
+        if self.host.rt_group_sched == Some(true) {
+            let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+            self.v1_budget(dir, plan.rt_runtime_us.unwrap_or(0), total)?;
         }
         Ok(())
     }
@@ -191,4 +201,25 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// The partition's memory group `dir`: `memory.limit_in_bytes` (-1 without a limit).
+fn v1_memory(dir: &Path, spec: &ProfileSpec) -> Result<()> {
+    kfs::mkdir(dir)?;
+    let limit = spec
+        .memory_max_bytes
+        .map_or("-1".to_owned(), |m| m.to_string());
+    // The kernel rounds limits to pages and prints -1 as a large number: compare loosely.
+    let cur: Option<i128> =
+        kfs::read_opt(&dir.join("memory.limit_in_bytes"))?.and_then(|s| s.trim().parse().ok());
+    let want: i128 = limit.parse().unwrap_or(-1);
+    let same = match (cur, want) {
+        (Some(c), -1) => c >= (1i128 << 62),
+        (Some(c), w) => c == w,
+        (None, _) => false,
+    };
+    if !same {
+        kfs::write(&dir.join("memory.limit_in_bytes"), &limit)?;
+    }
+    Ok(())
 }
