@@ -49,6 +49,10 @@ pub struct PlanContext<'a> {
 }
 
 /// Validates `spec` for `partition` and resolves its CPUs and budget. Pure: no I/O.
+///
+/// The checks run in a fixed order and the first refusal is returned: name and profile, what
+/// the host offers, exclusive CPUs, RT budget (v1) or the cpu-controller rule (v2), v2 remote
+/// partitions, then that no shared cpuset group would be left without CPUs.
 pub fn plan(
     partition: &str,
     spec: &ProfileSpec,
@@ -56,9 +60,27 @@ pub fn plan(
 ) -> Result<Plan, ProfileError> {
     check_name(partition)?;
     spec.check()?;
-    let host = ctx.host;
+    check_host_offers(spec, ctx.host)?;
+    let (cpus, reserved_others) = resolve_cpus(spec, ctx)?;
+    let rt_runtime_us = resolve_rt_budget(spec, ctx)?;
+    if !cpus.is_empty() && ctx.host.cgroup.uses_v2() && !ctx.v2_exclusive_supported {
+        return Err(ProfileError::V2PartitionUnsupported);
+    }
+    let reserved_after = reserved_others.union(&cpus);
+    check_shared_groups_keep_cpus(ctx, &reserved_after)?;
+    Ok(Plan {
+        partition: partition.to_owned(),
+        spec: spec.clone(),
+        cpus,
+        rt_runtime_us,
+        reserved_after,
+    })
+}
+
+/// The host can give what the profile asks: a real-time policy, and a controller for every
+/// setting.
+fn check_host_offers(spec: &ProfileSpec, host: &HostReport) -> Result<(), ProfileError> {
     let policy = spec.policy();
-    let v2 = host.cgroup.uses_v2();
     if policy.is_realtime() && !host.fifo_available {
         return Err(ProfileError::RtUnavailable {
             policy,
@@ -94,8 +116,17 @@ pub fn plan(
     if spec.cpu_quota_us.is_some() {
         need("cpu", "cpu_quota_us")?;
     }
+    Ok(())
+}
 
-    // Exclusive CPUs.
+/// The partition's exclusive CPUs (empty: shared pool) and the CPUs the other partitions
+/// reserve. `cpu_list` must be online, in the pool and free; `cpus = N` keeps the previous CPUs
+/// when they are still free, else takes the lowest free ones.
+fn resolve_cpus(
+    spec: &ProfileSpec,
+    ctx: &PlanContext<'_>,
+) -> Result<(CpuList, CpuList), ProfileError> {
+    let host = ctx.host;
     let mut reserved_by: BTreeMap<u32, &str> = BTreeMap::new();
     for (name, rec) in ctx.others {
         for c in rec.cpus.iter() {
@@ -140,44 +171,26 @@ pub fn plan(
     } else {
         CpuList::new()
     };
-    // RT budget (v1) or the cpu-controller rule (v2).
-    let uses_cpu = |s: &ProfileSpec| s.cpu_weight.is_some() || s.cpu_quota_us.is_some();
+    Ok((cpus, reserved_others))
+}
+
+/// The v1 RT budget to write: the profile's (or the default) when it fits in the bandwidth
+/// left, None without RT group scheduling. On v2 there is no budget; the cpu-controller rule
+/// applies instead.
+fn resolve_rt_budget(
+    spec: &ProfileSpec,
+    ctx: &PlanContext<'_>,
+) -> Result<Option<u64>, ProfileError> {
+    let host = ctx.host;
     let mut rt_runtime_us = None;
-    if v2 {
+    if host.cgroup.uses_v2() {
         if spec.rt_runtime_us.is_some() {
             return Err(ProfileError::RtRuntimeUnsupported(
                 "cgroup v2 has no per-group RT bandwidth (cpu.rt_runtime_us is v1-only)".into(),
             ));
         }
         if host.rt_group_sched != Some(false) {
-            if policy.is_realtime() {
-                let reason = if uses_cpu(spec) {
-                    Some(
-                        "cpu_weight/cpu_quota_us would enable the cpu controller for it".to_owned(),
-                    )
-                } else if host.cgroup.v2_subtree_control.iter().any(|c| c == "cpu") {
-                    Some("the cgroup2 root enables cpu for every child group".to_owned())
-                } else {
-                    ctx.others.iter().find(|(_, r)| uses_cpu(&r.spec)).map(|(n, _)| {
-                        format!("partition `{n}` uses cpu_weight/cpu_quota_us, which enables cpu in the subtree")
-                    })
-                };
-                if let Some(reason) = reason {
-                    return Err(ProfileError::RtUnderCpuController { policy, reason });
-                }
-            } else if uses_cpu(spec)
-                && let Some((n, r)) = ctx
-                    .others
-                    .iter()
-                    .find(|(_, r)| r.spec.policy().is_realtime())
-            {
-                return Err(ProfileError::RtUnderCpuController {
-                    policy: r.spec.policy(),
-                    reason: format!(
-                        "cpu_weight/cpu_quota_us here would put partition `{n}` under the cpu controller"
-                    ),
-                });
-            }
+            check_rt_outside_cpu_controller(spec, ctx)?;
         }
     } else if let Some(left) = ctx.rt_bandwidth_left {
         if let Some(want) = spec.effective_rt_runtime_us() {
@@ -195,28 +208,68 @@ pub fn plan(
                 .into(),
         ));
     }
+    Ok(rt_runtime_us)
+}
 
-    if !cpus.is_empty() && v2 && !ctx.v2_exclusive_supported {
-        return Err(ProfileError::V2PartitionUnsupported);
+/// v2 with (possibly) RT group scheduling: a fifo/rr partition must stay outside the cpu
+/// controller, which rt enables in the subtree for any partition asking for weight/quota.
+fn check_rt_outside_cpu_controller(
+    spec: &ProfileSpec,
+    ctx: &PlanContext<'_>,
+) -> Result<(), ProfileError> {
+    let policy = spec.policy();
+    let uses_cpu = |s: &ProfileSpec| s.cpu_weight.is_some() || s.cpu_quota_us.is_some();
+    if policy.is_realtime() {
+        let reason = if uses_cpu(spec) {
+            Some("cpu_weight/cpu_quota_us would enable the cpu controller for it".to_owned())
+        } else if ctx
+            .host
+            .cgroup
+            .v2_subtree_control
+            .iter()
+            .any(|c| c == "cpu")
+        {
+            Some("the cgroup2 root enables cpu for every child group".to_owned())
+        } else {
+            ctx.others.iter().find(|(_, r)| uses_cpu(&r.spec)).map(|(n, _)| {
+                format!("partition `{n}` uses cpu_weight/cpu_quota_us, which enables cpu in the subtree")
+            })
+        };
+        if let Some(reason) = reason {
+            return Err(ProfileError::RtUnderCpuController { policy, reason });
+        }
+    } else if uses_cpu(spec)
+        && let Some((n, r)) = ctx
+            .others
+            .iter()
+            .find(|(_, r)| r.spec.policy().is_realtime())
+    {
+        return Err(ProfileError::RtUnderCpuController {
+            policy: r.spec.policy(),
+            reason: format!(
+                "cpu_weight/cpu_quota_us here would put partition `{n}` under the cpu controller"
+            ),
+        });
     }
-    let reserved_after = reserved_others.union(&cpus);
+    Ok(())
+}
+
+/// No shared cpuset group may be left without CPUs once `reserved_after` is reserved.
+fn check_shared_groups_keep_cpus(
+    ctx: &PlanContext<'_>,
+    reserved_after: &CpuList,
+) -> Result<(), ProfileError> {
     for (rel, base) in &ctx.shared_groups {
         if !base.is_empty()
-            && base.difference(&reserved_after).is_empty()
+            && base.difference(reserved_after).is_empty()
             && !reserved_after.is_empty()
         {
             return Err(ProfileError::WouldEmptyCgroup {
                 cgroup: rel.clone(),
                 cpus: base.clone(),
-                reserved: reserved_after,
+                reserved: reserved_after.clone(),
             });
         }
     }
-    Ok(Plan {
-        partition: partition.to_owned(),
-        spec: spec.clone(),
-        cpus,
-        rt_runtime_us,
-        reserved_after,
-    })
+    Ok(())
 }
