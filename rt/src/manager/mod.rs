@@ -203,17 +203,7 @@ impl Manager {
         let irq = match result {
             Ok(irq) => irq,
             Err(e) => {
-                match previous {
-                    // First apply: undo what was created.
-                    None => {
-                        let _ = self.release_locked(partition, &mut records, &mut state, true);
-                    }
-                    // Update: keep the previous record; the next apply reconciles the kernel files.
-                    Some(prev) => {
-                        let _ = save_json(&self.record_file(partition), &prev);
-                    }
-                }
-                let _ = self.save_state(&state);
+                self.roll_back(partition, previous, &mut records, &mut state);
                 return Err(e);
             }
         };
@@ -229,6 +219,29 @@ impl Manager {
         })
     }
 
+    /// After a kernel error in `apply`, best effort: errors here are dropped, the caller gets the
+    /// apply's own error.
+    fn roll_back(
+        &self,
+        partition: &str,
+        previous: Option<PartitionRecord>,
+        records: &mut BTreeMap<String, PartitionRecord>,
+        state: &mut HostState,
+    ) {
+        match previous {
+            // First apply: undo what was created.
+            None => {
+                let _ = self.release_locked(partition, records, state, true);
+            }
+            // Update: keep the previous record; the next apply reconciles the kernel files.
+            Some(prev) => {
+                let _ = save_json(&self.record_file(partition), &prev);
+            }
+        }
+        let _ = self.save_state(state);
+    }
+
+    /// Moves IRQs off `reserved` (back to their originals outside it), unless steering is off.
     fn steer(&self, reserved: &CpuList, state: &mut HostState) -> Result<IrqOutcome> {
         if !self.cfg.steer_irqs {
             return Ok(IrqOutcome::default());
