@@ -115,3 +115,16 @@ pub(super) fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
     let b: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     (a, b) >= (major, minor)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert!(kernel_at_least("6.18.44-fc-v769", 6, 7));
+        assert!(kernel_at_least("7.0", 6, 7));
+        assert!(!kernel_at_least("6.1.0-18-amd64", 6, 7));
+        assert!(!kernel_at_least("", 6, 7));
+    }
+}
