@@ -17,6 +17,14 @@
 //!   `base ∖ reserved` (its CPUs before rt touched it, minus reserved), IRQs `original ∖ reserved`;
 //! - v1 with RT group scheduling: subtree `cpu.rt_runtime_us` = Σ partition budgets;
 //! - no record left ⇒ nothing of rt left on the host (subtrees removed, flags and IRQs restored).
+//!
+//! Where things are (this file is the [`Manager`] facade: apply, release, usage, child setup):
+//! - `planning` — the pure core: [`plan`], [`PlanContext`], [`Plan`]; no I/O;
+//! - `context` — the I/O side of planning: reads the host and records into a [`PlanContext`];
+//! - `state` — what is persisted: [`PartitionRecord`], the host state to restore, load/save;
+//! - `layout` — which hierarchies rt uses and the paths of the subtree and partition groups;
+//! - `shared` — the non-exclusive cpuset groups kept at `base ∖ reserved`;
+//! - `v1`, `v2` — what apply and release write in cgroup v1 (budgets) and v2 (remote partitions).
 
 use std::collections::BTreeMap;
 use std::fs::File;
