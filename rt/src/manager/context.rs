@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::Manager;
 use super::planning::{Plan, PlanContext, plan};
-use super::state::{HostState, PartitionRecord};
+use super::state::{HostState, PartitionRecord, rt_budget_total};
 use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::kfs;
@@ -101,7 +101,7 @@ impl Manager {
                 used += per_second(rt, period);
             }
         }
-        used += others.values().filter_map(|r| r.rt_runtime_us).sum::<u64>();
+        used += rt_budget_total(others);
         Ok(Some(total.saturating_sub(used).min(RT_PERIOD_US)))
     }
 }

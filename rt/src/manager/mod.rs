@@ -53,7 +53,7 @@ mod v2;
 use layout::Layout;
 pub use planning::{Plan, PlanContext, plan};
 pub use state::PartitionRecord;
-use state::{HostState, save_json};
+use state::{HostState, reserved_cpus, save_json};
 
 /// Manager settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,10 +158,7 @@ impl Manager {
 
     /// CPUs of the pool not reserved by any partition.
     pub fn free_rt_cpus(&self) -> Result<CpuList> {
-        let reserved = self
-            .records()?
-            .values()
-            .fold(CpuList::new(), |acc, r| acc.union(&r.cpus));
+        let reserved = reserved_cpus(&self.records()?);
         Ok(self
             .cfg
             .rt_pool
@@ -290,9 +287,7 @@ impl Manager {
             self.check_idle(&dirs)?;
         }
         records.remove(partition);
-        let reserved: CpuList = records
-            .values()
-            .fold(CpuList::new(), |acc, r| acc.union(&r.cpus));
+        let reserved = reserved_cpus(records);
         // In forced mode (undoing a failed first apply) keep going past errors.
         let mut soft = |r: Result<()>| -> Result<()> {
             match r {

@@ -218,9 +218,8 @@ fn check_rt_outside_cpu_controller(
     ctx: &PlanContext<'_>,
 ) -> Result<(), ProfileError> {
     let policy = spec.policy();
-    let uses_cpu = |s: &ProfileSpec| s.cpu_weight.is_some() || s.cpu_quota_us.is_some();
     if policy.is_realtime() {
-        let reason = if uses_cpu(spec) {
+        let reason = if uses_cpu_controller(spec) {
             Some("cpu_weight/cpu_quota_us would enable the cpu controller for it".to_owned())
         } else if ctx
             .host
@@ -231,14 +230,14 @@ fn check_rt_outside_cpu_controller(
         {
             Some("the cgroup2 root enables cpu for every child group".to_owned())
         } else {
-            ctx.others.iter().find(|(_, r)| uses_cpu(&r.spec)).map(|(n, _)| {
+            ctx.others.iter().find(|(_, r)| uses_cpu_controller(&r.spec)).map(|(n, _)| {
                 format!("partition `{n}` uses cpu_weight/cpu_quota_us, which enables cpu in the subtree")
             })
         };
         if let Some(reason) = reason {
             return Err(ProfileError::RtUnderCpuController { policy, reason });
         }
-    } else if uses_cpu(spec)
+    } else if uses_cpu_controller(spec)
         && let Some((n, r)) = ctx
             .others
             .iter()
@@ -252,6 +251,11 @@ fn check_rt_outside_cpu_controller(
         });
     }
     Ok(())
+}
+
+/// True when the profile sets weight or quota, for which rt enables the cpu controller.
+pub(super) fn uses_cpu_controller(spec: &ProfileSpec) -> bool {
+    spec.cpu_weight.is_some() || spec.cpu_quota_us.is_some()
 }
 
 /// No shared cpuset group may be left without CPUs once `reserved_after` is reserved.

@@ -41,6 +41,18 @@ pub(super) struct HostState {
     pub(super) irq: IrqOriginals,
 }
 
+/// CPUs the `records` reserve: the union of their exclusive CPUs.
+pub(super) fn reserved_cpus(records: &BTreeMap<String, PartitionRecord>) -> CpuList {
+    records
+        .values()
+        .fold(CpuList::new(), |acc, r| acc.union(&r.cpus))
+}
+
+/// Σ of the v1 RT budgets of `records` (what the subtree's `cpu.rt_runtime_us` holds).
+pub(super) fn rt_budget_total(records: &BTreeMap<String, PartitionRecord>) -> u64 {
+    records.values().filter_map(|r| r.rt_runtime_us).sum()
+}
+
 /// Reads a JSON state file; `None` when it does not exist.
 pub(super) fn load_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     match kfs::read_opt(path)? {

@@ -8,7 +8,7 @@ use super::Manager;
 use super::layout::{Hier, Layout};
 use super::planning::Plan;
 use super::shared::Phase;
-use super::state::{HostState, PartitionRecord};
+use super::state::{HostState, PartitionRecord, rt_budget_total};
 use crate::cpulist::CpuList;
 use crate::error::Result;
 use crate::kfs;
@@ -137,7 +137,7 @@ impl Manager {
         let quota = spec.cpu_quota_us.map_or("-1".to_owned(), |q| q.to_string());
         kfs::write_if_changed(&dir.join("cpu.cfs_quota_us"), &quota)?;
         if self.host.rt_group_sched == Some(true) {
-            let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+            let total = rt_budget_total(records);
             self.v1_budget(dir, plan.rt_runtime_us.unwrap_or(0), total)?;
         }
         Ok(())
@@ -181,7 +181,7 @@ impl Manager {
             if self.host.rt_group_sched == Some(true)
                 && let Some(sub) = self.subtree("cpu").filter(|s| s.is_dir())
             {
-                let total: u64 = records.values().filter_map(|r| r.rt_runtime_us).sum();
+                let total = rt_budget_total(records);
                 let file = sub.join("cpu.rt_runtime_us");
                 if kfs::read_opt(&file)?.is_none_or(|v| v.trim() != total.to_string()) {
                     soft(kfs::write_settling(&file, &total.to_string()))?;

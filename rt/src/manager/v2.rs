@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::Manager;
-use super::planning::Plan;
+use super::planning::{Plan, uses_cpu_controller};
 use super::shared::Phase;
 use super::state::{HostState, PartitionRecord};
 use crate::cpulist::CpuList;
@@ -23,10 +23,7 @@ fn v2_controllers(records: &BTreeMap<String, PartitionRecord>) -> Vec<&'static s
     if records.values().any(|r| !r.cpus.is_empty()) {
         wanted.push("cpuset");
     }
-    if records
-        .values()
-        .any(|r| r.spec.cpu_weight.is_some() || r.spec.cpu_quota_us.is_some())
-    {
+    if records.values().any(|r| uses_cpu_controller(&r.spec)) {
         wanted.push("cpu");
     }
     wanted
