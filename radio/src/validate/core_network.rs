@@ -1,5 +1,6 @@
-//! Core-network rules (TS 23.003, simpleran): MME and AMF addresses, the LTE and NR PLMN lists
-//! with the NR tracking area codes, and the PLMN and address parsers.
+//! Core-network rules (TS 23.003, 36.413, 38.413, simpleran): the base-station ids the core sees
+//! (eNB ID, gNB ID and its length), the GTP-U address, MME and AMF addresses, the LTE and NR PLMN
+//! lists with the NR tracking area codes, and the PLMN and address parsers.
 
 use super::Validator;
 use crate::params::{self, EnbParams};
@@ -7,7 +8,93 @@ use crate::plan::{CoreAddr, CoreNode, Plmn};
 use std::net::{IpAddr, SocketAddr};
 
 impl Validator {
-    pub(super) fn core_list<T>(
+    /// `gnb_id_bits` (default 28) and its range.
+    pub(super) fn gnb_id_bits(&mut self, p: &EnbParams) -> u8 {
+        let gnb_id_bits = p.gnb_id_bits.unwrap_or(28);
+        if !(22..=32).contains(&gnb_id_bits) {
+            self.err(
+                "gnb_id_bits",
+                format!("{gnb_id_bits} is outside 22..=32 (TS 38.413 gNB-ID length)"),
+            );
+        }
+        gnb_id_bits
+    }
+
+    /// `enb_id` (28 bits, required with LTE cells) and `gnb_id` (fits `gnb_id_bits`, required
+    /// with NR cells).
+    pub(super) fn node_ids(&mut self, p: &EnbParams, has_lte: bool, has_nr: bool, gnb_id_bits: u8) {
+        if let Some(id) = p.enb_id {
+            if id > 0x0FFF_FFFF {
+                self.err(
+                    "enb_id",
+                    format!(
+                        "{id:#x} exceeds 28 bits (20-bit macro or 28-bit home eNB ID, TS 36.413)"
+                    ),
+                );
+            }
+        } else if has_lte {
+            self.err("enb_id", "required when there are LTE cells");
+        }
+        match p.gnb_id {
+            Some(id) if (22..=32).contains(&gnb_id_bits) && id >> gnb_id_bits != 0 => {
+                self.err(
+                    "gnb_id",
+                    format!("{id:#x} does not fit in gnb_id_bits = {gnb_id_bits}"),
+                );
+            }
+            None if has_nr => self.err("gnb_id", "required when there are NR cells"),
+            _ => {}
+        }
+    }
+
+    /// `gtp_addr` (default 127.0.1.1).
+    pub(super) fn gtp_addr(&mut self, p: &EnbParams) -> Option<CoreAddr> {
+        match parse_addr(p.gtp_addr.as_deref().unwrap_or("127.0.1.1")) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.err("gtp_addr", e);
+                None
+            }
+        }
+    }
+
+    /// `mme_list` and `amf_list`; at least one MME with LTE cells, one AMF with NR cells.
+    pub(super) fn core_nodes(
+        &mut self,
+        p: &EnbParams,
+        has_lte: bool,
+        has_nr: bool,
+    ) -> (Vec<CoreNode>, Vec<CoreNode>) {
+        let mme_list = self.core_list(
+            &p.mme_list,
+            "mme_list",
+            "mme_addr",
+            |m| (&m.mme_addr, &m.s1ap_bind_addr),
+            "s1ap_bind_addr",
+        );
+        let amf_list = self.core_list(
+            &p.amf_list,
+            "amf_list",
+            "amf_addr",
+            |a| (&a.amf_addr, &a.ngap_bind_addr),
+            "ngap_bind_addr",
+        );
+        if has_lte && mme_list.is_empty() && p.mme_list.is_empty() {
+            self.err(
+                "mme_list",
+                "at least one MME is required when there are LTE cells",
+            );
+        }
+        if has_nr && amf_list.is_empty() && p.amf_list.is_empty() {
+            self.err(
+                "amf_list",
+                "at least one AMF is required when there are NR cells",
+            );
+        }
+        (mme_list, amf_list)
+    }
+
+    fn core_list<T>(
         &mut self,
         list: &params::NamedList<T>,
         name: &str,

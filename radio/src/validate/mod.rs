@@ -141,15 +141,67 @@ impl Validator {
         v
     }
 
+    /// Checks the whole request in parameter order (node, cells, core network, handover,
+    /// monitoring), collecting every error, and resolves the plan when there is none.
     fn run(mut self, p: &EnbParams) -> Result<Validated, Invalid> {
-        let gnb_id_bits = p.gnb_id_bits.unwrap_or(28);
-        if !(22..=32).contains(&gnb_id_bits) {
-            self.err(
-                "gnb_id_bits",
-                format!("{gnb_id_bits} is outside 22..=32 (TS 38.413 gNB-ID length)"),
-            );
-        }
+        let gnb_id_bits = self.gnb_id_bits(p);
+        let (lte_cells, nr_cells) = self.cells(p, gnb_id_bits);
+        self.check_uniqueness(&lte_cells, &nr_cells);
 
+        let has_lte = p
+            .cell_list
+            .iter()
+            .any(|(_, c)| c.cell_type.as_deref() == Some("lte"));
+        let has_nr = p
+            .cell_list
+            .iter()
+            .any(|(_, c)| c.cell_type.as_deref() == Some("nr"));
+
+        self.node_ids(p, has_lte, has_nr, gnb_id_bits);
+        let gtp_addr = self.gtp_addr(p);
+        let (mme_list, amf_list) = self.core_nodes(p, has_lte, has_nr);
+
+        let plmn_list = self.plmns(p, has_lte);
+        let plmn_list_5g = self.plmns_5g(p, has_nr);
+
+        let handover = self.handover(p);
+
+        let monitoring = self.monitoring(p);
+
+        if !self.errors.is_empty() {
+            return Err(Invalid {
+                errors: self.errors,
+                notes: self.notes,
+            });
+        }
+        let Some(gtp_addr) = gtp_addr else {
+            return Err(Invalid {
+                errors: self.errors,
+                notes: self.notes,
+            });
+        };
+        let plan = Plan {
+            enb_id: p.enb_id.filter(|_| has_lte),
+            gnb_id: p.gnb_id.filter(|_| has_nr),
+            gnb_id_bits,
+            gtp_addr,
+            mme_list,
+            amf_list,
+            plmn_list,
+            plmn_list_5g,
+            handover,
+            lte_cells,
+            nr_cells,
+            monitoring,
+        };
+        Ok(Validated {
+            plan,
+            notes: self.notes,
+        })
+    }
+
+    /// Every cell of `cell_list`: its kind, its radio unit, then the LTE or NR rules.
+    fn cells(&mut self, p: &EnbParams, gnb_id_bits: u8) -> (Vec<LteCell>, Vec<NrCell>) {
         let mut lte_cells = Vec::new();
         let mut nr_cells = Vec::new();
         if p.cell_list.is_empty() {
@@ -185,79 +237,11 @@ impl Validator {
                 None => self.err(&format!("{path}.cell_type"), "required: \"lte\" or \"nr\""),
             }
         }
-        self.check_uniqueness(&lte_cells, &nr_cells);
+        (lte_cells, nr_cells)
+    }
 
-        let has_lte = p
-            .cell_list
-            .iter()
-            .any(|(_, c)| c.cell_type.as_deref() == Some("lte"));
-        let has_nr = p
-            .cell_list
-            .iter()
-            .any(|(_, c)| c.cell_type.as_deref() == Some("nr"));
-
-        if let Some(id) = p.enb_id {
-            if id > 0x0FFF_FFFF {
-                self.err(
-                    "enb_id",
-                    format!(
-                        "{id:#x} exceeds 28 bits (20-bit macro or 28-bit home eNB ID, TS 36.413)"
-                    ),
-                );
-            }
-        } else if has_lte {
-            self.err("enb_id", "required when there are LTE cells");
-        }
-        match p.gnb_id {
-            Some(id) if (22..=32).contains(&gnb_id_bits) && id >> gnb_id_bits != 0 => {
-                self.err(
-                    "gnb_id",
-                    format!("{id:#x} does not fit in gnb_id_bits = {gnb_id_bits}"),
-                );
-            }
-            None if has_nr => self.err("gnb_id", "required when there are NR cells"),
-            _ => {}
-        }
-
-        let gtp_addr = match parse_addr(p.gtp_addr.as_deref().unwrap_or("127.0.1.1")) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                self.err("gtp_addr", e);
-                None
-            }
-        };
-        let mme_list = self.core_list(
-            &p.mme_list,
-            "mme_list",
-            "mme_addr",
-            |m| (&m.mme_addr, &m.s1ap_bind_addr),
-            "s1ap_bind_addr",
-        );
-        let amf_list = self.core_list(
-            &p.amf_list,
-            "amf_list",
-            "amf_addr",
-            |a| (&a.amf_addr, &a.ngap_bind_addr),
-            "ngap_bind_addr",
-        );
-        if has_lte && mme_list.is_empty() && p.mme_list.is_empty() {
-            self.err(
-                "mme_list",
-                "at least one MME is required when there are LTE cells",
-            );
-        }
-        if has_nr && amf_list.is_empty() && p.amf_list.is_empty() {
-            self.err(
-                "amf_list",
-                "at least one AMF is required when there are NR cells",
-            );
-        }
-
-        let plmn_list = self.plmns(p, has_lte);
-        let plmn_list_5g = self.plmns_5g(p, has_nr);
-
-        let handover = self.handover(p);
-
+    /// The statistics period and the promise thresholds.
+    fn monitoring(&mut self, p: &EnbParams) -> Monitoring {
         let period = p.enb_stats_fetch_period.unwrap_or(60.0);
         if !(period.is_finite() && period > 0.0 && period <= 86_400.0) {
             self.err(
@@ -265,42 +249,11 @@ impl Validator {
                 format!("{period} s is not in (0, 86400]"),
             );
         }
-        let monitoring = Monitoring {
+        Monitoring {
             stats_period_s: period,
             max_rx_sample_db: p.max_rx_sample_db.unwrap_or(0.0),
             min_rxtx_delay_ms: p.min_rxtx_delay.unwrap_or(0.0),
-        };
-
-        if !self.errors.is_empty() {
-            return Err(Invalid {
-                errors: self.errors,
-                notes: self.notes,
-            });
         }
-        let Some(gtp_addr) = gtp_addr else {
-            return Err(Invalid {
-                errors: self.errors,
-                notes: self.notes,
-            });
-        };
-        let plan = Plan {
-            enb_id: p.enb_id.filter(|_| has_lte),
-            gnb_id: p.gnb_id.filter(|_| has_nr),
-            gnb_id_bits,
-            gtp_addr,
-            mme_list,
-            amf_list,
-            plmn_list,
-            plmn_list_5g,
-            handover,
-            lte_cells,
-            nr_cells,
-            monitoring,
-        };
-        Ok(Validated {
-            plan,
-            notes: self.notes,
-        })
     }
 }
 
