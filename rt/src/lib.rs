@@ -44,6 +44,19 @@
 //!   partition and must record exactly what it changed in order to restore it.
 //! - **One platform facade** (`sys`): all libc/nix calls; non-Linux builds get `Unsupported`.
 //!
+//! ## Modules
+//!
+//! - [`host`] — the readiness report: what the machine offers ([`HostReport`], [`HostPaths`]);
+//! - [`profile`] — the partition profile ([`ProfileSpec`]) and its host-independent checks;
+//! - [`manager`] — validate, apply, release, read back; its module doc maps its parts: pure
+//!   planning, persisted state, cgroup layout, shared cpuset groups, cgroup v1, cgroup v2;
+//! - [`child`] — the `pre_exec` setup of a partition's processes;
+//! - [`irq`] — IRQ affinity steering and restoration;
+//! - [`usage`] — per-partition usage read from its cgroups;
+//! - [`pmqos`] — holding `/dev/cpu_dma_latency`;
+//! - [`probe`] — the latency probe behind `rt-probe`;
+//! - [`sys`] — the platform facade; `kfs` — kernel-file helpers; [`cpulist`], [`error`].
+//!
 //! ## Decisions
 //!
 //! - **cgroup v1**: the subtree and exclusive groups get `cpuset.cpu_exclusive=1` (the kernel

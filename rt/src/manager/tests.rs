@@ -2,6 +2,7 @@
 //! checked file by file, plus every refusal path (nothing may change on a refused profile).
 
 use super::*;
+use crate::error::ProfileError;
 use crate::host::tests::{fake_v1_host, fake_v2_host, put};
 use crate::profile::Policy;
 use std::fs;
@@ -613,81 +614,4 @@ fn fifo_refused_when_host_cannot_give_it() {
             .rt_runtime_us,
         None
     );
-}
-
-#[test]
-fn pure_plan_is_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
-    fake_v1_host(dir.path());
-    let host = HostReport::detect_with(&HostPaths::under(dir.path())).unwrap();
-    let pool = CpuList::parse("1-3").unwrap();
-    let mut others = BTreeMap::new();
-    others.insert(
-        "a".to_owned(),
-        PartitionRecord {
-            spec: ProfileSpec::default(),
-            cpus: CpuList::parse("1").unwrap(),
-            rt_runtime_us: None,
-        },
-    );
-    let ctx = PlanContext {
-        host: &host,
-        pool: &pool,
-        others: &others,
-        previous_cpus: Some(CpuList::parse("3").unwrap()),
-        rt_bandwidth_left: Some(950_000),
-        shared_groups: vec![(String::new(), CpuList::parse("0-3").unwrap())],
-        v2_exclusive_supported: false,
-    };
-    let p = plan(
-        "b",
-        &ProfileSpec {
-            cpus: Some(1),
-            ..Default::default()
-        },
-        &ctx,
-    )
-    .unwrap();
-    assert_eq!(
-        p.cpus.to_string(),
-        "3",
-        "previous CPUs are kept when still free"
-    );
-    assert_eq!(p.reserved_after.to_string(), "1,3");
-    let p = plan(
-        "b",
-        &ProfileSpec {
-            cpus: Some(2),
-            ..Default::default()
-        },
-        &ctx,
-    )
-    .unwrap();
-    assert_eq!(p.cpus.to_string(), "2-3");
-    let all = ProfileSpec {
-        cpu_list: Some(vec![0]),
-        ..Default::default()
-    };
-    let pool_all = CpuList::parse("0-3").unwrap();
-    let ctx2 = PlanContext {
-        pool: &pool_all,
-        others: &BTreeMap::new(),
-        ..ctx.clone()
-    };
-    let ctx2 = PlanContext {
-        shared_groups: vec![(String::new(), CpuList::parse("0").unwrap())],
-        ..ctx2
-    };
-    assert!(matches!(
-        plan("b", &all, &ctx2),
-        Err(ProfileError::WouldEmptyCgroup { .. })
-    ));
-}
-
-#[test]
-fn kernel_versions() {
-    assert!(kernel_at_least("6.18.44-fc-v769", 6, 7));
-    assert!(kernel_at_least("7.0", 6, 7));
-    assert!(!kernel_at_least("6.1.0-18-amd64", 6, 7));
-    assert!(!kernel_at_least("", 6, 7));
 }
