@@ -16,7 +16,6 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use node_edge::profile::{InstanceManifest, PartitionContext, RenderContext, render};
@@ -74,11 +73,7 @@ fuzz_target!(|data: &[u8]| {
             .collect(),
     };
     let rendered = render(name, source, &context(parameters.clone()));
-    // Known bug (fuzz/regressions/node_profile/known/toml-filter-raw-del): the `toml` filter
-    // writes U+007F raw inside a TOML basic string, which TOML forbids: the manifest no longer
-    // parses. Skipped unless SLAPOS_FUZZ_STRICT=1 so fuzzing goes on past it.
-    let known = parameters.values().any(has_del) && !strict();
-    if name == "hello-web" && !parameters.values().any(has_null) && !known {
+    if name == "hello-web" && !parameters.values().any(has_null) {
         let text = rendered.unwrap_or_else(|e| panic!("hello-web refused parameters: {e}"));
         let m = InstanceManifest::parse(&text)
             .unwrap_or_else(|e| panic!("hello-web rendered an invalid manifest: {e}\n{text}"));
@@ -105,21 +100,6 @@ fn check(m: &InstanceManifest) {
     for f in &m.files {
         assert!(f.path.is_relative(), "{:?}", f.path);
         assert!(f.mode <= 0o7777);
-    }
-}
-
-/// `SLAPOS_FUZZ_STRICT=1`: assert the known, unfixed bugs too (fuzz/README.md).
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var("SLAPOS_FUZZ_STRICT").as_deref() == Ok("1"))
-}
-
-fn has_del(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains('\u{7f}'),
-        Value::Array(a) => a.iter().any(has_del),
-        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\u{7f}') || has_del(v)),
-        _ => false,
     }
 }
 
