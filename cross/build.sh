@@ -84,8 +84,21 @@ inspect() { # target bin
     return $rc
 }
 
+# minsize artefacts are panic = "abort": they never unwind, so they are linked without the
+# unwinder's .eh_frame_hdr index (~115 KB of the static aarch64 node; docs/cross.md). Its only
+# other reader is a panic's backtrace, which a stripped binary cannot symbolise anyway.
+no_eh_frame_hdr() {
+    [ "$profile" = minsize ] || return 0
+    local var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$1")_RUSTFLAGS"
+    case "$1" in
+        *-musl*) export "$var=-Clink-arg=--no-eh-frame-hdr" ;; # rust-lld (cross/config.toml)
+        *) export "$var=-Clink-arg=-Wl,--no-eh-frame-hdr" ;;    # the cross gcc driver
+    esac
+}
+
 for t in "${targets[@]}"; do
     t0=$(date +%s.%N)
+    no_eh_frame_hdr "$t"
     steps=("${plan[@]}")
     if [ $init = 1 ] && [[ "$t" != x86_64-* ]]; then steps+=("slapos-tests edge-init"); fi
     for step in "${steps[@]}"; do
