@@ -11,7 +11,11 @@
 //! 3. replay of a 1 M-record backlog after kill -9 of the writing process (recovery time and
 //!    read rate);
 //! 4. end-to-end rate to a local mosquitto at QoS 1 (if mosquitto is installed);
-//! 5. peak RSS of the `slapos-buffer` service moving 1 M records TCP → mosquitto.
+//! 5. peak RSS of the `slapos-buffer` service moving 1 M records TCP → mosquitto;
+//! 6. CRC-32C throughput of the crates the codec uses (`crc32c` with std, `crc`'s byte table
+//!    without) beside the slice-by-8 the codec carried until format 2 (the anchor).
+//!
+//! `buffer-bench --only crc [DIR]` runs part 6 alone.
 //!
 //! Every figure is printed with the 1-minute load average at the time. Goals (issue 5):
 //! ≥ 1 M records/s durable with a ≤ 100 ms group-commit window, WA ≤ 1.2, replay ≥ 1 M rec/s,
@@ -289,6 +293,101 @@ fn replay(dir: &Path, n: u64) -> Result<(f64, f64)> {
     Ok((rate, recovery))
 }
 
+/// The slice-by-8 CRC-32C the codec carried by hand until it took `crc32c`: kept here only
+/// as the anchor the crates are measured against.
+mod slice_by_8 {
+    const POLY: u32 = 0x82F6_3B78;
+
+    const fn tables() -> [[u32; 256]; 8] {
+        let mut t = [[0u32; 256]; 8];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
+                k += 1;
+            }
+            t[0][i] = c;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 256 {
+            let mut s = 1;
+            while s < 8 {
+                let prev = t[s - 1][i];
+                t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+                s += 1;
+            }
+            i += 1;
+        }
+        t
+    }
+
+    static T: [[u32; 256]; 8] = tables();
+
+    pub fn crc32c(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        let mut chunks = data.chunks_exact(8);
+        for ch in &mut chunks {
+            let lo = c ^ u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
+            let hi = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
+            c = T[7][(lo & 0xff) as usize]
+                ^ T[6][((lo >> 8) & 0xff) as usize]
+                ^ T[5][((lo >> 16) & 0xff) as usize]
+                ^ T[4][(lo >> 24) as usize]
+                ^ T[3][(hi & 0xff) as usize]
+                ^ T[2][((hi >> 8) & 0xff) as usize]
+                ^ T[1][((hi >> 16) & 0xff) as usize]
+                ^ T[0][(hi >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
+            c = (c >> 8) ^ T[0][((c ^ u32::from(b)) & 0xff) as usize];
+        }
+        !c
+    }
+}
+
+/// GB/s of `f` over `size`-byte buffers (about 256 MiB hashed, median of 5 runs).
+fn crc_rate(size: usize, f: &dyn Fn(&[u8]) -> u32) -> f64 {
+    let data: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
+    let iters = ((256usize << 20) / size).max(1);
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let mut acc = 0u32;
+            for _ in 0..iters {
+                acc ^= f(std::hint::black_box(&data));
+            }
+            std::hint::black_box(acc);
+            (iters * size) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
+}
+
+/// Part 6: the codec's CRC-32C crates against the former slice-by-8.
+fn crc_bench() {
+    const TABLE: crc::Crc<u32, crc::Table<1>> =
+        crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISCSI);
+    let probe = b"123456789";
+    assert_eq!(slice_by_8::crc32c(probe), buffer::codec::crc32c(probe));
+    for size in [36usize, 1024, 8192, 1 << 20] {
+        let hw = crc_rate(size, &|d| buffer::codec::crc32c(d));
+        let sw = crc_rate(size, &slice_by_8::crc32c);
+        let table = crc_rate(size, &|d| TABLE.checksum(d));
+        report(
+            &format!("CRC-32C {size} B: crc32c (std)"),
+            format!("{hw:.2} GB/s ({:.1}x the slice-by-8 anchor)", hw / sw),
+        );
+        report(
+            &format!("CRC-32C {size} B: slice-by-8 anchor, crc table (no_std)"),
+            format!("{sw:.2} GB/s, {table:.2} GB/s"),
+        );
+    }
+}
+
 fn have(tool: &str) -> bool {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
@@ -493,7 +592,19 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let only = if args.get(1).map(String::as_str) == Some("--only") {
+        let part = args.get(2).cloned().context("--only crc")?;
+        args.drain(1..3);
+        Some(part)
+    } else {
+        None
+    };
+    if only.as_deref() == Some("crc") {
+        println!("--- CRC-32C on {}", std::env::consts::ARCH);
+        crc_bench();
+        return Ok(());
+    }
     if args.get(1).map(String::as_str) == Some("--fill-child") {
         let dir = PathBuf::from(args.get(2).context("dir")?);
         let n: u64 = args.get(3).context("n")?.parse()?;
@@ -623,6 +734,8 @@ fn main() -> Result<()> {
             "mosquitto not installed: end-to-end and service RSS skipped (scripts/deps/buffer.sh)"
         );
     }
+    println!("--- CRC-32C");
+    crc_bench();
     report(
         "bench process peak RSS",
         format!(
