@@ -141,6 +141,10 @@ pub enum CodecError {
     /// A frame with no record cannot be written.
     #[error("empty frame")]
     Empty,
+    /// Seqs start at 1, and a frame's last seq must fit a u64: `first_seq` 0, or one more
+    /// record than `first_seq + count` can number.
+    #[error("seq out of range: first_seq {first_seq} with {count} records (seqs are 1..=u64::MAX)")]
+    SeqOutOfRange { first_seq: u64, count: u32 },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,6 +534,13 @@ impl FrameEncoder {
         base_ts_ms: i64,
         epoch: u32,
     ) -> Result<Self, CodecError> {
+        // The same bounds as `FrameHeader::parse`: a frame no reader accepts is never written.
+        if first_seq == 0 || first_seq == u64::MAX {
+            return Err(CodecError::SeqOutOfRange {
+                first_seq,
+                count: 0,
+            });
+        }
         let start = buf.len();
         buf.extend(&[0u8; FRAME_HEADER_LEN])?;
         Ok(FrameEncoder {
@@ -550,6 +561,22 @@ impl FrameEncoder {
     /// Seq the next pushed record gets.
     pub fn next_seq(&self) -> u64 {
         self.first_seq + u64::from(self.count)
+    }
+
+    /// `SeqOutOfRange` unless one more record can be numbered (`first_seq + count + 1` fits
+    /// a u64, as `FrameHeader::parse` demands).
+    fn check_seq_room(&self) -> Result<(), CodecError> {
+        let room = self
+            .first_seq
+            .checked_add(u64::from(self.count))
+            .and_then(|n| n.checked_add(1));
+        match (room, self.count.checked_add(1)) {
+            (Some(_), Some(_)) => Ok(()),
+            _ => Err(CodecError::SeqOutOfRange {
+                first_seq: self.first_seq,
+                count: self.count,
+            }),
+        }
     }
 
     /// Body bytes so far.
@@ -599,6 +626,7 @@ impl FrameEncoder {
         payload: &[u8],
         origin: Option<OriginV1>,
     ) -> Result<u64, CodecError> {
+        self.check_seq_room()?;
         if key.len() + payload.len() > MAX_RECORD_LEN {
             return Err(CodecError::RecordTooLarge {
                 len: key.len() + payload.len(),
@@ -648,6 +676,7 @@ impl FrameEncoder {
         buf: &mut B,
         gap: &GapV1,
     ) -> Result<u64, CodecError> {
+        self.check_seq_room()?;
         let mut tmp = [0u8; 64];
         let enc = postcard::to_slice(&Envelope::Gap(*gap), &mut tmp)
             .map_err(|_| CodecError::BufferFull { need: 64, free: 64 })?;
@@ -881,6 +910,55 @@ pub fn resync(b: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzz regression `buffer_frame/encoder-first-seq-overflow`: the encoders took any
+    /// `first_seq`, then panicked (debug) or wrapped into a frame every reader refuses.
+    #[test]
+    fn encoder_refuses_seqs_the_decoder_refuses() {
+        let mut buf = Vec::new();
+        for first in [0, u64::MAX] {
+            assert_eq!(
+                FrameEncoder::begin(&mut buf, first, 0, 1).map(|_| ()),
+                Err(CodecError::SeqOutOfRange {
+                    first_seq: first,
+                    count: 0
+                })
+            );
+            assert!(buf.is_empty(), "a refused begin writes nothing");
+            assert!(HeaplessFrame::<128>::new(first, 0, 1).is_err());
+        }
+        // The last numberable seq: one record fits, the next push is refused and changes
+        // nothing, and the frame parses.
+        let first = u64::MAX - 1;
+        let mut enc = FrameEncoder::begin(&mut buf, first, 0, 1).expect("fits");
+        assert_eq!(enc.push_data(&mut buf, 0, 0, b"k", b"v"), Ok(first));
+        let len = buf.len();
+        assert_eq!(
+            enc.push_data(&mut buf, 0, 0, b"k", b"w"),
+            Err(CodecError::SeqOutOfRange {
+                first_seq: first,
+                count: 1
+            })
+        );
+        let gap = GapV1 {
+            first_seq: 1,
+            last_seq: 1,
+            reason: GapReason::ALL[0],
+            records: 1,
+            bytes: 1,
+        };
+        assert!(enc.push_gap(&mut buf, &gap).is_err());
+        assert_eq!(buf.len(), len, "a refused push changes nothing");
+        enc.finish(&mut buf).expect("one record");
+        let v = FrameView::parse(&buf).expect("the frame parses");
+        assert_eq!((v.header.first_seq, v.header.last_seq()), (first, first));
+        let mut hf = HeaplessFrame::<128>::new(first, 0, 1).expect("fits");
+        assert_eq!(hf.push(0, 0, b"k", b"v"), Ok(first));
+        assert!(matches!(
+            hf.push(0, 0, b"k", b"v"),
+            Err(CodecError::SeqOutOfRange { .. })
+        ));
+    }
 
     #[test]
     fn crc32c_check_values() {
