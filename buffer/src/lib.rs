@@ -104,6 +104,8 @@ pub mod segment;
 pub mod server;
 #[cfg(feature = "std")]
 pub mod service;
+#[cfg(feature = "std")]
+pub mod tls;
 
 #[cfg(feature = "std")]
 pub use log::{Appended, FullPolicy, Log, LogConfig, LogError, Now, Shared, SyncPolicy};

@@ -500,6 +500,7 @@ fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
         username: None,
         password: None,
         backoff: (Duration::from_millis(100), Duration::from_secs(1)),
+        tls: None,
     };
     let t = Instant::now();
     let sh2 = sh.clone();
@@ -569,7 +570,7 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
     s.write_all(&buf)?;
     drop(s);
     loop {
-        let m = buffer::server::http_get_blocking(&metrics, "/status")?;
+        let (_, m) = buffer::server::get(&metrics, "/status")?;
         let v: serde_json::Value = serde_json::from_str(&m)?;
         if v["records_delivered"].as_u64().unwrap_or(0) >= n {
             break;
