@@ -33,41 +33,32 @@ fn frame_crc(frame: &[u8]) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// CRC-32C (Castagnoli), slice-by-8.
+// CRC-32C (Castagnoli), from maintained crates.
+//
+// With `std` (the gateway): `crc32c`, which uses the CPU's CRC-32C instructions when it finds
+// them at run time (SSE 4.2 on x86_64; the CRC extension on aarch64, which the Cortex-A53/A72/
+// A76 of Raspberry Pi 3/4/5 class boards all have) and slice-by-8 tables otherwise. It needs
+// std (run-time detection), so without `std` (sensor firmware) the `crc` crate's byte-wise
+// table (1 KiB of flash) does it. `buffer-bench` prints both beside the slice-by-8 this crate
+// used to carry; the unit tests hold both to a bit-by-bit reference.
 
-const POLY: u32 = 0x82F6_3B78;
-
-const fn make_tables() -> [[u32; 256]; 8] {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 256 {
-        let mut s = 1;
-        while s < 8 {
-            let prev = t[s - 1][i];
-            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
-            s += 1;
-        }
-        i += 1;
-    }
-    t
-}
-
-static TABLES: [[u32; 256]; 8] = make_tables();
+/// The no_std CRC-32C (also checked by the std unit tests).
+#[cfg_attr(feature = "std", allow(dead_code))]
+const CASTAGNOLI: crc::Crc<u32, crc::Table<1>> =
+    crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISCSI);
 
 /// Incremental CRC-32C.
-#[derive(Clone, Copy, Debug)]
-pub struct Crc32c(u32);
+#[derive(Clone)]
+pub struct Crc32c(
+    #[cfg(feature = "std")] u32,
+    #[cfg(not(feature = "std"))] crc::Digest<'static, u32, crc::Table<1>>,
+);
+
+impl core::fmt::Debug for Crc32c {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("Crc32c").field(&self.finish()).finish()
+    }
+}
 
 impl Default for Crc32c {
     fn default() -> Self {
@@ -78,43 +69,37 @@ impl Default for Crc32c {
 impl Crc32c {
     /// A fresh hasher.
     pub const fn new() -> Self {
-        Crc32c(!0)
+        #[cfg(feature = "std")]
+        return Crc32c(0);
+        #[cfg(not(feature = "std"))]
+        return Crc32c(CASTAGNOLI.digest());
     }
 
     /// Feeds `data`.
     pub fn update(&mut self, data: &[u8]) {
-        let t = &TABLES;
-        let mut c = self.0;
-        let mut chunks = data.chunks_exact(8);
-        for ch in &mut chunks {
-            let lo = c ^ u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
-            let hi = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
-            c = t[7][(lo & 0xff) as usize]
-                ^ t[6][((lo >> 8) & 0xff) as usize]
-                ^ t[5][((lo >> 16) & 0xff) as usize]
-                ^ t[4][(lo >> 24) as usize]
-                ^ t[3][(hi & 0xff) as usize]
-                ^ t[2][((hi >> 8) & 0xff) as usize]
-                ^ t[1][((hi >> 16) & 0xff) as usize]
-                ^ t[0][(hi >> 24) as usize];
+        #[cfg(feature = "std")]
+        {
+            self.0 = crc32c::crc32c_append(self.0, data);
         }
-        for &b in chunks.remainder() {
-            c = (c >> 8) ^ t[0][((c ^ b as u32) & 0xff) as usize];
-        }
-        self.0 = c;
+        #[cfg(not(feature = "std"))]
+        self.0.update(data);
     }
 
     /// The CRC of everything fed so far.
-    pub const fn finish(&self) -> u32 {
-        !self.0
+    pub fn finish(&self) -> u32 {
+        #[cfg(feature = "std")]
+        return self.0;
+        #[cfg(not(feature = "std"))]
+        return self.0.clone().finalize();
     }
 }
 
 /// CRC-32C of `data`.
 pub fn crc32c(data: &[u8]) -> u32 {
-    let mut h = Crc32c::new();
-    h.update(data);
-    h.finish()
+    #[cfg(feature = "std")]
+    return crc32c::crc32c(data);
+    #[cfg(not(feature = "std"))]
+    return CASTAGNOLI.checksum(data);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +141,10 @@ pub enum CodecError {
     /// A frame with no record cannot be written.
     #[error("empty frame")]
     Empty,
+    /// Seqs start at 1, and a frame's last seq must fit a u64: `first_seq` 0, or one more
+    /// record than `first_seq + count` can number.
+    #[error("seq out of range: first_seq {first_seq} with {count} records (seqs are 1..=u64::MAX)")]
+    SeqOutOfRange { first_seq: u64, count: u32 },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,6 +534,13 @@ impl FrameEncoder {
         base_ts_ms: i64,
         epoch: u32,
     ) -> Result<Self, CodecError> {
+        // The same bounds as `FrameHeader::parse`: a frame no reader accepts is never written.
+        if first_seq == 0 || first_seq == u64::MAX {
+            return Err(CodecError::SeqOutOfRange {
+                first_seq,
+                count: 0,
+            });
+        }
         let start = buf.len();
         buf.extend(&[0u8; FRAME_HEADER_LEN])?;
         Ok(FrameEncoder {
@@ -565,6 +561,22 @@ impl FrameEncoder {
     /// Seq the next pushed record gets.
     pub fn next_seq(&self) -> u64 {
         self.first_seq + u64::from(self.count)
+    }
+
+    /// `SeqOutOfRange` unless one more record can be numbered (`first_seq + count + 1` fits
+    /// a u64, as `FrameHeader::parse` demands).
+    fn check_seq_room(&self) -> Result<(), CodecError> {
+        let room = self
+            .first_seq
+            .checked_add(u64::from(self.count))
+            .and_then(|n| n.checked_add(1));
+        match (room, self.count.checked_add(1)) {
+            (Some(_), Some(_)) => Ok(()),
+            _ => Err(CodecError::SeqOutOfRange {
+                first_seq: self.first_seq,
+                count: self.count,
+            }),
+        }
     }
 
     /// Body bytes so far.
@@ -614,6 +626,7 @@ impl FrameEncoder {
         payload: &[u8],
         origin: Option<OriginV1>,
     ) -> Result<u64, CodecError> {
+        self.check_seq_room()?;
         if key.len() + payload.len() > MAX_RECORD_LEN {
             return Err(CodecError::RecordTooLarge {
                 len: key.len() + payload.len(),
@@ -663,6 +676,7 @@ impl FrameEncoder {
         buf: &mut B,
         gap: &GapV1,
     ) -> Result<u64, CodecError> {
+        self.check_seq_room()?;
         let mut tmp = [0u8; 64];
         let enc = postcard::to_slice(&Envelope::Gap(*gap), &mut tmp)
             .map_err(|_| CodecError::BufferFull { need: 64, free: 64 })?;
@@ -897,6 +911,55 @@ pub fn resync(b: &[u8], from: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Fuzz regression `buffer_frame/encoder-first-seq-overflow`: the encoders took any
+    /// `first_seq`, then panicked (debug) or wrapped into a frame every reader refuses.
+    #[test]
+    fn encoder_refuses_seqs_the_decoder_refuses() {
+        let mut buf = Vec::new();
+        for first in [0, u64::MAX] {
+            assert_eq!(
+                FrameEncoder::begin(&mut buf, first, 0, 1).map(|_| ()),
+                Err(CodecError::SeqOutOfRange {
+                    first_seq: first,
+                    count: 0
+                })
+            );
+            assert!(buf.is_empty(), "a refused begin writes nothing");
+            assert!(HeaplessFrame::<128>::new(first, 0, 1).is_err());
+        }
+        // The last numberable seq: one record fits, the next push is refused and changes
+        // nothing, and the frame parses.
+        let first = u64::MAX - 1;
+        let mut enc = FrameEncoder::begin(&mut buf, first, 0, 1).expect("fits");
+        assert_eq!(enc.push_data(&mut buf, 0, 0, b"k", b"v"), Ok(first));
+        let len = buf.len();
+        assert_eq!(
+            enc.push_data(&mut buf, 0, 0, b"k", b"w"),
+            Err(CodecError::SeqOutOfRange {
+                first_seq: first,
+                count: 1
+            })
+        );
+        let gap = GapV1 {
+            first_seq: 1,
+            last_seq: 1,
+            reason: GapReason::ALL[0],
+            records: 1,
+            bytes: 1,
+        };
+        assert!(enc.push_gap(&mut buf, &gap).is_err());
+        assert_eq!(buf.len(), len, "a refused push changes nothing");
+        enc.finish(&mut buf).expect("one record");
+        let v = FrameView::parse(&buf).expect("the frame parses");
+        assert_eq!((v.header.first_seq, v.header.last_seq()), (first, first));
+        let mut hf = HeaplessFrame::<128>::new(first, 0, 1).expect("fits");
+        assert_eq!(hf.push(0, 0, b"k", b"v"), Ok(first));
+        assert!(matches!(
+            hf.push(0, 0, b"k", b"v"),
+            Err(CodecError::SeqOutOfRange { .. })
+        ));
+    }
+
     #[test]
     fn crc32c_check_values() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
@@ -912,6 +975,44 @@ mod tests {
         h.update(&inc[5..19]);
         h.update(&inc[19..]);
         assert_eq!(h.finish(), 0x46DD_794E);
+    }
+
+    /// Bit by bit, straight from the polynomial: the reference the SIMD kernels must match.
+    fn crc32c_bitwise(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn crc32c_matches_the_bitwise_reference_at_every_length_and_split() {
+        let data: [u8; 4099] =
+            core::array::from_fn(|i| (i as u32).wrapping_mul(2_654_435_761) as u8);
+        // Every length up to 300 (the kernels change strategy at 16, 32, 64, 128, 256 bytes),
+        // then long ones, at odd offsets (unaligned starts).
+        let lens = (0..=300).chain([511, 1024, 2049, 4096]);
+        for len in lens {
+            for off in [0usize, 3] {
+                let d = &data[off..off + len];
+                let want = crc32c_bitwise(d);
+                assert_eq!(crc32c(d), want, "one shot, len {len} off {off}");
+                let mut h = Crc32c::new();
+                let cut = len / 3;
+                h.update(&d[..cut]);
+                h.update(&d[cut..]);
+                assert_eq!(h.finish(), want, "split at {cut}, len {len} off {off}");
+                assert_eq!(CASTAGNOLI.checksum(d), want, "no_std table, len {len}");
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::input::LineFormat;
 use crate::log::{FullPolicy, LogConfig, SyncPolicy};
+use crate::tls::TlsCfg;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,15 @@ pub enum ConfigError {
     /// A value out of range.
     #[error("invalid config: {0}")]
     Invalid(String),
+    /// A TLS file or a secret could not be used.
+    #[error("{what}: {source}")]
+    Secret {
+        /// The input or output it belongs to.
+        what: String,
+        /// Why.
+        #[source]
+        source: crate::tls::TlsError,
+    },
 }
 
 /// The whole file.
@@ -97,6 +107,24 @@ fn default_policy() -> String {
 pub struct MetricsCfg {
     /// `host:port` of the Prometheus/status endpoint (port 0: any free port).
     pub listen: Option<String>,
+    /// Time a client has to send its request, and to take the answer (default 5000).
+    pub timeout_ms: Option<u64>,
+    /// Connections served at once (default 32); more are closed when accepted.
+    pub max_connections: Option<usize>,
+}
+
+impl MetricsCfg {
+    /// The endpoint's limits.
+    pub fn limits(&self) -> crate::server::Limits {
+        let mut l = crate::server::Limits::default();
+        if let Some(ms) = self.timeout_ms {
+            l.timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(n) = self.max_connections {
+            l.connections = n.max(1);
+        }
+        l
+    }
 }
 
 /// `[[inputs]]`.
@@ -113,12 +141,16 @@ pub enum InputCfg {
         client_id: Option<String>,
         /// Topic filters.
         topics: Vec<String>,
-        /// Credentials.
+        /// User name.
         username: Option<String>,
-        /// Credentials.
+        /// Refused: a password goes in `password_file`.
         password: Option<String>,
+        /// File holding the password (mode 0600 or stricter).
+        password_file: Option<PathBuf>,
         /// Keep-alive seconds.
         keep_alive_s: Option<u64>,
+        /// TLS (absent: plain MQTT).
+        tls: Option<TlsCfg>,
     },
     /// TCP lines.
     Tcp {
@@ -146,6 +178,10 @@ pub enum InputCfg {
         format: Option<String>,
         /// Longest line.
         max_line: Option<usize>,
+        /// Write `ok <n>` back on the line once the first `n` lines are durable (for
+        /// firmware that keeps what it sent until then).
+        #[serde(default)]
+        ack: bool,
     },
     /// OPC-UA monitored items (feature `opcua`).
     Opcua {
@@ -155,6 +191,27 @@ pub enum InputCfg {
         nodes: Vec<String>,
         /// Sampling/publishing interval.
         interval_ms: Option<u64>,
+        /// `None` (default), `Basic256Sha256`, `Aes128Sha256RsaOaep` or `Aes256Sha256RsaPss`.
+        security_policy: Option<String>,
+        /// `Sign` or `SignAndEncrypt` (default with a policy other than `None`).
+        security_mode: Option<String>,
+        /// The client's application instance certificate (DER or PEM); its URI SAN must be
+        /// `application_uri`.
+        cert_file: Option<PathBuf>,
+        /// The certificate's private key (PEM, mode 0600 or stricter).
+        key_file: Option<PathBuf>,
+        /// The server certificate to trust (DER or PEM): needed with a security policy.
+        server_cert_file: Option<PathBuf>,
+        /// User name (anonymous without).
+        username: Option<String>,
+        /// Refused: a password goes in `password_file`.
+        password: Option<String>,
+        /// File holding the user's password (mode 0600 or stricter).
+        password_file: Option<PathBuf>,
+        /// Application URI (default `urn:slapos-buffer`).
+        application_uri: Option<String>,
+        /// Values the server keeps per item while the buffer is away (default 1000).
+        queue_size: Option<u32>,
     },
 }
 
@@ -176,18 +233,22 @@ pub enum OutputCfg {
         window: Option<u16>,
         /// Keep-alive seconds.
         keep_alive_s: Option<u64>,
-        /// Credentials.
+        /// User name.
         username: Option<String>,
-        /// Credentials.
+        /// Refused: a password goes in `password_file`.
         password: Option<String>,
+        /// File holding the password (mode 0600 or stricter).
+        password_file: Option<PathBuf>,
         /// Backoff base.
         backoff_base_ms: Option<u64>,
         /// Backoff cap.
         backoff_max_ms: Option<u64>,
+        /// TLS (absent: plain MQTT).
+        tls: Option<TlsCfg>,
     },
     /// HTTP POST batches.
     Http {
-        /// `http://host:port/path`.
+        /// `http://` or `https://host[:port]/path`.
         url: String,
         /// Records per batch.
         batch_records: Option<usize>,
@@ -199,7 +260,113 @@ pub enum OutputCfg {
         backoff_base_ms: Option<u64>,
         /// Backoff cap.
         backoff_max_ms: Option<u64>,
+        /// TLS of an `https://` url (absent: the system bundle, no client certificate).
+        tls: Option<TlsCfg>,
     },
+}
+
+/// Refuses a password written in the config text, and a password file without a user.
+fn check_password(
+    what: &str,
+    username: &Option<String>,
+    password: &Option<String>,
+    password_file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    if password.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "{what}: `password` in the config file: write it to a file of its own (mode 0600) \
+             and name that file in `password_file`"
+        )));
+    }
+    if password_file.is_some() && username.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "{what}: `password_file` without `username`"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the password file of an input or output, if any.
+pub fn read_password(
+    what: &str,
+    password_file: &Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    password_file
+        .as_deref()
+        .map(crate::tls::read_password)
+        .transpose()
+        .map_err(|source| ConfigError::Secret {
+            what: what.to_owned(),
+            source,
+        })
+}
+
+/// Loads the TLS table of an input or output, if any.
+pub fn load_tls(
+    what: &str,
+    tls: &Option<TlsCfg>,
+) -> Result<Option<crate::tls::ClientTls>, ConfigError> {
+    tls.as_ref()
+        .map(crate::tls::ClientTls::load)
+        .transpose()
+        .map_err(|source| ConfigError::Secret {
+            what: what.to_owned(),
+            source,
+        })
+}
+
+/// OPC-UA security policy names (`None` included).
+pub const OPCUA_POLICIES: [&str; 4] = [
+    "None",
+    "Basic256Sha256",
+    "Aes128Sha256RsaOaep",
+    "Aes256Sha256RsaPss",
+];
+
+/// The OPC-UA (policy, mode) of an input: the mode defaults to `SignAndEncrypt` under a
+/// policy, and a policy needs the certificates.
+pub fn opcua_security(input: &InputCfg) -> Result<(String, String), ConfigError> {
+    let InputCfg::Opcua {
+        security_policy,
+        security_mode,
+        cert_file,
+        key_file,
+        server_cert_file,
+        ..
+    } = input
+    else {
+        return Err(ConfigError::Invalid("not an opcua input".into()));
+    };
+    let policy = security_policy.clone().unwrap_or_else(|| "None".into());
+    if !OPCUA_POLICIES.contains(&policy.as_str()) {
+        return Err(ConfigError::Invalid(format!(
+            "opcua security_policy `{policy}`: use one of {}",
+            OPCUA_POLICIES.join(", ")
+        )));
+    }
+    let mode = match (policy.as_str(), security_mode.as_deref()) {
+        ("None", None | Some("None")) => "None",
+        ("None", Some(m)) => {
+            return Err(ConfigError::Invalid(format!(
+                "opcua security_mode `{m}` needs a security_policy"
+            )));
+        }
+        (_, None | Some("SignAndEncrypt")) => "SignAndEncrypt",
+        (_, Some("Sign")) => "Sign",
+        (_, Some(m)) => {
+            return Err(ConfigError::Invalid(format!(
+                "opcua security_mode `{m}`: use Sign or SignAndEncrypt"
+            )));
+        }
+    };
+    if policy != "None" && (cert_file.is_none() || key_file.is_none() || server_cert_file.is_none())
+    {
+        return Err(ConfigError::Invalid(format!(
+            "opcua security_policy `{policy}` needs cert_file and key_file (the client's \
+             certificate) and server_cert_file (the server's, to trust)"
+        )));
+    }
+    Ok((policy, mode.to_owned()))
 }
 
 /// Parses `raw` / `json`.
@@ -218,7 +385,8 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let c: Config = toml::from_str(text)?;
         c.log_config()?;
-        for i in &c.inputs {
+        for (n, i) in c.inputs.iter().enumerate() {
+            let what = format!("input {n}");
             match i {
                 InputCfg::Tcp { format, .. } | InputCfg::Serial { format, .. } => {
                     line_format(format.as_deref())?;
@@ -228,15 +396,45 @@ impl Config {
                         "an opcua input needs slapos-buffer built with the `opcua` feature".into(),
                     ));
                 }
-                _ => {}
+                InputCfg::Opcua {
+                    username,
+                    password,
+                    password_file,
+                    ..
+                } => {
+                    check_password(&what, username, password, password_file)?;
+                    opcua_security(i)?;
+                }
+                InputCfg::Mqtt {
+                    username,
+                    password,
+                    password_file,
+                    ..
+                } => check_password(&what, username, password, password_file)?,
             }
         }
-        if let Some(OutputCfg::Http { url, .. }) = &c.output
-            && crate::output::parse_http_url(url).is_none()
-        {
-            return Err(ConfigError::Invalid(format!(
-                "output url `{url}`: use http://host:port/path"
-            )));
+        match &c.output {
+            Some(OutputCfg::Http { url, tls, .. }) => {
+                crate::output::check_http_url(url)
+                    .map_err(|e| ConfigError::Invalid(format!("output url `{url}`: {e}")))?;
+                if tls.is_some() && !url.starts_with("https://") {
+                    return Err(ConfigError::Invalid(format!(
+                        "output url `{url}`: a [output.tls] table needs an https:// url"
+                    )));
+                }
+                if tls.as_ref().is_some_and(|t| !t.alpn.is_empty()) {
+                    return Err(ConfigError::Invalid(
+                        "output tls: `alpn` is for MQTT (the HTTPS client offers http/1.1)".into(),
+                    ));
+                }
+            }
+            Some(OutputCfg::Mqtt {
+                username,
+                password,
+                password_file,
+                ..
+            }) => check_password("output", username, password, password_file)?,
+            None => {}
         }
         Ok(c)
     }
@@ -377,6 +575,18 @@ mod tests {
             (
                 "[storage]\ndir='/x'\n[output]\ntype='http'\nurl='ftp://x'",
                 "ftp://x",
+            ),
+            (
+                "[storage]\ndir='/x'\n[output]\ntype='http'\nurl='http://x/'\n[output.tls]",
+                "needs an https:// url",
+            ),
+            (
+                "[storage]\ndir='/x'\n[output]\ntype='mqtt'\nhost='h'\nport=1\nusername='u'\npassword='p'",
+                "password_file",
+            ),
+            (
+                "[storage]\ndir='/x'\n[output]\ntype='mqtt'\nhost='h'\nport=1\n[output.tls]\ncafile='x'",
+                "cafile",
             ),
             ("[storage]\ndir='/x'\nbogus=1", "bogus"),
         ] {

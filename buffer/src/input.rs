@@ -4,7 +4,9 @@
 //! a message after the writer reported it durable (manual acks, persistent session, so the
 //! broker redelivers unacknowledged messages after a crash); the TCP input with `ack = true`
 //! writes `ok <n>` once its first `n` lines are durable (or refused, reported before as
-//! `bad <line>`). Serial lines cannot be acknowledged: a crash loses what was in the channel.
+//! `bad <line>`); the serial input with `ack = true` writes the same lines back on the serial
+//! line, for firmware that keeps what it sent until then. Serial lines without `ack` cannot be
+//! acknowledged: a crash loses what was in the channel.
 //!
 //! Resends are recognised (`crate::dedupe`) so that a record is stored once: the MQTT input
 //! passes each QoS 1 message's packet id and DUP flag; a TCP connection to an input with
@@ -17,7 +19,7 @@ use crate::output::Backoff;
 use crate::service::{Ingest, Outcome, RecordIn};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event};
 use std::io::Read as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -74,8 +76,10 @@ pub struct MqttIn {
     pub keep_alive: Duration,
     /// Credentials.
     pub username: Option<String>,
-    /// Credentials.
+    /// Credentials (read from the configured password file).
     pub password: Option<String>,
+    /// TLS: the client configuration built by `crate::tls`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Runs the MQTT input until `stop`.
@@ -87,17 +91,19 @@ pub async fn run_mqtt(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        // rumqttc refuses keep-alives under 5 s (it panics).
-        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-            .set_clean_start(false)
+        let mut opts = crate::output::mqtt_options(
+            &cfg.client_id,
+            &cfg.host,
+            cfg.port,
+            cfg.keep_alive,
+            (&cfg.username, &cfg.password),
+            &cfg.tls,
+        );
+        opts.set_clean_start(false)
             .set_session_expiry_interval(Some(7 * 24 * 3600))
             .set_manual_acks(true)
             // Every message the broker may redeliver is within the resend window.
             .set_receive_maximum(Some(PACKET_WINDOW as u16));
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            opts.set_credentials(u.clone(), p.clone());
-        }
         let (client, mut el) = AsyncClient::new(opts, 1024);
         // Acks go out in arrival order, each once its record is durable.
         let (ack_tx, mut ack_rx) = mpsc::channel::<(Publish, oneshot::Receiver<Outcome>)>(4096);
@@ -122,6 +128,7 @@ pub async fn run_mqtt(
                 ev = el.poll() => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
+                        sh.metrics.input_ok();
                         for t in &cfg.topics {
                             if client.try_subscribe(t.clone(), QoS::AtLeastOnce).is_err() {
                                 break;
@@ -156,7 +163,7 @@ pub async fn run_mqtt(
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::debug!("buffer: mqtt input: {e}");
+                        sh.metrics.input_failed(&format!("mqtt {}:{}: {e}", cfg.host, cfg.port));
                         break true;
                     }
                 }
@@ -247,12 +254,7 @@ async fn tcp_conn(
             if rx.await.is_err() {
                 return;
             }
-            let mut msg = String::new();
-            for b in bad {
-                msg.push_str(&format!("bad {b}\n"));
-            }
-            msg.push_str(&format!("ok {upto}\n"));
-            if wr.write_all(msg.as_bytes()).await.is_err() {
+            if wr.write_all(ack_text(upto, &bad).as_bytes()).await.is_err() {
                 return;
             }
         }
@@ -370,6 +372,36 @@ pub struct SerialIn {
     pub source: u16,
     /// Longest accepted line.
     pub max_line: usize,
+    /// Write `ok <n>` (and `bad <k>`) back once the first `n` lines since the device was
+    /// opened are durable.
+    pub ack: bool,
+}
+
+/// The acknowledgement lines of a batch: `bad <k>` for each refused line, then `ok <upto>`.
+fn ack_text(upto: u64, bad: &[u64]) -> String {
+    let mut msg = String::new();
+    for b in bad {
+        msg.push_str(&format!("bad {b}\n"));
+    }
+    msg.push_str(&format!("ok {upto}\n"));
+    msg
+}
+
+/// A batch waiting for its records to be durable: (lines so far, refused lines, completion).
+type PendingAck = (u64, Vec<u64>, oneshot::Receiver<Outcome>);
+
+/// Writes acknowledgements to `port` in order, each once its batch is durable (a thread of
+/// its own: the reader never waits for the disk).
+fn serial_acker(
+    mut port: Box<dyn serialport::SerialPort>,
+    pending: std::sync::mpsc::Receiver<PendingAck>,
+) {
+    use std::io::Write as _;
+    while let Ok((upto, bad, rx)) = pending.recv() {
+        if rx.blocking_recv().is_err() || port.write_all(ack_text(upto, &bad).as_bytes()).is_err() {
+            return;
+        }
+    }
 }
 
 /// Reads lines from a serial device on the current (plain) thread until `stop`; reopens the
@@ -389,6 +421,22 @@ pub fn run_serial(ingest: Ingest, sh: Arc<Shared>, cfg: SerialIn, stop: watch::R
             }
         };
         backoff.reset();
+        let mut acks = None;
+        if cfg.ack {
+            match port.try_clone() {
+                Ok(w) => {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<PendingAck>(64);
+                    std::thread::spawn(move || serial_acker(w, rx));
+                    acks = Some(tx);
+                }
+                Err(e) => {
+                    tracing::warn!("buffer: serial {}: no handle to acknowledge: {e}", cfg.path);
+                    std::thread::sleep(backoff.next_delay());
+                    continue;
+                }
+            }
+        }
+        let mut count = 0u64;
         let mut buf = [0u8; 4096];
         let mut line = Vec::with_capacity(256);
         let mut overlong = false;
@@ -404,11 +452,14 @@ pub fn run_serial(ingest: Ingest, sh: Arc<Shared>, cfg: SerialIn, stop: watch::R
                 }
             };
             let mut recs = Vec::new();
+            let mut bad = Vec::new();
             for &b in &buf[..n] {
                 if b == b'\n' {
+                    count += 1;
                     let l = trim_eol(&line);
                     if overlong || !line_ok(cfg.format, l) {
                         sh.metrics.input_invalid.fetch_add(1, Relaxed);
+                        bad.push(count);
                     } else if !l.is_empty() {
                         recs.push(RecordIn {
                             ts_ms: unix_ms(),
@@ -426,10 +477,27 @@ pub fn run_serial(ingest: Ingest, sh: Arc<Shared>, cfg: SerialIn, stop: watch::R
                     overlong = true;
                 }
             }
-            if !recs.is_empty() && ingest.blocking_send(recs, None).is_err() {
+            if recs.is_empty() && bad.is_empty() {
+                continue;
+            }
+            let sent = match &acks {
+                Some(acks) => {
+                    let (tx, rx) = oneshot::channel();
+                    let sent = ingest.blocking_send(recs, Some(tx));
+                    // The acker is gone only if writing to the device failed: reopen.
+                    if sent.is_ok() && acks.send((count, bad, rx)).is_err() {
+                        break;
+                    }
+                    sent
+                }
+                None if recs.is_empty() => Ok(()),
+                None => ingest.blocking_send(recs, None),
+            };
+            if sent.is_err() {
                 return;
             }
         }
+        drop(acks);
         std::thread::sleep(backoff.next_delay());
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! ## Design
 //!
-//! * [`codec`] (`no_std`, heapless + postcard): CRC-32C, the 36-byte frame header, the postcard
+//! * [`codec`] (`no_std`, heapless + postcard): CRC-32C (`crc32c`'s CPU instructions with std,
+//!   `crc`'s table without), the 36-byte frame header, the postcard
 //!   `Envelope` records. Sensor firmware can build frames with it; CI builds it for
 //!   `thumbv7em-none-eabihf` (`cargo build -p buffer --no-default-features`).
 //! * [`gaps`]: the gap ledger (drops not yet acknowledged upstream, cumulative drop counters),
@@ -103,6 +104,8 @@ pub mod segment;
 pub mod server;
 #[cfg(feature = "std")]
 pub mod service;
+#[cfg(feature = "std")]
+pub mod tls;
 
 #[cfg(feature = "std")]
 pub use log::{Appended, FullPolicy, Log, LogConfig, LogError, Now, Shared, SyncPolicy};

@@ -2,7 +2,18 @@
 
 use crate::codec::GapReason;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Sets `slot` to `what`; true when that changed it (the caller logs only then).
+fn set_error(slot: &Mutex<Option<String>>, what: Option<&str>) -> bool {
+    let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if s.as_deref() == what {
+        return false;
+    }
+    *s = what.map(str::to_owned);
+    true
+}
 
 /// Upper bounds (µs) of the fsync latency histogram buckets.
 pub const FSYNC_BUCKETS_US: [u64; 10] = [
@@ -53,6 +64,12 @@ pub struct Metrics {
     pub io_errors: AtomicU64,
     /// Output connection or request failures.
     pub output_errors: AtomicU64,
+    /// Input connection failures (MQTT, OPC-UA).
+    pub input_errors: AtomicU64,
+    /// The last output failure (connection, TLS, HTTP status), cleared by a success.
+    pub output_error: Mutex<Option<String>>,
+    /// The last input failure (connection, TLS, authentication), cleared by a success.
+    pub input_error: Mutex<Option<String>>,
     /// MQTT input subscriptions acknowledged by the broker (SUBACKs).
     pub input_subscriptions: AtomicU64,
     /// True while the log cannot write (disk full, I/O errors, blocked by policy).
@@ -82,6 +99,43 @@ impl Metrics {
                 self.fsync_hist[i].fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Counts an output failure and keeps `what` for `/status`; logged when it differs from
+    /// the previous one (a refused TLS handshake is reported once, not at every retry).
+    pub fn output_failed(&self, what: &str) {
+        self.output_errors.fetch_add(1, Relaxed);
+        if set_error(&self.output_error, Some(what)) {
+            tracing::warn!("buffer: output: {what}");
+        }
+    }
+
+    /// The output connected or was answered: the last failure is over.
+    pub fn output_ok(&self) {
+        if set_error(&self.output_error, None) {
+            tracing::info!("buffer: output connected");
+        }
+    }
+
+    /// Counts an input failure and keeps `what` for `/status` (logged as for outputs).
+    pub fn input_failed(&self, what: &str) {
+        self.input_errors.fetch_add(1, Relaxed);
+        if set_error(&self.input_error, Some(what)) {
+            tracing::warn!("buffer: input: {what}");
+        }
+    }
+
+    /// An input connected: its last failure is over.
+    pub fn input_ok(&self) {
+        if set_error(&self.input_error, None) {
+            tracing::info!("buffer: input connected");
+        }
+    }
+
+    /// The last output and input failures.
+    pub fn last_errors(&self) -> (Option<String>, Option<String>) {
+        let get = |m: &Mutex<Option<String>>| m.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (get(&self.output_error), get(&self.input_error))
     }
 
     /// Total dropped records over all reasons.
@@ -191,6 +245,11 @@ pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
         "io_errors_total",
         "Failed writes, syncs and cursor writes.",
         m.io_errors.load(Relaxed),
+    );
+    counter(
+        "input_errors_total",
+        "Input connection failures.",
+        m.input_errors.load(Relaxed),
     );
     counter(
         "output_errors_total",

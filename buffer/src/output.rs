@@ -1,5 +1,6 @@
 //! Outputs: MQTT v5 QoS 1 publish and HTTP POST batches, with jittered exponential backoff and
-//! no retry limit.
+//! no retry limit, each over TLS when configured (`crate::tls`: server verification, client
+//! certificates).
 //!
 //! Both resume at `acked + 1` after any failure, so records are first sent in seq order and a
 //! reconnect resends at most the in-flight window. The cursor advances only over the contiguous
@@ -18,11 +19,11 @@ use crate::reader::{ReadBatch, Reader, RecKind, RecMeta};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 /// Full-jitter exponential backoff: the n-th wait is uniform in `[0, min(cap, base·2ⁿ)]`.
@@ -151,10 +152,35 @@ pub struct MqttOut {
     pub keep_alive: Duration,
     /// Credentials.
     pub username: Option<String>,
-    /// Credentials.
+    /// Credentials (read from the configured password file).
     pub password: Option<String>,
     /// Backoff base and cap.
     pub backoff: (Duration, Duration),
+    /// TLS (`mqtts`): the client configuration built by `crate::tls`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// MQTT options shared by the output and the input: keep-alive (rumqttc panics under 5 s),
+/// credentials, TLS.
+pub fn mqtt_options(
+    client_id: &str,
+    host: &str,
+    port: u16,
+    keep_alive: Duration,
+    credentials: (&Option<String>, &Option<String>),
+    tls: &Option<Arc<rustls::ClientConfig>>,
+) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(keep_alive.max(Duration::from_secs(5)));
+    if let (Some(u), Some(p)) = credentials {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(t) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            t.clone(),
+        )));
+    }
+    opts
 }
 
 struct Flight {
@@ -193,14 +219,16 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
         if *stop.borrow() {
             return;
         }
-        let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        // rumqttc refuses keep-alives under 5 s (it panics).
-        opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-            .set_clean_start(true)
+        let mut opts = mqtt_options(
+            &cfg.client_id,
+            &cfg.host,
+            cfg.port,
+            cfg.keep_alive,
+            (&cfg.username, &cfg.password),
+            &cfg.tls,
+        );
+        opts.set_clean_start(true)
             .set_outgoing_inflight_upper_limit(cfg.window.max(1).saturating_add(1));
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            opts.set_credentials(u.clone(), p.clone());
-        }
         let (client, mut el) = AsyncClient::new(opts, window * 2 + 16);
         // Resume right after the acknowledged prefix.
         reader.seek(sh.acked() + 1);
@@ -289,6 +317,7 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         backoff.reset();
+                        sh.metrics.output_ok();
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
                         if let Some(f) = flights.iter_mut().find(|f| f.pkid.is_none()) {
@@ -304,7 +333,10 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
                                 | PubAckReason::PacketIdentifierInUse
                         );
                         if transient {
-                            sh.metrics.output_errors.fetch_add(1, Relaxed);
+                            sh.metrics.output_failed(&format!(
+                                "mqtt {}:{}: PUBACK {:?}",
+                                cfg.host, cfg.port, ack.reason
+                            ));
                             break true;
                         }
                         let rejected = !matches!(
@@ -334,8 +366,7 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        sh.metrics.output_errors.fetch_add(1, Relaxed);
-                        tracing::debug!("buffer: mqtt output: {e}");
+                        sh.metrics.output_failed(&format!("mqtt {}:{}: {e}", cfg.host, cfg.port));
                         break true;
                     }
                 },
@@ -356,72 +387,78 @@ pub async fn run_mqtt(sh: Arc<Shared>, cfg: MqttOut, mut stop: watch::Receiver<b
 /// HTTP output settings.
 #[derive(Debug, Clone)]
 pub struct HttpOut {
-    /// `http://host:port/path`.
+    /// `http://` or `https://host[:port]/path`.
     pub url: String,
     /// Records per POST at most.
     pub batch_records: usize,
     /// Key + payload bytes per POST at most.
     pub batch_bytes: usize,
-    /// Request timeout.
+    /// Request timeout (connect, send, answer).
     pub timeout: Duration,
     /// Backoff base and cap.
     pub backoff: (Duration, Duration),
+    /// Roots and client certificate of an `https://` URL (`crate::tls`).
+    pub tls: Option<ureq::tls::TlsConfig>,
 }
 
-/// A parsed `http://` URL.
+/// Checks an output URL: `http://` or `https://`, with a host.
+pub fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(()),
+        (Some("http" | "https"), _) => Err("no host".into()),
+        _ => Err("use http:// or https://".into()),
+    }
+}
+
+/// The HTTP client of the output: ureq (chunked and sized answers, keep-alive, rustls with
+/// ring), redirects refused (a 3xx is an answer, reported as a failure: the batch stays), every
+/// status handed back, one deadline per request.
+pub fn http_agent(timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
+    let mut b = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+        .user_agent("slapos-buffer");
+    if let Some(t) = tls {
+        b = b.tls_config(t);
+    }
+    b.build().into()
+}
+
+/// An upstream's answer: status and `Location` (of a refused redirect).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// `host:port`.
-    pub authority: String,
-    /// Host for the `Host` header.
-    pub host: String,
-    /// Path with query.
-    pub path: String,
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Location` header, if any.
+    pub location: Option<String>,
 }
 
-/// Parses `http://host[:port][/path]`.
-pub fn parse_http_url(url: &str) -> Option<HttpUrl> {
-    let rest = url.strip_prefix("http://")?;
-    let (auth, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+/// POSTs `body` (blocking): the answer, its body read (64 KiB at most, chunked or not) so the
+/// connection can serve the next batch.
+pub fn http_post(
+    agent: &ureq::Agent,
+    url: &str,
+    idempotency_key: &str,
+    body: &[u8],
+) -> Result<Answer, ureq::Error> {
+    let mut r = agent
+        .post(url)
+        .header("Content-Type", "application/x-ndjson")
+        .header("Idempotency-Key", idempotency_key)
+        .send(body)?;
+    let answer = Answer {
+        status: r.status().as_u16(),
+        location: r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
-    if auth.is_empty() {
-        return None;
-    }
-    let authority = if auth
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        auth.to_string()
-    } else {
-        format!("{auth}:80")
-    };
-    Some(HttpUrl {
-        authority,
-        host: auth.to_string(),
-        path: path.to_string(),
-    })
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding.
-pub fn base64(data: &[u8]) -> String {
-    let mut o = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                o.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                o.push('=');
-            }
-        }
-    }
-    o
+    let _ = r.body_mut().with_config().limit(64 << 10).read_to_vec();
+    Ok(answer)
 }
 
 /// One NDJSON line per record.
@@ -450,7 +487,11 @@ pub fn json_line(sh: &Shared, b: &ReadBatch, m: &RecMeta, out: &mut Vec<u8>) {
         RecKind::Gap(g) => v["gap"] = gap_value(&g),
         _ => match std::str::from_utf8(b.payload(m)) {
             Ok(s) => v["payload"] = s.into(),
-            Err(_) => v["payload_b64"] = base64(b.payload(m)).into(),
+            Err(_) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(b.payload(m));
+                v["payload_b64"] = b64.into();
+            }
         },
     }
     if serde_json::to_writer(&mut *out, &v).is_ok() {
@@ -472,58 +513,10 @@ pub fn gap_line(sh: &Shared, serial: u32, g: &GapV1, out: &mut Vec<u8>) {
     }
 }
 
-/// A minimal HTTP/1.1 POST (`Connection: close`); returns the status code.
-pub async fn http_post(
-    url: &HttpUrl,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: Duration,
-) -> std::io::Result<u16> {
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(&url.authority).await?;
-        let mut req = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            url.path,
-            url.host,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await?;
-        s.write_all(body).await?;
-        let mut resp = Vec::with_capacity(256);
-        let mut buf = [0u8; 1024];
-        while !resp.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            resp.extend_from_slice(&buf[..n]);
-            if resp.len() > 64 << 10 {
-                break;
-            }
-        }
-        let line = resp.split(|&b| b == b'\n').next().unwrap_or_default();
-        let status = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| std::io::Error::other("malformed HTTP status line"))?;
-        Ok(status)
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
-}
-
 /// Runs the HTTP output until `stop` becomes true.
 pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<bool>) {
-    let Some(url) = parse_http_url(&cfg.url) else {
-        tracing::error!("buffer: invalid output url `{}`", cfg.url);
-        return;
-    };
+    let agent = http_agent(cfg.timeout, cfg.tls.clone());
+    let url: Arc<str> = cfg.url.as_str().into();
     let mut backoff = Backoff::new(cfg.backoff.0, cfg.backoff.1);
     let mut reader = Reader::new(sh.clone());
     let mut durable = sh.subscribe_durable();
@@ -591,31 +584,52 @@ pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<b
                 sh.ack_gap(*serial);
             }
         };
+        let payload: Arc<[u8]> = body.as_slice().into();
+        let key: Arc<str> = key.into();
         loop {
-            let headers = [
-                ("Content-Type", "application/x-ndjson"),
-                ("Idempotency-Key", key.as_str()),
-            ];
-            let r = http_post(&url, &headers, &body, cfg.timeout).await;
-            match r {
-                Ok(s) if (200..300).contains(&s) || s == 409 => {
+            let post = {
+                let (agent, url, key, payload) =
+                    (agent.clone(), url.clone(), key.clone(), payload.clone());
+                tokio::task::spawn_blocking(move || http_post(&agent, &url, &key, &payload))
+            };
+            // A request in flight at a stop finishes (or times out) on its blocking thread.
+            let r = tokio::select! {
+                _ = crate::service::stopped(&mut stop) => return,
+                r = post => r,
+            };
+            let failure = match r {
+                Ok(Ok(a)) if (200..300).contains(&a.status) || a.status == 409 => {
                     done(true);
                     backoff.reset();
+                    sh.metrics.output_ok();
                     break;
                 }
-                Ok(s) if (400..500).contains(&s) && s != 408 && s != 429 => {
+                Ok(Ok(a))
+                    if (400..500).contains(&a.status) && a.status != 408 && a.status != 429 =>
+                {
                     // Permanent rejection: counted, never blocks the stream.
-                    tracing::warn!("buffer: upstream rejected batch {key} with HTTP {s}");
+                    tracing::warn!(
+                        "buffer: upstream rejected batch {key} with HTTP {}",
+                        a.status
+                    );
                     done(false);
+                    sh.metrics.output_ok();
                     break;
                 }
-                other => {
-                    sh.metrics.output_errors.fetch_add(1, Relaxed);
-                    tracing::debug!("buffer: http output: {other:?}");
-                    if sleep_or_stop(backoff.next_delay(), &mut stop).await {
-                        return;
-                    }
+                Ok(Ok(Answer {
+                    status,
+                    location: Some(to),
+                })) if (300..400).contains(&status) => {
+                    format!("HTTP {status}: redirect to `{to}` refused (set the output url to it)")
                 }
+                Ok(Ok(a)) => format!("HTTP {}", a.status),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("request task: {e}"),
+            };
+            sh.metrics
+                .output_failed(&format!("POST {}: {failure}", redact(&url)));
+            if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                return;
             }
         }
         if *stop.borrow() {
@@ -624,36 +638,34 @@ pub async fn run_http(sh: Arc<Shared>, cfg: HttpOut, mut stop: watch::Receiver<b
     }
 }
 
+/// `url` without credentials (`user:pass@`) for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(a)) if a > s && !url[s + 3..a].contains('/') => {
+            format!("{}***{}", &url[..s + 3], &url[a..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
+    fn output_urls_are_checked_and_redacted() {
+        for ok in [
+            "http://127.0.0.1:8080/in?x=1",
+            "https://collector.example/ingest",
+            "http://h",
         ] {
-            assert_eq!(base64(i.as_bytes()), o);
+            assert_eq!(check_http_url(ok), Ok(()), "{ok}");
         }
-    }
-
-    #[test]
-    fn urls_parse() {
-        let u = parse_http_url("http://127.0.0.1:8080/in?x=1").unwrap();
-        assert_eq!(
-            (u.authority.as_str(), u.path.as_str()),
-            ("127.0.0.1:8080", "/in?x=1")
-        );
-        let u = parse_http_url("http://example").unwrap();
-        assert_eq!((u.authority.as_str(), u.path.as_str()), ("example:80", "/"));
-        assert!(parse_http_url("https://x/").is_none());
-        assert!(parse_http_url("http:///x").is_none());
+        for bad in ["ftp://x/", "http:///x", "collector:8080/in", "https://"] {
+            assert!(check_http_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(redact("https://u:p@h/x"), "https://***@h/x");
+        assert_eq!(redact("https://h/x@y"), "https://h/x@y");
     }
 
     #[test]

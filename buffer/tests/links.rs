@@ -40,6 +40,10 @@ impl Drop for Socat {
 }
 
 fn serial_cfg(dir: &Path, tty: &Path, metrics: &str, output: &str) -> String {
+    serial_cfg_ack(dir, tty, metrics, output, false)
+}
+
+fn serial_cfg_ack(dir: &Path, tty: &Path, metrics: &str, output: &str, ack: bool) -> String {
     format!(
         r#"
 node_id = "gw-serial"
@@ -55,6 +59,7 @@ path = "{}"
 baud = 115200
 format = "json"
 max_line = 200
+ack = {ack}
 {output}
 "#,
         dir.join("data").display(),
@@ -107,6 +112,86 @@ fn serial_lines_from_a_pty_pair_arrive_in_order() {
     let ordered: Vec<u64> = got.into_iter().filter(|&n| n > 0).collect();
     assert_eq!(ordered, (1..=500).collect::<Vec<_>>());
     assert_eq!(b.status()["input_invalid"].as_u64(), Some(2));
+}
+
+/// `ack = true`: the serial input writes `bad <k>` for refused lines and `ok <n>` once the
+/// first `n` lines since the device was opened are durable, back on the same line.
+#[test]
+fn serial_acknowledgements_come_back_once_durable() {
+    if !require_tool("socat") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pty = Socat::start(dir.path());
+    let sink = HttpSink::start();
+    sink.fail.store(true, std::sync::atomic::Ordering::SeqCst); // durable, not delivered
+    let out = format!(
+        "[output]\ntype = \"http\"\nurl = \"{}\"\nbackoff_base_ms = 20\n",
+        sink.url()
+    );
+    let b = BufferProc::start(
+        dir.path(),
+        &serial_cfg_ack(dir.path(), &pty.a, "127.0.0.1:0", &out, true),
+    );
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pty.b)
+        .unwrap();
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let (acks, mut rd) = (acks.clone(), tty.try_clone().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for l in std::io::BufReader::new(&mut rd).lines() {
+                let Ok(l) = l else { return };
+                acks.lock().unwrap().push(l);
+            }
+        });
+    }
+    let last = |prefix: &str| -> Vec<u64> {
+        acks.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+            .collect()
+    };
+    // The first `ok` tells that the reader has the device open.
+    wait_for(Duration::from_secs(10), "a first acknowledgement", || {
+        tty.write_all(b"{\"n\":0}\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        last("ok ").last().copied()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let base = last("ok ").into_iter().max().unwrap_or(0);
+    let mut text = String::new();
+    for n in 1..=500 {
+        text.push_str(&format!("{{\"n\":{n}}}\n"));
+        if n == 250 {
+            text.push_str("not json\n");
+        }
+    }
+    tty.write_all(text.as_bytes()).unwrap();
+    let upto = base + 501;
+    wait_for(Duration::from_secs(30), "ok for every line", || {
+        (last("ok ").into_iter().max() >= Some(upto)).then_some(())
+    });
+    assert_eq!(
+        last("bad "),
+        vec![base + 251],
+        "the refused line, by its number"
+    );
+    let oks = last("ok ");
+    assert!(
+        oks.windows(2).all(|w| w[0] < w[1]),
+        "acks in order: {oks:?}"
+    );
+    let st = b.status();
+    assert!(
+        st["records_durable"].as_u64().unwrap_or(0) >= 500,
+        "acknowledged means durable: {st}"
+    );
+    assert_eq!(st["records_delivered"], 0, "acknowledged before delivery");
 }
 
 fn ip(args: &[&str]) {

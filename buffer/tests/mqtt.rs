@@ -58,6 +58,8 @@ fn msgs(from: u64, to: u64) -> Vec<String> {
 /// with a subscriber to `up/#` on it.
 struct Upstream {
     pw: std::path::PathBuf,
+    /// The buffer's password, in a file of its own (mode 0600): never in the config.
+    buf_pw: std::path::PathBuf,
     up: Mosquitto,
     sub: Subscriber,
 }
@@ -67,11 +69,20 @@ impl Upstream {
         let pw = dir.join("upstream.passwd");
         mosquitto_passwd(&pw, "sub", "s3cret");
         mosquitto_passwd(&pw, "buf", "b3cret");
+        let buf_pw = dir.join("buf.password");
+        std::fs::write(&buf_pw, "b3cret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&buf_pw, std::fs::Permissions::from_mode(0o600)).unwrap();
         let auth = format!("allow_anonymous false\npassword_file {}\n", pw.display());
         let up = Mosquitto::start(&dir.join("up"), &auth);
         let sub = Subscriber::start(up.port, "up/#", Some(("sub", "s3cret")));
         sub.wait_subscribed();
-        Upstream { pw, up, sub }
+        Upstream {
+            pw,
+            buf_pw,
+            up,
+            sub,
+        }
     }
 
     /// Restarts the stopped broker; the buffer is let in only once the subscriber is
@@ -137,7 +148,10 @@ fn upstream_broker_outage_delivers_everything_once_per_id_in_order() {
             dir.path(),
             local.port,
             upstream.up.port,
-            "username = \"buf\"\npassword = \"b3cret\"",
+            &format!(
+                "username = \"buf\"\npassword_file = \"{}\"",
+                upstream.buf_pw.display()
+            ),
         ),
     );
     wait_subscribed(&b);
@@ -299,10 +313,11 @@ keep_alive_s = 5
 backoff_base_ms = 50
 backoff_max_ms = 400
 username = "buf"
-password = "b3cret"
+password_file = "{}"
 "#,
         dir.path().join("data").display(),
-        upstream.up.port
+        upstream.up.port,
+        upstream.buf_pw.display()
     );
     // The upstream broker is down for the whole campaign: the 1 MiB budget overflows many
     // times while the buffer is killed again and again.
@@ -313,10 +328,14 @@ password = "b3cret"
         let mut b = BufferProc::start(dir.path(), &config);
         let addr = b.input_addr(0);
         let from = acked.load(Ordering::SeqCst) + 1;
-        let delay = Duration::from_millis(100 + rng.below(300));
+        // Killed after a random count of acknowledged lines (not after a delay: the test
+        // must not depend on how fast this machine is).
+        let upto = from - 1 + 5000 + rng.below(3000);
         std::thread::scope(|s| {
             s.spawn(|| Producer::run(&addr, from, from + 8000, &acked, None));
-            std::thread::sleep(delay);
+            wait_for(Duration::from_secs(60), "lines acknowledged", || {
+                (acked.load(Ordering::SeqCst) >= upto).then_some(())
+            });
             b.kill9();
         });
     }

@@ -194,7 +194,9 @@ fn retention_under_a_long_outage_bounds_disk_and_memory_and_marks_gaps() {
     assert_eq!(acked.load(SeqCst), 5 * per_budget);
     eprintln!("peak RSS after each budget: {rss:?} KiB");
     assert!(rss[4] <= rss[1] + 3072, "RSS grew with volume: {rss:?} KiB");
-    assert!(rss[4] <= 12 << 10, "RSS too large: {rss:?} KiB");
+    // 14 MiB: 13.1 MiB seen in a debug build since the HTTP output links ureq and rustls
+    // (issue 17; 10.8 MiB before the first budget). Release figures: `buffer-bench`.
+    assert!(rss[4] <= 14 << 10, "RSS too large: {rss:?} KiB");
     assert!(disk() <= max, "disk {} > max_bytes {max}", disk());
     let st = b.status();
     assert!(st["dropped"]["retention_bytes"].as_u64().unwrap() > 0);
@@ -343,4 +345,72 @@ fn producer_resends_over_tcp_keep_their_delivery_ids() {
     check_one_id_per_number(&got, total);
     assert!(got.iter().all(|d| d.id.starts_with("gw-test/sensors/")));
     assert_eq!(b.status()["input_resends"].as_u64(), Some(100));
+}
+
+/// The metrics endpoint cannot be held by idle or slow clients: connections over
+/// `max_connections` are closed at once, and each connection has `timeout_ms` to send its
+/// request head, however slowly it trickles in.
+#[test]
+fn metrics_endpoint_resists_idle_and_slow_clients() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = HttpSink::start();
+    let cfg = config(dir.path(), "", &http_output(&sink.url(), 100)).replace(
+        "listen = \"127.0.0.1:0\"\n[[inputs]]",
+        "listen = \"127.0.0.1:0\"\ntimeout_ms = 500\nmax_connections = 3\n[[inputs]]",
+    );
+    let b = BufferProc::start(dir.path(), &cfg);
+    let addr = b.metrics_addr();
+    // Closed by the server: EOF or a reset, within `within` (generous: the bound is 500 ms).
+    let closed = |s: &mut std::net::TcpStream, within: Duration| -> bool {
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    };
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Let the server take all three before the fourth arrives.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut fourth = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(
+        closed(&mut fourth, Duration::from_millis(400)),
+        "a connection over the limit is closed before the idle ones time out"
+    );
+    for mut s in idle {
+        assert!(
+            closed(&mut s, Duration::from_secs(10)),
+            "an idle client is closed"
+        );
+    }
+    // A client that trickles its request head a byte at a time is cut at the deadline.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    let t = std::time::Instant::now();
+    let mut cut = false;
+    for &byte in b"GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        if slow.write_all(&[byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        cut || closed(&mut slow, Duration::from_secs(10)),
+        "a slow client is closed ({:?} in)",
+        t.elapsed()
+    );
+    // And the endpoint still answers.
+    let st = b.status();
+    assert_eq!(st["node_id"], "gw-test");
 }

@@ -11,7 +11,13 @@
 //! 3. replay of a 1 M-record backlog after kill -9 of the writing process (recovery time and
 //!    read rate);
 //! 4. end-to-end rate to a local mosquitto at QoS 1 (if mosquitto is installed);
-//! 5. peak RSS of the `slapos-buffer` service moving 1 M records TCP → mosquitto.
+//! 5. peak RSS of the `slapos-buffer` service moving 1 M records TCP → mosquitto;
+//! 6. CRC-32C throughput of the crates the codec uses (`crc32c` with std, `crc`'s byte table
+//!    without) beside the slice-by-8 the codec carried until format 2 (the anchor).
+//!
+//! `buffer-bench --only crc [DIR]` runs part 6 alone; `--only mqtt [DIR]` parts 4 and 5.
+//! Parts 4 and 5 run plain and over mutual TLS (certificates made with `openssl`, mosquitto
+//! with `require_certificate true`) in the same run.
 //!
 //! Every figure is printed with the 1-minute load average at the time. Goals (issue 5):
 //! ≥ 1 M records/s durable with a ≤ 100 ms group-commit window, WA ≤ 1.2, replay ≥ 1 M rec/s,
@@ -289,13 +295,110 @@ fn replay(dir: &Path, n: u64) -> Result<(f64, f64)> {
     Ok((rate, recovery))
 }
 
+/// The slice-by-8 CRC-32C the codec carried by hand until it took `crc32c`: kept here only
+/// as the anchor the crates are measured against.
+mod slice_by_8 {
+    const POLY: u32 = 0x82F6_3B78;
+
+    const fn tables() -> [[u32; 256]; 8] {
+        let mut t = [[0u32; 256]; 8];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { (c >> 1) ^ POLY } else { c >> 1 };
+                k += 1;
+            }
+            t[0][i] = c;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 256 {
+            let mut s = 1;
+            while s < 8 {
+                let prev = t[s - 1][i];
+                t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+                s += 1;
+            }
+            i += 1;
+        }
+        t
+    }
+
+    static T: [[u32; 256]; 8] = tables();
+
+    pub fn crc32c(data: &[u8]) -> u32 {
+        let mut c = !0u32;
+        let mut chunks = data.chunks_exact(8);
+        for ch in &mut chunks {
+            let lo = c ^ u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
+            let hi = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
+            c = T[7][(lo & 0xff) as usize]
+                ^ T[6][((lo >> 8) & 0xff) as usize]
+                ^ T[5][((lo >> 16) & 0xff) as usize]
+                ^ T[4][(lo >> 24) as usize]
+                ^ T[3][(hi & 0xff) as usize]
+                ^ T[2][((hi >> 8) & 0xff) as usize]
+                ^ T[1][((hi >> 16) & 0xff) as usize]
+                ^ T[0][(hi >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
+            c = (c >> 8) ^ T[0][((c ^ u32::from(b)) & 0xff) as usize];
+        }
+        !c
+    }
+}
+
+/// GB/s of `f` over `size`-byte buffers (about 256 MiB hashed, median of 5 runs).
+fn crc_rate(size: usize, f: &dyn Fn(&[u8]) -> u32) -> f64 {
+    let data: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
+    let iters = ((256usize << 20) / size).max(1);
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let mut acc = 0u32;
+            for _ in 0..iters {
+                acc ^= f(std::hint::black_box(&data));
+            }
+            std::hint::black_box(acc);
+            (iters * size) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[2]
+}
+
+/// Part 6: the codec's CRC-32C crates against the former slice-by-8.
+fn crc_bench() {
+    const TABLE: crc::Crc<u32, crc::Table<1>> =
+        crc::Crc::<u32, crc::Table<1>>::new(&crc::CRC_32_ISCSI);
+    let probe = b"123456789";
+    assert_eq!(slice_by_8::crc32c(probe), buffer::codec::crc32c(probe));
+    for size in [36usize, 1024, 8192, 1 << 20] {
+        let hw = crc_rate(size, &|d| buffer::codec::crc32c(d));
+        let sw = crc_rate(size, &slice_by_8::crc32c);
+        let table = crc_rate(size, &|d| TABLE.checksum(d));
+        report(
+            &format!("CRC-32C {size} B: crc32c (std)"),
+            format!("{hw:.2} GB/s ({:.1}x the slice-by-8 anchor)", hw / sw),
+        );
+        report(
+            &format!("CRC-32C {size} B: slice-by-8 anchor, crc table (no_std)"),
+            format!("{sw:.2} GB/s, {table:.2} GB/s"),
+        );
+    }
+}
+
 fn have(tool: &str) -> bool {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
         .any(|d| Path::new(d).join(tool).exists())
 }
 
-struct Broker(std::process::Child, u16);
+/// mosquitto: the child, its plain port, and its TLS port (client certificates required)
+/// when started with a PKI.
+struct Broker(std::process::Child, u16, Option<u16>);
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -303,10 +406,126 @@ impl Drop for Broker {
     }
 }
 
-fn start_broker(dir: &Path) -> Result<Broker> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
-        .port();
+        .port())
+}
+
+/// Certificates made with the `openssl` command (the bench has no rcgen): a CA, a server
+/// certificate for 127.0.0.1, a client certificate; P-256 keys, mode 0600.
+struct BenchPki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl BenchPki {
+    fn generate(dir: &Path) -> Result<BenchPki> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = dir.join("pki");
+        std::fs::create_dir_all(&dir)?;
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        let (ca_key, ca) = (p("ca.key"), p("ca.crt"));
+        a.extend([
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench CA",
+        ]);
+        openssl(&a)?;
+        let leaf = |name: &str, ext: &str| -> Result<(PathBuf, PathBuf)> {
+            let (key, csr, crt, extf) = (
+                p(&format!("{name}.key")),
+                p(&format!("{name}.csr")),
+                p(&format!("{name}.crt")),
+                p(&format!("{name}.ext")),
+            );
+            std::fs::write(&extf, ext)?;
+            let mut a = vec!["req"];
+            a.extend(ec);
+            a.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=bench"]);
+            openssl(&a)?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &extf,
+            ])?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            Ok((PathBuf::from(crt), PathBuf::from(key)))
+        };
+        let server = leaf(
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let client = leaf("client", "extendedKeyUsage=clientAuth\n")?;
+        Ok(BenchPki {
+            ca: PathBuf::from(ca),
+            server,
+            client,
+        })
+    }
+
+    fn cfg(&self) -> buffer::tls::TlsCfg {
+        buffer::tls::TlsCfg {
+            ca_file: Some(self.ca.clone()),
+            cert_file: Some(self.client.0.clone()),
+            key_file: Some(self.client.1.clone()),
+            alpn: vec![],
+        }
+    }
+
+    /// The `[output.tls]` table of the service config.
+    fn table(&self) -> String {
+        format!(
+            "[output.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.ca.display(),
+            self.client.0.display(),
+            self.client.1.display()
+        )
+    }
+}
+
+fn start_broker(dir: &Path, pki: Option<&BenchPki>) -> Result<Broker> {
+    let port = free_port()?;
+    let tls_port = pki.map(|_| free_port()).transpose()?;
     let conf = dir.join("mosq.conf");
     // SAFETY: geteuid has no preconditions.
     let user = if unsafe { libc::geteuid() } == 0 {
@@ -314,21 +533,29 @@ fn start_broker(dir: &Path) -> Result<Broker> {
     } else {
         ""
     };
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{user}"
-        ),
-    )?;
+    let mut text = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{user}"
+    );
+    if let (Some(pki), Some(tp)) = (pki, tls_port) {
+        text.push_str(&format!(
+            "listener {tp} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.ca.display(),
+            pki.server.0.display(),
+            pki.server.1.display()
+        ));
+    }
+    std::fs::write(&conf, text)?;
     let child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let b = Broker(child, port);
+    let b = Broker(child, port, tls_port);
     let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || tls_port.is_some_and(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_err())
+    {
         if t.elapsed() > Duration::from_secs(10) {
             bail!("mosquitto did not start");
         }
@@ -372,10 +599,16 @@ fn count_sub(port: u16, n: u64, ready: std::sync::mpsc::Sender<()>) -> Result<In
     })
 }
 
-/// End-to-end: a backlog of `n` records forwarded by the MQTT output with window `w`.
-fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
-    let broker = start_broker(dir)?;
-    let (mut log, _) = Log::open(cfg(dir, &format!("e2e{w}")))?;
+/// End-to-end: a backlog of `n` records forwarded by the MQTT output with window `w`, over
+/// mutual TLS with `pki` (the subscriber counts on the plain listener).
+fn mqtt_e2e(dir: &Path, n: u64, w: u16, pki: Option<&BenchPki>) -> Result<f64> {
+    let broker = start_broker(dir, pki)?;
+    let tls = match pki {
+        Some(p) => Some(buffer::tls::ClientTls::load(&p.cfg())?.rustls()?),
+        None => None,
+    };
+    let stream = format!("e2e{w}{}", if tls.is_some() { "tls" } else { "" });
+    let (mut log, _) = Log::open(cfg(dir, &stream))?;
     let now = Now::system();
     for _ in 0..n {
         log.append(now.wall_ms, 0, b"t", &[b'e'; 100], now)?;
@@ -393,7 +626,7 @@ fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let out = buffer::output::MqttOut {
         host: "127.0.0.1".into(),
-        port,
+        port: broker.2.unwrap_or(port),
         client_id: format!("bench-out-{w}"),
         topic: "up/{key}".into(),
         window: w,
@@ -401,6 +634,7 @@ fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
         username: None,
         password: None,
         backoff: (Duration::from_millis(100), Duration::from_secs(1)),
+        tls,
     };
     let t = Instant::now();
     let sh2 = sh.clone();
@@ -420,20 +654,23 @@ fn mqtt_e2e(dir: &Path, n: u64, w: u16) -> Result<f64> {
     Ok(rate)
 }
 
-/// Peak RSS of the real service moving `n` records TCP → mosquitto.
-fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
+/// Peak RSS of the real service moving `n` records TCP → mosquitto (over mutual TLS with
+/// `pki`).
+fn service_rss(dir: &Path, n: u64, pki: Option<&BenchPki>) -> Result<(u64, u64, f64)> {
     let bin = std::env::current_exe()?.with_file_name("slapos-buffer");
     if !bin.exists() {
         bail!("{} not built", bin.display());
     }
-    let broker = start_broker(dir)?;
+    let broker = start_broker(dir, pki)?;
     let conf = dir.join("svc.toml");
+    let stream = if pki.is_some() { "svctls" } else { "svc" };
     std::fs::write(
         &conf,
         format!(
-            "[storage]\ndir = \"{}\"\nstream = \"svc\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\n[output]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\ntopic = \"up/x\"\nwindow = 256\n",
+            "[storage]\ndir = \"{}\"\nstream = \"{stream}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\n[output]\ntype = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {}\ntopic = \"up/x\"\nwindow = 256\n{}",
             dir.display(),
-            broker.1
+            broker.2.unwrap_or(broker.1),
+            pki.map(BenchPki::table).unwrap_or_default()
         ),
     )?;
     let mut child = Command::new(&bin)
@@ -470,7 +707,7 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
     s.write_all(&buf)?;
     drop(s);
     loop {
-        let m = buffer::server::http_get_blocking(&metrics, "/status")?;
+        let (_, m) = buffer::server::get(&metrics, "/status")?;
         let v: serde_json::Value = serde_json::from_str(&m)?;
         if v["records_delivered"].as_u64().unwrap_or(0) >= n {
             break;
@@ -488,12 +725,86 @@ fn service_rss(dir: &Path, n: u64) -> Result<(u64, u64, f64)> {
     Ok((idle_rss, peak, rate))
 }
 
+/// Parts 4 and 5, plain and over mutual TLS in the same run.
+fn mqtt_part(dir: &Path) -> Result<()> {
+    if !have("mosquitto") {
+        println!(
+            "mosquitto not installed: end-to-end and service RSS skipped (scripts/deps/buffer.sh)"
+        );
+        return Ok(());
+    }
+    let pki = if have("openssl") {
+        Some(BenchPki::generate(dir)?)
+    } else {
+        println!("openssl not installed: TLS figures skipped (scripts/deps/buffer.sh)");
+        None
+    };
+    let mut modes = vec![None];
+    if let Some(p) = &pki {
+        modes.push(Some(p));
+    }
+    let n = 100_000u64;
+    for w in [64u16, 1000] {
+        for &p in &modes {
+            let label = if p.is_some() { "mutual TLS" } else { "plain" };
+            let e = mqtt_e2e(dir, n, w, p)?;
+            report(
+                &format!("end-to-end to mosquitto QoS 1, window {w}, {label}"),
+                format!("{e:.0} msg/s ({:.1} MB/s payload, 100 B)", e * 100.0 / 1e6),
+            );
+        }
+    }
+    for &p in &modes {
+        let label = if p.is_some() { "mutual TLS" } else { "plain" };
+        match service_rss(dir, 1_000_000, p) {
+            Ok((idle, peak, rate)) => {
+                report(
+                    &format!("slapos-buffer RSS idle, {label}"),
+                    format!("{:.1} MB", idle as f64 / 1024.0),
+                );
+                report(
+                    &format!("slapos-buffer peak RSS, 1M rec TCP -> mosquitto, {label}"),
+                    format!(
+                        "{:.1} MB ({rate:.0} rec/s end to end)",
+                        peak as f64 / 1024.0
+                    ),
+                );
+            }
+            Err(e) => report("slapos-buffer peak RSS", format!("not measured: {e}")),
+        }
+    }
+    Ok(())
+}
+
 fn proc_kib(pid: u32, field: &str) -> u64 {
     buffer::metrics::proc_status_kib(Path::new("/proc"), pid, field)
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let only = if args.get(1).map(String::as_str) == Some("--only") {
+        let part = args.get(2).cloned().context("--only crc|mqtt")?;
+        args.drain(1..3);
+        Some(part)
+    } else {
+        None
+    };
+    if only.as_deref() == Some("crc") {
+        println!("--- CRC-32C on {}", std::env::consts::ARCH);
+        crc_bench();
+        return Ok(());
+    }
+    if only.as_deref() == Some("mqtt") {
+        let base = args
+            .get(1)
+            .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        let dir = base.join(format!("buffer-bench-mqtt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        println!("--- MQTT QoS 1 end to end, plain and mutual TLS");
+        let r = mqtt_part(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        return r;
+    }
     if args.get(1).map(String::as_str) == Some("--fill-child") {
         let dir = PathBuf::from(args.get(2).context("dir")?);
         let n: u64 = args.get(3).context("n")?.parse()?;
@@ -594,35 +905,9 @@ fn main() -> Result<()> {
         "replay of 1M-record backlog after kill -9",
         format!("{rr:.0} rec/s (recovery {:.1} ms)", rec * 1e3),
     );
-    if have("mosquitto") {
-        for w in [64u16, 1000] {
-            let e = mqtt_e2e(&dir, 100_000, w)?;
-            report(
-                &format!("end-to-end to mosquitto QoS 1, window {w}"),
-                format!("{e:.0} msg/s"),
-            );
-        }
-        match service_rss(&dir, 1_000_000) {
-            Ok((idle, peak, rate)) => {
-                report(
-                    "slapos-buffer RSS idle",
-                    format!("{:.1} MB", idle as f64 / 1024.0),
-                );
-                report(
-                    "slapos-buffer peak RSS, 1M records TCP -> mosquitto",
-                    format!(
-                        "{:.1} MB ({rate:.0} rec/s end to end)",
-                        peak as f64 / 1024.0
-                    ),
-                );
-            }
-            Err(e) => report("slapos-buffer peak RSS", format!("not measured: {e}")),
-        }
-    } else {
-        println!(
-            "mosquitto not installed: end-to-end and service RSS skipped (scripts/deps/buffer.sh)"
-        );
-    }
+    mqtt_part(&dir)?;
+    println!("--- CRC-32C");
+    crc_bench();
     report(
         "bench process peak RSS",
         format!(

@@ -8,7 +8,7 @@
 //! Exit codes: 0 clean stop, 1 startup error (config, lock held, directory not writable).
 
 use anyhow::{Context, Result};
-use buffer::config::{Config, InputCfg, OutputCfg, line_format};
+use buffer::config::{Config, InputCfg, OutputCfg, line_format, load_tls, read_password};
 use buffer::input::{self, MqttIn, SerialIn, TcpIn};
 use buffer::output::{self, HttpOut, MqttOut};
 use buffer::service::Writer;
@@ -44,20 +44,23 @@ fn main() -> Result<()> {
         })
         .init();
     let cfg = Config::load(&path)?;
+    if status {
+        return print_status(&cfg);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;
-    if status {
-        return rt.block_on(print_status(&cfg));
-    }
     let handle = rt.handle().clone();
-    rt.block_on(run(cfg, handle))
+    let r = rt.block_on(run(cfg, handle));
+    // An HTTPS request still on its blocking thread ends with its timeout; do not wait for it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    r
 }
 
-async fn print_status(cfg: &Config) -> Result<()> {
+fn print_status(cfg: &Config) -> Result<()> {
     if let Some(addr) = &cfg.metrics.listen
-        && let Ok((200, body)) = server::http_get(addr, "/status").await
+        && let Ok((200, body)) = server::get(addr, "/status")
     {
         let v: serde_json::Value = serde_json::from_str(&body).context("status is not JSON")?;
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -144,7 +147,12 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
             .await
             .with_context(|| format!("failed to bind the metrics endpoint `{listen}`"))?;
         ready["metrics"] = l.local_addr()?.to_string().into();
-        tasks.push(tokio::spawn(server::serve(l, sh.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(server::serve(
+            l,
+            sh.clone(),
+            cfg.metrics.limits(),
+            stop_rx.clone(),
+        )));
     }
     for (i, inp) in cfg.inputs.iter().enumerate() {
         let source = i as u16;
@@ -183,10 +191,15 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 client_id,
                 topics,
                 username,
-                password,
+                password: _,
+                password_file,
                 keep_alive_s,
+                tls,
             } => {
                 desc["type"] = "mqtt".into();
+                let what = format!("input {i} (mqtt {host}:{port})");
+                let password = read_password(&what, &password_file)?;
+                let tls = load_tls(&what, &tls)?.map(|t| t.rustls()).transpose()?;
                 let c = MqttIn {
                     host,
                     port,
@@ -197,6 +210,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     keep_alive: Duration::from_secs(keep_alive_s.unwrap_or(30)),
                     username,
                     password,
+                    tls,
                 };
                 tasks.push(tokio::spawn(input::run_mqtt(
                     ingest.clone(),
@@ -210,6 +224,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 baud,
                 format,
                 max_line,
+                ack,
             } => {
                 desc["type"] = "serial".into();
                 let c = SerialIn {
@@ -218,6 +233,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                     format: line_format(format.as_deref())?,
                     source,
                     max_line: max_line.unwrap_or(64 << 10),
+                    ack,
                 };
                 let (ing, sh2, stop) = (ingest.clone(), sh.clone(), stop_rx.clone());
                 threads.push(
@@ -227,21 +243,15 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                         .context("failed to spawn the serial input thread")?,
                 );
             }
-            InputCfg::Opcua {
-                endpoint,
-                nodes,
-                interval_ms,
-            } => {
+            InputCfg::Opcua { .. } => {
                 desc["type"] = "opcua".into();
                 #[cfg(feature = "opcua")]
                 {
-                    let c = buffer::opcua::OpcuaIn {
-                        endpoint,
-                        nodes,
-                        interval: Duration::from_millis(interval_ms.unwrap_or(1000)),
+                    let c = buffer::opcua::OpcuaIn::from_config(
+                        inp,
                         source,
-                        pki_dir: lc.stream_dir().join("opcua-pki"),
-                    };
+                        &lc.stream_dir().join(format!("opcua-{i}")),
+                    )?;
                     tasks.push(tokio::spawn(buffer::opcua::run(
                         ingest.clone(),
                         sh.clone(),
@@ -251,7 +261,6 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 }
                 #[cfg(not(feature = "opcua"))]
                 {
-                    let _ = (endpoint, nodes, interval_ms);
                     anyhow::bail!(
                         "an opcua input needs slapos-buffer built with the `opcua` feature"
                     );
@@ -271,10 +280,15 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
             window,
             keep_alive_s,
             username,
-            password,
+            password: _,
+            password_file,
             backoff_base_ms,
             backoff_max_ms,
+            tls,
         }) => {
+            let what = format!("output (mqtt {host}:{port})");
+            let password = read_password(&what, &password_file)?;
+            let tls = load_tls(&what, &tls)?.map(|t| t.rustls()).transpose()?;
             let c = MqttOut {
                 host,
                 port,
@@ -286,6 +300,7 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
                 username,
                 password,
                 backoff: backoff(backoff_base_ms, backoff_max_ms),
+                tls,
             };
             tasks.push(tokio::spawn(output::run_mqtt(
                 sh.clone(),
@@ -300,13 +315,22 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
             timeout_ms,
             backoff_base_ms,
             backoff_max_ms,
+            tls,
         }) => {
+            // https:// without a [output.tls] table: the system bundle, no client certificate.
+            let tls = match (url.starts_with("https://"), tls) {
+                (true, t) => load_tls(&format!("output ({url})"), &Some(t.unwrap_or_default()))?
+                    .map(|t| t.ureq())
+                    .transpose()?,
+                (false, _) => None,
+            };
             let c = HttpOut {
                 url,
                 batch_records: batch_records.unwrap_or(1000),
                 batch_bytes: batch_bytes.unwrap_or(1 << 20),
                 timeout: Duration::from_millis(timeout_ms.unwrap_or(30_000)),
                 backoff: backoff(backoff_base_ms, backoff_max_ms),
+                tls,
             };
             tasks.push(tokio::spawn(output::run_http(
                 sh.clone(),

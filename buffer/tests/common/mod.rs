@@ -137,3 +137,4 @@ pub fn check_explained(
 }
 
 pub mod peers;
+pub mod pki;

@@ -269,7 +269,9 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 /// Blocking `GET`, body only.
 pub fn http_get(addr: &str, path: &str) -> String {
-    buffer::server::http_get_blocking(addr, path).expect("GET on the metrics endpoint")
+    buffer::server::get(addr, path)
+        .expect("GET on the metrics endpoint")
+        .1
 }
 
 /// A Prometheus sample value (first line starting with `name{` or `name `).
