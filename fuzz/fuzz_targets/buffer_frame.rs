@@ -15,7 +15,6 @@
 use buffer::codec::{
     CodecError, FrameEncoder, FrameView, GapReason, GapV1, HeaplessFrame, Record, resync,
 };
-use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -185,29 +184,50 @@ impl RecipeRec {
     }
 }
 
-/// `SLAPOS_FUZZ_STRICT=1`: assert the known, unfixed bugs too (fuzz/README.md).
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var("SLAPOS_FUZZ_STRICT").as_deref() == Ok("1"))
-}
-
 fn encode(recipe: &Recipe) {
     let recs: Vec<Rec> = recipe.records.iter().map(RecipeRec::rec).collect();
-    // Known bug (fuzz/regressions/buffer_frame/known/encoder-first-seq-overflow): the encoders
-    // accept a `first_seq` the decoder refuses — 0, or one whose last seq overflows u64 —
-    // panicking on the overflow (debug) or writing a frame no reader accepts (release).
-    let seqs_fit =
-        recipe.first_seq != 0 && recipe.first_seq.checked_add(recs.len() as u64).is_some();
-    if !seqs_fit && !strict() {
-        return;
-    }
+    // The encoders refuse what the decoder would refuse (regressions/buffer_frame/
+    // encoder-first-seq-overflow): a `first_seq` of 0 or u64::MAX at `begin`, a push whose seq
+    // would overflow; nothing is written then.
+    let seqs_fit = recipe.first_seq != 0
+        && recipe.first_seq != u64::MAX
+        && recipe.first_seq.checked_add(recs.len() as u64).is_some();
+    let refused = |e: &CodecError| matches!(e, CodecError::SeqOutOfRange { .. }) && !seqs_fit;
     let mut buf = Vec::new();
-    let mut enc = FrameEncoder::begin(&mut buf, recipe.first_seq, recipe.base_ts_ms, recipe.epoch)
-        .expect("Vec");
+    let mut enc =
+        match FrameEncoder::begin(&mut buf, recipe.first_seq, recipe.base_ts_ms, recipe.epoch) {
+            Ok(enc) => enc,
+            Err(e) if refused(&e) => {
+                assert!(buf.is_empty(), "a refused frame leaves nothing behind");
+                let hf =
+                    HeaplessFrame::<512>::new(recipe.first_seq, recipe.base_ts_ms, recipe.epoch);
+                assert!(
+                    matches!(hf, Err(CodecError::SeqOutOfRange { .. })),
+                    "heapless accepted {}",
+                    recipe.first_seq
+                );
+                return;
+            }
+            Err(e) => panic!("begin: {e}"),
+        };
     for r in &recs {
-        let seq = push(&mut enc, &mut buf, r).expect("small records fit a Vec frame");
+        let before = buf.len();
+        let seq = match push(&mut enc, &mut buf, r) {
+            Ok(seq) => seq,
+            Err(e) if refused(&e) => {
+                assert_eq!(buf.len(), before, "a refused push changes nothing");
+                return;
+            }
+            Err(e) => panic!("small records fit a Vec frame: {e}"),
+        };
         assert_eq!(seq, enc.next_seq() - 1);
     }
+    assert!(
+        seqs_fit,
+        "seqs from {} for {} records accepted",
+        recipe.first_seq,
+        recs.len()
+    );
     match enc.finish(&mut buf) {
         Err(CodecError::Empty) => {
             assert!(recs.is_empty());
