@@ -16,7 +16,7 @@
 //!   receives its latest target through a `watch` channel, so a partition is never processed twice
 //!   at once and one failing partition never blocks another. Passes are bounded by a semaphore;
 //!   installs run as separate bounded tasks ([`node`]).
-//! * **Offline autonomy.** Every desired state received is cached on disk ([`cache`]); a node
+//! * **Offline autonomy.** Every desired state received is cached on disk ([`link::cache`]); a node
 //!   that starts without its master converges to the cache. Reports wait in an outbox
 //!   ([`link::Outbox`]) until the master is back.
 //! * **Seams** for later issues: [`isolation::Isolation`] (a unix user per partition),
@@ -61,7 +61,6 @@
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
 pub mod backoff;
-pub mod cache;
 pub mod config;
 pub mod fetch;
 pub mod identity;
@@ -84,7 +83,6 @@ pub mod quota;
 pub mod release;
 pub mod resources;
 pub mod rt_resources;
-pub mod slap_link;
 pub mod supervisor;
 pub mod sys;
 pub mod util;
@@ -161,7 +159,7 @@ pub fn format_with(
 }
 
 /// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
-/// [`slap_link::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
+/// [`link::slap::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
 /// `master_url` is `https://` (see [`identity`]).
 pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
     let computer = config.computer_id.clone();
@@ -177,13 +175,13 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
         Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
         Protocol::Slap if config.uses_identity() => {
             let id = identity::load(config)?;
-            Arc::new(slap_link::SlapLink::with_identity(
+            Arc::new(link::slap::SlapLink::with_identity(
                 &config.master_url,
                 computer,
                 &id,
             )?)
         }
-        Protocol::Slap => Arc::new(slap_link::SlapLink::new(&config.master_url, computer)?),
+        Protocol::Slap => Arc::new(link::slap::SlapLink::new(&config.master_url, computer)?),
     })
 }
 

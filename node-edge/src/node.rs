@@ -24,13 +24,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::NodeError;
-use crate::cache::DesiredCache;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::install::{InstallError, Installer};
 use crate::isolation::{CurrentUser, Isolation};
 use crate::jail::Jails;
 use crate::layout;
+use crate::link::cache::DesiredCache;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::partition::{self, PartitionHandle, Shared};
 use crate::plan::{self, Slot, SoftwareAction, Target};

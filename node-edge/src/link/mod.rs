@@ -17,6 +17,9 @@
 //!   desired state; each new state is written to the cache and handed to the node. While the
 //!   master is unreachable it retries with backoff up to `poll_interval`.
 
+pub mod cache;
+pub mod slap;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +32,7 @@ use slapos_proto::{
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::Backoff;
-use crate::cache::DesiredCache;
+use cache::DesiredCache;
 
 /// A message the node owes the master.
 #[derive(Debug, Clone)]

@@ -576,9 +576,9 @@ mod tests {
 
     /// The captures of `../shared/reference/slap-wire/` (the copy kept with the codec's tests).
     const NODE_CAPTURE: &str =
-        include_str!("../../proto/tests/fixtures/slap-wire/node-http-exchanges.txt");
+        include_str!("../../../proto/tests/fixtures/slap-wire/node-http-exchanges.txt");
     const CLIENT_CAPTURE: &str =
-        include_str!("../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
+        include_str!("../../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
 
     /// One captured exchange: header line, `Authorization`, form fields, response body.
     struct Captured {
