@@ -5,8 +5,9 @@
 //!   computer dictionary `slapos node format` sends: `reference`, `address`, `netmask`,
 //!   `partition_list` with `reference`, `address_list`, `tap`).
 //! * `desired` → `GET /getFullComputerInformation?computer_id=…`, decoded into a
-//!   [`DesiredState`]. slapproxy has no long poll: with a `wait`, the link polls every
-//!   [`POLL_STEP`] until the state differs from `etag` or `wait` has passed. The etag is a hash of
+//!   [`DesiredState`]. slapproxy has no long poll: the link ignores `wait` and answers
+//!   `Ok(None)` when the state has `etag`; the [`Session`](super::Session) polls every
+//!   [`POLL_STEP`] ([`MasterLink::poll_step`]) while a hold lasts. The etag is a hash of
 //!   the decoded state, and each partition's `revision` a hash of its assignment, so any change
 //!   the node must apply changes the revision (the node only compares revisions for
 //!   inequality).
@@ -21,7 +22,7 @@
 //! [`call_for`]) over the `slapos_proto::slap` codec; only [`SlapLink`] does I/O (ureq).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -215,19 +216,14 @@ impl MasterLink for SlapLink {
     fn desired(
         &self,
         etag: Option<&str>,
-        wait: Option<Duration>,
+        _wait: Option<Duration>,
     ) -> Result<Option<DesiredState>, ClientError> {
-        let started = Instant::now();
-        loop {
-            let d = self.fetch()?;
-            if etag != Some(d.etag.as_str()) {
-                return Ok(Some(d));
-            }
-            match wait {
-                Some(w) if started.elapsed() + POLL_STEP <= w => std::thread::sleep(POLL_STEP),
-                _ => return Ok(None),
-            }
-        }
+        let d = self.fetch()?;
+        Ok((etag != Some(d.etag.as_str())).then_some(d))
+    }
+
+    fn poll_step(&self) -> Option<Duration> {
+        Some(POLL_STEP)
     }
 
     fn send(&self, item: &Outgoing) -> Result<(), ClientError> {
