@@ -30,11 +30,9 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use slapos_proto::PartitionId;
-
-use crate::config::{Config, ConfigError, IsolationMode};
 
 /// A uid/gid pair processes are switched to before exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +122,7 @@ const USERADD: [&str; 2] = ["/usr/sbin/useradd", "/sbin/useradd"];
 
 /// `useradd`: one of [`USERADD`], else the first in `PATH`; `None` when there is none (a
 /// minimal board image).
-fn find_useradd() -> Option<PathBuf> {
+pub(crate) fn find_useradd() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     USERADD
         .iter()
@@ -143,7 +141,7 @@ impl UnixUsers {
     }
 
     /// Users named `<prefix><index>`, created with the `useradd` at `useradd`.
-    fn with_useradd(prefix: impl Into<String>, useradd: PathBuf) -> Self {
+    pub(crate) fn with_useradd(prefix: impl Into<String>, useradd: PathBuf) -> Self {
         Self {
             prefix: prefix.into(),
             useradd,
@@ -249,73 +247,6 @@ impl Isolation for UnixUsers {
                 partition: format!("(software user {name})"),
                 reason,
             })
-    }
-}
-
-/// The isolation the `isolation` key selects (see the module doc):
-///
-/// * `users`: [`UnixUsers`]; refused when the node is not root, or when `instance_root` or
-///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
-/// * `none`: [`CurrentUser`] (a root node then runs partitions as root: warned);
-/// * `auto`: `users` on a root node whose roots partition users can reach and that has
-///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
-pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
-    let root = nix::unistd::geteuid().is_root();
-    let unreachable = [&cfg.instance_root, &cfg.software_root]
-        .into_iter()
-        .find_map(|d| reachable_by_others(d).err());
-    // Looked up only where users are possible (a root node that may isolate).
-    let useradd = (root && cfg.isolation != IsolationMode::None)
-        .then(find_useradd)
-        .flatten();
-    let users = |tool: PathBuf| -> Arc<dyn Isolation> {
-        Arc::new(UnixUsers::with_useradd(cfg.user_prefix.clone(), tool))
-    };
-    match cfg.isolation {
-        IsolationMode::Users if !root => Err(ConfigError::Invalid {
-            key: "isolation",
-            reason: "\"users\" needs a node running as root (use \"none\" or \"auto\")".into(),
-        }),
-        IsolationMode::Users => match unreachable {
-            Some(d) => Err(ConfigError::Invalid {
-                key: "isolation",
-                reason: format!(
-                    "partition users cannot reach `{}` (not searchable by others): \
-                     make it o+x or move instance_root/software_root",
-                    d.display()
-                ),
-            }),
-            None => match useradd {
-                Some(tool) => Ok(users(tool)),
-                None => Err(ConfigError::Invalid {
-                    key: "isolation",
-                    reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
-                }),
-            },
-        },
-        IsolationMode::Auto if root => match (useradd, unreachable) {
-            (None, _) => {
-                tracing::warn!(
-                    "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
-                     image): partitions run as root; install passwd or set isolation = \"none\""
-                );
-                Ok(Arc::new(CurrentUser))
-            }
-            (Some(_), Some(d)) => {
-                tracing::warn!(
-                    "isolation = \"auto\": partition users could not reach `{}` (not o+x): \
-                     partitions run as root; set isolation = \"users\" to make this an error",
-                    d.display()
-                );
-                Ok(Arc::new(CurrentUser))
-            }
-            (Some(tool), None) => Ok(users(tool)),
-        },
-        IsolationMode::None if root => {
-            tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
-            Ok(Arc::new(CurrentUser))
-        }
-        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(CurrentUser)),
     }
 }
 

@@ -88,8 +88,10 @@ pub mod sys;
 pub mod util;
 
 pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode};
+
 pub use node::{Seams, run_with};
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A node that cannot start (or a `format` that failed).
@@ -130,7 +132,7 @@ pub enum NodeError {
 /// reachable. Returns whether the registration succeeded (`false`: offline, nothing lost).
 pub fn format(config: &Config) -> Result<bool, NodeError> {
     config.validate()?;
-    let iso = isolation::from_config(config)?;
+    let iso = select_isolation(config)?;
     match rt_resources::build(config)? {
         Some(rt) => format_with(config, &*iso, &rt),
         None => format_with(config, &*iso, &resources::NoResources),
@@ -185,9 +187,79 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
     })
 }
 
+/// The isolation the `isolation` key selects (see the [`isolation`] module doc):
+///
+/// * `users`: [`isolation::UnixUsers`]; refused when the node is not root, or when `instance_root` or
+///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
+/// * `none`: [`isolation::CurrentUser`] (a root node then runs partitions as root: warned);
+/// * `auto`: `users` on a root node whose roots partition users can reach and that has
+///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
+pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, ConfigError> {
+    let root = nix::unistd::geteuid().is_root();
+    let unreachable = [&cfg.instance_root, &cfg.software_root]
+        .into_iter()
+        .find_map(|d| isolation::reachable_by_others(d).err());
+    // Looked up only where users are possible (a root node that may isolate).
+    let useradd = (root && cfg.isolation != IsolationMode::None)
+        .then(isolation::find_useradd)
+        .flatten();
+    let users = |tool: PathBuf| -> Arc<dyn isolation::Isolation> {
+        Arc::new(isolation::UnixUsers::with_useradd(
+            cfg.user_prefix.clone(),
+            tool,
+        ))
+    };
+    match cfg.isolation {
+        IsolationMode::Users if !root => Err(ConfigError::Invalid {
+            key: "isolation",
+            reason: "\"users\" needs a node running as root (use \"none\" or \"auto\")".into(),
+        }),
+        IsolationMode::Users => match unreachable {
+            Some(d) => Err(ConfigError::Invalid {
+                key: "isolation",
+                reason: format!(
+                    "partition users cannot reach `{}` (not searchable by others): \
+                     make it o+x or move instance_root/software_root",
+                    d.display()
+                ),
+            }),
+            None => match useradd {
+                Some(tool) => Ok(users(tool)),
+                None => Err(ConfigError::Invalid {
+                    key: "isolation",
+                    reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
+                }),
+            },
+        },
+        IsolationMode::Auto if root => match (useradd, unreachable) {
+            (None, _) => {
+                tracing::warn!(
+                    "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
+                     image): partitions run as root; install passwd or set isolation = \"none\""
+                );
+                Ok(Arc::new(isolation::CurrentUser))
+            }
+            (Some(_), Some(d)) => {
+                tracing::warn!(
+                    "isolation = \"auto\": partition users could not reach `{}` (not o+x): \
+                     partitions run as root; set isolation = \"users\" to make this an error",
+                    d.display()
+                );
+                Ok(Arc::new(isolation::CurrentUser))
+            }
+            (Some(tool), None) => Ok(users(tool)),
+        },
+        IsolationMode::None if root => {
+            tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
+            Ok(Arc::new(isolation::CurrentUser))
+        }
+        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(isolation::CurrentUser)),
+    }
+}
+
 /// Run a node until `shutdown` resolves, with resources from the `rt` config key
 /// ([`rt_resources::from_config`]), isolation from the `isolation` key
-/// ([`isolation::from_config`]) and the master link from the `protocol` key ([`master_link`]);
+/// ([`select_isolation`]) and the master link from the `protocol` key ([`master_link`]);
 /// [`run_with`] takes explicit seams instead.
 ///
 /// Formats the partitions (idempotent), brings every partition back to the cached desired state
@@ -203,7 +275,7 @@ pub async fn run(
         // Built first: an https master without an identity stops the node before it formats.
         link: Some(master_link(&config)?),
         resources: rt_resources::from_config(&config)?,
-        isolation: isolation::from_config(&config)?,
+        isolation: select_isolation(&config)?,
         ..Seams::default()
     };
     run_with(config, seams, shutdown).await
