@@ -66,8 +66,6 @@ pub const LOG_TAIL_BYTES: usize = 2048;
 pub const REASON_BYTES: usize = 1536;
 /// Bytes of build log kept in `.failed-<hash>.log`.
 const FAILED_LOG_BYTES: u64 = 1 << 20;
-/// Largest instance profile read.
-pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
 
 /// An install that failed: what failed and the tail of its log.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -342,7 +340,7 @@ impl Installer {
         }
 
         for (ty, p) in &manifest.instance {
-            let source = bfs.read(p, MAX_PROFILE_BYTES).map_err(|e| {
+            let source = bfs.read(p, crate::profile::MAX_PROFILE_BYTES).map_err(|e| {
                 format!(
                     "instance profile `{}` of software type `{ty}` is missing after the build: {e}",
                     p.display()
