@@ -38,7 +38,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use slapos_proto::{Assignment, InstanceState, Params, PartitionReport, PromiseResult};
+use slapos_client::ClientError;
+use slapos_proto::{
+    Assignment, InstanceState, Params, PartitionId, PartitionReport, PromiseResult, SoftwareUrl,
+};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -51,15 +54,112 @@ use crate::isolation::{Identity, Isolation};
 use crate::jail::{self, JailJoin, Jails};
 use crate::layout::{PartitionLayout, format_partition};
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
-use crate::partition_fs::PartitionFs;
+use crate::partition_fs::{FsError, PartitionFs};
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
-use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
+use crate::profile::{
+    InstanceManifest, PartitionContext, ProfileError, PromiseSpec, RenderContext, render_file,
+};
 use crate::promise::{self, Schedule};
 use crate::quota::Quotas;
-use crate::resources::Resources;
+use crate::resources::{ResourceError, Resources};
 use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::{cap_message, empty_dir};
+
+/// Why a pass over a partition failed: reported to the master as the instance's error (its
+/// `Display`, capped) and retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// Emptying the partition failed (a process survived, or the kill thread did not start).
+    #[error("partition {partition}: {reason}")]
+    Empty {
+        /// The partition.
+        partition: PartitionId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The partition's jail could not be prepared.
+    #[error("partition {partition}: {source}")]
+    Jail {
+        /// The partition.
+        partition: PartitionId,
+        /// Cause.
+        #[source]
+        source: jail::JailError,
+    },
+    /// An isolated node has no user for the partition.
+    #[error("partition {0} has no user: refusing to run its processes as the node's user")]
+    NoUser(PartitionId),
+    /// The instance's software release did not install.
+    #[error("software release `{url}` is not installed: {reason}")]
+    Software {
+        /// The release.
+        url: SoftwareUrl,
+        /// Its install error.
+        reason: String,
+    },
+    /// The master issued a certificate for another identity.
+    #[error("partition certificate: the master issued `{issued}`, expected `{expected}`")]
+    CertificateIdentity {
+        /// The identity of the certificate received.
+        issued: String,
+        /// The partition's identity.
+        expected: String,
+    },
+    /// The partition certificate could not be written.
+    #[error("failed to write the partition certificate: {0}")]
+    CertificateWrite(#[source] FsError),
+    /// The master refused the partition certificate.
+    #[error("partition certificate: {0}")]
+    Certificate(#[source] ClientError),
+    /// The certificate call could not be made.
+    #[error("partition certificate: the link thread failed")]
+    CertificateThread,
+    /// Destroying: the partition directory could not be wiped.
+    #[error("failed to wipe `{}`: {source}", path.display())]
+    Wipe {
+        /// The partition directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Destroying: the partition directory could not be made again.
+    #[error(transparent)]
+    Format(Box<crate::NodeError>),
+    /// The disk budget could not be applied.
+    #[error("{0}")]
+    Quota(String),
+    /// The release's manifest is unusable or has no profile for the software type.
+    #[error("{0}")]
+    Release(String),
+    /// The instance profile did not render.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A file of the instance could not be written.
+    #[error("{0}")]
+    Files(String),
+    /// The rendered profile could not be recorded.
+    #[error(transparent)]
+    Rendered(FsError),
+    /// A `[[prepare]]` command failed.
+    #[error("prepare `{name}`: {message}")]
+    Prepare {
+        /// The command's name.
+        name: String,
+        /// Its output.
+        message: String,
+    },
+    /// The `resources_file` is unusable.
+    #[error("{0}")]
+    ResourcesFile(String),
+    /// The resources could not be applied.
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+    /// Child requests the master refused (`; `-separated).
+    #[error("{0}")]
+    Requests(String),
+}
 
 /// The rendered manifest, kept for operators.
 pub const RENDERED: &str = ".slapos/instance.toml";
@@ -220,7 +320,7 @@ impl Actor {
     /// Kill everything the partition runs (its jail; all processes of its user when isolated)
     /// and verify that nothing is left ([`Jails::empty`]).
     /// A failure leaves the partition `unclean`: it is retried by the next passes.
-    async fn empty(&mut self) -> Result<(), String> {
+    async fn empty(&mut self) -> Result<(), PassError> {
         let jails = self.sh.jails.clone();
         let name = self.layout.id.to_string();
         let owner = self.identity();
@@ -237,24 +337,30 @@ impl Actor {
         // static node ~10 KB.
         let res = match off_thread(task).await {
             Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(format!("partition {}: {e}", self.layout.id)),
-            None => Err(format!(
-                "partition {}: the kill thread failed",
-                self.layout.id
-            )),
+            Some(Err(e)) => Err(PassError::Empty {
+                partition: self.layout.id.clone(),
+                reason: e.to_string(),
+            }),
+            None => Err(PassError::Empty {
+                partition: self.layout.id.clone(),
+                reason: "the kill thread failed".into(),
+            }),
         };
         self.unclean = res.is_err();
         res
     }
 
     /// The jail the partition's processes join (created when missing).
-    fn jail(&self) -> Result<Option<JailJoin>, String> {
+    fn jail(&self) -> Result<Option<JailJoin>, PassError> {
         self.sh
             .jails
             .as_ref()
             .map(|j| j.prepare(self.layout.id.as_str()))
             .transpose()
-            .map_err(|e| format!("partition {}: {e}", self.layout.id))
+            .map_err(|source| PassError::Jail {
+                partition: self.layout.id.clone(),
+                source,
+            })
     }
 
     async fn run(
@@ -396,10 +502,10 @@ impl Actor {
                         self.waiting = true;
                         return;
                     }
-                    (SoftwareReady::Failed(m), Ok(())) => Err(format!(
-                        "software release `{}` is not installed: {m}",
-                        a.software_url
-                    )),
+                    (SoftwareReady::Failed(m), Ok(())) => Err(PassError::Software {
+                        url: a.software_url.clone(),
+                        reason: m.clone(),
+                    }),
                 }
             }
         };
@@ -412,7 +518,8 @@ impl Actor {
                 self.retry_backoff.reset();
                 self.last_error = None;
             }
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 let wait = self.retry_backoff.fail();
                 tracing::warn!(partition = %self.id(), "pass failed (retry in {wait:?}): {msg}");
                 self.retry = Some(Instant::now() + wait);
@@ -517,7 +624,7 @@ impl Actor {
         }
     }
 
-    async fn free(&mut self) -> Result<(), String> {
+    async fn free(&mut self) -> Result<(), PassError> {
         if self.dirty() {
             tracing::info!(partition = %self.id(), "partition is free: stopping what it ran");
         }
@@ -548,7 +655,7 @@ impl Actor {
     }
 
     /// Make sure the partition holds its certificate for allocation `a` (see the module doc).
-    async fn ensure_certificate(&mut self, a: &Assignment) -> Result<(), String> {
+    async fn ensure_certificate(&mut self, a: &Assignment) -> Result<(), PassError> {
         if !self.sh.link.partition_certificates() {
             return Ok(());
         }
@@ -566,13 +673,12 @@ impl Actor {
             Some(Ok(Some(c))) => {
                 let want = format!("partition:{}/{}", self.sh.cfg.computer_id, self.layout.id);
                 if c.identity != want {
-                    return Err(format!(
-                        "partition certificate: the master issued `{}`, expected `{want}`",
-                        c.identity
-                    ));
+                    return Err(PassError::CertificateIdentity {
+                        issued: c.identity,
+                        expected: want,
+                    });
                 }
-                identity::place_partition(&fs, &c, &key)
-                    .map_err(|e| format!("failed to write the partition certificate: {e}"))?;
+                identity::place_partition(&fs, &c, &key).map_err(PassError::CertificateWrite)?;
                 tracing::info!(partition = %self.id(), serial = %c.serial, "partition certificate in place");
                 Ok(())
             }
@@ -583,12 +689,12 @@ impl Actor {
                 self.cert_retry = Some((Instant::now() + wait, a.clone()));
                 Ok(())
             }
-            Some(Err(e)) => Err(format!("partition certificate: {e}")),
-            None => Err("partition certificate: the link thread failed".into()),
+            Some(Err(e)) => Err(PassError::Certificate(e)),
+            None => Err(PassError::CertificateThread),
         }
     }
 
-    async fn destroy(&mut self, a: &Assignment) -> Result<Converged, String> {
+    async fn destroy(&mut self, a: &Assignment) -> Result<Converged, PassError> {
         self.stop_all().await;
         self.release();
         procs::kill_orphans(&self.sh.proc_root, &self.fs(), self.sh.cfg.stop_timeout).await;
@@ -596,11 +702,15 @@ impl Actor {
         self.empty().await?;
         // The wipe takes the partition certificate with it.
         self.cert_retry = None;
-        empty_dir(&self.layout.path)
-            .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
-        format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
+        empty_dir(&self.layout.path).map_err(|source| PassError::Wipe {
+            path: self.layout.path.clone(),
+            source,
+        })?;
+        format_partition(&self.layout, &*self.sh.isolation)
+            .map_err(|e| PassError::Format(Box::new(e)))?;
         if let Some(q) = &self.sh.quotas {
-            q.apply(&self.layout.path, self.layout.index)?;
+            q.apply(&self.layout.path, self.layout.index)
+                .map_err(PassError::Quota)?;
         }
         self.push_report(InstanceState::Destroyed, a.revision, None);
         Ok(Converged {
@@ -686,35 +796,35 @@ impl Actor {
 
     /// Write the manifest's files and the standard directories through [`PartitionFs`]: as the
     /// partition (the files belong to it), never through a link it planted.
-    fn write_files(&self, m: &InstanceManifest) -> Result<(), String> {
+    fn write_files(&self, m: &InstanceManifest) -> Result<(), PassError> {
         let fs = self.fs();
         for sub in ["etc", "srv", "tmp", "var/log", ".slapos"] {
-            fs.create_dir_all(sub).map_err(|e| e.to_string())?;
+            fs.create_dir_all(sub)
+                .map_err(|e| PassError::Files(e.to_string()))?;
         }
         for f in &m.files {
             fs.write_atomic(&f.path, f.content.as_bytes(), Some(f.mode))
-                .map_err(|e| format!("file `{}`: {e}", f.path.display()))?;
+                .map_err(|e| PassError::Files(format!("file `{}`: {e}", f.path.display())))?;
         }
         Ok(())
     }
 
-    async fn converge(&mut self, a: &Assignment, dir: &Path) -> Result<Converged, String> {
+    async fn converge(&mut self, a: &Assignment, dir: &Path) -> Result<Converged, PassError> {
         let identity = self.identity();
         if identity.is_none() && self.sh.isolation.requires_identity() {
-            return Err(format!(
-                "partition {} has no user: refusing to run its processes as the node's user",
-                self.layout.id
-            ));
+            return Err(PassError::NoUser(self.layout.id.clone()));
         }
         self.ensure_certificate(a).await?;
-        let release = load_manifest(dir)?;
-        let profile = release.profile(&a.software_type)?.clone();
-        let (text, m) =
-            render_file(dir, &profile, &self.context(a, dir)).map_err(|e| e.to_string())?;
+        let release = load_manifest(dir).map_err(PassError::Release)?;
+        let profile = release
+            .profile(&a.software_type)
+            .map_err(PassError::Release)?
+            .clone();
+        let (text, m) = render_file(dir, &profile, &self.context(a, dir))?;
         self.write_files(&m)?;
         let fs = self.fs();
         fs.write_atomic(RENDERED, text.as_bytes(), None)
-            .map_err(|e| e.to_string())?;
+            .map_err(PassError::Rendered)?;
         let jail = self.jail()?;
         let env = self.base_env(a, dir);
         // Isolated partitions also get RLIMIT_NPROC (per uid); the jail's pids.max holds all.
@@ -740,15 +850,14 @@ impl Actor {
                 let timeout = p.timeout.unwrap_or(self.sh.cfg.promise_timeout);
                 let r = promise::run(&p.name, &launch, timeout, &fs, Path::new(PREPARE_DIR)).await;
                 if !r.ok {
-                    return Err(format!("prepare `{}`: {}", p.name, r.message));
+                    return Err(PassError::Prepare {
+                        name: p.name.clone(),
+                        message: r.message,
+                    });
                 }
             }
-            let table = effective_resources(&fs, &m)?;
-            let setup = self
-                .sh
-                .resources
-                .apply(&self.layout.id, &table)
-                .map_err(|e| e.to_string())?;
+            let table = effective_resources(&fs, &m).map_err(PassError::ResourcesFile)?;
+            let setup = self.sh.resources.apply(&self.layout.id, &table)?;
             let hook = setup.hook.clone();
             let resources_changed = self.resources.as_ref() != Some(&table);
             self.resources = Some(table);
@@ -856,7 +965,7 @@ impl Actor {
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         self.push_report(a.state, a.revision, error.clone());
         if let Some(e) = error {
-            return Err(e);
+            return Err(PassError::Requests(e));
         }
         Ok(Converged {
             revision: a.revision,
