@@ -21,13 +21,8 @@
 //! partition that still runs something is stopped; files left by an earlier instance are kept
 //! (with a warning), as SlapOS does.
 //!
-//! Over native mTLS ([`MasterLink::partition_certificates`]), a pass of an allocated partition
-//! first makes sure the partition holds the certificate of `partition:<computer>/<partition>`
-//! for its current allocation (root title, title, release): fetched once, written into
-//! `.slapos/` with the partition's filesystem identity ([`crate::identity`]), kept across passes
-//! and node restarts, fetched again when the allocation changes. A master that cannot be reached
-//! does not hold the pass back (the fetch is retried every `poll_interval`); a refusal fails the
-//! pass. The files go with the wipe of a destroy, and are removed when the partition is freed.
+//! Over native mTLS, a pass of an allocated partition first makes sure the partition holds its
+//! certificate (`partition/certificate.rs`).
 //!
 //! A failed pass is reported and retried with backoff (2 s doubling to 5 min). Between passes
 //! promises run on their schedule; a report is sent whenever a promise's verdict changes.
@@ -38,10 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use slapos_client::ClientError;
-use slapos_proto::{
-    Assignment, InstanceState, Params, PartitionId, PartitionReport, PromiseResult, SoftwareUrl,
-};
+use slapos_proto::{Assignment, InstanceState, Params, PartitionReport, PromiseResult};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -54,112 +46,20 @@ use crate::isolation::{Identity, Isolation};
 use crate::jail::{self, JailJoin, Jails};
 use crate::layout::{PartitionLayout, format_partition};
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
-use crate::partition_fs::{FsError, PartitionFs};
+use crate::partition_fs::PartitionFs;
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
-use crate::profile::{
-    InstanceManifest, PartitionContext, ProfileError, PromiseSpec, RenderContext, render_file,
-};
+use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
 use crate::promise::{self, Schedule};
 use crate::quota::Quotas;
-use crate::resources::{ResourceError, Resources};
+use crate::resources::Resources;
 use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::{cap_message, empty_dir};
 
-/// Why a pass over a partition failed: reported to the master as the instance's error (its
-/// `Display`, capped) and retried with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum PassError {
-    /// Emptying the partition failed (a process survived, or the kill thread did not start).
-    #[error("partition {partition}: {reason}")]
-    Empty {
-        /// The partition.
-        partition: PartitionId,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The partition's jail could not be prepared.
-    #[error("partition {partition}: {source}")]
-    Jail {
-        /// The partition.
-        partition: PartitionId,
-        /// Cause.
-        #[source]
-        source: jail::JailError,
-    },
-    /// An isolated node has no user for the partition.
-    #[error("partition {0} has no user: refusing to run its processes as the node's user")]
-    NoUser(PartitionId),
-    /// The instance's software release did not install.
-    #[error("software release `{url}` is not installed: {reason}")]
-    Software {
-        /// The release.
-        url: SoftwareUrl,
-        /// Its install error.
-        reason: String,
-    },
-    /// The master issued a certificate for another identity.
-    #[error("partition certificate: the master issued `{issued}`, expected `{expected}`")]
-    CertificateIdentity {
-        /// The identity of the certificate received.
-        issued: String,
-        /// The partition's identity.
-        expected: String,
-    },
-    /// The partition certificate could not be written.
-    #[error("failed to write the partition certificate: {0}")]
-    CertificateWrite(#[source] FsError),
-    /// The master refused the partition certificate.
-    #[error("partition certificate: {0}")]
-    Certificate(#[source] ClientError),
-    /// The certificate call could not be made.
-    #[error("partition certificate: the link thread failed")]
-    CertificateThread,
-    /// Destroying: the partition directory could not be wiped.
-    #[error("failed to wipe `{}`: {source}", path.display())]
-    Wipe {
-        /// The partition directory.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Destroying: the partition directory could not be made again.
-    #[error(transparent)]
-    Format(Box<crate::NodeError>),
-    /// The disk budget could not be applied.
-    #[error("{0}")]
-    Quota(String),
-    /// The release's manifest is unusable or has no profile for the software type.
-    #[error("{0}")]
-    Release(String),
-    /// The instance profile did not render.
-    #[error(transparent)]
-    Profile(#[from] ProfileError),
-    /// A file of the instance could not be written.
-    #[error("{0}")]
-    Files(String),
-    /// The rendered profile could not be recorded.
-    #[error(transparent)]
-    Rendered(FsError),
-    /// A `[[prepare]]` command failed.
-    #[error("prepare `{name}`: {message}")]
-    Prepare {
-        /// The command's name.
-        name: String,
-        /// Its output.
-        message: String,
-    },
-    /// The `resources_file` is unusable.
-    #[error("{0}")]
-    ResourcesFile(String),
-    /// The resources could not be applied.
-    #[error(transparent)]
-    Resources(#[from] ResourceError),
-    /// Child requests the master refused (`; `-separated).
-    #[error("{0}")]
-    Requests(String),
-}
+mod certificate;
+mod error;
+
+pub use error::PassError;
 
 /// The rendered manifest, kept for operators.
 pub const RENDERED: &str = ".slapos/instance.toml";
@@ -645,53 +545,8 @@ impl Actor {
         self.reported = None;
         self.last_error = None;
         self.cert_retry = None;
-        if self.sh.link.partition_certificates() {
-            // The master revoked them when it freed the partition.
-            if let Err(e) = identity::remove_partition(&self.fs()) {
-                tracing::warn!(partition = %self.id(), "failed to remove the partition certificate: {e}");
-            }
-        }
+        self.remove_certificate();
         Ok(())
-    }
-
-    /// Make sure the partition holds its certificate for allocation `a` (see the module doc).
-    async fn ensure_certificate(&mut self, a: &Assignment) -> Result<(), PassError> {
-        if !self.sh.link.partition_certificates() {
-            return Ok(());
-        }
-        // A retry pending for an earlier allocation is superseded by this one.
-        self.cert_retry = None;
-        let key = allocation(a);
-        let fs = self.fs();
-        let on_disk = identity::placed(&fs);
-        if on_disk.is_some_and(|r| r.allocation == key) {
-            return Ok(());
-        }
-        let link = self.sh.link.clone();
-        let p = self.layout.id.clone();
-        match off_thread(move || link.partition_certificate(&p)).await {
-            Some(Ok(Some(c))) => {
-                let want = format!("partition:{}/{}", self.sh.cfg.computer_id, self.layout.id);
-                if c.identity != want {
-                    return Err(PassError::CertificateIdentity {
-                        issued: c.identity,
-                        expected: want,
-                    });
-                }
-                identity::place_partition(&fs, &c, &key).map_err(PassError::CertificateWrite)?;
-                tracing::info!(partition = %self.id(), serial = %c.serial, "partition certificate in place");
-                Ok(())
-            }
-            Some(Ok(None)) => Ok(()),
-            Some(Err(e)) if e.is_unreachable() => {
-                let wait = self.sh.cfg.poll_interval;
-                tracing::warn!(partition = %self.id(), "partition certificate not fetched, retry in {wait:?}: {e}");
-                self.cert_retry = Some((Instant::now() + wait, a.clone()));
-                Ok(())
-            }
-            Some(Err(e)) => Err(PassError::Certificate(e)),
-            None => Err(PassError::CertificateThread),
-        }
     }
 
     async fn destroy(&mut self, a: &Assignment) -> Result<Converged, PassError> {
