@@ -32,6 +32,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 use slapos_proto::PartitionId;
 
 /// A uid/gid pair processes are switched to before exec.
@@ -275,11 +276,9 @@ struct FsIds {
 
 impl Drop for FsIds {
     fn drop(&mut self) {
-        // SAFETY: setfsuid/setfsgid take integers and only change this thread's credentials.
-        unsafe {
-            libc::setfsuid(self.uid);
-            libc::setfsgid(self.gid);
-        }
+        // Only this thread's credentials change.
+        setfsuid(Uid::from_raw(self.uid));
+        setfsgid(Gid::from_raw(self.gid));
     }
 }
 
@@ -291,13 +290,11 @@ pub fn as_fs_identity<T>(id: Option<Identity>, f: impl FnOnce() -> T) -> T {
     let Some(id) = id else {
         return f();
     };
-    // SAFETY: plain syscalls with integer arguments; they change the calling thread's fsuid and
-    // fsgid only and return the previous values (restored by the guard, even on panic).
-    let guard = unsafe {
-        let gid = libc::setfsgid(id.gid) as u32;
-        let uid = libc::setfsuid(id.uid) as u32;
-        FsIds { uid, gid }
-    };
+    // The calling thread's fsuid and fsgid only; the previous values are restored by the
+    // guard, even on panic.
+    let gid = setfsgid(Gid::from_raw(id.gid)).as_raw();
+    let uid = setfsuid(Uid::from_raw(id.uid)).as_raw();
+    let guard = FsIds { uid, gid };
     let out = f();
     drop(guard);
     out
@@ -344,8 +341,7 @@ mod tests {
     #[test]
     fn fs_identity_is_restored() {
         // setfsuid(-1) changes nothing and reports the current value.
-        // SAFETY: integer syscall, no change of credentials.
-        let current = || unsafe { libc::setfsuid(u32::MAX) };
+        let current = || setfsuid(Uid::from_raw(u32::MAX)).as_raw();
         let before = current();
         let inner = as_fs_identity(
             Some(Identity {

@@ -27,12 +27,10 @@
 //! code; the node's 3 MB budget does not have room for it (see docs/node.md).
 
 use std::collections::BTreeSet;
-#[cfg(feature = "net")]
-use std::ffi::CString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[cfg(feature = "net")]
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +39,8 @@ use crate::isolation::Identity;
 
 #[cfg(feature = "net")]
 mod netlink;
+#[cfg(feature = "net")]
+use crate::sys::{self, TunSet};
 #[cfg(feature = "net")]
 use netlink::Request;
 
@@ -325,10 +325,7 @@ fn save(record: &Path, a: &Applied) -> Result<(), NetError> {
 #[cfg(feature = "net")]
 /// Index of interface `name`, `None` when it does not exist.
 pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
+    nix::net::if_::if_nametoindex(name).ok().filter(|i| *i != 0)
 }
 
 #[cfg(feature = "net")]
@@ -340,53 +337,33 @@ struct Netlink {
 #[cfg(feature = "net")]
 impl Netlink {
     fn open() -> Result<Self, NetError> {
-        // SAFETY: plain syscall; the returned descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(os("open", "netlink socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(|e| os("open", "netlink socket", io::Error::from(e)))?;
+        Ok(Self { fd })
     }
 
     /// Send one request and wait for its acknowledgement; a request already done (see
     /// [`Request::already_done`]) is fine.
     fn request(&self, req: Request) -> io::Result<()> {
+        use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto};
         let msg = req.encode(1);
-        // SAFETY: an all-zero sockaddr_nl is valid; family set below (pid 0 = the kernel).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `msg` and `sa` are valid for the lengths passed.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Port id 0: the kernel.
+        sendto(
+            self.fd.as_raw_fd(),
+            &msg,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
         let mut buf = vec![0u8; 8192];
         loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            match netlink::ack(&buf[..n as usize]) {
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            match netlink::ack(&buf[..n]) {
                 None => continue,
                 Some(Err(e))
                     if e.raw_os_error().is_some() && e.raw_os_error() == req.already_done() =>
@@ -418,15 +395,6 @@ impl Netlink {
 }
 
 #[cfg(feature = "net")]
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-#[cfg(feature = "net")]
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-#[cfg(feature = "net")]
-const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
-#[cfg(feature = "net")]
-const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
-
-#[cfg(feature = "net")]
 /// Create (or re-own) the persistent TAP `name`, owned by `owner` when given.
 fn create_tap(name: &str, owner: Option<Identity>) -> io::Result<()> {
     let tun = std::fs::OpenOptions::new()
@@ -442,23 +410,12 @@ fn create_tap(name: &str, owner: Option<Identity>) -> io::Result<()> {
     ifr[..n.len()].copy_from_slice(n);
     let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
     ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-    let fd = tun.as_raw_fd();
-    let ioctl = |req: libc::c_ulong, arg: libc::c_ulong| -> io::Result<()> {
-        // SAFETY: the TUNSET* requests below take an integer argument.
-        if unsafe { libc::ioctl(fd, req as _, arg) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    // SAFETY: TUNSETIFF reads and writes a struct ifreq; `ifr` is 40 bytes, its size.
-    if unsafe { libc::ioctl(fd, TUNSETIFF as _, ifr.as_mut_ptr()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::tun_set_iff(&tun, &mut ifr)?;
     if let Some(id) = owner {
-        ioctl(TUNSETOWNER, libc::c_ulong::from(id.uid))?;
-        ioctl(TUNSETGROUP, libc::c_ulong::from(id.gid))?;
+        sys::tun_set(&tun, TunSet::Owner, libc::c_ulong::from(id.uid))?;
+        sys::tun_set(&tun, TunSet::Group, libc::c_ulong::from(id.gid))?;
     }
-    ioctl(TUNSETPERSIST, 1)
+    sys::tun_set(&tun, TunSet::Persist, 1)
 }
 
 #[cfg(test)]
