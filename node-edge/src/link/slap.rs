@@ -576,58 +576,7 @@ mod tests {
     const CLIENT_CAPTURE: &str =
         include_str!("../../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
 
-    /// One captured exchange: header line, `Authorization`, form fields, response body.
-    struct Captured {
-        header: String,
-        authorization: Option<String>,
-        form: Vec<(String, String)>,
-        response: String,
-    }
-
-    fn captured(text: &str, header_prefix: &str) -> Vec<Captured> {
-        let mut out = Vec::new();
-        for block in text.split(&"=".repeat(100)) {
-            let mut lines = block.lines().skip_while(|l| l.is_empty());
-            let Some(header) = lines.next() else { continue };
-            if !header.starts_with(header_prefix) {
-                continue;
-            }
-            let mut ex = Captured {
-                header: header.to_owned(),
-                authorization: None,
-                form: Vec::new(),
-                response: String::new(),
-            };
-            // (is the response, continuation indent)
-            let mut cur: Option<(bool, usize)> = None;
-            for line in lines {
-                if let Some(rest) = line.strip_prefix("  form[") {
-                    let (k, v) = rest.split_once("] = ").unwrap();
-                    ex.form.push((k.to_owned(), v.to_owned()));
-                    cur = Some((false, 6));
-                } else if let Some(v) = line.strip_prefix("  RESPONSE: ") {
-                    ex.response = v.to_owned();
-                    cur = Some((true, 4));
-                } else if let Some(v) = line.strip_prefix("  Authorization: ") {
-                    ex.authorization = Some(v.to_owned());
-                    cur = None;
-                } else if let Some((resp, indent)) = cur
-                    && line.len() >= indent
-                    && line[..indent].trim().is_empty()
-                {
-                    let target = if resp {
-                        &mut ex.response
-                    } else {
-                        &mut ex.form.last_mut().unwrap().1
-                    };
-                    target.push('\n');
-                    target.push_str(&line[indent..]);
-                }
-            }
-            out.push(ex);
-        }
-        out
-    }
+    use slapos_test_support::slap_capture::parse as captured;
 
     /// The captured `getFullComputerInformation` bodies. The capture tool cut each one inside
     /// `_software_release_list`; the cut is completed with the release the capture supplied.
