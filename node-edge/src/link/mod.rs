@@ -450,19 +450,11 @@ mod tests {
 
     mod poller {
         use super::super::fake::{FakeCall, FakeLink};
+        use super::super::session::tests::state;
         use super::super::*;
         use slapos_proto::ComputerId;
 
         const S: fn(u64) -> Duration = Duration::from_secs;
-
-        fn state(etag: &str) -> DesiredState {
-            DesiredState {
-                computer: ComputerId::parse("COMP-1").unwrap(),
-                etag: etag.into(),
-                software: vec![],
-                partitions: vec![],
-            }
-        }
 
         struct Running {
             fake: Arc<FakeLink>,

@@ -275,7 +275,7 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use slapos_proto::ComputerId;
 
@@ -290,7 +290,8 @@ mod tests {
         }
     }
 
-    fn state(etag: &str) -> DesiredState {
+    /// A desired state of `COMP-1` with `etag` (also used by the poller's tests).
+    pub(in crate::link) fn state(etag: &str) -> DesiredState {
         DesiredState {
             computer: ComputerId::parse("COMP-1").unwrap(),
             etag: etag.into(),
