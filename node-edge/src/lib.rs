@@ -62,9 +62,7 @@
 
 pub mod backoff;
 pub mod config;
-pub mod fetch;
 pub mod identity;
-pub mod install;
 pub mod isolation;
 pub mod jail;
 pub mod layout;
@@ -77,17 +75,18 @@ pub mod partition;
 pub mod partition_fs;
 pub mod plan;
 pub mod procs;
-pub mod profile;
 pub mod promise;
 pub mod quota;
-pub mod release;
 pub mod resources;
 pub mod rt_resources;
+pub mod software;
 pub mod supervisor;
 pub mod sys;
 pub mod util;
 
 pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode};
+/// The release modules at their former paths (`node_edge::install`, …).
+pub use software::{fetch, install, profile, release};
 
 pub use node::{Seams, run_with};
 

@@ -7,8 +7,8 @@ use slapos_proto::{PartitionId, SoftwareUrl};
 
 use crate::jail;
 use crate::partition_fs::FsError;
-use crate::profile::ProfileError;
 use crate::resources::ResourceError;
+use crate::software::profile::ProfileError;
 
 /// Why a pass over a partition failed: reported to the master as the instance's error (its
 /// `Display`, capped) and retried with backoff.

@@ -41,7 +41,6 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::identity;
-use crate::install::load_manifest;
 use crate::isolation::{Identity, Isolation};
 use crate::jail::{self, JailJoin, Jails};
 use crate::layout::{PartitionLayout, format_partition};
@@ -49,10 +48,13 @@ use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
 use crate::partition_fs::PartitionFs;
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
-use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
 use crate::promise::{self, Schedule};
 use crate::quota::Quotas;
 use crate::resources::Resources;
+use crate::software::install::load_manifest;
+use crate::software::profile::{
+    InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file,
+};
 use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::{cap_message, empty_dir};
 
