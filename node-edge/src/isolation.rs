@@ -30,11 +30,10 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 use slapos_proto::PartitionId;
-
-use crate::config::{Config, ConfigError, IsolationMode};
 
 /// A uid/gid pair processes are switched to before exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +123,7 @@ const USERADD: [&str; 2] = ["/usr/sbin/useradd", "/sbin/useradd"];
 
 /// `useradd`: one of [`USERADD`], else the first in `PATH`; `None` when there is none (a
 /// minimal board image).
-fn find_useradd() -> Option<PathBuf> {
+pub(crate) fn find_useradd() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     USERADD
         .iter()
@@ -143,7 +142,7 @@ impl UnixUsers {
     }
 
     /// Users named `<prefix><index>`, created with the `useradd` at `useradd`.
-    fn with_useradd(prefix: impl Into<String>, useradd: PathBuf) -> Self {
+    pub(crate) fn with_useradd(prefix: impl Into<String>, useradd: PathBuf) -> Self {
         Self {
             prefix: prefix.into(),
             useradd,
@@ -252,73 +251,6 @@ impl Isolation for UnixUsers {
     }
 }
 
-/// The isolation the `isolation` key selects (see the module doc):
-///
-/// * `users`: [`UnixUsers`]; refused when the node is not root, or when `instance_root` or
-///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
-/// * `none`: [`CurrentUser`] (a root node then runs partitions as root: warned);
-/// * `auto`: `users` on a root node whose roots partition users can reach and that has
-///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
-pub fn from_config(cfg: &Config) -> Result<Arc<dyn Isolation>, ConfigError> {
-    let root = nix::unistd::geteuid().is_root();
-    let unreachable = [&cfg.instance_root, &cfg.software_root]
-        .into_iter()
-        .find_map(|d| reachable_by_others(d).err());
-    // Looked up only where users are possible (a root node that may isolate).
-    let useradd = (root && cfg.isolation != IsolationMode::None)
-        .then(find_useradd)
-        .flatten();
-    let users = |tool: PathBuf| -> Arc<dyn Isolation> {
-        Arc::new(UnixUsers::with_useradd(cfg.user_prefix.clone(), tool))
-    };
-    match cfg.isolation {
-        IsolationMode::Users if !root => Err(ConfigError::Invalid {
-            key: "isolation",
-            reason: "\"users\" needs a node running as root (use \"none\" or \"auto\")".into(),
-        }),
-        IsolationMode::Users => match unreachable {
-            Some(d) => Err(ConfigError::Invalid {
-                key: "isolation",
-                reason: format!(
-                    "partition users cannot reach `{}` (not searchable by others): \
-                     make it o+x or move instance_root/software_root",
-                    d.display()
-                ),
-            }),
-            None => match useradd {
-                Some(tool) => Ok(users(tool)),
-                None => Err(ConfigError::Invalid {
-                    key: "isolation",
-                    reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
-                }),
-            },
-        },
-        IsolationMode::Auto if root => match (useradd, unreachable) {
-            (None, _) => {
-                tracing::warn!(
-                    "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
-                     image): partitions run as root; install passwd or set isolation = \"none\""
-                );
-                Ok(Arc::new(CurrentUser))
-            }
-            (Some(_), Some(d)) => {
-                tracing::warn!(
-                    "isolation = \"auto\": partition users could not reach `{}` (not o+x): \
-                     partitions run as root; set isolation = \"users\" to make this an error",
-                    d.display()
-                );
-                Ok(Arc::new(CurrentUser))
-            }
-            (Some(tool), None) => Ok(users(tool)),
-        },
-        IsolationMode::None if root => {
-            tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
-            Ok(Arc::new(CurrentUser))
-        }
-        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(CurrentUser)),
-    }
-}
-
 /// True when every directory from `/` down to `dir` (included) can be searched by users that
 /// are neither its owner nor in its group (`o+x`): a partition user must reach its partition and
 /// the software releases.
@@ -344,11 +276,9 @@ struct FsIds {
 
 impl Drop for FsIds {
     fn drop(&mut self) {
-        // SAFETY: setfsuid/setfsgid take integers and only change this thread's credentials.
-        unsafe {
-            libc::setfsuid(self.uid);
-            libc::setfsgid(self.gid);
-        }
+        // Only this thread's credentials change.
+        setfsuid(Uid::from_raw(self.uid));
+        setfsgid(Gid::from_raw(self.gid));
     }
 }
 
@@ -360,13 +290,11 @@ pub fn as_fs_identity<T>(id: Option<Identity>, f: impl FnOnce() -> T) -> T {
     let Some(id) = id else {
         return f();
     };
-    // SAFETY: plain syscalls with integer arguments; they change the calling thread's fsuid and
-    // fsgid only and return the previous values (restored by the guard, even on panic).
-    let guard = unsafe {
-        let gid = libc::setfsgid(id.gid) as u32;
-        let uid = libc::setfsuid(id.uid) as u32;
-        FsIds { uid, gid }
-    };
+    // The calling thread's fsuid and fsgid only; the previous values are restored by the
+    // guard, even on panic.
+    let gid = setfsgid(Gid::from_raw(id.gid)).as_raw();
+    let uid = setfsuid(Uid::from_raw(id.uid)).as_raw();
+    let guard = FsIds { uid, gid };
     let out = f();
     drop(guard);
     out
@@ -413,8 +341,7 @@ mod tests {
     #[test]
     fn fs_identity_is_restored() {
         // setfsuid(-1) changes nothing and reports the current value.
-        // SAFETY: integer syscall, no change of credentials.
-        let current = || unsafe { libc::setfsuid(u32::MAX) };
+        let current = || setfsuid(Uid::from_raw(u32::MAX)).as_raw();
         let before = current();
         let inner = as_fs_identity(
             Some(Identity {

@@ -145,7 +145,7 @@ pub struct Jails {
 /// A short, stable key for the node owning `state_dir` (12 hex digits of its SHA-256).
 pub fn node_key(state_dir: &Path) -> String {
     let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    crate::fetch::sha256_hex(abs.as_os_str().as_bytes())[..12].to_owned()
+    crate::util::sha256_hex(abs.as_os_str().as_bytes())[..12].to_owned()
 }
 
 fn read(path: &Path) -> Result<String, JailError> {

@@ -16,7 +16,7 @@
 //!   receives its latest target through a `watch` channel, so a partition is never processed twice
 //!   at once and one failing partition never blocks another. Passes are bounded by a semaphore;
 //!   installs run as separate bounded tasks ([`node`]).
-//! * **Offline autonomy.** Every desired state received is cached on disk ([`cache`]); a node
+//! * **Offline autonomy.** Every desired state received is cached on disk ([`link::cache`]); a node
 //!   that starts without its master converges to the cache. Reports wait in an outbox
 //!   ([`link::Outbox`]) until the master is back.
 //! * **Seams** for later issues: [`isolation::Isolation`] (a unix user per partition),
@@ -61,11 +61,8 @@
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
 pub mod backoff;
-pub mod cache;
 pub mod config;
-pub mod fetch;
 pub mod identity;
-pub mod install;
 pub mod isolation;
 pub mod jail;
 pub mod layout;
@@ -78,20 +75,22 @@ pub mod partition;
 pub mod partition_fs;
 pub mod plan;
 pub mod procs;
-pub mod profile;
 pub mod promise;
 pub mod quota;
-pub mod release;
 pub mod resources;
 pub mod rt_resources;
-pub mod slap_link;
+pub mod software;
 pub mod supervisor;
 pub mod sys;
 pub mod util;
 
 pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode};
+/// The release modules at their former paths (`node_edge::install`, …).
+pub use software::{fetch, install, profile, release};
+
 pub use node::{Seams, run_with};
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A node that cannot start (or a `format` that failed).
@@ -132,7 +131,7 @@ pub enum NodeError {
 /// reachable. Returns whether the registration succeeded (`false`: offline, nothing lost).
 pub fn format(config: &Config) -> Result<bool, NodeError> {
     config.validate()?;
-    let iso = isolation::from_config(config)?;
+    let iso = select_isolation(config)?;
     match rt_resources::build(config)? {
         Some(rt) => format_with(config, &*iso, &rt),
         None => format_with(config, &*iso, &resources::NoResources),
@@ -161,7 +160,7 @@ pub fn format_with(
 }
 
 /// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
-/// [`slap_link::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
+/// [`link::slap::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
 /// `master_url` is `https://` (see [`identity`]).
 pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
     let computer = config.computer_id.clone();
@@ -177,19 +176,89 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
         Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
         Protocol::Slap if config.uses_identity() => {
             let id = identity::load(config)?;
-            Arc::new(slap_link::SlapLink::with_identity(
+            Arc::new(link::slap::SlapLink::with_identity(
                 &config.master_url,
                 computer,
                 &id,
             )?)
         }
-        Protocol::Slap => Arc::new(slap_link::SlapLink::new(&config.master_url, computer)?),
+        Protocol::Slap => Arc::new(link::slap::SlapLink::new(&config.master_url, computer)?),
     })
+}
+
+/// The isolation the `isolation` key selects (see the [`isolation`] module doc):
+///
+/// * `users`: [`isolation::UnixUsers`]; refused when the node is not root, or when `instance_root` or
+///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
+/// * `none`: [`isolation::CurrentUser`] (a root node then runs partitions as root: warned);
+/// * `auto`: `users` on a root node whose roots partition users can reach and that has
+///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
+pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, ConfigError> {
+    let root = nix::unistd::geteuid().is_root();
+    let unreachable = [&cfg.instance_root, &cfg.software_root]
+        .into_iter()
+        .find_map(|d| isolation::reachable_by_others(d).err());
+    // Looked up only where users are possible (a root node that may isolate).
+    let useradd = (root && cfg.isolation != IsolationMode::None)
+        .then(isolation::find_useradd)
+        .flatten();
+    let users = |tool: PathBuf| -> Arc<dyn isolation::Isolation> {
+        Arc::new(isolation::UnixUsers::with_useradd(
+            cfg.user_prefix.clone(),
+            tool,
+        ))
+    };
+    match cfg.isolation {
+        IsolationMode::Users if !root => Err(ConfigError::Invalid {
+            key: "isolation",
+            reason: "\"users\" needs a node running as root (use \"none\" or \"auto\")".into(),
+        }),
+        IsolationMode::Users => match unreachable {
+            Some(d) => Err(ConfigError::Invalid {
+                key: "isolation",
+                reason: format!(
+                    "partition users cannot reach `{}` (not searchable by others): \
+                     make it o+x or move instance_root/software_root",
+                    d.display()
+                ),
+            }),
+            None => match useradd {
+                Some(tool) => Ok(users(tool)),
+                None => Err(ConfigError::Invalid {
+                    key: "isolation",
+                    reason: "\"users\" needs `useradd` (Debian: apt-get install passwd)".into(),
+                }),
+            },
+        },
+        IsolationMode::Auto if root => match (useradd, unreachable) {
+            (None, _) => {
+                tracing::warn!(
+                    "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
+                     image): partitions run as root; install passwd or set isolation = \"none\""
+                );
+                Ok(Arc::new(isolation::CurrentUser))
+            }
+            (Some(_), Some(d)) => {
+                tracing::warn!(
+                    "isolation = \"auto\": partition users could not reach `{}` (not o+x): \
+                     partitions run as root; set isolation = \"users\" to make this an error",
+                    d.display()
+                );
+                Ok(Arc::new(isolation::CurrentUser))
+            }
+            (Some(tool), None) => Ok(users(tool)),
+        },
+        IsolationMode::None if root => {
+            tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
+            Ok(Arc::new(isolation::CurrentUser))
+        }
+        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(isolation::CurrentUser)),
+    }
 }
 
 /// Run a node until `shutdown` resolves, with resources from the `rt` config key
 /// ([`rt_resources::from_config`]), isolation from the `isolation` key
-/// ([`isolation::from_config`]) and the master link from the `protocol` key ([`master_link`]);
+/// ([`select_isolation`]) and the master link from the `protocol` key ([`master_link`]);
 /// [`run_with`] takes explicit seams instead.
 ///
 /// Formats the partitions (idempotent), brings every partition back to the cached desired state
@@ -205,7 +274,7 @@ pub async fn run(
         // Built first: an https master without an identity stops the node before it formats.
         link: Some(master_link(&config)?),
         resources: rt_resources::from_config(&config)?,
-        isolation: isolation::from_config(&config)?,
+        isolation: select_isolation(&config)?,
         ..Seams::default()
     };
     run_with(config, seams, shutdown).await

@@ -24,18 +24,18 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::NodeError;
-use crate::cache::DesiredCache;
 use crate::config::Config;
-use crate::fetch::Fetcher;
-use crate::install::{InstallError, Installer};
 use crate::isolation::{CurrentUser, Isolation};
 use crate::jail::Jails;
 use crate::layout;
+use crate::link::cache::DesiredCache;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::partition::{self, PartitionHandle, Shared};
 use crate::plan::{self, Slot, SoftwareAction, Target};
 use crate::quota::Quotas;
 use crate::resources::{NoResources, Resources};
+use crate::software::fetch::Fetcher;
+use crate::software::install::{InstallError, Installer};
 
 /// The pluggable parts of a node. `Seams::default()` is the unprivileged production setup.
 #[derive(Clone)]
@@ -167,7 +167,7 @@ impl Node {
                 tracing::info!(software = %url, dir = %dir.display(), "software release available");
                 // The manifest was parsed at install time; a read failure here only loses the
                 // request-time check (the profile still validates on the node).
-                let parameter_model = match crate::install::load_manifest(&dir) {
+                let parameter_model = match crate::software::install::load_manifest(&dir) {
                     Ok(m) => m.parameter_model,
                     Err(e) => {
                         tracing::warn!(software = %url, "parameter model unknown: {e}");

@@ -297,10 +297,9 @@ mod tests {
     /// The enforced path for real, as root: a loop-mounted ext4 image with project quotas.
     #[test]
     fn project_quota_is_enforced_on_a_loop_mounted_ext4() {
-        if !nix::unistd::geteuid().is_root() {
-            let required = std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
-            assert!(!required, "needs root");
-            eprintln!("SKIP: project quota test needs root");
+        if !slapos_test_support::gate::privileged(
+            "project_quota_is_enforced_on_a_loop_mounted_ext4",
+        ) {
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -185,8 +185,7 @@ impl Resources for RtResources {
 /// The rt adapter `cfg` asks for: `Some` when `rt = true`, or `auto` on a root node with a
 /// usable cgroup hierarchy; `None` (refusing RT profiles) otherwise. Changes nothing on the host.
 pub fn build(cfg: &Config) -> Result<Option<RtResources>, RtSetupError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     let pool = cfg
         .rt_cpus
         .as_deref()

@@ -7,7 +7,10 @@
 //! * [`kill_all_as`]: a forked helper that becomes a user and sends `SIGKILL` to every process
 //!   that user may signal;
 //! * project quotas: [`get_project`] / [`set_project`] (`FS_IOC_FSGETXATTR` /
-//!   `FS_IOC_FSSETXATTR`) and [`set_project_limit`] (`quotactl_fd`, Linux 5.14+).
+//!   `FS_IOC_FSSETXATTR`) and [`set_project_limit`] (`quotactl_fd`, Linux 5.14+);
+//! * TAP interfaces (feature `net`): [`tun_set_iff`] and [`tun_set`] (the `TUNSET*` ioctls).
+//!
+//! Calls `nix` wraps are made through it elsewhere (sockets, `setfsuid`, `geteuid`, …).
 
 use std::ffi::CStr;
 use std::io;
@@ -209,6 +212,42 @@ pub fn project_usage(fd: impl AsFd, projid: u32) -> io::Result<u64> {
     let mut q = dqblk();
     project_quotactl(fd, libc::Q_GETQUOTA, projid, &mut q)?;
     Ok(q.dqb_curspace)
+}
+
+/// A `TUNSET*` ioctl of `/dev/net/tun` that takes an integer (`linux/if_tun.h`).
+#[cfg(feature = "net")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunSet {
+    /// `TUNSETPERSIST`: the interface outlives the descriptor.
+    Persist,
+    /// `TUNSETOWNER`: the uid that may attach to it.
+    Owner,
+    /// `TUNSETGROUP`: the gid that may attach to it.
+    Group,
+}
+
+#[cfg(feature = "net")]
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+/// `TUNSETIFF` on the open `/dev/net/tun` `tun`: attach it to the interface `ifr` names (a
+/// `struct ifreq`: 16-byte name, then the flags), created when missing.
+#[cfg(feature = "net")]
+pub fn tun_set_iff(tun: impl AsFd, ifr: &mut [u8; 40]) -> io::Result<()> {
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq; `ifr` is 40 bytes, its size.
+    check(unsafe { libc::ioctl(tun.as_fd().as_raw_fd(), TUNSETIFF as _, ifr.as_mut_ptr()) })
+        .map(drop)
+}
+
+/// One integer `TUNSET*` ioctl on the open `/dev/net/tun` `tun`.
+#[cfg(feature = "net")]
+pub fn tun_set(tun: impl AsFd, what: TunSet, arg: libc::c_ulong) -> io::Result<()> {
+    let req: libc::c_ulong = match what {
+        TunSet::Persist => 0x4004_54cb,
+        TunSet::Owner => 0x4004_54cc,
+        TunSet::Group => 0x4004_54ce,
+    };
+    // SAFETY: these requests take an integer argument, no pointer.
+    check(unsafe { libc::ioctl(tun.as_fd().as_raw_fd(), req as _, arg) }).map(drop)
 }
 
 #[cfg(test)]

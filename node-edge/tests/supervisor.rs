@@ -161,11 +161,7 @@ async fn stop_sends_term_to_the_group_and_kills_what_ignores_it() {
 /// partition's uid/gid (std would switch first and the hook would lose its privileges).
 #[tokio::test]
 async fn resource_hook_runs_before_the_identity_switch() {
-    if !nix::unistd::geteuid().is_root() {
-        if std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("needs root (SLAPOS_REQUIRE_PRIVILEGED=1)");
-        }
-        eprintln!("skipping: needs root");
+    if !slapos_test_support::gate::privileged("resource_hook_runs_before_the_identity_switch") {
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 status=0
-# node-edge joins once its config -> net -> isolation cycle is cut.
-for src in master-lite/src; do
+for src in master-lite/src node-edge/src; do
     if ! out=$(python3 scripts/module-graph.py "$src"); then
         echo "$out" | grep CYCLE
         status=1

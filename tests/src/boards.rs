@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use slapos_proto::LabelKey;
+use slapos_test_support::gate::{Need, skip};
 
 /// A board file that cannot be used; the message names the file and the rule.
 #[derive(Debug, thiserror::Error)]
@@ -350,16 +351,12 @@ pub fn glibc_sysroot(target: &str) -> Option<PathBuf> {
 
 /// `SLAPOS_REQUIRE_QEMU=1`: a missing QEMU, kernel or cross toolchain is a failure.
 pub fn qemu_required() -> bool {
-    std::env::var("SLAPOS_REQUIRE_QEMU").as_deref() == Ok("1")
+    Need::Qemu.required()
 }
 
 /// Skip `test` for `reason` (printed), or panic when [`qemu_required`].
 pub fn qemu_skip(test: &str, reason: &str) {
-    assert!(
-        !qemu_required(),
-        "{test}: {reason} (SLAPOS_REQUIRE_QEMU=1 forbids skipping)"
-    );
-    eprintln!("SKIP {test}: {reason} (set SLAPOS_REQUIRE_QEMU=1 to make this a failure)");
+    skip(Need::Qemu, test, reason);
 }
 
 #[cfg(test)]

@@ -24,66 +24,12 @@ use slapos_proto::{
     SupplyState,
 };
 
-/// The directory holding the workspace binaries of the profile the tests were built with
-/// (`target/debug` or `target/release`).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().expect("executable dir");
-    // Test executables live in `target/<profile>/deps/`, bench binaries in `target/<profile>/`.
-    if dir.ends_with("deps") {
-        dir.parent().expect("profile dir").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
-}
-
-/// Path of a workspace binary, building the binaries once if they are missing
-/// (`cargo test -p slapos-tests` alone does not build other packages' binaries).
-pub fn bin(name: &str) -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    let path = bin_dir().join(name);
-    if !path.exists() {
-        BUILD.call_once(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--bins",
-                "-p",
-                "master-lite",
-                "-p",
-                "node-edge",
-                "-p",
-                "buffer",
-            ]);
-            if bin_dir().ends_with("release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(
-                status.success(),
-                "cargo build of the workspace binaries failed"
-            );
-        });
-    }
-    assert!(path.exists(), "binary {} not found", path.display());
-    path
-}
-
-/// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+// Shared with every crate's tests: binaries (never built from a test: run
+// `cargo build --workspace --bins` first, as scripts/test.sh does), waits, skip gates, ports.
+pub use slapos_test_support::bins::{bin, bin_dir};
+pub use slapos_test_support::gate::{is_root, privileged};
+pub use slapos_test_support::ports::free_port_block;
+pub use slapos_test_support::wait::wait_for;
 
 /// A child process whose output lines are collected, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Proc {
@@ -232,48 +178,6 @@ impl Master {
     /// A client of this master.
     pub fn client(&self) -> Client {
         Client::new(&self.url).expect("client")
-    }
-}
-
-/// True when the test runs as root.
-pub fn is_root() -> bool {
-    // `id -u` keeps this crate free of libc.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Gate for tests that need root: `true` to run; `false` (after printing why) to skip.
-/// Panics instead of skipping when `SLAPOS_REQUIRE_PRIVILEGED=1`.
-pub fn privileged(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    let required = std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
-    assert!(
-        !required,
-        "{test}: needs root and SLAPOS_REQUIRE_PRIVILEGED=1 forbids skipping"
-    );
-    eprintln!("SKIP {test}: needs root (set SLAPOS_REQUIRE_PRIVILEGED=1 to make this a failure)");
-    false
-}
-
-/// A block of `count` consecutive loopback ports that are free now, distinct for every call in
-/// this process (tests run in parallel threads and each node needs its own partition ports).
-pub fn free_port_block(count: u16) -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = 21_000 + (std::process::id() % 200) as u16 * 150;
-    loop {
-        let offset = NEXT.fetch_add(count, Ordering::SeqCst);
-        let base = seed.wrapping_add(offset) % 39_000 + 21_000;
-        let all_free =
-            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return base;
-        }
     }
 }
 

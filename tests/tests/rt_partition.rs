@@ -24,30 +24,19 @@ use slapos_proto::{
     SoftwareUrl, StateChange,
 };
 use slapos_tests::{
-    Client, Master, Node, bin_dir, example_release, instance_request, params, privileged, supply,
+    Client, Master, Node, bin, example_release, instance_request, params, privileged, supply,
     wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(90);
 static RT: Mutex<()> = Mutex::new(());
 
-/// Build the companion programs (the node's tools_dir is its own directory).
+/// The companion programs are there (the node's tools_dir is its own directory); they are
+/// built with the workspace binaries, never by the test.
 fn tools() {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let missing = ["rt-probe", "enb-sim", "slapos-radio"]
-            .iter()
-            .any(|t| !bin_dir().join(t).exists());
-        if missing {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--bins", "-p", "rt", "-p", "radio"]);
-            if bin_dir().ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().expect("cargo build").success());
-        }
-    });
+    for t in ["rt-probe", "enb-sim", "slapos-radio"] {
+        bin(t);
+    }
 }
 
 /// Removes the test's cgroup subtree from every hierarchy on drop (after the node is gone).

@@ -13,15 +13,13 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use slapos_proto::slap::{ComputerDoc, loads};
+use slapos_test_support::gate::{Need, skip};
 use slapos_tests::{Node, Proc, http_get, repo_root, wait_for};
 
 const COMPUTER: &str = "COMP";
 
 fn skip_or_fail(why: String) -> Option<PathBuf> {
-    if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("SLAPOS_REQUIRE_TOOLS=1 but {why}");
-    }
-    eprintln!("skipped: {why}");
+    skip(Need::Tools, "slap_node", &why);
     None
 }
 

@@ -1,6 +1,6 @@
 //! Test helpers: a tiny in-process fake master (std TcpListener on port 0, one thread per
-//! connection, `Connection: close`), condition polling with a deadline, free port blocks and a
-//! blocking HTTP GET.
+//! connection, `Connection: close`) and a blocking HTTP GET; condition polling and port blocks
+//! come from `slapos-test-support`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -323,44 +323,9 @@ pub fn assignment(title: &str, sr: &str, params: serde_json::Value) -> Assignmen
     }
 }
 
-/// Poll `f` every 50 ms until it returns `Some`, or panic with `what` after `secs` seconds.
-pub async fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {secs}s waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A base port with `n` consecutive ports free on 127.0.0.1 right now.
-///
-/// Searched below the kernel's ephemeral range (32768+ on Linux), where the local ends of the
-/// tests' own outgoing connections land and can fill any consecutive block; the start depends on
-/// the pid so parallel test binaries spread out.
-pub fn free_block(n: u16) -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const HIGH: u32 = 32_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let span = HIGH - LOW - u32::from(n);
-    let seed = std::process::id().wrapping_mul(7919);
-    for _ in 0..span / u32::from(n.max(1)) {
-        let step = NEXT.fetch_add(u32::from(n), Ordering::SeqCst);
-        let base = (LOW + seed.wrapping_add(step) % span) as u16;
-        let held: Vec<_> = (base..base + n)
-            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == n as usize {
-            return base;
-        }
-    }
-    panic!("no block of {n} free ports found in {LOW}..{HIGH}");
-}
+// Not every test binary that includes this module uses both.
+#[allow(unused_imports)]
+pub use slapos_test_support::{ports::free_port_block as free_block, wait::until};
 
 /// Blocking HTTP GET of `http://host:port/path`: the body of a 200 answer, else `None`.
 pub fn http_get(url: &str) -> Option<String> {
@@ -403,17 +368,8 @@ pub fn example(name: &str) -> String {
     std::fs::canonicalize(&p).unwrap().display().to_string()
 }
 
-/// True when `python3` can be run (the hello-web example needs it).
+/// True when `python3` can be run (the hello-web example needs it); a skip with a reason
+/// otherwise, a failure under `SLAPOS_REQUIRE_TOOLS=1`.
 pub fn have_python() -> bool {
-    let ok = std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("python3 is required (SLAPOS_REQUIRE_TOOLS=1)");
-        }
-        eprintln!("skipping: python3 not found");
-    }
-    ok
+    slapos_test_support::gate::tool("hello-web", "python3")
 }

@@ -21,13 +21,8 @@
 //! partition that still runs something is stopped; files left by an earlier instance are kept
 //! (with a warning), as SlapOS does.
 //!
-//! Over native mTLS ([`MasterLink::partition_certificates`]), a pass of an allocated partition
-//! first makes sure the partition holds the certificate of `partition:<computer>/<partition>`
-//! for its current allocation (root title, title, release): fetched once, written into
-//! `.slapos/` with the partition's filesystem identity ([`crate::identity`]), kept across passes
-//! and node restarts, fetched again when the allocation changes. A master that cannot be reached
-//! does not hold the pass back (the fetch is retried every `poll_interval`); a refusal fails the
-//! pass. The files go with the wipe of a destroy, and are removed when the partition is freed.
+//! Over native mTLS, a pass of an allocated partition first makes sure the partition holds its
+//! certificate (`partition/certificate.rs`).
 //!
 //! A failed pass is reported and retried with backoff (2 s doubling to 5 min). Between passes
 //! promises run on their schedule; a report is sent whenever a promise's verdict changes.
@@ -46,7 +41,6 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::identity;
-use crate::install::load_manifest;
 use crate::isolation::{Identity, Isolation};
 use crate::jail::{self, JailJoin, Jails};
 use crate::layout::{PartitionLayout, format_partition};
@@ -54,12 +48,20 @@ use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
 use crate::partition_fs::PartitionFs;
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
-use crate::profile::{InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file};
 use crate::promise::{self, Schedule};
 use crate::quota::Quotas;
 use crate::resources::Resources;
+use crate::software::install::load_manifest;
+use crate::software::profile::{
+    InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file,
+};
 use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::{cap_message, empty_dir};
+
+mod certificate;
+mod error;
+
+pub use error::PassError;
 
 /// The rendered manifest, kept for operators.
 pub const RENDERED: &str = ".slapos/instance.toml";
@@ -220,7 +222,7 @@ impl Actor {
     /// Kill everything the partition runs (its jail; all processes of its user when isolated)
     /// and verify that nothing is left ([`Jails::empty`]).
     /// A failure leaves the partition `unclean`: it is retried by the next passes.
-    async fn empty(&mut self) -> Result<(), String> {
+    async fn empty(&mut self) -> Result<(), PassError> {
         let jails = self.sh.jails.clone();
         let name = self.layout.id.to_string();
         let owner = self.identity();
@@ -237,24 +239,30 @@ impl Actor {
         // static node ~10 KB.
         let res = match off_thread(task).await {
             Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(format!("partition {}: {e}", self.layout.id)),
-            None => Err(format!(
-                "partition {}: the kill thread failed",
-                self.layout.id
-            )),
+            Some(Err(e)) => Err(PassError::Empty {
+                partition: self.layout.id.clone(),
+                reason: e.to_string(),
+            }),
+            None => Err(PassError::Empty {
+                partition: self.layout.id.clone(),
+                reason: "the kill thread failed".into(),
+            }),
         };
         self.unclean = res.is_err();
         res
     }
 
     /// The jail the partition's processes join (created when missing).
-    fn jail(&self) -> Result<Option<JailJoin>, String> {
+    fn jail(&self) -> Result<Option<JailJoin>, PassError> {
         self.sh
             .jails
             .as_ref()
             .map(|j| j.prepare(self.layout.id.as_str()))
             .transpose()
-            .map_err(|e| format!("partition {}: {e}", self.layout.id))
+            .map_err(|source| PassError::Jail {
+                partition: self.layout.id.clone(),
+                source,
+            })
     }
 
     async fn run(
@@ -396,10 +404,10 @@ impl Actor {
                         self.waiting = true;
                         return;
                     }
-                    (SoftwareReady::Failed(m), Ok(())) => Err(format!(
-                        "software release `{}` is not installed: {m}",
-                        a.software_url
-                    )),
+                    (SoftwareReady::Failed(m), Ok(())) => Err(PassError::Software {
+                        url: a.software_url.clone(),
+                        reason: m.clone(),
+                    }),
                 }
             }
         };
@@ -412,7 +420,8 @@ impl Actor {
                 self.retry_backoff.reset();
                 self.last_error = None;
             }
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 let wait = self.retry_backoff.fail();
                 tracing::warn!(partition = %self.id(), "pass failed (retry in {wait:?}): {msg}");
                 self.retry = Some(Instant::now() + wait);
@@ -517,7 +526,7 @@ impl Actor {
         }
     }
 
-    async fn free(&mut self) -> Result<(), String> {
+    async fn free(&mut self) -> Result<(), PassError> {
         if self.dirty() {
             tracing::info!(partition = %self.id(), "partition is free: stopping what it ran");
         }
@@ -538,57 +547,11 @@ impl Actor {
         self.reported = None;
         self.last_error = None;
         self.cert_retry = None;
-        if self.sh.link.partition_certificates() {
-            // The master revoked them when it freed the partition.
-            if let Err(e) = identity::remove_partition(&self.fs()) {
-                tracing::warn!(partition = %self.id(), "failed to remove the partition certificate: {e}");
-            }
-        }
+        self.remove_certificate();
         Ok(())
     }
 
-    /// Make sure the partition holds its certificate for allocation `a` (see the module doc).
-    async fn ensure_certificate(&mut self, a: &Assignment) -> Result<(), String> {
-        if !self.sh.link.partition_certificates() {
-            return Ok(());
-        }
-        // A retry pending for an earlier allocation is superseded by this one.
-        self.cert_retry = None;
-        let key = allocation(a);
-        let fs = self.fs();
-        let on_disk = identity::placed(&fs);
-        if on_disk.is_some_and(|r| r.allocation == key) {
-            return Ok(());
-        }
-        let link = self.sh.link.clone();
-        let p = self.layout.id.clone();
-        match off_thread(move || link.partition_certificate(&p)).await {
-            Some(Ok(Some(c))) => {
-                let want = format!("partition:{}/{}", self.sh.cfg.computer_id, self.layout.id);
-                if c.identity != want {
-                    return Err(format!(
-                        "partition certificate: the master issued `{}`, expected `{want}`",
-                        c.identity
-                    ));
-                }
-                identity::place_partition(&fs, &c, &key)
-                    .map_err(|e| format!("failed to write the partition certificate: {e}"))?;
-                tracing::info!(partition = %self.id(), serial = %c.serial, "partition certificate in place");
-                Ok(())
-            }
-            Some(Ok(None)) => Ok(()),
-            Some(Err(e)) if e.is_unreachable() => {
-                let wait = self.sh.cfg.poll_interval;
-                tracing::warn!(partition = %self.id(), "partition certificate not fetched, retry in {wait:?}: {e}");
-                self.cert_retry = Some((Instant::now() + wait, a.clone()));
-                Ok(())
-            }
-            Some(Err(e)) => Err(format!("partition certificate: {e}")),
-            None => Err("partition certificate: the link thread failed".into()),
-        }
-    }
-
-    async fn destroy(&mut self, a: &Assignment) -> Result<Converged, String> {
+    async fn destroy(&mut self, a: &Assignment) -> Result<Converged, PassError> {
         self.stop_all().await;
         self.release();
         procs::kill_orphans(&self.sh.proc_root, &self.fs(), self.sh.cfg.stop_timeout).await;
@@ -596,11 +559,15 @@ impl Actor {
         self.empty().await?;
         // The wipe takes the partition certificate with it.
         self.cert_retry = None;
-        empty_dir(&self.layout.path)
-            .map_err(|e| format!("failed to wipe `{}`: {e}", self.layout.path.display()))?;
-        format_partition(&self.layout, &*self.sh.isolation).map_err(|e| e.to_string())?;
+        empty_dir(&self.layout.path).map_err(|source| PassError::Wipe {
+            path: self.layout.path.clone(),
+            source,
+        })?;
+        format_partition(&self.layout, &*self.sh.isolation)
+            .map_err(|e| PassError::Format(Box::new(e)))?;
         if let Some(q) = &self.sh.quotas {
-            q.apply(&self.layout.path, self.layout.index)?;
+            q.apply(&self.layout.path, self.layout.index)
+                .map_err(PassError::Quota)?;
         }
         self.push_report(InstanceState::Destroyed, a.revision, None);
         Ok(Converged {
@@ -686,35 +653,35 @@ impl Actor {
 
     /// Write the manifest's files and the standard directories through [`PartitionFs`]: as the
     /// partition (the files belong to it), never through a link it planted.
-    fn write_files(&self, m: &InstanceManifest) -> Result<(), String> {
+    fn write_files(&self, m: &InstanceManifest) -> Result<(), PassError> {
         let fs = self.fs();
         for sub in ["etc", "srv", "tmp", "var/log", ".slapos"] {
-            fs.create_dir_all(sub).map_err(|e| e.to_string())?;
+            fs.create_dir_all(sub)
+                .map_err(|e| PassError::Files(e.to_string()))?;
         }
         for f in &m.files {
             fs.write_atomic(&f.path, f.content.as_bytes(), Some(f.mode))
-                .map_err(|e| format!("file `{}`: {e}", f.path.display()))?;
+                .map_err(|e| PassError::Files(format!("file `{}`: {e}", f.path.display())))?;
         }
         Ok(())
     }
 
-    async fn converge(&mut self, a: &Assignment, dir: &Path) -> Result<Converged, String> {
+    async fn converge(&mut self, a: &Assignment, dir: &Path) -> Result<Converged, PassError> {
         let identity = self.identity();
         if identity.is_none() && self.sh.isolation.requires_identity() {
-            return Err(format!(
-                "partition {} has no user: refusing to run its processes as the node's user",
-                self.layout.id
-            ));
+            return Err(PassError::NoUser(self.layout.id.clone()));
         }
         self.ensure_certificate(a).await?;
-        let release = load_manifest(dir)?;
-        let profile = release.profile(&a.software_type)?.clone();
-        let (text, m) =
-            render_file(dir, &profile, &self.context(a, dir)).map_err(|e| e.to_string())?;
+        let release = load_manifest(dir).map_err(PassError::Release)?;
+        let profile = release
+            .profile(&a.software_type)
+            .map_err(PassError::Release)?
+            .clone();
+        let (text, m) = render_file(dir, &profile, &self.context(a, dir))?;
         self.write_files(&m)?;
         let fs = self.fs();
         fs.write_atomic(RENDERED, text.as_bytes(), None)
-            .map_err(|e| e.to_string())?;
+            .map_err(PassError::Rendered)?;
         let jail = self.jail()?;
         let env = self.base_env(a, dir);
         // Isolated partitions also get RLIMIT_NPROC (per uid); the jail's pids.max holds all.
@@ -740,15 +707,14 @@ impl Actor {
                 let timeout = p.timeout.unwrap_or(self.sh.cfg.promise_timeout);
                 let r = promise::run(&p.name, &launch, timeout, &fs, Path::new(PREPARE_DIR)).await;
                 if !r.ok {
-                    return Err(format!("prepare `{}`: {}", p.name, r.message));
+                    return Err(PassError::Prepare {
+                        name: p.name.clone(),
+                        message: r.message,
+                    });
                 }
             }
-            let table = effective_resources(&fs, &m)?;
-            let setup = self
-                .sh
-                .resources
-                .apply(&self.layout.id, &table)
-                .map_err(|e| e.to_string())?;
+            let table = effective_resources(&fs, &m).map_err(PassError::ResourcesFile)?;
+            let setup = self.sh.resources.apply(&self.layout.id, &table)?;
             let hook = setup.hook.clone();
             let resources_changed = self.resources.as_ref() != Some(&table);
             self.resources = Some(table);
@@ -856,7 +822,7 @@ impl Actor {
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         self.push_report(a.state, a.revision, error.clone());
         if let Some(e) = error {
-            return Err(e);
+            return Err(PassError::Requests(e));
         }
         Ok(Converged {
             revision: a.revision,

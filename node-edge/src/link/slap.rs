@@ -5,8 +5,9 @@
 //!   computer dictionary `slapos node format` sends: `reference`, `address`, `netmask`,
 //!   `partition_list` with `reference`, `address_list`, `tap`).
 //! * `desired` → `GET /getFullComputerInformation?computer_id=…`, decoded into a
-//!   [`DesiredState`]. slapproxy has no long poll: with a `wait`, the link polls every
-//!   [`POLL_STEP`] until the state differs from `etag` or `wait` has passed. The etag is a hash of
+//!   [`DesiredState`]. slapproxy has no long poll: the link ignores `wait` and answers
+//!   `Ok(None)` when the state has `etag`; the [`Session`](super::Session) polls every
+//!   [`POLL_STEP`] ([`MasterLink::poll_step`]) while a hold lasts. The etag is a hash of
 //!   the decoded state, and each partition's `revision` a hash of its assignment, so any change
 //!   the node must apply changes the revision (the node only compares revisions for
 //!   inequality).
@@ -21,7 +22,7 @@
 //! [`call_for`]) over the `slapos_proto::slap` codec; only [`SlapLink`] does I/O (ureq).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
@@ -215,19 +216,14 @@ impl MasterLink for SlapLink {
     fn desired(
         &self,
         etag: Option<&str>,
-        wait: Option<Duration>,
+        _wait: Option<Duration>,
     ) -> Result<Option<DesiredState>, ClientError> {
-        let started = Instant::now();
-        loop {
-            let d = self.fetch()?;
-            if etag != Some(d.etag.as_str()) {
-                return Ok(Some(d));
-            }
-            match wait {
-                Some(w) if started.elapsed() + POLL_STEP <= w => std::thread::sleep(POLL_STEP),
-                _ => return Ok(None),
-            }
-        }
+        let d = self.fetch()?;
+        Ok((etag != Some(d.etag.as_str())).then_some(d))
+    }
+
+    fn poll_step(&self) -> Option<Duration> {
+        Some(POLL_STEP)
     }
 
     fn send(&self, item: &Outgoing) -> Result<(), ClientError> {
@@ -576,62 +572,11 @@ mod tests {
 
     /// The captures of `../shared/reference/slap-wire/` (the copy kept with the codec's tests).
     const NODE_CAPTURE: &str =
-        include_str!("../../proto/tests/fixtures/slap-wire/node-http-exchanges.txt");
+        include_str!("../../../proto/tests/fixtures/slap-wire/node-http-exchanges.txt");
     const CLIENT_CAPTURE: &str =
-        include_str!("../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
+        include_str!("../../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
 
-    /// One captured exchange: header line, `Authorization`, form fields, response body.
-    struct Captured {
-        header: String,
-        authorization: Option<String>,
-        form: Vec<(String, String)>,
-        response: String,
-    }
-
-    fn captured(text: &str, header_prefix: &str) -> Vec<Captured> {
-        let mut out = Vec::new();
-        for block in text.split(&"=".repeat(100)) {
-            let mut lines = block.lines().skip_while(|l| l.is_empty());
-            let Some(header) = lines.next() else { continue };
-            if !header.starts_with(header_prefix) {
-                continue;
-            }
-            let mut ex = Captured {
-                header: header.to_owned(),
-                authorization: None,
-                form: Vec::new(),
-                response: String::new(),
-            };
-            // (is the response, continuation indent)
-            let mut cur: Option<(bool, usize)> = None;
-            for line in lines {
-                if let Some(rest) = line.strip_prefix("  form[") {
-                    let (k, v) = rest.split_once("] = ").unwrap();
-                    ex.form.push((k.to_owned(), v.to_owned()));
-                    cur = Some((false, 6));
-                } else if let Some(v) = line.strip_prefix("  RESPONSE: ") {
-                    ex.response = v.to_owned();
-                    cur = Some((true, 4));
-                } else if let Some(v) = line.strip_prefix("  Authorization: ") {
-                    ex.authorization = Some(v.to_owned());
-                    cur = None;
-                } else if let Some((resp, indent)) = cur
-                    && line.len() >= indent
-                    && line[..indent].trim().is_empty()
-                {
-                    let target = if resp {
-                        &mut ex.response
-                    } else {
-                        &mut ex.form.last_mut().unwrap().1
-                    };
-                    target.push('\n');
-                    target.push_str(&line[indent..]);
-                }
-            }
-            out.push(ex);
-        }
-        out
-    }
+    use slapos_test_support::slap_capture::parse as captured;
 
     /// The captured `getFullComputerInformation` bodies. The capture tool cut each one inside
     /// `_software_release_list`; the cut is completed with the release the capture supplied.

@@ -19,24 +19,30 @@
 //!
 //! ## Kernel interface
 //!
-//! Plain rtnetlink messages over a `NETLINK_ROUTE` socket (RTM_NEWADDR, RTM_DELADDR,
+//! Plain rtnetlink messages (encoded and decoded in `net/netlink.rs`, pure and tested against
+//! fixed bytes) over a `NETLINK_ROUTE` socket (RTM_NEWADDR, RTM_DELADDR,
 //! RTM_NEWLINK for "up", RTM_DELLINK for a TAP), each acknowledged; TAPs come from the
 //! `TUNSETIFF` + `TUNSETPERSIST` ioctls on `/dev/net/tun`, as the kernel refuses tun creation
 //! over rtnetlink. The `rtnetlink` crate does the same with an async stack and ~0.5–1.5 MB of
 //! code; the node's 3 MB budget does not have room for it (see docs/node.md).
 
 use std::collections::BTreeSet;
-#[cfg(feature = "net")]
-use std::ffi::CString;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 #[cfg(feature = "net")]
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::isolation::Identity;
+
+#[cfg(feature = "net")]
+mod netlink;
+#[cfg(feature = "net")]
+use crate::sys::{self, TunSet};
+#[cfg(feature = "net")]
+use netlink::Request;
 
 /// `[network]` of the node's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -319,10 +325,7 @@ fn save(record: &Path, a: &Applied) -> Result<(), NetError> {
 #[cfg(feature = "net")]
 /// Index of interface `name`, `None` when it does not exist.
 pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
+    nix::net::if_::if_nametoindex(name).ok().filter(|i| *i != 0)
 }
 
 #[cfg(feature = "net")]
@@ -332,96 +335,42 @@ struct Netlink {
 }
 
 #[cfg(feature = "net")]
-const NLMSG_HDR: usize = 16;
-
-#[cfg(feature = "net")]
-fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = 4 + data.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(buf.len().next_multiple_of(4), 0);
-}
-
-#[cfg(feature = "net")]
 impl Netlink {
     fn open() -> Result<Self, NetError> {
-        // SAFETY: plain syscall; the returned descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(os("open", "netlink socket", io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(|e| os("open", "netlink socket", io::Error::from(e)))?;
+        Ok(Self { fd })
     }
 
-    /// Send one request (`ty`, `flags`, body) and wait for its acknowledgement.
-    fn request(&self, ty: u16, flags: u16, body: &[u8]) -> io::Result<()> {
-        let len = NLMSG_HDR + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&ty.to_ne_bytes());
-        msg.extend_from_slice(
-            &(flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes(),
-        );
-        msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it
-        msg.extend_from_slice(body);
-        // SAFETY: an all-zero sockaddr_nl is valid; family set below (pid 0 = the kernel).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `msg` and `sa` are valid for the lengths passed.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    /// Send one request and wait for its acknowledgement; a request already done (see
+    /// [`Request::already_done`]) is fine.
+    fn request(&self, req: Request) -> io::Result<()> {
+        use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto};
+        let msg = req.encode(1);
+        // Port id 0: the kernel.
+        sendto(
+            self.fd.as_raw_fd(),
+            &msg,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
         let mut buf = vec![0u8; 8192];
         loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = n as usize;
-            let mut off = 0;
-            while off + NLMSG_HDR <= n {
-                let field = |at: usize| -> [u8; 4] {
-                    let mut b = [0u8; 4];
-                    b.copy_from_slice(&buf[at..at + 4]);
-                    b
-                };
-                let mlen = u32::from_ne_bytes(field(off)) as usize;
-                let mty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                if mlen < NLMSG_HDR || off + mlen > n {
-                    return Err(io::Error::other("truncated netlink answer"));
+            let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            match netlink::ack(&buf[..n]) {
+                None => continue,
+                Some(Err(e))
+                    if e.raw_os_error().is_some() && e.raw_os_error() == req.already_done() =>
+                {
+                    return Ok(());
                 }
-                if mty == libc::NLMSG_ERROR as u16 && mlen >= NLMSG_HDR + 4 {
-                    let code = i32::from_ne_bytes(field(off + NLMSG_HDR));
-                    return if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-code))
-                    };
-                }
-                off += mlen.next_multiple_of(4);
+                Some(r) => return r,
             }
         }
     }
@@ -429,58 +378,21 @@ impl Netlink {
     /// Add (`add`) or remove a host address (`/128`, `/32`) on interface `index`. Idempotent:
     /// an address already there (add) or already gone (remove) is fine.
     fn address(&self, add: bool, index: u32, ip: IpAddr) -> io::Result<()> {
-        let (family, plen, bytes): (u8, u8, Vec<u8>) = match ip {
-            IpAddr::V4(a) => (libc::AF_INET as u8, 32, a.octets().to_vec()),
-            IpAddr::V6(a) => (libc::AF_INET6 as u8, 128, a.octets().to_vec()),
-        };
-        // struct ifaddrmsg: family, prefixlen, flags, scope, index.
-        let mut body = vec![family, plen, 0, 0];
-        body.extend_from_slice(&index.to_ne_bytes());
-        push_attr(&mut body, libc::IFA_LOCAL, &bytes);
-        push_attr(&mut body, libc::IFA_ADDRESS, &bytes);
-        if add {
-            // No duplicate address detection: the address is usable (bindable) at once.
-            push_attr(&mut body, libc::IFA_FLAGS, &libc::IFA_F_NODAD.to_ne_bytes());
-            let flags = (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16;
-            self.request(libc::RTM_NEWADDR, flags, &body)
+        self.request(if add {
+            Request::AddAddress { index, ip }
         } else {
-            match self.request(libc::RTM_DELADDR, 0, &body) {
-                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(()),
-                r => r,
-            }
-        }
-    }
-
-    /// struct ifinfomsg: family, pad, type, index, flags, change.
-    fn ifinfo(index: u32, flags: u32, change: u32) -> Vec<u8> {
-        let mut b = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
-        b.extend_from_slice(&index.to_ne_bytes());
-        b.extend_from_slice(&flags.to_ne_bytes());
-        b.extend_from_slice(&change.to_ne_bytes());
-        b
+            Request::DelAddress { index, ip }
+        })
     }
 
     fn link_up(&self, index: u32) -> io::Result<()> {
-        let up = libc::IFF_UP as u32;
-        self.request(libc::RTM_NEWLINK, 0, &Self::ifinfo(index, up, up))
+        self.request(Request::LinkUp { index })
     }
 
     fn del_link(&self, index: u32) -> io::Result<()> {
-        match self.request(libc::RTM_DELLINK, 0, &Self::ifinfo(index, 0, 0)) {
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
-            r => r,
-        }
+        self.request(Request::DelLink { index })
     }
 }
-
-#[cfg(feature = "net")]
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-#[cfg(feature = "net")]
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-#[cfg(feature = "net")]
-const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
-#[cfg(feature = "net")]
-const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 
 #[cfg(feature = "net")]
 /// Create (or re-own) the persistent TAP `name`, owned by `owner` when given.
@@ -498,23 +410,12 @@ fn create_tap(name: &str, owner: Option<Identity>) -> io::Result<()> {
     ifr[..n.len()].copy_from_slice(n);
     let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
     ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-    let fd = tun.as_raw_fd();
-    let ioctl = |req: libc::c_ulong, arg: libc::c_ulong| -> io::Result<()> {
-        // SAFETY: the TUNSET* requests below take an integer argument.
-        if unsafe { libc::ioctl(fd, req as _, arg) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    // SAFETY: TUNSETIFF reads and writes a struct ifreq; `ifr` is 40 bytes, its size.
-    if unsafe { libc::ioctl(fd, TUNSETIFF as _, ifr.as_mut_ptr()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::tun_set_iff(&tun, &mut ifr)?;
     if let Some(id) = owner {
-        ioctl(TUNSETOWNER, libc::c_ulong::from(id.uid))?;
-        ioctl(TUNSETGROUP, libc::c_ulong::from(id.gid))?;
+        sys::tun_set(&tun, TunSet::Owner, libc::c_ulong::from(id.uid))?;
+        sys::tun_set(&tun, TunSet::Group, libc::c_ulong::from(id.gid))?;
     }
-    ioctl(TUNSETPERSIST, 1)
+    sys::tun_set(&tun, TunSet::Persist, 1)
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ use slapos_proto::{InstanceRequest, Params};
 
 use crate::util::{parse_mode, safe_relative};
 
+/// Largest instance profile read (at install, to lint it, and at each render).
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
 /// Rendering or validating an instance profile failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProfileError {
@@ -665,7 +668,7 @@ pub fn render_file(
     // A regular file of the release, never a link a build step planted.
     let fs = crate::partition_fs::PartitionFs::new(software_dir, None);
     let source = fs
-        .read(path, crate::install::MAX_PROFILE_BYTES)
+        .read(path, MAX_PROFILE_BYTES)
         .map_err(|e| e.to_string())
         .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8".to_owned()))
         .map_err(|message| ProfileError::Render {

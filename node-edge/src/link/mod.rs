@@ -15,7 +15,18 @@
 //!   every report.
 //! * The poller registers the computer (after checking the protocol version), then long-polls the
 //!   desired state; each new state is written to the cache and handed to the node. While the
-//!   master is unreachable it retries with backoff up to `poll_interval`.
+//!   master is unreachable it retries with backoff up to `poll_interval`. Every decision (when
+//!   to register, fetch or wait; etag; backoff; link state) is the pure [`Session`]'s; the
+//!   poller only does the calls, the sleeps, the cache writes and the logging.
+//! * [`fake::FakeLink`]: an in-memory master behind [`MasterLink`] for tests (no HTTP server).
+//!
+//! Files: [`session`] (the state machine), [`slap`] (the SLAP link), [`cache`] (the on-disk
+//! desired state), [`fake`].
+
+pub mod cache;
+pub mod fake;
+pub mod session;
+pub mod slap;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -27,9 +38,11 @@ use slapos_proto::{
     PartitionId, PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, SoftwareUrl,
 };
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::cache::DesiredCache;
+use cache::DesiredCache;
+pub use session::{Answer, Event, LinkState, Session, Step, Timing};
 
 /// A message the node owes the master.
 #[derive(Debug, Clone)]
@@ -75,6 +88,16 @@ pub trait MasterLink: Send + Sync + 'static {
     ) -> Result<Option<DesiredState>, ClientError>;
     /// Deliver one outgoing message.
     fn send(&self, item: &Outgoing) -> Result<(), ClientError>;
+    /// `Some(step)` for a link whose master cannot hold a request (SLAP): it ignores `wait`
+    /// and the [`Session`] polls every `step` for as long as a hold would last.
+    fn poll_step(&self) -> Option<Duration> {
+        None
+    }
+    /// False for a link whose calls return at once (an in-memory fake): the drivers then call
+    /// it on the runtime's thread instead of a thread of its own ([`off_thread`]).
+    fn blocks(&self) -> bool {
+        true
+    }
     /// True when the master issues partition certificates over this link (native mTLS).
     fn partition_certificates(&self) -> bool {
         false
@@ -260,9 +283,8 @@ pub async fn flusher(link: Arc<dyn MasterLink>, outbox: Arc<Outbox>, max_retry: 
             outbox.notify.notified().await;
             continue;
         };
-        let l = link.clone();
         let it = item.clone();
-        let res = off_thread(move || l.send(&it)).await;
+        let res = call(&link, move |l| l.send(&it)).await;
         match res {
             Some(Ok(())) => {
                 backoff.reset();
@@ -288,18 +310,6 @@ pub async fn flusher(link: Arc<dyn MasterLink>, outbox: Arc<Outbox>, max_retry: 
     }
 }
 
-/// Link status the poller publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LinkState {
-    /// Not contacted yet.
-    #[default]
-    Unknown,
-    /// Last call succeeded.
-    Online,
-    /// Last call failed to reach the master.
-    Offline,
-}
-
 /// Poller settings.
 #[derive(Debug, Clone)]
 pub struct PollSettings {
@@ -311,113 +321,92 @@ pub struct PollSettings {
     pub poll_interval: Duration,
 }
 
-/// Register, then fetch desired states forever (until the task is dropped). Each new state is
-/// cached and sent on `out`.
+/// Run `f` against `link`: on a thread of its own ([`off_thread`]), or inline for a link whose
+/// calls never block ([`MasterLink::blocks`]).
+async fn call<T: Send + 'static>(
+    link: &Arc<dyn MasterLink>,
+    f: impl FnOnce(&dyn MasterLink) -> T + Send + 'static,
+) -> Option<T> {
+    if !link.blocks() {
+        return Some(f(&**link));
+    }
+    let l = link.clone();
+    off_thread(move || f(&*l)).await
+}
+
+/// Register, then fetch desired states forever (until the task is dropped): the I/O side of
+/// [`Session`]. Each new state is cached and sent on `out`.
 pub async fn poller(
     link: Arc<dyn MasterLink>,
     settings: PollSettings,
     cache: DesiredCache,
-    mut etag: Option<String>,
+    etag: Option<String>,
     out: mpsc::Sender<DesiredState>,
     state: watch::Sender<LinkState>,
     outbox: Arc<Outbox>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), settings.poll_interval);
-    let mut registered = false;
-    let set_state = |s: LinkState| {
-        let changed = state.send_if_modified(|old| {
-            let changed = *old != s;
-            *old = s;
-            changed
-        });
-        if changed {
-            match s {
-                LinkState::Online => {
-                    tracing::info!("master reachable");
-                    outbox.kick();
-                }
-                LinkState::Offline => {
-                    tracing::warn!("master unreachable: working from the cached desired state")
-                }
-                LinkState::Unknown => {}
-            }
-        }
+    let timing = Timing {
+        long_poll: settings.long_poll,
+        poll_interval: settings.poll_interval,
+        poll_step: link.poll_step(),
     };
+    let mut session = Session::new(timing, etag);
     loop {
-        if !registered {
-            let l = link.clone();
-            let reg = settings.registration.clone();
-            match off_thread(move || l.register(&reg)).await {
-                Some(Ok(())) => {
-                    tracing::info!(
-                        computer = %settings.registration.id,
-                        partitions = settings.registration.partitions.len(),
-                        "registered"
-                    );
-                    registered = true;
-                    set_state(LinkState::Online);
-                    backoff.reset();
-                }
-                Some(Err(e)) => {
-                    if e.is_unreachable() {
-                        set_state(LinkState::Offline);
-                    } else {
-                        tracing::error!("registration refused: {e}");
-                    }
-                    tokio::time::sleep(backoff.fail()).await;
-                    continue;
-                }
-                None => {
-                    tokio::time::sleep(backoff.fail()).await;
-                    continue;
-                }
+        let started = Instant::now();
+        let answer = match session.next(started) {
+            Step::Sleep(d) => {
+                tokio::time::sleep(d).await;
+                continue;
             }
-        }
-        let wait = (!settings.long_poll.is_zero() && etag.is_some()).then_some(settings.long_poll);
-        let l = link.clone();
-        let e = etag.clone();
-        let started = tokio::time::Instant::now();
-        let res = off_thread(move || l.desired(e.as_deref(), wait)).await;
-        match res {
-            Some(Ok(Some(d))) => {
-                set_state(LinkState::Online);
-                backoff.reset();
-                if Some(&d.etag) != etag.as_ref() {
+            Step::Register => {
+                let reg = settings.registration.clone();
+                call(&link, move |l| l.register(&reg))
+                    .await
+                    .map_or(Answer::Lost, Answer::Registered)
+            }
+            Step::Fetch { etag, wait } => call(&link, move |l| l.desired(etag.as_deref(), wait))
+                .await
+                .map_or(Answer::Lost, Answer::Desired),
+        };
+        for event in session.on_answer(answer, started.elapsed()) {
+            match event {
+                Event::Link(s) => {
+                    state.send_replace(s);
+                    match s {
+                        LinkState::Online => {
+                            tracing::info!("master reachable");
+                            outbox.kick();
+                        }
+                        LinkState::Offline => {
+                            tracing::warn!(
+                                "master unreachable: working from the cached desired state"
+                            )
+                        }
+                        LinkState::Unknown => {}
+                    }
+                }
+                Event::Registered => tracing::info!(
+                    computer = %settings.registration.id,
+                    partitions = settings.registration.partitions.len(),
+                    "registered"
+                ),
+                Event::RegistrationRefused(e) => tracing::error!("registration refused: {e}"),
+                Event::Forgotten(e) => {
+                    tracing::warn!("master does not know this computer, registering again: {e}")
+                }
+                Event::FetchFailed(e) => tracing::warn!("desired state: {e}"),
+                Event::Desired(d) => {
                     if let Err(err) = cache.save(&d) {
                         tracing::warn!(
                             "failed to write the desired-state cache `{}`: {err}",
                             cache.path().display()
                         );
                     }
-                    etag = Some(d.etag.clone());
                     if out.send(d).await.is_err() {
                         return;
                     }
-                } else if wait.is_none() || started.elapsed() < Duration::from_millis(500) {
-                    tokio::time::sleep(settings.poll_interval).await;
                 }
             }
-            Some(Ok(None)) => {
-                set_state(LinkState::Online);
-                backoff.reset();
-                // A master that answers "unchanged" at once does not hold requests: poll slowly.
-                if wait.is_none() || started.elapsed() < Duration::from_millis(500) {
-                    tokio::time::sleep(settings.poll_interval).await;
-                }
-            }
-            Some(Err(e)) if e.status() == Some(404) => {
-                tracing::warn!("master does not know this computer, registering again: {e}");
-                registered = false;
-            }
-            Some(Err(e)) => {
-                if e.is_unreachable() {
-                    set_state(LinkState::Offline);
-                } else {
-                    tracing::warn!("desired state: {e}");
-                }
-                tokio::time::sleep(backoff.fail()).await;
-            }
-            None => tokio::time::sleep(backoff.fail()).await,
         }
     }
 }
@@ -456,6 +445,192 @@ mod tests {
         match o.front().unwrap().1 {
             Outgoing::Report(p, r) => assert_eq!((p.as_str(), r.revision), ("p0", 2)),
             other => panic!("{other:?}"),
+        }
+    }
+
+    mod poller {
+        use super::super::fake::{FakeCall, FakeLink};
+        use super::super::session::tests::state;
+        use super::super::*;
+        use slapos_proto::ComputerId;
+
+        const S: fn(u64) -> Duration = Duration::from_secs;
+
+        struct Running {
+            fake: Arc<FakeLink>,
+            rx: mpsc::Receiver<DesiredState>,
+            link: watch::Receiver<LinkState>,
+            cache: DesiredCache,
+            task: tokio::task::JoinHandle<()>,
+            _dir: tempfile::TempDir,
+        }
+
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.task.abort();
+            }
+        }
+
+        /// A poller (5 s hold, 4 s interval) against `fake`, from the cached state `cached`.
+        fn start(fake: FakeLink, cached: Option<&str>) -> Running {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = DesiredCache::new(dir.path());
+            let fake = Arc::new(fake);
+            let (tx, rx) = mpsc::channel(4);
+            let (link_tx, link) = watch::channel(LinkState::Unknown);
+            let settings = PollSettings {
+                registration: RegisterComputer {
+                    id: ComputerId::parse("COMP-1").unwrap(),
+                    partitions: vec![],
+                    labels: Default::default(),
+                },
+                long_poll: S(5),
+                poll_interval: S(4),
+            };
+            let task = tokio::spawn(poller(
+                fake.clone(),
+                settings,
+                cache.clone(),
+                cached.map(str::to_owned),
+                tx,
+                link_tx,
+                Arc::new(Outbox::default()),
+            ));
+            Running {
+                fake,
+                rx,
+                link,
+                cache,
+                task,
+                _dir: dir,
+            }
+        }
+
+        fn registers(f: &FakeLink) -> usize {
+            f.calls()
+                .iter()
+                .filter(|c| **c == FakeCall::Register)
+                .count()
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn registers_caches_and_hands_over_each_new_state_once() {
+            let fake = FakeLink::new();
+            fake.set_desired(state("1"));
+            let mut r = start(fake, None);
+            assert_eq!(r.rx.recv().await.unwrap().etag, "1");
+            assert_eq!(*r.link.borrow(), LinkState::Online);
+            let me = ComputerId::parse("COMP-1").unwrap();
+            assert_eq!(r.cache.load(&me).unwrap().etag, "1");
+            // The fake answers "unchanged" at once: it does not hold, so the poller waits the
+            // poll interval between fetches.
+            tokio::time::sleep(S(9)).await;
+            let fetches: Vec<_> = r
+                .fake
+                .calls()
+                .into_iter()
+                .filter(|c| matches!(c, FakeCall::Desired { .. }))
+                .collect();
+            assert_eq!(
+                fetches,
+                [
+                    FakeCall::Desired {
+                        etag: None,
+                        wait: None
+                    },
+                    FakeCall::Desired {
+                        etag: Some("1".into()),
+                        wait: Some(S(5))
+                    },
+                    FakeCall::Desired {
+                        etag: Some("1".into()),
+                        wait: Some(S(5))
+                    },
+                    FakeCall::Desired {
+                        etag: Some("1".into()),
+                        wait: Some(S(5))
+                    },
+                ]
+            );
+            r.fake.set_desired(state("2"));
+            assert_eq!(r.rx.recv().await.unwrap().etag, "2");
+            assert_eq!(r.cache.load(&me).unwrap().etag, "2");
+            assert!(r.rx.try_recv().is_err());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn backs_off_while_the_master_is_down_then_registers() {
+            let fake = FakeLink::new();
+            fake.set_down(true);
+            fake.set_desired(state("1"));
+            let mut r = start(fake, None);
+            // Attempts at 0, 0.5, 1.5, 3.5 and 7.5 s (capped at the 4 s poll interval).
+            tokio::time::sleep(Duration::from_millis(7400)).await;
+            assert_eq!(registers(&r.fake), 4);
+            assert_eq!(*r.link.borrow(), LinkState::Offline);
+            tokio::time::sleep(S(4)).await;
+            assert_eq!(registers(&r.fake), 5);
+            r.fake.set_down(false);
+            assert_eq!(r.rx.recv().await.unwrap().etag, "1");
+            assert_eq!(registers(&r.fake), 6);
+            assert_eq!(*r.link.borrow(), LinkState::Online);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_restarted_master_that_forgot_the_computer_gets_it_registered_again() {
+            let fake = FakeLink::new();
+            fake.set_desired(state("1"));
+            let mut r = start(fake, None);
+            assert_eq!(r.rx.recv().await.unwrap().etag, "1");
+            r.fake.set_down(true);
+            tokio::time::sleep(S(10)).await;
+            assert_eq!(*r.link.borrow(), LinkState::Offline);
+            // Back on an empty database: 404, register again, same state: nothing handed over.
+            r.fake.restart();
+            r.fake.set_down(false);
+            tokio::time::sleep(S(10)).await;
+            assert_eq!(r.fake.registrations().len(), 2);
+            assert_eq!(*r.link.borrow(), LinkState::Online);
+            assert!(r.rx.try_recv().is_err());
+            r.fake.set_desired(state("2"));
+            assert_eq!(r.rx.recv().await.unwrap().etag, "2");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn starts_from_the_cached_etag_and_hands_over_nothing_unchanged() {
+            let fake = FakeLink::new();
+            fake.set_desired(state("1"));
+            let mut r = start(fake, Some("1"));
+            let got = tokio::time::timeout(S(30), r.rx.recv()).await;
+            assert!(got.is_err(), "{got:?}");
+            assert_eq!(
+                r.fake.calls()[1],
+                FakeCall::Desired {
+                    etag: Some("1".into()),
+                    wait: Some(S(5))
+                }
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_link_without_holds_is_polled_every_step_during_a_hold() {
+            let fake = FakeLink::with_poll_step(S(1));
+            fake.set_desired(state("1"));
+            let mut r = start(fake, Some("1"));
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_millis(9500)).await;
+            // One fetch a second, never asking the link to hold; a hold ends at 5 s and the
+            // next starts at once (fetches at 0, 1, 2, 3, 4, 5, 5, 6, 7, 8 and 9 s).
+            let fetches = r.fake.calls().len() - 1;
+            assert_eq!(fetches, 11);
+            assert!(r.fake.calls()[1..].iter().all(|c| *c
+                == FakeCall::Desired {
+                    etag: Some("1".into()),
+                    wait: None
+                }));
+            r.fake.set_desired(state("2"));
+            assert_eq!(r.rx.recv().await.unwrap().etag, "2");
+            assert!(t0.elapsed() <= S(11));
         }
     }
 

@@ -25,7 +25,7 @@
 //! and run a release, never change it. Artifact modes are masked to `0o777`.
 //!
 //! Instance profiles must be regular files of the release (not links) and pass the profile lint
-//! ([`crate::profile::lint`]) at install: a release with an unfiltered `{{ … }}` does not install.
+//! ([`crate::software::profile::lint`]) at install: a release with an unfiltered `{{ … }}` does not install.
 //! Files of an installed release the node reads (manifest copy, profiles) are read through
 //! [`PartitionFs`] (no link followed).
 //!
@@ -45,12 +45,12 @@ use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 use slapos_proto::SoftwareUrl;
 
-use crate::fetch::{self, Fetcher};
 use crate::isolation::Identity;
 use crate::jail::Jails;
 use crate::partition_fs::{PartitionFs, names_in, tail_of};
 use crate::procs::GroupGuard;
-use crate::release::SoftwareManifest;
+use crate::software::fetch::{self, Fetcher};
+use crate::software::release::SoftwareManifest;
 use crate::supervisor::Launch;
 use crate::util::{atomic_write, now_ms};
 
@@ -66,8 +66,6 @@ pub const LOG_TAIL_BYTES: usize = 2048;
 pub const REASON_BYTES: usize = 1536;
 /// Bytes of build log kept in `.failed-<hash>.log`.
 const FAILED_LOG_BYTES: u64 = 1 << 20;
-/// Largest instance profile read.
-pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
 
 /// An install that failed: what failed and the tail of its log.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -342,7 +340,7 @@ impl Installer {
         }
 
         for (ty, p) in &manifest.instance {
-            let source = bfs.read(p, MAX_PROFILE_BYTES).map_err(|e| {
+            let source = bfs.read(p, crate::software::profile::MAX_PROFILE_BYTES).map_err(|e| {
                 format!(
                     "instance profile `{}` of software type `{ty}` is missing after the build: {e}",
                     p.display()
@@ -350,7 +348,8 @@ impl Installer {
             })?;
             let source = String::from_utf8(source)
                 .map_err(|_| format!("instance profile `{}` is not UTF-8", p.display()))?;
-            crate::profile::lint(&p.display().to_string(), &source).map_err(|e| e.to_string())?;
+            crate::software::profile::lint(&p.display().to_string(), &source)
+                .map_err(|e| e.to_string())?;
         }
         // Partitions (other users in root mode) may read and run a release, never change it.
         let builder = self
