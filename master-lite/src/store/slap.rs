@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, params};
 use slapos_proto::slap::ComputerConfiguration;
 use slapos_proto::{
     ComputerId, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId,
@@ -18,8 +18,8 @@ use slapos_proto::{
 
 use super::error::{DbContext, StoreError};
 use super::{
-    Cached, InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels,
-    ms, register_in, rows, titles, to_json, touch_seen,
+    InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels, ms,
+    register_in, rows, titles, to_json, touch_seen,
 };
 
 /// An instance as the SLAP routes show it.
@@ -256,21 +256,19 @@ impl Store {
         if stored != sorted {
             tx.exec("DELETE FROM slap_address WHERE computer = ?1", [c])
                 .op("replace partition addresses")?;
-            let mut ins = tx
-                .prepare_cached(
+            for a in &wanted {
+                tx.exec(
                     "INSERT INTO slap_address (computer, partition, seq, interface, address, netmask)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        c,
+                        a.partition,
+                        a.seq,
+                        a.interface,
+                        a.address,
+                        a.netmask
+                    ],
                 )
-                .op("record partition addresses")?;
-            for a in &wanted {
-                ins.execute(params![
-                    c,
-                    a.partition,
-                    a.seq,
-                    a.interface,
-                    a.address,
-                    a.netmask
-                ])
                 .op("record partition addresses")?;
             }
         }
@@ -367,10 +365,10 @@ impl Store {
                 ],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                        r.get::<String>(3)?,
                     ))
                 },
             )
@@ -386,10 +384,10 @@ impl Store {
                 params![root, req.title],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                        r.get::<String>(3)?,
                     ))
                 },
             )
@@ -487,7 +485,7 @@ impl Store {
                     host_software_type: r.get(5)?,
                     software_type: r.get(6)?,
                     parameters: r.get(7)?,
-                    connection: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                    connection: serde_json::from_str(&r.get::<String>(8)?).unwrap_or_default(),
                     host_revision: r.get(9)?,
                 })
             },
@@ -513,9 +511,9 @@ impl Store {
                 params![c, p, reference],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<Option<i64>>(2)?,
                     ))
                 },
             )
@@ -697,7 +695,7 @@ fn bump_all(tx: &mut Tx<'_>, ids: &[i64]) -> Result<()> {
 
 /// Partitions of computer `c` (only `p` when given) with their instance and `ip_list`.
 fn slap_partitions(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &super::sql::Transaction<'_>,
     c: &str,
     only: Option<&str>,
 ) -> Result<Vec<SlapPartition>> {
@@ -708,7 +706,7 @@ fn slap_partitions(
         "SELECT partition, interface, address FROM slap_address
          WHERE computer = ?1 AND (?2 IS NULL OR partition = ?2) ORDER BY partition, seq",
         params![c, only],
-        |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)),
     )? {
         addresses.entry(p).or_default().push((iface, addr));
     }
@@ -723,14 +721,14 @@ fn slap_partitions(
         ),
         params![c, only],
         |r| {
-            let inst = match r.get::<_, Option<i64>>(3)? {
+            let inst = match r.get::<Option<i64>>(3)? {
                 Some(_) => Some(InstanceRow::from_row(r, 3)?),
                 None => None,
             };
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<String>>(2)?,
                 inst,
             ))
         },
@@ -745,9 +743,9 @@ fn slap_partitions(
         params![c, only],
         |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                r.get::<i64>(0)?,
                 SharedEntry {
-                    reference: format!("{}_{}", r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                    reference: format!("{}_{}", r.get::<String>(1)?, r.get::<String>(2)?),
                     software_type: r.get(3)?,
                     parameters: r.get(4)?,
                 },
