@@ -63,6 +63,8 @@ pub mod slap;
 pub mod standalone;
 pub mod state;
 pub mod store;
+#[doc(hidden)]
+pub mod testpg;
 pub mod tls;
 
 use std::future::Future;

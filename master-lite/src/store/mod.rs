@@ -1317,7 +1317,7 @@ fn record_local_uids(tx: &Tx<'_>, reg: &RegisterComputer, from_this_host: bool) 
         }
         tx.exec(
             "UPDATE partition SET local_uid = ?3 WHERE computer = ?1 AND id = ?2
-               AND local_uid IS NOT ?3",
+               AND local_uid IS DISTINCT FROM ?3",
             params![c, spec.id.as_str(), uid],
         )
         .op("record a partition's local user")?;
@@ -1989,3 +1989,8 @@ pub fn dump_conn(conn: &Conn) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The same tests on a real PostgreSQL server (see `tests.rs`).
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests_pg;

@@ -215,7 +215,8 @@ impl Store {
         tx.exec(
             "INSERT INTO slap_computer (id, address, netmask) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET address = excluded.address, netmask = excluded.netmask
-             WHERE address IS NOT excluded.address OR netmask IS NOT excluded.netmask",
+             WHERE slap_computer.address IS DISTINCT FROM excluded.address
+                OR slap_computer.netmask IS DISTINCT FROM excluded.netmask",
             params![c, cfg.address, cfg.netmask],
         )
         .op("record the computer's address")?;
@@ -309,7 +310,7 @@ impl Store {
             "list computers",
             "SELECT c.id, s.address, s.netmask FROM computer c \
              LEFT JOIN slap_computer s ON s.id = c.id \
-             WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
+             WHERE CAST(?1 AS TEXT) IS NULL OR c.id = ?1 ORDER BY c.id",
             [reference],
             |r| {
                 Ok(SlapComputerRow {
@@ -355,7 +356,7 @@ impl Store {
                 "SELECT i.id, i.partition, i.software_url, i.software_type FROM instance i
                  JOIN partition p ON p.computer = i.computer AND p.id = i.partition
                  WHERE i.computer = ?1 AND i.software_url = ?2 AND (?3 = '' OR i.software_type = ?3)
-                   AND (?4 IS NULL OR i.partition = ?4)
+                   AND (CAST(?4 AS TEXT) IS NULL OR i.partition = ?4)
                  ORDER BY p.seq LIMIT 1",
                 params![
                     req.computer,
@@ -471,8 +472,8 @@ impl Store {
             "SELECT s.root, s.title, i.computer, i.partition, i.software_url, i.software_type,
                     s.software_type, s.parameters, s.connection, i.revision
              FROM slap_shared s JOIN instance i ON i.id = s.host
-             WHERE (?1 IS NULL OR s.root = ?1) AND (?2 IS NULL OR s.title = ?2)
-               AND (?3 IS NULL OR (i.computer = ?3 AND i.partition = ?4))
+             WHERE (CAST(?1 AS TEXT) IS NULL OR s.root = ?1) AND (CAST(?2 AS TEXT) IS NULL OR s.title = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR (i.computer = ?3 AND i.partition = ?4))
              ORDER BY s.rowid",
             params![root, title, hc, hp],
             |r| {
@@ -704,7 +705,7 @@ fn slap_partitions(
         tx,
         "read partition addresses",
         "SELECT partition, interface, address FROM slap_address
-         WHERE computer = ?1 AND (?2 IS NULL OR partition = ?2) ORDER BY partition, seq",
+         WHERE computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR partition = ?2) ORDER BY partition, seq",
         params![c, only],
         |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)),
     )? {
@@ -716,7 +717,7 @@ fn slap_partitions(
         &format!(
             "SELECT p.id, p.addresses, p.interface, {} FROM partition p LEFT JOIN instance i
              ON i.computer = p.computer AND i.partition = p.id
-             WHERE p.computer = ?1 AND (?2 IS NULL OR p.id = ?2) ORDER BY p.seq",
+             WHERE p.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR p.id = ?2) ORDER BY p.seq",
             InstanceRow::COLUMNS_I
         ),
         params![c, only],
@@ -739,7 +740,7 @@ fn slap_partitions(
         "read shared instances",
         "SELECT s.host, s.root, s.title, s.software_type, s.parameters
          FROM slap_shared s JOIN instance i ON i.id = s.host
-         WHERE i.computer = ?1 AND (?2 IS NULL OR i.partition = ?2) ORDER BY s.rowid",
+         WHERE i.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR i.partition = ?2) ORDER BY s.rowid",
         params![c, only],
         |r| {
             Ok((
