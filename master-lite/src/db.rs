@@ -1,13 +1,23 @@
-//! The database worker: one OS thread owns the [`Store`] and runs jobs sent from async handlers.
+//! The database workers: OS threads that each own a [`Store`] and run jobs sent from async
+//! handlers.
 //!
-//! SQLite work (and its fsyncs) therefore never blocks a runtime thread, writes are serialised
-//! without lock contention, and the queue in front of the store is bounded
-//! ([`QUEUE_DEPTH`]): when it is full, handlers wait, so back-pressure reaches the HTTP layer.
-//! After each job the worker hands the computers whose desired state changed to the [`Hub`],
-//! which wakes their long polls.
+//! Database work (and its fsyncs) therefore never blocks a runtime thread, and the queue in
+//! front of the stores is bounded ([`QUEUE_DEPTH`]): when it is full, handlers wait, so
+//! back-pressure reaches the HTTP layer. After each job a worker hands the computers whose
+//! desired state changed to the [`Hub`], which wakes their long polls.
+//!
+//! On SQLite there is one worker (one writer: writes are serialised without lock contention).
+//! On PostgreSQL there are several ([`start_pool`]), each with its own connection, taking jobs
+//! from the one queue; their transactions are serializable, and a job whose transaction lost a
+//! serialization race (`40001`, `40P01`) is run again, up to [`MAX_RETRIES`] times, so no
+//! caller sees the race. A job made of several store calls is re-run whole: its store calls
+//! must be safe to repeat (every write the HTTP layer makes in a job is its last store call).
+//! [`listen`] feeds the hub with the changes other replicas commit (`LISTEN/NOTIFY`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,10 +28,25 @@ use crate::store::Store;
 /// Jobs waiting for the store at most.
 pub const QUEUE_DEPTH: usize = 256;
 
+/// A job whose transaction lost a serialization race runs again at most this many times.
+pub const MAX_RETRIES: u32 = 40;
+
+/// Pause before retry `n` (1-based): exponential from 1 ms, capped at 64 ms, with jitter so
+/// the racers part.
+fn backoff(n: u32) -> Duration {
+    let cap_ms = 1u64 << n.min(6);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    // The low bits of the clock are as good as a random number here.
+    Duration::from_micros(cap_ms * 500 + (nanos ^ (nanos >> 17)) % (cap_ms * 500 + 1))
+}
+
 /// How often the worker runs [`Store::maintain`] between jobs (and once when idle that long).
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
+type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
 
 /// Handle to the database worker; cheap to clone.
 #[derive(Clone, Debug)]
@@ -29,51 +54,177 @@ pub struct Db {
     jobs: mpsc::Sender<Job>,
 }
 
-/// The worker thread; [`Worker::close`] stops it and closes the database.
+/// The worker threads; [`Worker::close`] stops them and closes the database.
 #[derive(Debug)]
 pub struct Worker {
     stop: Option<Db>,
-    thread: Option<JoinHandle<()>>,
-    done: Option<oneshot::Receiver<()>>,
+    threads: Vec<JoinHandle<()>>,
+    done: Vec<oneshot::Receiver<()>>,
+    listener: Option<Listener>,
 }
 
 /// Start the worker thread owning `store`.
 pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
-    let (done_tx, done_rx) = oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("master-db".into())
-        .spawn(move || {
-            let mut store = store;
-            let mut maintained = std::time::Instant::now();
-            while let Some(job) = rx.blocking_recv() {
-                // A panicking job rolls its transaction back (the Transaction drops) and its
-                // caller gets an internal error; the worker keeps serving the others.
-                let run = std::panic::AssertUnwindSafe(|| job(&mut store));
-                if std::panic::catch_unwind(run).is_err() {
-                    tracing::error!("a database job panicked; its transaction was rolled back");
-                }
-                for (computer, etag) in store.take_touched() {
-                    hub.notify(&computer, etag);
-                }
-                if maintained.elapsed() >= MAINTAIN_EVERY {
-                    store.maintain();
-                    maintained = std::time::Instant::now();
-                }
-            }
-            drop(store); // closes the connection (checkpoints the WAL) before signalling
-            let _ = done_tx.send(());
-        })
-        .map_err(MasterError::Worker)?;
+    start_pool(vec![store], hub)
+}
+
+/// Start one worker thread per store, all taking jobs from one queue (PostgreSQL: one
+/// connection each).
+pub fn start_pool(stores: Vec<Store>, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
+    let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+    let rx: Queue = Arc::new(Mutex::new(rx));
+    let mut threads = Vec::new();
+    let mut done = Vec::new();
+    for (i, store) in stores.into_iter().enumerate() {
+        let (done_tx, done_rx) = oneshot::channel();
+        let (rx, hub) = (rx.clone(), hub.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("master-db-{i}"))
+            .spawn(move || run(store, &rx, &hub, done_tx))
+            .map_err(MasterError::Worker)?;
+        threads.push(thread);
+        done.push(done_rx);
+    }
     let db = Db { jobs: tx };
     Ok((
         db.clone(),
         Worker {
             stop: Some(db),
-            thread: Some(thread),
-            done: Some(done_rx),
+            threads,
+            done,
+            listener: None,
         },
     ))
+}
+
+/// One worker: run jobs until the queue closes.
+fn run(mut store: Store, rx: &Queue, hub: &Hub, done: oneshot::Sender<()>) {
+    let mut maintained = std::time::Instant::now();
+    loop {
+        // One worker waits on the queue at a time; the others wait for the lock.
+        let job = match rx.lock() {
+            Ok(mut q) => q.blocking_recv(),
+            Err(poisoned) => poisoned.into_inner().blocking_recv(),
+        };
+        let Some(job) = job else { break };
+        // A panicking job rolls its transaction back (the Transaction drops) and its
+        // caller gets an internal error; the worker keeps serving the others.
+        let run = std::panic::AssertUnwindSafe(|| job(&mut store));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a database job panicked; its transaction was rolled back");
+        }
+        for (computer, etag) in store.take_touched() {
+            hub.notify(&computer, etag);
+        }
+        if maintained.elapsed() >= MAINTAIN_EVERY {
+            store.maintain();
+            maintained = std::time::Instant::now();
+        }
+    }
+    drop(store); // closes the connection (checkpoints the WAL) before signalling
+    let _ = done.send(());
+}
+
+/// The thread listening for changes committed by other replicas.
+#[derive(Debug)]
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// How long the listener waits between reconnection attempts.
+const RELISTEN_EVERY: Duration = Duration::from_millis(500);
+
+/// Listen on PostgreSQL for the changes every replica announces ([`crate::store::NOTIFY_CHANNEL`])
+/// and wake the matching polls of `hub`. One direct connection (a transaction-mode pooler
+/// does not carry `LISTEN`). After a (re)connection every held poll is woken once, so that
+/// nothing announced while the connection was down is missed: the polls re-read the database.
+fn listen(url: String, hub: Arc<Hub>) -> Result<Listener, MasterError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("master-listen".into())
+        .spawn(move || {
+            let mut down_logged = false;
+            while !flag.load(Ordering::Relaxed) {
+                let mut client = match crate::store::pg_connect(&url).and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {}", crate::store::NOTIFY_CHANNEL))?;
+                    Ok(c)
+                }) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if !down_logged {
+                            tracing::warn!(
+                                "cannot listen for other replicas' changes: {}",
+                                crate::store::sql::SqlError::Pg(e)
+                            );
+                            down_logged = true;
+                        }
+                        std::thread::sleep(RELISTEN_EVERY);
+                        continue;
+                    }
+                };
+                if down_logged {
+                    tracing::info!("listening for other replicas' changes again");
+                    down_logged = false;
+                }
+                hub.wake_all();
+                loop {
+                    if flag.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    use postgres::fallible_iterator::FallibleIterator;
+                    let next = client
+                        .notifications()
+                        .timeout_iter(Duration::from_millis(250))
+                        .next();
+                    match next {
+                        Ok(Some(note)) => {
+                            if let Some((c, etag)) = parse_note(note.payload()) {
+                                hub.notify(&c, etag);
+                            }
+                        }
+                        Ok(None) => {
+                            if client.is_closed() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "lost the connection listening for changes: {}",
+                                crate::store::sql::SqlError::Pg(e)
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(MasterError::Worker)?;
+    Ok(Listener { stop, thread })
+}
+
+/// `<computer> <etag>`.
+fn parse_note(payload: &str) -> Option<(slapos_proto::ComputerId, u64)> {
+    let (c, e) = payload.split_once(' ')?;
+    Some((slapos_proto::ComputerId::parse(c).ok()?, e.parse().ok()?))
+}
+
+/// Workers on a PostgreSQL database: `connections` stores (one connection each) and the
+/// listener of other replicas' changes.
+pub fn start_postgres(
+    url: &str,
+    connections: usize,
+    now_ms: u64,
+    hub: Arc<Hub>,
+) -> Result<(Db, Worker), MasterError> {
+    let mut stores = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        stores.push(Store::open_postgres(url, now_ms)?);
+    }
+    let (db, mut worker) = start_pool(stores, hub.clone())?;
+    worker.listener = Some(listen(url.to_owned(), hub)?);
+    Ok((db, worker))
 }
 
 /// Wrap `f` as a job whose result arrives on the returned receiver.
@@ -81,11 +232,23 @@ fn job<T, E, F>(f: F) -> (Job, oneshot::Receiver<Result<T, ApiError>>)
 where
     T: Send + 'static,
     E: Into<ApiError>,
-    F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+    F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
+    let mut f = f;
     let job: Job = Box::new(move |store| {
-        let _ = tx.send(f(store).map_err(Into::into));
+        let mut tries = 0;
+        let r = loop {
+            let r = f(store).map_err(Into::into);
+            match r {
+                Err(e) if e.is_retryable() && tries < MAX_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(backoff(tries));
+                }
+                r => break r,
+            }
+        };
+        let _ = tx.send(r);
     });
     (job, rx)
 }
@@ -105,7 +268,7 @@ impl Db {
     where
         T: Send + 'static,
         E: Into<ApiError>,
-        F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
         self.jobs.send(job).await.map_err(stopped)?;
@@ -118,7 +281,7 @@ impl Db {
     where
         T: Send + 'static,
         E: Into<ApiError>,
-        F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
         self.jobs.blocking_send(job).map_err(stopped)?;
@@ -127,14 +290,19 @@ impl Db {
 }
 
 impl Worker {
-    /// Stop the worker once every handle is dropped and queued jobs ran, then wait until the
-    /// database is closed. Handles still alive elsewhere keep it running: drop the router first.
+    /// Stop the workers once every handle is dropped and queued jobs ran, then wait until the
+    /// database is closed. Handles still alive elsewhere keep them running: drop the router
+    /// first.
     pub async fn close(mut self) {
         self.stop = None;
-        if let Some(done) = self.done.take() {
+        if let Some(l) = self.listener.take() {
+            l.stop.store(true, Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || l.thread.join()).await;
+        }
+        for done in self.done.drain(..) {
             let _ = done.await;
         }
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }

@@ -70,6 +70,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A database serialization failure (PostgreSQL): the job may run again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db { source, .. } if source.is_retryable())
+    }
+
     /// HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {

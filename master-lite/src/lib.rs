@@ -84,6 +84,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8355";
 /// Default master URL of the client subcommands (matches [`DEFAULT_LISTEN`]).
 pub const DEFAULT_MASTER_URL: &str = "http://127.0.0.1:8355";
 
+/// Connections (and database worker threads) of one replica on PostgreSQL.
+pub const PG_CONNECTIONS: usize = 4;
+
 /// A master: its database worker and the state shared by its handlers.
 #[derive(Debug)]
 pub struct Master {
@@ -109,10 +112,27 @@ impl Master {
         Self::with_store(Store::open_in_memory(now_ms())?)
     }
 
+    /// Open the database `db` names and start the workers: on PostgreSQL,
+    /// [`PG_CONNECTIONS`] connections and the listener of other replicas' changes. Blocking.
+    pub fn open_db(db: &store::DbUrl) -> Result<Self, MasterError> {
+        match db {
+            store::DbUrl::Sqlite(p) => Self::open(p),
+            store::DbUrl::Postgres(url) => {
+                let hub = Arc::new(hub::Hub::default());
+                let (db, worker) = db::start_postgres(url, PG_CONNECTIONS, now_ms(), hub.clone())?;
+                Ok(Self::with_worker(db, worker, hub))
+            }
+        }
+    }
+
     fn with_store(store: Store) -> Result<Self, MasterError> {
         let hub = Arc::new(hub::Hub::default());
         let (db, worker) = db::start(store, hub.clone())?;
-        Ok(Self {
+        Ok(Self::with_worker(db, worker, hub))
+    }
+
+    fn with_worker(db: db::Db, worker: db::Worker, hub: Arc<hub::Hub>) -> Self {
+        Self {
             state: AppState {
                 db,
                 hub,
@@ -123,7 +143,7 @@ impl Master {
             },
             worker,
             limits: server::Limits::default(),
-        })
+        }
     }
 
     /// Configure the classic SLAP routes (default computer, software products).

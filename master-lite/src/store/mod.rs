@@ -169,6 +169,51 @@ pub fn redact(url: &str) -> String {
     url.to_owned()
 }
 
+/// Where the master's state lives: `sqlite:PATH`, a bare path (SQLite), or
+/// `postgres://…` / `postgresql://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl FromStr for DbUrl {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>()
+                .map_err(|e| format!("invalid PostgreSQL URL {}: {e}", redact(s)))?;
+            Ok(DbUrl::Postgres(s.to_owned()))
+        } else if let Some(p) = s.strip_prefix("sqlite:") {
+            if p.is_empty() {
+                return Err("sqlite: needs a path (sqlite:/var/lib/slapos/master.db)".into());
+            }
+            Ok(DbUrl::Sqlite(PathBuf::from(p)))
+        } else if s.is_empty() {
+            Err("empty database location".into())
+        } else {
+            Ok(DbUrl::Sqlite(PathBuf::from(s)))
+        }
+    }
+}
+
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            DbUrl::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+impl From<&Path> for DbUrl {
+    fn from(p: &Path) -> Self {
+        DbUrl::Sqlite(p.to_owned())
+    }
+}
+
 /// PostgreSQL channel on which committed changes are announced to every replica: the payload
 /// is `<computer id> <etag>` (ids hold no space).
 pub const NOTIFY_CHANNEL: &str = "slapos_desired";
@@ -207,6 +252,14 @@ impl Store {
         let conn =
             rusqlite::Connection::open_in_memory().map_err(|source| open_error(path, source))?;
         Self::setup(conn, path, now_ms, None)
+    }
+
+    /// Open the database `db` names (one connection).
+    pub fn open_url(db: &DbUrl, now_ms: u64) -> std::result::Result<Self, OpenError> {
+        match db {
+            DbUrl::Sqlite(p) => Self::open(p, now_ms),
+            DbUrl::Postgres(u) => Self::open_postgres(u, now_ms),
+        }
     }
 
     /// A store on a PostgreSQL database (`postgres://user:pass@host:port/db`), migrated under
@@ -1993,4 +2046,5 @@ mod tests;
 /// The same tests on a real PostgreSQL server (see `tests.rs`).
 #[cfg(test)]
 #[path = "tests.rs"]
+#[allow(clippy::duplicate_mod)] // on purpose: one body of tests, two engines
 mod tests_pg;

@@ -51,7 +51,7 @@ pub enum SqlError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed (or its connection is gone).
-    #[error(transparent)]
+    #[error("{}", pg_text(.0))]
     Pg(#[from] postgres::Error),
     /// A column did not hold the type the store reads it as.
     #[error("column {column} holds {found}, read as {wanted}")]
@@ -63,6 +63,18 @@ pub enum SqlError {
         /// What was there.
         found: String,
     },
+}
+
+/// The server's message and SQLSTATE when there is one (`postgres::Error` alone says "db
+/// error").
+fn pg_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// SQLSTATEs after which the whole transaction may simply be run again.

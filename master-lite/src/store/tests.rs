@@ -125,9 +125,7 @@ fn assignment(s: &mut Store, c: &str, p: &str) -> Option<Assignment> {
 
 /// A computer with `n` partitions `slappart0..` and the release `SR` supplied.
 fn ready(n: usize) -> Option<Store> {
-    let Some(mut s) = store() else {
-        return None;
-    };
+    let mut s = store()?;
     let parts: Vec<String> = (0..n).map(|i| format!("slappart{i}")).collect();
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     s.register(&registration("C1", &refs, &[]), 1).unwrap();
