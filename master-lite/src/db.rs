@@ -23,7 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, MasterError};
 use crate::hub::Hub;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Jobs committed together at most (SQLite group commit).
+pub const GROUP_MAX: usize = 64;
+
+/// Read-only SQLite connections serving [`Db::read`] beside the writer.
+pub const SQLITE_READERS: usize = 2;
 
 /// Jobs waiting for the store at most.
 pub const QUEUE_DEPTH: usize = 256;
@@ -45,13 +51,18 @@ fn backoff(n: u32) -> Duration {
 /// How often the worker runs [`Store::maintain`] between jobs (and once when idle that long).
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-type Job = Box<dyn FnOnce(&mut Store) + Send>;
+/// What a job leaves to do once the fate of its transaction is known: answer its caller
+/// (`Some(error)`: the group commit holding its changes failed).
+type Deliver = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Store) -> Deliver + Send>;
 type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
 
 /// Handle to the database worker; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
     jobs: mpsc::Sender<Job>,
+    /// The readers' queue (SQLite on disk); `None`: reads go to the workers.
+    reads: Option<mpsc::Sender<Job>>,
 }
 
 /// The worker threads; [`Worker::close`] stops them and closes the database.
@@ -71,21 +82,54 @@ pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
 /// Start one worker thread per store, all taking jobs from one queue (PostgreSQL: one
 /// connection each).
 pub fn start_pool(stores: Vec<Store>, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
-    let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
-    let rx: Queue = Arc::new(Mutex::new(rx));
+    start_with(stores, Vec::new(), hub)
+}
+
+/// A SQLite writer with group commit and `readers` (read-only connections on the same file)
+/// serving [`Db::read`].
+pub fn start_sqlite(
+    writer: Store,
+    readers: Vec<Store>,
+    hub: Arc<Hub>,
+) -> Result<(Db, Worker), MasterError> {
+    start_with(vec![writer], readers, hub)
+}
+
+fn start_with(
+    stores: Vec<Store>,
+    readers: Vec<Store>,
+    hub: Arc<Hub>,
+) -> Result<(Db, Worker), MasterError> {
     let mut threads = Vec::new();
     let mut done = Vec::new();
-    for (i, store) in stores.into_iter().enumerate() {
+    let mut spawn = |name: String, store: Store, rx: Queue, group: bool| {
         let (done_tx, done_rx) = oneshot::channel();
-        let (rx, hub) = (rx.clone(), hub.clone());
+        let hub = hub.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("master-db-{i}"))
-            .spawn(move || run(store, &rx, &hub, done_tx))
+            .name(name)
+            .spawn(move || run(store, &rx, &hub, group, done_tx))
             .map_err(MasterError::Worker)?;
         threads.push(thread);
         done.push(done_rx);
+        Ok::<_, MasterError>(())
+    };
+    let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+    let rx: Queue = Arc::new(Mutex::new(rx));
+    let group = stores.len() == 1 && stores[0].engine() == crate::store::sql::Engine::Sqlite;
+    for (i, store) in stores.into_iter().enumerate() {
+        spawn(format!("master-db-{i}"), store, rx.clone(), group)?;
     }
-    let db = Db { jobs: tx };
+    let reads = if readers.is_empty() {
+        None
+    } else {
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        let rx: Queue = Arc::new(Mutex::new(rx));
+        for (i, store) in readers.into_iter().enumerate() {
+            spawn(format!("master-read-{i}"), store, rx.clone(), false)?;
+        }
+        Some(tx)
+    };
+    let db = Db { jobs: tx, reads };
     Ok((
         db.clone(),
         Worker {
@@ -97,21 +141,47 @@ pub fn start_pool(stores: Vec<Store>, hub: Arc<Hub>) -> Result<(Db, Worker), Mas
     ))
 }
 
-/// One worker: run jobs until the queue closes.
-fn run(mut store: Store, rx: &Queue, hub: &Hub, done: oneshot::Sender<()>) {
+/// One worker: run jobs until the queue closes. With `group` (the SQLite writer), the jobs
+/// queued at that moment run in one transaction, each in its own savepoint (a failing job
+/// rolls back only itself), and are answered after the one commit: N concurrent writes cost
+/// one fsync, and nobody is answered before their write is durable.
+fn run(mut store: Store, rx: &Queue, hub: &Hub, group: bool, done: oneshot::Sender<()>) {
     let mut maintained = std::time::Instant::now();
     loop {
         // One worker waits on the queue at a time; the others wait for the lock.
-        let job = match rx.lock() {
-            Ok(mut q) => q.blocking_recv(),
-            Err(poisoned) => poisoned.into_inner().blocking_recv(),
-        };
-        let Some(job) = job else { break };
-        // A panicking job rolls its transaction back (the Transaction drops) and its
-        // caller gets an internal error; the worker keeps serving the others.
-        let run = std::panic::AssertUnwindSafe(|| job(&mut store));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!("a database job panicked; its transaction was rolled back");
+        let mut batch = Vec::new();
+        {
+            let mut q = match rx.lock() {
+                Ok(q) => q,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let Some(first) = q.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+            while group && batch.len() < GROUP_MAX {
+                match q.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        if batch.len() == 1 || store.group_begin().is_err() {
+            for job in batch {
+                run_job(job, &mut store)(None);
+            }
+        } else {
+            let delivers: Vec<Deliver> = batch
+                .into_iter()
+                .map(|job| run_job(job, &mut store))
+                .collect();
+            let committed = store.group_commit();
+            if let Err(e) = &committed {
+                tracing::error!("a group commit failed, its calls are answered with it: {e}");
+            }
+            for d in delivers {
+                d(committed.as_ref().err());
+            }
         }
         for (computer, etag) in store.take_touched() {
             hub.notify(&computer, etag);
@@ -123,6 +193,27 @@ fn run(mut store: Store, rx: &Queue, hub: &Hub, done: oneshot::Sender<()>) {
     }
     drop(store); // closes the connection (checkpoints the WAL) before signalling
     let _ = done.send(());
+}
+
+/// Run one job; a panicking job rolls its transaction (or savepoint) back as the Transaction
+/// drops, and its caller gets an internal error; the worker keeps serving the others.
+fn run_job(job: Job, store: &mut Store) -> Deliver {
+    let run = std::panic::AssertUnwindSafe(|| job(store));
+    match std::panic::catch_unwind(run) {
+        Ok(deliver) => deliver,
+        Err(_) => {
+            tracing::error!("a database job panicked; its transaction was rolled back");
+            Box::new(|_| {})
+        }
+    }
+}
+
+/// The answer to a caller whose write was in a group commit that failed.
+fn group_failed(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::DiskFull { op } => ApiError::DiskFull { op },
+        e => ApiError::Internal(format!("the commit holding this call failed: {e}")),
+    }
 }
 
 /// The thread listening for changes committed by other replicas.
@@ -248,7 +339,13 @@ where
                 r => break r,
             }
         };
-        let _ = tx.send(r);
+        Box::new(move |failed: Option<&StoreError>| {
+            let r = match (r, failed) {
+                (Ok(_), Some(e)) => Err(group_failed(e)),
+                (r, _) => r,
+            };
+            let _ = tx.send(r);
+        }) as Deliver
     });
     (job, rx)
 }
@@ -272,6 +369,25 @@ impl Db {
     {
         let (job, rx) = job(f);
         self.jobs.send(job).await.map_err(stopped)?;
+        rx.await.map_err(dropped)?
+    }
+
+    /// [`Db::call`] for a job that only reads: on SQLite on disk it runs on a read-only
+    /// connection beside the writer (WAL readers do not wait for writes, and see every
+    /// committed write); elsewhere like [`Db::call`]. A job that writes fails there.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        E: Into<ApiError>,
+        F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
+    {
+        let (job, rx) = job(f);
+        self.reads
+            .as_ref()
+            .unwrap_or(&self.jobs)
+            .send(job)
+            .await
+            .map_err(stopped)?;
         rx.await.map_err(dropped)?
     }
 
@@ -305,5 +421,80 @@ impl Worker {
         for t in self.threads.drain(..) {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::params;
+
+    fn reg(c: &str) -> slapos_proto::RegisterComputer {
+        slapos_proto::RegisterComputer {
+            id: slapos_proto::ComputerId::parse(c).unwrap(),
+            partitions: vec![],
+            labels: Default::default(),
+        }
+    }
+
+    /// Concurrent writes share commits; each call keeps its own outcome: a call that wrote and
+    /// then failed leaves nothing, its neighbours in the same group are kept, and reads on the
+    /// reader connections see every acknowledged write.
+    #[test]
+    fn group_commit_keeps_each_calls_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Store::open(&path, 1).unwrap();
+        let readers = vec![Store::open_reader(&path).unwrap()];
+        let (db, _worker) = start_sqlite(store, readers, Arc::new(Hub::default())).unwrap();
+        let threads: Vec<_> = (0..48)
+            .map(|i| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    if i % 3 == 0 {
+                        db.call_blocking(move |s| -> Result<(), StoreError> {
+                            let tx = s.connection().begin(true).unwrap();
+                            tx.exec(
+                                "INSERT INTO meta (key, value) VALUES (?1, 1)",
+                                params![format!("bad{i}")],
+                            )
+                            .unwrap();
+                            Err(StoreError::Invalid(format!("call {i} fails after writing")))
+                        })
+                        .map(|_| None)
+                    } else {
+                        db.call_blocking(move |s| s.register(&reg(&format!("C{i}")), 1))
+                            .map(|c| Some(c.id.to_string()))
+                    }
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for (i, t) in threads.into_iter().enumerate() {
+            match t.join().unwrap() {
+                Ok(Some(c)) => kept.push(c),
+                Ok(None) => panic!("call {i} should have failed"),
+                Err(e) => assert!(i % 3 == 0, "call {i} failed: {e}"),
+            }
+        }
+        assert_eq!(kept.len(), 32);
+        let listed = db.call_blocking(|s| s.computers()).unwrap();
+        assert_eq!(listed.len(), 32);
+        let dump = db.call_blocking(|s| Ok::<_, StoreError>(s.dump())).unwrap();
+        assert!(
+            !dump.contains("bad"),
+            "a failed call's write was kept:\n{dump}"
+        );
+        // The readers see the same (WAL readers after the commits).
+        let read = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(db.read(|s| s.computers()))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        assert_eq!(read.len(), 32);
     }
 }

@@ -98,13 +98,24 @@ pub struct Master {
 impl Master {
     /// Open (or create) the database at `path` and start the worker. Blocking (file I/O).
     pub fn open(path: &Path) -> Result<Self, MasterError> {
-        Self::with_store(Store::open(path, now_ms())?)
+        Self::with_readers(Store::open(path, now_ms())?, path)
     }
 
     /// [`Master::open`], tightening loose database file modes instead of refusing them (for a
     /// directory the master owns, e.g. `standalone`'s; see [`store::disk`]).
     pub fn open_fixing_modes(path: &Path) -> Result<Self, MasterError> {
-        Self::with_store(Store::open_with(path, now_ms(), true)?)
+        Self::with_readers(Store::open_with(path, now_ms(), true)?, path)
+    }
+
+    /// The writer `store` of the SQLite file `path` with group commit, and
+    /// [`db::SQLITE_READERS`] read-only connections for the reads.
+    fn with_readers(store: Store, path: &Path) -> Result<Self, MasterError> {
+        let readers = (0..db::SQLITE_READERS)
+            .map(|_| Store::open_reader(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hub = Arc::new(hub::Hub::default());
+        let (db, worker) = db::start_sqlite(store, readers, hub.clone())?;
+        Ok(Self::with_worker(db, worker, hub))
     }
 
     /// A master over an in-memory database (tests, throw-away setups).

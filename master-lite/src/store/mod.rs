@@ -329,6 +329,41 @@ impl Store {
         std::mem::take(&mut self.touched)
     }
 
+    /// Open a group commit ([`crate::db`]): the calls until [`Store::group_commit`] share one
+    /// transaction, each in a savepoint of its own.
+    pub fn group_begin(&mut self) -> Result<()> {
+        self.conn.begin_group().op("begin a group commit")
+    }
+
+    /// Commit the group. On failure nothing of the group is kept, and the computers its calls
+    /// touched are forgotten (nothing changed for their polls).
+    pub fn group_commit(&mut self) -> Result<()> {
+        let r = self.conn.end_group().op("commit a group of calls");
+        if r.is_err() {
+            self.touched.clear();
+        }
+        r
+    }
+
+    /// A read-only connection to the SQLite file at `path`, already migrated by its writer
+    /// ([`crate::db::start_sqlite`]); writes through it fail.
+    pub fn open_reader(path: &Path) -> std::result::Result<Self, OpenError> {
+        let conn = rusqlite::Connection::open(path).map_err(|source| open_error(path, source))?;
+        let cfg = |conn: &rusqlite::Connection| -> rusqlite::Result<()> {
+            conn.pragma_update(None, "query_only", "ON")?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            Ok(())
+        };
+        cfg(&conn).map_err(|source| open_error(path, source))?;
+        Ok(Self {
+            conn: Conn::sqlite(conn),
+            touched: Vec::new(),
+            reserve: disk::Reserve::new(None, 0),
+            pg_url: None,
+        })
+    }
+
     /// The underlying connection (diagnostics, tests, `migrate`).
     pub fn connection(&self) -> &Conn {
         &self.conn

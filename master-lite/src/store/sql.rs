@@ -674,6 +674,34 @@ impl Conn {
         }
     }
 
+    /// Open the outer transaction of a group commit: the store calls that follow nest in it as
+    /// savepoints until [`Conn::end_group`].
+    pub fn begin_group(&self) -> SqlResult<()> {
+        if self.depth.get() != 0 {
+            return Err(SqlError::Type {
+                column: 0,
+                wanted: "no open transaction",
+                found: "a transaction already open".into(),
+            });
+        }
+        self.batch(match self.engine() {
+            Engine::Sqlite => "BEGIN IMMEDIATE",
+            Engine::Postgres => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        })?;
+        self.depth.set(1);
+        Ok(())
+    }
+
+    /// Commit the group's transaction (rolled back when the commit fails).
+    pub fn end_group(&self) -> SqlResult<()> {
+        self.depth.set(0);
+        let r = self.batch("COMMIT");
+        if r.is_err() {
+            let _ = self.batch("ROLLBACK");
+        }
+        r
+    }
+
     /// Begin a transaction (`write`: SQLite takes the write lock at once). Nested calls open a
     /// savepoint, released or rolled back on its own.
     pub fn begin(&self, write: bool) -> SqlResult<Transaction<'_>> {
