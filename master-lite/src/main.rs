@@ -70,6 +70,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Copy a master's whole state into another database (e.g. a box's SQLite file into the
+    /// PostgreSQL database of a fleet). Stop the master first.
+    Migrate {
+        /// The source: `sqlite:PATH`, a path, or `postgres://…`.
+        #[arg(long)]
+        from: DbUrl,
+        /// The target (created and migrated if needed): `postgres://…` or `sqlite:PATH`.
+        #[arg(long)]
+        to: DbUrl,
+        /// Replace the content of a target that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the master: HTTP API over an embedded SQLite database, or as one of several
     /// replicas on a PostgreSQL database (`--db postgres://…`).
     Serve {
@@ -383,6 +396,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ]);
             }
             table(&rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Migrate { from, to, force } => {
+            let report = master_lite::store::copy::copy(&from, &to, force, master_lite::now_ms())?;
+            for (table, n) in report.rows {
+                println!("{table}: {n} rows");
+            }
+            println!("copied {from} to {to}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve {

@@ -37,6 +37,7 @@
 //! * A root's state change (request or state route) is applied to its whole tree; a destroyed
 //!   child stays destroyed when the tree is started again.
 
+pub mod copy;
 pub mod disk;
 pub mod error;
 mod identity;
