@@ -94,7 +94,7 @@ impl SqlError {
         match self {
             SqlError::Pg(e) => {
                 e.is_closed()
-                    || e.code().is_none() && e.as_db_error().is_none()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
                     || e.code().is_some_and(|c| {
                         let c = c.code();
                         c.starts_with("08") || c.starts_with("57P")
