@@ -10,7 +10,7 @@ use slapos_proto::identity::{Identity, IdentityError, Name};
 use crate::certs::token_hash;
 use crate::pki::{self, Ca, PkiError};
 use crate::state::now_ms;
-use crate::store::{CertificateRow, OpenError, Store, StoreError};
+use crate::store::{CertificateRow, DbUrl, OpenError, Store, StoreError};
 
 /// An operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +43,14 @@ pub enum AdminError {
 
 /// `token create`: a one-time enrollment token for `computer`, valid `ttl_secs`; only its hash
 /// is stored. Returns the token (to print once).
-pub fn create_token(db: &Path, computer: &ComputerId, ttl_secs: u64) -> Result<String, AdminError> {
+pub fn create_token(
+    db: &DbUrl,
+    computer: &ComputerId,
+    ttl_secs: u64,
+) -> Result<String, AdminError> {
     let token = hex::encode(pki::random_bytes(32)?);
     let now = now_ms();
-    let mut store = Store::open(db, now)?;
+    let mut store = Store::open_url(db, now)?;
     let expires = now.saturating_add(ttl_secs.saturating_mul(1000));
     store.create_token(&token_hash(&token), computer, now, expires)?;
     Ok(token)
@@ -65,7 +69,7 @@ pub struct UserCreated {
 /// `tls_dir` (created the first time), recorded in the database, written to `out/<name>.key`
 /// (0600), `out/<name>.pem` and `out/ca.pem`.
 pub fn create_user(
-    db: &Path,
+    db: &DbUrl,
     tls_dir: &Path,
     name: &str,
     admin: bool,
@@ -80,7 +84,7 @@ pub fn create_user(
     let ca = Ca::open(tls_dir)?;
     let issued = ca.issue_client(&id)?;
     let now = now_ms();
-    let mut store = Store::open(db, now)?;
+    let mut store = Store::open_url(db, now)?;
     std::fs::create_dir_all(out).map_err(|source| AdminError::Io {
         path: out.to_owned(),
         source,
@@ -114,17 +118,17 @@ pub fn create_user(
 }
 
 /// `cert revoke SERIAL`: the revoked certificate.
-pub fn revoke_serial(db: &Path, serial: &str) -> Result<CertificateRow, AdminError> {
+pub fn revoke_serial(db: &DbUrl, serial: &str) -> Result<CertificateRow, AdminError> {
     let now = now_ms();
-    let mut store = Store::open(db, now)?;
+    let mut store = Store::open_url(db, now)?;
     Ok(store.revoke_serial(&serial.to_ascii_lowercase(), now)?)
 }
 
 /// `cert revoke --identity ID`: the serials revoked (at least one).
-pub fn revoke_identity(db: &Path, identity: &str) -> Result<(Identity, Vec<String>), AdminError> {
+pub fn revoke_identity(db: &DbUrl, identity: &str) -> Result<(Identity, Vec<String>), AdminError> {
     let id = Identity::parse_cn(identity)?;
     let now = now_ms();
-    let mut store = Store::open(db, now)?;
+    let mut store = Store::open_url(db, now)?;
     let serials = store.revoke_identity(&id.to_string(), now)?;
     if serials.is_empty() {
         return Err(AdminError::NothingToRevoke(id));
@@ -133,8 +137,8 @@ pub fn revoke_identity(db: &Path, identity: &str) -> Result<(Identity, Vec<Strin
 }
 
 /// `cert list`: every certificate issued.
-pub fn certificates(db: &Path) -> Result<Vec<CertificateRow>, AdminError> {
-    Ok(Store::open(db, now_ms())?.certificates()?)
+pub fn certificates(db: &DbUrl) -> Result<Vec<CertificateRow>, AdminError> {
+    Ok(Store::open_url(db, now_ms())?.certificates()?)
 }
 
 #[cfg(test)]
@@ -145,7 +149,7 @@ mod tests {
     fn users_tokens_and_revocations_on_the_master_files() {
         let d = tempfile::tempdir().unwrap();
         let (db, tls, out) = (
-            d.path().join("m.db"),
+            DbUrl::Sqlite(d.path().join("m.db")),
             d.path().join("tls"),
             d.path().join("out"),
         );

@@ -1,79 +1,321 @@
-//! The database worker: one OS thread owns the [`Store`] and runs jobs sent from async handlers.
+//! The database workers: OS threads that each own a [`Store`] and run jobs sent from async
+//! handlers.
 //!
-//! SQLite work (and its fsyncs) therefore never blocks a runtime thread, writes are serialised
-//! without lock contention, and the queue in front of the store is bounded
-//! ([`QUEUE_DEPTH`]): when it is full, handlers wait, so back-pressure reaches the HTTP layer.
-//! After each job the worker hands the computers whose desired state changed to the [`Hub`],
-//! which wakes their long polls.
+//! Database work (and its fsyncs) therefore never blocks a runtime thread, and the queue in
+//! front of the stores is bounded ([`QUEUE_DEPTH`]): when it is full, handlers wait, so
+//! back-pressure reaches the HTTP layer. After each job a worker hands the computers whose
+//! desired state changed to the [`Hub`], which wakes their long polls.
+//!
+//! On SQLite there is one worker (one writer: writes are serialised without lock contention).
+//! On PostgreSQL there are several ([`start_pool`]), each with its own connection, taking jobs
+//! from the one queue; their transactions are serializable, and a job whose transaction lost a
+//! serialization race (`40001`, `40P01`) is run again, up to [`MAX_RETRIES`] times, so no
+//! caller sees the race. A job made of several store calls is re-run whole: its store calls
+//! must be safe to repeat (every write the HTTP layer makes in a job is its last store call).
+//! [`listen`] feeds the hub with the changes other replicas commit (`LISTEN/NOTIFY`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, MasterError};
 use crate::hub::Hub;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Jobs committed together at most (SQLite group commit).
+pub const GROUP_MAX: usize = 64;
+
+/// Read-only SQLite connections serving [`Db::read`] beside the writer.
+pub const SQLITE_READERS: usize = 2;
 
 /// Jobs waiting for the store at most.
 pub const QUEUE_DEPTH: usize = 256;
 
+/// A job whose transaction lost a serialization race runs again at most this many times.
+pub const MAX_RETRIES: u32 = 40;
+
+/// Pause before retry `n` (1-based): exponential from 1 ms, capped at 64 ms, with jitter so
+/// the racers part.
+fn backoff(n: u32) -> Duration {
+    let cap_ms = 1u64 << n.min(6);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    // The low bits of the clock are as good as a random number here.
+    Duration::from_micros(cap_ms * 500 + (nanos ^ (nanos >> 17)) % (cap_ms * 500 + 1))
+}
+
 /// How often the worker runs [`Store::maintain`] between jobs (and once when idle that long).
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-type Job = Box<dyn FnOnce(&mut Store) + Send>;
+/// What a job leaves to do once the fate of its transaction is known: answer its caller
+/// (`Some(error)`: the group commit holding its changes failed).
+type Deliver = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&mut Store) -> Deliver + Send>;
+type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
 
 /// Handle to the database worker; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
     jobs: mpsc::Sender<Job>,
+    /// The readers' queue (SQLite on disk); `None`: reads go to the workers.
+    reads: Option<mpsc::Sender<Job>>,
 }
 
-/// The worker thread; [`Worker::close`] stops it and closes the database.
+/// The worker threads; [`Worker::close`] stops them and closes the database.
 #[derive(Debug)]
 pub struct Worker {
     stop: Option<Db>,
-    thread: Option<JoinHandle<()>>,
-    done: Option<oneshot::Receiver<()>>,
+    threads: Vec<JoinHandle<()>>,
+    done: Vec<oneshot::Receiver<()>>,
+    listener: Option<Listener>,
 }
 
 /// Start the worker thread owning `store`.
 pub fn start(store: Store, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
-    let (done_tx, done_rx) = oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("master-db".into())
-        .spawn(move || {
-            let mut store = store;
-            let mut maintained = std::time::Instant::now();
-            while let Some(job) = rx.blocking_recv() {
-                // A panicking job rolls its transaction back (the Transaction drops) and its
-                // caller gets an internal error; the worker keeps serving the others.
-                let run = std::panic::AssertUnwindSafe(|| job(&mut store));
-                if std::panic::catch_unwind(run).is_err() {
-                    tracing::error!("a database job panicked; its transaction was rolled back");
-                }
-                for (computer, etag) in store.take_touched() {
-                    hub.notify(&computer, etag);
-                }
-                if maintained.elapsed() >= MAINTAIN_EVERY {
-                    store.maintain();
-                    maintained = std::time::Instant::now();
-                }
-            }
-            drop(store); // closes the connection (checkpoints the WAL) before signalling
-            let _ = done_tx.send(());
-        })
-        .map_err(MasterError::Worker)?;
-    let db = Db { jobs: tx };
+    start_pool(vec![store], hub)
+}
+
+/// Start one worker thread per store, all taking jobs from one queue (PostgreSQL: one
+/// connection each).
+pub fn start_pool(stores: Vec<Store>, hub: Arc<Hub>) -> Result<(Db, Worker), MasterError> {
+    start_with(stores, Vec::new(), hub)
+}
+
+/// A SQLite writer with group commit and `readers` (read-only connections on the same file)
+/// serving [`Db::read`].
+pub fn start_sqlite(
+    writer: Store,
+    readers: Vec<Store>,
+    hub: Arc<Hub>,
+) -> Result<(Db, Worker), MasterError> {
+    start_with(vec![writer], readers, hub)
+}
+
+fn start_with(
+    stores: Vec<Store>,
+    readers: Vec<Store>,
+    hub: Arc<Hub>,
+) -> Result<(Db, Worker), MasterError> {
+    let mut threads = Vec::new();
+    let mut done = Vec::new();
+    let mut spawn = |name: String, store: Store, rx: Queue, group: bool| {
+        let (done_tx, done_rx) = oneshot::channel();
+        let hub = hub.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(store, &rx, &hub, group, done_tx))
+            .map_err(MasterError::Worker)?;
+        threads.push(thread);
+        done.push(done_rx);
+        Ok::<_, MasterError>(())
+    };
+    let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+    let rx: Queue = Arc::new(Mutex::new(rx));
+    let group = stores.len() == 1 && stores[0].engine() == crate::store::sql::Engine::Sqlite;
+    for (i, store) in stores.into_iter().enumerate() {
+        spawn(format!("master-db-{i}"), store, rx.clone(), group)?;
+    }
+    let reads = if readers.is_empty() {
+        None
+    } else {
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        let rx: Queue = Arc::new(Mutex::new(rx));
+        for (i, store) in readers.into_iter().enumerate() {
+            spawn(format!("master-read-{i}"), store, rx.clone(), false)?;
+        }
+        Some(tx)
+    };
+    let db = Db { jobs: tx, reads };
     Ok((
         db.clone(),
         Worker {
             stop: Some(db),
-            thread: Some(thread),
-            done: Some(done_rx),
+            threads,
+            done,
+            listener: None,
         },
     ))
+}
+
+/// One worker: run jobs until the queue closes. With `group` (the SQLite writer), the jobs
+/// queued at that moment run in one transaction, each in its own savepoint (a failing job
+/// rolls back only itself), and are answered after the one commit: N concurrent writes cost
+/// one fsync, and nobody is answered before their write is durable.
+fn run(mut store: Store, rx: &Queue, hub: &Hub, group: bool, done: oneshot::Sender<()>) {
+    let mut maintained = std::time::Instant::now();
+    loop {
+        // One worker waits on the queue at a time; the others wait for the lock.
+        let mut batch = Vec::new();
+        {
+            let mut q = match rx.lock() {
+                Ok(q) => q,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let Some(first) = q.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+            while group && batch.len() < GROUP_MAX {
+                match q.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        if batch.len() == 1 || store.group_begin().is_err() {
+            for job in batch {
+                run_job(job, &mut store)(None);
+            }
+        } else {
+            let delivers: Vec<Deliver> = batch
+                .into_iter()
+                .map(|job| run_job(job, &mut store))
+                .collect();
+            let committed = store.group_commit();
+            if let Err(e) = &committed {
+                tracing::error!("a group commit failed, its calls are answered with it: {e}");
+            }
+            for d in delivers {
+                d(committed.as_ref().err());
+            }
+        }
+        for (computer, etag) in store.take_touched() {
+            hub.notify(&computer, etag);
+        }
+        if maintained.elapsed() >= MAINTAIN_EVERY {
+            store.maintain();
+            maintained = std::time::Instant::now();
+        }
+    }
+    drop(store); // closes the connection (checkpoints the WAL) before signalling
+    let _ = done.send(());
+}
+
+/// Run one job; a panicking job rolls its transaction (or savepoint) back as the Transaction
+/// drops, and its caller gets an internal error; the worker keeps serving the others.
+fn run_job(job: Job, store: &mut Store) -> Deliver {
+    let run = std::panic::AssertUnwindSafe(|| job(store));
+    match std::panic::catch_unwind(run) {
+        Ok(deliver) => deliver,
+        Err(_) => {
+            tracing::error!("a database job panicked; its transaction was rolled back");
+            Box::new(|_| {})
+        }
+    }
+}
+
+/// The answer to a caller whose write was in a group commit that failed.
+fn group_failed(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::DiskFull { op } => ApiError::DiskFull { op },
+        e => ApiError::Internal(format!("the commit holding this call failed: {e}")),
+    }
+}
+
+/// The thread listening for changes committed by other replicas.
+#[derive(Debug)]
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// How long the listener waits between reconnection attempts.
+const RELISTEN_EVERY: Duration = Duration::from_millis(500);
+
+/// Listen on PostgreSQL for the changes every replica announces ([`crate::store::NOTIFY_CHANNEL`])
+/// and wake the matching polls of `hub`. One direct connection (a transaction-mode pooler
+/// does not carry `LISTEN`). After a (re)connection every held poll is woken once, so that
+/// nothing announced while the connection was down is missed: the polls re-read the database.
+fn listen(url: String, hub: Arc<Hub>) -> Result<Listener, MasterError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("master-listen".into())
+        .spawn(move || {
+            let mut down_logged = false;
+            while !flag.load(Ordering::Relaxed) {
+                let mut client = match crate::store::pg_connect(&url).and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {}", crate::store::NOTIFY_CHANNEL))?;
+                    Ok(c)
+                }) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if !down_logged {
+                            tracing::warn!(
+                                "cannot listen for other replicas' changes: {}",
+                                crate::store::sql::SqlError::Pg(e)
+                            );
+                            down_logged = true;
+                        }
+                        std::thread::sleep(RELISTEN_EVERY);
+                        continue;
+                    }
+                };
+                if down_logged {
+                    tracing::info!("listening for other replicas' changes again");
+                    down_logged = false;
+                }
+                hub.wake_all();
+                loop {
+                    if flag.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    use postgres::fallible_iterator::FallibleIterator;
+                    let next = client
+                        .notifications()
+                        .timeout_iter(Duration::from_millis(250))
+                        .next();
+                    match next {
+                        Ok(Some(note)) => {
+                            if let Some((c, etag)) = parse_note(note.payload()) {
+                                hub.notify(&c, etag);
+                            }
+                        }
+                        Ok(None) => {
+                            if client.is_closed() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "lost the connection listening for changes: {}",
+                                crate::store::sql::SqlError::Pg(e)
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(MasterError::Worker)?;
+    Ok(Listener { stop, thread })
+}
+
+/// `<computer> <etag>`.
+fn parse_note(payload: &str) -> Option<(slapos_proto::ComputerId, u64)> {
+    let (c, e) = payload.split_once(' ')?;
+    Some((slapos_proto::ComputerId::parse(c).ok()?, e.parse().ok()?))
+}
+
+/// Workers on a PostgreSQL database: `connections` stores (one connection each) and the
+/// listener of other replicas' changes.
+pub fn start_postgres(
+    url: &str,
+    connections: usize,
+    now_ms: u64,
+    hub: Arc<Hub>,
+) -> Result<(Db, Worker), MasterError> {
+    let mut stores = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        stores.push(Store::open_postgres(url, now_ms)?);
+    }
+    let (db, mut worker) = start_pool(stores, hub.clone())?;
+    worker.listener = Some(listen(url.to_owned(), hub)?);
+    Ok((db, worker))
 }
 
 /// Wrap `f` as a job whose result arrives on the returned receiver.
@@ -81,11 +323,29 @@ fn job<T, E, F>(f: F) -> (Job, oneshot::Receiver<Result<T, ApiError>>)
 where
     T: Send + 'static,
     E: Into<ApiError>,
-    F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+    F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
+    let mut f = f;
     let job: Job = Box::new(move |store| {
-        let _ = tx.send(f(store).map_err(Into::into));
+        let mut tries = 0;
+        let r = loop {
+            let r = f(store).map_err(Into::into);
+            match r {
+                Err(e) if e.is_retryable() && tries < MAX_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(backoff(tries));
+                }
+                r => break r,
+            }
+        };
+        Box::new(move |failed: Option<&StoreError>| {
+            let r = match (r, failed) {
+                (Ok(_), Some(e)) => Err(group_failed(e)),
+                (r, _) => r,
+            };
+            let _ = tx.send(r);
+        }) as Deliver
     });
     (job, rx)
 }
@@ -105,10 +365,29 @@ impl Db {
     where
         T: Send + 'static,
         E: Into<ApiError>,
-        F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
         self.jobs.send(job).await.map_err(stopped)?;
+        rx.await.map_err(dropped)?
+    }
+
+    /// [`Db::call`] for a job that only reads: on SQLite on disk it runs on a read-only
+    /// connection beside the writer (WAL readers do not wait for writes, and see every
+    /// committed write); elsewhere like [`Db::call`]. A job that writes fails there.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        E: Into<ApiError>,
+        F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
+    {
+        let (job, rx) = job(f);
+        self.reads
+            .as_ref()
+            .unwrap_or(&self.jobs)
+            .send(job)
+            .await
+            .map_err(stopped)?;
         rx.await.map_err(dropped)?
     }
 
@@ -118,7 +397,7 @@ impl Db {
     where
         T: Send + 'static,
         E: Into<ApiError>,
-        F: FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+        F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
         self.jobs.blocking_send(job).map_err(stopped)?;
@@ -127,15 +406,95 @@ impl Db {
 }
 
 impl Worker {
-    /// Stop the worker once every handle is dropped and queued jobs ran, then wait until the
-    /// database is closed. Handles still alive elsewhere keep it running: drop the router first.
+    /// Stop the workers once every handle is dropped and queued jobs ran, then wait until the
+    /// database is closed. Handles still alive elsewhere keep them running: drop the router
+    /// first.
     pub async fn close(mut self) {
         self.stop = None;
-        if let Some(done) = self.done.take() {
+        if let Some(l) = self.listener.take() {
+            l.stop.store(true, Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || l.thread.join()).await;
+        }
+        for done in self.done.drain(..) {
             let _ = done.await;
         }
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sql::params;
+
+    fn reg(c: &str) -> slapos_proto::RegisterComputer {
+        slapos_proto::RegisterComputer {
+            id: slapos_proto::ComputerId::parse(c).unwrap(),
+            partitions: vec![],
+            labels: Default::default(),
+        }
+    }
+
+    /// Concurrent writes share commits; each call keeps its own outcome: a call that wrote and
+    /// then failed leaves nothing, its neighbours in the same group are kept, and reads on the
+    /// reader connections see every acknowledged write.
+    #[test]
+    fn group_commit_keeps_each_calls_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Store::open(&path, 1).unwrap();
+        let readers = vec![Store::open_reader(&path).unwrap()];
+        let (db, _worker) = start_sqlite(store, readers, Arc::new(Hub::default())).unwrap();
+        let threads: Vec<_> = (0..48)
+            .map(|i| {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    if i % 3 == 0 {
+                        db.call_blocking(move |s| -> Result<(), StoreError> {
+                            let tx = s.connection().begin(true).unwrap();
+                            tx.exec(
+                                "INSERT INTO meta (key, value) VALUES (?1, 1)",
+                                params![format!("bad{i}")],
+                            )
+                            .unwrap();
+                            Err(StoreError::Invalid(format!("call {i} fails after writing")))
+                        })
+                        .map(|_| None)
+                    } else {
+                        db.call_blocking(move |s| s.register(&reg(&format!("C{i}")), 1))
+                            .map(|c| Some(c.id.to_string()))
+                    }
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for (i, t) in threads.into_iter().enumerate() {
+            match t.join().unwrap() {
+                Ok(Some(c)) => kept.push(c),
+                Ok(None) => panic!("call {i} should have failed"),
+                Err(e) => assert!(i % 3 == 0, "call {i} failed: {e}"),
+            }
+        }
+        assert_eq!(kept.len(), 32);
+        let listed = db.call_blocking(|s| s.computers()).unwrap();
+        assert_eq!(listed.len(), 32);
+        let dump = db.call_blocking(|s| Ok::<_, StoreError>(s.dump())).unwrap();
+        assert!(
+            !dump.contains("bad"),
+            "a failed call's write was kept:\n{dump}"
+        );
+        // The readers see the same (WAL readers after the commits).
+        let read = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(db.read(|s| s.computers()))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        assert_eq!(read.len(), 32);
     }
 }

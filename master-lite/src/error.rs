@@ -47,10 +47,13 @@ pub enum ApiError {
     Db {
         /// What the store was doing.
         op: &'static str,
-        /// The SQLite error.
+        /// The engine's error.
         #[source]
-        source: rusqlite::Error,
+        source: crate::store::sql::SqlError,
     },
+    /// The database cannot be reached (PostgreSQL): 503, retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// The master's filesystem is full (its space reserve is used up too): 507. Nothing was
     /// written; reads keep working.
     #[error(
@@ -67,6 +70,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A database serialization failure (PostgreSQL): the job may run again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db { source, .. } if source.is_retryable())
+    }
+
     /// HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -77,7 +85,7 @@ impl ApiError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Db { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -94,6 +102,7 @@ impl ApiError {
             Self::DiskFull { .. } => "disk_full",
             Self::BodyTimeout(_) => "timeout",
             Self::Busy(_) => "busy",
+            Self::Unavailable(_) => "unavailable",
             Self::Db { .. } | Self::Internal(_) => "internal",
         }
     }
@@ -101,7 +110,7 @@ impl ApiError {
     /// The body clients see: internal details are replaced by a generic message.
     pub fn body(&self) -> ErrorBody {
         let error = match self {
-            Self::DiskFull { .. } | Self::Busy(_) => self.to_string(),
+            Self::DiskFull { .. } | Self::Busy(_) | Self::Unavailable(_) => self.to_string(),
             Self::Db { .. } | Self::Internal(_) => {
                 "internal error; the master's log has the details".to_owned()
             }
@@ -117,7 +126,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::DiskFull { .. } | Self::Busy(_) = self {
+        if let Self::DiskFull { .. } | Self::Busy(_) | Self::Unavailable(_) = self {
             tracing::warn!(error = %self, %status, "request refused: resources exhausted");
         } else if status.is_server_error() {
             tracing::error!(error = %self, "internal error answered with 500");
@@ -138,6 +147,14 @@ impl From<StoreError> for ApiError {
             StoreError::NoAllocation(m) => Self::NoAllocation(m),
             StoreError::DiskFull { op } => Self::DiskFull { op },
             StoreError::Db { op, source } => Self::Db { op, source },
+            e @ StoreError::Unavailable { .. } => {
+                tracing::warn!(error = %e, "database unreachable: answering 503");
+                Self::Unavailable(
+                    "the master's database is unreachable: nothing was read or written; retry \
+                     shortly"
+                        .into(),
+                )
+            }
             StoreError::Internal(m) => Self::Internal(m),
         }
     }

@@ -209,7 +209,7 @@ async fn list_computers(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
 ) -> ApiResult<Response> {
-    let mut list = st.db.call(|s| s.computers()).await?;
+    let mut list = st.db.read(|s| s.computers()).await?;
     list.retain(|c| auth::allowed(&who, &Action::ReadComputer(&c.id)));
     for c in &mut list {
         c.last_seen_ms = c.last_seen_ms.max(st.hub.last_seen(&c.id));
@@ -225,7 +225,7 @@ async fn show_computer(
     let c = computer_id(&c)?;
     auth::allow(&who, Action::ReadComputer(&c))?;
     let id = c.clone();
-    let mut info = st.db.call(move |s| s.computer(&id)).await?;
+    let mut info = st.db.read(move |s| s.computer(&id)).await?;
     info.last_seen_ms = info.last_seen_ms.max(st.hub.last_seen(&c));
     Ok(axum::Json(info).into_response())
 }
@@ -281,7 +281,7 @@ async fn desired(
     let mut shutdown = st.hub.shutdown_signal();
     loop {
         let (id, known) = (c.clone(), q.etag.clone());
-        let read = st.db.call(move |s| s.desired(&id, known.as_deref())).await;
+        let read = st.db.read(move |s| s.desired(&id, known.as_deref())).await;
         let current = match read {
             Ok(v) => v,
             Err(e) => {
@@ -411,7 +411,7 @@ async fn list_instances(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
 ) -> ApiResult<Response> {
-    let list = st.db.call(|s| s.instances_owned()).await?;
+    let list = st.db.read(|s| s.instances_owned()).await?;
     let list: Vec<_> = list
         .into_iter()
         .filter(|(i, o)| auth::allowed(&who, &Action::ReadInstance(facts(i, o.as_deref()))))
@@ -436,7 +436,7 @@ async fn show_instance(
     let root = query(q)?.root.as_deref().map(title).transpose()?;
     let (info, owner) = st
         .db
-        .call(move |s| s.instance_owned(&t, root.as_ref()))
+        .read(move |s| s.instance_owned(&t, root.as_ref()))
         .await?;
     auth::allow(&who, Action::ReadInstance(facts(&info, owner.as_deref())))?;
     Ok(axum::Json(info).into_response())
@@ -512,7 +512,7 @@ async fn partition_certificate(
     auth::allow(&who, Action::PartitionCertificate(&c, &p))?;
     let ca = ca(&st)?;
     let (cc, pp) = (c.clone(), p.clone());
-    if !st.db.call(move |s| s.partition_allocated(&cc, &pp)).await? {
+    if !st.db.read(move |s| s.partition_allocated(&cc, &pp)).await? {
         return Err(ApiError::Conflict(format!(
             "partition {c}/{p} is free: only an allocated partition gets a certificate"
         )));

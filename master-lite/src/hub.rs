@@ -110,6 +110,15 @@ impl Hub {
         }
     }
 
+    /// Wake every held poll (they re-read their desired state): after the connection that
+    /// brings other replicas' changes was down, when some may have been missed.
+    pub fn wake_all(&self) {
+        let map = lock(&self.computers);
+        for tx in map.values() {
+            tx.send_modify(|_| {});
+        }
+    }
+
     /// Drop the channel of `c` if no poll waits on it (after a poll for an unknown computer).
     pub fn forget_unused(&self, c: &ComputerId) {
         let mut map = lock(&self.computers);

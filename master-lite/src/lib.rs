@@ -63,6 +63,8 @@ pub mod slap;
 pub mod standalone;
 pub mod state;
 pub mod store;
+#[doc(hidden)]
+pub mod testpg;
 pub mod tls;
 
 use std::future::Future;
@@ -82,6 +84,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8355";
 /// Default master URL of the client subcommands (matches [`DEFAULT_LISTEN`]).
 pub const DEFAULT_MASTER_URL: &str = "http://127.0.0.1:8355";
 
+/// Connections (and database worker threads) of one replica on PostgreSQL.
+pub const PG_CONNECTIONS: usize = 4;
+
 /// A master: its database worker and the state shared by its handlers.
 #[derive(Debug)]
 pub struct Master {
@@ -93,13 +98,24 @@ pub struct Master {
 impl Master {
     /// Open (or create) the database at `path` and start the worker. Blocking (file I/O).
     pub fn open(path: &Path) -> Result<Self, MasterError> {
-        Self::with_store(Store::open(path, now_ms())?)
+        Self::with_readers(Store::open(path, now_ms())?, path)
     }
 
     /// [`Master::open`], tightening loose database file modes instead of refusing them (for a
     /// directory the master owns, e.g. `standalone`'s; see [`store::disk`]).
     pub fn open_fixing_modes(path: &Path) -> Result<Self, MasterError> {
-        Self::with_store(Store::open_with(path, now_ms(), true)?)
+        Self::with_readers(Store::open_with(path, now_ms(), true)?, path)
+    }
+
+    /// The writer `store` of the SQLite file `path` with group commit, and
+    /// [`db::SQLITE_READERS`] read-only connections for the reads.
+    fn with_readers(store: Store, path: &Path) -> Result<Self, MasterError> {
+        let readers = (0..db::SQLITE_READERS)
+            .map(|_| Store::open_reader(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hub = Arc::new(hub::Hub::default());
+        let (db, worker) = db::start_sqlite(store, readers, hub.clone())?;
+        Ok(Self::with_worker(db, worker, hub))
     }
 
     /// A master over an in-memory database (tests, throw-away setups).
@@ -107,10 +123,27 @@ impl Master {
         Self::with_store(Store::open_in_memory(now_ms())?)
     }
 
+    /// Open the database `db` names and start the workers: on PostgreSQL,
+    /// [`PG_CONNECTIONS`] connections and the listener of other replicas' changes. Blocking.
+    pub fn open_db(db: &store::DbUrl) -> Result<Self, MasterError> {
+        match db {
+            store::DbUrl::Sqlite(p) => Self::open(p),
+            store::DbUrl::Postgres(url) => {
+                let hub = Arc::new(hub::Hub::default());
+                let (db, worker) = db::start_postgres(url, PG_CONNECTIONS, now_ms(), hub.clone())?;
+                Ok(Self::with_worker(db, worker, hub))
+            }
+        }
+    }
+
     fn with_store(store: Store) -> Result<Self, MasterError> {
         let hub = Arc::new(hub::Hub::default());
         let (db, worker) = db::start(store, hub.clone())?;
-        Ok(Self {
+        Ok(Self::with_worker(db, worker, hub))
+    }
+
+    fn with_worker(db: db::Db, worker: db::Worker, hub: Arc<hub::Hub>) -> Self {
+        Self {
             state: AppState {
                 db,
                 hub,
@@ -121,7 +154,7 @@ impl Master {
             },
             worker,
             limits: server::Limits::default(),
-        })
+        }
     }
 
     /// Configure the classic SLAP routes (default computer, software products).

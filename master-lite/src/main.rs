@@ -1,7 +1,7 @@
 //! `slapos-master`: the master server and its client subcommands.
 //!
 //! ```text
-//! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db] [--cfg slapos-proxy.cfg]
+//! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db | postgres://…] [--cfg slapos-proxy.cfg]
 //!               [--tls-dir DIR [--tls-name NAME]...] [--allow-plain-http]
 //! slapos-master token create --computer ID [--ttl SECONDS] [--db FILE]
 //! slapos-master user create NAME [--admin] --out DIR --tls-dir DIR [--db FILE]
@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use master_lite::store::DbUrl;
 use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
 use slapos_client::Client;
 use slapos_proto::text::terminal_safe;
@@ -69,16 +70,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the master: HTTP API over an embedded SQLite database.
+    /// Copy a master's whole state into another database (e.g. a box's SQLite file into the
+    /// PostgreSQL database of a fleet). Stop the master first.
+    Migrate {
+        /// The source: `sqlite:PATH`, a path, or `postgres://…`.
+        #[arg(long)]
+        from: DbUrl,
+        /// The target (created and migrated if needed): `postgres://…` or `sqlite:PATH`.
+        #[arg(long)]
+        to: DbUrl,
+        /// Replace the content of a target that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the master: HTTP API over an embedded SQLite database, or as one of several
+    /// replicas on a PostgreSQL database (`--db postgres://…`).
     Serve {
         /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8355, or the
         /// host and port of --cfg].
         #[arg(long)]
         listen: Option<String>,
-        /// Database file, created if missing [default: slapos-master.db, or the database_uri
-        /// of --cfg].
+        /// Database: an SQLite file created if missing (`PATH` or `sqlite:PATH`), or a
+        /// PostgreSQL database shared by replicas (`postgres://USER@HOST:PORT/DB`)
+        /// [default: slapos-master.db, or the database_uri of --cfg].
         #[arg(long)]
-        db: Option<PathBuf>,
+        db: Option<DbUrl>,
         /// slapproxy's configuration file (`[slapos] computer_id`, `[slapproxy] host, port,
         /// database_uri, software_product_list`); --listen and --db win over it.
         #[arg(long)]
@@ -211,7 +227,7 @@ enum TokenCmd {
         ttl: u64,
         /// The master's database.
         #[arg(long, default_value = "slapos-master.db")]
-        db: PathBuf,
+        db: DbUrl,
     },
 }
 
@@ -232,7 +248,7 @@ enum UserCmd {
         tls_dir: PathBuf,
         /// The master's database.
         #[arg(long, default_value = "slapos-master.db")]
-        db: PathBuf,
+        db: DbUrl,
     },
 }
 
@@ -248,13 +264,13 @@ enum CertCmd {
         identity: Option<String>,
         /// The master's database.
         #[arg(long, default_value = "slapos-master.db")]
-        db: PathBuf,
+        db: DbUrl,
     },
     /// List issued certificates.
     List {
         /// The master's database.
         #[arg(long, default_value = "slapos-master.db")]
-        db: PathBuf,
+        db: DbUrl,
     },
 }
 
@@ -382,6 +398,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             table(&rows);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Migrate { from, to, force } => {
+            let report = master_lite::store::copy::copy(&from, &to, force, master_lite::now_ms())?;
+            for (table, n) in report.rows {
+                println!("{table}: {n} rows");
+            }
+            println!("copied {from} to {to}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Serve {
             listen,
             db,
@@ -398,8 +422,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .or_else(|| proxy.as_ref().map(|p| p.listen()))
                 .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
             let db = db
-                .or_else(|| proxy.as_ref().map(|p| p.database.clone()))
-                .unwrap_or_else(|| PathBuf::from("slapos-master.db"));
+                .or_else(|| proxy.as_ref().map(|p| DbUrl::Sqlite(p.database.clone())))
+                .unwrap_or_else(|| DbUrl::Sqlite(PathBuf::from("slapos-master.db")));
             let slap = proxy.map(|p| p.slap).unwrap_or_default();
             let tls = tls_dir.map(|dir| (dir, tls_names));
             serve(&listen, db, slap, tls, allow_plain_http, local_operators)
@@ -549,7 +573,7 @@ fn standalone(opts: master_lite::standalone::StandaloneOptions) -> Result<()> {
 
 fn serve(
     listen: &str,
-    db: PathBuf,
+    db: DbUrl,
     slap: master_lite::slap::SlapConfig,
     tls: Option<(PathBuf, Vec<String>)>,
     allow_plain_http: bool,
@@ -560,7 +584,7 @@ fn serve(
     rt.block_on(async move {
         let listener = master_lite::bind(listen).await?;
         let addr = listener.local_addr().context("read the bound address")?;
-        let db_shown = db.display().to_string();
+        let db_shown = db.to_string();
         let tls = match tls {
             None => {
                 master_lite::check_plain_http(addr, allow_plain_http)?;
@@ -582,7 +606,7 @@ fn serve(
         };
         // Open the database before announcing the address: a test reading this line may call
         // the API at once.
-        let mut master = tokio::task::spawn_blocking(move || master_lite::Master::open(&db))
+        let mut master = tokio::task::spawn_blocking(move || master_lite::Master::open_db(&db))
             .await
             .context("open the database")??;
         master.set_slap_config(slap);

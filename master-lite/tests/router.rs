@@ -22,26 +22,92 @@ struct Env {
     master: Master,
     router: Router,
     db: PathBuf,
+    /// `SLAPOS_TEST_DB=postgres`: the same tests on a fresh database of a real PostgreSQL
+    /// server (`master_lite::testpg`) instead of a SQLite file.
+    pg_url: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+/// The engine these tests run on: `SLAPOS_TEST_DB=postgres`, else SQLite.
+fn pg_url() -> Option<String> {
+    if std::env::var("SLAPOS_TEST_DB").as_deref() != Ok("postgres") {
+        return None;
+    }
+    // The sync PostgreSQL client runs its own runtime: keep it off the test's.
+    std::thread::spawn(|| {
+        let pg = master_lite::testpg::TestPg::shared()
+            .unwrap_or_else(|skip| panic!("SLAPOS_TEST_DB=postgres but {}", skip.0));
+        pg.fresh_db().unwrap()
+    })
+    .join()
+    .unwrap()
+    .into()
 }
 
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("master.db");
-        let master = Master::open(&db).unwrap();
+        let pg_url = pg_url();
+        let master = match &pg_url {
+            None => Master::open(&db).unwrap(),
+            Some(url) => {
+                let url = master_lite::store::DbUrl::Postgres(url.clone());
+                std::thread::spawn(move || Master::open_db(&url).unwrap())
+                    .join()
+                    .unwrap()
+            }
+        };
         let router = master.router();
         Env {
             master,
             router,
             db,
+            pg_url,
             _dir: dir,
+        }
+    }
+
+    /// Run `sql` (with `?1` = `param`) behind the master's back, on its engine.
+    fn behind_the_back(&self, sql: &'static str, param: Option<&'static str>) {
+        match &self.pg_url {
+            None => {
+                let conn = rusqlite::Connection::open(&self.db).unwrap();
+                match param {
+                    Some(p) => conn.execute(sql, [p]),
+                    None => conn.execute(sql, []),
+                }
+                .unwrap();
+            }
+            Some(url) => {
+                let url = master_lite::store::DbUrl::Postgres(url.clone());
+                std::thread::spawn(move || {
+                    let store = master_lite::store::Store::open_url(&url, 0).unwrap();
+                    let values: Vec<master_lite::store::sql::Value> = param
+                        .map(|p| master_lite::store::sql::Value::Text(p.into()))
+                        .into_iter()
+                        .collect();
+                    store.connection().exec(sql, values).unwrap();
+                })
+                .join()
+                .unwrap();
+            }
         }
     }
 
     /// Every row of every table, read through a separate connection.
     fn dump(&self) -> String {
-        common::dump(&self.db)
+        match &self.pg_url {
+            None => common::dump(&self.db),
+            Some(url) => {
+                let url = master_lite::store::DbUrl::Postgres(url.clone());
+                std::thread::spawn(move || {
+                    master_lite::store::Store::open_url(&url, 0).unwrap().dump()
+                })
+                .join()
+                .unwrap()
+            }
+        }
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, Value, header::HeaderMap) {
@@ -618,12 +684,10 @@ async fn internal_errors_hide_their_details() {
     env.post("/v1/instances", json!({"title": "web", "software_url": SR}))
         .await;
     // Corrupt a stored JSON column behind the master's back.
-    let conn = rusqlite::Connection::open(&env.db).unwrap();
-    conn.execute(
+    env.behind_the_back(
         "UPDATE instance SET parameters = 'secret-garbage{' WHERE title = 'web'",
-        [],
-    )
-    .unwrap();
+        None,
+    );
     let (s, b) = env.get("/v1/instances/web").await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(b["kind"], "internal");
@@ -822,13 +886,10 @@ async fn control_characters_are_refused_at_the_door_and_never_break_slap_reads()
     assert_eq!(i["reported"]["error"], "e\u{fffd}rr");
 
     // A value stored before the door was guarded (written behind the API's back).
-    let conn = rusqlite::Connection::open(&env.db).unwrap();
-    conn.execute(
+    env.behind_the_back(
         "UPDATE instance SET parameters = ?1, connection = ?1 WHERE title = 'ok'",
-        [r#"{"a": "x\u0000y", "k\u0001": "v"}"#],
-    )
-    .unwrap();
-    drop(conn);
+        Some(r#"{"a": "x\u0000y", "k\u0001": "v"}"#),
+    );
     for uri in [
         "/getFullComputerInformation?computer_id=C1",
         "/registerComputerPartition?computer_reference=C1&computer_partition_reference=slappart0",

@@ -563,7 +563,7 @@ impl InProcess {
         self.master
             .state()
             .db
-            .call(|s| Ok::<_, master_lite::StoreError>(master_lite::store::dump(s.connection())))
+            .call(|s| Ok::<_, master_lite::StoreError>(s.dump()))
             .await
             .unwrap()
     }

@@ -149,7 +149,7 @@ pub(crate) async fn all_roots(
     st: &AppState,
     title: Option<String>,
 ) -> Result<Vec<OwnedRoot>, SlapError> {
-    let all = st.db.call(|s| s.instances_owned()).await?;
+    let all = st.db.read(|s| s.instances_owned()).await?;
     Ok(all
         .into_iter()
         .filter(|(i, _)| i.requester.is_none() && i.root_title == i.title)
@@ -196,7 +196,7 @@ pub(crate) async fn root_shared(
     }
     Ok(st
         .db
-        .call(move |s| s.slap_shared_list(Some(""), title.as_deref(), None))
+        .read(move |s| s.slap_shared_list(Some(""), title.as_deref(), None))
         .await?)
 }
 
@@ -263,7 +263,7 @@ async fn computer_rows(
 ) -> Result<Vec<Json>, SlapError> {
     let list = st
         .db
-        .call(move |s| s.slap_computer_list(reference.as_deref()))
+        .read(move |s| s.slap_computer_list(reference.as_deref()))
         .await?;
     Ok(list
         .into_iter()
@@ -361,7 +361,7 @@ async fn computer_view(
     }
     let list = st
         .db
-        .call(move |s| s.slap_computer_list(Some(&reference)))
+        .read(move |s| s.slap_computer_list(Some(&reference)))
         .await?;
     let Some(id) = list.into_iter().next().map(|c| c.id) else {
         return Ok(StatusCode::NOT_FOUND.into_response());

@@ -398,7 +398,7 @@ async fn full_computer(
     let c = wire::forms::required(&q, "computer_id")?.to_owned();
     check_computer(&who, &c, |c| Action::Node(c))?;
     let id = c.clone();
-    let found = st.db.call(move |s| s.slap_computer(&id)).await?;
+    let found = st.db.read(move |s| s.slap_computer(&id)).await?;
     let doc = match found {
         Some(comp) => ComputerDoc {
             computer_id: c.clone(),
@@ -436,7 +436,7 @@ async fn register_partition(
         Action::ReadPartition(c, p)
     })?;
     let (c, p) = (r.computer_id.clone(), r.partition_id.clone());
-    let found = st.db.call(move |s| s.slap_partition(&c, &p)).await?;
+    let found = st.db.read(move |s| s.slap_partition(&c, &p)).await?;
     let Some(part) = found else {
         return Err(server_error(format!(
             "UnauthorizedError: partition {} of computer {} is not registered",

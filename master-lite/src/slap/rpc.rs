@@ -456,7 +456,7 @@ async fn endpoint(
         E::ComputeNodeSoftwareInstallationList => {
             let c = s("computer_guid");
             let id = c.clone();
-            let Some(comp) = st.db.call(move |s| s.slap_computer(&id)).await? else {
+            let Some(comp) = st.db.read(move |s| s.slap_computer(&id)).await? else {
                 return Err(forbidden(format!("{c} is not registered.")));
             };
             let list: Vec<Json> = comp
@@ -487,7 +487,7 @@ async fn endpoint(
         E::ComputeNodeInstanceList => {
             let c = s("computer_guid");
             let id = c.clone();
-            let Some(comp) = st.db.call(move |s| s.slap_computer(&id)).await? else {
+            let Some(comp) = st.db.read(move |s| s.slap_computer(&id)).await? else {
                 return Err(forbidden(format!("{c} is not registered.")));
             };
             let list: Vec<Json> = comp
@@ -517,7 +517,7 @@ async fn endpoint(
             };
             let list = st
                 .db
-                .call(move |s| s.slap_shared_list(None, None, Some((&c, &p.id))))
+                .read(move |s| s.slap_shared_list(None, None, Some((&c, &p.id))))
                 .await?;
             let list: Vec<Json> = list
                 .iter()
@@ -548,7 +548,7 @@ async fn endpoint(
         E::ComputePartition => {
             let (c, p) = (s("computer_guid"), s("compute_partition_id"));
             let (cc, pp) = (c.clone(), p.clone());
-            match st.db.call(move |s| s.slap_partition(&cc, &pp)).await? {
+            match st.db.read(move |s| s.slap_partition(&cc, &pp)).await? {
                 Some(part) if part.instance.is_some() => ok(instance_json(&c, &part)),
                 _ => Err(forbidden(format!("No instance on partition {p} found."))),
             }
@@ -585,7 +585,7 @@ async fn endpoint(
             ok(json!({"result_list": list}))
         }
         E::ComputeNodeList => {
-            let list = st.db.call(|s| s.slap_computer_list(None)).await?;
+            let list = st.db.read(|s| s.slap_computer_list(None)).await?;
             let list: Vec<Json> = list
                 .iter()
                 .filter(|c| computer_readable(&who, &c.id))
@@ -1101,7 +1101,7 @@ async fn shared_row(
 ) -> Result<Option<SharedRow>, RpcError> {
     Ok(st
         .db
-        .call(move |s| s.slap_shared_list(Some(&root), Some(&title), None))
+        .read(move |s| s.slap_shared_list(Some(&root), Some(&title), None))
         .await?
         .pop())
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use super::sql::SqlError;
+
 /// A store call failed. The text is what callers see (except for `Db` and `Internal`, whose
 /// details the serving layer only logs).
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +41,22 @@ pub enum StoreError {
     Db {
         /// What the store was doing.
         op: &'static str,
-        /// The SQLite error.
+        /// The engine's error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
+    },
+    /// The database server cannot be reached (PostgreSQL): nothing was read or written; the
+    /// replica reconnects on the next call.
+    #[error(
+        "the master's database is unreachable (while trying to {op}): {source}; nothing was \
+         read or written, retry shortly"
+    )]
+    Unavailable {
+        /// What the store was doing.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: SqlError,
     },
     /// Stored data is inconsistent, or another fault of the master's own.
     #[error("{0}")]
@@ -91,13 +106,22 @@ pub enum OpenError {
     /// A schema migration failed; the database is left at the previous version.
     #[error("failed to migrate the database {path} to schema version {version}: {source}")]
     Migrate {
-        /// Database path.
+        /// Database path (or PostgreSQL URL without its password).
         path: PathBuf,
         /// The migration that failed.
         version: u32,
-        /// SQLite error.
+        /// The engine's error.
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
+    },
+    /// The PostgreSQL server could not be reached or refused the connection.
+    #[error("failed to open the PostgreSQL database {url}: {source}")]
+    Postgres {
+        /// The URL, password removed.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: postgres::Error,
     },
     /// The database was written by a newer master.
     #[error(
@@ -121,14 +145,23 @@ pub(crate) trait DbContext<T> {
     fn op(self, op: &'static str) -> Result<T, StoreError>;
 }
 
-impl<T> DbContext<T> for Result<T, rusqlite::Error> {
+impl<T> DbContext<T> for Result<T, SqlError> {
     fn op(self, op: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| {
-            if super::disk::is_disk_full(&source) {
+            if source.sqlite().is_some_and(super::disk::is_disk_full) {
                 StoreError::DiskFull { op }
+            } else if source.is_unavailable() {
+                StoreError::Unavailable { op, source }
             } else {
                 StoreError::Db { op, source }
             }
         })
+    }
+}
+
+impl StoreError {
+    /// A serialization failure or deadlock (PostgreSQL): the whole call may run again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Db { source, .. } if source.is_retryable())
     }
 }

@@ -1,11 +1,11 @@
 //! Identities in the store (migration 5): issued certificates and their revocation, one-time
 //! enrollment tokens, and the owners of root instances.
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, params};
 use slapos_proto::{ComputerId, InstanceInfo, InstanceTitle, PartitionRef};
 
 use super::error::{DbContext, StoreError};
-use super::{Cached, Result, Store, decode, find_instance, instance_info_by_id, ms};
+use super::{Result, Store, decode, find_instance, instance_info_by_id, ms};
 
 /// One row of the `certificate` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +31,14 @@ pub struct Enrolled {
     pub computer: ComputerId,
 }
 
-fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertificateRow> {
+fn cert_row(r: &super::sql::Row) -> super::sql::SqlResult<CertificateRow> {
     Ok(CertificateRow {
         serial: r.get(0)?,
         identity: r.get(1)?,
         kind: r.get(2)?,
-        issued_ms: r.get::<_, i64>(3)? as u64,
-        expires_ms: r.get::<_, i64>(4)? as u64,
-        revoked_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        issued_ms: r.get::<i64>(3)? as u64,
+        expires_ms: r.get::<i64>(4)? as u64,
+        revoked_ms: r.get::<Option<i64>>(5)?.map(|v| v as u64),
     })
 }
 
@@ -252,19 +252,19 @@ impl Store {
     }
 }
 
-fn tree_owner(tx: &rusqlite::Transaction<'_>, root: &str) -> Result<Option<String>> {
+fn tree_owner(tx: &super::sql::Transaction<'_>, root: &str) -> Result<Option<String>> {
     Ok(tx
         .q_row(
             "SELECT owner FROM instance WHERE root = '' AND title = ?1",
             [root],
-            |r| r.get::<_, Option<String>>(0),
+            |r| r.get::<Option<String>>(0),
         )
         .optional()
         .op("look up the owner of a tree")?
         .flatten())
 }
 
-fn token(tx: &rusqlite::Transaction<'_>, hash: &str, now_ms: u64) -> Result<Enrolled> {
+fn token(tx: &super::sql::Transaction<'_>, hash: &str, now_ms: u64) -> Result<Enrolled> {
     let row: Option<(String, i64, Option<i64>)> = tx
         .q_row(
             "SELECT computer, expires_ms, used_ms FROM enroll_token WHERE hash = ?1",
@@ -291,7 +291,7 @@ fn token(tx: &rusqlite::Transaction<'_>, hash: &str, now_ms: u64) -> Result<Enro
     })
 }
 
-fn insert_certificate(tx: &rusqlite::Transaction<'_>, row: &CertificateRow) -> Result<()> {
+fn insert_certificate(tx: &super::sql::Transaction<'_>, row: &CertificateRow) -> Result<()> {
     tx.exec(
         "INSERT INTO certificate (serial, identity, kind, issued_ms, expires_ms, revoked_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -37,12 +37,14 @@
 //! * A root's state change (request or state route) is applied to its whole tree; a destroyed
 //!   child stays destroyed when the tree is started again.
 
+pub mod copy;
 pub mod disk;
 pub mod error;
 mod identity;
 pub mod models;
 pub mod schema;
 mod slap;
+pub mod sql;
 
 pub use identity::{CertificateRow, Enrolled};
 
@@ -57,7 +59,6 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use slapos_proto::{
     Assignment, ComputerId, ComputerInfo, DesiredPartition, DesiredSoftware, DesiredState,
     InstallState, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, LabelKey, Params,
@@ -65,6 +66,7 @@ use slapos_proto::{
     ReportedStatus, SoftwareInfo, SoftwareReport, SoftwareType, SoftwareUrl, SupplyRequest,
     SupplyState,
 };
+use sql::{Conn, OptionalExtension, Row, Transaction, params};
 
 use error::DbContext;
 pub use error::{OpenError, StoreError};
@@ -127,14 +129,18 @@ fn clean_report(rep: &PartitionReport) -> PartitionReport {
 
 /// The master's database.
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
     touched: Vec<(ComputerId, u64)>,
     reserve: disk::Reserve,
+    /// The PostgreSQL URL to reconnect to (None on SQLite).
+    pg_url: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("engine", &self.conn.engine())
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,6 +158,76 @@ fn open_error(path: &Path, source: rusqlite::Error) -> OpenError {
     }
 }
 
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    // postgres://user:secret@host/db -> postgres://user:***@host/db
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((cred, host)) = rest.rsplit_once('@')
+        && let Some((user, _)) = cred.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// Where the master's state lives: `sqlite:PATH`, a bare path (SQLite), or
+/// `postgres://…` / `postgresql://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
+impl FromStr for DbUrl {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>()
+                .map_err(|e| format!("invalid PostgreSQL URL {}: {e}", redact(s)))?;
+            Ok(DbUrl::Postgres(s.to_owned()))
+        } else if let Some(p) = s.strip_prefix("sqlite:") {
+            if p.is_empty() {
+                return Err("sqlite: needs a path (sqlite:/var/lib/slapos/master.db)".into());
+            }
+            Ok(DbUrl::Sqlite(PathBuf::from(p)))
+        } else if s.is_empty() {
+            Err("empty database location".into())
+        } else {
+            Ok(DbUrl::Sqlite(PathBuf::from(s)))
+        }
+    }
+}
+
+impl std::fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            DbUrl::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+impl From<&Path> for DbUrl {
+    fn from(p: &Path) -> Self {
+        DbUrl::Sqlite(p.to_owned())
+    }
+}
+
+/// PostgreSQL channel on which committed changes are announced to every replica: the payload
+/// is `<computer id> <etag>` (ids hold no space).
+pub const NOTIFY_CHANNEL: &str = "slapos_desired";
+
+/// Connect to PostgreSQL (no TLS: run the database on a trusted network or a local socket).
+pub fn pg_connect(url: &str) -> std::result::Result<postgres::Client, postgres::Error> {
+    let mut cfg: postgres::Config = url.parse()?;
+    cfg.connect_timeout(std::time::Duration::from_secs(5));
+    cfg.keepalives_idle(std::time::Duration::from_secs(10));
+    cfg.application_name("slapos-master");
+    cfg.connect(postgres::NoTls)
+}
+
 impl Store {
     /// Open (or create) the database file at `path`, configure it and migrate it. Files the
     /// group or others may read are refused ([`disk::prepare_files`]).
@@ -167,24 +243,49 @@ impl Store {
         fix_modes: bool,
     ) -> std::result::Result<Self, OpenError> {
         disk::prepare_files(path, fix_modes)?;
-        let conn = Connection::open(path).map_err(|source| open_error(path, source))?;
+        let conn = rusqlite::Connection::open(path).map_err(|source| open_error(path, source))?;
         Self::setup(conn, path, now_ms, Some(path.to_owned()))
     }
 
     /// A store in memory (tests, throw-away masters). Same code path as on disk.
     pub fn open_in_memory(now_ms: u64) -> std::result::Result<Self, OpenError> {
         let path = Path::new(":memory:");
-        let conn = Connection::open_in_memory().map_err(|source| open_error(path, source))?;
+        let conn =
+            rusqlite::Connection::open_in_memory().map_err(|source| open_error(path, source))?;
         Self::setup(conn, path, now_ms, None)
     }
 
+    /// Open the database `db` names (one connection).
+    pub fn open_url(db: &DbUrl, now_ms: u64) -> std::result::Result<Self, OpenError> {
+        match db {
+            DbUrl::Sqlite(p) => Self::open(p, now_ms),
+            DbUrl::Postgres(u) => Self::open_postgres(u, now_ms),
+        }
+    }
+
+    /// A store on a PostgreSQL database (`postgres://user:pass@host:port/db`), migrated under
+    /// an advisory lock so that replicas starting together migrate once.
+    pub fn open_postgres(url: &str, now_ms: u64) -> std::result::Result<Self, OpenError> {
+        let mut client = pg_connect(url).map_err(|source| OpenError::Postgres {
+            url: redact(url),
+            source,
+        })?;
+        schema::migrate_pg(&mut client, url, now_ms)?;
+        Ok(Self {
+            conn: Conn::postgres(client),
+            touched: Vec::new(),
+            reserve: disk::Reserve::new(None, 0),
+            pg_url: Some(url.to_owned()),
+        })
+    }
+
     fn setup(
-        mut conn: Connection,
+        mut conn: rusqlite::Connection,
         path: &Path,
         now_ms: u64,
         file: Option<PathBuf>,
     ) -> std::result::Result<Self, OpenError> {
-        let cfg = |conn: &Connection| -> rusqlite::Result<()> {
+        let cfg = |conn: &rusqlite::Connection| -> rusqlite::Result<()> {
             // WAL + FULL: see the module doc (Durability).
             let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
             conn.pragma_update(None, "synchronous", "FULL")?;
@@ -198,9 +299,10 @@ impl Store {
         cfg(&conn).map_err(|source| open_error(path, source))?;
         schema::migrate(&mut conn, path, now_ms)?;
         let mut store = Self {
-            conn,
+            conn: Conn::sqlite(conn),
             touched: Vec::new(),
             reserve: disk::Reserve::new(file, disk::RESERVE_BYTES),
+            pg_url: None,
         };
         store.maintain();
         Ok(store)
@@ -209,7 +311,10 @@ impl Store {
     /// Housekeeping between calls (the database thread runs it now and then): refill the space
     /// reserve ([`disk`]) while the filesystem has room. Failures are logged, never fatal.
     pub fn maintain(&mut self) {
-        match self.reserve.top_up(&self.conn) {
+        let Some(conn) = self.conn.as_sqlite() else {
+            return;
+        };
+        match self.reserve.top_up(conn) {
             Ok(held) if held < disk::RESERVE_BYTES / 2 => tracing::debug!(
                 held,
                 "database space reserve below half (its filesystem is short of space)"
@@ -225,25 +330,88 @@ impl Store {
         std::mem::take(&mut self.touched)
     }
 
-    /// The underlying connection (diagnostics and tests).
-    pub fn connection(&self) -> &Connection {
+    /// Open a group commit ([`crate::db`]): the calls until [`Store::group_commit`] share one
+    /// transaction, each in a savepoint of its own.
+    pub fn group_begin(&mut self) -> Result<()> {
+        self.conn.begin_group().op("begin a group commit")
+    }
+
+    /// Commit the group. On failure nothing of the group is kept, and the computers its calls
+    /// touched are forgotten (nothing changed for their polls).
+    pub fn group_commit(&mut self) -> Result<()> {
+        let r = self.conn.end_group().op("commit a group of calls");
+        if r.is_err() {
+            self.touched.clear();
+        }
+        r
+    }
+
+    /// A read-only connection to the SQLite file at `path`, already migrated by its writer
+    /// ([`crate::db::start_sqlite`]); writes through it fail.
+    pub fn open_reader(path: &Path) -> std::result::Result<Self, OpenError> {
+        let conn = rusqlite::Connection::open(path).map_err(|source| open_error(path, source))?;
+        let cfg = |conn: &rusqlite::Connection| -> rusqlite::Result<()> {
+            conn.pragma_update(None, "query_only", "ON")?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            Ok(())
+        };
+        cfg(&conn).map_err(|source| open_error(path, source))?;
+        Ok(Self {
+            conn: Conn::sqlite(conn),
+            touched: Vec::new(),
+            reserve: disk::Reserve::new(None, 0),
+            pg_url: None,
+        })
+    }
+
+    /// The underlying connection (diagnostics, tests, `migrate`).
+    pub fn connection(&self) -> &Conn {
         &self.conn
     }
 
+    /// The engine this store runs on.
+    pub fn engine(&self) -> sql::Engine {
+        self.conn.engine()
+    }
+
+    /// On PostgreSQL, a lost connection is replaced before the next call; a failure to
+    /// reconnect is [`StoreError::Unavailable`] (the call is answered 503).
+    fn ensure_connected(&mut self) -> Result<()> {
+        let Some(url) = &self.pg_url else {
+            return Ok(());
+        };
+        if !self.conn.is_closed() {
+            return Ok(());
+        }
+        match pg_connect(url) {
+            Ok(client) => {
+                tracing::info!("reconnected to the database {}", redact(url));
+                self.conn = Conn::postgres(client);
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Unavailable {
+                op: "reconnect to the database",
+                source: sql::SqlError::Pg(e),
+            }),
+        }
+    }
+
     fn write(&mut self) -> Result<Tx<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .op("begin a write transaction")?;
+        self.ensure_connected()?;
+        let tx = self.conn.begin(true).op("begin a write transaction")?;
         Ok(Tx::new(tx, &mut self.touched))
     }
 
     fn read(&mut self) -> Result<Tx<'_>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .op("begin a read transaction")?;
+        self.ensure_connected()?;
+        let tx = self.conn.begin(false).op("begin a read transaction")?;
         Ok(Tx::new(tx, &mut self.touched))
+    }
+
+    /// Every row of every table, as text (see [`dump`]), on either engine.
+    pub fn dump(&self) -> String {
+        dump_conn(&self.conn)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -429,7 +597,7 @@ impl Store {
             "read releases",
             "SELECT url, requested FROM software WHERE computer = ?1 ORDER BY rowid",
             [cs],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
         )?
         .into_iter()
         .map(|(url, state)| {
@@ -449,9 +617,9 @@ impl Store {
             [cs],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
                 ))
             },
         )? {
@@ -472,11 +640,11 @@ impl Store {
             ),
             [cs],
             |r| {
-                let inst = match r.get::<_, Option<i64>>(1)? {
+                let inst = match r.get::<Option<i64>>(1)? {
                     Some(_) => Some(InstanceRow::from_row(r, 1)?),
                     None => None,
                 };
-                Ok((r.get::<_, String>(0)?, inst))
+                Ok((r.get::<String>(0)?, inst))
             },
         )? {
             let instance = match inst {
@@ -730,7 +898,7 @@ impl Store {
             tx.q_row(
                 "SELECT state FROM instance WHERE root = '' AND title = ?1",
                 [&root],
-                |r| r.get::<_, String>(0),
+                |r| r.get::<String>(0),
             )
             .optional()
             .op("look up the tree root")?
@@ -779,27 +947,28 @@ impl Store {
                 let (computer, partition) =
                     allocate(&tx, &req.software_url, &sla, title, rules.require_supply)?;
                 let seq = tx.seq()?;
-                tx.exec(
-                    "INSERT INTO instance (title, root, requester, software_url, software_type,
+                let id: i64 = tx
+                    .q_row(
+                        "INSERT INTO instance (title, root, requester, software_url, software_type,
                          parameters, state, computer, partition, revision, created_ms, owner)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    params![
-                        title,
-                        root,
-                        requester.as_ref().map(|r| r.id),
-                        req.software_url.as_str(),
-                        req.software_type.as_str(),
-                        to_json(&req.parameters)?,
-                        state.as_str(),
-                        computer,
-                        partition,
-                        seq,
-                        ms(now_ms),
-                        if root.is_empty() { owner } else { None }
-                    ],
-                )
-                .op("insert an instance")?;
-                let id = tx.last_insert_rowid();
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                        params![
+                            title,
+                            root,
+                            requester.as_ref().map(|r| r.id),
+                            req.software_url.as_str(),
+                            req.software_type.as_str(),
+                            to_json(&req.parameters)?,
+                            state.as_str(),
+                            computer,
+                            partition,
+                            seq,
+                            ms(now_ms),
+                            if root.is_empty() { owner } else { None }
+                        ],
+                        |r| r.get(0),
+                    )
+                    .op("insert an instance")?;
                 tx.bump_instance(id)?;
                 if let Some(r) = &requester {
                     tx.bump_instance(r.id)?; // its children map gained an entry
@@ -901,13 +1070,15 @@ impl<'c> Tx<'c> {
         if let Some(s) = self.seq {
             return Ok(s);
         }
+        let next = match self.tx.engine() {
+            sql::Engine::Sqlite => {
+                "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value"
+            }
+            sql::Engine::Postgres => "SELECT nextval('revision_seq')",
+        };
         let s = self
             .tx
-            .q_row(
-                "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",
-                [],
-                |r| r.get(0),
-            )
+            .q_row(next, [], |r| r.get(0))
             .op("advance the revision counter")?;
         self.seq = Some(s);
         Ok(s)
@@ -945,6 +1116,17 @@ impl<'c> Tx<'c> {
     }
 
     fn commit(self) -> Result<()> {
+        if self.tx.engine() == sql::Engine::Postgres {
+            // Delivered to every replica's listener when (and only if) this commits.
+            for (c, etag) in &self.touched {
+                self.tx
+                    .exec(
+                        "SELECT pg_notify(?1, ?2)",
+                        params![NOTIFY_CHANNEL, format!("{c} {etag}")],
+                    )
+                    .op("announce a change")?;
+            }
+        }
         self.tx.commit().op("commit")?;
         for (c, etag) in self.touched {
             let id = ComputerId::parse(c)
@@ -984,7 +1166,7 @@ impl InstanceRow {
         i.software_type, i.parameters, i.state, i.computer, i.partition, i.connection, \
         i.reported, i.bang, i.revision";
 
-    fn from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
+    fn from_row(r: &Row, at: usize) -> sql::SqlResult<Self> {
         Ok(Self {
             id: r.get(at)?,
             title: r.get(at + 1)?,
@@ -1224,7 +1406,7 @@ fn record_local_uids(tx: &Tx<'_>, reg: &RegisterComputer, from_this_host: bool) 
         }
         tx.exec(
             "UPDATE partition SET local_uid = ?3 WHERE computer = ?1 AND id = ?2
-               AND local_uid IS NOT ?3",
+               AND local_uid IS DISTINCT FROM ?3",
             params![c, spec.id.as_str(), uid],
         )
         .op("record a partition's local user")?;
@@ -1249,12 +1431,12 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
     if labels(tx, c)? != reg.labels {
         tx.exec("DELETE FROM label WHERE computer = ?1", [c])
             .op("replace labels")?;
-        let mut ins = tx
-            .prepare_cached("INSERT INTO label (computer, key, value) VALUES (?1, ?2, ?3)")
-            .op("replace labels")?;
         for (k, v) in &reg.labels {
-            ins.execute(params![c, k.as_str(), v])
-                .op("replace labels")?;
+            tx.exec(
+                "INSERT INTO label (computer, key, value) VALUES (?1, ?2, ?3)",
+                params![c, k.as_str(), v],
+            )
+            .op("replace labels")?;
         }
     }
     // Known partitions: id -> ((addresses, interface), allocated).
@@ -1272,39 +1454,28 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
     .collect();
     let mut changed = !existed;
     {
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO partition (computer, id, addresses, interface)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .op("insert a partition")?;
-        let mut upd = tx
-            .prepare_cached(
-                "UPDATE partition SET addresses = ?3, interface = ?4
-                 WHERE computer = ?1 AND id = ?2",
-            )
-            .op("update a partition")?;
+        const INSERT: &str = "INSERT INTO partition (computer, id, addresses, interface)
+                              VALUES (?1, ?2, ?3, ?4)";
+        const UPDATE: &str = "UPDATE partition SET addresses = ?3, interface = ?4
+                              WHERE computer = ?1 AND id = ?2";
         for spec in &reg.partitions {
             let addresses = to_json(&spec.addresses)?;
             let iface = spec.interface.as_deref();
             match known.remove(spec.id.as_str()) {
                 None => {
-                    ins.execute(params![c, spec.id.as_str(), addresses, iface])
+                    tx.exec(INSERT, params![c, spec.id.as_str(), addresses, iface])
                         .op("insert a partition")?;
                     changed = true;
                 }
                 Some(((old, old_iface), _))
                     if old != addresses || old_iface.as_deref() != iface =>
                 {
-                    upd.execute(params![c, spec.id.as_str(), addresses, iface])
+                    tx.exec(UPDATE, params![c, spec.id.as_str(), addresses, iface])
                         .op("update a partition")?;
                 }
                 Some(_) => {}
             }
         }
-        let mut del = tx
-            .prepare_cached("DELETE FROM partition WHERE computer = ?1 AND id = ?2")
-            .op("drop a partition")?;
         for (id, (_, allocated)) in known {
             if allocated {
                 tracing::warn!(
@@ -1313,7 +1484,11 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
                     "re-registration omits an allocated partition; it is kept until freed"
                 );
             } else {
-                del.execute(params![c, id]).op("drop a partition")?;
+                tx.exec(
+                    "DELETE FROM partition WHERE computer = ?1 AND id = ?2",
+                    params![c, id],
+                )
+                .op("drop a partition")?;
                 changed = true;
             }
         }
@@ -1324,56 +1499,27 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
     Ok(())
 }
 
-/// Prepared statements kept per connection: every distinct statement the store runs fits.
+/// Prepared statements kept per SQLite connection: every distinct statement the store runs
+/// fits. A request runs about a dozen statements; compiling each one anew cost more than running
+/// it (slap-bench, see docs/slap.md), so every store statement goes through the cache
+/// ([`sql::Conn`] prepares through it; PostgreSQL keeps its own map).
 const STATEMENT_CACHE: usize = 256;
-
-/// Statements through the connection's prepared-statement cache. A request runs about a dozen
-/// statements; compiling each one anew cost more than running it (slap-bench, `request new`
-/// job time 0.76 → see docs/slap.md), so every store statement goes through here.
-pub(super) trait Cached {
-    fn q_row<T>(
-        &self,
-        sql: &str,
-        p: impl rusqlite::Params,
-        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T>;
-    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize>;
-}
-
-impl Cached for Connection {
-    fn q_row<T>(
-        &self,
-        sql: &str,
-        p: impl rusqlite::Params,
-        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        self.prepare_cached(sql)?.query_row(p, f)
-    }
-
-    fn exec(&self, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
-        self.prepare_cached(sql)?.execute(p)
-    }
-}
 
 fn rows<T>(
     tx: &Transaction<'_>,
     op: &'static str,
     sql: &str,
-    p: impl rusqlite::Params,
-    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    p: impl sql::Params,
+    f: impl FnMut(&Row) -> sql::SqlResult<T>,
 ) -> Result<Vec<T>> {
-    let mut st = tx.prepare_cached(sql).op(op)?;
-    st.query_map(p, f)
-        .op(op)?
-        .collect::<rusqlite::Result<_>>()
-        .op(op)
+    tx.query_map(sql, p, f).op(op)
 }
 
-fn titles(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<String>> {
+fn titles(tx: &Transaction<'_>, sql: &str, p: impl sql::Params) -> Result<Vec<String>> {
     rows(tx, "list titles", sql, p, |r| r.get(0))
 }
 
-fn ids(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<i64>> {
+fn ids(tx: &Transaction<'_>, sql: &str, p: impl sql::Params) -> Result<Vec<i64>> {
     rows(tx, "list instance ids", sql, p, |r| r.get(0))
 }
 
@@ -1432,7 +1578,7 @@ fn labels(tx: &Transaction<'_>, c: &str) -> Result<BTreeMap<LabelKey, String>> {
         "read labels",
         "SELECT key, value FROM label WHERE computer = ?1",
         [c],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
     )?
     .into_iter()
     .map(|(k, v)| Ok((decode::<LabelKey>(&k)?, v)))
@@ -1457,9 +1603,9 @@ fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
         [c],
         |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<String>>(2)?,
             ))
         },
     )?
@@ -1480,11 +1626,11 @@ fn computer_info(tx: &Transaction<'_>, c: &str) -> Result<ComputerInfo> {
         [c],
         |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<String>>(2)?,
+                r.get::<Option<String>>(3)?,
+                r.get::<Option<String>>(4)?,
             ))
         },
     )?
@@ -1748,16 +1894,14 @@ fn allocate(
     };
     let sql = format!(
         "SELECT p.computer, p.id FROM partition p {supply}
-         WHERE ?1 = ?1 AND NOT EXISTS (SELECT 1 FROM instance i
+         WHERE CAST(?1 AS TEXT) = CAST(?1 AS TEXT) AND NOT EXISTS (SELECT 1 FROM instance i
                            WHERE i.computer = p.computer AND i.partition = p.id){cond}
          ORDER BY p.seq LIMIT 1"
     );
-    let mut all: Vec<&str> = vec![url.as_str()];
-    all.extend(args.iter().map(String::as_str));
+    let mut all: Vec<sql::Value> = vec![sql::Value::Text(url.as_str().to_owned())];
+    all.extend(args.iter().map(|a| sql::Value::Text(a.clone())));
     let found: Option<(String, String)> = tx
-        .q_row(&sql, rusqlite::params_from_iter(all), |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .q_row(&sql, all, |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .op("find a free partition")?;
     if let Some(f) = found {
@@ -1772,7 +1916,9 @@ fn allocate(
             "SELECT c.id FROM (SELECT id AS computer, id FROM computer) c WHERE 1 = 1{cond} \
              ORDER BY c.id"
         ),
-        rusqlite::params_from_iter(args.iter()),
+        args.iter()
+            .map(|a| sql::Value::Text(a.clone()))
+            .collect::<Vec<_>>(),
         |r| r.get(0),
     )?;
     let mut with_release = Vec::new();
@@ -1865,23 +2011,26 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
     Ok(())
 }
 
+/// The tables of the schema, in dependency order (parents first).
+pub const TABLES: [&str; 11] = [
+    "meta",
+    "computer",
+    "label",
+    "partition",
+    "software",
+    "instance",
+    "slap_computer",
+    "slap_address",
+    "slap_shared",
+    "certificate",
+    "enroll_token",
+];
+
 /// Every row of every table, as text: lets tests check that a refused call changed nothing.
 #[doc(hidden)]
-pub fn dump(conn: &Connection) -> String {
+pub fn dump(conn: &rusqlite::Connection) -> String {
     let mut out = String::new();
-    for table in [
-        "meta",
-        "computer",
-        "label",
-        "partition",
-        "software",
-        "instance",
-        "slap_computer",
-        "slap_address",
-        "slap_shared",
-        "certificate",
-        "enroll_token",
-    ] {
+    for table in TABLES {
         let Ok(mut st) = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")) else {
             out.push_str(&format!("{table}: unreadable\n"));
             continue;
@@ -1903,5 +2052,35 @@ pub fn dump(conn: &Connection) -> String {
     out
 }
 
+/// [`dump`] on either engine; values as [`sql::Value`].
+#[doc(hidden)]
+pub fn dump_conn(conn: &Conn) -> String {
+    let mut out = String::new();
+    for table in TABLES {
+        let rows = conn.query_map(&format!("SELECT * FROM {table} ORDER BY 1, 2"), [], |r| {
+            Ok(r.0
+                .iter()
+                .map(|v| format!("{v:?}"))
+                .collect::<Vec<_>>()
+                .join("|"))
+        });
+        match rows {
+            Ok(rows) => {
+                for row in rows {
+                    out.push_str(&format!("{table}: {row}\n"));
+                }
+            }
+            Err(_) => out.push_str(&format!("{table}: unreadable\n")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;
+
+/// The same tests on a real PostgreSQL server (see `tests.rs`).
+#[cfg(test)]
+#[path = "tests.rs"]
+#[allow(clippy::duplicate_mod)] // on purpose: one body of tests, two engines
+mod tests_pg;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExtension, params};
 use slapos_proto::slap::ComputerConfiguration;
 use slapos_proto::{
     ComputerId, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId,
@@ -18,8 +18,8 @@ use slapos_proto::{
 
 use super::error::{DbContext, StoreError};
 use super::{
-    Cached, InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels,
-    ms, register_in, rows, titles, to_json, touch_seen,
+    InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels, ms,
+    register_in, rows, titles, to_json, touch_seen,
 };
 
 /// An instance as the SLAP routes show it.
@@ -215,7 +215,8 @@ impl Store {
         tx.exec(
             "INSERT INTO slap_computer (id, address, netmask) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET address = excluded.address, netmask = excluded.netmask
-             WHERE address IS NOT excluded.address OR netmask IS NOT excluded.netmask",
+             WHERE slap_computer.address IS DISTINCT FROM excluded.address
+                OR slap_computer.netmask IS DISTINCT FROM excluded.netmask",
             params![c, cfg.address, cfg.netmask],
         )
         .op("record the computer's address")?;
@@ -256,21 +257,19 @@ impl Store {
         if stored != sorted {
             tx.exec("DELETE FROM slap_address WHERE computer = ?1", [c])
                 .op("replace partition addresses")?;
-            let mut ins = tx
-                .prepare_cached(
+            for a in &wanted {
+                tx.exec(
                     "INSERT INTO slap_address (computer, partition, seq, interface, address, netmask)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        c,
+                        a.partition,
+                        a.seq,
+                        a.interface,
+                        a.address,
+                        a.netmask
+                    ],
                 )
-                .op("record partition addresses")?;
-            for a in &wanted {
-                ins.execute(params![
-                    c,
-                    a.partition,
-                    a.seq,
-                    a.interface,
-                    a.address,
-                    a.netmask
-                ])
                 .op("record partition addresses")?;
             }
         }
@@ -311,7 +310,7 @@ impl Store {
             "list computers",
             "SELECT c.id, s.address, s.netmask FROM computer c \
              LEFT JOIN slap_computer s ON s.id = c.id \
-             WHERE ?1 IS NULL OR c.id = ?1 ORDER BY c.id",
+             WHERE CAST(?1 AS TEXT) IS NULL OR c.id = ?1 ORDER BY c.id",
             [reference],
             |r| {
                 Ok(SlapComputerRow {
@@ -357,7 +356,7 @@ impl Store {
                 "SELECT i.id, i.partition, i.software_url, i.software_type FROM instance i
                  JOIN partition p ON p.computer = i.computer AND p.id = i.partition
                  WHERE i.computer = ?1 AND i.software_url = ?2 AND (?3 = '' OR i.software_type = ?3)
-                   AND (?4 IS NULL OR i.partition = ?4)
+                   AND (CAST(?4 AS TEXT) IS NULL OR i.partition = ?4)
                  ORDER BY p.seq LIMIT 1",
                 params![
                     req.computer,
@@ -367,10 +366,10 @@ impl Store {
                 ],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                        r.get::<String>(3)?,
                     ))
                 },
             )
@@ -386,10 +385,10 @@ impl Store {
                 params![root, req.title],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                        r.get::<String>(3)?,
                     ))
                 },
             )
@@ -473,8 +472,8 @@ impl Store {
             "SELECT s.root, s.title, i.computer, i.partition, i.software_url, i.software_type,
                     s.software_type, s.parameters, s.connection, i.revision
              FROM slap_shared s JOIN instance i ON i.id = s.host
-             WHERE (?1 IS NULL OR s.root = ?1) AND (?2 IS NULL OR s.title = ?2)
-               AND (?3 IS NULL OR (i.computer = ?3 AND i.partition = ?4))
+             WHERE (CAST(?1 AS TEXT) IS NULL OR s.root = ?1) AND (CAST(?2 AS TEXT) IS NULL OR s.title = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR (i.computer = ?3 AND i.partition = ?4))
              ORDER BY s.rowid",
             params![root, title, hc, hp],
             |r| {
@@ -487,7 +486,7 @@ impl Store {
                     host_software_type: r.get(5)?,
                     software_type: r.get(6)?,
                     parameters: r.get(7)?,
-                    connection: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+                    connection: serde_json::from_str(&r.get::<String>(8)?).unwrap_or_default(),
                     host_revision: r.get(9)?,
                 })
             },
@@ -513,9 +512,9 @@ impl Store {
                 params![c, p, reference],
                 |r| {
                     Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<Option<i64>>(2)?,
                     ))
                 },
             )
@@ -697,7 +696,7 @@ fn bump_all(tx: &mut Tx<'_>, ids: &[i64]) -> Result<()> {
 
 /// Partitions of computer `c` (only `p` when given) with their instance and `ip_list`.
 fn slap_partitions(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &super::sql::Transaction<'_>,
     c: &str,
     only: Option<&str>,
 ) -> Result<Vec<SlapPartition>> {
@@ -706,9 +705,9 @@ fn slap_partitions(
         tx,
         "read partition addresses",
         "SELECT partition, interface, address FROM slap_address
-         WHERE computer = ?1 AND (?2 IS NULL OR partition = ?2) ORDER BY partition, seq",
+         WHERE computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR partition = ?2) ORDER BY partition, seq",
         params![c, only],
-        |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)),
     )? {
         addresses.entry(p).or_default().push((iface, addr));
     }
@@ -718,19 +717,19 @@ fn slap_partitions(
         &format!(
             "SELECT p.id, p.addresses, p.interface, {} FROM partition p LEFT JOIN instance i
              ON i.computer = p.computer AND i.partition = p.id
-             WHERE p.computer = ?1 AND (?2 IS NULL OR p.id = ?2) ORDER BY p.seq",
+             WHERE p.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR p.id = ?2) ORDER BY p.seq",
             InstanceRow::COLUMNS_I
         ),
         params![c, only],
         |r| {
-            let inst = match r.get::<_, Option<i64>>(3)? {
+            let inst = match r.get::<Option<i64>>(3)? {
                 Some(_) => Some(InstanceRow::from_row(r, 3)?),
                 None => None,
             };
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<Option<String>>(2)?,
                 inst,
             ))
         },
@@ -741,13 +740,13 @@ fn slap_partitions(
         "read shared instances",
         "SELECT s.host, s.root, s.title, s.software_type, s.parameters
          FROM slap_shared s JOIN instance i ON i.id = s.host
-         WHERE i.computer = ?1 AND (?2 IS NULL OR i.partition = ?2) ORDER BY s.rowid",
+         WHERE i.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR i.partition = ?2) ORDER BY s.rowid",
         params![c, only],
         |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                r.get::<i64>(0)?,
                 SharedEntry {
-                    reference: format!("{}_{}", r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                    reference: format!("{}_{}", r.get::<String>(1)?, r.get::<String>(2)?),
                     software_type: r.get(3)?,
                     parameters: r.get(4)?,
                 },

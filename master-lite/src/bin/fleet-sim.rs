@@ -1,0 +1,678 @@
+//! `fleet-sim`: a simulated fleet against real `slapos-master serve` replicas (issue 13).
+//!
+//! ```sh
+//! cargo build --release -p master-lite --bins
+//! target/release/fleet-sim --engine postgres --replicas 2 --nodes 10000 --partitions 10 \
+//!     --requests 2000 --requesters 32
+//! target/release/fleet-sim --engine sqlite --nodes 0 --requests 2000 --requesters 1,32
+//! ```
+//!
+//! It starts the replicas (on PostgreSQL: a throw-away server with durable commits, see
+//! `master_lite::testpg`; on SQLite one replica over a file), all with one `--tls-dir` (the
+//! shared CA). Then:
+//!
+//! 1. the operator (an admin certificate) registers the computers (M partitions each) and
+//!    supplies a release;
+//! 2. each simulated node enrolls its computer (one-time token, its own certificate), opens one
+//!    mTLS keep-alive connection to a replica (round robin) and holds its long poll on its
+//!    desired state, as `slapos-node` does, polling again after each answer;
+//! 3. for each requester count C, C requesters issue K requests for new instances in all,
+//!    each aimed at one computer (`computer_guid`), and the node of that computer records when
+//!    its poll was woken.
+//!
+//! Printed: requests/s, request latency p50/p99, change → node woken p50/p99 (from the
+//! request's send to the node's answer, so it includes the request's own latency), polls
+//! held, RSS and CPU of each replica (and RSS per held poll), the simulator's own CPU, errors.
+//! Nodes do not report back after a change (the write load is the requester's).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use master_lite::store::{DbUrl, Store};
+use slapos_client::Client;
+use slapos_proto::{
+    ComputerId, InstanceRequest, PartitionId, PartitionSpec, RegisterComputer, SoftwareType,
+    SoftwareUrl, SupplyRequest, SupplyState,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "bench_util/mod.rs"]
+mod bench_util;
+
+const SR: &str = "/srv/sr/fleet.toml";
+
+#[derive(Parser)]
+struct Args {
+    /// `sqlite` or `postgres`.
+    #[arg(long, default_value = "postgres")]
+    engine: String,
+    /// Replicas (SQLite: always 1).
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Simulated nodes (one computer, one connection each).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Partitions per computer.
+    #[arg(long, default_value_t = 10)]
+    partitions: usize,
+    /// Requests per requester phase.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Concurrent requesters, one phase per value (`1,32`).
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    requesters: Vec<usize>,
+    /// The `slapos-master` binary [default: next to this one].
+    #[arg(long)]
+    master: Option<PathBuf>,
+}
+
+/// A running replica.
+struct Replica {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn rss_kib(&self) -> u64 {
+        kib(bench_util::proc_status(self.pid(), "VmRSS").unwrap_or_default())
+    }
+    /// CPU seconds used so far (user + system).
+    fn cpu_secs(&self) -> f64 {
+        cpu_of(self.pid())
+    }
+}
+
+fn kib(v: String) -> u64 {
+    v.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // USER_HZ: 100 on every Linux userland ABI.
+    let tck = 100.0;
+    // utime and stime are fields 14 and 15; after the ')' they are the 12th and 13th.
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / tck
+}
+
+fn self_cpu() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+fn spawn_replica(bin: &Path, db: &str, tls: &Path) -> Result<Replica> {
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db", db, "--tls-dir"])
+        .arg(tls)
+        .env("SLAPOS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start slapos-master serve")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let url = master_lite::listening_url(&line)
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    Ok(Replica { child, url })
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// One HTTP/1.1 exchange on a kept-alive stream: status, `ETag` (without quotes).
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    req: &str,
+) -> std::io::Result<(u16, Option<String>)> {
+    s.write_all(req.as_bytes()).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (mut len, mut chunked, mut etag) = (0usize, false, None);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        match k.as_str() {
+            "content-length" => len = v.parse().unwrap_or(0),
+            "transfer-encoding" => chunked = v.eq_ignore_ascii_case("chunked"),
+            "etag" => etag = Some(v.trim_matches('"').to_owned()),
+            _ => {}
+        }
+    }
+    if chunked {
+        while !buf[head_end..].ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        while buf.len() < head_end + len {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+    buf.clear();
+    buf.shrink_to(4096);
+    Ok((status, etag))
+}
+
+/// What the nodes share with the requesters.
+struct Board {
+    /// Per computer: ns since `t0` when a request for it was sent (0: none yet).
+    sent: Vec<AtomicU64>,
+    /// Per computer: ns since `t0` when its node was woken after that (0: not yet).
+    woken: Vec<AtomicU64>,
+    held: AtomicUsize,
+    errors: AtomicUsize,
+    t0: Instant,
+}
+
+impl Board {
+    fn now(&self) -> u64 {
+        u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+fn tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let certs =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)?;
+    Ok(Arc::new(cfg))
+}
+
+/// One node: connect, read the desired state, then hold long polls forever.
+async fn node(
+    i: usize,
+    addr: String,
+    cfg: Arc<rustls::ClientConfig>,
+    board: Arc<Board>,
+    gate: Arc<tokio::sync::Semaphore>,
+) {
+    let path = format!("/v1/computers/N{i}/desired");
+    let mut buf = Vec::new();
+    let connect = async {
+        let _permit = gate.acquire().await.ok();
+        let tcp = tokio::net::TcpStream::connect(&addr).await?;
+        let name =
+            rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+        tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+    };
+    let mut s = match connect.await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("node {i}: connect: {e}");
+            board.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let first = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut etag = match exchange(&mut s, &mut buf, &first).await {
+        Ok((200, Some(e))) => e,
+        other => {
+            eprintln!("node {i}: first read: {other:?}");
+            board.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    loop {
+        let req = format!("GET {path}?etag={etag}&wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        board.held.fetch_add(1, Ordering::Relaxed);
+        let r = exchange(&mut s, &mut buf, &req).await;
+        board.held.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Ok((200, Some(e))) => {
+                etag = e;
+                if board.sent[i].load(Ordering::Relaxed) != 0 {
+                    let _ = board.woken[i].compare_exchange(
+                        0,
+                        board.now(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            Ok((304, _)) => {}
+            other => {
+                eprintln!("node {i}: poll: {other:?}");
+                board.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn registration(id: &str, partitions: usize) -> RegisterComputer {
+    RegisterComputer {
+        id: ComputerId::parse(id).expect("valid id"),
+        partitions: (0..partitions)
+            .map(|p| PartitionSpec {
+                id: PartitionId::parse(format!("slappart{p}")).expect("valid id"),
+                addresses: vec![],
+                interface: None,
+                uid: None,
+            })
+            .collect(),
+        labels: Default::default(),
+    }
+}
+
+/// Run `f(&mut state, i)` for `i in 0..n` over `threads` threads, each with its own state
+/// (a kept-alive client) made by `init(thread)`.
+fn parallel<S, I, F>(n: usize, threads: usize, init: I, f: F) -> Result<()>
+where
+    I: Fn(usize) -> Result<S> + Sync,
+    F: Fn(&mut S, usize) -> Result<()> + Sync,
+{
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (next, init, f) = (&next, &init, &f);
+                s.spawn(move || -> Result<()> {
+                    let mut state = init(t)?;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(());
+                        }
+                        f(&mut state, i)?;
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let nofile = master_lite::server::raise_nofile();
+    let bin = match &args.master {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("slapos-master"),
+    };
+    let dir = TempDir(std::env::temp_dir().join(format!("fleet-sim-{}", std::process::id())));
+    std::fs::create_dir_all(dir.path())?;
+    let tls = dir.path().join("tls");
+    let pg;
+    let (db, replicas) = match args.engine.as_str() {
+        "sqlite" => (
+            format!("sqlite:{}", dir.path().join("master.db").display()),
+            1,
+        ),
+        "postgres" => {
+            pg = master_lite::testpg::TestPg::start_with(true)
+                .map_err(|s| anyhow::anyhow!("PostgreSQL: {}", s.0))?;
+            (pg.create_db("fleet")?, args.replicas.max(1))
+        }
+        other => bail!("--engine sqlite|postgres, not {other}"),
+    };
+    let dburl: DbUrl = db.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    // The operator's certificate; this also creates the CA the replicas share.
+    let ops = dir.path().join("ops");
+    let out = Command::new(&bin)
+        .args(["user", "create", "ops", "--admin", "--db", &db, "--out"])
+        .arg(&ops)
+        .arg("--tls-dir")
+        .arg(&tls)
+        .output()?;
+    if !out.status.success() {
+        bail!("user create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ca = std::fs::read_to_string(ops.join("ca.pem"))?;
+    let (ops_cert, ops_key) = (
+        std::fs::read_to_string(ops.join("ops.pem"))?,
+        std::fs::read_to_string(ops.join("ops.key"))?,
+    );
+    let reps: Vec<Replica> = (0..replicas)
+        .map(|_| spawn_replica(&bin, &db, &tls))
+        .collect::<Result<_>>()?;
+    let urls: Vec<String> = reps.iter().map(|r| r.url.clone()).collect();
+    println!(
+        "fleet-sim: engine {}, {replicas} replica(s), {} nodes x {} partitions, nofile {nofile}; \
+         scratch on {}, load average {}",
+        args.engine,
+        args.nodes,
+        args.partitions,
+        bench_util::fs_type(dir.path()),
+        bench_util::loadavg()
+    );
+    let max_req = args.requesters.len() * args.requests;
+    let computers = args.nodes.max(max_req.div_ceil(args.partitions.max(1)) + 1);
+    let ops_client =
+        |r: usize| Client::with_identity(&urls[r % urls.len()], &ca, &ops_cert, &ops_key);
+
+    // 1. Computers and the release.
+    let t = Instant::now();
+    parallel(
+        computers,
+        8,
+        |t| Ok(ops_client(t)?),
+        |c, i| {
+            let id = if i < args.nodes {
+                format!("N{i}")
+            } else {
+                format!("X{i}")
+            };
+            c.register(&registration(&id, args.partitions))?;
+            c.supply(
+                &ComputerId::parse(&id)?,
+                &SupplyRequest {
+                    url: SoftwareUrl::parse(SR)?,
+                    state: SupplyState::Available,
+                },
+            )?;
+            Ok(())
+        },
+    )?;
+    println!(
+        "registered {computers} computers in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. Nodes: enrollment, then held polls.
+    let t = Instant::now();
+    let store = std::sync::Mutex::new(Store::open_url(&dburl, master_lite::now_ms())?);
+    let creds: Vec<std::sync::Mutex<Option<slapos_proto::identity::Credentials>>> = (0..args.nodes)
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    parallel(
+        args.nodes,
+        8,
+        |_| Ok(()),
+        |_, i| {
+            let token = hex::encode(i.to_le_bytes())
+                + &hex::encode(std::process::id().to_le_bytes())
+                + &format!("{:x}", master_lite::now_ms());
+            let now = master_lite::now_ms();
+            store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("store lock"))?
+                .create_token(
+                    &master_lite::certs::token_hash(&token),
+                    &ComputerId::parse(format!("N{i}"))?,
+                    now,
+                    now + 3_600_000,
+                )?;
+            let cred = Client::enroll(&urls[i % urls.len()], &ca, &token)?;
+            *creds[i].lock().map_err(|_| anyhow::anyhow!("creds lock"))? = Some(cred);
+            Ok(())
+        },
+    )?;
+    drop(store);
+    println!(
+        "enrolled {} nodes in {:.1} s",
+        args.nodes,
+        t.elapsed().as_secs_f64()
+    );
+    let rss_before: Vec<u64> = reps.iter().map(Replica::rss_kib).collect();
+
+    let board = Arc::new(Board {
+        sent: (0..computers).map(|_| AtomicU64::new(0)).collect(),
+        woken: (0..computers).map(|_| AtomicU64::new(0)).collect(),
+        held: AtomicUsize::new(0),
+        errors: AtomicUsize::new(0),
+        t0: Instant::now(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(128));
+    for (i, c) in creds.into_iter().enumerate() {
+        let c = c
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("creds lock"))?
+            .context("credentials")?;
+        let cfg = tls_config(&ca, &c.cert_pem, &c.key_pem)?;
+        let addr = urls[i % urls.len()]
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned();
+        rt.spawn(node(i, addr, cfg, board.clone(), gate.clone()));
+    }
+    let t = Instant::now();
+    while board.held.load(Ordering::Relaxed) + board.errors.load(Ordering::Relaxed) < args.nodes
+        && t.elapsed() < Duration::from_secs(600)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let held = board.held.load(Ordering::Relaxed);
+    println!(
+        "polls held: {held} of {} after {:.1} s (errors {})",
+        args.nodes,
+        t.elapsed().as_secs_f64(),
+        board.errors.load(Ordering::Relaxed)
+    );
+    for (r, rep) in reps.iter().enumerate() {
+        let now = rep.rss_kib();
+        let per = if args.nodes > 0 {
+            (now.saturating_sub(rss_before[r]) as f64) / (held as f64 / replicas as f64).max(1.0)
+        } else {
+            0.0
+        };
+        println!(
+            "replica {r}: RSS {} MB before the polls, {} MB holding them: {:.1} KB per held poll",
+            rss_before[r] / 1024,
+            now / 1024,
+            per
+        );
+    }
+
+    // 3. Requester phases.
+    for (next_target, &c) in args.requesters.iter().enumerate() {
+        let cpu0: Vec<f64> = reps.iter().map(Replica::cpu_secs).collect();
+        let sim0 = self_cpu();
+        let targets: Vec<usize> = (0..args.requests)
+            .map(|k| {
+                if args.nodes > 0 {
+                    (next_target + k * args.nodes / args.requests.max(1)) % args.nodes
+                } else {
+                    k
+                }
+            })
+            .collect();
+        let errors = AtomicUsize::new(0);
+        let lat = std::sync::Mutex::new(Vec::with_capacity(args.requests));
+        let phase = Instant::now();
+        let tag = format!("c{c}");
+        parallel(
+            args.requests,
+            c,
+            |t| Ok(ops_client(t)?),
+            |client, k| {
+                let target = targets[k];
+                let computer = if args.nodes > 0 {
+                    format!("N{target}")
+                } else {
+                    format!("X{}", args.nodes + (k % (computers - args.nodes)))
+                };
+                let mut sla = std::collections::BTreeMap::new();
+                sla.insert("computer_guid".to_owned(), computer);
+                let req = InstanceRequest {
+                    title: slapos_proto::InstanceTitle::parse(format!("{tag}-{k}"))?,
+                    software_url: SoftwareUrl::parse(SR)?,
+                    software_type: SoftwareType::default(),
+                    parameters: Default::default(),
+                    sla,
+                    state: None,
+                };
+                if args.nodes > 0 {
+                    let _ = board.sent[target].compare_exchange(
+                        0,
+                        board.now(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    board.woken[target].store(0, Ordering::Relaxed);
+                }
+                let t = Instant::now();
+                match client.request(&req) {
+                    Ok(_) => lat
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("lat lock"))?
+                        .push(t.elapsed()),
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("request {k}: {e}");
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let took = phase.elapsed();
+        std::thread::sleep(Duration::from_secs(2)); // late wake-ups land
+        let mut lat = lat.into_inner().map_err(|_| anyhow::anyhow!("lat lock"))?;
+        let n = lat.len();
+        println!(
+            "\n{c} requester(s), {} requests: {:.0} req/s, latency p50 {} p99 {}, errors {}",
+            args.requests,
+            n as f64 / took.as_secs_f64(),
+            ms(pct(&mut lat, 0.5)),
+            ms(pct(&mut lat, 0.99)),
+            errors.load(Ordering::Relaxed)
+        );
+        if args.nodes > 0 {
+            let mut woke = Vec::new();
+            let mut missed = 0;
+            for &t in &targets {
+                let (s, w) = (
+                    board.sent[t].swap(0, Ordering::Relaxed),
+                    board.woken[t].swap(0, Ordering::Relaxed),
+                );
+                if s == 0 {
+                    continue;
+                }
+                if w == 0 || w < s {
+                    missed += 1;
+                } else {
+                    woke.push(Duration::from_nanos(w - s));
+                }
+            }
+            println!(
+                "change -> node woken: p50 {} p99 {} ({} woken, {missed} not woken within 2 s \
+                 of the phase's end); polls held now {}",
+                ms(pct(&mut woke, 0.5)),
+                ms(pct(&mut woke, 0.99)),
+                woke.len(),
+                board.held.load(Ordering::Relaxed)
+            );
+        }
+        for (r, rep) in reps.iter().enumerate() {
+            println!(
+                "replica {r}: CPU {:.2} s over the phase ({:.0} %), RSS {} MB",
+                rep.cpu_secs() - cpu0[r],
+                (rep.cpu_secs() - cpu0[r]) / took.as_secs_f64() * 100.0,
+                rep.rss_kib() / 1024
+            );
+        }
+        println!(
+            "simulator CPU {:.2} s over the phase; node errors {}",
+            self_cpu() - sim0,
+            board.errors.load(Ordering::Relaxed)
+        );
+    }
+    std::io::stdout().flush()?;
+    drop(rt);
+    drop(reps);
+    Ok(())
+}
