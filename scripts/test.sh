@@ -38,6 +38,11 @@ cargo build --workspace --bins
 step "cargo test --workspace"
 cargo test --workspace --no-fail-fast
 
+# The native API suite again on a real PostgreSQL (its own initdb cluster; docs/fleet.md); the
+# store unit tests and tests/fleet_*.rs already ran on both engines above.
+step "cargo test -p master-lite --test router on PostgreSQL"
+SLAPOS_TEST_DB=postgres cargo test -p master-lite --test router --no-fail-fast
+
 for f in scripts/checks/*.sh; do
   [ -e "$f" ] || continue
   step "check: $f"
