@@ -88,6 +88,41 @@ impl Drop for Cgroups {
     }
 }
 
+/// Wait until the node has removed the test's cgroup subtree; on timeout, name what is left
+/// and which tasks hold it.
+fn wait_for_release(cgroups: &Cgroups) {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let left = cgroups.dirs();
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let held: Vec<String> = left
+                .iter()
+                .map(|d| {
+                    let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                    let subs: Vec<_> = std::fs::read_dir(d)
+                        .map(|rd| {
+                            rd.flatten()
+                                .filter(|e| e.path().is_dir())
+                                .map(|e| e.file_name())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "{} (tasks: {}; children: {subs:?})",
+                        d.display(),
+                        procs.split_whitespace().collect::<Vec<_>>().join(" ")
+                    )
+                })
+                .collect();
+            panic!("cgroups not released after {LONG:?}: {held:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 struct Setup {
     // Field order = drop order: node, then master, then the cgroups, then the files.
     node: Node,
@@ -298,9 +333,7 @@ fn rt_probe_runs_fifo_on_its_reserved_cpu_and_publishes_latency() {
 
     // Destroy releases the partition's cgroups (and, the last partition gone, the subtree).
     set_state(&c, "probe", InstanceState::Destroyed);
-    wait_for("cgroups released", LONG, || {
-        s.cgroups.dirs().is_empty().then_some(())
-    });
+    wait_for_release(&s.cgroups);
 }
 
 fn simpleran(dl_earfcn: u32) -> Value {
@@ -402,7 +435,5 @@ fn enb_runs_rt_pinned_reports_kpis_and_refuses_a_bad_cell() {
     });
 
     set_state(&c, "enb", InstanceState::Destroyed);
-    wait_for("cgroups released", LONG, || {
-        s.cgroups.dirs().is_empty().then_some(())
-    });
+    wait_for_release(&s.cgroups);
 }

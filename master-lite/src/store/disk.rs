@@ -59,10 +59,20 @@ pub fn prepare_files(db: &Path, fix: bool) -> Result<(), OpenError> {
         path: path.to_owned(),
         reason,
     };
-    let io = |op: &'static str, path: &Path, source: std::io::Error| OpenError::Io {
-        op,
-        path: path.to_owned(),
-        source,
+    // Creating the directory on a full filesystem is the same condition as SQLite finding no
+    // room: say so, whichever step meets it first.
+    let io = |op: &'static str, path: &Path, source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::StorageFull {
+            OpenError::DiskFull {
+                path: db.to_owned(),
+            }
+        } else {
+            OpenError::Io {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        }
     };
     let dir = match db.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
