@@ -272,6 +272,24 @@ impl Client {
         url: String,
         res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Option<T>> {
+        let Some(bytes) = Self::finish_bytes(method, url.clone(), res)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode {
+                method,
+                url,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The body of a successful answer (`None` for a 304), or the API error it carries.
+    fn finish_bytes(
+        method: &'static str,
+        url: String,
+        res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Option<Vec<u8>>> {
         let mut resp = res.map_err(|e| ClientError::Unreachable {
             method,
             url: url.clone(),
@@ -310,13 +328,7 @@ impl Client {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ClientError::Decode {
-                method,
-                url,
-                reason: e.to_string(),
-            })
+        Ok(Some(bytes))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -346,6 +358,18 @@ impl Client {
     /// `GET /v1/health`.
     pub fn health(&self) -> Result<Health> {
         self.get(&routes::health())
+    }
+
+    /// `GET /metrics`: the fleet's Prometheus exposition (operators only).
+    pub fn metrics(&self) -> Result<String> {
+        let url = self.url("/metrics");
+        let res = self.agent.get(&url).call();
+        let bytes = Self::finish_bytes("GET", url.clone(), res)?.unwrap_or_default();
+        String::from_utf8(bytes).map_err(|e| ClientError::Decode {
+            method: "GET",
+            url,
+            reason: e.to_string(),
+        })
     }
 
     /// Register (or re-register) a computer and its partitions.

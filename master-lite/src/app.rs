@@ -1,5 +1,6 @@
 //! The whole router: the native API ([`crate::http`]), the SLAP wire ([`crate::slap`]: classic
-//! routes, `/hateoas`, JSON-RPC), behind the [`crate::middleware`] layers. Testable without a
+//! routes, `/hateoas`, JSON-RPC) and `/metrics` ([`crate::metrics`]), behind the
+//! [`crate::middleware`] layers, all timed by [`crate::metrics::track`]. Testable without a
 //! socket (`tower::ServiceExt::oneshot`).
 
 use axum::Router;
@@ -11,6 +12,7 @@ use crate::state::AppState;
 pub fn app(state: AppState) -> Router {
     crate::http::routes()
         .merge(crate::slap::routes())
+        .route("/metrics", axum::routing::get(crate::metrics::scrape))
         .fallback(crate::http::no_route)
         .method_not_allowed_fallback(crate::http::bad_method)
         .layer(middleware::from_fn_with_state(
@@ -20,6 +22,10 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::middleware::identify,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
         ))
         .with_state(state)
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ApiError, MasterError};
@@ -63,6 +64,27 @@ pub struct Db {
     jobs: mpsc::Sender<Job>,
     /// The readers' queue (SQLite on disk); `None`: reads go to the workers.
     reads: Option<mpsc::Sender<Job>>,
+    timings: DbTimings,
+}
+
+/// How long the workers take per batch of jobs (a group commit, or one job and its own
+/// commit), by queue; `GET /metrics` shows them.
+#[derive(Clone, Debug)]
+pub struct DbTimings {
+    /// Batches of the main queue: every write, and the reads where there are no readers.
+    pub write: Histogram,
+    /// Batches of the readers' queue (SQLite on disk).
+    pub read: Histogram,
+}
+
+impl Default for DbTimings {
+    fn default() -> Self {
+        let h = || Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        Self {
+            write: h(),
+            read: h(),
+        }
+    }
 }
 
 /// The worker threads; [`Worker::close`] stops them and closes the database.
@@ -102,12 +124,14 @@ fn start_with(
 ) -> Result<(Db, Worker), MasterError> {
     let mut threads = Vec::new();
     let mut done = Vec::new();
-    let mut spawn = |name: String, store: Store, rx: Queue, group: bool| {
+    let timings = DbTimings::default();
+    let mut spawn = |name: String, store: Store, rx: Queue, group: bool, took: &Histogram| {
         let (done_tx, done_rx) = oneshot::channel();
         let hub = hub.clone();
+        let took = took.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(store, &rx, &hub, group, done_tx))
+            .spawn(move || run(store, &rx, &hub, group, &took, done_tx))
             .map_err(MasterError::Worker)?;
         threads.push(thread);
         done.push(done_rx);
@@ -117,7 +141,13 @@ fn start_with(
     let rx: Queue = Arc::new(Mutex::new(rx));
     let group = stores.len() == 1 && stores[0].engine() == crate::store::sql::Engine::Sqlite;
     for (i, store) in stores.into_iter().enumerate() {
-        spawn(format!("master-db-{i}"), store, rx.clone(), group)?;
+        spawn(
+            format!("master-db-{i}"),
+            store,
+            rx.clone(),
+            group,
+            &timings.write,
+        )?;
     }
     let reads = if readers.is_empty() {
         None
@@ -125,11 +155,21 @@ fn start_with(
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let rx: Queue = Arc::new(Mutex::new(rx));
         for (i, store) in readers.into_iter().enumerate() {
-            spawn(format!("master-read-{i}"), store, rx.clone(), false)?;
+            spawn(
+                format!("master-read-{i}"),
+                store,
+                rx.clone(),
+                false,
+                &timings.read,
+            )?;
         }
         Some(tx)
     };
-    let db = Db { jobs: tx, reads };
+    let db = Db {
+        jobs: tx,
+        reads,
+        timings,
+    };
     Ok((
         db.clone(),
         Worker {
@@ -144,8 +184,16 @@ fn start_with(
 /// One worker: run jobs until the queue closes. With `group` (the SQLite writer), the jobs
 /// queued at that moment run in one transaction, each in its own savepoint (a failing job
 /// rolls back only itself), and are answered after the one commit: N concurrent writes cost
-/// one fsync, and nobody is answered before their write is durable.
-fn run(mut store: Store, rx: &Queue, hub: &Hub, group: bool, done: oneshot::Sender<()>) {
+/// one fsync, and nobody is answered before their write is durable. Each batch's time goes
+/// into `took`.
+fn run(
+    mut store: Store,
+    rx: &Queue,
+    hub: &Hub,
+    group: bool,
+    took: &Histogram,
+    done: oneshot::Sender<()>,
+) {
     let mut maintained = std::time::Instant::now();
     loop {
         // One worker waits on the queue at a time; the others wait for the lock.
@@ -166,6 +214,7 @@ fn run(mut store: Store, rx: &Queue, hub: &Hub, group: bool, done: oneshot::Send
                 }
             }
         }
+        let started = std::time::Instant::now();
         if batch.len() == 1 || store.group_begin().is_err() {
             for job in batch {
                 run_job(job, &mut store)(None);
@@ -183,6 +232,7 @@ fn run(mut store: Store, rx: &Queue, hub: &Hub, group: bool, done: oneshot::Send
                 d(committed.as_ref().err());
             }
         }
+        took.observe(started.elapsed().as_secs_f64());
         for (computer, etag) in store.take_touched() {
             hub.notify(&computer, etag);
         }
@@ -359,6 +409,11 @@ fn dropped<E>(_: E) -> ApiError {
 }
 
 impl Db {
+    /// The workers' batch timings.
+    pub fn timings(&self) -> &DbTimings {
+        &self.timings
+    }
+
     /// Run `f` on the store and return its result (a store error, or an API error of a
     /// check made in the same job, e.g. an authorization that must see the same state).
     pub async fn call<T, E, F>(&self, f: F) -> Result<T, ApiError>

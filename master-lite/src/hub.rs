@@ -127,6 +127,11 @@ impl Hub {
         }
     }
 
+    /// Long polls held now, over all computers (metrics).
+    pub fn held_polls(&self) -> usize {
+        MAX_WAITING_POLLS.saturating_sub(self.polls.available_permits())
+    }
+
     /// How many computers have a channel (tests of the bound).
     pub fn channels(&self) -> usize {
         lock(&self.computers).len()

@@ -55,6 +55,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod local;
+pub mod metrics;
 pub mod middleware;
 pub mod pki;
 pub mod proxy_config;
@@ -143,6 +144,7 @@ impl Master {
     }
 
     fn with_worker(db: db::Db, worker: db::Worker, hub: Arc<hub::Hub>) -> Self {
+        let metrics = Arc::new(metrics::Metrics::new(db.timings()));
         Self {
             state: AppState {
                 db,
@@ -151,6 +153,7 @@ impl Master {
                 ca: None,
                 local: local::LocalTrust::default(),
                 bodies: state::BodyBudget::default(),
+                metrics,
             },
             worker,
             limits: server::Limits::default(),

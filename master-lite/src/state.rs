@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::db::Db;
 use crate::hub::Hub;
 use crate::local::LocalTrust;
+use crate::metrics::Metrics;
 use crate::pki::Ca;
 use crate::proxy_config::SlapConfig;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub local: LocalTrust,
     /// Bytes of request bodies being received at once, over all requests.
     pub bodies: BodyBudget,
+    /// What `GET /metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The connection a request came on is from this host (plain HTTP with a known client uid, or

@@ -133,6 +133,7 @@ fn authorization_matrix_and_tls_rejections() {
             op(|c: &Client| c.health()),
             &["admin", "alice", "bob", "c1", "c2", "pa", "pb"],
         ),
+        ("metrics", op(|c: &Client| c.metrics()), &["admin"]),
         (
             "register C1",
             op(|c: &Client| c.register(&registration("C1", PARTITIONS))),

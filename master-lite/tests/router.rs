@@ -904,3 +904,90 @@ async fn control_characters_are_refused_at_the_door_and_never_break_slap_reads()
         );
     }
 }
+
+/// The value of the series `name{labels}` in an exposition, if present.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (key, value) = l.rsplit_once(' ')?;
+        (key == name_and_labels).then(|| value.parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn metrics_show_requests_and_the_fleet() {
+    let env = Env::new();
+    env.ready(2).await;
+    let (s, web) = env
+        .post("/v1/instances", json!({"title": "web", "software_url": SR}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{web}");
+    let rev = web["revision"].as_u64().unwrap();
+    let (s, b) = env
+        .post(
+            "/v1/computers/C1/partitions/slappart0/report",
+            json!({"state": "started", "revision": rev,
+                   "promises": [{"name": "http", "ok": false, "message": "refused", "at_ms": 1},
+                                {"name": "disk", "ok": true, "message": "", "at_ms": 1}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Two different unknown paths: one series, not one per path.
+    for p in ["/no/such/1", "/no/such/2"] {
+        assert_eq!(env.get(p).await.0, StatusCode::NOT_FOUND);
+    }
+    let _ = env.desired_etag().await;
+
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let (s, h, body) = respond(env.router.clone(), req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], master_lite::metrics::CONTENT_TYPE);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let v = |k: &str| series(&text, k).unwrap_or_else(|| panic!("no {k} in\n{text}"));
+    assert_eq!(
+        v(r#"slapos_master_http_requests_total{route="/v1/instances",method="POST",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"slapos_master_http_requests_total{route="unmatched",method="GET",status="404"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(
+            r#"slapos_master_http_request_duration_seconds_count{route="/v1/computers/{c}/desired"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(r#"slapos_master_instances{requested="started",reported="started"}"#),
+        1.0
+    );
+    assert_eq!(v(r#"slapos_master_promise_failures{computer="C1"}"#), 1.0);
+    // The one computer was seen just now; every age bucket is shown.
+    assert_eq!(v(r#"slapos_master_computers{seen_within="1m"}"#), 1.0);
+    assert_eq!(v(r#"slapos_master_computers{seen_within="never"}"#), 0.0);
+    assert_eq!(v("slapos_master_long_polls_held"), 0.0);
+    assert!(
+        v("slapos_master_db_write_batch_seconds_count") >= 3.0,
+        "{text}"
+    );
+
+    // A second scrape counts the first, and the fleet series are recomputed, not added up.
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let (_, _, body) = respond(env.router.clone(), req).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(
+        series(
+            &text,
+            r#"slapos_master_http_requests_total{route="/metrics",method="GET",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"slapos_master_instances{requested="started",reported="started"}"#
+        ),
+        Some(1.0)
+    );
+}

@@ -1,0 +1,282 @@
+//! `GET /metrics`: the whole fleet as one Prometheus scrape target (OpenMetrics text, rendered
+//! by `prometheus-client`).
+//!
+//! Two kinds of series. Counted as work passes: API requests by route, method and status, their latency by route ([`track`], the outermost layer, so refusals count too), and
+//! the database workers' batch time ([`crate::db::DbTimings`]). Computed at each scrape from the
+//! database and the hub: computers by last-seen age, instances by requested and reported
+//! state, failing promises per computer, long polls held. Nodes have no listener (closed by
+//! design): what an operator needs from them reaches the master and shows here.
+//!
+//! Routes are labelled by their template (`/v1/computers/{c}`), never by the path a caller
+//! sent, so a scan of random paths adds one `unmatched` series, not one per path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Extension, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use slapos_proto::identity::Identity;
+use slapos_proto::{ComputerInfo, InstanceInfo};
+
+use crate::auth::{self, Action};
+use crate::db::DbTimings;
+use crate::error::ApiError;
+use crate::state::{AppState, now_ms};
+use crate::store::StoreError;
+
+/// The media type of the exposition (Prometheus reads OpenMetrics text).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Last-seen ages a computer is counted under (upper bound in seconds, label), oldest last.
+const AGES: [(u64, &str); 4] = [(60, "1m"), (300, "5m"), (3_600, "1h"), (86_400, "1d")];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgeLabels {
+    seen_within: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    requested: String,
+    reported: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComputerLabels {
+    computer: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~75 s: long polls of the desired state are held up to a minute.
+    Histogram::new(exponential_buckets(0.000_5, 2.5, 14))
+}
+
+/// The master's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    polls: Gauge,
+    computers: Family<AgeLabels, Gauge>,
+    instances: Family<StateLabels, Gauge>,
+    promise_failures: Family<ComputerLabels, Gauge>,
+    /// One scrape at a time computes the fleet series (they are reset and refilled).
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Metrics {
+    /// Metrics that also show the database workers' `timings`.
+    pub fn new(timings: &DbTimings) -> Self {
+        let mut registry = Registry::with_prefix("slapos_master");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "API requests answered, by route template, method and status",
+            requests.clone(),
+        );
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route template (long polls included)",
+            latency.clone(),
+        );
+        registry.register(
+            "db_write_batch_seconds",
+            "Time of one batch on the database's main queue: a group commit, or one job and its commit",
+            timings.write.clone(),
+        );
+        registry.register(
+            "db_read_batch_seconds",
+            "Time of one job on the SQLite read-only connections",
+            timings.read.clone(),
+        );
+        let polls = Gauge::default();
+        registry.register(
+            "long_polls_held",
+            "Long polls of desired state held open now",
+            polls.clone(),
+        );
+        let computers = Family::<AgeLabels, Gauge>::default();
+        registry.register(
+            "computers",
+            "Registered computers by how recently their node was seen (1m, 5m, 1h, 1d, older, never)",
+            computers.clone(),
+        );
+        let instances = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "instances",
+            "Instances by requested state and the state their node reported (none: not yet)",
+            instances.clone(),
+        );
+        let promise_failures = Family::<ComputerLabels, Gauge>::default();
+        registry.register(
+            "promise_failures",
+            "Failing promises in the last reports of the instances on each computer",
+            promise_failures.clone(),
+        );
+        let build = Family::<Vec<(String, String)>, Gauge>::default();
+        build
+            .get_or_create(&vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )])
+            .set(1);
+        registry.register("build_info", "The master's version", build);
+        Self {
+            registry,
+            requests,
+            latency,
+            polls,
+            computers,
+            instances,
+            promise_failures,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Count one answered request.
+    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Refill the fleet series from `computers` and `instances` as of `now_ms`, with
+    /// `polls` long polls held.
+    fn set_fleet(
+        &self,
+        computers: &[ComputerInfo],
+        instances: &[InstanceInfo],
+        polls: usize,
+        now_ms: u64,
+    ) {
+        self.polls.set(i64::try_from(polls).unwrap_or(i64::MAX));
+        self.computers.clear();
+        // Every age shows, zero included, so a dashboard's panel has all its series.
+        for label in AGES.iter().map(|(_, l)| *l).chain(["older", "never"]) {
+            self.computers.get_or_create(&age(label)).set(0);
+        }
+        self.promise_failures.clear();
+        for c in computers {
+            let label = match c.last_seen_ms {
+                None => "never",
+                Some(ms) => {
+                    let secs = now_ms.saturating_sub(ms) / 1000;
+                    AGES.iter()
+                        .find(|(bound, _)| secs < *bound)
+                        .map_or("older", |(_, l)| l)
+                }
+            };
+            self.computers.get_or_create(&age(label)).inc();
+            self.promise_failures
+                .get_or_create(&ComputerLabels {
+                    computer: c.id.to_string(),
+                })
+                .set(0);
+        }
+        self.instances.clear();
+        for i in instances {
+            let reported = i.reported.as_ref().map(|r| r.report.state);
+            self.instances
+                .get_or_create(&StateLabels {
+                    requested: i.state.as_str().to_owned(),
+                    reported: reported.map_or("none", |s| s.as_str()).to_owned(),
+                })
+                .inc();
+            let failing = i
+                .reported
+                .as_ref()
+                .map_or(0, |r| r.report.promises.iter().filter(|p| !p.ok).count());
+            if failing > 0 {
+                self.promise_failures
+                    .get_or_create(&ComputerLabels {
+                        computer: i.computer.to_string(),
+                    })
+                    .inc_by(i64::try_from(failing).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// The exposition of every series, the fleet ones refreshed from `st` first.
+    pub async fn render(&self, st: &AppState) -> Result<String, ApiError> {
+        let _one = self.scrape.lock().await;
+        let (mut computers, instances) = st
+            .db
+            .read(|s| Ok::<_, StoreError>((s.computers()?, s.instances()?)))
+            .await?;
+        for c in &mut computers {
+            c.last_seen_ms = c.last_seen_ms.max(st.hub.last_seen(&c.id));
+        }
+        self.set_fleet(&computers, &instances, st.hub.held_polls(), now_ms());
+        let mut out = String::with_capacity(64 * (computers.len() + 64));
+        encode(&mut out, &self.registry)
+            .map_err(|e| ApiError::Internal(format!("rendering the metrics: {e}")))?;
+        Ok(out)
+    }
+}
+
+fn age(label: &str) -> AgeLabels {
+    AgeLabels {
+        seen_within: label.to_owned(),
+    }
+}
+
+/// The outermost layer: times every request and counts it by route template and status.
+pub(crate) async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let res = next.run(req).await;
+    st.metrics.observe(
+        &route,
+        &method,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    res
+}
+
+/// `GET /metrics`: operators only (the local operator, admin certificates).
+pub(crate) async fn scrape(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+) -> Result<Response, ApiError> {
+    auth::allow(&who, Action::AdminOnly("read the fleet metrics"))?;
+    let metrics: Arc<Metrics> = st.metrics.clone();
+    let body = metrics.render(&st).await?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
+}
