@@ -1,7 +1,14 @@
 //! Counters and gauges of one log, and their Prometheus text rendering.
 
 use crate::codec::GapReason;
-use std::fmt::Write as _;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -165,189 +172,217 @@ pub struct Gauges {
     pub gaps_waiting: u64,
 }
 
-/// Renders the Prometheus text exposition (version 0.0.4).
-pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
-    let mut o = String::with_capacity(4096);
-    let l = format!("stream=\"{}\"", stream.replace(['"', '\\', '\n'], "_"));
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            o,
-            "# HELP buffer_{name} {help}\n# TYPE buffer_{name} counter"
-        );
-        let _ = writeln!(o, "buffer_{name}{{{l}}} {v}");
-    };
-    counter(
-        "records_in_total",
-        "Records accepted.",
-        m.records_in.load(Relaxed),
-    );
-    counter(
-        "bytes_in_total",
-        "Payload bytes accepted.",
-        m.bytes_in.load(Relaxed),
-    );
-    counter(
-        "records_durable_total",
-        "Records made durable.",
-        m.records_durable.load(Relaxed),
-    );
-    counter(
-        "records_delivered_total",
-        "Records acknowledged upstream.",
-        m.records_delivered.load(Relaxed),
-    );
-    counter(
-        "records_resent_total",
-        "Records sent again after a reconnect or restart.",
-        m.records_resent.load(Relaxed),
-    );
-    counter(
-        "records_rejected_total",
-        "Records rejected permanently upstream.",
-        m.records_rejected.load(Relaxed),
-    );
-    counter(
-        "input_invalid_total",
-        "Input messages refused (malformed, too large).",
-        m.input_invalid.load(Relaxed),
-    );
-    counter(
-        "corrupt_records_total",
-        "Records lost to corruption.",
-        m.corrupt_records.load(Relaxed),
-    );
-    counter(
-        "corrupt_bytes_total",
-        "Corrupt bytes skipped.",
-        m.corrupt_bytes.load(Relaxed),
-    );
-    counter(
-        "torn_tails_total",
-        "Torn tails truncated at recovery.",
-        m.torn_tails.load(Relaxed),
-    );
-    counter(
-        "corrupt_headers_total",
-        "Segments found with a damaged or cut header.",
-        m.corrupt_headers.load(Relaxed),
-    );
-    counter(
-        "input_resends_total",
-        "Input records recognised as resends and not stored again.",
-        m.input_resends.load(Relaxed),
-    );
-    counter(
-        "bytes_written_total",
-        "Bytes written to segment files.",
-        m.bytes_written.load(Relaxed),
-    );
-    counter(
-        "io_errors_total",
-        "Failed writes, syncs and cursor writes.",
-        m.io_errors.load(Relaxed),
-    );
-    counter(
-        "input_errors_total",
-        "Input connection failures.",
-        m.input_errors.load(Relaxed),
-    );
-    counter(
-        "output_errors_total",
-        "Output connection or request failures.",
-        m.output_errors.load(Relaxed),
-    );
-    for (name, help, values) in [
-        (
-            "dropped_records_total",
-            "Records dropped, by reason.",
-            &m.dropped_records,
-        ),
-        (
-            "dropped_bytes_total",
-            "Payload bytes dropped, by reason.",
-            &m.dropped_bytes,
-        ),
-    ] {
-        let _ = writeln!(
-            o,
-            "# HELP buffer_{name} {help}\n# TYPE buffer_{name} counter"
-        );
-        for r in GapReason::ALL {
-            let v = values[r as usize].load(Relaxed);
-            let _ = writeln!(o, "buffer_{name}{{{l},reason=\"{}\"}} {v}", r.label());
+/// The media type of [`render`]'s exposition (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape: the counters and gauges read once, encoded by prometheus-client.
+#[derive(Debug)]
+struct Scrape {
+    counters: Vec<(&'static str, &'static str, u64)>,
+    dropped: [(&'static str, &'static str, [u64; 6]); 2],
+    /// fdatasync latency: per-bucket (not cumulative) counts, the last one above every bound.
+    fsync_buckets: Vec<(f64, u64)>,
+    fsync_sum_s: f64,
+    fsync_count: u64,
+    gauges: Vec<(&'static str, &'static str, f64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for &(name, help, v) in &self.counters {
+            let c = ConstCounter::new(v);
+            c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        for (name, help, values) in &self.dropped {
+            let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for r in GapReason::ALL {
+                let label = ReasonLabel { reason: r.label() };
+                ConstCounter::new(values[r as usize]).encode(family.encode_family(&label)?)?;
+            }
+        }
+        enc.encode_descriptor(
+            "fsync_seconds",
+            "fdatasync latency of segments.",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(
+            self.fsync_sum_s,
+            self.fsync_count,
+            &self.fsync_buckets,
+            None,
+        )?;
+        for &(name, help, v) in &self.gauges {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
     }
-    let _ = writeln!(
-        o,
-        "# HELP buffer_fsync_seconds fdatasync latency of segments.\n# TYPE buffer_fsync_seconds histogram"
-    );
-    for (i, b) in FSYNC_BUCKETS_US.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "buffer_fsync_seconds_bucket{{{l},le=\"{}\"}} {}",
-            *b as f64 / 1e6,
-            m.fsync_hist[i].load(Relaxed)
-        );
-    }
-    let n = m.fsyncs.load(Relaxed);
-    let _ = writeln!(o, "buffer_fsync_seconds_bucket{{{l},le=\"+Inf\"}} {n}");
-    let _ = writeln!(
-        o,
-        "buffer_fsync_seconds_sum{{{l}}} {}",
-        m.fsync_us_sum.load(Relaxed) as f64 / 1e6
-    );
-    let _ = writeln!(o, "buffer_fsync_seconds_count{{{l}}} {n}");
-    let mut gauge = |name: &str, help: &str, v: String| {
-        let _ = writeln!(o, "# HELP buffer_{name} {help}\n# TYPE buffer_{name} gauge");
-        let _ = writeln!(o, "buffer_{name}{{{l}}} {v}");
+}
+
+/// Renders the exposition of one stream's log (every series labelled `stream`).
+pub fn render(m: &Metrics, g: &Gauges, stream: &str) -> String {
+    let counters = vec![
+        ("records_in", "Records accepted.", &m.records_in),
+        ("bytes_in", "Payload bytes accepted.", &m.bytes_in),
+        (
+            "records_durable",
+            "Records made durable.",
+            &m.records_durable,
+        ),
+        (
+            "records_delivered",
+            "Records acknowledged upstream.",
+            &m.records_delivered,
+        ),
+        (
+            "records_resent",
+            "Records sent again after a reconnect or restart.",
+            &m.records_resent,
+        ),
+        (
+            "records_rejected",
+            "Records rejected permanently upstream.",
+            &m.records_rejected,
+        ),
+        (
+            "input_invalid",
+            "Input messages refused (malformed, too large).",
+            &m.input_invalid,
+        ),
+        (
+            "corrupt_records",
+            "Records lost to corruption.",
+            &m.corrupt_records,
+        ),
+        ("corrupt_bytes", "Corrupt bytes skipped.", &m.corrupt_bytes),
+        (
+            "torn_tails",
+            "Torn tails truncated at recovery.",
+            &m.torn_tails,
+        ),
+        (
+            "corrupt_headers",
+            "Segments found with a damaged or cut header.",
+            &m.corrupt_headers,
+        ),
+        (
+            "input_resends",
+            "Input records recognised as resends and not stored again.",
+            &m.input_resends,
+        ),
+        (
+            "bytes_written",
+            "Bytes written to segment files.",
+            &m.bytes_written,
+        ),
+        (
+            "io_errors",
+            "Failed writes, syncs and cursor writes.",
+            &m.io_errors,
+        ),
+        (
+            "input_errors",
+            "Input connection failures.",
+            &m.input_errors,
+        ),
+        (
+            "output_errors",
+            "Output connection or request failures.",
+            &m.output_errors,
+        ),
+    ]
+    .into_iter()
+    .map(|(n, h, a)| (n, h, a.load(Relaxed)))
+    .collect();
+    let load = |a: &[AtomicU64; 6]| std::array::from_fn(|i| a[i].load(Relaxed));
+    let fsync_count = m.fsyncs.load(Relaxed);
+    let mut below = 0;
+    let mut fsync_buckets: Vec<(f64, u64)> = FSYNC_BUCKETS_US
+        .iter()
+        .zip(&m.fsync_hist)
+        .map(|(&us, cumulative)| {
+            let c = cumulative.load(Relaxed);
+            let here = c.saturating_sub(below);
+            below = c;
+            (us as f64 / 1e6, here)
+        })
+        .collect();
+    fsync_buckets.push((f64::INFINITY, fsync_count.saturating_sub(below)));
+    let scrape = Scrape {
+        counters,
+        dropped: [
+            (
+                "dropped_records",
+                "Records dropped, by reason.",
+                load(&m.dropped_records),
+            ),
+            (
+                "dropped_bytes",
+                "Payload bytes dropped, by reason.",
+                load(&m.dropped_bytes),
+            ),
+        ],
+        fsync_buckets,
+        fsync_sum_s: m.fsync_us_sum.load(Relaxed) as f64 / 1e6,
+        fsync_count,
+        gauges: vec![
+            (
+                "backlog_records",
+                "Records not yet acknowledged upstream.",
+                g.backlog_records as f64,
+            ),
+            (
+                "backlog_bytes",
+                "Segment bytes not yet acknowledged.",
+                g.backlog_bytes as f64,
+            ),
+            (
+                "oldest_unacked_age_seconds",
+                "Age of the oldest unacknowledged record.",
+                g.oldest_unacked_age_s,
+            ),
+            (
+                "segments",
+                "Segment files.",
+                m.segments.load(Relaxed) as f64,
+            ),
+            (
+                "disk_bytes",
+                "Bytes on disk (segments, cursor, meta).",
+                m.disk_bytes.load(Relaxed) as f64,
+            ),
+            (
+                "degraded",
+                "1 while the log cannot write.",
+                f64::from(u8::from(m.degraded.load(Relaxed))),
+            ),
+            ("durable_seq", "Highest durable seq.", g.durable_seq as f64),
+            ("acked_seq", "Highest acknowledged seq.", g.acked_seq as f64),
+            ("epoch", "Writer epoch.", f64::from(g.epoch)),
+            (
+                "gaps_waiting",
+                "Gap markers not yet acknowledged upstream.",
+                g.gaps_waiting as f64,
+            ),
+        ],
     };
-    gauge(
-        "backlog_records",
-        "Records not yet acknowledged upstream.",
-        g.backlog_records.to_string(),
+    let mut registry = Registry::with_prefix_and_labels(
+        "buffer",
+        [(Cow::Borrowed("stream"), Cow::Owned(stream.to_owned()))].into_iter(),
     );
-    gauge(
-        "backlog_bytes",
-        "Segment bytes not yet acknowledged.",
-        g.backlog_bytes.to_string(),
-    );
-    gauge(
-        "oldest_unacked_age_seconds",
-        "Age of the oldest unacknowledged record.",
-        format!("{:.3}", g.oldest_unacked_age_s),
-    );
-    gauge(
-        "segments",
-        "Segment files.",
-        m.segments.load(Relaxed).to_string(),
-    );
-    gauge(
-        "disk_bytes",
-        "Bytes on disk (segments, cursor, meta).",
-        m.disk_bytes.load(Relaxed).to_string(),
-    );
-    gauge(
-        "degraded",
-        "1 while the log cannot write.",
-        u8::from(m.degraded.load(Relaxed)).to_string(),
-    );
-    gauge(
-        "durable_seq",
-        "Highest durable seq.",
-        g.durable_seq.to_string(),
-    );
-    gauge(
-        "acked_seq",
-        "Highest acknowledged seq.",
-        g.acked_seq.to_string(),
-    );
-    gauge("epoch", "Writer epoch.", g.epoch.to_string());
-    gauge(
-        "gaps_waiting",
-        "Gap markers not yet acknowledged upstream.",
-        g.gaps_waiting.to_string(),
-    );
-    o
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail; an error here is a bug of the encoder.
+    if let Err(e) = encode(&mut out, &registry) {
+        tracing::error!("buffer: rendering the metrics failed: {e}");
+    }
+    out
 }
 
 /// A `/proc/<pid>/status` field (`VmRSS:`, `VmHWM:`) in KiB, 0 if unreadable; `proc_root` is
@@ -389,9 +424,40 @@ mod tests {
         m.dropped(GapReason::DiskFull, 3, 300);
         m.fsync_done(700);
         let t = render(&m, &Gauges::default(), "s");
-        assert!(t.contains("buffer_dropped_records_total{stream=\"s\",reason=\"disk_full\"} 3"));
-        assert!(t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"0.001\"} 1"));
-        assert!(t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"0.0005\"} 0"));
-        assert!(t.contains("buffer_fsync_seconds_count{stream=\"s\"} 1"));
+        assert!(
+            t.contains("buffer_dropped_records_total{stream=\"s\",reason=\"disk_full\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("buffer_dropped_bytes_total{stream=\"s\",reason=\"disk_full\"} 300\n"),
+            "{t}"
+        );
+        // Cumulative buckets: 700 µs is above 0.5 ms, within 1 ms and everything above.
+        assert!(
+            t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"0.0005\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"0.001\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"1.0\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("buffer_fsync_seconds_bucket{stream=\"s\",le=\"+Inf\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("buffer_fsync_seconds_count{stream=\"s\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("buffer_records_in_total{stream=\"s\"} 0\n"),
+            "{t}"
+        );
+        assert!(t.contains("# TYPE buffer_backlog_records gauge\n"), "{t}");
+        assert!(t.ends_with("# EOF\n"), "{t}");
     }
 }

@@ -62,7 +62,7 @@ pub fn respond(sh: &Shared, path: &str) -> (u16, &'static str, String) {
     match path {
         "/metrics" => (
             200,
-            "text/plain; version=0.0.4",
+            metrics::CONTENT_TYPE,
             metrics::render(&sh.metrics, &sh.gauges(unix_ms()), &sh.stream),
         ),
         "/status" => (200, "application/json", status_json(sh).to_string()),
