@@ -20,7 +20,7 @@ use slapos_proto::{
     Bang, ComputerId, ComputerInfo, ConnectionPublish, DesiredState, ErrorBody, Health,
     InstanceInfo, InstanceRequest, InstanceTitle, MAX_LONG_POLL_SECS, PARTITION_HEADER,
     PartitionId, PartitionRef, PartitionReport, RegisterComputer, SoftwareInfo, SoftwareReport,
-    StateChange, SupplyRequest, routes,
+    StateChange, SupplyRequest, UsageAck, UsageBatch, UsageBy, UsageReport, routes,
 };
 
 /// Default time limit of one call (long polls get `wait` on top of it).
@@ -370,6 +370,16 @@ impl Client {
             url,
             reason: e.to_string(),
         })
+    }
+
+    /// Post a node's usage samples (each stored once, however often it is sent).
+    pub fn post_usage(&self, c: &ComputerId, batch: &UsageBatch) -> Result<UsageAck> {
+        self.post(&routes::usage_samples(c), batch)
+    }
+
+    /// The usage report of the window `(since_ms, until_ms]`, grouped `by` (operators).
+    pub fn usage(&self, since_ms: u64, until_ms: u64, by: UsageBy) -> Result<UsageReport> {
+        self.get(&routes::usage(since_ms, until_ms, by))
     }
 
     /// Register (or re-register) a computer and its partitions.

@@ -24,6 +24,7 @@ use slapos_proto::{
     Bang, ComputerId, ConnectionPublish, DesiredQuery, Health, InstanceRequest, InstanceTitle,
     MAX_BODY_BYTES, MAX_LONG_POLL_SECS, PARTITION_HEADER, PROTOCOL_VERSION, PartitionId,
     PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange, SupplyRequest,
+    UsageBatch, UsageBy,
 };
 
 use slapos_proto::identity::{ENROLL_ROUTE, EnrollRequest};
@@ -61,6 +62,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/instances", post(request).get(list_instances))
         .route("/v1/instances/{title}", get(show_instance))
         .route("/v1/instances/{title}/state", post(set_state))
+        .route("/v1/computers/{c}/usage", post(post_usage))
+        .route("/v1/usage", get(usage_report))
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -464,6 +467,47 @@ async fn set_state(
         })
         .await?;
     Ok(axum::Json(info).into_response())
+}
+
+/// `POST /v1/computers/{c}/usage`: the node's usage samples (stored once each).
+async fn post_usage(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(c): Path<String>,
+    Body(batch): Body<UsageBatch>,
+) -> ApiResult<Response> {
+    let c = computer_id(&c)?;
+    auth::allow(&who, Action::Node(&c))?;
+    let now = now_ms();
+    let ack = st.db.call(move |s| s.record_usage(&c, &batch, now)).await?;
+    Ok(axum::Json(ack).into_response())
+}
+
+/// The query of `GET /v1/usage`: the window `(since_ms, until_ms]` (default: the last 24 h up
+/// to now) and the grouping (default: by instance).
+#[derive(Debug, Deserialize)]
+struct UsageQuery {
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    by: Option<UsageBy>,
+}
+
+/// `GET /v1/usage`: accounting over a window, for operators.
+async fn usage_report(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    auth::allow(&who, Action::AdminOnly("read the usage report"))?;
+    let q = query(q)?;
+    let until = q.until_ms.unwrap_or_else(now_ms);
+    let since = q.since_ms.unwrap_or(until.saturating_sub(24 * 3_600_000));
+    let by = q.by.unwrap_or(UsageBy::Instance);
+    let report = st
+        .db
+        .read(move |s| s.usage_report(since, until, by))
+        .await?;
+    Ok(axum::Json(report).into_response())
 }
 
 /// The CA, or a 404 when the master does not serve TLS.

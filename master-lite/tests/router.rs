@@ -991,3 +991,110 @@ async fn metrics_show_requests_and_the_fleet() {
         Some(1.0)
     );
 }
+
+fn usage_sample(p: &str, instance: Option<&str>, start_ms: u64) -> Value {
+    json!({"partition": p, "instance": instance, "start_ms": start_ms, "end_ms": start_ms + 60_000,
+           "cpu_ns": 2_000_000_000u64, "memory_bytes": 1u64 << 30, "memory_peak_bytes": 3u64 << 29,
+           "io_read_bytes": 10, "io_write_bytes": 20, "disk_bytes": 2u64 << 30, "tasks": 3})
+}
+
+#[tokio::test]
+async fn usage_samples_are_stored_once_and_summed_per_group() {
+    let env = Env::new();
+    env.ready(2).await;
+    let (s, web) = env
+        .post("/v1/instances", json!({"title": "web", "software_url": SR}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{web}");
+    let (s, db) = env
+        .post_as(
+            "C1/slappart0",
+            "/v1/instances",
+            json!({"title": "db", "software_url": SR}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{db}");
+    let t0 = 1_700_000_000_000u64;
+    let batch = json!({"samples": [
+        usage_sample("slappart0", Some("web"), t0),
+        usage_sample("slappart0", Some("web"), t0 + 60_000),
+        usage_sample("slappart1", Some("db"), t0),
+    ]});
+    let (s, ack) = env.post("/v1/computers/C1/usage", batch.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(ack, json!({"stored": 3, "duplicates": 0}));
+    // The same batch again (the node lost the answer): nothing counted twice.
+    let (s, ack) = env.post("/v1/computers/C1/usage", batch).await;
+    assert_eq!(s, StatusCode::OK, "{ack}");
+    assert_eq!(ack, json!({"stored": 0, "duplicates": 3}));
+
+    // Bad samples refuse the whole batch and store nothing.
+    let before = env.dump();
+    let mut bad = usage_sample("slappart1", None, t0 + 120_000);
+    bad["end_ms"] = json!(t0);
+    let ok = usage_sample("slappart1", None, t0 + 180_000);
+    assert_error(
+        env.post(
+            "/v1/computers/C1/usage",
+            json!({"samples": [ok.clone(), bad]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "is not after its start",
+    );
+    assert_error(
+        env.post(
+            "/v1/computers/C1/usage",
+            json!({"samples": [ok, usage_sample("slappart9", None, t0)]}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "slappart9",
+    );
+    assert_eq!(before, env.dump());
+
+    let q = |by: &str| {
+        format!(
+            "/v1/usage?since_ms={}&until_ms={}&by={by}",
+            t0,
+            t0 + 3_600_000
+        )
+    };
+    let (s, r) = env.get(&q("instance")).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r}");
+    assert_eq!(rows[0]["key"], "web");
+    assert_eq!(rows[0]["cpu_seconds"], 4.0);
+    assert_eq!(rows[0]["samples"], 2);
+    // 1 GiB for two minutes is 1/30 GiB·h; 2 GiB of disk, 2/30.
+    let close = |v: &Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
+    assert!(close(&rows[0]["memory_gib_hours"], 2.0 / 60.0), "{r}");
+    assert!(close(&rows[0]["disk_gib_hours"], 4.0 / 60.0), "{r}");
+    assert_eq!(rows[1]["key"], "web/db");
+    assert_eq!(r["total"]["cpu_seconds"], 6.0);
+    assert_eq!(r["total"]["io_write_bytes"], 60);
+    assert_eq!(r["total"]["memory_peak_bytes"], 3u64 << 29);
+    let (_, r) = env.get(&q("computer")).await;
+    assert_eq!(r["rows"][0]["key"], "C1");
+    assert_eq!(r["rows"][0]["samples"], 3);
+    // The local operator's trees have no owner.
+    let (_, r) = env.get(&q("user")).await;
+    assert_eq!(r["rows"][0]["key"], "local");
+    // The window is on the period's end: the first minute alone holds two samples.
+    let (_, r) = env
+        .get(&format!(
+            "/v1/usage?since_ms={t0}&until_ms={}&by=computer",
+            t0 + 60_000
+        ))
+        .await;
+    assert_eq!(r["total"]["samples"], 2, "{r}");
+    assert_error(
+        env.get("/v1/usage?by=planet").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "invalid query",
+    );
+}

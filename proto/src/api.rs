@@ -390,6 +390,127 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Usage (accounting)
+
+/// What one partition used over one sampling period, as its node measured it (cgroup counters,
+/// partition directory size). The node sends batches of these and keeps each until the master
+/// acknowledges it; the master stores a sample once per `(computer, partition, start_ms)`, so
+/// a batch sent again is not counted twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageSample {
+    /// The partition measured.
+    pub partition: PartitionId,
+    /// Title of the instance the node ran there (`None`: the partition was free).
+    #[serde(default)]
+    pub instance: Option<InstanceTitle>,
+    /// Period start, unix ms (the previous sample's end).
+    pub start_ms: u64,
+    /// Period end, unix ms; after `start_ms`.
+    pub end_ms: u64,
+    /// CPU time consumed over the period, nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory charged at the end of the period, bytes (taken as the period's mean).
+    pub memory_bytes: u64,
+    /// Peak memory seen over the period (or since the cgroup exists), bytes.
+    pub memory_peak_bytes: u64,
+    /// Bytes read from block devices over the period.
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices over the period.
+    pub io_write_bytes: u64,
+    /// Size of the partition directory at the end of the period, bytes.
+    pub disk_bytes: u64,
+    /// Tasks (threads) in the partition at the end of the period.
+    pub tasks: u64,
+    /// How many samples this one stands for: more than 1 when the node's outbox was full and
+    /// it summed old samples into one rather than dropping them.
+    #[serde(default = "one")]
+    pub folded: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A batch of samples a node posts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageBatch {
+    /// The samples, any order.
+    pub samples: Vec<UsageSample>,
+}
+
+/// The master's answer to a batch: every sample of it is now stored (new or already there),
+/// so the node may drop them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageAck {
+    /// Samples stored by this call.
+    pub stored: u32,
+    /// Samples that were already stored (a resend).
+    pub duplicates: u32,
+}
+
+/// How a usage report groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageBy {
+    /// By instance (`root/title`, or `title` for a root; `(free)` for free partitions).
+    Instance,
+    /// By owner of the instance tree (`local` for the local operator's trees).
+    User,
+    /// By computer.
+    Computer,
+}
+
+impl std::str::FromStr for UsageBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "instance" => Ok(Self::Instance),
+            "user" => Ok(Self::User),
+            "computer" => Ok(Self::Computer),
+            other => Err(format!(
+                "unknown grouping {other:?}: expected instance, user or computer"
+            )),
+        }
+    }
+}
+
+/// One row of a usage report: sums over the samples of its group.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// The group (instance, owner or computer); `total` for the totals row.
+    pub key: String,
+    /// CPU seconds.
+    pub cpu_seconds: f64,
+    /// Memory × time, GiB·h.
+    pub memory_gib_hours: f64,
+    /// Disk × time, GiB·h.
+    pub disk_gib_hours: f64,
+    /// Bytes read.
+    pub io_read_bytes: u64,
+    /// Bytes written.
+    pub io_write_bytes: u64,
+    /// Highest peak memory of any sample, bytes.
+    pub memory_peak_bytes: u64,
+    /// Samples summed (a folded sample counts as the samples it stands for).
+    pub samples: u64,
+}
+
+/// `GET /v1/usage`: the samples whose period ends in `(since_ms, until_ms]`, grouped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Start of the window (exclusive), unix ms.
+    pub since_ms: u64,
+    /// End of the window (inclusive), unix ms.
+    pub until_ms: u64,
+    /// The grouping.
+    pub by: UsageBy,
+    /// One row per group, by key.
+    pub rows: Vec<UsageRow>,
+    /// Sums over every row.
+    pub total: UsageRow,
+}
+
 /// Path builders for the native API, so no client spells a route by hand.
 pub mod routes {
     use crate::ids::{ComputerId, InstanceTitle, PartitionId};
@@ -461,6 +582,19 @@ pub mod routes {
     /// `POST` a state change of a root instance.
     pub fn instance_state(title: &InstanceTitle) -> String {
         format!("{PREFIX}/instances/{}/state", encode(title.as_str()))
+    }
+    /// `POST` a node's usage samples.
+    pub fn usage_samples(c: &ComputerId) -> String {
+        format!("{PREFIX}/computers/{c}/usage")
+    }
+    /// `GET` a usage report of the window `(since_ms, until_ms]` grouped `by`.
+    pub fn usage(since_ms: u64, until_ms: u64, by: super::UsageBy) -> String {
+        let by = match by {
+            super::UsageBy::Instance => "instance",
+            super::UsageBy::User => "user",
+            super::UsageBy::Computer => "computer",
+        };
+        format!("{PREFIX}/usage?since_ms={since_ms}&until_ms={until_ms}&by={by}")
     }
 }
 

@@ -45,6 +45,8 @@ pub mod models;
 pub mod schema;
 mod slap;
 pub mod sql;
+mod usage;
+pub use usage::MAX_BATCH as MAX_USAGE_BATCH;
 
 pub use identity::{CertificateRow, Enrolled};
 
@@ -2012,7 +2014,7 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
 }
 
 /// The tables of the schema, in dependency order (parents first).
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "meta",
     "computer",
     "label",
@@ -2024,6 +2026,7 @@ pub const TABLES: [&str; 11] = [
     "slap_shared",
     "certificate",
     "enroll_token",
+    "usage_sample",
 ];
 
 /// Every row of every table, as text: lets tests check that a refused call changed nothing.

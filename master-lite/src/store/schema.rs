@@ -188,6 +188,32 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE space_reserve (filler BLOB);
     ALTER TABLE partition ADD COLUMN local_uid INTEGER;
     "#,
+    // 8: usage samples posted by nodes (issue 14, store::usage): one row per partition and
+    // period, keyed so that a batch sent again is stored once. `root` and `owner` are the
+    // instance's tree and its owner when the sample arrived (NULL: free partition, unknown
+    // instance, or the local operator's tree).
+    r#"
+    CREATE TABLE usage_sample (
+        computer          TEXT NOT NULL,
+        partition         TEXT NOT NULL,
+        start_ms          INTEGER NOT NULL,
+        end_ms            INTEGER NOT NULL,
+        instance          TEXT,
+        root              TEXT,
+        owner             TEXT,
+        cpu_ns            INTEGER NOT NULL,
+        memory_bytes      INTEGER NOT NULL,
+        memory_peak_bytes INTEGER NOT NULL,
+        io_read_bytes     INTEGER NOT NULL,
+        io_write_bytes    INTEGER NOT NULL,
+        disk_bytes        INTEGER NOT NULL,
+        tasks             INTEGER NOT NULL,
+        folded            INTEGER NOT NULL,
+        received_ms       INTEGER NOT NULL,
+        PRIMARY KEY (computer, partition, start_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_sample_end ON usage_sample(end_ms);
+    "#,
 ];
 
 /// Migration `n` (1-based) on PostgreSQL is `PG_MIGRATIONS[n - 1]`; `CTEXT` stands for
@@ -328,6 +354,29 @@ pub const PG_MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE space_reserve (filler BYTEA);
     ALTER TABLE partition ADD COLUMN local_uid BIGINT;
+    "#,
+    // 8
+    r#"
+    CREATE TABLE usage_sample (
+        computer          CTEXT NOT NULL,
+        partition         CTEXT NOT NULL,
+        start_ms          BIGINT NOT NULL,
+        end_ms            BIGINT NOT NULL,
+        instance          CTEXT,
+        root              CTEXT,
+        owner             CTEXT,
+        cpu_ns            BIGINT NOT NULL,
+        memory_bytes      BIGINT NOT NULL,
+        memory_peak_bytes BIGINT NOT NULL,
+        io_read_bytes     BIGINT NOT NULL,
+        io_write_bytes    BIGINT NOT NULL,
+        disk_bytes        BIGINT NOT NULL,
+        tasks             BIGINT NOT NULL,
+        folded            BIGINT NOT NULL,
+        received_ms       BIGINT NOT NULL,
+        PRIMARY KEY (computer, partition, start_ms)
+    );
+    CREATE INDEX usage_sample_end ON usage_sample(end_ms);
     "#,
 ];
 
