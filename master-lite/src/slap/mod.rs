@@ -32,6 +32,7 @@
 //! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
 //! reports are accepted and ignored, as slapproxy does.
 
+pub mod frontend;
 pub mod hateoas;
 pub mod rpc;
 
@@ -416,10 +417,13 @@ async fn full_computer(
         },
         // slapproxy: the configured computer answers empty even before it is formatted.
         None if st.slap.computer_id.as_deref() == Some(c.as_str()) => ComputerDoc::empty(&c),
+        // slapproxy raises NotFoundError (a 500 from its server); the `slap` library raises
+        // NotFoundError on a 404, which is what its callers expect.
         None => {
-            return Err(server_error(format!(
-                "NotFoundError: {c} is not registered."
-            )));
+            return Err(SlapError(
+                StatusCode::NOT_FOUND,
+                format!("{c} is not registered."),
+            ));
         }
     };
     doc.encode().map(text).map_err(server_error)
@@ -775,7 +779,7 @@ async fn request(
         if from.is_none() {
             allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
-        return request_shared(&st, &f, from).await;
+        return request_shared(&st, &f, from, forwarded_https(&headers)).await;
     }
     let mut sla = BTreeMap::new();
     match f.filter_str("computer_guid") {
@@ -809,6 +813,15 @@ async fn request(
         .db
         .call(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
+            // slapproxy: the requester is the calling partition's instance; a partition holding
+            // none gives `requested_by = ''`, a root request (still authorized as one below).
+            let from = match &from {
+                Some(r) => s
+                    .slap_partition(r.computer.as_str(), r.partition.as_str())?
+                    .and_then(|p| p.instance)
+                    .map(|_| r.clone()),
+                None => None,
+            };
             match &from {
                 Some(_) => Ok(s.slap_request(&req, from.as_ref(), now)?),
                 None => {
@@ -843,12 +856,44 @@ async fn request(
     .map_err(server_error)
 }
 
+/// Whether the client reached us over https through a proxy (`X-Forwarded-Proto: https`),
+/// slapproxy's `request.scheme == 'https'`.
+pub(crate) fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 /// `requestComputerPartition` with `shared_xml` true (`db.requestSlave`).
 async fn request_shared(
     st: &AppState,
     f: &RequestForm,
     from: Option<slapos_proto::PartitionRef>,
+    https: bool,
 ) -> SlapResult {
+    let param = |k: &str| match f.parameters.get(k) {
+        Some(Value::String(v)) => Some(v.clone()),
+        Some(Value::Int(v)) => Some(v.to_string()),
+        _ => None,
+    };
+    if let Some(fake) = frontend::bypass(&f.software_release, &f.software_type, param, https) {
+        let mut doc = SoftwareInstanceDoc::for_shared(&RequestedShared {
+            computer_id: String::new(),
+            host_partition_id: String::new(),
+            software_release_url: f.software_release.clone(),
+            software_type: f.software_type.clone(),
+            parameters: ParamDict::new(),
+            connection: fake
+                .connection
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+            ip_list: Vec::new(),
+        });
+        doc.attributes
+            .insert("_partition_id".into(), Value::str(fake.partition_id));
+        return doc.encode().map(text).map_err(server_error);
+    }
     let computer = f
         .filter_str("computer_guid")
         .map(str::to_owned)

@@ -931,7 +931,8 @@ async fn request(
         if from.is_none() {
             super::allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
-        return request_shared(st, body, from, sla, now).await;
+        let https = super::forwarded_https(headers);
+        return request_shared(st, body, from, sla, https, now).await;
     }
     let params = body
         .get("parameters")
@@ -1111,10 +1112,63 @@ async fn request_shared(
     body: &Json,
     from: Option<PartitionRef>,
     sla: std::collections::BTreeMap<String, String>,
+    https: bool,
     now: u64,
 ) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let title = s("title");
+    let param = |k: &str| match body.get("parameters").and_then(|p| p.get(k)) {
+        Some(Json::String(v)) => Some(v.clone()),
+        Some(Json::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(fake) = super::frontend::bypass(
+        &s("software_release_uri"),
+        &s("software_type"),
+        param,
+        https,
+    ) {
+        // slapproxy's answer for the fake ComputerPartition: nothing allocated or recorded.
+        let requested_by = match &from {
+            None => String::new(),
+            Some(r) => {
+                let (c, p) = (r.computer.to_string(), r.partition.to_string());
+                st.db
+                    .read(move |s| s.slap_partition(&c, &p))
+                    .await?
+                    .and_then(|p| p.instance)
+                    .map(|i| if i.root.is_empty() { i.title } else { i.root })
+                    .unwrap_or_default()
+            }
+        };
+        let state = match s("state") {
+            st if st.is_empty() => "started".to_owned(),
+            st => st,
+        };
+        let connection: Map<String, Json> = fake
+            .connection
+            .into_iter()
+            .map(|(k, v)| (k, Json::String(v)))
+            .collect();
+        return ok(json!({
+            "title": title,
+            "instance_guid": guid(&title, &requested_by, true),
+            "software_release_uri": s("software_release_uri"),
+            "software_type": s("software_type"),
+            "state": state,
+            "connection_parameters": connection,
+            "parameters": body.get("parameters").cloned().unwrap_or_else(|| json!({})),
+            "shared": true,
+            "root_instance_title": if requested_by.is_empty() { &title } else { &requested_by },
+            "ip_list": [],
+            "full_ip_list": [],
+            "sla_parameters": {},
+            "computer_guid": "",
+            "compute_partition_id": fake.partition_id,
+            "processing_timestamp": 0,
+            "access_status_message": "",
+        }));
+    }
     let computer = sla.get("computer_guid").cloned().unwrap_or_default();
     let prefix = format!("{computer}-");
     let params = body.get("parameters").cloned().unwrap_or_else(|| json!({}));
