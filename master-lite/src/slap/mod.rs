@@ -776,6 +776,18 @@ async fn request(
     }
     let from = requester(&headers, &f)?;
     if f.shared {
+        // slapproxy: from a partition holding no instance, a root shared request
+        // (`requested_by = ''`), hence admin-only like any root shared request.
+        let from = match from {
+            Some(r) => {
+                let (c, p) = (r.computer.to_string(), r.partition.to_string());
+                match st.db.read(move |s| s.slap_partition(&c, &p)).await? {
+                    Some(part) if part.instance.is_none() => None,
+                    _ => Some(r),
+                }
+            }
+            None => None,
+        };
         if from.is_none() {
             allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
