@@ -1066,13 +1066,22 @@ impl<'c> Tx<'c> {
     }
 
     /// The counter value of this transaction, taken on first use.
+    ///
+    /// On SQLite the counter also never falls behind the wall clock in milliseconds
+    /// (`max(value + 1, now)`): a revision is then a time no earlier than the change, as
+    /// slapproxy's `timestamp` (`time.time()` of the change) is, which SLAP clients compare
+    /// with their own clock. Still strictly increasing (the single writer holds the row).
+    /// PostgreSQL keeps the plain sequence: a `setval` there could hand two replicas the
+    /// same value.
     fn seq(&mut self) -> Result<i64> {
         if let Some(s) = self.seq {
             return Ok(s);
         }
         let next = match self.tx.engine() {
             sql::Engine::Sqlite => {
-                "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value"
+                "UPDATE meta SET value = max(value + 1,
+                     CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER))
+                 WHERE key = 'seq' RETURNING value"
             }
             sql::Engine::Postgres => "SELECT nextval('revision_seq')",
         };
