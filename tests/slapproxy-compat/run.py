@@ -40,6 +40,8 @@ import slapos.slap  # noqa: E402
 from slapos.tests import test_slapproxy, test_slapproxy_json_rpc  # noqa: E402
 
 MASTER = None  # path of slapos-master, set by main()
+# SLAPPROXY_COMPAT_TRACE=1: print every 4xx/5xx answer (method, path, status, body) on stderr.
+TRACE = os.environ.get("SLAPPROXY_COMPAT_TRACE") == "1"
 
 # Whole classes that cannot run against master-lite, with the reason.
 EXCLUDED = {
@@ -137,6 +139,8 @@ class HttpApp(object):
         r = self.session.request(
             method, self.server.url + path, params=query_string, data=data, json=json,
             headers=headers, allow_redirects=follow_redirects)
+        if TRACE and r.status_code >= 400:
+            sys.stderr.write("  %s %s -> %d %s\n" % (method, path, r.status_code, r.text[:300]))
         exc = RAISES.get((path.split("?")[0], r.status_code))
         if exc is not None:
             raise exc("%s %s: %d %s" % (method, path, r.status_code, r.text[:200]))

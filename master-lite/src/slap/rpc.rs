@@ -480,8 +480,16 @@ async fn endpoint(
                 message: None,
                 parameter_model: None,
             };
-            // slapproxy deletes the row if any; an unknown one changes nothing.
-            let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;
+            // slapproxy deletes the row if any; an unknown one changes nothing. Under its trust
+            // model (plain HTTP on loopback) whatever was requested; otherwise the native rule
+            // (only a release requested destroyed is forgotten).
+            if matches!(who, Identity::Local) {
+                st.db
+                    .call(move |s| s.slap_forget_software(c.as_str(), rep.url.as_str()))
+                    .await?;
+            } else {
+                let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;
+            }
             success("Destroyed")
         }
         E::ComputeNodeInstanceList => {
@@ -599,7 +607,12 @@ async fn endpoint(
             instance_call(&st, InstanceCall::ConnectionParameter, &body, now).await
         }
         E::SoftwareInstanceReportedState => {
-            instance_call(&st, InstanceCall::ReportedState, &body, now).await
+            let call = if matches!(who, Identity::Local) {
+                InstanceCall::ReportedStateAnyway
+            } else {
+                InstanceCall::ReportedState
+            };
+            instance_call(&st, call, &body, now).await
         }
         E::SoftwareInstanceBang => instance_call(&st, InstanceCall::Bang, &body, now).await,
         E::SoftwareInstanceTitle => instance_call(&st, InstanceCall::Title, &body, now).await,
@@ -1240,7 +1253,11 @@ async fn request_shared(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InstanceCall {
     ConnectionParameter,
+    /// `reported_state destroyed`: frees only an instance requested destroyed (native rule).
     ReportedState,
+    /// The same under slapproxy's trust model (plain HTTP on loopback): frees the instance
+    /// whatever was requested, as slapproxy does (not one that still has children).
+    ReportedStateAnyway,
     Bang,
     Title,
 }
@@ -1249,13 +1266,17 @@ enum InstanceCall {
 async fn instance_call(st: &AppState, call: InstanceCall, body: &Json, now: u64) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let g = s("instance_guid");
-    if call == InstanceCall::ReportedState && s("reported_state") != "destroyed" {
+    let reported = matches!(
+        call,
+        InstanceCall::ReportedState | InstanceCall::ReportedStateAnyway
+    );
+    if reported && s("reported_state") != "destroyed" {
         return success("Ignored");
     }
     let (title, root, shared) = parse_guid(&g)?;
     if shared {
         return match call {
-            InstanceCall::ReportedState => success("Ignored"),
+            InstanceCall::ReportedState | InstanceCall::ReportedStateAnyway => success("Ignored"),
             InstanceCall::ConnectionParameter => {
                 if let Some(r) = shared_row(st, title, root).await? {
                     let params = connection_params(body);
@@ -1291,13 +1312,20 @@ async fn instance_call(st: &AppState, call: InstanceCall, body: &Json, now: u64)
                 .await?;
             success("Updated")
         }
-        InstanceCall::ReportedState => {
+        InstanceCall::ReportedState | InstanceCall::ReportedStateAnyway => {
             let Some((c, p)) = ids else {
                 return Err(forbidden(format!("No software instance {g} found.")));
             };
+            let anyway = call == InstanceCall::ReportedStateAnyway;
             let answer = st
                 .db
-                .call(move |s| s.slap_destroyed(c.as_str(), p.as_str(), now))
+                .call(move |s| {
+                    if anyway {
+                        s.slap_destroyed_anyway(c.as_str(), p.as_str(), now)
+                    } else {
+                        s.slap_destroyed(c.as_str(), p.as_str(), now)
+                    }
+                })
                 .await?;
             if answer == "OK" {
                 success("Destroyed")

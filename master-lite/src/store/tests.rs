@@ -781,6 +781,7 @@ fn everything_acknowledged_survives_a_reopen() {
     let path = dir.path().join("master.db");
     let (dump_before, rev) = {
         let mut s = Store::open(&path, 1_000).unwrap();
+        s.set_clock(|| 0);
         s.register(&registration("C1", &["p0", "p1"], &[("region", "eu")]), 1)
             .unwrap();
         supply(&mut s, "C1", SR);
@@ -795,6 +796,7 @@ fn everything_acknowledged_survives_a_reopen() {
         // dropped without any explicit close
     };
     let mut s = Store::open(&path, 999_999).unwrap();
+    s.set_clock(|| 0);
     assert_eq!(s.dump(), dump_before);
     let web = s.instance(&title("web"), None).unwrap();
     assert_eq!(web.connection["url"], "http://x");
@@ -804,6 +806,41 @@ fn everything_acknowledged_survives_a_reopen() {
         .request(&with_param(req("web", SR), "port", "81"), None, 4)
         .unwrap();
     assert!(changed.revision > rev && changed.revision < 999_999);
+}
+
+#[test]
+fn sqlite_revisions_never_fall_behind_the_clock_and_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("master.db"), 1_000).unwrap();
+    s.set_clock(|| 5_000_000);
+    s.register(&registration("C1", &["p0", "p1"], &[]), 1)
+        .unwrap();
+    supply(&mut s, "C1", SR);
+    let a = s.request(&req("a", SR), None, 2).unwrap();
+    assert!(
+        a.revision >= 5_000_000,
+        "{} is behind the clock",
+        a.revision
+    );
+    // Same clock reading: the counter still advances.
+    let b = s.request(&req("b", SR), None, 3).unwrap();
+    assert!(
+        b.revision > a.revision,
+        "{} then {}",
+        a.revision,
+        b.revision
+    );
+    // A clock going back never takes the counter back.
+    s.set_clock(|| 1);
+    let a2 = s
+        .request(&with_param(req("a", SR), "port", "81"), None, 4)
+        .unwrap();
+    assert!(
+        a2.revision > b.revision,
+        "{} then {}",
+        b.revision,
+        a2.revision
+    );
 }
 
 #[test]
