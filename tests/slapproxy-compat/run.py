@@ -54,8 +54,6 @@ EXCLUDED = {
     "TestLocalSoftwareReleaseRootPathMigration": "slapproxy's local_software_release_root URL"
     " rebasing of its own database, checked through its in-process logger (not implemented)",
     "_MigrationTestCase": "loads slapproxy's old SQLite dumps into its database file",
-    "TestCliInformation": "starts `slapos proxy start` itself on a fixed address"
-    " (SLAPOS_TEST_IPV4:8080); the same CLI is covered by master-lite/tests/slap_cli.rs",
 }
 for _v in range(10, 18):
     EXCLUDED["TestMigrateVersion%dToLatest" % _v] = EXCLUDED["_MigrationTestCase"]
@@ -236,6 +234,36 @@ def start_proxy(self):
 test_slapproxy.BasicMixin.startProxy = start_proxy
 
 
+class _ServerProcess(object):
+    """What `CliMasterMixin.tearDown` stops (`proxy_process.terminate()`, `.wait()`)."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def terminate(self):
+        self.server.stop()
+
+    def wait(self):
+        return 0
+
+
+def start_cli_proxy(self):
+    """Replacement of `CliMasterMixin.startProxy` (it runs `slapos proxy start` on a fixed
+    address): our server, and the CLI's configuration pointed at it."""
+    start_proxy(self)
+    url = self._master.url
+    self.proxyaddr = url
+    with open(self.slapos_cfg, "w") as f:
+        f.write("[slapos]\nmaster_url = %s\nmaster_rest_url = %s/hateoas\ncomputer_id = %s\n"
+                % (url, url, self.computer_id))
+    self.proxy_process = _ServerProcess(self._master)
+
+
+test_slapproxy.CliMasterMixin.startProxy = start_cli_proxy
+# CliMasterMixin's configuration names this address before startProxy rewrites it.
+os.environ.setdefault("SLAPOS_TEST_IPV4", "127.0.0.1")
+
+
 def all_tests():
     loader = unittest.TestLoader()
     out = []
@@ -292,7 +320,7 @@ def main():
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("only", nargs="*")
     args = p.parse_args()
-    MASTER = args.master
+    MASTER = os.path.abspath(args.master)
     tests = all_tests()
     if args.only:
         tests = [t for t in tests if any(short_id(t).startswith(o) for o in args.only)]

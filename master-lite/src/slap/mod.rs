@@ -112,7 +112,15 @@ impl IntoResponse for SlapError {
         if self.0.is_server_error() {
             tracing::warn!(status = %self.0, error = %self.1, "SLAP call failed");
         }
-        (self.0, self.1).into_response()
+        let mut r = (self.0, self.1).into_response();
+        // slapproxy (Werkzeug) sends upper-case reason phrases (`400 BAD REQUEST`), which the
+        // `slap` library and the CLI print in their errors.
+        if let Some(reason) = self.0.canonical_reason()
+            && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.to_uppercase())
+        {
+            r.extensions_mut().insert(phrase);
+        }
+        r
     }
 }
 
