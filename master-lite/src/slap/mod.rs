@@ -5,9 +5,11 @@
 //! Design: each handler parses the form or query with the codec of `slapos_proto::slap`, makes
 //! one closure call to the database worker and encodes the answer with xml_marshaller. Status
 //! codes follow slapproxy (`proxy/slap_tool.py`): a missing form field is 400, an undecodable
-//! marshal payload or an unknown computer/partition on a read is 500 (slapproxy's unhandled
-//! exception), allocation failure is 404, and the "action" routes answer 200 with slapproxy's
-//! texts (`done`, `OK`, `Ignored`, …), including its 200-with-error-text cases. See
+//! marshal payload or an unknown partition on a read is 500 (slapproxy's unhandled
+//! exception), an unknown computer on `get(Full)ComputerInformation` 404 (the `slap` library
+//! raises `NotFoundError`, as slapproxy does in process), allocation failure is 404, and the
+//! "action" routes answer 200 with slapproxy's texts (`done`, `OK`, `Ignored`, …), including
+//! its 200-with-error-text cases. Error answers carry Werkzeug's upper-case reason phrase. See
 //! `docs/slap.md` for the mapping of the two models and the known differences.
 //!
 //! Invariant: a refused call changes nothing (validation happens before the store call, and
