@@ -28,11 +28,41 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import unittest
 import unittest.mock
 
-# The suites `import mock`; the standard library's is the same API.
-sys.modules.setdefault("mock", unittest.mock)
+
+def _patch(target, *args, **kwargs):
+    """`mock.patch`, except `patch('time.time', return_value=T)`: the tests use it to make
+    slapproxy's in-process clock read T; our server has its own clock, so the shim waits until
+    the real clock reaches T instead (at most a couple of seconds: T is "now + 1 s")."""
+    if target == "time.time" and "return_value" in kwargs and not args:
+        return _WaitUntil(kwargs["return_value"])
+    return unittest.mock.patch(target, *args, **kwargs)
+
+
+class _WaitUntil(object):
+    def __init__(self, when):
+        self.when = when
+
+    def __enter__(self):
+        while time.time() < self.when:
+            time.sleep(min(0.05, max(0.0, self.when - time.time())))
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+for _name in ("object", "dict", "multiple", "stopall", "TEST_PREFIX"):
+    setattr(_patch, _name, getattr(unittest.mock.patch, _name))
+
+# The suites `import mock`: the standard library's, with the `patch` above.
+_mock = types.ModuleType("mock")
+_mock.__dict__.update({k: v for k, v in vars(unittest.mock).items() if not k.startswith("__")})
+_mock.patch = _patch
+sys.modules.setdefault("mock", _mock)
 
 import requests  # noqa: E402
 
@@ -63,7 +93,6 @@ IN_PROCESS_MARKERS = {
     "sqlite_connect(": "reads slapproxy's SQLite file (its schema is not ours)",
     "execute_db(": "reads slapproxy's SQLite file (its schema is not ours)",
     "sqlite3.": "reads slapproxy's SQLite file (its schema is not ours)",
-    "mock.patch('time.time'": "patches time.time inside slapproxy's process",
     "views.app": "patches slapproxy's in-process Flask app",
 }
 
