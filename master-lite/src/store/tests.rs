@@ -465,6 +465,43 @@ fn a_destroyed_report_frees_only_what_was_asked_destroyed() {
 }
 
 #[test]
+fn slapproxy_reported_destroyed_frees_a_leaf_whatever_was_requested() {
+    let Some(mut s) = ready(2) else { return };
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let root_part = at("C1", root.partition.as_str());
+    let kid = s.request(&req("kid", SR), Some(&root_part), 3).unwrap();
+    // A root with a child: refused, nothing changed.
+    let before = s.dump();
+    let answer = s
+        .slap_destroyed_anyway("C1", root.partition.as_str(), 4)
+        .unwrap();
+    assert!(answer.contains("has child partitions: kid"), "{answer}");
+    assert_eq!(before, s.dump(), "a refusal changed the database");
+    // The child (requested started): freed.
+    let answer = s
+        .slap_destroyed_anyway("C1", kid.partition.as_str(), 5)
+        .unwrap();
+    assert_eq!(answer, "OK");
+    assert!(
+        s.slap_partition("C1", kid.partition.as_str())
+            .unwrap()
+            .unwrap()
+            .instance
+            .is_none()
+    );
+    // Then the root.
+    let answer = s
+        .slap_destroyed_anyway("C1", root.partition.as_str(), 6)
+        .unwrap();
+    assert_eq!(answer, "OK");
+    assert!(s.instance(&title("root"), None).is_err());
+    // A release is forgotten whatever was requested; once.
+    assert!(s.slap_forget_software("C1", SR).unwrap());
+    assert!(!s.slap_forget_software("C1", SR).unwrap());
+    assert!(s.slap_computer("C1").unwrap().unwrap().software.is_empty());
+}
+
+#[test]
 fn revisions_never_repeat_after_a_partition_is_reallocated() {
     let Some(mut s) = ready(1) else { return };
     let a = s.request(&req("a", SR), None, 2).unwrap();
