@@ -14,6 +14,12 @@
 //! rules (X-SlapPartition must name the caller or one of its partitions; roots: users' own
 //! titles, owner recorded), lists are filtered. A refusal is a 403 JSON error.
 //!
+//! `reported_state destroyed` (installation or instance) follows slapproxy for the local
+//! operator (plain HTTP: its trust model), frees / forgets whatever was requested; for any
+//! certified identity the native rule (only what was requested destroyed) holds. Shared
+//! requests for slapproxy's two known frontends get its fake-frontend answer
+//! (`super::frontend`).
+//!
 //! Limits: bang and rename of a shared guid are 403 `NotImplemented` (as slapproxy); the
 //! format's addresses take the first address's `network-interface` as the partition's
 //! interface; no forwarding (never 523).
