@@ -644,12 +644,13 @@ fn slap_routes_authorization_matrix_and_the_slap_library_over_tls() {
     assert!(text.contains("['p0', 'p1', 'p2']"), "{text}");
     assert!(text.contains(SR), "{text}");
     // Another computer's certificate: a 403, which the library raises as requests' HTTPError
-    // (it maps only TLS failures to AuthenticationError); nothing changed.
+    // (it maps only TLS failures to AuthenticationError); nothing changed. The reason phrase
+    // is Werkzeug's upper-case one, as every SLAP error answer's.
     let before = env.dump();
     let out = py(&venv, &url, &c2, full);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("403 Client Error: Forbidden"), "{err}");
+    assert!(err.contains("403 Client Error: FORBIDDEN"), "{err}");
     let out = py(
         &venv,
         &url,
@@ -659,7 +660,7 @@ fn slap_routes_authorization_matrix_and_the_slap_library_over_tls() {
         ),
     );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("403 Client Error: Forbidden"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403 Client Error: FORBIDDEN"));
     assert_eq!(before, env.dump());
 
     // Supply stays admin-only through the native API too.

@@ -615,7 +615,8 @@ const NONE: &str = "<marshal><none/></marshal>";
 #[tokio::test]
 async fn bad_input_gets_slapproxys_status_codes_and_changes_nothing() {
     let m = InProcess::new();
-    // The configured computer answers before it is formatted; another one is a server error.
+    // The configured computer answers before it is formatted; another one is a 404, which the
+    // slap library raises as NotFoundError (slapproxy raises it in process).
     assert_eq!(
         m.get("/getFullComputerInformation?computer_id=COMP")
             .await
@@ -626,7 +627,7 @@ async fn bad_input_gets_slapproxys_status_codes_and_changes_nothing() {
         m.get("/getFullComputerInformation?computer_id=OTHER")
             .await
             .0,
-        StatusCode::INTERNAL_SERVER_ERROR
+        StatusCode::NOT_FOUND
     );
     let fx = format_xml(1);
     let ok = m

@@ -5,9 +5,11 @@
 //! Design: each handler parses the form or query with the codec of `slapos_proto::slap`, makes
 //! one closure call to the database worker and encodes the answer with xml_marshaller. Status
 //! codes follow slapproxy (`proxy/slap_tool.py`): a missing form field is 400, an undecodable
-//! marshal payload or an unknown computer/partition on a read is 500 (slapproxy's unhandled
-//! exception), allocation failure is 404, and the "action" routes answer 200 with slapproxy's
-//! texts (`done`, `OK`, `Ignored`, …), including its 200-with-error-text cases. See
+//! marshal payload or an unknown partition on a read is 500 (slapproxy's unhandled
+//! exception), an unknown computer on `get(Full)ComputerInformation` 404 (the `slap` library
+//! raises `NotFoundError`, as slapproxy does in process), allocation failure is 404, and the
+//! "action" routes answer 200 with slapproxy's texts (`done`, `OK`, `Ignored`, …), including
+//! its 200-with-error-text cases. Error answers carry Werkzeug's upper-case reason phrase. See
 //! `docs/slap.md` for the mapping of the two models and the known differences.
 //!
 //! Invariant: a refused call changes nothing (validation happens before the store call, and
@@ -32,6 +34,7 @@
 //! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
 //! reports are accepted and ignored, as slapproxy does.
 
+pub mod frontend;
 pub mod hateoas;
 pub mod rpc;
 
@@ -111,7 +114,15 @@ impl IntoResponse for SlapError {
         if self.0.is_server_error() {
             tracing::warn!(status = %self.0, error = %self.1, "SLAP call failed");
         }
-        (self.0, self.1).into_response()
+        let mut r = (self.0, self.1).into_response();
+        // slapproxy (Werkzeug) sends upper-case reason phrases (`400 BAD REQUEST`), which the
+        // `slap` library and the CLI print in their errors.
+        if let Some(reason) = self.0.canonical_reason()
+            && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.to_uppercase())
+        {
+            r.extensions_mut().insert(phrase);
+        }
+        r
     }
 }
 
@@ -416,10 +427,13 @@ async fn full_computer(
         },
         // slapproxy: the configured computer answers empty even before it is formatted.
         None if st.slap.computer_id.as_deref() == Some(c.as_str()) => ComputerDoc::empty(&c),
+        // slapproxy raises NotFoundError (a 500 from its server); the `slap` library raises
+        // NotFoundError on a 404, which is what its callers expect.
         None => {
-            return Err(server_error(format!(
-                "NotFoundError: {c} is not registered."
-            )));
+            return Err(SlapError(
+                StatusCode::NOT_FOUND,
+                format!("{c} is not registered."),
+            ));
         }
     };
     doc.encode().map(text).map_err(server_error)
@@ -772,10 +786,22 @@ async fn request(
     }
     let from = requester(&headers, &f)?;
     if f.shared {
+        // slapproxy: from a partition holding no instance, a root shared request
+        // (`requested_by = ''`), hence admin-only like any root shared request.
+        let from = match from {
+            Some(r) => {
+                let (c, p) = (r.computer.to_string(), r.partition.to_string());
+                match st.db.read(move |s| s.slap_partition(&c, &p)).await? {
+                    Some(part) if part.instance.is_none() => None,
+                    _ => Some(r),
+                }
+            }
+            None => None,
+        };
         if from.is_none() {
             allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
-        return request_shared(&st, &f, from).await;
+        return request_shared(&st, &f, from, forwarded_https(&headers)).await;
     }
     let mut sla = BTreeMap::new();
     match f.filter_str("computer_guid") {
@@ -809,6 +835,15 @@ async fn request(
         .db
         .call(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
+            // slapproxy: the requester is the calling partition's instance; a partition holding
+            // none gives `requested_by = ''`, a root request (still authorized as one below).
+            let from = match &from {
+                Some(r) => s
+                    .slap_partition(r.computer.as_str(), r.partition.as_str())?
+                    .and_then(|p| p.instance)
+                    .map(|_| r.clone()),
+                None => None,
+            };
             match &from {
                 Some(_) => Ok(s.slap_request(&req, from.as_ref(), now)?),
                 None => {
@@ -843,12 +878,44 @@ async fn request(
     .map_err(server_error)
 }
 
+/// Whether the client reached us over https through a proxy (`X-Forwarded-Proto: https`),
+/// slapproxy's `request.scheme == 'https'`.
+pub(crate) fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 /// `requestComputerPartition` with `shared_xml` true (`db.requestSlave`).
 async fn request_shared(
     st: &AppState,
     f: &RequestForm,
     from: Option<slapos_proto::PartitionRef>,
+    https: bool,
 ) -> SlapResult {
+    let param = |k: &str| match f.parameters.get(k) {
+        Some(Value::String(v)) => Some(v.clone()),
+        Some(Value::Int(v)) => Some(v.to_string()),
+        _ => None,
+    };
+    if let Some(fake) = frontend::bypass(&f.software_release, &f.software_type, param, https) {
+        let mut doc = SoftwareInstanceDoc::for_shared(&RequestedShared {
+            computer_id: String::new(),
+            host_partition_id: String::new(),
+            software_release_url: f.software_release.clone(),
+            software_type: f.software_type.clone(),
+            parameters: ParamDict::new(),
+            connection: fake
+                .connection
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+            ip_list: Vec::new(),
+        });
+        doc.attributes
+            .insert("_partition_id".into(), Value::str(fake.partition_id));
+        return doc.encode().map(text).map_err(server_error);
+    }
     let computer = f
         .filter_str("computer_guid")
         .map(str::to_owned)

@@ -14,6 +14,12 @@
 //! rules (X-SlapPartition must name the caller or one of its partitions; roots: users' own
 //! titles, owner recorded), lists are filtered. A refusal is a 403 JSON error.
 //!
+//! `reported_state destroyed` (installation or instance) follows slapproxy for the local
+//! operator (plain HTTP: its trust model), frees / forgets whatever was requested; for any
+//! certified identity the native rule (only what was requested destroyed) holds. Shared
+//! requests for slapproxy's two known frontends get its fake-frontend answer
+//! (`super::frontend`).
+//!
 //! Limits: bang and rename of a shared guid are 403 `NotImplemented` (as slapproxy); the
 //! format's addresses take the first address's `network-interface` as the partition's
 //! interface; no forwarding (never 523).
@@ -480,8 +486,16 @@ async fn endpoint(
                 message: None,
                 parameter_model: None,
             };
-            // slapproxy deletes the row if any; an unknown one changes nothing.
-            let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;
+            // slapproxy deletes the row if any; an unknown one changes nothing. Under its trust
+            // model (plain HTTP on loopback) whatever was requested; otherwise the native rule
+            // (only a release requested destroyed is forgotten).
+            if matches!(who, Identity::Local) {
+                st.db
+                    .call(move |s| s.slap_forget_software(c.as_str(), rep.url.as_str()))
+                    .await?;
+            } else {
+                let _ = st.db.call(move |s| s.report_software(&c, &rep, now)).await;
+            }
             success("Destroyed")
         }
         E::ComputeNodeInstanceList => {
@@ -599,7 +613,12 @@ async fn endpoint(
             instance_call(&st, InstanceCall::ConnectionParameter, &body, now).await
         }
         E::SoftwareInstanceReportedState => {
-            instance_call(&st, InstanceCall::ReportedState, &body, now).await
+            let call = if matches!(who, Identity::Local) {
+                InstanceCall::ReportedStateAnyway
+            } else {
+                InstanceCall::ReportedState
+            };
+            instance_call(&st, call, &body, now).await
         }
         E::SoftwareInstanceBang => instance_call(&st, InstanceCall::Bang, &body, now).await,
         E::SoftwareInstanceTitle => instance_call(&st, InstanceCall::Title, &body, now).await,
@@ -931,7 +950,8 @@ async fn request(
         if from.is_none() {
             super::allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
-        return request_shared(st, body, from, sla, now).await;
+        let https = super::forwarded_https(headers);
+        return request_shared(st, body, from, sla, https, now).await;
     }
     let params = body
         .get("parameters")
@@ -1111,10 +1131,63 @@ async fn request_shared(
     body: &Json,
     from: Option<PartitionRef>,
     sla: std::collections::BTreeMap<String, String>,
+    https: bool,
     now: u64,
 ) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let title = s("title");
+    let param = |k: &str| match body.get("parameters").and_then(|p| p.get(k)) {
+        Some(Json::String(v)) => Some(v.clone()),
+        Some(Json::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(fake) = super::frontend::bypass(
+        &s("software_release_uri"),
+        &s("software_type"),
+        param,
+        https,
+    ) {
+        // slapproxy's answer for the fake ComputerPartition: nothing allocated or recorded.
+        let requested_by = match &from {
+            None => String::new(),
+            Some(r) => {
+                let (c, p) = (r.computer.to_string(), r.partition.to_string());
+                st.db
+                    .read(move |s| s.slap_partition(&c, &p))
+                    .await?
+                    .and_then(|p| p.instance)
+                    .map(|i| if i.root.is_empty() { i.title } else { i.root })
+                    .unwrap_or_default()
+            }
+        };
+        let state = match s("state") {
+            st if st.is_empty() => "started".to_owned(),
+            st => st,
+        };
+        let connection: Map<String, Json> = fake
+            .connection
+            .into_iter()
+            .map(|(k, v)| (k, Json::String(v)))
+            .collect();
+        return ok(json!({
+            "title": title,
+            "instance_guid": guid(&title, &requested_by, true),
+            "software_release_uri": s("software_release_uri"),
+            "software_type": s("software_type"),
+            "state": state,
+            "connection_parameters": connection,
+            "parameters": body.get("parameters").cloned().unwrap_or_else(|| json!({})),
+            "shared": true,
+            "root_instance_title": if requested_by.is_empty() { &title } else { &requested_by },
+            "ip_list": [],
+            "full_ip_list": [],
+            "sla_parameters": {},
+            "computer_guid": "",
+            "compute_partition_id": fake.partition_id,
+            "processing_timestamp": 0,
+            "access_status_message": "",
+        }));
+    }
     let computer = sla.get("computer_guid").cloned().unwrap_or_default();
     let prefix = format!("{computer}-");
     let params = body.get("parameters").cloned().unwrap_or_else(|| json!({}));
@@ -1186,7 +1259,11 @@ async fn request_shared(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InstanceCall {
     ConnectionParameter,
+    /// `reported_state destroyed`: frees only an instance requested destroyed (native rule).
     ReportedState,
+    /// The same under slapproxy's trust model (plain HTTP on loopback): frees the instance
+    /// whatever was requested, as slapproxy does (not one that still has children).
+    ReportedStateAnyway,
     Bang,
     Title,
 }
@@ -1195,13 +1272,17 @@ enum InstanceCall {
 async fn instance_call(st: &AppState, call: InstanceCall, body: &Json, now: u64) -> RpcResult {
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let g = s("instance_guid");
-    if call == InstanceCall::ReportedState && s("reported_state") != "destroyed" {
+    let reported = matches!(
+        call,
+        InstanceCall::ReportedState | InstanceCall::ReportedStateAnyway
+    );
+    if reported && s("reported_state") != "destroyed" {
         return success("Ignored");
     }
     let (title, root, shared) = parse_guid(&g)?;
     if shared {
         return match call {
-            InstanceCall::ReportedState => success("Ignored"),
+            InstanceCall::ReportedState | InstanceCall::ReportedStateAnyway => success("Ignored"),
             InstanceCall::ConnectionParameter => {
                 if let Some(r) = shared_row(st, title, root).await? {
                     let params = connection_params(body);
@@ -1237,13 +1318,20 @@ async fn instance_call(st: &AppState, call: InstanceCall, body: &Json, now: u64)
                 .await?;
             success("Updated")
         }
-        InstanceCall::ReportedState => {
+        InstanceCall::ReportedState | InstanceCall::ReportedStateAnyway => {
             let Some((c, p)) = ids else {
                 return Err(forbidden(format!("No software instance {g} found.")));
             };
+            let anyway = call == InstanceCall::ReportedStateAnyway;
             let answer = st
                 .db
-                .call(move |s| s.slap_destroyed(c.as_str(), p.as_str(), now))
+                .call(move |s| {
+                    if anyway {
+                        s.slap_destroyed_anyway(c.as_str(), p.as_str(), now)
+                    } else {
+                        s.slap_destroyed(c.as_str(), p.as_str(), now)
+                    }
+                })
                 .await?;
             if answer == "OK" {
                 success("Destroyed")

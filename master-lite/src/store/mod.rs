@@ -136,6 +136,8 @@ pub struct Store {
     reserve: disk::Reserve,
     /// The PostgreSQL URL to reconnect to (None on SQLite).
     pg_url: Option<String>,
+    /// The floor of a new SQLite revision: the wall clock in ms (see [`Store::set_clock`]).
+    clock: fn() -> u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -278,6 +280,7 @@ impl Store {
             touched: Vec::new(),
             reserve: disk::Reserve::new(None, 0),
             pg_url: Some(url.to_owned()),
+            clock: wall_clock_ms,
         })
     }
 
@@ -305,6 +308,7 @@ impl Store {
             touched: Vec::new(),
             reserve: disk::Reserve::new(file, disk::RESERVE_BYTES),
             pg_url: None,
+            clock: wall_clock_ms,
         };
         store.maintain();
         Ok(store)
@@ -364,6 +368,7 @@ impl Store {
             touched: Vec::new(),
             reserve: disk::Reserve::new(None, 0),
             pg_url: None,
+            clock: wall_clock_ms,
         })
     }
 
@@ -402,13 +407,19 @@ impl Store {
     fn write(&mut self) -> Result<Tx<'_>> {
         self.ensure_connected()?;
         let tx = self.conn.begin(true).op("begin a write transaction")?;
-        Ok(Tx::new(tx, &mut self.touched))
+        Ok(Tx::new(tx, &mut self.touched, (self.clock)()))
     }
 
     fn read(&mut self) -> Result<Tx<'_>> {
         self.ensure_connected()?;
         let tx = self.conn.begin(false).op("begin a read transaction")?;
-        Ok(Tx::new(tx, &mut self.touched))
+        Ok(Tx::new(tx, &mut self.touched, (self.clock)()))
+    }
+
+    /// Replace the clock that floors new SQLite revisions (the wall clock in ms by default):
+    /// tests pass a fixed one.
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
     }
 
     /// Every row of every table, as text (see [`dump`]), on either engine.
@@ -1046,6 +1057,8 @@ impl Store {
 struct Tx<'c> {
     tx: Transaction<'c>,
     seq: Option<i64>,
+    /// The floor of this transaction's revision on SQLite (the clock when it began, in ms).
+    floor: i64,
     touched: BTreeMap<String, i64>,
     sink: &'c mut Vec<(ComputerId, u64)>,
 }
@@ -1058,30 +1071,40 @@ impl<'c> Deref for Tx<'c> {
 }
 
 impl<'c> Tx<'c> {
-    fn new(tx: Transaction<'c>, sink: &'c mut Vec<(ComputerId, u64)>) -> Self {
+    fn new(tx: Transaction<'c>, sink: &'c mut Vec<(ComputerId, u64)>, floor_ms: u64) -> Self {
         Self {
             tx,
             seq: None,
+            floor: i64::try_from(floor_ms).unwrap_or(i64::MAX / 2),
             touched: BTreeMap::new(),
             sink,
         }
     }
 
     /// The counter value of this transaction, taken on first use.
+    ///
+    /// On SQLite the counter also never falls behind the store's clock (the wall clock in ms,
+    /// read when the transaction began: `max(value + 1, now)`): a revision is then a time no
+    /// earlier than the change, as
+    /// slapproxy's `timestamp` (`time.time()` of the change) is, which SLAP clients compare
+    /// with their own clock. Still strictly increasing (the single writer holds the row).
+    /// PostgreSQL keeps the plain sequence: a `setval` there could hand two replicas the
+    /// same value.
     fn seq(&mut self) -> Result<i64> {
         if let Some(s) = self.seq {
             return Ok(s);
         }
-        let next = match self.tx.engine() {
-            sql::Engine::Sqlite => {
-                "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value"
-            }
-            sql::Engine::Postgres => "SELECT nextval('revision_seq')",
-        };
-        let s = self
-            .tx
-            .q_row(next, [], |r| r.get(0))
-            .op("advance the revision counter")?;
+        let s = match self.tx.engine() {
+            sql::Engine::Sqlite => self.tx.q_row(
+                "UPDATE meta SET value = max(value + 1, ?1) WHERE key = 'seq' RETURNING value",
+                params![self.floor],
+                |r| r.get(0),
+            ),
+            sql::Engine::Postgres => self
+                .tx
+                .q_row("SELECT nextval('revision_seq')", [], |r| r.get(0)),
+        }
+        .op("advance the revision counter")?;
         self.seq = Some(s);
         Ok(s)
     }
@@ -1805,6 +1828,13 @@ impl RequestRules {
         require_supply: false,
         allow_url_change: true,
     };
+}
+
+/// The wall clock in milliseconds since the epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A parsed SLA filter.

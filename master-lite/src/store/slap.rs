@@ -623,6 +623,63 @@ impl Store {
         Ok(true)
     }
 
+    /// JSON-RPC `software_instance_reported_state destroyed` under slapproxy's trust model
+    /// (plain HTTP on loopback): slapproxy frees the partition whatever its instance was
+    /// requested, unless instances it requested still exist. Here the instance is first
+    /// marked destroyed (only when it has no children, so a refusal changes nothing), then
+    /// reported as [`Store::slap_destroyed`] does. Answers that call's texts.
+    pub fn slap_destroyed_anyway(&mut self, c: &str, p: &str, now_ms: u64) -> Result<String> {
+        let found = {
+            let tx = self.read()?;
+            match instance_on(&tx, c, p)? {
+                Some(inst) if inst.state != "destroyed" => {
+                    let kids = titles(
+                        &tx,
+                        "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
+                        params![inst.id],
+                    )?;
+                    Some((inst.id, kids))
+                }
+                _ => None,
+            }
+        };
+        if let Some((id, kids)) = found {
+            if !kids.is_empty() {
+                return Ok(format!(
+                    "Not destroying yet because this partition has child partitions: {}",
+                    kids.join(", ")
+                ));
+            }
+            let mut tx = self.write()?;
+            tx.exec(
+                "UPDATE instance SET state = 'destroyed' WHERE id = ?1",
+                params![id],
+            )
+            .op("mark a reported-destroyed instance destroyed")?;
+            tx.bump_instance(id)?;
+            tx.commit()?;
+        }
+        self.slap_destroyed(c, p, now_ms)
+    }
+
+    /// JSON-RPC `software_installation_reported_state destroyed` under slapproxy's trust model:
+    /// slapproxy forgets the release on that computer whatever was requested. `false` when
+    /// there was nothing to forget.
+    pub fn slap_forget_software(&mut self, c: &str, url: &str) -> Result<bool> {
+        let mut tx = self.write()?;
+        let n = tx
+            .exec(
+                "DELETE FROM software WHERE computer = ?1 AND url = ?2",
+                [c, url],
+            )
+            .op("forget a release reported destroyed")?;
+        if n > 0 {
+            tx.bump_computer(c)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
     /// `destroyedComputerPartition`: the node destroyed the partition. Answers slapproxy's
     /// texts (all with HTTP 200): `OK`, the child list that keeps the partition, or why nothing
     /// was freed.

@@ -465,6 +465,43 @@ fn a_destroyed_report_frees_only_what_was_asked_destroyed() {
 }
 
 #[test]
+fn slapproxy_reported_destroyed_frees_a_leaf_whatever_was_requested() {
+    let Some(mut s) = ready(2) else { return };
+    let root = s.request(&req("root", SR), None, 2).unwrap();
+    let root_part = at("C1", root.partition.as_str());
+    let kid = s.request(&req("kid", SR), Some(&root_part), 3).unwrap();
+    // A root with a child: refused, nothing changed.
+    let before = s.dump();
+    let answer = s
+        .slap_destroyed_anyway("C1", root.partition.as_str(), 4)
+        .unwrap();
+    assert!(answer.contains("has child partitions: kid"), "{answer}");
+    assert_eq!(before, s.dump(), "a refusal changed the database");
+    // The child (requested started): freed.
+    let answer = s
+        .slap_destroyed_anyway("C1", kid.partition.as_str(), 5)
+        .unwrap();
+    assert_eq!(answer, "OK");
+    assert!(
+        s.slap_partition("C1", kid.partition.as_str())
+            .unwrap()
+            .unwrap()
+            .instance
+            .is_none()
+    );
+    // Then the root.
+    let answer = s
+        .slap_destroyed_anyway("C1", root.partition.as_str(), 6)
+        .unwrap();
+    assert_eq!(answer, "OK");
+    assert!(s.instance(&title("root"), None).is_err());
+    // A release is forgotten whatever was requested; once.
+    assert!(s.slap_forget_software("C1", SR).unwrap());
+    assert!(!s.slap_forget_software("C1", SR).unwrap());
+    assert!(s.slap_computer("C1").unwrap().unwrap().software.is_empty());
+}
+
+#[test]
 fn revisions_never_repeat_after_a_partition_is_reallocated() {
     let Some(mut s) = ready(1) else { return };
     let a = s.request(&req("a", SR), None, 2).unwrap();
@@ -781,6 +818,7 @@ fn everything_acknowledged_survives_a_reopen() {
     let path = dir.path().join("master.db");
     let (dump_before, rev) = {
         let mut s = Store::open(&path, 1_000).unwrap();
+        s.set_clock(|| 0);
         s.register(&registration("C1", &["p0", "p1"], &[("region", "eu")]), 1)
             .unwrap();
         supply(&mut s, "C1", SR);
@@ -795,6 +833,7 @@ fn everything_acknowledged_survives_a_reopen() {
         // dropped without any explicit close
     };
     let mut s = Store::open(&path, 999_999).unwrap();
+    s.set_clock(|| 0);
     assert_eq!(s.dump(), dump_before);
     let web = s.instance(&title("web"), None).unwrap();
     assert_eq!(web.connection["url"], "http://x");
@@ -804,6 +843,41 @@ fn everything_acknowledged_survives_a_reopen() {
         .request(&with_param(req("web", SR), "port", "81"), None, 4)
         .unwrap();
     assert!(changed.revision > rev && changed.revision < 999_999);
+}
+
+#[test]
+fn sqlite_revisions_never_fall_behind_the_clock_and_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("master.db"), 1_000).unwrap();
+    s.set_clock(|| 5_000_000);
+    s.register(&registration("C1", &["p0", "p1"], &[]), 1)
+        .unwrap();
+    supply(&mut s, "C1", SR);
+    let a = s.request(&req("a", SR), None, 2).unwrap();
+    assert!(
+        a.revision >= 5_000_000,
+        "{} is behind the clock",
+        a.revision
+    );
+    // Same clock reading: the counter still advances.
+    let b = s.request(&req("b", SR), None, 3).unwrap();
+    assert!(
+        b.revision > a.revision,
+        "{} then {}",
+        a.revision,
+        b.revision
+    );
+    // A clock going back never takes the counter back.
+    s.set_clock(|| 1);
+    let a2 = s
+        .request(&with_param(req("a", SR), "port", "81"), None, 4)
+        .unwrap();
+    assert!(
+        a2.revision > b.revision,
+        "{} then {}",
+        b.revision,
+        a2.revision
+    );
 }
 
 #[test]
