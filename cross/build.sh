@@ -13,7 +13,8 @@
 # artefacts do not depend on which others are built (the board test builds only the node and
 # edge-init with the very same commands and shares the artefacts), and a package that fails to
 # build does not stop the others: the failure is reported and the script exits 1 at the end.
-# Features: cross_package_features (cross/lib.sh) — slapos-buffer is built with `opcua`.
+# Features: cross_package_features (cross/lib.sh) — slapos-buffer is built with `opcua`
+# (SLAPOS_CROSS_OPCUA_TARGETS limits where).
 # Artefacts: <target dir>/<target>/<profile>/<bin>.
 # Prints a size report (bytes, linkage, NEEDED) and writes it to <target dir>/cross-report.txt
 # (not with --no-report); fails if a binary needs a shared library beyond the C runtime (libc,
@@ -105,7 +106,7 @@ for t in "${targets[@]}"; do
     for step in "${steps[@]}"; do
         read -ra words <<<"$step"
         args=(-p "${words[0]}")
-        features=$(cross_package_features "${words[0]}")
+        features=$(cross_package_features "${words[0]}" "$t")
         [ -z "$features" ] || args+=(--features "$features")
         for b in "${words[@]:1}"; do args+=(--bin "$b"); done
         s0=$(date +%s.%N)

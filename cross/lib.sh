@@ -8,15 +8,20 @@ CROSS_DEFAULT_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv
 # Node-side packages and the binaries shipped to boards (built when they exist).
 CROSS_NODE_PACKAGES=(node-edge rt buffer radio)
 CROSS_NODE_BINS=(${SLAPOS_CROSS_BINS:-slapos-node rt-probe slapos-buffer slapos-radio enb-sim})
-# Cargo features of the release artefacts, per package (beyond the defaults). The buffer ships
-# its OPC-UA input (async-opcua client, ~+7.6 MiB; docs/buffer.md); SLAPOS_CROSS_BUFFER_FEATURES
-# overrides ("" = default features only, e.g. for a sensor gateway without PLCs).
-cross_package_features() { # package
+# Cargo features of the release artefacts, per package and target (beyond the defaults). The
+# buffer ships its OPC-UA input (async-opcua client, ~+7.6 MiB; docs/buffer.md) on every target
+# in SLAPOS_CROSS_OPCUA_TARGETS (default: all; "" = none, e.g. for a sensor gateway without
+# PLCs). CI builds it for aarch64 only: its fat-LTO link costs minutes per target (docs/cross.md).
+cross_package_features() { # package target
     case "$1" in
-        buffer) echo "${SLAPOS_CROSS_BUFFER_FEATURES-opcua}" ;;
+        buffer)
+            local t
+            for t in ${SLAPOS_CROSS_OPCUA_TARGETS-$2}; do
+                [ "$t" != "$2" ] || { echo opcua; return; }
+            done
+            ;;
     esac
 }
-CROSS_CARGO=(cargo --config "$CROSS_REPO/cross/config.toml")
 
 cross_log() { printf 'cross: %s\n' "$*" >&2; }
 

@@ -11,7 +11,9 @@ cd "$(dirname "$0")/../.."
 # Both steps always run (a failed build still leaves the other results to read); the check fails
 # if either did.
 t0=$(date +%s) status=0
-cross/build.sh || { status=1; echo "cross check: cross/build.sh FAILED" >&2; }
+# The OPC-UA buffer (the release default on every target) is built here for aarch64 only: the
+# same script and code path, ~4 min of fat LTO per target saved on CI's 2 cores (docs/cross.md).
+SLAPOS_CROSS_OPCUA_TARGETS=${SLAPOS_CROSS_OPCUA_TARGETS-aarch64-unknown-linux-musl} cross/build.sh || { status=1; echo "cross check: cross/build.sh FAILED" >&2; }
 echo "cross check: builds done in $(( $(date +%s) - t0 ))s"
 if [ "${SLAPOS_CROSS_CHECK_TESTS:-1}" = 1 ]; then
     t1=$(date +%s)

@@ -8,7 +8,12 @@
 //! * registration of a computer with 100 partitions (one transaction);
 //! * a new-instance request (allocation), and an identical re-request (no change);
 //! * the full desired state of a computer with 1000 allocated partitions;
-//! * the server's peak RSS (`VmHWM`) and current RSS from `/proc/<pid>/status`.
+//! * the server's peak RSS (`VmHWM`) and current RSS from `/proc/<pid>/status`;
+//! * with `--fleet N` (default 1000; 0 skips): N computers × 10 partitions, all allocated, then
+//!   **usage ingestion** (each node posts 10 periods × 10 partitions in batches of 100, from
+//!   `--senders` threads) next to its anchor, partition reports (one row each) posted at the same
+//!   concurrency; and **`GET /metrics` render time** next to `GET /v1/computers` of the same
+//!   fleet (the anchor: the same rows read and serialised as JSON).
 //!
 //! ```text
 //! cargo build --release -p master-lite --bins && target/release/master-bench [--dir DIR]
@@ -38,6 +43,8 @@ struct Args {
     gets: usize,
     anchor: usize,
     server: PathBuf,
+    fleet: usize,
+    senders: usize,
 }
 
 fn args() -> Result<Args> {
@@ -48,6 +55,8 @@ fn args() -> Result<Args> {
         gets: 50,
         anchor: 200,
         server: std::env::current_exe()?.with_file_name("slapos-master"),
+        fleet: 1000,
+        senders: 8,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,10 +68,12 @@ fn args() -> Result<Args> {
             "--gets" => a.gets = val()?.parse()?,
             "--anchor" => a.anchor = val()?.parse()?,
             "--server" => a.server = PathBuf::from(val()?),
+            "--fleet" => a.fleet = val()?.parse()?,
+            "--senders" => a.senders = val()?.parse::<usize>()?.max(1),
             "-h" | "--help" => {
                 println!(
                     "master-bench [--dir DIR] [--requests N] [--registrations N] [--gets N] \
-                     [--anchor N] [--server PATH-TO-slapos-master]"
+                     [--anchor N] [--server PATH-TO-slapos-master] [--fleet N] [--senders N]"
                 );
                 std::process::exit(0);
             }
@@ -218,6 +229,136 @@ fn ready(c: &Client, id: &str, partitions: usize) -> Result<()> {
     Ok(())
 }
 
+/// Run `f(i)` for i in 0..n on `senders` threads; the wall time.
+fn spread(n: usize, senders: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<Duration> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..senders)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(());
+                        }
+                        f(i)?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| anyhow::anyhow!("a sender panicked"))?)
+    })?;
+    Ok(t.elapsed())
+}
+
+/// Usage ingestion and `/metrics` on a fleet of `a.fleet` computers × 10 partitions.
+fn fleet(a: &Args, c: &Client) -> Result<()> {
+    const PARTS: usize = 10;
+    const PERIODS: u64 = 10;
+    let n = a.fleet;
+    println!();
+    let fill = spread(n, a.senders, |i| {
+        let id = format!("F{i}");
+        ready(c, &id, PARTS)?;
+        for p in 0..PARTS {
+            c.request(&request(&format!("f{i}-{p}"), &id)?)?;
+        }
+        Ok(())
+    })?;
+    println!(
+        "fleet: {n} computers x {PARTS} partitions registered and allocated in {:.1} s",
+        fill.as_secs_f64()
+    );
+    // Anchor: one partition report per call (one row written), same senders.
+    let reports = n * PARTS;
+    let took = spread(reports, a.senders, |k| {
+        let (i, p) = (k / PARTS, k % PARTS);
+        let info = c.instance(&InstanceTitle::parse(format!("f{i}-{p}"))?, None)?;
+        c.report_partition(
+            &ComputerId::parse(format!("F{i}"))?,
+            &PartitionId::parse(format!("slappart{p}"))?,
+            &slapos_proto::PartitionReport {
+                state: slapos_proto::InstanceState::Started,
+                revision: info.revision,
+                promises: Vec::new(),
+                error: None,
+            },
+        )?;
+        Ok(())
+    })?;
+    println!(
+        "{:<52} {reports:>5}  {:>9.0} calls/s (each also reads the instance)",
+        "ANCHOR partition reports, one row each",
+        reports as f64 / took.as_secs_f64()
+    );
+    let t0 = 1_700_000_000_000u64;
+    let took = spread(n, a.senders, |i| {
+        let mut samples = Vec::with_capacity(PARTS * PERIODS as usize);
+        for p in 0..PARTS {
+            for k in 0..PERIODS {
+                samples.push(slapos_proto::UsageSample {
+                    partition: PartitionId::parse(format!("slappart{p}"))?,
+                    instance: Some(InstanceTitle::parse(format!("f{i}-{p}"))?),
+                    start_ms: t0 + k * 60_000,
+                    end_ms: t0 + (k + 1) * 60_000,
+                    cpu_ns: 1_000_000_000,
+                    memory_bytes: 64 << 20,
+                    memory_peak_bytes: 80 << 20,
+                    io_read_bytes: 4096,
+                    io_write_bytes: 8192,
+                    disk_bytes: 100 << 20,
+                    tasks: 4,
+                    folded: 1,
+                });
+            }
+        }
+        let ack = c.post_usage(
+            &ComputerId::parse(format!("F{i}"))?,
+            &slapos_proto::UsageBatch { samples },
+        )?;
+        if ack.stored as usize != PARTS * PERIODS as usize {
+            bail!("batch of F{i}: {ack:?}");
+        }
+        Ok(())
+    })?;
+    let samples = n * PARTS * PERIODS as usize;
+    println!(
+        "{:<52} {samples:>5}  {:>9.0} samples/s ({:.1} batches/s)",
+        "usage ingestion, batches of 100",
+        samples as f64 / took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    let report = c.usage(t0, t0 + PERIODS * 60_000, slapos_proto::UsageBy::Computer)?;
+    if report.total.samples != samples as u64 {
+        bail!("the report counts {} samples, {samples} were sent", report.total.samples);
+    }
+    let mut anchor = Vec::new();
+    let mut render = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(c.computers()?);
+        anchor.push(t.elapsed());
+        let t = Instant::now();
+        bytes = c.metrics()?.len();
+        render.push(t.elapsed());
+    }
+    row(
+        &format!("ANCHOR GET /v1/computers, {n} computers"),
+        5,
+        anchor,
+    );
+    row(
+        &format!("GET /metrics, {} partitions ({} kB)", n * PARTS, bytes / 1000),
+        5,
+        render,
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a = args()?;
     let work = a.dir.join(format!("master-bench-{}", std::process::id()));
@@ -339,6 +480,10 @@ fn run(a: &Args, work: &Path) -> Result<()> {
         1000,
         ms(fill)
     );
+
+    if a.fleet > 0 {
+        fleet(a, &c)?;
+    }
 
     row(
         "ANCHOR again after the runs, reused WAL, 0.5 ms apart",
