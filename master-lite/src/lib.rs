@@ -50,6 +50,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod certs;
+pub mod cli;
 pub mod db;
 pub mod error;
 pub mod http;
