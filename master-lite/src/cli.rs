@@ -117,8 +117,7 @@ pub fn classify<'a>(chain: impl IntoIterator<Item = &'a (dyn StdError + 'static)
                 _ => Exit::Error,
             };
         }
-        if e.is::<slapos_proto::ids::IdError>() || e.is::<slapos_proto::identity::IdentityError>()
-        {
+        if e.is::<slapos_proto::ids::IdError>() || e.is::<slapos_proto::identity::IdentityError>() {
             return Exit::Usage;
         }
     }
@@ -172,10 +171,12 @@ pub fn load_toml<T: for<'de> Deserialize<'de>>(
             });
         }
     };
-    toml::from_str(&text).map(Some).map_err(|e| CliError::Config {
-        path: path.to_owned(),
-        reason: e.to_string().trim_end().to_owned(),
-    })
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| CliError::Config {
+            path: path.to_owned(),
+            reason: e.to_string().trim_end().to_owned(),
+        })
 }
 
 /// `serve`'s settings from `/etc/slapos/master.toml` (or `--config FILE`); the keys are the
@@ -348,9 +349,13 @@ mod tests {
         use crate::store::DbUrl;
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.db");
-        let e = operator_db("token create", Some(DbUrl::Sqlite(missing.clone())), Some(false))
-            .unwrap_err()
-            .to_string();
+        let e = operator_db(
+            "token create",
+            Some(DbUrl::Sqlite(missing.clone())),
+            Some(false),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(&missing.display().to_string()), "{e}");
         assert!(e.contains("--create-db"), "{e}");
         let e = operator_db("cert revoke", Some(DbUrl::Sqlite(missing.clone())), None)

@@ -151,7 +151,11 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
 fn client_commands_report_an_unreachable_master() {
     // Port 1 on loopback: nothing listens, the connection is refused at once.
     let out = run(&["--master", "http://127.0.0.1:1", "list"]);
-    assert_eq!(out.status.code(), Some(6), "docs/cli.md: master unreachable");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "docs/cli.md: master unreachable"
+    );
     assert!(
         text(&out.stderr).contains("unreachable"),
         "{}",

@@ -37,7 +37,11 @@ fn json_error(o: &Output) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_slice(&o.stderr)
         .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", text(&o.stderr)));
     assert_eq!(v["error"]["code"], code(o).unwrap(), "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     v
 }
 
@@ -67,12 +71,19 @@ fn help_and_version_go_to_stdout_with_0_and_unknown_flags_get_a_suggestion() {
 
     let typo = cli_in(dir.path(), &[], &["list", "--computer"]);
     assert_eq!(code(&typo), Some(2), "usage error");
-    assert!(text(&typo.stderr).contains("--computers"), "{}", text(&typo.stderr));
+    assert!(
+        text(&typo.stderr).contains("--computers"),
+        "{}",
+        text(&typo.stderr)
+    );
     let typo = cli_in(dir.path(), &[], &["--json", "lst"]);
     assert_eq!(code(&typo), Some(2));
     let v = json_error(&typo);
     assert_eq!(v["error"]["kind"], "usage");
-    assert!(v["error"]["message"].as_str().unwrap().contains("list"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("list"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -93,9 +104,7 @@ fn each_failure_has_its_exit_code_and_a_json_error() {
     let server = Server::start_tls(&env.db(), &env.tls(), "error");
     let ca = s(&env.users().join("ca.pem")).to_owned();
     let admin_client = ops.client(&server.url, &env.ca_pem());
-    admin_client
-        .register(&registration("C1", &["p0"]))
-        .unwrap();
+    admin_client.register(&registration("C1", &["p0"])).unwrap();
     let as_user = |cred: &common::Cred, args: &[&str]| {
         let mut a = vec![
             "--master",
@@ -129,7 +138,11 @@ fn each_failure_has_its_exit_code_and_a_json_error() {
     assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
     let o = cli_in(cwd, &[], &["--master", &server.url, "--ca", &ca, "list"]);
     assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("missing --cert, --key"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("missing --cert, --key"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // --wait timed out: 5, the instance still printed on stdout under --json.
     ok(as_user(&ops, &["supply", SR, "--computer", "C1"]));
@@ -179,7 +192,11 @@ fn master_and_credentials_come_from_flags_then_env_then_client_toml() {
     std::fs::write(cwd.join("slapos/client.toml"), "mastr = 1\n").unwrap();
     let o = cli_in(cwd, &[], &["list"]);
     assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("client.toml"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("client.toml"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
@@ -193,15 +210,7 @@ fn serve_reads_its_config_file_and_flags_win() {
     )
     .unwrap();
     // --listen wins over the file's (unusable) port 1; the database comes from the file.
-    let server = Server::spawn(
-        [
-            "--config",
-            s(&conf),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        "error",
-    );
+    let server = Server::spawn(["--config", s(&conf), "--listen", "127.0.0.1:0"], "error");
     assert!(db.exists(), "the config's database was not opened");
     assert!(!server.url.ends_with(":1"), "{}", server.url);
     ok(server.cli(&["list"]));
@@ -217,7 +226,12 @@ fn serve_reads_its_config_file_and_flags_win() {
         &[],
         &["serve", "--config", s(&dir.path().join("missing.toml"))],
     );
-    assert_eq!(code(&o), Some(2), "a named config must exist: {}", text(&o.stderr));
+    assert_eq!(
+        code(&o),
+        Some(2),
+        "a named config must exist: {}",
+        text(&o.stderr)
+    );
 }
 
 #[test]
@@ -228,8 +242,14 @@ fn operator_commands_refuse_to_create_a_database() {
     let o = cli_in(cwd, &[], &["token", "create", "--computer", "C1"]);
     assert_eq!(code(&o), Some(3), "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("slapos-master.db") && err.contains("--db"), "{err}");
-    assert!(!cwd.join("slapos-master.db").exists(), "a database was created");
+    assert!(
+        err.contains("slapos-master.db") && err.contains("--db"),
+        "{err}"
+    );
+    assert!(
+        !cwd.join("slapos-master.db").exists(),
+        "a database was created"
+    );
     // A --db that does not exist, for each operator command.
     let missing = cwd.join("typo.db");
     let m = s(&missing);
@@ -237,7 +257,17 @@ fn operator_commands_refuse_to_create_a_database() {
     let tls = cwd.join("tls");
     for args in [
         vec!["token", "create", "--computer", "C1", "--db", m],
-        vec!["user", "create", "ops", "--out", s(&out), "--tls-dir", s(&tls), "--db", m],
+        vec![
+            "user",
+            "create",
+            "ops",
+            "--out",
+            s(&out),
+            "--tls-dir",
+            s(&tls),
+            "--db",
+            m,
+        ],
         vec!["cert", "revoke", "--identity", "user:ops", "--db", m],
         vec!["cert", "list", "--db", m],
     ] {
@@ -252,7 +282,15 @@ fn operator_commands_refuse_to_create_a_database() {
     let o = cli_in(
         cwd,
         &[],
-        &["token", "create", "--computer", "C1", "--db", m, "--create-db"],
+        &[
+            "token",
+            "create",
+            "--computer",
+            "C1",
+            "--db",
+            m,
+            "--create-db",
+        ],
     );
     assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
     assert!(missing.exists());
@@ -267,13 +305,21 @@ fn supply_without_computer_picks_the_only_one_else_lists_them() {
     let supply = || cli_in(dir.path(), &[("SLAPOS_MASTER", &url)], &["supply", SR]);
     let o = supply();
     assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("no computer"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no computer"),
+        "{}",
+        text(&o.stderr)
+    );
 
     let c = server.client();
     c.register(&registration("C1", &["p0"])).unwrap();
     let o = supply();
     assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("on C1: supplied"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("on C1: supplied"),
+        "{}",
+        text(&o.stdout)
+    );
     let info = c.computer(&cid("C1")).unwrap();
     assert_eq!(info.software.len(), 1);
 
@@ -281,5 +327,8 @@ fn supply_without_computer_picks_the_only_one_else_lists_them() {
     let o = supply();
     assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
     let err = text(&o.stderr);
-    assert!(err.contains("C1") && err.contains("C2") && err.contains("--computer"), "{err}");
+    assert!(
+        err.contains("C1") && err.contains("C2") && err.contains("--computer"),
+        "{err}"
+    );
 }
