@@ -45,3 +45,80 @@ fn help_version_and_unknown_arguments() {
         text(&o.stderr)
     );
 }
+
+/// `Type=notify`: READY=1 to `$NOTIFY_SOCKET` once serving (after the `READY {json}` line),
+/// then WATCHDOG=1 at half of `WATCHDOG_USEC`.
+#[test]
+fn notifies_systemd_ready_and_feeds_the_watchdog() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("buffer.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"gw\"\n[storage]\ndir = \"{}\"\nstream = \"s\"\n\
+             [[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nformat = \"json\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_PID", "1") // not this process: the watchdog is someone else's
+        .env("SLAPOS_BUFFER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // WATCHDOG_PID names another process: no ping within several periods.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let quiet = socket.recv(&mut buf);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.starts_with("READY {"), "{line}");
+    assert_eq!(ready, "READY=1");
+    assert!(quiet.is_err(), "pinged a watchdog that is not ours");
+
+    // The watchdog is ours: pings follow READY=1.
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .env("SLAPOS_BUFFER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let n = socket.recv(&mut buf).expect("a notification");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(got, ["READY=1", "WATCHDOG=1", "WATCHDOG=1"]);
+}

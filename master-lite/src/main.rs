@@ -761,6 +761,7 @@ fn serve(
         };
         println!("{}{url}", master_lite::LISTENING);
         std::io::stdout().flush().ok();
+        master_lite::notify_systemd_ready();
         tracing::info!(%addr, db = %db_shown, tls = tls.is_some(), "master started");
         match tls {
             None => master.run(listener, shutdown_signal()).await?,

@@ -332,3 +332,55 @@ fn supply_without_computer_picks_the_only_one_else_lists_them() {
         "{err}"
     );
 }
+
+/// `Type=notify`: `serve` sends READY=1 to `$NOTIFY_SOCKET` once it serves, then WATCHDOG=1
+/// at half of `WATCHDOG_USEC`; an abstract `@name` socket works too.
+#[test]
+fn serve_notifies_systemd_ready_and_feeds_the_watchdog() {
+    use std::io::{BufRead, BufReader};
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let name = format!("slapos-master-notify-{}", std::process::id());
+    let sockets = [
+        (UnixDatagram::bind(&path).unwrap(), s(&path).to_owned()),
+        (
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap(),
+            format!("@{name}"),
+        ),
+    ];
+    for (socket, addr) in sockets {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("master.db"))
+            .env("NOTIFY_SOCKET", &addr)
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("WATCHDOG_PID")
+            .env("SLAPOS_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let n = socket.recv(&mut buf).expect("a notification");
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(line.starts_with(master_lite::LISTENING), "{line}");
+        assert_eq!(got, ["READY=1", "WATCHDOG=1", "WATCHDOG=1"], "{addr}");
+    }
+}

@@ -426,6 +426,20 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
     println!("READY {ready}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    // systemd Type=notify (dist/systemd/slapos-buffer.service): the watchdog is fed from this
+    // current-thread runtime, so a stuck runtime stops the pings.
+    match slapos_sdnotify::ready_from_env() {
+        Ok(Some(dog)) => drop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(dog.every()).await;
+                if let Err(e) = dog.ping() {
+                    tracing::warn!("systemd watchdog: {e}");
+                }
+            }
+        })),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("systemd notification: {e}"),
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("failed to install the SIGTERM handler")?;
