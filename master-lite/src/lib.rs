@@ -50,6 +50,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod certs;
+pub mod cli;
 pub mod db;
 pub mod error;
 pub mod http;
@@ -329,6 +330,26 @@ pub async fn serve(
 
 /// What `slapos-master serve` prints first on stdout, followed by the URL.
 pub const LISTENING: &str = "listening on ";
+
+/// Tells systemd that the master serves (`Type=notify`, dist/systemd/) and feeds its watchdog
+/// from a task of the calling runtime, so a runtime that stops scheduling stops the pings. A
+/// notification that fails is logged: it never stops the master. Call it inside the runtime.
+pub fn notify_systemd_ready() {
+    match slapos_sdnotify::ready_from_env() {
+        Ok(None) => {}
+        Ok(Some(dog)) => {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(dog.every()).await;
+                    if let Err(e) = dog.ping() {
+                        tracing::warn!("systemd watchdog: {e}");
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!("systemd notification: {e}"),
+    }
+}
 
 /// The URL in a `listening on http://ADDR` line.
 pub fn listening_url(line: &str) -> Option<&str> {

@@ -1,15 +1,16 @@
 //! `slapos-master`: the master server and its client subcommands.
 //!
 //! ```text
-//! slapos-master serve [--listen 127.0.0.1:8355] [--db slapos-master.db | postgres://…] [--cfg slapos-proxy.cfg]
+//! slapos-master serve [--config /etc/slapos/master.toml] [--listen 127.0.0.1:8355]
+//!               [--db slapos-master.db | postgres://…] [--cfg slapos-proxy.cfg]
 //!               [--tls-dir DIR [--tls-name NAME]...] [--allow-plain-http]
-//! slapos-master token create --computer ID [--ttl SECONDS] [--db FILE]
-//! slapos-master user create NAME [--admin] --out DIR --tls-dir DIR [--db FILE]
+//! slapos-master token create --computer ID [--ttl SECONDS] [--db FILE] [--create-db]
+//! slapos-master user create NAME [--admin] --out DIR --tls-dir DIR [--db FILE] [--create-db]
 //! slapos-master cert revoke (SERIAL | --identity ID) [--db FILE]
 //! slapos-master cert list [--db FILE]
 //! slapos-master standalone [--dir slapos-standalone] [--listen 127.0.0.1:8355] [--partitions 4]
 //!               [--example hello-web]
-//! slapos-master [--master URL] [--json] supply URL --computer ID [--remove]
+//! slapos-master [--master URL] [--json] supply URL [--computer ID] [--remove]
 //! slapos-master [--master URL] [--json] request TITLE URL [--type T] [--param k=v]...
 //!               [--params-json FILE|JSON] [--sla k=v]... [--state S] [--wait SECONDS]
 //! slapos-master [--master URL] [--json] list [--computers]
@@ -19,20 +20,24 @@
 //! ```
 //!
 //! Client subcommands speak mTLS with `--ca FILE --cert FILE --key FILE` (and an `https://`
-//! `--master`). `token`, `user` and `cert` work on the master's database (and CA) files
-//! directly: they are the operator's tools on the master's host, usable while it runs.
+//! `--master`); each also comes from `SLAPOS_MASTER`, `SLAPOS_MASTER_CA`, `SLAPOS_MASTER_CERT`,
+//! `SLAPOS_MASTER_KEY` or `~/.config/slapos/client.toml`. `token`, `user` and `cert` work on the
+//! master's database (and CA) files directly: they are the operator's tools on the master's
+//! host, usable while it runs; they never create a database unless told (`--create-db`).
 //!
-//! Exit codes: 0 success, 1 error, 2 `request --wait` timed out before the connection parameters
-//! were published.
+//! Exit codes (docs/cli.md, [`master_lite::cli::Exit`]): 0 success, 1 error, 2 usage, 3 not
+//! found, 4 refused, 5 `request --wait` timed out, 6 master unreachable. With `--json`, errors
+//! are a JSON object on stderr too.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use master_lite::cli::{self, CliError, ClientFile, Exit, ServeFile};
 use master_lite::store::DbUrl;
 use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
 use slapos_client::Client;
@@ -49,20 +54,22 @@ use slapos_proto::{
     about = "Lightweight SlapOS master and its client"
 )]
 struct Cli {
-    /// Master URL for the client subcommands.
-    #[arg(long, global = true, default_value = DEFAULT_MASTER_URL)]
-    master: String,
-    /// Print the API's JSON instead of tables.
+    /// Master URL for the client subcommands [default: `master` in client.toml, else
+    /// http://127.0.0.1:8355].
+    #[arg(long, global = true, env = "SLAPOS_MASTER")]
+    master: Option<String>,
+    /// Print the API's JSON instead of tables (errors too: a JSON object on stderr).
     #[arg(long, global = true)]
     json: bool,
-    /// The master's CA certificate (PEM): talk mTLS to an https:// --master.
-    #[arg(long, global = true, requires_all = ["cert", "key"])]
+    /// The master's CA certificate (PEM): talk mTLS to an https:// --master (with --cert and
+    /// --key).
+    #[arg(long, global = true, env = "SLAPOS_MASTER_CA")]
     ca: Option<PathBuf>,
     /// Client certificate (PEM), with --ca.
-    #[arg(long, global = true, requires = "ca")]
+    #[arg(long, global = true, env = "SLAPOS_MASTER_CERT")]
     cert: Option<PathBuf>,
     /// Client private key (PEM), with --ca.
-    #[arg(long, global = true, requires = "ca")]
+    #[arg(long, global = true, env = "SLAPOS_MASTER_KEY")]
     key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -86,6 +93,10 @@ enum Cmd {
     /// Run the master: HTTP API over an embedded SQLite database, or as one of several
     /// replicas on a PostgreSQL database (`--db postgres://…`).
     Serve {
+        /// Settings file whose keys are these flags' names (`listen`, `db`, `tls-dir`, …);
+        /// flags win over it [default: /etc/slapos/master.toml when it exists].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8355, or the
         /// host and port of --cfg].
         #[arg(long)]
@@ -104,7 +115,7 @@ enum Cmd {
         tls_dir: Option<PathBuf>,
         /// Extra DNS name or IP of the server certificate (localhost, 127.0.0.1, ::1 and the
         /// listening IP are always in); repeatable.
-        #[arg(long = "tls-name", value_name = "NAME", requires = "tls_dir")]
+        #[arg(long = "tls-name", value_name = "NAME")]
         tls_names: Vec<String>,
         /// Serve plain HTTP on a non-loopback address (every caller is then the operator).
         #[arg(long)]
@@ -157,9 +168,9 @@ enum Cmd {
     Supply {
         /// Release URL (http(s)://, file:// or an absolute path).
         url: String,
-        /// Computer id.
+        /// Computer id [default: the master's only computer, if it has exactly one].
         #[arg(long)]
-        computer: String,
+        computer: Option<String>,
         /// Ask the node to remove the release instead.
         #[arg(long)]
         remove: bool,
@@ -185,7 +196,7 @@ enum Cmd {
         /// Requested state: started, stopped or destroyed.
         #[arg(long)]
         state: Option<InstanceState>,
-        /// Wait up to SECONDS for the connection parameters (exit code 2 if not published).
+        /// Wait up to SECONDS for the connection parameters (exit code 5 if not published).
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
     },
@@ -225,9 +236,12 @@ enum TokenCmd {
         /// Validity in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        /// The master's database.
-        #[arg(long, default_value = "slapos-master.db")]
-        db: DbUrl,
+        /// The master's database [default: slapos-master.db]; it must exist.
+        #[arg(long)]
+        db: Option<DbUrl>,
+        /// Create the database if it does not exist (a new master's first command).
+        #[arg(long)]
+        create_db: bool,
     },
 }
 
@@ -246,9 +260,12 @@ enum UserCmd {
         /// The master's TLS directory (its CA).
         #[arg(long, value_name = "DIR")]
         tls_dir: PathBuf,
-        /// The master's database.
-        #[arg(long, default_value = "slapos-master.db")]
-        db: DbUrl,
+        /// The master's database [default: slapos-master.db]; it must exist.
+        #[arg(long)]
+        db: Option<DbUrl>,
+        /// Create the database if it does not exist (the first admin, before the first `serve`).
+        #[arg(long)]
+        create_db: bool,
     },
 }
 
@@ -262,26 +279,87 @@ enum CertCmd {
         /// Identity (`computer:C1`, `user:alice`, …).
         #[arg(long)]
         identity: Option<String>,
-        /// The master's database.
-        #[arg(long, default_value = "slapos-master.db")]
-        db: DbUrl,
+        /// The master's database [default: slapos-master.db]; it must exist.
+        #[arg(long)]
+        db: Option<DbUrl>,
     },
     /// List issued certificates.
     List {
-        /// The master's database.
-        #[arg(long, default_value = "slapos-master.db")]
-        db: DbUrl,
+        /// The master's database [default: slapos-master.db]; it must exist.
+        #[arg(long)]
+        db: Option<DbUrl>,
     },
 }
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    // Known before parsing, so that a usage error is JSON too under --json.
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let asked = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if json && !asked {
+                let msg = e.render().to_string();
+                eprintln!("{}", cli::json_error(Exit::Usage, msg.trim_end()));
+                return ExitCode::from(Exit::Usage.code());
+            }
+            // --help and --version on stdout with 0, usage errors on stderr with 2.
+            e.exit()
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", terminal_safe(&format!("{e:#}")));
-            ExitCode::from(1)
+            let exit = cli::classify(e.chain());
+            let msg = format!("{e:#}");
+            if json {
+                eprintln!("{}", cli::json_error(exit, &msg));
+            } else {
+                eprintln!("error: {}", terminal_safe(&msg));
+            }
+            ExitCode::from(exit.code())
+        }
+    }
+}
+
+/// The client subcommands' master URL and mTLS files: flags, then `SLAPOS_MASTER*` (both read
+/// by clap, given here as `flags`), then client.toml, then the default URL.
+fn client_settings(flags: &ClientFile) -> Result<(String, Option<[PathBuf; 3]>)> {
+    let file = match cli::client_file_path(
+        std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
+        std::env::var("HOME").ok().as_deref(),
+    ) {
+        Some(path) => cli::load_toml::<ClientFile>(&path, true)?.unwrap_or_default(),
+        None => ClientFile::default(),
+    };
+    let master = flags
+        .master
+        .clone()
+        .or(file.master)
+        .unwrap_or_else(|| DEFAULT_MASTER_URL.to_owned());
+    let ca = flags.ca.clone().or(file.ca);
+    let cert = flags.cert.clone().or(file.cert);
+    let key = flags.key.clone().or(file.key);
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok((master, Some([ca, cert, key]))),
+        (None, None, None) => Ok((master, None)),
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [("--ca", ca.is_none()), ("--cert", cert.is_none())]
+                .into_iter()
+                .chain([("--key", key.is_none())])
+                .filter_map(|(n, m)| m.then_some(n))
+                .collect();
+            Err(CliError::Usage(format!(
+                "--ca, --cert and --key go together; missing {} (flags, SLAPOS_MASTER_CA/CERT/KEY \
+                 or client.toml)",
+                missing.join(", ")
+            ))
+            .into())
         }
     }
 }
@@ -316,22 +394,35 @@ fn limit_malloc_arenas() {}
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
+    let flags = ClientFile {
+        master: cli.master,
+        ca: cli.ca,
+        cert: cli.cert,
+        key: cli.key,
+    };
     let client = || -> Result<Client> {
-        match (&cli.ca, &cli.cert, &cli.key) {
-            (Some(ca), Some(cert), Some(key)) => {
+        match client_settings(&flags)? {
+            (master, Some([ca, cert, key])) => {
                 let read = |p: &PathBuf| {
                     std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))
                 };
-                Client::with_identity(&cli.master, &read(ca)?, &read(cert)?, &read(key)?)
-                    .context("--master with --ca/--cert/--key")
+                Client::with_identity(&master, &read(&ca)?, &read(&cert)?, &read(&key)?)
+                    .with_context(|| format!("--master {master} with --ca/--cert/--key"))
             }
-            _ => Client::new(&cli.master).context("--master"),
+            (master, None) => Client::new(&master).with_context(|| format!("--master {master}")),
         }
     };
     match cli.cmd {
         Cmd::Token {
-            cmd: TokenCmd::Create { computer, ttl, db },
+            cmd:
+                TokenCmd::Create {
+                    computer,
+                    ttl,
+                    db,
+                    create_db,
+                },
         } => {
+            let db = cli::operator_db("token create", db, Some(create_db))?;
             let token = master_lite::admin::create_token(&db, &ComputerId::parse(computer)?, ttl)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -344,8 +435,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out,
                     tls_dir,
                     db,
+                    create_db,
                 },
         } => {
+            let db = cli::operator_db("user create", db, Some(create_db))?;
             let made = master_lite::admin::create_user(&db, &tls_dir, &name, admin, &out)?;
             println!(
                 "{} serial {} in {}",
@@ -363,6 +456,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     db,
                 },
         } => {
+            let db = cli::operator_db("cert revoke", db, None)?;
             match (serial, identity) {
                 (Some(serial), _) => {
                     let row = master_lite::admin::revoke_serial(&db, &serial)?;
@@ -374,13 +468,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         println!("revoked {s} ({id})");
                     }
                 }
-                (None, None) => bail!("give a SERIAL or --identity"),
+                (None, None) => {
+                    return Err(CliError::Usage("give a SERIAL or --identity".into()).into());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cert {
             cmd: CertCmd::List { db },
         } => {
+            let db = cli::operator_db("cert list", db, None)?;
             let list = master_lite::admin::certificates(&db)?;
             let mut rows = vec![
                 ["SERIAL", "IDENTITY", "ISSUED", "REVOKED"]
@@ -407,6 +504,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve {
+            config,
             listen,
             db,
             cfg,
@@ -415,6 +513,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             allow_plain_http,
             local_operators,
         } => {
+            let file = match &config {
+                Some(path) => cli::load_toml::<ServeFile>(path, false)?,
+                None => cli::load_toml::<ServeFile>(Path::new(cli::DEFAULT_SERVE_CONFIG), true)?,
+            }
+            .unwrap_or_default();
+            let config_name = config
+                .unwrap_or_else(|| PathBuf::from(cli::DEFAULT_SERVE_CONFIG))
+                .display()
+                .to_string();
+            let listen = listen.or(file.listen);
+            let db = match (db, file.db) {
+                (Some(db), _) => Some(db),
+                (None, Some(s)) => Some(s.parse::<DbUrl>().map_err(|e| CliError::Config {
+                    path: config_name.clone().into(),
+                    reason: format!("db: {e}"),
+                })?),
+                (None, None) => None,
+            };
+            let cfg = cfg.or(file.cfg);
+            let tls_dir = tls_dir.or(file.tls_dir);
+            let tls_names = if tls_names.is_empty() {
+                file.tls_name
+            } else {
+                tls_names
+            };
+            if tls_dir.is_none() && !tls_names.is_empty() {
+                return Err(CliError::Usage("--tls-name needs --tls-dir".into()).into());
+            }
+            let allow_plain_http = allow_plain_http || file.allow_plain_http.unwrap_or(false);
+            let local_operators = if local_operators.is_empty() {
+                file.local_operator
+                    .iter()
+                    .map(|u| master_lite::local::parse_user(u))
+                    .collect::<Result<Vec<u32>, String>>()
+                    .map_err(|e| CliError::Config {
+                        path: config_name.clone().into(),
+                        reason: format!("local-operator: {e}"),
+                    })?
+            } else {
+                local_operators
+            };
             let proxy = cfg
                 .map(|path| master_lite::slap::ProxyConfig::load(&path))
                 .transpose()?;
@@ -450,15 +589,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             computer,
             remove,
         } => {
+            let url = SoftwareUrl::parse(url)?;
+            let c = match computer {
+                Some(id) => ComputerId::parse(id)?,
+                None => only_computer(&client()?)?,
+            };
             let req = SupplyRequest {
-                url: SoftwareUrl::parse(url)?,
+                url,
                 state: if remove {
                     SupplyState::Destroyed
                 } else {
                     SupplyState::Available
                 },
             };
-            let c = ComputerId::parse(computer)?;
             let info = client()?.supply(&c, &req)?;
             if json {
                 print_json(&info)?;
@@ -618,6 +761,7 @@ fn serve(
         };
         println!("{}{url}", master_lite::LISTENING);
         std::io::stdout().flush().ok();
+        master_lite::notify_systemd_ready();
         tracing::info!(%addr, db = %db_shown, tls = tls.is_some(), "master started");
         match tls {
             None => master.run(listener, shutdown_signal()).await?,
@@ -681,8 +825,7 @@ fn request(
                     reported(&info),
                     info.title.as_str()
                 );
-                eprintln!("{}", terminal_safe(&msg));
-                return Ok(ExitCode::from(2));
+                return Err(CliError::WaitTimeout(msg).into());
             }
             std::thread::sleep(Duration::from_millis(200));
             info = client.instance(&req.title, None)?;
@@ -709,6 +852,32 @@ fn request(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `supply` without `--computer`: the master's only computer, else a usage error naming the
+/// ones that exist.
+fn only_computer(client: &Client) -> Result<ComputerId> {
+    let list = client.computers()?;
+    match list.as_slice() {
+        [one] => {
+            eprintln!("supply: --computer {} (the master's only computer)", one.id);
+            Ok(one.id.clone())
+        }
+        [] => Err(CliError::Usage(
+            "supply: no --computer given and the master has no computer yet".into(),
+        )
+        .into()),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+            Err(CliError::Usage(format!(
+                "supply: no --computer given and the master has {} computers: {}; name one \
+                 with --computer",
+                ids.len(),
+                terminal_safe(&ids.join(", "))
+            ))
+            .into())
+        }
+    }
+}
+
 /// Instance parameters from `--params-json` (inline JSON or a file) overridden by `--param`.
 fn parameters(params_json: Option<&str>, params: &[String]) -> Result<Params> {
     let mut out = match params_json {
@@ -733,10 +902,10 @@ fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
         let Some((k, v)) = item.split_once('=') else {
-            bail!("{what} {item:?}: expected KEY=VALUE");
+            return Err(CliError::Usage(format!("{what} {item:?}: expected KEY=VALUE")).into());
         };
         if k.is_empty() {
-            bail!("{what} {item:?}: empty key");
+            return Err(CliError::Usage(format!("{what} {item:?}: empty key")).into());
         }
         out.insert(k.to_owned(), v.to_owned());
     }

@@ -143,6 +143,7 @@ pub async fn run(
     let master_task = tokio::spawn(master.run(listener, stopped(stop_rx.clone())));
     println!("{LISTENING}{url}");
     let _ = std::io::stdout().flush();
+    crate::notify_systemd_ready();
 
     let mut config = node_edge::Config::standalone(&dir, url.clone(), opts.partitions);
     config.isolation = opts.isolation;

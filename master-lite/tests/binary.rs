@@ -51,9 +51,9 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
     assert_eq!(web.parameters["workers"], 4);
     assert_eq!(web.partition.as_str(), "slappart0");
 
-    // Not published yet: --wait gives up with exit code 2 and says why.
+    // Not published yet: --wait gives up with exit code 5 (docs/cli.md) and says why.
     let out = server.cli(&["request", "web", SR, "--param", "port=8080", "--wait", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("not published within 1 s"));
     // Publish as the node would, then --wait prints the parameters.
     c.publish_connection(
@@ -93,16 +93,16 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
         text(&out.stdout)
     );
 
-    // Bad input from the CLI: a clear message and exit code 1.
+    // Bad input from the CLI: a clear message and the usage exit code 2 (docs/cli.md).
     let out = server.cli(&["request", "../x", SR]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("instance title"),
         "{}",
         text(&out.stderr)
     );
     let out = server.cli(&["show", "ghost"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "docs/cli.md: not found");
     assert!(
         text(&out.stderr).contains("404 not_found"),
         "{}",
@@ -151,7 +151,11 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
 fn client_commands_report_an_unreachable_master() {
     // Port 1 on loopback: nothing listens, the connection is refused at once.
     let out = run(&["--master", "http://127.0.0.1:1", "list"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "docs/cli.md: master unreachable"
+    );
     assert!(
         text(&out.stderr).contains("unreachable"),
         "{}",

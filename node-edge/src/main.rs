@@ -245,7 +245,21 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("failed to build the tokio runtime")?;
-            let res = rt.block_on(node_edge::run(cfg, signalled()));
+            let res = rt.block_on(async {
+                // systemd Type=notify: ready once the loop runs; the watchdog is fed from this
+                // runtime, so a stuck loop stops the pings (dist/systemd/slapos-node.service).
+                match slapos_sdnotify::ready_from_env() {
+                    Ok(Some(dog)) => drop(tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(dog.every()).await;
+                            let _ = dog.ping();
+                        }
+                    })),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("systemd notification: {e}"),
+                }
+                node_edge::run(cfg, signalled()).await
+            });
             // Link calls in flight run on detached threads; nothing else is left to wait for.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             res?;

@@ -90,6 +90,7 @@
 //! - v2 partitions are tested on a fake tree only (this machine's cgroup2 has no cpuset).
 //! - The RT period of groups is the kernel default (1 s); `rt_runtime_us` is per second.
 
+pub mod args;
 pub mod child;
 pub mod cpulist;
 pub mod error;

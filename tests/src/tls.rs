@@ -66,6 +66,8 @@ impl TlsMaster {
                 path_str(&tls_dir),
                 "--db",
                 path_str(&db),
+                // Before the first `serve`: the first user creates the database.
+                "--create-db",
             ];
             if admin {
                 args.push("--admin");

@@ -181,6 +181,7 @@ fn partitions_run_as_their_own_users_and_cannot_read_each_other() {
             &s(&tls),
             "--db",
             &s(&tmp.path().join("ca-owner.db")),
+            "--create-db",
         ]),
     );
     assert!(

@@ -5,7 +5,8 @@
 //! On start it prints one line `READY {json}` on stdout with the bound addresses (ports given as
 //! 0 in the config are chosen by the kernel), the epoch and the node id. SIGTERM/SIGINT stop it
 //! cleanly: inputs stop, the open batch is written and synced, the cursor synced.
-//! Exit codes: 0 clean stop, 1 startup error (config, lock held, directory not writable).
+//! Exit codes: 0 clean stop (or `--help`/`--version`, on stdout), 1 startup error (config, lock
+//! held, directory not writable), 2 bad arguments (an unknown one gets a "did you mean").
 
 use anyhow::{Context, Result};
 use buffer::config::{Config, InputCfg, OutputCfg, line_format, load_tls, read_password};
@@ -17,24 +18,106 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
 
-fn usage() -> ! {
-    eprintln!("usage: slapos-buffer [status] --config FILE");
-    std::process::exit(2)
+const USAGE: &str = "\
+usage: slapos-buffer [status] --config FILE
+
+The store-and-forward service of a partition (docs/buffer.md).
+
+Commands:
+  (none)             run the service until SIGTERM/SIGINT
+  status             print the running instance's status, or the on-disk state
+
+Options:
+  -c, --config FILE  the buffer's configuration
+  -h, --help         print this help
+  -V, --version      print the version
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Invocation {
+    Run { config: PathBuf, status: bool },
+    Help,
+    Version,
+}
+
+/// The known words, for "did you mean".
+const KNOWN: &[&str] = &["status", "--config", "--help", "--version"];
+
+fn parse_args(argv: &[String]) -> Result<Invocation, String> {
+    let mut config: Option<PathBuf> = None;
+    let mut status = false;
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (a.as_str(), None),
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Invocation::Help),
+            "-V" | "--version" => return Ok(Invocation::Version),
+            "-c" | "--config" => {
+                let v = inline
+                    .or_else(|| it.next().cloned())
+                    .ok_or_else(|| format!("{flag} needs a value (FILE)"))?;
+                config = Some(PathBuf::from(v));
+            }
+            "status" if !status => status = true,
+            other => {
+                let hint = closest(other, KNOWN)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                return Err(format!("unexpected argument `{other}`{hint}"));
+            }
+        }
+    }
+    let config = config.ok_or("--config FILE is required")?;
+    Ok(Invocation::Run { config, status })
+}
+
+/// The known word nearest to `given` (edit distance at most a third of its length, at least 1),
+/// if any.
+fn closest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(given, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut config: Option<PathBuf> = None;
-    let mut status = false;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" | "-c" => config = args.next().map(PathBuf::from),
-            "status" => status = true,
-            "--help" | "-h" => usage(),
-            _ => usage(),
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (path, status) = match parse_args(&argv) {
+        Ok(Invocation::Run { config, status }) => (config, status),
+        Ok(Invocation::Help) => {
+            print!("{USAGE}");
+            return Ok(());
         }
-    }
-    let Some(path) = config else { usage() };
+        Ok(Invocation::Version) => {
+            println!("slapos-buffer {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("slapos-buffer: {e}\n\n{USAGE}");
+            std::process::exit(2)
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(match std::env::var("SLAPOS_BUFFER_LOG").as_deref() {
@@ -343,6 +426,20 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
     println!("READY {ready}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    // systemd Type=notify (dist/systemd/slapos-buffer.service): the watchdog is fed from this
+    // current-thread runtime, so a stuck runtime stops the pings.
+    match slapos_sdnotify::ready_from_env() {
+        Ok(Some(dog)) => drop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(dog.every()).await;
+                if let Err(e) = dog.ping() {
+                    tracing::warn!("systemd watchdog: {e}");
+                }
+            }
+        })),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("systemd notification: {e}"),
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("failed to install the SIGTERM handler")?;
@@ -366,4 +463,36 @@ async fn run(cfg: Config, handle: tokio::runtime::Handle) -> Result<()> {
     .context("writer thread")?;
     r.context("failed to close the buffer")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Invocation, String> {
+        parse_args(&s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn arguments_help_version_and_suggestions() {
+        let run = |c: &str, status| {
+            Ok(Invocation::Run {
+                config: PathBuf::from(c),
+                status,
+            })
+        };
+        assert_eq!(parse("--config b.toml"), run("b.toml", false));
+        assert_eq!(parse("status -c b.toml"), run("b.toml", true));
+        assert_eq!(parse("--config=b.toml status"), run("b.toml", true));
+        assert_eq!(parse("--help"), Ok(Invocation::Help));
+        assert_eq!(parse("--config x -V"), Ok(Invocation::Version));
+        assert!(parse("").unwrap_err().contains("--config FILE is required"));
+        assert!(parse("--config").unwrap_err().contains("needs a value"));
+        let e = parse("--confg b.toml").unwrap_err();
+        assert!(e.contains("did you mean `--config`"), "{e}");
+        let e = parse("stauts --config b.toml").unwrap_err();
+        assert!(e.contains("did you mean `status`"), "{e}");
+        let e = parse("--config b.toml --zzzzzz").unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
 }

@@ -261,6 +261,8 @@ impl Env {
             s(&tls),
             "--db",
             s(&db),
+            // The first user comes before the first `serve`: it creates the database.
+            "--create-db",
         ];
         if admin {
             args.push("--admin");

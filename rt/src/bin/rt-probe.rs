@@ -13,12 +13,14 @@
 //! `--histogram` adds the non-empty 1 µs buckets (`[[µs, count], …]`) and the overflow count
 //! to the JSON, so runs can be merged (rt-bench does).
 //!
-//! Exit codes: 0 = measured and every threshold held; 1 = a threshold was exceeded (the JSON is
-//! still printed, the violations go to stderr); 2 = bad arguments or the requested setup
-//! (affinity, policy, mlock) failed — the probe never silently measures something else.
+//! Exit codes: 0 = measured and every threshold held (or `--help`/`--version`, on stdout); 1 = a
+//! threshold was exceeded (the JSON is still printed, the violations go to stderr); 2 = bad
+//! arguments (an unknown flag gets a "did you mean") or the requested setup (affinity, policy,
+//! mlock) failed — the probe never silently measures something else.
 
 use std::process::ExitCode;
 
+use rt::args::Parsed;
 use rt::probe::{self, ProbeConfig, RealEnv, Thresholds};
 use rt::{CpuList, Policy};
 use serde::Serialize;
@@ -38,9 +40,32 @@ struct Args {
 
 const USAGE: &str = "usage: rt-probe [--interval-us N] [--duration-s S | --loops N] [--work-us N] [--budget-us N] \
 [--cpu LIST] [--policy other|fifo|rr] [--priority N] [--mlock] [--no-dma-latency] [--hist-max-us N] [--histogram] \
-[--max-p99-us N] [--max-miss-ratio F]";
+[--max-p99-us N] [--max-miss-ratio F] [--help] [--version]
 
-fn parse_args(argv: &[String]) -> Result<Args, String> {
+Wake-up latency and TTI deadline probe; JSON report on stdout. Exit 0: every threshold held;
+1: a threshold was exceeded; 2: bad arguments or the requested setup failed.";
+
+/// The flags, for "did you mean".
+const FLAGS: &[&str] = &[
+    "--interval-us",
+    "--loops",
+    "--duration-s",
+    "--work-us",
+    "--budget-us",
+    "--hist-max-us",
+    "--cpu",
+    "--policy",
+    "--priority",
+    "--mlock",
+    "--no-dma-latency",
+    "--histogram",
+    "--max-p99-us",
+    "--max-miss-ratio",
+    "--help",
+    "--version",
+];
+
+fn parse_args(argv: &[String]) -> Result<Parsed<Args>, String> {
     let mut a = Args {
         cfg: ProbeConfig::new(1000, 0),
         duration_s: None,
@@ -84,8 +109,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--histogram" => a.histogram = true,
             "--max-p99-us" => a.thresholds.max_p99_us = Some(num(flag, value()?)?),
             "--max-miss-ratio" => a.thresholds.max_miss_ratio = Some(num(flag, value()?)?),
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            other => return Err(rt::args::unknown(other, FLAGS)),
         }
     }
     a.policy = policy.unwrap_or(if a.priority > 0 {
@@ -111,7 +137,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     if a.cfg.loops == 0 {
         return Err("nothing to measure (0 loops)".into());
     }
-    Ok(a)
+    Ok(Parsed::Run(a))
 }
 
 #[derive(Serialize)]
@@ -176,12 +202,9 @@ fn setup(a: &Args) -> Result<(Option<std::fs::File>, bool), String> {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let args = match parse_args(&argv) {
+    let args = match rt::args::handle("rt-probe", USAGE, parse_args(&argv)) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("rt-probe: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let (dma, mlocked) = match setup(&args) {
         Ok(v) => v,
@@ -240,8 +263,25 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Result<Args, String> {
+    fn parsed(s: &str) -> Result<Parsed<Args>, String> {
         parse_args(&s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    fn args(s: &str) -> Result<Args, String> {
+        match parsed(s)? {
+            Parsed::Run(a) => Ok(a),
+            other => Err(format!("not a run: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn help_version_and_suggestions() {
+        assert!(matches!(parsed("--loops 5 --help"), Ok(Parsed::Help)));
+        assert!(matches!(parsed("-V"), Ok(Parsed::Version)));
+        let e = parsed("--intervl-us 500").unwrap_err();
+        assert!(e.contains("did you mean `--interval-us`"), "{e}");
+        let e = parsed("--max-p99 5").unwrap_err();
+        assert!(e.contains("did you mean `--max-p99-us`"), "{e}");
     }
 
     #[test]

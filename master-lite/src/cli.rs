@@ -1,0 +1,370 @@
+//! What scripts rely on in `slapos-master`'s command line, apart from the argument parsing in
+//! `main.rs`: the exit codes (docs/cli.md), the mapping of an error to one of them, and the
+//! configuration files (`client.toml` for the client subcommands, `master.toml` for `serve`).
+//!
+//! Precedence, for every setting: a flag, then its environment variable (`SLAPOS_MASTER`,
+//! `SLAPOS_MASTER_CA`, `SLAPOS_MASTER_CERT`, `SLAPOS_MASTER_KEY`, read by clap), then the
+//! configuration file, then the built-in default. A configuration file that exists but cannot be
+//! read or parsed is an error, never skipped.
+
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use slapos_client::ClientError;
+
+/// The documented exit codes of `slapos-master` (docs/cli.md). The numbers are part of the
+/// interface: never renumber one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done.
+    Ok,
+    /// Any failure not listed below (the master's 5xx, local I/O, a conflict…).
+    Error,
+    /// Bad arguments or input: unknown flag, invalid id, the master's 400.
+    Usage,
+    /// What was named does not exist: the master's 404, a missing database file.
+    NotFound,
+    /// The master refused the caller: 401 or 403.
+    Refused,
+    /// `request --wait` ran out of time before the connection parameters were published.
+    WaitTimeout,
+    /// The master could not be reached (connection refused, DNS, transport timeout).
+    Unreachable,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Error => 1,
+            Exit::Usage => 2,
+            Exit::NotFound => 3,
+            Exit::Refused => 4,
+            Exit::WaitTimeout => 5,
+            Exit::Unreachable => 6,
+        }
+    }
+
+    /// The `kind` of the JSON error object printed under `--json`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Error => "error",
+            Exit::Usage => "usage",
+            Exit::NotFound => "not_found",
+            Exit::Refused => "refused",
+            Exit::WaitTimeout => "timeout",
+            Exit::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// A command-line failure that chooses its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad arguments, found after parsing (exit [`Exit::Usage`]).
+    #[error("{0}")]
+    Usage(String),
+    /// An operator command was pointed at a database file that does not exist
+    /// (exit [`Exit::NotFound`]).
+    #[error(
+        "{command}: no master database at `{path}`{default}; refusing to create an empty one. \
+         Pass --db with the database `slapos-master serve` uses{create_hint}"
+    )]
+    NoDatabase {
+        /// The subcommand (`token create`, …).
+        command: &'static str,
+        /// The path tried.
+        path: PathBuf,
+        /// ` (the default, no --db given)` or empty.
+        default: &'static str,
+        /// How to create one, for the commands that can.
+        create_hint: &'static str,
+    },
+    /// `request --wait` ran out of time (exit [`Exit::WaitTimeout`]).
+    #[error("{0}")]
+    WaitTimeout(String),
+    /// A configuration file could not be used (exit [`Exit::Usage`]).
+    #[error("configuration file {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The exit code for an error, from the first cause in its chain that decides one.
+pub fn classify<'a>(chain: impl IntoIterator<Item = &'a (dyn StdError + 'static)>) -> Exit {
+    for e in chain {
+        if let Some(c) = e.downcast_ref::<CliError>() {
+            return match c {
+                CliError::Usage(_) | CliError::Config { .. } => Exit::Usage,
+                CliError::NoDatabase { .. } => Exit::NotFound,
+                CliError::WaitTimeout(_) => Exit::WaitTimeout,
+            };
+        }
+        if let Some(c) = e.downcast_ref::<ClientError>() {
+            return match c {
+                ClientError::Unreachable { .. } => Exit::Unreachable,
+                ClientError::Api { status: 404, .. } => Exit::NotFound,
+                ClientError::Api {
+                    status: 401 | 403, ..
+                } => Exit::Refused,
+                ClientError::Api { status: 400, .. } | ClientError::BadUrl { .. } => Exit::Usage,
+                _ => Exit::Error,
+            };
+        }
+        if e.is::<slapos_proto::ids::IdError>() || e.is::<slapos_proto::identity::IdentityError>() {
+            return Exit::Usage;
+        }
+    }
+    Exit::Error
+}
+
+/// The JSON object printed on stderr for an error under `--json`:
+/// `{"error": {"code": 3, "kind": "not_found", "message": "…"}}`.
+pub fn json_error(exit: Exit, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "error": { "code": exit.code(), "kind": exit.kind(), "message": message }
+    })
+}
+
+/// The client subcommands' settings from `client.toml`; the keys are the flags' names.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// `--master`.
+    pub master: Option<String>,
+    /// `--ca`.
+    pub ca: Option<PathBuf>,
+    /// `--cert`.
+    pub cert: Option<PathBuf>,
+    /// `--key`.
+    pub key: Option<PathBuf>,
+}
+
+/// Where `client.toml` is: `$XDG_CONFIG_HOME/slapos/client.toml`, else
+/// `$HOME/.config/slapos/client.toml` (each only when set and absolute, as the XDG spec says).
+pub fn client_file_path(xdg_config_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
+    let absolute = |s: Option<&str>| s.map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute(xdg_config_home)
+        .or_else(|| absolute(home).map(|h| h.join(".config")))
+        .map(|d| d.join("slapos").join("client.toml"))
+}
+
+/// Reads a TOML settings file. A missing file is `None` when `optional`, an error otherwise;
+/// one that exists but cannot be read or parsed is always an error.
+pub fn load_toml<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    optional: bool,
+) -> Result<Option<T>, CliError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(CliError::Config {
+                path: path.to_owned(),
+                reason: format!("cannot read it: {e}"),
+            });
+        }
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| CliError::Config {
+            path: path.to_owned(),
+            reason: e.to_string().trim_end().to_owned(),
+        })
+}
+
+/// `serve`'s settings from `/etc/slapos/master.toml` (or `--config FILE`); the keys are the
+/// flags' names.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeFile {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--db`.
+    pub db: Option<String>,
+    /// `--cfg`.
+    pub cfg: Option<PathBuf>,
+    /// `--tls-dir`.
+    pub tls_dir: Option<PathBuf>,
+    /// `--tls-name` (a list).
+    #[serde(default)]
+    pub tls_name: Vec<String>,
+    /// `--allow-plain-http`.
+    pub allow_plain_http: Option<bool>,
+    /// `--local-operator` (a list of user names or uids).
+    #[serde(default)]
+    pub local_operator: Vec<String>,
+}
+
+/// The default `serve` configuration file, read when it exists and no `--config` is given.
+pub const DEFAULT_SERVE_CONFIG: &str = "/etc/slapos/master.toml";
+
+/// The database an operator command (`token create`, …) works on: `--db`, else the default
+/// `slapos-master.db`. An SQLite file that does not exist is refused unless `create` is
+/// `Some(true)` (`--create-db`; `None`: the command has no such flag): the command would
+/// otherwise create an empty database the master never reads.
+pub fn operator_db(
+    command: &'static str,
+    db: Option<crate::store::DbUrl>,
+    create: Option<bool>,
+) -> Result<crate::store::DbUrl, CliError> {
+    let given = db.is_some();
+    let db = db.unwrap_or_else(|| crate::store::DbUrl::Sqlite(PathBuf::from("slapos-master.db")));
+    if let crate::store::DbUrl::Sqlite(path) = &db
+        && create != Some(true)
+        && !path.exists()
+    {
+        return Err(CliError::NoDatabase {
+            command,
+            path: path.clone(),
+            default: if given {
+                ""
+            } else {
+                " (the default, no --db given)"
+            },
+            create_hint: match create {
+                Some(_) => ", or --create-db to start a new master's database there",
+                None => "",
+            },
+        });
+    }
+    Ok(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_and_stable() {
+        let all = [
+            Exit::Ok,
+            Exit::Error,
+            Exit::Usage,
+            Exit::NotFound,
+            Exit::Refused,
+            Exit::WaitTimeout,
+            Exit::Unreachable,
+        ];
+        let codes: Vec<u8> = all.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        let mut kinds: Vec<&str> = all.iter().map(|e| e.kind()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), all.len());
+    }
+
+    fn api(status: u16) -> ClientError {
+        ClientError::Api {
+            method: "GET",
+            url: "http://x/v1".into(),
+            status,
+            kind: "k".into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn errors_map_to_their_codes() {
+        let one = |e: &(dyn StdError + 'static)| classify([e]);
+        assert_eq!(one(&api(404)), Exit::NotFound);
+        assert_eq!(one(&api(403)), Exit::Refused);
+        assert_eq!(one(&api(401)), Exit::Refused);
+        assert_eq!(one(&api(400)), Exit::Usage);
+        assert_eq!(one(&api(500)), Exit::Error);
+        assert_eq!(one(&api(409)), Exit::Error);
+        assert_eq!(one(&CliError::Usage("x".into())), Exit::Usage);
+        assert_eq!(one(&CliError::WaitTimeout("x".into())), Exit::WaitTimeout);
+        let id = slapos_proto::ComputerId::parse("../x").unwrap_err();
+        assert_eq!(one(&id), Exit::Usage);
+        let io = std::io::Error::other("disk");
+        assert_eq!(one(&io), Exit::Error);
+        // The first cause that decides wins, wherever it sits in the chain.
+        assert_eq!(classify([&io as &dyn StdError, &api(404)]), Exit::NotFound);
+    }
+
+    #[test]
+    fn json_error_has_code_kind_and_message() {
+        let v = json_error(Exit::Refused, "no");
+        assert_eq!(v["error"]["code"], 4);
+        assert_eq!(v["error"]["kind"], "refused");
+        assert_eq!(v["error"]["message"], "no");
+    }
+
+    #[test]
+    fn client_file_path_follows_xdg() {
+        assert_eq!(
+            client_file_path(Some("/x"), Some("/home/a")),
+            Some(PathBuf::from("/x/slapos/client.toml"))
+        );
+        assert_eq!(
+            client_file_path(None, Some("/home/a")),
+            Some(PathBuf::from("/home/a/.config/slapos/client.toml"))
+        );
+        assert_eq!(
+            client_file_path(Some("relative"), Some("/home/a")),
+            Some(PathBuf::from("/home/a/.config/slapos/client.toml")),
+            "a relative XDG_CONFIG_HOME is ignored"
+        );
+        assert_eq!(client_file_path(None, None), None);
+    }
+
+    #[test]
+    fn config_files_parse_refuse_unknown_keys_and_report_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("client.toml");
+        assert_eq!(load_toml::<ClientFile>(&p, true).unwrap(), None);
+        assert!(load_toml::<ClientFile>(&p, false).is_err(), "required");
+        std::fs::write(&p, "master = \"https://m:8355\"\nca = \"/etc/ca.pem\"\n").unwrap();
+        let c = load_toml::<ClientFile>(&p, true).unwrap().unwrap();
+        assert_eq!(c.master.as_deref(), Some("https://m:8355"));
+        assert_eq!(c.ca, Some(PathBuf::from("/etc/ca.pem")));
+        std::fs::write(&p, "mastr = \"x\"\n").unwrap();
+        let e = load_toml::<ClientFile>(&p, true).unwrap_err().to_string();
+        assert!(e.contains("client.toml") && e.contains("mastr"), "{e}");
+
+        let s = dir.path().join("master.toml");
+        std::fs::write(
+            &s,
+            "listen = \"0.0.0.0:8355\"\ndb = \"/var/lib/slapos/master.db\"\n\
+             tls-dir = \"/var/lib/slapos/tls\"\ntls-name = [\"m.example\"]\n\
+             allow-plain-http = false\nlocal-operator = [\"ops\"]\n",
+        )
+        .unwrap();
+        let f = load_toml::<ServeFile>(&s, false).unwrap().unwrap();
+        assert_eq!(f.listen.as_deref(), Some("0.0.0.0:8355"));
+        assert_eq!(f.tls_name, ["m.example"]);
+        assert_eq!(f.local_operator, ["ops"]);
+        assert_eq!(f.allow_plain_http, Some(false));
+    }
+
+    #[test]
+    fn operator_db_refuses_a_missing_file() {
+        use crate::store::DbUrl;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.db");
+        let e = operator_db(
+            "token create",
+            Some(DbUrl::Sqlite(missing.clone())),
+            Some(false),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(e.contains("--create-db"), "{e}");
+        let e = operator_db("cert revoke", Some(DbUrl::Sqlite(missing.clone())), None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("--create-db"), "{e}");
+        assert!(operator_db("token create", Some(DbUrl::Sqlite(missing)), Some(true)).is_ok());
+        let present = dir.path().join("m.db");
+        std::fs::write(&present, b"").unwrap();
+        assert!(operator_db("cert list", Some(DbUrl::Sqlite(present)), None).is_ok());
+    }
+}

@@ -1,0 +1,386 @@
+//! The contract `slapos-master` offers scripts (docs/cli.md), on the real binary: each exit code,
+//! JSON errors under `--json`, `--help`/`--version`, settings from `SLAPOS_MASTER*`, client.toml
+//! and `serve --config`, operator commands that refuse to create a database, and `supply`
+//! choosing the only computer.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{BIN, Env, Server, cid, ok, registration, s, text};
+
+const SR: &str = "/srv/sr/web.toml";
+
+/// `slapos-master ARGS` with the environment `env`, in `cwd`, with no client.toml of the user's
+/// (XDG_CONFIG_HOME points at `cwd`) and no `SLAPOS_MASTER*` unless given.
+fn cli_in(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.current_dir(cwd).env("XDG_CONFIG_HOME", cwd);
+    for v in [
+        "SLAPOS_MASTER",
+        "SLAPOS_MASTER_CA",
+        "SLAPOS_MASTER_CERT",
+        "SLAPOS_MASTER_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied()).args(args).output().unwrap()
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+/// The JSON error object printed on stderr under `--json`.
+fn json_error(o: &Output) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&o.stderr)
+        .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {}", text(&o.stderr)));
+    assert_eq!(v["error"]["code"], code(o).unwrap(), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    v
+}
+
+/// `https://` on a port nothing listens on.
+fn dead_tls_url() -> String {
+    dead_url().replace("http://", "https://")
+}
+
+/// A port nothing listens on (bound, then released).
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn help_and_version_go_to_stdout_with_0_and_unknown_flags_get_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = cli_in(dir.path(), &[], &["--help"]);
+    assert_eq!(code(&help), Some(0));
+    assert!(text(&help.stdout).contains("Usage: slapos-master"));
+    assert!(help.stderr.is_empty());
+    let version = cli_in(dir.path(), &[], &["--version"]);
+    assert_eq!(code(&version), Some(0));
+    assert!(text(&version.stdout).starts_with("slapos-master "));
+
+    let typo = cli_in(dir.path(), &[], &["list", "--computer"]);
+    assert_eq!(code(&typo), Some(2), "usage error");
+    assert!(
+        text(&typo.stderr).contains("--computers"),
+        "{}",
+        text(&typo.stderr)
+    );
+    let typo = cli_in(dir.path(), &[], &["--json", "lst"]);
+    assert_eq!(code(&typo), Some(2));
+    let v = json_error(&typo);
+    assert_eq!(v["error"]["kind"], "usage");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("list"),
+        "{v}"
+    );
+}
+
+#[test]
+fn each_failure_has_its_exit_code_and_a_json_error() {
+    let env = Env::new();
+    let cwd = env.dir.path();
+    // Unreachable: 6.
+    let dead = dead_url();
+    let o = cli_in(cwd, &[], &["--master", &dead, "list"]);
+    assert_eq!(code(&o), Some(6), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("unreachable"));
+    let o = cli_in(cwd, &[], &["--master", &dead, "--json", "list"]);
+    assert_eq!(json_error(&o)["error"]["kind"], "unreachable");
+
+    // The users first: the first one creates the CA and the database.
+    let ops = env.user("ops", true);
+    let alice = env.user("alice", false);
+    let server = Server::start_tls(&env.db(), &env.tls(), "error");
+    let ca = s(&env.users().join("ca.pem")).to_owned();
+    let admin_client = ops.client(&server.url, &env.ca_pem());
+    admin_client.register(&registration("C1", &["p0"])).unwrap();
+    let as_user = |cred: &common::Cred, args: &[&str]| {
+        let mut a = vec![
+            "--master",
+            &server.url,
+            "--ca",
+            &ca,
+            "--cert",
+            s(&cred.cert_file),
+            "--key",
+            s(&cred.key_file),
+        ];
+        a.extend_from_slice(args);
+        cli_in(cwd, &[], &a)
+    };
+
+    // Not found: 3.
+    let o = as_user(&ops, &["show", "nope"]);
+    assert_eq!(code(&o), Some(3), "{}", text(&o.stderr));
+    let o = as_user(&ops, &["--json", "computer", "C9"]);
+    assert_eq!(code(&o), Some(3), "{}", text(&o.stderr));
+    assert_eq!(json_error(&o)["error"]["kind"], "not_found");
+
+    // Refused: 4 (a user may not supply releases).
+    let o = as_user(&alice, &["supply", SR, "--computer", "C1"]);
+    assert_eq!(code(&o), Some(4), "{}", text(&o.stderr));
+    let o = as_user(&alice, &["--json", "supply", SR, "--computer", "C1"]);
+    assert_eq!(json_error(&o)["error"]["kind"], "refused");
+
+    // Usage: 2 (an invalid id, found after parsing; --ca without --cert/--key).
+    let o = as_user(&ops, &["computer", "../etc"]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    let o = cli_in(cwd, &[], &["--master", &server.url, "--ca", &ca, "list"]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("missing --cert, --key"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // --wait timed out: 5, the instance still printed on stdout under --json.
+    ok(as_user(&ops, &["supply", SR, "--computer", "C1"]));
+    let o = as_user(&ops, &["--json", "request", "web", SR, "--wait", "1"]);
+    assert_eq!(code(&o), Some(5), "{}", text(&o.stderr));
+    assert_eq!(json_error(&o)["error"]["kind"], "timeout");
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["title"], "web");
+}
+
+#[test]
+fn master_and_credentials_come_from_flags_then_env_then_client_toml() {
+    let env = Env::new();
+    let cwd = env.dir.path();
+    let ops = env.user("ops", true);
+    let server = Server::start_tls(&env.db(), &env.tls(), "error");
+    let ca = env.users().join("ca.pem");
+    let creds = [
+        ("SLAPOS_MASTER", server.url.as_str()),
+        ("SLAPOS_MASTER_CA", s(&ca)),
+        ("SLAPOS_MASTER_CERT", s(&ops.cert_file)),
+        ("SLAPOS_MASTER_KEY", s(&ops.key_file)),
+    ];
+    // All four from the environment.
+    let o = cli_in(cwd, &creds, &["list", "--computers"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    // A flag wins over its variable.
+    let o = cli_in(cwd, &creds, &["--master", &dead_tls_url(), "list"]);
+    assert_eq!(code(&o), Some(6), "--master wins: {}", text(&o.stderr));
+
+    // client.toml under $XDG_CONFIG_HOME/slapos, the same keys as the flags.
+    std::fs::create_dir_all(cwd.join("slapos")).unwrap();
+    let toml = format!(
+        "master = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        server.url,
+        s(&ca),
+        s(&ops.cert_file),
+        s(&ops.key_file)
+    );
+    std::fs::write(cwd.join("slapos/client.toml"), toml).unwrap();
+    let o = cli_in(cwd, &[], &["list", "--computers"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    // The environment wins over the file.
+    let o = cli_in(cwd, &[("SLAPOS_MASTER", &dead_tls_url())], &["list"]);
+    assert_eq!(code(&o), Some(6), "SLAPOS_MASTER wins: {}", text(&o.stderr));
+    // A broken file is a usage error naming it, never skipped.
+    std::fs::write(cwd.join("slapos/client.toml"), "mastr = 1\n").unwrap();
+    let o = cli_in(cwd, &[], &["list"]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("client.toml"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn serve_reads_its_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("from-config.db");
+    let conf = dir.path().join("master.toml");
+    std::fs::write(
+        &conf,
+        format!("listen = \"127.0.0.1:1\"\ndb = {:?}\n", s(&db)),
+    )
+    .unwrap();
+    // --listen wins over the file's (unusable) port 1; the database comes from the file.
+    let server = Server::spawn(["--config", s(&conf), "--listen", "127.0.0.1:0"], "error");
+    assert!(db.exists(), "the config's database was not opened");
+    assert!(!server.url.ends_with(":1"), "{}", server.url);
+    ok(server.cli(&["list"]));
+    drop(server);
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:0\"\ndbb = \"x\"\n").unwrap();
+    let o = cli_in(dir.path(), &[], &["serve", "--config", s(&bad)]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("bad.toml"), "{}", text(&o.stderr));
+    let o = cli_in(
+        dir.path(),
+        &[],
+        &["serve", "--config", s(&dir.path().join("missing.toml"))],
+    );
+    assert_eq!(
+        code(&o),
+        Some(2),
+        "a named config must exist: {}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn operator_commands_refuse_to_create_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    // No --db: the default file in the working directory does not exist.
+    let o = cli_in(cwd, &[], &["token", "create", "--computer", "C1"]);
+    assert_eq!(code(&o), Some(3), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("slapos-master.db") && err.contains("--db"),
+        "{err}"
+    );
+    assert!(
+        !cwd.join("slapos-master.db").exists(),
+        "a database was created"
+    );
+    // A --db that does not exist, for each operator command.
+    let missing = cwd.join("typo.db");
+    let m = s(&missing);
+    let out = cwd.join("out");
+    let tls = cwd.join("tls");
+    for args in [
+        vec!["token", "create", "--computer", "C1", "--db", m],
+        vec![
+            "user",
+            "create",
+            "ops",
+            "--out",
+            s(&out),
+            "--tls-dir",
+            s(&tls),
+            "--db",
+            m,
+        ],
+        vec!["cert", "revoke", "--identity", "user:ops", "--db", m],
+        vec!["cert", "list", "--db", m],
+    ] {
+        let o = cli_in(cwd, &[], &args);
+        assert_eq!(code(&o), Some(3), "{args:?}: {}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("typo.db"), "{}", text(&o.stderr));
+        assert!(!missing.exists(), "{args:?} created {m}");
+    }
+    let o = cli_in(cwd, &[], &["--json", "cert", "list", "--db", m]);
+    assert_eq!(json_error(&o)["error"]["kind"], "not_found");
+    // --create-db says so.
+    let o = cli_in(
+        cwd,
+        &[],
+        &[
+            "token",
+            "create",
+            "--computer",
+            "C1",
+            "--db",
+            m,
+            "--create-db",
+        ],
+    );
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    assert!(missing.exists());
+    ok(cli_in(cwd, &[], &["cert", "list", "--db", m]));
+}
+
+#[test]
+fn supply_without_computer_picks_the_only_one_else_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("master.db"));
+    let url = server.url.clone();
+    let supply = || cli_in(dir.path(), &[("SLAPOS_MASTER", &url)], &["supply", SR]);
+    let o = supply();
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no computer"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let c = server.client();
+    c.register(&registration("C1", &["p0"])).unwrap();
+    let o = supply();
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("on C1: supplied"),
+        "{}",
+        text(&o.stdout)
+    );
+    let info = c.computer(&cid("C1")).unwrap();
+    assert_eq!(info.software.len(), 1);
+
+    c.register(&registration("C2", &["p0"])).unwrap();
+    let o = supply();
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("C1") && err.contains("C2") && err.contains("--computer"),
+        "{err}"
+    );
+}
+
+/// `Type=notify`: `serve` sends READY=1 to `$NOTIFY_SOCKET` once it serves, then WATCHDOG=1
+/// at half of `WATCHDOG_USEC`; an abstract `@name` socket works too.
+#[test]
+fn serve_notifies_systemd_ready_and_feeds_the_watchdog() {
+    use std::io::{BufRead, BufReader};
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let name = format!("slapos-master-notify-{}", std::process::id());
+    let sockets = [
+        (UnixDatagram::bind(&path).unwrap(), s(&path).to_owned()),
+        (
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap(),
+            format!("@{name}"),
+        ),
+    ];
+    for (socket, addr) in sockets {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("master.db"))
+            .env("NOTIFY_SOCKET", &addr)
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("WATCHDOG_PID")
+            .env("SLAPOS_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let n = socket.recv(&mut buf).expect("a notification");
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(line.starts_with(master_lite::LISTENING), "{line}");
+        assert_eq!(got, ["READY=1", "WATCHDOG=1", "WATCHDOG=1"], "{addr}");
+    }
+}
