@@ -122,3 +122,53 @@ fn notifies_systemd_ready_and_feeds_the_watchdog() {
     child.wait().unwrap();
     assert_eq!(got, ["READY=1", "WATCHDOG=1", "WATCHDOG=1"]);
 }
+
+#[test]
+fn log_format_json_gives_one_object_per_line_and_a_bad_value_is_refused() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("buffer.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"gw\"\n[storage]\ndir = \"{}\"\nstream = \"s\"\n\
+             [[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nformat = \"json\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&conf)
+        .env("SLAPOS_LOG_FORMAT", "json")
+        .env("SLAPOS_BUFFER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert!(v["fields"]["message"].is_string(), "{line}");
+
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&conf)
+        .env("SLAPOS_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("SLAPOS_LOG_FORMAT=\"xml\""),
+        "{}",
+        text(&o.stderr)
+    );
+}

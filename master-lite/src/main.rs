@@ -697,11 +697,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn init_runtime() -> Result<tokio::runtime::Runtime> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(log_level())
-        .init();
+        .with_max_level(log_level());
+    // SLAPOS_LOG_FORMAT=json: one JSON object per line, for log shippers.
+    match std::env::var("SLAPOS_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            anyhow::bail!("SLAPOS_LOG_FORMAT={other:?}: expected `text` (the default) or `json`")
+        }
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -710,7 +716,11 @@ fn init_runtime() -> Result<tokio::runtime::Runtime> {
 
 fn standalone(opts: master_lite::standalone::StandaloneOptions) -> Result<()> {
     let rt = init_runtime()?;
-    rt.block_on(master_lite::standalone::run(opts, shutdown_signal()))?;
+    let stop = {
+        let _in_runtime = rt.enter();
+        shutdown_signal()
+    };
+    rt.block_on(master_lite::standalone::run(opts, stop))?;
     Ok(())
 }
 
@@ -759,15 +769,16 @@ fn serve(
             None => master_lite::url_of(addr),
             Some(_) => master_lite::tls_url_of(addr),
         };
+        let stop = shutdown_signal();
         println!("{}{url}", master_lite::LISTENING);
         std::io::stdout().flush().ok();
         master_lite::notify_systemd_ready();
         tracing::info!(%addr, db = %db_shown, tls = tls.is_some(), "master started");
         match tls {
-            None => master.run(listener, shutdown_signal()).await?,
+            None => master.run(listener, stop).await?,
             Some((ca, config)) => {
                 master.set_ca(ca);
-                master.run_tls(listener, config, shutdown_signal()).await?
+                master.run_tls(listener, config, stop).await?
             }
         }
         tracing::info!("master stopped");
@@ -776,18 +787,25 @@ fn serve(
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed by this call, not when the
+/// future is first polled, so a stop that arrives right after the address is announced ends the
+/// master cleanly rather than killing it. Call it inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot watch SIGTERM/SIGINT ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

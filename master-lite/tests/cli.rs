@@ -384,3 +384,67 @@ fn serve_notifies_systemd_ready_and_feeds_the_watchdog() {
         assert_eq!(got, ["READY=1", "WATCHDOG=1", "WATCHDOG=1"], "{addr}");
     }
 }
+
+#[test]
+fn log_format_json_gives_one_object_per_line_and_a_bad_value_is_refused() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("master.db");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .env("SLAPOS_LOG_FORMAT", "json")
+        .env("SLAPOS_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    assert!(master_lite::listening_url(&line).is_some(), "{line}");
+    // SIGTERM: the master logs its stop and exits.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    drop(stdout);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    assert_eq!(lines[0]["level"], "INFO");
+    assert_eq!(lines[0]["fields"]["message"], "master started");
+    assert!(lines[0]["timestamp"].is_string());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "master stopped"),
+        "{err}"
+    );
+
+    let o = cli_in(
+        dir.path(),
+        &[("SLAPOS_LOG_FORMAT", "xml")],
+        &["serve", "--listen", "127.0.0.1:0", "--db", s(&db)],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("SLAPOS_LOG_FORMAT=\"xml\""),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -103,14 +103,24 @@ fn main() -> Result<()> {
             std::process::exit(2)
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(match std::env::var("SLAPOS_BUFFER_LOG").as_deref() {
             Ok("debug") => tracing::Level::DEBUG,
             Ok("warn") => tracing::Level::WARN,
             _ => tracing::Level::INFO,
-        })
-        .init();
+        });
+    // SLAPOS_LOG_FORMAT=json: one JSON object per line, for log shippers.
+    match std::env::var("SLAPOS_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        Ok("text") | Err(_) => logs.init(),
+        Ok(other) => {
+            eprintln!(
+                "slapos-buffer: SLAPOS_LOG_FORMAT={other:?}: expected `text` (the default) or `json`"
+            );
+            std::process::exit(2)
+        }
+    }
     let cfg = Config::load(&path)?;
     if status {
         return print_status(&cfg);

@@ -333,7 +333,10 @@ fn fleet(a: &Args, c: &Client) -> Result<()> {
     );
     let report = c.usage(t0, t0 + PERIODS * 60_000, slapos_proto::UsageBy::Computer)?;
     if report.total.samples != samples as u64 {
-        bail!("the report counts {} samples, {samples} were sent", report.total.samples);
+        bail!(
+            "the report counts {} samples, {samples} were sent",
+            report.total.samples
+        );
     }
     let mut anchor = Vec::new();
     let mut render = Vec::new();
@@ -352,7 +355,11 @@ fn fleet(a: &Args, c: &Client) -> Result<()> {
         anchor,
     );
     row(
-        &format!("GET /metrics, {} partitions ({} kB)", n * PARTS, bytes / 1000),
+        &format!(
+            "GET /metrics, {} partitions ({} kB)",
+            n * PARTS,
+            bytes / 1000
+        ),
         5,
         render,
     );
