@@ -237,8 +237,45 @@ pub fn operator_db(
     Ok(db)
 }
 
+/// A point in time of `usage --since/--until`: unix milliseconds (all digits), or a duration
+/// back from `now_ms` (`90s`, `30m`, `24h`, `7d`).
+pub fn parse_when(s: &str, now_ms: u64) -> Result<u64, CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "time `{s}`: expected unix milliseconds or a duration back from now (90s, 30m, 24h, 7d)"
+        ))
+    };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| bad());
+    }
+    let unit_ms: u64 = match s.chars().last() {
+        Some('s') => 1_000,
+        Some('m') => 60_000,
+        Some('h') => 3_600_000,
+        Some('d') => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let n: u64 = s[..s.len() - 1].parse().map_err(|_| bad())?;
+    n.checked_mul(unit_ms)
+        .map(|back| now_ms.saturating_sub(back))
+        .ok_or_else(bad)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usage_times_are_unix_ms_or_durations_back_from_now() {
+        let now = 1_000_000_000;
+        assert_eq!(super::parse_when("1700", now).unwrap(), 1700);
+        assert_eq!(super::parse_when("90s", now).unwrap(), now - 90_000);
+        assert_eq!(super::parse_when("24h", now).unwrap(), now - 86_400_000);
+        assert_eq!(super::parse_when("365d", 1).unwrap(), 0);
+        for bad in ["", "h", "-3h", "3w", "1.5h", "99999999999999999999d"] {
+            let e = super::parse_when(bad, now).unwrap_err().to_string();
+            assert!(e.contains("unix milliseconds"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

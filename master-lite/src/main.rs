@@ -44,7 +44,7 @@ use slapos_client::Client;
 use slapos_proto::text::terminal_safe;
 use slapos_proto::{
     ComputerId, ComputerInfo, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params,
-    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState,
+    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState, UsageBy,
 };
 
 #[derive(Parser)]
@@ -223,6 +223,22 @@ enum Cmd {
     Destroy {
         /// Instance title.
         title: String,
+    },
+    /// Accounting: what instances, users or computers used over a window (CPU seconds, memory
+    /// and disk GiB·h, I/O), from the samples nodes report.
+    Usage {
+        /// Window start (exclusive): unix ms, or a duration back from now (30m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Window end (inclusive): unix ms, or a duration back from now [default: now].
+        #[arg(long)]
+        until: Option<String>,
+        /// Group by instance, user or computer.
+        #[arg(long, default_value = "instance")]
+        by: UsageBy,
+        /// Print CSV (with a header and a total row) instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
     },
 }
 
@@ -674,6 +690,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Usage {
+            since,
+            until,
+            by,
+            csv,
+        } => {
+            let now = master_lite::now_ms();
+            let since = cli::parse_when(&since, now)?;
+            let until = until.map_or(Ok(now), |u| cli::parse_when(&u, now))?;
+            let report = client()?.usage(since, until, by)?;
+            if json {
+                print_json(&report)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let head = [
+                "KEY",
+                "CPU_S",
+                "MEM_GIB_H",
+                "DISK_GIB_H",
+                "IO_READ_B",
+                "IO_WRITE_B",
+                "PEAK_MEM_B",
+                "SAMPLES",
+            ];
+            let mut rows = vec![head.map(String::from).to_vec()];
+            for r in report.rows.iter().chain([&report.total]) {
+                rows.push(vec![
+                    r.key.clone(),
+                    format!("{:.3}", r.cpu_seconds),
+                    format!("{:.6}", r.memory_gib_hours),
+                    format!("{:.6}", r.disk_gib_hours),
+                    r.io_read_bytes.to_string(),
+                    r.io_write_bytes.to_string(),
+                    r.memory_peak_bytes.to_string(),
+                    r.samples.to_string(),
+                ]);
+            }
+            if csv {
+                for r in &rows {
+                    let cells: Vec<_> = r.iter().map(|c| csv_cell(c)).collect();
+                    println!("{}", cells.join(","));
+                }
+            } else {
+                table(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Destroy { title } => {
             let t = InstanceTitle::parse(title)?;
             let info = client()?.set_state(
@@ -963,6 +1026,15 @@ fn reported(info: &InstanceInfo) -> String {
 }
 
 /// Print rows as aligned columns (the first row is the header).
+/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
+fn csv_cell(c: &str) -> std::borrow::Cow<'_, str> {
+    if c.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", c.replace('"', "\"\"")).into()
+    } else {
+        c.into()
+    }
+}
+
 fn table(rows: &[Vec<String>]) {
     let rows: Vec<Vec<String>> = rows
         .iter()

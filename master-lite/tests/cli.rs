@@ -448,3 +448,63 @@ fn log_format_json_gives_one_object_per_line_and_a_bad_value_is_refused() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn usage_reports_as_table_csv_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("master.db"));
+    let c = server.client();
+    c.register(&registration("C1", &["p0", "p1"])).unwrap();
+    let t0 = 1_700_000_000_000u64;
+    let sample = |p: &str, k: u64| slapos_proto::UsageSample {
+        partition: slapos_proto::PartitionId::parse(p).unwrap(),
+        instance: None,
+        start_ms: t0 + k * 60_000,
+        end_ms: t0 + (k + 1) * 60_000,
+        cpu_ns: 1_500_000_000,
+        memory_bytes: 1 << 30,
+        memory_peak_bytes: 1 << 30,
+        io_read_bytes: 1,
+        io_write_bytes: 2,
+        disk_bytes: 0,
+        tasks: 1,
+        folded: 1,
+    };
+    let batch = slapos_proto::UsageBatch {
+        samples: vec![sample("p0", 0), sample("p0", 1), sample("p1", 0)],
+    };
+    c.post_usage(&cid("C1"), &batch).unwrap();
+    let (since, until) = (t0.to_string(), (t0 + 3_600_000).to_string());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["usage", "--since", &since, "--until", &until];
+        args.extend_from_slice(extra);
+        cli_in(dir.path(), &[("SLAPOS_MASTER", &server.url)], &args)
+    };
+    let o = run(&["--by", "computer", "--csv"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "KEY,CPU_S,MEM_GIB_H,DISK_GIB_H,IO_READ_B,IO_WRITE_B,PEAK_MEM_B,SAMPLES\n\
+         C1,4.500,0.050000,0.000000,3,6,1073741824,3\n\
+         total,4.500,0.050000,0.000000,3,6,1073741824,3\n"
+    );
+    let o = run(&["--json"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["by"], "instance");
+    assert_eq!(v["rows"][0]["key"], "(free)");
+    assert_eq!(v["total"]["samples"], 3);
+    let o = run(&["--by", "planet"]);
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    let o = cli_in(
+        dir.path(),
+        &[("SLAPOS_MASTER", &server.url)],
+        &["usage", "--since", "yesterday"],
+    );
+    assert_eq!(code(&o), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("unix milliseconds"),
+        "{}",
+        text(&o.stderr)
+    );
+}
