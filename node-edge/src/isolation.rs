@@ -35,14 +35,9 @@ use std::sync::Mutex;
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 use slapos_proto::PartitionId;
 
-/// A uid/gid pair processes are switched to before exec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
+/// A uid/gid pair processes are switched to before exec (defined beside the calls that take
+/// it, so the raw system calls and the network setup need nothing of the isolation seam).
+pub use crate::sys::Identity;
 
 /// Isolation could not be set up for a partition.
 #[derive(Debug, thiserror::Error)]
