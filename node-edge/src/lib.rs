@@ -62,7 +62,6 @@
 
 pub mod backoff;
 pub mod config;
-pub mod identity;
 pub mod isolation;
 pub mod jail;
 pub mod layout;
@@ -118,7 +117,7 @@ pub enum NodeError {
     Client(#[from] slapos_client::ClientError),
     /// The node has no usable identity for its `https://` master (not enrolled, no CA).
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] link::identity::IdentityError),
     /// Partition addresses could not be set up.
     #[error(transparent)]
     Net(#[from] net::NetError),
@@ -161,12 +160,12 @@ pub fn format_with(
 
 /// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
 /// [`link::slap::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
-/// `master_url` is `https://` (see [`identity`]).
+/// `master_url` is `https://` (see [`link::identity`]).
 pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
     let computer = config.computer_id.clone();
     Ok(match config.protocol {
         Protocol::Native if config.uses_identity() => {
-            let id = identity::load(config)?;
+            let id = link::identity::load(config)?;
             Arc::new(link::ClientLink::with_identity(
                 &config.master_url,
                 computer,
@@ -175,7 +174,7 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
         }
         Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
         Protocol::Slap if config.uses_identity() => {
-            let id = identity::load(config)?;
+            let id = link::identity::load(config)?;
             Arc::new(link::slap::SlapLink::with_identity(
                 &config.master_url,
                 computer,

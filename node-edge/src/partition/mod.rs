@@ -40,7 +40,6 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::identity;
 use crate::isolation::{Identity, Isolation};
 use crate::jail::{self, JailJoin, Jails};
 use crate::layout::{PartitionLayout, format_partition};
@@ -58,7 +57,7 @@ use crate::software::profile::{
 use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::{cap_message, empty_dir};
 
-mod certificate;
+pub mod certificate;
 mod error;
 
 pub use error::PassError;
@@ -604,9 +603,9 @@ impl Actor {
                     .unwrap_or_default(),
                 addresses: self.layout.addresses.clone(),
                 ports: self.layout.ports.clone(),
-                cert: tls_file(identity::PARTITION_CERT),
-                key: tls_file(identity::PARTITION_KEY),
-                ca: tls_file(identity::PARTITION_CA),
+                cert: tls_file(certificate::PARTITION_CERT),
+                key: tls_file(certificate::PARTITION_KEY),
+                ca: tls_file(certificate::PARTITION_CA),
             },
             ports: self.layout.ports.clone(),
             software_dir: dir.display().to_string(),
