@@ -9,7 +9,7 @@
 //!
 //! * **Pure cores, I/O at the edge.** Decisions are pure functions tested without processes or
 //!   sockets: [`config`] rules, [`release`] (software manifest), [`profile`] (render + instance
-//!   manifest), [`plan`] (what to install/remove, the skip rule), [`backoff`], promise
+//!   manifest), [`plan`] (what to install/remove, the skip rule), [`util::backoff`], promise
 //!   scheduling. Thin drivers do the I/O: [`install`], [`supervisor`], [`promise`], [`link`],
 //!   [`partition`], [`node`].
 //! * **One task per partition** ([`partition`]) owns its services, promises and resources and
@@ -60,7 +60,6 @@
 //! * Children an instance stops requesting are not destroyed automatically.
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
-pub mod backoff;
 pub mod config;
 pub mod isolation;
 pub mod jail;

@@ -27,13 +27,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::isolation::Identity;
 use crate::jail::JailJoin;
 use crate::logfile::RotatingLog;
 use crate::partition_fs::PartitionFs;
 use crate::procs::{self, PidRecord};
 use crate::resources::ChildSetup;
+use crate::util::backoff::Backoff;
 
 /// How to start one process of a partition (service, promise, prepare step) or a build step.
 #[derive(Clone)]

@@ -41,7 +41,7 @@ use slapos_proto::{
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::util::backoff::Backoff;
 use cache::DesiredCache;
 pub use session::{Answer, Event, LinkState, Session, Step, Timing};
 

@@ -38,7 +38,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::isolation::{Identity, Isolation};
 use crate::jail::{self, JailJoin, Jails};
@@ -55,6 +54,7 @@ use crate::software::profile::{
     InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file,
 };
 use crate::supervisor::{Launch, Service, ServiceParams};
+use crate::util::backoff::Backoff;
 use crate::util::{cap_message, empty_dir};
 
 pub mod certificate;
