@@ -19,14 +19,14 @@
 //! * **Offline autonomy.** Every desired state received is cached on disk ([`link::cache`]); a node
 //!   that starts without its master converges to the cache. Reports wait in an outbox
 //!   ([`link::Outbox`]) until the master is back.
-//! * **Seams** for later issues: [`isolation::Isolation`] (a unix user per partition),
-//!   [`resources::Resources`] (the `rt` crate: cgroups, exclusive CPUs, SCHED_FIFO), and
+//! * **Seams** for later issues: [`host::isolation::Isolation`] (a unix user per partition),
+//!   [`host::resources::Resources`] (the `rt` crate: cgroups, exclusive CPUs, SCHED_FIFO), and
 //!   [`link::MasterLink`]; all plugged in through [`Seams`] (with the kernel paths `/proc` and
 //!   `/sys/fs/cgroup`).
-//! * **The tenant is hostile** (issue 21). [`partition_fs`] owns the node touching a
+//! * **The tenant is hostile** (issue 21). [`host::partition_fs`] owns the node touching a
 //!   partition's files (its fsuid, no link followed, regular files of the partition only,
-//!   capped reads); [`jail`] owns process lifetime (a cgroup per partition, a uid sweep,
-//!   `pids.max`); [`quota`] the disk budget; profiles are escaped by construction and linted
+//!   capped reads); [`host::jail`] owns process lifetime (a cgroup per partition, a uid sweep,
+//!   `pids.max`); [`host::quota`] the disk budget; profiles are escaped by construction and linted
 //!   ([`profile`]); builds run as the software user and are sealed ([`install`]); raw system
 //!   calls live in [`sys`].
 //!
@@ -49,7 +49,7 @@
 //!
 //! ## Limits
 //!
-//! * A root node runs each partition as its own unix user ([`isolation::UnixUsers`],
+//! * A root node runs each partition as its own unix user ([`host::isolation::UnixUsers`],
 //!   `isolation` key); an unprivileged node runs every partition as itself, on `127.0.0.1`
 //!   with a block of ports each.
 //! * Services die with a crashed node (parent-death signal); their descendants (a shell's
@@ -61,22 +61,16 @@
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
 pub mod config;
-pub mod isolation;
-pub mod jail;
-pub mod layout;
+pub mod host;
 pub mod link;
 pub mod log;
 pub mod logfile;
 pub mod net;
 pub mod node;
 pub mod partition;
-pub mod partition_fs;
 pub mod plan;
 pub mod procs;
 pub mod promise;
-pub mod quota;
-pub mod resources;
-pub mod rt_resources;
 pub mod software;
 pub mod supervisor;
 pub mod sys;
@@ -110,7 +104,7 @@ pub enum NodeError {
     },
     /// Partition isolation could not be set up.
     #[error(transparent)]
-    Isolation(#[from] isolation::IsolationError),
+    Isolation(#[from] host::isolation::IsolationError),
     /// The master URL is unusable.
     #[error(transparent)]
     Client(#[from] slapos_client::ClientError),
@@ -122,7 +116,7 @@ pub enum NodeError {
     Net(#[from] net::NetError),
     /// Real-time partitions were asked for (`rt = true`) and cannot work.
     #[error(transparent)]
-    Rt(#[from] rt_resources::RtSetupError),
+    Rt(#[from] host::rt_resources::RtSetupError),
 }
 
 /// `slapos-node format`: create partitions (idempotent) and register with the master when it is
@@ -130,23 +124,23 @@ pub enum NodeError {
 pub fn format(config: &Config) -> Result<bool, NodeError> {
     config.validate()?;
     let iso = select_isolation(config)?;
-    match rt_resources::build(config)? {
+    match host::rt_resources::build(config)? {
         Some(rt) => format_with(config, &*iso, &rt),
-        None => format_with(config, &*iso, &resources::NoResources),
+        None => format_with(config, &*iso, &host::resources::NoResources),
     }
 }
 
 /// [`format()`] with explicit seams.
 pub fn format_with(
     config: &Config,
-    iso: &dyn isolation::Isolation,
-    res: &dyn resources::Resources,
+    iso: &dyn host::isolation::Isolation,
+    res: &dyn host::resources::Resources,
 ) -> Result<bool, NodeError> {
     config.validate()?;
     // Before touching anything: an https master without an identity is a clear error.
     let link = master_link(config)?;
-    let parts = layout::format(config, iso)?;
-    let reg = layout::registration(config, &parts, &res.labels(), iso);
+    let parts = host::layout::format(config, iso)?;
+    let reg = host::layout::registration(config, &parts, &res.labels(), iso);
     match link.register(&reg) {
         Ok(()) => Ok(true),
         Err(e) if e.is_unreachable() => {
@@ -184,24 +178,24 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
     })
 }
 
-/// The isolation the `isolation` key selects (see the [`isolation`] module doc):
+/// The isolation the `isolation` key selects (see the [`host::isolation`] module doc):
 ///
-/// * `users`: [`isolation::UnixUsers`]; refused when the node is not root, or when `instance_root` or
+/// * `users`: [`host::isolation::UnixUsers`]; refused when the node is not root, or when `instance_root` or
 ///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
-/// * `none`: [`isolation::CurrentUser`] (a root node then runs partitions as root: warned);
+/// * `none`: [`host::isolation::CurrentUser`] (a root node then runs partitions as root: warned);
 /// * `auto`: `users` on a root node whose roots partition users can reach and that has
 ///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
-pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, ConfigError> {
+pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn host::isolation::Isolation>, ConfigError> {
     let root = nix::unistd::geteuid().is_root();
     let unreachable = [&cfg.instance_root, &cfg.software_root]
         .into_iter()
-        .find_map(|d| isolation::reachable_by_others(d).err());
+        .find_map(|d| host::isolation::reachable_by_others(d).err());
     // Looked up only where users are possible (a root node that may isolate).
     let useradd = (root && cfg.isolation != IsolationMode::None)
-        .then(isolation::find_useradd)
+        .then(host::isolation::find_useradd)
         .flatten();
-    let users = |tool: PathBuf| -> Arc<dyn isolation::Isolation> {
-        Arc::new(isolation::UnixUsers::with_useradd(
+    let users = |tool: PathBuf| -> Arc<dyn host::isolation::Isolation> {
+        Arc::new(host::isolation::UnixUsers::with_useradd(
             cfg.user_prefix.clone(),
             tool,
         ))
@@ -234,7 +228,7 @@ pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, C
                     "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
                      image): partitions run as root; install passwd or set isolation = \"none\""
                 );
-                Ok(Arc::new(isolation::CurrentUser))
+                Ok(Arc::new(host::isolation::CurrentUser))
             }
             (Some(_), Some(d)) => {
                 tracing::warn!(
@@ -242,20 +236,20 @@ pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, C
                      partitions run as root; set isolation = \"users\" to make this an error",
                     d.display()
                 );
-                Ok(Arc::new(isolation::CurrentUser))
+                Ok(Arc::new(host::isolation::CurrentUser))
             }
             (Some(tool), None) => Ok(users(tool)),
         },
         IsolationMode::None if root => {
             tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
-            Ok(Arc::new(isolation::CurrentUser))
+            Ok(Arc::new(host::isolation::CurrentUser))
         }
-        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(isolation::CurrentUser)),
+        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(host::isolation::CurrentUser)),
     }
 }
 
 /// Run a node until `shutdown` resolves, with resources from the `rt` config key
-/// ([`rt_resources::from_config`]), isolation from the `isolation` key
+/// ([`host::rt_resources::from_config`]), isolation from the `isolation` key
 /// ([`select_isolation`]) and the master link from the `protocol` key ([`master_link`]);
 /// [`run_with`] takes explicit seams instead.
 ///
@@ -271,7 +265,7 @@ pub async fn run(
     let seams = Seams {
         // Built first: an https master without an identity stops the node before it formats.
         link: Some(master_link(&config)?),
-        resources: rt_resources::from_config(&config)?,
+        resources: host::rt_resources::from_config(&config)?,
         isolation: select_isolation(&config)?,
         ..Seams::default()
     };

@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use slapos_proto::PromiseResult;
 use tokio::time::Instant;
 
-use crate::partition_fs::{PartitionFs, tail_of};
+use crate::host::partition_fs::{PartitionFs, tail_of};
 use crate::procs;
 use crate::supervisor::Launch;
 use crate::util::backoff::Backoff;

@@ -27,12 +27,12 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::isolation::Identity;
-use crate::jail::JailJoin;
+use crate::host::isolation::Identity;
+use crate::host::jail::JailJoin;
+use crate::host::partition_fs::PartitionFs;
+use crate::host::resources::ChildSetup;
 use crate::logfile::RotatingLog;
-use crate::partition_fs::PartitionFs;
 use crate::procs::{self, PidRecord};
-use crate::resources::ChildSetup;
 use crate::util::backoff::Backoff;
 
 /// How to start one process of a partition (service, promise, prepare step) or a build step.
@@ -48,7 +48,7 @@ pub struct Launch {
     pub identity: Option<Identity>,
     /// Hook run between fork and exec (resources).
     pub setup: Option<ChildSetup>,
-    /// The jail cgroup joined between fork and exec ([`crate::jail`]).
+    /// The jail cgroup joined between fork and exec ([`crate::host::jail`]).
     pub jail: Option<JailJoin>,
     /// `RLIMIT_NPROC` of the process (isolated partitions: `max_processes`).
     pub nproc: Option<u64>,

@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 /// A uid/gid pair processes are switched to before exec (the partition's user, the software
-/// user); [`crate::isolation`] decides which.
+/// user); [`crate::host::isolation`] decides which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     /// User id.

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use slapos_proto::Assignment;
 
 use super::{Actor, PassError, allocation};
+use crate::host::partition_fs::{FsError, PartitionFs};
 use crate::link::off_thread;
-use crate::partition_fs::{FsError, PartitionFs};
 
 /// A partition's certificate (PEM, 0644), relative to the partition directory.
 pub const PARTITION_CERT: &str = ".slapos/partition.crt";

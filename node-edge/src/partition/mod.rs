@@ -39,16 +39,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::isolation::{Identity, Isolation};
-use crate::jail::{self, JailJoin, Jails};
-use crate::layout::{PartitionLayout, format_partition};
+use crate::host::isolation::{Identity, Isolation};
+use crate::host::jail::{self, JailJoin, Jails};
+use crate::host::layout::{PartitionLayout, format_partition};
+use crate::host::partition_fs::PartitionFs;
+use crate::host::quota::Quotas;
+use crate::host::resources::Resources;
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
-use crate::partition_fs::PartitionFs;
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::procs;
 use crate::promise::{self, Schedule};
-use crate::quota::Quotas;
-use crate::resources::Resources;
 use crate::software::install::load_manifest;
 use crate::software::profile::{
     InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file,
@@ -187,7 +187,7 @@ struct Actor {
     allocation: Option<String>,
     /// Emptying the partition failed (a process survived): passes retry it.
     unclean: bool,
-    /// The built-in disk budget promise ([`crate::quota`]): its schedule and last result.
+    /// The built-in disk budget promise ([`crate::host::quota`]): its schedule and last result.
     disk: Option<(Schedule, Option<PromiseResult>)>,
 }
 
@@ -594,7 +594,10 @@ impl Actor {
                     .network
                     .as_ref()
                     .and_then(|n| n.ipv4(self.layout.index))
-                    .map_or_else(|| crate::layout::LOOPBACK.to_owned(), |a| a.to_string()),
+                    .map_or_else(
+                        || crate::host::layout::LOOPBACK.to_owned(),
+                        |a| a.to_string(),
+                    ),
                 ipv6: cfg
                     .network
                     .as_ref()
@@ -886,7 +889,7 @@ impl Actor {
                 let at_ms = crate::util::now_ms();
                 let (ok, message) = q.check(&dir, index);
                 PromiseResult {
-                    name: crate::quota::PROMISE.to_owned(),
+                    name: crate::host::quota::PROMISE.to_owned(),
                     ok,
                     message,
                     at_ms,

@@ -15,7 +15,7 @@
 //!   partition's process when it has no identity ([`Isolation::requires_identity`]).
 //!
 //! Files the node itself reads or writes inside a partition go through
-//! [`crate::partition_fs::PartitionFs`], which runs with the partition's filesystem identity
+//! [`crate::host::partition_fs::PartitionFs`], which runs with the partition's filesystem identity
 //! ([`as_fs_identity`], `setfsuid`/`setfsgid` on the calling thread) and never follows a link,
 //! so nothing the partition plants can make the root node read or write outside what the
 //! partition may. Build steps run as the software user ([`Isolation::software_identity`]).
