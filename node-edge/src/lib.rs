@@ -10,7 +10,7 @@
 //! * **Pure cores, I/O at the edge.** Decisions are pure functions tested without processes or
 //!   sockets: [`config`] rules, [`release`] (software manifest), [`profile`] (render + instance
 //!   manifest), [`plan`] (what to install/remove, the skip rule), [`util::backoff`], promise
-//!   scheduling. Thin drivers do the I/O: [`install`], [`supervisor`], [`promise`], [`link`],
+//!   scheduling. Thin drivers do the I/O: [`install`], [`process::supervisor`], [`process::promise`], [`link`],
 //!   [`partition`], [`node`].
 //! * **One task per partition** ([`partition`]) owns its services, promises and resources and
 //!   receives its latest target through a `watch` channel, so a partition is never processed twice
@@ -64,15 +64,12 @@ pub mod config;
 pub mod host;
 pub mod link;
 pub mod log;
-pub mod logfile;
 pub mod net;
 pub mod node;
 pub mod partition;
 pub mod plan;
-pub mod procs;
-pub mod promise;
+pub mod process;
 pub mod software;
-pub mod supervisor;
 pub mod sys;
 pub mod util;
 

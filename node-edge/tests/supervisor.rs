@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use node_edge::host::partition_fs::PartitionFs;
-use node_edge::procs;
-use node_edge::supervisor::{Launch, Service, ServiceParams};
+use node_edge::process::procs;
+use node_edge::process::supervisor::{Launch, Service, ServiceParams};
 
 fn params(dir: &Path, name: &str, script: &str) -> ServiceParams {
     let mut env = BTreeMap::new();

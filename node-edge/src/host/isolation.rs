@@ -11,7 +11,7 @@
 //!   `/etc/passwd`, `/etc/shadow`, `/etc/group` and nscd stay consistent; it is not edited by
 //!   hand). The partition directory is owned by that user, mode 0750, so partitions cannot read
 //!   each other. Services, promises and `[[prepare]]` commands run with the partition's uid/gid
-//!   and no supplementary group ([`crate::supervisor::Launch`]); a root node refuses to start a
+//!   and no supplementary group ([`crate::process::supervisor::Launch`]); a root node refuses to start a
 //!   partition's process when it has no identity ([`Isolation::requires_identity`]).
 //!
 //! Files the node itself reads or writes inside a partition go through

@@ -47,13 +47,13 @@ use crate::host::quota::Quotas;
 use crate::host::resources::Resources;
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
 use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
-use crate::procs;
-use crate::promise::{self, Schedule};
+use crate::process::procs;
+use crate::process::promise::{self, Schedule};
+use crate::process::supervisor::{Launch, Service, ServiceParams};
 use crate::software::install::load_manifest;
 use crate::software::profile::{
     InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file,
 };
-use crate::supervisor::{Launch, Service, ServiceParams};
 use crate::util::backoff::Backoff;
 use crate::util::{cap_message, empty_dir};
 

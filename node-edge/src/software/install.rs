@@ -48,10 +48,10 @@ use slapos_proto::SoftwareUrl;
 use crate::host::isolation::Identity;
 use crate::host::jail::Jails;
 use crate::host::partition_fs::{PartitionFs, names_in, tail_of};
-use crate::procs::GroupGuard;
+use crate::process::procs::GroupGuard;
+use crate::process::supervisor::Launch;
 use crate::software::fetch::{self, Fetcher};
 use crate::software::release::SoftwareManifest;
-use crate::supervisor::Launch;
 use crate::util::{atomic_write, now_ms};
 
 /// Name of the completion marker.

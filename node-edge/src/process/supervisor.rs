@@ -10,7 +10,7 @@
 //!   `stop_timeout`. Dropping a [`Service`] stops it the same way (its task sees the closed
 //!   channel).
 //! * The leader's pid and start time are kept in `.slapos/run/<service>.pid` so a node that
-//!   crashed can have its orphans killed by the next one ([`crate::procs::kill_orphans`]).
+//!   crashed can have its orphans killed by the next one ([`crate::process::procs::kill_orphans`]).
 //!
 //! Processes get a clean environment: `PATH`, `HOME` (the partition), `TMPDIR`, `LANG`, the
 //! node's variables (`PARTITION_ID`, `PARTITION_DIR`, `SOFTWARE_DIR`, …) and the manifest's `env`.
@@ -31,8 +31,8 @@ use crate::host::isolation::Identity;
 use crate::host::jail::JailJoin;
 use crate::host::partition_fs::PartitionFs;
 use crate::host::resources::ChildSetup;
-use crate::logfile::RotatingLog;
-use crate::procs::{self, PidRecord};
+use crate::process::logfile::RotatingLog;
+use crate::process::procs::{self, PidRecord};
 use crate::util::backoff::Backoff;
 
 /// How to start one process of a partition (service, promise, prepare step) or a build step.

@@ -21,8 +21,8 @@ use slapos_proto::PromiseResult;
 use tokio::time::Instant;
 
 use crate::host::partition_fs::{PartitionFs, tail_of};
-use crate::procs;
-use crate::supervisor::Launch;
+use crate::process::procs;
+use crate::process::supervisor::Launch;
 use crate::util::backoff::Backoff;
 use crate::util::now_ms;
 
