@@ -9,13 +9,13 @@
 //!
 //! * **Pure cores, I/O at the edge.** Decisions are pure functions tested without processes or
 //!   sockets: [`config`] rules, [`release`] (software manifest), [`profile`] (render + instance
-//!   manifest), [`plan`] (what to install/remove, the skip rule), [`util::backoff`], promise
+//!   manifest), [`converge::plan`] (what to install/remove, the skip rule), [`util::backoff`], promise
 //!   scheduling. Thin drivers do the I/O: [`install`], [`process::supervisor`], [`process::promise`], [`link`],
-//!   [`partition`], [`node`].
-//! * **One task per partition** ([`partition`]) owns its services, promises and resources and
+//!   [`converge::partition`], [`converge`].
+//! * **One task per partition** ([`converge::partition`]) owns its services, promises and resources and
 //!   receives its latest target through a `watch` channel, so a partition is never processed twice
 //!   at once and one failing partition never blocks another. Passes are bounded by a semaphore;
-//!   installs run as separate bounded tasks ([`node`]).
+//!   installs run as separate bounded tasks ([`converge`]).
 //! * **Offline autonomy.** Every desired state received is cached on disk ([`link::cache`]); a node
 //!   that starts without its master converges to the cache. Reports wait in an outbox
 //!   ([`link::Outbox`]) until the master is back.
@@ -61,13 +61,11 @@
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
 pub mod config;
+pub mod converge;
 pub mod host;
 pub mod link;
 pub mod log;
 pub mod net;
-pub mod node;
-pub mod partition;
-pub mod plan;
 pub mod process;
 pub mod software;
 pub mod sys;
@@ -77,7 +75,7 @@ pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode
 /// The release modules at their former paths (`node_edge::install`, …).
 pub use software::{fetch, install, profile, release};
 
-pub use node::{Seams, run_with};
+pub use converge::{Seams, run_with};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 //!   reached over mTLS with that identity; without it `run` and `format` refuse to start with
 //!   [`IdentityError::NotEnrolled`], which names the command to run.
 //! * The partitions' own certificates are placed by the partition task
-//!   ([`crate::partition::certificate`]).
+//!   ([`crate::converge::partition::certificate`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,10 @@
 //! the periodic tick (`poll_interval`, which also retries failed installs when due) — it starts
 //! release installs/removals and hands each partition task its [`Target`] (only when it
 //! changed). Installs run as tasks apart from partition passes, as in SlapOS.
+//!
+//! Submodules: [`plan`] decides, purely, what to install or remove and whether a partition needs
+//! a pass (the skip rule); [`partition`] is the task of one partition (its pass, services,
+//! promises, certificate).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -23,6 +27,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub mod partition;
+pub mod plan;
+
+use partition::{PartitionHandle, Shared};
+use plan::{Slot, SoftwareAction, Target};
+
 use crate::NodeError;
 use crate::config::Config;
 use crate::host::isolation::{CurrentUser, Isolation};
@@ -32,8 +42,6 @@ use crate::host::quota::Quotas;
 use crate::host::resources::{NoResources, Resources};
 use crate::link::cache::DesiredCache;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
-use crate::partition::{self, PartitionHandle, Shared};
-use crate::plan::{self, Slot, SoftwareAction, Target};
 use crate::software::fetch::Fetcher;
 use crate::software::install::{InstallError, Installer};
 

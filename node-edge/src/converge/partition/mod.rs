@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::converge::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::host::isolation::{Identity, Isolation};
 use crate::host::jail::{self, JailJoin, Jails};
 use crate::host::layout::{PartitionLayout, format_partition};
@@ -46,7 +47,6 @@ use crate::host::partition_fs::PartitionFs;
 use crate::host::quota::Quotas;
 use crate::host::resources::Resources;
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
-use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
 use crate::process::procs;
 use crate::process::promise::{self, Schedule};
 use crate::process::supervisor::{Launch, Service, ServiceParams};
