@@ -9,13 +9,14 @@
 //!
 //! * **Pure cores, I/O at the edge.** Decisions are pure functions tested without processes or
 //!   sockets: [`config`] rules, [`release`] (software manifest), [`profile`] (render + instance
-//!   manifest), [`converge::plan`] (what to install/remove, the skip rule), [`util::backoff`], promise
-//!   scheduling. Thin drivers do the I/O: [`install`], [`process::supervisor`], [`process::promise`], [`link`],
-//!   [`converge::partition`], [`converge`].
-//! * **One task per partition** ([`converge::partition`]) owns its services, promises and resources and
-//!   receives its latest target through a `watch` channel, so a partition is never processed twice
-//!   at once and one failing partition never blocks another. Passes are bounded by a semaphore;
-//!   installs run as separate bounded tasks ([`converge`]).
+//!   manifest), [`converge::plan`] (what to install/remove, the skip rule),
+//!   [`util::backoff`], promise scheduling. Thin drivers do the I/O: [`install`],
+//!   [`process::supervisor`], [`process::promise`], [`link`], [`converge::partition`],
+//!   [`converge`].
+//! * **One task per partition** ([`converge::partition`]) owns its services, promises and
+//!   resources and receives its latest target through a `watch` channel, so a partition is never
+//!   processed twice at once and one failing partition never blocks another. Passes are bounded
+//!   by a semaphore; installs run as separate bounded tasks ([`converge`]).
 //! * **Offline autonomy.** Every desired state received is cached on disk ([`link::cache`]); a node
 //!   that starts without its master converges to the cache. Reports wait in an outbox
 //!   ([`link::Outbox`]) until the master is back.
@@ -29,6 +30,18 @@
 //!   `pids.max`); [`host::quota`] the disk budget; profiles are escaped by construction and linted
 //!   ([`profile`]); builds run as the software user and are sealed ([`install`]); raw system
 //!   calls live in [`sys`].
+//!
+//! ## Modules, by concern
+//!
+//! Imports point downward only, in this order (`scripts/checks/module-cycles.sh`):
+//!
+//! * [`converge`]: the main loop, the pure [`converge::plan`], one task per partition;
+//! * [`software`]: release install, downloads, manifest, profiles;
+//! * [`process`]: services, promises, process groups and pid records, rotated logs;
+//! * [`host`]: partition users, directories, files, jail cgroups, disk quota, resources;
+//! * [`link`]: the master link, its session, the desired-state cache, the node's identity;
+//! * [`config`], [`net`] (partition addresses and TAPs), [`sys`] (every libc call), [`util`],
+//!   [`log`].
 //!
 //! ## Invariants
 //!
