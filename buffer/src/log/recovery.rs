@@ -21,11 +21,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     Active, Cursor, DEDUPE_REBUILD_BYTES, Log, LogConfig, LogError, Now, Sealed, SegEntry, Shared,
-    create_segment, ioe, lock, remove_segment,
+    create_segment, ioe, lock as lock_mutex, remove_segment,
 };
 use crate::codec::{self, Record};
 use crate::dedupe::Dedupe;
-use crate::fs::{Fs, FsFile, RealFs};
+use crate::fs::{Fs, FsFile, FsLock, RealFs};
 use crate::metrics::Metrics;
 use crate::segment::{
     self, CURSOR_LEN, CursorSlot, SEG_HEADER_LEN, Scan, Scanner, parse_seg_name, seg_name,
@@ -112,7 +112,8 @@ impl Log {
         Self::open_with(Arc::new(RealFs), cfg, Now::system())
     }
 
-    /// Opens the log on `fs` (recovery: `docs/buffer-format.md` §7).
+    /// Opens the log on `fs` (recovery: `docs/buffer-format.md` §7), in the steps of the
+    /// module doc.
     pub fn open_with(
         fs: Arc<dyn Fs>,
         cfg: LogConfig,
@@ -124,207 +125,41 @@ impl Log {
         let dir = cfg.stream_dir();
         fs.create_dir_all(&dir)
             .map_err(ioe("create directory", &dir))?;
-        let lock_path = dir.join("LOCK");
-        let lock = fs.lock(&lock_path).map_err(|e| {
-            if e.kind() == io::ErrorKind::WouldBlock {
-                LogError::Locked(dir.clone())
-            } else {
-                LogError::Io {
-                    op: "lock",
-                    path: lock_path.clone(),
-                    source: e,
-                }
-            }
-        })?;
+        let lock = lock_dir(&*fs, &dir)?;
         let mut rec = Recovery::default();
-
-        // META.
-        let meta_path = dir.join("META");
-        let existing = fs
-            .open_read(&meta_path)
-            .ok()
-            .and_then(|f| segment::read_all(&*f, 4096).ok())
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|t| parse_meta(&t));
-        let (meta_node, meta_len) = match existing {
-            Some(id) => {
-                let len = meta_text(&id, &cfg.stream, 0).len() as u64;
-                (id, len)
-            }
-            None => {
-                rec.meta_recreated = true;
-                let id = random_hex16();
-                let text = meta_text(&id, &cfg.stream, now.wall_ms);
-                let tmp = dir.join("META.tmp");
-                let f = fs.open(&tmp, true).map_err(ioe("create", &tmp))?;
-                f.set_len(0).map_err(ioe("truncate", &tmp))?;
-                f.write_all_at(text.as_bytes(), 0)
-                    .map_err(ioe("write", &tmp))?;
-                f.sync_data().map_err(ioe("fdatasync", &tmp))?;
-                fs.rename(&tmp, &meta_path)
-                    .map_err(ioe("rename META.tmp to", &meta_path))?;
-                fs.sync_dir(&dir).map_err(ioe("fsync directory", &dir))?;
-                (id, text.len() as u64)
-            }
-        };
-
-        // CURSOR: acked, epoch and the drop ledger.
-        let cursor_path = dir.join("CURSOR");
-        let cfile = fs
-            .open(&cursor_path, true)
-            .map_err(ioe("open", &cursor_path))?;
-        let cbytes =
-            segment::read_all(&*cfile, CURSOR_LEN as usize).map_err(ioe("read", &cursor_path))?;
-        let picked = CursorSlot::pick(&cbytes);
+        let (meta_node, meta_len) = open_meta(&*fs, &dir, &cfg.stream, now, &mut rec)?;
+        let CursorRead {
+            file: cursor_file,
+            slot: picked,
+            next_slot,
+        } = open_cursor(&*fs, &dir)?;
         rec.cursor_reset = picked.is_none();
         let slot = picked.unwrap_or_default();
-        let next_slot = CursorSlot::next_index(&cbytes);
-        if cbytes.len() < CURSOR_LEN as usize {
-            cfile
-                .set_len(CURSOR_LEN)
-                .map_err(ioe("extend", &cursor_path))?;
-        }
         let acked = slot.acked;
         rec.acked = acked;
-
-        // Segments.
-        let mut bases: Vec<u64> = fs
-            .list(&dir)
-            .map_err(ioe("list", &dir))?
-            .iter()
-            .filter_map(|n| parse_seg_name(n))
-            .collect();
-        bases.sort_unstable();
-        // Fully acknowledged leftovers (crash between cursor sync and unlink).
-        while bases.len() >= 2 && bases[1] <= acked.saturating_add(1) {
-            remove_segment(&*fs, &dir, bases[0])?;
-            rec.removed_acked += 1;
-            bases.remove(0);
-        }
-        let mut sealed = VecDeque::new();
-        for &b in bases.iter().take(bases.len().saturating_sub(1)) {
-            let p = dir.join(seg_name(b));
-            let f = fs.open_read(&p).map_err(ioe("open", &p))?;
-            let len = f.len().map_err(ioe("stat", &p))?;
-            let header = segment::read_seg_header(&*f).map_err(ioe("read", &p))?;
-            if header.is_none() {
-                tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
-                rec.damaged_headers += 1;
-            }
-            sealed.push_back(Sealed {
-                base: b,
-                len,
-                created_ms: header.map_or(now.wall_ms, |h| h.1),
-                data_records: 0,
-                payload_bytes: 0,
-                holes: Vec::new(),
-            });
-        }
+        let (bases, mut sealed) = list_segments(&*fs, &dir, acked, now, &mut rec)?;
 
         let metrics = Metrics::default();
         let mut dedupe = Dedupe::default();
-        let mut max_epoch = slot.epoch;
-        let mut last_valid = 0u64;
-        let mut corrupt_upto = 0u64;
-        let mut active = None;
-        let mut recreate = None;
-        if let Some(&b) = bases.last() {
-            let p = dir.join(seg_name(b));
-            let f = fs.open(&p, false).map_err(ioe("open", &p))?;
-            let flen = f.len().map_err(ioe("stat", &p))?;
-            // Resend recognition: the newest DEDUPE_REBUILD_BYTES of the log, oldest first.
-            let mut need = DEDUPE_REBUILD_BYTES.saturating_sub(flen);
-            let mut window = Vec::new();
-            for prev in sealed.iter().rev() {
-                if need == 0 {
-                    break;
-                }
-                window.push((prev.base, prev.len.saturating_sub(need)));
-                need = need.saturating_sub(prev.len);
-            }
-            for &(base, from) in window.iter().rev() {
-                rebuild_dedupe(&*fs, &dir, base, from, &mut dedupe);
-            }
-            let sc = scan_active(
-                &*f,
-                b,
-                flen.saturating_sub(DEDUPE_REBUILD_BYTES),
-                &mut dedupe,
-            )
-            .map_err(ioe("scan", &p))?;
-            rec.corrupt_bytes = sc.corrupt_bytes;
-            rec.corrupt_records = sc.corrupt_records;
-            corrupt_upto = sc.corrupt_upto;
-            last_valid = sc.last_valid;
-            max_epoch = max_epoch.max(sc.max_epoch);
-            if flen > sc.good_end {
-                // Torn tail (or stale/corrupt frames after the last good one).
-                rec.truncated_bytes = flen - sc.good_end;
-                f.set_len(sc.good_end)
-                    .map_err(ioe("truncate torn tail of", &p))?;
-                f.sync_data().map_err(ioe("fdatasync", &p))?;
-                metrics.torn_tails.fetch_add(1, Relaxed);
-            } else {
-                // What a previous incarnation left in the page cache becomes durable
-                // before any reader may forward it.
-                f.sync_data().map_err(ioe("fdatasync", &p))?;
-            }
-            match sc.header {
-                Some((_, created_ms)) => {
-                    active = Some(Active {
-                        base: b,
-                        file: f,
-                        len: sc.good_end,
-                        created_ms,
-                        max_ts: sc.max_ts,
-                        data_records: 0,
-                        payload_bytes: 0,
-                        holes: Vec::new(),
-                    })
-                }
-                None => {
-                    tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
-                    rec.damaged_headers += 1;
-                    if sc.last_valid > 0 {
-                        // Its frames stay readable where they are; appends go to a new segment.
-                        sealed.push_back(Sealed {
-                            base: b,
-                            len: sc.good_end,
-                            created_ms: now.wall_ms,
-                            data_records: 0,
-                            payload_bytes: 0,
-                            holes: Vec::new(),
-                        });
-                    } else {
-                        recreate = Some(b);
-                    }
-                }
-            }
-        }
+        let last = match bases.last() {
+            Some(&b) => recover_last(&*fs, &dir, b, now, &mut sealed, &mut dedupe, &metrics)?,
+            None => Last::default(),
+        };
+        rec.corrupt_bytes = last.corrupt_bytes;
+        rec.corrupt_records = last.corrupt_records;
+        rec.truncated_bytes = last.truncated_bytes;
+        rec.damaged_headers += last.damaged_headers;
+        let mut max_epoch = slot.epoch.max(last.max_epoch);
+        let mut last_valid = last.last_valid;
         // If the cursor was lost and the active segment is empty, take the epoch from the
         // previous segment's frames too (invariant 2).
         if rec.cursor_reset
             && last_valid == 0
             && let Some(prev) = sealed.back()
         {
-            let p = dir.join(seg_name(prev.base));
-            if let Ok(f) = fs.open_read(&p) {
-                let start = segment::read_seg_header(&*f)
-                    .map(segment::frames_start)
-                    .unwrap_or(0);
-                let mut sc = Scanner::new(start);
-                loop {
-                    match sc.next(&*f) {
-                        Ok(Scan::Frame { header, .. }) => {
-                            max_epoch = max_epoch.max(header.epoch);
-                            last_valid = last_valid.max(header.last_seq());
-                            sc.advance(header.frame_len());
-                        }
-                        Ok(Scan::Skipped { .. }) => {}
-                        _ => break,
-                    }
-                }
-            }
+            let (epoch, seq) = scan_epoch(&*fs, &dir, prev.base);
+            max_epoch = max_epoch.max(epoch);
+            last_valid = last_valid.max(seq);
         }
         metrics
             .corrupt_records
@@ -337,7 +172,7 @@ impl Log {
         let epoch = max_epoch.wrapping_add(1).max(1);
         // Seqs of dropped batches are never reused (their gaps may still be waiting).
         let mut next_seq = last_valid.max(acked).max(slot.book.max_seq()) + 1;
-        let active = match active {
+        let active = match last.active {
             Some(a) => {
                 if a.len == SEG_HEADER_LEN {
                     next_seq = next_seq.max(a.base);
@@ -345,7 +180,7 @@ impl Log {
                 a
             }
             None => {
-                let base = match recreate {
+                let base = match last.recreate {
                     Some(b) => {
                         next_seq = next_seq.max(b);
                         b
@@ -359,8 +194,9 @@ impl Log {
 
         // New epoch (and the ledger, now in a version 2 slot), durable before the first
         // append.
+        let cursor_path = dir.join("CURSOR");
         let mut cursor = Cursor {
-            file: cfile,
+            file: cursor_file,
             slot: CursorSlot {
                 epoch,
                 version: 2,
@@ -405,10 +241,10 @@ impl Log {
             metrics,
             wake: (Mutex::new(0), Condvar::new()),
             durable_tx,
-            corrupt_counted: AtomicU64::new(corrupt_upto),
+            corrupt_counted: AtomicU64::new(last.corrupt_upto),
             gaps_waiting: AtomicUsize::new(0),
         });
-        sh.publish_book(&self::lock(&sh.cursor).slot.book);
+        sh.publish_book(&lock_mutex(&sh.cursor).slot.book);
         let seg_bytes = cfg.effective_segment_bytes();
         let log = Log {
             sh,
@@ -442,6 +278,259 @@ impl Log {
         log.publish_sizes();
         Ok((log, rec))
     }
+}
+
+/// Step 1: the stream directory's `LOCK` (one writer at a time).
+fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn FsLock>, LogError> {
+    let lock_path = dir.join("LOCK");
+    fs.lock(&lock_path).map_err(|e| {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            LogError::Locked(dir.to_path_buf())
+        } else {
+            LogError::Io {
+                op: "lock",
+                path: lock_path.clone(),
+                source: e,
+            }
+        }
+    })
+}
+
+/// Step 2: the node id in `META` and the file's length, `META` recreated (atomically, under a
+/// new random id) when missing or damaged.
+fn open_meta(
+    fs: &dyn Fs,
+    dir: &Path,
+    stream: &str,
+    now: Now,
+    rec: &mut Recovery,
+) -> Result<(String, u64), LogError> {
+    let meta_path = dir.join("META");
+    let existing = fs
+        .open_read(&meta_path)
+        .ok()
+        .and_then(|f| segment::read_all(&*f, 4096).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| parse_meta(&t));
+    Ok(match existing {
+        Some(id) => {
+            let len = meta_text(&id, stream, 0).len() as u64;
+            (id, len)
+        }
+        None => {
+            rec.meta_recreated = true;
+            let id = random_hex16();
+            let text = meta_text(&id, stream, now.wall_ms);
+            let tmp = dir.join("META.tmp");
+            let f = fs.open(&tmp, true).map_err(ioe("create", &tmp))?;
+            f.set_len(0).map_err(ioe("truncate", &tmp))?;
+            f.write_all_at(text.as_bytes(), 0)
+                .map_err(ioe("write", &tmp))?;
+            f.sync_data().map_err(ioe("fdatasync", &tmp))?;
+            fs.rename(&tmp, &meta_path)
+                .map_err(ioe("rename META.tmp to", &meta_path))?;
+            fs.sync_dir(dir).map_err(ioe("fsync directory", dir))?;
+            (id, text.len() as u64)
+        }
+    })
+}
+
+/// What step 3 read of `CURSOR`.
+struct CursorRead {
+    file: Box<dyn FsFile>,
+    /// The valid slot (acked, epoch, drop ledger); `None`: lost, start from nothing.
+    slot: Option<CursorSlot>,
+    /// The slot the next write goes to.
+    next_slot: u64,
+}
+
+/// Step 3: `CURSOR` opened (created, extended to its full length) and its valid slot picked.
+fn open_cursor(fs: &dyn Fs, dir: &Path) -> Result<CursorRead, LogError> {
+    let cursor_path = dir.join("CURSOR");
+    let file = fs
+        .open(&cursor_path, true)
+        .map_err(ioe("open", &cursor_path))?;
+    let cbytes =
+        segment::read_all(&*file, CURSOR_LEN as usize).map_err(ioe("read", &cursor_path))?;
+    let slot = CursorSlot::pick(&cbytes);
+    let next_slot = CursorSlot::next_index(&cbytes);
+    if cbytes.len() < CURSOR_LEN as usize {
+        file.set_len(CURSOR_LEN)
+            .map_err(ioe("extend", &cursor_path))?;
+    }
+    Ok(CursorRead {
+        file,
+        slot,
+        next_slot,
+    })
+}
+
+/// Step 4: the bases of the segments on disk, oldest first, with fully acknowledged leftovers
+/// (a crash between cursor sync and unlink) removed, and all but the last as [`Sealed`].
+fn list_segments(
+    fs: &dyn Fs,
+    dir: &Path,
+    acked: u64,
+    now: Now,
+    rec: &mut Recovery,
+) -> Result<(Vec<u64>, VecDeque<Sealed>), LogError> {
+    let mut bases: Vec<u64> = fs
+        .list(dir)
+        .map_err(ioe("list", dir))?
+        .iter()
+        .filter_map(|n| parse_seg_name(n))
+        .collect();
+    bases.sort_unstable();
+    while bases.len() >= 2 && bases[1] <= acked.saturating_add(1) {
+        remove_segment(fs, dir, bases[0])?;
+        rec.removed_acked += 1;
+        bases.remove(0);
+    }
+    let mut sealed = VecDeque::new();
+    for &b in bases.iter().take(bases.len().saturating_sub(1)) {
+        let p = dir.join(seg_name(b));
+        let f = fs.open_read(&p).map_err(ioe("open", &p))?;
+        let len = f.len().map_err(ioe("stat", &p))?;
+        let header = segment::read_seg_header(&*f).map_err(ioe("read", &p))?;
+        if header.is_none() {
+            tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
+            rec.damaged_headers += 1;
+        }
+        sealed.push_back(Sealed {
+            base: b,
+            len,
+            created_ms: header.map_or(now.wall_ms, |h| h.1),
+            data_records: 0,
+            payload_bytes: 0,
+            holes: Vec::new(),
+        });
+    }
+    Ok((bases, sealed))
+}
+
+/// What step 5 found in the last segment.
+#[derive(Default)]
+struct Last {
+    /// The segment appends continue in (`None`: a new one is created).
+    active: Option<Active>,
+    /// A last segment with a damaged header and no frame: recreated at this base.
+    recreate: Option<u64>,
+    last_valid: u64,
+    max_epoch: u32,
+    corrupt_bytes: u64,
+    corrupt_records: u64,
+    corrupt_upto: u64,
+    truncated_bytes: u64,
+    damaged_headers: usize,
+}
+
+/// Step 5: the last segment (base `b`) scanned, its torn tail truncated and the rest made
+/// durable; resend recognition rebuilt from the newest [`DEDUPE_REBUILD_BYTES`] of the log. A
+/// last segment whose header is damaged but holds frames joins `sealed`.
+fn recover_last(
+    fs: &dyn Fs,
+    dir: &Path,
+    b: u64,
+    now: Now,
+    sealed: &mut VecDeque<Sealed>,
+    dedupe: &mut Dedupe,
+    metrics: &Metrics,
+) -> Result<Last, LogError> {
+    let p = dir.join(seg_name(b));
+    let f = fs.open(&p, false).map_err(ioe("open", &p))?;
+    let flen = f.len().map_err(ioe("stat", &p))?;
+    // Resend recognition: the newest DEDUPE_REBUILD_BYTES of the log, oldest first.
+    let mut need = DEDUPE_REBUILD_BYTES.saturating_sub(flen);
+    let mut window = Vec::new();
+    for prev in sealed.iter().rev() {
+        if need == 0 {
+            break;
+        }
+        window.push((prev.base, prev.len.saturating_sub(need)));
+        need = need.saturating_sub(prev.len);
+    }
+    for &(base, from) in window.iter().rev() {
+        rebuild_dedupe(fs, dir, base, from, dedupe);
+    }
+    let sc = scan_active(&*f, b, flen.saturating_sub(DEDUPE_REBUILD_BYTES), dedupe)
+        .map_err(ioe("scan", &p))?;
+    let mut last = Last {
+        corrupt_bytes: sc.corrupt_bytes,
+        corrupt_records: sc.corrupt_records,
+        corrupt_upto: sc.corrupt_upto,
+        last_valid: sc.last_valid,
+        max_epoch: sc.max_epoch,
+        ..Last::default()
+    };
+    if flen > sc.good_end {
+        // Torn tail (or stale/corrupt frames after the last good one).
+        last.truncated_bytes = flen - sc.good_end;
+        f.set_len(sc.good_end)
+            .map_err(ioe("truncate torn tail of", &p))?;
+        f.sync_data().map_err(ioe("fdatasync", &p))?;
+        metrics.torn_tails.fetch_add(1, Relaxed);
+    } else {
+        // What a previous incarnation left in the page cache becomes durable
+        // before any reader may forward it.
+        f.sync_data().map_err(ioe("fdatasync", &p))?;
+    }
+    match sc.header {
+        Some((_, created_ms)) => {
+            last.active = Some(Active {
+                base: b,
+                file: f,
+                len: sc.good_end,
+                created_ms,
+                max_ts: sc.max_ts,
+                data_records: 0,
+                payload_bytes: 0,
+                holes: Vec::new(),
+            })
+        }
+        None => {
+            tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
+            last.damaged_headers += 1;
+            if sc.last_valid > 0 {
+                // Its frames stay readable where they are; appends go to a new segment.
+                sealed.push_back(Sealed {
+                    base: b,
+                    len: sc.good_end,
+                    created_ms: now.wall_ms,
+                    data_records: 0,
+                    payload_bytes: 0,
+                    holes: Vec::new(),
+                });
+            } else {
+                last.recreate = Some(b);
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// The highest epoch and last seq of the frames of segment `base` (best effort: what can be
+/// read).
+fn scan_epoch(fs: &dyn Fs, dir: &Path, base: u64) -> (u32, u64) {
+    let (mut max_epoch, mut last_valid) = (0, 0);
+    let p = dir.join(seg_name(base));
+    if let Ok(f) = fs.open_read(&p) {
+        let start = segment::read_seg_header(&*f)
+            .map(segment::frames_start)
+            .unwrap_or(0);
+        let mut sc = Scanner::new(start);
+        loop {
+            match sc.next(&*f) {
+                Ok(Scan::Frame { header, .. }) => {
+                    max_epoch = max_epoch.max(header.epoch);
+                    last_valid = last_valid.max(header.last_seq());
+                    sc.advance(header.frame_len());
+                }
+                Ok(Scan::Skipped { .. }) => {}
+                _ => break,
+            }
+        }
+    }
+    (max_epoch, last_valid)
 }
 
 /// Envelope variant of data records with an origin (the only ones resend recognition needs).
