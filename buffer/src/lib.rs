@@ -18,7 +18,8 @@
 //!   groups records into frames and frames into batches, writes a batch with one `pwrite` and
 //!   syncs according to [`SyncPolicy`]. Every file operation goes through the `Fs` seam
 //!   (`RealFs` in production, `MemFs` — which can lose unsynced data at a simulated power cut,
-//!   and inject ENOSPC/EIO — in tests).
+//!   and inject ENOSPC/EIO — in tests). Recovery at open is `log/recovery.rs`; a full disk
+//!   budget, dropping the oldest segment, `log/budget.rs`.
 //! * `reader`: independent readers with their own file handles, bounded by the durable
 //!   watermark, validating each frame and resynchronising over corruption.
 //! * `service`: the writer thread, the byte-bounded ingest channel, input and output tasks, the

@@ -9,26 +9,39 @@
 //!
 //! * **Pure cores, I/O at the edge.** Decisions are pure functions tested without processes or
 //!   sockets: [`config`] rules, [`release`] (software manifest), [`profile`] (render + instance
-//!   manifest), [`plan`] (what to install/remove, the skip rule), [`backoff`], promise
-//!   scheduling. Thin drivers do the I/O: [`install`], [`supervisor`], [`promise`], [`link`],
-//!   [`partition`], [`node`].
-//! * **One task per partition** ([`partition`]) owns its services, promises and resources and
-//!   receives its latest target through a `watch` channel, so a partition is never processed twice
-//!   at once and one failing partition never blocks another. Passes are bounded by a semaphore;
-//!   installs run as separate bounded tasks ([`node`]).
+//!   manifest), [`converge::plan`] (what to install/remove, the skip rule),
+//!   [`util::backoff`], promise scheduling. Thin drivers do the I/O: [`install`],
+//!   [`process::supervisor`], [`process::promise`], [`link`], [`converge::partition`],
+//!   [`converge`].
+//! * **One task per partition** ([`converge::partition`]) owns its services, promises and
+//!   resources and receives its latest target through a `watch` channel, so a partition is never
+//!   processed twice at once and one failing partition never blocks another. Passes are bounded
+//!   by a semaphore; installs run as separate bounded tasks ([`converge`]).
 //! * **Offline autonomy.** Every desired state received is cached on disk ([`link::cache`]); a node
 //!   that starts without its master converges to the cache. Reports wait in an outbox
 //!   ([`link::Outbox`]) until the master is back.
-//! * **Seams** for later issues: [`isolation::Isolation`] (a unix user per partition),
-//!   [`resources::Resources`] (the `rt` crate: cgroups, exclusive CPUs, SCHED_FIFO), and
+//! * **Seams** for later issues: [`host::isolation::Isolation`] (a unix user per partition),
+//!   [`host::resources::Resources`] (the `rt` crate: cgroups, exclusive CPUs, SCHED_FIFO), and
 //!   [`link::MasterLink`]; all plugged in through [`Seams`] (with the kernel paths `/proc` and
 //!   `/sys/fs/cgroup`).
-//! * **The tenant is hostile** (issue 21). [`partition_fs`] owns the node touching a
+//! * **The tenant is hostile** (issue 21). [`host::partition_fs`] owns the node touching a
 //!   partition's files (its fsuid, no link followed, regular files of the partition only,
-//!   capped reads); [`jail`] owns process lifetime (a cgroup per partition, a uid sweep,
-//!   `pids.max`); [`quota`] the disk budget; profiles are escaped by construction and linted
+//!   capped reads); [`host::jail`] owns process lifetime (a cgroup per partition, a uid sweep,
+//!   `pids.max`); [`host::quota`] the disk budget; profiles are escaped by construction and linted
 //!   ([`profile`]); builds run as the software user and are sealed ([`install`]); raw system
 //!   calls live in [`sys`].
+//!
+//! ## Modules, by concern
+//!
+//! Imports point downward only, in this order (`scripts/checks/module-cycles.sh`):
+//!
+//! * [`converge`]: the main loop, the pure [`converge::plan`], one task per partition;
+//! * [`software`]: release install, downloads, manifest, profiles;
+//! * [`process`]: services, promises, process groups and pid records, rotated logs;
+//! * [`host`]: partition users, directories, files, jail cgroups, disk quota, resources;
+//! * [`link`]: the master link, its session, the desired-state cache, the node's identity;
+//! * [`config`], [`net`] (partition addresses and TAPs), [`sys`] (every libc call), [`util`],
+//!   [`log`].
 //!
 //! ## Invariants
 //!
@@ -49,7 +62,7 @@
 //!
 //! ## Limits
 //!
-//! * A root node runs each partition as its own unix user ([`isolation::UnixUsers`],
+//! * A root node runs each partition as its own unix user ([`host::isolation::UnixUsers`],
 //!   `isolation` key); an unprivileged node runs every partition as itself, on `127.0.0.1`
 //!   with a block of ports each.
 //! * Services die with a crashed node (parent-death signal); their descendants (a shell's
@@ -60,27 +73,14 @@
 //! * Children an instance stops requesting are not destroyed automatically.
 //! * Formats: `docs/software-release.md`; operation and config keys: `docs/node.md`.
 
-pub mod backoff;
 pub mod config;
-pub mod identity;
-pub mod isolation;
-pub mod jail;
-pub mod layout;
+pub mod converge;
+pub mod host;
 pub mod link;
 pub mod log;
-pub mod logfile;
 pub mod net;
-pub mod node;
-pub mod partition;
-pub mod partition_fs;
-pub mod plan;
-pub mod procs;
-pub mod promise;
-pub mod quota;
-pub mod resources;
-pub mod rt_resources;
+pub mod process;
 pub mod software;
-pub mod supervisor;
 pub mod sys;
 pub mod util;
 
@@ -88,7 +88,7 @@ pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode
 /// The release modules at their former paths (`node_edge::install`, …).
 pub use software::{fetch, install, profile, release};
 
-pub use node::{Seams, run_with};
+pub use converge::{Seams, run_with};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,19 +112,19 @@ pub enum NodeError {
     },
     /// Partition isolation could not be set up.
     #[error(transparent)]
-    Isolation(#[from] isolation::IsolationError),
+    Isolation(#[from] host::isolation::IsolationError),
     /// The master URL is unusable.
     #[error(transparent)]
     Client(#[from] slapos_client::ClientError),
     /// The node has no usable identity for its `https://` master (not enrolled, no CA).
     #[error(transparent)]
-    Identity(#[from] identity::IdentityError),
+    Identity(#[from] link::identity::IdentityError),
     /// Partition addresses could not be set up.
     #[error(transparent)]
     Net(#[from] net::NetError),
     /// Real-time partitions were asked for (`rt = true`) and cannot work.
     #[error(transparent)]
-    Rt(#[from] rt_resources::RtSetupError),
+    Rt(#[from] host::rt_resources::RtSetupError),
 }
 
 /// `slapos-node format`: create partitions (idempotent) and register with the master when it is
@@ -132,23 +132,23 @@ pub enum NodeError {
 pub fn format(config: &Config) -> Result<bool, NodeError> {
     config.validate()?;
     let iso = select_isolation(config)?;
-    match rt_resources::build(config)? {
+    match host::rt_resources::build(config)? {
         Some(rt) => format_with(config, &*iso, &rt),
-        None => format_with(config, &*iso, &resources::NoResources),
+        None => format_with(config, &*iso, &host::resources::NoResources),
     }
 }
 
 /// [`format()`] with explicit seams.
 pub fn format_with(
     config: &Config,
-    iso: &dyn isolation::Isolation,
-    res: &dyn resources::Resources,
+    iso: &dyn host::isolation::Isolation,
+    res: &dyn host::resources::Resources,
 ) -> Result<bool, NodeError> {
     config.validate()?;
     // Before touching anything: an https master without an identity is a clear error.
     let link = master_link(config)?;
-    let parts = layout::format(config, iso)?;
-    let reg = layout::registration(config, &parts, &res.labels(), iso);
+    let parts = host::layout::format(config, iso)?;
+    let reg = host::layout::registration(config, &parts, &res.labels(), iso);
     match link.register(&reg) {
         Ok(()) => Ok(true),
         Err(e) if e.is_unreachable() => {
@@ -161,12 +161,12 @@ pub fn format_with(
 
 /// The link to the master the `protocol` key selects: [`link::ClientLink`] (`native`) or
 /// [`link::slap::SlapLink`] (`slap`), either over mTLS with the enrolled identity when
-/// `master_url` is `https://` (see [`identity`]).
+/// `master_url` is `https://` (see [`link::identity`]).
 pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeError> {
     let computer = config.computer_id.clone();
     Ok(match config.protocol {
         Protocol::Native if config.uses_identity() => {
-            let id = identity::load(config)?;
+            let id = link::identity::load(config)?;
             Arc::new(link::ClientLink::with_identity(
                 &config.master_url,
                 computer,
@@ -175,7 +175,7 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
         }
         Protocol::Native => Arc::new(link::ClientLink::new(&config.master_url, computer)?),
         Protocol::Slap if config.uses_identity() => {
-            let id = identity::load(config)?;
+            let id = link::identity::load(config)?;
             Arc::new(link::slap::SlapLink::with_identity(
                 &config.master_url,
                 computer,
@@ -186,24 +186,24 @@ pub fn master_link(config: &Config) -> Result<Arc<dyn link::MasterLink>, NodeErr
     })
 }
 
-/// The isolation the `isolation` key selects (see the [`isolation`] module doc):
+/// The isolation the `isolation` key selects (see the [`host::isolation`] module doc):
 ///
-/// * `users`: [`isolation::UnixUsers`]; refused when the node is not root, or when `instance_root` or
+/// * `users`: [`host::isolation::UnixUsers`]; refused when the node is not root, or when `instance_root` or
 ///   `software_root` cannot be reached by partition users (an ancestor lacks `o+x`);
-/// * `none`: [`isolation::CurrentUser`] (a root node then runs partitions as root: warned);
+/// * `none`: [`host::isolation::CurrentUser`] (a root node then runs partitions as root: warned);
 /// * `auto`: `users` on a root node whose roots partition users can reach and that has
 ///   `useradd`; otherwise `none`, with a warning naming the reason on a root node.
-pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, ConfigError> {
+pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn host::isolation::Isolation>, ConfigError> {
     let root = nix::unistd::geteuid().is_root();
     let unreachable = [&cfg.instance_root, &cfg.software_root]
         .into_iter()
-        .find_map(|d| isolation::reachable_by_others(d).err());
+        .find_map(|d| host::isolation::reachable_by_others(d).err());
     // Looked up only where users are possible (a root node that may isolate).
     let useradd = (root && cfg.isolation != IsolationMode::None)
-        .then(isolation::find_useradd)
+        .then(host::isolation::find_useradd)
         .flatten();
-    let users = |tool: PathBuf| -> Arc<dyn isolation::Isolation> {
-        Arc::new(isolation::UnixUsers::with_useradd(
+    let users = |tool: PathBuf| -> Arc<dyn host::isolation::Isolation> {
+        Arc::new(host::isolation::UnixUsers::with_useradd(
             cfg.user_prefix.clone(),
             tool,
         ))
@@ -236,7 +236,7 @@ pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, C
                     "isolation = \"auto\": no `useradd` on this system (e.g. a minimal board \
                      image): partitions run as root; install passwd or set isolation = \"none\""
                 );
-                Ok(Arc::new(isolation::CurrentUser))
+                Ok(Arc::new(host::isolation::CurrentUser))
             }
             (Some(_), Some(d)) => {
                 tracing::warn!(
@@ -244,20 +244,20 @@ pub fn select_isolation(cfg: &Config) -> Result<Arc<dyn isolation::Isolation>, C
                      partitions run as root; set isolation = \"users\" to make this an error",
                     d.display()
                 );
-                Ok(Arc::new(isolation::CurrentUser))
+                Ok(Arc::new(host::isolation::CurrentUser))
             }
             (Some(tool), None) => Ok(users(tool)),
         },
         IsolationMode::None if root => {
             tracing::warn!("isolation = \"none\" on a root node: partitions run as root");
-            Ok(Arc::new(isolation::CurrentUser))
+            Ok(Arc::new(host::isolation::CurrentUser))
         }
-        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(isolation::CurrentUser)),
+        IsolationMode::Auto | IsolationMode::None => Ok(Arc::new(host::isolation::CurrentUser)),
     }
 }
 
 /// Run a node until `shutdown` resolves, with resources from the `rt` config key
-/// ([`rt_resources::from_config`]), isolation from the `isolation` key
+/// ([`host::rt_resources::from_config`]), isolation from the `isolation` key
 /// ([`select_isolation`]) and the master link from the `protocol` key ([`master_link`]);
 /// [`run_with`] takes explicit seams instead.
 ///
@@ -273,7 +273,7 @@ pub async fn run(
     let seams = Seams {
         // Built first: an https master without an identity stops the node before it formats.
         link: Some(master_link(&config)?),
-        resources: rt_resources::from_config(&config)?,
+        resources: host::rt_resources::from_config(&config)?,
         isolation: select_isolation(&config)?,
         ..Seams::default()
     };

@@ -1,7 +1,7 @@
 //! The node's log output: tracing events as one line each on stderr.
 //!
 //! ```text
-//! 2026-12-02T16:40:01.123Z  INFO node_edge::node: software release available software=… dir=…
+//! 2026-12-02T16:40:01.123Z  INFO node_edge::converge: software release available software=… dir=…
 //! ```
 //!
 //! What `tracing_subscriber::fmt()` printed for the node, without its machinery (registry,

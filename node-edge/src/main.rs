@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Enroll { config, token, ca } => {
             let cfg = node_edge::Config::from_file(&config)?;
             let token = token.read()?;
-            match node_edge::identity::enroll(&cfg, &token, ca.as_deref()) {
+            match node_edge::link::identity::enroll(&cfg, &token, ca.as_deref()) {
                 Ok(e) => {
                     println!(
                         "enrolled as {} (certificate serial {}){}\n  key:         {} (0600)\n  \

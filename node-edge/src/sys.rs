@@ -16,7 +16,15 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
-use crate::isolation::Identity;
+/// A uid/gid pair processes are switched to before exec (the partition's user, the software
+/// user); [`crate::host::isolation`] decides which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {

@@ -358,7 +358,7 @@ async fn builds_run_as_the_builder_and_read_only_what_it_may() {
         eprintln!("not root: builder test skipped");
         return;
     }
-    let nobody = node_edge::isolation::Identity {
+    let nobody = node_edge::host::isolation::Identity {
         uid: 65534,
         gid: 65534,
     };

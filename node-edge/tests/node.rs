@@ -404,7 +404,7 @@ struct FakeResources {
     calls: std::sync::Mutex<Vec<String>>,
 }
 
-impl node_edge::resources::Resources for FakeResources {
+impl node_edge::host::resources::Resources for FakeResources {
     fn labels(&self) -> std::collections::BTreeMap<String, String> {
         [("rt_cpus".to_owned(), "1".to_owned())].into()
     }
@@ -413,12 +413,13 @@ impl node_edge::resources::Resources for FakeResources {
         &self,
         partition: &slapos_proto::PartitionId,
         spec: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<node_edge::resources::ProcessSetup, node_edge::resources::ResourceError> {
+    ) -> Result<node_edge::host::resources::ProcessSetup, node_edge::host::resources::ResourceError>
+    {
         self.calls.lock().unwrap().push(format!(
             "apply {partition} {}",
             serde_json::Value::Object(spec.clone())
         ));
-        Ok(node_edge::resources::ProcessSetup {
+        Ok(node_edge::host::resources::ProcessSetup {
             hook: Some(std::sync::Arc::new(|| Ok(()))),
             env: [("SLAPOS_RT_CPUS".to_owned(), "1".to_owned())].into(),
         })
@@ -427,7 +428,7 @@ impl node_edge::resources::Resources for FakeResources {
     fn release(
         &self,
         partition: &slapos_proto::PartitionId,
-    ) -> Result<(), node_edge::resources::ResourceError> {
+    ) -> Result<(), node_edge::host::resources::ResourceError> {
         self.calls
             .lock()
             .unwrap()

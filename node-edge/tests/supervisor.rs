@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use node_edge::partition_fs::PartitionFs;
-use node_edge::procs;
-use node_edge::supervisor::{Launch, Service, ServiceParams};
+use node_edge::host::partition_fs::PartitionFs;
+use node_edge::process::procs;
+use node_edge::process::supervisor::{Launch, Service, ServiceParams};
 
 fn params(dir: &Path, name: &str, script: &str) -> ServiceParams {
     let mut env = BTreeMap::new();
@@ -175,7 +175,7 @@ async fn resource_hook_runs_before_the_identity_switch() {
         "dropped",
         "{ id -u; id -g; cut -d' ' -f19 /proc/self/stat; } > out.tmp; mv out.tmp out; exec sleep 30",
     );
-    p.launch.identity = Some(node_edge::isolation::Identity {
+    p.launch.identity = Some(node_edge::host::isolation::Identity {
         uid: 65534,
         gid: 65534,
     });

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use slapos_test_support::gate::{self, Need};
+
 const SIM: &str = env!("CARGO_BIN_EXE_enb-sim");
 const CLI: &str = env!("CARGO_BIN_EXE_slapos-radio");
 
@@ -315,16 +317,12 @@ fn host_readiness_on_a_fake_root() {
 }
 
 fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "SLAPOS_REQUIRE_PRIVILEGED=1 but not root"
-        );
-        eprintln!("skipped: needs root (SCHED_FIFO in a cgroup with an RT budget)");
-    }
-    root
+    gate::is_root()
+        || gate::skip(
+            Need::Privileged,
+            "fifo_in_an_rt_cgroup_as_root",
+            "needs root (SCHED_FIFO in a cgroup with an RT budget)",
+        )
 }
 
 /// As root: the stand-in runs SCHED_FIFO inside a cgroup-v1 cpu group given an RT budget
@@ -337,11 +335,11 @@ fn fifo_in_an_rt_cgroup_as_root() {
     }
     let cpu_root = Path::new("/sys/fs/cgroup/cpu");
     if !cpu_root.join("cpu.rt_runtime_us").exists() {
-        assert!(
-            std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "no cgroup-v1 cpu.rt_runtime_us"
+        gate::skip(
+            Need::Privileged,
+            "fifo_in_an_rt_cgroup_as_root",
+            "no cgroup-v1 RT group scheduling (cpu.rt_runtime_us)",
         );
-        eprintln!("skipped: no cgroup-v1 RT group scheduling");
         return;
     }
     let group = cpu_root.join(format!("slapos-edge-test-radio-{}", std::process::id()));
@@ -361,11 +359,7 @@ fn fifo_in_an_rt_cgroup_as_root() {
         .find(|b| std::fs::write(group.join("cpu.rt_runtime_us"), b).is_ok());
     if budget.is_none() {
         let msg = "no RT budget left under /sys/fs/cgroup/cpu (sibling groups hold the parent's cpu.rt_runtime_us)";
-        assert!(
-            std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "{msg}"
-        );
-        eprintln!("skipped: {msg}");
+        gate::skip(Need::Privileged, "fifo_in_an_rt_cgroup_as_root", msg);
         return;
     }
 

@@ -19,29 +19,20 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use slapos_test_support::gate::{self, Need};
+use slapos_test_support::wait::wait_for;
 
 use rt::{CgroupMode, CpuList, HostReport, Manager, ManagerConfig, Policy, ProfileSpec};
 
 /// IRQ affinity and the cgroup trees are host-global: one privileged test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn required(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "1")
-}
-
-/// Prints why the test is skipped and returns false, or panics when privileged tests are required.
+/// Prints why the test is skipped and returns false, or panics when privileged tests are
+/// required (`SLAPOS_REQUIRE_PRIVILEGED=1`).
 fn skip(reason: &str) -> bool {
-    if required("SLAPOS_REQUIRE_PRIVILEGED") {
-        panic!("privileged test required (SLAPOS_REQUIRE_PRIVILEGED=1) but: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-    false
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    gate::skip(Need::Privileged, "rt privileged", reason)
 }
 
 fn read(p: impl AsRef<Path>) -> String {
@@ -71,18 +62,6 @@ fn irq_affinities() -> BTreeMap<String, String> {
         out.insert("default_smp_affinity".into(), v.trim().to_owned());
     }
     out
-}
-
-/// Polls `cond` every 10 ms until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 /// Starts `sh -c` that records its own scheduling state first, then becomes `sleep 60`.
@@ -233,10 +212,9 @@ fn run_partition_scenario(tag: &str) {
         .children
         .push(spawn_probe_child(&applied.child, &report));
     let pid = guard.children[1].id();
-    assert!(
-        wait_for(Duration::from_secs(10), || report.exists()),
-        "child wrote its report"
-    );
+    wait_for("the child's report", Duration::from_secs(10), || {
+        report.exists().then_some(())
+    });
 
     // From its first instruction: the shell's own children saw FIFO 80 (policy 1, prio 19 =
     // 99 - 80) and, when exclusive, only the reserved CPU.
@@ -417,7 +395,7 @@ fn partition_end_to_end() {
         return; // this process is the namespace child of the v2 test
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !is_root() {
+    if !gate::is_root() {
         skip("needs root (cgroups, SCHED_FIFO, IRQ affinity)");
         return;
     }
@@ -446,7 +424,7 @@ fn v2_in_private_mount_namespace() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !is_root() {
+    if !gate::is_root() {
         skip("needs root (mount namespace, cgroups)");
         return;
     }
@@ -459,11 +437,7 @@ fn v2_in_private_mount_namespace() {
         );
         return;
     }
-    if Command::new("unshare").arg("--version").output().is_err() {
-        if required("SLAPOS_REQUIRE_TOOLS") {
-            panic!("unshare (util-linux) missing and SLAPOS_REQUIRE_TOOLS=1");
-        }
-        eprintln!("skipped: unshare missing");
+    if !gate::tool("rt cgroup namespace", "unshare") {
         return;
     }
     let me = std::env::current_exe().unwrap();

@@ -1,5 +1,7 @@
 //! Real peers for the integration tests: the `slapos-buffer` binary, mosquitto, an HTTP sink,
-//! a TCP line producer with acknowledgements. Everything on loopback, ports chosen by the kernel.
+//! a TCP line producer with acknowledgements. Everything on loopback: listeners of the test on
+//! ports the kernel picks, the children's on ports reserved for the test
+//! (`slapos_test_support::ports`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,53 +13,32 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use slapos_test_support::gate::{self, Need};
+/// A reserved loopback port: no other test, in this process or another, gets it meanwhile.
+pub use slapos_test_support::ports::free_port;
+
 /// Whether an external tool is there; skips (false) or, with `SLAPOS_REQUIRE_TOOLS=1`, fails.
 pub fn require_tool(name: &str) -> bool {
     let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"]
         .iter()
         .any(|d| Path::new(d).join(name).exists());
-    if !found {
-        if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("required tool `{name}` is missing (scripts/deps/buffer.sh installs it)");
-        }
-        eprintln!("SKIP: `{name}` not installed (scripts/deps/buffer.sh installs it)");
-    }
     found
+        || gate::skip(
+            Need::Tools,
+            name,
+            &format!("`{name}` not installed (scripts/deps/buffer.sh installs it)"),
+        )
 }
 
 /// Whether we are root; skips (false) or, with `SLAPOS_REQUIRE_PRIVILEGED=1`, fails.
 pub fn require_root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var("SLAPOS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("{what} needs root");
-        }
-        eprintln!("SKIP: {what} needs root");
-    }
-    root
+    gate::privileged(what)
 }
 
-/// Polls `f` until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+/// Polls `f` until it returns `Some` or `timeout` passes ([`slapos_test_support::wait`], in
+/// the argument order of the buffer's tests).
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    slapos_test_support::wait::wait_for(what, timeout, f)
 }
 
 // ---------------------------------------------------------------------------------------------

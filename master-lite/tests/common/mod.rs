@@ -359,10 +359,7 @@ pub fn venv(needs: &[&str], part: &str) -> Option<PathBuf> {
         "{} missing: run scripts/deps/slapos-venv.sh",
         v.join(missing).display()
     );
-    if std::env::var("SLAPOS_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("SLAPOS_REQUIRE_TOOLS=1 but {why}");
-    }
-    eprintln!("skipped {part}: {why}");
+    slapos_test_support::gate::skip(slapos_test_support::gate::Need::Tools, part, &why);
     None
 }
 

@@ -25,6 +25,7 @@
 
 pub mod cache;
 pub mod fake;
+pub mod identity;
 pub mod session;
 pub mod slap;
 
@@ -40,7 +41,7 @@ use slapos_proto::{
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::util::backoff::Backoff;
 use cache::DesiredCache;
 pub use session::{Answer, Event, LinkState, Session, Step, Timing};
 
@@ -131,7 +132,7 @@ impl ClientLink {
     pub fn with_identity(
         url: &str,
         computer: ComputerId,
-        id: &crate::identity::NodeIdentity,
+        id: &crate::link::identity::NodeIdentity,
     ) -> Result<Self, ClientError> {
         Ok(Self {
             client: Client::with_identity(url, &id.ca_pem, &id.cert_pem, &id.key_pem)?,

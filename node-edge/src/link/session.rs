@@ -30,7 +30,7 @@ use slapos_client::ClientError;
 use slapos_proto::DesiredState;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::util::backoff::Backoff;
 
 /// An "unchanged" answer to a held fetch faster than this means the master does not hold.
 pub const TOO_FAST: Duration = Duration::from_millis(500);

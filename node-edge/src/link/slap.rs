@@ -113,7 +113,7 @@ impl SlapLink {
     pub fn with_identity(
         url: &str,
         computer: ComputerId,
-        id: &crate::identity::NodeIdentity,
+        id: &crate::link::identity::NodeIdentity,
     ) -> Result<Self, ClientError> {
         let (base, agent) =
             slapos_client::tls_agent(url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem)))?;

@@ -35,7 +35,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::isolation::Identity;
+use crate::sys::Identity;
 
 #[cfg(feature = "net")]
 mod netlink;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::isolation::{Identity, as_fs_identity};
+use crate::host::isolation::{Identity, as_fs_identity};
 
 /// Largest manifest accepted (bytes).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -308,7 +308,7 @@ fn open_local(path: &Path, reader: Option<Identity>) -> Result<std::fs::File, St
     })
     .map_err(|e| std::io::Error::from(e).to_string())?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| e.to_string())?;
-    if !crate::partition_fs::is_regular(&st) {
+    if !crate::host::partition_fs::is_regular(&st) {
         return Err(
             "not a regular file (a FIFO, a device, a socket or a directory): refused".into(),
         );

@@ -17,7 +17,7 @@
 //! directory is that user's, artifacts are fetched into it with its filesystem identity (local
 //! `file://` sources are opened as that user: only what it may read can be installed), build
 //! steps run as that user (never root), with `no_new_privs`, in their own jail cgroup killed when
-//! the step ends ([`crate::jail`]). After the build an fd-based walk ([`seal`]: `openat` with
+//! the step ends ([`crate::host::jail`]). After the build an fd-based walk ([`seal`]: `openat` with
 //! `O_NOFOLLOW` from directory fds, `fchown`/`fchmod` on the opened fds, never a path) hands the
 //! tree to the node's user, clears group/other write and the setuid, setgid and sticky bits, and
 //! fails the install on an entry owned by anyone but the builder, or that is neither a regular
@@ -45,13 +45,13 @@ use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 use slapos_proto::SoftwareUrl;
 
-use crate::isolation::Identity;
-use crate::jail::Jails;
-use crate::partition_fs::{PartitionFs, names_in, tail_of};
-use crate::procs::GroupGuard;
+use crate::host::isolation::Identity;
+use crate::host::jail::Jails;
+use crate::host::partition_fs::{PartitionFs, names_in, tail_of};
+use crate::process::procs::GroupGuard;
+use crate::process::supervisor::Launch;
 use crate::software::fetch::{self, Fetcher};
 use crate::software::release::SoftwareManifest;
-use crate::supervisor::Launch;
 use crate::util::{atomic_write, now_ms};
 
 /// Name of the completion marker.

@@ -666,7 +666,7 @@ pub fn render_file(
 ) -> Result<(String, InstanceManifest), ProfileError> {
     let name = path.display().to_string();
     // A regular file of the release, never a link a build step planted.
-    let fs = crate::partition_fs::PartitionFs::new(software_dir, None);
+    let fs = crate::host::partition_fs::PartitionFs::new(software_dir, None);
     let source = fs
         .read(path, MAX_PROFILE_BYTES)
         .map_err(|e| e.to_string())

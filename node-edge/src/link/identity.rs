@@ -1,4 +1,4 @@
-//! The node's identity at its master (issue 8, node side), and the partitions' certificates.
+//! The node's identity at its master (issue 8, node side): enrollment and the mTLS identity.
 //!
 //! * **Enrollment** ([`enroll`], `slapos-node enroll --config F --token T`): the one-time token
 //!   from `slapos-master token create` is redeemed over TLS without a client certificate, the
@@ -8,28 +8,15 @@
 //! * **Use** ([`load`]): an `https://` master (`Config::uses_identity`), native or SLAP, is
 //!   reached over mTLS with that identity; without it `run` and `format` refuse to start with
 //!   [`IdentityError::NotEnrolled`], which names the command to run.
-//! * **Partition certificates** ([`place_partition`]): the certificate of `partition:<c>/<p>`
-//!   the node fetches once per allocation is written into the partition's `.slapos/` directory
-//!   ([`PARTITION_CERT`], [`PARTITION_KEY`] 0600, [`PARTITION_CA`]) with a record of the
-//!   allocation it belongs to ([`PARTITION_RECORD`]), so a restarted node does not ask again.
-//!   The caller writes them with the partition's filesystem identity: they belong to it.
+//! * The partitions' own certificates are placed by the partition task
+//!   ([`crate::converge::partition::certificate`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use slapos_client::{ClientError, Credentials};
+use slapos_client::ClientError;
 
 use crate::config::Config;
-use crate::partition_fs::{FsError, PartitionFs};
-
-/// A partition's certificate (PEM, 0644), relative to the partition directory.
-pub const PARTITION_CERT: &str = ".slapos/partition.crt";
-/// A partition's private key (PKCS#8 PEM, 0600).
-pub const PARTITION_KEY: &str = ".slapos/partition.key";
-/// The master's CA (PEM, 0644), for a partition that talks to the master itself.
-pub const PARTITION_CA: &str = ".slapos/master-ca.pem";
-/// Which allocation the partition's certificate was fetched for (text, [`PartitionRecord`]).
-pub const PARTITION_RECORD: &str = ".slapos/partition-cert";
 
 /// The node has no usable identity, or enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -246,79 +233,10 @@ pub fn write_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     crate::util::atomic_write_mode(path, data, Some(mode))
 }
 
-/// The allocation a partition certificate belongs to. Stored as text (no serde derive: size
-/// budget): the identity, the serial, then the allocation, one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionRecord {
-    /// `partition:<computer>/<partition>`.
-    pub identity: String,
-    /// Certificate serial.
-    pub serial: String,
-    /// The allocation: root title, title and release of the instance.
-    pub allocation: String,
-}
-
-/// The record of the certificate placed in the partition `fs`, when its files are all there
-/// (read through [`PartitionFs`]: regular files of the partition, no link followed).
-pub fn placed(fs: &PartitionFs) -> Option<PartitionRecord> {
-    let complete = [PARTITION_CERT, PARTITION_KEY, PARTITION_CA]
-        .iter()
-        .all(|f| fs.open(f).is_ok());
-    if !complete {
-        return None;
-    }
-    let body = fs.read(PARTITION_RECORD, 64 * 1024).ok()?;
-    let body = String::from_utf8(body).ok()?;
-    let mut it = body.splitn(3, '\n');
-    Some(PartitionRecord {
-        identity: it.next()?.to_owned(),
-        serial: it.next()?.to_owned(),
-        allocation: it.next()?.to_owned(),
-    })
-}
-
-/// Write `creds` into the partition `fs` for `allocation` (as the partition, through
-/// [`PartitionFs`]). The record is written last: a crash in between means a new fetch.
-pub fn place_partition(
-    fs: &PartitionFs,
-    creds: &Credentials,
-    allocation: &str,
-) -> Result<(), FsError> {
-    fs.remove_file(PARTITION_RECORD)?;
-    fs.write_atomic(PARTITION_KEY, creds.key_pem.as_bytes(), Some(0o600))?;
-    fs.write_atomic(PARTITION_CERT, creds.cert_pem.as_bytes(), Some(0o644))?;
-    fs.write_atomic(PARTITION_CA, creds.ca_pem.as_bytes(), Some(0o644))?;
-    let body = format!("{}\n{}\n{allocation}", creds.identity, creds.serial);
-    fs.write_atomic(PARTITION_RECORD, body.as_bytes(), Some(0o644))
-}
-
-/// Remove the partition certificate files of `fs` (missing files are fine).
-pub fn remove_partition(fs: &PartitionFs) -> Result<(), FsError> {
-    for f in [
-        PARTITION_RECORD,
-        PARTITION_KEY,
-        PARTITION_CERT,
-        PARTITION_CA,
-    ] {
-        fs.remove_file(f)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-
-    fn creds() -> Credentials {
-        Credentials {
-            identity: "partition:C1/slappart0".into(),
-            serial: "ab12".into(),
-            cert_pem: "CERT".into(),
-            key_pem: "KEY".into(),
-            ca_pem: "CA".into(),
-        }
-    }
 
     #[test]
     fn files_get_their_modes_atomically() {
@@ -335,51 +253,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["k.pem"]);
-    }
-
-    #[test]
-    fn partition_files_placed_recorded_and_removed() {
-        let d = tempfile::tempdir().unwrap();
-        let fs = PartitionFs::new(d.path(), None);
-        assert_eq!(placed(&fs), None);
-        place_partition(&fs, &creds(), "web\nweb\n/sr.toml").unwrap();
-        let r = placed(&fs).unwrap();
-        assert_eq!(
-            (
-                r.identity.as_str(),
-                r.serial.as_str(),
-                r.allocation.as_str()
-            ),
-            ("partition:C1/slappart0", "ab12", "web\nweb\n/sr.toml")
-        );
-        let mode = |f: &str| std::fs::metadata(d.path().join(f)).unwrap().mode() & 0o7777;
-        assert_eq!(
-            (
-                mode(PARTITION_KEY),
-                mode(PARTITION_CERT),
-                mode(PARTITION_CA)
-            ),
-            (0o600, 0o644, 0o644)
-        );
-        assert_eq!(
-            std::fs::read_to_string(d.path().join(PARTITION_KEY)).unwrap(),
-            "KEY"
-        );
-        // A missing file means no usable certificate (fetched again).
-        std::fs::remove_file(d.path().join(PARTITION_CA)).unwrap();
-        assert_eq!(placed(&fs), None);
-        // A record replaced by a link is not read.
-        place_partition(&fs, &creds(), "x").unwrap();
-        std::fs::remove_file(d.path().join(PARTITION_RECORD)).unwrap();
-        std::os::unix::fs::symlink(
-            d.path().join(PARTITION_KEY),
-            d.path().join(PARTITION_RECORD),
-        )
-        .unwrap();
-        assert_eq!(placed(&fs), None);
-        remove_partition(&fs).unwrap();
-        remove_partition(&fs).unwrap();
-        assert!(!d.path().join(PARTITION_KEY).exists());
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! the periodic tick (`poll_interval`, which also retries failed installs when due) — it starts
 //! release installs/removals and hands each partition task its [`Target`] (only when it
 //! changed). Installs run as tasks apart from partition passes, as in SlapOS.
+//!
+//! Submodules: [`plan`] decides, purely, what to install or remove and whether a partition needs
+//! a pass (the skip rule); [`partition`] is the task of one partition (its pass, services,
+//! promises, certificate).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -23,17 +27,21 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub mod partition;
+pub mod plan;
+
+use partition::{PartitionHandle, Shared};
+use plan::{Slot, SoftwareAction, Target};
+
 use crate::NodeError;
 use crate::config::Config;
-use crate::isolation::{CurrentUser, Isolation};
-use crate::jail::Jails;
-use crate::layout;
+use crate::host::isolation::{CurrentUser, Isolation};
+use crate::host::jail::Jails;
+use crate::host::layout;
+use crate::host::quota::Quotas;
+use crate::host::resources::{NoResources, Resources};
 use crate::link::cache::DesiredCache;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
-use crate::partition::{self, PartitionHandle, Shared};
-use crate::plan::{self, Slot, SoftwareAction, Target};
-use crate::quota::Quotas;
-use crate::resources::{NoResources, Resources};
 use crate::software::fetch::Fetcher;
 use crate::software::install::{InstallError, Installer};
 
@@ -48,7 +56,7 @@ pub struct Seams {
     pub link: Option<Arc<dyn MasterLink>>,
     /// Where `/proc` is.
     pub proc_root: PathBuf,
-    /// Where the cgroup hierarchies are mounted (partition jails, [`crate::jail`]).
+    /// Where the cgroup hierarchies are mounted (partition jails, [`crate::host::jail`]).
     pub cgroup_root: PathBuf,
 }
 
@@ -64,13 +72,13 @@ impl Default for Seams {
     }
 }
 
-/// The jails of a node ([`crate::jail`]): on a root node with a cgroup hierarchy (warned
+/// The jails of a node ([`crate::host::jail`]): on a root node with a cgroup hierarchy (warned
 /// otherwise); jails of partitions it no longer has and of interrupted builds are removed.
 fn jails(cfg: &Config, seams: &Seams, parts: &[layout::PartitionLayout]) -> Option<Arc<Jails>> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    let key = crate::jail::node_key(&cfg.state_dir());
+    let key = crate::host::jail::node_key(&cfg.state_dir());
     let Some(j) = Jails::detect(
         &seams.cgroup_root,
         &key,
@@ -293,7 +301,7 @@ fn quotas(cfg: &Config, parts: &[layout::PartitionLayout]) -> Option<Arc<Quotas>
         );
         return None;
     };
-    let key = crate::jail::node_key(&cfg.state_dir());
+    let key = crate::host::jail::node_key(&cfg.state_dir());
     let q = Quotas::detect(&cfg.instance_root, mb, &key);
     for p in parts {
         if let Err(e) = q.apply(&p.path, p.index) {

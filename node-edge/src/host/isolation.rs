@@ -11,11 +11,11 @@
 //!   `/etc/passwd`, `/etc/shadow`, `/etc/group` and nscd stay consistent; it is not edited by
 //!   hand). The partition directory is owned by that user, mode 0750, so partitions cannot read
 //!   each other. Services, promises and `[[prepare]]` commands run with the partition's uid/gid
-//!   and no supplementary group ([`crate::supervisor::Launch`]); a root node refuses to start a
+//!   and no supplementary group ([`crate::process::supervisor::Launch`]); a root node refuses to start a
 //!   partition's process when it has no identity ([`Isolation::requires_identity`]).
 //!
 //! Files the node itself reads or writes inside a partition go through
-//! [`crate::partition_fs::PartitionFs`], which runs with the partition's filesystem identity
+//! [`crate::host::partition_fs::PartitionFs`], which runs with the partition's filesystem identity
 //! ([`as_fs_identity`], `setfsuid`/`setfsgid` on the calling thread) and never follows a link,
 //! so nothing the partition plants can make the root node read or write outside what the
 //! partition may. Build steps run as the software user ([`Isolation::software_identity`]).
@@ -35,14 +35,9 @@ use std::sync::Mutex;
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
 use slapos_proto::PartitionId;
 
-/// A uid/gid pair processes are switched to before exec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
+/// A uid/gid pair processes are switched to before exec (defined beside the calls that take
+/// it, so the raw system calls and the network setup need nothing of the isolation seam).
+pub use crate::sys::Identity;
 
 /// Isolation could not be set up for a partition.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@
 //!   `stop_timeout`. Dropping a [`Service`] stops it the same way (its task sees the closed
 //!   channel).
 //! * The leader's pid and start time are kept in `.slapos/run/<service>.pid` so a node that
-//!   crashed can have its orphans killed by the next one ([`crate::procs::kill_orphans`]).
+//!   crashed can have its orphans killed by the next one ([`crate::process::procs::kill_orphans`]).
 //!
 //! Processes get a clean environment: `PATH`, `HOME` (the partition), `TMPDIR`, `LANG`, the
 //! node's variables (`PARTITION_ID`, `PARTITION_DIR`, `SOFTWARE_DIR`, …) and the manifest's `env`.
@@ -27,13 +27,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-use crate::isolation::Identity;
-use crate::jail::JailJoin;
-use crate::logfile::RotatingLog;
-use crate::partition_fs::PartitionFs;
-use crate::procs::{self, PidRecord};
-use crate::resources::ChildSetup;
+use crate::host::isolation::Identity;
+use crate::host::jail::JailJoin;
+use crate::host::partition_fs::PartitionFs;
+use crate::host::resources::ChildSetup;
+use crate::process::logfile::RotatingLog;
+use crate::process::procs::{self, PidRecord};
+use crate::util::backoff::Backoff;
 
 /// How to start one process of a partition (service, promise, prepare step) or a build step.
 #[derive(Clone)]
@@ -48,7 +48,7 @@ pub struct Launch {
     pub identity: Option<Identity>,
     /// Hook run between fork and exec (resources).
     pub setup: Option<ChildSetup>,
-    /// The jail cgroup joined between fork and exec ([`crate::jail`]).
+    /// The jail cgroup joined between fork and exec ([`crate::host::jail`]).
     pub jail: Option<JailJoin>,
     /// `RLIMIT_NPROC` of the process (isolated partitions: `max_processes`).
     pub nproc: Option<u64>,

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::partition_fs::{FsError, PartitionFs};
+use crate::host::partition_fs::{FsError, PartitionFs};
 
 /// Send `sig` to process group `pgid`. A group that no longer exists is not an error.
 pub fn signal_group(pgid: i32, sig: Signal) -> std::io::Result<()> {
@@ -253,7 +253,7 @@ mod tests {
         .unwrap();
         // A record of a process that is not the owner's is left alone.
         let me = process_uid(Path::new("/proc"), pid).unwrap();
-        let id = |uid: u32| crate::isolation::Identity { uid, gid: 0 };
+        let id = |uid: u32| crate::host::isolation::Identity { uid, gid: 0 };
         let other = PartitionFs::new(d.path(), Some(id(me.wrapping_add(1))));
         // Seen as another partition's files (another owner), the records are refused: nothing
         // is killed.

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::isolation::Identity;
+use crate::host::isolation::Identity;
 
 /// Name of the subtree holding every node's jails.
 pub const JAIL_ROOT: &str = "slapos-edge-jail";

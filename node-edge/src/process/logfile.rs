@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::partition_fs::{FsError, PartitionFs};
+use crate::host::partition_fs::{FsError, PartitionFs};
 
 /// An append-only log with size rotation.
 #[derive(Debug)]

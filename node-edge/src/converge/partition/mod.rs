@@ -38,27 +38,26 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::identity;
-use crate::isolation::{Identity, Isolation};
-use crate::jail::{self, JailJoin, Jails};
-use crate::layout::{PartitionLayout, format_partition};
+use crate::converge::plan::{Converged, SoftwareReady, Target, needs_pass};
+use crate::host::isolation::{Identity, Isolation};
+use crate::host::jail::{self, JailJoin, Jails};
+use crate::host::layout::{PartitionLayout, format_partition};
+use crate::host::partition_fs::PartitionFs;
+use crate::host::quota::Quotas;
+use crate::host::resources::Resources;
 use crate::link::{MasterLink, Outbox, Outgoing, off_thread};
-use crate::partition_fs::PartitionFs;
-use crate::plan::{Converged, SoftwareReady, Target, needs_pass};
-use crate::procs;
-use crate::promise::{self, Schedule};
-use crate::quota::Quotas;
-use crate::resources::Resources;
+use crate::process::procs;
+use crate::process::promise::{self, Schedule};
+use crate::process::supervisor::{Launch, Service, ServiceParams};
 use crate::software::install::load_manifest;
 use crate::software::profile::{
     InstanceManifest, PartitionContext, PromiseSpec, RenderContext, render_file,
 };
-use crate::supervisor::{Launch, Service, ServiceParams};
+use crate::util::backoff::Backoff;
 use crate::util::{cap_message, empty_dir};
 
-mod certificate;
+pub mod certificate;
 mod error;
 
 pub use error::PassError;
@@ -188,7 +187,7 @@ struct Actor {
     allocation: Option<String>,
     /// Emptying the partition failed (a process survived): passes retry it.
     unclean: bool,
-    /// The built-in disk budget promise ([`crate::quota`]): its schedule and last result.
+    /// The built-in disk budget promise ([`crate::host::quota`]): its schedule and last result.
     disk: Option<(Schedule, Option<PromiseResult>)>,
 }
 
@@ -595,7 +594,10 @@ impl Actor {
                     .network
                     .as_ref()
                     .and_then(|n| n.ipv4(self.layout.index))
-                    .map_or_else(|| crate::layout::LOOPBACK.to_owned(), |a| a.to_string()),
+                    .map_or_else(
+                        || crate::host::layout::LOOPBACK.to_owned(),
+                        |a| a.to_string(),
+                    ),
                 ipv6: cfg
                     .network
                     .as_ref()
@@ -604,9 +606,9 @@ impl Actor {
                     .unwrap_or_default(),
                 addresses: self.layout.addresses.clone(),
                 ports: self.layout.ports.clone(),
-                cert: tls_file(identity::PARTITION_CERT),
-                key: tls_file(identity::PARTITION_KEY),
-                ca: tls_file(identity::PARTITION_CA),
+                cert: tls_file(certificate::PARTITION_CERT),
+                key: tls_file(certificate::PARTITION_KEY),
+                ca: tls_file(certificate::PARTITION_CA),
             },
             ports: self.layout.ports.clone(),
             software_dir: dir.display().to_string(),
@@ -887,7 +889,7 @@ impl Actor {
                 let at_ms = crate::util::now_ms();
                 let (ok, message) = q.check(&dir, index);
                 PromiseResult {
-                    name: crate::quota::PROMISE.to_owned(),
+                    name: crate::host::quota::PROMISE.to_owned(),
                     ok,
                     message,
                     at_ms,

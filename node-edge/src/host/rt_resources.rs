@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use slapos_proto::PartitionId;
 
 use crate::config::{Config, RtMode};
-use crate::resources::{NoResources, ProcessSetup, ResourceError, Resources};
+use crate::host::resources::{NoResources, ProcessSetup, ResourceError, Resources};
 
 /// rt could not be enabled although the configuration asked for it.
 #[derive(Debug, thiserror::Error)]

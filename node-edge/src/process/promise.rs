@@ -20,10 +20,10 @@ use nix::sys::signal::Signal;
 use slapos_proto::PromiseResult;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
-use crate::partition_fs::{PartitionFs, tail_of};
-use crate::procs;
-use crate::supervisor::Launch;
+use crate::host::partition_fs::{PartitionFs, tail_of};
+use crate::process::procs;
+use crate::process::supervisor::Launch;
+use crate::util::backoff::Backoff;
 use crate::util::now_ms;
 
 /// Bytes of output kept in a result's message.

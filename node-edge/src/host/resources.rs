@@ -16,7 +16,7 @@
 //!
 //! The default, [`NoResources`], enforces nothing, so it **refuses** what a partition cannot do
 //! without enforcement (exclusive CPUs, a real-time policy, `mlock`, an RT budget) with a clear
-//! error, and logs a warning for plain limits it does not enforce. [`crate::rt_resources`] is the
+//! error, and logs a warning for plain limits it does not enforce. [`crate::host::rt_resources`] is the
 //! real implementation over the `rt` crate, chosen by [`crate::run`] from the `rt` config key.
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@
 //! message or publish its own `desired.json` as connection parameters. So every operation here:
 //!
 //! * runs with the partition's **filesystem identity** (`setfsuid`/`setfsgid` on the calling
-//!   thread, [`crate::isolation::as_fs_identity`]): the kernel checks permissions as the
+//!   thread, [`crate::host::isolation::as_fs_identity`]): the kernel checks permissions as the
 //!   partition, never as root;
 //! * resolves the path **beneath the root without following any link**: `openat2` with
 //!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, or, where the kernel has no
@@ -38,7 +38,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
-use crate::isolation::{Identity, as_fs_identity};
+use crate::host::isolation::{Identity, as_fs_identity};
 
 /// Something the node was asked to do inside a partition was refused or failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,10 @@
 //! Small helpers shared by the modules: safe relative paths, atomic writes, octal modes, log
 //! tails, clock.
+//!
+//! Submodule [`backoff`]: capped exponential backoff, pure (service restarts, promise and pass
+//! retries, the master link).
+
+pub mod backoff;
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};

@@ -199,7 +199,7 @@ impl Walk {
             ));
         }
         let at = |e: nix::errno::Errno| format!("`{}`: {e}", path.display());
-        for name in crate::partition_fs::names_in(&fd, usize::MAX).map_err(at)? {
+        for name in crate::host::partition_fs::names_in(&fd, usize::MAX).map_err(at)? {
             let p = path.join(&name);
             // Gone meanwhile (the partition is running): not counted.
             let Ok(st) =

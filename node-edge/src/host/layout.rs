@@ -24,8 +24,8 @@ use slapos_proto::{LabelKey, PartitionId, PartitionSpec, RegisterComputer};
 
 use crate::NodeError;
 use crate::config::Config;
-use crate::isolation::Isolation;
-use crate::partition_fs::PartitionFs;
+use crate::host::isolation::Isolation;
+use crate::host::partition_fs::PartitionFs;
 
 /// Name of the resource record in a partition.
 pub const RESOURCE_RECORD: &str = ".slapos-resource";
@@ -185,7 +185,7 @@ pub fn registration(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isolation::CurrentUser;
+    use crate::host::isolation::CurrentUser;
 
     #[test]
     fn format_is_idempotent_and_fixes_modes() {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use slapos_client::ClientError;
 use slapos_proto::{PartitionId, SoftwareUrl};
 
-use crate::jail;
-use crate::partition_fs::FsError;
-use crate::resources::ResourceError;
+use crate::host::jail;
+use crate::host::partition_fs::FsError;
+use crate::host::resources::ResourceError;
 use crate::software::profile::ProfileError;
 
 /// Why a pass over a partition failed: reported to the master as the instance's error (its
