@@ -10,13 +10,6 @@
 //! Routes are labelled by their template (`/v1/computers/{c}`), never by the path a caller
 //! sent, so a scan of random paths adds one `unmatched` series, not one per path.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{Extension, MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -24,13 +17,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use slapos_proto::identity::Identity;
 use slapos_proto::{ComputerInfo, InstanceInfo};
 
-use crate::auth::{self, Action};
-use crate::db::DbTimings;
+use crate::db::{Db, DbTimings};
 use crate::error::ApiError;
-use crate::state::{AppState, now_ms};
+use crate::hub::Hub;
 use crate::store::StoreError;
 
 /// The media type of the exposition (Prometheus reads OpenMetrics text).
@@ -157,7 +148,7 @@ impl Metrics {
     }
 
     /// Count one answered request.
-    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    pub(crate) fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),
@@ -228,17 +219,17 @@ impl Metrics {
         }
     }
 
-    /// The exposition of every series, the fleet ones refreshed from `st` first.
-    pub async fn render(&self, st: &AppState) -> Result<String, ApiError> {
+    /// The exposition of every series, the fleet ones refreshed from `db` and `hub` as of
+    /// `now_ms` first.
+    pub async fn render(&self, db: &Db, hub: &Hub, now_ms: u64) -> Result<String, ApiError> {
         let _one = self.scrape.lock().await;
-        let (mut computers, instances) = st
-            .db
+        let (mut computers, instances) = db
             .read(|s| Ok::<_, StoreError>((s.computers()?, s.instances()?)))
             .await?;
         for c in &mut computers {
-            c.last_seen_ms = c.last_seen_ms.max(st.hub.last_seen(&c.id));
+            c.last_seen_ms = c.last_seen_ms.max(hub.last_seen(&c.id));
         }
-        self.set_fleet(&computers, &instances, st.hub.held_polls(), now_ms());
+        self.set_fleet(&computers, &instances, hub.held_polls(), now_ms);
         let mut out = String::with_capacity(64 * (computers.len() + 64));
         encode(&mut out, &self.registry)
             .map_err(|e| ApiError::Internal(format!("rendering the metrics: {e}")))?;
@@ -250,33 +241,4 @@ fn age(label: &str) -> AgeLabels {
     AgeLabels {
         seen_within: label.to_owned(),
     }
-}
-
-/// The outermost layer: times every request and counts it by route template and status.
-pub(crate) async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let res = next.run(req).await;
-    st.metrics.observe(
-        &route,
-        &method,
-        res.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    res
-}
-
-/// `GET /metrics`: operators only (the local operator, admin certificates).
-pub(crate) async fn scrape(
-    State(st): State<AppState>,
-    Extension(who): Extension<Identity>,
-) -> Result<Response, ApiError> {
-    auth::allow(&who, Action::AdminOnly("read the fleet metrics"))?;
-    let metrics: Arc<Metrics> = st.metrics.clone();
-    let body = metrics.render(&st).await?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
 }
