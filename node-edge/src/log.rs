@@ -8,6 +8,10 @@
 //! span storage, formatting layers): the node records no spans, and the static binary has a
 //! 3 MB budget (docs/cross.md). Each line is written with one `write_all` on a locked stderr,
 //! so lines from several threads never interleave. Spans are accepted and ignored.
+//!
+//! `SLAPOS_LOG_FORMAT=json` writes one JSON object per line instead, with the keys of
+//! tracing-subscriber's JSON format (what the master and the buffer write), for log shippers:
+//! `{"timestamp":"…Z","level":"INFO","fields":{"message":"…","key":value},"target":"…"}`.
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -18,10 +22,31 @@ use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
+/// How each event is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One human-readable line (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The format `SLAPOS_LOG_FORMAT` names (`text`, the default, or `json`); another value is an
+/// error that says which are known.
+pub fn format_from_env() -> Result<Format, String> {
+    match std::env::var("SLAPOS_LOG_FORMAT").as_deref() {
+        Ok("json") => Ok(Format::Json),
+        Ok("text") | Err(_) => Ok(Format::Text),
+        Ok(other) => Err(format!(
+            "SLAPOS_LOG_FORMAT={other:?}: expected `text` (the default) or `json`"
+        )),
+    }
+}
+
 /// Installs the stderr logger for events at `max` and more severe. A second call (or another
 /// global subscriber already set) leaves the first in place.
-pub fn init(max: Level) {
-    let _ = tracing::subscriber::set_global_default(Stderr { max });
+pub fn init(max: Level, format: Format) {
+    let _ = tracing::subscriber::set_global_default(Stderr { max, format });
 }
 
 /// The level `SLAPOS_LOG` names (`trace|debug|info|warn|error`), `info` otherwise.
@@ -37,6 +62,7 @@ pub fn level_from_env() -> Level {
 
 struct Stderr {
     max: Level,
+    format: Format,
 }
 
 impl Subscriber for Stderr {
@@ -58,7 +84,10 @@ impl Subscriber for Stderr {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let line = format_line(SystemTime::now(), event.metadata(), |v| event.record(v));
+        let line = match self.format {
+            Format::Text => format_line(SystemTime::now(), event.metadata(), |v| event.record(v)),
+            Format::Json => format_json(SystemTime::now(), event.metadata(), |v| event.record(v)),
+        };
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
@@ -87,6 +116,54 @@ fn format_line(
     line.push_str(&fields.rest);
     line.push('\n');
     line
+}
+
+/// One JSON line: the keys of tracing-subscriber's JSON format.
+fn format_json(
+    now: SystemTime,
+    meta: &Metadata<'_>,
+    record: impl FnOnce(&mut dyn Visit),
+) -> String {
+    let mut fields = JsonFields::default();
+    record(&mut fields);
+    let mut timestamp = String::with_capacity(24);
+    write_utc(&mut timestamp, now);
+    let mut line = serde_json::json!({
+        "timestamp": timestamp,
+        "level": meta.level().as_str(),
+        "fields": fields.0,
+        "target": meta.target(),
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
+
+/// The event's fields as a JSON object (numbers and booleans kept, others as text).
+#[derive(Default)]
+struct JsonFields(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
 }
 
 /// The event's message and its other fields as ` key=value` (strings unquoted, like the
@@ -167,7 +244,7 @@ mod tests {
     }
 
     /// A subscriber that keeps the formatted lines, to check what `event` writes.
-    struct Capture(Arc<Mutex<Vec<String>>>, Level);
+    struct Capture(Arc<Mutex<Vec<String>>>, Level, Format);
 
     impl Subscriber for Capture {
         fn enabled(&self, m: &Metadata<'_>) -> bool {
@@ -179,7 +256,10 @@ mod tests {
         fn record(&self, _: &Id, _: &Record<'_>) {}
         fn record_follows_from(&self, _: &Id, _: &Id) {}
         fn event(&self, e: &Event<'_>) {
-            let line = format_line(UNIX_EPOCH, e.metadata(), |v| e.record(v));
+            let line = match self.2 {
+                Format::Text => format_line(UNIX_EPOCH, e.metadata(), |v| e.record(v)),
+                Format::Json => format_json(UNIX_EPOCH, e.metadata(), |v| e.record(v)),
+            };
             self.0.lock().unwrap().push(line);
         }
         fn enter(&self, _: &Id) {}
@@ -189,7 +269,7 @@ mod tests {
     #[test]
     fn lines_carry_level_target_message_and_fields() {
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sub = Capture(lines.clone(), Level::INFO);
+        let sub = Capture(lines.clone(), Level::INFO, Format::Text);
         tracing::subscriber::with_default(sub, || {
             let url = "file:///sr/software.toml";
             tracing::info!(software = %url, n = 3, "software release available");
@@ -208,6 +288,30 @@ mod tests {
                 .ends_with(" WARN node_edge::log::tests: master unreachable: connection refused\n"),
             "{}",
             lines[1]
+        );
+    }
+
+    #[test]
+    fn json_lines_are_objects_with_typed_fields() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sub = Capture(lines.clone(), Level::INFO, Format::Json);
+        tracing::subscriber::with_default(sub, || {
+            let url = "file:///sr/\"quoted\".toml";
+            tracing::info!(software = %url, n = 3, ok = true, "release available");
+        });
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].ends_with('\n') && !lines[0].trim_end().contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "timestamp": "1970-01-01T00:00:00.000Z",
+                "level": "INFO",
+                "fields": {"message": "release available",
+                           "software": "file:///sr/\"quoted\".toml", "n": 3, "ok": true},
+                "target": "node_edge::log::tests",
+            })
         );
     }
 }

@@ -153,7 +153,11 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
 }
 
 fn init_logs() {
-    node_edge::log::init(node_edge::log::level_from_env());
+    let format = node_edge::log::format_from_env().unwrap_or_else(|e| {
+        eprintln!("slapos-node: {e}");
+        std::process::exit(2)
+    });
+    node_edge::log::init(node_edge::log::level_from_env(), format);
 }
 
 async fn signalled() {
