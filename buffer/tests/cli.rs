@@ -9,6 +9,21 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// A buffer with one TCP input on a free port and no output, its data under `dir`.
+fn tcp_only_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let conf = dir.join("buffer.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "node_id = \"gw\"\n[storage]\ndir = \"{}\"\nstream = \"s\"\n\
+             [[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nformat = \"json\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -56,16 +71,7 @@ fn notifies_systemd_ready_and_feeds_the_watchdog() {
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("buffer.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"gw\"\n[storage]\ndir = \"{}\"\nstream = \"s\"\n\
-             [[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nformat = \"json\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let conf = tcp_only_config(dir.path());
     let path = dir.path().join("notify");
     let socket = UnixDatagram::bind(&path).unwrap();
     socket
@@ -129,16 +135,7 @@ fn log_format_json_gives_one_object_per_line_and_a_bad_value_is_refused() {
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("buffer.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "node_id = \"gw\"\n[storage]\ndir = \"{}\"\nstream = \"s\"\n\
-             [[inputs]]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nformat = \"json\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let conf = tcp_only_config(dir.path());
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(&conf)
