@@ -22,6 +22,7 @@ cross_package_features() { # package target
             ;;
     esac
 }
+CROSS_CARGO=(cargo --config "$CROSS_REPO/cross/config.toml")
 
 cross_log() { printf 'cross: %s\n' "$*" >&2; }
 
