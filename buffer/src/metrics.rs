@@ -459,5 +459,18 @@ mod tests {
         );
         assert!(t.contains("# TYPE buffer_backlog_records gauge\n"), "{t}");
         assert!(t.ends_with("# EOF\n"), "{t}");
+        // Every buffer series the Grafana dashboard queries exists (docs/grafana/).
+        let dashboard = include_str!("../../docs/grafana/slapos-fleet.json");
+        let used: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("buffer_"))
+            .collect();
+        assert!(used.len() >= 3, "{used:?}");
+        for n in used {
+            assert!(
+                t.lines().any(|l| !l.starts_with('#') && l.starts_with(n)),
+                "the dashboard queries {n}, which /metrics does not show"
+            );
+        }
     }
 }

@@ -972,6 +972,32 @@ async fn metrics_show_requests_and_the_fleet() {
         "{text}"
     );
 
+    // Every master series the Grafana dashboard queries exists (docs/grafana/).
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/slapos-fleet.json"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices("slapos_master_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 6, "{names:?}");
+    for n in names {
+        assert!(
+            text.lines()
+                .any(|l| !l.starts_with('#') && l.starts_with(n)),
+            "the dashboard queries {n}, which /metrics does not show"
+        );
+    }
+
     // A second scrape counts the first, and the fleet series are recomputed, not added up.
     let req = Request::get("/metrics").body(Body::empty()).unwrap();
     let (_, _, body) = respond(env.router.clone(), req).await;
