@@ -10,6 +10,10 @@
 //! Routes are labelled by their template (`/v1/computers/{c}`), never by the path a caller
 //! sent, so a scan of random paths adds one `unmatched` series, not one per path.
 
+use crate::db::{Db, DbTimings};
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::store::FleetSummary;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -17,12 +21,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use slapos_proto::{ComputerInfo, InstanceInfo};
-
-use crate::db::{Db, DbTimings};
-use crate::error::ApiError;
-use crate::hub::Hub;
-use crate::store::StoreError;
 
 /// The media type of the exposition (Prometheus reads OpenMetrics text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -163,12 +161,12 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Refill the fleet series from `computers` and `instances` as of `now_ms`, with
-    /// `polls` long polls held.
+    /// Refill the fleet series from `fleet` as of `now_ms`, with `polls` long polls held;
+    /// `seen` gives a computer's last desired-state read since the master started.
     fn set_fleet(
         &self,
-        computers: &[ComputerInfo],
-        instances: &[InstanceInfo],
+        fleet: &FleetSummary,
+        seen: impl Fn(&str) -> Option<u64>,
         polls: usize,
         now_ms: u64,
     ) {
@@ -179,8 +177,8 @@ impl Metrics {
             self.computers.get_or_create(&age(label)).set(0);
         }
         self.promise_failures.clear();
-        for c in computers {
-            let label = match c.last_seen_ms {
+        for (id, last) in &fleet.computers {
+            let label = match (*last).max(seen(id)) {
                 None => "never",
                 Some(ms) => {
                     let secs = now_ms.saturating_sub(ms) / 1000;
@@ -192,29 +190,24 @@ impl Metrics {
             self.computers.get_or_create(&age(label)).inc();
             self.promise_failures
                 .get_or_create(&ComputerLabels {
-                    computer: c.id.to_string(),
+                    computer: id.clone(),
                 })
                 .set(0);
         }
         self.instances.clear();
-        for i in instances {
-            let reported = i.reported.as_ref().map(|r| r.report.state);
+        for i in &fleet.instances {
             self.instances
                 .get_or_create(&StateLabels {
-                    requested: i.state.as_str().to_owned(),
-                    reported: reported.map_or("none", |s| s.as_str()).to_owned(),
+                    requested: i.requested.clone(),
+                    reported: i.reported.clone().unwrap_or_else(|| "none".to_owned()),
                 })
                 .inc();
-            let failing = i
-                .reported
-                .as_ref()
-                .map_or(0, |r| r.report.promises.iter().filter(|p| !p.ok).count());
-            if failing > 0 {
+            if i.failing_promises > 0 {
                 self.promise_failures
                     .get_or_create(&ComputerLabels {
-                        computer: i.computer.to_string(),
+                        computer: i.computer.clone(),
                     })
-                    .inc_by(i64::try_from(failing).unwrap_or(i64::MAX));
+                    .inc_by(i64::try_from(i.failing_promises).unwrap_or(i64::MAX));
             }
         }
     }
@@ -223,14 +216,14 @@ impl Metrics {
     /// `now_ms` first.
     pub async fn render(&self, db: &Db, hub: &Hub, now_ms: u64) -> Result<String, ApiError> {
         let _one = self.scrape.lock().await;
-        let (mut computers, instances) = db
-            .read(|s| Ok::<_, StoreError>((s.computers()?, s.instances()?)))
-            .await?;
-        for c in &mut computers {
-            c.last_seen_ms = c.last_seen_ms.max(hub.last_seen(&c.id));
-        }
-        self.set_fleet(&computers, &instances, hub.held_polls(), now_ms);
-        let mut out = String::with_capacity(64 * (computers.len() + 64));
+        let fleet = db.read(|s| s.fleet_summary()).await?;
+        let seen = |id: &str| {
+            slapos_proto::ComputerId::parse(id)
+                .ok()
+                .and_then(|c| hub.last_seen(&c))
+        };
+        self.set_fleet(&fleet, seen, hub.held_polls(), now_ms);
+        let mut out = String::with_capacity(64 * (fleet.computers.len() + 64));
         encode(&mut out, &self.registry)
             .map_err(|e| ApiError::Internal(format!("rendering the metrics: {e}")))?;
         Ok(out)

@@ -1022,6 +1022,56 @@ impl Store {
             .collect()
     }
 
+    /// What `GET /metrics` counts, in two queries whatever the fleet's size: each computer's
+    /// last contact, and each instance's computer, requested state, reported state and failing
+    /// promises.
+    pub fn fleet_summary(&mut self) -> Result<FleetSummary> {
+        let tx = self.read()?;
+        let computers = rows(
+            &tx,
+            "list computers' last contact",
+            "SELECT id, last_seen_ms FROM computer ORDER BY id",
+            [],
+            |r| Ok((r.get::<String>(0)?, r.get::<Option<i64>>(1)?)),
+        )?
+        .into_iter()
+        .map(|(id, seen)| (id, seen.and_then(|v| u64::try_from(v).ok())))
+        .collect();
+        let instances = rows(
+            &tx,
+            "list instances' states",
+            "SELECT computer, state, reported FROM instance ORDER BY id",
+            [],
+            |r| {
+                Ok((
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<String>>(2)?,
+                ))
+            },
+        )?
+        .into_iter()
+        .map(|(computer, requested, reported)| {
+            let reported: Option<ReportedStatus> =
+                reported.as_deref().map(from_json).transpose()?;
+            Ok(FleetInstance {
+                computer,
+                requested,
+                reported: reported
+                    .as_ref()
+                    .map(|r| r.report.state.as_str().to_owned()),
+                failing_promises: reported
+                    .as_ref()
+                    .map_or(0, |r| r.report.promises.iter().filter(|p| !p.ok).count()),
+            })
+        })
+        .collect::<Result<_>>()?;
+        Ok(FleetSummary {
+            computers,
+            instances,
+        })
+    }
+
     /// One instance: a root by title (`root = None`), or a child by title within `root`'s tree.
     pub fn instance(
         &mut self,
@@ -2041,6 +2091,28 @@ fn validate_registration(reg: &RegisterComputer) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What [`Store::fleet_summary`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSummary {
+    /// Every computer's id and last contact (unix ms), by id.
+    pub computers: Vec<(String, Option<u64>)>,
+    /// Every instance, in creation order.
+    pub instances: Vec<FleetInstance>,
+}
+
+/// One instance as [`Store::fleet_summary`] counts it.
+#[derive(Debug, Clone)]
+pub struct FleetInstance {
+    /// The computer it is allocated on.
+    pub computer: String,
+    /// Its requested state.
+    pub requested: String,
+    /// The state its node last reported, if any.
+    pub reported: Option<String>,
+    /// Promises failing in that report.
+    pub failing_promises: usize,
 }
 
 /// The tables of the schema, in dependency order (parents first).
