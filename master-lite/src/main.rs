@@ -763,13 +763,11 @@ fn init_runtime() -> Result<tokio::runtime::Runtime> {
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(log_level());
-    // SLAPOS_LOG_FORMAT=json: one JSON object per line, for log shippers.
-    match std::env::var("SLAPOS_LOG_FORMAT").as_deref() {
-        Ok("json") => logs.json().init(),
-        Ok("text") | Err(_) => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        Ok(other) => {
-            anyhow::bail!("SLAPOS_LOG_FORMAT={other:?}: expected `text` (the default) or `json`")
-        }
+    // SLAPOS_LOG_FORMAT=json: one JSON object per line, for log shippers (the node's reading of
+    // the variable, so both programs accept and refuse the same values).
+    match node_edge::log::format_from_env().map_err(anyhow::Error::msg)? {
+        node_edge::log::Format::Json => logs.json().init(),
+        node_edge::log::Format::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
