@@ -10,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
+# Each step also shows the free disk: a full disk fails tests far from its cause.
+step() {
+  printf '\n==> [%4ss] %s (free: %s)\n' "$(( $(date +%s) - t0 ))" "$*" \
+    "$(df -h --output=avail . 2>/dev/null | tail -1 | tr -d ' ')"
+}
 
 if [ "${SKIP_DEPS:-0}" != 1 ]; then
   if [ "$(id -u)" = 0 ] && [ ! -e /var/lib/apt/lists/lock.slapos-updated ]; then
