@@ -4,7 +4,8 @@
 //! Two kinds of series. Counted as work passes: API requests by route, method and status, their latency by route ([`track`], the outermost layer, so refusals count too), and
 //! the database workers' batch time ([`crate::db::DbTimings`]). Computed at each scrape from the
 //! database and the hub: computers by last-seen age, instances by requested and reported
-//! state, failing promises per computer, long polls held. Nodes have no listener (closed by
+//! state, failing promises per computer, long polls held, and each computer's usage totals
+//! (counters kept by the store as samples arrive, natively or by `useComputer`). Nodes have no listener (closed by
 //! design): what an operator needs from them reaches the master and shows here.
 //!
 //! Routes are labelled by their template (`/v1/computers/{c}`), never by the path a caller
@@ -13,10 +14,14 @@
 use crate::db::{Db, DbTimings};
 use crate::error::ApiError;
 use crate::hub::Hub;
-use crate::store::FleetSummary;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, Mutex};
+
+use crate::store::{FleetSummary, UsageTotals};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -71,6 +76,7 @@ pub struct Metrics {
     computers: Family<AgeLabels, Gauge>,
     instances: Family<StateLabels, Gauge>,
     promise_failures: Family<ComputerLabels, Gauge>,
+    usage: UsageSeries,
     /// One scrape at a time computes the fleet series (they are reset and refilled).
     scrape: tokio::sync::Mutex<()>,
 }
@@ -133,6 +139,8 @@ impl Metrics {
             )])
             .set(1);
         registry.register("build_info", "The master's version", build);
+        let usage = UsageSeries::default();
+        registry.register_collector(Box::new(usage.clone()));
         Self {
             registry,
             requests,
@@ -141,6 +149,7 @@ impl Metrics {
             computers,
             instances,
             promise_failures,
+            usage,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -216,7 +225,10 @@ impl Metrics {
     /// `now_ms` first.
     pub async fn render(&self, db: &Db, hub: &Hub, now_ms: u64) -> Result<String, ApiError> {
         let _one = self.scrape.lock().await;
-        let fleet = db.read(|s| s.fleet_summary()).await?;
+        let (fleet, usage) = db
+            .read(|s| Ok::<_, crate::store::StoreError>((s.fleet_summary()?, s.usage_totals()?)))
+            .await?;
+        *self.usage.0.lock().unwrap_or_else(|p| p.into_inner()) = usage;
         let seen = |id: &str| {
             slapos_proto::ComputerId::parse(id)
                 .ok()
@@ -233,5 +245,59 @@ impl Metrics {
 fn age(label: &str) -> AgeLabels {
     AgeLabels {
         seen_within: label.to_owned(),
+    }
+}
+
+/// Each computer's usage totals as counters (`slapos_master_usage_*_total{computer}`), as read
+/// at the last scrape.
+#[derive(Clone, Debug, Default)]
+struct UsageSeries(Arc<Mutex<Vec<(String, UsageTotals)>>>);
+
+impl Collector for UsageSeries {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let totals = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        type Of = fn(&UsageTotals) -> f64;
+        let series: [(&str, &str, Of); 6] = [
+            (
+                "usage_cpu_seconds",
+                "CPU time used on each computer, as its nodes reported",
+                |t| t.cpu_seconds(),
+            ),
+            (
+                "usage_memory_gib_hours",
+                "Memory held over time on each computer (GiB x hours)",
+                |t| t.memory_gib_hours(),
+            ),
+            (
+                "usage_disk_gib_hours",
+                "Partition disk held over time on each computer (GiB x hours)",
+                |t| t.disk_gib_hours(),
+            ),
+            (
+                "usage_io_read_bytes",
+                "Bytes read by partitions on each computer",
+                |t| t.io_read_bytes,
+            ),
+            (
+                "usage_io_written_bytes",
+                "Bytes written by partitions on each computer",
+                |t| t.io_write_bytes,
+            ),
+            (
+                "usage_samples",
+                "Usage periods reported by each computer",
+                |t| t.samples as f64,
+            ),
+        ];
+        for (name, help, of) in series {
+            let mut family = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (computer, t) in totals.iter() {
+                let labels = ComputerLabels {
+                    computer: computer.clone(),
+                };
+                ConstCounter::new(of(t)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -931,6 +931,13 @@ async fn metrics_show_requests_and_the_fleet() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    let sample = json!({"partition": "slappart0", "instance": "web", "start_ms": 1_000,
+        "end_ms": 61_000, "cpu_ns": 3_000_000_000u64, "memory_bytes": 1, "memory_peak_bytes": 1,
+        "io_read_bytes": 0, "io_write_bytes": 4096, "disk_bytes": 0, "tasks": 1});
+    let (s, b) = env
+        .post("/v1/computers/C1/usage", json!({"samples": [sample]}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     // Two different unknown paths: one series, not one per path.
     for p in ["/no/such/1", "/no/such/2"] {
         assert_eq!(env.get(p).await.0, StatusCode::NOT_FOUND);
@@ -967,6 +974,14 @@ async fn metrics_show_requests_and_the_fleet() {
     assert_eq!(v(r#"slapos_master_computers{seen_within="1m"}"#), 1.0);
     assert_eq!(v(r#"slapos_master_computers{seen_within="never"}"#), 0.0);
     assert_eq!(v("slapos_master_long_polls_held"), 0.0);
+    assert_eq!(
+        v(r#"slapos_master_usage_cpu_seconds_total{computer="C1"}"#),
+        3.0
+    );
+    assert_eq!(
+        v(r#"slapos_master_usage_io_written_bytes_total{computer="C1"}"#),
+        4096.0
+    );
     assert!(
         v("slapos_master_db_write_batch_seconds_count") >= 3.0,
         "{text}"

@@ -805,3 +805,72 @@ async fn bad_input_gets_slapproxys_status_codes_and_changes_nothing() {
         "{body}"
     );
 }
+
+/// `slapos node report`'s `Computer.reportUsage` with a journal written by slapos.collect's own
+/// `Journal` class: stored as usage samples (partition users mapped to partitions, the instance
+/// on the partition recorded), counted once when sent again, shown by the usage report and as
+/// the computer's counters on `/metrics`; a broken journal is a 400 that stores nothing.
+#[test]
+fn use_computer_with_a_journal_from_slapos_collect_is_accounted_once() {
+    let Some(venv) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = serve(d);
+    let url = server.url.clone();
+    py(&venv, &url, FORMAT);
+    slapos(&venv, d, &["supply", SR, "COMP"]);
+    slapos(&venv, d, &["request", "web", SR]);
+    let report = r#"
+from slapos.collect.reporter import Journal
+j = Journal()
+t = j.newTransaction()
+j.setProperty(t, 'title', 'Eco Information for COMP ')
+j.setProperty(t, 'start_date', '2026-12-01 00:00:00')
+j.setProperty(t, 'stop_date', '2026-12-01 01:00:00')
+j.setProperty(t, 'reference', '2026-12-01-global')
+j.newMovement(t, resource='service_module/cpu_load_percent', title='CPU', quantity='50.0',
+              reference='slapuser0', category='')
+j.newMovement(t, resource='service_module/memory_used', title='Mem', quantity='512.0',
+              reference='slapuser0', category='')
+j.newMovement(t, resource='service_module/cpu_load_percent', title='CPU', quantity='10.0',
+              reference='COMP', category='')
+computer = slap.registerComputer('COMP')
+computer.reportUsage(j.getXML())
+computer.reportUsage(j.getXML())
+print('SENT')
+"#;
+    assert!(py(&venv, &url, report).contains("SENT"));
+
+    let client = Client::new(&url).unwrap();
+    let by_instance = client
+        .usage(0, u64::MAX, slapos_proto::UsageBy::Instance)
+        .unwrap();
+    assert_eq!(by_instance.rows.len(), 1, "{by_instance:?}");
+    let row = &by_instance.rows[0];
+    assert_eq!(row.key, "web");
+    assert_eq!(row.samples, 1, "sent twice, counted once: {row:?}");
+    // Half a CPU for an hour; 512 MB for an hour.
+    assert!((row.cpu_seconds - 1800.0).abs() < 1e-6, "{row:?}");
+    assert!((row.memory_gib_hours - 0.5).abs() < 1e-9, "{row:?}");
+
+    let metrics = client.metrics().unwrap();
+    assert!(
+        metrics.contains("slapos_master_usage_cpu_seconds_total{computer=\"COMP\"} 1800"),
+        "{metrics}"
+    );
+
+    // A journal that is not one: refused, nothing more stored.
+    let o = slap_python(
+        &venv,
+        &url,
+        None,
+        "slap.registerComputer('COMP').reportUsage('<journal><transaction>')",
+    );
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("400 Client Error"), "{}", out(&o));
+    let again = client
+        .usage(0, u64::MAX, slapos_proto::UsageBy::Computer)
+        .unwrap();
+    assert_eq!(again.rows.len(), 1);
+    assert_eq!(again.rows[0].samples, 1);
+}

@@ -37,6 +37,7 @@
 pub mod frontend;
 pub mod hateoas;
 pub mod rpc;
+pub mod usage;
 
 use std::collections::BTreeMap;
 
@@ -704,9 +705,21 @@ async fn ignored(Extension(who): Extension<Identity>, body: Bytes) -> SlapResult
     Ok(text("Ignored"))
 }
 
-async fn use_computer(Extension(who): Extension<Identity>, body: Bytes) -> SlapResult {
+/// `useComputer`: the node's usage journal (`use_string`) is accounted ([`usage`]); an empty
+/// one is ignored, as slapproxy ignores every one.
+async fn use_computer(
+    State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> SlapResult {
     check_node_form(&who, &body)?;
-    Ok(text("Ignored"))
+    let f = form(&body);
+    let c = ComputerId::parse(wire::forms::required(&f, "computer_id")?)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    match usage::record_journal(&st, c, f.field("use_string").unwrap_or("")).await? {
+        None => Ok(text("Ignored")),
+        Some(_) => Ok(text("OK")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -431,8 +431,15 @@ async fn endpoint(
     let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
     let now = now_ms();
     match ep {
+        E::ComputeNodeUsage => {
+            let c =
+                ComputerId::parse(s("computer_guid").as_str()).map_err(|e| bad(e.to_string()))?;
+            match super::usage::record_journal(&st, c, &s("tioxml")).await? {
+                None => success("Ignored"),
+                Some(n) => success(format!("Stored {n} usage samples")),
+            }
+        }
         E::ComputeNodeCertificateRemove
-        | E::ComputeNodeUsage
         | E::ComputeNodeBang
         | E::SoftwareInstanceError
         | E::SoftwareInstallationError => success("Ignored"),

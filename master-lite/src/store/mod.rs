@@ -46,7 +46,7 @@ pub mod schema;
 mod slap;
 pub mod sql;
 mod usage;
-pub use usage::MAX_BATCH as MAX_USAGE_BATCH;
+pub use usage::{MAX_BATCH as MAX_USAGE_BATCH, UsageTotals};
 
 pub use identity::{CertificateRow, Enrolled};
 
@@ -2116,7 +2116,7 @@ pub struct FleetInstance {
 }
 
 /// The tables of the schema, in dependency order (parents first).
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "meta",
     "computer",
     "label",
@@ -2129,6 +2129,7 @@ pub const TABLES: [&str; 12] = [
     "certificate",
     "enroll_token",
     "usage_sample",
+    "usage_total",
 ];
 
 /// Every row of every table, as text: lets tests check that a refused call changed nothing.

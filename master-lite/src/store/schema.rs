@@ -214,6 +214,25 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX usage_sample_end ON usage_sample(end_ms);
     "#,
+    // 9: running usage totals per computer, kept with each stored sample, so that `/metrics`
+    // reads one row per computer instead of summing every sample ever stored.
+    r#"
+    CREATE TABLE usage_total (
+        computer       TEXT PRIMARY KEY,
+        cpu_ns         REAL NOT NULL,
+        memory_byte_ms REAL NOT NULL,
+        disk_byte_ms   REAL NOT NULL,
+        io_read_bytes  REAL NOT NULL,
+        io_write_bytes REAL NOT NULL,
+        samples        INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO usage_total
+        SELECT computer, SUM(CAST(cpu_ns AS REAL)),
+               SUM(CAST(memory_bytes AS REAL) * (end_ms - start_ms)),
+               SUM(CAST(disk_bytes AS REAL) * (end_ms - start_ms)),
+               SUM(CAST(io_read_bytes AS REAL)), SUM(CAST(io_write_bytes AS REAL)), SUM(folded)
+        FROM usage_sample GROUP BY computer;
+    "#,
 ];
 
 /// Migration `n` (1-based) on PostgreSQL is `PG_MIGRATIONS[n - 1]`; `CTEXT` stands for
@@ -377,6 +396,25 @@ pub const PG_MIGRATIONS: &[&str] = &[
         PRIMARY KEY (computer, partition, start_ms)
     );
     CREATE INDEX usage_sample_end ON usage_sample(end_ms);
+    "#,
+    // 9
+    r#"
+    CREATE TABLE usage_total (
+        computer       CTEXT PRIMARY KEY,
+        cpu_ns         DOUBLE PRECISION NOT NULL,
+        memory_byte_ms DOUBLE PRECISION NOT NULL,
+        disk_byte_ms   DOUBLE PRECISION NOT NULL,
+        io_read_bytes  DOUBLE PRECISION NOT NULL,
+        io_write_bytes DOUBLE PRECISION NOT NULL,
+        samples        BIGINT NOT NULL
+    );
+    INSERT INTO usage_total
+        SELECT computer, SUM(CAST(cpu_ns AS DOUBLE PRECISION)),
+               SUM(CAST(memory_bytes AS DOUBLE PRECISION) * (end_ms - start_ms)),
+               SUM(CAST(disk_bytes AS DOUBLE PRECISION) * (end_ms - start_ms)),
+               SUM(CAST(io_read_bytes AS DOUBLE PRECISION)),
+               SUM(CAST(io_write_bytes AS DOUBLE PRECISION)), SUM(folded)
+        FROM usage_sample GROUP BY computer;
     "#,
 ];
 

@@ -6,7 +6,7 @@
 //! Tests that are about SQLite's files (reopen, statement counts) run on SQLite in both.
 
 use super::*;
-use slapos_proto::{PartitionSpec, PromiseResult};
+use slapos_proto::{PartitionSpec, PromiseResult, UsageBatch, UsageBy, UsageSample};
 
 /// This copy runs on PostgreSQL.
 fn on_pg() -> bool {
@@ -1092,4 +1092,57 @@ fn slap_format_rewrites_addresses_only_when_they_change() {
     // A changed address replaces the rows, in payload order.
     s.slap_format(&cfg("fd01::"), 3).unwrap();
     assert_eq!(ips(&mut s), vec![pair("fd01::1"), pair("10.0.1.1")]);
+}
+
+#[test]
+fn usage_totals_count_each_new_sample_once_and_list_partitions_with_their_instances() {
+    let Some(mut s) = ready(2) else { return };
+    s.request(&req("web", SR), None, 2).unwrap();
+    let parts = s.usage_partitions(&cid("C1")).unwrap();
+    assert_eq!(
+        parts,
+        [
+            (pid("slappart0"), Some(title("web"))),
+            (pid("slappart1"), None)
+        ]
+    );
+    assert!(matches!(
+        s.usage_partitions(&cid("NOPE")),
+        Err(StoreError::NotFound(_))
+    ));
+    let sample = |p: &str, start: u64| UsageSample {
+        partition: pid(p),
+        instance: None,
+        start_ms: start,
+        end_ms: start + 1_000,
+        cpu_ns: 2_000_000_000,
+        memory_bytes: 1 << 20,
+        memory_peak_bytes: 1 << 20,
+        io_read_bytes: 10,
+        io_write_bytes: 20,
+        disk_bytes: 1 << 30,
+        tasks: 1,
+        folded: 1,
+    };
+    let batch = UsageBatch {
+        samples: vec![sample("slappart0", 1_000), sample("slappart1", 1_000)],
+    };
+    s.record_usage(&cid("C1"), &batch, 5).unwrap();
+    // Resent with one new sample: only that one adds up.
+    let mut again = batch.clone();
+    again.samples.push(sample("slappart0", 2_000));
+    let ack = s.record_usage(&cid("C1"), &again, 6).unwrap();
+    assert_eq!((ack.stored, ack.duplicates), (1, 2));
+    let totals = s.usage_totals().unwrap();
+    assert_eq!(totals.len(), 1);
+    let (c, t) = &totals[0];
+    assert_eq!(c, "C1");
+    assert_eq!(t.samples, 3);
+    assert_eq!(t.cpu_seconds(), 6.0);
+    assert_eq!((t.io_read_bytes, t.io_write_bytes), (30.0, 60.0));
+    assert!((t.disk_gib_hours() - 3.0 / 3600.0).abs() < 1e-12, "{t:?}");
+    // The totals agree with the report over every sample.
+    let report = s.usage_report(0, u64::MAX, UsageBy::Computer).unwrap();
+    assert_eq!(report.rows[0].cpu_seconds, t.cpu_seconds());
+    assert_eq!(report.rows[0].samples, t.samples);
 }

@@ -5,7 +5,10 @@
 //! the master records which tree the instance on the partition belongs to and that tree's
 //! owner, so a report by user still holds after the instance is destroyed.
 
-use slapos_proto::{ComputerId, UsageAck, UsageBatch, UsageBy, UsageReport, UsageRow, UsageSample};
+use slapos_proto::{
+    ComputerId, InstanceTitle, PartitionId, UsageAck, UsageBatch, UsageBy, UsageReport, UsageRow,
+    UsageSample,
+};
 
 use super::error::{DbContext, StoreError};
 use super::sql::{OptionalExtension, params};
@@ -18,6 +21,41 @@ pub const MAX_BATCH: usize = 1000;
 /// Bytes in a GiB, and milliseconds in an hour: the report's units.
 const GIB: f64 = 1_073_741_824.0;
 const HOUR_MS: f64 = 3_600_000.0;
+
+/// What a computer's stored samples add up to, since its first one: the sums behind the usage
+/// report's columns (CPU ns, bytes × ms held in memory and on disk, I/O bytes, samples).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UsageTotals {
+    /// CPU time, ns.
+    pub cpu_ns: f64,
+    /// Memory held over time, bytes × ms.
+    pub memory_byte_ms: f64,
+    /// Disk held over time, bytes × ms.
+    pub disk_byte_ms: f64,
+    /// Bytes read.
+    pub io_read_bytes: f64,
+    /// Bytes written.
+    pub io_write_bytes: f64,
+    /// Periods measured (folded samples count for what they stand for).
+    pub samples: u64,
+}
+
+impl UsageTotals {
+    /// CPU seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_ns / 1e9
+    }
+
+    /// Memory GiB·h.
+    pub fn memory_gib_hours(&self) -> f64 {
+        self.memory_byte_ms / GIB / HOUR_MS
+    }
+
+    /// Disk GiB·h.
+    pub fn disk_gib_hours(&self) -> f64 {
+        self.disk_byte_ms / GIB / HOUR_MS
+    }
+}
 
 /// Refuse a sample that cannot be a measurement (the batch is refused whole, nothing stored).
 fn check(c: &ComputerId, s: &UsageSample) -> Result<()> {
@@ -68,6 +106,7 @@ impl Store {
             stored: 0,
             duplicates: 0,
         };
+        let mut added = UsageTotals::default();
         for s in &batch.samples {
             let ps = s.partition.as_str();
             let known: bool = tx
@@ -130,12 +169,95 @@ impl Store {
                 .op("store a usage sample")?;
             if n == 1 {
                 ack.stored += 1;
+                let ms = s.end_ms.saturating_sub(s.start_ms) as f64;
+                added.cpu_ns += s.cpu_ns as f64;
+                added.memory_byte_ms += s.memory_bytes as f64 * ms;
+                added.disk_byte_ms += s.disk_bytes as f64 * ms;
+                added.io_read_bytes += s.io_read_bytes as f64;
+                added.io_write_bytes += s.io_write_bytes as f64;
+                added.samples += u64::from(s.folded);
             } else {
                 ack.duplicates += 1;
             }
         }
+        if added.samples > 0 {
+            tx.exec(
+                "INSERT INTO usage_total (computer, cpu_ns, memory_byte_ms, disk_byte_ms, \
+                 io_read_bytes, io_write_bytes, samples) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (computer) DO UPDATE SET cpu_ns = usage_total.cpu_ns + excluded.cpu_ns, \
+                 memory_byte_ms = usage_total.memory_byte_ms + excluded.memory_byte_ms, \
+                 disk_byte_ms = usage_total.disk_byte_ms + excluded.disk_byte_ms, \
+                 io_read_bytes = usage_total.io_read_bytes + excluded.io_read_bytes, \
+                 io_write_bytes = usage_total.io_write_bytes + excluded.io_write_bytes, \
+                 samples = usage_total.samples + excluded.samples",
+                params![
+                    cs,
+                    added.cpu_ns,
+                    added.memory_byte_ms,
+                    added.disk_byte_ms,
+                    added.io_read_bytes,
+                    added.io_write_bytes,
+                    int(c, "samples", added.samples)?
+                ],
+            )
+            .op("add to the computer's usage totals")?;
+        }
         tx.commit()?;
         Ok(ack)
+    }
+
+    /// Each partition of computer `c` (registration order) and the title of the instance on
+    /// it (`None`: free): what a usage journal's references are matched against.
+    pub fn usage_partitions(
+        &mut self,
+        c: &ComputerId,
+    ) -> Result<Vec<(PartitionId, Option<InstanceTitle>)>> {
+        let tx = self.read()?;
+        require_computer(&tx, c.as_str())?;
+        let found: Vec<(String, Option<String>)> = tx
+            .query_map(
+                "SELECT p.id, i.title FROM partition p LEFT JOIN instance i \
+                 ON i.computer = p.computer AND i.partition = p.id \
+                 WHERE p.computer = ?1 ORDER BY p.seq",
+                [c.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .op("list a computer's partitions and instances")?;
+        // Ids and titles were checked when stored; one that no longer parses is skipped.
+        Ok(found
+            .into_iter()
+            .filter_map(|(p, t)| {
+                Some((
+                    PartitionId::parse(&p).ok()?,
+                    t.and_then(|t| InstanceTitle::parse(&t).ok()),
+                ))
+            })
+            .collect())
+    }
+
+    /// The running usage totals of every registered computer, by id (`/metrics`).
+    pub fn usage_totals(&mut self) -> Result<Vec<(String, UsageTotals)>> {
+        let tx = self.read()?;
+        tx.query_map(
+            "SELECT t.computer, t.cpu_ns, t.memory_byte_ms, t.disk_byte_ms, t.io_read_bytes, \
+             t.io_write_bytes, t.samples FROM usage_total t \
+             JOIN computer c ON c.id = t.computer ORDER BY t.computer",
+            [],
+            |r| {
+                Ok((
+                    r.get::<String>(0)?,
+                    UsageTotals {
+                        cpu_ns: r.get(1)?,
+                        memory_byte_ms: r.get(2)?,
+                        disk_byte_ms: r.get(3)?,
+                        io_read_bytes: r.get(4)?,
+                        io_write_bytes: r.get(5)?,
+                        samples: r.get::<i64>(6)?.max(0) as u64,
+                    },
+                ))
+            },
+        )
+        .op("read the usage totals")
     }
 
     /// The samples whose period ends in `(since_ms, until_ms]`, summed per group `by`.

@@ -79,6 +79,7 @@
 pub mod error;
 pub mod forms;
 pub mod instance_xml;
+pub mod journal;
 pub mod marshal;
 pub mod objects;
 pub mod pyrepr;
@@ -93,6 +94,7 @@ pub use forms::{
 pub use instance_xml::{
     ParamDict, dict2xml, dict2xml_json, dict2xml_params, dict2xml_value, xml2dict,
 };
+pub use journal::{Journal, JournalError, Movement, Transaction, journal_date_ms, parse_journal};
 pub use marshal::{DecodeLimits, dumps, loads, loads_with_limits};
 pub use objects::{
     BusyPartition, ComputerDoc, ComputerPartitionDoc, PartitionParameters, RequestedPartition,

@@ -1,0 +1,353 @@
+//! The usage journal a SlapOS node posts with `useComputer` (`use_string`) or JSON-RPC
+//! `compute_node_usage` (`tioxml`): the TioSafe XML of `slap/doc/computer_consumption.xsd`.
+//!
+//! Two writers exist in slapos.core 1.26.1 and both are read here:
+//!
+//! * `slapos.collect`'s `ConsumptionReport` (a `Journal` per day): one transaction with
+//!   `start_date` / `stop_date` (`YYYY-MM-DD HH:MM:SS`), movements whose `resource` is
+//!   `service_module/cpu_load_percent`, `…/memory_used` (MB) or `…/disk_used` (MB) and whose
+//!   `reference` is the partition's user (`slapuserN`) or the computer itself;
+//! * slapgrid's `asXML` (partitions' own `etc/report` scripts): an empty `start_date`, a
+//!   `stop_date` written `YYYY-MM-DD at HH:MM:SS`, and movements whose `reference` is the
+//!   partition id.
+//!
+//! This module only decodes: what a movement means for accounting is the master's business.
+//! The reader is the codec's hardened one (no DOCTYPE, invalid characters refused), elements
+//! it does not know (`arrow`, `price`, `VAT`, `category`, …) are skipped, and a document holds
+//! at most [`MAX_MOVEMENTS`] movements.
+
+use super::xmltext::{Ev, ReadError, XmlEvents};
+
+/// Movements read from one journal at most (a node reports a few per partition per day).
+pub const MAX_MOVEMENTS: usize = 100_000;
+
+/// A decoded journal.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Journal {
+    /// Its `<transaction>` elements, in document order.
+    pub transactions: Vec<Transaction>,
+}
+
+/// One `<transaction>`: a period and what was consumed in it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transaction {
+    /// `<title>` (empty when absent).
+    pub title: String,
+    /// `<start_date>` as written (may be empty: slapgrid's `asXML`).
+    pub start_date: String,
+    /// `<stop_date>` as written.
+    pub stop_date: String,
+    /// `<reference>` (a date scope or the computer id).
+    pub reference: String,
+    /// Its movements, in document order.
+    pub movements: Vec<Movement>,
+}
+
+/// One `<movement>`: a quantity of a resource, for a reference.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Movement {
+    /// `<resource>`, e.g. `service_module/cpu_load_percent`.
+    pub resource: String,
+    /// `<reference>`: a partition id, a partition user or the computer id (empty if absent).
+    pub reference: String,
+    /// `<quantity>`.
+    pub quantity: f64,
+}
+
+/// Why a journal was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JournalError {
+    /// Not well-formed XML.
+    #[error("usage journal: malformed XML near byte {position}: {message}")]
+    Xml {
+        /// Byte offset where the parser stopped.
+        position: u64,
+        /// The parser's message.
+        message: String,
+    },
+    /// A DOCTYPE (never accepted).
+    #[error("usage journal: a DOCTYPE declaration is not accepted")]
+    Doctype,
+    /// The root element is not `<journal>`.
+    #[error("usage journal: the root element must be <journal>, found {found}")]
+    NotJournal {
+        /// What was found (`<name>` or `nothing`).
+        found: String,
+    },
+    /// A `<quantity>` that is not a finite number.
+    #[error("usage journal: movement {index} has quantity {text:?}, which is not a number")]
+    Quantity {
+        /// 1-based index of the movement in the document.
+        index: usize,
+        /// The text found.
+        text: String,
+    },
+    /// More than [`MAX_MOVEMENTS`] movements.
+    #[error("usage journal: more than {MAX_MOVEMENTS} movements")]
+    TooLarge,
+}
+
+impl From<ReadError> for JournalError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Syntax { position, message } => Self::Xml { position, message },
+            ReadError::Doctype => Self::Doctype,
+        }
+    }
+}
+
+/// Decode a journal document.
+pub fn parse_journal(xml: &str) -> Result<Journal, JournalError> {
+    let mut events = XmlEvents::new(xml);
+    let mut journal = Journal::default();
+    // Element names from the root down to the current element.
+    let mut path: Vec<String> = Vec::new();
+    let mut text = String::new();
+    let mut movements = 0usize;
+    let mut root_seen = false;
+    loop {
+        let (name, empty) = match events.next()? {
+            Ev::Start(s) => (s.name().0.to_owned(), false),
+            Ev::Empty(s) => (s.name().0.to_owned(), true),
+            Ev::Text(t) => {
+                text.push_str(&t);
+                continue;
+            }
+            Ev::Other => continue,
+            Ev::End => {
+                let leaf = path.pop().unwrap_or_default();
+                field(&mut journal, &path, &leaf, text.trim(), movements)?;
+                text.clear();
+                continue;
+            }
+            Ev::Eof => break,
+        };
+        text.clear();
+        match (path.len(), name.as_str()) {
+            (0, "journal") if !root_seen => root_seen = true,
+            (0, _) => {
+                return Err(JournalError::NotJournal {
+                    found: format!("<{name}>"),
+                });
+            }
+            (1, "transaction") => journal.transactions.push(Transaction::default()),
+            (2, "movement") => {
+                movements += 1;
+                if movements > MAX_MOVEMENTS {
+                    return Err(JournalError::TooLarge);
+                }
+                if let Some(t) = journal.transactions.last_mut() {
+                    t.movements.push(Movement::default());
+                }
+            }
+            _ => {}
+        }
+        if empty {
+            field(&mut journal, &path, &name, "", movements)?;
+        } else {
+            path.push(name);
+        }
+    }
+    if !root_seen {
+        return Err(JournalError::NotJournal {
+            found: "nothing".to_owned(),
+        });
+    }
+    if !path.is_empty() {
+        return Err(JournalError::Xml {
+            position: events.position(),
+            message: "unexpected end of document: unclosed elements".to_owned(),
+        });
+    }
+    Ok(journal)
+}
+
+/// An element `leaf` under `parents` ended with `text`: keep it if the journal has a place
+/// for it. `movements` counts the movements opened so far (the current one's index).
+fn field(
+    journal: &mut Journal,
+    parents: &[String],
+    leaf: &str,
+    text: &str,
+    movements: usize,
+) -> Result<(), JournalError> {
+    let Some(t) = journal.transactions.last_mut() else {
+        return Ok(());
+    };
+    let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
+    match parents[..] {
+        ["journal", "transaction"] => {
+            let slot = match leaf {
+                "title" => &mut t.title,
+                "start_date" => &mut t.start_date,
+                "stop_date" => &mut t.stop_date,
+                "reference" => &mut t.reference,
+                _ => return Ok(()),
+            };
+            text.clone_into(slot);
+        }
+        ["journal", "transaction", "movement"] => {
+            let Some(m) = t.movements.last_mut() else {
+                return Ok(());
+            };
+            match leaf {
+                "resource" => text.clone_into(&mut m.resource),
+                "reference" => text.clone_into(&mut m.reference),
+                "quantity" => {
+                    m.quantity = text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|q| q.is_finite())
+                        .ok_or_else(|| JournalError::Quantity {
+                            index: movements,
+                            text: text.chars().take(40).collect(),
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A journal date as unix milliseconds (UTC: the journal carries no zone): `YYYY-MM-DD`,
+/// `YYYY-MM-DD HH:MM:SS`, `YYYY-MM-DDTHH:MM:SS` or slapgrid's `YYYY-MM-DD at HH:MM:SS`.
+/// `None` for an empty or malformed date.
+pub fn journal_date_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (date, time) = match s.split_once(" at ") {
+        Some(dt) => dt,
+        None => match s.find([' ', 'T']) {
+            Some(i) => (&s[..i], &s[i + 1..]),
+            None => (s, "00:00:00"),
+        },
+    };
+    let num = |v: &str, lo: i64, hi: i64| -> Option<i64> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        v.parse().ok().filter(|n| (lo..=hi).contains(n))
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, mo, day) = (
+        num(d.next()?, 1970, 9999)?,
+        num(d.next()?, 1, 12)?,
+        num(d.next()?, 1, 31)?,
+    );
+    let mut t = time.trim().splitn(3, ':');
+    let (h, mi) = (num(t.next()?, 0, 23)?, num(t.next()?, 0, 59)?);
+    let sec = match t.next() {
+        Some(v) => num(v, 0, 60)?,
+        None => 0,
+    };
+    let days = days_from_civil(y, mo, day);
+    u64::try_from(((days * 24 + h) * 60 + mi) * 60 + sec)
+        .ok()
+        .map(|secs| secs * 1000)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `slapos.collect`'s `Journal` writes (`ConsumptionReport.buildXMLReport`).
+    const COLLECT: &str = "<?xml version='1.0' encoding='utf-8'?><journal><transaction \
+        type=\"Sale Packing List\"><title>Eco Information for COMP-1 </title><start_date>\
+        2026-12-01 00:00:00</start_date><stop_date>2026-12-01 23:59:59</stop_date><reference>\
+        2026-12-01-global</reference><currency /><payment_mode /><category /><arrow \
+        type=\"Destination\" /><movement><resource>service_module/cpu_load_percent</resource>\
+        <title>CPU Load Percent Average for slapuser0</title><reference>slapuser0</reference>\
+        <quantity>12.5</quantity><price>0.0</price><VAT /><category /></movement></transaction>\
+        </journal>";
+
+    #[test]
+    fn reads_what_slapos_collect_writes() {
+        let j = parse_journal(COLLECT).unwrap();
+        assert_eq!(j.transactions.len(), 1);
+        let t = &j.transactions[0];
+        assert_eq!(t.start_date, "2026-12-01 00:00:00");
+        assert_eq!(t.stop_date, "2026-12-01 23:59:59");
+        assert_eq!(t.reference, "2026-12-01-global");
+        assert_eq!(
+            t.movements,
+            [Movement {
+                resource: "service_module/cpu_load_percent".into(),
+                reference: "slapuser0".into(),
+                quantity: 12.5,
+            }]
+        );
+    }
+
+    #[test]
+    fn dates_are_utc_in_every_form_the_writers_use() {
+        let day = 1_764_547_200_000; // 2025-12-01T00:00:00Z
+        assert_eq!(journal_date_ms("2025-12-01"), Some(day));
+        assert_eq!(journal_date_ms("2025-12-01 00:00:10"), Some(day + 10_000));
+        assert_eq!(
+            journal_date_ms("2025-12-01T01:00:00"),
+            Some(day + 3_600_000)
+        );
+        assert_eq!(
+            journal_date_ms("2025-12-01 at 23:59:59"),
+            Some(day + 86_399_000)
+        );
+        assert_eq!(journal_date_ms("1970-01-01"), Some(0));
+        for bad in [
+            "",
+            "2025-13-01",
+            "2025-12-01 25:00:00",
+            "yesterday",
+            "2025-12-01 at",
+        ] {
+            assert_eq!(journal_date_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_documents_are_refused_with_what_is_wrong() {
+        let e = parse_journal("<marshal/>").unwrap_err();
+        assert!(e.to_string().contains("<marshal>"), "{e}");
+        assert!(matches!(
+            parse_journal(""),
+            Err(JournalError::NotJournal { .. })
+        ));
+        let e = parse_journal(&COLLECT.replace("12.5", "lots")).unwrap_err();
+        assert_eq!(
+            e,
+            JournalError::Quantity {
+                index: 1,
+                text: "lots".into()
+            }
+        );
+        assert!(matches!(
+            parse_journal("<journal><transaction>"),
+            Err(JournalError::Xml { .. })
+        ));
+        assert!(matches!(
+            parse_journal("<!DOCTYPE x [<!ENTITY a 'b'>]><journal/>"),
+            Err(JournalError::Doctype)
+        ));
+        let many = format!(
+            "<journal><transaction>{}</transaction></journal>",
+            "<movement/>".repeat(MAX_MOVEMENTS + 1)
+        );
+        assert_eq!(parse_journal(&many), Err(JournalError::TooLarge));
+    }
+
+    #[test]
+    fn an_empty_journal_is_empty() {
+        assert_eq!(parse_journal("<journal/>").unwrap(), Journal::default());
+    }
+}
