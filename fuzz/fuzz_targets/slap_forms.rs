@@ -6,13 +6,16 @@
 //! * a form that parses writes back (`to_form`) to a form that parses to the same thing, and
 //!   writing that again gives the same fields (the client's encoding is a fixed point);
 //! * the instance XML the master stores for a parsed request or connection (`dict2xml`) reads
-//!   back (`xml2dict`) with the same keys.
+//!   back (`xml2dict`) with the same keys;
+//! * a usage journal (`useComputer`'s `use_string`, `parse_journal`) never panics, and what it
+//!   reads holds only finite quantities, at most `MAX_MOVEMENTS` of them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use slapos_proto::slap::{
     ComputerConfiguration, ConnectionForm, PartitionRef, RequestForm, SlapPartitionAuth,
-    SoftwareReleaseForm, SupplyForm, forms::related_instance_list, xml2dict,
+    SoftwareReleaseForm, SupplyForm, forms::related_instance_list, journal, parse_journal,
+    xml2dict,
 };
 
 type Fields = Vec<(String, String)>;
@@ -31,6 +34,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = PartitionRef::from_form(&form);
     let _ = PartitionRef::from_register_query(&form);
     let _ = related_instance_list(&form);
+    if let Some((_, xml)) = form.iter().find(|(k, _)| k == "use_string")
+        && let Ok(j) = parse_journal(xml)
+    {
+        let movements = j.transactions.iter().flat_map(|t| &t.movements);
+        assert!(movements.clone().count() <= journal::MAX_MOVEMENTS);
+        assert!(movements.clone().all(|m| m.quantity.is_finite()));
+        for t in &j.transactions {
+            let _ = slapos_proto::slap::journal_date_ms(&t.start_date);
+        }
+    }
     if let Ok(text) = std::str::from_utf8(data)
         && let Some(auth) = SlapPartitionAuth::parse(text)
     {
