@@ -42,10 +42,12 @@ cargo build --workspace --bins
 step "cargo test --workspace"
 cargo test --workspace --no-fail-fast
 
-# The native API suite again on a real PostgreSQL (its own initdb cluster; docs/fleet.md); the
-# store unit tests and tests/fleet_*.rs already ran on both engines above.
-step "cargo test -p master-lite --test router on PostgreSQL"
-SLAPOS_TEST_DB=postgres cargo test -p master-lite --test router --no-fail-fast
+# The API suites again on a real PostgreSQL (its own initdb cluster; docs/fleet.md): native,
+# authorization matrices (native and SLAP over mTLS), JSON-RPC, classic SLAP and /hateoas with
+# the real client. The store unit tests and tests/fleet_*.rs already ran on both engines above.
+step "master-lite API suites on PostgreSQL"
+SLAPOS_TEST_DB=postgres cargo test -p master-lite --no-fail-fast --test router --test auth \
+  --test slap_auth --test slap_json_rpc --test slap_cli
 
 for f in scripts/checks/*.sh; do
   [ -e "$f" ] || continue

@@ -28,27 +28,11 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
-/// The engine these tests run on: `SLAPOS_TEST_DB=postgres`, else SQLite.
-fn pg_url() -> Option<String> {
-    if std::env::var("SLAPOS_TEST_DB").as_deref() != Ok("postgres") {
-        return None;
-    }
-    // The sync PostgreSQL client runs its own runtime: keep it off the test's.
-    std::thread::spawn(|| {
-        let pg = master_lite::testpg::TestPg::shared()
-            .unwrap_or_else(|skip| panic!("SLAPOS_TEST_DB=postgres but {}", skip.0));
-        pg.fresh_db().unwrap()
-    })
-    .join()
-    .unwrap()
-    .into()
-}
-
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("master.db");
-        let pg_url = pg_url();
+        let pg_url = common::test_pg_url();
         let master = match &pg_url {
             None => Master::open(&db).unwrap(),
             Some(url) => {

@@ -402,7 +402,7 @@ fn slap_routes_authorization_matrix_and_the_slap_library_over_tls() {
         ("startedComputerPartition", "C1/p0", part(&[]), C1P0),
         ("stoppedComputerPartition", "C1/p0", part(&[]), C1P0),
         ("softwareInstanceError", "C1/p0", part(&[("error_log", "x".into())]), C1P0),
-        ("useComputer", "C1", on_c1("use_string", "x".into()), C1),
+        ("useComputer", "C1", on_c1("use_string", "<journal/>".into()), C1),
         ("destroyedComputerPartition", "C1/p0 (not requested destroyed: kept)", part(&[]), C1P0),
         ("setComputerPartitionConnectionXml", "C1/p0", part(&[("connection_xml", connection)]), C1P0),
         ("softwareInstanceBang", "C1/p0", part(&[("message", "x".into())]), C1P0),

@@ -34,7 +34,13 @@ fn serve(dir: &Path) -> Server {
         ),
     )
     .unwrap();
-    let server = Server::spawn([Path::new("--cfg"), &cfg], "warn");
+    // `--db` wins over `database_uri`: under `SLAPOS_TEST_DB=postgres` a fresh PostgreSQL
+    // database stands in for the file.
+    let mut args = vec!["--cfg".into(), cfg.into_os_string()];
+    if let Some(url) = common::test_pg_url() {
+        args.extend(["--db".into(), url.into()]);
+    }
+    let server = Server::spawn(args, "warn");
     let url = &server.url;
     std::fs::write(
         dir.join("client.cfg"),

@@ -105,7 +105,7 @@ async fn constant_endpoints() {
         ),
         (
             "/slapos.post.v0.compute_node_usage",
-            json!({"computer_guid": "c", "tioxml": "<x/>"}),
+            json!({"computer_guid": "c", "tioxml": ""}),
             success("Ignored"),
         ),
         (
@@ -137,6 +137,23 @@ async fn constant_endpoints() {
     for (path, body, want) in cases {
         assert_eq!(m.post(path, body).await, (StatusCode::OK, want), "{path}");
     }
+    // A usage journal is accounted (master-lite/src/slap/usage.rs), so what is not one is a
+    // 400 and a journal of an unknown computer a 404.
+    let (s, e) = m
+        .post(
+            "/slapos.post.v0.compute_node_usage",
+            json!({"computer_guid": "c", "tioxml": "<x/>"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["title"].as_str().unwrap().contains("<journal>"), "{e}");
+    let (s, e) = m
+        .post(
+            "/slapos.post.v0.compute_node_usage",
+            json!({"computer_guid": "c", "tioxml": "<journal/>"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
     let r = m
         .post_with(
             "/slapos.get.v0.hateoas_url",

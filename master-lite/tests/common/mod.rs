@@ -212,16 +212,24 @@ impl Cred {
 /// credentials (`users/`).
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// `SLAPOS_TEST_DB=postgres`: a fresh PostgreSQL database's URL, else `None` (SQLite).
+    pg_url: Option<String>,
 }
 
 impl Env {
     pub fn new() -> Env {
         Env {
             dir: tempfile::tempdir().unwrap(),
+            pg_url: test_pg_url(),
         }
     }
+    /// The database `--db` names: a SQLite file in the temp dir, or under
+    /// `SLAPOS_TEST_DB=postgres` a fresh PostgreSQL database (its URL, which `--db` reads).
     pub fn db(&self) -> PathBuf {
-        self.dir.path().join("master.db")
+        match &self.pg_url {
+            Some(url) => PathBuf::from(url),
+            None => self.dir.path().join("master.db"),
+        }
     }
     pub fn tls(&self) -> PathBuf {
         self.dir.path().join("tls")
@@ -293,8 +301,36 @@ impl Env {
     }
 }
 
-/// Every row of every table, read through a separate read-only connection.
+/// The engine the suites run on: `SLAPOS_TEST_DB=postgres` gives a fresh database on the
+/// test cluster (`master_lite::testpg`; its absence fails the test), else `None` (SQLite).
+pub fn test_pg_url() -> Option<String> {
+    if std::env::var("SLAPOS_TEST_DB").as_deref() != Ok("postgres") {
+        return None;
+    }
+    // The sync PostgreSQL client runs its own runtime: keep it off the test's.
+    std::thread::spawn(|| {
+        let pg = master_lite::testpg::TestPg::shared()
+            .unwrap_or_else(|skip| panic!("SLAPOS_TEST_DB=postgres but {}", skip.0));
+        pg.fresh_db().unwrap()
+    })
+    .join()
+    .unwrap()
+    .into()
+}
+
+/// Every row of every table, read through a separate read-only connection (a `postgres://`
+/// database through a store of its own).
 pub fn dump(db: &Path) -> String {
+    if let Some(url) = db.to_str().filter(|u| u.starts_with("postgres://")) {
+        let url = url.to_owned();
+        return std::thread::spawn(move || {
+            master_lite::store::Store::open_postgres(&url, 0)
+                .unwrap()
+                .dump()
+        })
+        .join()
+        .unwrap();
+    }
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -424,7 +460,15 @@ pub fn registration(c: &str, partitions: &[&str]) -> RegisterComputer {
 
 /// An in-memory master whose SLAP configuration names `computer_id`.
 pub fn slap_master(computer_id: &str) -> master_lite::Master {
-    let mut master = master_lite::Master::open_in_memory().unwrap();
+    let mut master = match test_pg_url() {
+        None => master_lite::Master::open_in_memory().unwrap(),
+        Some(url) => {
+            let url = master_lite::store::DbUrl::Postgres(url);
+            std::thread::spawn(move || master_lite::Master::open_db(&url).unwrap())
+                .join()
+                .unwrap()
+        }
+    };
     master.set_slap_config(master_lite::slap::SlapConfig {
         computer_id: Some(computer_id.into()),
         ..Default::default()
