@@ -100,13 +100,55 @@ pub fn parse_answer(buf: &[u8]) -> std::io::Result<Option<u32>> {
     )))
 }
 
-/// The uid owning the client socket of the TCP connection whose client end is `peer` and whose
-/// server end is `local`; `None` when the client is not on this host (not in this network
-/// namespace). Blocking, one netlink round trip (tens of microseconds).
-pub fn client_uid(peer: SocketAddr, local: SocketAddr) -> std::io::Result<Option<u32>> {
-    let Some(req) = diag_request(peer, local, 1) else {
-        return Ok(None);
-    };
+/// A `NETLINK_SOCK_DIAG` socket kept open for the server's lifetime, so that looking up a
+/// caller costs no new file descriptor: a master at its descriptor limit (thousands of idle
+/// clients) still recognises its local operator. One lookup at a time (each is one kernel round
+/// trip of tens of microseconds); answers carry the request's sequence number, so an answer
+/// left over from a lookup that timed out is never taken for another's.
+#[derive(Debug)]
+pub struct SockDiag {
+    /// The socket (`None` until opened, and again after an I/O error) and the last sequence.
+    inner: std::sync::Mutex<(Option<std::os::fd::OwnedFd>, u32)>,
+}
+
+impl Default for SockDiag {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SockDiag {
+    /// Opens the socket now (a failure is retried at the first lookup).
+    pub fn new() -> Self {
+        Self {
+            inner: std::sync::Mutex::new((open_diag().ok(), 0)),
+        }
+    }
+
+    /// The uid owning the client socket of the TCP connection whose client end is `peer` and
+    /// whose server end is `local`; `None` when the client is not on this host (not in this
+    /// network namespace). Blocking, one netlink round trip.
+    pub fn client_uid(&self, peer: SocketAddr, local: SocketAddr) -> std::io::Result<Option<u32>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (fd, seq) = &mut *guard;
+        *seq = seq.wrapping_add(1);
+        let Some(req) = diag_request(peer, local, *seq) else {
+            return Ok(None);
+        };
+        let sock = match fd.take() {
+            Some(sock) => sock,
+            None => open_diag()?,
+        };
+        let answer = ask(&sock, &req, *seq);
+        // Kept only while it works: after an error the next lookup opens a fresh socket.
+        if answer.is_ok() {
+            *fd = Some(sock);
+        }
+        answer
+    }
+}
+
+fn open_diag() -> std::io::Result<std::os::fd::OwnedFd> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
@@ -119,15 +161,34 @@ pub fn client_uid(peer: SocketAddr, local: SocketAddr) -> std::io::Result<Option
         tv_usec: 0,
     });
     setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+    Ok(fd)
+}
+
+/// One request on `sock`, and its answer (answers to other sequence numbers are skipped).
+fn ask(
+    sock: &std::os::fd::OwnedFd,
+    req: &[u8; REQUEST_LEN],
+    seq: u32,
+) -> std::io::Result<Option<u32>> {
     sendto(
-        fd.as_raw_fd(),
-        &req,
+        sock.as_raw_fd(),
+        req,
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )?;
     let mut buf = [0u8; 512];
-    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-    parse_answer(&buf[..n])
+    loop {
+        let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        let answer = &buf[..n];
+        if answer.get(8..12) == Some(&seq.to_ne_bytes()[..]) {
+            return parse_answer(answer);
+        }
+    }
+}
+
+/// [`SockDiag::client_uid`] on a socket of its own (one lookup; tools and tests).
+pub fn client_uid(peer: SocketAddr, local: SocketAddr) -> std::io::Result<Option<u32>> {
+    SockDiag::new().client_uid(peer, local)
 }
 
 /// How long a lookup may take before the connection is treated as remote.
@@ -249,6 +310,40 @@ mod tests {
         assert_eq!(
             client_uid(gone, server.local_addr().unwrap()).unwrap(),
             None
+        );
+        drop(client);
+    }
+
+    #[test]
+    fn a_left_over_answer_is_never_taken_for_the_next_lookup() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        let diag = SockDiag::new();
+        assert_eq!(
+            diag.client_uid(peer, local).unwrap(),
+            Some(nix::unistd::geteuid().as_raw())
+        );
+        // An answer nobody read (as after a timed-out lookup) waits in the kept socket...
+        {
+            let guard = diag.inner.lock().unwrap();
+            let sock = guard.0.as_ref().expect("the socket is kept");
+            let stale = diag_request(peer, local, 4242).unwrap();
+            sendto(
+                sock.as_raw_fd(),
+                &stale,
+                &NetlinkAddr::new(0, 0),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+        }
+        // ...and the next lookup, of a tuple no socket has, still answers for itself.
+        let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(diag.client_uid(gone, local).unwrap(), None);
+        assert_eq!(
+            diag.client_uid(peer, local).unwrap(),
+            Some(nix::unistd::geteuid().as_raw())
         );
         drop(client);
     }

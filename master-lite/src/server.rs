@@ -324,6 +324,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let registry = Registry::new(limits);
+    // Opened before the first client: a lookup never needs a descriptor of its own.
+    let diag = Arc::new(local::SockDiag::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -346,6 +348,7 @@ pub async fn serve(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let conn = Conn {
+            diag: diag.clone(),
             registry: registry.clone(),
             router: router.clone(),
             security: security.clone(),
@@ -366,6 +369,8 @@ pub async fn serve(
 
 /// One accepted connection.
 struct Conn {
+    /// Shared by every connection: looks up local callers without a new descriptor.
+    diag: Arc<local::SockDiag>,
     registry: Arc<Registry>,
     router: Router,
     security: Security,
@@ -379,7 +384,9 @@ impl Conn {
         // The owner of a client on this host (loopback or one of our addresses).
         let local = self.local;
         // One netlink round trip, answered by the kernel at once: no need for a thread.
-        let uid = local::client_uid(addr, local)
+        let uid = self
+            .diag
+            .client_uid(addr, local)
             .inspect_err(|e| tracing::debug!(%addr, "sock_diag lookup failed: {e}"))
             .ok()
             .flatten();
