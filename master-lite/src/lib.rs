@@ -51,6 +51,7 @@ pub mod app;
 pub mod auth;
 pub mod certs;
 pub mod cli;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod http;
