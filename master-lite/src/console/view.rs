@@ -80,14 +80,14 @@ fn mask_value(v: &Value) -> Value {
 
 /// A string holding a JSON object is masked inside; a URL's password is masked.
 fn mask_string(s: &str) -> String {
-    if s.trim_start().starts_with('{') {
-        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(s) {
-            let masked = mask_params(&m);
-            if masked != m {
-                return Value::Object(masked).to_string();
-            }
-            return s.to_owned();
+    if s.trim_start().starts_with('{')
+        && let Ok(Value::Object(m)) = serde_json::from_str::<Value>(s)
+    {
+        let masked = mask_params(&m);
+        if masked != m {
+            return Value::Object(masked).to_string();
         }
+        return s.to_owned();
     }
     mask_url_password(s)
 }

@@ -8,6 +8,8 @@ const SVG = "http://www.w3.org/2000/svg";
 // Browser-side history of the numeric KPIs, per instance and key: [[ms, value], …].
 const history = new Map();
 const HISTORY_POINTS = 120;
+// KPI charts show the last half hour this page has seen.
+const KPI_WINDOW_MS = 30 * 60 * 1000;
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -129,9 +131,10 @@ function instances(v) {
   }), "no instance requested", 7);
 }
 
-// A line chart of [x, y] points (x in ms) in a w × h box, y from 0.
-function chart(title, points, format, xmin, xmax) {
-  const w = 300, h = 90, pad = 4, top = 12;
+// A line chart of [x, y] points (x in ms, from xmin to xmax) in a 300 × h box, y from 0.
+function chart(title, points, format, xmin, xmax, h = 90) {
+  const w = 300, pad = 4, top = 12;
+  points = points.filter(p => p[0] >= xmin);
   const box = el("div", { class: "chart" }, el("h3", {}, title));
   const s = svg("svg", { width: w, height: h + top, viewBox: `0 0 ${w} ${h + top}`,
                          role: "img", "aria-label": title });
@@ -207,7 +210,8 @@ function kpis(v) {
       while (h.length > HISTORY_POINTS) h.shift();
       history.set(key, h);
       if (/p99|max-us|miss-ratio|bitrate|connected-ues/.test(k)) {
-        charts.push(chart(k, h, x => String(Math.round(x * 1000) / 1000), h[0][0], Math.max(v.now_ms, h[0][0] + 1)));
+        charts.push(chart(k, h, x => String(Math.round(x * 1000) / 1000),
+                          v.now_ms - KPI_WINDOW_MS, v.now_ms, 50));
       }
     }
     const latency = i.promises.filter(p => ["latency", "tti", "kpi"].includes(p.name));
