@@ -28,6 +28,8 @@
 //!   plain-HTTP callers ([`Master::run`]).
 //! * [`server`]: the accept loop of both listeners and the limits that keep slow, idle or
 //!   numerous clients from taking the master down; [`mod@app`] composes every route.
+//! * [`console`]: the read-only web console at `/` (embedded page, JSON view with secrets
+//!   masked on the server, `docs/master-lite.md`).
 //!
 //! ## Invariants
 //!
