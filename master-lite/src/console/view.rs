@@ -362,15 +362,28 @@ mod tests {
         ] {
             assert!(is_secret_key(k), "{k}");
         }
-        for k in [
-            "url",
-            "title",
-            "rt-p99-us",
-            "kpi-dl-bitrate-bps",
-            "ipv6",
-            "port",
-        ] {
+        for k in ["url", "title", "ipv6", "port", "dl_earfcn", "tx_gain"] {
             assert!(!is_secret_key(k), "{k}");
+        }
+        // Every KPI the rt-probe and enb releases publish stays visible (docs/radio.md,
+        // examples/rt-probe/README.md).
+        let rt = "p50-us p99-us p999-us max-us misses periods miss-ratio policy priority \
+                  affinity mlocked promise-ok rounds updated requested-cpus tools-dir";
+        let radio = "records cell-up last-utc age-s cells connected-ues connected-ues-max \
+                     dl-bitrate-bps ul-bitrate-bps rxtx-delay-min-ms rxtx-delay-max-ms \
+                     tti-period-us policy priority cpus mlocked processing-max-us \
+                     wakeup-p99-us wakeup-max-us tti-count tti-missed tti-miss-ratio \
+                     rx-max-dbfs rx-saturated-samples";
+        let kpis = rt
+            .split_whitespace()
+            .map(|k| format!("{RT_PREFIX}{k}"))
+            .chain(
+                radio
+                    .split_whitespace()
+                    .map(|k| format!("{RADIO_PREFIX}{k}")),
+            );
+        for k in kpis {
+            assert!(!is_secret_key(&k), "{k}");
         }
     }
 
