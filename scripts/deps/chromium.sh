@@ -3,7 +3,9 @@
 # the test loads the master's console with `chromium --headless --dump-dom` and takes a
 # screenshot. Idempotent: installs only when missing. Needs root for apt-get.
 set -euo pipefail
-if command -v chromium >/dev/null 2>&1; then
+# DejaVu: text in the screenshots (chromium only recommends fonts).
+if command -v chromium >/dev/null 2>&1 \
+    && dpkg-query -W -f='${Status}' fonts-dejavu-core 2>/dev/null | grep -q "install ok installed"; then
     echo "chromium present"
     exit 0
 fi
