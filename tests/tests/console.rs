@@ -2,6 +2,7 @@
 //! converged hello-web example, loaded by headless Chromium (`scripts/deps/chromium.sh`); and
 //! the console over mTLS, refused without a client certificate.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -237,4 +238,38 @@ fn console_over_tls_needs_a_certificate() {
         view["usage"]["series"].is_array(),
         "an admin reads usage: {view}"
     );
+}
+
+/// On the plain loopback listener the console is the local operator's: another local user
+/// (`nobody`) gets the master's 403 for the page and its data, the operator (root) gets them.
+#[test]
+fn console_on_loopback_is_the_operators() {
+    const TEST: &str = "console_on_loopback_is_the_operators";
+    if !gate::privileged(TEST) || !gate::tool(TEST, "python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let master = slapos_tests::Master::start(&tmp.path().join("master.db"));
+    // Python's urllib as `nobody`: prints the status.
+    let script = "import sys, urllib.request, urllib.error\n\
+                  try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n\
+                  except urllib.error.HTTPError as e:\n    print(e.code)\n";
+    for path in ["/", "/console/api/view"] {
+        let url = format!("{}{path}", master.url);
+        let out = Command::new("python3")
+            .args(["-c", script, &url])
+            .uid(65534)
+            .gid(65534)
+            .env_remove("HOME")
+            .output()
+            .expect("python3 as nobody");
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            status,
+            "403",
+            "{path} as nobody: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(http_get(&url).is_some(), "{path} as the operator");
+    }
 }
