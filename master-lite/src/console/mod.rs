@@ -1,5 +1,5 @@
 //! The read-only web console (issue 14): `GET /` serves one HTML page, its stylesheet and a
-//! little vanilla JavaScript, all embedded in the binary (`include_str!`, about 20 KB, no
+//! little vanilla JavaScript, all embedded in the binary (`include_str!`, about 15 KB, no
 //! build step); the page polls `GET /console/api/view` every few seconds and draws computers,
 //! instances, releases, usage charts (inline SVG) and the KPIs partitions publish.
 //!
@@ -20,6 +20,12 @@
 //! charts only for those who may read the usage report (operators, admins). On the loopback
 //! plain-HTTP listener it is the local operator's page, the same trust as the API there.
 //! The page itself holds no data; the stylesheet and script are public within that gate.
+//!
+//! # Limits
+//!
+//! Masking goes by key: free text (promise output, a reported error, a bang message) is shown
+//! as the node reported it, as `/v1` shows it to the same caller. Charts of KPIs are drawn
+//! from what the page has seen since it was opened (the master keeps the latest values only).
 
 pub mod view;
 
