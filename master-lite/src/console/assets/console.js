@@ -251,11 +251,14 @@ async function refresh() {
   }
 }
 
+// Poll while the page is visible; a hidden tab costs the master nothing.
 function loop() {
-  refresh().finally(() => setTimeout(loop, POLL_MS));
+  const next = () => setTimeout(loop, POLL_MS);
+  if (document.hidden) next(); else refresh().finally(next);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("hours").addEventListener("change", refresh);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
   loop();
 });
