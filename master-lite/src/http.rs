@@ -401,7 +401,11 @@ async fn request(
     Ok(axum::Json(info).into_response())
 }
 
-fn facts<'a>(info: &'a slapos_proto::InstanceInfo, owner: Option<&'a str>) -> InstanceFacts<'a> {
+/// What [`Action::ReadInstance`] decides on for `info` (shared with the console).
+pub(crate) fn facts<'a>(
+    info: &'a slapos_proto::InstanceInfo,
+    owner: Option<&'a str>,
+) -> InstanceFacts<'a> {
     InstanceFacts {
         computer: info.computer.as_str(),
         partition: info.partition.as_str(),

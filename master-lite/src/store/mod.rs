@@ -46,7 +46,9 @@ pub mod schema;
 mod slap;
 pub mod sql;
 mod usage;
+mod usage_series;
 pub use usage::{MAX_BATCH as MAX_USAGE_BATCH, UsageTotals};
+pub use usage_series::{MAX_BUCKETS as MAX_USAGE_BUCKETS, UsagePoint};
 
 pub use identity::{CertificateRow, Enrolled};
 
