@@ -11,10 +11,12 @@
 //!
 //! Everything is a real process: the outer master, both nodes, the inner master the host node
 //! supervises; the request on the inner master goes through the `slapos-master` CLI with the
-//! admin credentials the instance published. Then the outer instance is destroyed: the host node
-//! stops the inner master with TERM (its process gone, its port closed, its database and CA
-//! wiped with the partition), and the inner node goes offline but keeps serving hello-web from
-//! its cached desired state. Both nodes run on loopback in this namespace (unprivileged
+//! admin credentials the instance published. The outer instance is stopped (the inner master's
+//! port closes, the inner node goes offline, hello-web keeps answering) and started again (same
+//! CA, the inner node's certificate still works, a change converges). Then it is destroyed: the
+//! host node stops the inner master with TERM (its process gone, its port closed, its database
+//! and CA wiped with the partition), and the inner node goes offline but keeps serving hello-web,
+//! and brings it back from its cached desired state when it restarts with no master. Both nodes run on loopback in this namespace (unprivileged
 //! `isolation = "none"` partitions); needs python3 (the release's prepare step, its promise and
 //! hello-web). Run: `cargo build --workspace --bins && cargo test -p slapos-tests --test
 //! recursion`.
