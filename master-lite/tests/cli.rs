@@ -151,6 +151,14 @@ fn each_failure_has_its_exit_code_and_a_json_error() {
     assert_eq!(json_error(&o)["error"]["kind"], "timeout");
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["title"], "web");
+
+    // Any other failure: 1 (the master's 409: the release is used by `web`).
+    let o = as_user(
+        &ops,
+        &["--json", "supply", SR, "--computer", "C1", "--remove"],
+    );
+    assert_eq!(code(&o), Some(1), "{}", text(&o.stderr));
+    assert_eq!(json_error(&o)["error"]["kind"], "error");
 }
 
 #[test]
