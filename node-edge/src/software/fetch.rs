@@ -14,8 +14,9 @@
 //! copy as it bounds a download.
 //!
 //! A large artifact (at least [`PROGRESS_MIN_BYTES`], or of unknown size past it) logs its
-//! progress at `info`: bytes so far, the total when the server or the file gives it, the mean
-//! rate; at each tenth of a known total and at least every [`PROGRESS_EVERY`] ([`Progress`]).
+//! progress at `info`: bytes so far, the total when the server or the file gives it (`0`: not
+//! known), the mean rate; at each tenth of a known total and at least every [`PROGRESS_EVERY`]
+//! ([`Progress`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -342,10 +343,11 @@ impl Fetcher {
             let elapsed = started.elapsed();
             if progress.due(total, elapsed) {
                 let rate = total.saturating_mul(1000) / (elapsed.as_millis() as u64).max(1);
+                // total = 0: unknown (a plain u64 field keeps the static node smaller).
                 tracing::info!(
                     url,
                     bytes = total,
-                    total = size,
+                    total = size.unwrap_or(0),
                     bytes_per_s = rate,
                     "downloading"
                 );
