@@ -962,16 +962,16 @@ fn request(
                     .and_then(|s| s.install.as_ref())
                     .map_or(cli::ReleaseSeen::NotReported, cli::ReleaseSeen::Reported),
             };
-            progress.show(&cli::wait_progress(&info, release), started.elapsed());
+            let waiting_for = cli::wait_progress(&info, release);
+            progress.show(&waiting_for, started.elapsed());
             if Instant::now() >= deadline {
                 progress.clear();
                 if json {
                     print_json(&info)?;
                 }
                 let msg = format!(
-                    "{}: connection parameters not published within {} s (state {}, {}); \
-                     see `slapos-master show {:?}`",
-                    info.title,
+                    "connection parameters not published within {} s ({waiting_for}; state {}, \
+                     {}); see `slapos-master show {:?}`",
                     wait.as_secs(),
                     info.state.as_str(),
                     reported(&info),
@@ -1030,20 +1030,27 @@ impl WaitProgress {
             return;
         }
         let line = terminal_safe(line);
+        let shown = if self.tty {
+            format!("{line} ({} s)", waited.as_secs())
+        } else {
+            line.into_owned()
+        };
+        if shown == self.last {
+            return;
+        }
         if self.tty {
-            let line = format!("{line} ({} s)", waited.as_secs());
             // Cut to the terminal's width (COLUMNS, else 80): a wrapped line is not erased by `\r`.
             let width = std::env::var("COLUMNS")
                 .ok()
                 .and_then(|c| c.parse::<usize>().ok())
                 .unwrap_or(80);
-            let cut: String = line.chars().take(width.saturating_sub(1)).collect();
+            let cut: String = shown.chars().take(width.saturating_sub(1)).collect();
             eprint!("\r\x1b[2K{cut}");
             self.shown = true;
-        } else if *line != self.last {
-            eprintln!("waiting: {line}");
+        } else {
+            eprintln!("waiting: {shown}");
         }
-        self.last = line.into_owned();
+        self.last = shown;
     }
 
     /// Erases the line on a terminal, before the result or the error is printed.
