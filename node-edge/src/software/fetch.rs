@@ -237,9 +237,8 @@ impl Fetcher {
         };
         match source(url)? {
             Source::File(p) => {
-                let f = open_local(&p, self.reader).map_err(err)?;
-                let len = f.metadata().ok().map(|m| m.len());
-                Ok((Box::new(f), len))
+                let (f, len) = open_local(&p, self.reader).map_err(err)?;
+                Ok((Box::new(f), Some(len)))
             }
             Source::Http(u) => {
                 let resp = self
@@ -320,7 +319,8 @@ impl Fetcher {
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
-            if started.elapsed() > self.timeout {
+            let elapsed = started.elapsed();
+            if elapsed > self.timeout {
                 return Err(FetchError::Fetch {
                     url: url.to_owned(),
                     reason: format!("took longer than fetch_timeout ({:?})", self.timeout),
@@ -340,16 +340,12 @@ impl Fetcher {
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(werr)?;
             total += n as u64;
-            let elapsed = started.elapsed();
             if progress.due(total, elapsed) {
                 let rate = total.saturating_mul(1000) / (elapsed.as_millis() as u64).max(1);
-                // total = 0: unknown (a plain u64 field keeps the static node smaller).
+                // One formatted message: fewer bytes in the static node than structured fields.
                 tracing::info!(
-                    url,
-                    bytes = total,
-                    total = size.unwrap_or(0),
-                    bytes_per_s = rate,
-                    "downloading"
+                    "downloading {url}: {total} of {} bytes (0: unknown), {rate} B/s",
+                    size.unwrap_or(0)
                 );
             }
         }
@@ -368,7 +364,8 @@ impl Fetcher {
 
 /// Open the local file `path` for reading as `reader` (its filesystem identity: the kernel
 /// checks that user's permissions), without blocking: anything but a regular file is refused.
-fn open_local(path: &Path, reader: Option<Identity>) -> Result<std::fs::File, String> {
+/// Returns the file and its size.
+fn open_local(path: &Path, reader: Option<Identity>) -> Result<(std::fs::File, u64), String> {
     use nix::fcntl::{FcntlArg, OFlag};
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
     let fd = as_fs_identity(reader, || {
@@ -384,7 +381,7 @@ fn open_local(path: &Path, reader: Option<Identity>) -> Result<std::fs::File, St
     let fl = nix::fcntl::fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
     let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&fd, FcntlArg::F_SETFL(fl)).map_err(|e| e.to_string())?;
-    Ok(std::fs::File::from(fd))
+    Ok((std::fs::File::from(fd), st.st_size.max(0) as u64))
 }
 
 /// SHA-256 of bytes, lowercase hex (kept here too: the hash artifacts are checked with).
