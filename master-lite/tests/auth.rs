@@ -40,6 +40,7 @@ fn request(t: &str, on: Option<&str>) -> InstanceRequest {
             .map(|c| [("computer_guid".to_owned(), c.to_owned())].into())
             .unwrap_or_default(),
         state: None,
+        shared: false,
     }
 }
 
@@ -195,6 +196,7 @@ fn authorization_matrix_and_tls_rejections() {
                         parameters: [("url".to_owned(), json!("http://a"))]
                             .into_iter()
                             .collect(),
+                        shared: Default::default(),
                     },
                 )
             }),

@@ -129,6 +129,9 @@ pub struct RenderContext {
     pub tools_dir: String,
     /// Connection parameters of the children this instance requested, by title.
     pub children: BTreeMap<String, Params>,
+    /// The shared instances this one hosts, as SlapOS profiles read them: each its
+    /// parameters with `slave_reference`, `slave_title` and `slap_software_type`.
+    pub slave_instance_list: Vec<Params>,
 }
 
 /// A supervised service.
@@ -208,6 +211,8 @@ struct RawManifest {
     resources_file: Option<String>,
     #[serde(default)]
     connection_file: Option<String>,
+    #[serde(default)]
+    shared_connection: BTreeMap<String, Params>,
 }
 
 /// A validated instance manifest.
@@ -234,6 +239,8 @@ pub struct InstanceManifest {
     /// A JSON object file (relative to the partition) merged over `[connection]` after every
     /// promise round and published when it changed (live figures written by a service/promise).
     pub connection_file: Option<PathBuf>,
+    /// Connection parameters published for each hosted shared instance, by `slave_reference`.
+    pub shared_connection: BTreeMap<String, Params>,
 }
 
 fn check_name(kind: &str, name: &str, seen: &mut BTreeSet<String>) -> Result<(), String> {
@@ -338,6 +345,7 @@ impl InstanceManifest {
             prepare: raw.prepare,
             resources_file,
             connection_file,
+            shared_connection: raw.shared_connection,
         })
     }
 }
@@ -712,6 +720,7 @@ pub(crate) fn test_context() -> RenderContext {
         state: "started".into(),
         tools_dir: "/opt/slapos/bin".into(),
         children: BTreeMap::new(),
+        slave_instance_list: Vec::new(),
     }
 }
 

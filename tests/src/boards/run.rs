@@ -482,6 +482,7 @@ pub fn converge(
             parameters: Default::default(),
             sla: BTreeMap::from([("computer_guid".to_owned(), board.name.clone())]),
             state: None,
+            shared: false,
         })
         .expect("request");
     assert_eq!(requested.computer, id);
