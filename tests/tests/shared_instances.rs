@@ -66,7 +66,10 @@ fn shared_instances_are_rendered_by_their_host_and_detached_on_destroy() {
             ..
         }) => {
             assert_eq!(kind, "no_allocation");
-            assert!(message.contains("request the host instance first"), "{message}");
+            assert!(
+                message.contains("request the host instance first"),
+                "{message}"
+            );
         }
         other => panic!("shared request without a host: {other:?}"),
     }
@@ -80,7 +83,10 @@ fn shared_instances_are_rendered_by_their_host_and_detached_on_destroy() {
     assert_eq!(status(&format!("{base}healthz")), Some(200));
 
     let a = c
-        .request(&shared("site-a", json!({"title": "Site A", "message": "first"})))
+        .request(&shared(
+            "site-a",
+            json!({"title": "Site A", "message": "first"}),
+        ))
         .expect("request site-a");
     assert!(a.shared);
     assert_eq!(a.partition, host.partition, "hosted by the proxy");
@@ -96,13 +102,22 @@ fn shared_instances_are_rendered_by_their_host_and_detached_on_destroy() {
     assert_eq!(url_a, format!("{base}_site-a/"));
     assert_eq!(url_b, format!("{base}_site-b/"));
     let page_a = wait_for("site-a answers", LONG, || http_get(&url_a));
-    assert!(page_a.contains("Site A") && page_a.contains("first"), "{page_a}");
+    assert!(
+        page_a.contains("Site A") && page_a.contains("first"),
+        "{page_a}"
+    );
     let page_b = wait_for("site-b answers", LONG, || http_get(&url_b));
-    assert!(page_b.contains("Site B") && !page_b.contains("Site A"), "{page_b}");
+    assert!(
+        page_b.contains("Site B") && !page_b.contains("Site A"),
+        "{page_b}"
+    );
 
     // A parameter change re-renders the host.
-    c.request(&shared("site-a", json!({"title": "Site A", "message": "second"})))
-        .expect("change site-a");
+    c.request(&shared(
+        "site-a",
+        json!({"title": "Site A", "message": "second"}),
+    ))
+    .expect("change site-a");
     wait_for("site-a re-rendered", LONG, || {
         http_get(&url_a).filter(|p| p.contains("second"))
     });
