@@ -6,6 +6,12 @@
 //! connection parameters are stored as JSON objects (the strings slapproxy's `xml2dict` would
 //! give back). What the format payload carries beyond a native registration (interface names,
 //! netmasks, the computer's address) lives in the `slap_*` tables of migration 2.
+//!
+//! Shared ("slave") instances live in `slap_shared` (migration 3) for both protocols: the
+//! native `POST /v1/instances` with `shared: true` ([`Store::request_shared`]) and the SLAP
+//! shared requests go through the same host search, attach, detach and publish functions
+//! (`find_host`, `attach_shared`, `detach_shared`, `publish_shared_in`); the native desired
+//! state lists a host's entries ([`hosted_shared`]) as the SLAP `slave_instance_list` does.
 
 use std::collections::HashMap;
 
