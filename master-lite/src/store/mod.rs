@@ -620,34 +620,18 @@ impl Store {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-        // Children's connection parameters, keyed by the parent's partition.
+        // Children's connection parameters, keyed by the parent's partition; the shared
+        // instances a partition requested are its children too (with what their host
+        // published for them).
         let mut children: HashMap<String, BTreeMap<String, Params>> = HashMap::new();
         for (p, title, conn) in rows(
             &tx,
             "read children",
             "SELECT par.partition, ch.title, ch.connection FROM instance ch
-             JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1",
-            [cs],
-            |r| {
-                Ok((
-                    r.get::<String>(0)?,
-                    r.get::<String>(1)?,
-                    r.get::<String>(2)?,
-                ))
-            },
-        )? {
-            children
-                .entry(p)
-                .or_default()
-                .insert(title, from_json(&conn)?);
-        }
-        // Shared instances a partition requested are its children too (their connection
-        // parameters are what their host published for them).
-        for (p, title, conn) in rows(
-            &tx,
-            "read shared children",
-            "SELECT r.partition, s.title, s.connection FROM slap_shared s
-             JOIN instance r ON s.requester = r.id WHERE r.computer = ?1",
+             JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1
+             UNION ALL
+             SELECT par.partition, s.title, s.connection FROM slap_shared s
+             JOIN instance par ON s.requester = par.id WHERE par.computer = ?1",
             [cs],
             |r| {
                 Ok((
