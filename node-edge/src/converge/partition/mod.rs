@@ -978,6 +978,20 @@ fn effective_resources(
     Ok(table)
 }
 
+/// One `slave_instance_list` entry (as SlapOS profiles read it): the shared instance's
+/// parameters, then `slave_reference`, `slave_title` and `slap_software_type`.
+fn slave_entry(s: &slapos_proto::SharedInstance) -> Params {
+    let mut e = s.parameters.clone();
+    for (k, v) in [
+        ("slave_reference", &s.reference),
+        ("slave_title", &s.reference),
+        ("slap_software_type", &s.software_type),
+    ] {
+        e.insert(k.to_owned(), Value::String(v.clone()));
+    }
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1029,18 +1043,4 @@ mod tests {
         let e = effective_resources(&fs, &man).unwrap_err();
         assert!(e.contains("symlink"), "{e}");
     }
-}
-
-/// One `slave_instance_list` entry (as SlapOS profiles read it): the shared instance's
-/// parameters, then `slave_reference`, `slave_title` and `slap_software_type`.
-fn slave_entry(s: &slapos_proto::SharedInstance) -> Params {
-    let mut e = s.parameters.clone();
-    for (k, v) in [
-        ("slave_reference", &s.reference),
-        ("slave_title", &s.reference),
-        ("slap_software_type", &s.software_type),
-    ] {
-        e.insert(k.to_owned(), Value::String(v.clone()));
-    }
-    e
 }
