@@ -44,6 +44,14 @@ fn request(t: &str, on: Option<&str>) -> InstanceRequest {
     }
 }
 
+/// A shared instance of `SR`, hosted by an instance on C1.
+fn shared(t: &str) -> InstanceRequest {
+    InstanceRequest {
+        shared: true,
+        ..request(t, Some("C1"))
+    }
+}
+
 fn status(r: &Result<impl std::fmt::Debug, ClientError>) -> Option<u16> {
     r.as_ref().err().and_then(ClientError::status)
 }
@@ -233,6 +241,26 @@ fn authorization_matrix_and_tls_rejections() {
                     .request(&request("a-child", None))
             }),
             &["admin", "c1", "pa"],
+        ),
+        (
+            // A root shared instance records no owner: operators only (as over SLAP).
+            "request root shared s-root on a-root's host",
+            op(|c: &Client| c.request(&shared("s-root"))),
+            &["admin"],
+        ),
+        (
+            "request shared child as C1/p0",
+            op(|c: &Client| {
+                c.clone()
+                    .as_partition(&pref("C1/p0"))
+                    .request(&shared("a-front"))
+            }),
+            &["admin", "c1", "pa"],
+        ),
+        (
+            "show shared a-front",
+            op(|c: &Client| c.instance(&title("a-front"), Some(&title("a-root")))),
+            &["admin", "alice", "c1", "pa"],
         ),
         (
             "show a-root",

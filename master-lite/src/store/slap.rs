@@ -11,7 +11,7 @@
 //! native `POST /v1/instances` with `shared: true` ([`Store::request_shared`]) and the SLAP
 //! shared requests go through the same host search, attach, detach and publish functions
 //! (`find_host`, `attach_shared`, `detach_shared`, `publish_shared_in`); the native desired
-//! state lists a host's entries ([`hosted_shared`]) as the SLAP `slave_instance_list` does.
+//! state lists a host's entries (`hosted_shared`) as the SLAP `slave_instance_list` does.
 
 use std::collections::HashMap;
 
