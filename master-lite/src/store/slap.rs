@@ -340,7 +340,8 @@ impl Store {
     ) -> Result<Option<SharedPlacement>> {
         let mut tx = self.write()?;
         let (root, requester) = shared_requester(&tx, from, now_ms)?;
-        let Some(host) = find_host(&tx, req)? else {
+        // slapproxy: any busy partition, even one whose instance is being destroyed.
+        let Some(host) = find_host(&tx, req, false)? else {
             return Ok(None);
         };
         let connection = if req.destroyed {
@@ -442,7 +443,7 @@ impl Store {
             info.state = InstanceState::Destroyed;
             return Ok(info);
         }
-        let host = find_host(&tx, &shared)?.ok_or_else(|| no_host(&shared))?;
+        let host = find_host(&tx, &shared, true)?.ok_or_else(|| no_host(&shared))?;
         attach_shared(&mut tx, &shared, &host, &root, requester)?;
         let info = shared_info(&tx, title, &root)?.ok_or_else(|| {
             StoreError::Internal(format!("shared instance {title:?} vanished while attached"))
@@ -814,8 +815,13 @@ fn shared_requester(
 
 /// The first instance (registration order) that can host `req`: same release, same type when
 /// one is asked, on `req.computer` (any computer when empty) and partition when named (by id
-/// or as `<computer>-<partition>`).
-fn find_host(tx: &Tx<'_>, req: &SharedRequest) -> Result<Option<Host>> {
+/// or as `<computer>-<partition>`); with `live`, not one being destroyed.
+fn find_host(tx: &Tx<'_>, req: &SharedRequest, live: bool) -> Result<Option<Host>> {
+    let skip_state = if live {
+        InstanceState::Destroyed.as_str()
+    } else {
+        ""
+    };
     tx.q_row(
         "SELECT i.id, i.computer, i.partition, i.software_url, i.software_type FROM instance i
          JOIN partition p ON p.computer = i.computer AND p.id = i.partition
@@ -823,12 +829,14 @@ fn find_host(tx: &Tx<'_>, req: &SharedRequest) -> Result<Option<Host>> {
            AND (?3 = '' OR i.software_type = ?3)
            AND (CAST(?4 AS TEXT) IS NULL OR i.partition = ?4
                 OR i.computer || '-' || i.partition = ?4)
+           AND i.state <> ?5
          ORDER BY p.seq LIMIT 1",
         params![
             req.computer,
             req.software_url,
             req.software_type,
-            req.host_partition
+            req.host_partition,
+            skip_state
         ],
         |r| {
             Ok(Host {
@@ -857,7 +865,8 @@ fn no_host(req: &SharedRequest) -> StoreError {
         what += &format!(" in partition {p}");
     }
     StoreError::NoAllocation(format!(
-        "shared instance {:?} has no host: {what} is running; request the host instance first",
+        "shared instance {:?} has no host: {what} is running (or all are being destroyed); \
+         request the host instance first",
         req.title
     ))
 }

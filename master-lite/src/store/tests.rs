@@ -1274,6 +1274,19 @@ fn native_shared_instances_attach_to_a_host_publish_and_detach() {
     // The SLAP view of the host lists the same single entry.
     let slap = s.slap_partition("C1", "slappart0").unwrap().unwrap();
     assert_eq!(slap.instance.unwrap().shared.len(), 1);
+
+    // A host being destroyed takes no new shared instance; once freed, its own go with it.
+    s.set_state(&title("proxy"), InstanceState::Destroyed)
+        .unwrap();
+    assert!(matches!(
+        s.request_shared(&shared_req("c", SR, "k", "v"), None, 11),
+        Err(StoreError::NoAllocation(_))
+    ));
+    node_reports(&mut s, &pid("slappart0"), InstanceState::Destroyed).unwrap();
+    assert!(matches!(
+        s.instance(&title("b"), None),
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 #[test]
