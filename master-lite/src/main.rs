@@ -209,6 +209,10 @@ enum Cmd {
         /// Wait up to SECONDS for the connection parameters (exit code 5 if not published).
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
+        /// A shared instance, hosted by an instance of the same release and type (SLA
+        /// `computer_guid`, `instance_guid` choose the host).
+        #[arg(long)]
+        shared: bool,
     },
     /// List instances (or computers).
     List {
@@ -681,6 +685,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sla,
             state,
             wait,
+            shared,
         } => {
             let req = InstanceRequest {
                 title: InstanceTitle::parse(title)?,
@@ -689,6 +694,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 parameters: parameters(params_json.as_deref(), &params)?,
                 sla: pairs(&sla, "--sla")?.into_iter().collect(),
                 state,
+                shared,
             };
             request(&client()?, &req, wait.map(Duration::from_secs), json)
         }

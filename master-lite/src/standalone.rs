@@ -272,6 +272,7 @@ fn try_deploy_example(
             parameters,
             sla: [("computer_guid".to_owned(), computer.to_string())].into(),
             state: None,
+            shared: false,
         })
         .map_err(|e| e.to_string())?;
     println!("requested \"{title}\" ({release}); waiting for its connection parameters…");

@@ -598,8 +598,15 @@ fn request_wait_prints_one_line_per_change_of_what_it_waits_for() {
     next("started, waiting for the connection parameters");
     let mut conn = slapos_proto::Params::new();
     conn.insert("url".into(), "http://[::1]:8080".into());
-    node.publish_connection(&c, &p, &ConnectionPublish { parameters: conn })
-        .unwrap();
+    node.publish_connection(
+        &c,
+        &p,
+        &ConnectionPublish {
+            parameters: conn,
+            shared: Default::default(),
+        },
+    )
+    .unwrap();
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(rest.is_empty(), "one line per change only: {rest:?}");
     let out = child.wait_with_output().unwrap();

@@ -109,7 +109,10 @@ fn console_shows_the_box_in_a_real_browser() {
         .publish_connection(
             &info.computer,
             &info.partition,
-            &ConnectionPublish { parameters: conn },
+            &ConnectionPublish {
+                parameters: conn,
+                shared: Default::default(),
+            },
         )
         .expect("publish connection");
     let now = now_ms();

@@ -388,7 +388,9 @@ pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> 
                 partition: Some(p.clone()),
             }
         }
-        Outgoing::Connection(p, params) => {
+        // Over SLAP only the host's own parameters are sent (shared ones: not yet).
+        Outgoing::Connection(p, conn) => {
+            let params = &conn.parameters;
             let f = ConnectionForm {
                 partition: SlapPartitionRef {
                     computer_id: c.clone(),
@@ -511,6 +513,7 @@ fn partition_assignment(p: &ComputerPartitionDoc) -> Result<Option<Assignment>, 
         state,
         revision: 0,
         children: BTreeMap::new(),
+        shared: Vec::new(),
     };
     a.revision = revision_of(&a);
     Ok(Some(a))
@@ -577,6 +580,13 @@ mod tests {
         include_str!("../../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
 
     use slapos_test_support::slap_capture::parse as captured;
+
+    fn publish(parameters: Params) -> slapos_proto::ConnectionPublish {
+        slapos_proto::ConnectionPublish {
+            parameters,
+            shared: BTreeMap::new(),
+        }
+    }
 
     /// The captured `getFullComputerInformation` bodies. The capture tool cut each one inside
     /// `_software_release_list`; the cut is completed with the release the capture supplied.
@@ -873,7 +883,11 @@ mod tests {
         params.insert("password".into(), Json::from("secret"));
         params.insert("url".into(), Json::from("http://[fd00::10]:8080/"));
         let computer = ComputerId::parse("local_computer").unwrap();
-        let call = call_for(&computer, &Outgoing::Connection(pid("slappart0"), params)).unwrap();
+        let call = call_for(
+            &computer,
+            &Outgoing::Connection(pid("slappart0"), publish(params)),
+        )
+        .unwrap();
         let Call::Post {
             route,
             form,
@@ -902,7 +916,7 @@ mod tests {
         p.insert("n".into(), Json::from(3));
         p.insert("ok".into(), Json::from(true));
         let Call::Post { form, .. } =
-            call_for(&computer, &Outgoing::Connection(pid("p"), p)).unwrap()
+            call_for(&computer, &Outgoing::Connection(pid("p"), publish(p))).unwrap()
         else {
             panic!()
         };

@@ -520,6 +520,7 @@ fn echo_request(board: &Board, url: &SoftwareUrl, parameters: Params) -> Instanc
         parameters,
         sla: BTreeMap::from([("computer_guid".to_owned(), board.name.clone())]),
         state: None,
+        shared: false,
     }
 }
 
