@@ -15,6 +15,7 @@
 # artefacts do not depend on which others are built (the board test builds only the node and
 # edge-init with the very same commands and shares the artefacts), and a package that fails to
 # build does not stop the others: the failure is reported and the script exits 1 at the end.
+# slapos-master is built for the targets in SLAPOS_CROSS_MASTER_TARGETS when it is set.
 # Features: cross_package_features (cross/lib.sh) — slapos-buffer is built with `opcua`
 # (SLAPOS_CROSS_OPCUA_TARGETS limits where).
 # Artefacts: <target dir>/<target>/<profile>/<bin>, listed ("target bin path" per line) in
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
         --bins) IFS=, read -ra wanted <<<"$2"; shift 2 ;;
         --no-init) init=0; shift ;;
         --no-report) write_report=0; shift ;;
-        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         -*) cross_log "unknown option $1"; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -112,6 +113,7 @@ for t in "${targets[@]}"; do
     if [ $init = 1 ] && [[ "$t" != x86_64-* ]]; then steps+=("slapos-tests edge-init"); fi
     for step in "${steps[@]}"; do
         read -ra words <<<"$step"
+        cross_package_wanted "${words[0]}" "$t" || { cross_log "$t: ${words[0]} not wanted here (SLAPOS_CROSS_MASTER_TARGETS)"; continue; }
         args=(-p "${words[0]}")
         features=$(cross_package_features "${words[0]}" "$t")
         [ -z "$features" ] || args+=(--features "$features")

@@ -33,6 +33,18 @@ cross_package_features() { # package target
             ;;
     esac
 }
+# Targets a package is built for (default: every target asked for). slapos-master: those in
+# SLAPOS_CROSS_MASTER_TARGETS when it is set ("" = none).
+cross_package_wanted() { # package target
+    local t
+    case "$1" in
+        master-lite)
+            [ -n "${SLAPOS_CROSS_MASTER_TARGETS+x}" ] || return 0
+            for t in $SLAPOS_CROSS_MASTER_TARGETS; do [ "$t" != "$2" ] || return 0; done
+            return 1
+            ;;
+    esac
+}
 # Where CI builds the OPC-UA buffer (scripts/checks/cross.sh and packages.sh: the same
 # artefacts): aarch64 only, its fat-LTO link costs minutes per target (docs/cross.md).
 CROSS_CI_OPCUA_TARGETS=aarch64-unknown-linux-musl

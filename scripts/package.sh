@@ -68,6 +68,13 @@ pkg_bins() {
         slapos-buffer) echo slapos-buffer ;;
     esac
 }
+pkg_crate() {
+    case "$1" in
+        slapos-master) echo master-lite ;;
+        slapos-node) echo node-edge ;;
+        slapos-buffer) echo buffer ;;
+    esac
+}
 pkg_units() {
     case "$1" in
         slapos-master) echo slapos-master.service slapos-master-standalone.service ;;
@@ -210,7 +217,12 @@ if [ "\$1" = configure ] || [ "\$1" = abort-upgrade ] || [ "\$1" = abort-deconfi
             else deb-systemd-invoke start "\$unit" >/dev/null || true; fi
         done
         if [ -n "\$2" ]; then
-            for unit in $2; do deb-systemd-invoke try-restart "\$unit" >/dev/null || true; done
+            for unit in $2; do
+                case "\$unit" in
+                    *@.service) systemctl try-restart "\${unit%.service}*.service" >/dev/null 2>&1 || true ;;
+                    *) deb-systemd-invoke try-restart "\$unit" >/dev/null || true ;;
+                esac
+            done
         fi
     fi
 fi
@@ -433,7 +445,13 @@ EOF
 for t in "${targets[@]}"; do
     [ $tarball = 0 ] || make_tarball "$t"
     if [ $deb = 1 ]; then
-        for pkg in "${PACKAGES[@]}"; do stage_deb "$pkg" "$t"; done
+        for pkg in "${PACKAGES[@]}"; do
+        if [ -z "$(artifact "$t" "$pkg")" ] && ! cross_package_wanted "$(pkg_crate "$pkg")" "$t"; then
+            log "note: $t: no $pkg package, not built for $t (SLAPOS_CROSS_MASTER_TARGETS)"
+            continue
+        fi
+        stage_deb "$pkg" "$t"
+    done
     fi
 done
 
