@@ -3,7 +3,8 @@
 #
 #   dist/test-install.sh [DEB_DIR]      # DEB_DIR: default <target dir>/dist (scripts/package.sh)
 #
-# 1. a minimal bookworm rootfs (debootstrap minbase + systemd, dbus, adduser, python3), cached
+# 1. a minimal bookworm rootfs (debootstrap minbase + systemd, dbus, the packages' Depends
+#    adduser and ca-certificates, python3 for hello-web), cached
 #    in /var/cache/slapos-pkgtest (SLAPOS_PKGTEST_CACHE) and never modified: each run boots an
 #    overlay of it, so it starts clean and the overlay's upper layer shows what changed;
 # 2. `systemd-nspawn -b` boots it (its own network namespace: loopback only);
@@ -45,7 +46,7 @@ since() { echo "$(( $(date +%s) - t0 ))s"; }
 
 # --- the cached rootfs ----------------------------------------------------------------------
 cache=${SLAPOS_PKGTEST_CACHE:-/var/cache/slapos-pkgtest}
-include=systemd,systemd-sysv,dbus,adduser,python3
+include=systemd,systemd-sysv,dbus,adduser,python3,ca-certificates
 base=$cache/bookworm-$(printf %s "$include" | sha256sum | cut -c1-12)
 if [ ! -x "$base/sbin/init" ]; then
     mkdir -p "$cache"
@@ -66,7 +67,7 @@ run=$(mktemp -d /tmp/slapos-pkgtest.XXXXXX)
 machine=slapos-pkgtest-$$
 mkdir -p "$run/upper" "$run/work" "$run/root"
 mount -t overlay overlay -o "lowerdir=$base,upperdir=$run/upper,workdir=$run/work" "$run/root"
-nspawn_pid=""
+nspawn_pid="" cgsub=""
 cleanup() {
     local rc=$?
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
@@ -76,12 +77,39 @@ cleanup() {
         wait "$nspawn_pid" 2>/dev/null || true
     fi
     umount "$run/root" 2>/dev/null || umount -l "$run/root" 2>/dev/null || true
+    cg_cleanup
     if [ $rc != 0 ]; then log "console of the machine: $run/console.log (kept)"; else rm -rf "$run"; fi
 }
 trap cleanup EXIT
 mkdir -p "$run/root/root/debs"
 cp "${pkgs[@]}" "$run/root/root/debs/"
 
+# On a cgroup v1 host, systemd-nspawn mounts the controller hierarchies read-only in the
+# machine, where the node's jails (pids, freezer) and rt groups (cpuset, cpu, cpuacct, memory)
+# could not be created: once booted, each is replaced in the machine's mount namespace by a
+# writable bind of a subtree of the host's hierarchy made for this run (removed after it).
+# A v2 host needs nothing: the machine gets its own delegated subtree.
+cgs=()
+cgsub=slapos-pkgtest-$$
+if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+    for c in pids freezer cpuset cpu cpuacct memory; do
+        d=/sys/fs/cgroup/$c
+        [ -d "$d" ] && [ ! -L "$d" ] || continue
+        mkdir -p "$d/$cgsub"
+        if [ "$c" = cpuset ]; then
+            cat "$d/cpuset.cpus" >"$d/$cgsub/cpuset.cpus"
+            cat "$d/cpuset.mems" >"$d/$cgsub/cpuset.mems"
+        fi
+        cgs+=("$d")
+    done
+fi
+cg_cleanup() {
+    local d
+    for d in /sys/fs/cgroup/*/"$cgsub"; do
+        [ -d "$d" ] || continue
+        find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || log "could not remove cgroup $d"
+    done
+}
 systemd-nspawn -q -b -D "$run/root" -M "$machine" --private-network --register=no \
     --keep-unit >"$run/console.log" 2>&1 </dev/null &
 nspawn_pid=$!
@@ -106,6 +134,16 @@ case "$state" in
     *) ct systemctl --failed --no-pager >&2 || true; log "FAIL: the machine booted '$state', not 'running'"; exit 1 ;;
 esac
 log "booted Debian 12 with systemd in $(since) (systemd-nspawn -b, private network)"
+rw=()
+for d in "${cgs[@]}"; do
+    rw+=("${d##*/}")
+    nsenter -t "$leader" -m sh -c 'mount --bind "$1/$2" "$1" && mount -o remount,bind,rw "$1"' sh "$d" "$cgsub" ||
+        case "$d" in
+            */pids | */freezer) log "FAIL: could not give the machine a writable $d"; exit 1 ;;
+            *) log "note: $d stays read-only in the machine (rt partitions unavailable there)"; unset 'rw[-1]' ;;
+        esac
+done
+[ ${#cgs[@]} = 0 ] || log "cgroup v1 host: writable ${rw[*]} subtrees $cgsub bound in the machine"
 
 fail() { log "FAIL: $*"; ct journalctl --no-pager -n 60 >&2 || true; exit 1; }
 # What the packages may change, compared before install and after purge: the overlay's upper
@@ -121,18 +159,21 @@ snapshot() {
         -o -path ./run -o -path ./tmp -o -path ./var/tmp -o -path ./root \
         -o -path ./etc/passwd- -o -path ./etc/group- -o -path ./etc/shadow- -o -path ./etc/gshadow- \
         -o -path ./etc/subuid- -o -path ./etc/subgid- -o -path ./etc/.pwd.lock -o -path ./etc/machine-id \
-        -o -path ./etc/passwd -o -path ./etc/group -o -path ./etc/shadow -o -path ./etc/gshadow \) \
+        -o -path ./etc/passwd -o -path ./etc/group -o -path ./etc/shadow -o -path ./etc/gshadow \
+        -o -path ./etc/subuid -o -path ./etc/subgid \) \
         -prune -o -printf '%y %P\n' | sort -k2) |
         while read -r type path; do
             if [ "$type" = d ] && [ -d "$base/$path" ]; then continue; fi
             if [ "$type" = c ] && [ "$(stat -c %t:%T "$run/upper/$path")" = 0:0 ]; then
+                # deb-systemd-helper purge removes the .wants directories it leaves empty.
+                if [[ "$path" == etc/systemd/system/*.wants ]] && [ -z "$(ls -A "$base/$path")" ]; then continue; fi
                 echo "deleted /$path"
             else
                 echo "$type /$path"
             fi
         done
-    for f in passwd group shadow gshadow; do
-        sed "s/^/$f: /" "$run/root/etc/$f"
+    for f in passwd group shadow gshadow subuid subgid; do
+        [ ! -f "$run/root/etc/$f" ] || sed "s/^/$f: /" "$run/root/etc/$f"
     done
 }
 snapshot >"$run/before"
@@ -165,6 +206,11 @@ log "slapos-buffer@plant.service: active, metrics answer"
 ct systemctl stop slapos-master.service
 ct systemctl start slapos-master-standalone.service || fail "systemctl start slapos-master-standalone"
 rel=/usr/share/slapos-master/examples/hello-web/software.toml
+# Ready (READY=1) means the master serves; its local node registers its computer just after.
+for _ in $(seq 60); do
+    [ "$(ct slapos-master list --computers --json 2>/dev/null | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null)" = 1 ] && break
+    sleep 0.5
+done
 ct slapos-master supply "$rel" >/dev/null || fail "slapos-master supply $rel"
 out=$(ct slapos-master request web "$rel" --param title=Packaged --wait 180 --json) ||
     fail "slapos-master request web --wait 180 (exit $?): $out"
@@ -178,6 +224,8 @@ ct slapos-master request web "$rel" --state destroyed >/dev/null || fail "destro
 ct systemctl stop slapos-master-standalone.service || fail "systemctl stop slapos-master-standalone"
 ct systemctl stop slapos-buffer@plant.service
 
+# The operator's own file (dpkg leaves files it did not install, as it should).
+ct rm /etc/slapos/buffer/plant.toml
 # --- purge -----------------------------------------------------------------------------------------
 ct dpkg --purge slapos-buffer slapos-node slapos-master >"$run/dpkg-purge.log" 2>&1 ||
     { cat "$run/dpkg-purge.log" >&2; fail "dpkg --purge"; }
@@ -187,7 +235,7 @@ left=$(ct systemctl list-units --all --no-legend --plain 'slapos*' || true)
 snapshot >"$run/after"
 # The standalone box's node made the partition users (slapuserN, slapsoft): the node's accounts,
 # kept with the partitions' data it may still own (docs/install.md). Anything else is a leak.
-extra=$(diff "$run/before" "$run/after" | grep '^[<>]' | grep -v -E '^> (passwd|group|shadow|gshadow): (slapuser[0-9]+|slapsoft):' || true)
+extra=$(diff "$run/before" "$run/after" | grep '^[<>]' | grep -v -E '^> (passwd|group|shadow|gshadow|subuid|subgid): (slapuser[0-9]+|slapsoft):' || true)
 if [ -n "$extra" ]; then
     fail "left after dpkg --purge (< only before install, > only after purge):
 $extra"

@@ -157,7 +157,8 @@ tar_gz() { # dir out
 
 # The highest GLIBC_x.y symbol version a dynamic binary needs (nothing for a static one).
 glibc_floor() { # file
-    objdump -T "$1" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1
+    { objdump -T "$1" 2>/dev/null || true; } | { grep -o 'GLIBC_[0-9.]*' || true; } |
+        sed 's/GLIBC_//' | sort -uV | tail -1
 }
 
 # --- tarballs -------------------------------------------------------------------------------
@@ -311,6 +312,8 @@ EOF
     done
     [ -z "$floor" ] || depends="libc6 (>= $floor), libgcc-s1"
     case "$pkg" in slapos-master | slapos-buffer) depends="${depends:+$depends, }adduser" ;; esac
+    # https release downloads (node) and uplinks (buffer) trust the system CA bundle.
+    case "$pkg" in slapos-node | slapos-buffer) depends="${depends:+$depends, }ca-certificates" ;; esac
 
     lintian_overrides "$pkg" "$root" "${bins[@]}"
 
