@@ -155,6 +155,18 @@ tar_gz() { # dir out
         -C "$(dirname "$1")" -cf - "$(basename "$1")" | gzip -9n >"$2"
 }
 
+# Copies a binary, stripped: the minsize slapos-buffer keeps its symbol table (~0.4 MB; its
+# per-package profile override, root Cargo.toml), lintian's unstripped-binary-or-object.
+install_bin() { # target src dest
+    local tool=strip
+    case "$1" in
+        aarch64-*) tool=aarch64-linux-gnu-strip ;;
+        armv7-*) tool=arm-linux-gnueabihf-strip ;;
+    esac
+    install -m 0755 "$2" "$3"
+    "$tool" --strip-all "$3"
+}
+
 # The highest GLIBC_x.y symbol version a dynamic binary needs (nothing for a static one).
 glibc_floor() { # file
     { objdump -T "$1" 2>/dev/null || true; } | { grep -o 'GLIBC_[0-9.]*' || true; } |
@@ -171,7 +183,7 @@ make_tarball() { # target
         for b in $(pkg_bins "$pkg"); do
             f=$(artifact "$t" "$b")
             [ -n "$f" ] && [ -f "$f" ] || continue
-            install -m 0755 "$f" "$dir/bin/$b"
+            install_bin "$t" "$f" "$dir/bin/$b"
         done
     done
     install -m 0644 dist/systemd/*.service "$dir/systemd/"
@@ -243,7 +255,7 @@ stage_deb() { # pkg target
             [ "$b" != "$pkg" ] || die "$t: $b was not built (cross/build.sh $t)"
             continue
         fi
-        install -m 0755 "$f" "$root/usr/bin/$b"
+        install_bin "$t" "$f" "$root/usr/bin/$b"
         bins+=("$b")
     done
     for u in $(pkg_units "$pkg"); do
@@ -361,8 +373,10 @@ lintian_overrides() { # pkg root bin...
         done
         for b in "$@"; do
             ! readelf -l "$root/usr/bin/$b" 2>/dev/null | grep -q 'Requesting program interpreter' || continue
-            echo "# Static musl build, on purpose: one binary for every distribution (docs/cross.md)."
+            echo "# Static(-pie) musl build, on purpose: one binary for every distribution (docs/cross.md)."
             echo "$pkg: statically-linked-binary [usr/bin/$b]"
+            echo "# Static-pie is an ET_DYN file without interpreter, which lintian may take for a library."
+            echo "$pkg: shared-library-lacks-prerequisites [usr/bin/$b]"
         done
     } >"$o"
     if [ -s "$o" ]; then chmod 0644 "$o"; else rm -rf "$root/usr/share/lintian"; fi
