@@ -12,7 +12,7 @@
 #                                           arm64, armhf (dpkg-deb --build from a staged tree)
 #   SHA256SUMS                              sha256sum -c SHA256SUMS verifies them
 #   MANIFEST.tsv                            file, size, sha256, target, version, git commit
-# Shell completions and man pages come from scripts/gen-cli-docs.sh OUTDIR when it exists
+# Shell completions and man pages come from scripts/gen-cli-docs.sh OUTDIR BIN when it exists
 # (else they are left out, with a note). The output is reproducible: file times are the
 # commit's time (SOURCE_DATE_EPOCH), owners root, gzip without names.
 # Needs dpkg-deb, fakeroot is not needed (dpkg-deb --root-owner-group).
@@ -93,8 +93,17 @@ rm -f "$out"/slapos-edge-*.tar.gz "$out"/slapos-*.deb "$out/SHA256SUMS" "$out/MA
 clidocs=""
 if [ -x scripts/gen-cli-docs.sh ]; then
     clidocs=$work/cli-docs
-    mkdir -p "$clidocs"
-    scripts/gen-cli-docs.sh "$clidocs" >&2 || die "scripts/gen-cli-docs.sh $clidocs failed"
+    mkdir -p "$clidocs" "$work/host-bin"
+    # It runs the programs (`slapos-master completions`, `man`, the others' --help), found next to
+    # the slapos-master it is given: the x86_64 artefacts when this host runs them, else the
+    # workspace's debug build.
+    master=target/debug/slapos-master
+    if [ "$(uname -m)" = x86_64 ] && [ -n "$(artifact x86_64-unknown-linux-musl slapos-master)" ]; then
+        while read -r _ b f; do ln -sf "$f" "$work/host-bin/$b"; done \
+            < <(awk '$1 == "x86_64-unknown-linux-musl"' "$TD/cross-artifacts.txt")
+        master=$work/host-bin/slapos-master
+    fi
+    scripts/gen-cli-docs.sh "$clidocs" "$master" >&2 || die "scripts/gen-cli-docs.sh $clidocs $master failed"
     log "completions and man pages from scripts/gen-cli-docs.sh: $(cd "$clidocs" && find . -type f | sort | tr '\n' ' ')"
 else
     log "note: no scripts/gen-cli-docs.sh: packages and tarballs ship no completions or man pages"
