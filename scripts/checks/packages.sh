@@ -55,7 +55,8 @@ for deb in "$out"/*.deb; do
     [ "$(dpkg-deb -f "$deb" Package)" = "$pkg" ] && [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] &&
         [ "$(dpkg-deb -f "$deb" Version)" = "$version" ] ||
         { echo "packages check: $deb: control fields do not match its name" >&2; dpkg-deb --info "$deb" >&2; exit 1; }
-    dpkg-deb --contents "$deb" | grep -q " ./usr/bin/$pkg$" ||
+    contents=$(dpkg-deb --contents "$deb")
+    grep -q " ./usr/bin/$pkg$" <<<"$contents" ||
         { echo "packages check: $deb has no /usr/bin/$pkg" >&2; exit 1; }
     rm -rf "$x/deb" && dpkg-deb -x "$deb" "$x/deb"
     for b in "$x"/deb/usr/bin/*; do
