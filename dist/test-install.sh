@@ -137,7 +137,7 @@ log "booted Debian 12 with systemd in $(since) (systemd-nspawn -b, private netwo
 rw=()
 for d in "${cgs[@]}"; do
     rw+=("${d##*/}")
-    nsenter -t "$leader" -m sh -c 'mount --bind "$1/$2" "$1" && mount -o remount,bind,rw "$1"' sh "$d" "$cgsub" ||
+    nsenter -t "$leader" -m sh -c 'mount --bind "$1/$2" "$1" && mount -o remount,bind,rw "$1"' sh "$d" "$cgsub" 2>/dev/null ||
         case "$d" in
             */pids | */freezer) log "FAIL: could not give the machine a writable $d"; exit 1 ;;
             *) log "note: $d stays read-only in the machine (rt partitions unavailable there)"; unset 'rw[-1]' ;;
@@ -194,6 +194,14 @@ health() { # port
 health 8355 >/dev/null || fail "the packaged master does not answer /v1/health on 127.0.0.1:8355"
 ct slapos-master --version >/dev/null || fail "slapos-master --version"
 log "slapos-master.service: enabled, active (Type=notify), /v1/health answers, user slapos-master"
+# An upgrade (the same package again: postinst configure with the old version) restarts it.
+pid0=$(ct systemctl show -p MainPID --value slapos-master.service)
+ct dpkg -i "/root/debs/$(basename "${pkgs[0]}")" >>"$run/dpkg-install.log" 2>&1 || fail "dpkg -i again (upgrade)"
+pid1=$(ct systemctl show -p MainPID --value slapos-master.service)
+[ "$(ct systemctl is-active slapos-master.service)" = active ] && [ "$pid0" != "$pid1" ] ||
+    fail "an upgrade did not restart slapos-master.service (pid $pid0 -> $pid1)"
+health 8355 >/dev/null || fail "the master does not answer after an upgrade"
+log "upgrade (dpkg -i again): slapos-master.service restarted (pid $pid0 -> $pid1), answers"
 
 ct install -m 0640 -g slapos-buffer /usr/share/doc/slapos-buffer/examples/buffer-example.toml /etc/slapos/buffer/plant.toml
 ct systemctl start slapos-buffer@plant.service || fail "systemctl start slapos-buffer@plant"
