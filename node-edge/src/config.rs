@@ -44,6 +44,59 @@ pub enum ConfigError {
     },
 }
 
+/// The `[usage]` table: per-partition usage sampling (`crate::usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Sampling period; zero (`0` or `"off"`) disables sampling. Default 60 s.
+    #[serde(default = "d_usage_period", deserialize_with = "de_period")]
+    pub period: Duration,
+    /// Samples the on-disk outbox holds before it folds the oldest ones. Default 10,000.
+    #[serde(default = "d_outbox_max")]
+    pub outbox_max: usize,
+    /// A node_exporter textfile rewritten on each sample (atomic rename); none by default.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            period: d_usage_period(),
+            outbox_max: d_outbox_max(),
+            metrics_file: None,
+        }
+    }
+}
+
+fn d_usage_period() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn d_outbox_max() -> usize {
+    10_000
+}
+
+/// Seconds like every duration, or `"off"` (zero).
+fn de_period<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        I(u64),
+        F(f64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::I(s) => Ok(Duration::from_secs(s)),
+        Raw::F(f) => Duration::try_from_secs_f64(f)
+            .map_err(|_| serde::de::Error::custom(format!("{f} is not a valid number of seconds"))),
+        Raw::S(s) if s == "off" => Ok(Duration::ZERO),
+        Raw::S(s) => Err(serde::de::Error::custom(format!(
+            "usage.period = {s:?}: expected seconds or \"off\""
+        ))),
+    }
+}
+
 /// A block of TCP ports per partition, on 127.0.0.1 (unprivileged mode).
 ///
 /// Partition `i` (0-based) owns `base + i*per_partition ..= base + (i+1)*per_partition - 1`.
@@ -201,6 +254,9 @@ pub struct Config {
     /// PEM file of the master's CA (the only root trusted for an `https://` native master;
     /// `slapos-node enroll` authenticates the master with it). Default
     /// `<state_dir>/master-ca.pem`, where `enroll` stores the CA the master sent.
+    /// Usage sampling, its outbox and the metrics file (`[usage]`, see [`UsageConfig`]).
+    #[serde(default)]
+    pub usage: UsageConfig,
     #[serde(default)]
     pub master_ca: Option<PathBuf>,
     /// The computer's certificate (PEM), written by `slapos-node enroll`. Default
@@ -435,6 +491,7 @@ impl Config {
             max_processes: d_max_processes(),
             disk_quota_mb: None,
             network: None,
+            usage: UsageConfig::default(),
             master_ca: None,
             cert: None,
             key: None,
@@ -478,6 +535,7 @@ impl Config {
                 c.master_ca.as_mut(),
                 c.cert.as_mut(),
                 c.key.as_mut(),
+                c.usage.metrics_file.as_mut(),
             ]
             .into_iter()
             .flatten()
@@ -592,6 +650,12 @@ impl Config {
                 "rt_root_name",
                 format!("{:?} must be 1-64 of A-Z a-z 0-9 . _ -", self.rt_root_name),
             );
+        }
+        if !self.usage.period.is_zero() && self.usage.period < Duration::from_millis(100) {
+            return bad("usage.period", "must be 0 (off) or at least 0.1 s".into());
+        }
+        if self.usage.outbox_max < 2 {
+            return bad("usage.outbox_max", "must be at least 2".into());
         }
         if let Some(n) = &self.network {
             n.validate(self.partitions)
@@ -883,6 +947,41 @@ instance_root = "/srv/inst"
             let err =
                 Config::from_toml(&format!("{MINIMAL}{bad}\n"), Some(Path::new("/x"))).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn usage_table() {
+        let base = Some(Path::new("/etc/slapos"));
+        let c = Config::from_toml(MINIMAL, base).unwrap();
+        assert_eq!(c.usage, UsageConfig::default());
+        assert_eq!(c.usage.period, Duration::from_secs(60));
+        let t = format!(
+            "{MINIMAL}[usage]\nperiod = 1.5\noutbox_max = 50\nmetrics_file = \"m/usage.prom\"\n"
+        );
+        let c = Config::from_toml(&t, Some(Path::new("/etc/slapos"))).unwrap();
+        assert_eq!(c.usage.period, Duration::from_millis(1500));
+        assert_eq!(c.usage.outbox_max, 50);
+        assert_eq!(
+            c.usage.metrics_file.as_deref(),
+            Some(Path::new("/etc/slapos/m/usage.prom"))
+        );
+        for off in ["\"off\"", "0"] {
+            let c =
+                Config::from_toml(&format!("{MINIMAL}[usage]\nperiod = {off}\n"), base).unwrap();
+            assert!(c.usage.period.is_zero());
+        }
+        for bad in [
+            "period = \"1m\"",
+            "period = 0.01",
+            "outbox_max = 1",
+            "perod = 1",
+        ] {
+            let e = Config::from_toml(&format!("{MINIMAL}[usage]\n{bad}\n"), base).unwrap_err();
+            assert!(
+                e.to_string().contains("usage") || e.to_string().contains("perod"),
+                "{e}"
+            );
         }
     }
 

@@ -22,7 +22,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use slapos_proto::{DesiredState, InstallState, PartitionId, SoftwareReport, SoftwareUrl};
+use slapos_proto::{
+    DesiredState, InstallState, InstanceTitle, PartitionId, SoftwareReport, SoftwareUrl,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -44,6 +46,7 @@ use crate::link::cache::DesiredCache;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::software::fetch::Fetcher;
 use crate::software::install::{InstallError, Installer};
+use crate::usage;
 
 /// The pluggable parts of a node. `Seams::default()` is the unprivileged production setup.
 #[derive(Clone)]
@@ -118,6 +121,8 @@ struct Node {
     done_tx: mpsc::Sender<SwDone>,
     outbox: Arc<Outbox>,
     unknown_warned: BTreeSet<PartitionId>,
+    /// The instance on each partition, for usage samples.
+    instances: watch::Sender<BTreeMap<PartitionId, InstanceTitle>>,
 }
 
 impl Node {
@@ -287,7 +292,53 @@ impl Node {
                 *retry_at = Instant::now();
             }
         }
+        self.instances.send_replace(instances_of(&d));
         self.desired = Some(d);
+    }
+}
+
+/// The instance title on each allocated partition of `d`.
+fn instances_of(d: &DesiredState) -> BTreeMap<PartitionId, InstanceTitle> {
+    d.partitions
+        .iter()
+        .filter_map(|p| Some((p.id.clone(), p.instance.as_ref()?.title.clone())))
+        .collect()
+}
+
+/// The usage sampler's task ([`crate::usage`]), unless `[usage] period` is off; an outbox
+/// that cannot be opened is logged and sampling stays off.
+fn usage_task(
+    cfg: &Config,
+    parts: &[layout::PartitionLayout],
+    jails: Option<Arc<Jails>>,
+    seams: &Seams,
+    link: Arc<dyn MasterLink>,
+    instances: watch::Receiver<BTreeMap<PartitionId, InstanceTitle>>,
+    stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if cfg.usage.period.is_zero() {
+        tracing::info!("usage sampling off ([usage] period = 0)");
+        return None;
+    }
+    let src = usage::Sources {
+        parts: parts.to_vec(),
+        jails,
+        resources: seams.resources.clone(),
+        link,
+        instances,
+        metrics_file: cfg.usage.metrics_file.clone(),
+    };
+    let dir = cfg.state_dir().join(usage::DIR);
+    match usage::Sampler::new(src, &dir, cfg.usage.outbox_max) {
+        Ok(s) => Some(tokio::spawn(usage::run(
+            Arc::new(s),
+            cfg.usage.period,
+            stop,
+        ))),
+        Err(e) => {
+            tracing::error!("usage sampling off: {e}");
+            None
+        }
     }
 }
 
@@ -420,6 +471,17 @@ pub async fn run_with(
         cfg.poll_interval,
     ));
 
+    let (instances, instances_rx) =
+        watch::channel(cached.as_ref().map(instances_of).unwrap_or_default());
+    let sampler = usage_task(
+        &cfg,
+        &parts,
+        jails.clone(),
+        &seams,
+        link.clone(),
+        instances_rx,
+        stop_rx.clone(),
+    );
     let (done_tx, mut done_rx) = mpsc::channel(64);
     let mut node = Node {
         cfg: cfg.clone(),
@@ -432,6 +494,7 @@ pub async fn run_with(
         done_tx,
         outbox,
         unknown_warned: BTreeSet::new(),
+        instances,
     };
     tracing::info!(
         computer = %cfg.computer_id,
@@ -468,6 +531,10 @@ pub async fn run_with(
         let _ = h.task.await;
     }
     flusher.abort();
+    // Its files are consistent at any point (see `usage::outbox`): no need to wait for it.
+    if let Some(s) = sampler {
+        s.abort();
+    }
     if let Some(j) = &jails {
         j.remove_others(&[]);
     }

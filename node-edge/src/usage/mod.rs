@@ -1,0 +1,405 @@
+//! Usage, from cgroup to report: every partition measured each `[usage] period`, the samples
+//! kept in an on-disk outbox until the master acknowledges them.
+//!
+//! * **Reading** ([`read`]): a partition running an rt profile is read from rt's groups
+//!   ([`Resources::usage`]); any other from its jail ([`Jails::usage`]: on cgroup v1 the jail is
+//!   also a group of the `cpuacct`, `memory` and `blkio` hierarchies, on v2 it is one group).
+//!   A controller the host does not have leaves its fields at 0 (logged once); a node without
+//!   jails (not root) measures the disk only. Disk: the partition directory walked like the
+//!   measured disk budget ([`quota::walk`]: allocated blocks, hard links once, no link
+//!   followed).
+//! * **Delta** ([`measure`], pure): CPU and I/O counters are cumulative; a sample holds what
+//!   the period added. A counter below the cursor's was reset (the group was recreated): the
+//!   period counts it from zero. A partition's first reading is a baseline, not a sample; each
+//!   later sample starts where the previous one ended ([`Cursor`]), across node restarts.
+//! * **Outbox** ([`outbox`]): appended and fsynced each period, sent in batches of at most
+//!   [`MAX_BATCH`] whenever the master answers, dropped only once acknowledged; folded when
+//!   full (warned, with the count and time range).
+//! * **Metrics file** (`[usage] metrics_file`): a node_exporter textfile ([`render_metrics`])
+//!   rewritten (atomic rename) after each sample.
+//!
+//! One task does it all in order (sample, append, send), so the outbox never changes under a
+//! batch in flight; a slow master delays the next sample, and the periods stay contiguous.
+
+pub mod outbox;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use slapos_proto::{InstanceTitle, PartitionId, UsageBatch, UsageSample};
+use tokio::sync::watch;
+
+use crate::host::jail::Jails;
+use crate::host::layout::PartitionLayout;
+use crate::host::quota;
+use crate::host::resources::Resources;
+use crate::link::{MasterLink, off_thread};
+pub use outbox::{Cursor, Outbox, OutboxError, Record};
+
+/// Samples per batch: the master's limit (`master-lite` `store::usage::MAX_BATCH`).
+pub const MAX_BATCH: usize = 1000;
+
+/// The directory of the outbox in the node's state directory.
+pub const DIR: &str = "usage";
+
+/// One partition's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// cgroup counters (fields `None` where not accounted).
+    pub cg: rt::Usage,
+    /// Allocated bytes of the partition directory.
+    pub disk_bytes: u64,
+}
+
+/// The sample for the period ending `now_ms` (`None` for a first reading or a clock that went
+/// back) and the cursor to keep. Pure.
+pub fn measure(
+    cursor: Option<Cursor>,
+    r: &Reading,
+    now_ms: u64,
+    partition: &PartitionId,
+    instance: Option<InstanceTitle>,
+) -> (Option<UsageSample>, Cursor) {
+    let at = |end_ms| Cursor {
+        end_ms,
+        cpu_ns: r.cg.cpu_ns.unwrap_or(0),
+        io_read_bytes: r.cg.io_read_bytes.unwrap_or(0),
+        io_write_bytes: r.cg.io_write_bytes.unwrap_or(0),
+    };
+    let Some(prev) = cursor else {
+        return (None, at(now_ms));
+    };
+    if now_ms <= prev.end_ms {
+        return (None, prev);
+    }
+    let next = at(now_ms);
+    // A counter that went down was reset (its group recreated): count it from zero.
+    let delta = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
+    let memory = r.cg.memory_current_bytes.unwrap_or(0);
+    let sample = UsageSample {
+        partition: partition.clone(),
+        instance,
+        start_ms: prev.end_ms,
+        end_ms: now_ms,
+        cpu_ns: delta(next.cpu_ns, prev.cpu_ns),
+        memory_bytes: memory,
+        memory_peak_bytes: r.cg.memory_peak_bytes.unwrap_or(memory),
+        io_read_bytes: delta(next.io_read_bytes, prev.io_read_bytes),
+        io_write_bytes: delta(next.io_write_bytes, prev.io_write_bytes),
+        disk_bytes: r.disk_bytes,
+        tasks: r.cg.tasks,
+        folded: 1,
+    };
+    (Some(sample), next)
+}
+
+/// Escape a label value of the text exposition format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The node_exporter textfile: per-partition counters and gauges, and the outbox depth.
+pub fn render_metrics(readings: &[(PartitionId, Reading)], outbox: usize) -> String {
+    type Get = fn(&Reading) -> Option<f64>;
+    let series: [(&str, &str, &str, Get); 7] = [
+        (
+            "cpu_seconds_total",
+            "counter",
+            "CPU time of the partition's processes",
+            |r| r.cg.cpu_ns.map(|n| n as f64 / 1e9),
+        ),
+        (
+            "memory_bytes",
+            "gauge",
+            "Memory charged to the partition",
+            |r| r.cg.memory_current_bytes.map(|n| n as f64),
+        ),
+        (
+            "memory_peak_bytes",
+            "gauge",
+            "Peak memory of the partition",
+            |r| r.cg.memory_peak_bytes.map(|n| n as f64),
+        ),
+        (
+            "io_read_bytes_total",
+            "counter",
+            "Bytes the partition read from block devices",
+            |r| r.cg.io_read_bytes.map(|n| n as f64),
+        ),
+        (
+            "io_write_bytes_total",
+            "counter",
+            "Bytes the partition wrote to block devices",
+            |r| r.cg.io_write_bytes.map(|n| n as f64),
+        ),
+        (
+            "disk_bytes",
+            "gauge",
+            "Size of the partition directory",
+            |r| Some(r.disk_bytes as f64),
+        ),
+        ("tasks", "gauge", "Threads in the partition", |r| {
+            Some(r.cg.tasks as f64)
+        }),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP slapos_partition_{name} {help}.");
+        let _ = writeln!(out, "# TYPE slapos_partition_{name} {kind}");
+        for (p, r) in readings {
+            if let Some(v) = get(r) {
+                let _ = writeln!(
+                    out,
+                    "slapos_partition_{name}{{partition=\"{}\"}} {v}",
+                    label(p.as_str())
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP slapos_node_usage_outbox_samples Usage samples not yet acknowledged by the master.\n\
+         # TYPE slapos_node_usage_outbox_samples gauge\n\
+         slapos_node_usage_outbox_samples {outbox}"
+    );
+    out
+}
+
+/// What the sampler reads and where it writes.
+pub struct Sources {
+    /// The node's partitions.
+    pub parts: Vec<PartitionLayout>,
+    /// The partitions' jails (root nodes).
+    pub jails: Option<Arc<Jails>>,
+    /// The resources seam (rt profiles' groups).
+    pub resources: Arc<dyn Resources>,
+    /// The master.
+    pub link: Arc<dyn MasterLink>,
+    /// The instance each partition runs (from the desired state).
+    pub instances: watch::Receiver<BTreeMap<PartitionId, InstanceTitle>>,
+    /// The metrics textfile, if any.
+    pub metrics_file: Option<PathBuf>,
+}
+
+struct State {
+    outbox: Outbox,
+    /// Things logged once (an absent controller, a link without usage).
+    said: BTreeSet<String>,
+}
+
+/// The sampler of one node (see the module doc).
+pub struct Sampler {
+    src: Sources,
+    state: Mutex<State>,
+}
+
+fn once(said: &mut BTreeSet<String>, what: String) {
+    if said.insert(what.clone()) {
+        tracing::warn!("usage: {what}");
+    }
+}
+
+/// Read partition `l` (see the module doc).
+pub fn read(
+    l: &PartitionLayout,
+    jails: Option<&Jails>,
+    resources: &dyn Resources,
+) -> Result<Reading, String> {
+    let cg = match resources.usage(&l.id) {
+        Some(u) => u,
+        None => match jails {
+            Some(j) => j.usage(l.id.as_str()).map_err(|e| e.to_string())?,
+            None => rt::Usage::default(),
+        },
+    };
+    let disk_bytes = quota::walk(&l.path, None)
+        .map_err(|e| format!("partition `{}`: disk usage: {e}", l.id))?
+        .bytes;
+    Ok(Reading { cg, disk_bytes })
+}
+
+impl Sampler {
+    /// A sampler over `src` with its outbox in `dir` (bounded by `outbox_max`).
+    pub fn new(
+        src: Sources,
+        dir: &std::path::Path,
+        outbox_max: usize,
+    ) -> Result<Self, OutboxError> {
+        let outbox = Outbox::open(dir, outbox_max)?;
+        let mut said = BTreeSet::new();
+        match src.jails.as_deref() {
+            None => once(
+                &mut said,
+                "no partition cgroups (the node is not root or the host has no cgroup \
+                 hierarchy): CPU, memory, I/O and tasks are reported as 0"
+                    .into(),
+            ),
+            Some(j) if matches!(j.hierarchy(), crate::host::jail::Hierarchy::V1 { .. }) => {
+                let a = j.acct();
+                for (c, d) in [
+                    ("cpuacct", &a.cpuacct),
+                    ("memory", &a.memory),
+                    ("blkio", &a.blkio),
+                ] {
+                    if d.is_none() {
+                        once(
+                            &mut said,
+                            format!("no `{c}` cgroup hierarchy: its fields are reported as 0"),
+                        );
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(Self {
+            src,
+            state: Mutex::new(State { outbox, said }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Samples waiting for the master.
+    pub fn pending(&self) -> usize {
+        self.lock().outbox.len()
+    }
+
+    /// Measure every partition at `now_ms`, append the samples, fold when full, write the
+    /// metrics file. Blocking (cgroup reads, the disk walk, an fsync).
+    pub fn sample(&self, now_ms: u64) {
+        let instances = self.src.instances.borrow().clone();
+        let mut readings = Vec::with_capacity(self.src.parts.len());
+        let mut st = self.lock();
+        let mut records = Vec::new();
+        for l in &self.src.parts {
+            let r = match read(l, self.src.jails.as_deref(), &*self.src.resources) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(partition = %l.id, "usage not read: {e}");
+                    continue;
+                }
+            };
+            let cursor = st.outbox.cursor(&l.id);
+            let instance = instances.get(&l.id).cloned();
+            match measure(cursor, &r, now_ms, &l.id, instance) {
+                (Some(s), c) => records.push(Record { s, c }),
+                (None, c) if cursor != Some(c) => st.outbox.set_cursor(&l.id, c),
+                (None, _) => {}
+            }
+            readings.push((l.id.clone(), r));
+        }
+        match st.outbox.append(records) {
+            Ok(None) => {}
+            Ok(Some(f)) => tracing::warn!(
+                merged = f.merged,
+                from_ms = f.from_ms,
+                to_ms = f.to_ms,
+                "usage outbox full ({} samples kept): {} of the oldest samples folded into \
+                 their neighbours, covering {}..{} ms",
+                st.outbox.len(),
+                f.merged,
+                f.from_ms,
+                f.to_ms
+            ),
+            Err(e) => once(&mut st.said, format!("samples not stored: {e}")),
+        }
+        if let Some(path) = &self.src.metrics_file {
+            let text = render_metrics(&readings, st.outbox.len());
+            if let Err(e) = crate::util::atomic_write(path, text.as_bytes()) {
+                once(
+                    &mut st.said,
+                    format!("metrics file `{}` not written: {e}", path.display()),
+                );
+            }
+        }
+    }
+
+    /// Send the outbox in batches while the master acknowledges them; compact what was
+    /// acknowledged. Returns the samples acknowledged.
+    pub async fn flush(self: &Arc<Self>) -> usize {
+        let mut acked = 0;
+        loop {
+            let batch = self.lock().outbox.front(MAX_BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len();
+            let link = self.src.link.clone();
+            let post = move || link.post_usage(&UsageBatch { samples: batch });
+            let res = if self.src.link.blocks() {
+                off_thread(post).await
+            } else {
+                Some(post())
+            };
+            let mut st = self.lock();
+            match res {
+                Some(Ok(Some(ack))) => {
+                    tracing::debug!(
+                        stored = ack.stored,
+                        duplicates = ack.duplicates,
+                        "usage samples acknowledged"
+                    );
+                    st.outbox.ack(n);
+                    acked += n;
+                }
+                Some(Ok(None)) => {
+                    once(
+                        &mut st.said,
+                        "this master link takes no usage samples (SLAP): they stay in the \
+                         outbox (folded when it is full) and the metrics file"
+                            .into(),
+                    );
+                    break;
+                }
+                Some(Err(e)) if e.is_unreachable() => {
+                    tracing::debug!(
+                        "usage: master unreachable, {} sample(s) kept: {e}",
+                        st.outbox.len()
+                    );
+                    break;
+                }
+                Some(Err(e)) => {
+                    // Refused (4xx): resending cannot succeed; like the report outbox, drop it.
+                    tracing::error!("usage: the master refused {n} sample(s), dropped: {e}");
+                    st.outbox.ack(n);
+                }
+                None => break,
+            }
+        }
+        if let Err(e) = self.lock().outbox.compact() {
+            tracing::warn!("usage: {e}");
+        }
+        acked
+    }
+}
+
+/// Sample every `period` until `stop` turns true: measure, append, send.
+pub async fn run(sampler: Arc<Sampler>, period: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let s = sampler.clone();
+        let now = crate::util::now_ms();
+        if tokio::task::spawn_blocking(move || s.sample(now))
+            .await
+            .is_err()
+        {
+            tracing::error!("usage: the sampling thread panicked");
+        }
+        sampler.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
