@@ -10,7 +10,9 @@
 //! Layout (a subtree of the node's own, never a group of the machine):
 //! `<hierarchy>/slapos-edge-jail/<node key>/<partition>` (builds: `.build-<release hash>`),
 //! where the node key is derived from the node's state directory, so two nodes on one host
-//! never share groups. On cgroup v1 the groups live in the `pids` and `freezer` hierarchies;
+//! never share groups. On cgroup v1 the groups live in the `pids` and `freezer` hierarchies,
+//! and in `cpuacct`, `memory` and `blkio` where mounted (no limit there: the usage sampler,
+//! `crate::usage`, reads them through [`Jails::usage`]);
 //! on cgroup v2 in the unified hierarchy (with `pids` when the tree above delegates it; the node
 //! never writes the root's `cgroup.subtree_control`).
 //!
