@@ -775,7 +775,7 @@ mod tests {
             return;
         };
         let join = j.prepare("p").unwrap();
-        // Burns CPU in a shell loop, then sleeps with its memory charged.
+        // Burns CPU in a shell loop, then charges ~4 MB and sleeps.
         let mut cmd = std::process::Command::new("sh");
         cmd.args([
             "-c",
@@ -785,24 +785,24 @@ mod tests {
         // SAFETY: JailJoin::join is async-signal-safe.
         unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || hook.join()) };
         let mut child = cmd.spawn().unwrap();
+        let v1 = matches!(j.hierarchy(), Hierarchy::V1 { .. });
+        let cpu = !v1 || j.acct().cpuacct.is_some();
+        let mem = v1 && j.acct().memory.is_some();
+        let measured = |u: &rt::Usage| {
+            u.tasks >= 1
+                && (!cpu || u.cpu_ns.unwrap_or(0) > 10_000_000)
+                && (!mem || u.memory_peak_bytes.unwrap_or(0) > 1_000_000)
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut u = j.usage("p").unwrap();
-        // The loop is done when `sleep` runs (a second task of the group).
-        while Instant::now() < deadline && !(u.tasks >= 2 && u.cpu_ns.unwrap_or(1) > 0) {
+        while Instant::now() < deadline && !measured(&u) {
             std::thread::sleep(Duration::from_millis(50));
             u = j.usage("p").unwrap();
         }
         j.kill("p").unwrap();
         let _ = child.wait();
         j.remove_others(&[]);
-        assert!(u.tasks >= 1, "{u:?}");
-        let v1 = matches!(j.hierarchy(), Hierarchy::V1 { .. });
-        if !v1 || j.acct().cpuacct.is_some() {
-            assert!(u.cpu_ns.unwrap_or(0) > 10_000_000, "{u:?}");
-        }
-        if v1 && j.acct().memory.is_some() {
-            assert!(u.memory_peak_bytes.unwrap_or(0) > 1_000_000, "{u:?}");
-        }
+        assert!(measured(&u), "cpu {cpu}, memory {mem}: {u:?}");
         eprintln!("{test}: {u:?}");
     }
 }
