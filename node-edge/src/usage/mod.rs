@@ -96,55 +96,64 @@ pub fn measure(
     (Some(sample), next)
 }
 
-/// Escape a label value of the text exposition format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A metric value: integers as they are, nanoseconds as seconds with 9 decimals (no float
+/// formatting in the size-bound node).
+enum Val {
+    Int(u64),
+    Nanos(u64),
+}
+
+impl std::fmt::Display for Val {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Nanos(n) => write!(f, "{}.{:09}", n / 1_000_000_000, n % 1_000_000_000),
+        }
+    }
 }
 
 /// The node_exporter textfile: per-partition counters and gauges, and the outbox depth.
 pub fn render_metrics(readings: &[(PartitionId, Reading)], outbox: usize) -> String {
-    type Get = fn(&Reading) -> Option<f64>;
+    type Get = fn(&Reading) -> Option<Val>;
     let series: [(&str, &str, &str, Get); 7] = [
         (
             "cpu_seconds_total",
             "counter",
             "CPU time of the partition's processes",
-            |r| r.cg.cpu_ns.map(|n| n as f64 / 1e9),
+            |r| r.cg.cpu_ns.map(Val::Nanos),
         ),
         (
             "memory_bytes",
             "gauge",
             "Memory charged to the partition",
-            |r| r.cg.memory_current_bytes.map(|n| n as f64),
+            |r| r.cg.memory_current_bytes.map(Val::Int),
         ),
         (
             "memory_peak_bytes",
             "gauge",
             "Peak memory of the partition",
-            |r| r.cg.memory_peak_bytes.map(|n| n as f64),
+            |r| r.cg.memory_peak_bytes.map(Val::Int),
         ),
         (
             "io_read_bytes_total",
             "counter",
             "Bytes the partition read from block devices",
-            |r| r.cg.io_read_bytes.map(|n| n as f64),
+            |r| r.cg.io_read_bytes.map(Val::Int),
         ),
         (
             "io_write_bytes_total",
             "counter",
             "Bytes the partition wrote to block devices",
-            |r| r.cg.io_write_bytes.map(|n| n as f64),
+            |r| r.cg.io_write_bytes.map(Val::Int),
         ),
         (
             "disk_bytes",
             "gauge",
             "Size of the partition directory",
-            |r| Some(r.disk_bytes as f64),
+            |r| Some(Val::Int(r.disk_bytes)),
         ),
         ("tasks", "gauge", "Threads in the partition", |r| {
-            Some(r.cg.tasks as f64)
+            Some(Val::Int(r.cg.tasks))
         }),
     ];
     let mut out = String::new();
@@ -153,11 +162,8 @@ pub fn render_metrics(readings: &[(PartitionId, Reading)], outbox: usize) -> Str
         let _ = writeln!(out, "# TYPE slapos_partition_{name} {kind}");
         for (p, r) in readings {
             if let Some(v) = get(r) {
-                let _ = writeln!(
-                    out,
-                    "slapos_partition_{name}{{partition=\"{}\"}} {v}",
-                    label(p.as_str())
-                );
+                // Partition ids are [A-Za-z0-9_.-]: nothing to escape in a label value.
+                let _ = writeln!(out, "slapos_partition_{name}{{partition=\"{p}\"}} {v}");
             }
         }
     }
@@ -391,11 +397,9 @@ pub async fn run(sampler: Arc<Sampler>, period: Duration, mut stop: watch::Recei
         }
         let s = sampler.clone();
         let now = crate::util::now_ms();
-        if tokio::task::spawn_blocking(move || s.sample(now))
-            .await
-            .is_err()
-        {
-            tracing::error!("usage: the sampling thread panicked");
+        // A thread of its own, like the link's calls (no blocking pool in the node).
+        if off_thread(move || s.sample(now)).await.is_none() {
+            tracing::error!("usage: the sampling thread failed");
         }
         sampler.flush().await;
     }

@@ -2,16 +2,23 @@
 //!
 //! Files, in `<state_dir>/usage/`:
 //!
-//! * `outbox.jsonl`: one [`Record`] a line (`{"s": UsageSample, "c": Cursor}`), oldest first.
-//!   A period's records are appended with one `write` and one `fdatasync` before anything is
-//!   sent, so a sample survives a master outage and a node restart or power cut while offline.
-//! * `cursor.json`: each partition's [`Cursor`] (end of its last sample and the cgroup counters
-//!   it was measured against), written (write-then-rename) before the outbox is rewritten.
+//! * `outbox`: one [`Record`] a line, oldest first, fields separated by one space:
+//!   `partition start_ms end_ms cpu_ns memory_bytes memory_peak_bytes io_read_bytes
+//!   io_write_bytes disk_bytes tasks folded cursor.end_ms cursor.cpu_ns cursor.io_read_bytes
+//!   cursor.io_write_bytes[ instance]` (the instance title, which has no control character and
+//!   no leading space, is the rest of the line; absent for a free partition). A period's
+//!   records are appended with one `write` and one `fdatasync` before anything is sent, so a
+//!   sample survives a master outage and a node restart or power cut while offline.
+//! * `cursors`: each partition's [`Cursor`] (end of its last sample and the cgroup counters
+//!   it was measured against), one `partition end_ms cpu_ns io_read_bytes io_write_bytes` a
+//!   line, written (write-then-rename) before the outbox is rewritten.
+//!
+//! Plain text rather than JSON: no deserializer is compiled into the size-bound static node.
 //!
 //! Rules:
 //!
 //! * **Cursor**: a partition's cursor is the one of its newest record in the outbox, else the
-//!   one in `cursor.json`. Each record carries the cursor it ends at, so the pair is consistent
+//!   one in `cursors`. Each record carries the cursor it ends at, so the pair is consistent
 //!   whatever point a crash hits: a restarted node starts the next period at the last durable
 //!   end and measures deltas against the counters of that moment. Periods are never
 //!   re-numbered, so a resend is deduplicated by the master on `(computer, partition,
@@ -31,8 +38,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use slapos_proto::{PartitionId, UsageSample};
+use slapos_proto::{InstanceTitle, PartitionId, UsageSample};
 
 /// An outbox operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +63,7 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ou
 
 /// Where a partition's measurement stands: the end of its last sample and the cumulative
 /// counters read then (absent counters are 0).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// End of the last sample, unix ms.
     pub end_ms: u64,
@@ -70,7 +76,7 @@ pub struct Cursor {
 }
 
 /// One line of the outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// The sample.
     pub s: UsageSample,
@@ -100,8 +106,97 @@ pub struct Outbox {
     dirty: bool,
 }
 
-const OUTBOX: &str = "outbox.jsonl";
-const CURSORS: &str = "cursor.json";
+const OUTBOX: &str = "outbox";
+const CURSORS: &str = "cursors";
+
+impl Record {
+    /// The record's line (with its `\n`).
+    pub fn to_line(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let (s, c) = (&self.s, &self.c);
+        let _ = write!(
+            out,
+            "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+            s.partition,
+            s.start_ms,
+            s.end_ms,
+            s.cpu_ns,
+            s.memory_bytes,
+            s.memory_peak_bytes,
+            s.io_read_bytes,
+            s.io_write_bytes,
+            s.disk_bytes,
+            s.tasks,
+            s.folded,
+            c.end_ms,
+            c.cpu_ns,
+            c.io_read_bytes,
+            c.io_write_bytes
+        );
+        if let Some(t) = &s.instance {
+            out.push(' ');
+            out.push_str(t.as_str());
+        }
+        out.push('\n');
+    }
+
+    /// Parse a line written by [`Record::to_line`] (without its `\n`); `None` when it is not one.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut f = line.splitn(16, ' ');
+        let partition = PartitionId::parse(f.next()?).ok()?;
+        let mut n = [0u64; 14];
+        for v in &mut n {
+            *v = f.next()?.parse().ok()?;
+        }
+        let instance = f.next().map(InstanceTitle::parse).transpose().ok()?;
+        let s = UsageSample {
+            partition,
+            instance,
+            start_ms: n[0],
+            end_ms: n[1],
+            cpu_ns: n[2],
+            memory_bytes: n[3],
+            memory_peak_bytes: n[4],
+            io_read_bytes: n[5],
+            io_write_bytes: n[6],
+            disk_bytes: n[7],
+            tasks: n[8],
+            folded: u32::try_from(n[9]).ok().filter(|f| *f > 0)?,
+        };
+        let c = Cursor {
+            end_ms: n[10],
+            cpu_ns: n[11],
+            io_read_bytes: n[12],
+            io_write_bytes: n[13],
+        };
+        (s.end_ms > s.start_ms).then_some(Self { s, c })
+    }
+}
+
+fn cursor_line(p: &PartitionId, c: &Cursor, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "{p} {} {} {} {}",
+        c.end_ms, c.cpu_ns, c.io_read_bytes, c.io_write_bytes
+    );
+}
+
+fn parse_cursor(line: &str) -> Option<(PartitionId, Cursor)> {
+    let mut f = line.split(' ');
+    let p = PartitionId::parse(f.next()?).ok()?;
+    let mut n = [0u64; 4];
+    for v in &mut n {
+        *v = f.next()?.parse().ok()?;
+    }
+    let c = Cursor {
+        end_ms: n[0],
+        cpu_ns: n[1],
+        io_read_bytes: n[2],
+        io_write_bytes: n[3],
+    };
+    f.next().is_none().then_some((p, c))
+}
 
 impl Outbox {
     /// Open (or create) the outbox in `dir`, holding at most `max` records. Unreadable lines
@@ -109,14 +204,22 @@ impl Outbox {
     pub fn open(dir: &Path, max: usize) -> Result<Self, OutboxError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let cpath = dir.join(CURSORS);
-        let mut cursors: BTreeMap<PartitionId, Cursor> = match std::fs::read(&cpath) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!("usage: `{}` unreadable, ignored: {e}", cpath.display());
-                BTreeMap::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        let mut cursors = BTreeMap::new();
+        match std::fs::read(&cpath) {
+            Ok(b) => {
+                for line in String::from_utf8_lossy(&b).lines() {
+                    match parse_cursor(line) {
+                        Some((p, c)) => drop(cursors.insert(p, c)),
+                        None => tracing::warn!(
+                            "usage: unreadable line in `{}` ignored: {line:?}",
+                            cpath.display()
+                        ),
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("read", &cpath)(e)),
-        };
+        }
         let opath = dir.join(OUTBOX);
         let text = match std::fs::read(&opath) {
             Ok(b) => b,
@@ -125,10 +228,10 @@ impl Outbox {
         };
         let mut records = VecDeque::new();
         let mut bad = 0usize;
-        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice::<Record>(line) {
-                Ok(r) => records.push_back(r),
-                Err(_) => bad += 1,
+        for line in String::from_utf8_lossy(&text).lines() {
+            match Record::parse(line) {
+                Some(r) => records.push_back(r),
+                None => bad += 1,
             }
         }
         for r in &records {
@@ -189,15 +292,14 @@ impl Outbox {
         if records.is_empty() {
             return Ok(None);
         }
-        let mut buf = Vec::new();
+        let mut buf = String::new();
         for r in &records {
-            // A record of numbers and validated ids always serializes.
-            if serde_json::to_writer(&mut buf, r).is_ok() {
-                buf.push(b'\n');
-            }
+            r.to_line(&mut buf);
         }
         let path = self.dir.join(OUTBOX);
-        self.file.write_all(&buf).map_err(io("append to", &path))?;
+        self.file
+            .write_all(buf.as_bytes())
+            .map_err(io("append to", &path))?;
         self.file.sync_data().map_err(io("sync", &path))?;
         for r in records {
             self.cursors.insert(r.s.partition.clone(), r.c);
@@ -231,16 +333,17 @@ impl Outbox {
             return Ok(());
         }
         let cpath = self.dir.join(CURSORS);
-        let cursors = serde_json::to_vec(&self.cursors).unwrap_or_default();
-        crate::util::atomic_write(&cpath, &cursors).map_err(io("write", &cpath))?;
-        let opath = self.dir.join(OUTBOX);
-        let mut buf = Vec::new();
-        for r in &self.records {
-            if serde_json::to_writer(&mut buf, r).is_ok() {
-                buf.push(b'\n');
-            }
+        let mut cursors = String::new();
+        for (p, c) in &self.cursors {
+            cursor_line(p, c, &mut cursors);
         }
-        crate::util::atomic_write(&opath, &buf).map_err(io("rewrite", &opath))?;
+        crate::util::atomic_write(&cpath, cursors.as_bytes()).map_err(io("write", &cpath))?;
+        let opath = self.dir.join(OUTBOX);
+        let mut buf = String::new();
+        for r in &self.records {
+            r.to_line(&mut buf);
+        }
+        crate::util::atomic_write(&opath, buf.as_bytes()).map_err(io("rewrite", &opath))?;
         self.file = std::fs::OpenOptions::new()
             .append(true)
             .open(&opath)
@@ -366,6 +469,39 @@ mod tests {
     }
 
     #[test]
+    fn lines_round_trip_and_nonsense_is_refused() {
+        let mut r = rec(3, 5, 9, 77);
+        r.s.instance = Some(slapos_proto::InstanceTitle::parse("my web site").unwrap());
+        r.s.folded = 4;
+        for r in [r.clone(), rec(0, 0, 1, 0)] {
+            let mut line = String::new();
+            r.to_line(&mut line);
+            assert!(
+                line.ends_with('\n') && line.matches('\n').count() == 1,
+                "{line:?}"
+            );
+            assert_eq!(Record::parse(line.trim_end_matches('\n')), Some(r));
+        }
+        let ok = "slappart0 0 1 2 3 4 5 6 7 8 1 1 2 5 6";
+        assert!(Record::parse(ok).is_some());
+        for bad in [
+            "",
+            "slappart0 0 1 2 3 4 5 6 7 8 1 1 2 5",    // short
+            "slappart0 0 1 2 3 4 5 6 7 8 0 1 2 5 6",  // folded 0
+            "slappart0 5 5 2 3 4 5 6 7 8 1 1 2 5 6",  // empty period
+            "../x 0 1 2 3 4 5 6 7 8 1 1 2 5 6",       // not an id
+            "slappart0 0 1 -2 3 4 5 6 7 8 1 1 2 5 6", // not a number
+            "slappart0 0 1 2 3 4 5 6 7 8 1 1 2 5 6  lead", // a title cannot start with a space
+        ] {
+            assert_eq!(Record::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_cursor("slappart1 1 2 3 4 5"), None);
+        let mut l = String::new();
+        cursor_line(&p(1), &rec(1, 0, 7, 3).c, &mut l);
+        assert_eq!(parse_cursor(l.trim_end()), Some((p(1), rec(1, 0, 7, 3).c)));
+    }
+
+    #[test]
     fn a_baseline_cursor_is_kept_by_compact() {
         let d = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(d.path(), 100).unwrap();
@@ -387,7 +523,7 @@ mod tests {
         drop(o);
         let f = d.path().join(OUTBOX);
         let mut bytes = std::fs::read(&f).unwrap();
-        bytes.extend_from_slice(b"{\"s\":{\"partition\":\"slapp");
+        bytes.extend_from_slice(b"slappart0 30 40 1");
         std::fs::write(&f, &bytes).unwrap();
         let mut o = Outbox::open(d.path(), 100).unwrap();
         assert_eq!(o.len(), 2);

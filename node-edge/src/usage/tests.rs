@@ -61,7 +61,7 @@ fn metrics_textfile_has_series_per_partition_and_the_outbox_depth() {
         7,
     );
     assert!(
-        text.contains("slapos_partition_cpu_seconds_total{partition=\"slappart0\"} 2.5\n"),
+        text.contains("slapos_partition_cpu_seconds_total{partition=\"slappart0\"} 2.500000000\n"),
         "{text}"
     );
     assert!(text.contains("# TYPE slapos_partition_cpu_seconds_total counter\n"));
@@ -69,7 +69,7 @@ fn metrics_textfile_has_series_per_partition_and_the_outbox_depth() {
     assert!(!text.contains("cpu_seconds_total{partition=\"slappart1\"}"));
     assert!(text.contains("slapos_partition_disk_bytes{partition=\"slappart1\"} 0\n"));
     assert!(text.ends_with("slapos_node_usage_outbox_samples 7\n"));
-    assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
+    assert_eq!(Val::Nanos(12_000_000_345).to_string(), "12.000000345");
 }
 
 /// A fake cgroup v1 tree with jails for `n` partitions, their directories, a sampler.
@@ -153,7 +153,7 @@ async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     assert!(s0.disk_bytes >= 10_000, "{s0:?}");
     let prom = std::fs::read_to_string(f.dir.path().join("metrics/usage.prom")).unwrap();
     assert!(
-        prom.contains("slapos_partition_cpu_seconds_total{partition=\"slappart0\"} 0.000004"),
+        prom.contains("slapos_partition_cpu_seconds_total{partition=\"slappart0\"} 0.000004000"),
         "{prom}"
     );
 
