@@ -39,6 +39,19 @@ command = ["true"]
 partition = {{ partition.id | toml }}
 "#;
 
+/// Supply release `sr` and assign its instance to every partition.
+fn assign_all(m: &FakeMaster, sr: &str) {
+    m.update(|dstate| {
+        dstate.software.push(slapos_proto::DesiredSoftware {
+            url: slapos_proto::SoftwareUrl::parse(sr.to_owned()).unwrap(),
+            state: slapos_proto::SupplyState::Available,
+        });
+        for (i, p) in dstate.partitions.iter_mut().enumerate() {
+            p.instance = Some(assignment(&format!("inst{i}"), sr, serde_json::json!({})));
+        }
+    });
+}
+
 fn converge(n: u32, passes: usize) -> (Duration, Duration) {
     let d = tempfile::tempdir().unwrap();
     let sr = common::write_release(&d.path().join("sr"), PROFILE);
@@ -70,15 +83,7 @@ fn converge(n: u32, passes: usize) -> (Duration, Duration) {
         })
         .await;
         let t0 = Instant::now();
-        m.update(|dstate| {
-            dstate.software.push(slapos_proto::DesiredSoftware {
-                url: slapos_proto::SoftwareUrl::parse(sr.clone()).unwrap(),
-                state: slapos_proto::SupplyState::Available,
-            });
-            for (i, p) in dstate.partitions.iter_mut().enumerate() {
-                p.instance = Some(assignment(&format!("inst{i}"), &sr, serde_json::json!({})));
-            }
-        });
+        assign_all(&m, &sr);
         let first = common::until(120, "first partition", || {
             m.with(|s| (!s.reports.is_empty()).then(|| t0.elapsed()))
         })
@@ -98,14 +103,37 @@ fn converge(n: u32, passes: usize) -> (Duration, Duration) {
     })
 }
 
-fn idle_rss() -> Option<u64> {
+/// The `slapos-node` binary of this bench's profile, when built (`what` is skipped otherwise).
+fn node_bin(what: &str) -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     // target/release/deps/converge-… → target/release/slapos-node
     let bin = exe.parent()?.parent()?.join("slapos-node");
     if !bin.exists() {
-        println!("idle RSS: skipped, {} not built", bin.display());
+        println!("{what}: skipped, {} not built", bin.display());
         return None;
     }
+    Some(bin)
+}
+
+/// `slapos-node run --config cfg`, its logs discarded.
+fn run_node(bin: &std::path::Path, cfg: &std::path::Path) -> Option<std::process::Child> {
+    std::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// SIGTERM (the node stops its services), then wait.
+fn stop_node(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}
+
+fn idle_rss() -> Option<u64> {
+    let bin = node_bin("idle RSS")?;
     let d = tempfile::tempdir().unwrap();
     let m = FakeMaster::start("IDLE", 3);
     let cfg = d.path().join("node.toml");
@@ -118,12 +146,7 @@ fn idle_rss() -> Option<u64> {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+    let mut child = run_node(&bin, &cfg)?;
     std::thread::sleep(Duration::from_secs(5));
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
     let kib = status
@@ -132,9 +155,7 @@ fn idle_rss() -> Option<u64> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok());
     let registered = m.with(|s| !s.registrations.is_empty());
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
+    stop_node(&mut child);
     if !registered {
         println!("idle RSS: the node did not register");
     }
@@ -161,12 +182,7 @@ fn proc_figures(pid: u32) -> Option<(u64, u64, u64)> {
 /// The node binary with `n` started partitions and `[usage] period`: CPU ms over `secs`,
 /// VmHWM and VmRSS (KiB), samples the master received.
 fn usage_cost(n: u32, period: &str, secs: u64) -> Option<(f64, u64, u64, usize)> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("slapos-node");
-    if !bin.exists() {
-        println!("usage cost: skipped, {} not built", bin.display());
-        return None;
-    }
+    let bin = node_bin("usage cost")?;
     let d = tempfile::tempdir().unwrap();
     let sr = common::write_release(&d.path().join("sr"), PROFILE);
     let m = FakeMaster::start("USAGE", n);
@@ -182,12 +198,7 @@ fn usage_cost(n: u32, period: &str, secs: u64) -> Option<(f64, u64, u64, usize)>
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(&bin)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+    let mut child = run_node(&bin, &cfg)?;
     let started = (|| {
         let t0 = Instant::now();
         while m.with(|s| s.registrations.is_empty()) {
@@ -196,15 +207,7 @@ fn usage_cost(n: u32, period: &str, secs: u64) -> Option<(f64, u64, u64, usize)>
                 return false;
             }
         }
-        m.update(|dstate| {
-            dstate.software.push(slapos_proto::DesiredSoftware {
-                url: slapos_proto::SoftwareUrl::parse(sr.clone()).unwrap(),
-                state: slapos_proto::SupplyState::Available,
-            });
-            for (i, p) in dstate.partitions.iter_mut().enumerate() {
-                p.instance = Some(assignment(&format!("inst{i}"), &sr, serde_json::json!({})));
-            }
-        });
+        assign_all(&m, &sr);
         while m.with(|s| {
             let up: std::collections::BTreeSet<&str> = s
                 .reports
@@ -234,9 +237,7 @@ fn usage_cost(n: u32, period: &str, secs: u64) -> Option<(f64, u64, u64, usize)>
         println!("usage cost: the partitions did not start");
         None
     };
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
+    stop_node(&mut child);
     res
 }
 

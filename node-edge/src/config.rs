@@ -82,14 +82,11 @@ fn de_period<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
-        I(u64),
-        F(f64),
+        Secs(#[serde(deserialize_with = "de_secs")] Duration),
         S(String),
     }
     match Raw::deserialize(d)? {
-        Raw::I(s) => Ok(Duration::from_secs(s)),
-        Raw::F(f) => Duration::try_from_secs_f64(f)
-            .map_err(|_| serde::de::Error::custom(format!("{f} is not a valid number of seconds"))),
+        Raw::Secs(p) => Ok(p),
         Raw::S(s) if s == "off" => Ok(Duration::ZERO),
         Raw::S(s) => Err(serde::de::Error::custom(format!(
             "usage.period = {s:?}: expected seconds or \"off\""
