@@ -122,7 +122,7 @@ struct Node {
     outbox: Arc<Outbox>,
     unknown_warned: BTreeSet<PartitionId>,
     /// The instance on each partition, for usage samples.
-    instances: watch::Sender<BTreeMap<PartitionId, InstanceTitle>>,
+    instances: usage::Instances,
 }
 
 impl Node {
@@ -292,13 +292,13 @@ impl Node {
                 *retry_at = Instant::now();
             }
         }
-        self.instances.send_replace(instances_of(&d));
+        *self.instances.lock().unwrap_or_else(|e| e.into_inner()) = instances_of(&d);
         self.desired = Some(d);
     }
 }
 
 /// The instance title on each allocated partition of `d`.
-fn instances_of(d: &DesiredState) -> BTreeMap<PartitionId, InstanceTitle> {
+fn instances_of(d: &DesiredState) -> Vec<(PartitionId, InstanceTitle)> {
     d.partitions
         .iter()
         .filter_map(|p| Some((p.id.clone(), p.instance.as_ref()?.title.clone())))
@@ -313,7 +313,7 @@ fn usage_task(
     jails: Option<Arc<Jails>>,
     seams: &Seams,
     link: Arc<dyn MasterLink>,
-    instances: watch::Receiver<BTreeMap<PartitionId, InstanceTitle>>,
+    instances: usage::Instances,
     stop: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if cfg.usage.period.is_zero() {
@@ -471,15 +471,16 @@ pub async fn run_with(
         cfg.poll_interval,
     ));
 
-    let (instances, instances_rx) =
-        watch::channel(cached.as_ref().map(instances_of).unwrap_or_default());
+    let instances: usage::Instances = Arc::new(std::sync::Mutex::new(
+        cached.as_ref().map(instances_of).unwrap_or_default(),
+    ));
     let sampler = usage_task(
         &cfg,
         &parts,
         jails.clone(),
         &seams,
         link.clone(),
-        instances_rx,
+        instances.clone(),
         stop_rx.clone(),
     );
     let (done_tx, mut done_rx) = mpsc::channel(64);

@@ -23,7 +23,6 @@
 
 pub mod outbox;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -176,6 +175,10 @@ pub fn render_metrics(readings: &[(PartitionId, Reading)], outbox: usize) -> Str
     out
 }
 
+/// The instance on each allocated partition, as the node's desired state says (plain
+/// vectors: no new map type in the size-bound node).
+pub type Instances = Arc<Mutex<Vec<(PartitionId, InstanceTitle)>>>;
+
 /// What the sampler reads and where it writes.
 pub struct Sources {
     /// The node's partitions.
@@ -187,7 +190,7 @@ pub struct Sources {
     /// The master.
     pub link: Arc<dyn MasterLink>,
     /// The instance each partition runs (from the desired state).
-    pub instances: watch::Receiver<BTreeMap<PartitionId, InstanceTitle>>,
+    pub instances: Instances,
     /// The metrics textfile, if any.
     pub metrics_file: Option<PathBuf>,
 }
@@ -195,7 +198,7 @@ pub struct Sources {
 struct State {
     outbox: Outbox,
     /// Things logged once (an absent controller, a link without usage).
-    said: BTreeSet<String>,
+    said: Vec<String>,
 }
 
 /// The sampler of one node (see the module doc).
@@ -204,9 +207,10 @@ pub struct Sampler {
     state: Mutex<State>,
 }
 
-fn once(said: &mut BTreeSet<String>, what: String) {
-    if said.insert(what.clone()) {
+fn once(said: &mut Vec<String>, what: String) {
+    if !said.contains(&what) {
         tracing::warn!("usage: {what}");
+        said.push(what);
     }
 }
 
@@ -237,7 +241,7 @@ impl Sampler {
         outbox_max: usize,
     ) -> Result<Self, OutboxError> {
         let outbox = Outbox::open(dir, outbox_max)?;
-        let mut said = BTreeSet::new();
+        let mut said = Vec::new();
         match src.jails.as_deref() {
             None => once(
                 &mut said,
@@ -280,7 +284,12 @@ impl Sampler {
     /// Measure every partition at `now_ms`, append the samples, fold when full, write the
     /// metrics file. Blocking (cgroup reads, the disk walk, an fsync).
     pub fn sample(&self, now_ms: u64) {
-        let instances = self.src.instances.borrow().clone();
+        let instances = self
+            .src
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut readings = Vec::with_capacity(self.src.parts.len());
         let mut st = self.lock();
         let mut records = Vec::new();
@@ -293,7 +302,10 @@ impl Sampler {
                 }
             };
             let cursor = st.outbox.cursor(&l.id);
-            let instance = instances.get(&l.id).cloned();
+            let instance = instances
+                .iter()
+                .find(|(p, _)| *p == l.id)
+                .map(|(_, t)| t.clone());
             match measure(cursor, &r, now_ms, &l.id, instance) {
                 (Some(s), c) => records.push(Record { s, c }),
                 (None, c) if cursor != Some(c) => st.outbox.set_cursor(&l.id, c),

@@ -33,7 +33,6 @@
 //! * **Torn tail**: a line that does not parse is skipped with a warning; the file is then
 //!   rewritten without it, so a torn last write never stops the node.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,8 +99,9 @@ pub struct Folded {
 pub struct Outbox {
     dir: PathBuf,
     file: File,
-    records: VecDeque<Record>,
-    cursors: BTreeMap<PartitionId, Cursor>,
+    records: Vec<Record>,
+    /// Sorted by partition (plain vectors: no new map type in the size-bound node).
+    cursors: Vec<(PartitionId, Cursor)>,
     max: usize,
     dirty: bool,
 }
@@ -204,12 +204,12 @@ impl Outbox {
     pub fn open(dir: &Path, max: usize) -> Result<Self, OutboxError> {
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let cpath = dir.join(CURSORS);
-        let mut cursors = BTreeMap::new();
+        let mut cursors = Vec::new();
         match std::fs::read(&cpath) {
             Ok(b) => {
                 for line in String::from_utf8_lossy(&b).lines() {
                     match parse_cursor(line) {
-                        Some((p, c)) => drop(cursors.insert(p, c)),
+                        Some((p, c)) => set(&mut cursors, &p, c),
                         None => tracing::warn!(
                             "usage: unreadable line in `{}` ignored: {line:?}",
                             cpath.display()
@@ -226,18 +226,17 @@ impl Outbox {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io("read", &opath)(e)),
         };
-        let mut records = VecDeque::new();
+        let mut records = Vec::new();
         let mut bad = 0usize;
         for line in String::from_utf8_lossy(&text).lines() {
             match Record::parse(line) {
-                Some(r) => records.push_back(r),
+                Some(r) => records.push(r),
                 None => bad += 1,
             }
         }
         for r in &records {
-            let c = cursors.entry(r.s.partition.clone()).or_default();
-            if r.c.end_ms >= c.end_ms {
-                *c = r.c;
+            if get(&cursors, &r.s.partition).is_none_or(|c| r.c.end_ms >= c.end_ms) {
+                set(&mut cursors, &r.s.partition, r.c);
             }
         }
         let file = std::fs::OpenOptions::new()
@@ -277,13 +276,13 @@ impl Outbox {
 
     /// Where `p`'s measurement stands (`None`: never measured).
     pub fn cursor(&self, p: &PartitionId) -> Option<Cursor> {
-        self.cursors.get(p).copied()
+        get(&self.cursors, p)
     }
 
     /// Set `p`'s cursor without a sample (the first reading: a baseline). Kept in memory until
     /// the next [`Outbox::compact`] or appended record.
     pub fn set_cursor(&mut self, p: &PartitionId, c: Cursor) {
-        self.cursors.insert(p.clone(), c);
+        set(&mut self.cursors, p, c);
         self.dirty = true;
     }
 
@@ -302,8 +301,8 @@ impl Outbox {
             .map_err(io("append to", &path))?;
         self.file.sync_data().map_err(io("sync", &path))?;
         for r in records {
-            self.cursors.insert(r.s.partition.clone(), r.c);
-            self.records.push_back(r);
+            set(&mut self.cursors, &r.s.partition, r.c);
+            self.records.push(r);
         }
         if self.records.len() <= self.max {
             return Ok(None);
@@ -353,9 +352,21 @@ impl Outbox {
     }
 }
 
+fn get(cursors: &[(PartitionId, Cursor)], p: &PartitionId) -> Option<Cursor> {
+    let i = cursors.binary_search_by(|(q, _)| q.cmp(p)).ok()?;
+    Some(cursors[i].1)
+}
+
+fn set(cursors: &mut Vec<(PartitionId, Cursor)>, p: &PartitionId, c: Cursor) {
+    match cursors.binary_search_by(|(q, _)| q.cmp(p)) {
+        Ok(i) => cursors[i].1 = c,
+        Err(i) => cursors.insert(i, (p.clone(), c)),
+    }
+}
+
 /// Merge the oldest records of each partition until `target` are left (see the module doc).
 /// Pure; the order of what is left is kept (a merged record sits where its first was).
-pub fn fold(records: &mut VecDeque<Record>, target: usize) -> Folded {
+pub fn fold(records: &mut Vec<Record>, target: usize) -> Folded {
     let mut f = Folded {
         merged: 0,
         from_ms: u64::MAX,
@@ -363,11 +374,13 @@ pub fn fold(records: &mut VecDeque<Record>, target: usize) -> Folded {
     };
     let mut excess = records.len().saturating_sub(target);
     let mut out: Vec<Record> = Vec::with_capacity(records.len());
-    // The index in `out` of each partition's last record.
-    let mut last: BTreeMap<PartitionId, usize> = BTreeMap::new();
+    // The index in `out` of each partition's last record, sorted by partition.
+    let mut last: Vec<(PartitionId, usize)> = Vec::new();
     for r in records.drain(..) {
+        let at = last.binary_search_by(|(q, _)| q.cmp(&r.s.partition));
         if excess > 0
-            && let Some(&i) = last.get(&r.s.partition)
+            && let Ok(k) = at
+            && let i = last[k].1
             && out[i].s.instance == r.s.instance
         {
             f.from_ms = f.from_ms.min(out[i].s.start_ms);
@@ -377,7 +390,10 @@ pub fn fold(records: &mut VecDeque<Record>, target: usize) -> Folded {
             excess -= 1;
             continue;
         }
-        last.insert(r.s.partition.clone(), out.len());
+        match at {
+            Ok(k) => last[k].1 = out.len(),
+            Err(k) => last.insert(k, (r.s.partition.clone(), out.len())),
+        }
         out.push(r);
     }
     records.extend(out);
@@ -587,7 +603,7 @@ mod tests {
         // 100·10 + 500·30 over 40.
         assert_eq!(a.s.memory_bytes, 400);
         assert_eq!(a.s.memory_peak_bytes, 900);
-        let mut q: VecDeque<Record> = VecDeque::new();
+        let mut q: Vec<Record> = Vec::new();
         let mut other = rec(0, 10, 20, 1);
         other.s.instance = Some(slapos_proto::InstanceTitle::parse("web").unwrap());
         q.extend([rec(0, 0, 10, 1), other, rec(0, 20, 30, 1)]);
@@ -595,8 +611,8 @@ mod tests {
         // Another instance in between: nothing is merged across it.
         assert_eq!((f.merged, f.from_ms, f.to_ms), (0, 0, 0));
         assert_eq!(q.len(), 3);
-        q.push_back(rec(0, 30, 40, 1));
+        q.push(rec(0, 30, 40, 1));
         assert_eq!(fold(&mut q, 1).merged, 1);
-        assert_eq!(q.back().unwrap().s.end_ms, 40);
+        assert_eq!(q.last().unwrap().s.end_ms, 40);
     }
 }

@@ -78,7 +78,7 @@ struct Fixture {
     jails: Arc<Jails>,
     parts: Vec<PartitionLayout>,
     link: Arc<FakeLink>,
-    instances: watch::Sender<BTreeMap<PartitionId, InstanceTitle>>,
+    instances: Instances,
 }
 
 impl Fixture {
@@ -110,7 +110,7 @@ impl Fixture {
             jails,
             parts,
             link: Arc::new(FakeLink::new()),
-            instances: watch::channel(BTreeMap::new()).0,
+            instances: Instances::default(),
         }
     }
 
@@ -127,7 +127,7 @@ impl Fixture {
             jails: Some(self.jails.clone()),
             resources: Arc::new(NoResources),
             link: self.link.clone(),
-            instances: self.instances.subscribe(),
+            instances: self.instances.clone(),
             metrics_file: Some(self.dir.path().join("metrics/usage.prom")),
         };
         Arc::new(Sampler::new(src, &self.dir.path().join("state/usage"), max).unwrap())
@@ -138,7 +138,7 @@ impl Fixture {
 async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     let f = Fixture::new(2);
     let web = InstanceTitle::parse("web").unwrap();
-    f.instances.send_replace([(p(0), web.clone())].into());
+    *f.instances.lock().unwrap() = vec![(p(0), web.clone())];
     let s = f.sampler(1000);
     f.set_cpu(0, 1_000);
     s.sample(10_000); // baseline
