@@ -18,8 +18,9 @@
 //! * **Metrics file** (`[usage] metrics_file`): a node_exporter textfile ([`render_metrics`])
 //!   rewritten (atomic rename) after each sample.
 //!
-//! One task does it all in order (sample, append, send), so the outbox never changes under a
-//! batch in flight; a slow master delays the next sample, and the periods stay contiguous.
+//! One thread per period does it all in order (sample, append, send), so the outbox never
+//! changes under a batch in flight; a slow master delays the next sample, and the periods
+//! stay contiguous.
 
 pub mod outbox;
 
@@ -316,9 +317,6 @@ impl Sampler {
         match st.outbox.append(records) {
             Ok(None) => {}
             Ok(Some(f)) => tracing::warn!(
-                merged = f.merged,
-                from_ms = f.from_ms,
-                to_ms = f.to_ms,
                 "usage outbox full ({} samples kept): {} of the oldest samples folded into \
                  their neighbours, covering {}..{} ms",
                 st.outbox.len(),
@@ -340,34 +338,22 @@ impl Sampler {
     }
 
     /// Send the outbox in batches while the master acknowledges them; compact what was
-    /// acknowledged. Returns the samples acknowledged.
-    pub async fn flush(self: &Arc<Self>) -> usize {
+    /// acknowledged. Returns the samples acknowledged. Blocking (the master calls).
+    pub fn flush(&self) -> usize {
+        let mut st = self.lock();
         let mut acked = 0;
         loop {
-            let batch = self.lock().outbox.front(MAX_BATCH);
+            let batch = st.outbox.front(MAX_BATCH);
             if batch.is_empty() {
                 break;
             }
             let n = batch.len();
-            let link = self.src.link.clone();
-            let post = move || link.post_usage(&UsageBatch { samples: batch });
-            let res = if self.src.link.blocks() {
-                off_thread(post).await
-            } else {
-                Some(post())
-            };
-            let mut st = self.lock();
-            match res {
-                Some(Ok(Some(ack))) => {
-                    tracing::debug!(
-                        stored = ack.stored,
-                        duplicates = ack.duplicates,
-                        "usage samples acknowledged"
-                    );
+            match self.src.link.post_usage(&UsageBatch { samples: batch }) {
+                Ok(Some(_)) => {
                     st.outbox.ack(n);
                     acked += n;
                 }
-                Some(Ok(None)) => {
+                Ok(None) => {
                     once(
                         &mut st.said,
                         "this master link takes no usage samples (SLAP): they stay in the \
@@ -376,22 +362,21 @@ impl Sampler {
                     );
                     break;
                 }
-                Some(Err(e)) if e.is_unreachable() => {
+                Err(e) if e.is_unreachable() => {
                     tracing::debug!(
                         "usage: master unreachable, {} sample(s) kept: {e}",
                         st.outbox.len()
                     );
                     break;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     // Refused (4xx): resending cannot succeed; like the report outbox, drop it.
                     tracing::error!("usage: the master refused {n} sample(s), dropped: {e}");
                     st.outbox.ack(n);
                 }
-                None => break,
             }
         }
-        if let Err(e) = self.lock().outbox.compact() {
+        if let Err(e) = st.outbox.compact() {
             tracing::warn!("usage: {e}");
         }
         acked
@@ -409,11 +394,15 @@ pub async fn run(sampler: Arc<Sampler>, period: Duration, mut stop: watch::Recei
         }
         let s = sampler.clone();
         let now = crate::util::now_ms();
-        // A thread of its own, like the link's calls (no blocking pool in the node).
-        if off_thread(move || s.sample(now)).await.is_none() {
+        // A thread of its own, like the link's calls (no blocking pool in the node): the cgroup
+        // reads, the disk walk, the fsync and the master calls never stall the runtime.
+        let tick = move || {
+            s.sample(now);
+            s.flush();
+        };
+        if off_thread(tick).await.is_none() {
             tracing::error!("usage: the sampling thread failed");
         }
-        sampler.flush().await;
     }
 }
 

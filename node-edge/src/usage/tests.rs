@@ -134,18 +134,18 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
+#[test]
+fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     let f = Fixture::new(2);
     let web = InstanceTitle::parse("web").unwrap();
     *f.instances.lock().unwrap() = vec![(p(0), web.clone())];
     let s = f.sampler(1000);
     f.set_cpu(0, 1_000);
     s.sample(10_000); // baseline
-    assert_eq!(s.flush().await, 0);
+    assert_eq!(s.flush(), 0);
     f.set_cpu(0, 4_000);
     s.sample(11_000);
-    assert_eq!(s.flush().await, 2);
+    assert_eq!(s.flush(), 2);
     let got = f.link.usage();
     let s0 = got.iter().find(|x| x.partition == p(0)).unwrap();
     assert_eq!((s0.start_ms, s0.end_ms, s0.cpu_ns), (10_000, 11_000, 3_000));
@@ -162,7 +162,7 @@ async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     for (i, cpu) in [(12_000, 5_000), (13_000, 9_000)] {
         f.set_cpu(0, cpu);
         s.sample(i);
-        assert_eq!(s.flush().await, 0);
+        assert_eq!(s.flush(), 0);
     }
     assert_eq!(s.pending(), 4);
     // The node dies (no compaction, no goodbye) and comes back while the master is away.
@@ -172,7 +172,7 @@ async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     f.set_cpu(0, 9_500);
     s.sample(20_000);
     f.link.set_down(false);
-    assert_eq!(s.flush().await, 6);
+    assert_eq!(s.flush(), 6);
     assert_eq!(s.pending(), 0);
     // Contiguous periods, each once, and every nanosecond counted once.
     let mut p0: Vec<UsageSample> = f
@@ -199,7 +199,7 @@ async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     let s = f.sampler(1000);
     assert_eq!(s.pending(), 0);
     s.sample(21_000);
-    assert_eq!(s.flush().await, 2);
+    assert_eq!(s.flush(), 2);
     assert!(
         f.link
             .usage()
@@ -208,8 +208,8 @@ async fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
     );
 }
 
-#[tokio::test]
-async fn a_full_outbox_folds_instead_of_losing_samples() {
+#[test]
+fn a_full_outbox_folds_instead_of_losing_samples() {
     let f = Fixture::new(1);
     f.link.set_down(true);
     let s = f.sampler(8);
@@ -219,7 +219,7 @@ async fn a_full_outbox_folds_instead_of_losing_samples() {
     }
     assert!(s.pending() <= 8, "{}", s.pending());
     f.link.set_down(false);
-    s.flush().await;
+    s.flush();
     let got = f.link.usage();
     assert_eq!(got.iter().map(|x| x.folded).sum::<u32>(), 20);
     assert_eq!(got.iter().map(|x| x.cpu_ns).sum::<u64>(), 2_000);
