@@ -315,7 +315,7 @@ fn usage_task(
     link: Arc<dyn MasterLink>,
     instances: usage::Instances,
     stop: watch::Receiver<bool>,
-) -> Option<tokio::task::JoinHandle<()>> {
+) -> Option<(tokio::task::JoinHandle<()>, Arc<usage::Sampler>)> {
     if cfg.usage.period.is_zero() {
         tracing::info!("usage sampling off ([usage] period = 0)");
         return None;
@@ -330,11 +330,13 @@ fn usage_task(
     };
     let dir = cfg.state_dir().join(usage::DIR);
     match usage::Sampler::new(src, &dir, cfg.usage.outbox_max) {
-        Ok(s) => Some(tokio::spawn(usage::run(
-            Arc::new(s),
-            cfg.usage.period,
-            stop,
-        ))),
+        Ok(s) => {
+            let s = Arc::new(s);
+            Some((
+                tokio::spawn(usage::run(s.clone(), cfg.usage.period, stop)),
+                s,
+            ))
+        }
         Err(e) => {
             tracing::error!("usage sampling off: {e}");
             None
@@ -532,9 +534,11 @@ pub async fn run_with(
         let _ = h.task.await;
     }
     flusher.abort();
-    // Its files are consistent at any point (see `usage::outbox`): no need to wait for it.
-    if let Some(s) = sampler {
-        s.abort();
+    // Its files are consistent at any point (see `usage::outbox`): no need to wait for it. A
+    // last sample while the jails still hold the stopped services' counters (sent next start).
+    if let Some((task, s)) = sampler {
+        task.abort();
+        s.sample(crate::util::now_ms());
     }
     if let Some(j) = &jails {
         j.remove_others(&[]);
