@@ -211,6 +211,10 @@ pub struct Sampler {
 fn once(said: &mut Vec<String>, what: String) {
     if !said.contains(&what) {
         tracing::warn!("usage: {what}");
+        // Bounded: messages carrying changing details would otherwise pile up.
+        if said.len() >= 32 {
+            said.clear();
+        }
         said.push(what);
     }
 }
