@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Run(config, metrics) => {
             let mut cfg = node_edge::Config::from_file(&config)?;
             if let Some(m) = metrics {
-                cfg.usage.metrics_file = Some(std::path::absolute(&m).unwrap_or(m));
+                cfg.usage.metrics_file = Some(m);
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -317,7 +317,6 @@ fn usage_task(
     stop: watch::Receiver<bool>,
 ) -> Option<(tokio::task::JoinHandle<()>, Arc<usage::Sampler>)> {
     if cfg.usage.period.is_zero() {
-        tracing::info!("usage sampling off ([usage] period = 0)");
         return None;
     }
     let src = usage::Sources {
@@ -338,7 +337,7 @@ fn usage_task(
             ))
         }
         Err(e) => {
-            tracing::error!("usage sampling off: {e}");
+            usage::error(format_args!("sampling off: {e}"));
             None
         }
     }

@@ -208,9 +208,22 @@ pub struct Sampler {
     state: Mutex<State>,
 }
 
+/// The usage logs go through these three (one tracing call site each: the static node's size).
+pub(crate) fn warn(a: std::fmt::Arguments<'_>) {
+    tracing::warn!("usage: {a}");
+}
+
+pub(crate) fn error(a: std::fmt::Arguments<'_>) {
+    tracing::error!("usage: {a}");
+}
+
+fn debug(a: std::fmt::Arguments<'_>) {
+    tracing::debug!("usage: {a}");
+}
+
 fn once(said: &mut Vec<String>, what: String) {
     if !said.contains(&what) {
-        tracing::warn!("usage: {what}");
+        warn(format_args!("{what}"));
         // Bounded: messages carrying changing details would otherwise pile up.
         if said.len() >= 32 {
             said.clear();
@@ -302,7 +315,7 @@ impl Sampler {
             let r = match read(l, self.src.jails.as_deref(), &*self.src.resources) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(partition = %l.id, "usage not read: {e}");
+                    debug(format_args!("partition `{}` not read: {e}", l.id));
                     continue;
                 }
             };
@@ -320,14 +333,14 @@ impl Sampler {
         }
         match st.outbox.append(records) {
             Ok(None) => {}
-            Ok(Some(f)) => tracing::warn!(
-                "usage outbox full ({} samples kept): {} of the oldest samples folded into \
-                 their neighbours, covering {}..{} ms",
+            Ok(Some(f)) => warn(format_args!(
+                "outbox full ({} samples kept): {} of the oldest samples folded into their \
+                 neighbours, covering {}..{} ms",
                 st.outbox.len(),
                 f.merged,
                 f.from_ms,
                 f.to_ms
-            ),
+            )),
             Err(e) => once(&mut st.said, format!("samples not stored: {e}")),
         }
         if let Some(path) = &self.src.metrics_file {
@@ -367,21 +380,23 @@ impl Sampler {
                     break;
                 }
                 Err(e) if e.is_unreachable() => {
-                    tracing::debug!(
-                        "usage: master unreachable, {} sample(s) kept: {e}",
+                    debug(format_args!(
+                        "master unreachable, {} sample(s) kept: {e}",
                         st.outbox.len()
-                    );
+                    ));
                     break;
                 }
                 Err(e) => {
                     // Refused (4xx): resending cannot succeed; like the report outbox, drop it.
-                    tracing::error!("usage: the master refused {n} sample(s), dropped: {e}");
+                    error(format_args!(
+                        "the master refused {n} sample(s), dropped: {e}"
+                    ));
                     st.outbox.ack(n);
                 }
             }
         }
         if let Err(e) = st.outbox.compact() {
-            tracing::warn!("usage: {e}");
+            warn(format_args!("{e}"));
         }
         acked
     }
@@ -405,7 +420,7 @@ pub async fn run(sampler: Arc<Sampler>, period: Duration, mut stop: watch::Recei
             s.flush();
         };
         if off_thread(tick).await.is_none() {
-            tracing::error!("usage: the sampling thread failed");
+            error(format_args!("the sampling thread failed"));
         }
     }
 }

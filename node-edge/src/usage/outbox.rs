@@ -210,10 +210,10 @@ impl Outbox {
                 for line in String::from_utf8_lossy(&b).lines() {
                     match parse_cursor(line) {
                         Some((p, c)) => set(&mut cursors, &p, c),
-                        None => tracing::warn!(
-                            "usage: unreadable line in `{}` ignored: {line:?}",
+                        None => super::warn(format_args!(
+                            "unreadable line in `{}` ignored: {line:?}",
                             cpath.display()
-                        ),
+                        )),
                     }
                 }
             }
@@ -253,11 +253,11 @@ impl Outbox {
             dirty: false,
         };
         if bad > 0 {
-            tracing::warn!(
-                "usage: {bad} unreadable line(s) in `{}` (a torn write) skipped; {} sample(s) kept",
+            super::warn(format_args!(
+                "{bad} unreadable line(s) in `{}` (a torn write) skipped; {} sample(s) kept",
                 opath.display(),
                 o.records.len()
-            );
+            ));
             o.dirty = true;
             o.compact()?;
         }
