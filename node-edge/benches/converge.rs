@@ -8,7 +8,7 @@
 //!    (`target/release/slapos-node`, build it first) registered with the fake master, 3
 //!    partitions, after 5 s;
 //! 3. the cost of usage sampling: the same binary with N partitions (`NODE_BENCH_USAGE_PARTITIONS`,
-//!    default 20) each running the trivial instance, `[usage] period = 1` against `"off"` in the
+//!    default 20) each running the trivial instance, `usage_period = 1` against `0` in the
 //!    same run: CPU time (utime + stime) of the node process over `NODE_BENCH_USAGE_SECS`
 //!    (default 20) seconds once every partition is started, and its VmHWM / VmRSS.
 //!
@@ -179,7 +179,7 @@ fn proc_figures(pid: u32) -> Option<(u64, u64, u64)> {
     Some((ticks, kib("VmHWM:")?, kib("VmRSS:")?))
 }
 
-/// The node binary with `n` started partitions and `[usage] period`: CPU ms over `secs`,
+/// The node binary with `n` started partitions and `usage_period`: CPU ms over `secs`,
 /// VmHWM and VmRSS (KiB), samples the master received.
 fn usage_cost(n: u32, period: &str, secs: u64) -> Option<(f64, u64, u64, usize)> {
     let bin = node_bin("usage cost")?;
@@ -192,7 +192,7 @@ fn usage_cost(n: u32, period: &str, secs: u64) -> Option<(f64, u64, u64, usize)>
         format!(
             "master_url = \"{}\"\ncomputer_id = \"USAGE\"\npartitions = {n}\nsoftware_root = \"soft\"\n\
              instance_root = \"inst\"\nisolation = \"none\"\npoll_interval = 1\nmax_instance_passes = 8\n\
-             [ports]\nbase = {}\nper_partition = 1\n[usage]\nperiod = {period}\n",
+             usage_period = {period}\n[ports]\nbase = {}\nper_partition = 1\n",
             m.url,
             common::free_block(n as u16)
         ),
@@ -269,7 +269,7 @@ fn main() {
         env("NODE_BENCH_USAGE_SECS", 20),
     );
     // The anchor (sampling off) measured in the same run, right before.
-    for (label, period) in [("off", "\"off\""), ("on, period 1 s", "1")] {
+    for (label, period) in [("off", "0"), ("on, period 1 s", "1")] {
         if let Some((ms, hwm, rss, got)) = usage_cost(np, period, secs) {
             println!(
                 "usage sampling {label}: {np} started partitions, {secs} s: node CPU {ms:.0} ms \

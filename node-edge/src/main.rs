@@ -36,7 +36,7 @@ Options:
       --ca <FILE>      The master's CA certificate (enroll; default: master_ca)
       --metrics-file <FILE>
                        Write partition usage as a node_exporter textfile there on each
-                       sample (run; overrides [usage] metrics_file)
+                       sample (run; overrides usage_metrics_file)
   -h, --help           Print help
   -V, --version        Print version
 ";
@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Cmd::Run(config, metrics) => {
             let mut cfg = node_edge::Config::from_file(&config)?;
             if let Some(m) = metrics {
-                cfg.usage.metrics_file = Some(m);
+                cfg.usage_metrics_file = Some(m);
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

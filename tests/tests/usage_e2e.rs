@@ -94,7 +94,7 @@ fn usage_survives_a_master_outage_and_a_node_crash_exactly_once() {
         &master.url,
         COMPUTER,
         2,
-        "[usage]\nperiod = 1\nmetrics_file = \"usage.prom\"\n",
+        "usage_period = 1\nusage_metrics_file = \"usage.prom\"\n",
     );
     let c = master.client();
     wait_for("node registered", LONG, || {

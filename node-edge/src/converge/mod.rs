@@ -305,7 +305,7 @@ fn instances_of(d: &DesiredState) -> Vec<(PartitionId, InstanceTitle)> {
         .collect()
 }
 
-/// The usage sampler's task ([`crate::usage`]), unless `[usage] period` is off; an outbox
+/// The usage sampler's task ([`crate::usage`]), unless `usage_period` is 0; an outbox
 /// that cannot be opened is logged and sampling stays off.
 fn usage_task(
     cfg: &Config,
@@ -316,7 +316,7 @@ fn usage_task(
     instances: usage::Instances,
     stop: watch::Receiver<bool>,
 ) -> Option<(tokio::task::JoinHandle<()>, Arc<usage::Sampler>)> {
-    if cfg.usage.period.is_zero() {
+    if cfg.usage_period.is_zero() {
         return None;
     }
     let src = usage::Sources {
@@ -325,14 +325,14 @@ fn usage_task(
         resources: seams.resources.clone(),
         link,
         instances,
-        metrics_file: cfg.usage.metrics_file.clone(),
+        metrics_file: cfg.usage_metrics_file.clone(),
     };
     let dir = cfg.state_dir().join(usage::DIR);
-    match usage::Sampler::new(src, &dir, cfg.usage.outbox_max) {
+    match usage::Sampler::new(src, &dir, cfg.usage_outbox_max) {
         Ok(s) => {
             let s = Arc::new(s);
             Some((
-                tokio::spawn(usage::run(s.clone(), cfg.usage.period, stop)),
+                tokio::spawn(usage::run(s.clone(), cfg.usage_period, stop)),
                 s,
             ))
         }

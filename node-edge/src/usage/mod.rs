@@ -1,4 +1,4 @@
-//! Usage, from cgroup to report: every partition measured each `[usage] period`, the samples
+//! Usage, from cgroup to report: every partition measured each `usage_period`, the samples
 //! kept in an on-disk outbox until the master acknowledges them.
 //!
 //! * **Reading** ([`read`]): a partition running an rt profile is read from rt's groups
@@ -15,7 +15,7 @@
 //! * **Outbox** ([`outbox`]): appended and fsynced each period, sent in batches of at most
 //!   [`MAX_BATCH`] whenever the master answers, dropped only once acknowledged; folded when
 //!   full (warned, with the count and time range).
-//! * **Metrics file** (`[usage] metrics_file`): a node_exporter textfile ([`render_metrics`])
+//! * **Metrics file** (`usage_metrics_file`): a node_exporter textfile ([`render_metrics`])
 //!   rewritten (atomic rename) after each sample.
 //!
 //! One thread per period does it all in order (sample, append, send), so the outbox never
