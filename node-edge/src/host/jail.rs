@@ -445,30 +445,49 @@ impl Jails {
     /// Kill everything in jail `name`, then remove its groups (missing ones are fine).
     pub fn remove(&self, name: &str) -> Result<(), JailError> {
         self.kill(name)?;
+        let mut res = Ok(());
         for d in self.dirs(name) {
-            match std::fs::remove_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("remove", &d)(e)),
+            // A killed task may still be leaving a v1 group (`EBUSY` for a moment): retry
+            // briefly, and try every hierarchy whatever one of them answers.
+            let until = Instant::now() + Duration::from_secs(1);
+            loop {
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        if res.is_ok() {
+                            res = Err(io("remove", &d)(e));
+                        }
+                        break;
+                    }
+                }
             }
         }
-        Ok(())
+        res
     }
 
     /// The jails of this node (names of its groups).
     pub fn names(&self) -> Vec<String> {
-        let base = match &self.hierarchy {
-            Hierarchy::V1 { pids, .. } => pids,
-            Hierarchy::V2 { dir, .. } => dir,
+        // Every hierarchy: a group left in one (its removal failed) is still found.
+        let bases: Vec<&PathBuf> = match &self.hierarchy {
+            Hierarchy::V1 { pids, freezer } => {
+                [pids, freezer].into_iter().chain(self.acct.all()).collect()
+            }
+            Hierarchy::V2 { dir, .. } => vec![dir],
         };
-        std::fs::read_dir(base)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut names: Vec<String> = bases
+            .into_iter()
+            .filter_map(|b| std::fs::read_dir(b).ok())
+            .flat_map(|r| r.flatten())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Remove the jails not in `keep` (partitions this node no longer has; builds of an
@@ -802,6 +821,8 @@ mod tests {
         j.kill("p").unwrap();
         let _ = child.wait();
         j.remove_others(&[]);
+        let left: Vec<PathBuf> = j.dirs("p").into_iter().filter(|d| d.exists()).collect();
+        assert!(left.is_empty(), "groups left: {left:?}");
         assert!(measured(&u), "cpu {cpu}, memory {mem}: {u:?}");
         eprintln!("{test}: {u:?}");
     }
