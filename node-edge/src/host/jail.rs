@@ -309,14 +309,7 @@ impl Jails {
 
     /// The group directories of jail `name`.
     pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
-        match &self.hierarchy {
-            Hierarchy::V1 { pids, freezer } => [pids, freezer]
-                .into_iter()
-                .chain(self.acct.all())
-                .map(|d| d.join(name))
-                .collect(),
-            Hierarchy::V2 { dir, .. } => vec![dir.join(name)],
-        }
+        self.bases().into_iter().map(|d| d.join(name)).collect()
     }
 
     /// Create jail `name` (idempotent), set its `pids.max`, and return how a child joins it.
@@ -472,22 +465,28 @@ impl Jails {
     /// The jails of this node (names of its groups).
     pub fn names(&self) -> Vec<String> {
         // Every hierarchy: a group left in one (its removal failed) is still found.
-        let bases: Vec<&PathBuf> = match &self.hierarchy {
-            Hierarchy::V1 { pids, freezer } => {
-                [pids, freezer].into_iter().chain(self.acct.all()).collect()
+        let mut names: Vec<String> = Vec::new();
+        for base in self.bases() {
+            for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if e.path().is_dir() && !names.contains(&n) {
+                    names.push(n);
+                }
             }
-            Hierarchy::V2 { dir, .. } => vec![dir],
-        };
-        let mut names: Vec<String> = bases
-            .into_iter()
-            .filter_map(|b| std::fs::read_dir(b).ok())
-            .flat_map(|r| r.flatten())
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
+        }
         names
+    }
+
+    /// The node's directories, one per hierarchy.
+    fn bases(&self) -> Vec<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V1 { pids, freezer } => [pids, freezer]
+                .into_iter()
+                .chain(self.acct.all())
+                .cloned()
+                .collect(),
+            Hierarchy::V2 { dir, .. } => vec![dir.clone()],
+        }
     }
 
     /// Remove the jails not in `keep` (partitions this node no longer has; builds of an
@@ -501,15 +500,7 @@ impl Jails {
             }
         }
         if self.names().is_empty() {
-            let dirs: Vec<PathBuf> = match &self.hierarchy {
-                Hierarchy::V1 { pids, freezer } => [pids, freezer]
-                    .into_iter()
-                    .chain(self.acct.all())
-                    .cloned()
-                    .collect(),
-                Hierarchy::V2 { dir, .. } => vec![dir.clone()],
-            };
-            for d in dirs {
+            for d in self.bases() {
                 let _ = std::fs::remove_dir(&d);
                 // The shared top: only when no other node uses it.
                 if let Some(top) = d.parent() {
