@@ -94,6 +94,11 @@ inspect() { # target profile bin
 # minsize artefacts are panic = "abort": they never unwind, so they are linked without the
 # unwinder's .eh_frame_hdr index (~115 KB of the static aarch64 node; docs/cross.md). Its only
 # other reader is a panic's backtrace, which a stripped binary cannot symbolise anyway.
+# rust-lld (the musl targets) also folds identical functions (`--icf=all`: code only; lld never
+# folds data unless told to): the generic code of serde, toml and tokio repeats byte for byte,
+# and folding it saves ~39 KB of the static aarch64 node (docs/cross.md). Rust promises no
+# distinct addresses for functions, so nothing may depend on them; the board tests run these
+# very binaries. GNU ld (the glibc targets' cross gcc) has no ICF.
 # Other profiles (the master's `release`) unwind, so they keep it; `release` is stripped here
 # (CARGO_PROFILE_RELEASE_STRIP: the root Cargo.toml's release profile keeps symbols for
 # developers).
@@ -102,7 +107,7 @@ build_env() { # target profile -> env assignments for `env`
     [ "$2" = minsize ] || return 0
     local var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$1")_RUSTFLAGS"
     case "$1" in
-        *-musl*) echo "$var=-Clink-arg=--no-eh-frame-hdr" ;; # rust-lld (cross/config.toml)
+        *-musl*) echo "$var=-Clink-arg=--no-eh-frame-hdr -Clink-arg=--icf=all" ;; # rust-lld
         *) echo "$var=-Clink-arg=-Wl,--no-eh-frame-hdr" ;;    # the cross gcc driver
     esac
 }
