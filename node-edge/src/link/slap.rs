@@ -60,10 +60,13 @@ pub const REREQUEST: Duration = Duration::from_secs(60);
 /// Connection parameters of the children requested by each partition, by child title.
 pub type Children = BTreeMap<PartitionId, BTreeMap<String, Params>>;
 
+/// A form to `POST`.
+type Form = Vec<(&'static str, String)>;
+
 /// A child request the link sent, with its last answer.
 #[derive(Debug, Clone)]
 struct Sent {
-    form: Vec<(&'static str, String)>,
+    form: Form,
     /// `None`: not answered yet (408 "not ready").
     answer: Option<Params>,
     at: Instant,
@@ -257,7 +260,7 @@ impl SlapLink {
             .filter(|p| p.software_release.is_some())
             .map(|p| p.partition_id.as_str())
             .collect();
-        let due: Vec<((PartitionId, String), Vec<(&'static str, String)>)> = {
+        let due: Vec<((PartitionId, String), Form)> = {
             let mut sent = self.sent();
             sent.retain(|(p, _), _| busy.contains(&p.as_str()));
             sent.iter()
@@ -275,12 +278,7 @@ impl SlapLink {
     }
 
     /// One `requestComputerPartition` as partition `p`; remembers the form and the answer.
-    fn request(
-        &self,
-        p: &PartitionId,
-        title: &str,
-        form: Vec<(&'static str, String)>,
-    ) -> Result<(), ClientError> {
+    fn request(&self, p: &PartitionId, title: &str, form: Form) -> Result<(), ClientError> {
         let route = "requestComputerPartition";
         let answer = match self.post(route, &form, Some(p)) {
             Ok(body) => Some(request_answer(&body).map_err(|reason| ClientError::Decode {
