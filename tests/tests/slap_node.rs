@@ -183,6 +183,32 @@ fn node_output(node: &Node) -> String {
         .unwrap_or_default()
 }
 
+/// The output of `run` (a `slapos request`), run every 2 s until it succeeds and prints `key`
+/// with a value that is `done`; fails after 180 s with the last output and the node's.
+fn until_printed(
+    node: &Node,
+    peer: Peer,
+    run: impl Fn() -> Output,
+    key: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let o = run();
+        let text = out(&o);
+        if o.status.success() && printed(&text, key).is_some_and(|v| done(&v)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{peer:?}: no `{key}` as expected after 180 s; last CLI output:\n{text}\nnode \
+             output:\n{}",
+            node_output(node)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 fn child_request(peer: Peer) {
     let Some(venv) = tools() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -195,25 +221,19 @@ fn child_request(peer: Peer) {
     assert!(o.status.success(), "supply: {}", out(&o));
 
     // The parent publishes `pending` until the child's `secret` comes back to it.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let text = loop {
-        let o = slapos(
-            &venv,
-            dir,
-            &["request", "parent", sr, "--node", "computer_guid=COMP"],
-        );
-        let text = out(&o);
-        if o.status.success() && printed(&text, "child_secret").is_some_and(|s| s != "pending") {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{peer:?}: the child's connection never reached the parent after 180 s; last CLI \
-             output:\n{text}\nnode output:\n{}",
-            node_output(&node)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let text = until_printed(
+        &node,
+        peer,
+        || {
+            slapos(
+                &venv,
+                dir,
+                &["request", "parent", sr, "--node", "computer_guid=COMP"],
+            )
+        },
+        "child_secret",
+        |s| s != "pending",
+    );
     // The child runs in the other partition of the same computer.
     assert_eq!(
         printed(&text, "child_secret").as_deref(),
@@ -295,23 +315,8 @@ fn hello_web(peer: Peer) {
         args.extend_from_slice(extra);
         slapos(&venv, dir, &args)
     };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let (web, text) = loop {
-        let o = request(&[]);
-        let text = out(&o);
-        if o.status.success()
-            && let Some(web) = printed(&text, "url")
-        {
-            break (web, text);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{peer:?}: no connection parameters after 180 s; last CLI output:\n{text}\nnode \
-             output:\n{}",
-            node_output(&node)
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let text = until_printed(&node, peer, || request(&[]), "url", |_| true);
+    let web = printed(&text, "url").unwrap_or_default();
     assert_eq!(
         printed(&text, "title").as_deref(),
         Some("Hello SLAP"),
