@@ -1,7 +1,7 @@
 //! The whole router: the native API ([`crate::http`]), the SLAP wire ([`crate::slap`]: classic
-//! routes, `/hateoas`, JSON-RPC) and `/metrics` ([`crate::metrics`]), behind the
-//! [`crate::middleware`] layers, all timed by [`track`]. Testable without a
-//! socket (`tower::ServiceExt::oneshot`).
+//! routes, `/hateoas`, JSON-RPC), `/metrics` ([`crate::metrics`]) and the web console at `/`
+//! ([`crate::console`]), behind the [`crate::middleware`] layers, all timed by [`track`].
+//! Testable without a socket (`tower::ServiceExt::oneshot`).
 
 use std::time::Instant;
 
@@ -20,6 +20,7 @@ use crate::state::{AppState, now_ms};
 pub fn app(state: AppState) -> Router {
     crate::http::routes()
         .merge(crate::slap::routes())
+        .merge(crate::console::routes())
         .route("/metrics", axum::routing::get(scrape))
         .fallback(crate::http::no_route)
         .method_not_allowed_fallback(crate::http::bad_method)

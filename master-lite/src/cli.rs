@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use slapos_client::ClientError;
+use slapos_proto::{InstallState, InstanceInfo, SoftwareReport};
 
 /// The documented exit codes of `slapos-master` (docs/cli.md). The numbers are part of the
 /// interface: never renumber one.
@@ -130,6 +131,86 @@ pub fn json_error(exit: Exit, message: &str) -> serde_json::Value {
     serde_json::json!({
         "error": { "code": exit.code(), "kind": exit.kind(), "message": message }
     })
+}
+
+/// What a waiting `request --wait` knows of the instance's release on its computer.
+#[derive(Debug, Clone, Copy)]
+pub enum ReleaseSeen<'a> {
+    /// The computer could not be read (a user may read its instances, not the computer).
+    Unknown,
+    /// The computer was read; its node has not reported the release yet.
+    NotReported,
+    /// The node's last install report of the release.
+    Reported(&'a SoftwareReport),
+}
+
+/// The one line `request --wait` shows while it waits (docs/cli.md): the first thing, in the
+/// order a node does them, that keeps the connection parameters from being published: the
+/// release to install (with the node's message of its step), the start at the current
+/// revision, an error, failing promises, then the publication itself.
+pub fn wait_progress(info: &InstanceInfo, release: ReleaseSeen<'_>) -> String {
+    let last_line = |m: &str| m.trim().lines().last().unwrap_or("").trim().to_owned();
+    let current = info
+        .reported
+        .as_ref()
+        .map(|r| &r.report)
+        .filter(|r| r.revision == info.revision);
+    let what = match (current, release) {
+        (Some(r), _) if r.error.is_some() => {
+            format!("error: {}", last_line(r.error.as_deref().unwrap_or("")))
+        }
+        (Some(r), _) if r.promises.iter().any(|p| !p.ok) => {
+            let failing: Vec<&str> = r
+                .promises
+                .iter()
+                .filter(|p| !p.ok)
+                .map(|p| p.name.as_str())
+                .collect();
+            format!(
+                "{}, promises failing: {}",
+                r.state.as_str(),
+                failing.join(", ")
+            )
+        }
+        (Some(r), _) => format!(
+            "{}, waiting for the connection parameters",
+            r.state.as_str()
+        ),
+        (None, ReleaseSeen::Reported(s)) => match (s.state, s.message.as_deref()) {
+            (InstallState::Building, None) => "installing the release".to_owned(),
+            (InstallState::Building, Some(m)) => {
+                format!("installing the release: {}", last_line(m))
+            }
+            (InstallState::Error, m) => format!(
+                "release install failed: {}",
+                last_line(m.unwrap_or("no reason given"))
+            ),
+            (InstallState::Destroyed, _) => "the release was removed from the computer".into(),
+            (InstallState::Available, _) => starting(info),
+        },
+        (None, ReleaseSeen::NotReported) => {
+            "allocated, waiting for the node to install the release".into()
+        }
+        (None, ReleaseSeen::Unknown) => match &info.reported {
+            Some(_) => starting(info),
+            None => "allocated, waiting for the node (release install, then start)".into(),
+        },
+    };
+    format!(
+        "{} on {}/{}: {what}",
+        info.title, info.computer, info.partition
+    )
+}
+
+/// `starting`, with the revision the node last reported when it is an older one.
+fn starting(info: &InstanceInfo) -> String {
+    match &info.reported {
+        Some(r) if r.report.revision != info.revision => format!(
+            "starting (the node last reported revision {}, this is {})",
+            r.report.revision, info.revision
+        ),
+        _ => "release installed, starting".into(),
+    }
 }
 
 /// The client subcommands' settings from `client.toml`; the keys are the flags' names.
@@ -332,6 +413,114 @@ mod tests {
         assert_eq!(v["error"]["code"], 4);
         assert_eq!(v["error"]["kind"], "refused");
         assert_eq!(v["error"]["message"], "no");
+    }
+
+    /// Instance `web` at revision 7; `reported`: the node's report (revision, error) with
+    /// these promises.
+    fn instance(reported: Option<(u64, Option<&str>)>, promises: &[(&str, bool)]) -> InstanceInfo {
+        let mut v = serde_json::json!({
+            "title": "web", "root_title": "web", "requester": null,
+            "software_url": "/srv/sr/web.toml", "software_type": "default",
+            "parameters": {}, "state": "started", "computer": "C1", "partition": "p0",
+            "connection": {}, "reported": null, "bang": null, "revision": 7, "children": []
+        });
+        if let Some((revision, error)) = reported {
+            let promises: Vec<_> = promises
+                .iter()
+                .map(|(n, ok)| serde_json::json!({"name": n, "ok": ok, "message": "", "at_ms": 1}))
+                .collect();
+            v["reported"] = serde_json::json!({
+                "state": "started", "revision": revision, "promises": promises,
+                "error": error, "at_ms": 1
+            });
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn install(state: InstallState, message: Option<&str>) -> SoftwareReport {
+        SoftwareReport {
+            url: slapos_proto::SoftwareUrl::parse("/srv/sr/web.toml").unwrap(),
+            state,
+            message: message.map(str::to_owned),
+            parameter_model: None,
+        }
+    }
+
+    #[test]
+    fn wait_progress_names_what_the_instance_waits_for() {
+        use InstallState::*;
+        use ReleaseSeen::*;
+        let fresh = instance(None, &[]);
+        let says = |i: &InstanceInfo, r: ReleaseSeen<'_>, want: &str| {
+            let line = wait_progress(i, r);
+            assert!(line.starts_with("web on C1/p0: "), "{line}");
+            assert!(line.ends_with(want), "{line} / want …{want}");
+        };
+        says(
+            &fresh,
+            Unknown,
+            "allocated, waiting for the node (release install, then start)",
+        );
+        says(
+            &fresh,
+            NotReported,
+            "allocated, waiting for the node to install the release",
+        );
+        let b = install(Building, None);
+        says(&fresh, Reported(&b), "installing the release");
+        let b = install(Building, Some("fetch\nbuild step 2/3: make\n"));
+        says(
+            &fresh,
+            Reported(&b),
+            "installing the release: build step 2/3: make",
+        );
+        let e = install(Error, Some("install failed\n--- log ---\ncc: not found"));
+        says(
+            &fresh,
+            Reported(&e),
+            "release install failed: cc: not found",
+        );
+        let a = install(Available, None);
+        says(&fresh, Reported(&a), "release installed, starting");
+        let d = install(Destroyed, None);
+        says(
+            &fresh,
+            Reported(&d),
+            "the release was removed from the computer",
+        );
+
+        // A report of an older revision: still starting, whatever the release says.
+        let old = instance(Some((3, Some("old failure"))), &[("p", false)]);
+        says(
+            &old,
+            Reported(&a),
+            "starting (the node last reported revision 3, this is 7)",
+        );
+        says(
+            &old,
+            Unknown,
+            "starting (the node last reported revision 3, this is 7)",
+        );
+        // The current revision: its error, then its failing promises, then the publication.
+        let err = instance(Some((7, Some("render failed\nmissing key `port`"))), &[]);
+        says(&err, Reported(&a), "error: missing key `port`");
+        let failing = instance(
+            Some((7, None)),
+            &[("up", true), ("http", false), ("disk", false)],
+        );
+        says(&failing, Unknown, "started, promises failing: http, disk");
+        let up = instance(Some((7, None)), &[("up", true)]);
+        says(
+            &up,
+            Unknown,
+            "started, waiting for the connection parameters",
+        );
+        // The release state no longer matters once the node reported the current revision.
+        says(
+            &up,
+            Reported(&e),
+            "started, waiting for the connection parameters",
+        );
     }
 
     #[test]

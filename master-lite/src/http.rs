@@ -346,9 +346,7 @@ async fn publish_connection(
     let (c, p) = (computer_id(&c)?, partition_id(&p)?);
     auth::allow(&who, Action::Partition(&c, &p))?;
     let now = now_ms();
-    st.db
-        .call(move |s| s.publish_connection(&c, &p, &conn.parameters, now))
-        .await?;
+    st.db.call(move |s| s.publish(&c, &p, &conn, now)).await?;
     Ok(empty_object())
 }
 
@@ -373,6 +371,19 @@ async fn request(
 ) -> ApiResult<Response> {
     let from = requester(&headers)?;
     let now = now_ms();
+    if req.shared {
+        // As on the SLAP routes: a shared instance records no owner, so a root one (requested
+        // by a user) is an operator's; a partition requests one as its child.
+        match &from {
+            Some(from) => auth::allow(&who, Action::RequestChild(from))?,
+            None => auth::allow(&who, Action::AdminOnly("request root shared instances"))?,
+        }
+        let info = st
+            .db
+            .call(move |s| s.request_shared(&req, from.as_ref(), now))
+            .await?;
+        return Ok(axum::Json(info).into_response());
+    }
     let info = match from {
         Some(from) => {
             auth::allow(&who, Action::RequestChild(&from))?;
@@ -401,7 +412,11 @@ async fn request(
     Ok(axum::Json(info).into_response())
 }
 
-fn facts<'a>(info: &'a slapos_proto::InstanceInfo, owner: Option<&'a str>) -> InstanceFacts<'a> {
+/// What [`Action::ReadInstance`] decides on for `info` (shared with the console).
+pub(crate) fn facts<'a>(
+    info: &'a slapos_proto::InstanceInfo,
+    owner: Option<&'a str>,
+) -> InstanceFacts<'a> {
     InstanceFacts {
         computer: info.computer.as_str(),
         partition: info.partition.as_str(),

@@ -28,6 +28,8 @@
 //!   plain-HTTP callers ([`Master::run`]).
 //! * [`server`]: the accept loop of both listeners and the limits that keep slow, idle or
 //!   numerous clients from taking the master down; [`mod@app`] composes every route.
+//! * [`console`]: the read-only web console at `/` (embedded page, JSON view with secrets
+//!   masked on the server, `docs/master-lite.md`).
 //!
 //! ## Invariants
 //!
@@ -51,6 +53,7 @@ pub mod app;
 pub mod auth;
 pub mod certs;
 pub mod cli;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod http;

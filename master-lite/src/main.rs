@@ -17,6 +17,9 @@
 //! slapos-master [--master URL] [--json] show TITLE [--root R]
 //! slapos-master [--master URL] [--json] computer ID
 //! slapos-master [--master URL] [--json] destroy TITLE
+//! slapos-master [--master URL] [--json] usage [--since 24h] [--until T] [--by instance] [--csv]
+//! slapos-master completions (bash|zsh|fish)     (hidden; scripts/gen-cli-docs.sh)
+//! slapos-master man --out DIR                   (hidden: slapos-master.1, slapos-master-*.1)
 //! ```
 //!
 //! Client subcommands speak mTLS with `--ca FILE --cert FILE --key FILE` (and an `https://`
@@ -36,7 +39,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use master_lite::cli::{self, CliError, ClientFile, Exit, ServeFile};
 use master_lite::store::DbUrl;
 use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
@@ -51,7 +54,8 @@ use slapos_proto::{
 #[command(
     name = "slapos-master",
     version,
-    about = "Lightweight SlapOS master and its client"
+    about = "Lightweight SlapOS master and its client",
+    after_long_help = EXIT_STATUS
 )]
 struct Cli {
     /// Master URL for the client subcommands [default: `master` in client.toml, else
@@ -74,6 +78,12 @@ struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
+
+/// The exit codes (docs/cli.md), in `--help` and the man page.
+const EXIT_STATUS: &str = "Exit status: 0 done, 1 error, 2 usage (bad arguments or input, the \
+master's 400), 3 not found, 4 refused (401/403), 5 `request --wait` timed out, 6 master \
+unreachable. With --json, an error is one JSON object on stderr: \
+{\"error\": {\"code\", \"kind\", \"message\"}}.";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -199,6 +209,10 @@ enum Cmd {
         /// Wait up to SECONDS for the connection parameters (exit code 5 if not published).
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
+        /// A shared instance, hosted by an instance of the same release and type (SLA
+        /// `computer_guid`, `instance_guid` choose the host).
+        #[arg(long)]
+        shared: bool,
     },
     /// List instances (or computers).
     List {
@@ -223,6 +237,20 @@ enum Cmd {
     Destroy {
         /// Instance title.
         title: String,
+    },
+    /// Print the shell completion script of slapos-master for SHELL (scripts/gen-cli-docs.sh).
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages: slapos-master.1 and one per subcommand (slapos-master-request.1,
+    /// slapos-master-token-create.1, …) into DIR (scripts/gen-cli-docs.sh).
+    #[command(hide = true)]
+    Man {
+        /// Directory for the pages (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// Accounting: what instances, users or computers used over a window (CPU seconds, memory
     /// and disk GiB·h, I/O), from the samples nodes report.
@@ -511,6 +539,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             table(&rows);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Completions { shell } => {
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "slapos-master", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .context("write the completions to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { out } => {
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("create the man page directory {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("write the man pages into {}", out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Migrate { from, to, force } => {
             let report = master_lite::store::copy::copy(&from, &to, force, master_lite::now_ms())?;
             for (table, n) in report.rows {
@@ -640,6 +685,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sla,
             state,
             wait,
+            shared,
         } => {
             let req = InstanceRequest {
                 title: InstanceTitle::parse(title)?,
@@ -648,6 +694,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 parameters: parameters(params_json.as_deref(), &params)?,
                 sla: pairs(&sla, "--sla")?.into_iter().collect(),
                 state,
+                shared,
             };
             request(&client()?, &req, wait.map(Duration::from_secs), json)
         }
@@ -889,16 +936,48 @@ fn request(
     if let Some(wait) = wait
         && info.state != InstanceState::Destroyed
     {
-        let deadline = Instant::now() + wait;
+        let started = Instant::now();
+        let deadline = started + wait;
+        let mut progress = WaitProgress::new(json);
+        // The computer is read while the node has not reported this revision (its release
+        // install state), and no more once it refuses (a user's certificate).
+        let mut computer_readable = true;
         while info.connection.is_empty() {
+            let current = info
+                .reported
+                .as_ref()
+                .is_some_and(|r| r.report.revision == info.revision);
+            let computer = if computer_readable && !current {
+                match client.computer(&info.computer) {
+                    Ok(c) => Some(c),
+                    Err(e) if matches!(e.status(), Some(401 | 403 | 404)) => {
+                        computer_readable = false;
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                None
+            };
+            let release = match &computer {
+                None => cli::ReleaseSeen::Unknown,
+                Some(c) => c
+                    .software
+                    .iter()
+                    .find(|s| s.url == info.software_url)
+                    .and_then(|s| s.install.as_ref())
+                    .map_or(cli::ReleaseSeen::NotReported, cli::ReleaseSeen::Reported),
+            };
+            let waiting_for = cli::wait_progress(&info, release);
+            progress.show(&waiting_for, started.elapsed());
             if Instant::now() >= deadline {
+                progress.clear();
                 if json {
                     print_json(&info)?;
                 }
                 let msg = format!(
-                    "{}: connection parameters not published within {} s (state {}, {}); \
-                     see `slapos-master show {:?}`",
-                    info.title,
+                    "connection parameters not published within {} s ({waiting_for}; state {}, \
+                     {}); see `slapos-master show {:?}`",
                     wait.as_secs(),
                     info.state.as_str(),
                     reported(&info),
@@ -909,6 +988,7 @@ fn request(
             std::thread::sleep(Duration::from_millis(200));
             info = client.instance(&req.title, None)?;
         }
+        progress.clear();
     }
     if json {
         print_json(&info)?;
@@ -929,6 +1009,62 @@ fn request(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `request --wait` shows on stderr while it waits (docs/cli.md): on a terminal, one
+/// line rewritten in place (`\r`, clear line) with the seconds waited; otherwise one line per
+/// change of what it waits for; nothing under `--json` (stderr then carries only the error).
+struct WaitProgress {
+    tty: bool,
+    quiet: bool,
+    last: String,
+    shown: bool,
+}
+
+impl WaitProgress {
+    fn new(json: bool) -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            quiet: json,
+            last: String::new(),
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, line: &str, waited: Duration) {
+        if self.quiet {
+            return;
+        }
+        let line = terminal_safe(line);
+        let shown = if self.tty {
+            format!("{line} ({} s)", waited.as_secs())
+        } else {
+            line.into_owned()
+        };
+        if shown == self.last {
+            return;
+        }
+        if self.tty {
+            // Cut to the terminal's width (COLUMNS, else 80): a wrapped line is not erased by `\r`.
+            let width = std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.parse::<usize>().ok())
+                .unwrap_or(80);
+            let cut: String = shown.chars().take(width.saturating_sub(1)).collect();
+            eprint!("\r\x1b[2K{cut}");
+            self.shown = true;
+        } else {
+            eprintln!("waiting: {shown}");
+        }
+        self.last = shown;
+    }
+
+    /// Erases the line on a terminal, before the result or the error is printed.
+    fn clear(&mut self) {
+        if std::mem::take(&mut self.shown) {
+            eprint!("\r\x1b[2K");
+        }
+    }
 }
 
 /// `supply` without `--computer`: the master's only computer, else a usage error naming the

@@ -98,7 +98,8 @@ pub fn resolve_example(name: &str) -> Result<SoftwareUrl, StandaloneError> {
         .map_err(|e| StandaloneError::Example(e.to_string()))
 }
 
-/// Run the box until `shutdown` completes. Prints `listening on URL` once the API answers and,
+/// Run the box until `shutdown` completes. Prints `listening on URL` once the API answers,
+/// `web console: URL/` (the operator's page, [`crate::console`]) and,
 /// with an example, `open URL` once the example published its `url` connection parameter.
 pub async fn run(
     opts: StandaloneOptions,
@@ -142,6 +143,7 @@ pub async fn run(
     };
     let master_task = tokio::spawn(master.run(listener, stopped(stop_rx.clone())));
     println!("{LISTENING}{url}");
+    println!("{}{url}/", crate::console::ANNOUNCE);
     let _ = std::io::stdout().flush();
     crate::notify_systemd_ready();
 
@@ -270,6 +272,7 @@ fn try_deploy_example(
             parameters,
             sla: [("computer_guid".to_owned(), computer.to_string())].into(),
             state: None,
+            shared: false,
         })
         .map_err(|e| e.to_string())?;
     println!("requested \"{title}\" ({release}); waiting for its connection parameters…");

@@ -40,6 +40,15 @@ fn request(t: &str, on: Option<&str>) -> InstanceRequest {
             .map(|c| [("computer_guid".to_owned(), c.to_owned())].into())
             .unwrap_or_default(),
         state: None,
+        shared: false,
+    }
+}
+
+/// A shared instance of `SR`, hosted by an instance on C1.
+fn shared(t: &str) -> InstanceRequest {
+    InstanceRequest {
+        shared: true,
+        ..request(t, Some("C1"))
     }
 }
 
@@ -195,6 +204,7 @@ fn authorization_matrix_and_tls_rejections() {
                         parameters: [("url".to_owned(), json!("http://a"))]
                             .into_iter()
                             .collect(),
+                        shared: Default::default(),
                     },
                 )
             }),
@@ -231,6 +241,26 @@ fn authorization_matrix_and_tls_rejections() {
                     .request(&request("a-child", None))
             }),
             &["admin", "c1", "pa"],
+        ),
+        (
+            // A root shared instance records no owner: operators only (as over SLAP).
+            "request root shared s-root on a-root's host",
+            op(|c: &Client| c.request(&shared("s-root"))),
+            &["admin"],
+        ),
+        (
+            "request shared child as C1/p0",
+            op(|c: &Client| {
+                c.clone()
+                    .as_partition(&pref("C1/p0"))
+                    .request(&shared("a-front"))
+            }),
+            &["admin", "c1", "pa"],
+        ),
+        (
+            "show shared a-front",
+            op(|c: &Client| c.instance(&title("a-front"), Some(&title("a-root")))),
+            &["admin", "alice", "c1", "pa"],
         ),
         (
             "show a-root",

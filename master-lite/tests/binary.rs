@@ -63,6 +63,7 @@ fn serve_cli_crash_and_restart_lose_nothing_acknowledged() {
             parameters: [("url".to_owned(), "http://10.0.0.1:8080/".into())]
                 .into_iter()
                 .collect(),
+            shared: Default::default(),
         },
     )
     .unwrap();
@@ -188,6 +189,7 @@ fn stored_values_cannot_drive_the_operators_terminal() {
         &term.partition,
         &ConnectionPublish {
             parameters: serde_json::from_value(serde_json::json!({ "url": hostile })).unwrap(),
+            shared: Default::default(),
         },
     )
     .unwrap();

@@ -151,6 +151,14 @@ fn each_failure_has_its_exit_code_and_a_json_error() {
     assert_eq!(json_error(&o)["error"]["kind"], "timeout");
     let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shown["title"], "web");
+
+    // Any other failure: 1 (the master's 409: the release is used by `web`).
+    let o = as_user(
+        &ops,
+        &["--json", "supply", SR, "--computer", "C1", "--remove"],
+    );
+    assert_eq!(code(&o), Some(1), "{}", text(&o.stderr));
+    assert_eq!(json_error(&o)["error"]["kind"], "error");
 }
 
 #[test]
@@ -507,4 +515,275 @@ fn usage_reports_as_table_csv_and_json() {
         "{}",
         text(&o.stderr)
     );
+}
+
+/// `request --wait` with stderr not a terminal: one `waiting: …` line per change of what the
+/// instance waits for, read from the master as a node moves it on (release install state with
+/// its step, the start, failing promises), then the connection parameters on stdout and 0.
+#[test]
+fn request_wait_prints_one_line_per_change_of_what_it_waits_for() {
+    use slapos_proto::{
+        ConnectionPublish, InstallState, InstanceState, PartitionReport, PromiseResult,
+        SoftwareReport, SoftwareUrl,
+    };
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("master.db"));
+    let node = server.client();
+    node.register(&registration("C1", &["p0"])).unwrap();
+    ok(server.cli(&["supply", SR, "--computer", "C1"]));
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .args([
+            "--master",
+            &server.url,
+            "request",
+            "web",
+            SR,
+            "--wait",
+            "120",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next = |want: &str| {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("stderr ended before {want:?}"))
+            .unwrap();
+        assert_eq!(line, format!("waiting: web on C1/p0: {want}"));
+    };
+    let (c, p) = (cid("C1"), common::pid("p0"));
+    let url = SoftwareUrl::parse(SR).unwrap();
+    let software = |state, message: Option<&str>| SoftwareReport {
+        url: url.clone(),
+        state,
+        message: message.map(str::to_owned),
+        parameter_model: None,
+    };
+    next("allocated, waiting for the node to install the release");
+    node.report_software(
+        &c,
+        &software(
+            InstallState::Building,
+            Some("fetch a.tar.gz\nbuild step 2/3"),
+        ),
+    )
+    .unwrap();
+    next("installing the release: build step 2/3");
+    node.report_software(&c, &software(InstallState::Available, None))
+        .unwrap();
+    next("release installed, starting");
+    let revision = node.instance(&common::title("web"), None).unwrap().revision;
+    let promise = |ok| PromiseResult {
+        name: "http".into(),
+        ok,
+        message: String::new(),
+        at_ms: 1,
+    };
+    let report = |ok| PartitionReport {
+        state: InstanceState::Started,
+        revision,
+        promises: vec![promise(ok)],
+        error: None,
+    };
+    node.report_partition(&c, &p, &report(false)).unwrap();
+    next("started, promises failing: http");
+    node.report_partition(&c, &p, &report(true)).unwrap();
+    next("started, waiting for the connection parameters");
+    let mut conn = slapos_proto::Params::new();
+    conn.insert("url".into(), "http://[::1]:8080".into());
+    node.publish_connection(
+        &c,
+        &p,
+        &ConnectionPublish {
+            parameters: conn,
+            shared: Default::default(),
+        },
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(rest.is_empty(), "one line per change only: {rest:?}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("url = http://[::1]:8080"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Every client subcommand, under `--json`, fails with one JSON object on stderr carrying its
+/// exit code, and nothing else on stderr (no progress line, no log): unreachable master (6),
+/// a usage error found by the parser and one found after parsing (2).
+#[test]
+fn every_subcommand_fails_with_a_json_error_under_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let dead = dead_url();
+    let missing_db = s(&cwd.join("none.db")).to_owned();
+    let out_dir = s(&cwd.join("out")).to_owned();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["supply", SR, "--computer", "C1"], 6, "unreachable"),
+        (vec!["supply", SR], 6, "unreachable"),
+        (vec!["request", "web", SR, "--wait", "5"], 6, "unreachable"),
+        (vec!["list"], 6, "unreachable"),
+        (vec!["list", "--computers"], 6, "unreachable"),
+        (vec!["show", "web"], 6, "unreachable"),
+        (vec!["computer", "C1"], 6, "unreachable"),
+        (vec!["destroy", "web"], 6, "unreachable"),
+        (vec!["usage"], 6, "unreachable"),
+        (vec!["usage", "--since", "3w"], 2, "usage"),
+        (vec!["show", "../x"], 2, "usage"),
+        (vec!["request", "web", SR, "--param", "novalue"], 2, "usage"),
+        (vec!["request", "web"], 2, "usage"),
+        (
+            vec!["token", "create", "--computer", "C1", "--db", &missing_db],
+            3,
+            "not_found",
+        ),
+        (vec!["cert", "list", "--db", &missing_db], 3, "not_found"),
+        (
+            vec!["cert", "revoke", "00", "--db", &missing_db],
+            3,
+            "not_found",
+        ),
+        (
+            vec![
+                "user",
+                "create",
+                "a",
+                "--out",
+                &out_dir,
+                "--tls-dir",
+                &out_dir,
+                "--db",
+                &missing_db,
+            ],
+            3,
+            "not_found",
+        ),
+        (vec!["migrate", "--from", &missing_db], 2, "usage"),
+        (vec!["serve", "--config", &missing_db], 2, "usage"),
+        (vec!["standalone", "--partitions", "x"], 2, "usage"),
+        (vec!["completions", "tcsh"], 2, "usage"),
+        (vec!["man"], 2, "usage"),
+    ];
+    for (args, want, kind) in cases {
+        let mut a = vec!["--master", &dead, "--json"];
+        a.extend_from_slice(&args);
+        let o = cli_in(cwd, &[], &a);
+        assert_eq!(code(&o), Some(want), "{args:?}: {}", text(&o.stderr));
+        let v = json_error(&o);
+        assert_eq!(v["error"]["kind"], kind, "{args:?}: {v}");
+        assert!(o.stdout.is_empty(), "{args:?}: {}", text(&o.stdout));
+    }
+}
+
+/// `scripts/gen-cli-docs.sh OUTDIR BIN` (the packaging interface): completions for bash, zsh and
+/// fish naming the subcommands, and man pages with a `.TH` header and their sections, one per
+/// subcommand; groff reads every page without a warning. The hand-parsed programs (slapos-node,
+/// …) get a page from their `--help` when built next to BIN.
+#[test]
+fn gen_cli_docs_writes_completions_and_man_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("docs");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-cli-docs.sh");
+    let o = Command::new("bash")
+        .arg(script)
+        .arg(&out)
+        .arg(BIN)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    let subcommands = [
+        "serve",
+        "request",
+        "supply",
+        "list",
+        "show",
+        "computer",
+        "destroy",
+        "usage",
+        "token",
+        "cert",
+        "migrate",
+        "standalone",
+    ];
+    for f in ["slapos-master.bash", "_slapos-master", "slapos-master.fish"] {
+        let c = read(&format!("completions/{f}"));
+        for sub in subcommands {
+            assert!(c.contains(sub), "{f} lacks {sub}");
+        }
+    }
+    let mut pages = vec!["slapos-master".to_owned()];
+    pages.extend(subcommands.iter().map(|s| format!("slapos-master-{s}")));
+    pages.extend(["slapos-master-token-create", "slapos-master-cert-revoke"].map(String::from));
+    for page in &pages {
+        let m = read(&format!("man/{page}.1"));
+        assert!(
+            m.lines().any(|l| l.starts_with(&format!(".TH {page} 1"))),
+            "{page}: no .TH header"
+        );
+        for section in [".SH NAME", ".SH SYNOPSIS", ".SH DESCRIPTION", ".SH OPTIONS"] {
+            assert!(m.contains(section), "{page} lacks {section}");
+        }
+    }
+    assert!(read("man/slapos-master.1").contains("Exit status: 0 done"));
+    assert!(read("man/slapos-master-request.1").contains("\\-\\-wait"));
+    // The --help-made pages, for the programs built next to BIN (a workspace build).
+    let bindir = Path::new(BIN).parent().unwrap();
+    let hand: Vec<&str> = [
+        "slapos-node",
+        "slapos-buffer",
+        "rt-probe",
+        "rt-report",
+        "slapos-radio",
+    ]
+    .into_iter()
+    .filter(|p| bindir.join(p).exists())
+    .collect();
+    for prog in &hand {
+        let m = read(&format!("man/{prog}.1"));
+        assert!(
+            m.starts_with(&format!(".TH {} 1", prog.to_uppercase())),
+            "{m}"
+        );
+        for section in [".SH NAME", ".SH SYNOPSIS", ".SH DESCRIPTION"] {
+            assert!(m.contains(section), "{prog} lacks {section}");
+        }
+        let synopsis = m.split(".SH SYNOPSIS\n.nf\n").nth(1).unwrap_or("");
+        assert!(
+            synopsis.starts_with(&prog.replace('-', "\\-")),
+            "{prog}: {synopsis}"
+        );
+    }
+    if hand.is_empty() {
+        eprintln!(
+            "note: no slapos-node/slapos-buffer/rt-*/slapos-radio next to {BIN}: their --help pages not checked"
+        );
+    }
+    if !slapos_test_support::gate::tool("gen_cli_docs_writes_completions_and_man_pages", "groff") {
+        return;
+    }
+    for entry in std::fs::read_dir(out.join("man")).unwrap() {
+        let path = entry.unwrap().path();
+        let g = Command::new("groff")
+            .args(["-k", "-man", "-Tutf8", "-ww", "-z"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            g.status.success() && g.stderr.is_empty(),
+            "{}: {}",
+            path.display(),
+            text(&g.stderr)
+        );
+    }
 }

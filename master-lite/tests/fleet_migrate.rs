@@ -25,6 +25,7 @@ fn req(t: &str) -> InstanceRequest {
         parameters,
         sla: BTreeMap::new(),
         state: None,
+        shared: false,
     }
 }
 

@@ -49,6 +49,7 @@ fn req(t: &str) -> InstanceRequest {
         parameters: Params::new(),
         sla: BTreeMap::new(),
         state: None,
+        shared: false,
     }
 }
 

@@ -204,6 +204,15 @@ pub struct InstanceRequest {
     /// Requested state; `None` keeps the current state (`started` for a new instance).
     #[serde(default)]
     pub state: Option<InstanceState>,
+    /// A shared ("slave") instance: no partition of its own, attached to a host instance of
+    /// the same release and type (SLA `computer_guid`, `instance_guid` = `<computer>-<partition>`
+    /// pick the host) and listed in the host's `slave_instance_list`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `POST /v1/instances/{title}/state`: change only the requested state.
@@ -270,6 +279,10 @@ pub struct ReportAck {
 pub struct ConnectionPublish {
     /// The parameters, replacing the previous ones.
     pub parameters: Params,
+    /// What a host publishes for each shared instance it serves, by `slave_reference`
+    /// (replacing that shared instance's previous ones; unknown references are ignored).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared: BTreeMap<String, Params>,
 }
 
 /// `POST /v1/computers/{c}/partitions/{p}/bang`: the instance signals a problem; the master
@@ -311,6 +324,10 @@ pub struct InstanceInfo {
     pub revision: u64,
     /// Titles of the instances it requested.
     pub children: Vec<InstanceTitle>,
+    /// A shared instance: `computer`/`partition`/`revision` are its host's, `connection` what
+    /// the host published for it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
 }
 
 /// Query of `GET /v1/computers/{id}/desired`.
@@ -378,6 +395,21 @@ pub struct Assignment {
     /// Connection parameters of the instances this one requested, by title.
     #[serde(default)]
     pub children: BTreeMap<String, Params>,
+    /// The shared instances this one hosts, in request order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedInstance>,
+}
+
+/// A shared instance in its host's [`Assignment`]: rendered as one `slave_instance_list` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedInstance {
+    /// `slave_reference`: `<requester tree root>_<title>` (`_<title>` from a user), the key
+    /// the host publishes its connection parameters under.
+    pub reference: String,
+    /// The software type it asked for (`slap_software_type`).
+    pub software_type: String,
+    /// Its parameters.
+    pub parameters: Params,
 }
 
 /// Error body of every 4xx/5xx answer.

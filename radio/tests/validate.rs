@@ -586,3 +586,47 @@ fn plan_round_trips_through_json() {
     let back: radio::plan::Plan = serde_json::from_str(&s).unwrap();
     assert_eq!(back, v.plan);
 }
+
+/// `tx_gain`/`rx_gain` outside `GAIN_DB` are refused naming the field and the value (the fuzz
+/// regression `float-roundtrip-tx-gain` asked for 5.2e53 dB); the bounds themselves pass.
+#[test]
+fn gains_outside_the_documented_range_are_refused() {
+    let base: Value = serde_json::from_str(&request(
+        json!({"c": lte_cell(1, json!(3350), json!(10), "fdd")}),
+    ))
+    .unwrap();
+    let with = |k: &str, v: Value| {
+        let mut d = base.clone();
+        d["ru_list"]["RU1"][k] = v;
+        d.to_string()
+    };
+    let (lo, hi) = (
+        *radio::validate::GAIN_DB.start(),
+        *radio::validate::GAIN_DB.end(),
+    );
+    assert_eq!((lo, hi), (-100.0, 100.0), "docs/radio.md states this range");
+    for (field, bad, shown) in [
+        ("tx_gain", json!(5.2e53), "5.2e53 dB"),
+        ("rx_gain", json!(100.5), "100.5 dB"),
+        ("tx_gain", json!(-101), "-101 dB"),
+        ("rx_gain", json!("-150"), "-150 dB"),
+    ] {
+        assert_error(
+            &invalid(&with(field, bad)),
+            &format!("ru_list.RU1.{field}"),
+            &[shown, "outside -100..=100 dB"],
+        );
+    }
+    for edge in [lo, hi, 0.0] {
+        let v = ok(&with("tx_gain", json!(edge)));
+        assert_eq!(v.plan.lte_cells[0].ru.tx_gain_db, edge);
+    }
+    // The fuzz finding itself no longer reaches the plan.
+    let finding = include_str!("../../fuzz/regressions/radio_params/float-roundtrip-tx-gain");
+    match validate_json(finding) {
+        Err(RequestError::Invalid(i)) => {
+            assert_error(&i, "ru_list.ru-b.tx_gain", &["outside -100..=100 dB"])
+        }
+        other => panic!("the fuzz finding must be refused for its gain: {other:?}"),
+    }
+}

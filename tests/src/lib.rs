@@ -388,6 +388,7 @@ pub fn instance_request(title: &str, url: &SoftwareUrl, parameters: Params) -> I
         parameters,
         sla: Default::default(),
         state: None,
+        shared: false,
     }
 }
 

@@ -21,6 +21,13 @@
 //!    and its connection parameter published;
 //! 5. types `poweroff` on the console and expects the board to power off cleanly (status 0).
 //!
+//! `qemu_virt_aarch64_node_comes_back_from_its_cache_after_an_offline_reboot` does the same with
+//! `/srv/slapos` on a virtio disk (an ext2 image made by `mke2fs`), then stops the master,
+//! reboots the board (power off, boot the same disk), checks that the node starts from its cached
+//! desired state and brings the service back (its echo promise passing) with no master, starts
+//! the master again on the same port and checks that the node's offline report arrives and that a
+//! parameter change is converged (`run::reboot_offline`).
+//!
 //! Times (since QEMU was spawned) are printed and appended to `<target dir>/boards-report.txt`;
 //! they are measurements, never assertions.
 
@@ -90,6 +97,40 @@ fn qemu_virt_armv7_node_registers_and_starts_an_instance() {
         "qemu_virt_armv7_node_registers_and_starts_an_instance",
         "qemu-virt-armv7",
     );
+}
+
+/// The node comes back from its offline cache: `/srv/slapos` on a disk, converge, master
+/// stopped, board rebooted: the service runs again with no master; master back: a parameter
+/// change is converged (`run::reboot_offline`). One board (aarch64, the Raspberry Pi stand-in):
+/// the reboot path is the node's, not the board's.
+#[test]
+fn qemu_virt_aarch64_node_comes_back_from_its_cache_after_an_offline_reboot() {
+    let test = "qemu_virt_aarch64_node_comes_back_from_its_cache_after_an_offline_reboot";
+    let _one = ONE_BOARD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let board = Board::load(&boards::boards_dir().join("qemu-virt-aarch64/board.toml"))
+        .expect("board file");
+    if !run::can_make_disk() {
+        return boards::qemu_skip(test, "mke2fs (e2fsprogs) is not installed");
+    }
+    let target_dir = bin_dir().parent().expect("target dir").to_path_buf();
+    let prep = match run::prepare(&board, &target_dir) {
+        Ok(p) => p,
+        Err(reason) => return boards::qemu_skip(test, &reason),
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let echo = std::env::var_os("SLAPOS_TEST_ECHO").is_some();
+    let t = run::reboot_offline(
+        &board,
+        &prep,
+        &tmp.path().join("master.db"),
+        tmp.path(),
+        echo,
+    );
+    let line = run::reboot_report_line(&board, &t);
+    eprintln!("BOARD {line}");
+    run::append_report(&target_dir, &line);
 }
 
 fn boot_and_converge(test: &str, name: &str) {

@@ -594,6 +594,7 @@ fn main() -> Result<()> {
                     parameters: Default::default(),
                     sla,
                     state: None,
+                    shared: false,
                 };
                 if args.nodes > 0 {
                     let _ = board.sent[target].compare_exchange(

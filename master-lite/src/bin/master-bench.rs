@@ -214,6 +214,7 @@ fn request(title: &str, computer: &str) -> Result<InstanceRequest> {
         .collect(),
         sla: [("computer_guid".to_owned(), computer.to_owned())].into(),
         state: None,
+        shared: false,
     })
 }
 

@@ -842,6 +842,7 @@ async fn request(
             wire::RequestedState::Stopped => InstanceState::Stopped,
             wire::RequestedState::Destroyed => InstanceState::Destroyed,
         }),
+        shared: false,
     };
     let now = now_ms();
     let (info, ip_list) = st

@@ -994,6 +994,7 @@ async fn request(
             Some("destroyed") => InstanceState::Destroyed,
             _ => InstanceState::Started,
         }),
+        shared: false,
     };
     let located = st
         .db

@@ -5,7 +5,7 @@ use super::sql::{OptionalExtension, params};
 use slapos_proto::{ComputerId, InstanceInfo, InstanceTitle, PartitionRef};
 
 use super::error::{DbContext, StoreError};
-use super::{Result, Store, decode, find_instance, instance_info_by_id, ms};
+use super::{Result, Store, decode, ms};
 
 /// One row of the `certificate` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,8 +192,7 @@ impl Store {
     ) -> Result<(InstanceInfo, Option<String>)> {
         let tx = self.read()?;
         let root = root.map(InstanceTitle::as_str).unwrap_or("");
-        let id = find_instance(&tx, title.as_str(), root)?;
-        let info = instance_info_by_id(&tx, id)?;
+        let info = super::instance_or_shared(&tx, title.as_str(), root)?;
         let owner = tree_owner(&tx, info.root_title.as_str())?;
         Ok((info, owner))
     }

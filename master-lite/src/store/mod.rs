@@ -46,7 +46,9 @@ pub mod schema;
 mod slap;
 pub mod sql;
 mod usage;
+mod usage_series;
 pub use usage::{MAX_BATCH as MAX_USAGE_BATCH, UsageTotals};
+pub use usage_series::{MAX_BUCKETS as MAX_USAGE_BUCKETS, UsagePoint};
 
 pub use identity::{CertificateRow, Enrolled};
 
@@ -62,11 +64,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use slapos_proto::{
-    Assignment, ComputerId, ComputerInfo, DesiredPartition, DesiredSoftware, DesiredState,
-    InstallState, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, LabelKey, Params,
-    PartitionId, PartitionInfo, PartitionRef, PartitionReport, RegisterComputer, ReportAck,
-    ReportedStatus, SoftwareInfo, SoftwareReport, SoftwareType, SoftwareUrl, SupplyRequest,
-    SupplyState,
+    Assignment, ComputerId, ComputerInfo, ConnectionPublish, DesiredPartition, DesiredSoftware,
+    DesiredState, InstallState, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle,
+    LabelKey, Params, PartitionId, PartitionInfo, PartitionRef, PartitionReport, RegisterComputer,
+    ReportAck, ReportedStatus, SharedInstance, SoftwareInfo, SoftwareReport, SoftwareType,
+    SoftwareUrl, SupplyRequest, SupplyState,
 };
 use sql::{Conn, OptionalExtension, Row, Transaction, params};
 
@@ -620,13 +622,18 @@ impl Store {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-        // Children's connection parameters, keyed by the parent's partition.
+        // Children's connection parameters, keyed by the parent's partition; the shared
+        // instances a partition requested are its children too (with what their host
+        // published for them).
         let mut children: HashMap<String, BTreeMap<String, Params>> = HashMap::new();
         for (p, title, conn) in rows(
             &tx,
             "read children",
             "SELECT par.partition, ch.title, ch.connection FROM instance ch
-             JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1",
+             JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1
+             UNION ALL
+             SELECT par.partition, s.title, s.connection FROM slap_shared s
+             JOIN instance par ON s.requester = par.id WHERE par.computer = ?1",
             [cs],
             |r| {
                 Ok((
@@ -641,6 +648,7 @@ impl Store {
                 .or_default()
                 .insert(title, from_json(&conn)?);
         }
+        let mut hosted = slap::hosted_shared(&tx, cs, None)?;
         let mut partitions = Vec::new();
         for (id, inst) in rows(
             &tx,
@@ -664,7 +672,18 @@ impl Store {
                 None => None,
                 Some(i) => {
                     let kids = children.remove(&i.partition).unwrap_or_default();
-                    Some(i.assignment(kids)?)
+                    let mut a = i.assignment(kids)?;
+                    a.shared = hosted
+                        .remove(&i.id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|e| SharedInstance {
+                            parameters: slap::shared_params(&e.parameters),
+                            reference: e.reference,
+                            software_type: e.software_type,
+                        })
+                        .collect();
+                    Some(a)
                 }
             };
             partitions.push(DesiredPartition {
@@ -759,10 +778,41 @@ impl Store {
         params: &Params,
         now_ms: u64,
     ) -> Result<()> {
+        self.publish(
+            c,
+            p,
+            &ConnectionPublish {
+                parameters: params.clone(),
+                shared: BTreeMap::new(),
+            },
+            now_ms,
+        )
+    }
+
+    /// [`Store::publish_connection`], and what a host publishes for each shared instance it
+    /// serves (by `slave_reference`, unknown ones ignored), in one transaction.
+    pub fn publish(
+        &mut self,
+        c: &ComputerId,
+        p: &PartitionId,
+        conn: &ConnectionPublish,
+        now_ms: u64,
+    ) -> Result<()> {
+        let params = &conn.parameters;
         storable(slapos_proto::text::check_params(
             "connection parameters",
             params,
         ))?;
+        for (reference, shared) in &conn.shared {
+            storable(slapos_proto::text::check_text(
+                "a slave_reference",
+                reference,
+            ))?;
+            storable(slapos_proto::text::check_params(
+                "shared connection parameters",
+                shared,
+            ))?;
+        }
         let mut tx = self.write()?;
         let (cs, ps) = (c.as_str(), p.as_str());
         let inst = allocated_instance(&tx, cs, ps, "publish connection parameters")?;
@@ -776,6 +826,9 @@ impl Store {
             if let Some(parent) = inst.requester {
                 tx.bump_instance(parent)?;
             }
+        }
+        for (reference, shared) in &conn.shared {
+            slap::publish_shared_in(&mut tx, cs, ps, reference, shared)?;
         }
         tx.commit()
     }
@@ -1080,8 +1133,7 @@ impl Store {
     ) -> Result<InstanceInfo> {
         let tx = self.read()?;
         let root = root.map(InstanceTitle::as_str).unwrap_or("");
-        let id = find_instance(&tx, title.as_str(), root)?;
-        instance_info_by_id(&tx, id)
+        instance_or_shared(&tx, title.as_str(), root)
     }
 
     /// Change the requested state of a root instance and of its whole tree.
@@ -1279,6 +1331,7 @@ impl InstanceRow {
             state: instance_state(&self.state)?,
             revision: self.revision as u64,
             children,
+            shared: Vec::new(),
         })
     }
 
@@ -1298,6 +1351,7 @@ impl InstanceRow {
             bang: self.bang.clone(),
             revision: self.revision as u64,
             children: children.iter().map(|t| decode(t)).collect::<Result<_>>()?,
+            shared: false,
         })
     }
 }
@@ -1431,6 +1485,17 @@ fn find_instance(tx: &Transaction<'_>, title: &str, root: &str) -> Result<i64> {
             }
         ))
     })
+}
+
+/// The instance `(title, root)`, else the shared instance of that key.
+fn instance_or_shared(tx: &Transaction<'_>, title: &str, root: &str) -> Result<InstanceInfo> {
+    match find_instance(tx, title, root) {
+        Ok(id) => instance_info_by_id(tx, id),
+        Err(StoreError::NotFound(e)) => {
+            slap::shared_info(tx, title, root)?.ok_or(StoreError::NotFound(e))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn instance_info_by_id(tx: &Transaction<'_>, id: i64) -> Result<InstanceInfo> {

@@ -6,11 +6,17 @@
 //! connection parameters are stored as JSON objects (the strings slapproxy's `xml2dict` would
 //! give back). What the format payload carries beyond a native registration (interface names,
 //! netmasks, the computer's address) lives in the `slap_*` tables of migration 2.
+//!
+//! Shared ("slave") instances live in `slap_shared` (migration 3) for both protocols: the
+//! native `POST /v1/instances` with `shared: true` ([`Store::request_shared`]) and the SLAP
+//! shared requests go through the same host search, attach, detach and publish functions
+//! (`find_host`, `attach_shared`, `detach_shared`, `publish_shared_in`); the native desired
+//! state lists a host's entries (`hosted_shared`) as the SLAP `slave_instance_list` does.
 
 use std::collections::HashMap;
 
 use super::sql::{OptionalExtension, params};
-use slapos_proto::slap::ComputerConfiguration;
+use slapos_proto::slap::{self as wire, ComputerConfiguration};
 use slapos_proto::{
     ComputerId, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId,
     PartitionRef, PartitionReport, PartitionSpec, RegisterComputer, SoftwareInfo, SupplyRequest,
@@ -18,8 +24,8 @@ use slapos_proto::{
 
 use super::error::{DbContext, StoreError};
 use super::{
-    InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, instance_on, labels, ms,
-    register_in, rows, titles, to_json, touch_seen,
+    InstanceRow, RequestRules, Result, Store, Tx, allocated_instance, decode, from_json,
+    instance_on, labels, ms, register_in, rows, storable, titles, to_json, touch_seen, tree_suffix,
 };
 
 /// An instance as the SLAP routes show it.
@@ -333,127 +339,117 @@ impl Store {
         now_ms: u64,
     ) -> Result<Option<SharedPlacement>> {
         let mut tx = self.write()?;
-        let (root, requester) = match from {
-            Some(who) => {
-                let inst = allocated_instance(
-                    &tx,
-                    who.computer.as_str(),
-                    who.partition.as_str(),
-                    "request a shared instance",
-                )?;
-                let root = if inst.root.is_empty() {
-                    inst.title.clone()
-                } else {
-                    inst.root.clone()
-                };
-                touch_seen(&tx, who.computer.as_str(), now_ms)?;
-                (root, Some(inst.id))
-            }
-            None => (String::new(), None),
-        };
-        let host = tx
-            .q_row(
-                "SELECT i.id, i.partition, i.software_url, i.software_type FROM instance i
-                 JOIN partition p ON p.computer = i.computer AND p.id = i.partition
-                 WHERE i.computer = ?1 AND i.software_url = ?2 AND (?3 = '' OR i.software_type = ?3)
-                   AND (CAST(?4 AS TEXT) IS NULL OR i.partition = ?4)
-                 ORDER BY p.seq LIMIT 1",
-                params![
-                    req.computer,
-                    req.software_url,
-                    req.software_type,
-                    req.host_partition
-                ],
-                |r| {
-                    Ok((
-                        r.get::<i64>(0)?,
-                        r.get::<String>(1)?,
-                        r.get::<String>(2)?,
-                        r.get::<String>(3)?,
-                    ))
-                },
-            )
-            .optional()
-            .op("find a host for a shared instance")?;
-        let Some((host, partition, software_url, software_type)) = host else {
+        let (root, requester) = shared_requester(&tx, from, now_ms)?;
+        // slapproxy: any busy partition, even one whose instance is being destroyed.
+        let Some(host) = find_host(&tx, req, false)? else {
             return Ok(None);
         };
-        let existing = tx
-            .q_row(
-                "SELECT host, software_type, parameters, connection FROM slap_shared
-                 WHERE root = ?1 AND title = ?2",
-                params![root, req.title],
-                |r| {
-                    Ok((
-                        r.get::<i64>(0)?,
-                        r.get::<String>(1)?,
-                        r.get::<String>(2)?,
-                        r.get::<String>(3)?,
-                    ))
-                },
-            )
-            .optional()
-            .op("look up a shared instance")?;
-        let mut connection = Params::new();
-        match (&existing, req.destroyed) {
-            (Some((old_host, ..)), true) => {
-                tx.exec(
-                    "DELETE FROM slap_shared WHERE root = ?1 AND title = ?2",
-                    params![root, req.title],
-                )
-                .op("remove a shared instance")?;
-                tx.bump_instance(*old_host)?;
-            }
-            (None, true) => {}
-            (Some((old_host, old_type, old_params, old_conn)), false) => {
-                connection = serde_json::from_str(old_conn).unwrap_or_default();
-                let changed = *old_host != host
-                    || *old_type != req.software_type
-                    || *old_params != req.parameters;
-                tx.exec(
-                    "UPDATE slap_shared SET host = ?3, software_type = ?4, parameters = ?5,
-                     requester = ?6 WHERE root = ?1 AND title = ?2",
-                    params![
-                        root,
-                        req.title,
-                        host,
-                        req.software_type,
-                        req.parameters,
-                        requester
-                    ],
-                )
-                .op("update a shared instance")?;
-                if changed {
-                    tx.bump_instance(host)?;
-                    if *old_host != host {
-                        tx.bump_instance(*old_host)?;
-                    }
-                }
-            }
-            (None, false) => {
-                tx.exec(
-                    "INSERT INTO slap_shared (root, title, host, requester, software_type, parameters)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![root, req.title, host, requester, req.software_type, req.parameters],
-                )
-                .op("add a shared instance")?;
-                tx.bump_instance(host)?;
-            }
-        }
-        let ip_list = slap_partitions(&tx, &req.computer, Some(&partition))?
+        let connection = if req.destroyed {
+            detach_shared(&mut tx, &root, &req.title)?;
+            Params::new()
+        } else {
+            attach_shared(&mut tx, req, &host, &root, requester)?
+        };
+        let ip_list = slap_partitions(&tx, &host.computer, Some(&host.partition))?
             .pop()
             .map(|p| p.ip_list)
             .unwrap_or_default();
         tx.commit()?;
         Ok(Some(SharedPlacement {
             root,
-            computer: req.computer.clone(),
-            partition,
-            software_url,
-            software_type,
+            computer: host.computer,
+            partition: host.partition,
+            software_url: host.software_url,
+            software_type: host.software_type,
             connection,
             ip_list,
         }))
+    }
+
+    /// `POST /v1/instances` with `shared: true`: the native form of [`Store::slap_request_shared`]
+    /// over the same `slap_shared` rows. The host is the first instance (registration order) of
+    /// the same release and software type, narrowed by the SLA's `computer_guid` and
+    /// `instance_guid` (`<computer>-<partition>` or a partition id); none is a
+    /// [`StoreError::NoAllocation`] naming what is missing. `destroyed` detaches it (404 when
+    /// it does not exist); `stopped` is refused (a shared instance has no processes of its own).
+    pub fn request_shared(
+        &mut self,
+        req: &InstanceRequest,
+        from: Option<&PartitionRef>,
+        now_ms: u64,
+    ) -> Result<InstanceInfo> {
+        let title = req.title.as_str();
+        if req.state == Some(InstanceState::Stopped) {
+            return Err(StoreError::Invalid(format!(
+                "shared instance {title:?} cannot be stopped: it runs in its host; destroy it to \
+                 detach it"
+            )));
+        }
+        if let Some(k) = req
+            .sla
+            .keys()
+            .find(|k| !matches!(k.as_str(), "computer_guid" | "instance_guid"))
+        {
+            return Err(StoreError::Invalid(format!(
+                "SLA key {k:?} does not apply to shared instance {title:?}: its host is chosen \
+                 by computer_guid and instance_guid only"
+            )));
+        }
+        storable(slapos_proto::text::check_params(
+            "instance parameters",
+            &req.parameters,
+        ))?;
+        let computer = req.sla.get("computer_guid").cloned().unwrap_or_default();
+        let host_partition = req.sla.get("instance_guid").cloned();
+        let shared = SharedRequest {
+            title: title.to_owned(),
+            software_url: req.software_url.to_string(),
+            software_type: req.software_type.to_string(),
+            computer,
+            host_partition,
+            parameters: wire::dumps(&wire::Value::from_json(&serde_json::Value::Object(
+                req.parameters.clone(),
+            )))
+            .map_err(|e| StoreError::Invalid(format!("parameters of {title:?}: {e}")))?,
+            destroyed: req.state == Some(InstanceState::Destroyed),
+        };
+        let mut tx = self.write()?;
+        let (root, requester) = shared_requester(&tx, from, now_ms)?;
+        if tx
+            .q_row(
+                "SELECT 1 FROM instance WHERE root = ?1 AND title = ?2",
+                params![root, title],
+                |_| Ok(()),
+            )
+            .optional()
+            .op("look up an instance")?
+            .is_some()
+        {
+            return Err(StoreError::Conflict(format!(
+                "{title:?}{} is an instance with a partition of its own, not a shared instance: \
+                 use another title",
+                tree_suffix(&root)
+            )));
+        }
+        if shared.destroyed {
+            let mut info = shared_info(&tx, title, &root)?.ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "shared instance {title:?} does not exist{}: nothing to destroy",
+                    tree_suffix(&root)
+                ))
+            })?;
+            detach_shared(&mut tx, &root, title)?;
+            tx.commit()?;
+            info.state = InstanceState::Destroyed;
+            return Ok(info);
+        }
+        let host = find_host(&tx, &shared, true)?.ok_or_else(|| no_host(&shared))?;
+        attach_shared(&mut tx, &shared, &host, &root, requester)?;
+        let info = shared_info(&tx, title, &root)?.ok_or_else(|| {
+            StoreError::Internal(format!("shared instance {title:?} vanished while attached"))
+        })?;
+        tx.commit()?;
+        Ok(info)
     }
 
     /// Shared instances in request order, narrowed by root tree and/or title, or by host
@@ -504,36 +500,7 @@ impl Store {
         params: &Params,
     ) -> Result<()> {
         let mut tx = self.write()?;
-        let found = tx
-            .q_row(
-                "SELECT s.rowid, s.connection, s.requester FROM slap_shared s
-                 JOIN instance i ON i.id = s.host
-                 WHERE i.computer = ?1 AND i.partition = ?2 AND s.root || '_' || s.title = ?3",
-                params![c, p, reference],
-                |r| {
-                    Ok((
-                        r.get::<i64>(0)?,
-                        r.get::<String>(1)?,
-                        r.get::<Option<i64>>(2)?,
-                    ))
-                },
-            )
-            .optional()
-            .op("look up a shared instance")?;
-        let Some((rowid, old, requester)) = found else {
-            return Ok(());
-        };
-        if serde_json::from_str::<Params>(&old).unwrap_or_default() != *params {
-            let json = to_json(params)?;
-            tx.exec(
-                "UPDATE slap_shared SET connection = ?2 WHERE rowid = ?1",
-                params![rowid, json],
-            )
-            .op("store shared connection parameters")?;
-            if let Some(r) = requester {
-                tx.bump_instance(r)?;
-            }
-        }
+        publish_shared_in(&mut tx, c, p, reference, params)?;
         tx.commit()
     }
 
@@ -791,27 +758,7 @@ fn slap_partitions(
             ))
         },
     )?;
-    let mut shared: HashMap<i64, Vec<SharedEntry>> = HashMap::new();
-    for (host, e) in rows(
-        tx,
-        "read shared instances",
-        "SELECT s.host, s.root, s.title, s.software_type, s.parameters
-         FROM slap_shared s JOIN instance i ON i.id = s.host
-         WHERE i.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR i.partition = ?2) ORDER BY s.rowid",
-        params![c, only],
-        |r| {
-            Ok((
-                r.get::<i64>(0)?,
-                SharedEntry {
-                    reference: format!("{}_{}", r.get::<String>(1)?, r.get::<String>(2)?),
-                    software_type: r.get(3)?,
-                    parameters: r.get(4)?,
-                },
-            ))
-        },
-    )? {
-        shared.entry(host).or_default().push(e);
-    }
+    let mut shared = hosted_shared(tx, c, only)?;
     Ok(found
         .into_iter()
         .map(|(id, native, iface, inst)| {
@@ -836,4 +783,326 @@ fn slap_partitions(
             }
         })
         .collect())
+}
+
+/// A host instance of a shared request.
+struct Host {
+    id: i64,
+    computer: String,
+    partition: String,
+    software_url: String,
+    software_type: String,
+}
+
+/// The requester's tree root (`''` from a user) and instance id of a shared request.
+fn shared_requester(
+    tx: &Tx<'_>,
+    from: Option<&PartitionRef>,
+    now_ms: u64,
+) -> Result<(String, Option<i64>)> {
+    let Some(who) = from else {
+        return Ok((String::new(), None));
+    };
+    let inst = allocated_instance(
+        tx,
+        who.computer.as_str(),
+        who.partition.as_str(),
+        "request a shared instance",
+    )?;
+    touch_seen(tx, who.computer.as_str(), now_ms)?;
+    Ok((inst.root_title().to_owned(), Some(inst.id)))
+}
+
+/// The first instance (registration order) that can host `req`: same release, same type when
+/// one is asked, on `req.computer` (any computer when empty) and partition when named (by id
+/// or as `<computer>-<partition>`); with `live`, not one being destroyed.
+fn find_host(tx: &Tx<'_>, req: &SharedRequest, live: bool) -> Result<Option<Host>> {
+    let skip_state = if live {
+        InstanceState::Destroyed.as_str()
+    } else {
+        ""
+    };
+    tx.q_row(
+        "SELECT i.id, i.computer, i.partition, i.software_url, i.software_type FROM instance i
+         JOIN partition p ON p.computer = i.computer AND p.id = i.partition
+         WHERE (?1 = '' OR i.computer = ?1) AND i.software_url = ?2
+           AND (?3 = '' OR i.software_type = ?3)
+           AND (CAST(?4 AS TEXT) IS NULL OR i.partition = ?4
+                OR i.computer || '-' || i.partition = ?4)
+           AND i.state <> ?5
+         ORDER BY p.seq LIMIT 1",
+        params![
+            req.computer,
+            req.software_url,
+            req.software_type,
+            req.host_partition,
+            skip_state
+        ],
+        |r| {
+            Ok(Host {
+                id: r.get(0)?,
+                computer: r.get(1)?,
+                partition: r.get(2)?,
+                software_url: r.get(3)?,
+                software_type: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+    .op("find a host for a shared instance")
+}
+
+/// Why no instance can host `req`, and what to request first.
+fn no_host(req: &SharedRequest) -> StoreError {
+    let mut what = format!("no instance of release {}", req.software_url);
+    if !req.software_type.is_empty() {
+        what += &format!(" with software type {:?}", req.software_type);
+    }
+    if !req.computer.is_empty() {
+        what += &format!(" on computer {}", req.computer);
+    }
+    if let Some(p) = &req.host_partition {
+        what += &format!(" in partition {p}");
+    }
+    StoreError::NoAllocation(format!(
+        "shared instance {:?} has no host: {what} is running (or all are being destroyed); \
+         request the host instance first",
+        req.title
+    ))
+}
+
+/// Add or update the shared instance `(root, req.title)` on `host`, bumping the host(s) when
+/// anything changed; returns what its host published for it so far.
+fn attach_shared(
+    tx: &mut Tx<'_>,
+    req: &SharedRequest,
+    host: &Host,
+    root: &str,
+    requester: Option<i64>,
+) -> Result<Params> {
+    let existing = tx
+        .q_row(
+            "SELECT host, software_type, parameters, connection FROM slap_shared
+             WHERE root = ?1 AND title = ?2",
+            params![root, req.title],
+            |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<String>(3)?,
+                ))
+            },
+        )
+        .optional()
+        .op("look up a shared instance")?;
+    let Some((old_host, old_type, old_params, old_conn)) = existing else {
+        tx.exec(
+            "INSERT INTO slap_shared (root, title, host, requester, software_type, parameters)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                root,
+                req.title,
+                host.id,
+                requester,
+                req.software_type,
+                req.parameters
+            ],
+        )
+        .op("add a shared instance")?;
+        tx.bump_instance(host.id)?;
+        return Ok(Params::new());
+    };
+    let changed =
+        old_host != host.id || old_type != req.software_type || old_params != req.parameters;
+    tx.exec(
+        "UPDATE slap_shared SET host = ?3, software_type = ?4, parameters = ?5,
+         requester = ?6 WHERE root = ?1 AND title = ?2",
+        params![
+            root,
+            req.title,
+            host.id,
+            req.software_type,
+            req.parameters,
+            requester
+        ],
+    )
+    .op("update a shared instance")?;
+    if changed {
+        tx.bump_instance(host.id)?;
+        if old_host != host.id {
+            tx.bump_instance(old_host)?;
+        }
+    }
+    Ok(serde_json::from_str(&old_conn).unwrap_or_default())
+}
+
+/// Remove the shared instance `(root, title)` from its host (bumped); false when none.
+fn detach_shared(tx: &mut Tx<'_>, root: &str, title: &str) -> Result<bool> {
+    let host: Option<i64> = tx
+        .q_row(
+            "DELETE FROM slap_shared WHERE root = ?1 AND title = ?2 RETURNING host",
+            params![root, title],
+            |r| r.get(0),
+        )
+        .optional()
+        .op("remove a shared instance")?;
+    match host {
+        Some(h) => tx.bump_instance(h).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Store what host `c/p` publishes for its shared instance `reference`; a change bumps the
+/// shared instance's requester. Unknown references change nothing.
+pub(super) fn publish_shared_in(
+    tx: &mut Tx<'_>,
+    c: &str,
+    p: &str,
+    reference: &str,
+    params: &Params,
+) -> Result<()> {
+    let found = tx
+        .q_row(
+            "SELECT s.rowid, s.connection, s.requester FROM slap_shared s
+             JOIN instance i ON i.id = s.host
+             WHERE i.computer = ?1 AND i.partition = ?2 AND s.root || '_' || s.title = ?3",
+            params![c, p, reference],
+            |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<i64>>(2)?,
+                ))
+            },
+        )
+        .optional()
+        .op("look up a shared instance")?;
+    let Some((rowid, old, requester)) = found else {
+        return Ok(());
+    };
+    if serde_json::from_str::<Params>(&old).unwrap_or_default() != *params {
+        let json = to_json(params)?;
+        tx.exec(
+            "UPDATE slap_shared SET connection = ?2 WHERE rowid = ?1",
+            params![rowid, json],
+        )
+        .op("store shared connection parameters")?;
+        if let Some(r) = requester {
+            tx.bump_instance(r)?;
+        }
+    }
+    Ok(())
+}
+
+/// The parameters of a stored shared instance (a marshalled dictionary) as JSON.
+/// A value JSON cannot hold (a non-finite float, a Python object) becomes its Python `str()`.
+pub(super) fn shared_params(marshalled: &str) -> Params {
+    let Ok(wire::Value::Dict(entries)) = wire::loads(marshalled) else {
+        return Params::new();
+    };
+    entries
+        .iter()
+        .map(|(k, v)| {
+            let key = k.as_str().map_or_else(|| k.py_str(), str::to_owned);
+            let v = v
+                .to_json()
+                .unwrap_or_else(|_| serde_json::Value::String(v.py_str()));
+            (key, v)
+        })
+        .collect()
+}
+
+/// The shared instance `(root, title)` as the native API shows it: its host's computer,
+/// partition and revision, its own parameters and connection parameters.
+pub(super) fn shared_info(
+    tx: &super::sql::Transaction<'_>,
+    title: &str,
+    root: &str,
+) -> Result<Option<InstanceInfo>> {
+    let row = tx
+        .q_row(
+            "SELECT s.software_type, s.parameters, s.connection, h.software_url, h.computer,
+                    h.partition, h.revision, r.computer, r.partition
+             FROM slap_shared s JOIN instance h ON h.id = s.host
+             LEFT JOIN instance r ON r.id = s.requester
+             WHERE s.root = ?1 AND s.title = ?2",
+            params![root, title],
+            |r| {
+                Ok((
+                    (
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                        r.get::<String>(3)?,
+                    ),
+                    (
+                        r.get::<String>(4)?,
+                        r.get::<String>(5)?,
+                        r.get::<i64>(6)?,
+                        r.get::<Option<String>>(7)?,
+                        r.get::<Option<String>>(8)?,
+                    ),
+                ))
+            },
+        )
+        .optional()
+        .op("look up a shared instance")?;
+    let Some(((software_type, parameters, connection, url), (hc, hp, revision, rc, rp))) = row
+    else {
+        return Ok(None);
+    };
+    let software_type = if software_type.is_empty() {
+        "default"
+    } else {
+        &software_type
+    };
+    Ok(Some(InstanceInfo {
+        title: decode(title)?,
+        root_title: decode(if root.is_empty() { title } else { root })?,
+        requester: rc.zip(rp).map(|(c, p)| format!("{c}/{p}")),
+        software_url: decode(&url)?,
+        software_type: decode(software_type)?,
+        parameters: shared_params(&parameters),
+        state: InstanceState::Started,
+        computer: decode(&hc)?,
+        partition: decode(&hp)?,
+        connection: from_json(&connection)?,
+        reported: None,
+        bang: None,
+        revision: revision as u64,
+        children: Vec::new(),
+        shared: true,
+    }))
+}
+
+/// The shared instances hosted on computer `c` (partition `only`), by host instance id, in
+/// request order.
+pub(super) fn hosted_shared(
+    tx: &super::sql::Transaction<'_>,
+    c: &str,
+    only: Option<&str>,
+) -> Result<HashMap<i64, Vec<SharedEntry>>> {
+    let mut shared: HashMap<i64, Vec<SharedEntry>> = HashMap::new();
+    for (host, e) in rows(
+        tx,
+        "read shared instances",
+        "SELECT s.host, s.root, s.title, s.software_type, s.parameters
+         FROM slap_shared s JOIN instance i ON i.id = s.host
+         WHERE i.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR i.partition = ?2) ORDER BY s.rowid",
+        params![c, only],
+        |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                SharedEntry {
+                    reference: format!("{}_{}", r.get::<String>(1)?, r.get::<String>(2)?),
+                    software_type: r.get(3)?,
+                    parameters: r.get(4)?,
+                },
+            ))
+        },
+    )? {
+        shared.entry(host).or_default().push(e);
+    }
+    Ok(shared)
 }

@@ -81,6 +81,7 @@ fn req(t: &str, url: &str) -> InstanceRequest {
         parameters: Params::new(),
         sla: BTreeMap::new(),
         state: None,
+        shared: false,
     }
 }
 
@@ -1145,4 +1146,195 @@ fn usage_totals_count_each_new_sample_once_and_list_partitions_with_their_instan
     let report = s.usage_report(0, u64::MAX, UsageBy::Computer).unwrap();
     assert_eq!(report.rows[0].cpu_seconds, t.cpu_seconds());
     assert_eq!(report.rows[0].samples, t.samples);
+}
+
+fn shared_req(t: &str, url: &str, k: &str, v: &str) -> InstanceRequest {
+    InstanceRequest {
+        shared: true,
+        ..with_param(req(t, url), k, v)
+    }
+}
+
+fn hosted(s: &mut Store) -> Vec<(String, Params)> {
+    assignment(s, "C1", "slappart0")
+        .unwrap()
+        .shared
+        .into_iter()
+        .map(|e| (e.reference, e.parameters))
+        .collect()
+}
+
+#[test]
+fn native_shared_instances_attach_to_a_host_publish_and_detach() {
+    let Some(mut s) = ready(2) else { return };
+    // No host yet: a 409 naming what is missing; nothing stored.
+    let before = s.dump();
+    let e = s
+        .request_shared(&shared_req("a", SR, "path", "x"), None, 1)
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NoAllocation(_)), "{e:?}");
+    assert!(e.to_string().contains(SR), "{e}");
+    assert!(
+        e.to_string().contains("request the host instance first"),
+        "{e}"
+    );
+    assert_eq!(s.dump(), before);
+
+    let host = s.request(&req("proxy", SR), None, 2).unwrap();
+    let r0 = host.revision;
+    let a = s
+        .request_shared(&shared_req("a", SR, "message", "hello a"), None, 3)
+        .unwrap();
+    assert!(a.shared);
+    assert_eq!(
+        (a.computer.as_str(), a.partition.as_str()),
+        ("C1", "slappart0")
+    );
+    let mut b = shared_req("b", SR, "message", "hello b");
+    b.parameters.insert("weight".into(), 3.into());
+    s.request_shared(&b, None, 4).unwrap();
+    let list = hosted(&mut s);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].0, "_a");
+    assert_eq!(list[0].1["message"], "hello a");
+    assert_eq!(
+        list[1].1["weight"], 3,
+        "JSON types survive the marshalled column"
+    );
+    // It has no partition of its own: slappart1 stays free.
+    assert!(assignment(&mut s, "C1", "slappart1").is_none());
+    let r1 = assignment(&mut s, "C1", "slappart0").unwrap().revision;
+    assert!(r1 > r0);
+
+    // Identical re-request: nothing changes; another parameter: the host is bumped.
+    s.take_touched();
+    s.request_shared(&shared_req("a", SR, "message", "hello a"), None, 5)
+        .unwrap();
+    assert!(s.take_touched().is_empty());
+    s.request_shared(&shared_req("a", SR, "message", "changed"), None, 6)
+        .unwrap();
+    let r2 = assignment(&mut s, "C1", "slappart0").unwrap().revision;
+    assert!(r2 > r1);
+    assert_eq!(hosted(&mut s)[0].1["message"], "changed");
+
+    // The host publishes for each shared instance; each shows its own.
+    let mut conn = Params::new();
+    conn.insert("url".into(), "http://h/".into());
+    let mut shared = BTreeMap::new();
+    for r in ["_a", "_b", "_unknown"] {
+        let mut p = Params::new();
+        p.insert("url".into(), format!("http://h/{r}/").into());
+        shared.insert(r.to_owned(), p);
+    }
+    let publish = ConnectionPublish {
+        parameters: conn,
+        shared,
+    };
+    s.publish(&cid("C1"), &pid("slappart0"), &publish, 7)
+        .unwrap();
+    let a = s.instance(&title("a"), None).unwrap();
+    assert_eq!(a.connection["url"], "http://h/_a/");
+    let (b, _) = s.instance_owned(&title("b"), None).unwrap();
+    assert_eq!(b.connection["url"], "http://h/_b/");
+    assert_eq!(
+        s.instance(&title("proxy"), None).unwrap().connection["url"],
+        "http://h/"
+    );
+
+    // A title of an instance with a partition is not a shared one; stopped is refused.
+    assert!(matches!(
+        s.request_shared(&shared_req("proxy", SR, "k", "v"), None, 8),
+        Err(StoreError::Conflict(_))
+    ));
+    let mut stop = shared_req("a", SR, "message", "changed");
+    stop.state = Some(InstanceState::Stopped);
+    assert!(matches!(
+        s.request_shared(&stop, None, 8),
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Destroy: detached from the host (bumped), its connection parameters gone.
+    let mut gone = shared_req("a", SR, "message", "changed");
+    gone.state = Some(InstanceState::Destroyed);
+    let info = s.request_shared(&gone, None, 9).unwrap();
+    assert_eq!(info.state, InstanceState::Destroyed);
+    let r3 = assignment(&mut s, "C1", "slappart0").unwrap().revision;
+    assert!(r3 > r2);
+    let list = hosted(&mut s);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].0, "_b");
+    assert!(matches!(
+        s.instance(&title("a"), None),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.request_shared(&gone, None, 10),
+        Err(StoreError::NotFound(_))
+    ));
+    // The SLAP view of the host lists the same single entry.
+    let slap = s.slap_partition("C1", "slappart0").unwrap().unwrap();
+    assert_eq!(slap.instance.unwrap().shared.len(), 1);
+
+    // A host being destroyed takes no new shared instance; once freed, its own go with it.
+    s.set_state(&title("proxy"), InstanceState::Destroyed)
+        .unwrap();
+    assert!(matches!(
+        s.request_shared(&shared_req("c", SR, "k", "v"), None, 11),
+        Err(StoreError::NoAllocation(_))
+    ));
+    node_reports(&mut s, &pid("slappart0"), InstanceState::Destroyed).unwrap();
+    assert!(matches!(
+        s.instance(&title("b"), None),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_shared_instance_requested_by_a_partition_is_its_child_and_sla_picks_the_host() {
+    let Some(mut s) = ready(3) else { return };
+    s.request(&req("proxy", SR), None, 1).unwrap();
+    let second = s
+        .request(&with_param(req("proxy2", SR), "n", "2"), None, 2)
+        .unwrap();
+    let app = s.request(&req("app", SR), None, 3).unwrap();
+    let mut r = shared_req("front", SR, "k", "v");
+    r.sla.insert(
+        "instance_guid".into(),
+        format!("C1-{}", second.partition.as_str()),
+    );
+    let front = s
+        .request_shared(&r, Some(&at("C1", app.partition.as_str())), 4)
+        .unwrap();
+    assert_eq!(front.partition, second.partition);
+    assert_eq!(front.root_title.as_str(), "app");
+    assert_eq!(
+        front.requester.as_deref(),
+        Some(format!("C1/{}", app.partition.as_str()).as_str())
+    );
+    // The requester sees it among its children once the host publishes for it.
+    let mut shared = BTreeMap::new();
+    let mut p = Params::new();
+    p.insert("url".into(), "http://f/".into());
+    shared.insert("app_front".to_owned(), p);
+    s.publish(
+        &cid("C1"),
+        &second.partition,
+        &ConnectionPublish {
+            parameters: Params::new(),
+            shared,
+        },
+        5,
+    )
+    .unwrap();
+    let kids = assignment(&mut s, "C1", app.partition.as_str())
+        .unwrap()
+        .children;
+    assert_eq!(kids["front"]["url"], "http://f/");
+    // An SLA key other than the two host selectors is refused.
+    let mut bad = shared_req("x", SR, "k", "v");
+    bad.sla.insert("region".into(), "eu".into());
+    assert!(matches!(
+        s.request_shared(&bad, None, 6),
+        Err(StoreError::Invalid(_))
+    ));
 }

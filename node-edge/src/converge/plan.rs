@@ -173,6 +173,7 @@ mod tests {
             state,
             revision,
             children: Default::default(),
+            shared: Vec::new(),
         }
     }
 

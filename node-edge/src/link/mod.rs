@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use slapos_client::{Client, ClientError, Credentials};
 use slapos_proto::{
-    ComputerId, ConnectionPublish, DesiredState, InstanceRequest, PROTOCOL_VERSION, Params,
-    PartitionId, PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, SoftwareUrl,
+    ComputerId, ConnectionPublish, DesiredState, InstanceRequest, PROTOCOL_VERSION, PartitionId,
+    PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, SoftwareUrl,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -52,8 +52,8 @@ pub enum Outgoing {
     Software(SoftwareReport),
     /// What happened to a partition.
     Report(PartitionId, PartitionReport),
-    /// A partition's connection parameters.
-    Connection(PartitionId, Params),
+    /// A partition's connection parameters (and those it publishes for its shared instances).
+    Connection(PartitionId, ConnectionPublish),
     /// A child instance requested by a partition.
     Request(PartitionId, InstanceRequest),
 }
@@ -173,13 +173,7 @@ impl MasterLink for ClientLink {
         match item {
             Outgoing::Software(r) => self.client.report_software(c, r),
             Outgoing::Report(p, r) => self.client.report_partition(c, p, r),
-            Outgoing::Connection(p, params) => self.client.publish_connection(
-                c,
-                p,
-                &ConnectionPublish {
-                    parameters: params.clone(),
-                },
-            ),
+            Outgoing::Connection(p, conn) => self.client.publish_connection(c, p, conn),
             Outgoing::Request(p, r) => {
                 let who = PartitionRef {
                     computer: c.clone(),
@@ -432,7 +426,13 @@ mod tests {
     #[test]
     fn outbox_keeps_the_latest_per_key_in_order() {
         let o = Outbox::default();
-        o.push(Outgoing::Connection(pid("p0"), Params::new()));
+        o.push(Outgoing::Connection(
+            pid("p0"),
+            ConnectionPublish {
+                parameters: slapos_proto::Params::new(),
+                shared: Default::default(),
+            },
+        ));
         o.push(Outgoing::Report(pid("p0"), report(1)));
         o.push(Outgoing::Report(pid("p1"), report(1)));
         o.push(Outgoing::Report(pid("p0"), report(2)));

@@ -518,7 +518,9 @@ pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> 
                 partition: Some(p.clone()),
             }
         }
-        Outgoing::Connection(p, params) => {
+        // Over SLAP only the host's own parameters are sent (shared ones: not yet).
+        Outgoing::Connection(p, conn) => {
+            let params = &conn.parameters;
             let f = ConnectionForm {
                 partition: SlapPartitionRef {
                     computer_id: c.clone(),
@@ -559,7 +561,7 @@ pub fn promise_error_log(name: &str, output: &str) -> String {
 
 /// `requestComputerPartition` as partition `p` (`ComputerPartition.request`): parameters that
 /// are all strings travel as they are, others as one json-in-xml `_` entry (what
-/// [`instance_parameters`] reads back); the SLA is the filter; never shared.
+/// [`instance_parameters`] reads back); the SLA is the filter.
 pub fn request_form(computer: &ComputerId, p: &PartitionId, r: &InstanceRequest) -> RequestForm {
     let parameters = if r.parameters.values().all(Json::is_string) {
         r.parameters
@@ -587,7 +589,7 @@ pub fn request_form(computer: &ComputerId, p: &PartitionId, r: &InstanceRequest)
             InstanceState::Stopped => RequestedState::Stopped,
             InstanceState::Destroyed => RequestedState::Destroyed,
         }),
-        shared: false,
+        shared: r.shared,
         requester: Some(SlapPartitionRef {
             computer_id: computer.to_string(),
             partition_id: p.to_string(),
@@ -704,6 +706,7 @@ fn partition_assignment(
         state,
         revision: 0,
         children,
+        shared: Vec::new(),
     };
     a.revision = revision_of(&a);
     Ok(Some(a))
@@ -781,6 +784,13 @@ mod tests {
         include_str!("../../../proto/tests/fixtures/slap-wire/http-exchanges.txt");
 
     use slapos_test_support::slap_capture::parse as captured;
+
+    fn publish(parameters: Params) -> slapos_proto::ConnectionPublish {
+        slapos_proto::ConnectionPublish {
+            parameters,
+            shared: BTreeMap::new(),
+        }
+    }
 
     /// The captured `getFullComputerInformation` bodies. The capture tool cut each one inside
     /// `_software_release_list`; the cut is completed with the release the capture supplied.
@@ -1077,7 +1087,11 @@ mod tests {
         params.insert("password".into(), Json::from("secret"));
         params.insert("url".into(), Json::from("http://[fd00::10]:8080/"));
         let computer = ComputerId::parse("local_computer").unwrap();
-        let call = call_for(&computer, &Outgoing::Connection(pid("slappart0"), params)).unwrap();
+        let call = call_for(
+            &computer,
+            &Outgoing::Connection(pid("slappart0"), publish(params)),
+        )
+        .unwrap();
         let Call::Post {
             route,
             form,
@@ -1106,7 +1120,7 @@ mod tests {
         p.insert("n".into(), Json::from(3));
         p.insert("ok".into(), Json::from(true));
         let Call::Post { form, .. } =
-            call_for(&computer, &Outgoing::Connection(pid("p"), p)).unwrap()
+            call_for(&computer, &Outgoing::Connection(pid("p"), publish(p))).unwrap()
         else {
             panic!()
         };
@@ -1184,6 +1198,11 @@ mod tests {
                 "{k}"
             );
         }
+        // A shared request says so.
+        let req = child_request(serde_json::json!({
+            "title": "s", "software_url": "/sr.toml", "shared": true
+        }));
+        assert!(request_form(&node(), &pid("p"), &req).shared);
         // Non-string parameters travel as one json-in-xml `_`, which the child decodes back.
         let req = child_request(serde_json::json!({
             "title": "c", "software_url": "/sr.toml", "parameters": {"n": 3, "s": "x"}

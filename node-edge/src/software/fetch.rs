@@ -12,6 +12,11 @@
 //! root's secret. They are opened `O_NONBLOCK` and must be regular files: a FIFO, a device or a
 //! socket is refused at once instead of blocking the install slot. `fetch_timeout` bounds a file
 //! copy as it bounds a download.
+//!
+//! A large artifact (at least [`PROGRESS_MIN_BYTES`], or of unknown size past it) logs its
+//! progress at `info`: bytes so far, the total when the server or the file gives it (`0`: not
+//! known), the mean rate; at each tenth of a known total and at least every [`PROGRESS_EVERY`]
+//! ([`Progress`]).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +29,48 @@ use crate::host::isolation::{Identity, as_fs_identity};
 
 /// Largest manifest accepted (bytes).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Downloads at least this large (or of unknown size, once past it) log their progress.
+pub const PROGRESS_MIN_BYTES: u64 = 4 << 20;
+/// Longest quiet time between two progress lines of a large download.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// When a download logs its progress (pure: the caller gives the bytes so far and the time
+/// since the start): a line at each tenth of a known total crossed, and whenever
+/// [`PROGRESS_EVERY`] passed since the last line; never for a download below
+/// [`PROGRESS_MIN_BYTES`].
+#[derive(Debug)]
+pub struct Progress {
+    total: Option<u64>,
+    next_tenth: u64,
+    last: Duration,
+}
+
+impl Progress {
+    /// Progress of a download of `total` bytes (`None`: unknown).
+    pub fn new(total: Option<u64>) -> Self {
+        Self {
+            total,
+            next_tenth: 1,
+            last: Duration::ZERO,
+        }
+    }
+
+    /// Whether a line is due with `done` bytes fetched, `elapsed` after the start.
+    pub fn due(&mut self, done: u64, elapsed: Duration) -> bool {
+        let total = self.total.unwrap_or(0);
+        if done.max(total) < PROGRESS_MIN_BYTES {
+            return false;
+        }
+        let tenth = done.saturating_mul(10).checked_div(total).unwrap_or(0);
+        let due = tenth >= self.next_tenth || elapsed.saturating_sub(self.last) >= PROGRESS_EVERY;
+        if due {
+            self.next_tenth = self.next_tenth.max(tenth + 1);
+            self.last = elapsed;
+        }
+        due
+    }
+}
 
 /// A fetch failure: the URL and what went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -182,13 +229,17 @@ impl Fetcher {
             .map_err(Clone::clone)
     }
 
-    fn open(&self, url: &str) -> Result<Box<dyn Read + Send>, FetchError> {
+    /// The source opened for reading, and its size when known (file size, Content-Length).
+    fn open(&self, url: &str) -> Result<(Box<dyn Read + Send>, Option<u64>), FetchError> {
         let err = |reason: String| FetchError::Fetch {
             url: url.to_owned(),
             reason,
         };
         match source(url)? {
-            Source::File(p) => Ok(Box::new(open_local(&p, self.reader).map_err(err)?)),
+            Source::File(p) => {
+                let (f, len) = open_local(&p, self.reader).map_err(err)?;
+                Ok((Box::new(f), Some(len)))
+            }
             Source::Http(u) => {
                 let resp = self
                     .agent_for(&u)
@@ -200,7 +251,9 @@ impl Fetcher {
                 if !status.is_success() {
                     return Err(err(format!("HTTP {status}")));
                 }
-                Ok(Box::new(resp.into_body().into_reader()))
+                let body = resp.into_body();
+                let len = body.content_length();
+                Ok((Box::new(body.into_reader()), len))
             }
         }
     }
@@ -209,6 +262,7 @@ impl Fetcher {
     pub fn fetch_text(&self, url: &str) -> Result<String, FetchError> {
         let mut buf = Vec::new();
         self.open(url)?
+            .0
             .take(MAX_MANIFEST_BYTES + 1)
             .read_to_end(&mut buf)
             .map_err(|e| FetchError::Fetch {
@@ -255,7 +309,8 @@ impl Fetcher {
         dest: &Path,
     ) -> Result<u64, FetchError> {
         let started = std::time::Instant::now();
-        let mut reader = self.open(url)?;
+        let (mut reader, size) = self.open(url)?;
+        let mut progress = Progress::new(size);
         let werr = |source| FetchError::Write {
             path: dest.to_path_buf(),
             source,
@@ -264,7 +319,8 @@ impl Fetcher {
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
         loop {
-            if started.elapsed() > self.timeout {
+            let elapsed = started.elapsed();
+            if elapsed > self.timeout {
                 return Err(FetchError::Fetch {
                     url: url.to_owned(),
                     reason: format!("took longer than fetch_timeout ({:?})", self.timeout),
@@ -284,6 +340,14 @@ impl Fetcher {
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(werr)?;
             total += n as u64;
+            if progress.due(total, elapsed) {
+                let rate = total.saturating_mul(1000) / (elapsed.as_millis() as u64).max(1);
+                // One formatted message: fewer bytes in the static node than structured fields.
+                tracing::info!(
+                    "downloading {url}: {total} of {} bytes (0: unknown), {rate} B/s",
+                    size.unwrap_or(0)
+                );
+            }
         }
         out.sync_all().map_err(werr)?;
         let actual = hex::encode(hasher.finalize());
@@ -300,7 +364,8 @@ impl Fetcher {
 
 /// Open the local file `path` for reading as `reader` (its filesystem identity: the kernel
 /// checks that user's permissions), without blocking: anything but a regular file is refused.
-fn open_local(path: &Path, reader: Option<Identity>) -> Result<std::fs::File, String> {
+/// Returns the file and its size.
+fn open_local(path: &Path, reader: Option<Identity>) -> Result<(std::fs::File, u64), String> {
     use nix::fcntl::{FcntlArg, OFlag};
     let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
     let fd = as_fs_identity(reader, || {
@@ -316,7 +381,7 @@ fn open_local(path: &Path, reader: Option<Identity>) -> Result<std::fs::File, St
     let fl = nix::fcntl::fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
     let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
     nix::fcntl::fcntl(&fd, FcntlArg::F_SETFL(fl)).map_err(|e| e.to_string())?;
-    Ok(std::fs::File::from(fd))
+    Ok((std::fs::File::from(fd), st.st_size.max(0) as u64))
 }
 
 /// SHA-256 of bytes, lowercase hex (kept here too: the hash artifacts are checked with).
@@ -342,6 +407,41 @@ mod tests {
             "http://o.example/b"
         );
         assert_eq!(resolve("/srv/sr/software.toml", "/opt/x"), "/opt/x");
+    }
+
+    #[test]
+    fn progress_is_logged_per_tenth_and_every_few_seconds_for_large_downloads_only() {
+        let s = Duration::from_secs;
+        let mb = 1 << 20;
+        // Small, known: never, even after a long time.
+        let mut p = Progress::new(Some(PROGRESS_MIN_BYTES - 1));
+        assert!(!p.due(PROGRESS_MIN_BYTES - 1, s(60)));
+        // 100 MB known: one line per tenth crossed, none in between, one at the end.
+        let mut p = Progress::new(Some(100 * mb));
+        let lines: Vec<u64> = (1..=100)
+            .map(|i| i * mb)
+            .filter(|&done| p.due(done, s(1)))
+            .collect();
+        assert_eq!(lines, (1..=10).map(|t| t * 10 * mb).collect::<Vec<_>>());
+        // A jump over several tenths logs once, then waits for the next tenth.
+        let mut p = Progress::new(Some(100 * mb));
+        assert!(p.due(35 * mb, s(1)));
+        assert!(!p.due(39 * mb, s(2)));
+        assert!(p.due(40 * mb, s(2)));
+        // A slow download logs every PROGRESS_EVERY even within a tenth.
+        let mut p = Progress::new(Some(100 * mb));
+        assert!(!p.due(mb, s(4)));
+        assert!(p.due(2 * mb, PROGRESS_EVERY));
+        assert!(!p.due(3 * mb, PROGRESS_EVERY + s(4)));
+        assert!(p.due(4 * mb, PROGRESS_EVERY * 2));
+        // Unknown size: quiet below the threshold, then timed lines only.
+        let mut p = Progress::new(None);
+        assert!(!p.due(PROGRESS_MIN_BYTES - 1, s(30)));
+        assert!(p.due(PROGRESS_MIN_BYTES, s(30)));
+        assert!(!p.due(PROGRESS_MIN_BYTES * 10, s(31)));
+        assert!(p.due(PROGRESS_MIN_BYTES * 10, s(35)));
+        // An empty body of unknown size: nothing (no division by zero).
+        assert!(!Progress::new(Some(0)).due(0, s(99)));
     }
 
     #[test]

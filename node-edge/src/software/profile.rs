@@ -129,6 +129,9 @@ pub struct RenderContext {
     pub tools_dir: String,
     /// Connection parameters of the children this instance requested, by title.
     pub children: BTreeMap<String, Params>,
+    /// The shared instances this one hosts, as SlapOS profiles read them: each its
+    /// parameters with `slave_reference`, `slave_title` and `slap_software_type`.
+    pub slave_instance_list: Vec<Params>,
 }
 
 /// A supervised service.
@@ -208,6 +211,8 @@ struct RawManifest {
     resources_file: Option<String>,
     #[serde(default)]
     connection_file: Option<String>,
+    #[serde(default)]
+    shared_connection: BTreeMap<String, Params>,
 }
 
 /// A validated instance manifest.
@@ -234,6 +239,8 @@ pub struct InstanceManifest {
     /// A JSON object file (relative to the partition) merged over `[connection]` after every
     /// promise round and published when it changed (live figures written by a service/promise).
     pub connection_file: Option<PathBuf>,
+    /// Connection parameters published for each hosted shared instance, by `slave_reference`.
+    pub shared_connection: BTreeMap<String, Params>,
 }
 
 fn check_name(kind: &str, name: &str, seen: &mut BTreeSet<String>) -> Result<(), String> {
@@ -338,6 +345,7 @@ impl InstanceManifest {
             prepare: raw.prepare,
             resources_file,
             connection_file,
+            shared_connection: raw.shared_connection,
         })
     }
 }
@@ -712,6 +720,7 @@ pub(crate) fn test_context() -> RenderContext {
         state: "started".into(),
         tools_dir: "/opt/slapos/bin".into(),
         children: BTreeMap::new(),
+        slave_instance_list: Vec::new(),
     }
 }
 
@@ -1084,6 +1093,44 @@ mod hostile_examples {
         names
     }
 
+    /// A host's profile: hostile `slave_reference`s and shared instance parameters change
+    /// neither its shape nor the references it publishes for. Returns the renders checked.
+    fn hostile_shared(name: &str, source: &str) -> usize {
+        let with = |reference: &str, v: serde_json::Value| {
+            let mut ctx = context(Params::new());
+            ctx.slave_instance_list = vec![Params::from_iter([
+                ("slave_reference".to_owned(), serde_json::json!(reference)),
+                ("title".to_owned(), v.clone()),
+                ("message".to_owned(), v),
+            ])];
+            let text = render(name, source, &ctx).ok()?;
+            InstanceManifest::parse(&text).ok()
+        };
+        let benign = with("_a", serde_json::json!("1")).expect("renders a shared instance");
+        let mut checked = 0;
+        for value in hostile_values() {
+            let reference = match &value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let Some(m) = with(&reference, value.clone()) else {
+                continue;
+            };
+            assert_eq!(
+                shape(&m),
+                shape(&benign),
+                "{name}: shared instance {value:.80} changed the manifest"
+            );
+            assert_eq!(
+                m.shared_connection.keys().collect::<Vec<_>>(),
+                vec![&reference],
+                "{name}: published for another reference"
+            );
+            checked += 1;
+        }
+        checked
+    }
+
     #[test]
     fn every_example_survives_hostile_parameters() {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -1100,7 +1147,11 @@ mod hostile_examples {
                 Some(shape(&InstanceManifest::parse(&text).ok()?))
             };
             let names = parameter_names(&source);
-            assert!(!names.is_empty(), "{name}: no parameter found");
+            let hosts = source.contains("slave_instance_list");
+            if hosts {
+                checked += hostile_shared(&name, &source);
+            }
+            assert!(!names.is_empty() || hosts, "{name}: no parameter found");
             for param in &names {
                 // A benign value of the parameter (an optional one may add its key).
                 let benign = [serde_json::json!("1"), serde_json::json!(1)]

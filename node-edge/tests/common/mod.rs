@@ -293,6 +293,7 @@ fn handle(mut s: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()>
                 bang: None,
                 revision: 1,
                 children: vec![],
+                shared: false,
             };
             g.requests.push((partition_header, req));
             drop(g);
@@ -320,6 +321,7 @@ pub fn assignment(title: &str, sr: &str, params: serde_json::Value) -> Assignmen
         state: InstanceState::Started,
         revision: 1,
         children: BTreeMap::new(),
+        shared: Vec::new(),
     }
 }
 

@@ -32,6 +32,7 @@ mod ru;
 pub use core_network::{parse_addr, split_plmn};
 pub use lte::{TIME_TO_TRIGGER_MS, parse_lte_tdd_config};
 pub use nr::NR_TDD_CONFIGS;
+pub use ru::GAIN_DB;
 
 /// One finding: the parameter path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -5,6 +5,11 @@ use super::Validator;
 use crate::params::{CellParams, EnbParams, Key, RuParams};
 use crate::plan::RadioUnit;
 
+/// The gains a radio unit may ask for (`tx_gain`, `rx_gain`), dB: wide enough for every SDR
+/// front end (USRP B2x0: TX 0–89.8, RX 0–76; negative values attenuate), narrow enough that an
+/// absurd number (a fuzz finding: `5.2e53`) is refused with its field rather than rendered.
+pub const GAIN_DB: std::ops::RangeInclusive<f64> = -100.0..=100.0;
+
 impl Validator {
     pub(super) fn resolve_ru(
         &mut self,
@@ -70,6 +75,31 @@ impl Validator {
         }
     }
 
+    /// A required gain inside [`GAIN_DB`]: a value outside (`5.2e53`) is an error naming the
+    /// field and the value, never a number handed to the radio.
+    fn gain(&mut self, path: &str, v: Option<f64>, what: &str) -> Option<f64> {
+        let g = self.required(path, v, what)?;
+        if GAIN_DB.contains(&g) {
+            Some(g)
+        } else {
+            // Exponent form for the absurd ones: `5.2e53 dB`, not 54 digits.
+            let shown = if g.abs() < 1e6 {
+                g.to_string()
+            } else {
+                format!("{g:e}")
+            };
+            self.err(
+                path,
+                format!(
+                    "{shown} dB is outside {}..={} dB (no SDR front end has such a gain)",
+                    GAIN_DB.start(),
+                    GAIN_DB.end()
+                ),
+            );
+            None
+        }
+    }
+
     fn ru(&mut self, ru: &RuParams, path: &str, name: &str) -> Option<RadioUnit> {
         let mut ok = true;
         match ru.ru_type.as_deref().map(str::trim) {
@@ -107,12 +137,12 @@ impl Validator {
             );
             ok = false;
         }
-        let tx = self.required(
+        let tx = self.gain(
             &format!("{path}.tx_gain"),
             ru.tx_gain,
             "TX gain in dB (ru/common.json)",
         );
-        let rx = self.required(
+        let rx = self.gain(
             &format!("{path}.rx_gain"),
             ru.rx_gain,
             "RX gain in dB (ru/common.json)",

@@ -3,7 +3,7 @@
 //! As PID 1 it mounts `/proc`, `/sys`, `/dev`, `/tmp`, `/run`, cgroup2 on `/sys/fs/cgroup`, reads
 //! `/etc/edge-init.conf`
 //! (format: `slapos_tests::boards::init_conf`), sets the wall clock, loads kernel modules with
-//! `finit_module`, brings up `lo` and the configured interfaces (address + netmask ioctls; the
+//! `finit_module`, mounts the configured filesystems (a persistent disk), brings up `lo` and the configured interfaces (address + netmask ioctls; the
 //! guest reaches the host at 10.0.2.2 on the same /24, so no route is needed), starts the service
 //! (`exec`, the node) with its output on the console, reaps every orphan, and powers the board off
 //! when the service exits (with its status) or when `poweroff` is typed on the console (the service
@@ -106,6 +106,10 @@ fn boot() -> Result<(), String> {
     }
     if !conf.modules.is_empty() {
         log!("loaded {} modules", conf.modules.len());
+    }
+    for (src, dir, fstype) in &conf.mounts {
+        mount(src, dir, fstype)?;
+        log!("mounted {src} on {dir} ({fstype})");
     }
     let sock = Socket::inet_dgram()?;
     sock.up("lo")?;

@@ -51,6 +51,7 @@ fn request(c: &Client, title: &str, url: &SoftwareUrl, params: serde_json::Value
         parameters: params.as_object().cloned().unwrap_or_default(),
         sla: BTreeMap::new(),
         state: None,
+        shared: false,
     })
     .expect("request");
 }

@@ -6,6 +6,7 @@
 //! clock 1763790000                 # set CLOCK_REALTIME (unix seconds) if the guest's is earlier
 //! module /lib/modules/failover.ko  # finit_module(), in file order (dependencies first)
 //! net eth0 10.0.2.15/24            # address + prefix, interface up (lo is always brought up)
+//! mount /dev/vda /srv/slapos ext4  # after the modules: a persistent disk (the reboot test)
 //! env PATH=/bin                    # environment of the service
 //! exec /bin/slapos-node run --config /etc/slapos/node.toml
 //! ```
@@ -49,6 +50,8 @@ pub struct InitConf {
     pub modules: Vec<PathBuf>,
     /// Interfaces to configure.
     pub nets: Vec<NetConf>,
+    /// Filesystems to mount after the modules are loaded: (source, directory, type).
+    pub mounts: Vec<(String, String, String)>,
     /// Service environment, in order.
     pub env: Vec<(String, String)>,
     /// The service argv (empty: none, PID 1 only waits for `poweroff`).
@@ -92,6 +95,13 @@ impl InitConf {
                         prefix,
                     });
                 }
+                ("mount", [src, dir, fstype]) => {
+                    if !dir.starts_with('/') {
+                        return Err(at("the mount point must be an absolute path"));
+                    }
+                    conf.mounts
+                        .push(((*src).to_owned(), (*dir).to_owned(), (*fstype).to_owned()));
+                }
                 ("env", [kv]) => {
                     let (k, v) = kv.split_once('=').ok_or_else(|| at("expected KEY=VALUE"))?;
                     conf.env.push((k.to_owned(), v.to_owned()));
@@ -120,6 +130,9 @@ impl InitConf {
         for n in &self.nets {
             out.push_str(&format!("net {} {}/{}\n", n.iface, n.addr, n.prefix));
         }
+        for (src, dir, fstype) in &self.mounts {
+            out.push_str(&format!("mount {src} {dir} {fstype}\n"));
+        }
         for (k, v) in &self.env {
             out.push_str(&format!("env {k}={v}\n"));
         }
@@ -146,6 +159,7 @@ mod tests {
                 addr: Ipv4Addr::new(10, 0, 2, 15),
                 prefix: 24,
             }],
+            mounts: vec![("/dev/vda".into(), "/srv/slapos".into(), "ext4".into())],
             env: vec![
                 ("PATH".into(), "/bin".into()),
                 ("RUST_LOG".into(), "info".into()),
@@ -198,6 +212,7 @@ mod tests {
             ("env PATH", "KEY=VALUE"),
             ("exec a\nexec b", "second exec"),
             ("mount /proc", "unknown directive"),
+            ("mount /dev/vda srv ext4", "absolute path"),
             ("module", "unknown directive"),
         ] {
             let e = InitConf::parse(text).unwrap_err();

@@ -65,6 +65,14 @@ pub fn command(
     Ok(cmd)
 }
 
+/// Attach the raw disk image `img` as the board's first virtio block device (`/dev/vda` in the
+/// guest; `virtio-blk-device`, the MMIO transport of `-M virt`, as the NIC uses).
+pub fn attach_disk(cmd: &mut Command, img: &Path) {
+    cmd.arg("-drive")
+        .arg(format!("file={},format=raw,if=none,id=d0", img.display()))
+        .args(["-device", "virtio-blk-device,drive=d0"]);
+}
+
 type Lines = Arc<Mutex<Vec<(Duration, String)>>>;
 
 /// A running QEMU.
@@ -146,9 +154,20 @@ impl Boot {
         needle: &str,
         timeout: Duration,
     ) -> Result<(Duration, String), String> {
+        self.wait_until(&format!("{needle:?}"), timeout, |l| l.contains(needle))
+    }
+
+    /// First line for which `f` holds (`what` names it in the error) and when it arrived; an
+    /// error (with the console) when QEMU exits first or `timeout` passes.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&str) -> bool,
+    ) -> Result<(Duration, String), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(hit) = self.find(needle) {
+            if let Some(hit) = self.find_by(&f) {
                 return Ok(hit);
             }
             let exited = matches!(self.child.try_wait(), Ok(Some(_)));
@@ -156,13 +175,13 @@ impl Boot {
                 if exited {
                     // The last lines may still be in the pipes: read them to the end.
                     self.drain();
-                    if let Some(hit) = self.find(needle) {
+                    if let Some(hit) = self.find_by(&f) {
                         return Ok(hit);
                     }
                 }
                 let why = if exited { "QEMU exited" } else { "timed out" };
                 return Err(format!(
-                    "{why} waiting for {needle:?} on the console:\n{}",
+                    "{why} waiting for {what} on the console:\n{}",
                     self.log()
                 ));
             }
@@ -177,9 +196,9 @@ impl Boot {
         }
     }
 
-    fn find(&self, needle: &str) -> Option<(Duration, String)> {
+    fn find_by(&self, f: impl Fn(&str) -> bool) -> Option<(Duration, String)> {
         let lines = self.lines.lock().expect("lines lock");
-        lines.iter().find(|(_, l)| l.contains(needle)).cloned()
+        lines.iter().find(|(_, l)| f(l)).cloned()
     }
 
     /// Type `line` (and a newline) on the serial console.

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use slapos_proto::{
-    ComputerId, InstallState, InstanceRequest, InstanceState, InstanceTitle, LabelKey, SoftwareUrl,
-    SupplyRequest, SupplyState,
+    ComputerId, InstallState, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle,
+    LabelKey, Params, SoftwareUrl, SupplyRequest, SupplyState,
 };
 
 use super::cpio::Cpio;
@@ -26,6 +26,10 @@ const GUEST_NODE: &str = "/bin/slapos-node";
 const GUEST_NODE_CONFIG: &str = "/etc/slapos/node.toml";
 /// The profile cross/build.sh builds by default.
 pub const PROFILE: &str = "minsize";
+/// Modules of the persistent disk ([`initramfs_with`]): ext4 mounts the ext2 image the host
+/// makes; `crc32c_generic` is the `softdep` of ext4 and jbd2 (no modprobe in the guest to
+/// follow it).
+const DISK_MODULES: [&str; 3] = ["virtio_blk", "crc32c_generic", "ext4"];
 /// Deadline of each wait (slow TCG, loaded CI host): figures are reported, never asserted.
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -262,6 +266,18 @@ poll_interval = 1
 /// config and the release (without: PID 1 only, the boot-time anchor). glibc targets also get
 /// the loader and C runtime from the Debian cross sysroot.
 pub fn initramfs(board: &Board, prep: &Prepared, master_port: Option<u16>) -> Vec<u8> {
+    initramfs_with(board, prep, master_port, false)
+}
+
+/// [`initramfs`]; with `disk`, PID 1 also loads [`DISK_MODULES`] and mounts the board's
+/// disk `/dev/vda` on `/srv/slapos` (software, instances and the node's desired-state cache
+/// then survive a reboot: [`reboot_offline`]).
+pub fn initramfs_with(
+    board: &Board,
+    prep: &Prepared,
+    master_port: Option<u16>,
+    disk: bool,
+) -> Vec<u8> {
     let init = read(&prep.artefacts.join("edge-init"));
     let mut img = Cpio::new();
     for d in ["proc", "sys", "dev", "tmp", "run", "root", "srv/slapos"] {
@@ -287,7 +303,11 @@ pub fn initramfs(board: &Board, prep: &Prepared, master_port: Option<u16>) -> Ve
             GUEST_NODE_CONFIG.into(),
         ];
     }
-    let modules = kmod::load_order(&prep.kernel_dir.join("modules"), &board.kernel.modules)
+    let mut wanted = board.kernel.modules.clone();
+    if disk {
+        wanted.extend(DISK_MODULES.map(String::from));
+    }
+    let modules = kmod::load_order(&prep.kernel_dir.join("modules"), &wanted)
         .unwrap_or_else(|e| panic!("board {}: {e}", board.name));
     let mut guest_modules = Vec::new();
     for m in &modules {
@@ -331,6 +351,11 @@ pub fn initramfs(board: &Board, prep: &Prepared, master_port: Option<u16>) -> Ve
             addr: "10.0.2.15".parse().expect("address"),
             prefix: 24,
         }],
+        mounts: if disk {
+            vec![("/dev/vda".into(), "/srv/slapos".into(), "ext4".into())]
+        } else {
+            vec![]
+        },
         env: vec![
             ("PATH".into(), "/bin".into()),
             ("HOME".into(), "/root".into()),
@@ -362,15 +387,28 @@ fn until<T>(boot: &mut Boot, what: &str, mut f: impl FnMut() -> Option<T>) -> (T
 }
 
 fn spawn(board: &Board, prep: &Prepared, initrd: &Path, echo: bool) -> Boot {
+    spawn_with(board, prep, initrd, None, echo)
+}
+
+fn spawn_with(
+    board: &Board,
+    prep: &Prepared,
+    initrd: &Path,
+    disk: Option<&Path>,
+    echo: bool,
+) -> Boot {
     let q = board.bootable().expect("bootable board");
     let dtb = q.dtb.as_ref().map(|d| prep.kernel_dir.join("dtbs").join(d));
-    let cmd = qemu::command(
+    let mut cmd = qemu::command(
         board,
         &prep.kernel_dir.join("vmlinuz"),
         initrd,
         dtb.as_deref(),
     )
     .expect("qemu command");
+    if let Some(img) = disk {
+        qemu::attach_disk(&mut cmd, img);
+    }
     Boot::spawn(cmd, echo).expect("spawn QEMU")
 }
 
@@ -427,23 +465,71 @@ pub fn converge(
     scratch: &Path,
     echo: bool,
 ) -> Timings {
-    let port: u16 = master
+    let initrd = scratch.join("initrd.cpio");
+    std::fs::write(&initrd, initramfs(board, prep, Some(master_port(master))))
+        .expect("write initramfs");
+    let mut boot = spawn(board, prep, &initrd, echo);
+    let mut t = Timings::default();
+    wait_init(&mut boot, &mut t);
+    converge_on(&mut boot, board, master, &mut t);
+    power_off(&mut boot, &mut t);
+    t
+}
+
+fn master_port(master: &Master) -> u16 {
+    master
         .addr()
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
-        .expect("master port");
-    let initrd = scratch.join("initrd.cpio");
-    std::fs::write(&initrd, initramfs(board, prep, Some(port))).expect("write initramfs");
-    let mut boot = spawn(board, prep, &initrd, echo);
-    let mut t = Timings::default();
-    wait_init(&mut boot, &mut t);
+        .expect("master port")
+}
 
+/// Until the master shows `title` started at its current revision (at least `revision`), every
+/// promise passing, its connection parameter `echo` published.
+fn until_started(
+    boot: &mut Boot,
+    client: &slapos_client::Client,
+    title: &InstanceTitle,
+    revision: u64,
+    what: &str,
+) -> (InstanceInfo, Duration) {
+    until(boot, what, || {
+        let info = client.instance(title, None).ok()?;
+        let r = info.reported.as_ref()?;
+        let ok = r.report.state == InstanceState::Started
+            && r.report.revision == info.revision
+            && info.revision >= revision
+            && !r.report.promises.is_empty()
+            && r.report.promises.iter().all(|p| p.ok)
+            && info.connection.contains_key("echo");
+        ok.then_some(info)
+    })
+}
+
+/// The instance this board's run requests.
+fn echo_title(board: &Board) -> InstanceTitle {
+    InstanceTitle::parse(format!("echo-{}", board.name)).expect("title")
+}
+
+fn echo_request(board: &Board, url: &SoftwareUrl, parameters: Params) -> InstanceRequest {
+    InstanceRequest {
+        title: echo_title(board),
+        software_url: url.clone(),
+        software_type: Default::default(),
+        parameters,
+        sla: BTreeMap::from([("computer_guid".to_owned(), board.name.clone())]),
+        state: None,
+        shared: false,
+    }
+}
+
+/// Step 4 of a run on a booted board: registration checked, release supplied and installed,
+/// instance requested and started.
+fn converge_on(boot: &mut Boot, board: &Board, master: &Master, t: &mut Timings) -> SoftwareUrl {
     let client = master.client();
     let id = ComputerId::parse(board.name.as_str()).expect("computer id");
-    let (computer, at) = until(&mut boot, "the node to register", || {
-        client.computer(&id).ok()
-    });
+    let (computer, at) = until(boot, "the node to register", || client.computer(&id).ok());
     t.registered = Some(at);
     let label = |k: &str| {
         computer
@@ -473,19 +559,12 @@ pub fn converge(
             },
         )
         .expect("supply");
-    let title = InstanceTitle::parse(format!("echo-{}", board.name)).expect("title");
+    let title = echo_title(board);
     let requested = client
-        .request(&InstanceRequest {
-            title: title.clone(),
-            software_url: url.clone(),
-            software_type: Default::default(),
-            parameters: Default::default(),
-            sla: BTreeMap::from([("computer_guid".to_owned(), board.name.clone())]),
-            state: None,
-        })
+        .request(&echo_request(board, &url, Params::new()))
         .expect("request");
     assert_eq!(requested.computer, id);
-    let (_, at) = until(&mut boot, "the release to be installed", || {
+    let (_, at) = until(boot, "the release to be installed", || {
         let c = client.computer(&id).ok()?;
         let install = c.software.into_iter().find(|s| s.url == url)?.install?;
         assert_ne!(
@@ -496,16 +575,13 @@ pub fn converge(
         (install.state == InstallState::Available).then_some(())
     });
     t.installed = Some(at);
-    let (info, at) = until(&mut boot, "the instance to be reported started", || {
-        let info = client.instance(&title, None).ok()?;
-        let r = info.reported.as_ref()?;
-        let ok = r.report.state == InstanceState::Started
-            && r.report.revision == info.revision
-            && !r.report.promises.is_empty()
-            && r.report.promises.iter().all(|p| p.ok)
-            && info.connection.contains_key("echo");
-        ok.then_some(info)
-    });
+    let (info, at) = until_started(
+        boot,
+        &client,
+        &title,
+        requested.revision,
+        "the instance to be reported started",
+    );
     t.started = Some(at);
     let echo_addr = info.connection["echo"].as_str().unwrap_or_default();
     assert!(
@@ -514,8 +590,172 @@ pub fn converge(
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
         "connection parameter `echo` is not host:port: {echo_addr:?}"
     );
-    power_off(&mut boot, &mut t);
+    url
+}
+
+/// Times of [`reboot_offline`]; those of the second boot are since its QEMU was spawned.
+#[derive(Debug, Clone, Default)]
+pub struct RebootTimings {
+    /// The first boot, converged as [`converge`] does, powered off with the master down.
+    pub first: Timings,
+    /// Second boot: PID 1 printed its first line.
+    pub init: Duration,
+    /// The node printed `starting from the cached desired state`.
+    pub from_cache: Duration,
+    /// The node converged the partition to `started` again, no master.
+    pub restarted: Duration,
+    /// The master is back and changed the instance's parameters: the node reported the new
+    /// revision started (since the master's restart).
+    pub resynced: Duration,
+    /// PID 1 printed `powering off`.
+    pub powered_off: Duration,
+    /// Wall time of the whole run (both boots, the master's restart).
+    pub total: Duration,
+}
+
+/// Whether the host can make the board's disk (`mke2fs`, e2fsprogs).
+pub fn can_make_disk() -> bool {
+    runs("mke2fs", &["-V"])
+}
+
+/// A 64 MiB ext2 image at `img`, mounted by the guest's ext4 driver.
+fn make_disk(img: &Path) {
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-L", "slapos"])
+        .arg(img)
+        .arg("64M")
+        .output()
+        .expect("run mke2fs");
+    assert!(
+        out.status.success(),
+        "mke2fs {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A reboot while the master is down. With `/srv/slapos` on a disk that survives the reboot
+/// ([`initramfs_with`]): boot, converge as [`converge`] does; stop the master (database at `db`)
+/// and power the board off; boot again with no master: the node must start from its cached
+/// desired state, restart the service and find its promise (an echo through it) passing; start
+/// the master again on the same port: the report the node made offline reaches it (promise
+/// results newer than the reboot); change the instance's parameters: the node must converge
+/// the new revision. Then power off.
+pub fn reboot_offline(
+    board: &Board,
+    prep: &Prepared,
+    db: &Path,
+    scratch: &Path,
+    echo: bool,
+) -> RebootTimings {
+    let run_started = Instant::now();
+    let disk = scratch.join("disk.img");
+    make_disk(&disk);
+    let master = Master::start(db);
+    let addr = master.addr();
+    let initrd = scratch.join("initrd-disk.cpio");
+    let pack = || {
+        std::fs::write(
+            &initrd,
+            initramfs_with(board, prep, Some(master_port(&master)), true),
+        )
+        .expect("write initramfs")
+    };
+    pack();
+    let mut boot = spawn_with(board, prep, &initrd, Some(&disk), echo);
+    let mut first = Timings::default();
+    wait_init(&mut boot, &mut first);
+    boot.wait_line("mounted /dev/vda on /srv/slapos", LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let url = converge_on(&mut boot, board, &master, &mut first);
+    let title = echo_title(board);
+    let before = master.client().instance(&title, None).expect("instance");
+
+    // The master goes away, then the board reboots (power off, boot the same disk again; a
+    // fresh initramfs only for the guest's clock).
+    pack();
+    let Master { mut proc, .. } = master;
+    proc.stop();
+    power_off(&mut boot, &mut first);
+    drop(boot);
+    let rebooted_ms = now_ms();
+    let mut boot = spawn_with(board, prep, &initrd, Some(&disk), echo);
+    let mut t = RebootTimings {
+        first,
+        ..RebootTimings::default()
+    };
+    let mut second = Timings::default();
+    wait_init(&mut boot, &mut second);
+    t.init = second.init;
+    let (at, _) = boot
+        .wait_line("starting from the cached desired state", LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    t.from_cache = at;
+    let converged = format!("revision={}", before.revision);
+    let (at, line) = boot
+        .wait_until("the partition converged", LIMIT, |l| {
+            l.contains("converged") && l.contains(&converged)
+        })
+        .unwrap_or_else(|e| panic!("the partition did not converge from the cache: {e}"));
+    assert!(line.contains("started"), "converged, not started: {line}");
+    t.restarted = at;
+    // Two promise periods with no master: the echo promise must not fail.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = boot.log();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("promise failed"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "after the offline reboot: {failed:?}
+{log}"
+    );
+
+    // The master comes back on the same port: the offline report arrives, then a change.
+    let master = Master::start_on(db, &addr);
+    let back = Instant::now();
+    let client = master.client();
+    until(
+        &mut boot,
+        "the report made offline to reach the master",
+        || {
+            let info = client.instance(&title, None).ok()?;
+            let r = info.reported.as_ref()?;
+            let fresh = r.report.revision == before.revision
+                && r.report.state == InstanceState::Started
+                && !r.report.promises.is_empty()
+                && r.report
+                    .promises
+                    .iter()
+                    .all(|p| p.ok && p.at_ms >= rebooted_ms.saturating_sub(5_000));
+            fresh.then_some(())
+        },
+    );
+    let mut parameters = Params::new();
+    parameters.insert("greeting".into(), "after-reboot".into());
+    let changed = client
+        .request(&echo_request(board, &url, parameters))
+        .expect("parameter change");
+    assert!(changed.revision > before.revision, "{changed:?}");
+    until_started(
+        &mut boot,
+        &client,
+        &title,
+        changed.revision,
+        "the node to converge the change after the master came back",
+    );
+    t.resynced = back.elapsed();
+    power_off(&mut boot, &mut second);
+    t.powered_off = second.powered_off;
+    t.total = run_started.elapsed();
     t
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -546,6 +786,26 @@ pub fn report_line(board: &Board, prep: &Prepared, what: &str, t: &Timings) -> S
         inst = secs(t.installed),
         start = secs(t.started),
         off = secs(Some(t.powered_off)),
+    )
+}
+
+/// One line describing a [`reboot_offline`] run, for the console and `boards-report.txt`.
+pub fn reboot_report_line(board: &Board, t: &RebootTimings) -> String {
+    format!(
+        "{name} [reboot offline] first boot: registered {reg}, instance started {start}, \
+         powered off {off}; second boot (no master): init {init}, from the cache {cache}, \
+         instance started {restarted}; master back: change converged {resync} after its \
+         restart; powered off {off2}; whole run {total}",
+        name = board.name,
+        reg = secs(t.first.registered),
+        start = secs(t.first.started),
+        off = secs(Some(t.first.powered_off)),
+        init = secs(Some(t.init)),
+        cache = secs(Some(t.from_cache)),
+        restarted = secs(Some(t.restarted)),
+        resync = secs(Some(t.resynced)),
+        off2 = secs(Some(t.powered_off)),
+        total = secs(Some(t.total)),
     )
 }
 

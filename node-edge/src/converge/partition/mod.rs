@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use slapos_proto::{Assignment, InstanceState, Params, PartitionReport, PromiseResult};
+use slapos_proto::{
+    Assignment, ConnectionPublish, InstanceState, Params, PartitionReport, PromiseResult,
+};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -131,6 +133,7 @@ pub fn spawn(
         services: BTreeMap::new(),
         resources: held,
         live: None,
+        shared_connection: BTreeMap::new(),
         promises: Vec::new(),
         converged: None,
         retry: None,
@@ -172,6 +175,8 @@ struct Actor {
     /// Live connection parameters: `connection_file`, the rendered `[connection]` and what was
     /// last published.
     live: Option<(PathBuf, Params, Params)>,
+    /// What the last pass published for the hosted shared instances.
+    shared_connection: BTreeMap<String, Params>,
     promises: Vec<PromiseSlot>,
     converged: Option<Converged>,
     retry: Option<Instant>,
@@ -487,9 +492,13 @@ impl Actor {
             let merged = merge_live(base, &fs, file);
             if merged != *last {
                 *last = merged.clone();
+                let publish = ConnectionPublish {
+                    parameters: merged,
+                    shared: self.shared_connection.clone(),
+                };
                 self.sh
                     .outbox
-                    .push(Outgoing::Connection(self.layout.id.clone(), merged));
+                    .push(Outgoing::Connection(self.layout.id.clone(), publish));
             }
         }
         if self.resources.is_some()
@@ -624,6 +633,7 @@ impl Actor {
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
             children: a.children.clone(),
+            slave_instance_list: a.shared.iter().map(slave_entry).collect(),
         }
     }
 
@@ -806,9 +816,14 @@ impl Actor {
                 m.connection.clone()
             }
         };
+        self.shared_connection = m.shared_connection.clone();
+        let publish = ConnectionPublish {
+            parameters: connection,
+            shared: m.shared_connection.clone(),
+        };
         self.sh
             .outbox
-            .push(Outgoing::Connection(self.layout.id.clone(), connection));
+            .push(Outgoing::Connection(self.layout.id.clone(), publish));
         for r in &m.requests {
             let link = self.sh.link.clone();
             let (p, req) = (self.layout.id.clone(), r.clone());
@@ -961,6 +976,20 @@ fn effective_resources(
         .resources;
     table.extend(m.resources.clone());
     Ok(table)
+}
+
+/// One `slave_instance_list` entry (as SlapOS profiles read it): the shared instance's
+/// parameters, then `slave_reference`, `slave_title` and `slap_software_type`.
+fn slave_entry(s: &slapos_proto::SharedInstance) -> Params {
+    let mut e = s.parameters.clone();
+    for (k, v) in [
+        ("slave_reference", &s.reference),
+        ("slave_title", &s.reference),
+        ("slap_software_type", &s.software_type),
+    ] {
+        e.insert(k.to_owned(), Value::String(v.clone()));
+    }
+    e
 }
 
 #[cfg(test)]
