@@ -551,12 +551,10 @@ pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> 
 }
 
 /// slapgrid's `error_log` for a failing promise (`PromiseError` of `slapos.grid.promise`:
-/// `"Promise %r failed with output: %s"`).
+/// `"Promise %r failed with output: %s"`; a promise name is `[A-Za-z0-9_.-]`, so its `repr` is
+/// the name in single quotes).
 pub fn promise_error_log(name: &str, output: &str) -> String {
-    format!(
-        "Promise {} failed with output: {output}",
-        Value::str(name).py_repr()
-    )
+    format!("Promise '{name}' failed with output: {output}")
 }
 
 /// `requestComputerPartition` as partition `p` (`ComputerPartition.request`): parameters that
