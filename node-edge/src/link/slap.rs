@@ -57,8 +57,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// already carried connection parameters (they may change).
 pub const REREQUEST: Duration = Duration::from_secs(60);
 
-/// Connection parameters of the children requested by each partition, by child title.
-pub type Children = BTreeMap<PartitionId, BTreeMap<String, Params>>;
+/// Connection parameters of children: (requesting partition, child title, parameters).
+pub type Children = Vec<(PartitionId, String, Params)>;
 
 /// A form to `POST`.
 type Form = Vec<(&'static str, String)>;
@@ -66,6 +66,8 @@ type Form = Vec<(&'static str, String)>;
 /// A child request the link sent, with its last answer.
 #[derive(Debug, Clone)]
 struct Sent {
+    partition: PartitionId,
+    title: String,
     form: Form,
     /// `None`: not answered yet (408 "not ready").
     answer: Option<Params>,
@@ -113,7 +115,7 @@ pub struct SlapLink {
     agent: ureq::Agent,
     computer: ComputerId,
     /// Child requests by (requesting partition, child title).
-    sent: Arc<Mutex<BTreeMap<(PartitionId, String), Sent>>>,
+    sent: Arc<Mutex<Vec<Sent>>>,
 }
 
 impl std::fmt::Debug for SlapLink {
@@ -231,7 +233,7 @@ impl SlapLink {
         desired_from_doc(&doc, &self.computer, &self.children()).map_err(decode)
     }
 
-    fn sent(&self) -> std::sync::MutexGuard<'_, BTreeMap<(PartitionId, String), Sent>> {
+    fn sent(&self) -> std::sync::MutexGuard<'_, Vec<Sent>> {
         self.sent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -239,15 +241,10 @@ impl SlapLink {
 
     /// The last answered connection parameters of every remembered child request.
     pub fn children(&self) -> Children {
-        let mut out = Children::new();
-        for ((p, title), s) in self.sent().iter() {
-            if let Some(a) = &s.answer {
-                out.entry(p.clone())
-                    .or_default()
-                    .insert(title.clone(), a.clone());
-            }
-        }
-        out
+        self.sent()
+            .iter()
+            .filter_map(|s| Some((s.partition.clone(), s.title.clone(), s.answer.clone()?)))
+            .collect()
     }
 
     /// Forgets the child requests of free partitions; sends again those due (unanswered or
@@ -260,17 +257,23 @@ impl SlapLink {
             .filter(|p| p.software_release.is_some())
             .map(|p| p.partition_id.as_str())
             .collect();
-        let due: Vec<((PartitionId, String), Form)> = {
+        let due: Vec<Sent> = {
             let mut sent = self.sent();
-            sent.retain(|(p, _), _| busy.contains(&p.as_str()));
+            sent.retain(|s| busy.contains(&s.partition.as_str()));
             sent.iter()
-                .filter(|(_, s)| {
+                .filter(|s| {
                     s.answer.as_ref().is_none_or(Params::is_empty) || s.at.elapsed() >= REREQUEST
                 })
-                .map(|(k, s)| (k.clone(), s.form.clone()))
+                .cloned()
                 .collect()
         };
-        for ((p, title), form) in due {
+        for Sent {
+            partition: p,
+            title,
+            form,
+            ..
+        } in due
+        {
             if let Err(e) = self.request(&p, &title, form) {
                 tracing::debug!("child request `{title}` of {p} sent again: {e}");
             }
@@ -290,17 +293,18 @@ impl SlapLink {
             Err(ClientError::Api { status: 408, .. }) => None,
             Err(e) => return Err(e),
         };
-        let key = (p.clone(), title.to_owned());
         let mut sent = self.sent();
-        let answer = answer.or_else(|| sent.get(&key).and_then(|s| s.answer.clone()));
-        sent.insert(
-            key,
-            Sent {
-                form,
-                answer,
-                at: Instant::now(),
-            },
-        );
+        let old = sent
+            .iter()
+            .position(|s| &s.partition == p && s.title == title)
+            .map(|i| sent.swap_remove(i));
+        sent.push(Sent {
+            partition: p.clone(),
+            title: title.to_owned(),
+            form,
+            answer: answer.or_else(|| old.and_then(|s| s.answer)),
+            at: Instant::now(),
+        });
         Ok(())
     }
 }
@@ -741,7 +745,11 @@ pub fn desired_from_doc(
     let mut partitions = Vec::new();
     for p in &doc.partition_list {
         let id = PartitionId::parse(&p.partition_id).map_err(|e| e.to_string())?;
-        let kids = children.get(&id).cloned().unwrap_or_default();
+        let kids = children
+            .iter()
+            .filter(|(q, _, _)| *q == id)
+            .map(|(_, t, c)| (t.clone(), c.clone()))
+            .collect();
         partitions.push(DesiredPartition {
             id,
             instance: partition_assignment(p, kids)?,
@@ -1234,11 +1242,11 @@ mod tests {
         // The children go into the requesting partition's assignment and its revision.
         let body = &full_computer_bodies()[0];
         let plain = desired_from_xml(body, &node()).unwrap();
-        let mut kids = Children::new();
-        kids.entry(pid("slappart0")).or_default().insert(
-            "db".into(),
+        let kids = vec![(
+            pid("slappart0"),
+            "db".to_owned(),
             request_answer(&answers.last().unwrap().response).unwrap(),
-        );
+        )];
         let doc = computer_doc(body).unwrap();
         let with = desired_from_doc(&doc, &node(), &kids).unwrap();
         let a = with.partitions[0].instance.as_ref().unwrap();
