@@ -5,9 +5,20 @@ CROSS_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The three release targets: static musl for x86_64/aarch64; armv7 is glibc (gnueabihf) because
 # 1.95.0 ships no rust-std for armv7-unknown-linux-musleabihf (docs/cross.md).
 CROSS_DEFAULT_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
-# Node-side packages and the binaries shipped to boards (built when they exist).
-CROSS_NODE_PACKAGES=(node-edge rt buffer radio)
-CROSS_NODE_BINS=(${SLAPOS_CROSS_BINS:-slapos-node rt-probe slapos-buffer slapos-radio enb-sim})
+# Packages built for the targets: the node-side ones (shipped to boards) and the master.
+CROSS_PACKAGES=(node-edge rt buffer radio master-lite)
+# The binaries of the release artefacts (built when they exist), node-side and the master.
+CROSS_BINS=(${SLAPOS_CROSS_BINS:-slapos-node rt-probe rt-report slapos-buffer slapos-radio enb-sim slapos-master})
+# Cargo profile of a package's artefacts when cross/build.sh is not given --profile: `minsize`
+# for the node side (size-critical, panic = abort), `release` for the master (a server: it
+# keeps unwinding, so a panicking request handler does not take the process down, and full
+# speed), stripped by cross/build.sh (CARGO_PROFILE_RELEASE_STRIP).
+cross_package_profile() { # package
+    case "$1" in
+        master-lite) echo release ;;
+        *) echo minsize ;;
+    esac
+}
 # Cargo features of the release artefacts, per package and target (beyond the defaults). The
 # buffer ships its OPC-UA input (async-opcua client, ~+7.6 MiB; docs/buffer.md) on every target
 # in SLAPOS_CROSS_OPCUA_TARGETS (default: all; "" = none, e.g. for a sensor gateway without
@@ -21,6 +32,26 @@ cross_package_features() { # package target
             done
             ;;
     esac
+}
+# Targets a package is built for (default: every target asked for). slapos-master: those in
+# SLAPOS_CROSS_MASTER_TARGETS when it is set ("" = none).
+cross_package_wanted() { # package target
+    local t
+    case "$1" in
+        master-lite)
+            [ -n "${SLAPOS_CROSS_MASTER_TARGETS+x}" ] || return 0
+            for t in $SLAPOS_CROSS_MASTER_TARGETS; do [ "$t" != "$2" ] || return 0; done
+            return 1
+            ;;
+    esac
+}
+# What CI builds (scripts/checks/cross.sh and packages.sh, so both see the same artefacts):
+# the OPC-UA buffer for aarch64 only (its fat-LTO link costs minutes per target) and the master
+# for x86_64 only (a cold release build of it is ~5 min per target; x86_64 is what the install
+# test runs). A variable already set wins (docs/cross.md).
+cross_ci_defaults() {
+    export SLAPOS_CROSS_OPCUA_TARGETS="${SLAPOS_CROSS_OPCUA_TARGETS-aarch64-unknown-linux-musl}"
+    export SLAPOS_CROSS_MASTER_TARGETS="${SLAPOS_CROSS_MASTER_TARGETS-x86_64-unknown-linux-musl}"
 }
 CROSS_CARGO=(cargo --config "$CROSS_REPO/cross/config.toml")
 

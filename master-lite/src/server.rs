@@ -91,17 +91,19 @@ impl Limits {
 }
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force after.
+// `u64::from` converts nothing on 64-bit targets, but rlim_t is u32 on 32-bit glibc (armv7).
+#[allow(clippy::useless_conversion)]
 pub fn raise_nofile() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
+            Ok(()) => u64::from(hard),
             Err(e) => {
                 tracing::warn!("could not raise the open-file limit from {soft} to {hard}: {e}");
-                soft
+                u64::from(soft)
             }
         },
-        Ok((soft, _)) => soft,
+        Ok((soft, _)) => u64::from(soft),
         Err(e) => {
             tracing::warn!("could not read the open-file limit: {e}");
             1024

@@ -44,6 +44,14 @@ pub enum ConfigError {
     },
 }
 
+fn d_usage_period() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn d_outbox_max() -> usize {
+    10_000
+}
+
 /// A block of TCP ports per partition, on 127.0.0.1 (unprivileged mode).
 ///
 /// Partition `i` (0-based) owns `base + i*per_partition ..= base + (i+1)*per_partition - 1`.
@@ -201,6 +209,17 @@ pub struct Config {
     /// PEM file of the master's CA (the only root trusted for an `https://` native master;
     /// `slapos-node enroll` authenticates the master with it). Default
     /// `<state_dir>/master-ca.pem`, where `enroll` stores the CA the master sent.
+    /// Usage sampling period (`crate::usage`); zero disables it. Default 60 s.
+    #[serde(default = "d_usage_period", deserialize_with = "de_secs")]
+    pub usage_period: Duration,
+    /// Samples the on-disk usage outbox holds before it folds the oldest. Default 10,000.
+    #[serde(default = "d_outbox_max")]
+    pub usage_outbox_max: usize,
+    /// A node_exporter textfile rewritten on each usage sample (atomic rename); none by default.
+    /// Flat keys rather than a `[usage]` table: a table's deserializer costs the static node
+    /// ~3.5 KB (docs/cross.md, size goal).
+    #[serde(default)]
+    pub usage_metrics_file: Option<PathBuf>,
     #[serde(default)]
     pub master_ca: Option<PathBuf>,
     /// The computer's certificate (PEM), written by `slapos-node enroll`. Default
@@ -435,6 +454,9 @@ impl Config {
             max_processes: d_max_processes(),
             disk_quota_mb: None,
             network: None,
+            usage_period: d_usage_period(),
+            usage_outbox_max: d_outbox_max(),
+            usage_metrics_file: None,
             master_ca: None,
             cert: None,
             key: None,
@@ -478,6 +500,7 @@ impl Config {
                 c.master_ca.as_mut(),
                 c.cert.as_mut(),
                 c.key.as_mut(),
+                c.usage_metrics_file.as_mut(),
             ]
             .into_iter()
             .flatten()
@@ -592,6 +615,12 @@ impl Config {
                 "rt_root_name",
                 format!("{:?} must be 1-64 of A-Z a-z 0-9 . _ -", self.rt_root_name),
             );
+        }
+        if !self.usage_period.is_zero() && self.usage_period < Duration::from_millis(100) {
+            return bad("usage_period", "must be 0 (off) or at least 0.1 s".into());
+        }
+        if self.usage_outbox_max < 2 {
+            return bad("usage_outbox_max", "must be at least 2".into());
         }
         if let Some(n) = &self.network {
             n.validate(self.partitions)
@@ -883,6 +912,35 @@ instance_root = "/srv/inst"
             let err =
                 Config::from_toml(&format!("{MINIMAL}{bad}\n"), Some(Path::new("/x"))).unwrap_err();
             assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn usage_keys() {
+        let base = Some(Path::new("/etc/slapos"));
+        let c = Config::from_toml(MINIMAL, base).unwrap();
+        assert_eq!(c.usage_period, Duration::from_secs(60));
+        assert_eq!((c.usage_outbox_max, c.usage_metrics_file), (10_000, None));
+        let t = format!(
+            "usage_period = 1.5\nusage_outbox_max = 50\nusage_metrics_file = \"m/u.prom\"\n{MINIMAL}"
+        );
+        let c = Config::from_toml(&t, base).unwrap();
+        assert_eq!(c.usage_period, Duration::from_millis(1500));
+        assert_eq!(c.usage_outbox_max, 50);
+        assert_eq!(
+            c.usage_metrics_file.as_deref(),
+            Some(Path::new("/etc/slapos/m/u.prom"))
+        );
+        let c = Config::from_toml(&format!("usage_period = 0\n{MINIMAL}"), base).unwrap();
+        assert!(c.usage_period.is_zero());
+        for bad in [
+            "usage_period = \"off\"",
+            "usage_period = 0.01",
+            "usage_outbox_max = 1",
+        ] {
+            let e = Config::from_toml(&format!("{bad}\n{MINIMAL}"), base).unwrap_err();
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(e.to_string().contains(key), "{e}");
         }
     }
 

@@ -82,6 +82,7 @@ pub mod net;
 pub mod process;
 pub mod software;
 pub mod sys;
+pub mod usage;
 pub mod util;
 
 pub use config::{Config, ConfigError, IsolationMode, PortRange, Protocol, RtMode};

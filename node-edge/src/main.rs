@@ -1,7 +1,7 @@
 //! `slapos-node`: the edge node binary.
 //!
 //! ```text
-//! slapos-node run --config node.toml      # follow the master, converge partitions
+//! slapos-node run --config node.toml [--metrics-file F]   # follow the master, converge partitions
 //! slapos-node format --config node.toml   # create partitions, register (exit 2: master offline)
 //! slapos-node enroll --config node.toml --token-file F [--ca ca.pem]   # get the computer's identity
 //! ```
@@ -18,6 +18,7 @@ const USAGE: &str = "\
 SlapOS edge node
 
 Usage: slapos-node <COMMAND> --config <FILE>
+       slapos-node run --config <FILE> [--metrics-file <FILE>]
        slapos-node enroll --config <FILE> (--token-file <FILE> | --token <TOKEN>) [--ca <FILE>]
 
 Commands:
@@ -33,13 +34,16 @@ Options:
       --token <TOKEN>  Enrollment token on the command line (enroll; other users see
                        it in `ps`: prefer --token-file)
       --ca <FILE>      The master's CA certificate (enroll; default: master_ca)
+      --metrics-file <FILE>
+                       Write partition usage as a node_exporter textfile there on each
+                       sample (run; overrides usage_metrics_file)
   -h, --help           Print help
   -V, --version        Print version
 ";
 
 #[derive(Debug, PartialEq)]
 enum Cmd {
-    Run(PathBuf),
+    Run(PathBuf, Option<PathBuf>),
     Format(PathBuf),
     Enroll {
         config: PathBuf,
@@ -90,6 +94,7 @@ impl Token {
 fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, String> {
     let mut sub = None;
     let (mut config, mut token, mut token_file, mut ca) = (None, None, None, None);
+    let mut metrics = None;
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let a = a
@@ -106,6 +111,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
             "--token" => &mut token,
             "--token-file" => &mut token_file,
             "--ca" => &mut ca,
+            "--metrics-file" => &mut metrics,
             "run" | "format" | "enroll" if sub.is_none() && inline.is_none() => {
                 sub = Some(a);
                 continue;
@@ -127,6 +133,11 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
     }
     let sub = sub.ok_or("a command is required: run, format or enroll")?;
     let config = PathBuf::from(config.ok_or_else(|| format!("'{sub}' needs --config <FILE>"))?);
+    if metrics.is_some() && sub != "run" {
+        return Err(format!(
+            "--metrics-file is an option of 'run', not of '{sub}'"
+        ));
+    }
     match sub.as_str() {
         "enroll" => Ok(Cmd::Enroll {
             config,
@@ -147,7 +158,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
         _ if token.is_some() || token_file.is_some() || ca.is_some() => Err(format!(
             "--token, --token-file and --ca are options of 'enroll', not of '{sub}'"
         )),
-        "run" => Ok(Cmd::Run(config)),
+        "run" => Ok(Cmd::Run(config, metrics.map(PathBuf::from))),
         _ => Ok(Cmd::Format(config)),
     }
 }
@@ -243,8 +254,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
-        Cmd::Run(config) => {
-            let cfg = node_edge::Config::from_file(&config)?;
+        Cmd::Run(config, metrics) => {
+            let mut cfg = node_edge::Config::from_file(&config)?;
+            if let Some(m) = metrics {
+                cfg.usage_metrics_file = Some(m);
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -283,9 +297,16 @@ mod tests {
     #[test]
     fn command_line() {
         let c = PathBuf::from("n.toml");
-        assert_eq!(p(&["run", "--config", "n.toml"]), Ok(Cmd::Run(c.clone())));
+        assert_eq!(
+            p(&["run", "--config", "n.toml"]),
+            Ok(Cmd::Run(c.clone(), None))
+        );
         assert_eq!(p(&["-c", "n.toml", "format"]), Ok(Cmd::Format(c.clone())));
-        assert_eq!(p(&["run", "--config=n.toml"]), Ok(Cmd::Run(c)));
+        assert_eq!(
+            p(&["run", "--metrics-file=/m.prom", "--config=n.toml"]),
+            Ok(Cmd::Run(c, Some("/m.prom".into())))
+        );
+        assert!(p(&["format", "-c", "n.toml", "--metrics-file", "m"]).is_err());
         assert_eq!(p(&["--help"]), Ok(Cmd::Help));
         assert_eq!(p(&["run", "-V"]), Ok(Cmd::Version));
         assert!(p(&[]).unwrap_err().contains("run, format or enroll"));

@@ -52,7 +52,8 @@
 //!   planning, persisted state, cgroup layout, shared cpuset groups, cgroup v1, cgroup v2;
 //! - [`child`] — the `pre_exec` setup of a partition's processes;
 //! - [`irq`] — IRQ affinity steering and restoration;
-//! - [`usage`] — per-partition usage read from its cgroups;
+//! - [`usage`] — per-partition usage read from its cgroups (its `read_v1`/`read_v2` also read
+//!   groups rt does not manage: the node's partition jails);
 //! - [`pmqos`] — holding `/dev/cpu_dma_latency`;
 //! - [`probe`] — the latency probe behind `rt-probe`;
 //! - [`sys`] — the platform facade; `kfs` — kernel-file helpers; [`cpulist`], [`error`].

@@ -30,7 +30,7 @@ fn opt_u64(path: &Path) -> Result<Option<u64>> {
 
 /// Reads v1 usage: `cpuacct`, `memory`, `blkio` group directories (each optional) and the
 /// directory whose `tasks` file counts threads.
-pub(crate) fn read_v1(
+pub fn read_v1(
     cpuacct: Option<&Path>,
     memory: Option<&Path>,
     blkio: Option<&Path>,
@@ -71,7 +71,7 @@ pub(crate) fn read_v1(
 }
 
 /// Reads v2 usage from one group directory.
-pub(crate) fn read_v2(dir: &Path) -> Result<Usage> {
+pub fn read_v2(dir: &Path) -> Result<Usage> {
     let mut u = Usage {
         tasks: kfs::read_pids(&dir.join("cgroup.threads"))?.len() as u64,
         ..Usage::default()

@@ -225,11 +225,14 @@ impl Drop for KillOnDrop {
 
 /// Remove the (empty) jail cgroups a node whose state directory is `state_dir` left when it
 /// was killed with SIGKILL (a clean stop removes them itself): `slapos-edge-jail/<key>/*` in
-/// the v1 `pids` and `freezer` hierarchies and in a unified one.
+/// the v1 `pids`, `freezer` and accounting (`cpuacct`, `memory`, `blkio`) hierarchies and in a
+/// unified one.
 pub fn remove_jails(state_dir: &Path) {
     let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let key = &crate::sha256_hex(abs.as_os_str().as_encoded_bytes())[..12];
-    for h in ["pids", "freezer", "unified", ""] {
+    for h in [
+        "pids", "freezer", "cpuacct", "memory", "blkio", "unified", "",
+    ] {
         let node = Path::new("/sys/fs/cgroup")
             .join(h)
             .join("slapos-edge-jail")

@@ -167,6 +167,9 @@ impl Reserve {
     }
 
     /// Free bytes on the database's filesystem for unprivileged users.
+    // `u64::from` converts nothing on 64-bit targets, but fsblkcnt_t and c_ulong are u32 on
+    // 32-bit glibc (armv7).
+    #[allow(clippy::useless_conversion)]
     fn fs_free(&self) -> Option<u64> {
         let dir = self.path.as_ref()?.parent()?;
         let dir = if dir.as_os_str().is_empty() {
@@ -175,7 +178,7 @@ impl Reserve {
             dir
         };
         let st = nix::sys::statvfs::statvfs(dir).ok()?;
-        Some(st.blocks_available() * st.fragment_size())
+        Some(u64::from(st.blocks_available()) * u64::from(st.fragment_size()))
     }
 
     /// Refill the reserve to its target when it is below half of it and the filesystem has

@@ -22,7 +22,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use slapos_proto::{DesiredState, InstallState, PartitionId, SoftwareReport, SoftwareUrl};
+use slapos_proto::{
+    DesiredState, InstallState, InstanceTitle, PartitionId, SoftwareReport, SoftwareUrl,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -44,6 +46,7 @@ use crate::link::cache::DesiredCache;
 use crate::link::{self, LinkState, MasterLink, Outbox, Outgoing, PollSettings};
 use crate::software::fetch::Fetcher;
 use crate::software::install::{InstallError, Installer};
+use crate::usage;
 
 /// The pluggable parts of a node. `Seams::default()` is the unprivileged production setup.
 #[derive(Clone)]
@@ -118,6 +121,8 @@ struct Node {
     done_tx: mpsc::Sender<SwDone>,
     outbox: Arc<Outbox>,
     unknown_warned: BTreeSet<PartitionId>,
+    /// The instance on each partition, for usage samples.
+    instances: usage::Instances,
 }
 
 impl Node {
@@ -287,7 +292,54 @@ impl Node {
                 *retry_at = Instant::now();
             }
         }
+        *self.instances.lock().unwrap_or_else(|e| e.into_inner()) = instances_of(&d);
         self.desired = Some(d);
+    }
+}
+
+/// The instance title on each allocated partition of `d`.
+fn instances_of(d: &DesiredState) -> Vec<(PartitionId, InstanceTitle)> {
+    d.partitions
+        .iter()
+        .filter_map(|p| Some((p.id.clone(), p.instance.as_ref()?.title.clone())))
+        .collect()
+}
+
+/// The usage sampler's task ([`crate::usage`]), unless `usage_period` is 0; an outbox
+/// that cannot be opened is logged and sampling stays off.
+fn usage_task(
+    cfg: &Config,
+    parts: &[layout::PartitionLayout],
+    jails: Option<Arc<Jails>>,
+    seams: &Seams,
+    link: Arc<dyn MasterLink>,
+    instances: usage::Instances,
+    stop: watch::Receiver<bool>,
+) -> Option<(tokio::task::JoinHandle<()>, Arc<usage::Sampler>)> {
+    if cfg.usage_period.is_zero() {
+        return None;
+    }
+    let src = usage::Sources {
+        parts: parts.to_vec(),
+        jails,
+        resources: seams.resources.clone(),
+        link,
+        instances,
+        metrics_file: cfg.usage_metrics_file.clone(),
+    };
+    let dir = cfg.state_dir().join(usage::DIR);
+    match usage::Sampler::new(src, &dir, cfg.usage_outbox_max) {
+        Ok(s) => {
+            let s = Arc::new(s);
+            Some((
+                tokio::spawn(usage::run(s.clone(), cfg.usage_period, stop)),
+                s,
+            ))
+        }
+        Err(e) => {
+            usage::error(format_args!("sampling off: {e}"));
+            None
+        }
     }
 }
 
@@ -420,6 +472,18 @@ pub async fn run_with(
         cfg.poll_interval,
     ));
 
+    let instances: usage::Instances = Arc::new(std::sync::Mutex::new(
+        cached.as_ref().map(instances_of).unwrap_or_default(),
+    ));
+    let sampler = usage_task(
+        &cfg,
+        &parts,
+        jails.clone(),
+        &seams,
+        link.clone(),
+        instances.clone(),
+        stop_rx.clone(),
+    );
     let (done_tx, mut done_rx) = mpsc::channel(64);
     let mut node = Node {
         cfg: cfg.clone(),
@@ -432,6 +496,7 @@ pub async fn run_with(
         done_tx,
         outbox,
         unknown_warned: BTreeSet::new(),
+        instances,
     };
     tracing::info!(
         computer = %cfg.computer_id,
@@ -468,6 +533,12 @@ pub async fn run_with(
         let _ = h.task.await;
     }
     flusher.abort();
+    // Its files are consistent at any point (see `usage::outbox`): no need to wait for it. A
+    // last sample while the jails still hold the stopped services' counters (sent next start).
+    if let Some((task, s)) = sampler {
+        task.abort();
+        s.sample(crate::util::now_ms());
+    }
     if let Some(j) = &jails {
         j.remove_others(&[]);
     }

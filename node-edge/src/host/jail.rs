@@ -10,7 +10,9 @@
 //! Layout (a subtree of the node's own, never a group of the machine):
 //! `<hierarchy>/slapos-edge-jail/<node key>/<partition>` (builds: `.build-<release hash>`),
 //! where the node key is derived from the node's state directory, so two nodes on one host
-//! never share groups. On cgroup v1 the groups live in the `pids` and `freezer` hierarchies;
+//! never share groups. On cgroup v1 the groups live in the `pids` and `freezer` hierarchies,
+//! and in `cpuacct`, `memory` and `blkio` where mounted (no limit there: the usage sampler,
+//! `crate::usage`, reads them through [`Jails::usage`]);
 //! on cgroup v2 in the unified hierarchy (with `pids` when the tree above delegates it; the node
 //! never writes the root's `cgroup.subtree_control`).
 //!
@@ -72,6 +74,15 @@ pub enum JailError {
         what: String,
         /// What is left.
         pids: Vec<i32>,
+    },
+    /// A jail's usage counters could not be read.
+    #[error("failed to read the usage of jail `{name}`: {source}")]
+    Usage {
+        /// The jail.
+        name: String,
+        /// Cause (names the cgroup file; boxed: rt's error is large).
+        #[source]
+        source: Box<rt::Error>,
     },
     /// The uid sweep helper failed.
     #[error("uid {uid}: the kill helper failed: {source}")]
@@ -140,6 +151,28 @@ pub struct Jails {
     hierarchy: Hierarchy,
     max_processes: u64,
     proc_root: PathBuf,
+    /// cgroup v1 only: the node's directory in the accounting hierarchies that are mounted
+    /// (`cpuacct`, `memory`, `blkio`): a jail is a group in each, so its usage is measured.
+    acct: Acct,
+}
+
+/// The node's directories in the v1 accounting hierarchies (`None`: not mounted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acct {
+    /// `<root>/cpuacct/slapos-edge-jail/<key>`.
+    pub cpuacct: Option<PathBuf>,
+    /// `<root>/memory/slapos-edge-jail/<key>`.
+    pub memory: Option<PathBuf>,
+    /// `<root>/blkio/slapos-edge-jail/<key>`.
+    pub blkio: Option<PathBuf>,
+}
+
+impl Acct {
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cpuacct, &self.memory, &self.blkio]
+            .into_iter()
+            .flatten()
+    }
 }
 
 /// A short, stable key for the node owning `state_dir` (12 hex digits of its SHA-256).
@@ -191,11 +224,23 @@ impl Jails {
                 pids,
             }
         };
+        let mut acct = Acct::default();
         let hierarchy = if root.join("cgroup.controllers").is_file() {
             v2(root)
         } else if root.join("pids/cgroup.procs").is_file()
             && root.join("freezer/cgroup.procs").is_file()
         {
+            let mounted = |c: &str| {
+                root.join(c)
+                    .join("cgroup.procs")
+                    .is_file()
+                    .then(|| root.join(c).join(&sub))
+            };
+            acct = Acct {
+                cpuacct: mounted("cpuacct"),
+                memory: mounted("memory"),
+                blkio: mounted("blkio"),
+            };
             Hierarchy::V1 {
                 pids: root.join("pids").join(&sub),
                 freezer: root.join("freezer").join(&sub),
@@ -209,6 +254,43 @@ impl Jails {
             hierarchy,
             max_processes,
             proc_root: proc_root.to_path_buf(),
+            acct,
+        })
+    }
+
+    /// The v1 accounting hierarchies jails are also groups of.
+    pub fn acct(&self) -> &Acct {
+        &self.acct
+    }
+
+    /// What jail `name`'s processes used (cgroup counters; a field the host does not account
+    /// is `None`). A jail not created yet reads as empty.
+    pub fn usage(&self, name: &str) -> Result<rt::Usage, JailError> {
+        let res = match &self.hierarchy {
+            Hierarchy::V1 { pids, .. } => {
+                let tasks = pids.join(name);
+                if !tasks.is_dir() {
+                    return Ok(rt::Usage::default());
+                }
+                let j = |d: &Option<PathBuf>| d.as_ref().map(|d| d.join(name));
+                rt::usage::read_v1(
+                    j(&self.acct.cpuacct).as_deref(),
+                    j(&self.acct.memory).as_deref(),
+                    j(&self.acct.blkio).as_deref(),
+                    &tasks,
+                )
+            }
+            Hierarchy::V2 { dir, .. } => {
+                let g = dir.join(name);
+                if !g.is_dir() {
+                    return Ok(rt::Usage::default());
+                }
+                rt::usage::read_v2(&g)
+            }
+        };
+        res.map_err(|source| JailError::Usage {
+            name: name.to_owned(),
+            source: Box::new(source),
         })
     }
 
@@ -227,10 +309,7 @@ impl Jails {
 
     /// The group directories of jail `name`.
     pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
-        match &self.hierarchy {
-            Hierarchy::V1 { pids, freezer } => vec![pids.join(name), freezer.join(name)],
-            Hierarchy::V2 { dir, .. } => vec![dir.join(name)],
-        }
+        self.bases().into_iter().map(|d| d.join(name)).collect()
     }
 
     /// Create jail `name` (idempotent), set its `pids.max`, and return how a child joins it.
@@ -359,30 +438,55 @@ impl Jails {
     /// Kill everything in jail `name`, then remove its groups (missing ones are fine).
     pub fn remove(&self, name: &str) -> Result<(), JailError> {
         self.kill(name)?;
+        let mut res = Ok(());
         for d in self.dirs(name) {
-            match std::fs::remove_dir(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("remove", &d)(e)),
+            // A killed task may still be leaving a v1 group (`EBUSY` for a moment): retry
+            // briefly, and try every hierarchy whatever one of them answers.
+            let until = Instant::now() + Duration::from_secs(1);
+            loop {
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        if res.is_ok() {
+                            res = Err(io("remove", &d)(e));
+                        }
+                        break;
+                    }
+                }
             }
         }
-        Ok(())
+        res
     }
 
     /// The jails of this node (names of its groups).
     pub fn names(&self) -> Vec<String> {
-        let base = match &self.hierarchy {
-            Hierarchy::V1 { pids, .. } => pids,
-            Hierarchy::V2 { dir, .. } => dir,
-        };
-        std::fs::read_dir(base)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        // Every hierarchy: a group left in one (its removal failed) is still found.
+        let mut names: Vec<String> = Vec::new();
+        for base in self.bases() {
+            for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if e.path().is_dir() && !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    }
+
+    /// The node's directories, one per hierarchy.
+    fn bases(&self) -> Vec<PathBuf> {
+        match &self.hierarchy {
+            Hierarchy::V1 { pids, freezer } => [pids, freezer]
+                .into_iter()
+                .chain(self.acct.all())
+                .cloned()
+                .collect(),
+            Hierarchy::V2 { dir, .. } => vec![dir.clone()],
+        }
     }
 
     /// Remove the jails not in `keep` (partitions this node no longer has; builds of an
@@ -396,11 +500,7 @@ impl Jails {
             }
         }
         if self.names().is_empty() {
-            let dirs = match &self.hierarchy {
-                Hierarchy::V1 { pids, freezer } => vec![pids.clone(), freezer.clone()],
-                Hierarchy::V2 { dir, .. } => vec![dir.clone()],
-            };
-            for d in dirs {
+            for d in self.bases() {
                 let _ = std::fs::remove_dir(&d);
                 // The shared top: only when no other node uses it.
                 if let Some(top) = d.parent() {
@@ -569,6 +669,35 @@ mod tests {
     }
 
     #[test]
+    fn v1_jails_are_accounting_groups_too() {
+        let v1 = fake_v1();
+        let r = v1.path();
+        // cpuacct and memory mounted, blkio not: its fields stay absent.
+        for h in ["cpuacct", "memory"] {
+            std::fs::create_dir_all(r.join(h)).unwrap();
+            std::fs::write(r.join(h).join("cgroup.procs"), "").unwrap();
+        }
+        let j = Jails::detect(r, "k", 8, Path::new("/proc")).unwrap();
+        assert_eq!(j.acct().cpuacct, Some(r.join("cpuacct/slapos-edge-jail/k")));
+        assert_eq!(j.acct().blkio, None);
+        // Not created yet: empty.
+        assert_eq!(j.usage("p").unwrap(), rt::Usage::default());
+        let join = j.prepare("p").unwrap();
+        assert_eq!(join.files().len(), 4, "{:?}", join.files());
+        let g = |h: &str| r.join(h).join("slapos-edge-jail/k/p");
+        std::fs::write(g("cpuacct").join("cpuacct.usage"), "5000\n").unwrap();
+        std::fs::write(g("memory").join("memory.usage_in_bytes"), "4096\n").unwrap();
+        std::fs::write(g("memory").join("memory.max_usage_in_bytes"), "8192\n").unwrap();
+        std::fs::write(g("pids").join("tasks"), "1\n2\n").unwrap();
+        let u = j.usage("p").unwrap();
+        assert_eq!(
+            (u.cpu_ns, u.memory_current_bytes, u.memory_peak_bytes),
+            (Some(5000), Some(4096), Some(8192))
+        );
+        assert_eq!((u.io_read_bytes, u.tasks), (None, 2));
+    }
+
+    #[test]
     fn only_live_members_count() {
         let v1 = fake_v1();
         let j = Jails::detect(v1.path(), "k", 8, Path::new("/proc")).unwrap();
@@ -618,6 +747,7 @@ mod tests {
                 },
                 max_processes: 32,
                 proc_root: "/proc".into(),
+                acct: Acct::default(),
             });
         }
         for j in kinds {
@@ -639,5 +769,52 @@ mod tests {
             j.remove_others(&[]);
             assert!(!j.dirs("p")[0].exists(), "{:?}", j.hierarchy());
         }
+    }
+
+    #[test]
+    fn real_jail_usage_measures_a_real_process() {
+        use slapos_test_support::gate;
+        let test = "real_jail_usage_measures_a_real_process";
+        if !gate::privileged(test) {
+            return;
+        }
+        let key = format!("test-usage-{}", std::process::id());
+        let Some(j) = Jails::detect(Path::new("/sys/fs/cgroup"), &key, 32, Path::new("/proc"))
+        else {
+            gate::skip(gate::Need::Privileged, test, "no cgroup hierarchy");
+            return;
+        };
+        let join = j.prepare("p").unwrap();
+        // Burns CPU in a shell loop, then charges ~4 MB and sleeps.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; x=$(head -c 4000000 /dev/zero | tr '\\0' a); sleep 30",
+        ]);
+        let hook = join.clone();
+        // SAFETY: JailJoin::join is async-signal-safe.
+        unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || hook.join()) };
+        let mut child = cmd.spawn().unwrap();
+        let v1 = matches!(j.hierarchy(), Hierarchy::V1 { .. });
+        let cpu = !v1 || j.acct().cpuacct.is_some();
+        let mem = v1 && j.acct().memory.is_some();
+        let measured = |u: &rt::Usage| {
+            u.tasks >= 1
+                && (!cpu || u.cpu_ns.unwrap_or(0) > 10_000_000)
+                && (!mem || u.memory_peak_bytes.unwrap_or(0) > 1_000_000)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut u = j.usage("p").unwrap();
+        while Instant::now() < deadline && !measured(&u) {
+            std::thread::sleep(Duration::from_millis(50));
+            u = j.usage("p").unwrap();
+        }
+        j.kill("p").unwrap();
+        let _ = child.wait();
+        j.remove_others(&[]);
+        let left: Vec<PathBuf> = j.dirs("p").into_iter().filter(|d| d.exists()).collect();
+        assert!(left.is_empty(), "groups left: {left:?}");
+        assert!(measured(&u), "cpu {cpu}, memory {mem}: {u:?}");
+        eprintln!("{test}: {u:?}");
     }
 }

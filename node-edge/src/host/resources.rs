@@ -12,7 +12,8 @@
 //! 3. when the partition stops, is destroyed or the node shuts down, [`Resources::release`];
 //! 4. [`Resources::held`] at node start (a profile left by a crashed node: the partition's first
 //!    pass re-applies or releases it) and [`Resources::usage`] after promise runs (written to
-//!    `<partition>/.slapos/usage.json`).
+//!    `<partition>/.slapos/usage.json`) and by the usage sampler (`crate::usage`), which prefers
+//!    it to the jail's counters: a profile's processes live in rt's groups.
 //!
 //! The default, [`NoResources`], enforces nothing, so it **refuses** what a partition cannot do
 //! without enforcement (exclusive CPUs, a real-time policy, `mlock`, an RT budget) with a clear
@@ -82,7 +83,7 @@ pub trait Resources: Send + Sync + 'static {
     }
 
     /// Usage of the partition's resources (CPU time, memory, I/O, tasks), when accounted.
-    fn usage(&self, _partition: &PartitionId) -> Option<Value> {
+    fn usage(&self, _partition: &PartitionId) -> Option<rt::Usage> {
         None
     }
 }

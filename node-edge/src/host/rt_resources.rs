@@ -176,9 +176,8 @@ impl Resources for RtResources {
             .map_err(|e| err(partition, e))
     }
 
-    fn usage(&self, partition: &PartitionId) -> Option<Value> {
-        let u = self.mgr.usage(partition.as_str()).ok()?;
-        serde_json::to_value(u).ok()
+    fn usage(&self, partition: &PartitionId) -> Option<rt::Usage> {
+        self.mgr.usage(partition.as_str()).ok()
     }
 }
 

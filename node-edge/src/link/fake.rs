@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use slapos_client::ClientError;
-use slapos_proto::{DesiredState, RegisterComputer};
+use slapos_proto::{DesiredState, RegisterComputer, UsageAck, UsageBatch, UsageSample};
 
 use super::{MasterLink, Outgoing};
 
@@ -28,6 +28,8 @@ pub enum FakeCall {
     },
     /// `send` (what was sent is in [`FakeLink::sent`]).
     Send,
+    /// `post_usage` with this many samples.
+    Usage(usize),
 }
 
 /// What the fake master holds.
@@ -40,6 +42,7 @@ struct State {
     registrations: Vec<RegisterComputer>,
     calls: Vec<FakeCall>,
     sent: Vec<Outgoing>,
+    usage: Vec<UsageSample>,
 }
 
 /// An in-memory master (see the module doc).
@@ -108,6 +111,11 @@ impl FakeLink {
         self.lock().calls.clone()
     }
 
+    /// Every usage sample stored, once per (partition, start_ms) like the master.
+    pub fn usage(&self) -> Vec<UsageSample> {
+        self.lock().usage.clone()
+    }
+
     /// Every message delivered, in order.
     pub fn sent(&self) -> Vec<Outgoing> {
         self.lock().sent.clone()
@@ -159,6 +167,31 @@ impl MasterLink for FakeLink {
         }
         s.sent.push(item.clone());
         Ok(())
+    }
+
+    fn post_usage(&self, batch: &UsageBatch) -> Result<Option<UsageAck>, ClientError> {
+        let mut s = self.lock();
+        s.calls.push(FakeCall::Usage(batch.samples.len()));
+        if s.down {
+            return Err(error("POST", 503, "down"));
+        }
+        let mut ack = UsageAck {
+            stored: 0,
+            duplicates: 0,
+        };
+        for x in &batch.samples {
+            let seen = s
+                .usage
+                .iter()
+                .any(|u| u.partition == x.partition && u.start_ms == x.start_ms);
+            if seen {
+                ack.duplicates += 1;
+            } else {
+                ack.stored += 1;
+                s.usage.push(x.clone());
+            }
+        }
+        Ok(Some(ack))
     }
 
     fn poll_step(&self) -> Option<Duration> {

@@ -36,7 +36,8 @@ use std::time::Duration;
 use slapos_client::{Client, ClientError, Credentials};
 use slapos_proto::{
     ComputerId, ConnectionPublish, DesiredState, InstanceRequest, PROTOCOL_VERSION, PartitionId,
-    PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, SoftwareUrl,
+    PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, SoftwareUrl, UsageAck,
+    UsageBatch,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -98,6 +99,11 @@ pub trait MasterLink: Send + Sync + 'static {
     /// it on the runtime's thread instead of a thread of its own ([`off_thread`]).
     fn blocks(&self) -> bool {
         true
+    }
+    /// Post usage samples; `Ok(None)` when this link's master takes no usage (SLAP): the
+    /// samples then stay in the node's outbox (folded when it is full).
+    fn post_usage(&self, _batch: &UsageBatch) -> Result<Option<UsageAck>, ClientError> {
+        Ok(None)
     }
     /// True when the master issues partition certificates over this link (native mTLS).
     fn partition_certificates(&self) -> bool {
@@ -182,6 +188,10 @@ impl MasterLink for ClientLink {
                 self.client.clone().as_partition(&who).request(r).map(drop)
             }
         }
+    }
+
+    fn post_usage(&self, batch: &UsageBatch) -> Result<Option<UsageAck>, ClientError> {
+        self.client.post_usage(&self.computer, batch).map(Some)
     }
 
     fn partition_certificates(&self) -> bool {

@@ -28,6 +28,8 @@ pub struct State {
     pub reports: Vec<(String, PartitionReport)>,
     pub connections: BTreeMap<String, Params>,
     pub requests: Vec<(Option<String>, InstanceRequest)>,
+    /// Usage samples received.
+    pub usage: usize,
 }
 
 /// The fake master.
@@ -267,6 +269,16 @@ fn handle(mut s: TcpStream, st: &(Mutex<State>, Condvar)) -> std::io::Result<()>
             g.connections.insert(p.to_string(), c.parameters);
             drop(g);
             respond(&mut s, "200 OK", "{}")
+        }
+        ("POST", ["v1", "computers", _, "usage"]) => {
+            let b: slapos_proto::UsageBatch = serde_json::from_slice(&body).unwrap();
+            g.usage += b.samples.len();
+            drop(g);
+            let ack = slapos_proto::UsageAck {
+                stored: b.samples.len() as u32,
+                duplicates: 0,
+            };
+            respond(&mut s, "200 OK", &serde_json::to_string(&ack).unwrap())
         }
         ("POST", ["v1", "instances"]) => {
             let req: InstanceRequest = serde_json::from_slice(&body).unwrap();

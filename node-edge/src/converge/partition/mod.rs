@@ -503,7 +503,8 @@ impl Actor {
         }
         if self.resources.is_some()
             && let Some(u) = self.sh.resources.usage(&self.layout.id)
-            && let Err(e) = fs.write_atomic(".slapos/usage.json", u.to_string().as_bytes(), None)
+            && let Ok(json) = serde_json::to_vec(&u)
+            && let Err(e) = fs.write_atomic(".slapos/usage.json", &json, None)
         {
             tracing::debug!(partition = %self.id(), "{e}");
         }
