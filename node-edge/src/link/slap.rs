@@ -571,10 +571,12 @@ pub fn request_form(computer: &ComputerId, p: &PartitionId, r: &InstanceRequest)
             .map(|(k, v)| (k.clone(), json_to_slap(v)))
             .collect()
     } else {
-        BTreeMap::from([(
+        let mut one = BTreeMap::new();
+        one.insert(
             "_".to_owned(),
             Value::str(Json::Object(r.parameters.clone()).to_string()),
-        )])
+        );
+        one
     };
     RequestForm {
         software_release: r.software_url.to_string(),
@@ -745,11 +747,11 @@ pub fn desired_from_doc(
     let mut partitions = Vec::new();
     for p in &doc.partition_list {
         let id = PartitionId::parse(&p.partition_id).map_err(|e| e.to_string())?;
-        let kids = children
-            .iter()
-            .filter(|(q, _, _)| *q == id)
-            .map(|(_, t, c)| (t.clone(), c.clone()))
-            .collect();
+        // Inserted one by one: collecting into a map would link a sort for its entries.
+        let mut kids = BTreeMap::new();
+        for (_, t, c) in children.iter().filter(|(q, _, _)| *q == id) {
+            kids.insert(t.clone(), c.clone());
+        }
         partitions.push(DesiredPartition {
             id,
             instance: partition_assignment(p, kids)?,
