@@ -1,8 +1,16 @@
-//! node-edge against a real slapproxy: `slapos proxy start` (slapos.core 1.26.1 from
-//! `.venv/slapos`, see `scripts/deps/slapos-venv.sh`) on loopback, `slapos-node run` with
-//! `protocol = "slap"`, and the real `slapos` CLI: supply hello-web, request it until the CLI
-//! prints the connection parameters the node published, stop it, destroy it (slapproxy frees
-//! the partition only on the node's `destroyedComputerPartition`), remove the release.
+//! node-edge against a real SLAP master, each test run against both peers: slapproxy
+//! (`slapos proxy start` of slapos.core 1.26.1 from `.venv/slapos`, see
+//! `scripts/deps/slapos-venv.sh`) and master-lite (`slapos-master serve --cfg`, the same
+//! `slapos-proxy.cfg`), on loopback, with `slapos-node run` set to `protocol = "slap"` and the
+//! real `slapos` CLI:
+//!
+//! * hello-web: supply it, request it until the CLI prints the connection parameters the node
+//!   published, stop it, destroy it (the master frees the partition only on the node's
+//!   `destroyedComputerPartition`), remove the release.
+//! * child requests: `tests/fixtures/slap-child`, whose default instance requests a `child`
+//!   instance as its partition (`requestComputerPartition` with `X-SlapPartition`); the child
+//!   is allocated on the same computer, converges and publishes `secret`; the parent's rendered
+//!   instance sees it (in a file and in its own connection parameters, which the CLI prints).
 //!
 //! Without the venv (or python3, which hello-web needs) the test prints a reason and passes,
 //! unless `SLAPOS_REQUIRE_TOOLS=1`.
@@ -14,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use slapos_proto::slap::{ComputerDoc, loads};
 use slapos_test_support::gate::{Need, skip};
-use slapos_tests::{Node, Proc, http_get, repo_root, wait_for};
+use slapos_tests::{Node, Proc, bin, http_get, repo_root, url_in, wait_for};
 
 const COMPUTER: &str = "COMP";
 
@@ -39,13 +47,26 @@ fn tools() -> Option<PathBuf> {
     Some(v)
 }
 
-/// `slapos proxy start --cfg F` on a port that was free a moment ago (slapproxy cannot take 0),
-/// with its database in `dir`; stopped when the handle drops.
-fn start_slapproxy(venv: &Path, dir: &Path) -> (Proc, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+/// The SLAP master a test runs against.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// `slapos proxy start --cfg F` (slapos.core 1.26.1).
+    Slapproxy,
+    /// `slapos-master serve --cfg F` (this repository's master-lite).
+    MasterLite,
+}
+
+/// The peer with the `slapos-proxy.cfg` the slapos docs describe, its database in `dir`, and
+/// `dir/client.cfg` for the CLI; stopped when the handle drops. slapproxy cannot take port 0:
+/// it gets a port that was free a moment ago; master-lite takes 0 and prints its address.
+fn start_peer(peer: Peer, venv: &Path, dir: &Path) -> (Proc, String) {
+    let port = match peer {
+        Peer::Slapproxy => TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port(),
+        Peer::MasterLite => 0,
+    };
     let cfg = dir.join("slapos-proxy.cfg");
     std::fs::write(
         &cfg,
@@ -56,21 +77,36 @@ fn start_slapproxy(venv: &Path, dir: &Path) -> (Proc, String) {
         ),
     )
     .expect("write slapos-proxy.cfg");
-    let mut cmd = Command::new(venv.join("slapos"));
-    cmd.args(["proxy", "start", "--cfg"])
-        .arg(&cfg)
-        .current_dir(dir);
-    let proc = Proc::spawn("slapproxy", cmd);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for("slapproxy to listen", Duration::from_secs(60), || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .ok()
-            .map(drop)
-    });
-    let url = format!("http://127.0.0.1:{port}");
+    let (proc, url) = match peer {
+        Peer::Slapproxy => {
+            let mut cmd = Command::new(venv.join("slapos"));
+            cmd.args(["proxy", "start", "--cfg"])
+                .arg(&cfg)
+                .current_dir(dir);
+            let proc = Proc::spawn("slapproxy", cmd);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            wait_for("slapproxy to listen", Duration::from_secs(60), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .ok()
+                    .map(drop)
+            });
+            (proc, format!("http://127.0.0.1:{port}"))
+        }
+        Peer::MasterLite => {
+            let mut cmd = Command::new(bin("slapos-master"));
+            cmd.args(["serve", "--cfg"])
+                .arg(&cfg)
+                .env("SLAPOS_LOG", "warn")
+                .current_dir(dir);
+            let proc = Proc::spawn("master-lite", cmd);
+            let line = proc.wait_line("listening on http://", Duration::from_secs(30));
+            let url = url_in(&line).expect("url in the listening line");
+            (proc, url)
+        }
+    };
     std::fs::write(
         dir.join("client.cfg"),
-        format!("[slapos]\nmaster_url = {url}\n"),
+        format!("[slapos]\nmaster_url = {url}\nmaster_rest_url = {url}/hateoas\n"),
     )
     .expect("write client.cfg");
     (proc, url)
@@ -114,22 +150,138 @@ fn printed(output: &str, key: &str) -> Option<String> {
 
 #[test]
 fn node_edge_converges_what_the_real_slapos_cli_requests_from_slapproxy() {
+    hello_web(Peer::Slapproxy);
+}
+
+#[test]
+fn node_edge_converges_what_the_real_slapos_cli_requests_from_master_lite() {
+    hello_web(Peer::MasterLite);
+}
+
+#[test]
+fn a_child_request_over_slap_brings_the_childs_connection_to_the_parent_slapproxy() {
+    child_request(Peer::Slapproxy);
+}
+
+#[test]
+fn a_child_request_over_slap_brings_the_childs_connection_to_the_parent_master_lite() {
+    child_request(Peer::MasterLite);
+}
+
+/// `slapos-node run` with `protocol = "slap"` and two partitions, registered.
+fn start_node(dir: &Path, url: &str) -> Node {
+    let node = Node::start_with(&dir.join("node"), url, COMPUTER, 2, "protocol = \"slap\"\n");
+    let proc = node.proc.as_ref().expect("node running");
+    proc.wait_line("registered", Duration::from_secs(30));
+    node
+}
+
+fn node_output(node: &Node) -> String {
+    node.proc
+        .as_ref()
+        .map(|p| p.output().join("\n"))
+        .unwrap_or_default()
+}
+
+/// The output of `run` (a `slapos request`), run every 2 s until it succeeds and prints `key`
+/// with a value that is `done`; fails after 180 s with the last output and the node's.
+fn until_printed(
+    node: &Node,
+    peer: Peer,
+    run: impl Fn() -> Output,
+    key: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let o = run();
+        let text = out(&o);
+        if o.status.success() && printed(&text, key).is_some_and(|v| done(&v)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{peer:?}: no `{key}` as expected after 180 s; last CLI output:\n{text}\nnode \
+             output:\n{}",
+            node_output(node)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn child_request(peer: Peer) {
     let Some(venv) = tools() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let (_proxy, url) = start_slapproxy(&venv, dir);
+    let (_peer, url) = start_peer(peer, &venv, dir);
+    let mut node = start_node(dir, &url);
+    let sr = repo_root().join("tests/fixtures/slap-child/software.toml");
+    let sr = sr.to_str().expect("utf-8 path");
+    let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
+    assert!(o.status.success(), "supply: {}", out(&o));
+
+    // The parent publishes `pending` until the child's `secret` comes back to it.
+    let text = until_printed(
+        &node,
+        peer,
+        || {
+            slapos(
+                &venv,
+                dir,
+                &["request", "parent", sr, "--node", "computer_guid=COMP"],
+            )
+        },
+        "child_secret",
+        |s| s != "pending",
+    );
+    // The child runs in the other partition of the same computer.
+    assert_eq!(
+        printed(&text, "child_secret").as_deref(),
+        Some("hi from slappart1"),
+        "{text}"
+    );
+    let c = computer(&url);
+    let kinds: Vec<(String, Option<String>)> = c
+        .partition_list
+        .iter()
+        .map(|p| {
+            let ty = p
+                .parameters
+                .as_ref()
+                .and_then(|d| d.get("slap_software_type"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            (p.partition_id.clone(), ty)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("slappart0".to_owned(), Some("default".to_owned())),
+            ("slappart1".to_owned(), Some("child".to_owned())),
+        ],
+        "{peer:?}"
+    );
+    // The parent's rendered instance holds it.
+    let file = node.partition_dir("slappart0").join("srv/child-secret.txt");
+    assert_eq!(
+        std::fs::read_to_string(&file).ok().as_deref(),
+        Some("hi from slappart1"),
+        "{}",
+        file.display()
+    );
+    node.stop();
+}
+
+fn hello_web(peer: Peer) {
+    let Some(venv) = tools() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let (_peer, url) = start_peer(peer, &venv, dir);
 
     // The node, configured like `Node::start` does plus `protocol = "slap"`.
-    let mut node = Node::start_with(
-        &dir.join("node"),
-        &url,
-        COMPUTER,
-        2,
-        "protocol = \"slap\"\n",
-    );
+    let mut node = start_node(dir, &url);
     let ports = node.ports;
-    let proc = node.proc.as_ref().expect("node running");
-    proc.wait_line("registered", Duration::from_secs(30));
     // Registration is slapos node format's call: slapproxy now lists both partitions, free.
     let c = computer(&url);
     let ids: Vec<&str> = c
@@ -163,25 +315,8 @@ fn node_edge_converges_what_the_real_slapos_cli_requests_from_slapproxy() {
         args.extend_from_slice(extra);
         slapos(&venv, dir, &args)
     };
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let (web, text) = loop {
-        let o = request(&[]);
-        let text = out(&o);
-        if o.status.success()
-            && let Some(web) = printed(&text, "url")
-        {
-            break (web, text);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connection parameters after 180 s; last CLI output:\n{text}\nnode output:\n{}",
-            node.proc
-                .as_ref()
-                .map(|p| p.output().join("\n"))
-                .unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    };
+    let text = until_printed(&node, peer, || request(&[]), "url", |_| true);
+    let web = printed(&text, "url").unwrap_or_default();
     assert_eq!(
         printed(&text, "title").as_deref(),
         Some("Hello SLAP"),

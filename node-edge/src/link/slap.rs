@@ -14,27 +14,35 @@
 //! * `send` → the slapgrid report routes (`buildingSoftwareRelease`, `availableSoftwareRelease`,
 //!   `softwareReleaseError`, `destroyedSoftwareRelease`, `startedComputerPartition`,
 //!   `stoppedComputerPartition`, `destroyedComputerPartition`, `softwareInstanceError`,
-//!   `setComputerPartitionConnectionXml`). Promise results have no SLAP route and are dropped.
-//!   Child requests are refused (the children's connection parameters cannot come back into the
-//!   desired state over this link yet).
+//!   `setComputerPartitionConnectionXml`). A `started` report with a failing promise is
+//!   slapgrid's `softwareInstanceError` (`Promise 'name' failed with output: …`).
+//! * Child requests → `requestComputerPartition` as the partition (`computer_id`,
+//!   `computer_partition_id`, `X-SlapPartition`, like `ComputerPartition.request`). The link keeps
+//!   the last `_connection_dict` per (partition, child title) and puts it in the requesting
+//!   partition's [`Assignment::children`] on every poll (before the revision is computed, so a
+//!   child's new connection parameters re-process the parent, as the native master does). A
+//!   remembered request is sent again by the poll while its answer has no connection parameters
+//!   (or is slapproxy's 408 "not ready"), and every [`REREQUEST`] otherwise; it is forgotten
+//!   when its partition is free.
 //!
 //! Encoding and decoding are pure functions ([`computer_xml`], [`desired_from_xml`],
 //! [`call_for`]) over the `slapos_proto::slap` codec; only [`SlapLink`] does I/O (ureq).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use slapos_client::ClientError;
 use slapos_proto::slap::{
     ComputerDoc, ComputerPartitionDoc, ConnectionForm, PartitionRef as SlapPartitionRef,
-    SlapPartitionAuth, Value, dumps, loads,
+    RequestForm, RequestedState, SlapPartitionAuth, SoftwareInstanceDoc, Value, dumps, loads,
 };
 use slapos_proto::{
     Assignment, ComputerId, DesiredPartition, DesiredSoftware, DesiredState, InstallState,
-    InstanceState, InstanceTitle, Params, PartitionId, RegisterComputer, SoftwareType, SoftwareUrl,
-    SupplyState, routes,
+    InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId, RegisterComputer,
+    SoftwareType, SoftwareUrl, SupplyState, routes,
 };
 
 use crate::link::{MasterLink, Outgoing};
@@ -44,6 +52,27 @@ pub const POLL_STEP: Duration = Duration::from_secs(1);
 
 /// Time limit of one SLAP call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Period after which the poll sends a remembered child request again although its answer
+/// already carried connection parameters (they may change).
+pub const REREQUEST: Duration = Duration::from_secs(60);
+
+/// Connection parameters of children: (requesting partition, child title, parameters).
+pub type Children = Vec<(PartitionId, String, Params)>;
+
+/// A form to `POST`.
+type Form = Vec<(&'static str, String)>;
+
+/// A child request the link sent, with its last answer.
+#[derive(Debug, Clone)]
+struct Sent {
+    partition: PartitionId,
+    title: String,
+    form: Form,
+    /// `None`: not answered yet (408 "not ready").
+    answer: Option<Params>,
+    at: Instant,
+}
 
 /// Keys slapproxy (and the real master) add to `_parameter_dict` besides the requested
 /// parameters; they are not instance parameters.
@@ -85,6 +114,8 @@ pub struct SlapLink {
     base: String,
     agent: ureq::Agent,
     computer: ComputerId,
+    /// Child requests by (requesting partition, child title).
+    sent: Arc<Mutex<Vec<Sent>>>,
 }
 
 impl std::fmt::Debug for SlapLink {
@@ -104,6 +135,7 @@ impl SlapLink {
             base,
             agent,
             computer,
+            sent: Arc::default(),
         })
     }
 
@@ -121,6 +153,7 @@ impl SlapLink {
             base,
             agent,
             computer,
+            sent: Arc::default(),
         })
     }
 
@@ -181,7 +214,8 @@ impl SlapLink {
         Self::finish("POST", url, res)
     }
 
-    /// One `getFullComputerInformation`, decoded.
+    /// One `getFullComputerInformation`, decoded, with the children's connection parameters
+    /// of the remembered child requests (those due are sent again first).
     pub fn fetch(&self) -> Result<DesiredState, ClientError> {
         let url = self.url(&format!(
             "getFullComputerInformation?computer_id={}",
@@ -189,11 +223,89 @@ impl SlapLink {
         ));
         let res = self.agent.get(&url).call();
         let body = Self::finish("GET", url.clone(), res)?;
-        desired_from_xml(&body, &self.computer).map_err(|reason| ClientError::Decode {
+        let decode = |reason| ClientError::Decode {
             method: "GET",
-            url,
+            url: url.clone(),
             reason,
-        })
+        };
+        let doc = computer_doc(&body).map_err(decode)?;
+        self.rerequest(&doc);
+        desired_from_doc(&doc, &self.computer, &self.children()).map_err(decode)
+    }
+
+    fn sent(&self) -> std::sync::MutexGuard<'_, Vec<Sent>> {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The last answered connection parameters of every remembered child request.
+    pub fn children(&self) -> Children {
+        self.sent()
+            .iter()
+            .filter_map(|s| Some((s.partition.clone(), s.title.clone(), s.answer.clone()?)))
+            .collect()
+    }
+
+    /// Forgets the child requests of free partitions; sends again those due (unanswered or
+    /// empty answers at each poll, others every [`REREQUEST`]). Failures are logged: the
+    /// previous answer stays.
+    fn rerequest(&self, doc: &ComputerDoc) {
+        let busy: Vec<&str> = doc
+            .partition_list
+            .iter()
+            .filter(|p| p.software_release.is_some())
+            .map(|p| p.partition_id.as_str())
+            .collect();
+        let due: Vec<Sent> = {
+            let mut sent = self.sent();
+            sent.retain(|s| busy.contains(&s.partition.as_str()));
+            sent.iter()
+                .filter(|s| {
+                    s.answer.as_ref().is_none_or(Params::is_empty) || s.at.elapsed() >= REREQUEST
+                })
+                .cloned()
+                .collect()
+        };
+        for Sent {
+            partition: p,
+            title,
+            form,
+            ..
+        } in due
+        {
+            if let Err(e) = self.request(&p, &title, form) {
+                tracing::debug!("child request `{title}` of {p} sent again: {e}");
+            }
+        }
+    }
+
+    /// One `requestComputerPartition` as partition `p`; remembers the form and the answer.
+    fn request(&self, p: &PartitionId, title: &str, form: Form) -> Result<(), ClientError> {
+        let route = "requestComputerPartition";
+        let answer = match self.post(route, &form, Some(p)) {
+            Ok(body) => Some(request_answer(&body).map_err(|reason| ClientError::Decode {
+                method: "POST",
+                url: self.url(route),
+                reason,
+            })?),
+            // slapproxy's ResourceNotReady: asked again at the next poll.
+            Err(ClientError::Api { status: 408, .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let mut sent = self.sent();
+        let old = sent
+            .iter()
+            .position(|s| &s.partition == p && s.title == title)
+            .map(|i| sent.swap_remove(i));
+        sent.push(Sent {
+            partition: p.clone(),
+            title: title.to_owned(),
+            form,
+            answer: answer.or_else(|| old.and_then(|s| s.answer)),
+            at: Instant::now(),
+        });
+        Ok(())
     }
 }
 
@@ -233,6 +345,16 @@ impl MasterLink for SlapLink {
                 Ok(())
             }
             Ok(Call::Post {
+                route: "requestComputerPartition",
+                form,
+                partition: Some(p),
+            }) => {
+                let Outgoing::Request(_, r) = item else {
+                    return Ok(());
+                };
+                self.request(&p, r.title.as_str(), form)
+            }
+            Ok(Call::Post {
                 route,
                 form,
                 partition,
@@ -255,13 +377,21 @@ impl MasterLink for SlapLink {
             }
             Err(message) => Err(ClientError::Api {
                 method: "POST",
-                url: self.url("requestComputerPartition"),
+                url: self.url(route_of(item)),
                 // No call was made: not a server answer, and not worth a retry.
                 status: 0,
-                kind: "unsupported".into(),
+                kind: "encode".into(),
                 message,
             }),
         }
+    }
+}
+
+fn route_of(item: &Outgoing) -> &'static str {
+    match item {
+        Outgoing::Request(..) => "requestComputerPartition",
+        Outgoing::Connection(..) => "setComputerPartitionConnectionXml",
+        Outgoing::Software(_) | Outgoing::Report(..) => "(report)",
     }
 }
 
@@ -372,8 +502,12 @@ pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> 
         }
         Outgoing::Report(p, r) => {
             let mut form = partition_form(p);
+            let failed = r.promises.iter().find(|x| !x.ok);
             let route = if let Some(e) = &r.error {
                 form.push(("error_log", e.clone()));
+                "softwareInstanceError"
+            } else if let Some(f) = failed.filter(|_| r.state == InstanceState::Started) {
+                form.push(("error_log", promise_error_log(&f.name, &f.message)));
                 "softwareInstanceError"
             } else {
                 match r.state {
@@ -410,14 +544,74 @@ pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> 
                 partition: Some(p.clone()),
             }
         }
-        Outgoing::Request(_, r) => {
-            return Err(format!(
-                "child request `{}` not sent: child requests are not supported over SLAP yet \
-                 (protocol = \"slap\"); use protocol = \"native\"",
-                r.title
-            ));
-        }
+        Outgoing::Request(p, r) => Call::Post {
+            route: "requestComputerPartition",
+            form: request_form(computer, p, r)
+                .to_form()
+                .map_err(|e| format!("failed to encode child request `{}`: {e}", r.title))?,
+            partition: Some(p.clone()),
+        },
     })
+}
+
+/// slapgrid's `error_log` for a failing promise (`PromiseError` of `slapos.grid.promise`:
+/// `"Promise %r failed with output: %s"`; a promise name is `[A-Za-z0-9_.-]`, so its `repr` is
+/// the name in single quotes).
+pub fn promise_error_log(name: &str, output: &str) -> String {
+    format!("Promise '{name}' failed with output: {output}")
+}
+
+/// `requestComputerPartition` as partition `p` (`ComputerPartition.request`): parameters that
+/// are all strings travel as they are, others as one json-in-xml `_` entry (what
+/// [`instance_parameters`] reads back); the SLA is the filter.
+pub fn request_form(computer: &ComputerId, p: &PartitionId, r: &InstanceRequest) -> RequestForm {
+    let parameters = if r.parameters.values().all(Json::is_string) {
+        r.parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_slap(v)))
+            .collect()
+    } else {
+        let mut one = BTreeMap::new();
+        one.insert(
+            "_".to_owned(),
+            Value::str(Json::Object(r.parameters.clone()).to_string()),
+        );
+        one
+    };
+    RequestForm {
+        software_release: r.software_url.to_string(),
+        software_type: r.software_type.to_string(),
+        partition_reference: r.title.to_string(),
+        parameters,
+        filter: r
+            .sla
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::str(v)))
+            .collect(),
+        state: r.state.map(|s| match s {
+            InstanceState::Started => RequestedState::Started,
+            InstanceState::Stopped => RequestedState::Stopped,
+            InstanceState::Destroyed => RequestedState::Destroyed,
+        }),
+        shared: r.shared,
+        requester: Some(SlapPartitionRef {
+            computer_id: computer.to_string(),
+            partition_id: p.to_string(),
+        }),
+    }
+}
+
+/// The connection parameters in a `requestComputerPartition` answer (a `SoftwareInstance`'s
+/// `_connection_dict`; a lone json-in-xml `_` entry decoded like instance parameters).
+pub fn request_answer(body: &str) -> Result<Params, String> {
+    let value = loads(body).map_err(|e| format!("not xml_marshaller: {e}"))?;
+    let doc = SoftwareInstanceDoc::from_value(&value)
+        .map_err(|e| format!("not a SoftwareInstance: {e}"))?;
+    let conn = doc
+        .dict_attr("_connection_dict")
+        .map_err(|e| format!("SoftwareInstance: {e}"))?
+        .unwrap_or_default();
+    Ok(instance_parameters(&conn))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +674,10 @@ fn revision_of(a: &Assignment) -> u64 {
     u64::from_be_bytes(first) & ((1 << 53) - 1)
 }
 
-fn partition_assignment(p: &ComputerPartitionDoc) -> Result<Option<Assignment>, String> {
+fn partition_assignment(
+    p: &ComputerPartitionDoc,
+    children: BTreeMap<String, Params>,
+) -> Result<Option<Assignment>, String> {
     let Some(sr) = &p.software_release else {
         return Ok(None);
     };
@@ -512,15 +709,21 @@ fn partition_assignment(p: &ComputerPartitionDoc) -> Result<Option<Assignment>, 
         parameters: instance_parameters(&params),
         state,
         revision: 0,
-        children: BTreeMap::new(),
+        children,
         shared: Vec::new(),
     };
     a.revision = revision_of(&a);
     Ok(Some(a))
 }
 
-/// A decoded `getFullComputerInformation` document as the node's desired state.
-pub fn desired_from_doc(doc: &ComputerDoc, computer: &ComputerId) -> Result<DesiredState, String> {
+/// A decoded `getFullComputerInformation` document as the node's desired state; `children`:
+/// the connection parameters of the children each partition requested (its assignment's
+/// `children`, part of its revision).
+pub fn desired_from_doc(
+    doc: &ComputerDoc,
+    computer: &ComputerId,
+    children: &Children,
+) -> Result<DesiredState, String> {
     if doc.computer_id != computer.as_str() {
         return Err(format!(
             "the master answered for computer {:?}, not {computer}",
@@ -544,9 +747,14 @@ pub fn desired_from_doc(doc: &ComputerDoc, computer: &ComputerId) -> Result<Desi
     let mut partitions = Vec::new();
     for p in &doc.partition_list {
         let id = PartitionId::parse(&p.partition_id).map_err(|e| e.to_string())?;
+        // Inserted one by one: collecting into a map would link a sort for its entries.
+        let mut kids = BTreeMap::new();
+        for (_, t, c) in children.iter().filter(|(q, _, _)| *q == id) {
+            kids.insert(t.clone(), c.clone());
+        }
         partitions.push(DesiredPartition {
             id,
-            instance: partition_assignment(p)?,
+            instance: partition_assignment(p, kids)?,
         });
     }
     let etag = hash_hex(&serde_json::to_vec(&(&software, &partitions)).map_err(|e| e.to_string())?)
@@ -560,18 +768,22 @@ pub fn desired_from_doc(doc: &ComputerDoc, computer: &ComputerId) -> Result<Desi
     })
 }
 
-/// A `getFullComputerInformation` body as the node's desired state.
-pub fn desired_from_xml(body: &str, computer: &ComputerId) -> Result<DesiredState, String> {
+/// A `getFullComputerInformation` body, decoded.
+pub fn computer_doc(body: &str) -> Result<ComputerDoc, String> {
     let value = loads(body).map_err(|e| format!("not xml_marshaller: {e}"))?;
-    let doc = ComputerDoc::from_value(&value).map_err(|e| format!("not a Computer: {e}"))?;
-    desired_from_doc(&doc, computer)
+    ComputerDoc::from_value(&value).map_err(|e| format!("not a Computer: {e}"))
+}
+
+/// A `getFullComputerInformation` body as the node's desired state (no children).
+pub fn desired_from_xml(body: &str, computer: &ComputerId) -> Result<DesiredState, String> {
+    desired_from_doc(&computer_doc(body)?, computer, &Children::new())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use slapos_proto::slap::{ComputerConfiguration, FormFields, SoftwareReleaseForm};
-    use slapos_proto::{PartitionReport, PartitionSpec, SoftwareReport};
+    use slapos_proto::{PartitionReport, PartitionSpec, PromiseResult, SoftwareReport};
 
     /// The captures of `../shared/reference/slap-wire/` (the copy kept with the codec's tests).
     const NODE_CAPTURE: &str =
@@ -928,24 +1140,203 @@ mod tests {
         );
     }
 
+    fn child_request(json: serde_json::Value) -> slapos_proto::InstanceRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
-    fn child_requests_are_refused_with_a_clear_message() {
-        let req: slapos_proto::InstanceRequest = serde_json::from_value(serde_json::json!({
-            "title": "child", "software_url": "/sr.toml"
-        }))
-        .unwrap();
-        let err = call_for(&node(), &Outgoing::Request(pid("slappart0"), req)).unwrap_err();
-        assert!(err.contains("not supported over SLAP"), "{err}");
+    fn child_requests_are_the_partitions_request_form() {
+        let req = child_request(serde_json::json!({
+            "title": "child", "software_url": "/sr.toml", "software_type": "db",
+            "parameters": {"size": "1G"}, "sla": {"computer_guid": "NODE"}, "state": "stopped"
+        }));
+        let call = call_for(&node(), &Outgoing::Request(pid("slappart0"), req)).unwrap();
+        let (h, form, auth) = as_captured(&call);
+        assert_eq!(h, "POST /requestComputerPartition");
+        // ComputerPartition.request's fields, in its order, and its X-SlapPartition header.
+        let names: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "computer_id",
+                "computer_partition_id",
+                "software_release",
+                "software_type",
+                "partition_reference",
+                "shared_xml",
+                "partition_parameter_xml",
+                "filter_xml",
+                "state"
+            ]
+        );
+        assert_eq!(
+            auth.as_deref(),
+            Some(SlapPartitionAuth::header_value("NODE", "slappart0").as_str())
+        );
+        // Read back with the parser master-lite serves this route with.
+        let f = RequestForm::from_form(&form).unwrap();
+        assert_eq!(f.partition_reference, "child");
+        assert_eq!(f.software_release, "/sr.toml");
+        assert_eq!(f.software_type, "db");
+        assert_eq!(
+            f.parameters,
+            BTreeMap::from([("size".into(), Value::str("1G"))])
+        );
+        assert_eq!(f.filter_str("computer_guid"), Some("NODE"));
+        assert_eq!(f.state, Some(RequestedState::Stopped));
+        assert!(!f.shared);
+        let r = f.requester.unwrap();
+        assert_eq!(
+            (r.computer_id.as_str(), r.partition_id.as_str()),
+            ("NODE", "slappart0")
+        );
+        // The shared/state/filter fields are marshalled like the captured OpenOrder request's.
+        let ex = &captured(CLIENT_CAPTURE, "POST /requestComputerPartition")[0];
+        let req = child_request(serde_json::json!({"title": "c", "software_url": "/sr.toml"}));
+        let Call::Post { form: ours, .. } =
+            call_for(&node(), &Outgoing::Request(pid("p"), req)).unwrap()
+        else {
+            panic!()
+        };
+        for k in ["shared_xml", "state", "filter_xml"] {
+            let mine = &ours.iter().find(|(n, _)| *n == k).unwrap().1;
+            assert_eq!(
+                loads(mine).unwrap(),
+                loads(ex.form.field(k).unwrap()).unwrap(),
+                "{k}"
+            );
+        }
+        // A shared request says so.
+        let req = child_request(serde_json::json!({
+            "title": "s", "software_url": "/sr.toml", "shared": true
+        }));
+        assert!(request_form(&node(), &pid("p"), &req).shared);
+        // Non-string parameters travel as one json-in-xml `_`, which the child decodes back.
+        let req = child_request(serde_json::json!({
+            "title": "c", "software_url": "/sr.toml", "parameters": {"n": 3, "s": "x"}
+        }));
+        let f = request_form(&node(), &pid("p"), &req);
+        assert_eq!(
+            Json::Object(instance_parameters(&f.parameters)),
+            serde_json::json!({"n": 3, "s": "x"})
+        );
+    }
+
+    #[test]
+    fn request_answers_bring_the_childs_connection_parameters() {
+        let answers = captured(CLIENT_CAPTURE, "POST /requestComputerPartition");
+        // The first answer comes before the instance published: no parameters yet.
+        assert_eq!(request_answer(&answers[0].response).unwrap(), Params::new());
+        let published = answers
+            .iter()
+            .map(|ex| request_answer(&ex.response).unwrap())
+            .find(|p| !p.is_empty())
+            .expect("a captured answer with connection parameters");
+        assert_eq!(
+            Json::Object(published),
+            serde_json::json!({"password": "secret", "url": "http://[fd00::10]:8080/"})
+        );
+        let err = request_answer("<html>408</html>").unwrap_err();
+        assert!(err.contains("xml_marshaller"), "{err}");
+        let err = request_answer(&full_computer_bodies()[0]).unwrap_err();
+        assert!(err.contains("SoftwareInstance"), "{err}");
+
+        // The children go into the requesting partition's assignment and its revision.
+        let body = &full_computer_bodies()[0];
+        let plain = desired_from_xml(body, &node()).unwrap();
+        let kids = vec![(
+            pid("slappart0"),
+            "db".to_owned(),
+            request_answer(&answers.last().unwrap().response).unwrap(),
+        )];
+        let doc = computer_doc(body).unwrap();
+        let with = desired_from_doc(&doc, &node(), &kids).unwrap();
+        let a = with.partitions[0].instance.as_ref().unwrap();
+        assert_eq!(a.children["db"]["password"], "secret");
+        assert_ne!(
+            a.revision,
+            plain.partitions[0].instance.as_ref().unwrap().revision
+        );
+        assert_ne!(with.etag, plain.etag);
+    }
+
+    #[test]
+    fn a_failing_promise_is_slapgrids_software_instance_error() {
+        let promise = |name: &str, ok| PromiseResult {
+            name: name.into(),
+            ok,
+            message: format!("{name} said no"),
+            at_ms: 1,
+        };
+        let report = |state, promises| {
+            Outgoing::Report(
+                pid("slappart0"),
+                PartitionReport {
+                    state,
+                    revision: 1,
+                    promises,
+                    error: None,
+                },
+            )
+        };
+        let (h, form, auth) = as_captured(
+            &call_for(
+                &node(),
+                &report(
+                    InstanceState::Started,
+                    vec![
+                        promise("a", true),
+                        promise("web-answers", false),
+                        promise("c", false),
+                    ],
+                ),
+            )
+            .unwrap(),
+        );
+        assert_eq!(h, "POST /softwareInstanceError");
+        assert_eq!(
+            form,
+            [
+                ("computer_id".to_owned(), "NODE".to_owned()),
+                ("computer_partition_id".to_owned(), "slappart0".to_owned()),
+                (
+                    "error_log".to_owned(),
+                    "Promise 'web-answers' failed with output: web-answers said no".to_owned()
+                ),
+            ]
+        );
+        assert!(auth.is_some());
+        // Passing promises: the captured startedComputerPartition form.
+        let ex = &captured(NODE_CAPTURE, "POST /startedComputerPartition")[0];
+        let (_, form, _) = as_captured(
+            &call_for(
+                &node(),
+                &report(InstanceState::Started, vec![promise("a", true)]),
+            )
+            .unwrap(),
+        );
+        assert_eq!(form, ex.form);
+        // A stopped partition's report is about its state, not its (old) promises.
+        let (h, _, _) = as_captured(
+            &call_for(
+                &node(),
+                &report(InstanceState::Stopped, vec![promise("a", false)]),
+            )
+            .unwrap(),
+        );
+        assert_eq!(h, "POST /stoppedComputerPartition");
+    }
+
+    #[test]
+    fn unreachable_child_requests_are_retried_and_not_remembered() {
         let link = SlapLink::new("http://127.0.0.1:9", node()).unwrap();
-        let req: slapos_proto::InstanceRequest = serde_json::from_value(serde_json::json!({
-            "title": "child", "software_url": "/sr.toml"
-        }))
-        .unwrap();
+        let req = child_request(serde_json::json!({"title": "child", "software_url": "/sr.toml"}));
         let e = link
             .send(&Outgoing::Request(pid("slappart0"), req))
             .unwrap_err();
-        assert!(!e.is_unreachable(), "not retried: {e}");
+        assert!(e.is_unreachable(), "retried by the outbox: {e}");
         assert!(e.to_string().contains("requestComputerPartition"), "{e}");
+        assert!(link.children().is_empty());
         assert!(SlapLink::new("ftp://x", node()).is_err());
     }
 }
