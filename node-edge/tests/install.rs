@@ -89,6 +89,30 @@ async fn installs_hello_web_example() {
 }
 
 #[tokio::test]
+async fn an_install_tells_each_step_as_it_starts() {
+    let root = tempfile::tempdir().unwrap();
+    let url = SoftwareUrl::parse(common::example("hello-web")).unwrap();
+    let steps = std::sync::Mutex::new(Vec::new());
+    installer(root.path())
+        .install_with(&url, &|line: &str| {
+            steps.lock().unwrap().push(line.to_owned())
+        })
+        .await
+        .unwrap();
+    let steps = steps.into_inner().unwrap();
+    assert!(steps[0].starts_with("fetching manifest "), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.starts_with("fetching artifact ")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().any(|s| s == "build step `launcher` done"),
+        "{steps:?}"
+    );
+    assert_eq!(steps.last().map(String::as_str), Some("installed"));
+}
+
+#[tokio::test]
 async fn installs_flaky_example_through_file_url() {
     let root = tempfile::tempdir().unwrap();
     let url = SoftwareUrl::parse(format!("file://{}", common::example("flaky"))).unwrap();

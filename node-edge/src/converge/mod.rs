@@ -147,13 +147,20 @@ impl Node {
                 None => {
                     let _permit = sem.acquire_owned().await;
                     tracing::info!(software = %url, "installing");
-                    outbox.push(Outgoing::Software(SoftwareReport {
-                        url: url.clone(),
-                        state: InstallState::Building,
-                        message: None,
-                        parameter_model: None,
-                    }));
-                    installer.install(&url).await
+                    // Building, then each step as it starts (the outbox keeps only the latest
+                    // unsent one): `request --wait` shows it.
+                    let building = |message: Option<String>| {
+                        outbox.push(Outgoing::Software(SoftwareReport {
+                            url: url.clone(),
+                            state: InstallState::Building,
+                            message,
+                            parameter_model: None,
+                        }))
+                    };
+                    building(None);
+                    installer
+                        .install_with(&url, &|line: &str| building(Some(line.to_owned())))
+                        .await
                 }
             };
             let _ = tx.send(SwDone::Installed(url, res)).await;

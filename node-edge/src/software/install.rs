@@ -170,6 +170,17 @@ impl Installer {
     /// directory (and the step's jail) is then removed at the next start
     /// ([`Installer::clean_leftovers`], `Jails::remove_others`).
     pub async fn install(&self, url: &SoftwareUrl) -> Result<PathBuf, InstallError> {
+        self.install_with(url, &|_| {}).await
+    }
+
+    /// [`Installer::install`], telling `step` each step as it starts (fetching the manifest, an
+    /// artifact, a build step: the lines of the build log's `[node]` notes), so the master can
+    /// show what an install is doing.
+    pub async fn install_with(
+        &self,
+        url: &SoftwareUrl,
+        step: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<PathBuf, InstallError> {
         if let Some(d) = self.installed(url) {
             return Ok(d);
         }
@@ -199,7 +210,7 @@ impl Installer {
                 return Err(fail(e.to_string(), String::new()));
             }
         };
-        let res = self.install_into(url, &build, &bfs, &log).await;
+        let res = self.install_into(url, &build, &bfs, &log, step).await;
         match res {
             Ok(()) => {
                 let final_dir = self.dir(url);
@@ -237,10 +248,12 @@ impl Installer {
         build: &Path,
         bfs: &PartitionFs,
         log: &File,
+        step: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), String> {
         let note = |line: String| {
             tracing::info!(software = %url, "{line}");
             let _ = writeln!(&*log, "[node] {line}");
+            step(&line);
         };
 
         note(format!("fetching manifest {url}"));
