@@ -103,17 +103,24 @@ computer.updateConfiguration(slapos.util.dumps({
     } for i in range(3)]}))
 "#;
 
+/// A served master (see [`serve`]) whose computer `COMP` is formatted with three partitions as
+/// `slapos node format` does: its directory (the CLI's `client.cfg`), the server, its URL.
+fn formatted(venv: &Path) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let url = server.url.clone();
+    py(venv, &url, FORMAT);
+    (dir, server, url)
+}
+
 /// `slapos service list/info` and `slapos computer list/info` through `/hateoas` (slapproxy's
 /// `TestCliInformation`): a root instance with parameters and published connection parameters,
 /// a child that must not be listed, the formatted computer, unknown names, quoted names → 400.
 #[test]
 fn hateoas_service_and_computer_commands_with_the_real_cli() {
     let Some(venv) = venv() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, url) = formatted(&venv);
     let d = dir.path();
-    let server = serve(d);
-    let url = server.url.clone();
-    py(&venv, &url, FORMAT);
     let empty = slapos(&venv, d, &["service", "list"]);
     assert!(!empty.contains("myinstance"), "{empty}");
     slapos(&venv, d, &["supply", SR, "COMP"]);
@@ -191,11 +198,8 @@ fn hateoas_service_and_computer_commands_with_the_real_cli() {
 #[test]
 fn shared_instances_with_the_real_cli() {
     let Some(venv) = venv() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, url) = formatted(&venv);
     let d = dir.path();
-    let server = serve(d);
-    let url = server.url.clone();
-    py(&venv, &url, FORMAT);
     slapos(&venv, d, &["supply", SR, "COMP"]);
 
     // No host yet.
@@ -819,11 +823,8 @@ async fn bad_input_gets_slapproxys_status_codes_and_changes_nothing() {
 #[test]
 fn use_computer_with_a_journal_from_slapos_collect_is_accounted_once() {
     let Some(venv) = venv() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _server, url) = formatted(&venv);
     let d = dir.path();
-    let server = serve(d);
-    let url = server.url.clone();
-    py(&venv, &url, FORMAT);
     slapos(&venv, d, &["supply", SR, "COMP"]);
     slapos(&venv, d, &["request", "web", SR]);
     let report = r#"
