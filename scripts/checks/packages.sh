@@ -8,7 +8,8 @@
 #     control fields and contents; every packaged binary of the ARM packages runs (--version)
 #     under qemu-user; lintian (errors and warnings fail, except the overrides shipped and
 #     explained in docs/install.md);
-#  4. dist/test-install.sh: the amd64 .debs installed, run under systemd and purged in a clean
+#  4. the arm64 .deb's node booted on the QEMU aarch64 board (SLAPOS_BOARD_NODE);
+#  5. dist/test-install.sh: the amd64 .debs installed, run under systemd and purged in a clean
 #     Debian 12 (systemd-nspawn).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -85,6 +86,14 @@ elif [ "${SLAPOS_REQUIRE_TOOLS:-0}" = 1 ]; then
 else
     echo "packages check: SKIP lintian: not found (scripts/deps/packages.sh; set SLAPOS_REQUIRE_TOOLS=1 to make this a failure)"
 fi
+
+# The arm64 package on the board: the QEMU aarch64 board (no dpkg, no systemd: an initramfs)
+# boots the node the .deb ships, which registers with a host master and starts an instance
+# (tests/tests/boards.rs; gated like every board test, SLAPOS_REQUIRE_QEMU=1 in CI).
+step "the arm64 .deb's slapos-node on the QEMU aarch64 board"
+rm -rf "$x/board" && dpkg-deb -x "$(ls "$out"/slapos-node_*_arm64.deb)" "$x/board"
+SLAPOS_BOARD_NODE="$x/board/usr/bin/slapos-node" cargo test -q -p slapos-tests --test boards \
+    qemu_virt_aarch64_node_registers_and_starts_an_instance -- --exact --nocapture 2>&1 | tail -15
 
 step "dist/test-install.sh"
 dist/test-install.sh "$out"

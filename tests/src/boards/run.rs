@@ -288,7 +288,12 @@ pub fn initramfs_with(
     img.file("etc/group", b"root:x:0:\n", 0o644);
     let mut exec = Vec::new();
     if let Some(port) = master_port {
-        let node = read(&prep.artefacts.join("slapos-node"));
+        // `SLAPOS_BOARD_NODE`: boot another build of the node, e.g. the one a package ships
+        // (scripts/checks/packages.sh boots the arm64 .deb's), instead of the cross artefact.
+        let node = match std::env::var_os("SLAPOS_BOARD_NODE") {
+            Some(path) => read(Path::new(&path)),
+            None => read(&prep.artefacts.join("slapos-node")),
+        };
         img.file(GUEST_NODE, &node, 0o755);
         img.file(
             GUEST_NODE_CONFIG,
