@@ -1945,11 +1945,16 @@ impl RequestRules {
     };
 }
 
-/// The wall clock in milliseconds since the epoch (0 if the clock is before it).
+/// The wall clock in milliseconds since the epoch, rounded up (0 if the clock is before it): a
+/// revision floored by it is no earlier than the change, even for a client that reads its own
+/// clock in microseconds within the same millisecond (slapproxy's suite compares `time.time()`
+/// before a request with the instance's `timestamp`).
 fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| {
+            u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+        })
 }
 
 /// A parsed SLA filter.

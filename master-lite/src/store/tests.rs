@@ -1338,3 +1338,21 @@ fn a_shared_instance_requested_by_a_partition_is_its_child_and_sla_picks_the_hos
         Err(StoreError::Invalid(_))
     ));
 }
+
+/// slapproxy's `test_two_same_request_from_one_partition`: `time.time()` (microseconds) read
+/// before a request is never later than the instance's timestamp (its revision, in ms, floored
+/// by the store's clock when its transaction begins).
+#[test]
+fn the_revision_clock_is_no_earlier_than_a_microsecond_clock_read_before() {
+    for _ in 0..100 {
+        let before_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        let floor = wall_clock_ms();
+        assert!(
+            u128::from(floor) * 1000 >= before_us,
+            "clock {floor} ms is before the clock read {before_us} µs"
+        );
+    }
+}
