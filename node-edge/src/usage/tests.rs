@@ -136,6 +136,12 @@ impl Fixture {
 
 #[test]
 fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
+    // The disk walk lists the partition directory.
+    if crate::util::emulated_32bit_listing(
+        "samples_wait_out_an_outage_and_a_restart_and_arrive_once",
+    ) {
+        return;
+    }
     let f = Fixture::new(2);
     let web = InstanceTitle::parse("web").unwrap();
     *f.instances.lock().unwrap() = vec![(p(0), web.clone())];
@@ -210,6 +216,10 @@ fn samples_wait_out_an_outage_and_a_restart_and_arrive_once() {
 
 #[test]
 fn a_full_outbox_folds_instead_of_losing_samples() {
+    // The disk walk lists the partition directory.
+    if crate::util::emulated_32bit_listing("a_full_outbox_folds_instead_of_losing_samples") {
+        return;
+    }
     let f = Fixture::new(1);
     f.link.set_down(true);
     let s = f.sampler(8);
