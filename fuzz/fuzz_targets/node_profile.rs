@@ -124,7 +124,11 @@ fn context(parameters: Params) -> RenderContext {
         key: String::new(),
         ca: String::new(),
     };
+    // The same untrusted values as a hosted shared instance (what a host's template reads).
+    let mut shared = parameters.clone();
+    shared.insert("slave_reference".into(), Value::String("_shared".into()));
     RenderContext {
+        slave_instance_list: vec![shared],
         parameters,
         ports: partition.ports.clone(),
         partition,
