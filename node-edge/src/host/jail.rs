@@ -327,7 +327,16 @@ impl Jails {
         }
         let mut files = Vec::new();
         for d in self.dirs(name) {
-            std::fs::create_dir_all(&d).map_err(io("create", &d))?;
+            if let Err(e) = std::fs::create_dir_all(&d) {
+                // An accounting group only measures: where its hierarchy is mounted but cannot
+                // be written (read-only in a container, say) the jail goes on without it and
+                // its usage fields read 0. The confining groups (pids, freezer) are required.
+                if self.acct.all().any(|a| d.starts_with(a)) {
+                    tracing::warn!("jail `{name}`: not measured in `{}`: {e}", d.display());
+                    continue;
+                }
+                return Err(io("create", &d)(e));
+            }
             files.push(d.join("cgroup.procs"));
         }
         if self.limits_pids() {
@@ -724,6 +733,28 @@ mod tests {
     }
 
     /// The real hierarchies, as root: a double-forked, setsid'd child cannot outlive a kill.
+    #[test]
+    fn an_accounting_hierarchy_that_cannot_be_written_does_not_stop_a_jail() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for h in ["pids", "freezer", "cpuacct", "memory"] {
+            std::fs::create_dir_all(r.join(h)).unwrap();
+            std::fs::write(r.join(h).join("cgroup.procs"), "").unwrap();
+        }
+        let j = Jails::detect(r, "k", 8, Path::new("/proc")).unwrap();
+        // `memory` is mounted but its subtree cannot be created (a file stands in the way, as
+        // EROFS would for root).
+        std::fs::write(r.join("memory/slapos-edge-jail"), "").unwrap();
+        let join = j.prepare("p").expect("the jail without its memory group");
+        assert!(r.join("pids/slapos-edge-jail/k/p").is_dir());
+        assert!(r.join("cpuacct/slapos-edge-jail/k/p").is_dir());
+        assert_eq!(join.0.len(), 3, "pids, freezer, cpuacct");
+        // A confining hierarchy that cannot be written is still an error.
+        std::fs::remove_dir_all(r.join("freezer/slapos-edge-jail")).unwrap();
+        std::fs::write(r.join("freezer/slapos-edge-jail"), "").unwrap();
+        assert!(j.prepare("q").is_err());
+    }
+
     #[test]
     fn real_jails_kill_setsid_survivors() {
         if !nix::unistd::geteuid().is_root() {
