@@ -21,11 +21,10 @@
 use std::collections::BTreeMap;
 
 use slapos_proto::slap::{Journal, journal_date_ms};
-use slapos_proto::{ComputerId, InstanceTitle, PartitionId, UsageBatch, UsageSample};
+use slapos_proto::{ComputerId, InstanceTitle, PartitionId, UsageSample};
 
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
-use crate::store::MAX_USAGE_BATCH;
 
 const MIB: f64 = 1_048_576.0;
 
@@ -140,19 +139,16 @@ pub(crate) async fn record_journal(
     let journal =
         slapos_proto::slap::parse_journal(xml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let now = now_ms();
-    let (stored, skipped) = st
+    let (ack, skipped) = st
         .db
         .call(move |s| {
-            let partitions = s.usage_partitions(&c)?;
-            let usage = journal_samples(&c, &journal, &partitions);
-            let mut stored = 0;
-            for chunk in usage.samples.chunks(MAX_USAGE_BATCH) {
-                let batch = UsageBatch {
-                    samples: chunk.to_vec(),
-                };
-                stored += s.record_usage(&c, &batch, now)?.stored;
-            }
-            Ok::<_, crate::store::StoreError>((stored, usage.skipped))
+            let mut skipped = Vec::new();
+            let ack = s.record_mapped_usage(&c, now, |partitions| {
+                let usage = journal_samples(&c, &journal, partitions);
+                skipped = usage.skipped;
+                usage.samples
+            })?;
+            Ok::<_, crate::store::StoreError>((ack, skipped))
         })
         .await?;
     if !skipped.is_empty() {
@@ -162,7 +158,7 @@ pub(crate) async fn record_journal(
             "usage journal: parts not accounted"
         );
     }
-    Ok(Some(u64::from(stored)))
+    Ok(Some(u64::from(ack.stored)))
 }
 
 #[cfg(test)]

@@ -1099,7 +1099,16 @@ fn slap_format_rewrites_addresses_only_when_they_change() {
 fn usage_totals_count_each_new_sample_once_and_list_partitions_with_their_instances() {
     let Some(mut s) = ready(2) else { return };
     s.request(&req("web", SR), None, 2).unwrap();
-    let parts = s.usage_partitions(&cid("C1")).unwrap();
+    // A journal's samples are made from the partitions and their instances, in one
+    // transaction.
+    let mut parts = Vec::new();
+    let ack = s
+        .record_mapped_usage(&cid("C1"), 4, |p| {
+            parts = p.to_vec();
+            Vec::new()
+        })
+        .unwrap();
+    assert_eq!((ack.stored, ack.duplicates), (0, 0));
     assert_eq!(
         parts,
         [
@@ -1108,7 +1117,7 @@ fn usage_totals_count_each_new_sample_once_and_list_partitions_with_their_instan
         ]
     );
     assert!(matches!(
-        s.usage_partitions(&cid("NOPE")),
+        s.record_mapped_usage(&cid("NOPE"), 4, |_| Vec::new()),
         Err(StoreError::NotFound(_))
     ));
     let sample = |p: &str, start: u64| UsageSample {

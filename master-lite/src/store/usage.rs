@@ -11,7 +11,7 @@ use slapos_proto::{
 };
 
 use super::error::{DbContext, StoreError};
-use super::sql::{OptionalExtension, params};
+use super::sql::{OptionalExtension, Transaction, params};
 
 use super::{Result, Store, require_computer, touch_seen};
 
@@ -99,140 +99,32 @@ impl Store {
             check(c, s)?;
         }
         let tx = self.write()?;
-        let cs = c.as_str();
-        require_computer(&tx, cs)?;
-        touch_seen(&tx, cs, now_ms)?;
-        let mut ack = UsageAck {
-            stored: 0,
-            duplicates: 0,
-        };
-        let mut added = UsageTotals::default();
-        for s in &batch.samples {
-            let ps = s.partition.as_str();
-            let known: bool = tx
-                .q_row(
-                    "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
-                    [cs, ps],
-                    |_| Ok(true),
-                )
-                .optional()
-                .op("look up a partition")?
-                .unwrap_or(false);
-            if !known {
-                return Err(StoreError::NotFound(format!(
-                    "usage sample of partition {ps}: it is not registered on computer {cs}"
-                )));
-            }
-            // The tree and owner of the instance, when the master still knows it there.
-            let (root, owner): (Option<String>, Option<String>) = match &s.instance {
-                None => (None, None),
-                Some(title) => tx
-                    .q_row(
-                        "SELECT CASE WHEN i.root = '' THEN i.title ELSE i.root END, \
-                         (SELECT r.owner FROM instance r WHERE r.root = '' AND r.title = \
-                          CASE WHEN i.root = '' THEN i.title ELSE i.root END) \
-                         FROM instance i WHERE i.computer = ?1 AND i.partition = ?2 \
-                         AND i.title = ?3",
-                        [cs, ps, title.as_str()],
-                        |r| Ok((Some(r.get::<String>(0)?), r.get::<Option<String>>(1)?)),
-                    )
-                    .optional()
-                    .op("look up the instance of a usage sample")?
-                    .unwrap_or((None, None)),
-            };
-            let n = tx
-                .exec(
-                    "INSERT INTO usage_sample (computer, partition, start_ms, end_ms, instance, \
-                     root, owner, cpu_ns, memory_bytes, memory_peak_bytes, io_read_bytes, \
-                     io_write_bytes, disk_bytes, tasks, folded, received_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-                     ON CONFLICT DO NOTHING",
-                    params![
-                        cs,
-                        ps,
-                        int(c, "start_ms", s.start_ms)?,
-                        int(c, "end_ms", s.end_ms)?,
-                        s.instance.as_ref().map(|t| t.as_str()),
-                        root,
-                        owner,
-                        int(c, "cpu_ns", s.cpu_ns)?,
-                        int(c, "memory_bytes", s.memory_bytes)?,
-                        int(c, "memory_peak_bytes", s.memory_peak_bytes)?,
-                        int(c, "io_read_bytes", s.io_read_bytes)?,
-                        int(c, "io_write_bytes", s.io_write_bytes)?,
-                        int(c, "disk_bytes", s.disk_bytes)?,
-                        int(c, "tasks", s.tasks)?,
-                        i64::from(s.folded),
-                        int(c, "received_ms", now_ms)?
-                    ],
-                )
-                .op("store a usage sample")?;
-            if n == 1 {
-                ack.stored += 1;
-                let ms = s.end_ms.saturating_sub(s.start_ms) as f64;
-                added.cpu_ns += s.cpu_ns as f64;
-                added.memory_byte_ms += s.memory_bytes as f64 * ms;
-                added.disk_byte_ms += s.disk_bytes as f64 * ms;
-                added.io_read_bytes += s.io_read_bytes as f64;
-                added.io_write_bytes += s.io_write_bytes as f64;
-                added.samples += u64::from(s.folded);
-            } else {
-                ack.duplicates += 1;
-            }
-        }
-        if added.samples > 0 {
-            tx.exec(
-                "INSERT INTO usage_total (computer, cpu_ns, memory_byte_ms, disk_byte_ms, \
-                 io_read_bytes, io_write_bytes, samples) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                 ON CONFLICT (computer) DO UPDATE SET cpu_ns = usage_total.cpu_ns + excluded.cpu_ns, \
-                 memory_byte_ms = usage_total.memory_byte_ms + excluded.memory_byte_ms, \
-                 disk_byte_ms = usage_total.disk_byte_ms + excluded.disk_byte_ms, \
-                 io_read_bytes = usage_total.io_read_bytes + excluded.io_read_bytes, \
-                 io_write_bytes = usage_total.io_write_bytes + excluded.io_write_bytes, \
-                 samples = usage_total.samples + excluded.samples",
-                params![
-                    cs,
-                    added.cpu_ns,
-                    added.memory_byte_ms,
-                    added.disk_byte_ms,
-                    added.io_read_bytes,
-                    added.io_write_bytes,
-                    int(c, "samples", added.samples)?
-                ],
-            )
-            .op("add to the computer's usage totals")?;
-        }
+        require_computer(&tx, c.as_str())?;
+        touch_seen(&tx, c.as_str(), now_ms)?;
+        let ack = insert_samples(&tx, c, &batch.samples, now_ms)?;
         tx.commit()?;
         Ok(ack)
     }
 
-    /// Each partition of computer `c` (registration order) and the title of the instance on
-    /// it (`None`: free): what a usage journal's references are matched against.
-    pub fn usage_partitions(
+    /// Store the samples `map` makes of computer `c`'s partitions (each with the title of the
+    /// instance on it), in one transaction: a usage journal of the SLAP wire, whose references
+    /// name partitions. Any number of samples (a journal is bounded by its decoder).
+    pub fn record_mapped_usage(
         &mut self,
         c: &ComputerId,
-    ) -> Result<Vec<(PartitionId, Option<InstanceTitle>)>> {
-        let tx = self.read()?;
+        now_ms: u64,
+        map: impl FnOnce(&[(PartitionId, Option<InstanceTitle>)]) -> Vec<UsageSample>,
+    ) -> Result<UsageAck> {
+        let tx = self.write()?;
         require_computer(&tx, c.as_str())?;
-        let found: Vec<(String, Option<String>)> = tx
-            .query_map(
-                "SELECT p.id, i.title FROM partition p LEFT JOIN instance i \
-                 ON i.computer = p.computer AND i.partition = p.id \
-                 WHERE p.computer = ?1 ORDER BY p.seq",
-                [c.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .op("list a computer's partitions and instances")?;
-        // Ids and titles were checked when stored; one that no longer parses is skipped.
-        Ok(found
-            .into_iter()
-            .filter_map(|(p, t)| {
-                Some((
-                    PartitionId::parse(&p).ok()?,
-                    t.and_then(|t| InstanceTitle::parse(&t).ok()),
-                ))
-            })
-            .collect())
+        let samples = map(&partitions_of(&tx, c)?);
+        for s in &samples {
+            check(c, s)?;
+        }
+        touch_seen(&tx, c.as_str(), now_ms)?;
+        let ack = insert_samples(&tx, c, &samples, now_ms)?;
+        tx.commit()?;
+        Ok(ack)
     }
 
     /// The running usage totals of every registered computer, by id (`/metrics`).
@@ -331,4 +223,142 @@ impl Store {
             total,
         })
     }
+}
+
+/// Insert `samples` of computer `c` (checked, on registered partitions; each counted once)
+/// and add the new ones to its running totals.
+fn insert_samples(
+    tx: &Transaction<'_>,
+    c: &ComputerId,
+    samples: &[UsageSample],
+    now_ms: u64,
+) -> Result<UsageAck> {
+    let cs = c.as_str();
+    let mut ack = UsageAck {
+        stored: 0,
+        duplicates: 0,
+    };
+    let mut added = UsageTotals::default();
+    for s in samples {
+        let ps = s.partition.as_str();
+        let known: bool = tx
+            .q_row(
+                "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
+                [cs, ps],
+                |_| Ok(true),
+            )
+            .optional()
+            .op("look up a partition")?
+            .unwrap_or(false);
+        if !known {
+            return Err(StoreError::NotFound(format!(
+                "usage sample of partition {ps}: it is not registered on computer {cs}"
+            )));
+        }
+        // The tree and owner of the instance, when the master still knows it there.
+        let (root, owner): (Option<String>, Option<String>) = match &s.instance {
+            None => (None, None),
+            Some(title) => tx
+                .q_row(
+                    "SELECT CASE WHEN i.root = '' THEN i.title ELSE i.root END, \
+                     (SELECT r.owner FROM instance r WHERE r.root = '' AND r.title = \
+                      CASE WHEN i.root = '' THEN i.title ELSE i.root END) \
+                     FROM instance i WHERE i.computer = ?1 AND i.partition = ?2 \
+                     AND i.title = ?3",
+                    [cs, ps, title.as_str()],
+                    |r| Ok((Some(r.get::<String>(0)?), r.get::<Option<String>>(1)?)),
+                )
+                .optional()
+                .op("look up the instance of a usage sample")?
+                .unwrap_or((None, None)),
+        };
+        let n = tx
+            .exec(
+                "INSERT INTO usage_sample (computer, partition, start_ms, end_ms, instance, \
+                 root, owner, cpu_ns, memory_bytes, memory_peak_bytes, io_read_bytes, \
+                 io_write_bytes, disk_bytes, tasks, folded, received_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                 ON CONFLICT DO NOTHING",
+                params![
+                    cs,
+                    ps,
+                    int(c, "start_ms", s.start_ms)?,
+                    int(c, "end_ms", s.end_ms)?,
+                    s.instance.as_ref().map(|t| t.as_str()),
+                    root,
+                    owner,
+                    int(c, "cpu_ns", s.cpu_ns)?,
+                    int(c, "memory_bytes", s.memory_bytes)?,
+                    int(c, "memory_peak_bytes", s.memory_peak_bytes)?,
+                    int(c, "io_read_bytes", s.io_read_bytes)?,
+                    int(c, "io_write_bytes", s.io_write_bytes)?,
+                    int(c, "disk_bytes", s.disk_bytes)?,
+                    int(c, "tasks", s.tasks)?,
+                    i64::from(s.folded),
+                    int(c, "received_ms", now_ms)?
+                ],
+            )
+            .op("store a usage sample")?;
+        if n == 1 {
+            ack.stored += 1;
+            let ms = s.end_ms.saturating_sub(s.start_ms) as f64;
+            added.cpu_ns += s.cpu_ns as f64;
+            added.memory_byte_ms += s.memory_bytes as f64 * ms;
+            added.disk_byte_ms += s.disk_bytes as f64 * ms;
+            added.io_read_bytes += s.io_read_bytes as f64;
+            added.io_write_bytes += s.io_write_bytes as f64;
+            added.samples += u64::from(s.folded);
+        } else {
+            ack.duplicates += 1;
+        }
+    }
+    if added.samples > 0 {
+        tx.exec(
+            "INSERT INTO usage_total (computer, cpu_ns, memory_byte_ms, disk_byte_ms, \
+             io_read_bytes, io_write_bytes, samples) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (computer) DO UPDATE SET cpu_ns = usage_total.cpu_ns + excluded.cpu_ns, \
+             memory_byte_ms = usage_total.memory_byte_ms + excluded.memory_byte_ms, \
+             disk_byte_ms = usage_total.disk_byte_ms + excluded.disk_byte_ms, \
+             io_read_bytes = usage_total.io_read_bytes + excluded.io_read_bytes, \
+             io_write_bytes = usage_total.io_write_bytes + excluded.io_write_bytes, \
+             samples = usage_total.samples + excluded.samples",
+            params![
+                cs,
+                added.cpu_ns,
+                added.memory_byte_ms,
+                added.disk_byte_ms,
+                added.io_read_bytes,
+                added.io_write_bytes,
+                int(c, "samples", added.samples)?
+            ],
+        )
+        .op("add to the computer's usage totals")?;
+    }
+    Ok(ack)
+}
+
+/// Each partition of computer `c` (registration order) and the title of the instance on it.
+fn partitions_of(
+    tx: &Transaction<'_>,
+    c: &ComputerId,
+) -> Result<Vec<(PartitionId, Option<InstanceTitle>)>> {
+    let found: Vec<(String, Option<String>)> = tx
+        .query_map(
+            "SELECT p.id, i.title FROM partition p LEFT JOIN instance i \
+             ON i.computer = p.computer AND i.partition = p.id \
+             WHERE p.computer = ?1 ORDER BY p.seq",
+            [c.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .op("list a computer's partitions and instances")?;
+    // Ids and titles were checked when stored; one that no longer parses is skipped.
+    Ok(found
+        .into_iter()
+        .filter_map(|(p, t)| {
+            Some((
+                PartitionId::parse(&p).ok()?,
+                t.and_then(|t| InstanceTitle::parse(&t).ok()),
+            ))
+        })
+        .collect())
 }
