@@ -479,7 +479,81 @@ mod tests {
             parse_journal(""),
             Err(JournalError::NotJournal { .. })
         ));
-        let e = parse_journal(&COLLECT);
+        let e = parse_journal(&COLLECT.replace("12.5", "lots")).unwrap_err();
+        assert_eq!(
+            e,
+            JournalError::Quantity {
+                index: 1,
+                text: "lots".into()
+            }
+        );
+        assert!(matches!(
+            parse_journal("<journal><transaction>"),
+            Err(JournalError::Xml { .. })
+        ));
+        assert!(matches!(
+            parse_journal("<!DOCTYPE x [<!ENTITY a 'b'>]><journal/>"),
+            Err(JournalError::Doctype)
+        ));
+        let many = format!(
+            "<journal><transaction>{}</transaction></journal>",
+            "<movement/>".repeat(MAX_MOVEMENTS + 1)
+        );
+        assert_eq!(parse_journal(&many), Err(JournalError::TooLarge));
+    }
+
+    #[test]
+    fn dates_written_read_back_to_the_millisecond() {
+        let day = 1_764_547_200_000; // 2025-12-01T00:00:00Z
+        assert_eq!(journal_date(day), "2025-12-01 00:00:00");
+        assert_eq!(journal_date(day + 86_399_000), "2025-12-01 23:59:59");
+        assert_eq!(journal_date(day + 61_005), "2025-12-01 00:01:01.005");
+        assert_eq!(journal_date(0), "1970-01-01 00:00:00");
+        assert_eq!(journal_date(951_782_400_000), "2000-02-29 00:00:00");
+        for ms in [
+            0,
+            day,
+            day + 1,
+            day + 999,
+            951_782_400_123,
+            4_102_444_800_000,
+        ] {
+            assert_eq!(journal_date_ms(&journal_date(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(journal_date_ms("2025-12-01 00:00:01.5"), Some(day + 1500));
+        assert_eq!(
+            journal_date_ms("2025-12-01 00:00:01.123456"),
+            Some(day + 1123)
+        );
+        for bad in [
+            "2025-12-01 00:00:01.",
+            "2025-12-01 00:00:01.x",
+            "2025-12-01 00:00:.5",
+        ] {
+            assert_eq!(journal_date_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_the_writer_writes_parses_to_the_same_movements() {
+        let mut w = JournalWriter::new();
+        w.transaction(
+            "Eco Information for COMP-1 ",
+            "2026-12-01 00:00:00",
+            "2026-12-01 23:59:59",
+            "2026-12-01-global",
+        )
+        .unwrap();
+        w.movement(
+            "service_module/cpu_load_percent",
+            "CPU Load Percent Average for slapuser0",
+            "slapuser0",
+            12.5,
+        )
+        .unwrap();
+        // Byte for byte what slapos.collect wrote in `COLLECT` (tests/tests/slap_node.rs
+        // compares with the real library for more values).
+        assert_eq!(w.finish(), COLLECT);
         let mut w = JournalWriter::new();
         let movements = [
             ("service_module/cpu_load_percent", "slapuser1", 0.1 + 0.2),
