@@ -287,12 +287,12 @@ pub fn journal_date(ms: u64) -> String {
     out
 }
 
-/// Writes a journal as slapos.collect's `Journal` does (`ElementTree.tostring` behind the
-/// `<?xml …?>` declaration): each transaction a `Sale Packing List` with its `title`,
+/// Writes a journal as slapos.collect's `Journal` does (lxml's `tostring` behind the
+/// `<?xml …?>` declaration: an element with empty text is `<x></x>`, one without `<x/>`): each transaction a `Sale Packing List` with its `title`,
 /// `start_date`, `stop_date`, `reference`, empty `currency`, `payment_mode`, `category` and a
 /// `Destination` arrow; each movement its `resource`, `title`, `reference`, `quantity` (Python
-/// `str(float)`), `price` `0.0`, empty `VAT` and `category`. Text is escaped as ElementTree
-/// does (`& < >`); a character XML cannot carry is an error.
+/// `str(float)`), `price` `0.0`, empty `VAT` and `category`. Text is escaped as lxml
+/// does (`& < >`, `\r`); a character XML cannot carry is an error.
 #[derive(Debug)]
 pub struct JournalWriter {
     out: String,
@@ -315,12 +315,6 @@ impl JournalWriter {
     }
 
     fn field(&mut self, name: &str, text: &str) -> Result<(), EncodeError> {
-        if text.is_empty() {
-            self.out.push('<');
-            self.out.push_str(name);
-            self.out.push_str(" />");
-            return Ok(());
-        }
         self.out.push('<');
         self.out.push_str(name);
         self.out.push('>');
@@ -362,7 +356,7 @@ impl JournalWriter {
         ] {
             self.field(name, text)?;
         }
-        self.out.push_str("<arrow type=\"Destination\" />");
+        self.out.push_str("<arrow type=\"Destination\"/>");
         Ok(())
     }
 
@@ -395,7 +389,7 @@ impl JournalWriter {
         self.close();
         if self.out.ends_with("<journal>") {
             self.out.truncate(self.out.len() - 1);
-            self.out.push_str(" />");
+            self.out.push_str("/>");
         } else {
             self.out.push_str("</journal>");
         }
@@ -418,15 +412,15 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 mod tests {
     use super::*;
 
-    /// What `slapos.collect`'s `Journal` writes (`ConsumptionReport.buildXMLReport`).
+    /// What `slapos.collect`'s `Journal` writes (`ConsumptionReport.buildXMLReport`, lxml).
     const COLLECT: &str = "<?xml version='1.0' encoding='utf-8'?><journal><transaction \
         type=\"Sale Packing List\"><title>Eco Information for COMP-1 </title><start_date>\
         2026-12-01 00:00:00</start_date><stop_date>2026-12-01 23:59:59</stop_date><reference>\
-        2026-12-01-global</reference><currency /><payment_mode /><category /><arrow \
-        type=\"Destination\" /><movement><resource>service_module/cpu_load_percent</resource>\
-        <title>CPU Load Percent Average for slapuser0</title><reference>slapuser0</reference>\
-        <quantity>12.5</quantity><price>0.0</price><VAT /><category /></movement></transaction>\
-        </journal>";
+        2026-12-01-global</reference><currency></currency><payment_mode></payment_mode>\
+        <category></category><arrow type=\"Destination\"/><movement><resource>\
+        service_module/cpu_load_percent</resource><title>CPU Load Percent Average for \
+        slapuser0</title><reference>slapuser0</reference><quantity>12.5</quantity><price>0.0\
+        </price><VAT></VAT><category></category></movement></transaction></journal>";
 
     #[test]
     fn reads_what_slapos_collect_writes() {
@@ -591,7 +585,7 @@ mod tests {
         assert_eq!(t.movements, want);
         assert_eq!(
             JournalWriter::new().finish(),
-            "<?xml version='1.0' encoding='utf-8'?><journal />"
+            "<?xml version='1.0' encoding='utf-8'?><journal/>"
         );
         assert!(
             JournalWriter::new()
