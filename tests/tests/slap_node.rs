@@ -530,7 +530,7 @@ fn usage_and_bang(peer: Peer) {
         );
     }
     assert!(
-        !node_output(&node).contains("refused"),
+        !node_output(&node).contains("the master refused"),
         "{}",
         node_output(&node)
     );
@@ -560,7 +560,13 @@ fn usage_and_bang(peer: Peer) {
             let (s, instance) = db
                 .iter()
                 .find(|(s, _)| s.0 == k.0 && s.1 == k.1)
-                .unwrap_or_else(|| panic!("{k:?} not stored: {db:?}"));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{k:?} not stored: {db:?}; node output:\n{}\nmaster:\n{}",
+                        node_output(&node),
+                        master.output().join("\n")
+                    )
+                });
             assert_eq!((s.2, s.4, s.5), (k.2, k.4, k.5), "{k:?} stored as {s:?}");
             // CPU travels as a percentage of the period: back within a nanosecond.
             assert!(s.3.abs_diff(k.3) <= 1, "{k:?} stored as {s:?}");
