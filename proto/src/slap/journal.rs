@@ -281,7 +281,7 @@ pub fn journal_date(ms: u64) -> String {
         rem / 60 % 60,
         rem % 60
     );
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         out.push_str(&format!(".{:03}", ms % 1000));
     }
     out
