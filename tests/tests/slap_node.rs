@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use slapos_proto::slap::{ComputerDoc, loads};
 use slapos_test_support::gate::{Need, skip};
-use slapos_tests::{Node, Proc, bin, http_get, repo_root, url_in, wait_for};
+use slapos_tests::{Node, Proc, bin, http_get, repo_root, url_in, usage_outbox_depth, wait_for};
 
 const COMPUTER: &str = "COMP";
 
@@ -426,16 +426,6 @@ fn outbox(node: &Node) -> Vec<Sample> {
         .collect()
 }
 
-/// The outbox depth the node last wrote to its metrics file.
-fn outbox_depth(node: &Node) -> Option<u64> {
-    let text = std::fs::read_to_string(node.config.with_file_name("usage.prom")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("slapos_node_usage_outbox_samples "))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// master-lite's stored samples of `COMPUTER` (its database read-only).
 fn stored(db: &Path) -> Vec<(Sample, Option<String>)> {
     let conn =
@@ -522,7 +512,7 @@ fn usage_and_bang(peer: Peer) {
     });
     for _ in 0..4 {
         std::thread::sleep(Duration::from_secs(1));
-        let depth = outbox_depth(&node);
+        let depth = usage_outbox_depth(&node.config.with_file_name("usage.prom"));
         assert!(
             depth.is_some_and(|d| d <= 2),
             "{peer:?}: outbox depth {depth:?}: useComputer not acknowledged; node output:\n{}",
@@ -543,7 +533,7 @@ fn usage_and_bang(peer: Peer) {
             .expect("port in the url");
         master.stop();
         wait_for("samples kept", Duration::from_secs(30), || {
-            outbox_depth(&node).filter(|d| *d >= 6)
+            usage_outbox_depth(&node.config.with_file_name("usage.prom")).filter(|d| *d >= 6)
         });
         let kept = outbox(&node);
         assert!(kept.len() >= 6, "{kept:?}");
@@ -552,7 +542,7 @@ fn usage_and_bang(peer: Peer) {
         wait_for(
             "the kept samples delivered",
             Duration::from_secs(30),
-            || outbox_depth(&node).filter(|d| *d <= 2),
+            || usage_outbox_depth(&node.config.with_file_name("usage.prom")).filter(|d| *d <= 2),
         );
         master.stop();
         let db = stored(&dir.join("proxy.db"));

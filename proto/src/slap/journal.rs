@@ -314,14 +314,17 @@ impl JournalWriter {
         }
     }
 
-    fn field(&mut self, name: &str, text: &str) -> Result<(), EncodeError> {
-        self.out.push('<');
-        self.out.push_str(name);
-        self.out.push('>');
-        push_text_utf8(&mut self.out, text, "journal text")?;
-        self.out.push_str("</");
-        self.out.push_str(name);
-        self.out.push('>');
+    /// `<name>text</name>` for each pair.
+    fn fields(&mut self, fields: &[(&str, &str)]) -> Result<(), EncodeError> {
+        for (name, text) in fields {
+            self.out.push('<');
+            self.out.push_str(name);
+            self.out.push('>');
+            push_text_utf8(&mut self.out, text, "journal text")?;
+            self.out.push_str("</");
+            self.out.push_str(name);
+            self.out.push('>');
+        }
         Ok(())
     }
 
@@ -345,7 +348,7 @@ impl JournalWriter {
         self.out
             .push_str("<transaction type=\"Sale Packing List\">");
         self.open = true;
-        for (name, text) in [
+        self.fields(&[
             ("title", title),
             ("start_date", start_date),
             ("stop_date", stop_date),
@@ -353,9 +356,7 @@ impl JournalWriter {
             ("currency", ""),
             ("payment_mode", ""),
             ("category", ""),
-        ] {
-            self.field(name, text)?;
-        }
+        ])?;
         self.out.push_str("<arrow type=\"Destination\"/>");
         Ok(())
     }
@@ -369,7 +370,7 @@ impl JournalWriter {
         quantity: f64,
     ) -> Result<(), EncodeError> {
         self.out.push_str("<movement>");
-        for (name, text) in [
+        self.fields(&[
             ("resource", resource),
             ("title", title),
             ("reference", reference),
@@ -377,9 +378,7 @@ impl JournalWriter {
             ("price", "0.0"),
             ("VAT", ""),
             ("category", ""),
-        ] {
-            self.field(name, text)?;
-        }
+        ])?;
         self.out.push_str("</movement>");
         Ok(())
     }
