@@ -417,9 +417,10 @@ type Sample = (String, u64, u64, u64, u64, u64);
 fn outbox(node: &Node) -> Vec<Sample> {
     let path = node.instance_root.join(".slapos-node/usage/outbox");
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    // Whole lines only: the node may be appending the next period.
+    text.split_inclusive('\n')
         .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
+            let f: Vec<&str> = l.strip_suffix('\n')?.split(' ').collect();
             let n = |i: usize| f.get(i)?.parse::<u64>().ok();
             Some((f[0].to_owned(), n(1)?, n(2)?, n(3)?, n(4)?, n(8)?))
         })
