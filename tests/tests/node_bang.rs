@@ -5,24 +5,16 @@
 //! state; a partition the node does not have is refused before any call. The SLAP side
 //! (`softwareInstanceBang`, `computerBang`) is in `slap_node.rs`.
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::json;
 use slapos_proto::{ComputerId, InstanceTitle};
-use slapos_tests::{Master, Node, example_release, instance_request, params, supply, wait_for};
+use slapos_tests::{
+    Master, Node, example_release, instance_request, output_text, params, supply, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 const COMPUTER: &str = "COMP-BANG";
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn bang_bumps_the_tree_and_the_node_processes_it_again() {
@@ -57,11 +49,11 @@ fn bang_bumps_the_tree_and_the_node_processes_it_again() {
         node.command(&all).output().expect("slapos-node bang")
     };
     let o = bang(&["--partition", &p, "-m", "disk full"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&format!("banged partition(s) {p}")),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     let after = c.instance(&title, None).expect("instance");
     assert_eq!(after.bang.as_deref(), Some("disk full"));
@@ -71,11 +63,11 @@ fn bang_bumps_the_tree_and_the_node_processes_it_again() {
 
     // Without --partition: every partition holding an instance in the node's cache.
     let o = bang(&["-m", "rebooted"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&format!("banged partition(s) {p}:")),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     let i = c.instance(&title, None).expect("instance");
     assert_eq!(i.bang.as_deref(), Some("rebooted"));
@@ -83,11 +75,11 @@ fn bang_bumps_the_tree_and_the_node_processes_it_again() {
 
     // A partition this node does not have: refused, nothing sent.
     let o = bang(&["--partition", "slappart7", "-m", "x"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("not a partition of this node"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     assert_eq!(
         c.instance(&title, None).expect("instance").bang.as_deref(),

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use slapos_proto::slap::{ComputerDoc, loads};
 use slapos_test_support::gate::{Need, skip};
-use slapos_tests::{Node, Proc, bin, http_get, repo_root, url_in, usage_outbox_depth, wait_for};
+use slapos_tests::{
+    Node, Proc, bin, http_get, output_text, repo_root, url_in, usage_outbox_depth, wait_for,
+};
 
 const COMPUTER: &str = "COMP";
 
@@ -128,15 +130,6 @@ fn start_peer_on(peer: Peer, venv: &Path, dir: &Path, port: u16) -> (Proc, Strin
     (proc, url)
 }
 
-fn out(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// `slapos ARGS --cfg client.cfg` (the CLI logs its results on stderr).
 fn slapos(venv: &Path, dir: &Path, args: &[&str]) -> Output {
     Command::new(venv.join("slapos"))
@@ -211,7 +204,7 @@ fn until_printed(
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let o = run();
-        let text = out(&o);
+        let text = output_text(&o);
         if o.status.success() && printed(&text, key).is_some_and(|v| done(&v)) {
             return text;
         }
@@ -234,7 +227,7 @@ fn child_request(peer: Peer) {
     let sr = repo_root().join("tests/fixtures/slap-child/software.toml");
     let sr = sr.to_str().expect("utf-8 path");
     let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
-    assert!(o.status.success(), "supply: {}", out(&o));
+    assert!(o.status.success(), "supply: {}", output_text(&o));
 
     // The parent publishes `pending` until the child's `secret` comes back to it.
     let text = until_printed(
@@ -315,7 +308,7 @@ fn hello_web(peer: Peer) {
     let sr = repo_root().join("examples/hello-web/software.toml");
     let sr = sr.to_str().expect("utf-8 path");
     let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
-    assert!(o.status.success(), "supply: {}", out(&o));
+    assert!(o.status.success(), "supply: {}", output_text(&o));
 
     // Request until the CLI prints what the node published.
     let request = |extra: &[&str]| {
@@ -357,7 +350,7 @@ fn hello_web(peer: Peer) {
 
     // Stop: the service goes away, the rendered partition stays.
     let o = request(&["--state", "stopped"]);
-    assert!(o.status.success(), "stop: {}", out(&o));
+    assert!(o.status.success(), "stop: {}", output_text(&o));
     wait_for("the service to stop", Duration::from_secs(60), || {
         http_get(&web).is_none().then_some(())
     });
@@ -365,7 +358,7 @@ fn hello_web(peer: Peer) {
 
     // Destroy: slapproxy frees the partition when the node reports it destroyed.
     let o = request(&["--state", "destroyed"]);
-    assert!(o.status.success(), "destroy: {}", out(&o));
+    assert!(o.status.success(), "destroy: {}", output_text(&o));
     wait_for(
         "slapproxy to free slappart0 (destroyedComputerPartition)",
         Duration::from_secs(60),
@@ -386,7 +379,7 @@ fn hello_web(peer: Peer) {
     // Remove the release: the node uninstalls it and slapproxy drops it on
     // destroyedSoftwareRelease.
     let o = slapos(&venv, dir, &["remove", sr, COMPUTER]);
-    assert!(o.status.success(), "remove: {}", out(&o));
+    assert!(o.status.success(), "remove: {}", output_text(&o));
     wait_for(
         "slapproxy to drop the release (destroyedSoftwareRelease)",
         Duration::from_secs(60),
@@ -494,7 +487,7 @@ fn usage_and_bang(peer: Peer) {
     let sr = repo_root().join("examples/hello-web/software.toml");
     let sr = sr.to_str().expect("utf-8 path");
     let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
-    assert!(o.status.success(), "supply: {}", out(&o));
+    assert!(o.status.success(), "supply: {}", output_text(&o));
     let request = || {
         slapos(
             &venv,
@@ -577,7 +570,11 @@ fn usage_and_bang(peer: Peer) {
         let mut args = vec!["bang", "-m", "disk full"];
         args.extend_from_slice(extra);
         let o = node.command(&args).output().expect("slapos-node bang");
-        assert!(o.status.success(), "{peer:?}: bang {extra:?}: {}", out(&o));
+        assert!(
+            o.status.success(),
+            "{peer:?}: bang {extra:?}: {}",
+            output_text(&o)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let said = bang(&["--partition", "slappart0"]);
@@ -695,6 +692,6 @@ sys.stdout.write(j.getXML().decode())
             .expect("write the spec");
     }
     let o = child.wait_with_output().expect("python output");
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(ours, String::from_utf8_lossy(&o.stdout));
 }
