@@ -28,6 +28,11 @@
 //! the master again on the same port and checks that the node's offline report arrives and that a
 //! parameter change is converged (`run::reboot_offline`).
 //!
+//! `qemu_virt_aarch64_rt_partitions_on_cgroup_v2` boots the aarch64 board (2 vCPUs, cgroup2
+//! mounted by PID 1, node with rt enabled) and runs `run::rt_v2`: exclusive CPUs (a cpuset
+//! partition root on Linux ≥ 6.7, the typed refusal naming `cpuset.cpus.exclusive` before), FIFO 80
+//! checked from the guest's `/proc` and `/sys/fs/cgroup`, destroy leaving no cgroup behind.
+//!
 //! Times (since QEMU was spawned) are printed and appended to `<target dir>/boards-report.txt`;
 //! they are measurements, never assertions.
 
@@ -131,6 +136,53 @@ fn qemu_virt_aarch64_node_comes_back_from_its_cache_after_an_offline_reboot() {
     let line = run::reboot_report_line(&board, &t);
     eprintln!("BOARD {line}");
     run::append_report(&target_dir, &line);
+}
+
+/// rt on the board kernel's real cgroup2 (issue 20; `run::rt_v2`).
+#[test]
+fn qemu_virt_aarch64_rt_partitions_on_cgroup_v2() {
+    let test = "qemu_virt_aarch64_rt_partitions_on_cgroup_v2";
+    let _one = ONE_BOARD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let board = Board::load(&boards::boards_dir().join("qemu-virt-aarch64/board.toml"))
+        .expect("board file");
+    assert!(board.cpus >= 2, "one CPU must stay for housekeeping");
+    let target_dir = bin_dir().parent().expect("target dir").to_path_buf();
+    let prep = match run::prepare(&board, &target_dir) {
+        Ok(p) => p,
+        Err(reason) => return boards::qemu_skip(test, &reason),
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let master = Master::start(&tmp.path().join("master.db"));
+    let echo = std::env::var_os("SLAPOS_TEST_ECHO").is_some();
+    let r = run::rt_v2(&board, &prep, &master, tmp.path(), echo);
+    eprintln!(
+        "BOARD {} rt cgroup v2: kernel {} (remote partitions: {})\n  exclusive CPUs: {}\n  fifo: {}\n  cgroups at power-off: [{}]",
+        board.name, r.kernel, r.remote_partitions, r.exclusive, r.fifo, r.cgroups_left
+    );
+    if r.remote_partitions {
+        assert!(
+            r.exclusive.contains("policy fifo priority 80"),
+            "{}",
+            r.exclusive
+        );
+    } else {
+        // The node's typed refusal, naming the missing knob (rt::ProfileError::V2PartitionUnsupported).
+        assert!(
+            r.exclusive.contains("cpuset.cpus.exclusive"),
+            "refusal does not name the knob: {}",
+            r.exclusive
+        );
+    }
+    for want in ["policy fifo priority 80", "cgroup /slapos-edge/"] {
+        assert!(r.fifo.contains(want), "`{want}` not in: {}", r.fifo);
+    }
+    assert!(
+        !r.cgroups_left.contains("slapos-edge"),
+        "the node left cgroups behind: [{}]",
+        r.cgroups_left
+    );
 }
 
 fn boot_and_converge(test: &str, name: &str) {

@@ -784,7 +784,11 @@ fn main() -> ExitCode {
     for run in 1..=o.runs {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        eprintln!("rt-bench: run {run}/{}, load average {}", o.runs, load.join(" "));
+        eprintln!(
+            "rt-bench: run {run}/{}, load average {}",
+            o.runs,
+            load.join(" ")
+        );
         let rows = match bench(&o, run) {
             Ok(r) => r,
             Err(e) => {
@@ -819,7 +823,14 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn row(run: &'static str, p99: u64, p999: u64, max: u64, late: u64, misses: Option<u64>) -> Row {
+    fn row(
+        run: &'static str,
+        p99: u64,
+        p999: u64,
+        max: u64,
+        late: u64,
+        misses: Option<u64>,
+    ) -> Row {
         Row {
             run,
             what: String::new(),
@@ -855,7 +866,10 @@ mod tests {
         assert_eq!(s.tti_misses_over_floor, 2.25);
         let v = s.verdicts();
         assert!(v[0].1 && v[1].1, "{v:?}");
-        assert!(!v[2].1, "9 misses against a floor of 4 is more than 2x: {v:?}");
+        assert!(
+            !v[2].1,
+            "9 misses against a floor of 4 is more than 2x: {v:?}"
+        );
         assert!(v[2].0.contains("9 / 4"), "{v:?}");
     }
 

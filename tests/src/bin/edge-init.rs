@@ -10,9 +10,13 @@
 //! gets SIGTERM, then SIGKILL after 10 s). Each step prints `init: …` with CLOCK_BOOTTIME, the
 //! time since the kernel started, so the test can measure the boot.
 //!
-//! As a program (not PID 1), `edge-init tcp-echo ADDR` is a line echo server and
-//! `edge-init check-tcp ADDR` a promise that it answers: the release the board test installs uses
-//! them, because the guest has no shell or interpreter.
+//! As a program (not PID 1), `edge-init tcp-echo ADDR` is a line echo server,
+//! `edge-init check-tcp ADDR` a promise that it answers, and `edge-init check-rt ADDR POLICY PRIO
+//! [CPUS]` a promise that the echo server of ADDR runs with that scheduling policy and priority
+//! (and only on CPUS, in a cpuset partition root), read from `/proc` and its cgroup's files in
+//! `/sys/fs/cgroup`: the release the board test installs uses them, because the guest has no
+//! shell or interpreter. At power-off PID 1 prints the cgroup2 tree (`init: cgroups: …`), so a
+//! test can see what a node left behind.
 //!
 //! Linux only; std + libc, so it links statically for musl targets. Each `unsafe` block is one
 //! libc call (or the union write that prepares it) with its invariant stated.
@@ -28,16 +32,32 @@ use std::time::{Duration, Instant};
 use slapos_tests::boards::init_conf::{InitConf, NetConf};
 
 const CONF: &str = "/etc/edge-init.conf";
+const CGROUP2: &str = "/sys/fs/cgroup";
+
+/// Every cgroup below `dir`, as paths relative to the cgroup2 mount.
+fn cgroup_dirs(dir: &std::path::Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            out.push(p.strip_prefix(CGROUP2).unwrap_or(&p).display().to_string());
+            cgroup_dirs(&p, out);
+        }
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("tcp-echo") if args.len() == 3 => tcp_echo(&args[2]),
         Some("check-tcp") if args.len() == 3 => check_tcp(&args[2]),
+        Some("check-rt") if (5..=6).contains(&args.len()) => check_rt(&args[2..]),
         _ if std::process::id() == 1 => init(),
         _ => {
             eprintln!(
-                "usage: edge-init tcp-echo ADDR | edge-init check-tcp ADDR (or run as PID 1)"
+                "usage: edge-init tcp-echo ADDR | edge-init check-tcp ADDR | edge-init check-rt ADDR POLICY PRIO [CPUS] (or run as PID 1)"
             );
             std::process::exit(2);
         }
@@ -344,6 +364,9 @@ fn stop(pid: libc::pid_t) -> i32 {
 }
 
 fn power_off(status: i32) -> ! {
+    let mut groups = Vec::new();
+    cgroup_dirs(std::path::Path::new(CGROUP2), &mut groups);
+    log!("cgroups: [{}]", groups.join(" "));
     log!("powering off (status {status})");
     let _ = std::io::stdout().flush();
     // SAFETY: sync(2) has no arguments and cannot fail.
@@ -398,6 +421,89 @@ fn check_tcp(addr: &str) {
     })();
     match result {
         Ok(()) => println!("{addr} echoes"),
+        Err(e) => {
+            println!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `check-rt ADDR POLICY PRIO [CPUS]`: the `tcp-echo ADDR` process runs with POLICY
+/// (`other`, `fifo`, `rr`) and PRIO; with CPUS, its affinity is CPUS and its cgroup is a cpuset
+/// partition root (`cpuset.cpus.partition` = `root` or `isolated`) holding exactly CPUS. Prints
+/// what it read (the promise message) and exits 1 on a mismatch.
+fn check_rt(args: &[String]) {
+    let (addr, policy, prio, cpus) = (&args[0], &args[1], &args[2], args.get(3));
+    let result = (|| -> Result<String, String> {
+        let pid = std::fs::read_dir("/proc")
+            .map_err(|e| format!("/proc: {e}"))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let argv: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+                argv.contains(&b"tcp-echo".as_slice()) && argv.contains(&addr.as_bytes())
+            })
+            .ok_or_else(|| format!("no `tcp-echo {addr}` process"))?;
+        let read = |p: String| std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"));
+        let stat = read(format!("/proc/{pid}/stat"))?;
+        // Fields after the command's closing parenthesis start at field 3 (state); rt_priority
+        // is field 40 and policy field 41 (proc(5)).
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let (got_prio, got_policy) = (f.get(37).copied(), f.get(38).copied());
+        let got_policy = match got_policy {
+            Some("0") => "other",
+            Some("1") => "fifo",
+            Some("2") => "rr",
+            other => other.unwrap_or("?"),
+        };
+        let status = read(format!("/proc/{pid}/status"))?;
+        let affinity = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(str::trim)
+            .unwrap_or("?");
+        let cgroup = read(format!("/proc/{pid}/cgroup"))?;
+        let cgroup = cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("?")
+            .to_owned();
+        let knob = |name: &str| {
+            std::fs::read_to_string(format!("{CGROUP2}{cgroup}/{name}"))
+                .map_or_else(|_| "absent".to_owned(), |v| v.trim().to_owned())
+        };
+        let (effective, partition) = (knob("cpuset.cpus.effective"), knob("cpuset.cpus.partition"));
+        let kernel = read("/proc/sys/kernel/osrelease".into())?;
+        let seen = format!(
+            "pid {pid} policy {got_policy} priority {} affinity {affinity} cgroup {cgroup} \
+             cpuset.cpus.effective {effective} cpuset.cpus.partition {partition} \
+             cpuset.cpus.exclusive {} kernel {}",
+            got_prio.unwrap_or("?"),
+            knob("cpuset.cpus.exclusive"),
+            kernel.trim()
+        );
+        let mut wrong = Vec::new();
+        if got_policy != policy || got_prio != Some(prio.as_str()) {
+            wrong.push(format!("expected policy {policy} priority {prio}"));
+        }
+        if let Some(c) = cpus {
+            let root = partition.starts_with("root") || partition.starts_with("isolated");
+            if affinity != c || effective != *c || !root || partition.contains("invalid") {
+                wrong.push(format!("expected CPUs {c} in a cpuset partition root"));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(seen)
+        } else {
+            Err(format!("{}: {seen}", wrong.join(", ")))
+        }
+    })();
+    match result {
+        Ok(seen) => println!("{seen}"),
         Err(e) => {
             println!("{e}");
             std::process::exit(1);
