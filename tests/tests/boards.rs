@@ -158,8 +158,8 @@ fn qemu_virt_aarch64_rt_partitions_on_cgroup_v2() {
     let echo = std::env::var_os("SLAPOS_TEST_ECHO").is_some();
     let r = run::rt_v2(&board, &prep, &master, tmp.path(), echo);
     eprintln!(
-        "BOARD {} rt cgroup v2: kernel {} (remote partitions: {})\n  exclusive CPUs: {}\n  fifo: {}\n  cgroups at power-off: [{}]",
-        board.name, r.kernel, r.remote_partitions, r.exclusive, r.fifo, r.cgroups_left
+        "BOARD {} rt cgroup v2: kernel {} (remote partitions: {}; {})\n  exclusive CPUs: {}\n  fifo: {}\n  cgroups at power-off: [{}]",
+        board.name, r.kernel, r.remote_partitions, r.cpuset_v2, r.exclusive, r.fifo, r.cgroups_left
     );
     if r.remote_partitions {
         assert!(
@@ -170,8 +170,9 @@ fn qemu_virt_aarch64_rt_partitions_on_cgroup_v2() {
     } else {
         // The node's typed refusal, naming the missing knob (rt::ProfileError::V2PartitionUnsupported).
         assert!(
-            r.exclusive.contains("cpuset.cpus.exclusive"),
-            "refusal does not name the knob: {}",
+            r.exclusive.contains("cpuset.cpus.exclusive")
+                && r.exclusive.contains(&format!("kernel {} ", r.kernel)),
+            "refusal does not name the knob and the kernel: {}",
             r.exclusive
         );
     }

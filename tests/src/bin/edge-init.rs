@@ -34,6 +34,60 @@ use slapos_tests::boards::init_conf::{InitConf, NetConf};
 const CONF: &str = "/etc/edge-init.conf";
 const CGROUP2: &str = "/sys/fs/cgroup";
 
+/// What the kernel's cgroup2 cpuset offers, measured on a scratch group that is removed again
+/// (and `cpuset` taken out of the root's `cgroup.subtree_control` if this added it): whether the
+/// partition files exist, and the state a local `isolated` partition of the last CPU reaches.
+/// One line for the console, e.g. `cpuset.cpus.partition present, cpuset.cpus.exclusive absent,
+/// local isolated partition of CPU 1: isolated`.
+fn cpuset_v2_probe() -> String {
+    use std::fs;
+    let ctl = format!("{CGROUP2}/cgroup.subtree_control");
+    let enabled = fs::read_to_string(&ctl).unwrap_or_default();
+    if !fs::read_to_string(format!("{CGROUP2}/cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "cpuset")
+    {
+        return "no cpuset controller".into();
+    }
+    let added = !enabled.split_whitespace().any(|c| c == "cpuset");
+    if added && let Err(e) = fs::write(&ctl, "+cpuset") {
+        return format!("cannot enable cpuset: {e}");
+    }
+    let dir = format!("{CGROUP2}/edge-init-cpuset-probe");
+    let mut out = Vec::new();
+    match fs::create_dir(&dir) {
+        Err(e) => out.push(format!("cannot create a group: {e}")),
+        Ok(()) => {
+            for f in ["cpuset.cpus.partition", "cpuset.cpus.exclusive"] {
+                let there = std::path::Path::new(&dir).join(f).exists();
+                out.push(format!("{f} {}", if there { "present" } else { "absent" }));
+            }
+            let last = fs::read_to_string(format!("{CGROUP2}/cpuset.cpus.effective"))
+                .unwrap_or_default()
+                .trim()
+                .rsplit([',', '-'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let part = format!("{dir}/cpuset.cpus.partition");
+            let state = fs::write(format!("{dir}/cpuset.cpus"), &last)
+                .and_then(|()| fs::write(&part, "isolated"))
+                .and_then(|()| fs::read_to_string(&part));
+            out.push(format!(
+                "local isolated partition of CPU {last}: {}",
+                state.map_or_else(|e| format!("refused ({e})"), |s| s.trim().to_owned())
+            ));
+            let _ = fs::write(&part, "member");
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    if added {
+        let _ = fs::write(&ctl, "-cpuset");
+    }
+    out.join(", ")
+}
+
 /// Every cgroup below `dir`, as paths relative to the cgroup2 mount.
 fn cgroup_dirs(dir: &std::path::Path, out: &mut Vec<String>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -115,6 +169,7 @@ fn boot() -> Result<(), String> {
     if let Ok(v) = std::fs::read_to_string("/proc/version") {
         log!("{}", v.trim());
     }
+    log!("cpuset v2: {}", cpuset_v2_probe());
     let text =
         std::fs::read_to_string(CONF).map_err(|e| format!("failed to read `{CONF}`: {e}"))?;
     let conf = InitConf::parse(&text)?;

@@ -22,6 +22,8 @@ pub struct RtV2 {
     pub kernel: String,
     /// Whether the kernel has remote cpuset partitions (`cpuset.cpus.exclusive`, ≥ 6.7).
     pub remote_partitions: bool,
+    /// PID 1's measurement of the kernel's cgroup2 cpuset (`init: cpuset v2: …`).
+    pub cpuset_v2: String,
     /// Step 1: the `rt` promise's message (≥ 6.7) or the node's refusal (older kernels).
     pub exclusive: String,
     /// Step 2: the `rt` promise's message.
@@ -97,6 +99,20 @@ pub fn rt_v2(board: &Board, prep: &Prepared, master: &Master, scratch: &Path, ec
         .to_owned();
     let v = version(&out.kernel).unwrap_or_else(|| panic!("kernel release in {line:?}"));
     out.remote_partitions = v >= (6, 7);
+    let (_, line) = boot
+        .wait_line("cpuset v2: ", LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    out.cpuset_v2 = line
+        .split_once("cpuset v2: ")
+        .map(|(_, r)| r.trim().to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        out.cpuset_v2.contains("cpuset.cpus.exclusive present"),
+        out.remote_partitions,
+        "kernel {} and its files disagree: {}",
+        out.kernel,
+        out.cpuset_v2
+    );
     let url = converge_on(&mut boot, board, master, &mut out.t);
     let client = master.client();
     let request = |t: &InstanceTitle, p: Params| {
@@ -138,7 +154,7 @@ pub fn rt_v2(board: &Board, prep: &Prepared, master: &Master, scratch: &Path, ec
             l.split_once("init: ")
                 .and_then(|(_, r)| r.split_once("cgroups: "))
         })
-        .map(|(_, tree)| tree.trim().to_owned())
+        .map(|(_, tree)| tree.trim().trim_matches(['[', ']']).to_owned())
         .unwrap_or_else(|| panic!("no `cgroups:` line at power-off:\n{}", boot.log()));
     out
 }
