@@ -599,6 +599,8 @@ fn bench(o: &Opts, run: u32) -> Result<Vec<Row>, String> {
 const GOAL_P999_B_OVER_C: f64 = 1.15;
 const GOAL_TTI_OVER_FLOOR: f64 = 2.0;
 const GOAL_P99_B_OVER_D: f64 = 1.2;
+/// The absolute TTI goal, for real hardware (isolated CPU, no hypervisor).
+const GOAL_TTI_MISS_RATIO: f64 = 1e-4;
 
 /// One run's ratios and TTI figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -691,6 +693,13 @@ impl Summary {
                 ),
                 self.tti_misses_over_floor <= GOAL_TTI_OVER_FLOOR,
             ),
+            (
+                format!(
+                    "(b) TTI miss ratio = {:.2e} (goal ≤ {GOAL_TTI_MISS_RATIO:e} on real hardware; a VM's floor misses by itself)",
+                    self.b_tti_miss_ratio
+                ),
+                self.b_tti_miss_ratio <= GOAL_TTI_MISS_RATIO,
+            ),
         ]
     }
 
@@ -705,8 +714,8 @@ impl Summary {
             self.max_b_over_c
         );
         println!(
-            "{title}: TTI   (b) misses {} (ratio {:.2e}; real-hardware goal ≤ 1e-4), (b) wake-ups > {late_after_us} µs {}, floor (d) wake-ups > {late_after_us} µs {}",
-            self.b_tti_misses, self.b_tti_miss_ratio, self.b_late_wakeups, self.floor_late_wakeups
+            "{title}: TTI   (b) misses {}, (b) wake-ups > {late_after_us} µs {}, floor (d) wake-ups > {late_after_us} µs {}",
+            self.b_tti_misses, self.b_late_wakeups, self.floor_late_wakeups
         );
         for (line, ok) in self.verdicts() {
             println!("{title}: {} {line}", if ok { "MET    " } else { "NOT MET" });
@@ -871,6 +880,7 @@ mod tests {
             "9 misses against a floor of 4 is more than 2x: {v:?}"
         );
         assert!(v[2].0.contains("9 / 4"), "{v:?}");
+        assert!(!v[3].1, "9e-3 misses is above the absolute 1e-4: {v:?}");
     }
 
     #[test]
@@ -908,7 +918,7 @@ mod tests {
         assert_eq!(m.p999_b_over_c, 1.1, "one outlier run does not decide");
         assert_eq!(m.b_tti_misses, 15);
         assert_eq!(m.tti_misses_over_floor, 1.5);
-        assert!(m.verdicts().iter().all(|(_, ok)| *ok));
+        assert!(m.verdicts()[..3].iter().all(|(_, ok)| *ok));
         assert!(Summary::median(&[]).is_none());
     }
 }
