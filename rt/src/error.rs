@@ -243,7 +243,10 @@ pub enum ProfileError {
     },
     /// cgroup v2 exclusive CPUs need `cpuset.cpus.exclusive` (Linux ≥ 6.7).
     #[error(
-        "exclusive CPUs on cgroup v2 need cpuset.cpus.exclusive (remote partitions, Linux 6.7+)"
+        "exclusive CPUs on cgroup v2 need cpuset.cpus.exclusive (remote partitions, Linux 6.7+), which kernel {kernel} does not have"
     )]
-    V2PartitionUnsupported,
+    V2PartitionUnsupported {
+        /// The running kernel's release.
+        kernel: String,
+    },
 }

@@ -181,7 +181,8 @@ impl HostReport {
         let preempt_model = preempt_model(
             &kernel_version,
             preempt_rt,
-            trimmed("/sys/kernel/debug/sched/preempt")?,
+            // Informational; debugfs may refuse even root (EPERM when locked down, measured).
+            trimmed("/sys/kernel/debug/sched/preempt").ok().flatten(),
         );
 
         let cpu_list = |p: &str| -> Result<CpuList> {
@@ -537,6 +538,18 @@ pub(crate) mod tests {
         assert!(r.privileges.cap_sys_nice && r.privileges.euid == 0);
         assert!(r.fifo_available, "{:?}", r.fifo_unavailable_reasons);
         assert_eq!(r.default_rt_pool.to_string(), "1-3");
+    }
+
+    #[test]
+    fn an_unreadable_debugfs_preempt_file_does_not_stop_detection() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_v1_host(dir.path());
+        // A directory in its place: reading fails (as EPERM does on a locked-down debugfs).
+        let f = dir.path().join("sys/kernel/debug/sched/preempt");
+        fs::remove_file(&f).unwrap();
+        fs::create_dir(&f).unwrap();
+        let r = HostReport::detect_with(&HostPaths::under(dir.path())).unwrap();
+        assert_eq!(r.preempt_model, "PREEMPT_DYNAMIC");
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //! overruns into the next ones, those skipped periods are counted as misses too (nothing ran
 //! for them) and the loop resumes at the next future period, as cyclictest does.
 //!
+//! Only real timer wake-ups go into the histogram. A period whose planned start had already
+//! passed when the previous period's work ended (an overrun that did not cover its deadline) is
+//! started at once without sleeping: it is a *late start* (`deadline.late_starts`), still
+//! checked against its deadline, but its start delay is the previous overrun, not a wake-up
+//! latency. cyclictest never measures such a period (it skips every period whose start passed);
+//! recording them made the probe's p99.9 up to 10× cyclictest's in the same partition (issue 20,
+//! docs/rt.md "The probe's tail").
+//!
 //! The clock, sleep and work go through [`ProbeEnv`], so the accounting is unit-tested with a
 //! scripted clock.
 
@@ -238,6 +246,12 @@ pub struct DeadlineStats {
     pub miss_ratio: f64,
     /// Smallest (deadline − end of work) over executed periods, µs (negative = late).
     pub min_slack_us: i64,
+    /// Executed periods started without a sleep because the previous one overran past their
+    /// planned start (not in the wake-up histogram).
+    pub late_starts: u64,
+    /// Wake-ups later than `budget − work`: a timer wake-up that alone made the period miss
+    /// (the figure rt-bench compares with the floor's late wake-ups).
+    pub late_wakeups: u64,
 }
 
 /// The probe's output (serialised as the JSON `rt-probe` prints).
@@ -266,18 +280,32 @@ pub fn run(cfg: &ProbeConfig, env: &mut impl ProbeEnv) -> (Histogram, ProbeRepor
     let mut hist = Histogram::new(cfg.hist_max_us);
     let interval = cfg.interval_us.max(1) * 1000;
     let budget = cfg.budget_us * 1000;
+    let late_after = budget.saturating_sub(cfg.work_us * 1000);
     let (mut misses, mut skipped, mut executed) = (0u64, 0u64, 0u64);
+    let (mut late_starts, mut late_wakeups) = (0u64, 0u64);
     let mut min_slack = i64::MAX;
     // Start one period from now so the first sleep is a real one.
-    let mut planned = env.now_ns() + interval;
+    let mut end = env.now_ns();
+    let mut planned = end + interval;
     while executed + skipped < cfg.loops {
-        env.sleep_until_ns(planned);
-        let woke = env.now_ns();
-        hist.record(woke.saturating_sub(planned));
+        let woke = if planned > end {
+            env.sleep_until_ns(planned);
+            let woke = env.now_ns();
+            let latency = woke.saturating_sub(planned);
+            hist.record(latency);
+            if latency > late_after {
+                late_wakeups += 1;
+            }
+            woke
+        } else {
+            // The previous period overran past this one's start: no sleep, no wake-up sample.
+            late_starts += 1;
+            end
+        };
         if cfg.work_us > 0 {
             env.work();
         }
-        let end = if cfg.work_us > 0 { env.now_ns() } else { woke };
+        end = if cfg.work_us > 0 { env.now_ns() } else { woke };
         executed += 1;
         let deadline = planned + budget;
         let slack = deadline as i64 - end as i64;
@@ -313,6 +341,8 @@ pub fn run(cfg: &ProbeConfig, env: &mut impl ProbeEnv) -> (Histogram, ProbeRepor
             } else {
                 min_slack / 1000
             },
+            late_starts,
+            late_wakeups,
         },
     };
     (hist, report)
@@ -506,14 +536,17 @@ mod tests {
 
     #[test]
     fn loop_counts_latency_misses_and_skipped_periods() {
-        // 1 ms period, 300 µs work, budget 1 ms. Period 2 wakes 900 µs late (ends 1.2 ms after
-        // its start: a miss); period 4 wakes 2.5 ms late (a miss; period 5's deadline passes
-        // during it: skipped; period 6 starts 815 µs late and ends past its deadline: a miss).
+        // 1 ms period, 300 µs work, budget 1 ms (late wake-up: > 700 µs). Planned starts at
+        // 1, 2, 3, … ms. Period 1 wakes 900 µs late (a late wake-up; its work ends at 3.2 ms,
+        // past its deadline: a miss). Period 2's start (3 ms) passed during that work: a late
+        // start, run at once (no sleep, no wake-up sample), ends 3.5 ms, in time. Period 3 wakes
+        // 2.5 ms late (6.5 ms, a miss); period 4's deadline (6 ms) passes during it: skipped (a
+        // miss); period 5 (start 6 ms) starts late at 6.8 ms and ends past its 7 ms deadline (a
+        // miss) at 7.1 ms, so period 6 (start 7 ms) is a late start too, in time. Period 7
+        // wakes 15 µs late.
         let mut env = Script {
             now: 0,
-            lat: vec![
-                10_000, 900_000, 20_000, 2_500_000, 15_000, 15_000, 15_000, 15_000,
-            ],
+            lat: vec![10_000, 900_000, 0, 2_500_000, 0, 0, 15_000, 15_000],
             work: vec![300_000; 8],
             i: 0,
         };
@@ -523,11 +556,39 @@ mod tests {
         assert_eq!(r.deadline.periods, 8);
         assert_eq!(r.deadline.skipped, 1);
         assert_eq!(r.deadline.misses, 4, "{r:?}");
-        assert_eq!(h.count(), 7, "one latency sample per executed period");
-        assert_eq!(r.latency.p50_us, 220, "samples 10,15,130,220,815,900,2500");
+        assert_eq!(r.deadline.late_starts, 3, "{r:?}");
+        assert_eq!(r.deadline.late_wakeups, 2, "{r:?}");
+        assert_eq!(
+            h.count(),
+            4,
+            "one latency sample per timer wake-up: late starts are not wake-ups"
+        );
+        assert_eq!(h.buckets(), vec![(10, 1), (15, 1), (900, 1), (2500, 1)]);
+        assert_eq!(r.latency.p50_us, 15);
         assert_eq!(r.latency.max_us, 2500);
         assert_eq!(r.deadline.min_slack_us, -1800);
         assert!((r.deadline.miss_ratio - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_overrun_adds_no_wake_up_sample() {
+        // The issue-20 tail: one 950 µs stall with 200 µs work. cyclictest records one sample
+        // (950); the probe used to record a second one for the next period (its start passed
+        // during the overrun: 150 µs "latency"), which is what lifted its p99.9.
+        let mut env = Script {
+            now: 0,
+            lat: vec![5_000, 950_000, 0, 5_000],
+            work: vec![200_000; 4],
+            i: 0,
+        };
+        let mut cfg = ProbeConfig::new(1000, 4);
+        cfg.work_us = 200;
+        let (h, r) = run(&cfg, &mut env);
+        assert_eq!(h.buckets(), vec![(5, 2), (950, 1)]);
+        assert_eq!(r.deadline.late_starts, 1);
+        assert_eq!(r.deadline.late_wakeups, 1);
+        assert_eq!(r.deadline.misses, 1, "only the stalled period misses");
+        assert_eq!(r.deadline.skipped, 0);
     }
 
     #[test]
@@ -569,6 +630,10 @@ mod tests {
         cfg.work_us = 50;
         let (h, r) = run(&cfg, &mut env);
         assert_eq!(r.deadline.periods, 20);
-        assert_eq!(h.count() + r.deadline.skipped, 20);
+        assert_eq!(
+            h.count() + r.deadline.late_starts + r.deadline.skipped,
+            20,
+            "every period is a wake-up, a late start or skipped"
+        );
     }
 }

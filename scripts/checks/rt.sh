@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke checks of the rt binaries beyond `cargo test` (~15 s): rt-report prints valid JSON,
 # rt-probe keeps and breaks a promise as asked, and (as root, tools present) a 1 s rt-bench
-# round trip through the partition manager leaves no cgroup behind. Figures are not judged here.
+# round trip (two runs, so the medians path too) through the partition manager prints its
+# verdict lines and leaves no cgroup behind. Figures are not judged here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p rt --bins -q
@@ -21,12 +22,15 @@ echo "rt-probe: promise exit codes ok"
 
 if [ "$(id -u)" = 0 ] && command -v stress-ng >/dev/null && command -v cyclictest >/dev/null \
     && [ "$(nproc)" -ge 2 ]; then
-    "$bin/rt-bench" --duration-s 1 --warmup-s 0.5 >/dev/null
+    out=$("$bin/rt-bench" --duration-s 0.5 --rounds 1 --warmup-s 0.3 --runs 2)
+    for want in "median of 2 runs: ratios" "p99.9 (b)/(c) = " "(b) TTI misses / floor late wake-ups = "; do
+        grep -qF "$want" <<<"$out" || { echo "rt-bench output lacks \"$want\":" >&2; echo "$out" >&2; exit 1; }
+    done
     if ls -d /sys/fs/cgroup/*/slapos-edge-bench-* /sys/fs/cgroup/slapos-edge-bench-* >/dev/null 2>&1; then
         echo "rt-bench left cgroups behind" >&2
         exit 1
     fi
-    echo "rt-bench: 1 s smoke run ok"
+    echo "rt-bench: smoke run (2 runs of 0.5 s per configuration) ok"
 elif [ "${SLAPOS_REQUIRE_PRIVILEGED:-0}" = 1 ] || [ "${SLAPOS_REQUIRE_TOOLS:-0}" = 1 ]; then
     echo "rt-bench smoke run required but not root / tools missing / single CPU" >&2
     exit 1

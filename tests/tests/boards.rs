@@ -28,6 +28,11 @@
 //! the master again on the same port and checks that the node's offline report arrives and that a
 //! parameter change is converged (`run::reboot_offline`).
 //!
+//! `qemu_virt_aarch64_rt_partitions_on_cgroup_v2` boots the aarch64 board (2 vCPUs, cgroup2
+//! mounted by PID 1, node with rt enabled) and runs `run::rt_v2`: exclusive CPUs (a cpuset
+//! partition root on Linux ≥ 6.7, the typed refusal naming `cpuset.cpus.exclusive` before), FIFO 80
+//! checked from the guest's `/proc` and `/sys/fs/cgroup`, destroy leaving no cgroup behind.
+//!
 //! Times (since QEMU was spawned) are printed and appended to `<target dir>/boards-report.txt`;
 //! they are measurements, never assertions.
 
@@ -133,7 +138,63 @@ fn qemu_virt_aarch64_node_comes_back_from_its_cache_after_an_offline_reboot() {
     run::append_report(&target_dir, &line);
 }
 
-fn boot_and_converge(test: &str, name: &str) {
+/// rt on the board kernel's real cgroup2 (issue 20; `run::rt_v2`).
+#[test]
+fn qemu_virt_aarch64_rt_partitions_on_cgroup_v2() {
+    let test = "qemu_virt_aarch64_rt_partitions_on_cgroup_v2";
+    on_board(test, "qemu-virt-aarch64", |b| {
+        assert!(b.board.cpus >= 2, "one CPU must stay for housekeeping");
+        let r = run::rt_v2(&b.board, &b.prep, &b.master, b.tmp.path(), b.echo);
+        eprintln!(
+            "BOARD {} rt cgroup v2: kernel {} (remote partitions: {}; {})\n  exclusive CPUs: {}\n  fifo: {}\n  cgroups at power-off: [{}]",
+            b.board.name,
+            r.kernel,
+            r.remote_partitions,
+            r.cpuset_v2,
+            r.exclusive,
+            r.fifo,
+            r.cgroups_left
+        );
+        if r.remote_partitions {
+            assert!(
+                r.exclusive.contains("policy fifo priority 80"),
+                "{}",
+                r.exclusive
+            );
+        } else {
+            // The node's typed refusal, naming the missing knob and the kernel
+            // (rt::ProfileError::V2PartitionUnsupported).
+            assert!(
+                r.exclusive.contains("cpuset.cpus.exclusive")
+                    && r.exclusive.contains(&format!("kernel {} ", r.kernel)),
+                "refusal does not name the knob and the kernel: {}",
+                r.exclusive
+            );
+        }
+        for want in ["policy fifo priority 80", "cgroup /slapos-edge/"] {
+            assert!(r.fifo.contains(want), "`{want}` not in: {}", r.fifo);
+        }
+        assert!(
+            !r.cgroups_left.contains("slapos-edge"),
+            "the node left cgroups behind: [{}]",
+            r.cgroups_left
+        );
+    });
+}
+
+/// What a board test runs with.
+struct OnBoard {
+    board: Board,
+    prep: run::Prepared,
+    master: Master,
+    tmp: tempfile::TempDir,
+    echo: bool,
+    target_dir: std::path::PathBuf,
+}
+
+/// One board at a time: loads board `name`, prepares its artefacts (or skips `test` with the
+/// reason), starts a master and runs `f`.
+fn on_board(test: &str, name: &str, f: impl FnOnce(&OnBoard)) {
     let _one = ONE_BOARD_AT_A_TIME
         .lock()
         .unwrap_or_else(|p| p.into_inner());
@@ -147,8 +208,21 @@ fn boot_and_converge(test: &str, name: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let master = Master::start(&tmp.path().join("master.db"));
     let echo = std::env::var_os("SLAPOS_TEST_ECHO").is_some();
-    let t = run::converge(&board, &prep, &master, tmp.path(), echo);
-    let line = run::report_line(&board, &prep, "board test", &t);
-    eprintln!("BOARD {line}");
-    run::append_report(&target_dir, &line);
+    f(&OnBoard {
+        board,
+        prep,
+        master,
+        tmp,
+        echo,
+        target_dir,
+    });
+}
+
+fn boot_and_converge(test: &str, name: &str) {
+    on_board(test, name, |b| {
+        let t = run::converge(&b.board, &b.prep, &b.master, b.tmp.path(), b.echo);
+        let line = run::report_line(&b.board, &b.prep, "board test", &t);
+        eprintln!("BOARD {line}");
+        run::append_report(&b.target_dir, &line);
+    });
 }

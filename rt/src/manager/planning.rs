@@ -64,7 +64,9 @@ pub fn plan(
     let (cpus, reserved_others) = resolve_cpus(spec, ctx)?;
     let rt_runtime_us = resolve_rt_budget(spec, ctx)?;
     if !cpus.is_empty() && ctx.host.cgroup.uses_v2() && !ctx.v2_exclusive_supported {
-        return Err(ProfileError::V2PartitionUnsupported);
+        return Err(ProfileError::V2PartitionUnsupported {
+            kernel: ctx.host.kernel_release.clone(),
+        });
     }
     let reserved_after = reserved_others.union(&cpus);
     check_shared_groups_keep_cpus(ctx, &reserved_after)?;

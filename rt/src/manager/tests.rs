@@ -554,10 +554,18 @@ fn v2_old_kernel_refuses_exclusive_cpus() {
             ..Default::default()
         },
     ) {
-        Err(Error::Profile {
-            source: ProfileError::V2PartitionUnsupported,
-            ..
-        }) => {}
+        Err(
+            e @ Error::Profile {
+                source: ProfileError::V2PartitionUnsupported { .. },
+                ..
+            },
+        ) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("cpuset.cpus.exclusive") && msg.contains("kernel 6.1.0 "),
+                "the refusal names the knob and the kernel: {msg}"
+            );
+        }
         other => panic!("{other:?}"),
     }
     assert!(

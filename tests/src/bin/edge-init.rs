@@ -10,9 +10,13 @@
 //! gets SIGTERM, then SIGKILL after 10 s). Each step prints `init: …` with CLOCK_BOOTTIME, the
 //! time since the kernel started, so the test can measure the boot.
 //!
-//! As a program (not PID 1), `edge-init tcp-echo ADDR` is a line echo server and
-//! `edge-init check-tcp ADDR` a promise that it answers: the release the board test installs uses
-//! them, because the guest has no shell or interpreter.
+//! As a program (not PID 1), `edge-init tcp-echo ADDR` is a line echo server,
+//! `edge-init check-tcp ADDR` a promise that it answers, and `edge-init check-rt ADDR POLICY PRIO
+//! [CPUS]` a promise that the echo server of ADDR runs with that scheduling policy and priority
+//! (and only on CPUS, in a cpuset partition root), read from `/proc` and its cgroup's files in
+//! `/sys/fs/cgroup`: the release the board test installs uses them, because the guest has no
+//! shell or interpreter. At power-off PID 1 prints the cgroup2 tree (`init: cgroups: …`), so a
+//! test can see what a node left behind.
 //!
 //! Linux only; std + libc, so it links statically for musl targets. Each `unsafe` block is one
 //! libc call (or the union write that prepares it) with its invariant stated.
@@ -28,16 +32,86 @@ use std::time::{Duration, Instant};
 use slapos_tests::boards::init_conf::{InitConf, NetConf};
 
 const CONF: &str = "/etc/edge-init.conf";
+const CGROUP2: &str = "/sys/fs/cgroup";
+
+/// What the kernel's cgroup2 cpuset offers, measured on a scratch group that is removed again
+/// (and `cpuset` taken out of the root's `cgroup.subtree_control` if this added it): whether the
+/// partition files exist, and the state a local `isolated` partition of the last CPU reaches.
+/// One line for the console, e.g. `cpuset.cpus.partition present, cpuset.cpus.exclusive absent,
+/// local isolated partition of CPU 1: isolated`.
+fn cpuset_v2_probe() -> String {
+    use std::fs;
+    let ctl = format!("{CGROUP2}/cgroup.subtree_control");
+    let enabled = fs::read_to_string(&ctl).unwrap_or_default();
+    if !fs::read_to_string(format!("{CGROUP2}/cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "cpuset")
+    {
+        return "no cpuset controller".into();
+    }
+    let added = !enabled.split_whitespace().any(|c| c == "cpuset");
+    if added && let Err(e) = fs::write(&ctl, "+cpuset") {
+        return format!("cannot enable cpuset: {e}");
+    }
+    let dir = format!("{CGROUP2}/edge-init-cpuset-probe");
+    let mut out = Vec::new();
+    match fs::create_dir(&dir) {
+        Err(e) => out.push(format!("cannot create a group: {e}")),
+        Ok(()) => {
+            for f in ["cpuset.cpus.partition", "cpuset.cpus.exclusive"] {
+                let there = std::path::Path::new(&dir).join(f).exists();
+                out.push(format!("{f} {}", if there { "present" } else { "absent" }));
+            }
+            let last = fs::read_to_string(format!("{CGROUP2}/cpuset.cpus.effective"))
+                .unwrap_or_default()
+                .trim()
+                .rsplit([',', '-'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let part = format!("{dir}/cpuset.cpus.partition");
+            let state = fs::write(format!("{dir}/cpuset.cpus"), &last)
+                .and_then(|()| fs::write(&part, "isolated"))
+                .and_then(|()| fs::read_to_string(&part));
+            out.push(format!(
+                "local isolated partition of CPU {last}: {}",
+                state.map_or_else(|e| format!("refused ({e})"), |s| s.trim().to_owned())
+            ));
+            let _ = fs::write(&part, "member");
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    if added {
+        let _ = fs::write(&ctl, "-cpuset");
+    }
+    out.join(", ")
+}
+
+/// Every cgroup below `dir`, as paths relative to the cgroup2 mount.
+fn cgroup_dirs(dir: &std::path::Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            out.push(p.strip_prefix(CGROUP2).unwrap_or(&p).display().to_string());
+            cgroup_dirs(&p, out);
+        }
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("tcp-echo") if args.len() == 3 => tcp_echo(&args[2]),
         Some("check-tcp") if args.len() == 3 => check_tcp(&args[2]),
+        Some("check-rt") if (5..=6).contains(&args.len()) => check_rt(&args[2..]),
         _ if std::process::id() == 1 => init(),
         _ => {
             eprintln!(
-                "usage: edge-init tcp-echo ADDR | edge-init check-tcp ADDR (or run as PID 1)"
+                "usage: edge-init tcp-echo ADDR | edge-init check-tcp ADDR | edge-init check-rt ADDR POLICY PRIO [CPUS] (or run as PID 1)"
             );
             std::process::exit(2);
         }
@@ -95,6 +169,7 @@ fn boot() -> Result<(), String> {
     if let Ok(v) = std::fs::read_to_string("/proc/version") {
         log!("{}", v.trim());
     }
+    log!("cpuset v2: {}", cpuset_v2_probe());
     let text =
         std::fs::read_to_string(CONF).map_err(|e| format!("failed to read `{CONF}`: {e}"))?;
     let conf = InitConf::parse(&text)?;
@@ -344,6 +419,9 @@ fn stop(pid: libc::pid_t) -> i32 {
 }
 
 fn power_off(status: i32) -> ! {
+    let mut groups = Vec::new();
+    cgroup_dirs(std::path::Path::new(CGROUP2), &mut groups);
+    log!("cgroups: [{}]", groups.join(" "));
     log!("powering off (status {status})");
     let _ = std::io::stdout().flush();
     // SAFETY: sync(2) has no arguments and cannot fail.
@@ -398,6 +476,89 @@ fn check_tcp(addr: &str) {
     })();
     match result {
         Ok(()) => println!("{addr} echoes"),
+        Err(e) => {
+            println!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `check-rt ADDR POLICY PRIO [CPUS]`: the `tcp-echo ADDR` process runs with POLICY
+/// (`other`, `fifo`, `rr`) and PRIO; with CPUS, its affinity is CPUS and its cgroup is a cpuset
+/// partition root (`cpuset.cpus.partition` = `root` or `isolated`) holding exactly CPUS. Prints
+/// what it read (the promise message) and exits 1 on a mismatch.
+fn check_rt(args: &[String]) {
+    let (addr, policy, prio, cpus) = (&args[0], &args[1], &args[2], args.get(3));
+    let result = (|| -> Result<String, String> {
+        let pid = std::fs::read_dir("/proc")
+            .map_err(|e| format!("/proc: {e}"))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let argv: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+                argv.contains(&b"tcp-echo".as_slice()) && argv.contains(&addr.as_bytes())
+            })
+            .ok_or_else(|| format!("no `tcp-echo {addr}` process"))?;
+        let read = |p: String| std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"));
+        let stat = read(format!("/proc/{pid}/stat"))?;
+        // Fields after the command's closing parenthesis start at field 3 (state); rt_priority
+        // is field 40 and policy field 41 (proc(5)).
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let (got_prio, got_policy) = (f.get(37).copied(), f.get(38).copied());
+        let got_policy = match got_policy {
+            Some("0") => "other",
+            Some("1") => "fifo",
+            Some("2") => "rr",
+            other => other.unwrap_or("?"),
+        };
+        let status = read(format!("/proc/{pid}/status"))?;
+        let affinity = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(str::trim)
+            .unwrap_or("?");
+        let cgroup = read(format!("/proc/{pid}/cgroup"))?;
+        let cgroup = cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("?")
+            .to_owned();
+        let knob = |name: &str| {
+            std::fs::read_to_string(format!("{CGROUP2}{cgroup}/{name}"))
+                .map_or_else(|_| "absent".to_owned(), |v| v.trim().to_owned())
+        };
+        let (effective, partition) = (knob("cpuset.cpus.effective"), knob("cpuset.cpus.partition"));
+        let kernel = read("/proc/sys/kernel/osrelease".into())?;
+        let seen = format!(
+            "pid {pid} policy {got_policy} priority {} affinity {affinity} cgroup {cgroup} \
+             cpuset.cpus.effective {effective} cpuset.cpus.partition {partition} \
+             cpuset.cpus.exclusive {} kernel {}",
+            got_prio.unwrap_or("?"),
+            knob("cpuset.cpus.exclusive"),
+            kernel.trim()
+        );
+        let mut wrong = Vec::new();
+        if got_policy != policy || got_prio != Some(prio.as_str()) {
+            wrong.push(format!("expected policy {policy} priority {prio}"));
+        }
+        if let Some(c) = cpus {
+            let root = partition.starts_with("root") || partition.starts_with("isolated");
+            if affinity != c || effective != *c || !root || partition.contains("invalid") {
+                wrong.push(format!("expected CPUs {c} in a cpuset partition root"));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(seen)
+        } else {
+            Err(format!("{}: {seen}", wrong.join(", ")))
+        }
+    })();
+    match result {
+        Ok(seen) => println!("{seen}"),
         Err(e) => {
             println!("{e}");
             std::process::exit(1);

@@ -21,6 +21,9 @@ use super::qemu::Boot;
 use super::{Board, kmod, qemu};
 use crate::Master;
 
+mod rt_v2;
+pub use rt_v2::{RtV2, rt_v2};
+
 const RELEASE_DIR: &str = "/srv/release";
 const GUEST_NODE: &str = "/bin/slapos-node";
 const GUEST_NODE_CONFIG: &str = "/etc/slapos/node.toml";
@@ -191,7 +194,26 @@ fn toml_str(s: &str) -> String {
 /// The release the guest installs. The guest has no shell or interpreter, so its service and
 /// promise are `edge-init tcp-echo` / `check-tcp` (the artifact `edge-service`).
 fn add_release(img: &mut Cpio, service_bin: &[u8]) {
-    let instance = r#"[[service]]
+    // Parameters `rt_policy` + `rt_priority` (and `rt_cpus`, a count of exclusive CPUs) put
+    // the echo server in an rt partition, checked by the `rt` promise (run::rt_v2).
+    let instance = r#"{%- set p = parameters %}
+{%- if p.rt_policy is defined %}
+[resources]
+policy = {{ p.rt_policy | toml }}
+priority = {{ p.rt_priority | int | toml }}
+{%- if p.rt_cpus is defined %}
+cpus = {{ p.rt_cpus | int | toml }}
+{%- endif %}
+
+[[promise]]
+name = "rt"
+command = ["{{ software_dir }}/edge-service", "check-rt", "{{ partition.ipv4 }}:{{ ports[0] }}",
+  "{{ p.rt_policy }}", "{{ p.rt_priority }}"{% if p.rt_expect_cpus is defined %}, "{{ p.rt_expect_cpus }}"{% endif %}]
+period = 2
+timeout = 5
+{%- endif %}
+
+[[service]]
 name = "echo"
 command = ["{{ software_dir }}/edge-service", "tcp-echo", "{{ partition.ipv4 }}:{{ ports[0] }}"]
 
