@@ -370,6 +370,18 @@ async fn request(
     Body(req): Body<InstanceRequest>,
 ) -> ApiResult<Response> {
     let from = requester(&headers)?;
+    if let Some(remote) = st.federation.route(&req)? {
+        let remote = remote.url.clone();
+        match &from {
+            Some(from) => auth::allow(&who, Action::RequestChild(from))?,
+            None if req.shared => {
+                auth::allow(&who, Action::AdminOnly("request root shared instances"))?
+            }
+            None => {}
+        }
+        let info = crate::federation::delegate(&st, who, req, from, remote).await?;
+        return Ok(axum::Json(info).into_response());
+    }
     let now = now_ms();
     if req.shared {
         // As on the SLAP routes: a shared instance records no owner, so a root one (requested

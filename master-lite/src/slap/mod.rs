@@ -844,6 +844,34 @@ async fn request(
         }),
         shared: false,
     };
+    // Federation: the whole filter (`master_url`, the caller's `computer_guid`) routes and
+    // travels with the request, not this master's default computer.
+    let delegated = InstanceRequest {
+        sla: f
+            .filter
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        ..req.clone()
+    };
+    if let Some(remote) = st.federation.route(&delegated)? {
+        let remote = remote.url.clone();
+        let from = st
+            .db
+            .read(move |s| -> Result<_, ApiError> {
+                check_requester(s, from.as_ref())?;
+                Ok(match &from {
+                    Some(r) => s
+                        .slap_partition(r.computer.as_str(), r.partition.as_str())?
+                        .and_then(|p| p.instance)
+                        .map(|_| r.clone()),
+                    None => None,
+                })
+            })
+            .await?;
+        let info = crate::federation::delegate(&st, who, delegated, from, remote).await?;
+        return instance_answer(&info, Vec::new());
+    }
     let now = now_ms();
     let (info, ip_list) = st
         .db
@@ -869,6 +897,12 @@ async fn request(
             }
         })
         .await?;
+    instance_answer(&info, ip_list)
+}
+
+/// The `SoftwareInstance` answer of `requestComputerPartition` for `info` on a partition with
+/// `ip_list`.
+fn instance_answer(info: &slapos_proto::InstanceInfo, ip_list: Vec<(String, String)>) -> SlapResult {
     let connection = param_dict(&info.connection);
     let connection_xml = if connection.is_empty() {
         None

@@ -1,0 +1,565 @@
+//! Federation: delegating requests to other masters (slapproxy's multimaster, issue 15).
+//!
+//! A master configured with remotes ([`Federation`]: `[multimaster/URL]` sections of
+//! `serve --cfg`, or `serve --federate`) does not allocate a request whose release is in a
+//! remote's list, or whose SLA names a remote (`master=URL`, or slapproxy's `master_url=URL`):
+//! it records the request as delegated to that remote ([`crate::store::Store::delegate`], in the
+//! API call's transaction, idempotent by title like a local request) and answers at once. A
+//! background task ([`spawn`]) forwards the due delegated requests, as the configured identity,
+//! and brings back what the remote answers:
+//!
+//! * a remote master-lite over the native API ([`Api::Native`], `POST /v1/instances`: plain HTTP
+//!   on loopback, or mTLS with a certificate that master issued);
+//! * a SlapOS master or slapproxy (or master-lite's SLAP routes) over the SLAP wire
+//!   ([`Api::Slap`], `requestComputerPartition` as an open order, like slapproxy's
+//!   `forwardRequestToExternalMaster`).
+//!
+//! The request is made again until the remote answers connection parameters, then every
+//! [`REFRESH`]; a state change (stop, destroy) is forwarded the same way, and a destruction the
+//! remote accepted forgets the delegation. A remote that cannot be reached leaves the request
+//! pending with the reason in its status line (`delegated to URL: pending, remote unreachable:
+//! …; retrying`, the `bang` of `GET /v1/instances/{title}`), retried with a backoff up to
+//! [`MAX_BACKOFF`]; it completes when the remote is back.
+//!
+//! Every replica of a PostgreSQL master runs the task: forwarding is idempotent (the remote
+//! request is idempotent by title, and an outcome recorded for an older revision leaves the
+//! newer one due), so two replicas forwarding the same row at once do no harm.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use slapos_client::{Client, ClientError};
+use slapos_proto::slap::{SoftwareInstanceDoc, loads};
+use slapos_proto::{
+    ComputerId, InstanceInfo, InstanceRequest, InstanceState, PartitionId, PartitionRef,
+};
+
+use crate::auth::{self, Action, Identity};
+use crate::db::Db;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::now_ms;
+use crate::store::federation::{Delegation, MASTER_KEYS, Outcome};
+
+pub use crate::store::federation::{
+    DELEGATED_COMPUTER, DELEGATED_PARTITION, DELEGATED_PREFIX, remote_title,
+};
+
+/// How often a delegated request that has its connection parameters is asked again.
+pub const REFRESH: Duration = Duration::from_secs(30);
+/// How often a forwarded request is asked again while its connection parameters are missing.
+pub const POLL: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts on an unreachable remote.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Time limit of one call to a remote.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the forwarding task looks for due requests (a new one wakes it at once).
+const TICK: Duration = Duration::from_millis(500);
+/// Delegated requests forwarded at once.
+const BATCH: usize = 16;
+
+/// How a remote master is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// The SLAP wire (a SlapOS master, slapproxy, master-lite's classic routes).
+    Slap,
+    /// master-lite's native `/v1` API.
+    Native,
+}
+
+/// One remote master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Its URL (`http://…` or `https://…`, no trailing `/`).
+    pub url: String,
+    /// How to speak to it.
+    pub api: Api,
+    /// The software releases whose requests go there.
+    pub releases: BTreeSet<String>,
+    /// Client certificate (PEM file) of the identity requests are made as.
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM file).
+    pub key: Option<PathBuf>,
+    /// The remote's CA (PEM file) for `https://`; the system bundle when absent (SLAP only).
+    pub ca: Option<PathBuf>,
+}
+
+/// The remotes of a master (empty: no federation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Federation {
+    /// In configuration order (the first whose list has the release wins).
+    pub remotes: Vec<Remote>,
+}
+
+/// A federation setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// A remote's description is invalid.
+    #[error("remote master {what:?}: {reason}")]
+    Remote {
+        /// The setting (the URL or the `--federate` value).
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two settings name the same remote.
+    #[error("remote master {url:?} is configured twice")]
+    Duplicate {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// The system CA bundle (Debian's), trusted for a SLAP remote over https without `ca`.
+const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn normalize(url: &str) -> &str {
+    url.trim().trim_end_matches('/')
+}
+
+impl Remote {
+    /// A remote at `url` spoken to over `api`, with no release list and no identity yet.
+    pub fn new(url: &str, api: Api) -> Result<Self, FederationError> {
+        let url = normalize(url);
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(FederationError::Remote {
+                what: url.to_owned(),
+                reason: "the URL must start with http:// or https://".into(),
+            });
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            api,
+            releases: BTreeSet::new(),
+            cert: None,
+            key: None,
+            ca: None,
+        })
+    }
+
+    /// Set one option: `release` (repeatable; `software_release_list` holds one per line),
+    /// `cert`, `key`, `ca` (paths), `api` (`slap` or `native`).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), FederationError> {
+        let bad = |reason: String| FederationError::Remote {
+            what: self.url.clone(),
+            reason,
+        };
+        match key {
+            "release" | "software_release_list" => self.releases.extend(
+                value
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            ),
+            "cert" => self.cert = Some(PathBuf::from(value)),
+            "key" => self.key = Some(PathBuf::from(value)),
+            "ca" => self.ca = Some(PathBuf::from(value)),
+            "api" => {
+                self.api = match value {
+                    "slap" => Api::Slap,
+                    "native" => Api::Native,
+                    other => return Err(bad(format!("api {other:?} is not `slap` or `native`"))),
+                }
+            }
+            // slapproxy's requests as a partition of the remote (`computer`, `partition`) are
+            // not supported: requests are made as the configured identity.
+            other => return Err(bad(format!("unknown option {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Check that the identity is complete (a certificate goes with its key) and usable over
+    /// the URL's scheme, like slapproxy.
+    pub fn check(&self) -> Result<(), FederationError> {
+        let bad = |reason: &str| FederationError::Remote {
+            what: self.url.clone(),
+            reason: reason.to_owned(),
+        };
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(bad("`cert` and `key` go together"));
+        }
+        if self.url.starts_with("http://") && (self.cert.is_some() || self.ca.is_some()) {
+            return Err(bad("a certificate is given but the URL is plain http://"));
+        }
+        if self.api == Api::Native && self.url.starts_with("https://") && self.ca.is_none() {
+            return Err(bad("a native remote over https:// needs `ca` (its CA certificate)"));
+        }
+        Ok(())
+    }
+
+    /// Parse `serve --federate URL[,release=R]…[,cert=P,key=P][,ca=P][,api=slap|native]` (the
+    /// native API by default).
+    pub fn parse_flag(spec: &str) -> Result<Self, FederationError> {
+        let mut parts = spec.split(',');
+        let mut r = Self::new(parts.next().unwrap_or(""), Api::Native)?;
+        for part in parts {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| FederationError::Remote {
+                    what: spec.to_owned(),
+                    reason: format!("{part:?} is not KEY=VALUE"),
+                })?;
+            r.set(k.trim(), v.trim())?;
+        }
+        r.check()?;
+        Ok(r)
+    }
+}
+
+impl Federation {
+    /// Add `remote`, refusing a second one at the same URL.
+    pub fn add(&mut self, remote: Remote) -> Result<(), FederationError> {
+        if self.remotes.iter().any(|r| r.url == remote.url) {
+            return Err(FederationError::Duplicate { url: remote.url });
+        }
+        self.remotes.push(remote);
+        Ok(())
+    }
+
+    /// Where `req` goes: `None` here, else the remote it is delegated to. An SLA master key
+    /// (`master`, `master_url`) naming a configured remote wins; one naming no configured
+    /// remote is refused (like slapproxy, which forwards only to listed masters). Without any
+    /// remote nothing is routed (the keys are then ordinary SLA filters).
+    pub fn route(&self, req: &InstanceRequest) -> Result<Option<&Remote>, ApiError> {
+        if self.remotes.is_empty() {
+            return Ok(None);
+        }
+        for key in MASTER_KEYS {
+            if let Some(url) = req.sla.get(key) {
+                return match self.remotes.iter().find(|r| r.url == normalize(url)) {
+                    Some(r) => Ok(Some(r)),
+                    None => Err(ApiError::BadRequest(format!(
+                        "SLA {key}={url:?} names a master that is not configured on this one \
+                         (configured: {})",
+                        self.remotes
+                            .iter()
+                            .map(|r| r.url.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                };
+            }
+        }
+        Ok(self
+            .remotes
+            .iter()
+            .find(|r| r.releases.contains(req.software_url.as_str())))
+    }
+
+    fn remote(&self, url: &str) -> Option<&Remote> {
+        self.remotes.iter().find(|r| r.url == url)
+    }
+}
+
+/// Delegate `req` (routed to `remote` by [`Federation::route`]) as `who`, requested by the
+/// partition `from` (the caller checked that `who` may act as it) or as a root request (the
+/// owner rule of the native API, checked on the database thread with the write), then wake the
+/// forwarding task.
+pub(crate) async fn delegate(
+    st: &AppState,
+    who: Identity,
+    req: InstanceRequest,
+    from: Option<PartitionRef>,
+    remote: String,
+) -> Result<InstanceInfo, ApiError> {
+    let now = now_ms();
+    let info = st
+        .db
+        .call(move |s| -> Result<_, ApiError> {
+            let owner = match &from {
+                Some(_) => None,
+                None => {
+                    let existing = s.root_owner(&req.title)?;
+                    auth::allow(
+                        &who,
+                        Action::RequestRoot {
+                            existing: existing.as_ref().map(Option::as_deref),
+                        },
+                    )?;
+                    who.owner()
+                }
+            };
+            Ok(s.delegate(&req, from.as_ref(), owner.as_deref(), &remote, now)?)
+        })
+        .await?;
+    st.federation_wake.notify();
+    Ok(info)
+}
+
+/// Why one call to a remote failed, as users read it.
+fn failure(e: &ClientError) -> String {
+    if e.is_unreachable() {
+        format!("remote unreachable: {e}")
+    } else {
+        format!("remote refused: {e}")
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("failed to read {what} {}: {e}", path.display()))
+}
+
+/// Forward `d` to its remote once (blocking: run it off the runtime).
+pub fn forward(fed: &Federation, d: &Delegation) -> Outcome {
+    let Some(remote) = fed.remote(&d.remote) else {
+        return Outcome::Failed {
+            reason: "this master no longer lists that remote in its configuration".into(),
+        };
+    };
+    let r = match remote.api {
+        Api::Native => forward_native(remote, &d.request),
+        Api::Slap => forward_slap(remote, &d.request),
+    };
+    r.unwrap_or_else(|reason| Outcome::Failed { reason })
+}
+
+fn forward_native(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, String> {
+    let client = match (&remote.ca, &remote.cert, &remote.key) {
+        (Some(ca), Some(cert), Some(key)) => Client::with_identity(
+            &remote.url,
+            &read(ca, "the CA")?,
+            &read(cert, "the certificate")?,
+            &read(key, "the key")?,
+        ),
+        (Some(ca), _, _) => Client::with_ca(&remote.url, &read(ca, "the CA")?),
+        _ => Client::new(&remote.url),
+    }
+    .map_err(|e| format!("client setup: {e}"))?;
+    let destroy = req.state == Some(InstanceState::Destroyed);
+    match client.request(req) {
+        Ok(_) if destroy => Ok(Outcome::Destroyed),
+        Err(e) if destroy && e.status() == Some(404) => Ok(Outcome::Destroyed),
+        Ok(info) => Ok(Outcome::Accepted {
+            connection: info.connection,
+            placed: Some(format!("{}/{}", info.computer, info.partition)),
+        }),
+        Err(e) => Err(failure(&e)),
+    }
+}
+
+fn forward_slap(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, String> {
+    let (base, agent) = if remote.url.starts_with("https://") {
+        let ca = read(remote.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA)), "the CA")?;
+        let identity = match (&remote.cert, &remote.key) {
+            (Some(c), Some(k)) => Some((read(c, "the certificate")?, read(k, "the key")?)),
+            _ => None,
+        };
+        slapos_client::tls_agent(
+            &remote.url,
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )
+    } else {
+        slapos_client::http_agent(&remote.url, CALL_TIMEOUT)
+    }
+    .map_err(|e| format!("client setup: {e}"))?;
+    // An open order (`OpenOrder.request`): the form of a child request without its requester.
+    let placeholder = (
+        ComputerId::parse("federation").map_err(|e| e.to_string())?,
+        PartitionId::parse("federation").map_err(|e| e.to_string())?,
+    );
+    let mut form = node_edge::link::slap::request_form(&placeholder.0, &placeholder.1, req);
+    form.requester = None;
+    let fields = form
+        .to_form()
+        .map_err(|e| format!("encode the request: {e}"))?;
+    let url = format!("{base}/requestComputerPartition");
+    let mut resp = agent
+        .post(&url)
+        .send_form(fields.iter().map(|(k, v)| (*k, v.as_str())))
+        .map_err(|e| format!("remote unreachable: POST {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| format!("remote unreachable: POST {url}: reading the answer: {e}"))?;
+    let destroy = req.state == Some(InstanceState::Destroyed);
+    match status {
+        200..=299 if destroy => Ok(Outcome::Destroyed),
+        404 if destroy => Ok(Outcome::Destroyed),
+        200..=299 => {
+            let connection = node_edge::link::slap::request_answer(&body)
+                .map_err(|e| format!("remote answered an unreadable instance: {e}"))?;
+            let placed = loads(&body)
+                .ok()
+                .and_then(|v| SoftwareInstanceDoc::from_value(&v).ok())
+                .and_then(|doc| {
+                    let c = doc.str_attr("slap_computer_id")?.to_owned();
+                    let p = doc.str_attr("slap_computer_partition_id")?.to_owned();
+                    Some(format!("{c}/{p}"))
+                });
+            Ok(Outcome::Accepted { connection, placed })
+        }
+        // slapproxy's ResourceNotReady: the instance is not allocated there yet.
+        408 => Err("the remote has not allocated it yet (408 not ready)".into()),
+        s => Err(format!(
+            "remote refused: POST {url}: {s}: {}",
+            body.chars().take(300).collect::<String>().trim()
+        )),
+    }
+}
+
+/// When to try `d` again after `outcome`.
+pub fn next_attempt(now_ms: u64, d: &Delegation, outcome: &Outcome) -> u64 {
+    let wait = match outcome {
+        Outcome::Accepted { connection, .. } if connection.is_empty() => POLL,
+        Outcome::Accepted { .. } | Outcome::Destroyed => REFRESH,
+        Outcome::Failed { .. } => POLL
+            .saturating_mul(1u32 << d.attempts.min(5))
+            .min(MAX_BACKOFF),
+    };
+    now_ms.saturating_add(wait.as_millis() as u64)
+}
+
+/// Wakes the forwarding task when a request was delegated (so it goes out at once).
+#[derive(Debug, Default)]
+pub struct Wake(tokio::sync::Notify);
+
+impl Wake {
+    /// A request was delegated.
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Start the forwarding task on the current runtime; it runs until the runtime stops.
+pub fn spawn(db: Db, fed: Arc<Federation>, wake: Arc<Wake>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now = now_ms();
+            let due = match db.read(move |s| s.delegations_due(now, BATCH)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("federation: reading the delegated requests: {e}");
+                    Vec::new()
+                }
+            };
+            let mut set = tokio::task::JoinSet::new();
+            for d in due {
+                let fed = fed.clone();
+                set.spawn_blocking(move || {
+                    let outcome = forward(&fed, &d);
+                    (d, outcome)
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                let Ok((d, outcome)) = done else { continue };
+                if let Outcome::Failed { reason } = &outcome {
+                    tracing::info!(
+                        "federation: {:?} to {}: {reason}; retrying",
+                        d.title,
+                        d.remote
+                    );
+                }
+                let next = next_attempt(now_ms(), &d, &outcome);
+                if let Err(e) = db
+                    .call(move |s| s.delegation_outcome(&d, &outcome, next))
+                    .await
+                {
+                    tracing::warn!("federation: recording an outcome: {e}");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = wake.0.notified() => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slapos_proto::{InstanceTitle, SoftwareUrl};
+
+    fn req(url: &str, sla: &[(&str, &str)]) -> InstanceRequest {
+        InstanceRequest {
+            title: InstanceTitle::parse("t").unwrap(),
+            software_url: SoftwareUrl::parse(url).unwrap(),
+            software_type: Default::default(),
+            parameters: Default::default(),
+            sla: sla
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            state: None,
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn routes_by_release_list_and_by_sla_master() {
+        let mut fed = Federation::default();
+        assert!(fed.route(&req("http://x/sr.cfg", &[("master", "http://b")])).unwrap().is_none());
+        let b = Remote::parse_flag("http://b:1/,release=http://x/sr.cfg,release=http://y").unwrap();
+        assert_eq!(b.url, "http://b:1");
+        assert_eq!(b.api, Api::Native);
+        fed.add(b).unwrap();
+        let mut c = Remote::new("http://c:2", Api::Slap).unwrap();
+        c.set("software_release_list", "\nhttp://z\n  http://x/sr.cfg\n").unwrap();
+        fed.add(c).unwrap();
+        let to = |r: &InstanceRequest| fed.route(r).unwrap().map(|r| r.url.clone());
+        assert_eq!(to(&req("http://x/sr.cfg", &[])).as_deref(), Some("http://b:1"));
+        assert_eq!(to(&req("http://z", &[])).as_deref(), Some("http://c:2"));
+        assert_eq!(to(&req("http://local", &[])), None);
+        assert_eq!(
+            to(&req("http://local", &[("master_url", "http://c:2/")])).as_deref(),
+            Some("http://c:2")
+        );
+        assert_eq!(
+            to(&req("http://z", &[("master", "http://b:1")])).as_deref(),
+            Some("http://b:1")
+        );
+        let e = fed
+            .route(&req("http://z", &[("master", "http://nowhere")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("http://nowhere"), "{e}");
+        assert!(matches!(
+            fed.add(Remote::new("http://b:1/", Api::Slap).unwrap()),
+            Err(FederationError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_remotes() {
+        for (spec, part) in [
+            ("ftp://b", "http://"),
+            ("http://b,release", "KEY=VALUE"),
+            ("http://b,colour=red", "unknown option"),
+            ("http://b,api=rest", "api"),
+            ("http://b,cert=/c", "together"),
+            ("http://b,cert=/c,key=/k", "plain http"),
+            ("https://b,cert=/c,key=/k", "needs `ca`"),
+        ] {
+            let e = Remote::parse_flag(spec).unwrap_err().to_string();
+            assert!(e.contains(part), "{spec}: {e}");
+        }
+        assert!(Remote::parse_flag("https://b,api=slap,cert=/c,key=/k").is_ok());
+    }
+
+    #[test]
+    fn backs_off_up_to_the_limit() {
+        let d = |attempts| Delegation {
+            root: String::new(),
+            title: "t".into(),
+            remote: "http://b".into(),
+            request: req("http://x", &[]),
+            revision: 1,
+            attempts,
+        };
+        let failed = Outcome::Failed { reason: "x".into() };
+        assert_eq!(next_attempt(0, &d(0), &failed), 1000);
+        assert_eq!(next_attempt(0, &d(2), &failed), 4000);
+        assert_eq!(next_attempt(0, &d(30), &failed), 30_000);
+        let waiting = Outcome::Accepted {
+            connection: Default::default(),
+            placed: None,
+        };
+        assert_eq!(next_attempt(5, &d(0), &waiting), 1005);
+    }
+}
