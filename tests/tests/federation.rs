@@ -1,0 +1,293 @@
+//! Federation (issue 15, part 4): a master delegates requests to another master, slapproxy's
+//! multimaster.
+//!
+//! ```text
+//!  master A (serve --federate B,release=hello-web | serve --cfg with [multimaster/B])
+//!   ├─ node COMP-A (never gets the delegated instance)
+//!   └─ delegates hello-web ──► master B (serve)
+//!                               └─ node COMP-B converges it; its connection parameters go
+//!                                  back to A, where the requester reads them
+//! ```
+//!
+//! * native: A speaks B's native API; the request on A converges on B's node and the page's
+//!   URL reaches the requester on A. Then B stops: a new request on A stays pending with a
+//!   status naming the unreachable remote (`GET /v1/instances/{title}` and `request --wait`
+//!   progress), and completes once B is back on the same port and database.
+//! * slapproxy's configuration: A is `serve --cfg` with a `[multimaster/B]` section listing
+//!   hello-web; the real `slapos request` CLI (slapos.core 1.26.1, `.venv/slapos`) asks A, A
+//!   forwards over the SLAP wire to B, and the CLI prints the connection parameters B's node
+//!   published.
+//!
+//! Real processes throughout (both masters, both nodes, hello-web, the slapos CLI); needs
+//! python3 (hello-web). Run: `cargo build --workspace --bins && cargo test -p slapos-tests
+//! --test federation`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use slapos_proto::{ComputerId, InstanceTitle};
+use slapos_test_support::gate::{self, Need, skip};
+use slapos_tests::{
+    Client, Master, Node, Proc, bin, example_release, http_get, instance_request, params,
+    repo_root, supply, url_in, wait_for,
+};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// `slapos-master serve ARGS` on a free loopback port, and its URL.
+fn serve(name: &str, args: &[&str], dir: &Path) -> (Proc, String) {
+    let mut cmd = Command::new(bin("slapos-master"));
+    cmd.arg("serve").args(args).current_dir(dir);
+    let proc = Proc::spawn(name, cmd);
+    let line = proc.wait_line("listening on http://", Duration::from_secs(30));
+    (proc, url_in(&line).expect("url in the listening line"))
+}
+
+/// Master B with node COMP-B (hello-web supplied), and node COMP-A on `a_url`.
+fn nodes(dir: &Path, b: &Master, a_url: &str) -> (Node, Node) {
+    let node_b = Node::start_with(&dir.join("node-b"), &b.url, "COMP-B", 2, "rt = false\n");
+    let node_a = Node::start_with(&dir.join("node-a"), a_url, "COMP-A", 1, "rt = false\n");
+    let bc = b.client();
+    wait_for("COMP-B registered", LONG, || {
+        bc.computer(&ComputerId::parse("COMP-B").ok()?).ok()
+    });
+    supply(&bc, "COMP-B", &example_release("hello-web"));
+    (node_a, node_b)
+}
+
+/// The connection parameter `key` of `title` on `c`, once published.
+fn published(c: &Client, title: &str, key: &str) -> String {
+    let t = InstanceTitle::parse(title).expect("title");
+    wait_for(&format!("{title}'s {key} on the requester's master"), LONG, || {
+        let i = c.instance(&t, None).ok()?;
+        Some(i.connection.get(key)?.as_str()?.to_owned())
+    })
+}
+
+/// No partition of COMP-A holds an instance (the delegated ones are not allocated there).
+fn nothing_allocated_on_a(a: &Client) {
+    let list = a.instances().expect("instances on A");
+    assert!(
+        list.iter().all(|i| i.computer.as_str() != "COMP-A"),
+        "{list:#?}"
+    );
+}
+
+#[test]
+fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
+    const TEST: &str = "a_request_delegated_to_another_master_converges_there_and_comes_back";
+    if !gate::tool(TEST, "python3") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let web = example_release("hello-web");
+
+    let b = Master::start(&dir.join("b.db"));
+    let b_addr = b.addr();
+    let spec = format!("{},release={web}", b.url);
+    let a_db = dir.join("a.db");
+    let (_a, a_url) = serve(
+        "master-a",
+        &["--listen", "127.0.0.1:0", "--db", path(&a_db), "--federate", &spec],
+        dir,
+    );
+    let a = Client::new(&a_url).expect("client of A");
+    let (_node_a, _node_b) = nodes(dir, &b, &a_url);
+    wait_for("COMP-A registered", LONG, || {
+        a.computer(&ComputerId::parse("COMP-A").ok()?).ok()
+    });
+
+    // The request on A answers at once, delegated; B's node converges it.
+    let info = a
+        .request(&instance_request(
+            "web",
+            &web,
+            params(json!({"title": "Federated page"})),
+        ))
+        .expect("request on A");
+    assert_eq!(info.computer.as_str(), "federated", "{info:?}");
+    let status = info.bang.clone().unwrap_or_default();
+    assert!(status.starts_with(&format!("delegated to {}", b.url)), "{status}");
+    let url = published(&a, "web", "url");
+    let page = wait_for("the page", LONG, || http_get(&url));
+    assert!(page.contains("Federated page"), "{page}");
+    // It runs on COMP-B, requested on B by A under the same title.
+    let on_b = b
+        .client()
+        .instance(&InstanceTitle::parse("web").expect("title"), None)
+        .expect("web on B");
+    assert_eq!(on_b.computer.as_str(), "COMP-B");
+    assert_eq!(on_b.connection.get("url").and_then(|v| v.as_str()), Some(url.as_str()));
+    nothing_allocated_on_a(&a);
+    // Idempotent by title: the same request again changes nothing.
+    let again = a
+        .request(&instance_request(
+            "web",
+            &web,
+            params(json!({"title": "Federated page"})),
+        ))
+        .expect("request again");
+    assert_eq!(again.revision, info.revision);
+    // A parameter change travels to B and the new page comes back.
+    a.request(&instance_request(
+        "web",
+        &web,
+        params(json!({"title": "Changed on A"})),
+    ))
+    .expect("change on A");
+    wait_for("the changed page", LONG, || {
+        http_get(&url).filter(|p| p.contains("Changed on A"))
+    });
+
+    // B goes away: a new request stays pending with the reason, also in `request --wait`.
+    drop(b);
+    let info = a
+        .request(&instance_request(
+            "web2",
+            &web,
+            params(json!({"title": "While B was away"})),
+        ))
+        .expect("request on A while B is down");
+    assert!(info.connection.is_empty());
+    let t2 = InstanceTitle::parse("web2").expect("title");
+    let status = wait_for("the unreachable status", LONG, || {
+        let s = a.instance(&t2, None).ok()?.bang?;
+        s.contains("remote unreachable").then_some(s)
+    });
+    assert!(
+        status.starts_with(&format!("delegated to http://{b_addr}: pending, remote unreachable")),
+        "{status}"
+    );
+    assert!(status.ends_with("; retrying"), "{status}");
+    let wait = Command::new(bin("slapos-master"))
+        .args(["--master", &a_url, "request", "web2", web.as_str()])
+        .args(["--param", "title=While B was away", "--wait", "2"])
+        .output()
+        .expect("run slapos-master request --wait");
+    let stderr = String::from_utf8_lossy(&wait.stderr);
+    assert_eq!(wait.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("remote unreachable"), "{stderr}");
+    nothing_allocated_on_a(&a);
+
+    // B comes back (same port, same database): the pending request completes.
+    let b = Master::start_on(&dir.join("b.db"), &b_addr);
+    let url2 = published(&a, "web2", "url");
+    let page = wait_for("the second page", LONG, || http_get(&url2));
+    assert!(page.contains("While B was away"), "{page}");
+    let done = a.instance(&t2, None).expect("web2 on A");
+    assert!(
+        done.bang
+            .as_deref()
+            .is_some_and(|s| s.contains("connection parameters received")),
+        "{done:?}"
+    );
+
+    // Destroying on A destroys on B, and A forgets the delegation once B accepted it.
+    a.set_state(
+        &t2,
+        &slapos_proto::StateChange {
+            state: slapos_proto::InstanceState::Destroyed,
+        },
+    )
+    .expect("destroy web2 on A");
+    wait_for("web2 forgotten on A", LONG, || {
+        a.instance(&t2, None).is_err().then_some(())
+    });
+    let bc = b.client();
+    wait_for("web2's partition freed on B", LONG, || {
+        bc.instance(&t2, None).is_err().then_some(())
+    });
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The venv's `bin` directory, `None` (after printing why) when the test must be skipped.
+fn venv() -> Option<PathBuf> {
+    let v = repo_root().join(".venv/slapos/bin");
+    if !v.join("slapos").exists() {
+        skip(
+            Need::Tools,
+            "federation",
+            &format!("{} missing: run scripts/deps/slapos-venv.sh", v.display()),
+        );
+        return None;
+    }
+    Some(v)
+}
+
+/// The value of `'key': '…'` in the slapos CLI's printed connection dictionary.
+fn printed(output: &str, key: &str) -> Option<String> {
+    let start = output.find(&format!("'{key}': '"))? + key.len() + 5;
+    let end = output[start..].find('\'')?;
+    Some(output[start..start + end].to_owned())
+}
+
+#[test]
+fn serve_cfg_forwards_a_multimaster_release_over_slap() {
+    const TEST: &str = "serve_cfg_forwards_a_multimaster_release_over_slap";
+    if !gate::tool(TEST, "python3") {
+        return;
+    }
+    let Some(venv) = venv() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let web = example_release("hello-web");
+
+    let b = Master::start(&dir.join("b.db"));
+    // slapproxy's configuration file, with a multimaster section for B (SLAP, plain http).
+    let cfg = dir.join("slapos-proxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\ncomputer_id = COMP-A\n\n[slapproxy]\nhost = 127.0.0.1\nport = 0\n\
+             database_uri = {}\n\n[multimaster/{}]\nsoftware_release_list =\n  {web}\n",
+            dir.join("a.db").display(),
+            b.url
+        ),
+    )
+    .expect("write slapos-proxy.cfg");
+    let (_a, a_url) = serve("master-a", &["--cfg", path(&cfg)], dir);
+    let (_node_a, _node_b) = nodes(dir, &b, &a_url);
+    std::fs::write(
+        dir.join("client.cfg"),
+        format!("[slapos]\nmaster_url = {a_url}\nmaster_rest_url = {a_url}/hateoas\n"),
+    )
+    .expect("write client.cfg");
+
+    // The real CLI asks A until it prints the connection parameters B's node published.
+    let text = wait_for("the slapos CLI to print the url", LONG, || {
+        let o = Command::new(venv.join("slapos"))
+            .args(["request", "web", web.as_str(), "--parameters", "title=Over SLAP"])
+            .arg("--cfg")
+            .arg(dir.join("client.cfg"))
+            .current_dir(dir)
+            .output()
+            .ok()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if printed(&text, "url").is_none() {
+            std::thread::sleep(Duration::from_millis(500));
+            return None;
+        }
+        Some(text)
+    });
+    assert_eq!(printed(&text, "title").as_deref(), Some("Over SLAP"), "{text}");
+    let url = printed(&text, "url").unwrap_or_default();
+    let page = wait_for("the page", LONG, || http_get(&url));
+    assert!(page.contains("Over SLAP"), "{page}");
+    // Allocated on B's node, nothing on A's.
+    let on_b = b
+        .client()
+        .instance(&InstanceTitle::parse("web").expect("title"), None)
+        .expect("web on B");
+    assert_eq!(on_b.computer.as_str(), "COMP-B");
+    nothing_allocated_on_a(&Client::new(&a_url).expect("client of A"));
+}
