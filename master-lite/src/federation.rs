@@ -39,8 +39,8 @@ use slapos_proto::{
 use crate::auth::{self, Action, Identity};
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::state::AppState;
 use crate::now_ms;
+use crate::state::AppState;
 use crate::store::federation::{Delegation, MASTER_KEYS, Outcome};
 
 pub use crate::store::federation::{
@@ -185,7 +185,9 @@ impl Remote {
             return Err(bad("a certificate is given but the URL is plain http://"));
         }
         if self.api == Api::Native && self.url.starts_with("https://") && self.ca.is_none() {
-            return Err(bad("a native remote over https:// needs `ca` (its CA certificate)"));
+            return Err(bad(
+                "a native remote over https:// needs `ca` (its CA certificate)",
+            ));
         }
         Ok(())
     }
@@ -299,7 +301,8 @@ fn failure(e: &ClientError) -> String {
 }
 
 fn read(path: &Path, what: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("failed to read {what} {}: {e}", path.display()))
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("failed to read {what} {}: {e}", path.display()))
 }
 
 /// Forward `d` to its remote once (blocking: run it off the runtime).
@@ -342,7 +345,10 @@ fn forward_native(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, Str
 
 fn forward_slap(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, String> {
     let (base, agent) = if remote.url.starts_with("https://") {
-        let ca = read(remote.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA)), "the CA")?;
+        let ca = read(
+            remote.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA)),
+            "the CA",
+        )?;
         let identity = match (&remote.cert, &remote.key) {
             (Some(c), Some(k)) => Some((read(c, "the certificate")?, read(k, "the key")?)),
             _ => None,
@@ -495,16 +501,24 @@ mod tests {
     #[test]
     fn routes_by_release_list_and_by_sla_master() {
         let mut fed = Federation::default();
-        assert!(fed.route(&req("http://x/sr.cfg", &[("master", "http://b")])).unwrap().is_none());
+        assert!(
+            fed.route(&req("http://x/sr.cfg", &[("master", "http://b")]))
+                .unwrap()
+                .is_none()
+        );
         let b = Remote::parse_flag("http://b:1/,release=http://x/sr.cfg,release=http://y").unwrap();
         assert_eq!(b.url, "http://b:1");
         assert_eq!(b.api, Api::Native);
         fed.add(b).unwrap();
         let mut c = Remote::new("http://c:2", Api::Slap).unwrap();
-        c.set("software_release_list", "\nhttp://z\n  http://x/sr.cfg\n").unwrap();
+        c.set("software_release_list", "\nhttp://z\n  http://x/sr.cfg\n")
+            .unwrap();
         fed.add(c).unwrap();
         let to = |r: &InstanceRequest| fed.route(r).unwrap().map(|r| r.url.clone());
-        assert_eq!(to(&req("http://x/sr.cfg", &[])).as_deref(), Some("http://b:1"));
+        assert_eq!(
+            to(&req("http://x/sr.cfg", &[])).as_deref(),
+            Some("http://b:1")
+        );
         assert_eq!(to(&req("http://z", &[])).as_deref(), Some("http://c:2"));
         assert_eq!(to(&req("http://local", &[])), None);
         assert_eq!(

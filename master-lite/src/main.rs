@@ -631,9 +631,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let db = db
                 .or_else(|| proxy.as_ref().map(|p| DbUrl::Sqlite(p.database.clone())))
                 .unwrap_or_else(|| DbUrl::Sqlite(PathBuf::from("slapos-master.db")));
-            let (slap, mut federation) = proxy
-                .map(|p| (p.slap, p.federation))
-                .unwrap_or_default();
+            let (slap, mut federation) = proxy.map(|p| (p.slap, p.federation)).unwrap_or_default();
             let federate = if federate.is_empty() {
                 file.federate
             } else {

@@ -265,7 +265,11 @@ api = native
         assert_eq!(remotes[0].url, "https://master.example.com");
         assert_eq!(remotes[0].api, crate::federation::Api::Slap);
         assert_eq!(remotes[0].key, Some(PathBuf::from("/srv/demo/master.key")));
-        assert!(remotes[0].releases.contains("https://example.com/web/software.cfg"));
+        assert!(
+            remotes[0]
+                .releases
+                .contains("https://example.com/web/software.cfg")
+        );
         assert_eq!(remotes[0].releases.len(), 2);
         assert_eq!(remotes[1].api, crate::federation::Api::Native);
         assert!(remotes[1].releases.is_empty());
@@ -275,15 +279,24 @@ api = native
     fn refuses_bad_multimaster_sections() {
         for (section, part) in [
             ("[multimaster/http://b]\ncert = /c\n", "together"),
-            ("[multimaster/http://b]\nkey = /k\ncert = /c\n", "plain http"),
+            (
+                "[multimaster/http://b]\nkey = /k\ncert = /c\n",
+                "plain http",
+            ),
             ("[multimaster/b]\n", "http://"),
             ("[multimaster/http://b]\ncomputer = c\n", "unknown option"),
         ] {
             let text = format!("[slapproxy]\ndatabase_uri = x\n{section}");
-            let e = ProxyConfig::from_ini(&parse_ini(&text, Path::new("m.cfg")).unwrap(), Path::new("m.cfg"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("m.cfg") && e.contains("multimaster") && e.contains(part), "{e}");
+            let e = ProxyConfig::from_ini(
+                &parse_ini(&text, Path::new("m.cfg")).unwrap(),
+                Path::new("m.cfg"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("m.cfg") && e.contains("multimaster") && e.contains(part),
+                "{e}"
+            );
         }
     }
 

@@ -60,10 +60,14 @@ fn nodes(dir: &Path, b: &Master, a_url: &str) -> (Node, Node) {
 /// The connection parameter `key` of `title` on `c`, once published.
 fn published(c: &Client, title: &str, key: &str) -> String {
     let t = InstanceTitle::parse(title).expect("title");
-    wait_for(&format!("{title}'s {key} on the requester's master"), LONG, || {
-        let i = c.instance(&t, None).ok()?;
-        Some(i.connection.get(key)?.as_str()?.to_owned())
-    })
+    wait_for(
+        &format!("{title}'s {key} on the requester's master"),
+        LONG,
+        || {
+            let i = c.instance(&t, None).ok()?;
+            Some(i.connection.get(key)?.as_str()?.to_owned())
+        },
+    )
 }
 
 /// No partition of COMP-A holds an instance (the delegated ones are not allocated there).
@@ -91,7 +95,14 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
     let a_db = dir.join("a.db");
     let (_a, a_url) = serve(
         "master-a",
-        &["--listen", "127.0.0.1:0", "--db", path(&a_db), "--federate", &spec],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            path(&a_db),
+            "--federate",
+            &spec,
+        ],
         dir,
     );
     let a = Client::new(&a_url).expect("client of A");
@@ -110,7 +121,10 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
         .expect("request on A");
     assert_eq!(info.computer.as_str(), "federated", "{info:?}");
     let status = info.bang.clone().unwrap_or_default();
-    assert!(status.starts_with(&format!("delegated to {}", b.url)), "{status}");
+    assert!(
+        status.starts_with(&format!("delegated to {}", b.url)),
+        "{status}"
+    );
     let url = published(&a, "web", "url");
     let page = wait_for("the page", LONG, || http_get(&url));
     assert!(page.contains("Federated page"), "{page}");
@@ -120,7 +134,10 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
         .instance(&InstanceTitle::parse("web").expect("title"), None)
         .expect("web on B");
     assert_eq!(on_b.computer.as_str(), "COMP-B");
-    assert_eq!(on_b.connection.get("url").and_then(|v| v.as_str()), Some(url.as_str()));
+    assert_eq!(
+        on_b.connection.get("url").and_then(|v| v.as_str()),
+        Some(url.as_str())
+    );
     nothing_allocated_on_a(&a);
     // Idempotent by title: the same request again changes nothing.
     let again = a
@@ -158,7 +175,9 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
         s.contains("remote unreachable").then_some(s)
     });
     assert!(
-        status.starts_with(&format!("delegated to http://{b_addr}: pending, remote unreachable")),
+        status.starts_with(&format!(
+            "delegated to http://{b_addr}: pending, remote unreachable"
+        )),
         "{status}"
     );
     assert!(status.ends_with("; retrying"), "{status}");
@@ -262,7 +281,13 @@ fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     // The real CLI asks A until it prints the connection parameters B's node published.
     let text = wait_for("the slapos CLI to print the url", LONG, || {
         let o = Command::new(venv.join("slapos"))
-            .args(["request", "web", web.as_str(), "--parameters", "title=Over SLAP"])
+            .args([
+                "request",
+                "web",
+                web.as_str(),
+                "--parameters",
+                "title=Over SLAP",
+            ])
             .arg("--cfg")
             .arg(dir.join("client.cfg"))
             .current_dir(dir)
@@ -279,7 +304,11 @@ fn serve_cfg_forwards_a_multimaster_release_over_slap() {
         }
         Some(text)
     });
-    assert_eq!(printed(&text, "title").as_deref(), Some("Over SLAP"), "{text}");
+    assert_eq!(
+        printed(&text, "title").as_deref(),
+        Some("Over SLAP"),
+        "{text}"
+    );
     let url = printed(&text, "url").unwrap_or_default();
     let page = wait_for("the page", LONG, || http_get(&url));
     assert!(page.contains("Over SLAP"), "{page}");

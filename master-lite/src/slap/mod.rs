@@ -902,7 +902,10 @@ async fn request(
 
 /// The `SoftwareInstance` answer of `requestComputerPartition` for `info` on a partition with
 /// `ip_list`.
-fn instance_answer(info: &slapos_proto::InstanceInfo, ip_list: Vec<(String, String)>) -> SlapResult {
+fn instance_answer(
+    info: &slapos_proto::InstanceInfo,
+    ip_list: Vec<(String, String)>,
+) -> SlapResult {
     let connection = param_dict(&info.connection);
     let connection_xml = if connection.is_empty() {
         None

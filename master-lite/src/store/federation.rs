@@ -10,7 +10,7 @@
 //! parameters the remote answered, or why it could not be reached and when to try again.
 
 use slapos_proto::{
-    InstanceInfo, InstanceRequest, InstanceState, Params, PartitionReport, PartitionRef,
+    InstanceInfo, InstanceRequest, InstanceState, Params, PartitionRef, PartitionReport,
     ReportedStatus,
 };
 
@@ -199,7 +199,10 @@ pub(super) fn delegation_info(
 }
 
 /// The owner recorded on the delegated root request `title`, if it is one.
-pub(super) fn delegation_owner(tx: &Transaction<'_>, title: &str) -> Result<Option<Option<String>>> {
+pub(super) fn delegation_owner(
+    tx: &Transaction<'_>,
+    title: &str,
+) -> Result<Option<Option<String>>> {
     Ok(select(tx, "", title)?.map(|r| r.owner))
 }
 
@@ -297,9 +300,7 @@ impl Store {
                 .op("record a delegated request")?;
             }
             Some(e) => {
-                let state = req
-                    .state
-                    .map_or(e.state.clone(), |s| s.as_str().to_owned());
+                let state = req.state.map_or(e.state.clone(), |s| s.as_str().to_owned());
                 let changed = e.software_url != req.software_url.as_str()
                     || e.software_type != req.software_type.as_str()
                     || e.parameters != parameters
