@@ -49,9 +49,8 @@ fn federation(remote: &str, api: Api, release: Option<&str>) -> Federation {
 
 async fn json_of(master: &master_lite::Master, req: Request<Body>) -> (StatusCode, Json) {
     let (status, _, body) = respond(master.router(), req).await;
-    let j = serde_json::from_slice(&body).unwrap_or(Json::String(
-        String::from_utf8_lossy(&body).into_owned(),
-    ));
+    let j = serde_json::from_slice(&body)
+        .unwrap_or(Json::String(String::from_utf8_lossy(&body).into_owned()));
     (status, j)
 }
 
@@ -83,13 +82,19 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     let mut changed = request("web", SR, &[]);
     changed.parameters.insert("title".into(), json!("changed"));
     let (_, after) = json_of(&a, post_json("/v1/instances", &changed)).await;
-    assert!(after["revision"].as_u64().unwrap() > info.revision, "{after}");
+    assert!(
+        after["revision"].as_u64().unwrap() > info.revision,
+        "{after}"
+    );
 
     // Native: by SLA master, for a release not in the list; an unknown master is refused.
     let other = "https://example.com/other/software.cfg";
     let (status, j) = json_of(
         &a,
-        post_json("/v1/instances", &request("db", other, &[("master", REMOTE)])),
+        post_json(
+            "/v1/instances",
+            &request("db", other, &[("master", REMOTE)]),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{j}");
@@ -103,7 +108,10 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{j}");
-    assert!(j["error"].as_str().unwrap().contains("http://elsewhere"), "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("http://elsewhere"),
+        "{j}"
+    );
 
     // SLAP: `requestComputerPartition` with `master_url` in the filter (slapproxy's key).
     let form = RequestForm {
@@ -127,7 +135,11 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     let text = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(status, StatusCode::OK, "{text}");
     let doc = SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap();
-    assert_eq!(doc.str_attr("slap_computer_id"), Some("federated"), "{text}");
+    assert_eq!(
+        doc.str_attr("slap_computer_id"),
+        Some("federated"),
+        "{text}"
+    );
 
     // JSON-RPC: by release.
     let (status, j) = json_of(
@@ -150,7 +162,11 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     );
 
     // All four are listed, readable by title, and nothing was allocated on COMP-A.
-    let (_, list) = json_of(&a, Request::get("/v1/instances").body(Body::empty()).unwrap()).await;
+    let (_, list) = json_of(
+        &a,
+        Request::get("/v1/instances").body(Body::empty()).unwrap(),
+    )
+    .await;
     let titles: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -268,16 +284,23 @@ async fn forwards_to(remote_url: &str, api: Api, b: &slapos_client::Client, fed:
         "{api:?}: {status}"
     );
     assert!(info.reported.is_some(), "accepted: {info:?}");
-    let on_b = b.instance(&InstanceTitle::parse("web").unwrap(), None).unwrap();
+    let on_b = b
+        .instance(&InstanceTitle::parse("web").unwrap(), None)
+        .unwrap();
     assert_eq!(on_b.parameters["title"], "hello");
 
     // B's node publishes; the next forwarding brings the parameters back to A.
     publish(b, "http://[::1]:8080/");
     forward_once(&a, &fed).await;
     let info = show(&a, "web").await;
-    assert_eq!(info.connection["url"], "http://[::1]:8080/", "{api:?}: {info:?}");
+    assert_eq!(
+        info.connection["url"], "http://[::1]:8080/",
+        "{api:?}: {info:?}"
+    );
     assert!(
-        info.bang.unwrap().ends_with("connection parameters received"),
+        info.bang
+            .unwrap()
+            .ends_with("connection parameters received"),
         "{api:?}"
     );
 
@@ -290,12 +313,16 @@ async fn forwards_to(remote_url: &str, api: Api, b: &slapos_client::Client, fed:
         .await;
         assert_eq!(status, StatusCode::OK, "{j}");
         forward_once(&a, &fed).await;
-        let on_b = b.instance(&InstanceTitle::parse("web").unwrap(), None).unwrap();
+        let on_b = b
+            .instance(&InstanceTitle::parse("web").unwrap(), None)
+            .unwrap();
         assert_eq!(on_b.state, state, "{api:?}");
     }
     let (status, _) = json_of(
         &a,
-        Request::get("/v1/instances/web").body(Body::empty()).unwrap(),
+        Request::get("/v1/instances/web")
+            .body(Body::empty())
+            .unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{api:?}");
@@ -353,7 +380,9 @@ async fn an_unreachable_remote_leaves_the_request_pending_with_the_reason() {
         let info = show(&a, "web").await;
         let status = info.bang.unwrap();
         assert!(
-            status.starts_with(&format!("delegated to {url}: pending, remote unreachable: ")),
+            status.starts_with(&format!(
+                "delegated to {url}: pending, remote unreachable: "
+            )),
             "{api:?}: {status}"
         );
         assert!(status.ends_with("; retrying"), "{status}");
