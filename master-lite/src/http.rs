@@ -370,7 +370,7 @@ async fn request(
     Body(req): Body<InstanceRequest>,
 ) -> ApiResult<Response> {
     let from = requester(&headers)?;
-    if let Some(remote) = st.federation.route(&req)? {
+    if let Some(remote) = st.federation.route(&req).map_err(ApiError::from)? {
         let remote = remote.url.clone();
         match &from {
             Some(from) => auth::allow(&who, Action::RequestChild(from))?,

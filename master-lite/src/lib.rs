@@ -67,6 +67,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod pki;
 pub mod proxy_config;
+pub mod remotes;
 pub mod server;
 pub mod slap;
 pub mod standalone;

@@ -36,7 +36,7 @@ pub struct ProxyConfig {
     /// What the SLAP routes use.
     pub slap: SlapConfig,
     /// The `[multimaster/URL]` sections.
-    pub federation: crate::federation::Federation,
+    pub federation: crate::remotes::Federation,
 }
 
 /// Why the configuration could not be used; names the file.
@@ -175,13 +175,13 @@ impl ProxyConfig {
             })?;
             software_products.insert(name.to_owned(), url.trim().to_owned());
         }
-        let mut federation = crate::federation::Federation::default();
+        let mut federation = crate::remotes::Federation::default();
         for (section, keys) in ini {
             let Some(url) = section.strip_prefix("multimaster/") else {
                 continue;
             };
             let remote = (|| {
-                let mut r = crate::federation::Remote::new(url, crate::federation::Api::Slap)?;
+                let mut r = crate::remotes::Remote::new(url, crate::remotes::Api::Slap)?;
                 for (k, v) in keys {
                     r.set(k, v)?;
                 }
@@ -263,7 +263,7 @@ api = native
         let remotes = &c.federation.remotes;
         assert_eq!(remotes.len(), 2);
         assert_eq!(remotes[0].url, "https://master.example.com");
-        assert_eq!(remotes[0].api, crate::federation::Api::Slap);
+        assert_eq!(remotes[0].api, crate::remotes::Api::Slap);
         assert_eq!(remotes[0].key, Some(PathBuf::from("/srv/demo/master.key")));
         assert!(
             remotes[0]
@@ -271,7 +271,7 @@ api = native
                 .contains("https://example.com/web/software.cfg")
         );
         assert_eq!(remotes[0].releases.len(), 2);
-        assert_eq!(remotes[1].api, crate::federation::Api::Native);
+        assert_eq!(remotes[1].api, crate::remotes::Api::Native);
         assert!(remotes[1].releases.is_empty());
     }
 

@@ -29,9 +29,9 @@ pub struct AppState {
     /// What `GET /metrics` shows.
     pub metrics: Arc<Metrics>,
     /// The remote masters requests may be delegated to (empty: none).
-    pub federation: Arc<crate::federation::Federation>,
+    pub federation: Arc<crate::remotes::Federation>,
     /// Wakes the forwarding task when a request was delegated.
-    pub federation_wake: Arc<crate::federation::Wake>,
+    pub federation_wake: Arc<crate::remotes::Wake>,
 }
 
 /// The connection a request came on is from this host (plain HTTP with a known client uid, or

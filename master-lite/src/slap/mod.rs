@@ -854,7 +854,7 @@ async fn request(
             .collect(),
         ..req.clone()
     };
-    if let Some(remote) = st.federation.route(&delegated)? {
+    if let Some(remote) = st.federation.route(&delegated).map_err(ApiError::from)? {
         let remote = remote.url.clone();
         let from = st
             .db

@@ -1033,7 +1033,11 @@ async fn request(
         sla: asked_sla,
         ..req.clone()
     };
-    if let Some(remote) = st.federation.route(&delegated)? {
+    if let Some(remote) = st
+        .federation
+        .route(&delegated)
+        .map_err(|e| bad(e.to_string()))?
+    {
         let remote = remote.url.clone();
         let from = st
             .db
