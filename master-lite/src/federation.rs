@@ -35,7 +35,7 @@ use slapos_proto::{
     ComputerId, InstanceInfo, InstanceRequest, InstanceState, PartitionId, PartitionRef,
 };
 
-use crate::auth::{self, Action, Identity};
+use crate::auth::{self, Identity};
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::now_ms;
@@ -77,16 +77,7 @@ pub(crate) async fn delegate(
         .call(move |s| -> Result<_, ApiError> {
             let owner = match &from {
                 Some(_) => None,
-                None => {
-                    let existing = s.root_owner(&req.title)?;
-                    auth::allow(
-                        &who,
-                        Action::RequestRoot {
-                            existing: existing.as_ref().map(Option::as_deref),
-                        },
-                    )?;
-                    who.owner()
-                }
+                None => auth::root_request_owner(s, &who, &req.title)?,
             };
             Ok(s.delegate(&req, from.as_ref(), owner.as_deref(), &remote, now)?)
         })
@@ -283,22 +274,7 @@ pub fn spawn(db: Db, fed: Arc<Federation>, wake: Arc<Wake>) -> tokio::task::Join
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slapos_proto::{InstanceTitle, SoftwareUrl};
-
-    fn req(url: &str, sla: &[(&str, &str)]) -> InstanceRequest {
-        InstanceRequest {
-            title: InstanceTitle::parse("t").unwrap(),
-            software_url: SoftwareUrl::parse(url).unwrap(),
-            software_type: Default::default(),
-            parameters: Default::default(),
-            sla: sla
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            state: None,
-            shared: false,
-        }
-    }
+    use crate::remotes::tests::req;
 
     #[test]
     fn backs_off_up_to_the_limit() {

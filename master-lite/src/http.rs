@@ -408,14 +408,7 @@ async fn request(
         None => {
             st.db
                 .call(move |s| -> ApiResult<_> {
-                    let existing = s.root_owner(&req.title)?;
-                    auth::allow(
-                        &who,
-                        Action::RequestRoot {
-                            existing: existing.as_ref().map(Option::as_deref),
-                        },
-                    )?;
-                    let owner = who.owner();
+                    let owner = auth::root_request_owner(s, &who, &req.title)?;
                     Ok(s.request_as(&req, None, owner.as_deref(), now, RequestRules::NATIVE)?)
                 })
                 .await?

@@ -237,11 +237,12 @@ impl Wake {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use slapos_proto::{InstanceTitle, SoftwareUrl};
 
-    fn req(url: &str, sla: &[(&str, &str)]) -> InstanceRequest {
+    /// A request of `url` titled `t` with the SLA `sla`.
+    pub(crate) fn req(url: &str, sla: &[(&str, &str)]) -> InstanceRequest {
         InstanceRequest {
             title: InstanceTitle::parse("t").unwrap(),
             software_url: SoftwareUrl::parse(url).unwrap(),

@@ -16,25 +16,19 @@ use serde_json::{Value as Json, json};
 use slapos_proto::slap::{RequestForm, SoftwareInstanceDoc, Value, loads};
 use slapos_proto::{
     ComputerId, ConnectionPublish, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle,
-    PartitionId, PartitionSpec, RegisterComputer, SoftwareUrl,
+    PartitionId, PartitionSpec, RegisterComputer,
 };
 
 const SR: &str = "https://example.com/web/software.cfg";
 const REMOTE: &str = "http://127.0.0.1:9";
 
+/// A request of `url` titled `title` (parameter `title=hello`) with the SLA `sla`.
 fn request(title: &str, url: &str, sla: &[(&str, &str)]) -> InstanceRequest {
-    InstanceRequest {
-        title: InstanceTitle::parse(title).unwrap(),
-        software_url: SoftwareUrl::parse(url).unwrap(),
-        software_type: Default::default(),
-        parameters: json!({"title": "hello"}).as_object().cloned().unwrap(),
-        sla: sla
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        state: None,
-        shared: false,
-    }
+    let sla: BTreeMap<&str, &str> = sla.iter().copied().collect();
+    serde_json::from_value(json!({
+        "title": title, "software_url": url, "parameters": {"title": "hello"}, "sla": sla,
+    }))
+    .unwrap()
 }
 
 fn federation(remote: &str, api: Api, release: Option<&str>) -> Federation {

@@ -70,6 +70,16 @@ fn published(c: &Client, title: &str, key: &str) -> String {
     )
 }
 
+/// Instance `web` as B shows it, allocated on COMP-B.
+fn web_on_comp_b(b: &Master) -> slapos_proto::InstanceInfo {
+    let on_b = b
+        .client()
+        .instance(&InstanceTitle::parse("web").expect("title"), None)
+        .expect("web on B");
+    assert_eq!(on_b.computer.as_str(), "COMP-B");
+    on_b
+}
+
 /// No partition of COMP-A holds an instance (the delegated ones are not allocated there).
 fn nothing_allocated_on_a(a: &Client) {
     let list = a.instances().expect("instances on A");
@@ -112,13 +122,8 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
     });
 
     // The request on A answers at once, delegated; B's node converges it.
-    let info = a
-        .request(&instance_request(
-            "web",
-            &web,
-            params(json!({"title": "Federated page"})),
-        ))
-        .expect("request on A");
+    let first_request = instance_request("web", &web, params(json!({"title": "Federated page"})));
+    let info = a.request(&first_request).expect("request on A");
     assert_eq!(info.computer.as_str(), "federated", "{info:?}");
     let status = info.bang.clone().unwrap_or_default();
     assert!(
@@ -129,24 +134,14 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
     let page = wait_for("the page", LONG, || http_get(&url));
     assert!(page.contains("Federated page"), "{page}");
     // It runs on COMP-B, requested on B by A under the same title.
-    let on_b = b
-        .client()
-        .instance(&InstanceTitle::parse("web").expect("title"), None)
-        .expect("web on B");
-    assert_eq!(on_b.computer.as_str(), "COMP-B");
+    let on_b = web_on_comp_b(&b);
     assert_eq!(
         on_b.connection.get("url").and_then(|v| v.as_str()),
         Some(url.as_str())
     );
     nothing_allocated_on_a(&a);
     // Idempotent by title: the same request again changes nothing.
-    let again = a
-        .request(&instance_request(
-            "web",
-            &web,
-            params(json!({"title": "Federated page"})),
-        ))
-        .expect("request again");
+    let again = a.request(&first_request).expect("request again");
     assert_eq!(again.revision, info.revision);
     // A parameter change travels to B and the new page comes back.
     a.request(&instance_request(
@@ -313,10 +308,6 @@ fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     let page = wait_for("the page", LONG, || http_get(&url));
     assert!(page.contains("Over SLAP"), "{page}");
     // Allocated on B's node, nothing on A's.
-    let on_b = b
-        .client()
-        .instance(&InstanceTitle::parse("web").expect("title"), None)
-        .expect("web on B");
-    assert_eq!(on_b.computer.as_str(), "COMP-B");
+    web_on_comp_b(&b);
     nothing_allocated_on_a(&Client::new(&a_url).expect("client of A"));
 }

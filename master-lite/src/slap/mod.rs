@@ -286,14 +286,7 @@ pub(crate) fn request_root(
     req: &InstanceRequest,
     now: u64,
 ) -> Result<slapos_proto::InstanceInfo, ApiError> {
-    let existing = s.root_owner(&req.title)?;
-    auth::allow(
-        who,
-        Action::RequestRoot {
-            existing: existing.as_ref().map(Option::as_deref),
-        },
-    )?;
-    let owner = who.owner();
+    let owner = auth::root_request_owner(s, who, &req.title)?;
     Ok(s.request_as(req, None, owner.as_deref(), now, RequestRules::SLAPPROXY)?)
 }
 

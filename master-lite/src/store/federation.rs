@@ -71,7 +71,7 @@ pub enum Outcome {
 
 const COLUMNS: &str = "root, title, remote, remote_title, software_url, software_type, \
     parameters, sla, shared, state, revision, forwarded, connection, status, attempts, \
-    requester, owner";
+    requester, owner, requester_id";
 
 /// One `delegation` row.
 #[derive(Debug, Clone)]
@@ -93,6 +93,7 @@ struct Row10 {
     attempts: i64,
     requester: Option<String>,
     owner: Option<String>,
+    requester_id: Option<i64>,
 }
 
 impl Row10 {
@@ -115,6 +116,7 @@ impl Row10 {
             attempts: r.get(14)?,
             requester: r.get(15)?,
             owner: r.get(16)?,
+            requester_id: r.get(17)?,
         })
     }
 
@@ -419,80 +421,65 @@ impl Store {
         };
         let current = e.revision as u64 == d.revision;
         let reach = format!("{DELEGATED_PREFIX}{}", e.remote);
-        match outcome {
-            Outcome::Destroyed if current => {
-                tx.exec(
-                    "DELETE FROM delegation WHERE root = ?1 AND title = ?2",
-                    [d.root.as_str(), d.title.as_str()],
-                )
-                .op("forget a destroyed delegated request")?;
+        let (conn, status, attempts, accepted) = match outcome {
+            Outcome::Destroyed => {
+                if current {
+                    tx.exec(
+                        "DELETE FROM delegation WHERE root = ?1 AND title = ?2",
+                        [d.root.as_str(), d.title.as_str()],
+                    )
+                    .op("forget a destroyed delegated request")?;
+                }
+                return tx.commit();
             }
-            Outcome::Destroyed => {}
             Outcome::Accepted { connection, placed } => {
                 let conn = to_json(connection)?;
                 let at = placed
                     .as_deref()
                     .map(|p| format!(" on {p}"))
                     .unwrap_or_default();
-                let status = if connection.is_empty() {
-                    format!(
-                        "{reach}: forwarded as {:?}{at}, waiting for its connection parameters",
-                        e.remote_title
-                    )
+                let what = if connection.is_empty() {
+                    "waiting for its connection parameters"
                 } else {
-                    format!(
-                        "{reach}: forwarded as {:?}{at}, connection parameters received",
-                        e.remote_title
-                    )
+                    "connection parameters received"
                 };
-                if conn != e.connection {
+                if conn != e.connection
+                    && let Some(id) = e.requester_id
+                {
                     // The requester (a partition here) reads its children's connection
                     // parameters in its desired state.
-                    let parent: Option<Option<i64>> = tx
-                        .q_row(
-                            "SELECT requester_id FROM delegation WHERE root = ?1 AND title = ?2",
-                            [d.root.as_str(), d.title.as_str()],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .op("read a delegated request's requester")?;
-                    if let Some(Some(id)) = parent {
-                        tx.bump_instance(id)?;
-                    }
+                    tx.bump_instance(id)?;
                 }
-                tx.exec(
-                    "UPDATE delegation SET connection = ?3, status = ?4, attempts = 0,
-                     forwarded = CASE WHEN ?5 > forwarded THEN ?5 ELSE forwarded END,
-                     next_ms = CASE WHEN revision = ?5 THEN ?6 ELSE 0 END
-                     WHERE root = ?1 AND title = ?2",
-                    params![
-                        d.root.as_str(),
-                        d.title.as_str(),
-                        conn,
-                        status,
-                        d.revision as i64,
-                        ms(next_ms)
-                    ],
-                )
-                .op("record a forwarded request")?;
+                let status = format!("{reach}: forwarded as {:?}{at}, {what}", e.remote_title);
+                (conn, status, 0, true)
             }
             Outcome::Failed { reason } => {
                 let status = format!("{reach}: pending, {reason}; retrying");
-                tx.exec(
-                    "UPDATE delegation SET status = ?3, attempts = attempts + 1,
-                     next_ms = CASE WHEN revision = ?4 THEN ?5 ELSE 0 END
-                     WHERE root = ?1 AND title = ?2",
-                    params![
-                        d.root.as_str(),
-                        d.title.as_str(),
-                        status,
-                        d.revision as i64,
-                        ms(next_ms)
-                    ],
+                (
+                    e.connection.clone(),
+                    status,
+                    e.attempts.saturating_add(1),
+                    false,
                 )
-                .op("record a failed forwarding")?;
             }
-        }
+        };
+        tx.exec(
+            "UPDATE delegation SET connection = ?3, status = ?4, attempts = ?5,
+             forwarded = CASE WHEN ?6 = 1 AND ?7 > forwarded THEN ?7 ELSE forwarded END,
+             next_ms = CASE WHEN revision = ?7 THEN ?8 ELSE 0 END
+             WHERE root = ?1 AND title = ?2",
+            params![
+                d.root.as_str(),
+                d.title.as_str(),
+                conn,
+                status,
+                attempts,
+                i64::from(accepted),
+                d.revision as i64,
+                ms(next_ms)
+            ],
+        )
+        .op("record the outcome of a forwarding")?;
         tx.commit()
     }
 }

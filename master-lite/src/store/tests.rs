@@ -1366,6 +1366,15 @@ fn the_revision_clock_is_no_earlier_than_a_microsecond_clock_read_before() {
     }
 }
 
+/// The due delegated request titled `t`.
+fn due_titled(s: &mut Store, t: &str) -> federation::Delegation {
+    s.delegations_due(100, 10)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.title == t)
+        .unwrap()
+}
+
 /// Federation (migration 10): a delegated request is idempotent by title, a local title stays
 /// local, an outcome for an older revision leaves the newer one due, and a delegated child's
 /// connection parameters reach its requester's desired state.
@@ -1435,12 +1444,7 @@ fn delegated_requests_are_idempotent_and_their_connections_reach_the_requester()
         .unwrap();
     assert_eq!(child.root_title.as_str(), "app");
     assert_eq!(child.requester.as_deref(), Some("C1/slappart0"));
-    let d = s
-        .delegations_due(100, 10)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.title == "db")
-        .unwrap();
+    let d = due_titled(&mut s, "db");
     assert_eq!(d.request.title.as_str(), remote_title("app", "db"));
     assert_eq!(d.request.title.as_str(), "app_db");
     let before = assignment(&mut s, "C1", local.partition.as_str())
@@ -1456,12 +1460,7 @@ fn delegated_requests_are_idempotent_and_their_connections_reach_the_requester()
     // Destroyed and accepted by the remote: forgotten.
     s.set_state(&title("web"), InstanceState::Destroyed)
         .unwrap();
-    let d = s
-        .delegations_due(100, 10)
-        .unwrap()
-        .into_iter()
-        .find(|d| d.title == "web")
-        .unwrap();
+    let d = due_titled(&mut s, "web");
     assert_eq!(d.request.state, Some(InstanceState::Destroyed));
     s.delegation_outcome(&d, &Outcome::Destroyed, 0).unwrap();
     assert!(matches!(
