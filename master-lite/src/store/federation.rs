@@ -17,7 +17,7 @@ use slapos_proto::{
 use super::error::{DbContext, StoreError};
 use super::sql::{OptionalExtension, Row, Transaction, params};
 use super::{
-    RequestRules, Result, Store, decode, from_json, instance_state, ms, requester_instance,
+    RequestRules, Result, Store, Tx, decode, from_json, instance_state, ms, requester_instance,
     to_json, tree_suffix,
 };
 
@@ -219,9 +219,41 @@ pub fn remote_title(root: &str, title: &str) -> String {
     }
 }
 
+/// What the status line says of a request (or a change) not forwarded yet.
+const NOT_FORWARDED: &str = "pending, not forwarded yet";
+
 /// The status line of a request waiting for its first forwarding.
 fn pending(remote: &str) -> String {
-    format!("{DELEGATED_PREFIX}{remote}: pending, not forwarded yet")
+    format!("{DELEGATED_PREFIX}{remote}: {NOT_FORWARDED}")
+}
+
+/// The delegated children of tree `root` follow its requested state, as its local instances do
+/// (`destroyed` is final); each change is forwarded.
+pub(super) fn set_tree_state(tx: &mut Tx<'_>, root: &str, state: InstanceState) -> Result<()> {
+    const FOLLOWING: &str =
+        "root = ?1 AND state != ?2 AND (?2 = 'destroyed' OR state != 'destroyed')";
+    let s = state.as_str();
+    let n: i64 = tx
+        .q_row(
+            &format!("SELECT COUNT(*) FROM delegation WHERE {FOLLOWING}"),
+            params![root, s],
+            |r| r.get(0),
+        )
+        .op("count the delegated requests of a tree")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let seq = tx.seq()?;
+    tx.exec(
+        &format!(
+            "UPDATE delegation SET state = ?2, revision = ?3, attempts = 0, next_ms = 0,
+             status = '{DELEGATED_PREFIX}' || remote || ': {NOT_FORWARDED}'
+             WHERE {FOLLOWING}"
+        ),
+        params![root, s, seq],
+    )
+    .op("change the state of a tree's delegated requests")?;
+    Ok(())
 }
 
 impl Store {

@@ -637,7 +637,9 @@ impl Store {
              JOIN instance par ON s.requester = par.id WHERE par.computer = ?1
              UNION ALL
              SELECT par.partition, d.title, d.connection FROM delegation d
-             JOIN instance par ON d.requester_id = par.id WHERE par.computer = ?1",
+             JOIN instance par ON d.requester_id = par.id
+              AND d.root = CASE WHEN par.root = '' THEN par.title ELSE par.root END
+             WHERE par.computer = ?1",
             [cs],
             |r| {
                 Ok((
@@ -1914,7 +1916,7 @@ fn set_tree_state(tx: &mut Tx<'_>, root: &str, state: InstanceState) -> Result<(
     for id in changed {
         tx.bump_instance(id)?;
     }
-    Ok(())
+    federation::set_tree_state(tx, root, state)
 }
 
 /// Mark everything below `inst` destroyed (its requester links; for a root, its whole tree).

@@ -1468,3 +1468,31 @@ fn delegated_requests_are_idempotent_and_their_connections_reach_the_requester()
         Err(StoreError::NotFound(_))
     ));
 }
+
+/// A tree's requested state reaches its delegated children (to be forwarded), as it reaches its
+/// local instances.
+#[test]
+fn a_trees_state_reaches_its_delegated_children() {
+    let Some(mut s) = ready(1) else { return };
+    let app = s.request(&req("app", SR), None, 1).unwrap();
+    let from = at("C1", app.partition.as_str());
+    let child = s
+        .delegate(&req("db", SR2), Some(&from), None, "http://b", 2)
+        .unwrap();
+    s.set_state(&title("app"), InstanceState::Stopped).unwrap();
+    let d = due_titled(&mut s, "db");
+    assert_eq!(d.request.state, Some(InstanceState::Stopped));
+    assert!(d.revision > child.revision);
+    s.set_state(&title("app"), InstanceState::Destroyed)
+        .unwrap();
+    assert_eq!(
+        due_titled(&mut s, "db").request.state,
+        Some(InstanceState::Destroyed)
+    );
+    // Destroyed is final: a later start of the tree does not bring the child back.
+    s.set_state(&title("app"), InstanceState::Started).unwrap();
+    assert_eq!(
+        due_titled(&mut s, "db").request.state,
+        Some(InstanceState::Destroyed)
+    );
+}
