@@ -31,8 +31,9 @@
 //! library raises it as `requests.HTTPError`), changes nothing, and is logged by
 //! `http::identify`.
 //!
-//! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
-//! reports are accepted and ignored, as slapproxy does.
+//! Requests for a release of a `[multimaster/URL]` section, or with `master_url` in their filter,
+//! are delegated to that master (`crate::federation`, asynchronously: never 408 nor 523);
+//! started/stopped/error reports are accepted and ignored, as slapproxy does.
 
 pub mod frontend;
 pub mod hateoas;
