@@ -18,7 +18,7 @@ use super::error::{DbContext, StoreError};
 use super::sql::{OptionalExtension, Row, Transaction, params};
 use super::{
     RequestRules, Result, Store, Tx, decode, from_json, instance_state, ms, requester_instance,
-    to_json, tree_suffix,
+    storable, to_json, tree_suffix,
 };
 
 /// What users see as the computer of a delegated instance (it runs on another master).
@@ -269,8 +269,10 @@ impl Store {
         remote: &str,
         now_ms: u64,
     ) -> Result<InstanceInfo> {
-        slapos_proto::text::check_params("instance parameters", &req.parameters)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        storable(slapos_proto::text::check_params(
+            "instance parameters",
+            &req.parameters,
+        ))?;
         let mut tx = self.write()?;
         let requester = requester_instance(&tx, from)?;
         let root = requester
