@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slapos_client::{Client, ClientError};
-use slapos_proto::slap::{SoftwareInstanceDoc, loads};
+use slapos_proto::slap::{SlapPartitionAuth, SoftwareInstanceDoc, loads};
 use slapos_proto::{
     ComputerId, InstanceInfo, InstanceRequest, InstanceState, PartitionId, PartitionRef,
 };
@@ -135,6 +135,10 @@ fn forward_native(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, Str
         _ => Client::new(&remote.url),
     }
     .map_err(|e| format!("client setup: {e}"))?;
+    let client = match &remote.as_partition {
+        Some(p) => client.as_partition(p),
+        None => client,
+    };
     let destroy = req.state == Some(InstanceState::Destroyed);
     match client.request(req) {
         Ok(_) if destroy => Ok(Outcome::Destroyed),
@@ -166,19 +170,29 @@ fn forward_slap(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, Strin
         slapos_client::http_agent(&remote.url, CALL_TIMEOUT)
     }
     .map_err(|e| format!("client setup: {e}"))?;
-    // An open order (`OpenOrder.request`): the form of a child request without its requester.
-    let placeholder = (
-        ComputerId::parse("federation").map_err(|e| e.to_string())?,
-        PartitionId::parse("federation").map_err(|e| e.to_string())?,
-    );
-    let mut form = node_edge::link::slap::request_form(&placeholder.0, &placeholder.1, req);
-    form.requester = None;
+    // As the configured partition of the remote (`ComputerPartition.request`), else an open
+    // order (`OpenOrder.request`: the same form without its requester).
+    let placeholder = PartitionRef {
+        computer: ComputerId::parse("federation").map_err(|e| e.to_string())?,
+        partition: PartitionId::parse("federation").map_err(|e| e.to_string())?,
+    };
+    let who = remote.as_partition.as_ref().unwrap_or(&placeholder);
+    let mut form = node_edge::link::slap::request_form(&who.computer, &who.partition, req);
+    if remote.as_partition.is_none() {
+        form.requester = None;
+    }
     let fields = form
         .to_form()
         .map_err(|e| format!("encode the request: {e}"))?;
     let url = format!("{base}/requestComputerPartition");
-    let mut resp = agent
-        .post(&url)
+    let mut post = agent.post(&url);
+    if let Some(p) = &remote.as_partition {
+        post = post.header(
+            "Authorization",
+            SlapPartitionAuth::header_value(p.computer.as_str(), p.partition.as_str()),
+        );
+    }
+    let mut resp = post
         .send_form(fields.iter().map(|(k, v)| (*k, v.as_str())))
         .map_err(|e| format!("remote unreachable: POST {url}: {e}"))?;
     let status = resp.status().as_u16();

@@ -47,9 +47,8 @@
 //! * One writer thread: throughput is bounded by one fsync per write call (see `master-bench`).
 //! * One process over one SQLite file: no replicas yet (the fleet master is issue 13).
 //! * Federation ([`federation`], slapproxy's multimaster): requests delegated to other masters
-//!   are forwarded by one task per process, which asks again until the remote answers; a
-//!   request made as a partition of the remote master (slapproxy's `computer`/`partition`
-//!   options) is not supported.
+//!   are forwarded by one task per process, which asks again until the remote answers (never
+//!   a synchronous 523 as slapproxy; shared requests over SLAP are not forwarded).
 
 pub mod admin;
 pub mod app;

@@ -7,7 +7,8 @@
 //! the `[slapos]` and `[slapproxy]` sections are merged and the first non-empty value of a key
 //! wins, in file order. Each `[multimaster/URL]` section names a remote master requests are
 //! delegated to (`crate::federation`): `software_release_list` (one URL per line), `key` and
-//! `cert` (the identity requests are made as, over https), and our additions `ca` (the
+//! `cert` (the identity requests are made as, over https), `computer` and `partition` (requests
+//! made as that partition of the remote), and our additions `ca` (the
 //! remote's CA) and `api` (`slap`, the default, or `native` for a master-lite). Other sections
 //! (`[slapformat]`, …) are read and ignored.
 
@@ -284,7 +285,8 @@ api = native
                 "plain http",
             ),
             ("[multimaster/b]\n", "http://"),
-            ("[multimaster/http://b]\ncomputer = c\n", "unknown option"),
+            ("[multimaster/http://b]\ncomputer = c\n", "go together"),
+            ("[multimaster/http://b]\ncolour = red\n", "unknown option"),
         ] {
             let text = format!("[slapproxy]\ndatabase_uri = x\n{section}");
             let e = ProxyConfig::from_ini(

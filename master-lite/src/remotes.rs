@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use slapos_proto::InstanceRequest;
+use slapos_proto::{InstanceRequest, PartitionRef};
 
 use crate::store::federation::MASTER_KEYS;
 
@@ -49,6 +49,13 @@ pub struct Remote {
     pub key: Option<PathBuf>,
     /// The remote's CA (PEM file) for `https://`; the system bundle when absent (SLAP only).
     pub ca: Option<PathBuf>,
+    /// slapproxy's `computer` + `partition`: requests are made there as this partition of the
+    /// remote (children of its instance) instead of as open orders.
+    pub as_partition: Option<PartitionRef>,
+    /// `computer`, until `partition` comes with it.
+    computer: Option<String>,
+    /// `partition`, until `computer` comes with it.
+    partition: Option<String>,
 }
 
 /// The remotes of a master (empty: no federation).
@@ -98,11 +105,15 @@ impl Remote {
             cert: None,
             key: None,
             ca: None,
+            as_partition: None,
+            computer: None,
+            partition: None,
         })
     }
 
     /// Set one option: `release` (repeatable; `software_release_list` holds one per line),
-    /// `cert`, `key`, `ca` (paths), `api` (`slap` or `native`).
+    /// `cert`, `key`, `ca` (paths), `api` (`slap` or `native`), `computer` and `partition`
+    /// (request as that partition of the remote, like slapproxy).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), FederationError> {
         let bad = |reason: String| FederationError::Remote {
             what: self.url.clone(),
@@ -126,16 +137,16 @@ impl Remote {
                     other => return Err(bad(format!("api {other:?} is not `slap` or `native`"))),
                 }
             }
-            // slapproxy's requests as a partition of the remote (`computer`, `partition`) are
-            // not supported: requests are made as the configured identity.
+            "computer" => self.computer = Some(value.to_owned()),
+            "partition" => self.partition = Some(value.to_owned()),
             other => return Err(bad(format!("unknown option {other:?}"))),
         }
         Ok(())
     }
 
-    /// Check that the identity is complete (a certificate goes with its key) and usable over
-    /// the URL's scheme, like slapproxy.
-    pub fn check(&self) -> Result<(), FederationError> {
+    /// Check that the identity is complete (a certificate goes with its key, a computer with
+    /// its partition) and usable over the URL's scheme, like slapproxy.
+    pub fn check(&mut self) -> Result<(), FederationError> {
         let bad = |reason: &str| FederationError::Remote {
             what: self.url.clone(),
             reason: reason.to_owned(),
@@ -143,6 +154,14 @@ impl Remote {
         if self.cert.is_some() != self.key.is_some() {
             return Err(bad("`cert` and `key` go together"));
         }
+        self.as_partition = match (&self.computer, &self.partition) {
+            (None, None) => None,
+            (Some(c), Some(p)) => Some(
+                PartitionRef::parse(&format!("{c}/{p}"))
+                    .map_err(|e| bad(&format!("`computer`/`partition`: {e}")))?,
+            ),
+            _ => return Err(bad("`computer` and `partition` go together")),
+        };
         if self.url.starts_with("http://") && (self.cert.is_some() || self.ca.is_some()) {
             return Err(bad("a certificate is given but the URL is plain http://"));
         }
@@ -154,8 +173,8 @@ impl Remote {
         Ok(())
     }
 
-    /// Parse `serve --federate URL[,release=R]…[,cert=P,key=P][,ca=P][,api=slap|native]` (the
-    /// native API by default).
+    /// Parse `serve --federate URL[,release=R]…[,cert=P,key=P][,ca=P][,api=slap|native]
+    /// [,computer=C,partition=P]` (the native API by default).
     pub fn parse_flag(spec: &str) -> Result<Self, FederationError> {
         let mut parts = spec.split(',');
         let mut r = Self::new(parts.next().unwrap_or(""), Api::Native)?;
@@ -304,6 +323,8 @@ pub(crate) mod tests {
             ("ftp://b", "http://"),
             ("http://b,release", "KEY=VALUE"),
             ("http://b,colour=red", "unknown option"),
+            ("http://b,computer=C", "go together"),
+            ("http://b,computer=C,partition=a b", "partition id"),
             ("http://b,api=rest", "api"),
             ("http://b,cert=/c", "together"),
             ("http://b,cert=/c,key=/k", "plain http"),
@@ -313,5 +334,7 @@ pub(crate) mod tests {
             assert!(e.contains(part), "{spec}: {e}");
         }
         assert!(Remote::parse_flag("https://b,api=slap,cert=/c,key=/k").is_ok());
+        let r = Remote::parse_flag("http://b,computer=C,partition=slappart1").unwrap();
+        assert_eq!(r.as_partition.unwrap().to_string(), "C/slappart1");
     }
 }

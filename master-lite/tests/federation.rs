@@ -228,16 +228,18 @@ async fn show(a: &master_lite::Master, title: &str) -> InstanceInfo {
     serde_json::from_value(j).unwrap()
 }
 
-/// B: a computer with one partition, `SR` supplied.
-fn remote_computer(b: &slapos_client::Client) {
+/// B: a computer with `n` partitions, `SR` supplied.
+fn remote_computer(b: &slapos_client::Client, n: usize) {
     b.register(&RegisterComputer {
         id: ComputerId::parse("COMP-B").unwrap(),
-        partitions: vec![PartitionSpec {
-            id: PartitionId::parse("slappart0").unwrap(),
-            addresses: vec![],
-            interface: None,
-            uid: None,
-        }],
+        partitions: (0..n)
+            .map(|i| PartitionSpec {
+                id: PartitionId::parse(format!("slappart{i}")).unwrap(),
+                addresses: vec![],
+                interface: None,
+                uid: None,
+            })
+            .collect(),
         labels: Default::default(),
     })
     .unwrap();
@@ -328,7 +330,7 @@ async fn forwarding_to_a_master_lite_over_native_and_slap_brings_back_the_connec
         let dir = tempfile::tempdir().unwrap();
         let b = Server::start(&dir.path().join("b.db"));
         let bc = b.client();
-        remote_computer(&bc);
+        remote_computer(&bc, 1);
         let fed = federation(&b.url, api, Some(SR));
         forwards_to(&b.url, api, &bc, fed).await;
     }
@@ -341,7 +343,7 @@ async fn forwarding_over_mtls_as_a_user_of_the_remote() {
     let alice = env.user("alice", false);
     let b = Server::start_tls(&env.db(), &env.tls(), "warn");
     let bc = admin.client(&b.url, &env.ca_pem());
-    remote_computer(&bc);
+    remote_computer(&bc, 1);
     let ca = env.tls().join("ca.pem");
     let spec = format!(
         "{},release={SR},ca={},cert={},key={}",
@@ -389,5 +391,49 @@ async fn an_unreachable_remote_leaves_the_request_pending_with_the_reason() {
         );
         assert!(line.starts_with("web: delegated to"), "{line}");
         assert!(line.contains("remote unreachable"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_as_a_partition_of_the_remote_makes_a_child_of_its_instance() {
+    for api in [Api::Native, Api::Slap] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Server::start(&dir.path().join("b.db"));
+        let bc = b.client();
+        remote_computer(&bc, 2);
+        let host = bc.request(&request("host", SR, &[])).unwrap();
+        assert_eq!(host.partition.as_str(), "slappart0");
+        // slapproxy's `[multimaster/URL]` with `computer` and `partition`.
+        let mut r = Remote::new(&b.url, api).unwrap();
+        for (k, v) in [
+            ("release", SR),
+            ("computer", "COMP-B"),
+            ("partition", "slappart0"),
+        ] {
+            r.set(k, v).unwrap();
+        }
+        r.check().unwrap();
+        let mut fed = Federation::default();
+        fed.add(r).unwrap();
+        let mut a = slap_master("COMP-A");
+        a.set_federation(fed.clone());
+        json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+        let out = forward_once(&a, &fed).await;
+        assert!(
+            matches!(&out[..], [Outcome::Accepted { .. }]),
+            "{api:?}: {out:?}"
+        );
+        let child = bc
+            .instance(
+                &InstanceTitle::parse("web").unwrap(),
+                Some(&InstanceTitle::parse("host").unwrap()),
+            )
+            .unwrap();
+        assert_eq!(
+            child.requester.as_deref(),
+            Some("COMP-B/slappart0"),
+            "{api:?}"
+        );
+        assert_eq!(child.partition.as_str(), "slappart1");
     }
 }
