@@ -134,10 +134,10 @@ enum Cmd {
         /// besides root and the master's own user; repeatable.
         #[arg(long = "local-operator", value_name = "USER", value_parser = master_lite::local::parse_user)]
         local_operators: Vec<u32>,
-        /// Delegate requests to another master (federation, docs/master-lite.md):
-        /// `URL[,release=SR]…[,cert=PEM,key=PEM][,ca=PEM][,api=native|slap][,computer=C,partition=P]`; requests for a
-        /// listed release, or with SLA `master=URL`, go there. Repeatable; adds to the
-        /// `[multimaster/URL]` sections of --cfg.
+        /// Delegate requests to another master (federation, docs/master-lite.md): `URL` then
+        /// `,release=SR` (repeatable), `,cert=PEM,key=PEM`, `,ca=PEM`, `,api=native|slap`,
+        /// `,computer=C,partition=P`; requests for a listed release, or with SLA `master=URL`,
+        /// go there. Repeatable; adds to the `[multimaster/URL]` sections of --cfg.
         #[arg(long = "federate", value_name = "SPEC")]
         federate: Vec<String>,
     },
