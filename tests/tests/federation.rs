@@ -17,9 +17,12 @@
 //!   hello-web; the real `slapos request` CLI (slapos.core 1.26.1, `.venv/slapos`) asks A, A
 //!   forwards over the SLAP wire to B, and the CLI prints the connection parameters B's node
 //!   published.
+//! * the reverse: the real slapproxy with a `[multimaster/B]` section forwards to master-lite B
+//!   (its SLAP routes as a multimaster remote), the instance converges on B's node.
 //!
-//! Real processes throughout (both masters, both nodes, hello-web, the slapos CLI); needs
-//! python3 (hello-web). Run: `cargo build --workspace --bins && cargo test -p slapos-tests
+//! Real processes throughout (both masters, both nodes, hello-web, the slapos CLI, slapproxy);
+//! needs python3 (hello-web) and, for the last two, the venv (`scripts/deps/slapos-venv.sh`;
+//! skipped with a reason without it, failing under `SLAPOS_REQUIRE_TOOLS=1`). Run: `cargo build --workspace --bins && cargo test -p slapos-tests
 //! --test federation`.
 
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use slapos_proto::{ComputerId, InstanceTitle};
+use slapos_proto::{ComputerId, InstanceTitle, SoftwareUrl};
 use slapos_test_support::gate::{self, Need, skip};
 use slapos_tests::{
     Client, Master, Node, Proc, bin, example_release, http_get, instance_request, params,
@@ -241,6 +244,43 @@ fn printed(output: &str, key: &str) -> Option<String> {
     Some(output[start..start + end].to_owned())
 }
 
+/// `slapos request web WEB --parameters title=TITLE` against `master`, run until it prints the
+/// connection parameter `url`; its whole output.
+fn cli_until_printed(
+    venv: &Path,
+    dir: &Path,
+    master: &str,
+    web: &SoftwareUrl,
+    title: &str,
+) -> String {
+    let cfg = dir.join("client.cfg");
+    std::fs::write(
+        &cfg,
+        format!("[slapos]\nmaster_url = {master}\nmaster_rest_url = {master}/hateoas\n"),
+    )
+    .expect("write client.cfg");
+    let param = format!("title={title}");
+    wait_for("the slapos CLI to print the url", LONG, || {
+        let o = Command::new(venv.join("slapos"))
+            .args(["request", "web", web.as_str(), "--parameters", &param])
+            .arg("--cfg")
+            .arg(&cfg)
+            .current_dir(dir)
+            .output()
+            .ok()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if printed(&text, "url").is_none() {
+            std::thread::sleep(Duration::from_millis(500));
+            return None;
+        }
+        Some(text)
+    })
+}
+
 #[test]
 fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     const TEST: &str = "serve_cfg_forwards_a_multimaster_release_over_slap";
@@ -267,38 +307,8 @@ fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     .expect("write slapos-proxy.cfg");
     let (_a, a_url) = serve("master-a", &["--cfg", path(&cfg)], dir);
     let (_node_a, _node_b) = nodes(dir, &b, &a_url);
-    std::fs::write(
-        dir.join("client.cfg"),
-        format!("[slapos]\nmaster_url = {a_url}\nmaster_rest_url = {a_url}/hateoas\n"),
-    )
-    .expect("write client.cfg");
-
     // The real CLI asks A until it prints the connection parameters B's node published.
-    let text = wait_for("the slapos CLI to print the url", LONG, || {
-        let o = Command::new(venv.join("slapos"))
-            .args([
-                "request",
-                "web",
-                web.as_str(),
-                "--parameters",
-                "title=Over SLAP",
-            ])
-            .arg("--cfg")
-            .arg(dir.join("client.cfg"))
-            .current_dir(dir)
-            .output()
-            .ok()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        if printed(&text, "url").is_none() {
-            std::thread::sleep(Duration::from_millis(500));
-            return None;
-        }
-        Some(text)
-    });
+    let text = cli_until_printed(&venv, dir, &a_url, &web, "Over SLAP");
     assert_eq!(
         printed(&text, "title").as_deref(),
         Some("Over SLAP"),
@@ -310,4 +320,64 @@ fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     // Allocated on B's node, nothing on A's.
     web_on_comp_b(&b);
     nothing_allocated_on_a(&Client::new(&a_url).expect("client of A"));
+}
+
+/// The reverse: the real slapproxy (`slapos proxy start`) with a `[multimaster/B]` section
+/// forwards, synchronously and as slapproxy does, to master-lite B's SLAP routes; B's node
+/// converges it and the CLI asking slapproxy prints its connection parameters.
+#[test]
+fn slapproxy_forwards_to_master_lite_as_its_multimaster() {
+    const TEST: &str = "slapproxy_forwards_to_master_lite_as_its_multimaster";
+    if !gate::tool(TEST, "python3") {
+        return;
+    }
+    let Some(venv) = venv() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let web = example_release("hello-web");
+
+    let b = Master::start(&dir.join("b.db"));
+    let node_b = Node::start_with(&dir.join("node-b"), &b.url, "COMP-B", 2, "rt = false\n");
+    let bc = b.client();
+    wait_for("COMP-B registered", LONG, || {
+        bc.computer(&ComputerId::parse("COMP-B").ok()?).ok()
+    });
+    supply(&bc, "COMP-B", &web);
+    // slapproxy cannot take port 0: a port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let cfg = dir.join("slapos-proxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\ncomputer_id = COMP-A\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n\
+             database_uri = {}\n\n[multimaster/{}]\nsoftware_release_list =\n  {web}\n",
+            dir.join("proxy.db").display(),
+            b.url
+        ),
+    )
+    .expect("write slapos-proxy.cfg");
+    let mut cmd = Command::new(venv.join("slapos"));
+    cmd.args(["proxy", "start", "--cfg"])
+        .arg(&cfg)
+        .current_dir(dir);
+    let _a = Proc::spawn("slapproxy", cmd);
+    let a_url = format!("http://127.0.0.1:{port}");
+    wait_for("slapproxy to listen", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(drop)
+    });
+    let text = cli_until_printed(&venv, dir, &a_url, &web, "From slapproxy");
+    let url = printed(&text, "url").unwrap_or_default();
+    let page = wait_for("the page", LONG, || http_get(&url));
+    assert!(page.contains("From slapproxy"), "{page}");
+    // slapproxy names it `<requester>_<title>` there: `user_web`, allocated on COMP-B.
+    let on_b = bc
+        .instance(&InstanceTitle::parse("user_web").expect("title"), None)
+        .expect("user_web on B");
+    assert_eq!(on_b.computer.as_str(), "COMP-B");
+    drop(node_b);
 }
