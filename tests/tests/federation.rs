@@ -19,9 +19,11 @@
 //!   published.
 //! * the reverse: the real slapproxy with a `[multimaster/B]` section forwards to master-lite B
 //!   (its SLAP routes as a multimaster remote), the instance converges on B's node.
+//! * master-lite A delegating over SLAP to the real slapproxy B, whose node runs
+//!   `protocol = "slap"`: the connection parameters come back from slapproxy's answers.
 //!
 //! Real processes throughout (both masters, both nodes, hello-web, the slapos CLI, slapproxy);
-//! needs python3 (hello-web) and, for the last two, the venv (`scripts/deps/slapos-venv.sh`;
+//! needs python3 (hello-web) and, for the last three, the venv (`scripts/deps/slapos-venv.sh`;
 //! skipped with a reason without it, failing under `SLAPOS_REQUIRE_TOOLS=1`). Run: `cargo build --workspace --bins && cargo test -p slapos-tests
 //! --test federation`.
 
@@ -322,6 +324,36 @@ fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     nothing_allocated_on_a(&Client::new(&a_url).expect("client of A"));
 }
 
+/// The real slapproxy (`slapos proxy start`) with computer `computer` and `extra` sections in
+/// its configuration, and its URL. It cannot take port 0: a port that was free a moment ago.
+fn slapproxy(venv: &Path, dir: &Path, computer: &str, extra: &str) -> (Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let cfg = dir.join("slapos-proxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[slapos]\ncomputer_id = {computer}\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n\
+             database_uri = {}\n\n{extra}",
+            dir.join("proxy.db").display(),
+        ),
+    )
+    .expect("write slapos-proxy.cfg");
+    let mut cmd = Command::new(venv.join("slapos"));
+    cmd.args(["proxy", "start", "--cfg"])
+        .arg(&cfg)
+        .current_dir(dir);
+    let proc = Proc::spawn("slapproxy", cmd);
+    wait_for("slapproxy to listen", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(drop)
+    });
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
 /// The reverse: the real slapproxy (`slapos proxy start`) with a `[multimaster/B]` section
 /// forwards, synchronously and as slapproxy does, to master-lite B's SLAP routes; B's node
 /// converges it and the CLI asking slapproxy prints its connection parameters.
@@ -343,33 +375,11 @@ fn slapproxy_forwards_to_master_lite_as_its_multimaster() {
         bc.computer(&ComputerId::parse("COMP-B").ok()?).ok()
     });
     supply(&bc, "COMP-B", &web);
-    // slapproxy cannot take port 0: a port that was free a moment ago.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let cfg = dir.join("slapos-proxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[slapos]\ncomputer_id = COMP-A\n\n[slapproxy]\nhost = 127.0.0.1\nport = {port}\n\
-             database_uri = {}\n\n[multimaster/{}]\nsoftware_release_list =\n  {web}\n",
-            dir.join("proxy.db").display(),
-            b.url
-        ),
-    )
-    .expect("write slapos-proxy.cfg");
-    let mut cmd = Command::new(venv.join("slapos"));
-    cmd.args(["proxy", "start", "--cfg"])
-        .arg(&cfg)
-        .current_dir(dir);
-    let _a = Proc::spawn("slapproxy", cmd);
-    let a_url = format!("http://127.0.0.1:{port}");
-    wait_for("slapproxy to listen", LONG, || {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(drop)
-    });
+    let extra = format!(
+        "[multimaster/{}]\nsoftware_release_list =\n  {web}\n",
+        b.url
+    );
+    let (_a, a_url) = slapproxy(&venv, dir, "COMP-A", &extra);
     let text = cli_until_printed(&venv, dir, &a_url, &web, "From slapproxy");
     let url = printed(&text, "url").unwrap_or_default();
     let page = wait_for("the page", LONG, || http_get(&url));
@@ -380,4 +390,79 @@ fn slapproxy_forwards_to_master_lite_as_its_multimaster() {
         .expect("user_web on B");
     assert_eq!(on_b.computer.as_str(), "COMP-B");
     drop(node_b);
+}
+
+/// master-lite A delegates to the real slapproxy B over SLAP; B's node (`slapos-node` with
+/// `protocol = "slap"`) converges the instance and its connection parameters reach A.
+#[test]
+fn master_lite_forwards_to_a_real_slapproxy() {
+    const TEST: &str = "master_lite_forwards_to_a_real_slapproxy";
+    if !gate::tool(TEST, "python3") {
+        return;
+    }
+    let Some(venv) = venv() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let web = example_release("hello-web");
+
+    let (_b, b_url) = slapproxy(&venv, dir, "COMP-B", "");
+    let node_b = Node::start_with(
+        &dir.join("node-b"),
+        &b_url,
+        "COMP-B",
+        2,
+        "rt = false\nprotocol = \"slap\"\n",
+    );
+    node_b
+        .proc
+        .as_ref()
+        .expect("node running")
+        .wait_line("registered", LONG);
+    let client_cfg = dir.join("client-b.cfg");
+    std::fs::write(
+        &client_cfg,
+        format!("[slapos]\nmaster_url = {b_url}\nmaster_rest_url = {b_url}/hateoas\n"),
+    )
+    .expect("write client-b.cfg");
+    let o = Command::new(venv.join("slapos"))
+        .args(["supply", web.as_str(), "COMP-B", "--cfg"])
+        .arg(&client_cfg)
+        .current_dir(dir)
+        .output()
+        .expect("slapos supply");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let spec = format!("{b_url},api=slap,release={web}");
+    let a_db = dir.join("a.db");
+    let (_a, a_url) = serve(
+        "master-a",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            path(&a_db),
+            "--federate",
+            &spec,
+        ],
+        dir,
+    );
+    let a = Client::new(&a_url).expect("client of A");
+    a.request(&instance_request(
+        "web",
+        &web,
+        params(json!({"title": "Behind slapproxy"})),
+    ))
+    .expect("request on A");
+    let url = published(&a, "web", "url");
+    let page = wait_for("the page", LONG, || http_get(&url));
+    assert!(page.contains("Behind slapproxy"), "{page}");
+    let status = a
+        .instance(&InstanceTitle::parse("web").expect("title"), None)
+        .expect("web on A")
+        .bang
+        .unwrap_or_default();
+    assert!(
+        status.contains("on COMP-B/slappart0, connection parameters received"),
+        "{status}"
+    );
 }
