@@ -228,6 +228,16 @@ async fn show(a: &master_lite::Master, title: &str) -> InstanceInfo {
     serde_json::from_value(j).unwrap()
 }
 
+/// A real master B (`slapos-master serve`, plain HTTP) with [`remote_computer`] of `n`
+/// partitions, and a client; keep the directory for as long as B runs.
+fn remote_b(n: usize) -> (tempfile::TempDir, Server, slapos_client::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Server::start(&dir.path().join("b.db"));
+    let bc = b.client();
+    remote_computer(&bc, n);
+    (dir, b, bc)
+}
+
 /// B: a computer with `n` partitions, `SR` supplied.
 fn remote_computer(b: &slapos_client::Client, n: usize) {
     b.register(&RegisterComputer {
@@ -327,10 +337,7 @@ async fn forwards_to(remote_url: &str, api: Api, b: &slapos_client::Client, fed:
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_to_a_master_lite_over_native_and_slap_brings_back_the_connection() {
     for api in [Api::Native, Api::Slap] {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Server::start(&dir.path().join("b.db"));
-        let bc = b.client();
-        remote_computer(&bc, 1);
+        let (_dir, b, bc) = remote_b(1);
         let fed = federation(&b.url, api, Some(SR));
         forwards_to(&b.url, api, &bc, fed).await;
     }
@@ -397,10 +404,7 @@ async fn an_unreachable_remote_leaves_the_request_pending_with_the_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_as_a_partition_of_the_remote_makes_a_child_of_its_instance() {
     for api in [Api::Native, Api::Slap] {
-        let dir = tempfile::tempdir().unwrap();
-        let b = Server::start(&dir.path().join("b.db"));
-        let bc = b.client();
-        remote_computer(&bc, 2);
+        let (_dir, b, bc) = remote_b(2);
         let host = bc.request(&request("host", SR, &[])).unwrap();
         assert_eq!(host.partition.as_str(), "slappart0");
         // slapproxy's `[multimaster/URL]` with `computer` and `partition`.

@@ -50,16 +50,37 @@ fn serve(name: &str, args: &[&str], dir: &Path) -> (Proc, String) {
     (proc, url_in(&line).expect("url in the listening line"))
 }
 
+/// Master A (`serve --federate SPEC`, database `dir/a.db`), its URL and a client.
+fn federated_master(dir: &Path, spec: &str) -> (Proc, String, Client) {
+    let a_db = dir.join("a.db");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        path(&a_db),
+        "--federate",
+        spec,
+    ];
+    let (proc, url) = serve("master-a", &args, dir);
+    let client = Client::new(&url).expect("client of A");
+    (proc, url, client)
+}
+
 /// Master B with node COMP-B (hello-web supplied), and node COMP-A on `a_url`.
 fn nodes(dir: &Path, b: &Master, a_url: &str) -> (Node, Node) {
-    let node_b = Node::start_with(&dir.join("node-b"), &b.url, "COMP-B", 2, "rt = false\n");
     let node_a = Node::start_with(&dir.join("node-a"), a_url, "COMP-A", 1, "rt = false\n");
+    (node_a, node_b(dir, b))
+}
+
+/// Node COMP-B on master B, registered, with hello-web supplied.
+fn node_b(dir: &Path, b: &Master) -> Node {
+    let node = Node::start_with(&dir.join("node-b"), &b.url, "COMP-B", 2, "rt = false\n");
     let bc = b.client();
     wait_for("COMP-B registered", LONG, || {
         bc.computer(&ComputerId::parse("COMP-B").ok()?).ok()
     });
     supply(&bc, "COMP-B", &example_release("hello-web"));
-    (node_a, node_b)
+    node
 }
 
 /// The connection parameter `key` of `title` on `c`, once published.
@@ -107,20 +128,7 @@ fn a_request_delegated_to_another_master_converges_there_and_comes_back() {
     let b = Master::start(&dir.join("b.db"));
     let b_addr = b.addr();
     let spec = format!("{},release={web}", b.url);
-    let a_db = dir.join("a.db");
-    let (_a, a_url) = serve(
-        "master-a",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            path(&a_db),
-            "--federate",
-            &spec,
-        ],
-        dir,
-    );
-    let a = Client::new(&a_url).expect("client of A");
+    let (_a, a_url, a) = federated_master(dir, &spec);
     let (_node_a, _node_b) = nodes(dir, &b, &a_url);
     wait_for("COMP-A registered", LONG, || {
         a.computer(&ComputerId::parse("COMP-A").ok()?).ok()
@@ -225,6 +233,15 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// The venv's `bin` directory and a temporary directory, `None` (after printing why) when the
+/// test `test` must be skipped (no python3 for hello-web, no venv).
+fn with_venv(test: &str) -> Option<(PathBuf, tempfile::TempDir)> {
+    if !gate::tool(test, "python3") {
+        return None;
+    }
+    Some((venv()?, tempfile::tempdir().expect("tempdir")))
+}
+
 /// The venv's `bin` directory, `None` (after printing why) when the test must be skipped.
 fn venv() -> Option<PathBuf> {
     let v = repo_root().join(".venv/slapos/bin");
@@ -246,6 +263,17 @@ fn printed(output: &str, key: &str) -> Option<String> {
     Some(output[start..start + end].to_owned())
 }
 
+/// `dir/name`, the slapos CLI's configuration for `master`.
+fn client_cfg(dir: &Path, name: &str, master: &str) -> PathBuf {
+    let cfg = dir.join(name);
+    std::fs::write(
+        &cfg,
+        format!("[slapos]\nmaster_url = {master}\nmaster_rest_url = {master}/hateoas\n"),
+    )
+    .expect("write the CLI's configuration");
+    cfg
+}
+
 /// `slapos request web WEB --parameters title=TITLE` against `master`, run until it prints the
 /// connection parameter `url`; its whole output.
 fn cli_until_printed(
@@ -255,12 +283,7 @@ fn cli_until_printed(
     web: &SoftwareUrl,
     title: &str,
 ) -> String {
-    let cfg = dir.join("client.cfg");
-    std::fs::write(
-        &cfg,
-        format!("[slapos]\nmaster_url = {master}\nmaster_rest_url = {master}/hateoas\n"),
-    )
-    .expect("write client.cfg");
+    let cfg = client_cfg(dir, "client.cfg", master);
     let param = format!("title={title}");
     wait_for("the slapos CLI to print the url", LONG, || {
         let o = Command::new(venv.join("slapos"))
@@ -286,11 +309,9 @@ fn cli_until_printed(
 #[test]
 fn serve_cfg_forwards_a_multimaster_release_over_slap() {
     const TEST: &str = "serve_cfg_forwards_a_multimaster_release_over_slap";
-    if !gate::tool(TEST, "python3") {
+    let Some((venv, tmp)) = with_venv(TEST) else {
         return;
-    }
-    let Some(venv) = venv() else { return };
-    let tmp = tempfile::tempdir().expect("tempdir");
+    };
     let dir = tmp.path();
     let web = example_release("hello-web");
 
@@ -360,21 +381,15 @@ fn slapproxy(venv: &Path, dir: &Path, computer: &str, extra: &str) -> (Proc, Str
 #[test]
 fn slapproxy_forwards_to_master_lite_as_its_multimaster() {
     const TEST: &str = "slapproxy_forwards_to_master_lite_as_its_multimaster";
-    if !gate::tool(TEST, "python3") {
+    let Some((venv, tmp)) = with_venv(TEST) else {
         return;
-    }
-    let Some(venv) = venv() else { return };
-    let tmp = tempfile::tempdir().expect("tempdir");
+    };
     let dir = tmp.path();
     let web = example_release("hello-web");
 
     let b = Master::start(&dir.join("b.db"));
-    let node_b = Node::start_with(&dir.join("node-b"), &b.url, "COMP-B", 2, "rt = false\n");
+    let _node_b = node_b(dir, &b);
     let bc = b.client();
-    wait_for("COMP-B registered", LONG, || {
-        bc.computer(&ComputerId::parse("COMP-B").ok()?).ok()
-    });
-    supply(&bc, "COMP-B", &web);
     let extra = format!(
         "[multimaster/{}]\nsoftware_release_list =\n  {web}\n",
         b.url
@@ -389,7 +404,6 @@ fn slapproxy_forwards_to_master_lite_as_its_multimaster() {
         .instance(&InstanceTitle::parse("user_web").expect("title"), None)
         .expect("user_web on B");
     assert_eq!(on_b.computer.as_str(), "COMP-B");
-    drop(node_b);
 }
 
 /// master-lite A delegates to the real slapproxy B over SLAP; B's node (`slapos-node` with
@@ -397,11 +411,9 @@ fn slapproxy_forwards_to_master_lite_as_its_multimaster() {
 #[test]
 fn master_lite_forwards_to_a_real_slapproxy() {
     const TEST: &str = "master_lite_forwards_to_a_real_slapproxy";
-    if !gate::tool(TEST, "python3") {
+    let Some((venv, tmp)) = with_venv(TEST) else {
         return;
-    }
-    let Some(venv) = venv() else { return };
-    let tmp = tempfile::tempdir().expect("tempdir");
+    };
     let dir = tmp.path();
     let web = example_release("hello-web");
 
@@ -418,12 +430,7 @@ fn master_lite_forwards_to_a_real_slapproxy() {
         .as_ref()
         .expect("node running")
         .wait_line("registered", LONG);
-    let client_cfg = dir.join("client-b.cfg");
-    std::fs::write(
-        &client_cfg,
-        format!("[slapos]\nmaster_url = {b_url}\nmaster_rest_url = {b_url}/hateoas\n"),
-    )
-    .expect("write client-b.cfg");
+    let client_cfg = client_cfg(dir, "client-b.cfg", &b_url);
     let o = Command::new(venv.join("slapos"))
         .args(["supply", web.as_str(), "COMP-B", "--cfg"])
         .arg(&client_cfg)
@@ -433,20 +440,7 @@ fn master_lite_forwards_to_a_real_slapproxy() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let spec = format!("{b_url},api=slap,release={web}");
-    let a_db = dir.join("a.db");
-    let (_a, a_url) = serve(
-        "master-a",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            path(&a_db),
-            "--federate",
-            &spec,
-        ],
-        dir,
-    );
-    let a = Client::new(&a_url).expect("client of A");
+    let (_a, _, a) = federated_master(dir, &spec);
     a.request(&instance_request(
         "web",
         &web,
