@@ -126,6 +126,58 @@ pub enum NodeError {
     /// Real-time partitions were asked for (`rt = true`) and cannot work.
     #[error(transparent)]
     Rt(#[from] host::rt_resources::RtSetupError),
+    /// A bang that cannot be sent (an unknown partition, nothing to bang).
+    #[error("bang: {0}")]
+    Bang(String),
+}
+
+/// `slapos-node bang`: tell the master something is wrong (`slapos node bang`), so that it has
+/// the instances processed again. With partition `p`: its bang as the partition (native
+/// `POST /v1/computers/{c}/partitions/{p}/bang`, SLAP `softwareInstanceBang`); the master
+/// bumps the instance tree's revision (SLAP: timestamp), every node of the tree processes it
+/// again. Without: SLAP's `computerBang`; natively (no such route) the bang of every partition
+/// holding an instance in the cached desired state. Returns what was banged.
+pub fn bang(
+    config: &Config,
+    p: Option<&slapos_proto::PartitionId>,
+    message: &str,
+) -> Result<String, NodeError> {
+    config.validate()?;
+    let link = master_link(config)?;
+    let parts = match (p, config.protocol) {
+        (Some(p), _) if !config.partition_ids().iter().any(|(_, id)| id == p) => {
+            return Err(NodeError::Bang(format!(
+                "`{p}` is not a partition of this node ({} partitions)",
+                config.partitions
+            )));
+        }
+        (Some(p), _) => vec![p.clone()],
+        (None, Protocol::Slap) => {
+            link.bang(None, message)?;
+            return Ok(format!("computer {}", config.computer_id));
+        }
+        (None, Protocol::Native) => link::cache::DesiredCache::new(&config.state_dir())
+            .load(&config.computer_id)
+            .map(|d| d.partitions.into_iter().filter(|p| p.instance.is_some()))
+            .ok_or_else(|| {
+                NodeError::Bang(
+                    "no cached desired state to find the partitions in: give --partition".into(),
+                )
+            })?
+            .map(|p| p.id)
+            .collect(),
+    };
+    if parts.is_empty() {
+        return Err(NodeError::Bang(
+            "no partition holds an instance (cached desired state): nothing to bang".into(),
+        ));
+    }
+    let mut names = Vec::new();
+    for p in &parts {
+        link.bang(Some(p), message)?;
+        names.push(p.as_str());
+    }
+    Ok(format!("partition(s) {}", names.join(", ")))
 }
 
 /// `slapos-node format`: create partitions (idempotent) and register with the master when it is

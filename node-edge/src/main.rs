@@ -4,6 +4,7 @@
 //! slapos-node run --config node.toml [--metrics-file F]   # follow the master, converge partitions
 //! slapos-node format --config node.toml   # create partitions, register (exit 2: master offline)
 //! slapos-node enroll --config node.toml --token-file F [--ca ca.pem]   # get the computer's identity
+//! slapos-node bang --config node.toml [--partition slappart0] -m MESSAGE   # have it processed again
 //! ```
 //!
 //! Logs go to stderr (`SLAPOS_LOG=debug|info|warn|error`, default `info`). SIGTERM and SIGINT
@@ -20,12 +21,15 @@ SlapOS edge node
 Usage: slapos-node <COMMAND> --config <FILE>
        slapos-node run --config <FILE> [--metrics-file <FILE>]
        slapos-node enroll --config <FILE> (--token-file <FILE> | --token <TOKEN>) [--ca <FILE>]
+       slapos-node bang --config <FILE> [--partition <ID>] -m <MESSAGE>
 
 Commands:
   run     Run the node until SIGTERM/SIGINT
   format  Create the partitions (idempotent) and register them with the master
   enroll  Redeem a one-time token (slapos-master token create) for this computer's
           certificate; stores key, certificate and master CA (https:// master_url)
+  bang    Tell the master something is wrong: the partition's instance tree (or,
+          without --partition, the computer's instances) is processed again
 
 Options:
   -c, --config <FILE>  Config file (TOML)
@@ -34,6 +38,9 @@ Options:
       --token <TOKEN>  Enrollment token on the command line (enroll; other users see
                        it in `ps`: prefer --token-file)
       --ca <FILE>      The master's CA certificate (enroll; default: master_ca)
+  -m, --message <TEXT> Why (bang)
+      --partition <ID> The partition that bangs, e.g. slappart0 (bang; default: the
+                       whole computer)
       --metrics-file <FILE>
                        Write partition usage as a node_exporter textfile there on each
                        sample (run; overrides usage_metrics_file)
@@ -49,6 +56,11 @@ enum Cmd {
         config: PathBuf,
         token: Token,
         ca: Option<PathBuf>,
+    },
+    Bang {
+        config: PathBuf,
+        partition: Option<String>,
+        message: String,
     },
     Help,
     Version,
@@ -94,7 +106,7 @@ impl Token {
 fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, String> {
     let mut sub = None;
     let (mut config, mut token, mut token_file, mut ca) = (None, None, None, None);
-    let mut metrics = None;
+    let (mut metrics, mut message, mut partition) = (None, None, None);
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
         let a = a
@@ -112,7 +124,9 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
             "--token-file" => &mut token_file,
             "--ca" => &mut ca,
             "--metrics-file" => &mut metrics,
-            "run" | "format" | "enroll" if sub.is_none() && inline.is_none() => {
+            "-m" | "--message" => &mut message,
+            "--partition" => &mut partition,
+            "run" | "format" | "enroll" | "bang" if sub.is_none() && inline.is_none() => {
                 sub = Some(a);
                 continue;
             }
@@ -131,14 +145,24 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cmd, Stri
         }
         *slot = Some(v);
     }
-    let sub = sub.ok_or("a command is required: run, format or enroll")?;
+    let sub = sub.ok_or("a command is required: run, format, enroll or bang")?;
     let config = PathBuf::from(config.ok_or_else(|| format!("'{sub}' needs --config <FILE>"))?);
     if metrics.is_some() && sub != "run" {
         return Err(format!(
             "--metrics-file is an option of 'run', not of '{sub}'"
         ));
     }
+    if (message.is_some() || partition.is_some()) && sub != "bang" {
+        return Err(format!(
+            "--message and --partition are options of 'bang', not of '{sub}'"
+        ));
+    }
     match sub.as_str() {
+        "bang" => Ok(Cmd::Bang {
+            config,
+            partition,
+            message: message.ok_or("'bang' needs -m <MESSAGE>")?,
+        }),
         "enroll" => Ok(Cmd::Enroll {
             config,
             token: match (token, token_file) {
@@ -235,6 +259,20 @@ fn main() -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Bang {
+            config,
+            partition,
+            message,
+        } => {
+            let cfg = node_edge::Config::from_file(&config)?;
+            let p = partition
+                .map(slapos_proto::PartitionId::parse)
+                .transpose()
+                .context("--partition")?;
+            let what = node_edge::bang(&cfg, p.as_ref(), &message)?;
+            println!("banged {what}: {message}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Format(config) => {
             let cfg = node_edge::Config::from_file(&config)?;
             let online = node_edge::format(&cfg)?;
@@ -309,7 +347,28 @@ mod tests {
         assert!(p(&["format", "-c", "n.toml", "--metrics-file", "m"]).is_err());
         assert_eq!(p(&["--help"]), Ok(Cmd::Help));
         assert_eq!(p(&["run", "-V"]), Ok(Cmd::Version));
-        assert!(p(&[]).unwrap_err().contains("run, format or enroll"));
+        assert!(p(&[]).unwrap_err().contains("run, format, enroll or bang"));
+        assert_eq!(
+            p(&[
+                "bang",
+                "-c",
+                "n.toml",
+                "-m",
+                "disk full",
+                "--partition=slappart1"
+            ]),
+            Ok(Cmd::Bang {
+                config: PathBuf::from("n.toml"),
+                partition: Some("slappart1".into()),
+                message: "disk full".into(),
+            })
+        );
+        assert!(p(&["bang", "-c", "n.toml"]).unwrap_err().contains("-m"));
+        assert!(
+            p(&["run", "-c", "n.toml", "-m", "x"])
+                .unwrap_err()
+                .contains("of 'bang'")
+        );
         assert!(p(&["run"]).unwrap_err().contains("--config"));
         assert!(
             p(&["run", "--config"])

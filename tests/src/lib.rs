@@ -325,6 +325,26 @@ impl Node {
     }
 }
 
+/// A finished command's status, stdout and stderr, for an assertion message.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The usage outbox depth a node last wrote to its metrics file (`usage_metrics_file`).
+pub fn usage_outbox_depth(metrics: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(metrics).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("slapos_node_usage_outbox_samples "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The repository root (examples live in `examples/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -12,6 +12,16 @@
 //!   is allocated on the same computer, converges and publishes `secret`; the parent's rendered
 //!   instance sees it (in a file and in its own connection parameters, which the CLI prints).
 //!
+//! * usage and bang (`usage_and_bang`): with hello-web running and `usage_period = 1`, the
+//!   node's samples go out as `useComputer` journals: slapproxy acknowledges them (the outbox
+//!   stays drained); master-lite stores them: the samples the node kept in its outbox while
+//!   master-lite was stopped are stored, once it is back, with the node's periods and figures.
+//!   `slapos-node bang --partition slappart0` (`softwareInstanceBang`) moves the partition's
+//!   timestamp in `getFullComputerInformation` and the node processes it again (a new
+//!   revision converged); `slapos-node bang` alone (`computerBang`) is accepted.
+//! * the journal the node writes is byte for byte what slapos.collect's `Journal` writes for
+//!   the same values (`journal_is_what_slapos_collect_writes`).
+//!
 //! Without the venv (or python3, which hello-web needs) the test prints a reason and passes,
 //! unless `SLAPOS_REQUIRE_TOOLS=1`.
 
@@ -22,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use slapos_proto::slap::{ComputerDoc, loads};
 use slapos_test_support::gate::{Need, skip};
-use slapos_tests::{Node, Proc, bin, http_get, repo_root, url_in, wait_for};
+use slapos_tests::{
+    Node, Proc, bin, http_get, output_text, repo_root, url_in, usage_outbox_depth, wait_for,
+};
 
 const COMPUTER: &str = "COMP";
 
@@ -60,7 +72,13 @@ enum Peer {
 /// `dir/client.cfg` for the CLI; stopped when the handle drops. slapproxy cannot take port 0:
 /// it gets a port that was free a moment ago; master-lite takes 0 and prints its address.
 fn start_peer(peer: Peer, venv: &Path, dir: &Path) -> (Proc, String) {
+    start_peer_on(peer, venv, dir, 0)
+}
+
+/// [`start_peer`] on `port` (0: any), the database in `dir` kept (a restart).
+fn start_peer_on(peer: Peer, venv: &Path, dir: &Path, port: u16) -> (Proc, String) {
     let port = match peer {
+        _ if port != 0 => port,
         Peer::Slapproxy => TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -110,15 +128,6 @@ fn start_peer(peer: Peer, venv: &Path, dir: &Path) -> (Proc, String) {
     )
     .expect("write client.cfg");
     (proc, url)
-}
-
-fn out(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `slapos ARGS --cfg client.cfg` (the CLI logs its results on stderr).
@@ -195,7 +204,7 @@ fn until_printed(
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let o = run();
-        let text = out(&o);
+        let text = output_text(&o);
         if o.status.success() && printed(&text, key).is_some_and(|v| done(&v)) {
             return text;
         }
@@ -218,7 +227,7 @@ fn child_request(peer: Peer) {
     let sr = repo_root().join("tests/fixtures/slap-child/software.toml");
     let sr = sr.to_str().expect("utf-8 path");
     let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
-    assert!(o.status.success(), "supply: {}", out(&o));
+    assert!(o.status.success(), "supply: {}", output_text(&o));
 
     // The parent publishes `pending` until the child's `secret` comes back to it.
     let text = until_printed(
@@ -299,7 +308,7 @@ fn hello_web(peer: Peer) {
     let sr = repo_root().join("examples/hello-web/software.toml");
     let sr = sr.to_str().expect("utf-8 path");
     let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
-    assert!(o.status.success(), "supply: {}", out(&o));
+    assert!(o.status.success(), "supply: {}", output_text(&o));
 
     // Request until the CLI prints what the node published.
     let request = |extra: &[&str]| {
@@ -341,7 +350,7 @@ fn hello_web(peer: Peer) {
 
     // Stop: the service goes away, the rendered partition stays.
     let o = request(&["--state", "stopped"]);
-    assert!(o.status.success(), "stop: {}", out(&o));
+    assert!(o.status.success(), "stop: {}", output_text(&o));
     wait_for("the service to stop", Duration::from_secs(60), || {
         http_get(&web).is_none().then_some(())
     });
@@ -349,7 +358,7 @@ fn hello_web(peer: Peer) {
 
     // Destroy: slapproxy frees the partition when the node reports it destroyed.
     let o = request(&["--state", "destroyed"]);
-    assert!(o.status.success(), "destroy: {}", out(&o));
+    assert!(o.status.success(), "destroy: {}", output_text(&o));
     wait_for(
         "slapproxy to free slappart0 (destroyedComputerPartition)",
         Duration::from_secs(60),
@@ -370,7 +379,7 @@ fn hello_web(peer: Peer) {
     // Remove the release: the node uninstalls it and slapproxy drops it on
     // destroyedSoftwareRelease.
     let o = slapos(&venv, dir, &["remove", sr, COMPUTER]);
-    assert!(o.status.success(), "remove: {}", out(&o));
+    assert!(o.status.success(), "remove: {}", output_text(&o));
     wait_for(
         "slapproxy to drop the release (destroyedSoftwareRelease)",
         Duration::from_secs(60),
@@ -382,4 +391,307 @@ fn hello_web(peer: Peer) {
         },
     );
     node.stop();
+}
+
+#[test]
+fn usage_over_slap_is_acknowledged_and_bang_reprocesses_slapproxy() {
+    usage_and_bang(Peer::Slapproxy);
+}
+
+#[test]
+fn usage_over_slap_is_stored_as_measured_and_bang_reprocesses_master_lite() {
+    usage_and_bang(Peer::MasterLite);
+}
+
+/// One outbox sample as the node keeps it: (partition, start, end, cpu_ns, memory, disk).
+type Sample = (String, u64, u64, u64, u64, u64);
+
+/// `<state_dir>/usage/outbox`, read as `node_edge::usage::outbox` writes it.
+fn outbox(node: &Node) -> Vec<Sample> {
+    let path = node.instance_root.join(".slapos-node/usage/outbox");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // Whole lines only: the node may be appending the next period.
+    text.split_inclusive('\n')
+        .filter_map(|l| {
+            let f: Vec<&str> = l.strip_suffix('\n')?.split(' ').collect();
+            let n = |i: usize| f.get(i)?.parse::<u64>().ok();
+            Some((f[0].to_owned(), n(1)?, n(2)?, n(3)?, n(4)?, n(8)?))
+        })
+        .collect()
+}
+
+/// master-lite's stored samples of `COMPUTER` (its database read-only).
+fn stored(db: &Path) -> Vec<(Sample, Option<String>)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the master database");
+    let mut stmt = conn
+        .prepare(
+            "SELECT partition, start_ms, end_ms, cpu_ns, memory_bytes, disk_bytes, instance \
+             FROM usage_sample WHERE computer = ?1 ORDER BY partition, start_ms",
+        )
+        .expect("prepare");
+    stmt.query_map([COMPUTER], |r| {
+        let n = |i| r.get::<_, i64>(i).map(|v| v as u64);
+        Ok((
+            (r.get(0)?, n(1)?, n(2)?, n(3)?, n(4)?, n(5)?),
+            r.get::<_, Option<String>>(6)?,
+        ))
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+/// The revisions the node logged as converged for `partition`.
+fn converged(node: &Node, partition: &str) -> Vec<String> {
+    node_output(node)
+        .lines()
+        .filter(|l| l.contains("converged") && l.contains(partition))
+        .filter_map(|l| {
+            let r = &l[l.find("revision=")? + 9..];
+            Some(r.split([' ', ',', '}']).next()?.to_owned())
+        })
+        .collect()
+}
+
+fn timestamp(url: &str, partition: &str) -> Option<String> {
+    let c = computer(url);
+    let p = c
+        .partition_list
+        .iter()
+        .find(|p| p.partition_id == partition)?;
+    p.parameters
+        .as_ref()?
+        .get("timestamp")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn usage_and_bang(peer: Peer) {
+    let Some(venv) = tools() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let (mut master, url) = start_peer(peer, &venv, dir);
+    let mut node = Node::start_with(
+        &dir.join("node"),
+        &url,
+        COMPUTER,
+        2,
+        "protocol = \"slap\"\nusage_period = 1\nusage_metrics_file = \"usage.prom\"\n",
+    );
+    node.proc
+        .as_ref()
+        .expect("node running")
+        .wait_line("registered", Duration::from_secs(30));
+    let sr = repo_root().join("examples/hello-web/software.toml");
+    let sr = sr.to_str().expect("utf-8 path");
+    let o = slapos(&venv, dir, &["supply", sr, COMPUTER]);
+    assert!(o.status.success(), "supply: {}", output_text(&o));
+    let request = || {
+        slapos(
+            &venv,
+            dir,
+            &["request", "web", sr, "--node", "computer_guid=COMP"],
+        )
+    };
+    until_printed(&node, peer, request, "url", |_| true);
+
+    // Usage: every period's samples are acknowledged, so the outbox never grows beyond one
+    // period (2 partitions).
+    wait_for("a sample of slappart0", Duration::from_secs(30), || {
+        let n = std::fs::read_to_string(node.config.with_file_name("usage.prom")).ok()?;
+        n.contains("slapos_partition_disk_bytes{partition=\"slappart0\"}")
+            .then_some(())
+    });
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        let depth = usage_outbox_depth(&node.config.with_file_name("usage.prom"));
+        assert!(
+            depth.is_some_and(|d| d <= 2),
+            "{peer:?}: outbox depth {depth:?}: useComputer not acknowledged; node output:\n{}",
+            node_output(&node)
+        );
+    }
+    assert!(
+        !node_output(&node).contains("the master refused"),
+        "{}",
+        node_output(&node)
+    );
+    if let Peer::MasterLite = peer {
+        // Kept while master-lite is away, then stored as the node measured them.
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the url");
+        master.stop();
+        wait_for("samples kept", Duration::from_secs(30), || {
+            usage_outbox_depth(&node.config.with_file_name("usage.prom")).filter(|d| *d >= 6)
+        });
+        let kept = outbox(&node);
+        assert!(kept.len() >= 6, "{kept:?}");
+        let (m, _) = start_peer_on(peer, &venv, dir, port);
+        master = m;
+        wait_for(
+            "the kept samples delivered",
+            Duration::from_secs(30),
+            || usage_outbox_depth(&node.config.with_file_name("usage.prom")).filter(|d| *d <= 2),
+        );
+        master.stop();
+        let db = stored(&dir.join("proxy.db"));
+        for k in &kept {
+            let (s, instance) = db
+                .iter()
+                .find(|(s, _)| s.0 == k.0 && s.1 == k.1)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{k:?} not stored: {db:?}; node output:\n{}\nmaster:\n{}",
+                        node_output(&node),
+                        master.output().join("\n")
+                    )
+                });
+            assert_eq!((s.2, s.4, s.5), (k.2, k.4, k.5), "{k:?} stored as {s:?}");
+            // CPU travels as a percentage of the period: back within a nanosecond.
+            assert!(s.3.abs_diff(k.3) <= 1, "{k:?} stored as {s:?}");
+            if k.0 == "slappart0" {
+                assert_eq!(instance.as_deref(), Some("web"));
+            }
+        }
+        let (m, _) = start_peer_on(peer, &venv, dir, port);
+        master = m;
+    }
+
+    // Bang: the partition's timestamp moves and the node processes it again.
+    let before = timestamp(&url, "slappart0").expect("a timestamp for slappart0");
+    let revisions = converged(&node, "slappart0");
+    assert!(!revisions.is_empty(), "{}", node_output(&node));
+    let bang = |extra: &[&str]| {
+        let mut args = vec!["bang", "-m", "disk full"];
+        args.extend_from_slice(extra);
+        let o = node.command(&args).output().expect("slapos-node bang");
+        assert!(
+            o.status.success(),
+            "{peer:?}: bang {extra:?}: {}",
+            output_text(&o)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = bang(&["--partition", "slappart0"]);
+    assert!(said.contains("slappart0"), "{said}");
+    let after = timestamp(&url, "slappart0");
+    assert!(
+        after.is_some() && after.as_deref() != Some(&*before),
+        "{after:?}"
+    );
+    wait_for(
+        "the node to process slappart0 again",
+        Duration::from_secs(60),
+        || {
+            converged(&node, "slappart0")
+                .iter()
+                .any(|r| !revisions.contains(r))
+                .then_some(())
+        },
+    );
+    let said = bang(&[]);
+    assert!(said.contains(&format!("computer {COMPUTER}")), "{said}");
+    node.stop();
+    drop(master);
+}
+
+#[test]
+fn journal_is_what_slapos_collect_writes() {
+    let Some(venv) = tools() else { return };
+    use slapos_proto::slap::{JournalWriter, journal_date};
+    // (title, start, stop, reference, movements)
+    type Movement = (&'static str, String, String, f64);
+    let transactions: Vec<(String, String, String, String, Vec<Movement>)> = vec![
+        (
+            "Eco Information for COMP ".into(),
+            journal_date(1_764_547_200_250),
+            journal_date(1_764_547_201_250),
+            "COMP-1764547200250".into(),
+            vec![
+                (
+                    "service_module/cpu_load_percent",
+                    "CPU Load Percent Average for slapuser0".into(),
+                    "slapuser0".into(),
+                    12.345_678_9,
+                ),
+                (
+                    "service_module/memory_used",
+                    "Memory Used Average for slapuser0".into(),
+                    "slapuser0".into(),
+                    123_456_789.0 / 1_048_576.0,
+                ),
+                (
+                    "service_module/disk_used",
+                    "a & <b>".into(),
+                    "slapuser0".into(),
+                    1e-9,
+                ),
+            ],
+        ),
+        (
+            "second".into(),
+            journal_date(1_764_547_201_250),
+            journal_date(1_764_633_600_000),
+            "r".into(),
+            vec![(
+                "service_module/cpu_load_percent",
+                "t".into(),
+                "slappart1".into(),
+                1e22,
+            )],
+        ),
+    ];
+    let mut w = JournalWriter::new();
+    let mut spec = Vec::new();
+    for (title, start, stop, reference, movements) in &transactions {
+        w.transaction(title, start, stop, reference)
+            .expect("transaction");
+        let mut ms = Vec::new();
+        for (resource, t, r, q) in movements {
+            w.movement(resource, t, r, *q).expect("movement");
+            // The exact float, as Python reads it back.
+            ms.push(serde_json::json!([resource, t, r, format!("{q:e}")]));
+        }
+        spec.push(serde_json::json!([title, start, stop, reference, ms]));
+    }
+    let ours = w.finish();
+    let script = r#"
+import json, sys
+from slapos.collect.reporter import ElementTree
+from slapos.collect.reporter import Journal
+j = Journal()
+for title, start, stop, reference, movements in json.load(sys.stdin):
+    t = j.newTransaction()
+    for k, v in (("title", title), ("start_date", start), ("stop_date", stop),
+                 ("reference", reference), ("currency", ""), ("payment_mode", ""),
+                 ("category", "")):
+        j.setProperty(t, k, v)
+    ElementTree.SubElement(t, "arrow").set("type", "Destination")
+    for resource, title, reference, q in movements:
+        j.newMovement(t, resource=resource, title=title, quantity=str(float(q)),
+                      reference=reference, category="")
+sys.stdout.write(j.getXML().decode())
+"#;
+    let mut child = Command::new(venv.join("python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("venv python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(serde_json::Value::Array(spec).to_string().as_bytes())
+            .expect("write the spec");
+    }
+    let o = child.wait_with_output().expect("python output");
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(ours, String::from_utf8_lossy(&o.stdout));
 }

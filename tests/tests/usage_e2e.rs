@@ -12,7 +12,7 @@ use serde_json::json;
 use slapos_proto::{ComputerId, UsageBy};
 use slapos_tests::{
     Client, Master, Node, bin, example_release, http_get, instance_request, is_root, params,
-    supply, wait_for,
+    supply, usage_outbox_depth, wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -33,16 +33,6 @@ fn samples_after(c: &Client, key: &str, after_ms: u64) -> u64 {
         .and_then(|r| r.rows.into_iter().find(|r| r.key == key))
         .map(|r| r.samples)
         .unwrap_or(0)
-}
-
-/// The outbox depth the node last wrote to its metrics file.
-fn outbox_depth(metrics: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(metrics).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("slapos_node_usage_outbox_samples "))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// One stored sample: (start, end, instance, cpu_ns, folded, received).
@@ -127,7 +117,7 @@ fn usage_survives_a_master_outage_and_a_node_crash_exactly_once() {
     master.proc.stop();
     let down = now_ms();
     let before_crash = wait_for("samples kept while the master is away", SHORT, || {
-        outbox_depth(&metrics).filter(|n| *n >= 4)
+        usage_outbox_depth(&metrics).filter(|n| *n >= 4)
     });
 
     // The node is killed (no shutdown at all) and started again, the master still away.
@@ -137,7 +127,7 @@ fn usage_survives_a_master_outage_and_a_node_crash_exactly_once() {
     std::fs::remove_file(&metrics).expect("remove the metrics file");
     node.restart();
     wait_for("the restarted node resumes from its outbox", SHORT, || {
-        outbox_depth(&metrics).filter(|n| *n > before_crash)
+        usage_outbox_depth(&metrics).filter(|n| *n > before_crash)
     });
 
     // The master returns on the same address: the outbox drains into it.

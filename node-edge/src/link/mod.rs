@@ -105,6 +105,13 @@ pub trait MasterLink: Send + Sync + 'static {
     fn post_usage(&self, _batch: &UsageBatch) -> Result<Option<UsageAck>, ClientError> {
         Ok(None)
     }
+    /// Signal a problem (`slapos-node bang`): on partition `p`, whose instance tree the master
+    /// then has processed again, or (`None`) on the whole computer (SLAP's `computerBang`;
+    /// the native API has none: [`crate::bang`] bangs each allocated partition instead).
+    /// Links without a master (fakes) ignore it.
+    fn bang(&self, _p: Option<&PartitionId>, _message: &str) -> Result<(), ClientError> {
+        Ok(())
+    }
     /// True when the master issues partition certificates over this link (native mTLS).
     fn partition_certificates(&self) -> bool {
         false
@@ -192,6 +199,22 @@ impl MasterLink for ClientLink {
 
     fn post_usage(&self, batch: &UsageBatch) -> Result<Option<UsageAck>, ClientError> {
         self.client.post_usage(&self.computer, batch).map(Some)
+    }
+
+    fn bang(&self, p: Option<&PartitionId>, message: &str) -> Result<(), ClientError> {
+        let Some(p) = p else {
+            return Err(ClientError::Api {
+                method: "POST",
+                url: format!("{}/v1/computers/{}", self.client.base_url(), self.computer),
+                status: 0,
+                kind: "unsupported".into(),
+                message: "the native API has no computer-wide bang: bang a partition".into(),
+            });
+        };
+        let bang = slapos_proto::Bang {
+            message: message.to_owned(),
+        };
+        self.client.bang(&self.computer, p, &bang)
     }
 
     fn partition_certificates(&self) -> bool {

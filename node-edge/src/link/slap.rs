@@ -36,13 +36,14 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use slapos_client::ClientError;
 use slapos_proto::slap::{
-    ComputerDoc, ComputerPartitionDoc, ConnectionForm, PartitionRef as SlapPartitionRef,
-    RequestForm, RequestedState, SlapPartitionAuth, SoftwareInstanceDoc, Value, dumps, loads,
+    ComputerDoc, ComputerPartitionDoc, ConnectionForm, EncodeError, JournalWriter,
+    PartitionRef as SlapPartitionRef, RequestForm, RequestedState, SlapPartitionAuth,
+    SoftwareInstanceDoc, Value, dumps, journal_date, loads,
 };
 use slapos_proto::{
     Assignment, ComputerId, DesiredPartition, DesiredSoftware, DesiredState, InstallState,
     InstanceRequest, InstanceState, InstanceTitle, Params, PartitionId, RegisterComputer,
-    SoftwareType, SoftwareUrl, SupplyState, routes,
+    SoftwareType, SoftwareUrl, SupplyState, UsageAck, UsageBatch, routes,
 };
 
 use crate::link::{MasterLink, Outgoing};
@@ -338,6 +339,43 @@ impl MasterLink for SlapLink {
         Some(POLL_STEP)
     }
 
+    fn post_usage(&self, batch: &UsageBatch) -> Result<Option<UsageAck>, ClientError> {
+        let route = "useComputer";
+        let journal = usage_journal(&self.computer, batch).map_err(|e| ClientError::Api {
+            method: "POST",
+            url: self.url(route),
+            status: 0,
+            kind: "encode".into(),
+            message: e.to_string(),
+        })?;
+        let form = [
+            ("computer_id", self.computer.to_string()),
+            ("use_string", journal),
+        ];
+        self.post(route, &form, None)?;
+        // slapproxy answers `Ignored`, master-lite `OK`: either is the acknowledgement.
+        Ok(Some(UsageAck {
+            stored: u32::try_from(batch.samples.len()).unwrap_or(u32::MAX),
+            duplicates: 0,
+        }))
+    }
+
+    fn bang(&self, p: Option<&PartitionId>, message: &str) -> Result<(), ClientError> {
+        let c = ("computer_id", self.computer.to_string());
+        let m = ("message", message.to_owned());
+        match p {
+            // `ComputerPartition.bang`, with the partition's authorization.
+            Some(p) => self.post(
+                "softwareInstanceBang",
+                &[c, ("computer_partition_id", p.to_string()), m],
+                Some(p),
+            ),
+            // `Computer.bang` (`slapos node bang`).
+            None => self.post("computerBang", &[c, m], None),
+        }
+        .map(drop)
+    }
+
     fn send(&self, item: &Outgoing) -> Result<(), ClientError> {
         match call_for(&self.computer, item) {
             Ok(Call::Drop(why)) => {
@@ -554,6 +592,63 @@ pub fn call_for(computer: &ComputerId, item: &Outgoing) -> Result<Call, String> 
     })
 }
 
+/// The `use_string` of `useComputer` for `batch`: slapos.collect's journal
+/// ([`JournalWriter`]), one transaction per period (consecutive samples of the same period
+/// share it; dates to the millisecond), and per sample the movements slapos.collect writes for
+/// a partition user: `cpu_load_percent` (CPU time over the period, % of one CPU),
+/// `memory_used` and `disk_used` (MB). The user is `slapuserN` for `slappartN` (SlapOS's
+/// naming), else the partition id (master-lite reads both). I/O, tasks and the memory peak
+/// have no resource there and are not sent.
+pub fn usage_journal(computer: &ComputerId, batch: &UsageBatch) -> Result<String, EncodeError> {
+    const MB: f64 = 1_048_576.0;
+    let mut w = JournalWriter::new();
+    let mut period = None;
+    for s in &batch.samples {
+        if period != Some((s.start_ms, s.end_ms)) {
+            period = Some((s.start_ms, s.end_ms));
+            w.transaction(
+                &format!("Eco Information for {computer} "),
+                &journal_date(s.start_ms),
+                &journal_date(s.end_ms),
+                &format!("{computer}-{}", s.start_ms),
+            )?;
+        }
+        let p = s.partition.as_str();
+        let user = match p.strip_prefix("slappart") {
+            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                format!("slapuser{n}")
+            }
+            _ => p.to_owned(),
+        };
+        let period_ns = s.end_ms.saturating_sub(s.start_ms).max(1) as f64 * 1e6;
+        for (resource, title, q) in [
+            (
+                "cpu_load_percent",
+                "CPU Load Percent Average",
+                s.cpu_ns as f64 * 100.0 / period_ns,
+            ),
+            (
+                "memory_used",
+                "Memory Used Average",
+                s.memory_bytes as f64 / MB,
+            ),
+            (
+                "disk_used",
+                "Partition Disk Used Average",
+                s.disk_bytes as f64 / MB,
+            ),
+        ] {
+            w.movement(
+                &format!("service_module/{resource}"),
+                &format!("{title} for {user}"),
+                &user,
+                q,
+            )?;
+        }
+    }
+    Ok(w.finish())
+}
+
 /// slapgrid's `error_log` for a failing promise (`PromiseError` of `slapos.grid.promise`:
 /// `"Promise %r failed with output: %s"`; a promise name is `[A-Za-z0-9_.-]`, so its `repr` is
 /// the name in single quotes).
@@ -663,12 +758,17 @@ fn hash_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The revision of an assignment: 53 bits of the hash of everything the node applies.
-fn revision_of(a: &Assignment) -> u64 {
+/// The revision of an assignment: 53 bits of the hash of everything the node applies and of
+/// the master's `timestamp` (a bang or a propagated change moves it: slapgrid processes the
+/// partition again then).
+fn revision_of(a: &Assignment, timestamp: &str) -> u64 {
     let mut a = a.clone();
     a.revision = 0;
     let bytes = serde_json::to_vec(&a).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
+    let digest = Sha256::new()
+        .chain_update(&bytes)
+        .chain_update(timestamp)
+        .finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(first) & ((1 << 53) - 1)
@@ -712,7 +812,7 @@ fn partition_assignment(
         children,
         shared: Vec::new(),
     };
-    a.revision = revision_of(&a);
+    a.revision = revision_of(&a, &text("timestamp").unwrap_or_default());
     Ok(Some(a))
 }
 
@@ -904,9 +1004,80 @@ mod tests {
             assert!(b != body, "change {i} applies");
             assert_ne!(rev(b), r0, "change {i}");
         }
-        // The timestamp alone is not something the node applies.
+        // The timestamp alone (a bang): processed again, as slapgrid does.
         let ts = body.replacen("1795312672.8965757", "1795312999.5", 1);
-        assert_eq!(rev(&ts), r0);
+        assert!(ts != *body);
+        assert_ne!(rev(&ts), r0);
+    }
+
+    #[test]
+    fn usage_is_slapos_collects_journal_one_transaction_per_period() {
+        use slapos_proto::UsageSample;
+        use slapos_proto::slap::{journal_date_ms, parse_journal};
+        let sample = |p: &str, start_ms, cpu_ns, memory_bytes| UsageSample {
+            partition: pid(p),
+            instance: None,
+            start_ms,
+            end_ms: start_ms + 1500,
+            cpu_ns,
+            memory_bytes,
+            memory_peak_bytes: memory_bytes * 2,
+            io_read_bytes: 7,
+            io_write_bytes: 8,
+            disk_bytes: 3 * 1_048_576 + 1,
+            tasks: 2,
+            folded: 1,
+        };
+        let t0 = 1_764_547_200_250;
+        let batch = UsageBatch {
+            samples: vec![
+                sample("slappart0", t0, 750_000_000, 123_456_789),
+                sample("slappart12", t0, 0, 0),
+                sample("web-1", t0 + 1500, 1, 4096),
+            ],
+        };
+        let xml = usage_journal(&node(), &batch).unwrap();
+        assert!(
+            xml.starts_with(
+                "<?xml version='1.0' encoding='utf-8'?><journal><transaction type=\"Sale Packing \
+                 List\"><title>Eco Information for NODE </title><start_date>2025-12-01 \
+                 00:00:00.250</start_date><stop_date>2025-12-01 00:00:01.750</stop_date>"
+            ),
+            "{xml}"
+        );
+        let j = parse_journal(&xml).unwrap();
+        assert_eq!(j.transactions.len(), 2);
+        let (a, b) = (&j.transactions[0], &j.transactions[1]);
+        assert_eq!(journal_date_ms(&a.start_date), Some(t0));
+        assert_eq!(journal_date_ms(&b.stop_date), Some(t0 + 3000));
+        let got: Vec<(&str, &str, f64)> = a
+            .movements
+            .iter()
+            .chain(&b.movements)
+            .map(|m| (m.resource.as_str(), m.reference.as_str(), m.quantity))
+            .collect();
+        let disk = (3 * 1_048_576 + 1) as f64 / 1_048_576.0;
+        assert_eq!(
+            got,
+            [
+                ("service_module/cpu_load_percent", "slapuser0", 50.0),
+                (
+                    "service_module/memory_used",
+                    "slapuser0",
+                    123_456_789.0 / 1_048_576.0
+                ),
+                ("service_module/disk_used", "slapuser0", disk),
+                ("service_module/cpu_load_percent", "slapuser12", 0.0),
+                ("service_module/memory_used", "slapuser12", 0.0),
+                ("service_module/disk_used", "slapuser12", disk),
+                ("service_module/cpu_load_percent", "web-1", 1.0 / 1.5e7),
+                ("service_module/memory_used", "web-1", 4096.0 / 1_048_576.0),
+                ("service_module/disk_used", "web-1", disk),
+            ]
+        );
+        // Bytes come back exactly (MB = bytes / 2^20).
+        assert_eq!((got[1].2 * 1_048_576.0) as u64, 123_456_789);
+        assert!(xml.contains("<title>Memory Used Average for slapuser0</title>"));
     }
 
     #[test]

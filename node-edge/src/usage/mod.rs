@@ -373,7 +373,7 @@ impl Sampler {
                 Ok(None) => {
                     once(
                         &mut st.said,
-                        "this master link takes no usage samples (SLAP): they stay in the \
+                        "this master link takes no usage samples: they stay in the \
                          outbox (folded when it is full) and the metrics file"
                             .into(),
                     );

@@ -94,7 +94,10 @@ pub use forms::{
 pub use instance_xml::{
     ParamDict, dict2xml, dict2xml_json, dict2xml_params, dict2xml_value, xml2dict,
 };
-pub use journal::{Journal, JournalError, Movement, Transaction, journal_date_ms, parse_journal};
+pub use journal::{
+    Journal, JournalError, JournalWriter, Movement, Transaction, journal_date, journal_date_ms,
+    parse_journal,
+};
 pub use marshal::{DecodeLimits, dumps, loads, loads_with_limits};
 pub use objects::{
     BusyPartition, ComputerDoc, ComputerPartitionDoc, PartitionParameters, RequestedPartition,
