@@ -35,8 +35,8 @@ use serde_json::json;
 use slapos_proto::{ComputerId, InstanceTitle, SoftwareUrl};
 use slapos_test_support::gate::{self, Need, skip};
 use slapos_tests::{
-    Client, Master, Node, Proc, bin, example_release, http_get, instance_request, params,
-    repo_root, supply, url_in, wait_for,
+    Client, Master, Node, Proc, bin, example_release, http_get, instance_request, output_text,
+    params, repo_root, supply, url_in, wait_for,
 };
 
 const LONG: Duration = Duration::from_secs(120);
@@ -293,11 +293,7 @@ fn cli_until_printed(
             .current_dir(dir)
             .output()
             .ok()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let text = output_text(&o);
         if printed(&text, "url").is_none() {
             std::thread::sleep(Duration::from_millis(500));
             return None;
@@ -437,7 +433,7 @@ fn master_lite_forwards_to_a_real_slapproxy() {
         .current_dir(dir)
         .output()
         .expect("slapos supply");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o));
 
     let spec = format!("{b_url},api=slap,release={web}");
     let (_a, _, a) = federated_master(dir, &spec);
