@@ -310,4 +310,39 @@ mod tests {
         };
         assert_eq!(next_attempt(5, &d(0), &waiting), 1005);
     }
+
+    #[test]
+    fn placeholder_names_grant_no_read_of_a_delegated_request() {
+        let info = InstanceInfo {
+            title: "web".parse().unwrap(),
+            root_title: "web".parse().unwrap(),
+            requester: None,
+            software_url: "/srv/sr.toml".parse().unwrap(),
+            software_type: Default::default(),
+            parameters: Default::default(),
+            state: InstanceState::Started,
+            computer: DELEGATED_COMPUTER.parse().unwrap(),
+            partition: DELEGATED_PARTITION.parse().unwrap(),
+            connection: Default::default(),
+            reported: None,
+            bang: None,
+            revision: 1,
+            children: Vec::new(),
+            shared: false,
+        };
+        let read = |who: &Identity, owner| {
+            auth::allowed(
+                who,
+                &auth::Action::ReadInstance(crate::http::facts(&info, owner)),
+            )
+        };
+        let computer = Identity::Computer(DELEGATED_COMPUTER.parse().unwrap());
+        let partition = Identity::Partition(
+            PartitionRef::parse(&format!("{DELEGATED_COMPUTER}/{DELEGATED_PARTITION}")).unwrap(),
+        );
+        let alice = Identity::User("alice".parse().unwrap());
+        assert!(!read(&computer, None));
+        assert!(!read(&partition, None));
+        assert!(read(&alice, Some("user:alice")));
+    }
 }

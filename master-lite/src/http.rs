@@ -417,14 +417,25 @@ async fn request(
     Ok(axum::Json(info).into_response())
 }
 
-/// What [`Action::ReadInstance`] decides on for `info` (shared with the console).
+/// What [`Action::ReadInstance`] decides on for `info` (shared with the console). A request
+/// delegated to another master is held by no computer here: its placeholder names
+/// (`federated/remote`, a computer id no node may register) grant nothing.
 pub(crate) fn facts<'a>(
     info: &'a slapos_proto::InstanceInfo,
     owner: Option<&'a str>,
 ) -> InstanceFacts<'a> {
+    let delegated = info.computer.as_str() == crate::federation::DELEGATED_COMPUTER;
     InstanceFacts {
-        computer: info.computer.as_str(),
-        partition: info.partition.as_str(),
+        computer: if delegated {
+            ""
+        } else {
+            info.computer.as_str()
+        },
+        partition: if delegated {
+            ""
+        } else {
+            info.partition.as_str()
+        },
         requester: info.requester.as_deref(),
         owner,
     }

@@ -2141,6 +2141,12 @@ fn allocate(
 
 /// Input checks of a registration that the id types do not already do.
 fn validate_registration(reg: &RegisterComputer) -> Result<()> {
+    if reg.id.as_str() == federation::DELEGATED_COMPUTER {
+        return Err(StoreError::Invalid(format!(
+            "computer id {:?} is reserved: it names the requests delegated to other masters",
+            federation::DELEGATED_COMPUTER
+        )));
+    }
     let mut seen = BTreeSet::new();
     for p in &reg.partitions {
         if !seen.insert(p.id.as_str()) {

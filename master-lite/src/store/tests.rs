@@ -1496,3 +1496,17 @@ fn a_trees_state_reaches_its_delegated_children() {
         Some(InstanceState::Destroyed)
     );
 }
+
+/// No node may register as the computer delegated requests show (`federated`).
+#[test]
+fn the_delegated_computer_id_is_reserved() {
+    let Some(mut s) = store() else { return };
+    let e = s
+        .register(
+            &registration(federation::DELEGATED_COMPUTER, &["slappart0"], &[]),
+            1,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("reserved"), "{e}");
+}
