@@ -175,6 +175,24 @@ pub fn allow(who: &Identity, what: Action<'_>) -> Result<(), ApiError> {
     }
 }
 
+/// The owner a root request by `who` records, once the owner rule
+/// ([`Action::RequestRoot`]) allowed it on the title's current owner. Call it on the database
+/// thread right before the request, so nothing can take the title in between.
+pub fn root_request_owner(
+    s: &mut crate::store::Store,
+    who: &Identity,
+    title: &slapos_proto::InstanceTitle,
+) -> Result<Option<String>, ApiError> {
+    let existing = s.root_owner(title)?;
+    allow(
+        who,
+        Action::RequestRoot {
+            existing: existing.as_ref().map(Option::as_deref),
+        },
+    )?;
+    Ok(who.owner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

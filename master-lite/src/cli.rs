@@ -149,6 +149,15 @@ pub enum ReleaseSeen<'a> {
 /// release to install (with the node's message of its step), the start at the current
 /// revision, an error, failing promises, then the publication itself.
 pub fn wait_progress(info: &InstanceInfo, release: ReleaseSeen<'_>) -> String {
+    // A request delegated to another master (federation): its status line.
+    if let Some(status) = info
+        .bang
+        .as_deref()
+        .filter(|b| b.starts_with(crate::federation::DELEGATED_PREFIX))
+        && info.computer.as_str() == crate::federation::DELEGATED_COMPUTER
+    {
+        return format!("{}: {status}", info.title);
+    }
     let last_line = |m: &str| m.trim().lines().last().unwrap_or("").trim().to_owned();
     let current = info
         .reported
@@ -281,6 +290,9 @@ pub struct ServeFile {
     /// `--local-operator` (a list of user names or uids).
     #[serde(default)]
     pub local_operator: Vec<String>,
+    /// `--federate` (a list of remote specifications).
+    #[serde(default)]
+    pub federate: Vec<String>,
 }
 
 /// The default `serve` configuration file, read when it exists and no `--config` is given.

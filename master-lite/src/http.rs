@@ -370,6 +370,18 @@ async fn request(
     Body(req): Body<InstanceRequest>,
 ) -> ApiResult<Response> {
     let from = requester(&headers)?;
+    if let Some(remote) = st.federation.route(&req).map_err(ApiError::from)? {
+        let remote = remote.url.clone();
+        match &from {
+            Some(from) => auth::allow(&who, Action::RequestChild(from))?,
+            None if req.shared => {
+                auth::allow(&who, Action::AdminOnly("request root shared instances"))?
+            }
+            None => {}
+        }
+        let info = crate::federation::delegate(&st, who, req, from, remote).await?;
+        return Ok(axum::Json(info).into_response());
+    }
     let now = now_ms();
     if req.shared {
         // As on the SLAP routes: a shared instance records no owner, so a root one (requested
@@ -396,14 +408,7 @@ async fn request(
         None => {
             st.db
                 .call(move |s| -> ApiResult<_> {
-                    let existing = s.root_owner(&req.title)?;
-                    auth::allow(
-                        &who,
-                        Action::RequestRoot {
-                            existing: existing.as_ref().map(Option::as_deref),
-                        },
-                    )?;
-                    let owner = who.owner();
+                    let owner = auth::root_request_owner(s, &who, &req.title)?;
                     Ok(s.request_as(&req, None, owner.as_deref(), now, RequestRules::NATIVE)?)
                 })
                 .await?
@@ -412,14 +417,25 @@ async fn request(
     Ok(axum::Json(info).into_response())
 }
 
-/// What [`Action::ReadInstance`] decides on for `info` (shared with the console).
+/// What [`Action::ReadInstance`] decides on for `info` (shared with the console). A request
+/// delegated to another master is held by no computer here: its placeholder names
+/// (`federated/remote`, a computer id no node may register) grant nothing.
 pub(crate) fn facts<'a>(
     info: &'a slapos_proto::InstanceInfo,
     owner: Option<&'a str>,
 ) -> InstanceFacts<'a> {
+    let delegated = info.computer.as_str() == crate::federation::DELEGATED_COMPUTER;
     InstanceFacts {
-        computer: info.computer.as_str(),
-        partition: info.partition.as_str(),
+        computer: if delegated {
+            ""
+        } else {
+            info.computer.as_str()
+        },
+        partition: if delegated {
+            ""
+        } else {
+            info.partition.as_str()
+        },
         requester: info.requester.as_deref(),
         owner,
     }

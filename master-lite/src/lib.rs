@@ -46,7 +46,9 @@
 //!   unless `--allow-plain-http`, by which every caller of that network is the operator.
 //! * One writer thread: throughput is bounded by one fsync per write call (see `master-bench`).
 //! * One process over one SQLite file: no replicas yet (the fleet master is issue 13).
-//! * No request forwarding to other masters (slapproxy's multimaster), no usage accounting.
+//! * Federation ([`federation`], slapproxy's multimaster): requests delegated to other masters
+//!   are forwarded by one task per process, which asks again until the remote answers (never
+//!   a synchronous 523 as slapproxy; shared requests over SLAP are not forwarded).
 
 pub mod admin;
 pub mod app;
@@ -56,6 +58,7 @@ pub mod cli;
 pub mod console;
 pub mod db;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod hub;
 pub mod local;
@@ -63,6 +66,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod pki;
 pub mod proxy_config;
+pub mod remotes;
 pub mod server;
 pub mod slap;
 pub mod standalone;
@@ -158,6 +162,8 @@ impl Master {
                 local: local::LocalTrust::default(),
                 bodies: state::BodyBudget::default(),
                 metrics,
+                federation: Arc::default(),
+                federation_wake: Arc::default(),
             },
             worker,
             limits: server::Limits::default(),
@@ -167,6 +173,12 @@ impl Master {
     /// Configure the classic SLAP routes (default computer, software products).
     pub fn set_slap_config(&mut self, cfg: slap::SlapConfig) {
         self.state.slap = Arc::new(cfg);
+    }
+
+    /// Delegate requests to other masters ([`federation`]); [`Master::run`] and
+    /// [`Master::run_tls`] then forward them.
+    pub fn set_federation(&mut self, fed: federation::Federation) {
+        self.state.federation = Arc::new(fed);
     }
 
     /// Give the master its certificate authority: enables enrollment and partition
@@ -221,10 +233,20 @@ impl Master {
             limits,
         } = self;
         let hub = state.hub.clone();
+        let forwarding = (!state.federation.remotes.is_empty()).then(|| {
+            federation::spawn(
+                state.db.clone(),
+                state.federation.clone(),
+                state.federation_wake.clone(),
+            )
+        });
         let router = app(state);
         let served = server::serve(listener, router, security, limits, shut_down(shutdown, hub))
             .await
             .map_err(|source| MasterError::Serve { addr, source });
+        if let Some(task) = forwarding {
+            task.abort();
+        }
         close(worker).await;
         served
     }

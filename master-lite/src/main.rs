@@ -134,6 +134,12 @@ enum Cmd {
         /// besides root and the master's own user; repeatable.
         #[arg(long = "local-operator", value_name = "USER", value_parser = master_lite::local::parse_user)]
         local_operators: Vec<u32>,
+        /// Delegate requests to another master (federation, docs/master-lite.md): `URL` then
+        /// `,release=SR` (repeatable), `,cert=PEM,key=PEM`, `,ca=PEM`, `,api=native|slap`,
+        /// `,computer=C,partition=P`; requests for a listed release, or with SLA `master=URL`,
+        /// go there. Repeatable; adds to the `[multimaster/URL]` sections of --cfg.
+        #[arg(long = "federate", value_name = "SPEC")]
+        federate: Vec<String>,
     },
     /// One-time enrollment tokens of computers.
     Token {
@@ -573,6 +579,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tls_names,
             allow_plain_http,
             local_operators,
+            federate,
         } => {
             let file = match &config {
                 Some(path) => cli::load_toml::<ServeFile>(path, false)?,
@@ -624,10 +631,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let db = db
                 .or_else(|| proxy.as_ref().map(|p| DbUrl::Sqlite(p.database.clone())))
                 .unwrap_or_else(|| DbUrl::Sqlite(PathBuf::from("slapos-master.db")));
-            let slap = proxy.map(|p| p.slap).unwrap_or_default();
+            let (slap, mut federation) = proxy.map(|p| (p.slap, p.federation)).unwrap_or_default();
+            let federate = if federate.is_empty() {
+                file.federate
+            } else {
+                federate
+            };
+            for spec in &federate {
+                master_lite::federation::Remote::parse_flag(spec)
+                    .and_then(|r| federation.add(r))
+                    .map_err(|e| CliError::Usage(format!("--federate: {e}")))?;
+            }
             let tls = tls_dir.map(|dir| (dir, tls_names));
-            serve(&listen, db, slap, tls, allow_plain_http, local_operators)
-                .map(|()| ExitCode::SUCCESS)
+            let opts = (allow_plain_http, local_operators, federation);
+            serve(&listen, db, slap, tls, opts).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Standalone {
             dir,
@@ -837,8 +854,11 @@ fn serve(
     db: DbUrl,
     slap: master_lite::slap::SlapConfig,
     tls: Option<(PathBuf, Vec<String>)>,
-    allow_plain_http: bool,
-    local_operators: Vec<u32>,
+    (allow_plain_http, local_operators, federation): (
+        bool,
+        Vec<u32>,
+        master_lite::federation::Federation,
+    ),
 ) -> Result<()> {
     let rt = init_runtime()?;
     let nofile = master_lite::server::raise_nofile();
@@ -873,6 +893,10 @@ fn serve(
         master.set_slap_config(slap);
         master.set_limits(master_lite::server::Limits::for_nofile(nofile));
         master.set_local_trust(master_lite::local::LocalTrust::new(local_operators));
+        for r in &federation.remotes {
+            tracing::info!(remote = %r.url, releases = r.releases.len(), "federation: delegating");
+        }
+        master.set_federation(federation);
         let url = match &tls {
             None => master_lite::url_of(addr),
             Some(_) => master_lite::tls_url_of(addr),

@@ -5,8 +5,12 @@
 //! headers, `key = value` or `key: value`, whole-line comments (`#`, `;`), indented
 //! continuation lines appended with a newline, keys lower-cased. Like `ProxyConfig.mergeConfig`,
 //! the `[slapos]` and `[slapproxy]` sections are merged and the first non-empty value of a key
-//! wins, in file order. Other sections (`[slapformat]`, `[multimaster/…]`, …) are read and
-//! ignored.
+//! wins, in file order. Each `[multimaster/URL]` section names a remote master requests are
+//! delegated to (`crate::federation`): `software_release_list` (one URL per line), `key` and
+//! `cert` (the identity requests are made as, over https), `computer` and `partition` (requests
+//! made as that partition of the remote), and our additions `ca` (the
+//! remote's CA) and `api` (`slap`, the default, or `native` for a master-lite). Other sections
+//! (`[slapformat]`, …) are read and ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +36,8 @@ pub struct ProxyConfig {
     pub database: PathBuf,
     /// What the SLAP routes use.
     pub slap: SlapConfig,
+    /// The `[multimaster/URL]` sections.
+    pub federation: crate::remotes::Federation,
 }
 
 /// Why the configuration could not be used; names the file.
@@ -170,6 +176,21 @@ impl ProxyConfig {
             })?;
             software_products.insert(name.to_owned(), url.trim().to_owned());
         }
+        let mut federation = crate::remotes::Federation::default();
+        for (section, keys) in ini {
+            let Some(url) = section.strip_prefix("multimaster/") else {
+                continue;
+            };
+            let remote = (|| {
+                let mut r = crate::remotes::Remote::new(url, crate::remotes::Api::Slap)?;
+                for (k, v) in keys {
+                    r.set(k, v)?;
+                }
+                r.check()?;
+                federation.add(r)
+            })();
+            remote.map_err(|e| value_err(format!("[{section}]: {e}")))?;
+        }
         Ok(ProxyConfig {
             host: get("host").unwrap_or("127.0.0.1").to_owned(),
             port,
@@ -178,6 +199,7 @@ impl ProxyConfig {
                 computer_id: get("computer_id").map(str::to_owned),
                 software_products,
             },
+            federation,
         })
     }
 
@@ -213,6 +235,16 @@ software_product_list =
 
 [slapformat]
 partition_amount = 3
+
+[multimaster/https://master.example.com/]
+key = /srv/demo/master.key
+cert = /srv/demo/master.crt
+software_release_list =
+  https://example.com/kvm/software.cfg
+  https://example.com/web/software.cfg
+
+[multimaster/http://127.0.0.1:52700]
+api = native
 ";
 
     #[test]
@@ -229,6 +261,45 @@ partition_amount = 3
             Some("https://example.com/kvm/software.cfg")
         );
         assert_eq!(c.slap.software_products.len(), 2);
+        let remotes = &c.federation.remotes;
+        assert_eq!(remotes.len(), 2);
+        assert_eq!(remotes[0].url, "https://master.example.com");
+        assert_eq!(remotes[0].api, crate::remotes::Api::Slap);
+        assert_eq!(remotes[0].key, Some(PathBuf::from("/srv/demo/master.key")));
+        assert!(
+            remotes[0]
+                .releases
+                .contains("https://example.com/web/software.cfg")
+        );
+        assert_eq!(remotes[0].releases.len(), 2);
+        assert_eq!(remotes[1].api, crate::remotes::Api::Native);
+        assert!(remotes[1].releases.is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_multimaster_sections() {
+        for (section, part) in [
+            ("[multimaster/http://b]\ncert = /c\n", "together"),
+            (
+                "[multimaster/http://b]\nkey = /k\ncert = /c\n",
+                "plain http",
+            ),
+            ("[multimaster/b]\n", "http://"),
+            ("[multimaster/http://b]\ncomputer = c\n", "go together"),
+            ("[multimaster/http://b]\ncolour = red\n", "unknown option"),
+        ] {
+            let text = format!("[slapproxy]\ndatabase_uri = x\n{section}");
+            let e = ProxyConfig::from_ini(
+                &parse_ini(&text, Path::new("m.cfg")).unwrap(),
+                Path::new("m.cfg"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("m.cfg") && e.contains("multimaster") && e.contains(part),
+                "{e}"
+            );
+        }
     }
 
     #[test]

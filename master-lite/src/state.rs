@@ -28,6 +28,10 @@ pub struct AppState {
     pub bodies: BodyBudget,
     /// What `GET /metrics` shows.
     pub metrics: Arc<Metrics>,
+    /// The remote masters requests may be delegated to (empty: none).
+    pub federation: Arc<crate::remotes::Federation>,
+    /// Wakes the forwarding task when a request was delegated.
+    pub federation_wake: Arc<crate::remotes::Wake>,
 }
 
 /// The connection a request came on is from this host (plain HTTP with a known client uid, or

@@ -31,8 +31,9 @@
 //! library raises it as `requests.HTTPError`), changes nothing, and is logged by
 //! `http::identify`.
 //!
-//! Limits: no request forwarding to other masters (hence never 408); started/stopped/error
-//! reports are accepted and ignored, as slapproxy does.
+//! Requests for a release of a `[multimaster/URL]` section, or with `master_url` in their filter,
+//! are delegated to that master (`crate::federation`, asynchronously: never 408 nor 523);
+//! started/stopped/error reports are accepted and ignored, as slapproxy does.
 
 pub mod frontend;
 pub mod hateoas;
@@ -286,14 +287,7 @@ pub(crate) fn request_root(
     req: &InstanceRequest,
     now: u64,
 ) -> Result<slapos_proto::InstanceInfo, ApiError> {
-    let existing = s.root_owner(&req.title)?;
-    auth::allow(
-        who,
-        Action::RequestRoot {
-            existing: existing.as_ref().map(Option::as_deref),
-        },
-    )?;
-    let owner = who.owner();
+    let owner = auth::root_request_owner(s, who, &req.title)?;
     Ok(s.request_as(req, None, owner.as_deref(), now, RequestRules::SLAPPROXY)?)
 }
 
@@ -844,6 +838,34 @@ async fn request(
         }),
         shared: false,
     };
+    // Federation: the whole filter (`master_url`, the caller's `computer_guid`) routes and
+    // travels with the request, not this master's default computer.
+    let delegated = InstanceRequest {
+        sla: f
+            .filter
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        ..req.clone()
+    };
+    if let Some(remote) = st.federation.route(&delegated).map_err(ApiError::from)? {
+        let remote = remote.url.clone();
+        let from = st
+            .db
+            .read(move |s| -> Result<_, ApiError> {
+                check_requester(s, from.as_ref())?;
+                Ok(match &from {
+                    Some(r) => s
+                        .slap_partition(r.computer.as_str(), r.partition.as_str())?
+                        .and_then(|p| p.instance)
+                        .map(|_| r.clone()),
+                    None => None,
+                })
+            })
+            .await?;
+        let info = crate::federation::delegate(&st, who, delegated, from, remote).await?;
+        return instance_answer(&info, Vec::new());
+    }
     let now = now_ms();
     let (info, ip_list) = st
         .db
@@ -869,6 +891,15 @@ async fn request(
             }
         })
         .await?;
+    instance_answer(&info, ip_list)
+}
+
+/// The `SoftwareInstance` answer of `requestComputerPartition` for `info` on a partition with
+/// `ip_list`.
+fn instance_answer(
+    info: &slapos_proto::InstanceInfo,
+    ip_list: Vec<(String, String)>,
+) -> SlapResult {
     let connection = param_dict(&info.connection);
     let connection_xml = if connection.is_empty() {
         None

@@ -836,16 +836,47 @@ fn locate_in(
 }
 
 /// The "Instance information" object of a busy partition.
+/// Parameters as the JSON-RPC answers show them: `dict2xml` strings, `null` for empty.
+fn string_dict(params: &slapos_proto::Params) -> Map<String, Json> {
+    param_dict(params)
+        .into_iter()
+        .map(|(k, v)| (k, v.map_or(Json::Null, Json::String)))
+        .collect()
+}
+
+/// A request delegated to another master (federation): no partition here; the status line
+/// is the `access_status_message`.
+fn delegated_json(i: &slapos_proto::InstanceInfo) -> Json {
+    let root = if i.root_title == i.title {
+        ""
+    } else {
+        i.root_title.as_str()
+    };
+    json!({
+        "title": i.title,
+        "instance_guid": guid(i.title.as_str(), root, false),
+        "software_release_uri": i.software_url,
+        "software_type": i.software_type,
+        "state": i.state.as_str(),
+        "connection_parameters": string_dict(&i.connection),
+        "parameters": string_dict(&i.parameters),
+        "shared": false,
+        "root_instance_title": i.root_title,
+        "ip_list": [],
+        "full_ip_list": [],
+        "sla_parameters": {},
+        "computer_guid": i.computer,
+        "compute_partition_id": i.partition,
+        "processing_timestamp": i.revision / 1000,
+        "access_status_message": i.bang.as_deref().unwrap_or(""),
+    })
+}
+
 fn instance_json(c: &str, p: &SlapPartition) -> Json {
     let Some(i) = &p.instance else {
         return Json::Null;
     };
-    let dict = |params| {
-        param_dict(params)
-            .into_iter()
-            .map(|(k, v)| (k, v.map_or(Json::Null, Json::String)))
-            .collect::<Map<_, _>>()
-    };
+    let dict = string_dict;
     json!({
         "title": i.title,
         "instance_guid": guid(&i.title, &i.root, false),
@@ -948,6 +979,8 @@ async fn request(
                 .collect()
         })
         .unwrap_or_default();
+    // Federation: the caller's SLA (not this master's default computer) routes and travels.
+    let asked_sla = sla.clone();
     if !sla.contains_key("computer_guid")
         && let Some(c) = &st.slap.computer_id
     {
@@ -996,6 +1029,32 @@ async fn request(
         }),
         shared: false,
     };
+    let delegated = InstanceRequest {
+        sla: asked_sla,
+        ..req.clone()
+    };
+    if let Some(remote) = st
+        .federation
+        .route(&delegated)
+        .map_err(|e| bad(e.to_string()))?
+    {
+        let remote = remote.url.clone();
+        let from = st
+            .db
+            .read(move |s| -> Result<_, ApiError> {
+                check_requester(s, from.as_ref())?;
+                Ok(from.clone())
+            })
+            .await?;
+        let info = crate::federation::delegate(st, who, delegated, from, remote)
+            .await
+            .map_err(|e| match e {
+                ApiError::BadRequest(m) => bad(m),
+                ApiError::Forbidden(m) => forbidden(m),
+                other => other.into(),
+            })?;
+        return ok(delegated_json(&info));
+    }
     let located = st
         .db
         .call(move |s| -> Result<_, ApiError> {

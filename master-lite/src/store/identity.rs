@@ -175,13 +175,18 @@ impl Store {
     /// exists without an owner.
     pub fn root_owner(&mut self, title: &InstanceTitle) -> Result<Option<Option<String>>> {
         let tx = self.read()?;
-        tx.q_row(
-            "SELECT owner FROM instance WHERE root = '' AND title = ?1",
-            [title.as_str()],
-            |r| r.get(0),
-        )
-        .optional()
-        .op("look up the owner of a root instance")
+        let local = tx
+            .q_row(
+                "SELECT owner FROM instance WHERE root = '' AND title = ?1",
+                [title.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .op("look up the owner of a root instance")?;
+        match local {
+            Some(owner) => Ok(Some(owner)),
+            None => super::federation::delegation_owner(&tx, title.as_str()),
+        }
     }
 
     /// One instance (as [`Store::instance`]) with the owner of its tree.
@@ -193,7 +198,10 @@ impl Store {
         let tx = self.read()?;
         let root = root.map(InstanceTitle::as_str).unwrap_or("");
         let info = super::instance_or_shared(&tx, title.as_str(), root)?;
-        let owner = tree_owner(&tx, info.root_title.as_str())?;
+        let owner = match tree_owner(&tx, info.root_title.as_str())? {
+            Some(o) => Some(o),
+            None => super::federation::delegation_owner(&tx, info.root_title.as_str())?.flatten(),
+        };
         Ok((info, owner))
     }
 
@@ -210,13 +218,16 @@ impl Store {
         )?
         .into_iter()
         .collect();
-        Ok(list
+        drop(tx);
+        let mut out: Vec<_> = list
             .into_iter()
             .map(|i| {
                 let o = owners.get(i.root_title.as_str()).cloned().flatten();
                 (i, o)
             })
-            .collect())
+            .collect();
+        out.extend(self.delegations()?);
+        Ok(out)
     }
 
     /// The partition whose processes run as local `uid` (recorded by [`Store::register_with`]

@@ -40,6 +40,7 @@
 pub mod copy;
 pub mod disk;
 pub mod error;
+pub mod federation;
 mod identity;
 pub mod models;
 pub mod schema;
@@ -633,7 +634,12 @@ impl Store {
              JOIN instance par ON ch.requester = par.id WHERE par.computer = ?1
              UNION ALL
              SELECT par.partition, s.title, s.connection FROM slap_shared s
-             JOIN instance par ON s.requester = par.id WHERE par.computer = ?1",
+             JOIN instance par ON s.requester = par.id WHERE par.computer = ?1
+             UNION ALL
+             SELECT par.partition, d.title, d.connection FROM delegation d
+             JOIN instance par ON d.requester_id = par.id
+              AND d.root = CASE WHEN par.root = '' THEN par.title ELSE par.root END
+             WHERE par.computer = ?1",
             [cs],
             |r| {
                 Ok((
@@ -928,31 +934,7 @@ impl Store {
                 models::check(&m, url, &req.parameters)?;
             }
         }
-        let requester = match from {
-            None => None,
-            Some(who) => {
-                let (cs, ps) = (who.computer.as_str(), who.partition.as_str());
-                if tx
-                    .q_row(
-                        "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
-                        [cs, ps],
-                        |_| Ok(()),
-                    )
-                    .optional()
-                    .op("look up the requesting partition")?
-                    .is_none()
-                {
-                    return Err(StoreError::NotFound(format!(
-                        "requesting partition {who} is not registered"
-                    )));
-                }
-                Some(instance_on(&tx, cs, ps)?.ok_or_else(|| {
-                    StoreError::Forbidden(format!(
-                        "partition {who} holds no instance, so it cannot request instances"
-                    ))
-                })?)
-            }
-        };
+        let requester = requester_instance(&tx, from)?;
         // '' for a root instance, else the title of the requester's tree root.
         let root = requester
             .as_ref()
@@ -1142,6 +1124,9 @@ impl Store {
         title: &InstanceTitle,
         state: InstanceState,
     ) -> Result<InstanceInfo> {
+        if let Some(info) = self.set_delegated_state(title.as_str(), state)? {
+            return Ok(info);
+        }
         let mut tx = self.write()?;
         let id = find_instance(&tx, title.as_str(), "")?;
         set_tree_state(&mut tx, title.as_str(), state)?;
@@ -1443,6 +1428,37 @@ fn require_partition(tx: &Transaction<'_>, c: &str, p: &str) -> Result<()> {
     .ok_or_else(|| StoreError::NotFound(format!("partition {p} is not registered on computer {c}")))
 }
 
+/// The instance on the requesting partition `from` (`None` for a user's request): 404 for an
+/// unknown partition, 403 for a free one.
+fn requester_instance(
+    tx: &Transaction<'_>,
+    from: Option<&PartitionRef>,
+) -> Result<Option<InstanceRow>> {
+    let Some(who) = from else {
+        return Ok(None);
+    };
+    let (cs, ps) = (who.computer.as_str(), who.partition.as_str());
+    if tx
+        .q_row(
+            "SELECT 1 FROM partition WHERE computer = ?1 AND id = ?2",
+            [cs, ps],
+            |_| Ok(()),
+        )
+        .optional()
+        .op("look up the requesting partition")?
+        .is_none()
+    {
+        return Err(StoreError::NotFound(format!(
+            "requesting partition {who} is not registered"
+        )));
+    }
+    Ok(Some(instance_on(tx, cs, ps)?.ok_or_else(|| {
+        StoreError::Forbidden(format!(
+            "partition {who} holds no instance, so it cannot request instances"
+        ))
+    })?))
+}
+
 fn instance_on(tx: &Transaction<'_>, c: &str, p: &str) -> Result<Option<InstanceRow>> {
     tx.q_row(
         &format!(
@@ -1491,9 +1507,10 @@ fn find_instance(tx: &Transaction<'_>, title: &str, root: &str) -> Result<i64> {
 fn instance_or_shared(tx: &Transaction<'_>, title: &str, root: &str) -> Result<InstanceInfo> {
     match find_instance(tx, title, root) {
         Ok(id) => instance_info_by_id(tx, id),
-        Err(StoreError::NotFound(e)) => {
-            slap::shared_info(tx, title, root)?.ok_or(StoreError::NotFound(e))
-        }
+        Err(StoreError::NotFound(e)) => match slap::shared_info(tx, title, root)? {
+            Some(info) => Ok(info),
+            None => federation::delegation_info(tx, title, root)?.ok_or(StoreError::NotFound(e)),
+        },
         Err(e) => Err(e),
     }
 }
@@ -1899,7 +1916,7 @@ fn set_tree_state(tx: &mut Tx<'_>, root: &str, state: InstanceState) -> Result<(
     for id in changed {
         tx.bump_instance(id)?;
     }
-    Ok(())
+    federation::set_tree_state(tx, root, state)
 }
 
 /// Mark everything below `inst` destroyed (its requester links; for a root, its whole tree).
@@ -2124,6 +2141,12 @@ fn allocate(
 
 /// Input checks of a registration that the id types do not already do.
 fn validate_registration(reg: &RegisterComputer) -> Result<()> {
+    if reg.id.as_str() == federation::DELEGATED_COMPUTER {
+        return Err(StoreError::Invalid(format!(
+            "computer id {:?} is reserved: it names the requests delegated to other masters",
+            federation::DELEGATED_COMPUTER
+        )));
+    }
     let mut seen = BTreeSet::new();
     for p in &reg.partitions {
         if !seen.insert(p.id.as_str()) {
@@ -2186,7 +2209,7 @@ pub struct FleetInstance {
 }
 
 /// The tables of the schema, in dependency order (parents first).
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 14] = [
     "meta",
     "computer",
     "label",
@@ -2200,6 +2223,7 @@ pub const TABLES: [&str; 13] = [
     "enroll_token",
     "usage_sample",
     "usage_total",
+    "delegation",
 ];
 
 /// Every row of every table, as text: lets tests check that a refused call changed nothing.

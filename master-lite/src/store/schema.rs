@@ -233,6 +233,37 @@ pub const MIGRATIONS: &[&str] = &[
                SUM(CAST(io_read_bytes AS REAL)), SUM(CAST(io_write_bytes AS REAL)), SUM(folded)
         FROM usage_sample GROUP BY computer;
     "#,
+    // 10: federation (issue 15, crate::federation): a request delegated to another master
+    // instead of allocated here. Keyed like an instance (`root`, `title`), so a request is
+    // idempotent by title whether it is local or delegated. `revision` takes the next value of
+    // the counter at each change to forward; `forwarded` is the revision the remote last
+    // accepted; `connection` what the remote answered; `status` the line users see.
+    r#"
+    CREATE TABLE delegation (
+        root            TEXT NOT NULL,
+        title           TEXT NOT NULL,
+        requester       TEXT,                 -- computer/partition of the requesting instance
+        requester_id    INTEGER,              -- its instance id (NULL from a user)
+        owner           TEXT,
+        remote          TEXT NOT NULL,        -- the remote master's URL
+        remote_title    TEXT NOT NULL,
+        software_url    TEXT NOT NULL,
+        software_type   TEXT NOT NULL,
+        parameters      TEXT NOT NULL,        -- JSON object
+        sla             TEXT NOT NULL,        -- JSON object, without the master keys
+        shared          INTEGER NOT NULL DEFAULT 0,
+        state           TEXT NOT NULL CHECK (state IN ('started', 'stopped', 'destroyed')),
+        revision        INTEGER NOT NULL,
+        forwarded       INTEGER NOT NULL DEFAULT 0,
+        connection      TEXT NOT NULL DEFAULT '{}',
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_ms         INTEGER NOT NULL DEFAULT 0,
+        created_ms      INTEGER NOT NULL,
+        PRIMARY KEY (root, title)
+    );
+    CREATE INDEX delegation_next ON delegation(next_ms);
+    "#,
 ];
 
 /// Migration `n` (1-based) on PostgreSQL is `PG_MIGRATIONS[n - 1]`; `CTEXT` stands for
@@ -415,6 +446,33 @@ pub const PG_MIGRATIONS: &[&str] = &[
                SUM(CAST(io_read_bytes AS DOUBLE PRECISION)),
                SUM(CAST(io_write_bytes AS DOUBLE PRECISION)), SUM(folded)
         FROM usage_sample GROUP BY computer;
+    "#,
+    // 10
+    r#"
+    CREATE TABLE delegation (
+        root            CTEXT NOT NULL,
+        title           CTEXT NOT NULL,
+        requester       CTEXT,
+        requester_id    BIGINT,
+        owner           CTEXT,
+        remote          CTEXT NOT NULL,
+        remote_title    CTEXT NOT NULL,
+        software_url    CTEXT NOT NULL,
+        software_type   CTEXT NOT NULL,
+        parameters      TEXT NOT NULL,
+        sla             TEXT NOT NULL,
+        shared          BIGINT NOT NULL DEFAULT 0,
+        state           CTEXT NOT NULL CHECK (state IN ('started', 'stopped', 'destroyed')),
+        revision        BIGINT NOT NULL,
+        forwarded       BIGINT NOT NULL DEFAULT 0,
+        connection      TEXT NOT NULL DEFAULT '{}',
+        status          TEXT NOT NULL,
+        attempts        BIGINT NOT NULL DEFAULT 0,
+        next_ms         BIGINT NOT NULL DEFAULT 0,
+        created_ms      BIGINT NOT NULL,
+        PRIMARY KEY (root, title)
+    );
+    CREATE INDEX delegation_next ON delegation(next_ms);
     "#,
 ];
 

@@ -1365,3 +1365,148 @@ fn the_revision_clock_is_no_earlier_than_a_microsecond_clock_read_before() {
         );
     }
 }
+
+/// The due delegated request titled `t`.
+fn due_titled(s: &mut Store, t: &str) -> federation::Delegation {
+    s.delegations_due(100, 10)
+        .unwrap()
+        .into_iter()
+        .find(|d| d.title == t)
+        .unwrap()
+}
+
+/// Federation (migration 10): a delegated request is idempotent by title, a local title stays
+/// local, an outcome for an older revision leaves the newer one due, and a delegated child's
+/// connection parameters reach its requester's desired state.
+#[test]
+fn delegated_requests_are_idempotent_and_their_connections_reach_the_requester() {
+    use federation::{Outcome, remote_title};
+    let Some(mut s) = ready(2) else { return };
+    const B: &str = "http://b";
+    let r = with_param(req("web", SR2), "k", "v");
+    let first = s.delegate(&r, None, Some("user:alice"), B, 10).unwrap();
+    assert_eq!(first.computer.as_str(), federation::DELEGATED_COMPUTER);
+    assert_eq!(
+        s.root_owner(&title("web")).unwrap(),
+        Some(Some("user:alice".into()))
+    );
+    let again = s.delegate(&r, None, None, B, 11).unwrap();
+    assert_eq!(again.revision, first.revision);
+    assert!(s.take_touched().is_empty(), "no computer changed");
+    // A destruction of a title that exists nowhere is a 404, as for a local one.
+    let mut gone = req("nothing", SR2);
+    gone.state = Some(InstanceState::Destroyed);
+    assert!(matches!(
+        s.delegate(&gone, None, None, B, 12),
+        Err(StoreError::NotFound(_))
+    ));
+
+    // The loop reads revision N; a change lands (N+1) before its outcome is recorded: the
+    // row stays due for N+1 and keeps the connection parameters it was answered.
+    let due = s.delegations_due(100, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].request.title.as_str(), "web");
+    assert!(due[0].request.sla.is_empty());
+    let changed = s
+        .delegate(&with_param(r.clone(), "k", "w"), None, None, B, 13)
+        .unwrap();
+    assert!(changed.revision > first.revision);
+    let answered = Outcome::Accepted {
+        connection: [("url".to_owned(), "http://x/".into())]
+            .into_iter()
+            .collect(),
+        placed: None,
+    };
+    s.delegation_outcome(&due[0], &answered, 5_000).unwrap();
+    let info = s.instance(&title("web"), None).unwrap();
+    assert_eq!(info.connection["url"], "http://x/");
+    assert!(info.reported.is_none(), "revision N+1 not forwarded yet");
+    let due = s.delegations_due(100, 10).unwrap();
+    assert_eq!(
+        due[0].revision, changed.revision,
+        "still due for the change"
+    );
+    s.delegation_outcome(&due[0], &answered, 5_000).unwrap();
+    assert!(s.delegations_due(100, 10).unwrap().is_empty());
+    assert!(s.instance(&title("web"), None).unwrap().reported.is_some());
+
+    // A title allocated here stays here, even when a remote would be chosen for it now.
+    let local = s.request(&req("app", SR), None, 20).unwrap();
+    assert_eq!(local.computer.as_str(), "C1");
+    let still = s.delegate(&req("app", SR), None, None, B, 21).unwrap();
+    assert_eq!(still.computer.as_str(), "C1");
+
+    // A child delegated by the instance on C1/slappart0: its connection parameters reach the
+    // parent's desired state, with a new revision for the parent.
+    let from = at("C1", local.partition.as_str());
+    let child = s
+        .delegate(&req("db", SR2), Some(&from), None, B, 22)
+        .unwrap();
+    assert_eq!(child.root_title.as_str(), "app");
+    assert_eq!(child.requester.as_deref(), Some("C1/slappart0"));
+    let d = due_titled(&mut s, "db");
+    assert_eq!(d.request.title.as_str(), remote_title("app", "db"));
+    assert_eq!(d.request.title.as_str(), "app_db");
+    let before = assignment(&mut s, "C1", local.partition.as_str())
+        .unwrap()
+        .revision;
+    s.delegation_outcome(&d, &answered, 5_000).unwrap();
+    let a = assignment(&mut s, "C1", local.partition.as_str()).unwrap();
+    assert!(a.revision > before);
+    assert_eq!(a.children["db"]["url"], "http://x/");
+    let shown = s.instance(&title("db"), Some(&title("app"))).unwrap();
+    assert_eq!(shown.connection["url"], "http://x/");
+
+    // Destroyed and accepted by the remote: forgotten.
+    s.set_state(&title("web"), InstanceState::Destroyed)
+        .unwrap();
+    let d = due_titled(&mut s, "web");
+    assert_eq!(d.request.state, Some(InstanceState::Destroyed));
+    s.delegation_outcome(&d, &Outcome::Destroyed, 0).unwrap();
+    assert!(matches!(
+        s.instance(&title("web"), None),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// A tree's requested state reaches its delegated children (to be forwarded), as it reaches its
+/// local instances.
+#[test]
+fn a_trees_state_reaches_its_delegated_children() {
+    let Some(mut s) = ready(1) else { return };
+    let app = s.request(&req("app", SR), None, 1).unwrap();
+    let from = at("C1", app.partition.as_str());
+    let child = s
+        .delegate(&req("db", SR2), Some(&from), None, "http://b", 2)
+        .unwrap();
+    s.set_state(&title("app"), InstanceState::Stopped).unwrap();
+    let d = due_titled(&mut s, "db");
+    assert_eq!(d.request.state, Some(InstanceState::Stopped));
+    assert!(d.revision > child.revision);
+    s.set_state(&title("app"), InstanceState::Destroyed)
+        .unwrap();
+    assert_eq!(
+        due_titled(&mut s, "db").request.state,
+        Some(InstanceState::Destroyed)
+    );
+    // Destroyed is final: a later start of the tree does not bring the child back.
+    s.set_state(&title("app"), InstanceState::Started).unwrap();
+    assert_eq!(
+        due_titled(&mut s, "db").request.state,
+        Some(InstanceState::Destroyed)
+    );
+}
+
+/// No node may register as the computer delegated requests show (`federated`).
+#[test]
+fn the_delegated_computer_id_is_reserved() {
+    let Some(mut s) = store() else { return };
+    let e = s
+        .register(
+            &registration(federation::DELEGATED_COMPUTER, &["slappart0"], &[]),
+            1,
+        )
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("reserved"), "{e}");
+}

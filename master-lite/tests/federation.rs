@@ -1,0 +1,443 @@
+//! Federation (slapproxy's multimaster, `master_lite::federation`): routing on the three
+//! request APIs of master A (in process), and forwarding to a real remote `slapos-master serve`
+//! B over its native API (plain HTTP, and mTLS with a user certificate B issued) and over its
+//! SLAP routes, step by step: forward, record the outcome, read it back on A.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{Env, Server, available, respond, slap_master};
+use master_lite::federation::{self, Api, Federation, Remote};
+use master_lite::store::federation::Outcome;
+use serde_json::{Value as Json, json};
+use slapos_proto::slap::{RequestForm, SoftwareInstanceDoc, Value, loads};
+use slapos_proto::{
+    ComputerId, ConnectionPublish, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle,
+    PartitionId, PartitionSpec, RegisterComputer,
+};
+
+const SR: &str = "https://example.com/web/software.cfg";
+const REMOTE: &str = "http://127.0.0.1:9";
+
+/// A request of `url` titled `title` (parameter `title=hello`) with the SLA `sla`.
+fn request(title: &str, url: &str, sla: &[(&str, &str)]) -> InstanceRequest {
+    let sla: BTreeMap<&str, &str> = sla.iter().copied().collect();
+    serde_json::from_value(json!({
+        "title": title, "software_url": url, "parameters": {"title": "hello"}, "sla": sla,
+    }))
+    .unwrap()
+}
+
+fn federation(remote: &str, api: Api, release: Option<&str>) -> Federation {
+    let mut r = Remote::new(remote, api).unwrap();
+    if let Some(sr) = release {
+        r.set("release", sr).unwrap();
+    }
+    let mut f = Federation::default();
+    f.add(r).unwrap();
+    f
+}
+
+async fn json_of(master: &master_lite::Master, req: Request<Body>) -> (StatusCode, Json) {
+    let (status, _, body) = respond(master.router(), req).await;
+    let j = serde_json::from_slice(&body)
+        .unwrap_or(Json::String(String::from_utf8_lossy(&body).into_owned()));
+    (status, j)
+}
+
+fn post_json(path: &str, body: &impl serde::Serialize) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
+    let mut a = slap_master("COMP-A");
+    a.set_federation(federation(REMOTE, Api::Slap, Some(SR)));
+
+    // Native: by release.
+    let (status, info) = json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    let info: InstanceInfo = serde_json::from_value(info).unwrap();
+    assert_eq!(info.computer.as_str(), federation::DELEGATED_COMPUTER);
+    assert_eq!(
+        info.bang.as_deref(),
+        Some("delegated to http://127.0.0.1:9: pending, not forwarded yet")
+    );
+    assert!(info.reported.is_none(), "not forwarded yet: {info:?}");
+    // Idempotent by title: the same request keeps the revision, a change takes a new one.
+    let (_, again) = json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+    assert_eq!(again["revision"].as_u64(), Some(info.revision));
+    let mut changed = request("web", SR, &[]);
+    changed.parameters.insert("title".into(), json!("changed"));
+    let (_, after) = json_of(&a, post_json("/v1/instances", &changed)).await;
+    assert!(
+        after["revision"].as_u64().unwrap() > info.revision,
+        "{after}"
+    );
+
+    // Native: by SLA master, for a release not in the list; an unknown master is refused.
+    let other = "https://example.com/other/software.cfg";
+    let (status, j) = json_of(
+        &a,
+        post_json(
+            "/v1/instances",
+            &request("db", other, &[("master", REMOTE)]),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{j}");
+    assert_eq!(j["computer"], "federated");
+    let (status, j) = json_of(
+        &a,
+        post_json(
+            "/v1/instances",
+            &request("x", other, &[("master", "http://elsewhere")]),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("http://elsewhere"),
+        "{j}"
+    );
+
+    // SLAP: `requestComputerPartition` with `master_url` in the filter (slapproxy's key).
+    let form = RequestForm {
+        software_release: other.into(),
+        software_type: "default".into(),
+        partition_reference: "slap-one".into(),
+        parameters: BTreeMap::from([("title".to_owned(), Value::str("s"))]),
+        filter: BTreeMap::from([("master_url".to_owned(), Value::str(REMOTE))]),
+        state: None,
+        shared: false,
+        requester: None,
+    };
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.to_form().unwrap())
+        .finish();
+    let req = Request::post("/requestComputerPartition")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _, body) = respond(a.router(), req).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let doc = SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap();
+    assert_eq!(
+        doc.str_attr("slap_computer_id"),
+        Some("federated"),
+        "{text}"
+    );
+
+    // JSON-RPC: by release.
+    let (status, j) = json_of(
+        &a,
+        post_json(
+            "/slapos.post.v0.software_instance",
+            &json!({"title": "rpc-one", "software_release_uri": SR,
+                    "software_type": "default", "parameters": {"title": "r"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{j}");
+    assert_eq!(j["computer_guid"], "federated", "{j}");
+    assert!(
+        j["access_status_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("delegated to"),
+        "{j}"
+    );
+
+    // All four are listed, readable by title, and nothing was allocated on COMP-A.
+    let (_, list) = json_of(
+        &a,
+        Request::get("/v1/instances").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let titles: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles.len(), 4, "{list}");
+    for t in ["web", "db", "slap-one", "rpc-one"] {
+        assert!(titles.contains(&t), "{t} in {list}");
+        let (status, j) = json_of(
+            &a,
+            Request::get(format!("/v1/instances/{t}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{j}");
+        assert_eq!(j["computer"], "federated");
+    }
+    // A state change is recorded for forwarding.
+    let (status, j) = json_of(
+        &a,
+        post_json("/v1/instances/web/state", &json!({"state": "stopped"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{j}");
+    assert_eq!(j["state"], "stopped");
+}
+
+/// Forward every due delegation of `a` once and record the outcome; the outcomes.
+async fn forward_once(a: &master_lite::Master, fed: &Federation) -> Vec<Outcome> {
+    let st = a.state();
+    let due = st
+        .db
+        .call(|s| s.delegations_due(u64::MAX, 100))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for d in due {
+        let fed = fed.clone();
+        let (d, outcome) = tokio::task::spawn_blocking(move || {
+            let o = federation::forward(&fed, &d);
+            (d, o)
+        })
+        .await
+        .unwrap();
+        out.push(outcome.clone());
+        st.db
+            .call(move |s| s.delegation_outcome(&d, &outcome, 0))
+            .await
+            .unwrap();
+    }
+    out
+}
+
+async fn show(a: &master_lite::Master, title: &str) -> InstanceInfo {
+    let (status, j) = json_of(
+        a,
+        Request::get(format!("/v1/instances/{title}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{j}");
+    serde_json::from_value(j).unwrap()
+}
+
+/// A real master B (`slapos-master serve`, plain HTTP) with [`remote_computer`] of `n`
+/// partitions, and a client; keep the directory for as long as B runs.
+fn remote_b(n: usize) -> (tempfile::TempDir, Server, slapos_client::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Server::start(&dir.path().join("b.db"));
+    let bc = b.client();
+    remote_computer(&bc, n);
+    (dir, b, bc)
+}
+
+/// B: a computer with `n` partitions, `SR` supplied.
+fn remote_computer(b: &slapos_client::Client, n: usize) {
+    b.register(&RegisterComputer {
+        id: ComputerId::parse("COMP-B").unwrap(),
+        partitions: (0..n)
+            .map(|i| PartitionSpec {
+                id: PartitionId::parse(format!("slappart{i}")).unwrap(),
+                addresses: vec![],
+                interface: None,
+                uid: None,
+            })
+            .collect(),
+        labels: Default::default(),
+    })
+    .unwrap();
+    b.supply(&ComputerId::parse("COMP-B").unwrap(), &available(SR))
+        .unwrap();
+}
+
+fn publish(b: &slapos_client::Client, url: &str) {
+    b.publish_connection(
+        &ComputerId::parse("COMP-B").unwrap(),
+        &PartitionId::parse("slappart0").unwrap(),
+        &ConnectionPublish {
+            parameters: json!({"url": url}).as_object().cloned().unwrap(),
+            shared: Default::default(),
+        },
+    )
+    .unwrap();
+}
+
+async fn forwards_to(remote_url: &str, api: Api, b: &slapos_client::Client, fed: Federation) {
+    let mut a = slap_master("COMP-A");
+    a.set_federation(fed.clone());
+    let (status, j) = json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+    assert_eq!(status, StatusCode::OK, "{j}");
+
+    // First forwarding: allocated on B, no connection parameters yet.
+    let out = forward_once(&a, &fed).await;
+    assert!(
+        matches!(&out[..], [Outcome::Accepted { connection, .. }] if connection.is_empty()),
+        "{out:?}"
+    );
+    let info = show(&a, "web").await;
+    let status = info.bang.clone().unwrap();
+    assert!(
+        status.starts_with(&format!(
+            "delegated to {remote_url}: forwarded as \"web\" on COMP-B/slappart0, waiting"
+        )),
+        "{api:?}: {status}"
+    );
+    assert!(info.reported.is_some(), "accepted: {info:?}");
+    let on_b = b
+        .instance(&InstanceTitle::parse("web").unwrap(), None)
+        .unwrap();
+    assert_eq!(on_b.parameters["title"], "hello");
+
+    // B's node publishes; the next forwarding brings the parameters back to A.
+    publish(b, "http://[::1]:8080/");
+    forward_once(&a, &fed).await;
+    let info = show(&a, "web").await;
+    assert_eq!(
+        info.connection["url"], "http://[::1]:8080/",
+        "{api:?}: {info:?}"
+    );
+    assert!(
+        info.bang
+            .unwrap()
+            .ends_with("connection parameters received"),
+        "{api:?}"
+    );
+
+    // Stop, then destroy: forwarded; once B accepted the destruction A forgets it.
+    for state in [InstanceState::Stopped, InstanceState::Destroyed] {
+        let (status, j) = json_of(
+            &a,
+            post_json("/v1/instances/web/state", &json!({"state": state.as_str()})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{j}");
+        forward_once(&a, &fed).await;
+        let on_b = b
+            .instance(&InstanceTitle::parse("web").unwrap(), None)
+            .unwrap();
+        assert_eq!(on_b.state, state, "{api:?}");
+    }
+    let (status, _) = json_of(
+        &a,
+        Request::get("/v1/instances/web")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{api:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_to_a_master_lite_over_native_and_slap_brings_back_the_connection() {
+    for api in [Api::Native, Api::Slap] {
+        let (_dir, b, bc) = remote_b(1);
+        let fed = federation(&b.url, api, Some(SR));
+        forwards_to(&b.url, api, &bc, fed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_over_mtls_as_a_user_of_the_remote() {
+    let env = Env::new();
+    let admin = env.user("admin", true);
+    let alice = env.user("alice", false);
+    let b = Server::start_tls(&env.db(), &env.tls(), "warn");
+    let bc = admin.client(&b.url, &env.ca_pem());
+    remote_computer(&bc, 1);
+    let ca = env.tls().join("ca.pem");
+    let spec = format!(
+        "{},release={SR},ca={},cert={},key={}",
+        b.url,
+        ca.display(),
+        alice.cert_file.display(),
+        alice.key_file.display()
+    );
+    let mut fed = Federation::default();
+    fed.add(Remote::parse_flag(&spec).unwrap()).unwrap();
+    forwards_to(&b.url, Api::Native, &bc, fed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_remote_leaves_the_request_pending_with_the_reason() {
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    for api in [Api::Native, Api::Slap] {
+        let fed = federation(&url, api, Some(SR));
+        let mut a = slap_master("COMP-A");
+        a.set_federation(fed.clone());
+        json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+        let out = forward_once(&a, &fed).await;
+        assert!(matches!(&out[..], [Outcome::Failed { .. }]), "{out:?}");
+        let info = show(&a, "web").await;
+        let status = info.bang.unwrap();
+        assert!(
+            status.starts_with(&format!(
+                "delegated to {url}: pending, remote unreachable: "
+            )),
+            "{api:?}: {status}"
+        );
+        assert!(status.ends_with("; retrying"), "{status}");
+        assert!(info.connection.is_empty());
+        assert!(info.reported.is_none());
+        // `request --wait` shows the status line while it waits.
+        let line = master_lite::cli::wait_progress(
+            &show(&a, "web").await,
+            master_lite::cli::ReleaseSeen::Unknown,
+        );
+        assert!(line.starts_with("web: delegated to"), "{line}");
+        assert!(line.contains("remote unreachable"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_as_a_partition_of_the_remote_makes_a_child_of_its_instance() {
+    for api in [Api::Native, Api::Slap] {
+        let (_dir, b, bc) = remote_b(2);
+        let host = bc.request(&request("host", SR, &[])).unwrap();
+        assert_eq!(host.partition.as_str(), "slappart0");
+        // slapproxy's `[multimaster/URL]` with `computer` and `partition`.
+        let mut r = Remote::new(&b.url, api).unwrap();
+        for (k, v) in [
+            ("release", SR),
+            ("computer", "COMP-B"),
+            ("partition", "slappart0"),
+        ] {
+            r.set(k, v).unwrap();
+        }
+        r.check().unwrap();
+        let mut fed = Federation::default();
+        fed.add(r).unwrap();
+        let mut a = slap_master("COMP-A");
+        a.set_federation(fed.clone());
+        json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+        let out = forward_once(&a, &fed).await;
+        assert!(
+            matches!(&out[..], [Outcome::Accepted { .. }]),
+            "{api:?}: {out:?}"
+        );
+        let child = bc
+            .instance(
+                &InstanceTitle::parse("web").unwrap(),
+                Some(&InstanceTitle::parse("host").unwrap()),
+            )
+            .unwrap();
+        assert_eq!(
+            child.requester.as_deref(),
+            Some("COMP-B/slappart0"),
+            "{api:?}"
+        );
+        assert_eq!(child.partition.as_str(), "slappart1");
+    }
+}
