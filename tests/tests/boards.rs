@@ -181,7 +181,6 @@ fn rt_partitions_on_cgroup_v2(test: &str, kernel: Option<&str>, remote: bool) {
             r.t
         );
         assert_eq!(r.remote_partitions, remote, "kernel {}", r.kernel);
-        let all = format!("0-{}", b.board.cpus - 1);
         if r.remote_partitions {
             let cpus = b.board.rt_cpu_list().expect("rt_cpus");
             // Checked in the guest by `edge-init check-rt` (the `rt` promise); read back here.
@@ -197,9 +196,25 @@ fn rt_partitions_on_cgroup_v2(test: &str, kernel: Option<&str>, remote: bool) {
                     r.exclusive
                 );
             }
-            // Destroyed: the reserved CPU is back in the shared pool.
-            let back = format!("root cpuset.cpus.effective {all} ");
-            assert!(r.fifo.contains(&back), "`{back}` not in: {}", r.fifo);
+            // The shared pool (the node's subtree, the cgroup2 root) lost the reserved CPU, which
+            // the root lists as isolated.
+            let rt = boards::cpu_set(&cpus);
+            let all: Vec<u32> = (0..b.board.cpus).collect();
+            let shared: Vec<u32> = all.iter().copied().filter(|c| !rt.contains(c)).collect();
+            for key in [
+                "parent /slapos-edge cpuset.cpus.effective",
+                "root cpuset.cpus.effective",
+            ] {
+                let got = boards::cpu_set(after(&r.exclusive, key));
+                assert_eq!(got, shared, "{key} in: {}", r.exclusive);
+            }
+            let isolated = boards::cpu_set(after(&r.exclusive, "root cpuset.cpus.isolated"));
+            assert_eq!(isolated, rt, "{}", r.exclusive);
+            // Destroyed: the reserved CPU is back in the shared pool, no longer isolated.
+            let back = boards::cpu_set(after(&r.fifo, "root cpuset.cpus.effective"));
+            assert_eq!(back, all, "{}", r.fifo);
+            let isolated = boards::cpu_set(after(&r.fifo, "root cpuset.cpus.isolated"));
+            assert!(isolated.is_empty(), "{}", r.fifo);
         } else {
             // The node's typed refusal, naming the missing knob and the kernel
             // (rt::ProfileError::V2PartitionUnsupported).
@@ -219,6 +234,15 @@ fn rt_partitions_on_cgroup_v2(test: &str, kernel: Option<&str>, remote: bool) {
             r.cgroups_left
         );
     });
+}
+
+/// The word after `key ` in an `edge-init check-rt` message (empty when there is none).
+fn after<'a>(message: &'a str, key: &str) -> &'a str {
+    message
+        .split_once(&format!("{key} "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .filter(|w| *w != "kernel")
+        .unwrap_or("")
 }
 
 /// What a board test runs with.

@@ -29,6 +29,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use slapos_tests::boards::cpu_set;
 use slapos_tests::boards::init_conf::{InitConf, NetConf};
 
 const CONF: &str = "/etc/edge-init.conf";
@@ -481,18 +482,6 @@ fn check_tcp(addr: &str) {
             std::process::exit(1);
         }
     }
-}
-
-/// The CPUs of a cpu list (`0-2,5`); what does not parse is left out.
-fn cpu_set(list: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in list.trim().split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-            out.extend(a..=b);
-        }
-    }
-    out
 }
 
 /// `check-rt ADDR POLICY PRIO [CPUS]`: the `tcp-echo ADDR` process runs with POLICY
