@@ -29,9 +29,12 @@
 //! parameter change is converged (`run::reboot_offline`).
 //!
 //! `qemu_virt_aarch64_rt_partitions_on_cgroup_v2` boots the aarch64 board (2 vCPUs, cgroup2
-//! mounted by PID 1, node with rt enabled) and runs `run::rt_v2`: exclusive CPUs (a cpuset
-//! partition root on Linux ≥ 6.7, the typed refusal naming `cpuset.cpus.exclusive` before), FIFO 80
-//! checked from the guest's `/proc` and `/sys/fs/cgroup`, destroy leaving no cgroup behind.
+//! mounted by PID 1, node with rt enabled) and runs `run::rt_v2`: exclusive CPUs (the typed
+//! refusal naming `cpuset.cpus.exclusive` on the board's 6.1 kernel), FIFO 80 checked from the
+//! guest's `/proc` and `/sys/fs/cgroup`, destroy leaving no cgroup behind.
+//! `qemu_virt_aarch64_rt_isolated_partition_on_cgroup_v2_backports_kernel` runs it on the
+//! bookworm-backports 6.12 kernel: exclusive CPUs are an isolated cpuset partition taken out of
+//! the shared pool's effective CPUs, and given back at destroy.
 //!
 //! Times (since QEMU was spawned) are printed and appended to `<target dir>/boards-report.txt`;
 //! they are measurements, never assertions.
