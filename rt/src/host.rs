@@ -185,8 +185,11 @@ impl HostReport {
             trimmed("/sys/kernel/debug/sched/preempt").ok().flatten(),
         );
 
+        // An unset cpumask reads `(null)` on some kernels (`nohz_full` on Debian's 6.12 arm64,
+        // measured on the QEMU board): no CPUs.
         let cpu_list = |p: &str| -> Result<CpuList> {
             match kfs::read_opt(&paths.resolve(p))? {
+                Some(t) if t.trim() == "(null)" => Ok(CpuList::new()),
                 Some(t) => CpuList::parse(&t).map_err(|_| Error::Parse {
                     what: "CPU list",
                     path: paths.resolve(p),
@@ -562,7 +565,9 @@ pub(crate) mod tests {
             "Uid:\t1000\t1000\t0\t0\nCapEff:\t0000000000000000\n",
         );
         put(dir.path(), "proc/sys/kernel/sched_rt_runtime_us", "0\n");
+        put(dir.path(), "sys/devices/system/cpu/nohz_full", "(null)\n");
         let r = HostReport::detect_with(&HostPaths::under(dir.path())).unwrap();
+        assert!(r.nohz_full_cpus.is_empty());
         assert_eq!(r.cgroup.mode, CgroupMode::V2);
         assert_eq!(r.cgroup.v2_subtree_control, vec!["memory", "pids"]);
         assert!(r.cgroup.has("cpuset"));

@@ -349,6 +349,19 @@ pub fn glibc_sysroot(target: &str) -> Option<PathBuf> {
     }
 }
 
+/// The CPUs of a kernel cpu list (`0-2,5`; `cpuset.cpus.*`, `Cpus_allowed_list`); what does
+/// not parse is left out.
+pub fn cpu_set(list: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+            out.extend(a..=b);
+        }
+    }
+    out
+}
+
 /// `SLAPOS_REQUIRE_QEMU=1`: a missing QEMU, kernel or cross toolchain is a failure.
 pub fn qemu_required() -> bool {
     Need::Qemu.required()
@@ -362,6 +375,14 @@ pub fn qemu_skip(test: &str, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_sets() {
+        assert_eq!(cpu_set("0-2,5\n"), vec![0, 1, 2, 5]);
+        assert_eq!(cpu_set("1"), vec![1]);
+        assert!(cpu_set("").is_empty());
+        assert!(cpu_set("absent").is_empty());
+    }
 
     const GOOD: &str = r#"
 name = "b1"

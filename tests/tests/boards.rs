@@ -29,9 +29,12 @@
 //! parameter change is converged (`run::reboot_offline`).
 //!
 //! `qemu_virt_aarch64_rt_partitions_on_cgroup_v2` boots the aarch64 board (2 vCPUs, cgroup2
-//! mounted by PID 1, node with rt enabled) and runs `run::rt_v2`: exclusive CPUs (a cpuset
-//! partition root on Linux ≥ 6.7, the typed refusal naming `cpuset.cpus.exclusive` before), FIFO 80
-//! checked from the guest's `/proc` and `/sys/fs/cgroup`, destroy leaving no cgroup behind.
+//! mounted by PID 1, node with rt enabled) and runs `run::rt_v2`: exclusive CPUs (the typed
+//! refusal naming `cpuset.cpus.exclusive` on the board's 6.1 kernel), FIFO 80 checked from the
+//! guest's `/proc` and `/sys/fs/cgroup`, destroy leaving no cgroup behind.
+//! `qemu_virt_aarch64_rt_isolated_partition_on_cgroup_v2_backports_kernel` runs it on the
+//! bookworm-backports 6.12 kernel: exclusive CPUs are an isolated cpuset partition taken out of
+//! the shared pool's effective CPUs, and given back at destroy.
 //!
 //! Times (since QEMU was spawned) are printed and appended to `<target dir>/boards-report.txt`;
 //! they are measurements, never assertions.
@@ -82,6 +85,10 @@ fn board_files_are_valid_and_consistent_with_the_toolchain_and_kernel_fetcher() 
             );
         }
     }
+    assert!(
+        fetcher.contains(&format!("{BACKPORTS_KERNEL}:arm64")),
+        "fetch-kernels.sh does not fetch {BACKPORTS_KERNEL}:arm64"
+    );
     assert!(
         all.iter().filter(|b| b.bootable().is_some()).count() >= 2,
         "the aarch64 and armv7 virt boards must be bootable"
@@ -138,29 +145,79 @@ fn qemu_virt_aarch64_node_comes_back_from_its_cache_after_an_offline_reboot() {
     run::append_report(&target_dir, &line);
 }
 
-/// rt on the board kernel's real cgroup2 (issue 20; `run::rt_v2`).
+/// rt on the board kernel's real cgroup2 (issue 20; `run::rt_v2`), Debian 12's 6.1 kernel: no
+/// remote partitions, so exclusive CPUs are refused with the typed error.
 #[test]
 fn qemu_virt_aarch64_rt_partitions_on_cgroup_v2() {
-    let test = "qemu_virt_aarch64_rt_partitions_on_cgroup_v2";
-    on_board(test, "qemu-virt-aarch64", |b| {
+    rt_partitions_on_cgroup_v2("qemu_virt_aarch64_rt_partitions_on_cgroup_v2", None, false);
+}
+
+/// The same on bookworm-backports' 6.12 kernel (remote partitions): the FIFO partition runs on
+/// the reserved CPU in an isolated cpuset partition, which destroy gives back.
+#[test]
+fn qemu_virt_aarch64_rt_isolated_partition_on_cgroup_v2_backports_kernel() {
+    rt_partitions_on_cgroup_v2(
+        "qemu_virt_aarch64_rt_isolated_partition_on_cgroup_v2_backports_kernel",
+        Some(BACKPORTS_KERNEL),
+        true,
+    );
+}
+
+/// The bookworm-backports arm64 kernel (boards/fetch-kernels.sh).
+const BACKPORTS_KERNEL: &str = "linux-image-arm64@bookworm-backports";
+
+/// `run::rt_v2` on the aarch64 board booting `kernel` (a fetch-kernels.sh meta package, else the
+/// board's own); `remote`: whether that kernel must have remote partitions.
+fn rt_partitions_on_cgroup_v2(test: &str, kernel: Option<&str>, remote: bool) {
+    on_board_with(test, "qemu-virt-aarch64", kernel, |b| {
         assert!(b.board.cpus >= 2, "one CPU must stay for housekeeping");
         let r = run::rt_v2(&b.board, &b.prep, &b.master, b.tmp.path(), b.echo);
         eprintln!(
-            "BOARD {} rt cgroup v2: kernel {} (remote partitions: {}; {})\n  exclusive CPUs: {}\n  fifo: {}\n  cgroups at power-off: [{}]",
+            "BOARD {} rt cgroup v2: kernel {} (remote partitions: {}; {})\n  exclusive CPUs: {}\n  fifo: {}\n  cgroups at power-off: [{}]\n  times: {:?}",
             b.board.name,
             r.kernel,
             r.remote_partitions,
             r.cpuset_v2,
             r.exclusive,
             r.fifo,
-            r.cgroups_left
+            r.cgroups_left,
+            r.t
         );
+        assert_eq!(r.remote_partitions, remote, "kernel {}", r.kernel);
         if r.remote_partitions {
-            assert!(
-                r.exclusive.contains("policy fifo priority 80"),
-                "{}",
-                r.exclusive
-            );
+            let cpus = b.board.rt_cpu_list().expect("rt_cpus");
+            // Checked in the guest by `edge-init check-rt` (the `rt` promise); read back here.
+            for want in [
+                "policy fifo priority 80".to_owned(),
+                format!("affinity {cpus} "),
+                format!("cpuset.cpus.effective {cpus} cpuset.cpus.partition isolated "),
+                format!("cpuset.cpus.exclusive {cpus} "),
+            ] {
+                assert!(
+                    r.exclusive.contains(&want),
+                    "`{want}` not in: {}",
+                    r.exclusive
+                );
+            }
+            // The shared pool (the node's subtree, the cgroup2 root) lost the reserved CPU, which
+            // the root lists as isolated.
+            let rt = boards::cpu_set(&cpus);
+            let all: Vec<u32> = (0..b.board.cpus).collect();
+            let shared: Vec<u32> = all.iter().copied().filter(|c| !rt.contains(c)).collect();
+            for key in [
+                "parent /slapos-edge cpuset.cpus.effective",
+                "root cpuset.cpus.effective",
+            ] {
+                let got = boards::cpu_set(after(&r.exclusive, key));
+                assert_eq!(got, shared, "{key} in: {}", r.exclusive);
+            }
+            let isolated = boards::cpu_set(after(&r.exclusive, "root cpuset.cpus.isolated"));
+            assert_eq!(isolated, rt, "{}", r.exclusive);
+            // Destroyed: the reserved CPU is back in the shared pool, no longer isolated.
+            let back = boards::cpu_set(after(&r.fifo, "root cpuset.cpus.effective"));
+            assert_eq!(back, all, "{}", r.fifo);
+            let isolated = boards::cpu_set(after(&r.fifo, "root cpuset.cpus.isolated"));
+            assert!(isolated.is_empty(), "{}", r.fifo);
         } else {
             // The node's typed refusal, naming the missing knob and the kernel
             // (rt::ProfileError::V2PartitionUnsupported).
@@ -182,6 +239,15 @@ fn qemu_virt_aarch64_rt_partitions_on_cgroup_v2() {
     });
 }
 
+/// The word after `key ` in an `edge-init check-rt` message (empty when there is none).
+fn after<'a>(message: &'a str, key: &str) -> &'a str {
+    message
+        .split_once(&format!("{key} "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .filter(|w| *w != "kernel")
+        .unwrap_or("")
+}
+
 /// What a board test runs with.
 struct OnBoard {
     board: Board,
@@ -195,11 +261,20 @@ struct OnBoard {
 /// One board at a time: loads board `name`, prepares its artefacts (or skips `test` with the
 /// reason), starts a master and runs `f`.
 fn on_board(test: &str, name: &str, f: impl FnOnce(&OnBoard)) {
+    on_board_with(test, name, None, f)
+}
+
+/// [`on_board`] booting `kernel` (a `boards/fetch-kernels.sh` meta package of the board's
+/// architecture) instead of the board's `kernel.package`, when given.
+fn on_board_with(test: &str, name: &str, kernel: Option<&str>, f: impl FnOnce(&OnBoard)) {
     let _one = ONE_BOARD_AT_A_TIME
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let board =
+    let mut board =
         Board::load(&boards::boards_dir().join(name).join("board.toml")).expect("board file");
+    if let Some(k) = kernel {
+        board.kernel.package = k.to_owned();
+    }
     let target_dir = bin_dir().parent().expect("target dir").to_path_buf();
     let prep = match run::prepare(&board, &target_dir) {
         Ok(p) => p,

@@ -434,7 +434,10 @@ fn v2_partition_root_and_controllers_are_restored() {
     assert_eq!(f.read(&format!("{sub}/cpuset.cpus.exclusive")), "3");
     assert_eq!(f.read(&format!("{sub}/enb/cpuset.cpus")), "3");
     assert_eq!(f.read(&format!("{sub}/enb/cpuset.cpus.exclusive")), "3");
-    assert_eq!(f.read(&format!("{sub}/enb/cpuset.cpus.partition")), "root");
+    assert_eq!(
+        f.read(&format!("{sub}/enb/cpuset.cpus.partition")),
+        "isolated"
+    );
     assert_eq!(f.read(&format!("{sub}/enb/memory.max")), "268435456");
     assert_eq!(f.read(&format!("{sub}/enb/cpu.weight")), "50");
     assert_eq!(f.read(&format!("{sub}/enb/cpu.max")), "max 100000");

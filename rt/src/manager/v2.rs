@@ -1,5 +1,6 @@
 //! cgroup v2: one group a partition under the subtree, the controllers enabled for it, exclusive
-//! CPUs as a remote partition (`cpuset.cpus.exclusive` + `cpuset.cpus.partition=root`).
+//! CPUs as a remote isolated partition (`cpuset.cpus.exclusive` +
+//! `cpuset.cpus.partition=isolated`: the CPUs also leave the scheduler's load balancing).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +15,14 @@ use crate::kfs;
 use crate::profile::ProfileSpec;
 
 const V2_USAGE_CONTROLLERS: [&str; 3] = ["memory", "io", "pids"];
+/// The `cpuset.cpus.partition` mode of a group with exclusive CPUs.
+const PARTITION_MODE: &str = "isolated";
+
+/// Whether a `cpuset.cpus.partition` value is a partition root (valid or not).
+fn is_partition_root(state: &str) -> bool {
+    let s = state.trim();
+    s.starts_with("root") || s.starts_with("isolated")
+}
 
 /// Controllers the subtree needs for `records`: cpuset when any partition reserves CPUs, cpu
 /// only when some partition sets weight/quota (RT partitions must stay outside it, see plan()),
@@ -98,7 +107,8 @@ impl Manager {
     ) -> Result<()> {
         self.reconcile_shared(records, state, &plan.reserved_after, Phase::Shrink)?;
         let partition_file = dir.join("cpuset.cpus.partition");
-        let is_root = kfs::read_opt(&partition_file)?.is_some_and(|s| s.trim().starts_with("root"));
+        let current = kfs::read_opt(&partition_file)?.unwrap_or_default();
+        let is_root = is_partition_root(&current);
         if plan.cpus.is_empty() {
             if is_root {
                 kfs::write(&partition_file, "member")?;
@@ -119,11 +129,13 @@ impl Manager {
             kfs::write_if_changed(&sub_x, &cur_sub.union(&plan.reserved_after).to_string())?;
             kfs::write_if_changed(&dir.join("cpuset.cpus"), &cpus)?;
             kfs::write_if_changed(&dir.join("cpuset.cpus.exclusive"), &cpus)?;
-            if !is_root {
-                kfs::write(&partition_file, "root")?;
+            if current.trim() != PARTITION_MODE {
+                kfs::write(&partition_file, PARTITION_MODE)?;
             }
+            // The kernel accepts the write and reports a refusal in the file ("isolated
+            // invalid (…)"): read it back.
             let state_now = kfs::read(&partition_file)?;
-            if state_now.trim() != "root" {
+            if state_now.trim() != PARTITION_MODE {
                 return Err(Error::PartitionInvalid {
                     path: dir.to_owned(),
                     state: state_now.trim().to_owned(),
@@ -183,7 +195,7 @@ impl Manager {
     ) -> Result<()> {
         let dir = mount.join(&self.cfg.root_name).join(partition);
         let pf = dir.join("cpuset.cpus.partition");
-        if kfs::read_opt(&pf)?.is_some_and(|s| s.trim().starts_with("root")) {
+        if kfs::read_opt(&pf)?.is_some_and(|s| is_partition_root(&s)) {
             kfs::write(&pf, "member")?;
         }
         soft(kfs::rmdir_cgroup(&dir))?;

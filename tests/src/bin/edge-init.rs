@@ -29,6 +29,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use slapos_tests::boards::cpu_set;
 use slapos_tests::boards::init_conf::{InitConf, NetConf};
 
 const CONF: &str = "/etc/edge-init.conf";
@@ -484,9 +485,11 @@ fn check_tcp(addr: &str) {
 }
 
 /// `check-rt ADDR POLICY PRIO [CPUS]`: the `tcp-echo ADDR` process runs with POLICY
-/// (`other`, `fifo`, `rr`) and PRIO; with CPUS, its affinity is CPUS and its cgroup is a cpuset
-/// partition root (`cpuset.cpus.partition` = `root` or `isolated`) holding exactly CPUS. Prints
-/// what it read (the promise message) and exits 1 on a mismatch.
+/// (`other`, `fifo`, `rr`) and PRIO; with CPUS, its affinity is CPUS, its cgroup is a cpuset
+/// partition root (`cpuset.cpus.partition` = `root` or `isolated`) holding exactly CPUS, and the
+/// cgroup2 root's effective CPUs no longer hold them. Prints what it read (the promise message,
+/// with the parent's and the root's effective CPUs and the root's isolated CPUs) and exits 1 on
+/// a mismatch.
 fn check_rt(args: &[String]) {
     let (addr, policy, prio, cpus) = (&args[0], &args[1], &args[2], args.get(3));
     let result = (|| -> Result<String, String> {
@@ -527,18 +530,28 @@ fn check_rt(args: &[String]) {
             .find_map(|l| l.strip_prefix("0::"))
             .unwrap_or("?")
             .to_owned();
-        let knob = |name: &str| {
-            std::fs::read_to_string(format!("{CGROUP2}{cgroup}/{name}"))
+        let at = |dir: &str, name: &str| {
+            std::fs::read_to_string(format!("{CGROUP2}{dir}/{name}"))
                 .map_or_else(|_| "absent".to_owned(), |v| v.trim().to_owned())
         };
+        let knob = |name: &str| at(&cgroup, name);
         let (effective, partition) = (knob("cpuset.cpus.effective"), knob("cpuset.cpus.partition"));
+        // The shared pool: the group's parent (the node's subtree) and the cgroup2 root, whose
+        // effective CPUs lose the CPUs of a remote partition.
+        let parent = cgroup.rsplit_once('/').map_or("", |(p, _)| p);
+        let (parent_effective, root_effective) = (
+            at(parent, "cpuset.cpus.effective"),
+            at("", "cpuset.cpus.effective"),
+        );
         let kernel = read("/proc/sys/kernel/osrelease".into())?;
         let seen = format!(
             "pid {pid} policy {got_policy} priority {} affinity {affinity} cgroup {cgroup} \
              cpuset.cpus.effective {effective} cpuset.cpus.partition {partition} \
-             cpuset.cpus.exclusive {} kernel {}",
+             cpuset.cpus.exclusive {} parent {parent} cpuset.cpus.effective {parent_effective} \
+             root cpuset.cpus.effective {root_effective} root cpuset.cpus.isolated {} kernel {}",
             got_prio.unwrap_or("?"),
             knob("cpuset.cpus.exclusive"),
+            at("", "cpuset.cpus.isolated"),
             kernel.trim()
         );
         let mut wrong = Vec::new();
@@ -549,6 +562,12 @@ fn check_rt(args: &[String]) {
             let root = partition.starts_with("root") || partition.starts_with("isolated");
             if affinity != c || effective != *c || !root || partition.contains("invalid") {
                 wrong.push(format!("expected CPUs {c} in a cpuset partition root"));
+            }
+            let mine = cpu_set(c);
+            if cpu_set(&root_effective).iter().any(|x| mine.contains(x)) {
+                wrong.push(format!(
+                    "expected CPUs {c} out of the root's effective CPUs"
+                ));
             }
         }
         if wrong.is_empty() {

@@ -1,6 +1,7 @@
 //! Kernel module load order for an initramfs without `modprobe`.
 //!
-//! Debian's kernel debs ship plain `.ko` files and no `modules.dep`; each module's `.modinfo`
+//! Debian's kernel debs ship no `modules.dep`, and `.ko` files (6.1) or `.ko.xz` (6.12, which
+//! `boards/fetch-kernels.sh` unpacks to `.ko`); each module's `.modinfo`
 //! section holds `depends=a,b` (NUL-separated `key=value` strings). [`load_order`] indexes a
 //! `lib/modules/<version>` tree, follows `depends=` depth-first and returns the files
 //! dependencies first, each once. A dependency that has no `.ko` but is listed in

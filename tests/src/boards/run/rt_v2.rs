@@ -3,9 +3,10 @@
 //! `/proc` and `/sys/fs/cgroup` (`edge-init check-rt`, the `rt` promise), and destroy removes
 //! every group (PID 1 prints the cgroup tree at power-off).
 //!
-//! 1. exclusive CPUs (`cpus = 1`, FIFO 80): on a kernel with `cpuset.cpus.exclusive` (Linux ≥ 6.7)
-//!    the echo server must run on the reserved CPU in a cpuset partition root; on an older kernel
-//!    the node must refuse with the typed error naming `cpuset.cpus.exclusive`, nothing started;
+//! 1. exclusive CPUs (`cpus = 1`, FIFO 80): on a kernel with `cpuset.cpus.exclusive` (Linux ≥ 6.7,
+//!    the bookworm-backports kernel) the echo server must run on the reserved CPU in a cpuset
+//!    partition root, the CPU gone from the root's effective CPUs; on an older kernel the node
+//!    must refuse with the typed error naming `cpuset.cpus.exclusive`, nothing started;
 //! 2. FIFO 80 without exclusive CPUs: started, the promise reads SCHED_FIFO 80 and the cgroup
 //!    under the node's subtree;
 //! 3. both destroyed, the board powered off: no cgroup of the node's subtree is left.
