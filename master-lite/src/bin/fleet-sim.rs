@@ -408,7 +408,16 @@ fn main() -> Result<()> {
     // The operator's certificate; this also creates the CA the replicas share.
     let ops = dir.path().join("ops");
     let out = Command::new(&bin)
-        .args(["user", "create", "ops", "--admin", "--db", &db, "--out"])
+        .args([
+            "user",
+            "create",
+            "ops",
+            "--admin",
+            "--create-db",
+            "--db",
+            &db,
+            "--out",
+        ])
         .arg(&ops)
         .arg("--tls-dir")
         .arg(&tls)
