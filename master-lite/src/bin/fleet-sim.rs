@@ -378,6 +378,80 @@ where
     })
 }
 
+/// What one requester phase measured.
+struct Phase {
+    requesters: usize,
+    rate: f64,
+    p99: Duration,
+    /// Failed requests, nodes not woken, node errors.
+    errors: usize,
+    woken_p99: Option<Duration>,
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// The issue-13 goals this run measured, each with its verdict.
+fn summary(args: &Args, replicas: usize, phases: &[Phase], per_poll: Option<f64>) {
+    println!(
+        "\nsummary: engine {}, {replicas} replica(s), {} nodes; load average {}",
+        args.engine,
+        args.nodes,
+        bench_util::loadavg()
+    );
+    for p in phases {
+        println!(
+            "  {:>3} requester(s): {:.0} req/s, p99 {}, errors {}",
+            p.requesters,
+            p.rate,
+            ms(p.p99),
+            p.errors
+        );
+    }
+    if let Some(per) = per_poll {
+        println!(
+            "goal memory per held poll: <= 16 KB, measured {per:.1} KB: {}",
+            met(per <= 16.0)
+        );
+    }
+    if let Some(w) = phases.iter().filter_map(|p| p.woken_p99).max() {
+        let errors: usize = phases.iter().map(|p| p.errors).sum();
+        println!(
+            "goal change -> node woken p99: <= 1 s with no errors, measured {} ({errors} \
+             errors): {}",
+            ms(w),
+            met(w <= Duration::from_secs(1) && errors == 0)
+        );
+    }
+    let one = phases.iter().find(|p| p.requesters == 1);
+    for p in phases.iter().filter(|p| p.requesters > 1) {
+        let Some(one) = one else { break };
+        let ratio = p.rate / one.rate.max(1e-9);
+        if args.engine == "sqlite" {
+            println!(
+                "goal SQLite {} requesters: >= 5x the 1-requester rate, measured {ratio:.2}x: {}",
+                p.requesters,
+                met(ratio >= 5.0)
+            );
+            println!(
+                "goal SQLite {} requesters p99: <= 20 ms, measured {}: {}",
+                p.requesters,
+                ms(p.p99),
+                met(p.p99 <= Duration::from_millis(20) && p.errors == 0)
+            );
+        } else {
+            println!(
+                "PostgreSQL, {replicas} replicas, {} requesters: {:.0} req/s = {ratio:.2}x the \
+                 1-requester rate, p99 {} (printed beside SQLite's; no goal)",
+                p.requesters,
+                p.rate,
+                ms(p.p99)
+            );
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let nofile = master_lite::server::raise_nofile();
@@ -551,6 +625,7 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64(),
         board.errors.load(Ordering::Relaxed)
     );
+    let mut per_poll: Option<f64> = None;
     for (r, rep) in reps.iter().enumerate() {
         let now = rep.rss_kib();
         let per = if args.nodes > 0 {
@@ -564,9 +639,13 @@ fn main() -> Result<()> {
             now / 1024,
             per
         );
+        if args.nodes > 0 {
+            per_poll = Some(per_poll.map_or(per, |p: f64| p.max(per)));
+        }
     }
 
     // 3. Requester phases.
+    let mut phases: Vec<Phase> = Vec::new();
     for (next_target, &c) in args.requesters.iter().enumerate() {
         let cpu0: Vec<f64> = reps.iter().map(Replica::cpu_secs).collect();
         let sim0 = self_cpu();
@@ -633,6 +712,13 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2)); // late wake-ups land
         let mut lat = lat.into_inner().map_err(|_| anyhow::anyhow!("lat lock"))?;
         let n = lat.len();
+        let mut phase = Phase {
+            requesters: c,
+            rate: n as f64 / took.as_secs_f64(),
+            p99: pct(&mut lat, 0.99),
+            errors: errors.load(Ordering::Relaxed),
+            woken_p99: None,
+        };
         println!(
             "\n{c} requester(s), {} requests: {:.0} req/s, latency p50 {} p99 {}, errors {}",
             args.requests,
@@ -658,6 +744,8 @@ fn main() -> Result<()> {
                     woke.push(Duration::from_nanos(w - s));
                 }
             }
+            phase.woken_p99 = Some(pct(&mut woke, 0.99));
+            phase.errors += missed;
             println!(
                 "change -> node woken: p50 {} p99 {} ({} woken, {missed} not woken within 2 s \
                  of the phase's end); polls held now {}",
@@ -680,7 +768,10 @@ fn main() -> Result<()> {
             self_cpu() - sim0,
             board.errors.load(Ordering::Relaxed)
         );
+        phase.errors += board.errors.load(Ordering::Relaxed);
+        phases.push(phase);
     }
+    summary(&args, replicas, &phases, per_poll);
     std::io::stdout().flush()?;
     drop(rt);
     drop(reps);
