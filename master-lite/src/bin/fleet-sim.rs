@@ -348,18 +348,23 @@ fn registration(id: &str, partitions: usize) -> RegisterComputer {
 
 /// Run `f(&mut state, i)` for `i in 0..n` over `threads` threads, each with its own state
 /// (a kept-alive client) made by `init(thread)`.
-fn parallel<S, I, F>(n: usize, threads: usize, init: I, f: F) -> Result<()>
+/// Run `f` on `n` items from `threads` threads, each with the state `init` made for it; the
+/// items start once every thread's state is ready (connections open), at the returned instant.
+fn parallel<S, I, F>(n: usize, threads: usize, init: I, f: F) -> Result<Instant>
 where
     I: Fn(usize) -> Result<S> + Sync,
     F: Fn(&mut S, usize) -> Result<()> + Sync,
 {
     let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
+    let ready = std::sync::Barrier::new(threads + 1);
+    let start = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
-                let (next, init, f) = (&next, &init, &f);
+                let (next, init, f, ready) = (&next, &init, &f, &ready);
                 s.spawn(move || -> Result<()> {
-                    let mut state = init(t)?;
+                    let state = init(t);
+                    ready.wait();
+                    let mut state = state?;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= n {
@@ -370,12 +375,15 @@ where
                 })
             })
             .collect();
+        ready.wait();
+        let start = Instant::now();
         for h in hs {
             h.join()
                 .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
         }
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(start)
+    })?;
+    Ok(start)
 }
 
 /// What one requester phase measured.
@@ -660,12 +668,16 @@ fn main() -> Result<()> {
             .collect();
         let errors = AtomicUsize::new(0);
         let lat = std::sync::Mutex::new(Vec::with_capacity(args.requests));
-        let phase = Instant::now();
         let tag = format!("c{c}");
-        parallel(
+        // Each requester's connection is open (one call answered) before the clock starts.
+        let phase = parallel(
             args.requests,
             c,
-            |t| Ok(ops_client(t)?),
+            |t| {
+                let client = ops_client(t)?;
+                client.health()?;
+                Ok(client)
+            },
             |client, k| {
                 let target = targets[k];
                 let computer = if args.nodes > 0 {
@@ -756,10 +768,12 @@ fn main() -> Result<()> {
             );
         }
         for (r, rep) in reps.iter().enumerate() {
+            let cpu = rep.cpu_secs() - cpu0[r];
             println!(
-                "replica {r}: CPU {:.2} s over the phase ({:.0} %), RSS {} MB",
-                rep.cpu_secs() - cpu0[r],
-                (rep.cpu_secs() - cpu0[r]) / took.as_secs_f64() * 100.0,
+                "replica {r}: CPU {cpu:.2} s over the phase ({:.0} %, {:.0} us per request), RSS \
+                 {} MB",
+                cpu / took.as_secs_f64() * 100.0,
+                cpu / n.max(1) as f64 * 1e6,
                 rep.rss_kib() / 1024
             );
         }

@@ -916,12 +916,7 @@ impl Store {
         if req.state != Some(InstanceState::Destroyed) {
             let url = req.software_url.as_str();
             let model: Option<String> = tx
-                .q_row(
-                    "SELECT parameter_model FROM software
-                     WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1",
-                    [url],
-                    |r| r.get(0),
-                )
+                .q_row(RELEASE_MODEL, [url], |r| r.get(0))
                 .optional()
                 .op("look up the release's parameter model")?;
             if let Some(m) = model {
@@ -2027,6 +2022,12 @@ impl Sla {
         (sql, args)
     }
 }
+
+/// The parameter model of a release, if any computer reported one: looked up on every new
+/// request, so it searches the partial index `software_url_model` (migration 10) instead of
+/// scanning one `software` row per computer and release.
+const RELEASE_MODEL: &str = "SELECT parameter_model FROM software
+                             WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1";
 
 /// The first free partition, in registration order, of a computer that matches `sla` and has
 /// `url` supplied. On failure, a message saying which condition nothing met.
