@@ -235,9 +235,13 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 10: every new request looks up its release's parameter model by URL; without this index
     // that was a scan of one `software` row per computer and release (65 us per request at 2,000
-    // computers, growing with the fleet).
+    // computers, growing with the fleet). And allocation takes a computer's lowest free
+    // partition by `seq`: in `(computer, seq, id)` order it stops at the first free one, reading
+    // the index only, instead of checking every partition of the computer and sorting the free
+    // ones (1,126 partitions, 500 busy: 238 -> 106 us).
     r#"
     CREATE INDEX software_url_model ON software(url) WHERE parameter_model IS NOT NULL;
+    CREATE INDEX partition_computer_seq ON partition(computer, seq, id);
     "#,
 ];
 
@@ -425,6 +429,7 @@ pub const PG_MIGRATIONS: &[&str] = &[
     // 10
     r#"
     CREATE INDEX software_url_model ON software(url) WHERE parameter_model IS NOT NULL;
+    CREATE INDEX partition_computer_seq ON partition(computer, seq, id);
     "#,
 ];
 
