@@ -94,7 +94,7 @@ impl Replica {
     }
     /// CPU seconds used so far (user + system).
     fn cpu_secs(&self) -> f64 {
-        cpu_of(self.pid())
+        bench_util::cpu_secs(self.pid())
     }
 }
 
@@ -103,19 +103,6 @@ fn kib(v: String) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // USER_HZ: 100 on every Linux userland ABI.
-    let tck = 100.0;
-    // utime and stime are fields 14 and 15; after the ')' they are the 12th and 13th.
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / tck
 }
 
 fn self_cpu() -> f64 {

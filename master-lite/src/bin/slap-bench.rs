@@ -58,7 +58,7 @@ use slapos_proto::slap::{
 };
 
 mod bench_util;
-use bench_util::{fs_type, loadavg, proc_status};
+use bench_util::{cpu_secs, fs_type, loadavg, proc_status};
 
 const DRIVER: &str = include_str!("slap-bench.py");
 const COMPUTER: &str = "BENCH";
@@ -734,18 +734,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn fmt_ratio(r: f64) -> String {
     format!("{r:.2}")
-}
-
-/// CPU seconds (user + system) used by `pid` so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime (fields 14 and 15; the 12th and 13th after the ')'), in USER_HZ (100).
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
 }
 
 fn times(r: &Run, key: &str) -> Vec<f64> {
