@@ -250,8 +250,11 @@ async fn node(
 ) {
     let path = format!("/v1/computers/N{i}/desired");
     let mut buf = Vec::new();
+    // Held until the first answer: the client's side of a handshake ends before the master has
+    // checked the certificate, and the master caps unproven connections per source (all these
+    // nodes share one uid), so connections in flight are bounded until the master answered.
+    let permit = gate.acquire().await.ok();
     let connect = async {
-        let _permit = gate.acquire().await.ok();
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
         let name =
             rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
@@ -276,6 +279,7 @@ async fn node(
             return;
         }
     };
+    drop(permit);
     loop {
         let req = format!("GET {path}?etag={etag}&wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n");
         board.held.fetch_add(1, Ordering::Relaxed);

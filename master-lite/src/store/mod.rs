@@ -2030,7 +2030,10 @@ const RELEASE_MODEL: &str = "SELECT parameter_model FROM software
                              WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1";
 
 /// The first free partition, in registration order, of a computer that matches `sla` and has
-/// `url` supplied. On failure, a message saying which condition nothing met.
+/// `url` supplied. On failure, a message saying which condition nothing met. Free partitions
+/// are found through `partition.busy` (kept by triggers on `instance`, migration 10) and its
+/// partial indexes, so the cost does not grow with the busy partitions; that no instance holds
+/// the one found is still checked.
 fn allocate(
     tx: &Transaction<'_>,
     url: &SoftwareUrl,
@@ -2047,7 +2050,8 @@ fn allocate(
     };
     let sql = format!(
         "SELECT p.computer, p.id FROM partition p {supply}
-         WHERE CAST(?1 AS TEXT) = CAST(?1 AS TEXT) AND NOT EXISTS (SELECT 1 FROM instance i
+         WHERE CAST(?1 AS TEXT) = CAST(?1 AS TEXT) AND p.busy = 0
+           AND NOT EXISTS (SELECT 1 FROM instance i
                            WHERE i.computer = p.computer AND i.partition = p.id){cond}
          ORDER BY p.seq LIMIT 1"
     );
