@@ -94,7 +94,7 @@ impl Replica {
     }
     /// CPU seconds used so far (user + system).
     fn cpu_secs(&self) -> f64 {
-        cpu_of(self.pid())
+        bench_util::cpu_secs(self.pid())
     }
 }
 
@@ -103,19 +103,6 @@ fn kib(v: String) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // USER_HZ: 100 on every Linux userland ABI.
-    let tck = 100.0;
-    // utime and stime are fields 14 and 15; after the ')' they are the 12th and 13th.
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / tck
 }
 
 fn self_cpu() -> f64 {
@@ -263,8 +250,11 @@ async fn node(
 ) {
     let path = format!("/v1/computers/N{i}/desired");
     let mut buf = Vec::new();
+    // Held until the first answer: the client's side of a handshake ends before the master has
+    // checked the certificate, and the master caps unproven connections per source (all these
+    // nodes share one uid), so connections in flight are bounded until the master answered.
+    let permit = gate.acquire().await.ok();
     let connect = async {
-        let _permit = gate.acquire().await.ok();
         let tcp = tokio::net::TcpStream::connect(&addr).await?;
         let name =
             rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
@@ -289,6 +279,7 @@ async fn node(
             return;
         }
     };
+    drop(permit);
     loop {
         let req = format!("GET {path}?etag={etag}&wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n");
         board.held.fetch_add(1, Ordering::Relaxed);
@@ -348,18 +339,23 @@ fn registration(id: &str, partitions: usize) -> RegisterComputer {
 
 /// Run `f(&mut state, i)` for `i in 0..n` over `threads` threads, each with its own state
 /// (a kept-alive client) made by `init(thread)`.
-fn parallel<S, I, F>(n: usize, threads: usize, init: I, f: F) -> Result<()>
+/// Run `f` on `n` items from `threads` threads, each with the state `init` made for it; the
+/// items start once every thread's state is ready (connections open), at the returned instant.
+fn parallel<S, I, F>(n: usize, threads: usize, init: I, f: F) -> Result<Instant>
 where
     I: Fn(usize) -> Result<S> + Sync,
     F: Fn(&mut S, usize) -> Result<()> + Sync,
 {
     let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
+    let ready = std::sync::Barrier::new(threads + 1);
+    let start = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
-                let (next, init, f) = (&next, &init, &f);
+                let (next, init, f, ready) = (&next, &init, &f, &ready);
                 s.spawn(move || -> Result<()> {
-                    let mut state = init(t)?;
+                    let state = init(t);
+                    ready.wait();
+                    let mut state = state?;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= n {
@@ -370,12 +366,89 @@ where
                 })
             })
             .collect();
+        ready.wait();
+        let start = Instant::now();
         for h in hs {
             h.join()
                 .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
         }
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(start)
+    })?;
+    Ok(start)
+}
+
+/// What one requester phase measured.
+struct Phase {
+    requesters: usize,
+    rate: f64,
+    p99: Duration,
+    /// Failed requests, nodes not woken, node errors.
+    errors: usize,
+    woken_p99: Option<Duration>,
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+/// The issue-13 goals this run measured, each with its verdict.
+fn summary(args: &Args, replicas: usize, phases: &[Phase], per_poll: Option<f64>) {
+    println!(
+        "\nsummary: engine {}, {replicas} replica(s), {} nodes; load average {}",
+        args.engine,
+        args.nodes,
+        bench_util::loadavg()
+    );
+    for p in phases {
+        println!(
+            "  {:>3} requester(s): {:.0} req/s, p99 {}, errors {}",
+            p.requesters,
+            p.rate,
+            ms(p.p99),
+            p.errors
+        );
+    }
+    if let Some(per) = per_poll {
+        println!(
+            "goal memory per held poll: <= 16 KB, measured {per:.1} KB: {}",
+            met(per <= 16.0)
+        );
+    }
+    if let Some(w) = phases.iter().filter_map(|p| p.woken_p99).max() {
+        let errors: usize = phases.iter().map(|p| p.errors).sum();
+        println!(
+            "goal change -> node woken p99: <= 1 s with no errors, measured {} ({errors} \
+             errors): {}",
+            ms(w),
+            met(w <= Duration::from_secs(1) && errors == 0)
+        );
+    }
+    let one = phases.iter().find(|p| p.requesters == 1);
+    for p in phases.iter().filter(|p| p.requesters > 1) {
+        let Some(one) = one else { break };
+        let ratio = p.rate / one.rate.max(1e-9);
+        if args.engine == "sqlite" {
+            println!(
+                "goal SQLite {} requesters: >= 5x the 1-requester rate, measured {ratio:.2}x: {}",
+                p.requesters,
+                met(ratio >= 5.0)
+            );
+            println!(
+                "goal SQLite {} requesters p99: <= 20 ms, measured {}: {}",
+                p.requesters,
+                ms(p.p99),
+                met(p.p99 <= Duration::from_millis(20) && p.errors == 0)
+            );
+        } else {
+            println!(
+                "PostgreSQL, {replicas} replicas, {} requesters: {:.0} req/s = {ratio:.2}x the \
+                 1-requester rate, p99 {} (printed beside SQLite's; no goal)",
+                p.requesters,
+                p.rate,
+                ms(p.p99)
+            );
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -408,7 +481,16 @@ fn main() -> Result<()> {
     // The operator's certificate; this also creates the CA the replicas share.
     let ops = dir.path().join("ops");
     let out = Command::new(&bin)
-        .args(["user", "create", "ops", "--admin", "--db", &db, "--out"])
+        .args([
+            "user",
+            "create",
+            "ops",
+            "--admin",
+            "--create-db",
+            "--db",
+            &db,
+            "--out",
+        ])
         .arg(&ops)
         .arg("--tls-dir")
         .arg(&tls)
@@ -542,6 +624,7 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64(),
         board.errors.load(Ordering::Relaxed)
     );
+    let mut per_poll: Option<f64> = None;
     for (r, rep) in reps.iter().enumerate() {
         let now = rep.rss_kib();
         let per = if args.nodes > 0 {
@@ -555,9 +638,13 @@ fn main() -> Result<()> {
             now / 1024,
             per
         );
+        if args.nodes > 0 {
+            per_poll = Some(per_poll.map_or(per, |p: f64| p.max(per)));
+        }
     }
 
     // 3. Requester phases.
+    let mut phases: Vec<Phase> = Vec::new();
     for (next_target, &c) in args.requesters.iter().enumerate() {
         let cpu0: Vec<f64> = reps.iter().map(Replica::cpu_secs).collect();
         let sim0 = self_cpu();
@@ -572,12 +659,16 @@ fn main() -> Result<()> {
             .collect();
         let errors = AtomicUsize::new(0);
         let lat = std::sync::Mutex::new(Vec::with_capacity(args.requests));
-        let phase = Instant::now();
         let tag = format!("c{c}");
-        parallel(
+        // Each requester's connection is open (one call answered) before the clock starts.
+        let phase = parallel(
             args.requests,
             c,
-            |t| Ok(ops_client(t)?),
+            |t| {
+                let client = ops_client(t)?;
+                client.health()?;
+                Ok(client)
+            },
             |client, k| {
                 let target = targets[k];
                 let computer = if args.nodes > 0 {
@@ -624,6 +715,13 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2)); // late wake-ups land
         let mut lat = lat.into_inner().map_err(|_| anyhow::anyhow!("lat lock"))?;
         let n = lat.len();
+        let mut phase = Phase {
+            requesters: c,
+            rate: n as f64 / took.as_secs_f64(),
+            p99: pct(&mut lat, 0.99),
+            errors: errors.load(Ordering::Relaxed),
+            woken_p99: None,
+        };
         println!(
             "\n{c} requester(s), {} requests: {:.0} req/s, latency p50 {} p99 {}, errors {}",
             args.requests,
@@ -649,6 +747,8 @@ fn main() -> Result<()> {
                     woke.push(Duration::from_nanos(w - s));
                 }
             }
+            phase.woken_p99 = Some(pct(&mut woke, 0.99));
+            phase.errors += missed;
             println!(
                 "change -> node woken: p50 {} p99 {} ({} woken, {missed} not woken within 2 s \
                  of the phase's end); polls held now {}",
@@ -659,10 +759,12 @@ fn main() -> Result<()> {
             );
         }
         for (r, rep) in reps.iter().enumerate() {
+            let cpu = rep.cpu_secs() - cpu0[r];
             println!(
-                "replica {r}: CPU {:.2} s over the phase ({:.0} %), RSS {} MB",
-                rep.cpu_secs() - cpu0[r],
-                (rep.cpu_secs() - cpu0[r]) / took.as_secs_f64() * 100.0,
+                "replica {r}: CPU {cpu:.2} s over the phase ({:.0} %, {:.0} us per request), RSS \
+                 {} MB",
+                cpu / took.as_secs_f64() * 100.0,
+                cpu / n.max(1) as f64 * 1e6,
                 rep.rss_kib() / 1024
             );
         }
@@ -671,7 +773,10 @@ fn main() -> Result<()> {
             self_cpu() - sim0,
             board.errors.load(Ordering::Relaxed)
         );
+        phase.errors += board.errors.load(Ordering::Relaxed);
+        phases.push(phase);
     }
+    summary(&args, replicas, &phases, per_poll);
     std::io::stdout().flush()?;
     drop(rt);
     drop(reps);

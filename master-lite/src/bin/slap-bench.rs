@@ -58,7 +58,7 @@ use slapos_proto::slap::{
 };
 
 mod bench_util;
-use bench_util::{fs_type, loadavg, proc_status};
+use bench_util::{cpu_secs, fs_type, loadavg, proc_status};
 
 const DRIVER: &str = include_str!("slap-bench.py");
 const COMPUTER: &str = "BENCH";
@@ -95,6 +95,10 @@ struct Args {
     venv: PathBuf,
     server: PathBuf,
     clients: Vec<Client>,
+    /// Requesters of the concurrency phase (0: no such phase).
+    concurrent: usize,
+    /// New requests per concurrency phase (one requester, then `concurrent`).
+    concurrent_requests: usize,
 }
 
 fn args() -> Result<Args> {
@@ -109,6 +113,8 @@ fn args() -> Result<Args> {
         venv: Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/slapos/bin"),
         server: exe.with_file_name("slapos-master"),
         clients: vec![Client::Python, Client::Rust],
+        concurrent: 32,
+        concurrent_requests: 500,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -122,6 +128,8 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = val()?.parse::<usize>()?.max(1),
             "--venv" => a.venv = PathBuf::from(val()?),
             "--server" => a.server = PathBuf::from(val()?),
+            "--concurrent" => a.concurrent = val()?.parse()?,
+            "--concurrent-requests" => a.concurrent_requests = val()?.parse::<usize>()?.max(1),
             "--client" => {
                 a.clients = match val()?.as_str() {
                     "python" => vec![Client::Python],
@@ -134,6 +142,7 @@ fn args() -> Result<Args> {
                 println!(
                     "slap-bench [--dir DIR] [--partitions 100] [--requests 100] [--big 1000] \
                      [--gets 20] [--rounds 3] [--client python|rust|both (default both)] \
+                     [--concurrent 32 (0: none)] [--concurrent-requests 500] \
                      [--venv .venv/slapos/bin] [--server target/release/slapos-master]"
                 );
                 std::process::exit(0);
@@ -409,15 +418,22 @@ fn short(body: &str) -> String {
     body.chars().take(200).collect()
 }
 
-/// The Rust client: the Python driver's calls, in the same order, over one keep-alive agent
-/// (`slapos_client::http_agent`: ureq, every status handed back). Every answer must be a 200;
-/// requests must decode to a `SoftwareInstance` with a partition (slapproxy answers 404 with no
-/// free partition and 408 for a not-ready resource: both fail the run).
-fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
-    let (base, agent) = slapos_client::http_agent(&server.url, Duration::from_secs(600))?;
-    // The body of a 200 answer, else an error with the status and the start of the body.
-    let answer = |what: String, resp: ureq::http::Response<ureq::Body>| -> Result<String> {
-        let mut resp = resp;
+/// The Rust SLAP client: one keep-alive agent (`slapos_client::http_agent`: ureq, every status
+/// handed back). Every answer must be a 200; requests must decode to a `SoftwareInstance` with a
+/// partition (slapproxy answers 404 with no free partition and 408 for a not-ready resource).
+struct Slap {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Slap {
+    fn new(url: &str) -> Result<Self> {
+        let (base, agent) = slapos_client::http_agent(url, Duration::from_secs(600))?;
+        Ok(Self { base, agent })
+    }
+
+    /// The body of a 200 answer, else an error with the status and the start of the body.
+    fn answer(what: String, mut resp: ureq::http::Response<ureq::Body>) -> Result<String> {
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
@@ -429,44 +445,85 @@ fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
             bail!("{what}: {status} {}", short(&body));
         }
         Ok(body)
-    };
-    let get = |route: &str, query: &[(&str, &str)]| -> Result<String> {
-        let mut req = agent.get(format!("{base}/{route}"));
+    }
+
+    fn get(&self, route: &str, query: &[(&str, &str)]) -> Result<String> {
+        let mut req = self.agent.get(format!("{}/{route}", self.base));
         for (k, v) in query {
             req = req.query(k, v);
         }
         let what = format!("GET {route}");
         let resp = req.call().with_context(|| what.clone())?;
-        answer(what, resp)
-    };
-    let post = |route: &str, form: &[(&str, String)]| -> Result<String> {
+        Self::answer(what, resp)
+    }
+
+    fn post(&self, route: &str, form: &[(&str, String)]) -> Result<String> {
         let what = format!("POST {route}");
-        let resp = agent
-            .post(format!("{base}/{route}"))
+        let resp = self
+            .agent
+            .post(format!("{}/{route}", self.base))
             .send_form(form.iter().map(|(k, v)| (*k, v.as_str())))
             .with_context(|| what.clone())?;
-        answer(what, resp)
-    };
-    let register = |xml: &str| post("loadComputerConfigurationFromXML", &[("xml", xml.into())]);
-    let request = |i: usize| -> Result<()> {
-        let body = post("requestComputerPartition", &request_form(i)?)?;
+        Self::answer(what, resp)
+    }
+
+    fn register(&self, xml: &str) -> Result<String> {
+        self.post("loadComputerConfigurationFromXML", &[("xml", xml.into())])
+    }
+
+    fn supply(&self) -> Result<String> {
+        let supply = [
+            ("url", SR.to_owned()),
+            ("computer_id", COMPUTER.to_owned()),
+            ("state", "available".to_owned()),
+        ];
+        self.post("supplySupply", &supply)
+    }
+
+    /// Request `inst<i>`; its partition.
+    fn request(&self, i: usize) -> Result<String> {
+        let body = self.post("requestComputerPartition", &request_form(i)?)?;
         let doc = SoftwareInstanceDoc::from_value(&loads(&body)?)
             .with_context(|| format!("request inst{i}: {}", short(&body)))?;
-        if doc.str_attr("slap_computer_partition_id").is_none() {
-            bail!("request inst{i}: no partition in {}", short(&body));
+        match doc.str_attr("slap_computer_partition_id") {
+            Some(p) => Ok(p.to_owned()),
+            None => bail!("request inst{i}: no partition in {}", short(&body)),
         }
-        Ok(())
-    };
-    let full_info = || get("getFullComputerInformation", &[("computer_id", COMPUTER)]);
-    let floor = || {
-        get(
+    }
+
+    fn full_info(&self) -> Result<String> {
+        self.get("getFullComputerInformation", &[("computer_id", COMPUTER)])
+    }
+
+    /// Partitions of the computer that are not destroyed (busy), as the client decodes them.
+    fn busy(&self) -> Result<usize> {
+        let doc = ComputerDoc::from_value(&loads(&self.full_info()?)?)?;
+        Ok(doc
+            .partition_list
+            .iter()
+            .filter(|p| p.requested_state.as_deref() != Some("destroyed"))
+            .count())
+    }
+
+    /// A constant answer: the client's round trip with no store access.
+    fn floor(&self) -> Result<String> {
+        self.get(
             "getComputerPartitionStatus",
             &[
                 ("computer_id", COMPUTER),
                 ("computer_partition_id", "slappart0"),
             ],
         )
-    };
+    }
+}
+
+/// The Rust client: the Python driver's calls, in the same order, over one keep-alive agent.
+fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
+    let c = Slap::new(&server.url)?;
+    let register = |xml: &str| c.register(xml);
+    let request = |i: usize| c.request(i).map(drop);
+    let full_info = || c.full_info();
+    let floor = || c.floor();
 
     let mut s = Samples::default();
     for _ in 0..20 {
@@ -477,12 +534,7 @@ fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
     for _ in 0..3 {
         s.timed("register_warm", || register(&body))?;
     }
-    let supply = [
-        ("url", SR.to_owned()),
-        ("computer_id", COMPUTER.to_owned()),
-        ("state", "available".to_owned()),
-    ];
-    s.timed("supply", || post("supplySupply", &supply))?;
+    s.timed("supply", || c.supply())?;
     for i in 0..a.requests {
         s.timed("request_new", || request(i))?;
     }
@@ -497,14 +549,7 @@ fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
     }
     s.sizes
         .insert(format!("full_info_{}_bytes", a.partitions), size);
-    let busy = s.timed("full_info_client", || {
-        let doc = ComputerDoc::from_value(&loads(&full_info()?)?)?;
-        Ok(doc
-            .partition_list
-            .iter()
-            .filter(|p| p.requested_state.as_deref() != Some("destroyed"))
-            .count())
-    })?;
+    let busy = s.timed("full_info_client", || c.busy())?;
     if busy != a.requests {
         bail!("{busy} busy partitions, expected {}", a.requests);
     }
@@ -520,6 +565,175 @@ fn drive_rust(a: &Args, server: &Server) -> Result<Phases> {
         s.sizes.insert(format!("full_info_{}_bytes", a.big), size);
     }
     Ok(s.into_phases())
+}
+
+/// One phase of new requests: `threads` requesters (one keep-alive client each) issue `n`
+/// requests in all, `inst<first>` on.
+struct Load {
+    threads: usize,
+    took: f64,
+    /// Seconds per answered request, sorted.
+    lat: Vec<f64>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Load {
+    fn run(url: &str, threads: usize, first: usize, n: usize) -> Result<Load> {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let clients: Vec<Slap> = (0..threads)
+            .map(|_| Slap::new(url))
+            .collect::<Result<_>>()?;
+        // Connections open before the clock starts.
+        for c in &clients {
+            c.floor()?;
+        }
+        let next = AtomicUsize::new(first);
+        let lat = Mutex::new(Vec::with_capacity(n));
+        let failed = Mutex::new((0, None));
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for c in &clients {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= first + n {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let r = c.request(i);
+                        let dt = t.elapsed().as_secs_f64();
+                        match r {
+                            Ok(_) => lock(&lat).push(dt),
+                            Err(e) => {
+                                let mut f = lock(&failed);
+                                f.0 += 1;
+                                f.1.get_or_insert_with(|| format!("{e:#}"));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let took = t.elapsed().as_secs_f64();
+        let mut lat = lat
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lat.sort_by(f64::total_cmp);
+        let (errors, first_error) = failed
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Load {
+            threads,
+            took,
+            lat,
+            errors,
+            first_error,
+        })
+    }
+
+    fn rate(&self) -> f64 {
+        self.lat.len() as f64 / self.took.max(1e-9)
+    }
+
+    fn print(&self, server: &str) {
+        let show = |p| pct(&self.lat, p).map_or_else(|| "-".into(), ms);
+        println!(
+            "{server:<12} {:>3} requester(s): {:>7.0} req/s, latency p50 {:>9} p99 {:>9}, \
+             errors {}",
+            self.threads,
+            self.rate(),
+            show(50.0),
+            show(99.0),
+            self.errors
+        );
+        if let Some(e) = &self.first_error {
+            println!("{server:<12}     first error: {}", short(e));
+        }
+    }
+}
+
+/// The concurrency phases on a fresh server: a computer with room for every request, the
+/// release supplied, then [`Load`] with one requester and with `a.concurrent`; returns both and
+/// how many acknowledged requests have no busy partition afterwards (given a partition another
+/// request also got).
+fn drive_concurrent(a: &Args, server: &Server) -> Result<(Load, Load, usize)> {
+    std::thread::sleep(SETTLE);
+    let k = a.concurrent_requests;
+    let c = Slap::new(&server.url)?;
+    c.register(&format_payload(2 * k + k / 4 + 1)?)?;
+    c.supply()?;
+    let one = Load::run(&server.url, 1, 0, k)?;
+    let many = Load::run(&server.url, a.concurrent, k, k)?;
+    let acked = one.lat.len() + many.lat.len();
+    let lost = acked.saturating_sub(c.busy()?);
+    Ok((one, many, lost))
+}
+
+/// Both servers under the same concurrent load, each on a fresh database; the master-lite
+/// goals (issue 13: at least 5x the one-requester rate, p99 at most 20 ms).
+fn concurrency(a: &Args, work: &Path) -> Result<()> {
+    println!(
+        "\nconcurrent new requests, classic route, rust client: {} requests with 1 requester, \
+         then {} with {} requesters (one keep-alive connection each); load average {}",
+        a.concurrent_requests,
+        a.concurrent_requests,
+        a.concurrent,
+        loadavg()
+    );
+    let (pd, ld) = (work.join("conc-slapproxy"), work.join("conc-master-lite"));
+    std::fs::create_dir_all(&pd)?;
+    std::fs::create_dir_all(&ld)?;
+    let proxy = start_slapproxy(&a.venv, &pd)?;
+    let (p1, pn, plost) = drive_concurrent(a, &proxy)?;
+    drop(proxy);
+    let lite = start_master_lite(&a.server, &ld)?;
+    let cpu0 = cpu_secs(lite.child.id());
+    let (l1, ln, llost) = drive_concurrent(a, &lite)?;
+    let cpu = cpu_secs(lite.child.id()) - cpu0;
+    drop(lite);
+    for (name, one, many, lost) in [
+        ("slapproxy", &p1, &pn, plost),
+        ("master-lite", &l1, &ln, llost),
+    ] {
+        one.print(name);
+        many.print(name);
+        println!(
+            "{name:<12}     {}x the one-requester rate; acknowledged but lost (partition given \
+             twice): {lost}",
+            fmt_ratio(many.rate() / one.rate().max(1e-9))
+        );
+    }
+    let answered = (l1.lat.len() + ln.lat.len()).max(1);
+    println!(
+        "master-lite CPU: {:.0} us per request over both phases ({:.2} s); load average {}",
+        cpu / answered as f64 * 1e6,
+        cpu,
+        loadavg()
+    );
+    verdict(
+        &format!("master-lite {} requesters vs 1 (rate)", a.concurrent),
+        Some(ln.rate() / l1.rate().max(1e-9)),
+        5.0,
+    );
+    let p99 = pct(&ln.lat, 99.0);
+    let met = p99.is_some_and(|v| v <= 0.020) && ln.errors == 0 && llost == 0;
+    println!(
+        "goal master-lite {} requesters p99: <= 20 ms, measured {}: {}",
+        a.concurrent,
+        p99.map_or_else(|| "?".into(), ms),
+        if met { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn fmt_ratio(r: f64) -> String {
+    format!("{r:.2}")
 }
 
 fn times(r: &Run, key: &str) -> Vec<f64> {
@@ -734,6 +948,9 @@ fn run(a: &Args, work: &Path) -> Result<()> {
     for (client, (p, l)) in runs {
         report(a, client, p, l, wal);
     }
+    if a.concurrent > 0 {
+        concurrency(a, work)?;
+    }
     Ok(())
 }
 
@@ -869,5 +1086,21 @@ fn report(a: &Args, client: Client, p: Run, l: Run, wal: f64) {
                 proxy / (floor + wal)
             );
         }
+    }
+    if let (Some(req), Some(floor)) = (med(&l, "request_new"), med(&l, "floor")) {
+        // Issue 13: one requester's new request costs at most 1.5x the floor: the same
+        // client's constant-answer round trip plus one durable WAL commit, both measured here.
+        let anchor = floor + wal;
+        let met = req <= 1.5 * anchor;
+        println!(
+            "goal master-lite request latency, one requester (median): <= 1.5x the floor \
+             (client floor {} + WAL commit {} = {}), measured {} = {:.2}x: {}",
+            ms(floor),
+            ms(wal),
+            ms(anchor),
+            ms(req),
+            req / anchor,
+            if met { "met" } else { "NOT met" }
+        );
     }
 }

@@ -922,12 +922,7 @@ impl Store {
         if req.state != Some(InstanceState::Destroyed) {
             let url = req.software_url.as_str();
             let model: Option<String> = tx
-                .q_row(
-                    "SELECT parameter_model FROM software
-                     WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1",
-                    [url],
-                    |r| r.get(0),
-                )
+                .q_row(RELEASE_MODEL, [url], |r| r.get(0))
                 .optional()
                 .op("look up the release's parameter model")?;
             if let Some(m) = model {
@@ -2045,8 +2040,17 @@ impl Sla {
     }
 }
 
+/// The parameter model of a release, if any computer reported one: looked up on every new
+/// request, so it searches the partial index `software_url_model` (migration 11) instead of
+/// scanning one `software` row per computer and release.
+const RELEASE_MODEL: &str = "SELECT parameter_model FROM software
+                             WHERE url = ?1 AND parameter_model IS NOT NULL LIMIT 1";
+
 /// The first free partition, in registration order, of a computer that matches `sla` and has
-/// `url` supplied. On failure, a message saying which condition nothing met.
+/// `url` supplied. On failure, a message saying which condition nothing met. Free partitions
+/// are found through `partition.busy` (kept by triggers on `instance`, migration 11) and its
+/// partial indexes, so the cost does not grow with the busy partitions; that no instance holds
+/// the one found is still checked.
 fn allocate(
     tx: &Transaction<'_>,
     url: &SoftwareUrl,
@@ -2063,7 +2067,8 @@ fn allocate(
     };
     let sql = format!(
         "SELECT p.computer, p.id FROM partition p {supply}
-         WHERE CAST(?1 AS TEXT) = CAST(?1 AS TEXT) AND NOT EXISTS (SELECT 1 FROM instance i
+         WHERE CAST(?1 AS TEXT) = CAST(?1 AS TEXT) AND p.busy = 0
+           AND NOT EXISTS (SELECT 1 FROM instance i
                            WHERE i.computer = p.computer AND i.partition = p.id){cond}
          ORDER BY p.seq LIMIT 1"
     );

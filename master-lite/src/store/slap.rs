@@ -718,6 +718,17 @@ fn bump_all(tx: &mut Tx<'_>, ids: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// The condition selecting partition `?2` by `col` when `only` names one, else every partition
+/// (`?2` is then NULL). Two texts rather than one `(?2 IS NULL OR col = ?2)`, which the planner
+/// cannot use an index for: a classic request read every partition of its computer for the one
+/// it answers with.
+fn only_partition(col: &str, only: Option<&str>) -> String {
+    match only {
+        Some(_) => format!("{col} = ?2"),
+        None => "CAST(?2 AS TEXT) IS NULL".to_owned(),
+    }
+}
+
 /// Partitions of computer `c` (only `p` when given) with their instance and `ip_list`.
 fn slap_partitions(
     tx: &super::sql::Transaction<'_>,
@@ -728,8 +739,11 @@ fn slap_partitions(
     for (p, iface, addr) in rows(
         tx,
         "read partition addresses",
-        "SELECT partition, interface, address FROM slap_address
-         WHERE computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR partition = ?2) ORDER BY partition, seq",
+        &format!(
+            "SELECT partition, interface, address FROM slap_address
+             WHERE computer = ?1 AND {} ORDER BY partition, seq",
+            only_partition("partition", only)
+        ),
         params![c, only],
         |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)),
     )? {
@@ -741,8 +755,9 @@ fn slap_partitions(
         &format!(
             "SELECT p.id, p.addresses, p.interface, {} FROM partition p LEFT JOIN instance i
              ON i.computer = p.computer AND i.partition = p.id
-             WHERE p.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR p.id = ?2) ORDER BY p.seq",
-            InstanceRow::COLUMNS_I
+             WHERE p.computer = ?1 AND {} ORDER BY p.seq",
+            InstanceRow::COLUMNS_I,
+            only_partition("p.id", only)
         ),
         params![c, only],
         |r| {
@@ -1087,9 +1102,12 @@ pub(super) fn hosted_shared(
     for (host, e) in rows(
         tx,
         "read shared instances",
-        "SELECT s.host, s.root, s.title, s.software_type, s.parameters
-         FROM slap_shared s JOIN instance i ON i.id = s.host
-         WHERE i.computer = ?1 AND (CAST(?2 AS TEXT) IS NULL OR i.partition = ?2) ORDER BY s.rowid",
+        &format!(
+            "SELECT s.host, s.root, s.title, s.software_type, s.parameters
+             FROM slap_shared s JOIN instance i ON i.id = s.host
+             WHERE i.computer = ?1 AND {} ORDER BY s.rowid",
+            only_partition("i.partition", only)
+        ),
         params![c, only],
         |r| {
             Ok((

@@ -1510,3 +1510,40 @@ fn the_delegated_computer_id_is_reserved() {
     assert!(matches!(e, StoreError::Invalid(_)), "{e}");
     assert!(e.to_string().contains("reserved"), "{e}");
 }
+
+/// Partitions whose `busy` flag (migration 11, kept by triggers on `instance`) disagrees with
+/// the instances holding them.
+fn busy_flag_mismatches(s: &Store) -> Vec<String> {
+    s.connection()
+        .query_map(
+            "SELECT p.computer || '/' || p.id FROM partition p
+             WHERE p.busy <> CASE WHEN EXISTS (SELECT 1 FROM instance i
+                 WHERE i.computer = p.computer AND i.partition = p.id) THEN 1 ELSE 0 END",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn partition_busy_flags_follow_allocation_and_freeing() {
+    let Some(mut s) = ready(3) else { return };
+    let a = s.request(&req("a", SR), None, 2).unwrap();
+    let b = s.request(&req("b", SR), None, 3).unwrap();
+    assert_eq!(busy_flag_mismatches(&s), Vec::<String>::new());
+    s.set_state(&title("a"), InstanceState::Destroyed).unwrap();
+    assert!(
+        node_reports(&mut s, &a.partition, InstanceState::Destroyed)
+            .unwrap()
+            .freed
+    );
+    assert_eq!(busy_flag_mismatches(&s), Vec::<String>::new());
+    // The freed partition is the lowest free one again: allocation reads the flag.
+    let c = s.request(&req("c", SR), None, 4).unwrap();
+    assert_eq!(c.partition, a.partition);
+    assert_ne!(c.partition, b.partition);
+    let d = s.request(&req("d", SR), None, 5).unwrap();
+    assert_eq!(busy_flag_mismatches(&s), Vec::<String>::new());
+    let err = s.request(&req("e", SR), None, 6).unwrap_err();
+    assert!(matches!(err, StoreError::NoAllocation(_)), "{err} ({d:?})");
+}
