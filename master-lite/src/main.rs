@@ -182,7 +182,8 @@ enum Cmd {
     },
     /// Supply a software release to a computer (or remove it).
     Supply {
-        /// Release URL (http(s)://, file:// or an absolute path).
+        /// Release URL: what a slapos-node fetches (http(s)://, file:// or an absolute path);
+        /// the master records any other string with a warning.
         url: String,
         /// Computer id [default: the master's only computer, if it has exactly one].
         #[arg(long)]
@@ -668,6 +669,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             remove,
         } => {
             let url = SoftwareUrl::parse(url)?;
+            if !remove {
+                warn_unfetchable(&url);
+            }
             let c = match computer {
                 Some(id) => ComputerId::parse(id)?,
                 None => only_computer(&client()?)?,
@@ -704,9 +708,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             shared,
         } => {
+            let software_url = SoftwareUrl::parse(url)?;
+            warn_unfetchable(&software_url);
             let req = InstanceRequest {
                 title: InstanceTitle::parse(title)?,
-                software_url: SoftwareUrl::parse(url)?,
+                software_url,
                 software_type: SoftwareType::parse(software_type)?,
                 parameters: parameters(params_json.as_deref(), &params)?,
                 sla: pairs(&sla, "--sla")?.into_iter().collect(),
@@ -1093,6 +1099,19 @@ impl WaitProgress {
 
 /// `supply` without `--computer`: the master's only computer, else a usage error naming the
 /// ones that exist.
+/// Said on stderr, not refused: the master takes any URL string (SLAP clients do), and a
+/// native user must be able to re-request or remove what they supplied; but a slapos-node
+/// installs only the fetchable forms, and would report this release's install as an error.
+fn warn_unfetchable(url: &SoftwareUrl) {
+    if !url.is_fetchable() {
+        eprintln!(
+            "warning: software URL `{url}` is not {}: the master records it, but a slapos-node \
+             cannot install it",
+            slapos_proto::FETCHABLE_URL_FORMS
+        );
+    }
+}
+
 fn only_computer(client: &Client) -> Result<ComputerId> {
     let list = client.computers()?;
     match list.as_slice() {

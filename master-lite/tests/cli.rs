@@ -1,7 +1,7 @@
 //! The contract `slapos-master` offers scripts (docs/cli.md), on the real binary: each exit code,
 //! JSON errors under `--json`, `--help`/`--version`, settings from `SLAPOS_MASTER*`, client.toml
 //! and `serve --config`, operator commands that refuse to create a database, and `supply`
-//! choosing the only computer.
+//! choosing the only computer (and warning about a URL no node fetches).
 
 mod common;
 
@@ -330,6 +330,23 @@ fn supply_without_computer_picks_the_only_one_else_lists_them() {
     );
     let info = c.computer(&cid("C1")).unwrap();
     assert_eq!(info.software.len(), 1);
+
+    // A URL a node does not fetch is recorded (as a SLAP client's would be), with a warning;
+    // its removal is not warned about.
+    let env = [("SLAPOS_MASTER", url.as_str())];
+    let o = cli_in(dir.path(), &env, &["supply", "bar"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("warning: software URL `bar`")
+            && err.contains(slapos_proto::FETCHABLE_URL_FORMS),
+        "{err}"
+    );
+    assert!(text(&o.stdout).contains("bar on C1: supplied"));
+    let o = cli_in(dir.path(), &env, &["supply", "bar", "--remove"]);
+    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    assert_eq!(c.computer(&cid("C1")).unwrap().software.len(), 2);
 
     c.register(&registration("C2", &["p0"])).unwrap();
     let o = supply();

@@ -306,6 +306,101 @@ async fn software_installation_supply_list_and_destroyed() {
     assert_eq!(r.1, json!({"result_list": []}));
 }
 
+/// slapproxy's free texts: a software URL without a scheme (`bar`) and partition addresses
+/// that are no IP literals (`MyFirstIpAddress`), each address with its own interface. The
+/// SLAP answers give them back as sent; a node's desired state, native or SLAP, still decodes
+/// (the native one never carries addresses; a node reports `bar` as its install error).
+#[tokio::test]
+async fn any_software_url_and_address_text_as_slapproxy_and_nodes_still_decode() {
+    let m = Rpc::new();
+    let r = m
+        .post(
+            "/slapos.put.v0.compute_node_format",
+            json!({"computer_guid": "computer", "compute_partition_list": [
+                {"partition_id": "slappart0", "ip_list": [
+                    {"ip-address": "MyFirstIpAddress", "network-interface": "MyFirstNetworkInterface",
+                     "netmask": "MyFirstNetmask"},
+                    {"ip-address": "fd00::1", "network-interface": "MySecondNetworkInterface"},
+                    {"ip-address": "10.0.0.1"}]}]}),
+        )
+        .await;
+    assert_eq!(r, (StatusCode::OK, success("Formatted")));
+    let r = m
+        .post(
+            "/slapos.post.v0.software_installation",
+            json!({"computer_guid": "computer", "software_release_uri": "bar"}),
+        )
+        .await;
+    assert_eq!(r, (StatusCode::OK, success("Supplied bar to be available")));
+    let r = m
+        .request("foo", json!({"software_release_uri": "bar"}))
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    assert_eq!(r.1["software_release_uri"], "bar");
+    assert_eq!(
+        r.1["ip_list"],
+        json!([
+            ["MyFirstNetworkInterface", "MyFirstIpAddress"],
+            ["MySecondNetworkInterface", "fd00::1"],
+            ["slappart0", "10.0.0.1"]
+        ])
+    );
+    // A second request finds no free partition: slapproxy's 403, not a 400 on the URL.
+    let r = m
+        .request("other", json!({"software_release_uri": "bar"}))
+        .await;
+    assert_eq!(
+        r,
+        (
+            StatusCode::FORBIDDEN,
+            error(
+                403,
+                "Forbidden",
+                "No free computer partition found for: other"
+            )
+        )
+    );
+    // Refused texts: control characters, an empty address.
+    for ip in [json!({"ip-address": "a\nb"}), json!({"ip-address": ""})] {
+        let r = m
+            .post(
+                "/slapos.put.v0.compute_node_format",
+                json!({"computer_guid": "computer", "compute_partition_list": [
+                    {"partition_id": "slappart0", "ip_list": [ip]}]}),
+            )
+            .await;
+        assert_eq!(r.0, StatusCode::BAD_REQUEST, "{}", r.1);
+    }
+
+    let router = m.master.router();
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let computer = slapos_proto::ComputerId::parse("computer").unwrap();
+    // The native API: only the IP literals; the desired state decodes.
+    let (status, _, body) = respond(router.clone(), get("/v1/computers/computer")).await;
+    assert_eq!(status, StatusCode::OK);
+    let info: slapos_proto::ComputerInfo = serde_json::from_slice(&body).unwrap();
+    assert_eq!(info.partitions[0].addresses, ["fd00::1", "10.0.0.1"]);
+    let (status, _, body) = respond(router.clone(), get("/v1/computers/computer/desired")).await;
+    assert_eq!(status, StatusCode::OK);
+    let desired: slapos_proto::DesiredState = serde_json::from_slice(&body).unwrap();
+    let a = desired.partitions[0].instance.as_ref().unwrap();
+    assert_eq!(a.software_url.as_str(), "bar");
+    assert!(!a.software_url.is_fetchable());
+    // A node speaking SLAP decodes the classic document into the same desired state.
+    let (status, _, body) = respond(
+        router,
+        get("/getFullComputerInformation?computer_id=computer"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.contains("MyFirstIpAddress"), "{text}");
+    let slap = node_edge::link::slap::desired_from_xml(&text, &computer).unwrap();
+    assert_eq!(slap.software[0].url.as_str(), "bar");
+    let a = slap.partitions[0].instance.as_ref().unwrap();
+    assert_eq!((a.title.as_str(), a.software_url.as_str()), ("foo", "bar"));
+}
+
 #[tokio::test]
 async fn software_instance_allocation_get_and_lists() {
     let m = Rpc::new();

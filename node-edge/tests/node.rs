@@ -1,6 +1,7 @@
 //! A whole node (current-thread runtime) against the fake master: request → installed →
 //! running → connection parameters → parameter change → stop → start → destroy; restart while
-//! the master is down; broken releases and profiles that must not poison other partitions.
+//! the master is down; broken releases (a bad hash, a URL the node does not fetch) and profiles
+//! that must not poison other partitions.
 
 mod common;
 
@@ -262,8 +263,8 @@ fn copy_dir(from: &Path, to: &Path) -> PathBuf {
 async fn failures_stay_in_their_partition() {
     let d = tempfile::tempdir().unwrap();
     let srs = d.path().join("releases");
-    let m = FakeMaster::start(COMPUTER, 6);
-    let cfg = config(&m, d.path(), 6);
+    let m = FakeMaster::start(COMPUTER, 7);
+    let cfg = config(&m, d.path(), 7);
     let node = start(cfg.clone());
 
     // 0: a release with a bad hash.
@@ -309,6 +310,8 @@ async fn failures_stay_in_their_partition() {
     m.assign(4, assignment("parent", &parent, json!({})));
     // 5: a crash-looping service still reports started; its promise says what is wrong.
     m.assign(5, assignment("crasher", &flaky_sr, json!({"crash": true})));
+    // 6: a release URL the master takes (a SLAP client's `bar`) but the node does not fetch.
+    m.assign(6, assignment("unfetchable", "bar", json!({})));
 
     let sw = until(30, "bad-hash install error", || {
         m.last_software(&bad)
@@ -330,6 +333,22 @@ async fn failures_stay_in_their_partition() {
             )
             .exists()
     );
+
+    let sw = until(30, "unfetchable URL install error", || {
+        m.last_software("bar")
+            .filter(|r| r.state == InstallState::Error)
+    })
+    .await;
+    let msg = sw.message.unwrap();
+    assert!(
+        msg.contains("`bar`") && msg.contains(slapos_proto::FETCHABLE_URL_FORMS),
+        "{msg}"
+    );
+    let r = report_with(&m, "slappart6", 30, "partition 6 error", |r| {
+        r.error.is_some()
+    })
+    .await;
+    assert!(r.error.unwrap().contains("is not installed"));
 
     let r = report_with(&m, "slappart1", 30, "flaky started, promise failing", |r| {
         r.state == InstanceState::Started && r.promises.iter().any(|p| !p.ok)

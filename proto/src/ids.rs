@@ -177,24 +177,14 @@ string_id!(
 );
 
 string_id!(
-    /// A software release URL: `http(s)://…`, `file://…` or an absolute path to a manifest.
+    /// A software release URL. To the master it is an identifier: any free text (1 to 2048
+    /// bytes, no control characters, no leading or trailing white space), as a SlapOS master
+    /// takes any URL string. Only a node fetches it, and only in the forms
+    /// [`SoftwareUrl::is_fetchable`] accepts; it never becomes a path as written (a node
+    /// installs a release under [`SoftwareUrl::hash`]).
     SoftwareUrl,
     "software url",
-    |s| {
-        check_text("software url", s, 2048)?;
-        let ok = s.starts_with("http://")
-            || s.starts_with("https://")
-            || s.starts_with("file://")
-            || s.starts_with('/');
-        if !ok {
-            return Err(IdError::new(
-                "software url",
-                s,
-                "must start with http://, https://, file:// or / (an absolute path)",
-            ));
-        }
-        Ok(())
-    }
+    |s| check_text("software url", s, 2048)
 );
 
 string_id!(
@@ -217,7 +207,27 @@ impl Default for SoftwareType {
     }
 }
 
+/// The forms of software URL a node fetches, for messages.
+pub const FETCHABLE_URL_FORMS: &str = "http://, https://, file:// or an absolute path";
+
+/// Whether a node can fetch `url` as written: `http://`, `https://`, `file://` or an absolute
+/// path ([`FETCHABLE_URL_FORMS`]). Anything else is not fetched, and never taken as a path
+/// relative to anything.
+pub fn is_fetchable_url(url: &str) -> bool {
+    url.starts_with("http://")
+        || url.starts_with("https://")
+        || url.starts_with("file://")
+        || url.starts_with('/')
+}
+
 impl SoftwareUrl {
+    /// Whether a node can fetch this release ([`is_fetchable_url`]). A URL that is not is
+    /// still a valid identifier to the master (a SLAP client may supply `bar`); a node reports
+    /// it as that release's install error.
+    pub fn is_fetchable(&self) -> bool {
+        is_fetchable_url(&self.0)
+    }
+
     /// The directory name a node installs this release into: the first 32 hex digits of the
     /// SHA-256 of the URL (SlapOS uses the MD5 of the URL; same length, stronger hash).
     pub fn hash(&self) -> String {
@@ -290,12 +300,43 @@ mod tests {
     }
 
     #[test]
-    fn software_urls_need_a_scheme_or_absolute_path() {
-        assert!(SoftwareUrl::parse("https://lab.example/sr/software.cfg").is_ok());
-        assert!(SoftwareUrl::parse("/srv/sr/software.toml").is_ok());
-        assert!(SoftwareUrl::parse("file:///srv/sr/software.toml").is_ok());
-        let err = SoftwareUrl::parse("relative/software.toml").unwrap_err();
-        assert!(err.rule.contains("must start with"));
+    fn software_urls_are_free_text_and_fetchable_only_in_four_forms() {
+        for fetchable in [
+            "https://lab.example/sr/software.cfg",
+            "http://h/sr.toml",
+            "/srv/sr/software.toml",
+            "file:///srv/sr/software.toml",
+        ] {
+            let u = SoftwareUrl::parse(fetchable).unwrap();
+            assert!(u.is_fetchable(), "{fetchable}");
+        }
+        // Identifiers to the master, as slapproxy takes them; a node does not fetch them.
+        for id_only in [
+            "bar",
+            "relative/software.toml",
+            "slapos.tests.test_slapproxy.TestSoftwareInstallation.test_destroyed",
+            "ftp://h/sr.cfg",
+            "../../etc/passwd",
+            "HTTP://h/sr.cfg",
+            "é sr",
+        ] {
+            let u = SoftwareUrl::parse(id_only).unwrap();
+            assert!(!u.is_fetchable(), "{id_only}");
+            assert_eq!(u.hash().len(), 32);
+        }
+        for (bad, rule) in [
+            ("", "must not be empty"),
+            (" /srv/sr.toml", "white space"),
+            ("/srv/sr.toml\n", "control characters"),
+            ("bar\u{0}", "control characters"),
+            ("a\tb", "control characters"),
+            (&"x".repeat(2049), "too long"),
+        ] {
+            let err = SoftwareUrl::parse(bad).unwrap_err();
+            assert_eq!(err.kind, "software url");
+            assert!(err.rule.contains(rule), "{bad:?}: {err}");
+        }
+        assert!(SoftwareUrl::parse("x".repeat(2048)).is_ok());
     }
 
     #[test]

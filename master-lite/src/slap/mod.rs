@@ -66,7 +66,7 @@ use crate::auth::{self, Action, Identity};
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
 use crate::store::{
-    RequestRules, SharedEntry, SharedRequest, SlapInstance, SlapPartition, StoreError,
+    RequestRules, SharedEntry, SharedRequest, SlapFormat, SlapInstance, SlapPartition, StoreError,
 };
 
 /// The SLAP routes, to merge into the native router.
@@ -582,6 +582,7 @@ async fn format(
     .await?;
     check_computer(&who, &cfg.reference, |c| Action::Register(c))?;
     let now = now_ms();
+    let cfg = SlapFormat::from(&cfg);
     st.db.call(move |s| s.slap_format(&cfg, now)).await?;
     Ok(text("done"))
 }

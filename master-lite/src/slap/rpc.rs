@@ -20,9 +20,12 @@
 //! requests for slapproxy's two known frontends get its fake-frontend answer
 //! (`super::frontend`).
 //!
-//! Limits: bang and rename of a shared guid are 403 `NotImplemented` (as slapproxy); the
-//! format's addresses take the first address's `network-interface` as the partition's
-//! interface; no forwarding (never 523).
+//! `compute_node_format` records each address with its own `network-interface` (the partition
+//! id when it has none), as slapproxy's `partition_network`; address texts that are not IP
+//! literals are answered back as given but kept out of the native tables.
+//!
+//! Limits: bang and rename of a shared guid are 403 `NotImplemented` (as slapproxy); no
+//! forwarding (never 523).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -31,8 +34,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use serde_json::{Map, Value as Json, json};
-use slapos_proto::slap::forms::{AddressConfiguration, PartitionConfiguration};
-use slapos_proto::slap::{self as wire, ComputerConfiguration, Value};
+use slapos_proto::slap::{self as wire, Value};
 use slapos_proto::{
     ComputerId, InstanceRequest, InstanceState, InstanceTitle, PartitionId, PartitionRef,
     SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
@@ -46,7 +48,9 @@ use super::{
 use crate::auth::{Action, Identity, InstanceFacts};
 use crate::error::ApiError;
 use crate::state::{AppState, now_ms};
-use crate::store::{SharedRequest, SharedRow, SlapPartition, Store, StoreError};
+use crate::store::{
+    SharedRequest, SharedRow, SlapAddress, SlapFormat, SlapPartition, Store, StoreError,
+};
 
 /// The `/slapos.*` routes, one per endpoint of the schema table.
 pub fn routes() -> Router<AppState> {
@@ -911,27 +915,23 @@ async fn format(st: &AppState, body: &Json, now: u64) -> RpcResult {
             .ok_or_else(|| bad("'partition_id' is a required property"))?;
         let ips = p.get("ip_list").and_then(Json::as_array).unwrap_or(&empty);
         let mut addresses = Vec::new();
-        let mut tap_name = None;
         for ip in ips {
             let field = |k| ip.get(k).and_then(Json::as_str);
-            let addr =
+            let address =
                 field("ip-address").ok_or_else(|| bad("'ip-address' is a required property"))?;
-            if tap_name.is_none() {
-                tap_name = field("network-interface").map(str::to_owned);
-            }
-            addresses.push(AddressConfiguration {
-                addr: addr.to_owned(),
+            addresses.push(SlapAddress {
+                interface: field("network-interface")
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or(id)
+                    .to_owned(),
+                address: address.to_owned(),
                 netmask: field("netmask").unwrap_or("").to_owned(),
             });
         }
-        partitions.push(PartitionConfiguration {
-            reference: id.to_owned(),
-            addresses,
-            tap_name,
-        });
+        partitions.push((id.to_owned(), addresses));
     }
-    let cfg = ComputerConfiguration {
-        reference: body
+    let cfg = SlapFormat {
+        computer: body
             .get("computer_guid")
             .and_then(Json::as_str)
             .unwrap_or("")
@@ -939,7 +939,6 @@ async fn format(st: &AppState, body: &Json, now: u64) -> RpcResult {
         address: None,
         netmask: None,
         partitions,
-        raw: slapos_proto::slap::Value::None,
     };
     st.db.call(move |s| s.slap_format(&cfg, now)).await?;
     success("Formatted")

@@ -54,8 +54,8 @@ pub use usage_series::{MAX_BUCKETS as MAX_USAGE_BUCKETS, UsagePoint};
 pub use identity::{CertificateRow, Enrolled};
 
 pub use slap::{
-    SharedEntry, SharedPlacement, SharedRequest, SharedRow, SlapComputer, SlapComputerRow,
-    SlapInstance, SlapPartition,
+    MAX_ADDRESS_TEXT, SharedEntry, SharedPlacement, SharedRequest, SharedRow, SlapAddress,
+    SlapComputer, SlapComputerRow, SlapFormat, SlapInstance, SlapPartition,
 };
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

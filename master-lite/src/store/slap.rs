@@ -174,6 +174,109 @@ impl From<InstanceRow> for SlapInstance {
     }
 }
 
+/// A format payload as the store records it: the classic `loadComputerConfigurationFromXML`
+/// dictionary ([`SlapFormat::from`]) or a JSON-RPC `compute_node_format` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlapFormat {
+    /// The computer id.
+    pub computer: String,
+    /// The computer's `address` (classic payload only).
+    pub address: Option<String>,
+    /// The computer's `netmask` (classic payload only).
+    pub netmask: Option<String>,
+    /// Partition ids with their addresses, in payload order.
+    pub partitions: Vec<(String, Vec<SlapAddress>)>,
+}
+
+/// One address of a partition in a format payload, recorded as given (slapproxy's
+/// `partition_network` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlapAddress {
+    /// The interface: `tap['name'] or reference` for every address of a classic payload, the
+    /// address's own `network-interface` in JSON-RPC.
+    pub interface: String,
+    /// The address text: usually an IP literal, but any text slapproxy takes
+    /// (`MyFirstIpAddress`); only IP literals reach the native tables.
+    pub address: String,
+    /// The netmask text (may be empty).
+    pub netmask: String,
+}
+
+impl From<&ComputerConfiguration> for SlapFormat {
+    fn from(cfg: &ComputerConfiguration) -> Self {
+        Self {
+            computer: cfg.reference.clone(),
+            address: cfg.address.clone(),
+            netmask: cfg.netmask.clone(),
+            partitions: cfg
+                .partitions
+                .iter()
+                .map(|p| {
+                    let interface = p.network_interface();
+                    let addresses = p
+                        .addresses
+                        .iter()
+                        .map(|a| SlapAddress {
+                            interface: interface.to_owned(),
+                            address: a.addr.clone(),
+                            netmask: a.netmask.clone(),
+                        })
+                        .collect();
+                    (p.reference.clone(), addresses)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Longest address, netmask or interface text of a format payload (bytes).
+pub const MAX_ADDRESS_TEXT: usize = 255;
+
+/// The texts of a format payload's addresses: what slapproxy stores (any string) bounded to
+/// what the SLAP answers can carry back: 1 to [`MAX_ADDRESS_TEXT`] bytes (a netmask may be
+/// empty), no control characters.
+fn check_address_texts(partition: &str, a: &SlapAddress) -> Result<()> {
+    for (what, v, may_be_empty) in [
+        ("address", &a.address, false),
+        ("interface", &a.interface, false),
+        ("netmask", &a.netmask, true),
+    ] {
+        if (v.is_empty() && !may_be_empty)
+            || v.len() > MAX_ADDRESS_TEXT
+            || v.chars().any(char::is_control)
+        {
+            return Err(StoreError::Invalid(format!(
+                "{what} {:?} of partition {partition:?} must be 1 to {MAX_ADDRESS_TEXT} bytes \
+                 without control characters",
+                slapos_proto::text::terminal_safe(&super::cut(v, 80))
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The addresses of a partition the native tables keep: its IP literals. Any other text is
+/// kept for the SLAP answers only (`slap_address`), skipped here with a warning naming it, so
+/// the native API and the nodes see IP literals only.
+fn native_addresses(computer: &str, partition: &str, addresses: &[SlapAddress]) -> Vec<String> {
+    addresses
+        .iter()
+        .filter(|a| {
+            let ip = a.address.parse::<std::net::IpAddr>().is_ok();
+            if !ip {
+                tracing::warn!(
+                    computer,
+                    partition,
+                    address = %a.address,
+                    "format: address is not an IP literal; kept for the SLAP answers only"
+                );
+            }
+            ip
+        })
+        .map(|a| a.address.clone())
+        .collect()
+}
+
 /// One `slap_address` row of a computer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct AddressRow {
@@ -189,18 +292,22 @@ fn bad<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 impl Store {
-    /// `loadComputerConfigurationFromXML`: register the computer and its partitions (native
-    /// rules: existing allocations are kept, labels are kept), then record the interface,
-    /// address and netmask triples, in one transaction.
-    pub fn slap_format(&mut self, cfg: &ComputerConfiguration, now_ms: u64) -> Result<()> {
-        let id = ComputerId::parse(cfg.reference.as_str()).map_err(bad)?;
+    /// `loadComputerConfigurationFromXML`, JSON-RPC `compute_node_format`: register the
+    /// computer and its partitions (native rules: existing allocations are kept, labels are
+    /// kept; only IP literals become native addresses), then record the interface, address and
+    /// netmask triples as given, in one transaction.
+    pub fn slap_format(&mut self, cfg: &SlapFormat, now_ms: u64) -> Result<()> {
+        let id = ComputerId::parse(cfg.computer.as_str()).map_err(bad)?;
         let partitions = cfg
             .partitions
             .iter()
-            .map(|p| {
+            .map(|(p, addresses)| {
+                for a in addresses {
+                    check_address_texts(p, a)?;
+                }
                 Ok(PartitionSpec {
-                    id: PartitionId::parse(p.reference.as_str()).map_err(bad)?,
-                    addresses: p.addresses.iter().map(|a| a.addr.clone()).collect(),
+                    id: PartitionId::parse(p.as_str()).map_err(bad)?,
+                    addresses: native_addresses(id.as_str(), p, addresses),
                     interface: None,
                     uid: None,
                 })
@@ -231,12 +338,12 @@ impl Store {
         let wanted: Vec<AddressRow> = cfg
             .partitions
             .iter()
-            .flat_map(|p| {
-                p.addresses.iter().enumerate().map(|(i, a)| AddressRow {
-                    partition: p.reference.clone(),
+            .flat_map(|(p, addresses)| {
+                addresses.iter().enumerate().map(|(i, a)| AddressRow {
+                    partition: p.clone(),
                     seq: i as i64,
-                    interface: p.network_interface().to_owned(),
-                    address: a.addr.clone(),
+                    interface: a.interface.clone(),
+                    address: a.address.clone(),
                     netmask: a.netmask.clone(),
                 })
             })

@@ -1077,22 +1077,97 @@ fn slap_format_rewrites_addresses_only_when_they_change() {
             .ip_list
     };
     let Some(mut s) = store() else { return };
-    s.slap_format(&cfg("fd00::"), 1).unwrap();
+    s.slap_format(&(&cfg("fd00::")).into(), 1).unwrap();
     let pair = |a: &str| ("slaptap1".to_owned(), a.to_owned());
     assert_eq!(ips(&mut s), vec![pair("fd00::1"), pair("10.0.1.1")]);
 
     // The same payload again: only the computer's last-seen time is written.
     let changes = |s: &Store| s.connection().as_sqlite().map(|c| c.total_changes());
     let before = changes(&s);
-    s.slap_format(&cfg("fd00::"), 2).unwrap();
+    s.slap_format(&(&cfg("fd00::")).into(), 2).unwrap();
     if let (Some(b), Some(a)) = (before, changes(&s)) {
         assert_eq!(a - b, 1, "SQLite counts one change");
     }
     assert_eq!(ips(&mut s), vec![pair("fd00::1"), pair("10.0.1.1")]);
 
     // A changed address replaces the rows, in payload order.
-    s.slap_format(&cfg("fd01::"), 3).unwrap();
+    s.slap_format(&(&cfg("fd01::")).into(), 3).unwrap();
     assert_eq!(ips(&mut s), vec![pair("fd01::1"), pair("10.0.1.1")]);
+}
+
+#[test]
+fn slap_format_keeps_any_address_text_for_slap_and_only_ip_literals_natively() {
+    use crate::store::{SlapAddress, SlapFormat};
+    let addr = |i: &str, a: &str| SlapAddress {
+        interface: i.into(),
+        address: a.into(),
+        netmask: "MyNetmask".into(),
+    };
+    let format = |addresses: Vec<SlapAddress>| SlapFormat {
+        computer: "COMP".into(),
+        address: None,
+        netmask: None,
+        partitions: vec![("MyFirstPartition".into(), addresses)],
+    };
+    let Some(mut s) = store() else { return };
+    s.slap_format(
+        &format(vec![
+            addr("MyFirstNetworkInterface", "MyFirstIpAddress"),
+            addr("MySecondNetworkInterface", "fd00::1"),
+            addr("eth0", "not an ip / ../x"),
+        ]),
+        1,
+    )
+    .unwrap();
+    // SLAP answers: every address as given, each with its own interface.
+    let slap = s
+        .slap_partition("COMP", "MyFirstPartition")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        slap.ip_list,
+        [
+            ("MyFirstNetworkInterface".into(), "MyFirstIpAddress".into()),
+            ("MySecondNetworkInterface".into(), "fd00::1".into()),
+            ("eth0".into(), "not an ip / ../x".into()),
+        ]
+    );
+    // Native side: only the IP literal; the desired state a node decodes is unaffected.
+    let c = cid("COMP");
+    let info = s.computer(&c).unwrap();
+    assert_eq!(info.partitions[0].addresses, ["fd00::1"]);
+    let desired = s.desired(&c, None).unwrap().unwrap();
+    let wire = serde_json::to_string(&desired).unwrap();
+    let back: slapos_proto::DesiredState = serde_json::from_str(&wire).unwrap();
+    assert_eq!(back, desired);
+    let info_wire = serde_json::to_string(&info).unwrap();
+    assert!(!info_wire.contains("MyFirstIpAddress"), "{info_wire}");
+
+    // Refused, and nothing changed: empty or control characters, an over-long text.
+    for bad in [
+        addr("eth0", ""),
+        addr("eth0", "a\nb"),
+        addr("", "fd00::2"),
+        addr("eth0", &"x".repeat(crate::store::MAX_ADDRESS_TEXT + 1)),
+        SlapAddress {
+            netmask: "m\u{7}".into(),
+            ..addr("eth0", "fd00::2")
+        },
+    ] {
+        let e = s.slap_format(&format(vec![bad.clone()]), 2).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Invalid(ref m) if m.contains("MyFirstPartition")),
+            "{bad:?}: {e}"
+        );
+    }
+    assert_eq!(
+        s.slap_partition("COMP", "MyFirstPartition")
+            .unwrap()
+            .unwrap()
+            .ip_list
+            .len(),
+        3
+    );
 }
 
 #[test]

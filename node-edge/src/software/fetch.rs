@@ -113,16 +113,10 @@ pub enum Source {
     Http(String),
 }
 
-fn is_absolute(u: &str) -> bool {
-    u.starts_with("http://")
-        || u.starts_with("https://")
-        || u.starts_with("file://")
-        || u.starts_with('/')
-}
-
-/// Resolve `rel` against the manifest URL `base`; an absolute `rel` is returned as is.
+/// Resolve `rel` against the manifest URL `base`; an absolute `rel` (one of the fetchable
+/// forms, [`slapos_proto::is_fetchable_url`]) is returned as is.
 pub fn resolve(base: &str, rel: &str) -> String {
-    if is_absolute(rel) {
+    if slapos_proto::is_fetchable_url(rel) {
         return rel.to_owned();
     }
     let base = base.split(['?', '#']).next().unwrap_or(base);
@@ -147,7 +141,10 @@ pub fn source(url: &str) -> Result<Source, FetchError> {
     } else {
         Err(FetchError::Fetch {
             url: url.to_owned(),
-            reason: "not an http(s):// or file:// URL or an absolute path".into(),
+            reason: format!(
+                "the node fetches only {} (file:// with no host but localhost)",
+                slapos_proto::FETCHABLE_URL_FORMS
+            ),
         })
     }
 }

@@ -30,7 +30,10 @@
 //! [`PartitionFs`] (no link followed).
 //!
 //! A failed install reports its reason and the last 2 KiB of the build log, read through the
-//! node's own fd of the log; the whole message is capped at 4 KiB.
+//! node's own fd of the log; the whole message is capped at 4 KiB. A release whose URL is not
+//! one of the forms the node fetches ([`SoftwareUrl::is_fetchable`]: the master takes any URL
+//! string) fails at once, before any directory is made, with a message naming the URL and the
+//! accepted forms.
 //!
 use std::fs::File;
 use std::io::Write;
@@ -191,6 +194,18 @@ impl Installer {
             reason: crate::util::tail(&reason, REASON_BYTES),
             log_tail,
         };
+        // The master takes any URL string (a SLAP client may supply `bar`); only these forms
+        // are fetched, and nothing else is ever read as a path. Refused before any directory
+        // is made: the release's own install error, not the desired state's.
+        if !url.is_fetchable() {
+            return Err(fail(
+                format!(
+                    "the node cannot fetch this software URL: it must be {}",
+                    slapos_proto::FETCHABLE_URL_FORMS
+                ),
+                String::new(),
+            ));
+        }
         if let Err(e) = std::fs::remove_dir_all(&build)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -520,4 +535,33 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     crate::link::off_thread(f)
         .await
         .ok_or_else(|| "background fetch thread failed".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_url_the_node_cannot_fetch_is_the_release_install_error() {
+        let root = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(Duration::from_secs(5), Path::new("/nonexistent/ca.pem"));
+        let inst = Installer::new(root.path(), fetcher);
+        for raw in ["bar", "relative/software.toml", "ftp://h/sr.cfg"] {
+            let url = SoftwareUrl::parse(raw).unwrap();
+            let e = inst.install(&url).await.unwrap_err();
+            assert_eq!(e.url, raw);
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("install of `{raw}` failed"))
+                    && msg.contains(slapos_proto::FETCHABLE_URL_FORMS),
+                "{msg}"
+            );
+            assert!(e.log_tail.is_empty(), "{e:?}");
+            assert!(inst.installed(&url).is_none());
+        }
+        // Nothing was made: no build directory, no failed log.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
 }
