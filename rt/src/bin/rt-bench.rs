@@ -136,7 +136,8 @@ impl Acc {
         }
     }
 
-    fn row(&self, late_after_us: u32) -> Row {
+    fn row(&self, interval_us: u64, work_us: u64) -> Row {
+        let late_after_us = (interval_us - work_us) as u32;
         let s = self.hist.stats();
         Row {
             run: self.run,
@@ -149,6 +150,7 @@ impl Acc {
             avg_us: s.avg_us,
             late_over_1ms: s.over_1ms,
             late_wakeups: self.hist.count_above_us(late_after_us),
+            replayed_tti_misses: replayed_tti_misses(&self.hist, interval_us, work_us),
             tti_periods: self.tti.map(|t| t.0),
             tti_misses: self.tti.map(|t| t.1),
             tti_miss_ratio: self
@@ -176,6 +178,10 @@ struct Row {
     /// Wake-ups later than (interval − work): a period that such a wake-up alone makes miss.
     /// For the floor (d) this is the TTI-miss count the VM itself imposes.
     late_wakeups: u64,
+    /// The TTI misses these wake-ups would cost a loop doing `--work-us` per period: each
+    /// sample replayed through the probe's own deadline accounting (a stall of several periods
+    /// misses several deadlines, which one late wake-up of the floor does not show).
+    replayed_tti_misses: u64,
     /// rt-probe only: TTI periods and deadline misses (wake-up + work past the period end).
     tti_periods: Option<u64>,
     tti_misses: Option<u64>,
@@ -184,6 +190,54 @@ struct Row {
     tti_late_starts: Option<u64>,
     /// Hypervisor steal jiffies of the measured CPU (all CPUs when unpinned) during the slices.
     steal_jiffies: u64,
+}
+
+/// A scripted clock for [`replayed_tti_misses`]: the first wake-up is `stall_ns` late, every
+/// later one on time, and each period's work takes exactly `work_ns`.
+struct Replay {
+    now: u64,
+    stall_ns: Option<u64>,
+    work_ns: u64,
+}
+
+impl rt::probe::ProbeEnv for Replay {
+    fn now_ns(&mut self) -> u64 {
+        self.now
+    }
+    fn sleep_until_ns(&mut self, t_ns: u64) {
+        self.now = t_ns + self.stall_ns.take().unwrap_or(0);
+    }
+    fn work(&mut self) {
+        self.now += self.work_ns;
+    }
+}
+
+/// The deadline misses that the wake-up latencies of `hist` would cost a TTI loop with
+/// `work_us` of work per `interval_us` period: every sample is replayed through
+/// [`rt::probe::run`] (one late wake-up, then on-time ones until the loop has caught up), so the
+/// floor is counted the way (b) is (the woken period, the periods skipped during the stall and
+/// the late starts that still miss). Samples beyond the histogram count at its maximum.
+fn replayed_tti_misses(hist: &Histogram, interval_us: u64, work_us: u64) -> u64 {
+    let misses_after = |latency_ns: u64| {
+        let loops = latency_ns / (interval_us.max(1) * 1000) + 4;
+        let mut cfg = rt::probe::ProbeConfig::new(interval_us, loops);
+        cfg.work_us = work_us;
+        cfg.hist_max_us = 1;
+        let mut env = Replay {
+            now: 0,
+            stall_ns: Some(latency_ns),
+            work_ns: work_us * 1000,
+        };
+        rt::probe::run(&cfg, &mut env).1.deadline.misses
+    };
+    let late_after_us = interval_us.saturating_sub(work_us);
+    let in_range: u64 = hist
+        .buckets()
+        .into_iter()
+        .filter(|&(us, _)| u64::from(us) > late_after_us)
+        .map(|(us, n)| n * misses_after(u64::from(us) * 1000))
+        .sum();
+    in_range + hist.overflow() * misses_after(hist.max_ns())
 }
 
 /// Steal jiffies per CPU from /proc/stat.
@@ -586,13 +640,8 @@ fn bench(o: &Opts, run: u32) -> Result<Vec<Row>, String> {
         b.slice_d()?;
     }
     let _ = std::fs::remove_dir_all(&work);
-    let late = (o.interval_us - o.work_us) as u32;
-    Ok(vec![
-        b.a.row(late),
-        b.b.row(late),
-        b.c.row(late),
-        b.d.row(late),
-    ])
+    let row = |acc: &Acc| acc.row(o.interval_us, o.work_us);
+    Ok(vec![row(&b.a), row(&b.b), row(&b.c), row(&b.d)])
 }
 
 /// The goals of issue 20 on a shared VM, judged per run and on the medians over runs.
@@ -620,6 +669,10 @@ struct Summary {
     floor_late_wakeups: u64,
     /// b_tti_misses / floor_late_wakeups (∞ when the floor had none and (b) missed).
     tti_misses_over_floor: f64,
+    /// The TTI misses the floor's (d) wake-ups would cost the same loop (replayed).
+    floor_replayed_misses: u64,
+    /// b_tti_misses / floor_replayed_misses: 1 when (b) misses exactly what the floor implies.
+    tti_misses_over_replayed_floor: f64,
 }
 
 fn ratio(x: u64, y: u64) -> f64 {
@@ -647,6 +700,8 @@ impl Summary {
             b_late_wakeups: b.late_wakeups,
             floor_late_wakeups: d.late_wakeups,
             tti_misses_over_floor: ratio(misses, d.late_wakeups),
+            floor_replayed_misses: d.replayed_tti_misses,
+            tti_misses_over_replayed_floor: ratio(misses, d.replayed_tti_misses),
         })
     }
 
@@ -666,6 +721,8 @@ impl Summary {
             b_late_wakeups: mu(|s| s.b_late_wakeups),
             floor_late_wakeups: mu(|s| s.floor_late_wakeups),
             tti_misses_over_floor: m(|s| s.tti_misses_over_floor),
+            floor_replayed_misses: mu(|s| s.floor_replayed_misses),
+            tti_misses_over_replayed_floor: m(|s| s.tti_misses_over_replayed_floor),
         })
     }
 
@@ -716,6 +773,10 @@ impl Summary {
         println!(
             "{title}: TTI   (b) misses {}, (b) wake-ups > {late_after_us} µs {}, floor (d) wake-ups > {late_after_us} µs {}",
             self.b_tti_misses, self.b_late_wakeups, self.floor_late_wakeups
+        );
+        println!(
+            "{title}: TTI   (b) misses / the floor's wake-ups replayed as TTI misses = {} / {} = {:.2} (no goal: how much of (b)'s misses the floor's stalls explain)",
+            self.b_tti_misses, self.floor_replayed_misses, self.tti_misses_over_replayed_floor
         );
         for (line, ok) in self.verdicts() {
             println!("{title}: {} {line}", if ok { "MET    " } else { "NOT MET" });
@@ -851,6 +912,7 @@ mod tests {
             avg_us: 12.0,
             late_over_1ms: 0,
             late_wakeups: late,
+            replayed_tti_misses: 2 * late,
             tti_periods: misses.map(|_| 1000),
             tti_misses: misses,
             tti_miss_ratio: misses.map(|m| m as f64 / 1000.0),
@@ -873,6 +935,8 @@ mod tests {
         assert_eq!(s.max_b_over_c, 0.5);
         assert_eq!(s.floor_late_wakeups, 4);
         assert_eq!(s.tti_misses_over_floor, 2.25);
+        assert_eq!(s.floor_replayed_misses, 8);
+        assert_eq!(s.tti_misses_over_replayed_floor, 9.0 / 8.0);
         let v = s.verdicts();
         assert!(v[0].1 && v[1].1, "{v:?}");
         assert!(
@@ -897,6 +961,30 @@ mod tests {
     }
 
     #[test]
+    fn floor_wake_ups_replay_as_the_tti_misses_they_cause() {
+        // 1 ms periods, 200 µs of work: a wake-up up to 800 µs late misses nothing.
+        let mut h = Histogram::new(HIST_MAX_US);
+        for us in [5, 700, 800] {
+            h.record(us * 1000);
+        }
+        assert_eq!(replayed_tti_misses(&h, 1000, 200), 0);
+        // 900 µs late: its period ends at 1.1 ms (a miss); the next starts late at 1.1 ms and
+        // ends at 1.3 ms, inside its 2 ms deadline.
+        h.record(900_000);
+        assert_eq!(replayed_tti_misses(&h, 1000, 200), 1);
+        // A 2.5 ms stall: the woken period ends at 2.7 ms (a miss), period 1's deadline (2 ms)
+        // passed (skipped, a miss), period 2 starts late at 2.7 ms and ends at 2.9 ms, in time.
+        h.record(2_500_000);
+        assert_eq!(replayed_tti_misses(&h, 1000, 200), 1 + 2);
+        // Twice the same latency counts twice.
+        h.record(2_500_000);
+        assert_eq!(replayed_tti_misses(&h, 1000, 200), 1 + 2 + 2);
+        // Beyond the histogram: counted at its maximum (a 25 ms stall: 25 deadlines passed).
+        h.record(25_000_000);
+        assert_eq!(replayed_tti_misses(&h, 1000, 200), 5 + 25);
+    }
+
+    #[test]
     fn medians_over_runs() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
@@ -913,6 +1001,8 @@ mod tests {
             b_late_wakeups: 0,
             floor_late_wakeups: 10,
             tti_misses_over_floor: misses as f64 / 10.0,
+            floor_replayed_misses: 20,
+            tti_misses_over_replayed_floor: misses as f64 / 20.0,
         };
         let m = Summary::median(&[mk(10.9, 50), mk(1.1, 12), mk(0.9, 15)]).unwrap();
         assert_eq!(m.p999_b_over_c, 1.1, "one outlier run does not decide");
