@@ -193,6 +193,11 @@ impl Remote {
 }
 
 impl Federation {
+    /// Whether no remote is configured (then nothing is routed).
+    pub fn is_empty(&self) -> bool {
+        self.remotes.is_empty()
+    }
+
     /// Add `remote`, refusing a second one at the same URL.
     pub fn add(&mut self, remote: Remote) -> Result<(), FederationError> {
         if self.remotes.iter().any(|r| r.url == remote.url) {
@@ -207,7 +212,7 @@ impl Federation {
     /// remote is refused (like slapproxy, which forwards only to listed masters). Without any
     /// remote nothing is routed (the keys are then ordinary SLA filters).
     pub fn route(&self, req: &InstanceRequest) -> Result<Option<&Remote>, UnknownMaster> {
-        if self.remotes.is_empty() {
+        if self.is_empty() {
             return Ok(None);
         }
         for key in MASTER_KEYS {

@@ -118,21 +118,11 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
         shared: false,
         requester: None,
     };
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form.to_form().unwrap())
-        .finish();
-    let req = Request::post("/requestComputerPartition")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(body))
-        .unwrap();
-    let (status, _, body) = respond(a.router(), req).await;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    assert_eq!(status, StatusCode::OK, "{text}");
-    let doc = SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap();
+    let doc = slap_request(&a, &form).await;
     assert_eq!(
         doc.str_attr("slap_computer_id"),
         Some("federated"),
-        "{text}"
+        "{doc:?}"
     );
 
     // JSON-RPC: by release.
@@ -188,6 +178,21 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     .await;
     assert_eq!(status, StatusCode::OK, "{j}");
     assert_eq!(j["state"], "stopped");
+}
+
+/// `requestComputerPartition` of `form` on `a`, answered 200: the `SoftwareInstance`.
+async fn slap_request(a: &master_lite::Master, form: &RequestForm) -> SoftwareInstanceDoc {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.to_form().unwrap())
+        .finish();
+    let req = Request::post("/requestComputerPartition")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _, body) = respond(a.router(), req).await;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap()
 }
 
 /// Forward every due delegation of `a` once and record the outcome; the outcomes.
@@ -439,5 +444,82 @@ async fn forwarding_as_a_partition_of_the_remote_makes_a_child_of_its_instance()
             "{api:?}"
         );
         assert_eq!(child.partition.as_str(), "slappart1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_requests_over_slap_are_delegated_and_get_the_remote_hosts_connection() {
+    for api in [Api::Native, Api::Slap] {
+        let (_dir, b, bc) = remote_b(1);
+        bc.request(&request("host", SR, &[])).unwrap();
+        let fed = federation(&b.url, api, Some(SR));
+        let mut a = slap_master("COMP-A");
+        a.set_federation(fed.clone());
+
+        // Classic `requestComputerPartition` with `shared_xml` true, and JSON-RPC `shared`.
+        let form = RequestForm {
+            software_release: SR.into(),
+            software_type: "default".into(),
+            partition_reference: "front".into(),
+            parameters: BTreeMap::from([("domain".to_owned(), Value::str("a.example"))]),
+            filter: BTreeMap::new(),
+            state: None,
+            shared: true,
+            requester: None,
+        };
+        let doc = slap_request(&a, &form).await;
+        assert_eq!(
+            doc.str_attr("slap_computer_id"),
+            Some("federated"),
+            "{doc:?}"
+        );
+        let rpc = json!({"title": "front-rpc", "software_release_uri": SR,
+                         "software_type": "default", "shared": true,
+                         "parameters": {"domain": "b.example"}});
+        let (status, j) = json_of(&a, post_json("/slapos.post.v0.software_instance", &rpc)).await;
+        assert_eq!(status, StatusCode::OK, "{j}");
+        assert_eq!(j["computer_guid"], "federated", "{j}");
+        assert_eq!(j["shared"], true, "{j}");
+        assert!(show(&a, "front").await.shared, "{api:?}");
+
+        // Forwarded as shared requests: B's host serves them.
+        let out = forward_once(&a, &fed).await;
+        assert!(
+            matches!(
+                &out[..],
+                [Outcome::Accepted { .. }, Outcome::Accepted { .. }]
+            ),
+            "{api:?}: {out:?}"
+        );
+        // B's host publishes for them; the next forwarding brings it back to the requester.
+        let host = |url: &str| json!({"url": url}).as_object().cloned().unwrap();
+        bc.publish_connection(
+            &ComputerId::parse("COMP-B").unwrap(),
+            &PartitionId::parse("slappart0").unwrap(),
+            &ConnectionPublish {
+                parameters: host("https://host/"),
+                shared: BTreeMap::from([
+                    ("_front".to_owned(), host("https://a.example/")),
+                    ("_front-rpc".to_owned(), host("https://b.example/")),
+                ]),
+            },
+        )
+        .unwrap();
+        forward_once(&a, &fed).await;
+        let doc = slap_request(&a, &form).await;
+        let conn = doc
+            .dict_attr("_connection_dict")
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(
+            conn.get("url").and_then(Value::as_str),
+            Some("https://a.example/"),
+            "{api:?}: {doc:?}"
+        );
+        let (_, j) = json_of(&a, post_json("/slapos.post.v0.software_instance", &rpc)).await;
+        assert_eq!(
+            j["connection_parameters"]["url"], "https://b.example/",
+            "{api:?}: {j}"
+        );
     }
 }

@@ -809,8 +809,17 @@ async fn request(
         if from.is_none() {
             allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
+        // Federation: a shared request routed to a remote is delegated like a partition's.
+        if !st.federation.is_empty()
+            && let Some(info) = delegate(&st, &who, form_request(&f, true)?, from.clone()).await?
+        {
+            return shared_answer(&info);
+        }
         return request_shared(&st, &f, from, forwarded_https(&headers)).await;
     }
+    // Federation: the whole filter (`master_url`, the caller's `computer_guid`) routes and
+    // travels with the request, not this master's default computer.
+    let delegated = form_request(&f, false)?;
     let mut sla = BTreeMap::new();
     match f.filter_str("computer_guid") {
         Some(c) => {
@@ -823,48 +832,10 @@ async fn request(
         }
     }
     let req = InstanceRequest {
-        title: InstanceTitle::parse(f.partition_reference.as_str()).map_err(bad_request)?,
-        software_url: SoftwareUrl::parse(f.software_release.as_str()).map_err(bad_request)?,
-        software_type: if f.software_type.is_empty() {
-            SoftwareType::default()
-        } else {
-            SoftwareType::parse(f.software_type.as_str()).map_err(bad_request)?
-        },
-        parameters: json_params(&f.parameters_instance_xml().map_err(server_error)?)?,
         sla,
-        state: f.state.map(|s| match s {
-            wire::RequestedState::Started => InstanceState::Started,
-            wire::RequestedState::Stopped => InstanceState::Stopped,
-            wire::RequestedState::Destroyed => InstanceState::Destroyed,
-        }),
-        shared: false,
+        ..delegated.clone()
     };
-    // Federation: the whole filter (`master_url`, the caller's `computer_guid`) routes and
-    // travels with the request, not this master's default computer.
-    let delegated = InstanceRequest {
-        sla: f
-            .filter
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-            .collect(),
-        ..req.clone()
-    };
-    if let Some(remote) = st.federation.route(&delegated).map_err(ApiError::from)? {
-        let remote = remote.url.clone();
-        let from = st
-            .db
-            .read(move |s| -> Result<_, ApiError> {
-                check_requester(s, from.as_ref())?;
-                Ok(match &from {
-                    Some(r) => s
-                        .slap_partition(r.computer.as_str(), r.partition.as_str())?
-                        .and_then(|p| p.instance)
-                        .map(|_| r.clone()),
-                    None => None,
-                })
-            })
-            .await?;
-        let info = crate::federation::delegate(&st, who, delegated, from, remote).await?;
+    if let Some(info) = delegate(&st, &who, delegated, from.clone()).await? {
         return instance_answer(&info, Vec::new());
     }
     let now = now_ms();
@@ -893,6 +864,78 @@ async fn request(
         })
         .await?;
     instance_answer(&info, ip_list)
+}
+
+/// The request of form `f` as delegated to another master: its filter as the SLA.
+fn form_request(f: &RequestForm, shared: bool) -> Result<InstanceRequest, SlapError> {
+    Ok(InstanceRequest {
+        title: InstanceTitle::parse(f.partition_reference.as_str()).map_err(bad_request)?,
+        software_url: SoftwareUrl::parse(f.software_release.as_str()).map_err(bad_request)?,
+        software_type: if f.software_type.is_empty() {
+            SoftwareType::default()
+        } else {
+            SoftwareType::parse(f.software_type.as_str()).map_err(bad_request)?
+        },
+        parameters: json_params(&f.parameters_instance_xml().map_err(server_error)?)?,
+        sla: f
+            .filter
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+            .collect(),
+        state: f.state.map(|s| match s {
+            wire::RequestedState::Started => InstanceState::Started,
+            wire::RequestedState::Stopped => InstanceState::Stopped,
+            wire::RequestedState::Destroyed => InstanceState::Destroyed,
+        }),
+        shared,
+    })
+}
+
+/// Federation: delegate `req` if it is routed to a remote (`None`: it stays here), requested
+/// by `from` (a partition holding no instance makes a root request, as here).
+async fn delegate(
+    st: &AppState,
+    who: &Identity,
+    req: InstanceRequest,
+    from: Option<slapos_proto::PartitionRef>,
+) -> Result<Option<slapos_proto::InstanceInfo>, SlapError> {
+    let Some(remote) = st.federation.route(&req).map_err(ApiError::from)? else {
+        return Ok(None);
+    };
+    let remote = remote.url.clone();
+    let from = st
+        .db
+        .read(move |s| -> Result<_, ApiError> {
+            check_requester(s, from.as_ref())?;
+            Ok(match &from {
+                Some(r) => s
+                    .slap_partition(r.computer.as_str(), r.partition.as_str())?
+                    .and_then(|p| p.instance)
+                    .map(|_| r.clone()),
+                None => None,
+            })
+        })
+        .await?;
+    let info = crate::federation::delegate(st, who.clone(), req, from, remote).await?;
+    Ok(Some(info))
+}
+
+/// The `SoftwareInstance` answer of a shared request delegated to another master: the
+/// placeholder host (`federated/remote`) and the connection parameters the remote's host
+/// published for it.
+fn shared_answer(info: &slapos_proto::InstanceInfo) -> SlapResult {
+    SoftwareInstanceDoc::for_shared(&RequestedShared {
+        computer_id: info.computer.to_string(),
+        host_partition_id: info.partition.to_string(),
+        software_release_url: info.software_url.to_string(),
+        software_type: info.software_type.to_string(),
+        parameters: param_dict(&info.parameters),
+        connection: param_dict(&info.connection),
+        ip_list: Vec::new(),
+    })
+    .encode()
+    .map(text)
+    .map_err(server_error)
 }
 
 /// The `SoftwareInstance` answer of `requestComputerPartition` for `info` on a partition with

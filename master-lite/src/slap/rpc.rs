@@ -858,13 +858,13 @@ fn delegated_json(i: &slapos_proto::InstanceInfo) -> Json {
     };
     json!({
         "title": i.title,
-        "instance_guid": guid(i.title.as_str(), root, false),
+        "instance_guid": guid(i.title.as_str(), root, i.shared),
         "software_release_uri": i.software_url,
         "software_type": i.software_type,
         "state": i.state.as_str(),
         "connection_parameters": string_dict(&i.connection),
         "parameters": string_dict(&i.parameters),
-        "shared": false,
+        "shared": i.shared,
         "root_instance_title": i.root_title,
         "ip_list": [],
         "full_ip_list": [],
@@ -989,6 +989,15 @@ async fn request(
         if from.is_none() {
             super::allow(&who, Action::AdminOnly("request root shared instances"))?;
         }
+        // Federation: a shared request routed to a remote is delegated like a partition's
+        // (parameters as given: a shared instance's keep their types).
+        if !st.federation.is_empty() {
+            let params = body.get("parameters").and_then(Json::as_object).cloned();
+            let req = rpc_request(body, params.unwrap_or_default(), asked_sla.clone(), true)?;
+            if let Some(answer) = delegate(st, &who, req, from.clone()).await? {
+                return ok(answer);
+            }
+        }
         let https = super::forwarded_https(headers);
         return request_shared(st, body, from, sla, https, now).await;
     }
@@ -1009,50 +1018,13 @@ async fn request(
                 .collect()
         })
         .unwrap_or_default();
-    let software_type = s("software_type");
+    let delegated = rpc_request(body, params, asked_sla, false)?;
     let req = InstanceRequest {
-        title: InstanceTitle::parse(title.as_str()).map_err(|e| bad(e.to_string()))?,
-        software_url: SoftwareUrl::parse(s("software_release_uri").as_str())
-            .map_err(|e| bad(e.to_string()))?,
-        software_type: if software_type.is_empty() {
-            SoftwareType::default()
-        } else {
-            SoftwareType::parse(software_type.as_str()).map_err(|e| bad(e.to_string()))?
-        },
-        parameters: params,
         sla,
-        state: Some(match body.get("state").and_then(Json::as_str) {
-            Some("stopped") => InstanceState::Stopped,
-            Some("destroyed") => InstanceState::Destroyed,
-            _ => InstanceState::Started,
-        }),
-        shared: false,
+        ..delegated.clone()
     };
-    let delegated = InstanceRequest {
-        sla: asked_sla,
-        ..req.clone()
-    };
-    if let Some(remote) = st
-        .federation
-        .route(&delegated)
-        .map_err(|e| bad(e.to_string()))?
-    {
-        let remote = remote.url.clone();
-        let from = st
-            .db
-            .read(move |s| -> Result<_, ApiError> {
-                check_requester(s, from.as_ref())?;
-                Ok(from.clone())
-            })
-            .await?;
-        let info = crate::federation::delegate(st, who, delegated, from, remote)
-            .await
-            .map_err(|e| match e {
-                ApiError::BadRequest(m) => bad(m),
-                ApiError::Forbidden(m) => forbidden(m),
-                other => other.into(),
-            })?;
-        return ok(delegated_json(&info));
+    if let Some(answer) = delegate(st, &who, delegated, from.clone()).await? {
+        return ok(answer);
     }
     let located = st
         .db
@@ -1081,6 +1053,63 @@ async fn request(
             "Internal server error".into(),
         )),
     }
+}
+
+/// The request `body` with `parameters` and the SLA `sla` (what is routed and delegated).
+fn rpc_request(
+    body: &Json,
+    parameters: slapos_proto::Params,
+    sla: std::collections::BTreeMap<String, String>,
+    shared: bool,
+) -> Result<InstanceRequest, RpcError> {
+    let s = |k: &str| body.get(k).and_then(Json::as_str).unwrap_or("");
+    let software_type = s("software_type");
+    Ok(InstanceRequest {
+        title: InstanceTitle::parse(s("title")).map_err(|e| bad(e.to_string()))?,
+        software_url: SoftwareUrl::parse(s("software_release_uri"))
+            .map_err(|e| bad(e.to_string()))?,
+        software_type: if software_type.is_empty() {
+            SoftwareType::default()
+        } else {
+            SoftwareType::parse(software_type).map_err(|e| bad(e.to_string()))?
+        },
+        parameters,
+        sla,
+        state: Some(match body.get("state").and_then(Json::as_str) {
+            Some("stopped") => InstanceState::Stopped,
+            Some("destroyed") => InstanceState::Destroyed,
+            _ => InstanceState::Started,
+        }),
+        shared,
+    })
+}
+
+/// Federation: delegate `req` if it is routed to a remote (`None`: it stays here); the answer.
+async fn delegate(
+    st: &AppState,
+    who: &Identity,
+    req: InstanceRequest,
+    from: Option<PartitionRef>,
+) -> Result<Option<Json>, RpcError> {
+    let Some(remote) = st.federation.route(&req).map_err(|e| bad(e.to_string()))? else {
+        return Ok(None);
+    };
+    let remote = remote.url.clone();
+    let from = st
+        .db
+        .read(move |s| -> Result<_, ApiError> {
+            check_requester(s, from.as_ref())?;
+            Ok(from.clone())
+        })
+        .await?;
+    let info = crate::federation::delegate(st, who.clone(), req, from, remote)
+        .await
+        .map_err(|e| match e {
+            ApiError::BadRequest(m) => bad(m),
+            ApiError::Forbidden(m) => forbidden(m),
+            other => other.into(),
+        })?;
+    Ok(Some(delegated_json(&info)))
 }
 
 /// `dict2xml(connection_parameter_dict)` read back: strings, `None` for empty.
