@@ -16,7 +16,7 @@ use serde_json::{Value as Json, json};
 use slapos_proto::slap::{RequestForm, SoftwareInstanceDoc, Value, loads};
 use slapos_proto::{
     ComputerId, ConnectionPublish, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle,
-    PartitionId, PartitionSpec, RegisterComputer,
+    PartitionId, PartitionRef, PartitionReport, PartitionSpec, RegisterComputer,
 };
 
 const SR: &str = "https://example.com/web/software.cfg";
@@ -522,4 +522,111 @@ async fn shared_requests_over_slap_are_delegated_and_get_the_remote_hosts_connec
             "{api:?}: {j}"
         );
     }
+}
+
+/// `f` on A's store (its result unwrapped).
+async fn on_store<T, F>(a: &master_lite::Master, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnMut(&mut master_lite::store::Store) -> Result<T, master_lite::store::StoreError>
+        + Send
+        + 'static,
+{
+    a.state().db.call(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroying_a_non_root_parent_destroys_its_delegated_children_like_its_local_ones() {
+    const OTHER: &str = "https://example.com/other/software.cfg";
+    let (_dir, b, bc) = remote_b(1);
+    let fed = federation(&b.url, Api::Native, Some(SR));
+    let mut a = slap_master("COMP-A");
+    a.set_federation(fed.clone());
+    let at = |p: &str| PartitionRef::parse(&format!("COMP-A/{p}")).unwrap();
+    let t = |t: &str| InstanceTitle::parse(t).unwrap();
+    // app (root) ─► mid ─► cache (here) and db (delegated to B).
+    let remote = b.url.clone();
+    let mid = on_store(&a, move |s| {
+        s.register(
+            &RegisterComputer {
+                id: ComputerId::parse("COMP-A").unwrap(),
+                partitions: (0..3)
+                    .map(|i| PartitionSpec {
+                        id: PartitionId::parse(format!("slappart{i}")).unwrap(),
+                        addresses: vec![],
+                        interface: None,
+                        uid: None,
+                    })
+                    .collect(),
+                labels: Default::default(),
+            },
+            1,
+        )?;
+        let app = s.slap_request(&request("app", OTHER, &[]), None, 2)?.0;
+        let from = at(app.partition.as_str());
+        let mid = s
+            .slap_request(&request("mid", OTHER, &[]), Some(&from), 3)?
+            .0;
+        let from = at(mid.partition.as_str());
+        s.slap_request(&request("cache", OTHER, &[]), Some(&from), 4)?;
+        s.delegate(&request("db", SR, &[]), Some(&from), None, &remote, 5)?;
+        Ok(mid)
+    })
+    .await;
+    let out = forward_once(&a, &fed).await;
+    assert!(matches!(&out[..], [Outcome::Accepted { .. }]), "{out:?}");
+    let on_b = |bc: &slapos_client::Client| {
+        bc.instance(&InstanceTitle::parse("app_db").unwrap(), None)
+            .map(|i| i.state)
+    };
+    assert_eq!(on_b(&bc).unwrap(), InstanceState::Started);
+
+    // app destroys mid: its children are untouched until its node reports it destroyed.
+    let state = move |s: &mut master_lite::store::Store, title: &str| {
+        s.instance(&t(title), Some(&t("app"))).map(|i| i.state)
+    };
+    let (cache, db) = on_store(&a, move |s| {
+        let mut gone = request("mid", OTHER, &[]);
+        gone.state = Some(InstanceState::Destroyed);
+        s.slap_request(&gone, Some(&at("slappart0")), 6)?;
+        Ok((state(s, "cache")?, state(s, "db")?))
+    })
+    .await;
+    assert_eq!(
+        (cache, db),
+        (InstanceState::Started, InstanceState::Started)
+    );
+
+    // The node reports mid destroyed: both children are destroyed and keep its partition.
+    let report = move |p: &str| {
+        let p = PartitionId::parse(p).unwrap();
+        move |s: &mut master_lite::store::Store| {
+            let rep = PartitionReport {
+                state: InstanceState::Destroyed,
+                revision: 1,
+                promises: Vec::new(),
+                error: None,
+            };
+            s.report_partition(&ComputerId::parse("COMP-A").unwrap(), &p, &rep, 7)
+        }
+    };
+    let ack = on_store(&a, report(mid.partition.as_str())).await;
+    assert!(!ack.freed, "{ack:?}");
+    assert_eq!(ack.waiting_for, [t("cache"), t("db")]);
+    let (cache, db) = on_store(&a, move |s| Ok((state(s, "cache")?, state(s, "db")?))).await;
+    assert_eq!(
+        (cache, db),
+        (InstanceState::Destroyed, InstanceState::Destroyed)
+    );
+
+    // Forwarded like any destroy: B destroys it and A forgets it; once the local child is
+    // freed too, mid's partition is.
+    let out = forward_once(&a, &fed).await;
+    assert!(matches!(&out[..], [Outcome::Destroyed]), "{out:?}");
+    assert_eq!(on_b(&bc).unwrap(), InstanceState::Destroyed);
+    let db = on_store(&a, move |s| Ok(state(s, "db").is_err())).await;
+    assert!(db, "db forgotten on A");
+    let cache = on_store(&a, move |s| s.instance(&t("cache"), Some(&t("app")))).await;
+    assert!(on_store(&a, report(cache.partition.as_str())).await.freed);
+    assert!(on_store(&a, report(mid.partition.as_str())).await.freed);
 }

@@ -230,16 +230,64 @@ fn pending(remote: &str) -> String {
 /// The delegated children of tree `root` follow its requested state, as its local instances do
 /// (`destroyed` is final); each change is forwarded.
 pub(super) fn set_tree_state(tx: &mut Tx<'_>, root: &str, state: InstanceState) -> Result<()> {
-    const FOLLOWING: &str =
-        "root = ?1 AND state != ?2 AND (?2 = 'destroyed' OR state != 'destroyed')";
+    restate(
+        tx,
+        "root = ?1",
+        &root,
+        state,
+        [
+            "count the delegated requests of a tree",
+            "change the state of a tree's delegated requests",
+        ],
+    )
+}
+
+/// The delegated children of instance `id` and of every instance below it are destroyed, as
+/// `destroy_subtree` marks the local ones; each destruction is forwarded.
+pub(super) fn destroy_below(tx: &mut Tx<'_>, id: i64) -> Result<()> {
+    restate(
+        tx,
+        "requester_id IN (WITH RECURSIVE sub(id) AS (
+             SELECT id FROM instance WHERE id = ?1
+             UNION SELECT i.id FROM instance i JOIN sub ON i.requester = sub.id)
+         SELECT id FROM sub)",
+        &id,
+        InstanceState::Destroyed,
+        [
+            "count the delegated requests below an instance",
+            "destroy the delegated requests below an instance",
+        ],
+    )
+}
+
+/// The titles of the requests instance `id` delegated (its delegated children).
+pub(super) fn children(tx: &Transaction<'_>, id: i64) -> Result<Vec<String>> {
+    super::titles(
+        tx,
+        "SELECT title FROM delegation WHERE requester_id = ?1 ORDER BY created_ms, title",
+        [id],
+    )
+}
+
+/// Give the delegated requests `which` (`?1` is `key`) the requested state `state`, to be
+/// forwarded; those already destroyed stay destroyed. `ops` names the count and the update.
+fn restate(
+    tx: &mut Tx<'_>,
+    which: &str,
+    key: &dyn super::sql::ToValue,
+    state: InstanceState,
+    ops: [&'static str; 2],
+) -> Result<()> {
+    let following =
+        format!("{which} AND state != ?2 AND (?2 = 'destroyed' OR state != 'destroyed')");
     let s = state.as_str();
     let n: i64 = tx
         .q_row(
-            &format!("SELECT COUNT(*) FROM delegation WHERE {FOLLOWING}"),
-            params![root, s],
+            &format!("SELECT COUNT(*) FROM delegation WHERE {following}"),
+            params![key, s],
             |r| r.get(0),
         )
-        .op("count the delegated requests of a tree")?;
+        .op(ops[0])?;
     if n == 0 {
         return Ok(());
     }
@@ -248,11 +296,11 @@ pub(super) fn set_tree_state(tx: &mut Tx<'_>, root: &str, state: InstanceState) 
         &format!(
             "UPDATE delegation SET state = ?2, revision = ?3, attempts = 0, next_ms = 0,
              status = '{DELEGATED_PREFIX}' || remote || ': {NOT_FORWARDED}'
-             WHERE {FOLLOWING}"
+             WHERE {following}"
         ),
-        params![root, s, seq],
+        params![key, s, seq],
     )
-    .op("change the state of a tree's delegated requests")?;
+    .op(ops[1])?;
     Ok(())
 }
 
@@ -463,6 +511,11 @@ impl Store {
                         [d.root.as_str(), d.title.as_str()],
                     )
                     .op("forget a destroyed delegated request")?;
+                    // As when a local child is freed: the requester is processed again (a
+                    // destroyed one waiting for its children is then freed).
+                    if let Some(id) = e.requester_id {
+                        tx.bump_instance(id)?;
+                    }
                 }
                 return tx.commit();
             }

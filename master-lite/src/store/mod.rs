@@ -710,7 +710,8 @@ impl Store {
 
     /// Record what the node did with a partition. A `destroyed` report for an instance whose
     /// requested state is `destroyed` frees the partition, unless the instance still has
-    /// children: they are then marked destroyed and the partition is freed on a later report,
+    /// children (here or delegated to another master): they are then marked destroyed (the
+    /// delegated ones below it too, to be forwarded) and the partition is freed on a later report,
     /// after the last child is gone (the parent's revision is bumped at that moment so the node
     /// reports again).
     pub fn report_partition(
@@ -753,11 +754,7 @@ impl Store {
         };
         if rep.state == InstanceState::Destroyed && inst.state == InstanceState::Destroyed.as_str()
         {
-            let kids = titles(
-                &tx,
-                "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
-                [inst.id],
-            )?;
+            let kids = children(&tx, inst.id)?;
             if kids.is_empty() {
                 tx.exec("DELETE FROM instance WHERE id = ?1", [inst.id])
                     .op("free a partition")?;
@@ -768,6 +765,7 @@ impl Store {
                 ack.freed = true;
             } else {
                 destroy_subtree(&mut tx, &inst)?;
+                federation::destroy_below(&mut tx, inst.id)?;
                 ack.waiting_for = kids.iter().map(|t| decode(t)).collect::<Result<_>>()?;
             }
         }
@@ -1669,6 +1667,18 @@ fn rows<T>(
 
 fn titles(tx: &Transaction<'_>, sql: &str, p: impl sql::Params) -> Result<Vec<String>> {
     rows(tx, "list titles", sql, p, |r| r.get(0))
+}
+
+/// The titles of the children of instance `id`: the instances it requested here, then the
+/// requests it delegated to other masters (both keep a destroyed parent's partition).
+fn children(tx: &Transaction<'_>, id: i64) -> Result<Vec<String>> {
+    let mut kids = titles(
+        tx,
+        "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
+        [id],
+    )?;
+    kids.extend(federation::children(tx, id)?);
+    Ok(kids)
 }
 
 fn ids(tx: &Transaction<'_>, sql: &str, p: impl sql::Params) -> Result<Vec<i64>> {

@@ -707,11 +707,7 @@ impl Store {
             let tx = self.read()?;
             match instance_on(&tx, c, p)? {
                 Some(inst) if inst.state != "destroyed" => {
-                    let kids = titles(
-                        &tx,
-                        "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
-                        params![inst.id],
-                    )?;
+                    let kids = super::children(&tx, inst.id)?;
                     Some((inst.id, kids))
                 }
                 _ => None,
