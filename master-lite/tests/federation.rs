@@ -108,22 +108,14 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     );
 
     // SLAP: `requestComputerPartition` with `master_url` in the filter (slapproxy's key).
-    let form = RequestForm {
-        software_release: other.into(),
-        software_type: "default".into(),
-        partition_reference: "slap-one".into(),
-        parameters: BTreeMap::from([("title".to_owned(), Value::str("s"))]),
-        filter: BTreeMap::from([("master_url".to_owned(), Value::str(REMOTE))]),
-        state: None,
-        shared: false,
-        requester: None,
-    };
-    let doc = slap_request(&a, &form).await;
-    assert_eq!(
-        doc.str_attr("slap_computer_id"),
-        Some("federated"),
-        "{doc:?}"
+    let form = slap_form(
+        other,
+        "slap-one",
+        ("title", "s"),
+        &[("master_url", REMOTE)],
+        false,
     );
+    slap_delegated(&a, &form).await;
 
     // JSON-RPC: by release.
     let (status, j) = json_of(
@@ -180,8 +172,32 @@ async fn the_three_request_apis_delegate_by_release_and_by_sla_master() {
     assert_eq!(j["state"], "stopped");
 }
 
-/// `requestComputerPartition` of `form` on `a`, answered 200: the `SoftwareInstance`.
-async fn slap_request(a: &master_lite::Master, form: &RequestForm) -> SoftwareInstanceDoc {
+/// A `requestComputerPartition` form of `release` titled `title`, with one parameter.
+fn slap_form(
+    release: &str,
+    title: &str,
+    (k, v): (&str, &str),
+    filter: &[(&str, &str)],
+    shared: bool,
+) -> RequestForm {
+    RequestForm {
+        software_release: release.into(),
+        software_type: "default".into(),
+        partition_reference: title.into(),
+        parameters: BTreeMap::from([(k.to_owned(), Value::str(v))]),
+        filter: filter
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Value::str(*v)))
+            .collect(),
+        state: None,
+        shared,
+        requester: None,
+    }
+}
+
+/// `requestComputerPartition` of `form` on `a`, answered 200 as delegated (computer
+/// `federated`): the `SoftwareInstance`.
+async fn slap_delegated(a: &master_lite::Master, form: &RequestForm) -> SoftwareInstanceDoc {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form.to_form().unwrap())
         .finish();
@@ -192,7 +208,13 @@ async fn slap_request(a: &master_lite::Master, form: &RequestForm) -> SoftwareIn
     let (status, _, body) = respond(a.router(), req).await;
     let text = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(status, StatusCode::OK, "{text}");
-    SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap()
+    let doc = SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap();
+    assert_eq!(
+        doc.str_attr("slap_computer_id"),
+        Some("federated"),
+        "{text}"
+    );
+    doc
 }
 
 /// Forward every due delegation of `a` once and record the outcome; the outcomes.
@@ -243,10 +265,10 @@ fn remote_b(n: usize) -> (tempfile::TempDir, Server, slapos_client::Client) {
     (dir, b, bc)
 }
 
-/// B: a computer with `n` partitions, `SR` supplied.
-fn remote_computer(b: &slapos_client::Client, n: usize) {
-    b.register(&RegisterComputer {
-        id: ComputerId::parse("COMP-B").unwrap(),
+/// Computer `id` with `n` partitions `slappart0`…
+fn computer(id: &str, n: usize) -> RegisterComputer {
+    RegisterComputer {
+        id: ComputerId::parse(id).unwrap(),
         partitions: (0..n)
             .map(|i| PartitionSpec {
                 id: PartitionId::parse(format!("slappart{i}")).unwrap(),
@@ -256,8 +278,12 @@ fn remote_computer(b: &slapos_client::Client, n: usize) {
             })
             .collect(),
         labels: Default::default(),
-    })
-    .unwrap();
+    }
+}
+
+/// B: a computer with `n` partitions, `SR` supplied.
+fn remote_computer(b: &slapos_client::Client, n: usize) {
+    b.register(&computer("COMP-B", n)).unwrap();
     b.supply(&ComputerId::parse("COMP-B").unwrap(), &available(SR))
         .unwrap();
 }
@@ -457,22 +483,8 @@ async fn shared_requests_over_slap_are_delegated_and_get_the_remote_hosts_connec
         a.set_federation(fed.clone());
 
         // Classic `requestComputerPartition` with `shared_xml` true, and JSON-RPC `shared`.
-        let form = RequestForm {
-            software_release: SR.into(),
-            software_type: "default".into(),
-            partition_reference: "front".into(),
-            parameters: BTreeMap::from([("domain".to_owned(), Value::str("a.example"))]),
-            filter: BTreeMap::new(),
-            state: None,
-            shared: true,
-            requester: None,
-        };
-        let doc = slap_request(&a, &form).await;
-        assert_eq!(
-            doc.str_attr("slap_computer_id"),
-            Some("federated"),
-            "{doc:?}"
-        );
+        let form = slap_form(SR, "front", ("domain", "a.example"), &[], true);
+        slap_delegated(&a, &form).await;
         let rpc = json!({"title": "front-rpc", "software_release_uri": SR,
                          "software_type": "default", "shared": true,
                          "parameters": {"domain": "b.example"}});
@@ -506,7 +518,7 @@ async fn shared_requests_over_slap_are_delegated_and_get_the_remote_hosts_connec
         )
         .unwrap();
         forward_once(&a, &fed).await;
-        let doc = slap_request(&a, &form).await;
+        let doc = slap_delegated(&a, &form).await;
         let conn = doc
             .dict_attr("_connection_dict")
             .unwrap()
@@ -547,21 +559,7 @@ async fn destroying_a_non_root_parent_destroys_its_delegated_children_like_its_l
     // app (root) ─► mid ─► cache (here) and db (delegated to B).
     let remote = b.url.clone();
     let mid = on_store(&a, move |s| {
-        s.register(
-            &RegisterComputer {
-                id: ComputerId::parse("COMP-A").unwrap(),
-                partitions: (0..3)
-                    .map(|i| PartitionSpec {
-                        id: PartitionId::parse(format!("slappart{i}")).unwrap(),
-                        addresses: vec![],
-                        interface: None,
-                        uid: None,
-                    })
-                    .collect(),
-                labels: Default::default(),
-            },
-            1,
-        )?;
+        s.register(&computer("COMP-A", 3), 1)?;
         let app = s.slap_request(&request("app", OTHER, &[]), None, 2)?.0;
         let from = at(app.partition.as_str());
         let mid = s

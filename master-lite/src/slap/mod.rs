@@ -811,7 +811,8 @@ async fn request(
         }
         // Federation: a shared request routed to a remote is delegated like a partition's.
         if !st.federation.is_empty()
-            && let Some(info) = delegate(&st, &who, form_request(&f, true)?, from.clone()).await?
+            && let Some(info) =
+                delegate(&st, &who, form_request(&f, true)?, from.clone(), true).await?
         {
             return shared_answer(&info);
         }
@@ -835,7 +836,7 @@ async fn request(
         sla,
         ..delegated.clone()
     };
-    if let Some(info) = delegate(&st, &who, delegated, from.clone()).await? {
+    if let Some(info) = delegate(&st, &who, delegated, from.clone(), true).await? {
         return instance_answer(&info, Vec::new());
     }
     let now = now_ms();
@@ -892,14 +893,16 @@ fn form_request(f: &RequestForm, shared: bool) -> Result<InstanceRequest, SlapEr
 }
 
 /// Federation: delegate `req` if it is routed to a remote (`None`: it stays here), requested
-/// by `from` (a partition holding no instance makes a root request, as here).
-async fn delegate(
+/// by `from`; with `empty_is_root`, a partition holding no instance makes a root request (as
+/// the classic request does here).
+pub(crate) async fn delegate(
     st: &AppState,
     who: &Identity,
     req: InstanceRequest,
     from: Option<slapos_proto::PartitionRef>,
-) -> Result<Option<slapos_proto::InstanceInfo>, SlapError> {
-    let Some(remote) = st.federation.route(&req).map_err(ApiError::from)? else {
+    empty_is_root: bool,
+) -> Result<Option<slapos_proto::InstanceInfo>, ApiError> {
+    let Some(remote) = st.federation.route(&req)? else {
         return Ok(None);
     };
     let remote = remote.url.clone();
@@ -908,11 +911,11 @@ async fn delegate(
         .read(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
             Ok(match &from {
-                Some(r) => s
+                Some(r) if empty_is_root => s
                     .slap_partition(r.computer.as_str(), r.partition.as_str())?
                     .and_then(|p| p.instance)
                     .map(|_| r.clone()),
-                None => None,
+                other => other.clone(),
             })
         })
         .await?;

@@ -1091,25 +1091,14 @@ async fn delegate(
     req: InstanceRequest,
     from: Option<PartitionRef>,
 ) -> Result<Option<Json>, RpcError> {
-    let Some(remote) = st.federation.route(&req).map_err(|e| bad(e.to_string()))? else {
-        return Ok(None);
-    };
-    let remote = remote.url.clone();
-    let from = st
-        .db
-        .read(move |s| -> Result<_, ApiError> {
-            check_requester(s, from.as_ref())?;
-            Ok(from.clone())
-        })
-        .await?;
-    let info = crate::federation::delegate(st, who.clone(), req, from, remote)
+    let info = super::delegate(st, who, req, from, false)
         .await
         .map_err(|e| match e {
             ApiError::BadRequest(m) => bad(m),
             ApiError::Forbidden(m) => forbidden(m),
             other => other.into(),
         })?;
-    Ok(Some(delegated_json(&info)))
+    Ok(info.as_ref().map(delegated_json))
 }
 
 /// `dict2xml(connection_parameter_dict)` read back: strings, `None` for empty.
