@@ -370,7 +370,17 @@ async fn request(
     Body(req): Body<InstanceRequest>,
 ) -> ApiResult<Response> {
     let from = requester(&headers)?;
-    if let Some(remote) = st.federation.route(&req).map_err(ApiError::from)? {
+    let routed = st.federation.route(&req).map_err(ApiError::from)?;
+    let here = match (&routed, req.shared) {
+        (Some(_), true) => {
+            let (title, from) = (req.title.to_string(), from.clone());
+            st.db
+                .read(move |s| s.shared_hosted_here(&title, from.as_ref()))
+                .await?
+        }
+        _ => false,
+    };
+    if let Some(remote) = routed.filter(|_| !here) {
         let remote = remote.url.clone();
         match &from {
             Some(from) => auth::allow(&who, Action::RequestChild(from))?,

@@ -198,6 +198,17 @@ fn slap_form(
 /// `requestComputerPartition` of `form` on `a`, answered 200 as delegated (computer
 /// `federated`): the `SoftwareInstance`.
 async fn slap_delegated(a: &master_lite::Master, form: &RequestForm) -> SoftwareInstanceDoc {
+    let doc = slap_answer(a, form).await;
+    assert_eq!(
+        doc.str_attr("slap_computer_id"),
+        Some("federated"),
+        "{doc:?}"
+    );
+    doc
+}
+
+/// `requestComputerPartition` of `form` on `a`, answered 200: the `SoftwareInstance`.
+async fn slap_answer(a: &master_lite::Master, form: &RequestForm) -> SoftwareInstanceDoc {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form.to_form().unwrap())
         .finish();
@@ -208,13 +219,7 @@ async fn slap_delegated(a: &master_lite::Master, form: &RequestForm) -> Software
     let (status, _, body) = respond(a.router(), req).await;
     let text = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(status, StatusCode::OK, "{text}");
-    let doc = SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap();
-    assert_eq!(
-        doc.str_attr("slap_computer_id"),
-        Some("federated"),
-        "{text}"
-    );
-    doc
+    SoftwareInstanceDoc::from_value(&loads(&text).unwrap()).unwrap()
 }
 
 /// Forward every due delegation of `a` once and record the outcome; the outcomes.
@@ -627,4 +632,40 @@ async fn destroying_a_non_root_parent_destroys_its_delegated_children_like_its_l
     let cache = on_store(&a, move |s| s.instance(&t("cache"), Some(&t("app")))).await;
     assert!(on_store(&a, report(cache.partition.as_str())).await.freed);
     assert!(on_store(&a, report(mid.partition.as_str())).await.freed);
+}
+
+#[tokio::test]
+async fn a_shared_instance_hosted_here_stays_here_when_its_release_is_routed() {
+    let mut a = slap_master("COMP-A");
+    on_store(&a, |s| {
+        s.register(&computer("COMP-A", 1), 1)?;
+        s.slap_request(&request("host", SR, &[]), None, 2)
+    })
+    .await;
+    let form = slap_form(SR, "front", ("domain", "a.example"), &[], true);
+    let rpc = json!({"title": "front-rpc", "software_release_uri": SR,
+                     "software_type": "default", "shared": true});
+    let native = json!({"title": "front-native", "software_url": SR, "shared": true});
+    // Hosted here before the release is routed to a remote, then requested again after.
+    for routed in [false, true] {
+        if routed {
+            a.set_federation(federation(REMOTE, Api::Slap, Some(SR)));
+        }
+        let doc = slap_answer(&a, &form).await;
+        assert_eq!(doc.str_attr("slap_computer_id"), Some("COMP-A"), "{doc:?}");
+        let (status, j) = json_of(&a, post_json("/slapos.post.v0.software_instance", &rpc)).await;
+        assert_eq!(
+            (status, &j["computer_guid"]),
+            (StatusCode::OK, &json!("COMP-A")),
+            "{j}"
+        );
+        let (status, j) = json_of(&a, post_json("/v1/instances", &native)).await;
+        assert_eq!(
+            (status, &j["computer"]),
+            (StatusCode::OK, &json!("COMP-A")),
+            "{j}"
+        );
+    }
+    // A new shared title is delegated.
+    slap_delegated(&a, &slap_form(SR, "other", ("domain", "o"), &[], true)).await;
 }

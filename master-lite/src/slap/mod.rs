@@ -906,19 +906,25 @@ pub(crate) async fn delegate(
         return Ok(None);
     };
     let remote = remote.url.clone();
-    let from = st
+    let (title, shared) = (req.title.to_string(), req.shared);
+    let (from, here) = st
         .db
         .read(move |s| -> Result<_, ApiError> {
             check_requester(s, from.as_ref())?;
-            Ok(match &from {
+            let from = match &from {
                 Some(r) if empty_is_root => s
                     .slap_partition(r.computer.as_str(), r.partition.as_str())?
                     .and_then(|p| p.instance)
                     .map(|_| r.clone()),
                 other => other.clone(),
-            })
+            };
+            let here = shared && s.shared_hosted_here(&title, from.as_ref())?;
+            Ok((from, here))
         })
         .await?;
+    if here {
+        return Ok(None);
+    }
     let info = crate::federation::delegate(st, who.clone(), req, from, remote).await?;
     Ok(Some(info))
 }

@@ -473,6 +473,27 @@ impl Store {
         }))
     }
 
+    /// Whether the shared instance `title`, requested by partition `from` (`None`: by a user),
+    /// is hosted here: federation keeps it here (a title allocated here stays here).
+    pub fn shared_hosted_here(&mut self, title: &str, from: Option<&PartitionRef>) -> Result<bool> {
+        let tx = self.read()?;
+        let root = match from {
+            Some(r) => instance_on(&tx, r.computer.as_str(), r.partition.as_str())?
+                .map(|i| i.root_title().to_owned())
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(tx
+            .q_row(
+                "SELECT 1 FROM slap_shared WHERE root = ?1 AND title = ?2",
+                params![root, title],
+                |_| Ok(()),
+            )
+            .optional()
+            .op("look up a shared instance")?
+            .is_some())
+    }
+
     /// `POST /v1/instances` with `shared: true`: the native form of [`Store::slap_request_shared`]
     /// over the same `slap_shared` rows. The host is the first instance (registration order) of
     /// the same release and software type, narrowed by the SLA's `computer_guid` and
