@@ -46,6 +46,21 @@ pub struct IrqOutcome {
     pub unsteerable: Vec<(u32, String)>,
 }
 
+/// Where something whose original affinity is `original` goes while `reserved` is reserved:
+/// `original ∖ reserved`, or `original` itself when nothing would be left. `Err` (the reason)
+/// when it stays on reserved CPUs because all its CPUs are reserved. Shared with
+/// [`kthread`](crate::kthread).
+pub(crate) fn away_from(original: &CpuList, reserved: &CpuList) -> Result<CpuList, String> {
+    let target = original.difference(reserved);
+    if !target.is_empty() {
+        Ok(target)
+    } else if original.is_empty() || reserved.is_empty() {
+        Ok(original.clone())
+    } else {
+        Err(format!("only allowed on reserved CPUs {original}"))
+    }
+}
+
 /// Steers every `/proc/irq/<n>/smp_affinity_list` and `default_smp_affinity` away from
 /// `reserved` (restores everything when `reserved` is empty), updating `originals`.
 pub fn steer(
@@ -80,17 +95,13 @@ pub fn steer(
                 .push((irq, format!("unparsable affinity `{original}`")));
             continue;
         };
-        let target = orig_cpus.difference(reserved);
-        let target_text = if target == orig_cpus {
-            original.clone()
-        } else if target.is_empty() {
-            if !reserved.is_empty() && !orig_cpus.intersection(reserved).is_empty() {
-                out.unsteerable
-                    .push((irq, format!("only allowed on reserved CPUs {original}")));
+        let target_text = match away_from(&orig_cpus, reserved) {
+            Ok(t) if t != orig_cpus => t.to_string(),
+            Ok(_) => original.clone(),
+            Err(why) => {
+                out.unsteerable.push((irq, why));
+                original.clone()
             }
-            original.clone()
-        } else {
-            target.to_string()
         };
         if CpuList::parse(&current).ok().as_ref()
             != Some(&CpuList::parse(&target_text).unwrap_or_default())

@@ -51,7 +51,8 @@
 //! - [`manager`] — validate, apply, release, read back; its module doc maps its parts: pure
 //!   planning, persisted state, cgroup layout, shared cpuset groups, cgroup v1, cgroup v2;
 //! - [`child`] — the `pre_exec` setup of a partition's processes;
-//! - [`irq`] — IRQ affinity steering and restoration;
+//! - [`irq`] — IRQ affinity steering and restoration; [`kthread`] — the same for unbound
+//!   kernel threads;
 //! - [`usage`] — per-partition usage read from its cgroups (its `read_v1`/`read_v2` also read
 //!   groups rt does not manage: the node's partition jails);
 //! - [`pmqos`] — holding `/dev/cpu_dma_latency`;
@@ -97,6 +98,7 @@ pub mod cpulist;
 pub mod error;
 pub mod host;
 pub mod irq;
+pub mod kthread;
 mod kfs;
 pub mod manager;
 pub mod pmqos;

@@ -10,13 +10,14 @@
 //! profile with its resolved CPUs and RT budget (written *before* the kernel files, so a crash
 //! mid-apply is finished by the next apply); `host.json` holds what must be restored when the
 //! last partition goes: subtree directories rt created, flags it set, original CPU lists of
-//! cgroups it shrank, original IRQ affinities, controllers it enabled in the v2 root.
+//! cgroups it shrank, original IRQ and kthread affinities, controllers it enabled in the v2 root.
 //!
 //! Invariants after every successful apply/release:
 //! - reserved = ∪ exclusive CPUs of all records; every other cpuset group under the subtree has
-//!   `base ∖ reserved` (its CPUs before rt touched it, minus reserved), IRQs `original ∖ reserved`;
+//!   `base ∖ reserved` (its CPUs before rt touched it, minus reserved), IRQs and unbound kthreads
+//!   `original ∖ reserved`;
 //! - v1 with RT group scheduling: subtree `cpu.rt_runtime_us` = Σ partition budgets;
-//! - no record left ⇒ nothing of rt left on the host (subtrees removed, flags and IRQs restored).
+//! - no record left ⇒ nothing of rt left on the host (subtrees removed, flags, IRQs and kthreads restored).
 //!
 //! Where things are (this file is the [`Manager`] facade: apply, release, usage, child setup):
 //! - `planning` — the pure core: [`plan`], [`PlanContext`], [`Plan`]; no I/O;
@@ -38,6 +39,7 @@ use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::host::{HostPaths, HostReport};
 use crate::irq::{self, IrqOutcome};
+use crate::kthread::{self, KthreadOutcome};
 use crate::kfs;
 use crate::profile::{ProfileSpec, check_name};
 use crate::usage::{self, Usage};
@@ -66,6 +68,9 @@ pub struct ManagerConfig {
     pub rt_pool: CpuList,
     /// Steer IRQs off reserved CPUs (default true).
     pub steer_irqs: bool,
+    /// Steer unbound kernel threads (kdamond, kswapd, khugepaged…) off reserved CPUs (default
+    /// true).
+    pub steer_kthreads: bool,
     /// v1: set `cpuset.cpu_exclusive` on reserved groups and the subtree (default true). The
     /// kernel then refuses any sibling of the subtree that overlaps it; turn off on hosts where
     /// other software creates top-level cpusets with all CPUs.
@@ -82,6 +87,7 @@ impl ManagerConfig {
             state_dir: state_dir.into(),
             rt_pool,
             steer_irqs: true,
+            steer_kthreads: true,
             kernel_exclusive: true,
             hold_cpu_dma_latency: true,
         }
@@ -99,6 +105,8 @@ pub struct Applied {
     pub adopted: bool,
     /// IRQ steering outcome.
     pub irq: IrqOutcome,
+    /// Kernel-thread steering outcome.
+    pub kthreads: KthreadOutcome,
     /// Setup for the partition's processes (`pre_exec`).
     pub child: ChildSetup,
 }
@@ -110,6 +118,8 @@ pub struct Released {
     pub warnings: Vec<String>,
     /// IRQ restoration outcome.
     pub irq: IrqOutcome,
+    /// Kernel-thread restoration outcome.
+    pub kthreads: KthreadOutcome,
 }
 
 /// Applies, releases and reads partition profiles. `Sync`: operations are serialised by an
@@ -205,8 +215,8 @@ impl Manager {
             Layout::V2 { mount } => self.apply_v2(mount, &plan, &records, &mut state),
         }
         .and_then(|()| self.steer(&plan.reserved_after, &mut state));
-        let irq = match result {
-            Ok(irq) => irq,
+        let (irq, kthreads) = match result {
+            Ok(steered) => steered,
             Err(e) => {
                 self.roll_back(partition, previous, &mut records, &mut state);
                 return Err(e);
@@ -220,6 +230,7 @@ impl Manager {
             cgroups: self.cgroup_dirs(partition),
             adopted: existed,
             irq,
+            kthreads,
             child,
         })
     }
@@ -246,12 +257,22 @@ impl Manager {
         let _ = self.save_state(state);
     }
 
-    /// Moves IRQs off `reserved` (back to their originals outside it), unless steering is off.
-    fn steer(&self, reserved: &CpuList, state: &mut HostState) -> Result<IrqOutcome> {
-        if !self.cfg.steer_irqs {
-            return Ok(IrqOutcome::default());
-        }
-        irq::steer(&self.paths, reserved, &mut state.irq)
+    /// Moves IRQs and unbound kthreads off `reserved` (back to their originals outside it),
+    /// each unless its steering is off.
+    fn steer(
+        &self,
+        reserved: &CpuList,
+        state: &mut HostState,
+    ) -> Result<(IrqOutcome, KthreadOutcome)> {
+        let irq = match self.cfg.steer_irqs {
+            true => irq::steer(&self.paths, reserved, &mut state.irq)?,
+            false => IrqOutcome::default(),
+        };
+        let kthreads = match self.cfg.steer_kthreads {
+            true => kthread::steer(&self.paths, reserved, &mut state.kthreads)?,
+            false => KthreadOutcome::default(),
+        };
+        Ok((irq, kthreads))
     }
 
     // ----- release -----------------------------------------------------------------------
@@ -333,16 +354,26 @@ impl Manager {
         Ok(())
     }
 
-    /// Steers IRQs for what stays reserved; what cannot be restored becomes a warning.
+    /// Steers IRQs and kthreads for what stays reserved; what cannot be restored becomes a
+    /// warning (kthreads only once nothing is reserved: per-CPU ones stay unsteerable before).
     fn restore_irqs(&self, reserved: &CpuList, state: &mut HostState, out: &mut Released) {
         match self.steer(reserved, state) {
-            Ok(irq) => {
+            Ok((irq, kthreads)) => {
                 out.warnings.extend(
                     irq.unsteerable
                         .iter()
                         .map(|(n, why)| format!("IRQ {n}: {why}")),
                 );
+                if reserved.is_empty() {
+                    out.warnings.extend(
+                        kthreads
+                            .unsteerable
+                            .iter()
+                            .map(|(pid, why)| format!("kthread {pid}: {why}")),
+                    );
+                }
                 out.irq = irq;
+                out.kthreads = kthreads;
             }
             Err(e) => out.warnings.push(e.to_string()),
         }

@@ -11,6 +11,7 @@ use super::Manager;
 use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::irq::IrqOriginals;
+use crate::kthread::KthreadOriginals;
 use crate::kfs;
 use crate::profile::ProfileSpec;
 
@@ -39,6 +40,9 @@ pub(super) struct HostState {
     pub(super) cpuset_base: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) irq: IrqOriginals,
+    /// pid → original affinity (with comm and start time) of each steered kthread.
+    #[serde(default)]
+    pub(super) kthreads: KthreadOriginals,
 }
 
 /// CPUs the `records` reserve: the union of their exclusive CPUs.
