@@ -242,6 +242,7 @@ pub(crate) mod tests {
         put_task(root, 13, "bash", 0x0040_0100, 7, "0-3");
         put_task(root, 14, "odd) (name", KT, 8, "2-3");
         put_task(root, 15, "khugepaged", KT, 9, "3");
+        put_task(root, 16, "kswapd0", KT, 10, "0-3");
         let paths = HostPaths::under(root);
         let mut orig = KthreadOriginals::default();
         let out = steer(&paths, &CpuList::parse("3").unwrap(), &mut orig).unwrap();
@@ -250,7 +251,7 @@ pub(crate) mod tests {
         assert_eq!(cpus_of(root, 13), "0-3", "user processes are not touched");
         assert_eq!(cpus_of(root, 12), "0-3");
         let changed: Vec<i32> = out.changed.iter().map(|c| c.0).collect();
-        assert_eq!(changed, vec![10, 14]);
+        assert_eq!(changed, vec![10, 14, 16]);
         let stuck: Vec<i32> = out.unsteerable.iter().map(|u| u.0).collect();
         assert_eq!(stuck, vec![11, 12, 15], "{out:?}");
         assert!(out.unsteerable[1].1.contains("refused"), "{out:?}");
@@ -258,10 +259,13 @@ pub(crate) mod tests {
 
         // Pid 14 is reused by another kthread (other start time): its affinity is its own.
         put_task(root, 14, "odd) (name", KT, 99, "1-2");
+        // Pid 16 now names a task with another comm (same start time): not restored either.
+        put_task(root, 16, "kthreadd", KT, 10, "0-2");
         // Pid 10 exits.
         std::fs::remove_dir_all(root.join("proc/10")).unwrap();
         let out = steer(&paths, &CpuList::new(), &mut orig).unwrap();
         assert_eq!(cpus_of(root, 14), "1-2");
+        assert_eq!(cpus_of(root, 16), "0-2");
         assert!(out.changed.is_empty(), "{out:?}");
         assert!(orig.is_empty(), "{orig:?}");
     }

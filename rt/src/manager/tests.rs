@@ -4,6 +4,7 @@
 use super::*;
 use crate::error::ProfileError;
 use crate::host::tests::{fake_v1_host, fake_v2_host, put};
+use crate::kthread::tests::{cpus_of, put_task};
 use crate::profile::Policy;
 use std::fs;
 
@@ -85,6 +86,8 @@ fn fifo_on(cpus: &[u32], prio: u32) -> ProfileSpec {
     }
 }
 
+/// `PF_KTHREAD`.
+const KT: u64 = 0x0020_0000;
 const CS: &str = "sys/fs/cgroup/cpuset/slapos-edge";
 const CPU: &str = "sys/fs/cgroup/cpu,cpuacct/slapos-edge";
 
@@ -93,6 +96,10 @@ fn v1_apply_adopt_release_restores_everything() {
     let f = Fake::v1();
     // An unmanaged group already under the subtree, and a shared partition, both on all CPUs.
     put(&f.root, &format!("{CS}/foreign/cpuset.cpus"), "0-3\n");
+    // An unbound kthread, a per-CPU one on the CPU to reserve and a user process.
+    put_task(&f.root, 300, "kdamond.0", KT, 1000, "0-3");
+    put_task(&f.root, 301, "ksoftirqd/2", KT | 0x0400_0000, 10, "2");
+    put_task(&f.root, 302, "enb-helper", 0x0040_0000, 2000, "0-3");
     let shared = ProfileSpec {
         cpu_weight: Some(200),
         cpu_quota_us: Some(50_000),
@@ -138,6 +145,11 @@ fn v1_apply_adopt_release_restores_everything() {
     assert_eq!(f.read("proc/irq/24/smp_affinity_list"), "0-1,3");
     assert_eq!(f.read("proc/irq/default_smp_affinity"), "0000000b");
     assert_eq!(a.irq.changed, vec![24, 25, 40]);
+    assert_eq!(a.kthreads.changed, vec![(300, "kdamond.0".to_owned())]);
+    assert_eq!(cpus_of(&f.root, 300), "0-1,3");
+    assert_eq!(cpus_of(&f.root, 302), "0-3", "user processes stay");
+    assert_eq!(a.kthreads.unsteerable.len(), 1, "{:?}", a.kthreads);
+    assert_eq!(a.kthreads.unsteerable[0].0, 301);
     // The child joins cpu/cpuacct, memory, blkio, pids first and cpuset last, as FIFO 80.
     let files = a.child.procs_files();
     assert_eq!(files.len(), 5);
@@ -169,7 +181,9 @@ fn v1_apply_adopt_release_restores_everything() {
         other => panic!("{other:?}"),
     }
     put(&f.root, &format!("{CS}/enb/tasks"), "");
-    f.mgr.release("enb").unwrap();
+    let r = f.mgr.release("enb").unwrap();
+    assert_eq!(r.kthreads.changed, vec![(300, "kdamond.0".to_owned())]);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     let mut after = f.snapshot();
     // The usage/tasks files we planted died with the group; the state dir holds web's record.
     after.retain(|p, _| !p.starts_with(f.root.join("state")));
