@@ -107,6 +107,7 @@ struct Guard<'a> {
     s: &'a Scenario,
     children: Vec<Child>,
     irqs_before: BTreeMap<String, String>,
+    kthreads_before: BTreeMap<i32, (String, String)>,
 }
 
 impl Drop for Guard<'_> {
@@ -154,7 +155,51 @@ impl Drop for Guard<'_> {
                 let _ = std::fs::write(&path, value);
             }
         }
+        for (pid, (comm, cpus)) in kthread_affinities() {
+            match self.kthreads_before.get(&pid) {
+                Some((c, before)) if *c == comm && *before != cpus => {
+                    if let Ok(b) = CpuList::parse(before) {
+                        let _ = rt::sys::set_affinity(pid, &b);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
+}
+
+/// pid → (comm, `Cpus_allowed_list`) of every kernel thread (`PF_KTHREAD` in stat's flags).
+fn kthread_affinities() -> BTreeMap<i32, (String, String)> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let flags: u64 = rest
+            .split_whitespace()
+            .nth(6)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0);
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_owned());
+        if let (true, Some(cpus), Some((_, comm))) =
+            (flags & 0x0020_0000 != 0, cpus, head.split_once('('))
+        {
+            out.insert(pid, (comm.to_owned(), cpus));
+        }
+    }
+    out
 }
 
 fn run_partition_scenario(tag: &str) {
@@ -189,10 +234,12 @@ fn run_partition_scenario(tag: &str) {
     );
 
     let irqs_before = irq_affinities();
+    let kthreads_before = kthread_affinities();
     let mut guard = Guard {
         s: &s,
         children: Vec::new(),
         irqs_before: irqs_before.clone(),
+        kthreads_before: kthreads_before.clone(),
     };
     let tmp = tempfile::tempdir().unwrap();
 
@@ -277,6 +324,29 @@ fn run_partition_scenario(tag: &str) {
             let f = format!("/proc/irq/{irq}/smp_affinity_list");
             let cpus = CpuList::parse(&read(&f)).unwrap();
             assert!(!cpus.contains(rt_cpu), "IRQ {irq} still on {cpus}");
+        }
+        // Unbound kthreads moved off the reserved CPU; per-CPU ones reported, not failed.
+        let kt = &applied.kthreads;
+        eprintln!("kthreads moved: {:?}", kt.changed);
+        eprintln!("kthreads unsteerable: {:?}", kt.unsteerable);
+        let now = kthread_affinities();
+        let moved: Vec<_> = kt
+            .changed
+            .iter()
+            .filter(|(p, _)| {
+                kthreads_before
+                    .get(p)
+                    .and_then(|(_, c)| CpuList::parse(c).ok())
+                    .is_some_and(|c| c.len() > 1)
+            })
+            .collect();
+        assert!(!moved.is_empty(), "no unbound kthread moved: {kt:?}");
+        for (p, comm) in moved {
+            // A kthread may exit meanwhile; the ones still here must be off the reserved CPU.
+            if let Some((_, cpus)) = now.get(p) {
+                let cpus = CpuList::parse(cpus).unwrap();
+                assert!(!cpus.contains(rt_cpu), "kthread {p} {comm} still on {cpus}");
+            }
         }
     }
     let limits = read(format!("/proc/{pid}/limits"));
@@ -385,6 +455,12 @@ fn run_partition_scenario(tag: &str) {
         );
     }
     assert_eq!(irq_affinities(), irqs_before, "IRQ affinities restored");
+    let kthreads_after = kthread_affinities();
+    for (p, comm) in &applied.kthreads.changed {
+        if let (Some(before), Some(after)) = (kthreads_before.get(p), kthreads_after.get(p)) {
+            assert_eq!(after, before, "kthread {p} {comm} restored");
+        }
+    }
     assert!(s.mgr.records().unwrap().is_empty());
     assert!(!s.mgr.holds_cpu_dma_latency());
 }
