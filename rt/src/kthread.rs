@@ -209,7 +209,8 @@ pub(crate) mod tests {
 
     /// A fake `/proc/<pid>` with `comm`, stat `flags`, `start` time and affinity `cpus`.
     pub(crate) fn put_task(root: &Path, pid: i32, comm: &str, flags: u64, start: u64, cpus: &str) {
-        let stat = format!("{pid} ({comm}) S 2 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
+        let stat =
+            format!("{pid} ({comm}) S 2 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
         put(root, &format!("proc/{pid}/stat"), &stat);
         let status = format!("Name:\t{comm}\nCpus_allowed:\tf\nCpus_allowed_list:\t{cpus}\n");
         put(root, &format!("proc/{pid}/status"), &status);

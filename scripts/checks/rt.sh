@@ -2,7 +2,8 @@
 # Smoke checks of the rt binaries beyond `cargo test` (~15 s): rt-report prints valid JSON,
 # rt-probe keeps and breaks a promise as asked, and (as root, tools present) a 1 s rt-bench
 # round trip (two runs, so the medians path too) through the partition manager prints its
-# verdict lines and leaves no cgroup behind. Figures are not judged here.
+# verdict lines, leaves no cgroup behind and unbound kernel threads' affinities as they were.
+# Figures are not judged here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p rt --bins -q
@@ -22,12 +23,31 @@ echo "rt-probe: promise exit codes ok"
 
 if [ "$(id -u)" = 0 ] && command -v stress-ng >/dev/null && command -v cyclictest >/dev/null \
     && [ "$(nproc)" -ge 2 ]; then
+    # pid, comm and affinity of every kernel thread whose affinity is more than one CPU (the
+    # ones rt steers), to compare before and after; kworkers come and go, so left out.
+    unbound_kthreads() {
+        for d in /proc/[0-9]*; do
+            read -r flags < <(sed 's/.*) //' "$d/stat" 2>/dev/null | cut -d' ' -f7) || continue
+            [ -n "$flags" ] && (( flags & 0x200000 )) || continue
+            comm=$(cat "$d/comm" 2>/dev/null) || continue
+            [[ $comm == kworker/* ]] && continue
+            cpus=$(sed -n 's/^Cpus_allowed_list:\t//p' "$d/status" 2>/dev/null) || continue
+            [[ $cpus == *[,-]* ]] && echo "${d#/proc/} $comm $cpus"
+        done
+    }
+    kthreads_before=$(unbound_kthreads)
     out=$("$bin/rt-bench" --duration-s 0.5 --rounds 1 --warmup-s 0.3 --runs 2)
     for want in "median of 2 runs: ratios" "p99.9 (b)/(c) = " "(b) TTI misses / floor late wake-ups = "; do
         grep -qF "$want" <<<"$out" || { echo "rt-bench output lacks \"$want\":" >&2; echo "$out" >&2; exit 1; }
     done
     if ls -d /sys/fs/cgroup/*/slapos-edge-bench-* /sys/fs/cgroup/slapos-edge-bench-* >/dev/null 2>&1; then
         echo "rt-bench left cgroups behind" >&2
+        exit 1
+    fi
+    kthreads_after=$(unbound_kthreads)
+    if [ "$kthreads_before" != "$kthreads_after" ]; then
+        echo "rt-bench left kernel threads steered:" >&2
+        diff <(echo "$kthreads_before") <(echo "$kthreads_after") >&2 || true
         exit 1
     fi
     echo "rt-bench: smoke run (2 runs of 0.5 s per configuration) ok"

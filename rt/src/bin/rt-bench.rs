@@ -498,8 +498,10 @@ impl Bench<'_> {
                 })
                 .unwrap_or_default();
             eprintln!(
-                "rt-bench: partition rt on CPU {rt_cpu} (budget {:?} µs/s, IRQs steered: {:?}); load partition moved to CPUs {load_cpus}",
-                rt_part.plan.rt_runtime_us, rt_part.irq.changed
+                "rt-bench: partition rt on CPU {rt_cpu} (budget {:?} µs/s, IRQs steered: {:?}, kthreads steered: {}); load partition moved to CPUs {load_cpus}",
+                rt_part.plan.rt_runtime_us,
+                rt_part.irq.changed,
+                rt_part.kthreads.changed.len()
             );
         }
         warmup(o);

@@ -39,8 +39,8 @@ use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::host::{HostPaths, HostReport};
 use crate::irq::{self, IrqOutcome};
-use crate::kthread::{self, KthreadOutcome};
 use crate::kfs;
+use crate::kthread::{self, KthreadOutcome};
 use crate::profile::{ProfileSpec, check_name};
 use crate::usage::{self, Usage};
 

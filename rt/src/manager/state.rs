@@ -11,8 +11,8 @@ use super::Manager;
 use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::irq::IrqOriginals;
-use crate::kthread::KthreadOriginals;
 use crate::kfs;
+use crate::kthread::KthreadOriginals;
 use crate::profile::ProfileSpec;
 
 /// A partition's applied profile as persisted.
