@@ -61,6 +61,25 @@ pub(crate) fn away_from(original: &CpuList, reserved: &CpuList) -> Result<CpuLis
     }
 }
 
+/// The numeric subdirectories of `dir` (IRQs, pids) and the `remembered` ones, sorted, once
+/// each: what a pass visits. Shared with [`kthread`](crate::kthread).
+pub(crate) fn numbered_subdirs<'a, T>(
+    dir: &std::path::Path,
+    remembered: impl Iterator<Item = &'a T>,
+) -> Result<Vec<T>>
+where
+    T: std::str::FromStr + Ord + Copy + 'a,
+{
+    let mut numbers: Vec<T> = kfs::subdirs(dir)?
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    numbers.extend(remembered.copied());
+    numbers.sort_unstable();
+    numbers.dedup();
+    Ok(numbers)
+}
+
 /// Steers every `/proc/irq/<n>/smp_affinity_list` and `default_smp_affinity` away from
 /// `reserved` (restores everything when `reserved` is empty), updating `originals`.
 pub fn steer(
@@ -70,14 +89,7 @@ pub fn steer(
 ) -> Result<IrqOutcome> {
     let irq_dir = paths.resolve("/proc/irq");
     let mut out = IrqOutcome::default();
-    let mut numbers: Vec<u32> = kfs::subdirs(&irq_dir)?
-        .iter()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    numbers.extend(originals.irqs.keys().copied());
-    numbers.sort_unstable();
-    numbers.dedup();
-    for irq in numbers {
+    for irq in numbered_subdirs(&irq_dir, originals.irqs.keys())? {
         let file = irq_dir.join(irq.to_string()).join("smp_affinity_list");
         let Some(text) = kfs::read_opt(&file)? else {
             // The IRQ went away (device removed): forget it.

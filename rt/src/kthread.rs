@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::cpulist::CpuList;
 use crate::error::{Error, Result};
 use crate::host::HostPaths;
-use crate::irq::away_from;
+use crate::irq::{away_from, numbered_subdirs};
 use crate::kfs;
 
 /// `PF_KTHREAD` in `/proc/<pid>/stat` field 9.
@@ -116,14 +116,7 @@ pub fn steer(
 ) -> Result<KthreadOutcome> {
     let proc_dir = paths.resolve("/proc");
     let mut out = KthreadOutcome::default();
-    let mut pids: Vec<i32> = kfs::subdirs(&proc_dir)?
-        .iter()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    pids.extend(originals.keys().copied());
-    pids.sort_unstable();
-    pids.dedup();
-    for pid in pids {
+    for pid in numbered_subdirs(&proc_dir, originals.keys())? {
         let dir = proc_dir.join(pid.to_string());
         // A task may exit at any point of the pass: unreadable files mean it is gone.
         let read = |f: &str| kfs::read_opt(&dir.join(f)).ok().flatten();
