@@ -3,9 +3,9 @@
 //! Leaf crate (no workspace dependencies). It detects what the host can give (cgroup v1/v2/
 //! hybrid, RT group scheduling, `sched_rt_runtime_us`, PREEMPT_RT, isolated CPUs, governors),
 //! applies a per-partition resource profile (exclusive cpuset, memory limit, CPU weight/quota,
-//! SCHED_FIFO/RR with a priority, memory locking, RT budget), keeps other partitions and IRQs off
-//! reserved CPUs, starts processes inside the partition with their policy, reads usage back and
-//! restores everything on release. `rt-probe` measures what the partition gets.
+//! SCHED_FIFO/RR with a priority, memory locking, RT budget), keeps other partitions, IRQs and
+//! unbound kernel threads off reserved CPUs, starts processes inside the partition with their
+//! policy, reads usage back and restores everything on release. `rt-probe` measures what the partition gets.
 //!
 //! ## How node-edge uses it
 //!
@@ -77,10 +77,10 @@
 //!   weight/quota and refuses the mix ([`ProfileError::RtUnderCpuController`]) instead of
 //!   silently dropping FIFO. With RT group scheduling known off (Debian kernels) both coexist.
 //! - **Exclusivity**: every non-exclusive cpuset group under the subtree (managed or not) is
-//!   kept at `its original CPUs ∖ reserved`; IRQ affinities at `original ∖ reserved`. Originals
-//!   are persisted, so release in any order restores exact values. Host processes outside the
-//!   subtree are not moved (no housekeeping set is imposed); they run SCHED_OTHER and cannot
-//!   preempt the partition's FIFO threads.
+//!   kept at `its original CPUs ∖ reserved`; IRQ and unbound kernel-thread affinities at
+//!   `original ∖ reserved`. Originals are persisted, so release in any order restores exact
+//!   values. Host user processes outside the subtree are not moved (no housekeeping set is
+//!   imposed); they run SCHED_OTHER and cannot preempt the partition's FIFO threads.
 //! - **mlock**: `mlockall` does not survive `execve`, so for spawned processes `mlock = true`
 //!   raises RLIMIT_MEMLOCK and exports `SLAPOS_RT_MLOCK=1` ([`child`] explains).
 //! - **PM-QoS**: the manager holds `/dev/cpu_dma_latency` at 0 while an RT partition exists.
@@ -88,7 +88,7 @@
 //! ## Limits
 //!
 //! - One manager per host: two managers with different state directories would each record the
-//!   other's steered IRQ values as originals.
+//!   other's steered IRQ and kthread values as originals.
 //! - v2 partitions are tested on a fake tree only (this machine's cgroup2 has no cpuset).
 //! - The RT period of groups is the kernel default (1 s); `rt_runtime_us` is per second.
 
