@@ -16,10 +16,10 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::cpulist::CpuList;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::host::HostPaths;
 use crate::irq::{away_from, numbered_subdirs};
 use crate::kfs;
@@ -27,29 +27,29 @@ use crate::kfs;
 /// `PF_KTHREAD` in `/proc/<pid>/stat` field 9.
 const PF_KTHREAD: u64 = 0x0020_0000;
 /// `PF_NO_SETAFFINITY`: the kernel refuses `sched_setaffinity` (only the fake tree checks it).
+#[cfg(test)]
 const PF_NO_SETAFFINITY: u64 = 0x0400_0000;
 
-/// The original affinity of one steered kthread and what identifies the task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KthreadOriginal {
-    /// `comm` (stat field 2).
-    pub comm: String,
-    /// Start time in clock ticks after boot (stat field 22).
-    pub start: u64,
-    /// Original `Cpus_allowed_list`.
-    pub cpus: String,
-}
+/// Original affinities of the kthreads changed, persisted by the manager: pid →
+/// `"<start time> <original Cpus_allowed_list> <comm>"` (one string, the shape of the IRQ map,
+/// whose code it shares in the node binary; the comm is last as it may hold spaces).
+pub type KthreadOriginals = BTreeMap<u32, String>;
 
-/// Original affinities of the kthreads changed, persisted by the manager (pid → original).
-pub type KthreadOriginals = BTreeMap<i32, KthreadOriginal>;
+/// The original CPU list of `entry` when it was recorded for the task `stat` describes (same
+/// start time and comm), else `None` (another task holds the pid now).
+fn original_of<'a>(entry: &'a str, stat: &Stat) -> Option<&'a str> {
+    let (start, rest) = entry.split_once(' ')?;
+    let (cpus, comm) = rest.split_once(' ')?;
+    (start.parse() == Ok(stat.start) && comm == stat.comm).then_some(cpus)
+}
 
 /// What a steering pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct KthreadOutcome {
     /// Kthreads whose affinity was set (steered or restored): pid and comm.
-    pub changed: Vec<(i32, String)>,
+    pub changed: Vec<(u32, String)>,
     /// Kthreads that stay on reserved CPUs: pid and the reason (with the comm).
-    pub unsteerable: Vec<(i32, String)>,
+    pub unsteerable: Vec<(u32, String)>,
 }
 
 /// What `/proc/<pid>/stat` tells about a task.
@@ -82,12 +82,24 @@ fn allowed_list(status: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The affinity seam: `sched_setaffinity` on the real host; on a fake tree (tests) the kernel's
-/// answer is emulated on `proc/<pid>/status` (ESRCH when gone, EINVAL for `PF_NO_SETAFFINITY`).
-fn set_affinity(paths: &HostPaths, pid: i32, cpus: &CpuList) -> io::Result<()> {
-    if paths.is_real() {
-        return crate::sys::set_affinity(pid, cpus);
+/// The affinity seam: `sched_setaffinity` on the real host, [`fake_set_affinity`] on a fake tree.
+fn set_affinity(paths: &HostPaths, pid: u32, cpus: &CpuList) -> io::Result<()> {
+    match i32::try_from(pid) {
+        Ok(pid) if paths.is_real() => crate::sys::set_affinity(pid, cpus),
+        _ => fake_set_affinity(paths, pid, cpus),
     }
+}
+
+/// Outside tests a fake tree has no task to move.
+#[cfg(not(test))]
+fn fake_set_affinity(_paths: &HostPaths, _pid: u32, _cpus: &CpuList) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ESRCH))
+}
+
+/// In tests the kernel's answer is emulated on `proc/<pid>/status` (ESRCH when gone, EINVAL for
+/// `PF_NO_SETAFFINITY`).
+#[cfg(test)]
+fn fake_set_affinity(paths: &HostPaths, pid: u32, cpus: &CpuList) -> io::Result<()> {
     let dir = paths.resolve(format!("/proc/{pid}"));
     let read = |f: &str| std::fs::read_to_string(dir.join(f));
     let (stat, status) = match (read("stat"), read("status")) {
@@ -125,11 +137,12 @@ pub fn steer(
             originals.remove(&pid);
             continue;
         };
-        if originals
+        let remembered = originals
             .get(&pid)
-            .is_some_and(|o| o.comm != stat.comm || o.start != stat.start)
-        {
-            // Another task holds the pid now: its current affinity is its own.
+            .and_then(|e| original_of(e, &stat))
+            .map(str::to_owned);
+        if remembered.is_none() {
+            // Nothing recorded, or another task holds the pid now: its affinity is its own.
             originals.remove(&pid);
         }
         let Some(current) = read("status")
@@ -139,10 +152,7 @@ pub fn steer(
         else {
             continue;
         };
-        let original = originals
-            .get(&pid)
-            .map(|o| o.cpus.clone())
-            .unwrap_or_else(|| current.to_string());
+        let original = remembered.unwrap_or_else(|| current.to_string());
         let Ok(orig_cpus) = CpuList::parse(&original) else {
             originals.remove(&pid);
             continue;
@@ -157,7 +167,12 @@ pub fn steer(
         if current != target {
             match set_affinity(paths, pid, &target) {
                 Ok(()) => out.changed.push((pid, stat.comm.clone())),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    originals.remove(&pid);
+                    continue;
+                }
+                // EINVAL (PF_NO_SETAFFINITY), EPERM…: like a refused IRQ, reported.
+                Err(e) => {
                     out.unsteerable.push((
                         pid,
                         format!("{}: sched_setaffinity refused: {e}", stat.comm),
@@ -166,29 +181,12 @@ pub fn steer(
                         continue;
                     }
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                    originals.remove(&pid);
-                    continue;
-                }
-                Err(source) => {
-                    return Err(Error::Sys {
-                        op: format!("sched_setaffinity({pid} {}, {target})", stat.comm),
-                        source,
-                    });
-                }
             }
         }
         if target == orig_cpus || reserved.is_empty() {
             originals.remove(&pid);
         } else {
-            originals.insert(
-                pid,
-                KthreadOriginal {
-                    comm: stat.comm,
-                    start: stat.start,
-                    cpus: original,
-                },
-            );
+            originals.insert(pid, format!("{} {original} {}", stat.start, stat.comm));
         }
     }
     Ok(out)
@@ -201,7 +199,7 @@ pub(crate) mod tests {
     use std::path::Path;
 
     /// A fake `/proc/<pid>` with `comm`, stat `flags`, `start` time and affinity `cpus`.
-    pub(crate) fn put_task(root: &Path, pid: i32, comm: &str, flags: u64, start: u64, cpus: &str) {
+    pub(crate) fn put_task(root: &Path, pid: u32, comm: &str, flags: u64, start: u64, cpus: &str) {
         let stat =
             format!("{pid} ({comm}) S 2 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
         put(root, &format!("proc/{pid}/stat"), &stat);
@@ -209,7 +207,7 @@ pub(crate) mod tests {
         put(root, &format!("proc/{pid}/status"), &status);
     }
 
-    pub(crate) fn cpus_of(root: &Path, pid: i32) -> String {
+    pub(crate) fn cpus_of(root: &Path, pid: u32) -> String {
         let status = std::fs::read_to_string(root.join(format!("proc/{pid}/status"))).unwrap();
         allowed_list(&status).unwrap().to_owned()
     }
@@ -244,12 +242,12 @@ pub(crate) mod tests {
         assert_eq!(cpus_of(root, 14), "2");
         assert_eq!(cpus_of(root, 13), "0-3", "user processes are not touched");
         assert_eq!(cpus_of(root, 12), "0-3");
-        let changed: Vec<i32> = out.changed.iter().map(|c| c.0).collect();
+        let changed: Vec<u32> = out.changed.iter().map(|c| c.0).collect();
         assert_eq!(changed, vec![10, 14, 16]);
-        let stuck: Vec<i32> = out.unsteerable.iter().map(|u| u.0).collect();
+        let stuck: Vec<u32> = out.unsteerable.iter().map(|u| u.0).collect();
         assert_eq!(stuck, vec![11, 12, 15], "{out:?}");
         assert!(out.unsteerable[1].1.contains("refused"), "{out:?}");
-        assert_eq!(orig[&14].comm, "odd) (name");
+        assert_eq!(orig[&14], "8 2-3 odd) (name");
 
         // Pid 14 is reused by another kthread (other start time): its affinity is its own.
         put_task(root, 14, "odd) (name", KT, 99, "1-2");

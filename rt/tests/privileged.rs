@@ -107,7 +107,7 @@ struct Guard<'a> {
     s: &'a Scenario,
     children: Vec<Child>,
     irqs_before: BTreeMap<String, String>,
-    kthreads_before: BTreeMap<i32, (String, String)>,
+    kthreads_before: BTreeMap<u32, (String, String)>,
 }
 
 impl Drop for Guard<'_> {
@@ -159,7 +159,7 @@ impl Drop for Guard<'_> {
             match self.kthreads_before.get(&pid) {
                 Some((c, before)) if *c == comm && *before != cpus => {
                     if let Ok(b) = CpuList::parse(before) {
-                        let _ = rt::sys::set_affinity(pid, &b);
+                        let _ = rt::sys::set_affinity(pid as i32, &b);
                     }
                 }
                 _ => {}
@@ -169,10 +169,10 @@ impl Drop for Guard<'_> {
 }
 
 /// pid → (comm, `Cpus_allowed_list`) of every kernel thread (`PF_KTHREAD` in stat's flags).
-fn kthread_affinities() -> BTreeMap<i32, (String, String)> {
+fn kthread_affinities() -> BTreeMap<u32, (String, String)> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {

@@ -162,9 +162,6 @@ impl Resources for RtResources {
         for (n, why) in &applied.irq.unsteerable {
             tracing::debug!(partition = %partition, "rt: IRQ {n} not steered: {why}");
         }
-        for (pid, why) in &applied.kthreads.unsteerable {
-            tracing::debug!(partition = %partition, "rt: kthread {pid} not steered: {why}");
-        }
         let child = applied.child;
         let env = child.env().into_iter().collect();
         let child = Arc::new(child);
