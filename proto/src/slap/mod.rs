@@ -95,8 +95,8 @@ pub use instance_xml::{
     ParamDict, dict2xml, dict2xml_json, dict2xml_params, dict2xml_value, xml2dict,
 };
 pub use journal::{
-    Journal, JournalError, JournalWriter, Movement, Transaction, journal_date, journal_date_ms,
-    parse_journal,
+    Journal, JournalError, JournalWriter, Movement, Transaction, civil_from_days, journal_date,
+    journal_date_ms, parse_journal,
 };
 pub use marshal::{DecodeLimits, dumps, loads, loads_with_limits};
 pub use objects::{
