@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use slapos_proto::slap::{Journal, journal_date_ms};
+use slapos_proto::slap::{Journal, journal_date_ms, journal_partition};
 use slapos_proto::{ComputerId, InstanceTitle, PartitionId, UsageSample};
 
 use crate::error::ApiError;
@@ -120,10 +120,7 @@ fn partition_of(
     partitions: &[(PartitionId, Option<InstanceTitle>)],
 ) -> Option<usize> {
     let find = |id: &str| partitions.iter().position(|(p, _)| p.as_str() == id);
-    find(reference).or_else(|| {
-        let n = reference.strip_prefix("slapuser")?;
-        find(&format!("slappart{n}"))
-    })
+    find(reference).or_else(|| find(&journal_partition(reference)?))
 }
 
 /// Store the usage journal `xml` posted for computer `c` (the caller is authorised): `Ok(None)`

@@ -38,7 +38,7 @@ use slapos_client::ClientError;
 use slapos_proto::slap::{
     ComputerDoc, ComputerPartitionDoc, ConnectionForm, EncodeError, JournalWriter,
     PartitionRef as SlapPartitionRef, RequestForm, RequestedState, SlapPartitionAuth,
-    SoftwareInstanceDoc, Value, dumps, journal_date, loads,
+    SoftwareInstanceDoc, Value, dumps, journal_date, journal_user, loads,
 };
 use slapos_proto::{
     Assignment, ComputerId, DesiredPartition, DesiredSoftware, DesiredState, InstallState,
@@ -613,13 +613,7 @@ pub fn usage_journal(computer: &ComputerId, batch: &UsageBatch) -> Result<String
                 &format!("{computer}-{}", s.start_ms),
             )?;
         }
-        let p = s.partition.as_str();
-        let user = match p.strip_prefix("slappart") {
-            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                format!("slapuser{n}")
-            }
-            _ => p.to_owned(),
-        };
+        let user = journal_user(s.partition.as_str());
         let period_ns = s.end_ms.saturating_sub(s.start_ms).max(1) as f64 * 1e6;
         for (resource, title, q) in [
             (

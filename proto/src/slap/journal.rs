@@ -388,6 +388,23 @@ impl JournalWriter {
     }
 }
 
+/// The user a journal names for partition `partition`: `slapuserN` for `slappartN` (SlapOS's
+/// format names both from one number), else the partition id itself.
+pub fn journal_user(partition: &str) -> String {
+    match partition.strip_prefix("slappart") {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => format!("slapuser{n}"),
+        _ => partition.to_owned(),
+    }
+}
+
+/// The partition a journal's user `reference` stands for: `slappartN` for `slapuserN` (the
+/// inverse of [`journal_user`]), `None` for any other reference.
+pub fn journal_partition(reference: &str) -> Option<String> {
+    reference
+        .strip_prefix("slapuser")
+        .map(|n| format!("slappart{n}"))
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm);
 /// the inverse of [`days_from_civil`]. The node's log timestamps use it too.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -500,6 +517,19 @@ mod tests {
             "<movement/>".repeat(MAX_MOVEMENTS + 1)
         );
         assert_eq!(parse_journal(&many), Err(JournalError::TooLarge));
+    }
+
+    #[test]
+    fn partition_users_map_both_ways() {
+        assert_eq!(journal_user("slappart12"), "slapuser12");
+        assert_eq!(journal_user("slappart"), "slappart");
+        assert_eq!(journal_user("slappartx"), "slappartx");
+        assert_eq!(journal_user("web-1"), "web-1");
+        assert_eq!(
+            journal_partition("slapuser12").as_deref(),
+            Some("slappart12")
+        );
+        assert_eq!(journal_partition("web-1"), None);
     }
 
     #[test]

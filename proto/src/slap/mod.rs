@@ -96,7 +96,7 @@ pub use instance_xml::{
 };
 pub use journal::{
     Journal, JournalError, JournalWriter, Movement, Transaction, civil_from_days, journal_date,
-    journal_date_ms, parse_journal,
+    journal_date_ms, journal_partition, journal_user, parse_journal,
 };
 pub use marshal::{DecodeLimits, dumps, loads, loads_with_limits};
 pub use objects::{
