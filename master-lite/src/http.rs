@@ -21,10 +21,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use slapos_proto::{
-    Bang, ComputerId, ConnectionPublish, DesiredQuery, Health, InstanceRequest, InstanceTitle,
-    MAX_BODY_BYTES, MAX_LONG_POLL_SECS, PARTITION_HEADER, PROTOCOL_VERSION, PartitionId,
-    PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange, SupplyRequest,
-    UsageBatch, UsageBy,
+    Bang, ComputerId, ConnectionPublish, DesiredQuery, DesiredState, Health, InstanceRequest,
+    InstanceTitle, MAX_BODY_BYTES, MAX_LONG_POLL_SECS, PARTITION_HEADER, PROTOCOL_VERSION,
+    PartitionId, PartitionRef, PartitionReport, RegisterComputer, SoftwareReport, StateChange,
+    SupplyRequest, UsageBatch, UsageBy,
 };
 
 use slapos_proto::identity::{ENROLL_ROUTE, EnrollRequest};
@@ -33,6 +33,7 @@ use crate::auth::{self, Action, Identity, InstanceFacts};
 use crate::error::ApiError;
 use crate::middleware::BodyTimeout;
 use crate::pki::Ca;
+use crate::server::{ParkCheck, Parked, ParkedUntil, Parking, Peer, Transport};
 use crate::state::{AppState, FromThisHost, now_ms};
 use crate::store::RequestRules;
 
@@ -261,63 +262,154 @@ async fn report_software(
 }
 
 /// `GET desired`: answer at once when the etag differs (or none is given); otherwise hold the
-/// answer up to `wait` seconds until the computer's desired state changes, then `304`.
+/// answer up to `wait` seconds until the computer's desired state changes, then `304`. A poll
+/// that already waited outside hyper ([`DesiredParking`]) holds until its [`ParkedUntil`].
 async fn desired(
     State(st): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(c): Path<String>,
+    parked: Option<Extension<ParkedUntil>>,
     q: Result<Query<DesiredQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let c = computer_id(&c)?;
     auth::allow(&who, Action::Node(&c))?;
     let q = query(q)?;
-    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_LONG_POLL_SECS));
-    let deadline = tokio::time::Instant::now() + wait;
+    let now = tokio::time::Instant::now();
+    let deadline = match parked {
+        Some(Extension(ParkedUntil(t))) => t,
+        None => now + long_poll(q.wait),
+    };
     // Subscribe before the first read, so a change committed in between still wakes us.
     // Past the hub's bounds, answer at once (the node polls again).
-    let slot = if q.etag.is_some() && !wait.is_zero() {
-        st.hub.poll_slot(&c, &who)
-    } else {
-        None
+    let slot = match &q.etag {
+        Some(_) if deadline > now => st.hub.poll_slot(&c, &who),
+        _ => None,
     };
     let mut rx = slot.as_ref().map(|_| st.hub.subscribe(&c));
+    let known = q.etag.as_deref();
+    let mut current = read_desired(&st, &c, known).await;
+    if let (Ok(None), Some(rx), Some(etag)) = (&current, rx.as_mut(), known) {
+        current = hold(&st, &c, etag, rx, deadline).await;
+    }
+    let current = current.inspect_err(|_| {
+        drop(rx.take());
+        st.hub.forget_unused(&c);
+    })?;
+    let Some(d) = current else {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    };
+    let etag = HeaderValue::from_str(&format!("\"{}\"", d.etag)).ok();
+    let mut resp = axum::Json(d).into_response();
+    if let Some(e) = etag {
+        resp.headers_mut().insert(header::ETAG, e);
+    }
+    Ok(resp)
+}
+
+/// How long a poll asking to wait `wait` seconds is held, at most.
+fn long_poll(wait: Option<u64>) -> Duration {
+    Duration::from_secs(wait.unwrap_or(0).min(MAX_LONG_POLL_SECS))
+}
+
+/// `c`'s desired state, `None` when `known` is still its etag.
+async fn read_desired(
+    st: &AppState,
+    c: &ComputerId,
+    known: Option<&str>,
+) -> ApiResult<Option<DesiredState>> {
+    let (id, known) = (c.clone(), known.map(str::to_owned));
+    let read = st.db.read(move |s| s.desired(&id, known.as_deref())).await;
+    st.hub.saw(c, now_ms());
+    read
+}
+
+/// Wait for a change of `c`'s desired state away from `etag` (woken by `rx`), until `deadline`
+/// or shutdown (`None`).
+async fn hold(
+    st: &AppState,
+    c: &ComputerId,
+    etag: &str,
+    rx: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+) -> ApiResult<Option<DesiredState>> {
     let mut shutdown = st.hub.shutdown_signal();
     loop {
-        let (id, known) = (c.clone(), q.etag.clone());
-        let read = st.db.read(move |s| s.desired(&id, known.as_deref())).await;
-        let current = match read {
-            Ok(v) => v,
-            Err(e) => {
-                drop(rx.take());
-                st.hub.forget_unused(&c);
-                return Err(e);
-            }
-        };
-        st.hub.saw(&c, now_ms());
-        if let Some(d) = current {
-            let etag = HeaderValue::from_str(&format!("\"{}\"", d.etag)).ok();
-            let mut resp = axum::Json(d).into_response();
-            if let Some(e) = etag {
-                resp.headers_mut().insert(header::ETAG, e);
-            }
-            return Ok(resp);
-        }
-        let Some(rx) = rx.as_mut() else {
-            return Ok(StatusCode::NOT_MODIFIED.into_response());
-        };
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return Ok(StatusCode::NOT_MODIFIED.into_response());
+                    return Ok(None);
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(StatusCode::NOT_MODIFIED.into_response());
-            }
-            _ = shutdown.wait_for(|down| *down) => {
-                return Ok(StatusCode::NOT_MODIFIED.into_response());
+            _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            _ = shutdown.wait_for(|down| *down) => return Ok(None),
+        }
+        if let Some(d) = read_desired(st, c, Some(etag)).await? {
+            return Ok(Some(d));
+        }
+    }
+}
+
+/// Lets a node's long poll wait outside hyper ([`crate::server`]): a `GET desired` with an
+/// etag and a wait, over mTLS with the certificate of that computer (still recorded and not
+/// revoked), when the etag is current and the hub has room. Anything else is served at once
+/// by the handler, which also answers every parked poll in the end (the rules stay there).
+pub(crate) struct DesiredParking(pub(crate) AppState);
+
+impl Parking for DesiredParking {
+    fn park(&self, peer: &Peer, target: &str) -> Option<ParkCheck> {
+        let Transport::Tls {
+            cert: Some(Ok((Identity::Computer(id), serial))),
+        } = &peer.transport
+        else {
+            return None;
+        };
+        let (path, query) = target.split_once('?')?;
+        let c = path
+            .strip_prefix("/v1/computers/")?
+            .strip_suffix("/desired")?;
+        if c != id.as_str() {
+            return None;
+        }
+        let (mut wait, mut etag) = (None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let seen = match &*k {
+                "wait" => wait.replace(v.parse::<u64>().ok()?),
+                "etag" => etag.replace(v.into_owned()).map(|_| 0),
+                // The handler refuses what it does not read.
+                _ => return None,
+            };
+            if seen.is_some() {
+                return None;
             }
         }
+        let (wait, etag) = (long_poll(wait), etag?);
+        if wait.is_zero() {
+            return None;
+        }
+        let (st, id, serial) = (self.0.clone(), id.clone(), serial.clone());
+        Some(Box::pin(async move {
+            let who = Identity::Computer(id.clone());
+            crate::middleware::certificate_valid(&st, &who, serial)
+                .await
+                .ok()?;
+            let deadline = tokio::time::Instant::now() + wait;
+            let slot = st.hub.poll_slot(&id, &who)?;
+            let mut rx = st.hub.subscribe(&id);
+            if !matches!(read_desired(&st, &id, Some(&etag)).await, Ok(None)) {
+                drop(rx);
+                st.hub.forget_unused(&id);
+                return None;
+            }
+            let ready = async move {
+                let _slot = slot;
+                // An error is the handler's to report, when it reads again.
+                let _ = hold(&st, &id, &etag, &mut rx, deadline).await;
+            };
+            Some(Parked {
+                deadline,
+                ready: Box::pin(ready),
+            })
+        }))
     }
 }
 

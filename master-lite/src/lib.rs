@@ -240,10 +240,18 @@ impl Master {
                 state.federation_wake.clone(),
             )
         });
+        let parking: Arc<dyn server::Parking> = Arc::new(http::DesiredParking(state.clone()));
         let router = app(state);
-        let served = server::serve(listener, router, security, limits, shut_down(shutdown, hub))
-            .await
-            .map_err(|source| MasterError::Serve { addr, source });
+        let served = server::serve(
+            listener,
+            router,
+            security,
+            limits,
+            Some(parking),
+            shut_down(shutdown, hub),
+        )
+        .await
+        .map_err(|source| MasterError::Serve { addr, source });
         if let Some(task) = forwarding {
             task.abort();
         }

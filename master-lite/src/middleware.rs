@@ -137,7 +137,11 @@ async fn local_identity(st: &AppState, uid: u32) -> (Identity, ApiResult<()>) {
 }
 
 /// The certificate with `serial` was issued by this master to `id` and is not revoked.
-async fn certificate_valid(st: &AppState, id: &Identity, serial: String) -> ApiResult<()> {
+pub(crate) async fn certificate_valid(
+    st: &AppState,
+    id: &Identity,
+    serial: String,
+) -> ApiResult<()> {
     let shown = serial.clone();
     let row = st.db.call(move |s| s.certificate(&serial)).await?;
     match row {

@@ -22,6 +22,18 @@
 //! * When the connection count falls back to zero, freed heap is returned to the system
 //!   (`malloc_trim`), so the memory of a burst of connections does not stay with the process.
 //!
+//! **Requests and long polls.** The connection loop reads each request head itself
+//! ([`gate::parse`], with `httparse`, hyper's own parser), then lets hyper serve that one
+//! request through a [`gate::Gate`] and takes the connection back once the response is out.
+//! A `GET` that a [`Parking`] accepts (a node's long poll of its desired state, when nothing is
+//! new) waits in between, outside hyper: only the connection's TLS stream, its request head
+//! and the hub's receiver are kept, not hyper's 16 KB of buffers and the middleware futures.
+//! When it has an answer (a change, its deadline, shutdown) hyper serves it like any request,
+//! with [`ParkedUntil`] attached. A parked poll counts as a request in flight (never evicted);
+//! the client closing the connection ends it. Requests the loop cannot frame without doubt
+//! (a chunked body, an unusual `Content-Length`, a head hyper will refuse) go to hyper with the
+//! rest of the connection, as before.
+//!
 //! [`serve`] ends on shutdown: it stops accepting, ends the waiting long polls (the caller's
 //! shutdown future does that through the hub), lets in-flight requests finish (graceful
 //! shutdown of each connection, bounded by [`DRAIN`]) and returns.
@@ -29,16 +41,25 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tower::ServiceExt;
+
+mod gate;
+
+use gate::{Gate, Parsed, Served, Tracked};
 
 use crate::local::{self, LocalTrust};
 use slapos_proto::identity::Identity;
@@ -307,6 +328,32 @@ fn trim_heap() {
     }
 }
 
+/// Bytes read at a time while a request head arrives.
+const HEAD_CHUNK: usize = 1024;
+
+/// A long poll waiting outside hyper (see the module doc).
+pub struct Parked {
+    /// When its wait ends.
+    pub deadline: Instant,
+    /// Ready when the poll has an answer: a change, its deadline, shutdown.
+    pub ready: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Whether a check of [`Parking::park`] lets a request wait.
+pub type ParkCheck = Pin<Box<dyn Future<Output = Option<Parked>> + Send>>;
+
+/// Which requests may wait outside hyper (see the module doc): the router's own rules, given
+/// to [`serve`] by the application.
+pub trait Parking: Send + Sync + 'static {
+    /// A `GET` of `target` (path and query) by `peer`: `None` when it is served at once, else
+    /// the check that decides whether it waits (its `None`: served at once).
+    fn park(&self, peer: &Peer, target: &str) -> Option<ParkCheck>;
+}
+
+/// Attached to a request that waited outside hyper: its wait ends at this instant.
+#[derive(Clone, Copy, Debug)]
+pub struct ParkedUntil(pub Instant);
+
 /// How the listener secures its connections.
 #[derive(Clone)]
 pub enum Security {
@@ -322,6 +369,7 @@ pub async fn serve(
     router: Router,
     security: Security,
     limits: Limits,
+    parking: Option<Arc<dyn Parking>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
@@ -354,6 +402,7 @@ pub async fn serve(
             registry: registry.clone(),
             router: router.clone(),
             security: security.clone(),
+            parking: parking.clone(),
             local,
             stop: stop_rx.clone(),
         };
@@ -376,6 +425,7 @@ struct Conn {
     registry: Arc<Registry>,
     router: Router,
     security: Security,
+    parking: Option<Arc<dyn Parking>>,
     local: SocketAddr,
     stop: watch::Receiver<bool>,
 }
@@ -404,13 +454,15 @@ impl Conn {
         match self.security.clone() {
             Security::Plain(_) => {
                 let peer = Peer::plain(addr, uid);
-                self.http(TokioIo::new(stream), peer, slot).await;
+                Box::pin(self.http(Box::new(stream), peer, slot)).await;
             }
             Security::Tls(acceptor) => {
                 slot.live.handshaking.store(true, Ordering::Relaxed);
                 let timeout = self.registry.limits.handshake_timeout;
+                // Boxed, as the stream after it: the task keeps pointers, not a copy of the
+                // handshake's state or the TLS stream (1.2 KB) for the connection's life.
                 let hs = tokio::select! {
-                    r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+                    r = tokio::time::timeout(timeout, Box::pin(accept(&acceptor, stream))) => r,
                     () = slot.live.evict.notified() => return,
                 };
                 let tls = match hs {
@@ -429,61 +481,228 @@ impl Conn {
                 if matches!(&peer.transport, Transport::Tls { cert: Some(Ok(_)) }) {
                     self.registry.exempt(slot.id);
                 }
-                self.http(TokioIo::new(tls), peer, slot).await;
+                Box::pin(self.http(tls, peer, slot)).await;
             }
         }
     }
 
     /// Serve HTTP/1.1 on an established connection until it closes, is evicted or the server
-    /// shuts down (in-flight requests then finish first).
-    async fn http<I>(mut self, io: TokioIo<I>, peer: Peer, slot: Slot)
+    /// shuts down (in-flight requests then finish first), one request at a time (see the
+    /// module doc).
+    async fn http<I>(mut self, mut io: I, peer: Peer, slot: Slot)
     where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let live = slot.live.clone();
-        let router = self.router.clone();
-        let addr = peer.addr;
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-            req.extensions_mut().insert(ConnectInfo(peer.clone()));
-            let busy = Busy::new(live.clone());
-            let router = router.clone();
-            async move {
-                let resp = router.oneshot(req.map(axum::body::Body::new)).await;
-                drop(busy);
-                resp
+        // Read from the socket, not yet given to hyper.
+        let mut buf = Vec::new();
+        loop {
+            // Boxed, as every phase of a connection: the task holds only what is live now.
+            let next = Box::pin(self.next_head(&mut io, &mut buf, &live, peer.addr));
+            let head = match next.await {
+                Some(Parsed::Head(head)) => head,
+                Some(Parsed::Hyper) => {
+                    let pre = Bytes::from(std::mem::take(&mut buf));
+                    Box::pin(self.hyper(io, pre, u64::MAX, &peer, &live, None)).await;
+                    break;
+                }
+                Some(Parsed::Partial) | None => break,
+            };
+            let mut until = None;
+            let mut busy = None;
+            if let (Some(parking), Some(target)) = (&self.parking, &head.get)
+                && let Some(check) = parking.park(&peer, target)
+            {
+                busy = Some(Busy::new(live.clone()));
+                if let Some(parked) = check.await {
+                    buf.shrink_to_fit();
+                    match Box::pin(self.wait_parked(&mut io, &mut buf, parked)).await {
+                        Some(t) => until = Some(t),
+                        None => break,
+                    }
+                }
             }
-        });
+            let pre = Bytes::from(std::mem::take(&mut buf));
+            let serving = Box::pin(self.hyper(io, pre, head.total, &peer, &live, until));
+            let Some((back, rest)) = serving.await else {
+                break;
+            };
+            drop(busy);
+            (io, buf) = (back, rest);
+        }
+        drop(slot);
+    }
+
+    /// Read the next request head into `buf` (it may hold the start already): `None` when the
+    /// connection ends first (closed, no complete head within the header timeout, evicted,
+    /// shutting down).
+    async fn next_head<I: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut I,
+        buf: &mut Vec<u8>,
+        live: &Live,
+        addr: SocketAddr,
+    ) -> Option<Parsed> {
+        let limits = &self.registry.limits;
+        let deadline = Instant::now() + limits.header_timeout;
+        loop {
+            if !buf.is_empty() {
+                match gate::parse(buf) {
+                    // Too large a head: hyper answers it (431).
+                    Parsed::Partial if buf.len() >= limits.max_buf => return Some(Parsed::Hyper),
+                    Parsed::Partial => {}
+                    done => return Some(done),
+                }
+            }
+            if *self.stop.borrow() {
+                return None;
+            }
+            buf.reserve(HEAD_CHUNK.min(limits.max_buf.saturating_sub(buf.len()).max(1)));
+            tokio::select! {
+                r = io.read_buf(buf) => match r {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(%addr, "connection ended: {e}");
+                        return None;
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(%addr, "no request head within {:?}: closed", limits.header_timeout);
+                    return None;
+                }
+                () = live.evict.notified() => {
+                    tracing::debug!(%addr, "connection evicted: the master is at its connection limit");
+                    return None;
+                }
+                _ = self.stop.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+
+    /// Hold a parked poll until it has an answer: the instant its wait ends (now, on
+    /// shutdown), or `None` when the client went away. Bytes the client sends meanwhile (a
+    /// pipelined request) are kept in `buf`, up to the head limit.
+    async fn wait_parked<I: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut I,
+        buf: &mut Vec<u8>,
+        parked: Parked,
+    ) -> Option<Instant> {
+        let Parked {
+            deadline,
+            mut ready,
+        } = parked;
+        let max = self.registry.limits.max_buf;
+        let mut more = [0u8; 128];
+        loop {
+            tokio::select! {
+                () = &mut ready => return Some(deadline),
+                _ = self.stop.wait_for(|s| *s) => return Some(Instant::now()),
+                r = io.read(&mut more), if buf.len() < max => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&more[..n]),
+                },
+            }
+        }
+    }
+
+    /// hyper serves the connection: the request of `allow` bytes that starts `pre`, or, with
+    /// `u64::MAX`, the whole rest of the connection. Gives the connection back (and the bytes
+    /// read past that request) once its response is out, or `None` when the connection ended.
+    async fn hyper<I>(
+        &mut self,
+        io: I,
+        pre: Bytes,
+        allow: u64,
+        peer: &Peer,
+        live: &Arc<Live>,
+        until: Option<Instant>,
+    ) -> Option<(I, Vec<u8>)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = peer.addr;
+        let served = Arc::new(Served::default());
+        let service = {
+            let (router, peer, live, served) = (
+                self.router.clone(),
+                peer.clone(),
+                live.clone(),
+                served.clone(),
+            );
+            hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(peer.clone()));
+                if let Some(t) = until {
+                    req.extensions_mut().insert(ParkedUntil(t));
+                }
+                let busy = Busy::new(live.clone());
+                let (router, served) = (router.clone(), served.clone());
+                async move {
+                    let resp = router.oneshot(req.map(axum::body::Body::new)).await;
+                    drop(busy);
+                    resp.map(|r| r.map(|body| Tracked::new(body, served)))
+                }
+            })
+        };
         let limits = &self.registry.limits;
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_buf.max(8192));
-        let conn = builder.serve_connection(io, service);
-        let mut conn = std::pin::pin!(conn);
+        let gate = Gate::new(io, pre, allow, served.clone());
+        // Boxed: hyper's state exists only while it serves, not in every connection's task.
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(gate), service));
+        let one = allow != u64::MAX;
         let mut stopping = false;
         loop {
             tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%addr, "connection ended: {e}");
+                biased;
+                r = std::future::poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending if one && served.is_out() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }) => match r {
+                    Some(r) => {
+                        if let Err(e) = r {
+                            tracing::debug!(%addr, "connection ended: {e}");
+                        }
+                        return None;
                     }
-                    break;
-                }
-                () = slot.live.evict.notified() => {
+                    None => break,
+                },
+                () = live.evict.notified() => {
                     tracing::debug!(%addr, "connection evicted: the master is at its connection limit");
-                    break;
+                    return None;
                 }
                 r = self.stop.wait_for(|s| *s), if !stopping => {
                     stopping = true;
                     if r.is_ok() {
-                        conn.as_mut().graceful_shutdown();
+                        Pin::new(&mut *conn).graceful_shutdown();
                     }
                 }
             }
         }
-        drop(slot);
+        let parts = conn.into_parts();
+        let gate = parts.io.into_inner();
+        if gate.allow != 0 {
+            // hyper answered without reading the whole request (an early error): what is left
+            // is no request of its own.
+            return None;
+        }
+        let mut rest = parts.read_buf.to_vec();
+        rest.extend_from_slice(&gate.pre);
+        Some((gate.inner, rest))
     }
+}
+
+/// The TLS handshake, its stream boxed (see [`Conn::run`]).
+async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+) -> std::io::Result<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    acceptor.accept(stream).await.map(Box::new)
 }
 
 /// The [`Peer`] of an established TLS connection: the identity of its verified certificate.
@@ -578,5 +797,235 @@ mod tests {
         assert_eq!(Limits::for_nofile(1024).max_connections, 1024 - FD_RESERVE);
         assert_eq!(Limits::for_nofile(1 << 20).max_connections, 65_536);
         assert!(Limits::for_nofile(10).max_connections >= 16);
+    }
+}
+
+/// The connection loop against real sockets and hyper: parked requests, framing, fallbacks.
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+    use axum::routing::{get, post};
+    use tokio::io::AsyncWriteExt;
+
+    /// Parks `GET /park?…` until `release` fires; counts the parked futures still alive.
+    #[derive(Clone, Default)]
+    struct TestParking {
+        release: Arc<Notify>,
+        alive: Arc<AtomicUsize>,
+    }
+
+    struct Alive(Arc<AtomicUsize>);
+
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Parking for TestParking {
+        fn park(&self, _peer: &Peer, target: &str) -> Option<ParkCheck> {
+            if !target.starts_with("/park?") {
+                return None;
+            }
+            let t = self.clone();
+            Some(Box::pin(async move {
+                t.alive.fetch_add(1, Ordering::SeqCst);
+                let alive = Alive(t.alive.clone());
+                Some(Parked {
+                    deadline: Instant::now() + Duration::from_secs(60),
+                    ready: Box::pin(async move {
+                        let _alive = alive;
+                        t.release.notified().await;
+                    }),
+                })
+            }))
+        }
+    }
+
+    struct Setup {
+        addr: SocketAddr,
+        parking: TestParking,
+        calls: Arc<AtomicUsize>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn setup(limits: Limits) -> Setup {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let router = Router::new()
+            .route(
+                "/park",
+                get(move |parked: Option<axum::Extension<ParkedUntil>>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move { if parked.is_some() { "parked" } else { "direct" } }
+                }),
+            )
+            .route("/echo", post(|body: String| async move { body }))
+            .route(
+                "/refuse",
+                post(|| async { (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "no") }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parking = TestParking::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let p: Arc<dyn Parking> = Arc::new(parking.clone());
+        let security = Security::Plain(LocalTrust::new(Vec::new()));
+        let server = tokio::spawn(serve(listener, router, security, limits, Some(p), async {
+            let _ = rx.await;
+        }));
+        Setup {
+            addr,
+            parking,
+            calls,
+            stop: Some(tx),
+            server,
+        }
+    }
+
+    /// Read one response (head and a `content-length` body): status and body.
+    async fn response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
+                let len: usize = r
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| {
+                        std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                    });
+                let code = r.code.unwrap();
+                if buf.len() >= n + len {
+                    let body = String::from_utf8(buf[n..n + len].to_vec()).unwrap();
+                    buf.drain(..n + len);
+                    return (code, body);
+                }
+            }
+            let got = tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf))
+                .await
+                .expect("a response within 10 s")
+                .unwrap();
+            assert!(got > 0, "connection closed; read so far: {:?}", text(buf));
+        }
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// Whether the server closed `s` (EOF) within 10 s.
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    const POLL: &str = "GET /park?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_parked_request_waits_outside_the_router_and_the_connection_goes_on() {
+        let t = setup(Limits::default()).await;
+        let mut s = TcpStream::connect(t.addr).await.unwrap();
+        let mut buf = Vec::new();
+        s.write_all(POLL.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(t.parking.alive.load(Ordering::SeqCst), 1, "parked");
+        assert_eq!(
+            t.calls.load(Ordering::SeqCst),
+            0,
+            "the router has not seen it"
+        );
+        t.parking.release.notify_one();
+        assert_eq!(response(&mut s, &mut buf).await, (200, "parked".into()));
+        assert_eq!(t.parking.alive.load(Ordering::SeqCst), 0);
+        // Same connection: a body framed by Content-Length, then two pipelined requests (the
+        // second one a GET that is not parked), then a chunked body (hyper's from then on)
+        // and one more request after it.
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s, &mut buf).await, (200, "hello".into()));
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+              GET /park HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(response(&mut s, &mut buf).await, (200, "abc".into()));
+        assert_eq!(response(&mut s, &mut buf).await, (200, "direct".into()));
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nxyz\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(response(&mut s, &mut buf).await, (200, "xyz".into()));
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s, &mut buf).await, (200, "ok".into()));
+        assert_eq!(t.calls.load(Ordering::SeqCst), 2);
+        drop(t.stop);
+        t.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_while_parked_frees_its_wait_and_shutdown_answers_the_parked() {
+        let mut t = setup(Limits::default()).await;
+        let mut gone = TcpStream::connect(t.addr).await.unwrap();
+        gone.write_all(POLL.as_bytes()).await.unwrap();
+        let mut stays = TcpStream::connect(t.addr).await.unwrap();
+        stays.write_all(POLL.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(t.parking.alive.load(Ordering::SeqCst), 2);
+        drop(gone);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            t.parking.alive.load(Ordering::SeqCst),
+            1,
+            "its wait was dropped"
+        );
+        // Shutdown: the parked poll is answered, then its connection closes.
+        let _ = t.stop.take().unwrap().send(());
+        let mut buf = Vec::new();
+        assert_eq!(response(&mut stays, &mut buf).await, (200, "parked".into()));
+        assert!(closed(&mut stays).await);
+        t.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn unread_bodies_idle_clients_and_partial_heads_end_their_connection() {
+        let t = setup(Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        // Answered before its body was read: the rest is no request of its own.
+        let mut s = TcpStream::connect(t.addr).await.unwrap();
+        s.write_all(b"POST /refuse HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(response(&mut s, &mut buf).await.0, 413);
+        assert!(closed(&mut s).await);
+        // Nothing, or half a head, within the header timeout: closed.
+        let mut idle = TcpStream::connect(t.addr).await.unwrap();
+        assert!(closed(&mut idle).await);
+        let mut half = TcpStream::connect(t.addr).await.unwrap();
+        half.write_all(b"GET /park HTTP/1.1\r\nHo").await.unwrap();
+        assert!(closed(&mut half).await);
+        // A head hyper refuses: hyper answers it.
+        let mut bad = TcpStream::connect(t.addr).await.unwrap();
+        bad.write_all(b"GET /park HTTP/1.1\r\nbad header\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut bad, &mut buf).await.0, 400);
+        drop(t.stop);
+        t.server.await.unwrap().unwrap();
     }
 }
