@@ -25,6 +25,7 @@
 //! request is idempotent by title, and an outcome recorded for an older revision leaves the
 //! newer one due), so two replicas forwarding the same row at once do no harm.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,11 +54,19 @@ pub const REFRESH: Duration = Duration::from_secs(30);
 pub const POLL: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts on an unreachable remote.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest answer read from a remote (`requestComputerPartition`'s XML, or the native
+/// `InstanceInfo`): it carries the request's parameters back and the connection parameters,
+/// each at most [`slapos_proto::MAX_BODY_BYTES`] as a node publishes them, in XML that spends
+/// more bytes than JSON. A longer answer is not read past this limit (refused unread when its
+/// `Content-Length` says so): the delegation stays pending, `remote answer too large: …`.
+/// The connection parameters stored are capped apart
+/// ([`crate::store::federation::MAX_CONNECTION_BYTES`]).
+pub const MAX_ANSWER_BYTES: usize = 4 * slapos_proto::MAX_BODY_BYTES;
 /// Time limit of one call to a remote.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the forwarding task looks for due requests (a new one wakes it at once).
 const TICK: Duration = Duration::from_millis(500);
-/// Delegated requests forwarded at once.
+/// Delegated requests of one remote forwarded in one batch (one after the other).
 const BATCH: usize = 16;
 
 /// Delegate `req` (routed to `remote` by [`Federation::route`]) as `who`, requested by the
@@ -97,10 +106,20 @@ impl From<UnknownMaster> for ApiError {
 
 /// Why one call to a remote failed, as users read it.
 fn failure(e: &ClientError) -> String {
-    if e.is_unreachable() {
-        format!("remote unreachable: {e}")
-    } else {
-        format!("remote refused: {e}")
+    match e {
+        ClientError::TooLarge {
+            method,
+            url,
+            size: Some(n),
+            limit,
+        } => format!("remote answer too large: {n} bytes > limit {limit} bytes ({method} {url})"),
+        ClientError::TooLarge {
+            method, url, limit, ..
+        } => format!(
+            "remote answer too large: more than the limit of {limit} bytes ({method} {url})"
+        ),
+        e if e.is_unreachable() => format!("remote unreachable: {e}"),
+        e => format!("remote refused: {e}"),
     }
 }
 
@@ -109,34 +128,168 @@ fn read(path: &Path, what: &str) -> Result<String, String> {
         .map_err(|e| format!("failed to read {what} {}: {e}", path.display()))
 }
 
-/// Forward `d` to its remote once (blocking: run it off the runtime).
+/// Forward `d` to its remote once (blocking: run it off the runtime), over a link built for
+/// this call; the forwarding task keeps one [`Link`] per remote instead.
 pub fn forward(fed: &Federation, d: &Delegation) -> Outcome {
-    let Some(remote) = fed.remote(&d.remote) else {
-        return Outcome::Failed {
-            reason: "this master no longer lists that remote in its configuration".into(),
-        };
-    };
-    let r = match remote.api {
-        Api::Native => forward_native(remote, &d.request),
-        Api::Slap => forward_slap(remote, &d.request),
-    };
-    r.unwrap_or_else(|reason| Outcome::Failed { reason })
+    match fed.remote(&d.remote) {
+        Some(remote) => Link::new(remote.clone()).forward(&d.request),
+        None => unlisted(),
+    }
 }
 
-fn forward_native(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, String> {
-    let client = match (&remote.ca, &remote.cert, &remote.key) {
-        (Some(ca), Some(cert), Some(key)) => Client::with_identity(
-            &remote.url,
-            &read(ca, "the CA")?,
-            &read(cert, "the certificate")?,
-            &read(key, "the key")?,
-        ),
-        (Some(ca), _, _) => Client::with_ca(&remote.url, &read(ca, "the CA")?),
-        _ => Client::new(&remote.url),
+/// The outcome of a delegation whose remote is no longer configured.
+fn unlisted() -> Outcome {
+    Outcome::Failed {
+        reason: "this master no longer lists that remote in its configuration".into(),
     }
-    .map_err(|e| format!("client setup: {e}"))?;
-    let client = match &remote.as_partition {
-        Some(p) => client.as_partition(p),
+}
+
+/// How a remote is spoken to, once set up.
+enum Transport {
+    /// A native API client.
+    Native(Client),
+    /// The SLAP wire: the base URL and its agent.
+    Slap { base: String, agent: ureq::Agent },
+}
+
+/// The modification times of the files a transport was built from (certificate, key, CA).
+type Stamp = [Option<std::time::SystemTime>; 3];
+
+/// The connection to one remote master: its transport (HTTP agent, TLS configuration) is built
+/// at the first call and reused by the next ones, so ureq keeps the connection open between
+/// them and the PEM files are not parsed at every attempt. It is built again when the
+/// certificate, key or CA file changes on disk (modification time), so a renewed certificate
+/// is used without a restart. A transport that cannot be built (a file missing) is not kept:
+/// the call fails with the reason and the next one tries again.
+pub struct Link {
+    remote: Remote,
+    built: Option<(Stamp, Transport)>,
+    /// How many times the transport was built (tests, debug log).
+    builds: u64,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("remote", &self.remote.url)
+            .field("builds", &self.builds)
+            .finish()
+    }
+}
+
+impl Link {
+    /// A link to `remote`; nothing is set up before the first call.
+    pub fn new(remote: Remote) -> Self {
+        Self {
+            remote,
+            built: None,
+            builds: 0,
+        }
+    }
+
+    /// The files the transport is built from: certificate, key, CA (the system bundle for a
+    /// SLAP remote over https without `ca`).
+    fn files(&self) -> [Option<&Path>; 3] {
+        let r = &self.remote;
+        let ca = match (&r.ca, r.api) {
+            (Some(ca), _) => Some(ca.as_path()),
+            (None, Api::Slap) if r.url.starts_with("https://") => Some(Path::new(SYSTEM_CA)),
+            (None, _) => None,
+        };
+        [r.cert.as_deref(), r.key.as_deref(), ca]
+    }
+
+    fn stamp(&self) -> Stamp {
+        self.files()
+            .map(|f| f.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()))
+    }
+
+    /// The transport, built now if there is none or its files changed.
+    fn transport(&mut self) -> Result<&Transport, String> {
+        let stamp = self.stamp();
+        if self.built.as_ref().is_none_or(|(s, _)| *s != stamp) {
+            self.built = None;
+            let t = build(&self.remote).map_err(|e| format!("client setup: {e}"))?;
+            self.builds += 1;
+            tracing::debug!(
+                "federation: client of {} built ({} times)",
+                self.remote.url,
+                self.builds
+            );
+            self.built = Some((stamp, t));
+        }
+        match &self.built {
+            Some((_, t)) => Ok(t),
+            None => Err("client setup: not built".into()),
+        }
+    }
+
+    /// Forward `req` once (blocking: run it off the runtime).
+    pub fn forward(&mut self, req: &InstanceRequest) -> Outcome {
+        let as_partition = self.remote.as_partition.clone();
+        let r = self.transport().and_then(|t| match t {
+            Transport::Native(client) => forward_native(client, as_partition.as_ref(), req),
+            Transport::Slap { base, agent } => {
+                forward_slap(base, agent, as_partition.as_ref(), req)
+            }
+        });
+        r.unwrap_or_else(|reason| Outcome::Failed { reason })
+    }
+}
+
+/// Set up the transport of `remote` (reads its PEM files).
+fn build(remote: &Remote) -> Result<Transport, String> {
+    let setup = |e: ClientError| e.to_string();
+    match remote.api {
+        Api::Native => {
+            let client = match (&remote.ca, &remote.cert, &remote.key) {
+                (Some(ca), Some(cert), Some(key)) => Client::with_identity(
+                    &remote.url,
+                    &read(ca, "the CA")?,
+                    &read(cert, "the certificate")?,
+                    &read(key, "the key")?,
+                ),
+                (Some(ca), _, _) => Client::with_ca(&remote.url, &read(ca, "the CA")?),
+                _ => Client::new(&remote.url),
+            }
+            .map_err(setup)?;
+            Ok(Transport::Native(client.limit_answers(MAX_ANSWER_BYTES)))
+        }
+        Api::Slap => {
+            let (base, agent) = if remote.url.starts_with("https://") {
+                let ca = read(
+                    remote.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA)),
+                    "the CA",
+                )?;
+                let identity = match (&remote.cert, &remote.key) {
+                    (Some(c), Some(k)) => Some((read(c, "the certificate")?, read(k, "the key")?)),
+                    _ => None,
+                };
+                slapos_client::tls_agent(
+                    &remote.url,
+                    &ca,
+                    identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+                )
+            } else {
+                slapos_client::http_agent(&remote.url, CALL_TIMEOUT)
+            }
+            .map_err(setup)?;
+            Ok(Transport::Slap { base, agent })
+        }
+    }
+}
+
+fn forward_native(
+    client: &Client,
+    as_partition: Option<&PartitionRef>,
+    req: &InstanceRequest,
+) -> Result<Outcome, String> {
+    let partition_client;
+    let client = match as_partition {
+        Some(p) => {
+            partition_client = client.clone().as_partition(p);
+            &partition_client
+        }
         None => client,
     };
     let destroy = req.state == Some(InstanceState::Destroyed);
@@ -151,81 +304,56 @@ fn forward_native(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, Str
     }
 }
 
-fn forward_slap(remote: &Remote, req: &InstanceRequest) -> Result<Outcome, String> {
-    let (base, agent) = if remote.url.starts_with("https://") {
-        let ca = read(
-            remote.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA)),
-            "the CA",
-        )?;
-        let identity = match (&remote.cert, &remote.key) {
-            (Some(c), Some(k)) => Some((read(c, "the certificate")?, read(k, "the key")?)),
-            _ => None,
-        };
-        slapos_client::tls_agent(
-            &remote.url,
-            &ca,
-            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
-        )
-    } else {
-        slapos_client::http_agent(&remote.url, CALL_TIMEOUT)
-    }
-    .map_err(|e| format!("client setup: {e}"))?;
+fn forward_slap(
+    base: &str,
+    agent: &ureq::Agent,
+    as_partition: Option<&PartitionRef>,
+    req: &InstanceRequest,
+) -> Result<Outcome, String> {
     // As the configured partition of the remote (`ComputerPartition.request`), else an open
     // order (`OpenOrder.request`: the same form without its requester).
     let placeholder = PartitionRef {
         computer: ComputerId::parse("federation").map_err(|e| e.to_string())?,
         partition: PartitionId::parse("federation").map_err(|e| e.to_string())?,
     };
-    let who = remote.as_partition.as_ref().unwrap_or(&placeholder);
+    let who = as_partition.unwrap_or(&placeholder);
     let mut form = node_edge::link::slap::request_form(&who.computer, &who.partition, req);
-    if remote.as_partition.is_none() {
+    if as_partition.is_none() {
         form.requester = None;
     }
     let fields = form
         .to_form()
         .map_err(|e| format!("encode the request: {e}"))?;
     let url = format!("{base}/requestComputerPartition");
-    let mut post = agent.post(&url);
-    if let Some(p) = &remote.as_partition {
-        post = post.header(
-            "Authorization",
-            SlapPartitionAuth::header_value(p.computer.as_str(), p.partition.as_str()),
-        );
-    }
-    let mut resp = post
-        .send_form(fields.iter().map(|(k, v)| (*k, v.as_str())))
-        .map_err(|e| format!("remote unreachable: POST {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .map_err(|e| format!("remote unreachable: POST {url}: reading the answer: {e}"))?;
+    let auth = as_partition
+        .map(|p| SlapPartitionAuth::header_value(p.computer.as_str(), p.partition.as_str()));
     let destroy = req.state == Some(InstanceState::Destroyed);
-    match status {
-        200..=299 if destroy => Ok(Outcome::Destroyed),
-        404 if destroy => Ok(Outcome::Destroyed),
-        200..=299 => {
-            let connection = node_edge::link::slap::request_answer(&body)
-                .map_err(|e| format!("remote answered an unreadable instance: {e}"))?;
-            let placed = loads(&body)
-                .ok()
-                .and_then(|v| SoftwareInstanceDoc::from_value(&v).ok())
-                .and_then(|doc| {
-                    let c = doc.str_attr("slap_computer_id")?.to_owned();
-                    let p = doc.str_attr("slap_computer_partition_id")?.to_owned();
-                    Some(format!("{c}/{p}"))
-                });
-            Ok(Outcome::Accepted { connection, placed })
-        }
-        // slapproxy's ResourceNotReady: the instance is not allocated there yet.
-        408 => Err("the remote has not allocated it yet (408 not ready)".into()),
-        s => Err(format!(
-            "remote refused: POST {url}: {s}: {}",
-            body.chars().take(300).collect::<String>().trim()
-        )),
+    let body =
+        match slapos_client::post_form(agent, &url, &fields, auth.as_deref(), MAX_ANSWER_BYTES) {
+            Ok(body) => body,
+            Err(e) => {
+                return match e.status() {
+                    Some(404) if destroy => Ok(Outcome::Destroyed),
+                    // slapproxy's ResourceNotReady: the instance is not allocated there yet.
+                    Some(408) => Err("the remote has not allocated it yet (408 not ready)".into()),
+                    _ => Err(failure(&e)),
+                };
+            }
+        };
+    if destroy {
+        return Ok(Outcome::Destroyed);
     }
+    let connection = node_edge::link::slap::request_answer(&body)
+        .map_err(|e| format!("remote answered an unreadable instance: {e}"))?;
+    let placed = loads(&body)
+        .ok()
+        .and_then(|v| SoftwareInstanceDoc::from_value(&v).ok())
+        .and_then(|doc| {
+            let c = doc.str_attr("slap_computer_id")?.to_owned();
+            let p = doc.str_attr("slap_computer_partition_id")?.to_owned();
+            Some(format!("{c}/{p}"))
+        });
+    Ok(Outcome::Accepted { connection, placed })
 }
 
 /// When to try `d` again after `outcome`.
@@ -240,49 +368,117 @@ pub fn next_attempt(now_ms: u64, d: &Delegation, outcome: &Outcome) -> u64 {
     now_ms.saturating_add(wait.as_millis() as u64)
 }
 
-/// Start the forwarding task on the current runtime; it runs until the runtime stops.
+/// Start the forwarding task on the current runtime; it runs until the runtime stops (or its
+/// handle is aborted, which aborts the batches in flight).
+///
+/// Remotes are served concurrently, each by at most one batch at a time: a batch forwards
+/// one remote's due requests (at most [`BATCH`], the longest waiting first) one after the
+/// other over that remote's [`Link`], recording each outcome as it comes. A remote that hangs
+/// until [`CALL_TIMEOUT`] so delays only its own requests; the task looks for due requests
+/// of the other remotes every [`TICK`], at a new delegation and whenever a batch ends.
 pub fn spawn(db: Db, fed: Arc<Federation>, wake: Arc<Wake>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // The links of the remotes with no batch in flight (a batch owns its remote's link).
+        let mut idle: HashMap<String, Link> = HashMap::new();
+        // The remote of each batch in flight.
+        let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut batches = tokio::task::JoinSet::new();
         loop {
             let now = now_ms();
-            let due = match db.read(move |s| s.delegations_due(now, BATCH)).await {
+            let due = match db
+                .read(move |s| s.delegations_due_per_remote(now, BATCH))
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("federation: reading the delegated requests: {e}");
                     Vec::new()
                 }
             };
-            let mut set = tokio::task::JoinSet::new();
-            for d in due {
-                let fed = fed.clone();
-                set.spawn_blocking(move || {
-                    let outcome = forward(&fed, &d);
-                    (d, outcome)
-                });
-            }
-            while let Some(done) = set.join_next().await {
-                let Ok((d, outcome)) = done else { continue };
-                if let Outcome::Failed { reason } = &outcome {
-                    tracing::info!(
-                        "federation: {:?} to {}: {reason}; retrying",
-                        d.title,
-                        d.remote
-                    );
+            for (remote, batch) in by_remote(due) {
+                if busy.values().any(|r| *r == remote) {
+                    continue;
                 }
-                let next = next_attempt(now_ms(), &d, &outcome);
-                if let Err(e) = db
-                    .call(move |s| s.delegation_outcome(&d, &outcome, next))
-                    .await
-                {
-                    tracing::warn!("federation: recording an outcome: {e}");
-                }
+                let link = idle
+                    .remove(&remote)
+                    .or_else(|| fed.remote(&remote).cloned().map(Link::new));
+                let task = batches.spawn(forward_batch(db.clone(), link, batch));
+                busy.insert(task.id(), remote);
             }
+            let mut ended = Vec::new();
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = wake.notified() => {}
+                Some(done) = batches.join_next_with_id(), if !batches.is_empty() => ended.push(done),
+            }
+            while let Some(done) = batches.try_join_next_with_id() {
+                ended.push(done);
+            }
+            for done in ended {
+                match done {
+                    Ok((id, link)) => {
+                        if let (Some(remote), Some(link)) = (busy.remove(&id), link) {
+                            idle.insert(remote, link);
+                        }
+                    }
+                    Err(e) => {
+                        let remote = busy.remove(&e.id()).unwrap_or_default();
+                        tracing::warn!("federation: the batch of {remote} ended: {e}");
+                    }
+                }
             }
         }
     })
+}
+
+/// `due` (grouped by remote, as [`crate::store::Store::delegations_due_per_remote`] reads
+/// them) as one batch per remote, in order.
+fn by_remote(due: Vec<Delegation>) -> Vec<(String, Vec<Delegation>)> {
+    let mut out: Vec<(String, Vec<Delegation>)> = Vec::new();
+    for d in due {
+        match out.iter_mut().find(|(r, _)| *r == d.remote) {
+            Some((_, batch)) => batch.push(d),
+            None => out.push((d.remote.clone(), vec![d])),
+        }
+    }
+    out
+}
+
+/// Forward `batch` (one remote's due requests) in order over `link` (`None`: the remote is no
+/// longer configured), recording each outcome before the next call; the link back.
+async fn forward_batch(db: Db, mut link: Option<Link>, batch: Vec<Delegation>) -> Option<Link> {
+    for d in batch {
+        let call = tokio::task::spawn_blocking(move || {
+            let outcome = match &mut link {
+                Some(link) => link.forward(&d.request),
+                None => unlisted(),
+            };
+            (link, d, outcome)
+        });
+        let (back, d, outcome) = match call.await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!("federation: a forwarding call ended: {e}");
+                return None;
+            }
+        };
+        link = back;
+        if let Outcome::Failed { reason } = &outcome {
+            tracing::info!(
+                "federation: {:?} to {}: {reason}; retrying",
+                d.title,
+                d.remote
+            );
+        }
+        let next = next_attempt(now_ms(), &d, &outcome);
+        if let Err(e) = db
+            .call(move |s| s.delegation_outcome(&d, &outcome, next))
+            .await
+        {
+            tracing::warn!("federation: recording an outcome: {e}");
+        }
+    }
+    link
 }
 
 #[cfg(test)]
@@ -309,6 +505,73 @@ mod tests {
             placed: None,
         };
         assert_eq!(next_attempt(5, &d(0), &waiting), 1005);
+    }
+
+    #[test]
+    fn a_link_builds_its_transport_once_and_again_when_its_ca_changes() {
+        // Nothing listens on port 9: each call fails fast, after the transport was built.
+        let mut plain = Link::new(Remote::new("http://127.0.0.1:9", Api::Native).unwrap());
+        let r = req("http://x", &[]);
+        for _ in 0..3 {
+            assert!(matches!(plain.forward(&r), Outcome::Failed { .. }));
+        }
+        assert_eq!(plain.builds, 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Ca::open(&dir.path().join("tls")).unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let mut remote = Remote::new("https://127.0.0.1:9", Api::Slap).unwrap();
+        remote.set("ca", ca_file.to_str().unwrap()).unwrap();
+        remote.check().unwrap();
+        let mut tls = Link::new(remote);
+        tls.forward(&r);
+        tls.forward(&r);
+        assert_eq!(tls.builds, 1);
+        // A renewed CA (another modification time) is read again at the next call.
+        let later = std::time::SystemTime::now() + Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&ca_file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        tls.forward(&r);
+        assert_eq!(tls.builds, 2);
+        // A CA that cannot be read is a failed call, retried (not kept) at the next one.
+        std::fs::remove_file(&ca_file).unwrap();
+        let Outcome::Failed { reason } = tls.forward(&r) else {
+            panic!("forwarded without its CA")
+        };
+        assert!(
+            reason.starts_with("client setup: failed to read the CA"),
+            "{reason}"
+        );
+        assert_eq!(tls.builds, 2);
+    }
+
+    #[test]
+    fn due_requests_go_out_as_one_ordered_batch_per_remote() {
+        let d = |remote: &str, title: &str| Delegation {
+            root: String::new(),
+            title: title.into(),
+            remote: remote.into(),
+            request: req("http://x", &[]),
+            revision: 1,
+            attempts: 0,
+        };
+        let batches = by_remote(vec![d("a", "1"), d("a", "2"), d("b", "3"), d("a", "4")]);
+        let titles: Vec<(String, Vec<String>)> = batches
+            .into_iter()
+            .map(|(r, b)| (r, b.into_iter().map(|d| d.title).collect()))
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                ("a".to_owned(), vec!["1".to_owned(), "2".into(), "4".into()]),
+                ("b".to_owned(), vec!["3".to_owned()]),
+            ]
+        );
     }
 
     #[test]
