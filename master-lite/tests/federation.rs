@@ -928,3 +928,56 @@ async fn a_hanging_remote_does_not_delay_the_delegations_to_another() {
     );
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_due_again_in_real_milliseconds_is_recorded_on_both_engines() {
+    // The forwarding task records each outcome with its next attempt in wall-clock
+    // milliseconds (past i32): PostgreSQL once typed that parameter int4 and refused it.
+    let pg = std::thread::spawn(|| {
+        master_lite::testpg::TestPg::shared().map(|pg| pg.fresh_db().unwrap())
+    })
+    .join()
+    .unwrap();
+    let mut masters = vec![("sqlite", master_lite::Master::open_in_memory().unwrap())];
+    match pg {
+        Ok(url) => {
+            let url = master_lite::store::DbUrl::Postgres(url);
+            let m = std::thread::spawn(move || master_lite::Master::open_db(&url).unwrap())
+                .join()
+                .unwrap();
+            masters.push(("postgres", m));
+        }
+        Err(skip) => eprintln!("PostgreSQL part skipped: {}", skip.0),
+    }
+    for (engine, mut a) in masters {
+        a.set_federation(federation(REMOTE, Api::Native, None));
+        json_of(
+            &a,
+            post_json("/v1/instances", &request("web", SR, &[("master", REMOTE)])),
+        )
+        .await;
+        let db = a.state().db;
+        let due = db.read(|s| s.delegations_due(u64::MAX, 10)).await.unwrap();
+        let [d] = &due[..] else {
+            panic!("{engine}: {due:?}")
+        };
+        let d = d.clone();
+        let now = master_lite::now_ms();
+        let outcome = Outcome::Failed {
+            reason: "remote unreachable: test".into(),
+        };
+        db.call(move |s| {
+            let next = federation::next_attempt(now, &d, &outcome);
+            s.delegation_outcome(&d, &outcome, next)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{engine}: {e}"));
+        let status = show(&a, "web").await.bang.unwrap();
+        assert!(
+            status.ends_with("remote unreachable: test; retrying"),
+            "{engine}: {status}"
+        );
+        let due = db.read(move |s| s.delegations_due(now, 10)).await.unwrap();
+        assert!(due.is_empty(), "{engine}: due again at once: {due:?}");
+    }
+}

@@ -597,10 +597,12 @@ impl Store {
                 )
             }
         };
+        // `CAST(?8 AS BIGINT)`: PostgreSQL would type the parameter after the `0` of the CASE
+        // (int4), refusing any real time in milliseconds.
         tx.exec(
             "UPDATE delegation SET connection = ?3, status = ?4, attempts = ?5,
              forwarded = CASE WHEN ?6 = 1 AND ?7 > forwarded THEN ?7 ELSE forwarded END,
-             next_ms = CASE WHEN revision = ?7 THEN ?8 ELSE 0 END
+             next_ms = CASE WHEN revision = ?7 THEN CAST(?8 AS BIGINT) ELSE 0 END
              WHERE root = ?1 AND title = ?2",
             params![
                 d.root.as_str(),
