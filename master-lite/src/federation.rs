@@ -21,6 +21,13 @@
 //! …; retrying`, the `bang` of `GET /v1/instances/{title}`), retried with a backoff up to
 //! [`MAX_BACKOFF`]; it completes when the remote is back.
 //!
+//! Each remote is served by at most one batch at a time, its requests one after the other in
+//! due order, and different remotes concurrently ([`spawn`]): a remote that hangs delays only
+//! its own requests. Each remote's client is built once and reused ([`Link`]). What a remote
+//! answers is stored, so it is bounded: [`MAX_ANSWER_BYTES`] read, and
+//! [`crate::store::federation::MAX_CONNECTION_BYTES`] of connection parameters stored; over
+//! either the request stays pending (`remote answer too large: N bytes > limit L bytes …`).
+//!
 //! Every replica of a PostgreSQL master runs the task: forwarding is idempotent (the remote
 //! request is idempotent by title, and an outcome recorded for an older revision leaves the
 //! newer one due), so two replicas forwarding the same row at once do no harm.
@@ -104,8 +111,47 @@ impl From<UnknownMaster> for ApiError {
     }
 }
 
-/// Why one call to a remote failed, as users read it.
-fn failure(e: &ClientError) -> String {
+/// Why one call to a remote failed.
+#[derive(Debug)]
+struct Failure {
+    /// As users read it.
+    reason: String,
+    /// The remote could not be reached at all (transport error or time limit): the rest of
+    /// its batch waits for the next one.
+    unreachable: bool,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Self {
+            reason,
+            unreachable: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        reason.to_owned().into()
+    }
+}
+
+impl From<Failure> for Outcome {
+    fn from(f: Failure) -> Self {
+        Outcome::Failed { reason: f.reason }
+    }
+}
+
+/// `e` as a [`Failure`].
+fn failure(e: &ClientError) -> Failure {
+    Failure {
+        reason: reason(e),
+        unreachable: matches!(e, ClientError::Unreachable { .. }),
+    }
+}
+
+/// Why a call to a remote failed, as users read it.
+fn reason(e: &ClientError) -> String {
     match e {
         ClientError::TooLarge {
             method,
@@ -207,33 +253,35 @@ impl Link {
     /// The transport, built now if there is none or its files changed.
     fn transport(&mut self) -> Result<&Transport, String> {
         let stamp = self.stamp();
-        if self.built.as_ref().is_none_or(|(s, _)| *s != stamp) {
-            self.built = None;
-            let t = build(&self.remote).map_err(|e| format!("client setup: {e}"))?;
-            self.builds += 1;
-            tracing::debug!(
-                "federation: client of {} built ({} times)",
-                self.remote.url,
-                self.builds
-            );
-            self.built = Some((stamp, t));
-        }
-        match &self.built {
-            Some((_, t)) => Ok(t),
-            None => Err("client setup: not built".into()),
-        }
+        let (_, t) = match self.built.take().filter(|(s, _)| *s == stamp) {
+            Some(kept) => self.built.insert(kept),
+            None => {
+                let t = build(&self.remote).map_err(|e| format!("client setup: {e}"))?;
+                self.builds += 1;
+                tracing::debug!(
+                    "federation: client of {} built ({} times)",
+                    self.remote.url,
+                    self.builds
+                );
+                self.built.insert((stamp, t))
+            }
+        };
+        Ok(t)
     }
 
     /// Forward `req` once (blocking: run it off the runtime).
     pub fn forward(&mut self, req: &InstanceRequest) -> Outcome {
+        self.attempt(req).unwrap_or_else(Outcome::from)
+    }
+
+    fn attempt(&mut self, req: &InstanceRequest) -> Result<Outcome, Failure> {
         let as_partition = self.remote.as_partition.clone();
-        let r = self.transport().and_then(|t| match t {
-            Transport::Native(client) => forward_native(client, as_partition.as_ref(), req),
+        match self.transport()? {
+            Transport::Native(client) => forward_native(client, req),
             Transport::Slap { base, agent } => {
                 forward_slap(base, agent, as_partition.as_ref(), req)
             }
-        });
-        r.unwrap_or_else(|reason| Outcome::Failed { reason })
+        }
     }
 }
 
@@ -253,6 +301,10 @@ fn build(remote: &Remote) -> Result<Transport, String> {
                 _ => Client::new(&remote.url),
             }
             .map_err(setup)?;
+            let client = match &remote.as_partition {
+                Some(p) => client.as_partition(p),
+                None => client,
+            };
             Ok(Transport::Native(client.limit_answers(MAX_ANSWER_BYTES)))
         }
         Api::Slap => {
@@ -279,19 +331,7 @@ fn build(remote: &Remote) -> Result<Transport, String> {
     }
 }
 
-fn forward_native(
-    client: &Client,
-    as_partition: Option<&PartitionRef>,
-    req: &InstanceRequest,
-) -> Result<Outcome, String> {
-    let partition_client;
-    let client = match as_partition {
-        Some(p) => {
-            partition_client = client.clone().as_partition(p);
-            &partition_client
-        }
-        None => client,
-    };
+fn forward_native(client: &Client, req: &InstanceRequest) -> Result<Outcome, Failure> {
     let destroy = req.state == Some(InstanceState::Destroyed);
     match client.request(req) {
         Ok(_) if destroy => Ok(Outcome::Destroyed),
@@ -309,7 +349,7 @@ fn forward_slap(
     agent: &ureq::Agent,
     as_partition: Option<&PartitionRef>,
     req: &InstanceRequest,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Failure> {
     // As the configured partition of the remote (`ComputerPartition.request`), else an open
     // order (`OpenOrder.request`: the same form without its requester).
     let placeholder = PartitionRef {
@@ -374,7 +414,7 @@ pub fn next_attempt(now_ms: u64, d: &Delegation, outcome: &Outcome) -> u64 {
 /// Remotes are served concurrently, each by at most one batch at a time: a batch forwards
 /// one remote's due requests (at most [`BATCH`], the longest waiting first) one after the
 /// other over that remote's [`Link`], recording each outcome as it comes. A remote that hangs
-/// until [`CALL_TIMEOUT`] so delays only its own requests; the task looks for due requests
+/// until the call's time limit so delays only its own requests; the task looks for due requests
 /// of the other remotes every [`TICK`], at a new delegation and whenever a batch ends.
 pub fn spawn(db: Db, fed: Arc<Federation>, wake: Arc<Wake>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -445,17 +485,18 @@ fn by_remote(due: Vec<Delegation>) -> Vec<(String, Vec<Delegation>)> {
 }
 
 /// Forward `batch` (one remote's due requests) in order over `link` (`None`: the remote is no
-/// longer configured), recording each outcome before the next call; the link back.
+/// longer configured), recording each outcome before the next call, until a call cannot reach
+/// the remote at all (the rest stay due for the next batch); the link back.
 async fn forward_batch(db: Db, mut link: Option<Link>, batch: Vec<Delegation>) -> Option<Link> {
     for d in batch {
         let call = tokio::task::spawn_blocking(move || {
-            let outcome = match &mut link {
-                Some(link) => link.forward(&d.request),
-                None => unlisted(),
+            let result = match &mut link {
+                Some(link) => link.attempt(&d.request),
+                None => Ok(unlisted()),
             };
-            (link, d, outcome)
+            (link, d, result)
         });
-        let (back, d, outcome) = match call.await {
+        let (back, d, result) = match call.await {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!("federation: a forwarding call ended: {e}");
@@ -463,6 +504,8 @@ async fn forward_batch(db: Db, mut link: Option<Link>, batch: Vec<Delegation>) -
             }
         };
         link = back;
+        let unreachable = matches!(&result, Err(f) if f.unreachable);
+        let outcome = result.unwrap_or_else(Outcome::from);
         if let Outcome::Failed { reason } = &outcome {
             tracing::info!(
                 "federation: {:?} to {}: {reason}; retrying",
@@ -476,6 +519,11 @@ async fn forward_batch(db: Db, mut link: Option<Link>, batch: Vec<Delegation>) -
             .await
         {
             tracing::warn!("federation: recording an outcome: {e}");
+        }
+        if unreachable {
+            // A remote that hangs costs one time limit per batch, not one per request; the
+            // rest stay due for the next batch.
+            break;
         }
     }
     link
@@ -572,6 +620,69 @@ mod tests {
                 ("b".to_owned(), vec!["3".to_owned()]),
             ]
         );
+    }
+
+    /// A remote that takes each connection and `answer`s it (`None`: closes it at once); its
+    /// URL and the count of connections taken.
+    async fn remote_answering(
+        answer: Option<&'static str>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(answer) = answer {
+                    let mut buf = [0u8; 65536];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(answer.as_bytes()).await;
+                }
+            }
+        });
+        (url, calls)
+    }
+
+    #[tokio::test]
+    async fn a_batch_ends_at_the_first_call_that_cannot_reach_the_remote() {
+        let refused = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\
+                       connection: close\r\n\r\nbusy";
+        for (answer, reached) in [(None, 1), (Some(refused), 2)] {
+            let (url, calls) = remote_answering(answer).await;
+            let master = crate::Master::open_in_memory().unwrap();
+            let db = master.state().db;
+            for title in ["one", "two"] {
+                let mut r = req("http://x", &[]);
+                r.title = title.parse().unwrap();
+                let url = url.clone();
+                db.call(move |s| s.delegate(&r, None, None, &url, 0))
+                    .await
+                    .unwrap();
+            }
+            let due = db.read(|s| s.delegations_due(u64::MAX, 10)).await.unwrap();
+            assert_eq!(due.len(), 2);
+            let link = Link::new(Remote::new(&url, Api::Native).unwrap());
+            let link = forward_batch(db.clone(), Some(link), due).await;
+            assert_eq!(link.map(|l| l.builds), Some(1));
+            assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), reached);
+            let bangs: Vec<String> = db
+                .read(|s| s.delegations())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(i, _)| i.bang.unwrap_or_default())
+                .collect();
+            let pending = format!("delegated to {url}: pending, ");
+            assert!(bangs[0].starts_with(&pending), "{bangs:?}");
+            if reached == 1 {
+                assert!(bangs[0].contains("remote unreachable"), "{bangs:?}");
+                assert!(bangs[1].ends_with("not forwarded yet"), "{bangs:?}");
+            } else {
+                assert!(bangs[1].contains("500"), "{bangs:?}");
+            }
+        }
     }
 
     #[test]
