@@ -415,7 +415,7 @@ pub fn next_attempt(now_ms: u64, d: &Delegation, outcome: &Outcome) -> u64 {
 /// one remote's due requests (at most [`BATCH`], the longest waiting first) one after the
 /// other over that remote's [`Link`], recording each outcome as it comes. A remote that hangs
 /// until the call's time limit so delays only its own requests; the task looks for due requests
-/// of the other remotes every [`TICK`], at a new delegation and whenever a batch ends.
+/// of the other remotes every [`TICK`] and at a new delegation.
 pub fn spawn(db: Db, fed: Arc<Federation>, wake: Arc<Wake>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // The links of the remotes with no batch in flight (a batch owns its remote's link).
@@ -445,16 +445,13 @@ pub fn spawn(db: Db, fed: Arc<Federation>, wake: Arc<Wake>) -> tokio::task::Join
                 let task = batches.spawn(forward_batch(db.clone(), link, batch));
                 busy.insert(task.id(), remote);
             }
-            let mut ended = Vec::new();
+            // Not at a batch's end: a remote whose outcomes cannot be recorded (rows still
+            // due) is then called again at most every TICK, as before batches.
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
                 () = wake.notified() => {}
-                Some(done) = batches.join_next_with_id(), if !batches.is_empty() => ended.push(done),
             }
             while let Some(done) = batches.try_join_next_with_id() {
-                ended.push(done);
-            }
-            for done in ended {
                 match done {
                     Ok((id, link)) => {
                         if let (Some(remote), Some(link)) = (busy.remove(&id), link) {
