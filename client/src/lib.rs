@@ -71,6 +71,19 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
+    /// The answer is longer than the caller's limit; it was not read past the limit.
+    #[error("{method} {url}: answer too large: {} > limit {limit} bytes", size_text(*.size, *.limit))]
+    TooLarge {
+        /// HTTP method.
+        method: &'static str,
+        /// Full URL.
+        url: String,
+        /// Its length when the server announced it (`Content-Length`), else `None` (more than
+        /// `limit` bytes came).
+        size: Option<u64>,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The base URL is not usable.
     #[error("invalid master URL {url:?}: {reason}")]
     BadUrl {
@@ -97,6 +110,117 @@ impl ClientError {
     }
 }
 
+fn size_text(size: Option<u64>, limit: u64) -> String {
+    match size {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {limit} bytes"),
+    }
+}
+
+/// The default limit of a successful answer's body (a desired state of many partitions).
+pub const DEFAULT_ANSWER_LIMIT: usize = 256 * 1024 * 1024;
+
+/// How much of an error answer's body is read (its start is the message).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// The body of a successful answer as text, at most `limit` bytes: a longer one is a
+/// [`ClientError::TooLarge`] (refused unread when its `Content-Length` says so). A status that
+/// is not 2xx is a [`ClientError::Api`] with the status and the start of the body (`kind`
+/// `http`); a transport error is [`ClientError::Unreachable`]. The SLAP transport of the node's
+/// link and of a master forwarding to another ([`post_form`]).
+pub fn read_answer(
+    method: &'static str,
+    url: String,
+    res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    limit: usize,
+) -> Result<String> {
+    let mut resp = res.map_err(|e| ClientError::Unreachable {
+        method,
+        url: url.clone(),
+        source: Box::new(e),
+    })?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(ERROR_BODY_LIMIT.min(limit) as u64)
+            .read_to_string()
+            .unwrap_or_default();
+        return Err(ClientError::Api {
+            method,
+            url,
+            status,
+            kind: "http".into(),
+            message: short(&text),
+        });
+    }
+    let bytes = read_limited(method, &url, &mut resp, limit)?;
+    String::from_utf8(bytes).map_err(|e| ClientError::Decode {
+        method,
+        url,
+        reason: format!("failed to read the body: {e}"),
+    })
+}
+
+/// The body of `resp`, at most `limit` bytes (see [`read_answer`]).
+fn read_limited(
+    method: &'static str,
+    url: &str,
+    resp: &mut ureq::http::Response<ureq::Body>,
+    limit: usize,
+) -> Result<Vec<u8>> {
+    let limit = limit as u64;
+    let too_large = |size| ClientError::TooLarge {
+        method,
+        url: url.to_owned(),
+        size,
+        limit,
+    };
+    if let Some(n) = resp.body().content_length().filter(|n| *n > limit) {
+        return Err(too_large(Some(n)));
+    }
+    resp.body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => too_large(None),
+            e => ClientError::Decode {
+                method,
+                url: url.to_owned(),
+                reason: format!("failed to read the body: {e}"),
+            },
+        })
+}
+
+/// `POST` `form` (urlencoded) to `url` with the `Authorization` header `authorization` if
+/// given, and read the answer with [`read_answer`] (at most `limit` bytes): the one SLAP
+/// form transport of the node's link and of a master forwarding to a remote one.
+pub fn post_form(
+    agent: &ureq::Agent,
+    url: &str,
+    form: &[(&str, String)],
+    authorization: Option<&str>,
+    limit: usize,
+) -> Result<String> {
+    let mut req = agent.post(url);
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
+    let res = req.send_form(form.iter().map(|(k, v)| (*k, v.as_str())));
+    read_answer("POST", url.to_owned(), res, limit)
+}
+
+/// The start of an error body, as a message (500 characters).
+fn short(text: &str) -> String {
+    let t = text.trim();
+    match t.char_indices().nth(500) {
+        Some((i, _)) => format!("{}…", &t[..i]),
+        None => t.to_owned(),
+    }
+}
+
 /// Result of a client call.
 pub type Result<T> = std::result::Result<T, ClientError>;
 
@@ -106,6 +230,8 @@ pub struct Client {
     base: String,
     agent: ureq::Agent,
     partition: Option<String>,
+    /// The longest successful answer read ([`Client::limit_answers`]).
+    answer_limit: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -211,6 +337,7 @@ impl Client {
             base,
             agent,
             partition: None,
+            answer_limit: DEFAULT_ANSWER_LIMIT,
         })
     }
 
@@ -222,6 +349,7 @@ impl Client {
             base,
             agent,
             partition: None,
+            answer_limit: DEFAULT_ANSWER_LIMIT,
         })
     }
 
@@ -249,12 +377,20 @@ impl Client {
             base,
             agent,
             partition: None,
+            answer_limit: DEFAULT_ANSWER_LIMIT,
         })
     }
 
     /// The same client, acting for a partition (child requests carry its identity).
     pub fn as_partition(mut self, who: &PartitionRef) -> Self {
         self.partition = Some(who.to_string());
+        self
+    }
+
+    /// The same client, reading successful answers of at most `bytes` bytes (default
+    /// [`DEFAULT_ANSWER_LIMIT`]); a longer one is a [`ClientError::TooLarge`].
+    pub fn limit_answers(mut self, bytes: usize) -> Self {
+        self.answer_limit = bytes;
         self
     }
 
@@ -268,11 +404,12 @@ impl Client {
     }
 
     fn finish<T: DeserializeOwned>(
+        &self,
         method: &'static str,
         url: String,
         res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Option<T>> {
-        let Some(bytes) = Self::finish_bytes(method, url.clone(), res)? else {
+        let Some(bytes) = self.finish_bytes(method, url.clone(), res)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -286,6 +423,7 @@ impl Client {
 
     /// The body of a successful answer (`None` for a 304), or the API error it carries.
     fn finish_bytes(
+        &self,
         method: &'static str,
         url: String,
         res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
@@ -303,7 +441,7 @@ impl Client {
             let text = resp
                 .body_mut()
                 .with_config()
-                .limit(64 * 1024)
+                .limit(ERROR_BODY_LIMIT as u64)
                 .read_to_string()
                 .unwrap_or_default();
             let (kind, message) = match serde_json::from_str::<ErrorBody>(&text) {
@@ -318,27 +456,18 @@ impl Client {
                 message,
             });
         }
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(256 * 1024 * 1024)
-            .read_to_vec()
-            .map_err(|e| ClientError::Decode {
-                method,
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(Some(bytes))
+        read_limited(method, &url, &mut resp, self.answer_limit).map(Some)
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = self.url(path);
         let res = self.agent.get(&url).call();
-        Self::finish("GET", url.clone(), res)?.ok_or_else(|| ClientError::Decode {
-            method: "GET",
-            url,
-            reason: "304 without a conditional request".into(),
-        })
+        self.finish("GET", url.clone(), res)?
+            .ok_or_else(|| ClientError::Decode {
+                method: "GET",
+                url,
+                reason: "304 without a conditional request".into(),
+            })
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
@@ -348,11 +477,12 @@ impl Client {
             req = req.header(PARTITION_HEADER, p);
         }
         let res = req.send_json(body);
-        Self::finish("POST", url.clone(), res)?.ok_or_else(|| ClientError::Decode {
-            method: "POST",
-            url,
-            reason: "unexpected 304".into(),
-        })
+        self.finish("POST", url.clone(), res)?
+            .ok_or_else(|| ClientError::Decode {
+                method: "POST",
+                url,
+                reason: "unexpected 304".into(),
+            })
     }
 
     /// `GET /v1/health`.
@@ -364,7 +494,9 @@ impl Client {
     pub fn metrics(&self) -> Result<String> {
         let url = self.url("/metrics");
         let res = self.agent.get(&url).call();
-        let bytes = Self::finish_bytes("GET", url.clone(), res)?.unwrap_or_default();
+        let bytes = self
+            .finish_bytes("GET", url.clone(), res)?
+            .unwrap_or_default();
         String::from_utf8(bytes).map_err(|e| ClientError::Decode {
             method: "GET",
             url,
@@ -430,7 +562,7 @@ impl Client {
                 .build();
         }
         let res = req.call();
-        Self::finish("GET", url, res)
+        self.finish("GET", url, res)
     }
 
     /// Report what the node did with a partition.

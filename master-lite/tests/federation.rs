@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -668,4 +670,314 @@ async fn a_shared_instance_hosted_here_stays_here_when_its_release_is_routed() {
     }
     // A new shared title is delegated.
     slap_delegated(&a, &slap_form(SR, "other", ("domain", "o"), &[], true)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile and hanging remotes: faults a real peer cannot be made to show, served by a few lines
+// of tokio.
+
+/// How a fake remote answers.
+#[derive(Clone)]
+enum Answer {
+    /// 200 with this body and its `Content-Length`.
+    Sized(Vec<u8>),
+    /// 200 with this body, delimited by closing the connection (no `Content-Length`).
+    UntilClose(Vec<u8>),
+}
+
+/// Read one HTTP request (headers and a `Content-Length` body) from `s`.
+async fn read_request(s: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - end;
+    while have < len {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        have += n;
+    }
+    Ok(())
+}
+
+/// A fake remote answering the calls, one per connection, with `answers` in turn (the last one
+/// again when they run out); its URL.
+async fn fake_remote(answers: Vec<Answer>) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut answers = answers.into_iter().peekable();
+        let mut last = None;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answers.next().or_else(|| last.clone()).unwrap();
+            last = Some(answer.clone());
+            tokio::spawn(async move {
+                if read_request(&mut s).await.is_err() {
+                    return;
+                }
+                let (head, body) = match answer {
+                    Answer::Sized(b) => (
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\nconnection: close\r\n\r\n",
+                            b.len()
+                        ),
+                        b,
+                    ),
+                    Answer::UntilClose(b) => (
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         connection: close\r\n\r\n"
+                            .to_owned(),
+                        b,
+                    ),
+                };
+                // The client stops reading at its limit: a failed write is expected.
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// A native answer to the request "web": allocated on COMP-B/slappart0 with the connection
+/// parameter `url` (`extra` bytes of padding in a second one).
+fn native_answer(url: &str, extra: usize) -> Vec<u8> {
+    let mut connection = json!({"url": url});
+    if extra > 0 {
+        connection["padding"] = Json::String("x".repeat(extra));
+    }
+    serde_json::to_vec(&json!({
+        "title": "web", "root_title": "web", "requester": null,
+        "software_url": SR, "software_type": "default", "parameters": {"title": "hello"},
+        "state": "started", "computer": "COMP-B", "partition": "slappart0",
+        "connection": connection, "reported": null, "bang": null, "revision": 1,
+        "children": [], "shared": false,
+    }))
+    .unwrap()
+}
+
+/// `out` for a failure message, cut (an oversized answer would fill the log).
+fn brief(out: &[Outcome]) -> String {
+    format!("{out:?}").chars().take(500).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_answer_is_not_read_nor_stored_and_leaves_the_request_pending() {
+    let limit = federation::MAX_ANSWER_BYTES;
+    let huge = native_answer("http://b/", limit);
+    for (api, answer, sized) in [
+        (Api::Native, Answer::Sized(huge.clone()), true),
+        (Api::Native, Answer::UntilClose(huge.clone()), false),
+        (Api::Slap, Answer::Sized(huge.clone()), true),
+        (Api::Slap, Answer::UntilClose(huge.clone()), false),
+    ] {
+        let url = fake_remote(vec![answer]).await;
+        let fed = federation(&url, api, Some(SR));
+        let mut a = slap_master("COMP-A");
+        a.set_federation(fed.clone());
+        json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+        let out = forward_once(&a, &fed).await;
+        assert!(
+            matches!(&out[..], [Outcome::Failed { .. }]),
+            "{}",
+            brief(&out)
+        );
+        let info = show(&a, "web").await;
+        let status = info.bang.unwrap();
+        let expected = if sized {
+            format!(
+                "delegated to {url}: pending, remote answer too large: {} bytes > limit {limit} bytes",
+                huge.len()
+            )
+        } else {
+            format!(
+                "delegated to {url}: pending, remote answer too large: more than the limit of {limit} bytes"
+            )
+        };
+        assert!(status.starts_with(&expected), "{api:?}: {status}");
+        assert!(status.ends_with("; retrying"), "{status}");
+        assert!(info.connection.is_empty(), "{api:?}");
+        assert!(info.reported.is_none(), "{api:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_parameters_over_the_stored_limit_keep_the_previous_ones() {
+    // Under the read limit, over the stored one: the first answer is kept.
+    let over = master_lite::store::federation::MAX_CONNECTION_BYTES;
+    assert!(over + 1000 < federation::MAX_ANSWER_BYTES);
+    let url = fake_remote(vec![
+        Answer::Sized(native_answer("http://b/", 0)),
+        Answer::Sized(native_answer("http://evil/", over)),
+    ])
+    .await;
+    let fed = federation(&url, Api::Native, Some(SR));
+    let mut a = slap_master("COMP-A");
+    a.set_federation(fed.clone());
+    json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+    forward_once(&a, &fed).await;
+    assert_eq!(show(&a, "web").await.connection["url"], "http://b/");
+    let out = forward_once(&a, &fed).await;
+    assert!(
+        matches!(&out[..], [Outcome::Accepted { .. }]),
+        "{}",
+        brief(&out)
+    );
+    let info = show(&a, "web").await;
+    let status = info.bang.unwrap();
+    assert!(
+        status.starts_with(&format!(
+            "delegated to {url}: pending, remote answer too large: "
+        )) && status.contains(&format!(
+            " bytes > limit {over} bytes (connection parameters)"
+        )),
+        "{status}"
+    );
+    assert_eq!(info.connection.len(), 1, "{:?}", info.connection.keys());
+    assert_eq!(info.connection["url"], "http://b/");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_remote_does_not_delay_the_delegations_to_another() {
+    // Remote H accepts connections and never answers; B is a real master.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+            let _ = accepted_tx.try_send(());
+        }
+    });
+    let (_dir, b, bc) = remote_b(1);
+    let hole_sr = "https://example.com/hole/software.cfg";
+    let mut fed = Federation::default();
+    for (url, sr) in [(&hole_url, hole_sr), (&b.url, SR)] {
+        let mut r = Remote::new(url, Api::Native).unwrap();
+        r.set("release", sr).unwrap();
+        fed.add(r).unwrap();
+    }
+    let mut a = slap_master("COMP-A");
+    a.set_federation(fed.clone());
+    // H's request first: it is the longest waiting.
+    json_of(
+        &a,
+        post_json("/v1/instances", &request("slow", hole_sr, &[])),
+    )
+    .await;
+    json_of(&a, post_json("/v1/instances", &request("web", SR, &[]))).await;
+    let st = a.state();
+    let task = federation::spawn(st.db.clone(), Arc::new(fed), st.federation_wake.clone());
+
+    tokio::time::timeout(Duration::from_secs(60), accepted.recv())
+        .await
+        .expect("the hanging remote was called");
+    let wait_for = |what: &'static str, done: fn(&InstanceInfo) -> bool| {
+        let a = &a;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let info = show(a, "web").await;
+                if done(&info) {
+                    return info;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{what}: {info:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for("allocated on B", |i| {
+        i.bang
+            .as_deref()
+            .is_some_and(|b| b.contains("forwarded as"))
+    })
+    .await;
+    publish(&bc, "http://[::1]:8080/");
+    let web = wait_for("B's connection parameters", |i| !i.connection.is_empty()).await;
+    assert_eq!(web.connection["url"], "http://[::1]:8080/");
+    // Meanwhile the call to H has not returned: nothing was recorded for "slow".
+    let slow = show(&a, "slow").await;
+    assert_eq!(
+        slow.bang.as_deref(),
+        Some(format!("delegated to {hole_url}: pending, not forwarded yet").as_str()),
+        "B waited for H"
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_due_again_in_real_milliseconds_is_recorded_on_both_engines() {
+    // The forwarding task records each outcome with its next attempt in wall-clock
+    // milliseconds (past i32): PostgreSQL once typed that parameter int4 and refused it.
+    let pg = std::thread::spawn(|| {
+        master_lite::testpg::TestPg::shared().map(|pg| pg.fresh_db().unwrap())
+    })
+    .join()
+    .unwrap();
+    let mut masters = vec![("sqlite", master_lite::Master::open_in_memory().unwrap())];
+    match pg {
+        Ok(url) => {
+            let url = master_lite::store::DbUrl::Postgres(url);
+            let m = std::thread::spawn(move || master_lite::Master::open_db(&url).unwrap())
+                .join()
+                .unwrap();
+            masters.push(("postgres", m));
+        }
+        Err(skip) => eprintln!("PostgreSQL part skipped: {}", skip.0),
+    }
+    for (engine, mut a) in masters {
+        a.set_federation(federation(REMOTE, Api::Native, None));
+        json_of(
+            &a,
+            post_json("/v1/instances", &request("web", SR, &[("master", REMOTE)])),
+        )
+        .await;
+        let db = a.state().db;
+        let due = db.read(|s| s.delegations_due(u64::MAX, 10)).await.unwrap();
+        let [d] = &due[..] else {
+            panic!("{engine}: {due:?}")
+        };
+        let d = d.clone();
+        let now = master_lite::now_ms();
+        let outcome = Outcome::Failed {
+            reason: "remote unreachable: test".into(),
+        };
+        db.call(move |s| {
+            let next = federation::next_attempt(now, &d, &outcome);
+            s.delegation_outcome(&d, &outcome, next)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{engine}: {e}"));
+        let status = show(&a, "web").await.bang.unwrap();
+        assert!(
+            status.ends_with("remote unreachable: test; retrying"),
+            "{engine}: {status}"
+        );
+        let due = db.read(move |s| s.delegations_due(now, 10)).await.unwrap();
+        assert!(due.is_empty(), "{engine}: due again at once: {due:?}");
+    }
 }

@@ -28,6 +28,11 @@ pub const DELEGATED_PARTITION: &str = "remote";
 /// The first words of a delegated instance's status line (its `bang`).
 pub const DELEGATED_PREFIX: &str = "delegated to ";
 
+/// The largest delegated connection parameters stored (as JSON, like a node's connection
+/// publish body): a remote answering more leaves the delegation pending (`remote answer too
+/// large: …`), its previous parameters kept.
+pub const MAX_CONNECTION_BYTES: usize = slapos_proto::MAX_BODY_BYTES;
+
 /// The SLA keys that name a master (slapproxy's `master_url`, and `master`): they route the
 /// request and are not forwarded.
 pub const MASTER_KEYS: [&str; 2] = ["master_url", "master"];
@@ -488,6 +493,30 @@ impl Store {
         rows.iter().map(Row10::delegation).collect()
     }
 
+    /// The due delegated requests as [`Store::delegations_due`], but at most `per_remote` of
+    /// each remote (grouped by remote, the longest waiting first in each), so a remote with
+    /// many due requests does not hide the others' from the forwarding task.
+    pub fn delegations_due_per_remote(
+        &mut self,
+        now_ms: u64,
+        per_remote: usize,
+    ) -> Result<Vec<Delegation>> {
+        let tx = self.read()?;
+        let rows = super::rows(
+            &tx,
+            "list due delegated requests per remote",
+            &format!(
+                "SELECT {COLUMNS} FROM (SELECT {COLUMNS}, next_ms, ROW_NUMBER() OVER \
+                 (PARTITION BY remote ORDER BY next_ms, root, title) AS n \
+                 FROM delegation WHERE next_ms <= ?1) AS due \
+                 WHERE n <= ?2 ORDER BY remote, next_ms, root, title"
+            ),
+            params![ms(now_ms), i64::try_from(per_remote).unwrap_or(i64::MAX)],
+            Row10::from_row,
+        )?;
+        rows.iter().map(Row10::delegation).collect()
+    }
+
     /// Record what forwarding `d` gave; the next attempt is due at `next_ms` (the loop retries
     /// with a backoff, asks again for connection parameters until they come, then now and
     /// then). A row changed since `d` was read stays due at once for its new revision.
@@ -497,6 +526,24 @@ impl Store {
         outcome: &Outcome,
         next_ms: u64,
     ) -> Result<()> {
+        let capped;
+        let outcome = match outcome {
+            Outcome::Accepted { connection, .. } => {
+                let n = to_json(connection)?.len();
+                if n > MAX_CONNECTION_BYTES {
+                    capped = Outcome::Failed {
+                        reason: format!(
+                            "remote answer too large: {n} bytes > limit {MAX_CONNECTION_BYTES} \
+                             bytes (connection parameters)"
+                        ),
+                    };
+                    &capped
+                } else {
+                    outcome
+                }
+            }
+            _ => outcome,
+        };
         let mut tx = self.write()?;
         let Some(e) = select(&tx, &d.root, &d.title)? else {
             return Ok(());
@@ -550,10 +597,12 @@ impl Store {
                 )
             }
         };
+        // `CAST(?8 AS BIGINT)`: PostgreSQL would type the parameter after the `0` of the CASE
+        // (int4), refusing any real time in milliseconds.
         tx.exec(
             "UPDATE delegation SET connection = ?3, status = ?4, attempts = ?5,
              forwarded = CASE WHEN ?6 = 1 AND ?7 > forwarded THEN ?7 ELSE forwarded END,
-             next_ms = CASE WHEN revision = ?7 THEN ?8 ELSE 0 END
+             next_ms = CASE WHEN revision = ?7 THEN CAST(?8 AS BIGINT) ELSE 0 END
              WHERE root = ?1 AND title = ?2",
             params![
                 d.root.as_str(),

@@ -54,6 +54,9 @@ pub const POLL_STEP: Duration = Duration::from_secs(1);
 /// Time limit of one SLAP call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest answer read from the master (a computer of many partitions).
+const ANSWER_LIMIT: usize = slapos_client::DEFAULT_ANSWER_LIMIT;
+
 /// Period after which the poll sends a remembered child request again although its answer
 /// already carried connection parameters (they may change).
 pub const REREQUEST: Duration = Duration::from_secs(60);
@@ -162,57 +165,21 @@ impl SlapLink {
         format!("{}/{route}", self.base)
     }
 
-    /// Reads the answer of a call: the body of a 2xx, else an [`ClientError::Api`] with the
-    /// status and the start of the body.
-    fn finish(
-        method: &'static str,
-        url: String,
-        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<String, ClientError> {
-        let mut resp = res.map_err(|e| ClientError::Unreachable {
-            method,
-            url: url.clone(),
-            source: Box::new(e),
-        })?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(256 * 1024 * 1024)
-            .read_to_string();
-        if !(200..300).contains(&status) {
-            let text = body.unwrap_or_default();
-            return Err(ClientError::Api {
-                method,
-                url,
-                status,
-                kind: "http".into(),
-                message: short(&text),
-            });
-        }
-        body.map_err(|e| ClientError::Decode {
-            method,
-            url,
-            reason: format!("failed to read the body: {e}"),
-        })
-    }
-
     fn post(
         &self,
         route: &str,
         form: &[(&'static str, String)],
         partition: Option<&PartitionId>,
     ) -> Result<String, ClientError> {
-        let url = self.url(route);
-        let mut req = self.agent.post(&url);
-        if let Some(p) = partition {
-            req = req.header(
-                "Authorization",
-                SlapPartitionAuth::header_value(self.computer.as_str(), p.as_str()),
-            );
-        }
-        let res = req.send_form(form.iter().map(|(k, v)| (*k, v.as_str())));
-        Self::finish("POST", url, res)
+        let auth =
+            partition.map(|p| SlapPartitionAuth::header_value(self.computer.as_str(), p.as_str()));
+        slapos_client::post_form(
+            &self.agent,
+            &self.url(route),
+            form,
+            auth.as_deref(),
+            ANSWER_LIMIT,
+        )
     }
 
     /// One `getFullComputerInformation`, decoded, with the children's connection parameters
@@ -223,7 +190,7 @@ impl SlapLink {
             routes::encode(self.computer.as_str())
         ));
         let res = self.agent.get(&url).call();
-        let body = Self::finish("GET", url.clone(), res)?;
+        let body = slapos_client::read_answer("GET", url.clone(), res, ANSWER_LIMIT)?;
         let decode = |reason| ClientError::Decode {
             method: "GET",
             url: url.clone(),
