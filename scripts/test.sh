@@ -44,10 +44,10 @@ cargo test --workspace --no-fail-fast
 
 # The API suites again on a real PostgreSQL (its own initdb cluster; docs/fleet.md): native,
 # authorization matrices (native and SLAP over mTLS), JSON-RPC, classic SLAP and /hateoas with
-# the real client. The store unit tests and tests/fleet_*.rs already ran on both engines above.
+# the real client, federation, a node's long poll over mTLS. The store unit tests and tests/fleet_*.rs already ran on both engines above.
 step "master-lite API suites on PostgreSQL"
 SLAPOS_TEST_DB=postgres cargo test -p master-lite --no-fail-fast --test router --test auth \
-  --test slap_auth --test slap_json_rpc --test slap_cli
+  --test slap_auth --test slap_json_rpc --test slap_cli --test federation --test long_poll
 
 for f in scripts/checks/*.sh; do
   [ -e "$f" ] || continue
