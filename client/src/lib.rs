@@ -123,6 +123,19 @@ pub const DEFAULT_ANSWER_LIMIT: usize = 256 * 1024 * 1024;
 /// How much of an error answer's body is read (its start is the message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
+/// The response of a call that reached the master, or [`ClientError::Unreachable`].
+fn reached(
+    method: &'static str,
+    url: &str,
+    res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ureq::http::Response<ureq::Body>> {
+    res.map_err(|e| ClientError::Unreachable {
+        method,
+        url: url.to_owned(),
+        source: Box::new(e),
+    })
+}
+
 /// The body of a successful answer as text, at most `limit` bytes: a longer one is a
 /// [`ClientError::TooLarge`] (refused unread when its `Content-Length` says so). A status that
 /// is not 2xx is a [`ClientError::Api`] with the status and the start of the body (`kind`
@@ -134,11 +147,7 @@ pub fn read_answer(
     res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     limit: usize,
 ) -> Result<String> {
-    let mut resp = res.map_err(|e| ClientError::Unreachable {
-        method,
-        url: url.clone(),
-        source: Box::new(e),
-    })?;
+    let mut resp = reached(method, &url, res)?;
     let status = resp.status().as_u16();
     if !(200..300).contains(&status) {
         let text = resp
@@ -428,11 +437,7 @@ impl Client {
         url: String,
         res: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Option<Vec<u8>>> {
-        let mut resp = res.map_err(|e| ClientError::Unreachable {
-            method,
-            url: url.clone(),
-            source: Box::new(e),
-        })?;
+        let mut resp = reached(method, &url, res)?;
         let status = resp.status().as_u16();
         if status == 304 {
             return Ok(None);
