@@ -240,6 +240,149 @@ fn tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rustls:
     Ok(Arc::new(cfg))
 }
 
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// An mTLS connection to the replica at `addr` (`host:port`).
+async fn connect(addr: &str, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let name =
+        rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+}
+
+/// What the requesters of one phase send: request `k` for a new instance on its computer.
+struct Plan {
+    tag: String,
+    targets: Vec<usize>,
+    nodes: usize,
+    computers: usize,
+}
+
+impl Plan {
+    /// The computer request `k` aims at: a node's (`N…`), else one without a node (`X…`).
+    fn computer(&self, k: usize) -> String {
+        if self.nodes > 0 {
+            format!("N{}", self.targets[k])
+        } else {
+            format!("X{}", self.nodes + (k % (self.computers - self.nodes)))
+        }
+    }
+
+    /// The whole HTTP/1.1 request `k`: `POST /v1/instances` with its JSON body.
+    fn request(&self, k: usize) -> Result<String> {
+        let mut sla = std::collections::BTreeMap::new();
+        sla.insert("computer_guid".to_owned(), self.computer(k));
+        let req = InstanceRequest {
+            title: slapos_proto::InstanceTitle::parse(format!("{}-{k}", self.tag))?,
+            software_url: SoftwareUrl::parse(SR)?,
+            software_type: SoftwareType::default(),
+            parameters: Default::default(),
+            sla,
+            state: None,
+            shared: false,
+        };
+        let body = serde_json::to_string(&req)?;
+        Ok(format!(
+            "POST /v1/instances HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+}
+
+/// What one requester phase saw: when its clock started, each success's latency, failures.
+struct Run {
+    start: Instant,
+    lat: Vec<Duration>,
+    errors: usize,
+}
+
+/// `c` requesters, each on its own kept-alive mTLS connection (round robin over `addrs`),
+/// send `plan`'s `n` requests in all. They speak HTTP/1.1 themselves, as the nodes do, so the
+/// simulator costs little beside the master. Every connection is open, one call answered,
+/// before the clock starts.
+async fn requesters(
+    c: usize,
+    n: usize,
+    addrs: &[String],
+    cfg: Arc<rustls::ClientConfig>,
+    plan: Arc<Plan>,
+    board: Arc<Board>,
+) -> Result<Run> {
+    let mut conns = Vec::with_capacity(c);
+    for t in 0..c {
+        let mut s = connect(&addrs[t % addrs.len()], cfg.clone()).await?;
+        let mut buf = Vec::new();
+        let health = "GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let (status, _) = exchange(&mut s, &mut buf, health).await?;
+        if status != 200 {
+            bail!("requester {t}: GET /v1/health answered {status}");
+        }
+        conns.push(s);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut s in conns {
+        let (next, plan, board) = (next.clone(), plan.clone(), board.clone());
+        tasks.spawn(async move {
+            let (mut lat, mut errors, mut buf) = (Vec::new(), 0usize, Vec::new());
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= n {
+                    return (lat, errors);
+                }
+                let req = match plan.request(k) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("request {k}: {e}");
+                        errors += 1;
+                        continue;
+                    }
+                };
+                if plan.nodes > 0 {
+                    let target = plan.targets[k];
+                    let _ = board.sent[target].compare_exchange(
+                        0,
+                        board.now(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    board.woken[target].store(0, Ordering::Relaxed);
+                }
+                let t = Instant::now();
+                match exchange(&mut s, &mut buf, &req).await {
+                    Ok((200..=299, _)) => lat.push(t.elapsed()),
+                    other => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("request {k}: {other:?}");
+                        }
+                        if other.is_err() {
+                            // The connection is gone: this requester stops.
+                            return (lat, errors);
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut run = Run {
+        start,
+        lat: Vec::with_capacity(n),
+        errors: 0,
+    };
+    while let Some(done) = tasks.join_next().await {
+        let (lat, errors) = done?;
+        run.lat.extend(lat);
+        run.errors += errors;
+    }
+    Ok(run)
+}
+
 /// One node: connect, read the desired state, then hold long polls forever.
 async fn node(
     i: usize,
@@ -254,15 +397,7 @@ async fn node(
     // checked the certificate, and the master caps unproven connections per source (all these
     // nodes share one uid), so connections in flight are bounded until the master answered.
     let permit = gate.acquire().await.ok();
-    let connect = async {
-        let tcp = tokio::net::TcpStream::connect(&addr).await?;
-        let name =
-            rustls::pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-        tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-    };
-    let mut s = match connect.await {
+    let mut s = match connect(&addr, cfg).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("node {i}: connect: {e}");
@@ -598,16 +733,22 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let gate = Arc::new(tokio::sync::Semaphore::new(128));
+    let addrs: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            u.trim_start_matches("https://")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
+    let ops_cfg = tls_config(&ca, &ops_cert, &ops_key)?;
     for (i, c) in creds.into_iter().enumerate() {
         let c = c
             .into_inner()
             .map_err(|_| anyhow::anyhow!("creds lock"))?
             .context("credentials")?;
         let cfg = tls_config(&ca, &c.cert_pem, &c.key_pem)?;
-        let addr = urls[i % urls.len()]
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .to_owned();
+        let addr = addrs[i % addrs.len()].clone();
         rt.spawn(node(i, addr, cfg, board.clone(), gate.clone()));
     }
     let t = Instant::now();
@@ -657,63 +798,24 @@ fn main() -> Result<()> {
                 }
             })
             .collect();
-        let errors = AtomicUsize::new(0);
-        let lat = std::sync::Mutex::new(Vec::with_capacity(args.requests));
-        let tag = format!("c{c}");
-        // Each requester's connection is open (one call answered) before the clock starts.
-        let phase = parallel(
-            args.requests,
+        let plan = Arc::new(Plan {
+            tag: format!("c{c}"),
+            targets: targets.clone(),
+            nodes: args.nodes,
+            computers,
+        });
+        let run = rt.block_on(requesters(
             c,
-            |t| {
-                let client = ops_client(t)?;
-                client.health()?;
-                Ok(client)
-            },
-            |client, k| {
-                let target = targets[k];
-                let computer = if args.nodes > 0 {
-                    format!("N{target}")
-                } else {
-                    format!("X{}", args.nodes + (k % (computers - args.nodes)))
-                };
-                let mut sla = std::collections::BTreeMap::new();
-                sla.insert("computer_guid".to_owned(), computer);
-                let req = InstanceRequest {
-                    title: slapos_proto::InstanceTitle::parse(format!("{tag}-{k}"))?,
-                    software_url: SoftwareUrl::parse(SR)?,
-                    software_type: SoftwareType::default(),
-                    parameters: Default::default(),
-                    sla,
-                    state: None,
-                    shared: false,
-                };
-                if args.nodes > 0 {
-                    let _ = board.sent[target].compare_exchange(
-                        0,
-                        board.now(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    board.woken[target].store(0, Ordering::Relaxed);
-                }
-                let t = Instant::now();
-                match client.request(&req) {
-                    Ok(_) => lat
-                        .lock()
-                        .map_err(|_| anyhow::anyhow!("lat lock"))?
-                        .push(t.elapsed()),
-                    Err(e) => {
-                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            eprintln!("request {k}: {e}");
-                        }
-                    }
-                }
-                Ok(())
-            },
-        )?;
+            args.requests,
+            &addrs,
+            ops_cfg.clone(),
+            plan,
+            board.clone(),
+        ))?;
+        let (phase, mut lat) = (run.start, run.lat);
+        let errors = AtomicUsize::new(run.errors);
         let took = phase.elapsed();
         std::thread::sleep(Duration::from_secs(2)); // late wake-ups land
-        let mut lat = lat.into_inner().map_err(|_| anyhow::anyhow!("lat lock"))?;
         let n = lat.len();
         let mut phase = Phase {
             requesters: c,
