@@ -112,7 +112,7 @@ async fn local_identity(st: &AppState, uid: u32) -> (Identity, ApiResult<()>) {
     if st.local.is_operator(uid) {
         return (Identity::Local, Ok(()));
     }
-    match st.db.call(move |s| s.partition_of_local_uid(uid)).await {
+    match st.db.read(move |s| s.partition_of_local_uid(uid)).await {
         Ok(Some(p)) => (Identity::Partition(p), Ok(())),
         Ok(None) => {
             let operators: Vec<String> = st
@@ -143,7 +143,7 @@ pub(crate) async fn certificate_valid(
     serial: String,
 ) -> ApiResult<()> {
     let shown = serial.clone();
-    let row = st.db.call(move |s| s.certificate(&serial)).await?;
+    let row = st.db.read(move |s| s.certificate(&serial)).await?;
     match row {
         None => Err(ApiError::Forbidden(format!(
             "certificate {shown} is not known to this master"
