@@ -858,7 +858,7 @@ async fn request(
                 None => {
                     let info = request_root(s, &who, &req, now)?;
                     let (c, p) = (info.computer.to_string(), info.partition.to_string());
-                    let ip = s.slap_partition(&c, &p)?.map(|p| p.ip_list);
+                    let ip = s.slap_ip_list(&c, &p)?;
                     Ok((info, ip.unwrap_or_default()))
                 }
             }

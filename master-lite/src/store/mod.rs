@@ -302,6 +302,7 @@ impl Store {
             conn.pragma_update(None, "temp_store", "MEMORY")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            stable_plans(conn)?;
             Ok(())
         };
         cfg(&conn).map_err(|source| open_error(path, source))?;
@@ -363,6 +364,7 @@ impl Store {
             conn.pragma_update(None, "query_only", "ON")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            stable_plans(conn)?;
             Ok(())
         };
         cfg(&conn).map_err(|source| open_error(path, source))?;
@@ -1655,6 +1657,29 @@ fn register_in(tx: &mut Tx<'_>, reg: &RegisterComputer, now_ms: u64) -> Result<(
 /// ([`sql::Conn`] prepares through it; PostgreSQL keeps its own map).
 const STATEMENT_CACHE: usize = 256;
 
+/// Make a cached statement's plan independent of the values bound to it (SQLite's query
+/// planner stability guarantee, `SQLITE_DBCONFIG_ENABLE_QPSG`).
+///
+/// Without it, SQLite may look at the values bound to a statement's parameters while
+/// planning (to match a partial index's condition, among others), records which parameters it
+/// looked at, and marks the statement expired whenever one of them is bound again, even to the
+/// same value: the next run compiles it anew (`sqlite3Reprepare`). The statement cache clears
+/// the bindings of every statement it takes back, so such a statement was compiled again on
+/// every use. On the new-request path these were the children lookup of
+/// `instance_info_by_id` and the free-partition search (`allocate`): about a sixth of the
+/// writer thread's CPU per request (perf, `fleet-sim`, one requester). Every condition a
+/// partial index relies on is written as a literal in the statements that use it
+/// (`p.busy = 0`, `parameter_model IS NOT NULL`), no statement matches a parameter with
+/// `LIKE`/`GLOB`, and the store runs no `ANALYZE`: the plans are the same, compiled once
+/// (`plan_tests`).
+fn stable_plans(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 fn rows<T>(
     tx: &Transaction<'_>,
     op: &'static str,
@@ -2293,6 +2318,62 @@ pub fn dump_conn(conn: &Conn) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod plan_tests {
+    use super::Store;
+    use rusqlite::StatementStatus;
+
+    /// Statements of the new-request path run from the statement cache with other values
+    /// without being compiled again (see [`super::stable_plans`]), on the writer and on a
+    /// reader, and their plans still use the partial indexes.
+    #[test]
+    fn cached_statements_are_not_recompiled_for_new_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let writer = Store::open(&path, 1).unwrap();
+        let reader = Store::open_reader(&path).unwrap();
+        let free = "SELECT p.computer, p.id FROM partition p
+             WHERE CAST(?1 AS TEXT) = CAST(?1 AS TEXT) AND p.busy = 0
+               AND NOT EXISTS (SELECT 1 FROM instance i
+                               WHERE i.computer = p.computer AND i.partition = p.id)
+               AND p.computer = ?2
+             ORDER BY p.seq LIMIT 1";
+        for store in [&writer, &reader] {
+            let conn = store.connection().as_sqlite().unwrap();
+            for (sql, values) in [
+                (
+                    "SELECT title FROM instance WHERE requester = ?1 ORDER BY id",
+                    vec![vec!["1"], vec!["2"], vec!["3"]],
+                ),
+                (free, vec![vec!["u", "A"], vec!["u", "B"], vec!["v", "C"]]),
+                (super::RELEASE_MODEL, vec![vec!["u"], vec!["v"], vec!["w"]]),
+            ] {
+                for v in &values {
+                    let mut st = conn.prepare_cached(sql).unwrap();
+                    let mut rows = st.query(rusqlite::params_from_iter(v)).unwrap();
+                    while rows.next().unwrap().is_some() {}
+                    drop(rows);
+                    assert_eq!(st.get_status(StatementStatus::RePrepare), 0, "{sql}");
+                }
+                let plan: Vec<String> = conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .unwrap()
+                    .query_map(rusqlite::params_from_iter(&values[0]), |r| r.get(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let plan = plan.join(" | ");
+                if sql == free {
+                    assert!(plan.contains("partition_free"), "{plan}");
+                }
+                if sql == super::RELEASE_MODEL {
+                    assert!(plan.contains("software_url_model"), "{plan}");
+                }
+            }
+        }
+    }
+}
 
 /// The same tests on a real PostgreSQL server (see `tests.rs`).
 #[cfg(test)]

@@ -647,12 +647,41 @@ impl Store {
         now_ms: u64,
     ) -> Result<(InstanceInfo, Vec<(String, String)>)> {
         let info = self.request_with(req, from, now_ms, RequestRules::SLAPPROXY)?;
-        let tx = self.read()?;
-        let ip = slap_partitions(&tx, info.computer.as_str(), Some(info.partition.as_str()))?
-            .pop()
-            .map(|p| p.ip_list)
+        let ip = self
+            .slap_ip_list(info.computer.as_str(), info.partition.as_str())?
             .unwrap_or_default();
         Ok((info, ip))
+    }
+
+    /// The `ip_list` of partition `c/p` as [`Store::slap_partition`] gives it (`None`: no
+    /// such partition), without reading its instance and shared instances: what a request's
+    /// answer needs.
+    pub fn slap_ip_list(&mut self, c: &str, p: &str) -> Result<Option<Vec<(String, String)>>> {
+        let tx = self.read()?;
+        let Some((native, iface)) = tx
+            .q_row(
+                "SELECT addresses, interface FROM partition WHERE computer = ?1 AND id = ?2",
+                [c, p],
+                |r| Ok((r.get::<String>(0)?, r.get::<Option<String>>(1)?)),
+            )
+            .optional()
+            .op("read a partition's addresses")?
+        else {
+            return Ok(None);
+        };
+        let slap: Vec<(String, String)> = rows(
+            &tx,
+            "read partition addresses",
+            "SELECT interface, address FROM slap_address
+             WHERE computer = ?1 AND partition = ?2 ORDER BY seq",
+            [c, p],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Some(if slap.is_empty() {
+            native_ip_list(p, &native, iface)
+        } else {
+            slap
+        }))
     }
 
     /// `supplySupply`: like slapproxy, a supply to an unknown computer creates it (without
@@ -901,14 +930,9 @@ fn slap_partitions(
     Ok(found
         .into_iter()
         .map(|(id, native, iface, inst)| {
-            let ip_list = addresses.remove(&id).unwrap_or_else(|| {
-                let iface = iface.unwrap_or_else(|| id.clone());
-                serde_json::from_str::<Vec<String>>(&native)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|a| (iface.clone(), a))
-                    .collect()
-            });
+            let ip_list = addresses
+                .remove(&id)
+                .unwrap_or_else(|| native_ip_list(&id, &native, iface));
             SlapPartition {
                 id,
                 ip_list,
@@ -922,6 +946,17 @@ fn slap_partitions(
             }
         })
         .collect())
+}
+
+/// The `ip_list` of partition `id` that has no SLAP addresses: its native addresses (a JSON
+/// list) on its interface (the partition's id when it names none).
+fn native_ip_list(id: &str, native: &str, iface: Option<String>) -> Vec<(String, String)> {
+    let iface = iface.unwrap_or_else(|| id.to_owned());
+    serde_json::from_str::<Vec<String>>(native)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (iface.clone(), a))
+        .collect()
 }
 
 /// A host instance of a shared request.
@@ -1247,4 +1282,74 @@ pub(super) fn hosted_shared(
         shared.entry(host).or_default().push(e);
     }
     Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SlapAddress, SlapFormat, Store};
+    use slapos_proto::{ComputerId, PartitionId, PartitionSpec, RegisterComputer};
+
+    /// A request's answer reads the partition's `ip_list` alone: the same list the full
+    /// partition read gives, for SLAP addresses and for native ones (on the partition's
+    /// interface, else named after the partition).
+    #[test]
+    fn ip_list_alone_matches_the_partition_read() {
+        let mut s = Store::open_in_memory(1_000).unwrap();
+        let spec = |p: &str, addresses: &[&str], interface: Option<&str>| PartitionSpec {
+            id: PartitionId::parse(p).unwrap(),
+            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            interface: interface.map(str::to_owned),
+            uid: None,
+        };
+        s.register(
+            &RegisterComputer {
+                id: ComputerId::parse("NATIVE").unwrap(),
+                partitions: vec![
+                    spec("p0", &["10.0.0.1", "fd00::1"], None),
+                    spec("p1", &["10.0.0.2"], Some("tap1")),
+                    spec("p2", &[], None),
+                ],
+                labels: Default::default(),
+            },
+            1,
+        )
+        .unwrap();
+        let addr = |i: &str, a: &str| SlapAddress {
+            interface: i.into(),
+            address: a.into(),
+            netmask: "255.255.255.0".into(),
+        };
+        s.slap_format(
+            &SlapFormat {
+                computer: "SLAP".into(),
+                address: None,
+                netmask: None,
+                partitions: vec![
+                    (
+                        "slappart0".into(),
+                        vec![addr("eth0", "10.1.0.1"), addr("tap0", "fd01::1")],
+                    ),
+                    ("slappart1".into(), vec![]),
+                ],
+            },
+            2,
+        )
+        .unwrap();
+        for (c, p) in [
+            ("NATIVE", "p0"),
+            ("NATIVE", "p1"),
+            ("NATIVE", "p2"),
+            ("SLAP", "slappart0"),
+            ("SLAP", "slappart1"),
+        ] {
+            let full = s.slap_partition(c, p).unwrap().map(|part| part.ip_list);
+            assert!(full.is_some(), "{c}/{p}");
+            assert_eq!(s.slap_ip_list(c, p).unwrap(), full, "{c}/{p}");
+        }
+        assert_eq!(s.slap_ip_list("NATIVE", "p9").unwrap(), None);
+        assert_eq!(
+            s.slap_ip_list("NATIVE", "p1").unwrap().unwrap(),
+            [("tap1".to_owned(), "10.0.0.2".to_owned())]
+        );
+    }
 }
