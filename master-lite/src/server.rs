@@ -32,7 +32,10 @@
 //! with [`ParkedUntil`] attached. A parked poll counts as a request in flight (never evicted);
 //! the client closing the connection ends it. Requests the loop cannot frame without doubt
 //! (a chunked body, an unusual `Content-Length`, a head hyper will refuse) go to hyper with the
-//! rest of the connection, as before.
+//! rest of the connection, as before. hyper no longer watches the socket while a framed request
+//! runs: a client leaving mid-request no longer cancels its handler (the call completes, its
+//! answer fails to send, the connection closes). Should the end of a response ever go unseen,
+//! hyper's own header timeout closes the connection: a missed hand-back cannot hang it.
 //!
 //! [`serve`] ends on shutdown: it stops accepting, ends the waiting long polls (the caller's
 //! shutdown future does that through the hub), lets in-flight requests finish (graceful
