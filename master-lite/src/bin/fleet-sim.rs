@@ -23,7 +23,9 @@
 //! Printed: requests/s, request latency p50/p99, change → node woken p50/p99 (from the
 //! request's send to the node's answer, so it includes the request's own latency), polls
 //! held, RSS and CPU of each replica (and RSS per held poll), the simulator's own CPU, errors.
-//! Nodes do not report back after a change (the write load is the requester's).
+//! After each desired state, a node reports every partition whose assignment revision is new
+//! (`POST …/partitions/{p}/report`, on its poll's connection), as `slapos-node` does once it
+//! converged: each request thus costs the master a second write, the node's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -37,8 +39,8 @@ use clap::Parser;
 use master_lite::store::{DbUrl, Store};
 use slapos_client::Client;
 use slapos_proto::{
-    ComputerId, InstanceRequest, PartitionId, PartitionSpec, RegisterComputer, SoftwareType,
-    SoftwareUrl, SupplyRequest, SupplyState,
+    ComputerId, DesiredState, InstanceRequest, PartitionId, PartitionReport, PartitionSpec,
+    RegisterComputer, SoftwareType, SoftwareUrl, SupplyRequest, SupplyState,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -143,11 +145,13 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// One HTTP/1.1 exchange on a kept-alive stream: status, `ETag` (without quotes).
+/// One HTTP/1.1 exchange on a kept-alive stream: status, `ETag` (without quotes). With
+/// `keep_body`, `buf` holds the answer's body afterwards (a `Content-Length` one).
 async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     req: &str,
+    keep_body: bool,
 ) -> std::io::Result<(u16, Option<String>)> {
     s.write_all(req.as_bytes()).await?;
     buf.clear();
@@ -199,8 +203,13 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             buf.extend_from_slice(&chunk[..n]);
         }
     }
-    buf.clear();
-    buf.shrink_to(4096);
+    if keep_body && !chunked {
+        buf.truncate(head_end + len);
+        buf.drain(..head_end);
+    } else {
+        buf.clear();
+        buf.shrink_to(4096);
+    }
     Ok((status, etag))
 }
 
@@ -212,6 +221,8 @@ struct Board {
     woken: Vec<AtomicU64>,
     held: AtomicUsize,
     errors: AtomicUsize,
+    /// Partition reports the nodes sent (and the master accepted).
+    reports: AtomicUsize,
     t0: Instant,
 }
 
@@ -317,7 +328,7 @@ async fn requesters(
         let mut s = connect(&addrs[t % addrs.len()], cfg.clone()).await?;
         let mut buf = Vec::new();
         let health = "GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
-        let (status, _) = exchange(&mut s, &mut buf, health).await?;
+        let (status, _) = exchange(&mut s, &mut buf, health, false).await?;
         if status != 200 {
             bail!("requester {t}: GET /v1/health answered {status}");
         }
@@ -354,7 +365,7 @@ async fn requesters(
                     board.woken[target].store(0, Ordering::Relaxed);
                 }
                 let t = Instant::now();
-                match exchange(&mut s, &mut buf, &req).await {
+                match exchange(&mut s, &mut buf, &req, false).await {
                     Ok((200..=299, _)) => lat.push(t.elapsed()),
                     other => {
                         errors += 1;
@@ -406,7 +417,8 @@ async fn node(
         }
     };
     let first = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    let mut etag = match exchange(&mut s, &mut buf, &first).await {
+    let mut seen = std::collections::HashMap::new();
+    let mut etag = match exchange(&mut s, &mut buf, &first, true).await {
         Ok((200, Some(e))) => e,
         other => {
             eprintln!("node {i}: first read: {other:?}");
@@ -416,9 +428,14 @@ async fn node(
     };
     drop(permit);
     loop {
+        if let Err(e) = report(i, &mut s, &mut buf, &mut seen, &board).await {
+            eprintln!("node {i}: report: {e}");
+            board.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let req = format!("GET {path}?etag={etag}&wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n");
         board.held.fetch_add(1, Ordering::Relaxed);
-        let r = exchange(&mut s, &mut buf, &req).await;
+        let r = exchange(&mut s, &mut buf, &req, true).await;
         board.held.fetch_sub(1, Ordering::Relaxed);
         match r {
             Ok((200, Some(e))) => {
@@ -432,7 +449,7 @@ async fn node(
                     );
                 }
             }
-            Ok((304, _)) => {}
+            Ok((304, _)) => buf.clear(),
             other => {
                 eprintln!("node {i}: poll: {other:?}");
                 board.errors.fetch_add(1, Ordering::Relaxed);
@@ -440,6 +457,50 @@ async fn node(
             }
         }
     }
+}
+
+/// As `slapos-node` after a desired state (in `buf`): report every partition whose assignment
+/// revision it has not reported yet, in the state asked for (the simulated node converges at
+/// once, with no promises), on the same connection.
+async fn report<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    i: usize,
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    seen: &mut std::collections::HashMap<String, u64>,
+    board: &Board,
+) -> Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let desired: DesiredState = serde_json::from_slice(buf).context("desired state")?;
+    buf.clear();
+    buf.shrink_to(4096);
+    for p in desired.partitions {
+        let Some(a) = p.instance else { continue };
+        if seen.get(p.id.as_str()) == Some(&a.revision) {
+            continue;
+        }
+        let body = serde_json::to_string(&PartitionReport {
+            state: a.state,
+            revision: a.revision,
+            promises: Vec::new(),
+            error: None,
+        })?;
+        let req = format!(
+            "POST /v1/computers/N{i}/partitions/{}/report HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            p.id,
+            body.len()
+        );
+        match exchange(s, buf, &req, false).await? {
+            (200..=299, _) => {
+                seen.insert(p.id.to_string(), a.revision);
+                board.reports.fetch_add(1, Ordering::Relaxed);
+            }
+            (status, _) => bail!("partition {} report answered {status}", p.id),
+        }
+    }
+    Ok(())
 }
 
 /// A scratch directory removed on drop.
@@ -726,6 +787,7 @@ fn main() -> Result<()> {
         woken: (0..computers).map(|_| AtomicU64::new(0)).collect(),
         held: AtomicUsize::new(0),
         errors: AtomicUsize::new(0),
+        reports: AtomicUsize::new(0),
         t0: Instant::now(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -789,6 +851,7 @@ fn main() -> Result<()> {
     for (next_target, &c) in args.requesters.iter().enumerate() {
         let cpu0: Vec<f64> = reps.iter().map(Replica::cpu_secs).collect();
         let sim0 = self_cpu();
+        let reports0 = board.reports.load(Ordering::Relaxed);
         let targets: Vec<usize> = (0..args.requests)
             .map(|k| {
                 if args.nodes > 0 {
@@ -871,8 +934,9 @@ fn main() -> Result<()> {
             );
         }
         println!(
-            "simulator CPU {:.2} s over the phase; node errors {}",
+            "simulator CPU {:.2} s over the phase; node reports {}, node errors {}",
             self_cpu() - sim0,
+            board.reports.load(Ordering::Relaxed) - reports0,
             board.errors.load(Ordering::Relaxed)
         );
         phase.errors += board.errors.load(Ordering::Relaxed);
