@@ -241,6 +241,8 @@ pub struct Client {
     partition: Option<String>,
     /// The longest successful answer read ([`Client::limit_answers`]).
     answer_limit: usize,
+    /// Time limit of one call ([`Client::call_timeout`]; a long poll adds its wait).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -308,13 +310,14 @@ pub fn tls_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ureq::
     Ok(b.build())
 }
 
-/// [`http_agent`] over TLS (`https://` required, calls limited to [`DEFAULT_TIMEOUT`]): the
-/// master CA as the only root and the client certificate `identity` (cert, key PEM) if given;
-/// see [`tls_config`]. Also the node's SLAP link to an https master.
+/// [`http_agent`] over TLS (`https://` required, calls limited to `timeout`): the master CA
+/// as the only root and the client certificate `identity` (cert, key PEM) if given; see
+/// [`tls_config`]. Also the node's SLAP link to an https master.
 pub fn tls_agent(
     base_url: &str,
     ca_pem: &str,
     identity: Option<(&str, &str)>,
+    timeout: Duration,
 ) -> Result<(String, ureq::Agent)> {
     let base = base_url.trim_end_matches('/').to_owned();
     if !base.starts_with("https://") {
@@ -325,7 +328,7 @@ pub fn tls_agent(
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(DEFAULT_TIMEOUT))
+        .timeout_global(Some(timeout))
         .tls_config(tls_config(ca_pem, identity)?)
         .build()
         .into();
@@ -341,24 +344,27 @@ impl Client {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<Self> {
-        let (base, agent) = tls_agent(base_url, ca_pem, Some((cert_pem, key_pem)))?;
+        let (base, agent) =
+            tls_agent(base_url, ca_pem, Some((cert_pem, key_pem)), DEFAULT_TIMEOUT)?;
         Ok(Self {
             base,
             agent,
             partition: None,
             answer_limit: DEFAULT_ANSWER_LIMIT,
+            timeout: DEFAULT_TIMEOUT,
         })
     }
 
     /// A TLS client without a client certificate (the master is authenticated by `ca_pem`):
     /// the master lets it enroll and nothing else.
     pub fn with_ca(base_url: &str, ca_pem: &str) -> Result<Self> {
-        let (base, agent) = tls_agent(base_url, ca_pem, None)?;
+        let (base, agent) = tls_agent(base_url, ca_pem, None, DEFAULT_TIMEOUT)?;
         Ok(Self {
             base,
             agent,
             partition: None,
             answer_limit: DEFAULT_ANSWER_LIMIT,
+            timeout: DEFAULT_TIMEOUT,
         })
     }
 
@@ -387,6 +393,7 @@ impl Client {
             agent,
             partition: None,
             answer_limit: DEFAULT_ANSWER_LIMIT,
+            timeout: DEFAULT_TIMEOUT,
         })
     }
 
@@ -401,6 +408,18 @@ impl Client {
     pub fn limit_answers(mut self, bytes: usize) -> Self {
         self.answer_limit = bytes;
         self
+    }
+
+    /// The same client, each call limited to `timeout` (default [`DEFAULT_TIMEOUT`]; a long
+    /// poll gets its wait on top).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `req` limited to this client's call timeout.
+    fn timed<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        req.config().timeout_global(Some(self.timeout)).build()
     }
 
     /// The base URL.
@@ -466,7 +485,7 @@ impl Client {
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = self.url(path);
-        let res = self.agent.get(&url).call();
+        let res = self.timed(self.agent.get(&url)).call();
         self.finish("GET", url.clone(), res)?
             .ok_or_else(|| ClientError::Decode {
                 method: "GET",
@@ -477,7 +496,7 @@ impl Client {
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let url = self.url(path);
-        let mut req = self.agent.post(&url);
+        let mut req = self.timed(self.agent.post(&url));
         if let Some(p) = &self.partition {
             req = req.header(PARTITION_HEADER, p);
         }
@@ -498,7 +517,7 @@ impl Client {
     /// `GET /metrics`: the fleet's Prometheus exposition (operators only).
     pub fn metrics(&self) -> Result<String> {
         let url = self.url("/metrics");
-        let res = self.agent.get(&url).call();
+        let res = self.timed(self.agent.get(&url)).call();
         let bytes = self
             .finish_bytes("GET", url.clone(), res)?
             .unwrap_or_default();
@@ -554,7 +573,7 @@ impl Client {
         wait: Option<Duration>,
     ) -> Result<Option<DesiredState>> {
         let url = self.url(&routes::desired(id));
-        let mut req = self.agent.get(&url);
+        let mut req = self.timed(self.agent.get(&url));
         if let Some(e) = etag {
             req = req.query("etag", e);
         }
@@ -563,7 +582,7 @@ impl Client {
             req = req
                 .query("wait", secs.to_string())
                 .config()
-                .timeout_global(Some(DEFAULT_TIMEOUT + Duration::from_secs(secs)))
+                .timeout_global(Some(self.timeout + Duration::from_secs(secs)))
                 .build();
         }
         let res = req.call();
@@ -626,6 +645,25 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_ends_at_the_clients_call_timeout() {
+        // Accepts connections and never answers.
+        let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", hole.local_addr().unwrap());
+        let c = Client::new(&url)
+            .unwrap()
+            .call_timeout(Duration::from_millis(300));
+        let t = std::time::Instant::now();
+        let r = c.health();
+        assert!(matches!(r, Err(ClientError::Unreachable { .. })), "{r:?}");
+        assert!(
+            t.elapsed() < DEFAULT_TIMEOUT / 2,
+            "waited {:?}: the call timeout was not applied",
+            t.elapsed()
+        );
+        drop(hole);
+    }
 
     #[test]
     fn refuses_urls_without_scheme() {

@@ -305,7 +305,11 @@ fn build(remote: &Remote) -> Result<Transport, String> {
                 Some(p) => client.as_partition(p),
                 None => client,
             };
-            Ok(Transport::Native(client.limit_answers(MAX_ANSWER_BYTES)))
+            Ok(Transport::Native(
+                client
+                    .limit_answers(MAX_ANSWER_BYTES)
+                    .call_timeout(CALL_TIMEOUT),
+            ))
         }
         Api::Slap => {
             let (base, agent) = if remote.url.starts_with("https://") {
@@ -321,6 +325,7 @@ fn build(remote: &Remote) -> Result<Transport, String> {
                     &remote.url,
                     &ca,
                     identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+                    CALL_TIMEOUT,
                 )
             } else {
                 slapos_client::http_agent(&remote.url, CALL_TIMEOUT)

@@ -213,7 +213,9 @@ fn console_over_tls_needs_a_certificate() {
             (read(n, "pem"), read(n, "key"))
         });
         let id = who.map(|_| (cert.as_str(), key.as_str()));
-        let (base, agent) = slapos_client::tls_agent(&base, &ca, id).expect("agent");
+        let (base, agent) =
+            slapos_client::tls_agent(&base, &ca, id, slapos_client::DEFAULT_TIMEOUT)
+                .expect("agent");
         let mut res = agent
             .get(format!("{base}{path}"))
             .call()

@@ -151,8 +151,12 @@ impl SlapLink {
         computer: ComputerId,
         id: &crate::link::identity::NodeIdentity,
     ) -> Result<Self, ClientError> {
-        let (base, agent) =
-            slapos_client::tls_agent(url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem)))?;
+        let (base, agent) = slapos_client::tls_agent(
+            url,
+            &id.ca_pem,
+            Some((&id.cert_pem, &id.key_pem)),
+            CALL_TIMEOUT,
+        )?;
         Ok(Self {
             base,
             agent,
