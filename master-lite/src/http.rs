@@ -363,26 +363,17 @@ impl Parking for DesiredParking {
         else {
             return None;
         };
-        let (path, query) = target.split_once('?')?;
-        let c = path
+        let uri: Uri = target.parse().ok()?;
+        let c = uri
+            .path()
             .strip_prefix("/v1/computers/")?
             .strip_suffix("/desired")?;
         if c != id.as_str() {
             return None;
         }
-        let (mut wait, mut etag) = (None, None);
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            let seen = match &*k {
-                "wait" => wait.replace(v.parse::<u64>().ok()?),
-                "etag" => etag.replace(v.into_owned()).map(|_| 0),
-                // The handler refuses what it does not read.
-                _ => return None,
-            };
-            if seen.is_some() {
-                return None;
-            }
-        }
-        let (wait, etag) = (long_poll(wait), etag?);
+        // The handler's own query rules: a query it refuses is served (and refused) at once.
+        let Query(q) = Query::<DesiredQuery>::try_from_uri(&uri).ok()?;
+        let (wait, etag) = (long_poll(q.wait), q.etag?);
         if wait.is_zero() {
             return None;
         }
