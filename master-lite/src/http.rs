@@ -392,7 +392,7 @@ impl Parking for DesiredParking {
                 return None;
             }
             let ready = async move {
-                let _slot = slot;
+                let _slot = slot.parked();
                 // An error is the handler's to report, when it reads again.
                 let _ = hold(&st, &id, &etag, &mut rx, deadline).await;
             };

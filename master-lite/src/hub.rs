@@ -43,11 +43,12 @@ pub struct Hub {
     held: Arc<Mutex<Held>>,
 }
 
-/// Polls held per computer and per identity.
+/// Polls held per computer and per identity, and how many of them wait outside hyper.
 #[derive(Debug, Default)]
 struct Held {
     computers: HashMap<ComputerId, usize>,
     identities: HashMap<String, usize>,
+    parked: usize,
 }
 
 /// One held long poll; its place is given back when dropped.
@@ -57,11 +58,26 @@ pub struct PollSlot {
     held: Arc<Mutex<Held>>,
     computer: ComputerId,
     identity: String,
+    parked: bool,
+}
+
+impl PollSlot {
+    /// The poll waits outside hyper (`crate::server`'s parking): counted apart until dropped.
+    pub fn parked(mut self) -> Self {
+        if !self.parked {
+            lock(&self.held).parked += 1;
+            self.parked = true;
+        }
+        self
+    }
 }
 
 impl Drop for PollSlot {
     fn drop(&mut self) {
         let mut h = lock(&self.held);
+        if self.parked {
+            h.parked = h.parked.saturating_sub(1);
+        }
         release(&mut h.computers, &self.computer);
         release(&mut h.identities, &self.identity);
     }
@@ -132,6 +148,11 @@ impl Hub {
         MAX_WAITING_POLLS.saturating_sub(self.polls.available_permits())
     }
 
+    /// Of [`Hub::held_polls`], those waiting outside hyper (metrics).
+    pub fn parked_polls(&self) -> usize {
+        lock(&self.held).parked
+    }
+
     /// How many computers have a channel (tests of the bound).
     pub fn channels(&self) -> usize {
         lock(&self.computers).len()
@@ -161,6 +182,7 @@ impl Hub {
             held: self.held.clone(),
             computer: c.clone(),
             identity,
+            parked: false,
         })
     }
 

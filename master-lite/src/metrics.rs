@@ -73,6 +73,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     polls: Gauge,
+    parked: Gauge,
     computers: Family<AgeLabels, Gauge>,
     instances: Family<StateLabels, Gauge>,
     promise_failures: Family<ComputerLabels, Gauge>,
@@ -113,6 +114,12 @@ impl Metrics {
             "Long polls of desired state held open now",
             polls.clone(),
         );
+        let parked = Gauge::default();
+        registry.register(
+            "long_polls_parked",
+            "Of the long polls held, those waiting outside the HTTP stack (a node's poll over mTLS)",
+            parked.clone(),
+        );
         let computers = Family::<AgeLabels, Gauge>::default();
         registry.register(
             "computers",
@@ -146,6 +153,7 @@ impl Metrics {
             requests,
             latency,
             polls,
+            parked,
             computers,
             instances,
             promise_failures,
@@ -235,6 +243,8 @@ impl Metrics {
                 .and_then(|c| hub.last_seen(&c))
         };
         self.set_fleet(&fleet, seen, hub.held_polls(), now_ms);
+        self.parked
+            .set(i64::try_from(hub.parked_polls()).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(64 * (fleet.computers.len() + 64));
         encode(&mut out, &self.registry)
             .map_err(|e| ApiError::Internal(format!("rendering the metrics: {e}")))?;

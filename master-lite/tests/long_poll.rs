@@ -1,5 +1,5 @@
 //! A node's long poll over mTLS, as the master serves it: parked outside hyper while nothing
-//! is new (server.rs), woken by a change, answered `304` when its own wait ends (the time it
+//! is new (server.rs; `slapos_master_long_polls_parked` counts it), woken by a change, answered `304` when its own wait ends (the time it
 //! spent parked counts), refused at once for a revoked certificate; the connection goes on
 //! with other calls in between.
 
@@ -34,6 +34,14 @@ fn a_nodes_long_poll_waits_is_woken_and_ends_on_time() {
     };
     std::thread::sleep(Duration::from_millis(700));
     assert!(!poll.is_finished(), "answered while nothing changed");
+    // It waits outside hyper, not inside it.
+    let gauges = admin.metrics().unwrap();
+    for want in [
+        "slapos_master_long_polls_held 1\n",
+        "slapos_master_long_polls_parked 1\n",
+    ] {
+        assert!(gauges.contains(want), "`{want}` not in:\n{gauges}");
+    }
     admin.supply(&n1, &available("/srv/sr/a.toml")).unwrap();
     let new = poll
         .join()
@@ -55,6 +63,11 @@ fn a_nodes_long_poll_waits_is_woken_and_ends_on_time() {
     );
     // The same client (its kept-alive connection) makes other calls in between.
     node.health().unwrap();
+    let gauges = admin.metrics().unwrap();
+    assert!(
+        gauges.contains("slapos_master_long_polls_parked 0\n"),
+        "{gauges}"
+    );
 
     // A revoked certificate is not parked: refused at once.
     ok(run(&[
