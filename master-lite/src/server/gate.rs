@@ -77,6 +77,13 @@ pub(crate) fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
+/// Whether bytes read from `from` on may end a request head: they complete a blank line
+/// (`\r\n\r\n`, or the bare `\n\n` httparse also takes).
+pub(crate) fn may_end(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3).min(buf.len())..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
 /// A `Content-Length` value: 1 to 19 ASCII digits, nothing else (hyper reads more forms, such
 /// as `5, 5`; those go to hyper).
 fn digits(v: &[u8]) -> Option<u64> {
@@ -296,6 +303,20 @@ mod tests {
             Parsed::Hyper,
             "too many headers: hyper answers"
         );
+    }
+
+    #[test]
+    fn only_a_blank_line_may_end_a_head() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        // Byte by byte: only the last byte completes the blank line.
+        let ends: Vec<usize> = (1..=head.len())
+            .filter(|&n| may_end(&head[..n], n - 1))
+            .collect();
+        assert_eq!(ends, vec![head.len()]);
+        assert!(may_end(head, 0), "all at once");
+        assert!(may_end(b"GET / HTTP/1.1\nHost: x\n\n", 20));
+        assert!(!may_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0));
+        assert!(!may_end(b"", 0));
     }
 
     #[tokio::test]
