@@ -519,9 +519,11 @@ impl Producer {
 // ---------------------------------------------------------------------------------------------
 // A TCP proxy that can hold one direction (acknowledgements lost in transit at a crash).
 
-/// Forwards loopback TCP connections to `127.0.0.1:target`. While `hold` is set, what the
-/// client sends is kept back; when the client goes away, what was kept back is dropped (as
-/// when a process dies before its packets left the machine).
+/// Forwards loopback TCP connections to `127.0.0.1:target`. Once a connection has seen `hold`
+/// set, what its client sends is never forwarded for the rest of that connection (as when a
+/// process dies before its packets left the machine). The hold latches per connection:
+/// clearing `hold` right after killing the client must not let the proxy forward bytes it
+/// had not read yet.
 pub struct HoldProxy {
     pub port: u16,
     pub hold: Arc<AtomicBool>,
@@ -550,21 +552,15 @@ impl HoldProxy {
                 });
                 let h = h.clone();
                 thread::spawn(move || {
-                    let mut held = Vec::new();
+                    let mut held = false;
                     let mut buf = [0u8; 16 << 10];
                     loop {
                         let n = match c_rd.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
-                        if h.load(SeqCst) {
-                            held.extend_from_slice(&buf[..n]);
-                            continue;
-                        }
-                        if !held.is_empty() && s_wr.write_all(&std::mem::take(&mut held)).is_err() {
-                            break;
-                        }
-                        if s_wr.write_all(&buf[..n]).is_err() {
+                        held |= h.load(SeqCst);
+                        if !held && s_wr.write_all(&buf[..n]).is_err() {
                             break;
                         }
                     }
