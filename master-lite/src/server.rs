@@ -5,8 +5,10 @@
 //!   start; [`Limits::for_nofile`] keeps the connection cap below it (a reserve stays for the
 //!   database, logs and the listener), so accepting never fails for lack of descriptors.
 //! * **At capacity**, a new connection evicts the oldest connection that is idle: still in its
-//!   TLS handshake, or between requests. Connections with a request in flight (long polls
-//!   included) are never evicted; when every connection is busy, the new one is closed.
+//!   TLS handshake, or between requests; one that has not sent a byte yet goes first, so a
+//!   flood of silent connections does not cut a real client's handshake short. Connections
+//!   with a request in flight (long polls included) are never evicted; when every connection
+//!   is busy, the new one is closed.
 //! * **Per source**, connections that have not proven an identity (plain connections of local
 //!   users other than the operator, by uid; TLS connections before a verified certificate, by
 //!   uid on this host, else by address) are capped ([`Limits::per_source`]): past the cap, a new
@@ -193,6 +195,8 @@ struct Live {
     inflight: AtomicUsize,
     /// Still in the TLS handshake.
     handshaking: AtomicBool,
+    /// The client has sent something (its handshake or a request head).
+    heard: AtomicBool,
     /// Asked to close (evicted).
     evict: Notify,
 }
@@ -287,14 +291,19 @@ impl Registry {
     }
 
     /// Ask the oldest idle connection (of `source`, when given) to close and forget it at once
-    /// (its task ends shortly).
+    /// (its task ends shortly): the oldest of those that never sent a byte, else the oldest.
     fn evict_oldest_idle(&self, t: &mut Table, source: Option<&Source>) -> bool {
-        let Some(id) = t
-            .conns
-            .iter()
-            .find(|(_, (live, src))| live.idle() && source.is_none_or(|s| src.as_ref() == Some(s)))
-            .map(|(id, _)| *id)
-        else {
+        let candidate = |silent: bool| {
+            t.conns
+                .iter()
+                .find(|(_, (live, src))| {
+                    live.idle()
+                        && (!silent || !live.heard.load(Ordering::Relaxed))
+                        && source.is_none_or(|s| src.as_ref() == Some(s))
+                })
+                .map(|(id, _)| *id)
+        };
+        let Some(id) = candidate(true).or_else(|| candidate(false)) else {
             return false;
         };
         if let Some((live, src)) = t.conns.remove(&id) {
@@ -464,8 +473,15 @@ impl Conn {
                 let timeout = self.registry.limits.handshake_timeout;
                 // Boxed, as the stream after it: the task keeps pointers, not a copy of the
                 // handshake's state or the TLS stream (1.2 KB) for the connection's life.
+                let live = slot.live.clone();
+                let handshake = async move {
+                    // The first bytes of the handshake: no longer a silent connection.
+                    stream.readable().await?;
+                    live.heard.store(true, Ordering::Relaxed);
+                    accept(&acceptor, stream).await
+                };
                 let hs = tokio::select! {
-                    r = tokio::time::timeout(timeout, Box::pin(accept(&acceptor, stream))) => r,
+                    r = tokio::time::timeout(timeout, Box::pin(handshake)) => r,
                     () = slot.live.evict.notified() => return,
                 };
                 let tls = match hs {
@@ -571,7 +587,7 @@ impl Conn {
             tokio::select! {
                 r = io.read_buf(buf) => match r {
                     Ok(0) => return None,
-                    Ok(_) => {}
+                    Ok(_) => live.heard.store(true, Ordering::Relaxed),
                     Err(e) => {
                         tracing::debug!(%addr, "connection ended: {e}");
                         return None;
@@ -773,6 +789,29 @@ mod tests {
         assert!(r.admit(None).is_none());
         drop(b); // its task ends: nothing left to give back twice
         assert_eq!(lock(&r.table).conns.len(), 3);
+    }
+
+    #[test]
+    fn a_silent_connection_is_evicted_before_one_that_spoke() {
+        let r = Registry::new(limits(3, 10));
+        let spoke = r.admit(None).unwrap();
+        let silent = r.admit(None).unwrap();
+        let _c = r.admit(None).unwrap();
+        spoke.live.heard.store(true, Ordering::Relaxed);
+        let _d = r.admit(None).unwrap();
+        let t = lock(&r.table);
+        assert!(t.conns.contains_key(&spoke.id), "the older one spoke: kept");
+        assert!(
+            !t.conns.contains_key(&silent.id),
+            "the oldest silent one went"
+        );
+        drop(t);
+        // Only connections that spoke are idle: the oldest of them goes.
+        for s in [&_c, &_d] {
+            s.live.heard.store(true, Ordering::Relaxed);
+        }
+        let _e = r.admit(None).unwrap();
+        assert!(!lock(&r.table).conns.contains_key(&spoke.id));
     }
 
     #[test]
