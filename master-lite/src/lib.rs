@@ -117,13 +117,16 @@ impl Master {
     }
 
     /// The writer `store` of the SQLite file `path` with group commit, and
-    /// [`db::SQLITE_READERS`] read-only connections for the reads.
+    /// [`db::SQLITE_READERS`] + [`db::SQLITE_LOOKUPS`] read-only connections for the reads.
     fn with_readers(store: Store, path: &Path) -> Result<Self, MasterError> {
-        let readers = (0..db::SQLITE_READERS)
-            .map(|_| Store::open_reader(path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let open = |n| {
+            (0..n)
+                .map(|_| Store::open_reader(path))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let (readers, lookups) = (open(db::SQLITE_READERS)?, open(db::SQLITE_LOOKUPS)?);
         let hub = Arc::new(hub::Hub::default());
-        let (db, worker) = db::start_sqlite(store, readers, hub.clone())?;
+        let (db, worker) = db::start_sqlite(store, readers, lookups, hub.clone())?;
         Ok(Self::with_worker(db, worker, hub))
     }
 

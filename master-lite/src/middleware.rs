@@ -143,7 +143,7 @@ pub(crate) async fn certificate_valid(
     serial: String,
 ) -> ApiResult<()> {
     let shown = serial.clone();
-    let row = st.db.read(move |s| s.certificate(&serial)).await?;
+    let row = st.db.lookup(move |s| s.certificate(&serial)).await?;
     match row {
         None => Err(ApiError::Forbidden(format!(
             "certificate {shown} is not known to this master"
