@@ -524,18 +524,23 @@ mod tests {
         }
     }
 
-    /// Concurrent writes share commits; each call keeps its own outcome: a call that wrote and
-    /// then failed leaves nothing, its neighbours in the same group are kept, and reads on the
-    /// reader connections see every acknowledged write.
-    #[test]
-    fn group_commit_keeps_each_calls_outcome() {
+    /// A SQLite database in a temporary directory, with one reader and one lookup connection.
+    fn sqlite() -> (tempfile::TempDir, Db, Worker) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         let store = Store::open(&path, 1).unwrap();
         let readers = vec![Store::open_reader(&path).unwrap()];
         let lookups = vec![Store::open_reader(&path).unwrap()];
-        let (db, _worker) =
-            start_sqlite(store, readers, lookups, Arc::new(Hub::default())).unwrap();
+        let (db, worker) = start_sqlite(store, readers, lookups, Arc::new(Hub::default())).unwrap();
+        (dir, db, worker)
+    }
+
+    /// Concurrent writes share commits; each call keeps its own outcome: a call that wrote and
+    /// then failed leaves nothing, its neighbours in the same group are kept, and reads on the
+    /// reader connections see every acknowledged write.
+    #[test]
+    fn group_commit_keeps_each_calls_outcome() {
+        let (_dir, db, _worker) = sqlite();
         let threads: Vec<_> = (0..48)
             .map(|i| {
                 let db = db.clone();
@@ -591,13 +596,7 @@ mod tests {
     /// taken, it goes to the reader threads instead.
     #[test]
     fn a_lookup_runs_on_the_callers_thread_unless_its_connections_are_busy() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.db");
-        let store = Store::open(&path, 1).unwrap();
-        let readers = vec![Store::open_reader(&path).unwrap()];
-        let lookups = vec![Store::open_reader(&path).unwrap()];
-        let (db, _worker) =
-            start_sqlite(store, readers, lookups, Arc::new(Hub::default())).unwrap();
+        let (_dir, db, _worker) = sqlite();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
