@@ -112,7 +112,7 @@ async fn local_identity(st: &AppState, uid: u32) -> (Identity, ApiResult<()>) {
     if st.local.is_operator(uid) {
         return (Identity::Local, Ok(()));
     }
-    match st.db.read(move |s| s.partition_of_local_uid(uid)).await {
+    match st.db.lookup(move |s| s.partition_of_local_uid(uid)).await {
         Ok(Some(p)) => (Identity::Partition(p), Ok(())),
         Ok(None) => {
             let operators: Vec<String> = st

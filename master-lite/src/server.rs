@@ -195,8 +195,10 @@ struct Live {
     inflight: AtomicUsize,
     /// Still in the TLS handshake.
     handshaking: AtomicBool,
-    /// The client has sent something (its handshake or a request head).
+    /// The client has sent something (its handshake or a request head) that was read.
     heard: AtomicBool,
+    /// The socket, to see whether the client sent bytes not read yet.
+    fd: Option<std::os::fd::RawFd>,
     /// Asked to close (evicted).
     evict: Notify,
 }
@@ -205,6 +207,22 @@ impl Live {
     fn idle(&self) -> bool {
         self.handshaking.load(Ordering::Relaxed) || self.inflight.load(Ordering::Relaxed) == 0
     }
+
+    /// The client has sent bytes: read already, or waiting in the socket (a task not polled
+    /// yet under load has not read its client's handshake, yet that client is no silent one).
+    fn spoke(&self) -> bool {
+        self.heard.load(Ordering::Relaxed) || self.fd.is_some_and(unread_bytes)
+    }
+}
+
+/// Bytes in the receive queue of socket `fd`. On an fd that is closed or reused meanwhile the
+/// answer is wrong but harmless: it only orders evictions.
+fn unread_bytes(fd: std::os::fd::RawFd) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through a pointer to a local; on a bad fd the call
+    // fails (EBADF, ENOTTY) and writes nothing.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    r == 0 && n > 0
 }
 
 #[derive(Debug, Default)]
@@ -265,7 +283,11 @@ impl Registry {
 
     /// A place for a new connection from `source` (`None`: exempt from the per-source cap),
     /// evicting the oldest idle connection at capacity; `None` when refused.
-    fn admit(self: &Arc<Self>, source: Option<Source>) -> Option<Slot> {
+    fn admit(
+        self: &Arc<Self>,
+        source: Option<Source>,
+        fd: Option<std::os::fd::RawFd>,
+    ) -> Option<Slot> {
         let mut t = lock(&self.table);
         if let Some(src) = &source
             && t.per_source.get(src).copied().unwrap_or(0) >= self.limits.per_source
@@ -278,7 +300,10 @@ impl Registry {
         }
         let id = t.next;
         t.next += 1;
-        let live = Arc::new(Live::default());
+        let live = Arc::new(Live {
+            fd,
+            ..Live::default()
+        });
         if let Some(src) = &source {
             *t.per_source.entry(src.clone()).or_default() += 1;
         }
@@ -298,7 +323,7 @@ impl Registry {
                 .iter()
                 .find(|(_, (live, src))| {
                     live.idle()
-                        && (!silent || !live.heard.load(Ordering::Relaxed))
+                        && (!silent || !live.spoke())
                         && source.is_none_or(|s| src.as_ref() == Some(s))
                 })
                 .map(|(id, _)| *id)
@@ -459,7 +484,8 @@ impl Conn {
             (_, Some(u)) => Some(Source::Uid(u)),
             (_, None) => Some(Source::Addr(addr.ip().to_canonical())),
         };
-        let Some(slot) = self.registry.admit(source) else {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let Some(slot) = self.registry.admit(source, Some(fd)) else {
             tracing::debug!(%addr, "connection refused: limits reached");
             return;
         };
@@ -776,17 +802,17 @@ mod tests {
     #[test]
     fn at_capacity_the_oldest_idle_connection_makes_room() {
         let r = Registry::new(limits(3, 10));
-        let a = r.admit(None).unwrap();
-        let b = r.admit(None).unwrap();
-        let c = r.admit(None).unwrap();
+        let a = r.admit(None, None).unwrap();
+        let b = r.admit(None, None).unwrap();
+        let c = r.admit(None, None).unwrap();
         // a is busy: b is the oldest idle one.
         let _busy = Busy::new(a.live.clone());
-        let d = r.admit(None).unwrap();
+        let d = r.admit(None, None).unwrap();
         assert_eq!(r.evictions.load(Ordering::Relaxed), 1);
         assert!(!lock(&r.table).conns.contains_key(&b.id));
         // Everything busy: refused.
         let _all = [&c, &d].map(|s| Busy::new(s.live.clone()));
-        assert!(r.admit(None).is_none());
+        assert!(r.admit(None, None).is_none());
         drop(b); // its task ends: nothing left to give back twice
         assert_eq!(lock(&r.table).conns.len(), 3);
     }
@@ -794,11 +820,11 @@ mod tests {
     #[test]
     fn a_silent_connection_is_evicted_before_one_that_spoke() {
         let r = Registry::new(limits(3, 10));
-        let spoke = r.admit(None).unwrap();
-        let silent = r.admit(None).unwrap();
-        let _c = r.admit(None).unwrap();
+        let spoke = r.admit(None, None).unwrap();
+        let silent = r.admit(None, None).unwrap();
+        let _c = r.admit(None, None).unwrap();
         spoke.live.heard.store(true, Ordering::Relaxed);
-        let _d = r.admit(None).unwrap();
+        let _d = r.admit(None, None).unwrap();
         let t = lock(&r.table);
         assert!(t.conns.contains_key(&spoke.id), "the older one spoke: kept");
         assert!(
@@ -810,8 +836,36 @@ mod tests {
         for s in [&_c, &_d] {
             s.live.heard.store(true, Ordering::Relaxed);
         }
-        let _e = r.admit(None).unwrap();
+        let _e = r.admit(None, None).unwrap();
         assert!(!lock(&r.table).conns.contains_key(&spoke.id));
+    }
+
+    /// Bytes waiting in a socket count as speaking, before the task reads them.
+    #[test]
+    fn unread_bytes_in_the_socket_make_a_connection_not_silent() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut spoke_c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (spoke_s, _) = l.accept().unwrap();
+        let _silent_c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (silent_s, _) = l.accept().unwrap();
+        spoke_c.write_all(b"\x16\x03\x01").unwrap();
+        let fd = |s: &std::net::TcpStream| Some(std::os::fd::AsRawFd::as_raw_fd(s));
+        let r = Registry::new(limits(2, 10));
+        let spoke = r.admit(None, fd(&spoke_s)).unwrap();
+        let silent = r.admit(None, fd(&silent_s)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !spoke.live.spoke() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(spoke.live.spoke() && !silent.live.spoke());
+        let _new = r.admit(None, None).unwrap();
+        let t = lock(&r.table);
+        assert!(
+            t.conns.contains_key(&spoke.id),
+            "its client has sent bytes: kept"
+        );
+        assert!(!t.conns.contains_key(&silent.id));
     }
 
     #[test]
@@ -819,21 +873,27 @@ mod tests {
         let r = Registry::new(limits(100, 2));
         let src = || Some(Source::Uid(65534));
         // At its cap, a source's new connection replaces its own oldest idle one.
-        let old = r.admit(src()).unwrap();
-        let a = r.admit(src()).unwrap();
+        let old = r.admit(src(), None).unwrap();
+        let a = r.admit(src(), None).unwrap();
         let _a_busy = Busy::new(a.live.clone());
-        let _b = r.admit(src()).unwrap();
+        let _b = r.admit(src(), None).unwrap();
         assert!(
             !lock(&r.table).conns.contains_key(&old.id),
             "its own oldest idle went"
         );
         drop(old);
         let _b_busy = Busy::new(_b.live.clone());
-        assert!(r.admit(src()).is_none(), "all of its share busy: refused");
-        assert!(r.admit(Some(Source::Uid(1000))).is_some(), "another source");
-        assert!(r.admit(None).is_some(), "exempt");
+        assert!(
+            r.admit(src(), None).is_none(),
+            "all of its share busy: refused"
+        );
+        assert!(
+            r.admit(Some(Source::Uid(1000)), None).is_some(),
+            "another source"
+        );
+        assert!(r.admit(None, None).is_some(), "exempt");
         r.exempt(a.id);
-        let c = r.admit(src());
+        let c = r.admit(src(), None);
         assert!(c.is_some(), "a proven connection no longer counts");
         drop(a);
         assert_eq!(lock(&r.table).per_source[&Source::Uid(65534)], 2, "b and c");

@@ -235,11 +235,7 @@ impl Store {
     pub fn partition_of_local_uid(&mut self, uid: u32) -> Result<Option<PartitionRef>> {
         let tx = self.read()?;
         let found: Option<(String, String)> = tx
-            .q_row(
-                "SELECT computer, id FROM partition WHERE local_uid = ?1",
-                [uid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .q_row(LOCAL_UID_PARTITION, [uid], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .op("look up the partition of a local user")?;
         found
@@ -317,3 +313,7 @@ fn insert_certificate(tx: &super::sql::Transaction<'_>, row: &CertificateRow) ->
     .op("record a certificate")?;
     Ok(())
 }
+
+/// The partition whose processes run as local uid `?1` (by the `partition_local_uid` index).
+pub(super) const LOCAL_UID_PARTITION: &str =
+    "SELECT computer, id FROM partition WHERE local_uid = ?1";

@@ -2348,6 +2348,10 @@ mod plan_tests {
                 ),
                 (free, vec![vec!["u", "A"], vec!["u", "B"], vec!["v", "C"]]),
                 (super::RELEASE_MODEL, vec![vec!["u"], vec!["v"], vec!["w"]]),
+                (
+                    super::identity::LOCAL_UID_PARTITION,
+                    vec![vec!["1000"], vec!["1001"], vec!["1002"]],
+                ),
             ] {
                 for v in &values {
                     let mut st = conn.prepare_cached(sql).unwrap();
@@ -2369,6 +2373,9 @@ mod plan_tests {
                 }
                 if sql == super::RELEASE_MODEL {
                     assert!(plan.contains("software_url_model"), "{plan}");
+                }
+                if sql == super::identity::LOCAL_UID_PARTITION {
+                    assert!(plan.contains("partition_local_uid"), "{plan}");
                 }
             }
         }

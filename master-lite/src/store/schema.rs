@@ -289,6 +289,11 @@ pub const MIGRATIONS: &[&str] = &[
         UPDATE partition SET busy = 1 WHERE computer = NEW.computer AND id = NEW.partition;
     END;
     "#,
+    // 12: a plain-HTTP caller on this host is looked up by its uid (middleware, on every such
+    // request): by index, not a scan of every partition of the fleet.
+    r#"
+    CREATE INDEX partition_local_uid ON partition(local_uid) WHERE local_uid IS NOT NULL;
+    "#,
 ];
 
 /// Migration `n` (1-based) on PostgreSQL is `PG_MIGRATIONS[n - 1]`; `CTEXT` stands for
@@ -520,6 +525,10 @@ pub const PG_MIGRATIONS: &[&str] = &[
     CREATE TRIGGER instance_partition_busy
         AFTER INSERT OR DELETE OR UPDATE OF computer, partition ON instance
         FOR EACH ROW EXECUTE FUNCTION instance_partition_busy();
+    "#,
+    // 12
+    r#"
+    CREATE INDEX partition_local_uid ON partition(local_uid) WHERE local_uid IS NOT NULL;
     "#,
 ];
 
