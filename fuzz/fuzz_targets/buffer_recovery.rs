@@ -53,15 +53,6 @@ fuzz_target!(|data: &[u8]| {
     log.close(at(origin, 3)).expect("close");
     drop(reader);
 
-    // Known bug, not fixed yet (fuzz/README.md, regressions/buffer_recovery/known/): after a
-    // recovery that skipped a corrupt region, a second recovery may disagree with the first and
-    // lose what was appended in between. Until it is fixed, that class is checked only with
-    // SLAPOS_FUZZ_STRICT=1 (as `scripts/fuzz.sh --replay` runs the known inputs), so fuzzing
-    // goes on past it; every property above still holds for it.
-    if rec.corrupt_records > 0 && std::env::var("SLAPOS_FUZZ_STRICT").as_deref() != Ok("1") {
-        return;
-    }
-
     // Reopen: the same records again, the new one included.
     let (log, rec2) = Log::open_with(Arc::new(fs.clone()) as Arc<dyn Fs>, cfg(), at(origin, 4))
         .unwrap_or_else(|e| panic!("second recovery failed: {e}"));

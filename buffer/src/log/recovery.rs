@@ -6,7 +6,8 @@
 //! 3. `CURSOR`: the acknowledged prefix, the epoch and the drop ledger, from the valid slot;
 //! 4. the segments: fully acknowledged leftovers removed, the sealed ones listed;
 //! 5. the active (last) segment scanned frame by frame: its torn tail truncated, corruption
-//!    skipped and counted, resend recognition rebuilt from the newest bytes of the log;
+//!    skipped and counted (a segment that keeps corrupt bytes is sealed, appends go to a new
+//!    one), resend recognition rebuilt from the newest bytes of the log;
 //! 6. a new epoch, written to the cursor and fdatasync'd before the first append.
 //!
 //! What it found is returned as a [`Recovery`].
@@ -475,7 +476,11 @@ fn recover_last(
         f.sync_data().map_err(ioe("fdatasync", &p))?;
     }
     match sc.header {
-        Some((_, created_ms)) => {
+        // Corrupt bytes kept before a good frame: the segment is sealed as it is. Appending
+        // after them would change what a later resynchronisation finds there (a candidate
+        // frame cut at today's end of file may be completed, CRC and all, by new frames), so
+        // a second recovery could disagree with this one (fuzz/README.md).
+        Some((_, created_ms)) if !sc.corrupt_kept => {
             last.active = Some(Active {
                 base: b,
                 file: f,
@@ -487,15 +492,17 @@ fn recover_last(
                 holes: Vec::new(),
             })
         }
-        None => {
-            tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
-            last.damaged_headers += 1;
+        header => {
+            if header.is_none() {
+                tracing::warn!("buffer: segment `{}` has a damaged header", p.display());
+                last.damaged_headers += 1;
+            }
             if sc.last_valid > 0 {
                 // Its frames stay readable where they are; appends go to a new segment.
                 sealed.push_back(Sealed {
                     base: b,
                     len: sc.good_end,
-                    created_ms: now.wall_ms,
+                    created_ms: header.map_or(now.wall_ms, |h| h.1),
                     data_records: 0,
                     payload_bytes: 0,
                     holes: Vec::new(),
@@ -566,6 +573,8 @@ struct ActiveScan {
     corrupt_bytes: u64,
     corrupt_records: u64,
     corrupt_upto: u64,
+    /// Corrupt or stale bytes lie before `good_end` (a good frame follows them).
+    corrupt_kept: bool,
 }
 
 /// Scans the last segment from its first frame (from offset 0 when its header is damaged):
@@ -588,6 +597,7 @@ fn scan_active(
         corrupt_bytes: 0,
         corrupt_records: 0,
         corrupt_upto: 0,
+        corrupt_kept: false,
     };
     let mut sc = Scanner::new(start);
     let mut expected = base;
@@ -606,6 +616,7 @@ fn scan_active(
                 if skipped {
                     out.corrupt_records += h.first_seq - expected;
                     out.corrupt_upto = h.first_seq;
+                    out.corrupt_kept = true;
                     skipped = false;
                 }
                 if offset >= dedupe_from {
