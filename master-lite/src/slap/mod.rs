@@ -405,23 +405,18 @@ async fn full_computer(
     check_computer(&who, &c, |c| Action::Node(c))?;
     let id = c.clone();
     let found = st.db.read(move |s| s.slap_computer(&id)).await?;
-    let doc = match found {
-        Some(comp) => ComputerDoc {
-            computer_id: c.clone(),
-            software_release_list: comp
-                .software
-                .iter()
-                .map(|(url, state)| SoftwareReleaseDoc::supplied(url, &c, state))
-                .collect(),
-            partition_list: comp
-                .partitions
-                .iter()
-                .map(|p| partition_doc(&c, p))
-                .collect(),
-            extra: BTreeMap::new(),
-        },
+    let body = match found {
+        Some(comp) => ComputerDoc::encode_from(
+            &c,
+            comp.software
+                .into_iter()
+                .map(|(url, state)| SoftwareReleaseDoc::supplied(&url, &c, &state)),
+            comp.partitions.into_iter().map(|p| partition_doc(&c, &p)),
+        ),
         // slapproxy: the configured computer answers empty even before it is formatted.
-        None if st.slap.computer_id.as_deref() == Some(c.as_str()) => ComputerDoc::empty(&c),
+        None if st.slap.computer_id.as_deref() == Some(c.as_str()) => {
+            ComputerDoc::empty(&c).encode()
+        }
         // slapproxy raises NotFoundError (a 500 from its server); the `slap` library raises
         // NotFoundError on a 404, which is what its callers expect.
         None => {
@@ -431,7 +426,7 @@ async fn full_computer(
             ));
         }
     };
-    doc.encode().map(text).map_err(server_error)
+    body.map(text).map_err(server_error)
 }
 
 async fn register_partition(

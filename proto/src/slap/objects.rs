@@ -392,33 +392,60 @@ impl ComputerDoc {
 
     /// The marshal object.
     pub fn to_object(&self) -> Object {
-        let mut o = Object::new(SlapClass::Computer, vec![Value::str(&self.computer_id)])
-            .with("_computer_id", &self.computer_id)
+        Self::object(
+            &self.computer_id,
+            self.partition_list
+                .iter()
+                .map(ComputerPartitionDoc::to_object),
+            self.software_release_list
+                .iter()
+                .map(SoftwareReleaseDoc::to_object),
+            self.extra.clone(),
+        )
+    }
+
+    /// The `Computer` object of `computer_id` with these partitions and releases: each is
+    /// turned into its marshal object as the list is built.
+    fn object(
+        computer_id: &str,
+        partitions: impl Iterator<Item = Object>,
+        software: impl Iterator<Item = Object>,
+        extra: BTreeMap<String, Value>,
+    ) -> Object {
+        let mut o = Object::new(SlapClass::Computer, vec![Value::str(computer_id)])
+            .with("_computer_id", computer_id)
             .with(
                 "_computer_partition_list",
-                Value::List(
-                    self.partition_list
-                        .iter()
-                        .map(|p| Value::Object(p.to_object()))
-                        .collect(),
-                ),
+                Value::List(partitions.map(Value::Object).collect()),
             )
             .with(
                 "_software_release_list",
-                Value::List(
-                    self.software_release_list
-                        .iter()
-                        .map(|s| Value::Object(s.to_object()))
-                        .collect(),
-                ),
+                Value::List(software.map(Value::Object).collect()),
             );
-        o.state.extend(self.extra.clone());
+        o.state.extend(extra);
         o
     }
 
     /// The response body.
     pub fn encode(&self) -> Result<String, EncodeError> {
         dumps(&Value::Object(self.to_object()))
+    }
+
+    /// The response body of a computer whose partitions are made one at a time (a
+    /// `getFullComputerInformation` answer of 1,000 partitions): no list of partition
+    /// documents is held beside their marshal objects.
+    pub fn encode_from(
+        computer_id: &str,
+        software: impl Iterator<Item = SoftwareReleaseDoc>,
+        partitions: impl Iterator<Item = ComputerPartitionDoc>,
+    ) -> Result<String, EncodeError> {
+        let object = Self::object(
+            computer_id,
+            partitions.map(|p| p.to_object()),
+            software.map(|s| s.to_object()),
+            BTreeMap::new(),
+        );
+        dumps(&Value::Object(object))
     }
 
     /// Reads a `Computer` object (missing lists read as empty).
