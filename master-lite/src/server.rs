@@ -356,7 +356,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Give freed heap back to the system (glibc keeps it otherwise).
+/// Give glibc's freed heap back to the system (it keeps it otherwise): SQLite's allocations,
+/// and every allocation of a program on the system allocator. `slapos-master`'s own
+/// allocations are jemalloc's, which returns freed pages after its decay (10 s).
 fn trim_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; 0 keeps no padding.
