@@ -363,6 +363,10 @@ enum CertCmd {
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // Before any database is opened: SQLite allocates through jemalloc too.
+    if !master_lite::store::sqlite_alloc::install() {
+        eprintln!("warning: SQLite keeps the C library's malloc (it was initialised already)");
+    }
     // Known before parsing, so that a usage error is JSON too under --json.
     let json = std::env::args_os()
         .skip(1)
@@ -434,6 +438,11 @@ fn client_settings(flags: &ClientFile) -> Result<(String, Option<[PathBuf; 3]>)>
     }
 }
 
+/// glibc's malloc serves only what bypasses the global allocator (jemalloc, above): C code, and
+/// SQLite should [`master_lite::store::sqlite_alloc::install`] be refused. What follows was
+/// measured when it served everything; one arena then also made every allocation of every
+/// thread that missed its cache queue on that arena's lock (docs/fleet.md, "The allocator").
+///
 /// glibc gives each thread that allocates its own malloc arena (up to 8 per core), memory freed
 /// into one stays resident there, and a freed large block raises the mmap threshold so the next
 /// large body comes from the heap too: the server's peak RSS grew with every runtime thread that

@@ -46,6 +46,7 @@ pub mod models;
 pub mod schema;
 mod slap;
 pub mod sql;
+pub mod sqlite_alloc;
 mod usage;
 mod usage_series;
 pub use usage::{MAX_BATCH as MAX_USAGE_BATCH, UsageTotals};
