@@ -46,10 +46,12 @@ use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
 
 /// jemalloc, not glibc's malloc: a request's memory is allocated on one thread and freed on
 /// another (the runtime's workers and the database threads hand bodies and answers to each
-/// other), and glibc then takes the allocating thread's arena lock for each such free once the
-/// freeing thread's small cache (7 chunks a size) is full. At 32 requesters the writer thread
-/// spent up to a fifth of its CPU waiting on those locks, and the rate swung from 10k to 17k
-/// requests/s from run to run; with jemalloc it is 22–25k (docs/fleet.md, "The allocator").
+/// other). With the one glibc arena `limit_malloc_arenas` sets (for memory), every allocation
+/// or free that missed its thread's small cache queued on that arena's lock: at 32 requesters
+/// the writer spent up to a fifth of its CPU there, and the rate swung from 10k to 17k
+/// requests/s from run to run; glibc's default arenas reach 21–22k at half again the peak
+/// memory; jemalloc with one arena, 24–26k at the same memory (docs/fleet.md, "The
+/// allocator, measured"). SQLite allocates through it too (`store::sqlite_alloc`).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
