@@ -555,6 +555,16 @@ fn full_computer_information_is_rebuilt_up_to_the_capture_cut() {
             extra: BTreeMap::new(),
         };
         let wire = computer.encode().unwrap();
+        // The master's one-partition-at-a-time encoder writes the same bytes.
+        assert_eq!(
+            ComputerDoc::encode_from(
+                &computer.computer_id,
+                computer.software_release_list.iter().cloned(),
+                computer.partition_list.iter().cloned(),
+            )
+            .unwrap(),
+            wire
+        );
         let prefix = body
             .strip_suffix(TRUNCATED)
             .expect("the capture cut this body");
