@@ -405,6 +405,25 @@ pub fn start_postgres(
     Ok((db, worker))
 }
 
+/// Runs `f` until it succeeds, fails for good, or lost [`MAX_RETRIES`] serialization races in
+/// a row (`retryable`), pausing [`backoff`] between tries: how a transaction that PostgreSQL
+/// cancelled runs again.
+pub fn retrying<T, E>(
+    mut f: impl FnMut() -> Result<T, E>,
+    retryable: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if retryable(&e) && tries < MAX_RETRIES => {
+                tries += 1;
+                std::thread::sleep(backoff(tries));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Wrap `f` as a job whose result arrives on the returned receiver.
 fn job<T, E, F>(f: F) -> (Job, oneshot::Receiver<Result<T, ApiError>>)
 where
@@ -415,17 +434,7 @@ where
     let (tx, rx) = oneshot::channel();
     let mut f = f;
     let job: Job = Box::new(move |store| {
-        let mut tries = 0;
-        let r = loop {
-            let r = f(store).map_err(Into::into);
-            match r {
-                Err(e) if e.is_retryable() && tries < MAX_RETRIES => {
-                    tries += 1;
-                    std::thread::sleep(backoff(tries));
-                }
-                r => break r,
-            }
-        };
+        let r = retrying(|| f(store).map_err(Into::into), ApiError::is_retryable);
         Box::new(move |failed: Option<&StoreError>| {
             let r = match (r, failed) {
                 (Ok(_), Some(e)) => Err(group_failed(e)),

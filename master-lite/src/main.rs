@@ -43,6 +43,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 use master_lite::cli::{self, CliError, ClientFile, Exit, ServeFile};
 use master_lite::store::DbUrl;
 use master_lite::{DEFAULT_LISTEN, DEFAULT_MASTER_URL};
+use slapos_client::Client;
+use slapos_proto::text::terminal_safe;
+use slapos_proto::{
+    ComputerId, ComputerInfo, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params,
+    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState, UsageBy,
+};
 
 /// jemalloc, not glibc's malloc: a request's memory is allocated on one thread and freed on
 /// another (the runtime's workers and the database threads hand bodies and answers to each
@@ -64,12 +70,6 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // the whole program; nothing else defines it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
-use slapos_client::Client;
-use slapos_proto::text::terminal_safe;
-use slapos_proto::{
-    ComputerId, ComputerInfo, InstanceInfo, InstanceRequest, InstanceState, InstanceTitle, Params,
-    SoftwareType, SoftwareUrl, StateChange, SupplyRequest, SupplyState, UsageBy,
-};
 
 #[derive(Parser)]
 #[command(

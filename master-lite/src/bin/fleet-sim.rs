@@ -762,26 +762,21 @@ fn main() -> Result<()> {
             let computer = ComputerId::parse(format!("N{i}"))?;
             // On PostgreSQL this insert is SERIALIZABLE beside the replicas' enrollments, so
             // it may lose a serialization race: run it again, as the master's `Db` does.
-            let mut tries = 0;
-            loop {
-                let now = master_lite::now_ms();
-                let made = store
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("store lock"))?
-                    .create_token(
-                        &master_lite::certs::token_hash(&token),
-                        &computer,
-                        now,
-                        now + 3_600_000,
-                    );
-                match made {
-                    Err(e) if e.is_retryable() && tries < master_lite::db::MAX_RETRIES => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(u64::from(tries)));
-                    }
-                    other => break other?,
-                }
-            }
+            master_lite::db::retrying(
+                || {
+                    let now = master_lite::now_ms();
+                    store
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .create_token(
+                            &master_lite::certs::token_hash(&token),
+                            &computer,
+                            now,
+                            now + 3_600_000,
+                        )
+                },
+                master_lite::store::StoreError::is_retryable,
+            )?;
             let cred = Client::enroll(&urls[i % urls.len()], &ca, &token)?;
             *creds[i].lock().map_err(|_| anyhow::anyhow!("creds lock"))? = Some(cred);
             Ok(())

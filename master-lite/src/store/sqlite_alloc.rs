@@ -70,8 +70,18 @@ fn alloc_block(n: usize) -> *mut c_void {
         return std::ptr::null_mut();
     }
     LIVE.fetch_add(n, Ordering::Relaxed);
-    // SAFETY: `base` is valid for HEADER + n bytes and 16-byte aligned, so the usize at its
-    // start and the block after the header are in bounds.
+    // SAFETY: `base` was just allocated with `layout(n)`.
+    unsafe { labelled(base, n) }
+}
+
+/// Writes size `n` into the header at `base` and returns the block after it.
+///
+/// # Safety
+/// `base` must be valid for `HEADER + n` bytes and 16-byte aligned (allocated with
+/// `layout(n)`).
+unsafe fn labelled(base: *mut u8, n: usize) -> *mut c_void {
+    // SAFETY: the caller's contract: the usize at `base` and the block after the header are
+    // in bounds and aligned.
     unsafe {
         base.cast::<usize>().write(n);
         base.add(HEADER).cast()
@@ -135,11 +145,8 @@ unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
     }
     LIVE.fetch_add(n, Ordering::Relaxed);
     LIVE.fetch_sub(old, Ordering::Relaxed);
-    // SAFETY: `moved` is valid for HEADER + n bytes, 16-byte aligned.
-    unsafe {
-        moved.cast::<usize>().write(n);
-        moved.add(HEADER).cast()
-    }
+    // SAFETY: `moved` is the block reallocated to `new_layout`, i.e. `layout(n)`.
+    unsafe { labelled(moved, n) }
 }
 
 unsafe extern "C" fn x_size(p: *mut c_void) -> c_int {
