@@ -264,12 +264,63 @@ pub fn http_agent(base_url: &str, timeout: Duration) -> Result<(String, ureq::Ag
             reason: "must start with http:// or https://",
         });
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
-        .build()
-        .into();
-    Ok((base, agent))
+        .build();
+    Ok((base, agent(config)))
+}
+
+/// An agent with `config` that resolves an IP literal host without a lookup.
+///
+/// ureq (3.5) resolves the host on every call, a pooled connection's too, and with a time
+/// limit set its default resolver does so on a thread it spawns for the call: a thread
+/// started and joined per request, for `127.0.0.1` as for a name (on this VM it was a third
+/// of the client's share of a constant-answer round trip, `slap-bench`; docs/fleet.md). A
+/// literal needs no lookup, so [`LiteralResolver`] answers it at once and leaves names to
+/// ureq's resolver (with its time limit).
+fn agent(config: ureq::config::Config) -> ureq::Agent {
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        LiteralResolver::default(),
+    )
+}
+
+/// ureq's resolver, except that an IP literal host (`127.0.0.1`, `[::1]`) is its own address.
+#[derive(Debug, Default)]
+pub struct LiteralResolver(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if let Some(addr) = literal_addr(uri) {
+            let mut addrs = self.empty();
+            addrs.push(addr);
+            return Ok(addrs);
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
+/// The socket address of `uri` when its host is an IP literal (port given or the scheme's).
+fn literal_addr(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    let port = uri.port_u16().or(match uri.scheme_str()? {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })?;
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 pub use slapos_proto::identity::{
@@ -326,13 +377,12 @@ pub fn tls_agent(
             reason: "a client with a CA must use https://",
         });
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .tls_config(tls_config(ca_pem, identity)?)
-        .build()
-        .into();
-    Ok((base, agent))
+        .build();
+    Ok((base, agent(config)))
 }
 
 impl Client {
@@ -672,6 +722,49 @@ mod tests {
         assert_eq!(
             Client::new("http://127.0.0.1:1/").unwrap().base_url(),
             "http://127.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn an_ip_literal_host_is_its_own_address() {
+        let addr = |u: &str| literal_addr(&u.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(
+            addr("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(addr("http://10.0.0.2/").as_deref(), Some("10.0.0.2:80"));
+        assert_eq!(addr("https://[::1]/x").as_deref(), Some("[::1]:443"));
+        assert_eq!(
+            addr("https://[fd00::5]:7443").as_deref(),
+            Some("[fd00::5]:7443")
+        );
+        assert_eq!(addr("http://localhost:8080/"), None);
+        assert_eq!(addr("http://master.example/"), None);
+    }
+
+    #[test]
+    fn an_ip_literal_is_resolved_without_a_lookup_and_a_name_by_ureq() {
+        use ureq::unversioned::resolver::Resolver;
+        use ureq::unversioned::transport::NextTimeout;
+        use ureq::unversioned::transport::time::Duration as Limit;
+        let config = ureq::Agent::config_builder().build();
+        let r = LiteralResolver::default();
+        // A limit already spent: ureq's resolver would time out on its lookup thread.
+        let spent = NextTimeout {
+            after: Limit::Exact(Duration::ZERO),
+            ..NextTimeout::default()
+        };
+        let uri = "http://127.0.0.1:8080/v1/health".parse().unwrap();
+        let got = r.resolve(&uri, &config, spent).unwrap();
+        let got: Vec<std::net::SocketAddr> = got.iter().copied().collect();
+        assert_eq!(got, ["127.0.0.1:8080".parse().unwrap()]);
+        // A name goes to ureq's resolver.
+        let uri = "http://localhost:8080/".parse().unwrap();
+        let got = r.resolve(&uri, &config, NextTimeout::default()).unwrap();
+        assert!(!got.is_empty(), "localhost resolved to nothing");
+        assert!(
+            got.iter().all(|a| a.ip().is_loopback() && a.port() == 8080),
+            "{got:?}"
         );
     }
 
