@@ -1,15 +1,18 @@
 //! The database workers: OS threads that each own a [`Store`] and run jobs sent from async
 //! handlers.
 //!
-//! Database work (and its fsyncs) therefore never blocks a runtime thread, and the queue in
-//! front of the stores is bounded ([`QUEUE_DEPTH`]): when it is full, handlers wait, so
-//! back-pressure reaches the HTTP layer. After each job a worker hands the computers whose
-//! desired state changed to the [`Hub`], which wakes their long polls.
+//! Database work (and its fsyncs) therefore never holds up a runtime thread's other tasks, and
+//! the queue in front of the stores is bounded ([`QUEUE_DEPTH`]): when it is full, handlers
+//! wait, so back-pressure reaches the HTTP layer. After each job a worker hands the computers
+//! whose desired state changed to the [`Hub`], which wakes their long polls.
 //!
 //! On SQLite there is one worker (one writer: writes are serialised without lock contention),
 //! reader threads for [`Db::read`], and a few read connections that [`Db::lookup`] uses on
 //! the caller's own thread for reads of one row by key (the certificate check of every mTLS
-//! request), sparing them two thread hand-offs.
+//! request), sparing them two thread hand-offs. A write that finds the writer asleep (nothing
+//! queued, nothing in progress) runs on the caller's thread too, with the writer's connection,
+//! after the runtime moved that thread's other tasks away ([`Db::call`]): a lone write pays
+//! its commit, not two wake-ups on top of it; under load the writer batches as before.
 //! On PostgreSQL there are several ([`start_pool`]), each with its own connection, taking jobs
 //! from the one queue; their transactions are serializable, and a job whose transaction lost a
 //! serialization race (`40001`, `40P01`) is run again, up to [`MAX_RETRIES`] times, so no
@@ -78,7 +81,58 @@ pub struct Db {
     reads: Option<mpsc::Sender<Job>>,
     /// Read-only connections for [`Db::lookup`] (SQLite on disk; else none).
     lookups: Arc<[Mutex<Store>]>,
+    /// The SQLite writer's connection, for [`Db::call`] to run a write on the caller's thread
+    /// when the writer is idle; `None` elsewhere.
+    inline: Option<Arc<Slot>>,
     timings: DbTimings,
+}
+
+/// A worker's store, and what runs after each of its batches.
+#[derive(Debug)]
+struct Slot {
+    held: Mutex<Held>,
+    hub: Arc<Hub>,
+    /// The worker sleeps on its queue (it found nothing while it polled).
+    asleep: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Held {
+    store: Store,
+    maintained: std::time::Instant,
+}
+
+impl Slot {
+    fn new(store: Store, hub: Arc<Hub>) -> Arc<Self> {
+        Arc::new(Self {
+            held: Mutex::new(Held {
+                store,
+                maintained: std::time::Instant::now(),
+            }),
+            hub,
+            asleep: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        match self.held.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl Held {
+    /// After a batch: wake the polls of the computers it changed; maintain the store when due.
+    fn settle(&mut self, hub: &Hub) {
+        for (computer, etag) in self.store.take_touched() {
+            hub.notify(&computer, etag);
+        }
+        if self.maintained.elapsed() >= MAINTAIN_EVERY {
+            self.store.maintain();
+            self.maintained = std::time::Instant::now();
+        }
+    }
 }
 
 /// How long the workers take per batch of jobs (a group commit, or one job and its own
@@ -108,6 +162,8 @@ pub struct Worker {
     threads: Vec<JoinHandle<()>>,
     done: Vec<oneshot::Receiver<()>>,
     listener: Option<Listener>,
+    /// The SQLite writer's slot (handed to [`Db`] by [`start_sqlite`]).
+    writer: Option<Arc<Slot>>,
 }
 
 /// Start the worker thread owning `store`.
@@ -131,6 +187,7 @@ pub fn start_sqlite(
 ) -> Result<(Db, Worker), MasterError> {
     let (mut db, worker) = start_with(vec![writer], readers, hub)?;
     db.lookups = lookups.into_iter().map(Mutex::new).collect();
+    db.inline = worker.writer.clone();
     Ok((db, worker))
 }
 
@@ -141,14 +198,18 @@ fn start_with(
 ) -> Result<(Db, Worker), MasterError> {
     let mut threads = Vec::new();
     let mut done = Vec::new();
+    let mut writer = None;
     let timings = DbTimings::default();
     let mut spawn = |name: String, store: Store, rx: Queue, group: bool, took: &Histogram| {
         let (done_tx, done_rx) = oneshot::channel();
-        let hub = hub.clone();
+        let slot = Slot::new(store, hub.clone());
+        if group {
+            writer = Some(slot.clone());
+        }
         let took = took.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(store, &rx, &hub, group, &took, done_tx))
+            .spawn(move || run(slot, &rx, group, &took, done_tx))
             .map_err(MasterError::Worker)?;
         threads.push(thread);
         done.push(done_rx);
@@ -186,6 +247,7 @@ fn start_with(
         jobs: tx,
         reads,
         lookups: Arc::new([]),
+        inline: None,
         timings,
     };
     Ok((
@@ -195,6 +257,7 @@ fn start_with(
             threads,
             done,
             listener: None,
+            writer,
         },
     ))
 }
@@ -204,15 +267,7 @@ fn start_with(
 /// rolls back only itself), and are answered after the one commit: N concurrent writes cost
 /// one fsync, and nobody is answered before their write is durable. Each batch's time goes
 /// into `took`.
-fn run(
-    mut store: Store,
-    rx: &Queue,
-    hub: &Hub,
-    group: bool,
-    took: &Histogram,
-    done: oneshot::Sender<()>,
-) {
-    let mut maintained = std::time::Instant::now();
+fn run(slot: Arc<Slot>, rx: &Queue, group: bool, took: &Histogram, done: oneshot::Sender<()>) {
     loop {
         // One worker waits on the queue at a time; the others wait for the lock.
         let mut batch = Vec::new();
@@ -226,7 +281,12 @@ fn run(
             } else {
                 None
             };
-            let Some(first) = polled.or_else(|| q.blocking_recv()) else {
+            let Some(first) = polled.or_else(|| {
+                slot.asleep.store(true, Ordering::Release);
+                let job = q.blocking_recv();
+                slot.asleep.store(false, Ordering::Release);
+                job
+            }) else {
                 break;
             };
             batch.push(first);
@@ -237,16 +297,15 @@ fn run(
                 }
             }
         }
+        let mut held = slot.lock();
+        let store = &mut held.store;
         let started = std::time::Instant::now();
         if batch.len() == 1 || store.group_begin().is_err() {
             for job in batch {
-                run_job(job, &mut store)(None);
+                run_job(job, store)(None);
             }
         } else {
-            let delivers: Vec<Deliver> = batch
-                .into_iter()
-                .map(|job| run_job(job, &mut store))
-                .collect();
+            let delivers: Vec<Deliver> = batch.into_iter().map(|job| run_job(job, store)).collect();
             let committed = store.group_commit();
             if let Err(e) = &committed {
                 tracing::error!("a group commit failed, its calls are answered with it: {e}");
@@ -256,15 +315,11 @@ fn run(
             }
         }
         took.observe(started.elapsed().as_secs_f64());
-        for (computer, etag) in store.take_touched() {
-            hub.notify(&computer, etag);
-        }
-        if maintained.elapsed() >= MAINTAIN_EVERY {
-            store.maintain();
-            maintained = std::time::Instant::now();
-        }
+        held.settle(&slot.hub);
     }
-    drop(store); // closes the connection (checkpoints the WAL) before signalling
+    // Every handle is gone with the queue, so this is the last reference: dropping it closes
+    // the connection (and checkpoints the WAL) before signalling.
+    drop(slot);
     let _ = done.send(());
 }
 
@@ -461,7 +516,8 @@ impl Db {
     }
 
     /// Run `f` on the store and return its result (a store error, or an API error of a
-    /// check made in the same job, e.g. an authorization that must see the same state).
+    /// check made in the same job, e.g. an authorization that must see the same state). On
+    /// SQLite, when the writer sleeps, it runs on the caller's thread ([`Db::inline`]).
     pub async fn call<T, E, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
@@ -469,8 +525,43 @@ impl Db {
         F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
-        self.jobs.send(job).await.map_err(stopped)?;
+        if let Some(job) = self.inline(job) {
+            self.jobs.send(job).await.map_err(stopped)?;
+        }
         rx.await.map_err(dropped)?
+    }
+
+    /// Runs `job` on the caller's thread if the SQLite writer sleeps (nothing queued, its
+    /// connection free) and the caller is on a multi-threaded runtime: the runtime moves this
+    /// thread's other tasks to another thread first (`block_in_place`), so a slow `fsync` holds
+    /// up only this call, as on the writer thread. A lone write so spares the two thread
+    /// wake-ups of a queued job (the writer's, then the caller's: ~50 µs on this VM,
+    /// docs/fleet.md). Returns the job when it must be queued.
+    fn inline(&self, job: Job) -> Option<Job> {
+        let Some(slot) = &self.inline else {
+            return Some(job);
+        };
+        // Only a writer that went to sleep: one that is busy or polls for the next call
+        // batches this one with the others (group commit), and queued jobs go first.
+        if !slot.asleep.load(Ordering::Acquire) || self.jobs.capacity() < self.jobs.max_capacity() {
+            return Some(job);
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {}
+            _ => return Some(job),
+        }
+        let mut held = match slot.held.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Some(job),
+        };
+        tokio::task::block_in_place(|| {
+            let started = std::time::Instant::now();
+            run_job(job, &mut held.store)(None);
+            self.timings.write.observe(started.elapsed().as_secs_f64());
+            held.settle(&slot.hub);
+        });
+        None
     }
 
     /// [`Db::call`] for a job that only reads: on SQLite on disk it runs on a read-only
@@ -560,13 +651,99 @@ mod tests {
 
     /// A SQLite database in a temporary directory, with one reader and one lookup connection.
     fn sqlite() -> (tempfile::TempDir, Db, Worker) {
+        sqlite_with(Arc::new(Hub::default()))
+    }
+
+    fn sqlite_with(hub: Arc<Hub>) -> (tempfile::TempDir, Db, Worker) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         let store = Store::open(&path, 1).unwrap();
         let readers = vec![Store::open_reader(&path).unwrap()];
         let lookups = vec![Store::open_reader(&path).unwrap()];
-        let (db, worker) = start_sqlite(store, readers, lookups, Arc::new(Hub::default())).unwrap();
+        let (db, worker) = start_sqlite(store, readers, lookups, hub).unwrap();
         (dir, db, worker)
+    }
+
+    /// The name of the thread running a job.
+    fn thread_name() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+
+    /// On a multi-threaded runtime a write that finds the writer asleep runs on the caller's
+    /// thread, is committed when it answers (a reader sees it), and wakes its computer's
+    /// polls; calls made together reach the writer thread, which commits them in groups.
+    #[test]
+    fn a_lone_write_runs_on_the_callers_thread_and_a_crowd_on_the_writer() {
+        let hub = Arc::new(Hub::default());
+        let (_dir, db, _worker) = sqlite_with(hub.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("test-rt")
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = slapos_proto::ComputerId::parse("C1").unwrap();
+        let supply = slapos_proto::SupplyRequest {
+            url: slapos_proto::SoftwareUrl::parse("https://example.com/sr.cfg").unwrap(),
+            state: Default::default(),
+        };
+        rt.block_on(async {
+            db.call(|s| s.register(&reg("C1"), 1)).await.unwrap();
+            let mut polls = hub.subscribe(&c);
+            polls.mark_unchanged();
+            // The writer sleeps once its poll of the queue ran out.
+            tokio::time::sleep(WRITER_SPIN * 100).await;
+            let (c2, db2) = (c.clone(), db.clone());
+            // On a runtime worker, whose other tasks `block_in_place` moves away.
+            let ran_on = tokio::spawn(async move {
+                db2.call(move |s| {
+                    s.supply(&c2, &supply)?;
+                    Ok::<_, StoreError>(thread_name())
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                ran_on.as_deref(),
+                Some("test-rt"),
+                "a lone write runs inline"
+            );
+            assert!(
+                polls.has_changed().unwrap(),
+                "the computer's polls were woken"
+            );
+            let seen = db
+                .read(move |s| Ok::<_, StoreError>(s.computer(&c)?.software.len()))
+                .await
+                .unwrap();
+            assert_eq!(seen, 1, "committed before it answered");
+
+            let calls = (0..64).map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.call(move |s| {
+                        s.register(&reg(&format!("D{i}")), 1)?;
+                        Ok::<_, StoreError>(thread_name())
+                    })
+                    .await
+                    .unwrap()
+                })
+            });
+            let mut on_writer = 0;
+            for call in calls.collect::<Vec<_>>() {
+                if call.await.unwrap().as_deref() == Some("master-db-0") {
+                    on_writer += 1;
+                }
+            }
+            assert!(on_writer > 0, "64 calls at once all ran inline");
+            let n = db
+                .read(|s| Ok::<_, StoreError>(s.computers()?.len()))
+                .await
+                .unwrap();
+            assert_eq!(n, 65);
+        });
     }
 
     /// Concurrent writes share commits; each call keeps its own outcome: a call that wrote and
