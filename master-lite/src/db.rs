@@ -9,10 +9,10 @@
 //! On SQLite there is one worker (one writer: writes are serialised without lock contention),
 //! reader threads for [`Db::read`], and a few read connections that [`Db::lookup`] uses on
 //! the caller's own thread for reads of one row by key (the certificate check of every mTLS
-//! request), sparing them two thread hand-offs. A write that finds the writer asleep (nothing
-//! queued, nothing in progress) runs on the caller's thread too, with the writer's connection,
-//! after the runtime moved that thread's other tasks away ([`Db::call`]): a lone write pays
-//! its commit, not two wake-ups on top of it; under load the writer batches as before.
+//! request), sparing them two thread hand-offs. A lone write (no other write call in flight)
+//! runs on the caller's thread too, with the writer's connection, after the runtime moved that
+//! thread's other tasks away ([`Db::call`]): it pays its commit, not two wake-ups on top of
+//! it; concurrent writes go to the writer, which commits them in groups.
 //! On PostgreSQL there are several ([`start_pool`]), each with its own connection, taking jobs
 //! from the one queue; their transactions are serializable, and a job whose transaction lost a
 //! serialization race (`40001`, `40P01`) is run again, up to [`MAX_RETRIES`] times, so no
@@ -20,7 +20,7 @@
 //! must be safe to repeat (every write the HTTP layer makes in a job is its last store call).
 //! [`listen`] feeds the hub with the changes other replicas commit (`LISTEN/NOTIFY`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -92,8 +92,9 @@ pub struct Db {
 struct Slot {
     held: Mutex<Held>,
     hub: Arc<Hub>,
-    /// The worker sleeps on its queue (it found nothing while it polled).
-    asleep: AtomicBool,
+    /// Write calls in flight on this worker: queued, running or being answered (the SQLite
+    /// writer's; see [`Db::inline`]).
+    calls: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -110,7 +111,7 @@ impl Slot {
                 maintained: std::time::Instant::now(),
             }),
             hub,
-            asleep: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
         })
     }
 
@@ -119,6 +120,28 @@ impl Slot {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Counts a write call in flight until the returned guard drops.
+    fn enter(&self) -> InFlight<'_> {
+        let n = self.calls.fetch_add(1, Ordering::AcqRel) + 1;
+        InFlight {
+            calls: &self.calls,
+            alone: n == 1,
+        }
+    }
+}
+
+/// A write call counted in [`Slot::calls`].
+struct InFlight<'a> {
+    calls: &'a AtomicUsize,
+    /// No other write call was in flight when this one started.
+    alone: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -281,12 +304,7 @@ fn run(slot: Arc<Slot>, rx: &Queue, group: bool, took: &Histogram, done: oneshot
             } else {
                 None
             };
-            let Some(first) = polled.or_else(|| {
-                slot.asleep.store(true, Ordering::Release);
-                let job = q.blocking_recv();
-                slot.asleep.store(false, Ordering::Release);
-                job
-            }) else {
+            let Some(first) = polled.or_else(|| q.blocking_recv()) else {
                 break;
             };
             batch.push(first);
@@ -517,7 +535,7 @@ impl Db {
 
     /// Run `f` on the store and return its result (a store error, or an API error of a
     /// check made in the same job, e.g. an authorization that must see the same state). On
-    /// SQLite, when the writer sleeps, it runs on the caller's thread ([`Db::inline`]).
+    /// SQLite, a lone write runs on the caller's thread ([`Db::inline`]).
     pub async fn call<T, E, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
@@ -525,27 +543,29 @@ impl Db {
         F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
-        if let Some(job) = self.inline(job) {
+        let calls = self.inline.as_deref().map(Slot::enter);
+        let job = match &calls {
+            Some(c) if c.alone => self.inline(job),
+            _ => Some(job),
+        };
+        if let Some(job) = job {
             self.jobs.send(job).await.map_err(stopped)?;
         }
         rx.await.map_err(dropped)?
     }
 
-    /// Runs `job` on the caller's thread if the SQLite writer sleeps (nothing queued, its
-    /// connection free) and the caller is on a multi-threaded runtime: the runtime moves this
-    /// thread's other tasks to another thread first (`block_in_place`), so a slow `fsync` holds
-    /// up only this call, as on the writer thread. A lone write so spares the two thread
-    /// wake-ups of a queued job (the writer's, then the caller's: ~50 µs on this VM,
-    /// docs/fleet.md). Returns the job when it must be queued.
+    /// Runs the job of a lone write call (no other write in flight: nothing queued, running or
+    /// being answered) on the caller's thread, with the SQLite writer's connection if it is
+    /// free, when the caller is on a multi-threaded runtime: the runtime moves this thread's
+    /// other tasks to another thread first (`block_in_place`), so a slow `fsync` holds up
+    /// only this call, as on the writer thread. It spares the two thread wake-ups of a queued
+    /// job (the writer's, then the caller's: ~50 µs on this VM, docs/fleet.md). Concurrent
+    /// calls are queued: the writer commits them in groups. Returns the job when it must be
+    /// queued.
     fn inline(&self, job: Job) -> Option<Job> {
         let Some(slot) = &self.inline else {
             return Some(job);
         };
-        // Only a writer that went to sleep: one that is busy or polls for the next call
-        // batches this one with the others (group commit), and queued jobs go first.
-        if !slot.asleep.load(Ordering::Acquire) || self.jobs.capacity() < self.jobs.max_capacity() {
-            return Some(job);
-        }
         match tokio::runtime::Handle::try_current() {
             Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {}
             _ => return Some(job),
@@ -612,6 +632,7 @@ impl Db {
         F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
+        let _calls = self.inline.as_deref().map(Slot::enter);
         self.jobs.blocking_send(job).map_err(stopped)?;
         rx.blocking_recv().map_err(dropped)?
     }
@@ -669,8 +690,7 @@ mod tests {
         std::thread::current().name().map(str::to_owned)
     }
 
-    /// On a multi-threaded runtime a write that finds the writer asleep runs on the caller's
-    /// thread, is committed when it answers (a reader sees it), and wakes its computer's
+    /// On a multi-threaded runtime a lone write runs on the caller's thread, is committed when it answers (a reader sees it), and wakes its computer's
     /// polls; calls made together reach the writer thread, which commits them in groups.
     #[test]
     fn a_lone_write_runs_on_the_callers_thread_and_a_crowd_on_the_writer() {
@@ -691,8 +711,6 @@ mod tests {
             db.call(|s| s.register(&reg("C1"), 1)).await.unwrap();
             let mut polls = hub.subscribe(&c);
             polls.mark_unchanged();
-            // The writer sleeps once its poll of the queue ran out.
-            tokio::time::sleep(WRITER_SPIN * 100).await;
             let (c2, db2) = (c.clone(), db.clone());
             // On a runtime worker, whose other tasks `block_in_place` moves away.
             let ran_on = tokio::spawn(async move {
