@@ -271,56 +271,91 @@ pub fn http_agent(base_url: &str, timeout: Duration) -> Result<(String, ureq::Ag
     Ok((base, agent(config)))
 }
 
-/// An agent with `config` that resolves an IP literal host without a lookup.
+/// An agent with `config` and [`Resolver`].
 ///
-/// ureq (3.5) resolves the host on every call, a pooled connection's too, and with a time
-/// limit set its default resolver does so on a thread it spawns for the call: a thread
-/// started and joined per request, for `127.0.0.1` as for a name (on this VM it was a third
-/// of the client's share of a constant-answer round trip, `slap-bench`; docs/fleet.md). A
-/// literal needs no lookup, so [`LiteralResolver`] answers it at once and leaves names to
-/// ureq's resolver (with its time limit).
+/// ureq (3.5) resolves the host on every call, a pooled keep-alive connection's too, and with
+/// a time limit set (every agent here has one) its resolver does so on a thread it spawns and
+/// joins per call: `slap-bench`'s constant-answer round trip to `127.0.0.1` took 0.09 ms with
+/// that thread and 0.03 ms without (docs/fleet.md), and a named master cost a DNS query per
+/// call.
 fn agent(config: ureq::config::Config) -> ureq::Agent {
     ureq::Agent::with_parts(
         config,
         ureq::unversioned::transport::DefaultConnector::default(),
-        LiteralResolver::default(),
+        Resolver::default(),
     )
 }
 
-/// ureq's resolver, except that an IP literal host (`127.0.0.1`, `[::1]`) is its own address.
-#[derive(Debug, Default)]
-pub struct LiteralResolver(ureq::unversioned::resolver::DefaultResolver);
+/// How long [`Resolver`] answers a name with the addresses of its last lookup.
+pub const NAME_TTL: Duration = Duration::from_secs(30);
 
-impl ureq::unversioned::resolver::Resolver for LiteralResolver {
+type Addrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
+type Lookup = (String, u16, std::time::Instant, Addrs);
+
+/// ureq's resolver (with its time limit), except that an IP literal host (`127.0.0.1`,
+/// `[::1]`) is its own address and a name is looked up at most once per [`NAME_TTL`]: an
+/// agent talks to one master, so the last name looked up is the one kept.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    lookup: ureq::unversioned::resolver::DefaultResolver,
+    /// The host and port looked up last, when, and their addresses.
+    last: std::sync::Mutex<Option<Lookup>>,
+}
+
+impl ureq::unversioned::resolver::Resolver for Resolver {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
         config: &ureq::config::Config,
         timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        if let Some(addr) = literal_addr(uri) {
+    ) -> std::result::Result<Addrs, ureq::Error> {
+        let Some((host, port)) = host_port(uri) else {
+            return self.lookup.resolve(uri, config, timeout);
+        };
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             let mut addrs = self.empty();
-            addrs.push(addr);
+            addrs.push(std::net::SocketAddr::new(ip, port));
             return Ok(addrs);
         }
-        self.0.resolve(uri, config, timeout)
+        if let Some((h, p, at, addrs)) = &*self.last()
+            && (h.as_str(), *p) == (host, port)
+            && at.elapsed() < NAME_TTL
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = self.lookup.resolve(uri, config, timeout)?;
+        *self.last() = Some((
+            host.to_owned(),
+            port,
+            std::time::Instant::now(),
+            addrs.clone(),
+        ));
+        Ok(addrs)
     }
 }
 
-/// The socket address of `uri` when its host is an IP literal (port given or the scheme's).
-fn literal_addr(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+impl Resolver {
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<Lookup>> {
+        match self.last.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// The host of `uri` (without an IPv6 literal's brackets) and its port, given or the scheme's.
+fn host_port(uri: &ureq::http::Uri) -> Option<(&str, u16)> {
     let host = uri.host()?;
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let ip: std::net::IpAddr = host.parse().ok()?;
     let port = uri.port_u16().or(match uri.scheme_str()? {
         "http" => Some(80),
         "https" => Some(443),
         _ => None,
     })?;
-    Some(std::net::SocketAddr::new(ip, port))
+    Some((host, port))
 }
 
 pub use slapos_proto::identity::{
@@ -726,45 +761,80 @@ mod tests {
     }
 
     #[test]
-    fn an_ip_literal_host_is_its_own_address() {
-        let addr = |u: &str| literal_addr(&u.parse().unwrap()).map(|a| a.to_string());
+    fn a_host_and_its_port_come_from_the_url() {
+        let hp = |u: &str| {
+            let uri: ureq::http::Uri = u.parse().unwrap();
+            host_port(&uri).map(|(h, p)| format!("{h} {p}"))
+        };
         assert_eq!(
-            addr("http://127.0.0.1:8080/v1").as_deref(),
-            Some("127.0.0.1:8080")
+            hp("http://127.0.0.1:8080/v1").as_deref(),
+            Some("127.0.0.1 8080")
         );
-        assert_eq!(addr("http://10.0.0.2/").as_deref(), Some("10.0.0.2:80"));
-        assert_eq!(addr("https://[::1]/x").as_deref(), Some("[::1]:443"));
+        assert_eq!(hp("http://10.0.0.2/").as_deref(), Some("10.0.0.2 80"));
+        assert_eq!(hp("https://[::1]/x").as_deref(), Some("::1 443"));
         assert_eq!(
-            addr("https://[fd00::5]:7443").as_deref(),
-            Some("[fd00::5]:7443")
+            hp("https://[fd00::5]:7443").as_deref(),
+            Some("fd00::5 7443")
         );
-        assert_eq!(addr("http://localhost:8080/"), None);
-        assert_eq!(addr("http://master.example/"), None);
+        assert_eq!(
+            hp("http://master.example/").as_deref(),
+            Some("master.example 80")
+        );
     }
 
+    /// A literal needs no lookup and a name is looked up once per [`NAME_TTL`]: a cached answer
+    /// holds even with a time limit already spent (ureq's resolver would time out on its
+    /// lookup thread).
     #[test]
-    fn an_ip_literal_is_resolved_without_a_lookup_and_a_name_by_ureq() {
-        use ureq::unversioned::resolver::Resolver;
+    fn a_literal_is_never_looked_up_and_a_name_once_per_ttl() {
+        use ureq::unversioned::resolver::Resolver as _;
         use ureq::unversioned::transport::NextTimeout;
         use ureq::unversioned::transport::time::Duration as Limit;
         let config = ureq::Agent::config_builder().build();
-        let r = LiteralResolver::default();
-        // A limit already spent: ureq's resolver would time out on its lookup thread.
-        let spent = NextTimeout {
+        let r = Resolver::default();
+        let spent = || NextTimeout {
             after: Limit::Exact(Duration::ZERO),
             ..NextTimeout::default()
         };
-        let uri = "http://127.0.0.1:8080/v1/health".parse().unwrap();
-        let got = r.resolve(&uri, &config, spent).unwrap();
-        let got: Vec<std::net::SocketAddr> = got.iter().copied().collect();
-        assert_eq!(got, ["127.0.0.1:8080".parse().unwrap()]);
-        // A name goes to ureq's resolver.
-        let uri = "http://localhost:8080/".parse().unwrap();
-        let got = r.resolve(&uri, &config, NextTimeout::default()).unwrap();
-        assert!(!got.is_empty(), "localhost resolved to nothing");
+        let addrs = |uri: &str, limit| -> Vec<std::net::SocketAddr> {
+            let uri = uri.parse().unwrap();
+            let got = r.resolve(&uri, &config, limit).unwrap();
+            got.iter().copied().collect()
+        };
+        let looked_up = || {
+            r.last()
+                .as_ref()
+                .map(|(h, p, at, _)| (format!("{h}:{p}"), *at))
+        };
+        assert_eq!(
+            addrs("http://127.0.0.1:8080/v1/health", spent()),
+            ["127.0.0.1:8080".parse().unwrap()]
+        );
+        assert_eq!(looked_up(), None, "a literal is not looked up");
+
+        let first = addrs("http://localhost:8080/", NextTimeout::default());
+        assert!(!first.is_empty(), "localhost resolved to nothing");
         assert!(
-            got.iter().all(|a| a.ip().is_loopback() && a.port() == 8080),
-            "{got:?}"
+            first
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 8080),
+            "{first:?}"
+        );
+        let (key, at) = looked_up().unwrap();
+        assert_eq!(key, "localhost:8080");
+        assert_eq!(addrs("http://localhost:8080/x", spent()), first);
+        assert_eq!(
+            looked_up(),
+            Some((key, at)),
+            "answered from the last lookup"
+        );
+
+        let other = addrs("http://localhost:9090/", NextTimeout::default());
+        assert!(other.iter().all(|a| a.port() == 9090), "{other:?}");
+        assert_eq!(
+            looked_up().map(|(k, _)| k).as_deref(),
+            Some("localhost:9090"),
+            "another port is another lookup"
         );
     }
 
