@@ -81,8 +81,8 @@ pub struct Db {
     reads: Option<mpsc::Sender<Job>>,
     /// Read-only connections for [`Db::lookup`] (SQLite on disk; else none).
     lookups: Arc<[Mutex<Store>]>,
-    /// The SQLite writer's connection, for [`Db::call`] to run a write on the caller's thread
-    /// when the writer is idle; `None` elsewhere.
+    /// The SQLite writer's connection, for [`Db::call`] to run a lone write on the caller's
+    /// thread; `None` on PostgreSQL.
     inline: Option<Arc<Slot>>,
     timings: DbTimings,
 }
@@ -185,8 +185,6 @@ pub struct Worker {
     threads: Vec<JoinHandle<()>>,
     done: Vec<oneshot::Receiver<()>>,
     listener: Option<Listener>,
-    /// The SQLite writer's slot (handed to [`Db`] by [`start_sqlite`]).
-    writer: Option<Arc<Slot>>,
 }
 
 /// Start the worker thread owning `store`.
@@ -210,7 +208,6 @@ pub fn start_sqlite(
 ) -> Result<(Db, Worker), MasterError> {
     let (mut db, worker) = start_with(vec![writer], readers, hub)?;
     db.lookups = lookups.into_iter().map(Mutex::new).collect();
-    db.inline = worker.writer.clone();
     Ok((db, worker))
 }
 
@@ -270,7 +267,7 @@ fn start_with(
         jobs: tx,
         reads,
         lookups: Arc::new([]),
-        inline: None,
+        inline: writer,
         timings,
     };
     Ok((
@@ -280,7 +277,6 @@ fn start_with(
             threads,
             done,
             listener: None,
-            writer,
         },
     ))
 }
