@@ -290,7 +290,7 @@ fn agent(config: ureq::config::Config) -> ureq::Agent {
 pub const NAME_TTL: Duration = Duration::from_secs(30);
 
 type Addrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
-type Lookup = (String, u16, std::time::Instant, Addrs);
+type Lookup = (String, std::time::Instant, Addrs);
 
 /// ureq's resolver (with its time limit), except that an IP literal host (`127.0.0.1`,
 /// `[::1]`) is its own address and a name is looked up at most once per [`NAME_TTL`]: an
@@ -298,7 +298,7 @@ type Lookup = (String, u16, std::time::Instant, Addrs);
 #[derive(Debug, Default)]
 pub struct Resolver {
     lookup: ureq::unversioned::resolver::DefaultResolver,
-    /// The host and port looked up last, when, and their addresses.
+    /// The `host:port` looked up last, when, and its addresses.
     last: std::sync::Mutex<Option<Lookup>>,
 }
 
@@ -309,27 +309,27 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
         config: &ureq::config::Config,
         timeout: ureq::unversioned::transport::NextTimeout,
     ) -> std::result::Result<Addrs, ureq::Error> {
-        let Some((host, port)) = host_port(uri) else {
+        // What ureq's resolver would look up: `host:port`, the scheme's port by default.
+        let Some(host_port) = uri
+            .scheme()
+            .zip(uri.authority())
+            .and_then(|(s, a)| ureq::unversioned::resolver::DefaultResolver::host_and_port(s, a))
+        else {
             return self.lookup.resolve(uri, config, timeout);
         };
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        if let Ok(addr) = host_port.parse::<std::net::SocketAddr>() {
             let mut addrs = self.empty();
-            addrs.push(std::net::SocketAddr::new(ip, port));
+            addrs.push(addr);
             return Ok(addrs);
         }
-        if let Some((h, p, at, addrs)) = &*self.last()
-            && (h.as_str(), *p) == (host, port)
+        if let Some((key, at, addrs)) = &*self.last()
+            && *key == host_port
             && at.elapsed() < NAME_TTL
         {
             return Ok(addrs.clone());
         }
         let addrs = self.lookup.resolve(uri, config, timeout)?;
-        *self.last() = Some((
-            host.to_owned(),
-            port,
-            std::time::Instant::now(),
-            addrs.clone(),
-        ));
+        *self.last() = Some((host_port, std::time::Instant::now(), addrs.clone()));
         Ok(addrs)
     }
 }
@@ -341,21 +341,6 @@ impl Resolver {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
-}
-
-/// The host of `uri` (without an IPv6 literal's brackets) and its port, given or the scheme's.
-fn host_port(uri: &ureq::http::Uri) -> Option<(&str, u16)> {
-    let host = uri.host()?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port = uri.port_u16().or(match uri.scheme_str()? {
-        "http" => Some(80),
-        "https" => Some(443),
-        _ => None,
-    })?;
-    Some((host, port))
 }
 
 pub use slapos_proto::identity::{
@@ -760,28 +745,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_host_and_its_port_come_from_the_url() {
-        let hp = |u: &str| {
-            let uri: ureq::http::Uri = u.parse().unwrap();
-            host_port(&uri).map(|(h, p)| format!("{h} {p}"))
-        };
-        assert_eq!(
-            hp("http://127.0.0.1:8080/v1").as_deref(),
-            Some("127.0.0.1 8080")
-        );
-        assert_eq!(hp("http://10.0.0.2/").as_deref(), Some("10.0.0.2 80"));
-        assert_eq!(hp("https://[::1]/x").as_deref(), Some("::1 443"));
-        assert_eq!(
-            hp("https://[fd00::5]:7443").as_deref(),
-            Some("fd00::5 7443")
-        );
-        assert_eq!(
-            hp("http://master.example/").as_deref(),
-            Some("master.example 80")
-        );
-    }
-
     /// A literal needs no lookup and a name is looked up once per [`NAME_TTL`]: a cached answer
     /// holds even with a time limit already spent (ureq's resolver would time out on its
     /// lookup thread).
@@ -801,15 +764,15 @@ mod tests {
             let got = r.resolve(&uri, &config, limit).unwrap();
             got.iter().copied().collect()
         };
-        let looked_up = || {
-            r.last()
-                .as_ref()
-                .map(|(h, p, at, _)| (format!("{h}:{p}"), *at))
-        };
-        assert_eq!(
-            addrs("http://127.0.0.1:8080/v1/health", spent()),
-            ["127.0.0.1:8080".parse().unwrap()]
-        );
+        let looked_up = || r.last().as_ref().map(|(k, at, _)| (k.clone(), *at));
+        for (uri, addr) in [
+            ("http://127.0.0.1:8080/v1/health", "127.0.0.1:8080"),
+            ("http://10.0.0.2/", "10.0.0.2:80"),
+            ("https://[::1]/x", "[::1]:443"),
+            ("https://[fd00::5]:7443", "[fd00::5]:7443"),
+        ] {
+            assert_eq!(addrs(uri, spent()), [addr.parse().unwrap()], "{uri}");
+        }
         assert_eq!(looked_up(), None, "a literal is not looked up");
 
         let first = addrs("http://localhost:8080/", NextTimeout::default());
