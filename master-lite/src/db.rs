@@ -146,16 +146,31 @@ impl Drop for InFlight<'_> {
 }
 
 impl Held {
-    /// After a batch: wake the polls of the computers it changed; maintain the store when due.
-    fn settle(&mut self, hub: &Hub) {
+    /// After a batch: wake the polls of the computers it changed.
+    fn notify(&mut self, hub: &Hub) {
         for (computer, etag) in self.store.take_touched() {
             hub.notify(&computer, etag);
         }
-        if self.maintained.elapsed() >= MAINTAIN_EVERY {
+    }
+
+    fn maintenance_due(&self) -> bool {
+        self.maintained.elapsed() >= MAINTAIN_EVERY
+    }
+
+    /// [`Store::maintain`] when due (the worker, after a batch).
+    fn maintain(&mut self) {
+        if self.maintenance_due() {
             self.store.maintain();
             self.maintained = std::time::Instant::now();
         }
     }
+}
+
+/// Whether the caller runs on a multi-threaded tokio runtime, where
+/// `tokio::task::block_in_place` can move its thread's other tasks away.
+pub(crate) fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// How long the workers take per batch of jobs (a group commit, or one job and its own
@@ -329,7 +344,8 @@ fn run(slot: Arc<Slot>, rx: &Queue, group: bool, took: &Histogram, done: oneshot
             }
         }
         took.observe(started.elapsed().as_secs_f64());
-        held.settle(&slot.hub);
+        held.notify(&slot.hub);
+        held.maintain();
     }
     // Every handle is gone with the queue, so this is the last reference: dropping it closes
     // the connection (and checkpoints the WAL) before signalling.
@@ -539,9 +555,9 @@ impl Db {
         F: FnMut(&mut Store) -> Result<T, E> + Send + 'static,
     {
         let (job, rx) = job(f);
-        let calls = self.inline.as_deref().map(Slot::enter);
+        let calls = self.inline.as_deref().map(|slot| (slot, slot.enter()));
         let job = match &calls {
-            Some(c) if c.alone => self.inline(job),
+            Some((slot, c)) if c.alone => self.inline(slot, job),
             _ => Some(job),
         };
         if let Some(job) = job {
@@ -556,27 +572,31 @@ impl Db {
     /// other tasks to another thread first (`block_in_place`), so a slow `fsync` holds up
     /// only this call, as on the writer thread. It spares the two thread wake-ups of a queued
     /// job (the writer's, then the caller's: ~50 µs on this VM, docs/fleet.md). Concurrent
-    /// calls are queued: the writer commits them in groups. Returns the job when it must be
-    /// queued.
-    fn inline(&self, job: Job) -> Option<Job> {
-        let Some(slot) = &self.inline else {
+    /// calls are queued: the writer commits them in groups. The store's maintenance stays on
+    /// the writer, after the answer: when it is due, an empty job wakes the writer for it.
+    /// Returns the job when it must be queued.
+    fn inline(&self, slot: &Slot, job: Job) -> Option<Job> {
+        if !can_block_in_place() {
             return Some(job);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {}
-            _ => return Some(job),
         }
         let mut held = match slot.held.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Some(job),
         };
-        tokio::task::block_in_place(|| {
+        let due = tokio::task::block_in_place(|| {
             let started = std::time::Instant::now();
             run_job(job, &mut held.store)(None);
             self.timings.write.observe(started.elapsed().as_secs_f64());
-            held.settle(&slot.hub);
+            held.notify(&slot.hub);
+            held.maintenance_due()
         });
+        drop(held);
+        if due {
+            // A full queue means a busy writer, which maintains after its batch anyway.
+            let wake: Job = Box::new(|_| Box::new(|_: Option<&StoreError>| {}));
+            let _ = self.jobs.try_send(wake);
+        }
         None
     }
 

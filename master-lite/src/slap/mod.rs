@@ -206,11 +206,10 @@ pub(crate) async fn decode<T>(len: usize, f: impl FnOnce() -> T) -> T {
         return f();
     }
     let _one = HEAVY.acquire().await;
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
+    if crate::db::can_block_in_place() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
