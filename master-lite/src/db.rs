@@ -64,6 +64,12 @@ fn backoff(n: u32) -> Duration {
     Duration::from_micros(cap_ms * 500 + (nanos ^ (nanos >> 17)) % (cap_ms * 500 + 1))
 }
 
+/// A lone write runs on its runtime worker as it is, without moving the worker's other tasks
+/// to another thread first, only while inline writes take less than this ([`Db::inline`]):
+/// a task the worker woke just before (tokio's LIFO slot, which no other worker steals)
+/// waits for the write.
+pub const INLINE_ON_WORKER_MAX: Duration = Duration::from_micros(500);
+
 /// How often the worker runs [`Store::maintain`] between jobs (and once when idle that long).
 pub const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -101,6 +107,8 @@ struct Slot {
 struct Held {
     store: Store,
     maintained: std::time::Instant,
+    /// How long the last inline write took (job and commit; [`Db::inline`]).
+    last_inline: Duration,
 }
 
 impl Slot {
@@ -109,6 +117,8 @@ impl Slot {
             held: Mutex::new(Held {
                 store,
                 maintained: std::time::Instant::now(),
+                // Unknown: the first inline write runs as on a slow disk.
+                last_inline: Duration::MAX,
             }),
             hub,
             calls: AtomicUsize::new(0),
@@ -169,8 +179,42 @@ impl Held {
 /// Whether the caller runs on a multi-threaded tokio runtime, where
 /// `tokio::task::block_in_place` can move its thread's other tasks away.
 pub(crate) fn can_block_in_place() -> bool {
+    multi_thread().is_some()
+}
+
+/// The multi-threaded tokio runtime the caller runs on, if it does.
+fn multi_thread() -> Option<tokio::runtime::Handle> {
     tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        .ok()
+        .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// How a lone write holds the caller's thread ([`Db::inline`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inline {
+    /// It runs on the runtime worker as it is: the runtime has other workers to serve
+    /// meanwhile, and writes are fast.
+    OnTheWorker,
+    /// The worker's other tasks move to another thread first (`block_in_place`): the
+    /// runtime's only worker, or slow writes.
+    BlockInPlace,
+}
+
+impl Inline {
+    /// How a lone write runs on the calling thread, the last one having taken `last`; `None`
+    /// off a multi-threaded runtime (the job is queued).
+    fn here(last: Duration) -> Option<Self> {
+        let workers = multi_thread()?.metrics().num_workers();
+        Some(Self::choose(workers, last))
+    }
+
+    fn choose(workers: usize, last: Duration) -> Self {
+        if workers >= 2 && last < INLINE_ON_WORKER_MAX {
+            Self::OnTheWorker
+        } else {
+            Self::BlockInPlace
+        }
+    }
 }
 
 /// How long the workers take per batch of jobs (a group commit, or one job and its own
@@ -568,29 +612,40 @@ impl Db {
 
     /// Runs the job of a lone write call (no other write in flight: nothing queued, running or
     /// being answered) on the caller's thread, with the SQLite writer's connection if it is
-    /// free, when the caller is on a multi-threaded runtime: the runtime moves this thread's
-    /// other tasks to another thread first (`block_in_place`), so a slow `fsync` holds up
-    /// only this call, as on the writer thread. It spares the two thread wake-ups of a queued
-    /// job (the writer's, then the caller's: ~50 µs on this VM, docs/fleet.md). Concurrent
-    /// calls are queued: the writer commits them in groups. The store's maintenance stays on
-    /// the writer, after the answer: when it is due, an empty job wakes the writer for it.
-    /// Returns the job when it must be queued.
+    /// free, when the caller is on a multi-threaded runtime. It spares the two thread wake-ups
+    /// of a queued job (the writer's, then the caller's: ~50 µs on this VM, docs/fleet.md).
+    /// Concurrent calls are queued: the writer commits them in groups. The store's maintenance
+    /// stays on the writer, after the answer: when it is due, an empty job wakes the writer for
+    /// it. Returns the job when it must be queued.
+    ///
+    /// How the thread is held ([`Inline`]): with two workers or more, and while inline writes
+    /// take less than [`INLINE_ON_WORKER_MAX`], the job simply runs on the worker. At most one
+    /// call runs inline at a time (it is alone), so at most one worker waits on its `fsync`
+    /// while the others serve; the calls that arrive meanwhile are not alone and queue.
+    /// Otherwise the runtime first moves the worker's core to another thread
+    /// (`block_in_place`: ~25 µs of CPU and a thread wake-up on this VM), so that no task
+    /// waits on a slow commit and a single-worker runtime never does.
     fn inline(&self, slot: &Slot, job: Job) -> Option<Job> {
-        if !can_block_in_place() {
-            return Some(job);
-        }
         let mut held = match slot.held.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Some(job),
         };
-        let due = tokio::task::block_in_place(|| {
+        let Some(how) = Inline::here(held.last_inline) else {
+            return Some(job);
+        };
+        let run = || {
             let started = std::time::Instant::now();
             run_job(job, &mut held.store)(None);
-            self.timings.write.observe(started.elapsed().as_secs_f64());
+            held.last_inline = started.elapsed();
+            self.timings.write.observe(held.last_inline.as_secs_f64());
             held.notify(&slot.hub);
             held.maintenance_due()
-        });
+        };
+        let due = match how {
+            Inline::OnTheWorker => run(),
+            Inline::BlockInPlace => tokio::task::block_in_place(run),
+        };
         drop(held);
         if due {
             // A full queue means a busy writer, which maintains after its batch anyway.
@@ -704,6 +759,69 @@ mod tests {
     /// The name of the thread running a job.
     fn thread_name() -> Option<String> {
         std::thread::current().name().map(str::to_owned)
+    }
+
+    /// A lone write runs on its worker as it is only where the runtime has another worker and
+    /// writes are fast; a single worker, a slow disk and the first write move the worker's
+    /// other tasks away first.
+    #[test]
+    fn a_lone_write_holds_its_worker_only_beside_another_and_when_fast() {
+        let fast = INLINE_ON_WORKER_MAX / 2;
+        assert_eq!(Inline::choose(2, fast), Inline::OnTheWorker);
+        assert_eq!(Inline::choose(8, fast), Inline::OnTheWorker);
+        assert_eq!(Inline::choose(1, fast), Inline::BlockInPlace);
+        assert_eq!(
+            Inline::choose(2, INLINE_ON_WORKER_MAX),
+            Inline::BlockInPlace
+        );
+        assert_eq!(Inline::choose(2, Duration::MAX), Inline::BlockInPlace);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { Inline::here(fast) }), None);
+        assert_eq!(Inline::here(fast), None, "off a runtime");
+    }
+
+    /// While a lone write waits (here, inside its job) the runtime still runs other tasks, on
+    /// one worker (its core moved away) and on two (the other worker): the job waits for a
+    /// task spawned after it started.
+    #[test]
+    fn a_lone_write_never_stalls_the_runtime() {
+        for workers in [1, 2] {
+            let (_dir, db, _worker) = sqlite();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name("test-rt")
+                .enable_all()
+                .build()
+                .unwrap();
+            // As after a fast write: two workers run the next one on the worker as it is.
+            db.inline.as_deref().unwrap().lock().last_inline = Duration::ZERO;
+            let (started_tx, started) = std::sync::mpsc::channel();
+            let (go, go_rx) = std::sync::mpsc::channel::<()>();
+            let d = db.clone();
+            let call = rt.spawn(async move {
+                d.call(move |s| {
+                    started_tx.send(thread_name()).unwrap();
+                    let served = go_rx.recv_timeout(Duration::from_secs(20)).is_ok();
+                    s.register(&reg("C1"), 1)?;
+                    Ok::<_, StoreError>(served)
+                })
+                .await
+            });
+            let ran_on = started.recv_timeout(Duration::from_secs(20)).unwrap();
+            assert_eq!(
+                ran_on.as_deref(),
+                Some("test-rt"),
+                "{workers} worker(s): inline"
+            );
+            rt.spawn(async move { go.send(()).unwrap() });
+            let served = rt.block_on(call).unwrap().unwrap();
+            assert!(
+                served,
+                "{workers} worker(s): no task ran while a lone write waited"
+            );
+        }
     }
 
     /// On a multi-threaded runtime a lone write runs on the caller's thread, is committed when it answers (a reader sees it), and wakes its computer's
