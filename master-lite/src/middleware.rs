@@ -24,6 +24,22 @@ use crate::state::{AppState, FromThisHost};
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// How much of a refused request's body is read before its answer ([`drain`]).
+const DRAIN_MAX: usize = 64 << 10;
+/// How long a refused request's body is waited for before its answer ([`drain`]).
+const DRAIN_FOR: Duration = Duration::from_secs(2);
+
+/// Reads and drops what a refused request sends of its body (at most [`DRAIN_MAX`] bytes,
+/// for at most [`DRAIN_FOR`]) before it is answered. hyper closes a connection whose request
+/// body was left unread; the body's bytes that arrive after the close make the kernel reset
+/// the connection, and a reset can drop the answer before the client read it: the caller sees
+/// a broken connection instead of its 403 (a client that writes the headers and the body
+/// apart, as ureq does, loses that race now and then). Read, the body lets the connection
+/// stay open, as nginx's lingering close does.
+async fn drain(body: axum::body::Body) {
+    let _ = tokio::time::timeout(DRAIN_FOR, axum::body::to_bytes(body, DRAIN_MAX)).await;
+}
+
 /// Attach the caller's [`Identity`] (see the module doc), refuse what no identity may reach,
 /// and log every 403.
 pub(crate) async fn identify(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -98,7 +114,10 @@ pub(crate) async fn identify(State(st): State<AppState>, mut req: Request, next:
             req.extensions_mut().insert(FromThisHost(here));
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            drain(req.into_body()).await;
+            e.into_response()
+        }
     };
     if resp.status() == StatusCode::FORBIDDEN {
         tracing::warn!(identity = %who, %method, %path, "access denied");

@@ -667,3 +667,43 @@ fn slap_routes_authorization_matrix_and_the_slap_library_over_tls() {
     let r = native(&alice).supply(&cid("C1"), &available(SR));
     assert!(r.is_err());
 }
+
+/// A refused request whose body arrives after its headers (a client that writes them apart,
+/// as ureq does) is answered once the body is in, on a connection that stays usable: the
+/// server reads the body before its 403. Left unread, the connection closed at the answer and
+/// the late body bytes reset it, which could lose the 403 before the client read it (a client
+/// then saw a transport error instead of the refusal: seen once in `tests/auth.rs`).
+#[test]
+fn a_refused_request_is_answered_after_its_late_body_and_the_connection_stays_open() {
+    let env = Env::new();
+    drop(env.user("ops", true)); // creates the CA the server loads
+    let server = Server::start_tls(&env.db(), &env.tls(), "error");
+    let anon = Https::new(&server.url, &env.ca_pem(), None);
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(anon.config.clone(), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(&anon.addr).unwrap());
+    let body = serde_json::to_string(&registration("C3", &["p0"])).unwrap();
+    let head = format!(
+        "POST /v1/computers HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        anon.addr,
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tls.write_all(body.as_bytes()).unwrap();
+    let next = format!(
+        "GET /v1/health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        anon.addr
+    );
+    tls.write_all(next.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let end = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(
+        text.matches("HTTP/1.1 403").count(),
+        2,
+        "both requests refused on one connection ({end:?}): {text:?}"
+    );
+}
