@@ -624,7 +624,9 @@ impl Db {
     /// while the others serve; the calls that arrive meanwhile are not alone and queue.
     /// Otherwise the runtime first moves the worker's core to another thread
     /// (`block_in_place`: ~25 µs of CPU and a thread wake-up on this VM), so that no task
-    /// waits on a slow commit and a single-worker runtime never does.
+    /// waits on a slow commit and a single-worker runtime never does. The last write predicts
+    /// the next: a large one after small ones (a 1,000-partition registration, ~19 ms) holds
+    /// its worker for its whole length while the others serve.
     fn inline(&self, slot: &Slot, job: Job) -> Option<Job> {
         let mut held = match slot.held.try_lock() {
             Ok(g) => g,
