@@ -28,12 +28,14 @@
 //! floor misses TTIs by itself; the absolute ≤ 1e-4 is for real hardware). `--runs N` repeats
 //! the whole comparison and judges the medians of the N runs. Needs root, `stress-ng`,
 //! `cyclictest`, `taskset`. Exit code 0 when everything ran (whatever the figures), 1 on a
-//! setup failure.
+//! setup failure or when stopped: SIGINT or SIGTERM stops it after the slice that runs, with
+//! its partitions released (steered IRQs and kernel threads restored, cgroups removed).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use rt::probe::Histogram;
@@ -41,6 +43,35 @@ use rt::{CpuList, HostReport, Manager, ManagerConfig, Policy, ProfileSpec};
 use serde::Serialize;
 
 const HIST_MAX_US: u32 = 20_000;
+
+/// The signal (SIGINT, SIGTERM) that asked the bench to stop; 0: none. The bench then stops
+/// after the slice that runs, through the path that releases its partitions (which restores
+/// the steered IRQs and kernel threads and removes its cgroups), instead of dying with the
+/// host changed.
+static STOP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: libc::c_int) {
+    STOP.store(sig, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM set [`STOP`] (children get the default action back at `exec`).
+fn catch_stop() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_stop as *const () as libc::sighandler_t) };
+    }
+}
+
+/// An error once a stop signal came.
+fn stopped() -> Result<(), String> {
+    match STOP.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        sig => Err(format!(
+            "stopped by signal {sig}; the partitions were released (the host is restored unless a \
+             release error is printed above)"
+        )),
+    }
+}
 
 struct Opts {
     duration_s: f64,
@@ -506,6 +537,7 @@ impl Bench<'_> {
         }
         warmup(o);
         for step in if c_first { ["c", "b"] } else { ["b", "c"] } {
+            stopped()?;
             if step == "b" {
                 let mut cmd = probe_cmd(o);
                 cmd.args([
@@ -637,8 +669,11 @@ fn bench(o: &Opts, run: u32) -> Result<Vec<Row>, String> {
     };
     for round in 0..o.rounds {
         eprintln!("rt-bench: round {}/{}", round + 1, o.rounds);
+        stopped()?;
         b.slice_a()?;
+        stopped()?;
         b.slice_bc(round % 2 == 1)?;
+        stopped()?;
         b.slice_d()?;
     }
     let _ = std::fs::remove_dir_all(&work);
@@ -851,6 +886,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    catch_stop();
     let late_after_us = o.interval_us - o.work_us;
     let (mut runs, mut summaries) = (Vec::new(), Vec::new());
     for run in 1..=o.runs {
@@ -864,7 +900,8 @@ fn main() -> ExitCode {
         let rows = match bench(&o, run) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("rt-bench: {e}");
+                // A child killed by the same Ctrl-C fails its slice first: say why.
+                eprintln!("rt-bench: {}", stopped().err().unwrap_or(e));
                 return ExitCode::from(1);
             }
         };
