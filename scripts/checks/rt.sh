@@ -84,6 +84,7 @@ if [ "$(id -u)" = 0 ] && command -v stress-ng >/dev/null && command -v cyclictes
     grep -qF "stopped by signal 15" "$err" || { echo "rt-bench did not say it was stopped:" >&2; cat "$err" >&2; exit 1; }
     rm -f "$err"
     no_leftovers "stopped by SIGTERM"
+    [ ! -e "${TMPDIR:-/tmp}/rt-bench-$pid" ] || { echo "rt-bench stopped by SIGTERM left ${TMPDIR:-/tmp}/rt-bench-$pid" >&2; exit 1; }
     echo "rt-bench: stopped by SIGTERM mid-run, host restored ok"
 elif [ "${SLAPOS_REQUIRE_PRIVILEGED:-0}" = 1 ] || [ "${SLAPOS_REQUIRE_TOOLS:-0}" = 1 ]; then
     echo "rt-bench smoke run required but not root / tools missing / single CPU" >&2
