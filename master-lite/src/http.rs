@@ -31,7 +31,7 @@ use slapos_proto::identity::{ENROLL_ROUTE, EnrollRequest};
 
 use crate::auth::{self, Action, Identity, InstanceFacts};
 use crate::error::ApiError;
-use crate::middleware::BodyTimeout;
+use crate::middleware::{BodyTimeout, drain};
 use crate::pki::Ca;
 use crate::server::{ParkCheck, Parked, ParkedUntil, Parking, Peer, Transport};
 use crate::state::{AppState, FromThisHost, now_ms};
@@ -122,16 +122,7 @@ async fn read_capped(mut body: axum::body::Body) -> ApiResult<Vec<u8>> {
             continue;
         };
         if buf.len() + data.len() > limit {
-            let mut seen = buf.len() + data.len();
-            let drain = async {
-                while seen <= DRAIN_BYTES {
-                    match body.frame().await {
-                        Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
-                        _ => break,
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
+            drain(&mut body, buf.len() + data.len(), DRAIN_BYTES, DRAIN_FOR).await;
             return Err(too_large);
         }
         buf.extend_from_slice(&data);

@@ -25,19 +25,35 @@ use crate::state::{AppState, FromThisHost};
 type ApiResult<T> = Result<T, ApiError>;
 
 /// How much of a refused request's body is read before its answer ([`drain`]).
-const DRAIN_MAX: usize = 64 << 10;
+const REFUSED_DRAIN_BYTES: usize = 64 << 10;
 /// How long a refused request's body is waited for before its answer ([`drain`]).
-const DRAIN_FOR: Duration = Duration::from_secs(2);
+const REFUSED_DRAIN_FOR: Duration = Duration::from_secs(2);
 
-/// Reads and drops what a refused request sends of its body (at most [`DRAIN_MAX`] bytes,
-/// for at most [`DRAIN_FOR`]) before it is answered. hyper closes a connection whose request
-/// body was left unread; the body's bytes that arrive after the close make the kernel reset
-/// the connection, and a reset can drop the answer before the client read it: the caller sees
-/// a broken connection instead of its 403 (a client that writes the headers and the body
-/// apart, as ureq does, loses that race now and then). Read, the body lets the connection
-/// stay open, as nginx's lingering close does.
-async fn drain(body: axum::body::Body) {
-    let _ = tokio::time::timeout(DRAIN_FOR, axum::body::to_bytes(body, DRAIN_MAX)).await;
+/// Reads and drops what is left of a request body that will not be used (a refusal, a body
+/// over its limit) before the answer: until more than `max` bytes were seen (`seen` of them
+/// read already) or `within` passed. hyper closes a connection whose request body was left
+/// unread; the body's bytes that arrive after the close make the kernel reset the connection,
+/// and a reset can drop the answer before the client read it: the caller sees a broken
+/// connection instead of its 403 or 413 (a client that writes the headers and the body apart,
+/// as ureq does, loses that race now and then). Read, the body lets the connection stay open,
+/// as nginx's lingering close does.
+pub(crate) async fn drain(
+    body: &mut axum::body::Body,
+    mut seen: usize,
+    max: usize,
+    within: Duration,
+) {
+    use http_body_util::BodyExt;
+
+    let rest = async {
+        while seen <= max {
+            match body.frame().await {
+                Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, rest).await;
 }
 
 /// Attach the caller's [`Identity`] (see the module doc), refuse what no identity may reach,
@@ -115,7 +131,7 @@ pub(crate) async fn identify(State(st): State<AppState>, mut req: Request, next:
             next.run(req).await
         }
         Err(e) => {
-            drain(req.into_body()).await;
+            drain(req.body_mut(), 0, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_FOR).await;
             e.into_response()
         }
     };
