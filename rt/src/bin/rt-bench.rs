@@ -715,6 +715,9 @@ struct Summary {
     floor_replayed_misses: u64,
     /// b_tti_misses / floor_replayed_misses: 1 when (b) misses exactly what the floor implies.
     tti_misses_over_replayed_floor: f64,
+    /// Runs summarised: 1 for one run; more for [`Summary::median`], whose ratios are the
+    /// medians of the runs' ratios, not the quotients of the medians of their counts.
+    runs: usize,
 }
 
 fn ratio(x: u64, y: u64) -> f64 {
@@ -744,6 +747,7 @@ impl Summary {
             tti_misses_over_floor: ratio(misses, d.late_wakeups),
             floor_replayed_misses: d.replayed_tti_misses,
             tti_misses_over_replayed_floor: ratio(misses, d.replayed_tti_misses),
+            runs: 1,
         })
     }
 
@@ -765,6 +769,7 @@ impl Summary {
             tti_misses_over_floor: m(|s| s.tti_misses_over_floor),
             floor_replayed_misses: mu(|s| s.floor_replayed_misses),
             tti_misses_over_replayed_floor: m(|s| s.tti_misses_over_replayed_floor),
+            runs: all.len(),
         })
     }
 
@@ -787,8 +792,12 @@ impl Summary {
             ),
             (
                 format!(
-                    "(b) TTI misses / floor late wake-ups = {} / {} = {:.2} (goal ≤ {GOAL_TTI_OVER_FLOOR})",
-                    self.b_tti_misses, self.floor_late_wakeups, self.tti_misses_over_floor
+                    "(b) TTI misses / floor late wake-ups = {} (goal ≤ {GOAL_TTI_OVER_FLOOR})",
+                    self.quotient(
+                        self.b_tti_misses,
+                        self.floor_late_wakeups,
+                        self.tti_misses_over_floor
+                    )
                 ),
                 self.tti_misses_over_floor <= GOAL_TTI_OVER_FLOOR,
             ),
@@ -800,6 +809,16 @@ impl Summary {
                 self.b_tti_miss_ratio <= GOAL_TTI_MISS_RATIO,
             ),
         ]
+    }
+
+    /// `x / y = q` for one run; over several, `q` is the median of the runs' quotients,
+    /// which the medians of their counts (`x`, `y`) need not give: said so.
+    fn quotient(&self, x: u64, y: u64, q: f64) -> String {
+        if self.runs > 1 {
+            format!("{q:.2}, the median of the runs' quotients (medians: {x} and {y})")
+        } else {
+            format!("{x} / {y} = {q:.2}")
+        }
     }
 
     fn print(&self, title: &str, late_after_us: u64) {
@@ -817,8 +836,12 @@ impl Summary {
             self.b_tti_misses, self.b_late_wakeups, self.floor_late_wakeups
         );
         println!(
-            "{title}: TTI   (b) misses / the floor's wake-ups replayed as TTI misses = {} / {} = {:.2} (no goal: how much of (b)'s misses the floor's stalls explain)",
-            self.b_tti_misses, self.floor_replayed_misses, self.tti_misses_over_replayed_floor
+            "{title}: TTI   (b) misses / the floor's wake-ups replayed as TTI misses = {} (no goal: how much of (b)'s misses the floor's stalls explain)",
+            self.quotient(
+                self.b_tti_misses,
+                self.floor_replayed_misses,
+                self.tti_misses_over_replayed_floor
+            )
         );
         for (line, ok) in self.verdicts() {
             println!("{title}: {} {line}", if ok { "MET    " } else { "NOT MET" });
@@ -1047,12 +1070,27 @@ mod tests {
             tti_misses_over_floor: misses as f64 / 10.0,
             floor_replayed_misses: 20,
             tti_misses_over_replayed_floor: misses as f64 / 20.0,
+            runs: 1,
         };
         let m = Summary::median(&[mk(10.9, 50), mk(1.1, 12), mk(0.9, 15)]).unwrap();
         assert_eq!(m.p999_b_over_c, 1.1, "one outlier run does not decide");
         assert_eq!(m.b_tti_misses, 15);
         assert_eq!(m.tti_misses_over_floor, 1.5);
         assert!(m.verdicts()[..3].iter().all(|(_, ok)| *ok));
+        // Medians of the counts (15 misses, 10 late wake-ups) are not what the ratio is of.
+        assert!(
+            m.verdicts()[2]
+                .0
+                .contains("1.50, the median of the runs' quotients (medians: 15 and 10)"),
+            "{}",
+            m.verdicts()[2].0
+        );
+        let one = mk(1.0, 7);
+        assert!(
+            one.verdicts()[2].0.contains("= 7 / 10 = 0.70 "),
+            "{}",
+            one.verdicts()[2].0
+        );
         assert!(Summary::median(&[]).is_none());
     }
 }
