@@ -4,7 +4,7 @@
 //! cargo build --release -p master-lite --bins
 //! target/release/fleet-sim --engine postgres --replicas 2 --nodes 10000 --partitions 10 \
 //!     --requests 2000 --requesters 32
-//! target/release/fleet-sim --engine sqlite --nodes 0 --requests 2000 --requesters 1,32
+//! target/release/fleet-sim --engine sqlite --nodes 0 --requests 10000 --requesters 1,32
 //! ```
 //!
 //! It starts the replicas (on PostgreSQL: a throw-away server with durable commits, see
